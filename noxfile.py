@@ -1,0 +1,57 @@
+"""Sessions: ``nox -s tests`` (test suite), ``nox -s demo`` (main job on real data), ``nox -s lint``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+PYTHON = "3.11"
+ROOT = Path(__file__).parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def _env() -> dict[str, str]:
+    env = {"PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
+    # Real data beside the checkout (../shared/data) is used when present; otherwise scst downloads it.
+    if "SCST_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
+        env["SCST_DATA_DIR"] = str(SHARED_DATA)
+    return env
+
+
+def _install(session: nox.Session, extras: str) -> None:
+    session.install("-e", f".[{extras}]")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the test suite (real data from ../shared/data when present)."""
+    _install(session, "test")
+    session.run("pytest", *(session.posargs or ["-q"]), env=_env())
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """Run the main job end-to-end on the five HER2+ sections; outputs go to ``demo_output/``."""
+    _install(session, "test")
+    session.run("python", "scripts/demo.py", "--out", "demo_output", *session.posargs, env=_env())
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Ruff lint and format check."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def benchmarks(session: nox.Session) -> None:
+    """Run one benchmark script, e.g. ``nox -s benchmarks -- benchmarks/bench_patches.py``."""
+    _install(session, "test")
+    if not session.posargs:
+        session.error("Name a script: nox -s benchmarks -- benchmarks/<script>.py [args]")
+    session.run("python", *session.posargs, env=_env())

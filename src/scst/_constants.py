@@ -1,0 +1,10 @@
+"""Keys shared across modules (documented in docs/design.md)."""
+
+UNS_KEY = "scst"
+TABLE_KEY = "table"
+SECTION_KEY = "section"
+REGION_KEY = "region"
+INSTANCE_KEY = "spot_id"
+ARRAY_ROW = "array_row"
+ARRAY_COL = "array_col"
+SPATIAL_KEY = "spatial"

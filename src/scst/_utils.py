@@ -1,0 +1,78 @@
+"""Small helpers shared by several modules."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from anndata import AnnData
+
+from ._constants import TABLE_KEY, UNS_KEY
+
+
+def _get_table(data: Any, table: str | None = None) -> AnnData:
+    """Return the AnnData behind ``data`` (AnnData itself, or ``sdata.tables[table]``)."""
+    if isinstance(data, AnnData):
+        return data
+    tables = getattr(data, "tables", None)
+    if tables is None:
+        raise TypeError(f"Expected AnnData or SpatialData, got {type(data).__name__}.")
+    key = TABLE_KEY if table is None else table
+    if key not in tables:
+        raise KeyError(f"Table {key!r} not found in SpatialData; available tables: {list(tables)}.")
+    return tables[key]
+
+
+def _check_key(mapping: Any, key: str, where: str) -> None:
+    """Raise a KeyError naming ``where`` when ``key`` is missing."""
+    if key not in mapping:
+        avail = list(mapping.keys()) if hasattr(mapping, "keys") else list(mapping)
+        raise KeyError(f"Key {key!r} not found in {where}; available: {avail[:20]}.")
+
+
+def _section_geometry(adata: AnnData, section: str) -> dict:
+    """Per-section geometry written by :func:`scst.io.read_st` (``uns['scst']['sections'][section]``)."""
+    try:
+        return adata.uns[UNS_KEY]["sections"][section]
+    except KeyError as e:
+        raise KeyError(
+            f"No geometry for section {section!r} in adata.uns[{UNS_KEY!r}]['sections']; "
+            "read the data with scst.io.read_st or scst.datasets.* first."
+        ) from e
+
+
+@contextmanager
+def _atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory beside ``dest`` that is renamed to ``dest`` on success."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        yield tmp
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def _atomic_file(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary file path beside ``dest`` that is renamed to ``dest`` on success."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,1 @@
+"""scst.models."""

@@ -1,0 +1,182 @@
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import squidpy as sq
+from PIL import Image
+
+import scst
+from scst.io import concatenate_sections, read_st
+
+# From ../shared/data/her2st/README.md ("Verified numbers").
+README = {
+    "C2": (187, 9274, 9911), "C3": (180, 9270, 9936), "C4": (184, 9278, 9916),
+    "C5": (181, 9272, 9901), "C6": (178, 9288, 9907),
+}  # fmt: skip
+
+
+def test_her2st_shapes_match_readme(her2st_sdata):
+    t = her2st_sdata.tables["table"]
+    assert t.n_vars == 14382  # genes common to C2-C6
+    assert t.X.dtype == np.int32 and t.X.format == "csr"
+    for s, (n, w, h) in README.items():
+        assert (t.obs["section"] == s).sum() == n
+        geo = t.uns["scst"]["sections"][s]
+        assert geo["image_shape"] == [h, w]
+        assert 0.68 < geo["um_per_px"] < 0.70  # ≈ 290 px per 200 µm
+        assert 143 < geo["spot_diameter_px"] < 147
+        img = her2st_sdata.images[geo["image_key"]]
+        assert tuple(img["scale0"]["image"].shape) == (3, h, w)
+        shapes = her2st_sdata.shapes[geo["shapes_key"]]
+        assert len(shapes) == n and np.allclose(shapes["radius"], geo["spot_diameter_px"] / 2)
+    # Raw counts of one hand-checked entry: spot 10x21 of C2 has ISG15 = 1 in counts.tsv.gz.
+    assert t["C2_10x21", "ISG15"].X.toarray().item() == 1
+    assert set(t.obs["array_col"].astype(str) + "x" + t.obs["array_row"].astype(str)) == set(t.obs["spot_id"])
+
+
+def test_her2st_images_are_lazy(her2st_sdata):
+    import dask.array as da
+
+    arr = her2st_sdata.images["C2_image"]["scale0"]["image"].data
+    assert isinstance(arr, da.Array) and arr.chunksize[1] <= 1024
+
+
+def test_spots_fall_on_tissue(her2st_sdata):
+    """As the data README's check: grey under each spot (68 px disk) vs pixels > 2 pitches from any spot."""
+    from scipy import ndimage
+
+    t = her2st_sdata.tables["table"]
+    for s in README:
+        geo = t.uns["scst"]["sections"][s]
+        low = her2st_sdata.images[geo["image_key"]]["scale3"]["image"].data.compute().mean(0)  # 1/8 resolution
+        xy = np.round(t.obsm["spatial"][(t.obs["section"] == s).to_numpy()] / 8).astype(int)
+        yy, xx = np.mgrid[-8:9, -8:9]
+        disk = yy**2 + xx**2 <= 8.5**2  # 68 px at full resolution
+        under = np.array([low[y - 8 : y + 9, x - 8 : x + 9][disk].mean() for x, y in xy])
+        seeds = np.ones_like(low, dtype=bool)
+        seeds[xy[:, 1], xy[:, 0]] = False
+        background = low[ndimage.distance_transform_edt(seeds) > 2 * 290 / 8].mean()
+        assert (under < background).all(), s
+        assert under.mean() < background - 60  # README: ~135-141 under spots vs ~219-240 background
+
+
+def test_grid_graph_has_no_false_edges(her2st_counts):
+    a = her2st_counts.copy()
+    sq.gr.spatial_neighbors(a, spatial_key="spatial_array", coord_type="grid", n_neighs=4,
+                            library_key="section", key_added="grid")  # fmt: skip
+    g = a.obsp["grid_connectivities"].tocoo()
+    r, c, s = a.obs["array_row"].to_numpy(), a.obs["array_col"].to_numpy(), a.obs["section"].to_numpy()
+    assert (np.abs(r[g.row] - r[g.col]) + np.abs(c[g.row] - c[g.col]) == 1).all()
+    assert (s[g.row] == s[g.col]).all()
+    # Hand-checked: in C2, spot 10x21 (col 10, row 21) has grid neighbours 11x21 and 10x22 only
+    # (9x21 and 10x20 are not under tissue).
+    i = a.obs_names.get_loc("C2_10x21")
+    nbrs = set(a.obs_names[a.obsp["grid_connectivities"][i].indices])
+    assert nbrs == {"C2_11x21", "C2_10x22"}
+
+
+def _triple(tmp_path, *, n_img=(100, 120)):
+    """4 spots with counts on a 20 px grid (200 µm per step → 10 µm/px), 1 extra spot without counts."""
+    spots = pd.DataFrame({"x": [1, 2, 1, 2, 3], "y": [1, 1, 2, 2, 2]})
+    spots["pixel_x"] = 10.0 + (spots["x"] - 1) * 20
+    spots["pixel_y"] = 15.0 + (spots["y"] - 1) * 20
+    spots["selected"] = 1
+    counts = pd.DataFrame([[0, 3], [1, 0], [5, 2], [0, 0]], index=["1x1", "2x1", "1x2", "2x2"], columns=["A", "B"])
+    h, w = n_img
+    img = np.full((h, w, 3), 240, np.uint8)
+    img[10:50, 0:60] = 80  # "tissue"
+    spots.to_csv(tmp_path / "spots.tsv", sep="\t", index=False)
+    counts.to_csv(tmp_path / "counts.tsv", sep="\t")
+    Image.fromarray(img).save(tmp_path / "he.png")
+    return tmp_path / "counts.tsv", tmp_path / "spots.tsv", tmp_path / "he.png"
+
+
+def test_read_st_synthetic(tmp_path):
+    c, s, i = _triple(tmp_path)
+    with pytest.warns(UserWarning, match="dropped 1 spot"):
+        sd = read_st(c, s, i, sample="S1", cache_dir=tmp_path / "cache")
+    t = sd.tables["table"]
+    assert list(t.obs_names) == ["S1_1x1", "S1_2x1", "S1_1x2", "S1_2x2"]
+    np.testing.assert_array_equal(t.X.toarray(), [[0, 3], [1, 0], [5, 2], [0, 0]])
+    np.testing.assert_allclose(t.obsm["spatial"], [[10, 15], [30, 15], [10, 35], [30, 35]])
+    np.testing.assert_array_equal(t.obs["array_row"], [1, 1, 2, 2])
+    geo = t.uns["scst"]["sections"]["S1"]
+    assert geo["um_per_px"] == pytest.approx(10.0) and geo["spot_diameter_px"] == pytest.approx(10.0)
+    np.testing.assert_array_equal(sd.images["S1_image"]["scale0"]["image"].values[:, 20, 5], [80, 80, 80])
+    # The cache is reused: a second read does not convert again.
+    stores = list((tmp_path / "cache").iterdir())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        read_st(c, s, i, sample="S1", cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == stores and len(stores) == 1
+
+
+def test_read_st_explicit_scale_and_no_image(tmp_path):
+    c, s, _ = _triple(tmp_path)
+    with pytest.warns(UserWarning):
+        sd = read_st(c, s, None, sample="S", um_per_px=2.0)
+    assert sd.images == {} or len(sd.images) == 0
+    assert sd.tables["table"].uns["scst"]["sections"]["S"]["spot_diameter_px"] == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda c, s: c.assign(A=c["A"].astype(str) + "x"), "non-numeric"),
+        (lambda c, s: c.assign(A=-c["A"] - 1), "negative"),
+        (lambda c, s: c.assign(A=c["A"] + 0.5), "non-integer"),
+        (lambda c, s: pd.concat([c, c.iloc[:1]]), "duplicate spot ids"),
+        (lambda c, s: c.set_axis([f"9{i}x9" for i in range(len(c))]), "No spot of counts matches"),
+    ],
+)
+def test_read_st_bad_counts(tmp_path, edit, match):
+    c, s, i = _triple(tmp_path)
+    counts = pd.read_csv(c, sep="\t", index_col=0)
+    with pytest.raises(ValueError, match=match):
+        read_st(edit(counts, s), s, i, sample="S")
+
+
+def test_read_st_bad_spots_and_files(tmp_path):
+    c, s, i = _triple(tmp_path)
+    spots = pd.read_csv(s, sep="\t")
+    with pytest.raises(ValueError, match="duplicate spot ids"):
+        read_st(c, pd.concat([spots, spots.iloc[:1]]), i, sample="S")
+    far = spots.assign(pixel_x=spots["pixel_x"] + 1000)
+    with pytest.raises(ValueError, match="outside the 120 × 100 px image"), pytest.warns(UserWarning):
+        read_st(c, far, i, sample="S", cache_dir=tmp_path / "cache")
+    with pytest.raises(KeyError, match="pixel_x"):
+        read_st(c, spots.drop(columns="pixel_x"), i, sample="S")
+    with pytest.raises(FileNotFoundError, match="counts"):
+        read_st(tmp_path / "nope.tsv", s, i, sample="S")
+    with pytest.raises(FileNotFoundError, match="image"), pytest.warns(UserWarning):
+        read_st(c, s, tmp_path / "nope.png", sample="S")
+
+
+def test_concatenate_sections_aligns_genes(tmp_path):
+    c, s, _ = _triple(tmp_path)
+    counts = pd.read_csv(c, sep="\t", index_col=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = read_st(counts, s, None, sample="A", um_per_px=1.0)
+        b = read_st(counts.rename(columns={"B": "C"}), s, None, sample="B", um_per_px=2.0)
+    inner = concatenate_sections([a, b]).tables["table"]
+    assert list(inner.var_names) == ["A"] and inner.n_obs == 8
+    assert inner.uns["scst"]["gene_alignment"] == "intersection"
+    assert set(inner.uns["scst"]["sections"]) == {"A", "B"}
+    outer = concatenate_sections([a, b], join="outer").tables["table"]
+    assert sorted(outer.var_names) == ["A", "B", "C"]
+    assert outer[outer.obs["section"] == "B", "B"].X.sum() == 0  # not measured there → 0
+    with pytest.raises(ValueError, match="appears twice"):
+        concatenate_sections([a, a])
+
+
+def test_her2st_bad_section_and_hash(tmp_path):
+    with pytest.raises(ValueError, match="unknown section"):
+        scst.datasets.her2st(["C7"])
+    (tmp_path / "C2").mkdir()
+    (tmp_path / "C2" / "counts.tsv.gz").write_bytes(b"not the published file")
+    with pytest.raises(ValueError, match="Hash mismatch"):
+        scst.datasets.her2st(["C2"], path=tmp_path, images=False)
+    with pytest.raises(FileNotFoundError, match="spots.tsv"):
+        scst.datasets.fetch("her2st", "C2/spots.tsv", path=tmp_path)

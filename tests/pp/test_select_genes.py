@@ -1,0 +1,64 @@
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import AnnData
+from scipy import sparse
+
+from scst.pp import select_genes
+
+
+def _planted(seed=0):
+    """Two sections; genes 0-9 are overdispersed in section a only, 10-19 in b only; gene 5 is rarely detected.
+
+    Gene means spread over 1-30 so that every one of seurat's mean bins holds Poisson (null) genes to
+    compare the overdispersed ones with.
+    """
+    rng = np.random.default_rng(seed)
+    n, g = 300, 400
+    mu = np.tile(np.logspace(0, 1.5, 20), g // 20)
+    X = rng.poisson(mu, size=(2 * n, g))
+    nb = lambda m, size: rng.negative_binomial(0.3, 0.3 / (0.3 + m), size=size)  # noqa: E731
+    X[:n, :10] = nb(mu[:10], (n, 10))
+    X[n:, 10:20] = nb(mu[10:20], (n, 10))
+    X[:, 5] = 0
+    X[:15, 5] = 100  # detected in 2.5 % of spots, hugely variable
+    obs = pd.DataFrame({"section": ["a"] * n + ["b"] * n}, index=[f"s{i}" for i in range(2 * n)])
+    return AnnData(sparse.csr_matrix(X.astype(np.int32)), obs=obs, var=pd.DataFrame(index=[f"g{i}" for i in range(g)]))
+
+
+def test_union_of_section_hvgs_and_detection_filter():
+    a = _planted()
+    select_genes(a, n_top=10, min_fraction=0.25)
+    chosen = set(a.var_names[a.var["highly_variable_scst"]])
+    planted_a, planted_b = {f"g{i}" for i in range(10)} - {"g5"}, {f"g{i}" for i in range(10, 20)}
+    # Union over sections: the genes of both sections are in; seurat's binning may swap one or two for nulls.
+    assert len(chosen & planted_a) >= 7 and len(chosen & planted_b) >= 8 and len(chosen - planted_a - planted_b) <= 3
+    assert "g5" not in chosen
+    v = a.var[a.var["highly_variable_scst"]]
+    assert (v["scst_hvg_sections"] >= 1).all() and (v["scst_detected_fraction"] >= 0.25).all()
+    assert a.var.loc["g5", "scst_hvg_sections"] >= 1  # variable, but filtered by detection
+    assert a.var.loc["g5", "scst_detected_fraction"] == pytest.approx(0.025)
+    assert a.var.loc["g0", "scst_hvg_sections"] == 1 and a.var.loc["g15", "scst_hvg_sections"] == 1
+    b = select_genes(_planted(), n_top=10, min_fraction=0.0, copy=True)
+    assert b.var["highly_variable_scst"].sum() == (b.var["scst_hvg_sections"] > 0).sum() >= len(chosen) + 1
+
+
+def test_select_genes_errors():
+    a = _planted()
+    with pytest.raises(ValueError, match="min_fraction"):
+        select_genes(a, min_fraction=2)
+    with pytest.raises(KeyError, match="nope"):
+        select_genes(a, library_key="nope")
+    a.X = -a.X
+    with pytest.raises(ValueError, match="raw counts"):
+        select_genes(a)
+
+
+def test_her2st_panel_sizes(her2st_counts):
+    a = her2st_counts.copy()
+    sizes = {}
+    for f in (0.5, 0.25, 0.1):
+        select_genes(a, n_top=1000, min_fraction=f)
+        sizes[f] = int(a.var["highly_variable_scst"].sum())
+    # The issue's reference sizes are ~530 / ~1,400 / ~2,500; measured 546 / 1,486 / 2,676.
+    assert 500 < sizes[0.5] < 600 and 1300 < sizes[0.25] < 1600 and 2400 < sizes[0.1] < 2800
