@@ -29,7 +29,7 @@ def _read_counts(counts: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
         p = Path(counts)
         if not p.exists():
             raise FileNotFoundError(f"counts: file {p} does not exist.")
-        df = pd.read_csv(p, sep=None if p.suffix == ".csv" else "\t", index_col=0, engine="c" if p.suffix != ".csv" else "python")
+        df = pd.read_csv(p, sep="," if p.suffix == ".csv" else "\t", index_col=0)
     df.index = df.index.astype(str)
     if df.index.has_duplicates:
         dup = df.index[df.index.duplicated()].unique()[:5].tolist()
@@ -131,8 +131,9 @@ def read_st(
     SpatialData with image ``f"{sample}_image"``, circle shapes ``f"{sample}_spots"`` (radius = physical spot
     radius in px) and table ``"table"``: raw counts as int32 CSR in ``X``; ``obs`` with ``section``,
     ``region``, ``spot_id``, ``array_row``, ``array_col``; ``obsm["spatial"]`` = (x, y) in full-resolution
-    pixels; ``obsm["spatial_array"]`` = (array_col, array_row) for squidpy's grid graph; ``uns["scst"]["sections"][sample]`` = geometry (``um_per_px``, ``spot_diameter_um``,
-    ``spot_diameter_px``, ``image_shape``, element keys, coordinate system).
+    pixels; ``obsm["spatial_array"]`` = (array_col, array_row) for squidpy's grid graph;
+    ``uns["scst"]["sections"][sample]`` = geometry (``um_per_px``, ``spot_diameter_um``, ``spot_diameter_px``,
+    ``image_shape``, element keys, coordinate system).
 
     Notes
     -----

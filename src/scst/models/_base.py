@@ -1,0 +1,688 @@
+"""scst's model base: the scvi-tools user surface on scst's own, small machinery.
+
+scvi-tools is not subclassed: its loaders only serve AnnData fields (scst models need image patches and
+gene-pair batches), its ``load`` unpickles, and it rejects unpaired MuData. What is kept is the surface:
+``Model.setup_anndata`` / ``Model.setup_sdata`` → ``Model(data, **config)`` → ``model.train(...)`` →
+``model.history`` / ``model.save(dir)`` / ``Model.load(dir, data)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .._constants import TABLE_KEY
+from .._logging import logg
+from .._utils import _atomic_dir, _get_table
+from ._training import History, NaNGuard, TrainingPlan
+
+SETUP_KEY = "_scst_setup"
+WEIGHTS_FILE = "model.safetensors"
+ATTR_FILE = "attr.json"
+_FORMAT_VERSION = 1
+
+# Training settings: an explicit ``train`` argument wins, then ``model.config``, then ``cls._train_defaults``.
+_TRAIN_KEYS = ("max_epochs", "batch_size", "lr", "weight_decay", "patience", "optimizer", "lr_scheduler")
+
+
+def _scst_version() -> str:
+    try:
+        return version("scst")
+    except PackageNotFoundError:  # pragma: no cover - source tree without install
+        return "0.0.0"
+
+
+def _jsonable(obj: Any, where: str) -> Any:
+    """Convert numpy/pandas/tuple values to plain JSON types; raise naming ``where`` if impossible."""
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where}: keys must be str, got {k!r} ({type(k).__name__}).")
+            out[k] = _jsonable(v, f"{where}[{k!r}]")
+        return out
+    if isinstance(obj, list | tuple | pd.Index | np.ndarray):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(list(obj))]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if obj is None or isinstance(obj, bool | int | str):
+        return obj
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            raise ValueError(f"{where}: non-finite float {obj} cannot be stored as JSON.")
+        return obj
+    raise TypeError(f"{where}: {type(obj).__name__} is not JSON-able; use str/int/float/bool/None, lists or dicts.")
+
+
+def _finite_or_none(value: Any) -> Any:
+    """NaN/inf → None, for strict JSON."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _parse_device(accelerator: str, device: int | str = "auto") -> torch.device:
+    """Torch device for Lightning-style ``accelerator``/``device`` arguments."""
+    if accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
+        raise ValueError(f"`accelerator` must be 'auto', 'cpu', 'gpu', 'cuda' or 'mps', got {accelerator!r}.")
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    if accelerator == "cpu":
+        return torch.device("cpu")
+    kind = "mps" if accelerator == "mps" else "cuda"
+    if isinstance(device, str) and device != "auto":
+        return torch.device(device)
+    return torch.device(kind, 0 if device == "auto" else int(device))
+
+
+def _move(batch: Any, device: torch.device) -> Any:
+    """Move tensors in (nested) batches, or objects with ``.to`` (PyG batches), to ``device``."""
+    if isinstance(batch, torch.Tensor) or (hasattr(batch, "to") and not isinstance(batch, Mapping | list | tuple)):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return {k: _move(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(_move(v, device) for v in batch)
+    return batch
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡")
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Drop Lightning's advertising tips (keep its device and stopping messages)."""
+    log, flt = logging.getLogger("lightning.pytorch.utilities.rank_zero"), _DropTips()
+    log.addFilter(flt)
+    try:
+        yield
+    finally:
+        log.removeFilter(flt)
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_all_subclasses(sub)]
+    return out
+
+
+class BaseModel(ABC):
+    """Base class of scst models (scvi-tools-style surface, Lightning training, safetensors checkpoints).
+
+    Parameters
+    ----------
+    data
+        AnnData, MuData or SpatialData set up with ``Model.setup_anndata`` / ``Model.setup_sdata``.
+    **config
+        Overrides of ``Model._default_config`` (unknown keys are an error).
+
+    Attributes
+    ----------
+    data
+        The object passed to the constructor (or :meth:`load`); None for a model loaded without data.
+    adata
+        The AnnData (or MuData) holding the registry: ``data`` itself, or the SpatialData table.
+    config
+        ``{"seed": 0, **_default_config, **config}``.
+    registry
+        The dict stored by ``setup_*`` (in ``adata.uns["_scst_setup"][ClassName]``, as a JSON string).
+    module
+        The torch module.
+    history
+        :class:`pandas.DataFrame`, one row per epoch (``train_loss``, ``val_loss``, other logged metrics), or None.
+
+    Notes
+    -----
+    Subclass recipe:
+
+    * ``_module_cls``: a :class:`torch.nn.Module` class built as ``_module_cls(**self._module_kwargs())``; it
+      implements ``loss(batch) -> dict`` with key ``"loss"`` (other scalar entries are logged as
+      ``train_<key>``/``val_<key>``).
+    * ``_default_config``: paper defaults (JSON-able); ``bench_config``: small CPU settings, so
+      ``Model(data, **Model.bench_config).train()`` runs in seconds. Config may also hold the training keys
+      ``max_epochs, batch_size, lr, weight_decay, patience, optimizer, lr_scheduler`` (defaults for
+      :meth:`train`) and ``seed`` (module initialisation and training seed; default 0).
+    * ``setup_anndata(cls, adata, ...)`` (classmethod): validate inputs, then ``cls._register(adata, registry)``
+      with a dict of primitives (keys, gene panel as ``"var_names"``, sizes...). ``setup_sdata`` defaults to
+      ``setup_anndata`` on ``sdata.tables[table]``; image models override it (still calling ``_register`` on
+      the table, with ``"table"`` in the registry).
+    * ``_module_kwargs(self) -> dict``: module arguments from ``self.config`` and ``self.registry``
+      (primitives only: they are saved to ``attr.json`` and reused by :meth:`load` without data).
+    * ``_dataloaders(self, batch_size, validation, seed, **kw) -> (train_loader, val_loader | None)`` over
+      ``self.data`` (AnnData, SpatialData or MuData, as given) / ``self.adata`` (the table holding the registry).
+    * Optional: ``_monitor``/``_monitor_mode`` (default ``"val_loss"``/``"min"``; e.g. ``"val_accuracy"``/
+      ``"max"``), ``_train_defaults``, ``_extra_state()``/``_set_extra_state(state)`` (extra JSON saved in
+      ``attr.json``), ``_validate_data(adata)`` (checks new data against the model; default: registry
+      ``"var_names"`` must all be in ``adata.var_names``).
+    * Helper for inference: ``self._inference(loader, fn)`` applies ``fn(module, batch)`` in eval mode on
+      ``self.device`` and returns the CPU outputs per batch.
+
+    Examples
+    --------
+    >>> Model.setup_sdata(sdata)
+    >>> model = Model(sdata, **Model.bench_config)
+    >>> model.train(max_epochs=5).history
+    >>> model.save("model_dir")
+    >>> model = Model.load("model_dir", data=sdata)
+    """
+
+    _module_cls: ClassVar[type[nn.Module]]
+    _default_config: ClassVar[dict[str, Any]] = {}
+    bench_config: ClassVar[dict[str, Any]] = {}
+    _monitor: ClassVar[str] = "val_loss"
+    _monitor_mode: ClassVar[str] = "min"
+    _train_defaults: ClassVar[dict[str, Any]] = {
+        "max_epochs": 100,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "weight_decay": 0.0,
+        "patience": 10,
+        "optimizer": "adam",
+        "lr_scheduler": None,
+    }
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def _register(cls, adata: Any, registry: dict[str, Any]) -> None:
+        """Store ``registry`` (JSON-able) in ``adata.uns["_scst_setup"][cls.__name__]`` as a JSON string.
+
+        A JSON string (not a nested dict) survives ``write_h5ad``/zarr unchanged: no None-rejection, no
+        list→array conversion.
+        """
+        if not isinstance(registry, Mapping):
+            raise TypeError(f"`registry` must be a dict, got {type(registry).__name__}.")
+        reg = _jsonable(dict(registry), f"{cls.__name__} registry")
+        uns = adata.uns
+        store = dict(uns.get(SETUP_KEY, {}))
+        store[cls.__name__] = json.dumps(reg)
+        uns[SETUP_KEY] = store
+        logg.info(f"{cls.__name__}: registered setup in .uns[{SETUP_KEY!r}][{cls.__name__!r}]")
+
+    @classmethod
+    def _read_registry(cls, adata: Any) -> dict[str, Any] | None:
+        raw = getattr(adata, "uns", {}).get(SETUP_KEY, {}).get(cls.__name__)
+        if raw is None:
+            return None
+        return json.loads(raw) if isinstance(raw, str) else dict(raw)
+
+    @classmethod
+    def setup_sdata(cls, sdata: Any, table: str = "table", **kwargs: Any) -> None:
+        """Set up ``sdata.tables[table]`` with :meth:`setup_anndata` (models over images override this).
+
+        Parameters
+        ----------
+        sdata
+            SpatialData with the table.
+        table
+            Table key.
+        **kwargs
+            Passed to ``setup_anndata``.
+        """
+        setup = getattr(cls, "setup_anndata", None)
+        if setup is None:
+            raise TypeError(f"{cls.__name__} defines neither `setup_sdata` nor `setup_anndata`.")
+        adata = _get_table(sdata, table)
+        setup(adata, **kwargs)
+        reg = cls._read_registry(adata)
+        if reg is None:
+            raise RuntimeError(f"{cls.__name__}.setup_anndata did not call `_register`.")
+        cls._register(adata, {**reg, "table": table})
+
+    @classmethod
+    def _find_adata(cls, data: Any, table: str | None = None) -> Any:
+        """The object holding the registry: AnnData/MuData itself, or the SpatialData table set up for ``cls``."""
+        if hasattr(data, "tables"):
+            if table is not None:
+                return _get_table(data, table)
+            found = [k for k, t in data.tables.items() if cls._read_registry(t) is not None]
+            if len(found) > 1:
+                raise ValueError(
+                    f"Several tables of the SpatialData are set up for {cls.__name__}: {found}; "
+                    f"set up only one, or pass `sdata.tables[key]`."
+                )
+            if not found:
+                raise ValueError(
+                    f"No table of the SpatialData is set up for {cls.__name__}; call "
+                    f"`scst.models.{cls.__name__}.setup_sdata(sdata)` first."
+                )
+            return data.tables[found[0]]
+        if not hasattr(data, "uns"):
+            raise TypeError(f"`data` must be AnnData, MuData or SpatialData, got {type(data).__name__}.")
+        return data
+
+    # ------------------------------------------------------------------ construction
+    def __init__(self, data: Any, **config: Any) -> None:
+        self.data = data
+        self.adata = self._find_adata(data)
+        registry = self._read_registry(self.adata)
+        if registry is None:
+            kind = "setup_sdata(sdata)" if hasattr(data, "tables") else "setup_anndata(adata)"
+            raise ValueError(
+                f"`data` is not set up for {type(self).__name__}; call `scst.models.{type(self).__name__}.{kind}` "
+                "first."
+            )
+        self.registry = registry
+        self.config = self._merge_config(config)
+        self._module_kwargs_ = _jsonable(self._module_kwargs(), f"{type(self).__name__}._module_kwargs()")
+        self.module = self._build_module(self._module_kwargs_, seed=self.config["seed"])
+        self._is_trained = False
+        self.history: pd.DataFrame | None = None
+
+    @classmethod
+    def _merge_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        allowed = {"seed", *_TRAIN_KEYS, *cls._default_config}
+        unknown = sorted(set(config) - allowed)
+        if unknown:
+            raise ValueError(f"Unknown config key(s) {unknown} for {cls.__name__}; expected some of {sorted(allowed)}.")
+        return _jsonable({"seed": 0, **cls._default_config, **config}, f"{cls.__name__} config")
+
+    def _build_module(self, module_kwargs: dict[str, Any], seed: int | None) -> nn.Module:
+        # Seeded initialisation in a forked RNG: same config → same initial weights, global RNG untouched.
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            module = self._module_cls(**module_kwargs)
+        if not callable(getattr(module, "loss", None)):
+            raise TypeError(f"{type(module).__name__} (the `_module_cls` of {type(self).__name__}) must define `loss`.")
+        return module
+
+    # ------------------------------------------------------------------ subclass hooks
+    @abstractmethod
+    def _module_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``_module_cls`` from ``self.config`` and ``self.registry`` (primitives only)."""
+
+    @abstractmethod
+    def _dataloaders(
+        self, batch_size: int, validation: Any, seed: int, **kwargs: Any
+    ) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None]:
+        """Training and validation loaders (validation may be None) over ``self.data``."""
+
+    def _extra_state(self) -> dict[str, Any]:
+        """Extra JSON-able state saved in ``attr.json`` under ``"extra"`` (e.g. gene panel, patch geometry)."""
+        return {}
+
+    def _set_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`_extra_state` returned (called by :meth:`load`); the base keeps it as ``extra``."""
+        self.extra = state
+
+    def _validate_data(self, adata: Any) -> None:
+        """Check that ``adata`` suits this model; default: registry ``"var_names"`` all present."""
+        genes = self.registry.get("var_names")
+        if genes is None or not hasattr(adata, "var_names"):
+            return
+        missing = pd.Index(genes).difference(adata.var_names)
+        if len(missing):
+            raise ValueError(
+                f"`data` lacks {len(missing)} of the model's {len(genes)} genes: {list(missing[:20])}"
+                + (" ..." if len(missing) > 20 else "")
+            )
+
+    # ------------------------------------------------------------------ state
+    @property
+    def is_trained(self) -> bool:
+        """Whether the model was trained (or loaded from a trained model)."""
+        return self._is_trained
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the module's parameters (CPU when it has none)."""
+        for t in (*self.module.parameters(), *self.module.buffers()):
+            return t.device
+        return torch.device("cpu")
+
+    def to_device(self, device: str | int | torch.device) -> None:
+        """Move the module to ``device`` (``"cpu"``, ``"cuda:0"``, or a GPU index)."""
+        self.module.to(torch.device("cuda", device) if isinstance(device, int) else torch.device(device))
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        cfg = ", ".join(f"{k}: {v}" for k, v in self.config.items())
+        lines = [f"{name} model with the following parameters:", f"{cfg}"]
+        if self.adata is not None and hasattr(self.adata, "n_obs"):
+            lines.append(f"Data: {self.adata.n_obs} obs × {self.adata.n_vars} vars")
+        lines.append(f"Training status: {'Trained' if self.is_trained else 'Not trained'}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ training
+    def _train_setting(self, name: str, value: Any) -> Any:
+        if value is not None:
+            return value
+        return self.config.get(name, self._train_defaults.get(name))
+
+    def train(
+        self,
+        max_epochs: int | None = None,
+        batch_size: int | None = None,
+        lr: float | None = None,
+        weight_decay: float | None = None,
+        accelerator: str = "auto",
+        devices: int | str | list[int] = "auto",
+        precision: str | int | None = None,
+        early_stopping: bool = True,
+        patience: int | None = None,
+        check_val_every_n_epoch: int = 1,
+        seed: int | None = None,
+        enable_progress_bar: bool = True,
+        checkpoint_dir: str | Path | None = None,
+        validation: Any = None,
+        optimizer: str | None = None,
+        lr_scheduler: str | None = None,
+        dataloader_kwargs: dict[str, Any] | None = None,
+        **trainer_kwargs: Any,
+    ) -> BaseModel:
+        """Train with Lightning; early stopping and checkpointing on ``cls._monitor``, best weights restored.
+
+        Settings left as None come from ``self.config``, then ``cls._train_defaults``.
+
+        Parameters
+        ----------
+        max_epochs
+            Maximum number of epochs.
+        batch_size
+            Minibatch size passed to ``_dataloaders``.
+        lr, weight_decay
+            Optimiser learning rate and weight decay.
+        accelerator, devices, precision
+            Passed to :class:`lightning.pytorch.Trainer` (``precision=None``: Lightning's default, 32-bit).
+        early_stopping
+            Stop when the monitored validation metric has not improved for ``patience`` validation checks.
+        patience
+            Early-stopping patience (validation checks).
+        check_val_every_n_epoch
+            Validate every n epochs.
+        seed
+            Seed for :func:`lightning.seed_everything` and the loaders (default: ``config["seed"]``).
+        enable_progress_bar
+            Show Lightning's progress bar.
+        checkpoint_dir
+            Keep the best checkpoint (``best.ckpt``, Lightning format, weights only) here; default: a temporary
+            directory removed after training. Lightning's own logs never go to the working directory.
+        validation
+            Passed to ``_dataloaders`` (e.g. a fraction or held-out sections; None: the model's default).
+        optimizer
+            ``"adam"`` or ``"adamw"``.
+        lr_scheduler
+            None, ``"cosine"`` or ``"plateau"``.
+        dataloader_kwargs
+            Extra keyword arguments for ``_dataloaders``.
+        **trainer_kwargs
+            Passed to :class:`lightning.pytorch.Trainer` (e.g. ``gradient_clip_val``, ``callbacks``).
+
+        Returns
+        -------
+        ``self`` (trained in place); ``self.history`` holds the per-epoch metrics.
+
+        Raises
+        ------
+        FloatingPointError
+            On a non-finite training or validation loss, naming epoch and batch. The offending batch never
+            updates the weights; the best checkpoint's weights (if any epoch was checkpointed) are restored
+            first, ``history`` is kept and ``is_trained`` is True iff a checkpoint was restored.
+        """
+        import lightning.pytorch as pl
+        from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+        if self.data is None:
+            raise ValueError(
+                f"This {type(self).__name__} has no data (loaded without `data`); use "
+                f"`{type(self).__name__}.load(dir_path, data=...)` to train further."
+            )
+        max_epochs = int(self._train_setting("max_epochs", max_epochs))
+        batch_size = int(self._train_setting("batch_size", batch_size))
+        patience = int(self._train_setting("patience", patience))
+        seed = int(self._train_setting("seed", seed))
+        if max_epochs < 1 or batch_size < 1 or patience < 0:
+            raise ValueError(
+                f"Expected `max_epochs` >= 1, `batch_size` >= 1, `patience` >= 0; got {max_epochs}, {batch_size}, "
+                f"{patience}."
+            )
+        pl.seed_everything(seed, workers=True, verbose=False)
+        train_dl, val_dl = self._dataloaders(batch_size, validation, seed, **(dataloader_kwargs or {}))
+
+        monitor, mode = self._monitor, self._monitor_mode
+        if val_dl is None:
+            # Without validation, checkpoint on the training counterpart of the metric; early stopping is off.
+            monitor = "train_" + monitor.removeprefix("val_")
+            if early_stopping:
+                logg.info(f"{type(self).__name__}: no validation data; early stopping disabled.")
+            early_stopping = False
+        plan = TrainingPlan(
+            self.module,
+            lr=float(self._train_setting("lr", lr)),
+            weight_decay=float(self._train_setting("weight_decay", weight_decay)),
+            optimizer=self._train_setting("optimizer", optimizer),
+            lr_scheduler=self._train_setting("lr_scheduler", lr_scheduler),
+            monitor=monitor,
+            mode=mode,
+            max_epochs=max_epochs,
+            patience=patience,
+        )
+        history, guard = History(), NaNGuard()
+        with tempfile.TemporaryDirectory(prefix="scst_train_") as tmp:
+            ckpt = ModelCheckpoint(
+                dirpath=str(checkpoint_dir) if checkpoint_dir is not None else tmp,
+                filename="best",
+                monitor=monitor,
+                mode=mode,
+                save_top_k=1,
+                save_weights_only=True,
+                enable_version_counter=False,
+            )
+            callbacks = [guard, ckpt, *trainer_kwargs.pop("callbacks", [])]
+            if early_stopping:
+                callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=True))
+            callbacks.append(history)  # last: sees the metrics of the finished epoch
+            kwargs = {
+                "enable_model_summary": False,
+                "num_sanity_val_steps": 0,
+                "log_every_n_steps": 1,
+                "logger": False,
+                **trainer_kwargs,
+            }
+            if precision is not None:
+                kwargs["precision"] = precision
+            error: FloatingPointError | None = None
+            with warnings.catch_warnings(), _quiet_lightning():
+                # On small CPU machines num_workers=0 is the right choice; Lightning warns regardless.
+                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+                warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+                warnings.filterwarnings("ignore", message=".*have no `val_dataloader`.*")
+                trainer = pl.Trainer(
+                    max_epochs=max_epochs,
+                    accelerator=accelerator,
+                    devices=devices,
+                    check_val_every_n_epoch=check_val_every_n_epoch,
+                    enable_progress_bar=enable_progress_bar,
+                    callbacks=callbacks,
+                    default_root_dir=tmp,
+                    **kwargs,
+                )
+                try:
+                    trainer.fit(plan, train_dataloaders=train_dl, val_dataloaders=val_dl)
+                except FloatingPointError as e:
+                    error = e
+            device = trainer.strategy.root_device
+            best = ckpt.best_model_path
+            if best:
+                state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+                plan.load_state_dict(state)
+                logg.info(
+                    f"{type(self).__name__}: restored best weights ({monitor}={float(ckpt.best_model_score):.4g})."
+                )
+        self.history = history.frame if history.rows else None
+        self.module.eval()
+        self.module.to(device)
+        self._is_trained = bool(best) or error is None
+        if error is not None:
+            msg = "restored the best checkpoint" if best else "no checkpoint was saved before it"
+            raise FloatingPointError(f"{error} ({type(self).__name__}: {msg}.)") from error
+        return self
+
+    # ------------------------------------------------------------------ inference helper
+    @torch.no_grad()
+    def _inference(self, loader: Any, fn: Any) -> list[Any]:
+        """Apply ``fn(module, batch)`` to every batch (moved to ``self.device``) in eval mode; list of outputs.
+
+        Tensors in the outputs are moved to the CPU, so subclasses can ``torch.cat`` them.
+        """
+        was_training = self.module.training
+        self.module.eval()
+        device, outs = self.device, []
+        try:
+            for batch in loader:
+                out = fn(self.module, _move(batch, device))
+                outs.append(_move(out, torch.device("cpu")))
+        finally:
+            self.module.train(was_training)
+        return outs
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, dir_path: str | Path, overwrite: bool = False, save_data: bool = False) -> None:
+        """Write ``model.safetensors`` (weights) and ``attr.json`` (everything else) to ``dir_path``.
+
+        Parameters
+        ----------
+        dir_path
+            Output directory, written atomically (temporary directory, then rename).
+        overwrite
+            Replace an existing ``dir_path``; otherwise an existing one is an error.
+        save_data
+            Also write the data: ``data.h5ad`` (AnnData), ``data.h5mu`` (MuData) or ``data.zarr`` (SpatialData).
+            :meth:`load` reads it back when called without ``data``.
+        """
+        from safetensors.torch import save_model
+
+        dir_path = Path(dir_path)
+        if dir_path.exists() and not overwrite:
+            raise FileExistsError(f"`dir_path` {str(dir_path)!r} exists; pass `overwrite=True` to replace it.")
+        history = None
+        if self.history is not None:
+            history = [
+                {k: _finite_or_none(v) for k, v in row.items()} for row in self.history.reset_index().to_dict("records")
+            ]
+        attrs = {
+            "format": _FORMAT_VERSION,
+            "model": type(self).__name__,
+            "scst_version": _scst_version(),
+            "config": self.config,
+            "registry": self.registry,
+            "module_kwargs": self._module_kwargs_,
+            "is_trained": self.is_trained,
+            "history": history,
+            "extra": _jsonable(self._extra_state(), f"{type(self).__name__}._extra_state()"),
+        }
+        with _atomic_dir(dir_path) as tmp:
+            save_model(self.module, str(tmp / WEIGHTS_FILE))
+            (tmp / ATTR_FILE).write_text(json.dumps(attrs, indent=1, allow_nan=False))
+            if save_data:
+                if self.data is None:
+                    raise ValueError("`save_data=True` but the model has no data.")
+                if hasattr(self.data, "tables"):
+                    self.data.write(tmp / "data.zarr")
+                elif hasattr(self.data, "mod"):
+                    self.data.write(tmp / "data.h5mu")
+                else:
+                    self.data.write_h5ad(tmp / "data.h5ad")
+        logg.info(f"{type(self).__name__}: saved to {str(dir_path)!r}")
+
+    @classmethod
+    def load(
+        cls, dir_path: str | Path, data: Any = None, accelerator: str = "cpu", device: int | str = "auto"
+    ) -> BaseModel:
+        """Rebuild a model saved with :meth:`save`; the training data is not needed.
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        data
+            Optional AnnData/MuData/SpatialData to attach (checked with ``_validate_data``; the saved registry is
+            written to it when it was not set up). Without it, data saved with ``save_data=True`` is read back.
+        accelerator, device
+            Where to put the weights (``"cpu"``, ``"gpu"``/``"cuda"``, ``"mps"`` or ``"auto"``; GPU index).
+
+        Returns
+        -------
+        The model. ``BaseModel.load`` returns an instance of the saved class.
+        """
+        from safetensors.torch import load_model
+
+        dir_path = Path(dir_path)
+        attr_path = dir_path / ATTR_FILE
+        if not attr_path.is_file() or not (dir_path / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(
+                f"`dir_path` {str(dir_path)!r} lacks {ATTR_FILE} / {WEIGHTS_FILE} (not a saved model)."
+            )
+        attrs = json.loads(attr_path.read_text())
+        name = attrs.get("model")
+        if cls is BaseModel:
+            matches = [c for c in _all_subclasses(BaseModel) if c.__name__ == name]
+            if not matches:
+                raise ValueError(f"Saved model class {name!r} is not defined; import the module that defines it.")
+            cls = matches[-1]
+        elif name != cls.__name__:
+            raise ValueError(f"{str(dir_path)!r} holds a {name!r} model, not {cls.__name__!r}; use {name}.load.")
+
+        model = cls.__new__(cls)
+        model.registry = attrs["registry"]
+        model.config = attrs["config"]
+        model._module_kwargs_ = attrs["module_kwargs"]
+        model.module = model._build_module(model._module_kwargs_, seed=None)
+        load_model(model.module, str(dir_path / WEIGHTS_FILE), strict=True, device="cpu")
+        model.module.eval()
+        model._is_trained = bool(attrs.get("is_trained", False))
+        model.history = None
+        if attrs.get("history") is not None:
+            model.history = pd.DataFrame.from_records(attrs["history"]).set_index("epoch").astype(float)
+        model._set_extra_state(attrs.get("extra", {}))
+        model.data = model.adata = None
+        if data is None:
+            data = cls._read_saved_data(dir_path)
+        if data is not None:
+            model._attach(data)
+        model.to_device(_parse_device(accelerator, device))
+        return model
+
+    @staticmethod
+    def _read_saved_data(dir_path: Path) -> Any:
+        if (dir_path / "data.h5ad").exists():
+            import anndata as ad
+
+            return ad.read_h5ad(dir_path / "data.h5ad")
+        if (dir_path / "data.h5mu").exists():
+            import mudata as md
+
+            return md.read_h5mu(dir_path / "data.h5mu")
+        if (dir_path / "data.zarr").exists():
+            import spatialdata as sd
+
+            return sd.read_zarr(dir_path / "data.zarr")
+        return None
+
+    def _attach(self, data: Any) -> None:
+        """Attach new data: find the table, validate it, and write the saved registry to it if not set up."""
+        table = None
+        if hasattr(data, "tables"):
+            table = self.registry.get("table")
+            if table is None and not any(self._read_registry(t) is not None for t in data.tables.values()):
+                table = TABLE_KEY
+        adata = self._find_adata(data, table=table)
+        self._validate_data(adata)
+        if self._read_registry(adata) is None:
+            self._register(adata, self.registry)
+        self.data, self.adata = data, adata

@@ -1,0 +1,304 @@
+"""BaseModel: setup → train → history → save/load, on a toy linear regression with a planted weight."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from anndata import AnnData
+from safetensors import safe_open
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from scst.models._base import BaseModel
+
+N_OBS, N_VARS = 256, 4
+W_TRUE = np.array([1.5, -2.0, 0.5, 3.0], dtype=np.float32)
+B_TRUE = 0.7
+
+
+class LinearModule(nn.Module):
+    def __init__(self, n_features: int, hidden: list[int] | None = None):  # hidden: unused, checks tuple → list
+        super().__init__()
+        self.linear = nn.Linear(n_features, 1)
+
+    def forward(self, x):
+        return self.linear(x).squeeze(-1)
+
+    def loss(self, batch):
+        x, y = batch
+        pred = self(x)
+        return {"loss": ((pred - y) ** 2).mean(), "mae": (pred - y).abs().mean(), "vector": pred.detach()}
+
+
+class ToyRegression(BaseModel):
+    _module_cls = LinearModule
+    _default_config = {"validation_fraction": 0.25, "lr": 0.1, "batch_size": 32, "max_epochs": 15}
+    bench_config = {"max_epochs": 3}
+
+    @classmethod
+    def setup_anndata(cls, adata: AnnData, target_key: str = "y") -> None:
+        if target_key not in adata.obs:
+            raise KeyError(f"`target_key` {target_key!r} not in adata.obs.")
+        cls._register(adata, {"target_key": target_key, "n_features": adata.n_vars, "var_names": adata.var_names})
+
+    def _module_kwargs(self):
+        return {"n_features": self.registry["n_features"], "hidden": (8, 8)}
+
+    def _tensors(self, adata):
+        x = torch.as_tensor(np.asarray(adata[:, self.registry["var_names"]].X), dtype=torch.float32)
+        return x, torch.as_tensor(adata.obs[self.registry["target_key"]].to_numpy(), dtype=torch.float32)
+
+    def _dataloaders(self, batch_size, validation, seed, **kw):
+        frac = self.config["validation_fraction"] if validation is None else validation
+        x, y = self._tensors(self.adata)
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+        n_val = int(round(frac * len(y)))
+        val, tr = perm[:n_val], perm[n_val:]
+        train_dl = DataLoader(TensorDataset(x[tr], y[tr]), batch_size=batch_size, shuffle=True)
+        val_dl = DataLoader(TensorDataset(x[val], y[val]), batch_size=batch_size) if n_val else None
+        return train_dl, val_dl
+
+    def predict(self, adata=None):
+        x, _ = self._tensors(self.adata if adata is None else adata)
+        out = self._inference(DataLoader(x, batch_size=64), lambda m, b: m(b))
+        return torch.cat(out).numpy()
+
+
+class OtherToy(ToyRegression):
+    """Same machinery, different class name: loading a ToyRegression as OtherToy must fail."""
+
+
+class NaNModule(LinearModule):
+    """Loss turns NaN after ``nan_after`` training steps."""
+
+    def __init__(self, n_features: int, nan_after: int = 20, in_validation: bool = False):
+        super().__init__(n_features)
+        self.nan_after, self.in_validation, self.steps = nan_after, in_validation, 0
+
+    def loss(self, batch):
+        out = super().loss(batch)
+        self.steps += self.training
+        if self.steps > self.nan_after and self.training != self.in_validation:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+
+class NaNToy(ToyRegression):
+    _module_cls = NaNModule
+
+    _default_config = {**ToyRegression._default_config, "in_validation": False}
+
+    def _module_kwargs(self):
+        return {
+            "n_features": self.registry["n_features"],
+            "nan_after": 20,
+            "in_validation": self.config["in_validation"],
+        }
+
+
+class NegMAEModule(LinearModule):
+    def loss(self, batch):
+        out = super().loss(batch)
+        return {**out, "neg_mae": -out["mae"]}
+
+
+class MaxToy(ToyRegression):
+    """Monitors a metric to maximise (like GCNG's validation accuracy)."""
+
+    _module_cls = NegMAEModule
+    _monitor, _monitor_mode = "val_neg_mae", "max"
+
+
+def make_adata(seed: int = 0, noise: float = 0.1) -> AnnData:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(N_OBS, N_VARS)).astype(np.float32)
+    y = x @ W_TRUE + B_TRUE + noise * rng.normal(size=N_OBS)
+    adata = AnnData(x, obs=pd.DataFrame({"y": y}, index=[f"c{i}" for i in range(N_OBS)]))
+    adata.var_names = [f"g{i}" for i in range(N_VARS)]
+    return adata
+
+
+@pytest.fixture(scope="module")
+def trained():
+    adata = make_adata()
+    ToyRegression.setup_anndata(adata)
+    model = ToyRegression(adata)
+    model.train(enable_progress_bar=False)
+    return model, adata
+
+
+def test_train_recovers_planted_weight(trained):
+    model, _ = trained
+    w = model.module.linear.weight.detach().numpy().ravel()
+    np.testing.assert_allclose(w, W_TRUE, atol=0.05)
+    assert abs(model.module.linear.bias.item() - B_TRUE) < 0.05
+    h = model.history
+    assert {"train_loss", "val_loss", "train_mae", "val_mae"} <= set(h.columns)
+    assert "train_vector" not in h.columns  # non-scalar entries are not logged
+    assert h.index.name == "epoch" and (np.diff(h.index) == 1).all()
+    assert h["val_loss"].iloc[-1] < 0.05 * h["val_loss"].iloc[0]
+    assert h["val_loss"].min() < 0.03  # noise variance is 0.01
+    assert model.is_trained and "Training status: Trained" in repr(model)
+    assert model.device == torch.device("cpu")
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    model, adata = trained
+    model.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["attr.json", "model.safetensors"]
+    attrs = json.loads((tmp_path / "m" / "attr.json").read_text())
+    assert attrs["model"] == "ToyRegression" and attrs["registry"]["var_names"] == ["g0", "g1", "g2", "g3"]
+    assert attrs["module_kwargs"] == {"n_features": 4, "hidden": [8, 8]}
+    assert len(attrs["history"]) == len(model.history)
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
+        assert sorted(f.keys()) == ["linear.bias", "linear.weight"]
+
+    # without data: weights, config, history come back; predictions are identical
+    loaded = ToyRegression.load(tmp_path / "m")
+    assert loaded.data is None and loaded.is_trained
+    x = torch.as_tensor(adata.X)
+    with torch.no_grad():
+        np.testing.assert_array_equal(loaded.module(x).numpy(), model.module(x).numpy())
+    pd.testing.assert_frame_equal(loaded.history, model.history)
+    assert loaded.config == model.config
+    with pytest.raises(ValueError, match="no data"):
+        loaded.train()
+
+    # with new data (not set up, genes in another order): registry transferred, same predictions
+    new = make_adata(seed=1)[:, ["g3", "g1", "g0", "g2"]].copy()
+    loaded = BaseModel.load(tmp_path / "m", data=new)  # dispatches on the saved class name
+    assert type(loaded) is ToyRegression
+    np.testing.assert_array_equal(loaded.predict(), model.predict(new))
+    assert "_scst_setup" in new.uns
+
+
+def test_load_checks(trained, tmp_path):
+    model, adata = trained
+    model.save(tmp_path / "m")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        model.save(tmp_path / "m")
+    model.save(tmp_path / "m", overwrite=True)
+    with pytest.raises(ValueError, match="'ToyRegression' model, not 'OtherToy'"):
+        OtherToy.load(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="not a saved model"):
+        ToyRegression.load(tmp_path)
+    with pytest.raises(ValueError, match=r"lacks 2 of the model's 4 genes: \['g1', 'g3'\]"):
+        ToyRegression.load(tmp_path / "m", data=adata[:, ["g0", "g2"]].copy())
+
+
+def test_save_data_round_trip(trained, tmp_path):
+    model, adata = trained
+    model.save(tmp_path / "m", save_data=True)
+    loaded = ToyRegression.load(tmp_path / "m")
+    assert loaded.adata.n_obs == N_OBS
+    np.testing.assert_array_equal(loaded.predict(), model.predict())
+
+
+def test_setup_required_and_config_checked():
+    adata = make_adata()
+    with pytest.raises(ValueError, match=r"ToyRegression.setup_anndata\(adata\)` first"):
+        ToyRegression(adata)
+    ToyRegression.setup_anndata(adata)
+    with pytest.raises(ValueError, match="not set up for OtherToy"):
+        OtherToy(adata)
+    with pytest.raises(ValueError, match=r"Unknown config key\(s\) \['n_hiden'\]"):
+        ToyRegression(adata, n_hiden=3)
+    model = ToyRegression(adata, **ToyRegression.bench_config)
+    assert model.config["max_epochs"] == 3 and model.config["lr"] == 0.1 and not model.is_trained
+    model.train(enable_progress_bar=False)
+    assert len(model.history) == 3
+    # the registry is a JSON string, so it survives h5ad/zarr writes unchanged
+    assert isinstance(adata.uns["_scst_setup"]["ToyRegression"], str)
+
+
+def test_setup_sdata():
+    sd = pytest.importorskip("spatialdata")
+    adata = make_adata()
+    sdata = sd.SpatialData(tables={"expr": adata})
+    ToyRegression.setup_sdata(sdata, table="expr")
+    model = ToyRegression(sdata, max_epochs=1)
+    assert model.adata is sdata.tables["expr"] and model.registry["table"] == "expr"
+    with pytest.raises(KeyError, match="'nope' not found"):
+        ToyRegression.setup_sdata(sdata, table="nope")
+
+
+def test_early_stopping_on_plateau():
+    adata = make_adata()
+    ToyRegression.setup_anndata(adata)
+    model = ToyRegression(adata, lr=0.0, max_epochs=50, patience=3)  # lr=0: val loss is exactly flat
+    model.train(enable_progress_bar=False)
+    assert len(model.history) == 4  # best at epoch 0, then 3 epochs without improvement
+    assert np.ptp(model.history["val_loss"]) == 0
+
+
+def test_no_validation_trains_without_early_stopping():
+    adata = make_adata()
+    ToyRegression.setup_anndata(adata)
+    model = ToyRegression(adata, max_epochs=5).train(validation=0.0, enable_progress_bar=False)
+    assert len(model.history) == 5 and "val_loss" not in model.history
+
+
+def test_nan_guard_restores_last_good_checkpoint(tmp_path):
+    adata = make_adata()
+    NaNToy.setup_anndata(adata)
+    model = NaNToy(adata)
+    # 192 training obs / batch 32 = 6 steps per epoch: NaN at the 21st step = epoch 3, batch 2
+    with pytest.raises(FloatingPointError, match=r"nan at epoch 3, batch 2 .*restored the best checkpoint"):
+        model.train(checkpoint_dir=tmp_path, enable_progress_bar=False)
+    best = torch.load(tmp_path / "best.ckpt", weights_only=True)["state_dict"]
+    for name, value in model.module.state_dict().items():
+        assert torch.isfinite(value).all()
+        torch.testing.assert_close(value, best[f"module.{name}"], rtol=0, atol=0)
+    assert list(model.history.index) == [0, 1, 2]
+    # the weights are those of the last validated epoch, not of the steps taken since
+    assert model.history["val_loss"].is_monotonic_decreasing
+
+
+def test_nan_guard_in_validation():
+    adata = make_adata()
+    NaNToy.setup_anndata(adata)
+    model = NaNToy(adata, in_validation=True)
+    # 6 steps per epoch: the validation after epoch 3 (steps 19-24) is the first to see NaN
+    with pytest.raises(FloatingPointError, match=r"Validation loss is nan at epoch 3, validation batch 0"):
+        model.train(enable_progress_bar=False)
+    assert model.is_trained and torch.isfinite(model.module.linear.weight).all()
+    assert list(model.history["val_loss"].dropna().index) == [0, 1, 2]
+
+
+def test_seed_reproducibility():
+    def fit(seed):
+        adata = make_adata()
+        ToyRegression.setup_anndata(adata)
+        model = ToyRegression(adata, max_epochs=2, seed=seed).train(enable_progress_bar=False)
+        return model.module.linear.weight.detach().clone(), model.history
+
+    (w0, h0), (w0b, h0b), (w1, _) = fit(0), fit(0), fit(1)
+    torch.testing.assert_close(w0, w0b, rtol=0, atol=0)
+    pd.testing.assert_frame_equal(h0, h0b)
+    assert not torch.equal(w0, w1)
+
+
+def test_no_stray_logs_in_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    adata = make_adata()
+    ToyRegression.setup_anndata(adata)
+    ToyRegression(adata, max_epochs=1).train(enable_progress_bar=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_restores_best_epoch_of_max_monitor():
+    adata = make_adata(noise=1.0)
+    MaxToy.setup_anndata(adata)
+    # a too-large step size makes the validation curve wander, so the last epoch is not the best one
+    model = MaxToy(adata, lr=0.5, batch_size=32, max_epochs=6).train(early_stopping=False, enable_progress_bar=False)
+    h = model.history["val_neg_mae"]
+    assert h.idxmax() != h.index[-1]
+    _, val_dl = model._dataloaders(32, None, 0)
+    x, y = val_dl.dataset.tensors
+    with torch.no_grad():
+        neg_mae = -(model.module(x) - y).abs().mean().item()
+    assert neg_mae == pytest.approx(h.max(), rel=1e-5)
