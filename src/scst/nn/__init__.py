@@ -1,8 +1,9 @@
 """Torch-only building blocks shared by scst models (no anndata/scanpy imports: GPU machines lack them)."""
 
 from ._hggep import HGGEP_BENCH, HGGEPModule
-from ._hypergraph import knn_hyperedges
+from ._hypergraph import hyperedge_index_to_incidence, incidence_to_hyperedge_index, knn_hyperedges
 from ._layers import CBAM, GEM, CDCConv2d, CoordEmbedding, SpotTransformer, ViTBlock, ZINBLoss, zinb_nll
+from ._tcgn import TCGN_BENCH, TCGNModule, topk_graph
 
 __all__ = [
     "CBAM",
@@ -12,8 +13,13 @@ __all__ = [
     "HGGEP_BENCH",
     "HGGEPModule",
     "SpotTransformer",
+    "TCGN_BENCH",
+    "TCGNModule",
     "ViTBlock",
     "ZINBLoss",
+    "hyperedge_index_to_incidence",
+    "incidence_to_hyperedge_index",
     "knn_hyperedges",
+    "topk_graph",
     "zinb_nll",
 ]

@@ -1,0 +1,152 @@
+"""Tests for scst.pp.hypergraph (HGGEP hypergraph stored on AnnData)."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from spatialdata import SpatialData
+from torch_geometric.nn import HypergraphConv
+
+from scst.nn._hypergraph import incidence_to_hyperedge_index, knn_hyperedges
+from scst.pp._hypergraph import hypergraph
+
+# The 2 x 3 grid of tests/nn/test_hypergraph.py (hand-checked there):   3 4 5
+#                                                                       0 1 2
+HAND_POS = np.array([[0, 0], [1, 0], [2, 0], [0, 1], [1, 1], [2, 1]], dtype=float)
+HAND_FEAT = np.array([[0.0], [0.0], [0.0], [2.0], [0.0], [2.0]])
+HAND_MEMBERS = [[0, 1, 4], [1, 0, 2], [2, 1, 4], [3, 0, 4], [4, 1, 0], [5, 2, 3]]
+
+
+def _hand_adata() -> ad.AnnData:
+    adata = ad.AnnData(np.zeros((6, 2), dtype=np.float32))
+    adata.obsm["spatial"] = HAND_POS
+    adata.obsm["X_pca"] = HAND_FEAT
+    return adata
+
+
+def _two_sections(n: int = 80, seed: int = 0) -> ad.AnnData:
+    """Two sections on the *same* coordinates, with identical features: without the section split every
+    spot's best partner (score 0) would be its twin in the other section."""
+    rng = np.random.default_rng(seed)
+    pos = rng.uniform(0, 50, size=(n, 2))
+    feat = rng.normal(size=(n, 8))
+    adata = ad.AnnData(np.zeros((2 * n, 3), dtype=np.float32))
+    adata.obsm["spatial"] = np.vstack([pos, pos])
+    adata.obsm["X_pca"] = np.vstack([feat, feat])
+    adata.obs["section"] = pd.Categorical(["B"] * n + ["A"] * n)
+    return adata
+
+
+def test_hand_checked_incidence():
+    adata = _hand_adata()
+    assert hypergraph(adata, library_key=None) is None
+    inc = adata.obsp["hypergraph_incidence"]
+    assert sp.issparse(inc) and inc.format == "csr" and inc.dtype == np.float32
+    expected = np.zeros((6, 6))
+    for e, members in enumerate(HAND_MEMBERS):
+        expected[members, e] = 1
+    np.testing.assert_array_equal(inc.toarray(), expected)
+    assert adata.uns["hypergraph"] == {
+        "params": {
+            "use_rep": "X_pca",
+            "spatial_key": "spatial",
+            "k": 3,
+            "n_candidates": 16,
+            "exact": None,
+            "library_key": None,
+        },
+        "incidence_key": "hypergraph_incidence",
+    }
+
+
+def test_sections_are_separated():
+    n = 80
+    adata = _two_sections(n)
+    hypergraph(adata, k=4, key_added="hg")
+    inc = adata.obsp["hg_incidence"].toarray()
+    assert inc.sum() == 2 * n * 4 and (inc.sum(0) == 4).all()
+    assert inc[:n, n:].sum() == 0 and inc[n:, :n].sum() == 0
+    # Each block is the single-section hypergraph, and the twin sections give the same block.
+    hei = knn_hyperedges(torch.tensor(adata.obsm["X_pca"][:n]), torch.tensor(adata.obsm["spatial"][:n]), 4)
+    block = np.zeros((n, n))
+    block[hei[0].numpy(), hei[1].numpy()] = 1
+    np.testing.assert_array_equal(inc[:n, :n], block)
+    np.testing.assert_array_equal(inc[n:, n:], block)
+    assert adata.uns["hg"]["params"]["library_key"] == "section"
+
+    # Without sections the twins (score 0, lower index first) join every hyperedge.
+    hypergraph(adata, k=4, library_key=None, key_added="global")
+    glob = adata.obsp["global_incidence"].toarray()
+    assert all(glob[(e + n) % (2 * n), e] == 1 for e in range(2 * n))
+
+
+def test_missing_library_key_builds_one_hypergraph():
+    adata = _two_sections(30)
+    del adata.obs["section"]
+    hypergraph(adata, k=2)
+    inc = adata.obsp["hypergraph_incidence"].toarray()
+    assert inc[30:, :30].sum() == 30  # each hyperedge of section 1 takes its twin in section 2
+    assert adata.uns["hypergraph"]["params"]["library_key"] is None
+
+
+def test_fast_and_exact_agree_through_anndata():
+    adata = _two_sections(300, seed=1)
+    hypergraph(adata, k=3, exact=True, key_added="dense")
+    hypergraph(adata, k=3, exact=False, n_candidates=64, key_added="fast")
+    assert (adata.obsp["dense_incidence"] != adata.obsp["fast_incidence"]).nnz == 0
+
+
+def test_copy_and_use_rep_x():
+    adata = _hand_adata()
+    adata.X = sp.csr_matrix(np.hstack([HAND_FEAT, np.zeros((6, 1))]).astype(np.float32))  # same distances
+    out = hypergraph(adata, use_rep="X", library_key=None, copy=True)
+    assert isinstance(out, ad.AnnData) and out is not adata
+    assert "hypergraph_incidence" not in adata.obsp and "hypergraph" not in adata.uns
+    assert out.obsp["hypergraph_incidence"][[0, 1, 4], 0].toarray().ravel().tolist() == [1, 1, 1]
+    assert out.uns["hypergraph"]["params"]["use_rep"] == "X"
+
+
+def test_spatialdata_table_edited_in_place():
+    sdata = SpatialData(tables={"table": _hand_adata()})
+    hypergraph(sdata, library_key=None)
+    inc = sdata.tables["table"].obsp["hypergraph_incidence"]
+    assert inc[:, 0].nonzero()[0].tolist() == [0, 1, 4]
+
+
+def test_incidence_to_pyg_hypergraph_conv():
+    adata = _two_sections(50)
+    hypergraph(adata, k=3)
+    hei, num_edges = incidence_to_hyperedge_index(adata.obsp["hypergraph_incidence"])
+    assert num_edges == adata.n_obs and hei.shape == (2, adata.n_obs * 3)
+    x = torch.tensor(adata.obsm["X_pca"], dtype=torch.float32)
+    conv = HypergraphConv(8, 8, bias=False)
+    with torch.no_grad():
+        conv.lin.weight.copy_(torch.eye(8))
+    out = conv(x, hei, num_edges=num_edges)
+    # Spots only mix within their section: the twin sections give identical outputs.
+    torch.testing.assert_close(out[:50], out[50:])
+    H = torch.tensor(adata.obsp["hypergraph_incidence"].toarray())
+    torch.testing.assert_close(out, (H @ (H.T @ x) / 3) / H.sum(1, keepdim=True), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_keys_and_k():
+    adata = _two_sections(5)
+    with pytest.raises(KeyError, match="use_rep"):
+        hypergraph(adata, use_rep="X_missing")
+    with pytest.raises(KeyError, match="spatial_key"):
+        hypergraph(adata, spatial_key="coords")
+    with pytest.raises(ValueError, match="`k`"):
+        hypergraph(adata, k=0)
+    with pytest.raises(ValueError, match="section 'A'"):
+        hypergraph(adata, k=6)  # 10 spots in all, 5 per section
+    adata.obsm["bad"] = np.zeros((10, 3))
+    with pytest.raises(ValueError, match="shape"):
+        hypergraph(adata, spatial_key="bad")
+    adata.obs["lib"] = pd.Series([None] + ["x"] * 9, index=adata.obs_names, dtype=object)
+    with pytest.raises(ValueError, match="missing values"):
+        hypergraph(adata, library_key="lib")
+    assert "hypergraph_incidence" not in adata.obsp
