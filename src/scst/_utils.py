@@ -15,6 +15,14 @@ from anndata import AnnData
 from ._constants import TABLE_KEY, UNS_KEY
 
 
+def cache_dir() -> Path:
+    """Root of scst's caches (images, downloads): ``$SCST_CACHE_DIR`` or ``pooch.os_cache("scst")``."""
+    import pooch
+
+    env = os.environ.get("SCST_CACHE_DIR")
+    return Path(env) if env else Path(pooch.os_cache("scst"))
+
+
 def _get_table(data: Any, table: str | None = None) -> AnnData:
     """Return the AnnData behind ``data`` (AnnData itself, or ``sdata.tables[table]``)."""
     if isinstance(data, AnnData):

@@ -19,6 +19,7 @@ from pathlib import Path
 import pooch
 
 from .._logging import logg
+from .._utils import cache_dir
 
 _GH = "https://raw.githubusercontent.com"
 _HER2ST = f"{_GH}/almaan/her2st/85df7411b987a7dec3feff9718b869a7a82091ec"
@@ -110,12 +111,6 @@ for _s, _stem in _HER2ST_IMAGES.items():
         f"{_HER2ST}/res/ST-cluster/lbl/{_s}-cluster-annotation.tsv.gz",
     )
     _reg[f"{_s}/he.jpg"] = (_reg[f"{_s}/he.jpg"][0], f"{_HER2ST}/data/ST-imgs/C/{_s}/{_stem}.jpg")
-
-
-def cache_dir() -> Path:
-    """Root of scst's caches: ``$SCST_CACHE_DIR`` or ``pooch.os_cache("scst")``."""
-    env = os.environ.get("SCST_CACHE_DIR")
-    return Path(env) if env else Path(pooch.os_cache("scst"))
 
 
 def data_dir(dataset: str, path: str | os.PathLike | None = None) -> Path | None:

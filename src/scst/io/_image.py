@@ -13,7 +13,7 @@ from spatialdata.transformations import Identity, set_transformation
 
 from .._logging import logg
 from .._utils import _atomic_dir
-from ..datasets._fetch import cache_dir as _cache_root
+from .._utils import cache_dir as _cache_root
 
 #: Downscale factors of the cached pyramid (levels 1, 2, 4, 8, 16) and its chunk edge in pixels.
 SCALE_FACTORS = (2, 2, 2, 2)

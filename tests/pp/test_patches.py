@@ -1,0 +1,294 @@
+"""Tests for scst.pp SpotPatchDataset / extract_patches on her2st C2 and on small synthetic images."""
+
+from __future__ import annotations
+
+import pickle
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+import zarr
+from scipy import sparse
+
+from scst.pp._patches import IMAGENET_MEAN, IMAGENET_STD, SpotPatchDataset, extract_patches
+
+# Spot 25x13 of C2 (spots.tsv row 1): pixel_x 6930.58, pixel_y 3510.24. 80 µm at 0.6888 µm/px -> 116 px, so the
+# window starts at floor(6930.58 - 58 + 0.5) = 6873 (x) and floor(3510.24 - 58 + 0.5) = 3452 (y).
+# Its counts (counts.tsv.gz): ERBB2 7, GAPDH 5, ACTB 7.
+SPOT, X0, Y0, SIZE = "C2_25x13", 6873, 3452, 116
+
+
+def _synthetic(h=50, w=60, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 200, size=(3, h, w), dtype=np.uint8)  # never 255: padding is recognisable
+
+
+def _dihedral(x: torch.Tensor) -> list[torch.Tensor]:
+    out = []
+    for flip in (False, True):
+        y = torch.flip(x, dims=(2,)) if flip else x
+        out.extend(torch.rot90(y, k, dims=(1, 2)) for k in range(4))
+    return out
+
+
+class _CacheProbe(torch.utils.data.Dataset):
+    """Reads a window and reports the chunk-cache budget of the process that read it."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        self.ds.window(i)
+        return self.ds._cache.max_bytes
+
+
+# ------------------------------------------------------------------------------------------------ real data
+def test_geometry_and_exact_crop_of_the_jpeg(c2_sdata, her2st_dir):
+    from PIL import Image
+
+    ds = SpotPatchDataset(c2_sdata, genes=["ERBB2", "GAPDH", "ACTB"], normalize=None)
+    assert ds.size_px == {"C2": round(80 / 0.6888406987617568)} == {"C2": SIZE}
+    i = int(np.flatnonzero(ds.obs_names == SPOT)[0])
+    item = ds[i]
+    Image.MAX_IMAGE_PIXELS = None
+    with Image.open(her2st_dir / "C2" / "he.jpg") as im:
+        crop = np.asarray(im.convert("RGB").crop((X0, Y0, X0 + SIZE, Y0 + SIZE)))
+    np.testing.assert_array_equal(ds.window(i), np.moveaxis(crop, -1, 0))
+    np.testing.assert_allclose(item["patch"].numpy(), np.moveaxis(crop, -1, 0) / 255.0, atol=1e-6)
+    assert item["patch"].dtype == torch.float32 and item["patch"].shape == (3, SIZE, SIZE)
+    np.testing.assert_array_equal(item["counts"].numpy(), [7, 5, 7])
+    assert item["counts"].dtype == torch.float32
+    np.testing.assert_allclose(item["pixel_coords"].numpy(), [6930.58, 3510.24], rtol=1e-6)
+    assert item["array_coords"].tolist() == [13, 25] and item["array_coords"].dtype == torch.long
+    assert item["index"] == i and item["section"] == 0
+
+
+def test_spot_patches_darker_than_background(c2_sdata):
+    table = c2_sdata.tables["table"]
+    xy = table.obsm["spatial"]
+    h, w = table.uns["scst"]["sections"]["C2"]["image_shape"]
+    # Background: a grid of points more than two spot pitches (580 px) from every spot.
+    gx, gy = np.meshgrid(np.arange(200, w - 200, 600), np.arange(200, h - 200, 600))
+    grid = np.stack([gx.ravel(), gy.ravel()], 1).astype(float)
+    far = np.min(np.linalg.norm(grid[:, None] - xy[None], axis=-1), axis=1) > 580
+    img = c2_sdata.images["C2_image"]
+    spots = SpotPatchDataset(c2_sdata, return_counts=False)
+    bg = SpotPatchDataset.from_arrays({"C2": img}, grid[far], ["C2"] * far.sum(), 0.6888)
+    spot_grey = np.array([spots.window(i).mean() / 255 for i in spots.locality_order()])
+    bg_grey = np.array([bg.window(i).mean() / 255 for i in bg.locality_order()])
+    assert len(bg_grey) > 100
+    # README check: 139 (spots) vs 239 (background) of 255 in 68-px disks.
+    assert 0.4 < spot_grey.mean() < 0.7 < 0.85 < bg_grey.mean()
+    assert (spot_grey < bg_grey.mean()).all()
+
+
+@pytest.mark.slow
+def test_dataloader_two_workers_matches_single_process(c2_sdata):
+    ds = SpotPatchDataset(c2_sdata, obs_subset=np.arange(24), genes=["ERBB2"], out_px=112)
+    ref = torch.stack([ds[i]["patch"] for i in range(len(ds))])
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2, shuffle=False)
+    batches = list(loader)
+    got = torch.cat([b["patch"] for b in batches])
+    assert got.shape == (24, 3, 112, 112)
+    torch.testing.assert_close(got, ref)
+    assert torch.cat([b["index"] for b in batches]).tolist() == list(range(24))
+    assert batches[0]["counts"].shape == (8, 1) and batches[0]["array_coords"].shape == (8, 2)
+    # Each worker holds its share of the chunk-cache budget (memory bounded whatever num_workers).
+    probe = torch.utils.data.DataLoader(_CacheProbe(ds), batch_size=4, num_workers=2)
+    assert {int(v) for b in probe for v in b} == {ds._cache_budget // 2}
+    # extract_patches with workers writes the same uint8 patches as the single-process dataset.
+    res = extract_patches(c2_sdata, out_px=112, obs_subset=np.arange(24), num_workers=2, return_counts=False)
+    np.testing.assert_array_equal(res["patches"], np.stack([ds.patch_uint8(i) for i in range(24)]))
+
+
+def test_normalisation_and_resize(c2_sdata):
+    raw = SpotPatchDataset(c2_sdata, obs_subset=[0, 1], out_px=224, normalize=None, return_counts=False)
+    imnet = SpotPatchDataset(c2_sdata, obs_subset=[0, 1], out_px=224, return_counts=False)
+    p, q = raw[1]["patch"], imnet[1]["patch"]
+    assert p.shape == (3, 224, 224) and 0 <= p.min() and p.max() <= 1
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    torch.testing.assert_close(q, (p - mean) / std)
+    # Antialiased 116 -> 56 keeps the mean grey (a plain subsample would too, but not the local averages).
+    small = SpotPatchDataset(c2_sdata, obs_subset=[1], out_px=58, normalize=None, return_counts=False)[0]["patch"]
+    full = raw.window(1).astype(np.float32) / 255
+    block = full.reshape(3, 58, 2, 58, 2).mean((2, 4))
+    assert np.abs(small.numpy() - block).mean() < 0.02
+
+
+def test_subset_by_names_and_sparse_counts(c2_sdata):
+    t = c2_sdata.tables["table"]
+    names = list(t.obs_names[[5, 2]])
+    ds = SpotPatchDataset(c2_sdata, obs_subset=names, genes=list(t.var_names[:4]), normalize=None)
+    assert [ds[0]["index"], ds[1]["index"]] == [5, 2]
+    np.testing.assert_array_equal(ds[0]["counts"].numpy(), t.X[5, :4].toarray()[0])
+    assert ds.sources["C2"].kind == "zarr"  # read through zarr, not dask
+
+
+def test_extract_patches_roundtrip(c2_sdata, tmp_path):
+    sub = np.arange(10)
+    path = extract_patches(c2_sdata, out=tmp_path / "c2.npz", out_px=112, obs_subset=sub, genes=["ERBB2", "ACTB"])
+    assert path == tmp_path / "c2.npz" and sorted(p.name for p in tmp_path.iterdir()) == ["c2.npz"]
+    with np.load(path, allow_pickle=False) as f:
+        cache = {k: f[k] for k in f.files}
+    ds = SpotPatchDataset(c2_sdata, obs_subset=sub, out_px=112, genes=["ERBB2", "ACTB"], normalize=None)
+    assert cache["patches"].shape == (10, 3, 112, 112) and cache["patches"].dtype == np.uint8
+    for i in range(10):  # uint8 images are resized in uint8: the cache holds exactly 255 * patch
+        np.testing.assert_array_equal(cache["patches"][i], (ds[i]["patch"] * 255).round().to(torch.uint8).numpy())
+    np.testing.assert_array_equal(cache["counts"], c2_sdata.tables["table"][sub, ["ERBB2", "ACTB"]].X.toarray())
+    assert cache["section_names"].tolist() == ["C2"] and cache["size_px"].tolist() == [SIZE]
+    assert cache["var_names"].tolist() == ["ERBB2", "ACTB"] and cache["index"].tolist() == sub.tolist()
+    # The cache serves the same items (no image needed).
+    cds = SpotPatchDataset.from_patch_cache(path, normalize=None)
+    item = cds[3]
+    assert set(item) == set(ds[3]) and item["index"] == 3
+    torch.testing.assert_close(item["patch"], ds[3]["patch"], rtol=0, atol=0)
+    torch.testing.assert_close(item["counts"], ds[3]["counts"])
+    torch.testing.assert_close(item["array_coords"], ds[3]["array_coords"])
+    # out=array fills a preallocated buffer.
+    buf = np.zeros((10, 3, 112, 112), dtype=np.uint8)
+    res = extract_patches(c2_sdata, out=buf, out_px=112, obs_subset=sub, return_counts=False)
+    assert res["patches"] is buf and np.array_equal(buf, cache["patches"]) and "counts" not in res
+
+
+def test_errors_on_real_data(c2_sdata, c2, her2st_dir):
+    import scst
+
+    with pytest.raises(KeyError, match="Table 'nope'"):
+        SpotPatchDataset(c2_sdata, "nope")
+    with pytest.raises(KeyError, match="genes"):
+        SpotPatchDataset(c2_sdata, genes=["NOT_A_GENE"])
+    with pytest.raises(KeyError, match="layer"):
+        SpotPatchDataset(c2_sdata, layer="counts")
+    with pytest.raises(KeyError, match="obs_subset"):
+        SpotPatchDataset(c2_sdata, obs_subset=["C2_0x0"])
+    with pytest.raises(ValueError, match="larger than"):
+        SpotPatchDataset(c2_sdata, size_um=8000.0)
+    del c2.images["C2_image"]
+    with pytest.raises(KeyError, match="'C2_image' not in sdata.images"):
+        SpotPatchDataset(c2)
+    no_img = scst.datasets.her2st(["C2"], path=her2st_dir, images=False)
+    with pytest.raises(ValueError, match="image_key'\\] is None"):
+        SpotPatchDataset(no_img)
+
+
+# ------------------------------------------------------------------------------------------------ synthetic
+def test_border_padding_constant_and_reflect():
+    img = _synthetic()
+    # Centre (2.2, 3.0), 10 px: x0 = floor(2.2 - 5 + 0.5) = -3, y0 = floor(3 - 5 + 0.5) = -2.
+    kw = {"size_px": 10, "normalize": None}
+    const = SpotPatchDataset.from_arrays({"s": img}, [[2.2, 3.0]], ["s"], None, **kw)
+    win = const.window(0)
+    assert win.shape == (3, 10, 10)
+    assert (win[:, :2, :] == 255).all() and (win[:, :, :3] == 255).all()
+    np.testing.assert_array_equal(win[:, 2:, 3:], img[:, 0:8, 0:7])
+    refl = SpotPatchDataset.from_arrays({"s": img}, [[2.2, 3.0]], ["s"], None, padding="reflect", **kw).window(0)
+    np.testing.assert_array_equal(refl[:, 2:, 3:], img[:, 0:8, 0:7])
+    np.testing.assert_array_equal(refl[:, 2:, 0], img[:, 0:8, 3])  # x = -3 mirrors x = 3
+    np.testing.assert_array_equal(refl[:, 0, 3:], img[:, 2, 0:7])  # y = -2 mirrors y = 2
+    # Bottom-right corner, custom pad value.
+    br = SpotPatchDataset.from_arrays({"s": img}, [[59.0, 49.0]], ["s"], None, pad_value=7, **kw).window(0)
+    np.testing.assert_array_equal(br[:, :6, :6], img[:, 44:50, 54:60])
+    assert (br[:, 6:, :] == 7).all() and (br[:, :, 6:] == 7).all()
+
+
+def test_um_to_px_per_section_and_resize():
+    imgs = {"a": _synthetic(), "b": _synthetic(seed=1)}
+    ds = SpotPatchDataset.from_arrays(
+        imgs, [[20, 20], [30, 25]], ["a", "b"], {"a": 0.5, "b": 0.25}, size_um=8.0, out_px=12, normalize=None
+    )
+    assert ds.size_px == {"a": 16, "b": 32}
+    assert ds[0]["patch"].shape == ds[1]["patch"].shape == (3, 12, 12)
+    with pytest.raises(ValueError, match="different window sizes"):
+        SpotPatchDataset.from_arrays(imgs, [[20, 20], [30, 25]], ["a", "b"], {"a": 0.5, "b": 0.25}, size_um=8.0)
+
+
+def test_augmentation_is_a_dihedral_map_of_the_patch():
+    img = _synthetic()
+    plain = SpotPatchDataset.from_arrays({"s": img}, [[30, 25]], [0], 1.0, size_um=16, normalize=None)
+    aug = SpotPatchDataset.from_arrays({"s": img}, [[30, 25]], [0], 1.0, size_um=16, normalize=None, augment=True)
+    ref = _dihedral(plain[0]["patch"])
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(80):
+        p = aug[0]["patch"]
+        hits = [k for k, r in enumerate(ref) if torch.equal(p, r)]
+        assert len(hits) == 1  # the 8 maps of a random patch are distinct
+        seen.add(hits[0])
+        assert torch.equal(p.flatten().sort().values, ref[0].flatten().sort().values)
+    assert seen == set(range(8))
+
+
+def test_transform_hook_runs_before_normalisation():
+    img = _synthetic()
+    ds = SpotPatchDataset.from_arrays(
+        {"s": img}, [[30, 25]], [0], 1.0, size_um=10, transform=lambda x: 1 - x, normalize=([0.5] * 3, [0.25] * 3)
+    )
+    raw = torch.from_numpy(img[:, 20:30, 25:35].astype(np.float32) / 255)
+    torch.testing.assert_close(ds[0]["patch"], ((1 - raw) - 0.5) / 0.25)
+
+
+def test_sources_agree_and_cache_is_bounded(tmp_path):
+    img = _synthetic(h=100, w=90, seed=3)
+    z = zarr.open_array(tmp_path / "img.zarr", mode="w", shape=img.shape, chunks=(3, 16, 16), dtype="uint8")
+    z[:] = img
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, [90, 100], size=(40, 2))
+    secs = np.zeros(40, dtype=int)
+    kw = {"size_px": 24, "normalize": None}
+    dz = da.from_zarr(str(tmp_path / "img.zarr"))
+    variants = {
+        "numpy": SpotPatchDataset.from_arrays({"s": img}, xy, secs, None, **kw),
+        "zarr": SpotPatchDataset.from_arrays({"s": z}, xy, secs, None, **kw),
+        "zarr_path": SpotPatchDataset.from_arrays({"s": str(tmp_path / "img.zarr")}, xy, secs, None, **kw),
+        "zarr_nocache": SpotPatchDataset.from_arrays({"s": z}, xy, secs, None, chunk_cache_mb=0, **kw),
+        "dask_view": SpotPatchDataset.from_arrays({"s": dz}, xy, secs, None, **kw),
+        "dask_compute": SpotPatchDataset.from_arrays({"s": dz.rechunk(20)}, xy, secs, None, **kw),
+    }
+    kinds = {k: v.sources["s"].kind for k, v in variants.items()}
+    assert kinds == {
+        "numpy": "array", "zarr": "zarr", "zarr_path": "zarr", "zarr_nocache": "zarr", "dask_view": "zarr",
+        "dask_compute": "dask",
+    }  # fmt: skip
+    ref = np.stack([variants["numpy"].window(i) for i in range(40)])
+    for name, ds in variants.items():
+        np.testing.assert_array_equal(np.stack([ds.window(i) for i in range(40)]), ref, err_msg=name)
+    # Two full chunks of 3*16*16 bytes fit in the budget; the cache never holds more.
+    small = SpotPatchDataset.from_arrays({"s": z}, xy, secs, None, chunk_cache_mb=1600 / 2**20, **kw)
+    for i in range(40):
+        np.testing.assert_array_equal(small.window(i), ref[i])
+        assert small._cache.nbytes <= 1600
+    small.clear_cache()
+    assert small._cache.nbytes == 0 and not small._cache._d
+    # Pickling (DataLoader workers) drops the open store and the cache, and the copy reads the same windows.
+    clone = pickle.loads(pickle.dumps(variants["zarr"]))
+    assert clone.sources["s"]._z is None and clone._cache.nbytes == 0
+    np.testing.assert_array_equal(clone.window(7), ref[7])
+
+
+def test_array_inputs_counts_and_errors():
+    img = _synthetic()
+    counts = sparse.csr_matrix(np.array([[1, 0, 3], [0, 2, 0]]))
+    ds = SpotPatchDataset.from_arrays(
+        {"s": img}, [[10, 10], [40, 30]], ["s", "s"], 1.0, size_um=8, counts=counts, array_coords=[[1, 2], [3, 4]],
+        index=[10, 11], normalize=None,
+    )  # fmt: skip
+    assert ds[1]["counts"].tolist() == [0, 2, 0] and ds[1]["array_coords"].tolist() == [3, 4]
+    assert ds[1]["index"] == 11 and len(ds) == 2
+    with pytest.raises(ValueError, match="larger than"):
+        SpotPatchDataset.from_arrays({"s": img}, [[10, 10]], ["s"], 1.0, size_um=51)
+    with pytest.raises(ValueError, match="outside"):
+        SpotPatchDataset.from_arrays({"s": img}, [[70, 10]], ["s"], 1.0, size_um=8)
+    with pytest.raises(KeyError, match="sections"):
+        SpotPatchDataset.from_arrays({"s": img}, [[10, 10]], ["t"], 1.0)
+    with pytest.raises(ValueError, match="padding"):
+        SpotPatchDataset.from_arrays({"s": img}, [[10, 10]], ["s"], 1.0, size_um=8, padding="wrap")
+    with pytest.raises(ValueError, match="normalize"):
+        SpotPatchDataset.from_arrays({"s": img[:2]}, [[10, 10]], ["s"], 1.0, size_um=8)
+    with pytest.raises(ValueError, match="um_per_px"):
+        SpotPatchDataset.from_arrays({"s": img}, [[10, 10]], ["s"], None)
+    with pytest.raises(ValueError, match="3 dims"):
+        SpotPatchDataset.from_arrays({"s": img[0]}, [[10, 10]], ["s"], 1.0)
