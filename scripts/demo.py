@@ -14,10 +14,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
 import scanpy as sc
-import spatialdata_plot  # noqa: F401  (registers sdata.pl)
 import squidpy as sq
 import torch
 
@@ -44,23 +41,19 @@ def main() -> None:
     scst.pp.select_genes(adata, n_top=1000, min_fraction=0.5)
     print(f"Gene panel: {int(adata.var['highly_variable_scst'].sum())} genes (top-1000 HVG per section, ≥50 % spots)")
 
-    adata.layers["counts"] = adata.X.copy()
-    sc.pp.normalize_total(adata, target_sum=1e4)
-    sc.pp.log1p(adata)
-
     # ST arrays: 4-neighbour grid on the integer array indices, per section (no edges across sections).
     sq.gr.spatial_neighbors(adata, spatial_key="spatial_array", coord_type="grid", n_neighs=4,
                             library_key="section", key_added="grid")  # fmt: skip
     print(f"Grid graph: {adata.obsp['grid_connectivities'].nnz // 2} undirected edges → obsp['grid_connectivities']")
 
-    panel = adata[:, adata.var["highly_variable_scst"]].copy()
-    sc.pp.pca(panel, n_comps=30)
-    adata.obsm["X_pca"] = panel.obsm["X_pca"]
+    # X stays raw counts (models and plots expect that); PCA of log1p(normalize_total) panel expression.
+    lognorm = sc.pp.log1p(sc.pp.normalize_total(adata, target_sum=1e4, inplace=False)["X"])
+    adata.obsm["X_pca"] = sc.pp.pca(lognorm[:, adata.var["highly_variable_scst"].to_numpy()], n_comps=30)
     scst.pp.hypergraph(adata, use_rep="X_pca", k=3)
     inc = adata.obsp["hypergraph_incidence"]
     print(f"Hypergraph: {inc.shape[1]} hyperedges of {int(inc.sum(0).max())} spots → obsp['hypergraph_incidence']")
 
-    ds = scst.pp.SpotPatchDataset(sdata, size_um=80.0, out_px=112)
+    ds = scst.pp.SpotPatchDataset(sdata, size_um=80.0, out_px=112, normalize=None)
     loader = torch.utils.data.DataLoader(ds, batch_size=64)
     t1 = time.perf_counter()
     grey = []
@@ -70,13 +63,7 @@ def main() -> None:
     print(f"Patches: {len(ds)} × 3 × 112 × 112 (80 µm) read in {time.perf_counter() - t1:.1f} s; "
           f"mean intensity under spots {grey.mean():.2f} (white background = 1.0)")  # fmt: skip
 
-    fig, axes = plt.subplots(1, len(sections), figsize=(4 * len(sections), 4.2))
-    for ax, s in zip(np.atleast_1d(axes), sections):
-        sdata.pl.render_images(f"{s}_image").pl.render_shapes(
-            f"{s}_spots", color="ERBB2", table_name="table", cmap="magma"
-        ).pl.show(coordinate_systems=s, ax=ax, title=f"{s}: ERBB2 (log1p)")
-    fig.tight_layout()
-    fig.savefig(out / "her2st_erbb2.png", dpi=110)
+    scst.pl.spatial_expression(sdata, "ERBB2", layers=[None], save=out / "her2st_erbb2.png")
     print(f"Saved {out / 'her2st_erbb2.png'}; total {time.perf_counter() - t0:.0f} s")
 
 
