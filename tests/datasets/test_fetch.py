@@ -12,9 +12,7 @@ def test_registry_matches_shared_sha256sums():
 
     root = Path(os.environ["SCST_DATA_DIR"])
     for dataset, files in _fetch.REGISTRY.items():
-        sums = dict(
-            reversed(line.split(None, 1)) for line in (root / dataset / "SHA256SUMS").read_text().splitlines()
-        )
+        sums = dict(reversed(line.split(None, 1)) for line in (root / dataset / "SHA256SUMS").read_text().splitlines())
         for rel, (sha, _url) in files.items():
             assert sums[rel] == sha, (dataset, rel)
 

@@ -2,5 +2,16 @@
 
 from ._fetch import cache_dir, fetch
 from ._her2st import HER2ST_SECTIONS, her2st
+from ._ligand_receptor import complex_subunits, ligand_receptor, lr_pairs_in_genes
+from ._seqfish import seqfish_cortex
 
-__all__ = ["HER2ST_SECTIONS", "cache_dir", "fetch", "her2st"]
+__all__ = [
+    "HER2ST_SECTIONS",
+    "cache_dir",
+    "complex_subunits",
+    "fetch",
+    "her2st",
+    "ligand_receptor",
+    "lr_pairs_in_genes",
+    "seqfish_cortex",
+]

@@ -1,5 +1,6 @@
 """Torch-only building blocks shared by scst models (no anndata/scanpy imports: GPU machines lack them)."""
 
+from ._gcng import GCNGConv, GCNGNet
 from ._hggep import HGGEP_BENCH, HGGEPModule
 from ._hypergraph import hyperedge_index_to_incidence, incidence_to_hyperedge_index, knn_hyperedges
 from ._layers import CBAM, GEM, CDCConv2d, CoordEmbedding, SpotTransformer, ViTBlock, ZINBLoss, zinb_nll
@@ -9,12 +10,14 @@ __all__ = [
     "CBAM",
     "CDCConv2d",
     "CoordEmbedding",
+    "GCNGConv",
+    "GCNGNet",
     "GEM",
-    "HGGEP_BENCH",
     "HGGEPModule",
+    "HGGEP_BENCH",
     "SpotTransformer",
-    "TCGN_BENCH",
     "TCGNModule",
+    "TCGN_BENCH",
     "ViTBlock",
     "ZINBLoss",
     "hyperedge_index_to_incidence",

@@ -1,4 +1,4 @@
-"""GCNG layers (Yuan & Bar-Joseph, Genome Biology 2020): graph convolutions over one cell graph, batched over gene pairs.
+"""GCNG layers (Yuan & Bar-Joseph, Genome Biol 2020): graph convolutions on one cell graph, batched over gene pairs.
 
 Every gene pair is a graph signal on the *same* cell graph, so a batch of ``B`` pairs is one sparse–dense
 product ``L @ [X_1 | … | X_B]`` over a ``cells × (channels·B)`` matrix — no loop over pairs and no copy of
@@ -68,10 +68,10 @@ class GCNGConv(nn.Module):
 
 
 class GCNGNet(nn.Module):
-    """GCNG: graph conv layers (ELU) → flatten → dense (ReLU) → one logit per gene pair.
+    r"""GCNG: graph conv layers (ELU) → flatten → dense (ReLU) → one logit per gene pair.
 
     With the defaults this is the paper's network: two 32-channel graph convolutions
-    :math:`Z = \\mathrm{elu}(L X W + b)`, flatten, a 512-unit dense layer and a sigmoid output (the sigmoid is
+    :math:`Z = \mathrm{elu}(L X W + b)`, flatten, a 512-unit dense layer and a sigmoid output (the sigmoid is
     applied by :meth:`predict_proba`; :meth:`loss` uses the logit for a stable binary cross-entropy).
 
     The graph matrix is a non-persistent buffer (:meth:`set_graph`): it belongs to the data, so it is not in

@@ -2,6 +2,7 @@
 
 from ._features import handcrafted_feature_names, handcrafted_features
 from ._genes import select_genes
+from ._graph_matrix import cell_graph, graph_matrix, graph_matrix_from_adjacency
 from ._hypergraph import hypergraph
 from ._patches import IMAGENET_MEAN, IMAGENET_STD, SpotPatchDataset, extract_patches
 from ._tissue import PRESETS as TISSUE_PRESETS
@@ -10,10 +11,13 @@ from ._tissue import filter_tiles, tile_grid, tissue_mask
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "TISSUE_PRESETS",
     "SpotPatchDataset",
+    "TISSUE_PRESETS",
+    "cell_graph",
     "extract_patches",
     "filter_tiles",
+    "graph_matrix",
+    "graph_matrix_from_adjacency",
     "handcrafted_feature_names",
     "handcrafted_features",
     "hypergraph",

@@ -1,1 +1,22 @@
-"""scst.tl."""
+"""Tools: thin functions that validate, call a model or a pp routine, and write documented keys."""
+
+from ._embed import embed_patches
+from ._expression import domain_ari, evaluate_expression, spatial_domains
+from ._ligrec import ligand_receptor, lr_scores
+from ._ligrec_cv import LRFold, gene_function_cv, ligrec_cv, ligrec_metrics, lr_folds, read_gmt, shuffle_graph
+
+__all__ = [
+    "LRFold",
+    "domain_ari",
+    "embed_patches",
+    "evaluate_expression",
+    "gene_function_cv",
+    "ligand_receptor",
+    "ligrec_cv",
+    "ligrec_metrics",
+    "lr_folds",
+    "lr_scores",
+    "read_gmt",
+    "shuffle_graph",
+    "spatial_domains",
+]

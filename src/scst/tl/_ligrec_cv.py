@@ -1,0 +1,627 @@
+"""GCNG's evaluation: gene-disjoint 10-fold CV over ligand–receptor pairs, metrics, and function assignment."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from .._logging import logg
+from .._utils import _check_key, _get_table
+from ..datasets._ligand_receptor import _check_lr_table, complex_subunits, lr_pairs_in_genes
+from ..models._gcng import GCNG, entity_expression, normalized_expression, sample_negatives
+from ..pp._graph_matrix import GRAPH_KINDS, graph_matrix_from_adjacency
+from ._ligrec import BASELINES, lr_scores
+
+__all__ = [
+    "LRFold",
+    "lr_folds",
+    "ligrec_cv",
+    "ligrec_metrics",
+    "gene_function_cv",
+    "read_gmt",
+    "shuffle_graph",
+]
+
+
+# ---------------------------------------------------------------------------------------------- folds
+@dataclass(eq=False)
+class LRFold:
+    """One gene-disjoint fold: labelled training and test pairs (``ligand``, ``receptor``, ``label``, ``group``)."""
+
+    fold: int
+    train: pd.DataFrame
+    test: pd.DataFrame
+    test_genes: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def n_test_positives(self) -> int:
+        """Known pairs in the test split."""
+        return int((self.test["label"] == 1).sum())
+
+
+def _genes_of(entities: Iterable[str]) -> set[str]:
+    return {g for e in entities for g in complex_subunits(e)}
+
+
+def _touches(entities: pd.Series, genes: set[str]) -> np.ndarray:
+    return np.array([bool(set(complex_subunits(e)) & genes) for e in entities], dtype=bool)
+
+
+def lr_folds(
+    pairs: pd.DataFrame,
+    *,
+    n_folds: int = 10,
+    task: Literal["interaction", "direction"] = "interaction",
+    negatives: Literal["random", "expression_matched"] = "random",
+    expression: Mapping[str, float] | pd.Series | None = None,
+    negatives_per_positive: int = 1,
+    n_bins: int = 10,
+    permute_labels: bool = False,
+    seed: int = 0,
+) -> list[LRFold]:
+    """GCNG's gene-disjoint folds over known ligand–receptor pairs.
+
+    In fold ``k`` a ``1/n_folds`` share of the ligands and of the receptors (shuffled once, then cut into
+    ``n_folds`` blocks) are test genes, the rest training genes. Known pairs between training genes are training
+    positives, pairs between test genes test positives; pairs that mix the two are dropped, and so is any training
+    pair that touches a gene (or complex subunit) of the test set, so no test gene is ever seen in training.
+    With 10 folds about 1 % of the pairs are test pairs in each fold (≈ 10 % over all folds); folds without test
+    positives are normal on small gene panels.
+
+    Negatives (label 0), drawn within each split:
+
+    - ``task="interaction"``: ``(L, R')`` with ``R'`` a receptor of the same split not known to bind ``L``;
+      ``negatives="random"`` (uniform; the paper) or ``"expression_matched"`` (``R'`` from the expression quantile
+      bin of the true partner, see :func:`scst.models._gcng.sample_negatives`);
+    - ``task="direction"``: the reversed pair ``(R, L)`` (pairs listed in both directions are dropped).
+
+    Parameters
+    ----------
+    pairs
+        Known pairs present in the data (``ligand``, ``receptor``, spelled as in the data).
+    n_folds
+        Number of folds (paper: 10).
+    task
+        ``"interaction"`` or ``"direction"``.
+    negatives
+        Negative sampling for ``task="interaction"``.
+    expression
+        Mean expression per receptor entity (needed for ``"expression_matched"``).
+    negatives_per_positive
+        Negatives per positive (paper: 1).
+    n_bins
+        Expression quantile bins.
+    permute_labels
+        Control: replace the known pairs by a random re-pairing of the same ligands and receptors (the receptor
+        column shuffled), so labels carry no biology; performance must drop to chance (up to what the degree and
+        expression of the listed genes give away, which expression-matched negatives remove).
+    seed
+        Seed of the gene split, the permutation and the negatives.
+
+    Returns
+    -------
+    ``n_folds`` :class:`LRFold` objects.
+    """
+    _check_lr_table(pairs)
+    if n_folds < 2:
+        raise ValueError(f"n_folds: expected >= 2, got {n_folds}.")
+    if task not in ("interaction", "direction"):
+        raise ValueError(f"task: expected 'interaction' or 'direction', got {task!r}.")
+    if negatives not in ("random", "expression_matched"):
+        raise ValueError(f"negatives: expected 'random' or 'expression_matched', got {negatives!r}.")
+    if negatives == "expression_matched" and task == "interaction" and expression is None:
+        raise ValueError("negatives='expression_matched' needs `expression` (mean expression per receptor).")
+    known = pairs[["ligand", "receptor"]].astype(str).drop_duplicates().reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    if permute_labels:
+        perm = known.assign(receptor=rng.permutation(known["receptor"].to_numpy()))
+        known = perm.drop_duplicates().reset_index(drop=True)
+    if task == "direction":
+        fwd = set(zip(known["ligand"], known["receptor"]))
+        both = np.array([(r, lg) in fwd for lg, r in zip(known["ligand"], known["receptor"])], dtype=bool)
+        known = known[~both].reset_index(drop=True)
+    ligands = np.array(sorted(known["ligand"].unique()), dtype=object)
+    receptors = np.array(sorted(known["receptor"].unique()), dtype=object)
+    lig_blocks = np.array_split(ligands[rng.permutation(len(ligands))], n_folds)
+    rec_blocks = np.array_split(receptors[rng.permutation(len(receptors))], n_folds)
+    folds = []
+    for k in range(n_folds):
+        test_l, test_r = set(lig_blocks[k]), set(rec_blocks[k])
+        test_genes = _genes_of(test_l | test_r)
+        in_test = known["ligand"].isin(test_l).to_numpy() & known["receptor"].isin(test_r).to_numpy()
+        in_train = (~known["ligand"].isin(test_l).to_numpy()) & (~known["receptor"].isin(test_r).to_numpy())
+        in_train &= ~(_touches(known["ligand"], test_genes) | _touches(known["receptor"], test_genes))
+        splits = {}
+        for name, mask, pool in (
+            ("train", in_train, [r for r in receptors if r not in test_r]),
+            ("test", in_test, [r for r in receptors if r in test_r]),
+        ):
+            pos = known[mask]
+            if name == "train":
+                pool = [r for r in pool if not set(complex_subunits(r)) & test_genes]
+            if task == "direction":
+                neg = pd.DataFrame({"ligand": pos["receptor"].to_numpy(), "receptor": pos["ligand"].to_numpy()})
+            elif len(pos):
+                neg = sample_negatives(
+                    pos,
+                    pool,
+                    known=known,
+                    n_per_positive=negatives_per_positive,
+                    expression=expression if negatives == "expression_matched" else None,
+                    n_bins=n_bins,
+                    seed=seed * 1000 + k * 2 + (name == "test"),
+                )[["ligand", "receptor"]]
+            else:
+                neg = pd.DataFrame(columns=["ligand", "receptor"])
+            # `group`: the ligand whose pairs a per-ligand AUROC compares (for a reversed pair, its true ligand).
+            neg_group = neg["receptor"] if task == "direction" else neg["ligand"]
+            splits[name] = pd.concat(
+                [pos.assign(label=1, group=pos["ligand"]), neg.assign(label=0, group=neg_group.to_numpy())],
+                ignore_index=True,
+            ).astype({"label": int})
+        folds.append(LRFold(k, splits["train"], splits["test"], frozenset(test_genes)))
+    n_test = sum(f.n_test_positives for f in folds)
+    logg.info(
+        f"lr_folds: {len(known)} known pairs, {len(ligands)} ligands, {len(receptors)} receptors; "
+        f"{n_test} test positives over {n_folds} folds ({sum(f.n_test_positives == 0 for f in folds)} folds without)"
+    )
+    return folds
+
+
+# ---------------------------------------------------------------------------------------------- graphs
+def shuffle_graph(matrix: Any, groups: Sequence[Any] | None = None, seed: int = 0) -> sp.csr_matrix:
+    """The graph of shuffled cell positions: cells permuted within each group (field of view / section).
+
+    ``P M Pᵀ`` for a random permutation ``P`` that keeps every cell in its group: the graph's shape is kept but
+    who neighbours whom, relative to the expression, is random — GCNG's "permuted neighbourhood" control.
+    """
+    m = sp.csr_matrix(matrix)
+    n = m.shape[0]
+    rng = np.random.default_rng(seed)
+    perm = np.arange(n)
+    if groups is None:
+        perm = rng.permutation(n)
+    else:
+        groups = np.asarray(groups)
+        if len(groups) != n:
+            raise ValueError(f"groups: expected {n} labels, got {len(groups)}.")
+        for g in pd.unique(groups):
+            idx = np.flatnonzero(groups == g)
+            perm[idx] = idx[rng.permutation(len(idx))]
+    return sp.csr_matrix(m[perm][:, perm])
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def _auc(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
+    if len(np.unique(y)) < 2:
+        return np.nan, np.nan
+    return float(roc_auc_score(y, s)), float(average_precision_score(y, s))
+
+
+def ligrec_metrics(
+    predictions: pd.DataFrame,
+    *,
+    by: str | Sequence[str] = "method",
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Pooled, per-fold and per-ligand AUROC/AUPRC of CV predictions.
+
+    Parameters
+    ----------
+    predictions
+        Columns ``fold``, ``ligand``, ``receptor``, ``label`` (0/1), ``score`` and the ``by`` columns (from
+        :func:`ligrec_cv`); per-ligand values group by ``group`` when present (the true ligand of a reversed pair
+        in the direction task), else by ``ligand``.
+    by
+        Column(s) to group by (e.g. ``"method"``, or ``["method", "section"]``).
+    n_boot
+        Bootstrap resamples for the pooled confidence intervals (pairs resampled within each class).
+    ci
+        Confidence level.
+    seed
+        Bootstrap seed.
+
+    Returns
+    -------
+    One row per group: ``n_pos``, ``n_neg``, ``auroc``/``auprc`` over all folds' test pairs pooled with
+    bootstrap ``[ci]`` bounds (``auroc_lo``, ``auroc_hi``, ``auprc_lo``, ``auprc_hi``); the mean/median over folds
+    with both classes (``fold_auroc_mean``, ``fold_auroc_median``, ``fold_auprc_mean``, ``fold_auprc_median``,
+    ``n_folds_scored``) and over ligands with both classes (``ligand_auroc_mean``/``_median``,
+    ``ligand_auprc_mean``/``_median``, ``n_ligands_scored``) — the paper's per-ligand summary. With one negative
+    per positive most ligands score 0, 0.5 or 1, so per-ligand medians are coarse.
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    need = {"fold", "ligand", "label", "score", *by}
+    missing = need - set(predictions.columns)
+    if missing:
+        raise ValueError(f"predictions: missing column(s) {sorted(missing)}.")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for key, g in predictions.groupby(by, sort=False, observed=True):
+        key = key if isinstance(key, tuple) else (key,)
+        y, s = g["label"].to_numpy(int), g["score"].to_numpy(float)
+        row: dict[str, Any] = dict(zip(by, key))
+        row.update(n_pos=int(y.sum()), n_neg=int((1 - y).sum()))
+        row["auroc"], row["auprc"] = _auc(y, s)
+        pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+        if len(pos) and len(neg) and n_boot:
+            boots = np.array(
+                [
+                    _auc(
+                        np.r_[np.ones(len(pos)), np.zeros(len(neg))],
+                        np.r_[s[rng.choice(pos, len(pos))], s[rng.choice(neg, len(neg))]],
+                    )
+                    for _ in range(n_boot)
+                ]
+            )
+            lo, hi = (1 - ci) / 2 * 100, (1 + ci) / 2 * 100
+            row["auroc_lo"], row["auroc_hi"] = np.percentile(boots[:, 0], [lo, hi])
+            row["auprc_lo"], row["auprc_hi"] = np.percentile(boots[:, 1], [lo, hi])
+        else:
+            row["auroc_lo"] = row["auroc_hi"] = row["auprc_lo"] = row["auprc_hi"] = np.nan
+        lig_col = "group" if "group" in g else "ligand"  # reversed pairs (direction) belong to their true ligand
+        for level, col in (("fold", "fold"), ("ligand", ["fold", lig_col])):
+            vals = np.array([_auc(h["label"].to_numpy(int), h["score"].to_numpy(float)) for _, h in g.groupby(col)])
+            vals = vals[~np.isnan(vals[:, 0])] if len(vals) else np.empty((0, 2))
+            for j, m in enumerate(("auroc", "auprc")):
+                row[f"{level}_{m}_mean"] = float(vals[:, j].mean()) if len(vals) else np.nan
+                row[f"{level}_{m}_median"] = float(np.median(vals[:, j])) if len(vals) else np.nan
+            row[f"n_{level}s_scored"] = len(vals)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------- CV
+@contextmanager
+def _quiet() -> Iterator[None]:
+    # Lightning announces devices on every fit; a CV runs hundreds of fits.
+    names = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+    old = [logging.getLogger(n).level for n in names]
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for n, lvl in zip(names, old):
+            logging.getLogger(n).setLevel(lvl)
+
+
+def _default_methods() -> dict[str, dict[str, Any]]:
+    return {
+        "GCNG autocrine+": {"method": "gcng", "kind": "autocrine+"},
+        "GCNG exocrine": {"method": "gcng", "kind": "exocrine"},
+        "GCNG diagonal": {"method": "gcng", "kind": "diagonal"},
+        "single-cell Pearson": {"method": "pearson"},
+        "spatial Pearson": {"method": "spatial_pearson"},
+        "expression mean(L)·mean(R)": {"method": "expression"},
+    }
+
+
+def _fit_gcng(
+    adata: AnnData, graph_key: str, train: pd.DataFrame, config: Mapping[str, Any], layer: str | None,
+    normalize: bool, seed: int, train_kwargs: Mapping[str, Any], norm: sp.csc_matrix | None = None,
+) -> GCNG:  # fmt: skip
+    GCNG.setup_anndata(adata, graph_key=graph_key, layer=layer, normalize=normalize)
+    model = GCNG(adata, **{**dict(config), "seed": seed})
+    if norm is not None:  # the CV normalises once for all its models (same layer, normalize and log1p)
+        model._expr_cache = (norm, pd.Index(map(str, adata.var_names)))
+    with _quiet():
+        model.train(train, enable_progress_bar=False, accelerator=train_kwargs.get("accelerator", "cpu"),
+                    **{k: v for k, v in train_kwargs.items() if k != "accelerator"})  # fmt: skip
+    return model
+
+
+def ligrec_cv(
+    adata: AnnData | Any,
+    pairs: pd.DataFrame | None = None,
+    *,
+    folds: Sequence[LRFold] | None = None,
+    methods: Mapping[str, Mapping[str, Any]] | None = None,
+    connectivity_key: str = "spatial_connectivities",
+    n_folds: int = 10,
+    task: Literal["interaction", "direction"] = "interaction",
+    negatives: Literal["random", "expression_matched"] = "random",
+    permute_labels: bool = False,
+    config: Mapping[str, Any] | None = None,
+    layer: str | None = None,
+    normalize: bool = True,
+    log1p: bool | None = None,
+    seed: int = 0,
+    train_kwargs: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Gene-disjoint cross-validation of GCNG variants and baselines on the same folds.
+
+    Parameters
+    ----------
+    adata
+        AnnData (or SpatialData table) with the cell graph ``obsp[connectivity_key]``.
+    pairs
+        Known pairs (``ligand``, ``receptor``); mapped to the data's symbols, missing genes dropped. Ignored when
+        ``folds`` is given.
+    folds
+        Precomputed :func:`lr_folds` (to evaluate several settings on the same folds).
+    methods
+        Name → spec. Specs: ``{"method": "gcng", "kind": "autocrine+" | "exocrine" | "diagonal" | "laplacian"}``
+        (graph matrix built from ``connectivity_key``) or ``{"method": "gcng", "graph_key": ...}`` (an ``obsp``
+        matrix), optionally ``"config"`` (GCNG config overrides), ``"shuffle_positions": groups_column`` (cells
+        permuted within ``obs[groups_column]``, or ``True`` for all cells; applied to the graph) and
+        ``"connectivity_key"``; ``{"method": "pearson" | "spatial_pearson" | "expression"}``. Default: autocrine+,
+        exocrine and diagonal GCNG, single-cell Pearson, spatial Pearson and the expression-level control.
+    connectivity_key
+        ``obsp`` cell graph (binary adjacency).
+    n_folds, task, negatives, permute_labels
+        See :func:`lr_folds` (used when ``folds`` is None).
+    config
+        GCNG config (default ``GCNG.bench_config``).
+    layer, normalize, log1p
+        Expression of the baselines and of the expression-matched negatives (``log1p`` default: the GCNG config's).
+    seed
+        Seed of folds and models.
+    train_kwargs
+        Extra :meth:`GCNG.train` arguments (``accelerator="gpu"``...).
+    progress
+        Log each fold.
+
+    Returns
+    -------
+    Long DataFrame of test predictions: ``method``, ``fold``, ``ligand``, ``receptor``, ``label``, ``score`` and
+    ``group`` (the ligand a pair is evaluated with; folds from :func:`lr_folds` provide it);
+    ``attrs["folds"]`` holds the folds and ``attrs["n_pairs"]`` the number of usable known pairs. Summarise with
+    :func:`ligrec_metrics`.
+    """
+    adata = _get_table(adata)
+    config = dict(GCNG.bench_config if config is None else config)
+    log1p = bool(config.get("log1p", GCNG._default_config["log1p"])) if log1p is None else log1p
+    methods = _default_methods() if methods is None else dict(methods)
+    norm = normalized_expression(adata, layer, normalize=normalize, log1p=log1p)
+    if folds is None:
+        if pairs is None:
+            raise ValueError("Pass `pairs` (known ligand–receptor pairs) or precomputed `folds`.")
+        present = lr_pairs_in_genes(pairs, adata.var_names)
+        if present.empty:
+            raise ValueError("pairs: no pair has both genes (all subunits) in adata.var_names.")
+        expr = None
+        if negatives == "expression_matched":
+            recs = present["receptor"].unique()
+            expr = pd.Series(entity_expression(norm, adata.var_names, recs).mean(axis=0), index=recs)
+        folds = lr_folds(present, n_folds=n_folds, task=task, negatives=negatives, expression=expr,
+                         permute_labels=permute_labels, seed=seed)  # fmt: skip
+        n_pairs = len(present)
+    else:
+        n_pairs = None
+    if all(f.n_test_positives == 0 for f in folds):
+        logg.warning("ligrec_cv: no fold has a test positive; metrics will be undefined.")
+    work = adata.copy()  # graph matrices and setups of the variants go to a private copy
+    results = []
+    for name, spec in methods.items():
+        kind = spec.get("method")
+        if kind not in ("gcng", *BASELINES):
+            raise ValueError(f"methods[{name!r}]: unknown method {kind!r}; expected 'gcng' or one of {BASELINES}.")
+        ckey = spec.get("connectivity_key", connectivity_key)
+        adj = None
+        if kind == "spatial_pearson" or (kind == "gcng" and "graph_key" not in spec and spec.get("kind") != "diagonal"):
+            _check_key(work.obsp, ckey, "adata.obsp (build the cell graph with scst.pp.cell_graph)")
+            adj = work.obsp[ckey]
+        shuffle = spec.get("shuffle_positions")
+        if shuffle:
+            groups = None if shuffle is True else work.obs[shuffle].to_numpy()
+            adj = shuffle_graph(adj, groups, seed=seed + 1) if adj is not None else None
+        if kind == "gcng":
+            if "graph_key" in spec:
+                gkey = spec["graph_key"]
+                _check_key(work.obsp, gkey, "adata.obsp")
+                if shuffle:
+                    work.obsp[f"_cv_{name}"] = shuffle_graph(work.obsp[gkey], groups, seed=seed + 1)
+                    gkey = f"_cv_{name}"
+            else:
+                gk = spec.get("kind", "autocrine+")
+                if gk not in GRAPH_KINDS:
+                    raise ValueError(f"methods[{name!r}]['kind']: expected one of {list(GRAPH_KINDS)}, got {gk!r}.")
+                gkey = f"_cv_{name}"
+                base = adj if adj is not None else sp.csr_matrix((work.n_obs, work.n_obs))
+                work.obsp[gkey] = graph_matrix_from_adjacency(base, gk)
+            cfg = {**config, **spec.get("config", {})}
+        for fold in folds:
+            test = fold.test
+            if test.empty:
+                continue
+            if kind == "gcng":
+                if fold.train["label"].nunique() < 2:
+                    logg.warning(f"ligrec_cv: fold {fold.fold} has a single training class; skipped for {name}.")
+                    continue
+                model_norm = (
+                    norm if bool(cfg.get("log1p", False)) == log1p and cfg.get("target_sum", 1e4) == 1e4 else None
+                )
+                model = _fit_gcng(work, gkey, fold.train, cfg, layer, normalize, seed + fold.fold, train_kwargs or {},
+                                  model_norm)  # fmt: skip
+                pred = model.predict(test[["ligand", "receptor"]].drop_duplicates())
+                lookup = dict(zip(zip(pred["ligand"], pred["receptor"]), pred["score"]))
+                score = np.array([lookup[p] for p in zip(test["ligand"], test["receptor"])])
+            else:
+                lig = entity_expression(norm, adata.var_names, test["ligand"])
+                rec = entity_expression(norm, adata.var_names, test["receptor"])
+                score = lr_scores(lig, rec, kind, adj)
+            results.append(test.assign(method=name, fold=fold.fold, score=score))
+            if progress:
+                logg.info(f"ligrec_cv: {name}, fold {fold.fold}: {len(test)} test pairs")
+    out = pd.concat(results, ignore_index=True) if results else pd.DataFrame(
+        columns=["ligand", "receptor", "label", "method", "fold", "score"]
+    )  # fmt: skip
+    out = out[["method", "fold", "ligand", "receptor", "label", "score", *(["group"] if "group" in out else [])]]
+    out.attrs["folds"] = list(folds)
+    out.attrs["n_pairs"] = n_pairs
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- function assignment
+def read_gmt(path: str | os.PathLike) -> dict[str, list[str]]:
+    """Gene sets from a GMT file (``name<TAB>description<TAB>gene1<TAB>gene2...``)."""
+    sets: dict[str, list[str]] = {}
+    with open(path) as fh:
+        for i, line in enumerate(fh, 1):
+            parts = line.rstrip("\r\n").split("\t")
+            if not parts[0]:
+                continue
+            if len(parts) < 3:
+                raise ValueError(f"{path}: line {i} has fewer than 3 tab-separated fields (name, description, genes).")
+            sets[parts[0]] = [g for g in parts[2:] if g]
+    return sets
+
+
+def _as_sets(gene_sets: Any) -> dict[str, list[str]]:
+    if isinstance(gene_sets, str | os.PathLike) and os.path.exists(gene_sets):
+        return read_gmt(gene_sets)
+    if isinstance(gene_sets, Mapping):
+        return {str(k): [str(g) for g in v] for k, v in gene_sets.items()}
+    if isinstance(gene_sets, Iterable) and not isinstance(gene_sets, str):
+        return {"gene_set": [str(g) for g in gene_sets]}
+    raise TypeError("gene_sets: expected a list of genes, a dict name → genes, or a GMT file path.")
+
+
+def gene_function_cv(
+    adata: AnnData | Any,
+    gene_sets: Any,
+    *,
+    graph_key: str = "gcng_autocrine_plus",
+    n_folds: int = 5,
+    background_ratio: float = 4.0,
+    top_fraction: float = 0.2,
+    min_cells: int = 1,
+    max_train_pairs: int | None = None,
+    config: Mapping[str, Any] | None = None,
+    layer: str | None = None,
+    normalize: bool = True,
+    seed: int = 0,
+    train_kwargs: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """GCNG function assignment versus guilt-by-association, with the paper's 5-fold CV.
+
+    For each gene set ``S`` (genes present and detected in ``min_cells`` cells) and a background ``N`` of
+    ``background_ratio × |S|`` random non-set detected genes, set and background genes are split into
+    ``n_folds`` folds. In fold ``k``:
+
+    - GCNG is trained on pairs of training set genes (positives, both orders) versus (training set gene,
+      training background gene) pairs (negatives, one per positive);
+    - every held-out candidate ``c`` (held-out set and background genes) is scored by its mean GCNG probability
+      with the training set genes, ``mean_s GCNG(s, c)``; guilt-by-association (GBA) scores it by its mean Pearson
+      correlation with them (on the same normalised expression);
+    - the result is the fraction of held-out set genes ranked in the top ``top_fraction`` of the candidates
+      (chance ≈ ``top_fraction``; 1 is reachable when set genes make up at most that share of the candidates).
+
+    Parameters
+    ----------
+    adata
+        AnnData with ``obsp[graph_key]``.
+    gene_sets
+        Genes (list), name → genes (dict), or a GMT file path (:func:`read_gmt`).
+    graph_key
+        GCNG graph matrix.
+    n_folds
+        Folds (paper: 5).
+    background_ratio
+        Non-set candidate genes per set gene.
+    top_fraction
+        Share of candidates counted as assigned (paper: 20 %).
+    min_cells
+        Genes must be detected in at least this many cells.
+    max_train_pairs
+        Use at most this many positive training pairs per fold (a random subset; ``None``: all ordered pairs of
+        training set genes, as in the paper). Large sets give ``|S|²`` pairs; this bounds CPU time.
+    config
+        GCNG config (default ``GCNG.bench_config``).
+    layer, normalize
+        Expression (raw counts in ``layer`` scaled to 10,000 per cell).
+    seed
+        Seed.
+    train_kwargs
+        Extra :meth:`GCNG.train` arguments.
+
+    Returns
+    -------
+    One row per gene set, fold and method (``"GCNG"``, ``"GBA"``): ``n_set_train``, ``n_set_test``,
+    ``n_candidates``, ``n_top``, ``hits`` and ``fraction`` (held-out set genes in the top share / held-out set
+    genes).
+    """
+    adata = _get_table(adata)
+    config = dict(GCNG.bench_config if config is None else config)
+    _check_key(adata.obsp, graph_key, "adata.obsp (compute it with scst.pp.graph_matrix)")
+    sets = _as_sets(gene_sets)
+    x = adata.X if layer is None else adata.layers[layer]
+    detected = np.asarray((x > 0).sum(axis=0)).ravel() >= min_cells
+    genes = pd.Index(map(str, adata.var_names))
+    usable = set(genes[detected])
+    norm = normalized_expression(adata, layer, normalize=normalize, log1p=bool(config.get("log1p", False)))
+    rng = np.random.default_rng(seed)
+    work = adata.copy()
+    rows = []
+    for set_name, members in sets.items():
+        mapped = lr_pairs_in_genes(pd.DataFrame({"ligand": members, "receptor": members}), genes)["ligand"]
+        s_genes = sorted(set(mapped) & usable)
+        if len(s_genes) < 2 * n_folds:
+            raise ValueError(
+                f"gene_sets[{set_name!r}]: {len(s_genes)} genes are present and detected; need at least {2 * n_folds}."
+            )
+        others = np.array(sorted(usable - set(s_genes)), dtype=object)
+        n_bg = min(len(others), int(round(background_ratio * len(s_genes))))
+        bg = others[rng.choice(len(others), n_bg, replace=False)]
+        s_fold = np.array_split(np.array(s_genes, dtype=object)[rng.permutation(len(s_genes))], n_folds)
+        b_fold = np.array_split(bg[rng.permutation(len(bg))], n_folds)
+        for k in range(n_folds):
+            s_test, b_test = list(s_fold[k]), list(b_fold[k])
+            s_train = [g for j in range(n_folds) if j != k for g in s_fold[j]]
+            b_train = [g for j in range(n_folds) if j != k for g in b_fold[j]]
+            pos = [(a, b) for i, a in enumerate(s_train) for b in s_train[i + 1 :]]
+            pos += [(b, a) for a, b in pos]
+            if max_train_pairs is not None and len(pos) > max_train_pairs:
+                pos = [pos[i] for i in sorted(rng.choice(len(pos), max_train_pairs, replace=False))]
+            neg_partner = rng.choice(np.array(b_train, dtype=object), len(pos))
+            neg = [(a, str(n)) if rng.random() < 0.5 else (str(n), a) for (a, _), n in zip(pos, neg_partner)]
+            train = pd.DataFrame(pos + neg, columns=["ligand", "receptor"]).assign(
+                label=[1] * len(pos) + [0] * len(neg)
+            )
+            model = _fit_gcng(work, graph_key, train, config, layer, normalize, seed + k, train_kwargs or {}, norm)
+            cands = s_test + b_test
+            grid = pd.DataFrame([(s, c) for c in cands for s in s_train], columns=["ligand", "receptor"])
+            pred = model.predict(grid)
+            gcng_score = pred.groupby("receptor")["score"].mean().reindex(cands).to_numpy()
+            es = entity_expression(norm, genes, s_train)
+            ec = entity_expression(norm, genes, cands)
+            corr = _zscore_cols(ec).T @ _zscore_cols(es) / es.shape[0]
+            gba_score = corr.mean(axis=1)
+            n_top = max(1, int(round(top_fraction * len(cands))))
+            for method, score in (("GCNG", gcng_score), ("GBA", gba_score)):
+                order = np.argsort(-score, kind="stable")[:n_top]
+                hits = int(sum(cands[i] in set(s_test) for i in order))
+                rows.append(
+                    {
+                        "gene_set": set_name,
+                        "fold": k,
+                        "method": method,
+                        "n_set_train": len(s_train),
+                        "n_set_test": len(s_test),
+                        "n_candidates": len(cands),
+                        "n_top": n_top,
+                        "hits": hits,
+                        "fraction": hits / len(s_test),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def _zscore_cols(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    sd = x.std(axis=0, keepdims=True)
+    return np.divide(x - x.mean(axis=0, keepdims=True), sd, out=np.zeros_like(x), where=sd > 0)

@@ -1,0 +1,83 @@
+"""scst.datasets.ligand_receptor and the presence helper, checked against the counts in the data READMEs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from scst.datasets._ligand_receptor import complex_subunits, ligand_receptor, lr_pairs_in_genes
+
+
+def test_gcng_list_case_per_organism():
+    human = ligand_receptor("gcng", "human")
+    mouse = ligand_receptor("ramilowski", "mouse")
+    assert len(human) == len(mouse) == 2557
+    assert human.iloc[0].tolist() == ["A2M", "LRP1"] and mouse.iloc[0].tolist() == ["A2m", "Lrp1"]
+    assert human.attrs == {"resource": "gcng", "organism": "human"}
+    assert human["ligand"].nunique() == 708 and human["receptor"].nunique() == 691  # README: 708 / 691
+
+
+def test_curated_drops_excluded_rows():
+    cur = ligand_receptor("ramilowski_curated")
+    assert len(cur) == 2422
+    assert set(cur["evidence"]) == {"literature supported", "putative"}
+    assert (cur["evidence"] == "putative").sum() == 528
+
+
+def test_giotto_and_liana():
+    giotto = ligand_receptor("giotto", "mouse")
+    assert len(giotto) == 1067 and giotto.iloc[0].tolist() == ["A2m", "Lrp1"]
+    assert ligand_receptor("giotto", "human").iloc[0].tolist() == ["A2M", "LRP1"]
+    hum, mou = ligand_receptor("liana", "human"), ligand_receptor("liana", "mouse")
+    assert len(hum) == 4620 and len(mou) == 3989
+    # README: complexes on the source / target side: 21 / 1,091 (human), 19 / 1,024 (mouse).
+    assert hum["ligand"].str.contains("_").sum() == 21 and hum["receptor"].str.contains("_").sum() == 1091
+    assert mou["ligand"].str.contains("_").sum() == 19 and mou["receptor"].str.contains("_").sum() == 1024
+    assert mou.iloc[0].tolist() == ["Dll1", "Notch1"]  # mouse symbols kept as published
+
+
+def test_presence_on_seqfish_genes_matches_readme():
+    from scst.datasets._seqfish import seqfish_cortex
+
+    genes = seqfish_cortex().var_names
+    assert len(lr_pairs_in_genes(ligand_receptor("gcng", "human"), genes)) == 68  # case-insensitive
+    assert len(lr_pairs_in_genes(ligand_receptor("gcng", "human"), genes, case_sensitive=True)) == 0
+    assert len(lr_pairs_in_genes(ligand_receptor("giotto", "mouse"), genes)) == 25
+    mou = ligand_receptor("liana", "mouse")
+    assert len(lr_pairs_in_genes(mou, genes, complexes="drop")) == 65
+    present = lr_pairs_in_genes(mou, genes)  # complexes count when all subunits are present
+    assert len(present) == 83
+    assert set(present.loc[present["receptor"].str.contains("_"), "receptor"].map(complex_subunits).sum()) <= set(genes)
+
+
+def test_complex_helpers():
+    assert complex_subunits("ITGA1_ITGB1") == ["ITGA1", "ITGB1"] and complex_subunits("EGFR") == ["EGFR"]
+    pairs = pd.DataFrame({"ligand": ["col1a1", "COL1A1", "VEGFA"], "receptor": ["itga1_itgb1", "ITGA2", "KDR"],
+                          "note": ["a", "b", "c"]})  # fmt: skip
+    out = lr_pairs_in_genes(pairs, ["COL1A1", "ITGA1", "ITGB1", "VEGFA"])
+    assert out[["ligand", "receptor"]].values.tolist() == [["COL1A1", "ITGA1_ITGB1"]]
+    assert out["note"].tolist() == ["a"]
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="unknown ligand"):
+        ligand_receptor("cellphonedb")
+    with pytest.raises(ValueError, match="organism"):
+        ligand_receptor("gcng", organism="zebrafish")
+    with pytest.raises(ValueError, match="lacks required column"):
+        lr_pairs_in_genes(pd.DataFrame({"source": ["A"], "target": ["B"]}), ["A", "B"])
+
+
+def test_liana_files_absent_without_liana(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_liana(name, *args, **kwargs):
+        if name.startswith("liana"):
+            raise ImportError("no liana")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_liana)
+    with pytest.raises(FileNotFoundError, match="liana is not installed"):
+        ligand_receptor("liana", path=tmp_path)

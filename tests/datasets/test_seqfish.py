@@ -1,0 +1,55 @@
+"""scst.datasets.seqfish_cortex: field-of-view 0 counts and the 913-cell metadata, checked against the data README."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from scst.datasets._seqfish import seqfish_cortex
+
+
+@pytest.fixture(scope="module")
+def adata():
+    return seqfish_cortex()
+
+
+def test_counts_match_readme(adata):
+    assert adata.shape == (118, 1774)
+    assert sp.issparse(adata.X) and adata.X.format == "csr" and adata.X.dtype == np.int32
+    # README: int counts, max 34, total 82,497; 23.1 % non-zero; per-cell totals 216 ... 1,601.
+    assert adata.X.sum() == 82_497
+    assert adata.X.max() == 34
+    assert adata.X.nnz / np.prod(adata.shape) == pytest.approx(0.231, abs=5e-4)
+    tot = np.asarray(adata.X.sum(axis=1)).ravel()
+    assert tot.min() == 216 and tot.max() == 1601
+    assert list(adata.obs_names[:2]) == ["cell_1", "cell_2"] and adata.obs_names[-1] == "cell_118"
+    assert adata.var_names[0] == "Aanat" and adata.var_names.is_unique
+
+
+def test_obs_and_coordinates(adata):
+    assert (adata.obs["fov"] == 0).all()
+    assert adata.obs["cell_type"].value_counts().to_dict() == {
+        "Excitatory neuron": 73, "Interneuron": 18, "Astrocyte": 10, "Endothelial": 7, "Microglia": 7,
+        "Oligodendrocyte": 3,
+    }  # fmt: skip
+    assert set(adata.obs["region"]) == {"Cortex"}
+    # Cai-lab frame, first cell of cortex_svz_cellcentroids.csv: X=1305.7, Y=414.98; Louvain cluster 13.
+    np.testing.assert_allclose(adata.obsm["spatial"][0], [1305.7, 414.98])
+    np.testing.assert_array_equal(adata.obsm["spatial"], adata.obs[["x", "y"]].to_numpy())
+    assert adata.obs["louvain"].iloc[0] == 13
+
+
+def test_all_cells_metadata(adata):
+    cells = adata.uns["seqfish_cells"]
+    assert len(cells) == 913 and cells.index[0] == "cell_1" and cells.index[-1] == "cell_913"
+    assert cells["fov"].value_counts().sort_index().tolist() == [118, 108, 90, 106, 101, 281, 109]
+    assert cells["cell_type"].value_counts()["Excitatory neuron"] == 337
+    assert (cells.groupby("louvain")["cell_type"].nunique() == 1).all()  # one name per Louvain cluster
+    assert (cells.loc[cells["fov"] == 5, "region"] == "SVZ").sum() == 280
+    assert cells["x"].min() == pytest.approx(103.12) and cells["y"].max() == pytest.approx(1903.3)
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found under path"):
+        seqfish_cortex(path=tmp_path)

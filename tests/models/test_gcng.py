@@ -1,0 +1,183 @@
+"""GCNG: the batched network equals the paper's per-pair formula; training finds a planted spatial signal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+from sklearn.metrics import roc_auc_score
+
+from scst.models._gcng import GCNG, entity_expression, normalized_expression, sample_negatives
+from scst.nn._gcng import GCNGNet
+from scst.pp._graph_matrix import cell_graph, graph_matrix
+
+FAST = {**GCNG.bench_config, "max_epochs": 4, "patience": 4}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Two shared cores: intra-op threads oversubscribe and slow small models down several-fold.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def niche_data(n_side: int = 8, n_pairs: int = 60, seed: int = 0) -> tuple[AnnData, list[tuple[str, str, str]]]:
+    """Grid of cells; true pairs are co-expressed in the left half (the niche), decoys in the right half.
+
+    Ligand, true receptor and decoy receptor have the same expression level, so only *where* they are expressed
+    separates positives from negatives — a spatial signal that a GCNG can learn and transfer to unseen genes.
+    """
+    rng = np.random.default_rng(seed)
+    xy = np.array([(i, j) for i in range(n_side) for j in range(n_side)], float)
+    niche = xy[:, 0] < n_side / 2
+    cols, names, triples = [], [], []
+    for k in range(n_pairs):
+        lam = rng.uniform(1, 4)
+        cols += [rng.poisson(lam * (1 + 2 * niche)), rng.poisson(lam * (1 + 2 * niche)),
+                 rng.poisson(lam * (1 + 2 * ~niche))]  # fmt: skip
+        names += [f"L{k}", f"R{k}", f"D{k}"]
+        triples.append((f"L{k}", f"R{k}", f"D{k}"))
+    cols.append(rng.poisson(20, size=(len(xy), 40)))
+    names += [f"B{i}" for i in range(40)]
+    adata = AnnData(sp.csr_matrix(np.column_stack(cols).astype(np.float32)), obsm={"spatial": xy})
+    adata.var_names = names
+    cell_graph(adata, radius=1.1, library_key=None)
+    graph_matrix(adata, "autocrine+")
+    return adata, triples
+
+
+def labelled(triples) -> pd.DataFrame:
+    return pd.DataFrame([(lg, r, 1) for lg, r, _ in triples] + [(lg, d, 0) for lg, _, d in triples],
+                        columns=["ligand", "receptor", "label"])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained():
+    adata, triples = niche_data()
+    GCNG.setup_anndata(adata, graph_key="gcng_autocrine_plus")
+    model = GCNG(adata, **FAST)
+    model.train(labelled(triples[:40]), enable_progress_bar=False, accelerator="cpu")
+    return adata, triples, model
+
+
+def test_batched_forward_equals_per_pair_formula():
+    torch.manual_seed(0)
+    n = 7
+    a = sp.random(n, n, density=0.4, random_state=1)
+    g = torch.as_tensor(((a + a.T) > 0).toarray() + np.eye(n), dtype=torch.float32)
+    net = GCNGNet(n, hidden_channels=5, dense_units=6)
+    net.set_graph(g.to_sparse_csr())
+    x = torch.rand(4, n, 2)
+    out = net(x)
+    # Z = elu(L X W + b), twice; flatten; ReLU(dense); output logit — one pair at a time, dense algebra.
+    c1, c2 = net.convs
+    for b in range(4):
+        z = torch.nn.functional.elu(g @ x[b] @ c1.lin.weight.T + c1.lin.bias)
+        z = torch.nn.functional.elu(g @ z @ c2.lin.weight.T + c2.lin.bias)
+        h = torch.relu(net.dense(z.reshape(-1)))
+        torch.testing.assert_close(out[b], net.out(h)[0], rtol=1e-5, atol=1e-5)
+    assert "graph" not in net.state_dict()  # the graph belongs to the data, not the weights
+    assert net.predict_proba(x).min() >= 0 and net.predict_proba(x).max() <= 1
+
+
+def test_expression_normalisation_and_complexes():
+    x = sp.csr_matrix(np.array([[1, 3, 0], [0, 0, 0], [2, 2, 4]], dtype=np.float32))
+    adata = AnnData(x)
+    adata.var_names = ["A", "B", "C"]
+    norm = normalized_expression(adata).toarray()
+    np.testing.assert_allclose(norm, [[2500, 7500, 0], [0, 0, 0], [2500, 2500, 5000]])
+    np.testing.assert_allclose(normalized_expression(adata, log1p=True).toarray(), np.log1p(norm), rtol=1e-6)
+    e = entity_expression(norm, adata.var_names, ["A", "B_C"])
+    np.testing.assert_allclose(e[:, 1], [0, 0, 2500])  # complex = minimum over its subunits
+    adata.X = -x
+    with pytest.raises(ValueError, match="negative values"):
+        normalized_expression(adata)
+    adata.X = x * 100
+    with pytest.warns(UserWarning, match="unnormalised counts"):
+        normalized_expression(adata, normalize=False)
+
+
+def test_sample_negatives_random_and_expression_matched():
+    pos = pd.DataFrame({"ligand": ["L1", "L1", "L2"], "receptor": ["R1", "R2", "R1"]})
+    pool = [f"R{i}" for i in range(1, 41)]
+    neg = sample_negatives(pos, pool, n_per_positive=3, seed=0)
+    known = set(zip(pos["ligand"], pos["receptor"]))
+    assert len(neg) == 9 and not (set(zip(neg["ligand"], neg["receptor"])) & known)
+    assert neg.groupby("ligand")["receptor"].nunique().to_dict() == {"L1": 6, "L2": 3}  # distinct per ligand
+    expr = pd.Series(np.arange(40, dtype=float), index=pool)  # R1 lowest ... R40 highest
+    pos_hi = pd.DataFrame({"ligand": [f"L{i}" for i in range(20)], "receptor": ["R40"] * 20})
+    matched = sample_negatives(pos_hi, pool, expression=expr, n_bins=10, seed=1)
+    assert set(matched["receptor"]) <= {"R37", "R38", "R39"}  # top decile minus the partner
+
+
+def test_training_finds_the_planted_signal(trained):
+    adata, triples, model = trained
+    assert model.is_trained and {"train_loss", "val_accuracy"} <= set(model.history.columns)
+    pred = model.predict(labelled(triples[40:]))  # genes never seen in training
+    assert roc_auc_score(pred["label"], pred["score"]) > 0.9
+    assert pred["score"].between(0, 1).all()
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    adata, triples, model = trained
+    pairs = labelled(triples[40:])[["ligand", "receptor"]]
+    model.save(tmp_path / "gcng")
+    loaded = GCNG.load(tmp_path / "gcng", data=adata)
+    np.testing.assert_allclose(loaded.predict(pairs)["score"], model.predict(pairs)["score"], rtol=1e-6)
+    bare = GCNG.load(tmp_path / "gcng")
+    with pytest.raises(ValueError, match="no data"):
+        bare.predict(pairs)
+
+
+def test_unlabelled_pairs_get_random_negatives(trained):
+    adata, triples, _ = trained
+    model = GCNG(adata, **FAST)
+    table = model.training_table(pd.DataFrame({"ligand": [t[0] for t in triples], "receptor": [t[1] for t in triples]}))
+    assert (table["label"] == 1).sum() == (table["label"] == 0).sum() == len(triples)
+    negs = table[table["label"] == 0]
+    assert not set(zip(negs["ligand"], negs["receptor"])) & {(t[0], t[1]) for t in triples}
+
+
+def test_bad_input(trained):
+    adata, triples, model = trained
+    out = model.predict(pd.DataFrame({"ligand": ["L0", "NOPE"], "receptor": ["R0", "R1"]}))
+    assert out[["ligand", "receptor"]].values.tolist() == [["L0", "R0"]]  # absent genes skipped
+    with pytest.raises(ValueError, match="None of the"):
+        model.predict(pd.DataFrame({"ligand": ["NOPE"], "receptor": ["R1"]}))
+    with pytest.raises(ValueError, match="lacks required column"):
+        model.predict(pd.DataFrame({"source": ["L0"], "target": ["R0"]}))
+    with pytest.raises(ValueError, match="single class"):
+        model.training_table(labelled(triples[:3]).assign(label=1))
+    with pytest.raises(KeyError, match="gcng_exocrine"):
+        GCNG.setup_anndata(adata, graph_key="gcng_exocrine")
+    bad = adata.copy()
+    bad.X = -bad.X
+    with pytest.raises(ValueError, match="negative values"):
+        GCNG.setup_anndata(bad)
+    other = adata[:10].copy()
+    with pytest.raises(ValueError, match="tied to the cell set"):
+        model._validate_data(other)
+
+
+def test_tool_writes_gcng_scores(trained):
+    from scst.tl._ligrec import ligand_receptor
+
+    adata, triples, model = trained
+    pairs = labelled(triples[40:])[["ligand", "receptor"]]
+    out = ligand_receptor(adata, model, pairs=pairs, copy=True)
+    res = out.uns["scst_ligrec"]
+    expected = model.predict(pairs).set_index(["ligand", "receptor"])["score"]
+    np.testing.assert_allclose(res.set_index(["ligand", "receptor"])["score"], expected.loc[res.set_index(
+        ["ligand", "receptor"]).index], rtol=1e-6)  # fmt: skip
+    assert (res["method"] == "gcng").all() and res["rank"].min() == 1
+    assert out.uns["scst_ligrec_params"]["graph_key"] == "gcng_autocrine_plus"
+    # true partners (co-expressed in the niche) outrank decoys
+    assert res.head(len(triples) - 40)["receptor"].str.startswith("R").mean() > 0.8
+    untrained = GCNG(adata, **FAST)
+    with pytest.raises(ValueError, match="not trained"):
+        ligand_receptor(adata, untrained, pairs=pairs)

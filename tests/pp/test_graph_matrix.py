@@ -1,0 +1,139 @@
+"""scst.pp.graph_matrix / cell_graph: GCNG's four graph matrices, hand-checked, and squidpy graphs per library."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from anndata import AnnData
+
+from scst.pp._graph_matrix import cell_graph, graph_matrix, graph_matrix_from_adjacency
+
+PATH3 = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], dtype=float)
+S2, S6 = np.sqrt(2), np.sqrt(6)
+
+
+def _dense_reference(a: np.ndarray, kind: str) -> np.ndarray:
+    """The paper's formulas with dense numpy (no isolated nodes)."""
+    n = len(a)
+    eye = np.eye(n)
+
+    def norm(m):
+        d = m.sum(1) ** -0.5
+        return d[:, None] * m * d[None, :]
+
+    return {"laplacian": eye - norm(a), "exocrine": eye - norm(norm(a)), "autocrine+": norm(a + eye),
+            "diagonal": eye}[kind]  # fmt: skip
+
+
+def test_path_graph_by_hand():
+    # Degrees 1, 2, 1; with self-loops 2, 3, 2.
+    lap = graph_matrix_from_adjacency(PATH3, "laplacian").toarray()
+    np.testing.assert_allclose(lap, [[1, -1 / S2, 0], [-1 / S2, 1, -1 / S2], [0, -1 / S2, 1]], rtol=1e-6)
+    auto = graph_matrix_from_adjacency(PATH3, "autocrine+").toarray()
+    np.testing.assert_allclose(auto, [[1 / 2, 1 / S6, 0], [1 / S6, 1 / 3, 1 / S6], [0, 1 / S6, 1 / 2]], rtol=1e-6)
+    np.testing.assert_array_equal(graph_matrix_from_adjacency(PATH3, "diagonal").toarray(), np.eye(3))
+    # Path of 4 (degrees 1, 2, 2, 1): A_N row sums S_i = sum_j (d_i d_j)^-1/2 are 1/sqrt(2) and
+    # (1 + 1/sqrt(2))/sqrt(2), so L_NN[0, 1] = -(d_0 d_1)^-1/2 / sqrt(S_0 S_1) differs from L_N[0, 1] = -1/sqrt(2).
+    path4 = np.diag(np.ones(3), 1) + np.diag(np.ones(3), -1)
+    s0, s1 = 1 / S2, (1 + 1 / S2) / S2
+    lnn = graph_matrix_from_adjacency(path4, "exocrine").toarray()
+    np.testing.assert_allclose(lnn[0, 1], -(1 / S2) / np.sqrt(s0 * s1), rtol=1e-6)
+    assert lnn[0, 1] == pytest.approx(-0.7654, abs=1e-4)
+    assert graph_matrix_from_adjacency(path4, "laplacian").toarray()[0, 1] == pytest.approx(-1 / S2, rel=1e-6)
+    np.testing.assert_allclose(np.diag(lnn), 1, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["laplacian", "exocrine", "autocrine+", "diagonal"])
+def test_matches_dense_formulas_on_a_random_graph(kind):
+    rng = np.random.default_rng(0)
+    a = (rng.random((30, 30)) < 0.2).astype(float)
+    a = np.triu(a, 1)
+    a = a + a.T
+    a[np.arange(30), (np.arange(30) + 1) % 30] = a[(np.arange(30) + 1) % 30, np.arange(30)] = 1  # no isolated node
+    weighted = sp.csr_matrix(a * rng.uniform(1, 5, a.shape))  # weights are ignored: only the pattern counts
+    weighted.setdiag(7.0)  # and so is the diagonal
+    out = graph_matrix_from_adjacency(weighted, kind)
+    assert sp.isspmatrix_csr(out) and out.dtype == np.float32
+    np.testing.assert_allclose(out.toarray(), _dense_reference(a, kind), atol=1e-6)
+
+
+def _grid_adata(holes=()):
+    xy = [(x, y) for x in range(5) for y in range(5) if (x, y) not in holes]
+    obs = pd.DataFrame({"array_col": [p[0] for p in xy] * 2, "array_row": [p[1] for p in xy] * 2,
+                        "section": ["A"] * len(xy) + ["B"] * len(xy)})  # fmt: skip
+    obs.index = [f"s{i}" for i in range(len(obs))]
+    a = AnnData(np.ones((len(obs), 3), dtype=np.float32), obs=obs)
+    # Jittered pixel positions (the two sections overlap in pixel space)
+    a.obsm["spatial"] = obs[["array_col", "array_row"]].to_numpy(float) * 290 + np.random.default_rng(0).normal(
+        0, 15, (len(obs), 2)
+    )
+    return a
+
+
+def test_cell_graph_grid_is_four_neighbour_and_per_section():
+    a = _grid_adata(holes={(2, 2)})
+    cell_graph(a, grid=True)
+    conn = a.obsp["spatial_connectivities"]
+    deg = np.asarray(conn.sum(1)).ravel()
+    n = a.n_obs // 2
+    # 5x5 grid minus the centre: 24 spots; corners 2, edges 3, interior 4, the hole's 4 neighbours lose one.
+    assert sorted(deg[:n].astype(int).tolist()) == sorted([2] * 4 + [3] * 12 + [4] * 4 + [3] * 4)
+    assert conn[:n, n:].nnz == 0  # no edges across sections
+    assert "spatial_array" in a.obsm
+
+
+def test_cell_graph_radius_per_library_and_errors():
+    a = _grid_adata()
+    cell_graph(a, radius=350, key_added="r")
+    conn = a.obsp["r_connectivities"]
+    n = a.n_obs // 2
+    assert conn[:n, n:].nnz == 0 and conn.nnz > 0
+    with pytest.raises(ValueError, match="radius"):
+        cell_graph(a)
+    with pytest.raises(KeyError, match="library_key"):
+        cell_graph(a, radius=1.0, library_key="fov")
+
+
+def test_graph_matrix_writes_obsp_and_copy():
+    a = _grid_adata()
+    cell_graph(a, grid=True)
+    out = graph_matrix(a, "exocrine", copy=True)
+    assert "gcng_exocrine" in out.obsp and "gcng_exocrine" not in a.obsp
+    graph_matrix(a, "autocrine+")
+    assert sp.issparse(a.obsp["gcng_autocrine_plus"])
+    graph_matrix(a, "laplacian", key_added="L")
+    np.testing.assert_allclose(a.obsp["L"].toarray(), _dense_reference(a.obsp["spatial_connectivities"].toarray(),
+                                                                       "laplacian"), atol=1e-6)  # fmt: skip
+
+
+def test_isolated_cells_and_empty_graphs_warn():
+    a = AnnData(np.ones((3, 2), dtype=np.float32))
+    a.obsp["spatial_connectivities"] = sp.csr_matrix(np.array([[0, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=float))
+    with pytest.warns(UserWarning, match="1 of 3 cells have no neighbour"):
+        graph_matrix(a, "autocrine+")
+    np.testing.assert_allclose(a.obsp["gcng_autocrine_plus"].toarray()[2], [0, 0, 1])  # only itself
+    a.obsp["spatial_connectivities"] = sp.csr_matrix((3, 3))
+    with pytest.warns(UserWarning, match="no edges"):
+        graph_matrix(a, "exocrine")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # diagonal GCNG needs no graph and does not warn
+        del a.obsp["spatial_connectivities"]
+        graph_matrix(a, "diagonal")
+    np.testing.assert_array_equal(a.obsp["gcng_diagonal"].toarray(), np.eye(3))
+
+
+def test_bad_input():
+    a = AnnData(np.ones((3, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match="kind"):
+        graph_matrix(a, "gcn")
+    with pytest.raises(KeyError, match="spatial_connectivities"):
+        graph_matrix(a, "autocrine+")
+    with pytest.raises(ValueError, match="square"):
+        graph_matrix_from_adjacency(np.ones((2, 3)))
+    a.obsp["spatial_connectivities"] = sp.csr_matrix(-np.eye(3)[[1, 0, 2]])
+    with pytest.raises(ValueError, match="negative"):
+        graph_matrix(a, "autocrine+")

@@ -1,0 +1,272 @@
+"""scst.tl.ligand_receptor, its baselines, GCNG's gene-disjoint CV, metrics and function assignment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+
+from scst.models._gcng import GCNG
+from scst.pp._graph_matrix import cell_graph, graph_matrix
+from scst.tl._ligrec import ligand_receptor, lr_scores
+from scst.tl._ligrec_cv import (
+    LRFold,
+    gene_function_cv,
+    ligrec_cv,
+    ligrec_metrics,
+    lr_folds,
+    read_gmt,
+    shuffle_graph,
+)
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+FAST = {**GCNG.bench_config, "max_epochs": 4, "patience": 4}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Two shared cores: intra-op threads oversubscribe and slow small models down several-fold.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(monkeypatch):
+    if not os.environ.get("SCST_DATA_DIR") and SHARED.is_dir():
+        monkeypatch.setenv("SCST_DATA_DIR", str(SHARED))
+
+
+def quadrant_data(n_side: int = 8, n_pairs: int = 120, seed: int = 0):
+    """Known pairs (L_k, R_k) are co-expressed in one random quadrant each; every gene has the same level.
+
+    A random negative (L_k, R_j) is in the same quadrant only 1 time in 4, so co-location separates the classes.
+    """
+    rng = np.random.default_rng(seed)
+    xy = np.array([(i, j) for i in range(n_side) for j in range(n_side)], float)
+    quad = (xy[:, 0] >= n_side / 2) * 2 + (xy[:, 1] >= n_side / 2)
+    cols, names, pairs, q_of = [], [], [], []
+    for k in range(n_pairs):
+        q = rng.integers(4)
+        cols += [rng.poisson(1 + 5 * (quad == q)), rng.poisson(1 + 5 * (quad == q))]
+        names += [f"L{k}", f"R{k}"]
+        pairs.append((f"L{k}", f"R{k}"))
+        q_of.append(q)
+    cols.append(rng.poisson(10, size=(len(xy), 30)))
+    names += [f"B{i}" for i in range(30)]
+    adata = AnnData(sp.csr_matrix(np.column_stack(cols).astype(np.float32)), obsm={"spatial": xy})
+    adata.var_names = names
+    cell_graph(adata, radius=1.1, library_key=None)
+    return adata, pd.DataFrame(pairs, columns=["ligand", "receptor"]).assign(quadrant=q_of)
+
+
+def test_baseline_scores_by_hand():
+    lig = np.array([[1.0, 0.0], [2.0, 1.0], [3.0, 0.0], [4.0, 1.0]])
+    rec = np.array([[2.0, 1.0], [4.0, 0.0], [6.0, 1.0], [9.0, 0.0]])
+    np.testing.assert_allclose(
+        lr_scores(lig, rec, "pearson"), [np.corrcoef(lig[:, i], rec[:, i])[0, 1] for i in (0, 1)]
+    )
+    np.testing.assert_allclose(lr_scores(lig, rec, "expression"), lig.mean(0) * rec.mean(0))
+    path = sp.csr_matrix(np.diag(np.ones(3), 1) + np.diag(np.ones(3), -1))  # 0-1-2-3
+    src, dst = [0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2]
+    expected = [np.corrcoef(lig[src, i], rec[dst, i])[0, 1] for i in (0, 1)]
+    np.testing.assert_allclose(lr_scores(lig, rec, "spatial_pearson", path), expected)
+    assert lr_scores(lig, np.ones_like(rec), "pearson").tolist() == [0.0, 0.0]  # constant gene → 0
+
+
+def test_spatial_pearson_sees_exocrine_signal():
+    # Receptor expressed next to ligand cells, never in them: within-cell Pearson < 0, spatial Pearson > 0.
+    adata = AnnData(np.zeros((100, 2), dtype=np.float32))
+    adata.obsm["spatial"] = np.array([(i, j) for i in range(10) for j in range(10)], float)
+    cell_graph(adata, radius=1.1, library_key=None)
+    a = adata.obsp["spatial_connectivities"]
+    src = np.zeros(100)
+    src[np.random.default_rng(0).choice(100, 12, replace=False)] = 1
+    recv = ((a @ src) > 0) & (src == 0)
+    lig, rec = (5 * src + 1)[:, None], (5 * recv + 1)[:, None].astype(float)
+    assert lr_scores(lig, rec, "pearson")[0] < 0 < lr_scores(lig, rec, "spatial_pearson", a)[0]
+
+
+def test_tool_writes_long_table_params_and_local_scores():
+    adata, pairs = quadrant_data(n_pairs=20)
+    extra = pd.concat([pairs, pd.DataFrame({"ligand": ["NOPE"], "receptor": ["R0"], "quadrant": [0]})])
+    out = ligand_receptor(adata, pairs=extra, method="spatial_pearson", local_scores=5, copy=True)
+    assert "scst_ligrec" not in adata.uns
+    res = out.uns["scst_ligrec"]
+    assert list(res.columns[:7]) == ["ligand", "receptor", "score", "rank", "method", "ligand_mean", "receptor_mean"]
+    assert len(res) == 20 and "quadrant" in res and (res["method"] == "spatial_pearson").all()
+    assert res["rank"].iloc[0] == 1 and res["score"].is_monotonic_decreasing
+    params = out.uns["scst_ligrec_params"]
+    assert params["n_pairs_input"] == 21 and params["n_pairs_scored"] == 20
+    local = out.obsm["scst_ligrec_local"]
+    assert local.shape == (adata.n_obs, 5) and local.columns[0] == f"{res.ligand[0]}^{res.receptor[0]}"
+    # local score = z(ligand in the cell) x mean z(receptor in neighbours): its mean is the neighbour covariance
+    assert local.iloc[:, 0].mean() > 0
+    ligand_receptor(adata, pairs=pairs, method="expression", key_added="expr")
+    e = adata.uns["expr"]
+    np.testing.assert_allclose(e["score"], e["ligand_mean"] * e["receptor_mean"], rtol=1e-6)
+
+
+def test_tool_bad_input():
+    adata, pairs = quadrant_data(n_pairs=4)
+    with pytest.raises(ValueError, match="needs a trained `model`"):
+        ligand_receptor(adata, pairs=pairs)
+    with pytest.raises(ValueError, match="none of the 1 pairs"):
+        ligand_receptor(adata, pairs=pd.DataFrame({"ligand": ["X"], "receptor": ["Y"]}), method="pearson")
+    with pytest.raises(ValueError, match="lacks required column"):
+        ligand_receptor(adata, pairs=pairs.rename(columns={"receptor": "target"}), method="pearson")
+    with pytest.raises(ValueError, match="method"):
+        ligand_receptor(adata, pairs=pairs, method="cellphonedb")
+    with pytest.raises(KeyError, match="nope"):
+        ligand_receptor(adata, pairs=pairs, method="spatial_pearson", connectivity_key="nope")
+
+
+def test_folds_are_gene_disjoint_with_complexes():
+    from scst.datasets._ligand_receptor import complex_subunits
+    from scst.datasets._ligand_receptor import ligand_receptor as lr_list
+
+    pairs = lr_list("liana", "human").iloc[:800]
+    folds = lr_folds(pairs, n_folds=10, seed=3)
+    n_test = 0
+    for f in folds:
+        train_genes = {g for e in pd.concat([f.train.ligand, f.train.receptor]) for g in complex_subunits(e)}
+        test_genes = {g for e in pd.concat([f.test.ligand, f.test.receptor]) for g in complex_subunits(e)}
+        assert not train_genes & test_genes and not train_genes & f.test_genes
+        assert (f.train.label == 1).sum() == (f.train.label == 0).sum()  # one negative per positive
+        known = set(zip(pairs.ligand, pairs.receptor))
+        assert not set(zip(f.train.ligand[f.train.label == 0], f.train.receptor[f.train.label == 0])) & known
+        n_test += f.n_test_positives
+    assert 0.05 * len(pairs) < n_test < 0.15 * len(pairs)  # ≈ 1 % of pairs per fold
+
+
+def test_direction_and_permuted_folds():
+    pairs = pd.DataFrame({"ligand": [f"L{i}" for i in range(40)] + ["A"], "receptor": [f"R{i}" for i in range(40)] +
+                          ["L0"]})  # fmt: skip
+    pairs = pd.concat([pairs, pd.DataFrame({"ligand": ["L0"], "receptor": ["A"]})])  # listed both ways: dropped
+    for f in lr_folds(pairs, n_folds=4, task="direction"):
+        pos, neg = f.train[f.train.label == 1], f.train[f.train.label == 0]
+        assert list(zip(neg.ligand, neg.receptor)) == list(zip(pos.receptor, pos.ligand))
+        assert "A" not in set(f.train.ligand) | set(f.test.ligand)
+    perm = lr_folds(pairs.iloc[:40], n_folds=2, permute_labels=True, seed=1)
+    pos = pd.concat([f.train[f.train.label == 1] for f in perm] + [f.test[f.test.label == 1] for f in perm])
+    assert (pos.ligand.str[1:] != pos.receptor.str[1:]).mean() > 0.8  # re-paired
+    with pytest.raises(ValueError, match="needs `expression`"):
+        lr_folds(pairs, negatives="expression_matched")
+
+
+def test_expression_matched_negatives_match_partner_level():
+    rng = np.random.default_rng(0)
+    pairs = pd.DataFrame({"ligand": [f"L{i}" for i in range(300)], "receptor": [f"R{i}" for i in range(300)]})
+    expr = pd.Series(rng.lognormal(0, 1.5, 300), index=pairs.receptor)
+    rank = expr.rank()
+    gap = {}
+    for scheme in ("random", "expression_matched"):
+        folds = lr_folds(pairs, n_folds=2, negatives=scheme, expression=expr, seed=0)
+        t = pd.concat([f.train for f in folds])
+        pos, neg = t[t.label == 1], t[t.label == 0]
+        gap[scheme] = np.abs(rank[pos.receptor].to_numpy() - rank[neg.receptor].to_numpy()).mean()
+    # random partners differ by ~1/3 of the ranks; matched ones by less than a decile of the fold's receptors
+    assert gap["random"] > 70 and gap["expression_matched"] < 20
+
+
+def niche_folds(n_side: int = 8, n_pairs: int = 60, seed: int = 0):
+    """True pairs co-expressed in the left half (the niche), decoy receptors at the same level in the right half."""
+    rng = np.random.default_rng(seed)
+    xy = np.array([(i, j) for i in range(n_side) for j in range(n_side)], float)
+    niche = xy[:, 0] < n_side / 2
+    cols, names, rows = [], [], []
+    for k in range(n_pairs):
+        lam = rng.uniform(1, 4)
+        cols += [rng.poisson(lam * (1 + 2 * niche)), rng.poisson(lam * (1 + 2 * niche)),
+                 rng.poisson(lam * (1 + 2 * ~niche))]  # fmt: skip
+        names += [f"L{k}", f"R{k}", f"D{k}"]
+        rows += [(f"L{k}", f"R{k}", 1, k % 3), (f"L{k}", f"D{k}", 0, k % 3)]
+    adata = AnnData(sp.csr_matrix(np.column_stack(cols).astype(np.float32)), obsm={"spatial": xy})
+    adata.var_names = names
+    cell_graph(adata, radius=1.1, library_key=None)
+    table = pd.DataFrame(rows, columns=["ligand", "receptor", "label", "fold"])
+    folds = [LRFold(k, table[table.fold != k].drop(columns="fold"), table[table.fold == k].drop(columns="fold"))
+             for k in range(3)]  # fmt: skip
+    return adata, folds
+
+
+def test_cv_finds_planted_signal_and_controls():
+    adata, folds = niche_folds()
+    methods = {"GCNG autocrine+": {"method": "gcng", "kind": "autocrine+"}, "expression": {"method": "expression"}}
+    pred = ligrec_cv(adata, folds=folds, config=FAST, seed=0, methods=methods)
+    assert set(pred.columns) == {"method", "fold", "ligand", "receptor", "label", "score"}
+    m = ligrec_metrics(pred, n_boot=50).set_index("method")
+    assert m.loc["GCNG autocrine+", "auroc"] > 0.9  # held-out genes: the model learnt *where*, not *which*
+    assert m.loc["GCNG autocrine+", "auroc_lo"] <= m.loc["GCNG autocrine+", "auroc"] <= m.loc["GCNG autocrine+",
+                                                                                              "auroc_hi"]  # fmt: skip
+    assert abs(m.loc["expression", "auroc"] - 0.5) < 0.2  # decoys are as expressed as true partners
+    # Co-location in one of four quadrants: spatial Pearson finds it, shuffled positions and permuted labels do not.
+    qdata, pairs = quadrant_data()
+    sp_methods = {"sp": {"method": "spatial_pearson"}, "sp shuffled": {"method": "spatial_pearson",
+                                                                      "shuffle_positions": True}}  # fmt: skip
+    q = ligrec_metrics(ligrec_cv(qdata, pairs, n_folds=3, methods=sp_methods, seed=0), n_boot=0).set_index("method")
+    assert q.loc["sp", "auroc"] > 0.8 and q.loc["sp shuffled", "auroc"] < q.loc["sp", "auroc"] - 0.2
+    perm_methods = {"GCNG": methods["GCNG autocrine+"], "sp": sp_methods["sp"]}
+    perm = ligrec_cv(qdata, pairs, n_folds=3, methods=perm_methods, config=FAST, permute_labels=True, seed=0)
+    pm = ligrec_metrics(perm, n_boot=0).set_index("method")
+    assert abs(pm.loc["GCNG", "auroc"] - 0.5) < 0.2 and abs(pm.loc["sp", "auroc"] - 0.5) < 0.2
+
+
+def test_metrics_by_hand():
+    pred = pd.DataFrame({"method": "m", "fold": [0, 0, 0, 0, 1, 1], "ligand": ["a", "a", "b", "b", "c", "c"],
+                         "label": [1, 0, 1, 0, 1, 0], "score": [0.9, 0.1, 0.2, 0.8, 0.7, 0.7]})  # fmt: skip
+    m = ligrec_metrics(pred, n_boot=20).iloc[0]
+    # pooled: positives (.9, .2, .7) vs negatives (.1, .8, .7): 3 + 1 + 1.5 (a tie counts half) wins of 9
+    assert m["auroc"] == pytest.approx(5.5 / 9)
+    assert m["ligand_auroc_mean"] == pytest.approx((1 + 0 + 0.5) / 3) and m["ligand_auroc_median"] == 0.5
+    assert m["fold_auroc_mean"] == pytest.approx((3 / 4 + 0.5) / 2) and m["n_folds_scored"] == 2
+    with pytest.raises(ValueError, match="missing column"):
+        ligrec_metrics(pred.drop(columns="score"))
+
+
+def test_shuffle_graph_stays_within_groups():
+    a = sp.csr_matrix(np.diag(np.ones(5), 1) + np.diag(np.ones(5), -1))
+    groups = np.array([0, 0, 0, 1, 1, 1])
+    a[2, 3] = a[3, 2] = 0
+    a.eliminate_zeros()
+    s = shuffle_graph(a, groups, seed=0)
+    assert s[:3, 3:].nnz == 0 and s.nnz == a.nnz
+    assert sorted(np.asarray(s.sum(1)).ravel()) == sorted(np.asarray(a.sum(1)).ravel())
+
+
+def test_function_assignment_beats_chance(tmp_path):
+    adata, pairs = quadrant_data(n_pairs=40, seed=1)
+    graph_matrix(adata, "autocrine+")
+    q0 = pairs[pairs.quadrant == 0]
+    gmt = tmp_path / "sets.gmt"
+    gmt.write_text("quadrant0\tplanted\t" + "\t".join([*q0.ligand, *q0.receptor]) + "\n")
+    sets = read_gmt(gmt)
+    assert sets["quadrant0"][0] == q0.ligand.iloc[0]
+    res = gene_function_cv(adata, str(gmt), n_folds=3, background_ratio=3, config=FAST, seed=0)
+    frac = res.groupby("method")["fraction"].mean()
+    assert set(res.columns) >= {"gene_set", "fold", "method", "hits", "fraction"}
+    assert frac["GCNG"] > 0.6 and frac["GBA"] > 0.6  # chance is 0.2
+    with pytest.raises(ValueError, match="need at least"):
+        gene_function_cv(adata, ["L0", "R0"], n_folds=3)
+
+
+@pytest.mark.slow
+def test_seqfish_field0_folds_mostly_without_positives():
+    from scst.datasets import _ligand_receptor as lr
+    from scst.datasets._seqfish import seqfish_cortex
+
+    adata = seqfish_cortex()
+    cell_graph(adata, radius=140)
+    pred = ligrec_cv(adata, lr.ligand_receptor("gcng", "mouse"), methods={
+        "diag": {"method": "gcng", "kind": "diagonal"}, "sp": {"method": "spatial_pearson"}}, config=FAST)  # fmt: skip
+    folds = pred.attrs["folds"]
+    assert pred.attrs["n_pairs"] == 68
+    assert sum(f.n_test_positives > 0 for f in folds) <= 3  # a fold without positives is the normal case here
+    assert set(pred["method"]) <= {"diag", "sp"} and (pred["label"].isin([0, 1])).all()
