@@ -3,5 +3,7 @@
 from ._base import BaseModel
 from ._baselines import MeanExpression, RidgeExpression, STNet
 from ._gcng import GCNG
+from ._hggep import HGGEP
+from ._tcgn import TCGN
 
-__all__ = ["BaseModel", "GCNG", "MeanExpression", "RidgeExpression", "STNet"]
+__all__ = ["BaseModel", "GCNG", "HGGEP", "MeanExpression", "RidgeExpression", "STNet", "TCGN"]

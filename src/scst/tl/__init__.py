@@ -4,9 +4,11 @@ from ._embed import embed_patches
 from ._expression import domain_ari, evaluate_expression, spatial_domains
 from ._ligrec import ligand_receptor, lr_scores
 from ._ligrec_cv import LRFold, gene_function_cv, ligrec_cv, ligrec_metrics, lr_folds, read_gmt, shuffle_graph
+from ._predict import cross_validate, predict_expression
 
 __all__ = [
     "LRFold",
+    "cross_validate",
     "domain_ari",
     "embed_patches",
     "evaluate_expression",
@@ -16,6 +18,7 @@ __all__ = [
     "ligrec_metrics",
     "lr_folds",
     "lr_scores",
+    "predict_expression",
     "read_gmt",
     "shuffle_graph",
     "spatial_domains",

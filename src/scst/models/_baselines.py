@@ -1,0 +1,781 @@
+"""Honest baselines for histology → expression: training mean, ridge on patch features, ST-Net (end-to-end CNN).
+
+All three follow the surface of :class:`scst.models.HGGEP` / :class:`scst.models.TCGN`, so one
+leave-one-section-out loop serves every model::
+
+    Model.setup_sdata(sdata, sections=train_sections)     # or setup_anndata(adata, ...) for Ridge / Mean
+    model = Model(sdata, **config).train()
+    pred = model.predict(sdata, sections=test_section)      # (n_spots, n_genes), log1p(normalize_total 1e4)
+
+:class:`MeanExpression` and :class:`RidgeExpression` are closed-form: they keep the scst model surface
+(``setup_anndata``/``setup_sdata``, ``Model(data, **config)``, ``train``, ``predict``, ``save``/``load``,
+``history``) without Lightning or torch, and save as ``attr.json`` + ``params.npz``. :class:`STNet` is a
+:class:`~scst.models.BaseModel` (Lightning training, safetensors checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+from .._constants import SECTION_KEY, TABLE_KEY
+from .._logging import logg
+from .._utils import _atomic_dir, _check_key, _get_table
+from ._base import SETUP_KEY, _jsonable, _scst_version
+from ._hggep import _ImageModel, _to_input
+from ._tcgn import _NoSingletonBatches, _SpotBatches
+
+__all__ = ["MeanExpression", "RidgeExpression", "STNet", "build_backbone", "load_backbone_weights"]
+
+PARAMS_FILE = "params.npz"
+ATTR_FILE = "attr.json"
+_UNITS = "log1p(normalize_total(target_sum=1e4))"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Backbones (shared with scst.tl.embed_patches)
+# --------------------------------------------------------------------------------------------------------------
+def _replace_last_linear(model: nn.Module) -> int:
+    """Replace the model's last :class:`~torch.nn.Linear` (its classifier) by Identity; return its input width."""
+    last = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            last = (name, mod)
+    if last is None:
+        raise ValueError(f"{type(model).__name__} has no Linear classifier to remove.")
+    name, lin = last
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(parent, name.rpartition(".")[2], nn.Identity())
+    model._scst_classifier = name  # checkpoint entries under this name are the removed classifier
+    return int(lin.in_features)
+
+
+def build_backbone(name: str) -> tuple[nn.Module, int]:
+    """A torchvision or timm classification network, randomly initialised, with its classifier removed.
+
+    Parameters
+    ----------
+    name
+        A torchvision classification model (``torchvision.models.list_models(module=torchvision.models)``, e.g.
+        ``"resnet18"``, ``"densenet121"``) or a timm model (``timm.list_models()``); torchvision wins a tie.
+
+    Returns
+    -------
+    ``(module, n_features)``: the module maps ``(B, 3, H, W)`` ImageNet-normalised images to globally pooled
+    ``(B, n_features)`` features. Nothing is downloaded: load weights with :func:`load_backbone_weights`.
+    """
+    import torchvision
+
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"backbone: expected a model name (str), got {name!r}.")
+    if name in torchvision.models.list_models(module=torchvision.models):
+        model = torchvision.models.get_model(name, weights=None)
+        if hasattr(model, "aux_logits"):  # Inception/GoogLeNet: no auxiliary heads in feature extraction
+            model.aux_logits = False
+            for aux in ("AuxLogits", "aux1", "aux2"):
+                if hasattr(model, aux):
+                    setattr(model, aux, None)
+        return model, _replace_last_linear(model)
+    import timm
+
+    if timm.is_model(name):
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+        model._scst_classifier = str(model.pretrained_cfg.get("classifier") or "") or None
+        return model, int(model.num_features)
+    raise ValueError(
+        f"backbone: {name!r} is neither a torchvision classification model nor a timm model "
+        "(see torchvision.models.list_models() / timm.list_models())."
+    )
+
+
+def load_backbone_weights(module: nn.Module, weights: str | os.PathLike, where: str = "weights") -> list[str]:
+    """Load a local state_dict file into ``module`` (classifier entries of the file are ignored).
+
+    Parameters
+    ----------
+    module
+        Network from :func:`build_backbone`.
+    weights
+        Path to a ``.safetensors`` file or a torch file holding a state_dict (read with ``weights_only=True``;
+        a ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper and ``module.`` prefixes are accepted).
+    where
+        Argument name used in error messages.
+
+    Returns
+    -------
+    Keys of the file that were ignored: the classifier removed by :func:`build_backbone`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist (hub names cannot be downloaded here: pass a local file).
+    ValueError
+        If a parameter or buffer of ``module`` is missing from the file or has another shape, or if the file holds
+        other entries than the module's and its classifier's (a checkpoint of another architecture).
+    """
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{where}: {str(path)!r} is not a file; pass a local state_dict file (no weights can be downloaded)."
+        )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{where}: {str(path)!r} does not hold a state_dict (name → tensor).")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or wrong:
+        raise ValueError(
+            f"{where}: {str(path)!r} does not fit {type(module).__name__}: {len(missing)} missing entries "
+            f"{missing[:5]}, {len(wrong)} with another shape {wrong[:5]}."
+        )
+    head = getattr(module, "_scst_classifier", None)
+    ignored = [k for k in state if k not in own]
+    alien = [k for k in ignored if not (head and (k == head or k.startswith(head + ".")))]
+    if alien:
+        raise ValueError(
+            f"{where}: {str(path)!r} has {len(alien)} entries that {type(module).__name__} lacks, e.g. {alien[:5]}: "
+            "a checkpoint of another architecture?"
+        )
+    module.load_state_dict({k: state[k] for k in own}, strict=True)
+    logg.info(f"Loaded weights from {str(path)!r}: {len(own)} tensors; {len(ignored)} ignored (e.g. {ignored[:3]})")
+    return ignored
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Closed-form baselines
+# --------------------------------------------------------------------------------------------------------------
+def _resolve_panel(adata: Any, genes: Any) -> list[str]:
+    if genes is None:
+        return [str(g) for g in adata.var_names]
+    if isinstance(genes, str):
+        if genes not in adata.var:
+            raise KeyError(
+                f"genes: {genes!r} is not a column of var (available: {list(adata.var.columns)[:20]}); run "
+                "`scst.pp.select_genes(adata)` or pass a list of genes."
+            )
+        col = adata.var[genes]
+        if col.dtype != bool:
+            raise ValueError(f"genes: var[{genes!r}] must be boolean, got dtype {col.dtype}.")
+        panel = [str(g) for g in adata.var_names[col.to_numpy()]]
+    else:
+        panel = [str(g) for g in genes]
+        missing = [g for g in panel if g not in adata.var_names]
+        if missing:
+            raise KeyError(f"genes: {len(missing)} gene(s) not in var_names: {missing[:20]}")
+        if len(set(panel)) != len(panel):
+            raise ValueError("genes: duplicated gene names.")
+    if not panel:
+        raise ValueError("genes: the panel is empty.")
+    return panel
+
+
+def _sections_present(adata: Any) -> list[str]:
+    col = adata.obs[SECTION_KEY]
+    present = set(col.astype(str))
+    cats = col.cat.categories if hasattr(col, "cat") else pd.unique(col.astype(str))
+    return [str(s) for s in cats if str(s) in present]
+
+
+def _check_sections(adata: Any, sections: Any, arg: str = "sections") -> list[str]:
+    present = _sections_present(adata)
+    if sections is None:
+        return present
+    sections = [sections] if isinstance(sections, str) else [str(s) for s in sections]
+    empty = [s for s in sections if s not in present]
+    if empty:
+        raise ValueError(f"{arg}: {empty} have no spots in the table (sections with spots: {present}).")
+    if not sections:
+        raise ValueError(f"{arg}: empty list of sections.")
+    return sections
+
+
+class _ClosedFormModel:
+    """Registry, save/load and prediction plumbing of the closed-form baselines."""
+
+    _default_config: ClassVar[dict[str, Any]] = {}
+    bench_config: ClassVar[dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def _register(cls, adata: Any, registry: dict[str, Any]) -> None:
+        store = dict(adata.uns.get(SETUP_KEY, {}))
+        store[cls.__name__] = json.dumps(_jsonable(registry, f"{cls.__name__} registry"))
+        adata.uns[SETUP_KEY] = store
+        logg.info(f"{cls.__name__}: registered setup in .uns[{SETUP_KEY!r}][{cls.__name__!r}]")
+
+    @classmethod
+    def _read_registry(cls, adata: Any) -> dict[str, Any] | None:
+        raw = getattr(adata, "uns", {}).get(SETUP_KEY, {}).get(cls.__name__)
+        if raw is None:
+            return None
+        return json.loads(raw) if isinstance(raw, str) else dict(raw)
+
+    @classmethod
+    def _base_registry(cls, adata: Any, genes: Any, layer: str | None, sections: Any) -> dict[str, Any]:
+        _check_key(adata.obs, SECTION_KEY, "adata.obs")
+        if layer is not None:
+            _check_key(adata.layers, layer, "adata.layers")
+        from ..tl._expression import _raw_counts  # lazily: scst.tl imports scst.models
+
+        _raw_counts(adata, layer, f"{cls.__name__}.setup_anndata")
+        return {
+            "var_names": _resolve_panel(adata, genes),
+            "layer": layer,
+            "sections": _check_sections(adata, sections),
+        }
+
+    @classmethod
+    def setup_sdata(cls, sdata: Any, table: str = TABLE_KEY, **kwargs: Any) -> None:
+        """Set up ``sdata.tables[table]`` with :meth:`setup_anndata` (``kwargs`` are passed on)."""
+        adata = _get_table(sdata, table)
+        cls.setup_anndata(adata, **kwargs)
+        cls._register(adata, {**cls._read_registry(adata), "table": table})
+
+    # ------------------------------------------------------------------ construction
+    def __init__(self, data: Any, **config: Any) -> None:
+        adata = self._find_adata(data)
+        registry = self._read_registry(adata)
+        if registry is None:
+            kind = "setup_sdata(sdata)" if hasattr(data, "tables") else "setup_anndata(adata)"
+            raise ValueError(
+                f"`data` is not set up for {type(self).__name__}; call "
+                f"`scst.models.{type(self).__name__}.{kind}` first."
+            )
+        allowed = set(self._default_config)
+        unknown = sorted(set(config) - allowed)
+        if unknown:
+            raise ValueError(
+                f"Unknown config key(s) {unknown} for {type(self).__name__}; expected some of {sorted(allowed)}."
+            )
+        self.data, self.adata, self.registry = data, adata, registry
+        self.config = _jsonable({**self._default_config, **config}, f"{type(self).__name__} config")
+        self.params: dict[str, np.ndarray] = {}
+        self.history: pd.DataFrame | None = None
+        self._is_trained = False
+
+    @classmethod
+    def _find_adata(cls, data: Any, table: str | None = None) -> Any:
+        if hasattr(data, "tables"):
+            if table is not None:
+                return _get_table(data, table)
+            found = [k for k, t in data.tables.items() if cls._read_registry(t) is not None]
+            if len(found) != 1:
+                return _get_table(data, TABLE_KEY)
+            return data.tables[found[0]]
+        if not hasattr(data, "obs"):
+            raise TypeError(f"`data` must be AnnData or SpatialData, got {type(data).__name__}.")
+        return data
+
+    @property
+    def var_names(self) -> list[str]:
+        """Gene panel predicted by the model."""
+        return list(self.registry["var_names"])
+
+    @property
+    def is_trained(self) -> bool:
+        """Whether :meth:`train` ran (or a trained model was loaded)."""
+        return self._is_trained
+
+    def __repr__(self) -> str:
+        cfg = ", ".join(f"{k}: {v}" for k, v in self.config.items())
+        status = "Trained" if self.is_trained else "Not trained"
+        return f"{type(self).__name__} ({len(self.var_names)} genes; {cfg or 'no config'}); {status}"
+
+    def _targets(self, rows: np.ndarray) -> np.ndarray:
+        """Training targets (target unit) of table rows ``rows`` for the panel."""
+        from ..tl._expression import log_normalized  # lazily: scst.tl imports scst.models
+
+        missing = [g for g in self.var_names if g not in self.adata.var_names]
+        if missing:
+            raise ValueError(f"The training table lacks {len(missing)} panel genes: {missing[:20]}")
+        return log_normalized(self.adata[rows], self.var_names, self.registry["layer"]).astype(np.float64)
+
+    def _train_rows(self) -> np.ndarray:
+        if self.adata is None:
+            raise ValueError(f"This {type(self).__name__} has no data; load it with `data=` to train again.")
+        sec = self.adata.obs[SECTION_KEY].astype(str).to_numpy()
+        rows = np.flatnonzero(np.isin(sec, self.registry["sections"]))
+        if rows.size == 0:
+            raise ValueError(f"No spot of the training sections {self.registry['sections']} is in the table.")
+        return rows
+
+    def _predict_rows(self, data: Any, sections: Any, table: str | None) -> tuple[Any, np.ndarray]:
+        data = self.data if data is None else data
+        if data is None:
+            raise ValueError(f"data: this {type(self).__name__} has no data attached; pass an AnnData or SpatialData.")
+        adata = _get_table(data, table or self.registry.get("table") or TABLE_KEY) if hasattr(data, "tables") else data
+        _check_key(adata.obs, SECTION_KEY, "adata.obs")
+        sections = _check_sections(adata, sections)
+        sec = adata.obs[SECTION_KEY].astype(str).to_numpy()
+        return adata, np.flatnonzero(np.isin(sec, sections))
+
+    def _require_trained(self) -> None:
+        if not self.is_trained:
+            raise ValueError(f"This {type(self).__name__} is not trained; call `train()` first.")
+
+    # ------------------------------------------------------------------ save / load
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _set_extra_state(self, state: dict[str, Any]) -> None:
+        return None
+
+    def save(self, dir_path: str | Path, overwrite: bool = False) -> None:
+        """Write ``attr.json`` (config, registry, state) and ``params.npz`` (arrays) to ``dir_path`` atomically.
+
+        Parameters
+        ----------
+        dir_path
+            Output directory (written to a temporary directory, then renamed).
+        overwrite
+            Replace an existing ``dir_path``.
+        """
+        self._require_trained()
+        dir_path = Path(dir_path)
+        if dir_path.exists() and not overwrite:
+            raise FileExistsError(f"`dir_path` {str(dir_path)!r} exists; pass `overwrite=True` to replace it.")
+        attrs = {
+            "model": type(self).__name__,
+            "scst_version": _scst_version(),
+            "units": _UNITS,
+            "config": self.config,
+            "registry": self.registry,
+            "extra": _jsonable(self._extra_state(), f"{type(self).__name__} state"),
+        }
+        with _atomic_dir(dir_path) as tmp:
+            (tmp / ATTR_FILE).write_text(json.dumps(attrs, indent=1, allow_nan=False))
+            with open(tmp / PARAMS_FILE, "wb") as fh:
+                np.savez(fh, **self.params)
+        logg.info(f"{type(self).__name__}: saved to {str(dir_path)!r}")
+
+    @classmethod
+    def load(cls, dir_path: str | Path, data: Any = None) -> _ClosedFormModel:
+        """Rebuild a model written by :meth:`save`; ``data`` (optional) is attached for further prediction.
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        data
+            AnnData / SpatialData to attach (its table gets the saved registry when it is not set up).
+        """
+        dir_path = Path(dir_path)
+        if not (dir_path / ATTR_FILE).is_file() or not (dir_path / PARAMS_FILE).is_file():
+            raise FileNotFoundError(
+                f"`dir_path` {str(dir_path)!r} lacks {ATTR_FILE} / {PARAMS_FILE} (not a saved model)."
+            )
+        attrs = json.loads((dir_path / ATTR_FILE).read_text())
+        if attrs.get("model") != cls.__name__:
+            raise ValueError(f"{str(dir_path)!r} holds a {attrs.get('model')!r} model, not {cls.__name__!r}.")
+        model = cls.__new__(cls)
+        model.config, model.registry = attrs["config"], attrs["registry"]
+        with np.load(dir_path / PARAMS_FILE, allow_pickle=False) as f:
+            model.params = {k: f[k] for k in f.files}
+        model.history, model._is_trained = None, True
+        model._set_extra_state(attrs.get("extra", {}))
+        model.data = model.adata = None
+        if data is not None:
+            adata = cls._find_adata(data, model.registry.get("table") if hasattr(data, "tables") else None)
+            if cls._read_registry(adata) is None:
+                cls._register(adata, model.registry)
+            model.data, model.adata = data, adata
+        return model
+
+
+class MeanExpression(_ClosedFormModel):
+    """Predict every spot as the mean expression of the training spots (per gene).
+
+    The floor every histology model must beat on MSE. Its predictions are constant within a section, so
+    correlation metrics score it 0 (see :func:`scst.tl.evaluate_expression`).
+
+    Examples
+    --------
+    >>> MeanExpression.setup_anndata(adata, sections=["C2", "C3", "C4", "C5"])
+    >>> pred = MeanExpression(adata).train().predict(sections="C6")
+    """
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: Any,
+        genes: str | Sequence[str] | None = "highly_variable_scst",
+        *,
+        layer: str | None = None,
+        sections: str | Sequence[str] | None = None,
+    ) -> None:
+        """Register the gene panel and the training sections.
+
+        Parameters
+        ----------
+        adata
+            Raw counts in ``X`` (or ``layer``), ``obs["section"]``.
+        genes
+            Panel: boolean ``var`` column (default ``"highly_variable_scst"``), list of genes, or None (all).
+        layer
+            Layer with raw counts.
+        sections
+            Training sections; default all. Leave the test section out.
+        """
+        cls._register(adata, cls._base_registry(adata, genes, layer, sections))
+
+    def train(self) -> MeanExpression:
+        """Average the training sections' ``log1p(normalize_total 1e4)`` expression per gene; returns ``self``."""
+        rows = self._train_rows()
+        self.params = {"mean": self._targets(rows).mean(0).astype(np.float32)}
+        self._is_trained = True
+        logg.info(f"MeanExpression: mean of {len(rows)} spots of {self.registry['sections']}")
+        return self
+
+    def predict(
+        self, data: Any = None, sections: str | Sequence[str] | None = None, *, table: str | None = None
+    ) -> np.ndarray:
+        """Training mean for every spot of ``sections`` (default all) of ``data`` (default the model's data).
+
+        Returns
+        -------
+        float32 ``(n_spots, n_genes)``, rows in table order.
+        """
+        self._require_trained()
+        _, rows = self._predict_rows(data, sections, table)
+        return np.repeat(self.params["mean"][None], len(rows), axis=0)
+
+
+class RidgeExpression(_ClosedFormModel):
+    """Ridge regression from patch features (an ``obsm`` embedding) to each gene's expression.
+
+    Features are standardised with the training spots' mean and standard deviation; the ridge penalty is chosen
+    per gene (or shared, ``alpha_per_gene=False``) by an inner cross-validation **grouped by section over the
+    training sections only** (:class:`sklearn.model_selection.GroupKFold`; leave-one-section-out when there are
+    at most ``n_inner_splits`` training sections), minimising the held-out MSE; the model is then refit on all
+    training spots. The held-out test section never enters standardisation, penalty choice or fit.
+
+    Parameters
+    ----------
+    data
+        AnnData / SpatialData set up with :meth:`setup_anndata` / :meth:`setup_sdata`.
+    **config
+        ``alphas`` (penalties tried, default ``10 ** arange(-1, 6.5, 0.5)``), ``alpha_per_gene`` (True),
+        ``n_inner_splits`` (5).
+
+    Attributes
+    ----------
+    cv_folds
+        After :meth:`train`: per inner fold, the sections fitted (``"train"``) and scored (``"val"``).
+    cv_results
+        After :meth:`train`: DataFrame indexed by alpha with the inner-CV MSE (mean over genes) and how many
+        genes chose it.
+
+    Examples
+    --------
+    >>> scst.tl.embed_patches(sdata, "handcrafted")
+    >>> RidgeExpression.setup_sdata(sdata, embedding_key="X_handcrafted", sections=["C2", "C3", "C4", "C5"])
+    >>> pred = RidgeExpression(sdata).train().predict(sections="C6")
+    """
+
+    _default_config: ClassVar[dict[str, Any]] = {
+        "alphas": [float(a) for a in 10.0 ** np.arange(-1, 6.5, 0.5)],
+        "alpha_per_gene": True,
+        "n_inner_splits": 5,
+    }
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: Any,
+        embedding_key: str = "X_resnet18",
+        genes: str | Sequence[str] | None = "highly_variable_scst",
+        *,
+        layer: str | None = None,
+        sections: str | Sequence[str] | None = None,
+    ) -> None:
+        """Register the feature key, the gene panel and the training sections.
+
+        Parameters
+        ----------
+        adata
+            Raw counts in ``X`` (or ``layer``), ``obs["section"]`` and the features in ``obsm[embedding_key]``.
+        embedding_key
+            ``obsm`` key of the patch features, e.g. from :func:`scst.tl.embed_patches` (``"X_resnet18"``,
+            ``"X_handcrafted"``).
+        genes
+            Panel: boolean ``var`` column (default ``"highly_variable_scst"``), list of genes, or None (all).
+        layer
+            Layer with raw counts.
+        sections
+            Training sections; default all. Leave the test section out.
+        """
+        _check_key(adata.obsm, embedding_key, "adata.obsm")
+        feats = np.asarray(adata.obsm[embedding_key])
+        if feats.ndim != 2 or feats.shape[1] == 0:
+            raise ValueError(f"embedding_key: obsm[{embedding_key!r}] must be (n_obs, n_features), got {feats.shape}.")
+        reg = cls._base_registry(adata, genes, layer, sections)
+        sec = adata.obs[SECTION_KEY].astype(str).to_numpy()
+        if not np.isfinite(feats[np.isin(sec, reg["sections"])]).all():
+            raise ValueError(f"embedding_key: obsm[{embedding_key!r}] has non-finite values on training spots.")
+        cls._register(adata, {**reg, "embedding_key": embedding_key, "n_features": int(feats.shape[1])})
+
+    def _features(self, adata: Any, rows: np.ndarray) -> np.ndarray:
+        key = self.registry["embedding_key"]
+        _check_key(adata.obsm, key, "adata.obsm")
+        x = np.asarray(adata.obsm[key], dtype=np.float64)[rows]
+        if x.ndim != 2 or x.shape[1] != self.registry["n_features"]:
+            raise ValueError(
+                f"obsm[{key!r}] has shape {x.shape}; the model was trained on {self.registry['n_features']} features."
+            )
+        return x
+
+    @staticmethod
+    def _standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mean = x.mean(0)
+        scale = x.std(0)
+        scale[scale < 1e-12 * np.maximum(1.0, np.abs(mean))] = 1.0  # constant features: centred to 0
+        return mean, scale
+
+    @staticmethod
+    def _svd_fit(xs: np.ndarray, yc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """SVD pieces of the standardised design: ridge coefficients for any alpha are V diag(s/(s²+α)) Uᵀy."""
+        u, s, vt = np.linalg.svd(xs, full_matrices=False)
+        return s, vt, u.T @ yc
+
+    def train(self) -> RidgeExpression:
+        """Choose the penalties by grouped inner CV on the training sections, then fit them all; returns ``self``."""
+        from sklearn.model_selection import GroupKFold
+
+        alphas = np.asarray(self.config["alphas"], dtype=np.float64)
+        if alphas.ndim != 1 or alphas.size == 0 or (alphas <= 0).any():
+            raise ValueError(f"alphas: expected a non-empty list of positive penalties, got {self.config['alphas']}.")
+        rows = self._train_rows()
+        x, y = self._features(self.adata, rows), self._targets(rows)
+        if not np.isfinite(x).all():
+            raise ValueError(f"obsm[{self.registry['embedding_key']!r}] has non-finite values on training spots.")
+        groups = self.adata.obs[SECTION_KEY].astype(str).to_numpy()[rows]
+        n_groups = len(np.unique(groups))
+        self.cv_folds: list[dict[str, list[str]]] = []
+        cv_mse = np.zeros((len(alphas), y.shape[1]))
+        if len(alphas) > 1:
+            if n_groups < 2:
+                raise ValueError(
+                    f"RidgeExpression: choosing alpha needs >= 2 training sections for the grouped inner CV, got "
+                    f"{n_groups}; pass a single penalty, e.g. `alphas=[100.0]`."
+                )
+            cv = GroupKFold(n_splits=min(int(self.config["n_inner_splits"]), n_groups))
+            for tr, va in cv.split(x, y, groups):
+                self.cv_folds.append({"train": sorted(set(groups[tr])), "val": sorted(set(groups[va]))})
+                mean, scale = self._standardize(x[tr])
+                ymean = y[tr].mean(0)
+                s, vt, uty = self._svd_fit((x[tr] - mean) / scale, y[tr] - ymean)
+                a = ((x[va] - mean) / scale) @ vt.T  # (n_va, k)
+                for i, alpha in enumerate(alphas):
+                    pred = (a * (s / (s**2 + alpha))) @ uty + ymean
+                    cv_mse[i] += ((pred - y[va]) ** 2).sum(0)
+            cv_mse /= len(rows)
+            best = cv_mse.argmin(0) if self.config["alpha_per_gene"] else np.full(y.shape[1], cv_mse.mean(1).argmin())
+        else:
+            best = np.zeros(y.shape[1], dtype=int)
+        mean, scale = self._standardize(x)
+        ymean = y.mean(0)
+        s, vt, uty = self._svd_fit((x - mean) / scale, y - ymean)
+        coef = np.empty((x.shape[1], y.shape[1]))
+        for i in np.unique(best):
+            g = best == i
+            coef[:, g] = vt.T @ ((s / (s**2 + alphas[i]))[:, None] * uty[:, g])
+        self.params = {
+            "x_mean": mean,
+            "x_scale": scale,
+            "coef": coef,
+            "intercept": ymean,
+            "alpha": alphas[best],
+            "alphas": alphas,
+            "cv_mse": cv_mse.mean(1) if len(alphas) > 1 else np.full(1, np.nan),
+        }
+        self._is_trained = True
+        logg.info(
+            f"RidgeExpression: {x.shape[1]} features → {y.shape[1]} genes on {len(rows)} spots of "
+            f"{self.registry['sections']}; {len(self.cv_folds)} inner folds grouped by section, median alpha "
+            f"{np.median(alphas[best]):.3g}"
+        )
+        return self
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"cv_folds": self.cv_folds}
+
+    def _set_extra_state(self, state: dict[str, Any]) -> None:
+        self.cv_folds = list(state.get("cv_folds", []))
+
+    @property
+    def cv_results(self) -> pd.DataFrame:
+        """Inner-CV MSE per alpha (mean over genes) and the number of genes that chose each alpha."""
+        self._require_trained()
+        alphas = self.params["alphas"]
+        chosen = [(self.params["alpha"] == a).sum() for a in alphas]
+        return pd.DataFrame(
+            {"cv_mse": self.params["cv_mse"] if len(alphas) > 1 else np.nan, "n_genes": chosen},
+            index=pd.Index(alphas, name="alpha"),
+        )
+
+    def predict(
+        self, data: Any = None, sections: str | Sequence[str] | None = None, *, table: str | None = None
+    ) -> np.ndarray:
+        """Predicted expression of the panel for every spot of ``sections`` (default all) of ``data``.
+
+        Parameters
+        ----------
+        data
+            AnnData / SpatialData with ``obsm[embedding_key]`` and ``obs["section"]``; default the model's data.
+        sections
+            Sections to predict.
+        table
+            Table key when ``data`` is a SpatialData (default: the registry's, else ``"table"``).
+
+        Returns
+        -------
+        float32 ``(n_spots, n_genes)`` in ``log1p(normalize_total 1e4)`` units, rows in table order.
+        """
+        self._require_trained()
+        adata, rows = self._predict_rows(data, sections, table)
+        x = self._features(adata, rows)
+        if not np.isfinite(x).all():
+            raise ValueError(f"obsm[{self.registry['embedding_key']!r}] has non-finite values on predicted spots.")
+        p = self.params
+        return (((x - p["x_mean"]) / p["x_scale"]) @ p["coef"] + p["intercept"]).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ST-Net
+# --------------------------------------------------------------------------------------------------------------
+class STNetModule(nn.Module):
+    """ST-Net: an ImageNet-style CNN (DenseNet-121 in the paper) with a linear gene head, trained with MSE.
+
+    Parameters
+    ----------
+    n_genes
+        Genes predicted.
+    backbone
+        torchvision / timm model name (see :func:`build_backbone`).
+    """
+
+    def __init__(self, n_genes: int, backbone: str = "densenet121"):
+        super().__init__()
+        self.encoder, dim = build_backbone(backbone)
+        self.head = nn.Linear(dim, int(n_genes))
+
+    def forward(self, patches: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(B, 3, H, W)`` ImageNet-normalised patches → ``{"pred": (B, n_genes)}``."""
+        return {"pred": self.head(self.encoder(patches))}
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """MSE between predictions and ``batch["target"]`` (log1p(normalize_total 1e4))."""
+        pred = self(batch["patches"])["pred"]
+        return {"loss": F.mse_loss(pred, batch["target"])}
+
+
+class STNet(_ImageModel):
+    """ST-Net (He et al. 2020): a DenseNet-121 fine-tuned end to end from a spot's H&E patch to its expression.
+
+    Patches are ``size_um`` squares (80 µm, set in :meth:`setup_sdata`) resized to ``patch_px`` (224; bench
+    112), augmented with random flips and 90° rotations, ImageNet-normalised; the loss is the MSE on
+    ``log1p(normalize_total 1e4)`` panel expression. The paper starts from ImageNet weights; none can be
+    downloaded here, so the network starts from random initialisation unless ``weights`` names a local
+    state_dict file for the backbone.
+
+    Parameters
+    ----------
+    data
+        SpatialData set up with :meth:`setup_sdata` (``table``, ``genes``, ``size_um``, ``sections``,
+        ``patch_px`` — None follows ``config["patch_px"]``).
+    **config
+        ``backbone`` (``"densenet121"``; any torchvision/timm name), ``weights`` (local backbone state_dict file
+        or None), ``patch_px`` (224), ``augment`` (True), ``patch_cache_mb`` (2048) and the training keys
+        (``max_epochs`` 50, ``batch_size`` 32, ``lr`` 1e-4, ``patience`` 5, ...).
+
+    Examples
+    --------
+    >>> STNet.setup_sdata(sdata, sections=["C2", "C3", "C4", "C5"])
+    >>> model = STNet(sdata, **STNet.bench_config).train()
+    >>> pred = model.predict(sdata, sections="C6")
+    """
+
+    _module_cls = STNetModule
+    _default_patch_px = None
+    _default_config: ClassVar[dict[str, Any]] = {
+        "backbone": "densenet121",
+        "weights": None,
+        "patch_px": 224,
+        "augment": True,
+        "patch_cache_mb": 2048.0,
+        "max_epochs": 50,
+        "batch_size": 32,
+        "lr": 1e-4,
+        "weight_decay": 1e-5,
+        "patience": 5,
+    }
+    #: Small CPU setting: ResNet-18 on 112 px patches.
+    bench_config: ClassVar[dict[str, Any]] = {
+        "backbone": "resnet18",
+        "patch_px": 112,
+        "max_epochs": 5,
+        "batch_size": 32,
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "patience": 3,
+    }
+
+    def __init__(self, data: Any, **config: Any) -> None:
+        super().__init__(data, **config)
+        weights = self.config["weights"]
+        if weights is not None:
+            load_backbone_weights(self.module.encoder, weights, "weights")
+        logg.info(f"STNet: {self.config['backbone']} backbone, weights: {weights if weights else 'random init'}")
+
+    @property
+    def patch_px(self) -> int:
+        """Patch edge in pixels fed to the network (registry ``patch_px``, else ``config["patch_px"]``)."""
+        px = self.registry.get("patch_px")
+        return int(px if px is not None else self.config["patch_px"])
+
+    def _module_kwargs(self) -> dict[str, Any]:
+        return {"n_genes": len(self.registry["var_names"]), "backbone": self.config["backbone"]}
+
+    def _dataloaders(self, batch_size: int, validation: Any, seed: int, **kwargs: Any):
+        if kwargs:
+            raise TypeError(f"Unexpected dataloader_kwargs {sorted(kwargs)} for STNet.")
+        train, val = self._training_sections(validation, seed)
+        tr = _SpotBatches(train, bool(self.config["augment"]))
+        gen = torch.Generator().manual_seed(seed)
+        sampler = _NoSingletonBatches(RandomSampler(tr, generator=gen), batch_size, drop_last=False)
+        train_dl = DataLoader(tr, sampler=sampler, batch_size=None)
+        val_dl = None
+        if val:
+            va = _SpotBatches(val, False)
+            val_dl = DataLoader(va, sampler=BatchSampler(SequentialSampler(va), batch_size, False), batch_size=None)
+        return train_dl, val_dl
+
+    @torch.no_grad()
+    def _predict_section(self, sec: Any, batch_size: int, bar: Any) -> np.ndarray:
+        self.module.eval()
+        device, out = self.device, []
+        for start in range(0, len(sec.rows), batch_size):
+            idx = np.arange(start, min(start + batch_size, len(sec.rows)))
+            out.append(self.module(_to_input(sec.patches.get(idx), False).to(device))["pred"].float().cpu().numpy())
+            bar.update(len(idx))
+        return np.concatenate(out)

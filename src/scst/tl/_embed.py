@@ -1,0 +1,178 @@
+"""Embed spot patches with a CNN / ViT backbone or hand-crafted features, into ``obsm``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._constants import TABLE_KEY
+from .._logging import logg
+from .._utils import _get_table
+
+__all__ = ["embed_patches"]
+
+UNS_EMBED_KEY = "scst_embed"
+
+
+def _pool(out: Any, name: str) -> torch.Tensor:
+    """Encoder output → ``(B, F)``: global average over spatial dims (``(B, C, H, W)``) or tokens (``(B, T, C)``)."""
+    if isinstance(out, dict) and len(out) == 1:
+        out = next(iter(out.values()))
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(
+            f"encoder {name!r} returned {type(out).__name__}; expected a tensor (B, F), (B, C, H, W) or (B, T, C)."
+        )
+    if out.ndim == 4:
+        return out.mean(dim=(2, 3))
+    if out.ndim == 3:
+        return out.mean(dim=1)
+    if out.ndim == 2:
+        return out
+    raise ValueError(f"encoder {name!r} returned a tensor of shape {tuple(out.shape)}; expected 2, 3 or 4 dims.")
+
+
+def embed_patches(
+    sdata: Any,
+    encoder: str | nn.Module = "resnet18",
+    *,
+    weights: str | os.PathLike | None = None,
+    size_um: float = 80.0,
+    out_px: int = 224,
+    batch_size: int = 64,
+    key_added: str | None = None,
+    table: str = TABLE_KEY,
+    device: str | torch.device = "cpu",
+    normalize: Literal["imagenet"] | None = "imagenet",
+    num_workers: int = 0,
+    progress: bool = True,
+) -> None:
+    """Embed every spot's H&E patch into a feature vector: a pretrained-style backbone or hand-crafted features.
+
+    Patches are read lazily with :class:`scst.pp.SpotPatchDataset` (``size_um`` windows at each section's own
+    µm/px, resized to ``out_px``) in batches, so the image is never loaded whole.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData from :func:`scst.io.read_st` / ``scst.datasets.*`` (images, table with ``obs["section"]``,
+        ``obsm["spatial"]`` and per-section geometry).
+    encoder
+        ``"handcrafted"`` (:func:`scst.pp.handcrafted_features`: colour, H&E stain and texture statistics), a
+        torchvision or timm model name (classifier removed, global-pooled features; e.g. ``"resnet18"``,
+        ``"densenet121"``), or an :class:`torch.nn.Module` mapping ``(B, 3, out_px, out_px)`` patches to
+        ``(B, F)`` (``(B, C, H, W)`` and ``(B, T, C)`` outputs are averaged over space / tokens).
+    weights
+        Local state_dict file for a named backbone (``.safetensors`` or a torch file, read with
+        ``weights_only=True``); None: random initialisation (no weights can be downloaded). Ignored for
+        ``"handcrafted"`` and modules.
+    size_um
+        Patch edge in µm.
+    out_px
+        Patch edge in pixels after resizing.
+    batch_size
+        Patches per forward pass.
+    key_added
+        ``obsm`` key; default ``f"X_{name}"`` with name the encoder string or the module's class name (lower case).
+    table
+        Table key in ``sdata``.
+    device
+        Torch device for the encoder.
+    normalize
+        ``"imagenet"``: normalise patches with ImageNet mean/std before a network (torchvision/timm backbones
+        expect it); None: feed ``[0, 1]`` RGB. Hand-crafted features always use ``[0, 1]`` RGB.
+    num_workers
+        DataLoader workers reading patches.
+    progress
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    None. Writes ``table.obsm[key_added]`` (float32 ``(n_obs, F)``) and
+    ``table.uns["scst_embed"][key_added]``: ``encoder``, ``weights`` (file path or ``"random init"``),
+    ``size_um``, ``out_px``, ``normalize``, ``n_features`` and, for hand-crafted features, ``feature_names``.
+    """
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from ..models._baselines import build_backbone, load_backbone_weights
+    from ..pp._features import handcrafted_feature_names, handcrafted_features
+    from ..pp._patches import SpotPatchDataset
+
+    if not hasattr(sdata, "tables") or not hasattr(sdata, "images"):
+        raise TypeError(f"sdata: expected a SpatialData object with images, got {type(sdata).__name__}.")
+    adata = _get_table(sdata, table)
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size}.")
+    if normalize not in ("imagenet", None):
+        raise ValueError(f"normalize: expected 'imagenet' or None, got {normalize!r}.")
+    handcrafted = isinstance(encoder, str) and encoder == "handcrafted"
+    if isinstance(encoder, nn.Module):
+        name, module, weights_desc = type(encoder).__name__.lower(), encoder, "given module"
+        if weights is not None:
+            raise ValueError("weights: only used with a backbone name; load weights into the module yourself.")
+    elif isinstance(encoder, str):
+        name = encoder
+        if handcrafted:
+            module, weights_desc = None, "none (hand-crafted)"
+            if weights is not None:
+                raise ValueError("weights: not used with encoder='handcrafted'.")
+        else:
+            module, _ = build_backbone(encoder)
+            if weights is not None:
+                load_backbone_weights(module, weights, "weights")
+                weights_desc = str(weights)
+            else:
+                weights_desc = "random init"
+    else:
+        raise TypeError(f"encoder: expected 'handcrafted', a model name or an nn.Module, got {type(encoder).__name__}.")
+    key = key_added or f"X_{name}"
+    logg.info(f"embed_patches: encoder {name!r}, weights: {weights_desc}, {size_um} µm → {out_px} px patches")
+
+    ds = SpotPatchDataset(
+        sdata, table, return_counts=False, size_um=size_um, out_px=out_px,
+        normalize=None if handcrafted else normalize,
+    )  # fmt: skip
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    out: np.ndarray | None = None
+    if module is not None:
+        was_training = module.training
+        module.eval().to(device)
+    try:
+        with torch.no_grad():
+            for batch in tqdm(loader, desc=f"embed_patches ({name})", unit="batch", disable=not progress):
+                idx = batch["index"].numpy()
+                if handcrafted:
+                    feats = handcrafted_features(batch["patch"].numpy())
+                else:
+                    feats = _pool(module(batch["patch"].to(device)), name).float().cpu().numpy()
+                if out is None:
+                    out = np.full((adata.n_obs, feats.shape[1]), np.nan, dtype=np.float32)
+                out[idx] = feats
+    finally:
+        if module is not None:
+            module.train(was_training)
+    bad = ~np.isfinite(out).all(1)
+    if bad.any():
+        raise FloatingPointError(
+            f"embed_patches: encoder {name!r} gave non-finite features for {int(bad.sum())} spot(s), e.g. "
+            f"{adata.obs_names[bad][:3].tolist()}."
+        )
+    adata.obsm[key] = out
+    info: dict[str, Any] = {
+        "encoder": name,
+        "weights": weights_desc,
+        "size_um": float(size_um),
+        "out_px": int(out_px),
+        "normalize": "none" if handcrafted or normalize is None else normalize,
+        "n_features": int(out.shape[1]),
+    }
+    if handcrafted:
+        info["feature_names"] = handcrafted_feature_names()
+    store = dict(adata.uns.get(UNS_EMBED_KEY, {}))
+    store[key] = info
+    adata.uns[UNS_EMBED_KEY] = store
+    logg.info(f"embed_patches: {adata.n_obs} spots × {out.shape[1]} features → obsm[{key!r}]")

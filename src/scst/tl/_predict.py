@@ -1,0 +1,404 @@
+"""Predict spot expression from H&E with a trained model, and leave-one-section-out cross-validation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .._constants import INSTANCE_KEY, REGION_KEY, SECTION_KEY, TABLE_KEY, UNS_KEY
+from .._logging import logg
+from .._utils import _get_table
+
+__all__ = ["predict_expression", "cross_validate"]
+
+UNITS = "log1p(normalize_total(counts, target_sum=1e4))"
+PREDICT_KEY = "scst_predict"
+
+
+def _check_model(model: Any) -> None:
+    if not callable(getattr(model, "predict", None)) or not hasattr(model, "var_names"):
+        raise TypeError(
+            f"model: expected a trained scst expression model (HGGEP, TCGN, STNet, RidgeExpression, ...) with "
+            f"`predict` and `var_names`, got {type(model).__name__}."
+        )
+    if hasattr(model, "is_trained") and not model.is_trained:
+        raise ValueError(f"model: this {type(model).__name__} is not trained; call `model.train()` first.")
+
+
+def _grid_table(
+    sdata: Any,
+    model: Any,
+    table: str,
+    sections: Sequence[str] | None,
+    spacing_um: float | None,
+    min_tissue: float,
+    um_per_px: float | Mapping[str, float] | None,
+    inplace: bool,
+):
+    """Pseudo-spot table over the tissue of ``sections`` (``scst.pp.tile_grid``), var = the model's panel."""
+    import anndata as ad
+    from spatialdata.models import TableModel
+
+    from ..pp._tissue import tile_grid
+
+    has_table = table in sdata.tables
+    if sections is None:
+        if has_table:
+            sections = list(dict.fromkeys(sdata.tables[table].obs[SECTION_KEY].astype(str)))
+        else:
+            sections = [k.removesuffix("_image") for k in sdata.images if k.endswith("_image")]
+            if not sections:
+                raise ValueError(
+                    "sections: no table and no image named '<section>_image'; pass `sections` (and `um_per_px`)."
+                )
+    elif isinstance(sections, str):
+        sections = [sections]
+    size_um = float(getattr(model, "registry", {}).get("size_um", 80.0))
+    if spacing_um is None:
+        spacing_um = float(getattr(model, "registry", {}).get("grid_step_um") or 200.0)
+    tables, shapes = [], {}
+    for s in sections:
+        upp = um_per_px.get(s) if isinstance(um_per_px, Mapping) else um_per_px
+        tab, shp = tile_grid(
+            sdata, s, spacing_um=spacing_um, size_um=size_um, min_tissue=min_tissue, table_key=table,
+            um_per_px=upp, inplace=False,
+        )  # fmt: skip
+        tables.append(tab)
+        shapes[tab.uns[UNS_KEY]["sections"][s]["shapes_key"]] = shp
+    geos = {s: t.uns[UNS_KEY]["sections"][s] for s, t in zip(sections, tables)}
+    grid = ad.concat(tables, merge="same")
+    grid.obs[SECTION_KEY] = pd.Categorical(grid.obs[SECTION_KEY].astype(str), categories=list(sections))
+    grid.obs[REGION_KEY] = pd.Categorical(grid.obs[REGION_KEY].astype(str), categories=list(shapes))
+    grid.uns[UNS_KEY] = {"sections": geos}
+    if has_table:
+        grid.uns[UNS_KEY]["gene_alignment"] = sdata.tables[table].uns.get(UNS_KEY, {}).get("gene_alignment")
+    genes = list(model.var_names)
+    out = ad.AnnData(
+        X=np.zeros((grid.n_obs, len(genes)), dtype=np.float32),
+        obs=grid.obs,
+        var=pd.DataFrame(index=pd.Index(genes)),
+        obsm=dict(grid.obsm),
+        uns=grid.uns,
+    )
+    out = TableModel.parse(out, region=list(shapes), region_key=REGION_KEY, instance_key=INSTANCE_KEY)
+    if inplace:
+        for k, v in shapes.items():
+            sdata.shapes[k] = v
+    return out, shapes
+
+
+def predict_expression(
+    sdata: Any,
+    model: Any,
+    *,
+    layer: str = "predicted",
+    table: str = TABLE_KEY,
+    sections: str | Sequence[str] | None = None,
+    batch_size: int | None = None,
+    tile_grid: bool = False,
+    spacing_um: float | None = None,
+    min_tissue: float = 0.5,
+    um_per_px: float | Mapping[str, float] | None = None,
+    table_added: str | None = None,
+    progress: bool = True,
+    copy: bool = False,
+) -> Any:
+    """Predict spot expression from the H&E image with a trained model.
+
+    Two modes:
+
+    * **Spots of a table** (default): predict every spot of ``sections`` of ``sdata.tables[table]`` and write
+      ``layers[layer]``, dense float32 ``n_obs × n_vars`` *of that table*: the model's panel genes get their
+      prediction, genes outside the panel and spots outside ``sections`` are NaN (an existing layer keeps its
+      values for the other sections). A table lacking panel genes is an error that lists them; pass
+      ``table_added`` to write a new table over the panel instead.
+    * **H&E-only slide** (no table ``table``, or ``tile_grid=True``, or ``spacing_um`` given): pseudo-spots on a
+      grid over the tissue (:func:`scst.pp.tile_grid`, ``spacing_um`` apart, windows of the model's ``size_um``),
+      written as a new table ``table_added`` (default ``f"{table}_predicted"``) whose ``var`` is the model's panel,
+      with the prediction in ``X`` and ``layers[layer]``; grid shapes ``f"{section}_grid"`` are added to ``sdata``.
+
+    Predictions are in log1p(normalize_total(counts, 1e4)) units (as :func:`scst.tl.evaluate_expression` and
+    ``scanpy.pp.normalize_total`` + ``log1p`` compute them), clipped at 0. Patches are read lazily from the image
+    (zarr chunks) section by section, in batches, with a tqdm progress bar.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData with the H&E images (``f"{section}_image"`` or as named in the table's
+        ``uns["scst"]["sections"]``).
+    model
+        A trained scst expression model (:class:`scst.models.HGGEP`, :class:`scst.models.TCGN`, baselines).
+    layer
+        Layer to write.
+    table
+        Table with the spots (and the section geometry for H&E-only grids).
+    sections
+        Sections to predict; default all sections of the table (H&E-only: all ``*_image`` elements).
+    batch_size
+        Spots per forward pass; default the model's.
+    tile_grid
+        Predict on pseudo-spots over the tissue instead of the table's spots.
+    spacing_um
+        Grid spacing of the pseudo-spots (implies ``tile_grid``); default the model's training grid step, else 200.
+    min_tissue
+        Minimum tissue fraction of a pseudo-spot's window (:func:`scst.pp.tile_grid`).
+    um_per_px
+        Pixel size (one value or per section) when the table has no geometry for a section (H&E-only).
+    table_added
+        Write the prediction as a new table with this key (var = the model's panel) instead of a layer of
+        ``table``; default ``f"{table}_predicted"`` for grids.
+    progress
+        Show a progress bar.
+    copy
+        Return the AnnData with the prediction (a copy of ``table``, or the new table) instead of writing into
+        ``sdata``.
+
+    Returns
+    -------
+    ``None``, or with ``copy=True`` the AnnData. Writes ``layers[layer]`` (float32, log1p units) and
+    ``uns["scst_predict"]`` (``model``, ``layer``, ``units``, ``n_genes``, ``sections``, ``seconds``,
+    ``spots_per_second``) into the table written.
+    """
+    _check_model(model)
+    if not hasattr(sdata, "tables") or not hasattr(sdata, "images"):
+        raise TypeError(f"sdata: expected a SpatialData object with images, got {type(sdata).__name__}.")
+    if not isinstance(layer, str) or not layer:
+        raise ValueError(f"layer: expected a non-empty string, got {layer!r}.")
+    if isinstance(sections, str):
+        sections = [sections]
+    grid = tile_grid or spacing_um is not None or table not in sdata.tables
+    genes = list(model.var_names)
+    t0 = time.perf_counter()
+    if grid:
+        key = table_added or f"{table}_predicted"
+        new, _ = _grid_table(sdata, model, table, sections, spacing_um, min_tissue, um_per_px, inplace=not copy)
+        # The model reads patches through a table of sdata: predict on a light view holding the new table.
+        view = _with_table(sdata, key, new)
+        pred = _predict(model, view, None, key, batch_size, progress)
+        new.X = pred
+        new.layers[layer] = pred.copy()
+        out, sections = new, list(dict.fromkeys(new.obs[SECTION_KEY].astype(str)))
+    else:
+        adata = sdata.tables[table]
+        pred = _predict(model, sdata, sections, table, batch_size, progress)
+        sec_col = adata.obs[SECTION_KEY].astype(str).to_numpy()
+        sections = list(dict.fromkeys(sec_col)) if sections is None else list(sections)
+        rows = np.flatnonzero(np.isin(sec_col, sections))
+        if table_added is not None:
+            import anndata as ad
+            from spatialdata.models import TableModel
+
+            sub = adata[rows]
+            out = ad.AnnData(
+                X=pred, obs=sub.obs.copy(), var=pd.DataFrame(index=pd.Index(genes)), obsm={k: np.asarray(v).copy()
+                for k, v in sub.obsm.items()}, uns={UNS_KEY: dict(adata.uns.get(UNS_KEY, {}))},
+            )  # fmt: skip
+            out.layers[layer] = pred.copy()
+            regions = list(dict.fromkeys(out.obs[REGION_KEY].astype(str)))
+            out.obs[REGION_KEY] = pd.Categorical(out.obs[REGION_KEY].astype(str), categories=regions)
+            out = TableModel.parse(out, region=regions, region_key=REGION_KEY, instance_key=INSTANCE_KEY)
+            key = table_added
+        else:
+            missing = [g for g in genes if g not in adata.var_names]
+            if missing:
+                raise ValueError(
+                    f"Table {table!r} lacks {len(missing)} of the model's {len(genes)} panel genes: {missing[:50]}"
+                    + (" ..." if len(missing) > 50 else "")
+                    + "; pass `table_added=...` to write the prediction as a new table over the model's panel."
+                )
+            out = adata.copy() if copy else adata
+            gidx = adata.var_names.get_indexer(genes)
+            old = out.layers.get(layer)
+            if old is not None and old.shape == out.shape and isinstance(old, np.ndarray) and old.dtype == np.float32:
+                M = old
+            else:
+                M = np.full(out.shape, np.nan, dtype=np.float32)
+            M[np.ix_(rows, gidx)] = pred
+            out.layers[layer] = M
+            key = table
+    seconds = time.perf_counter() - t0
+    out.uns[PREDICT_KEY] = {
+        "model": type(model).__name__,
+        "layer": layer,
+        "units": UNITS,
+        "n_genes": len(genes),
+        "sections": list(sections),
+        "seconds": float(seconds),
+        "spots_per_second": float(len(pred) / seconds) if seconds > 0 else float("nan"),
+    }
+    logg.info(
+        f"predict_expression: {len(pred)} spots × {len(genes)} genes with {type(model).__name__} in {seconds:.1f} s "
+        f"→ {'new table ' + repr(key) if key != table else f'layers[{layer!r}] of table {key!r}'}"
+    )
+    if copy:
+        return out
+    if key != table or grid:
+        sdata.tables[key] = out
+    return None
+
+
+def _predict(model: Any, data: Any, sections: Any, table: str, batch_size: int | None, progress: bool) -> np.ndarray:
+    kw = {k: v for k, v in (("batch_size", batch_size), ("progress", progress)) if _accepts(model.predict, k)}
+    return np.asarray(model.predict(data, sections, table=table, **kw), dtype=np.float32)
+
+
+def _with_table(sdata: Any, key: str, adata: Any) -> Any:
+    import types
+
+    tables = dict(sdata.tables)
+    tables[key] = adata
+    return types.SimpleNamespace(tables=tables, images=sdata.images)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Cross-validation
+# --------------------------------------------------------------------------------------------------------------
+def _fold_sdata(sdata: Any, table: str) -> Any:
+    """SpatialData sharing ``sdata``'s images and shapes, with a copy of the table (setup writes only there)."""
+    from spatialdata import SpatialData
+
+    return SpatialData(images=dict(sdata.images), shapes=dict(sdata.shapes), tables={table: sdata.tables[table].copy()})
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(fn).parameters
+
+
+def cross_validate(
+    model_cls: type,
+    sdata: Any,
+    *,
+    by: str = SECTION_KEY,
+    config: Mapping[str, Any] | None = None,
+    train_kwargs: Mapping[str, Any] | None = None,
+    setup_kwargs: Mapping[str, Any] | None = None,
+    genes: str | Sequence[str] = "highly_variable_scst",
+    validation: str | None = "auto",
+    table: str = TABLE_KEY,
+    layer: str | None = None,
+    sections: Sequence[str] | None = None,
+    metrics: Sequence[str] = ("pearson", "spearman", "mse"),
+    return_predictions: bool = False,
+    progress: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Leave-one-section-out cross-validation of an expression model.
+
+    For each fold one section is the test section; the model is set up on the other sections only
+    (``model_cls.setup_sdata(..., sections=train)``), trained with validation drawn from those training sections
+    (never the test section), and scored on the test section with :func:`scst.tl.evaluate_expression`.
+
+    Parameters
+    ----------
+    model_cls
+        An scst model class with ``setup_sdata(sdata, table=, layer=, genes=, sections=, ...)``, ``train`` and
+        ``predict`` (:class:`~scst.models.HGGEP`, :class:`~scst.models.TCGN` and the baselines
+        ``STNet``/``RidgeExpression``/``MeanExpression``).
+    sdata
+        SpatialData with raw counts, sections and images. It is not modified: each fold works on a copy of the
+        table (images are shared, not copied).
+    by
+        ``obs`` column defining the folds (only ``"section"`` is supported: models and patches are per section).
+    config
+        Model configuration (e.g. ``HGGEP.bench_config``).
+    train_kwargs
+        Passed to ``model.train`` (e.g. ``max_epochs``, ``enable_progress_bar``).
+    setup_kwargs
+        Passed to ``setup_sdata`` (e.g. ``size_um``, ``patch_px``, ``encoder``).
+    genes
+        Gene panel (boolean var column or list), the same for all folds.
+    validation
+        ``"auto"``: the model's default, one training section held out (drawn with the seed); a section name
+        (used in folds where it is a training section, else the default); ``None``: no validation.
+    table, layer
+        Table key; layer with raw counts (default ``X``).
+    sections
+        Sections to use as folds (default all sections of the table); other sections are ignored entirely.
+    metrics
+        Passed to :func:`scst.tl.evaluate_expression`.
+    return_predictions
+        Also return ``{test_section: predictions (n_spots, n_genes)}``.
+    progress
+        Show progress bars.
+
+    Returns
+    -------
+    Tidy :class:`pandas.DataFrame` with columns ``fold`` (int), ``section`` (test section), ``gene``, ``metric``,
+    ``value``; ``attrs`` holds per-fold ``train_sections``, ``validation``, ``train_seconds``,
+    ``predict_seconds``, ``n_spots``. With ``return_predictions``, ``(table, predictions)``.
+    """
+    import anndata as ad
+
+    from ._expression import evaluate_expression
+
+    if by != SECTION_KEY:
+        raise ValueError(f"by: only {SECTION_KEY!r} is supported (image models work per section), got {by!r}.")
+    if not isinstance(model_cls, type) or not hasattr(model_cls, "setup_sdata"):
+        raise TypeError(f"model_cls: expected an scst model class with `setup_sdata`, got {model_cls!r}.")
+    adata = _get_table(sdata, table)
+    present = list(dict.fromkeys(adata.obs[SECTION_KEY].astype(str)))
+    sections = present if sections is None else [str(s) for s in sections]
+    bad = [s for s in sections if s not in present]
+    if bad:
+        raise ValueError(f"sections: {bad} have no spots (sections: {present}).")
+    if len(sections) < 2:
+        raise ValueError(f"sections: leave-one-section-out needs at least 2 sections, got {sections}.")
+    frames, preds, fold_info = [], {}, []
+    train_kwargs = dict(train_kwargs or {})
+    train_kwargs.setdefault("enable_progress_bar", progress)
+    for fold, test in enumerate(sections):
+        train = [s for s in sections if s != test]
+        fsd = _fold_sdata(sdata, table)
+        model_cls.setup_sdata(fsd, table=table, layer=layer, genes=genes, sections=train, **dict(setup_kwargs or {}))
+        model = model_cls(fsd, **dict(config or {}))
+        if validation == "auto":
+            val = None
+        elif validation is None:
+            val = False
+        else:
+            val = validation if validation in train else None
+        t0 = time.perf_counter()
+        if _accepts(model.train, "validation"):
+            model.train(validation=val, **train_kwargs)
+        else:  # closed-form baselines: no epochs, no validation
+            model.train()
+        t1 = time.perf_counter()
+        kw = {"progress": progress} if _accepts(model.predict, "progress") else {}
+        pred = model.predict(fsd, [test], table=table, **kw)
+        t2 = time.perf_counter()
+        tab = fsd.tables[table]
+        rows = np.flatnonzero(tab.obs[SECTION_KEY].astype(str).to_numpy() == test)
+        panel = list(model.var_names)
+        X = tab.X if layer is None else tab.layers[layer]
+        ev = ad.AnnData(X=X[rows], obs=tab.obs.iloc[rows][[SECTION_KEY]].copy(), var=pd.DataFrame(index=tab.var_names))
+        M = np.full(ev.shape, np.nan, dtype=np.float32)
+        M[:, tab.var_names.get_indexer(panel)] = pred
+        ev.layers["predicted"] = M
+        evaluate_expression(ev, "predicted", genes=panel, by=SECTION_KEY, metrics=metrics)
+        df = ev.uns["scst_eval"].copy()
+        df.insert(0, "fold", fold)
+        frames.append(df)
+        preds[test] = pred
+        hist = getattr(model, "history", None)
+        fold_info.append(
+            {
+                "fold": fold,
+                "section": test,
+                "train_sections": train,
+                "validation": val,
+                "train_seconds": t1 - t0,
+                "predict_seconds": t2 - t1,
+                "n_spots": int(len(rows)),
+                "epochs": int(len(hist)) if hist is not None else None,
+            }
+        )
+        r = df[df["metric"] == "pearson"]["value"]
+        logg.info(f"cross_validate {model_cls.__name__} fold {fold} ({test}): mean PCC {r.mean():.3f}")
+    out = pd.concat(frames, ignore_index=True)[["fold", "section", "gene", "metric", "value"]]
+    out.attrs["folds"] = fold_info
+    return (out, preds) if return_predictions else out

@@ -1,0 +1,205 @@
+"""Baselines: ridge recovers a planted linear map without looking at the test section; mean; ST-Net trains."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from scipy import sparse
+
+import scst.datasets  # noqa: F401  (loads scst.io through datasets: a direct `import scst.io` hits an import cycle)
+from scst.io import concatenate_sections, read_st
+from scst.models._baselines import (
+    MeanExpression,
+    RidgeExpression,
+    STNet,
+    build_backbone,
+    load_backbone_weights,
+)
+from scst.tl._expression import log_normalized
+
+SECTIONS = ("S1", "S2", "S3", "S4")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# closed-form baselines on an AnnData with planted features
+# ----------------------------------------------------------------------------------------------------------------
+def _planted(n_per=50, n_feat=6, n_genes=5, seed=0):
+    """Counts whose log-normalised expression is (close to) a linear map of the features."""
+    rng = np.random.default_rng(seed)
+    n = n_per * len(SECTIONS)
+    feats = rng.normal(size=(n, n_feat)) * rng.uniform(0.5, 20, n_feat) + rng.normal(0, 5, n_feat)  # any scales
+    w = rng.normal(0, 0.3, size=(n_feat, n_genes))
+    z = (feats - feats.mean(0)) / feats.std(0)
+    log_expr = 3.0 + z @ w  # target-unit expression of the panel genes
+    # Counts: 1e6 library, panel genes take 100 (exp(log_expr) - 1), a filler gene takes the rest, so that
+    # normalize_total(1e4) gives back exp(log_expr) - 1 up to rounding.
+    panel = np.round(100 * np.expm1(log_expr))
+    counts = np.column_stack([panel, 1e6 - panel.sum(1)]).astype(np.int64)
+    assert (counts >= 0).all()
+    genes = [f"g{j}" for j in range(n_genes)] + ["filler"]
+    a = ad.AnnData(
+        X=sparse.csr_matrix(counts.astype(np.int32)),
+        obs=pd.DataFrame({"section": pd.Categorical(np.repeat(SECTIONS, n_per))}, index=[f"s{i}" for i in range(n)]),
+        var=pd.DataFrame(index=genes),
+    )
+    a.var["panel"] = [g != "filler" for g in genes]
+    a.obsm["X_feat"] = feats
+    return a
+
+
+def test_ridge_recovers_planted_map_and_ignores_test_section():
+    a = _planted()
+    train = ["S1", "S2", "S3"]
+    RidgeExpression.setup_anndata(a, "X_feat", "panel", sections=train)
+    model = RidgeExpression(a, alphas=[1e-3, 1e-1, 10.0, 1e3, 1e5]).train()
+    # inner CV grouped by section: leave-one-training-section-out (3 sections ≤ n_inner_splits), S4 nowhere
+    assert sorted(v for f in model.cv_folds for v in f["val"]) == train
+    for fold in model.cv_folds:
+        assert len(fold["val"]) == 1 and fold["train"] == sorted(set(train) - set(fold["val"]))
+    # a nearly noise-free linear map: small penalties win and the held-out section is predicted well
+    assert (model.params["alpha"] <= 0.1).all()
+    pred = model.predict(sections="S4")
+    truth = log_normalized(a[a.obs["section"] == "S4"], model.var_names)
+    assert pred.shape == (50, 5)
+    np.testing.assert_allclose(pred, truth, atol=0.05)
+    assert set(model.cv_results.index) == {1e-3, 1e-1, 10.0, 1e3, 1e5}
+
+    # Nothing of S4 is used: scrambling its counts and features changes neither penalties nor coefficients.
+    b = a.copy()
+    s4 = np.flatnonzero(b.obs["section"] == "S4")
+    rng = np.random.default_rng(3)
+    X = b.X.toarray()
+    X[s4] = rng.poisson(50, size=(len(s4), X.shape[1]))
+    b.X = sparse.csr_matrix(X)
+    b.obsm["X_feat"][s4] = rng.normal(0, 100, size=(len(s4), b.obsm["X_feat"].shape[1]))
+    other = RidgeExpression(b, alphas=[1e-3, 1e-1, 10.0, 1e3, 1e5]).train()
+    np.testing.assert_array_equal(other.params["alpha"], model.params["alpha"])
+    np.testing.assert_allclose(other.params["coef"], model.params["coef"], rtol=1e-10)
+    # ... while training on S4 as well changes them
+    RidgeExpression.setup_anndata(b, "X_feat", "panel")
+    with_s4 = RidgeExpression(b, alphas=[1e-3, 1e-1, 10.0, 1e3, 1e5]).train()
+    assert not np.allclose(with_s4.params["coef"], model.params["coef"])
+
+
+def test_ridge_shared_alpha_strong_penalty_and_errors():
+    a = _planted(seed=1)
+    RidgeExpression.setup_anndata(a, "X_feat", "panel", sections=["S1", "S2"])
+    m = RidgeExpression(a, alphas=[1e8], alpha_per_gene=False).train()
+    assert m.cv_folds == []  # a single penalty needs no inner CV
+    # an enormous penalty shrinks to the training mean
+    MeanExpression.setup_anndata(a, "panel", sections=["S1", "S2"])
+    np.testing.assert_allclose(m.predict(sections="S3"), MeanExpression(a).train().predict(sections="S3"), atol=1e-3)
+    RidgeExpression.setup_anndata(a, "X_feat", "panel", sections=["S1"])
+    with pytest.raises(ValueError, match="2 training sections"):
+        RidgeExpression(a).train()
+    with pytest.raises(KeyError, match="X_missing"):
+        RidgeExpression.setup_anndata(a, "X_missing")
+    with pytest.raises(ValueError, match="no spots"):
+        RidgeExpression.setup_anndata(a, "X_feat", "panel", sections=["S9"])
+    with pytest.raises(ValueError, match="Unknown config"):
+        RidgeExpression(a, alpha=1.0)
+    with pytest.raises(ValueError, match="not trained"):
+        RidgeExpression(a).predict()
+
+
+def test_mean_and_save_load_round_trip(tmp_path):
+    a = _planted(seed=2)
+    MeanExpression.setup_anndata(a, "panel", sections=["S1", "S2", "S3"])
+    mean = MeanExpression(a).train()
+    truth = log_normalized(a, mean.var_names)
+    np.testing.assert_allclose(mean.params["mean"], truth[:150].mean(0), rtol=1e-6)
+    p = mean.predict(sections=["S4"])
+    assert p.shape == (50, 5) and np.ptp(p, axis=0).max() == 0
+
+    RidgeExpression.setup_anndata(a, "X_feat", "panel", sections=["S1", "S2", "S3"])
+    ridge = RidgeExpression(a).train()
+    ridge.save(tmp_path / "ridge")
+    mean.save(tmp_path / "mean")
+    with pytest.raises(FileExistsError):
+        ridge.save(tmp_path / "ridge")
+    r2 = RidgeExpression.load(tmp_path / "ridge", data=a)
+    np.testing.assert_array_equal(r2.predict(sections="S4"), ridge.predict(sections="S4"))
+    assert r2.cv_folds == ridge.cv_folds and r2.config == ridge.config
+    m2 = MeanExpression.load(tmp_path / "mean")
+    np.testing.assert_array_equal(m2.predict(a, sections="S4"), p)
+    with pytest.raises(ValueError, match="RidgeExpression"):
+        MeanExpression.load(tmp_path / "ridge")
+    # a fresh AnnData without setup gets the saved registry
+    fresh = a.copy()
+    fresh.uns.clear()
+    np.testing.assert_array_equal(RidgeExpression.load(tmp_path / "ridge", data=fresh).predict(), ridge.predict())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# backbones and ST-Net on a tiny synthetic SpatialData (colour of the spot blob drives gene g0)
+# ----------------------------------------------------------------------------------------------------------------
+def _tiny_sdata(tmp_path, sections=SECTIONS[:3], grid=4, pitch=40, seed=0):
+    rng = np.random.default_rng(seed)
+    parts, signal = [], []
+    size = pitch * (grid + 1)
+    for s in sections:
+        img = np.full((size, size, 3), 245, dtype=np.uint8)
+        rows = []
+        cnt = {}
+        for x in range(1, grid + 1):
+            for y in range(1, grid + 1):
+                v = rng.uniform()
+                cx, cy = x * pitch, y * pitch
+                colour = (1 - v) * np.array([230, 120, 190]) + v * np.array([60, 50, 140])  # eosin → haematoxylin
+                img[cy - 14 : cy + 14, cx - 14 : cx + 14] = colour.astype(np.uint8)
+                rows.append({"x": x, "y": y, "pixel_x": float(cx), "pixel_y": float(cy), "selected": 1})
+                lam = np.array([5 + 200 * v, 205 - 200 * v, 50, 50])
+                cnt[f"{x}x{y}"] = rng.poisson(lam)
+                signal.append(v)
+        path = tmp_path / f"{s}.png"
+        Image.fromarray(img).save(path)
+        counts = pd.DataFrame.from_dict(cnt, orient="index", columns=["g0", "g1", "g2", "g3"])
+        parts.append(read_st(counts, pd.DataFrame(rows), path, sample=s, um_per_px=1.0, cache_dir=tmp_path / "cache"))
+    return concatenate_sections(parts), np.asarray(signal)
+
+
+def test_build_backbone_and_local_weights(tmp_path):
+    net, dim = build_backbone("resnet18")
+    assert dim == 512 and isinstance(net.fc, torch.nn.Identity)
+    assert net.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 512)
+    # a full torchvision checkpoint (with the 1000-class fc) loads; its fc entries are ignored
+    import torchvision
+
+    ref = torchvision.models.resnet18(weights=None)
+    torch.save(ref.state_dict(), tmp_path / "r18.pth")
+    ignored = load_backbone_weights(net, tmp_path / "r18.pth")
+    assert sorted(ignored) == ["fc.bias", "fc.weight"]
+    torch.testing.assert_close(net.conv1.weight, ref.conv1.weight)
+    with pytest.raises(FileNotFoundError, match="weights"):
+        load_backbone_weights(net, tmp_path / "nope.pth")
+    # a checkpoint of a deeper ResNet (every resnet18 entry plus more blocks) is refused, not half-loaded
+    deeper = {**ref.state_dict(), "layer1.2.conv1.weight": torch.zeros(64, 64, 3, 3)}
+    torch.save(deeper, tmp_path / "deeper.pth")
+    with pytest.raises(ValueError, match="another architecture"):
+        load_backbone_weights(net, tmp_path / "deeper.pth")
+    wrong = {**ref.state_dict(), "conv1.weight": torch.zeros(64, 3, 3, 3)}
+    torch.save({"state_dict": wrong}, tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match="another shape"):
+        load_backbone_weights(net, tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match="neither"):
+        build_backbone("not_a_model_xyz")
+
+
+def test_stnet_trains_predicts_and_round_trips(tmp_path):
+    torch.set_num_threads(1)
+    sdata, _ = _tiny_sdata(tmp_path)
+    STNet.setup_sdata(sdata, genes=["g0", "g1", "g2"], size_um=32.0, sections=["S1", "S2"])
+    model = STNet(sdata, backbone="resnet18", patch_px=32, max_epochs=3, batch_size=8, lr=1e-3, augment=True)
+    model.train(enable_progress_bar=False, validation=False)
+    loss = model.history["train_loss"].to_numpy()
+    assert len(loss) == 3 and loss[-1] < loss[0]
+    pred = model.predict(sdata, sections="S3", progress=False)
+    assert pred.shape == (16, 3) and np.isfinite(pred).all()
+    model.save(tmp_path / "stnet")
+    again = STNet.load(tmp_path / "stnet", data=sdata)
+    np.testing.assert_allclose(again.predict(sdata, sections="S3", progress=False), pred, rtol=1e-5, atol=1e-5)
+    assert again.patch_px == 32 and again.config["backbone"] == "resnet18"

@@ -1,0 +1,112 @@
+"""handcrafted_features: known colours, stains and textures on synthetic patches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skimage.color import hed2rgb, rgb2hed
+
+from scst.pp._features import handcrafted_feature_names, handcrafted_features
+
+NAMES = handcrafted_feature_names()
+COL = {n: i for i, n in enumerate(NAMES)}
+
+
+def _solid(rgb, size=32) -> np.ndarray:
+    return np.broadcast_to(np.asarray(rgb, dtype=np.uint8)[:, None, None], (3, size, size)).copy()
+
+
+def _stripes(size=32, period=2) -> np.ndarray:
+    grey = np.where((np.arange(size) // (period // 2)) % 2 == 0, 40, 220).astype(np.uint8)
+    return np.broadcast_to(grey[None, None, :], (3, size, size)).copy()
+
+
+def test_names_unique_and_shape():
+    assert len(NAMES) == len(set(NAMES)) == 95
+    x = np.random.default_rng(0).integers(0, 256, (5, 3, 24, 24), dtype=np.uint8)
+    feats, names = handcrafted_features(x, return_names=True)
+    assert feats.shape == (5, 95) and feats.dtype == np.float32 and names == NAMES
+    assert np.isfinite(feats).all()
+    # uint8, float in [0, 1] and torch give the same features; batching does not change them.
+    np.testing.assert_allclose(handcrafted_features(x.astype(np.float32) / 255), feats, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(handcrafted_features(torch.from_numpy(x), batch_size=2), feats, rtol=1e-5, atol=1e-5)
+    # one (3, H, W) patch
+    np.testing.assert_allclose(handcrafted_features(x[0]), feats[:1], rtol=1e-6)
+
+
+def test_pure_red_colour_statistics():
+    f = handcrafted_features(_solid([255, 0, 0]))[0]
+    assert f[COL["rgb_r_mean"]] == pytest.approx(1.0)
+    assert f[COL["rgb_g_mean"]] == f[COL["rgb_b_mean"]] == pytest.approx(0.0)
+    assert f[COL["rgb_r_std"]] == pytest.approx(0.0)
+    for q in ("q10", "q50", "q90"):
+        assert f[COL[f"rgb_r_{q}"]] == pytest.approx(1.0)
+    assert f[COL["hsv_s_mean"]] == pytest.approx(1.0)
+    assert f[COL["hsv_v_mean"]] == pytest.approx(1.0)
+    # red: hue 0 → circular mean (cos, sin) = (1, 0)
+    assert f[COL["hsv_h_cos"]] == pytest.approx(1.0) and f[COL["hsv_h_sin"]] == pytest.approx(0.0, abs=1e-6)
+    assert f[COL["grey_mean"]] == pytest.approx(0.2125, abs=1e-4)
+
+
+def test_quantiles_of_half_black_half_white():
+    x = np.zeros((3, 20, 20), dtype=np.uint8)
+    x[:, :, 10:] = 255
+    f = handcrafted_features(x)[0]
+    assert f[COL["grey_mean"]] == pytest.approx(0.5, abs=1e-6)
+    assert f[COL["grey_std"]] == pytest.approx(0.5, abs=1e-6)
+    assert f[COL["grey_q10"]] == pytest.approx(0.0) and f[COL["grey_q90"]] == pytest.approx(1.0)
+    assert f[COL["tissue_fraction"]] == pytest.approx(0.5)
+    # Sobel (normalised as skimage.filters.sobel): 0.5 on the two interior columns beside the edge, 0 elsewhere
+    assert f[COL["sobel_mean"]] == pytest.approx(2 / 18 * 0.5, rel=1e-5)
+
+
+def test_hed_matches_skimage_and_ranks_stains():
+    # pure stains through skimage's own inverse (Ruifrok–Johnston vectors): haematoxylin blue, eosin pink
+    hema = _solid(np.round(hed2rgb(np.array([[[0.15, 0.0, 0.0]]]))[0, 0] * 255))  # (66, 60, 140)
+    eosin = _solid(np.round(hed2rgb(np.array([[[0.0, 0.15, 0.0]]]))[0, 0] * 255))  # (221, 33, 203)
+    f = handcrafted_features(np.stack([hema, eosin]))
+    h, e = f[0], f[1]
+    ref = rgb2hed(hema.transpose(1, 2, 0)).reshape(-1, 3).mean(0)
+    assert h[COL["hed_h_mean"]] == pytest.approx(ref[0], rel=1e-4)
+    assert h[COL["hed_e_mean"]] == pytest.approx(ref[1], rel=1e-4, abs=1e-7)
+    assert h[COL["hed_h_mean"]] > e[COL["hed_h_mean"]]
+    assert e[COL["hed_e_mean"]] > h[COL["hed_e_mean"]]
+    assert h[COL["hed_h_mean"]] == pytest.approx(0.15, abs=0.005)
+    assert e[COL["hed_e_mean"]] == pytest.approx(0.15, abs=0.005)
+    assert h[COL["hed_h_share"]] == pytest.approx(1.0) and e[COL["hed_h_share"]] == pytest.approx(0.0)
+    assert h[COL["hed_h_strong"]] == 1.0 and e[COL["hed_h_strong"]] == 0.0
+    assert e[COL["hed_e_strong"]] == 1.0 and h[COL["hed_e_strong"]] == 0.0
+
+
+def test_glcm_and_lbp_separate_stripes_from_flat():
+    flat, stripes = _solid([130, 130, 130]), _stripes()
+    f = handcrafted_features(np.stack([flat, stripes]))
+    for d in (1, 2, 4):
+        assert f[0, COL[f"glcm_grey_contrast_d{d}"]] == pytest.approx(0.0)
+        assert f[0, COL[f"glcm_grey_homogeneity_d{d}"]] == pytest.approx(1.0)
+        assert f[0, COL[f"glcm_grey_energy_d{d}"]] == pytest.approx(1.0)
+    # 1-px vertical stripes of grey 40 / 220 → levels 5 / 27 of 32: a pair differs by 22 when the offset's column
+    # step is odd. skimage offsets (row, col) = round(d·(sin θ, cos θ)) over θ = 0°, 45°, 90°, 135°: d = 1 → col
+    # steps 1, 1, 0, -1 (3 of 4 odd); d = 2 → 2, 1, 0, -1 (2 of 4); d = 4 → 4, 3, 0, -3 (2 of 4).
+    assert f[1, COL["glcm_grey_contrast_d1"]] == pytest.approx(0.75 * 22**2)
+    assert f[1, COL["glcm_grey_contrast_d2"]] == pytest.approx(0.5 * 22**2)
+    assert f[1, COL["glcm_grey_contrast_d4"]] == pytest.approx(0.5 * 22**2)
+    assert f[1, COL["glcm_grey_dissimilarity_d1"]] == pytest.approx(0.75 * 22)
+    assert f[1, COL["glcm_grey_homogeneity_d1"]] < 0.6
+    assert f[0, COL["sobel_mean"]] == 0.0
+    lbp = [COL[f"lbp_{i}"] for i in range(10)]
+    np.testing.assert_allclose(f[:, lbp].sum(1), 1.0, rtol=1e-6)
+    # a flat image: every neighbour equals the centre (≥ → 1): all pixels have the "all ones" uniform code 8,
+    # except at the border where skimage pads with 0
+    assert f[0, COL["lbp_8"]] > 0.8
+    assert f[1, COL["lbp_8"]] < 0.5
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="channels first"):
+        handcrafted_features(np.zeros((2, 16, 16, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        handcrafted_features(np.full((1, 3, 8, 8), -1.5, dtype=np.float32))
+    with pytest.raises(ValueError, match="glcm_levels"):
+        handcrafted_features(np.zeros((1, 3, 8, 8), dtype=np.uint8), glcm_levels=1)

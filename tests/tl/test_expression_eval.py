@@ -1,0 +1,191 @@
+"""evaluate_expression / spatial_domains / domain_ari on planted predictions and planted clusters."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+from scipy import sparse
+from scipy.stats import pearsonr, spearmanr
+
+from scst.tl._expression import domain_ari, evaluate_expression, log_normalized, spatial_domains
+
+N_PER, SECTIONS, N_GENES = 60, ("A", "B"), 12
+
+
+@pytest.fixture
+def adata():
+    rng = np.random.default_rng(0)
+    n = N_PER * len(SECTIONS)
+    counts = rng.poisson(rng.gamma(2.0, 5.0, size=(n, N_GENES))).astype(np.int32)
+    counts[:N_PER, 0] = 3  # gene g0 constant in section A (raw counts, but not after normalisation) ...
+    counts[:N_PER, 1] = 0  # ... gene g1 is 0 in section A: constant in the target unit too
+    a = ad.AnnData(
+        X=sparse.csr_matrix(counts),
+        obs=pd.DataFrame({"section": pd.Categorical(np.repeat(SECTIONS, N_PER))}, index=[f"s{i}" for i in range(n)]),
+        var=pd.DataFrame(index=[f"g{j}" for j in range(N_GENES)]),
+    )
+    return a
+
+
+def _truth(a):
+    t = a.copy()
+    sc.pp.normalize_total(t, target_sum=1e4)
+    sc.pp.log1p(t)
+    return t.X.toarray()
+
+
+def test_log_normalized_matches_scanpy(adata):
+    np.testing.assert_allclose(log_normalized(adata), _truth(adata), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(log_normalized(adata, ["g3", "g1"]), _truth(adata)[:, [3, 1]], rtol=1e-5, atol=1e-6)
+
+
+def test_perfect_shuffled_and_constant(adata):
+    truth = _truth(adata)
+    adata.layers["predicted"] = truth.copy()
+    evaluate_expression(adata)
+    df = adata.uns["scst_eval"]
+    assert list(df.columns) == ["gene", "section", "metric", "value"]
+    assert len(df) == N_GENES * 2 * 3
+    pcc = df[df.metric == "pearson"].set_index(["section", "gene"])["value"]
+    assert np.isnan(pcc[("A", "g1")])  # constant truth in A → NaN
+    ok = pcc.drop(("A", "g1"))
+    np.testing.assert_allclose(ok.to_numpy(), 1.0, atol=1e-9)
+    mse = df[df.metric == "mse"]["value"].to_numpy()
+    np.testing.assert_allclose(mse, 0.0, atol=1e-12)
+    params = adata.uns["scst_eval_params"]
+    assert params["n_constant_truth"] == {"A": 1, "B": 0}
+    assert params["n_spots"] == {"A": N_PER, "B": N_PER}
+    # per-gene mean over sections: g1 is defined only in B
+    assert adata.var.loc["g1", "scst_eval_pearson"] == pytest.approx(1.0)
+    assert adata.var["scst_eval_spearman"].to_numpy() == pytest.approx(1.0)
+
+    # Shuffled predictions (spots permuted within each section): correlation near 0.
+    rng = np.random.default_rng(1)
+    shuffled = truth.copy()
+    for s in SECTIONS:
+        rows = np.flatnonzero(adata.obs["section"] == s)
+        shuffled[rows] = truth[rng.permutation(rows)]
+    adata.layers["shuffled"] = shuffled
+    evaluate_expression(adata, "shuffled", key_added="shuf", metrics=("pearson", "spearman", "mae"))
+    r = adata.var["shuf_pearson"].to_numpy()
+    assert np.abs(r).max() < 0.35 and abs(r.mean()) < 0.1
+    # exact values against scipy, for one gene and section
+    rows = np.flatnonzero(adata.obs["section"] == "B")
+    d = adata.uns["shuf"].set_index(["metric", "section", "gene"])["value"]
+    assert d[("pearson", "B", "g5")] == pytest.approx(pearsonr(shuffled[rows, 5], truth[rows, 5])[0], abs=1e-6)
+    assert d[("spearman", "B", "g5")] == pytest.approx(spearmanr(shuffled[rows, 5], truth[rows, 5])[0], abs=1e-6)
+    assert d[("mae", "B", "g5")] == pytest.approx(np.abs(shuffled[rows, 5] - truth[rows, 5]).mean())
+
+
+def test_constant_prediction_scores_zero_and_copy(adata):
+    truth = _truth(adata)
+    adata.layers["predicted"] = np.repeat(truth.mean(0, keepdims=True), adata.n_obs, axis=0)
+    out = evaluate_expression(adata, by=None, copy=True)
+    assert "scst_eval" not in adata.uns and out is not adata
+    df = out.uns["scst_eval"]
+    assert set(df["section"]) == {"all"}
+    pcc = df[df.metric == "pearson"]["value"].to_numpy()
+    np.testing.assert_array_equal(pcc, 0.0)  # nothing ranks spots: 0, not NaN
+    assert out.uns["scst_eval_params"]["n_constant_prediction"] == {"all": N_GENES}
+    mse = df[df.metric == "mse"]["value"].to_numpy()
+    np.testing.assert_allclose(mse, truth.var(0), rtol=1e-6)
+
+
+def test_genes_unpredicted_spots_and_truth_layer(adata):
+    truth = _truth(adata)
+    pred = np.full_like(truth, np.nan)
+    panel = [2, 4, 7]
+    pred[:, panel] = truth[:, panel] * 2 + 1  # linear map: PCC 1, MSE > 0
+    pred[:5] = np.nan  # five spots not predicted
+    adata.layers["predicted"] = pred
+    evaluate_expression(adata)
+    df = adata.uns["scst_eval"]
+    assert set(df["gene"]) == {"g2", "g4", "g7"}
+    assert adata.uns["scst_eval_params"]["n_unpredicted_spots"] == 5
+    assert adata.uns["scst_eval_params"]["n_spots"] == {"A": N_PER - 5, "B": N_PER}
+    assert np.isnan(adata.var.loc["g0", "scst_eval_pearson"])
+    assert adata.var.loc["g2", "scst_eval_pearson"] == pytest.approx(1.0)
+    # truth given as a layer: the same numbers
+    adata.layers["truth"] = truth
+    evaluate_expression(adata, truth_layer="truth", genes=["g2", "g7"], key_added="t")
+    a = adata.var.loc[["g2", "g7"], "t_mse"].to_numpy()
+    b = adata.var.loc[["g2", "g7"], "scst_eval_mse"].to_numpy()
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_errors(adata):
+    adata.layers["predicted"] = _truth(adata)
+    with pytest.raises(KeyError, match="nope"):
+        evaluate_expression(adata, "nope")
+    with pytest.raises(ValueError, match="metrics"):
+        evaluate_expression(adata, metrics=("r2",))
+    with pytest.raises(KeyError, match="not in var_names"):
+        evaluate_expression(adata, genes=["g0", "XYZ"])
+    pred = adata.layers["predicted"].copy()
+    pred[0, 3] = np.nan
+    adata.layers["partial"] = pred
+    with pytest.raises(ValueError, match="some evaluated genes"):
+        evaluate_expression(adata, "partial")
+    adata.X = adata.X.astype(np.float32) * 0.5  # not counts
+    with pytest.raises(ValueError, match="raw counts"):
+        evaluate_expression(adata)
+
+
+def _planted_clusters(n_clusters=3, per=40, genes=20, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 4, size=(n_clusters, genes))
+    lab = np.repeat(np.arange(n_clusters), per)
+    x = centres[lab] + rng.normal(0, 0.3, size=(len(lab), genes))
+    a = ad.AnnData(X=sparse.csr_matrix((len(lab), genes), dtype=np.int32))
+    a.obs_names = [f"c{i}" for i in range(len(lab))]
+    a.layers["predicted"] = x
+    a.obs["label"] = pd.Categorical([f"region{v}" for v in lab])
+    a.obs["section"] = pd.Categorical(np.where(np.arange(len(lab)) % 2 == 0, "S1", "S2"))
+    return a, lab
+
+
+@pytest.mark.parametrize("method", ["kmeans", "leiden"])
+def test_spatial_domains_recovers_planted_clusters(method):
+    a, lab = _planted_clusters()
+    spatial_domains(a, n_domains=3, method=method)
+    assert a.obs["domain"].nunique() == 3
+    ari = domain_ari(a)
+    assert list(ari.index) == ["S1", "S2"]
+    np.testing.assert_allclose(ari["ari"].to_numpy(), 1.0)
+    assert (ari["n_spots"] == 60).all() and (ari["n_unlabelled"] == 0).all()
+    if method == "leiden":
+        assert "resolution" in a.uns["domain"]["params"]["groups"]["all"]
+
+
+def test_spatial_domains_by_section_and_unlabelled():
+    a, lab = _planted_clusters()
+    a.obs.loc[a.obs_names[:4], "label"] = np.nan
+    spatial_domains(a, n_domains=3, method="kmeans", by="section", key_added="dom")
+    assert set(a.obs["dom"].cat.categories) == {f"{s}_{k}" for s in ("S1", "S2") for k in range(3)}
+    ari = domain_ari(a, key="dom")
+    np.testing.assert_allclose(ari["ari"].to_numpy(), 1.0)
+    assert ari.loc["S1", "n_unlabelled"] == 2 and ari.loc["S2", "n_unlabelled"] == 2
+    assert ari["n_spots"].sum() == len(lab) - 4
+    # random labels give ARI near 0
+    a.obs["rand"] = pd.Categorical(np.random.default_rng(0).integers(0, 3, len(lab)).astype(str))
+    assert abs(domain_ari(a, key="rand", by=None).loc["all", "ari"]) < 0.1
+
+
+def test_spatial_domains_resolution_and_errors():
+    a, _ = _planted_clusters(n_clusters=4)
+    spatial_domains(a)  # leiden at resolution 1: the four separated clusters
+    assert domain_ari(a, by=None).loc["all", "ari"] == pytest.approx(1.0)
+    spatial_domains(a, resolution=5.0)  # a high resolution splits them further
+    assert a.obs["domain"].nunique() > 4
+    # constant predictions (the mean baseline): one domain per section, ARI 0
+    a.layers["const"] = np.ones_like(a.layers["predicted"])
+    spatial_domains(a, "const", n_domains=3, method="kmeans", by="section", key_added="c")
+    assert set(a.obs["c"]) == {"S1_0", "S2_0"}
+    np.testing.assert_array_equal(domain_ari(a, key="c")["ari"].to_numpy(), 0.0)
+    with pytest.raises(ValueError, match="n_domains"):
+        spatial_domains(a, method="kmeans")
+    with pytest.raises(ValueError, match="method"):
+        spatial_domains(a, method="louvain", n_domains=2)

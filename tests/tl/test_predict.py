@@ -1,0 +1,112 @@
+"""scst.tl.predict_expression and scst.tl.cross_validate on synthetic H&E with a planted signal."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scst.models._baselines import MeanExpression, RidgeExpression
+from scst.models._hggep import normalized_expression
+from scst.models._tcgn import TCGN
+from scst.tl._predict import cross_validate, predict_expression
+
+_spec = importlib.util.spec_from_file_location(
+    "_he_synthetic", Path(__file__).parents[1] / "models" / "_he_synthetic.py"
+)
+syn = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(syn)
+
+PANEL = ["UP", "DOWN", "NOISE0", "HOUSE"]
+CONFIG = {**TCGN.bench_config, "img_size": 64}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    sd = syn.make_sdata()
+    TCGN.setup_sdata(sd, genes=PANEL, size_um=syn.SIZE_UM, sections=["S1", "S2"])
+    model = TCGN(sd, **CONFIG).train(max_epochs=8, enable_progress_bar=False)
+    return sd, model
+
+
+def test_predict_layer(trained):
+    sd, model = trained
+    tab = sd.tables["table"]
+    predict_expression(sd, model, sections=["S3"], progress=False)
+    M = tab.layers["predicted"]
+    assert M.shape == tab.shape and M.dtype == np.float32
+    s3 = (tab.obs["section"] == "S3").to_numpy()
+    cols = tab.var_names.get_indexer(PANEL)
+    other = np.setdiff1d(np.arange(tab.n_vars), cols)
+    assert np.isnan(M[:, other]).all() and np.isnan(M[~s3]).all()  # genes outside the panel, other sections
+    np.testing.assert_allclose(M[np.ix_(s3, cols)], model.predict(sd, "S3", progress=False), rtol=1e-6)
+    truth = normalized_expression(tab[s3], ["UP"])[:, 0]
+    assert syn.pearson(M[s3, cols[0]], truth) > 0.3
+    assert tab.uns["scst_predict"]["model"] == "TCGN" and tab.uns["scst_predict"]["n_genes"] == 4
+    # a second call for S1 keeps S3's values
+    predict_expression(sd, model, sections="S1", progress=False)
+    assert np.isfinite(tab.layers["predicted"][np.ix_(s3, cols)]).all()
+    # copy=True leaves sdata alone
+    out = predict_expression(sd, model, layer="p2", sections="S2", progress=False, copy=True)
+    assert "p2" in out.layers and "p2" not in tab.layers
+
+
+def test_missing_panel_genes_error_lists_them(trained):
+    sd, model = trained
+    lacking = syn.make_sdata(sections=("S4",), seed=5)
+    t = lacking.tables["table"]
+    lacking.tables["table"] = t[:, [g for g in t.var_names if g not in ("DOWN", "NOISE0")]].copy()
+    with pytest.raises(ValueError, match=r"lacks 2 of the model's 4 panel genes: \['DOWN', 'NOISE0'\]"):
+        predict_expression(lacking, model, progress=False)
+    predict_expression(lacking, model, table_added="pred", progress=False)
+    new = lacking.tables["pred"]
+    assert list(new.var_names) == PANEL and new.n_obs == 64 and np.isfinite(new.layers["predicted"]).all()
+
+
+def test_he_only_slide_via_tile_grid(trained):
+    _, model = trained
+    he = syn.make_sdata(sections=("S5",), seed=7)
+    del he.tables["table"]
+    predict_expression(he, model, um_per_px=syn.UM_PER_PX, progress=False)
+    new = he.tables["table_predicted"]
+    assert list(new.var_names) == PANEL and "S5_grid" in he.shapes
+    # tissue covers the 8 × 8 spot block (≈ 330 µm wide): a grid 80 µm apart finds tens of pseudo-spots on it
+    assert 20 <= new.n_obs <= 100
+    assert np.isfinite(new.X).all() and np.array_equal(new.X, new.layers["predicted"])
+    assert {"array_row", "array_col", "section"} <= set(new.obs) and new.obsm["spatial"].shape == (new.n_obs, 2)
+
+
+def test_cross_validate_closed_form_and_deep():
+    sd = syn.make_sdata()
+    tab = sd.tables["table"]
+    # a feature that carries the planted signal: ridge on it must predict UP/DOWN in every fold
+    tab.obsm["X_z"] = np.column_stack([tab.obs["z"].to_numpy(), np.random.default_rng(0).normal(size=tab.n_obs)])
+    df = cross_validate(RidgeExpression, sd, genes=PANEL, setup_kwargs={"embedding_key": "X_z"}, metrics=("pearson",))
+    assert list(df.columns) == ["fold", "section", "gene", "metric", "value"]
+    assert sorted(df["section"].unique()) == ["S1", "S2", "S3"] and len(df) == 3 * len(PANEL)
+    up = df[df["gene"] == "UP"]["value"]
+    assert (up > 0.7).all()
+    mean = cross_validate(MeanExpression, sd, genes=PANEL, metrics=("pearson",))
+    assert (mean["value"] == 0).all()  # a constant prediction ranks no spot above another
+    # deep model: two folds (one training section each, so no validation), one epoch
+    deep, preds = cross_validate(
+        TCGN, sd, genes=PANEL, config={**CONFIG, "max_epochs": 1}, setup_kwargs={"size_um": syn.SIZE_UM},
+        sections=["S1", "S2"], metrics=("pearson", "mse"), return_predictions=True,
+    )  # fmt: skip
+    assert set(deep["metric"]) == {"pearson", "mse"} and set(deep["section"]) == {"S1", "S2"}
+    assert preds["S2"].shape == (64, 4) and np.isfinite(preds["S2"]).all()
+    for fold in deep.attrs["folds"]:
+        assert fold["train_sections"] == [s for s in ("S1", "S2") if s != fold["section"]]
+        assert fold["epochs"] == 1
+    assert "_scst_setup" not in tab.uns  # folds set up copies, the user's table is untouched
