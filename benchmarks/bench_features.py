@@ -2,7 +2,7 @@
 
 Run from the repository root (her2st C2–C6, 910 spots)::
 
-    SCST_DATA_DIR=../shared/data SCST_CACHE_DIR=<cache> /work/venv/bin/python benchmarks/bench_features.py
+    SCST_DATA_DIR=../shared/data SCST_CACHE_DIR=<cache> python benchmarks/bench_features.py
 
 Writes ``docs/benchmarks/features.md``. CPU only, ``torch.set_num_threads(1)``; networks start from random
 initialisation (no pretrained weights can be downloaded here). Times are wall-clock and process CPU time: on a
@@ -28,7 +28,7 @@ from scst.pp._patches import extract_patches
 from scst.tl._embed import embed_patches
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "features.md"
-COMMAND = "SCST_DATA_DIR=../shared/data /work/venv/bin/python benchmarks/bench_features.py"
+COMMAND = "SCST_DATA_DIR=../shared/data python benchmarks/bench_features.py"
 
 
 def timed(fn):

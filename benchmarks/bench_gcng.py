@@ -2,7 +2,7 @@
 
 Run from the repository root (everything, then the markdown)::
 
-    /work/venv/bin/python benchmarks/bench_gcng.py
+    python benchmarks/bench_gcng.py
 
 One run, the same folds for every method and data set: the known pairs of GCNG's list (Ramilowski 2015) with both
 genes measured are cut into 10 gene-disjoint folds (``scst.tl.lr_folds``), once with random negatives (the
@@ -41,7 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks" / "gcng.md"
 RESULTS = ROOT / "benchmarks" / "_out" / "gcng"
-COMMAND = "/work/venv/bin/python benchmarks/bench_gcng.py"
+COMMAND = "python benchmarks/bench_gcng.py"
 GPU_COMMAND = (
     "python benchmarks/bench_gcng.py --paper --accelerator gpu --threads 8 --skip-extra "
     "--results benchmarks/_out/gcng_paper --out docs/benchmarks/gcng_paper.md"

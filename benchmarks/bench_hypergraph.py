@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    /work/venv/bin/python benchmarks/bench_hypergraph.py
+    python benchmarks/bench_hypergraph.py
 
 Writes ``docs/benchmarks/hypergraph.md``. Synthetic Visium-like data: spots on a hexagonal lattice
 (100 px pitch) inside a disc, 64-d features = smooth spatial signal + unit Gaussian noise.
@@ -27,7 +27,7 @@ from scst.nn._hypergraph import knn_hyperedges
 from scst.pp._hypergraph import hypergraph
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "hypergraph.md"
-COMMAND = "/work/venv/bin/python benchmarks/bench_hypergraph.py"
+COMMAND = "python benchmarks/bench_hypergraph.py"
 
 
 def make_spots(n: int, d: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

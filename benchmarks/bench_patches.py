@@ -2,7 +2,7 @@
 
 Run (from the repository root; writes docs/benchmarks/patches.md):
 
-    SCST_DATA_DIR=../shared/data SCST_CACHE_DIR=<cache> /work/venv/bin/python benchmarks/bench_patches.py
+    SCST_DATA_DIR=../shared/data SCST_CACHE_DIR=<cache> python benchmarks/bench_patches.py
 
 What is measured (CPU only, torch.set_num_threads(1) in every process; each configuration in a fresh subprocess):
 
