@@ -121,7 +121,34 @@ def _all_subclasses(cls: type) -> list[type]:
     return out
 
 
-class BaseModel(ABC):
+class _SetupRegistry:
+    """The setup registry shared by every scst model (deep ones and the closed-form baselines)."""
+
+    @classmethod
+    def _register(cls, adata: Any, registry: dict[str, Any]) -> None:
+        """Store ``registry`` (JSON-able) in ``adata.uns["_scst_setup"][cls.__name__]`` as a JSON string.
+
+        A JSON string (not a nested dict) survives ``write_h5ad``/zarr unchanged: no None-rejection, no
+        list→array conversion.
+        """
+        if not isinstance(registry, Mapping):
+            raise TypeError(f"`registry` must be a dict, got {type(registry).__name__}.")
+        reg = _jsonable(dict(registry), f"{cls.__name__} registry")
+        uns = adata.uns
+        store = dict(uns.get(SETUP_KEY, {}))
+        store[cls.__name__] = json.dumps(reg)
+        uns[SETUP_KEY] = store
+        logg.info(f"{cls.__name__}: registered setup in .uns[{SETUP_KEY!r}][{cls.__name__!r}]")
+
+    @classmethod
+    def _read_registry(cls, adata: Any) -> dict[str, Any] | None:
+        raw = getattr(adata, "uns", {}).get(SETUP_KEY, {}).get(cls.__name__)
+        if raw is None:
+            return None
+        return json.loads(raw) if isinstance(raw, str) else dict(raw)
+
+
+class BaseModel(_SetupRegistry, ABC):
     """Base class of scst models (scvi-tools-style surface, Lightning training, safetensors checkpoints).
 
     Parameters
@@ -195,30 +222,6 @@ class BaseModel(ABC):
         "optimizer": "adam",
         "lr_scheduler": None,
     }
-
-    # ------------------------------------------------------------------ setup
-    @classmethod
-    def _register(cls, adata: Any, registry: dict[str, Any]) -> None:
-        """Store ``registry`` (JSON-able) in ``adata.uns["_scst_setup"][cls.__name__]`` as a JSON string.
-
-        A JSON string (not a nested dict) survives ``write_h5ad``/zarr unchanged: no None-rejection, no
-        list→array conversion.
-        """
-        if not isinstance(registry, Mapping):
-            raise TypeError(f"`registry` must be a dict, got {type(registry).__name__}.")
-        reg = _jsonable(dict(registry), f"{cls.__name__} registry")
-        uns = adata.uns
-        store = dict(uns.get(SETUP_KEY, {}))
-        store[cls.__name__] = json.dumps(reg)
-        uns[SETUP_KEY] = store
-        logg.info(f"{cls.__name__}: registered setup in .uns[{SETUP_KEY!r}][{cls.__name__!r}]")
-
-    @classmethod
-    def _read_registry(cls, adata: Any) -> dict[str, Any] | None:
-        raw = getattr(adata, "uns", {}).get(SETUP_KEY, {}).get(cls.__name__)
-        if raw is None:
-            return None
-        return json.loads(raw) if isinstance(raw, str) else dict(raw)
 
     @classmethod
     def setup_sdata(cls, sdata: Any, table: str = "table", **kwargs: Any) -> None:

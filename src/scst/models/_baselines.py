@@ -31,8 +31,9 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 from .._constants import SECTION_KEY, TABLE_KEY
 from .._logging import logg
 from .._utils import _atomic_dir, _check_key, _get_table
-from ._base import SETUP_KEY, _jsonable, _scst_version
-from ._hggep import _ImageModel, _to_input
+from ._base import _jsonable, _scst_version, _SetupRegistry
+from ._hggep import _ImageModel, _sections_of, _to_input
+from ._hggep import _resolve_panel as _resolve_panel_and_key
 from ._tcgn import _NoSingletonBatches, _SpotBatches
 
 __all__ = ["MeanExpression", "RidgeExpression", "STNet", "build_backbone", "load_backbone_weights"]
@@ -165,39 +166,11 @@ def load_backbone_weights(module: nn.Module, weights: str | os.PathLike, where: 
 # Closed-form baselines
 # --------------------------------------------------------------------------------------------------------------
 def _resolve_panel(adata: Any, genes: Any) -> list[str]:
-    if genes is None:
-        return [str(g) for g in adata.var_names]
-    if isinstance(genes, str):
-        if genes not in adata.var:
-            raise KeyError(
-                f"genes: {genes!r} is not a column of var (available: {list(adata.var.columns)[:20]}); run "
-                "`scst.pp.select_genes(adata)` or pass a list of genes."
-            )
-        col = adata.var[genes]
-        if col.dtype != bool:
-            raise ValueError(f"genes: var[{genes!r}] must be boolean, got dtype {col.dtype}.")
-        panel = [str(g) for g in adata.var_names[col.to_numpy()]]
-    else:
-        panel = [str(g) for g in genes]
-        missing = [g for g in panel if g not in adata.var_names]
-        if missing:
-            raise KeyError(f"genes: {len(missing)} gene(s) not in var_names: {missing[:20]}")
-        if len(set(panel)) != len(panel):
-            raise ValueError("genes: duplicated gene names.")
-    if not panel:
-        raise ValueError("genes: the panel is empty.")
-    return panel
-
-
-def _sections_present(adata: Any) -> list[str]:
-    col = adata.obs[SECTION_KEY]
-    present = set(col.astype(str))
-    cats = col.cat.categories if hasattr(col, "cat") else pd.unique(col.astype(str))
-    return [str(s) for s in cats if str(s) in present]
+    return _resolve_panel_and_key(adata, genes)[0]
 
 
 def _check_sections(adata: Any, sections: Any, arg: str = "sections") -> list[str]:
-    present = _sections_present(adata)
+    present = _sections_of(adata)
     if sections is None:
         return present
     sections = [sections] if isinstance(sections, str) else [str(s) for s in sections]
@@ -209,27 +182,13 @@ def _check_sections(adata: Any, sections: Any, arg: str = "sections") -> list[st
     return sections
 
 
-class _ClosedFormModel:
+class _ClosedFormModel(_SetupRegistry):
     """Registry, save/load and prediction plumbing of the closed-form baselines."""
 
     _default_config: ClassVar[dict[str, Any]] = {}
     bench_config: ClassVar[dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ setup
-    @classmethod
-    def _register(cls, adata: Any, registry: dict[str, Any]) -> None:
-        store = dict(adata.uns.get(SETUP_KEY, {}))
-        store[cls.__name__] = json.dumps(_jsonable(registry, f"{cls.__name__} registry"))
-        adata.uns[SETUP_KEY] = store
-        logg.info(f"{cls.__name__}: registered setup in .uns[{SETUP_KEY!r}][{cls.__name__!r}]")
-
-    @classmethod
-    def _read_registry(cls, adata: Any) -> dict[str, Any] | None:
-        raw = getattr(adata, "uns", {}).get(SETUP_KEY, {}).get(cls.__name__)
-        if raw is None:
-            return None
-        return json.loads(raw) if isinstance(raw, str) else dict(raw)
-
     @classmethod
     def _base_registry(cls, adata: Any, genes: Any, layer: str | None, sections: Any) -> dict[str, Any]:
         _check_key(adata.obs, SECTION_KEY, "adata.obs")
