@@ -1,0 +1,91 @@
+"""Make SpatialData from other readers (spatialdata-io's Visium, …) usable by scst models as-is."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+from spatialdata import SpatialData
+from spatialdata.models import get_table_keys
+from spatialdata.transformations import get_transformation
+
+from .._constants import ARRAY_COL, ARRAY_ROW, SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
+from .._logging import logg
+from .._utils import _check_key
+
+__all__ = ["register_sections"]
+
+
+def register_sections(
+    sdata: SpatialData,
+    *,
+    table: str = TABLE_KEY,
+    image_keys: Mapping[str, str] | None = None,
+    spot_diameter_um: float = 55.0,
+    grid_step_um: float = 100.0,
+) -> None:
+    """Add scst's per-section geometry to a SpatialData written by another reader, in place.
+
+    scst models read ``obs["section"]`` and ``uns["scst"]["sections"]`` (see :func:`read_st`). For a table that
+    annotates circle shapes (one shapes element per section, as spatialdata-io's ``visium`` writes), this derives
+    them: the section is the table's ``region``; µm/px is ``spot_diameter_um`` divided by the circles' diameter in
+    px (spatialdata-io stores the full-resolution spot diameter as the radius × 2); the coordinate system is the
+    one the shapes live in; ``obsm["spatial_array"]`` is built from ``obs["array_col"/"array_row"]`` when present.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData with a table annotating circle shapes.
+    table
+        Table key.
+    image_keys
+        Section (region) → image element for patches. Default: the image sharing the shapes' coordinate system
+        with the most pixels (full resolution when present).
+    spot_diameter_um
+        Physical spot diameter: Visium 55 µm, ST 100 µm.
+    grid_step_um
+        Centre-to-centre spacing of grid neighbours: Visium 100 µm, ST 200 µm.
+    """
+    _check_key(sdata.tables, table, "sdata.tables")
+    adata = sdata.tables[table]
+    regions, region_key, _ = get_table_keys(adata)
+    regions = [regions] if isinstance(regions, str) else list(regions)
+    image_keys = dict(image_keys or {})
+    sections = {}
+    for r in regions:
+        _check_key(sdata.shapes, r, "sdata.shapes")
+        shapes = sdata.shapes[r]
+        if "radius" not in shapes.columns:
+            raise ValueError(f"Shapes {r!r}: expected circles with a 'radius' column (spot size in px).")
+        cs = next(iter(get_transformation(shapes, get_all=True)))
+        diameter_px = float(np.median(shapes["radius"])) * 2
+        key = image_keys.get(r)
+        if key is None:
+            cands = [k for k, el in sdata.images.items() if cs in get_transformation(_scale0(el), get_all=True)]
+            key = max(cands, key=lambda k: int(np.prod(_scale0(sdata.images[k]).shape[1:])), default=None)
+        elif key not in sdata.images:
+            raise KeyError(f"image_keys[{r!r}]: {key!r} not in sdata.images ({list(sdata.images)}).")
+        shape = [int(s) for s in _scale0(sdata.images[key]).shape[1:]] if key is not None else None
+        um_per_px = spot_diameter_um / diameter_px
+        sections[str(r)] = {
+            "image_key": key, "shapes_key": str(r), "coordinate_system": cs, "um_per_px": um_per_px,
+            "spot_diameter_um": float(spot_diameter_um), "spot_diameter_px": diameter_px,
+            "grid_step_um": float(grid_step_um), "image_shape": shape, "source": "register_sections",
+        }  # fmt: skip
+        logg.info(f"Section {r!r}: {um_per_px:.3f} µm/px from a {diameter_px:.1f} px spot; image {key!r}")
+    if SECTION_KEY not in adata.obs:
+        adata.obs[SECTION_KEY] = pd.Categorical(adata.obs[region_key].astype(str), categories=list(sections))
+    if ARRAY_ROW in adata.obs and ARRAY_COL in adata.obs:
+        adata.obsm[f"{SPATIAL_KEY}_array"] = adata.obs[[ARRAY_COL, ARRAY_ROW]].to_numpy(dtype=np.float64)
+    if SPATIAL_KEY not in adata.obsm:
+        raise KeyError(f"Table {table!r}: obsm[{SPATIAL_KEY!r}] (spot centres in px) is required.")
+    adata.uns[UNS_KEY] = {**adata.uns.get(UNS_KEY, {}), "sections": sections}
+
+
+def _scale0(el):
+    """Full-resolution array of an image element (multiscale DataTree or single-scale DataArray)."""
+    if hasattr(el, "children") and len(el.children):
+        ds = el[next(iter(el.children))].ds
+        return ds[next(iter(ds.data_vars))]
+    return el
