@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from scst.models._baselines import MeanExpression, RidgeExpression
-from scst.models._hggep import normalized_expression
 from scst.models._tcgn import TCGN
+from scst.tl._expression import log_normalized
 from scst.tl._predict import cross_validate, predict_expression
 
 _spec = importlib.util.spec_from_file_location(
@@ -51,7 +51,7 @@ def test_predict_layer(trained):
     other = np.setdiff1d(np.arange(tab.n_vars), cols)
     assert np.isnan(M[:, other]).all() and np.isnan(M[~s3]).all()  # genes outside the panel, other sections
     np.testing.assert_allclose(M[np.ix_(s3, cols)], model.predict(sd, "S3", progress=False), rtol=1e-6)
-    truth = normalized_expression(tab[s3], ["UP"])[:, 0]
+    truth = log_normalized(tab[s3], ["UP"])[:, 0]
     assert syn.pearson(M[s3, cols[0]], truth) > 0.3
     assert tab.uns["scst_predict"]["model"] == "TCGN" and tab.uns["scst_predict"]["n_genes"] == 4
     # a second call for S1 keeps S3's values

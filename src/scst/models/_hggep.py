@@ -155,25 +155,6 @@ def _expression_targets(
     return target, counts, lib
 
 
-def normalized_expression(adata: Any, genes: Sequence[str] | None = None, layer: str | None = None) -> np.ndarray:
-    """log1p(normalize_total(1e4)) of ``genes`` (default all) from raw counts, dense float32 (the models' unit).
-
-    Parameters
-    ----------
-    adata
-        AnnData with raw counts in ``X`` or ``layer``.
-    genes
-        Genes (columns); library sizes always use all genes of ``adata``.
-    layer
-        Layer with raw counts.
-    """
-    genes = list(adata.var_names) if genes is None else list(genes)
-    missing = [g for g in genes if g not in adata.var_names]
-    if missing:
-        raise KeyError(f"genes: {len(missing)} not in var_names: {missing[:20]}")
-    return _expression_targets(adata, layer, genes, np.arange(adata.n_obs))[0]
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Spatial windows
 # --------------------------------------------------------------------------------------------------------------
