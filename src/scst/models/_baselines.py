@@ -32,9 +32,9 @@ from .._constants import SECTION_KEY, TABLE_KEY
 from .._logging import logg
 from .._utils import _atomic_dir, _check_key, _get_table
 from ._base import _jsonable, _scst_version, _SetupRegistry
-from ._hggep import _ImageModel, _sections_of, _to_input
+from ._hggep import _check_sections, _ImageModel
 from ._hggep import _resolve_panel as _resolve_panel_and_key
-from ._tcgn import _NoSingletonBatches, _SpotBatches
+from ._tcgn import TCGN, _NoSingletonBatches, _SpotBatches
 
 __all__ = ["MeanExpression", "RidgeExpression", "STNet", "build_backbone", "load_backbone_weights"]
 
@@ -167,19 +167,6 @@ def load_backbone_weights(module: nn.Module, weights: str | os.PathLike, where: 
 # --------------------------------------------------------------------------------------------------------------
 def _resolve_panel(adata: Any, genes: Any) -> list[str]:
     return _resolve_panel_and_key(adata, genes)[0]
-
-
-def _check_sections(adata: Any, sections: Any, arg: str = "sections") -> list[str]:
-    present = _sections_of(adata)
-    if sections is None:
-        return present
-    sections = [sections] if isinstance(sections, str) else [str(s) for s in sections]
-    empty = [s for s in sections if s not in present]
-    if empty:
-        raise ValueError(f"{arg}: {empty} have no spots in the table (sections with spots: {present}).")
-    if not sections:
-        raise ValueError(f"{arg}: empty list of sections.")
-    return sections
 
 
 class _ClosedFormModel(_SetupRegistry):
@@ -729,12 +716,4 @@ class STNet(_ImageModel):
             val_dl = DataLoader(va, sampler=BatchSampler(SequentialSampler(va), batch_size, False), batch_size=None)
         return train_dl, val_dl
 
-    @torch.no_grad()
-    def _predict_section(self, sec: Any, batch_size: int, bar: Any) -> np.ndarray:
-        self.module.eval()
-        device, out = self.device, []
-        for start in range(0, len(sec.rows), batch_size):
-            idx = np.arange(start, min(start + batch_size, len(sec.rows)))
-            out.append(self.module(_to_input(sec.patches.get(idx), False).to(device))["pred"].float().cpu().numpy())
-            bar.update(len(idx))
-        return np.concatenate(out)
+    _predict_section = TCGN._predict_section  # one spot per patch, as TCGN

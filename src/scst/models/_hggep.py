@@ -210,6 +210,19 @@ def _sections_of(adata: Any) -> list[str]:
     return [str(s) for s in cats if str(s) in set(present)]
 
 
+def _check_sections(adata: Any, sections: Any, arg: str = "sections") -> list[str]:
+    present = _sections_of(adata)
+    if sections is None:
+        return present
+    sections = [sections] if isinstance(sections, str) else [str(s) for s in sections]
+    empty = [s for s in sections if s not in present]
+    if empty:
+        raise ValueError(f"{arg}: {empty} have no spots in the table (sections with spots: {present}).")
+    if not sections:
+        raise ValueError(f"{arg}: empty list of sections.")
+    return sections
+
+
 def _resolve_panel(adata: Any, genes: Any) -> tuple[list[str], str | None]:
     if genes is None:
         return [str(g) for g in adata.var_names], None
@@ -330,14 +343,7 @@ class _ImageModel(BaseModel):
         if X.shape[1] and X.min() < 0:
             raise ValueError(f"{'X' if layer is None else f'layers[{layer!r}]'} must hold raw counts (>= 0).")
         panel, genes_key = _resolve_panel(adata, genes)
-        present = _sections_of(adata)
-        if sections is None:
-            sections = present
-        else:
-            sections = [sections] if isinstance(sections, str) else [str(s) for s in sections]
-            empty = [s for s in sections if s not in present]
-            if empty:
-                raise ValueError(f"sections: {empty} have no spots in the table (sections with spots: {present}).")
+        sections = _check_sections(adata, sections)
         if not sections:
             raise ValueError("The table has no spots.")
         if patch_px is None:
@@ -501,14 +507,7 @@ class _ImageModel(BaseModel):
         raise TypeError(f"data: expected SpatialData or AnnData, got {type(data).__name__}.")
 
     def _check_predict_sections(self, sdata: Any, adata: Any, sections: Any) -> list[str]:
-        present = _sections_of(adata)
-        if sections is None:
-            sections = present
-        else:
-            sections = [sections] if isinstance(sections, str) else [str(s) for s in sections]
-            empty = [s for s in sections if s not in present]
-            if empty:
-                raise ValueError(f"sections: {empty} have no spots in the table (sections with spots: {present}).")
+        sections = _check_sections(adata, sections)
         if not sections:
             raise ValueError("data: the table has no spots to predict.")
         upp = _section_geometries(sdata, adata, sections, self.registry["size_um"])
