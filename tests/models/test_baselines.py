@@ -189,6 +189,29 @@ def test_build_backbone_and_local_weights(tmp_path):
         build_backbone("not_a_model_xyz")
 
 
+def test_build_backbone_falls_back_to_timm(tmp_path):
+    pytest.importorskip("timm")
+    net, dim = build_backbone("resnet10t")  # timm-only name: not in torchvision
+    assert dim == 512
+    assert net.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 512)
+    # a timm checkpoint with its classifier loads; the classifier entries are reported as ignored
+    import timm
+
+    ref = timm.create_model("resnet10t", pretrained=False)
+    torch.save(ref.state_dict(), tmp_path / "r10t.pth")
+    assert sorted(load_backbone_weights(net, tmp_path / "r10t.pth")) == ["fc.bias", "fc.weight"]
+    torch.testing.assert_close(net.conv1[0].weight, ref.conv1[0].weight)
+
+
+def test_build_backbone_without_timm_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm now raises ImportError
+    assert build_backbone("resnet18")[1] == 512  # torchvision names need no timm
+    with pytest.raises(ValueError, match=r"resnet10t.*timm is not installed"):
+        build_backbone("resnet10t")
+
+
 def test_stnet_trains_predicts_and_round_trips(tmp_path):
     torch.set_num_threads(1)
     sdata, _ = _tiny_sdata(tmp_path)

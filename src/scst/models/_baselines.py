@@ -87,8 +87,13 @@ def build_backbone(name: str) -> tuple[nn.Module, int]:
                 if hasattr(model, aux):
                     setattr(model, aux, None)
         return model, _replace_last_linear(model)
-    import timm
-
+    try:
+        import timm
+    except ImportError:  # timm is optional: say so instead of failing on the import
+        raise ValueError(
+            f"backbone: {name!r} is neither a torchvision classification model nor available from timm "
+            "(timm is not installed: pip install 'scst[timm]'; see torchvision.models.list_models())."
+        ) from None
     if timm.is_model(name):
         model = timm.create_model(name, pretrained=False, num_classes=0)
         model._scst_classifier = str(model.pretrained_cfg.get("classifier") or "") or None
