@@ -6,7 +6,7 @@ Run from the repository root (all methods, then the markdown)::
 
 Parts can be rerun: ``--methods hggep,tcgn`` (results of other methods are kept in ``--results``), ``--sections``
 (folds), ``--epochs hggep=20,tcgn=10`` (override ``bench_config["max_epochs"]``), ``--ablations`` (HGGEP without
-GEM / CBAM / HAM / ZINB), ``--report-only`` (rewrite the markdown from saved results).
+GEM / CBAM / HAM / ZINB, 40 / 160 µm patches), ``--report-only`` (rewrite the markdown from saved results).
 
 Methods: ``mean`` (training mean), ``handcrafted`` (colour/stain/texture features + ridge), ``encoder``
 (random-init ResNet-18 embedding + ridge), ``stnet`` (ResNet-18 ST-Net-style CNN), ``tcgn``, ``hggep``. Every
@@ -37,8 +37,15 @@ COMMAND = "python benchmarks/bench_expression.py"
 if "SCST_DATA_DIR" not in os.environ and (ROOT.parent / "shared" / "data").is_dir():
     os.environ["SCST_DATA_DIR"] = str(ROOT.parent / "shared" / "data")
 METHODS = ("mean", "handcrafted", "encoder", "stnet", "tcgn", "hggep")
-ABLATIONS = {"hggep_no_gem": {"use_gem": False}, "hggep_no_cbam": {"use_cbam": False},
-             "hggep_no_ham": {"use_ham": False}, "hggep_no_zinb": {"use_zinb": False}}  # fmt: skip
+# HGGEP variants: keyword overrides of bench_config; ``size_um`` changes the patch's field of view (still 112 px).
+ABLATIONS = {
+    "hggep_no_gem": {"use_gem": False},
+    "hggep_no_cbam": {"use_cbam": False},
+    "hggep_no_ham": {"use_ham": False},
+    "hggep_no_zinb": {"use_zinb": False},
+    "hggep_patch_40um": {"size_um": 40.0},
+    "hggep_patch_160um": {"size_um": 160.0},
+}
 LABELS = {
     "mean": "training mean",
     "handcrafted": "hand-crafted features + ridge",
@@ -46,9 +53,18 @@ LABELS = {
     "stnet": "ST-Net-style CNN (ResNet-18)",
     "tcgn": "TCGN",
     "hggep": "HGGEP",
-    **{k: "HGGEP, " + k.removeprefix("hggep_").replace("_", " ").replace("no ", "no ").upper().replace("NO ", "no ")
-       for k in ABLATIONS},
-}  # fmt: skip
+    "hggep_no_gem": "HGGEP, no GEM",
+    "hggep_no_cbam": "HGGEP, no CBAM",
+    "hggep_no_ham": "HGGEP, no HAM (hypergraph)",
+    "hggep_no_zinb": "HGGEP, no ZINB",
+    "hggep_patch_40um": "HGGEP, 40 µm patches",
+    "hggep_patch_160um": "HGGEP, 160 µm patches",
+    # Earlier runs at the first bench_config (lr 1e-3, random output weights, no LayerNorm on the LSTM inputs)
+    "hggep_v0": "HGGEP, first setting (lr 1e-3, random head, no step norm)",
+    "hggep_v0_no_gem": "HGGEP, first setting, no GEM",
+    "hggep_v0_no_zinb": "HGGEP, first setting, no ZINB",
+}
+EARLIER = ("hggep_v0", "hggep_v0_no_gem", "hggep_v0_no_zinb")
 BASELINES = ("mean", "handcrafted", "encoder", "stnet")
 SCST_MODELS = ("tcgn", "hggep")
 
@@ -120,17 +136,18 @@ def run_method(name, sdata, tab, sections, epochs):
     else:
         cls = {"stnet": STNet, "tcgn": TCGN}.get(name, HGGEP)
         config = dict(cls.bench_config)
-        if name in ABLATIONS:
-            config.update(ABLATIONS[name])
+        variant = dict(ABLATIONS.get(name, {}))
+        size_um = float(variant.pop("size_um", 80.0))
+        config.update(variant)
         key = "hggep" if name in ABLATIONS else name
         if key in epochs:
             config["max_epochs"] = epochs[key]
         meta["config"] = config
         px = {"stnet": 112, "tcgn": int(config.get("img_size", 128))}.get(name, 112)
-        setup_kwargs = {"size_um": 80.0, "patch_px": px}
+        setup_kwargs = {"size_um": size_um, "patch_px": px}
         bs = config.get("batch_size", cls._default_config.get("batch_size"))
         meta["settings"] = (
-            f"{px} px patches of 80 µm, max {config['max_epochs']} epochs, batch {bs}"
+            f"{px} px patches of {size_um:g} µm, max {config['max_epochs']} epochs, batch {bs}"
             f"{' spots per step (spatial windows)' if cls is HGGEP else ''}, lr {config.get('lr')}, early stopping "
             f"(patience {config.get('patience')}) on a held-out training section"
         )
@@ -196,7 +213,7 @@ def report(results_dir: Path, out: Path) -> None:
         raise SystemExit(f"No results in {results_dir}.")
     panel_info = json.loads((results_dir / "panel.json").read_text())
     args_note = f" {panel_info['args']}" if panel_info.get("args") else ""
-    order = [m for m in (*METHODS, *ABLATIONS) if m in metas]
+    order = [m for m in (*METHODS, *ABLATIONS, *EARLIER) if m in metas]
     lines = [
         "## Histology → expression (her2st, leave one section out)",
         "",
@@ -258,8 +275,8 @@ def report(results_dir: Path, out: Path) -> None:
             f"| {LABELS.get(m, m)} | {meta.get('settings', '')} | – | – | {meta['cv_seconds']:.0f} | "
             f"{max(meta['cv_peak_mib'], meta.get('embed_peak_mib', 0)):.0f} | {sps:.0f} |"
         )  # fmt: skip
-    best_scst = max((metas[m]["summary"]["all_mean"], m) for m in order if m in SCST_MODELS or m in ABLATIONS) \
-        if any(m in SCST_MODELS or m in ABLATIONS for m in order) else None  # fmt: skip
+    best_scst = max((metas[m]["summary"]["all_mean"], m) for m in order if m not in BASELINES) \
+        if any(m not in BASELINES for m in order) else None  # fmt: skip
     best_base = max((metas[m]["summary"]["all_mean"], m) for m in order if m in BASELINES) \
         if any(m in BASELINES for m in order) else None  # fmt: skip
     if best_scst and best_base:

@@ -26,7 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="demo_output", help="output folder")
     parser.add_argument("--test-section", default="C6", help="held-out section predicted from its image")
-    parser.add_argument("--epochs", type=int, default=15, help="HGGEP training epochs (bench_config: 30)")
+    parser.add_argument("--epochs", type=int, default=None, help="HGGEP training epochs (default: bench_config's)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,7 +78,7 @@ def main() -> None:
     scst.models.HGGEP.setup_sdata(sdata, genes=genes, sections=train)
     model = scst.models.HGGEP(sdata, **scst.models.HGGEP.bench_config)
     t1 = time.perf_counter()
-    model.train(max_epochs=args.epochs, enable_progress_bar=False)
+    model.train(max_epochs=args.epochs or model.config["max_epochs"], enable_progress_bar=False)
     secs = time.perf_counter() - t1
     print(f"HGGEP (bench_config, random init) trained on {train} for {len(model.history)} epochs in {secs:.0f} s")
     model.save(out / "hggep_model", overwrite=True)

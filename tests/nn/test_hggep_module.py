@@ -146,7 +146,11 @@ def test_ablation_switches_remove_parts():
     assert _n_params(no_cbam) == n_full - sum(_n_params(p.cbam) for p in full.stage_proj)
 
     no_ham = HGGEPModule(7, **SMALL, use_ham=False)
-    assert no_ham.ham is None and _n_params(no_ham) == n_full - _n_params(full.ham)
+    # HAM and the LayerNorm of its LSTM step (2 * dim parameters) go
+    assert no_ham.ham is None and _n_params(no_ham) == n_full - _n_params(full.ham) - 2 * 64
+    assert len(no_ham.step_norms) == 3 and len(full.step_norms) == 4
+    no_norm = HGGEPModule(7, **SMALL, step_norm=False)
+    assert no_norm.step_norms is None and _n_params(no_norm) == n_full - 4 * 2 * 64
 
     no_zinb = HGGEPModule(7, **SMALL, use_zinb=False)
     assert _n_params(no_zinb) == n_full - 3 * (64 * 7 + 7)
@@ -233,3 +237,21 @@ def test_input_validation():
         HGGEPModule(4, **{**SMALL, "dim": 72})
     with pytest.raises(ValueError, match="backbone"):
         HGGEPModule(4, **SMALL, backbone="resnet18")
+
+
+def test_step_norm_makes_the_lstm_input_scale_free():
+    # The ViT/HAM residual stream can grow large; with step_norm the LSTM sees the same inputs at any scale
+    # (no gate saturation), without it the representation changes.
+    torch.manual_seed(0)
+    x, coords, pos = torch.randn(12, 3, 112, 112), torch.randint(0, 30, (12, 2)), torch.rand(12, 2) * 100
+    for step_norm in (True, False):
+        cfg = {**HGGEP_BENCH["cpu_small"]["config"], "use_ham": False, "step_norm": step_norm}
+        m = HGGEPModule(5, **cfg).eval()
+        h = m(x, coords, pos)["hidden"]
+        for vit in m.vits:
+            vit.register_forward_hook(lambda _, __, out: out * 50.0)
+        h_big = m(x, coords, pos)["hidden"]
+        if step_norm:
+            torch.testing.assert_close(h_big, h, atol=1e-4, rtol=1e-3)
+        else:
+            assert (h_big - h).abs().max() > 1e-2
