@@ -147,6 +147,28 @@ class _SetupRegistry:
             return None
         return json.loads(raw) if isinstance(raw, str) else dict(raw)
 
+    @classmethod
+    def _find_adata(cls, data: Any, table: str | None = None) -> Any:
+        """The object holding the registry: AnnData/MuData itself, or the SpatialData table set up for ``cls``."""
+        if hasattr(data, "tables"):
+            if table is not None:
+                return _get_table(data, table)
+            found = [k for k, t in data.tables.items() if cls._read_registry(t) is not None]
+            if len(found) > 1:
+                raise ValueError(
+                    f"Several tables of the SpatialData are set up for {cls.__name__}: {found}; "
+                    f"set up only one, or pass `sdata.tables[key]`."
+                )
+            if not found:
+                raise ValueError(
+                    f"No table of the SpatialData is set up for {cls.__name__}; call "
+                    f"`scst.models.{cls.__name__}.setup_sdata(sdata)` first."
+                )
+            return data.tables[found[0]]
+        if not hasattr(data, "uns"):
+            raise TypeError(f"`data` must be AnnData, MuData or SpatialData, got {type(data).__name__}.")
+        return data
+
 
 class BaseModel(_SetupRegistry, ABC):
     """Base class of scst models (scvi-tools-style surface, Lightning training, safetensors checkpoints).
@@ -245,28 +267,6 @@ class BaseModel(_SetupRegistry, ABC):
         if reg is None:
             raise RuntimeError(f"{cls.__name__}.setup_anndata did not call `_register`.")
         cls._register(adata, {**reg, "table": table})
-
-    @classmethod
-    def _find_adata(cls, data: Any, table: str | None = None) -> Any:
-        """The object holding the registry: AnnData/MuData itself, or the SpatialData table set up for ``cls``."""
-        if hasattr(data, "tables"):
-            if table is not None:
-                return _get_table(data, table)
-            found = [k for k, t in data.tables.items() if cls._read_registry(t) is not None]
-            if len(found) > 1:
-                raise ValueError(
-                    f"Several tables of the SpatialData are set up for {cls.__name__}: {found}; "
-                    f"set up only one, or pass `sdata.tables[key]`."
-                )
-            if not found:
-                raise ValueError(
-                    f"No table of the SpatialData is set up for {cls.__name__}; call "
-                    f"`scst.models.{cls.__name__}.setup_sdata(sdata)` first."
-                )
-            return data.tables[found[0]]
-        if not hasattr(data, "uns"):
-            raise TypeError(f"`data` must be AnnData, MuData or SpatialData, got {type(data).__name__}.")
-        return data
 
     # ------------------------------------------------------------------ construction
     def __init__(self, data: Any, **config: Any) -> None:

@@ -26,7 +26,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
 from .._constants import SECTION_KEY, TABLE_KEY
 from .._logging import logg
@@ -34,7 +33,7 @@ from .._utils import _atomic_dir, _check_key, _get_table
 from ._base import _jsonable, _scst_version, _SetupRegistry
 from ._hggep import _check_sections, _ImageModel
 from ._hggep import _resolve_panel as _resolve_panel_and_key
-from ._tcgn import TCGN, _NoSingletonBatches, _SpotBatches
+from ._tcgn import TCGN, _spot_dataloaders
 
 __all__ = ["MeanExpression", "RidgeExpression", "STNet", "build_backbone", "load_backbone_weights"]
 
@@ -224,19 +223,6 @@ class _ClosedFormModel(_SetupRegistry):
         self.history: pd.DataFrame | None = None
         self._is_trained = False
 
-    @classmethod
-    def _find_adata(cls, data: Any, table: str | None = None) -> Any:
-        if hasattr(data, "tables"):
-            if table is not None:
-                return _get_table(data, table)
-            found = [k for k, t in data.tables.items() if cls._read_registry(t) is not None]
-            if len(found) != 1:
-                return _get_table(data, TABLE_KEY)
-            return data.tables[found[0]]
-        if not hasattr(data, "obs"):
-            raise TypeError(f"`data` must be AnnData or SpatialData, got {type(data).__name__}.")
-        return data
-
     @property
     def var_names(self) -> list[str]:
         """Gene panel predicted by the model."""
@@ -346,7 +332,9 @@ class _ClosedFormModel(_SetupRegistry):
         model._set_extra_state(attrs.get("extra", {}))
         model.data = model.adata = None
         if data is not None:
-            adata = cls._find_adata(data, model.registry.get("table") if hasattr(data, "tables") else None)
+            adata = cls._find_adata(
+                data, (model.registry.get("table") or TABLE_KEY) if hasattr(data, "tables") else None
+            )
             if cls._read_registry(adata) is None:
                 cls._register(adata, model.registry)
             model.data, model.adata = data, adata
@@ -708,17 +696,6 @@ class STNet(_ImageModel):
         return {"n_genes": len(self.registry["var_names"]), "backbone": self.config["backbone"]}
 
     def _dataloaders(self, batch_size: int, validation: Any, seed: int, **kwargs: Any):
-        if kwargs:
-            raise TypeError(f"Unexpected dataloader_kwargs {sorted(kwargs)} for STNet.")
-        train, val = self._training_sections(validation, seed)
-        tr = _SpotBatches(train, bool(self.config["augment"]))
-        gen = torch.Generator().manual_seed(seed)
-        sampler = _NoSingletonBatches(RandomSampler(tr, generator=gen), batch_size, drop_last=False)
-        train_dl = DataLoader(tr, sampler=sampler, batch_size=None)
-        val_dl = None
-        if val:
-            va = _SpotBatches(val, False)
-            val_dl = DataLoader(va, sampler=BatchSampler(SequentialSampler(va), batch_size, False), batch_size=None)
-        return train_dl, val_dl
+        return _spot_dataloaders(self, batch_size, validation, seed, kwargs, torch.Generator().manual_seed(seed))
 
     _predict_section = TCGN._predict_section  # one spot per patch, as TCGN

@@ -54,6 +54,21 @@ class _NoSingletonBatches(BatchSampler):
         return n // bs + int(n % bs > 1)
 
 
+def _spot_dataloaders(model: Any, batch_size: int, validation: Any, seed: int, kwargs: dict, generator=None):
+    """(train, validation) loaders of single-spot models: shuffled spot batches, sequential validation spots."""
+    if kwargs:
+        raise TypeError(f"Unexpected dataloader_kwargs {sorted(kwargs)} for {type(model).__name__}.")
+    train, val = model._training_sections(validation, seed)
+    tr = _SpotBatches(train, bool(model.config["augment"]))
+    sampler = _NoSingletonBatches(RandomSampler(tr, generator=generator), batch_size, drop_last=False)
+    train_dl = DataLoader(tr, sampler=sampler, batch_size=None)
+    val_dl = None
+    if val:
+        va = _SpotBatches(val, False)
+        val_dl = DataLoader(va, sampler=BatchSampler(SequentialSampler(va), batch_size, False), batch_size=None)
+    return train_dl, val_dl
+
+
 class TCGN(_ImageModel):
     """TCGN: expression of one spot from its H&E patch alone (no coordinates, no neighbours).
 
@@ -124,17 +139,7 @@ class TCGN(_ImageModel):
         return {"n_genes": len(self.registry["var_names"]), **kw}
 
     def _dataloaders(self, batch_size: int, validation: Any, seed: int, **kwargs: Any):
-        if kwargs:
-            raise TypeError(f"Unexpected dataloader_kwargs {sorted(kwargs)} for TCGN.")
-        train, val = self._training_sections(validation, seed)
-        tr = _SpotBatches(train, bool(self.config["augment"]))
-        sampler = _NoSingletonBatches(RandomSampler(tr), batch_size, drop_last=False)
-        train_dl = DataLoader(tr, sampler=sampler, batch_size=None)
-        val_dl = None
-        if val:
-            va = _SpotBatches(val, False)
-            val_dl = DataLoader(va, sampler=BatchSampler(SequentialSampler(va), batch_size, False), batch_size=None)
-        return train_dl, val_dl
+        return _spot_dataloaders(self, batch_size, validation, seed, kwargs)
 
     def _output_layer(self) -> torch.nn.Linear:
         return self.module.head[-1]
