@@ -255,3 +255,15 @@ def test_step_norm_makes_the_lstm_input_scale_free():
             torch.testing.assert_close(h_big, h, atol=1e-4, rtol=1e-3)
         else:
             assert (h_big - h).abs().max() > 1e-2
+
+
+def test_bf16_autocast_forward_and_loss():
+    # Mixed precision (the GPU benchmark's bf16 runs): the LSTM is kept in float32 (oneDNN has no bf16 LSTM).
+    torch.manual_seed(5)
+    m = HGGEPModule(7, **SMALL)
+    b = _planted_batch(8, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m.loss(b)
+    assert out["pred"].dtype == torch.bfloat16 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in m.parameters())

@@ -356,7 +356,9 @@ class HGGEPModule(nn.Module):
             steps.append(self.ham(fused, hyperedge_index))
         if self.step_norms is not None:
             steps = [norm(step) for norm, step in zip(self.step_norms, steps)]
-        seq, _ = self.lstm(torch.stack(steps, dim=0))  # (steps, n, lstm_hidden): spots are the batch
+        # The LSTM runs in float32 under autocast: oneDNN has no bf16 LSTM, and the recurrence loses precision.
+        with torch.autocast(patches.device.type, enabled=False):
+            seq, _ = self.lstm(torch.stack(steps, dim=0).float())  # (steps, n, lstm_hidden): spots are the batch
         h = seq.mean(dim=0)
         out = {"pred": self.gene_head(h), "hidden": h}
         if self.use_zinb:
