@@ -6,7 +6,8 @@ Run from the repository root (all methods, then the markdown)::
 
 Parts can be rerun: ``--methods hggep,tcgn`` (results of other methods are kept in ``--results``), ``--sections``
 (folds), ``--epochs hggep=20,tcgn=10`` (override ``bench_config["max_epochs"]``), ``--ablations`` (HGGEP without
-GEM / CBAM / HAM / ZINB, 40 / 160 µm patches), ``--report-only`` (rewrite the markdown from saved results).
+GEM / CBAM / HAM / ZINB, 40 / 160 µm patches, a longer run), ``--report-only`` (rewrite the markdown from saved
+results).
 
 Methods: ``mean`` (training mean), ``handcrafted`` (colour/stain/texture features + ridge), ``encoder``
 (random-init ResNet-18 embedding + ridge), ``stnet`` (ResNet-18 ST-Net-style CNN), ``tcgn``, ``hggep``. Every
@@ -38,6 +39,7 @@ if "SCST_DATA_DIR" not in os.environ and (ROOT.parent / "shared" / "data").is_di
     os.environ["SCST_DATA_DIR"] = str(ROOT.parent / "shared" / "data")
 METHODS = ("mean", "handcrafted", "encoder", "stnet", "tcgn", "hggep")
 # HGGEP variants: keyword overrides of bench_config; ``size_um`` changes the patch's field of view (still 112 px).
+# ``--ablations`` runs them all.
 ABLATIONS = {
     "hggep_no_gem": {"use_gem": False},
     "hggep_no_cbam": {"use_cbam": False},
@@ -45,6 +47,8 @@ ABLATIONS = {
     "hggep_no_zinb": {"use_zinb": False},
     "hggep_patch_40um": {"size_um": 40.0},
     "hggep_patch_160um": {"size_um": 160.0},
+    "hggep_long": {"max_epochs": 80, "patience": 15},
+    "hggep_no_step_norm": {"step_norm": False},
 }
 LABELS = {
     "mean": "training mean",
@@ -59,6 +63,8 @@ LABELS = {
     "hggep_no_zinb": "HGGEP, no ZINB",
     "hggep_patch_40um": "HGGEP, 40 µm patches",
     "hggep_patch_160um": "HGGEP, 160 µm patches",
+    "hggep_long": "HGGEP, up to 80 epochs (patience 15)",
+    "hggep_no_step_norm": "HGGEP, no LayerNorm on the LSTM inputs",
     # Earlier runs at the first bench_config (lr 1e-3, random output weights, no LayerNorm on the LSTM inputs)
     "hggep_v0": "HGGEP, first setting (lr 1e-3, random head, no step norm)",
     "hggep_v0_no_gem": "HGGEP, first setting, no GEM",

@@ -204,9 +204,10 @@ class HGGEPModule(nn.Module):
       :func:`scst.nn.knn_hyperedges`), unit hyperedge weights, ``dropout`` only in training. The
       residual connection is from the code (the paper's eq. 18 has none).
     * ``step_norm`` (default True, not in the paper or the code): a LayerNorm on each LSTM input step. The
-      ViT/HAM residual stream is not normalised; without pretrained weights its scale grows to ~10 during
-      training, the LSTM gates saturate and ``h`` becomes the same for every spot (measured on her2st
-      training sections: across-spot sd of ``h`` 0.016 of 0.62, predictions collapse to the gene means).
+      ViT/HAM residual stream is not normalised and its scale grew to ~10 when training from random
+      weights; the norm keeps the LSTM inputs at unit scale. It did not by itself stop the collapse of
+      ``h`` to one vector for all spots seen at lr 1e-3 (that took a lower lr and zero-initialised output
+      weights, see ``scst.models.HGGEP.bench_config``); its effect is measured in the benchmark's ablation.
       ``step_norm=False`` gives the paper's network.
     * The code also trains with Hist2ST's self-distillation over 5 augmented copies (``bake``), which
       the paper does not describe; it is not part of this module.
