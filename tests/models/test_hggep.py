@@ -66,6 +66,22 @@ def test_validation_is_a_training_section():
     assert {"train_loss", "val_loss", "val_mse", "val_zinb"} <= set(model.history)
 
 
+def test_zero_head_starts_at_the_training_means():
+    sd = syn.make_sdata()
+    HGGEP.setup_sdata(sd, sections=["S1", "S2"], **SETUP)
+    tab = sd.tables["table"]
+    for zero_head in (True, False):
+        model = HGGEP(sd, **{**HGGEP.bench_config, "zero_head": zero_head})
+        model._training_sections(False, seed=0)  # sets the output bias (and, with zero_head, zero weights)
+        pred = model.predict(sd, "S3", progress=False)
+        train = tab.obs["section"].isin(["S1", "S2"]).to_numpy()
+        means = log_normalized(tab[train], model.var_names).mean(0)
+        if zero_head:  # every spot gets the training mean of each gene, before any step
+            np.testing.assert_allclose(pred, np.broadcast_to(means, pred.shape), rtol=1e-5, atol=1e-5)
+        else:  # random output weights: spots differ from the start
+            assert pred.std(0).mean() > 1e-3
+
+
 def test_save_load_roundtrip(trained, tmp_path):
     sd, model = trained
     model.save(tmp_path / "m")
