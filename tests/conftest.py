@@ -13,6 +13,20 @@ if "SCST_DATA_DIR" not in os.environ and SHARED.is_dir():
     os.environ["SCST_DATA_DIR"] = str(SHARED)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``).
+
+    CI has 2 shared cores: intra-op threads oversubscribe and slow the small training tests down several-fold.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def her2st_sdata():
     """All five HER2+ sections with images (zarr cache built once, then opened lazily)."""

@@ -17,13 +17,7 @@ from scst.pp._graph_matrix import cell_graph, graph_matrix
 FAST = {**GCNG.bench_config, "max_epochs": 4, "patience": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two shared cores: intra-op threads oversubscribe and slow small models down several-fold.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def niche_data(n_side: int = 8, n_pairs: int = 60, seed: int = 0) -> tuple[AnnData, list[tuple[str, str, str]]]:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from scst.models._hggep import HGGEP, _random_windows, _tiling_windows
 from scst.tl._expression import log_normalized
@@ -21,12 +20,7 @@ _spec.loader.exec_module(syn)
 SETUP = {"size_um": syn.SIZE_UM, "patch_px": 64}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: two threads spin against other processes
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

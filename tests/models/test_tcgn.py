@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from scst.models._tcgn import TCGN
 from scst.tl._expression import log_normalized as normalized_expression
@@ -17,12 +16,7 @@ syn = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(syn)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

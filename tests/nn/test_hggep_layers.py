@@ -17,14 +17,7 @@ from scst.nn._layers import (
     zinb_nll,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI/dev machine has 2 shared cores: intra-op threads fighting other jobs cost 10x+ wall time.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cdc_by_hand(x, w, theta, stride=1):

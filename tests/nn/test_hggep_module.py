@@ -10,13 +10,7 @@ SMALL = {**HGGEP_BENCH["cpu_small"]["config"], "dim": 64, "hg_hidden": 32, "lstm
 PX = 112
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI/dev machine has 2 shared cores: intra-op threads fighting other jobs cost 10x+ wall time.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _n_params(m):

@@ -4,14 +4,7 @@ import torch
 from scst.nn import _tcgn
 from scst.nn._tcgn import TCGN_BENCH, TCGNModule, _ChannelAttentionFusion, _GraphBlock, topk_graph
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the CI machine has 2 shared cores; oversubscribed intra-op threads make the training tests crawl
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # 64 px: stage grids 16/8/4/2, a 4x4 graph grid; small enough to train for a few dozen steps in seconds

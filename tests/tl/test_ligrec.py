@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-import torch
 from anndata import AnnData
 
 from scst.models._gcng import GCNG
@@ -29,13 +28,7 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 FAST = {**GCNG.bench_config, "max_epochs": 4, "patience": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two shared cores: intra-op threads oversubscribe and slow small models down several-fold.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

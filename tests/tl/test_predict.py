@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from scst.models._baselines import MeanExpression, RidgeExpression
 from scst.models._tcgn import TCGN
@@ -24,12 +23,7 @@ PANEL = ["UP", "DOWN", "NOISE0", "HOUSE"]
 CONFIG = {**TCGN.bench_config, "img_size": 64}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
