@@ -5,7 +5,7 @@ steps and its ``run`` step needs only numpy, torch and ``scst.nn``:
 
 1. ``export`` (here, full scst install): her2st C2–C6 → ``benchmarks/_out/gpu_cache/her2st_112px.npz`` with the
    546-gene panel of ``bench_expression.py``, 112 px patches of 80 µm (uint8), panel counts, library sizes (all
-   genes), array and µm coordinates (about 35 MB).
+   genes), array and µm coordinates (28 MiB).
 2. ``run`` (GPU machine, repository checkout with the cache carried)::
 
        PYTHONPATH=src python benchmarks/gpu_expression.py run --model hggep --precision bf16 --results $OUT
@@ -15,9 +15,10 @@ steps and its ``run`` step needs only numpy, torch and ``scst.nn``:
 
 Training follows the scst models: one validation section drawn from the training sections (never the test
 section) for early stopping on the validation MSE, output bias at the training means, random flips/90° rotations,
-AdamW. HGGEP: one whole section per step, paper network (``HGGEP_BENCH["paper"]``), lr 1e-5, 400 epochs, patience
-50. TCGN: the ``TCGNModule`` defaults (the authors' CMT-Ti widths, 224 px: the 112 px patches are resized
-bilinearly), batch 32, lr 1e-4, 100 epochs, patience 10. No pretrained weights (none can be downloaded).
+AdamW. HGGEP: one whole section per step, paper network (``HGGEP_BENCH["paper"]``, with scst's default LayerNorm
+on the LSTM inputs and random output weights), lr 1e-5, 400 epochs, patience 50. TCGN: the ``TCGNModule``
+defaults (the authors' CMT-Ti widths, 224 px: the 112 px patches are resized bilinearly), batch 32, lr 1e-4,
+100 epochs, patience 10. No pretrained weights (none can be downloaded).
 """
 
 from __future__ import annotations
