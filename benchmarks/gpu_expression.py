@@ -212,6 +212,8 @@ def run_fold(model_name: str, test: str, data: dict, n_genes: int, args) -> dict
             bad += 1
             if bad >= hp["patience"]:
                 break
+    if best_state is None:
+        raise FloatingPointError(f"{model_name} fold {test}: the validation MSE was never finite ({history}).")
     net.load_state_dict(best_state)
     net.eval()
     sec = data[test]
