@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
+from _page import machine_line, write_page
 
 import scst.datasets
-from scst._utils import _atomic_file
 from scst.models._baselines import MeanExpression, RidgeExpression
 from scst.pp import select_genes
 from scst.pp._features import handcrafted_features
@@ -91,21 +90,9 @@ def main() -> None:
     lines += [f"| {name} | {k:,} | {wall:.2f} | {cpu:.2f} | {cpu / k * 1000:.2f} |" for name, k, wall, cpu in rows]
     lines += [
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores **shared with other "
-        f"jobs during the run** (1-min load average {load_before[0]:.1f} before, {load_after[0]:.1f} after), "
-        f"torch {torch.__version__}.",
-        "",
-        "Reproduce:",
-        "",
-        "```bash",
-        COMMAND,
-        "```",
-        "",
+        machine_line(load_before, load_after),
     ]
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_file(OUT) as tmp:
-        tmp.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_page(OUT, lines, COMMAND)
 
 
 if __name__ == "__main__":

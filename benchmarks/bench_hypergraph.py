@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -21,8 +20,8 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import torch
+from _page import machine_line, write_page
 
-from scst._utils import _atomic_file
 from scst.nn._hypergraph import knn_hyperedges
 from scst.pp._hypergraph import hypergraph
 
@@ -105,23 +104,11 @@ def main() -> None:
         "",
         f"Fast path vs dense ranking on the 10,000-spot data: {same:.2%} of hyperedges identical.",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores **shared with other "
-        f"jobs during the run** (1-min load average {load_before[0]:.1f} before, {load_after[0]:.1f} after), "
-        f"torch {torch.__version__}. Goal: 100k spots in < 10 s on 2 cores. With the cores already busy, "
-        "2 torch threads contend with the other jobs, which is why the 2-thread rows can be slower than the "
+        machine_line(load_before, load_after) + " Goal: 100k spots in < 10 s on 2 cores. With the cores already "
+        "busy, 2 torch threads contend with the other jobs, which is why the 2-thread rows can be slower than the "
         "1-thread rows.",
-        "",
-        "Reproduce:",
-        "",
-        "```bash",
-        COMMAND,
-        "```",
-        "",
     ]
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_file(OUT) as tmp:
-        tmp.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_page(OUT, lines, COMMAND)
 
 
 if __name__ == "__main__":

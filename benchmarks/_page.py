@@ -1,0 +1,29 @@
+"""What the benchmark pages share: the machine line and the 'Reproduce' footer, written atomically."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from scst._utils import _atomic_file
+
+
+def machine_line(load_before: tuple[float, ...], load_after: tuple[float, ...]) -> str:
+    """CPU, core count, the 1-min load average around the run (the cores are shared) and the torch version."""
+    return (
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores **shared with other "
+        f"jobs during the run** (1-min load average {load_before[0]:.1f} before, {load_after[0]:.1f} after), "
+        f"torch {torch.__version__}."
+    )
+
+
+def write_page(out: Path, lines: list[str], command: str) -> None:
+    """Append the 'Reproduce' block for ``command``, write ``out`` atomically and print the page."""
+    lines = [*lines, "", "Reproduce:", "", "```bash", command, "```", ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _atomic_file(out) as tmp:
+        tmp.write_text("\n".join(lines))
+    print("\n".join(lines))
