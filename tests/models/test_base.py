@@ -216,7 +216,8 @@ def test_setup_required_and_config_checked():
 
 
 def test_setup_sdata():
-    sd = pytest.importorskip("spatialdata")
+    import spatialdata as sd
+
     adata = make_adata()
     sdata = sd.SpatialData(tables={"expr": adata})
     ToyRegression.setup_sdata(sdata, table="expr")

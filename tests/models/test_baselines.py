@@ -190,7 +190,6 @@ def test_build_backbone_and_local_weights(tmp_path):
 
 
 def test_build_backbone_falls_back_to_timm(tmp_path):
-    pytest.importorskip("timm")
     net, dim = build_backbone("resnet10t")  # timm-only name: not in torchvision
     assert dim == 512
     assert net.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 512)

@@ -197,7 +197,8 @@ def test_backbone_weights_by_torchvision_name(monkeypatch):
 
 
 def test_state_dict_round_trip_through_safetensors(tmp_path):
-    safetensors_torch = pytest.importorskip("safetensors.torch")
+    import safetensors.torch as safetensors_torch
+
     torch.manual_seed(6)
     m = HGGEPModule(5, **SMALL).eval()
     path = tmp_path / "model.safetensors"
