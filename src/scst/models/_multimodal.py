@@ -1,0 +1,418 @@
+"""MultimodalST: histology ↔ RNA model of Berjaoui, Sanchez et al. (2024) on MuData.
+
+The network (RNA group-token transformer with masked-autoencoder and contrastive pre-training, ViT patch encoder
+with a triplet loss, ALBEF-style alignment, fusion encoder with matching and RNA-decoder heads) lives in
+:mod:`scst.nn._multimodal`; this class owns the MuData registry, the loaders, staged training and persistence.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import sparse
+from torch.utils.data import DataLoader
+
+from .._logging import logg
+from ..nn._multimodal import LOSS_TERMS, MultimodalModule
+from ..pp._mudata import LINK_KEY, PATCH_KEY
+from ._base import BaseModel
+
+__all__ = ["MultimodalST"]
+
+
+def _dense(X: Any) -> np.ndarray:
+    return np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float32)
+
+
+def _codes(values: pd.Series, categories: list[str]) -> np.ndarray:
+    """Group codes into ``categories``; missing/unknown values get unique negative codes (no positive pair)."""
+    lookup = {c: i for i, c in enumerate(categories)}
+    out = np.array([lookup.get(str(v), -1) if pd.notna(v) else -1 for v in values], dtype=np.int64)
+    bad = np.flatnonzero(out < 0)
+    out[bad] = -(bad + 1)
+    return out
+
+
+def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random element of the dihedral group (flip × rot90) per uint8 patch."""
+    r = torch.randint(0, 8, (len(x),), generator=generator)
+    x = x.clone()
+    flip = r >= 4
+    x[flip] = torch.flip(x[flip], dims=(3,))
+    for k in (1, 2, 3):
+        sel = (r % 4) == k
+        if sel.any():
+            x[sel] = torch.rot90(x[sel], k, dims=(2, 3))
+    return x
+
+
+class _Items(torch.utils.data.Dataset):
+    """Training items ``(image row or -1, RNA row or -1)``, collated into the batch dict of ``MultimodalModule``."""
+
+    def __init__(self, pairs: np.ndarray, data: dict[str, np.ndarray], augment: bool, seed: int):
+        self.pairs, self.data, self.augment = pairs, data, augment
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def collate(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        p = self.pairs[np.asarray(idx)]
+        img_row, rna_row = p[:, 0], p[:, 1]
+        has_img, has_rna = img_row >= 0, rna_row >= 0
+        d = self.data
+        img = d["img"][np.where(has_img, img_row, 0)]
+        img = torch.from_numpy(np.ascontiguousarray(img))
+        if self.augment and img.ndim == 4:
+            img = _augment(img, self.generator)
+        return {
+            "rna": torch.from_numpy(d["rna"][np.where(has_rna, rna_row, 0)]),
+            "img": img,
+            "has_rna": torch.from_numpy(has_rna),
+            "has_img": torch.from_numpy(has_img),
+            "rna_id": torch.from_numpy(np.where(has_rna, rna_row, -1)),
+            "rna_group": torch.from_numpy(np.where(has_rna, d["rna_group"][rna_row], -(10**9) - np.arange(len(p)))),
+            "img_group": torch.from_numpy(np.where(has_img, d["img_group"][img_row], -(10**9) - np.arange(len(p)))),
+        }
+
+
+class MultimodalST(BaseModel):
+    """Histology ↔ RNA model (Berjaoui, Sanchez et al. 2024) on a MuData with modalities ``rna`` and ``image``.
+
+    Set up with :meth:`setup_mudata`, then ``MultimodalST(mdata, **config).train()``: unimodal pre-training
+    (``pretrain_epochs``: RNA masked autoencoder + RNA contrastive + image triplet losses), then joint training
+    (image–RNA contrastive, matching on hard negatives, RNA decoder). Unpaired samples (patches without an RNA sample,
+    RNA samples without patches) are allowed: they enter the unimodal losses only.
+
+    Parameters
+    ----------
+    data
+        MuData set up with :meth:`setup_mudata` (e.g. from :func:`scst.pp.to_mudata`).
+    **config
+        Overrides of the defaults (see ``MultimodalST._default_config``): network sizes (``dim``, ``rna_depth``,
+        ``image_depth``, ``fusion_depth``, ``heads``, ``dropout``, ``embed_dim``), ``image_encoder`` (``"vit"``, a
+        torchvision/timm backbone name, or ``"mlp"`` on embeddings in ``image.obsm``), ``image_weights`` (local
+        state_dict file for the image encoder, e.g. ImageNet or SSL weights; nothing is downloaded), ``sub_patch``,
+        temperatures ``tau``/``tau_c``, triplet ``margin``, loss ``weights`` (:data:`scst.nn._multimodal.LOSS_TERMS`;
+        0 switches a term off), ``unimodal_in_joint``, ``freeze_encoders``, ``match_on`` (``"sample"`` or
+        ``"group"``), ``pretrain_epochs``, ``augment``.
+
+    Examples
+    --------
+    >>> scst.pp.gene_groups(mdata["rna"], network=None, n_groups=7)
+    >>> scst.models.MultimodalST.setup_mudata(mdata, group_key="label")
+    >>> model = scst.models.MultimodalST(mdata, **scst.models.MultimodalST.bench_config).train()
+    >>> scst.tl.retrieve(mdata_test, model, query="image", k=5)
+    """
+
+    _module_cls = MultimodalModule
+    _default_config: ClassVar[dict[str, Any]] = {
+        "dim": 128,
+        "rna_depth": 4,
+        "image_depth": 6,
+        "fusion_depth": 2,
+        "heads": 8,
+        "dropout": 0.1,
+        "image_encoder": "vit",
+        "image_weights": None,
+        "sub_patch": 16,
+        "embed_dim": 128,
+        "tau": 0.1,
+        "tau_c": 0.07,
+        "margin": 0.5,
+        "weights": {},
+        "unimodal_in_joint": False,
+        "freeze_encoders": False,
+        "match_on": "sample",
+        "pretrain_epochs": 20,
+        "augment": True,
+        "max_epochs": 50,
+        "batch_size": 64,
+        "lr": 1e-4,
+        "weight_decay": 0.05,
+        "optimizer": "adamw",
+    }
+    #: Small CPU settings: 64 px patches (resize with ``to_mudata(out_px=64)``), 8 px sub-patches.
+    bench_config: ClassVar[dict[str, Any]] = {
+        "dim": 64,
+        "rna_depth": 2,
+        "image_depth": 2,
+        "fusion_depth": 1,
+        "heads": 4,
+        "sub_patch": 8,
+        "embed_dim": 64,
+        "pretrain_epochs": 5,
+        "max_epochs": 15,
+        "batch_size": 64,
+        "lr": 5e-4,
+        "patience": 5,
+    }
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def setup_mudata(
+        cls,
+        mdata: Any,
+        *,
+        group_key: str = "label",
+        rna: str = "rna",
+        image: str = "image",
+        link_key: str = LINK_KEY,
+        gene_group_key: str = "gene_group",
+        patch_key: str = PATCH_KEY,
+    ) -> None:
+        """Validate ``mdata`` and store the registry in ``mdata.uns["_scst_setup"]["MultimodalST"]``.
+
+        Parameters
+        ----------
+        mdata
+            MuData with modalities ``rna`` (log1p-normalised expression in ``X``; groups in
+            ``var[gene_group_key]``, from :func:`scst.pp.gene_groups`) and ``image`` (``obsm[patch_key]``: uint8
+            ``(n, 3, px, px)`` patches, or a 2-D embedding for ``image_encoder="mlp"``; ``obs[link_key]``: the
+            patch's RNA sample, NaN when unpaired).
+        group_key
+            ``obs`` column of both modalities defining positives (paper: lineage); a patch without it takes its
+            RNA sample's group.
+        rna, image
+            Modality names.
+        link_key, gene_group_key, patch_key
+            Keys described above.
+        """
+        for name in (rna, image):
+            if name not in getattr(mdata, "mod", {}):
+                raise KeyError(f"mdata: modality {name!r} missing; has {list(getattr(mdata, 'mod', {}))}.")
+        r, im = mdata[rna], mdata[image]
+        if gene_group_key not in r.var:
+            raise KeyError(
+                f"mdata[{rna!r}].var lacks {gene_group_key!r}; run scst.pp.gene_groups(mdata[{rna!r}], ...) first."
+            )
+        groups = r.var[gene_group_key].to_numpy(dtype=np.int64)
+        panel = r.var_names[groups >= 0]
+        if len(panel) == 0:
+            raise ValueError(f"mdata[{rna!r}].var[{gene_group_key!r}]: no gene is in a group (all -1).")
+        uniq = np.unique(groups[groups >= 0])
+        group_of_gene = np.searchsorted(uniq, groups[groups >= 0])
+        if patch_key not in im.obsm:
+            raise KeyError(f"mdata[{image!r}].obsm lacks {patch_key!r} (patches or patch embeddings).")
+        arr = im.obsm[patch_key]
+        if arr.ndim == 4:
+            if arr.shape[1] != 3 or arr.shape[2] != arr.shape[3]:
+                raise ValueError(f"mdata[{image!r}].obsm[{patch_key!r}]: expected (n, 3, px, px), got {arr.shape}.")
+            shape = {"image_px": int(arr.shape[-1]), "image_features": None}
+        elif arr.ndim == 2:
+            shape = {"image_px": None, "image_features": int(arr.shape[1])}
+        else:
+            raise ValueError(f"mdata[{image!r}].obsm[{patch_key!r}]: expected 4-D patches or 2-D embeddings.")
+        if link_key not in im.obs:
+            raise KeyError(f"mdata[{image!r}].obs lacks the link column {link_key!r}.")
+        link = im.obs[link_key]
+        linked = link.notna() & link.astype(str).isin(r.obs_names)
+        n_bad = int((link.notna() & ~linked).sum())
+        if n_bad:
+            warnings.warn(
+                f"setup_mudata: {n_bad} of {im.n_obs} patches link to no sample of mdata[{rna!r}] (unmatched; "
+                "they are used as unpaired patches).",
+                UserWarning,
+                stacklevel=2,
+            )
+        if not linked.any():
+            raise ValueError(f"setup_mudata: no patch of mdata[{image!r}] links to a sample of mdata[{rna!r}].")
+        if group_key not in r.obs:
+            raise KeyError(f"mdata[{rna!r}].obs lacks group_key {group_key!r}.")
+        cats = pd.unique(pd.concat([r.obs[group_key], im.obs.get(group_key, pd.Series(dtype=object))]).dropna())
+        cls._register(
+            mdata,
+            {
+                "rna": rna,
+                "image": image,
+                "group_key": group_key,
+                "link_key": link_key,
+                "gene_group_key": gene_group_key,
+                "patch_key": patch_key,
+                "var_names": list(panel),
+                "group_of_gene": group_of_gene.tolist(),
+                "group_categories": sorted(str(c) for c in cats),
+                **shape,
+            },
+        )
+
+    # ------------------------------------------------------------------ module
+    def _module_kwargs(self) -> dict[str, Any]:
+        c, r = self.config, self.registry
+        weights = dict(c["weights"])
+        unknown = set(weights) - set(LOSS_TERMS)
+        if unknown:
+            raise ValueError(f"weights: unknown loss terms {sorted(unknown)}; expected some of {list(LOSS_TERMS)}.")
+        enc = c["image_encoder"]
+        if r["image_px"] is None and enc != "mlp":
+            raise ValueError("image_encoder: the image modality holds embeddings; use image_encoder='mlp'.")
+        return {
+            "group_of_gene": r["group_of_gene"],
+            **{k: c[k] for k in ("dim", "rna_depth", "image_depth", "fusion_depth", "heads", "dropout")},
+            "image_encoder": enc,
+            "image_px": r["image_px"] or 0,
+            "sub_patch": c["sub_patch"],
+            "image_features": r["image_features"],
+            **{k: c[k] for k in ("embed_dim", "tau", "tau_c", "margin", "unimodal_in_joint", "freeze_encoders")},
+            "weights": weights,
+            "match_on": c["match_on"],
+        }
+
+    def __init__(self, data: Any, **config: Any) -> None:
+        super().__init__(data, **config)
+        x = self._rna_matrix(self.data)
+        self.module.gene_mean.copy_(torch.from_numpy(x.mean(0)))
+        self.module.gene_std.copy_(torch.from_numpy(np.maximum(x.std(0), 1e-3)))
+        weights = self.config["image_weights"]
+        if weights:  # ImageNet / timm / hub names, local files, SSL weights (as the expression models take them)
+            from ..nn._backbones import build_backbone, load_weights
+
+            enc = self.module.image_encoder
+            if self.config["image_encoder"] in ("vit", "mlp"):
+                load_weights(enc, weights, where="image_weights")
+            else:
+                net, _ = build_backbone(self.config["image_encoder"], weights, where="image_weights")
+                enc.net.load_state_dict(net.state_dict())
+
+    def _validate_data(self, adata: Any) -> None:
+        reg = self.registry
+        for name in (reg["rna"], reg["image"]):
+            if name not in getattr(adata, "mod", {}):
+                raise ValueError(f"data: expected a MuData with modality {name!r}.")
+        missing = pd.Index(reg["var_names"]).difference(adata[reg["rna"]].var_names)
+        if len(missing):
+            raise ValueError(f"data: mdata[{reg['rna']!r}] lacks {len(missing)} panel genes, e.g. {list(missing[:5])}.")
+
+    # ------------------------------------------------------------------ data
+    def _rna_matrix(self, mdata: Any) -> np.ndarray:
+        r = mdata[self.registry["rna"]]
+        return _dense(r.X[:, r.var_names.get_indexer(self.registry["var_names"])])
+
+    def _image_array(self, mdata: Any) -> np.ndarray:
+        arr = mdata[self.registry["image"]].obsm[self.registry["patch_key"]]
+        arr = np.asarray(arr)
+        return arr if arr.ndim == 4 else arr.astype(np.float32)
+
+    def _arrays(self, mdata: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        reg = self.registry
+        r, im = mdata[reg["rna"]], mdata[reg["image"]]
+        cats = reg["group_categories"]
+        rna_group = _codes(r.obs[reg["group_key"]], cats)
+        link = im.obs[reg["link_key"]]
+        rna_row = r.obs_names.get_indexer(link.astype(str).where(link.notna(), "\x00"))
+        img_group = _codes(im.obs[reg["group_key"]], cats) if reg["group_key"] in im.obs else np.full(im.n_obs, -1)
+        from_rna = (img_group < 0) & (rna_row >= 0)
+        img_group[from_rna] = rna_group[rna_row[from_rna]]
+        data = {"rna": self._rna_matrix(mdata), "img": self._image_array(mdata), "rna_group": rna_group,
+                "img_group": img_group}  # fmt: skip
+        return data, rna_row
+
+    def _dataloaders(
+        self, batch_size: int, validation: Any, seed: int, **kwargs: Any
+    ) -> tuple[DataLoader, DataLoader | None]:
+        data, rna_row = self._arrays(self.data)
+        n_rna = len(data["rna"])
+        pairs = [np.c_[np.arange(len(rna_row)), rna_row]]
+        lonely = np.setdiff1d(np.arange(n_rna), rna_row[rna_row >= 0])
+        if len(lonely):
+            pairs.append(np.c_[np.full(len(lonely), -1), lonely])
+        pairs = np.concatenate(pairs).astype(np.int64)
+        frac = 0.1 if validation is None else float(validation)
+        if not 0 <= frac < 1:
+            raise ValueError(f"validation: expected a fraction of RNA samples in [0, 1), got {validation!r}.")
+        rng = np.random.default_rng(seed)
+        val_rna = rng.choice(n_rna, size=int(round(frac * n_rna)), replace=False) if frac > 0 else np.array([], int)
+        is_val = np.isin(pairs[:, 1], val_rna)
+        train_ds = _Items(pairs[~is_val], data, bool(self.config["augment"]), seed)
+        g = torch.Generator().manual_seed(seed)
+        train = DataLoader(train_ds, batch_size=batch_size, shuffle=True, collate_fn=train_ds.collate, generator=g,
+                           drop_last=len(train_ds) > batch_size)  # fmt: skip
+        if not is_val.any():
+            return train, None
+        val_ds = _Items(pairs[is_val], data, False, seed)
+        return train, DataLoader(val_ds, batch_size=batch_size, shuffle=False, collate_fn=val_ds.collate)
+
+    # ------------------------------------------------------------------ training
+    def train(self, max_epochs: int | None = None, pretrain_epochs: int | None = None, **kwargs: Any) -> MultimodalST:
+        """Staged training: ``pretrain_epochs`` of unimodal pre-training, then ``max_epochs`` of joint training.
+
+        Parameters
+        ----------
+        max_epochs
+            Joint-stage epochs (default ``config["max_epochs"]``); 0 skips the joint stage.
+        pretrain_epochs
+            Pre-training epochs (default ``config["pretrain_epochs"]``); 0 skips pre-training.
+        **kwargs
+            Passed to :meth:`scst.models.BaseModel.train` for both stages (``batch_size``, ``lr``, ``accelerator``,
+            ``validation``...).
+
+        Returns
+        -------
+        ``self``; ``history`` has a ``stage`` column.
+        """
+        pre = int(self.config["pretrain_epochs"] if pretrain_epochs is None else pretrain_epochs)
+        joint = int(self._train_setting("max_epochs", max_epochs))
+        frames = []
+        for stage, epochs in (("pretrain", pre), ("joint", joint)):
+            if epochs <= 0:
+                continue
+            self.module.stage = stage
+            logg.info(f"MultimodalST: {stage} stage, {epochs} epochs")
+            super().train(max_epochs=epochs, **kwargs)
+            if self.history is not None:
+                frames.append(self.history.assign(stage=stage))
+        self.module.stage = "joint"
+        self.history = pd.concat(frames) if frames else None
+        return self
+
+    # ------------------------------------------------------------------ inference
+    def get_latent_representation(
+        self, mdata: Any = None, modality: str = "rna", batch_size: int = 256, space: str = "shared"
+    ) -> np.ndarray:
+        """Embeddings of every sample of one modality.
+
+        Parameters
+        ----------
+        mdata
+            MuData (default: the training data); needs the panel genes / patches like the training data.
+        modality
+            ``"rna"`` or ``"image"`` (the registry's modality names also work).
+        batch_size
+            Inference batch size.
+        space
+            ``"shared"``: unit vectors after the projection to the shared space (used for retrieval); ``"cls"``:
+            the encoder's CLS token.
+
+        Returns
+        -------
+        float32 ``(n_obs, embed_dim)`` (or ``(n_obs, dim)`` for ``"cls"``).
+        """
+        mdata = self.data if mdata is None else mdata
+        if mdata is None:
+            raise ValueError("mdata: the model has no data; pass a MuData.")
+        self._validate_data(mdata)
+        reg = self.registry
+        kind = {"rna": "rna", reg["rna"]: "rna", "image": "image", reg["image"]: "image"}.get(modality)
+        if kind is None:
+            raise ValueError(f"modality: expected 'rna' or 'image', got {modality!r}.")
+        if space not in ("shared", "cls"):
+            raise ValueError(f"space: expected 'shared' or 'cls', got {space!r}.")
+        x = self._rna_matrix(mdata) if kind == "rna" else self._image_array(mdata)
+        m = self.module
+
+        def fn(module: MultimodalModule, b: torch.Tensor) -> torch.Tensor:
+            if space == "shared":
+                return module.embed_rna(b) if kind == "rna" else module.embed_image(b)
+            return (module.encode_rna(b) if kind == "rna" else module.encode_image(b))[:, 0]
+
+        loader = [torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+        out = self._inference(loader, fn)
+        dim = m.rna_proj.out_features if space == "shared" else m.rna_proj.in_features
+        return torch.cat(out).numpy() if out else np.zeros((0, dim), np.float32)

@@ -1,0 +1,282 @@
+"""Tools over :class:`scst.models.MultimodalST`: embeddings, image → RNA retrieval, gene importance.
+
+Keys written:
+
+* ``mdata[m].obsm[key_added]`` (default ``"X_multimodal"``) for ``m`` in the RNA and image modalities: unit vectors
+  in the shared space (:func:`embed`).
+* ``mdata.uns["scst_retrieval"]``: per query, the ``k`` closest targets by cosine (``"indices"``, ``"names"``,
+  ``"scores"``), accuracy of the top-1 target's group per ``group_keys`` against the label-frequency chance
+  ``Σ_g p_query(g) p_target(g)`` (``Σ p²`` when queries and targets share labels), exact-sample top-1/top-k rates
+  against ``1/n`` and ``k/n`` (paired queries only) (:func:`retrieve`).
+* ``mdata[rna].var["scst_importance_mean"]`` / ``["scst_importance_count"]`` and
+  ``mdata.uns["scst_gene_importance"]`` (:func:`gene_importance`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .._logging import logg
+
+__all__ = ["embed", "retrieve", "gene_importance"]
+
+
+def _check_model(model: Any) -> None:
+    from ..models._multimodal import MultimodalST
+
+    if not isinstance(model, MultimodalST):
+        raise TypeError(f"model: expected a scst.models.MultimodalST, got {type(model).__name__}.")
+
+
+def embed(mdata: Any, model: Any, key_added: str = "X_multimodal", batch_size: int = 256) -> None:
+    """Shared-space embeddings of both modalities into ``obsm[key_added]`` of ``mdata["rna"]`` and ``mdata["image"]``.
+
+    Parameters
+    ----------
+    mdata
+        MuData with the model's modalities (panel genes, patches).
+    model
+        A trained :class:`scst.models.MultimodalST`.
+    key_added
+        ``obsm`` key.
+    batch_size
+        Inference batch size.
+    """
+    _check_model(model)
+    reg = model.registry
+    for mod in (reg["rna"], reg["image"]):
+        mdata[mod].obsm[key_added] = model.get_latent_representation(mdata, modality=mod, batch_size=batch_size)
+    logg.info(f"embed: wrote obsm[{key_added!r}] of modalities {reg['rna']!r} and {reg['image']!r}")
+
+
+def _chance(q: pd.Series, t: pd.Series) -> float:
+    pq = q.dropna().astype(str).value_counts(normalize=True)
+    pt = t.dropna().astype(str).value_counts(normalize=True)
+    return float((pq * pt.reindex(pq.index).fillna(0)).sum())
+
+
+def retrieve(
+    mdata: Any,
+    model: Any = None,
+    query: Literal["image", "rna"] = "image",
+    k: int = 5,
+    *,
+    group_keys: Sequence[str] | None = None,
+    use_rep: str | None = None,
+    key_added: str = "scst_retrieval",
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """For each query sample, the ``k`` closest samples of the other modality by cosine similarity (paper eq. 9).
+
+    Parameters
+    ----------
+    mdata
+        MuData with modalities ``rna`` and ``image`` (patches linked to RNA samples by ``obs["rna_sample"]``).
+    model
+        Trained :class:`scst.models.MultimodalST`; may be None when ``use_rep`` holds embeddings.
+    query
+        ``"image"`` (patch → RNA samples, the paper's retrieval) or ``"rna"``.
+    k
+        Number of targets kept per query.
+    group_keys
+        ``obs`` columns on which the top-1 target's group is compared with the query's (default: the model's
+        ``group_key`` and ``mdata.uns["scst_mudata"]["group_keys"]`` where present in both modalities).
+    use_rep
+        Read embeddings from ``obsm[use_rep]`` of both modalities instead of computing them.
+    key_added
+        ``mdata.uns`` key of the results.
+    batch_size
+        Inference batch size.
+
+    Returns
+    -------
+    The dict written to ``mdata.uns[key_added]``: ``indices``/``scores`` ``(n_query, k)``, ``names`` (top-1 target),
+    ``accuracy``/``chance`` per group key, ``exact_top1``, ``exact_topk``, ``chance_exact_top1`` (1/n),
+    ``chance_exact_topk`` (k/n), ``n_query``, ``n_target``, ``n_paired``, ``k``, ``query``.
+    """
+    from ..pp._mudata import LINK_KEY, MUDATA_UNS
+
+    if query not in ("image", "rna"):
+        raise ValueError(f"query: expected 'image' or 'rna', got {query!r}.")
+    reg = model.registry if model is not None else {"rna": "rna", "image": "image", "link_key": LINK_KEY}
+    rna_mod, img_mod = reg["rna"], reg["image"]
+    if use_rep is None:
+        if model is None:
+            raise ValueError("model: needed unless `use_rep` names precomputed embeddings.")
+        _check_model(model)
+        emb = {m: model.get_latent_representation(mdata, modality=m, batch_size=batch_size) for m in (rna_mod, img_mod)}
+    else:
+        emb = {}
+        for m in (rna_mod, img_mod):
+            if use_rep not in mdata[m].obsm:
+                raise KeyError(f"use_rep: {use_rep!r} not in mdata[{m!r}].obsm; run scst.tl.embed first.")
+            emb[m] = np.asarray(mdata[m].obsm[use_rep], dtype=np.float32)
+    if not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k: expected a positive integer, got {k!r}.")
+    q_mod, t_mod = (img_mod, rna_mod) if query == "image" else (rna_mod, img_mod)
+    q = emb[q_mod] / np.maximum(np.linalg.norm(emb[q_mod], axis=1, keepdims=True), 1e-12)
+    t = emb[t_mod] / np.maximum(np.linalg.norm(emb[t_mod], axis=1, keepdims=True), 1e-12)
+    k = min(int(k), len(t))
+    sim = q @ t.T
+    top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    qo, to = mdata[q_mod].obs, mdata[t_mod].obs
+    if group_keys is None:
+        cand = ([reg["group_key"]] if "group_key" in reg else []) + list(
+            mdata.uns.get(MUDATA_UNS, {}).get("group_keys", [])
+        )
+        group_keys = [g for g in dict.fromkeys(cand) if g in qo and g in to]
+    acc, chance = {}, {}
+    for g in group_keys:
+        if g not in qo or g not in to:
+            raise KeyError(f"group_keys: {g!r} must be an obs column of both {q_mod!r} and {t_mod!r}.")
+        qv = qo[g].astype(str).where(qo[g].notna()).to_numpy()
+        tv = to[g].astype(str).where(to[g].notna()).to_numpy()[top[:, 0]]
+        ok = pd.notna(qv)
+        acc[g] = float(np.mean(qv[ok] == tv[ok])) if ok.any() else float("nan")
+        chance[g] = _chance(qo[g][ok], to[g])
+    # exact sample: for image queries the linked RNA sample; for RNA queries any patch linked to it
+    link = mdata[img_mod].obs[reg.get("link_key", LINK_KEY)].astype(str)
+    if query == "image":
+        truth = to.index.get_indexer(link)
+        hit = top == truth[:, None]
+        paired = truth >= 0
+    else:
+        linked = np.asarray(link)[top]
+        hit = linked == np.asarray(qo.index)[:, None]
+        paired = np.isin(np.asarray(qo.index), link.to_numpy())
+    n_t = len(t)
+    res = {
+        "query": query,
+        "k": k,
+        "n_query": len(q),
+        "n_target": n_t,
+        "n_paired": int(paired.sum()),
+        "indices": top,
+        "scores": np.take_along_axis(sim, top, axis=1).astype(np.float32),
+        "names": np.asarray(to.index)[top[:, 0]].astype(str),
+        "group_keys": list(group_keys),
+        "accuracy": acc,
+        "chance": chance,
+        "exact_top1": float(hit[paired, 0].mean()) if paired.any() else float("nan"),
+        "exact_topk": float(hit[paired].any(1).mean()) if paired.any() else float("nan"),
+        "chance_exact_top1": 1.0 / n_t,
+        "chance_exact_topk": k / n_t,
+    }
+    mdata.uns[key_added] = res
+    logg.info(
+        f"retrieve ({query} → {t_mod}): top-1 group accuracy {acc} (chance {chance}); exact top-{k} "
+        f"{res['exact_topk']:.3f} (chance {k / n_t:.3f}) → uns[{key_added!r}]"
+    )
+    return res
+
+
+def gene_importance(
+    mdata: Any,
+    model: Any,
+    method: Literal["gradcam", "integrated_gradients"] = "gradcam",
+    n_top: int = 15,
+    *,
+    n_steps: int = 16,
+    max_pairs: int | None = None,
+    key_added: str = "scst_gene_importance",
+    batch_size: int = 64,
+) -> pd.DataFrame:
+    """Per-gene attribution of the image–RNA match score of each paired sample; top genes and their occurrence.
+
+    The score explained is the matching head's logit of a patch with its own RNA sample (fusion encoder), as in
+    the paper's Grad-CAM analysis. ``"gradcam"``: Grad-CAM at the RNA input, where each gene is one position with
+    a single channel, i.e. ``ReLU(∂score/∂x_g · x_g)`` on the standardised expression (positive evidence only).
+    ``"integrated_gradients"``: integrated gradients from the all-mean baseline (standardised 0) with ``n_steps``
+    Riemann steps (completeness: attributions sum to ``score(x) − score(baseline)`` up to the step error).
+
+    Parameters
+    ----------
+    mdata
+        MuData with paired samples.
+    model
+        Trained :class:`scst.models.MultimodalST`.
+    method
+        ``"gradcam"`` or ``"integrated_gradients"``.
+    n_top
+        Top genes kept per paired sample (paper: occurrences of the 15 most important).
+    n_steps
+        Integration steps for integrated gradients.
+    max_pairs
+        Use at most this many paired patches (the first ones).
+    key_added
+        ``mdata.uns`` key; ``var`` columns ``scst_importance_mean`` / ``scst_importance_count`` of the RNA modality.
+    batch_size
+        Pairs per backward pass.
+
+    Returns
+    -------
+    DataFrame of genes sorted by occurrence count (``occurrence``, ``mean_attribution``), also in
+    ``mdata.uns[key_added]["occurrence"]``; ``uns[key_added]["top_genes"]`` is ``(n_pairs, n_top)`` gene names and
+    ``uns[key_added]["pairs"]`` the patch obs names.
+    """
+    _check_model(model)
+    if method not in ("gradcam", "integrated_gradients"):
+        raise ValueError(f"method: expected 'gradcam' or 'integrated_gradients', got {method!r}.")
+    reg = model.registry
+    data, rna_row = model._arrays(mdata)
+    paired = np.flatnonzero(rna_row >= 0)[: max_pairs or None]
+    if len(paired) == 0:
+        raise ValueError("mdata: no patch is linked to an RNA sample; gene importance needs pairs.")
+    genes = np.asarray(reg["var_names"])
+    n_top = min(int(n_top), len(genes))
+    m, device = model.module, model.device
+    was = m.training
+    m.eval()
+    attrs = []
+    try:
+        for s in range(0, len(paired), batch_size):
+            idx = paired[s : s + batch_size]
+            x = torch.from_numpy(data["rna"][rna_row[idx]]).to(device)
+            img = torch.from_numpy(np.ascontiguousarray(data["img"][idx])).to(device)
+            with torch.no_grad():
+                it = m.encode_image(img)
+            z = m._rna_in(x)  # standardised expression: the input position of each gene
+
+            def score(zz: torch.Tensor, it: torch.Tensor = it) -> torch.Tensor:
+                return m.match_logit(m.rna_encoder(zz), it)
+
+            if method == "gradcam":
+                zz = z.detach().requires_grad_(True)
+                (g,) = torch.autograd.grad(score(zz).sum(), zz)
+                a = torch.relu(g * zz)
+            else:
+                total = torch.zeros_like(z)
+                for step in range(1, n_steps + 1):
+                    zz = (z * (step - 0.5) / n_steps).detach().requires_grad_(True)
+                    (g,) = torch.autograd.grad(score(zz).sum(), zz)
+                    total += g
+                a = total / n_steps * z
+            attrs.append(a.detach().cpu().numpy())
+    finally:
+        m.train(was)
+    A = np.concatenate(attrs)
+    mag = np.abs(A)
+    top = np.argsort(-mag, axis=1, kind="stable")[:, :n_top]
+    counts = np.bincount(top.ravel(), minlength=len(genes))
+    rna = mdata[reg["rna"]]
+    mean = pd.Series(mag.mean(0), index=genes)
+    cnt = pd.Series(counts, index=genes)
+    rna.var["scst_importance_mean"] = mean.reindex(rna.var_names).to_numpy()
+    rna.var["scst_importance_count"] = cnt.reindex(rna.var_names).fillna(0).astype(int).to_numpy()
+    table = pd.DataFrame({"occurrence": cnt, "mean_attribution": mean}).sort_values(
+        ["occurrence", "mean_attribution"], ascending=False
+    )
+    mdata.uns[key_added] = {
+        "method": method,
+        "n_top": n_top,
+        "top_genes": genes[top],
+        "pairs": np.asarray(mdata[reg["image"]].obs_names[paired]).astype(str),
+        "occurrence": table,
+    }
+    logg.info(f"gene_importance ({method}): {len(paired)} pairs; most frequent: {list(table.index[:5])}")
+    return table
