@@ -1,0 +1,126 @@
+"""H&E augmentations: HED round trip, stain jitter bounds, dihedral group, blur and scale crops (hand-checkable)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from scst.nn._augment import (
+    _OD_EPS,
+    RGB_FROM_HED,
+    HEAugment,
+    gaussian_blur,
+    hed_jitter,
+    hed_to_rgb,
+    random_dihedral,
+    random_resized_crop,
+    rgb_to_hed,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _rgb_of_stains(conc: torch.Tensor) -> torch.Tensor:
+    """RGB (B, 3, 1, 1) of stain concentrations (B, 3) by hand: OD = conc @ M, rgb = exp(-OD)(1 + eps) - eps."""
+    od = conc.double() @ RGB_FROM_HED
+    return (torch.exp(-od) * (1 + _OD_EPS) - _OD_EPS).view(-1, 3, 1, 1)
+
+
+def test_hed_of_white_and_pure_stains():
+    # White glass has no stain; an image made of haematoxylin only deconvolves to (c, 0, 0), and so on.
+    white = torch.ones(1, 3, 2, 2, dtype=torch.float64)
+    assert torch.allclose(rgb_to_hed(white), torch.zeros(1, 3, 2, 2, dtype=torch.float64), atol=1e-12)
+    conc = torch.tensor([[0.6, 0.0, 0.0], [0.0, 0.4, 0.0], [0.3, 0.2, 0.0]], dtype=torch.float64)
+    hed = rgb_to_hed(_rgb_of_stains(conc)).view(3, 3)
+    assert torch.allclose(hed, conc, atol=1e-9)
+    # Haematoxylin's OD vector (0.65, 0.70, 0.29) absorbs green most and blue least: a blue-purple pixel.
+    rgb_h = _rgb_of_stains(conc[:1]).view(3)
+    assert rgb_h[2] > rgb_h[0] > rgb_h[1]
+
+
+def test_hed_round_trip_is_identity_and_zero_jitter_changes_nothing():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (4, 3, 16, 16), generator=g).float() / 255
+    assert torch.allclose(hed_to_rgb(rgb_to_hed(x)), x, atol=1e-5)
+    assert torch.allclose(hed_jitter(x, sigma=0.0, bias=0.0, generator=g), x, atol=1e-5)
+
+
+def test_hed_jitter_changes_only_stain_intensities_within_bounds():
+    # Tissue-like pixels (no clipping): after jitter, each image's stain concentrations must be an affine function
+    # hed' = a * hed + b of the original, per stain channel, with a in [1 - sigma, 1 + sigma], b in [-bias, bias].
+    g = torch.Generator().manual_seed(1)
+    lo, span = torch.tensor([0.1, 0.1, 0.1], dtype=torch.float64), torch.tensor([0.7, 0.5, 0.05], dtype=torch.float64)
+    conc = lo + torch.rand(8 * 64, 3, generator=g, dtype=torch.float64) * span  # no channel clips at 0 or 1
+    x = _rgb_of_stains(conc).view(8, 64, 3).permute(0, 2, 1).reshape(8, 3, 8, 8).float()
+    sigma, bias = 0.2, 0.05
+    y = hed_jitter(x, sigma=sigma, bias=bias, generator=g)
+    assert not torch.allclose(y, x, atol=1e-3)
+    h0, h1 = rgb_to_hed(x.double()).flatten(2), rgb_to_hed(y.double()).flatten(2)  # (8, 3, 64)
+    for i in range(8):
+        for c in range(2):  # H and E vary across pixels; DAB is near 0 here, fit only its shift
+            A = torch.stack([h0[i, c], torch.ones_like(h0[i, c])], 1)
+            a, b = torch.linalg.lstsq(A, h1[i, c]).solution
+            assert 1 - sigma - 1e-3 <= a <= 1 + sigma + 1e-3
+            assert -bias - 2e-3 <= b <= bias + 2e-3
+            assert torch.allclose(a * h0[i, c] + b, h1[i, c], atol=5e-3)  # nothing but an affine stain change
+    # Pixels are not moved: the jitter is pointwise (a spatially constant image stays constant).
+    flat = _rgb_of_stains(torch.tensor([[0.5, 0.3, 0.0]])).float().expand(1, 3, 5, 5).contiguous()
+    out = hed_jitter(flat, 0.2, 0.05, generator=g)
+    assert torch.allclose(out, out[..., :1, :1].expand_as(out), atol=1e-6)
+
+
+def test_random_dihedral_gives_the_eight_group_elements():
+    x = torch.arange(2 * 16, dtype=torch.float32).view(1, 2, 4, 4)
+    x = torch.cat([x, x + 100], 1)[:, :3]  # (1, 3, 4, 4), all values distinct
+    xb = x.expand(64, 3, 4, 4).contiguous()
+    y = random_dihedral(xb, generator=torch.Generator().manual_seed(0))
+    group = [torch.rot90(v, k, (2, 3)) for v in (x, x.flip(-1)) for k in range(4)]
+    hits = [next(j for j, gx in enumerate(group) if torch.equal(y[i : i + 1], gx)) for i in range(64)]  # noqa: B023
+    assert sorted(set(hits)) == list(range(8))
+    with pytest.raises(ValueError, match="square"):
+        random_dihedral(torch.zeros(1, 3, 4, 5))
+
+
+def test_gaussian_blur_per_image_sigma():
+    x = torch.zeros(3, 1, 41, 41)
+    x[:, :, 20, 20] = 1.0
+    y = gaussian_blur(x, torch.tensor([0.0, 1.0, 3.0]))
+    assert torch.equal(y[0], x[0])  # sigma 0: untouched
+    r = (torch.arange(41) - 20.0) ** 2
+    for i, s in ((1, 1.0), (2, 3.0)):
+        assert y[i].sum().item() == pytest.approx(1.0, abs=1e-5)  # mass kept
+        var = (y[i, 0].sum(0) * r).sum().item()  # variance of the blurred impulse along x = sigma²
+        assert var == pytest.approx(s**2, rel=0.02)
+    const = torch.full((2, 3, 9, 9), 0.7)
+    assert torch.allclose(gaussian_blur(const, 2.0), const, atol=1e-6)
+
+
+def test_random_resized_crop_scale():
+    ramp = torch.arange(32, dtype=torch.float32).view(1, 1, 1, 32).expand(4, 3, 32, 32).contiguous()
+    same = random_resized_crop(ramp, scale=(1.0, 1.0))
+    assert torch.allclose(same, ramp, atol=1e-4)
+    # A crop of a quarter of the area has half the edge: the ramp rises by 1/2 per output pixel, inside the image.
+    g = torch.Generator().manual_seed(0)
+    y = random_resized_crop(ramp, scale=(0.25, 0.25), generator=g)
+    step = y[:, 0, 5, 1:] - y[:, 0, 5, :-1]
+    assert torch.allclose(step, torch.full_like(step, 0.5), atol=1e-4)
+    assert y.min() >= 0 and y.max() <= 31
+    assert not torch.allclose(y[0], y[1])  # one random position per image
+    with pytest.raises(ValueError, match="scale"):
+        random_resized_crop(ramp, scale=(0.0, 1.0))
+
+
+def test_he_augment_views():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 24, 24, generator=g)
+    aug = HEAugment()
+    a = aug(x, generator=torch.Generator().manual_seed(3))
+    b = aug(x, generator=torch.Generator().manual_seed(3))
+    c = aug(x, generator=torch.Generator().manual_seed(4))
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    with pytest.raises(ValueError, match="RGB batch"):
+        aug(torch.rand(3, 24, 24))
+    assert math.isfinite(float(a.sum()))
