@@ -61,7 +61,7 @@ def test_complex_helpers():
 
 def test_bad_input():
     with pytest.raises(ValueError, match="unknown ligand"):
-        ligand_receptor("cellphonedb")
+        ligand_receptor("not_a_resource")
     with pytest.raises(ValueError, match="organism"):
         ligand_receptor("gcng", organism="zebrafish")
     with pytest.raises(ValueError, match="lacks required column"):

@@ -90,35 +90,168 @@ def test_spatial_pearson_sees_exocrine_signal():
 def test_tool_writes_long_table_params_and_local_scores():
     adata, pairs = quadrant_data(n_pairs=20)
     extra = pd.concat([pairs, pd.DataFrame({"ligand": ["NOPE"], "receptor": ["R0"], "quadrant": [0]})])
-    out = ligand_receptor(adata, pairs=extra, method="spatial_pearson", local_scores=5, copy=True)
+    out = ligand_receptor(adata, pairs=extra, method="spatial_pearson", local_scores=5, n_perms=19, copy=True)
     assert "scst_ligrec" not in adata.uns
     res = out.uns["scst_ligrec"]
-    assert list(res.columns[:7]) == ["ligand", "receptor", "score", "rank", "method", "ligand_mean", "receptor_mean"]
-    assert len(res) == 20 and "quadrant" in res and (res["method"] == "spatial_pearson").all()
-    assert res["rank"].iloc[0] == 1 and res["score"].is_monotonic_decreasing
+    assert list(res.columns) == [
+        "ligand_complex", "receptor_complex", "ligand_means", "ligand_props", "receptor_means", "receptor_props",
+        "spatial_pearson_score", "spatial_pearson_pvals", "spatial_pearson_fdr", "magnitude_rank",
+        "specificity_rank", "quadrant",
+    ]  # fmt: skip
+    assert len(res) == 20 and res["magnitude_rank"].is_monotonic_increasing
+    assert res["spatial_pearson_score"].is_monotonic_decreasing  # one method: magnitude rank = score rank / n
+    np.testing.assert_allclose(res["magnitude_rank"], np.arange(1, 21) / 20)
+    assert res["spatial_pearson_pvals"].between(1 / 20, 1).all()
+    assert (res["spatial_pearson_fdr"] >= res["spatial_pearson_pvals"] - 1e-12).all()
     params = out.uns["scst_ligrec_params"]
-    assert params["n_pairs_input"] == 21 and params["n_pairs_scored"] == 20
+    assert params["n_pairs_input"] == 21 and params["n_pairs_absent"] == 1 and params["n_pairs_scored"] == 20
+    assert params["nulls"] == {"spatial_pearson": "positions"} and params["n_perms"] == 19
+    # the score is spatial Pearson of the normalised expression (hand-checkable formula in test_baseline_scores)
+    from scst.models._gcng import entity_expression, normalized_expression
+
+    norm = normalized_expression(adata, log1p=True)
+    lig = entity_expression(norm, adata.var_names, res["ligand_complex"])
+    rec = entity_expression(norm, adata.var_names, res["receptor_complex"])
+    a = adata.obsp["spatial_connectivities"]
+    np.testing.assert_allclose(res["spatial_pearson_score"], lr_scores(lig, rec, "spatial_pearson", a), rtol=1e-5)
+    np.testing.assert_allclose(res["ligand_props"], (lig > 0).mean(0))
     local = out.obsm["scst_ligrec_local"]
-    assert local.shape == (adata.n_obs, 5) and local.columns[0] == f"{res.ligand[0]}^{res.receptor[0]}"
-    # local score = z(ligand in the cell) x mean z(receptor in neighbours): its mean is the neighbour covariance
-    assert local.iloc[:, 0].mean() > 0
-    ligand_receptor(adata, pairs=pairs, method="expression", key_added="expr")
+    top = f"{res.ligand_complex[0]}^{res.receptor_complex[0]}"
+    assert local.shape == (adata.n_obs, 5) and local.columns[0] == top
+    # liana's local cosine on the spot-inclusive graph A + I, by hand for one spot
+    w = (a != 0).toarray().astype(float) + np.eye(adata.n_obs)
+    x, y = lig[:, 0].astype(float), rec[:, 0].astype(float)
+    i = 9
+    expect = (w[i] @ (x * y)) / np.sqrt((w[i] @ x**2) * (w[i] @ y**2))
+    assert local.iloc[i, 0] == pytest.approx(expect, rel=1e-4)
+    ligand_receptor(adata, pairs=pairs, method=["expression", "pearson"], key_added="expr", n_perms=9)
     e = adata.uns["expr"]
-    np.testing.assert_allclose(e["score"], e["ligand_mean"] * e["receptor_mean"], rtol=1e-6)
+    np.testing.assert_allclose(e["expression_score"], e["ligand_means"] * e["receptor_means"], rtol=1e-6)
+    assert e["expression_pvals"].isna().all() and e["pearson_pvals"].notna().all()  # no null for the control
+    assert adata.uns["expr_params"]["nulls"] == {"expression": "none", "pearson": "ligand"}
+
+
+def null_data(n_side: int = 12, n_sections: int = 2, n_pairs: int = 150, seed: int = 0):
+    """Sections of exchangeable spots: every gene i.i.d. over spots (negative-binomial counts, abundance spread)."""
+    rng = np.random.default_rng(seed)
+    xy = np.array([(i, j) for i in range(n_side) for j in range(n_side)], float)
+    n = len(xy) * n_sections
+    mu = rng.lognormal(0.5, 1.0, 2 * n_pairs + 50)
+    counts = rng.negative_binomial(2, 2 / (2 + mu), size=(n, len(mu))).astype(np.float32)
+    adata = AnnData(sp.csr_matrix(counts), obsm={"spatial": np.vstack([xy] * n_sections)})
+    adata.var_names = [f"L{k}" for k in range(n_pairs)] + [f"R{k}" for k in range(n_pairs)] + [
+        f"B{i}" for i in range(50)]  # fmt: skip
+    adata.obs["section"] = np.repeat([f"s{i}" for i in range(n_sections)], len(xy))
+    cell_graph(adata, radius=1.1, library_key="section")
+    pairs = pd.DataFrame({"ligand": [f"L{k}" for k in range(n_pairs)], "receptor": [f"R{k}" for k in range(n_pairs)]})
+    return adata, pairs
+
+
+def test_pvalues_uniform_under_shuffled_data():
+    from scipy.stats import kstest
+
+    adata, pairs = null_data()
+    ligand_receptor(adata, pairs=pairs, method=["spatial_pearson", "pearson", "bivariate"], n_perms=99, seed=1,
+                    expr_prop=0.05)  # fmt: skip
+    res = adata.uns["scst_ligrec"]
+    assert len(res) > 120
+    for m in ("spatial_pearson", "pearson", "bivariate"):
+        p = res[f"{m}_pvals"].to_numpy()
+        assert kstest(p, "uniform").pvalue > 0.01, m
+        assert 0.4 < p.mean() < 0.6 and (res[f"{m}_fdr"] > 0.2).all(), m
+    # the other null (positions of both genes shuffled) is uniform on exchangeable spots too
+    ligand_receptor(adata, pairs=pairs, method="bivariate", null="positions", n_perms=99, key_added="pos")
+    assert adata.uns["pos_params"]["nulls"] == {"bivariate": "positions"}
+    assert kstest(adata.uns["pos"]["bivariate_pvals"], "uniform").pvalue > 0.01
+
+
+def test_planted_pair_gets_a_small_pvalue():
+    adata, pairs = null_data(n_pairs=30, seed=2)
+    a = adata.obsp["spatial_connectivities"]
+    x = adata.X.toarray()
+    rng = np.random.default_rng(0)
+    src = rng.random(adata.n_obs) < 0.1  # ligand-expressing spots; the receptor responds in their neighbours
+    x[:, 0] = rng.poisson(np.where(src, 20, 0.3))
+    near = np.asarray(a @ src.astype(float)).ravel() > 0
+    x[:, 30] = rng.poisson(np.where(near, 15, 0.5))  # R0
+    adata.X = sp.csr_matrix(x)
+    ligand_receptor(adata, pairs=pairs, method=["spatial_pearson", "expression"], n_perms=999, expr_prop=0.05)
+    res = adata.uns["scst_ligrec"].set_index(["ligand_complex", "receptor_complex"])
+    assert res.loc[("L0", "R0"), "spatial_pearson_pvals"] == pytest.approx(1 / 1000)
+    assert res.loc[("L0", "R0"), "spatial_pearson_fdr"] < 0.05
+    assert (res.drop(index=[("L0", "R0")])["spatial_pearson_fdr"] > 0.05).all()
+    assert res["spatial_pearson_score"].idxmax() == ("L0", "R0") == res["specificity_rank"].idxmin()
+
+
+def test_expr_prop_filter_is_counted():
+    adata, pairs = quadrant_data(n_pairs=6)
+    x = adata.X.toarray()
+    x[:, 0] = 0
+    x[:2, 0] = 5  # L0 detected in 2 of 64 spots (3 %)
+    adata.X = sp.csr_matrix(x)
+    ligand_receptor(adata, pairs=pairs, method="pearson", n_perms=0, expr_prop=0.1)
+    params = adata.uns["scst_ligrec_params"]
+    assert params["n_entities_below_expr_prop"] == 1 and params["entities_below_expr_prop"] == ["L0"]
+    assert params["n_pairs_below_expr_prop"] == 1 and params["n_pairs_scored"] == 5
+    assert "L0" not in set(adata.uns["scst_ligrec"]["ligand_complex"])
+    assert "specificity_rank" not in adata.uns["scst_ligrec"]  # no permutations, no p-values
+    ligand_receptor(adata, pairs=pairs, method="pearson", n_perms=0, expr_prop=0.01)
+    assert adata.uns["scst_ligrec_params"]["n_pairs_scored"] == 6
 
 
 def test_tool_bad_input():
     adata, pairs = quadrant_data(n_pairs=4)
-    with pytest.raises(ValueError, match="needs a trained `model`"):
-        ligand_receptor(adata, pairs=pairs)
     with pytest.raises(ValueError, match="none of the 1 pairs"):
         ligand_receptor(adata, pairs=pd.DataFrame({"ligand": ["X"], "receptor": ["Y"]}), method="pearson")
     with pytest.raises(ValueError, match="lacks required column"):
         ligand_receptor(adata, pairs=pairs.rename(columns={"receptor": "target"}), method="pearson")
+    with pytest.raises(TypeError, match="liana's format"):
+        ligand_receptor(adata, pairs=42, method="pearson")
+    with pytest.raises(ValueError, match="tuples"):
+        ligand_receptor(adata, pairs=["L0-R0"], method="pearson")
+    with pytest.raises(ValueError, match="unknown ligand"):
+        ligand_receptor(adata, pairs="not_a_resource", method="pearson")
     with pytest.raises(ValueError, match="method"):
         ligand_receptor(adata, pairs=pairs, method="cellphonedb")
+    with pytest.raises(ValueError, match="null"):
+        ligand_receptor(adata, pairs=pairs, null="labels")
+    with pytest.raises(ValueError, match="local_name"):
+        ligand_receptor(adata, pairs=pairs, method="bivariate", local_name="nope")
     with pytest.raises(KeyError, match="nope"):
         ligand_receptor(adata, pairs=pairs, method="spatial_pearson", connectivity_key="nope")
+    with pytest.raises(ValueError, match="expr_prop"):
+        ligand_receptor(adata, pairs=pairs, method="pearson", expr_prop=1e9)  # no pair left: clear message
+    # a complex with a missing subunit: skipped with a warning naming it, counted; only such pairs: error
+    cplx = pd.concat([pairs, pd.DataFrame({"ligand": ["L1"], "receptor": ["R1_MISSING"]})])
+    with pytest.warns(UserWarning, match=r"R1_MISSING \(no MISSING\)"):
+        ligand_receptor(adata, pairs=cplx, method="pearson", n_perms=0)
+    assert adata.uns["scst_ligrec_params"]["complexes_missing_subunit"] == {"R1_MISSING": ["MISSING"]}
+    with pytest.warns(UserWarning, match="missing|lack"), pytest.raises(ValueError, match="none of the 1 pairs"):
+        ligand_receptor(adata, pairs=cplx.iloc[-1:], method="pearson")
+    # a section without a graph
+    sec = adata.copy()
+    sec.obs["section"] = np.where(np.arange(sec.n_obs) < 60, "a", "b")
+    sec.obsp["spatial_connectivities"] = sp.csr_matrix(sec.obsp["spatial_connectivities"].multiply(
+        (np.arange(sec.n_obs) < 60)[:, None] & (np.arange(sec.n_obs) < 60)[None, :]))  # fmt: skip
+    with pytest.raises(ValueError, match=r"Section\(s\) \['b'\] have no edges"):
+        ligand_receptor(sec, pairs=pairs, method="spatial_pearson")
+    ligand_receptor(sec, pairs=pairs, method="pearson", n_perms=9)  # non-spatial methods need no graph
+    with pytest.raises(ValueError, match="no usable ligand"):
+        lr_folds(pairs.iloc[:0])
+
+
+def test_resources_in_liana_format():
+    from scst.datasets._ligand_receptor import as_lr_table
+    from scst.datasets._ligand_receptor import ligand_receptor as resource
+
+    cpdb = resource("cellphonedb")  # through liana.resource.select_resource
+    assert cpdb.attrs["resource"] == "cellphonedb" and cpdb["receptor"].str.contains("_").any()  # complexes
+    omni = as_lr_table(pd.DataFrame({"source_genesymbol": ["A"], "target_genesymbol": ["B_C"]}))
+    assert omni[["ligand", "receptor"]].values.tolist() == [["A", "B_C"]]
+    assert as_lr_table([("A", "B")]).values.tolist() == [["A", "B"]]
+    adata, pairs = quadrant_data(n_pairs=4)
+    ligand_receptor(adata, pairs=[("L0", "R0"), ("L1", "R1_R2")], method="pearson", n_perms=0)
+    assert adata.uns["scst_ligrec"]["receptor_complex"].tolist()[:2] in (["R0", "R1_R2"], ["R1_R2", "R0"])
 
 
 def test_folds_are_gene_disjoint_with_complexes():

@@ -2,11 +2,12 @@
 
 from ._fetch import cache_dir, fetch
 from ._her2st import HER2ST_SECTIONS, her2st
-from ._ligand_receptor import complex_subunits, ligand_receptor, lr_pairs_in_genes
+from ._ligand_receptor import as_lr_table, complex_subunits, ligand_receptor, lr_pairs_in_genes
 from ._seqfish import seqfish_cortex
 
 __all__ = [
     "HER2ST_SECTIONS",
+    "as_lr_table",
     "cache_dir",
     "complex_subunits",
     "fetch",

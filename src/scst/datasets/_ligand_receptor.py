@@ -11,7 +11,7 @@ import pandas as pd
 from .._logging import logg
 from ._fetch import fetch
 
-__all__ = ["ligand_receptor", "complex_subunits", "lr_pairs_in_genes", "LR_RESOURCES"]
+__all__ = ["ligand_receptor", "as_lr_table", "complex_subunits", "lr_pairs_in_genes", "LR_RESOURCES"]
 
 _DS = "ligand_receptor"
 #: Names accepted by :func:`ligand_receptor`.
@@ -55,8 +55,16 @@ def _liana(resource: str, path: str | os.PathLike | None) -> pd.DataFrame:
     )
 
 
+def _liana_resource_names() -> list[str]:
+    try:
+        from liana.resource import show_resources
+    except ImportError:
+        return []
+    return list(show_resources())
+
+
 def ligand_receptor(
-    name: Literal["gcng", "ramilowski", "ramilowski_curated", "giotto", "liana"] = "gcng",
+    name: Literal["gcng", "ramilowski", "ramilowski_curated", "giotto", "liana"] | str = "gcng",
     organism: Literal["human", "mouse"] = "human",
     path: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
@@ -72,7 +80,9 @@ def ligand_receptor(
         - ``"giotto"``: Giotto's mouse list (1,067 pairs, a subset of Ramilowski);
         - ``"liana"``: LIANA's OmniPath consensus (``consensus`` for human, 4,620 pairs;
           ``mouseconsensus`` for mouse, 3,989 pairs). Complexes are kept as one entity with ``_``-joined
-          subunits (e.g. ``ITGA1_ITGB1``); see :func:`complex_subunits` and :func:`lr_pairs_in_genes`.
+          subunits (e.g. ``ITGA1_ITGB1``); see :func:`complex_subunits` and :func:`lr_pairs_in_genes`;
+        - any other resource of ``liana.resource.show_resources()`` (``"cellphonedb"``, ``"cellchatdb"``,
+          ``"consensus"``...), read with ``liana.resource.select_resource`` (liana's symbols, not re-cased).
     organism
         Symbol case of the output: ``"human"`` upper case, ``"mouse"`` capitalised (``Col4a1``). Lists
         published for that organism (Giotto and liana mouse lists for mouse) keep their own symbols;
@@ -87,10 +97,22 @@ def ligand_receptor(
     DataFrame with ``ligand``, ``receptor`` (and ``evidence`` for ``"ramilowski_curated"``), one row per unique
     pair, in the source order; ``df.attrs["resource"]`` and ``df.attrs["organism"]`` record the request.
     """
-    if name not in LR_RESOURCES:
-        raise ValueError(f"name: unknown ligand–receptor list {name!r}; expected one of {list(LR_RESOURCES)}.")
     if organism not in ("human", "mouse"):
         raise ValueError(f"organism: expected 'human' or 'mouse', got {organism!r}.")
+    if name not in LR_RESOURCES:
+        liana_names = _liana_resource_names()
+        if name not in liana_names:
+            raise ValueError(
+                f"name: unknown ligand–receptor list {name!r}; expected one of {list(LR_RESOURCES)}"
+                + (f" or a liana resource {liana_names}." if liana_names else " (install liana for its resources).")
+            )
+        from liana.resource import select_resource
+
+        res = select_resource(name)
+        df = pd.DataFrame({"ligand": res["ligand"].astype(str), "receptor": res["receptor"].astype(str)})
+        df = df.drop_duplicates(["ligand", "receptor"]).reset_index(drop=True)
+        df.attrs.update(resource=name, organism=organism)
+        return df
     native = False
     if name in ("gcng", "ramilowski"):
         df = pd.read_csv(
@@ -136,6 +158,51 @@ def _check_lr_table(pairs: pd.DataFrame, arg: str = "pairs") -> None:
         )
 
 
+def as_lr_table(resource: pd.DataFrame | str | Iterable[tuple[str, str]], organism: str = "human") -> pd.DataFrame:
+    """A ligand–receptor resource in liana's format: a DataFrame with ``ligand`` and ``receptor`` columns.
+
+    Parameters
+    ----------
+    resource
+        - a DataFrame in liana's format (``ligand``, ``receptor``; complexes ``_``-joined; other columns kept), or
+          OmniPath's (``source_genesymbol``, ``target_genesymbol``, as in liana's ``omni_resource.csv``);
+        - a list of ``(ligand, receptor)`` tuples (liana's ``interactions``);
+        - a resource name for :func:`ligand_receptor` (scst's lists or any liana resource).
+    organism
+        For a resource name.
+
+    Returns
+    -------
+    DataFrame with ``ligand`` and ``receptor`` (strings) first.
+    """
+    if isinstance(resource, str):
+        return ligand_receptor(resource, organism=organism)
+    if isinstance(resource, pd.DataFrame):
+        df = resource
+        if {"source_genesymbol", "target_genesymbol"} <= set(df.columns) and "ligand" not in df.columns:
+            df = df.rename(columns={"source_genesymbol": "ligand", "target_genesymbol": "receptor"})
+        _check_lr_table(df, "resource")
+    elif isinstance(resource, Iterable):
+        rows = list(resource)
+        if not rows or not all(isinstance(r, tuple | list) and len(r) == 2 for r in rows):
+            raise ValueError(
+                f"resource: a list must hold (ligand, receptor) tuples (liana's `interactions`); got {rows[:3]!r}."
+            )
+        df = pd.DataFrame(rows, columns=["ligand", "receptor"])
+    else:
+        raise TypeError(
+            "resource: expected a DataFrame with 'ligand'/'receptor' columns (liana's format), a list of "
+            f"(ligand, receptor) tuples, or a resource name; got {type(resource).__name__}."
+        )
+    bad = df["ligand"].isna() | df["receptor"].isna()
+    if bad.all():
+        raise ValueError("resource: every row lacks a ligand or a receptor.")
+    df = df[~bad].copy()
+    df["ligand"] = df["ligand"].astype(str).str.strip()
+    df["receptor"] = df["receptor"].astype(str).str.strip()
+    return df[["ligand", "receptor", *[c for c in df.columns if c not in ("ligand", "receptor")]]]
+
+
 def lr_pairs_in_genes(
     pairs: pd.DataFrame,
     genes: Iterable[str],
@@ -163,7 +230,8 @@ def lr_pairs_in_genes(
     Returns
     -------
     The present pairs (index reset), ``ligand``/``receptor`` spelled as in ``genes`` (complex subunits re-joined
-    with ``_``), duplicates after renaming removed.
+    with ``_``), duplicates after renaming removed. ``attrs["missing_subunits"]``: complex → its absent subunits,
+    for complexes with some but not all subunits measured (their pairs are dropped).
     """
     _check_lr_table(pairs)
     if complexes not in ("all", "drop"):
@@ -173,11 +241,15 @@ def lr_pairs_in_genes(
     for g in genes:
         lookup.setdefault(g if case_sensitive else g.lower(), g)
 
+    partial: dict[str, list[str]] = {}
+
     def _map(entity: str) -> str | None:
         subs = complex_subunits(entity)
         if not subs or (len(subs) > 1 and complexes == "drop"):
             return None
         hit = [lookup.get(s if case_sensitive else s.lower()) for s in subs]
+        if len(subs) > 1 and any(h is None for h in hit) and any(h is not None for h in hit):
+            partial[entity] = [s for s, h in zip(subs, hit) if h is None]
         return None if any(h is None for h in hit) else COMPLEX_SEP.join(hit)
 
     out = pairs.copy()
@@ -186,4 +258,5 @@ def lr_pairs_in_genes(
     out = out.dropna(subset=["ligand", "receptor"])
     out = out.drop_duplicates(["ligand", "receptor"]).reset_index(drop=True)
     out.attrs.update(pairs.attrs)
+    out.attrs["missing_subunits"] = partial
     return out

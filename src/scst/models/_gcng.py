@@ -252,12 +252,16 @@ def _to_torch_sparse(m: sp.spmatrix) -> torch.Tensor:
 class _PairCollate:
     """Gather the ``(B, n_cells, 2)`` expression of a batch of pairs from one ``(n_cells, n_entities)`` matrix."""
 
-    def __init__(self, expr: torch.Tensor, idx: torch.Tensor, y: torch.Tensor | None) -> None:
-        self.expr, self.idx, self.y = expr, idx, y
+    def __init__(
+        self, expr: torch.Tensor, idx: torch.Tensor, y: torch.Tensor | None, ligand_order: torch.Tensor | None = None
+    ) -> None:
+        self.expr, self.idx, self.y, self.ligand_order = expr, idx, y, ligand_order
 
     def __call__(self, rows: list[int]) -> Any:
         rows_t = torch.as_tensor(rows, dtype=torch.long)
         x = self.expr[:, self.idx[rows_t]].permute(1, 0, 2)  # (B, n, 2)
+        if self.ligand_order is not None:  # the ligand's cells permuted, the receptor's kept
+            x = torch.stack([x[:, self.ligand_order, 0], x[..., 1]], dim=-1)
         return x if self.y is None else (x, self.y[rows_t])
 
 
@@ -392,6 +396,34 @@ class GCNG(BaseModel):
         super()._attach(data)
         self._set_graph()
 
+    def _extra_state(self) -> dict[str, Any]:
+        # The labelled pairs the weights were fit on (training and validation split), so that scores of those
+        # pairs can be flagged as in-sample after `load` (``scst.tl.ligand_receptor``'s ``in_training``).
+        table = getattr(self, "_fit_table", None)
+        if table is None:
+            return dict(getattr(self, "extra", {}) or {})
+        tables = [table] + ([self._val_table] if getattr(self, "_val_table", None) is not None else [])
+        t = pd.concat(tables, ignore_index=True)
+        return {"fit_pairs": [[str(a), str(b), int(c)] for a, b, c in zip(t["ligand"], t["receptor"], t["label"])]}
+
+    def _set_extra_state(self, state: dict[str, Any]) -> None:
+        super()._set_extra_state(state)
+        if state.get("fit_pairs"):
+            self._fit_table = pd.DataFrame(state["fit_pairs"], columns=["ligand", "receptor", "label"])
+            self._val_table = None
+
+    @property
+    def training_pairs(self) -> pd.DataFrame:
+        """The labelled pairs the model was fit on; empty before training.
+
+        ``ligand``, ``receptor``, ``label``: training and validation split, positives and drawn negatives.
+        """
+        table = getattr(self, "_fit_table", None)
+        if table is None:
+            return pd.DataFrame(columns=["ligand", "receptor", "label"])
+        val = getattr(self, "_val_table", None)
+        return pd.concat([table] + ([val] if val is not None else []), ignore_index=True)
+
     def _set_graph(self) -> None:
         self._expr_cache = None
         self.module.set_graph(_to_torch_sparse(self.adata.obsp[self.registry["graph_key"]]))
@@ -518,8 +550,18 @@ class GCNG(BaseModel):
         is_val = table["ligand"].isin(val_lig)
         return table[~is_val], table[is_val]
 
-    def _loader(self, table: pd.DataFrame, batch_size: int, shuffle: bool, seed: int, labels: bool) -> DataLoader:
+    def _loader(
+        self, table: pd.DataFrame, batch_size: int, shuffle: bool, seed: int, labels: bool, cell_order: Any = None,
+        ligand_only: bool = False,
+    ) -> DataLoader:  # fmt: skip
         expr, idx = self._pair_tensors(table)
+        lig_order = None
+        if cell_order is not None:
+            order = torch.as_tensor(np.asarray(cell_order), dtype=torch.long)
+            if ligand_only:
+                lig_order = order
+            else:
+                expr = expr[order]
         y = torch.as_tensor(table["label"].to_numpy(), dtype=torch.float32) if labels else None
         gen = torch.Generator().manual_seed(seed) if shuffle else None
         return DataLoader(
@@ -527,7 +569,7 @@ class GCNG(BaseModel):
             batch_size=batch_size,
             shuffle=shuffle,
             generator=gen,
-            collate_fn=_PairCollate(expr, idx, y),
+            collate_fn=_PairCollate(expr, idx, y, lig_order),
         )
 
     def _dataloaders(
@@ -545,12 +587,15 @@ class GCNG(BaseModel):
             train_t, val_t = table, None
         if train_t["label"].nunique() < 2:
             raise ValueError("The training split has a single class; use more pairs or a smaller `validation`.")
+        self._train_split, self._val_split = train_t, val_t  # for fit reports (scst.tl.ligand_receptor)
         train_dl = self._loader(train_t, batch_size, True, seed, True)
         val_dl = None if val_t is None or val_t.empty else self._loader(val_t, batch_size, False, seed, True)
         return train_dl, val_dl
 
     # -------------------------------------------------------------------------------- inference
-    def predict(self, pairs: pd.DataFrame, batch_size: int = 256) -> pd.DataFrame:
+    def predict(
+        self, pairs: pd.DataFrame, batch_size: int = 256, cell_order: Any = None, ligand_only: bool = False
+    ) -> pd.DataFrame:
         """Interaction probability of each gene pair.
 
         Parameters
@@ -560,6 +605,12 @@ class GCNG(BaseModel):
             skipped with a warning; an error is raised when none remain.
         batch_size
             Pairs per forward pass.
+        cell_order
+            A permutation of the cells: cell ``i`` gets the expression of cell ``cell_order[i]`` (the graph stays),
+            i.e. positions shuffled — the permutation null of :func:`scst.tl.ligand_receptor`.
+        ligand_only
+            Apply ``cell_order`` to the ligand's expression only (the receptor stays): ligand–receptor association
+            broken, each gene's own arrangement kept.
 
         Returns
         -------
@@ -568,6 +619,8 @@ class GCNG(BaseModel):
         if self.adata is None:
             raise ValueError("This GCNG has no data; load it with `GCNG.load(dir, data=adata)`.")
         present = self._present(pairs, "candidate")
-        loader = self._loader(present, batch_size, False, 0, False)
+        if cell_order is not None and sorted(np.asarray(cell_order).tolist()) != list(range(self.adata.n_obs)):
+            raise ValueError(f"cell_order: expected a permutation of the {self.adata.n_obs} cells.")
+        loader = self._loader(present, batch_size, False, 0, False, cell_order, ligand_only)
         out = self._inference(loader, lambda m, x: m.predict_proba(x))
         return present.assign(score=torch.cat(out).numpy().astype(np.float64))

@@ -1,9 +1,10 @@
-"""Ligand–receptor scores: GCNG and three unsupervised baselines, written as a long table to ``adata.uns``."""
+"""``scst.tl.ligand_receptor``: LIANA-style long table of pair scores, permutation p-values and FDR in ``adata.uns``."""
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -12,82 +13,26 @@ from anndata import AnnData
 
 from .._logging import logg
 from .._utils import _check_key, _get_table
-from ..datasets._ligand_receptor import _check_lr_table, lr_pairs_in_genes
-from ..datasets._ligand_receptor import ligand_receptor as _lr_resource
+from ..datasets._ligand_receptor import as_lr_table, lr_pairs_in_genes
 from ..models._gcng import GCNG, entity_expression, normalized_expression
+from ..pp._graph_matrix import graph_matrix_from_adjacency
+from ._ligrec_gcng import GCNGScores, gcng_null_pvalues, gcng_scores
+from ._ligrec_scores import (
+    BASELINES,
+    _liana_local,
+    bh_fdr,
+    lr_scores,
+    permutation_pvalues,
+    robust_rank_aggregate,
+    score_function,
+    spot_inclusive_weights,
+)
 
 __all__ = ["ligand_receptor", "lr_scores", "BASELINES", "LIGREC_METHODS"]
 
-#: Unsupervised scores, all computed on the same normalised expression as GCNG.
-BASELINES = ("pearson", "spatial_pearson", "expression")
-LIGREC_METHODS = ("gcng", *BASELINES)
-
-
-def _zscore(x: np.ndarray) -> np.ndarray:
-    mu = x.mean(axis=0, keepdims=True)
-    sd = x.std(axis=0, keepdims=True)
-    return np.divide(x - mu, sd, out=np.zeros_like(x, dtype=np.float64), where=sd > 0)
-
-
-def _edges(adjacency: Any) -> tuple[np.ndarray, np.ndarray]:
-    a = sp.coo_matrix(adjacency)
-    keep = (a.data != 0) & (a.row != a.col)
-    return a.row[keep], a.col[keep]
-
-
-def lr_scores(
-    lig: np.ndarray,
-    rec: np.ndarray,
-    method: Literal["pearson", "spatial_pearson", "expression"],
-    adjacency: Any = None,
-) -> np.ndarray:
-    """Unsupervised ligand–receptor scores for column-paired expression matrices.
-
-    Parameters
-    ----------
-    lig, rec
-        ``(n_cells, n_pairs)`` expression of each pair's ligand and receptor (column ``k`` is pair ``k``).
-    method
-        - ``"pearson"``: Pearson correlation of ligand and receptor *within* cells (single-cell PC);
-        - ``"spatial_pearson"``: Pearson correlation over the directed edges ``i → j`` of the cell graph of the
-          ligand in cell ``i`` and the receptor in its neighbour ``j`` (spatial PC);
-        - ``"expression"``: ``mean(L) · mean(R)``, the expression-level control (no co-expression, no space).
-    adjacency
-        ``(n_cells, n_cells)`` cell graph (non-zero = neighbours; self-loops ignored), for ``"spatial_pearson"``.
-
-    Returns
-    -------
-    ``(n_pairs,)`` scores; a constant gene gives correlation 0.
-    """
-    lig = np.asarray(lig, dtype=np.float64)
-    rec = np.asarray(rec, dtype=np.float64)
-    if lig.shape != rec.shape:
-        raise ValueError(f"lig and rec must have the same shape, got {lig.shape} and {rec.shape}.")
-    if method == "expression":
-        return lig.mean(axis=0) * rec.mean(axis=0)
-    if method == "pearson":
-        return (_zscore(lig) * _zscore(rec)).mean(axis=0)
-    if method == "spatial_pearson":
-        if adjacency is None:
-            raise ValueError("method='spatial_pearson' needs the cell graph (`adjacency`).")
-        src, dst = _edges(adjacency)
-        if len(src) == 0:
-            warnings.warn("The cell graph has no edges; spatial Pearson is 0 for every pair.", stacklevel=2)
-            return np.zeros(lig.shape[1])
-        return (_zscore(lig[src]) * _zscore(rec[dst])).mean(axis=0)
-    raise ValueError(f"method: expected one of {list(BASELINES)}, got {method!r}.")
-
-
-def _local_scores(lig: np.ndarray, rec: np.ndarray, adjacency: Any) -> np.ndarray:
-    """Per-cell score: z(ligand in the cell) × mean z(receptor in its neighbours)."""
-    a = sp.csr_matrix(adjacency, dtype=np.float64)
-    a = sp.csr_matrix((a != 0).astype(np.float64))
-    a.setdiag(0)
-    a.eliminate_zeros()
-    deg = np.asarray(a.sum(axis=1)).ravel()
-    inv = np.divide(1.0, deg, out=np.zeros_like(deg), where=deg > 0)
-    neigh = sp.diags(inv) @ a @ _zscore(rec)
-    return _zscore(lig) * neigh
+LIGREC_METHODS = ("gcng", "pearson", "spatial_pearson", "bivariate", "expression")
+_SPATIAL = ("spatial_pearson", "bivariate")
+_GROUP_KEYS = ("section", "fov", "library_id", "sample")
 
 
 def _guess_organism(var_names: pd.Index) -> str:
@@ -96,47 +41,154 @@ def _guess_organism(var_names: pd.Index) -> str:
     return "human" if upper > 0.5 else "mouse"
 
 
+def _groups(adata: AnnData, groups_key: str | None) -> tuple[np.ndarray | None, str | None]:
+    if groups_key == "auto":
+        groups_key = next((k for k in _GROUP_KEYS if k in adata.obs), None)
+    if groups_key is None:
+        return None, None
+    _check_key(adata.obs, groups_key, "adata.obs (the sections within which positions are shuffled)")
+    return adata.obs[groups_key].astype(str).to_numpy(), groups_key
+
+
+def _check_graph(adj: Any, groups: np.ndarray | None, connectivity_key: str) -> None:
+    """Every section needs edges: a section without a graph has no spatial score and no spatial null."""
+    a = sp.coo_matrix(adj)
+    off = (a.row != a.col) & (a.data != 0)
+    if groups is None:
+        if not off.any():
+            raise ValueError(f"adata.obsp[{connectivity_key!r}] has no edges; build the cell graph first.")
+        return
+    with_edges = set(groups[a.row[off & (groups[a.row] == groups[a.col])]])
+    without = [g for g in pd.unique(groups) if g not in with_edges]
+    if without:
+        raise ValueError(
+            f"Section(s) {without} have no edges in adata.obsp[{connectivity_key!r}]; build the graph per section "
+            "(scst.pp.cell_graph(..., library_key=...)) or score them separately."
+        )
+
+
+def _prepare_pairs(pairs: Any, adata: AnnData, expr_prop: float, props: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
+    table = as_lr_table(pairs, organism=_guess_organism(adata.var_names))
+    n_in = len(table.drop_duplicates(["ligand", "receptor"]))
+    present = lr_pairs_in_genes(table, adata.var_names)
+    missing_sub = present.attrs.get("missing_subunits", {})
+    info: dict[str, Any] = {"n_pairs_input": int(n_in), "n_pairs_absent": int(n_in - len(present))}
+    info["n_complexes_missing_subunit"] = len(missing_sub)
+    if missing_sub:
+        info["complexes_missing_subunit"] = {k: list(v) for k, v in list(missing_sub.items())[:100]}
+        shown = ", ".join(f"{k} (no {'/'.join(v)})" for k, v in list(missing_sub.items())[:5])
+        warnings.warn(
+            f"{len(missing_sub)} complex(es) lack a measured subunit and their pairs are skipped: {shown}"
+            + (" ..." if len(missing_sub) > 5 else ""),
+            stacklevel=3,
+        )
+    if present.empty:
+        raise ValueError(f"pairs: none of the {n_in} pairs has both genes (all complex subunits) in adata.var_names.")
+    if len(present) < n_in:
+        logg.warning(f"ligand_receptor: skipped {n_in - len(present)} of {n_in} pairs with genes absent from the data.")
+    entities = pd.unique(pd.concat([present["ligand"], present["receptor"]]))
+    prop = pd.Series(props(entities), index=entities)
+    low = prop.index[prop < expr_prop]
+    keep = ~(present["ligand"].isin(low) | present["receptor"].isin(low))
+    info.update(
+        expr_prop=float(expr_prop),
+        n_entities_below_expr_prop=int(len(low)),
+        n_pairs_below_expr_prop=int((~keep).sum()),
+        entities_below_expr_prop=[str(e) for e in low[:200]],
+    )
+    present = present[keep].reset_index(drop=True)
+    if present.empty:
+        raise ValueError(
+            f"pairs: no usable pair: all {int((~keep).sum())} pairs present in the data have a ligand or receptor "
+            f"expressed in fewer than expr_prop={expr_prop} of the cells/spots."
+        )
+    return present, info
+
+
 def ligand_receptor(
     adata: AnnData | Any,
     model: GCNG | None = None,
     *,
-    pairs: pd.DataFrame | None = None,
-    method: Literal["gcng", "pearson", "spatial_pearson", "expression"] = "gcng",
-    key_added: str = "scst_ligrec",
+    pairs: pd.DataFrame | str | Sequence[tuple[str, str]] | None = None,
+    method: str | Sequence[str] = "spatial_pearson",
+    expr_prop: float = 0.1,
+    n_perms: int | None = 100,
+    null: str = "auto",
+    seed: int = 0,
+    groups_key: str | None = "auto",
     connectivity_key: str = "spatial_connectivities",
+    local_name: str = "cosine",
+    known: pd.DataFrame | None = None,
+    n_folds: int = 5,
+    gcng_config: Mapping[str, Any] | None = None,
+    graph_key: str = "gcng_autocrine_plus",
+    train_kwargs: Mapping[str, Any] | None = None,
+    key_added: str = "scst_ligrec",
     layer: str | None = None,
     normalize: bool = True,
     log1p: bool = True,
     local_scores: bool | int = False,
     copy: bool = False,
 ) -> AnnData | None:
-    """Score ligand–receptor pairs with a trained GCNG or an unsupervised baseline.
+    """Score ligand–receptor pairs: a LIANA-style long table with permutation p-values and FDR.
 
     Parameters
     ----------
     adata
-        AnnData, or SpatialData whose ``"table"`` is used. For ``method="gcng"`` the data the model was set up
-        with (GCNG is tied to its cells).
+        AnnData, or SpatialData whose ``"table"`` is used; raw counts in ``layer`` (default ``X``).
     model
-        A trained :class:`scst.models.GCNG` (required for ``method="gcng"``).
+        A trained :class:`scst.models.GCNG` to score with (``method="gcng"``); its scores of pairs it was fit on are
+        flagged ``in_training``. Without it, ``"gcng"`` is cross-fitted here (see ``known``).
     pairs
-        Candidate pairs (``ligand``, ``receptor``; extra columns are kept), e.g. from
-        :func:`scst.datasets.ligand_receptor`. Default: GCNG's list (Ramilowski 2015) in the data's organism
-        (guessed from the symbol case). Pairs whose genes (all complex subunits) are absent are skipped with a
-        warning; an error is raised when none remain.
+        The resource: a DataFrame in liana's format (``ligand``, ``receptor``; complexes ``_``-joined, e.g.
+        ``ITGA1_ITGB1``; extra columns kept), OmniPath columns (``source_genesymbol``, ``target_genesymbol``), a list
+        of ``(ligand, receptor)`` tuples, or a resource name (:func:`scst.datasets.ligand_receptor`: ``"gcng"``,
+        ``"liana"`` or any liana resource such as ``"consensus"``, ``"cellphonedb"``). Default: GCNG's list
+        (Ramilowski 2015) in the data's organism. Pairs with an absent gene are skipped; a complex with a missing
+        subunit is skipped with a warning naming it.
     method
-        ``"gcng"`` (model probability), ``"pearson"`` (within cells), ``"spatial_pearson"`` (ligand in a cell vs
-        receptor in its neighbours) or ``"expression"`` (``mean(L)·mean(R)``); see :func:`lr_scores`.
+        One or several of ``"spatial_pearson"`` (ligand in a cell vs receptor in its neighbours), ``"bivariate"``
+        (liana's local bivariate metric ``local_name`` on the spot-inclusive graph ``A + I``, averaged over
+        spots), ``"pearson"`` (within cells), ``"expression"`` (``mean(L)·mean(R)``, the abundance control) and
+        ``"gcng"``.
+    expr_prop
+        Minimum fraction of cells/spots expressing each entity (count > 0; a complex: all subunits), as LIANA's
+        ``expr_prop`` / squidpy's ``threshold``; pairs under it are dropped and counted in the params.
+    n_perms
+        Permutations of the null (``0``/``None``: no p-values); ``p = (1 + #{null ≥ observed}) / (1 + n_perms)``,
+        one-sided, then BH FDR over the pairs. The ``"expression"`` control changes under no permutation: NaN.
+    null
+        Positions shuffled within each section: ``"positions"`` (ligand and receptor rows permuted together:
+        within-spot co-expression kept, only the arrangement of spots is random), ``"ligand"`` (the ligand's rows
+        only: the ligand–receptor association broken, each gene's own pattern kept), or ``"auto"``:
+        ``"positions"`` for ``spatial_pearson`` (its neighbour edges leave the spot out) and GCNG, ``"ligand"``
+        for ``pearson`` (positions do not enter it) and ``bivariate`` (on the spot-inclusive graph it mostly
+        measures co-expression in and around a spot, which a joint shuffle keeps).
+    seed
+        Seed of the permutations and of GCNG.
+    groups_key
+        ``obs`` column of the sections within which positions are shuffled (``"auto"``: ``section``, ``fov``,
+        ``library_id`` or ``sample`` when present; ``None``: all cells).
+    connectivity_key
+        ``obsp`` cell graph for the spatial methods (every section must have edges) and GCNG's graph matrix.
+    local_name
+        liana local metric of ``"bivariate"`` (``cosine``, ``pearson``, ``spearman``, ``jaccard``, ``product``,
+        ``norm_product``, ``morans``).
+    known
+        GCNG's training positives when it is cross-fitted (default: the resource's pairs). They are split into
+        ``n_folds`` folds by ligand; each known pair is scored by the model not trained on its fold
+        (out-of-fold), other pairs by the model trained on all known pairs.
+    n_folds, gcng_config, graph_key, train_kwargs
+        GCNG cross-fitting folds, config (default ``GCNG.bench_config``), graph matrix (``obsp[graph_key]``, built
+        as autocrine+ from ``connectivity_key`` when absent) and :meth:`GCNG.train` arguments.
     key_added
         ``uns`` key of the results.
-    connectivity_key
-        ``obsp`` cell graph for ``"spatial_pearson"`` and the local scores.
     layer, normalize, log1p
-        Expression used by the baselines and the local scores: ``layer`` (default ``X``) scaled to 10,000 per cell
-        when ``normalize``, then ``log1p``. GCNG uses its own setup and config.
+        Expression of the unsupervised methods: ``layer`` scaled to 10,000 per cell when ``normalize``, then
+        ``log1p``. GCNG uses its own config.
     local_scores
-        Also write per-cell local interaction scores — z(ligand in the cell) × mean z(receptor in its
-        neighbours) — for the top ``local_scores`` pairs (``True``: 50).
+        Also write per-spot scores of the top ``local_scores`` pairs (``True``: 50): liana's ``local_name`` metric
+        on the spot-inclusive graph.
     copy
         Return a copy instead of writing in place.
 
@@ -144,98 +196,178 @@ def ligand_receptor(
     -------
     ``None``, or the modified copy when ``copy=True``. Writes
 
-    - ``uns[key_added]``: long DataFrame, one row per pair, best first: ``ligand``, ``receptor``, ``score``
-      (higher = more likely interacting), ``rank`` (1 = best), ``method``, ``ligand_mean``, ``receptor_mean``
-      (normalised expression means), then the extra columns of ``pairs``;
-    - ``uns[f"{key_added}_params"]``: the parameters (method, keys, normalisation, numbers of pairs, and the
-      GCNG config and graph for ``"gcng"``);
-    - with ``local_scores``: ``obsm[f"{key_added}_local"]``, a cells × pairs DataFrame (columns
-      ``"LIGAND^RECEPTOR"``).
+    - ``uns[key_added]``: one row per pair, best first (liana's ``liana_res`` columns): ``ligand_complex``,
+      ``receptor_complex``, ``ligand_means``, ``ligand_props``, ``receptor_means``, ``receptor_props``, then per
+      method ``{method}_score``, ``{method}_pvals``, ``{method}_fdr`` (BH over the pairs), ``in_training`` with
+      ``"gcng"``, then ``magnitude_rank`` (RRA of the methods' score ranks; one method: rank / n) and, with
+      p-values, ``specificity_rank`` (RRA of their p-value ranks), then the extra columns of ``pairs``;
+    - ``uns[f"{key_added}_params"]``: methods, nulls, ``n_perms``, seed, keys, normalisation, pair counts (input,
+      absent, complexes missing a subunit, entities/pairs under ``expr_prop``, scored), and for GCNG its graph,
+      config, ``n_in_training`` and ``gcng_fit`` (train/validation/held-out AUROC per model);
+    - with ``local_scores``: ``obsm[f"{key_added}_local"]``, a cells × pairs DataFrame (``"LIGAND^RECEPTOR"``).
     """
-    if method not in LIGREC_METHODS:
-        raise ValueError(f"method: expected one of {list(LIGREC_METHODS)}, got {method!r}.")
-    adata = _get_table(adata)
-    if copy:
-        adata = adata.copy()
-    if pairs is None:
-        pairs = _lr_resource("gcng", organism=_guess_organism(adata.var_names))
-    _check_lr_table(pairs)
-    present = lr_pairs_in_genes(pairs, adata.var_names)
-    n_in = len(pairs.drop_duplicates(["ligand", "receptor"]))
-    if present.empty:
-        raise ValueError(f"pairs: none of the {n_in} pairs has both genes (all subunits) in adata.var_names.")
-    if len(present) < n_in:
-        logg.warning(f"ligand_receptor: skipped {n_in - len(present)} of {n_in} pairs with genes absent from the data.")
-    norm = normalized_expression(adata, layer, normalize=normalize, log1p=log1p)
-    lig = entity_expression(norm, adata.var_names, present["ligand"])
-    rec = entity_expression(norm, adata.var_names, present["receptor"])
-    need_graph = method == "spatial_pearson" or bool(local_scores)
-    if need_graph:
-        _check_key(adata.obsp, connectivity_key, "adata.obsp (build the cell graph with scst.pp.cell_graph)")
-    params: dict[str, Any] = {
-        "method": method,
-        "layer": layer,
-        "normalize": normalize,
-        "log1p": log1p,
-        "n_pairs_input": int(n_in),
-        "n_pairs_scored": int(len(present)),
-    }
-    if method == "gcng":
-        if model is None:
-            raise ValueError("method='gcng' needs a trained `model` (scst.models.GCNG).")
+    methods = [method] if isinstance(method, str) else list(method)
+    bad = [m for m in methods if m not in LIGREC_METHODS]
+    if bad or not methods:
+        raise ValueError(f"method: expected one or more of {list(LIGREC_METHODS)}, got {method!r}.")
+    if not 0 <= expr_prop <= 1:
+        raise ValueError(f"expr_prop: expected a fraction in [0, 1], got {expr_prop!r}.")
+    if null not in ("auto", "positions", "ligand"):
+        raise ValueError(f"null: expected 'auto', 'positions' or 'ligand', got {null!r}.")
+    n_perms = int(n_perms or 0)
+    if n_perms < 0:
+        raise ValueError(f"n_perms: expected >= 0, got {n_perms}.")
+    if "bivariate" in methods or local_scores:
+        _liana_local(local_name)  # unknown metric / missing liana: fail before any work
+    if "gcng" in methods and model is not None:
         if not isinstance(model, GCNG):
             raise TypeError(f"`model` must be a scst.models.GCNG, got {type(model).__name__}.")
         if not model.is_trained:
-            raise ValueError("`model` is not trained; call `model.train(pairs)` first.")
+            raise ValueError("`model` is not trained; call `model.train(pairs)` first (or pass no model to "
+                             "cross-fit GCNG here).")  # fmt: skip
+    adata = _get_table(adata)
+    if copy:
+        adata = adata.copy()
+    groups, gkey = _groups(adata, groups_key)
+    norm = normalized_expression(adata, layer, normalize=normalize, log1p=log1p)
+    detect = sp.csc_matrix(norm)
+
+    def props(entities: Any) -> np.ndarray:
+        return (entity_expression(detect, adata.var_names, entities) > 0).mean(axis=0)
+
+    present, info = _prepare_pairs(
+        _default_pairs(adata) if pairs is None else pairs, adata, expr_prop, props
+    )  # fmt: skip
+    lig = entity_expression(norm, adata.var_names, present["ligand"])
+    rec = entity_expression(norm, adata.var_names, present["receptor"])
+    adj = None
+    gcng_needs_graph = "gcng" in methods and model is None and graph_key not in adata.obsp
+    if any(m in _SPATIAL for m in methods) or local_scores or gcng_needs_graph:
+        _check_key(adata.obsp, connectivity_key, "adata.obsp (build the cell graph with scst.pp.cell_graph)")
+        adj = adata.obsp[connectivity_key]
+        _check_graph(adj, groups, connectivity_key)
+    params: dict[str, Any] = {
+        "methods": methods,
+        "n_perms": n_perms,
+        "seed": int(seed),
+        "groups_key": gkey,
+        "connectivity_key": connectivity_key,
+        "layer": layer,
+        "normalize": normalize,
+        "log1p": log1p,
+        **info,
+        "n_pairs_scored": int(len(present)),
+    }
+    res = pd.DataFrame(
+        {
+            "ligand_complex": present["ligand"].to_numpy(),
+            "receptor_complex": present["receptor"].to_numpy(),
+            "ligand_means": lig.mean(axis=0).astype(np.float64),
+            "ligand_props": (lig > 0).mean(axis=0),
+            "receptor_means": rec.mean(axis=0).astype(np.float64),
+            "receptor_props": (rec > 0).mean(axis=0),
+        }
+    )
+    nulls = {}
+    for i, m in enumerate(methods):
+        if m == "gcng":
+            nulls[m] = "positions" if null == "auto" else null
+            score, pval, extra = _gcng(adata, model, present, known, n_folds, gcng_config, graph_key, adj,
+                                       train_kwargs, layer, normalize, seed, groups, n_perms, nulls[m])  # fmt: skip
+            res["gcng_score"], res["gcng_pvals"] = score, pval
+            res["in_training"] = extra.pop("in_training")
+            params.update(extra)
+        else:
+            fn, default = score_function(m, adj, local_name=local_name)
+            nulls[m] = default if null == "auto" or default == "none" else null
+            score = fn(lig, rec)
+            pval = permutation_pvalues(fn, lig, rec, score, null=nulls[m], groups=groups, n_perms=n_perms,
+                                       seed=seed + 7919 * i)  # fmt: skip
+            res[f"{m}_score"], res[f"{m}_pvals"] = score, pval
+        res[f"{m}_fdr"] = bh_fdr(res[f"{m}_pvals"].to_numpy())
+    params["nulls"] = nulls
+    if "bivariate" in methods:
+        params["local_name"] = local_name
+    score_cols = [f"{m}_score" for m in methods]
+    res["magnitude_rank"] = robust_rank_aggregate(res[score_cols].to_numpy(), [False] * len(methods))
+    pcols = [f"{m}_pvals" for m in methods if not res[f"{m}_pvals"].isna().all()]
+    if pcols:
+        res["specificity_rank"] = robust_rank_aggregate(res[pcols].to_numpy(), [True] * len(pcols))
+    for c in present.columns:
+        if c not in ("ligand", "receptor"):
+            res[c] = present[c].to_numpy()
+    order = ["magnitude_rank", *(["specificity_rank"] if pcols else []), "ligand_complex", "receptor_complex"]
+    res = res.sort_values(order, kind="stable").reset_index(drop=True)
+    adata.uns[key_added] = res
+    if local_scores:
+        n_top = 50 if local_scores is True else int(local_scores)
+        top = res.head(n_top)
+        col = {p: j for j, p in enumerate(zip(present["ligand"], present["receptor"]))}
+        idx = [col[p] for p in zip(top["ligand_complex"], top["receptor_complex"])]
+        fun = _liana_local(local_name)
+        local = np.asarray(fun(lig[:, idx], rec[:, idx], spot_inclusive_weights(adj).toarray()))
+        adata.obsm[f"{key_added}_local"] = pd.DataFrame(
+            local.astype(np.float32),
+            index=adata.obs_names,
+            columns=[f"{lg}^{rc}" for lg, rc in zip(top["ligand_complex"], top["receptor_complex"])],
+        )
+        params.update(local_scores_key=f"{key_added}_local", local_name=local_name)
+    adata.uns[f"{key_added}_params"] = params
+    logg.info(f"ligand_receptor: scored {len(res)} pairs with {methods} → adata.uns[{key_added!r}]")
+    return adata if copy else None
+
+
+def _default_pairs(adata: AnnData) -> pd.DataFrame:
+    from ..datasets._ligand_receptor import ligand_receptor as resource
+
+    return resource("gcng", organism=_guess_organism(adata.var_names))
+
+
+def _gcng(
+    adata: AnnData, model: GCNG | None, present: pd.DataFrame, known: pd.DataFrame | None, n_folds: int,
+    config: Mapping[str, Any] | None, graph_key: str, adj: Any, train_kwargs: Mapping[str, Any] | None,
+    layer: str | None, normalize: bool, seed: int, groups: np.ndarray | None, n_perms: int, null: str,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:  # fmt: skip
+    """GCNG scores (given model, or cross-fitted), their permutation p-values, ``in_training`` and params."""
+    cand = present[["ligand", "receptor"]]
+    if model is not None:
         saved = (model.data, model.adata, getattr(model, "_expr_cache", None))
         try:
             if model.adata is not adata:  # score this AnnData (same cells) without re-pointing the model for good
                 model._attach(adata)
-            pred = model.predict(present[["ligand", "receptor"]])
+            pred = model.predict(cand)
+            seen = set(zip(model.training_pairs["ligand"], model.training_pairs["receptor"]))
+            table = cand.assign(score=pred["score"].to_numpy(), model=0)
+            table["in_training"] = [p in seen for p in zip(cand["ligand"], cand["receptor"])]
+            result = GCNGScores(table, [model])
+            pval = gcng_null_pvalues(result, groups=groups, n_perms=n_perms, seed=seed, n_obs=adata.n_obs, null=null)
         finally:
             if model.adata is not saved[1]:
                 model.data, model.adata = saved[0], saved[1]
                 if saved[1] is not None:
                     model._set_graph()
                 model._expr_cache = saved[2]
-        score = pred.set_index(["ligand", "receptor"])["score"]
-        score = score.reindex(pd.MultiIndex.from_frame(present[["ligand", "receptor"]])).to_numpy()
-        params.update(graph_key=model.registry["graph_key"], model_config=dict(model.config))
+        n_in = int(table["in_training"].sum())
+        if n_in:
+            warnings.warn(
+                f"{n_in} of {len(table)} GCNG scores are in-sample (pairs the model was fit on; "
+                "`in_training=True`): they measure fit, not prediction. Pass no `model` to cross-fit.",
+                stacklevel=3,
+            )
+        extra = {"graph_key": model.registry["graph_key"], "model_config": dict(model.config), "gcng_mode": "model"}
     else:
-        adj = adata.obsp[connectivity_key] if method == "spatial_pearson" else None
-        score = lr_scores(lig, rec, method, adj)
-        if method == "spatial_pearson":
-            params["connectivity_key"] = connectivity_key
-    extra = [c for c in present.columns if c not in ("ligand", "receptor")]
-    res = pd.DataFrame(
-        {
-            "ligand": present["ligand"].to_numpy(),
-            "receptor": present["receptor"].to_numpy(),
-            "score": np.asarray(score, dtype=np.float64),
-            "method": method,
-            "ligand_mean": lig.mean(axis=0).astype(np.float64),
-            "receptor_mean": rec.mean(axis=0).astype(np.float64),
-        }
-    )
-    for c in extra:
-        res[c] = present[c].to_numpy()
-    res["rank"] = res["score"].rank(ascending=False, method="min").astype(int)
-    res = res.sort_values(["rank", "ligand", "receptor"]).reset_index(drop=True)
-    res = res[["ligand", "receptor", "score", "rank", "method", "ligand_mean", "receptor_mean", *extra]]
-    adata.uns[key_added] = res
-    if local_scores:
-        n_top = 50 if local_scores is True else int(local_scores)
-        top = res.head(n_top)
-        col = {p: i for i, p in enumerate(zip(present["ligand"], present["receptor"]))}
-        idx = [col[p] for p in zip(top["ligand"], top["receptor"])]
-        local = _local_scores(lig[:, idx], rec[:, idx], adata.obsp[connectivity_key])
-        adata.obsm[f"{key_added}_local"] = pd.DataFrame(
-            local.astype(np.float32),
-            index=adata.obs_names,
-            columns=[f"{lg}^{rc}" for lg, rc in zip(top["ligand"], top["receptor"])],
-        )
-        params["local_scores_key"] = f"{key_added}_local"
-        params["connectivity_key"] = connectivity_key
-    adata.uns[f"{key_added}_params"] = params
-    logg.info(f"ligand_receptor: scored {len(res)} pairs with {method!r} → adata.uns[{key_added!r}]")
-    return adata if copy else None
+        config = dict(GCNG.bench_config if config is None else config)
+        if graph_key not in adata.obsp:
+            adata.obsp[graph_key] = graph_matrix_from_adjacency(adj, "autocrine+")
+        known_t = present if known is None else lr_pairs_in_genes(as_lr_table(known), adata.var_names)
+        if known_t.empty:
+            raise ValueError("known: no known pair has both genes in adata.var_names; GCNG has nothing to learn.")
+        result = gcng_scores(adata, cand, known_t, graph_key=graph_key, config=config, n_folds=n_folds, layer=layer,
+                             normalize=normalize, seed=seed, train_kwargs=train_kwargs)  # fmt: skip
+        table = result.table
+        pval = gcng_null_pvalues(result, groups=groups, n_perms=n_perms, seed=seed, n_obs=adata.n_obs, null=null)
+        extra = {"graph_key": graph_key, "model_config": config, "gcng_mode": "cross-fitted", "n_folds": n_folds,
+                 "gcng_fit": pd.DataFrame(result.fit)}  # fmt: skip
+    extra["n_in_training"] = int(table["in_training"].sum())
+    extra["in_training"] = table["in_training"].to_numpy(bool)
+    return table["score"].to_numpy(np.float64), pval, extra

@@ -20,7 +20,7 @@ from .._utils import _check_key, _get_table
 from ..datasets._ligand_receptor import _check_lr_table, complex_subunits, lr_pairs_in_genes
 from ..models._gcng import GCNG, entity_expression, normalized_expression, sample_negatives
 from ..pp._graph_matrix import GRAPH_KINDS, graph_matrix_from_adjacency
-from ._ligrec import BASELINES, lr_scores
+from ._ligrec_scores import BASELINES, lr_scores
 
 __all__ = [
     "LRFold",
@@ -121,7 +121,9 @@ def lr_folds(
         raise ValueError(f"negatives: expected 'random' or 'expression_matched', got {negatives!r}.")
     if negatives == "expression_matched" and task == "interaction" and expression is None:
         raise ValueError("negatives='expression_matched' needs `expression` (mean expression per receptor).")
-    known = pairs[["ligand", "receptor"]].astype(str).drop_duplicates().reset_index(drop=True)
+    known = pairs[["ligand", "receptor"]].dropna().astype(str).drop_duplicates().reset_index(drop=True)
+    if known.empty:
+        raise ValueError("pairs: no usable ligand–receptor pair (the table is empty); folds need known pairs.")
     rng = np.random.default_rng(seed)
     if permute_labels:
         perm = known.assign(receptor=rng.permutation(known["receptor"].to_numpy()))

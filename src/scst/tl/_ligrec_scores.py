@@ -1,0 +1,221 @@
+"""Ligand–receptor pair scores, their permutation nulls (positions shuffled within sections) and rank aggregation."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.stats import beta, false_discovery_control
+
+__all__ = [
+    "lr_scores",
+    "BASELINES",
+    "section_permutations",
+    "permutation_pvalues",
+    "bh_fdr",
+    "robust_rank_aggregate",
+    "score_function",
+    "spot_inclusive_weights",
+]
+
+#: Unsupervised scores, all computed on the same normalised expression as GCNG.
+BASELINES = ("pearson", "spatial_pearson", "expression")
+#: liana's local bivariate metrics offered as ``method="bivariate"`` (``local_name``).
+LIANA_LOCAL = ("cosine", "pearson", "spearman", "jaccard", "product", "norm_product", "morans")
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    mu = x.mean(axis=0, keepdims=True)
+    sd = x.std(axis=0, keepdims=True)
+    return np.divide(x - mu, sd, out=np.zeros_like(x, dtype=np.float64), where=sd > 0)
+
+
+def _edges(adjacency: Any) -> tuple[np.ndarray, np.ndarray]:
+    a = sp.coo_matrix(adjacency)
+    keep = (a.data != 0) & (a.row != a.col)
+    return a.row[keep], a.col[keep]
+
+
+def lr_scores(
+    lig: np.ndarray,
+    rec: np.ndarray,
+    method: Literal["pearson", "spatial_pearson", "expression"],
+    adjacency: Any = None,
+) -> np.ndarray:
+    """Unsupervised ligand–receptor scores for column-paired expression matrices.
+
+    Parameters
+    ----------
+    lig, rec
+        ``(n_cells, n_pairs)`` expression of each pair's ligand and receptor (column ``k`` is pair ``k``).
+    method
+        - ``"pearson"``: Pearson correlation of ligand and receptor *within* cells (single-cell PC);
+        - ``"spatial_pearson"``: Pearson correlation over the directed edges ``i → j`` of the cell graph of the
+          ligand in cell ``i`` and the receptor in its neighbour ``j`` (spatial PC);
+        - ``"expression"``: ``mean(L) · mean(R)``, the expression-level control (no co-expression, no space).
+    adjacency
+        ``(n_cells, n_cells)`` cell graph (non-zero = neighbours; self-loops ignored), for ``"spatial_pearson"``.
+
+    Returns
+    -------
+    ``(n_pairs,)`` scores; a constant gene gives correlation 0.
+    """
+    lig = np.asarray(lig, dtype=np.float64)
+    rec = np.asarray(rec, dtype=np.float64)
+    if lig.shape != rec.shape:
+        raise ValueError(f"lig and rec must have the same shape, got {lig.shape} and {rec.shape}.")
+    if method == "expression":
+        return lig.mean(axis=0) * rec.mean(axis=0)
+    if method == "pearson":
+        return (_zscore(lig) * _zscore(rec)).mean(axis=0)
+    if method == "spatial_pearson":
+        if adjacency is None:
+            raise ValueError("method='spatial_pearson' needs the cell graph (`adjacency`).")
+        src, dst = _edges(adjacency)
+        if len(src) == 0:
+            warnings.warn("The cell graph has no edges; spatial Pearson is 0 for every pair.", stacklevel=2)
+            return np.zeros(lig.shape[1])
+        return (_zscore(lig[src]) * _zscore(rec[dst])).mean(axis=0)
+    raise ValueError(f"method: expected one of {list(BASELINES)}, got {method!r}.")
+
+
+def spot_inclusive_weights(adjacency: Any) -> sp.csr_matrix:
+    """Binarised cell graph with every spot its own neighbour (``A + I``): spot data hold signal *within* spots."""
+    a = sp.csr_matrix(adjacency, dtype=np.float32)
+    a = sp.csr_matrix((a != 0).astype(np.float32))
+    a.setdiag(1.0)
+    a.eliminate_zeros()
+    return a
+
+
+def _liana_local(local_name: str) -> Callable[[np.ndarray, np.ndarray, Any], np.ndarray]:
+    try:
+        from liana.method.sp._bivariate._local_functions import LocalFunction
+    except ImportError as err:  # pragma: no cover - liana is a declared dependency
+        raise ImportError("method='bivariate' uses liana's local metrics: `pip install liana`.") from err
+    if local_name not in LIANA_LOCAL or local_name not in LocalFunction.instances:
+        raise ValueError(f"local_name: expected one of {list(LIANA_LOCAL)}, got {local_name!r}.")
+    fun = LocalFunction.instances[local_name]
+    if local_name == "morans":  # liana rescales inputs and weights for Moran's R before its formula
+        return lambda x, y, w: fun(x_mat=sp.csr_matrix(x), y_mat=sp.csr_matrix(y), weight=w, n_perms=None, seed=0,
+                                   mask_negatives=False, verbose=False)[0]  # fmt: skip
+    return lambda x, y, w: np.asarray(fun.fun(x, y, w))
+
+
+def score_function(
+    method: str, adjacency: Any = None, *, local_name: str = "cosine"
+) -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], str]:
+    """A pair-score function ``f(lig, rec) -> (n_pairs,)`` and the default null of its permutation test.
+
+    Nulls: ``"positions"`` (rows of ligand *and* receptor permuted together within sections: the spots' positions
+    shuffled, within-spot co-expression kept — for spatial Pearson, whose neighbour edges exclude the spot),
+    ``"ligand"`` (only the ligand's rows permuted: the ligand–receptor association broken, each gene's own spatial
+    pattern kept — single-cell Pearson, and liana's bivariate metrics, which on the spot-inclusive graph mostly
+    measure co-expression in and around a spot) or ``"none"`` (the expression control changes under no
+    permutation). GCNG is handled by the tool (its models score the pairs).
+    """
+    if method == "expression":
+        return (lambda lig, rec: lr_scores(lig, rec, "expression")), "none"
+    if method == "pearson":
+        return (lambda lig, rec: lr_scores(lig, rec, "pearson")), "ligand"
+    if method == "spatial_pearson":
+        src, dst = _edges(adjacency)
+        if len(src) == 0:
+            raise ValueError("method='spatial_pearson': the cell graph has no edges.")
+
+        def spatial(lig: np.ndarray, rec: np.ndarray) -> np.ndarray:
+            zl = _zscore(np.asarray(lig, np.float64)[src])
+            zr = _zscore(np.asarray(rec, np.float64)[dst])
+            return (zl * zr).mean(axis=0)
+
+        return spatial, "positions"
+    if method == "bivariate":
+        fun = _liana_local(local_name)
+        w = spot_inclusive_weights(adjacency)
+        w = w.toarray() if w.shape[0] < 10_000 else w  # liana densifies small graphs too
+
+        def bivariate(lig: np.ndarray, rec: np.ndarray) -> np.ndarray:
+            local = fun(np.asarray(lig, np.float32), np.asarray(rec, np.float32), w)
+            return np.asarray(local, dtype=np.float64).mean(axis=0)
+
+        return bivariate, "ligand"
+    raise ValueError(f"method: expected one of {[*BASELINES, 'bivariate']}, got {method!r}.")
+
+
+def section_permutations(groups: Sequence[Any] | None, n: int, n_perms: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """``n_perms`` permutations of ``n`` cells, each keeping every cell within its group (section / field of view)."""
+    rng = np.random.default_rng(seed)
+    blocks = [np.arange(n)] if groups is None else [np.flatnonzero(groups == g) for g in pd.unique(np.asarray(groups))]
+    for _ in range(n_perms):
+        perm = np.arange(n)
+        for idx in blocks:
+            perm[idx] = idx[rng.permutation(len(idx))]
+        yield perm
+
+
+def permutation_pvalues(
+    score_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    lig: np.ndarray,
+    rec: np.ndarray,
+    observed: np.ndarray,
+    *,
+    null: Literal["positions", "ligand", "none"],
+    groups: Sequence[Any] | None,
+    n_perms: int,
+    seed: int = 0,
+) -> np.ndarray:
+    """One-sided permutation p-values ``(1 + #{null ≥ observed}) / (1 + n_perms)`` (higher score = interacting).
+
+    The null shuffles cells within ``groups`` (``null="positions"``: ligand and receptor rows together;
+    ``"ligand"``: the ligand's rows only); ``"none"`` gives NaN. Under exchangeable spots the p-values are uniform on
+    ``{1, …, n_perms + 1} / (n_perms + 1)``.
+    """
+    observed = np.asarray(observed, dtype=np.float64)
+    if null == "none" or n_perms <= 0:
+        return np.full(observed.shape, np.nan)
+    exceed = np.zeros(observed.shape, dtype=np.int64)
+    tol = 1e-12 * np.maximum(1.0, np.abs(observed))  # float noise must not turn a tie into a win
+    for perm in section_permutations(groups, lig.shape[0], n_perms, seed):
+        s = score_fn(lig[perm], rec[perm]) if null == "positions" else score_fn(lig[perm], rec)
+        exceed += np.asarray(s) >= observed - tol
+    return (1.0 + exceed) / (1.0 + n_perms)
+
+
+def bh_fdr(pvals: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values; NaN stays NaN."""
+    p = np.asarray(pvals, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = false_discovery_control(p[ok], method="bh")
+    return out
+
+
+def robust_rank_aggregate(scores: np.ndarray, ascending: Sequence[bool]) -> np.ndarray:
+    """LIANA's rank aggregate: RRA (Kolde et al. 2012) of per-method ranks, lower = better.
+
+    Each column is ranked (``ascending[j]``: lower is better, e.g. p-values), ranks are divided by their maximum,
+    and each row gets ``min_k BetaCDF(r_(k); k, m - k + 1) · m`` (capped at 1) over its ``m`` sorted normalised
+    ranks. With one method this is the normalised rank (``rank / n``). Columns all NaN are left out; a NaN inside a
+    column ranks last.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    s = s.reshape(len(s), -1)
+    cols = [j for j in range(s.shape[1]) if not np.isnan(s[:, j]).all()]
+    if not cols:
+        return np.full(len(s), np.nan)
+    ranks = []
+    for j in cols:
+        v = s[:, j] if ascending[j] else -s[:, j]
+        v = np.where(np.isnan(v), np.inf, v)
+        r = pd.Series(v).rank(method="average").to_numpy()
+        ranks.append(r / r.max())
+    r = np.sort(np.column_stack(ranks), axis=1)
+    m = r.shape[1]
+    k = np.arange(1, m + 1)
+    rho = beta.cdf(r, k, m - k + 1).min(axis=1) * m
+    return np.minimum(rho, 1.0)
