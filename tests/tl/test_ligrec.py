@@ -396,3 +396,36 @@ def test_seqfish_field0_folds_mostly_without_positives():
     assert pred.attrs["n_pairs"] == 68
     assert sum(f.n_test_positives > 0 for f in folds) <= 3  # a fold without positives is the normal case here
     assert set(pred["method"]) <= {"diag", "sp"} and (pred["label"].isin([0, 1])).all()
+
+
+def test_bivariate_matches_liana_and_um_kernel():
+    import liana as li
+
+    from scst.models._gcng import normalized_expression
+    from scst.tl._ligrec_local import lr_kernel
+
+    adata, pairs = quadrant_data(n_pairs=8)
+    ligand_receptor(adata, pairs=pairs, method="bivariate", n_perms=0, local_scores=3)
+    ours = adata.uns["scst_ligrec"].set_index(["ligand_complex", "receptor_complex"])["bivariate_score"]
+    # liana.mt.bivariate itself, on the same normalised expression and the spot-inclusive graph A + I
+    ref = AnnData(normalized_expression(adata, log1p=True).tocsr(), obsm={"spatial": adata.obsm["spatial"]})
+    ref.var_names = adata.var_names
+    ref.obsp["w"] = sp.csr_matrix((adata.obsp["spatial_connectivities"] != 0).astype(np.float32) + sp.eye(64))
+    lr = li.mt.bivariate(ref, local_name="cosine", resource=pairs[["ligand", "receptor"]], connectivity_key="w",
+                         nz_prop=0.0, use_raw=False, verbose=False)  # fmt: skip
+    theirs = lr.var.set_index(["ligand", "receptor"])["mean"]
+    np.testing.assert_allclose(ours.loc[theirs.index], theirs, rtol=1e-4)
+    # Distance kernel in µm: 1 unit = 50 µm, bandwidth 50 µm → the 4 grid neighbours weigh exp(-1/2) ≈ 0.61,
+    # diagonals (70.7 µm) exp(-1) ≈ 0.37, two steps exp(-2) = 0.14 (> cutoff 0.1); the spot itself 1.
+    lr_kernel(adata, 50, um_per_unit=50.0, groups_key=None)
+    w = adata.obsp["scst_lr_kernel"].toarray()
+    i = 3 * 8 + 3
+    assert w[i, i] == 1 and w[i, i + 1] == pytest.approx(np.exp(-0.5), rel=1e-5)
+    assert w[i, i + 9] == pytest.approx(np.exp(-1), rel=1e-5) and w[i, i + 2] == pytest.approx(np.exp(-2), rel=1e-5)
+    assert w[i, i + 3] == 0  # exp(-4.5) < cutoff
+    ligand_receptor(adata, pairs=pairs, method="bivariate", kernel_key="scst_lr_kernel", n_perms=0, key_added="k")
+    assert adata.uns["k_params"]["kernel_key"] == "scst_lr_kernel"
+    assert not np.allclose(adata.uns["k"]["bivariate_score"].sort_values(), ours.sort_values())
+    adata.obs["section"] = "s"
+    with pytest.raises(ValueError, match="um_per_px"):
+        lr_kernel(adata, 50)  # no scst geometry for µm

@@ -4,6 +4,7 @@ from ._embed import embed_patches
 from ._expression import domain_ari, evaluate_expression, spatial_domains
 from ._ligrec import ligand_receptor, lr_scores
 from ._ligrec_cv import LRFold, gene_function_cv, ligrec_cv, ligrec_metrics, lr_folds, read_gmt, shuffle_graph
+from ._ligrec_local import lr_kernel
 from ._predict import cross_validate, predict_expression
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "ligrec_cv",
     "ligrec_metrics",
     "lr_folds",
+    "lr_kernel",
     "lr_scores",
     "predict_expression",
     "read_gmt",

@@ -118,6 +118,7 @@ def ligand_receptor(
     groups_key: str | None = "auto",
     connectivity_key: str = "spatial_connectivities",
     local_name: str = "cosine",
+    kernel_key: str | None = None,
     known: pd.DataFrame | None = None,
     n_folds: int = 5,
     gcng_config: Mapping[str, Any] | None = None,
@@ -174,6 +175,9 @@ def ligand_receptor(
     local_name
         liana local metric of ``"bivariate"`` (``cosine``, ``pearson``, ``spearman``, ``jaccard``, ``product``,
         ``norm_product``, ``morans``).
+    kernel_key
+        ``obsp`` proximity weights of ``"bivariate"`` and the local scores instead of ``A + I``, e.g. a distance
+        kernel in µm from :func:`scst.tl.lr_kernel` (spot-inclusive, per section).
     known
         GCNG's training positives when it is cross-fitted (default: the resource's pairs). They are split into
         ``n_folds`` folds by ligand; each known pair is scored by the model not trained on its fold
@@ -240,9 +244,14 @@ def ligand_receptor(
     )  # fmt: skip
     lig = entity_expression(norm, adata.var_names, present["ligand"])
     rec = entity_expression(norm, adata.var_names, present["receptor"])
-    adj = None
+    adj = weights = None
+    if kernel_key is not None:
+        _check_key(adata.obsp, kernel_key, "adata.obsp (compute the kernel with scst.tl.lr_kernel)")
+        weights = adata.obsp[kernel_key]
+        _check_graph(weights, groups, kernel_key)
     gcng_needs_graph = "gcng" in methods and model is None and graph_key not in adata.obsp
-    if any(m in _SPATIAL for m in methods) or local_scores or gcng_needs_graph:
+    needs_graph = "spatial_pearson" in methods or (kernel_key is None and ("bivariate" in methods or local_scores))
+    if needs_graph or gcng_needs_graph:
         _check_key(adata.obsp, connectivity_key, "adata.obsp (build the cell graph with scst.pp.cell_graph)")
         adj = adata.obsp[connectivity_key]
         _check_graph(adj, groups, connectivity_key)
@@ -278,7 +287,7 @@ def ligand_receptor(
             res["in_training"] = extra.pop("in_training")
             params.update(extra)
         else:
-            fn, default = score_function(m, adj, local_name=local_name)
+            fn, default = score_function(m, adj, local_name=local_name, weights=weights)
             nulls[m] = default if null == "auto" or default == "none" else null
             score = fn(lig, rec)
             pval = permutation_pvalues(fn, lig, rec, score, null=nulls[m], groups=groups, n_perms=n_perms,
@@ -286,8 +295,8 @@ def ligand_receptor(
             res[f"{m}_score"], res[f"{m}_pvals"] = score, pval
         res[f"{m}_fdr"] = bh_fdr(res[f"{m}_pvals"].to_numpy())
     params["nulls"] = nulls
-    if "bivariate" in methods:
-        params["local_name"] = local_name
+    if "bivariate" in methods or local_scores:
+        params.update(local_name=local_name, kernel_key=kernel_key or f"{connectivity_key} + I")
     score_cols = [f"{m}_score" for m in methods]
     res["magnitude_rank"] = robust_rank_aggregate(res[score_cols].to_numpy(), [False] * len(methods))
     pcols = [f"{m}_pvals" for m in methods if not res[f"{m}_pvals"].isna().all()]
@@ -305,13 +314,14 @@ def ligand_receptor(
         col = {p: j for j, p in enumerate(zip(present["ligand"], present["receptor"]))}
         idx = [col[p] for p in zip(top["ligand_complex"], top["receptor_complex"])]
         fun = _liana_local(local_name)
-        local = np.asarray(fun(lig[:, idx], rec[:, idx], spot_inclusive_weights(adj).toarray()))
+        w = spot_inclusive_weights(adj) if weights is None else sp.csr_matrix(weights, dtype=np.float32)
+        local = np.asarray(fun(lig[:, idx], rec[:, idx], w.toarray()))
         adata.obsm[f"{key_added}_local"] = pd.DataFrame(
             local.astype(np.float32),
             index=adata.obs_names,
             columns=[f"{lg}^{rc}" for lg, rc in zip(top["ligand_complex"], top["receptor_complex"])],
         )
-        params.update(local_scores_key=f"{key_added}_local", local_name=local_name)
+        params["local_scores_key"] = f"{key_added}_local"
     adata.uns[f"{key_added}_params"] = params
     logg.info(f"ligand_receptor: scored {len(res)} pairs with {methods} → adata.uns[{key_added!r}]")
     return adata if copy else None

@@ -107,7 +107,7 @@ def _liana_local(local_name: str) -> Callable[[np.ndarray, np.ndarray, Any], np.
 
 
 def score_function(
-    method: str, adjacency: Any = None, *, local_name: str = "cosine"
+    method: str, adjacency: Any = None, *, local_name: str = "cosine", weights: Any = None
 ) -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], str]:
     """A pair-score function ``f(lig, rec) -> (n_pairs,)`` and the default null of its permutation test.
 
@@ -116,7 +116,8 @@ def score_function(
     ``"ligand"`` (only the ligand's rows permuted: the ligand–receptor association broken, each gene's own spatial
     pattern kept — single-cell Pearson, and liana's bivariate metrics, which on the spot-inclusive graph mostly
     measure co-expression in and around a spot) or ``"none"`` (the expression control changes under no
-    permutation). GCNG is handled by the tool (its models score the pairs).
+    permutation). GCNG is handled by the tool (its models score the pairs). ``weights``: the bivariate metric's
+    proximity weights (default the spot-inclusive graph ``A + I`` of ``adjacency``).
     """
     if method == "expression":
         return (lambda lig, rec: lr_scores(lig, rec, "expression")), "none"
@@ -135,7 +136,7 @@ def score_function(
         return spatial, "positions"
     if method == "bivariate":
         fun = _liana_local(local_name)
-        w = spot_inclusive_weights(adjacency)
+        w = spot_inclusive_weights(adjacency) if weights is None else sp.csr_matrix(weights, dtype=np.float32)
         w = w.toarray() if w.shape[0] < 10_000 else w  # liana densifies small graphs too
 
         def bivariate(lig: np.ndarray, rec: np.ndarray) -> np.ndarray:
