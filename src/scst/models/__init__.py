@@ -4,6 +4,7 @@ from ._base import BaseModel
 from ._baselines import MeanExpression, RidgeExpression, STNet
 from ._gcng import GCNG
 from ._hggep import HGGEP
+from ._pretrain import SSLEncoder
 from ._tcgn import TCGN
 
-__all__ = ["BaseModel", "GCNG", "HGGEP", "MeanExpression", "RidgeExpression", "STNet", "TCGN"]
+__all__ = ["BaseModel", "GCNG", "HGGEP", "MeanExpression", "RidgeExpression", "SSLEncoder", "STNet", "TCGN"]

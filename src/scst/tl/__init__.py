@@ -6,6 +6,7 @@ from ._ligrec import ligand_receptor, lr_scores
 from ._ligrec_cv import LRFold, gene_function_cv, ligrec_cv, ligrec_metrics, lr_folds, read_gmt, shuffle_graph
 from ._ligrec_local import lr_kernel
 from ._predict import cross_validate, predict_expression
+from ._pretrain import pretrain_encoder
 
 __all__ = [
     "LRFold",
@@ -21,6 +22,7 @@ __all__ = [
     "lr_kernel",
     "lr_scores",
     "predict_expression",
+    "pretrain_encoder",
     "read_gmt",
     "shuffle_graph",
     "spatial_domains",
