@@ -1,5 +1,6 @@
 """Torch-only building blocks shared by scst models (no anndata/scanpy imports: GPU machines lack them)."""
 
+from ._augment import HEAugment
 from ._gcng import GCNGConv, GCNGNet
 from ._hggep import HGGEP_BENCH, HGGEPModule
 from ._hypergraph import hyperedge_index_to_incidence, incidence_to_hyperedge_index, knn_hyperedges
@@ -13,6 +14,7 @@ __all__ = [
     "GCNGConv",
     "GCNGNet",
     "GEM",
+    "HEAugment",
     "HGGEPModule",
     "HGGEP_BENCH",
     "SpotTransformer",

@@ -1,0 +1,347 @@
+"""Self-supervised (BYOL) pretraining on her2st: tile counts, CPU cost and the per-fold encoders of the ablation.
+
+For each held-out section S, ``shufflenet_v2_x0_5`` is pretrained on the tissue tiles of the OTHER sections only
+(80 µm → 112 px, seed 0, one torch thread) and saved to ``<out>/shufflenet_v2_x0_5_heldout_<S>.safetensors``.
+Raw results (settings, tile counts, timings, losses, sha256 of every file) go to ``benchmarks/results/pretrain/``;
+each fold is appended as soon as it finishes, so a partial run keeps what it did.
+
+    OMP_NUM_THREADS=1 SCST_DATA_DIR=/work/shared/data python benchmarks/bench_pretrain.py --epochs 6
+    OMP_NUM_THREADS=1 SCST_DATA_DIR=/work/shared/data python benchmarks/bench_pretrain.py --probe   # effect
+    python benchmarks/bench_pretrain.py --page                                                    # the page
+
+``--probe`` is a cheap linear probe of the effect (not the main ablation, which trains the expression models):
+for each fold, every spot is embedded with the fold's SSL trunk and with the *same trunk before pretraining*
+(BYOL's seed-0 initialisation), a ridge regression (alpha by generalised CV) is fitted on the four training
+sections' spots and the held-out section's expression (log1p normalize_total, 1000-gene panel of
+``scst.pp.select_genes``) is scored by the mean per-gene Pearson r.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gzip
+import hashlib
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ["C2", "C3", "C4", "C5", "C6"]
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--heldout", nargs="+", default=SECTIONS, help="held-out sections (one fold each)")
+    ap.add_argument("--backbone", default="shufflenet_v2_x0_5")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size-um", type=float, default=80.0)
+    ap.add_argument("--patch-px", type=int, default=112)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--accelerator", default="cpu")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "_out" / "ssl")
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "pretrain")
+    ap.add_argument("--tag", default="folds", help="name of the raw results file (<tag>.json)")
+    ap.add_argument("--probe", action="store_true", help="linear-probe the saved fold encoders vs their init")
+    ap.add_argument("--page", action="store_true", help="write docs/benchmarks/pretrain.md from the raw results")
+    args = ap.parse_args()
+    if args.page:
+        return write_page(args)
+    if args.probe:
+        return probe(args)
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message=".*read_st.*")
+    import scst
+    from scst.models import SSLEncoder
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    sdata = scst.datasets.her2st()
+    load_s = time.perf_counter() - t0
+
+    # Tissue tiles of every section (the grid only; cheap).
+    t0 = time.perf_counter()
+    SSLEncoder.setup_sdata(sdata, sections=SECTIONS, size_um=args.size_um, patch_px=args.patch_px)
+    reg = SSLEncoder._read_registry(sdata.tables["table"])
+    grid_tiles = {s: len(c) for s, c in reg["centers"].items()}
+    grid_s = time.perf_counter() - t0
+    spots = sdata.tables["table"].obs["section"].astype(str).value_counts().to_dict()
+
+    record = {
+        "command": "OMP_NUM_THREADS=1 python benchmarks/bench_pretrain.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
+            for k, v in vars(args).items()
+            if k not in ("out", "results")
+        ),  # fmt: skip
+        "settings": {
+            "method": "BYOL (lightly)",
+            "backbone": args.backbone,
+            "size_um": args.size_um,
+            "patch_px": args.patch_px,
+            "spacing_um": args.size_um,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "optimizer": "adamw",
+            "lr_scheduler": "cosine",
+            "seed": args.seed,
+            "torch_threads": args.threads,
+            "accelerator": args.accelerator,
+            "config": {k: v for k, v in SSLEncoder._default_config.items()},
+        },  # fmt: skip
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "loadavg_start": list(os.getloadavg()),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },  # fmt: skip
+        "data_load_s": round(load_s, 2),
+        "grid_s": round(grid_s, 2),
+        "tiles_per_section": grid_tiles,
+        "spots_per_section": {k: int(v) for k, v in spots.items()},
+        "folds": [],
+    }
+    raw = args.results / f"{args.tag}.json"
+    write_json(raw, record)
+    histories = []
+    for held in args.heldout:
+        train = [s for s in SECTIONS if s != held]
+        t0 = time.perf_counter()
+        SSLEncoder.setup_sdata(sdata, sections=train, size_um=args.size_um, patch_px=args.patch_px)
+        model = SSLEncoder(sdata, backbone=args.backbone, seed=args.seed)
+        tiles = model.tiles()
+        n_tiles = int(sum(len(v) for v in tiles.values()))
+        read_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model.train(
+            max_epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+            accelerator=args.accelerator, enable_progress_bar=False,
+        )  # fmt: skip
+        train_s = time.perf_counter() - t0
+        path = model.save_encoder(args.out / f"{args.backbone}_heldout_{held}.safetensors")
+        hist = model.history.reset_index()
+        hist.insert(0, "heldout", held)
+        histories.append(hist)
+        steps = (n_tiles // min(args.batch_size, n_tiles)) * args.epochs
+        fold = {
+            "heldout": held,
+            "train_sections": train,
+            "n_tiles": n_tiles,
+            "tiles_per_section": {s: int(len(v)) for s, v in tiles.items()},
+            "read_tiles_s": round(read_s, 2),
+            "train_s": round(train_s, 2),
+            "steps": steps,
+            "tiles_per_s": round(steps * args.batch_size / train_s, 2),
+            "loss_first_epoch": float(hist["train_loss"].iloc[0]),
+            "loss_last_epoch": float(hist["train_loss"].iloc[-1]),
+            "pred_std_last_epoch": float(hist["train_pred_std"].iloc[-1]),
+            "file": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
+            "sha256": sha256(path),
+            "loadavg_end": list(os.getloadavg()),
+        }
+        record["folds"].append(fold)
+        write_json(raw, record)
+        import pandas as pd
+
+        with gzip.open(args.results / f"{args.tag}_history.csv.gz", "wt") as f:
+            pd.concat(histories).to_csv(f, index=False)
+        print(json.dumps(fold), flush=True)
+    print(f"done: {raw}", flush=True)
+
+
+def probe(args) -> None:
+    """Ridge from spot embeddings (SSL trunk vs the same trunk at init) to held-out expression, per fold."""
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message=".*read_st.*")
+    warnings.filterwarnings("ignore", message=".*random initialisation.*")
+    from sklearn.linear_model import RidgeCV
+    from sklearn.preprocessing import StandardScaler
+
+    import scst
+    from scst.models._pretrain import BYOLModule
+    from scst.tl._expression import log_normalized
+
+    sdata = scst.datasets.her2st()
+    adata = sdata.tables["table"]
+    scst.pp.select_genes(adata, n_top=1000, min_fraction=0.5)
+    genes = adata.var_names[adata.var["highly_variable_scst"].to_numpy()]
+    y_all = log_normalized(adata, list(genes))
+    sec = adata.obs["section"].astype(str).to_numpy()
+    with torch.random.fork_rng(devices=[]):  # BYOL's initial trunk (SSLEncoder seed 0): the random-init arm
+        torch.manual_seed(args.seed)
+        init = BYOLModule(backbone=args.backbone).backbone
+    rows, t0 = [], time.perf_counter()
+    for held in args.heldout:
+        path = args.out / f"{args.backbone}_heldout_{held}.safetensors"
+        if not path.is_file():
+            print(f"skip {held}: {path} missing", flush=True)
+            continue
+        from safetensors.torch import load_file
+
+        ssl = copy.deepcopy(init)
+        ssl.load_state_dict(load_file(str(path)), strict=True)
+        tr, te = sec != held, sec == held
+        row = {"heldout": held, "sha256": sha256(path), "n_genes": int(len(genes))}
+        for arm, trunk in (("random_init", init), ("ssl", ssl)):
+            key = f"X_probe_{arm}"
+            scst.tl.embed_patches(sdata, trunk, size_um=args.size_um, out_px=args.patch_px, key_added=key,
+                                  progress=False)  # fmt: skip
+            X = adata.obsm[key]
+            scaler = StandardScaler().fit(X[tr])
+            ridge = RidgeCV(alphas=10.0 ** np.arange(-1, 6.5, 0.5)).fit(scaler.transform(X[tr]), y_all[tr])
+            pred = ridge.predict(scaler.transform(X[te]))
+            yt = y_all[te]
+            ok = (yt.std(0) > 0) & (pred.std(0) > 0)
+            pc, tc = pred[:, ok] - pred[:, ok].mean(0), yt[:, ok] - yt[:, ok].mean(0)
+            r = (pc * tc).sum(0) / np.sqrt((pc**2).sum(0) * (tc**2).sum(0))
+            row[f"{arm}_mean_pcc"] = float(np.mean(r))
+            row[f"{arm}_alpha"] = float(ridge.alpha_)
+            row[f"{arm}_feature_std"] = float(X.std(0).mean())
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    out = {
+        "command": "OMP_NUM_THREADS=1 python benchmarks/bench_pretrain.py --probe",
+        "probe": "StandardScaler + RidgeCV(alphas=10**arange(-1, 6.5, 0.5), GCV, one alpha for all genes) on "
+        "embed_patches features (ImageNet normalisation, global average pool), 1000-gene panel of "
+        "select_genes(n_top=1000, min_fraction=0.5), target log1p(normalize_total 1e4)",
+        "elapsed_s": round(time.perf_counter() - t0, 1),
+        "folds": rows,
+    }
+    write_json(args.results / "probe.json", out)
+
+
+def write_page(args) -> None:
+    """docs/benchmarks/pretrain.md from folds.json (+ probe.json, pilot_2epochs.json when present)."""
+    folds = json.loads((args.results / "folds.json").read_text())
+    st, fl = folds["settings"], folds["folds"]
+    L = [
+        "# Self-supervised pretraining on the user's own slides (BYOL)",
+        "",
+        "`scst.tl.pretrain_encoder` / `scst.models.SSLEncoder`: BYOL (lightly's heads, loss and momentum update) on "
+        "**all tissue tiles** of the training sections (`scst.pp.tile_grid`, then `scst.pp.filter_tiles`), not "
+        "only the ST spots, with H&E augmentations (`scst.nn.HEAugment`: scale crop, flips/90° rotations, HED "
+        "stain jitter, blur). Why BYOL: no negatives (small CPU batches), a momentum target against collapse.",
+        "",
+        f"Machine: {folds['machine']['cpu_count']} CPU cores shared with other jobs (1-min load average "
+        f"{folds['machine']['loadavg_start'][0]:.1f} at the start), torch {folds['machine']['torch']}, "
+        f"**{st['torch_threads']} torch thread**, no GPU lent to this task (no GPU numbers).",
+        "",
+        "## Settings",
+        "",
+        f"`{st['backbone']}` from random initialisation, {st['size_um']:g} µm tiles on a {st['spacing_um']:g} µm "
+        f"grid resized to {st['patch_px']} px, batch {st['batch_size']}, {st['epochs']} epochs, AdamW lr "
+        f"{st['lr']:g} (cosine), weight decay 1e-4, seed {st['seed']}; heads "
+        f"{st['config']['proj_hidden_dim']}/{st['config']['proj_dim']}/{st['config']['pred_hidden_dim']}; "
+        f"momentum {st['config']['momentum_start']} → {st['config']['momentum_end']} (cosine); HED jitter "
+        f"sigma {st['config']['hed_sigma']}, bias {st['config']['hed_bias']}; crop scale "
+        f"{st['config']['crop_scale']}; blur sigma {st['config']['blur_sigma']} px with p {st['config']['p_blur']}.",
+        "",
+        "## Tissue tiles per section (her2st)",
+        "",
+        "| section | tissue tiles (80 µm) | ST spots |",
+        "|---|---|---|",
+        *[f"| {s} | {n} | {folds['spots_per_section'].get(s, '')} |" for s, n in folds["tiles_per_section"].items()],
+        "",
+        f"Tile grid of all five sections: {folds['grid_s']} s. The tiles cover ~6× the area of the spots.",
+        "",
+        "## Cost and per-fold encoders (CPU, one thread)",
+        "",
+        "Each fold pretrains on the four other sections (never the held-out one). tiles/s = training tiles per "
+        "second (each tile gives two views: two forward+backward passes of the online network, two forward "
+        "passes of the target).",
+        "",
+        "| held out | tiles | read tiles (s) | train (s) | steps | tiles/s | loss epoch 1 → last | pred std | sha256 |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {f['heldout']} | {f['n_tiles']} | {f['read_tiles_s']} | {f['train_s']} | {f['steps']} | "
+            f"{f['tiles_per_s']} | {f['loss_first_epoch']:.3f} → {f['loss_last_epoch']:.3f} | "
+            f"{f['pred_std_last_epoch']:.3f} | `{f['sha256'][:16]}…` |"
+            for f in fl
+        ],
+        "",
+        "Loss: symmetric negative cosine similarity of online predictions and target projections (−1 = views "
+        "agree perfectly). pred std: mean per-dimension std of the L2-normalised predictions over a batch "
+        f"(0 = collapse to a constant; 1/√{st['config']['proj_dim']} = "
+        f"{1 / np.sqrt(st['config']['proj_dim']):.3f} for spread-out outputs).",
+        "",
+        "Files (not committed): `benchmarks/_out/ssl/shufflenet_v2_x0_5_heldout_<S>.safetensors`; full sha256 in "
+        "`benchmarks/results/pretrain/folds.json`, per-epoch history in `folds_history.csv.gz`.",
+    ]
+    pilot = args.results / "pilot_2epochs.json"
+    if pilot.is_file():
+        p = json.loads(pilot.read_text())
+        tps = [f["tiles_per_s"] for f in p["folds"]]
+        L += [
+            "",
+            f"A 2-epoch pilot of the same five folds (`pilot_2epochs.json`, 1-min load average "
+            f"{p['machine']['loadavg_start'][0]:.1f} at its start) trained at {min(tps)}–{max(tps)} tiles/s; "
+            "the epoch count above was chosen from it for about 5 minutes per fold.",
+        ]
+    probe_path = args.results / "probe.json"
+    if probe_path.is_file():
+        pr = json.loads(probe_path.read_text())
+        rows = pr["folds"]
+        L += [
+            "",
+            "## Effect: linear probe, random init vs SSL init (same trunk, same seed)",
+            "",
+            f"{pr['probe']}. Fit on the four training sections' spots, scored on the held-out section: mean "
+            "per-gene Pearson r. Random init = the very weights BYOL started from.",
+            "",
+            "| held out | random init | SSL init | Δ |",
+            "|---|---|---|---|",
+            *[
+                f"| {r['heldout']} | {r['random_init_mean_pcc']:.3f} | {r['ssl_mean_pcc']:.3f} | "
+                f"{r['ssl_mean_pcc'] - r['random_init_mean_pcc']:+.3f} |"
+                for r in rows
+            ],
+        ]
+        if rows:
+            a = np.mean([r["random_init_mean_pcc"] for r in rows])
+            b = np.mean([r["ssl_mean_pcc"] for r in rows])
+            L += [f"| mean | {a:.3f} | {b:.3f} | {b - a:+.3f} |", "", f"Probe run time: {pr['elapsed_s']} s."]
+    L += [
+        "",
+        "Reproduce:",
+        "",
+        "```bash",
+        f"SCST_DATA_DIR=/work/shared/data {folds['command']}",
+        "OMP_NUM_THREADS=1 SCST_DATA_DIR=/work/shared/data python benchmarks/bench_pretrain.py --probe",
+        "python benchmarks/bench_pretrain.py --page",
+        "```",
+        "",
+    ]
+    out = ROOT / "docs" / "benchmarks" / "pretrain.md"
+    tmp = out.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(L))
+    os.replace(tmp, out)
+    print("\n".join(L))
+
+
+if __name__ == "__main__":
+    main()
