@@ -74,12 +74,77 @@ def _read_spots(spots: str | os.PathLike | pd.DataFrame, array_cols: Sequence[st
     return df
 
 
+#: Fraction of count rows without a spot above which reading warns (a few are normal: spots filtered upstream)
+#: and above which it refuses (most measured spots lost: the counts belong to another section's spot file).
+DROP_WARN_FRACTION, DROP_ERROR_FRACTION = 0.05, 0.5
+#: Largest RMS distance (in grid steps) of spot centres from the fitted array grid before the fit is rejected.
+#: her2st sections fit to 0.04-0.08 steps.
+GRID_RESIDUAL_MAX_STEPS = 0.25
+
+
 def _grid_pitch_px(px: np.ndarray, idx: np.ndarray) -> float:
     """Pixels per grid step from a least-squares line of pixel position on integer grid index."""
     if np.unique(idx).size < 2:
         return np.nan
     slope, _ = np.polyfit(idx.astype(float), px.astype(float), 1)
     return float(abs(slope))
+
+
+def _check_grid_fit(xy: np.ndarray, col: np.ndarray, row: np.ndarray, array_cols, pixel_cols) -> None:
+    """Refuse spot centres that do not follow the array grid, or whose x and y run along the wrong array axis.
+
+    An affine fit ``(x, y) = A @ (col, row) + t`` tolerates rotation, scale and shear; its RMS residual is measured
+    in grid steps (the shorter column of ``A``). The array column must run mostly along x and the row along y:
+    otherwise the pixel columns are swapped (the fit is then exact, but µm/px from it would be wrong).
+    """
+    design = np.column_stack([col, row, np.ones(len(col))]).astype(float)
+    if len(col) < 4 or np.linalg.matrix_rank(design) < 3:
+        return  # one grid row or column: nothing to check against
+    coef, *_ = np.linalg.lstsq(design, xy, rcond=None)
+    (a, d), (b, e) = coef[0], coef[1]  # x = a col + b row + .., y = d col + e row + ..
+    step = min(np.hypot(a, d), np.hypot(b, e))
+    rms = float(np.sqrt(np.mean(np.sum((xy - design @ coef) ** 2, axis=1)))) / step if step > 0 else np.inf
+    if not rms <= GRID_RESIDUAL_MAX_STEPS:
+        raise ValueError(
+            f"spots: spot centres {list(pixel_cols)} lie {rms:.2f} grid steps (RMS) off the array grid of "
+            f"{list(array_cols)} (expected < {GRID_RESIDUAL_MAX_STEPS}); the pixel size derived from them would be "
+            f"wrong. Are {list(pixel_cols)} the spot centres in pixels and {list(array_cols)} the integer array "
+            "column and row of the same spots?"
+        )
+    if abs(d) > abs(a) and abs(b) > abs(e):
+        raise ValueError(
+            f"pixel_cols: the array column {array_cols[0]!r} runs along {pixel_cols[1]!r} and the array row "
+            f"{array_cols[1]!r} along {pixel_cols[0]!r}: the pixel columns look swapped (µm/px would come out "
+            f"wrong); pass pixel_cols={tuple(pixel_cols[::-1])!r}, or rotate an image that is turned by 90°."
+        )
+
+
+def _check_drops(sample: str, n_counts: int, n_spots: int, n_kept: int) -> None:
+    """Log the few unmatched spots every section has; warn loudly above a few per cent; refuse most lost."""
+    n_nospot, n_nocount = n_counts - n_kept, n_spots - n_kept
+    if not (n_nospot or n_nocount):
+        return
+    msg = (
+        f"Section {sample!r}: dropped {n_nocount} spot(s) without counts and {n_nospot} count row(s) "
+        f"without a spot; {n_kept} spots kept"
+    )
+    lost, unmatched = n_nospot / n_counts, n_nocount / n_spots
+    if lost > DROP_ERROR_FRACTION:
+        raise ValueError(
+            f"counts, spots: {msg} — {lost:.0%} of the count rows have no spot. Are the count table and the spot "
+            "file from the same section? Spot ids '<x>x<y>' of different sections overlap partly, so kept spots "
+            "would sit at the wrong pixels."
+        )
+    if max(lost, unmatched) > DROP_WARN_FRACTION:
+        warnings.warn(
+            f"{msg} ({lost:.0%} of count rows, {unmatched:.0%} of spots unmatched, more than "
+            f"{DROP_WARN_FRACTION:.0%}): check that the count table and the spot file are from the same section; "
+            "kept spots may sit at the wrong pixels.",
+            UserWarning,
+            stacklevel=3,
+        )
+    else:
+        logg.info(f"{msg}.")
 
 
 def read_st(
@@ -137,8 +202,12 @@ def read_st(
 
     Notes
     -----
-    Spots without a count row and count rows without a spot are dropped with a warning that gives their
-    numbers; nothing matching is an error. Spot centres outside the image are an error.
+    Spots without a count row and count rows without a spot are dropped: up to 5 % of either is logged (ST
+    sections lose a few selected spots that have no counts); more warns loudly, and losing more than half the
+    count rows is an error (the count table and the spot file are from different sections). Spot centres that
+    do not follow the array grid (RMS residual of an affine fit of pixels on array indices above 0.25 grid
+    steps), pixel columns that run along the wrong array axis (``pixel_cols`` swapped) and spot centres outside
+    the image are errors.
     """
     if not isinstance(sample, str) or not sample:
         raise ValueError(f"sample: expected a non-empty string, got {sample!r}.")
@@ -150,18 +219,12 @@ def read_st(
             f"No spot of counts matches a spot of spots (counts ids e.g. {cdf.index[:3].tolist()}, "
             f"spot ids e.g. {sdf.index[:3].tolist()}); expected ids '<x>x<y>' from columns {list(array_cols)}."
         )
-    n_nocount, n_nospot = len(sdf) - len(common), len(cdf) - len(common)
-    if n_nocount or n_nospot:
-        warnings.warn(
-            f"Section {sample!r}: dropped {n_nocount} spot(s) without counts and {n_nospot} count row(s) "
-            f"without a spot; {len(common)} spots kept.",
-            UserWarning,
-            stacklevel=2,
-        )
+    _check_drops(sample, len(cdf), len(sdf), len(common))
     cdf, sdf = cdf.loc[common], sdf.loc[common]
     xy = sdf[list(pixel_cols)].to_numpy(dtype=np.float64)
     col = sdf[array_cols[0]].to_numpy().astype(np.int64)
     row = sdf[array_cols[1]].to_numpy().astype(np.int64)
+    _check_grid_fit(xy, col, row, array_cols, pixel_cols)
 
     if um_per_px is None:
         pitch = np.nanmean([_grid_pitch_px(xy[:, 0], col), _grid_pitch_px(xy[:, 1], row)])

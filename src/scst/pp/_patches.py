@@ -111,6 +111,10 @@ class _Source:
         self.shape = tuple(int(s) for s in data.shape)
         self.dtype = np.dtype(data.dtype)
         self.chunks = tuple(int(c) for c in self._z.chunks) if self.kind == "zarr" else None
+        if self.kind == "zarr":
+            from ..io._image import check_image_cache
+
+            check_image_cache(self._z)  # a cache cut short after read_st would read as black: refuse it
 
     # Reopen the zarr array in each worker process instead of pickling live store handles.
     def __getstate__(self):

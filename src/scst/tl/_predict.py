@@ -184,6 +184,14 @@ def predict_expression(
         out, sections = new, list(dict.fromkeys(new.obs[SECTION_KEY].astype(str)))
     else:
         adata = sdata.tables[table]
+        if table_added is None:  # check the panel before the (long) prediction, not after it
+            missing = [g for g in genes if g not in adata.var_names]
+            if missing:
+                raise ValueError(
+                    f"Table {table!r} lacks {len(missing)} of the model's {len(genes)} panel genes: {missing[:50]}"
+                    + (" ..." if len(missing) > 50 else "")
+                    + "; pass `table_added=...` to write the prediction as a new table over the model's panel."
+                )
         pred = _predict(model, sdata, sections, table, batch_size, progress)
         sec_col = adata.obs[SECTION_KEY].astype(str).to_numpy()
         sections = list(dict.fromkeys(sec_col)) if sections is None else list(sections)
@@ -203,13 +211,6 @@ def predict_expression(
             out = TableModel.parse(out, region=regions, region_key=REGION_KEY, instance_key=INSTANCE_KEY)
             key = table_added
         else:
-            missing = [g for g in genes if g not in adata.var_names]
-            if missing:
-                raise ValueError(
-                    f"Table {table!r} lacks {len(missing)} of the model's {len(genes)} panel genes: {missing[:50]}"
-                    + (" ..." if len(missing) > 50 else "")
-                    + "; pass `table_added=...` to write the prediction as a new table over the model's panel."
-                )
             out = adata.copy() if copy else adata
             gidx = adata.var_names.get_indexer(genes)
             old = out.layers.get(layer)
