@@ -7,11 +7,17 @@ Resolution order for ``fetch(dataset, relpath, path=None)``:
 3. the download cache ``$SCST_CACHE_DIR/data/<dataset>`` (default: ``pooch.os_cache("scst")``), filled on
    demand from the upstream URL in the registry below.
 
-Every file is checked against its SHA-256; a file without a known hash is never downloaded.
+Every file is checked against a known hash: its SHA-256, or for the her2st sections not copied to
+``../shared/data`` the git blob id of the upstream file (SHA-1 of ``"blob <size>"``, a NUL byte and the content, as
+``git hash-object`` computes it; table ``her2st_upstream_blobs.tsv`` beside this module). A file without a known
+hash is never downloaded; a downloaded or cached file that fails its check is deleted, fetched once more, and
+refused with an error if it fails again.
 """
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import os
 from functools import cache
 from pathlib import Path
@@ -113,6 +119,45 @@ for _s, _stem in _HER2ST_IMAGES.items():
     _reg[f"{_s}/he.jpg"] = (_reg[f"{_s}/he.jpg"][0], f"{_HER2ST}/data/ST-imgs/C/{_s}/{_stem}.jpg")
 
 
+#: Prefix of registry hashes that are git blob ids (SHA-1 of "blob <size>", NUL, content) instead of SHA-256.
+GITBLOB = "gitblob:"
+_BLOBS_TSV = Path(__file__).with_name("her2st_upstream_blobs.tsv")
+
+
+def _her2st_upstream() -> dict[str, tuple[str, str]]:
+    """``{"<S>/<file>": ("gitblob:<sha1>", url)}`` for all 36 sections of the upstream repository."""
+    out = {}
+    with _BLOBS_TSV.open() as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            parts = row["path"].split("/")
+            if row["path"].startswith("data/ST-cnts/"):
+                rel = f"{parts[-1].removesuffix('.tsv.gz')}/counts.tsv.gz"
+            elif row["path"].startswith("data/ST-spotfiles/"):
+                rel = f"{parts[-1].removesuffix('_selection.tsv')}/spots.tsv"
+            elif row["path"].startswith("res/ST-cluster/lbl/"):
+                rel = f"{parts[-1].removesuffix('-cluster-annotation.tsv.gz')}/clusters.tsv.gz"
+            elif row["path"].startswith("data/ST-imgs/"):
+                rel = f"{parts[-2]}/he.jpg"
+            else:
+                continue
+            out[rel] = (GITBLOB + row["git_blob_sha1"], f"{_HER2ST}/{row['path']}")
+    return out
+
+
+for _rel, _entry in _her2st_upstream().items():
+    REGISTRY["her2st"].setdefault(_rel, _entry)  # C2-C6 keep their SHA-256 (checked against ../shared/data)
+
+
+def git_blob_sha1(path: str | os.PathLike) -> str:
+    """Git blob id of a file: SHA-1 of ``"blob <size>"``, a NUL byte and the content (``git hash-object``)."""
+    path = Path(path)
+    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())  # noqa: S324 - git's id, not for security
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def data_dir(dataset: str, path: str | os.PathLike | None = None) -> Path | None:
     """Local folder of ``dataset``: ``path``, else ``$SCST_DATA_DIR/<dataset>``, else ``None``."""
     if path is not None:
@@ -122,9 +167,20 @@ def data_dir(dataset: str, path: str | os.PathLike | None = None) -> Path | None
 
 
 @cache
-def _verified(path: str, size: int, mtime_ns: int, sha256: str) -> bool:
+def _verified(path: str, size: int, mtime_ns: int, known: str) -> bool:
     # Memoised on (size, mtime): hashing a 90 MB image once per process is enough.
-    return pooch.file_hash(path, alg="sha256") == sha256
+    if known.startswith(GITBLOB):
+        return git_blob_sha1(path) == known.removeprefix(GITBLOB)
+    return pooch.file_hash(path, alg="sha256") == known
+
+
+def _check(f: Path, known: str) -> bool:
+    st = f.stat()
+    return _verified(str(f.resolve()), st.st_size, st.st_mtime_ns, known)
+
+
+def _describe(known: str) -> str:
+    return f"git blob id {known.removeprefix(GITBLOB)}" if known.startswith(GITBLOB) else f"sha256 {known}"
 
 
 def fetch(dataset: str, relpath: str, path: str | os.PathLike | None = None) -> Path:
@@ -144,7 +200,7 @@ def fetch(dataset: str, relpath: str, path: str | os.PathLike | None = None) -> 
     KeyError
         Unknown data set or file.
     ValueError
-        A local file whose SHA-256 differs from the registry (hash mismatch).
+        A local file whose hash differs from the registry, or a download that fails its check twice.
     FileNotFoundError
         The file is not local and has no upstream URL with a known hash.
     """
@@ -152,14 +208,13 @@ def fetch(dataset: str, relpath: str, path: str | os.PathLike | None = None) -> 
         raise KeyError(f"Unknown dataset {dataset!r}; known: {sorted(REGISTRY)}.")
     if relpath not in REGISTRY[dataset]:
         raise KeyError(f"Unknown file {relpath!r} of dataset {dataset!r}; known: {sorted(REGISTRY[dataset])}.")
-    sha256, url = REGISTRY[dataset][relpath]
+    known, url = REGISTRY[dataset][relpath]
     local = data_dir(dataset, path)
     if local is not None and (local / relpath).exists():
         f = local / relpath
-        st = f.stat()
-        if not _verified(str(f.resolve()), st.st_size, st.st_mtime_ns, sha256):
+        if not _check(f, known):
             raise ValueError(
-                f"Hash mismatch for {f}: expected sha256 {sha256}. The file is corrupt or not the published version."
+                f"Hash mismatch for {f}: expected {_describe(known)}. The file is corrupt or not the published version."
             )
         return f
     if path is not None:
@@ -170,6 +225,19 @@ def fetch(dataset: str, relpath: str, path: str | os.PathLike | None = None) -> 
             "download with a known hash."
         )
     target = cache_dir() / "data" / dataset / relpath
-    logg.info(f"Downloading {dataset}/{relpath} from {url}")
-    out = pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=target.name, path=target.parent, progressbar=True)
-    return Path(out)
+    # pooch checks SHA-256 itself; git blob ids are checked here, after the download. A cached file that fails
+    # its check (tampered, truncated) is deleted and fetched once more; failing twice is an error.
+    pooch_hash = None if known.startswith(GITBLOB) else f"sha256:{known}"
+    for attempt in (1, 2):
+        if not target.exists():
+            logg.info(f"Downloading {dataset}/{relpath} from {url}")
+        out = Path(pooch.retrieve(url, known_hash=pooch_hash, fname=target.name, path=target.parent, progressbar=True))
+        if pooch_hash is not None or _check(out, known):  # pooch verified (or re-fetched) SHA-256 itself
+            return out
+        out.unlink(missing_ok=True)
+        if attempt == 1:
+            logg.warning(f"{out} failed its {_describe(known)} check; deleted, fetching it again")
+    raise ValueError(
+        f"Hash mismatch for {dataset}/{relpath} downloaded from {url}: expected {_describe(known)}, twice. The "
+        "upstream file changed or the download is being corrupted; the file was deleted."
+    )

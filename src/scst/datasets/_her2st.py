@@ -1,4 +1,4 @@
-"""HER2-positive breast cancer Spatial Transcriptomics (Andersson et al. 2021), patient C sections C2–C6."""
+"""HER2-positive breast cancer Spatial Transcriptomics (Andersson et al. 2021): 36 sections of 8 patients."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ from spatialdata import SpatialData
 
 from .._constants import TABLE_KEY
 from ..io import concatenate_sections, read_st
-from ._fetch import fetch
+from ._fetch import REGISTRY, fetch
 
-__all__ = ["her2st", "HER2ST_SECTIONS"]
+__all__ = ["her2st", "HER2ST_SECTIONS", "HER2ST_ALL_SECTIONS"]
 
+#: The five sections of patient C copied to ``../shared/data/her2st`` (the default).
 HER2ST_SECTIONS = ("C2", "C3", "C4", "C5", "C6")
+#: All sections of the upstream repository: A1–A6, B1–B6, C1–C6, D1–D6, E1–E3, F1–F3, G1–G3, H1–H3.
+HER2ST_ALL_SECTIONS = tuple(sorted({k.split("/")[0] for k in REGISTRY["her2st"]}))
 # res/ST-cluster/motivation.csv of the source repository, patient C.
 HER2ST_LABEL_NAMES = {
     0: "immune (B/plasma)", 1: "immune (B/plasma)", 2: "cancer 1", 3: "cancer 2", 4: "cancer 3",
@@ -33,16 +36,24 @@ def her2st(
     join: str = "inner",
     cache_dir: str | os.PathLike | None = None,
 ) -> SpatialData:
-    """HER2+ breast cancer ST sections C2–C6 (patient C) with full-resolution H&E and cluster labels.
+    """HER2+ breast cancer ST sections (36 sections of 8 patients) with H&E and cluster labels.
 
     Files are taken from ``path`` or ``$SCST_DATA_DIR/her2st`` (layout ``<S>/counts.tsv.gz``,
     ``<S>/spots.tsv``, ``<S>/he.jpg``, ``<S>/clusters.tsv.gz``), else downloaded from the public
-    repository (almaan/her2st at commit 85df741) with pooch and checked against known SHA-256 hashes.
+    repository (almaan/her2st at commit 85df741) with pooch. Every file is verified: C2–C6 against known
+    SHA-256 hashes, the other sections against the upstream git blob ids (``her2st_upstream_blobs.tsv``); a
+    local file that fails is an error, a downloaded one is fetched again once, then refused.
+
+    Only C2–C6 are in ``../shared/data/her2st`` on the project's machines (which cannot download); the other
+    31 sections need internet access, or a local folder with the layout above holding the upstream files.
+    Patient A's upstream images are the repository's ``*_HE_small.jpg`` (lower resolution: µm/px is derived
+    from the spot grid, as always).
 
     Parameters
     ----------
     sections
-        Section names among ``C2``–``C6``; default all five.
+        Section names among :data:`HER2ST_ALL_SECTIONS` (``A1``–``H3``), or ``"all"`` for all 36; default the
+        five sections ``C2``–``C6``.
     path
         Local folder with the layout above.
     images
@@ -58,15 +69,19 @@ def her2st(
     SpatialData as documented in :func:`scst.io.read_st`, sections combined with
     :func:`scst.io.concatenate_sections`. The table also has ``obs["label"]`` (the data paper's
     per-patient expression cluster, categorical; NaN for the 1–2 unlabelled spots per section) and
-    ``obs["label_name"]``. Geometry: 0.69 µm/px (≈ 290 px per 200 µm grid step), spot diameter ≈ 145 px.
+    ``obs["label_name"]`` (patient C's cluster names; ``"cluster <k>"`` for the other patients, whose names
+    were not transcribed). Geometry: 0.69 µm/px (≈ 290 px per 200 µm grid step), spot diameter ≈ 145 px.
     """
     if sections is None:
         sections = list(HER2ST_SECTIONS)
     elif isinstance(sections, str):
-        sections = [sections]
-    unknown = [s for s in sections if s not in HER2ST_SECTIONS]
+        sections = list(HER2ST_ALL_SECTIONS) if sections == "all" else [sections]
+    sections = list(sections)
+    unknown = [s for s in sections if s not in HER2ST_ALL_SECTIONS]
     if unknown:
-        raise ValueError(f"sections: unknown section(s) {unknown}; expected some of {list(HER2ST_SECTIONS)}.")
+        raise ValueError(
+            f"sections: unknown section(s) {unknown}; expected some of {list(HER2ST_ALL_SECTIONS)} or 'all'."
+        )
     if len(set(sections)) != len(sections):
         raise ValueError(f"sections: duplicates in {list(sections)}.")
     parts = []
@@ -93,4 +108,5 @@ def _add_labels(sd: SpatialData, section: str, clusters_file) -> None:
     t = sd.tables[TABLE_KEY]
     values = labels.reindex(t.obs["spot_id"].astype(str)).to_numpy()
     t.obs["label"] = pd.Categorical(values, categories=sorted(labels.unique()))
-    t.obs["label_name"] = pd.Categorical(pd.Series(values).map(HER2ST_LABEL_NAMES).to_numpy())
+    names = HER2ST_LABEL_NAMES if section.startswith("C") else {k: f"cluster {k}" for k in labels.unique()}
+    t.obs["label_name"] = pd.Categorical(pd.Series(values).map(names).to_numpy())
