@@ -54,17 +54,42 @@ def _section_geometry(adata: AnnData, section: str) -> dict:
         ) from e
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); ``False`` where unsupported."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 @contextmanager
 def _atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory beside ``dest`` that is renamed to ``dest`` on success."""
+    """Yield a temporary directory beside ``dest`` that is renamed to ``dest`` on success.
+
+    An existing ``dest`` is replaced in one atomic swap where the OS has one (Linux), so a process killed at
+    any moment leaves either the old or the new directory at ``dest``; elsewhere the old one is first renamed
+    aside (``.<name>.old-*``) and removed after the new one is in place.
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         yield tmp
+        if dest.exists() and _exchange(tmp, dest):
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old directory
+            return
         if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -114,6 +114,17 @@ def _quiet_lightning() -> Iterator[None]:
         log.removeFilter(flt)
 
 
+def _check_weights_file(path: Path) -> None:
+    """Raise a clear error for a truncated or corrupt safetensors file (its header names every tensor's bytes)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError for any bad file
+        raise ValueError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); save the model again.") from e
+
+
 def _all_subclasses(cls: type) -> list[type]:
     out = []
     for sub in cls.__subclasses__():
@@ -631,7 +642,15 @@ class BaseModel(_SetupRegistry, ABC):
             raise FileNotFoundError(
                 f"`dir_path` {str(dir_path)!r} lacks {ATTR_FILE} / {WEIGHTS_FILE} (not a saved model)."
             )
-        attrs = json.loads(attr_path.read_text())
+        try:
+            attrs = json.loads(attr_path.read_text())
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ValueError(f"{ATTR_FILE} of {str(dir_path)!r} is truncated or corrupt (not JSON: {e}).") from e
+        required = ("model", "registry", "config", "module_kwargs")
+        absent = [k for k in required if not isinstance(attrs, dict) or k not in attrs]
+        if absent:
+            raise ValueError(f"{ATTR_FILE} of {str(dir_path)!r} lacks {absent}: not a checkpoint written by scst.")
+        _check_weights_file(dir_path / WEIGHTS_FILE)
         name = attrs.get("model")
         if cls is BaseModel:
             matches = [c for c in _all_subclasses(BaseModel) if c.__name__ == name]
@@ -646,7 +665,13 @@ class BaseModel(_SetupRegistry, ABC):
         model.config = attrs["config"]
         model._module_kwargs_ = attrs["module_kwargs"]
         model.module = model._build_module(model._module_kwargs_, seed=None)
-        load_model(model.module, str(dir_path / WEIGHTS_FILE), strict=True, device="cpu")
+        try:
+            load_model(model.module, str(dir_path / WEIGHTS_FILE), strict=True, device="cpu")
+        except RuntimeError as e:  # missing/unexpected keys or other shapes
+            raise ValueError(
+                f"{WEIGHTS_FILE} of {str(dir_path)!r} does not fit the {name} built from its {ATTR_FILE} (another "
+                f"gene panel or architecture, or files of two checkpoints mixed): {str(e).splitlines()[0][:300]}"
+            ) from e
         model.module.eval()
         model._is_trained = bool(attrs.get("is_trained", False))
         model.history = None

@@ -1,0 +1,117 @@
+"""Whole-slide images (SVS, NDPI, pyramidal TIFF/OME-TIFF) as lazy multiscale SpatialData images, read tile by tile."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from spatialdata import SpatialData
+from spatialdata.models import Image2DModel
+from spatialdata.transformations import Identity, set_transformation
+
+from .._logging import logg
+
+__all__ = ["read_wsi"]
+
+#: Image formats read by :func:`read_wsi` (tiffslide: Aperio SVS, Hamamatsu NDPI, generic/OME pyramidal TIFF).
+WSI_SUFFIXES = (".svs", ".ndpi", ".tif", ".tiff", ".scn", ".bif")
+
+
+def _levels(path: Path):
+    """``(levels, mpp)``: lazily read dask arrays ``(c, y, x)`` uint8, full resolution first, and µm/px or None."""
+    import dask.array as da
+    import tiffslide
+    import zarr
+
+    try:
+        slide = tiffslide.TiffSlide(str(path))
+    except Exception as e:  # noqa: BLE001 - tiffslide raises many types for unreadable files
+        raise ValueError(f"path: cannot open {path} as a whole-slide image ({type(e).__name__}: {e}).") from e
+    group = slide.zarr_group
+    levels = []
+    for k in range(slide.level_count):
+        arr = group[str(k)] if isinstance(group, zarr.Group) else group
+        if arr.ndim == 2:  # greyscale
+            d = da.from_zarr(arr)[None].repeat(3, axis=0)
+        elif arr.ndim == 3 and arr.shape[-1] in (3, 4):  # (y, x, s): tiffslide's layout for RGB(A)
+            d = da.from_zarr(arr)[..., :3].transpose(2, 0, 1)
+        else:
+            raise ValueError(f"path: level {k} of {path} has shape {arr.shape}; expected (y, x) or (y, x, 3|4).")
+        if d.dtype != np.uint8:
+            raise ValueError(f"path: {path} has pixel type {d.dtype}; expected 8-bit RGB (brightfield H&E).")
+        levels.append(d)
+    props = slide.properties
+    mpp = props.get("tiffslide.mpp-x")
+    slide.close()
+    return levels, float(mpp) if mpp else None
+
+
+def read_wsi(
+    path: str | os.PathLike,
+    *,
+    sample: str | None = None,
+    um_per_px: float | None = None,
+    min_level_px: int = 256,
+) -> SpatialData:
+    """Open a pyramidal whole-slide image lazily as a multiscale SpatialData image.
+
+    Nothing is decoded up front: each pyramid level of the file is a dask array over the file's own tiles
+    (tiffslide → tifffile's zarr view), so a 100k × 100k px slide opens in milliseconds and computing a window
+    reads only the tiles under it. Levels come from the file (SVS/NDPI/OME pyramids); levels smaller than
+    ``min_level_px`` on their short side are left out.
+
+    Parameters
+    ----------
+    path
+        Whole-slide image: Aperio ``.svs``, Hamamatsu ``.ndpi``, pyramidal (OME-)TIFF, or any tiled TIFF tiffslide
+        reads. A plain JPEG/PNG goes through :func:`scst.io.read_st`'s zarr cache instead.
+    sample
+        Section name: the image key is ``f"{sample}_image"`` and its coordinate system ``sample``; default the
+        file's stem.
+    um_per_px
+        Micrometres per full-resolution pixel; default the slide's own (``tiffslide.mpp-x``), else unknown.
+    min_level_px
+        Smallest short side of a pyramid level to keep.
+
+    Returns
+    -------
+    SpatialData with one ``Image2DModel`` element ``f"{sample}_image"`` (dims ``c, y, x``, uint8 RGB; ``scale0`` =
+    full resolution, ``scale<k>`` = the file's level k with a ``Scale`` to full-resolution pixels), in coordinate
+    system ``sample`` (identity: full-resolution pixels), and ``sdata.attrs["scst"]`` = ``{"um_per_px",
+    "source", "image_key", "coordinate_system", "image_shape"}``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"path: file {path} does not exist.")
+    if path.suffix.lower() not in WSI_SUFFIXES:
+        raise ValueError(
+            f"path: {path.name} is not a whole-slide image ({', '.join(WSI_SUFFIXES)}); read JPEG/PNG with "
+            "scst.io.read_st (converted once to a zarr cache)."
+        )
+    if um_per_px is not None and not um_per_px > 0:
+        raise ValueError(f"um_per_px: expected a positive number, got {um_per_px}.")
+    sample = sample or path.stem
+    levels, mpp = _levels(path)
+    levels = [levels[0]] + [d for d in levels[1:] if min(d.shape[1:]) >= min_level_px]
+    tree = xr.DataTree.from_dict(
+        {f"scale{k}": xr.Dataset({"image": xr.DataArray(d, dims=("c", "y", "x"), coords={"c": ["r", "g", "b"]})})
+         for k, d in enumerate(levels)}
+    )  # fmt: skip
+    set_transformation(tree, {sample: Identity()}, set_all=True)
+    Image2DModel().validate(tree)
+    upp = um_per_px if um_per_px is not None else mpp
+    if upp is None:
+        logg.warning(f"read_wsi: {path.name} records no pixel size; pass um_per_px=")
+    h, w = (int(s) for s in levels[0].shape[1:])
+    logg.info(f"read_wsi: {path.name}, {w} × {h} px, {len(levels)} levels, µm/px {upp}")
+    sd = SpatialData(images={f"{sample}_image": tree})
+    sd.attrs["scst"] = {
+        "um_per_px": None if upp is None else float(upp),
+        "source": str(path),
+        "image_key": f"{sample}_image",
+        "coordinate_system": sample,
+        "image_shape": [h, w],
+    }
+    return sd

@@ -1,0 +1,81 @@
+"""Whole-slide images read lazily tile by tile; JPEG/PNG/TIFF converted to the zarr cache in strips."""
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from scst.io import read_wsi
+from scst.io._image import CHUNK_PX, cached_image
+
+
+def _texture(h, w):
+    """An RGB image whose pixel values say where they are (x mod 256, y mod 256, (x + y) mod 256)."""
+    y, x = np.mgrid[:h, :w]
+    return np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)
+
+
+def _pyramidal_tiff(path, img, mpp=0.5, levels=3, tile=256):
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(img, tile=(tile, tile), subifds=levels - 1, photometric="rgb",
+                 resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")  # fmt: skip
+        for k in range(1, levels):
+            tw.write(img[:: 2**k, :: 2**k], tile=(tile, tile), subfiletype=1, photometric="rgb")
+
+
+def test_read_wsi_pyramid_is_lazy_and_exact(tmp_path):
+    img = _texture(1500, 2100)
+    _pyramidal_tiff(tmp_path / "slide.tif", img)
+    sd = read_wsi(tmp_path / "slide.tif", sample="S1")
+    el = sd.images["S1_image"]
+    assert [tuple(el[f"scale{k}"]["image"].shape) for k in range(3)] == [(3, 1500, 2100), (3, 750, 1050), (3, 375, 525)]
+    data = el["scale0"]["image"].data
+    assert data.chunksize == (3, 256, 256)  # one dask chunk per TIFF tile: windows read only their tiles
+    np.testing.assert_array_equal(data[:, 1000:1010, 300:305].compute(), np.moveaxis(img[1000:1010, 300:305], -1, 0))
+    np.testing.assert_array_equal(el["scale2"]["image"].data[:, 10, 20].compute(), img[40, 80])
+    assert sd.attrs["scst"]["um_per_px"] == pytest.approx(0.5)
+    assert sd.attrs["scst"]["image_shape"] == [1500, 2100]
+    from spatialdata.transformations import get_transformation
+
+    t = get_transformation(el["scale1"]["image"], "S1")
+    np.testing.assert_allclose(t.to_affine_matrix(("x", "y"), ("x", "y"))[:2, :2], np.diag([2.0, 2.0]))
+
+
+def test_read_wsi_options_and_errors(tmp_path):
+    img = _texture(600, 700)
+    _pyramidal_tiff(tmp_path / "a.tif", img, levels=2)
+    sd = read_wsi(tmp_path / "a.tif", um_per_px=0.25, min_level_px=400)
+    assert list(sd.images) == ["a_image"] and list(sd.images["a_image"]) == ["scale0"]  # 300 px level left out
+    assert sd.attrs["scst"]["um_per_px"] == 0.25
+    Image.fromarray(img).save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="not a whole-slide image.*read_st"):
+        read_wsi(tmp_path / "a.png")
+    (tmp_path / "bad.svs").write_bytes(b"not a slide")
+    with pytest.raises(ValueError, match="cannot open .*bad.svs as a whole-slide image"):
+        read_wsi(tmp_path / "bad.svs")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_wsi(tmp_path / "missing.svs")
+    with pytest.raises(ValueError, match="um_per_px"):
+        read_wsi(tmp_path / "a.tif", um_per_px=0)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "tif", "grey.png"])
+def test_cache_conversion_in_strips_is_exact(tmp_path, fmt):
+    """Strip-wise conversion (rows not a multiple of the strip height) gives the image's own pixels."""
+    h, w = CHUNK_PX * 2 + 77, 1300
+    img = _texture(h, w)
+    path = tmp_path / f"he.{fmt}"
+    if fmt == "tif":
+        tifffile.imwrite(path, img, photometric="rgb")
+    elif fmt == "grey.png":
+        img = img[..., :1].repeat(3, -1)
+        Image.fromarray(img[..., 0]).save(path)
+    else:
+        Image.fromarray(img).save(path, quality=100)
+    el = cached_image(path, "S", cache=tmp_path / "cache")
+    got = el["scale0"]["image"].data.compute()
+    assert got.shape == (3, h, w)
+    if fmt == "jpg":  # lossy: compare with Pillow's decoding of the same file
+        img = np.asarray(Image.open(path).convert("RGB"))
+    np.testing.assert_array_equal(got, np.moveaxis(img, -1, 0))
+    assert tuple(el["scale4"]["image"].shape) == (3, h // 16, w // 16)

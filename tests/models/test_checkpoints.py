@@ -1,0 +1,203 @@
+"""Checkpoints: atomic save, clear errors for truncated/corrupt files, another model class, another gene panel."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from anndata import AnnData
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from scst.models._base import ATTR_FILE, WEIGHTS_FILE, BaseModel
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+W_TRUE = np.array([1.5, -2.0, 0.5, 3.0], dtype=np.float32)
+
+
+class Linear(nn.Module):
+    def __init__(self, n_features: int):
+        super().__init__()
+        self.linear = nn.Linear(n_features, 1)
+
+    def forward(self, x):
+        return self.linear(x).squeeze(-1)
+
+    def loss(self, batch):
+        x, y = batch
+        return {"loss": ((self(x) - y) ** 2).mean()}
+
+
+class Toy(BaseModel):
+    _module_cls = Linear
+    _default_config = {"lr": 0.1, "batch_size": 32, "max_epochs": 5}
+
+    @classmethod
+    def setup_anndata(cls, adata: AnnData) -> None:
+        cls._register(adata, {"n_features": adata.n_vars, "var_names": adata.var_names})
+
+    def _module_kwargs(self):
+        return {"n_features": self.registry["n_features"]}
+
+    def _x(self, adata):
+        return torch.as_tensor(np.asarray(adata[:, self.registry["var_names"]].X), dtype=torch.float32)
+
+    def _dataloaders(self, batch_size, validation, seed, **kw):
+        x, y = self._x(self.adata), torch.as_tensor(self.adata.obs["y"].to_numpy(), dtype=torch.float32)
+        return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True), None
+
+    def predict(self, adata=None):
+        out = self._inference(
+            DataLoader(self._x(self.adata if adata is None else adata), batch_size=64), lambda m, b: m(b)
+        )
+        return torch.cat(out).numpy()
+
+
+class OtherToy(Toy):
+    pass
+
+
+def _adata(genes=("g0", "g1", "g2", "g3"), seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((128, len(genes))).astype(np.float32)
+    y = x[:, :4] @ W_TRUE[: min(4, len(genes))] + 0.7
+    return AnnData(
+        X=x, obs=pd.DataFrame({"y": y}, index=[f"c{i}" for i in range(128)]), var=pd.DataFrame(index=list(genes))
+    )
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    a = _adata()
+    Toy.setup_anndata(a)
+    m = Toy(a).train(max_epochs=30, enable_progress_bar=False)
+    d = tmp_path_factory.mktemp("ckpt") / "toy"
+    m.save(d)
+    return d, a, m.predict()
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_round_trip_and_learned_weights(saved):
+    d, a, pred = saved
+    m = Toy.load(d, data=a)
+    np.testing.assert_array_equal(m.predict(), pred)
+    w = m.module.linear.weight.detach().numpy().ravel()
+    np.testing.assert_allclose(w, W_TRUE, atol=0.3)  # it learned the planted map, so the weights are real
+
+
+def test_truncated_or_corrupt_files_are_clear_errors(saved, tmp_path):
+    d, a, _ = saved
+    c = _copy(d, tmp_path / "trunc")
+    w = (c / WEIGHTS_FILE).read_bytes()
+    (c / WEIGHTS_FILE).write_bytes(w[: len(w) - 7])
+    with pytest.raises(ValueError, match=f"{WEIGHTS_FILE} is truncated or corrupt"):
+        Toy.load(c)
+    (c / WEIGHTS_FILE).write_bytes(b"\x00" * 3)
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        Toy.load(c)
+    c = _copy(d, tmp_path / "attr")
+    text = (c / ATTR_FILE).read_text()
+    (c / ATTR_FILE).write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError, match=f"{ATTR_FILE} of .* is truncated or corrupt \\(not JSON"):
+        Toy.load(c)
+    (c / ATTR_FILE).write_text(json.dumps({"model": "Toy"}))
+    with pytest.raises(ValueError, match=r"lacks \['registry', 'config', 'module_kwargs'\]"):
+        Toy.load(c)
+    (c / ATTR_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="not a saved model"):
+        Toy.load(c)
+
+
+def test_another_model_class_is_refused(saved):
+    d, _, pred = saved
+    with pytest.raises(ValueError, match="holds a 'Toy' model, not 'OtherToy'; use Toy.load"):
+        OtherToy.load(d)
+    m = BaseModel.load(d, data=_adata())  # the base class dispatches to the saved class
+    assert type(m) is Toy
+
+
+def test_another_gene_panel_is_refused(saved, tmp_path):
+    d, _, _ = saved
+    with pytest.raises(ValueError, match=r"`data` lacks 1 of the model's 4 genes: \['g3'\]"):
+        Toy.load(d, data=_adata(genes=("g0", "g1", "g2", "gX")))
+    # weights of the 4-gene model next to the attr.json of a 5-gene model (two checkpoints mixed up)
+    b = _adata(genes=("g0", "g1", "g2", "g3", "g4"))
+    Toy.setup_anndata(b)
+    Toy(b).save(tmp_path / "five")
+    (tmp_path / "five" / WEIGHTS_FILE).write_bytes((d / WEIGHTS_FILE).read_bytes())
+    with pytest.raises(ValueError, match="does not fit the Toy built from its attr.json .*gene panel"):
+        Toy.load(tmp_path / "five")
+
+
+def test_failed_save_keeps_the_previous_checkpoint(saved, tmp_path, monkeypatch):
+    d, a, pred = saved
+    c = _copy(d, tmp_path / "ckpt")
+    m = Toy.load(c, data=a)
+    with torch.no_grad():
+        m.module.linear.weight.zero_()
+
+    def interrupted(*args, **kwargs):  # the process is interrupted while writing the new weights
+        Path(args[1]).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("safetensors.torch.save_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        m.save(c, overwrite=True)
+    np.testing.assert_array_equal(Toy.load(c, data=a).predict(), pred)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no half-written folder left behind
+
+
+KILLED_SAVE = """
+import sys, time
+from pathlib import Path
+import safetensors.torch
+sys.path.insert(0, {test_dir!r})
+from test_checkpoints import Toy, _adata
+
+a = _adata()
+m = Toy.load({ckpt!r}, data=a)
+def slow(module, path, **kw):
+    Path(path).write_bytes(b"partial")
+    Path({marker!r}).touch()
+    time.sleep(60)
+safetensors.torch.save_model = slow
+m.save({ckpt!r}, overwrite=True)
+"""
+
+
+def test_killed_save_keeps_the_previous_checkpoint(saved, tmp_path):
+    """SIGKILL in the middle of ``save(overwrite=True)``: the previous checkpoint still loads, unchanged."""
+    d, a, pred = saved
+    c = _copy(d, tmp_path / "ckpt")
+    marker = tmp_path / "writing"
+    code = KILLED_SAVE.format(test_dir=str(Path(__file__).parent), ckpt=str(c), marker=str(marker))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env)
+    try:
+        t0 = time.time()
+        while not marker.exists():
+            assert proc.poll() is None, "the saving process ended early"
+            assert time.time() - t0 < 60
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    np.testing.assert_array_equal(Toy.load(c, data=a).predict(), pred)
