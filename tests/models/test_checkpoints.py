@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -163,41 +160,39 @@ def test_failed_save_keeps_the_previous_checkpoint(saved, tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no half-written folder left behind
 
 
-KILLED_SAVE = """
-import sys, time
-from pathlib import Path
-import safetensors.torch
-sys.path.insert(0, {test_dir!r})
-from test_checkpoints import Toy, _adata
-
-a = _adata()
-m = Toy.load({ckpt!r}, data=a)
-def slow(module, path, **kw):
-    Path(path).write_bytes(b"partial")
-    Path({marker!r}).touch()
-    time.sleep(60)
-safetensors.torch.save_model = slow
-m.save({ckpt!r}, overwrite=True)
-"""
-
-
 def test_killed_save_keeps_the_previous_checkpoint(saved, tmp_path):
-    """SIGKILL in the middle of ``save(overwrite=True)``: the previous checkpoint still loads, unchanged."""
+    """SIGKILL in the middle of ``save(overwrite=True)`` (a forked process): the previous checkpoint still loads."""
     d, a, pred = saved
     c = _copy(d, tmp_path / "ckpt")
     marker = tmp_path / "writing"
-    code = KILLED_SAVE.format(test_dir=str(Path(__file__).parent), ckpt=str(c), marker=str(marker))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env)
+    m = Toy.load(c, data=a)
+    pid = os.fork()
+    if pid == 0:  # child: start saving, stall inside the write of the weights, wait to be killed
+        try:
+            import safetensors.torch
+
+            def slow(module, path, **kw):
+                Path(path).write_bytes(b"partial")
+                marker.touch()
+                time.sleep(60)
+
+            safetensors.torch.save_model = slow
+            m.save(c, overwrite=True)
+        finally:
+            os._exit(1)
     try:
         t0 = time.time()
         while not marker.exists():
-            assert proc.poll() is None, "the saving process ended early"
-            assert time.time() - t0 < 60
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+            assert os.waitpid(pid, os.WNOHANG) == (0, 0), "the saving process ended early"
+            assert time.time() - t0 < 30
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
     np.testing.assert_array_equal(Toy.load(c, data=a).predict(), pred)
