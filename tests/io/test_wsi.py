@@ -79,3 +79,11 @@ def test_cache_conversion_in_strips_is_exact(tmp_path, fmt):
         img = np.asarray(Image.open(path).convert("RGB"))
     np.testing.assert_array_equal(got, np.moveaxis(img, -1, 0))
     assert tuple(el["scale4"]["image"].shape) == (3, h // 16, w // 16)
+
+
+def test_whole_slide_full_level_goes_to_the_cache(tmp_path):
+    """A pyramidal slide (here a TIFF named .svs) given to read_st's cache: its full-resolution level, exactly."""
+    img = _texture(700, 900)
+    _pyramidal_tiff(tmp_path / "slide.svs", img, levels=2)
+    el = cached_image(tmp_path / "slide.svs", "S", cache=tmp_path / "cache")
+    np.testing.assert_array_equal(el["scale0"]["image"].data.compute(), np.moveaxis(img, -1, 0))

@@ -35,6 +35,8 @@ SCALE_FACTORS = (2, 2, 2, 2)
 CHUNK_PX = 1024
 #: File inside a cache store listing every file the conversion wrote, with its size in bytes.
 MANIFEST = "scst_cache.json"
+#: Read through tifffile (full-resolution level of a pyramid: SVS/NDPI/OME-TIFF are TIFF files); others via libvips.
+_TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".ndpi", ".scn", ".bif"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -69,7 +71,7 @@ def _tiff_level0(path: Path):
 
 
 def _image_shape(path: Path) -> tuple[int, int]:
-    if path.suffix.lower() in {".tif", ".tiff"}:
+    if path.suffix.lower() in _TIFF_SUFFIXES:
         z, axes = _tiff_level0(path)
         return int(z.shape[axes.index("Y")]), int(z.shape[axes.index("X")])
     import pyvips
@@ -80,7 +82,7 @@ def _image_shape(path: Path) -> tuple[int, int]:
 
 def _iter_strips(path: Path, rows: int = CHUNK_PX) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(y0, strip)`` with ``strip`` the rows ``y0:y0 + rows`` as ``(rows, x, 3)`` uint8, top to bottom."""
-    if path.suffix.lower() in {".tif", ".tiff"}:
+    if path.suffix.lower() in _TIFF_SUFFIXES:
         z, axes = _tiff_level0(path)
         if set(axes) - set("YXCS") or "Y" not in axes or "X" not in axes:
             raise ValueError(f"image: TIFF {path} has axes {axes!r}; expected a 2-D image (YX, YXS or CYX).")
@@ -273,7 +275,8 @@ def cached_image(path: str | os.PathLike, coordinate_system: str, cache: str | o
     Parameters
     ----------
     path
-        JPEG, PNG or TIFF file (for pyramidal whole-slide images use :func:`scst.io.read_wsi`).
+        JPEG, PNG or TIFF file; for a pyramidal whole-slide image (SVS, NDPI, OME-TIFF) its full-resolution level
+        is cached (fast patch reading), or open it without a copy with :func:`scst.io.read_wsi`.
     coordinate_system
         Name of the coordinate system the image is placed in (identity transform: full-resolution pixels).
     cache
