@@ -355,7 +355,8 @@ class MultimodalST(BaseModel):
 
         Returns
         -------
-        ``self``; ``history`` has a ``stage`` column.
+        ``self``; ``history`` numbers epochs across both stages and has a ``stage`` column (0 = pre-training,
+        1 = joint; numeric so that it survives :meth:`save`/:meth:`load`).
         """
         pre = int(self.config["pretrain_epochs"] if pretrain_epochs is None else pretrain_epochs)
         joint = int(self._train_setting("max_epochs", max_epochs))
@@ -364,10 +365,13 @@ class MultimodalST(BaseModel):
             if epochs <= 0:
                 continue
             self.module.stage = stage
+            self.module.train()  # BaseModel.train leaves the module in eval mode; Lightning does not switch back
             logg.info(f"MultimodalST: {stage} stage, {epochs} epochs")
             super().train(max_epochs=epochs, **kwargs)
             if self.history is not None:
-                frames.append(self.history.assign(stage=stage))
+                h = self.history.assign(stage=float(stage == "joint"))
+                h.index = h.index + sum(len(f) for f in frames)
+                frames.append(h)
         self.module.stage = "joint"
         self.history = pd.concat(frames) if frames else None
         return self

@@ -40,23 +40,23 @@ def _rna_modality(adata: AnnData, rows: np.ndarray, genes: Any, layer: str | Non
     if X.nnz and X.data.min() < 0:
         raise ValueError("adata: expected raw counts (non-negative) in X / `layer`.")
     if genes is None:
-        gmask = np.ones(adata.n_vars, dtype=bool)
+        gmask = np.arange(adata.n_vars)
     elif isinstance(genes, str):
         _check_key(adata.var, genes, "adata.var")
-        gmask = adata.var[genes].to_numpy(dtype=bool)
-    else:
+        gmask = np.flatnonzero(adata.var[genes].to_numpy(dtype=bool))
+    else:  # a list keeps its order
         missing = pd.Index(list(genes)).difference(adata.var_names)
         if len(missing):
             raise KeyError(f"genes: {len(missing)} genes are not in var_names, e.g. {list(missing[:5])}.")
-        gmask = adata.var_names.isin(list(genes))
-    if not gmask.any():
+        gmask = adata.var_names.get_indexer(list(dict.fromkeys(genes)))
+    if len(gmask) == 0:
         raise ValueError("genes: the panel is empty.")
     lib = np.asarray(X.sum(1)).ravel().astype(np.float64)
     counts = X[:, gmask].astype(np.float32)
     scale = np.divide(1e4, lib, out=np.zeros_like(lib), where=lib > 0)
     logx = np.log1p(counts.toarray() * scale[:, None]).astype(np.float32)
     obs = adata.obs.iloc[rows][[c for c in adata.obs.columns if c in group_keys or c == SECTION_KEY]].copy()
-    rna = AnnData(X=logx, obs=obs, var=adata.var.loc[gmask].copy())
+    rna = AnnData(X=logx, obs=obs, var=adata.var.iloc[gmask].copy())
     rna.layers["counts"] = counts
     if SPATIAL_KEY in adata.obsm:
         rna.obsm[SPATIAL_KEY] = np.asarray(adata.obsm[SPATIAL_KEY])[rows]

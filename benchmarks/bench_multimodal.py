@@ -1,0 +1,127 @@
+"""Histology ↔ RNA retrieval with MultimodalST on the five HER2+ sections (paired spots: patch ↔ its expression).
+
+Train on C2–C5 (model selection: early stopping on 10 % of the training spots, never on the held-out section),
+embed the held-out C6, retrieve for each C6 patch the closest C6 RNA sample by cosine; report top-1 cluster-label
+accuracy against the label-frequency chance Σp², and exact-spot top-5 against 5/n, for several variants
+(untrained network, full model, ablations). Raw results: benchmarks/results/multimodal/<variant>.json.
+
+    python benchmarks/bench_multimodal.py [--variants full,frozen,...] [--test C6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import scst
+
+OUT = Path(__file__).parent / "results" / "multimodal"
+
+#: variant → (config overrides, gene grouping, train?)
+VARIANTS = {
+    "untrained": ({}, "knn", False),
+    "full": ({}, "knn", True),
+    "frozen_encoders": ({"freeze_encoders": True}, "knn", True),
+    "no_decoder": ({"weights": {"rna_rec": 0.0}}, "knn", True),
+    "no_pretrain": ({"pretrain_epochs": 0}, "knn", True),
+    "lr_network_groups": ({}, "lr", True),
+    "random_groups": ({}, "random", True),
+    "match_on_group": ({"match_on": "group"}, "knn", True),
+}
+
+
+def build(test: str, out_px: int):
+    sdata = scst.datasets.her2st()
+    adata = sdata.tables["table"]
+    sections = list(adata.obs["section"].cat.categories)
+    train_sections = [s for s in sections if s != test]
+    # gene panel from the training sections only
+    tr_tab = adata[adata.obs["section"].isin(train_sections)].copy()
+    scst.pp.select_genes(tr_tab, n_top=1000, min_fraction=0.25)
+    adata.var["panel"] = tr_tab.var["highly_variable_scst"].to_numpy()
+    tr = scst.pp.to_mudata(sdata, sections=train_sections, genes="panel", out_px=out_px)
+    te = scst.pp.to_mudata(sdata, sections=[test], genes="panel", out_px=out_px)
+    return tr, te
+
+
+def groups(tr, te, kind: str, seed: int = 0) -> None:
+    rna = tr["rna"]
+    if kind == "knn":
+        scst.pp.gene_groups(rna, None, n_groups=7, seed=seed)
+    elif kind == "lr":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            scst.pp.gene_groups(rna, scst.datasets.ligand_receptor(), n_groups=7, unlinked="group", seed=seed)
+    else:
+        rng = np.random.default_rng(seed)
+        rna.var["gene_group"] = rng.integers(0, 7, rna.n_vars)
+    te["rna"].var["gene_group"] = rna.var["gene_group"].to_numpy()
+
+
+def run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int) -> dict:
+    overrides, grouping, train = VARIANTS[name]
+    groups(tr, te, grouping, seed)
+    scst.models.MultimodalST.setup_mudata(tr, group_key="label")
+    cfg = {**scst.models.MultimodalST.bench_config, "pretrain_epochs": epochs[0], "max_epochs": epochs[1], "seed": seed}
+    cfg.update(overrides)
+    model = scst.models.MultimodalST(tr, **cfg)
+    t0 = time.perf_counter()
+    n_epochs = 0
+    if train:
+        model.train(enable_progress_bar=False)
+        n_epochs = len(model.history) if model.history is not None else 0
+    train_s = time.perf_counter() - t0
+    res = scst.tl.retrieve(te, model, query="image", k=5, group_keys=["label"])
+    return {
+        "variant": name,
+        "config": model.config,
+        "grouping": grouping,
+        "sizes": [int(v) for v in np.bincount(model.registry["group_of_gene"])],
+        "n_train_spots": int(tr["rna"].n_obs),
+        "n_test_spots": int(te["rna"].n_obs),
+        "label_top1": res["accuracy"]["label"],
+        "label_chance_sum_p2": res["chance"]["label"],
+        "exact_top1": res["exact_top1"],
+        "exact_top5": res["exact_topk"],
+        "exact_top5_chance": res["chance_exact_topk"],
+        "train_seconds": train_s,
+        "epochs_run": n_epochs,
+        "seconds_per_epoch": train_s / n_epochs if n_epochs else None,
+        "device": str(model.device),
+        "history": None if model.history is None else model.history.reset_index().to_dict("records"),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--test", default="C6")
+    p.add_argument("--out-px", type=int, default=64)
+    p.add_argument("--pretrain-epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    tr, te = build(a.test, a.out_px)
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name in a.variants.split(","):
+        r = run_variant(name, tr, te, (a.pretrain_epochs, a.epochs), a.seed)
+        r["test_section"], r["out_px"], r["load"] = a.test, a.out_px, os.getloadavg()
+        (OUT / f"{a.test}_{name}.json").write_text(json.dumps(r, indent=1, default=float))
+        print(
+            f"{name:20s} label top-1 {r['label_top1']:.3f} (Σp² {r['label_chance_sum_p2']:.3f})  exact top-5 "
+            f"{r['exact_top5']:.3f} (5/n {r['exact_top5_chance']:.3f})  {r['train_seconds']:.0f} s",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

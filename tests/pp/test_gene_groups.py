@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import anndata as ad
+import networkx as nx
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from scst.pp import gene_groups
+
+
+def _adata(genes, n=60, seed=0, modules=None):
+    rng = np.random.default_rng(seed)
+    X = rng.poisson(5, size=(n, len(genes))).astype(np.float32)
+    if modules is not None:  # each module of genes follows its own latent factor
+        for m in np.unique(modules):
+            f = rng.gamma(2.0, 5.0, size=n)
+            X[:, modules == m] = rng.poisson(f[:, None] * np.ones((1, int((modules == m).sum()))))
+    return ad.AnnData(X=X, var=pd.DataFrame(index=list(genes)))
+
+
+def _cliques(sizes, seed=0):
+    """Directed graph of dense communities (random directions) plus one edge between consecutive ones."""
+    rng = np.random.default_rng(seed)
+    g, names, start = nx.DiGraph(), [], 0
+    for c, s in enumerate(sizes):
+        nodes = [f"G{c}_{i}" for i in range(s)]
+        for i in range(s):
+            for j in range(s):
+                if i != j and rng.random() < 0.6:
+                    g.add_edge(nodes[i], nodes[j])
+        names += nodes
+        start += s
+    for c in range(len(sizes) - 1):
+        g.add_edge(f"G{c}_0", f"G{c + 1}_0")
+    return g, names
+
+
+def test_louvain_directed_recovers_planted_communities_and_merges_small_ones():
+    g, genes = _cliques([12, 10, 8])
+    adata = _adata(genes)
+    gene_groups(adata, g, n_groups=3)
+    truth = np.array([int(n.split("_")[0][1:]) for n in genes])
+    assert adjusted_rand_score(truth, adata.var["gene_group"]) == 1.0
+    assert adata.uns["gene_group"]["sizes"] == [12, 10, 8]
+    assert adata.uns["gene_group"]["modularity"] > 0.5
+    # the paper's rule: keep the n-1 largest, merge the rest → 12 | 10+8
+    gene_groups(adata, g, n_groups=2)
+    expected = np.where(truth == 0, 0, 1)
+    assert (adata.var["gene_group"].to_numpy() == expected).all()
+    assert adata.uns["gene_group"]["sizes"] == [12, 18]
+
+
+def test_network_genes_absent_are_ignored_with_a_count_and_unlinked_genes():
+    g, genes = _cliques([10, 10])
+    g.add_edge("NOT_IN_DATA1", "G0_1")
+    g.add_edge("NOT_IN_DATA2", "NOT_IN_DATA3")
+    adata = _adata([*genes, "LONELY1", "LONELY2"])
+    with pytest.warns(UserWarning, match="3 of the network's 23 genes"):
+        gene_groups(adata, g, n_groups=3)
+    assert adata.uns["gene_group"]["n_network_genes_absent"] == 3
+    # the two genes outside the network form the extra group
+    assert adata.var.loc[["LONELY1", "LONELY2"], "gene_group"].tolist() == [2, 2]
+    with pytest.warns(UserWarning):
+        gene_groups(adata, g, n_groups=3, unlinked="drop")
+    assert adata.var.loc[["LONELY1", "LONELY2"], "gene_group"].tolist() == [-1, -1]
+    assert adata.uns["gene_group"]["n_unlinked"] == 2
+
+
+def test_knn_coexpression_fallback_finds_planted_modules():
+    modules = np.repeat([0, 1, 2], [15, 12, 9])
+    adata = _adata([f"g{i}" for i in range(len(modules))], n=200, modules=modules)
+    gene_groups(adata, None, n_groups=3, n_neighbors=5)
+    assert adjusted_rand_score(modules, adata.var["gene_group"]) == 1.0
+    assert "fallback" in adata.uns["gene_group"]["network"]
+
+
+def test_ligand_receptor_list_as_a_real_directed_graph(her2st_counts):
+    import scst
+
+    lr = scst.datasets.ligand_receptor()
+    genes = sorted(set(lr["ligand"]) | set(lr["receptor"]))
+    panel = [g for g in her2st_counts.var_names if g in set(genes)]
+    adata = her2st_counts[:50, panel].copy()
+    with pytest.warns(UserWarning, match="not in `genes`"):
+        gene_groups(adata, lr, n_groups=7, unlinked="drop")
+    info = adata.uns["gene_group"]
+    pairs = {(a, b) for a, b in zip(lr["ligand"], lr["receptor"]) if a in set(panel) and b in set(panel) and a != b}
+    assert info["n_edges"] == len(pairs)  # every L→R pair among the data's genes, once
+    assert info["n_clusters"] > 7 and len(info["sizes"]) == 7
+    assert info["sizes"] == sorted(info["sizes"][:6], reverse=True) + info["sizes"][6:]
+    grouped = adata.var["gene_group"].to_numpy() >= 0
+    assert grouped.sum() == sum(info["sizes"])
+
+
+def test_chromosome_and_pathway_groupings():
+    genes = [f"g{i}" for i in range(12)]
+    adata = _adata(genes)
+    adata.var["chromosome"] = ["1"] * 5 + ["2"] * 4 + ["X"] * 2 + [None]
+    gene_groups(adata, method="chromosome", n_groups=None, unlinked="drop")
+    assert adata.var["gene_group"].tolist() == [0] * 5 + [1] * 4 + [2] * 2 + [-1]
+    gene_groups(adata, method="chromosome", n_groups=3)  # 2 chromosomes kept + the rest merged + the unplaced gene
+    assert adata.var["gene_group"].tolist() == [0] * 5 + [1] * 6 + [2]
+    sets = {"A": genes[:6], "B": genes[4:9], "C": ["g11", "absent"]}
+    gene_groups(adata, method="pathway", gene_sets=sets, n_groups=None, unlinked="drop")
+    # g4, g5 are in A and B: they go to the larger set A
+    assert adata.var["gene_group"].tolist() == [0] * 6 + [1] * 3 + [-1, -1, 2]
+
+
+def test_gene_groups_bad_input():
+    adata = _adata(["a", "b", "c"])
+    with pytest.raises(ValueError, match="only 3 genes"):
+        gene_groups(adata, None, n_groups=7)
+    with pytest.raises(ValueError, match="method"):
+        gene_groups(adata, method="position")
+    with pytest.raises(ValueError, match="no edge"):
+        gene_groups(adata, [("x", "y")], n_groups=2)
+    with pytest.raises(ValueError, match="gene_sets"):
+        gene_groups(adata, method="pathway", n_groups=2)
+    with pytest.raises(ValueError, match="columns"):
+        gene_groups(adata, pd.DataFrame({"u": ["a"], "v": ["b"]}), n_groups=2)
