@@ -4,7 +4,18 @@ from ._base import BaseModel
 from ._baselines import MeanExpression, RidgeExpression, STNet
 from ._gcng import GCNG
 from ._hggep import HGGEP
+from ._multimodal import MultimodalST
 from ._pretrain import SSLEncoder
 from ._tcgn import TCGN
 
-__all__ = ["BaseModel", "GCNG", "HGGEP", "MeanExpression", "RidgeExpression", "SSLEncoder", "STNet", "TCGN"]
+__all__ = [
+    "BaseModel",
+    "GCNG",
+    "HGGEP",
+    "MeanExpression",
+    "MultimodalST",
+    "RidgeExpression",
+    "SSLEncoder",
+    "STNet",
+    "TCGN",
+]
