@@ -122,6 +122,8 @@ def test_save_load_round_trip(trained, tmp_path):
     pairs = labelled(triples[40:])[["ligand", "receptor"]]
     model.save(tmp_path / "gcng")
     loaded = GCNG.load(tmp_path / "gcng", data=adata)
+    # the pairs it was fit on travel with the model (ligand_receptor's in_training after load)
+    pd.testing.assert_frame_equal(loaded.training_pairs, model.training_pairs.astype({"label": int}))
     np.testing.assert_allclose(loaded.predict(pairs)["score"], model.predict(pairs)["score"], rtol=1e-6)
     bare = GCNG.load(tmp_path / "gcng")
     with pytest.raises(ValueError, match="no data"):

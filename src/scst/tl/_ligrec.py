@@ -284,7 +284,7 @@ def ligand_receptor(
             score, pval, extra = _gcng(adata, model, present, known, n_folds, gcng_config, graph_key, adj,
                                        train_kwargs, layer, normalize, seed, groups, n_perms, nulls[m])  # fmt: skip
             res["gcng_score"], res["gcng_pvals"] = score, pval
-            res["in_training"] = extra.pop("in_training")
+            in_training = extra.pop("in_training")
             params.update(extra)
         else:
             fn, default = score_function(m, adj, local_name=local_name, weights=weights)
@@ -294,6 +294,8 @@ def ligand_receptor(
                                        seed=seed + 7919 * i)  # fmt: skip
             res[f"{m}_score"], res[f"{m}_pvals"] = score, pval
         res[f"{m}_fdr"] = bh_fdr(res[f"{m}_pvals"].to_numpy())
+        if m == "gcng":
+            res["in_training"] = in_training
     params["nulls"] = nulls
     if "bivariate" in methods or local_scores:
         params.update(local_name=local_name, kernel_key=kernel_key or f"{connectivity_key} + I")
