@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -67,6 +68,9 @@ def test_saved_trunk_loads_into_torchvision_and_embed_patches(trained):
 
     sdata, model, path = trained
     assert not [p for p in path.parent.iterdir() if p != path]  # atomic write: no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # readable like any file the user writes
     state = load_file(str(path))
     net = torchvision.models.shufflenet_v2_x0_5()
     res = net.load_state_dict(state, strict=False)

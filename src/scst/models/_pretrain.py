@@ -481,9 +481,9 @@ class SSLEncoder(BaseModel):
         os.close(fd)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the weights private
         try:
             save_file(self.encoder_state_dict(), tmp, metadata=meta)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp and save_file leave 0600: make the weights readable as usual
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
