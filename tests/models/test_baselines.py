@@ -215,7 +215,8 @@ def test_stnet_trains_predicts_and_round_trips(tmp_path):
     torch.set_num_threads(1)
     sdata, _ = _tiny_sdata(tmp_path)
     STNet.setup_sdata(sdata, genes=["g0", "g1", "g2"], size_um=32.0, sections=["S1", "S2"])
-    model = STNet(sdata, backbone="resnet18", patch_px=32, max_epochs=3, batch_size=8, lr=1e-3, augment=True)
+    config = {"backbone": "resnet18", "weights": None, "patch_px": 32, "max_epochs": 3, "batch_size": 8, "lr": 1e-3}
+    model = STNet(sdata, **config, augment=True)
     model.train(enable_progress_bar=False, validation=False)
     loss = model.history["train_loss"].to_numpy()
     assert len(loss) == 3 and loss[-1] < loss[0]

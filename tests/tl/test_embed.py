@@ -57,7 +57,8 @@ def test_backbone_random_init_and_local_weights(tiny):
 
     sdata, _, tmp = tiny
     torch.manual_seed(0)
-    embed_patches(sdata, "resnet18", size_um=32.0, out_px=32, batch_size=8, progress=False)
+    with pytest.warns(UserWarning, match="random initialisation; predictions will be weak"):
+        embed_patches(sdata, "resnet18", size_um=32.0, out_px=32, batch_size=8, progress=False)
     t = sdata.tables["table"]
     assert t.obsm["X_resnet18"].shape == (18, 512)
     assert t.uns["scst_embed"]["X_resnet18"]["weights"] == "random init"
@@ -92,3 +93,34 @@ def test_module_encoder_is_pooled(tiny):
         embed_patches(sdata, 3, progress=False)
     with pytest.raises(ValueError, match="neither"):
         embed_patches(sdata, "no_such_net", progress=False)
+
+
+def test_named_weights_arrive_and_missing_images_are_named(tiny, monkeypatch):
+    import torchvision
+
+    sdata, _, _ = tiny
+    torch.manual_seed(7)
+    ref = torchvision.models.resnet18(weights=None)
+    urls = []
+
+    def fake_download(url, *args, **kwargs):  # torchvision's download, served from memory (no network here)
+        urls.append(url)
+        return ref.state_dict()
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", fake_download)
+    embed_patches(sdata, "resnet18", weights="IMAGENET1K_V1", out_px=32, key_added="named", progress=False)
+    embed_patches(sdata, "resnet18", weights=ref, out_px=32, key_added="module", progress=False)
+    t = sdata.tables["table"]
+    assert len(urls) == 1 and "resnet18" in urls[0]
+    np.testing.assert_allclose(t.obsm["named"], t.obsm["module"], rtol=1e-5, atol=1e-6)
+    assert t.uns["scst_embed"]["named"]["weights"] == "IMAGENET1K_V1"
+    assert t.uns["scst_embed"]["module"]["weights"] == "copied from a ResNet"
+
+    key = next(iter(sdata.images))
+    image = sdata.images[key]
+    del sdata.images[key]
+    try:
+        with pytest.raises(ValueError, match=rf"sdata: embed_patches needs the H&E image .*1 of 2 lack one.*{key!r}"):
+            embed_patches(sdata, "handcrafted", progress=False)
+    finally:
+        sdata.images[key] = image

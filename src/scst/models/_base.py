@@ -28,6 +28,7 @@ from torch import nn
 from .._constants import TABLE_KEY
 from .._logging import logg
 from .._utils import _atomic_dir, _get_table
+from ..nn._backbones import weights_overwritten
 from ._training import History, NaNGuard, TrainingPlan
 
 SETUP_KEY = "_scst_setup"
@@ -664,7 +665,8 @@ class BaseModel(_SetupRegistry, ABC):
         model.registry = attrs["registry"]
         model.config = attrs["config"]
         model._module_kwargs_ = attrs["module_kwargs"]
-        model.module = model._build_module(model._module_kwargs_, seed=None)
+        with weights_overwritten():  # the saved weights replace any backbone weights: no download, no warning
+            model.module = model._build_module(model._module_kwargs_, seed=None)
         try:
             load_model(model.module, str(dir_path / WEIGHTS_FILE), strict=True, device="cpu")
         except RuntimeError as e:  # missing/unexpected keys or other shapes

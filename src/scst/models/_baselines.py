@@ -16,7 +16,6 @@ leave-one-section-out loop serves every model::
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,6 +29,7 @@ from torch import nn
 from .._constants import SECTION_KEY, TABLE_KEY
 from .._logging import logg
 from .._utils import _atomic_dir, _check_key, _get_table
+from ..nn._backbones import build_backbone, load_backbone_weights
 from ._base import _jsonable, _scst_version, _SetupRegistry
 from ._hggep import _check_sections, _ImageModel
 from ._hggep import _resolve_panel as _resolve_panel_and_key
@@ -40,130 +40,6 @@ __all__ = ["MeanExpression", "RidgeExpression", "STNet", "build_backbone", "load
 PARAMS_FILE = "params.npz"
 ATTR_FILE = "attr.json"
 _UNITS = "log1p(normalize_total(target_sum=1e4))"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Backbones (shared with scst.tl.embed_patches)
-# --------------------------------------------------------------------------------------------------------------
-def _replace_last_linear(model: nn.Module) -> int:
-    """Replace the model's last :class:`~torch.nn.Linear` (its classifier) by Identity; return its input width."""
-    last = None
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear):
-            last = (name, mod)
-    if last is None:
-        raise ValueError(f"{type(model).__name__} has no Linear classifier to remove.")
-    name, lin = last
-    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-    setattr(parent, name.rpartition(".")[2], nn.Identity())
-    model._scst_classifier = name  # checkpoint entries under this name are the removed classifier
-    return int(lin.in_features)
-
-
-def build_backbone(name: str) -> tuple[nn.Module, int]:
-    """A torchvision or timm classification network, randomly initialised, with its classifier removed.
-
-    Parameters
-    ----------
-    name
-        A torchvision classification model (``torchvision.models.list_models(module=torchvision.models)``, e.g.
-        ``"resnet18"``, ``"densenet121"``) or a timm model (``timm.list_models()``); torchvision wins a tie.
-
-    Returns
-    -------
-    ``(module, n_features)``: the module maps ``(B, 3, H, W)`` ImageNet-normalised images to globally pooled
-    ``(B, n_features)`` features. Nothing is downloaded: load weights with :func:`load_backbone_weights`.
-    """
-    import torchvision
-
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"backbone: expected a model name (str), got {name!r}.")
-    if name in torchvision.models.list_models(module=torchvision.models):
-        model = torchvision.models.get_model(name, weights=None)
-        if hasattr(model, "aux_logits"):  # Inception/GoogLeNet: no auxiliary heads in feature extraction
-            model.aux_logits = False
-            for aux in ("AuxLogits", "aux1", "aux2"):
-                if hasattr(model, aux):
-                    setattr(model, aux, None)
-        return model, _replace_last_linear(model)
-    try:
-        import timm
-    except ImportError:  # timm is optional: say so instead of failing on the import
-        raise ValueError(
-            f"backbone: {name!r} is neither a torchvision classification model nor available from timm "
-            "(timm is not installed: pip install 'scst[timm]'; see torchvision.models.list_models())."
-        ) from None
-    if timm.is_model(name):
-        model = timm.create_model(name, pretrained=False, num_classes=0)
-        model._scst_classifier = str(model.pretrained_cfg.get("classifier") or "") or None
-        return model, int(model.num_features)
-    raise ValueError(
-        f"backbone: {name!r} is neither a torchvision classification model nor a timm model "
-        "(see torchvision.models.list_models() / timm.list_models())."
-    )
-
-
-def load_backbone_weights(module: nn.Module, weights: str | os.PathLike, where: str = "weights") -> list[str]:
-    """Load a local state_dict file into ``module`` (classifier entries of the file are ignored).
-
-    Parameters
-    ----------
-    module
-        Network from :func:`build_backbone`.
-    weights
-        Path to a ``.safetensors`` file or a torch file holding a state_dict (read with ``weights_only=True``;
-        a ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper and ``module.`` prefixes are accepted).
-    where
-        Argument name used in error messages.
-
-    Returns
-    -------
-    Keys of the file that were ignored: the classifier removed by :func:`build_backbone`.
-
-    Raises
-    ------
-    FileNotFoundError
-        If the file does not exist (hub names cannot be downloaded here: pass a local file).
-    ValueError
-        If a parameter or buffer of ``module`` is missing from the file or has another shape, or if the file holds
-        other entries than the module's and its classifier's (a checkpoint of another architecture).
-    """
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{where}: {str(path)!r} is not a file; pass a local state_dict file (no weights can be downloaded)."
-        )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{where}: {str(path)!r} does not hold a state_dict (name → tensor).")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or wrong:
-        raise ValueError(
-            f"{where}: {str(path)!r} does not fit {type(module).__name__}: {len(missing)} missing entries "
-            f"{missing[:5]}, {len(wrong)} with another shape {wrong[:5]}."
-        )
-    head = getattr(module, "_scst_classifier", None)
-    ignored = [k for k in state if k not in own]
-    alien = [k for k in ignored if not (head and (k == head or k.startswith(head + ".")))]
-    if alien:
-        raise ValueError(
-            f"{where}: {str(path)!r} has {len(alien)} entries that {type(module).__name__} lacks, e.g. {alien[:5]}: "
-            "a checkpoint of another architecture?"
-        )
-    module.load_state_dict({k: state[k] for k in own}, strict=True)
-    logg.info(f"Loaded weights from {str(path)!r}: {len(own)} tensors; {len(ignored)} ignored (e.g. {ignored[:3]})")
-    return ignored
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -610,12 +486,15 @@ class STNetModule(nn.Module):
     n_genes
         Genes predicted.
     backbone
-        torchvision / timm model name (see :func:`build_backbone`).
+        torchvision / timm model name (see :func:`scst.nn.build_backbone`).
+    weights
+        Backbone weights: None (random init, with a warning), a weights name (``"IMAGENET1K_V1"``, ``"pretrained"``)
+        or a local state_dict file (see :func:`scst.nn.build_backbone`).
     """
 
-    def __init__(self, n_genes: int, backbone: str = "densenet121"):
+    def __init__(self, n_genes: int, backbone: str = "densenet121", weights: str | None = None):
         super().__init__()
-        self.encoder, dim = build_backbone(backbone)
+        self.encoder, dim = build_backbone(backbone, weights, where="weights")
         self.head = nn.Linear(dim, int(n_genes))
 
     def forward(self, patches: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -633,9 +512,9 @@ class STNet(_ImageModel):
 
     Patches are ``size_um`` squares (80 µm, set in :meth:`setup_sdata`) resized to ``patch_px`` (224; bench
     112), augmented with random flips and 90° rotations, ImageNet-normalised; the loss is the MSE on
-    ``log1p(normalize_total 1e4)`` panel expression. The paper starts from ImageNet weights; none can be
-    downloaded here, so the network starts from random initialisation unless ``weights`` names a local
-    state_dict file for the backbone.
+    ``log1p(normalize_total 1e4)`` panel expression. As in the paper the default starts from torchvision's
+    ImageNet weights (``weights="IMAGENET1K_V1"``, downloaded once into ``$TORCH_HOME``); ``bench_config`` uses
+    ``weights=None`` (random initialisation: no downloads on the benchmark machines).
 
     Parameters
     ----------
@@ -643,9 +522,10 @@ class STNet(_ImageModel):
         SpatialData set up with :meth:`setup_sdata` (``table``, ``genes``, ``size_um``, ``sections``,
         ``patch_px`` — None follows ``config["patch_px"]``).
     **config
-        ``backbone`` (``"densenet121"``; any torchvision/timm name), ``weights`` (local backbone state_dict file
-        or None), ``patch_px`` (224), ``augment`` (True), ``patch_cache_mb`` (2048) and the training keys
-        (``max_epochs`` 50, ``batch_size`` 32, ``lr`` 1e-4, ``patience`` 5, ...).
+        ``backbone`` (``"densenet121"``; any torchvision/timm name), ``weights`` (``"IMAGENET1K_V1"``; None,
+        a weights name or a local state_dict file, see :func:`scst.nn.build_backbone`), ``patch_px`` (224),
+        ``augment`` (True), ``patch_cache_mb`` (2048) and the training keys (``max_epochs`` 50, ``batch_size`` 32,
+        ``lr`` 1e-4, ``patience`` 5, ...).
 
     Examples
     --------
@@ -658,7 +538,7 @@ class STNet(_ImageModel):
     _default_patch_px = None
     _default_config: ClassVar[dict[str, Any]] = {
         "backbone": "densenet121",
-        "weights": None,
+        "weights": "IMAGENET1K_V1",
         "patch_px": 224,
         "augment": True,
         "patch_cache_mb": 2048.0,
@@ -668,9 +548,10 @@ class STNet(_ImageModel):
         "weight_decay": 1e-5,
         "patience": 5,
     }
-    #: Small CPU setting: ResNet-18 on 112 px patches.
+    #: Small CPU setting: ResNet-18 on 112 px patches, random initialisation (no weights can be downloaded there).
     bench_config: ClassVar[dict[str, Any]] = {
         "backbone": "resnet18",
+        "weights": None,
         "patch_px": 112,
         "max_epochs": 5,
         "batch_size": 32,
@@ -682,8 +563,6 @@ class STNet(_ImageModel):
     def __init__(self, data: Any, **config: Any) -> None:
         super().__init__(data, **config)
         weights = self.config["weights"]
-        if weights is not None:
-            load_backbone_weights(self.module.encoder, weights, "weights")
         logg.info(f"STNet: {self.config['backbone']} backbone, weights: {weights if weights else 'random init'}")
 
     @property
@@ -693,7 +572,8 @@ class STNet(_ImageModel):
         return int(px if px is not None else self.config["patch_px"])
 
     def _module_kwargs(self) -> dict[str, Any]:
-        return {"n_genes": len(self.registry["var_names"]), "backbone": self.config["backbone"]}
+        kw = {"n_genes": len(self.registry["var_names"]), "backbone": self.config["backbone"]}
+        return {**kw, "weights": self.config["weights"]}
 
     def _dataloaders(self, batch_size: int, validation: Any, seed: int, **kwargs: Any):
         return _spot_dataloaders(self, batch_size, validation, seed, kwargs, torch.Generator().manual_seed(seed))

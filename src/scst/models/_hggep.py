@@ -664,7 +664,8 @@ class HGGEP(_ImageModel):
         ``use_gem``/``use_cbam``/``use_ham``/``use_zinb`` (ablations), ``step_norm`` (LayerNorm on the LSTM inputs,
         True; False is the paper's network, see :class:`scst.nn.HGGEPModule`), ``zero_head`` (start the output
         layers at zero weights and the gene means, False), ``backbone`` (``"shufflenet_v2_x0_5"``),
-        ``backbone_weights`` (None: random init; a local state_dict path or a torchvision weights name),
+        ``backbone_weights`` (``"IMAGENET1K_V1"``, the paper's ImageNet weights; None: random init, with a warning;
+        a local state_dict path or another torchvision weights name, see :func:`scst.nn.build_backbone`),
         ``theta`` (0.7), ``augment`` (random flips/90° rotations of training patches), ``patch_cache_mb``
         (budget of the in-memory uint8 patch cache, default 2048; sections that do not fit are read from the image
         at every step) and the training keys ``max_epochs`` (400), ``lr`` (1e-5), ``batch_size`` (maximum spots
@@ -676,8 +677,9 @@ class HGGEP(_ImageModel):
     table) for the MSE; raw panel counts with size factors (library size / training median) for the ZINB term.
     Patches: ``size_um`` (80 µm) squares cut at each section's own µm/px and resized to ``patch_px`` (112), so a
     slide scanned at another resolution gets the same field of view (a warning is given beyond 5 % difference).
-    Without pretrained weights (none can be downloaded here) the backbone starts from random initialisation.
-    ``bench_config`` is the small CPU network of ``scst.nn.HGGEP_BENCH["cpu_small"]``.
+    By default the backbone starts from torchvision's ImageNet ShuffleNetV2 x0.5 weights, as in the paper (downloaded
+    once into ``$TORCH_HOME``). ``bench_config`` is the small CPU network of ``scst.nn.HGGEP_BENCH["cpu_small"]``
+    with ``backbone_weights=None``: random initialisation, as no weights can be downloaded on the benchmark machines.
 
     Examples
     --------
@@ -699,7 +701,7 @@ class HGGEP(_ImageModel):
         "step_norm": True,
         "zero_head": False,
         "backbone": "shufflenet_v2_x0_5",
-        "backbone_weights": None,
+        "backbone_weights": "IMAGENET1K_V1",
         "theta": 0.7,
         "augment": True,
         "patch_cache_mb": 2048.0,
@@ -714,6 +716,7 @@ class HGGEP(_ImageModel):
     #: on the training sections of one fold, see docs/benchmarks/expression.md).
     bench_config: ClassVar[dict[str, Any]] = {
         **_SMALL,
+        "backbone_weights": None,  # random init: no downloads on the benchmark machines
         "zero_head": True,
         "batch_size": 96,
         "max_epochs": 30,

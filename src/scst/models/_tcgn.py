@@ -84,15 +84,17 @@ class TCGN(_ImageModel):
     **config
         Overrides of the paper defaults (``scst.nn.TCGNModule`` arguments: ``img_size`` 224, ``stem_channels``,
         ``channels``, ``depths``, ``heads``, ``mlp_ratio``, ``sr_ratios``, ``graph_topk``, ``graph_heads``,
-        ``graph_out``, ``graph_expansion``, ``fc_dim``, ``head_expansion``, ``dropout``, ``drop_path``), plus
+        ``graph_out``, ``graph_expansion``, ``fc_dim``, ``head_expansion``, ``dropout``, ``drop_path``,
+        ``backbone_weights``: None or a local state_dict file of the CMT backbone), plus
         ``augment`` (random flips/90° rotations), ``patch_cache_mb`` (in-memory uint8 patch cache budget) and the
         training keys (``batch_size`` = spots per step, 32; ``lr`` 1e-4; ``max_epochs`` 100; ...).
 
     Notes
     -----
     ``bench_config`` is ``scst.nn.TCGN_BENCH`` (128 px: the CMT key/value reduction does not fit 112 px) with a
-    short CPU schedule. No pretrained weights: the authors start from ImageNet CMT-Ti weights, which scst cannot
-    download; every run here trains from random initialisation.
+    short CPU schedule and ``backbone_weights=None``. No pretrained default: the authors start from ImageNet CMT-Ti
+    weights, but neither torchvision nor timm has a CMT model, so the default is None (random initialisation, with a
+    warning); a local state_dict of the backbone loads with ``backbone_weights=path``.
     """
 
     _module_cls = TCGNModule
@@ -113,6 +115,7 @@ class TCGN(_ImageModel):
         "head_expansion": 4,
         "dropout": 0.1,
         "drop_path": 0.0,
+        "backbone_weights": None,  # no downloadable CMT-Ti weights (not in torchvision or timm)
         "augment": True,
         "patch_cache_mb": 2048.0,
         "max_epochs": 100,
@@ -122,6 +125,7 @@ class TCGN(_ImageModel):
     }
     bench_config: ClassVar[dict[str, Any]] = {
         **{k: list(v) if isinstance(v, tuple) else v for k, v in TCGN_BENCH.items()},
+        "backbone_weights": None,  # random init: no downloads on the benchmark machines
         "max_epochs": 20,
         "lr": 1e-3,
         "weight_decay": 1e-4,

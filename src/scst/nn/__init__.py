@@ -1,6 +1,7 @@
 """Torch-only building blocks shared by scst models (no anndata/scanpy imports: GPU machines lack them)."""
 
 from ._augment import HEAugment
+from ._backbones import build_backbone, load_backbone_weights, load_weights
 from ._gcng import GCNGConv, GCNGNet
 from ._hggep import HGGEP_BENCH, HGGEPModule
 from ._hypergraph import hyperedge_index_to_incidence, incidence_to_hyperedge_index, knn_hyperedges
@@ -22,9 +23,12 @@ __all__ = [
     "TCGN_BENCH",
     "ViTBlock",
     "ZINBLoss",
+    "build_backbone",
     "hyperedge_index_to_incidence",
     "incidence_to_hyperedge_index",
     "knn_hyperedges",
+    "load_backbone_weights",
+    "load_weights",
     "topk_graph",
     "zinb_nll",
 ]

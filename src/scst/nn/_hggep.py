@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
+from ._backbones import build_backbone
 from ._hypergraph import knn_hyperedges
 from ._layers import CBAM, GEM, CoordEmbedding, SpotTransformer, zinb_nll
 
@@ -80,40 +80,9 @@ class _ShuffleNetTrunk(nn.Module):
 def _load_shufflenet(name: str, weights: str | os.PathLike | None) -> nn.Module:
     if name not in _BACKBONES:
         raise ValueError(f"backbone must be one of {_BACKBONES}, got {name!r}.")
-    builder = getattr(torchvision.models, name)
-    if weights is None:
-        return builder(weights=None)
-    path = os.fspath(weights)
-    if os.path.isfile(path):
-        net = builder(weights=None)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-            state = state["state_dict"]
-        if not isinstance(state, Mapping):
-            raise ValueError(f"backbone_weights file {path!r} must hold a state_dict, got {type(state).__name__}.")
-        try:
-            missing, unexpected = net.load_state_dict(dict(state), strict=False)
-        except RuntimeError as e:  # shape mismatches raise even with strict=False
-            raise ValueError(f"backbone_weights file {path!r} does not match torchvision {name}: {e}") from e
-        # The classifier is dropped anyway, so a trunk-only state_dict is accepted.
-        missing = [key for key in missing if not key.startswith("fc.")]
-        if missing or unexpected:
-            raise ValueError(
-                f"backbone_weights file {path!r} does not match torchvision {name}: missing keys {missing[:5]}, "
-                f"unexpected keys {unexpected[:5]}."
-            )
-        return net
-    enum = torchvision.models.get_model_weights(name)
-    member = path.rsplit(".", 1)[-1]
-    if member not in enum.__members__:
-        if os.sep in path or path.endswith((".pt", ".pth", ".bin")):
-            raise FileNotFoundError(f"backbone_weights file {path!r} does not exist.")
-        raise ValueError(
-            f"backbone_weights must be an existing state_dict file or a torchvision weights name for {name} "
-            f"({list(enum.__members__)}), got {path!r}."
-        )
-    # Downloads into the torch hub cache unless already there; scst itself never needs the network.
-    return builder(weights=enum[member])
+    # One resolver for every backbone (scst.nn.build_backbone): None warns, torchvision names download into
+    # $TORCH_HOME with torchvision's hash check, local files load with weights_only=True (the fc entries may be absent).
+    return build_backbone(name, weights, where="backbone_weights")[0]
 
 
 class _StageProjection(nn.Module):
@@ -241,9 +210,10 @@ class HGGEPModule(nn.Module):
     backbone
         torchvision ShuffleNetV2 builder name.
     backbone_weights
-        ``None`` (random init), a path to a local ``state_dict`` file of that torchvision model
+        ``None`` (random init, with a warning), a path to a local ``state_dict`` file of that torchvision model
         (loaded with ``weights_only=True``; the ``fc`` entries may be absent), or a torchvision weights
-        name such as ``"IMAGENET1K_V1"`` (needs them in the torch hub cache or network access).
+        name such as ``"IMAGENET1K_V1"`` (the paper's ImageNet weights; downloaded into ``$TORCH_HOME`` unless
+        cached there); see :func:`scst.nn.build_backbone`.
     max_coord
         Array coordinates must lie in ``[0, max_coord)``.
     theta

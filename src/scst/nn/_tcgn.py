@@ -44,7 +44,11 @@ What is simplified, and why:
   authors' copy uses ``GroupNorm(1)``.
 * Images must be ``img_size`` square with ``img_size`` divisible by 32 and each stage grid divisible by its
   ``sr_ratio`` (so 112 px does not fit the CMT key/value downsampling; the CPU bench config uses 128 px).
-* No pretrained weights: the authors start from ImageNet CMT-Ti weights, which cannot be downloaded here.
+* No pretrained default: the authors start from ImageNet CMT-Ti weights, but neither torchvision nor timm (checked
+  with timm 1.0.31: ``timm.list_models("*cmt*")`` is empty) provides a CMT model, so ``backbone_weights=None`` (random
+  initialisation, with a warning). A local state_dict of the backbone (``stem.*`` and ``stages.*`` entries, e.g. a
+  trained TCGN's; its other entries are ignored) loads with ``backbone_weights=path``; the authors' CMT-Ti checkpoint
+  uses other key names and would need renaming first.
 
 Attribution (``TCGNModule.attribution``) is HiResCAM (gradient x activation) on the ``img_size / 16`` graph grid, at
 the token sets entering the channel-attention fusions. The authors' Grad-CAM on the last stage is available as
@@ -66,7 +70,12 @@ from torch import nn
 from torchvision.models.convnext import CNBlock, LayerNorm2d
 from torchvision.ops import StochasticDepth
 
+from ._backbones import load_weights
+
 __all__ = ["TCGN_BENCH", "TCGNModule", "topk_graph"]
+
+#: State-dict prefixes of a TCGNModule outside the CMT backbone (ignored in ``backbone_weights`` files).
+_NON_BACKBONE = ("graphs.", "fusions.", "head_conv.", "head_act.", "head_drop.", "head.")
 
 #: Small CPU configuration (pass as ``TCGNModule(n_genes, **TCGN_BENCH)``): 128 px, narrow, one block per stage.
 TCGN_BENCH: dict = {
@@ -488,6 +497,10 @@ class TCGNModule(nn.Module):
         Dropout of the head, the GCN and the fusion blocks (authors: 0.1 everywhere).
     drop_path
         Maximal stochastic depth of the CMT blocks (linearly increasing; authors: 0).
+    backbone_weights
+        None (random initialisation, with a warning: no CMT weights are downloadable, see the module docstring), a
+        local ``.safetensors`` / torch state_dict file with the backbone's ``stem.*`` and ``stages.*`` entries (other
+        TCGN entries are ignored), a state_dict mapping or a module (see :func:`scst.nn.load_backbone_weights`).
     """
 
     def __init__(
@@ -509,6 +522,7 @@ class TCGNModule(nn.Module):
         head_expansion: int = 4,
         dropout: float = 0.1,
         drop_path: float = 0.0,
+        backbone_weights: str | None = None,
     ):
         super().__init__()
         if n_genes < 1:
@@ -561,6 +575,9 @@ class TCGNModule(nn.Module):
             nn.Linear(fc_dim, head_expansion * fc_dim), nn.GELU(), nn.Linear(head_expansion * fc_dim, n_genes)
         )
         self.apply(self._init_weights)
+        trunk = nn.Module()  # a view of the CMT backbone (not registered: the state_dict keys stay as they are)
+        trunk.stem, trunk.stages = self.stem, self.stages
+        load_weights(trunk, backbone_weights, where="backbone_weights", what="TCGN CMT backbone", ignore=_NON_BACKBONE)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._constants import TABLE_KEY
+from .._constants import SECTION_KEY, TABLE_KEY, UNS_KEY
 from .._logging import logg
 from .._utils import _get_table
 
@@ -35,11 +37,34 @@ def _pool(out: Any, name: str) -> torch.Tensor:
     raise ValueError(f"encoder {name!r} returned a tensor of shape {tuple(out.shape)}; expected 2, 3 or 4 dims.")
 
 
+def _check_images(sdata: Any, adata: Any, table: str) -> None:
+    """Every section of the table must have an H&E image in ``sdata.images`` (clear error otherwise)."""
+    if SECTION_KEY not in adata.obs:
+        raise ValueError(f"sdata.tables[{table!r}].obs: no {SECTION_KEY!r} column; read the data with scst.io.read_st.")
+    geos = adata.uns.get(UNS_KEY, {}).get("sections", {})
+    sections = [str(s) for s in adata.obs[SECTION_KEY].astype(str).unique()]
+    lacking = {}
+    for s in sections:
+        key = geos.get(s, {}).get("image_key")
+        if key is None:
+            lacking[s] = f"no image_key in uns[{UNS_KEY!r}]['sections'][{s!r}]"
+        elif key not in sdata.images:
+            lacking[s] = f"image {key!r} not in sdata.images"
+    if lacking:
+        detail = "; ".join(f"{s}: {why}" for s, why in list(lacking.items())[:5])
+        raise ValueError(
+            f"sdata: embed_patches needs the H&E image of every section, {len(lacking)} of {len(sections)} lack one "
+            f"({detail}; images present: {list(sdata.images)}). Read the sections with their image "
+            "(scst.io.read_st(..., image=...)) or embed only the table of sections that have one."
+        )
+
+
 def embed_patches(
     sdata: Any,
     encoder: str | nn.Module = "resnet18",
     *,
-    weights: str | os.PathLike | None = None,
+    weights: str | os.PathLike | nn.Module | None = None,
+    encoder_kwargs: Mapping[str, Any] | None = None,
     size_um: float = 80.0,
     out_px: int = 224,
     batch_size: int = 64,
@@ -66,9 +91,15 @@ def embed_patches(
         ``"densenet121"``), or an :class:`torch.nn.Module` mapping ``(B, 3, out_px, out_px)`` patches to
         ``(B, F)`` (``(B, C, H, W)`` and ``(B, T, C)`` outputs are averaged over space / tokens).
     weights
-        Local state_dict file for a named backbone (``.safetensors`` or a torch file, read with
-        ``weights_only=True``); None: random initialisation (no weights can be downloaded). Ignored for
+        Weights of a named backbone (see :func:`scst.nn.build_backbone` and ``docs/encoders.md``): None (random
+        initialisation, with a warning: the features are weak), a torchvision weights name (``"IMAGENET1K_V1"``,
+        ``"DEFAULT"``; downloaded once into ``$TORCH_HOME``), ``"pretrained"`` for timm names
+        (``"hf-hub:<org>/<model>"`` pathology foundation models included), a local ``.safetensors`` / torch
+        state_dict file (read with ``weights_only=True``) or a module whose state_dict is copied. Not used with
         ``"handcrafted"`` and modules.
+    encoder_kwargs
+        Extra arguments of ``torchvision.models.get_model`` / ``timm.create_model`` for a named backbone, e.g.
+        ``{"init_values": 1e-5, "dynamic_img_size": True}`` for ``"hf-hub:MahmoodLab/UNI"`` (see ``docs/encoders.md``).
     size_um
         Patch edge in µm.
     out_px
@@ -76,7 +107,8 @@ def embed_patches(
     batch_size
         Patches per forward pass.
     key_added
-        ``obsm`` key; default ``f"X_{name}"`` with name the encoder string or the module's class name (lower case).
+        ``obsm`` key; default ``f"X_{name}"`` with name the encoder string (characters other than letters, digits,
+        ``_.-`` replaced by ``_``) or the module's class name (lower case).
     table
         Table key in ``sdata``.
     device
@@ -92,19 +124,21 @@ def embed_patches(
     Returns
     -------
     None. Writes ``table.obsm[key_added]`` (float32 ``(n_obs, F)``) and
-    ``table.uns["scst_embed"][key_added]``: ``encoder``, ``weights`` (file path or ``"random init"``),
-    ``size_um``, ``out_px``, ``normalize``, ``n_features`` and, for hand-crafted features, ``feature_names``.
+    ``table.uns["scst_embed"][key_added]``: ``encoder``, ``weights`` (weights name, file path or ``"random init"``),
+    ``size_um``, ``out_px``, ``normalize``, ``n_features``, ``encoder_kwargs`` (if given) and, for hand-crafted
+    features, ``feature_names``.
     """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from ..models._baselines import build_backbone, load_backbone_weights
+    from ..nn._backbones import build_backbone
     from ..pp._features import handcrafted_feature_names, handcrafted_features
     from ..pp._patches import SpotPatchDataset
 
     if not hasattr(sdata, "tables") or not hasattr(sdata, "images"):
         raise TypeError(f"sdata: expected a SpatialData object with images, got {type(sdata).__name__}.")
     adata = _get_table(sdata, table)
+    _check_images(sdata, adata, table)
     if batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size}.")
     if normalize not in ("imagenet", None):
@@ -112,24 +146,25 @@ def embed_patches(
     handcrafted = isinstance(encoder, str) and encoder == "handcrafted"
     if isinstance(encoder, nn.Module):
         name, module, weights_desc = type(encoder).__name__.lower(), encoder, "given module"
-        if weights is not None:
-            raise ValueError("weights: only used with a backbone name; load weights into the module yourself.")
+        if weights is not None or encoder_kwargs:
+            raise ValueError("weights, encoder_kwargs: only used with a backbone name; build the module yourself.")
     elif isinstance(encoder, str):
         name = encoder
         if handcrafted:
             module, weights_desc = None, "none (hand-crafted)"
-            if weights is not None:
-                raise ValueError("weights: not used with encoder='handcrafted'.")
+            if weights is not None or encoder_kwargs:
+                raise ValueError("weights, encoder_kwargs: not used with encoder='handcrafted'.")
         else:
-            module, _ = build_backbone(encoder)
-            if weights is not None:
-                load_backbone_weights(module, weights, "weights")
-                weights_desc = str(weights)
-            else:
+            module, _ = build_backbone(encoder, weights, where="weights", model_kwargs=encoder_kwargs)
+            if weights is None:
                 weights_desc = "random init"
+            elif isinstance(weights, nn.Module):
+                weights_desc = f"copied from a {type(weights).__name__}"
+            else:
+                weights_desc = str(weights)
     else:
         raise TypeError(f"encoder: expected 'handcrafted', a model name or an nn.Module, got {type(encoder).__name__}.")
-    key = key_added or f"X_{name}"
+    key = key_added or "X_" + re.sub(r"[^0-9A-Za-z_.-]+", "_", name)  # hub names: no "/" or ":" in the key
     logg.info(f"embed_patches: encoder {name!r}, weights: {weights_desc}, {size_um} µm → {out_px} px patches")
 
     ds = SpotPatchDataset(
@@ -170,6 +205,8 @@ def embed_patches(
         "normalize": "none" if handcrafted or normalize is None else normalize,
         "n_features": int(out.shape[1]),
     }
+    if encoder_kwargs:
+        info["encoder_kwargs"] = dict(encoder_kwargs)
     if handcrafted:
         info["feature_names"] = handcrafted_feature_names()
     store = dict(adata.uns.get(UNS_EMBED_KEY, {}))

@@ -1,0 +1,244 @@
+"""One resolver of backbone weights (scst.nn.build_backbone / load_weights): no network needed.
+
+Downloads are replaced by functions serving a state_dict this test wrote, at the exact place torchvision
+(``torchvision.models._api.load_state_dict_from_url``) and timm (``timm.models._hub.hf_hub_download``) call them;
+each test then checks that those tensors arrived in the built network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import urllib.error
+import warnings
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+from scst.nn import HGGEPModule, TCGNModule, build_backbone, load_backbone_weights, load_weights
+from scst.nn._backbones import weights_overwritten
+from scst.nn._hggep import HGGEP_BENCH
+from scst.nn._tcgn import TCGN_BENCH
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+NAME = "shufflenet_v2_x0_5"  # the smallest torchvision classifier (HGGEP's backbone)
+HGGEP_SMALL = {**HGGEP_BENCH["cpu_small"]["config"], "dim": 64, "hg_hidden": 32, "lstm_hidden": 64}
+TCGN_TINY = {**TCGN_BENCH, "img_size": 64}
+
+
+def _reference(seed: int, name: str = NAME) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torchvision.models.get_model(name, weights=None)
+
+
+def _assert_same_trunk(module: torch.nn.Module, ref: torch.nn.Module) -> None:
+    """Every tensor of ``module`` equals the same-named tensor of ``ref`` (the classifier was removed)."""
+    ref_state = ref.state_dict()
+    own = module.state_dict()
+    assert own and set(own) <= set(ref_state)
+    for key, value in own.items():
+        torch.testing.assert_close(value, ref_state[key], rtol=0, atol=0, msg=key)
+
+
+@contextlib.contextmanager
+def _no_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+# ----------------------------------------------------------------------------------------------- torchvision names
+def test_torchvision_name_goes_through_torchvision_download(monkeypatch, tmp_path):
+    ref = _reference(1)
+    torch.save(ref.state_dict(), tmp_path / "served.pth")
+    calls = []
+
+    def fake_download(url, *args, **kwargs):  # what WeightsEnum.get_state_dict calls
+        calls.append((url, kwargs))
+        return torch.load(tmp_path / "served.pth", weights_only=True)
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", fake_download)
+    with _no_warnings():  # pretrained weights: no random-init warning
+        net, dim = build_backbone(NAME, weights="IMAGENET1K_V1")
+    ((url, kwargs),) = calls
+    assert url == torchvision.models.ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1.url
+    assert kwargs["check_hash"] is True and "progress" in kwargs  # torchvision's own hash check and progress bar
+    assert dim == 1024 and isinstance(net.fc, torch.nn.Identity)
+    _assert_same_trunk(net, ref)
+    assert not torch.equal(_reference(2).conv5[0].weight, net.conv5[0].weight)  # the served tensors, not a seed
+
+    # the enum spelling, "DEFAULT" and "pretrained" resolve to the same file; HGGEP's backbone uses the same resolver
+    for spelling in ("ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1", "DEFAULT", "pretrained"):
+        _assert_same_trunk(build_backbone(NAME, weights=spelling)[0], ref)
+    m = HGGEPModule(3, **HGGEP_SMALL, backbone_weights="IMAGENET1K_V1")
+    torch.testing.assert_close(m.backbone.conv5[0].weight, ref.conv5[0].weight)
+    assert len(calls) == 5
+
+
+def test_torchvision_name_offline_names_the_local_file(monkeypatch):
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    with pytest.raises(OSError, match=r"weights: could not get .*IMAGENET1K_V1.*URLError.*local file") as err:
+        build_backbone(NAME, weights="IMAGENET1K_V1")
+    assert "shufflenetv2_x0.5-f707e7126e.pth" in str(err.value)  # where torchvision's cache expects the file
+    with pytest.raises(OSError, match="backbone_weights: could not get"):
+        HGGEPModule(3, **HGGEP_SMALL, backbone_weights="IMAGENET1K_V1")
+    with pytest.raises(ValueError, match=r"torchvision weights name of shufflenet_v2_x0_5 .*IMAGENET1K_V1"):
+        build_backbone(NAME, weights="IMAGENET21K")
+
+
+# ------------------------------------------------------------------------------------------------------ timm names
+def _fake_hub(monkeypatch, tmp_path, ref, architecture):
+    """Serve config.json and model.safetensors of ``ref`` (a timm ``architecture``) from tmp_path for any repository."""
+    import timm.models._hub as hub
+
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    cfg = {"architecture": architecture, "num_classes": 1000,
+           "pretrained_cfg": {"classifier": "head" if "vit" in architecture else "fc", "num_classes": 1000,
+                              "input_size": [3, 224, 224]}}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    calls = []
+
+    def fake_hf_hub_download(repo_id, filename, *args, **kwargs):
+        calls.append((repo_id, filename))
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(hub, "hf_hub_download", fake_hf_hub_download)
+    return calls
+
+
+def test_hf_hub_name_with_model_kwargs_loads_served_weights(monkeypatch, tmp_path):
+    import timm
+
+    # a pathology foundation model in miniature: a ViT with LayerScale, which (like UNI or H-optimus) needs
+    # init_values to build the architecture its weights fit
+    torch.manual_seed(3)
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, init_values=1e-5)
+    calls = _fake_hub(monkeypatch, tmp_path, ref, "vit_tiny_patch16_224")
+    with _no_warnings():
+        net, dim = build_backbone("hf-hub:my-org/my-pathology-model", "pretrained", model_kwargs={"init_values": 1e-5})
+    assert ("my-org/my-pathology-model", "config.json") in calls
+    assert ("my-org/my-pathology-model", "model.safetensors") in calls
+    assert dim == 192 and isinstance(net.head, torch.nn.Identity)
+    _assert_same_trunk(net, ref)
+    with pytest.raises(ValueError, match=r"do not match the model built: 24 unexpected entries \['blocks.0.ls1.gamma'"):
+        build_backbone("hf-hub:my-org/my-pathology-model", weights="pretrained")  # without init_values
+    plain = {k: v for k, v in ref.state_dict().items() if ".ls" not in k}  # weights without LayerScale
+    save_file({k: v.contiguous() for k, v in plain.items()}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"24 missing entries \['blocks.0.ls1.gamma'"):  # not left at random
+        build_backbone("hf-hub:my-org/my-pathology-model", "pretrained", model_kwargs={"init_values": 1e-5})
+
+
+def test_timm_name_pretrained_comes_from_the_hub(monkeypatch, tmp_path):
+    import timm
+
+    torch.manual_seed(4)
+    ref = timm.create_model("resnet10t", pretrained=False)
+    calls = _fake_hub(monkeypatch, tmp_path, ref, "resnet10t")
+    net, dim = build_backbone("resnet10t", weights="pretrained")  # default tag: timm/resnet10t.c3_in1k
+    assert calls == [("timm/resnet10t.c3_in1k", "model.safetensors")]
+    assert dim == 512 and isinstance(net.fc, torch.nn.Identity)
+    _assert_same_trunk(net, ref)
+    with pytest.raises(ValueError, match="expected 'pretrained'"):
+        build_backbone("resnet10t", weights="IMAGENET1K_V1")
+
+
+def test_hf_hub_name_offline_names_local_alternatives(monkeypatch):
+    import timm.models._hub as hub
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Max retries exceeded with url: /MahmoodLab/UNI/resolve/main/config.json")
+
+    monkeypatch.setattr(hub, "hf_hub_download", offline)
+    with pytest.raises(OSError, match=r"hf-hub:MahmoodLab/UNI.*ConnectionError.*huggingface-cli login") as err:
+        build_backbone("hf-hub:MahmoodLab/UNI", weights="pretrained")
+    assert "local-dir:DIR" in str(err.value) and "weights='/path/to/model.safetensors'" in str(err.value)
+
+
+# -------------------------------------------------------------------------------------------------- None, modules
+def test_none_warns_random_init_and_saved_models_do_not():
+    with pytest.warns(UserWarning, match=r"weights=None: .*random initialisation; predictions will be weak"):
+        build_backbone(NAME)
+    with pytest.warns(UserWarning, match=r"backbone_weights=None: the TCGN CMT backbone .*random initialisation"):
+        TCGNModule(4, **TCGN_TINY)
+    with _no_warnings(), weights_overwritten():  # BaseModel.load: the saved state_dict replaces the weights
+        build_backbone(NAME, weights="IMAGENET1K_V1")  # no download either (it would fail here)
+        TCGNModule(4, **TCGN_TINY)
+
+
+def test_module_and_state_dict_pass_through():
+    ref = _reference(4)
+    net, _ = build_backbone(NAME, weights=ref)
+    _assert_same_trunk(net, ref)
+    trunk = {k: v for k, v in ref.state_dict().items() if not k.startswith("fc.")}
+    _assert_same_trunk(build_backbone(NAME, weights=trunk)[0], ref)
+    assert load_weights(net, net) is net  # a module given its own weights: nothing to do
+    with pytest.raises(TypeError, match="weights: expected a weights name"):
+        build_backbone(NAME, weights=3)
+
+
+# ------------------------------------------------------------------------------------------------------ local files
+def test_local_safetensors_and_torch_files(tmp_path):
+    ref = _reference(5)
+    # scst.tl.pretrain_encoder's format: a safetensors state_dict of the torchvision backbone without classifier
+    trunk = {k: v.contiguous() for k, v in ref.state_dict().items() if not k.startswith("fc.")}
+    save_file(trunk, str(tmp_path / "ssl.safetensors"))
+    net, _ = build_backbone(NAME, weights=str(tmp_path / "ssl.safetensors"))
+    _assert_same_trunk(net, ref)
+    hg = HGGEPModule(3, **HGGEP_SMALL, backbone_weights=str(tmp_path / "ssl.safetensors"))
+    torch.testing.assert_close(hg.backbone.conv5[0].weight, ref.conv5[0].weight)
+    torch.testing.assert_close(hg.backbone.stage3[0].branch1[0].weight, ref.stage3[0].branch1[0].weight)
+
+    # a torch file of an SSL checkpoint: wrapped, prefixed, with a projection head that is not loaded
+    ssl = {**{f"encoder.{k}": v for k, v in trunk.items()}, "projector.0.weight": torch.zeros(8, 1024)}
+    torch.save({"state_dict": ssl}, tmp_path / "ssl.pt")
+    with pytest.warns(UserWarning, match="random initialisation"):
+        net, _ = build_backbone(NAME)
+    assert load_backbone_weights(net, tmp_path / "ssl.pt") == ["projector.0.weight"]
+    _assert_same_trunk(net, ref)
+
+    with pytest.raises(FileNotFoundError, match=r"weights: .*missing\.safetensors' is not a file"):
+        build_backbone(NAME, weights=str(tmp_path / "missing.safetensors"))
+    torch.save({"weights": [1, 2]}, tmp_path / "not_a_state_dict.pt")
+    with pytest.raises(ValueError, match="does not hold a state_dict"):
+        build_backbone(NAME, weights=str(tmp_path / "not_a_state_dict.pt"))
+
+
+def test_mismatched_keys_are_listed(tmp_path):
+    small, _ = build_backbone(NAME, weights=_reference(6))
+    other = _reference(6, "shufflenet_v2_x1_0").state_dict()
+    first_reshaped = next(k for k, v in small.state_dict().items() if v.shape != other[k].shape)
+    save_file({k: v.contiguous() for k, v in other.items()}, str(tmp_path / "x1_0.safetensors"))
+    with pytest.raises(ValueError, match=r"does not match ShuffleNetV2 .* with another shape") as err:
+        build_backbone(NAME, weights=str(tmp_path / "x1_0.safetensors"))
+    shape = f"{first_reshaped}: file {tuple(other[first_reshaped].shape)} vs model "
+    assert shape in str(err.value)
+
+    state = dict(_reference(6).state_dict())
+    del state["conv5.1.running_var"]
+    state["layer9.weight"] = torch.zeros(3)
+    with pytest.raises(ValueError, match=r"1 missing entries \['conv5.1.running_var'\].*\['layer9.weight'\]"):
+        build_backbone(NAME, weights=state)
+
+
+# ------------------------------------------------------------------------------------------------------------ TCGN
+def test_tcgn_backbone_from_local_file_only(tmp_path):
+    torch.manual_seed(7)
+    with pytest.warns(UserWarning):
+        trained = TCGNModule(4, **TCGN_TINY)
+    torch.save(trained.state_dict(), tmp_path / "tcgn.pt")  # a whole TCGN: graphs and head entries are ignored
+    torch.manual_seed(8)
+    m = TCGNModule(4, **TCGN_TINY, backbone_weights=str(tmp_path / "tcgn.pt"))
+    for key, value in m.state_dict().items():
+        same = torch.equal(value, trained.state_dict()[key])
+        if key.startswith(("stem.", "stages.")):
+            assert same, key
+        elif key.endswith("weight") and value.numel() > 1 and "norm" not in key and value.std() > 0:
+            assert not same, key  # the graph blocks and the head keep their own initialisation
+    with pytest.raises(ValueError, match="TCGN CMT backbone has no weights to download by name"):
+        TCGNModule(4, **TCGN_TINY, backbone_weights="IMAGENET1K_V1")
