@@ -114,7 +114,7 @@ def test_gene_groups_bad_input():
         gene_groups(adata, None, n_groups=7)
     with pytest.raises(ValueError, match="method"):
         gene_groups(adata, method="position")
-    with pytest.raises(ValueError, match="no edge"):
+    with pytest.raises(ValueError, match="no edge"), pytest.warns(UserWarning, match="2 of the network's 2 genes"):
         gene_groups(adata, [("x", "y")], n_groups=2)
     with pytest.raises(ValueError, match="gene_sets"):
         gene_groups(adata, method="pathway", n_groups=2)
