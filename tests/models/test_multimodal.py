@@ -134,3 +134,18 @@ def test_gene_importance_finds_the_planted_gene():
         assert table["occurrence"].iloc[0] >= 1.2 * table["occurrence"].iloc[1]
     with pytest.raises(ValueError, match="score"):
         scst.tl.gene_importance(mdata, model, score="cosine")
+
+
+def test_backbone_image_encoder_takes_local_weights(tmp_path):
+    from scst.nn._backbones import build_backbone
+
+    mdata = synthetic_mudata(n=8)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    with pytest.warns(UserWarning):
+        net, _ = build_backbone("resnet18", None)
+    torch.save(net.state_dict(), tmp_path / "ssl.pt")
+    model = MultimodalST(mdata, **SMALL, image_encoder="resnet18", image_weights=str(tmp_path / "ssl.pt"))
+    assert torch.equal(model.module.image_encoder.net.conv1.weight, net.conv1.weight)
+    assert model.get_latent_representation(modality="image").shape == (8, 16)
+    with pytest.raises(FileNotFoundError):
+        MultimodalST(mdata, **SMALL, image_encoder="resnet18", image_weights=str(tmp_path / "missing.pt"))
