@@ -1,5 +1,16 @@
 """Plots in scanpy conventions: they read keys written by ``tl``/``pp`` and never compute models."""
 
-from ._expression import spatial_expression
+from ._domains import spatial_domains
+from ._expression import predicted_expression, spatial_expression
+from ._models import attribution, training_history
+from ._scores import cross_validation, gene_scores
 
-__all__ = ["spatial_expression"]
+__all__ = [
+    "attribution",
+    "cross_validation",
+    "gene_scores",
+    "predicted_expression",
+    "spatial_domains",
+    "spatial_expression",
+    "training_history",
+]

@@ -1,130 +1,168 @@
-"""Spot-level expression over the H&E image: observed next to predicted."""
+"""Observed next to predicted expression of genes on the tissue, one colour scale per gene."""
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from scipy import sparse
-from spatialdata import SpatialData
 
-from .._constants import SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
-from .._utils import _check_key, _get_table, _section_geometry
+from .._constants import TABLE_KEY
+from .._utils import _get_table
+from ._spatial import _Section, _sections
+from ._utils import _finish, _layer_values, _panel_axes
 
-__all__ = ["spatial_expression"]
+__all__ = ["predicted_expression", "spatial_expression"]
+
+UNIT = "log1p(normalize_total 1e4)"
 
 
-def _gene_values(adata, gene: str, layer: str | None) -> np.ndarray:
-    """Values of ``gene``: a layer as stored, or log1p(normalize_total 1e4) of raw ``X`` when ``layer`` is None."""
-    _check_key(adata.var_names, gene, "adata.var_names")
-    j = adata.var_names.get_loc(gene)
-    if layer is None:
-        X = adata.X
-        total = np.asarray(X.sum(axis=1)).ravel()
-        col = X[:, j].toarray().ravel() if sparse.issparse(X) else np.asarray(X[:, j]).ravel()
-        return np.log1p(col / np.maximum(total, 1) * 1e4)
-    _check_key(adata.layers, layer, "adata.layers")
-    L = adata.layers[layer]
-    return L[:, j].toarray().ravel() if sparse.issparse(L) else np.asarray(L[:, j]).ravel()
+def predicted_expression(
+    sdata: Any,
+    genes: str | Sequence[str],
+    layer: str | None = "predicted",
+    *,
+    sections: str | Sequence[str] | None = None,
+    observed: bool = True,
+    table: str = TABLE_KEY,
+    cmap: str | None = None,
+    ax: Axes | Sequence[Axes] | None = None,
+    figsize: tuple[float, float] | None = None,
+    dpi: int | None = None,
+    show: bool | None = None,
+    save: str | os.PathLike | None = None,
+    return_fig: bool = False,
+) -> Figure | list[Axes] | None:
+    """Observed and predicted expression of genes on the spots over the H&E image, per section.
+
+    One row per section × gene, with the observed expression (``log1p(normalize_total(X, 1e4))`` of the raw
+    counts) on the left and ``layers[layer]`` (e.g. from :func:`scst.tl.predict_expression`, same unit) on the right.
+    Both panels of a gene share one colour scale over all sections shown (one colour bar per row). The image and
+    spots are drawn by spatialdata-plot (``render_images`` at pyramid level 3, ``render_shapes``); spots without a
+    finite prediction (outside the model's panel or sections) are grey.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData from :func:`scst.io.read_st` / :mod:`scst.datasets` (keys of ``uns["scst"]["sections"]``).
+        An AnnData, or a section without its image, is drawn as spots only, with a warning.
+    genes
+        Gene(s) in ``var_names``.
+    layer
+        Layer with the predictions; ``None`` draws the observed expression only.
+    sections
+        Sections to draw (default all of ``obs["section"]``).
+    observed
+        Draw the observed panel next to the predicted one.
+    table
+        Table key.
+    cmap
+        Colour map (default: matplotlib's ``image.cmap``, scanpy's default for continuous values).
+    ax
+        Axes to draw into: one per panel (row-major), e.g. a single Axes for one section, one gene and one layer.
+    figsize
+        Figure size (default 4 × 4 inches per panel); ignored with ``ax``.
+    dpi
+        Resolution of the saved file.
+    show
+        Show the figure (default: unless ``return_fig`` or ``ax`` is given).
+    save
+        File to write; a relative path goes under :attr:`scanpy.settings.figdir`, ``.png`` when it has no suffix.
+    return_fig
+        Return the figure.
+
+    Returns
+    -------
+    The figure with ``return_fig=True``; else the list of panel axes (row-major) unless the figure is shown.
+
+    Raises
+    ------
+    KeyError
+        A gene, layer, table or section that does not exist (the message names close matches).
+    """
+    adata = _get_table(sdata, table)
+    genes = [genes] if isinstance(genes, str) else list(genes)
+    if not genes:
+        raise ValueError("genes: expected at least one gene.")
+    if layer is None and not observed:
+        raise ValueError("layer: None (observed only) needs observed=True; nothing to draw.")
+    secs = _sections(adata, sections)
+    columns: list[str | None] = ([None] if observed else []) + ([layer] if layer is not None else [])
+    values = {c: _layer_values(adata, genes, c) for c in columns}
+    parts = [_Section(sdata, adata, s) for s in secs]
+    rows = [np.concatenate([p.rows for p in parts])]
+    norms = []
+    for j in range(len(genes)):
+        v = np.concatenate([values[c][rows[0], j] for c in columns])
+        v = v[np.isfinite(v)]
+        lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 1.0)
+        norms.append(Normalize(lo, hi if hi > lo else lo + 1e-6))
+    cmap = cmap or plt.rcParams["image.cmap"]
+    nc = len(columns)
+    fig, axes = _panel_axes(len(parts) * len(genes) * nc, ax, nc, (4.0, 4.0), figsize)
+    k = 0
+    for p in parts:
+        for j, g in enumerate(genes):
+            row_axes = axes[k : k + nc]
+            for c, a in zip(columns, row_axes):
+                vals = values[c][p.rows, j]
+                if c is not None and not np.isfinite(vals).any():
+                    warnings.warn(
+                        f"layer: no finite {c!r} value of {g!r} in section {p.name!r}.", UserWarning, stacklevel=2
+                    )
+                df = pd.DataFrame({g: vals}, index=adata.obs_names[p.rows])
+                p.render(a, df, g, title=f"{p.name} · {g} · {'observed' if c is None else c}", norm=norms[j], cmap=cmap)
+            fig.colorbar(ScalarMappable(norms[j], cmap), ax=row_axes, fraction=0.046 / nc, pad=0.02, label=UNIT)
+            k += nc
+    return _finish(fig, axes, show=show, save=save, return_fig=return_fig, ax_given=ax is not None, dpi=dpi)
 
 
 def spatial_expression(
-    sdata: SpatialData,
+    sdata: Any,
     gene: str,
     *,
     layers: Sequence[str | None] = (None, "predicted"),
     sections: Sequence[str] | None = None,
     table: str = TABLE_KEY,
-    scale: int = 3,
     cmap: str = "magma",
-    shared_scale: bool = False,
     figsize: tuple[float, float] | None = None,
     return_fig: bool = False,
     show: bool | None = None,
     save: str | os.PathLike | None = None,
+    **_ignored: Any,
 ) -> Figure | list[Axes] | None:
-    """Plot one gene on the spots of each section over the H&E image, one column per layer.
+    """Deprecated: use :func:`predicted_expression`.
 
-    Parameters
-    ----------
-    sdata
-        SpatialData from :func:`scst.io.read_st` / :mod:`scst.datasets` (images optional).
-    gene
-        Gene in ``var_names``.
-    layers
-        Layers to show side by side; ``None`` is the observed expression, log1p(normalize_total 1e4) of raw ``X``
-        — the units of :func:`scst.tl.predict_expression`'s layer.
-    sections
-        Sections (rows); default all in ``obs["section"]``.
-    table
-        Table key.
-    scale
-        Pyramid level of the image drawn underneath (3 = 1/8 resolution).
-    cmap
-        Colour map.
-    shared_scale
-        One colour range for all panels of a row; by default each panel has its own (predictions are usually
-        smoother than observations).
-    figsize
-        Figure size; default 4 × 4 inches per panel.
-    return_fig
-        Return the figure instead of the axes.
-    show
-        Show the figure; default: show unless ``save`` is given or a figure/axes is returned.
-    save
-        File to write (format from its suffix).
-
-    Returns
-    -------
-    The list of axes (row-major), the figure with ``return_fig=True``, or ``None`` when shown.
+    ``layers`` is ``(None, layer)``, ``[None]`` or ``[layer]``; ``save`` is a path taken as given (relative to the
+    working directory, not to ``scanpy.settings.figdir``). Other old keywords (``scale``, ``shared_scale``) are
+    ignored: the colour scale is now always shared by the panels of a gene.
     """
-    adata = _get_table(sdata, table)
-    _check_key(adata.obs, SECTION_KEY, "adata.obs")
-    if sections is None:
-        sections = list(adata.obs[SECTION_KEY].astype("category").cat.categories)
+    warnings.warn(
+        "scst.pl.spatial_expression is deprecated; use scst.pl.predicted_expression.", FutureWarning, stacklevel=2
+    )
     layers = list(layers)
-    values = {lay: _gene_values(adata, gene, lay) for lay in layers}
-    nr, nc = len(sections), len(layers)
-    fig, axes = plt.subplots(nr, nc, figsize=figsize or (4 * nc, 4 * nr), squeeze=False)
-    for r, s in enumerate(sections):
-        m = (adata.obs[SECTION_KEY] == s).to_numpy()
-        if not m.any():
-            raise ValueError(f"sections: no spots of section {s!r} in obs[{SECTION_KEY!r}].")
-        geo = _section_geometry(adata, s) if UNS_KEY in adata.uns else {}
-        xy = adata.obsm[SPATIAL_KEY][m]
-        rng = [np.nanmin(np.concatenate([values[la][m] for la in layers])),
-               np.nanmax(np.concatenate([values[la][m] for la in layers]))]  # fmt: skip
-        img = None
-        if geo.get("image_key") and geo["image_key"] in sdata.images:
-            tree = sdata.images[geo["image_key"]]
-            level = min(scale, len(tree.children) - 1)
-            img = np.moveaxis(tree[f"scale{level}"]["image"].data.compute(), 0, -1)
-            factor = geo["image_shape"][0] / img.shape[0]
-        for c, lay in enumerate(layers):
-            ax = axes[r, c]
-            if img is not None:
-                ax.imshow(img, extent=(0, img.shape[1] * factor, img.shape[0] * factor, 0))
-            size = (geo.get("spot_diameter_px", 100.0) / max(np.ptp(xy[:, 0]), 1) * 72 * 3.5) ** 2
-            kw = {"vmin": rng[0], "vmax": rng[1]} if shared_scale else {}
-            sc_ = ax.scatter(xy[:, 0], xy[:, 1], c=values[lay][m], s=size, cmap=cmap, edgecolors="none", **kw)
-            pad = geo.get("spot_diameter_px", 100.0)
-            ax.set_xlim(xy[:, 0].min() - pad, xy[:, 0].max() + pad)
-            ax.set_ylim(xy[:, 1].max() + pad, xy[:, 1].min() - pad)
-            ax.set_aspect("equal")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"{s} · {gene} · {'observed' if lay is None else lay}")
-            fig.colorbar(sc_, ax=ax, fraction=0.046, pad=0.02, label="log1p(norm.)")
-    fig.tight_layout()
-    if save is not None:
-        fig.savefig(save, dpi=120, bbox_inches="tight")
-    if show is None:
-        show = save is None and not return_fig
-    if show:
-        plt.show()
-        return None
-    return fig if return_fig else list(axes.ravel())
+    named = [la for la in layers if la is not None]
+    if len(named) > 1 or not layers:
+        raise ValueError(f"layers: expected None and/or one layer, got {layers}.")
+    return predicted_expression(
+        sdata,
+        gene,
+        named[0] if named else None,
+        sections=sections,
+        observed=None in layers,
+        table=table,
+        cmap=cmap,
+        figsize=figsize,
+        return_fig=return_fig,
+        show=show,
+        save=None if save is None else Path(save).resolve(),
+    )

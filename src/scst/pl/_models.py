@@ -1,0 +1,162 @@
+"""What a model did: its training curves, and TCGN's Grad-CAM maps over spot patches."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .._utils import _get_table
+from ._utils import _check_in, _finish, _panel_axes
+
+__all__ = ["training_history", "attribution"]
+
+
+def training_history(
+    model: Any,
+    keys: str | Sequence[str] | None = None,
+    *,
+    log: bool = False,
+    ax: Axes | None = None,
+    figsize: tuple[float, float] | None = None,
+    dpi: int | None = None,
+    show: bool | None = None,
+    save: str | os.PathLike | None = None,
+    return_fig: bool = False,
+) -> Figure | Axes | None:
+    """Per-epoch metrics of a trained model (``model.history``: ``train_loss``, ``val_loss``, …) against the epoch.
+
+    Parameters
+    ----------
+    model
+        A trained :mod:`scst.models` model (its ``history`` DataFrame is indexed by epoch).
+    keys
+        Columns of ``model.history`` to draw (default: those ending in ``loss``, else all).
+    log
+        Logarithmic y axis.
+    ax
+        Axes to draw into.
+    figsize
+        Figure size (default 5 × 3.5 inches); ignored with ``ax``.
+    dpi
+        Resolution of the saved file.
+    show
+        Show the figure (default: unless ``return_fig`` or ``ax`` is given).
+    save
+        File to write; a relative path goes under :attr:`scanpy.settings.figdir`, ``.png`` when it has no suffix.
+    return_fig
+        Return the figure.
+
+    Returns
+    -------
+    The figure with ``return_fig=True``; else the axes unless the figure is shown.
+    """
+    hist = getattr(model, "history", None)
+    if hist is None or len(hist) == 0:
+        raise ValueError(f"model: {type(model).__name__} has no training history; train it first (model.train()).")
+    if keys is None:
+        keys = [c for c in hist.columns if str(c).endswith("loss")] or list(hist.columns)
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    for k in keys:
+        _check_in(k, list(hist.columns), "keys", "model.history")
+    fig, (a,) = _panel_axes(1, ax, 1, (5.0, 3.5), figsize)
+    epochs = np.asarray(hist.index, dtype=float)
+    for k in keys:
+        y = hist[k].to_numpy(float)
+        ok = np.isfinite(y)
+        a.plot(epochs[ok], y[ok], marker="o", markersize=3, label=str(k))
+    if "val_loss" in hist.columns and np.isfinite(hist["val_loss"].to_numpy(float)).any():
+        best = hist["val_loss"].astype(float).idxmin()
+        a.axvline(float(best), color="0.5", linestyle=":", linewidth=1, label=f"best val_loss (epoch {best})")
+    if log:
+        a.set_yscale("log")
+    a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    a.set_xlabel("epoch")
+    a.set_ylabel("value")
+    a.set_title(f"{type(model).__name__} training")
+    a.legend(frameon=False, fontsize="small")
+    return _finish(fig, a, show=show, save=save, return_fig=return_fig, ax_given=ax is not None, dpi=dpi)
+
+
+def attribution(
+    sdata: Any,
+    model: Any,
+    spots: Any,
+    gene: str,
+    *,
+    table: str | None = None,
+    alpha: float = 0.5,
+    cmap: str = "inferno",
+    ncols: int = 4,
+    ax: Sequence[Axes] | Axes | None = None,
+    figsize: tuple[float, float] | None = None,
+    dpi: int | None = None,
+    show: bool | None = None,
+    save: str | os.PathLike | None = None,
+    return_fig: bool = False,
+) -> Figure | list[Axes] | None:
+    """Grad-CAM maps of a TCGN model's prediction of ``gene`` over the H&E patch of each spot.
+
+    The maps come from :meth:`scst.models.TCGN.attribution` (one backward pass per section of the spots; values in
+    [0, 1], 1 = the location that raises the prediction most) and are drawn over the patch the model reads.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData with the images (the one the model was set up on, or a new slide prepared for prediction).
+    model
+        A model with an ``attribution(sdata, gene, spots, table=..., return_patches=True)`` method (TCGN).
+    spots
+        Spots: obs names, integer positions or a boolean mask over the table.
+    gene
+        A gene of the model's panel.
+    table
+        Table key (default: the model's).
+    alpha
+        Opacity of the map over the patch.
+    cmap
+        Colour map of the map.
+    ncols
+        Panels per row.
+    ax
+        Axes, one per spot.
+    figsize
+        Figure size (default 2.5 inches per panel); ignored with ``ax``.
+    dpi
+        Resolution of the saved file.
+    show
+        Show the figure (default: unless ``return_fig`` or ``ax`` is given).
+    save
+        File to write; a relative path goes under :attr:`scanpy.settings.figdir`, ``.png`` when it has no suffix.
+    return_fig
+        Return the figure.
+
+    Returns
+    -------
+    The figure with ``return_fig=True``; else the list of axes unless the figure is shown.
+    """
+    if not callable(getattr(model, "attribution", None)):
+        raise TypeError(f"model: {type(model).__name__} has no attribution method (TCGN has).")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha: expected a value in [0, 1], got {alpha}.")
+    maps, patches = model.attribution(sdata, gene, spots, table=table, return_patches=True)
+    names = _spot_names(_get_table(sdata, table or getattr(model, "registry", {}).get("table")), spots)
+    fig, axes = _panel_axes(len(maps), ax, ncols, (2.5, 2.5), figsize)
+    for a, m, p, name in zip(axes, maps, patches, names):
+        a.imshow(np.moveaxis(p, 0, -1))
+        a.imshow(m, cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+        a.set_xticks([])
+        a.set_yticks([])
+        a.set_title(f"{name} · {gene}", fontsize="small")
+    return _finish(fig, axes, show=show, save=save, return_fig=return_fig, ax_given=ax is not None, dpi=dpi)
+
+
+def _spot_names(adata: Any, spots: Any) -> list[str]:
+    """Obs names of ``spots`` (names, positions or a boolean mask, as the model's attribution takes them)."""
+    sel = np.atleast_1d(np.asarray(spots))
+    return list(adata.obs_names[sel].astype(str)) if sel.dtype.kind in "biu" else [str(s) for s in sel]

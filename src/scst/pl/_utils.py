@@ -1,0 +1,126 @@
+"""Shared plumbing of the plots: axes in, ``show`` / ``save`` / ``return_fig`` out, value look-ups with clear errors.
+
+Conventions follow squidpy's ``pl`` (``save`` is a path; a relative one is written under
+:attr:`scanpy.settings.figdir`; without a suffix ``.png`` is added) and scanpy's return values (the axes, the
+figure with ``return_fig=True``, or ``None`` when the figure is shown).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+from anndata import AnnData
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from scipy import sparse
+
+from .._logging import logg
+from .._utils import _atomic_file
+
+
+def _close_matches(key: str, options: Sequence[str], n: int = 3) -> str:
+    near = difflib.get_close_matches(str(key), [str(o) for o in options], n=n, cutoff=0.6)
+    if not near:  # case-insensitive prefix, e.g. "erbb" → ERBB2, ERBB3
+        low = str(key).lower()
+        near = [str(o) for o in options if str(o).lower().startswith(low)][:n]
+    return f"; close matches: {near}" if near else ""
+
+
+def _check_in(key: str, options: Sequence[str], arg: str, where: str) -> None:
+    """KeyError naming ``arg``, ``where`` and the closest keys when ``key`` is not among ``options``."""
+    if key not in options:
+        opts = list(options)
+        shown = f"; available: {opts[:10]}" if len(opts) <= 10 else ""
+        raise KeyError(f"{arg}: {key!r} not found in {where}{_close_matches(key, opts)}{shown}.")
+
+
+def _layer_values(adata: AnnData, genes: Sequence[str], layer: str | None) -> np.ndarray:
+    """Dense ``(n_obs, len(genes))`` float values: a layer as stored, or the observed expression when ``layer`` is None.
+
+    The observed expression is ``log1p(normalize_total(X, 1e4))`` of the raw counts, the unit of
+    :func:`scst.tl.predict_expression`.
+    """
+    from ..tl._expression import log_normalized
+
+    for g in genes:
+        _check_in(g, adata.var_names, "genes", "adata.var_names")
+    idx = adata.var_names.get_indexer(list(genes))
+    if layer is None:
+        return log_normalized(adata, idx).astype(np.float64)
+    _check_in(layer, list(adata.layers.keys()), "layer", "adata.layers")
+    L = adata.layers[layer][:, idx]
+    return (L.toarray() if sparse.issparse(L) else np.asarray(L)).astype(np.float64)
+
+
+def _panel_axes(
+    n: int,
+    ax: Axes | Sequence[Axes] | None,
+    ncols: int,
+    panel_size: tuple[float, float],
+    figsize: tuple[float, float] | None,
+    wspace: float | None = None,
+) -> tuple[Figure, list[Axes]]:
+    """``n`` axes: the ones passed (one Axes or a sequence of ``n``) or a new grid of ``ncols`` columns."""
+    if ax is not None:
+        axes = [ax] if isinstance(ax, Axes) else list(np.asarray(ax, dtype=object).ravel())
+        if len(axes) != n or not all(isinstance(a, Axes) for a in axes):
+            raise ValueError(f"ax: expected {n} matplotlib Axes (one per panel), got {len(axes)} object(s).")
+        return axes[0].figure, axes
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    fig, grid = plt.subplots(
+        nrows,
+        ncols,
+        figsize=figsize or (panel_size[0] * ncols, panel_size[1] * nrows),
+        squeeze=False,
+        gridspec_kw={"wspace": wspace} if wspace is not None else None,
+    )
+    axes = list(grid.ravel())
+    for a in axes[n:]:
+        a.remove()
+    return fig, axes[:n]
+
+
+def _save_fig(fig: Figure, save: str | os.PathLike, dpi: int | None = None) -> Path:
+    """Write ``fig`` to ``save`` (relative paths under ``scanpy.settings.figdir``; ``.png`` when no suffix)."""
+    import scanpy as sc
+
+    path = Path(save)
+    if not path.suffix:
+        path = path.with_suffix(".png")
+    if not path.is_absolute():
+        path = Path(sc.settings.figdir) / path
+    fmt = path.suffix.lstrip(".")
+    with _atomic_file(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=dpi or "figure", bbox_inches="tight")
+    logg.info(f"saved figure to {path}")
+    return path
+
+
+def _finish(
+    fig: Figure,
+    axes: Any,
+    *,
+    show: bool | None,
+    save: str | os.PathLike | None,
+    return_fig: bool,
+    ax_given: bool,
+    dpi: int | None = None,
+) -> Figure | Any | None:
+    """Save, show and return as scanpy does: the figure (``return_fig``), the axes (``show=False``) or None."""
+    if save is not None:
+        _save_fig(fig, save, dpi)
+    if show is None:
+        show = not (return_fig or ax_given)
+    if return_fig:
+        return fig
+    if show:
+        plt.show()
+        return None
+    return axes

@@ -1,0 +1,70 @@
+"""pl.spatial_domains on her2st C2/C3: ARI in the titles (1 for the labels themselves), colours, baseline image."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import scst
+
+_spec = importlib.util.spec_from_file_location("_plconf", Path(__file__).with_name("conftest.py"))
+_conf = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_conf)
+
+
+@pytest.fixture(scope="module")
+def with_domains(her2st_two):
+    """``dom_same``: the pathologists' labels renamed (ARI 1); ``dom_coarse``: cancer vs the rest."""
+    t = her2st_two.tables["table"]
+    lab = t.obs["label_name"].astype(str).where(t.obs["label_name"].notna())
+    t.obs["dom_same"] = pd.Categorical(lab.map(lambda s: f"d_{s}" if isinstance(s, str) else s))
+    t.obs["dom_coarse"] = pd.Categorical(
+        lab.map(lambda s: ("tumour" if "cancer" in s else "other") if isinstance(s, str) else s)
+    )
+    yield her2st_two
+    t.obs.drop(columns=["dom_same", "dom_coarse"], inplace=True)
+
+
+def test_titles_carry_the_ari(with_domains):
+    t = with_domains.tables["table"]
+    axes = scst.pl.spatial_domains(with_domains, ["dom_same", "dom_coarse"], truth="label_name", show=False)
+    assert len(axes) == 6
+    assert [a.get_title() for a in axes[:3]] == [
+        "C2 · label_name",
+        "C2 · dom_same · ARI 1.00",
+        f"C2 · dom_coarse · ARI {_ari(t, 'C2'):.2f}",
+    ]
+    assert 0 < _ari(t, "C2") < 1 and axes[5].get_title() == f"C3 · dom_coarse · ARI {_ari(t, 'C3'):.2f}"
+    # Spots coloured by their category with the legend's colours.
+    ax, sec = axes[2], "C2"
+    leg = ax.get_legend()
+    colours = {tx.get_text(): np.ravel(h.get_facecolor())[:3] for tx, h in zip(leg.texts, leg.legend_handles)}
+    m = (t.obs["section"] == sec).to_numpy()
+    spot_cat = dict(zip(t.obs["spot_id"][m].astype(str), t.obs["dom_coarse"][m].astype(str)))
+    fc = ax.collections[0].get_facecolors()
+    ids = with_domains.shapes[f"{sec}_spots"].index.astype(str)
+    for i, c in zip(ids, fc):
+        if spot_cat[i] in colours:
+            np.testing.assert_allclose(c[:3], colours[spot_cat[i]], atol=1e-6)
+
+
+def _ari(t, sec):
+    return scst.tl.domain_ari(t[(t.obs["section"] == sec).to_numpy()], "dom_coarse", "label_name").loc[sec, "ari"]
+
+
+def test_image_matches_baseline(with_domains, tmp_path):
+    fig = scst.pl.spatial_domains(with_domains, "dom_coarse", truth="label_name", sections="C2", return_fig=True)
+    _conf.compare_to_baseline(fig, "spatial_domains", tmp_path, tol=3)
+
+
+def test_bad_input(with_domains):
+    with pytest.raises(KeyError, match=r"keys: 'domian' not found in adata.obs.*close matches: \['domain'|dom"):
+        scst.pl.spatial_domains(with_domains, "domian", truth="label_name", show=False)
+    with pytest.raises(KeyError, match="truth: 'labels'"):
+        scst.pl.spatial_domains(with_domains, "dom_same", truth="labels", show=False)
+    axes = scst.pl.spatial_domains(with_domains, "dom_same", truth=None, sections="C3", show=False)
+    assert [a.get_title() for a in axes] == ["C3 · dom_same"]

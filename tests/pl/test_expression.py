@@ -1,0 +1,103 @@
+"""pl.predicted_expression on her2st C2/C3: colours = shared scale of observed and predicted, bad input, save."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.colors import Normalize
+
+import scst
+from scst.tl._expression import log_normalized
+
+_spec = importlib.util.spec_from_file_location("_plconf", Path(__file__).with_name("conftest.py"))
+_conf = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_conf)
+
+
+def _facecolors_by_spot(ax, sd, section):
+    """Facecolours of the spots of ``section`` keyed by spot id (the shapes' order is the drawing order)."""
+    (coll,) = [c for c in ax.collections if len(c.get_facecolors()) > 1]
+    ids = sd.shapes[f"{section}_spots"].index.astype(str)
+    return dict(zip(ids, coll.get_facecolors()))
+
+
+def test_observed_and_predicted_share_one_scale(her2st_two):
+    sd = her2st_two
+    t = sd.tables["table"]
+    axes = scst.pl.predicted_expression(sd, ["ERBB2", "GNAS"], sections=["C2", "C3"], show=False)
+    assert len(axes) == 8 and [a.get_title() for a in axes[:2]] == ["C2 · ERBB2 · observed", "C2 · ERBB2 · predicted"]
+    assert axes[6].get_title() == "C3 · GNAS · observed"
+    assert all(len(a.images) == 1 for a in axes)  # the H&E under every panel
+    # One norm per gene over both sections and both columns.
+    g = t.var_names.get_loc("ERBB2")
+    obs, pred = log_normalized(t, [g])[:, 0], t.layers["predicted"][:, g]
+    norm = Normalize(min(obs.min(), pred.min()), max(obs.max(), pred.max()))
+    cmap = plt.get_cmap(plt.rcParams["image.cmap"])
+    for ax, vals, sec in ((axes[0], obs, "C2"), (axes[1], pred, "C2"), (axes[5], pred, "C3")):
+        m = (t.obs["section"] == sec).to_numpy()
+        got = _facecolors_by_spot(ax, sd, sec)
+        ids = t.obs["spot_id"].to_numpy()[m]
+        want = cmap(norm(vals[m]))
+        np.testing.assert_allclose(np.array([got[i][:3] for i in ids]), want[:, :3], atol=2 / 255)
+
+
+def test_image_matches_baseline(her2st_two, tmp_path):
+    fig = scst.pl.predicted_expression(her2st_two, "ERBB2", sections="C3", return_fig=True, figsize=(8, 4))
+    assert isinstance(fig, plt.Figure) and len(fig.axes) == 3  # two panels + one colour bar
+    _conf.compare_to_baseline(fig, "predicted_expression", tmp_path, tol=3)
+
+
+def test_save_ax_and_return(her2st_two, tmp_path):
+    import scanpy as sc
+
+    fig, ax = plt.subplots()
+    old, sc.settings.figdir = sc.settings.figdir, tmp_path
+    try:
+        out = scst.pl.predicted_expression(her2st_two, "ERBB2", None, sections="C2", ax=ax, save="erbb2")
+    finally:
+        sc.settings.figdir = old
+    assert out == [ax] and ax.get_title() == "C2 · ERBB2 · observed"
+    assert (tmp_path / "erbb2.png").stat().st_size > 5_000  # relative save → scanpy.settings.figdir, .png added
+    assert scst.pl.predicted_expression(her2st_two, "ERBB2", sections="C2", show=True) is None
+    with pytest.raises(ValueError, match="ax: expected 2"):
+        scst.pl.predicted_expression(her2st_two, "ERBB2", sections="C2", ax=ax)
+
+
+def test_bad_input(her2st_two):
+    sd = her2st_two
+    with pytest.raises(KeyError, match=r"genes: 'ERBB' not found.*close matches.*ERBB2"):
+        scst.pl.predicted_expression(sd, "ERBB", show=False)
+    with pytest.raises(KeyError, match=r"layer: 'pred' not found.*close matches: \['predicted'\]"):
+        scst.pl.predicted_expression(sd, "ERBB2", layer="pred", show=False)
+    with pytest.raises(KeyError, match="sections: 'C9'"):
+        scst.pl.predicted_expression(sd, "ERBB2", sections="C9", show=False)
+    with pytest.raises(KeyError, match="Table 'nope'"):
+        scst.pl.predicted_expression(sd, "ERBB2", table="nope", show=False)
+
+
+def test_section_without_image_plots_spots_and_warns(her2st_two):
+    from spatialdata import SpatialData
+
+    sd = her2st_two
+    no_c3 = SpatialData(images={"C2_image": sd.images["C2_image"]}, shapes=dict(sd.shapes), tables=dict(sd.tables))
+    with pytest.warns(UserWarning, match="'C3' has no image"):
+        axes = scst.pl.predicted_expression(no_c3, "ERBB2", show=False)
+    assert [len(a.images) for a in axes] == [1, 1, 0, 0]
+    assert len(axes[3].collections[0].get_facecolors()) == int((sd.tables["table"].obs["section"] == "C3").sum())
+    # An AnnData alone: circles at obsm["spatial"], no image.
+    with pytest.warns(UserWarning, match="no image"):
+        axes = scst.pl.predicted_expression(sd.tables["table"], "ERBB2", sections="C2", show=False)
+    assert len(axes[0].images) == 0 and len(axes[0].collections[0].get_facecolors()) == 187
+
+
+def test_deprecated_alias_saves_to_the_given_path(her2st_two, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(FutureWarning, match="predicted_expression"):
+        fig = scst.pl.spatial_expression(
+            her2st_two, "ERBB2", sections=["C2"], layers=[None], save="o/e.png", return_fig=True
+        )
+    assert (tmp_path / "o" / "e.png").is_file() and fig.axes[0].get_title() == "C2 · ERBB2 · observed"

@@ -1,0 +1,54 @@
+"""pl.training_history and pl.attribution with a small TCGN trained for two epochs on her2st C2 (C3 validates)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import scst
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def tcgn(her2st_two, one_torch_thread):
+    from scst.models import TCGN
+
+    sd = her2st_two
+    TCGN.setup_sdata(sd, genes=["ERBB2", "GNAS", "CD74"], sections=["C2", "C3"], patch_px=64)
+    model = TCGN(sd, **{**TCGN.bench_config, "img_size": 64, "augment": False})
+    model.train(max_epochs=2, validation=["C3"], batch_size=64, enable_progress_bar=False)
+    yield model
+    sd.tables["table"].uns.pop("_scst_setup", None)
+
+
+def test_training_history(tcgn):
+    ax = scst.pl.training_history(tcgn, show=False)
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert {"train_loss", "val_loss"} <= set(lines)
+    np.testing.assert_allclose(lines["val_loss"].get_ydata(), tcgn.history["val_loss"].to_numpy())
+    np.testing.assert_allclose(lines["train_loss"].get_xdata(), tcgn.history.index.to_numpy(float))
+    with pytest.raises(KeyError, match=r"keys: 'val_los' not found in model.history; close matches: \['val_loss'"):
+        scst.pl.training_history(tcgn, "val_los", show=False)
+
+    class Untrained:
+        history = None
+
+    with pytest.raises(ValueError, match="no training history"):
+        scst.pl.training_history(Untrained(), show=False)
+
+
+def test_attribution_draws_the_model_maps(her2st_two, tcgn):
+    t = her2st_two.tables["table"]
+    spots = list(t.obs_names[(t.obs["section"] == "C3").to_numpy()][:3])
+    axes = scst.pl.attribution(her2st_two, tcgn, spots, "ERBB2", show=False)
+    maps, patches = tcgn.attribution(her2st_two, "ERBB2", spots, return_patches=True)
+    assert [a.get_title() for a in axes] == [f"{s} · ERBB2" for s in spots]
+    for a, m, p in zip(axes, maps, patches):
+        under, over = a.images
+        np.testing.assert_array_equal(under.get_array(), np.moveaxis(p, 0, -1))
+        np.testing.assert_allclose(over.get_array(), m, atol=1e-5)
+    with pytest.raises(KeyError, match="not in the model's panel"):
+        scst.pl.attribution(her2st_two, tcgn, spots, "MUC1", show=False)
+    with pytest.raises(TypeError, match="no attribution method"):
+        scst.pl.attribution(her2st_two, object(), spots, "ERBB2", show=False)
