@@ -1,0 +1,143 @@
+"""``scst`` console script: train an expression model and predict with it, on a server without a notebook.
+
+``scst train`` and ``scst predict`` are thin wrappers over :mod:`scst.models` and :func:`scst.tl.predict_expression`.
+Bad input ends with a one-line ``scst: error: ...`` on stderr and exit status 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# Models the CLI can train: name → (class name, needs an image embedding in obsm).
+MODELS = {"mean": "MeanExpression", "ridge": "RidgeExpression", "tcgn": "TCGN", "hggep": "HGGEP", "stnet": "STNet"}
+
+
+class CLIError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+def _load_data(data: str, sections: Sequence[str] | None) -> Any:
+    """``her2st`` (the public data set, optionally a subset of sections) or a SpatialData zarr store."""
+    import scst
+
+    if data == "her2st":
+        return scst.datasets.her2st(sections=list(sections) if sections else None)
+    path = Path(data)
+    if not path.exists():
+        raise CLIError(f"--data: {data!r} is neither 'her2st' nor an existing SpatialData zarr store.")
+    import spatialdata as sd
+
+    try:
+        return sd.read_zarr(path)
+    except Exception as e:  # noqa: BLE001  (any reader failure is bad input here)
+        raise CLIError(f"--data: cannot read {data!r} as SpatialData zarr ({type(e).__name__}: {e}).") from e
+
+
+def _train(args: argparse.Namespace) -> None:
+    import scst
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"--out: {str(out)!r} exists; pass --overwrite to replace it.")
+    sdata = _load_data(args.data, args.sections)
+    adata = sdata.tables["table"]
+    if args.sections:
+        present = set(adata.obs["section"].astype(str))
+        missing = [s for s in args.sections if s not in present]
+        if missing:
+            raise CLIError(f"--sections: {missing} not in the data (sections: {sorted(present)}).")
+    scst.pp.select_genes(adata, n_top=args.n_genes)
+    cls = getattr(scst.models, MODELS[args.model])
+    if args.model == "ridge":
+        scst.tl.embed_patches(sdata, "handcrafted")
+        cls.setup_sdata(sdata, embedding_key="X_handcrafted", sections=args.sections)
+        model = cls(sdata).train()
+    elif args.model == "mean":
+        cls.setup_sdata(sdata, sections=args.sections)
+        model = cls(sdata).train()
+    else:
+        cls.setup_sdata(sdata, sections=args.sections)
+        model = cls(sdata, **cls.bench_config)
+        model.train(**({"max_epochs": args.max_epochs} if args.max_epochs else {}))
+    model.save(out, overwrite=args.overwrite)
+    print(f"scst train: {type(model).__name__} on {args.sections or 'all sections'} → {out}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    import scst
+
+    model_dir = Path(args.model_dir)
+    attr = model_dir / "attr.json"
+    if not attr.is_file():
+        raise CLIError(f"--model-dir: {str(model_dir)!r} has no attr.json (not a model saved by `scst train`).")
+    name = json.loads(attr.read_text()).get("model")
+    cls = getattr(scst.models, str(name), None)
+    if cls is None:
+        raise CLIError(f"--model-dir: unknown model class {name!r} in {attr}.")
+    out = Path(args.out)
+    if out.suffix not in (".h5ad", ".zarr"):
+        raise CLIError(f"--out: expected a path ending in .h5ad or .zarr, got {args.out!r}.")
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"--out: {str(out)!r} exists; pass --overwrite to replace it.")
+    sdata = _load_data(args.data, args.sections)
+    model = cls.load(model_dir, sdata)
+    if MODELS.get("ridge") == name:
+        scst.tl.embed_patches(sdata, "handcrafted")
+    scst.tl.predict_expression(sdata, model, sections=args.sections)
+    from ._utils import _atomic_dir, _atomic_file
+
+    if out.suffix == ".h5ad":
+        with _atomic_file(out) as tmp:
+            sdata.tables["table"].write_h5ad(tmp)
+    else:
+        with _atomic_dir(out) as tmp:
+            tmp.rmdir()
+            sdata.write(tmp)
+    print(f"scst predict: {name} → layers['predicted'] of {args.sections or 'all sections'} → {out}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scst", description="Deep learning on spatial transcriptomics and histology.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train an expression-from-histology model and save it")
+    t.add_argument("--model", choices=sorted(MODELS), required=True, help="model to train")
+    t.add_argument("--data", default="her2st", help="'her2st' or a SpatialData zarr store (default: her2st)")
+    t.add_argument("--sections", nargs="+", help="training sections (default: all)")
+    t.add_argument("--n-genes", type=int, default=250, help="gene panel size (scst.pp.select_genes n_top)")
+    t.add_argument("--max-epochs", type=int, help="epochs for the networks (default: the model's bench_config)")
+    t.add_argument("--out", required=True, help="output model directory")
+    t.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    t.set_defaults(func=_train)
+    q = sub.add_parser("predict", help="predict expression with a saved model; write .h5ad or .zarr")
+    q.add_argument("--model-dir", required=True, help="directory written by `scst train` / model.save")
+    q.add_argument("--data", default="her2st", help="'her2st' or a SpatialData zarr store (default: her2st)")
+    q.add_argument("--sections", nargs="+", help="sections to predict (default: all)")
+    q.add_argument("--out", required=True, help="output: table as .h5ad, or the SpatialData as .zarr")
+    q.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    q.set_defaults(func=_predict)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``scst`` console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except CLIError as e:
+        print(f"scst: error: {e}", file=sys.stderr)
+        return 2
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError, TypeError) as e:
+        msg = str(e).strip("'\"").splitlines()[0] if str(e) else type(e).__name__
+        print(f"scst: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

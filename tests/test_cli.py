@@ -1,0 +1,60 @@
+"""``scst`` console script: --help, one-line errors with a non-zero exit, a real train → predict run on her2st."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from scst.cli import main
+
+
+def _run(*args, cwd=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, "-m", "scst.cli", *args], capture_output=True, text=True, cwd=cwd, env=env)
+
+
+@pytest.mark.parametrize("cmd", ["train", "predict"])
+def test_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0 and "--out" in capsys.readouterr().out
+
+
+def test_bad_input_is_one_line_and_non_zero(tmp_path):
+    r = _run("predict", "--model-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "p.h5ad"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("scst:")]
+    assert lines == [
+        f"scst: error: --model-dir: {str(tmp_path / 'nope')!r} has no attr.json (not a model saved by `scst train`)."
+    ]
+    assert main(["train", "--model", "mean", "--data", str(tmp_path / "missing.zarr"), "--out", str(tmp_path)]) == 2
+    assert main(["train", "--model", "mean", "--sections", "C9", "--out", str(tmp_path / "m")]) == 2
+
+
+def test_train_then_predict_mean_on_her2st(tmp_path):
+    from scst.tl._expression import log_normalized
+
+    r = _run("train", "--model", "mean", "--sections", "C2", "C3", "--n-genes", "50", "--out", "m", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _run("predict", "--model-dir", "m", "--sections", "C4", "--out", "p.h5ad", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    pred = ad.read_h5ad(tmp_path / "p.h5ad")
+    assert set(pred.obs["section"]) == {"C4"}
+    # The mean model predicts the training spots' mean log1p(normalize_total) for every C4 spot.
+    import scst
+
+    train = scst.datasets.her2st(sections=["C2", "C3"], images=False).tables["table"]
+    panel = np.flatnonzero(np.isfinite(pred.layers["predicted"][0]))
+    genes = pred.var_names[panel]
+    assert 20 <= len(genes) <= 50  # the 50-gene panel, less genes absent from C4 alone
+    want = log_normalized(train, list(genes)).mean(0)
+    np.testing.assert_allclose(
+        pred.layers["predicted"][:, panel], np.broadcast_to(want, (pred.n_obs, len(genes))), rtol=1e-5
+    )
+    r = _run("predict", "--model-dir", "m", "--sections", "C4", "--out", "p.h5ad", cwd=tmp_path)
+    assert r.returncode == 2 and "exists; pass --overwrite" in r.stderr
