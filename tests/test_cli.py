@@ -18,7 +18,7 @@ def _run(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "scst.cli", *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
-@pytest.mark.parametrize("cmd", ["train", "predict"])
+@pytest.mark.parametrize("cmd", ["train", "predict", "ligrec"])
 def test_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main([cmd, "--help"])
@@ -36,13 +36,12 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path):
     assert main(["train", "--model", "mean", "--sections", "C9", "--out", str(tmp_path / "m")]) == 2
 
 
-def test_train_then_predict_mean_on_her2st(tmp_path):
+def test_train_then_predict_mean_on_her2st(tmp_path, capsys):
     from scst.tl._expression import log_normalized
 
-    r = _run("train", "--model", "mean", "--sections", "C2", "C3", "--n-genes", "50", "--out", "m", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
-    r = _run("predict", "--model-dir", "m", "--sections", "C4", "--out", "p.h5ad", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
+    m = str(tmp_path / "m")
+    assert main(["train", "--model", "mean", "--sections", "C2", "C3", "--n-genes", "50", "--out", m]) == 0
+    assert main(["predict", "--model-dir", m, "--sections", "C4", "--out", str(tmp_path / "p.h5ad")]) == 0
     pred = ad.read_h5ad(tmp_path / "p.h5ad")
     assert set(pred.obs["section"]) == {"C4"}
     # The mean model predicts the training spots' mean log1p(normalize_total) for every C4 spot.
@@ -56,5 +55,17 @@ def test_train_then_predict_mean_on_her2st(tmp_path):
     np.testing.assert_allclose(
         pred.layers["predicted"][:, panel], np.broadcast_to(want, (pred.n_obs, len(genes))), rtol=1e-5
     )
-    r = _run("predict", "--model-dir", "m", "--sections", "C4", "--out", "p.h5ad", cwd=tmp_path)
-    assert r.returncode == 2 and "exists; pass --overwrite" in r.stderr
+    assert main(["predict", "--model-dir", m, "--sections", "C4", "--out", str(tmp_path / "p.h5ad")]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+
+
+def test_ligrec_on_one_section(tmp_path):
+    import pandas as pd
+
+    assert main(["ligrec", "--sections", "C2", "--n-perms", "20", "--out", str(tmp_path / "lr.csv.gz")]) == 0
+    df = pd.read_csv(tmp_path / "lr.csv.gz")
+    assert {"ligand_complex", "receptor_complex", "spatial_pearson_score", "spatial_pearson_pvals"} <= set(df.columns)
+    # p = (1 + #null >= observed) / (1 + 20): multiples of 1/21 in [1/21, 1].
+    p = df["spatial_pearson_pvals"].dropna().to_numpy()
+    assert len(p) > 100 and np.allclose(p * 21, np.round(p * 21)) and p.min() >= 1 / 21 - 1e-12
+    assert main(["ligrec", "--sections", "C2", "--out", str(tmp_path / "lr.txt")]) == 2

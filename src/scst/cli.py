@@ -1,6 +1,6 @@
-"""``scst`` console script: train an expression model and predict with it, on a server without a notebook.
+"""``scst`` console script for jobs run on a server without a notebook: ``train``, ``predict``, ``ligrec``.
 
-``scst train`` and ``scst predict`` are thin wrappers over :mod:`scst.models` and :func:`scst.tl.predict_expression`.
+Thin wrappers over :mod:`scst.models`, :func:`scst.tl.predict_expression` and :func:`scst.tl.ligand_receptor`.
 Bad input ends with a one-line ``scst: error: ...`` on stderr and exit status 2 (no traceback).
 """
 
@@ -101,6 +101,33 @@ def _predict(args: argparse.Namespace) -> None:
     print(f"scst predict: {name} → layers['predicted'] of {args.sections or 'all sections'} → {out}")
 
 
+def _ligrec(args: argparse.Namespace) -> None:
+    import squidpy as sq
+
+    import scst
+
+    out = Path(args.out)
+    if not out.name.endswith((".csv", ".csv.gz")):
+        raise CLIError(f"--out: expected a path ending in .csv or .csv.gz, got {args.out!r}.")
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"--out: {str(out)!r} exists; pass --overwrite to replace it.")
+    sdata = _load_data(args.data, args.sections)
+    adata = sdata.tables["table"]
+    if args.sections:
+        adata = adata[adata.obs["section"].astype(str).isin(args.sections).to_numpy()].copy()
+    if adata.n_obs == 0:
+        raise CLIError(f"--sections: no spot of {args.sections} in the data.")
+    # ST arrays: the 4-neighbour grid on the integer array indices, per section (see the README).
+    sq.gr.spatial_neighbors(adata, spatial_key="spatial_array", coord_type="grid", n_neighs=4, library_key="section")
+    scst.tl.ligand_receptor(adata, method=args.method, n_perms=args.n_perms, pairs=args.pairs, seed=args.seed)
+    from ._utils import _atomic_file
+
+    with _atomic_file(out) as tmp:
+        adata.uns["scst_ligrec"].to_csv(tmp, index=False, compression="gzip" if out.name.endswith(".gz") else None)
+    n = len(adata.uns["scst_ligrec"])
+    print(f"scst ligrec: {n} pairs × {args.method} on {adata.n_obs} spots → {out}")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scst", description="Deep learning on spatial transcriptomics and histology.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -120,6 +147,22 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="output: table as .h5ad, or the SpatialData as .zarr")
     q.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     q.set_defaults(func=_predict)
+    r = sub.add_parser("ligrec", help="score ligand-receptor pairs on the spot grid; write the LIANA-style table")
+    r.add_argument("--data", default="her2st", help="'her2st' or a SpatialData zarr store (default: her2st)")
+    r.add_argument("--sections", nargs="+", help="sections (default: all)")
+    r.add_argument(
+        "--method",
+        nargs="+",
+        default=["spatial_pearson"],
+        choices=["spatial_pearson", "bivariate", "pearson", "expression", "gcng"],
+        help="scores",
+    )
+    r.add_argument("--pairs", default=None, help="resource name of scst.datasets.ligand_receptor (default: gcng)")
+    r.add_argument("--n-perms", type=int, default=100, help="permutations for p-values (0: none)")
+    r.add_argument("--seed", type=int, default=0, help="random seed of the permutations")
+    r.add_argument("--out", required=True, help="output table (.csv or .csv.gz)")
+    r.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    r.set_defaults(func=_ligrec)
     return p
 
 
