@@ -161,7 +161,8 @@ def main() -> None:
         r = run_variant(name, tr, te, (a.pretrain_epochs, a.epochs), a.seed)
         r["test_section"], r["out_px"], r["load"], r["seed"] = a.test, a.out_px, os.getloadavg(), a.seed
         r["epochs_asked"] = [a.pretrain_epochs, a.epochs]
-        (OUT / f"{a.test}_{name}.json").write_text(json.dumps(r, indent=1, default=float))
+        suffix = "" if a.seed == 0 else f"_seed{a.seed}"
+        (OUT / f"{a.test}_{name}{suffix}.json").write_text(json.dumps(r, indent=1, default=float))
         print(
             f"{name:20s} label top-1 {r['label_top1']:.3f} (Σp² {r['label_chance_sum_p2']:.3f})  exact top-5 "
             f"{r['exact_top5']:.3f} (5/n {r['exact_top5_chance']:.3f})  {r['train_seconds']:.0f} s",
