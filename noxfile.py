@@ -55,3 +55,12 @@ def benchmarks(session: nox.Session) -> None:
     if not session.posargs:
         session.error("Name a script: nox -s benchmarks -- benchmarks/<script>.py [args]")
     session.run("python", *session.posargs, env=_env())
+
+
+@nox.session(python=PYTHON, default=False)
+def docs(session: nox.Session) -> None:
+    """Build the HTML docs (warnings are errors) into ``docs/_build/html``; not part of ``nox -s tests``."""
+    _install(session, "doc")
+    session.run(
+        "sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html", *session.posargs, env=_env()
+    )
