@@ -20,7 +20,7 @@ extensions = [
     "sphinx.ext.viewcode",
     "sphinx_autodoc_typehints",
 ]
-source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}  # .rst: autosummary stubs
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 
 # API reference: one page per function/class from the numpy docstrings.
