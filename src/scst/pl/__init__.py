@@ -2,6 +2,7 @@
 
 from ._domains import spatial_domains
 from ._expression import predicted_expression, spatial_expression
+from ._ligrec import ligand_receptor, ligand_receptor_spatial
 from ._models import attribution, training_history
 from ._scores import cross_validation, gene_scores
 
@@ -9,6 +10,8 @@ __all__ = [
     "attribution",
     "cross_validation",
     "gene_scores",
+    "ligand_receptor",
+    "ligand_receptor_spatial",
     "predicted_expression",
     "spatial_domains",
     "spatial_expression",

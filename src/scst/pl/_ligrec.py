@@ -1,0 +1,199 @@
+"""Ligand–receptor scores as liana draws them: a dot plot of the top pairs, and one pair's local score on the tissue."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from .._constants import TABLE_KEY
+from .._utils import _get_table
+from ._spatial import _Section, _sections
+from ._utils import _check_in, _finish, _panel_axes
+
+__all__ = ["ligand_receptor", "ligand_receptor_spatial"]
+
+
+def ligand_receptor(
+    adata: Any,
+    key: str = "scst_ligrec",
+    *,
+    methods: str | Sequence[str] | None = None,
+    n_top: int = 20,
+    alpha: float = 0.05,
+    cmap: str = "viridis",
+    ax: Axes | None = None,
+    figsize: tuple[float, float] | None = None,
+    dpi: int | None = None,
+    show: bool | None = None,
+    save: str | os.PathLike | None = None,
+    return_fig: bool = False,
+) -> Figure | Axes | None:
+    """Dot plot of the top ligand–receptor pairs × scoring methods, as liana's ``dotplot`` draws them.
+
+    Rows are the ``n_top`` pairs ranked by the first method's score; dot size is the expression fraction of the pair
+    (the smaller of ``ligand_props`` and ``receptor_props``), colour the method's score (min–max per method, so the
+    methods' scales do not hide each other), and a black ring marks ``{method}_pvals < alpha``.
+
+    Parameters
+    ----------
+    adata
+        AnnData (or SpatialData: its ``"table"``) with ``uns[key]``, the LIANA-style long table of
+        :func:`scst.tl.ligand_receptor`: ``ligand_complex``, ``receptor_complex``, ``ligand_props``,
+        ``receptor_props`` and per method ``{method}_score`` (and ``{method}_pvals`` with permutations).
+    key
+        ``uns`` key of the table.
+    methods
+        Methods to show (default: every ``*_score`` column).
+    n_top
+        Pairs shown.
+    alpha
+        p-value threshold of the ring.
+    cmap
+        Colour map.
+    ax
+        Axes to draw into.
+    figsize
+        Figure size (default: 1 inch per method + 3, 0.3 inch per pair + 1.5); ignored with ``ax``.
+    dpi
+        Resolution of the saved file.
+    show
+        Show the figure (default: unless ``return_fig`` or ``ax`` is given).
+    save
+        File to write; a relative path goes under :attr:`scanpy.settings.figdir`, ``.png`` when it has no suffix.
+    return_fig
+        Return the figure.
+
+    Returns
+    -------
+    The figure with ``return_fig=True``; else the axes unless the figure is shown.
+    """
+    adata = _get_table(adata, TABLE_KEY) if not hasattr(adata, "uns") else adata
+    _check_in(key, list(adata.uns.keys()), "key", "adata.uns")
+    df = adata.uns[key]
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"key: uns[{key!r}] must be a DataFrame (LIANA-style table), got {type(df).__name__}.")
+    for c in ("ligand_complex", "receptor_complex"):
+        _check_in(c, list(df.columns), "key", f"uns[{key!r}].columns")
+    available = [c[: -len("_score")] for c in df.columns if str(c).endswith("_score")]
+    methods = available if methods is None else ([methods] if isinstance(methods, str) else list(methods))
+    if not methods:
+        raise KeyError(f"key: uns[{key!r}] has no '<method>_score' column; columns: {list(df.columns)}.")
+    for m in methods:
+        _check_in(m, available, "methods", f"uns[{key!r}] (its *_score columns)")
+    if n_top < 1:
+        raise ValueError(f"n_top: expected a positive integer, got {n_top}.")
+    top = df.sort_values(f"{methods[0]}_score", ascending=False).head(n_top).reset_index(drop=True)
+    names = (top["ligand_complex"].astype(str) + " → " + top["receptor_complex"].astype(str)).to_numpy()
+    if {"ligand_props", "receptor_props"} <= set(top.columns):
+        frac = np.minimum(top["ligand_props"].to_numpy(float), top["receptor_props"].to_numpy(float))
+    else:
+        frac = np.full(len(top), 1.0)
+    fig, (a,) = _panel_axes(1, ax, 1, (3 + 1.0 * len(methods), 1.5 + 0.3 * len(top)), figsize)
+    y = np.arange(len(top))[::-1]
+    cm = plt.get_cmap(cmap)
+    for j, m in enumerate(methods):
+        s = top[f"{m}_score"].to_numpy(float)
+        lo, hi = np.nanmin(s), np.nanmax(s)
+        col = cm((s - lo) / (hi - lo) if hi > lo else np.full_like(s, 0.5))
+        sig = top[f"{m}_pvals"].to_numpy(float) < alpha if f"{m}_pvals" in top.columns else np.zeros(len(s), bool)
+        a.scatter(
+            np.full(len(s), j),
+            y,
+            s=20 + 230 * frac,
+            c=col,
+            edgecolors=np.where(sig, "black", "none"),
+            linewidths=1.5,
+            label=m,
+        )
+    a.set_xticks(np.arange(len(methods)), methods, rotation=45, ha="right")
+    a.set_yticks(y, names)
+    a.set_xlim(-0.6, len(methods) - 0.4)
+    a.set_title(f"top {len(top)} pairs by {methods[0]} (ring: p < {alpha:g})")
+    fig.colorbar(ScalarMappable(Normalize(0, 1), cm), ax=a, fraction=0.05, pad=0.02, label="score (min–max per method)")
+    for f in (0.1, 0.5, 1.0):
+        a.scatter([], [], s=20 + 230 * f, c="0.6", label=f"{f:.0%} expressing")
+    handles, labels = a.get_legend_handles_labels()
+    k = len(methods)
+    a.legend(handles[k:], labels[k:], frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.3, 1))
+    return _finish(fig, a, show=show, save=save, return_fig=return_fig, ax_given=ax is not None, dpi=dpi)
+
+
+def ligand_receptor_spatial(
+    sdata: Any,
+    pair: str,
+    key: str = "scst_ligrec_local",
+    *,
+    sections: str | Sequence[str] | None = None,
+    table: str = TABLE_KEY,
+    cmap: str = "viridis",
+    ax: Axes | Sequence[Axes] | None = None,
+    figsize: tuple[float, float] | None = None,
+    dpi: int | None = None,
+    show: bool | None = None,
+    save: str | os.PathLike | None = None,
+    return_fig: bool = False,
+) -> Figure | list[Axes] | None:
+    """One pair's local interaction score on the spots over the H&E, one panel per section, one colour scale.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData (or AnnData: spots only, with a warning) whose table has ``obsm[key]``, the spots × pairs
+        DataFrame written by :func:`scst.tl.ligand_receptor` with ``local_scores``.
+    pair
+        Column of ``obsm[key]``, ``"LIGAND^RECEPTOR"``.
+    key
+        ``obsm`` key.
+    sections
+        Sections to draw (default all of ``obs["section"]``).
+    table
+        Table key.
+    cmap
+        Colour map.
+    ax
+        Axes, one per section.
+    figsize
+        Figure size (default 4 × 4 inches per panel); ignored with ``ax``.
+    dpi
+        Resolution of the saved file.
+    show
+        Show the figure (default: unless ``return_fig`` or ``ax`` is given).
+    save
+        File to write; a relative path goes under :attr:`scanpy.settings.figdir`, ``.png`` when it has no suffix.
+    return_fig
+        Return the figure.
+
+    Returns
+    -------
+    The figure with ``return_fig=True``; else the list of axes unless the figure is shown.
+    """
+    adata = _get_table(sdata, table)
+    _check_in(key, list(adata.obsm.keys()), "key", "adata.obsm")
+    local = adata.obsm[key]
+    if not isinstance(local, pd.DataFrame):
+        raise TypeError(f"key: obsm[{key!r}] must be a spots × pairs DataFrame, got {type(local).__name__}.")
+    _check_in(pair, list(local.columns), "pair", f"obsm[{key!r}].columns")
+    secs = _sections(adata, sections)
+    parts = [_Section(sdata, adata, s) for s in secs]
+    v = local[pair].to_numpy(float)
+    sel = v[np.concatenate([p.rows for p in parts])]
+    sel = sel[np.isfinite(sel)]
+    lo, hi = (float(sel.min()), float(sel.max())) if sel.size else (0.0, 1.0)
+    norm = Normalize(lo, hi if hi > lo else lo + 1e-6)
+    fig, axes = _panel_axes(len(parts), ax, 4, (4.0, 4.0), figsize)
+    for p, a in zip(parts, axes):
+        vals = pd.DataFrame({pair: v[p.rows]}, index=adata.obs_names[p.rows])
+        p.render(a, vals, pair, title=f"{p.name} · {pair}", norm=norm, cmap=cmap)
+    fig.colorbar(
+        ScalarMappable(norm, cmap), ax=axes, fraction=0.046 / max(1, min(4, len(axes))), pad=0.02, label="local score"
+    )
+    return _finish(fig, axes, show=show, save=save, return_fig=return_fig, ax_given=ax is not None, dpi=dpi)

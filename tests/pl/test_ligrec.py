@@ -1,0 +1,57 @@
+"""pl.ligand_receptor (dot plot) and pl.ligand_receptor_spatial on tl.ligand_receptor run on her2st C2."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+import scst
+
+
+@pytest.fixture(scope="module")
+def c2_ligrec(her2st_two):
+    import squidpy as sq
+
+    t = her2st_two.tables["table"]
+    a = t[(t.obs["section"] == "C2").to_numpy()].copy()
+    sq.gr.spatial_neighbors(a, spatial_key="spatial_array", coord_type="grid", n_neighs=4, library_key="section")
+    scst.tl.ligand_receptor(a, method=["spatial_pearson", "expression"], n_perms=20, local_scores=5)
+    return a
+
+
+def test_dotplot_top_pairs(c2_ligrec):
+    df = c2_ligrec.uns["scst_ligrec"]
+    ax = scst.pl.ligand_receptor(c2_ligrec, n_top=8, show=False)
+    top = df.sort_values("spatial_pearson_score", ascending=False).head(8)
+    want = list(top["ligand_complex"] + " → " + top["receptor_complex"])
+    assert [t.get_text() for t in ax.get_yticklabels()] == want  # first pair on top
+    dots = ax.collections[0]  # spatial_pearson column, pairs top to bottom
+    frac = np.minimum(top["ligand_props"], top["receptor_props"]).to_numpy()
+    np.testing.assert_allclose(dots.get_sizes(), 20 + 230 * frac)
+    ringed = dots.get_edgecolors()[:, 3] > 0
+    np.testing.assert_array_equal(ringed, top["spatial_pearson_pvals"].to_numpy() < 0.05)
+    with pytest.raises(KeyError, match=r"methods: 'spatial' not found.*close matches"):
+        scst.pl.ligand_receptor(c2_ligrec, methods="spatial", show=False)
+
+
+def test_local_score_on_tissue(c2_ligrec, her2st_two):
+    from spatialdata import SpatialData
+
+    local = c2_ligrec.obsm["scst_ligrec_local"]
+    pair = local.columns[0]
+    tab = c2_ligrec.copy()
+    tab.uns["spatialdata_attrs"] = {**tab.uns["spatialdata_attrs"], "region": "C2_spots"}
+    tab.obs["region"] = tab.obs["region"].cat.remove_unused_categories()
+    sd = SpatialData(
+        images={"C2_image": her2st_two.images["C2_image"]},
+        shapes={"C2_spots": her2st_two.shapes["C2_spots"]},
+        tables={"table": tab},
+    )
+    fig = scst.pl.ligand_receptor_spatial(sd, pair, return_fig=True)
+    (ax,) = [a for a in fig.axes if a.get_title()]
+    assert ax.get_title() == f"C2 · {pair}" and len(ax.images) == 1
+    assert len(ax.collections[0].get_facecolors()) == c2_ligrec.n_obs
+    with pytest.raises(KeyError, match="pair: 'NOPE"):
+        scst.pl.ligand_receptor_spatial(sd, "NOPE^X", show=False)
+    plt.close(fig)
