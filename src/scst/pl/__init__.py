@@ -4,6 +4,7 @@ from ._domains import spatial_domains
 from ._expression import predicted_expression, spatial_expression
 from ._ligrec import ligand_receptor, ligand_receptor_spatial
 from ._models import attribution, training_history
+from ._retrieval import retrieval
 from ._scores import cross_validation, gene_scores
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "ligand_receptor",
     "ligand_receptor_spatial",
     "predicted_expression",
+    "retrieval",
     "spatial_domains",
     "spatial_expression",
     "training_history",

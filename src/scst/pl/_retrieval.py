@@ -1,0 +1,78 @@
+"""Histology ↔ RNA retrieval: accuracy of the retrieved sample's group and of the exact sample, against chance."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from ._utils import _check_in, _finish, _panel_axes
+
+__all__ = ["retrieval"]
+
+
+def retrieval(
+    mdata: Any,
+    key: str = "scst_retrieval",
+    *,
+    ax: Axes | None = None,
+    figsize: tuple[float, float] | None = None,
+    dpi: int | None = None,
+    show: bool | None = None,
+    save: str | os.PathLike | None = None,
+    return_fig: bool = False,
+) -> Figure | Axes | None:
+    """Bars of retrieval accuracy next to chance: top-1 group accuracy per group key, exact-sample top-1 / top-k.
+
+    Parameters
+    ----------
+    mdata
+        MuData (or any object with ``.uns``) holding ``uns[key]`` from :func:`scst.tl.retrieve`: ``accuracy`` and
+        ``chance`` (dicts over group keys), ``exact_top1``, ``exact_topk``, ``chance_exact_top1``,
+        ``chance_exact_topk``, ``k``, ``query``, ``n_query``.
+    key
+        ``uns`` key.
+    ax
+        Axes to draw into.
+    figsize
+        Figure size (default 1.3 inches per bar group + 2); ignored with ``ax``.
+    dpi
+        Resolution of the saved file.
+    show
+        Show the figure (default: unless ``return_fig`` or ``ax`` is given).
+    save
+        File to write; a relative path goes under :attr:`scanpy.settings.figdir`, ``.png`` when it has no suffix.
+    return_fig
+        Return the figure.
+
+    Returns
+    -------
+    The figure with ``return_fig=True``; else the axes unless the figure is shown. Bars: observed (left) and chance
+    (right, hatched) per measure, labelled with the ratio observed / chance.
+    """
+    _check_in(key, list(mdata.uns.keys()), "key", "mdata.uns")
+    res = mdata.uns[key]
+    for f in ("accuracy", "chance", "exact_top1", "exact_topk", "chance_exact_top1", "chance_exact_topk", "k"):
+        _check_in(f, list(res.keys()), "key", f"uns[{key!r}] (the dict of scst.tl.retrieve)")
+    k = int(res["k"])
+    labels = [f"{g} (top-1)" for g in res["accuracy"]] + ["exact top-1", f"exact top-{k}"]
+    obs = [float(res["accuracy"][g]) for g in res["accuracy"]] + [float(res["exact_top1"]), float(res["exact_topk"])]
+    chance = [float(res["chance"][g]) for g in res["accuracy"]] + [
+        float(res["chance_exact_top1"]),
+        float(res["chance_exact_topk"]),
+    ]
+    fig, (a,) = _panel_axes(1, ax, 1, (2 + 1.3 * len(labels), 4.0), figsize)
+    x = np.arange(len(labels))
+    a.bar(x - 0.2, obs, 0.4, label="retrieved", color="tab:blue")
+    a.bar(x + 0.2, chance, 0.4, label="chance", color="white", edgecolor="0.4", hatch="//")
+    for xi, o, c in zip(x, obs, chance):
+        if np.isfinite(o) and c > 0:
+            a.text(xi - 0.2, o, f"{o / c:.2g}×", ha="center", va="bottom", fontsize="small")
+    a.set_xticks(x, labels, rotation=20, ha="right")
+    a.set_ylabel("fraction of queries")
+    a.set_title(f"{res.get('query', '?')} → retrieval ({res.get('n_query', '?')} queries)")
+    a.legend(frameon=False, fontsize="small")
+    return _finish(fig, a, show=show, save=save, return_fig=return_fig, ax_given=ax is not None, dpi=dpi)
