@@ -43,6 +43,23 @@ def test_union_of_section_hvgs_and_detection_filter():
     assert b.var["highly_variable_scst"].sum() == (b.var["scst_hvg_sections"] > 0).sum() >= len(chosen) + 1
 
 
+def test_sections_restricts_the_panel_to_those_sections():
+    a = _planted()
+    select_genes(a, n_top=10, min_fraction=0.25, sections=["a"])
+    chosen = set(a.var_names[a.var["highly_variable_scst"]])
+    # Only section a's planted genes: b's overdispersed genes (10-19) never reach the panel.
+    assert len(chosen & {f"g{i}" for i in range(10)}) >= 7
+    assert not chosen & {f"g{i}" for i in range(10, 20)}
+    assert a.var["scst_hvg_sections"].max() == 1
+    # Detection is counted over section a's 300 spots only: g5 is detected in 15 of them.
+    assert a.var.loc["g5", "scst_detected_fraction"] == pytest.approx(15 / 300)
+    assert a.uns["highly_variable_scst"]["params"]["sections"] == ["a"]
+    with pytest.raises(ValueError, match="sections"):
+        select_genes(a, sections=["c"])
+    with pytest.raises(ValueError, match="library_key"):
+        select_genes(a, sections=["a"], library_key=None)
+
+
 def test_select_genes_errors():
     a = _planted()
     with pytest.raises(ValueError, match="min_fraction"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import scanpy as sc
@@ -21,6 +23,7 @@ def select_genes(
     min_fraction: float = 0.5,
     *,
     library_key: str | None = SECTION_KEY,
+    sections: str | Sequence[str] | None = None,
     layer: str | None = None,
     key_added: str = "highly_variable_scst",
     copy: bool = False,
@@ -43,6 +46,10 @@ def select_genes(
         Minimum fraction of spots in which a kept gene is detected.
     library_key
         Column of ``obs`` with the section; ``None`` treats all spots as one section.
+    sections
+        Choose the panel from these sections' spots only (values of ``obs[library_key]``), e.g. the training
+        sections of a cross-validation fold, so that the held-out section never influences the panel. Default:
+        all spots. The column is still written for every gene.
     layer
         Layer with raw counts instead of ``X``.
     key_added
@@ -70,6 +77,17 @@ def select_genes(
         groups = adata.obs[library_key].astype(str).to_numpy()
     else:
         groups = np.zeros(adata.n_obs, dtype=str)
+    if sections is not None:
+        if library_key is None:
+            raise ValueError("sections: needs `library_key` (the obs column holding the sections).")
+        sections = [sections] if isinstance(sections, str) else [str(x) for x in sections]
+        absent = sorted(set(sections) - set(groups))
+        if absent or not sections:
+            raise ValueError(
+                f"sections: {absent or sections} not found in obs[{library_key!r}] ({sorted(set(groups))})."
+            )
+        use = np.isin(groups, sections)
+        X, groups = X[use], groups[use]
 
     hvg_count = np.zeros(adata.n_vars, dtype=int)
     for g in pd.unique(groups):
@@ -78,7 +96,7 @@ def select_genes(
         sc.pp.log1p(sub)
         res = sc.pp.highly_variable_genes(sub, n_top_genes=min(n_top, adata.n_vars), flavor="seurat", inplace=False)
         hvg_count += res["highly_variable"].to_numpy().astype(int)
-    detected = np.asarray((X > 0).sum(axis=0)).ravel() / adata.n_obs
+    detected = np.asarray((X > 0).sum(axis=0)).ravel() / X.shape[0]
     keep = (hvg_count > 0) & (detected >= min_fraction)
 
     adata = adata.copy() if copy else adata
@@ -86,7 +104,7 @@ def select_genes(
     adata.var["scst_detected_fraction"] = detected
     adata.var["scst_hvg_sections"] = hvg_count
     adata.uns[key_added] = {"params": {"n_top": n_top, "min_fraction": min_fraction, "library_key": library_key,
-                                       "flavor": "seurat", "target_sum": 1e4}}  # fmt: skip
+                                       "sections": sections, "flavor": "seurat", "target_sum": 1e4}}  # fmt: skip
     logg.info(
         f"select_genes: {int(keep.sum())} genes (union of top-{n_top} HVGs over {len(pd.unique(groups))} "
         f"section(s), detected in ≥ {min_fraction:.0%} of spots) → var[{key_added!r}]"
