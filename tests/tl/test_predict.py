@@ -104,3 +104,30 @@ def test_cross_validate_closed_form_and_deep():
         assert fold["train_sections"] == [s for s in ("S1", "S2") if s != fold["section"]]
         assert fold["epochs"] == 1
     assert "_scst_setup" not in tab.uns  # folds set up copies, the user's table is untouched
+
+
+def test_cross_validate_chooses_each_folds_panel_without_its_test_section(monkeypatch):
+    """Default ``genes=None``: the panel of each fold comes from ``select_genes`` on its training sections only."""
+    import scst.pp._genes as genes_mod
+
+    sd = syn.make_sdata()
+    tab = sd.tables["table"]
+    tab.obsm["X_z"] = np.column_stack([tab.obs["z"].to_numpy(), np.random.default_rng(0).normal(size=tab.n_obs)])
+    real, seen = genes_mod.select_genes, []
+
+    def recording(adata, *args, sections=None, **kwargs):
+        seen.append((sorted(sections), sorted(adata.obs["section"].unique())))
+        return real(adata, *args, sections=sections, **kwargs)
+
+    monkeypatch.setattr(genes_mod, "select_genes", recording)
+    df = cross_validate(
+        RidgeExpression, sd, setup_kwargs={"embedding_key": "X_z"}, metrics=("pearson",),
+        select_genes_kwargs={"n_top": 3, "min_fraction": 0.0}, test_sections=["S1", "S3"],
+    )  # fmt: skip
+    assert seen == [(["S2", "S3"], ["S1", "S2", "S3"]), (["S1", "S2"], ["S1", "S2", "S3"])]
+    assert sorted(df["section"].unique()) == ["S1", "S3"]
+    for fold in df.attrs["folds"]:
+        assert 0 < fold["n_genes"] == len(fold["genes"]) == df[df["section"] == fold["section"]]["gene"].nunique()
+    assert "highly_variable_scst_fold" not in tab.var  # the user's table is untouched
+    with pytest.raises(ValueError, match="test_sections"):
+        cross_validate(RidgeExpression, sd, setup_kwargs={"embedding_key": "X_z"}, test_sections=["S9"])

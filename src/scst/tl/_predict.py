@@ -17,6 +17,8 @@ __all__ = ["predict_expression", "cross_validate"]
 
 UNITS = "log1p(normalize_total(counts, target_sum=1e4))"
 PREDICT_KEY = "scst_predict"
+#: var column of the per-fold panel written on each fold's copy of the table by :func:`cross_validate`.
+FOLD_PANEL_KEY = "highly_variable_scst_fold"
 
 
 def _check_model(model: Any) -> None:
@@ -279,11 +281,13 @@ def cross_validate(
     config: Mapping[str, Any] | None = None,
     train_kwargs: Mapping[str, Any] | None = None,
     setup_kwargs: Mapping[str, Any] | None = None,
-    genes: str | Sequence[str] = "highly_variable_scst",
+    genes: str | Sequence[str] | None = None,
+    select_genes_kwargs: Mapping[str, Any] | None = None,
     validation: str | None = "auto",
     table: str = TABLE_KEY,
     layer: str | None = None,
     sections: Sequence[str] | None = None,
+    test_sections: Sequence[str] | None = None,
     metrics: Sequence[str] = ("pearson", "spearman", "mse"),
     return_predictions: bool = False,
     progress: bool = False,
@@ -312,7 +316,13 @@ def cross_validate(
     setup_kwargs
         Passed to ``setup_sdata`` (e.g. ``size_um``, ``patch_px``, ``encoder``).
     genes
-        Gene panel (boolean var column or list), the same for all folds.
+        ``None`` (default): each fold chooses its own panel with :func:`scst.pp.select_genes` on its **training
+        sections only** (``select_genes_kwargs``; the held-out section never influences the panel). A boolean var
+        column or a list of genes: that fixed panel for every fold (make sure it was chosen without the test
+        sections).
+    select_genes_kwargs
+        Arguments of :func:`scst.pp.select_genes` for the per-fold panel (default ``n_top=1000``,
+        ``min_fraction=0.5``).
     validation
         ``"auto"``: the model's default, one training section held out (drawn with the seed); a section name
         (used in folds where it is a training section, else the default); ``None``: no validation.
@@ -320,6 +330,9 @@ def cross_validate(
         Table key; layer with raw counts (default ``X``).
     sections
         Sections to use as folds (default all sections of the table); other sections are ignored entirely.
+    test_sections
+        Run only the folds whose test section is in this list (default: every section of ``sections``); e.g. to
+        give each fold its own encoder (an embedding pretrained without the test section).
     metrics
         Passed to :func:`scst.tl.evaluate_expression`.
     return_predictions
@@ -331,7 +344,8 @@ def cross_validate(
     -------
     Tidy :class:`pandas.DataFrame` with columns ``fold`` (int), ``section`` (test section), ``gene``, ``metric``,
     ``value``; ``attrs`` holds per-fold ``train_sections``, ``validation``, ``train_seconds``,
-    ``predict_seconds``, ``n_spots``. With ``return_predictions``, ``(table, predictions)``.
+    ``predict_seconds``, ``n_spots``, ``n_genes`` and ``genes``
+    (the fold's panel: the columns of its predictions). With ``return_predictions``, ``(table, predictions)``.
     """
     import anndata as ad
 
@@ -352,10 +366,25 @@ def cross_validate(
     frames, preds, fold_info = [], {}, []
     train_kwargs = dict(train_kwargs or {})
     train_kwargs.setdefault("enable_progress_bar", progress)
+    tests = sections if test_sections is None else [str(s) for s in test_sections]
+    bad = [s for s in tests if s not in sections]
+    if bad or not tests:
+        raise ValueError(f"test_sections: {bad or tests} are not among the sections {sections}.")
     for fold, test in enumerate(sections):
+        if test not in tests:
+            continue
         train = [s for s in sections if s != test]
         fsd = _fold_sdata(sdata, table)
-        model_cls.setup_sdata(fsd, table=table, layer=layer, genes=genes, sections=train, **dict(setup_kwargs or {}))
+        fold_genes = genes
+        if genes is None:
+            from ..pp._genes import select_genes
+
+            kw = {"n_top": 1000, "min_fraction": 0.5, **dict(select_genes_kwargs or {})}
+            select_genes(fsd.tables[table], sections=train, layer=layer, key_added=FOLD_PANEL_KEY, **kw)
+            fold_genes = FOLD_PANEL_KEY
+        model_cls.setup_sdata(
+            fsd, table=table, layer=layer, genes=fold_genes, sections=train, **dict(setup_kwargs or {})
+        )
         model = model_cls(fsd, **dict(config or {}))
         if validation == "auto":
             val = None
@@ -395,6 +424,8 @@ def cross_validate(
                 "train_seconds": t1 - t0,
                 "predict_seconds": t2 - t1,
                 "n_spots": int(len(rows)),
+                "n_genes": len(panel),
+                "genes": panel,
                 "epochs": int(len(hist)) if hist is not None else None,
             }
         )
