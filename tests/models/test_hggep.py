@@ -67,6 +67,7 @@ def test_zero_head_starts_at_the_training_means():
     for zero_head in (True, False):
         model = HGGEP(sd, **{**HGGEP.bench_config, "zero_head": zero_head})
         model._training_sections(False, seed=0)  # sets the output bias (and, with zero_head, zero weights)
+        model._is_trained = True  # predict refuses untrained models; here we want the initial state on purpose
         pred = model.predict(sd, "S3", progress=False)
         train = tab.obs["section"].isin(["S1", "S2"]).to_numpy()
         means = log_normalized(tab[train], model.var_names).mean(0)
@@ -74,6 +75,14 @@ def test_zero_head_starts_at_the_training_means():
             np.testing.assert_allclose(pred, np.broadcast_to(means, pred.shape), rtol=1e-5, atol=1e-5)
         else:  # random output weights: spots differ from the start
             assert pred.std(0).mean() > 1e-3
+
+
+def test_predict_on_untrained_model_raises():
+    sd = syn.make_sdata()
+    HGGEP.setup_sdata(sd, sections=["S1", "S2"], **SETUP)
+    model = HGGEP(sd, **HGGEP.bench_config)
+    with pytest.raises(RuntimeError, match="not trained"):
+        model.predict(sd, "S3", progress=False)
 
 
 def test_save_load_roundtrip(trained, tmp_path):
