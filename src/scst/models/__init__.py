@@ -2,6 +2,7 @@
 
 from ._base import BaseModel
 from ._baselines import MeanExpression, RidgeExpression, STNet
+from ._feature import HGGEPHead, MLPExpression
 from ._gcng import GCNG
 from ._hggep import HGGEP
 from ._multimodal import MultimodalST
@@ -12,6 +13,8 @@ __all__ = [
     "BaseModel",
     "GCNG",
     "HGGEP",
+    "HGGEPHead",
+    "MLPExpression",
     "MeanExpression",
     "MultimodalST",
     "RidgeExpression",

@@ -1,0 +1,397 @@
+"""Expression models trained on frozen per-spot embeddings (``obsm``): HGGEP's spatial head and an MLP head.
+
+Any encoder can feed them: ``scst.tl.embed_patches`` (hand-crafted features, torchvision/timm backbones with
+ImageNet, foundation-model or self-supervised weights from :func:`scst.tl.pretrain_encoder`) or embeddings computed
+elsewhere. Only the head is trained, so a CPU trains it for as many epochs as the papers use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from scipy import sparse
+from torch.utils.data import DataLoader, Dataset
+
+from .._constants import SECTION_KEY, SPATIAL_KEY
+from .._utils import _check_key, _get_table
+from ..nn._heads import MLPHeadModule, SpatialHeadModule
+from ._base import BaseModel
+from ._hggep import _check_sections, _expression_targets, _random_windows, _resolve_panel, _tiling_windows
+
+__all__ = ["HGGEPHead", "MLPExpression"]
+
+
+def _embedding(adata: Any, key: str, n_features: int | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+    """``obsm[key]`` as float32, checked: 2-D, one row per spot, finite, ``n_features`` columns."""
+    _check_key(adata.obsm, key, "adata.obsm (argument `use_rep`; run scst.tl.embed_patches first)")
+    x = adata.obsm[key]
+    x = x.to_numpy() if hasattr(x, "to_numpy") else x
+    x = x.toarray() if sparse.issparse(x) else np.asarray(x)
+    if x.ndim != 2 or x.shape[0] != adata.n_obs:
+        raise ValueError(f"use_rep: obsm[{key!r}] must have shape (n_obs={adata.n_obs}, n_features), got {x.shape}.")
+    if n_features is not None and x.shape[1] != n_features:
+        raise ValueError(f"use_rep: obsm[{key!r}] has {x.shape[1]} features; the model was trained on {n_features}.")
+    x = x if rows is None else x[rows]
+    bad = ~np.isfinite(x).all(1)
+    if bad.any():
+        raise ValueError(
+            f"use_rep: obsm[{key!r}] has NaN/inf in {int(bad.sum())} of {len(x)} spots (e.g. rows "
+            f"{np.flatnonzero(bad)[:5].tolist()}); re-run the embedding or drop those spots."
+        )
+    return x.astype(np.float32)
+
+
+class _Spots(Dataset):
+    """Spot-wise items (MLP head): one standardised embedding and target row per spot."""
+
+    def __init__(self, x: np.ndarray, target: np.ndarray):
+        self.x, self.target = torch.from_numpy(x), torch.from_numpy(target)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": self.x[i], "target": self.target[i]}
+
+
+def _sub_hyperedges(incidence: sparse.csr_matrix, rows: np.ndarray) -> torch.Tensor:
+    """``[spot, hyperedge]`` index of the hyperedges centred on ``rows``, restricted to members in ``rows``."""
+    sub = incidence[rows][:, rows].tocoo()
+    return torch.from_numpy(np.stack([sub.row, sub.col]).astype(np.int64))
+
+
+class _Windows(Dataset):
+    """Spatial windows of one or more sections (spatial head): random windows in training, a tiling otherwise."""
+
+    def __init__(self, sections: list, max_spots: int, train: bool):
+        self.sections, self.max_spots, self.train = sections, max_spots, train
+        self.items = []
+        for i, sec in enumerate(sections):
+            if train:
+                self.items += [(i, None)] * math.ceil(len(sec.rows) / max_spots)
+            else:
+                self.items += [(i, w) for w, _ in _tiling_windows(sec.positions, max_spots)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        s, idx = self.items[i]
+        sec = self.sections[s]
+        if idx is None:
+            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
+            idx = _random_windows(sec.positions, self.max_spots, rng)[0]
+        return {
+            "x": torch.from_numpy(sec.x[idx]),
+            "hyperedge_index": _sub_hyperedges(sec.incidence, idx),
+            "target": torch.from_numpy(sec.target[idx]),
+            "counts": torch.from_numpy(sec.counts[idx]),
+            "size_factors": torch.from_numpy(sec.size_factors[idx]),
+        }
+
+
+class _FeatureModel(BaseModel):
+    """Setup, standardisation, loaders and prediction shared by the heads on ``obsm`` embeddings."""
+
+    _monitor: ClassVar[str] = "val_mse"
+    _spatial: ClassVar[bool] = False
+    _std: dict[str, list[float]] | None = None
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: Any,
+        use_rep: str,
+        genes: str | Sequence[str] | None = "highly_variable_scst",
+        *,
+        layer: str | None = None,
+        sections: str | Sequence[str] | None = None,
+        hypergraph_key: str = "hypergraph_incidence",
+        spatial_key: str = SPATIAL_KEY,
+    ) -> None:
+        """Register the embedding, the gene panel and the training sections.
+
+        Parameters
+        ----------
+        adata
+            Raw counts in ``X`` (or ``layer``), ``obs["section"]`` and the embedding in ``obsm[use_rep]``.
+        use_rep
+            ``obsm`` key of the per-spot embedding (e.g. ``"X_handcrafted"`` or ``"X_resnet18"`` from
+            :func:`scst.tl.embed_patches`).
+        genes
+            Panel: boolean ``var`` column (default ``"highly_variable_scst"``), list of genes, or None (all).
+        layer
+            Layer with raw counts; None: ``X``.
+        sections
+            Training sections (validation is drawn from them); default all. Leave the test section out.
+        hypergraph_key
+            (:class:`HGGEPHead` only) ``obsp`` key of the hypergraph incidence from :func:`scst.pp.hypergraph`.
+        spatial_key
+            (:class:`HGGEPHead` only) ``obsm`` key of the spot centres (windows are cut with them).
+        """
+        if not hasattr(adata, "obsm"):
+            raise TypeError(f"adata: expected an AnnData, got {type(adata).__name__}.")
+        _check_key(adata.obs, SECTION_KEY, "adata.obs")
+        if layer is not None:
+            _check_key(adata.layers, layer, "adata.layers")
+        sections = _check_sections(adata, sections)
+        rows = np.flatnonzero(adata.obs[SECTION_KEY].astype(str).isin(sections).to_numpy())
+        x = _embedding(adata, use_rep, rows=rows)
+        panel, genes_key = _resolve_panel(adata, genes)
+        reg = {"use_rep": use_rep, "n_features": int(x.shape[1]), "var_names": panel, "genes_key": genes_key,
+               "layer": layer, "sections": sections}  # fmt: skip
+        if cls._spatial:
+            if hypergraph_key not in adata.obsp:
+                raise KeyError(
+                    f"hypergraph_key: {hypergraph_key!r} not in adata.obsp ({list(adata.obsp)}); run "
+                    f"`scst.pp.hypergraph(adata, use_rep={use_rep!r})` first."
+                )
+            _check_key(adata.obsm, spatial_key, "adata.obsm (argument `spatial_key`)")
+            reg.update(hypergraph_key=hypergraph_key, spatial_key=spatial_key)
+        cls._register(adata, reg)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def var_names(self) -> list[str]:
+        """Gene panel predicted by the model."""
+        return list(self.registry["var_names"])
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"var_names": self.var_names, "standardisation": self._std,
+                "units": "log1p(normalize_total(target_sum=1e4))"}  # fmt: skip
+
+    def _set_extra_state(self, state: dict[str, Any]) -> None:
+        super()._set_extra_state(state)
+        self._std = state.get("standardisation")
+
+    # ------------------------------------------------------------------ data
+    def _section(self, adata: Any, section: str, with_targets: bool) -> Any:
+        import types
+
+        rows = np.flatnonzero(adata.obs[SECTION_KEY].astype(str).to_numpy() == section)
+        sec = types.SimpleNamespace(name=section, rows=rows)
+        sec.x = _embedding(adata, self.registry["use_rep"], self.registry["n_features"], rows)
+        if self._spatial:
+            key = self.registry["hypergraph_key"]
+            if key not in adata.obsp:
+                raise KeyError(f"data: obsp lacks {key!r}; run `scst.pp.hypergraph(adata, use_rep=...)` first.")
+            sec.incidence = sparse.csr_matrix(adata.obsp[key])[rows][:, rows].tocsr()
+            sec.positions = np.asarray(adata.obsm[self.registry["spatial_key"]], dtype=np.float64)[rows, :2]
+        if with_targets:
+            sec.target, sec.counts, sec.lib = _expression_targets(adata, self.registry["layer"], self.var_names, rows)
+        return sec
+
+    def _standardise(self, sections: list) -> None:
+        """Feature and target mean/sd over the spots used for fitting (set once, before the first training)."""
+        x = np.concatenate([s.x for s in sections])
+        y = np.concatenate([s.target[s.lib > 0] for s in sections])
+        fsd, ysd = x.std(0), y.std(0)
+        self._std = {
+            "x_mean": x.mean(0).tolist(), "x_sd": np.where(fsd > 1e-8, fsd, 1.0).tolist(),
+            "y_mean": y.mean(0).tolist(), "y_sd": np.where(ysd > 1e-8, ysd, 1.0).tolist(),
+        }  # fmt: skip
+
+    def _apply_std(self, sec: Any) -> None:
+        st = self._std
+        sec.x = ((sec.x - np.asarray(st["x_mean"], np.float32)) / np.asarray(st["x_sd"], np.float32)).astype(np.float32)
+        if hasattr(sec, "target"):
+            keep = sec.lib > 0
+            sec.target = (sec.target - np.asarray(st["y_mean"], np.float32)) / np.asarray(st["y_sd"], np.float32)
+            sec.target = sec.target.astype(np.float32)
+            for name in ("x", "target", "counts", "lib") + (("positions",) if self._spatial else ()):
+                setattr(sec, name, getattr(sec, name)[keep])
+            sec.rows = sec.rows[keep]
+            if self._spatial:
+                sec.incidence = sec.incidence[keep][:, keep].tocsr()
+
+    def _dataloaders(self, batch_size: int, validation: Any, seed: int, **kwargs: Any):
+        if kwargs:
+            raise TypeError(f"Unexpected dataloader_kwargs {sorted(kwargs)} for {type(self).__name__}.")
+        from ._hggep import _ImageModel
+
+        adata = self.adata
+        missing = [g for g in self.var_names if g not in adata.var_names]
+        if missing:
+            raise ValueError(f"The training table lacks {len(missing)} panel genes: {missing[:20]}")
+        train, val = _ImageModel._validation_sections(self, validation, seed)
+        secs = {s: self._section(adata, s, True) for s in train + val}
+        if not self.is_trained or getattr(self, "_std", None) is None:
+            self._standardise([secs[s] for s in train])
+        lib = np.concatenate([secs[s].lib[secs[s].lib > 0] for s in train])
+        for s in secs.values():
+            s.size_factors = (s.lib / np.median(lib)).astype(np.float32)
+            self._apply_std(s)
+        if not self.is_trained:
+            self._init_zinb_bias([secs[s] for s in train])
+        return self._loaders([secs[s] for s in train], [secs[s] for s in val], batch_size)
+
+    def _init_zinb_bias(self, sections: list) -> None:
+        zinb = getattr(self.module, "zinb_mean", None)
+        if zinb is None:
+            return
+        rate = np.concatenate([s.counts / s.size_factors[:, None] for s in sections]).mean(0)
+        with torch.no_grad():
+            zinb.bias.copy_(torch.from_numpy(np.log(np.maximum(rate, 1e-5))).to(zinb.bias))
+
+    # ------------------------------------------------------------------ prediction
+    def predict(
+        self,
+        data: Any = None,
+        sections: str | Sequence[str] | None = None,
+        *,
+        table: str | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Predicted expression of the panel (:attr:`var_names`) for every spot of ``sections``.
+
+        Parameters
+        ----------
+        data
+            AnnData or SpatialData (its ``table``) with ``obsm[use_rep]`` (and, for :class:`HGGEPHead`, the
+            hypergraph in ``obsp``); default: the training data.
+        sections
+            Sections to predict; default all sections of the table.
+        table
+            Table key of a SpatialData (default ``"table"``).
+        batch_size
+            Spots per forward pass (default: the training batch size).
+        progress
+            Unused (kept for the common ``predict`` signature).
+
+        Returns
+        -------
+        float32 ``(n_spots, n_genes)`` in log1p(normalize_total(1e4)) units, clipped at 0; rows are the spots of
+        ``sections`` in table order.
+        """
+        if not self.is_trained:
+            raise RuntimeError(f"This {type(self).__name__} is not trained; call `model.train()` first.")
+        data = self.data if data is None else data
+        if data is None:
+            raise ValueError("data: this model has no data attached; pass an AnnData or SpatialData.")
+        adata = _get_table(data, table or "table") if hasattr(data, "tables") else data
+        sections = _check_sections(adata, sections)
+        bs = int(batch_size or self._train_setting("batch_size", None))
+        out = np.zeros((adata.n_obs, len(self.var_names)), dtype=np.float32)
+        mean, sd = np.asarray(self._std["y_mean"], np.float32), np.asarray(self._std["y_sd"], np.float32)
+        self.module.eval()
+        for s in sections:
+            sec = self._section(adata, s, with_targets=False)
+            self._apply_std(sec)
+            out[sec.rows] = self._predict_section(sec, bs) * sd + mean
+        rows = np.flatnonzero(adata.obs[SECTION_KEY].astype(str).isin(sections).to_numpy())
+        return np.clip(out[rows], 0.0, None)
+
+    @torch.no_grad()
+    def _predict_section(self, sec: Any, batch_size: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+class MLPExpression(_FeatureModel):
+    """An MLP head from a frozen per-spot embedding (``obsm[use_rep]``) to the panel's expression.
+
+    Embeddings and targets (log1p(normalize_total 1e4)) are standardised with the mean and sd of the training
+    spots; the loss is the MSE on the standardised targets, so every gene weighs the same. Checkpoints are chosen
+    on the validation MSE (one training section held out). Predictions are mapped back to log1p units.
+
+    Parameters
+    ----------
+    data
+        AnnData / SpatialData set up with :meth:`setup_anndata` / :meth:`setup_sdata`.
+    **config
+        ``hidden`` (256), ``dropout`` (0.25) and the training keys ``max_epochs`` (200), ``batch_size`` (64),
+        ``lr`` (1e-3), ``weight_decay`` (1e-3, AdamW), ``patience`` (20), ``seed``.
+
+    Examples
+    --------
+    >>> scst.tl.embed_patches(sdata, "handcrafted")
+    >>> MLPExpression.setup_sdata(sdata, use_rep="X_handcrafted", sections=["C2", "C3", "C4", "C5"])
+    >>> pred = MLPExpression(sdata).train().predict(sections="C6")
+    """
+
+    _module_cls = MLPHeadModule
+    _default_config: ClassVar[dict[str, Any]] = {
+        "hidden": 256, "dropout": 0.25, "max_epochs": 200, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-3,
+        "optimizer": "adamw", "patience": 20,
+    }  # fmt: skip
+    bench_config: ClassVar[dict[str, Any]] = dict(_default_config)
+
+    def _module_kwargs(self) -> dict[str, Any]:
+        return {"in_dim": int(self.registry["n_features"]), "n_genes": len(self.registry["var_names"]),
+                "hidden": int(self.config["hidden"]), "dropout": float(self.config["dropout"])}  # fmt: skip
+
+    def _loaders(self, train: list, val: list, batch_size: int):
+        cat = lambda secs, k: np.concatenate([getattr(s, k) for s in secs])  # noqa: E731
+        train_dl = DataLoader(_Spots(cat(train, "x"), cat(train, "target")), batch_size=batch_size, shuffle=True)
+        val_dl = DataLoader(_Spots(cat(val, "x"), cat(val, "target")), batch_size=4096) if val else None
+        return train_dl, val_dl
+
+    @torch.no_grad()
+    def _predict_section(self, sec: Any, batch_size: int) -> np.ndarray:
+        x = torch.from_numpy(sec.x).to(self.device)
+        return torch.cat([self.module(x[i : i + 4096])["pred"] for i in range(0, len(x), 4096)]).float().cpu().numpy()
+
+
+class HGGEPHead(_FeatureModel):
+    """HGGEP's spatial head (spot ViT, hypergraph HAM, LSTM; MSE + ZINB) on a frozen per-spot embedding.
+
+    The network is :class:`scst.nn.SpatialHeadModule`; the hypergraph comes from ``obsp`` (:func:`scst.pp.hypergraph`
+    on the same embedding, HGGEP eq. 16), built once instead of in every forward pass. One step sees a spatial
+    window of at most ``batch_size`` spots of one section (the ``batch_size`` spots nearest to a random spot in
+    training; at prediction a tiling in which every spot is predicted inside the window around its k-d cell).
+    Embeddings and MSE targets are standardised with the training spots' mean/sd (every gene weighs the same, and
+    the MSE is on the scale of the ZINB term); checkpoints are chosen on the validation MSE.
+
+    Parameters
+    ----------
+    data
+        AnnData / SpatialData set up with :meth:`setup_anndata` / :meth:`setup_sdata`.
+    **config
+        ``dim`` (128), ``vit_depth`` (2), ``vit_heads`` (8), ``hg_hidden`` (64), ``lstm_layers`` (1),
+        ``lstm_hidden`` (128), ``dropout`` (0.2), ``zinb_weight`` (0.25), ``use_ham``/``use_zinb`` (ablations), and
+        the training keys ``max_epochs`` (400, the paper's), ``batch_size`` (96 spots per window), ``lr`` (3e-4),
+        ``weight_decay`` (1e-3, AdamW), ``patience`` (40), ``seed``.
+
+    Examples
+    --------
+    >>> scst.tl.embed_patches(sdata, "handcrafted")
+    >>> scst.pp.hypergraph(sdata.tables["table"], use_rep="X_handcrafted")
+    >>> HGGEPHead.setup_sdata(sdata, use_rep="X_handcrafted", sections=["C2", "C3", "C4", "C5"])
+    >>> pred = HGGEPHead(sdata).train().predict(sections="C6")
+    """
+
+    _module_cls = SpatialHeadModule
+    _spatial = True
+    _default_config: ClassVar[dict[str, Any]] = {
+        "dim": 128, "vit_depth": 2, "vit_heads": 8, "hg_hidden": 64, "lstm_layers": 1, "lstm_hidden": 128,
+        "dropout": 0.2, "zinb_weight": 0.25, "use_ham": True, "use_zinb": True,
+        "max_epochs": 400, "batch_size": 96, "lr": 3e-4, "weight_decay": 1e-3, "optimizer": "adamw", "patience": 40,
+    }  # fmt: skip
+    bench_config: ClassVar[dict[str, Any]] = dict(_default_config)
+
+    def _module_kwargs(self) -> dict[str, Any]:
+        keys = ("dim", "vit_depth", "vit_heads", "hg_hidden", "lstm_layers", "lstm_hidden", "dropout", "zinb_weight",
+                "use_ham", "use_zinb")  # fmt: skip
+        return {"in_dim": int(self.registry["n_features"]), "n_genes": len(self.registry["var_names"]),
+                **{k: self.config[k] for k in keys}}  # fmt: skip
+
+    def _loaders(self, train: list, val: list, batch_size: int):
+        if batch_size < 2:
+            raise ValueError(f"batch_size (spots per window) must be at least 2, got {batch_size}.")
+        train_dl = DataLoader(_Windows(train, batch_size, True), batch_size=None, shuffle=True)
+        val_dl = DataLoader(_Windows(val, batch_size, False), batch_size=None) if val else None
+        return train_dl, val_dl
+
+    @torch.no_grad()
+    def _predict_section(self, sec: Any, batch_size: int) -> np.ndarray:
+        out = np.zeros((len(sec.rows), len(self.var_names)), dtype=np.float32)
+        for window, core in _tiling_windows(sec.positions, batch_size):
+            pred = self.module(
+                torch.from_numpy(sec.x[window]).to(self.device), _sub_hyperedges(sec.incidence, window).to(self.device)
+            )["pred"]
+            out[core] = pred[torch.from_numpy(np.searchsorted(window, core)).to(self.device)].float().cpu().numpy()
+        return out

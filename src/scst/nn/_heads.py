@@ -1,0 +1,221 @@
+"""Expression heads on frozen per-spot embeddings: HGGEP's spatial head and an MLP (torch only).
+
+HEST-style training: an encoder (hand-crafted features, an SSL-pretrained CNN, a foundation model) is run once
+over the spots (``scst.tl.embed_patches`` → ``obsm``), and only a head is trained on the embeddings. That is fast
+enough on a CPU to train as long as the papers do, and isolates what the head adds over ridge on the same input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._layers import SpotTransformer, zinb_nll
+
+__all__ = ["MLPHeadModule", "SpatialHeadModule"]
+
+
+def _check_x(x: Any, in_dim: int) -> int:
+    if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != in_dim:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a (n, {in_dim}) float tensor of spot embeddings, got {shape}.")
+    if x.shape[0] == 0:
+        raise ValueError("x is empty; pass at least one spot.")
+    return x.shape[0]
+
+
+def _standardised_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if target.shape != pred.shape:
+        raise ValueError(f"batch['target'] must have shape {tuple(pred.shape)}, got {tuple(target.shape)}.")
+    return F.mse_loss(pred.float(), target.float())
+
+
+class MLPHeadModule(nn.Module):
+    """Spot embedding → expression: ``Dropout → Linear → GELU → Dropout → Linear`` (one hidden layer).
+
+    Trained on per-gene standardised targets (``target`` = z-scores over the training spots, see
+    :class:`scst.models.MLPExpression`), so every gene weighs the same in the MSE.
+
+    Parameters
+    ----------
+    in_dim
+        Embedding size.
+    n_genes
+        Number of predicted genes.
+    hidden
+        Hidden units.
+    dropout
+        Dropout on the input and on the hidden layer.
+    """
+
+    def __init__(self, in_dim: int, n_genes: int, hidden: int = 256, dropout: float = 0.25):
+        super().__init__()
+        for name, value in [("in_dim", in_dim), ("n_genes", n_genes), ("hidden", hidden)]:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}.")
+        self.in_dim = in_dim
+        self.net = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_genes)
+        )
+
+    def forward(self, x: torch.Tensor, **_: Any) -> dict[str, torch.Tensor]:
+        """``pred`` ``(n, n_genes)`` (standardised units) for embeddings ``x`` ``(n, in_dim)``."""
+        _check_x(x, self.in_dim)
+        return {"pred": self.net(x)}
+
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """MSE between ``pred`` and the standardised ``batch["target"]``."""
+        out = self(batch["x"])
+        mse = _standardised_mse(out["pred"], batch["target"])
+        return {"loss": mse, "mse": mse}
+
+
+class SpatialHeadModule(nn.Module):
+    r"""HGGEP's spatial head (ViT over spots, hypergraph HAM, LSTM, MSE + ZINB) on frozen spot embeddings.
+
+    For the ``n`` spots of one section (or a spatial window of it):
+
+    1. token :math:`z_0 = \mathrm{LN}(W x)` (a linear projection of each spot's embedding);
+    2. :math:`z_1 =` :class:`~scst.nn.SpotTransformer` (``vit_depth`` blocks) over the spot tokens;
+    3. HAM: two ``HypergraphConv`` layers (``dim → hg_hidden → dim``, ReLU, LayerNorm, dropout, residual) on
+       :math:`z_1` over the given hyperedges (from :func:`scst.pp.hypergraph`, built once on the embeddings, not
+       rebuilt in every forward pass as in :class:`~scst.nn.HGGEPModule`);
+    4. LSTM over the steps :math:`[z_0, z_1, z_{HAM}]`, each layer-normalised, mean over steps → ``h``;
+    5. ``LayerNorm + Linear`` → ``pred``; ZINB heads on ``h`` as in :class:`~scst.nn.HGGEPModule`.
+
+    Differences from the image network: one token per spot (the embedding) instead of three CNN stages, and no
+    learned array-coordinate embedding (the sections are not registered to each other, so absolute array
+    positions carry no transferable information; the spatial context comes from the hypergraph and the
+    attention over the window's spots).
+
+    Loss: ``MSE(pred, target) + zinb_weight * ZINB-NLL`` with ``target`` standardised per gene (z-scores over the
+    training spots): every gene weighs the same in the MSE, and the MSE is on the same scale as the ZINB term.
+
+    Parameters
+    ----------
+    in_dim
+        Embedding size.
+    n_genes
+        Number of predicted genes.
+    dim
+        Token size (a multiple of ``vit_heads``).
+    vit_depth, vit_heads
+        Transformer blocks and heads.
+    hg_hidden
+        Hidden size between the two ``HypergraphConv`` layers.
+    lstm_layers, lstm_hidden
+        LSTM layers and hidden size.
+    dropout
+        Dropout in the transformer, HAM and on the input embedding.
+    zinb_weight
+        Weight of the ZINB term.
+    use_ham, use_zinb
+        Ablation switches (``use_ham=False``: the LSTM sees ``[z_0, z_1]``).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        n_genes: int,
+        dim: int = 128,
+        vit_depth: int = 1,
+        vit_heads: int = 8,
+        hg_hidden: int = 64,
+        lstm_layers: int = 1,
+        lstm_hidden: int = 128,
+        dropout: float = 0.2,
+        zinb_weight: float = 0.25,
+        use_ham: bool = True,
+        use_zinb: bool = True,
+    ):
+        super().__init__()
+        for name, value in [("in_dim", in_dim), ("n_genes", n_genes), ("dim", dim), ("vit_depth", vit_depth),
+                            ("vit_heads", vit_heads), ("hg_hidden", hg_hidden), ("lstm_layers", lstm_layers),
+                            ("lstm_hidden", lstm_hidden)]:  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        if dim % vit_heads:
+            raise ValueError(f"vit_heads ({vit_heads}) must divide dim ({dim}).")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}.")
+        if zinb_weight < 0:
+            raise ValueError(f"zinb_weight must be non-negative, got {zinb_weight}.")
+        from ._hggep import _HypergraphAssociation
+
+        self.in_dim, self.use_ham, self.use_zinb, self.zinb_weight = in_dim, use_ham, use_zinb, float(zinb_weight)
+        self.input = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, dim), nn.LayerNorm(dim))
+        self.vit = SpotTransformer(dim, vit_depth, vit_heads, mlp_dim=dim, dropout=dropout, max_coord=None)
+        self.ham = _HypergraphAssociation(dim, hg_hidden, dropout) if use_ham else None
+        n_steps = 3 if use_ham else 2
+        self.step_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(n_steps))
+        self.lstm = nn.LSTM(dim, lstm_hidden, lstm_layers)
+        self.gene_head = nn.Sequential(nn.LayerNorm(lstm_hidden), nn.Linear(lstm_hidden, n_genes))
+        if use_zinb:
+            self.zinb_mean = nn.Linear(lstm_hidden, n_genes)
+            self.zinb_disp = nn.Linear(lstm_hidden, n_genes)
+            self.zinb_pi = nn.Linear(lstm_hidden, n_genes)
+        else:
+            self.zinb_mean = self.zinb_disp = self.zinb_pi = None
+
+    def forward(self, x: torch.Tensor, hyperedge_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Predict standardised expression for the spots of one section or window.
+
+        Parameters
+        ----------
+        x
+            ``(n, in_dim)`` spot embeddings.
+        hyperedge_index
+            ``(2, m)`` long tensor ``[spot, hyperedge]`` with hyperedges numbered ``0..n-1`` by their centre spot
+            (PyG's ``HypergraphConv`` convention); required with ``use_ham``.
+
+        Returns
+        -------
+        ``pred`` ``(n, n_genes)``, ``hidden`` ``(n, lstm_hidden)`` and with ``use_zinb`` ``zinb_mean``,
+        ``zinb_disp``, ``zinb_pi``.
+        """
+        n = _check_x(x, self.in_dim)
+        z0 = self.input(x)
+        z1 = self.vit(z0)
+        steps = [z0, z1]
+        if self.ham is not None:
+            if (
+                not isinstance(hyperedge_index, torch.Tensor)
+                or hyperedge_index.ndim != 2
+                or hyperedge_index.shape[0] != 2
+            ):
+                raise ValueError("hyperedge_index: a (2, m) long tensor is required when use_ham=True.")
+            if hyperedge_index.numel() and int(hyperedge_index.max()) >= n:
+                raise ValueError(f"hyperedge_index refers to spots/hyperedges >= n = {n}.")
+            steps.append(self.ham(z1, hyperedge_index))
+        steps = [norm(s) for norm, s in zip(self.step_norms, steps)]
+        with torch.autocast(x.device.type, enabled=False):
+            seq, _ = self.lstm(torch.stack(steps, 0).float())
+        h = seq.mean(0)
+        out = {"pred": self.gene_head(h), "hidden": h}
+        if self.use_zinb:
+            out["zinb_mean"] = torch.exp(self.zinb_mean(h).clamp(-11.5129, 13.8155))
+            out["zinb_disp"] = F.softplus(self.zinb_disp(h)).clamp(1e-4, 1e4)
+            out["zinb_pi"] = torch.sigmoid(self.zinb_pi(h))
+        return out
+
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``loss = mse + zinb_weight * zinb`` on a batch.
+
+        The batch holds ``x``, ``hyperedge_index``, ``target`` and, with ``use_zinb``, ``counts`` and ``size_factors``.
+        """
+        out = self(batch["x"], batch.get("hyperedge_index"))
+        mse = _standardised_mse(out["pred"], batch["target"])
+        if self.use_zinb:
+            zinb = zinb_nll(
+                batch["counts"].float(), out["zinb_mean"].float(), out["zinb_disp"].float(), out["zinb_pi"].float(),
+                size_factors=batch["size_factors"].float(),
+            )  # fmt: skip
+        else:
+            zinb = mse.new_zeros(())
+        return {"loss": mse + self.zinb_weight * zinb, "mse": mse, "zinb": zinb}

@@ -1,0 +1,117 @@
+"""Heads on frozen embeddings (MLPExpression, HGGEPHead): planted signal, no collapse, leak-free training, bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import scst
+from scst.models import HGGEPHead, MLPExpression
+from scst.tl._expression import log_normalized
+
+_spec = importlib.util.spec_from_file_location("_he_synthetic", Path(__file__).parent / "_he_synthetic.py")
+syn = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(syn)
+
+PANEL = ["UP", "DOWN", "NOISE0", "HOUSE"]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _table():
+    tab = syn.make_sdata(image=False).tables["table"]
+    rng = np.random.default_rng(0)
+    # the embedding carries the planted value z (plus 6 noise features on another scale)
+    tab.obsm["X_emb"] = np.column_stack([10 * tab.obs["z"].to_numpy() + 3, rng.normal(0, 50, (tab.n_obs, 6))])
+    scst.pp.hypergraph(tab, use_rep="X_emb", k=3)
+    return tab
+
+
+def _sd_ratio(pred, truth):
+    return np.median(pred.std(0) / truth.std(0))
+
+
+@pytest.mark.parametrize("cls", [MLPExpression, HGGEPHead])
+def test_head_learns_planted_signal_on_unseen_section(cls):
+    tab = _table()
+    cls.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1", "S2"])
+    model = cls(tab, **{**cls.bench_config, "max_epochs": 60, "patience": 60})
+    with pytest.raises(RuntimeError, match="not trained"):
+        model.predict(tab, "S3")
+    model.train(validation="S2", enable_progress_bar=False)
+    pred = model.predict(tab, "S3")
+    s3 = (tab.obs["section"] == "S3").to_numpy()
+    truth = log_normalized(tab[s3], PANEL)
+    assert pred.shape == (64, 4) and (pred >= 0).all()
+    assert syn.pearson(pred[:, 0], truth[:, 0]) > 0.8 and syn.pearson(pred[:, 1], truth[:, 1]) > 0.8
+    # not a constant: the planted genes' predictions spread like the observed values (collapse gives ~0)
+    assert _sd_ratio(pred[:, :2], truth[:, :2]) > 0.5
+    # log1p units: the mean of UP is the observed level, not a z-score
+    assert abs(pred[:, 0].mean() - truth[:, 0].mean()) < 0.3 * truth[:, 0].mean()
+
+
+def test_training_reads_only_the_registered_sections():
+    tab = _table()
+    seen = []
+
+    class Recording(HGGEPHead):
+        def _section(self, adata, section, with_targets):
+            seen.append((section, with_targets))
+            return super()._section(adata, section, with_targets)
+
+    Recording.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1", "S2"])
+    model = Recording(tab, **{**HGGEPHead.bench_config, "max_epochs": 2}).train(enable_progress_bar=False)
+    assert {s for s, _ in seen} == {"S1", "S2"}
+    seen.clear()
+    model.predict(tab, "S3")
+    assert seen == [("S3", False)]  # prediction never reads targets
+
+
+def test_save_load_keeps_standardisation(tmp_path):
+    tab = _table()
+    MLPExpression.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1", "S2"])
+    model = MLPExpression(tab, max_epochs=5).train(enable_progress_bar=False)
+    model.save(tmp_path / "m")
+    loaded = MLPExpression.load(tmp_path / "m", data=tab)
+    np.testing.assert_allclose(loaded.predict(tab, "S3"), model.predict(tab, "S3"), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_embeddings_are_named():
+    tab = _table()
+    tab.obsm["X_nan"] = tab.obsm["X_emb"].copy()
+    tab.obsm["X_nan"][[3, 70], 1] = np.nan
+    with pytest.raises(ValueError, match=r"NaN/inf in 2 of 128 spots"):
+        MLPExpression.setup_anndata(tab, use_rep="X_nan", genes=PANEL, sections=["S1", "S2"])
+    with pytest.raises(KeyError, match="embed_patches"):
+        MLPExpression.setup_anndata(tab, use_rep="X_absent", genes=PANEL)
+    del tab.obsp["hypergraph_incidence"]
+    with pytest.raises(KeyError, match=r"scst.pp.hypergraph\(adata, use_rep='X_emb'\)"):
+        HGGEPHead.setup_anndata(tab, use_rep="X_emb", genes=PANEL)
+    MLPExpression.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1", "S2"])
+    model = MLPExpression(tab, max_epochs=1).train(enable_progress_bar=False)
+    other = tab.copy()
+    other.obsm["X_emb"] = other.obsm["X_emb"][:, :3]
+    with pytest.raises(ValueError, match="has 3 features; the model was trained on 7"):
+        model.predict(other, "S3")
+
+
+@pytest.mark.slow
+def test_head_on_real_her2st_is_not_constant(her2st_sdata):
+    """Hand-crafted features of real H&E → the trained head's held-out predictions must vary across spots."""
+    tab = her2st_sdata.tables["table"][her2st_sdata.tables["table"].obs["section"].isin(["C2", "C3", "C4"])].copy()
+    scst.pp.select_genes(tab, n_top=300, min_fraction=0.5, sections=["C2", "C3"])
+    sub = scst.datasets.her2st(sections=["C2", "C3", "C4"])
+    scst.tl.embed_patches(sub, "handcrafted", out_px=64, progress=False)
+    tab.obsm["X_handcrafted"] = sub.tables["table"][tab.obs_names].obsm["X_handcrafted"]
+    scst.pp.hypergraph(tab, use_rep="X_handcrafted", k=3)
+    HGGEPHead.setup_anndata(tab, use_rep="X_handcrafted", sections=["C2", "C3"])
+    model = HGGEPHead(tab, **{**HGGEPHead.bench_config, "max_epochs": 40}).train(enable_progress_bar=False)
+    pred = model.predict(tab, "C4")
+    c4 = (tab.obs["section"] == "C4").to_numpy()
+    truth = log_normalized(tab[c4], model.var_names)
+    keep = truth.std(0) > 0
+    pcc = [syn.pearson(pred[:, g], truth[:, g]) for g in np.flatnonzero(keep)]
+    assert _sd_ratio(pred[:, keep], truth[:, keep]) > 0.1  # a collapsed model gives ~0.001
+    assert np.mean(pcc) > 0.05
