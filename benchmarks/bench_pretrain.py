@@ -183,8 +183,8 @@ def probe(args) -> None:
     from sklearn.preprocessing import StandardScaler
 
     import scst
+    from scst._normalize import log_normalized
     from scst.models._pretrain import BYOLModule
-    from scst.tl._expression import log_normalized
 
     sdata = scst.datasets.her2st()
     adata = sdata.tables["table"]

@@ -37,7 +37,7 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path):
 
 
 def test_train_then_predict_mean_on_her2st(tmp_path, capsys):
-    from scst.tl._expression import log_normalized
+    from scst._normalize import log_normalized
 
     m = str(tmp_path / "m")
     assert main(["train", "--model", "mean", "--sections", "C2", "C3", "--n-genes", "50", "--out", m]) == 0

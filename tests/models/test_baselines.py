@@ -11,6 +11,7 @@ from PIL import Image
 from scipy import sparse
 
 import scst.datasets  # noqa: F401  (loads scst.io through datasets: a direct `import scst.io` hits an import cycle)
+from scst._normalize import log_normalized
 from scst.io import concatenate_sections, read_st
 from scst.models._baselines import (
     MeanExpression,
@@ -19,7 +20,6 @@ from scst.models._baselines import (
     build_backbone,
     load_backbone_weights,
 )
-from scst.tl._expression import log_normalized
 
 SECTIONS = ("S1", "S2", "S3", "S4")
 

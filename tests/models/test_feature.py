@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import scst
+from scst._normalize import log_normalized
 from scst.models import HGGEPHead, MLPExpression
-from scst.tl._expression import log_normalized
 
 _spec = importlib.util.spec_from_file_location("_he_synthetic", Path(__file__).parent / "_he_synthetic.py")
 syn = importlib.util.module_from_spec(_spec)

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scst.models._hggep import HGGEP, _random_windows, _tiling_windows
-from scst.tl._expression import log_normalized
+from scst._normalize import log_normalized
+from scst.models._hggep import HGGEP
+from scst.models._image import _random_windows, _tiling_windows
 
 _spec = importlib.util.spec_from_file_location("_he_synthetic", Path(__file__).with_name("_he_synthetic.py"))
 syn = importlib.util.module_from_spec(_spec)

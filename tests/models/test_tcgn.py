@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scst._normalize import log_normalized as normalized_expression
 from scst.models._tcgn import TCGN
-from scst.tl._expression import log_normalized as normalized_expression
 
 _spec = importlib.util.spec_from_file_location("_he_synthetic", Path(__file__).with_name("_he_synthetic.py"))
 syn = importlib.util.module_from_spec(_spec)

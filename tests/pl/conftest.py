@@ -18,7 +18,7 @@ BASELINE = Path(__file__).with_name("baseline")
 def her2st_two():
     """C2 and C3 with images; ``layers["predicted"]`` = observed log1p(normalize_total) + N(0, 0.5²), seed 0."""
     import scst
-    from scst.tl._expression import log_normalized
+    from scst._normalize import log_normalized
 
     sd = scst.datasets.her2st(sections=["C2", "C3"])
     t = sd.tables["table"]

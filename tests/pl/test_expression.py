@@ -11,7 +11,7 @@ import pytest
 from matplotlib.colors import Normalize
 
 import scst
-from scst.tl._expression import log_normalized
+from scst._normalize import log_normalized
 
 _spec = importlib.util.spec_from_file_location("_plconf", Path(__file__).with_name("conftest.py"))
 _conf = importlib.util.module_from_spec(_spec)

@@ -10,7 +10,8 @@ import scanpy as sc
 from scipy import sparse
 from scipy.stats import pearsonr, spearmanr
 
-from scst.tl._expression import domain_ari, evaluate_expression, log_normalized, spatial_domains
+from scst._normalize import log_normalized
+from scst.tl._expression import domain_ari, evaluate_expression, spatial_domains
 
 N_PER, SECTIONS, N_GENES = 60, ("A", "B"), 12
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scst._normalize import log_normalized
 from scst.models._baselines import MeanExpression, RidgeExpression
 from scst.models._tcgn import TCGN
-from scst.tl._expression import log_normalized
 from scst.tl._predict import cross_validate, predict_expression
 
 _spec = importlib.util.spec_from_file_location(

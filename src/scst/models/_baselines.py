@@ -28,11 +28,12 @@ from torch import nn
 
 from .._constants import SECTION_KEY, TABLE_KEY
 from .._logging import logg
+from .._normalize import log_normalized, raw_counts
 from .._utils import _atomic_dir, _check_key, _get_table
 from ..nn._backbones import build_backbone, load_backbone_weights
 from ._base import _jsonable, _scst_version, _SetupRegistry
-from ._hggep import _check_sections, _ImageModel
-from ._hggep import _resolve_panel as _resolve_panel_and_key
+from ._image import _check_sections, _ImageModel
+from ._image import _resolve_panel as _resolve_panel_and_key
 from ._tcgn import TCGN, _spot_dataloaders
 
 __all__ = ["MeanExpression", "RidgeExpression", "STNet", "build_backbone", "load_backbone_weights"]
@@ -61,9 +62,8 @@ class _ClosedFormModel(_SetupRegistry):
         _check_key(adata.obs, SECTION_KEY, "adata.obs")
         if layer is not None:
             _check_key(adata.layers, layer, "adata.layers")
-        from ..tl._expression import _raw_counts  # lazily: scst.tl imports scst.models
 
-        _raw_counts(adata, layer, f"{cls.__name__}.setup_anndata")
+        raw_counts(adata, layer, f"{cls.__name__}.setup_anndata")
         return {
             "var_names": _resolve_panel(adata, genes),
             "layer": layer,
@@ -116,8 +116,6 @@ class _ClosedFormModel(_SetupRegistry):
 
     def _targets(self, rows: np.ndarray) -> np.ndarray:
         """Training targets (target unit) of table rows ``rows`` for the panel."""
-        from ..tl._expression import log_normalized  # lazily: scst.tl imports scst.models
-
         missing = [g for g in self.var_names if g not in self.adata.var_names]
         if missing:
             raise ValueError(f"The training table lacks {len(missing)} panel genes: {missing[:20]}")

@@ -46,7 +46,7 @@ def _layer_values(adata: AnnData, genes: Sequence[str], layer: str | None) -> np
     The observed expression is ``log1p(normalize_total(X, 1e4))`` of the raw counts, the unit of
     :func:`scst.tl.predict_expression`.
     """
-    from ..tl._expression import log_normalized
+    from .._normalize import log_normalized
 
     for g in genes:
         _check_in(g, adata.var_names, "genes", "adata.var_names")

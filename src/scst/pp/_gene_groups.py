@@ -18,6 +18,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._logging import logg
+from .._normalize import log_normalize_counts
 from .._utils import _check_key
 
 __all__ = ["gene_groups"]
@@ -67,14 +68,12 @@ def _as_digraph(network: Any) -> Any:
 
 
 def _log_expression(adata: AnnData, genes: list[str], layer: str | None) -> np.ndarray:
-    X = adata.X if layer is None else adata.layers[layer]
-    X = X[:, adata.var_names.get_indexer(genes)]
+    full = adata.X if layer is None else adata.layers[layer]
+    X = full[:, adata.var_names.get_indexer(genes)]
     X = X.toarray() if sparse.issparse(X) else np.asarray(X)
-    X = X.astype(np.float64)
-    if X.size and X.min() >= 0 and np.allclose(X, np.round(X)):  # raw counts → log1p(normalize_total(1e4))
-        lib = X.sum(1, keepdims=True)
-        X = np.log1p(np.divide(X * 1e4, lib, out=np.zeros_like(X), where=lib > 0))
-    return X
+    if X.size and X.min() >= 0 and np.allclose(X, np.round(X)):  # raw counts → scst's log1p(normalize_total(1e4))
+        return log_normalize_counts(X, np.asarray(full.sum(axis=1)).ravel()).astype(np.float64)
+    return X.astype(np.float64)
 
 
 def _knn_coexpression(adata: AnnData, genes: list[str], layer: str | None, k: int) -> Any:

@@ -25,6 +25,7 @@ from scipy import sparse
 
 from .._constants import SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
 from .._logging import logg
+from .._normalize import log_normalize_counts
 from .._utils import _check_key, _get_table
 
 __all__ = ["to_mudata", "bulk_to_mudata", "LINK_KEY", "PATCH_KEY", "MUDATA_UNS"]
@@ -53,8 +54,7 @@ def _rna_modality(adata: AnnData, rows: np.ndarray, genes: Any, layer: str | Non
         raise ValueError("genes: the panel is empty.")
     lib = np.asarray(X.sum(1)).ravel().astype(np.float64)
     counts = X[:, gmask].astype(np.float32)
-    scale = np.divide(1e4, lib, out=np.zeros_like(lib), where=lib > 0)
-    logx = np.log1p(counts.toarray() * scale[:, None]).astype(np.float32)
+    logx = log_normalize_counts(counts, lib)
     obs = adata.obs.iloc[rows][[c for c in adata.obs.columns if c in group_keys or c == SECTION_KEY]].copy()
     rna = AnnData(X=logx, obs=obs, var=adata.var.iloc[gmask].copy())
     rna.layers["counts"] = counts

@@ -12,70 +12,14 @@ from scipy import sparse
 
 from .._constants import SECTION_KEY
 from .._logging import logg
+from .._normalize import log_normalized
 from .._utils import _check_key
 
 __all__ = ["evaluate_expression", "spatial_domains", "domain_ari"]
 
 _METRICS = ("pearson", "spearman", "mse", "mae")
-TARGET_SUM = 1e4
 # A vector is constant when its standard deviation is below this fraction of its scale (float round-off).
 _CONST_RTOL = 1e-6
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# shared helpers (also used by scst.models baselines: one definition of the target unit)
-# ----------------------------------------------------------------------------------------------------------------
-def _raw_counts(adata: AnnData, layer: str | None, where: str) -> Any:
-    X = adata.X if layer is None else adata.layers[layer]
-    if X is None:
-        raise ValueError(f"{where}: adata.X is empty; raw counts are needed.")
-    vals = X.data if sparse.issparse(X) else np.asarray(X)
-    if vals.size and (vals.min() < 0 or not np.array_equal(vals, np.round(vals))):
-        src = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        raise ValueError(
-            f"{where}: {src} must hold raw counts (non-negative integers) to compute log1p(normalize_total 1e4); "
-            "it holds negative or non-integer values. Pass the truth in the target unit via `truth_layer`."
-        )
-    return X
-
-
-def log_normalized(
-    adata: AnnData, genes: Sequence[str] | np.ndarray | None = None, layer: str | None = None
-) -> np.ndarray:
-    """``log1p(normalize_total(counts, 1e4))`` of raw counts for ``genes``: scst's expression target unit.
-
-    The library size is the total over *all* genes of ``X`` (or ``layer``), as ``scanpy.pp.normalize_total``
-    computes it; spots with no counts stay 0.
-
-    Parameters
-    ----------
-    adata
-        Raw counts in ``X`` or ``layer``.
-    genes
-        Gene names or integer positions (default all genes).
-    layer
-        Layer with raw counts instead of ``X``.
-
-    Returns
-    -------
-    Dense float32 ``(n_obs, n_genes)``.
-    """
-    import scanpy as sc
-
-    if layer is not None:
-        _check_key(adata.layers, layer, "adata.layers")
-    X = _raw_counts(adata, layer, "log_normalized")
-    tmp = AnnData(X=X.astype(np.float32) if sparse.issparse(X) else np.asarray(X, dtype=np.float32))
-    normed = sc.pp.normalize_total(tmp, target_sum=TARGET_SUM, inplace=False)["X"]
-    if genes is not None:
-        idx = np.asarray(genes)
-        if idx.dtype.kind not in "iu":
-            idx = adata.var_names.get_indexer(idx.astype(str))
-            if (idx < 0).any():
-                raise KeyError(f"genes: {int((idx < 0).sum())} gene(s) not in var_names.")
-        normed = normed[:, idx]
-    out = normed.toarray() if sparse.issparse(normed) else np.asarray(normed)
-    return np.log1p(out.astype(np.float32, copy=False))
 
 
 def _resolve_genes(adata: AnnData, genes: Any, arg: str) -> np.ndarray | None:

@@ -1,0 +1,36 @@
+"""The process-wide patch cache is keyed by image content, never by a Python object's id()."""
+
+import numpy as np
+import xarray as xr
+
+from scst.models._image import _cached_patches, _element_token, clear_patch_cache
+
+
+def _img(seed):
+    return xr.DataArray(np.random.default_rng(seed).integers(0, 255, (3, 32, 32), dtype=np.uint8), dims=("c", "y", "x"))
+
+
+def test_cache_hits_on_same_content_and_misses_on_other_content():
+    clear_patch_cache()
+    calls = []
+
+    def read(tag):
+        def f():
+            calls.append(tag)
+            return np.full((2, 3, 4, 4), len(calls), dtype=np.uint8)
+
+        return f
+
+    centers = np.array([[5.0, 5.0], [10.0, 12.0]])
+    a, a_again, b = _img(0), _img(0), _img(1)  # a_again: another object with the same pixels
+    assert _element_token(a) == _element_token(a_again) != _element_token(b)
+    first = _cached_patches(a, centers, 80.0, 4, 2**20, read("a"))
+    assert _cached_patches(a_again, centers, 80.0, 4, 2**20, read("a_again")) is first
+    del a, a_again  # a freed object's id may be reused by the next image: content keys cannot collide
+    other = _cached_patches(b, centers, 80.0, 4, 2**20, read("b"))
+    assert calls == ["a", "b"] and other[0, 0, 0, 0] == 2
+    _cached_patches(b, centers + 1, 80.0, 4, 2**20, read("b moved"))  # other spots: a new entry
+    _cached_patches(b, centers, 160.0, 4, 2**20, read("b bigger"))  # other geometry: a new entry
+    assert calls == ["a", "b", "b moved", "b bigger"]
+    assert not first.flags.writeable
+    clear_patch_cache()
