@@ -17,10 +17,11 @@ from scipy import sparse
 from torch.utils.data import DataLoader, Dataset
 
 from .._constants import SECTION_KEY, SPATIAL_KEY
+from .._normalize import panel_targets
 from .._utils import _check_key, _get_table
 from ..nn._heads import MLPHeadModule, SpatialHeadModule
 from ._base import BaseModel
-from ._hggep import _check_sections, _expression_targets, _random_windows, _resolve_panel, _tiling_windows
+from ._image import _check_sections, _random_windows, _resolve_panel, _tiling_windows, _validation_sections
 
 __all__ = ["HGGEPHead", "MLPExpression"]
 
@@ -182,7 +183,7 @@ class _FeatureModel(BaseModel):
             sec.incidence = sparse.csr_matrix(adata.obsp[key])[rows][:, rows].tocsr()
             sec.positions = np.asarray(adata.obsm[self.registry["spatial_key"]], dtype=np.float64)[rows, :2]
         if with_targets:
-            sec.target, sec.counts, sec.lib = _expression_targets(adata, self.registry["layer"], self.var_names, rows)
+            sec.target, sec.counts, sec.lib = panel_targets(adata, self.registry["layer"], self.var_names, rows)
         return sec
 
     def _standardise(self, sections: list) -> None:
@@ -211,13 +212,12 @@ class _FeatureModel(BaseModel):
     def _dataloaders(self, batch_size: int, validation: Any, seed: int, **kwargs: Any):
         if kwargs:
             raise TypeError(f"Unexpected dataloader_kwargs {sorted(kwargs)} for {type(self).__name__}.")
-        from ._hggep import _ImageModel
 
         adata = self.adata
         missing = [g for g in self.var_names if g not in adata.var_names]
         if missing:
             raise ValueError(f"The training table lacks {len(missing)} panel genes: {missing[:20]}")
-        train, val = _ImageModel._validation_sections(self, validation, seed)
+        train, val = _validation_sections(type(self).__name__, list(self.registry["sections"]), validation, seed)
         secs = {s: self._section(adata, s, True) for s in train + val}
         if not self.is_trained or getattr(self, "_std", None) is None:
             self._standardise([secs[s] for s in train])

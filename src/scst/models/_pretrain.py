@@ -353,12 +353,9 @@ class SSLEncoder(BaseModel):
 
         Tiles whose own pixels are less than ``tile_threshold`` tissue (:func:`scst.pp.filter_tiles`) are dropped.
         """
-        import hashlib
-        import weakref
-
         from ..pp._patches import SpotPatchDataset
         from ..pp._tissue import filter_tiles
-        from ._hggep import _PATCH_CACHE, _PATCH_CACHE_STATE, _cache_evict
+        from ._image import _cached_patches
 
         if self.data is None or not hasattr(self.data, "images"):
             raise ValueError("SSLEncoder: tiles are read from the SpatialData; load the model with data=sdata.")
@@ -370,24 +367,19 @@ class SSLEncoder(BaseModel):
                 raise KeyError(f"Image {key_img!r} of section {s!r} is not in the data ({list(self.data.images)}).")
             element = self.data.images[key_img]
             xy = np.asarray(r["centers"][s], dtype=np.float64).reshape(-1, 2)
-            digest = hashlib.sha1(np.ascontiguousarray(xy).tobytes()).hexdigest()
-            key = (id(element), key_img, digest, size_um, px)
-            hit = _PATCH_CACHE.get(key)
-            if hit is not None and hit[0]() is element:
-                _PATCH_CACHE.move_to_end(key)
-                arr = hit[1]
-            else:
-                ds = SpotPatchDataset.from_arrays(
-                    {s: element}, xy, np.zeros(len(xy), dtype=np.int64), {s: r["um_per_px"][s]}, size_um=size_um,
-                    out_px=px, normalize=None,
-                )  # fmt: skip
-                arr = np.empty((len(xy), ds.n_channels, px, px), dtype=np.uint8)
+            ds = SpotPatchDataset.from_arrays(
+                {s: element}, xy, np.zeros(len(xy), dtype=np.int64), {s: r["um_per_px"][s]}, size_um=size_um,
+                out_px=px, normalize=None,
+            )  # fmt: skip
+
+            def read(ds=ds) -> np.ndarray:
+                arr = np.empty((len(ds), ds.n_channels, px, px), dtype=np.uint8)
                 for i in ds.locality_order():
                     arr[i] = ds.patch_uint8(int(i))
-                arr.setflags(write=False)
-                _PATCH_CACHE[key] = (weakref.ref(element), arr)
-                _PATCH_CACHE_STATE["bytes"] += arr.nbytes
-                _cache_evict(int(float(self.config["tile_cache_mb"]) * 2**20))
+                return arr
+
+            budget = int(float(self.config["tile_cache_mb"]) * 2**20)
+            arr = _cached_patches(element, xy, size_um, px, budget, read)
             _, keep = filter_tiles(arr[:, :3], threshold=float(r["tile_threshold"]))
             if not keep.all():
                 logg.info(

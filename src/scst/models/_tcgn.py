@@ -11,7 +11,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from .._constants import SECTION_KEY
 from ..nn._tcgn import TCGN_BENCH, TCGNModule
-from ._hggep import _ImageModel, _to_input
+from ._image import _ImageModel, _to_input
 
 __all__ = ["TCGN"]
 
