@@ -1,0 +1,74 @@
+"""Model selection for docs/benchmarks/expression.md on the C6 fold's training sections only (C6 is never loaded).
+
+Fit on C2–C4 (the deep heads early-stop on C3), score on C5: ridge, the MLP head and HGGEP's spatial head on
+hand-crafted features at several fields of view, with and without grid-neighbour context. Output: one JSON of
+(mean PCC, median sd ratio[, epochs, seconds]) per setting in benchmarks/results/expression_selection/.
+
+    python benchmarks/select_expression.py hc80,hc80_ctx
+    python benchmarks/select_expression.py hc80_160,hc80_160_ctx
+    python benchmarks/select_expression.py hc80_160_320,hc40_80_160_320
+"""
+
+import json
+import sys
+import time
+
+import numpy as np
+import scipy.sparse as sp
+import squidpy as sq
+import torch
+
+import scst
+from scst._normalize import log_normalized
+from scst.models import HGGEPHead, MLPExpression, RidgeExpression
+
+torch.set_num_threads(1)
+
+sdata = scst.datasets.her2st(sections=["C2", "C3", "C4", "C5"])
+tab = sdata.tables["table"]
+scst.pp.select_genes(tab, n_top=1000, min_fraction=0.5, sections=["C2", "C3", "C4"])
+panel = list(tab.var_names[tab.var.highly_variable_scst])
+scst.tl.embed_patches(sdata, "handcrafted", out_px=112, progress=False, key_added="hc80")
+scst.tl.embed_patches(sdata, "handcrafted", size_um=160, out_px=112, progress=False, key_added="hc160")
+sq.gr.spatial_neighbors(
+    tab, spatial_key="spatial_array", coord_type="grid", n_neighs=4, library_key="section", key_added="grid"
+)
+A = tab.obsp["grid_connectivities"]
+A = sp.diags(1 / np.maximum(np.asarray(A.sum(1)).ravel(), 1)) @ A
+scst.tl.embed_patches(sdata, "handcrafted", size_um=320, out_px=112, progress=False, key_added="hc320")
+scst.tl.embed_patches(sdata, "handcrafted", size_um=40, out_px=112, progress=False, key_added="hc40")
+tab.obsm["hc80_160_320"] = np.hstack([tab.obsm["hc80"], tab.obsm["hc160"], tab.obsm["hc320"]])
+tab.obsm["hc40_80_160_320"] = np.hstack([tab.obsm["hc40"], tab.obsm["hc80"], tab.obsm["hc160"], tab.obsm["hc320"]])
+tab.obsm["hc80_ctx"] = np.hstack([tab.obsm["hc80"], A @ tab.obsm["hc80"]])
+tab.obsm["hc80_160"] = np.hstack([tab.obsm["hc80"], tab.obsm["hc160"]])
+tab.obsm["hc80_160_ctx"] = np.hstack([tab.obsm["hc80_160"], A @ tab.obsm["hc80_160"]])
+m5 = (tab.obs.section.astype(str) == "C5").to_numpy()
+obs = log_normalized(tab[m5], panel)
+
+
+def score(pred):
+    r = [
+        np.corrcoef(pred[:, g], obs[:, g])[0, 1]
+        for g in range(obs.shape[1])
+        if pred[:, g].std() > 0 and obs[:, g].std() > 0
+    ]
+    return round(float(np.nanmean(r)), 4), round(float(np.median(pred.std(0) / np.maximum(obs.std(0), 1e-8))), 3)
+
+
+res = {}
+for rep in sys.argv[1].split(","):
+    RidgeExpression.setup_anndata(tab, embedding_key=rep, sections=["C2", "C3", "C4"])
+    res[f"ridge_{rep}"] = score(RidgeExpression(tab).train().predict(tab, ["C5"]))
+    print(f"ridge_{rep}", res[f"ridge_{rep}"], flush=True)
+    for name, cls, cfg in [("mlp", MLPExpression, {}), ("head", HGGEPHead, {"max_epochs": 150})] + [
+        (f"head_{k}", HGGEPHead, dict(max_epochs=150, **json.loads(v)))
+        for k, v in (kv.split("=", 1) for kv in sys.argv[2:])
+    ]:
+        if cls is HGGEPHead:
+            scst.pp.hypergraph(tab, use_rep=rep, k=3)
+        cls.setup_anndata(tab, use_rep=rep, sections=["C2", "C3", "C4"])
+        t = time.time()
+        m = cls(tab, **cfg).train(validation="C3", enable_progress_bar=False)
+        res[f"{name}_{rep}"] = score(m.predict(tab, ["C5"])) + (len(m.history), round(time.time() - t, 1))
+        print(f"{name}_{rep}", res[f"{name}_{rep}"], flush=True)
+json.dump(res, open(f"benchmarks/results/expression_selection/msel_{sys.argv[1]}.json", "w"))
