@@ -131,3 +131,38 @@ def test_cross_validate_chooses_each_folds_panel_without_its_test_section(monkey
     assert "highly_variable_scst_fold" not in tab.var  # the user's table is untouched
     with pytest.raises(ValueError, match="test_sections"):
         cross_validate(RidgeExpression, sd, setup_kwargs={"embedding_key": "X_z"}, test_sections=["S9"])
+
+
+def test_feature_head_on_he_only_slide_recomputes_its_embedding():
+    """A head on obsm features predicts an H&E-only slide: the embedding and hypergraph are remade as recorded."""
+    from scst.models import HGGEPHead
+    from scst.pp import hypergraph
+    from scst.tl import embed_patches
+
+    sd = syn.make_sdata()
+    tab = sd.tables["table"]
+    sizes = (syn.SIZE_UM, 2 * syn.SIZE_UM)
+    embed_patches(sd, "handcrafted", size_um=sizes, out_px=32, key_added="X_hc", progress=False)
+    assert tab.obsm["X_hc"].shape[1] == len(tab.uns["scst_embed"]["X_hc"]["feature_names"])
+    assert tab.uns["scst_embed"]["X_hc"]["size_um"] == [syn.SIZE_UM, 2 * syn.SIZE_UM]
+    hypergraph(tab, use_rep="X_hc", k=3)
+    HGGEPHead.setup_anndata(tab, use_rep="X_hc", genes=PANEL, sections=["S1", "S2"])
+    model = HGGEPHead(tab, **{**HGGEPHead.bench_config, "max_epochs": 3}).train(enable_progress_bar=False)
+    assert model.registry["embedding"]["encoder"] == "handcrafted" and model.registry["hypergraph_params"]["k"] == 3
+    # the same spots, without the embedding and hypergraph: both are recomputed and give the same prediction
+    expected = model.predict(tab, "S3")
+    bare = syn.make_sdata()
+    predict_expression(bare, model, sections="S3", progress=False)
+    got = bare.tables["table"][bare.tables["table"].obs["section"] == "S3", PANEL].layers["predicted"]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # an H&E-only slide: pseudo-spots on a grid, featurised the same way
+    he = syn.make_sdata(sections=("S5",), seed=7)
+    del he.tables["table"]
+    predict_expression(he, model, um_per_px=syn.UM_PER_PX, progress=False)
+    new = he.tables["table_predicted"]
+    assert new.obsm["X_hc"].shape[1] == tab.obsm["X_hc"].shape[1] and np.isfinite(new.X).all()
+    assert new.X.std(0).max() > 0  # spots differ
+    # an embedding made elsewhere cannot be recomputed: a clear error
+    model.registry["embedding"] = None
+    with pytest.raises(ValueError, match="obsm\\['X_hc'\\]"):
+        predict_expression(syn.make_sdata(sections=("S6",), seed=8), model, progress=False)

@@ -46,6 +46,17 @@ def _embedding(adata: Any, key: str, n_features: int | None = None, rows: np.nda
     return x.astype(np.float32)
 
 
+def _plain(d: Any) -> Any:
+    """JSON-able copy of a (nested) dict from ``uns`` (numpy scalars/arrays → Python), or None."""
+    if d is None:
+        return None
+    if isinstance(d, dict):
+        return {str(k): _plain(v) for k, v in d.items()}
+    if isinstance(d, np.ndarray | list | tuple):
+        return [_plain(v) for v in d]
+    return d.item() if isinstance(d, np.generic) else d
+
+
 class _Spots(Dataset):
     """Spot-wise items (MLP head): one standardised embedding and target row per spot."""
 
@@ -143,8 +154,11 @@ class _FeatureModel(BaseModel):
         rows = np.flatnonzero(adata.obs[SECTION_KEY].astype(str).isin(sections).to_numpy())
         x = _embedding(adata, use_rep, rows=rows)
         panel, genes_key = _resolve_panel(adata, genes)
+        # How the embedding was made (scst.tl.embed_patches) lets predict_expression recompute it on an H&E-only
+        # slide; embeddings from elsewhere leave it None (such slides then need the embedding in obsm).
+        embedding = adata.uns.get("scst_embed", {}).get(use_rep)
         reg = {"use_rep": use_rep, "n_features": int(x.shape[1]), "var_names": panel, "genes_key": genes_key,
-               "layer": layer, "sections": sections}  # fmt: skip
+               "layer": layer, "sections": sections, "embedding": _plain(embedding)}  # fmt: skip
         if cls._spatial:
             if hypergraph_key not in adata.obsp:
                 raise KeyError(
@@ -152,7 +166,8 @@ class _FeatureModel(BaseModel):
                     f"`scst.pp.hypergraph(adata, use_rep={use_rep!r})` first."
                 )
             _check_key(adata.obsm, spatial_key, "adata.obsm (argument `spatial_key`)")
-            reg.update(hypergraph_key=hypergraph_key, spatial_key=spatial_key)
+            hg = adata.uns.get(hypergraph_key.removesuffix("_incidence"), {}).get("params")
+            reg.update(hypergraph_key=hypergraph_key, spatial_key=spatial_key, hypergraph_params=_plain(hg))
         cls._register(adata, reg)
 
     # ------------------------------------------------------------------ properties

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -65,7 +65,7 @@ def embed_patches(
     *,
     weights: str | os.PathLike | nn.Module | None = None,
     encoder_kwargs: Mapping[str, Any] | None = None,
-    size_um: float = 80.0,
+    size_um: float | Sequence[float] = 80.0,
     out_px: int = 224,
     batch_size: int = 64,
     key_added: str | None = None,
@@ -101,7 +101,8 @@ def embed_patches(
         Extra arguments of ``torchvision.models.get_model`` / ``timm.create_model`` for a named backbone, e.g.
         ``{"init_values": 1e-5, "dynamic_img_size": True}`` for ``"hf-hub:MahmoodLab/UNI"`` (see ``docs/encoders.md``).
     size_um
-        Patch edge in µm.
+        Patch edge in µm, or several (e.g. ``(80, 160, 320)``): the features of each field of view, concatenated
+        in that order (the surroundings of a spot carry information its own 80 µm patch lacks).
     out_px
         Patch edge in pixels after resizing.
     batch_size
@@ -125,8 +126,10 @@ def embed_patches(
     -------
     None. Writes ``table.obsm[key_added]`` (float32 ``(n_obs, F)``) and
     ``table.uns["scst_embed"][key_added]``: ``encoder``, ``weights`` (weights name, file path or ``"random init"``),
-    ``size_um``, ``out_px``, ``normalize``, ``n_features``, ``encoder_kwargs`` (if given) and, for hand-crafted
-    features, ``feature_names``.
+    ``size_um`` (a number, or the list of fields of view), ``out_px``, ``normalize``, ``n_features``,
+    ``encoder_kwargs`` (if given) and, for hand-crafted features, ``feature_names``. Heads trained on the embedding
+    (:class:`scst.models.HGGEPHead`, :class:`scst.models.MLPExpression`) record this, so that
+    :func:`scst.tl.predict_expression` recomputes it on a new slide.
     """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -167,29 +170,37 @@ def embed_patches(
     key = key_added or "X_" + re.sub(r"[^0-9A-Za-z_.-]+", "_", name)  # hub names: no "/" or ":" in the key
     logg.info(f"embed_patches: encoder {name!r}, weights: {weights_desc}, {size_um} µm → {out_px} px patches")
 
-    ds = SpotPatchDataset(
-        sdata, table, return_counts=False, size_um=size_um, out_px=out_px,
-        normalize=None if handcrafted else normalize,
-    )  # fmt: skip
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    out: np.ndarray | None = None
+    sizes = [float(size_um)] if np.isscalar(size_um) else [float(u) for u in size_um]
+    if not sizes or min(sizes) <= 0:
+        raise ValueError(f"size_um: expected positive patch size(s) in µm, got {size_um!r}.")
+    parts = []
     if module is not None:
         was_training = module.training
         module.eval().to(device)
     try:
-        with torch.no_grad():
-            for batch in tqdm(loader, desc=f"embed_patches ({name})", unit="batch", disable=not progress):
-                idx = batch["index"].numpy()
-                if handcrafted:
-                    feats = handcrafted_features(batch["patch"].numpy())
-                else:
-                    feats = _pool(module(batch["patch"].to(device)), name).float().cpu().numpy()
-                if out is None:
-                    out = np.full((adata.n_obs, feats.shape[1]), np.nan, dtype=np.float32)
-                out[idx] = feats
+        for um in sizes:
+            ds = SpotPatchDataset(
+                sdata, table, return_counts=False, size_um=um, out_px=out_px,
+                normalize=None if handcrafted else normalize,
+            )  # fmt: skip
+            loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+            out: np.ndarray | None = None
+            with torch.no_grad():
+                desc = f"embed_patches ({name}, {um:g} µm)"
+                for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+                    idx = batch["index"].numpy()
+                    if handcrafted:
+                        feats = handcrafted_features(batch["patch"].numpy())
+                    else:
+                        feats = _pool(module(batch["patch"].to(device)), name).float().cpu().numpy()
+                    if out is None:
+                        out = np.full((adata.n_obs, feats.shape[1]), np.nan, dtype=np.float32)
+                    out[idx] = feats
+            parts.append(out)
     finally:
         if module is not None:
             module.train(was_training)
+    out = parts[0] if len(parts) == 1 else np.hstack(parts)
     bad = ~np.isfinite(out).all(1)
     if bad.any():
         raise FloatingPointError(
@@ -200,7 +211,7 @@ def embed_patches(
     info: dict[str, Any] = {
         "encoder": name,
         "weights": weights_desc,
-        "size_um": float(size_um),
+        "size_um": sizes[0] if len(sizes) == 1 else sizes,
         "out_px": int(out_px),
         "normalize": "none" if handcrafted or normalize is None else normalize,
         "n_features": int(out.shape[1]),
@@ -208,7 +219,8 @@ def embed_patches(
     if encoder_kwargs:
         info["encoder_kwargs"] = dict(encoder_kwargs)
     if handcrafted:
-        info["feature_names"] = handcrafted_feature_names()
+        names = handcrafted_feature_names()
+        info["feature_names"] = names if len(sizes) == 1 else [f"{n}_{um:g}um" for um in sizes for n in names]
     store = dict(adata.uns.get(UNS_EMBED_KEY, {}))
     store[key] = info
     adata.uns[UNS_EMBED_KEY] = store

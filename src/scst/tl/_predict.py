@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._constants import INSTANCE_KEY, REGION_KEY, SECTION_KEY, TABLE_KEY, UNS_KEY
+from .._constants import INSTANCE_KEY, REGION_KEY, SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
 from .._logging import logg
 from .._utils import _get_table
 
@@ -180,6 +180,7 @@ def predict_expression(
         new, _ = _grid_table(sdata, model, table, sections, spacing_um, min_tissue, um_per_px, inplace=not copy)
         # The model reads patches through a table of sdata: predict on a light view holding the new table.
         view = _with_table(sdata, key, new)
+        _prepare_features(model, view, key, progress)
         pred = _predict(model, view, None, key, batch_size, progress)
         new.X = pred
         new.layers[layer] = pred.copy()
@@ -194,6 +195,7 @@ def predict_expression(
                     + (" ..." if len(missing) > 50 else "")
                     + "; pass `table_added=...` to write the prediction as a new table over the model's panel."
                 )
+        _prepare_features(model, sdata, table, progress)
         pred = _predict(model, sdata, sections, table, batch_size, progress)
         sec_col = adata.obs[SECTION_KEY].astype(str).to_numpy()
         sections = list(dict.fromkeys(sec_col)) if sections is None else list(sections)
@@ -247,6 +249,45 @@ def predict_expression(
 def _predict(model: Any, data: Any, sections: Any, table: str, batch_size: int | None, progress: bool) -> np.ndarray:
     kw = {k: v for k, v in (("batch_size", batch_size), ("progress", progress)) if _accepts(model.predict, k)}
     return np.asarray(model.predict(data, sections, table=table, **kw), dtype=np.float32)
+
+
+def _prepare_features(model: Any, sdata: Any, table: str, progress: bool) -> None:
+    """For a head on ``obsm`` embeddings: compute the embedding (and hypergraph) of a table that lacks it.
+
+    The model's registry records how its embedding was made (:func:`scst.tl.embed_patches` arguments) and, for
+    :class:`scst.models.HGGEPHead`, the hypergraph parameters; they are applied to the new table (pseudo-spots of
+    an H&E-only slide, or another slide's spots) so that it is featurised exactly as the training spots were.
+    """
+    reg = getattr(model, "registry", None) or {}
+    key = reg.get("use_rep")
+    adata = sdata.tables[table]
+    if key is None or key in adata.obsm:
+        return
+    emb = reg.get("embedding")
+    if not emb or emb.get("weights") in ("given module",) or str(emb.get("weights", "")).startswith("copied from"):
+        raise ValueError(
+            f"model: {type(model).__name__} reads obsm[{key!r}], which table {table!r} lacks, and its registry does "
+            "not say how to recompute it (the embedding was not made by scst.tl.embed_patches from a named encoder). "
+            f"Compute obsm[{key!r}] for this table the way the training embedding was made, then predict."
+        )
+    from ._embed import embed_patches
+
+    handcrafted = emb["encoder"] == "handcrafted"
+    weights = None if handcrafted or emb.get("weights") == "random init" else emb.get("weights")
+    embed_patches(
+        sdata, emb["encoder"], weights=weights, encoder_kwargs=emb.get("encoder_kwargs"), size_um=emb["size_um"],
+        out_px=int(emb["out_px"]), key_added=key, table=table,
+        normalize=None if emb.get("normalize") in (None, "none") else emb["normalize"], progress=progress,
+    )  # fmt: skip
+    hk = reg.get("hypergraph_key")
+    if hk is not None and hk not in adata.obsp:
+        from ..pp._hypergraph import hypergraph
+
+        params = dict(reg.get("hypergraph_params") or {})
+        params.pop("use_rep", None)
+        params.pop("library_key", None)
+        params["spatial_key"] = reg.get("spatial_key", params.get("spatial_key", SPATIAL_KEY))
+        hypergraph(adata, use_rep=key, library_key=SECTION_KEY, key_added=hk.removesuffix("_incidence"), **params)
 
 
 def _with_table(sdata: Any, key: str, adata: Any) -> Any:
