@@ -133,7 +133,10 @@ def predict_expression(
         SpatialData with the H&E images (``f"{section}_image"`` or as named in the table's
         ``uns["scst"]["sections"]``).
     model
-        A trained scst expression model (:class:`scst.models.HGGEP`, :class:`scst.models.TCGN`, baselines).
+        A trained scst expression model (:class:`scst.models.HGGEP`, :class:`scst.models.TCGN`, baselines), or a
+        head on embeddings (:class:`scst.models.HGGEPHead`, :class:`scst.models.MLPExpression`): a table that lacks
+        its ``obsm[use_rep]`` (e.g. the pseudo-spots of an H&E-only slide) gets the embedding recomputed as
+        recorded at setup (:func:`scst.tl.embed_patches` arguments), and the hypergraph for HGGEPHead.
     layer
         Layer to write.
     table
