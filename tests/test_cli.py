@@ -69,3 +69,24 @@ def test_ligrec_on_one_section(tmp_path):
     p = df["spatial_pearson_pvals"].dropna().to_numpy()
     assert len(p) > 100 and np.allclose(p * 21, np.round(p * 21)) and p.min() >= 1 / 21 - 1e-12
     assert main(["ligrec", "--sections", "C2", "--out", str(tmp_path / "lr.txt")]) == 2
+
+
+def test_train_head_then_predict_a_bare_he_image(tmp_path):
+    """`scst train --model hggep_head` → `scst predict --image he.jpg`: pseudo-spots, features recomputed."""
+    import scst
+
+    data_dir = os.environ.get("SCST_DATA_DIR")
+    image = os.path.join(data_dir or "", "her2st", "C4", "he.jpg")
+    if not data_dir or not os.path.isfile(image):
+        pytest.skip("needs the her2st data in $SCST_DATA_DIR")
+    m = str(tmp_path / "m")
+    assert main(["train", "--model", "hggep_head", "--sections", "C2", "C3", "--n-genes", "50", "--max-epochs", "5",
+                 "--out", m]) == 0  # fmt: skip
+    upp = scst.datasets.her2st(sections=["C4"], images=False).tables["table"].uns["scst"]["sections"]["C4"]["um_per_px"]
+    out = tmp_path / "he.h5ad"
+    assert main(["predict", "--model-dir", m, "--image", image, "--um-per-px", str(upp), "--spacing-um", "200",
+                 "--out", str(out)]) == 0  # fmt: skip
+    pred = ad.read_h5ad(out)
+    assert pred.n_obs > 50 and pred.obsm["X_hc_ms"].shape[1] == 3 * len(scst.pp.handcrafted_feature_names())
+    assert np.isfinite(pred.X).all() and np.median(pred.X.std(0)) > 0  # pseudo-spots differ
+    assert main(["predict", "--model-dir", m, "--image", image, "--out", str(tmp_path / "x.h5ad")]) == 2  # no µm/px

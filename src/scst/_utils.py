@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from anndata import AnnData
 
 from ._constants import TABLE_KEY, UNS_KEY
@@ -109,3 +110,19 @@ def _atomic_file(dest: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _plain(d: Any) -> Any:
+    """JSON-able copy of a (nested) value from ``uns``: numpy scalars/arrays → Python; None stays None."""
+    if isinstance(d, dict):
+        return {str(k): _plain(v) for k, v in d.items()}
+    if isinstance(d, np.ndarray | list | tuple):
+        return [_plain(v) for v in d]
+    return d.item() if isinstance(d, np.generic) else d
+
+
+def _embedding_record(adata: Any, key: str) -> dict[str, Any] | None:
+    """How ``obsm[key]`` was made (``uns["scst_embed"][key]`` of :func:`scst.tl.embed_patches`), or None."""
+    rec = adata.uns.get("scst_embed", {}).get(key)
+    return None if rec is None else _plain(dict(rec))
+

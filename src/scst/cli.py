@@ -13,8 +13,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# Models the CLI can train: name → (class name, needs an image embedding in obsm).
-MODELS = {"mean": "MeanExpression", "ridge": "RidgeExpression", "tcgn": "TCGN", "hggep": "HGGEP", "stnet": "STNet"}
+# Models the CLI can train: name → class name.
+MODELS = {
+    "mean": "MeanExpression",
+    "ridge": "RidgeExpression",
+    "hggep_head": "HGGEPHead",
+    "mlp": "MLPExpression",
+    "tcgn": "TCGN",
+    "hggep": "HGGEP",
+    "stnet": "STNet",
+}
+#: Fields of view (µm) of the hand-crafted features the heads train on (docs/benchmarks/expression.md).
+HEAD_SCALES_UM = (80.0, 160.0, 320.0)
 
 
 class CLIError(Exception):
@@ -38,6 +48,24 @@ def _load_data(data: str, sections: Sequence[str] | None) -> Any:
         raise CLIError(f"--data: cannot read {data!r} as SpatialData zarr ({type(e).__name__}: {e}).") from e
 
 
+def _image_only(path: str) -> Any:
+    """SpatialData holding one H&E image (JPEG/PNG/TIFF through the zarr cache; SVS/NDPI/pyramidal TIFF lazily)."""
+    from spatialdata import SpatialData
+
+    import scst
+
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"--image: {path!r} is not a file.")
+    name = p.name.split(".")[0] or "slide"
+    if p.suffix.lower() in (".svs", ".ndpi", ".mrxs", ".scn"):
+        return scst.io.read_wsi(p, sample=name)
+    try:
+        return SpatialData(images={f"{name}_image": scst.io.cached_image(p, name)})
+    except ValueError as e:
+        raise CLIError(f"--image: {e}") from e
+
+
 def _train(args: argparse.Namespace) -> None:
     import scst
 
@@ -51,15 +79,23 @@ def _train(args: argparse.Namespace) -> None:
         missing = [s for s in args.sections if s not in present]
         if missing:
             raise CLIError(f"--sections: {missing} not in the data (sections: {sorted(present)}).")
-    scst.pp.select_genes(adata, n_top=args.n_genes)
+    # The panel comes from the training sections only (a held-out section never chooses the genes).
+    scst.pp.select_genes(adata, n_top=args.n_genes, sections=args.sections)
     cls = getattr(scst.models, MODELS[args.model])
     if args.model == "ridge":
-        scst.tl.embed_patches(sdata, "handcrafted")
+        scst.tl.embed_patches(sdata, "handcrafted", progress=False)
         cls.setup_sdata(sdata, embedding_key="X_handcrafted", sections=args.sections)
         model = cls(sdata).train()
     elif args.model == "mean":
         cls.setup_sdata(sdata, sections=args.sections)
         model = cls(sdata).train()
+    elif args.model in ("hggep_head", "mlp"):
+        scst.tl.embed_patches(sdata, "handcrafted", size_um=HEAD_SCALES_UM, out_px=112, key_added="X_hc_ms")
+        if args.model == "hggep_head":
+            scst.pp.hypergraph(adata, use_rep="X_hc_ms", k=3)
+        cls.setup_anndata(adata, use_rep="X_hc_ms", sections=args.sections)
+        model = cls(adata, **cls.bench_config)
+        model.train(**({"max_epochs": args.max_epochs} if args.max_epochs else {}))
     else:
         cls.setup_sdata(sdata, sections=args.sections)
         model = cls(sdata, **cls.bench_config)
@@ -84,21 +120,29 @@ def _predict(args: argparse.Namespace) -> None:
         raise CLIError(f"--out: expected a path ending in .h5ad or .zarr, got {args.out!r}.")
     if out.exists() and not args.overwrite:
         raise CLIError(f"--out: {str(out)!r} exists; pass --overwrite to replace it.")
-    sdata = _load_data(args.data, args.sections)
-    model = cls.load(model_dir, sdata)
-    if MODELS.get("ridge") == name:
-        scst.tl.embed_patches(sdata, "handcrafted")
-    scst.tl.predict_expression(sdata, model, sections=args.sections)
+    if args.image is not None:  # an H&E image without spots: pseudo-spots on a grid over the tissue
+        if args.um_per_px is None or args.um_per_px <= 0:
+            raise CLIError("--um-per-px: the pixel size of --image in µm is required (a positive number).")
+        sdata = _image_only(args.image)
+        model = cls.load(model_dir)
+        scst.tl.predict_expression(sdata, model, um_per_px=args.um_per_px, spacing_um=args.spacing_um)
+        table = sdata.tables["table_predicted"]
+    else:
+        sdata = _load_data(args.data, args.sections)
+        model = cls.load(model_dir, sdata)
+        scst.tl.predict_expression(sdata, model, sections=args.sections)  # embeddings recomputed as recorded
+        table = sdata.tables["table"]
     from ._utils import _atomic_dir, _atomic_file
 
     if out.suffix == ".h5ad":
         with _atomic_file(out) as tmp:
-            sdata.tables["table"].write_h5ad(tmp)
+            table.write_h5ad(tmp)
     else:
         with _atomic_dir(out) as tmp:
             tmp.rmdir()
             sdata.write(tmp)
-    print(f"scst predict: {name} → layers['predicted'] of {args.sections or 'all sections'} → {out}")
+    where = f"{table.n_obs} pseudo-spots of {args.image}" if args.image else (args.sections or "all sections")
+    print(f"scst predict: {name} → layers['predicted'] of {where} → {out}")
 
 
 def _ligrec(args: argparse.Namespace) -> None:
@@ -143,6 +187,10 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser("predict", help="predict expression with a saved model; write .h5ad or .zarr")
     q.add_argument("--model-dir", required=True, help="directory written by `scst train` / model.save")
     q.add_argument("--data", default="her2st", help="'her2st' or a SpatialData zarr store (default: her2st)")
+    q.add_argument("--image", help="an H&E image without spots (JPEG/PNG/TIFF/SVS/NDPI) instead of --data: "
+                   "pseudo-spots on a grid over the tissue")  # fmt: skip
+    q.add_argument("--um-per-px", type=float, help="pixel size of --image in µm (required with --image)")
+    q.add_argument("--spacing-um", type=float, help="pseudo-spot spacing with --image (default: the training grid)")
     q.add_argument("--sections", nargs="+", help="sections to predict (default: all)")
     q.add_argument("--out", required=True, help="output: table as .h5ad, or the SpatialData as .zarr")
     q.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

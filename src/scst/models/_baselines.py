@@ -29,7 +29,7 @@ from torch import nn
 from .._constants import SECTION_KEY, TABLE_KEY
 from .._logging import logg
 from .._normalize import log_normalized, raw_counts
-from .._utils import _atomic_dir, _check_key, _get_table
+from .._utils import _atomic_dir, _check_key, _embedding_record, _get_table
 from ..nn._backbones import build_backbone, load_backbone_weights
 from ._base import _jsonable, _scst_version, _SetupRegistry
 from ._image import _check_sections, _ImageModel
@@ -345,7 +345,8 @@ class RidgeExpression(_ClosedFormModel):
         sec = adata.obs[SECTION_KEY].astype(str).to_numpy()
         if not np.isfinite(feats[np.isin(sec, reg["sections"])]).all():
             raise ValueError(f"embedding_key: obsm[{embedding_key!r}] has non-finite values on training spots.")
-        cls._register(adata, {**reg, "embedding_key": embedding_key, "n_features": int(feats.shape[1])})
+        cls._register(adata, {**reg, "embedding_key": embedding_key, "n_features": int(feats.shape[1]),
+                              "embedding": _embedding_record(adata, embedding_key)})  # fmt: skip
 
     def _features(self, adata: Any, rows: np.ndarray) -> np.ndarray:
         key = self.registry["embedding_key"]

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._constants import SECTION_KEY, SPATIAL_KEY
 from .._normalize import panel_targets
-from .._utils import _check_key, _get_table
+from .._utils import _check_key, _embedding_record, _get_table, _plain
 from ..nn._heads import MLPHeadModule, SpatialHeadModule
 from ._base import BaseModel
 from ._image import _check_sections, _random_windows, _resolve_panel, _tiling_windows, _validation_sections
@@ -44,17 +44,6 @@ def _embedding(adata: Any, key: str, n_features: int | None = None, rows: np.nda
             f"{np.flatnonzero(bad)[:5].tolist()}); re-run the embedding or drop those spots."
         )
     return x.astype(np.float32)
-
-
-def _plain(d: Any) -> Any:
-    """JSON-able copy of a (nested) dict from ``uns`` (numpy scalars/arrays → Python), or None."""
-    if d is None:
-        return None
-    if isinstance(d, dict):
-        return {str(k): _plain(v) for k, v in d.items()}
-    if isinstance(d, np.ndarray | list | tuple):
-        return [_plain(v) for v in d]
-    return d.item() if isinstance(d, np.generic) else d
 
 
 class _Spots(Dataset):
@@ -156,9 +145,8 @@ class _FeatureModel(BaseModel):
         panel, genes_key = _resolve_panel(adata, genes)
         # How the embedding was made (scst.tl.embed_patches) lets predict_expression recompute it on an H&E-only
         # slide; embeddings from elsewhere leave it None (such slides then need the embedding in obsm).
-        embedding = adata.uns.get("scst_embed", {}).get(use_rep)
         reg = {"use_rep": use_rep, "n_features": int(x.shape[1]), "var_names": panel, "genes_key": genes_key,
-               "layer": layer, "sections": sections, "embedding": _plain(embedding)}  # fmt: skip
+               "layer": layer, "sections": sections, "embedding": _embedding_record(adata, use_rep)}  # fmt: skip
         if cls._spatial:
             if hypergraph_key not in adata.obsp:
                 raise KeyError(

@@ -262,7 +262,7 @@ def _prepare_features(model: Any, sdata: Any, table: str, progress: bool) -> Non
     an H&E-only slide, or another slide's spots) so that it is featurised exactly as the training spots were.
     """
     reg = getattr(model, "registry", None) or {}
-    key = reg.get("use_rep")
+    key = reg.get("use_rep", reg.get("embedding_key"))  # heads / RidgeExpression
     adata = sdata.tables[table]
     if key is None or key in adata.obsm:
         return
