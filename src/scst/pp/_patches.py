@@ -268,7 +268,7 @@ class SpotPatchDataset(Dataset):
         (her2st: ~30 chunks of 3 MB per section); for many epochs over many slides, a patch cache
         (:func:`extract_patches` + :meth:`from_patch_cache`) is faster still.
 
-    Items
+    Notes
     -----
     Each item is a dict: ``patch`` (float32 ``(c, out, out)``), ``counts`` (float32 ``(n_genes,)``, raw counts;
     absent without genes), ``array_coords`` (long ``(row, col)``; absent when the table has no
