@@ -166,3 +166,19 @@ def test_feature_head_on_he_only_slide_recomputes_its_embedding():
     model.registry["embedding"] = None
     with pytest.raises(ValueError, match="obsm\\['X_hc'\\]"):
         predict_expression(syn.make_sdata(sections=("S6",), seed=8), model, progress=False)
+
+
+def test_predict_expression_clips_linear_models_at_zero():
+    """Ridge can extrapolate below zero; the written layer is expression, so it is clipped as documented."""
+    sd = syn.make_sdata()
+    tab = sd.tables["table"]
+    z = tab.obs["z"].to_numpy() * np.where(tab.obs["section"] == "S3", 50.0, 1.0)  # S3 far outside training
+    tab.obsm["X_z"] = np.column_stack([z, np.random.default_rng(0).normal(size=tab.n_obs)])
+    RidgeExpression.setup_anndata(tab, embedding_key="X_z", genes=PANEL, sections=["S1", "S2"])
+    model = RidgeExpression(tab).train()
+    raw = model.predict(tab, "S3")
+    assert raw.min() < 0  # the case this test is about
+    predict_expression(sd, model, sections="S3", progress=False)
+    layer = tab[tab.obs["section"] == "S3", PANEL].layers["predicted"]
+    np.testing.assert_array_equal(layer, np.clip(raw, 0, None))
+    assert (layer >= 0).all()

@@ -251,7 +251,8 @@ def predict_expression(
 
 def _predict(model: Any, data: Any, sections: Any, table: str, batch_size: int | None, progress: bool) -> np.ndarray:
     kw = {k: v for k, v in (("batch_size", batch_size), ("progress", progress)) if _accepts(model.predict, k)}
-    return np.asarray(model.predict(data, sections, table=table, **kw), dtype=np.float32)
+    # Expression is non-negative: linear models (ridge) can extrapolate below 0; every layer is clipped the same way.
+    return np.clip(np.asarray(model.predict(data, sections, table=table, **kw), dtype=np.float32), 0.0, None)
 
 
 def _prepare_features(model: Any, sdata: Any, table: str, progress: bool) -> None:
