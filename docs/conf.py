@@ -36,7 +36,11 @@ always_document_param_types = False
 myst_enable_extensions = ["colon_fence", "dollarmath"]
 myst_heading_anchors = 3
 # No executed tutorials yet: markdown pages are rendered as written.
-nb_execution_mode = "off"
+# Tutorials run at every build, on the real data (SCST_DATA_DIR, set by `nox -s docs`); one that fails fails the build.
+nb_execution_mode = "force"
+nb_execution_timeout = 900
+nb_execution_raise_on_error = True
+nb_execution_show_tb = True
 
 # No intersphinx: the build must pass -W offline (CI workers and the machines here have no network).
 # Benchmark pages open with their H2 sections under a one-line H1-less header; that is intended.
