@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from importlib.metadata import version as _version
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+# The tutorials' kernels inherit this: the inline backend puts every figure into the page (nox sets Agg for the other
+# sessions, which would silently drop all tutorial figures).
+os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
 
 project = "scst"
 author = "scst developers"

@@ -79,8 +79,8 @@ def read_wsi(
     -------
     SpatialData with one ``Image2DModel`` element ``f"{sample}_image"`` (dims ``c, y, x``, uint8 RGB; ``scale0`` =
     full resolution, ``scale<k>`` = the file's level k with a ``Scale`` to full-resolution pixels), in coordinate
-    system ``sample`` (identity: full-resolution pixels), and ``sdata.attrs["scst"]`` = ``{"um_per_px",
-    "source", "image_key", "coordinate_system", "image_shape"}``.
+    system ``sample`` (identity: full-resolution pixels), and ``sdata.attrs["scst"]``, a dict with ``um_per_px``,
+    ``source``, ``image_key``, ``coordinate_system`` and ``image_shape``.
     """
     path = Path(path)
     if not path.exists():
