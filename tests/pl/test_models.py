@@ -38,6 +38,23 @@ def test_training_history(tcgn):
         scst.pl.training_history(Untrained(), show=False)
 
 
+def test_training_history_marks_the_monitored_metric():
+    """The 'best' line marks the epoch checkpoints were chosen on (val_mse for the heads), not the total loss."""
+    import pandas as pd
+
+    class Head:
+        _monitor = "val_mse"
+        history = pd.DataFrame(
+            {"train_loss": [3.0, 2.0, 1.0], "val_loss": [3.0, 2.5, 1.0], "val_mse": [1.0, 0.5, 0.9]},
+            index=pd.Index([0, 1, 2], name="epoch"),
+        )
+
+    ax = scst.pl.training_history(Head(), show=False)
+    best = [ln for ln in ax.get_lines() if ln.get_label().startswith("best")]
+    assert [ln.get_label() for ln in best] == ["best val_mse (epoch 1)"]
+    assert best[0].get_xdata()[0] == 1.0
+
+
 def test_attribution_draws_the_model_maps(her2st_two, tcgn):
     t = her2st_two.tables["table"]
     spots = list(t.obs_names[(t.obs["section"] == "C3").to_numpy()][:3])

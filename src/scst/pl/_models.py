@@ -70,9 +70,10 @@ def training_history(
         y = hist[k].to_numpy(float)
         ok = np.isfinite(y)
         a.plot(epochs[ok], y[ok], marker="o", markersize=3, label=str(k))
-    if "val_loss" in hist.columns and np.isfinite(hist["val_loss"].to_numpy(float)).any():
-        best = hist["val_loss"].astype(float).idxmin()
-        a.axvline(float(best), color="0.5", linestyle=":", linewidth=1, label=f"best val_loss (epoch {best})")
+    monitor = getattr(model, "_monitor", "val_loss")  # what checkpoints were chosen on (e.g. val_mse)
+    if monitor in hist.columns and np.isfinite(hist[monitor].to_numpy(float)).any():
+        best = hist[monitor].astype(float).idxmin()
+        a.axvline(float(best), color="0.5", linestyle=":", linewidth=1, label=f"best {monitor} (epoch {best})")
     if log:
         a.set_yscale("log")
     a.xaxis.set_major_locator(MaxNLocator(integer=True))
