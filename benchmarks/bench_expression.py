@@ -61,6 +61,7 @@ METHODS = {
     "head_ms_ssl": ("HGGEPHead", "ms_ssl", {}, "HGGEP spatial head on [multi-scale hand-crafted, SSL]"),
     "hggep": ("HGGEP", None, {}, "HGGEP image model (random init, bench_config)"),
     "hggep_ssl": ("HGGEP", None, {"ssl": True}, "HGGEP image model, backbone from SSL weights"),
+    "hggep_paper_ssl": ("HGGEP", None, {"ssl": True, "paper": True}, "HGGEP, paper sizes, SSL weights (GPU)"),
 }
 BASELINE = "ridge_hc"
 LEARNED = ("MLPExpression", "HGGEPHead", "HGGEP")
@@ -149,6 +150,8 @@ def run_fold(name, sdata, tab, test, seed, epochs):
     if cls_name == "HGGEP":
         if overrides.pop("ssl", False):
             config["backbone_weights"] = str(ssl_weights(test))
+        if overrides.pop("paper", False):  # the paper's network sizes (GPU); training settings stay bench_config's
+            config.update(scst.nn.HGGEP_BENCH["paper"]["config"])
         setup_kwargs = {"size_um": 80.0, "patch_px": 112}
     config.update(overrides)
     if cls_name in LEARNED:
@@ -294,7 +297,9 @@ def report(results: Path, out: Path) -> None:
               f"panels): best learned model {METHODS[best][3]} {learned[best]['mean']:.3f}, "
               f"{METHODS[BASELINE][3]} {summ[BASELINE]['mean']:.3f}: ratio {ratio:.2f} → "
               f"**{'met' if ratio >= 1.25 else 'missed'}**."]  # fmt: skip
-        pairs = [(n, "ridge_" + n.split("_", 1)[1]) for n in learned if "ridge_" + n.split("_", 1)[1] in summ]
+        pairs = [
+            (n, "ridge_" + n.split("_", 1)[1]) for n in learned if "_" in n and "ridge_" + n.split("_", 1)[1] in summ
+        ]
         if pairs:
             L += [
                 "",
