@@ -7,7 +7,6 @@ elsewhere. Only the head is trained, so a CPU trains it for as many epochs as th
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -21,7 +20,7 @@ from .._normalize import panel_targets
 from .._utils import _check_key, _embedding_record, _get_table, _plain
 from ..nn._heads import MLPHeadModule, SpatialHeadModule
 from ._base import BaseModel
-from ._image import _check_sections, _random_windows, _resolve_panel, _tiling_windows, _validation_sections
+from ._image import _check_sections, _resolve_panel, _tiling_windows, _validation_sections, _WindowDataset
 
 __all__ = ["HGGEPHead", "MLPExpression"]
 
@@ -65,27 +64,11 @@ def _sub_hyperedges(incidence: sparse.csr_matrix, rows: np.ndarray) -> torch.Ten
     return torch.from_numpy(np.stack([sub.row, sub.col]).astype(np.int64))
 
 
-class _Windows(Dataset):
-    """Spatial windows of one or more sections (spatial head): random windows in training, a tiling otherwise."""
-
-    def __init__(self, sections: list, max_spots: int, train: bool):
-        self.sections, self.max_spots, self.train = sections, max_spots, train
-        self.items = []
-        for i, sec in enumerate(sections):
-            if train:
-                self.items += [(i, None)] * math.ceil(len(sec.rows) / max_spots)
-            else:
-                self.items += [(i, w) for w, _ in _tiling_windows(sec.positions, max_spots)]
-
-    def __len__(self) -> int:
-        return len(self.items)
+class _Windows(_WindowDataset):
+    """Spatial-head batches: the standardised embeddings, hyperedges and targets of one window's spots."""
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        s, idx = self.items[i]
-        sec = self.sections[s]
-        if idx is None:
-            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
-            idx = _random_windows(sec.positions, self.max_spots, rng)[0]
+        sec, idx = self._window(i)
         return {
             "x": torch.from_numpy(sec.x[idx]),
             "hyperedge_index": _sub_hyperedges(sec.incidence, idx),

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from .._logging import logg
 from ..nn._hggep import HGGEP_BENCH, HGGEPModule
-from ._image import _ImageModel, _random_windows, _tiling_windows, _to_input
+from ._image import _ImageModel, _tiling_windows, _to_input, _WindowDataset
 
 __all__ = ["HGGEP"]
 
@@ -29,30 +28,18 @@ def _coords_for(sec: Any, idx: np.ndarray, max_coord: int) -> torch.Tensor:
     return torch.from_numpy(c)
 
 
-class _SectionWindows(Dataset):
-    """One item = one section (or a spatial window of at most ``max_spots`` spots) as an HGGEP batch."""
+class _SectionWindows(_WindowDataset):
+    """HGGEP batches: the patches, window-relative grid coordinates and targets of one window's spots."""
 
     def __init__(self, sections: list, max_spots: int, max_coord: int, augment: bool, train: bool):
-        self.sections, self.max_spots, self.max_coord = sections, max_spots, max_coord
-        self.augment, self.train = augment, train
-        # Items per epoch: ceil(n / max_spots) per section; training windows are redrawn at every access.
-        self.items = []
-        for i, sec in enumerate(sections):
-            pos = sec.positions[sec.keep]
-            if train:
-                self.items += [(i, None)] * math.ceil(len(pos) / max_spots)
-            else:
-                self.items += [(i, sec.keep[w]) for w, _ in _tiling_windows(pos, max_spots)]
+        self.max_coord, self.augment = max_coord, augment
+        super().__init__(sections, max_spots, train)
 
-    def __len__(self) -> int:
-        return len(self.items)
+    def _usable(self, sec: Any) -> np.ndarray:
+        return sec.keep  # spots with counts
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        s, idx = self.items[i]
-        sec = self.sections[s]
-        if idx is None:
-            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
-            idx = sec.keep[_random_windows(sec.positions[sec.keep], self.max_spots, rng)[0]]
+        sec, idx = self._window(i)
         return {
             "patches": _to_input(sec.patches.get(idx), self.augment and self.train),
             "coords": _coords_for(sec, idx, self.max_coord),

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import Dataset
 
 from .._constants import ARRAY_COL, ARRAY_ROW, SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
 from .._logging import logg
@@ -188,6 +189,41 @@ def _tiling_windows(positions: np.ndarray, max_spots: int) -> list[tuple[np.ndar
         extra = near[~np.isin(near, core)][: max_spots - len(core)]
         out.append((np.sort(np.concatenate([core, extra])), core))
     return out
+
+
+class _WindowDataset(Dataset):
+    """Items = spatial windows of at most ``max_spots`` spots of one section (HGGEP and its spatial head).
+
+    Training draws a new window (the ``max_spots`` spots nearest to a random spot) at every access,
+    ``ceil(n / max_spots)`` items per section and epoch; otherwise a fixed tiling in which every spot is predicted
+    inside the window around its k-d cell. Subclasses say which spots are usable and build the batch.
+    """
+
+    def __init__(self, sections: list, max_spots: int, train: bool):
+        self.sections, self.max_spots, self.train = sections, max_spots, train
+        self.items: list[tuple[int, np.ndarray | None]] = []
+        for i, sec in enumerate(sections):
+            usable = self._usable(sec)
+            if train:
+                self.items += [(i, None)] * math.ceil(len(usable) / max_spots)
+            else:
+                self.items += [(i, usable[w]) for w, _ in _tiling_windows(sec.positions[usable], max_spots)]
+
+    def _usable(self, sec: Any) -> np.ndarray:
+        """Positions (into the section's arrays) of the spots windows are cut from; default all."""
+        return np.arange(len(sec.positions))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _window(self, i: int) -> tuple[Any, np.ndarray]:
+        s, idx = self.items[i]
+        sec = self.sections[s]
+        if idx is None:
+            usable = self._usable(sec)
+            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
+            idx = usable[_random_windows(sec.positions[usable], self.max_spots, rng)[0]]
+        return sec, idx
 
 
 # --------------------------------------------------------------------------------------------------------------
