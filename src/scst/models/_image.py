@@ -129,17 +129,26 @@ _MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
 _STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
 
 
+def _dihedral(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random element of the dihedral group (horizontal flip × rot90 by k·90°) per ``(n, c, p, p)`` patch (copy)."""
+    x = x.clone()
+    if not len(x):
+        return x
+    r = torch.randint(0, 8, (len(x),), generator=generator)
+    flip = r >= 4
+    x[flip] = torch.flip(x[flip], dims=(3,))
+    for k in (1, 2, 3):
+        sel = (r % 4) == k
+        if sel.any():
+            x[sel] = torch.rot90(x[sel], k, dims=(2, 3))
+    return x
+
+
 def _to_input(patches: np.ndarray, augment: bool, generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 ``(n, 3, p, p)`` → float ImageNet-normalised; with ``augment`` a random flip/rot90 per patch."""
     x = torch.from_numpy(np.ascontiguousarray(patches)).float().div_(255.0)
-    if augment and len(x):
-        r = torch.randint(0, 8, (len(x),), generator=generator)
-        flip = r >= 4
-        x[flip] = torch.flip(x[flip], dims=(3,))
-        for k in (1, 2, 3):
-            sel = (r % 4) == k
-            if sel.any():
-                x[sel] = torch.rot90(x[sel], k, dims=(2, 3))
+    if augment:
+        x = _dihedral(x, generator)
     return (x - _MEAN) / _STD
 
 

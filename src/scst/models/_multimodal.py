@@ -20,6 +20,7 @@ from .._logging import logg
 from ..nn._multimodal import LOSS_TERMS, MultimodalModule
 from ..pp._mudata import LINK_KEY, PATCH_KEY
 from ._base import BaseModel
+from ._image import _dihedral
 
 __all__ = ["MultimodalST"]
 
@@ -35,19 +36,6 @@ def _codes(values: pd.Series, categories: list[str]) -> np.ndarray:
     bad = np.flatnonzero(out < 0)
     out[bad] = -(bad + 1)
     return out
-
-
-def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A random element of the dihedral group (flip × rot90) per uint8 patch."""
-    r = torch.randint(0, 8, (len(x),), generator=generator)
-    x = x.clone()
-    flip = r >= 4
-    x[flip] = torch.flip(x[flip], dims=(3,))
-    for k in (1, 2, 3):
-        sel = (r % 4) == k
-        if sel.any():
-            x[sel] = torch.rot90(x[sel], k, dims=(2, 3))
-    return x
 
 
 class _Items(torch.utils.data.Dataset):
@@ -71,7 +59,7 @@ class _Items(torch.utils.data.Dataset):
         img = d["img"][np.where(has_img, img_row, 0)]
         img = torch.from_numpy(np.ascontiguousarray(img))
         if self.augment and img.ndim == 4:
-            img = _augment(img, self.generator)
+            img = _dihedral(img, self.generator)
         return {
             "rna": torch.from_numpy(d["rna"][np.where(has_rna, rna_row, 0)]),
             "img": img,
