@@ -125,4 +125,3 @@ def _embedding_record(adata: Any, key: str) -> dict[str, Any] | None:
     """How ``obsm[key]`` was made (``uns["scst_embed"][key]`` of :func:`scst.tl.embed_patches`), or None."""
     rec = adata.uns.get("scst_embed", {}).get(key)
     return None if rec is None else _plain(dict(rec))
-
