@@ -256,7 +256,7 @@ def report(results: Path, out: Path) -> None:
     for n, meta in metas.items():
         df = pd.read_csv(results / f"{n}.csv.gz")
         summ[n] = summarise(df, meta["folds"])[1]
-    L = ["## Histology → expression (her2st, leave one section out, per-fold gene panels)", "",
+    L = ["# Histology → expression (her2st, leave one section out, per-fold gene panels)", "",
          "Data: her2st patient C, sections C2–C6; one fold per section. **The gene panel of each fold is chosen on "
          "its training sections only** (`scst.pp.select_genes(n_top=1000, min_fraction=0.5, sections=train)`, via "
          "`scst.tl.cross_validate(genes=None)`; "
