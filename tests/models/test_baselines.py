@@ -132,6 +132,14 @@ def test_mean_and_save_load_round_trip(tmp_path):
     fresh = a.copy()
     fresh.uns.clear()
     np.testing.assert_array_equal(RidgeExpression.load(tmp_path / "ridge", data=fresh).predict(), ridge.predict())
+    # the closed-form models share the image models' checks: a truncated attr.json is named, not a JSON traceback
+    attr = tmp_path / "ridge" / "attr.json"
+    attr.write_text(attr.read_text()[:40])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        RidgeExpression.load(tmp_path / "ridge")
+    (tmp_path / "mean" / "params.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="params.npz"):
+        MeanExpression.load(tmp_path / "mean")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import math
 import tempfile
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -45,6 +45,37 @@ def _scst_version() -> str:
         return version("scst")
     except PackageNotFoundError:  # pragma: no cover - source tree without install
         return "0.0.0"
+
+
+def _write_model_dir(dir_path: str | Path, overwrite: bool, attrs: dict[str, Any], write_payload: Any) -> Path:
+    """The one save path of every scst model: ``attr.json`` + a payload, written to a temporary folder and renamed.
+
+    ``write_payload(tmp)`` writes the model's arrays (``model.safetensors`` or ``params.npz``) into ``tmp``.
+    """
+    dir_path = Path(dir_path)
+    if dir_path.exists() and not overwrite:
+        raise FileExistsError(f"`dir_path` {str(dir_path)!r} exists; pass `overwrite=True` to replace it.")
+    with _atomic_dir(dir_path) as tmp:
+        write_payload(tmp)
+        (tmp / ATTR_FILE).write_text(json.dumps(attrs, indent=1, allow_nan=False))
+    logg.info(f"{attrs.get('model')}: saved to {str(dir_path)!r}")
+    return dir_path
+
+
+def _read_model_attrs(dir_path: str | Path, payload: str, required: Sequence[str] = ("model",)) -> dict[str, Any]:
+    """``attr.json`` of a saved model folder, checked: both files present, valid JSON, ``required`` keys."""
+    dir_path = Path(dir_path)
+    attr_path = dir_path / ATTR_FILE
+    if not attr_path.is_file() or not (dir_path / payload).is_file():
+        raise FileNotFoundError(f"`dir_path` {str(dir_path)!r} lacks {ATTR_FILE} / {payload} (not a saved model).")
+    try:
+        attrs = json.loads(attr_path.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{ATTR_FILE} of {str(dir_path)!r} is truncated or corrupt (not JSON: {e}).") from e
+    absent = [k for k in required if not isinstance(attrs, dict) or k not in attrs]
+    if absent:
+        raise ValueError(f"{ATTR_FILE} of {str(dir_path)!r} lacks {absent}: not a checkpoint written by scst.")
+    return attrs
 
 
 def _jsonable(obj: Any, where: str) -> Any:
@@ -582,9 +613,6 @@ class BaseModel(_SetupRegistry, ABC):
         """
         from safetensors.torch import save_model
 
-        dir_path = Path(dir_path)
-        if dir_path.exists() and not overwrite:
-            raise FileExistsError(f"`dir_path` {str(dir_path)!r} exists; pass `overwrite=True` to replace it.")
         history = None
         if self.history is not None:
             history = [
@@ -601,19 +629,20 @@ class BaseModel(_SetupRegistry, ABC):
             "history": history,
             "extra": _jsonable(self._extra_state(), f"{type(self).__name__}._extra_state()"),
         }
-        with _atomic_dir(dir_path) as tmp:
+        if save_data and self.data is None:
+            raise ValueError("`save_data=True` but the model has no data.")
+
+        def payload(tmp: Path) -> None:
             save_model(self.module, str(tmp / WEIGHTS_FILE))
-            (tmp / ATTR_FILE).write_text(json.dumps(attrs, indent=1, allow_nan=False))
             if save_data:
-                if self.data is None:
-                    raise ValueError("`save_data=True` but the model has no data.")
                 if hasattr(self.data, "tables"):
                     self.data.write(tmp / "data.zarr")
                 elif hasattr(self.data, "mod"):
                     self.data.write(tmp / "data.h5mu")
                 else:
                     self.data.write_h5ad(tmp / "data.h5ad")
-        logg.info(f"{type(self).__name__}: saved to {str(dir_path)!r}")
+
+        _write_model_dir(dir_path, overwrite, attrs, payload)
 
     @classmethod
     def load(
@@ -638,19 +667,7 @@ class BaseModel(_SetupRegistry, ABC):
         from safetensors.torch import load_model
 
         dir_path = Path(dir_path)
-        attr_path = dir_path / ATTR_FILE
-        if not attr_path.is_file() or not (dir_path / WEIGHTS_FILE).is_file():
-            raise FileNotFoundError(
-                f"`dir_path` {str(dir_path)!r} lacks {ATTR_FILE} / {WEIGHTS_FILE} (not a saved model)."
-            )
-        try:
-            attrs = json.loads(attr_path.read_text())
-        except (UnicodeDecodeError, ValueError) as e:
-            raise ValueError(f"{ATTR_FILE} of {str(dir_path)!r} is truncated or corrupt (not JSON: {e}).") from e
-        required = ("model", "registry", "config", "module_kwargs")
-        absent = [k for k in required if not isinstance(attrs, dict) or k not in attrs]
-        if absent:
-            raise ValueError(f"{ATTR_FILE} of {str(dir_path)!r} lacks {absent}: not a checkpoint written by scst.")
+        attrs = _read_model_attrs(dir_path, WEIGHTS_FILE, required=("model", "registry", "config", "module_kwargs"))
         _check_weights_file(dir_path / WEIGHTS_FILE)
         name = attrs.get("model")
         if cls is BaseModel:

@@ -15,7 +15,6 @@ leave-one-section-out loop serves every model::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,9 +28,9 @@ from torch import nn
 from .._constants import SECTION_KEY, TABLE_KEY
 from .._logging import logg
 from .._normalize import log_normalized, raw_counts
-from .._utils import _atomic_dir, _check_key, _embedding_record, _get_table
+from .._utils import _check_key, _embedding_record, _get_table
 from ..nn._backbones import build_backbone, load_backbone_weights
-from ._base import _jsonable, _scst_version, _SetupRegistry
+from ._base import _jsonable, _read_model_attrs, _scst_version, _SetupRegistry, _write_model_dir
 from ._image import _check_sections, _ImageModel
 from ._image import _resolve_panel as _resolve_panel_and_key
 from ._tcgn import TCGN, _spot_dataloaders
@@ -39,7 +38,6 @@ from ._tcgn import TCGN, _spot_dataloaders
 __all__ = ["MeanExpression", "RidgeExpression", "STNet", "build_backbone", "load_backbone_weights"]
 
 PARAMS_FILE = "params.npz"
-ATTR_FILE = "attr.json"
 _UNITS = "log1p(normalize_total(target_sum=1e4))"
 
 
@@ -162,9 +160,6 @@ class _ClosedFormModel(_SetupRegistry):
             Replace an existing ``dir_path``.
         """
         self._require_trained()
-        dir_path = Path(dir_path)
-        if dir_path.exists() and not overwrite:
-            raise FileExistsError(f"`dir_path` {str(dir_path)!r} exists; pass `overwrite=True` to replace it.")
         attrs = {
             "model": type(self).__name__,
             "scst_version": _scst_version(),
@@ -173,11 +168,12 @@ class _ClosedFormModel(_SetupRegistry):
             "registry": self.registry,
             "extra": _jsonable(self._extra_state(), f"{type(self).__name__} state"),
         }
-        with _atomic_dir(dir_path) as tmp:
-            (tmp / ATTR_FILE).write_text(json.dumps(attrs, indent=1, allow_nan=False))
+
+        def payload(tmp: Path) -> None:
             with open(tmp / PARAMS_FILE, "wb") as fh:
                 np.savez(fh, **self.params)
-        logg.info(f"{type(self).__name__}: saved to {str(dir_path)!r}")
+
+        _write_model_dir(dir_path, overwrite, attrs, payload)
 
     @classmethod
     def load(cls, dir_path: str | Path, data: Any = None) -> _ClosedFormModel:
@@ -191,11 +187,7 @@ class _ClosedFormModel(_SetupRegistry):
             AnnData / SpatialData to attach (its table gets the saved registry when it is not set up).
         """
         dir_path = Path(dir_path)
-        if not (dir_path / ATTR_FILE).is_file() or not (dir_path / PARAMS_FILE).is_file():
-            raise FileNotFoundError(
-                f"`dir_path` {str(dir_path)!r} lacks {ATTR_FILE} / {PARAMS_FILE} (not a saved model)."
-            )
-        attrs = json.loads((dir_path / ATTR_FILE).read_text())
+        attrs = _read_model_attrs(dir_path, PARAMS_FILE, required=("model", "config", "registry"))
         if attrs.get("model") != cls.__name__:
             raise ValueError(f"{str(dir_path)!r} holds a {attrs.get('model')!r} model, not {cls.__name__!r}.")
         model = cls.__new__(cls)
