@@ -55,3 +55,28 @@ def test_local_score_on_tissue(c2_ligrec, her2st_two):
     with pytest.raises(KeyError, match="pair: 'NOPE"):
         scst.pl.ligand_receptor_spatial(sd, "NOPE^X", show=False)
     plt.close(fig)
+
+
+def test_ligrec_roc_curves_per_method():
+    """Known answers: a score equal to the label gives AUROC = AUPRC = 1; a reversed one AUROC 0."""
+    import pandas as pd
+
+    label = np.array([1, 0] * 20)
+    pred = pd.concat(
+        [
+            pd.DataFrame({"method": "perfect", "label": label, "score": label.astype(float)}),
+            pd.DataFrame({"method": "reversed", "label": label, "score": 1.0 - label}),
+        ]
+    )
+    roc, pr = scst.pl.ligrec_roc(pred, show=False)
+    assert [t.get_text() for t in roc.get_legend().get_texts()] == ["perfect (AUROC 1.00)", "reversed (AUROC 0.00)"]
+    assert pr.get_legend().get_texts()[0].get_text() == "perfect (AUPRC 1.00)"
+    perfect = roc.get_lines()[0]
+    assert (0.0, 1.0) in set(zip(perfect.get_xdata(), perfect.get_ydata()))  # all positives before any negative
+    assert pr.get_lines()[-1].get_ydata()[0] == pytest.approx(0.5)  # chance line at the positive rate
+    with pytest.raises(KeyError, match="methods: 'perfekt'"):
+        scst.pl.ligrec_roc(pred, methods="perfekt", show=False)
+    with pytest.raises(KeyError, match="ligrec_cv"):
+        scst.pl.ligrec_roc(pred.drop(columns="score"), show=False)
+    with pytest.raises(ValueError, match="one class"):
+        scst.pl.ligrec_roc(pred[pred["label"] == 1], show=False)

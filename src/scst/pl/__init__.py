@@ -2,7 +2,7 @@
 
 from ._domains import spatial_domains
 from ._expression import predicted_expression, spatial_expression
-from ._ligrec import ligand_receptor, ligand_receptor_spatial
+from ._ligrec import ligand_receptor, ligand_receptor_spatial, ligrec_roc
 from ._models import attribution, training_history
 from ._retrieval import retrieval
 from ._scores import cross_validation, gene_scores
@@ -13,6 +13,7 @@ __all__ = [
     "gene_scores",
     "ligand_receptor",
     "ligand_receptor_spatial",
+    "ligrec_roc",
     "predicted_expression",
     "retrieval",
     "spatial_domains",

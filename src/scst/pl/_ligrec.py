@@ -19,7 +19,7 @@ from .._utils import _get_table
 from ._spatial import _Section, _sections
 from ._utils import _check_in, _finish, _panel_axes
 
-__all__ = ["ligand_receptor", "ligand_receptor_spatial"]
+__all__ = ["ligand_receptor", "ligand_receptor_spatial", "ligrec_roc"]
 
 
 def ligand_receptor(
@@ -196,4 +196,73 @@ def ligand_receptor_spatial(
     fig.colorbar(
         ScalarMappable(norm, cmap), ax=axes, fraction=0.046 / max(1, min(4, len(axes))), pad=0.02, label="local score"
     )
+    return _finish(fig, axes, show=show, save=save, return_fig=return_fig, ax_given=ax is not None, dpi=dpi)
+
+
+def ligrec_roc(
+    predictions: pd.DataFrame,
+    *,
+    methods: str | Sequence[str] | None = None,
+    ax: Sequence[Axes] | None = None,
+    figsize: tuple[float, float] | None = None,
+    dpi: int | None = None,
+    show: bool | None = None,
+    save: str | os.PathLike | None = None,
+    return_fig: bool = False,
+) -> Figure | list[Axes] | None:
+    """ROC and precision–recall curves of a ligand–receptor cross-validation, one curve per method.
+
+    Test pairs of all folds are pooled per method (as :func:`scst.tl.ligrec_metrics` computes its pooled AUROC and
+    AUPRC, shown in the legend); the diagonal (ROC) and the positive rate (PR) mark chance.
+
+    Parameters
+    ----------
+    predictions
+        Output of :func:`scst.tl.ligrec_cv`: ``method``, ``label`` (1 known pair, 0 negative) and ``score``.
+    methods
+        Methods to draw (default all, in table order).
+    ax
+        Two axes (ROC, PR).
+    figsize
+        Figure size (default 9 × 4 inches); ignored with ``ax``.
+    dpi
+        Resolution of the saved file.
+    show
+        Show the figure (default: unless ``ax`` or ``return_fig`` is given).
+    save
+        File to save to (relative paths go to ``scanpy.settings.figdir``; ``.png`` when no suffix).
+    return_fig
+        Return the figure.
+
+    Returns
+    -------
+    The figure (``return_fig``), the two axes (``show=False``) or None.
+    """
+    from sklearn.metrics import auc, precision_recall_curve, roc_auc_score, roc_curve
+
+    missing = {"method", "label", "score"} - set(getattr(predictions, "columns", []))
+    if missing:
+        raise KeyError(f"predictions: lacks columns {sorted(missing)}; pass the output of scst.tl.ligrec_cv.")
+    present = list(dict.fromkeys(predictions["method"].astype(str)))
+    methods = present if methods is None else ([methods] if isinstance(methods, str) else list(methods))
+    for m in methods:
+        _check_in(m, present, "methods", "predictions['method']")
+    fig, axes = _panel_axes(2, ax, 2, (4.5, 4.0), figsize)
+    roc_ax, pr_ax = axes
+    for m in methods:
+        d = predictions[(predictions["method"].astype(str) == m) & predictions["score"].notna()]
+        y, s = d["label"].to_numpy(int), d["score"].to_numpy(float)
+        if len(np.unique(y)) < 2:
+            raise ValueError(f"predictions: method {m!r} has test pairs of one class only; no curve can be drawn.")
+        fpr, tpr, _ = roc_curve(y, s)
+        prec, rec, _ = precision_recall_curve(y, s)
+        roc_ax.plot(fpr, tpr, label=f"{m} (AUROC {roc_auc_score(y, s):.2f})")
+        pr_ax.plot(rec, prec, label=f"{m} (AUPRC {auc(rec, prec):.2f})")
+    base = float(predictions["label"].mean())
+    roc_ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
+    pr_ax.axhline(base, color="0.6", linestyle=":", linewidth=1)
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test pairs, pooled)")
+    pr_ax.set(xlabel="recall", ylabel="precision", title="precision–recall", ylim=(0, 1.02))
+    for a in axes:
+        a.legend(fontsize="small", frameon=False)
     return _finish(fig, axes, show=show, save=save, return_fig=return_fig, ax_given=ax is not None, dpi=dpi)
