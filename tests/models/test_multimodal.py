@@ -88,9 +88,12 @@ def test_train_retrieve_save_load(tmp_path):
     assert res["chance"]["label"] == pytest.approx(0.25)
     assert res["accuracy"]["label"] >= 0.9 > before["accuracy"]["label"] + 0.3
     assert te.uns["scst_retrieval"]["indices"].shape == (40, 5)
-    scst.tl.embed(te, model)
+    scst.tl.embed(te, model, umap=True)
     emb = te["image"].obsm["X_multimodal"]
     assert emb.shape == (40, 16) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    # one joint UMAP of both modalities, split back into each
+    u_img, u_rna = te["image"].obsm["X_multimodal_umap"], te["rna"].obsm["X_multimodal_umap"]
+    assert u_img.shape == (40, 2) and u_rna.shape == (te["rna"].n_obs, 2) and np.isfinite(u_img).all()
     model.save(tmp_path / "m")
     loaded = MultimodalST.load(tmp_path / "m", data=te)
     np.testing.assert_allclose(loaded.get_latent_representation(te, "image"), emb, atol=1e-5)

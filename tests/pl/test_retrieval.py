@@ -25,3 +25,33 @@ def test_bars_observed_vs_chance():
         scst.pl.retrieval(a, show=False)
     with pytest.raises(KeyError, match="key: 'scst_retrival'.*close matches"):
         scst.pl.retrieval(a, key="scst_retrival", show=False)
+
+
+def test_embedding_panels_by_modality_and_group():
+    """basis= adds a panel per modality (both point clouds at their coordinates) and color= one per group."""
+    import mudata as md
+    import pandas as pd
+
+    def mod(n, offset, labels):
+        a = AnnData(
+            np.zeros((n, 1), np.float32), obs=pd.DataFrame({"label": labels}, index=[f"s{i}" for i in range(n)])
+        )
+        a.obsm["X_multimodal_umap"] = np.column_stack([np.arange(n, dtype=float) + offset, np.zeros(n)])
+        return a
+
+    m = md.MuData({"rna": mod(4, 0.0, ["a", "b", "a", "b"]), "image": mod(3, 10.0, ["a", "a", "b"])})
+    m.uns["scst_retrieval"] = {
+        "query": "image", "k": 5, "n_query": 3, "accuracy": {"label": 0.4}, "chance": {"label": 0.2},
+        "exact_top1": 0.03, "exact_topk": 0.1, "chance_exact_top1": 0.01, "chance_exact_topk": 0.05,
+    }  # fmt: skip
+    bars, by_mod, by_label = scst.pl.retrieval(m, basis="X_multimodal_umap", color="label", show=False)
+    rna, image = by_mod.collections
+    np.testing.assert_array_equal(rna.get_offsets()[:, 0], [0, 1, 2, 3])
+    np.testing.assert_array_equal(image.get_offsets()[:, 0], [10, 11, 12])
+    assert [t.get_text() for t in by_mod.get_legend().get_texts()] == ["rna", "image"]
+    assert sum(len(c.get_offsets()) for c in by_label.collections) == 7
+    assert [t.get_text() for t in by_label.get_legend().get_texts()] == ["a", "b"]
+    with pytest.raises(KeyError, match="basis: 'X_umap'"):
+        scst.pl.retrieval(m, basis="X_umap", show=False)
+    with pytest.raises(ValueError, match="color: only used with `basis`"):
+        scst.pl.retrieval(m, color="label", show=False)

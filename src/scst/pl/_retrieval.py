@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -18,7 +20,9 @@ def retrieval(
     mdata: Any,
     key: str = "scst_retrieval",
     *,
-    ax: Axes | None = None,
+    basis: str | None = None,
+    color: str | None = None,
+    ax: Axes | Sequence[Axes] | None = None,
     figsize: tuple[float, float] | None = None,
     dpi: int | None = None,
     show: bool | None = None,
@@ -35,8 +39,14 @@ def retrieval(
         ``chance_exact_topk``, ``k``, ``query``, ``n_query``.
     key
         ``uns`` key.
+    basis
+        ``obsm`` key of a joint 2-D embedding of both modalities, e.g. ``"X_multimodal_umap"`` from
+        ``scst.tl.embed(mdata, model, umap=True)``: adds a panel of both modalities' points coloured by modality
+        (patches and RNA samples that mix are what alignment aims for).
+    color
+        With ``basis``: an ``obs`` column present in both modalities (e.g. ``"label"``) for one more panel.
     ax
-        Axes to draw into.
+        Axes to draw into, one per panel.
     figsize
         Figure size (default 1.3 inches per bar group + 2); ignored with ``ax``.
     dpi
@@ -64,7 +74,20 @@ def retrieval(
         float(res["chance_exact_top1"]),
         float(res["chance_exact_topk"]),
     ]
-    fig, (a,) = _panel_axes(1, ax, 1, (2 + 1.3 * len(labels), 4.0), figsize)
+    mods = []
+    if basis is not None:
+        mods = [m for m in ("rna", "image") if m in getattr(mdata, "mod", {})]
+        if len(mods) != 2:
+            raise ValueError("basis: needs a MuData with modalities 'rna' and 'image'.")
+        for m in mods:
+            _check_in(basis, list(mdata[m].obsm.keys()), "basis", f"mdata[{m!r}].obsm")
+            if color is not None:
+                _check_in(color, list(mdata[m].obs.columns), "color", f"mdata[{m!r}].obs")
+    elif color is not None:
+        raise ValueError("color: only used with `basis` (the embedding panel).")
+    n_panels = 1 + (basis is not None) + (color is not None)
+    fig, axes = _panel_axes(n_panels, ax, n_panels, (2 + 1.3 * len(labels), 4.0), figsize)
+    a = axes[0]
     x = np.arange(len(labels))
     a.bar(x - 0.2, obs, 0.4, label="retrieved", color="tab:blue")
     a.bar(x + 0.2, chance, 0.4, label="chance", color="white", edgecolor="0.4", hatch="//")
@@ -75,4 +98,25 @@ def retrieval(
     a.set_ylabel("fraction of queries")
     a.set_title(f"{res.get('query', '?')} → retrieval ({res.get('n_query', '?')} queries)")
     a.legend(frameon=False, fontsize="small")
-    return _finish(fig, a, show=show, save=save, return_fig=return_fig, ax_given=ax is not None, dpi=dpi)
+    if basis is not None:
+        e = axes[1]
+        for m, marker in zip(mods, ("o", "^")):
+            xy = np.asarray(mdata[m].obsm[basis])[:, :2]
+            e.scatter(xy[:, 0], xy[:, 1], s=8, marker=marker, alpha=0.7, label=m)
+        e.set(title=f"{basis}: modality", xticks=[], yticks=[])
+        e.legend(frameon=False, fontsize="small", markerscale=2)
+        if color is not None:
+            g = axes[2]
+            cats = sorted({str(v) for m in mods for v in mdata[m].obs[color].dropna()})
+            cmap = plt.get_cmap("tab20", max(len(cats), 1))
+            for m, marker in zip(mods, ("o", "^")):
+                xy = np.asarray(mdata[m].obsm[basis])[:, :2]
+                lab = mdata[m].obs[color].astype(str).to_numpy()
+                for i, c in enumerate(cats):
+                    sel = lab == c
+                    g.scatter(xy[sel, 0], xy[sel, 1], s=8, marker=marker, color=cmap(i), alpha=0.7,
+                              label=c if m == mods[0] else None)  # fmt: skip
+            g.set(title=f"{basis}: {color} (o rna, ^ image)", xticks=[], yticks=[])
+            g.legend(frameon=False, fontsize="x-small", markerscale=2)
+    out = a if n_panels == 1 else axes
+    return _finish(fig, out, show=show, save=save, return_fig=return_fig, ax_given=ax is not None, dpi=dpi)

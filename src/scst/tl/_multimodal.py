@@ -33,7 +33,9 @@ def _check_model(model: Any) -> None:
         raise TypeError(f"model: expected a scst.models.MultimodalST, got {type(model).__name__}.")
 
 
-def embed(mdata: Any, model: Any, key_added: str = "X_multimodal", batch_size: int = 256) -> None:
+def embed(
+    mdata: Any, model: Any, key_added: str = "X_multimodal", batch_size: int = 256, umap: bool = False, seed: int = 0
+) -> None:
     """Shared-space embeddings of both modalities into ``obsm[key_added]`` of ``mdata["rna"]`` and ``mdata["image"]``.
 
     Parameters
@@ -46,12 +48,28 @@ def embed(mdata: Any, model: Any, key_added: str = "X_multimodal", batch_size: i
         ``obsm`` key.
     batch_size
         Inference batch size.
+    umap
+        Also compute one UMAP of both modalities together (scanpy's ``neighbors`` + ``umap`` on the concatenated
+        embeddings) into ``obsm[f"{key_added}_umap"]`` of each modality, for :func:`scst.pl.retrieval`.
+    seed
+        Random state of the UMAP.
     """
     _check_model(model)
     reg = model.registry
-    for mod in (reg["rna"], reg["image"]):
+    mods = (reg["rna"], reg["image"])
+    for mod in mods:
         mdata[mod].obsm[key_added] = model.get_latent_representation(mdata, modality=mod, batch_size=batch_size)
     logg.info(f"embed: wrote obsm[{key_added!r}] of modalities {reg['rna']!r} and {reg['image']!r}")
+    if umap:
+        import anndata as ad
+        import scanpy as sc
+
+        joint = ad.AnnData(obsm={key_added: np.vstack([mdata[m].obsm[key_added] for m in mods]).astype(np.float32)})
+        sc.pp.neighbors(joint, use_rep=key_added, n_neighbors=min(15, joint.n_obs - 1), random_state=seed)
+        sc.tl.umap(joint, random_state=seed)
+        n_rna = mdata[mods[0]].n_obs
+        mdata[mods[0]].obsm[f"{key_added}_umap"] = joint.obsm["X_umap"][:n_rna]
+        mdata[mods[1]].obsm[f"{key_added}_umap"] = joint.obsm["X_umap"][n_rna:]
 
 
 def _chance(q: pd.Series, t: pd.Series) -> float:
