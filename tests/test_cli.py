@@ -75,10 +75,8 @@ def test_train_head_then_predict_a_bare_he_image(tmp_path):
     """`scst train --model hggep_head` → `scst predict --image he.jpg`: pseudo-spots, features recomputed."""
     import scst
 
-    data_dir = os.environ.get("SCST_DATA_DIR")
-    image = os.path.join(data_dir or "", "her2st", "C4", "he.jpg")
-    if not data_dir or not os.path.isfile(image):
-        pytest.skip("needs the her2st data in $SCST_DATA_DIR")
+    image = os.path.join(os.environ["SCST_DATA_DIR"], "her2st", "C4", "he.jpg")  # set by tests/conftest.py
+    assert os.path.isfile(image), f"{image} missing: the her2st data are needed (../shared/data or SCST_DATA_DIR)"
     m = str(tmp_path / "m")
     assert main(["train", "--model", "hggep_head", "--sections", "C2", "C3", "--n-genes", "50", "--max-epochs", "5",
                  "--out", m]) == 0  # fmt: skip

@@ -7,6 +7,7 @@ elsewhere. Only the head is trained, so a CPU trains it for as many epochs as th
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -272,9 +273,9 @@ class _FeatureModel(BaseModel):
         rows = np.flatnonzero(adata.obs[SECTION_KEY].astype(str).isin(sections).to_numpy())
         return np.clip(out[rows], 0.0, None)
 
-    @torch.no_grad()
+    @abstractmethod
     def _predict_section(self, sec: Any, batch_size: int) -> np.ndarray:
-        raise NotImplementedError
+        """Standardised predictions ``(n_spots, n_genes)`` of one section's spots (``sec`` from ``_section``)."""
 
 
 class MLPExpression(_FeatureModel):
