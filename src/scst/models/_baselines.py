@@ -551,11 +551,6 @@ class STNet(_ImageModel):
         "patience": 3,
     }
 
-    def __init__(self, data: Any, **config: Any) -> None:
-        super().__init__(data, **config)
-        weights = self.config["weights"]
-        logg.info(f"STNet: {self.config['backbone']} backbone, weights: {weights if weights else 'random init'}")
-
     @property
     def patch_px(self) -> int:
         """Patch edge in pixels fed to the network (registry ``patch_px``, else ``config["patch_px"]``)."""
