@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from .._constants import SECTION_KEY, TABLE_KEY
 from .._utils import _get_table
 from ._spatial import _Section, _sections
-from ._utils import _check_in, _finish, _panel_axes
+from ._utils import _check_in, _doc_show_save, _finish, _panel_axes
 
 __all__ = ["spatial_domains"]
 
@@ -34,6 +34,7 @@ def _palette(adata: AnnData, key: str) -> dict[str, str]:
     return dict(zip(cats, colors))
 
 
+@_doc_show_save
 def spatial_domains(
     sdata: Any,
     keys: str | Sequence[str] = "domain",
@@ -77,12 +78,7 @@ def spatial_domains(
         Resolution of the saved file.
     legend
         Draw the category legends.
-    show
-        Show the figure (default: unless ``return_fig`` or ``ax`` is given).
-    save
-        File to write; a relative path goes under :attr:`scanpy.settings.figdir`, ``.png`` when it has no suffix.
-    return_fig
-        Return the figure.
+    {show_save}
 
     Returns
     -------

@@ -19,13 +19,14 @@ from matplotlib.figure import Figure
 from .._constants import TABLE_KEY
 from .._utils import _get_table
 from ._spatial import _Section, _sections
-from ._utils import _finish, _layer_values, _panel_axes
+from ._utils import _doc_show_save, _finish, _layer_values, _panel_axes
 
 __all__ = ["predicted_expression", "spatial_expression"]
 
 UNIT = "log1p(normalize_total 1e4)"
 
 
+@_doc_show_save
 def predicted_expression(
     sdata: Any,
     genes: str | Sequence[str],
@@ -73,12 +74,7 @@ def predicted_expression(
         Figure size (default 4 × 4 inches per panel); ignored with ``ax``.
     dpi
         Resolution of the saved file.
-    show
-        Show the figure (default: unless ``return_fig`` or ``ax`` is given).
-    save
-        File to write; a relative path goes under :attr:`scanpy.settings.figdir`, ``.png`` when it has no suffix.
-    return_fig
-        Return the figure.
+    {show_save}
 
     Returns
     -------

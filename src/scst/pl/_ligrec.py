@@ -17,11 +17,12 @@ from matplotlib.figure import Figure
 from .._constants import TABLE_KEY
 from .._utils import _get_table
 from ._spatial import _Section, _sections
-from ._utils import _check_in, _finish, _panel_axes
+from ._utils import _check_in, _doc_show_save, _finish, _panel_axes
 
 __all__ = ["ligand_receptor", "ligand_receptor_spatial", "ligrec_roc"]
 
 
+@_doc_show_save
 def ligand_receptor(
     adata: Any,
     key: str = "scst_ligrec",
@@ -65,12 +66,7 @@ def ligand_receptor(
         Figure size (default: 1 inch per method + 3, 0.3 inch per pair + 1.5); ignored with ``ax``.
     dpi
         Resolution of the saved file.
-    show
-        Show the figure (default: unless ``return_fig`` or ``ax`` is given).
-    save
-        File to write; a relative path goes under :attr:`scanpy.settings.figdir`, ``.png`` when it has no suffix.
-    return_fig
-        Return the figure.
+    {show_save}
 
     Returns
     -------
@@ -127,6 +123,7 @@ def ligand_receptor(
     return _finish(fig, a, show=show, save=save, return_fig=return_fig, ax_given=ax is not None, dpi=dpi)
 
 
+@_doc_show_save
 def ligand_receptor_spatial(
     sdata: Any,
     pair: str,
@@ -165,12 +162,7 @@ def ligand_receptor_spatial(
         Figure size (default 4 × 4 inches per panel); ignored with ``ax``.
     dpi
         Resolution of the saved file.
-    show
-        Show the figure (default: unless ``return_fig`` or ``ax`` is given).
-    save
-        File to write; a relative path goes under :attr:`scanpy.settings.figdir`, ``.png`` when it has no suffix.
-    return_fig
-        Return the figure.
+    {show_save}
 
     Returns
     -------
@@ -199,6 +191,7 @@ def ligand_receptor_spatial(
     return _finish(fig, axes, show=show, save=save, return_fig=return_fig, ax_given=ax is not None, dpi=dpi)
 
 
+@_doc_show_save
 def ligrec_roc(
     predictions: pd.DataFrame,
     *,
@@ -227,12 +220,7 @@ def ligrec_roc(
         Figure size (default 9 × 4 inches); ignored with ``ax``.
     dpi
         Resolution of the saved file.
-    show
-        Show the figure (default: unless ``ax`` or ``return_fig`` is given).
-    save
-        File to save to (relative paths go to ``scanpy.settings.figdir``; ``.png`` when no suffix).
-    return_fig
-        Return the figure.
+    {show_save}
 
     Returns
     -------

@@ -12,11 +12,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .._utils import _get_table
-from ._utils import _check_in, _finish, _panel_axes
+from ._utils import _check_in, _doc_show_save, _finish, _panel_axes
 
 __all__ = ["training_history", "attribution"]
 
 
+@_doc_show_save
 def training_history(
     model: Any,
     keys: str | Sequence[str] | None = None,
@@ -45,12 +46,7 @@ def training_history(
         Figure size (default 5 × 3.5 inches); ignored with ``ax``.
     dpi
         Resolution of the saved file.
-    show
-        Show the figure (default: unless ``return_fig`` or ``ax`` is given).
-    save
-        File to write; a relative path goes under :attr:`scanpy.settings.figdir`, ``.png`` when it has no suffix.
-    return_fig
-        Return the figure.
+    {show_save}
 
     Returns
     -------
@@ -84,6 +80,7 @@ def training_history(
     return _finish(fig, a, show=show, save=save, return_fig=return_fig, ax_given=ax is not None, dpi=dpi)
 
 
+@_doc_show_save
 def attribution(
     sdata: Any,
     model: Any,
@@ -130,12 +127,7 @@ def attribution(
         Figure size (default 2.5 inches per panel); ignored with ``ax``.
     dpi
         Resolution of the saved file.
-    show
-        Show the figure (default: unless ``return_fig`` or ``ax`` is given).
-    save
-        File to write; a relative path goes under :attr:`scanpy.settings.figdir`, ``.png`` when it has no suffix.
-    return_fig
-        Return the figure.
+    {show_save}
 
     Returns
     -------

@@ -11,11 +11,12 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ._utils import _check_in, _finish, _panel_axes
+from ._utils import _check_in, _doc_show_save, _finish, _panel_axes
 
 __all__ = ["retrieval"]
 
 
+@_doc_show_save
 def retrieval(
     mdata: Any,
     key: str = "scst_retrieval",
@@ -51,12 +52,7 @@ def retrieval(
         Figure size (default 1.3 inches per bar group + 2); ignored with ``ax``.
     dpi
         Resolution of the saved file.
-    show
-        Show the figure (default: unless ``return_fig`` or ``ax`` is given).
-    save
-        File to write; a relative path goes under :attr:`scanpy.settings.figdir`, ``.png`` when it has no suffix.
-    return_fig
-        Return the figure.
+    {show_save}
 
     Returns
     -------

@@ -12,7 +12,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ._utils import _check_in, _finish, _panel_axes
+from ._utils import _check_in, _doc_show_save, _finish, _panel_axes
 
 __all__ = ["gene_scores", "cross_validation"]
 
@@ -36,6 +36,7 @@ def _metric_rows(df: pd.DataFrame, metric: str, arg: str) -> pd.DataFrame:
     return df[df["metric"] == metric]
 
 
+@_doc_show_save
 def gene_scores(
     adata: AnnData,
     key: str = "scst_eval",
@@ -70,12 +71,7 @@ def gene_scores(
         Figure size (default 10 × max(4, n_top / 4) inches); ignored with ``ax``.
     dpi
         Resolution of the saved file.
-    show
-        Show the figure (default: unless ``return_fig`` or ``ax`` is given).
-    save
-        File to write; a relative path goes under :attr:`scanpy.settings.figdir`, ``.png`` when it has no suffix.
-    return_fig
-        Return the figure.
+    {show_save}
 
     Returns
     -------
@@ -108,6 +104,7 @@ def gene_scores(
     return _finish(fig, [a0, a1], show=show, save=save, return_fig=return_fig, ax_given=ax is not None, dpi=dpi)
 
 
+@_doc_show_save
 def cross_validation(
     table: pd.DataFrame | Mapping[str, pd.DataFrame],
     *,
@@ -137,12 +134,7 @@ def cross_validation(
         Figure size (default 1.2 inches per section plus 2); ignored with ``ax``.
     dpi
         Resolution of the saved file.
-    show
-        Show the figure (default: unless ``return_fig`` or ``ax`` is given).
-    save
-        File to write; a relative path goes under :attr:`scanpy.settings.figdir`, ``.png`` when it has no suffix.
-    return_fig
-        Return the figure.
+    {show_save}
 
     Returns
     -------

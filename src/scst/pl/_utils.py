@@ -124,3 +124,18 @@ def _finish(
         plt.show()
         return None
     return axes
+
+
+#: The ``show`` / ``save`` / ``return_fig`` parameters every plot shares (scanpy's wording), filled into docstrings.
+_SHOW_SAVE_DOC = """show
+        Show the figure (default: unless ``return_fig`` or ``ax`` is given).
+    save
+        File to write; a relative path goes under :attr:`scanpy.settings.figdir`, ``.png`` when it has no suffix.
+    return_fig
+        Return the figure."""
+
+
+def _doc_show_save(fn: Any) -> Any:
+    """Fill ``{show_save}`` in ``fn``'s docstring with the shared ``show``/``save``/``return_fig`` parameters."""
+    fn.__doc__ = fn.__doc__.replace("{show_save}", _SHOW_SAVE_DOC)
+    return fn
