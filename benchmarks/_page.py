@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -20,9 +21,18 @@ def machine_line(load_before: tuple[float, ...], load_after: tuple[float, ...]) 
     )
 
 
-def write_page(out: Path, lines: list[str], command: str) -> None:
-    """Append the 'Reproduce' block for ``command``, write ``out`` atomically and print the page."""
-    lines = [*lines, "", "Reproduce:", "", "```bash", command, "```", ""]
+def write_page(out: Path, lines: list[str], command: str, raw: dict | None = None) -> None:
+    """Append the 'Reproduce' block for ``command``, write ``out`` atomically and print the page.
+
+    ``raw`` (the measurements behind the page) goes to ``benchmarks/results/<page name>/results.json``.
+    """
+    results = Path(__file__).resolve().parent / "results" / out.stem / "results.json"
+    where = f" (raw results: `benchmarks/results/{out.stem}/results.json`)" if raw is not None else ""
+    lines = [*lines, "", f"Reproduce{where}:", "", "```bash", command, "```", ""]
+    if raw is not None:
+        results.parent.mkdir(parents=True, exist_ok=True)
+        with _atomic_file(results) as tmp:
+            tmp.write_text(json.dumps({"command": command, **raw}, indent=1, default=float))
     out.parent.mkdir(parents=True, exist_ok=True)
     with _atomic_file(out) as tmp:
         tmp.write_text("\n".join(lines))

@@ -92,7 +92,11 @@ def main() -> None:
         "",
         machine_line(load_before, load_after),
     ]
-    write_page(OUT, lines, COMMAND)
+    raw = {
+        "rows": [dict(zip(("step", "spots", "wall_s", "cpu_s"), r)) for r in rows],
+        "load_before": load_before, "load_after": load_after,
+    }  # fmt: skip
+    write_page(OUT, lines, COMMAND, raw)
 
 
 if __name__ == "__main__":

@@ -108,7 +108,11 @@ def main() -> None:
         "busy, 2 torch threads contend with the other jobs, which is why the 2-thread rows can be slower than the "
         "1-thread rows.",
     ]
-    write_page(OUT, lines, COMMAND)
+    raw = {
+        "rows": [dict(zip(("routine", "spots", "threads", "median_s", "best_s"), r)) for r in rows],
+        "fast_vs_dense_identical": same, "repeats": args.repeats, "load_before": load_before, "load_after": load_after,
+    }  # fmt: skip
+    write_page(OUT, lines, COMMAND, raw)
 
 
 if __name__ == "__main__":
