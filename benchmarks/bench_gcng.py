@@ -40,7 +40,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks" / "gcng.md"
-RESULTS = ROOT / "benchmarks" / "_out" / "gcng"
+RESULTS = ROOT / "benchmarks" / "results" / "gcng"  # raw results, committed beside the page
 COMMAND = "python benchmarks/bench_gcng.py"
 GPU_COMMAND = (
     "python benchmarks/bench_gcng.py --paper --accelerator gpu --threads 8 --skip-extra "
