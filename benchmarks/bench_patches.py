@@ -331,9 +331,17 @@ def main() -> None:
         "more than the work.",
         "",
     ]
+    from scst._utils import _atomic_file
+
+    raw = ROOT / "benchmarks" / "results" / "patches" / "results.json"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    with _atomic_file(raw) as tmp:
+        tmp.write_text(json.dumps({"real": rows, "dask": dask_r, "big": big_rows, "big_size": a.big_size}, indent=1))
+    lines += ["Raw results: `benchmarks/results/patches/results.json`.", ""]
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    with _atomic_file(out) as tmp:
+        tmp.write_text("\n".join(lines))
     print(f"wrote {out}")
 
 
