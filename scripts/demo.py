@@ -94,7 +94,7 @@ def main() -> None:
         scst.tl.evaluate_expression(held, layer="predicted_ridge", genes=genes, metrics=("pearson",))
         base[name] = held.uns["scst_eval"].query("metric == 'pearson'")["value"]
 
-    pred = adata[adata.obs["section"] == test, genes].layers["predicted"]
+    pred = adata[adata.obs["section"] == test, genes].layers["predicted"].toarray()
     obs = log_normalized(adata[adata.obs["section"] == test], genes)
     ratio = np.median(pred.std(0) / np.maximum(obs.std(0), 1e-8))
     print(f"\nHeld-out {test}, per-gene Pearson over {int(pcc.notna().sum())} genes:")

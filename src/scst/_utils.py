@@ -125,3 +125,88 @@ def _embedding_record(adata: Any, key: str) -> dict[str, Any] | None:
     """How ``obsm[key]`` was made (``uns["scst_embed"][key]`` of :func:`scst.tl.embed_patches`), or None."""
     rec = adata.uns.get("scst_embed", {}).get(key)
     return None if rec is None else _plain(dict(rec))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prediction layers: sparse values + masks (scst.tl.predict_expression)
+# ----------------------------------------------------------------------------------------------------------------
+def _mask_key(layer: str) -> str:
+    """``var``/``obs`` column marking the genes/spots that ``layers[layer]`` holds a prediction for."""
+    return f"{layer}_mask"
+
+
+def _store_prediction(adata: AnnData, layer: str, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
+    """Write ``values`` (``len(rows) × len(cols)``) into ``layers[layer]`` as CSR, with ``var``/``obs`` masks.
+
+    Only the predicted block is stored (explicit zeros kept), so memory is ``n_predicted_spots × n_panel`` whatever
+    ``n_vars`` is, and the layer has no NaN. A previous prediction in the same layer (with its masks) keeps its
+    other spots when the gene panel is the same; one of another panel is replaced with a warning, since its spots
+    would otherwise read as zero for the new genes.
+    """
+    import warnings
+
+    from scipy import sparse
+
+    n_obs, n_vars = adata.shape
+    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    key = _mask_key(layer)
+    gmask = np.zeros(n_vars, dtype=bool)
+    gmask[cols] = True
+    smask = np.zeros(n_obs, dtype=bool)
+    smask[rows] = True
+    old = adata.layers.get(layer)
+    keep = None
+    if old is not None and key in adata.var and key in adata.obs and sparse.issparse(old) and old.shape == adata.shape:
+        old_g, old_s = adata.var[key].to_numpy(bool), adata.obs[key].to_numpy(bool)
+        others = old_s & ~smask
+        if others.any() and np.array_equal(old_g, gmask):
+            keep = sparse.coo_matrix(sparse.csr_matrix(old)[np.flatnonzero(others)])
+            keep_rows = np.flatnonzero(others)[keep.row]
+            smask |= others
+        elif others.any():
+            warnings.warn(
+                f"layers[{layer!r}] held predictions of another gene panel for {int(others.sum())} other spot(s); "
+                "they are replaced (use another `layer` to keep both).",
+                UserWarning,
+                stacklevel=3,
+            )
+    r = np.repeat(rows, len(cols))
+    c = np.tile(cols, len(rows))
+    v = np.asarray(values, dtype=np.float32).reshape(-1)
+    if keep is not None:
+        r, c = np.concatenate([keep_rows, r]), np.concatenate([keep.col, c])
+        v = np.concatenate([keep.data.astype(np.float32), v])
+    M = sparse.csr_matrix((v, (r, c)), shape=(n_obs, n_vars), dtype=np.float32)
+    M.sort_indices()
+    adata.layers[layer] = M
+    adata.var[key] = gmask
+    adata.obs[key] = smask
+
+
+def _prediction_block(adata: AnnData, layer: str, cols: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Dense float64 ``layers[layer][:, cols]`` with NaN where the layer holds no prediction; and ``cols``.
+
+    The predicted genes and spots come from the masks :func:`_store_prediction` writes; a layer without masks
+    (e.g. written by hand) is taken as stored, with NaN marking what is not predicted. ``cols=None``: the predicted
+    genes (every gene with a finite value, without masks).
+    """
+    from scipy import sparse
+
+    P = adata.layers[layer]
+    key = _mask_key(layer)
+    gmask = adata.var[key].to_numpy(bool) if key in adata.var else None
+    smask = adata.obs[key].to_numpy(bool) if key in adata.obs else None
+    if cols is None:
+        if gmask is not None:
+            cols = np.flatnonzero(gmask)
+        else:
+            finite = np.isfinite(P.toarray() if sparse.issparse(P) else np.asarray(P))
+            cols = np.flatnonzero(finite.any(0))
+    cols = np.asarray(cols, dtype=np.int64)
+    X = P[:, cols]
+    X = (X.toarray() if sparse.issparse(X) else np.asarray(X)).astype(np.float64)
+    if gmask is not None:
+        X[:, ~gmask[cols]] = np.nan
+    if smask is not None:
+        X[~smask] = np.nan
+    return X, cols

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scanpy as sc
+from scipy import sparse
 
 from scst._normalize import log_normalized
 from scst.models._baselines import MeanExpression, RidgeExpression
@@ -39,21 +41,60 @@ def test_predict_layer(trained):
     tab = sd.tables["table"]
     predict_expression(sd, model, sections=["S3"], progress=False)
     M = tab.layers["predicted"]
-    assert M.shape == tab.shape and M.dtype == np.float32
+    # Sparse, NaN-free: only the predicted block (S3's spots × the 4 panel genes of the 6) is stored.
+    assert sparse.isspmatrix_csr(M) and M.shape == tab.shape and M.dtype == np.float32
     s3 = (tab.obs["section"] == "S3").to_numpy()
     cols = tab.var_names.get_indexer(PANEL)
-    other = np.setdiff1d(np.arange(tab.n_vars), cols)
-    assert np.isnan(M[:, other]).all() and np.isnan(M[~s3]).all()  # genes outside the panel, other sections
-    np.testing.assert_allclose(M[np.ix_(s3, cols)], model.predict(sd, "S3", progress=False), rtol=1e-6)
+    assert tab.n_vars > len(PANEL)  # the panel is a strict subset of the genes
+    assert M.nnz == s3.sum() * len(PANEL) and np.isfinite(M.data).all()
+    np.testing.assert_array_equal(tab.var["predicted_mask"].to_numpy(), np.isin(np.arange(tab.n_vars), cols))
+    np.testing.assert_array_equal(tab.obs["predicted_mask"].to_numpy(), s3)
+    D = M.toarray()
+    np.testing.assert_allclose(D[np.ix_(s3, cols)], model.predict(sd, "S3", progress=False), rtol=1e-6)
     truth = log_normalized(tab[s3], ["UP"])[:, 0]
-    assert syn.pearson(M[s3, cols[0]], truth) > 0.3
+    assert syn.pearson(D[s3, cols[0]], truth) > 0.3
     assert tab.uns["scst_predict"]["model"] == "TCGN" and tab.uns["scst_predict"]["n_genes"] == 4
-    # a second call for S1 keeps S3's values
+    # the masked block goes straight into scanpy
+    sub = tab[tab.obs["predicted_mask"], tab.var["predicted_mask"]].copy()
+    sub.X = sub.layers["predicted"]
+    sc.pp.pca(sub, n_comps=2)
+    assert np.isfinite(sub.obsm["X_pca"]).all()
+    # a second call for S1 keeps S3's values; both sections are marked
     predict_expression(sd, model, sections="S1", progress=False)
-    assert np.isfinite(tab.layers["predicted"][np.ix_(s3, cols)]).all()
+    s1 = (tab.obs["section"] == "S1").to_numpy()
+    D2 = tab.layers["predicted"].toarray()
+    np.testing.assert_array_equal(D2[np.ix_(s3, cols)], D[np.ix_(s3, cols)])
+    np.testing.assert_allclose(D2[np.ix_(s1, cols)], model.predict(sd, "S1", progress=False), rtol=1e-6)
+    np.testing.assert_array_equal(tab.obs["predicted_mask"].to_numpy(), s1 | s3)
+    assert tab.layers["predicted"].nnz == (s1 | s3).sum() * len(PANEL)
     # copy=True leaves sdata alone
     out = predict_expression(sd, model, layer="p2", sections="S2", progress=False, copy=True)
     assert "p2" in out.layers and "p2" not in tab.layers
+
+
+def test_layer_of_another_panel_is_replaced_with_a_warning():
+    sd = syn.make_sdata()
+    tab = sd.tables["table"]
+    tab.obsm["X_z"] = np.column_stack([tab.obs["z"].to_numpy(), np.random.default_rng(0).normal(size=tab.n_obs)])
+    fits = {}
+    for genes in (PANEL, PANEL[:2]):
+        RidgeExpression.setup_anndata(tab, embedding_key="X_z", genes=genes, sections=["S1", "S2"])
+        fits[len(genes)] = RidgeExpression(tab).train()
+    predict_expression(sd, fits[4], sections="S3", progress=False)
+    predict_expression(sd, fits[4], sections="S1", progress=False)  # same panel: S3 kept, no warning
+    assert tab.obs["predicted_mask"].sum() == ((tab.obs["section"] == "S3") | (tab.obs["section"] == "S1")).sum()
+    with pytest.warns(UserWarning, match="another gene panel"):
+        predict_expression(sd, fits[2], sections="S1", progress=False)
+    s1 = (tab.obs["section"] == "S1").to_numpy()
+    np.testing.assert_array_equal(tab.obs["predicted_mask"].to_numpy(), s1)  # S3's 4-gene values are gone
+    assert tab.var["predicted_mask"].sum() == 2 and tab.layers["predicted"].nnz == s1.sum() * 2
+    # evaluate_expression reads the masks: only S1's spots and the 2 panel genes are evaluated
+    from scst.tl import evaluate_expression
+
+    evaluate_expression(tab, "predicted", by="section")
+    params = tab.uns["scst_eval_params"]
+    assert params["n_genes"] == 2 and list(params["n_spots"]) == ["S1"]
+    assert params["n_unpredicted_spots"] == int((~s1).sum())
 
 
 def test_missing_panel_genes_error_lists_them(trained):
@@ -153,7 +194,7 @@ def test_feature_head_on_he_only_slide_recomputes_its_embedding():
     expected = model.predict(tab, "S3")
     bare = syn.make_sdata()
     predict_expression(bare, model, sections="S3", progress=False)
-    got = bare.tables["table"][bare.tables["table"].obs["section"] == "S3", PANEL].layers["predicted"]
+    got = bare.tables["table"][bare.tables["table"].obs["section"] == "S3", PANEL].layers["predicted"].toarray()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     # an H&E-only slide: pseudo-spots on a grid, featurised the same way
     he = syn.make_sdata(sections=("S5",), seed=7)
@@ -179,6 +220,6 @@ def test_predict_expression_clips_linear_models_at_zero():
     raw = model.predict(tab, "S3")
     assert raw.min() < 0  # the case this test is about
     predict_expression(sd, model, sections="S3", progress=False)
-    layer = tab[tab.obs["section"] == "S3", PANEL].layers["predicted"]
+    layer = tab[tab.obs["section"] == "S3", PANEL].layers["predicted"].toarray()
     np.testing.assert_array_equal(layer, np.clip(raw, 0, None))
     assert (layer >= 0).all()

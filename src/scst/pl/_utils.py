@@ -18,10 +18,9 @@ import numpy as np
 from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from scipy import sparse
 
 from .._logging import logg
-from .._utils import _atomic_file
+from .._utils import _atomic_file, _prediction_block
 
 
 def _close_matches(key: str, options: Sequence[str], n: int = 3) -> str:
@@ -41,7 +40,7 @@ def _check_in(key: str, options: Sequence[str], arg: str, where: str) -> None:
 
 
 def _layer_values(adata: AnnData, genes: Sequence[str], layer: str | None) -> np.ndarray:
-    """Dense ``(n_obs, len(genes))`` float values: a layer as stored, or the observed expression when ``layer`` is None.
+    """Dense ``(n_obs, len(genes))`` values: a layer (NaN where it holds no prediction), or the observed expression.
 
     The observed expression is ``log1p(normalize_total(X, 1e4))`` of the raw counts, the unit of
     :func:`scst.tl.predict_expression`.
@@ -54,8 +53,7 @@ def _layer_values(adata: AnnData, genes: Sequence[str], layer: str | None) -> np
     if layer is None:
         return log_normalized(adata, idx).astype(np.float64)
     _check_in(layer, list(adata.layers.keys()), "layer", "adata.layers")
-    L = adata.layers[layer][:, idx]
-    return (L.toarray() if sparse.issparse(L) else np.asarray(L)).astype(np.float64)
+    return _prediction_block(adata, layer, idx)[0]  # NaN where the layer holds no prediction
 
 
 def _panel_axes(

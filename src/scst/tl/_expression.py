@@ -13,7 +13,7 @@ from scipy import sparse
 from .._constants import SECTION_KEY
 from .._logging import logg
 from .._normalize import log_normalized
-from .._utils import _check_key
+from .._utils import _check_key, _prediction_block
 
 __all__ = ["evaluate_expression", "spatial_domains", "domain_ari"]
 
@@ -179,14 +179,11 @@ def evaluate_expression(
     if truth_layer is not None:
         _check_key(adata.layers, truth_layer, "adata.layers")
     groups = _groups(adata, by)
-    P = adata.layers[layer]
     gidx = _resolve_genes(adata, genes, "genes")
-    if gidx is None:
-        # Genes outside the predicted panel are all-NaN columns (e.g. from scst.tl.predict_expression).
-        gidx = np.flatnonzero(np.isfinite(P.toarray() if sparse.issparse(P) else np.asarray(P)).any(0))
-        if gidx.size == 0:
-            raise ValueError(f"layer: adata.layers[{layer!r}] has no finite prediction.")
-    pred = _dense(P, cols=gidx)
+    # NaN where the layer holds no prediction (var/obs masks of scst.tl.predict_expression, or NaN as stored).
+    pred, gidx = _prediction_block(adata, layer, gidx)
+    if gidx.size == 0:
+        raise ValueError(f"layer: adata.layers[{layer!r}] has no finite prediction.")
     finite = np.isfinite(pred)
     predicted = finite.all(1)
     partial = finite.any(1) & ~predicted
@@ -372,7 +369,7 @@ def spatial_domains(
         X = log_normalized(adata, gidx).astype(np.float64)
     else:
         _check_key(adata.layers, layer, "adata.layers")
-        X = _dense(adata.layers[layer], cols=gidx)
+        X, _ = _prediction_block(adata, layer, gidx)
         if use_genes is None:
             X = X[:, np.isfinite(X).any(0)]
     ok = np.isfinite(X).all(1)

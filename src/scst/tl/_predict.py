@@ -11,7 +11,7 @@ import pandas as pd
 
 from .._constants import INSTANCE_KEY, REGION_KEY, SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
 from .._logging import logg
-from .._utils import _get_table
+from .._utils import _get_table, _store_prediction
 
 __all__ = ["predict_expression", "cross_validate"]
 
@@ -114,10 +114,13 @@ def predict_expression(
     Two modes:
 
     * **Spots of a table** (default): predict every spot of ``sections`` of ``sdata.tables[table]`` and write
-      ``layers[layer]``, dense float32 ``n_obs × n_vars`` *of that table*: the model's panel genes get their
-      prediction, genes outside the panel and spots outside ``sections`` are NaN (an existing layer keeps its
-      values for the other sections). A table lacking panel genes is an error that lists them; pass
-      ``table_added`` to write a new table over the panel instead.
+      ``layers[layer]`` of that table as a sparse CSR float32 matrix that stores only the predicted block (spots of
+      ``sections`` × the model's panel genes; memory ``n_spots × n_panel`` whatever ``n_vars`` is, no NaN), with
+      boolean masks ``var[f"{layer}_mask"]`` (panel genes) and ``obs[f"{layer}_mask"]`` (predicted spots). Select
+      the prediction with ``adata[adata.obs[f"{layer}_mask"], adata.var[f"{layer}_mask"]].layers[layer]``; it goes
+      straight into ``sc.pp``/``sc.tl``. An existing layer of the same panel keeps its values for the other
+      sections. A table lacking panel genes is an error that lists them; pass ``table_added`` to write a new
+      table over the panel instead.
     * **H&E-only slide** (no table ``table``, or ``tile_grid=True``, or ``spacing_um`` given): pseudo-spots on a
       grid over the tissue (:func:`scst.pp.tile_grid`, ``spacing_um`` apart, windows of the model's ``size_um``),
       written as a new table ``table_added`` (default ``f"{table}_predicted"``) whose ``var`` is the model's panel,
@@ -164,7 +167,8 @@ def predict_expression(
 
     Returns
     -------
-    ``None``, or with ``copy=True`` the AnnData. Writes ``layers[layer]`` (float32, log1p units) and
+    ``None``, or with ``copy=True`` the AnnData. Writes ``layers[layer]`` (float32, log1p units; sparse with the
+    two masks on a table's spots, dense over the panel in a new table) and
     ``uns["scst_predict"]`` (``model``, ``layer``, ``units``, ``n_genes``, ``sections``, ``seconds``,
     ``spots_per_second``) into the table written.
     """
@@ -219,14 +223,7 @@ def predict_expression(
             key = table_added
         else:
             out = adata.copy() if copy else adata
-            gidx = adata.var_names.get_indexer(genes)
-            old = out.layers.get(layer)
-            if old is not None and old.shape == out.shape and isinstance(old, np.ndarray) and old.dtype == np.float32:
-                M = old
-            else:
-                M = np.full(out.shape, np.nan, dtype=np.float32)
-            M[np.ix_(rows, gidx)] = pred
-            out.layers[layer] = M
+            _store_prediction(out, layer, rows, adata.var_names.get_indexer(genes), pred)
             key = table
     seconds = time.perf_counter() - t0
     out.uns[PREDICT_KEY] = {
@@ -451,9 +448,7 @@ def cross_validate(
         panel = list(model.var_names)
         X = tab.X if layer is None else tab.layers[layer]
         ev = ad.AnnData(X=X[rows], obs=tab.obs.iloc[rows][[SECTION_KEY]].copy(), var=pd.DataFrame(index=tab.var_names))
-        M = np.full(ev.shape, np.nan, dtype=np.float32)
-        M[:, tab.var_names.get_indexer(panel)] = pred
-        ev.layers["predicted"] = M
+        _store_prediction(ev, "predicted", np.arange(ev.n_obs), tab.var_names.get_indexer(panel), pred)
         evaluate_expression(ev, "predicted", genes=panel, by=SECTION_KEY, metrics=metrics)
         df = ev.uns["scst_eval"].copy()
         df.insert(0, "fold", fold)
