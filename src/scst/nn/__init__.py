@@ -8,6 +8,7 @@ from ._hggep import HGGEP_BENCH, HGGEPModule
 from ._hypergraph import hyperedge_index_to_incidence, incidence_to_hyperedge_index, knn_hyperedges
 from ._layers import CBAM, GEM, CDCConv2d, CoordEmbedding, SpotTransformer, ViTBlock, ZINBLoss, zinb_nll
 from ._tcgn import TCGN_BENCH, TCGNModule, topk_graph
+from ._train_step import PRECISIONS, patches_to_input, train_step, training_loss
 
 __all__ = [
     "CBAM",
@@ -20,6 +21,7 @@ __all__ = [
     "HGGEPModule",
     "HGGEP_BENCH",
     "MLPHeadModule",
+    "PRECISIONS",
     "SpatialHeadModule",
     "SpotTransformer",
     "TCGNModule",
@@ -32,6 +34,9 @@ __all__ = [
     "knn_hyperedges",
     "load_backbone_weights",
     "load_weights",
+    "patches_to_input",
     "topk_graph",
+    "train_step",
+    "training_loss",
     "zinb_nll",
 ]

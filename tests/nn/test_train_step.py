@@ -1,0 +1,155 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from scst.nn import HGGEP_BENCH, TCGN_BENCH, HGGEPModule, TCGNModule, patches_to_input, train_step, training_loss
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+class _Linear(nn.Module):
+    """y = w · x; loss = mean squared error; records the dtype its matmul ran in."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 1, bias=False)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.tensor([[1.0, -1.0]]))
+        self.seen_dtype = None
+
+    def forward(self, x):
+        y = self.lin(x)
+        self.seen_dtype = y.dtype
+        return y
+
+    def loss(self, batch):
+        pred = self(batch["x"]).float()
+        mse = ((pred - batch["y"]) ** 2).mean()
+        return {"loss": mse, "mse": mse, "pred": pred}
+
+
+def _batch():
+    return {"x": torch.tensor([[1.0, 2.0], [3.0, 0.0]]), "y": torch.tensor([[1.0], [1.0]])}
+
+
+def test_sgd_step_hand_checked():
+    m = _Linear()
+    out = train_step(m, _batch(), torch.optim.SGD(m.parameters(), lr=0.1))
+    # pred = [-1, 3], residuals r = [-2, 2], loss = (4 + 4) / 2 = 4
+    assert out["loss"].item() == pytest.approx(4.0)
+    assert not out["loss"].requires_grad and not out["pred"].requires_grad
+    # dL/dw = (2/n) sum r_i x_i = [(-2*1 + 2*3), (-2*2 + 2*0)] = [4, -4]; w - 0.1 * grad = [0.6, -0.6]
+    torch.testing.assert_close(m.lin.weight, torch.tensor([[0.6, -0.6]]))
+    assert m.seen_dtype == torch.float32
+
+
+def test_bf16_autocast_runs_the_forward_in_bf16():
+    m = _Linear()
+    out = train_step(m, _batch(), torch.optim.SGD(m.parameters(), lr=0.1), precision="bf16-mixed")
+    assert m.seen_dtype == torch.bfloat16
+    assert out["loss"].dtype == torch.float32  # the model's loss stays float32
+    assert m.lin.weight.dtype == torch.float32  # master weights
+    torch.testing.assert_close(m.lin.weight, torch.tensor([[0.6, -0.6]]), rtol=0, atol=0.02)
+
+
+def test_fp16_with_scaler_matches_fp32_step():
+    m = _Linear()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    train_step(m, _batch(), torch.optim.SGD(m.parameters(), lr=0.1), precision="16-mixed", scaler=scaler)
+    assert m.seen_dtype == torch.float16
+    torch.testing.assert_close(m.lin.weight, torch.tensor([[0.6, -0.6]]), rtol=0, atol=0.01)
+    with pytest.warns(UserWarning, match="GradScaler"):
+        train_step(_Linear(), _batch(), torch.optim.SGD(m.parameters(), lr=0.1), precision="fp16")
+
+
+def test_clip_grad_norm():
+    m = _Linear()
+    train_step(m, _batch(), torch.optim.SGD(m.parameters(), lr=0.1), clip_grad_norm=1.0)
+    # grad [4, -4] has norm 4 sqrt 2 → clipped to [1, -1] / sqrt 2
+    step = 0.1 / 2**0.5
+    torch.testing.assert_close(m.lin.weight, torch.tensor([[1 - step, -1 + step]]), rtol=1e-6, atol=1e-6)
+
+
+def test_non_finite_loss_stops_before_the_update():
+    m = _Linear()
+    batch = _batch()
+    batch["y"][0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="not taken"):
+        train_step(m, batch, torch.optim.SGD(m.parameters(), lr=0.1))
+    torch.testing.assert_close(m.lin.weight, torch.tensor([[1.0, -1.0]]))
+
+
+def test_bad_arguments():
+    m = _Linear()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="precision"):
+        train_step(m, _batch(), opt, precision="fp8")
+    with pytest.raises(ValueError, match="clip_grad_norm"):
+        train_step(m, _batch(), opt, clip_grad_norm=0)
+    with pytest.raises(TypeError, match="must define `loss"):
+        training_loss(nn.Linear(2, 1), _batch())
+
+    class NoLossKey(_Linear):
+        def loss(self, batch):
+            return {"mse": super().loss(batch)["mse"]}
+
+    with pytest.raises(TypeError, match="key 'loss'.*keys \\['mse'\\]"):
+        training_loss(NoLossKey(), _batch())
+
+
+def test_patches_to_input_values_and_augmentation():
+    p = np.zeros((2, 3, 4, 4), dtype=np.uint8)
+    p[:, :, 0, 0] = 255  # one white pixel in the top-left corner
+    x = patches_to_input(p)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    torch.testing.assert_close(x[0, :, 0, 0], (1 - mean) / std)
+    torch.testing.assert_close(x[1, :, 3, 3], (0 - mean) / std)
+    assert x.is_contiguous(memory_format=torch.contiguous_format)
+    assert patches_to_input(p, channels_last=True).is_contiguous(memory_format=torch.channels_last)
+    # augmentation moves the white pixel to one of the four corners of each patch and never interpolates
+    g = torch.Generator().manual_seed(3)
+    xa = patches_to_input(np.repeat(p, 50, 0), augment=True, generator=g)
+    white = (xa[:, 0] > 2).nonzero()[:, 1:].tolist()
+    assert len(white) == 100 and {tuple(w) for w in white} == {(0, 0), (0, 3), (3, 0), (3, 3)}
+    with pytest.raises(ValueError, match="uint8"):
+        patches_to_input(p.astype(np.float32))
+
+
+def test_patches_to_input_is_the_image_models_batch():
+    """Same draws, same tensor as the image models' own batch preparation (scst.models._image._to_input)."""
+    pytest.importorskip("anndata")
+    from scst.models._image import _to_input
+
+    rng = np.random.default_rng(0)
+    p = rng.integers(0, 256, (16, 3, 8, 8), dtype=np.uint8)
+    torch.manual_seed(5)
+    ref = _to_input(p, True)
+    torch.manual_seed(5)
+    torch.testing.assert_close(patches_to_input(p, True), ref)
+
+
+@pytest.mark.filterwarnings("ignore:backbone_weights=None")
+def test_train_step_on_the_scst_networks_lowers_the_loss():
+    """A few steps of HGGEP (cpu_small) and TCGN (bench config) on one fixed batch: the training loss falls."""
+    torch.manual_seed(0)
+    n, g = 24, 5
+    rng = np.random.default_rng(0)
+    rows, cols = np.divmod(np.arange(n), 6)
+    batch = {
+        "patches": patches_to_input(rng.integers(0, 256, (n, 3, 112, 112), dtype=np.uint8)),
+        "coords": torch.from_numpy(np.stack([rows, cols], 1)),
+        "positions": torch.from_numpy(np.stack([rows, cols], 1).astype(np.float32) * 100),
+        "target": torch.rand(n, g) * 2,
+        "counts": torch.poisson(torch.full((n, g), 3.0)),
+        "size_factors": torch.ones(n),
+    }
+    hg = HGGEPModule(g, **HGGEP_BENCH["cpu_small"]["config"])
+    opt = torch.optim.AdamW(hg.parameters(), lr=1e-3)
+    losses = [train_step(hg, batch, opt, precision="bf16")["mse"].item() for _ in range(8)]
+    assert losses[-1] < 0.8 * losses[0]
+    tc = TCGNModule(g, **dict(TCGN_BENCH, img_size=64, channels=(8, 16, 32, 64), fc_dim=32, graph_out=8))
+    small = {"patches": batch["patches"][:8, :, :64, :64].contiguous(), "target": batch["target"][:8]}
+    opt = torch.optim.AdamW(tc.parameters(), lr=3e-3)
+    losses = [train_step(tc, small, opt)["loss"].item() for _ in range(12)]
+    assert losses[-1] < 0.8 * losses[0]
