@@ -29,7 +29,7 @@ from .._constants import TABLE_KEY
 from .._logging import logg
 from .._utils import _atomic_dir, _get_table
 from ..nn._backbones import weights_overwritten
-from ._training import History, NaNGuard, TrainingPlan
+from ._training import History, NaNGuard, RNGState, TrainingPlan, prepare_strategy
 
 SETUP_KEY = "_scst_setup"
 WEIGHTS_FILE = "model.safetensors"
@@ -425,6 +425,9 @@ class BaseModel(_SetupRegistry, ABC):
         seed: int | None = None,
         enable_progress_bar: bool = True,
         checkpoint_dir: str | Path | None = None,
+        ckpt_path: str | Path | None = None,
+        save_last: bool = True,
+        strategy: Any = "auto",
         validation: Any = None,
         optimizer: str | None = None,
         lr_scheduler: str | None = None,
@@ -445,6 +448,7 @@ class BaseModel(_SetupRegistry, ABC):
             Optimiser learning rate and weight decay.
         accelerator, devices, precision
             Passed to :class:`lightning.pytorch.Trainer` (``precision=None``: Lightning's default, 32-bit).
+            ``devices=2`` (or more) trains in several processes with distributed data parallel (see ``strategy``).
         early_stopping
             Stop when the monitored validation metric has not improved for ``patience`` validation checks.
         patience
@@ -456,8 +460,27 @@ class BaseModel(_SetupRegistry, ABC):
         enable_progress_bar
             Show Lightning's progress bar.
         checkpoint_dir
-            Keep the best checkpoint (``best.ckpt``, Lightning format, weights only) here; default: a temporary
-            directory removed after training. Lightning's own logs never go to the working directory.
+            Keep the best checkpoint (``best.ckpt``, Lightning format, weights only) here, and with ``save_last``
+            the full state of the last finished epoch (``last.ckpt``) to resume from; default: a temporary
+            directory removed after training (or, with ``ckpt_path``, the folder of ``ckpt_path``). Lightning's own
+            logs never go to the working directory.
+        ckpt_path
+            Resume from this full checkpoint (a ``last.ckpt`` written with ``checkpoint_dir``): weights, optimiser
+            and scheduler state, epoch counters, early-stopping and best-checkpoint state, ``history`` rows and the
+            random streams are restored, and training continues up to ``max_epochs`` (the total, not the epochs
+            still to run). With the same data, settings and seed, the result equals an uninterrupted run. Loaded
+            with ``weights_only=True``. Checkpoints written in the middle of an epoch resume only approximately
+            (Lightning warns). See the guide ``docs/training.md``.
+        save_last
+            With ``checkpoint_dir``: also write ``last.ckpt`` (full state, overwritten atomically after every
+            epoch) for ``ckpt_path``.
+        strategy
+            Lightning strategy for several devices: ``"ddp_spawn"`` (new processes; the model and data loaders
+            are pickled) or ``"ddp_notebook"``/``"ddp_fork"`` (forked processes; CPU, or before CUDA is
+            initialised) work from anywhere and bring the weights, ``history`` and best checkpoint back into
+            this process; ``"ddp"`` (Lightning's choice for ``"auto"``) re-runs the calling script in every extra
+            process and so works only from ``python script.py`` (otherwise a :class:`ValueError` says what to
+            use).
         validation
             Passed to ``_dataloaders`` (e.g. a fraction or held-out sections; None: the model's default).
         optimizer
@@ -483,6 +506,12 @@ class BaseModel(_SetupRegistry, ABC):
         import lightning.pytorch as pl
         from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+        if ckpt_path is not None:
+            ckpt_path = Path(ckpt_path)
+            if not ckpt_path.is_file():
+                raise FileNotFoundError(f"`ckpt_path` {str(ckpt_path)!r} is not a file (expected a `last.ckpt`).")
+            if checkpoint_dir is None:
+                checkpoint_dir = ckpt_path.parent
         if self.data is None:
             raise ValueError(
                 f"This {type(self).__name__} has no data (loaded without `data`); use "
@@ -520,8 +549,9 @@ class BaseModel(_SetupRegistry, ABC):
         )
         history, guard = History(), NaNGuard()
         with tempfile.TemporaryDirectory(prefix="scst_train_") as tmp:
+            dirpath = str(checkpoint_dir) if checkpoint_dir is not None else tmp
             ckpt = ModelCheckpoint(
-                dirpath=str(checkpoint_dir) if checkpoint_dir is not None else tmp,
+                dirpath=dirpath,
                 filename="best",
                 monitor=monitor,
                 mode=mode,
@@ -530,6 +560,20 @@ class BaseModel(_SetupRegistry, ABC):
                 enable_version_counter=False,
             )
             callbacks = [guard, ckpt, *trainer_kwargs.pop("callbacks", [])]
+            if checkpoint_dir is not None and save_last:
+                # Full state (optimiser, loops, callbacks, random streams) at the end of every epoch, for resuming.
+                callbacks.append(
+                    ModelCheckpoint(
+                        dirpath=dirpath,
+                        filename="last",
+                        monitor=None,
+                        save_top_k=1,
+                        save_weights_only=False,
+                        save_on_train_epoch_end=True,
+                        enable_version_counter=False,
+                    )
+                )
+            callbacks.append(RNGState([train_dl, val_dl]))
             if early_stopping:
                 callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=True))
             callbacks.append(history)  # last: sees the metrics of the finished epoch
@@ -548,27 +592,46 @@ class BaseModel(_SetupRegistry, ABC):
                 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
                 warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
                 warnings.filterwarnings("ignore", message=".*have no `val_dataloader`.*")
+                if ckpt_path is not None:  # resuming into the folder of the checkpoint: not empty, as expected
+                    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
                 trainer = pl.Trainer(
                     max_epochs=max_epochs,
                     accelerator=accelerator,
                     devices=devices,
+                    strategy=strategy,
                     check_val_every_n_epoch=check_val_every_n_epoch,
                     enable_progress_bar=enable_progress_bar,
                     callbacks=callbacks,
                     default_root_dir=tmp,
                     **kwargs,
                 )
+                prepare_strategy(trainer, strategy)
                 try:
-                    trainer.fit(plan, train_dataloaders=train_dl, val_dataloaders=val_dl)
+                    trainer.fit(
+                        plan,
+                        train_dataloaders=train_dl,
+                        val_dataloaders=val_dl,
+                        ckpt_path=None if ckpt_path is None else str(ckpt_path),
+                        weights_only=True,
+                    )
                 except FloatingPointError as e:
                     error = e
             device = trainer.strategy.root_device
             best = ckpt.best_model_path
+            if best and not Path(best).is_file():
+                warnings.warn(
+                    f"The best checkpoint {best!r} is gone (removed, or the run resumed into another folder); "
+                    "keeping the weights of the last epoch.",
+                    stacklevel=2,
+                )
+                best = ""
             if best:
                 state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
                 plan.load_state_dict(state)
+                score = ckpt.best_model_score
                 logg.info(
-                    f"{type(self).__name__}: restored best weights ({monitor}={float(ckpt.best_model_score):.4g})."
+                    f"{type(self).__name__}: restored best weights"
+                    + (f" ({monitor}={float(score):.4g})." if score is not None else ".")
                 )
         self.history = history.frame if history.rows else None
         self.module.eval()
@@ -581,18 +644,26 @@ class BaseModel(_SetupRegistry, ABC):
 
     # ------------------------------------------------------------------ inference helper
     @torch.no_grad()
-    def _inference(self, loader: Any, fn: Any) -> list[Any]:
+    def _inference(self, loader: Any, fn: Any, precision: str = "32") -> list[Any]:
         """Apply ``fn(module, batch)`` to every batch (moved to ``self.device``) in eval mode; list of outputs.
 
-        Tensors in the outputs are moved to the CPU, so subclasses can ``torch.cat`` them.
+        Tensors in the outputs are moved to the CPU, so subclasses can ``torch.cat`` them. ``precision``:
+        ``"32"`` (default), ``"bf16"`` or ``"16"`` autocast of ``fn`` (see :func:`scst._inference.inference_options`),
+        whose floating outputs are returned as float32.
         """
+        from .._inference import _to_float32, inference_options
+
+        opts = inference_options(self.device, precision=precision)
         was_training = self.module.training
         self.module.eval()
         device, outs = self.device, []
         try:
             for batch in loader:
-                out = fn(self.module, _move(batch, device))
-                outs.append(_move(out, torch.device("cpu")))
+                with opts.autocast():
+                    out = _move(fn(self.module, _move(batch, device)), torch.device("cpu"))
+                if opts.dtype is not None:  # autocast outputs (bf16/fp16) back to float32
+                    out = _to_float32(out)
+                outs.append(out)
         finally:
             self.module.train(was_training)
         return outs

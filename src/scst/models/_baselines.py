@@ -265,6 +265,81 @@ class MeanExpression(_ClosedFormModel):
         return np.repeat(self.params["mean"][None], len(rows), axis=0)
 
 
+def _standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(0)
+    scale = x.std(0)
+    scale[scale < 1e-12 * np.maximum(1.0, np.abs(mean))] = 1.0  # constant features: centred to 0
+    return mean, scale
+
+
+def _svd_fit(xs: np.ndarray, yc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SVD pieces of the standardised design: ridge coefficients for any alpha are V diag(s/(s²+α)) Uᵀy."""
+    u, s, vt = np.linalg.svd(xs, full_matrices=False)
+    return s, vt, u.T @ yc
+
+
+def ridge_fit(
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    alphas: Sequence[float],
+    alpha_per_gene: bool = True,
+    n_inner_splits: int = 5,
+) -> dict[str, Any]:
+    """Multi-output ridge on standardised features, penalties chosen by an inner CV grouped by ``groups``.
+
+    Returns ``x_mean``, ``x_scale``, ``coef`` ``(n_features, n_genes)``, ``intercept``, ``alpha`` (per gene),
+    ``alphas``, ``cv_mse`` and ``cv_folds``; the prediction is ``((x - x_mean) / x_scale) @ coef + intercept``.
+    Used by :class:`RidgeExpression` and as the linear path of the feature heads (``ridge_skip``).
+    """
+    from sklearn.model_selection import GroupKFold
+
+    alphas = np.asarray(alphas, dtype=np.float64)
+    if alphas.ndim != 1 or alphas.size == 0 or (alphas <= 0).any():
+        raise ValueError(f"alphas: expected a non-empty list of positive penalties, got {alphas.tolist()}.")
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    n_groups = len(np.unique(groups))
+    cv_folds: list[dict[str, list[str]]] = []
+    cv_mse = np.zeros((len(alphas), y.shape[1]))
+    if len(alphas) > 1:
+        if n_groups < 2:
+            raise ValueError(
+                f"RidgeExpression: choosing alpha needs >= 2 training sections for the grouped inner CV, got "
+                f"{n_groups}; pass a single penalty, e.g. `alphas=[100.0]`."
+            )
+        cv = GroupKFold(n_splits=min(int(n_inner_splits), n_groups))
+        for tr, va in cv.split(x, y, groups):
+            cv_folds.append({"train": sorted(set(groups[tr])), "val": sorted(set(groups[va]))})
+            mean, scale = _standardize(x[tr])
+            ymean = y[tr].mean(0)
+            s, vt, uty = _svd_fit((x[tr] - mean) / scale, y[tr] - ymean)
+            a = ((x[va] - mean) / scale) @ vt.T  # (n_va, k)
+            for i, alpha in enumerate(alphas):
+                pred = (a * (s / (s**2 + alpha))) @ uty + ymean
+                cv_mse[i] += ((pred - y[va]) ** 2).sum(0)
+        cv_mse /= len(x)
+        best = cv_mse.argmin(0) if alpha_per_gene else np.full(y.shape[1], cv_mse.mean(1).argmin())
+    else:
+        best = np.zeros(y.shape[1], dtype=int)
+    mean, scale = _standardize(x)
+    ymean = y.mean(0)
+    s, vt, uty = _svd_fit((x - mean) / scale, y - ymean)
+    coef = np.empty((x.shape[1], y.shape[1]))
+    for i in np.unique(best):
+        g = best == i
+        coef[:, g] = vt.T @ ((s / (s**2 + alphas[i]))[:, None] * uty[:, g])
+    return {
+        "x_mean": mean,
+        "x_scale": scale,
+        "coef": coef,
+        "intercept": ymean,
+        "alpha": alphas[best],
+        "alphas": alphas,
+        "cv_mse": cv_mse.mean(1) if len(alphas) > 1 else np.full(1, np.nan),
+        "cv_folds": cv_folds,
+    }
+
+
 class RidgeExpression(_ClosedFormModel):
     """Ridge regression from patch features (an ``obsm`` embedding) to each gene's expression.
 
@@ -350,75 +425,24 @@ class RidgeExpression(_ClosedFormModel):
             )
         return x
 
-    @staticmethod
-    def _standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mean = x.mean(0)
-        scale = x.std(0)
-        scale[scale < 1e-12 * np.maximum(1.0, np.abs(mean))] = 1.0  # constant features: centred to 0
-        return mean, scale
-
-    @staticmethod
-    def _svd_fit(xs: np.ndarray, yc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """SVD pieces of the standardised design: ridge coefficients for any alpha are V diag(s/(s²+α)) Uᵀy."""
-        u, s, vt = np.linalg.svd(xs, full_matrices=False)
-        return s, vt, u.T @ yc
-
     def train(self) -> RidgeExpression:
         """Choose the penalties by grouped inner CV on the training sections, then fit them all; returns ``self``."""
-        from sklearn.model_selection import GroupKFold
-
-        alphas = np.asarray(self.config["alphas"], dtype=np.float64)
-        if alphas.ndim != 1 or alphas.size == 0 or (alphas <= 0).any():
-            raise ValueError(f"alphas: expected a non-empty list of positive penalties, got {self.config['alphas']}.")
         rows = self._train_rows()
         x, y = self._features(self.adata, rows), self._targets(rows)
         if not np.isfinite(x).all():
             raise ValueError(f"obsm[{self.registry['embedding_key']!r}] has non-finite values on training spots.")
         groups = self.adata.obs[SECTION_KEY].astype(str).to_numpy()[rows]
-        n_groups = len(np.unique(groups))
-        self.cv_folds: list[dict[str, list[str]]] = []
-        cv_mse = np.zeros((len(alphas), y.shape[1]))
-        if len(alphas) > 1:
-            if n_groups < 2:
-                raise ValueError(
-                    f"RidgeExpression: choosing alpha needs >= 2 training sections for the grouped inner CV, got "
-                    f"{n_groups}; pass a single penalty, e.g. `alphas=[100.0]`."
-                )
-            cv = GroupKFold(n_splits=min(int(self.config["n_inner_splits"]), n_groups))
-            for tr, va in cv.split(x, y, groups):
-                self.cv_folds.append({"train": sorted(set(groups[tr])), "val": sorted(set(groups[va]))})
-                mean, scale = self._standardize(x[tr])
-                ymean = y[tr].mean(0)
-                s, vt, uty = self._svd_fit((x[tr] - mean) / scale, y[tr] - ymean)
-                a = ((x[va] - mean) / scale) @ vt.T  # (n_va, k)
-                for i, alpha in enumerate(alphas):
-                    pred = (a * (s / (s**2 + alpha))) @ uty + ymean
-                    cv_mse[i] += ((pred - y[va]) ** 2).sum(0)
-            cv_mse /= len(rows)
-            best = cv_mse.argmin(0) if self.config["alpha_per_gene"] else np.full(y.shape[1], cv_mse.mean(1).argmin())
-        else:
-            best = np.zeros(y.shape[1], dtype=int)
-        mean, scale = self._standardize(x)
-        ymean = y.mean(0)
-        s, vt, uty = self._svd_fit((x - mean) / scale, y - ymean)
-        coef = np.empty((x.shape[1], y.shape[1]))
-        for i in np.unique(best):
-            g = best == i
-            coef[:, g] = vt.T @ ((s / (s**2 + alphas[i]))[:, None] * uty[:, g])
-        self.params = {
-            "x_mean": mean,
-            "x_scale": scale,
-            "coef": coef,
-            "intercept": ymean,
-            "alpha": alphas[best],
-            "alphas": alphas,
-            "cv_mse": cv_mse.mean(1) if len(alphas) > 1 else np.full(1, np.nan),
-        }
+        fit = ridge_fit(
+            x, y, groups, self.config["alphas"], self.config["alpha_per_gene"], int(self.config["n_inner_splits"])
+        )
+        self.cv_folds = fit.pop("cv_folds")
+        self.params = fit
         self._is_trained = True
+        best = fit["alpha"]
         logg.info(
             f"RidgeExpression: {x.shape[1]} features → {y.shape[1]} genes on {len(rows)} spots of "
             f"{self.registry['sections']}; {len(self.cv_folds)} inner folds grouped by section, median alpha "
-            f"{np.median(alphas[best]):.3g}"
+            f"{np.median(best):.3g}"
         )
         return self
 

@@ -4,17 +4,34 @@
   scalar entry is logged too, as ``train_<key>`` / ``val_<key>`` epoch means.
 * :class:`NaNGuard` stops training with a :class:`FloatingPointError` on the first non-finite loss, *before*
   the backward pass, so the weights are never updated from a NaN.
-* :class:`History` collects the per-epoch metrics that become ``model.history``.
+* :class:`History` collects the per-epoch metrics that become ``model.history``; its rows are part of the
+  checkpoint, so a resumed run has the history of every epoch.
+* :class:`RNGState` puts the random-number streams (torch, CUDA, numpy, Python and the ``torch.Generator`` objects of
+  the training loader) into every full checkpoint and restores them on resume, so resuming from an epoch-boundary
+  checkpoint continues the exact run.
+* :func:`prepare_strategy` checks a multi-process strategy before training and makes ``ddp_spawn``/``ddp_fork``/
+  ``ddp_notebook`` bring the callback states (history, best checkpoint) back into the calling process.
+
+Everything these pieces put into a checkpoint is tensors and primitives, so it loads with
+``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import io
+import os
+import random
+import sys
+import warnings
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from torch import nn
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -88,6 +105,8 @@ class TrainingPlan(pl.LightningModule):
             raise ValueError(f"`lr_scheduler` must be one of {list(LR_SCHEDULERS)}, got {lr_scheduler!r}.")
         if not lr >= 0 or not weight_decay >= 0:
             raise ValueError(f"`lr` and `weight_decay` must be >= 0, got {lr} and {weight_decay}.")
+        # The settings (primitives only; the module is not a hyper-parameter) go into every checkpoint.
+        self.save_hyperparameters(ignore=["module"], logger=False)
         self.module = module
         self.lr, self.weight_decay, self.optimizer_name = lr, weight_decay, optimizer
         self.lr_scheduler, self.monitor, self.mode = lr_scheduler, monitor, mode
@@ -108,7 +127,17 @@ class TrainingPlan(pl.LightningModule):
         for key, value in out.items():
             scalar = _as_scalar(value)
             if scalar is not None:
-                self.log(f"{prefix}_{key}", scalar, on_step=False, on_epoch=True, batch_size=n, prog_bar=key == "loss")
+                # sync_dist: with several processes the epoch means of all ranks are averaged (no-op on one process),
+                # so early stopping and checkpointing decide on the same number everywhere.
+                self.log(
+                    f"{prefix}_{key}",
+                    scalar,
+                    on_step=False,
+                    on_epoch=True,
+                    batch_size=n,
+                    prog_bar=key == "loss",
+                    sync_dist=True,
+                )
         return out["loss"]
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:  # noqa: D102
@@ -181,6 +210,14 @@ class History(pl.Callback):
         if not trainer.sanity_checking:
             self._record(trainer, "val_")
 
+    def state_dict(self) -> dict[str, Any]:
+        """The rows recorded so far (ints, strs and floats: loads with ``weights_only=True``)."""
+        return {"rows": {int(e): {k: float(v) for k, v in row.items()} for e, row in self.rows.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the rows of the epochs before a checkpoint (resume; results of ``ddp_spawn`` workers)."""
+        self.rows = {int(e): dict(row) for e, row in state_dict["rows"].items()}
+
     @property
     def frame(self) -> pd.DataFrame:
         """One row per epoch (index ``epoch``); NaN where a metric was not computed that epoch."""
@@ -188,3 +225,181 @@ class History(pl.Callback):
         df.index.name = "epoch"
         cols = sorted(df.columns, key=lambda c: (c not in ("train_loss", "val_loss"), not c.startswith("train"), c))
         return df[cols].astype(float)
+
+
+def _generators(loaders: Iterable[Any]) -> list[torch.Generator]:
+    """The ``torch.Generator`` objects of loaders, their samplers and datasets (one attribute level deep), in order."""
+    found: list[torch.Generator] = []
+    seen: set[int] = set()
+
+    def visit(obj: Any, depth: int) -> None:
+        if obj is None or id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, torch.Generator):
+            found.append(obj)
+            return
+        if depth == 0 or isinstance(obj, torch.Tensor | np.ndarray | str | bytes | int | float):
+            return
+        for name in ("generator", "sampler", "batch_sampler", "dataset"):
+            visit(getattr(obj, name, None), depth - 1)
+        for value in getattr(obj, "__dict__", {}).values():
+            if isinstance(value, torch.Generator):
+                visit(value, 0)
+
+    for loader in loaders:
+        visit(loader, 3)
+    return found
+
+
+class RNGState(pl.Callback):
+    """Save the random-number streams in full checkpoints and restore them on resume.
+
+    Lightning restores weights, optimiser, schedulers, loops and callbacks, but not the random streams, so the
+    epochs after a resume would shuffle and drop out differently from an uninterrupted run. This callback stores
+    the torch (and CUDA) RNG, numpy's and Python's global RNGs and every ``torch.Generator`` on ``loaders`` (their
+    samplers and datasets) when a checkpoint is written at the end of an epoch, and sets them back when training
+    resumes from it. The state is tensors and primitives only (``weights_only=True`` loading).
+
+    Parameters
+    ----------
+    loaders
+        The training (and validation) loaders whose generators are part of the state.
+    """
+
+    def __init__(self, loaders: Iterable[Any] = ()) -> None:
+        self.loaders = [dl for dl in loaders if dl is not None]
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        keys, pos, has_gauss, gauss = np.random.get_state()[1:]  # noqa: NPY002 - the legacy global RNG is the state
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": {
+                "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "gauss": float(gauss),
+            },
+            "python": random.getstate(),
+            "generators": [g.get_state() for g in _generators(self.loaders)],
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
+        torch.set_rng_state(state_dict["torch"])
+        npy = state_dict["numpy"]
+        keys = npy["keys"].numpy().astype(np.uint32)
+        np.random.set_state(("MT19937", keys, npy["pos"], npy["has_gauss"], npy["gauss"]))  # noqa: NPY002
+        py = state_dict["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        gens = _generators(self.loaders)
+        if len(gens) == len(state_dict["generators"]):
+            for g, s in zip(gens, state_dict["generators"], strict=True):
+                g.set_state(s)
+        else:
+            warnings.warn(
+                f"The checkpoint holds {len(state_dict['generators'])} data-loader generator state(s) but the loaders "
+                f"have {len(gens)}; shuffling after the resume differs from an uninterrupted run.",
+                stacklevel=2,
+            )
+        cuda = state_dict.get("cuda")
+        if cuda is not None and torch.cuda.is_available():
+            if len(cuda) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda)
+            else:
+                warnings.warn(
+                    f"The checkpoint holds the CUDA RNG of {len(cuda)} device(s), this machine has "
+                    f"{torch.cuda.device_count()}; GPU randomness after the resume differs.",
+                    stacklevel=2,
+                )
+
+
+class _ResultsLauncher(_MultiProcessingLauncher):
+    """Lightning's spawn/fork launcher that also sends the callback states of rank 0 back to the calling process.
+
+    Lightning returns the weights, ``best_model_path`` and ``callback_metrics`` only; without this the calling
+    process would keep an empty :class:`History` and no ``best_model_score``.
+    """
+
+    def get_extra_results(self, trainer: pl.Trainer) -> dict[str, Any]:  # noqa: D102
+        extra = super().get_extra_results(trainer)
+        states = {}
+        for cb in trainer.callbacks:
+            if isinstance(cb, RNGState):  # the calling process keeps its own random streams
+                continue
+            buffer = io.BytesIO()
+            torch.save(cb.state_dict(), buffer)
+            states[cb.state_key] = buffer.getvalue()
+        extra["scst_callback_states"] = states
+        return extra
+
+    def update_main_process_results(self, trainer: pl.Trainer, extra: dict[str, Any]) -> None:  # noqa: D102
+        super().update_main_process_results(trainer, extra)
+        states = extra.get("scst_callback_states", {})
+        for cb in trainer.callbacks:
+            if cb.state_key not in states:
+                continue
+            try:
+                cb.load_state_dict(torch.load(io.BytesIO(states[cb.state_key]), weights_only=True))
+            except Exception as e:  # noqa: BLE001 - a user callback whose state is not tensors/primitives
+                warnings.warn(
+                    f"The state of callback {cb.state_key} could not be brought back from the training processes "
+                    f"({type(e).__name__}: {e}); it keeps its state from before training.",
+                    stacklevel=2,
+                )
+
+
+def _rerunnable_script() -> str | None:
+    """The command Lightning's ``strategy="ddp"`` would re-run in every extra process, or None if it cannot.
+
+    Re-running works for ``python script.py`` / ``python -m package``; not for pytest (it would re-run the whole
+    test session), ``python -c``, an interactive interpreter or a notebook.
+    """
+    import __main__
+
+    spec = getattr(__main__, "__spec__", None)
+    if spec is not None:
+        name = spec.name
+        return None if name.split(".")[0] in ("pytest", "_pytest", "ipykernel", "IPython") else f"python -m {name}"
+    argv0 = sys.argv[0] if sys.argv else ""
+    if argv0 in ("", "-c") or not os.path.isfile(argv0) or hasattr(sys, "ps1"):
+        return None
+    if os.path.basename(argv0) in ("pytest", "py.test", "ipython", "jupyter"):
+        return None
+    return f"python {argv0}"
+
+
+def prepare_strategy(trainer: pl.Trainer, strategy: Any) -> None:
+    """Check the multi-process set-up of ``trainer`` and install the launcher that returns callback states.
+
+    * ``ddp_spawn`` / ``ddp_fork`` / ``ddp_notebook`` (and ``"auto"`` when Lightning picks one of them): the
+      launcher is replaced by one that also returns the callback states (history, best checkpoint path and score,
+      early-stopping state) of rank 0.
+    * ``"ddp"`` (Lightning's choice for ``"auto"`` outside notebooks): it re-runs the script in every extra
+      process; from pytest, ``python -c`` or an interactive interpreter that cannot work, so this raises a
+      :class:`ValueError` naming the strategies that do.
+
+    Parameters
+    ----------
+    trainer
+        The configured trainer (not yet fitted).
+    strategy
+        What the user passed as ``strategy`` (for the error message).
+    """
+    launcher = trainer.strategy.launcher
+    if trainer.world_size <= 1 or launcher is None:
+        return
+    if type(launcher) is _MultiProcessingLauncher:
+        trainer.strategy._launcher = _ResultsLauncher(trainer.strategy, start_method=launcher._start_method)
+    elif isinstance(launcher, _SubprocessScriptLauncher):
+        in_child = "LOCAL_RANK" in os.environ or launcher.cluster_environment.creates_processes_externally
+        if not in_child and _rerunnable_script() is None:
+            raise ValueError(
+                f"`strategy={strategy!r}` with {trainer.world_size} processes means Lightning's 'ddp', which re-runs "
+                "the calling script in every extra process; this process was not started as `python script.py` "
+                "(pytest, `python -c`, a notebook or an interactive session). Pass `strategy='ddp_spawn'` (the model "
+                "and data loaders are pickled to new processes) or `strategy='ddp_notebook'` (fork; CPU, or before "
+                "CUDA is initialised), or run the training from a script."
+            )

@@ -1,0 +1,201 @@
+"""Exact resume from epoch-boundary checkpoints, and same seed → same model (CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from anndata import AnnData
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from scst.models import MLPExpression
+from scst.models._base import BaseModel
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+W_TRUE = np.array([1.5, -2.0, 0.5, 3.0], dtype=np.float32)
+
+_spec = importlib.util.spec_from_file_location("_he_synthetic", Path(__file__).parent / "_he_synthetic.py")
+syn = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(syn)
+
+
+class DropoutMLP(nn.Module):
+    """Small MLP with dropout: every epoch draws from the torch RNG (shuffling and dropout masks)."""
+
+    def __init__(self, n_features: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_features, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 1))
+
+    def forward(self, x):
+        return self.net(x).squeeze(-1)
+
+    def loss(self, batch):
+        x, y = batch
+        return {"loss": ((self(x) - y) ** 2).mean()}
+
+
+class Toy(BaseModel):
+    _module_cls = DropoutMLP
+    _default_config = {"lr": 0.03, "batch_size": 16, "max_epochs": 6}
+
+    @classmethod
+    def setup_anndata(cls, adata: AnnData) -> None:
+        cls._register(adata, {"n_features": adata.n_vars, "var_names": adata.var_names})
+
+    def _module_kwargs(self):
+        return {"n_features": self.registry["n_features"]}
+
+    def _x(self, adata):
+        return torch.as_tensor(np.asarray(adata[:, self.registry["var_names"]].X), dtype=torch.float32)
+
+    def _dataloaders(self, batch_size, validation, seed, **kw):
+        x, y = self._x(self.adata), torch.as_tensor(self.adata.obs["y"].to_numpy(), dtype=torch.float32)
+        gen = torch.Generator().manual_seed(seed)  # a loader with its own generator (as several scst models have)
+        train = DataLoader(TensorDataset(x[:96], y[:96]), batch_size=batch_size, shuffle=True, generator=gen)
+        return train, DataLoader(TensorDataset(x[96:], y[96:]), batch_size=batch_size)
+
+    def predict(self, adata=None):
+        out = self._inference(
+            DataLoader(self._x(self.adata if adata is None else adata), batch_size=64), lambda m, b: m(b)
+        )
+        return torch.cat(out).numpy()
+
+
+class Crash(pl.Callback):
+    """Simulate a crash at the start of epoch ``at`` (after the checkpoint of epoch ``at - 1`` was written)."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.at:
+            raise RuntimeError("power cut")
+
+
+def _adata():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((128, 4)).astype(np.float32)
+    y = x @ W_TRUE + 0.7 + 0.1 * rng.standard_normal(128).astype(np.float32)
+    a = AnnData(X=x, obs=pd.DataFrame({"y": y}, index=[f"c{i}" for i in range(128)]))
+    a.var_names = [f"g{i}" for i in range(4)]
+    Toy.setup_anndata(a)
+    return a
+
+
+SETTINGS = {"max_epochs": 6, "lr_scheduler": "cosine", "enable_progress_bar": False, "early_stopping": False}
+
+
+def _last_weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    d = tmp_path_factory.mktemp("full")
+    a = _adata()
+    m = Toy(a).train(checkpoint_dir=d, **SETTINGS)
+    return m, d
+
+
+def test_resume_after_crash_equals_uninterrupted_run(uninterrupted, tmp_path):
+    full, full_dir = uninterrupted
+    a = _adata()
+    with pytest.raises(RuntimeError, match="power cut"):
+        Toy(a).train(checkpoint_dir=tmp_path, callbacks=[Crash(at=3)], **SETTINGS)
+    last = tmp_path / "last.ckpt"
+    # Lightning's full checkpoint loads with weights_only=True: only tensors and primitives in it
+    ck = torch.load(last, map_location="cpu", weights_only=True)
+    assert ck["epoch"] == 2 and ck["optimizer_states"] and ck["lr_schedulers"]
+    assert ck["hyper_parameters"]["lr_scheduler"] == "cosine" and ck["hyper_parameters"]["max_epochs"] == 6
+    assert sorted(ck["callbacks"]["History"]["rows"]) == [0, 1, 2]
+
+    resumed = Toy(a).train(ckpt_path=last, **SETTINGS)  # a fresh model object, as after a restart
+    # the weights at the end of epoch 6 are the same (shuffling, dropout, Adam moments, cosine LR all continued)
+    w_full, w_res = _last_weights(full_dir / "last.ckpt"), _last_weights(last)
+    assert w_full.keys() == w_res.keys()
+    for k in w_full:
+        torch.testing.assert_close(w_res[k], w_full[k], rtol=0, atol=1e-6)
+    # and so are the restored best weights, the predictions and the history of all 6 epochs
+    np.testing.assert_allclose(resumed.predict(), full.predict(), rtol=0, atol=1e-5)
+    assert list(resumed.history.index) == list(range(6)) == list(full.history.index)
+    pd.testing.assert_frame_equal(resumed.history, full.history, rtol=1e-6)
+    assert resumed.is_trained
+    # the checkpoint has learned something real: a linear map close to the planted one explains y
+    assert np.corrcoef(resumed.predict(), a.obs["y"])[0, 1] > 0.9
+
+
+def test_resume_without_the_random_streams_differs(uninterrupted, tmp_path, monkeypatch):
+    """The check above can fail: without restoring the random streams the resumed run is another run."""
+    full, full_dir = uninterrupted
+    a = _adata()
+    with pytest.raises(RuntimeError, match="power cut"):
+        Toy(a).train(checkpoint_dir=tmp_path, callbacks=[Crash(at=3)], **SETTINGS)
+    monkeypatch.setattr("scst.models._training.RNGState.load_state_dict", lambda self, state: None)
+    Toy(a).train(ckpt_path=tmp_path / "last.ckpt", **SETTINGS)
+    w_full, w_res = _last_weights(full_dir / "last.ckpt"), _last_weights(tmp_path / "last.ckpt")
+    assert any(not torch.allclose(w_full[k], w_res[k], atol=1e-6) for k in w_full)
+
+
+def test_early_stopping_state_survives_resume(tmp_path):
+    """Patience counts across the resume: the resumed run stops at the same epoch as the uninterrupted one."""
+    a = _adata()
+    kw = {"max_epochs": 40, "patience": 2, "lr": 0.05, "enable_progress_bar": False}
+    full = Toy(a).train(checkpoint_dir=tmp_path / "full", **kw)
+    n = len(full.history)
+    assert 4 < n < 40  # it did stop early
+    with pytest.raises(RuntimeError, match="power cut"):
+        Toy(a).train(checkpoint_dir=tmp_path / "cut", callbacks=[Crash(at=n - 2)], **kw)
+    resumed = Toy(a).train(ckpt_path=tmp_path / "cut" / "last.ckpt", **kw)
+    assert len(resumed.history) == n
+    np.testing.assert_allclose(resumed.predict(), full.predict(), rtol=0, atol=1e-5)
+
+
+def test_resume_bad_input(tmp_path):
+    a = _adata()
+    with pytest.raises(FileNotFoundError, match="`ckpt_path` .* is not a file"):
+        Toy(a).train(ckpt_path=tmp_path / "nothing.ckpt", **SETTINGS)
+    # best.ckpt holds only weights: Lightning refuses to resume the optimiser from it, naming the reason
+    Toy(a).train(checkpoint_dir=tmp_path, **{**SETTINGS, "max_epochs": 2})
+    with pytest.raises(KeyError, match="save_weights_only"):
+        Toy(a).train(ckpt_path=tmp_path / "best.ckpt", **SETTINGS)
+
+
+def test_no_last_checkpoint_without_save_last(tmp_path):
+    a = _adata()
+    Toy(a).train(checkpoint_dir=tmp_path, save_last=False, **{**SETTINGS, "max_epochs": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt"]
+
+
+# ------------------------------------------------------------------ determinism of a real scst model
+PANEL = ["UP", "DOWN", "NOISE0", "HOUSE"]
+
+
+@pytest.fixture(scope="module")
+def table():
+    tab = syn.make_sdata(image=False).tables["table"]
+    rng = np.random.default_rng(0)
+    tab.obsm["X_emb"] = np.column_stack([10 * tab.obs["z"].to_numpy() + 3, rng.normal(0, 50, (tab.n_obs, 6))])
+    MLPExpression.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1", "S2"])
+    return tab
+
+
+def _trained_mlp(tab, seed: int, train_seed: int | None = None):
+    cfg = {**MLPExpression.bench_config, "max_epochs": 8, "seed": seed}
+    return MLPExpression(tab, **cfg).train(validation="S2", seed=train_seed, enable_progress_bar=False)
+
+
+def test_same_seed_same_predictions_on_cpu(table):
+    a, b = _trained_mlp(table, 0), _trained_mlp(table, 0)
+    pa, pb = a.predict(table, "S3"), b.predict(table, "S3")
+    np.testing.assert_array_equal(pa, pb)
+    pd.testing.assert_frame_equal(a.history, b.history)
+    assert pa.std(0).max() > 0  # not a constant prediction that would trivially agree
+    # another seed (initialisation and training), or only another training seed: another model
+    for other in (_trained_mlp(table, 1), _trained_mlp(table, 0, train_seed=1)):
+        assert np.abs(other.predict(table, "S3") - pa).max() > 1e-4
