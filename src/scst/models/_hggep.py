@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from .._logging import logg
 from ..nn._hggep import HGGEP_BENCH, HGGEPModule
-from ._image import _ImageModel, _tiling_windows, _to_input, _WindowDataset
+from ._image import _ImageModel, _input_on, _tiling_windows, _to_input, _WindowDataset
 
 __all__ = ["HGGEP"]
 
@@ -189,19 +189,20 @@ class HGGEP(_ImageModel):
                 if head is not None:
                     head.weight.zero_()
 
-    @torch.no_grad()
-    def _predict_section(self, sec: Any, batch_size: int, bar: Any) -> np.ndarray:
+    def _predict_section(self, sec: Any, batch_size: int, bar: Any, opts: Any) -> np.ndarray:
+        # Windows of at most batch_size spots (k-d cells + their surroundings): the network, its ViT and
+        # hypergraph only ever see one window, so memory depends on batch_size, not on the section's size.
         out = np.zeros((len(sec.rows), len(self.var_names)), dtype=np.float32)
         mc = int(self.registry["max_coord"])
-        self.module.eval()
-        device = self.device
-        for window, core in _tiling_windows(sec.positions, batch_size):
+        windows = _tiling_windows(sec.positions, batch_size)
+        for i, patches in sec.patches.loader([w for w, _ in windows], opts):
+            window, core = windows[i]
             pred = self.module(
-                _to_input(sec.patches.get(window), False).to(device),
-                _coords_for(sec, window, mc).to(device),
-                torch.from_numpy(sec.positions[window].astype(np.float32)).to(device),
+                _input_on(patches, opts),
+                opts.to_device(_coords_for(sec, window, mc)),
+                opts.to_device(torch.from_numpy(sec.positions[window].astype(np.float32))),
             )["pred"]
-            pos = np.searchsorted(window, core)
-            out[core] = pred[torch.from_numpy(pos).to(device)].float().cpu().numpy()
+            pos = torch.from_numpy(np.searchsorted(window, core)).to(pred.device)
+            out[core] = pred[pos].float().cpu().numpy()
             bar.update(len(core))
         return out

@@ -68,10 +68,21 @@ def _element_token(element: Any) -> str:
     return dask.base.tokenize(data)
 
 
+def _cache_key(element: Any, centers: np.ndarray, size_um: float, patch_px: int) -> tuple:
+    digest = hashlib.sha1(np.ascontiguousarray(centers, dtype=np.float64).tobytes()).hexdigest()
+    return (_element_token(element), digest, float(size_um), int(patch_px))
+
+
+def _cache_lookup(key: tuple) -> np.ndarray | None:
+    hit = _PATCH_CACHE.get(key)
+    if hit is not None:
+        _PATCH_CACHE.move_to_end(key)
+    return hit
+
+
 def _cached_patches(element: Any, centers: np.ndarray, size_um: float, patch_px: int, budget: int, read: Any):
     """Patches of ``centers`` on ``element`` from the process-wide cache, else ``read()`` (uint8, stored read-only)."""
-    digest = hashlib.sha1(np.ascontiguousarray(centers, dtype=np.float64).tobytes()).hexdigest()
-    key = (_element_token(element), digest, float(size_um), int(patch_px))
+    key = _cache_key(element, centers, size_um, patch_px)
     hit = _PATCH_CACHE.get(key)
     if hit is not None:
         _PATCH_CACHE.move_to_end(key)
@@ -117,16 +128,44 @@ class _SectionPatches:
         return _cached_patches(self._element, self.ds.centers, self.size_um, self.patch_px, self.budget, self._read_all)
 
     def get(self, idx: np.ndarray) -> np.ndarray:
-        """uint8 patches of the spots at positions ``idx`` (into ``rows``)."""
+        """uint8 patches of the spots at positions ``idx`` (into ``rows``); caches the section when it fits."""
         if self.cached:
             if self._arr is None:
                 self._arr = self._load()
             return self._arr[idx]
-        return np.stack([self.ds.patch_uint8(int(i)) for i in idx]) if len(idx) else np.empty((0, 3, 1, 1), np.uint8)
+        return self.ds.patches_uint8(idx)
+
+    def in_memory(self) -> np.ndarray | None:
+        """All patches when the process-wide cache already holds them (nothing is read or cached); else None.
+
+        Prediction reads a section once: it streams the patches through a DataLoader instead of caching them, so
+        its memory does not grow with the section; patches cached by training on the section are reused.
+        """
+        if self._arr is None and self.cached:
+            self._arr = _cache_lookup(_cache_key(self._element, self.ds.centers, self.size_um, self.patch_px))
+        return self._arr
+
+    def loader(self, items: Sequence[np.ndarray], opts: Any) -> Any:
+        """DataLoader over ``items`` (index arrays): ``(i, uint8 patches of items[i])`` read ahead by its workers."""
+        from torch.utils.data import DataLoader
+
+        from ..pp._patches import PatchBatches
+
+        dataset = PatchBatches(self.ds, items, self.in_memory())
+        return DataLoader(dataset, batch_size=None, shuffle=False, **opts.loader_kwargs())
 
 
 _MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
 _STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+
+
+def _input_on(patches: torch.Tensor, opts: Any) -> torch.Tensor:
+    """uint8 ``(n, 3, p, p)`` batch → ImageNet-normalised float on the device (as :func:`_to_input`, bitwise on CPU).
+
+    The uint8 batch is moved first (a quarter of the bytes of float32), then converted on the device.
+    """
+    x = opts.to_device(patches).float().div_(255.0)
+    return (x - _MEAN.to(x.device)) / _STD.to(x.device)
 
 
 def _dihedral(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -597,6 +636,9 @@ class _ImageModel(BaseModel):
         table: str | None = None,
         batch_size: int | None = None,
         progress: bool = True,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+        precision: str = "32",
     ) -> np.ndarray:
         """Predicted expression of the model's gene panel (:attr:`var_names`) for every spot of ``sections``.
 
@@ -614,6 +656,17 @@ class _ImageModel(BaseModel):
             Spots per forward pass (default: the training batch size).
         progress
             Show a tqdm progress bar (spots).
+        num_workers
+            DataLoader workers reading the patches of the next batches while the model computes (0, the default:
+            read in the main process, best on a machine with one or two cores; on a GPU machine 4–8). Patches are
+            streamed batch by batch (windows of the section for HGGEP), never cached for the whole section, so
+            memory does not grow with the number of spots; a section whose patches training cached is read from
+            that cache.
+        pin_memory
+            Page-locked batches for asynchronous host → GPU copies; None: on CUDA devices only.
+        precision
+            ``"32"`` (fp32), ``"bf16"`` or ``"16"`` (fp16): ``torch.autocast`` of the forward pass on the model's
+            device (bf16 on CPU is slower than fp32 on most CPUs; on a GPU it halves memory and speeds it up).
 
         Returns
         -------
@@ -621,6 +674,8 @@ class _ImageModel(BaseModel):
         ``sections`` in table order.
         """
         from tqdm.auto import tqdm
+
+        from .._inference import inference_options
 
         if not self.is_trained:
             raise RuntimeError(
@@ -633,15 +688,29 @@ class _ImageModel(BaseModel):
         sdata, key, adata = self._predict_table(data, table)
         sections = self._check_predict_sections(sdata, adata, sections)
         bs = int(batch_size or self._train_setting("batch_size", None))
+        if bs < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}.")
+        opts = inference_options(self.device, num_workers, pin_memory, precision)
         sec_col = adata.obs[SECTION_KEY].astype(str).to_numpy()
         order = np.flatnonzero(np.isin(sec_col, sections))
         out = np.zeros((adata.n_obs, len(self.var_names)), dtype=np.float32)
         with tqdm(total=len(order), desc=f"{type(self).__name__} predict", unit="spot", disable=not progress) as bar:
             for s in sections:
                 sec = self._section_data(sdata, key, s, with_targets=False)
-                out[sec.rows] = self._unstandardize(self._predict_section(sec, bs, bar))
+                was_training = self.module.training
+                self.module.eval()
+                try:
+                    with torch.no_grad(), opts.autocast():
+                        pred = self._predict_section(sec, bs, bar, opts)
+                finally:
+                    self.module.train(was_training)
+                out[sec.rows] = self._unstandardize(pred)
         return np.clip(out[order], 0.0, None)
 
     @abstractmethod
-    def _predict_section(self, sec: Any, batch_size: int, bar: Any) -> np.ndarray:
-        """Predictions ``(n_spots, n_genes)`` for one section's spots (``sec`` from ``_section_data``)."""
+    def _predict_section(self, sec: Any, batch_size: int, bar: Any, opts: Any) -> np.ndarray:
+        """Predictions ``(n_spots, n_genes)`` for one section's spots (``sec`` from ``_section_data``).
+
+        Runs in eval mode under ``torch.no_grad()`` and ``opts.autocast()``; read the patches with
+        ``sec.patches.loader(items, opts)`` and move them with ``_input_on(patches, opts)``.
+        """

@@ -11,7 +11,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from .._constants import SECTION_KEY
 from ..nn._tcgn import TCGN_BENCH, TCGNModule
-from ._image import _ImageModel, _to_input
+from ._image import _ImageModel, _input_on, _to_input
 
 __all__ = ["TCGN"]
 
@@ -148,15 +148,19 @@ class TCGN(_ImageModel):
     def _output_layer(self) -> torch.nn.Linear:
         return self.module.head[-1]
 
-    @torch.no_grad()
-    def _predict_section(self, sec: Any, batch_size: int, bar: Any) -> np.ndarray:
-        self.module.eval()
-        device, out = self.device, []
-        for start in range(0, len(sec.rows), batch_size):
-            idx = np.arange(start, min(start + batch_size, len(sec.rows)))
-            out.append(self.module(_to_input(sec.patches.get(idx), False).to(device))["pred"].float().cpu().numpy())
-            bar.update(len(idx))
-        return np.concatenate(out)
+    def _predict_section(self, sec: Any, batch_size: int, bar: Any, opts: Any) -> np.ndarray:
+        # One spot per patch: batches of spots in image-chunk order (each zarr chunk decoded about once).
+        n = len(sec.rows)
+        order = np.arange(n) if sec.patches.in_memory() is not None else sec.patches.ds.locality_order()
+        items = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+        out = None
+        for i, patches in sec.patches.loader(items, opts):
+            pred = self.module(_input_on(patches, opts))["pred"].float().cpu().numpy()
+            if out is None:
+                out = np.empty((n, pred.shape[1]), dtype=np.float32)
+            out[items[i]] = pred
+            bar.update(len(items[i]))
+        return out
 
     def attribution(
         self,

@@ -673,6 +673,34 @@ class SpotPatchDataset(Dataset):
         x = self._resize(self._to_float(w))
         return (x * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).numpy()
 
+    def patches_uint8(self, idx: Sequence[int] | np.ndarray, float01: bool = False) -> np.ndarray:
+        """Patches of the spots ``idx``, as :meth:`patch_uint8` gives each, resized in one batch per window size.
+
+        With ``float01``, float32 patches in ``[0, 1]`` as ``__getitem__`` makes them without augmentation,
+        transform or normalisation (for uint8 images exactly ``patches_uint8(idx) / 255``).
+        """
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        p, c = int(self.out_px), self.n_channels
+        out = np.empty((len(idx), c, p, p), dtype=np.float32 if float01 else np.uint8)
+        wins = [self.window(int(i)) for i in idx]
+        sizes = np.array([w.shape[-1] for w in wins], dtype=np.int64)
+        for size in np.unique(sizes):
+            sel = np.flatnonzero(sizes == size)
+            stack = np.stack([wins[j] for j in sel])
+            if stack.dtype == np.uint8:
+                t = torch.from_numpy(stack)
+                if size != p:
+                    t = F.interpolate(t, size=(p, p), mode="bilinear", align_corners=False, antialias=True)
+                out[sel] = t.to(torch.float32).div_(255.0).numpy() if float01 else t.numpy()
+                continue
+            x = torch.from_numpy(stack).to(torch.float32)
+            scale = _white(stack.dtype)
+            x = x / scale if scale != 1.0 else x
+            if size != p:
+                x = F.interpolate(x, size=(p, p), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
+            out[sel] = x.numpy() if float01 else (x * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).numpy()
+        return out
+
     def _resize_uint8(self, w: np.ndarray) -> torch.Tensor:
         # torch resizes uint8 with an antialiased bilinear kernel directly (about twice as fast as float32).
         t = torch.from_numpy(np.ascontiguousarray(w))
@@ -897,6 +925,29 @@ def extract_patches(
         (np.savez_compressed if compress else np.savez)(fh, **res)
     logg.info(f"Wrote {n} patches ({c}×{p}×{p} uint8) to {dest}")
     return dest
+
+
+class PatchBatches(Dataset):
+    """Batches of spot patches as DataLoader items (``batch_size=None``): item ``i`` is ``(i, patches of items[i])``.
+
+    The batch is read by :meth:`SpotPatchDataset.patches_uint8` (one resize per batch), in a DataLoader worker when
+    ``num_workers > 0`` (reading overlaps the model), or taken from ``patches`` (uint8 ``(n, c, p, p)`` already in
+    memory). ``float01``: float32 patches in ``[0, 1]`` instead of uint8.
+    """
+
+    def __init__(self, ds: SpotPatchDataset, items: Sequence[np.ndarray], patches: np.ndarray | None = None,
+                 float01: bool = False):  # fmt: skip
+        self.ds, self.items, self.patches, self.float01 = ds, [np.asarray(i, np.int64) for i in items], patches, float01
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        idx = self.items[i]
+        if self.patches is not None:
+            p = self.patches[idx]
+            return i, torch.from_numpy(p.astype(np.float32) / 255.0 if self.float01 else np.ascontiguousarray(p))
+        return i, torch.from_numpy(self.ds.patches_uint8(idx, float01=self.float01))
 
 
 class _Uint8View(Dataset):

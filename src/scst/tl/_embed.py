@@ -20,6 +20,10 @@ __all__ = ["embed_patches"]
 UNS_EMBED_KEY = "scst_embed"
 
 
+_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
+_STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+
+
 def _pool(out: Any, name: str) -> torch.Tensor:
     """Encoder output → ``(B, F)``: global average over spatial dims (``(B, C, H, W)``) or tokens (``(B, T, C)``)."""
     if isinstance(out, dict) and len(out) == 1:
@@ -73,6 +77,8 @@ def embed_patches(
     device: str | torch.device = "cpu",
     normalize: Literal["imagenet"] | None = "imagenet",
     num_workers: int = 0,
+    pin_memory: bool | None = None,
+    precision: str = "32",
     progress: bool = True,
 ) -> None:
     """Embed every spot's H&E patch into a feature vector: a pretrained-style backbone or hand-crafted features.
@@ -118,7 +124,15 @@ def embed_patches(
         ``"imagenet"``: normalise patches with ImageNet mean/std before a network (torchvision/timm backbones
         expect it); None: feed ``[0, 1]`` RGB. Hand-crafted features always use ``[0, 1]`` RGB.
     num_workers
-        DataLoader workers reading patches.
+        DataLoader workers reading the next batches of patches while the encoder computes (each reads 4 batches
+        ahead). 0 (default): read in the main process — best on one or two CPU cores, where workers compete with
+        the encoder; on a GPU machine 4–8. Spots are visited in image-chunk order, so each zarr chunk is decoded
+        about once, and the result does not depend on ``num_workers``.
+    pin_memory
+        Page-locked batches for asynchronous host → GPU copies; None: on CUDA devices only.
+    precision
+        ``"32"`` (fp32, default), ``"bf16"`` or ``"16"`` (fp16): ``torch.autocast`` of the encoder's forward pass
+        on ``device`` (features are returned as float32). Not used by hand-crafted features.
     progress
         Show a tqdm progress bar.
 
@@ -134,9 +148,10 @@ def embed_patches(
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
+    from .._inference import inference_options
     from ..nn._backbones import build_backbone
     from ..pp._features import handcrafted_feature_names, handcrafted_features
-    from ..pp._patches import SpotPatchDataset
+    from ..pp._patches import PatchBatches, SpotPatchDataset
 
     if not hasattr(sdata, "tables") or not hasattr(sdata, "images"):
         raise TypeError(f"sdata: expected a SpatialData object with images, got {type(sdata).__name__}.")
@@ -146,6 +161,7 @@ def embed_patches(
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size}.")
     if normalize not in ("imagenet", None):
         raise ValueError(f"normalize: expected 'imagenet' or None, got {normalize!r}.")
+    opts = inference_options(device, num_workers, pin_memory, precision)
     handcrafted = isinstance(encoder, str) and encoder == "handcrafted"
     if isinstance(encoder, nn.Module):
         name, module, weights_desc = type(encoder).__name__.lower(), encoder, "given module"
@@ -179,20 +195,27 @@ def embed_patches(
         module.eval().to(device)
     try:
         for um in sizes:
-            ds = SpotPatchDataset(
-                sdata, table, return_counts=False, size_um=um, out_px=out_px,
-                normalize=None if handcrafted else normalize,
-            )  # fmt: skip
-            loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+            # Batches of spots in image-chunk order, read (and resized) as whole batches, by workers if asked.
+            ds = SpotPatchDataset(sdata, table, return_counts=False, size_um=um, out_px=out_px, normalize=None)
+            order = ds.locality_order()
+            items = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+            # uint8 images travel as uint8 (a quarter of the bytes) and become [0, 1] floats where they are used.
+            as_uint8 = all(src.dtype == np.uint8 for src in ds.sources.values())
+            batches = PatchBatches(ds, items, float01=not as_uint8)
+            loader = DataLoader(batches, batch_size=None, **opts.loader_kwargs())
             out: np.ndarray | None = None
-            with torch.no_grad():
+            with torch.no_grad(), opts.autocast():
                 desc = f"embed_patches ({name}, {um:g} µm)"
-                for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
-                    idx = batch["index"].numpy()
+                for i, x in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+                    idx = ds.index[items[i]]
                     if handcrafted:
-                        feats = handcrafted_features(batch["patch"].numpy())
+                        feats = handcrafted_features((x.float().div_(255.0) if as_uint8 else x).numpy())
                     else:
-                        feats = _pool(module(batch["patch"].to(device)), name).float().cpu().numpy()
+                        x = opts.to_device(x)
+                        x = x.float().div_(255.0) if as_uint8 else x
+                        if normalize == "imagenet":
+                            x = (x - _MEAN.to(x.device)) / _STD.to(x.device)
+                        feats = _pool(module(x), name).float().cpu().numpy()
                     if out is None:
                         out = np.full((adata.n_obs, feats.shape[1]), np.nan, dtype=np.float32)
                     out[idx] = feats

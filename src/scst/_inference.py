@@ -1,0 +1,106 @@
+"""Inference options of `tl.embed_patches` and the models' `predict`: loader workers, pinned memory, autocast.
+
+One place resolves and checks ``num_workers``, ``pin_memory`` and ``precision`` so that every prediction path reads
+them the same way. Defaults suit a small CPU machine (no workers, no pinning, fp32); on a GPU pass e.g.
+``num_workers=4, precision="bf16"`` (``pin_memory`` follows the device by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+#: Accepted ``precision`` values (Lightning's spellings too) → autocast dtype; None: fp32, no autocast.
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "32": None,
+    "32-true": None,
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "bf16-mixed": torch.bfloat16,
+    "16": torch.float16,
+    "16-mixed": torch.float16,
+    "fp16": torch.float16,
+}
+
+#: Batches each DataLoader worker reads ahead of the model (``prefetch_factor``).
+PREFETCH = 4
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """Resolved inference options (see :func:`inference_options`)."""
+
+    device: torch.device
+    num_workers: int = 0
+    pin_memory: bool = False
+    dtype: torch.dtype | None = None
+
+    def loader_kwargs(self) -> dict[str, Any]:
+        """``DataLoader`` keyword arguments: workers (each reading ``PREFETCH`` batches ahead) and pinning."""
+        kw: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
+        if self.num_workers > 0:
+            kw["prefetch_factor"] = PREFETCH
+        return kw
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """``torch.autocast`` on the device in the requested dtype, or a no-op for fp32."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """Move a (possibly pinned) batch to the device; asynchronous when pinned."""
+        return x.to(self.device, non_blocking=self.pin_memory)
+
+
+def inference_options(
+    device: str | torch.device, num_workers: int = 0, pin_memory: bool | None = None, precision: str = "32"
+) -> InferenceOptions:
+    """Check and resolve the inference options of a prediction call.
+
+    Parameters
+    ----------
+    device
+        Torch device of the model.
+    num_workers
+        DataLoader worker processes reading patches while the model computes (0: read in the main process).
+    pin_memory
+        Page-locked host batches for asynchronous copies to a GPU; None: True on CUDA, False otherwise. True
+        without CUDA is ignored with a warning.
+    precision
+        ``"32"`` (fp32, default), ``"bf16"`` or ``"16"`` (fp16) autocast of the forward pass (Lightning's
+        ``"bf16-mixed"``/``"16-mixed"``/``"32-true"`` are accepted too). Outputs are returned as float32.
+
+    Returns
+    -------
+    The resolved :class:`InferenceOptions`.
+    """
+    device = torch.device(device)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers: expected an integer >= 0, got {num_workers!r}.")
+    if pin_memory is not None and not isinstance(pin_memory, bool):
+        raise TypeError(f"pin_memory: expected True, False or None, got {type(pin_memory).__name__}.")
+    key = str(precision)
+    if key not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {sorted(PRECISIONS)}, got {precision!r}.")
+    if pin_memory is None:
+        pin_memory = device.type == "cuda"
+    elif pin_memory and not torch.cuda.is_available():
+        warnings.warn("pin_memory=True needs CUDA, which is not available: batches are not pinned.", stacklevel=3)
+        pin_memory = False
+    return InferenceOptions(device=device, num_workers=num_workers, pin_memory=pin_memory, dtype=PRECISIONS[key])
+
+
+def _to_float32(out: Any) -> Any:
+    """Floating tensors in (nested) outputs as float32 (autocast leaves bf16/fp16 outputs)."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, dict):
+        return {k: _to_float32(v) for k, v in out.items()}
+    if isinstance(out, list | tuple):
+        return type(out)(_to_float32(v) for v in out)
+    return out

@@ -1,0 +1,166 @@
+"""Inference options: DataLoader workers give the same predictions, bf16 autocast stays close to fp32, streaming."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from scst._inference import inference_options
+from scst.models._hggep import HGGEP, _coords_for
+from scst.models._image import _PATCH_CACHE, _to_input, clear_patch_cache
+from scst.models._tcgn import TCGN
+from scst.pp._patches import SpotPatchDataset
+from scst.tl._embed import embed_patches
+
+_spec = importlib.util.spec_from_file_location("_he_synthetic", Path(__file__).with_name("_he_synthetic.py"))
+syn = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(syn)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def hggep():
+    sd = syn.make_sdata()
+    HGGEP.setup_sdata(sd, sections=["S1", "S2"], size_um=syn.SIZE_UM, patch_px=64)
+    model = HGGEP(sd, **{**HGGEP.bench_config, "lr": 1e-3, "zero_head": False})
+    model.train(max_epochs=2, batch_size=16, validation=False, enable_progress_bar=False)
+    return sd, model
+
+
+@pytest.fixture(scope="module")
+def tcgn():
+    sd = syn.make_sdata()
+    TCGN.setup_sdata(sd, size_um=syn.SIZE_UM, sections=["S1", "S2"])
+    model = TCGN(sd, **{**TCGN.bench_config, "img_size": 64})
+    model.train(max_epochs=2, validation=False, enable_progress_bar=False)
+    return sd, model
+
+
+def _close_to(a: np.ndarray, b: np.ndarray) -> None:
+    """bf16 ``a`` close to fp32 ``b``: within a few bf16 steps (8 mantissa bits: 2**-8 relative), ranked alike."""
+    scale = np.abs(b).max()
+    np.testing.assert_allclose(a, b, rtol=0.03, atol=0.03 * scale)
+    varied = [g for g in range(b.shape[1]) if b[:, g].std() > 4 * 2**-8 * scale]  # spread >> bf16 resolution
+    assert varied, b.std(0)
+    for g in varied:
+        assert syn.pearson(a[:, g], b[:, g]) > 0.98, g
+
+
+def test_batched_patches_equal_single_patches():
+    sd = syn.make_sdata(sections=("S1",), grid=5)
+    for out_px in (32, 20):  # no resize (32 px windows) and a resize
+        ds = SpotPatchDataset(sd, "table", return_counts=False, size_um=syn.SIZE_UM, out_px=out_px, normalize=None)
+        idx = np.array([3, 0, 24, 7, 7])
+        single = np.stack([ds.patch_uint8(int(i)) for i in idx])
+        np.testing.assert_array_equal(ds.patches_uint8(idx), single)
+        floats = np.stack([ds[int(i)]["patch"].numpy() for i in idx])
+        np.testing.assert_array_equal(ds.patches_uint8(idx, float01=True), floats)
+
+
+def test_hggep_workers_give_identical_predictions_and_stream(hggep):
+    sd, model = hggep
+    clear_patch_cache()
+    # batch_size 16 < 64 spots: several overlapping windows per section
+    ref = model.predict(sd, ["S2", "S3"], batch_size=16, progress=False)
+    assert not _PATCH_CACHE, "prediction must stream patches, not cache whole sections"
+    two = model.predict(sd, ["S2", "S3"], batch_size=16, progress=False, num_workers=2)
+    np.testing.assert_array_equal(two, ref)
+    assert ref.std(0).max() > 0  # not a constant output: the comparison means something
+    bf16 = model.predict(sd, ["S2", "S3"], batch_size=16, progress=False, precision="bf16")
+    assert bf16.dtype == np.float32 and not np.array_equal(bf16, ref)  # autocast did run in bf16
+    _close_to(bf16, ref)
+
+
+def test_hggep_prediction_is_the_network_on_the_section(hggep):
+    """With a window holding the whole section, predict = the network on all its patches (read one by one)."""
+    sd, model = hggep
+    pred = model.predict(sd, "S3", batch_size=64, progress=False)
+    sec = model._section_data(sd, "table", "S3", with_targets=False)
+    patches = np.stack([sec.patches.ds.patch_uint8(i) for i in range(len(sec.rows))])
+    model.module.eval()
+    with torch.no_grad():
+        out = model.module(
+            _to_input(patches, False),
+            _coords_for(sec, np.arange(len(sec.rows)), int(model.registry["max_coord"])),
+            torch.from_numpy(sec.positions.astype(np.float32)),
+        )["pred"].numpy()
+    np.testing.assert_allclose(pred, np.clip(model._unstandardize(out), 0, None), rtol=1e-5, atol=1e-5)
+
+
+def test_prediction_reuses_patches_cached_by_training(hggep):
+    sd, model = hggep
+    clear_patch_cache()
+    sec = model._section_data(sd, "table", "S1", with_targets=False)
+    sec.patches.get(np.arange(3))  # training path: caches the whole section
+    assert len(_PATCH_CACHE) == 1
+    again = model._section_data(sd, "table", "S1", with_targets=False)
+    assert again.patches.in_memory() is next(iter(_PATCH_CACHE.values()))
+    cached = model.predict(sd, "S1", batch_size=16, progress=False)
+    clear_patch_cache()
+    streamed = model.predict(sd, "S1", batch_size=16, progress=False)
+    np.testing.assert_array_equal(cached, streamed)
+
+
+def test_tcgn_workers_and_bf16(tcgn):
+    sd, model = tcgn
+    ref = model.predict(sd, "S3", batch_size=10, progress=False)
+    np.testing.assert_array_equal(model.predict(sd, "S3", batch_size=10, progress=False, num_workers=2), ref)
+    # batch order (image-chunk order) and batch size do not change a spot's prediction beyond float noise
+    np.testing.assert_allclose(model.predict(sd, "S3", batch_size=64, progress=False), ref, rtol=1e-5, atol=1e-5)
+    bf16 = model.predict(sd, "S3", batch_size=10, progress=False, precision="bf16-mixed")
+    assert not np.array_equal(bf16, ref)
+    _close_to(bf16, ref)
+
+
+class _TinyEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_embed_patches_workers_and_bf16():
+    sd = syn.make_sdata(sections=("S1", "S2"), grid=6)
+    enc = _TinyEncoder()
+    kw = {"size_um": syn.SIZE_UM, "out_px": 24, "batch_size": 7, "progress": False}
+    embed_patches(sd, enc, key_added="ref", **kw)
+    embed_patches(sd, enc, key_added="two", num_workers=2, **kw)
+    embed_patches(sd, enc, key_added="bf16", precision="bf16", **kw)
+    embed_patches(sd, "handcrafted", key_added="hc0", **kw)
+    embed_patches(sd, "handcrafted", key_added="hc2", num_workers=2, **kw)
+    obsm = sd.tables["table"].obsm
+    np.testing.assert_array_equal(obsm["two"], obsm["ref"])
+    np.testing.assert_array_equal(obsm["hc2"], obsm["hc0"])
+    # rows follow the table, whatever the reading order: the features of spot i are those of its own patch
+    ds = SpotPatchDataset(sd, "table", return_counts=False, size_um=syn.SIZE_UM, out_px=24, normalize="imagenet")
+    with torch.no_grad():
+        direct = enc(torch.stack([ds[i]["patch"] for i in (0, 40, 71)])).numpy()
+    np.testing.assert_allclose(obsm["ref"][[0, 40, 71]], direct, rtol=1e-4, atol=1e-5)
+    assert not np.array_equal(obsm["bf16"], obsm["ref"])
+    _close_to(obsm["bf16"], obsm["ref"])
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="num_workers"):
+        inference_options("cpu", num_workers=-1)
+    with pytest.raises(ValueError, match="precision"):
+        inference_options("cpu", precision="int8")
+    with pytest.raises(TypeError, match="pin_memory"):
+        inference_options("cpu", pin_memory="yes")
+    if not torch.cuda.is_available():
+        with pytest.warns(UserWarning, match="pin_memory=True needs CUDA"):
+            assert inference_options("cpu", pin_memory=True).pin_memory is False
+    assert inference_options("cpu").loader_kwargs() == {"num_workers": 0, "pin_memory": False}
+    sd = syn.make_sdata(sections=("S1",), grid=3)
+    with pytest.raises(ValueError, match="precision"):
+        embed_patches(sd, "handcrafted", size_um=syn.SIZE_UM, out_px=24, precision="8", progress=False)
