@@ -605,7 +605,7 @@ class BaseModel(_SetupRegistry, ABC):
                     default_root_dir=tmp,
                     **kwargs,
                 )
-                prepare_strategy(trainer, strategy)
+                prepare_strategy(trainer, strategy, devices)
                 try:
                     trainer.fit(
                         plan,

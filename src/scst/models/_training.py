@@ -371,7 +371,7 @@ def _rerunnable_script() -> str | None:
     return f"python {argv0}"
 
 
-def prepare_strategy(trainer: pl.Trainer, strategy: Any) -> None:
+def prepare_strategy(trainer: pl.Trainer, strategy: Any, devices: Any = "auto") -> None:
     """Check the multi-process set-up of ``trainer`` and install the launcher that returns callback states.
 
     * ``ddp_spawn`` / ``ddp_fork`` / ``ddp_notebook`` (and ``"auto"`` when Lightning picks one of them): the
@@ -385,9 +385,26 @@ def prepare_strategy(trainer: pl.Trainer, strategy: Any) -> None:
     ----------
     trainer
         The configured trainer (not yet fitted).
-    strategy
-        What the user passed as ``strategy`` (for the error message).
+    strategy, devices
+        What the user passed as ``strategy`` and ``devices`` (for the checks and error messages).
+
+    Raises
+    ------
+    ValueError
+        When ``devices`` asks for several devices but ``strategy`` runs one process (Lightning would silently
+        train on one device), or for ``"ddp"`` outside a re-runnable script.
     """
+    if devices != "auto":
+        try:
+            requested = len(trainer.accelerator.get_parallel_devices(trainer.accelerator.parse_devices(devices)))
+        except Exception:  # noqa: BLE001 - Lightning already accepted `devices`; only count what it can parse
+            requested = 1
+        if requested > 1 and trainer.world_size == 1:
+            raise ValueError(
+                f"`devices={devices!r}` asks for {requested} devices, but `strategy={strategy!r}` "
+                f"({type(trainer.strategy).__name__}) trains in one process on one of them. Pass "
+                "`strategy='ddp_spawn'` or `strategy='ddp_notebook'` to use them all, or `devices=1`."
+            )
     launcher = trainer.strategy.launcher
     if trainer.world_size <= 1 or launcher is None:
         return

@@ -1,0 +1,132 @@
+"""Lightning DDP on CPU with 2 gloo processes: trained weights, history and best checkpoint come back."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from anndata import AnnData
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from scst.models._base import BaseModel
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+W_TRUE = np.array([1.5, -2.0, 0.5, 3.0], dtype=np.float32)
+
+
+class Linear(nn.Module):
+    def __init__(self, n_features: int):
+        super().__init__()
+        self.linear = nn.Linear(n_features, 1)
+
+    def forward(self, x):
+        return self.linear(x).squeeze(-1)
+
+    def loss(self, batch):
+        x, y = batch
+        return {"loss": ((self(x) - y) ** 2).mean()}
+
+
+class Toy(BaseModel):
+    _module_cls = Linear
+    _default_config = {"lr": 0.2, "batch_size": 16, "max_epochs": 8}
+
+    @classmethod
+    def setup_anndata(cls, adata: AnnData) -> None:
+        cls._register(adata, {"n_features": adata.n_vars, "var_names": adata.var_names})
+
+    def _module_kwargs(self):
+        return {"n_features": self.registry["n_features"]}
+
+    def _x(self, adata):
+        return torch.as_tensor(np.asarray(adata[:, self.registry["var_names"]].X), dtype=torch.float32)
+
+    def _dataloaders(self, batch_size, validation, seed, **kw):
+        x, y = self._x(self.adata), torch.as_tensor(self.adata.obs["y"].to_numpy(), dtype=torch.float32)
+        train = DataLoader(TensorDataset(x[:192], y[:192]), batch_size=batch_size, shuffle=True)
+        return train, DataLoader(TensorDataset(x[192:], y[192:]), batch_size=batch_size)
+
+    def predict(self, adata=None):
+        out = self._inference(
+            DataLoader(self._x(self.adata if adata is None else adata), batch_size=64), lambda m, b: m(b)
+        )
+        return torch.cat(out).numpy()
+
+
+class Ranks(pl.Callback):
+    """Counts, in the training processes, the training samples each rank saw (gathered; its state comes back)."""
+
+    def __init__(self):
+        self.local = 0
+        self.seen: list[int] = []
+        self.world_size = 1
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.local += len(batch[0])
+
+    def on_train_end(self, trainer, pl_module):
+        self.world_size = trainer.world_size
+        self.seen = pl_module.all_gather(torch.tensor(self.local)).reshape(-1).tolist()
+
+    def state_dict(self):
+        return {"seen": list(self.seen), "world_size": self.world_size}
+
+    def load_state_dict(self, state):
+        self.seen, self.world_size = list(state["seen"]), state["world_size"]
+
+
+def _adata(n=256):  # 192 training, 64 validation spots
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 4)).astype(np.float32)
+    y = x @ W_TRUE + 0.7 + 0.1 * rng.standard_normal(n).astype(np.float32)
+    a = AnnData(X=x, obs=pd.DataFrame({"y": y}, index=[f"c{i}" for i in range(n)]))
+    a.var_names = [f"g{i}" for i in range(4)]
+    Toy.setup_anndata(a)
+    return a
+
+
+@pytest.mark.parametrize("strategy", [pytest.param("ddp_spawn", marks=pytest.mark.slow), "ddp_notebook"])
+def test_ddp_two_gloo_processes_on_cpu(strategy, tmp_path):
+    a = _adata()
+    m = Toy(a)
+    assert not m.is_trained
+    ranks = Ranks()
+    m.train(
+        accelerator="cpu",
+        devices=2,
+        strategy=strategy,
+        checkpoint_dir=tmp_path,
+        callbacks=[ranks],
+        enable_progress_bar=False,
+    )
+    # two processes trained, each on its half of the 192 training spots every epoch
+    assert ranks.world_size == 2 and ranks.seen == [96 * 8, 96 * 8]
+    # the weights, is_trained and the history of every epoch are back in this process
+    assert m.is_trained
+    assert list(m.history.index) == list(range(8))
+    assert {"train_loss", "val_loss"} <= set(m.history.columns) and m.history.notna().all().all()
+    assert m.history["val_loss"].iloc[-1] < 0.1 * m.history["val_loss"].iloc[0]
+    pred = m.predict()
+    assert np.corrcoef(pred, a.obs["y"])[0, 1] > 0.9
+    np.testing.assert_allclose(m.module.linear.weight.detach().numpy().ravel(), W_TRUE, atol=0.3)
+    # the restored weights are those of the best epoch's checkpoint (the one with the lowest val_loss)
+    best = torch.load(tmp_path / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    torch.testing.assert_close(m.module.linear.weight, best["module.linear.weight"])
+    assert (tmp_path / "last.ckpt").is_file()
+
+
+def test_ddp_that_would_rerun_pytest_is_a_clear_error():
+    """Lightning's "ddp" (also its choice for "auto") re-runs sys.argv: under pytest that would re-run the session."""
+    a = _adata()
+    for strategy in ("ddp", "auto"):
+        with pytest.raises(ValueError, match="re-runs the calling script.*strategy='ddp_spawn'"):
+            Toy(a).train(accelerator="cpu", devices=2, strategy=strategy, enable_progress_bar=False)
+
+
+def test_single_device_strategy_with_two_devices_is_refused():
+    a = _adata()
+    with pytest.raises(ValueError, match=r"`devices=2` asks for 2 devices, but `strategy='single_device'`"):
+        Toy(a).train(accelerator="cpu", devices=2, strategy="single_device", enable_progress_bar=False)
