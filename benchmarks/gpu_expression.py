@@ -382,6 +382,20 @@ def _speed_net(model_name: str, n_genes: int, args):
     return net, net.img_size
 
 
+def _merge_sections(secs: list[dict]) -> dict:
+    """Sections placed side by side (2 columns): one section with their spots, grid and µm positions offset."""
+    out = {k: np.concatenate([s[k] for s in secs]) for k in ("patches", "target", "counts", "lib")}
+    coords, positions = [], []
+    c_step = max(int(s["coords"].max()) for s in secs) + 2
+    p_step = max(float(np.ptp(s["positions"], 0).max()) for s in secs) * 1.1
+    for i, s in enumerate(secs):
+        r, c = divmod(i, 2)
+        coords.append(s["coords"] - s["coords"].min(0) + np.array([r, c]) * c_step)
+        positions.append(s["positions"] - s["positions"].min(0) + np.array([r, c], np.float32) * p_step)
+    out["coords"], out["positions"] = np.concatenate(coords), np.concatenate(positions).astype(np.float32)
+    return out
+
+
 def _rss_mib() -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -406,6 +420,9 @@ def speed_one(args) -> dict:
     data, genes = _sections(Path(args.cache))
     train = [s for s in SECTIONS if s != "C2"]  # C2: the test section of the accuracy runs' first fold
     med_lib = float(np.median(np.concatenate([data[s]["lib"] for s in train])))
+    if args.merge:  # one larger section: the 4 training sections side by side on a 2 × 2 layout
+        data = {"merged": _merge_sections([data[s] for s in train])}
+        train = ["merged"]
     check = _check_reference(model_name, args) if mode == "reference" else None
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -454,11 +471,14 @@ def speed_one(args) -> dict:
     total = sum(times)
     return {
         "model": model_name, "mode": mode, "precision": precision, "compile": compiled, "channels_last": channels_last,
-        "config": args.config, "spots_per_step": "whole section" if bs is None else bs,
+        "config": args.config, "merge": args.merge,
+        "spots_per_step": ("merged section" if args.merge else "whole section") if bs is None else bs,
         "steps": args.steps, "warmup": args.warmup, "spots_timed": int(sum(spots)), "seconds_timed": total,
         "spots_per_s": sum(spots) / total, "median_step_s": float(np.median(times)), "first_step_s": t_first,
         "wall_s": time.perf_counter() - t_start, "losses": losses,
         "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        # after the last step: weights, gradients and optimiser state (peak - this ≈ activations)
+        "allocated_after_gib": torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_steps_mib": rss0,
         "reference_check": check, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "loadavg": os.getloadavg(),
@@ -471,29 +491,35 @@ def speed(args) -> None:
 
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    for model_name in args.models.split(","):
-        for mode in args.modes.split(","):
-            if mode not in MODES:
-                raise SystemExit(f"--modes: {mode!r} is not one of {list(MODES)}.")
-            f = results / f"speed_{model_name}_{args.config}_{mode}.json"
-            cmd = [sys.executable, __file__, "speed-one", "--model", model_name, "--mode", mode, "--config",
-                   args.config, "--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup),
-                   "--cache", args.cache, "--out", str(f), "--seed", str(args.seed)]  # fmt: skip
-            t0 = time.perf_counter()
+    modes = args.modes.split(",")
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise SystemExit(f"--modes: {bad} are not in {list(MODES)}.")
+    # Eager modes of every model first, then the compiled ones (slow to start): a time limit cuts compilation first.
+    runs = sorted(((m, mode) for mode in modes for m in args.models.split(",")), key=lambda r: MODES[r[1]][1])
+    for model_name, mode in runs:
+        tag = "_merged" if args.merge and model_name == "hggep" else ""
+        f = results / f"speed_{model_name}{tag}_{args.config}_{mode}.json"
+        cmd = [sys.executable, __file__, "speed-one", "--model", model_name, "--mode", mode, "--config",
+               args.config, "--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--cache", args.cache, "--out", str(f), "--seed", str(args.seed)]  # fmt: skip
+        cmd += ["--merge"] if args.merge else []
+        t0 = time.perf_counter()
+        try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-            if res.returncode != 0:
-                print(f"{model_name} {mode}: FAILED\n{res.stderr[-3000:]}", flush=True)
-                tmp = f.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"model": model_name, "mode": mode, "config": args.config,
-                                           "error": res.stderr[-3000:]}, indent=1))  # fmt: skip
-                tmp.replace(f)
-                continue
-            r = json.loads(f.read_text())
-            peak = (
-                f"{r['peak_gpu_gib']:.2f} GiB" if r["peak_gpu_gib"] is not None else f"{r['peak_rss_mib']:.0f} MiB RSS"
-            )
-            print(f"{model_name:6s} {mode:16s} {r['spots_per_s']:8.1f} spots/s  peak {peak}  "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
+            rc, err = res.returncode, res.stderr[-3000:]
+        except subprocess.TimeoutExpired:
+            rc, err = -1, f"timed out after --timeout {args.timeout:.0f} s"
+        if rc != 0:
+            print(f"{model_name} {mode}: FAILED\n{err}", flush=True)
+            tmp = f.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"model": model_name, "mode": mode, "config": args.config, "error": err}))
+            tmp.replace(f)
+            continue
+        r = json.loads(f.read_text())
+        peak = f"{r['peak_gpu_gib']:.2f} GiB" if r["peak_gpu_gib"] is not None else f"{r['peak_rss_mib']:.0f} MiB RSS"
+        print(f"{model_name:6s} {mode:16s} {r['spots_per_s']:8.1f} spots/s  peak {peak}  "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -548,11 +574,16 @@ def report_speed(results: Path, out: Path, command: str) -> None:
         raise SystemExit(f"No speed_*.json in {results}.")
     ok = [r for r in rows if "error" not in r]
     gpu = any(r.get("peak_gpu_gib") is not None for r in ok)
-    mem_key, mem_name = ("peak_gpu_gib", "peak GPU memory (GiB)") if gpu else ("peak_rss_mib", "peak RSS (MiB)")
+    if gpu:
+        mem_key, mem_name = "peak_gpu_gib", "peak GPU memory (GiB)"
+    else:  # the process's RSS before the first step (torch, PyG, the cache: the same in every mode) is left out
+        mem_key, mem_name = "train_rss_mib", "peak RSS − RSS before training (MiB)"
+        for r in ok:
+            r["train_rss_mib"] = r["peak_rss_mib"] - r["rss_before_steps_mib"]
     device = ok[0]["device"] if ok else "?"
     loads = [r["loadavg"][0] for r in ok]
     lines = [
-        "# Training throughput and memory: fp32, bf16, torch.compile, channels-last vs a per-spot reference",
+        "## Training throughput and memory of HGGEP and TCGN: fp32, bf16, torch.compile, channels-last",
         "",
         "HGGEP and TCGN trained through the product's own step, `scst.nn.train_step` (autocast, `module.loss(batch)`, "
         "non-finite guard, backward, AdamW step), on batches built with `scst.nn.patches_to_input` from the her2st "
@@ -594,8 +625,9 @@ def report_speed(results: Path, out: Path, command: str) -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     verdict = []
-    for model_name in ("hggep", "tcgn"):
-        rs = {r["mode"]: r for r in rows if r["model"] == model_name}
+    for model_name, merged in (("hggep", False), ("hggep", True), ("tcgn", False)):
+        rs = {r["mode"]: r for r in rows if r["model"] == model_name and bool(r.get("merge")) == merged}
+        label = f"{model_name}, 4 sections as one" if merged else model_name
         ref = rs.get("reference")
         ref = ref if ref and "error" not in ref else None
         best = None
@@ -605,12 +637,12 @@ def report_speed(results: Path, out: Path, command: str) -> None:
                 continue
             if "error" in r:
                 err = r["error"].strip().splitlines()[-1][:120] if r["error"].strip() else "failed"
-                lines.append(f"| {model_name} | {mode} | failed: `{err}` | | | | | |")
+                lines.append(f"| {label} | {mode} | failed: `{err}` | | | | | |")
                 continue
             x = r["spots_per_s"] / ref["spots_per_s"] if ref else float("nan")
             m = ref[mem_key] / r[mem_key] if ref else float("nan")
             lines.append(
-                f"| {model_name} | {mode} | {r['spots_per_s']:.1f} | {x:.2f} | {r[mem_key]:.2f} | {m:.2f} | "
+                f"| {label} | {mode} | {r['spots_per_s']:.1f} | {x:.2f} | {r[mem_key]:.2f} | {m:.2f} | "
                 f"{r['median_step_s']:.3f} | {r['first_step_s']:.2f} |"
             )
             if mode != "reference" and (best is None or r["spots_per_s"] > best["spots_per_s"]):
@@ -618,7 +650,7 @@ def report_speed(results: Path, out: Path, command: str) -> None:
         if ref and best:
             x, m = best["spots_per_s"] / ref["spots_per_s"], ref[mem_key] / best[mem_key]
             verdict.append(
-                f"{model_name.upper()}: fastest mode `{best['mode']}` is {x:.2f}× the reference's throughput "
+                f"{label}: fastest mode `{best['mode']}` is {x:.2f}× the reference's throughput "
                 f"({'meets' if x >= 3 else 'misses'} ≥ 3×) at {1 / m:.2f}× its peak memory "
                 f"({'meets' if m >= 3 else 'misses'} ≤ 1/3)."
             )
@@ -666,6 +698,7 @@ def main() -> None:
     s.add_argument("--steps", type=int, default=10, help="timed steps per (model, mode)")
     s.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     s.add_argument("--timeout", type=float, default=900, help="seconds per (model, mode) process")
+    s.add_argument("--merge", action="store_true", help="HGGEP: the 4 training sections as one section per step")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--results", default=str(ROOT / "benchmarks" / "_out" / "gpu_speed"))
     o = sub.add_parser("speed-one", help="one (model, mode) of `speed` (run by it in a fresh process)")
@@ -678,6 +711,7 @@ def main() -> None:
     o.add_argument("--warmup", type=int, default=3)
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--out", required=True)
+    o.add_argument("--merge", action="store_true")
     rs = sub.add_parser("report-speed", help="speed JSONs → docs/benchmarks/gpu_training.md")
     rs.add_argument("--results", default=str(ROOT / "benchmarks" / "_out" / "gpu_speed"))
     rs.add_argument("--out", default=str(SPEED_OUT))
