@@ -1,0 +1,428 @@
+"""Batch prediction over many sections/slides as independent shards, fanned out with :mod:`dask.distributed`.
+
+Each shard (one SpatialData zarr store, one section of the public her2st data, or one H&E image) is one task: the
+worker loads the saved model, reads its shard lazily, runs :func:`scst.tl.predict_expression` and writes its own
+small SpatialData zarr (table over the model's panel + the spot shapes). The coordinator then merges the shard
+stores into one SpatialData zarr. Scheduling, retries and placement are dask's: any ``distributed.Client`` works
+(a ``LocalCluster`` here, ``dask_jobqueue`` on an HPC queue, ``dask_kubernetes`` on a cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .._constants import INSTANCE_KEY, REGION_KEY, SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
+from .._logging import logg
+
+__all__ = ["predict_shards", "merge_shards", "ShardError"]
+
+#: Table key of the prediction in a shard store and in the merged store.
+SHARD_TABLE = "predicted"
+#: ``obs`` column naming the shard each spot came from.
+SHARD_KEY = "shard"
+#: ``uns`` key of the per-shard report in the merged table.
+SHARDS_UNS = "scst_shards"
+HER2ST_PREFIX = "her2st:"
+WSI_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+_OBSM_KEPT = (SPATIAL_KEY, "spatial_array")
+
+
+class ShardError(RuntimeError):
+    """One or more shards failed; ``failures`` maps each failed shard's name to its exception."""
+
+    def __init__(self, message: str, failures: Mapping[str, BaseException]):
+        super().__init__(message)
+        self.failures = dict(failures)
+
+
+def _shard_name(source: str) -> str:
+    if source.startswith(HER2ST_PREFIX):
+        return source[len(HER2ST_PREFIX) :]
+    return Path(source).name.split(".")[0] or "shard"
+
+
+def _check_source(name: str, source: str) -> None:
+    """Cheap checks in the coordinator, so that a typo fails before any work is sent out."""
+    if source.startswith(HER2ST_PREFIX):
+        from ..datasets._her2st import HER2ST_ALL_SECTIONS
+
+        if source[len(HER2ST_PREFIX) :] not in HER2ST_ALL_SECTIONS:
+            raise ValueError(
+                f"shards: shard {name!r} ({source!r}) names no her2st section; expected 'her2st:<S>' with <S> among "
+                f"{list(HER2ST_ALL_SECTIONS)}."
+            )
+        return
+    p = Path(source)
+    if p.is_dir():
+        return
+    if p.is_file() and p.suffix.lower() in WSI_SUFFIXES + IMAGE_SUFFIXES:
+        return
+    raise ValueError(
+        f"shards: shard {name!r} ({source!r}) is neither an existing SpatialData zarr store, nor an H&E image file "
+        f"({', '.join(IMAGE_SUFFIXES + WSI_SUFFIXES)}), nor 'her2st:<section>'."
+    )
+
+
+def _normalize_shards(shards: Any) -> dict[str, str]:
+    if isinstance(shards, str | os.PathLike):
+        shards = [shards]
+    if isinstance(shards, Mapping):
+        items = [(str(k), os.fspath(v)) for k, v in shards.items()]
+    elif isinstance(shards, Sequence):
+        items = [(_shard_name(os.fspath(s)), os.fspath(s)) for s in shards]
+    else:
+        raise TypeError(f"shards: expected a list of sources or a mapping name → source, got {type(shards).__name__}.")
+    if not items:
+        raise ValueError("shards: expected at least one shard, got none.")
+    names = [n for n, _ in items]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"shards: shard names {dup} occur more than once; pass a mapping name → source.")
+    for name, source in items:
+        _check_source(name, source)
+    return dict(items)
+
+
+def _model_class(model_dir: str | os.PathLike) -> type:
+    """Class of the model saved in ``model_dir`` (``attr.json`` names it)."""
+    import scst
+
+    attr = Path(model_dir) / "attr.json"
+    if not attr.is_file():
+        raise FileNotFoundError(f"model_dir: {str(model_dir)!r} has no attr.json (not a model saved by `model.save`).")
+    try:
+        name = json.loads(attr.read_text()).get("model")
+    except ValueError as e:
+        raise ValueError(f"model_dir: {attr} is not valid JSON ({e}).") from e
+    cls = getattr(scst.models, str(name), None)
+    if cls is None:
+        raise ValueError(f"model_dir: unknown model class {name!r} in {attr}.")
+    return cls
+
+
+def _read_shard(name: str, source: str, um_per_px: float | None) -> tuple[Any, float | None]:
+    """SpatialData of one shard (images lazy) and the pixel size to use for an image without a table."""
+    from spatialdata import SpatialData
+
+    if source.startswith(HER2ST_PREFIX):
+        from ..datasets import her2st
+
+        return her2st(sections=source[len(HER2ST_PREFIX) :]), um_per_px
+    p = Path(source)
+    if p.is_dir():
+        import spatialdata as sd
+
+        return sd.read_zarr(p), um_per_px
+    from ..io import cached_image, read_wsi
+
+    if p.suffix.lower() in WSI_SUFFIXES:
+        sdata = read_wsi(p, sample=name, um_per_px=um_per_px)
+        um_per_px = sdata.attrs["scst"]["um_per_px"]
+    else:
+        sdata = SpatialData(images={f"{name}_image": cached_image(p, name)})
+    if um_per_px is None:
+        raise ValueError(f"um_per_px: shard {name!r} is an H&E image ({p.name}); its pixel size in µm is needed.")
+    return sdata, um_per_px
+
+
+def _dense(x: Any) -> np.ndarray:
+    from scipy import sparse
+
+    return np.asarray(x.toarray() if sparse.issparse(x) else x, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ShardPredictor:
+    """One shard → one SpatialData zarr store; pickled to the dask workers (holds paths and settings only).
+
+    Attributes
+    ----------
+    model_dir
+        Folder written by ``model.save``; loaded inside the worker.
+    predict_kwargs
+        Passed to :func:`scst.tl.predict_expression` (``table``, ``batch_size``, ``tile_grid``, ``spacing_um``,
+        ``min_tissue``).
+    um_per_px
+        Pixel size of image shards (one value or per shard name).
+    """
+
+    model_dir: str
+    predict_kwargs: dict[str, Any] = field(default_factory=dict)
+    um_per_px: float | Mapping[str, float] | None = None
+
+    def __call__(self, name: str, source: str, dest: str) -> dict[str, Any]:
+        """Predict shard ``name`` read from ``source`` and write it to the zarr store ``dest``; return a report."""
+        import socket
+
+        from spatialdata import SpatialData
+        from spatialdata.models import TableModel
+
+        from .._utils import _atomic_dir
+        from ._predict import predict_expression
+
+        t0 = time.perf_counter()
+        model = _model_class(self.model_dir).load(self.model_dir)
+        upp = self.um_per_px.get(name) if isinstance(self.um_per_px, Mapping) else self.um_per_px
+        sdata, upp = _read_shard(name, source, upp)
+        kw = dict(self.predict_kwargs)
+        if upp is not None:  # used only for sections without geometry (pseudo-spots over an image)
+            kw["um_per_px"] = upp
+        key = "_scst_shard_prediction"
+        # Without copy: a grid prediction (H&E-only) also adds its pseudo-spot shapes to this private sdata.
+        predict_expression(sdata, model, layer="predicted", table_added=key, progress=False, **kw)
+        pred = sdata.tables[key]
+        regions = list(dict.fromkeys(pred.obs[REGION_KEY].astype(str)))
+        import anndata as ad
+
+        obs = pred.obs.copy()
+        obs[SHARD_KEY] = name
+        tab = ad.AnnData(
+            X=_dense(pred.layers["predicted"]), obs=obs, var=pd.DataFrame(index=pred.var_names.copy()),
+            obsm={k: np.asarray(pred.obsm[k]) for k in _OBSM_KEPT if k in pred.obsm},
+            uns={UNS_KEY: {"sections": dict(pred.uns.get(UNS_KEY, {}).get("sections", {}))}},
+        )  # fmt: skip
+        tab.obs[REGION_KEY] = pd.Categorical(tab.obs[REGION_KEY].astype(str), categories=regions)
+        tab = TableModel.parse(tab, region=regions, region_key=REGION_KEY, instance_key=INSTANCE_KEY)
+        shapes = {r: sdata.shapes[r] for r in regions if r in sdata.shapes}
+        seconds = time.perf_counter() - t0
+        report = {
+            "shard": name,
+            "source": source,
+            "sections": list(dict.fromkeys(tab.obs[SECTION_KEY].astype(str))),
+            "n_spots": int(tab.n_obs),
+            "model": type(model).__name__,
+            "predict_seconds": float(pred.uns["scst_predict"]["seconds"]),
+            "seconds": float(seconds),
+            "worker": f"{socket.gethostname()}:{os.getpid()}",
+        }
+        tab.uns[SHARDS_UNS] = {"json": json.dumps([report])}
+        with _atomic_dir(dest) as tmp:
+            tmp.rmdir()
+            SpatialData(shapes=shapes, tables={SHARD_TABLE: tab}).write(tmp)
+        return report
+
+
+def _shard_reports(tab: Any) -> list[dict[str, Any]]:
+    return json.loads(str(tab.uns.get(SHARDS_UNS, {}).get("json", "[]")))
+
+
+def merge_shards(
+    paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, overwrite: bool = False
+) -> pd.DataFrame:
+    """Concatenate shard stores (or earlier merged stores) into one SpatialData zarr store.
+
+    Parameters
+    ----------
+    paths
+        SpatialData zarr stores written by :func:`predict_shards` (one shard each, or merged ones): a table
+        ``"predicted"`` over the same gene panel and the shapes its ``region`` column names.
+    out
+        Output ``.zarr`` store, written to a temporary folder beside it and renamed (never half-written).
+    overwrite
+        Replace an existing ``out``.
+
+    Returns
+    -------
+    The per-shard report (one row per shard: ``shard``, ``source``, ``sections``, ``n_spots``, ``model``,
+    ``predict_seconds``, ``seconds``, ``worker``), also stored in the merged table's ``uns["scst_shards"]``.
+    """
+    import anndata as ad
+    import spatialdata as sd
+    from spatialdata import SpatialData
+    from spatialdata.models import TableModel
+
+    from .._utils import _atomic_dir
+
+    out = _check_out(out, overwrite)
+    paths = [Path(p) for p in ([paths] if isinstance(paths, str | os.PathLike) else paths)]
+    if not paths:
+        raise ValueError("paths: expected at least one shard store, got none.")
+    tables, shapes, reports, geos, owner = [], {}, [], {}, {}
+    panel = None
+    for p in paths:
+        try:
+            part = sd.read_zarr(p)
+        except Exception as e:  # noqa: BLE001  (any reader failure: name the store)
+            raise ValueError(f"paths: cannot read {str(p)!r} as a SpatialData zarr store ({type(e).__name__}: {e}).")
+        if SHARD_TABLE not in part.tables:
+            raise ValueError(f"paths: {str(p)!r} has no table {SHARD_TABLE!r} (not written by scst.tl.predict_shards).")
+        tab = part.tables[SHARD_TABLE]
+        if panel is None:
+            panel = tab.var_names
+        elif not tab.var_names.equals(panel):
+            raise ValueError(f"paths: {str(p)!r} predicts another gene panel than {str(paths[0])!r} (other model?).")
+        for s in dict.fromkeys(tab.obs[SECTION_KEY].astype(str)):
+            if s in owner:
+                raise ValueError(f"paths: section {s!r} is in both {str(owner[s])!r} and {str(p)!r}.")
+            owner[s] = p
+        for r in dict.fromkeys(tab.obs[REGION_KEY].astype(str)):
+            if r in part.shapes:
+                shapes[r] = part.shapes[r]
+        geos.update(tab.uns.get(UNS_KEY, {}).get("sections", {}))
+        reports += _shard_reports(tab)
+        tables.append(tab)
+    sections, regions = list(owner), list(dict.fromkeys(r for t in tables for r in t.obs[REGION_KEY].astype(str)))
+    merged = ad.concat(tables, join="outer", merge="same")  # same panel; obs columns of every shard kept
+    if not merged.obs_names.is_unique:
+        warnings.warn("merge_shards: spot names repeat across shards; made unique with a numeric suffix.", stacklevel=2)
+        merged.obs_names_make_unique()
+    merged.obs[SECTION_KEY] = pd.Categorical(merged.obs[SECTION_KEY].astype(str), categories=sections)
+    merged.obs[REGION_KEY] = pd.Categorical(merged.obs[REGION_KEY].astype(str), categories=regions)
+    merged.obs[SHARD_KEY] = pd.Categorical(merged.obs[SHARD_KEY].astype(str))
+    merged.uns = {UNS_KEY: {"sections": geos}, SHARDS_UNS: {"json": json.dumps(reports)}}
+    merged = TableModel.parse(merged, region=regions, region_key=REGION_KEY, instance_key=INSTANCE_KEY)
+    with _atomic_dir(out) as tmp:
+        tmp.rmdir()
+        SpatialData(shapes=shapes, tables={SHARD_TABLE: merged}).write(tmp)
+    logg.info(f"merge_shards: {len(paths)} stores, {merged.n_obs} spots of {len(sections)} sections → {str(out)!r}")
+    return pd.DataFrame.from_records(reports)
+
+
+def _check_out(out: str | os.PathLike, overwrite: bool) -> Path:
+    out = Path(out)
+    if out.suffix != ".zarr":
+        raise ValueError(f"out: expected a path ending in .zarr, got {str(out)!r}.")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"out: {str(out)!r} exists; pass `overwrite=True` to replace it.")
+    return out
+
+
+def predict_shards(
+    shards: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike],
+    model_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    client: Any = None,
+    n_workers: int = 2,
+    table: str = TABLE_KEY,
+    batch_size: int | None = None,
+    tile_grid: bool = False,
+    spacing_um: float | None = None,
+    min_tissue: float = 0.5,
+    um_per_px: float | Mapping[str, float] | None = None,
+    overwrite: bool = False,
+) -> pd.DataFrame:
+    """Predict expression on many sections/slides as independent shards with dask, merged into one zarr store.
+
+    Each shard is one task, ``client.submit``-ed to dask: the worker loads the model saved in ``model_dir``, reads
+    its shard lazily, runs :func:`scst.tl.predict_expression` and writes a shard store; the shard stores are then
+    merged with :func:`merge_shards` into ``out``. Any ``distributed.Client`` can be passed: a ``LocalCluster``,
+    ``dask_jobqueue`` (SLURM, PBS, ...) or ``dask_kubernetes``; workers then need ``model_dir``, the shard
+    sources and the folder of ``out`` on a shared file system. A shard that fails fails the call with a
+    :class:`ShardError` naming every failed shard and its error, after the other shards finish; ``out`` is then
+    not written (an existing ``out`` is left as it was).
+
+    Parameters
+    ----------
+    shards
+        Sources, one per shard, or a mapping shard name → source. A source is a SpatialData zarr store (all its
+        sections; the spots of its table ``table``, or pseudo-spots over the tissue when it has no table),
+        ``"her2st:<section>"`` (a section of :func:`scst.datasets.her2st`), or an H&E image file (JPEG, PNG,
+        TIFF, SVS, NDPI, ...: pseudo-spots on a grid over the tissue, see ``um_per_px``). The shard name defaults
+        to the file name without suffix (the section name for her2st); image shards use it as section name.
+        Sections must not repeat across shards.
+    model_dir
+        Folder written by ``model.save`` (or ``scst train``) of a trained expression model.
+    out
+        Output SpatialData ``.zarr`` store: table ``"predicted"`` (spots × the model's panel, float32 ``X`` in
+        log1p(normalize_total 1e4) units; ``obs`` of the source spots plus ``obs["shard"]``; ``obsm["spatial"]``)
+        and the spot (or pseudo-spot) shapes. Images stay in the sources.
+    client
+        A ``distributed.Client``; default a ``LocalCluster`` of ``n_workers`` processes with one thread each,
+        closed afterwards.
+    n_workers
+        Worker processes of the default ``LocalCluster`` (ignored with ``client``).
+    table, batch_size, tile_grid, spacing_um, min_tissue
+        Passed to :func:`scst.tl.predict_expression`.
+    um_per_px
+        Pixel size in µm of image shards (one value, or a mapping shard name → value); whole-slide images that
+        record it may omit it.
+    overwrite
+        Replace an existing ``out``.
+
+    Returns
+    -------
+    Per-shard report, one row per shard in the order given: ``shard``, ``source``, ``sections``, ``n_spots``,
+    ``model``, ``predict_seconds`` (:func:`~scst.tl.predict_expression` alone), ``seconds`` (the whole task:
+    model load, read, predict, write) and ``worker``; also stored as JSON in ``uns["scst_shards"]`` of the table.
+    """
+    out = _check_out(out, overwrite)
+    sources = _normalize_shards(shards)
+    _model_class(model_dir)  # checked here; loaded in each worker
+    if client is None and (not isinstance(n_workers, int | np.integer) or n_workers < 1):
+        raise ValueError(f"n_workers: expected a positive integer, got {n_workers!r}.")
+    if client is not None and not all(callable(getattr(client, m, None)) for m in ("submit", "gather")):
+        raise TypeError(f"client: expected a dask.distributed.Client, got {type(client).__name__}.")
+    if isinstance(um_per_px, Mapping):
+        unknown = [k for k in um_per_px if k not in sources]
+        if unknown:
+            raise ValueError(f"um_per_px: {unknown} are not shard names ({list(sources)}).")
+    job = ShardPredictor(
+        model_dir=str(Path(model_dir).resolve()),
+        predict_kwargs={"table": table, "batch_size": batch_size, "tile_grid": tile_grid, "spacing_um": spacing_um,
+                        "min_tissue": min_tissue},
+        um_per_px=dict(um_per_px) if isinstance(um_per_px, Mapping) else um_per_px,
+    )  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.shards-", dir=out.parent))
+    own = client is None
+    cluster = None
+    try:
+        if own:
+            from distributed import Client, LocalCluster
+
+            cluster = LocalCluster(
+                n_workers=int(n_workers), threads_per_worker=1, processes=True, dashboard_address=":0"
+            )
+            client = Client(cluster)
+        dests = {n: str(scratch / f"{i:05d}_{n}.zarr") for i, n in enumerate(sources)}
+        run = uuid.uuid4().hex[:12]  # keys unique per call: dask would hand back an earlier call's result
+        futures = {
+            n: client.submit(job, n, src, dests[n], key=f"scst-shard-{n}-{run}", pure=False)
+            for n, src in sources.items()
+        }
+        from distributed import wait
+
+        wait(list(futures.values()))
+        failures = {n: f.exception() for n, f in futures.items() if f.status != "finished"}
+        if failures:
+            lines = [f"  shard {n!r} ({sources[n]}): {type(e).__name__}: {e}" for n, e in failures.items()]
+            err = ShardError(
+                f"{len(failures)} of {len(sources)} shards failed; {str(out)!r} was not written:\n" + "\n".join(lines),
+                failures,
+            )
+            raise err from next(iter(failures.values()))
+        reports = client.gather([futures[n] for n in sources])
+        seen: dict[str, str] = {}
+        for r in reports:
+            for s in r["sections"]:
+                if s in seen:
+                    raise ValueError(f"shards: section {s!r} is in both shard {seen[s]!r} and shard {r['shard']!r}.")
+                seen[s] = r["shard"]
+        logg.info(
+            f"predict_shards: {len(sources)} shards, {sum(r['n_spots'] for r in reports)} spots on "
+            f"{len({r['worker'] for r in reports})} workers"
+        )
+        merge_shards([dests[n] for n in sources], out, overwrite=overwrite)
+        return pd.DataFrame.from_records(reports)
+    finally:
+        if own:
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
+        shutil.rmtree(scratch, ignore_errors=True)
