@@ -130,3 +130,48 @@ def test_single_device_strategy_with_two_devices_is_refused():
     a = _adata()
     with pytest.raises(ValueError, match=r"`devices=2` asks for 2 devices, but `strategy='single_device'`"):
         Toy(a).train(accelerator="cpu", devices=2, strategy="single_device", enable_progress_bar=False)
+
+
+SCRIPT = """
+import json, os, sys
+import numpy as np, pandas as pd, torch
+sys.path.insert(0, {tests!r})
+from test_ddp import Toy, _adata
+
+if __name__ == "__main__":
+    a = _adata()
+    m = Toy(a).train(accelerator="cpu", devices=2, strategy="ddp", enable_progress_bar=False)
+    out = {{
+        "rank": int(os.environ.get("LOCAL_RANK", 0)),
+        "is_trained": m.is_trained,
+        "epochs": list(m.history.index),
+        "corr": float(np.corrcoef(m.predict(), a.obs["y"])[0, 1]),
+        "weight": m.module.linear.weight.detach().numpy().ravel().tolist(),
+    }}
+    with open(os.path.join({out!r}, f"rank{{out['rank']}}.json"), "w") as f:
+        json.dump(out, f)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_from_a_script(tmp_path):
+    """Lightning's own "ddp" (re-run the script in every process) works from `python script.py`: every rank ends
+    with the same trained weights and the full history."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for res in results:
+        assert res["is_trained"] and res["epochs"] == list(range(8)) and res["corr"] > 0.9
+    np.testing.assert_allclose(results[0]["weight"], results[1]["weight"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(results[0]["weight"], W_TRUE, atol=0.3)
