@@ -257,7 +257,9 @@ def merge_shards(
         try:
             part = sd.read_zarr(p)
         except Exception as e:  # noqa: BLE001  (any reader failure: name the store)
-            raise ValueError(f"paths: cannot read {str(p)!r} as a SpatialData zarr store ({type(e).__name__}: {e}).")
+            raise ValueError(
+                f"paths: cannot read {str(p)!r} as a SpatialData zarr store ({type(e).__name__}: {e})."
+            ) from e
         if SHARD_TABLE not in part.tables:
             raise ValueError(f"paths: {str(p)!r} has no table {SHARD_TABLE!r} (not written by scst.tl.predict_shards).")
         tab = part.tables[SHARD_TABLE]
