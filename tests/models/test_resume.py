@@ -166,6 +166,19 @@ def test_resume_bad_input(tmp_path):
         Toy(a).train(ckpt_path=tmp_path / "best.ckpt", **SETTINGS)
 
 
+def test_mid_epoch_checkpoint_resumes_with_a_warning(tmp_path):
+    """Mid-epoch checkpoints (a user's ModelCheckpoint(every_n_train_steps=...)) resume only approximately."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    a = _adata()
+    mid = ModelCheckpoint(dirpath=tmp_path / "mid", filename="mid", every_n_train_steps=4, enable_version_counter=False)
+    with pytest.raises(RuntimeError, match="power cut"):
+        Toy(a).train(callbacks=[mid, Crash(at=1)], **SETTINGS)
+    with pytest.warns(UserWarning, match="ended before the epoch ended"):
+        m = Toy(a).train(ckpt_path=tmp_path / "mid" / "mid.ckpt", **SETTINGS)
+    assert m.is_trained and list(m.history.index) == list(range(6))
+
+
 def test_no_last_checkpoint_without_save_last(tmp_path):
     a = _adata()
     Toy(a).train(checkpoint_dir=tmp_path, save_last=False, **{**SETTINGS, "max_epochs": 2})
