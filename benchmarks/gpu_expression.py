@@ -497,7 +497,12 @@ def speed(args) -> None:
         raise SystemExit(f"--modes: {bad} are not in {list(MODES)}.")
     # Eager modes of every model first, then the compiled ones (slow to start): a time limit cuts compilation first.
     runs = sorted(((m, mode) for mode in modes for m in args.models.split(",")), key=lambda r: MODES[r[1]][1])
+    t_all = time.perf_counter()
     for model_name, mode in runs:
+        left = args.budget - (time.perf_counter() - t_all) if args.budget else math.inf
+        if left < 20:
+            print(f"{model_name} {mode}: skipped (--budget {args.budget:.0f} s spent)", flush=True)
+            continue
         tag = "_merged" if args.merge and model_name == "hggep" else ""
         f = results / f"speed_{model_name}{tag}_{args.config}_{mode}.json"
         cmd = [sys.executable, __file__, "speed-one", "--model", model_name, "--mode", mode, "--config",
@@ -506,10 +511,10 @@ def speed(args) -> None:
         cmd += ["--merge"] if args.merge else []
         t0 = time.perf_counter()
         try:
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=min(args.timeout, left))
             rc, err = res.returncode, res.stderr[-3000:]
         except subprocess.TimeoutExpired:
-            rc, err = -1, f"timed out after --timeout {args.timeout:.0f} s"
+            rc, err = -1, f"timed out after {min(args.timeout, left):.0f} s (--timeout / --budget)"
         if rc != 0:
             print(f"{model_name} {mode}: FAILED\n{err}", flush=True)
             tmp = f.with_suffix(".tmp")
@@ -559,75 +564,53 @@ def report(results: Path, out: Path) -> None:
 
 SPEED_OUT = ROOT / "docs" / "benchmarks" / "gpu_training.md"
 GPU_SPEED_COMMAND = (
-    "PYTHONPATH=src python benchmarks/gpu_expression.py speed --device cuda --config paper --steps 10 --warmup 3 "
-    "--results $OUT/speed"
+    "export PYTHONPATH=src; S='python benchmarks/gpu_expression.py speed --device cuda --config paper "
+    "--results '$OUT/speed; $S --modes reference,fp32,bf16,bf16+cl --steps 10 --warmup 3 --budget 170 --timeout 60; "
+    "$S --models hggep --merge --modes reference,bf16 --steps 5 --warmup 2 --budget 70 --timeout 50; "
+    "$S --modes bf16+compile,fp32+compile,bf16+cl+compile --steps 10 --warmup 3 --budget 200 --timeout 100"
 )
 
 
-def report_speed(results: Path, out: Path, command: str) -> None:
-    """Speed JSONs → ``docs/benchmarks/gpu_training.md`` (raw results in ``benchmarks/results/gpu_training/``)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from _page import write_page
-
-    rows = [json.loads(f.read_text()) for f in sorted(results.glob("speed_*.json"))]
-    if not rows:
-        raise SystemExit(f"No speed_*.json in {results}.")
+def _speed_table(rows: list[dict]) -> list[str]:
+    """Markdown table and verdict of the speed rows of one device."""
     ok = [r for r in rows if "error" not in r]
     gpu = any(r.get("peak_gpu_gib") is not None for r in ok)
     if gpu:
         mem_key, mem_name = "peak_gpu_gib", "peak GPU memory (GiB)"
     else:  # the process's RSS before the first step (torch, PyG, the cache: the same in every mode) is left out
-        mem_key, mem_name = "train_rss_mib", "peak RSS − RSS before training (MiB)"
+        mem_key, mem_name = "train_rss_mib", "peak RSS − RSS before the steps (MiB)"
         for r in ok:
             r["train_rss_mib"] = r["peak_rss_mib"] - r["rss_before_steps_mib"]
-    device = ok[0]["device"] if ok else "?"
     loads = [r["loadavg"][0] for r in ok]
+    configs = sorted({r["config"] for r in ok})
     lines = [
-        "## Training throughput and memory of HGGEP and TCGN: fp32, bf16, torch.compile, channels-last",
+        f"### {ok[0]['device'] if ok else rows[0].get('device', '?')}",
         "",
-        "HGGEP and TCGN trained through the product's own step, `scst.nn.train_step` (autocast, `module.loss(batch)`, "
-        "non-finite guard, backward, AdamW step), on batches built with `scst.nn.patches_to_input` from the her2st "
-        "patch cache of `benchmarks/gpu_expression.py` (C3–C6, 112 px patches of 80 µm, 546 genes; TCGN resizes "
-        "them on the device to its input size). HGGEP: one whole section per step (her2st sections: 174–207 "
-        "spots); TCGN: 32 random spots per step (its default batch size). Each (model, mode) runs in a fresh "
-        "process: warm-up steps (compilation included) are not timed; the timed steps include building the batch "
-        "on the device. spots/s = spots of the timed steps / their wall time.",
-        "",
-        "The **reference** is a straightforward per-spot implementation of the same network, written in the "
-        "benchmark script, with the same weights: for HGGEP, the hypergraph (paper eq. 16: scales, then each "
-        "spot's hyperedge) and both hypergraph convolutions are built by Python loops over the spots; for TCGN, the "
-        "top-k token graph is built spot by spot; fp32, HGGEP a whole section per step. Before timing, the "
-        "reference is checked against the product on the same weights and inputs (eval mode, fp32): "
-        + ", ".join(
-            f"{r['model']} max |Δ pred| = {r['reference_check']['max_abs_diff']:.1e} "
-            f"(predictions up to {r['reference_check']['pred_scale']:.2f})"
-            for r in ok
-            if r.get("reference_check")
-        )
-        + ".",
-        "",
-        f"Device: {device}; network: {', '.join(sorted({r['config'] for r in ok}))} "
+        f"Network: {', '.join(configs)} "
         + (
             "(`HGGEP_BENCH['paper']`, `TCGNModule` defaults at 224 px)."
-            if all(r["config"] == "paper" for r in ok)
-            else "(`HGGEP_BENCH['cpu_small']` and `TCGN_BENCH`: the CPU sizes)."
-        )  # fmt: skip
+            if configs == ["paper"]
+            else "(`HGGEP_BENCH['cpu_small']` and `TCGN_BENCH` at 128 px: the CPU sizes)."
+        )
         + (
-            f" CPU run: {ok[0]['threads']} torch threads on cores shared with other jobs (1-min load average "
-            f"{min(loads):.1f}–{max(loads):.1f} during the runs), so the timings are upper bounds; peak RSS is the "
-            "whole process (Python, torch, the 28 MiB cache, the network)."
+            f" {ok[0]['threads']} torch thread(s) on 2 cores shared with other jobs (1-min load average "
+            f"{min(loads):.1f}–{max(loads):.1f} during the runs), so the timings are upper bounds. Memory: peak RSS "
+            "of the process minus its RSS before the first step (torch, PyG, the cache and the network's weights: "
+            f"{np.median([r['rss_before_steps_mib'] for r in ok]):.0f} MiB)."
             if not gpu
-            else ""
-        )  # fmt: skip
+            else " Memory: `torch.cuda.max_memory_allocated` from before the first step (weights, gradients, AdamW "
+            "state and activations)."
+        )
         + f" torch {ok[0]['torch'] if ok else '?'}.",
         "",
-        f"| model | mode | spots/s | × reference | {mem_name} | ÷ reference | median step (s) | first step (s) |",
+        f"| model | mode | spots/s | × reference | {mem_name} | reference ÷ this | median step (s) | first step (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     verdict = []
     for model_name, merged in (("hggep", False), ("hggep", True), ("tcgn", False)):
         rs = {r["mode"]: r for r in rows if r["model"] == model_name and bool(r.get("merge")) == merged}
-        label = f"{model_name}, 4 sections as one" if merged else model_name
+        n = [r["spots_timed"] / r["steps"] for r in rs.values() if "error" not in r]
+        label = f"{model_name}, 4 sections as one (~{np.mean(n):.0f} spots)" if merged else model_name
         ref = rs.get("reference")
         ref = ref if ref and "error" not in ref else None
         best = None
@@ -650,28 +633,66 @@ def report_speed(results: Path, out: Path, command: str) -> None:
         if ref and best:
             x, m = best["spots_per_s"] / ref["spots_per_s"], ref[mem_key] / best[mem_key]
             verdict.append(
-                f"{label}: fastest mode `{best['mode']}` is {x:.2f}× the reference's throughput "
-                f"({'meets' if x >= 3 else 'misses'} ≥ 3×) at {1 / m:.2f}× its peak memory "
+                f"{label}: the fastest mode, `{best['mode']}`, has {x:.2f}× the reference's throughput "
+                f"({'meets' if x >= 3 else 'misses'} ≥ 3×) at {1 / m:.2f}× its memory "
                 f"({'meets' if m >= 3 else 'misses'} ≤ 1/3)."
             )
-    lines += [
-        "",
-        "Goal of the issue: ≥ 3× the reference's throughput and ≤ 1/3 of its peak memory. " + " ".join(verdict),
+    checks = [
+        f"{r['model']} max |Δ pred| = {r['reference_check']['max_abs_diff']:.1e} (predictions up to "
+        f"{r['reference_check']['pred_scale']:.2f})"
+        for r in ok
+        if r.get("reference_check") and not r.get("merge")
     ]
-    if not gpu:
+    lines += ["", "Reference vs product on the same weights and inputs (eval, fp32): " + "; ".join(checks) + "."]
+    lines += ["", "Goal of the issue (≥ 3× throughput, ≤ 1/3 memory of the reference): " + " ".join(verdict)]
+    return lines
+
+
+def report_speed(results: list[Path], out: Path, command: str) -> None:
+    """Speed JSONs (one table per device) → ``docs/benchmarks/gpu_training.md``, raw in ``benchmarks/results/``."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _page import write_page
+
+    rows = [json.loads(f.read_text()) for d in results for f in sorted(Path(d).glob("speed_*.json"))]
+    if not rows:
+        raise SystemExit(f"No speed_*.json in {results}.")
+    lines = [
+        "## Training throughput and memory of HGGEP and TCGN: fp32, bf16, torch.compile, channels-last",
+        "",
+        "HGGEP and TCGN trained through the product's own step, `scst.nn.train_step` (autocast, `module.loss(batch)`, "
+        "non-finite guard, backward, AdamW step), on batches built with `scst.nn.patches_to_input` from the her2st "
+        "patch cache of `benchmarks/gpu_expression.py` (sections C3–C6, 112 px patches of 80 µm, 546 genes; TCGN "
+        "resizes them on the device to its input size). HGGEP: one whole section per step (her2st sections have "
+        "174–207 spots; `--merge`: the four sections side by side as one section of 730 spots); TCGN: 32 random "
+        "spots per step (its default batch size). Modes: `fp32`; `bf16` (autocast; the losses and HGGEP's LSTM stay "
+        "float32); `+compile` (`module.compile()`, default Inductor settings); `+cl` (channels-last weights and "
+        "input). Each (model, mode) runs in a fresh process; warm-up steps (compilation included, see 'first step') "
+        "are not timed; the timed steps include building the batch on the device (augmentation, normalisation, "
+        "resize). spots/s = spots of the timed steps / their wall time.",
+        "",
+        "The **reference** is a straightforward per-spot implementation of the same network, written in the "
+        "benchmark script and run with the same weights: for HGGEP, the hypergraph (paper eq. 16: distance scales, "
+        "then each spot's hyperedge) and both hypergraph convolutions are built by Python loops over the spots; for "
+        "TCGN (whose graph is over the tokens of one patch), the top-k token graph is built spot by spot; fp32; HGGEP "
+        "a whole section per step.",
+        "",
+    ]
+    devices = list(dict.fromkeys(r.get("device", "?") for r in rows))
+    for dev in sorted(devices, key=lambda d: d == "cpu"):
+        lines += _speed_table([r for r in rows if r.get("device", "?") == dev]) + [""]
+    if "cpu" in devices and len(devices) == 1:
         lines += [
-            "",
-            "**No GPU was lent for these numbers**: they are CPU numbers of the small CPU networks (bf16 on a CPU "
-            "without native bf16 is emulated and slower than fp32; compilation is Inductor's C++ backend). The same "
-            "script on a GPU machine (torch, torchvision, PyG; no scverse stack needed), with the repository and the "
-            "28 MiB patch cache `benchmarks/_out/gpu_cache/her2st_112px.npz` carried:",
+            "**No GPU was lent for these numbers**: they are CPU numbers of the small CPU networks. The same script on "
+            "a GPU machine (torch, torchvision, PyG; no scverse stack needed), with the repository and the 28 MiB "
+            "patch cache `benchmarks/_out/gpu_cache/her2st_112px.npz` carried (from `gpu_expression.py export`), "
+            "then `report-speed --results <CPU results> <GPU results>` adds its table here:",
             "",
             "```bash",
             GPU_SPEED_COMMAND,
             "```",
+            "",
         ]
-    raw = {"rows": rows, "loadavg_runs": loads}
-    write_page(out, lines, command, raw)
+    write_page(out, lines[:-1], command, {"rows": rows})
 
 
 def main() -> None:
@@ -699,6 +720,7 @@ def main() -> None:
     s.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     s.add_argument("--timeout", type=float, default=900, help="seconds per (model, mode) process")
     s.add_argument("--merge", action="store_true", help="HGGEP: the 4 training sections as one section per step")
+    s.add_argument("--budget", type=float, default=None, help="seconds for all runs; later runs are cut or skipped")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--results", default=str(ROOT / "benchmarks" / "_out" / "gpu_speed"))
     o = sub.add_parser("speed-one", help="one (model, mode) of `speed` (run by it in a fresh process)")
@@ -713,7 +735,7 @@ def main() -> None:
     o.add_argument("--out", required=True)
     o.add_argument("--merge", action="store_true")
     rs = sub.add_parser("report-speed", help="speed JSONs → docs/benchmarks/gpu_training.md")
-    rs.add_argument("--results", default=str(ROOT / "benchmarks" / "_out" / "gpu_speed"))
+    rs.add_argument("--results", nargs="+", default=[str(ROOT / "benchmarks" / "_out" / "gpu_speed")])
     rs.add_argument("--out", default=str(SPEED_OUT))
     rs.add_argument("--command", required=True, help="the exact `speed` command that made the results")
     q = sub.add_parser("report", help="results → markdown")
@@ -737,7 +759,7 @@ def main() -> None:
             tmp.write_text(json.dumps(res, indent=1))
             tmp.replace(out)
     elif args.cmd == "report-speed":
-        report_speed(Path(args.results), Path(args.out), args.command)
+        report_speed([Path(d) for d in args.results], Path(args.out), args.command)
     else:
         report(Path(args.results), Path(args.out))
 
