@@ -1,6 +1,7 @@
-"""``scst`` console script for jobs run on a server without a notebook: ``train``, ``predict``, ``ligrec``.
+"""``scst`` console script for jobs run on a server without a notebook: train, predict, ligrec, shards, merge.
 
-Thin wrappers over :mod:`scst.models`, :func:`scst.tl.predict_expression` and :func:`scst.tl.ligand_receptor`.
+Thin wrappers over :mod:`scst.models`, :func:`scst.tl.predict_expression`, :func:`scst.tl.ligand_receptor`,
+:func:`scst.tl.predict_shards` and :func:`scst.tl.merge_shards`.
 Bad input ends with a one-line ``scst: error: ...`` on stderr and exit status 2 (no traceback).
 """
 
@@ -145,6 +146,44 @@ def _predict(args: argparse.Namespace) -> None:
     print(f"scst predict: {name} → layers['predicted'] of {where} → {out}")
 
 
+def _predict_shards(args: argparse.Namespace) -> None:
+    from .tl._shards import ShardError, predict_shards
+
+    client = None
+    if args.scheduler:
+        from distributed import Client
+
+        try:
+            client = Client(args.scheduler, timeout="30s")
+        except OSError as e:
+            raise CLIError(f"--scheduler: cannot connect to {args.scheduler!r} ({e}).") from e
+    try:
+        report = predict_shards(
+            args.shards, args.model_dir, args.out, client=client, n_workers=args.workers, um_per_px=args.um_per_px,
+            overwrite=args.overwrite,
+        )  # fmt: skip
+    except ShardError as e:  # not bad input: the shards ran; say which failed and why, exit status 1
+        print(f"scst: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        if client is not None:
+            client.close()
+    print(
+        f"scst predict-shards: {len(report)} shards, {int(report['n_spots'].sum())} spots on "
+        f"{report['worker'].nunique()} workers → {args.out}"
+    )
+
+
+def _merge(args: argparse.Namespace) -> None:
+    from .tl._shards import merge_shards
+
+    missing = [p for p in args.stores if not Path(p).is_dir()]
+    if missing:
+        raise CLIError(f"stores: {missing} are not zarr stores written by `scst predict-shards`.")
+    report = merge_shards(args.stores, args.out, overwrite=args.overwrite)
+    print(f"scst merge: {len(args.stores)} stores ({len(report)} shards) → {args.out}")
+
+
 def _ligrec(args: argparse.Namespace) -> None:
     import squidpy as sq
 
@@ -195,6 +234,25 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="output: table as .h5ad, or the SpatialData as .zarr")
     q.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     q.set_defaults(func=_predict)
+    f = sub.add_parser(
+        "predict-shards",
+        help="predict many sections/slides as independent shards with dask; merge into one SpatialData .zarr",
+    )
+    f.add_argument("--model-dir", required=True, help="directory written by `scst train` / model.save")
+    f.add_argument("--shards", nargs="+", required=True, help="one source per shard: a SpatialData zarr store, "
+                   "'her2st:<section>', or an H&E image (JPEG/PNG/TIFF/SVS/NDPI: a pseudo-spot grid)")  # fmt: skip
+    f.add_argument("--workers", type=int, default=2, help="processes of the local dask cluster (default: 2)")
+    f.add_argument("--scheduler", help="address of a running dask scheduler (e.g. started by dask-jobqueue) "
+                   "instead of a local cluster")  # fmt: skip
+    f.add_argument("--um-per-px", type=float, help="pixel size in µm of image shards")
+    f.add_argument("--out", required=True, help="output SpatialData .zarr (table 'predicted' + spot shapes)")
+    f.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    f.set_defaults(func=_predict_shards)
+    m = sub.add_parser("merge", help="merge .zarr stores of `scst predict-shards` (e.g. one per job) into one")
+    m.add_argument("stores", nargs="+", help="zarr stores written by `scst predict-shards`")
+    m.add_argument("--out", required=True, help="output SpatialData .zarr")
+    m.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    m.set_defaults(func=_merge)
     r = sub.add_parser("ligrec", help="score ligand-receptor pairs on the spot grid; write the LIANA-style table")
     r.add_argument("--data", default="her2st", help="'her2st' or a SpatialData zarr store (default: her2st)")
     r.add_argument("--sections", nargs="+", help="sections (default: all)")

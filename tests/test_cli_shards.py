@@ -1,0 +1,93 @@
+"""``scst predict-shards`` and ``scst merge``: the fan-out as one command, or one command per shard then a merge."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scst.cli import main
+from scst.models._baselines import RidgeExpression
+from scst.tl._embed import embed_patches
+from scst.tl._predict import predict_expression
+
+_spec = importlib.util.spec_from_file_location("_he_synthetic", Path(__file__).parent / "models" / "_he_synthetic.py")
+syn = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(syn)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A ridge on hand-crafted features of S1, S2 and two single-section stores S3, S4 to predict."""
+    root = tmp_path_factory.mktemp("cli_shards")
+    sd = syn.make_sdata(sections=("S1", "S2"))
+    embed_patches(sd, "handcrafted", size_um=syn.SIZE_UM, out_px=32, progress=False)
+    RidgeExpression.setup_sdata(sd, embedding_key="X_handcrafted", genes=["UP", "DOWN", "HOUSE"])
+    RidgeExpression(sd).train().save(root / "ridge")
+    for s, seed in (("S3", 3), ("S4", 4)):
+        syn.make_sdata(sections=(s,), seed=seed).write(root / f"{s}.zarr")
+    return root
+
+
+def _X(path):
+    import spatialdata as sd
+
+    tab = sd.read_zarr(path).tables["predicted"]
+    return tab.obs_names.to_numpy(), np.asarray(tab.X)
+
+
+def test_help(capsys):
+    for cmd in ("predict-shards", "merge"):
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0 and "--out" in capsys.readouterr().out
+
+
+def test_fan_out_one_command_equals_per_shard_commands_and_serial(setup, tmp_path, capsys):
+    from distributed import LocalCluster
+
+    m, s3, s4 = str(setup / "ridge"), str(setup / "S3.zarr"), str(setup / "S4.zarr")
+    out = tmp_path / "all.zarr"
+    assert main(["predict-shards", "--model-dir", m, "--shards", s3, s4, "--workers", "2", "--out", str(out)]) == 0
+    assert "2 shards, 128 spots on" in capsys.readouterr().out
+    names, X = _X(out)
+    # serial reference: predict_expression on each store in this process
+    import spatialdata as sd
+
+    model = RidgeExpression.load(m)
+    want = [predict_expression(sd.read_zarr(p), model, table_added="p", copy=True, progress=False) for p in (s3, s4)]
+    np.testing.assert_array_equal(names, np.concatenate([w.obs_names for w in want]))
+    np.testing.assert_array_equal(X, np.vstack([w.layers["predicted"] for w in want]))
+    # one command per shard (as an array job would run them, here on one running scheduler), then `scst merge`
+    with LocalCluster(n_workers=1, processes=True, threads_per_worker=1, dashboard_address=":0") as lc:
+        for s, p in (("S3", s3), ("S4", s4)):
+            cmd = ["predict-shards", "--model-dir", m, "--shards", p, "--scheduler", lc.scheduler_address]
+            assert main([*cmd, "--out", str(tmp_path / f"part_{s}.zarr")]) == 0
+    parts = [str(tmp_path / "part_S3.zarr"), str(tmp_path / "part_S4.zarr")]
+    assert main(["merge", *parts, "--out", str(tmp_path / "merged.zarr")]) == 0
+    names2, X2 = _X(tmp_path / "merged.zarr")
+    np.testing.assert_array_equal(names2, names)
+    np.testing.assert_array_equal(X2, X)
+    assert main(["merge", *parts, "--out", str(tmp_path / "merged.zarr")]) == 2
+    assert "exists; pass `overwrite=True`" in capsys.readouterr().err
+
+
+def test_errors(setup, tmp_path, capsys):
+    m = str(setup / "ridge")
+    assert main(["merge", str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "o.zarr")]) == 2
+    assert "are not zarr stores written by `scst predict-shards`" in capsys.readouterr().err
+    assert main(["predict-shards", "--model-dir", m, "--shards", "her2st:Z1", "--out", str(tmp_path / "o.zarr")]) == 2
+    assert "scst: error: shards: shard 'Z1' ('her2st:Z1') names no her2st section" in capsys.readouterr().err
+    # a shard that fails at run time: exit status 1, the shard and its error named, no output
+    bad = syn.make_sdata(sections=("S9",), seed=9)
+    del bad.images["S9_image"]
+    bad.write(tmp_path / "broken.zarr")
+    cmd = ["predict-shards", "--model-dir", m, "--shards", str(setup / "S3.zarr"), str(tmp_path / "broken.zarr")]
+    with pytest.raises(SystemExit) as e:
+        main([*cmd, "--workers", "1", "--out", str(tmp_path / "o.zarr")])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "scst: error: 1 of 2 shards failed" in err and "shard 'broken'" in err and "shard 'S3'" not in err
+    assert not (tmp_path / "o.zarr").exists()
