@@ -8,9 +8,11 @@ from ._ligrec_local import lr_kernel
 from ._multimodal import embed, gene_importance, retrieve
 from ._predict import cross_validate, predict_expression
 from ._pretrain import pretrain_encoder
+from ._shards import ShardError, merge_shards, predict_shards
 
 __all__ = [
     "LRFold",
+    "ShardError",
     "cross_validate",
     "domain_ari",
     "embed",
@@ -24,7 +26,9 @@ __all__ = [
     "lr_folds",
     "lr_kernel",
     "lr_scores",
+    "merge_shards",
     "predict_expression",
+    "predict_shards",
     "pretrain_encoder",
     "read_gmt",
     "retrieve",

@@ -158,11 +158,14 @@ class ShardPredictor:
         ``min_tissue``).
     um_per_px
         Pixel size of image shards (one value or per shard name).
+    accelerator
+        Where the worker puts a network's weights (``BaseModel.load``); closed-form baselines run on the CPU.
     """
 
     model_dir: str
     predict_kwargs: dict[str, Any] = field(default_factory=dict)
     um_per_px: float | Mapping[str, float] | None = None
+    accelerator: str = "cpu"
 
     def __call__(self, name: str, source: str, dest: str) -> dict[str, Any]:
         """Predict shard ``name`` read from ``source`` and write it to the zarr store ``dest``; return a report."""
@@ -172,10 +175,12 @@ class ShardPredictor:
         from spatialdata.models import TableModel
 
         from .._utils import _atomic_dir
-        from ._predict import predict_expression
+        from ._predict import _accepts, predict_expression
 
         t0 = time.perf_counter()
-        model = _model_class(self.model_dir).load(self.model_dir)
+        cls = _model_class(self.model_dir)
+        kw_load = {"accelerator": self.accelerator} if _accepts(cls.load, "accelerator") else {}
+        model = cls.load(self.model_dir, **kw_load)
         upp = self.um_per_px.get(name) if isinstance(self.um_per_px, Mapping) else self.um_per_px
         sdata, upp = _read_shard(name, source, upp)
         kw = dict(self.predict_kwargs)
@@ -316,6 +321,7 @@ def predict_shards(
     spacing_um: float | None = None,
     min_tissue: float = 0.5,
     um_per_px: float | Mapping[str, float] | None = None,
+    accelerator: str = "cpu",
     overwrite: bool = False,
 ) -> pd.DataFrame:
     """Predict expression on many sections/slides as independent shards with dask, merged into one zarr store.
@@ -353,6 +359,9 @@ def predict_shards(
     um_per_px
         Pixel size in µm of image shards (one value, or a mapping shard name → value); whole-slide images that
         record it may omit it.
+    accelerator
+        Where each worker puts a network's weights: ``"cpu"`` (default), ``"gpu"``/``"auto"`` (the worker's GPU,
+        e.g. one per worker with ``dask_cuda.LocalCUDACluster``; not tested here) or ``"mps"``.
     overwrite
         Replace an existing ``out``.
 
@@ -378,6 +387,7 @@ def predict_shards(
         predict_kwargs={"table": table, "batch_size": batch_size, "tile_grid": tile_grid, "spacing_um": spacing_um,
                         "min_tissue": min_tissue},
         um_per_px=dict(um_per_px) if isinstance(um_per_px, Mapping) else um_per_px,
+        accelerator=accelerator,
     )  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.shards-", dir=out.parent))
