@@ -179,6 +179,27 @@ def test_mid_epoch_checkpoint_resumes_with_a_warning(tmp_path):
     assert m.is_trained and list(m.history.index) == list(range(6))
 
 
+def test_interrupted_checkpoint_write_keeps_the_previous_last_ckpt(tmp_path, monkeypatch):
+    a = _adata()
+    Toy(a).train(checkpoint_dir=tmp_path, **{**SETTINGS, "max_epochs": 3})
+    before = (tmp_path / "last.ckpt").read_bytes()
+    real_save = torch.save
+
+    def interrupted(obj, f, *args, **kwargs):  # the process dies half-way through writing a checkpoint file
+        if isinstance(f, str | Path):
+            Path(f).write_bytes(b"partial")
+            raise RuntimeError("killed while writing")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(RuntimeError, match="killed while writing"):
+        Toy(a).train(ckpt_path=tmp_path / "last.ckpt", **SETTINGS)
+    monkeypatch.undo()
+    assert (tmp_path / "last.ckpt").read_bytes() == before  # still the complete checkpoint of epoch 3
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]  # no temporary file left
+
+
 def test_no_last_checkpoint_without_save_last(tmp_path):
     a = _adata()
     Toy(a).train(checkpoint_dir=tmp_path, save_last=False, **{**SETTINGS, "max_epochs": 2})

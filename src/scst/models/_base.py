@@ -29,7 +29,7 @@ from .._constants import TABLE_KEY
 from .._logging import logg
 from .._utils import _atomic_dir, _get_table
 from ..nn._backbones import weights_overwritten
-from ._training import History, NaNGuard, RNGState, TrainingPlan, prepare_strategy
+from ._training import AtomicCheckpointIO, History, NaNGuard, RNGState, TrainingPlan, prepare_strategy
 
 SETUP_KEY = "_scst_setup"
 WEIGHTS_FILE = "model.safetensors"
@@ -582,6 +582,7 @@ class BaseModel(_SetupRegistry, ABC):
                 "num_sanity_val_steps": 0,
                 "log_every_n_steps": 1,
                 "logger": False,
+                "plugins": [AtomicCheckpointIO()],  # checkpoints written next to the target, then renamed
                 **trainer_kwargs,
             }
             if precision is not None:

@@ -30,6 +30,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from torch import nn
@@ -225,6 +226,28 @@ class History(pl.Callback):
         df.index.name = "epoch"
         cols = sorted(df.columns, key=lambda c: (c not in ("train_loss", "val_loss"), not c.startswith("train"), c))
         return df[cols].astype(float)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, but a local checkpoint is written next to its target and renamed.
+
+    Lightning's own writer moves a temporary file from the system temp folder, which is a copy (not a rename) when
+    that is another file system; a run killed during the copy would leave a half-written ``last.ckpt``. Remote
+    paths (``s3://`` ...) keep Lightning's writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:  # noqa: D102
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = os.fspath(path)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def _generators(loaders: Iterable[Any]) -> list[torch.Generator]:
