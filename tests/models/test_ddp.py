@@ -118,6 +118,34 @@ def test_ddp_two_gloo_processes_on_cpu(strategy, tmp_path):
     assert (tmp_path / "last.ckpt").is_file()
 
 
+class Poison(pl.Callback):
+    """Make the loss NaN from epoch 3 on (in every process)."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 3:
+            with torch.no_grad():
+                pl_module.module.linear.weight.fill_(float("nan"))
+
+
+def test_nan_in_ddp_workers_is_a_floating_point_error(tmp_path):
+    """As with one process: FloatingPointError naming the epoch, and the best weights of epochs 0-2 restored."""
+    a = _adata()
+    m = Toy(a)
+    with pytest.raises(FloatingPointError, match="Training loss is nan at epoch 3.*restored the best checkpoint"):
+        m.train(
+            accelerator="cpu",
+            devices=2,
+            strategy="ddp_notebook",
+            checkpoint_dir=tmp_path,
+            callbacks=[Poison()],
+            enable_progress_bar=False,
+        )
+    best = torch.load(tmp_path / "best.ckpt", map_location="cpu", weights_only=True)
+    assert best["epoch"] <= 2
+    assert m.is_trained and torch.isfinite(m.module.linear.weight).all()
+    torch.testing.assert_close(m.module.linear.weight, best["state_dict"]["module.linear.weight"])
+
+
 def test_ddp_that_would_rerun_pytest_is_a_clear_error():
     """Lightning's "ddp" (also its choice for "auto") re-runs sys.argv: under pytest that would re-run the session."""
     a = _adata()

@@ -617,8 +617,15 @@ class BaseModel(_SetupRegistry, ABC):
                     )
                 except FloatingPointError as e:
                     error = e
+                except torch.multiprocessing.ProcessRaisedException as e:
+                    # ddp_spawn / ddp_fork: a worker's NaN guard fired; nothing came back from the workers
+                    if "FloatingPointError: " not in str(e):
+                        raise
+                    error = FloatingPointError(str(e).rsplit("FloatingPointError: ", 1)[1].strip())
             device = trainer.strategy.root_device
             best = ckpt.best_model_path
+            if not best and error is not None and (Path(dirpath) / "best.ckpt").is_file():
+                best = str(Path(dirpath) / "best.ckpt")  # written by rank 0 of the workers before the error
             if best and not Path(best).is_file():
                 warnings.warn(
                     f"The best checkpoint {best!r} is gone (removed, or the run resumed into another folder); "
