@@ -560,7 +560,8 @@ class SpotPatchDataset(Dataset):
                 )
             sel = self.codes == self.section_names.index(s)
             xy = self.centers[sel]
-            bad = ~np.isfinite(xy).all(1) | (xy[:, 0] < 0) | (xy[:, 0] > w) | (xy[:, 1] < 0) | (xy[:, 1] > h)
+            # Pixel i covers [i, i + 1): a centre on the far edge (x = w) lies outside, and its window may too.
+            bad = ~np.isfinite(xy).all(1) | (xy[:, 0] < 0) | (xy[:, 0] >= w) | (xy[:, 1] < 0) | (xy[:, 1] >= h)
             if bad.any():
                 raise ValueError(
                     f"centers: {int(bad.sum())} spot(s) of section {s!r} lie outside its {w} × {h} px image; "
@@ -932,12 +933,14 @@ class PatchBatches(Dataset):
 
     The batch is read by :meth:`SpotPatchDataset.patches_uint8` (one resize per batch), in a DataLoader worker when
     ``num_workers > 0`` (reading overlaps the model), or taken from ``patches`` (uint8 ``(n, c, p, p)`` already in
-    memory). ``float01``: float32 patches in ``[0, 1]`` instead of uint8.
+    memory). ``float01``: float32 patches in ``[0, 1]`` instead of uint8. ``fn``: a picklable function applied to
+    the numpy batch where it is read (e.g. CPU features computed in the workers, in parallel); its array is returned.
     """
 
     def __init__(self, ds: SpotPatchDataset, items: Sequence[np.ndarray], patches: np.ndarray | None = None,
-                 float01: bool = False):  # fmt: skip
+                 float01: bool = False, fn: Callable[[np.ndarray], np.ndarray] | None = None):  # fmt: skip
         self.ds, self.items, self.patches, self.float01 = ds, [np.asarray(i, np.int64) for i in items], patches, float01
+        self.fn = fn
 
     def __len__(self) -> int:
         return len(self.items)
@@ -946,8 +949,10 @@ class PatchBatches(Dataset):
         idx = self.items[i]
         if self.patches is not None:
             p = self.patches[idx]
-            return i, torch.from_numpy(p.astype(np.float32) / 255.0 if self.float01 else np.ascontiguousarray(p))
-        return i, torch.from_numpy(self.ds.patches_uint8(idx, float01=self.float01))
+            p = p.astype(np.float32) / 255.0 if self.float01 else np.ascontiguousarray(p)
+        else:
+            p = self.ds.patches_uint8(idx, float01=self.float01)
+        return i, torch.from_numpy(np.ascontiguousarray(self.fn(p)) if self.fn is not None else p)
 
 
 class _Uint8View(Dataset):

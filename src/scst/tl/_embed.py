@@ -125,9 +125,10 @@ def embed_patches(
         expect it); None: feed ``[0, 1]`` RGB. Hand-crafted features always use ``[0, 1]`` RGB.
     num_workers
         DataLoader workers reading the next batches of patches while the encoder computes (each reads 4 batches
-        ahead). 0 (default): read in the main process — best on one or two CPU cores, where workers compete with
-        the encoder; on a GPU machine 4–8. Spots are visited in image-chunk order, so each zarr chunk is decoded
-        about once, and the result does not depend on ``num_workers``.
+        ahead); hand-crafted features are computed in the workers too, so they use ``num_workers`` cores. 0
+        (default): everything in the main process — best on one or two CPU cores with a network encoder, where
+        workers compete with it; on a GPU machine 4–8. Spots are visited in image-chunk order, so each zarr
+        chunk is decoded about once, and the result does not depend on ``num_workers``.
     pin_memory
         Page-locked batches for asynchronous host → GPU copies; None: on CUDA devices only.
     precision
@@ -200,8 +201,10 @@ def embed_patches(
             order = ds.locality_order()
             items = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
             # uint8 images travel as uint8 (a quarter of the bytes) and become [0, 1] floats where they are used.
-            as_uint8 = all(src.dtype == np.uint8 for src in ds.sources.values())
-            batches = PatchBatches(ds, items, float01=not as_uint8)
+            # Hand-crafted features are computed where the batch is read: with workers, on several cores at once.
+            as_uint8 = not handcrafted and all(src.dtype == np.uint8 for src in ds.sources.values())
+            fn = handcrafted_features if handcrafted else None
+            batches = PatchBatches(ds, items, float01=not as_uint8, fn=fn)
             loader = DataLoader(batches, batch_size=None, **opts.loader_kwargs())
             out: np.ndarray | None = None
             with torch.no_grad(), opts.autocast():
@@ -209,7 +212,7 @@ def embed_patches(
                 for i, x in tqdm(loader, desc=desc, unit="batch", disable=not progress):
                     idx = ds.index[items[i]]
                     if handcrafted:
-                        feats = handcrafted_features((x.float().div_(255.0) if as_uint8 else x).numpy())
+                        feats = x.numpy()  # computed by PatchBatches
                     else:
                         x = opts.to_device(x)
                         x = x.float().div_(255.0) if as_uint8 else x
