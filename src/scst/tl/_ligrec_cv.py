@@ -25,6 +25,7 @@ from ._ligrec_scores import BASELINES, lr_scores
 __all__ = [
     "LRFold",
     "lr_folds",
+    "gene_features",
     "ligrec_cv",
     "ligrec_metrics",
     "gene_function_cv",
@@ -132,6 +133,11 @@ def lr_folds(
         fwd = set(zip(known["ligand"], known["receptor"]))
         both = np.array([(r, lg) in fwd for lg, r in zip(known["ligand"], known["receptor"])], dtype=bool)
         known = known[~both].reset_index(drop=True)
+        if known.empty:
+            raise ValueError(
+                "pairs: no usable pair for task='direction' (every pair is listed in both directions, so no pair "
+                "has a known orientation)."
+            )
     ligands = np.array(sorted(known["ligand"].unique()), dtype=object)
     receptors = np.array(sorted(known["receptor"].unique()), dtype=object)
     lig_blocks = np.array_split(ligands[rng.permutation(len(ligands))], n_folds)
@@ -300,6 +306,46 @@ def _quiet() -> Iterator[None]:
             logging.getLogger(n).setLevel(lvl)
 
 
+#: Per-gene summaries of the non-spatial control (``{"method": "gene_features"}``), in this order per entity.
+GENE_FEATURES = ("mean", "detection", "sd")
+
+
+def gene_features(norm: sp.spmatrix, var_names: Iterable[str], entities: Iterable[str]) -> np.ndarray:
+    """Non-spatial per-entity summaries: mean, detected fraction (> 0) and sd over cells of the expression.
+
+    Complexes are the minimum over their subunits (:func:`scst.models._gcng.entity_expression`). Positions do
+    not enter: a classifier on these features is the non-spatial control of GCNG.
+
+    Returns
+    -------
+    ``(n_entities, 3)`` array, columns :data:`GENE_FEATURES`.
+    """
+    x = entity_expression(norm, var_names, entities).astype(np.float64)
+    return np.column_stack([x.mean(axis=0), (x > 0).mean(axis=0), x.std(axis=0)])
+
+
+def _pair_features(norm: sp.spmatrix, var_names: Iterable[str], table: pd.DataFrame) -> np.ndarray:
+    # Order-aware: the ligand's summaries, then the receptor's (the direction task swaps them).
+    return np.hstack(
+        [gene_features(norm, var_names, table["ligand"]), gene_features(norm, var_names, table["receptor"])]
+    )
+
+
+def _gene_feature_classifier(kind: str, seed: int) -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if kind == "logistic":
+        clf = LogisticRegression(max_iter=2000)
+    elif kind == "mlp":
+        clf = MLPClassifier(hidden_layer_sizes=(32,), alpha=1e-3, max_iter=1000, random_state=seed)
+    else:
+        raise ValueError(f"classifier: expected 'logistic' or 'mlp', got {kind!r}.")
+    return make_pipeline(StandardScaler(), clf)
+
+
 def _default_methods() -> dict[str, dict[str, Any]]:
     return {
         "GCNG autocrine+": {"method": "gcng", "kind": "autocrine+"},
@@ -360,7 +406,10 @@ def ligrec_cv(
         (graph matrix built from ``connectivity_key``) or ``{"method": "gcng", "graph_key": ...}`` (an ``obsp``
         matrix), optionally ``"config"`` (GCNG config overrides), ``"shuffle_positions": groups_column`` (cells
         permuted within ``obs[groups_column]``, or ``True`` for all cells; applied to the graph) and
-        ``"connectivity_key"``; ``{"method": "pearson" | "spatial_pearson" | "expression"}``. Default: autocrine+,
+        ``"connectivity_key"``; ``{"method": "pearson" | "spatial_pearson" | "expression"}``;
+        ``{"method": "gene_features", "classifier": "logistic" | "mlp"}``: the supervised *non-spatial* control, a
+        classifier trained on each fold's training pairs from per-gene mean, detected fraction and sd of the ligand
+        then the receptor (order-aware; :func:`gene_features`). Default: autocrine+,
         exocrine and diagonal GCNG, single-cell Pearson, spatial Pearson and the expression-level control.
     connectivity_key
         ``obsp`` cell graph (binary adjacency).
@@ -381,8 +430,10 @@ def ligrec_cv(
     -------
     Long DataFrame of test predictions: ``method``, ``fold``, ``ligand``, ``receptor``, ``label``, ``score`` and
     ``group`` (the ligand a pair is evaluated with; folds from :func:`lr_folds` provide it);
-    ``attrs["folds"]`` holds the folds and ``attrs["n_pairs"]`` the number of usable known pairs. Summarise with
-    :func:`ligrec_metrics`.
+    ``attrs["folds"]`` holds the folds, ``attrs["n_pairs"]`` the number of usable known pairs and
+    ``attrs["fit"]`` one row per trained model (``method``, ``fold``, ``train_auroc`` on the pairs it was fit on,
+    ``val_auroc`` on its early-stopping split — both from the training folds only —, ``test_auroc`` on the fold's
+    test pairs, ``epochs``, pair counts). Summarise with :func:`ligrec_metrics`.
     """
     adata = _get_table(adata)
     config = dict(GCNG.bench_config if config is None else config)
@@ -406,17 +457,25 @@ def ligrec_cv(
         n_pairs = None
     if all(f.n_test_positives == 0 for f in folds):
         logg.warning("ligrec_cv: no fold has a test positive; metrics will be undefined.")
+    from ._ligrec import _check_graph, _groups  # (those modules import this one)
+    from ._ligrec_gcng import _report  # fit reports shared with tl.ligand_receptor
+
     work = adata.copy()  # graph matrices and setups of the variants go to a private copy
-    results = []
+    results, fit = [], []
     for name, spec in methods.items():
         kind = spec.get("method")
-        if kind not in ("gcng", *BASELINES):
-            raise ValueError(f"methods[{name!r}]: unknown method {kind!r}; expected 'gcng' or one of {BASELINES}.")
+        if kind not in ("gcng", "gene_features", *BASELINES):
+            raise ValueError(
+                f"methods[{name!r}]: unknown method {kind!r}; expected 'gcng', 'gene_features' or one of {BASELINES}."
+            )
+        if kind == "gene_features":
+            _gene_feature_classifier(spec.get("classifier", "logistic"), seed)  # bad classifier: fail before work
         ckey = spec.get("connectivity_key", connectivity_key)
         adj = None
         if kind == "spatial_pearson" or (kind == "gcng" and "graph_key" not in spec and spec.get("kind") != "diagonal"):
             _check_key(work.obsp, ckey, "adata.obsp (build the cell graph with scst.pp.cell_graph)")
             adj = work.obsp[ckey]
+            _check_graph(adj, _groups(work, "auto")[0], ckey)  # every section (obs section/fov...) needs edges
         shuffle = spec.get("shuffle_positions")
         if shuffle:
             groups = None if shuffle is True else work.obs[shuffle].to_numpy()
@@ -452,6 +511,20 @@ def ligrec_cv(
                 pred = model.predict(test[["ligand", "receptor"]].drop_duplicates())
                 lookup = dict(zip(zip(pred["ligand"], pred["receptor"]), pred["score"]))
                 score = np.array([lookup[p] for p in zip(test["ligand"], test["receptor"])])
+                rep = _report(model, name, test)
+                fit.append({"method": name, "fold": fold.fold, **{k: v for k, v in rep.items() if k != "model"}})
+            elif kind == "gene_features":
+                if fold.train["label"].nunique() < 2:
+                    logg.warning(f"ligrec_cv: fold {fold.fold} has a single training class; skipped for {name}.")
+                    continue
+                clf = _gene_feature_classifier(spec.get("classifier", "logistic"), seed + fold.fold)
+                x_train = _pair_features(norm, adata.var_names, fold.train)
+                clf.fit(x_train, fold.train["label"].to_numpy(int))
+                score = clf.predict_proba(_pair_features(norm, adata.var_names, test))[:, 1]
+                fit.append({"method": name, "fold": fold.fold, "n_train_pairs": len(fold.train), "n_val_pairs": 0,
+                            "train_auroc": _auc(fold.train["label"].to_numpy(int), clf.predict_proba(x_train)[:, 1])[0],
+                            "val_auroc": np.nan, "epochs": 0, "heldout_auroc": _auc(test["label"].to_numpy(int),
+                            score)[0], "n_heldout_pairs": len(test)})  # fmt: skip
             else:
                 lig = entity_expression(norm, adata.var_names, test["ligand"])
                 rec = entity_expression(norm, adata.var_names, test["receptor"])
@@ -465,6 +538,8 @@ def ligrec_cv(
     out = out[["method", "fold", "ligand", "receptor", "label", "score", *(["group"] if "group" in out else [])]]
     out.attrs["folds"] = list(folds)
     out.attrs["n_pairs"] = n_pairs
+    renames = {"heldout_auroc": "test_auroc", "n_heldout_pairs": "n_test_pairs"}
+    out.attrs["fit"] = pd.DataFrame(fit).rename(columns=renames)
     return out
 
 

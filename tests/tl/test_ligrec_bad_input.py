@@ -1,0 +1,146 @@
+"""Ligand–receptor CV: bad input (no usable pair, missing subunits, sections without a graph), the non-spatial
+per-gene control and the fit reports of ``ligrec_cv``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from anndata import AnnData
+
+from scst.models._gcng import GCNG
+from scst.pp._graph_matrix import cell_graph
+from scst.tl._ligrec_cv import LRFold, gene_features, ligrec_cv, ligrec_metrics, lr_folds
+
+FAST = {**GCNG.bench_config, "max_epochs": 4, "patience": 4}
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def grid_data(n_side: int = 8, n_pairs: int = 30, seed: int = 0, ligand_level: float = 8.0, receptor_level=1.0):
+    """Pairs (L_k, R_k) with i.i.d. Poisson counts: every ligand at ``ligand_level``, every receptor lower."""
+    rng = np.random.default_rng(seed)
+    xy = np.array([(i, j) for i in range(n_side) for j in range(n_side)], float)
+    n = len(xy)
+    cols, names = [], []
+    for k in range(n_pairs):
+        cols += [rng.poisson(ligand_level * rng.uniform(0.5, 1.5), n), rng.poisson(receptor_level, n)]
+        names += [f"L{k}", f"R{k}"]
+    adata = AnnData(sp.csr_matrix(np.column_stack(cols).astype(np.float32)), obsm={"spatial": xy})
+    adata.var_names = names
+    cell_graph(adata, radius=1.1, library_key=None)
+    pairs = pd.DataFrame({"ligand": [f"L{k}" for k in range(n_pairs)], "receptor": [f"R{k}" for k in range(n_pairs)]})
+    return adata, pairs
+
+
+def test_no_usable_pair_is_a_clear_error():
+    adata, pairs = grid_data()
+    with pytest.raises(ValueError, match="no usable ligand"):
+        lr_folds(pairs.iloc[:0])
+    with pytest.raises(ValueError, match="no usable ligand"):
+        lr_folds(pd.DataFrame({"ligand": [None, np.nan], "receptor": ["R0", None]}))
+    both = pd.DataFrame({"ligand": ["L0", "R0"], "receptor": ["R0", "L0"]})
+    with pytest.raises(ValueError, match="task='direction'"):
+        lr_folds(both, task="direction")
+    assert len(lr_folds(both, n_folds=2)) == 2  # the interaction task keeps them
+    with pytest.raises(ValueError, match="no pair has both genes"):
+        ligrec_cv(adata, pd.DataFrame({"ligand": ["X"], "receptor": ["Y"]}), methods={"e": {"method": "expression"}})
+    with pytest.raises(ValueError, match="Pass `pairs`"):
+        ligrec_cv(adata, methods={"e": {"method": "expression"}})
+
+
+def test_complex_with_missing_subunit_is_not_scored():
+    adata, pairs = grid_data()
+    cplx = pd.concat([pairs, pd.DataFrame({"ligand": ["L1"], "receptor": ["R2_MISSING"]})], ignore_index=True)
+    pred = ligrec_cv(adata, cplx, n_folds=3, methods={"e": {"method": "expression"}}, seed=0)
+    assert pred.attrs["n_pairs"] == len(pairs)
+    assert "R2_MISSING" not in set(pred["receptor"]) | set(pred["ligand"])
+    only = pd.DataFrame({"ligand": ["L1"], "receptor": ["R2_MISSING"]})
+    with pytest.raises(ValueError, match="no pair has both genes"):
+        ligrec_cv(adata, only, methods={"e": {"method": "expression"}})
+
+
+def test_section_without_graph_is_an_error_for_spatial_methods():
+    adata, pairs = grid_data()
+    a = adata.obsp["spatial_connectivities"].tocsr()
+    keep = np.arange(adata.n_obs) < 40
+    adata.obs["section"] = np.where(keep, "a", "b")
+    adata.obsp["spatial_connectivities"] = sp.csr_matrix(a.multiply(keep[:, None] & keep[None, :]))
+    folds = lr_folds(pairs, n_folds=3, seed=0)
+    for spec in ({"method": "spatial_pearson"}, {"method": "gcng", "kind": "autocrine+"}):
+        with pytest.raises(ValueError, match=r"Section\(s\) \['b'\] have no edges"):
+            ligrec_cv(adata, folds=folds, methods={"m": spec}, config=FAST)
+    # Methods without positions (and diagonal GCNG, which has no neighbours) still run.
+    pred = ligrec_cv(adata, folds=folds, methods={"p": {"method": "pearson"}, "d": {"method": "gcng",
+                     "kind": "diagonal"}}, config=FAST, seed=0)  # fmt: skip
+    assert set(pred["method"]) == {"p", "d"}
+
+
+def test_gene_features_by_hand():
+    adata, _ = grid_data(n_pairs=2)
+    from scst.models._gcng import normalized_expression
+
+    norm = normalized_expression(adata, log1p=True)
+    x = norm.toarray()
+    f = gene_features(norm, adata.var_names, ["L0", "R1"])
+    np.testing.assert_allclose(f[0], [x[:, 0].mean(), (x[:, 0] > 0).mean(), x[:, 0].std()], rtol=1e-5)
+    np.testing.assert_allclose(f[1], [x[:, 3].mean(), (x[:, 3] > 0).mean(), x[:, 3].std()], rtol=1e-5)
+    # complex: the minimum over subunits, per cell
+    fc = gene_features(norm, adata.var_names, ["L0_R1"])
+    m = np.minimum(x[:, 0], x[:, 3])
+    np.testing.assert_allclose(fc[0], [m.mean(), (m > 0).mean(), m.std()], rtol=1e-5)
+
+
+def test_direction_per_gene_control_and_fit_reports():
+    # Ligands are abundant, receptors scarce, positions carry nothing: the direction task is solved by per-gene
+    # abundance alone. The non-spatial per-gene classifier must find it; spatial Pearson and the expression control
+    # are symmetric in (L, R), hence exactly 0.5.
+    adata, pairs = grid_data(n_pairs=40)
+    folds = lr_folds(pairs, task="direction", n_folds=4, seed=0)
+    methods = {
+        "logistic": {"method": "gene_features", "classifier": "logistic"},
+        "mlp": {"method": "gene_features", "classifier": "mlp"},
+        "sp": {"method": "spatial_pearson"},
+        "expr": {"method": "expression"},
+    }
+    pred = ligrec_cv(adata, folds=folds, methods=methods, seed=0)
+    m = ligrec_metrics(pred, n_boot=0).set_index("method")
+    assert m.loc["logistic", "auroc"] > 0.95 and m.loc["mlp", "auroc"] > 0.95
+    for sym in ("sp", "expr"):  # the same score for (L, R) and (R, L), up to float noise
+        s = pred[pred["method"] == sym].set_index(["ligand", "receptor"])["score"]
+        rev = s.reindex([(r, lg) for lg, r in s.index]).to_numpy()
+        np.testing.assert_allclose(s.to_numpy(), rev, rtol=1e-9, atol=1e-12)
+    fit = pred.attrs["fit"]
+    assert set(fit["method"]) == {"logistic", "mlp"} and len(fit) == 2 * sum(not f.test.empty for f in folds)
+    assert {"train_auroc", "val_auroc", "test_auroc", "epochs", "n_train_pairs"} <= set(fit.columns)
+    assert (fit["train_auroc"] > 0.95).all() and fit["val_auroc"].isna().all()
+    with pytest.raises(ValueError, match="classifier"):
+        ligrec_cv(adata, folds=folds, methods={"x": {"method": "gene_features", "classifier": "svm"}})
+
+
+def test_gcng_fit_report_on_planted_niche():
+    # Known pairs co-expressed in the left half, decoys in the right half: GCNG fits its training pairs and the
+    # fit report gives train / validation / test AUROC per fold.
+    rng = np.random.default_rng(0)
+    xy = np.array([(i, j) for i in range(8) for j in range(8)], float)
+    niche = xy[:, 0] < 4
+    cols, names, rows = [], [], []
+    for k in range(45):
+        lam = rng.uniform(1, 4)
+        cols += [rng.poisson(lam * (1 + 2 * niche)), rng.poisson(lam * (1 + 2 * niche)),
+                 rng.poisson(lam * (1 + 2 * ~niche))]  # fmt: skip
+        names += [f"L{k}", f"R{k}", f"D{k}"]
+        rows += [(f"L{k}", f"R{k}", 1, k % 3), (f"L{k}", f"D{k}", 0, k % 3)]
+    adata = AnnData(sp.csr_matrix(np.column_stack(cols).astype(np.float32)), obsm={"spatial": xy})
+    adata.var_names = names
+    cell_graph(adata, radius=1.1, library_key=None)
+    table = pd.DataFrame(rows, columns=["ligand", "receptor", "label", "fold"])
+    folds = [LRFold(k, table[table.fold != k].drop(columns="fold"), table[table.fold == k].drop(columns="fold"))
+             for k in range(3)]  # fmt: skip
+    pred = ligrec_cv(adata, folds=folds, methods={"g": {"method": "gcng", "kind": "autocrine+"}}, config=FAST, seed=0)
+    fit = pred.attrs["fit"]
+    assert list(fit["fold"]) == [0, 1, 2]
+    assert (fit["train_auroc"] > 0.9).all() and (fit["test_auroc"] > 0.9).all()
+    assert fit["val_auroc"].notna().all() and (fit["epochs"] >= 1).all()
+    assert (fit["n_test_pairs"] == 30).all()
