@@ -442,7 +442,13 @@ def speed_one(args) -> dict:
     def next_batch(i: int):
         sec = data[train[i % len(train)]]
         n = len(sec["target"])
-        idx = np.arange(n) if bs is None else rng.choice(n, size=min(bs, n), replace=False)
+        if bs is not None:
+            idx = rng.choice(n, size=min(bs, n), replace=False)
+        elif args.window and args.window < n:  # the window_size spots nearest to a random spot (HGGEP windows)
+            d = ((sec["positions"] - sec["positions"][rng.integers(n)]) ** 2).sum(1)
+            idx = np.sort(np.argsort(d, kind="stable")[: args.window])
+        else:
+            idx = np.arange(n)
         return _step_batch(model_name, sec, idx, device, True, img_size, med_lib, channels_last, gen), len(idx)
 
     def sync():
@@ -471,7 +477,7 @@ def speed_one(args) -> dict:
     total = sum(times)
     return {
         "model": model_name, "mode": mode, "precision": precision, "compile": compiled, "channels_last": channels_last,
-        "config": args.config, "merge": args.merge,
+        "config": args.config, "merge": args.merge, "window": args.window if model_name == "hggep" else None,
         "spots_per_step": ("merged section" if args.merge else "whole section") if bs is None else bs,
         "steps": args.steps, "warmup": args.warmup, "spots_timed": int(sum(spots)), "seconds_timed": total,
         "spots_per_s": sum(spots) / total, "median_step_s": float(np.median(times)), "first_step_s": t_first,
@@ -503,12 +509,14 @@ def speed(args) -> None:
         if left < 20:
             print(f"{model_name} {mode}: skipped (--budget {args.budget:.0f} s spent)", flush=True)
             continue
-        tag = "_merged" if args.merge and model_name == "hggep" else ""
+        tag = ("_merged" if args.merge else "") + (f"_window{args.window}" if args.window else "")
+        tag = tag if model_name == "hggep" else ""
         f = results / f"speed_{model_name}{tag}_{args.config}_{mode}.json"
         cmd = [sys.executable, __file__, "speed-one", "--model", model_name, "--mode", mode, "--config",
                args.config, "--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup),
                "--cache", args.cache, "--out", str(f), "--seed", str(args.seed)]  # fmt: skip
         cmd += ["--merge"] if args.merge else []
+        cmd += ["--window", str(args.window)] if args.window else []
         t0 = time.perf_counter()
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=min(args.timeout, left))
@@ -565,9 +573,10 @@ def report(results: Path, out: Path) -> None:
 SPEED_OUT = ROOT / "docs" / "benchmarks" / "gpu_training.md"
 GPU_SPEED_COMMAND = (
     "export PYTHONPATH=src; S='python benchmarks/gpu_expression.py speed --device cuda --config paper "
-    "--results '$OUT/speed; $S --modes reference,fp32,bf16,bf16+cl --steps 10 --warmup 3 --budget 170 --timeout 60; "
-    "$S --models hggep --merge --modes reference,bf16 --steps 5 --warmup 2 --budget 70 --timeout 50; "
-    "$S --modes bf16+compile,fp32+compile,bf16+cl+compile --steps 10 --warmup 3 --budget 200 --timeout 100"
+    "--results '$OUT/speed; $S --modes reference,fp32,bf16,bf16+cl --steps 10 --warmup 3 --budget 160 --timeout 60; "
+    "$S --models hggep --merge --modes reference,bf16 --steps 5 --warmup 2 --budget 60 --timeout 40; "
+    "$S --models hggep --merge --window 240 --modes bf16 --steps 5 --warmup 2 --budget 30 --timeout 30; "
+    "$S --modes bf16+compile,fp32+compile,bf16+cl+compile --steps 10 --warmup 3 --budget 190 --timeout 100"
 )
 
 
@@ -607,11 +616,16 @@ def _speed_table(rows: list[dict]) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     verdict = []
-    for model_name, merged in (("hggep", False), ("hggep", True), ("tcgn", False)):
-        rs = {r["mode"]: r for r in rows if r["model"] == model_name and bool(r.get("merge")) == merged}
-        n = [r["spots_timed"] / r["steps"] for r in rs.values() if "error" not in r]
-        label = f"{model_name}, 4 sections as one (~{np.mean(n):.0f} spots)" if merged else model_name
+    groups = {(r["model"], bool(r.get("merge")), r.get("window")) for r in rows}
+    for model_name, merged, window in sorted(groups, key=lambda g: (g[0], g[1], g[2] or 0)):
+        rs = {r["mode"]: r for r in rows if (r["model"], bool(r.get("merge")), r.get("window")) == (model_name, merged,
+                                                                                                  window)}  # fmt: skip
+        label = f"{model_name}, 4 sections as one (723 spots)" if merged else model_name
+        label += f", windows of {window} spots" if window else ""
         ref = rs.get("reference")
+        if ref is None and window:  # windows are compared with the whole-section reference
+            ref = next((r for r in rows if (r["model"], bool(r.get("merge")), r.get("window"), r["mode"]) ==
+                        (model_name, merged, None, "reference")), None)  # fmt: skip
         ref = ref if ref and "error" not in ref else None
         best = None
         for mode in MODES:
@@ -663,8 +677,10 @@ def report_speed(results: list[Path], out: Path, command: str) -> None:
         "non-finite guard, backward, AdamW step), on batches built with `scst.nn.patches_to_input` from the her2st "
         "patch cache of `benchmarks/gpu_expression.py` (sections C3–C6, 112 px patches of 80 µm, 546 genes; TCGN "
         "resizes them on the device to its input size). HGGEP: one whole section per step (her2st sections have "
-        "174–207 spots; `--merge`: the four sections side by side as one section of 730 spots); TCGN: 32 random "
-        "spots per step (its default batch size). Modes: `fp32`; `bf16` (autocast; the losses and HGGEP's LSTM stay "
+        "174–207 spots; `--merge`: the four sections side by side as one section of 723 spots); TCGN: 32 random "
+        "spots per step (its default batch size); `--window N`: HGGEP trains on the N spots nearest to a random spot "
+        "per step, as the product's HGGEP does on sections larger than its `batch_size` (compared with the "
+        "whole-section reference). Modes: `fp32`; `bf16` (autocast; the losses and HGGEP's LSTM stay "
         "float32); `+compile` (`module.compile()`, default Inductor settings); `+cl` (channels-last weights and "
         "input). Each (model, mode) runs in a fresh process; warm-up steps (compilation included, see 'first step') "
         "are not timed; the timed steps include building the batch on the device (augmentation, normalisation, "
@@ -720,6 +736,7 @@ def main() -> None:
     s.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     s.add_argument("--timeout", type=float, default=900, help="seconds per (model, mode) process")
     s.add_argument("--merge", action="store_true", help="HGGEP: the 4 training sections as one section per step")
+    s.add_argument("--window", type=int, default=None, help="HGGEP: spots per step, nearest to a random spot")
     s.add_argument("--budget", type=float, default=None, help="seconds for all runs; later runs are cut or skipped")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--results", default=str(ROOT / "benchmarks" / "_out" / "gpu_speed"))
@@ -734,6 +751,7 @@ def main() -> None:
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--out", required=True)
     o.add_argument("--merge", action="store_true")
+    o.add_argument("--window", type=int, default=None)
     rs = sub.add_parser("report-speed", help="speed JSONs → docs/benchmarks/gpu_training.md")
     rs.add_argument("--results", nargs="+", default=[str(ROOT / "benchmarks" / "_out" / "gpu_speed")])
     rs.add_argument("--out", default=str(SPEED_OUT))
