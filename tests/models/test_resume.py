@@ -142,6 +142,23 @@ def test_resume_without_the_random_streams_differs(uninterrupted, tmp_path, monk
     assert any(not torch.allclose(w_full[k], w_res[k], atol=1e-6) for k in w_full)
 
 
+def test_finished_run_extended_equals_longer_run(tmp_path):
+    """3 epochs (finished, no scheduler) + resume to 6 = 6 epochs in one go; other settings on resume warn."""
+    a = _adata()
+    kw = {**SETTINGS, "lr_scheduler": None}
+    full = Toy(a).train(checkpoint_dir=tmp_path / "full", **kw)
+    Toy(a).train(checkpoint_dir=tmp_path / "ext", **{**kw, "max_epochs": 3})
+    ext = Toy(a).train(ckpt_path=tmp_path / "ext" / "last.ckpt", **kw)
+    w_full, w_ext = _last_weights(tmp_path / "full" / "last.ckpt"), _last_weights(tmp_path / "ext" / "last.ckpt")
+    for k in w_full:
+        torch.testing.assert_close(w_ext[k], w_full[k], rtol=0, atol=1e-6)
+    pd.testing.assert_frame_equal(ext.history, full.history, rtol=1e-6)
+    # a cosine schedule's period is the first run's max_epochs, and the optimiser keeps the checkpoint's lr
+    Toy(a).train(checkpoint_dir=tmp_path / "cos", **{**SETTINGS, "max_epochs": 3})
+    with pytest.warns(UserWarning, match=r"lr: 0.03 → 0.1, max_epochs: 3 → 6.*not the continuation"):
+        Toy(a).train(ckpt_path=tmp_path / "cos" / "last.ckpt", **{**SETTINGS, "lr": 0.1})
+
+
 def test_early_stopping_state_survives_resume(tmp_path):
     """Patience counts across the resume: the resumed run stops at the same epoch as the uninterrupted one."""
     a = _adata()

@@ -641,7 +641,12 @@ class BaseModel(_SetupRegistry, ABC):
                     f"{type(self).__name__}: restored best weights"
                     + (f" ({monitor}={float(score):.4g})." if score is not None else ".")
                 )
-            if error is None and torch.distributed.is_available() and torch.distributed.is_initialized():
+            if (
+                error is None
+                and trainer.world_size > 1
+                and torch.distributed.is_available()
+                and torch.distributed.is_initialized()
+            ):
                 # strategy="ddp": every rank reads rank 0's best.ckpt; rank 0 must not remove its folder before
                 torch.distributed.barrier()
         self.history = history.frame if history.rows else None

@@ -113,6 +113,21 @@ class TrainingPlan(pl.LightningModule):
         self.lr_scheduler, self.monitor, self.mode = lr_scheduler, monitor, mode
         self.max_epochs, self.patience = max_epochs, patience
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """On resume: warn when the training settings differ from the checkpoint's (they would not all apply)."""
+        saved = checkpoint.get("hyper_parameters") or {}
+        diff = {k: (saved[k], v) for k, v in self.hparams.items() if k in saved and saved[k] != v}
+        if self.lr_scheduler != "cosine":
+            diff.pop("max_epochs", None)  # more epochs: exact continuation unless the cosine period depends on it
+        if diff:
+            listed = ", ".join(f"{k}: {old!r} → {new!r}" for k, (old, new) in sorted(diff.items()))
+            warnings.warn(
+                f"Resuming with training settings other than the checkpoint's ({listed}). The optimiser, scheduler "
+                "and early-stopping states come from the checkpoint (its learning rate, cosine period and patience "
+                "stay), so this is not the continuation of the interrupted run.",
+                stacklevel=2,
+            )
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Call the wrapped module."""
         return self.module(*args, **kwargs)
