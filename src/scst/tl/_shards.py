@@ -36,7 +36,7 @@ SHARD_KEY = "shard"
 #: ``uns`` key of the per-shard report in the merged table.
 SHARDS_UNS = "scst_shards"
 HER2ST_PREFIX = "her2st:"
-WSI_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif")
+WSI_SUFFIXES = (".svs", ".ndpi", ".scn", ".bif")  # scst.io.read_wsi; other TIFFs go through the zarr cache
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 _OBSM_KEPT = (SPATIAL_KEY, "spatial_array")
 
@@ -221,6 +221,10 @@ class ShardPredictor:
         return report
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
+
+
 def _shard_reports(tab: Any) -> list[dict[str, Any]]:
     return json.loads(str(tab.uns.get(SHARDS_UNS, {}).get("json", "[]")))
 
@@ -331,7 +335,8 @@ def predict_shards(
     merged with :func:`merge_shards` into ``out``. Any ``distributed.Client`` can be passed: a ``LocalCluster``,
     ``dask_jobqueue`` (SLURM, PBS, ...) or ``dask_kubernetes``; workers then need ``model_dir``, the shard
     sources and the folder of ``out`` on a shared file system. A shard that fails fails the call with a
-    :class:`ShardError` naming every failed shard and its error, after the other shards finish; ``out`` is then
+    :class:`ShardError` naming every failed shard and its error (one line each; the exceptions are in
+    ``ShardError.failures``), after the other shards finish; ``out`` is then
     not written (an existing ``out`` is left as it was).
 
     Parameters
@@ -412,7 +417,7 @@ def predict_shards(
         wait(list(futures.values()))
         failures = {n: f.exception() for n, f in futures.items() if f.status != "finished"}
         if failures:
-            lines = [f"  shard {n!r} ({sources[n]}): {type(e).__name__}: {e}" for n, e in failures.items()]
+            lines = [f"  shard {n!r} ({sources[n]}): {type(e).__name__}: {_first_line(e)}" for n, e in failures.items()]
             err = ShardError(
                 f"{len(failures)} of {len(sources)} shards failed; {str(out)!r} was not written:\n" + "\n".join(lines),
                 failures,
