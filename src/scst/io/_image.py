@@ -233,6 +233,12 @@ def _convert(path: Path, store: Path) -> None:
     import zarr
 
     h, w = _image_shape(path)
+    min_px = int(np.prod(SCALE_FACTORS))
+    if min(h, w) < min_px:
+        raise ValueError(
+            f"image: {path} is {w} × {h} px; the multiscale cache ({len(SCALE_FACTORS) + 1} levels, each half the "
+            f"previous) needs at least {min_px} px per side."
+        )
     with _atomic_dir(store) as tmp, tempfile.TemporaryDirectory(prefix=f".{store.name}.full.", dir=store.parent) as t0:
         full = zarr.open_array(
             str(Path(t0) / "s0.zarr"),

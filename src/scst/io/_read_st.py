@@ -43,10 +43,14 @@ def _read_counts(counts: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     vals = df.to_numpy()
     if np.isnan(vals).any() if vals.dtype.kind == "f" else False:
         raise ValueError("counts: missing (NaN) values; expected raw counts.")
+    if vals.dtype.kind == "f" and np.isinf(vals).any():
+        raise ValueError("counts: infinite values; expected raw counts.")
     if (vals < 0).any():
         raise ValueError("counts: negative values; expected raw counts (non-negative integers).")
     if vals.dtype.kind == "f" and not np.array_equal(vals, np.round(vals)):
         raise ValueError("counts: non-integer values; expected raw counts, not normalised data.")
+    if vals.size and vals.max() > np.iinfo(np.int32).max:  # stored as int32: larger values would wrap around
+        raise ValueError(f"counts: values up to {vals.max()} exceed the int32 range of raw counts.")
     return df
 
 
@@ -63,6 +67,13 @@ def _read_spots(spots: str | os.PathLike | pd.DataFrame, array_cols: Sequence[st
         raise KeyError(f"spots: columns {missing} not found; available: {list(df.columns)}.")
     if "selected" in df.columns:
         df = df[df["selected"].astype(int) == 1]
+    pix = df[list(pixel_cols)]
+    if not all(pd.api.types.is_numeric_dtype(t) for t in pix.dtypes) or not np.isfinite(pix.to_numpy(float)).all():
+        bad = pix.index[~np.isfinite(pix.apply(pd.to_numeric, errors="coerce").to_numpy(float)).all(1)]
+        raise ValueError(
+            f"spots: pixel columns {list(pixel_cols)} must hold finite numbers (spot centres in px); "
+            f"{len(bad)} row(s) do not, e.g. rows {bad[:3].tolist()}."
+        )
     col, row = (df[c].to_numpy() for c in array_cols)
     if not (np.issubdtype(col.dtype, np.integer) and np.issubdtype(row.dtype, np.integer)):
         if not (np.allclose(col, np.round(col)) and np.allclose(row, np.round(row))):
@@ -227,7 +238,8 @@ def read_st(
     _check_grid_fit(xy, col, row, array_cols, pixel_cols)
 
     if um_per_px is None:
-        pitch = np.nanmean([_grid_pitch_px(xy[:, 0], col), _grid_pitch_px(xy[:, 1], row)])
+        pitches = [p for p in (_grid_pitch_px(xy[:, 0], col), _grid_pitch_px(xy[:, 1], row)) if np.isfinite(p)]
+        pitch = float(np.mean(pitches)) if pitches else np.nan
         if not np.isfinite(pitch) or pitch <= 0:
             raise ValueError("um_per_px: cannot derive the pixel size from a single grid row/column; pass it.")
         um_per_px = grid_step_um / pitch

@@ -49,6 +49,8 @@ def register_sections(
     """
     _check_key(sdata.tables, table, "sdata.tables")
     adata = sdata.tables[table]
+    if SPATIAL_KEY not in adata.obsm:  # checked first: nothing is written to a table that cannot be used
+        raise KeyError(f"Table {table!r}: obsm[{SPATIAL_KEY!r}] (spot centres in px) is required.")
     regions, region_key, _ = get_table_keys(adata)
     regions = [regions] if isinstance(regions, str) else list(regions)
     image_keys = dict(image_keys or {})
@@ -59,7 +61,13 @@ def register_sections(
         if "radius" not in shapes.columns:
             raise ValueError(f"Shapes {r!r}: expected circles with a 'radius' column (spot size in px).")
         cs = next(iter(get_transformation(shapes, get_all=True)))
-        diameter_px = float(np.median(shapes["radius"])) * 2
+        radius = shapes["radius"].to_numpy(dtype=np.float64)
+        if radius.size == 0 or not (np.isfinite(radius).all() and (radius > 0).all()):
+            raise ValueError(
+                f"Shapes {r!r}: the 'radius' column must hold positive finite spot radii in px (µm/px is derived "
+                f"from it); got {radius[:5].tolist()}{' …' if radius.size > 5 else ''}."
+            )
+        diameter_px = float(np.median(radius)) * 2
         key = image_keys.get(r)
         if key is None:
             cands = [k for k, el in sdata.images.items() if cs in get_transformation(_scale0(el), get_all=True)]
@@ -78,8 +86,6 @@ def register_sections(
         adata.obs[SECTION_KEY] = pd.Categorical(adata.obs[region_key].astype(str), categories=list(sections))
     if ARRAY_ROW in adata.obs and ARRAY_COL in adata.obs:
         adata.obsm[f"{SPATIAL_KEY}_array"] = adata.obs[[ARRAY_COL, ARRAY_ROW]].to_numpy(dtype=np.float64)
-    if SPATIAL_KEY not in adata.obsm:
-        raise KeyError(f"Table {table!r}: obsm[{SPATIAL_KEY!r}] (spot centres in px) is required.")
     adata.uns[UNS_KEY] = {**adata.uns.get(UNS_KEY, {}), "sections": sections}
 
 
