@@ -80,7 +80,14 @@ def _knn_coexpression(adata: AnnData, genes: list[str], layer: str | None, k: in
     """Directed kNN graph of genes: ``i → j`` iff ``j`` is among the ``k`` genes most correlated with ``i``."""
     import networkx as nx
 
+    if adata.n_obs < 2:
+        raise ValueError(
+            f"adata: the kNN co-expression fallback (network=None) correlates genes over spots; got {adata.n_obs} "
+            "spot(s), need at least 2 (or pass a network)."
+        )
     X = _log_expression(adata, genes, layer)
+    if not np.isfinite(X).all():
+        raise ValueError("adata: NaN or infinite expression values; the kNN co-expression fallback needs finite ones.")
     sd = X.std(0)
     Z = (X - X.mean(0)) / np.where(sd > 0, sd, 1.0)
     corr = Z.T @ Z / max(len(X), 1)
@@ -243,7 +250,10 @@ def gene_groups(
     groups = _merge_small(clusters, n_target if n_target is not None else len(clusters))
     info["n_unlinked"] = len(rest)
     if rest and unlinked == "group":
-        groups.append(rest)
+        if n_groups is not None and len(groups) >= n_groups:  # n_groups=1: the unlinked genes join the one group
+            groups[-1] = sorted([*groups[-1], *rest])
+        else:
+            groups.append(rest)
     elif rest:
         logg.info(f"gene_groups: {len(rest)} genes not covered by the {method} grouping are left out (group -1).")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -70,8 +71,13 @@ def select_genes(
     if layer is not None:
         _check_key(adata.layers, layer, "adata.layers")
     X = adata.X if layer is None else adata.layers[layer]
-    if (X.min() if not sparse.issparse(X) else X.min()) < 0:
-        raise ValueError("select_genes expects raw counts (non-negative); got negative values.")
+    if adata.n_obs == 0:
+        raise ValueError("adata: no spots (n_obs = 0); select_genes needs raw counts of at least one spot.")
+    vals = X.data if sparse.issparse(X) else np.asarray(X)
+    if not np.isfinite(vals).all():
+        raise ValueError("select_genes expects raw counts in adata.X / `layer`; got NaN or infinite values.")
+    if vals.size and vals.min() < 0:
+        raise ValueError("select_genes expects raw counts (non-negative) in adata.X / `layer`; got negative values.")
     if library_key is not None:
         _check_key(adata.obs, library_key, "adata.obs")
         groups = adata.obs[library_key].astype(str).to_numpy()
@@ -90,12 +96,30 @@ def select_genes(
         X, groups = X[use], groups[use]
 
     hvg_count = np.zeros(adata.n_vars, dtype=int)
+    flat = []
     for g in pd.unique(groups):
         sub = AnnData(X=X[groups == g].astype(np.float32), var=pd.DataFrame(index=adata.var_names))
         sc.pp.normalize_total(sub, target_sum=1e4)
         sc.pp.log1p(sub)
-        res = sc.pp.highly_variable_genes(sub, n_top_genes=min(n_top, adata.n_vars), flavor="seurat", inplace=False)
+        # scanpy's seurat flavour fails (IndexError) when no gene has a defined normalised dispersion: fewer than
+        # 2 spots, no gene varying, or the varying genes tied within their mean bins. Such a section has no HVG.
+        # (scanpy takes the log of zero dispersions, and of ones rounded below zero, and masks them itself.)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if sub.n_obs < 2 or sc.pp.highly_variable_genes(sub, flavor="seurat", inplace=False)[
+                "dispersions_norm"
+            ].isna().all():
+                flat.append(str(g))
+                continue
+            res = sc.pp.highly_variable_genes(sub, n_top_genes=min(n_top, adata.n_vars), flavor="seurat",
+                                              inplace=False)  # fmt: skip
         hvg_count += res["highly_variable"].to_numpy().astype(int)
+    if flat:
+        warnings.warn(
+            f"select_genes: no gene has a defined normalised dispersion in section(s) {flat[:5]} (fewer than 2 "
+            "spots, a single gene, or no gene varying apart from ties); they contribute no highly variable gene.",
+            UserWarning,
+            stacklevel=2,
+        )
     detected = np.asarray((X > 0).sum(axis=0)).ravel() / X.shape[0]
     keep = (hvg_count > 0) & (detected >= min_fraction)
 

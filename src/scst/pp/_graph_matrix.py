@@ -147,6 +147,8 @@ def graph_matrix(
 
 def _check_adjacency(adjacency: Any, key: str, warn: bool = True) -> None:
     a = sp.csr_matrix(adjacency)
+    if a.nnz and not np.isfinite(a.data).all():
+        raise ValueError(f"adata.obsp[{key!r}] has NaN or infinite entries; expected a non-negative adjacency.")
     if a.nnz and (a.data < 0).any():
         raise ValueError(f"adata.obsp[{key!r}] has negative entries; expected a non-negative adjacency.")
     b = (a != 0).astype(np.int8)
@@ -224,6 +226,8 @@ def cell_graph(
     import squidpy as sq
 
     adata = _get_table(adata)
+    if adata.n_obs == 0:
+        raise ValueError("adata: no cells / spots (n_obs = 0); a cell graph needs at least one.")
     if copy:
         adata = adata.copy()
     if library_key == "auto":
@@ -240,6 +244,7 @@ def cell_graph(
                 _check_key(adata.obs, ARRAY_COL, "adata.obs (grid graphs need array indices)")
                 adata.obsm[spatial_key] = adata.obs[[ARRAY_COL, ARRAY_ROW]].to_numpy(dtype=np.float64)
         _check_key(adata.obsm, spatial_key, "adata.obsm")
+        _check_finite(adata, spatial_key)
         sq.gr.spatial_neighbors_grid(
             adata, spatial_key=spatial_key, library_key=library_key, n_neighs=n_neighs, key_added=key_added
         )
@@ -248,9 +253,20 @@ def cell_graph(
             raise ValueError(f"radius: expected a positive distance threshold (or grid=True), got {radius!r}.")
         spatial_key = spatial_key or SPATIAL_KEY
         _check_key(adata.obsm, spatial_key, "adata.obsm")
+        _check_finite(adata, spatial_key)
         sq.gr.spatial_neighbors_radius(adata, radius=float(radius), spatial_key=spatial_key, library_key=library_key,
                                        key_added=key_added)  # fmt: skip
     conn = adata.obsp[f"{key_added}_connectivities"]
     deg = np.asarray((conn != 0).sum(axis=1)).ravel()
     logg.info(f"cell graph: {conn.nnz // 2} edges, mean degree {deg.mean():.2f}, {int((deg == 0).sum())} isolated")
     return adata if copy else None
+
+
+def _check_finite(adata: AnnData, spatial_key: str) -> None:
+    xy = np.asarray(adata.obsm[spatial_key], dtype=np.float64)
+    if not np.isfinite(xy).all():
+        bad = adata.obs_names[~np.isfinite(xy).all(axis=1)]
+        raise ValueError(
+            f"adata.obsm[{spatial_key!r}] (argument `spatial_key`): {len(bad)} cell(s) have NaN or infinite "
+            f"coordinates, e.g. {bad[:3].tolist()}."
+        )

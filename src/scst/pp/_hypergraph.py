@@ -98,6 +98,12 @@ def hypergraph(
         raise ValueError(f"Features {use_rep!r} must have shape (n_obs, d), got {feats_all.shape}.")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"`k` must be an int >= 1, got {k!r}.")
+    if data.n_obs == 0:
+        raise ValueError("adata: no spots (n_obs = 0); a hypergraph needs at least `k` spots.")
+    if not np.isfinite(coords).all():
+        raise ValueError(f"adata.obsm[{spatial_key!r}] (argument `spatial_key`) holds NaN or infinite coordinates.")
+    if not np.isfinite(feats_all.data if sp.issparse(feats_all) else np.asarray(feats_all, dtype=float)).all():
+        raise ValueError(f"Features {use_rep!r} (argument `use_rep`) hold NaN or infinite values.")
 
     sections = _sections(data, library_key)
     for name, idx in sections:

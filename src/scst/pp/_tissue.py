@@ -151,7 +151,7 @@ def _pick_level(el, scale, um_per_px, target_um_per_px):
         f = h0 / arr.shape[-2]
         # A single-scale image: downsample on the fly (dask streams it) to the target resolution.
         if len(levels) == 1 and um_per_px:
-            k = int(target_um_per_px // um_per_px)
+            k = min(int(target_um_per_px // um_per_px), h0, w0)  # never coarsen a small image to nothing
             if k >= 2:
                 arr = full.coarsen(y=k, x=k, boundary="trim").mean()
                 fy, fx = h0 / arr.shape[-2], w0 / arr.shape[-1]
@@ -376,6 +376,8 @@ def _to_float_cf(a: np.ndarray) -> np.ndarray:
     if np.issubdtype(a.dtype, np.integer):
         return a.astype(np.float32) / float(np.iinfo(a.dtype).max)
     a = a.astype(np.float32)
+    if a.size and not np.isfinite(a).all():
+        raise ValueError("tiles: float tiles hold NaN or infinite values; expected values in [0, 1].")
     if a.size and (a.min() < -1e-6 or a.max() > 1 + 1e-6):
         raise ValueError("tiles: float tiles must lie in [0, 1] (un-normalised); got values outside.")
     return a
