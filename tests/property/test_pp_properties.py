@@ -45,7 +45,8 @@ def tables(draw, max_obs=12, max_vars=6, damage=X_DAMAGE):
     if n > 1 and draw(st.booleans()):
         names[-1] = names[0]
         kind = kind or "duplicate_obs"
-    obs = pd.DataFrame({"section": pd.Categorical(sec)}, index=names)
+    cats = sorted(set(sec)) + (["empty"] if draw(st.booleans()) else [])  # maybe a section without spots
+    obs = pd.DataFrame({"section": pd.Categorical(sec, categories=cats)}, index=names)
     a = ad.AnnData(sparse.csr_matrix(X) if draw(st.booleans()) else X, obs=obs,
                    var=pd.DataFrame(index=[f"G{j}" for j in range(g)]))  # fmt: skip
     a.obsm["spatial"] = rng.uniform(0, 100, size=(n, 2))
@@ -59,16 +60,22 @@ def _bad_values(kind) -> bool:
 
 # ------------------------------------------------------------------------------------------------ select_genes
 @FAST
-@given(case=tables(), n_top=st.integers(1, 8), min_fraction=st.floats(0.0, 1.0), by_section=st.booleans())
-def test_select_genes(case, n_top, min_fraction, by_section, contract):
+@given(case=tables(), n_top=st.integers(1, 8), min_fraction=st.floats(0.0, 1.0), by_section=st.booleans(),
+       all_sections=st.booleans())  # fmt: skip
+def test_select_genes(case, n_top, min_fraction, by_section, all_sections, contract):
     a, kind = case
-    res = contract(
-        f"select_genes: {kind or 'valid'}{' (0 spots)' if a.n_obs == 0 else ''}",
-        lambda: scst.pp.select_genes(a, n_top, min_fraction, library_key="section" if by_section else None,
-                                     copy=True),  # fmt: skip
-        "counts", "adata", "n_top", "min_fraction",
-        expect_error=kind in ("nan", "inf", "negative") or a.n_obs == 0,
-    )  # fmt: skip
+    # sections=: every category, including an empty one when there is one (nothing to choose the panel from)
+    chosen = list(a.obs["section"].cat.categories) if by_section and all_sections else None
+    empty_chosen = chosen is not None and "empty" in chosen
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # sections without a variable gene: tested in test_regressions
+        res = contract(
+            f"select_genes: {kind or 'valid'}{' (0 spots)' if a.n_obs == 0 else ''}",
+            lambda: scst.pp.select_genes(a, n_top, min_fraction, library_key="section" if by_section else None,
+                                         sections=chosen, copy=True),  # fmt: skip
+            "counts", "adata", "n_top", "min_fraction", "sections",
+            expect_error=kind in ("nan", "inf", "negative") or a.n_obs == 0 or empty_chosen,
+        )  # fmt: skip
     if res is None:
         return
     X = a.X.toarray() if sparse.issparse(a.X) else a.X

@@ -182,3 +182,21 @@ def test_patch_centre_on_the_far_image_edge_is_outside():
         scst.pp.SpotPatchDataset.from_arrays({"S": img}, [[5.0, 2.0]], [0], None, **kw)
     ds = scst.pp.SpotPatchDataset.from_arrays({"S": img}, [[4.99, 2.0]], [0], None, **kw)
     np.testing.assert_array_equal(ds.window(0)[:, 0, 0], img[:, 2, 4])  # the last pixel of row 2
+
+
+def test_cell_graph_with_an_empty_section():
+    # Section "B" is a category without cells; before: scikit-learn's "Found array with 0 sample(s)" from squidpy.
+    a = _table([[1.0], [2.0], [3.0]], xy=[[0.0, 0.0], [3.0, 0.0], [10.0, 0.0]])
+    a.obs["section"] = pd.Categorical(["A", "A", "A"], categories=["A", "B"])
+    scst.pp.cell_graph(a, radius=5.0)
+    assert a.obsp["spatial_connectivities"].toarray().astype(bool).tolist() == [
+        [False, True, False],
+        [True, False, False],
+        [False, False, False],
+    ]
+
+
+def test_gene_groups_fallback_refuses_infinite_counts():
+    a = _table([[1.0, 2.0, 3.0], [2.0, np.inf, 1.0], [0.0, 1.0, 2.0]])
+    with pytest.raises(ValueError, match="adata: NaN or infinite"):  # before: inf × 0 = NaN correlations
+        scst.pp.gene_groups(a, None, n_groups=2)

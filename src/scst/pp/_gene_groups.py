@@ -71,6 +71,9 @@ def _log_expression(adata: AnnData, genes: list[str], layer: str | None) -> np.n
     full = adata.X if layer is None else adata.layers[layer]
     X = full[:, adata.var_names.get_indexer(genes)]
     X = X.toarray() if sparse.issparse(X) else np.asarray(X)
+    full_vals = full.data if sparse.issparse(full) else np.asarray(full)
+    if not np.isfinite(full_vals).all():  # library sizes run over all genes
+        raise ValueError("adata: NaN or infinite expression values; the kNN co-expression fallback needs finite ones.")
     if X.size and X.min() >= 0 and np.allclose(X, np.round(X)):  # raw counts → scst's log1p(normalize_total(1e4))
         return log_normalize_counts(X, np.asarray(full.sum(axis=1)).ravel()).astype(np.float64)
     return X.astype(np.float64)
@@ -86,8 +89,6 @@ def _knn_coexpression(adata: AnnData, genes: list[str], layer: str | None, k: in
             "spot(s), need at least 2 (or pass a network)."
         )
     X = _log_expression(adata, genes, layer)
-    if not np.isfinite(X).all():
-        raise ValueError("adata: NaN or infinite expression values; the kNN co-expression fallback needs finite ones.")
     sd = X.std(0)
     Z = (X - X.mean(0)) / np.where(sd > 0, sd, 1.0)
     corr = Z.T @ Z / max(len(X), 1)

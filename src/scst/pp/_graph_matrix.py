@@ -236,6 +236,11 @@ def cell_graph(
         _check_key(adata.obs, library_key, "adata.obs (library_key)")
     if library_key is not None and not isinstance(adata.obs[library_key].dtype, pd.CategoricalDtype):
         adata.obs[library_key] = adata.obs[library_key].astype("category")
+    if library_key is not None and adata.obs[library_key].isna().any():
+        raise ValueError(f"adata.obs[{library_key!r}] (argument `library_key`) has missing values.")
+    if library_key is not None and len(adata.obs[library_key].cat.categories) > adata.obs[library_key].nunique():
+        # squidpy builds a graph per category: an empty one fails inside scikit-learn
+        adata.obs[library_key] = adata.obs[library_key].cat.remove_unused_categories()
     if grid:
         if spatial_key is None:
             spatial_key = "spatial_array"
