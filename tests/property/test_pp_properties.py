@@ -251,41 +251,47 @@ def test_spot_patches_from_arrays(case, contract):
             assert win.max() == 255  # white padding (the image never reaches 255)
 
 
-def _section(h, w, xy, upp=1.0, n_genes=2):
+def _section(h, w, xy, upp=1.0, n_genes=2, duplicate=False):
     rng = np.random.default_rng(0)
     img = Image2DModel.parse(rng.integers(0, 200, (3, h, w), dtype=np.uint8), dims=("c", "y", "x"),
                              transformations={"S": Identity()})  # fmt: skip
     n = len(xy)
     t = ad.AnnData(sparse.csr_matrix(rng.poisson(3, (n, n_genes)).astype(np.int32)),
-                   obs=pd.DataFrame({"section": pd.Categorical(["S"] * n)}, index=[f"S_{i}" for i in range(n)]),
+                   obs=pd.DataFrame({"section": pd.Categorical(["S"] * n)},
+                                    index=[f"S_{min(i, 1) if duplicate else i}" for i in range(n)]),
                    var=pd.DataFrame(index=[f"G{j}" for j in range(n_genes)]))  # fmt: skip
     t.obsm["spatial"] = np.asarray(xy, float)
     t.uns["scst"] = {"sections": {"S": {"image_key": "S_image", "um_per_px": upp, "coordinate_system": "S"}}}
     return SpatialData(images={"S_image": img}, tables={"table": t})
 
 
-@SLOW
+@settings(SLOW, max_examples=60)
 @given(h=SIDES, w=SIDES, n=N_SPOTS, size_um=st.sampled_from([1.0, 4.0, 30.0]),
-       seed=st.integers(0, 100), n_genes=st.integers(0, 2))  # fmt: skip
-def test_extract_patches_and_to_mudata(h, w, n, size_um, seed, n_genes, contract):
+       seed=st.integers(0, 100), n_genes=st.integers(0, 2), duplicate=st.booleans(), by_name=st.booleans())  # fmt: skip
+def test_extract_patches_and_to_mudata(h, w, n, size_um, seed, n_genes, duplicate, by_name, contract):
     xy = np.random.default_rng(seed).uniform(0, 1, (n, 2)) * [w, h]
-    sd = _section(h, w, xy, n_genes=n_genes)
+    sd = _section(h, w, xy, n_genes=n_genes, duplicate=duplicate)
+    dup = duplicate and n > 2
+    names = list(sd.tables["table"].obs_names) if by_name else None
     too_big = round(size_um) > min(h, w)
+    what = (
+        "0 spots" if n == 0 else "patch larger than the image" if too_big else "duplicate obs names" if dup else "valid"
+    )
     res = contract(
-        f"extract_patches: {'0 spots' if n == 0 else 'patch larger than the image' if too_big else 'valid'}",
-        lambda: scst.pp.extract_patches(sd, size_um=size_um),
+        f"extract_patches: {what}",
+        lambda: scst.pp.extract_patches(sd, size_um=size_um, obs_subset=names),
         "spots", "size_um", "patch", "obs_subset",
-        expect_error=n == 0 or too_big,
+        expect_error=n == 0 or too_big or (dup and by_name),
     )  # fmt: skip
     if res is not None:
         s = int(round(size_um))
         assert res["patches"].shape == (n, 3, s, s) and res["patches"].dtype == np.uint8
         assert res["counts"].shape == (n, n_genes) if n_genes else "counts" not in res
     md = contract(
-        f"to_mudata: {'0 spots' if n == 0 else 'patch larger than the image' if too_big else 'valid'}",
+        f"to_mudata: {what}",
         lambda: scst.pp.to_mudata(sd, size_um=size_um, group_keys=("section",)),
-        "spots", "size_um", "patch", "obs_subset", "genes",
-        expect_error=n == 0 or too_big or n_genes == 0,
+        "spots", "size_um", "patch", "obs_subset", "genes", "obs names",
+        expect_error=n == 0 or too_big or n_genes == 0 or dup,
     )  # fmt: skip
     if md is not None:
         assert md["rna"].n_obs == md["image"].n_obs == n

@@ -200,3 +200,19 @@ def test_gene_groups_fallback_refuses_infinite_counts():
     a = _table([[1.0, 2.0, 3.0], [2.0, np.inf, 1.0], [0.0, 1.0, 2.0]])
     with pytest.raises(ValueError, match="adata: NaN or infinite"):  # before: inf × 0 = NaN correlations
         scst.pp.gene_groups(a, None, n_groups=2)
+
+
+def test_patch_subsets_by_name_and_to_mudata_need_unique_obs_names():
+    img = Image2DModel.parse(np.zeros((3, 20, 20), np.uint8), dims=("c", "y", "x"), transformations={"S": Identity()})
+    t = ad.AnnData(
+        np.ones((3, 2), np.float32), obs=pd.DataFrame({"section": pd.Categorical(["S"] * 3)}, index=list("aab"))
+    )
+    t.obsm["spatial"] = np.array([[5.0, 5], [10, 10], [15, 15]])
+    t.uns["scst"] = {"sections": {"S": {"image_key": "S_image", "um_per_px": 1.0, "coordinate_system": "S"}}}
+    sd = SpatialData(images={"S_image": img}, tables={"table": t})
+    # Before: pandas' InvalidIndexError ("Reindexing only valid with uniquely valued Index objects").
+    with pytest.raises(ValueError, match="obs_subset: obs names are not unique"):
+        scst.pp.SpotPatchDataset(sd, obs_subset=["b"], size_px=4)
+    assert len(scst.pp.SpotPatchDataset(sd, obs_subset=[2], size_px=4)) == 1  # positions stay fine
+    with pytest.raises(ValueError, match=r"duplicate obs names, e.g. \['a'\]"):  # before: an ambiguous link
+        scst.pp.to_mudata(sd, size_px=4, group_keys=("section",))

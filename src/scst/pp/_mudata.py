@@ -124,6 +124,12 @@ def to_mudata(
     from ._patches import SpotPatchDataset
 
     adata = _get_table(sdata, table)
+    if not adata.obs_names.is_unique:
+        dup = adata.obs_names[adata.obs_names.duplicated()].unique()[:3].tolist()
+        raise ValueError(
+            f"sdata.tables[{table!r}]: duplicate obs names, e.g. {dup}; each spot links its patch to its RNA sample "
+            "by name (call obs_names_make_unique())."
+        )
     _check_key(adata.obs, SECTION_KEY, f"sdata.tables[{table!r}].obs")
     for k in group_keys:
         _check_key(adata.obs, k, f"sdata.tables[{table!r}].obs (group_keys)")

@@ -788,6 +788,11 @@ def _resolve_obs_subset(adata, obs_subset) -> np.ndarray:
         if sub.size and (sub.min() < -n or sub.max() >= n):
             raise IndexError(f"obs_subset: integer positions must lie in [0, {n}).")
         return np.asarray(sub, dtype=np.int64) % n
+    if not adata.obs_names.is_unique:
+        raise ValueError(
+            "obs_subset: obs names are not unique, so names are ambiguous; pass a boolean mask or integer positions "
+            "(or call adata.obs_names_make_unique())."
+        )
     idx = adata.obs_names.get_indexer(sub.astype(str))
     if (idx < 0).any():
         raise KeyError(f"obs_subset: obs names {sub[idx < 0][:5].tolist()} not in the table.")
