@@ -122,6 +122,7 @@ class _SectionPatches:
         arr = np.empty((self.n, self.ds.n_channels, self.ds.out_px, self.ds.out_px), dtype=np.uint8)
         for i in self.ds.locality_order():
             arr[i] = self.ds.patch_uint8(int(i))
+        self.ds.clear_cache()  # the patches are in memory now: free the decoded zarr chunks (up to 512 MB)
         return arr
 
     def _load(self) -> np.ndarray:
