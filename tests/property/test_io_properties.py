@@ -22,7 +22,7 @@ from spatialdata import SpatialData
 from spatialdata.models import Image2DModel, ShapesModel, TableModel
 from spatialdata.transformations import Identity
 
-from scst.io import read_st, register_sections
+from scst.io import concatenate_sections, read_st, register_sections
 
 SETTINGS = settings(max_examples=50, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
@@ -188,3 +188,41 @@ def test_register_sections_random_circles(case, diameter_um, contract):
     assert list(t.obs["section"].unique()) == ["V1"]
     if with_array:
         np.testing.assert_array_equal(t.obsm["spatial_array"], t.obs[["array_col", "array_row"]].to_numpy())
+
+
+# ------------------------------------------------------------------------------------------------ concatenate
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    panels=st.lists(st.sets(st.sampled_from(["A", "B", "C", "D"]), min_size=1), min_size=0, max_size=3),
+    join=st.sampled_from(["inner", "outer", "left"]),
+    repeat=st.booleans(),
+    seed=st.integers(0, 100),
+)
+def test_concatenate_sections_random_panels(panels, join, repeat, seed, contract):
+    rng = np.random.default_rng(seed)
+    spots = pd.DataFrame(
+        {"x": [1, 2, 1, 2], "y": [1, 1, 2, 2], "pixel_x": [10.0, 30, 10, 30], "pixel_y": [5.0, 5, 25, 25]}
+    )
+    ids = ["1x1", "2x1", "1x2", "2x2"]
+    tables, parts = [], []
+    for i, genes in enumerate(panels):
+        counts = pd.DataFrame(rng.integers(0, 9, (4, len(genes))), index=ids, columns=sorted(genes))
+        parts.append(read_st(counts, spots, None, sample=f"S{0 if repeat else i}", um_per_px=1.0 + i))
+        tables.append(counts)
+    dup = repeat and len(panels) > 1
+    res = contract(
+        f"concatenate_sections: {'no section' if not panels else 'repeated section' if dup else join}",
+        lambda: concatenate_sections(parts, join=join),
+        "sdatas", "join",
+        expect_error=not panels or dup or join == "left",
+    )  # fmt: skip
+    if res is None:
+        return
+    t = res.tables["table"]
+    genes = set.intersection(*panels) if join == "inner" else set.union(*panels)
+    assert set(t.var_names) == genes and t.n_obs == 4 * len(panels)
+    for i, counts in enumerate(tables):  # known answer: each spot keeps its counts; genes not measured are 0
+        sub = t[t.obs["section"] == f"S{i}"]
+        want = counts.reindex(columns=list(sub.var_names), fill_value=0).to_numpy()
+        np.testing.assert_array_equal(sub.X.toarray(), want)
+    assert set(t.uns["scst"]["sections"]) == {f"S{i}" for i in range(len(panels))}

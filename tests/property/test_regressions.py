@@ -216,3 +216,15 @@ def test_patch_subsets_by_name_and_to_mudata_need_unique_obs_names():
     assert len(scst.pp.SpotPatchDataset(sd, obs_subset=[2], size_px=4)) == 1  # positions stay fine
     with pytest.raises(ValueError, match=r"duplicate obs names, e.g. \['a'\]"):  # before: an ambiguous link
         scst.pp.to_mudata(sd, size_px=4, group_keys=("section",))
+
+
+def test_concatenate_sections_without_a_common_gene_warns():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = read_st(COUNTS[["A"]], SPOTS, None, sample="S1", um_per_px=1.0)
+        b = read_st(COUNTS[["B"]], SPOTS, None, sample="S2", um_per_px=1.0)
+    with pytest.warns(UserWarning, match="no gene is measured in every section"):  # before: 0 genes, silently
+        t = scst.io.concatenate_sections([a, b]).tables["table"]
+    assert t.shape == (8, 0)
+    outer = scst.io.concatenate_sections([a, b], join="outer").tables["table"]
+    assert sorted(outer.var_names) == ["A", "B"] and outer[:4, "A"].X.toarray().ravel().tolist() == [0, 1, 5, 0]

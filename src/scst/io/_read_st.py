@@ -336,6 +336,13 @@ def concatenate_sections(sdatas: Sequence[SpatialData] | Mapping[str, SpatialDat
         images.update(s.images)
         shapes.update(s.shapes)
     adata = ad.concat(tables, join=join, merge="same", fill_value=0)
+    if adata.n_vars == 0 and any(t.n_vars for t in tables):
+        warnings.warn(
+            "concatenate_sections: no gene is measured in every section, so join='inner' keeps no gene; check the "
+            "gene names (symbols vs ids) or pass join='outer'.",
+            UserWarning,
+            stacklevel=2,
+        )
     adata.X = sparse.csr_matrix(adata.X, dtype=np.int32)
     adata.obs[SECTION_KEY] = pd.Categorical(adata.obs[SECTION_KEY].astype(str), categories=list(sections))
     adata.obs[REGION_KEY] = pd.Categorical(adata.obs[REGION_KEY].astype(str))
