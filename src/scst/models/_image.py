@@ -166,7 +166,7 @@ def _input_on(patches: torch.Tensor, opts: Any) -> torch.Tensor:
     The uint8 batch is moved first (a quarter of the bytes of float32), then converted on the device.
     """
     x = opts.to_device(patches).float().div_(255.0)
-    return (x - _MEAN.to(x.device)) / _STD.to(x.device)
+    return x.sub_(_MEAN.to(x.device)).div_(_STD.to(x.device))  # in place: the same operations, no temporaries
 
 
 def _dihedral(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
