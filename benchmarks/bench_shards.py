@@ -128,8 +128,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
         lines.append(
             f"| {r['mode']} | {r['wall_s']:.1f} | {n_spots / r['wall_s']:.0f} | {start} | {base / r['wall_s']:.2f}× |"
         )
-    lines += ["", "Per-shard task time (s: model load + read + features + predict + write; `predict_expression` "
-              "alone in brackets):", "", "| section | spots | " + " | ".join(per_shard) + " |",
+    lines += ["", "Per-shard task time (s: model load + read + features + predict, not the write of the shard "
+              "store; `predict_expression` alone in brackets):", "",
+              "| section | spots | " + " | ".join(per_shard) + " |",
               "|---|---:|" + "---:|" * len(per_shard)]  # fmt: skip
     for i, s in enumerate(SECTIONS):
         cells = [f"{v[i]['seconds']:.1f} ({v[i]['predict_seconds']:.1f})" for v in per_shard.values()]

@@ -195,8 +195,9 @@ class ShardPredictor:
 
         obs = pred.obs.copy()
         obs[SHARD_KEY] = name
+        values = pred.layers["predicted"] if "predicted" in pred.layers else pred.X
         tab = ad.AnnData(
-            X=_dense(pred.layers["predicted"]), obs=obs, var=pd.DataFrame(index=pred.var_names.copy()),
+            X=_dense(values), obs=obs, var=pd.DataFrame(index=pred.var_names.copy()),
             obsm={k: np.asarray(pred.obsm[k]) for k in _OBSM_KEPT if k in pred.obsm},
             uns={UNS_KEY: {"sections": dict(pred.uns.get(UNS_KEY, {}).get("sections", {}))}},
         )  # fmt: skip
@@ -373,8 +374,9 @@ def predict_shards(
     Returns
     -------
     Per-shard report, one row per shard in the order given: ``shard``, ``source``, ``sections``, ``n_spots``,
-    ``model``, ``predict_seconds`` (:func:`~scst.tl.predict_expression` alone), ``seconds`` (the whole task:
-    model load, read, predict, write) and ``worker``; also stored as JSON in ``uns["scst_shards"]`` of the table.
+    ``model``, ``predict_seconds`` (:func:`~scst.tl.predict_expression` alone), ``seconds`` (the task up to
+    the write of its shard store: model load, read, features, predict) and ``worker``; also stored as JSON in
+    ``uns["scst_shards"]`` of the table.
     """
     out = _check_out(out, overwrite)
     sources = _normalize_shards(shards)
