@@ -105,9 +105,8 @@ def select_genes(
         # 2 spots, no gene varying, or the varying genes tied within their mean bins. Such a section has no HVG.
         # (scanpy takes the log of zero dispersions, and of ones rounded below zero, and masks them itself.)
         with np.errstate(divide="ignore", invalid="ignore"):
-            if sub.n_obs < 2 or sc.pp.highly_variable_genes(sub, flavor="seurat", inplace=False)[
-                "dispersions_norm"
-            ].isna().all():
+            disp = sc.pp.highly_variable_genes(sub, flavor="seurat", inplace=False) if sub.n_obs >= 2 else None
+            if disp is None or disp["dispersions_norm"].isna().all():
                 flat.append(str(g))
                 continue
             res = sc.pp.highly_variable_genes(sub, n_top_genes=min(n_top, adata.n_vars), flavor="seurat",
