@@ -135,7 +135,12 @@ def run(args: argparse.Namespace, work: Path) -> None:
     for i, s in enumerate(SECTIONS):
         cells = [f"{v[i]['seconds']:.1f} ({v[i]['predict_seconds']:.1f})" for v in per_shard.values()]
         lines.append(f"| {s} | {per_shard['serial'][i]['n_spots']} | " + " | ".join(cells) + " |")
+    mean_task = {k: float(np.mean([r["seconds"] for r in v])) for k, v in per_shard.items()}
     lines += [
+        "",
+        "Mean task time: " + ", ".join(f"{k} {v:.1f} s" for k, v in mean_task.items()) + ". A task took longer in a "
+        "dask worker than in the serial loop on these shared cores; the cause (contention with the other jobs, the "
+        "worker's own threads) was not isolated here.",
         "",
         "Merged tables identical (values and spot order) to the serial run: "
         + ", ".join(f"{k}: {'yes' if v else '**no**'}" for k, v in identical.items() if k != "serial")
@@ -152,8 +157,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
         "worker) puts each worker's model on its GPU; untested here.",
     ]
     raw = {
-        "rows": rows, "per_shard": per_shard, "identical_to_serial": identical, "n_spots": int(n_spots),
-        "n_genes": int(ref.n_vars), "load_before": load_before, "load_after": load_after,
+        "rows": rows, "per_shard": per_shard, "mean_task_s": mean_task, "identical_to_serial": identical,
+        "n_spots": int(n_spots), "n_genes": int(ref.n_vars), "load_before": load_before, "load_after": load_after,
     }  # fmt: skip
     write_page(OUT, lines, COMMAND, json.loads(json.dumps(raw, default=float)))
 
