@@ -354,7 +354,9 @@ def report(args: argparse.Namespace) -> None:
                 f"ligand median {_fmt(r['ligand_auroc_median'], 2)}"
                 for k, r in dm.iterrows()
             )  # fmt: skip
-            + f" ({int(dm['n_pos'].iloc[0])} test pairs; {d['wall_s'].iloc[0]:.0f} s)."
+            + f" ({int(dm['n_pos'].iloc[0])} test pairs; {d['wall_s'].iloc[0]:.0f} s). Spatial Pearson is 0.5 by "
+            "construction here (undirected graph); with non-spatial controls on the same folds (diagonal GCNG, "
+            "per-gene classifiers; [ligrec_her2st.md](ligrec_her2st.md)) the direction signal is not spatial."
         )
     if (RESULTS / "function_C2.csv").exists():
         f = pd.read_csv(RESULTS / "function_C2.csv")

@@ -75,12 +75,27 @@ CANDIDATES = {
     "former bench_config (4 epochs, patience 2)": {},
     "20 epochs, batch 16": {"max_epochs": 20, "patience": 20, "batch_size": 16},
     "40 epochs, batch 16": {"max_epochs": 40, "patience": 40, "batch_size": 16},
+    # Without an early-stopping split the last epoch's weights are kept (no checkpoint on a chance-level
+    # validation accuracy, which restores an early epoch).
+    "40 epochs, batch 16, no early-stopping split": {
+        "max_epochs": 40,
+        "patience": 40,
+        "batch_size": 16,
+        "_train": {"validation": None},
+    },
+    "dense 128, 40 epochs, no early-stopping split": {
+        "max_epochs": 40,
+        "patience": 40,
+        "dense_units": 128,
+        "_train": {"validation": None},
+    },
 }
 #: Exploratory runs before this script (C2, training pairs of folds 0-2 / 0-1, logs in the results folder).
 EXPLORED = {
     "10 epochs, lr 1e-3 (folds 0-2)": (0.526, 0.527),
     "20 epochs, lr 1e-3 (folds 0-2)": (0.577, 0.551),
     "dense 128, 10 epochs, lr 1e-3 (folds 0-2)": (0.567, 0.555),
+    "dense 128, 20 epochs, lr 1e-3 (folds 0-2)": (0.606, 0.577),
     "dense 128, 20 epochs, lr 1e-3, no early-stopping split (folds 0-1)": (0.555, float("nan")),
     "20 epochs, lr 3e-3, batch 16 (folds 0-1)": (0.501, 0.501),
 }
@@ -99,8 +114,12 @@ def _setup(threads: int) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _cfg(over: dict) -> dict:
+    return {k: v for k, v in over.items() if k != "_train"}
+
+
 def _cost(over: dict) -> float:
-    c = {**FORMER_BENCH, **over}
+    c = {**FORMER_BENCH, **_cfg(over)}
     return c["max_epochs"] * (1 + c["dense_units"] / 32)
 
 
@@ -147,13 +166,12 @@ def _save(df: pd.DataFrame | list, name: str) -> None:
     tmp.replace(RESULTS / name)
 
 
-def _cv(sub, folds, methods, config, args, **kw):
+def _cv(sub, folds, methods, config, args, **train):
     from scst.tl._ligrec_cv import ligrec_cv
 
     w = time.time()
-    p = ligrec_cv(
-        sub, folds=folds, methods=methods, config=config, train_kwargs={"accelerator": args.accelerator}, seed=0, **kw
-    )
+    kw = {"accelerator": args.accelerator, **train}
+    p = ligrec_cv(sub, folds=folds, methods=methods, config=config, train_kwargs=kw, seed=0)
     return p, p.attrs["fit"], time.time() - w
 
 
@@ -161,9 +179,15 @@ def _cv(sub, folds, methods, config, args, **kw):
 def stage_select(data: Data, args) -> None:
     sub = data.section("C2")
     folds = [data.folds[k] for k in SELECT_FOLDS]
-    rows = []
-    for name, over in CANDIDATES.items():
-        _, fit, wall = _cv(sub, folds, {name: {"method": "gcng", "kind": "autocrine+"}}, {**FORMER_BENCH, **over}, args)
+    rows, names = [], list(CANDIDATES)
+    if args.candidates:  # add candidates to a previous selection run
+        names = args.candidates
+        if (RESULTS / "select.csv").exists():
+            rows = [r for r in pd.read_csv(RESULTS / "select.csv").to_dict("records") if r["candidate"] not in names]
+    for name in names:
+        over = CANDIDATES[name]
+        methods = {name: {"method": "gcng", "kind": "autocrine+"}}
+        _, fit, wall = _cv(sub, folds, methods, {**FORMER_BENCH, **_cfg(over)}, args, **over.get("_train", {}))
         rows += fit.assign(candidate=name, wall_s=wall / len(folds)).to_dict("records")
         print(
             f"select {name:<45} train {fit['train_auroc'].mean():.3f} val {fit['val_auroc'].mean():.3f} ({wall:.0f} s)",
@@ -172,7 +196,7 @@ def stage_select(data: Data, args) -> None:
         _save(rows, "select.csv")
     chosen = choose(pd.DataFrame(rows))
     (RESULTS / "selected.json").write_text(
-        json.dumps({"candidate": chosen, "config": {**FORMER_BENCH, **CANDIDATES[chosen]}}, indent=1)
+        json.dumps({"candidate": chosen, "config": {**FORMER_BENCH, **_cfg(CANDIDATES[chosen])}}, indent=1)
     )
 
 
@@ -187,11 +211,14 @@ def _selected(default: dict, wait: bool) -> dict:
 
 
 def choose(sel: pd.DataFrame) -> str:
-    """The cheapest candidate with mean training AUROC >= FIT_TARGET (ties: higher validation AUROC)."""
+    """The cheapest candidate with mean training AUROC >= FIT_TARGET (ties: higher validation AUROC).
+
+    When none reaches the target, the cheapest candidate (a costlier config that does not fit either buys nothing).
+    """
     m = sel.groupby("candidate")[["train_auroc", "val_auroc"]].mean()
     ok = m[m["train_auroc"] >= FIT_TARGET]
     if ok.empty:
-        return str(m["train_auroc"].idxmax())
+        return str(min(m.index, key=lambda c: _cost(CANDIDATES[c])))
     ok = ok.assign(cost=[_cost(CANDIDATES[c]) for c in ok.index])
     return str(ok.sort_values(["cost", "val_auroc"], ascending=[True, False]).index[0])
 
@@ -439,6 +466,7 @@ def stage_main(data: Data, args, config: dict) -> None:
     # GCNG last (the costly part): the variant sections first, then the others.
     order = [s for s in args.variant_sections if s in args.gcng_sections]
     order += [s for s in args.gcng_sections if s not in order]
+    order = [s for s in order if s in args.variant_sections] if args.controls_only else order
     for section in order:
         sub = data.section(section)
         # GCNG, cross-fitted, with 20 inference-time shuffled-position draws.
@@ -449,7 +477,7 @@ def stage_main(data: Data, args, config: dict) -> None:
             if args.with_chosen:  # a 10-fold CV at the selected config (costly on CPU: off by default)
                 config = _selected(config, wait="select" not in args.stages)
                 runs += [("GCNG autocrine+", "autocrine+", config)] if config != FORMER_BENCH else []
-        for name, kind, cfg in runs:
+        for name, kind, cfg in [] if args.controls_only else runs:
             n_null = N_DRAWS if kind != "diagonal" and variant else 0  # inference-time shuffles on the variant sections
             p, fit, nul, wall = _gcng_cv(sub, data.folds, kind, cfg, args, name, n_null)
             preds.append(p.assign(section=section))
@@ -472,7 +500,7 @@ def stage_main(data: Data, args, config: dict) -> None:
             flush()
         # GCNG retrained controls (few draws: each is a full 10-fold CV).
         if section in args.variant_sections:
-            for d in range(args.gcng_control_draws):
+            for d in range(args.gcng_control_start, args.gcng_control_draws):
                 for control, kw in (
                     ("permuted labels", {"folds": draws[d]}),
                     ("shuffled positions (retrained)", {"shuffle_graph_seed": 100 + d}),
@@ -512,8 +540,11 @@ def stage_paper(data: Data, args) -> None:
     folds = [data.folds[k] for k in args.paper_folds]
     rows = []
     for fold in folds:
-        p, fit, _, wall = _gcng_cv(sub, [fold], "autocrine+", dict(GCNG._default_config), args, "GCNG paper", 0)
-        rows += fit.assign(wall_s=wall, section="C2").to_dict("records")
+        cfg = dict(GCNG._default_config)
+        if args.paper_epochs:  # a timing run: fewer epochs than the paper's 100 (the page says so)
+            cfg.update(max_epochs=args.paper_epochs, patience=args.paper_epochs)
+        p, fit, _, wall = _gcng_cv(sub, [fold], "autocrine+", cfg, args, "GCNG paper", 0)
+        rows += fit.assign(wall_s=wall, section="C2", max_epochs=cfg["max_epochs"]).to_dict("records")
         _save(rows, "paper_fit.csv")
         print(
             f"paper fold {fold.fold}: train {rows[-1]['train_auroc']:.3f} test {rows[-1]['test_auroc']:.3f} "
@@ -560,6 +591,14 @@ def report(args) -> None:
     from scst.models._gcng import GCNG
 
     info = json.loads((RESULTS / "info.json").read_text()) if (RESULTS / "info.json").exists() else {}
+    same = {k: GCNG.bench_config.get(k) for k in FORMER_BENCH} == FORMER_BENCH
+
+    def read(name: str) -> pd.DataFrame:  # method names: "former bench_config" is bench_config when unchanged
+        df = pd.read_csv(RESULTS / name)
+        if same and "method" in df:
+            df["method"] = df["method"].str.replace(", former bench_config", " (`bench_config`)", regex=False)
+        return df
+
     raw: dict = {"info": info}
     lines = [
         "# Ligand–receptor methods on HER2+ ST: same folds, controls as distributions",
@@ -593,15 +632,16 @@ def report(args) -> None:
             wall=("wall_s", "mean"),
         )
         cur = {k: GCNG.bench_config.get(k) for k in FORMER_BENCH}
-        match = cur == {**FORMER_BENCH, **CANDIDATES[chosen]}
+        match = cur == {**FORMER_BENCH, **_cfg(CANDIDATES[chosen])}
         lines += [
             "## 1. Does GCNG fit its training pairs? (choice of `bench_config`)",
             "",
             f"Autocrine+ GCNG on C2, the training pairs of folds {list(SELECT_FOLDS)} (interaction task, "
             "expression-matched negatives). 'train' = AUROC on the pairs the network was fit on, 'validation' = "
             "its early-stopping split (20 % of the training ligands); both come from the training genes only. "
-            f"Rule (fixed before the run): the cheapest candidate with mean training AUROC ≥ {FIT_TARGET}, ties "
-            "to the higher validation AUROC. The test AUROC (held-out genes) is shown but was not used.",
+            f"Rule: the cheapest candidate with mean training AUROC ≥ {FIT_TARGET}, ties to the higher validation "
+            "AUROC; if none reaches it, the cheapest (this fallback was added after seeing that none does). The "
+            "test AUROC (held-out genes) is shown but was not used.",
             "",
             "| candidate | train AUROC (mean ± sd) | validation AUROC | epochs run | test AUROC (not used) | "
             "wall / fit (s) |",
@@ -619,19 +659,29 @@ def report(args) -> None:
             + ("the chosen candidate." if match else "**not** the chosen candidate (rerun after updating it)."),
             "",
         ]
+        reached = bool((m["train"] >= FIT_TARGET).any())
+        lines += [
+            f"Target (training AUROC ≥ {FIT_TARGET}) **{'reached' if reached else 'not reached'}** on HER2+. Also "
+            "tried in exploratory runs before this script (same C2 training pairs; mean train / validation AUROC): "
+            + "; ".join(f"{k}: {_f(a)} / {_f(b)}" for k, (a, b) in EXPLORED.items())
+            + ". On the *direction* task (C2 alone, folds 0–2) the same network does fit at 20 epochs (train "
+            "AUROC 0.87–0.89, dense 128: 0.88–0.93; `explore_probes.txt`): HER2+ interaction labels are what it "
+            "cannot fit, not the optimiser.",
+            "",
+        ]
         raw["select"] = m.reset_index().to_dict("records")
         raw["chosen"] = chosen
     # --- direction
     if (RESULTS / "direction.csv.gz").exists():
-        d = pd.read_csv(RESULTS / "direction.csv.gz")
+        d = read("direction.csv.gz")
         ds = _fold_stats(d)
         from scst.tl._ligrec_cv import ligrec_metrics
 
         ci = ligrec_metrics(d, by=["section", "method"], n_boot=1000, seed=0).set_index(["section", "method"])
         ds["auroc_lo"] = [ci.loc[(a, b), "auroc_lo"] for a, b in zip(ds["section"], ds["method"])]
         ds["auroc_hi"] = [ci.loc[(a, b), "auroc_hi"] for a, b in zip(ds["section"], ds["method"])]
-        dfit = pd.read_csv(RESULTS / "direction_fit.csv") if (RESULTS / "direction_fit.csv").exists() else None
-        dt = pd.read_csv(RESULTS / "direction_timing.csv")
+        dfit = read("direction_fit.csv") if (RESULTS / "direction_fit.csv").exists() else None
+        dt = read("direction_timing.csv")
         lines += [
             "## 2. Direction: does GCNG learn which gene is the ligand?",
             "",
@@ -659,10 +709,10 @@ def report(args) -> None:
         raw["direction"] = ds.to_dict("records")
     # --- main
     if (RESULTS / "main_predictions.csv.gz").exists():
-        p = pd.read_csv(RESULTS / "main_predictions.csv.gz")
-        nl = pd.read_csv(RESULTS / "main_nulls.csv")
-        fit = pd.read_csv(RESULTS / "main_fit.csv")
-        tim = pd.read_csv(RESULTS / "main_timing.csv")
+        p = read("main_predictions.csv.gz")
+        nl = read("main_nulls.csv")
+        fit = read("main_fit.csv")
+        tim = read("main_timing.csv")
         st = _fold_stats(p)
         secs = [s for s in SECTIONS if s in set(st["section"])]
         order = list(dict.fromkeys(st["method"]))
@@ -765,21 +815,31 @@ def report(args) -> None:
             "",
             "32 channels × 2 graph convolutions, dense 512, raw normalised counts (no log), Adam lr 1e-6, batch 32, "
             f"≤ 100 epochs with patience 50, on C2 (187 spots), folds {sorted(pf['fold'].tolist())} of the same "
-            "folds (the largest size that fit the CPU budget next to the rest of this benchmark):",
+            "folds:",
             "",
-            "| fold | train AUROC | validation AUROC | test AUROC | epochs run | wall (s) |",
-            "|---:|---:|---:|---:|---:|---:|",
+            "| fold | max epochs | train AUROC | validation AUROC | test AUROC | epochs run | wall (s) | s / epoch |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for _, r in pf.iterrows():
             lines.append(
-                f"| {int(r['fold'])} | {_f(r['train_auroc'])} | {_f(r['val_auroc'])} | "
-                f"{_f(r['test_auroc'])} | {int(r['epochs'])} | {r['wall_s']:.0f} |"
+                f"| {int(r['fold'])} | {int(r['max_epochs'])} | {_f(r['train_auroc'])} | {_f(r['val_auroc'])} | "
+                f"{_f(r['test_auroc'])} | {int(r['epochs'])} | {r['wall_s']:.0f} | {r['wall_s'] / r['epochs']:.0f} |"
             )
+        per_epoch = float((pf["wall_s"] / pf["epochs"]).mean())
+        lines += [
+            "",
+            f"At {per_epoch:.0f} s per epoch (one fold, this shared CPU), the paper's 100 epochs × 10 folds on C2 "
+            f"alone would take ≈ {per_epoch * 1000 / 3600:.1f} h (the pooled 910 spots ≈ 5 × more): it does not "
+            "fit this CPU budget. Rows with fewer than 100 max epochs are timing runs (lr 1e-6 barely moves the "
+            "weights in so few epochs), not the paper's result.",
+        ]
         lines += ["", "All ten folds (GPU):", "", "```bash", GPU_COMMAND, "```", ""]
         raw["paper"] = pf.to_dict("records")
     load = info.get("load_before", [float("nan")]), info.get("load_after", list(os.getloadavg()))
     lines += [
-        f"Whole run: {info.get('total_s', float('nan')) / 60:.1f} min wall, `torch.set_num_threads({args.threads})`. "
+        "Wall time per stage: "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in info.get("stage_s", {}).items())
+        + f" (stages may run as parallel processes; `torch.set_num_threads({args.threads})` each). "
         + machine_line(tuple(load[0]), tuple(load[1])),
     ]
     raw["loadavg_at_report"] = list(os.getloadavg())
@@ -794,12 +854,16 @@ def main() -> None:
     ap.add_argument("--direction-sections", default="C2")
     ap.add_argument("--variant-sections", default="C2", help="sections with exocrine/diagonal GCNG and GCNG controls")
     ap.add_argument("--gcng-control-draws", type=int, default=3)
+    ap.add_argument("--gcng-control-start", type=int, default=0, help="first retrained-control draw (to add draws)")
+    ap.add_argument("--controls-only", action="store_true", help="main, with --gcng-only: only the GCNG controls")
     ap.add_argument("--gcng-sections", default=",".join(SECTIONS), help="sections with (former) GCNG autocrine+")
     ap.add_argument("--paper-folds", default="0")
     ap.add_argument("--squidpy-perms", type=int, default=100)
+    ap.add_argument("--paper-epochs", type=int, default=0, help="paper stage: max_epochs (0: the paper's 100)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--accelerator", default="cpu")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--candidates", default="", help="select: only these candidates (names separated by ;), added")
     ap.add_argument("--gcng-only", action="store_true", help="main: keep the saved cheap pass, run the GCNG part")
     ap.add_argument("--with-chosen", action="store_true", help="main: also a 10-fold CV at the selected config")
     ap.add_argument("--results", default=str(RESULTS))
@@ -807,6 +871,7 @@ def main() -> None:
     for k in ("stages", "sections", "direction_sections", "variant_sections", "gcng_sections"):
         setattr(args, k, [s for s in getattr(args, k).split(",") if s])
     args.paper_folds = [int(k) for k in args.paper_folds.split(",") if k]
+    args.candidates = [c for c in args.candidates.split(";") if c]
     RESULTS = Path(args.results)
     RESULTS.mkdir(parents=True, exist_ok=True)
     _setup(args.threads)
@@ -834,7 +899,7 @@ def main() -> None:
             w = time.time()
             if stage == "select":
                 stage_select(data, args)
-                config = {**FORMER_BENCH, **CANDIDATES[choose(pd.read_csv(RESULTS / "select.csv"))]}
+                config = {**FORMER_BENCH, **_cfg(CANDIDATES[choose(pd.read_csv(RESULTS / "select.csv"))])}
                 info["chosen_config"] = config
             elif stage == "direction":
                 stage_direction(data, args, config)
