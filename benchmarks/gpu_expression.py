@@ -572,8 +572,9 @@ def report(results: Path, out: Path) -> None:
 
 SPEED_OUT = ROOT / "docs" / "benchmarks" / "gpu_training.md"
 GPU_SPEED_COMMAND = (
-    "export PYTHONPATH=src; S='python benchmarks/gpu_expression.py speed --device cuda --config paper "
-    "--results '$OUT/speed; $S --modes reference,fp32,bf16,bf16+cl --steps 10 --warmup 3 --budget 160 --timeout 60; "
+    "export PYTHONPATH=src; PY=$(command -v python || command -v python3); "
+    'S="$PY benchmarks/gpu_expression.py speed --device cuda --config paper --results $OUT/speed"; '
+    "$S --modes reference,fp32,bf16,bf16+cl --steps 10 --warmup 3 --budget 160 --timeout 60; "
     "$S --models hggep --merge --modes reference,bf16 --steps 5 --warmup 2 --budget 60 --timeout 40; "
     "$S --models hggep --merge --window 240 --modes bf16 --steps 5 --warmup 2 --budget 30 --timeout 30; "
     "$S --modes bf16+compile,fp32+compile,bf16+cl+compile --steps 10 --warmup 3 --budget 190 --timeout 100"
