@@ -13,7 +13,9 @@ Lightning ``TrainingPlan`` calls the same ``module.loss``), on batches built wit
    (model, mode) in a fresh process: ``reference`` (a straightforward per-spot implementation written here: Python
    loops over spots build the hypergraph and its two convolutions for HGGEP, and TCGN's top-k token graph per spot;
    fp32; HGGEP a whole section per step), ``fp32``, ``bf16`` (autocast), ``fp32+compile`` / ``bf16+compile``
-   (``module.compile()``), ``bf16+cl`` (channels-last CNN input and weights), ``bf16+cl+compile``::
+   (``module.compile()``), ``bf16+cl`` (channels-last CNN input and weights), ``bf16+cl+compile``; ``--merge``: HGGEP
+   on the four training sections side by side as one 723-spot section; ``--window N``: HGGEP steps on the N spots
+   nearest to a random spot (the product's windows). ``--budget`` bounds the wall time of all runs::
 
        PYTHONPATH=src python benchmarks/gpu_expression.py speed --results $OUT/speed
 
