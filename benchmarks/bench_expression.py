@@ -50,23 +50,44 @@ if "SCST_DATA_DIR" not in os.environ and (ROOT.parent / "shared" / "data").is_di
 #: Embeddings (obsm keys): hand-crafted colour/stain/texture features of the 80 µm patch (the baseline's input),
 #: the same at several fields of view (``ms``), and self-supervised ShuffleNetV2 x0.5 features (``ssl``, per fold).
 SCALES_MS = (80.0, 160.0, 320.0)
+NO_SKIP = {"ridge_skip": False}
 #: name → (model, embedding, config overrides, label)
 METHODS = {
     "mean": ("MeanExpression", None, {}, "training mean"),
     "ridge_hc": ("RidgeExpression", "hc", {}, "hand-crafted features (80 µm) + ridge"),
     "ridge_hc_ctx": ("RidgeExpression", "hc_ctx", {}, "[hand-crafted, grid-neighbour mean] + ridge"),
     "ridge_ms": ("RidgeExpression", "ms", {}, "multi-scale hand-crafted (80/160/320 µm) + ridge"),
-    "mlp_hc": ("MLPExpression", "hc", {}, "MLP head on hand-crafted (80 µm)"),
-    "mlp_ms": ("MLPExpression", "ms", {}, "MLP head on multi-scale hand-crafted"),
-    "head_hc": ("HGGEPHead", "hc", {}, "HGGEP spatial head on hand-crafted (80 µm)"),
-    "head_ms": ("HGGEPHead", "ms", {}, "HGGEP spatial head on multi-scale hand-crafted"),
-    "head_ms_no_ham": ("HGGEPHead", "ms", {"use_ham": False}, "HGGEP spatial head on multi-scale, no HAM"),
-    "head_ms_no_zinb": ("HGGEPHead", "ms", {"use_zinb": False}, "HGGEP spatial head on multi-scale, no ZINB"),
+    "mlp_hc": ("MLPExpression", "hc", {}, "MLP head + ridge path on hand-crafted (80 µm)"),
+    "mlp_ms": ("MLPExpression", "ms", {}, "MLP head + ridge path on multi-scale hand-crafted"),
+    "head_hc": ("HGGEPHead", "hc", {}, "HGGEP spatial head + ridge path on hand-crafted (80 µm)"),
+    "head_ms": ("HGGEPHead", "ms", {}, "HGGEP spatial head + ridge path on multi-scale hand-crafted"),
+    # The heads without the frozen ridge path (``ridge_skip=False``: the paper's head; the previous default).
+    "mlp_hc_no_skip": ("MLPExpression", "hc", NO_SKIP, "MLP head on hand-crafted (80 µm), no ridge path"),
+    "mlp_ms_no_skip": ("MLPExpression", "ms", NO_SKIP, "MLP head on multi-scale hand-crafted, no ridge path"),
+    "head_hc_no_skip": ("HGGEPHead", "hc", NO_SKIP, "HGGEP spatial head on hand-crafted (80 µm), no ridge path"),
+    "head_ms_no_skip": ("HGGEPHead", "ms", NO_SKIP, "HGGEP spatial head on multi-scale, no ridge path"),
+    "head_ms_no_ham": (
+        "HGGEPHead",
+        "ms",
+        {**NO_SKIP, "use_ham": False},
+        "HGGEP head on multi-scale, no ridge path, no HAM",
+    ),
+    "head_ms_no_zinb": (
+        "HGGEPHead",
+        "ms",
+        {**NO_SKIP, "use_zinb": False},
+        "HGGEP head on multi-scale, no ridge path, no ZINB",
+    ),
     "ridge_ssl": ("RidgeExpression", "ssl", {}, "SSL ShuffleNetV2 x0.5 embedding + ridge"),
-    "mlp_ssl": ("MLPExpression", "ssl", {}, "MLP head on SSL embedding"),
-    "head_ssl": ("HGGEPHead", "ssl", {}, "HGGEP spatial head on SSL embedding"),
+    "mlp_ssl": ("MLPExpression", "ssl", NO_SKIP, "MLP head on SSL embedding, no ridge path"),
+    "head_ssl": ("HGGEPHead", "ssl", NO_SKIP, "HGGEP spatial head on SSL embedding, no ridge path"),
     "ridge_ms_ssl": ("RidgeExpression", "ms_ssl", {}, "[multi-scale hand-crafted, SSL] + ridge"),
-    "head_ms_ssl": ("HGGEPHead", "ms_ssl", {}, "HGGEP spatial head on [multi-scale hand-crafted, SSL]"),
+    "head_ms_ssl": (
+        "HGGEPHead",
+        "ms_ssl",
+        NO_SKIP,
+        "HGGEP spatial head on [multi-scale hand-crafted, SSL], no ridge path",
+    ),
     "hggep": ("HGGEP", None, {}, "HGGEP image model (random init, bench_config)"),
     "hggep_ssl": ("HGGEP", None, {"ssl": True}, "HGGEP image model, backbone from SSL weights"),
     "hggep_paper_ssl": ("HGGEP", None, {"ssl": True, "paper": True}, "HGGEP, paper sizes, SSL weights (GPU)"),
@@ -309,9 +330,8 @@ def report(results: Path, out: Path) -> None:
               f"panels): best learned model {METHODS[best][3]} {learned[best]['mean']:.3f}, "
               f"{METHODS[BASELINE][3]} {summ[BASELINE]['mean']:.3f}: ratio {ratio:.2f} → "
               f"**{'met' if ratio >= 1.25 else 'missed'}**."]  # fmt: skip
-        pairs = [
-            (n, "ridge_" + n.split("_", 1)[1]) for n in learned if "_" in n and "ridge_" + n.split("_", 1)[1] in summ
-        ]
+        ridge_on = {METHODS[r][1]: r for r in summ if METHODS[r][0] == "RidgeExpression"}
+        pairs = [(n, ridge_on[METHODS[n][1]]) for n in learned if METHODS[n][1] in ridge_on]
         if pairs:
             L += [
                 "",
@@ -354,7 +374,7 @@ def report(results: Path, out: Path) -> None:
         settings = ", ".join(
             f"{k}={v}"
             for k, v in cfg.items()
-            if k in ("max_epochs", "lr", "batch_size", "patience", "dim", "hidden", "use_ham", "use_zinb")
+            if k in ("max_epochs", "lr", "batch_size", "patience", "dim", "hidden", "use_ham", "use_zinb", "ridge_skip")
         )
         sps = sum(x["n_spots"] for x in f) / max(sum(x["predict_seconds"] for x in f), 1e-9)
         L.append(

@@ -115,3 +115,40 @@ def test_head_on_real_her2st_is_not_constant(her2st_sdata):
     pcc = [syn.pearson(pred[:, g], truth[:, g]) for g in np.flatnonzero(keep)]
     assert _sd_ratio(pred[:, keep], truth[:, keep]) > 0.1  # a collapsed model gives ~0.001
     assert np.mean(pcc) > 0.05
+
+
+def _table4():
+    tab = syn.make_sdata(sections=("S1", "S2", "S3", "S4"), image=False).tables["table"]
+    rng = np.random.default_rng(1)
+    tab.obsm["X_emb"] = np.column_stack([10 * tab.obs["z"].to_numpy() + 3, rng.normal(0, 50, (tab.n_obs, 6))])
+    scst.pp.hypergraph(tab, use_rep="X_emb", k=3)
+    return tab
+
+
+@pytest.mark.parametrize("cls", [MLPExpression, HGGEPHead])
+def test_ridge_path_starts_at_ridge_on_the_training_sections(cls):
+    """With lr 0 nothing is learned: the head's prediction is exactly ridge fitted on its training sections
+    (S4, the validation section, included), so the network can only add to ridge; without the path it is not."""
+    from scst.models import RidgeExpression
+
+    tab = _table4()
+    assert (tab.X.sum(1) > 0).all()  # every spot is a training spot of both models
+    RidgeExpression.setup_anndata(tab, embedding_key="X_emb", genes=PANEL, sections=["S1", "S2", "S4"])
+    ridge = RidgeExpression(tab).train().predict(tab, "S3")
+    cls.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1", "S2", "S4"])
+    for skip in (True, False):
+        model = cls(tab, **{**cls.bench_config, "ridge_skip": skip, "max_epochs": 1, "lr": 0.0, "weight_decay": 0.0})
+        model.train(validation="S4", enable_progress_bar=False)
+        pred = model.predict(tab, "S3")
+        if skip:
+            np.testing.assert_allclose(pred, ridge, rtol=1e-4, atol=1e-4)
+            assert not any(p.requires_grad for p in model.module.skip.parameters())  # frozen
+        else:
+            assert np.abs(pred - ridge).max() > 0.05
+
+
+def test_ridge_path_with_one_training_section_warns():
+    tab = _table()
+    MLPExpression.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1"])
+    with pytest.warns(UserWarning, match="ridge path's penalty"):
+        MLPExpression(tab, max_epochs=1).train(validation=False, enable_progress_bar=False)

@@ -7,6 +7,7 @@ elsewhere. Only the head is trained, so a CPU trains it for as many epochs as th
 
 from __future__ import annotations
 
+import warnings
 from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -214,6 +215,9 @@ class _FeatureModel(BaseModel):
             self._apply_std(s)
         if not self.is_trained:
             self._init_zinb_bias([secs[s] for s in train])
+            # The closed-form path uses every training section; the validation one only steers the network's
+            # early stopping (the test section is never among them).
+            self._init_ridge_skip([secs[s] for s in train + val])
         return self._loaders([secs[s] for s in train], [secs[s] for s in val], batch_size)
 
     def _init_zinb_bias(self, sections: list) -> None:
@@ -223,6 +227,32 @@ class _FeatureModel(BaseModel):
         rate = np.concatenate([s.counts / s.size_factors[:, None] for s in sections]).mean(0)
         with torch.no_grad():
             zinb.bias.copy_(torch.from_numpy(np.log(np.maximum(rate, 1e-5))).to(zinb.bias))
+
+    def _init_ridge_skip(self, sections: list) -> None:
+        """Set the frozen linear path to ridge on the (standardised) spots of ``sections``, penalties by grouped CV."""
+        skip = getattr(self.module, "skip", None)
+        if skip is None:
+            return
+        from ._baselines import RidgeExpression, ridge_fit
+
+        x = np.concatenate([s.x for s in sections])
+        y = np.concatenate([s.target for s in sections])
+        groups = np.concatenate([np.full(len(s.x), s.name) for s in sections])
+        alphas = RidgeExpression._default_config["alphas"]
+        if len(sections) < 2:
+            warnings.warn(
+                f"{type(self).__name__}: one training section; the ridge path's penalty cannot be chosen by a "
+                "grouped CV and is fixed at 100.",
+                UserWarning,
+                stacklevel=3,
+            )
+            alphas = [100.0]
+        fit = ridge_fit(x, y, groups, alphas)
+        weight = fit["coef"] / fit["x_scale"][:, None]  # on the unscaled input: ((x - m) / s) @ coef + b
+        bias = fit["intercept"] - (fit["x_mean"] / fit["x_scale"]) @ fit["coef"]
+        with torch.no_grad():
+            skip.weight.copy_(torch.from_numpy(weight.T).to(skip.weight))
+            skip.bias.copy_(torch.from_numpy(bias).to(skip.bias))
 
     # ------------------------------------------------------------------ prediction
     def predict(
@@ -290,8 +320,9 @@ class MLPExpression(_FeatureModel):
     data
         AnnData / SpatialData set up with :meth:`setup_anndata` / :meth:`setup_sdata`.
     **config
-        ``hidden`` (256), ``dropout`` (0.25) and the training keys ``max_epochs`` (200), ``batch_size`` (64),
-        ``lr`` (1e-3), ``weight_decay`` (1e-3, AdamW), ``patience`` (20), ``seed``.
+        ``hidden`` (256), ``dropout`` (0.25), ``ridge_skip`` (True: a frozen linear path set to ridge on the
+        training sections, the MLP learns its residual; False: the MLP alone) and the training keys ``max_epochs``
+        (200), ``batch_size`` (64), ``lr`` (1e-3), ``weight_decay`` (1e-3, AdamW), ``patience`` (20), ``seed``.
 
     Examples
     --------
@@ -302,14 +333,15 @@ class MLPExpression(_FeatureModel):
 
     _module_cls = MLPHeadModule
     _default_config: ClassVar[dict[str, Any]] = {
-        "hidden": 256, "dropout": 0.25, "max_epochs": 200, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-3,
-        "optimizer": "adamw", "patience": 20,
+        "hidden": 256, "dropout": 0.25, "ridge_skip": True, "max_epochs": 200, "batch_size": 64, "lr": 1e-3,
+        "weight_decay": 1e-3, "optimizer": "adamw", "patience": 20,
     }  # fmt: skip
     bench_config: ClassVar[dict[str, Any]] = dict(_default_config)
 
     def _module_kwargs(self) -> dict[str, Any]:
         return {"in_dim": int(self.registry["n_features"]), "n_genes": len(self.registry["var_names"]),
-                "hidden": int(self.config["hidden"]), "dropout": float(self.config["dropout"])}  # fmt: skip
+                "hidden": int(self.config["hidden"]), "dropout": float(self.config["dropout"]),
+                "ridge_skip": bool(self.config["ridge_skip"])}  # fmt: skip
 
     def _loaders(self, train: list, val: list, batch_size: int):
         cat = lambda secs, k: np.concatenate([getattr(s, k) for s in secs])  # noqa: E731
@@ -339,7 +371,9 @@ class HGGEPHead(_FeatureModel):
         AnnData / SpatialData set up with :meth:`setup_anndata` / :meth:`setup_sdata`.
     **config
         ``dim`` (128), ``vit_depth`` (2), ``vit_heads`` (8), ``hg_hidden`` (64), ``lstm_layers`` (1),
-        ``lstm_hidden`` (128), ``dropout`` (0.2), ``zinb_weight`` (0.25), ``use_ham``/``use_zinb`` (ablations), and
+        ``lstm_hidden`` (128), ``dropout`` (0.2), ``zinb_weight`` (0.25), ``use_ham``/``use_zinb`` (ablations),
+        ``ridge_skip`` (True: a frozen linear path set to ridge on the training sections, so the head learns the
+        residual of ridge; not in the paper, False gives the paper's head), and
         the training keys ``max_epochs`` (400, the paper's), ``batch_size`` (96 spots per window), ``lr`` (3e-4),
         ``weight_decay`` (1e-3, AdamW), ``patience`` (40), ``seed``.
 
@@ -355,14 +389,14 @@ class HGGEPHead(_FeatureModel):
     _spatial = True
     _default_config: ClassVar[dict[str, Any]] = {
         "dim": 128, "vit_depth": 2, "vit_heads": 8, "hg_hidden": 64, "lstm_layers": 1, "lstm_hidden": 128,
-        "dropout": 0.2, "zinb_weight": 0.25, "use_ham": True, "use_zinb": True,
+        "dropout": 0.2, "zinb_weight": 0.25, "use_ham": True, "use_zinb": True, "ridge_skip": True,
         "max_epochs": 400, "batch_size": 96, "lr": 3e-4, "weight_decay": 1e-3, "optimizer": "adamw", "patience": 40,
     }  # fmt: skip
     bench_config: ClassVar[dict[str, Any]] = dict(_default_config)
 
     def _module_kwargs(self) -> dict[str, Any]:
         keys = ("dim", "vit_depth", "vit_heads", "hg_hidden", "lstm_layers", "lstm_hidden", "dropout", "zinb_weight",
-                "use_ham", "use_zinb")  # fmt: skip
+                "use_ham", "use_zinb", "ridge_skip")  # fmt: skip
         return {"in_dim": int(self.registry["n_features"]), "n_genes": len(self.registry["var_names"]),
                 **{k: self.config[k] for k in keys}}  # fmt: skip
 

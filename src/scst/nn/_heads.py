@@ -34,6 +34,17 @@ def _standardised_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(pred.float(), target.float())
 
 
+def _linear_path(in_dim: int, n_genes: int, enabled: bool) -> nn.Linear | None:
+    """A frozen linear map from the embedding to the panel (set to a closed-form ridge fit by the model class)."""
+    if not enabled:
+        return None
+    lin = nn.Linear(in_dim, n_genes)
+    nn.init.zeros_(lin.weight)
+    nn.init.zeros_(lin.bias)
+    lin.requires_grad_(False)
+    return lin
+
+
 class MLPHeadModule(nn.Module):
     """Spot embedding → expression: ``Dropout → Linear → GELU → Dropout → Linear`` (one hidden layer).
 
@@ -50,9 +61,12 @@ class MLPHeadModule(nn.Module):
         Hidden units.
     dropout
         Dropout on the input and on the hidden layer.
+    ridge_skip
+        Add a frozen linear path ``skip(x)`` (set by :class:`scst.models.MLPExpression` to the closed-form ridge
+        fit on the training sections) and start the MLP's output layer at zero: the MLP learns the residual of ridge.
     """
 
-    def __init__(self, in_dim: int, n_genes: int, hidden: int = 256, dropout: float = 0.25):
+    def __init__(self, in_dim: int, n_genes: int, hidden: int = 256, dropout: float = 0.25, ridge_skip: bool = False):
         super().__init__()
         for name, value in [("in_dim", in_dim), ("n_genes", n_genes), ("hidden", hidden)]:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -63,11 +77,16 @@ class MLPHeadModule(nn.Module):
         self.net = nn.Sequential(
             nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_genes)
         )
+        self.skip = _linear_path(in_dim, n_genes, ridge_skip)
+        if self.skip is not None:
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, x: torch.Tensor, **_: Any) -> dict[str, torch.Tensor]:
         """``pred`` ``(n, n_genes)`` (standardised units) for embeddings ``x`` ``(n, in_dim)``."""
         _check_x(x, self.in_dim)
-        return {"pred": self.net(x)}
+        pred = self.net(x)
+        return {"pred": pred if self.skip is None else pred + self.skip(x)}
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """MSE between ``pred`` and the standardised ``batch["target"]``."""
@@ -87,7 +106,10 @@ class SpatialHeadModule(nn.Module):
        :math:`z_1` over the given hyperedges (from :func:`scst.pp.hypergraph`, built once on the embeddings, not
        rebuilt in every forward pass as in :class:`~scst.nn.HGGEPModule`);
     4. LSTM over the steps :math:`[z_0, z_1, z_{HAM}]`, each layer-normalised, mean over steps → ``h``;
-    5. ``LayerNorm + Linear`` → ``pred``; ZINB heads on ``h`` as in :class:`~scst.nn.HGGEPModule`.
+    5. ``LayerNorm + Linear`` → ``pred``; ZINB heads on ``h`` as in :class:`~scst.nn.HGGEPModule`;
+    6. with ``ridge_skip``: ``pred += skip(x)``, a frozen linear path from the embedding that
+       :class:`scst.models.HGGEPHead` sets to the closed-form ridge fit on the training sections (the output layer
+       of step 5 starts at zero, so training starts from ridge and the network learns its residual).
 
     Differences from the image network: one token per spot (the embedding) instead of three CNN stages, and no
     learned array-coordinate embedding (the sections are not registered to each other, so absolute array
@@ -117,6 +139,8 @@ class SpatialHeadModule(nn.Module):
         Weight of the ZINB term.
     use_ham, use_zinb
         Ablation switches (``use_ham=False``: the LSTM sees ``[z_0, z_1]``).
+    ridge_skip
+        Add the frozen linear path of step 6 (not in the paper; ``False`` is the paper's head).
     """
 
     def __init__(
@@ -133,6 +157,7 @@ class SpatialHeadModule(nn.Module):
         zinb_weight: float = 0.25,
         use_ham: bool = True,
         use_zinb: bool = True,
+        ridge_skip: bool = False,
     ):
         super().__init__()
         for name, value in [("in_dim", in_dim), ("n_genes", n_genes), ("dim", dim), ("vit_depth", vit_depth),
@@ -156,6 +181,10 @@ class SpatialHeadModule(nn.Module):
         self.step_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(n_steps))
         self.lstm = nn.LSTM(dim, lstm_hidden, lstm_layers)
         self.gene_head = nn.Sequential(nn.LayerNorm(lstm_hidden), nn.Linear(lstm_hidden, n_genes))
+        self.skip = _linear_path(in_dim, n_genes, ridge_skip)
+        if self.skip is not None:
+            nn.init.zeros_(self.gene_head[-1].weight)
+            nn.init.zeros_(self.gene_head[-1].bias)
         if use_zinb:
             self.zinb_mean = nn.Linear(lstm_hidden, n_genes)
             self.zinb_disp = nn.Linear(lstm_hidden, n_genes)
@@ -197,7 +226,8 @@ class SpatialHeadModule(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             seq, _ = self.lstm(torch.stack(steps, 0).float())
         h = seq.mean(0)
-        out = {"pred": self.gene_head(h), "hidden": h}
+        pred = self.gene_head(h)
+        out = {"pred": pred if self.skip is None else pred + self.skip(x), "hidden": h}
         if self.use_zinb:
             out["zinb_mean"] = torch.exp(self.zinb_mean(h).clamp(-11.5129, 13.8155))
             out["zinb_disp"] = F.softplus(self.zinb_disp(h)).clamp(1e-4, 1e4)
