@@ -59,7 +59,7 @@ def _image_only(path: str) -> Any:
     if not p.is_file():
         raise CLIError(f"--image: {path!r} is not a file.")
     name = p.name.split(".")[0] or "slide"
-    if p.suffix.lower() in (".svs", ".ndpi", ".mrxs", ".scn"):
+    if p.suffix.lower() in (".svs", ".ndpi", ".scn", ".bif"):  # pyramidal formats only read_wsi opens
         return scst.io.read_wsi(p, sample=name)
     try:
         return SpatialData(images={f"{name}_image": scst.io.cached_image(p, name)})
