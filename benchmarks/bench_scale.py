@@ -1,13 +1,15 @@
 """Benchmark whole-slide prediction: scst.tl.predict_expression on a synthetic 100,000-spot section, and HGGEP memory.
 
-Run from the repository root (CPU; writes docs/benchmarks/scale.md and benchmarks/results/scale/results.json)::
+Run from the repository root (CPU; writes docs/benchmarks/scale.md and benchmarks/results/scale/results.json; the
+page was made part by part, see CPU_COMMAND)::
 
     SCST_CACHE_DIR=/tmp/scst_cache_scale nice -n 5 python benchmarks/bench_scale.py
 
 On a GPU machine (the same measurements on the GPU, with 4 loader workers, bf16 autocast rows and peak GPU memory)::
 
     SCST_CACHE_DIR=/tmp/scst_cache_scale python benchmarks/bench_scale.py --device cuda --workers 4 \
-        --subset 20000 --out docs/benchmarks/scale_gpu.md
+        --subset 20000 --paper-subset 20000 --raw benchmarks/results/scale_gpu/partial.json \
+        --out docs/benchmarks/scale_gpu.md
 
 What is measured (every measurement in a fresh subprocess, torch.set_num_threads(1) per process on CPU):
 
@@ -385,8 +387,61 @@ def child_hggep_memory(args: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- page
 #: Reading of the CPU results (written after the run; the GPU page gets none).
-NOTES: list[str] = []
-CPU_COMMAND = "SCST_CACHE_DIR=/tmp/scst_cache_scale nice -n 5 python benchmarks/bench_scale.py"
+NOTES: list[str] = """### Reading
+
+**Whole section, hand-crafted + ridge (goal < 2 min).** 100,000 spots in 614 s (163 spots/s) with two loader workers
+computing the features, at a load average of 6–11 on the 2 cores. The cost is the features, not the reading:
+`pp.handcrafted_features` costs 2.2 CPU-s per 1,000 patches at 112 px (docs/benchmarks/features.md; cProfile: ~40 %
+skimage's `local_binary_pattern` and ~20 % `graycomatrix`/`graycoprops`, both called patch by patch), reading and
+resizing 0.7 CPU-s per 1,000. That is ~295 CPU-s for 100k spots, ~150 s on two idle cores: the goal is not met on
+this machine, and would need the LBP/GLCM loops of `pp/_features.py` vectorised over the batch (not done here).
+Since this change the features run in the DataLoader workers (`embed_patches(num_workers=2)` uses both cores;
+before, the main process computed them alone).
+
+**Whole section, fastest image model at bench_config (goal < 2 min).** HGGEP's cpu_small network was the fastest
+of the three on the 1,000-spot subset (first rows; the subset rows include the loader start-up). It predicted all
+100,000 spots of the section in 718 s (139 spots/s, load 6–9; 163 spots/s over the first 20,000 spots at load ~10),
+peak 2.2 GB: the goal is not met on CPU. The loop is model-bound: cProfile of 1,500 spots without workers:
+45 % `conv2d` (ShuffleNet), ~5 % batch norm, 13 % turning uint8 batches into normalised floats (now in
+place), ~3 % the batched antialiased resize, and the zarr reads below that; no Python work per spot except
+slicing each spot's window out of the cached chunks. Overlap: with `num_workers=1` a worker reads and resizes the next 4 batches while the model
+computes.
+
+**Paper defaults.** HGGEP (1024-d, ViT depth 4, 4-layer 1024-d LSTM, windows of 1024 spots): 25 spots/s fp32,
+27 bf16 on the 300-spot subset; TCGN (CMT, 224 px): 2.2 spots/s fp32, 4.6 bf16. The 200–290 spots/s of the issue
+for HGGEP's model compute alone were measured on an unloaded machine; here the load was ~10 on 2 cores. A GPU
+(command below) is where these networks belong.
+
+**Peak memory (goal < 4 GB).** Image models: ≤ 2.6 GB summed PSS (process + loader worker), most of it there
+before prediction starts (imports, the trained model). The *choice* rows ran before training freed its
+decoded-chunk caches: 2.2 GB before prediction there, 1.4 GB in the later whole-section run after the same
+training. The ridge run with two workers peaked at 4.08 GB, just over the goal: the main process itself peaked at
+1.8 GB (VmHWM), the rest is the two forked workers, which gradually copy the parent's pages they touch (Python
+reference counts) and hold their own chunk caches and feature temporaries. Not measured at 100k: the same
+pipeline with `num_workers=0` (one core, no worker copies); a `forkserver` worker context would avoid the copies
+(not done here).
+
+**HGGEP memory past the batch size.** Prediction: 0.91 GB at 1k spots, 1.48 GB at 10k, 1.05 GB at 100k (first 40
+windows). It does not grow with the section: the network only ever sees one window of 96 spots (ViT attention and
+hypergraph within the window), patches are streamed batch by batch, and what is O(n) is small (tiling, spot
+coordinates, the n × genes float32 output: 20 MB at 100k × 50). The 1k → 10k step is the patch reader's LRU cache
+of decoded zarr chunks filling to its budget (`chunk_cache_mb`, 512 MB: 10k spots touch ~360 chunks of 3 MB, 1k
+spots ~40); the capped 100k run touched fewer chunks than the full 10k run; a full 100k run levels off at the
+same 512 MB. Before this change, prediction cached every patch of the section in the process-wide patch cache
+when it fitted `patch_cache_mb` (2 GB): memory grew linearly with the section (37 MB per 1k spots at 112 px) up
+to 2 GB. Now prediction only reuses patches that training already cached.
+
+**HGGEP training step.** With `patch_cache_mb=0`: 1.00 / 1.03 / 1.10 GB at 1k / 10k / 100k spots — flat: one step
+is one window of `batch_size` spots, and the section's targets are O(n) but small. With the default 2 GB patch
+cache, training keeps a section's uint8 patches in memory when they fit (37 MB at 1k, 376 MB at 10k, for fast
+epochs): 1.88 GB at 10k, which also counted up to 512 MB of decoded chunks that training held after caching
+(now freed as soon as the section is cached); at 100k the 3.8 GB of patches do not fit and are read per step
+(1.15 GB). So training memory grows linearly only up to the cache budget, by design, and is flat past it.
+""".splitlines()
+CPU_COMMAND = """export SCST_CACHE_DIR=/tmp/scst_cache_scale OMP_NUM_THREADS=1
+B="nice -n 5 python benchmarks/bench_scale.py"
+$B --parts image memory && $B --parts choice --subset 1000 && $B --parts paper --paper-subset 300 \\
+  && $B --parts ridge && $B --parts full --spots 20000 && $B --parts full && $B --parts page"""
 GPU_COMMAND = (
     "SCST_CACHE_DIR=/tmp/scst_cache_scale python benchmarks/bench_scale.py --device cuda --workers 4 "
     "--subset 20000 --paper-subset 20000 --raw benchmarks/results/scale_gpu/partial.json "
@@ -478,8 +533,8 @@ def write_report(raw: dict, out: Path) -> None:
             "paper",
             "HGGEP and TCGN at the paper defaults on a subset",
             "Untrained networks of the paper's size (prediction costs the same whatever the weights); fp32 and bf16 "
-            "autocast (`precision='bf16'`). bf16 on a CPU without AMX/AVX512-BF16 is emulated and slower: the option "
-            "is for GPUs.",
+            "autocast (`precision='bf16'`); this CPU has AVX512-BF16 (a CPU without it "
+            "emulates bf16 and gets slower). HGGEP's whole 300-spot subset is one window of 1024 spots.",
         ),
     ]:
         rows = [r for r in runs if r.get("part") == part]
@@ -497,21 +552,20 @@ def write_report(raw: dict, out: Path) -> None:
             "up (tiling, patch reader, output array), which is the streaming loop's steady state. *train step*: "
             "the product's training dataloader (`_dataloaders`: targets of the section, window sampler) and one "
             "forward/backward of `module.loss` on one 96-spot window, with the default patch cache (2048 MB) and "
-            "with `patch_cache_mb=0`. Peak PSS of the process (and workers) over the call; 'before' is the PSS "
-            "after imports and setup.",
+            "with `patch_cache_mb=0`. Peak PSS of the process (and workers) over the whole child (imports, "
+            "setup, call) and the main process's VmHWM.",
             "",
-            "| spots | what | patch cache (MB) | seconds | PSS before (MB) | peak PSS (MB) | peak − before (MB) | "
-            "load |",
-            "|---|---|---|---|---|---|---|---|",
+            "| spots | what | patch cache (MB) | seconds | peak PSS (MB) | VmHWM main (MB) | load |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in mem:
             if "error" in r:
-                lines.append(f"| {r['n']:,} | {r['what']} | {r['cache_mb']:.0f} | error: {r['error']} | | | | |")
+                lines.append(f"| {r['n']:,} | {r['what']} | {r['cache_mb']:.0f} | error: {r['error']} | | | |")
                 continue
+            what = r["what"] + (f" (first {r['max_windows']} windows)" if r.get("max_windows") else "")
             lines.append(
-                f"| {r['n']:,} | {r['what']} | {r['cache_mb']:.0f} | {r['seconds']:.1f} | {r['rss_before_mb']:.0f} "
-                f"| {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['rss_before_mb']:.0f} | "
-                f"{r['load_before'][0]:.1f} |"
+                f"| {r['n']:,} | {what} | {r['cache_mb']:.0f} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} "
+                f"| {r['vmhwm_main_mb']:.0f} | {r['load_before'][0]:.1f} |"
             )
         lines.append("")
     lines += raw.get("notes", [])
@@ -544,13 +598,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers of the prediction runs")
     ap.add_argument("--size", type=int, default=SIZE)
     ap.add_argument("--spots", type=int, default=N_SPOTS)
-    ap.add_argument("--subset", type=int, default=2000, help="spots of the subset timings (paper defaults, choice)")
+    ap.add_argument("--subset", type=int, default=1000, help="spots of the subset timings (model choice)")
     ap.add_argument("--memory-sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     ap.add_argument("--max-windows", type=int, default=40, help="HGGEP memory runs above 10k spots: windows predicted")
     ap.add_argument("--ridge-workers", type=int, nargs="+", default=[2], help="embedding workers of the ridge runs")
-    ap.add_argument("--paper-subset", type=int, default=500, help="spots of the paper-default timings")
+    ap.add_argument("--paper-subset", type=int, default=300, help="spots of the paper-default timings")
     ap.add_argument("--image", default=None, help="zarr image path (default: $SCST_CACHE_DIR/scale_<size>.zarr)")
-    ap.add_argument("--parts", nargs="+", default=["image", "ridge", "choice", "full", "paper", "memory"])
+    ap.add_argument("--parts", nargs="+", default=["image", "ridge", "choice", "full", "paper", "memory", "page"])
     ap.add_argument("--raw", default=str(ROOT / "benchmarks" / "results" / "scale" / "partial.json"))
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--out", default=str(OUT))
@@ -594,9 +648,6 @@ def main() -> None:
             for precision in ("32", "bf16"):
                 args = {**base, "part": "paper", "kind": kind, "n": a.paper_subset, "precision": precision}
                 record(_run_child("predict", args, a.timeout))
-    if "page" in a.parts:
-        raw["notes"] = NOTES if a.device == "cpu" else []
-        write_report(raw, Path(a.out))
     if "memory" in a.parts:
         for n in a.memory_sizes:
             for what, cache_mb in (("predict", 2048.0), ("train_step", 2048.0), ("train_step", 0.0)):
@@ -604,6 +655,9 @@ def main() -> None:
                 if what == "predict" and n > 10_000:
                     args["max_windows"] = a.max_windows
                 record(_run_child("hggep_memory", args, a.timeout))
+    if "page" in a.parts:
+        raw["notes"] = NOTES if a.device == "cpu" else []
+        write_report(raw, Path(a.out))
 
 
 if __name__ == "__main__":
