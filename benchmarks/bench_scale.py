@@ -404,8 +404,8 @@ of the three on the 1,000-spot subset (first rows; the subset rows include the l
 peak 2.2 GB: the goal is not met on CPU. The loop is model-bound: cProfile of 1,500 spots without workers:
 45 % `conv2d` (ShuffleNet), ~5 % batch norm, 13 % turning uint8 batches into normalised floats (now in
 place), ~3 % the batched antialiased resize, and the zarr reads below that; no Python work per spot except
-slicing each spot's window out of the cached chunks. Overlap: with `num_workers=1` a worker reads and resizes the next 4 batches while the model
-computes.
+slicing each spot's window out of the cached chunks. Overlap: with `num_workers=1` a worker reads and resizes
+the next 4 batches while the model computes.
 
 **Paper defaults.** HGGEP (1024-d, ViT depth 4, 4-layer 1024-d LSTM, windows of 1024 spots): 25 spots/s fp32,
 27 bf16 on the 300-spot subset; TCGN (CMT, 224 px): 2.2 spots/s fp32, 4.6 bf16. The 200–290 spots/s of the issue
