@@ -30,7 +30,7 @@ class Linear(nn.Module):
         return {"loss": ((self(x) - y) ** 2).mean()}
 
 
-class Toy(BaseModel):
+class DDPToy(BaseModel):
     _module_cls = Linear
     _default_config = {"lr": 0.2, "batch_size": 16, "max_epochs": 8}
 
@@ -84,14 +84,14 @@ def _adata(n=256):  # 192 training, 64 validation spots
     y = x @ W_TRUE + 0.7 + 0.1 * rng.standard_normal(n).astype(np.float32)
     a = AnnData(X=x, obs=pd.DataFrame({"y": y}, index=[f"c{i}" for i in range(n)]))
     a.var_names = [f"g{i}" for i in range(4)]
-    Toy.setup_anndata(a)
+    DDPToy.setup_anndata(a)
     return a
 
 
 @pytest.mark.parametrize("strategy", [pytest.param("ddp_spawn", marks=pytest.mark.slow), "ddp_notebook"])
 def test_ddp_two_gloo_processes_on_cpu(strategy, tmp_path):
     a = _adata()
-    m = Toy(a)
+    m = DDPToy(a)
     assert not m.is_trained
     ranks = Ranks()
     m.train(
@@ -130,7 +130,7 @@ class Poison(pl.Callback):
 def test_nan_in_ddp_workers_is_a_floating_point_error(tmp_path):
     """As with one process: FloatingPointError naming the epoch, and the best weights of epochs 0-2 restored."""
     a = _adata()
-    m = Toy(a)
+    m = DDPToy(a)
     with pytest.raises(FloatingPointError, match="Training loss is nan at epoch 3.*restored the best checkpoint"):
         m.train(
             accelerator="cpu",
@@ -151,24 +151,24 @@ def test_ddp_that_would_rerun_pytest_is_a_clear_error():
     a = _adata()
     for strategy in ("ddp", "auto"):
         with pytest.raises(ValueError, match="re-runs the calling script.*strategy='ddp_spawn'"):
-            Toy(a).train(accelerator="cpu", devices=2, strategy=strategy, enable_progress_bar=False)
+            DDPToy(a).train(accelerator="cpu", devices=2, strategy=strategy, enable_progress_bar=False)
 
 
 def test_single_device_strategy_with_two_devices_is_refused():
     a = _adata()
     with pytest.raises(ValueError, match=r"`devices=2` asks for 2 devices, but `strategy='single_device'`"):
-        Toy(a).train(accelerator="cpu", devices=2, strategy="single_device", enable_progress_bar=False)
+        DDPToy(a).train(accelerator="cpu", devices=2, strategy="single_device", enable_progress_bar=False)
 
 
 SCRIPT = """
 import json, os, sys
 import numpy as np, pandas as pd, torch
 sys.path.insert(0, {tests!r})
-from test_ddp import Toy, _adata
+from test_ddp import DDPToy, _adata
 
 if __name__ == "__main__":
     a = _adata()
-    m = Toy(a).train(accelerator="cpu", devices=2, strategy="ddp", enable_progress_bar=False)
+    m = DDPToy(a).train(accelerator="cpu", devices=2, strategy="ddp", enable_progress_bar=False)
     out = {{
         "rank": int(os.environ.get("LOCAL_RANK", 0)),
         "is_trained": m.is_trained,

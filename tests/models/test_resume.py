@@ -40,7 +40,7 @@ class DropoutMLP(nn.Module):
         return {"loss": ((self(x) - y) ** 2).mean()}
 
 
-class Toy(BaseModel):
+class ResumeToy(BaseModel):
     _module_cls = DropoutMLP
     _default_config = {"lr": 0.03, "batch_size": 16, "max_epochs": 6}
 
@@ -84,7 +84,7 @@ def _adata():
     y = x @ W_TRUE + 0.7 + 0.1 * rng.standard_normal(128).astype(np.float32)
     a = AnnData(X=x, obs=pd.DataFrame({"y": y}, index=[f"c{i}" for i in range(128)]))
     a.var_names = [f"g{i}" for i in range(4)]
-    Toy.setup_anndata(a)
+    ResumeToy.setup_anndata(a)
     return a
 
 
@@ -99,7 +99,7 @@ def _last_weights(path):
 def uninterrupted(tmp_path_factory):
     d = tmp_path_factory.mktemp("full")
     a = _adata()
-    m = Toy(a).train(checkpoint_dir=d, **SETTINGS)
+    m = ResumeToy(a).train(checkpoint_dir=d, **SETTINGS)
     return m, d
 
 
@@ -107,7 +107,7 @@ def test_resume_after_crash_equals_uninterrupted_run(uninterrupted, tmp_path):
     full, full_dir = uninterrupted
     a = _adata()
     with pytest.raises(RuntimeError, match="power cut"):
-        Toy(a).train(checkpoint_dir=tmp_path, callbacks=[Crash(at=3)], **SETTINGS)
+        ResumeToy(a).train(checkpoint_dir=tmp_path, callbacks=[Crash(at=3)], **SETTINGS)
     last = tmp_path / "last.ckpt"
     # Lightning's full checkpoint loads with weights_only=True: only tensors and primitives in it
     ck = torch.load(last, map_location="cpu", weights_only=True)
@@ -115,7 +115,7 @@ def test_resume_after_crash_equals_uninterrupted_run(uninterrupted, tmp_path):
     assert ck["hyper_parameters"]["lr_scheduler"] == "cosine" and ck["hyper_parameters"]["max_epochs"] == 6
     assert sorted(ck["callbacks"]["History"]["rows"]) == [0, 1, 2]
 
-    resumed = Toy(a).train(ckpt_path=last, **SETTINGS)  # a fresh model object, as after a restart
+    resumed = ResumeToy(a).train(ckpt_path=last, **SETTINGS)  # a fresh model object, as after a restart
     # the weights at the end of epoch 6 are the same (shuffling, dropout, Adam moments, cosine LR all continued)
     w_full, w_res = _last_weights(full_dir / "last.ckpt"), _last_weights(last)
     assert w_full.keys() == w_res.keys()
@@ -135,9 +135,9 @@ def test_resume_without_the_random_streams_differs(uninterrupted, tmp_path, monk
     full, full_dir = uninterrupted
     a = _adata()
     with pytest.raises(RuntimeError, match="power cut"):
-        Toy(a).train(checkpoint_dir=tmp_path, callbacks=[Crash(at=3)], **SETTINGS)
+        ResumeToy(a).train(checkpoint_dir=tmp_path, callbacks=[Crash(at=3)], **SETTINGS)
     monkeypatch.setattr("scst.models._training.RNGState.load_state_dict", lambda self, state: None)
-    Toy(a).train(ckpt_path=tmp_path / "last.ckpt", **SETTINGS)
+    ResumeToy(a).train(ckpt_path=tmp_path / "last.ckpt", **SETTINGS)
     w_full, w_res = _last_weights(full_dir / "last.ckpt"), _last_weights(tmp_path / "last.ckpt")
     assert any(not torch.allclose(w_full[k], w_res[k], atol=1e-6) for k in w_full)
 
@@ -146,29 +146,29 @@ def test_finished_run_extended_equals_longer_run(tmp_path):
     """3 epochs (finished, no scheduler) + resume to 6 = 6 epochs in one go; other settings on resume warn."""
     a = _adata()
     kw = {**SETTINGS, "lr_scheduler": None}
-    full = Toy(a).train(checkpoint_dir=tmp_path / "full", **kw)
-    Toy(a).train(checkpoint_dir=tmp_path / "ext", **{**kw, "max_epochs": 3})
-    ext = Toy(a).train(ckpt_path=tmp_path / "ext" / "last.ckpt", **kw)
+    full = ResumeToy(a).train(checkpoint_dir=tmp_path / "full", **kw)
+    ResumeToy(a).train(checkpoint_dir=tmp_path / "ext", **{**kw, "max_epochs": 3})
+    ext = ResumeToy(a).train(ckpt_path=tmp_path / "ext" / "last.ckpt", **kw)
     w_full, w_ext = _last_weights(tmp_path / "full" / "last.ckpt"), _last_weights(tmp_path / "ext" / "last.ckpt")
     for k in w_full:
         torch.testing.assert_close(w_ext[k], w_full[k], rtol=0, atol=1e-6)
     pd.testing.assert_frame_equal(ext.history, full.history, rtol=1e-6)
     # a cosine schedule's period is the first run's max_epochs, and the optimiser keeps the checkpoint's lr
-    Toy(a).train(checkpoint_dir=tmp_path / "cos", **{**SETTINGS, "max_epochs": 3})
+    ResumeToy(a).train(checkpoint_dir=tmp_path / "cos", **{**SETTINGS, "max_epochs": 3})
     with pytest.warns(UserWarning, match=r"lr: 0.03 → 0.1, max_epochs: 3 → 6.*not the continuation"):
-        Toy(a).train(ckpt_path=tmp_path / "cos" / "last.ckpt", **{**SETTINGS, "lr": 0.1})
+        ResumeToy(a).train(ckpt_path=tmp_path / "cos" / "last.ckpt", **{**SETTINGS, "lr": 0.1})
 
 
 def test_early_stopping_state_survives_resume(tmp_path):
     """Patience counts across the resume: the resumed run stops at the same epoch as the uninterrupted one."""
     a = _adata()
     kw = {"max_epochs": 40, "patience": 2, "lr": 0.05, "enable_progress_bar": False}
-    full = Toy(a).train(checkpoint_dir=tmp_path / "full", **kw)
+    full = ResumeToy(a).train(checkpoint_dir=tmp_path / "full", **kw)
     n = len(full.history)
     assert 4 < n < 40  # it did stop early
     with pytest.raises(RuntimeError, match="power cut"):
-        Toy(a).train(checkpoint_dir=tmp_path / "cut", callbacks=[Crash(at=n - 2)], **kw)
-    resumed = Toy(a).train(ckpt_path=tmp_path / "cut" / "last.ckpt", **kw)
+        ResumeToy(a).train(checkpoint_dir=tmp_path / "cut", callbacks=[Crash(at=n - 2)], **kw)
+    resumed = ResumeToy(a).train(ckpt_path=tmp_path / "cut" / "last.ckpt", **kw)
     assert len(resumed.history) == n
     np.testing.assert_allclose(resumed.predict(), full.predict(), rtol=0, atol=1e-5)
 
@@ -176,11 +176,11 @@ def test_early_stopping_state_survives_resume(tmp_path):
 def test_resume_bad_input(tmp_path):
     a = _adata()
     with pytest.raises(FileNotFoundError, match="`ckpt_path` .* is not a file"):
-        Toy(a).train(ckpt_path=tmp_path / "nothing.ckpt", **SETTINGS)
+        ResumeToy(a).train(ckpt_path=tmp_path / "nothing.ckpt", **SETTINGS)
     # best.ckpt holds only weights: Lightning refuses to resume the optimiser from it, naming the reason
-    Toy(a).train(checkpoint_dir=tmp_path, **{**SETTINGS, "max_epochs": 2})
+    ResumeToy(a).train(checkpoint_dir=tmp_path, **{**SETTINGS, "max_epochs": 2})
     with pytest.raises(KeyError, match="save_weights_only"):
-        Toy(a).train(ckpt_path=tmp_path / "best.ckpt", **SETTINGS)
+        ResumeToy(a).train(ckpt_path=tmp_path / "best.ckpt", **SETTINGS)
 
 
 def test_mid_epoch_checkpoint_resumes_with_a_warning(tmp_path):
@@ -190,15 +190,15 @@ def test_mid_epoch_checkpoint_resumes_with_a_warning(tmp_path):
     a = _adata()
     mid = ModelCheckpoint(dirpath=tmp_path / "mid", filename="mid", every_n_train_steps=4, enable_version_counter=False)
     with pytest.raises(RuntimeError, match="power cut"):
-        Toy(a).train(callbacks=[mid, Crash(at=1)], **SETTINGS)
+        ResumeToy(a).train(callbacks=[mid, Crash(at=1)], **SETTINGS)
     with pytest.warns(UserWarning, match="ended before the epoch ended"):
-        m = Toy(a).train(ckpt_path=tmp_path / "mid" / "mid.ckpt", **SETTINGS)
+        m = ResumeToy(a).train(ckpt_path=tmp_path / "mid" / "mid.ckpt", **SETTINGS)
     assert m.is_trained and list(m.history.index) == list(range(6))
 
 
 def test_interrupted_checkpoint_write_keeps_the_previous_last_ckpt(tmp_path, monkeypatch):
     a = _adata()
-    Toy(a).train(checkpoint_dir=tmp_path, **{**SETTINGS, "max_epochs": 3})
+    ResumeToy(a).train(checkpoint_dir=tmp_path, **{**SETTINGS, "max_epochs": 3})
     before = (tmp_path / "last.ckpt").read_bytes()
     real_save = torch.save
 
@@ -210,7 +210,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_last_ckpt(tmp_path, mon
 
     monkeypatch.setattr(torch, "save", interrupted)
     with pytest.raises(RuntimeError, match="killed while writing"):
-        Toy(a).train(ckpt_path=tmp_path / "last.ckpt", **SETTINGS)
+        ResumeToy(a).train(ckpt_path=tmp_path / "last.ckpt", **SETTINGS)
     monkeypatch.undo()
     assert (tmp_path / "last.ckpt").read_bytes() == before  # still the complete checkpoint of epoch 3
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["epoch"] == 2
@@ -219,7 +219,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_last_ckpt(tmp_path, mon
 
 def test_no_last_checkpoint_without_save_last(tmp_path):
     a = _adata()
-    Toy(a).train(checkpoint_dir=tmp_path, save_last=False, **{**SETTINGS, "max_epochs": 2})
+    ResumeToy(a).train(checkpoint_dir=tmp_path, save_last=False, **{**SETTINGS, "max_epochs": 2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt"]
 
 
