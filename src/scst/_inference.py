@@ -14,17 +14,7 @@ from typing import Any
 
 import torch
 
-#: Accepted ``precision`` values (Lightning's spellings too) → autocast dtype; None: fp32, no autocast.
-PRECISIONS: dict[str, torch.dtype | None] = {
-    "32": None,
-    "32-true": None,
-    "fp32": None,
-    "bf16": torch.bfloat16,
-    "bf16-mixed": torch.bfloat16,
-    "16": torch.float16,
-    "16-mixed": torch.float16,
-    "fp16": torch.float16,
-}
+from .nn._train_step import PRECISIONS  # one table of accepted precisions (torch-only; shared with training)
 
 #: Batches each DataLoader worker reads ahead of the model (``prefetch_factor``).
 PREFETCH = 4
