@@ -59,7 +59,7 @@ class Probe(pl.Callback):
 @torch.no_grad()
 def probe_section(m, sec, model):
     from scst.models._hggep import _coords_for
-    from scst.models._image import _to_input
+    from scst.nn import patches_to_input
 
     m.eval()
     acts = {}
@@ -69,7 +69,7 @@ def probe_section(m, sec, model):
     if m.ham is not None:
         hooks.append(m.ham.register_forward_hook(lambda mod, i, o: acts.__setitem__("ham", o)))
     idx = sec.keep
-    x = _to_input(sec.patches.get(idx), False)
+    x = patches_to_input(sec.patches.get(idx), False)
     out = m(
         x,
         _coords_for(sec, idx, int(model.registry["max_coord"])),

@@ -81,6 +81,11 @@ def test_random_dihedral_gives_the_eight_group_elements():
     assert sorted(set(hits)) == list(range(8))
     with pytest.raises(ValueError, match="square"):
         random_dihedral(torch.zeros(1, 3, 4, 5))
+    with pytest.raises(ValueError, match=r"batch of images \(B, C, H, W\)"):
+        random_dihedral(torch.zeros(3, 4, 4))
+    # uint8 patches move exactly like floats (the multimodal loader flips uint8 patches)
+    yu = random_dihedral(xb.to(torch.uint8), generator=torch.Generator().manual_seed(0))
+    assert yu.dtype == torch.uint8 and torch.equal(yu.float(), y)
 
 
 def test_gaussian_blur_per_image_sigma():

@@ -116,17 +116,27 @@ def test_patches_to_input_values_and_augmentation():
         patches_to_input(p.astype(np.float32))
 
 
-def test_patches_to_input_is_the_image_models_batch():
-    """Same draws, same tensor as the image models' own batch preparation (scst.models._image._to_input)."""
-    pytest.importorskip("anndata")
-    from scst.models._image import _to_input
-
+def test_patches_to_input_draws_as_documented():
+    """randint(0, 8) per patch, flip when >= 4, then r % 4 quarter turns: checked patch by patch."""
     rng = np.random.default_rng(0)
     p = rng.integers(0, 256, (16, 3, 8, 8), dtype=np.uint8)
-    torch.manual_seed(5)
-    ref = _to_input(p, True)
-    torch.manual_seed(5)
-    torch.testing.assert_close(patches_to_input(p, True), ref)
+    out = patches_to_input(p, True, torch.Generator().manual_seed(5))
+    r = torch.randint(0, 8, (16,), generator=torch.Generator().manual_seed(5))
+    assert len(set(r.tolist())) > 4  # the draw exercises flips and several turns
+    plain = patches_to_input(p)
+    for i in range(16):
+        ref = plain[i].flip(-1) if r[i] >= 4 else plain[i]
+        torch.testing.assert_close(out[i], torch.rot90(ref, int(r[i]) % 4, dims=(1, 2)), rtol=0, atol=0)
+
+
+def test_prediction_input_is_the_training_input():
+    """The models' prediction path (uint8 moved to the device, converted there) gives the training batch bitwise."""
+    from scst._inference import inference_options
+    from scst.models._image import _input_on
+
+    p = np.random.default_rng(1).integers(0, 256, (5, 3, 8, 8), dtype=np.uint8)
+    got = _input_on(torch.from_numpy(p), inference_options("cpu"))
+    torch.testing.assert_close(got, patches_to_input(p), rtol=0, atol=0)
 
 
 @pytest.mark.filterwarnings("ignore:backbone_weights=None")

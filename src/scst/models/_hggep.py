@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 
 from .._logging import logg
 from ..nn._hggep import HGGEP_BENCH, HGGEPModule
-from ._image import _ImageModel, _input_on, _tiling_windows, _to_input, _WindowDataset
+from ..nn._train_step import patches_to_input
+from ._image import _ImageModel, _input_on, _tiling_windows, _WindowDataset
 
 __all__ = ["HGGEP"]
 
@@ -41,7 +42,7 @@ class _SectionWindows(_WindowDataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         sec, idx = self._window(i)
         return {
-            "patches": _to_input(sec.patches.get(idx), self.augment and self.train),
+            "patches": patches_to_input(sec.patches.get(idx), self.augment and self.train),
             "coords": _coords_for(sec, idx, self.max_coord),
             "positions": torch.from_numpy(sec.positions[idx].astype(np.float32)),
             "target": torch.from_numpy(sec.target[idx]),

@@ -24,6 +24,7 @@ from .._constants import ARRAY_COL, ARRAY_ROW, SECTION_KEY, SPATIAL_KEY, TABLE_K
 from .._logging import logg
 from .._normalize import TARGET_SUM, panel_targets
 from .._utils import _get_table
+from ..nn._train_step import IMAGENET_MEAN, IMAGENET_STD
 from ._base import BaseModel
 
 __all__ = ["clear_patch_cache"]
@@ -156,40 +157,17 @@ class _SectionPatches:
         return DataLoader(dataset, batch_size=None, shuffle=False, **opts.loader_kwargs())
 
 
-_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
-_STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 def _input_on(patches: torch.Tensor, opts: Any) -> torch.Tensor:
-    """uint8 ``(n, 3, p, p)`` batch → ImageNet-normalised float on the device (as :func:`_to_input`, bitwise on CPU).
+    """uint8 ``(n, 3, p, p)`` batch → ImageNet-normalised float on the device (as :func:`scst.nn.patches_to_input`).
 
     The uint8 batch is moved first (a quarter of the bytes of float32), then converted on the device.
     """
     x = opts.to_device(patches).float().div_(255.0)
     return x.sub_(_MEAN.to(x.device)).div_(_STD.to(x.device))  # in place: the same operations, no temporaries
-
-
-def _dihedral(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A random element of the dihedral group (horizontal flip × rot90 by k·90°) per ``(n, c, p, p)`` patch (copy)."""
-    x = x.clone()
-    if not len(x):
-        return x
-    r = torch.randint(0, 8, (len(x),), generator=generator)
-    flip = r >= 4
-    x[flip] = torch.flip(x[flip], dims=(3,))
-    for k in (1, 2, 3):
-        sel = (r % 4) == k
-        if sel.any():
-            x[sel] = torch.rot90(x[sel], k, dims=(2, 3))
-    return x
-
-
-def _to_input(patches: np.ndarray, augment: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 ``(n, 3, p, p)`` → float ImageNet-normalised; with ``augment`` a random flip/rot90 per patch."""
-    x = torch.from_numpy(np.ascontiguousarray(patches)).float().div_(255.0)
-    if augment:
-        x = _dihedral(x, generator)
-    return (x - _MEAN) / _STD
 
 
 # --------------------------------------------------------------------------------------------------------------

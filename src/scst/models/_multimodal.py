@@ -17,10 +17,10 @@ from scipy import sparse
 from torch.utils.data import DataLoader
 
 from .._logging import logg
+from ..nn._augment import random_dihedral
 from ..nn._multimodal import LOSS_TERMS, MultimodalModule
 from ..pp._mudata import LINK_KEY, PATCH_KEY
 from ._base import BaseModel
-from ._image import _dihedral
 
 __all__ = ["MultimodalST"]
 
@@ -59,7 +59,7 @@ class _Items(torch.utils.data.Dataset):
         img = d["img"][np.where(has_img, img_row, 0)]
         img = torch.from_numpy(np.ascontiguousarray(img))
         if self.augment and img.ndim == 4:
-            img = _dihedral(img, self.generator)
+            img = random_dihedral(img, self.generator)
         return {
             "rna": torch.from_numpy(d["rna"][np.where(has_rna, rna_row, 0)]),
             "img": img,

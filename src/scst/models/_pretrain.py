@@ -27,12 +27,13 @@ from .._constants import TABLE_KEY, UNS_KEY
 from .._logging import logg
 from .._utils import _get_table
 from ..nn._augment import HEAugment
+from ..nn._train_step import IMAGENET_MEAN, IMAGENET_STD
 from ._base import BaseModel, _scst_version
 
 __all__ = ["SSLEncoder", "BYOLModule"]
 
-_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
-_STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 def _build_backbone(name: str, weights: str | None = None) -> tuple[nn.Module, int]:

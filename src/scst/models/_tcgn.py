@@ -11,7 +11,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from .._constants import SECTION_KEY
 from ..nn._tcgn import TCGN_BENCH, TCGNModule
-from ._image import _ImageModel, _input_on, _to_input
+from ..nn._train_step import patches_to_input
+from ._image import _ImageModel, _input_on
 
 __all__ = ["TCGN"]
 
@@ -36,7 +37,7 @@ class _SpotBatches(Dataset):
             patches.append(sec.patches.get(idx))
             target.append(sec.target[idx])
         return {
-            "patches": _to_input(np.concatenate(patches), self.augment),
+            "patches": patches_to_input(np.concatenate(patches), self.augment),
             "target": torch.from_numpy(np.concatenate(target)),
         }
 
@@ -219,7 +220,7 @@ class TCGN(_ImageModel):
             at = np.flatnonzero(sections == s)
             idx = np.searchsorted(sec.rows, rows[at])
             p = sec.patches.get(idx)
-            x = _to_input(p, False).to(self.device)
+            x = patches_to_input(p, False).to(self.device)
             maps[at] = self.module.attribution(x, gidx).float().cpu().numpy()
             patches[at] = p
         return (maps, patches) if return_patches else maps

@@ -99,9 +99,12 @@ def hed_jitter(
 def random_dihedral(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Each image under a random element of the dihedral group: horizontal flip (p = 1/2) × rot90 by k·90°.
 
-    Square images only (a 90° rotation keeps the shape). Pixel values are moved, never interpolated.
+    Square images only (a 90° rotation keeps the shape). Pixel values are moved, never interpolated, so any dtype
+    works (uint8 patches as well as float batches).
     """
-    _check(x)
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x: expected a batch of images (B, C, H, W), got {got}.")
     if x.shape[-1] != x.shape[-2]:
         raise ValueError(f"x: random_dihedral needs square images, got {tuple(x.shape[-2:])}.")
     r = torch.randint(0, 8, (x.shape[0],), generator=generator, device="cpu" if generator is None else generator.device)

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from scipy import sparse
 from torch.utils.data import Dataset
 
+from ..nn._train_step import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = ["SpotPatchDataset", "extract_patches", "IMAGENET_MEAN", "IMAGENET_STD"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _PADDINGS = ("constant", "reflect")
 
 
