@@ -57,6 +57,9 @@ def test_train_then_predict_mean_on_her2st(tmp_path, capsys):
     )
     assert main(["predict", "--model-dir", m, "--sections", "C4", "--out", str(tmp_path / "p.h5ad")]) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="precision='bf16'.*no effect"):  # the option reaches predict_expression
+        assert main(["predict", "--model-dir", m, "--sections", "C4", "--precision", "bf16", "--out",
+                     str(tmp_path / "q.h5ad")]) == 0  # fmt: skip
 
 
 def test_ligrec_on_one_section(tmp_path):

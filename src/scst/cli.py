@@ -121,17 +121,18 @@ def _predict(args: argparse.Namespace) -> None:
         raise CLIError(f"--out: expected a path ending in .h5ad or .zarr, got {args.out!r}.")
     if out.exists() and not args.overwrite:
         raise CLIError(f"--out: {str(out)!r} exists; pass --overwrite to replace it.")
+    opts = {"num_workers": args.num_workers, "precision": args.precision}
     if args.image is not None:  # an H&E image without spots: pseudo-spots on a grid over the tissue
         if args.um_per_px is None or args.um_per_px <= 0:
             raise CLIError("--um-per-px: the pixel size of --image in µm is required (a positive number).")
         sdata = _image_only(args.image)
         model = cls.load(model_dir)
-        scst.tl.predict_expression(sdata, model, um_per_px=args.um_per_px, spacing_um=args.spacing_um)
+        scst.tl.predict_expression(sdata, model, um_per_px=args.um_per_px, spacing_um=args.spacing_um, **opts)
         table = sdata.tables["table_predicted"]
     else:
         sdata = _load_data(args.data, args.sections)
         model = cls.load(model_dir, sdata)
-        scst.tl.predict_expression(sdata, model, sections=args.sections)  # embeddings recomputed as recorded
+        scst.tl.predict_expression(sdata, model, sections=args.sections, **opts)  # embeddings recomputed as recorded
         table = sdata.tables["table"]
     from ._utils import _atomic_dir, _atomic_file
 
@@ -160,7 +161,7 @@ def _predict_shards(args: argparse.Namespace) -> None:
     try:
         report = predict_shards(
             args.shards, args.model_dir, args.out, client=client, n_workers=args.workers, um_per_px=args.um_per_px,
-            overwrite=args.overwrite,
+            precision=args.precision, overwrite=args.overwrite,
         )  # fmt: skip
     except ShardError as e:  # not bad input: the shards ran; say which failed and why, exit status 1
         print(f"scst: error: {e}", file=sys.stderr)
@@ -231,6 +232,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--um-per-px", type=float, help="pixel size of --image in µm (required with --image)")
     q.add_argument("--spacing-um", type=float, help="pseudo-spot spacing with --image (default: the training grid)")
     q.add_argument("--sections", nargs="+", help="sections to predict (default: all)")
+    q.add_argument("--num-workers", type=int, default=0, help="DataLoader workers reading patches (default: 0)")
+    q.add_argument("--precision", default="32", choices=["32", "bf16", "16"], help="autocast (default: 32)")
     q.add_argument("--out", required=True, help="output: table as .h5ad, or the SpatialData as .zarr")
     q.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     q.set_defaults(func=_predict)
@@ -245,6 +248,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--scheduler", help="address of a running dask scheduler (e.g. started by dask-jobqueue) "
                    "instead of a local cluster")  # fmt: skip
     f.add_argument("--um-per-px", type=float, help="pixel size in µm of image shards")
+    f.add_argument("--precision", default="32", choices=["32", "bf16", "16"], help="autocast (default: 32)")
     f.add_argument("--out", required=True, help="output SpatialData .zarr (table 'predicted' + spot shapes)")
     f.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     f.set_defaults(func=_predict_shards)

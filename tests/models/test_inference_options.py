@@ -12,8 +12,9 @@ from torch import nn
 
 from scst._inference import inference_options
 from scst.models._hggep import HGGEP, _coords_for
-from scst.models._image import _PATCH_CACHE, _to_input, clear_patch_cache
+from scst.models._image import _PATCH_CACHE, clear_patch_cache
 from scst.models._tcgn import TCGN
+from scst.nn import patches_to_input
 from scst.pp._patches import SpotPatchDataset
 from scst.tl._embed import embed_patches
 
@@ -86,7 +87,7 @@ def test_hggep_prediction_is_the_network_on_the_section(hggep):
     model.module.eval()
     with torch.no_grad():
         out = model.module(
-            _to_input(patches, False),
+            patches_to_input(patches, False),
             _coords_for(sec, np.arange(len(sec.rows)), int(model.registry["max_coord"])),
             torch.from_numpy(sec.positions.astype(np.float32)),
         )["pred"].numpy()
@@ -164,3 +165,19 @@ def test_bad_options():
     sd = syn.make_sdata(sections=("S1",), grid=3)
     with pytest.raises(ValueError, match="precision"):
         embed_patches(sd, "handcrafted", size_um=syn.SIZE_UM, out_px=24, precision="8", progress=False)
+
+
+def test_predict_expression_passes_workers_and_autocast(hggep):
+    import scst
+
+    sd, model = hggep
+    ref = model.predict(sd, ["S3"], batch_size=16, progress=False)
+    out = scst.tl.predict_expression(sd, model, sections="S3", batch_size=16, num_workers=2, progress=False, copy=True)
+    rows, genes = out.obs["predicted_mask"].to_numpy(), list(model.var_names)
+    np.testing.assert_array_equal(out[rows][:, genes].layers["predicted"].toarray(), ref)
+    bf16 = scst.tl.predict_expression(
+        sd, model, sections="S3", batch_size=16, precision="bf16", progress=False, copy=True
+    )
+    got = bf16[rows][:, genes].layers["predicted"].toarray()
+    assert not np.array_equal(got, ref)  # the autocast reached the network
+    _close_to(got, ref)

@@ -34,3 +34,47 @@ def test_missing_panel_genes_fail_before_prediction():
         scst.tl.predict_expression(sd, model)
     assert model.calls == 0  # refused before any patch was read
     assert "predicted" not in sd.tables["table"].layers
+
+
+def _toy_sdata():
+    counts = pd.DataFrame({"A": [1, 2, 3, 4], "NOT_IN_TABLE": [0, 1, 0, 1]}, index=["1x1", "2x1", "1x2", "2x2"])
+    spots = pd.DataFrame(
+        {"x": [1, 2, 1, 2], "y": [1, 1, 2, 2], "pixel_x": [10.0, 30, 10, 30], "pixel_y": [10.0, 10, 30, 30]}
+    )
+    return read_st(counts, spots, None, sample="S")
+
+
+class _OptionsModel(_PanelModel):
+    """Records the inference options its ``predict`` receives."""
+
+    def predict(self, data, sections=None, table="table", num_workers=0, pin_memory=None, precision="32"):
+        self.seen = {"num_workers": num_workers, "pin_memory": pin_memory, "precision": precision}
+        return super().predict(data, sections, table)
+
+
+def test_inference_options_reach_the_model():
+    model = _OptionsModel()
+    scst.tl.predict_expression(_toy_sdata(), model, num_workers=3, pin_memory=False, precision="bf16")
+    assert model.seen == {"num_workers": 3, "pin_memory": False, "precision": "bf16"}
+
+
+def test_inference_options_a_model_cannot_use_warn():
+    with pytest.warns(UserWarning, match=r"precision='bf16'.*no effect"):
+        scst.tl.predict_expression(_toy_sdata(), _PanelModel(), precision="bf16")
+    import warnings
+
+    with warnings.catch_warnings():  # defaults: nothing to say
+        warnings.simplefilter("error")
+        scst.tl.predict_expression(_toy_sdata(), _PanelModel())
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [({"precision": "fp8"}, "precision: expected one of"), ({"num_workers": -1}, "num_workers: expected an integer"),
+     ({"pin_memory": "yes"}, "pin_memory: expected True, False or None")],
+)  # fmt: skip
+def test_bad_inference_options_fail_before_prediction(kw, match):
+    model = _OptionsModel()
+    with pytest.raises((ValueError, TypeError), match=match):
+        scst.tl.predict_expression(_toy_sdata(), model, **kw)
+    assert model.calls == 0

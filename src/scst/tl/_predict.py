@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .._constants import INSTANCE_KEY, REGION_KEY, SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
+from .._inference import inference_options
 from .._logging import logg
 from .._utils import _get_table, _store_prediction
 
@@ -19,6 +21,7 @@ UNITS = "log1p(normalize_total(counts, target_sum=1e4))"
 PREDICT_KEY = "scst_predict"
 #: var column of the per-fold panel written on each fold's copy of the table by :func:`cross_validate`.
 FOLD_PANEL_KEY = "highly_variable_scst_fold"
+_DEFAULT_OPTS = {"num_workers": 0, "pin_memory": None, "precision": "32"}
 
 
 def _check_model(model: Any) -> None:
@@ -106,6 +109,9 @@ def predict_expression(
     min_tissue: float = 0.5,
     um_per_px: float | Mapping[str, float] | None = None,
     table_added: str | None = None,
+    num_workers: int = 0,
+    pin_memory: bool | None = None,
+    precision: str = "32",
     progress: bool = True,
     copy: bool = False,
 ) -> Any:
@@ -159,6 +165,12 @@ def predict_expression(
     table_added
         Write the prediction as a new table with this key (var = the model's panel) instead of a layer of
         ``table``; default ``f"{table}_predicted"`` for grids.
+    num_workers, pin_memory, precision
+        Inference options of the image models' ``predict`` and of the embedding recomputed for a head
+        (:func:`scst.tl.embed_patches`): DataLoader workers reading patches while the model computes, pinned host
+        batches (default: on CUDA), autocast ``"32"``/``"bf16"``/``"16"``. On a GPU e.g. ``num_workers=4,
+        precision="bf16"``. A model that uses none of them (a closed-form model on stored features) warns when
+        they are not the defaults.
     progress
         Show a progress bar.
     copy
@@ -181,14 +193,18 @@ def predict_expression(
         sections = [sections]
     grid = tile_grid or spacing_um is not None or table not in sdata.tables
     genes = list(model.var_names)
+    inference_options("cpu", num_workers, None, precision)  # check the options before any work
+    if pin_memory is not None and not isinstance(pin_memory, bool):
+        raise TypeError(f"pin_memory: expected True, False or None, got {type(pin_memory).__name__}.")
+    opts = {"num_workers": num_workers, "pin_memory": pin_memory, "precision": precision}
     t0 = time.perf_counter()
     if grid:
         key = table_added or f"{table}_predicted"
         new, _ = _grid_table(sdata, model, table, sections, spacing_um, min_tissue, um_per_px, inplace=not copy)
         # The model reads patches through a table of sdata: predict on a light view holding the new table.
         view = _with_table(sdata, key, new)
-        _prepare_features(model, view, key, progress)
-        pred = _predict(model, view, None, key, batch_size, progress)
+        embedded = _prepare_features(model, view, key, progress, opts)
+        pred = _predict(model, view, None, key, batch_size, progress, opts, embedded)
         new.X = pred
         new.layers[layer] = pred.copy()
         out, sections = new, list(dict.fromkeys(new.obs[SECTION_KEY].astype(str)))
@@ -202,8 +218,8 @@ def predict_expression(
                     + (" ..." if len(missing) > 50 else "")
                     + "; pass `table_added=...` to write the prediction as a new table over the model's panel."
                 )
-        _prepare_features(model, sdata, table, progress)
-        pred = _predict(model, sdata, sections, table, batch_size, progress)
+        embedded = _prepare_features(model, sdata, table, progress, opts)
+        pred = _predict(model, sdata, sections, table, batch_size, progress, opts, embedded)
         sec_col = adata.obs[SECTION_KEY].astype(str).to_numpy()
         sections = list(dict.fromkeys(sec_col)) if sections is None else list(sections)
         rows = np.flatnonzero(np.isin(sec_col, sections))
@@ -246,14 +262,34 @@ def predict_expression(
     return None
 
 
-def _predict(model: Any, data: Any, sections: Any, table: str, batch_size: int | None, progress: bool) -> np.ndarray:
+def _predict(
+    model: Any,
+    data: Any,
+    sections: Any,
+    table: str,
+    batch_size: int | None,
+    progress: bool,
+    opts: Mapping[str, Any],
+    embedded: bool,
+) -> np.ndarray:
     kw = {k: v for k, v in (("batch_size", batch_size), ("progress", progress)) if _accepts(model.predict, k)}
+    taken = {k: v for k, v in opts.items() if _accepts(model.predict, k)}
+    unused = {k: v for k, v in opts.items() if k not in taken and v != _DEFAULT_OPTS[k]}
+    if unused and not embedded:
+        warnings.warn(
+            f"{', '.join(f'{k}={v!r}' for k, v in unused.items())}: {type(model).__name__}.predict reads stored "
+            "features (no images, no network), so these inference options have no effect.",
+            stacklevel=3,
+        )
+    kw.update(taken)
     # Expression is non-negative: linear models (ridge) can extrapolate below 0; every layer is clipped the same way.
     return np.clip(np.asarray(model.predict(data, sections, table=table, **kw), dtype=np.float32), 0.0, None)
 
 
-def _prepare_features(model: Any, sdata: Any, table: str, progress: bool) -> None:
+def _prepare_features(model: Any, sdata: Any, table: str, progress: bool, opts: Mapping[str, Any]) -> bool:
     """For a head on ``obsm`` embeddings: compute the embedding (and hypergraph) of a table that lacks it.
+
+    Returns whether an embedding was computed (with the inference options ``opts``).
 
     The model's registry records how its embedding was made (:func:`scst.tl.embed_patches` arguments) and, for
     :class:`scst.models.HGGEPHead`, the hypergraph parameters; they are applied to the new table (pseudo-spots of
@@ -263,7 +299,7 @@ def _prepare_features(model: Any, sdata: Any, table: str, progress: bool) -> Non
     key = reg.get("use_rep", reg.get("embedding_key"))  # heads / RidgeExpression
     adata = sdata.tables[table]
     if key is None or key in adata.obsm:
-        return
+        return False
     emb = reg.get("embedding")
     if not emb or emb.get("weights") in ("given module",) or str(emb.get("weights", "")).startswith("copied from"):
         raise ValueError(
@@ -278,7 +314,7 @@ def _prepare_features(model: Any, sdata: Any, table: str, progress: bool) -> Non
     embed_patches(
         sdata, emb["encoder"], weights=weights, encoder_kwargs=emb.get("encoder_kwargs"), size_um=emb["size_um"],
         out_px=int(emb["out_px"]), key_added=key, table=table,
-        normalize=None if emb.get("normalize") in (None, "none") else emb["normalize"], progress=progress,
+        normalize=None if emb.get("normalize") in (None, "none") else emb["normalize"], progress=progress, **opts,
     )  # fmt: skip
     hk = reg.get("hypergraph_key")
     if hk is not None and hk not in adata.obsp:
@@ -289,6 +325,7 @@ def _prepare_features(model: Any, sdata: Any, table: str, progress: bool) -> Non
         params.pop("library_key", None)
         params["spatial_key"] = reg.get("spatial_key", params.get("spatial_key", SPATIAL_KEY))
         hypergraph(adata, use_rep=key, library_key=SECTION_KEY, key_added=hk.removesuffix("_incidence"), **params)
+    return True
 
 
 def _with_table(sdata: Any, key: str, adata: Any) -> Any:

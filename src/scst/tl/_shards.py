@@ -327,6 +327,7 @@ def predict_shards(
     min_tissue: float = 0.5,
     um_per_px: float | Mapping[str, float] | None = None,
     accelerator: str = "cpu",
+    precision: str = "32",
     overwrite: bool = False,
 ) -> pd.DataFrame:
     """Predict expression on many sections/slides as independent shards with dask, merged into one zarr store.
@@ -368,6 +369,10 @@ def predict_shards(
     accelerator
         Where each worker puts a network's weights: ``"cpu"`` (default), ``"gpu"``/``"auto"`` (the worker's GPU,
         e.g. one per worker with ``dask_cuda.LocalCUDACluster``; not tested here) or ``"mps"``.
+    precision
+        Autocast of the forward pass in each worker (``"32"``, ``"bf16"``, ``"16"``; see
+        :func:`scst.tl.predict_expression`). DataLoader workers are not used inside dask workers (daemonic
+        processes cannot start children): scale out with more dask workers instead.
     overwrite
         Replace an existing ``out``.
 
@@ -392,7 +397,7 @@ def predict_shards(
     job = ShardPredictor(
         model_dir=str(Path(model_dir).resolve()),
         predict_kwargs={"table": table, "batch_size": batch_size, "tile_grid": tile_grid, "spacing_um": spacing_um,
-                        "min_tissue": min_tissue},
+                        "min_tissue": min_tissue, "precision": precision},
         um_per_px=dict(um_per_px) if isinstance(um_per_px, Mapping) else um_per_px,
         accelerator=accelerator,
     )  # fmt: skip
