@@ -8,56 +8,23 @@ import signal
 import time
 from pathlib import Path
 
+import _toys as toys  # tests/models is on pytest's pythonpath (pyproject.toml): spawned DDP workers import it
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from anndata import AnnData
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from scst.models._base import ATTR_FILE, WEIGHTS_FILE, BaseModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-W_TRUE = np.array([1.5, -2.0, 0.5, 3.0], dtype=np.float32)
+W_TRUE = toys.W_TRUE
 
 
-class Linear(nn.Module):
-    def __init__(self, n_features: int):
-        super().__init__()
-        self.linear = nn.Linear(n_features, 1)
-
-    def forward(self, x):
-        return self.linear(x).squeeze(-1)
-
-    def loss(self, batch):
-        x, y = batch
-        return {"loss": ((self(x) - y) ** 2).mean()}
-
-
-class Toy(BaseModel):
-    _module_cls = Linear
+class Toy(toys.ToyRegressor):
     _default_config = {"lr": 0.1, "batch_size": 32, "max_epochs": 5}
 
-    @classmethod
-    def setup_anndata(cls, adata: AnnData) -> None:
-        cls._register(adata, {"n_features": adata.n_vars, "var_names": adata.var_names})
-
-    def _module_kwargs(self):
-        return {"n_features": self.registry["n_features"]}
-
-    def _x(self, adata):
-        return torch.as_tensor(np.asarray(adata[:, self.registry["var_names"]].X), dtype=torch.float32)
-
     def _dataloaders(self, batch_size, validation, seed, **kw):
-        x, y = self._x(self.adata), torch.as_tensor(self.adata.obs["y"].to_numpy(), dtype=torch.float32)
-        return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True), None
-
-    def predict(self, adata=None):
-        out = self._inference(
-            DataLoader(self._x(self.adata if adata is None else adata), batch_size=64), lambda m, b: m(b)
-        )
-        return torch.cat(out).numpy()
+        return DataLoader(TensorDataset(*self._xy()), batch_size=batch_size, shuffle=True), None
 
 
 class OtherToy(Toy):
@@ -65,12 +32,7 @@ class OtherToy(Toy):
 
 
 def _adata(genes=("g0", "g1", "g2", "g3"), seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((128, len(genes))).astype(np.float32)
-    y = x[:, :4] @ W_TRUE[: min(4, len(genes))] + 0.7
-    return AnnData(
-        X=x, obs=pd.DataFrame({"y": y}, index=[f"c{i}" for i in range(128)]), var=pd.DataFrame(index=list(genes))
-    )
+    return toys.linear_adata(noise=0.0, seed=seed, genes=genes)
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +89,28 @@ def test_another_model_class_is_refused(saved):
         OtherToy.load(d)
     m = BaseModel.load(d, data=_adata())  # the base class dispatches to the saved class
     assert type(m) is Toy
+
+
+def test_dispatch_uses_the_qualified_class_name(saved, tmp_path):
+    """Two classes named 'Toy' (e.g. in a user's notebook): the saved module.qualname decides, not the bare name."""
+    import gc
+    import json
+
+    d, _, _ = saved
+    twin = type("Toy", (Toy,), {"__module__": "someone_elses_notebook"})
+    try:
+        assert json.loads((d / "attr.json").read_text())["model_class"] == f"{Toy.__module__}.Toy"
+        assert type(BaseModel.load(d)) is Toy
+        old = _copy(d, tmp_path / "old")  # a checkpoint written before the qualified name was recorded
+        attrs = json.loads((old / "attr.json").read_text())
+        del attrs["model_class"]
+        (old / "attr.json").write_text(json.dumps(attrs))
+        with pytest.raises(ValueError, match=r"'Toy' is ambiguous: .*someone_elses_notebook\.Toy.*Toy\.load"):
+            BaseModel.load(old)
+        assert type(Toy.load(old)) is Toy  # the class itself still loads it
+    finally:
+        del twin
+        gc.collect()  # subclasses are weakly referenced: the twin must not outlive the test
 
 
 def test_another_gene_panel_is_refused(saved, tmp_path):

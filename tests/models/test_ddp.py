@@ -2,58 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import _toys as toys  # tests/models is on pytest's pythonpath (pyproject.toml): spawned DDP workers import it
 import lightning.pytorch as pl
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from anndata import AnnData
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from scst.models._base import BaseModel
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-W_TRUE = np.array([1.5, -2.0, 0.5, 3.0], dtype=np.float32)
+W_TRUE = toys.W_TRUE
 
 
-class Linear(nn.Module):
-    def __init__(self, n_features: int):
-        super().__init__()
-        self.linear = nn.Linear(n_features, 1)
-
-    def forward(self, x):
-        return self.linear(x).squeeze(-1)
-
-    def loss(self, batch):
-        x, y = batch
-        return {"loss": ((self(x) - y) ** 2).mean()}
-
-
-class DDPToy(BaseModel):
-    _module_cls = Linear
+class DDPToy(toys.ToyRegressor):
     _default_config = {"lr": 0.2, "batch_size": 16, "max_epochs": 8}
 
-    @classmethod
-    def setup_anndata(cls, adata: AnnData) -> None:
-        cls._register(adata, {"n_features": adata.n_vars, "var_names": adata.var_names})
-
-    def _module_kwargs(self):
-        return {"n_features": self.registry["n_features"]}
-
-    def _x(self, adata):
-        return torch.as_tensor(np.asarray(adata[:, self.registry["var_names"]].X), dtype=torch.float32)
-
     def _dataloaders(self, batch_size, validation, seed, **kw):
-        x, y = self._x(self.adata), torch.as_tensor(self.adata.obs["y"].to_numpy(), dtype=torch.float32)
+        x, y = self._xy()
         train = DataLoader(TensorDataset(x[:192], y[:192]), batch_size=batch_size, shuffle=True)
         return train, DataLoader(TensorDataset(x[192:], y[192:]), batch_size=batch_size)
-
-    def predict(self, adata=None):
-        out = self._inference(
-            DataLoader(self._x(self.adata if adata is None else adata), batch_size=64), lambda m, b: m(b)
-        )
-        return torch.cat(out).numpy()
 
 
 class Ranks(pl.Callback):
@@ -79,17 +47,17 @@ class Ranks(pl.Callback):
 
 
 def _adata(n=256):  # 192 training, 64 validation spots
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, 4)).astype(np.float32)
-    y = x @ W_TRUE + 0.7 + 0.1 * rng.standard_normal(n).astype(np.float32)
-    a = AnnData(X=x, obs=pd.DataFrame({"y": y}, index=[f"c{i}" for i in range(n)]))
-    a.var_names = [f"g{i}" for i in range(4)]
+    a = toys.linear_adata(n, noise=0.1)
     DDPToy.setup_anndata(a)
     return a
 
 
 @pytest.mark.parametrize("strategy", [pytest.param("ddp_spawn", marks=pytest.mark.slow), "ddp_notebook"])
-def test_ddp_two_gloo_processes_on_cpu(strategy, tmp_path):
+def test_ddp_two_gloo_processes_on_cpu(strategy, tmp_path, monkeypatch):
+
+    # Spawned workers unpickle DDPToy by its module name (tests.models.test_ddp): they need the repository root on
+    # sys.path, which `python -m pytest` adds and the `pytest` script (nox, CI) does not.
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
     a = _adata()
     m = DDPToy(a)
     assert not m.is_trained
@@ -189,7 +157,6 @@ def test_ddp_from_a_script(tmp_path):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     script = tmp_path / "train.py"
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))

@@ -5,20 +5,19 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import _toys as toys  # tests/models is on pytest's pythonpath (pyproject.toml): spawned DDP workers import it
 import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from anndata import AnnData
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from scst.models import MLPExpression
-from scst.models._base import BaseModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-W_TRUE = np.array([1.5, -2.0, 0.5, 3.0], dtype=np.float32)
+W_TRUE = toys.W_TRUE
 
 _spec = importlib.util.spec_from_file_location("_he_synthetic", Path(__file__).parent / "_he_synthetic.py")
 syn = importlib.util.module_from_spec(_spec)
@@ -40,31 +39,15 @@ class DropoutMLP(nn.Module):
         return {"loss": ((self(x) - y) ** 2).mean()}
 
 
-class ResumeToy(BaseModel):
+class ResumeToy(toys.ToyRegressor):
     _module_cls = DropoutMLP
     _default_config = {"lr": 0.03, "batch_size": 16, "max_epochs": 6}
 
-    @classmethod
-    def setup_anndata(cls, adata: AnnData) -> None:
-        cls._register(adata, {"n_features": adata.n_vars, "var_names": adata.var_names})
-
-    def _module_kwargs(self):
-        return {"n_features": self.registry["n_features"]}
-
-    def _x(self, adata):
-        return torch.as_tensor(np.asarray(adata[:, self.registry["var_names"]].X), dtype=torch.float32)
-
     def _dataloaders(self, batch_size, validation, seed, **kw):
-        x, y = self._x(self.adata), torch.as_tensor(self.adata.obs["y"].to_numpy(), dtype=torch.float32)
+        x, y = self._xy()
         gen = torch.Generator().manual_seed(seed)  # a loader with its own generator (as several scst models have)
         train = DataLoader(TensorDataset(x[:96], y[:96]), batch_size=batch_size, shuffle=True, generator=gen)
         return train, DataLoader(TensorDataset(x[96:], y[96:]), batch_size=batch_size)
-
-    def predict(self, adata=None):
-        out = self._inference(
-            DataLoader(self._x(self.adata if adata is None else adata), batch_size=64), lambda m, b: m(b)
-        )
-        return torch.cat(out).numpy()
 
 
 class Crash(pl.Callback):
@@ -79,11 +62,7 @@ class Crash(pl.Callback):
 
 
 def _adata():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((128, 4)).astype(np.float32)
-    y = x @ W_TRUE + 0.7 + 0.1 * rng.standard_normal(128).astype(np.float32)
-    a = AnnData(X=x, obs=pd.DataFrame({"y": y}, index=[f"c{i}" for i in range(128)]))
-    a.var_names = [f"g{i}" for i in range(4)]
+    a = toys.linear_adata(128, noise=0.1)
     ResumeToy.setup_anndata(a)
     return a
 

@@ -157,6 +157,28 @@ def _check_weights_file(path: Path) -> None:
         raise ValueError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); save the model again.") from e
 
 
+def _qualified_name(c: type) -> str:
+    return f"{c.__module__}.{c.__qualname__}"
+
+
+def _saved_class(name: str, qualified: str | None) -> type:
+    """The subclass of :class:`BaseModel` a checkpoint names: by module and qualified name, else by a unique name."""
+    matches = [c for c in _all_subclasses(BaseModel) if c.__name__ == name]
+    exact = [c for c in matches if _qualified_name(c) == qualified]
+    if exact:
+        return exact[-1]
+    if not matches:
+        where = f" (saved from {qualified})" if qualified else ""
+        raise ValueError(f"Saved model class {name!r}{where} is not defined; import the module that defines it.")
+    if len(matches) > 1:
+        raise ValueError(
+            f"Saved model class {name!r} is ambiguous: {sorted(_qualified_name(c) for c in matches)} are defined"
+            + (f" and none is {qualified}" if qualified else "")
+            + f"; load with the class itself ({name}.load)."
+        )
+    return matches[0]
+
+
 def _all_subclasses(cls: type) -> list[type]:
     out = []
     for sub in cls.__subclasses__():
@@ -708,6 +730,7 @@ class BaseModel(_SetupRegistry, ABC):
         attrs = {
             "format": _FORMAT_VERSION,
             "model": type(self).__name__,
+            "model_class": _qualified_name(type(self)),
             "scst_version": _scst_version(),
             "config": self.config,
             "registry": self.registry,
@@ -758,10 +781,7 @@ class BaseModel(_SetupRegistry, ABC):
         _check_weights_file(dir_path / WEIGHTS_FILE)
         name = attrs.get("model")
         if cls is BaseModel:
-            matches = [c for c in _all_subclasses(BaseModel) if c.__name__ == name]
-            if not matches:
-                raise ValueError(f"Saved model class {name!r} is not defined; import the module that defines it.")
-            cls = matches[-1]
+            cls = _saved_class(name, attrs.get("model_class"))
         elif name != cls.__name__:
             raise ValueError(f"{str(dir_path)!r} holds a {name!r} model, not {cls.__name__!r}; use {name}.load.")
 
