@@ -18,7 +18,7 @@ paper) and once with expression-matched negatives.
 
 Then ``--explore`` reruns autocrine+ GCNG on the pooled sections with other depths, features and thresholds (the
 "what was tried" table; ~5 min). Writes ``docs/benchmarks/gcng.md``; raw predictions go to
-``benchmarks/_out/gcng/``. Options: ``--sections``,
+``benchmarks/results/gcng/``. Options: ``--sections``,
 ``--schemes``, ``--skip-extra`` (no direction / function assignment), ``--report-only`` (rewrite the markdown from
 saved predictions), ``--paper`` (GCNG's paper settings: 32 channels, dense 512, 100 epochs, lr 1e-6, raw
 normalised counts) with ``--accelerator gpu``.
