@@ -111,7 +111,7 @@ def test_direction_per_gene_control_and_fit_reports():
         s = pred[pred["method"] == sym].set_index(["ligand", "receptor"])["score"]
         rev = s.reindex([(r, lg) for lg, r in s.index]).to_numpy()
         np.testing.assert_allclose(s.to_numpy(), rev, rtol=1e-9, atol=1e-12)
-    fit = pred.attrs["fit"]
+    fit = pd.DataFrame(pred.attrs["fit"])
     assert set(fit["method"]) == {"logistic", "mlp"} and len(fit) == 2 * sum(not f.test.empty for f in folds)
     assert {"train_auroc", "val_auroc", "test_auroc", "epochs", "n_train_pairs"} <= set(fit.columns)
     assert (fit["train_auroc"] > 0.95).all() and fit["val_auroc"].isna().all()
@@ -139,7 +139,10 @@ def test_gcng_fit_report_on_planted_niche():
     folds = [LRFold(k, table[table.fold != k].drop(columns="fold"), table[table.fold == k].drop(columns="fold"))
              for k in range(3)]  # fmt: skip
     pred = ligrec_cv(adata, folds=folds, methods={"g": {"method": "gcng", "kind": "autocrine+"}}, config=FAST, seed=0)
-    fit = pred.attrs["fit"]
+    fit = pd.DataFrame(pred.attrs["fit"])
+    # outputs of several runs (each with its own fit report) concatenate, as a benchmark does
+    other = ligrec_cv(adata, folds=folds, methods={"g": {"method": "gcng", "kind": "autocrine+"}}, config=FAST, seed=1)
+    assert len(pd.concat([pred, other])) == 2 * len(pred)
     assert list(fit["fold"]) == [0, 1, 2]
     assert (fit["train_auroc"] > 0.9).all() and (fit["test_auroc"] > 0.9).all()
     assert fit["val_auroc"].notna().all() and (fit["epochs"] >= 1).all()

@@ -431,9 +431,10 @@ def ligrec_cv(
     Long DataFrame of test predictions: ``method``, ``fold``, ``ligand``, ``receptor``, ``label``, ``score`` and
     ``group`` (the ligand a pair is evaluated with; folds from :func:`lr_folds` provide it);
     ``attrs["folds"]`` holds the folds, ``attrs["n_pairs"]`` the number of usable known pairs and
-    ``attrs["fit"]`` one row per trained model (``method``, ``fold``, ``train_auroc`` on the pairs it was fit on,
-    ``val_auroc`` on its early-stopping split — both from the training folds only —, ``test_auroc`` on the fold's
-    test pairs, ``epochs``, pair counts). Summarise with :func:`ligrec_metrics`.
+    ``attrs["fit"]`` one row per trained model as a dict of columns (``pd.DataFrame(result.attrs["fit"])``:
+    ``method``, ``fold``, ``train_auroc`` on the pairs it was fit on, ``val_auroc`` on its early-stopping split —
+    both from the training folds only —, ``test_auroc`` on the fold's test pairs, ``epochs``, pair counts).
+    Summarise with :func:`ligrec_metrics`; results of several calls concatenate with ``pd.concat``.
     """
     adata = _get_table(adata)
     config = dict(GCNG.bench_config if config is None else config)
@@ -539,7 +540,8 @@ def ligrec_cv(
     out.attrs["folds"] = list(folds)
     out.attrs["n_pairs"] = n_pairs
     renames = {"heldout_auroc": "test_auroc", "n_heldout_pairs": "n_test_pairs"}
-    out.attrs["fit"] = pd.DataFrame(fit).rename(columns=renames)
+    # Plain lists, not a DataFrame: pandas compares attrs when concatenating, and DataFrames cannot be compared so.
+    out.attrs["fit"] = pd.DataFrame(fit).rename(columns=renames).to_dict("list")
     return out
 
 
