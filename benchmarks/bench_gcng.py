@@ -433,7 +433,7 @@ def report(args: argparse.Namespace) -> None:
         f"report was written), torch {torch.__version__}, CPU only. Goal: < 10 min per variant on one section's "
         "graph.",
         "",
-        "Reproduce:",
+        "Raw results (every test prediction, timings, run info): `benchmarks/results/gcng/`. Reproduce:",
         "",
         "```bash",
         COMMAND,
