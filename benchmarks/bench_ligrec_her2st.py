@@ -70,6 +70,7 @@ COMMANDS = "\n".join(
         f"{COMMAND} --stages chosen --chosen-sections C2   # the selected candidate over all 10 folds",
         f"{COMMAND} --stages main --gcng-only --controls-only --gcng-control-start 3 --gcng-control-draws 20",
         f"{COMMAND} --stages paper --paper-folds 0,1   # the paper configuration, 100 epochs, two folds",
+        f"{COMMAND} --stages paper --paper-folds 0,1,2,3,4,5,6,7,8,9   # the other eight folds (a later session)",
     ]
 )
 GPU_COMMAND = (
@@ -584,8 +585,13 @@ def stage_paper(data: Data, args) -> None:
 
     sub = data.section("C2")
     folds = [data.folds[k] for k in args.paper_folds]
-    rows = []
+    # Resumable: folds already in paper_fit.csv at the same max_epochs are kept and skipped.
+    rows = pd.read_csv(RESULTS / "paper_fit.csv").to_dict("records") if (RESULTS / "paper_fit.csv").exists() else []
+    max_epochs = args.paper_epochs or GCNG._default_config["max_epochs"]
+    rows = [r for r in rows if r["max_epochs"] == max_epochs]
     for fold in folds:
+        if any(r["fold"] == fold.fold for r in rows):
+            continue
         cfg = dict(GCNG._default_config)
         if args.paper_epochs:  # a timing run: fewer epochs than the paper's 100 (the page says so)
             cfg.update(max_epochs=args.paper_epochs, patience=args.paper_epochs)
@@ -951,10 +957,19 @@ def report(args) -> None:
         per_epoch = float((pf["wall_s"] / pf["epochs"]).mean())
         lines += [
             "",
+            f"Mean over the {len(pf)} folds: train AUROC {_f(pf['train_auroc'].mean())}, validation "
+            f"{_f(pf['val_auroc'].mean())}, test AUROC {_f(pf['test_auroc'].mean())} ± "
+            f"{_f(pf['test_auroc'].std(ddof=1))} (sd over folds). "
             f"At {per_epoch:.0f} s per epoch (one fold, this shared CPU), the paper's 100 epochs × 10 folds on C2 "
-            f"alone would take ≈ {per_epoch * 1000 / 3600:.1f} h (the pooled 910 spots ≈ 5 × more): more than was "
-            "left of this session's budget next to the rest, so only the folds listed were run. Rows with fewer "
-            "than 100 max epochs would be timing runs (lr 1e-6 barely moves the weights in so few epochs).",
+            f"take ≈ {per_epoch * 1000 / 3600:.1f} h (the pooled 910 spots ≈ 5 × more, not run on CPU)"
+            + (
+                "."
+                if len(pf) >= 10
+                else ": more than was left of this session's budget next to the rest, so only the folds listed "
+                "were run."
+            )
+            + " Rows with fewer than 100 max epochs would be timing runs (lr 1e-6 barely moves the weights in so "
+            "few epochs).",
         ]
         lines += ["", "All ten folds (GPU):", "", "```bash", GPU_COMMAND, "```", ""]
         raw["paper"] = pf.to_dict("records")

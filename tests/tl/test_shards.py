@@ -146,6 +146,8 @@ def test_bad_input_names_the_argument(model_dir, shard_sources, tmp_path):
         predict_shards([shard_sources["S3"]], model_dir, tmp_path / "o.zarr", client="localhost:8786")
     with pytest.raises(ValueError, match=r"um_per_px: \['S7'\] are not shard names"):
         predict_shards([shard_sources["S3"]], model_dir, tmp_path / "o.zarr", um_per_px={"S7": 1.0})
+    with pytest.raises(ValueError, match=r"precision: expected one of"):
+        predict_shards([shard_sources["S3"]], model_dir, tmp_path / "o.zarr", precision="fp8")
     assert not (tmp_path / "o.zarr").exists()
 
 
