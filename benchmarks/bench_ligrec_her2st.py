@@ -971,7 +971,7 @@ def report(args) -> None:
             + " Rows with fewer than 100 max epochs would be timing runs (lr 1e-6 barely moves the weights in so "
             "few epochs).",
         ]
-        lines += ["", "All ten folds (GPU):", "", "```bash", GPU_COMMAND, "```", ""]
+        lines += ["", "The same run on a GPU:", "", "```bash", GPU_COMMAND, "```", ""]
         raw["paper"] = pf.to_dict("records")
     load = info.get("load_before", [float("nan")]), info.get("load_after", list(os.getloadavg()))
     lines += [
