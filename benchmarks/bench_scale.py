@@ -390,13 +390,15 @@ def child_hggep_memory(args: dict) -> dict:
 NOTES: list[str] = """### Reading
 
 **Whole section, hand-crafted + ridge (goal < 2 min).** 100,000 spots in 614 s (163 spots/s) with two loader workers
-computing the features, at a load average of 6–11 on the 2 cores. The cost is the features, not the reading:
-`pp.handcrafted_features` costs 2.2 CPU-s per 1,000 patches at 112 px (docs/benchmarks/features.md; cProfile: ~40 %
-skimage's `local_binary_pattern` and ~20 % `graycomatrix`/`graycoprops`, both called patch by patch), reading and
-resizing 0.7 CPU-s per 1,000. That is ~295 CPU-s for 100k spots, ~150 s on two idle cores: the goal is not met on
-this machine, and would need the LBP/GLCM loops of `pp/_features.py` vectorised over the batch (not done here).
-Since this change the features run in the DataLoader workers (`embed_patches(num_workers=2)` uses both cores;
-before, the main process computed them alone).
+computing the features at a load average of 6–11 on the 2 cores, and in 418 s (239 spots/s, ~8 CPU-ms per spot)
+in a later rerun on the otherwise idle machine (load 0.5 before; the two workers and the main process kept it at
+~3): the goal is not met. The cost is the features, not the reading: `pp.handcrafted_features` costs 2.2 CPU-s per
+1,000 real H&E patches at 112 px (docs/benchmarks/features.md; more on this synthetic texture; cProfile: ~35 %
+skimage's `local_binary_pattern` and ~30 % `graycomatrix`/`graycoprops`, both called patch by patch), reading and
+resizing 0.7 CPU-s per 1,000. That is ≥ 295 CPU-s for 100k real spots, ≥ 150 s on two cores even with perfect
+overlap: on 2 cores the goal needs cheaper features (vectorising the LBP/GLCM loops over the batch would save part
+of their ~65 %), or more cores (the features run in the DataLoader workers: `embed_patches(num_workers=w)` scales
+with `w`).
 
 **Whole section, fastest image model at bench_config (goal < 2 min).** HGGEP's cpu_small network was the fastest
 of the three on the 1,000-spot subset (first rows; the subset rows include the loader start-up). It predicted all
@@ -415,11 +417,10 @@ for HGGEP's model compute alone were measured on an unloaded machine; here the l
 **Peak memory (goal < 4 GB).** Image models: ≤ 2.6 GB summed PSS (process + loader worker), most of it there
 before prediction starts (imports, the trained model). The *choice* rows ran before training freed its
 decoded-chunk caches: 2.2 GB before prediction there, 1.4 GB in the later whole-section run after the same
-training. The ridge run with two workers peaked at 4.08 GB, just over the goal: the main process itself peaked at
-1.8 GB (VmHWM), the rest is the two forked workers, which gradually copy the parent's pages they touch (Python
-reference counts) and hold their own chunk caches and feature temporaries. Not measured at 100k: the same
-pipeline with `num_workers=0` (one core, no worker copies); a `forkserver` worker context would avoid the copies
-(not done here).
+training. The ridge run with two workers peaked at 4.08 GB under load and at 3.81 GB in the idle rerun (the main process
+1.6–1.8 GB VmHWM; the rest is the two forked workers, which gradually copy the parent's pages they touch — Python
+reference counts — and hold their own share of the chunk cache and feature temporaries): at the goal's edge. Not
+measured at 100k: `num_workers=0` (one core, no worker copies) or a `forkserver` worker context (no copies).
 
 **HGGEP memory past the batch size.** Prediction: 0.91 GB at 1k spots, 1.48 GB at 10k, 1.05 GB at 100k (first 40
 windows). It does not grow with the section: the network only ever sees one window of 96 spots (ViT attention and
@@ -441,7 +442,10 @@ epochs): 1.88 GB at 10k, which also counted up to 512 MB of decoded chunks that 
 CPU_COMMAND = """export SCST_CACHE_DIR=/tmp/scst_cache_scale OMP_NUM_THREADS=1
 B="nice -n 5 python benchmarks/bench_scale.py"
 $B --parts image memory && $B --parts choice --subset 1000 && $B --parts paper --paper-subset 300 \\
-  && $B --parts ridge && $B --parts full --spots 20000 && $B --parts full && $B --parts page"""
+  && $B --parts ridge && $B --parts full --spots 20000 && $B --parts full && $B --parts page
+# the second ridge row, a later session on an idle machine (runs appended to the committed results.json):
+python -c "import json; d = json.load(open('benchmarks/results/scale/results.json')); d.pop('command'); \
+json.dump(d, open('benchmarks/results/scale/partial.json', 'w'))" && $B --parts image ridge && $B --parts page"""
 GPU_COMMAND = (
     "SCST_CACHE_DIR=/tmp/scst_cache_scale python benchmarks/bench_scale.py --device cuda --workers 4 "
     "--subset 20000 --paper-subset 20000 --raw benchmarks/results/scale_gpu/partial.json "
@@ -491,8 +495,9 @@ def write_report(raw: dict, out: Path) -> None:
         lines += [
             machine_line(loads[0], after[-1]),
             f"1-min load average over the runs: {min(x[0] for x in loads):.1f}–{max(x[0] for x in loads):.1f} "
-            "on 2 cores (other engineers' benchmarks and tests ran at the same time): **every time here is an upper "
-            "bound**, typically 3–6× what an idle 2-core machine gives. Each row is a fresh process with "
+            "on 2 cores (other engineers' benchmarks and tests ran at the same time for most rows): **the times of "
+            "loaded rows are upper bounds** (the ridge pipeline: 614 s at load 5.7, 418 s on the idle machine; "
+            "single-process rows suffer more, up to the load ÷ 2). Each row is a fresh process with "
             "`torch.set_num_threads(1)`; device: CPU.",
             "",
         ]
