@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
+import _toys as toys  # tests/models is on pytest's pythonpath (pyproject.toml)
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from anndata import AnnData
 from safetensors import safe_open
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from scst.models._base import BaseModel
@@ -20,13 +20,9 @@ W_TRUE = np.array([1.5, -2.0, 0.5, 3.0], dtype=np.float32)
 B_TRUE = 0.7
 
 
-class LinearModule(nn.Module):
+class LinearModule(toys.Linear):
     def __init__(self, n_features: int, hidden: list[int] | None = None):  # hidden: unused, checks tuple → list
-        super().__init__()
-        self.linear = nn.Linear(n_features, 1)
-
-    def forward(self, x):
-        return self.linear(x).squeeze(-1)
+        super().__init__(n_features)
 
     def loss(self, batch):
         x, y = batch
