@@ -24,7 +24,7 @@ from .._constants import ARRAY_COL, ARRAY_ROW, SECTION_KEY, SPATIAL_KEY, TABLE_K
 from .._logging import logg
 from .._normalize import TARGET_SUM, panel_targets
 from .._utils import _get_table
-from ..nn._train_step import IMAGENET_MEAN, IMAGENET_STD
+from ..nn._train_step import patches_to_input
 from ._base import BaseModel
 
 __all__ = ["clear_patch_cache"]
@@ -157,17 +157,13 @@ class _SectionPatches:
         return DataLoader(dataset, batch_size=None, shuffle=False, **opts.loader_kwargs())
 
 
-_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-
-
 def _input_on(patches: torch.Tensor, opts: Any) -> torch.Tensor:
-    """uint8 ``(n, 3, p, p)`` batch → ImageNet-normalised float on the device (as :func:`scst.nn.patches_to_input`).
+    """uint8 ``(n, 3, p, p)`` batch → ImageNet-normalised float on the device (:func:`scst.nn.patches_to_input`).
 
-    The uint8 batch is moved first (a quarter of the bytes of float32), then converted on the device.
+    The uint8 batch is moved first (a quarter of the bytes of float32; asynchronously when pinned), then converted
+    on the device.
     """
-    x = opts.to_device(patches).float().div_(255.0)
-    return x.sub_(_MEAN.to(x.device)).div_(_STD.to(x.device))  # in place: the same operations, no temporaries
+    return patches_to_input(opts.to_device(patches))
 
 
 # --------------------------------------------------------------------------------------------------------------

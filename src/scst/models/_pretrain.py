@@ -27,13 +27,10 @@ from .._constants import TABLE_KEY, UNS_KEY
 from .._logging import logg
 from .._utils import _get_table
 from ..nn._augment import HEAugment
-from ..nn._train_step import IMAGENET_MEAN, IMAGENET_STD
+from ..nn._train_step import imagenet_normalize
 from ._base import BaseModel, _scst_version
 
 __all__ = ["SSLEncoder", "BYOLModule"]
-
-_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 def _build_backbone(name: str, weights: str | None = None) -> tuple[nn.Module, int]:
@@ -116,8 +113,7 @@ class BYOLModule(nn.Module):
 
     def _views(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
-        mean, std = _MEAN.to(x.device), _STD.to(x.device)
-        return (self.augment(x) - mean) / std, (self.augment(x) - mean) / std
+        return imagenet_normalize(self.augment(x)), imagenet_normalize(self.augment(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Trunk features ``(B, n_features)`` of ImageNet-normalised images."""

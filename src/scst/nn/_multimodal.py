@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._layers import ViTBlock
+from ._train_step import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["MultimodalModule", "LOSS_TERMS", "supervised_contrastive", "triplet_loss"]
 
@@ -38,8 +39,6 @@ LOSS_TERMS = {
     "itm": "joint",
     "rna_rec": "joint",
 }
-_MEAN = (0.485, 0.456, 0.406)
-_STD = (0.229, 0.224, 0.225)
 
 
 def supervised_contrastive(z: Tensor, labels: Tensor, tau: float) -> Tensor:
@@ -298,8 +297,8 @@ class MultimodalModule(nn.Module):
         else:
             net, n_feat = _build_backbone(image_encoder)
             self.image_encoder = _VectorEncoder(net, n_feat, dim)
-        self.register_buffer("img_mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("img_std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("img_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("img_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.rna_proj = nn.Linear(dim, embed_dim)
         self.img_proj = nn.Linear(dim, embed_dim)
         self.fusion = FusionEncoder(dim, fusion_depth, heads, dropout)

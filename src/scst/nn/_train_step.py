@@ -199,7 +199,12 @@ def patches_to_input(
     x = x.float().div_(255.0)
     if augment and len(x):
         x = random_dihedral(x, generator)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    x = (x - mean) / std
+    x = imagenet_normalize(x, inplace=True)  # x is a fresh float tensor here
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def imagenet_normalize(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``(x - mean) / std`` with the ImageNet mean and std per channel of a float ``(n, 3, h, w)`` batch in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std) if inplace else (x - mean) / std

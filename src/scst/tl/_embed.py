@@ -14,14 +14,11 @@ from torch import nn
 from .._constants import SECTION_KEY, TABLE_KEY, UNS_KEY
 from .._logging import logg
 from .._utils import _get_table
+from ..nn._train_step import imagenet_normalize
 
 __all__ = ["embed_patches"]
 
 UNS_EMBED_KEY = "scst_embed"
-
-
-_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
-_STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
 
 
 def _pool(out: Any, name: str) -> torch.Tensor:
@@ -217,7 +214,7 @@ def embed_patches(
                         x = opts.to_device(x)
                         x = x.float().div_(255.0) if as_uint8 else x
                         if normalize == "imagenet":
-                            x = (x - _MEAN.to(x.device)) / _STD.to(x.device)
+                            x = imagenet_normalize(x)
                         feats = _pool(module(x), name).float().cpu().numpy()
                     if out is None:
                         out = np.full((adata.n_obs, feats.shape[1]), np.nan, dtype=np.float32)
