@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .._constants import INSTANCE_KEY, REGION_KEY, SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
-from .._inference import inference_options
+from .._inference import check_inference_options
 from .._logging import logg
 from .._utils import _get_table, _store_prediction
 
@@ -193,9 +193,7 @@ def predict_expression(
         sections = [sections]
     grid = tile_grid or spacing_um is not None or table not in sdata.tables
     genes = list(model.var_names)
-    inference_options("cpu", num_workers, None, precision)  # check the options before any work
-    if pin_memory is not None and not isinstance(pin_memory, bool):
-        raise TypeError(f"pin_memory: expected True, False or None, got {type(pin_memory).__name__}.")
+    check_inference_options(num_workers, pin_memory, precision)  # before any work
     opts = {"num_workers": num_workers, "pin_memory": pin_memory, "precision": precision}
     t0 = time.perf_counter()
     if grid:

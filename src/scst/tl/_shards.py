@@ -383,9 +383,9 @@ def predict_shards(
     the write of its shard store: model load, read, features, predict) and ``worker``; also stored as JSON in
     ``uns["scst_shards"]`` of the table.
     """
-    from .._inference import inference_options
+    from .._inference import check_inference_options
 
-    inference_options("cpu", 0, None, precision)  # checked here, not in every worker after the cluster started
+    check_inference_options(0, None, precision)  # checked here, not in every worker after the cluster started
     out = _check_out(out, overwrite)
     sources = _normalize_shards(shards)
     _model_class(model_dir)  # checked here; loaded in each worker
