@@ -92,6 +92,13 @@ FORMER_BENCH = {
     "lr": 1e-3,
     "weight_decay": 0.0,
 }
+
+
+def _no_split(epochs: int, **over) -> dict:
+    """A candidate trained ``epochs`` epochs without an early-stopping split (patience = epochs)."""
+    return {"max_epochs": epochs, "patience": epochs, **over, "_train": {"validation": None}}
+
+
 #: Candidates of the selection stage: overrides of FORMER_BENCH; cost ~ epochs x dense width.
 CANDIDATES = {
     "former bench_config (4 epochs, patience 2)": {},
@@ -99,40 +106,15 @@ CANDIDATES = {
     "40 epochs, batch 16": {"max_epochs": 40, "patience": 40, "batch_size": 16},
     # Without an early-stopping split the last epoch's weights are kept (no checkpoint on a chance-level
     # validation accuracy, which restores an early epoch).
-    "40 epochs, batch 16, no early-stopping split": {
-        "max_epochs": 40,
-        "patience": 40,
-        "batch_size": 16,
-        "_train": {"validation": None},
-    },
-    "dense 128, 40 epochs, no early-stopping split": {
-        "max_epochs": 40,
-        "patience": 40,
-        "dense_units": 128,
-        "_train": {"validation": None},
-    },
+    "40 epochs, batch 16, no early-stopping split": _no_split(40, batch_size=16),
+    "dense 128, 40 epochs, no early-stopping split": _no_split(40, dense_units=128),
     # Added in a later session after a probe on fold 0 (train AUROC 0.72 at 100 epochs, still rising): longer
     # training, and the paper's width at a 100 x larger learning rate than its 1e-6.
-    "dense 128, 100 epochs, no early-stopping split": {
-        "max_epochs": 100,
-        "patience": 100,
-        "dense_units": 128,
-        "_train": {"validation": None},
-    },
-    "dense 128, 300 epochs, no early-stopping split": {
-        "max_epochs": 300,
-        "patience": 300,
-        "dense_units": 128,
-        "_train": {"validation": None},
-    },
-    "32 channels, dense 512, lr 1e-4, 100 epochs, no early-stopping split": {
-        "hidden_channels": 32,
-        "dense_units": 512,
-        "lr": 1e-4,
-        "max_epochs": 100,
-        "patience": 100,
-        "_train": {"validation": None},
-    },
+    "dense 128, 100 epochs, no early-stopping split": _no_split(100, dense_units=128),
+    "dense 128, 300 epochs, no early-stopping split": _no_split(300, dense_units=128),
+    "32 channels, dense 512, lr 1e-4, 100 epochs, no early-stopping split": _no_split(
+        100, hidden_channels=32, dense_units=512, lr=1e-4
+    ),
 }
 #: Exploratory runs before this script (C2, training pairs of folds 0-2 / 0-1, logs in the results folder).
 EXPLORED = {
