@@ -231,3 +231,72 @@ def test_gcng_pvalues_uniform_on_exchangeable_spots():
     ligand_receptor(adata, pairs=pairs, method="gcng", n_folds=3, gcng_config=FAST, n_perms=49, expr_prop=0.05)
     p = adata.uns["scst_ligrec"]["gcng_pvals"].to_numpy()
     assert len(p) >= 50 and kstest(p, "uniform").pvalue > 0.01 and 0.35 < p.mean() < 0.65
+
+
+def test_pooled_readout_formula_and_invariances():
+    torch.manual_seed(0)
+    n = 9
+    a = sp.random(n, n, density=0.4, random_state=2)
+    g = torch.as_tensor(((a + a.T) > 0).toarray() + np.eye(n), dtype=torch.float32)
+    net = GCNGNet(n, hidden_channels=5, dense_units=6, readout="pool", standardize=True)
+    net.set_graph(g)
+    x = torch.rand(4, n, 2) * torch.tensor([3.0, 50.0])
+    out = net(x)
+    c1, c2 = net.convs
+    for b in range(4):  # standardise each signal over the cells, two convolutions, mean and max over the cells
+        z = (x[b] - x[b].mean(0)) / x[b].std(0)
+        z = torch.nn.functional.elu(g @ z @ c1.lin.weight.T + c1.lin.bias)
+        z = torch.nn.functional.elu(g @ z @ c2.lin.weight.T + c2.lin.bias)
+        h = torch.relu(net.dense(torch.cat([z.mean(0), z.max(0).values])))
+        torch.testing.assert_close(out[b], net.out(h)[0], rtol=1e-5, atol=1e-5)
+    # a gene's abundance (scale and offset of a channel) carries nothing; relabelling the cells changes nothing
+    torch.testing.assert_close(net(x * torch.tensor([10.0, 0.1]) + 7.0), out, rtol=1e-4, atol=1e-4)
+    perm = torch.randperm(n)
+    torch.testing.assert_close(net(x[:, perm], g[perm][:, perm]), out, rtol=1e-5, atol=1e-5)
+    # not tied to a cell set: another graph size works; the paper's flatten refuses it
+    assert net(torch.rand(2, 4, 2), torch.eye(4)).shape == (2,)
+    with pytest.raises(ValueError, match=r"expected shape \(9, 9\)"):
+        GCNGNet(n, readout="flatten").set_graph(torch.eye(4))
+    with pytest.raises(ValueError, match="readout"):
+        GCNGNet(n, readout="sum")
+
+
+def juxtacrine_data(n_side: int, n_pairs: int, seed: int) -> tuple[AnnData, pd.DataFrame]:
+    """Each pair has its own random senders of L; R rises in cells *next to* a sender, the decoy D next to other,
+    unmeasured senders with the same abundance — only the L–R arrangement separates positives from decoys."""
+    rng = np.random.default_rng(seed)
+    xy = np.array([(i, j) for i in range(n_side) for j in range(n_side)], float)
+    adj = sp.csr_matrix((np.abs(xy[:, None] - xy[None]).sum(-1) == 1).astype(float))
+    cols, names, rows = [], [], []
+    for k in range(n_pairs):
+        send, hidden = rng.random(len(xy)) < 0.1, rng.random(len(xy)) < 0.1
+        mu_l, mu_r = rng.lognormal(1.0, 0.5), rng.lognormal(0.5, 0.5)
+        near_s, near_h = (adj @ send) > 0, (adj @ hidden) > 0
+        cols += [rng.poisson(mu_l * np.where(send, 1.0, 0.05)), rng.poisson(mu_r * (1 + 4 * near_s)),
+                 rng.poisson(mu_r * (1 + 4 * near_h))]  # fmt: skip
+        names += [f"L{k}", f"R{k}", f"D{k}"]
+        rows += [(f"L{k}", f"R{k}", 1), (f"L{k}", f"D{k}", 0)]
+    cols.append(rng.poisson(20, size=(len(xy), 20)))
+    names += [f"B{i}" for i in range(20)]
+    adata = AnnData(sp.csr_matrix(np.column_stack(cols).astype(np.float32)), obsm={"spatial": xy})
+    adata.var_names = names
+    cell_graph(adata, radius=1.1, library_key=None)
+    graph_matrix(adata, "autocrine+")
+    return adata, pd.DataFrame(rows, columns=["ligand", "receptor", "label"])
+
+
+def test_pooled_gcng_learns_juxtacrine_pairs_on_unseen_genes_and_other_tissue(tmp_path):
+    adata, pairs = juxtacrine_data(n_side=16, n_pairs=60, seed=0)
+    train, held = pairs.iloc[:80], pairs.iloc[80:]  # 40 pairs (+ decoys) to train, 20 ligands never seen
+    GCNG.setup_anndata(adata, graph_key="gcng_autocrine_plus")
+    model = GCNG(adata, **{**GCNG.pooled_config, "max_epochs": 60, "patience": 60})
+    model.train(train, validation=None, enable_progress_bar=False, accelerator="cpu")
+    pred = model.predict(held)
+    assert roc_auc_score(pred["label"], pred["score"]) > 0.85
+    assert roc_auc_score(held["label"], adata[:, held["receptor"]].X.mean(0).A1) < 0.75  # abundance alone does not
+    # The pooled network is not tied to its cells: the saved model scores another tissue (other size, other pairs).
+    model.save(tmp_path / "pooled")
+    other, other_pairs = juxtacrine_data(n_side=14, n_pairs=20, seed=1)
+    moved = GCNG.load(tmp_path / "pooled", data=other)
+    pred = moved.predict(other_pairs)
+    assert roc_auc_score(pred["label"], pred["score"]) > 0.85

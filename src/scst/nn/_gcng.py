@@ -74,6 +74,12 @@ class GCNGNet(nn.Module):
     :math:`Z = \mathrm{elu}(L X W + b)`, flatten, a 512-unit dense layer and a sigmoid output (the sigmoid is
     applied by :meth:`predict_proba`; :meth:`loss` uses the logit for a stable binary cross-entropy).
 
+    ``readout="pool"`` (scst's deviation, off by default) replaces the flatten by the mean and the maximum of each
+    channel over the cells: the dense layer then sees *what* the graph convolutions found, not *where*, so what
+    it learns on one pair's cells transfers to pairs whose signal sits in other cells, and the network is no
+    longer tied to one cell set. ``standardize=True`` centres and scales each input signal over the cells
+    (per pair and channel) first, so that a gene's abundance carries no label.
+
     The graph matrix is a non-persistent buffer (:meth:`set_graph`): it belongs to the data, so it is not in
     the state dict and is moved with the module by ``.to(device)``.
 
@@ -91,6 +97,10 @@ class GCNGNet(nn.Module):
         Width of the dense layer.
     dropout
         Dropout before the dense layer (paper: none).
+    readout
+        ``"flatten"`` (the paper: one weight per cell and channel) or ``"pool"`` (mean and max over the cells).
+    standardize
+        Centre and scale each pair's input signals over the cells (paper: no).
     """
 
     def __init__(
@@ -101,22 +111,32 @@ class GCNGNet(nn.Module):
         n_layers: int = 2,
         dense_units: int = 512,
         dropout: float = 0.0,
+        readout: str = "flatten",
+        standardize: bool = False,
     ) -> None:
         super().__init__()
         if n_nodes < 1 or n_layers < 1:
             raise ValueError(f"n_nodes and n_layers must be >= 1, got {n_nodes} and {n_layers}.")
-        self.n_nodes = n_nodes
+        if readout not in ("flatten", "pool"):
+            raise ValueError(f"readout: expected 'flatten' or 'pool', got {readout!r}.")
+        self.n_nodes, self.readout, self.standardize = n_nodes, readout, bool(standardize)
         dims = [in_channels] + [hidden_channels] * n_layers
         self.convs = nn.ModuleList(GCNGConv(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.dropout = nn.Dropout(dropout)
-        self.dense = nn.Linear(n_nodes * hidden_channels, dense_units)
+        width = n_nodes * hidden_channels if readout == "flatten" else 2 * hidden_channels
+        self.dense = nn.Linear(width, dense_units)
         self.out = nn.Linear(dense_units, 1)
         self.register_buffer("graph", None, persistent=False)
 
     def set_graph(self, graph: Tensor) -> None:
-        """Set the ``(n_nodes, n_nodes)`` graph matrix (sparse or dense); it follows the module's device."""
-        if graph.shape != (self.n_nodes, self.n_nodes):
-            raise ValueError(f"graph: expected shape ({self.n_nodes}, {self.n_nodes}), got {tuple(graph.shape)}.")
+        """Set the ``(n, n)`` graph matrix (sparse or dense); it follows the module's device.
+
+        With ``readout="flatten"``, ``n`` must be ``n_nodes``; a pooled network takes any cell set.
+        """
+        n = graph.shape[0]
+        if graph.ndim != 2 or graph.shape[1] != n or (self.readout == "flatten" and n != self.n_nodes):
+            want = f"({self.n_nodes}, {self.n_nodes})" if self.readout == "flatten" else "square (n, n)"
+            raise ValueError(f"graph: expected shape {want}, got {tuple(graph.shape)}.")
         ref = self.out.weight
         self.graph = graph.to(device=ref.device, dtype=ref.dtype)
 
@@ -126,7 +146,8 @@ class GCNGNet(nn.Module):
         Parameters
         ----------
         x
-            ``(B, n_nodes, in_channels)`` normalised expression of each pair's genes in every cell.
+            ``(B, n, in_channels)`` normalised expression of each pair's genes in every cell (``n`` = the graph's
+            cells; ``n_nodes`` for ``readout="flatten"``).
         graph
             Graph matrix; default the one set with :meth:`set_graph`.
 
@@ -137,14 +158,19 @@ class GCNGNet(nn.Module):
         graph = self.graph if graph is None else graph
         if graph is None:
             raise RuntimeError("GCNGNet has no graph matrix; call `set_graph(L)` or pass `graph`.")
-        if x.ndim != 3 or x.shape[1] != self.n_nodes:
-            raise ValueError(f"x: expected (batch, {self.n_nodes}, channels), got {tuple(x.shape)}.")
+        if x.ndim != 3 or x.shape[1] != graph.shape[0]:
+            raise ValueError(f"x: expected (batch, {graph.shape[0]}, channels), got {tuple(x.shape)}.")
+        if self.standardize:  # per pair and channel over the cells; a constant signal becomes 0
+            x = (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True).clamp_min(1e-6)
         h = x.transpose(0, 1)  # node-major (n, B, c): L @ h.reshape(n, B*c) is one spmm for the whole batch
         for conv in self.convs:
             h = F.elu(conv(graph, h))
-        # Flatten, then the 512-unit dense layer with ReLU (the paper's "flatten ... using ReLU"; in the
-        # released code the ReLU is the dense layer's activation).
-        h = h.transpose(0, 1).reshape(x.shape[0], -1)
+        if self.readout == "pool":
+            h = torch.cat([h.mean(0), h.amax(0)], dim=-1)  # (B, 2 * hidden): what was found, not where
+        else:
+            # Flatten, then the 512-unit dense layer with ReLU (the paper's "flatten ... using ReLU"; in the
+            # released code the ReLU is the dense layer's activation).
+            h = h.transpose(0, 1).reshape(x.shape[0], -1)
         h = F.relu(self.dense(self.dropout(h)))
         return self.out(h).squeeze(-1)
 

@@ -139,7 +139,9 @@ def ligand_receptor(
         AnnData, or SpatialData whose ``"table"`` is used; raw counts in ``layer`` (default ``X``).
     model
         A trained :class:`scst.models.GCNG` to score with (``method="gcng"``); its scores of pairs it was fit on are
-        flagged ``in_training``. Without it, ``"gcng"`` is cross-fitted here (see ``known``).
+        flagged ``in_training``. A paper GCNG (flatten readout) scores the cells it was trained on; one with
+        ``readout="pool"`` (:attr:`~scst.models.GCNG.pooled_config`) scores any section with the same graph key.
+        Without it, ``"gcng"`` is cross-fitted here (see ``known``).
     pairs
         The resource: a DataFrame in liana's format (``ligand``, ``receptor``; complexes ``_``-joined, e.g.
         ``ITGA1_ITGB1``; extra columns kept), OmniPath columns (``source_genesymbol``, ``target_genesymbol``), a list
@@ -345,7 +347,7 @@ def _gcng(
     if model is not None:
         saved = (model.data, model.adata, getattr(model, "_expr_cache", None))
         try:
-            if model.adata is not adata:  # score this AnnData (same cells) without re-pointing the model for good
+            if model.adata is not adata:  # score this AnnData without re-pointing the model for good
                 model._attach(adata)
             pred = model.predict(cand)
             seen = set(zip(model.training_pairs["ligand"], model.training_pairs["receptor"]))
