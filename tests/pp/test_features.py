@@ -103,6 +103,25 @@ def test_glcm_and_lbp_separate_stripes_from_flat():
     assert f[1, COL["lbp_8"]] < 0.5
 
 
+def test_lbp_codes_equal_skimage_bit_for_bit():
+    from skimage.feature import local_binary_pattern
+
+    from scst.pp._features import _lbp_histogram, _lbp_uniform
+
+    rng = np.random.default_rng(0)
+    noise = (rng.random((5, 23, 17)) * 256).astype(np.uint8)
+    # plateaus (4 × 4 blocks): the interpolated diagonal value equals the centre up to float rounding
+    blocks = np.repeat(np.repeat(rng.integers(0, 256, (5, 6, 5), dtype=np.uint8), 4, 1), 4, 2)
+    edges = np.zeros((2, 9, 9), dtype=np.uint8)
+    edges[0] = 255  # a saturated flat image: skimage's zero padding sets the border codes
+    edges[1, :, 4:] = 1  # a step of one grey level
+    for imgs in (noise, blocks, edges, noise[:, :1, :5], noise[:, :3, :3]):
+        ref = np.stack([local_binary_pattern(im, 8, 1, method="uniform") for im in imgs]).astype(np.int64)
+        np.testing.assert_array_equal(_lbp_uniform(imgs), ref)
+        hist = np.stack([np.bincount(r.ravel(), minlength=10) / r.size for r in ref])
+        np.testing.assert_allclose(_lbp_histogram(imgs, chunk=2), hist, rtol=1e-6)
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="channels first"):
         handcrafted_features(np.zeros((2, 16, 16, 3), dtype=np.uint8))

@@ -104,6 +104,68 @@ def _sobel_magnitude(g: np.ndarray) -> np.ndarray:
     return np.sqrt(gx**2 + gy**2) / 8.0  # / 8: a unit step gives magnitude 1/2 … 1, as skimage.filters.sobel
 
 
+# skimage's sampling points of local_binary_pattern(P=8, R=1): (row, col) offsets rounded to 5 decimals.
+_LBP_ANGLES = 2 * np.pi * np.arange(_LBP_POINTS, dtype=np.float64) / _LBP_POINTS
+_LBP_DR = np.round(-_LBP_RADIUS * np.sin(_LBP_ANGLES), 5)
+_LBP_DC = np.round(_LBP_RADIUS * np.cos(_LBP_ANGLES), 5)
+
+
+def _lbp_uniform(img: np.ndarray) -> np.ndarray:
+    """Uniform LBP codes (0–9) of ``(B, H, W)`` uint8 images, vectorised over the batch.
+
+    Equal to :func:`skimage.feature.local_binary_pattern` (8 points, radius 1, ``method="uniform"``) image by
+    image: skimage's arithmetic is reproduced step by step in float64 — the sampling point ``(r + dr, c + dc)``, its
+    bilinear interpolation with zeros outside the image, ``value - centre >= 0`` — so that plateaus, where the
+    interpolated value equals the centre up to rounding, get the same bit. The transitions are counted without
+    wrapping around (skimage's rule for ``"uniform"``): <= 2 changes → number of ones, else 9.
+    """
+    b, h, w = img.shape
+    pad_u8 = np.zeros((b, h + 2, w + 2), dtype=np.uint8)
+    pad_u8[:, 1:-1, 1:-1] = img
+    pad = pad_u8.astype(np.float64)
+    centre = pad[:, 1:-1, 1:-1]
+    rows, cols = np.arange(h, dtype=np.float64)[:, None], np.arange(w, dtype=np.float64)[None, :]
+    ones = np.zeros((b, h, w), dtype=np.uint8)
+    changes = np.zeros((b, h, w), dtype=np.uint8)
+    prev = None
+    for dr_p, dc_p in zip(_LBP_DR, _LBP_DC):
+        r, c = rows + dr_p, cols + dc_p
+        r0, c0 = np.floor(r), np.floor(c)
+        dr, dc = r - r0, c - c0
+        # floor/ceil of (pixel + offset) are the pixel plus a constant: slices of the padded image (+1 for the pad)
+        i0, i1 = int(np.floor(dr_p)) + 1, int(np.ceil(dr_p)) + 1
+        j0, j1 = int(np.floor(dc_p)) + 1, int(np.ceil(dc_p)) + 1
+        if i0 == i1 and j0 == j1:  # on the pixel grid: the interpolated value is the neighbour itself
+            bit = pad_u8[:, i0 : i0 + h, j0 : j0 + w] >= img
+        else:
+            top = (1 - dc) * pad[:, i0 : i0 + h, j0 : j0 + w]
+            top += dc * pad[:, i0 : i0 + h, j1 : j1 + w]
+            bottom = (1 - dc) * pad[:, i1 : i1 + h, j0 : j0 + w]
+            bottom += dc * pad[:, i1 : i1 + h, j1 : j1 + w]
+            top *= 1 - dr
+            bottom *= dr
+            top += bottom
+            top -= centre
+            bit = top >= 0
+        ones += bit
+        if prev is not None:
+            changes += bit != prev
+        prev = bit
+    return np.where(changes <= 2, ones, _LBP_POINTS + 1)
+
+
+def _lbp_histogram(img: np.ndarray, chunk: int = 8) -> np.ndarray:
+    """Fractions of the 10 uniform LBP codes per image of ``(B, H, W)`` uint8; ``chunk`` images at a time (cache)."""
+    n_lbp = _LBP_POINTS + 2
+    out = np.empty((len(img), n_lbp), dtype=np.float32)
+    for s in range(0, len(img), chunk):
+        codes = _lbp_uniform(img[s : s + chunk])
+        k = len(codes)
+        flat = (codes + n_lbp * np.arange(k)[:, None, None]).ravel()
+        out[s : s + k] = np.bincount(flat, minlength=k * n_lbp).reshape(k, n_lbp) / codes[0].size
+    return out
+
+
 def _glcm(q: np.ndarray, levels: int) -> np.ndarray:
     """GLCM properties of quantised images ``(B, H, W)``, averaged over angles: ``(B, n_distances * n_props)``."""
     from skimage.feature import graycomatrix, graycoprops
@@ -136,7 +198,8 @@ def handcrafted_features(
     [0, 0.3]): contrast, dissimilarity, homogeneity, energy, correlation, entropy; the histogram of uniform local
     binary patterns (:func:`skimage.feature.local_binary_pattern`, 8 points, radius 1) of the grey image.
 
-    Colour and stain statistics are vectorised over ``batch_size`` patches; GLCM and LBP loop over patches.
+    Colour, stain and LBP statistics are vectorised over ``batch_size`` patches (the LBP codes equal skimage's
+    bit for bit); the GLCMs loop over patches.
 
     Parameters
     ----------
@@ -157,8 +220,6 @@ def handcrafted_features(
     -------
     ``(N, 95)`` float32 array (and the list of names when ``return_names``).
     """
-    from skimage.feature import local_binary_pattern
-
     if not 2 <= int(glcm_levels) <= 256:
         raise ValueError(f"glcm_levels: expected an integer in [2, 256], got {glcm_levels}.")
     if len(stain_thresholds) != 2 or min(stain_thresholds) < 0:
@@ -181,7 +242,6 @@ def handcrafted_features(
         raise ValueError(f"patches: expected patches of at least 3 × 3 pixels, got {patches.shape[2:]}.")
     n = len(patches)
     out = np.empty((n, len(names)), dtype=np.float32)
-    n_lbp = _LBP_POINTS + 2
     for start in range(0, n, batch_size):
         x = _as_unit_float(patches[start : start + batch_size])  # (B, 3, H, W)
         b, _, hh, ww = x.shape
@@ -197,11 +257,7 @@ def handcrafted_features(
         q_grey = np.minimum(grey_img * levels, levels - 1).astype(np.uint8)
         hema = np.minimum(hed[:, 0], _H_MAX).reshape(b, hh, ww)
         q_hema = np.minimum(hema / _H_MAX * levels, levels - 1).astype(np.uint8)
-        grey_u8 = np.round(grey_img * 255).astype(np.uint8)
-        lbp = np.empty((b, n_lbp), dtype=np.float32)
-        for i in range(b):
-            codes = local_binary_pattern(grey_u8[i], _LBP_POINTS, _LBP_RADIUS, method="uniform").astype(np.int64)
-            lbp[i] = np.bincount(codes.ravel(), minlength=n_lbp)[:n_lbp] / codes.size
+        lbp = _lbp_histogram(np.round(grey_img * 255).astype(np.uint8))
         cols = [
             _stats(flat).reshape(b, -1),
             _stats(grey[:, None]).reshape(b, -1),
