@@ -122,6 +122,23 @@ def test_lbp_codes_equal_skimage_bit_for_bit():
         np.testing.assert_allclose(_lbp_histogram(imgs, chunk=2), hist, rtol=1e-6)
 
 
+def test_glcm_properties_equal_skimage_bit_for_bit():
+    from skimage.feature import graycomatrix, graycoprops
+
+    from scst.pp._features import _GLCM_PROPS, _glcm_props
+
+    rng = np.random.default_rng(1)
+    q = (rng.random((6, 20, 15)) * 32).astype(np.uint8)
+    q[0] = 3  # constant: correlation falls back to 1
+    q[1, :, :7] = 0
+    m = np.concatenate(
+        [graycomatrix(im, (1, 2, 4), (0, np.pi / 4, np.pi / 2, 3 * np.pi / 4), levels=32, symmetric=True) for im in q],
+        axis=3,
+    )
+    for name, got in zip(_GLCM_PROPS, _glcm_props(m)):
+        np.testing.assert_array_equal(got, graycoprops(m, name), err_msg=name)
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="channels first"):
         handcrafted_features(np.zeros((2, 16, 16, 3), dtype=np.uint8))

@@ -168,14 +168,42 @@ def _lbp_histogram(img: np.ndarray, chunk: int = 8) -> np.ndarray:
 
 def _glcm(q: np.ndarray, levels: int) -> np.ndarray:
     """GLCM properties of quantised images ``(B, H, W)``, averaged over angles: ``(B, n_distances * n_props)``."""
-    from skimage.feature import graycomatrix, graycoprops
+    from skimage.feature import graycomatrix
 
     nd, na = len(_GLCM_DISTANCES), len(_GLCM_ANGLES)
     mats = [graycomatrix(im, _GLCM_DISTANCES, _GLCM_ANGLES, levels=levels, symmetric=True) for im in q]
-    # graycoprops normalises and scores each (distance, angle) slice on its own: stack the batch along angles.
+    # Each (distance, angle) slice is normalised and scored on its own: stack the batch along angles.
     m = np.concatenate(mats, axis=3)  # (L, L, nd, na * B)
-    props = [graycoprops(m, p).reshape(nd, len(q), na).mean(2) for p in _GLCM_PROPS]  # each (nd, B)
+    props = [v.reshape(nd, len(q), na).mean(2) for v in _glcm_props(m)]  # each (nd, B)
     return np.stack(props, axis=-1).transpose(1, 0, 2).reshape(len(q), -1)  # (B, nd * n_props), distance-major
+
+
+def _glcm_props(m: np.ndarray) -> list[np.ndarray]:
+    """:func:`skimage.feature.graycoprops` of ``_GLCM_PROPS``, normalising once for all six.
+
+    skimage normalises per call; the float64 expressions here are skimage's, so the values are equal bit for bit.
+    """
+    levels = m.shape[0]
+    p = m.astype(np.float64)
+    sums = np.sum(p, axis=(0, 1), keepdims=True)
+    sums[sums == 0] = 1
+    p /= sums
+    i, j = np.ogrid[0:levels, 0:levels]
+    out = {}
+    for name, weights in (("contrast", (i - j) ** 2), ("dissimilarity", np.abs(i - j)),
+                          ("homogeneity", 1.0 / (1.0 + (i - j) ** 2))):  # fmt: skip
+        out[name] = np.sum(p * weights.reshape((levels, levels, 1, 1)), axis=(0, 1))
+    out["energy"] = np.sqrt(np.sum(p**2, axis=(0, 1)))
+    i4 = np.arange(levels).reshape((levels, 1, 1, 1))
+    j4 = np.arange(levels).reshape((1, levels, 1, 1))
+    diff_i, diff_j = i4 - np.sum(i4 * p, axis=(0, 1)), j4 - np.sum(j4 * p, axis=(0, 1))
+    std_i = np.sqrt(np.sum(p * diff_i**2, axis=(0, 1)))
+    std_j = np.sqrt(np.sum(p * diff_j**2, axis=(0, 1)))
+    cov = np.sum(p * (diff_i * diff_j), axis=(0, 1))
+    flat = (std_i < 1e-15) | (std_j < 1e-15)  # skimage: correlation 1 where a standard deviation vanishes
+    out["correlation"] = np.where(flat, 1.0, cov / np.where(flat, 1.0, std_i * std_j))
+    out["entropy"] = np.sum(p * -np.log(p, where=(p != 0), out=np.zeros_like(p)), axis=(0, 1))
+    return [out[name] for name in _GLCM_PROPS]
 
 
 def handcrafted_features(
