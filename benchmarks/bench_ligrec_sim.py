@@ -58,7 +58,7 @@ OUT = ROOT / "docs" / "benchmarks" / "ligrec.md"
 RESULTS = ROOT / "benchmarks" / "results" / "ligrec"
 COMMAND = "\n".join(
     [
-        "python benchmarks/bench_ligrec_sim.py --paper   # everything (today; the committed run predates the pooled rows)",
+        "python benchmarks/bench_ligrec_sim.py --paper   # everything (the committed run predates the pooled rows)",
         "python benchmarks/bench_ligrec_sim.py --select-pooled   # the choice of GCNG.pooled_config, second tissue",
         "# the pooled GCNG rows were added to the committed results later, one rerun each:",
         "python benchmarks/bench_ligrec_sim.py --only pooled --threads 1",
