@@ -300,3 +300,13 @@ def test_pooled_gcng_learns_juxtacrine_pairs_on_unseen_genes_and_other_tissue(tm
     moved = GCNG.load(tmp_path / "pooled", data=other)
     pred = moved.predict(other_pairs)
     assert roc_auc_score(pred["label"], pred["score"]) > 0.85
+    # the tool scores the other tissue with the model trained on the first (which keeps its own data)
+    from scst.tl._ligrec import ligand_receptor
+
+    with pytest.warns(UserWarning, match="in-sample"):  # same gene names as training pairs: flagged
+        out = ligand_receptor(other, model, pairs=other_pairs[["ligand", "receptor"]], method="gcng", n_perms=9,
+                              expr_prop=0.0, copy=True)  # fmt: skip
+    got = out.uns["scst_ligrec"].set_index(["ligand_complex", "receptor_complex"])["gcng_score"]
+    want = pred.set_index(["ligand", "receptor"])["score"]
+    np.testing.assert_allclose(got.loc[want.index], want, rtol=1e-5)
+    assert model.adata is adata
