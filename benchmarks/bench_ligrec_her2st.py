@@ -31,6 +31,8 @@ Each section is scored on its own 4-neighbour grid graph. Stages (``--stages``, 
   ``tl.ligand_receptor``, 20 draws) plus ``--gcng-control-draws`` retrained draws on C2.
 - ``chosen``: the candidate chosen by ``select`` (when it differs from ``bench_config``), cross-fitted over all 10
   folds on ``--chosen-sections`` (default C2): does a network that fits its training pairs score held-out genes?
+- ``pooled``: ``GCNG.pooled_config`` (scst's pooled readout and standardised input, chosen on a simulation)
+  cross-fitted over all 10 folds on ``--pooled-sections`` (default all five).
 - ``paper``: GCNG's paper configuration (32 channels, dense 512, lr 1e-6, batch 32, <= 100 epochs, patience 50, no
   log) on C2, folds ``--paper-folds`` (the largest size that fits a CPU budget; the GPU command is on the page).
 """
@@ -68,6 +70,7 @@ COMMANDS = "\n".join(
         "dense 128, 300 epochs, no early-stopping split;"
         "32 channels, dense 512, lr 1e-4, 100 epochs, no early-stopping split'   # a later session",
         f"{COMMAND} --stages chosen --chosen-sections C2   # the selected candidate over all 10 folds",
+        f"{COMMAND} --stages pooled --pooled-sections C2   # GCNG.pooled_config over all 10 folds of C2",
         f"{COMMAND} --stages main --gcng-only --controls-only --gcng-control-start 3 --gcng-control-draws 20",
         f"{COMMAND} --stages paper --paper-folds 0,1   # the paper configuration, 100 epochs, two folds",
         f"{COMMAND} --stages paper --paper-folds 0,1,2,3,4,5,6,7,8,9   # the other eight folds (a later session)",
@@ -587,29 +590,42 @@ def stage_paper(data: Data, args) -> None:
         )
 
 
-def stage_chosen(data: Data, args) -> None:
-    """The selected candidate's autocrine+ GCNG, cross-fitted over all 10 folds, on ``--chosen-sections``.
-
-    Resumable: folds already in ``chosen_fit.csv`` (same candidate and section) are skipped.
-    """
-    sel = json.loads((RESULTS / "selected.json").read_text())
-    name, over = sel["candidate"], CANDIDATES[sel["candidate"]]
-    preds = [pd.read_csv(RESULTS / "chosen_predictions.csv.gz")] if (RESULTS / "chosen_fit.csv").exists() else []
-    fits = pd.read_csv(RESULTS / "chosen_fit.csv").to_dict("records") if preds else []
-    for section in args.chosen_sections:
+def _resumable_cv(data: Data, args, sections, candidate: str, cfg: dict, train, method: str, prefix: str) -> None:
+    """Autocrine+ GCNG at ``cfg`` cross-fitted over all 10 folds of each section into ``<prefix>_fit.csv`` and
+    ``<prefix>_predictions.csv.gz``; folds already there (same candidate and section) are skipped."""
+    done_file = RESULTS / f"{prefix}_fit.csv"
+    preds = [pd.read_csv(RESULTS / f"{prefix}_predictions.csv.gz")] if done_file.exists() else []
+    fits = pd.read_csv(done_file).to_dict("records") if preds else []
+    for section in sections:
         sub = data.section(section)
         for fold in data.folds:
-            done = any(r["candidate"] == name and r["section"] == section and r["fold"] == fold.fold for r in fits)
+            done = any(r["candidate"] == candidate and r["section"] == section and r["fold"] == fold.fold for r in fits)
             if done or fold.test.empty:
                 continue
-            cfg = {**FORMER_BENCH, **_cfg(over)}
-            p, fit, _, wall = _gcng_cv(sub, [fold], "autocrine+", cfg, args, "GCNG autocrine+ (chosen)", 0,
-                                       train=over.get("_train"))  # fmt: skip
-            preds.append(p.assign(section=section, candidate=name))
-            fits += fit.assign(section=section, candidate=name, wall_s=wall).to_dict("records")
-            _save(pd.concat(preds), "chosen_predictions.csv.gz")
-            _save(fits, "chosen_fit.csv")
-            print(f"chosen {section} fold {fold.fold}: train {fits[-1]['train_auroc']:.3f} ({wall:.0f} s)", flush=True)
+            p, fit, _, wall = _gcng_cv(sub, [fold], "autocrine+", cfg, args, method, 0, train=train)
+            preds.append(p.assign(section=section, candidate=candidate))
+            fits += fit.assign(section=section, candidate=candidate, wall_s=wall).to_dict("records")
+            _save(pd.concat(preds), f"{prefix}_predictions.csv.gz")
+            _save(fits, f"{prefix}_fit.csv")
+            print(f"{prefix} {section} fold {fold.fold}: train {fits[-1]['train_auroc']:.3f} "
+                  f"test {fits[-1]['test_auroc']:.3f} ({wall:.0f} s)", flush=True)  # fmt: skip
+
+
+def stage_chosen(data: Data, args) -> None:
+    """The selected candidate's autocrine+ GCNG, cross-fitted over all 10 folds, on ``--chosen-sections``."""
+    sel = json.loads((RESULTS / "selected.json").read_text())
+    name, over = sel["candidate"], CANDIDATES[sel["candidate"]]
+    cfg = {**FORMER_BENCH, **_cfg(over)}
+    _resumable_cv(data, args, args.chosen_sections, name, cfg, over.get("_train"), "GCNG autocrine+ (chosen)", "chosen")
+
+
+def stage_pooled(data: Data, args) -> None:
+    """``GCNG.pooled_config`` (pooled readout, standardised input; chosen on a simulation, not on HER2+),
+    cross-fitted over all 10 folds on ``--pooled-sections``."""
+    from scst.models._gcng import GCNG
+
+    _resumable_cv(data, args, args.pooled_sections, "pooled_config", dict(GCNG.pooled_config), None,
+                  "GCNG autocrine+ (pooled_config)", "pooled")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -639,6 +655,41 @@ def _fold_stats(p: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def _cv_table(read, prefix: str, title: str, intro: str) -> list[str]:
+    """Rows per section: a 10-fold CV of ``<prefix>_*`` next to ``bench_config`` (main stage) on the same folds."""
+    from scst.tl._ligrec_cv import ligrec_metrics
+
+    cp, cf = read(f"{prefix}_predictions.csv.gz"), read(f"{prefix}_fit.csv")
+    former = read("main_predictions.csv.gz") if (RESULTS / "main_predictions.csv.gz").exists() else None
+    lines = [title, "", intro, ""]
+    lines += [
+        "| section | configuration | folds | train AUROC (mean) | pooled AUROC [95 % CI] | fold AUROC mean ± sd | "
+        "wall / fold (s) |",
+        "|---|---|---:|---:|---|---|---:|",
+    ]
+    for sec, g in cp.groupby("section", sort=False):
+        rows = [(str(g["candidate"].iloc[0]), g, cf[cf["section"] == sec])]
+        if former is not None:
+            names = ["GCNG autocrine+ (`bench_config`)", "GCNG autocrine+, former bench_config"]
+            fg = former[(former["section"] == sec) & former["method"].isin(names)]
+            fg = fg[fg["fold"].isin(set(g["fold"]))]
+            ff = read("main_fit.csv")
+            ff = ff[(ff["section"] == sec) & ff["method"].isin(names)]
+            rows.append(("`bench_config`", fg, ff[ff["fold"].isin(set(g["fold"]))]))
+        for label, pr, fi in rows:
+            if pr.empty:
+                continue
+            ci = ligrec_metrics(pr.assign(method=label), n_boot=1000, seed=0).iloc[0]
+            fs = _fold_stats(pr.assign(method=label, section=sec)).iloc[0]
+            wall = f"{fi['wall_s'].mean():.0f}" if "wall_s" in fi else "–"
+            lines.append(
+                f"| {sec} | {label} | {pr['fold'].nunique()} | {_f(fi['train_auroc'].mean())} | "
+                f"**{_f(ci['auroc'])}** [{_f(ci['auroc_lo'])}, {_f(ci['auroc_hi'])}] | "
+                f"{_f(fs['fold_mean'])} ± {_f(fs['fold_sd'])} | {wall} |"
+            )
+    return lines + [""]
 
 
 def report(args) -> None:
@@ -746,42 +797,25 @@ def report(args) -> None:
         raw["select"] = m.reset_index().to_dict("records")
         raw["chosen"] = chosen
     if (RESULTS / "chosen_fit.csv").exists():
-        from scst.tl._ligrec_cv import ligrec_metrics
-
-        cp, cf = read("chosen_predictions.csv.gz"), read("chosen_fit.csv")
-        former = read("main_predictions.csv.gz") if (RESULTS / "main_predictions.csv.gz").exists() else None
-        lines += [
+        lines += _cv_table(
+            read,
+            "chosen",
             "### The chosen candidate over all 10 folds",
-            "",
             "Autocrine+ GCNG at the chosen candidate, cross-fitted over the 10 folds of section 3 (each fold's model "
             "scores only genes it never saw), next to `bench_config` on the same section and folds (section 3's row).",
-            "",
-            "| section | configuration | folds | train AUROC (mean) | pooled AUROC [95 % CI] | fold AUROC mean ± sd | "
-            "wall / fold (s) |",
-            "|---|---|---:|---:|---|---|---:|",
-        ]
-        for sec, g in cp.groupby("section", sort=False):
-            rows = [(str(g["candidate"].iloc[0]), g, cf[cf["section"] == sec])]
-            if former is not None:
-                names = ["GCNG autocrine+ (`bench_config`)", "GCNG autocrine+, former bench_config"]
-                fg = former[(former["section"] == sec) & former["method"].isin(names)]
-                fg = fg[fg["fold"].isin(set(g["fold"]))]
-                ff = read("main_fit.csv")
-                ff = ff[(ff["section"] == sec) & ff["method"].isin(names)]
-                rows.append(("`bench_config`", fg, ff[ff["fold"].isin(set(g["fold"]))]))
-            for label, pr, fi in rows:
-                if pr.empty:
-                    continue
-                ci = ligrec_metrics(pr.assign(method=label), n_boot=1000, seed=0).iloc[0]
-                fs = _fold_stats(pr.assign(method=label, section=sec)).iloc[0]
-                wall = f"{fi['wall_s'].mean():.0f}" if "wall_s" in fi else "–"
-                lines.append(
-                    f"| {sec} | {label} | {pr['fold'].nunique()} | {_f(fi['train_auroc'].mean())} | "
-                    f"**{_f(ci['auroc'])}** [{_f(ci['auroc_lo'])}, {_f(ci['auroc_hi'])}] | "
-                    f"{_f(fs['fold_mean'])} ± {_f(fs['fold_sd'])} | {wall} |"
-                )
-        lines += [""]
-        raw["chosen_cv"] = cf.to_dict("records")
+        )
+        raw["chosen_cv"] = read("chosen_fit.csv").to_dict("records")
+    if (RESULTS / "pooled_fit.csv").exists():
+        lines += _cv_table(
+            read,
+            "pooled",
+            "### GCNG with a pooled readout (`GCNG.pooled_config`, scst's deviation)",
+            "The flatten layer replaced by the mean and max of each channel over the spots, each pair's input "
+            "standardised over the spots, 32 channels, dense 128, lr 3e-3, batch 16, <= 200 epochs (patience 100 on "
+            "the 20 % early-stopping split) — chosen on a simulated tissue (docs/benchmarks/ligrec.md), never on "
+            "HER2+. Cross-fitted over the 10 folds of each section, next to `bench_config` on the same folds.",
+        )
+        raw["pooled_cv"] = read("pooled_fit.csv").to_dict("records")
     # --- direction
     if (RESULTS / "direction.csv.gz").exists():
         d = read("direction.csv.gz")
@@ -987,9 +1021,13 @@ def main() -> None:
     ap.add_argument("--gcng-only", action="store_true", help="main: keep the saved cheap pass, run the GCNG part")
     ap.add_argument("--with-chosen", action="store_true", help="main: also a 10-fold CV at the selected config")
     ap.add_argument("--chosen-sections", default="C2", help="chosen stage: sections of the selected config's CV")
+    ap.add_argument("--pooled-sections", default="C2,C3,C4,C5,C6", help="pooled stage: sections of its 10-fold CV")
     ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args()
-    for k in ("stages", "sections", "direction_sections", "variant_sections", "gcng_sections", "chosen_sections"):
+    for k in (
+        "stages", "sections", "direction_sections", "variant_sections", "gcng_sections", "chosen_sections",
+        "pooled_sections",
+    ):  # fmt: skip
         setattr(args, k, [s for s in getattr(args, k).split(",") if s])
     args.paper_folds = [int(k) for k in args.paper_folds.split(",") if k]
     args.candidates = [c for c in args.candidates.split(";") if c]
@@ -1030,6 +1068,8 @@ def main() -> None:
                 stage_paper(data, args)
             elif stage == "chosen":
                 stage_chosen(data, args)
+            elif stage == "pooled":
+                stage_pooled(data, args)
             else:
                 raise ValueError(f"--stages: unknown stage {stage!r}")
             stage_times[stage] = time.time() - w
