@@ -65,6 +65,24 @@ def texture_ab(patches) -> list[tuple]:
     return rows
 
 
+def texture_estimate(rows: list[tuple]) -> str:
+    """What the 112 px features would cost in this run with skimage's two texture steps (A/B rows added back)."""
+    cpu = {name.split(" (112 px")[0]: c for name, _, _, c in rows}
+    feats = next(c for name, _, _, c in rows if name.startswith("`pp.handcrafted_features` (112 px"))
+    lbp = cpu["uniform LBP histograms: skimage `local_binary_pattern`, patch by patch"] - cpu[
+        "uniform LBP histograms: scst, batched (same codes)"]  # fmt: skip
+    props = cpu["6 GLCM properties: skimage `graycoprops` (normalises per property)"] - cpu[
+        "6 GLCM properties: scst, one normalisation (same values)"]  # fmt: skip
+    before = feats + lbp + 2 * props  # GLCM properties run twice per patch: grey and haematoxylin
+    return (
+        f"With skimage's LBP and `graycoprops` (the implementation before this page's run), "
+        f"`pp.handcrafted_features` at 112 px would cost ≈ {before:.2f} CPU s here (the row above plus the A/B "
+        f"differences, the GLCM properties twice: grey and haematoxylin): {before / feats:.1f}× the current "
+        f"{feats:.2f} s. Compare runs of different days by such same-run ratios only: this machine's speed varies "
+        "from day to day (the ResNet-18 rows of two runs differ by up to 2.5×, see the git history of this page)."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--densenet", action="store_true", help="also embed with DenseNet-121 at 224 px (slow)")
@@ -121,10 +139,7 @@ def main() -> None:
         "|---|---:|---:|---:|---:|",
     ]
     lines += [f"| {name} | {k:,} | {wall:.2f} | {cpu:.2f} | {cpu / k * 1000:.2f} |" for name, k, wall, cpu in rows]
-    lines += [
-        "",
-        machine_line(load_before, load_after),
-    ]
+    lines += ["", texture_estimate(rows), "", machine_line(load_before, load_after)]
     raw = {
         "rows": [dict(zip(("step", "spots", "wall_s", "cpu_s"), r)) for r in rows],
         "load_before": load_before, "load_after": load_after,

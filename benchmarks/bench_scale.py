@@ -392,13 +392,18 @@ NOTES: list[str] = """### Reading
 **Whole section, hand-crafted + ridge (goal < 2 min).** 100,000 spots in 614 s (163 spots/s) with two loader workers
 computing the features at a load average of 6–11 on the 2 cores, and in 418 s (239 spots/s, ~8 CPU-ms per spot)
 in a later rerun on the otherwise idle machine (load 0.5 before; the two workers and the main process kept it at
-~3): the goal is not met. The cost is the features, not the reading: `pp.handcrafted_features` costs 2.2 CPU-s per
-1,000 real H&E patches at 112 px (docs/benchmarks/features.md; more on this synthetic texture; cProfile: ~35 %
-skimage's `local_binary_pattern` and ~30 % `graycomatrix`/`graycoprops`, both called patch by patch), reading and
-resizing 0.7 CPU-s per 1,000. That is ≥ 295 CPU-s for 100k real spots, ≥ 150 s on two cores even with perfect
-overlap: on 2 cores the goal needs cheaper features (vectorising the LBP/GLCM loops over the batch would save part
-of their ~65 %), or more cores (the features run in the DataLoader workers: `embed_patches(num_workers=w)` scales
-with `w`).
+~3). The cost is the features, not the reading: `pp.handcrafted_features` cost 2.2 CPU-s per 1,000 real H&E
+patches at 112 px in that session (cProfile: ~35 % skimage's `local_binary_pattern` and ~30 %
+`graycomatrix`/`graycoprops`, both called patch by patch), reading and resizing 0.7 CPU-s per 1,000. Since then
+the LBP runs batched (4–5× faster, the same codes bit for bit) and the six GLCM properties share one
+normalisation (3×, the same values): 1.7× cheaper features in a same-run comparison (docs/benchmarks/features.md).
+Third row, after that change: **311 s (322 spots/s), peak PSS 2.49 GB** (load 0.9 before) — on a day when this
+machine ran everything ~2.5× slower than in the earlier rows' session (plain torch ResNet-18: 79 ms per 224 px image
+on one thread, against ~35 ms then; same torch), so the rows are not comparable across sessions; the same-run
+feature ratio is the clean measure. The 2-minute goal is still not met on 2 cores: it needs ≈ 1.2 CPU-ms per spot
+for everything, the features alone cost ~4 CPU-ms per real patch on today's machine (≈ 1.3 by the earlier
+session's clock) and reading adds ~0.7 more. More cores scale it: the features run in the
+DataLoader workers (`embed_patches(num_workers=w)`).
 
 **Whole section, fastest image model at bench_config (goal < 2 min).** HGGEP's cpu_small network was the fastest
 of the three on the 1,000-spot subset (first rows; the subset rows include the loader start-up). It predicted all
@@ -419,7 +424,8 @@ before prediction starts (imports, the trained model). The *choice* rows ran bef
 decoded-chunk caches: 2.2 GB before prediction there, 1.4 GB in the later whole-section run after the same
 training. The ridge run with two workers peaked at 4.08 GB under load and at 3.81 GB in the idle rerun (the main process
 1.6–1.8 GB VmHWM; the rest is the two forked workers, which gradually copy the parent's pages they touch — Python
-reference counts — and hold their own share of the chunk cache and feature temporaries): at the goal's edge. Not
+reference counts — and hold their own share of the chunk cache and feature temporaries): at the goal's edge; 2.49 GB
+in the third run (batched LBP in chunks of 8 patches, shorter run, fewer copied pages). Not
 measured at 100k: `num_workers=0` (one core, no worker copies) or a `forkserver` worker context (no copies).
 
 **HGGEP memory past the batch size.** Prediction: 0.91 GB at 1k spots, 1.48 GB at 10k, 1.05 GB at 100k (first 40
@@ -443,7 +449,7 @@ CPU_COMMAND = """export SCST_CACHE_DIR=/tmp/scst_cache_scale OMP_NUM_THREADS=1
 B="nice -n 5 python benchmarks/bench_scale.py"
 $B --parts image memory && $B --parts choice --subset 1000 && $B --parts paper --paper-subset 300 \\
   && $B --parts ridge && $B --parts full --spots 20000 && $B --parts full && $B --parts page
-# the second ridge row, a later session on an idle machine (runs appended to the committed results.json):
+# the second and third ridge rows, later sessions on an idle machine (runs appended to the committed results.json):
 python -c "import json; d = json.load(open('benchmarks/results/scale/results.json')); d.pop('command'); \
 json.dump(d, open('benchmarks/results/scale/partial.json', 'w'))" && $B --parts image ridge && $B --parts page"""
 GPU_COMMAND = (
@@ -496,7 +502,8 @@ def write_report(raw: dict, out: Path) -> None:
             machine_line(loads[0], after[-1]),
             f"1-min load average over the runs: {min(x[0] for x in loads):.1f}–{max(x[0] for x in loads):.1f} "
             "on 2 cores (other engineers' benchmarks and tests ran at the same time for most rows): **the times of "
-            "loaded rows are upper bounds** (the ridge pipeline: 614 s at load 5.7, 418 s on the idle machine; "
+            "loaded rows are upper bounds** (the ridge pipeline: 614 s at load 5.7, 418 s on the idle machine, "
+            "311 s with the batched texture features on a slower day; "
             "single-process rows suffer more, up to the load ÷ 2). Each row is a fresh process with "
             "`torch.set_num_threads(1)`; device: CPU.",
             "",
