@@ -74,6 +74,25 @@ def test_ligrec_on_one_section(tmp_path):
     assert main(["ligrec", "--sections", "C2", "--out", str(tmp_path / "lr.txt")]) == 2
 
 
+def test_ligrec_gcng_config_reaches_the_tool(tmp_path, monkeypatch):
+    import scst
+
+    seen = {}
+
+    def recording(adata, **kwargs):  # a stub tool: records what the CLI passes, writes an empty table
+        import pandas as pd
+
+        seen.update(kwargs)
+        adata.uns["scst_ligrec"] = pd.DataFrame({"ligand_complex": [], "receptor_complex": []})
+
+    monkeypatch.setattr(scst.tl, "ligand_receptor", recording)
+    out = str(tmp_path / "lr.csv")
+    assert main(["ligrec", "--sections", "C2", "--method", "gcng", "--gcng-config", "pooled", "--out", out]) == 0
+    assert seen["gcng_config"] == scst.models.GCNG.pooled_config and seen["method"] == ["gcng"]
+    assert main(["ligrec", "--sections", "C2", "--method", "gcng", "--out", out, "--overwrite"]) == 0
+    assert seen["gcng_config"] == scst.models.GCNG.bench_config
+
+
 def test_train_head_then_predict_a_bare_he_image(tmp_path):
     """`scst train --model hggep_head` → `scst predict --image he.jpg`: pseudo-spots, features recomputed."""
     import scst

@@ -203,7 +203,11 @@ def _ligrec(args: argparse.Namespace) -> None:
         raise CLIError(f"--sections: no spot of {args.sections} in the data.")
     # ST arrays: the 4-neighbour grid on the integer array indices, per section (see the README).
     sq.gr.spatial_neighbors(adata, spatial_key="spatial_array", coord_type="grid", n_neighs=4, library_key="section")
-    scst.tl.ligand_receptor(adata, method=args.method, n_perms=args.n_perms, pairs=args.pairs, seed=args.seed)
+    configs = {"bench": "bench_config", "pooled": "pooled_config", "paper": "_default_config"}
+    gcng_config = dict(getattr(scst.models.GCNG, configs[args.gcng_config]))
+    scst.tl.ligand_receptor(
+        adata, method=args.method, n_perms=args.n_perms, pairs=args.pairs, seed=args.seed, gcng_config=gcng_config
+    )
     from ._utils import _atomic_file
 
     with _atomic_file(out) as tmp:
@@ -268,6 +272,12 @@ def _parser() -> argparse.ArgumentParser:
         help="scores",
     )
     r.add_argument("--pairs", default=None, help="resource name of scst.datasets.ligand_receptor (default: gcng)")
+    r.add_argument(
+        "--gcng-config",
+        default="bench",
+        choices=["bench", "pooled", "paper"],
+        help="GCNG settings of the cross-fitting: GCNG.bench_config, .pooled_config or the paper's (default: bench)",
+    )
     r.add_argument("--n-perms", type=int, default=100, help="permutations for p-values (0: none)")
     r.add_argument("--seed", type=int, default=0, help="random seed of the permutations")
     r.add_argument("--out", required=True, help="output table (.csv or .csv.gz)")
