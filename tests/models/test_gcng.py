@@ -36,13 +36,17 @@ def niche_data(n_side: int = 8, n_pairs: int = 60, seed: int = 0) -> tuple[AnnDa
                  rng.poisson(lam * (1 + 2 * ~niche))]  # fmt: skip
         names += [f"L{k}", f"R{k}", f"D{k}"]
         triples.append((f"L{k}", f"R{k}", f"D{k}"))
-    cols.append(rng.poisson(20, size=(len(xy), 40)))
-    names += [f"B{i}" for i in range(40)]
+    return grid_adata(xy, cols, names, rng, n_background=40), triples
+
+
+def grid_adata(xy, cols, names, rng, n_background: int) -> AnnData:
+    """Cells × (given genes + Poisson(20) background genes), 4-neighbour graph and its autocrine+ matrix."""
+    cols = [*cols, rng.poisson(20, size=(len(xy), n_background))]
     adata = AnnData(sp.csr_matrix(np.column_stack(cols).astype(np.float32)), obsm={"spatial": xy})
-    adata.var_names = names
+    adata.var_names = [*names, *(f"B{i}" for i in range(n_background))]
     cell_graph(adata, radius=1.1, library_key=None)
     graph_matrix(adata, "autocrine+")
-    return adata, triples
+    return adata
 
 
 def labelled(triples) -> pd.DataFrame:
@@ -276,13 +280,8 @@ def juxtacrine_data(n_side: int, n_pairs: int, seed: int) -> tuple[AnnData, pd.D
                  rng.poisson(mu_r * (1 + 4 * near_h))]  # fmt: skip
         names += [f"L{k}", f"R{k}", f"D{k}"]
         rows += [(f"L{k}", f"R{k}", 1), (f"L{k}", f"D{k}", 0)]
-    cols.append(rng.poisson(20, size=(len(xy), 20)))
-    names += [f"B{i}" for i in range(20)]
-    adata = AnnData(sp.csr_matrix(np.column_stack(cols).astype(np.float32)), obsm={"spatial": xy})
-    adata.var_names = names
-    cell_graph(adata, radius=1.1, library_key=None)
-    graph_matrix(adata, "autocrine+")
-    return adata, pd.DataFrame(rows, columns=["ligand", "receptor", "label"])
+    labels = pd.DataFrame(rows, columns=["ligand", "receptor", "label"])
+    return grid_adata(xy, cols, names, rng, n_background=20), labels
 
 
 def test_pooled_gcng_learns_juxtacrine_pairs_on_unseen_genes_and_other_tissue(tmp_path):
