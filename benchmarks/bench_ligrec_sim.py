@@ -63,6 +63,7 @@ COMMAND = "\n".join(
         "# the pooled GCNG rows were added to the committed results later, one rerun each:",
         "python benchmarks/bench_ligrec_sim.py --only pooled --threads 1",
         'python benchmarks/bench_ligrec_sim.py --only "pooled_config, diagonal" --threads 1',
+        "python benchmarks/bench_ligrec_sim.py --pooled-null --threads 1   # its shuffled-positions null",
     ]
 )
 SPACING, CONTACT = 12.0, 19.0
@@ -137,6 +138,60 @@ def pair_folds(pairs: pd.DataFrame, n_pairs: int, seed: int) -> np.ndarray:
     return pairs["ligand"].map(fold_of).to_numpy()
 
 
+def cv_folds(pairs: pd.DataFrame, fold: np.ndarray) -> list:
+    """The three gene-disjoint folds as ``scst.tl.ligrec_cv`` takes them."""
+    from scst.tl._ligrec_cv import LRFold
+
+    g = pairs["ligand"]
+    return [LRFold(k, pairs[fold != k].assign(group=g), pairs[fold == k].assign(group=g)) for k in range(3)]
+
+
+def resolution_adata(xy, a, counts, names, kind, size, pitch, window) -> AnnData:
+    """The tissue at one resolution: counts, positions and the graph in ``obsp['spatial_connectivities']``."""
+    pos, x, g = aggregate(xy, a, counts, kind, size, pitch, window)
+    adata = AnnData(x, obsm={"spatial": pos})
+    adata.var_names = names
+    adata.obsp["spatial_connectivities"] = g
+    return adata
+
+
+def pooled_null(args) -> None:
+    """Shuffled-positions null of the pooled GCNG: its 3 fold models (refit as in the CV, same seeds) score the
+    test pairs on cells permuted within the tissue (graph kept; ``tl.ligand_receptor``'s GCNG null), 20 draws."""
+    from scst.models._gcng import GCNG
+    from scst.pp._graph_matrix import graph_matrix_from_adjacency
+    from scst.tl._ligrec_cv import _fit_gcng
+    from scst.tl._ligrec_scores import section_permutations
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    for name in ("lightning.pytorch", "lightning.fabric", "scst"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    xy, a, counts, names, pairs = simulate(args.size, args.n_pairs, seed=args.seed)
+    folds = cv_folds(pairs, pair_folds(pairs, args.n_pairs, args.seed))
+    rows = []
+    for res_name, (kind, size, pitch, whole) in RESOLUTIONS.items():
+        t = time.time()
+        work = resolution_adata(xy, a, counts, names, kind, size, pitch, None if whole else args.window)
+        work.obsp["_g"] = graph_matrix_from_adjacency(work.obsp["spatial_connectivities"], "autocrine+")
+        perms = list(section_permutations(None, work.n_obs, args.n_shuffles, args.seed + 1))
+        scored = [[] for _ in perms]
+        for fold in folds:
+            model = _fit_gcng(work, "_g", fold.train, dict(GCNG.pooled_config), None, True, args.seed + fold.fold, {})
+            for d, perm in enumerate(perms):
+                p = model.predict(fold.test[["ligand", "receptor", "label"]], cell_order=perm)
+                scored[d].append(p[["label", "score"]])
+        for d, parts in enumerate(scored):
+            both = pd.concat(parts)
+            auc = roc_auc_score(both["label"], both["score"])
+            rows.append({"resolution": res_name, "method": POOLED, "null": "positions", "draw": d, "auroc": auc})
+        print(f"{res_name}: shuffled AUROC {np.mean([r['auroc'] for r in rows[-len(perms):]]):.3f} "
+              f"({time.time() - t:.0f} s)", flush=True)  # fmt: skip
+    old = pd.read_csv(RESULTS / "sim_shuffled_auroc.csv")
+    merged = pd.concat([old[old["method"] != POOLED], pd.DataFrame(rows)], ignore_index=True)
+    merged.to_csv(RESULTS / "sim_shuffled_auroc.csv", index=False)
+
+
 def rerun(name: str, only: list[str] | None) -> bool:
     """Whether a method / fit config runs: all without ``--only``, else those whose name contains one of ``only``."""
     return not only or any(o in name for o in only)
@@ -145,7 +200,7 @@ def rerun(name: str, only: list[str] | None) -> bool:
 def run(args) -> None:
     import scst  # noqa: F401
     from scst.models._gcng import GCNG, entity_expression, normalized_expression
-    from scst.tl._ligrec_cv import LRFold, ligrec_cv, ligrec_metrics
+    from scst.tl._ligrec_cv import ligrec_cv, ligrec_metrics
     from scst.tl._ligrec_scores import score_function, section_permutations
 
     torch.set_num_threads(args.threads)
@@ -157,17 +212,12 @@ def run(args) -> None:
     xy, a, counts, names, pairs = simulate(args.size, args.n_pairs, seed=args.seed)
     print(f"simulated {len(xy)} cells × {len(names)} genes in {time.time() - t0:.1f}s")
     fold = pair_folds(pairs, args.n_pairs, args.seed)
-    folds = [
-        LRFold(k, pairs[fold != k].assign(group=pairs["ligand"]), pairs[fold == k].assign(group=pairs["ligand"]))
-        for k in range(3)
-    ]
+    folds = cv_folds(pairs, fold)
     config = {**GCNG.bench_config, "max_epochs": args.epochs, "patience": args.epochs}
     preds, metrics, null_rows, timing, sizes = [], [], [], [], []
     for res_name, (kind, size, pitch, whole) in RESOLUTIONS.items():
-        pos, x, g = aggregate(xy, a, counts, kind, size, pitch, None if whole else args.window)
-        adata = AnnData(x, obsm={"spatial": pos})
-        adata.var_names = names
-        adata.obsp["spatial_connectivities"] = g
+        adata = resolution_adata(xy, a, counts, names, kind, size, pitch, None if whole else args.window)
+        x, g = adata.X, adata.obsp["spatial_connectivities"]
         tot = np.asarray(x.sum(1)).ravel()
         sizes.append({"resolution": res_name, "n_obs": adata.n_obs, "mean_degree": g.nnz / adata.n_obs,
                       "median_counts": float(np.median(tot))})  # fmt: skip
@@ -449,7 +499,8 @@ def report() -> None:
         lines.append(f"| {meth} | " + " | ".join(cells) + " |")
     lines += ["", f"Shuffled positions (AUROC over {nulls['draw'].nunique()} draws: mean [min, max]; each method's "
               "default null in `scst.tl.ligand_receptor`: spots' positions shuffled for spatial Pearson, the ligand's "
-              "positions for single-cell Pearson and the bivariate metrics):", ""]  # fmt: skip
+              "positions for single-cell Pearson and the bivariate metrics, the cells' positions (both genes, graph "
+              "kept) for the pooled GCNG's three fold models, `--pooled-null`):", ""]  # fmt: skip
     lines += ["| method | " + " | ".join(res_names) + " |", "|---|" + "---|" * len(res_names)]
     for meth in dict.fromkeys(nulls["method"]):
         cells = []
@@ -510,6 +561,11 @@ def main() -> None:
         "(e.g. 'pooled') and merge them into the committed results",
     )
     p.add_argument(
+        "--pooled-null",
+        action="store_true",
+        help="shuffled-positions null (20 draws) of the pooled GCNG's fold models, merged into the results, and exit",
+    )
+    p.add_argument(
         "--select-pooled",
         action="store_true",
         help="compare the pooled_config candidates on a second tissue (seed + 1) and exit",
@@ -521,6 +577,8 @@ def main() -> None:
         RESULTS = ROOT / "benchmarks" / "_out" / "ligrec_quick"
     if args.select_pooled:
         select_pooled(args)
+    elif args.pooled_null:
+        pooled_null(args)
     elif args.her2:
         her2(args)
     elif not args.report_only:
