@@ -60,7 +60,8 @@ COMMAND = "\n".join(
     [
         "python benchmarks/bench_ligrec_sim.py --paper   # everything (the committed run predates the pooled rows)",
         "python benchmarks/bench_ligrec_sim.py --select-pooled   # the choice of GCNG.pooled_config, second tissue",
-        "# the pooled GCNG rows were added to the committed results later, one rerun each:",
+        "# the pooled GCNG rows, merged into the committed results later (today `--only pooled` reruns all of them;",
+        "# the committed pooled row and fit row predate the diagonal, which came from the second line):",
         "python benchmarks/bench_ligrec_sim.py --only pooled --threads 1",
         'python benchmarks/bench_ligrec_sim.py --only "pooled_config, diagonal" --threads 1',
         "python benchmarks/bench_ligrec_sim.py --pooled-null --threads 1   # its shuffled-positions null",
