@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._layers import ViTBlock
-from ._train_step import IMAGENET_MEAN, IMAGENET_STD
+from ._train_step import imagenet_normalize
 
 __all__ = ["MultimodalModule", "LOSS_TERMS", "supervised_contrastive", "triplet_loss"]
 
@@ -297,8 +297,6 @@ class MultimodalModule(nn.Module):
         else:
             net, n_feat = _build_backbone(image_encoder)
             self.image_encoder = _VectorEncoder(net, n_feat, dim)
-        self.register_buffer("img_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("img_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.rna_proj = nn.Linear(dim, embed_dim)
         self.img_proj = nn.Linear(dim, embed_dim)
         self.fusion = FusionEncoder(dim, fusion_depth, heads, dropout)
@@ -314,7 +312,7 @@ class MultimodalModule(nn.Module):
             return img.float()
         if img.dtype == torch.uint8:
             img = img.float().div(255.0)
-        return (img - self.img_mean) / self.img_std
+        return imagenet_normalize(img)
 
     def encode_rna(self, x: Tensor, mask_idx: Tensor | None = None) -> Tensor:
         """RNA tokens ``(B, 1 + T, dim)`` from expression ``(B, n_genes)`` (log1p-normalised)."""
