@@ -663,6 +663,8 @@ def _cv_table(read, prefix: str, title: str, intro: str) -> list[str]:
 
     cp, cf = read(f"{prefix}_predictions.csv.gz"), read(f"{prefix}_fit.csv")
     former = read("main_predictions.csv.gz") if (RESULTS / "main_predictions.csv.gz").exists() else None
+    former_fit = read("main_fit.csv") if former is not None else None
+    names = ["GCNG autocrine+ (`bench_config`)", "GCNG autocrine+, former bench_config"]
     lines = [title, "", intro, ""]
     lines += [
         "| section | configuration | folds | train AUROC (mean) | pooled AUROC [95 % CI] | fold AUROC mean ± sd | "
@@ -672,11 +674,9 @@ def _cv_table(read, prefix: str, title: str, intro: str) -> list[str]:
     for sec, g in cp.groupby("section", sort=False):
         rows = [(str(g["candidate"].iloc[0]), g, cf[cf["section"] == sec])]
         if former is not None:
-            names = ["GCNG autocrine+ (`bench_config`)", "GCNG autocrine+, former bench_config"]
             fg = former[(former["section"] == sec) & former["method"].isin(names)]
             fg = fg[fg["fold"].isin(set(g["fold"]))]
-            ff = read("main_fit.csv")
-            ff = ff[(ff["section"] == sec) & ff["method"].isin(names)]
+            ff = former_fit[(former_fit["section"] == sec) & former_fit["method"].isin(names)]
             rows.append(("`bench_config`", fg, ff[ff["fold"].isin(set(g["fold"]))]))
         for label, pr, fi in rows:
             if pr.empty:
