@@ -51,46 +51,72 @@ if "SCST_DATA_DIR" not in os.environ and (ROOT.parent / "shared" / "data").is_di
 #: the same at several fields of view (``ms``), and self-supervised ShuffleNetV2 x0.5 features (``ssl``, per fold).
 SCALES_MS = (80.0, 160.0, 320.0)
 NO_SKIP = {"ridge_skip": False}
+#: The heads' output before expression programmes existed (one output per gene); every row run before then.
+PG = {"n_programs": None}
+#: Reduced-rank output through the training spots' leading expression programmes, their number by grouped inner CV.
+PROG = {"n_programs": "auto"}
 #: name → (model, embedding, config overrides, label)
 METHODS = {
     "mean": ("MeanExpression", None, {}, "training mean"),
     "ridge_hc": ("RidgeExpression", "hc", {}, "hand-crafted features (80 µm) + ridge"),
     "ridge_hc_ctx": ("RidgeExpression", "hc_ctx", {}, "[hand-crafted, grid-neighbour mean] + ridge"),
     "ridge_ms": ("RidgeExpression", "ms", {}, "multi-scale hand-crafted (80/160/320 µm) + ridge"),
-    "mlp_hc": ("MLPExpression", "hc", {}, "MLP head + ridge path on hand-crafted (80 µm)"),
-    "mlp_ms": ("MLPExpression", "ms", {}, "MLP head + ridge path on multi-scale hand-crafted"),
-    "head_hc": ("HGGEPHead", "hc", {}, "HGGEP spatial head + ridge path on hand-crafted (80 µm)"),
-    "head_ms": ("HGGEPHead", "ms", {}, "HGGEP spatial head + ridge path on multi-scale hand-crafted"),
+    "mlp_hc": ("MLPExpression", "hc", PG, "MLP head + ridge path on hand-crafted (80 µm)"),
+    "mlp_ms": ("MLPExpression", "ms", PG, "MLP head + ridge path on multi-scale hand-crafted"),
+    "head_hc": ("HGGEPHead", "hc", PG, "HGGEP spatial head + ridge path on hand-crafted (80 µm)"),
+    "head_ms": ("HGGEPHead", "ms", PG, "HGGEP spatial head + ridge path on multi-scale hand-crafted"),
     # The heads without the frozen ridge path (``ridge_skip=False``: the paper's head; the previous default).
-    "mlp_hc_no_skip": ("MLPExpression", "hc", NO_SKIP, "MLP head on hand-crafted (80 µm), no ridge path"),
-    "mlp_ms_no_skip": ("MLPExpression", "ms", NO_SKIP, "MLP head on multi-scale hand-crafted, no ridge path"),
-    "head_hc_no_skip": ("HGGEPHead", "hc", NO_SKIP, "HGGEP spatial head on hand-crafted (80 µm), no ridge path"),
-    "head_ms_no_skip": ("HGGEPHead", "ms", NO_SKIP, "HGGEP spatial head on multi-scale, no ridge path"),
+    "mlp_hc_no_skip": ("MLPExpression", "hc", {**NO_SKIP, **PG}, "MLP head on hand-crafted (80 µm), no ridge path"),
+    "mlp_ms_no_skip": (
+        "MLPExpression",
+        "ms",
+        {**NO_SKIP, **PG},
+        "MLP head on multi-scale hand-crafted, no ridge path",
+    ),
+    "head_hc_no_skip": (
+        "HGGEPHead",
+        "hc",
+        {**NO_SKIP, **PG},
+        "HGGEP spatial head on hand-crafted (80 µm), no ridge path",
+    ),
+    "head_ms_no_skip": ("HGGEPHead", "ms", {**NO_SKIP, **PG}, "HGGEP spatial head on multi-scale, no ridge path"),
     "head_ms_no_ham": (
         "HGGEPHead",
         "ms",
-        {**NO_SKIP, "use_ham": False},
+        {**NO_SKIP, **PG, "use_ham": False},
         "HGGEP head on multi-scale, no ridge path, no HAM",
     ),
     "head_ms_no_zinb": (
         "HGGEPHead",
         "ms",
-        {**NO_SKIP, "use_zinb": False},
+        {**NO_SKIP, **PG, "use_zinb": False},
         "HGGEP head on multi-scale, no ridge path, no ZINB",
     ),
     "ridge_ssl": ("RidgeExpression", "ssl", {}, "SSL ShuffleNetV2 x0.5 embedding + ridge"),
-    "mlp_ssl": ("MLPExpression", "ssl", NO_SKIP, "MLP head on SSL embedding, no ridge path"),
-    "head_ssl": ("HGGEPHead", "ssl", NO_SKIP, "HGGEP spatial head on SSL embedding, no ridge path"),
+    "mlp_ssl": ("MLPExpression", "ssl", {**NO_SKIP, **PG}, "MLP head on SSL embedding, no ridge path"),
+    "head_ssl": ("HGGEPHead", "ssl", {**NO_SKIP, **PG}, "HGGEP spatial head on SSL embedding, no ridge path"),
     "ridge_ms_ssl": ("RidgeExpression", "ms_ssl", {}, "[multi-scale hand-crafted, SSL] + ridge"),
     "head_ms_ssl": (
         "HGGEPHead",
         "ms_ssl",
-        NO_SKIP,
+        {**NO_SKIP, **PG},
         "HGGEP spatial head on [multi-scale hand-crafted, SSL], no ridge path",
     ),
     "hggep": ("HGGEP", None, {}, "HGGEP image model (random init, bench_config)"),
     "hggep_ssl": ("HGGEP", None, {"ssl": True}, "HGGEP image model, backbone from SSL weights"),
     "hggep_paper_ssl": ("HGGEP", None, {"ssl": True, "paper": True}, "HGGEP, paper sizes, SSL weights (GPU)"),
+    # Expression programmes (reduced-rank output; the heads' default since they exist).
+    "ridge_hc_prog": ("RidgeExpression", "hc", PROG, "hand-crafted (80 µm) + reduced-rank ridge (programmes)"),
+    "ridge_ms_prog": ("RidgeExpression", "ms", PROG, "multi-scale hand-crafted + reduced-rank ridge (programmes)"),
+    "mlp_ms_prog": ("MLPExpression", "ms", PROG, "MLP head + ridge path on multi-scale, programmes (default)"),
+    "head_hc_prog": ("HGGEPHead", "hc", PROG, "HGGEP spatial head + ridge path on hand-crafted (80 µm), programmes"),
+    "head_ms_prog": ("HGGEPHead", "ms", PROG, "HGGEP spatial head + ridge path on multi-scale, programmes (default)"),
+    "head_ms_no_skip_prog": (
+        "HGGEPHead",
+        "ms",
+        {**NO_SKIP, **PROG},
+        "HGGEP spatial head on multi-scale, no ridge path, programmes",
+    ),
 }
 BASELINE = "ridge_hc"
 LEARNED = ("MLPExpression", "HGGEPHead", "HGGEP")
@@ -330,20 +356,26 @@ def report(results: Path, out: Path) -> None:
               f"panels): best learned model {METHODS[best][3]} {learned[best]['mean']:.3f}, "
               f"{METHODS[BASELINE][3]} {summ[BASELINE]['mean']:.3f}: ratio {ratio:.2f} → "
               f"**{'met' if ratio >= 1.25 else 'missed'}**."]  # fmt: skip
-        ridge_on = {METHODS[r][1]: r for r in summ if METHODS[r][0] == "RidgeExpression"}
+        ridges = [r for r in summ if METHODS[r][0] == "RidgeExpression"]
+        ridge_on = {METHODS[r][1]: r for r in ridges if "n_programs" not in METHODS[r][2]}
+        rrr_on = {METHODS[r][1]: r for r in ridges if "n_programs" in METHODS[r][2]}
         pairs = [(n, ridge_on[METHODS[n][1]]) for n in learned if METHODS[n][1] in ridge_on]
         if pairs:
             L += [
                 "",
-                "Each learned head against ridge on its own input embedding (isolates the head):",
+                "Each learned head against ridge on its own input embedding (isolates the head), and against "
+                "reduced-rank ridge through the same expression programmes where that row exists (isolates the "
+                "network from the programme output):",
                 "",
-                "| head | its mean PCC | ridge on the same embedding | difference |",
-                "|---|---|---|---|",
+                "| head | its mean PCC | ridge on the same embedding | difference | reduced-rank ridge | difference |",
+                "|---|---|---|---|---|---|",
             ]
             for n, r in pairs:
+                q = rrr_on.get(METHODS[n][1]) if METHODS[n][2].get("n_programs", "auto") else None
+                rrr = f"{summ[q]['mean']:.3f} | {summ[n]['mean'] - summ[q]['mean']:+.3f}" if q else "– | –"
                 L.append(
                     f"| {METHODS[n][3]} | {summ[n]['mean']:.3f} | {summ[r]['mean']:.3f} | "
-                    f"{summ[n]['mean'] - summ[r]['mean']:+.3f} |"
+                    f"{summ[n]['mean'] - summ[r]['mean']:+.3f} | {rrr} |"
                 )
     # Acceptance of "HGGEP must learn": median panel gene's prediction sd ≥ 25 % of the observed sd, every fold/seed.
     L += [
@@ -374,7 +406,19 @@ def report(results: Path, out: Path) -> None:
         settings = ", ".join(
             f"{k}={v}"
             for k, v in cfg.items()
-            if k in ("max_epochs", "lr", "batch_size", "patience", "dim", "hidden", "use_ham", "use_zinb", "ridge_skip")
+            if k
+            in (
+                "max_epochs",
+                "lr",
+                "batch_size",
+                "patience",
+                "dim",
+                "hidden",
+                "use_ham",
+                "use_zinb",
+                "ridge_skip",
+                "n_programs",
+            )
         )
         sps = sum(x["n_spots"] for x in f) / max(sum(x["predict_seconds"] for x in f), 1e-9)
         L.append(
@@ -450,9 +494,19 @@ def main() -> None:
             info.setdefault("panel_sizes", "")
             sizes = sorted({f["n_genes"] for f in meta["folds"]})
             info["panel_sizes"] = f"{min(sizes)}–{max(sizes)} genes per fold"
-            run_file.write_text(json.dumps(info, indent=1))
-    run_file.write_text(json.dumps(info, indent=1))
+            save_info(run_file, info)
+    save_info(run_file, info)
     report(results, Path(args.out))
+
+
+def save_info(run_file: Path, info: dict) -> None:
+    """Write run.json, keeping the commands another run of this script (in parallel) recorded meanwhile."""
+    if run_file.exists():
+        theirs = json.loads(run_file.read_text()).get("commands", [])
+        info["commands"] = [c for c in theirs if c not in info.get("commands", [])] + info.get("commands", [])
+    tmp = run_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=1))
+    tmp.replace(run_file)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@ hand-crafted features at several fields of view, with and without grid-neighbour
     python benchmarks/select_expression.py hc80,hc80_ctx
     python benchmarks/select_expression.py hc80_160,hc80_160_ctx
     python benchmarks/select_expression.py hc80_160_320,hc40_80_160_320
+    python benchmarks/select_expression.py hc80,hc80_160_320 'noprog={"n_programs": null}' --tag programs
+
+Before the ``--tag programs`` round the heads had no ``n_programs`` option (one output per gene); from it on their
+default is ``n_programs="auto"``, and the round adds reduced-rank ridge (``n_programs="auto"``) and the heads
+without programmes (``noprog``).
 """
 
 import json
@@ -55,20 +60,32 @@ def score(pred):
     return round(float(np.nanmean(r)), 4), round(float(np.median(pred.std(0) / np.maximum(obs.std(0), 1e-8))), 3)
 
 
+args = sys.argv[2:]
+tag = ""
+if "--tag" in args:  # results of a later selection round go to their own file
+    i = args.index("--tag")
+    tag, args = "_" + args[i + 1], args[:i] + args[i + 2 :]
 res = {}
 for rep in sys.argv[1].split(","):
     RidgeExpression.setup_anndata(tab, embedding_key=rep, sections=["C2", "C3", "C4"])
     res[f"ridge_{rep}"] = score(RidgeExpression(tab).train().predict(tab, ["C5"]))
     print(f"ridge_{rep}", res[f"ridge_{rep}"], flush=True)
+    if tag:
+        rrr = RidgeExpression(tab, n_programs="auto").train()
+        res[f"ridge_programs_{rep}"] = score(rrr.predict(tab, ["C5"])) + (int(rrr.params["n_programs"]),)
+        print(f"ridge_programs_{rep}", res[f"ridge_programs_{rep}"], flush=True)
     for name, cls, cfg in [("mlp", MLPExpression, {}), ("head", HGGEPHead, {"max_epochs": 150})] + [
-        (f"head_{k}", HGGEPHead, dict(max_epochs=150, **json.loads(v)))
-        for k, v in (kv.split("=", 1) for kv in sys.argv[2:])
+        (f"head_{k}", HGGEPHead, dict(max_epochs=150, **json.loads(v))) for k, v in (kv.split("=", 1) for kv in args)
     ]:
         if cls is HGGEPHead:
             scst.pp.hypergraph(tab, use_rep=rep, k=3)
         cls.setup_anndata(tab, use_rep=rep, sections=["C2", "C3", "C4"])
         t = time.time()
         m = cls(tab, **cfg).train(validation="C3", enable_progress_bar=False)
-        res[f"{name}_{rep}"] = score(m.predict(tab, ["C5"])) + (len(m.history), round(time.time() - t, 1))
+        res[f"{name}_{rep}"] = score(m.predict(tab, ["C5"])) + (
+            len(m.history),
+            round(time.time() - t, 1),
+            m.n_programs_,
+        )
         print(f"{name}_{rep}", res[f"{name}_{rep}"], flush=True)
-json.dump(res, open(f"benchmarks/results/expression_selection/msel_{sys.argv[1]}.json", "w"))
+json.dump(res, open(f"benchmarks/results/expression_selection/msel_{sys.argv[1]}{tag}.json", "w"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import scst
 from scst._normalize import log_normalized
@@ -76,6 +77,9 @@ def test_save_load_keeps_standardisation(tmp_path):
     model.save(tmp_path / "m")
     loaded = MLPExpression.load(tmp_path / "m", data=tab)
     np.testing.assert_allclose(loaded.predict(tab, "S3"), model.predict(tab, "S3"), rtol=1e-5, atol=1e-6)
+    # the chosen expression programmes (default n_programs="auto") come back with their inner-CV scores
+    assert loaded.n_programs_ == model.n_programs_ >= 1 and loaded.program_cv_ == model.program_cv_
+    torch.testing.assert_close(loaded.module.programs.axes, model.module.programs.axes)
 
 
 def test_bad_embeddings_are_named():
@@ -126,18 +130,22 @@ def _table4():
 
 
 @pytest.mark.parametrize("cls", [MLPExpression, HGGEPHead])
-def test_ridge_path_starts_at_ridge_on_the_training_sections(cls):
+@pytest.mark.parametrize("n_programs", [None, 2, "auto"])
+def test_ridge_path_starts_at_ridge_on_the_training_sections(cls, n_programs):
     """With lr 0 nothing is learned: the head's prediction is exactly ridge fitted on its training sections
-    (S4, the validation section, included), so the network can only add to ridge; without the path it is not."""
+    (S4, the validation section, included) — reduced-rank ridge with the same programmes when ``n_programs`` is
+    set (``"auto"`` chooses the same number) — so the network can only add to it; without the path it is not."""
     from scst.models import RidgeExpression
 
     tab = _table4()
     assert (tab.X.sum(1) > 0).all()  # every spot is a training spot of both models
     RidgeExpression.setup_anndata(tab, embedding_key="X_emb", genes=PANEL, sections=["S1", "S2", "S4"])
-    ridge = RidgeExpression(tab).train().predict(tab, "S3")
+    ridge_model = RidgeExpression(tab, n_programs=n_programs).train()
+    ridge = ridge_model.predict(tab, "S3")
     cls.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1", "S2", "S4"])
     for skip in (True, False):
-        model = cls(tab, **{**cls.bench_config, "ridge_skip": skip, "max_epochs": 1, "lr": 0.0, "weight_decay": 0.0})
+        cfg = {"ridge_skip": skip, "n_programs": n_programs, "max_epochs": 1, "lr": 0.0, "weight_decay": 0.0}
+        model = cls(tab, **{**cls.bench_config, **cfg})
         model.train(validation="S4", enable_progress_bar=False)
         pred = model.predict(tab, "S3")
         if skip:
@@ -145,6 +153,9 @@ def test_ridge_path_starts_at_ridge_on_the_training_sections(cls):
             assert not any(p.requires_grad for p in model.module.skip.parameters())  # frozen
         else:
             assert np.abs(pred - ridge).max() > 0.05
+        if n_programs is not None:
+            assert model.n_programs_ == ridge_model.n_programs_
+            assert np.linalg.matrix_rank(pred - pred.mean(0), tol=1e-3) <= model.n_programs_
 
 
 def test_ridge_path_with_one_training_section_warns():

@@ -323,11 +323,7 @@ def ridge_fit(
         best = np.zeros(y.shape[1], dtype=int)
     mean, scale = _standardize(x)
     ymean = y.mean(0)
-    s, vt, uty = _svd_fit((x - mean) / scale, y - ymean)
-    coef = np.empty((x.shape[1], y.shape[1]))
-    for i in np.unique(best):
-        g = best == i
-        coef[:, g] = vt.T @ ((s / (s**2 + alphas[i]))[:, None] * uty[:, g])
+    coef = _ridge_coef(*_svd_fit((x - mean) / scale, y - ymean), alphas[best])
     return {
         "x_mean": mean,
         "x_scale": scale,
@@ -340,6 +336,91 @@ def ridge_fit(
     }
 
 
+def _ridge_coef(s: np.ndarray, vt: np.ndarray, uty: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Ridge coefficients ``(n_features, n_genes)`` from the SVD pieces, one penalty per gene (``alpha``)."""
+    coef = np.empty((vt.shape[1], uty.shape[1]))
+    for a in np.unique(alpha):
+        g = alpha == a
+        coef[:, g] = vt.T @ ((s / (s**2 + a))[:, None] * uty[:, g])
+    return coef
+
+
+#: Numbers of expression programmes tried by ``n_programs="auto"``.
+PROGRAM_CANDIDATES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50)
+
+
+def expression_programs(y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` leading expression programmes of ``y`` (spots × genes): principal axes of the per-gene z-scores.
+
+    Returns the orthonormal axes ``(n_genes, k)`` and the per-gene mean and sd used for the z-scores (sd of a
+    constant gene set to 1).
+    """
+    y = np.asarray(y, dtype=np.float64)
+    mean, sd = y.mean(0), y.std(0)
+    sd = np.where(sd > 1e-8, sd, 1.0)
+    _, _, vt = np.linalg.svd((y - mean) / sd, full_matrices=False)
+    return vt[:k].T, mean, sd
+
+
+def _check_n_programs(value: Any, n_genes: int) -> int | str | None:
+    """Validate ``n_programs`` (None, ``"auto"`` or an int in ``[1, n_genes]``)."""
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 1 <= value <= n_genes:
+        raise ValueError(f'n_programs: expected None, "auto" or an int in [1, {n_genes}] (genes), got {value!r}.')
+    return int(value)
+
+
+def _mean_pcc(pred: np.ndarray, obs: np.ndarray) -> float:
+    """Mean over genes of the Pearson correlation across spots (genes constant in either are skipped)."""
+    pc, oc = pred - pred.mean(0), obs - obs.mean(0)
+    den = np.sqrt((pc**2).sum(0) * (oc**2).sum(0))
+    ok = den > 1e-12
+    return float(((pc * oc).sum(0)[ok] / den[ok]).mean()) if ok.any() else float("nan")
+
+
+def choose_n_programs(
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    alpha: np.ndarray,
+    candidates: Sequence[int] = PROGRAM_CANDIDATES,
+    n_inner_splits: int = 5,
+) -> tuple[int, dict[int, float]]:
+    """Number of expression programmes for reduced-rank prediction, chosen by an inner CV grouped by section.
+
+    In each inner fold, ridge (penalties ``alpha``, one per gene) is fitted on the other sections and its
+    held-out predictions are projected onto the ``k`` leading programmes of the fitting sections'
+    expression (``expression_programs``); ``k`` maximises the held-out mean per-gene Pearson correlation,
+    averaged over folds. Returns the chosen ``k`` and the score of every candidate.
+    """
+    from sklearn.model_selection import GroupKFold
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise ValueError(
+            f'n_programs="auto" needs >= 2 training sections for the grouped inner CV, got {n_groups}; '
+            "pass an int (e.g. `n_programs=5`) or None."
+        )
+    cv = GroupKFold(n_splits=min(int(n_inner_splits), n_groups))
+    folds = list(cv.split(x, y, groups))
+    limit = min(y.shape[1], *(len(tr) for tr, _ in folds))
+    cands = sorted({int(k) for k in candidates if 1 <= int(k) <= limit})
+    if not cands:
+        raise ValueError(f"candidates: none of {list(candidates)} lies in [1, {limit}] (genes, fitting spots).")
+    scores = np.zeros(len(cands))
+    for tr, va in folds:
+        mean, scale = _standardize(x[tr])
+        ymean = y[tr].mean(0)
+        pred = ((x[va] - mean) / scale) @ _ridge_coef(*_svd_fit((x[tr] - mean) / scale, y[tr] - ymean), alpha)
+        axes, _, sd = expression_programs(y[tr], cands[-1])
+        z = pred / sd  # centred: the fitting mean is the intercept
+        for j, k in enumerate(cands):
+            scores[j] += _mean_pcc(z @ axes[:, :k] @ axes[:, :k].T, y[va]) / len(folds)
+    return cands[int(np.argmax(scores))], dict(zip(cands, scores.tolist()))
+
+
 class RidgeExpression(_ClosedFormModel):
     """Ridge regression from patch features (an ``obsm`` embedding) to each gene's expression.
 
@@ -349,13 +430,20 @@ class RidgeExpression(_ClosedFormModel):
     at most ``n_inner_splits`` training sections), minimising the held-out MSE; the model is then refit on all
     training spots. The held-out test section never enters standardisation, penalty choice or fit.
 
+    With ``n_programs`` the prediction is *reduced-rank*: projected onto the leading expression programmes of the
+    training spots (principal axes of the per-gene z-scores), so every gene is
+    predicted through the few programmes that the image can inform, and a weakly predictable gene borrows from the
+    genes it co-varies with. ``"auto"`` chooses their number by the same grouped inner CV (held-out mean per-gene
+    Pearson correlation, ridge refitted without each training section in turn). The projection is folded into
+    ``coef``.
+
     Parameters
     ----------
     data
         AnnData / SpatialData set up with :meth:`setup_anndata` / :meth:`setup_sdata`.
     **config
         ``alphas`` (penalties tried, default ``10 ** arange(-1, 6.5, 0.5)``), ``alpha_per_gene`` (True),
-        ``n_inner_splits`` (5).
+        ``n_inner_splits`` (5), ``n_programs`` (None: plain ridge; an int, or ``"auto"``: reduced-rank, see above).
 
     Attributes
     ----------
@@ -376,6 +464,7 @@ class RidgeExpression(_ClosedFormModel):
         "alphas": [float(a) for a in 10.0 ** np.arange(-1, 6.5, 0.5)],
         "alpha_per_gene": True,
         "n_inner_splits": 5,
+        "n_programs": None,
     }
 
     @classmethod
@@ -436,6 +525,19 @@ class RidgeExpression(_ClosedFormModel):
             x, y, groups, self.config["alphas"], self.config["alpha_per_gene"], int(self.config["n_inner_splits"])
         )
         self.cv_folds = fit.pop("cv_folds")
+        k = _check_n_programs(self.config["n_programs"], y.shape[1])
+        if k is not None:
+            scores = {}
+            if k == "auto":
+                k, scores = choose_n_programs(
+                    x, y, groups, fit["alpha"], n_inner_splits=int(self.config["n_inner_splits"])
+                )
+            axes, _, sd = expression_programs(y, k)
+            # p ↦ ((p - mean) / sd) @ axes @ axesᵀ * sd + mean, folded into the coefficients (the intercept is the mean)
+            fit["coef"] = (fit["coef"] / sd) @ axes @ axes.T * sd
+            fit["n_programs"] = np.asarray(k)
+            fit["program_cv_k"] = np.asarray(list(scores), dtype=np.int64)
+            fit["program_cv_pcc"] = np.asarray(list(scores.values()), dtype=np.float64)
         self.params = fit
         self._is_trained = True
         best = fit["alpha"]
@@ -451,6 +553,11 @@ class RidgeExpression(_ClosedFormModel):
 
     def _set_extra_state(self, state: dict[str, Any]) -> None:
         self.cv_folds = list(state.get("cv_folds", []))
+
+    @property
+    def n_programs_(self) -> int | None:
+        """Number of expression programmes of the trained model (None: plain ridge)."""
+        return int(self.params["n_programs"]) if "n_programs" in self.params else None
 
     @property
     def cv_results(self) -> pd.DataFrame:

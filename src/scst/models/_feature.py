@@ -149,13 +149,27 @@ class _FeatureModel(BaseModel):
         """Gene panel predicted by the model."""
         return list(self.registry["var_names"])
 
+    #: ``n_programs`` chosen at training (``"auto"``) and the inner-CV score of every candidate, ``[[k, pcc], ...]``.
+    n_programs_: int | None = None
+    program_cv_: list[list[float]] | None = None
+
     def _extra_state(self) -> dict[str, Any]:
         return {"var_names": self.var_names, "standardisation": self._std,
-                "units": "log1p(normalize_total(target_sum=1e4))"}  # fmt: skip
+                "units": "log1p(normalize_total(target_sum=1e4))", "n_programs": self.n_programs_,
+                "program_cv": self.program_cv_}  # fmt: skip
 
     def _set_extra_state(self, state: dict[str, Any]) -> None:
         super()._set_extra_state(state)
         self._std = state.get("standardisation")
+        self.n_programs_, self.program_cv_ = state.get("n_programs"), state.get("program_cv")
+
+    def _programs_kwarg(self) -> int | None:
+        """Module size of the programme output: None, the given int, or the largest ``"auto"`` candidate."""
+        from ._baselines import PROGRAM_CANDIDATES, _check_n_programs
+
+        n_genes = len(self.registry["var_names"])
+        k = _check_n_programs(self.config["n_programs"], n_genes)
+        return min(max(PROGRAM_CANDIDATES), n_genes) if k == "auto" else k
 
     # ------------------------------------------------------------------ data
     def _section(self, adata: Any, section: str, with_targets: bool) -> Any:
@@ -215,9 +229,9 @@ class _FeatureModel(BaseModel):
             self._apply_std(s)
         if not self.is_trained:
             self._init_zinb_bias([secs[s] for s in train])
-            # The closed-form path uses every training section; the validation one only steers the network's
+            # The closed-form parts use every training section; the validation one only steers the network's
             # early stopping (the test section is never among them).
-            self._init_ridge_skip([secs[s] for s in train + val])
+            self._init_linear_parts([secs[s] for s in train + val])
         return self._loaders([secs[s] for s in train], [secs[s] for s in val], batch_size)
 
     def _init_zinb_bias(self, sections: list) -> None:
@@ -228,31 +242,49 @@ class _FeatureModel(BaseModel):
         with torch.no_grad():
             zinb.bias.copy_(torch.from_numpy(np.log(np.maximum(rate, 1e-5))).to(zinb.bias))
 
-    def _init_ridge_skip(self, sections: list) -> None:
-        """Set the frozen linear path to ridge on the (standardised) spots of ``sections``, penalties by grouped CV."""
-        skip = getattr(self.module, "skip", None)
-        if skip is None:
+    def _init_linear_parts(self, sections: list) -> None:
+        """Set the closed-form parts from the (standardised) spots of ``sections``.
+
+        The frozen linear path becomes ridge (penalties by grouped CV), the programme axes the leading expression
+        programmes (their number by grouped CV for ``"auto"``).
+        """
+        skip, programs = getattr(self.module, "skip", None), getattr(self.module, "programs", None)
+        if skip is None and programs is None:
             return
-        from ._baselines import RidgeExpression, ridge_fit
+        from ._baselines import PROGRAM_CANDIDATES, RidgeExpression, choose_n_programs, expression_programs, ridge_fit
 
         x = np.concatenate([s.x for s in sections])
         y = np.concatenate([s.target for s in sections])
         groups = np.concatenate([np.full(len(s.x), s.name) for s in sections])
         alphas = RidgeExpression._default_config["alphas"]
+        k = self.config["n_programs"]
         if len(sections) < 2:
-            warnings.warn(
-                f"{type(self).__name__}: one training section; the ridge path's penalty cannot be chosen by a "
-                "grouped CV and is fixed at 100.",
-                UserWarning,
-                stacklevel=3,
+            fixed = ([] if skip is None else ["the ridge path's penalty at 100"]) + (
+                [f"the number of programmes at {min(5, programs.k)}"] if k == "auto" else []
             )
-            alphas = [100.0]
+            if fixed:
+                warnings.warn(
+                    f"{type(self).__name__}: one training section; a grouped CV cannot choose anything, so "
+                    f"{' and '.join(fixed)} are fixed.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            alphas, k = [100.0], (min(5, programs.k) if k == "auto" else k)
         fit = ridge_fit(x, y, groups, alphas)
-        weight = fit["coef"] / fit["x_scale"][:, None]  # on the unscaled input: ((x - m) / s) @ coef + b
-        bias = fit["intercept"] - (fit["x_mean"] / fit["x_scale"]) @ fit["coef"]
-        with torch.no_grad():
-            skip.weight.copy_(torch.from_numpy(weight.T).to(skip.weight))
-            skip.bias.copy_(torch.from_numpy(bias).to(skip.bias))
+        if programs is not None:
+            self.program_cv_ = None
+            if k == "auto":
+                cands = [c for c in PROGRAM_CANDIDATES if c <= programs.k]
+                k, scores = choose_n_programs(x, y, groups, fit["alpha"], cands)
+                self.program_cv_ = [[c, round(v, 5)] for c, v in scores.items()]
+            self.n_programs_ = int(k)
+            programs.set_axes(*(torch.from_numpy(a) for a in expression_programs(y, int(k))))
+        if skip is not None:
+            weight = fit["coef"] / fit["x_scale"][:, None]  # on the unscaled input: ((x - m) / s) @ coef + b
+            bias = fit["intercept"] - (fit["x_mean"] / fit["x_scale"]) @ fit["coef"]
+            with torch.no_grad():
+                skip.weight.copy_(torch.from_numpy(weight.T).to(skip.weight))
+                skip.bias.copy_(torch.from_numpy(bias).to(skip.bias))
 
     # ------------------------------------------------------------------ prediction
     def predict(
@@ -321,8 +353,11 @@ class MLPExpression(_FeatureModel):
         AnnData / SpatialData set up with :meth:`setup_anndata` / :meth:`setup_sdata`.
     **config
         ``hidden`` (256), ``dropout`` (0.25), ``ridge_skip`` (True: a frozen linear path set to ridge on the
-        training sections, the MLP learns its residual; False: the MLP alone) and the training keys ``max_epochs``
-        (200), ``batch_size`` (64), ``lr`` (1e-3), ``weight_decay`` (1e-3, AdamW), ``patience`` (20), ``seed``.
+        training sections, the MLP learns its residual; False: the MLP alone), ``n_programs`` (``"auto"``: the
+        output goes through the leading expression programmes of the training spots, their number chosen by a
+        grouped inner CV on the training sections; an int; None: one output per gene) and the training keys
+        ``max_epochs`` (200), ``batch_size`` (64), ``lr`` (1e-3), ``weight_decay`` (1e-3, AdamW), ``patience`` (20),
+        ``seed``.
 
     Examples
     --------
@@ -333,7 +368,8 @@ class MLPExpression(_FeatureModel):
 
     _module_cls = MLPHeadModule
     _default_config: ClassVar[dict[str, Any]] = {
-        "hidden": 256, "dropout": 0.25, "ridge_skip": True, "max_epochs": 200, "batch_size": 64, "lr": 1e-3,
+        "hidden": 256, "dropout": 0.25, "ridge_skip": True, "n_programs": "auto", "max_epochs": 200, "batch_size": 64,
+        "lr": 1e-3,
         "weight_decay": 1e-3, "optimizer": "adamw", "patience": 20,
     }  # fmt: skip
     bench_config: ClassVar[dict[str, Any]] = dict(_default_config)
@@ -341,7 +377,7 @@ class MLPExpression(_FeatureModel):
     def _module_kwargs(self) -> dict[str, Any]:
         return {"in_dim": int(self.registry["n_features"]), "n_genes": len(self.registry["var_names"]),
                 "hidden": int(self.config["hidden"]), "dropout": float(self.config["dropout"]),
-                "ridge_skip": bool(self.config["ridge_skip"])}  # fmt: skip
+                "ridge_skip": bool(self.config["ridge_skip"]), "n_programs": self._programs_kwarg()}  # fmt: skip
 
     def _loaders(self, train: list, val: list, batch_size: int):
         cat = lambda secs, k: np.concatenate([getattr(s, k) for s in secs])  # noqa: E731
@@ -373,7 +409,9 @@ class HGGEPHead(_FeatureModel):
         ``dim`` (128), ``vit_depth`` (2), ``vit_heads`` (8), ``hg_hidden`` (64), ``lstm_layers`` (1),
         ``lstm_hidden`` (128), ``dropout`` (0.2), ``zinb_weight`` (0.25), ``use_ham``/``use_zinb`` (ablations),
         ``ridge_skip`` (True: a frozen linear path set to ridge on the training sections, so the head learns the
-        residual of ridge; not in the paper, False gives the paper's head), and
+        residual of ridge; not in the paper, False gives the paper's head), ``n_programs`` (``"auto"``: the output
+        goes through the leading expression programmes of the training spots, their number chosen by a grouped inner
+        CV on the training sections; an int; None: one output per gene, the paper's head), and
         the training keys ``max_epochs`` (400, the paper's), ``batch_size`` (96 spots per window), ``lr`` (3e-4),
         ``weight_decay`` (1e-3, AdamW), ``patience`` (40), ``seed``.
 
@@ -390,7 +428,8 @@ class HGGEPHead(_FeatureModel):
     _default_config: ClassVar[dict[str, Any]] = {
         "dim": 128, "vit_depth": 2, "vit_heads": 8, "hg_hidden": 64, "lstm_layers": 1, "lstm_hidden": 128,
         "dropout": 0.2, "zinb_weight": 0.25, "use_ham": True, "use_zinb": True, "ridge_skip": True,
-        "max_epochs": 400, "batch_size": 96, "lr": 3e-4, "weight_decay": 1e-3, "optimizer": "adamw", "patience": 40,
+        "n_programs": "auto", "max_epochs": 400, "batch_size": 96, "lr": 3e-4, "weight_decay": 1e-3,
+        "optimizer": "adamw", "patience": 40,
     }  # fmt: skip
     bench_config: ClassVar[dict[str, Any]] = dict(_default_config)
 
@@ -398,7 +437,7 @@ class HGGEPHead(_FeatureModel):
         keys = ("dim", "vit_depth", "vit_heads", "hg_hidden", "lstm_layers", "lstm_hidden", "dropout", "zinb_weight",
                 "use_ham", "use_zinb", "ridge_skip")  # fmt: skip
         return {"in_dim": int(self.registry["n_features"]), "n_genes": len(self.registry["var_names"]),
-                **{k: self.config[k] for k in keys}}  # fmt: skip
+                **{k: self.config[k] for k in keys}, "n_programs": self._programs_kwarg()}  # fmt: skip
 
     def _loaders(self, train: list, val: list, batch_size: int):
         if batch_size < 2:

@@ -3,7 +3,7 @@
 from ._augment import HEAugment
 from ._backbones import build_backbone, load_backbone_weights, load_weights
 from ._gcng import GCNGConv, GCNGNet
-from ._heads import MLPHeadModule, SpatialHeadModule
+from ._heads import ExpressionPrograms, MLPHeadModule, SpatialHeadModule
 from ._hggep import HGGEP_BENCH, HGGEPModule
 from ._hypergraph import hyperedge_index_to_incidence, incidence_to_hyperedge_index, knn_hyperedges
 from ._layers import CBAM, GEM, CDCConv2d, CoordEmbedding, SpotTransformer, ViTBlock, ZINBLoss, zinb_nll
@@ -14,6 +14,7 @@ __all__ = [
     "CBAM",
     "CDCConv2d",
     "CoordEmbedding",
+    "ExpressionPrograms",
     "GCNGConv",
     "GCNGNet",
     "GEM",

@@ -16,7 +16,7 @@ from torch import nn
 
 from ._layers import SpotTransformer, zinb_nll
 
-__all__ = ["MLPHeadModule", "SpatialHeadModule"]
+__all__ = ["ExpressionPrograms", "MLPHeadModule", "SpatialHeadModule"]
 
 
 def _check_x(x: Any, in_dim: int) -> int:
@@ -45,6 +45,71 @@ def _linear_path(in_dim: int, n_genes: int, enabled: bool) -> nn.Linear | None:
     return lin
 
 
+class ExpressionPrograms(nn.Module):
+    r"""Reduced-rank output: ``k`` programme scores (and an optional linear path) → genes through frozen axes.
+
+    With axes :math:`A` ``(n_genes, k)`` (orthonormal columns), per-gene centre :math:`m` and scale :math:`s`,
+    scores :math:`u` and a linear-path prediction :math:`b`:
+
+    .. math:: \mathrm{pred} = m + \left(u A^\top + \tfrac{b - m}{s} A A^\top\right) \odot s
+
+    i.e. the linear path is projected onto the programmes in z-score units. The buffers (saved with the module)
+    are set by :class:`scst.models.MLPExpression` / :class:`scst.models.HGGEPHead` to the leading principal axes of
+    the training spots' expression z-scores and their mean and sd (``n_programs``); until then the axes are a
+    random orthonormal basis, centre 0 and scale 1. Zero columns switch a score off, so a module built for ``k``
+    programmes can use fewer (``n_programs="auto"``).
+    """
+
+    def __init__(self, n_genes: int, k: int):
+        super().__init__()
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_genes:
+            raise ValueError(f"n_programs must be an int in [1, n_genes={n_genes}], got {k!r}.")
+        self.k = k
+        self.register_buffer("axes", torch.linalg.qr(torch.randn(n_genes, k))[0])
+        self.register_buffer("center", torch.zeros(n_genes))
+        self.register_buffer("scale", torch.ones(n_genes))
+
+    def set_axes(self, axes: Any, center: Any, scale: Any) -> None:
+        """Copy ``(n_genes, j)`` orthonormal axes (``j <= k``; the other columns become zero), centre and scale."""
+        n = self.axes.shape[0]
+        axes, center, scale = (torch.as_tensor(a, dtype=self.axes.dtype) for a in (axes, center, scale))
+        if axes.ndim != 2 or axes.shape[0] != n or not 1 <= axes.shape[1] <= self.k:
+            raise ValueError(f"axes must have shape ({n}, j) with 1 <= j <= {self.k}, got {tuple(axes.shape)}.")
+        if center.shape != (n,) or scale.shape != (n,) or not bool((scale > 0).all()):
+            raise ValueError(f"center and scale must have shape ({n},), scale positive.")
+        with torch.no_grad():
+            self.axes.zero_()
+            self.axes[:, : axes.shape[1]] = axes.to(self.axes.device)
+            self.center.copy_(center)
+            self.scale.copy_(scale)
+
+    def forward(self, scores: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+        """``(n, k)`` programme scores (plus the projected ``(n, n_genes)`` linear path ``base``) → ``(n, n_genes)``."""
+        z = scores @ self.axes.T
+        if base is not None:
+            z = z + ((base - self.center) / self.scale) @ self.axes @ self.axes.T
+        return self.center + z * self.scale
+
+
+def _output(
+    hidden: int, n_genes: int, n_programs: int | None, zero: bool
+) -> tuple[nn.Linear, ExpressionPrograms | None]:
+    """The output layer (``hidden → n_genes``, or ``hidden → n_programs`` plus the programme axes)."""
+    programs = None if n_programs is None else ExpressionPrograms(n_genes, n_programs)
+    lin = nn.Linear(hidden, n_genes if programs is None else programs.k)
+    if zero:
+        nn.init.zeros_(lin.weight)
+        nn.init.zeros_(lin.bias)
+    return lin, programs
+
+
+def _combine(out: torch.Tensor, x: torch.Tensor, skip: nn.Linear | None, programs: ExpressionPrograms | None):
+    """Network output plus the linear path, mapped to genes through the programmes when there are any."""
+    if programs is not None:
+        return programs(out, None if skip is None else skip(x))
+    return out if skip is None else out + skip(x)
+
+
 class MLPHeadModule(nn.Module):
     """Spot embedding → expression: ``Dropout → Linear → GELU → Dropout → Linear`` (one hidden layer).
 
@@ -64,9 +129,20 @@ class MLPHeadModule(nn.Module):
     ridge_skip
         Add a frozen linear path ``skip(x)`` (set by :class:`scst.models.MLPExpression` to the closed-form ridge
         fit on the training sections) and start the MLP's output layer at zero: the MLP learns the residual of ridge.
+    n_programs
+        Reduced-rank output: the last layer predicts ``n_programs`` scores that :class:`ExpressionPrograms` maps to
+        the genes (the linear path is projected onto the same programmes). None: one output per gene.
     """
 
-    def __init__(self, in_dim: int, n_genes: int, hidden: int = 256, dropout: float = 0.25, ridge_skip: bool = False):
+    def __init__(
+        self,
+        in_dim: int,
+        n_genes: int,
+        hidden: int = 256,
+        dropout: float = 0.25,
+        ridge_skip: bool = False,
+        n_programs: int | None = None,
+    ):
         super().__init__()
         for name, value in [("in_dim", in_dim), ("n_genes", n_genes), ("hidden", hidden)]:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -74,19 +150,14 @@ class MLPHeadModule(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}.")
         self.in_dim = in_dim
-        self.net = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_genes)
-        )
+        last, self.programs = _output(hidden, n_genes, n_programs, zero=ridge_skip)
+        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), last)
         self.skip = _linear_path(in_dim, n_genes, ridge_skip)
-        if self.skip is not None:
-            nn.init.zeros_(self.net[-1].weight)
-            nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, x: torch.Tensor, **_: Any) -> dict[str, torch.Tensor]:
         """``pred`` ``(n, n_genes)`` (standardised units) for embeddings ``x`` ``(n, in_dim)``."""
         _check_x(x, self.in_dim)
-        pred = self.net(x)
-        return {"pred": pred if self.skip is None else pred + self.skip(x)}
+        return {"pred": _combine(self.net(x), x, self.skip, self.programs)}
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """MSE between ``pred`` and the standardised ``batch["target"]``."""
@@ -106,7 +177,8 @@ class SpatialHeadModule(nn.Module):
        :math:`z_1` over the given hyperedges (from :func:`scst.pp.hypergraph`, built once on the embeddings, not
        rebuilt in every forward pass as in :class:`~scst.nn.HGGEPModule`);
     4. LSTM over the steps :math:`[z_0, z_1, z_{HAM}]`, each layer-normalised, mean over steps → ``h``;
-    5. ``LayerNorm + Linear`` → ``pred``; ZINB heads on ``h`` as in :class:`~scst.nn.HGGEPModule`;
+    5. ``LayerNorm + Linear`` → ``pred`` (with ``n_programs``: → programme scores → genes); ZINB heads on ``h``
+       as in :class:`~scst.nn.HGGEPModule`;
     6. with ``ridge_skip``: ``pred += skip(x)``, a frozen linear path from the embedding that
        :class:`scst.models.HGGEPHead` sets to the closed-form ridge fit on the training sections (the output layer
        of step 5 starts at zero, so training starts from ridge and the network learns its residual).
@@ -141,6 +213,10 @@ class SpatialHeadModule(nn.Module):
         Ablation switches (``use_ham=False``: the LSTM sees ``[z_0, z_1]``).
     ridge_skip
         Add the frozen linear path of step 6 (not in the paper; ``False`` is the paper's head).
+    n_programs
+        Reduced-rank output (not in the paper): the gene head predicts ``n_programs`` scores that
+        :class:`ExpressionPrograms` maps to the genes, and the linear path is projected onto the same programmes.
+        None: one output per gene, as in the paper.
     """
 
     def __init__(
@@ -158,6 +234,7 @@ class SpatialHeadModule(nn.Module):
         use_ham: bool = True,
         use_zinb: bool = True,
         ridge_skip: bool = False,
+        n_programs: int | None = None,
     ):
         super().__init__()
         for name, value in [("in_dim", in_dim), ("n_genes", n_genes), ("dim", dim), ("vit_depth", vit_depth),
@@ -180,11 +257,9 @@ class SpatialHeadModule(nn.Module):
         n_steps = 3 if use_ham else 2
         self.step_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(n_steps))
         self.lstm = nn.LSTM(dim, lstm_hidden, lstm_layers)
-        self.gene_head = nn.Sequential(nn.LayerNorm(lstm_hidden), nn.Linear(lstm_hidden, n_genes))
+        last, self.programs = _output(lstm_hidden, n_genes, n_programs, zero=ridge_skip)
+        self.gene_head = nn.Sequential(nn.LayerNorm(lstm_hidden), last)
         self.skip = _linear_path(in_dim, n_genes, ridge_skip)
-        if self.skip is not None:
-            nn.init.zeros_(self.gene_head[-1].weight)
-            nn.init.zeros_(self.gene_head[-1].bias)
         if use_zinb:
             self.zinb_mean = nn.Linear(lstm_hidden, n_genes)
             self.zinb_disp = nn.Linear(lstm_hidden, n_genes)
@@ -226,8 +301,7 @@ class SpatialHeadModule(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             seq, _ = self.lstm(torch.stack(steps, 0).float())
         h = seq.mean(0)
-        pred = self.gene_head(h)
-        out = {"pred": pred if self.skip is None else pred + self.skip(x), "hidden": h}
+        out = {"pred": _combine(self.gene_head(h), x, self.skip, self.programs), "hidden": h}
         if self.use_zinb:
             out["zinb_mean"] = torch.exp(self.zinb_mean(h).clamp(-11.5129, 13.8155))
             out["zinb_disp"] = F.softplus(self.zinb_disp(h)).clamp(1e-4, 1e4)

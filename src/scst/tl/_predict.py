@@ -421,7 +421,8 @@ def cross_validate(
     -------
     Tidy :class:`pandas.DataFrame` with columns ``fold`` (int), ``section`` (test section), ``gene``, ``metric``,
     ``value``; ``attrs`` holds per-fold ``train_sections``, ``validation``, ``train_seconds``,
-    ``predict_seconds``, ``n_spots``, ``n_genes`` and ``genes``
+    ``predict_seconds``, ``n_spots``, ``n_genes``, ``epochs``, ``n_programs`` (expression programmes the model
+    chose, None without) and ``genes``
     (the fold's panel: the columns of its predictions). With ``return_predictions``, ``(table, predictions)``.
     """
     import anndata as ad
@@ -502,6 +503,7 @@ def cross_validate(
                 "n_genes": len(panel),
                 "genes": panel,
                 "epochs": int(len(hist)) if hist is not None else None,
+                "n_programs": getattr(model, "n_programs_", None),
             }
         )
         r = df[df["metric"] == "pearson"]["value"]
