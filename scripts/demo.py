@@ -6,7 +6,8 @@ feature hypergraph goes to ``obsp`` (``scst.pp.hypergraph``), and HGGEP's spatia
 hypergraph + LSTM, MSE + ZINB; ``scst.models.HGGEPHead``) is trained on C2–C5 (one of them held out for early
 stopping). It then
 predicts C6 from its image alone, prints the held-out per-gene Pearson correlations next to ridge regression on the
-same features and on the 80 µm features (the baseline), saves observed vs predicted for the best-predicted gene and
+same features (per gene, and reduced-rank through the same expression programmes as the head's output) and on the
+80 µm features (the baseline), saves observed vs predicted for the best-predicted gene and
 ERBB2 on one colour scale, clusters spatial domains from the prediction, and finishes with the multimodal
 histology ↔ RNA retrieval step (``scripts/demo_multimodal.py``). Its setting is the best learned model of
 docs/benchmarks/expression.md (leave-one-section-out, three seeds).
@@ -79,16 +80,21 @@ def main() -> None:
     model = scst.models.HGGEPHead(adata, **{**scst.models.HGGEPHead.bench_config, "seed": args.seed})
     t1 = time.perf_counter()
     model.train(enable_progress_bar=False)
-    print(f"HGGEPHead trained on {train} for {len(model.history)} epochs in {time.perf_counter() - t1:.0f} s")
+    print(f"HGGEPHead trained on {train} for {len(model.history)} epochs in {time.perf_counter() - t1:.0f} s; "
+          f"output through {model.n_programs_} expression programmes (chosen by grouped CV on {train})")  # fmt: skip
     model.save(out / "hggep_head_model", overwrite=True)
     scst.tl.predict_expression(sdata, model, sections=test, progress=False)
     pcc = held_out_pcc(adata, test, genes)
 
     # Baselines on the same spots: ridge on the same features, and on the 80 µm features alone.
     base = {}
-    for name, key in (("ridge, same features", "X_hc_ms"), ("ridge, 80 µm features (baseline)", "X_hc80")):
+    for name, key, k in (
+        ("ridge, same features", "X_hc_ms", None),
+        ("reduced-rank ridge, same features", "X_hc_ms", "auto"),
+        ("ridge, 80 µm features (baseline)", "X_hc80", None),
+    ):
         scst.models.RidgeExpression.setup_anndata(adata, embedding_key=key, genes=genes, sections=train)
-        ridge = scst.models.RidgeExpression(adata).train()
+        ridge = scst.models.RidgeExpression(adata, n_programs=k).train()
         scst.tl.predict_expression(sdata, ridge, layer="predicted_ridge", sections=test, progress=False)
         held = adata[adata.obs["section"] == test].copy()
         scst.tl.evaluate_expression(held, layer="predicted_ridge", genes=genes, metrics=("pearson",))
