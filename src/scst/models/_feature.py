@@ -369,8 +369,7 @@ class MLPExpression(_FeatureModel):
     _module_cls = MLPHeadModule
     _default_config: ClassVar[dict[str, Any]] = {
         "hidden": 256, "dropout": 0.25, "ridge_skip": True, "n_programs": "auto", "max_epochs": 200, "batch_size": 64,
-        "lr": 1e-3,
-        "weight_decay": 1e-3, "optimizer": "adamw", "patience": 20,
+        "lr": 1e-3, "weight_decay": 1e-3, "optimizer": "adamw", "patience": 20,
     }  # fmt: skip
     bench_config: ClassVar[dict[str, Any]] = dict(_default_config)
 
