@@ -128,16 +128,19 @@ def ridge_programs_baseline(tr, te) -> dict:
     te["image"].obsm["X_prog"] = ((pred - mu) / sd) @ axes
     te["rna"].obsm["X_prog"] = ((obs - mu) / sd) @ axes
     res = scst.tl.retrieve(te, None, k=5, group_keys=["label"], use_rep="X_prog")
+    config = {"features": f"hand-crafted at {list(SCALES_MS)} µm", "n_programs": k}
+    return {"variant": "ridge_programs", "config": config, **scores(res, te), "train_seconds": train_s}
+
+
+def scores(res: dict, te) -> dict:
+    """The page's columns from a ``scst.tl.retrieve`` result on the held-out MuData ``te``."""
     return {
-        "variant": "ridge_programs",
-        "config": {"features": f"hand-crafted at {list(SCALES_MS)} µm", "n_programs": k},
         "label_top1": res["accuracy"]["label"],
         "label_chance_sum_p2": res["chance"]["label"],
         "exact_top1": res["exact_top1"],
         "exact_top5": res["exact_topk"],
         "exact_top5_chance": res["chance_exact_topk"],
         "n_test_spots": int(te["rna"].n_obs),
-        "train_seconds": train_s,
     }
 
 
@@ -152,17 +155,8 @@ def cca_baseline(tr, te, n_components: int = 10) -> dict:
     a, b = cca.transform(te["image"].obsm["handcrafted"], pca.transform(te["rna"].X))
     te["image"].obsm["X_cca"], te["rna"].obsm["X_cca"] = a, b
     res = scst.tl.retrieve(te, None, k=5, group_keys=["label"], use_rep="X_cca")
-    return {
-        "variant": "cca_handcrafted",
-        "config": {"n_components": n_components, "expression_pcs": 30},
-        "label_top1": res["accuracy"]["label"],
-        "label_chance_sum_p2": res["chance"]["label"],
-        "exact_top1": res["exact_top1"],
-        "exact_top5": res["exact_topk"],
-        "exact_top5_chance": res["chance_exact_topk"],
-        "n_test_spots": int(te["rna"].n_obs),
-        "train_seconds": 0.0,
-    }
+    config = {"n_components": n_components, "expression_pcs": 30}
+    return {"variant": "cca_handcrafted", "config": config, **scores(res, te), "train_seconds": 0.0}
 
 
 def run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int) -> dict:
@@ -197,12 +191,7 @@ def run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int) -> dict:
         "grouping": grouping,
         "sizes": [int(v) for v in np.bincount(model.registry["group_of_gene"])],
         "n_train_spots": int(tr["rna"].n_obs),
-        "n_test_spots": int(te["rna"].n_obs),
-        "label_top1": res["accuracy"]["label"],
-        "label_chance_sum_p2": res["chance"]["label"],
-        "exact_top1": res["exact_top1"],
-        "exact_top5": res["exact_topk"],
-        "exact_top5_chance": res["chance_exact_topk"],
+        **scores(res, te),
         "train_seconds": train_s,
         "epochs_run": n_epochs,
         "seconds_per_epoch": train_s / n_epochs if n_epochs else None,

@@ -35,8 +35,16 @@ def _planted(n_per=50, n_feat=6, n_genes=5, seed=0):
     w = rng.normal(0, 0.3, size=(n_feat, n_genes))
     z = (feats - feats.mean(0)) / feats.std(0)
     log_expr = 3.0 + z @ w  # target-unit expression of the panel genes
-    # Counts: 1e6 library, panel genes take 100 (exp(log_expr) - 1), a filler gene takes the rest, so that
-    # normalize_total(1e4) gives back exp(log_expr) - 1 up to rounding.
+    return _from_log_expr(log_expr, feats, n_per)
+
+
+def _from_log_expr(log_expr, feats, n_per):
+    """AnnData whose panel genes' log1p(normalize_total 1e4) is ``log_expr`` (up to count rounding).
+
+    Counts: 1e6 library, panel genes take 100 (exp(log_expr) - 1), a filler gene takes the rest, so that
+    normalize_total(1e4) gives back exp(log_expr) - 1 up to rounding.
+    """
+    n, n_genes = log_expr.shape
     panel = np.round(100 * np.expm1(log_expr))
     counts = np.column_stack([panel, 1e6 - panel.sum(1)]).astype(np.int64)
     assert (counts >= 0).all()
@@ -115,17 +123,7 @@ def _planted_programme(n_per=60, n_genes=24, seed=4):
     factor = z @ rng.normal(0, 1, 8) / np.sqrt(8)  # one latent programme, linear in the features
     loading = np.r_[rng.choice([-1.0, 1.0], n_genes - 4) * rng.uniform(0.15, 0.3, n_genes - 4), np.zeros(4)]
     log_expr = 3.0 + np.outer(factor, loading) + rng.normal(0, 0.3, (n, n_genes))
-    panel = np.round(100 * np.expm1(log_expr))
-    counts = np.column_stack([panel, 1e6 - panel.sum(1)]).astype(np.int64)
-    genes = [f"g{j}" for j in range(n_genes)] + ["filler"]
-    a = ad.AnnData(
-        X=sparse.csr_matrix(counts.astype(np.int32)),
-        obs=pd.DataFrame({"section": pd.Categorical(np.repeat(SECTIONS, n_per))}, index=[f"s{i}" for i in range(n)]),
-        var=pd.DataFrame(index=genes),
-    )
-    a.var["panel"] = [g != "filler" for g in genes]
-    a.obsm["X_feat"] = feats
-    return a
+    return _from_log_expr(log_expr, feats, n_per)
 
 
 def _mean_pcc(pred, truth):
