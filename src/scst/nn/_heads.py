@@ -150,8 +150,9 @@ class MLPHeadModule(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}.")
         self.in_dim = in_dim
+        first = nn.Linear(in_dim, hidden)  # built before the output layer: same initialisation as without programmes
         last, self.programs = _output(hidden, n_genes, n_programs, zero=ridge_skip)
-        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), last)
+        self.net = nn.Sequential(nn.Dropout(dropout), first, nn.GELU(), nn.Dropout(dropout), last)
         self.skip = _linear_path(in_dim, n_genes, ridge_skip)
 
     def forward(self, x: torch.Tensor, **_: Any) -> dict[str, torch.Tensor]:
