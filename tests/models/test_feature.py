@@ -158,8 +158,17 @@ def test_ridge_path_starts_at_ridge_on_the_training_sections(cls, n_programs):
             assert np.linalg.matrix_rank(pred - pred.mean(0), tol=1e-3) <= model.n_programs_
 
 
+def test_bad_n_programs_is_named():
+    tab = _table()
+    MLPExpression.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1", "S2"])
+    for bad in (0, 5, "all", 1.5):
+        with pytest.raises(ValueError, match=r"n_programs: expected None, \"auto\" or an int in \[1, 4\]"):
+            MLPExpression(tab, n_programs=bad)
+
+
 def test_ridge_path_with_one_training_section_warns():
     tab = _table()
     MLPExpression.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1"])
-    with pytest.warns(UserWarning, match="ridge path's penalty"):
-        MLPExpression(tab, max_epochs=1).train(validation=False, enable_progress_bar=False)
+    with pytest.warns(UserWarning, match="ridge path's penalty at 100 and the number of programmes at 4 are fixed"):
+        model = MLPExpression(tab, max_epochs=1).train(validation=False, enable_progress_bar=False)
+    assert model.n_programs_ == 4 and model.program_cv_ is None  # min(5, the 4 genes); no CV was possible
