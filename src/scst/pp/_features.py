@@ -171,6 +171,8 @@ def _glcm(q: np.ndarray, levels: int) -> np.ndarray:
     from skimage.feature import graycomatrix
 
     nd, na = len(_GLCM_DISTANCES), len(_GLCM_ANGLES)
+    # One skimage (Cython) call per image: a batched numpy version (one bincount per distance and angle over the
+    # batch, same counts) was tried and took ~3 ms per 112 px image against ~1.1 ms here.
     mats = [graycomatrix(im, _GLCM_DISTANCES, _GLCM_ANGLES, levels=levels, symmetric=True) for im in q]
     # Each (distance, angle) slice is normalised and scored on its own: stack the batch along angles.
     m = np.concatenate(mats, axis=3)  # (L, L, nd, na * B)
