@@ -176,6 +176,20 @@ def test_reduced_rank_ridge_borrows_across_genes_and_never_sees_the_test_section
             RidgeExpression(a, n_programs=bad).train()
 
 
+def test_choose_n_programs_errors_name_the_fix():
+    from scst.models._baselines import choose_n_programs
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 3)), rng.normal(size=(40, 6))
+    alpha = np.ones(6)
+    with pytest.raises(ValueError, match=r'n_programs="auto" needs >= 2 training sections.*n_programs=5'):
+        choose_n_programs(x, y, np.zeros(40), alpha)
+    with pytest.raises(ValueError, match=r"candidates: none of \[10, 20\] lies in \[1, 6\]"):
+        choose_n_programs(x, y, np.repeat([0, 1], 20), alpha, candidates=[10, 20])
+    k, scores = choose_n_programs(x, y, np.repeat([0, 1], 20), alpha)
+    assert set(scores) == {1, 2, 3, 4, 5, 6} and k in scores  # candidates capped at the 6 genes
+
+
 def test_mean_and_save_load_round_trip(tmp_path):
     a = _planted(seed=2)
     MeanExpression.setup_anndata(a, "panel", sections=["S1", "S2", "S3"])
