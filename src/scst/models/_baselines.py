@@ -431,11 +431,10 @@ class RidgeExpression(_ClosedFormModel):
     training spots. The held-out test section never enters standardisation, penalty choice or fit.
 
     With ``n_programs`` the prediction is *reduced-rank*: projected onto the leading expression programmes of the
-    training spots (principal axes of the per-gene z-scores), so every gene is
-    predicted through the few programmes that the image can inform, and a weakly predictable gene borrows from the
-    genes it co-varies with. ``"auto"`` chooses their number by the same grouped inner CV (held-out mean per-gene
-    Pearson correlation, ridge refitted without each training section in turn). The projection is folded into
-    ``coef``.
+    training spots (principal axes of the per-gene z-scores), so every gene is predicted through the few programmes
+    that the image can inform, and a weakly predictable gene borrows from the genes it co-varies with. ``"auto"``
+    chooses their number by the same grouped inner CV (held-out mean per-gene Pearson correlation, ridge refitted
+    without each training section in turn). The projection is folded into ``coef``.
 
     Parameters
     ----------
