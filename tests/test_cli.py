@@ -110,3 +110,23 @@ def test_train_head_then_predict_a_bare_he_image(tmp_path):
     assert pred.n_obs > 50 and pred.obsm["X_hc_ms"].shape[1] == 3 * len(scst.pp.handcrafted_feature_names())
     assert np.isfinite(pred.X).all() and np.median(pred.X.std(0)) > 0  # pseudo-spots differ
     assert main(["predict", "--model-dir", m, "--image", image, "--out", str(tmp_path / "x.h5ad")]) == 2  # no µm/px
+
+
+def test_train_config_overrides_reach_the_model(tmp_path, capsys):
+    """`--config KEY=VALUE` (JSON values) reaches the model; a bad key or value is one named error."""
+    import scst
+
+    m = tmp_path / "m"
+    assert main(["train", "--model", "ridge", "--sections", "C2", "C3", "--n-genes", "30", "--config", "n_programs=2",
+                 "--config", "alphas=[10.0, 1000.0]", "--out", str(m)]) == 0  # fmt: skip
+    model = scst.models.RidgeExpression.load(m)
+    assert model.n_programs_ == 2 and model.config["alphas"] == [10.0, 1000.0]
+    capsys.readouterr()
+    assert main(["train", "--model", "ridge", "--sections", "C2", "C3", "--config", "n_programs=0", "--out",
+                 str(tmp_path / "x")]) == 2  # fmt: skip
+    assert 'scst: error: --config: n_programs: expected None, "auto" or an int' in capsys.readouterr().err
+    assert main(["train", "--model", "mean", "--config", "n_programs", "--out", str(tmp_path / "y")]) == 2
+    assert "--config: expected KEY=VALUE (e.g. n_programs=6), got 'n_programs'" in capsys.readouterr().err
+    assert main(["train", "--model", "mean", "--sections", "C2", "--config", "hidden=3", "--out",
+                 str(tmp_path / "z")]) == 2  # fmt: skip
+    assert "--config: Unknown config key(s) ['hidden'] for MeanExpression" in capsys.readouterr().err

@@ -67,6 +67,20 @@ def _image_only(path: str) -> Any:
         raise CLIError(f"--image: {e}") from e
 
 
+def _config(items: list[str]) -> dict:
+    """``--config KEY=VALUE`` items → dict; values are JSON (``6``, ``false``, ``null``, ``[1, 2]``), else strings."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CLIError(f"--config: expected KEY=VALUE (e.g. n_programs=6), got {item!r}.")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def _train(args: argparse.Namespace) -> None:
     import scst
 
@@ -83,23 +97,31 @@ def _train(args: argparse.Namespace) -> None:
     # The panel comes from the training sections only (a held-out section never chooses the genes).
     scst.pp.select_genes(adata, n_top=args.n_genes, sections=args.sections)
     cls = getattr(scst.models, MODELS[args.model])
+    config = {**cls.bench_config, **_config(args.config)}
+
+    def build(data):
+        try:
+            return cls(data, **config)
+        except ValueError as e:
+            raise CLIError(f"--config: {e}") from e
+
     if args.model == "ridge":
         scst.tl.embed_patches(sdata, "handcrafted", progress=False)
         cls.setup_sdata(sdata, embedding_key="X_handcrafted", sections=args.sections)
-        model = cls(sdata).train()
+        model = build(sdata).train()
     elif args.model == "mean":
         cls.setup_sdata(sdata, sections=args.sections)
-        model = cls(sdata).train()
+        model = build(sdata).train()
     elif args.model in ("hggep_head", "mlp"):
         scst.tl.embed_patches(sdata, "handcrafted", size_um=HEAD_SCALES_UM, out_px=112, key_added="X_hc_ms")
         if args.model == "hggep_head":
             scst.pp.hypergraph(adata, use_rep="X_hc_ms", k=3)
         cls.setup_anndata(adata, use_rep="X_hc_ms", sections=args.sections)
-        model = cls(adata, **cls.bench_config)
+        model = build(adata)
         model.train(**({"max_epochs": args.max_epochs} if args.max_epochs else {}))
     else:
         cls.setup_sdata(sdata, sections=args.sections)
-        model = cls(sdata, **cls.bench_config)
+        model = build(sdata)
         model.train(**({"max_epochs": args.max_epochs} if args.max_epochs else {}))
     model.save(out, overwrite=args.overwrite)
     print(f"scst train: {type(model).__name__} on {args.sections or 'all sections'} → {out}")
@@ -225,6 +247,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--sections", nargs="+", help="training sections (default: all)")
     t.add_argument("--n-genes", type=int, default=250, help="gene panel size (scst.pp.select_genes n_top)")
     t.add_argument("--max-epochs", type=int, help="epochs for the networks (default: the model's bench_config)")
+    t.add_argument("--config", action="append", metavar="KEY=VALUE",
+                   help="model setting over its bench_config, value as JSON (e.g. n_programs=6, ridge_skip=false, "
+                   'n_programs=null, n_programs=auto); repeatable')  # fmt: skip
     t.add_argument("--out", required=True, help="output model directory")
     t.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     t.set_defaults(func=_train)

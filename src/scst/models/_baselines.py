@@ -96,6 +96,10 @@ class _ClosedFormModel(_SetupRegistry):
         self.params: dict[str, np.ndarray] = {}
         self.history: pd.DataFrame | None = None
         self._is_trained = False
+        self._check_config()
+
+    def _check_config(self) -> None:
+        """Validate ``self.config`` at construction (subclasses), so a bad setting fails before any work."""
 
     @property
     def var_names(self) -> list[str]:
@@ -465,6 +469,9 @@ class RidgeExpression(_ClosedFormModel):
         "n_inner_splits": 5,
         "n_programs": None,
     }
+
+    def _check_config(self) -> None:
+        _check_n_programs(self.config["n_programs"], len(self.var_names))
 
     @classmethod
     def setup_anndata(
