@@ -176,6 +176,25 @@ def test_reduced_rank_ridge_borrows_across_genes_and_never_sees_the_test_section
             RidgeExpression(a, n_programs=bad).train()
 
 
+@pytest.mark.parametrize("shape", [(300, 40), (30, 60)])  # more spots than genes, and fewer
+def test_expression_programs_are_the_principal_axes_whatever_the_chunk(shape):
+    """Correlation-matrix eigenvectors, accumulated in chunks, span what the SVD of the z-scores gives."""
+    from scst.models._baselines import expression_programs
+
+    rng = np.random.default_rng(1)
+    y = (rng.normal(size=shape) + np.outer(rng.normal(size=shape[0]), rng.normal(size=shape[1]))).astype(np.float32)
+    y[:, 3] = 2.0  # a constant gene: sd set to 1, no NaN
+    y64 = y.astype(np.float64)
+    z = (y64 - y64.mean(0)) / np.where(y64.std(0) > 1e-8, y64.std(0), 1.0)
+    vt = np.linalg.svd(z, full_matrices=False)[2]
+    for chunk in (7, 100000):
+        axes, mean, sd = expression_programs(y, 5, chunk=chunk)
+        np.testing.assert_allclose(axes.T @ axes, np.eye(5), atol=1e-10)
+        np.testing.assert_allclose(axes @ axes.T, vt[:5].T @ vt[:5], atol=1e-6)
+        np.testing.assert_allclose(mean, y64.mean(0), rtol=1e-10)
+        assert sd[3] == 1.0 and np.isfinite(axes).all()
+
+
 def test_choose_n_programs_errors_name_the_fix():
     from scst.models._baselines import choose_n_programs
 

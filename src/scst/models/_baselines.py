@@ -353,17 +353,24 @@ def _ridge_coef(s: np.ndarray, vt: np.ndarray, uty: np.ndarray, alpha: np.ndarra
 PROGRAM_CANDIDATES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50)
 
 
-def expression_programs(y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def expression_programs(y: np.ndarray, k: int, chunk: int = 16384) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``k`` leading expression programmes of ``y`` (spots × genes): principal axes of the per-gene z-scores.
 
     Returns the orthonormal axes ``(n_genes, k)`` and the per-gene mean and sd used for the z-scores (sd of a
-    constant gene set to 1).
+    constant gene set to 1). The axes are the leading eigenvectors of the genes' correlation matrix, accumulated
+    over ``chunk`` spots at a time: memory grows with genes², not with spots × genes (no copy of ``y``).
     """
-    y = np.asarray(y, dtype=np.float64)
-    mean, sd = y.mean(0), y.std(0)
+    y = np.asarray(y)
+    n, g = y.shape
+    mean = y.mean(0, dtype=np.float64)
+    gram = np.zeros((g, g))
+    for start in range(0, n, chunk):
+        block = y[start : start + chunk].astype(np.float64) - mean
+        gram += block.T @ block
+    sd = np.sqrt(np.maximum(np.diag(gram), 0.0) / n)
     sd = np.where(sd > 1e-8, sd, 1.0)
-    _, _, vt = np.linalg.svd((y - mean) / sd, full_matrices=False)
-    return vt[:k].T, mean, sd
+    _, vecs = np.linalg.eigh(gram / np.outer(sd, sd))  # ascending eigenvalues
+    return np.ascontiguousarray(vecs[:, ::-1][:, :k]), mean, sd
 
 
 def _check_n_programs(value: Any, n_genes: int) -> int | str | None:
