@@ -210,3 +210,27 @@ def _prediction_block(adata: AnnData, layer: str, cols: np.ndarray | None = None
     if smask is not None:
         X[~smask] = np.nan
     return X, cols
+
+
+# A vector is constant when its standard deviation is below this fraction of its scale (float round-off).
+_CONST_RTOL = 1e-6
+
+
+def _is_constant(x: np.ndarray) -> np.ndarray:
+    """Per column: True when the column is constant up to float round-off."""
+    scale = np.maximum(np.abs(x).max(0), 1.0)
+    return x.std(0) <= _CONST_RTOL * scale
+
+
+def _colwise_pearson(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Pearson r per column; NaN where the truth is constant, 0 where only the prediction is."""
+    p = pred - pred.mean(0)
+    t = truth - truth.mean(0)
+    const_t, const_p = _is_constant(truth), _is_constant(pred)
+    denom = np.sqrt((p**2).sum(0) * (t**2).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (p * t).sum(0) / denom
+    r = np.clip(r, -1.0, 1.0)
+    r[const_p] = 0.0
+    r[const_t] = np.nan
+    return r

@@ -28,7 +28,7 @@ from torch import nn
 from .._constants import SECTION_KEY, TABLE_KEY
 from .._logging import logg
 from .._normalize import log_normalized, raw_counts
-from .._utils import _check_key, _embedding_record, _get_table
+from .._utils import _check_key, _colwise_pearson, _embedding_record, _get_table
 from ..nn._backbones import build_backbone, load_backbone_weights
 from ._base import _jsonable, _read_model_attrs, _scst_version, _SetupRegistry, _write_model_dir
 from ._image import _check_sections, _ImageModel
@@ -382,14 +382,6 @@ def _check_n_programs(value: Any, n_genes: int) -> int | str | None:
     return int(value)
 
 
-def _mean_pcc(pred: np.ndarray, obs: np.ndarray) -> float:
-    """Mean over genes of the Pearson correlation across spots (genes constant in either are skipped)."""
-    pc, oc = pred - pred.mean(0), obs - obs.mean(0)
-    den = np.sqrt((pc**2).sum(0) * (oc**2).sum(0))
-    ok = den > 1e-12
-    return float(((pc * oc).sum(0)[ok] / den[ok]).mean()) if ok.any() else float("nan")
-
-
 def choose_n_programs(
     x: np.ndarray,
     y: np.ndarray,
@@ -428,7 +420,7 @@ def choose_n_programs(
         axes, _, sd = expression_programs(y[tr], cands[-1])
         z = pred / sd  # centred: the fitting mean is the intercept
         for j, k in enumerate(cands):
-            scores[j] += _mean_pcc(z @ axes[:, :k] @ axes[:, :k].T, y[va]) / len(folds)
+            scores[j] += np.nanmean(_colwise_pearson(z @ axes[:, :k] @ axes[:, :k].T, y[va])) / len(folds)
     return cands[int(np.argmax(scores))], dict(zip(cands, scores.tolist()))
 
 

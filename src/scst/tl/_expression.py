@@ -13,13 +13,11 @@ from scipy import sparse
 from .._constants import SECTION_KEY
 from .._logging import logg
 from .._normalize import log_normalized
-from .._utils import _check_key, _prediction_block
+from .._utils import _check_key, _colwise_pearson, _is_constant, _prediction_block
 
 __all__ = ["evaluate_expression", "spatial_domains", "domain_ari"]
 
 _METRICS = ("pearson", "spearman", "mse", "mae")
-# A vector is constant when its standard deviation is below this fraction of its scale (float round-off).
-_CONST_RTOL = 1e-6
 
 
 def _resolve_genes(adata: AnnData, genes: Any, arg: str) -> np.ndarray | None:
@@ -71,26 +69,6 @@ def _groups(adata: AnnData, by: str | None) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------
 # metrics
 # ----------------------------------------------------------------------------------------------------------------
-def _is_constant(x: np.ndarray) -> np.ndarray:
-    """Per column: True when the column is constant up to float round-off."""
-    scale = np.maximum(np.abs(x).max(0), 1.0)
-    return x.std(0) <= _CONST_RTOL * scale
-
-
-def _colwise_pearson(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Pearson r per column; NaN where the truth is constant, 0 where only the prediction is."""
-    p = pred - pred.mean(0)
-    t = truth - truth.mean(0)
-    const_t, const_p = _is_constant(truth), _is_constant(pred)
-    denom = np.sqrt((p**2).sum(0) * (t**2).sum(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (p * t).sum(0) / denom
-    r = np.clip(r, -1.0, 1.0)
-    r[const_p] = 0.0
-    r[const_t] = np.nan
-    return r
-
-
 def _colwise_spearman(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     from scipy.stats import rankdata
 
