@@ -108,7 +108,6 @@ def ridge_programs_baseline(tr, te) -> dict:
     trained on the training spots; both modalities meet in the expression-programme space (image: predicted
     programme scores, RNA: observed ones), cosine retrieval."""
     from scst._normalize import log_normalized
-    from scst.models._baselines import expression_programs
 
     multiscale(tr, te)
     sdata, train = CONTEXT["sdata"], CONTEXT["train_sections"]
@@ -119,7 +118,7 @@ def ridge_programs_baseline(tr, te) -> dict:
     ridge = scst.models.RidgeExpression(tab, n_programs="auto").train()
     train_s = time.perf_counter() - t0
     k = ridge.n_programs_
-    axes, mu, sd = expression_programs(log_normalized(tab[tab.obs["section"].isin(train)], genes), k)
+    axes, mu, sd = (ridge.params[key] for key in ("program_axes", "intercept", "program_sd"))
     rows = tab.obs_names.get_indexer(te["image"].obs["rna_sample"])
     pred = ridge.predict(tab, sections=sorted(set(tab.obs["section"].astype(str)) - set(train)))
     test_rows = np.flatnonzero(~tab.obs["section"].isin(train).to_numpy())

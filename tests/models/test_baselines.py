@@ -155,6 +155,8 @@ def test_reduced_rank_ridge_borrows_across_genes_and_never_sees_the_test_section
     axis = np.linalg.svd((y - y.mean(0)) / sd, full_matrices=False)[2][0]
     expected = ((plain.predict(sections="S4") - y.mean(0)) / sd) @ np.outer(axis, axis) * sd + y.mean(0)
     np.testing.assert_allclose(one.predict(sections="S4"), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.abs(one.params["program_axes"][:, 0]), np.abs(axis), atol=1e-6)  # kept, any sign
+    np.testing.assert_allclose(one.params["program_sd"], sd, rtol=1e-5)
 
     # S4 is never read: scrambling it changes neither the choice nor the coefficients
     b = a.copy()

@@ -437,7 +437,9 @@ class RidgeExpression(_ClosedFormModel):
     training spots (principal axes of the per-gene z-scores), so every gene is predicted through the few programmes
     that the image can inform, and a weakly predictable gene borrows from the genes it co-varies with. ``"auto"``
     chooses their number by the same grouped inner CV (held-out mean per-gene Pearson correlation, ridge refitted
-    without each training section in turn). The projection is folded into ``coef``.
+    without each training section in turn). The projection is folded into ``coef``; ``params["program_axes"]``
+    ``(n_genes, k)`` and ``params["program_sd"]`` keep the programmes (scores of a prediction ``p``:
+    ``((p - intercept) / program_sd) @ program_axes``).
 
     Parameters
     ----------
@@ -541,6 +543,7 @@ class RidgeExpression(_ClosedFormModel):
             # p ↦ ((p - mean) / sd) @ axes @ axesᵀ * sd + mean, folded into the coefficients (the intercept is the mean)
             fit["coef"] = (fit["coef"] / sd) @ axes @ axes.T * sd
             fit["n_programs"] = np.asarray(k)
+            fit["program_axes"], fit["program_sd"] = axes, sd  # programme scores: ((pred - intercept) / sd) @ axes
             fit["program_cv_k"] = np.asarray(list(scores), dtype=np.int64)
             fit["program_cv_pcc"] = np.asarray(list(scores.values()), dtype=np.float64)
         self.params = fit
