@@ -270,7 +270,8 @@ class _FeatureModel(BaseModel):
                     stacklevel=3,
                 )
             alphas, k = [100.0], (min(5, programs.k) if k == "auto" else k)
-        fit = ridge_fit(x, y, groups, alphas)
+        # Ridge is needed for the linear path and for choosing the number of programmes, not for a given number.
+        fit = ridge_fit(x, y, groups, alphas) if skip is not None or k == "auto" else None
         if programs is not None:
             self.program_cv_ = None
             if k == "auto":
