@@ -1,0 +1,96 @@
+"""Per-section standardisation of a spot embedding (stain, scanner and batch shifts between slides)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scanpy as sc
+from anndata import AnnData
+
+from scst._utils import _check_key, _get_table
+
+__all__ = ["scale_by_section"]
+
+
+def scale_by_section(
+    adata: AnnData | Any,
+    use_rep: str,
+    *,
+    library_key: str = "section",
+    key_added: str | None = None,
+    min_spots: int = 20,
+    copy: bool = False,
+) -> AnnData | None:
+    """Standardise an embedding within each section: every feature to mean 0 and sd 1 over the section's spots.
+
+    Slides differ in staining, scanner and section thickness as a whole; per-slide standardisation removes such
+    slide-wide shifts from patch features before a model sees them (a feature constant within a section becomes
+    0). It uses each section's own spots and no expression, so a new slide is prepared the same way before
+    prediction: call this on its table, then ``scst.tl.predict_expression``. What it costs: differences *between*
+    sections in the features' mean or spread are gone — within-section patterns (what per-gene PCC scores) stay.
+    Measured in docs/benchmarks/expression.md ("Robustness to stain and resolution shifts").
+
+    Each section is scaled by :func:`scanpy.pp.scale` (sd with ``ddof=1``; constant features become 0).
+
+    Parameters
+    ----------
+    adata
+        AnnData, or SpatialData whose ``"table"`` is used (``copy=True`` then returns a copy of that table).
+    use_rep
+        Key of ``adata.obsm`` with the ``(n_obs, d)`` embedding, e.g. ``"X_handcrafted"``.
+    library_key
+        Column of ``adata.obs`` with the section of each spot.
+    key_added
+        Key of ``adata.obsm`` written; default ``f"{use_rep}_scaled"``. ``use_rep`` itself overwrites the input.
+    min_spots
+        Sections with fewer spots get a warning: their mean and sd are too noisy to standardise with.
+    copy
+        Return a modified copy instead of editing ``adata`` in place.
+
+    Returns
+    -------
+    ``None``, or the modified copy when ``copy=True``. Writes ``.obsm[key_added]`` (float32) and
+    ``.uns[key_added]["params"]``.
+
+    Examples
+    --------
+    >>> scst.tl.embed_patches(sdata, "handcrafted", size_um=(80, 160, 320), key_added="X_hc_ms")
+    >>> scst.pp.scale_by_section(sdata.tables["table"], "X_hc_ms")  # → obsm["X_hc_ms_scaled"]
+    """
+    data = _get_table(adata)
+    if copy:
+        data = data.copy()
+    _check_key(data.obsm, use_rep, "adata.obsm (argument `use_rep`)")
+    _check_key(data.obs, library_key, "adata.obs (argument `library_key`)")
+    x = data.obsm[use_rep]
+    x = x.to_numpy() if isinstance(x, pd.DataFrame) else np.asarray(x)
+    if x.ndim != 2 or x.shape[0] != data.n_obs:
+        raise ValueError(f"adata.obsm[{use_rep!r}] (argument `use_rep`): expected shape (n_obs, d), got {x.shape}.")
+    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
+        raise ValueError(f"adata.obsm[{use_rep!r}] (argument `use_rep`): expected finite numbers (no NaN/inf).")
+    if isinstance(min_spots, bool) or not isinstance(min_spots, int) or min_spots < 2:
+        raise ValueError(f"min_spots: expected an int >= 2, got {min_spots!r}.")
+    sections = data.obs[library_key]
+    if sections.isna().any():
+        raise ValueError(f"adata.obs[{library_key!r}] (argument `library_key`): {int(sections.isna().sum())} NaN(s).")
+    codes, names = pd.factorize(sections.astype(str), sort=True)
+    counts = np.bincount(codes, minlength=len(names))
+    small = [f"{n} ({c})" for n, c in zip(names, counts) if c < min_spots]
+    if small:
+        warnings.warn(
+            f"scale_by_section: section(s) {small} have fewer than min_spots={min_spots} spots; their features are "
+            "scaled by a noisy mean and sd.",
+            UserWarning,
+            stacklevel=2,
+        )
+    out = np.empty(x.shape, dtype=np.float32)
+    for c in range(len(names)):
+        idx = np.flatnonzero(codes == c)
+        out[idx] = sc.pp.scale(x[idx].astype(np.float64), copy=True) if idx.size > 1 else 0.0
+    key = key_added or f"{use_rep}_scaled"
+    data.obsm[key] = out
+    data.uns[key] = {"params": {"use_rep": use_rep, "library_key": library_key, "n_sections": int(len(names))}}
+    return data if copy else None

@@ -1,0 +1,89 @@
+"""Tests for scst.pp.scale_by_section (per-section standardisation of an embedding)."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from scst.pp import scale_by_section
+
+
+def _adata(x: np.ndarray, sections: list[str]) -> ad.AnnData:
+    a = ad.AnnData(np.zeros((len(sections), 1), dtype=np.float32))
+    a.obs["section"] = pd.Categorical(sections)
+    a.obsm["f"] = x
+    return a
+
+
+def test_hand_values_interleaved_sections_and_constant_feature():
+    # Sections interleaved in row order; column 1 is constant within section B (→ 0), column 0 by hand:
+    # A: 1, 2, 3 → mean 2, sd (ddof=1) 1; B: 10, 30 → mean 20, sd 14.142...
+    x = np.array([[1.0, 7.0], [10.0, 5.0], [2.0, 8.0], [30.0, 5.0], [3.0, 9.0]])
+    a = _adata(x, ["A", "B", "A", "B", "A"])
+    scale_by_section(a, "f", min_spots=2)
+    out = a.obsm["f_scaled"]
+    assert out.dtype == np.float32
+    s = 20 / np.sqrt(2)
+    expected = np.array([[-1, -1], [-10 / s, 0], [0, 0], [10 / s, 0], [1, 1]], dtype=np.float32)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(a.obsm["f"], x)  # input untouched
+    assert a.uns["f_scaled"]["params"] == {"use_rep": "f", "library_key": "section", "n_sections": 2}
+
+
+def test_slide_wide_shift_is_removed():
+    # A stain/scanner-like shift: every feature of section B scaled and offset as a whole. After scaling, B's
+    # features equal those of an unshifted copy of B, while without scaling a model would see other values.
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(60, 5))
+    gain, offset = rng.uniform(0.5, 2.0, 5), rng.normal(0, 3, 5)
+    x = np.vstack([base[:30], base[30:]])
+    shifted = np.vstack([base[:30], base[30:] * gain + offset])
+    sections = ["A"] * 30 + ["B"] * 30
+    a, b = _adata(x, sections), _adata(shifted, sections)
+    scale_by_section(a, "f")
+    scale_by_section(b, "f")
+    np.testing.assert_allclose(a.obsm["f_scaled"], b.obsm["f_scaled"], atol=1e-5)
+    assert np.abs(a.obsm["f"][30:] - b.obsm["f"][30:]).max() > 1  # the shift was real
+    # Within each section: mean 0, sd 1.
+    for idx in (slice(0, 30), slice(30, 60)):
+        np.testing.assert_allclose(b.obsm["f_scaled"][idx].mean(0), 0, atol=1e-6)
+        np.testing.assert_allclose(b.obsm["f_scaled"][idx].std(0, ddof=1), 1, atol=1e-5)
+
+
+def test_copy_key_added_and_overwrite():
+    x = np.arange(40, dtype=float).reshape(20, 2) ** 1.5
+    a = _adata(x, ["A"] * 20)
+    out = scale_by_section(a, "f", key_added="g", copy=True)
+    assert "g" in out.obsm and "g" not in a.obsm
+    assert scale_by_section(a, "f", key_added="f") is None
+    np.testing.assert_allclose(a.obsm["f"], out.obsm["g"])
+
+
+def test_bad_input_named():
+    x = np.ones((25, 3))
+    a = _adata(x, ["A"] * 25)
+    with pytest.raises(KeyError, match="use_rep"):
+        scale_by_section(a, "missing")
+    with pytest.raises(KeyError, match="library_key"):
+        scale_by_section(a, "f", library_key="batch")
+    a.obsm["nan"] = np.where(np.eye(25, 3) > 0, np.nan, 1.0)
+    with pytest.raises(ValueError, match="use_rep.*NaN"):
+        scale_by_section(a, "nan")
+    with pytest.raises(ValueError, match="min_spots"):
+        scale_by_section(a, "f", min_spots=1)
+    a.obs["section"] = pd.Categorical(["A"] * 24 + [np.nan])
+    with pytest.raises(ValueError, match="library_key.*NaN"):
+        scale_by_section(a, "f")
+
+
+def test_small_section_warns():
+    a = _adata(np.random.default_rng(0).normal(size=(25, 2)), ["A"] * 22 + ["B"] * 3)
+    with pytest.warns(UserWarning, match=r"\['B \(3\)'\].*min_spots=20"):
+        scale_by_section(a, "f")
+    # A one-spot section has no spread: its row becomes 0, not NaN.
+    b = _adata(np.random.default_rng(0).normal(size=(25, 2)), ["A"] * 24 + ["B"])
+    with pytest.warns(UserWarning):
+        scale_by_section(b, "f")
+    np.testing.assert_array_equal(b.obsm["f_scaled"][-1], 0)
