@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
-from ._constants import TABLE_KEY, UNS_KEY
+from ._constants import TABLE_KEY, UNS_EMBED_KEY, UNS_KEY
 
 
 def cache_dir() -> Path:
@@ -123,7 +123,7 @@ def _plain(d: Any) -> Any:
 
 def _embedding_record(adata: Any, key: str) -> dict[str, Any] | None:
     """How ``obsm[key]`` was made (``uns["scst_embed"][key]`` of :func:`scst.tl.embed_patches`), or None."""
-    rec = adata.uns.get("scst_embed", {}).get(key)
+    rec = adata.uns.get(UNS_EMBED_KEY, {}).get(key)
     return None if rec is None else _plain(dict(rec))
 
 

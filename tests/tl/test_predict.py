@@ -209,6 +209,31 @@ def test_feature_head_on_he_only_slide_recomputes_its_embedding():
         predict_expression(syn.make_sdata(sections=("S6",), seed=8), model, progress=False)
 
 
+def test_model_on_section_scaled_features_gets_them_recomputed_scaled():
+    """Trained on ``pp.scale_by_section`` features: a table without them gets the embedding remade *and* scaled
+    per section — the same prediction as on the user's own scaled table."""
+    from scst.pp import scale_by_section
+    from scst.tl import embed_patches
+
+    sd = syn.make_sdata()
+    tab = sd.tables["table"]
+    embed_patches(sd, "handcrafted", size_um=syn.SIZE_UM, out_px=32, key_added="X_hc", progress=False)
+    scale_by_section(tab, "X_hc", min_spots=2)
+    rec = tab.uns["scst_embed"]["X_hc_scaled"]
+    assert rec["scale_by_section"] == "section" and rec["encoder"] == "handcrafted"
+    RidgeExpression.setup_anndata(tab, embedding_key="X_hc_scaled", genes=PANEL, sections=["S1", "S2"])
+    model = RidgeExpression(tab).train()
+    expected = model.predict(tab, "S3")
+    bare = syn.make_sdata()
+    predict_expression(bare, model, sections="S3", progress=False)
+    bt = bare.tables["table"]
+    np.testing.assert_allclose(bt.obsm["X_hc_scaled"], tab.obsm["X_hc_scaled"], atol=1e-5)
+    got = bt[bt.obs["section"] == "S3", PANEL].layers["predicted"].toarray()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # Without the scaling step the recomputed features are the raw ones: the test above would fail.
+    assert np.abs(bt.obsm["X_hc_scaled"] - tab.obsm["X_hc"]).max() > 0.1
+
+
 def test_predict_expression_clips_linear_models_at_zero():
     """Ridge can extrapolate below zero; the written layer is expression, so it is clipped as documented."""
     sd = syn.make_sdata()

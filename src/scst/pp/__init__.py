@@ -1,4 +1,4 @@
-"""Preprocessing: gene panels, hypergraphs, spot patches, tissue masks, patch features, per-section scaling, graph matrices."""
+"""Preprocessing: gene panels, hypergraphs, spot patches, tissue masks, patch features and their scaling, graphs."""
 
 from ._features import handcrafted_feature_names, handcrafted_features
 from ._gene_groups import gene_groups
@@ -6,8 +6,8 @@ from ._genes import select_genes
 from ._graph_matrix import cell_graph, graph_matrix, graph_matrix_from_adjacency
 from ._hypergraph import hypergraph
 from ._mudata import bulk_to_mudata, to_mudata
-from ._scale import scale_by_section
 from ._patches import IMAGENET_MEAN, IMAGENET_STD, SpotPatchDataset, extract_patches
+from ._scale import scale_by_section
 from ._tissue import PRESETS as TISSUE_PRESETS
 from ._tissue import filter_tiles, tile_grid, tissue_mask
 

@@ -10,6 +10,7 @@ import pandas as pd
 import scanpy as sc
 from anndata import AnnData
 
+from scst._constants import UNS_EMBED_KEY
 from scst._utils import _check_key, _get_table
 
 __all__ = ["scale_by_section"]
@@ -53,7 +54,10 @@ def scale_by_section(
     Returns
     -------
     ``None``, or the modified copy when ``copy=True``. Writes ``.obsm[key_added]`` (float32) and
-    ``.uns[key_added]["params"]``.
+    ``.uns[key_added]["params"]``; when ``use_rep`` was made by :func:`scst.tl.embed_patches`, its recipe in
+    ``.uns["scst_embed"]`` is copied to ``key_added`` with ``"scale_by_section"`` added, so a model trained on the
+    scaled embedding gets it recomputed, scaled the same way, by :func:`scst.tl.predict_expression` on a slide
+    that lacks it.
 
     Examples
     --------
@@ -93,4 +97,11 @@ def scale_by_section(
     key = key_added or f"{use_rep}_scaled"
     data.obsm[key] = out
     data.uns[key] = {"params": {"use_rep": use_rep, "library_key": library_key, "n_sections": int(len(names))}}
+    # The recipe of an embed_patches embedding travels with the scaling, so predict_expression can remake both.
+    store = dict(data.uns.get(UNS_EMBED_KEY, {}))
+    if use_rep in store:
+        store[key] = {**dict(store[use_rep]), "scale_by_section": library_key}
+    else:
+        store.pop(key, None)
+    data.uns[UNS_EMBED_KEY] = store
     return data if copy else None

@@ -11,14 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._constants import SECTION_KEY, TABLE_KEY, UNS_KEY
+from .._constants import SECTION_KEY, TABLE_KEY, UNS_EMBED_KEY, UNS_KEY
 from .._logging import logg
 from .._utils import _get_table
 from ..nn._train_step import imagenet_normalize
 
 __all__ = ["embed_patches"]
-
-UNS_EMBED_KEY = "scst_embed"
 
 
 def _pool(out: Any, name: str) -> torch.Tensor:
