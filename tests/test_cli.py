@@ -107,8 +107,9 @@ def test_train_head_then_predict_a_bare_he_image(tmp_path):
     assert main(["predict", "--model-dir", m, "--image", image, "--um-per-px", str(upp), "--spacing-um", "200",
                  "--out", str(out)]) == 0  # fmt: skip
     pred = ad.read_h5ad(out)
-    assert pred.n_obs > 50 and pred.obsm["X_hc_ms"].shape[1] == 3 * len(scst.pp.handcrafted_feature_names())
+    assert pred.n_obs > 50 and pred.obsm["X_hc_ms_scaled"].shape[1] == 3 * len(scst.pp.handcrafted_feature_names())
     assert np.isfinite(pred.X).all() and np.median(pred.X.std(0)) > 0  # pseudo-spots differ
+    np.testing.assert_allclose(pred.obsm["X_hc_ms_scaled"].mean(0), 0, atol=1e-4)  # scaled over the slide, as trained
     assert main(["predict", "--model-dir", m, "--image", image, "--out", str(tmp_path / "x.h5ad")]) == 2  # no µm/px
 
 

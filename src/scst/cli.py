@@ -114,9 +114,10 @@ def _train(args: argparse.Namespace) -> None:
         model = build(sdata).train()
     elif args.model in ("hggep_head", "mlp"):
         scst.tl.embed_patches(sdata, "handcrafted", size_um=HEAD_SCALES_UM, out_px=112, key_added="X_hc_ms")
+        scst.pp.scale_by_section(adata, "X_hc_ms")  # → X_hc_ms_scaled; remade the same way at predict time
         if args.model == "hggep_head":
-            scst.pp.hypergraph(adata, use_rep="X_hc_ms", k=3)
-        cls.setup_anndata(adata, use_rep="X_hc_ms", sections=args.sections)
+            scst.pp.hypergraph(adata, use_rep="X_hc_ms_scaled", k=3)
+        cls.setup_anndata(adata, use_rep="X_hc_ms_scaled", sections=args.sections)
         model = build(adata)
         model.train(**({"max_epochs": args.max_epochs} if args.max_epochs else {}))
     else:
