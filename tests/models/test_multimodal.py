@@ -123,6 +123,31 @@ def test_unpaired_samples_frozen_encoders_and_bad_input():
         MultimodalST(mdata, nonsense=1)
 
 
+def test_retrieve_standardize_matches_a_shrunk_offset_image_side():
+    """Image embeddings = 0.05 × the RNA embeddings (in another order) + one large common offset, as a regression
+    onto the RNA side gives: raw cosine sees mostly the offset, z-scoring each modality recovers every pair."""
+    rng = np.random.default_rng(0)
+    mdata = synthetic_mudata(n=40)
+    z = rng.normal(size=(40, 6)).astype(np.float32)
+    mdata["rna"].obsm["E"] = z
+    link = mdata["rna"].obs_names.get_indexer(mdata["image"].obs["rna_sample"])
+    perm = rng.permutation(40)  # patches in another order than their RNA samples
+    mdata.mod["image"] = mdata["image"][perm].copy()
+    mdata["image"].obsm["E"] = 0.05 * z[link[perm]] + np.array([5.0, -3.0, 4.0, 0.0, 2.0, 6.0], np.float32)
+    raw = scst.tl.retrieve(mdata, None, k=1, use_rep="E", group_keys=[])
+    zs = scst.tl.retrieve(mdata, None, k=1, use_rep="E", group_keys=[], standardize="zscore")
+    cen = scst.tl.retrieve(mdata, None, k=1, use_rep="E", group_keys=[], standardize="center")
+    assert zs["exact_top1"] == 1.0 and cen["exact_top1"] == 1.0 and zs["standardize"] == "zscore"
+    assert raw["exact_top1"] < 0.5 and raw["standardize"] is None
+    # RNA → image the same way; and the option is checked
+    assert (
+        scst.tl.retrieve(mdata, None, query="rna", k=1, use_rep="E", group_keys=[], standardize="zscore")["exact_top1"]
+        == 1.0
+    )
+    with pytest.raises(ValueError, match="standardize"):
+        scst.tl.retrieve(mdata, None, use_rep="E", standardize="whiten")
+
+
 def test_gene_importance_finds_the_planted_gene():
     # groups share one expression profile: only gene 5 (patch brightness) tells which RNA matches a patch
     mdata = synthetic_mudata(n=96, n_genes=12, profile_scale=0.0)

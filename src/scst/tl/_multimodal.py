@@ -78,6 +78,16 @@ def _chance(q: pd.Series, t: pd.Series) -> float:
     return float((pq * pt.reindex(pq.index).fillna(0)).sum())
 
 
+def _standardize(x: np.ndarray, how: str) -> np.ndarray:
+    """Embeddings of one modality centred (``"center"``) or z-scored per dimension (``"zscore"``; sd 0 → 1)."""
+    x = np.asarray(x, dtype=np.float64)
+    out = x - x.mean(0)
+    if how == "zscore":
+        sd = out.std(0)
+        out = out / np.where(sd > 0, sd, 1.0)
+    return out.astype(np.float32)
+
+
 def retrieve(
     mdata: Any,
     model: Any = None,
@@ -88,6 +98,7 @@ def retrieve(
     use_rep: str | None = None,
     key_added: str = "scst_retrieval",
     batch_size: int = 256,
+    standardize: Literal["zscore", "center"] | None = None,
 ) -> dict[str, Any]:
     """For each query sample, the ``k`` closest samples of the other modality by cosine similarity (paper eq. 9).
 
@@ -110,6 +121,13 @@ def retrieve(
         ``mdata.uns`` key of the results.
     batch_size
         Inference batch size.
+    standardize
+        Test-time standardisation of each modality's embeddings over the samples being matched, before the cosine:
+        ``None`` (the paper's cosine on the shared space), ``"center"`` (subtract each modality's mean) or
+        ``"zscore"`` (each dimension to mean 0 and sd 1 within each modality). A model whose image side is shrunk
+        or offset against its RNA side (a regression, a briefly trained encoder) then matches by each sample's
+        deviation from its own modality, not by the common offset. It uses the embeddings only (no labels, no
+        pairing); docs/benchmarks/multimodal.md measures it.
 
     Returns
     -------
@@ -136,6 +154,10 @@ def retrieve(
             emb[m] = np.asarray(mdata[m].obsm[use_rep], dtype=np.float32)
     if not isinstance(k, int | np.integer) or k < 1:
         raise ValueError(f"k: expected a positive integer, got {k!r}.")
+    if standardize not in (None, "center", "zscore"):
+        raise ValueError(f"standardize: expected None, 'center' or 'zscore', got {standardize!r}.")
+    if standardize is not None:
+        emb = {m: _standardize(e, standardize) for m, e in emb.items()}
     q_mod, t_mod = (img_mod, rna_mod) if query == "image" else (rna_mod, img_mod)
     q = emb[q_mod] / np.maximum(np.linalg.norm(emb[q_mod], axis=1, keepdims=True), 1e-12)
     t = emb[t_mod] / np.maximum(np.linalg.norm(emb[t_mod], axis=1, keepdims=True), 1e-12)
@@ -170,6 +192,7 @@ def retrieve(
     n_t = len(t)
     res = {
         "query": query,
+        "standardize": standardize,
         "k": k,
         "n_query": len(q),
         "n_target": n_t,
