@@ -314,10 +314,11 @@ def _prepare_features(model: Any, sdata: Any, table: str, progress: bool, opts: 
         out_px=int(emb["out_px"]), key_added=key, table=table,
         normalize=None if emb.get("normalize") in (None, "none") else emb["normalize"], progress=progress, **opts,
     )  # fmt: skip
-    if emb.get("scale_by_section") is not None:  # trained on features standardised per section: the same here
+    by = emb.get("scale_by_section")
+    if by is not None:  # trained on features standardised per section: the same here
         from ..pp._scale import scale_by_section
 
-        scale_by_section(adata, key, library_key=SECTION_KEY, key_added=key)
+        scale_by_section(adata, key, library_key=by if by in adata.obs else SECTION_KEY, key_added=key)
     hk = reg.get("hypergraph_key")
     if hk is not None and hk not in adata.obsp:
         from ..pp._hypergraph import hypergraph
