@@ -117,6 +117,26 @@ METHODS = {
         {**NO_SKIP, **PROG},
         "HGGEP spatial head on multi-scale, no ridge path, programmes",
     ),
+    # Features standardised within each section (``scst.pp.scale_by_section``): robust to slide-wide shifts.
+    "ridge_ms_scaled": ("RidgeExpression", "ms_scaled", {}, "multi-scale hand-crafted, scaled per section + ridge"),
+    "ridge_ms_scaled_prog": (
+        "RidgeExpression",
+        "ms_scaled",
+        PROG,
+        "multi-scale, scaled per section + reduced-rank ridge (programmes)",
+    ),
+    "mlp_ms_scaled_prog": (
+        "MLPExpression",
+        "ms_scaled",
+        PROG,
+        "MLP head + ridge path on multi-scale scaled per section, programmes",
+    ),
+    "head_ms_scaled_prog": (
+        "HGGEPHead",
+        "ms_scaled",
+        PROG,
+        "HGGEP spatial head + ridge path on multi-scale scaled per section, programmes",
+    ),
 }
 BASELINE = "ridge_hc"
 LEARNED = ("MLPExpression", "HGGEPHead", "HGGEP")
@@ -165,6 +185,7 @@ def load():
     embed_s = time.perf_counter() - t0
     tab.obsm["hc"] = tab.obsm["hc80"]
     tab.obsm["ms"] = np.hstack([tab.obsm[f"hc{um:g}"] for um in SCALES_MS])
+    scst.pp.scale_by_section(tab, "ms", key_added="ms_scaled")  # each section by its own spots (no expression)
     sq.gr.spatial_neighbors(tab, spatial_key="spatial_array", coord_type="grid", n_neighs=4, library_key="section",
                             key_added="grid")  # fmt: skip
     A = tab.obsp["grid_connectivities"]
