@@ -1,16 +1,16 @@
 """scst demo: the main job end-to-end on the five HER2+ sections (``nox -s demo``).
 
 Loads C2–C6 into one SpatialData and holds C6 out: the gene panel is chosen on the training sections C2–C5 only,
-every spot gets multi-scale hand-crafted features of its H&E patch (80/160/320 µm, ``scst.tl.embed_patches``), the
-feature hypergraph goes to ``obsp`` (``scst.pp.hypergraph``), and HGGEP's spatial head (spot transformer +
-hypergraph + LSTM, MSE + ZINB; ``scst.models.HGGEPHead``) is trained on C2–C5 (one of them held out for early
-stopping). It then
-predicts C6 from its image alone, prints the held-out per-gene Pearson correlations next to ridge regression on the
-same features (per gene, and reduced-rank through the same expression programmes as the head's output) and on the
-80 µm features (the baseline), saves observed vs predicted for the best-predicted gene and
-ERBB2 on one colour scale, clusters spatial domains from the prediction, and finishes with the multimodal
-histology ↔ RNA retrieval step (``scripts/demo_multimodal.py``). Its setting is the best learned model of
-docs/benchmarks/expression.md (leave-one-section-out, three seeds).
+every spot gets multi-scale hand-crafted features of its H&E patch (80/160/320 µm, ``scst.tl.embed_patches``),
+standardised within each section (``scst.pp.scale_by_section``); the feature hypergraph goes to ``obsp``
+(``scst.pp.hypergraph``), and HGGEP's spatial head (spot transformer + hypergraph + LSTM, MSE + ZINB;
+``scst.models.HGGEPHead``) is trained on C2–C5 (one of them held out for early stopping). It then predicts C6 from
+its image alone, prints the held-out per-gene Pearson correlations next to ridge regression on the same features
+(per gene, and reduced-rank through the same expression programmes as the head's output) and on the 80 µm features
+(the baseline), saves observed vs predicted for the best-predicted gene and ERBB2 on one colour scale, clusters
+spatial domains from the prediction, and finishes with the multimodal histology ↔ RNA retrieval step
+(``scripts/demo_multimodal.py``). Its setting is the best learned model of docs/benchmarks/expression.md
+(leave-one-section-out, three seeds).
 """
 
 from __future__ import annotations
@@ -70,13 +70,15 @@ def main() -> None:
     scst.tl.embed_patches(sdata, "handcrafted", size_um=SCALES_UM, out_px=112, progress=False, key_added="X_hc_ms")
     n80 = len(scst.pp.handcrafted_feature_names())
     adata.obsm["X_hc80"] = adata.obsm["X_hc_ms"][:, :n80]  # the 80 µm block alone: the baseline's input
+    # Each feature standardised within its section: slide-wide stain/scanner shifts removed (docs/benchmarks/shift.md).
+    scst.pp.scale_by_section(adata, "X_hc_ms")
     print(f"Features: {adata.obsm['X_hc_ms'].shape[1]} per spot (hand-crafted at {SCALES_UM} µm) in "
-          f"{time.perf_counter() - t1:.0f} s → obsm['X_hc_ms']")  # fmt: skip
-    scst.pp.hypergraph(adata, use_rep="X_hc_ms", k=3)
+          f"{time.perf_counter() - t1:.0f} s, scaled per section → obsm['X_hc_ms_scaled']")  # fmt: skip
+    scst.pp.hypergraph(adata, use_rep="X_hc_ms_scaled", k=3)
     print(f"Hypergraph: {adata.obsp['hypergraph_incidence'].shape[1]} hyperedges → obsp['hypergraph_incidence']")
 
     # HGGEP's spatial head on the frozen features; one training section (drawn by the seed) for early stopping.
-    scst.models.HGGEPHead.setup_anndata(adata, use_rep="X_hc_ms", genes=genes, sections=train)
+    scst.models.HGGEPHead.setup_anndata(adata, use_rep="X_hc_ms_scaled", genes=genes, sections=train)
     model = scst.models.HGGEPHead(adata, **{**scst.models.HGGEPHead.bench_config, "seed": args.seed})
     t1 = time.perf_counter()
     model.train(enable_progress_bar=False)
@@ -89,8 +91,8 @@ def main() -> None:
     # Baselines on the same spots: ridge on the same features, and on the 80 µm features alone.
     base = {}
     for name, key, k in (
-        ("ridge, same features", "X_hc_ms", None),
-        ("reduced-rank ridge, same features", "X_hc_ms", "auto"),
+        ("ridge, same features", "X_hc_ms_scaled", None),
+        ("reduced-rank ridge, same features", "X_hc_ms_scaled", "auto"),
         ("ridge, 80 µm features (baseline)", "X_hc80", None),
     ):
         scst.models.RidgeExpression.setup_anndata(adata, embedding_key=key, genes=genes, sections=train)
