@@ -32,7 +32,7 @@ def scale_by_section(
     0). It uses each section's own spots and no expression, so a new slide is prepared the same way before
     prediction: call this on its table, then ``scst.tl.predict_expression``. What it costs: differences *between*
     sections in the features' mean or spread are gone — within-section patterns (what per-gene PCC scores) stay.
-    Measured in docs/benchmarks/expression.md ("Robustness to stain and resolution shifts").
+    Measured in docs/benchmarks/shift.md (stain and resolution shifts of held-out sections).
 
     Each section is scaled by :func:`scanpy.pp.scale` (sd with ``ddof=1``; constant features become 0).
 
