@@ -4,8 +4,8 @@ Another patient's slide differs from the training slides as a whole: staining st
 No other patient is on this machine, so the test section of each fold is shifted on purpose and predicted by
 models trained on the unshifted training sections:
 
-- stain: haematoxylin / eosin concentrations (Ruifrok–Johnston colour deconvolution, ``scst.nn.rgb_to_hed``)
-  scaled by fixed factors, or the whole optical density (paler / darker slide);
+- stain: haematoxylin / eosin concentrations (Ruifrok–Johnston colour deconvolution, as in the HED jitter of
+  ``scst.nn.HEAugment``) scaled by fixed factors, or the whole optical density (paler / darker slide);
 - resolution: each patch downsampled (antialiased) by 2 or 4 and resized back, as a slide scanned at 1.4 or 2.8
   µm/px gives (her2st patient A's images are the repository's smaller ``*_HE_small.jpg``).
 
@@ -125,7 +125,7 @@ def report(df: pd.DataFrame, load: tuple, load_after: tuple, command: str) -> No
     lines = [
         "# Robustness to slide-wide stain and resolution shifts (her2st, leave one section out)",
         "",
-        (sys.modules[__name__].__doc__ or "").split("Run from")[0].strip().replace("\n\n", "\n\n"),
+        (sys.modules[__name__].__doc__ or "").split("Run from")[0].split("\n\n", 1)[1].strip(),
         "",
         "Mean per-gene PCC on the shifted test section, mean over the five folds (worst fold in brackets):",
         "",
