@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -232,6 +233,14 @@ def test_model_on_section_scaled_features_gets_them_recomputed_scaled():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     # Without the scaling step the recomputed features are the raw ones: the test above would fail.
     assert np.abs(bt.obsm["X_hc_scaled"] - tab.obsm["X_hc"]).max() > 0.1
+    # Raw features put under the scaled key for the predicted section: a loud warning, not a silent off-scale run.
+    tab.obsm["X_hc_scaled"] = np.where((tab.obs["section"] == "S3").to_numpy()[:, None], tab.obsm["X_hc"],
+                                       tab.obsm["X_hc_scaled"])  # fmt: skip
+    with pytest.warns(UserWarning, match=r"section\(s\) \['S3'\].*not centred"):
+        predict_expression(sd, model, sections="S3", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the training sections are scaled: no warning for them
+        predict_expression(sd, model, sections=["S1", "S2"], layer="train_pred", progress=False)
 
 
 def test_predict_expression_clips_linear_models_at_zero():

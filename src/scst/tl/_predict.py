@@ -217,6 +217,8 @@ def predict_expression(
                     + "; pass `table_added=...` to write the prediction as a new table over the model's panel."
                 )
         embedded = _prepare_features(model, sdata, table, progress, opts)
+        if not embedded:
+            _check_scaled(model, adata, sections)
         pred = _predict(model, sdata, sections, table, batch_size, progress, opts, embedded)
         sec_col = adata.obs[SECTION_KEY].astype(str).to_numpy()
         sections = list(dict.fromkeys(sec_col)) if sections is None else list(sections)
@@ -329,6 +331,35 @@ def _prepare_features(model: Any, sdata: Any, table: str, progress: bool, opts: 
         params["spatial_key"] = reg.get("spatial_key", params.get("spatial_key", SPATIAL_KEY))
         hypergraph(adata, use_rep=key, library_key=SECTION_KEY, key_added=hk.removesuffix("_incidence"), **params)
     return True
+
+
+def _check_scaled(model: Any, adata: Any, sections: Sequence[str] | None) -> None:
+    """Warn when a model trained on per-section-scaled features is given features that are not scaled.
+
+    A user who computes a new slide's embedding under the model's key but skips :func:`scst.pp.scale_by_section`
+    would otherwise get predictions from features on another scale, without any message.
+    """
+    reg = getattr(model, "registry", None) or {}
+    key = reg.get("use_rep", reg.get("embedding_key"))
+    by = (reg.get("embedding") or {}).get("scale_by_section")
+    if by is None or key is None or key not in adata.obsm:
+        return
+    sec_col = adata.obs[by if by in adata.obs else SECTION_KEY].astype(str).to_numpy()
+    x = np.asarray(adata.obsm[key])
+    off = []
+    for s in dict.fromkeys(sec_col) if sections is None else sections:
+        rows = sec_col == s
+        if rows.sum() > 1 and np.abs(x[rows].mean(0)).max() > 1e-3:
+            off.append(s)
+    if off:
+        warnings.warn(
+            f"model: trained on obsm[{key!r}] standardised within each section (scst.pp.scale_by_section), but in "
+            f"section(s) {off[:5]} these features are not centred; predictions from them are off scale. Run "
+            f"`scst.pp.scale_by_section(adata, <raw key>, key_added={key!r})` first, or delete obsm[{key!r}] so that "
+            "predict_expression remakes it.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _with_table(sdata: Any, key: str, adata: Any) -> Any:
