@@ -216,9 +216,7 @@ def predict_expression(
                     + (" ..." if len(missing) > 50 else "")
                     + "; pass `table_added=...` to write the prediction as a new table over the model's panel."
                 )
-        embedded = _prepare_features(model, sdata, table, progress, opts)
-        if not embedded:
-            _check_scaled(model, adata, sections)
+        embedded = _prepare_features(model, sdata, table, progress, opts, sections)
         pred = _predict(model, sdata, sections, table, batch_size, progress, opts, embedded)
         sec_col = adata.obs[SECTION_KEY].astype(str).to_numpy()
         sections = list(dict.fromkeys(sec_col)) if sections is None else list(sections)
@@ -286,21 +284,32 @@ def _predict(
     return np.clip(np.asarray(model.predict(data, sections, table=table, **kw), dtype=np.float32), 0.0, None)
 
 
-def _prepare_features(model: Any, sdata: Any, table: str, progress: bool, opts: Mapping[str, Any]) -> bool:
+def _prepare_features(
+    model: Any, sdata: Any, table: str, progress: bool, opts: Mapping[str, Any], sections: Sequence[str] | None = None
+) -> bool:
     """For a head on ``obsm`` embeddings: compute the embedding (and hypergraph) of a table that lacks it.
 
     Returns whether an embedding was computed (with the inference options ``opts``).
 
-    The model's registry records how its embedding was made (:func:`scst.tl.embed_patches` arguments) and, for
+    The model's registry records how its embedding was made (:func:`scst.tl.embed_patches` arguments, and
+    :func:`scst.pp.scale_by_section` when the features were standardised per section) and, for
     :class:`scst.models.HGGEPHead`, the hypergraph parameters; they are applied to the new table (pseudo-spots of
-    an H&E-only slide, or another slide's spots) so that it is featurised exactly as the training spots were.
+    an H&E-only slide, or another slide's spots) so that it is featurised exactly as the training spots were. A table
+    that already has the embedding is used as it is, with a warning when the model expects per-section-scaled
+    features and those of a predicted section (``sections``; None: all) are not centred.
     """
     reg = getattr(model, "registry", None) or {}
     key = reg.get("use_rep", reg.get("embedding_key"))  # heads / RidgeExpression
-    adata = sdata.tables[table]
-    if key is None or key in adata.obsm:
+    if key is None:
         return False
-    emb = reg.get("embedding")
+    adata = sdata.tables[table]
+    emb = reg.get("embedding") or {}
+    by = emb.get("scale_by_section")
+    by = None if by is None else (by if by in adata.obs else SECTION_KEY)
+    if key in adata.obsm:
+        if by is not None:
+            _warn_unscaled(adata, key, by, sections)
+        return False
     if not emb or emb.get("weights") in ("given module",) or str(emb.get("weights", "")).startswith("copied from"):
         raise ValueError(
             f"model: {type(model).__name__} reads obsm[{key!r}], which table {table!r} lacks, and its registry does "
@@ -316,11 +325,10 @@ def _prepare_features(model: Any, sdata: Any, table: str, progress: bool, opts: 
         out_px=int(emb["out_px"]), key_added=key, table=table,
         normalize=None if emb.get("normalize") in (None, "none") else emb["normalize"], progress=progress, **opts,
     )  # fmt: skip
-    by = emb.get("scale_by_section")
     if by is not None:  # trained on features standardised per section: the same here
         from ..pp._scale import scale_by_section
 
-        scale_by_section(adata, key, library_key=by if by in adata.obs else SECTION_KEY, key_added=key)
+        scale_by_section(adata, key, library_key=by, key_added=key)
     hk = reg.get("hypergraph_key")
     if hk is not None and hk not in adata.obsp:
         from ..pp._hypergraph import hypergraph
@@ -333,18 +341,13 @@ def _prepare_features(model: Any, sdata: Any, table: str, progress: bool, opts: 
     return True
 
 
-def _check_scaled(model: Any, adata: Any, sections: Sequence[str] | None) -> None:
-    """Warn when a model trained on per-section-scaled features is given features that are not scaled.
+def _warn_unscaled(adata: Any, key: str, by: str, sections: Sequence[str] | None) -> None:
+    """Warn when per-section-scaled features are expected but ``obsm[key]`` is not centred in a predicted section.
 
     A user who computes a new slide's embedding under the model's key but skips :func:`scst.pp.scale_by_section`
     would otherwise get predictions from features on another scale, without any message.
     """
-    reg = getattr(model, "registry", None) or {}
-    key = reg.get("use_rep", reg.get("embedding_key"))
-    by = (reg.get("embedding") or {}).get("scale_by_section")
-    if by is None or key is None or key not in adata.obsm:
-        return
-    sec_col = adata.obs[by if by in adata.obs else SECTION_KEY].astype(str).to_numpy()
+    sec_col = adata.obs[by].astype(str).to_numpy()
     x = np.asarray(adata.obsm[key])
     off = []
     for s in dict.fromkeys(sec_col) if sections is None else sections:
@@ -358,7 +361,7 @@ def _check_scaled(model: Any, adata: Any, sections: Sequence[str] | None) -> Non
             f"`scst.pp.scale_by_section(adata, <raw key>, key_added={key!r})` first, or delete obsm[{key!r}] so that "
             "predict_expression remakes it.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
