@@ -145,9 +145,12 @@ def ridge_programs_baseline(tr, te) -> dict:
 def retrieval(te, model, use_rep: str | None = None) -> dict:
     """Scores of image → RNA retrieval on ``te``: the paper's cosine, and under ``standardized`` the same after each
     modality's embeddings are centred / z-scored over the test section (``scst.tl.retrieve(standardize=...)``)."""
+    if use_rep is None:  # the model's embeddings, computed once for the three retrievals
+        scst.tl.embed(te, model)
+        use_rep = "X_multimodal"
     out = {}
     for how in (None, "center", "zscore"):
-        res = scst.tl.retrieve(te, model, k=5, group_keys=["label"], use_rep=use_rep, standardize=how)
+        res = scst.tl.retrieve(te, None, k=5, group_keys=["label"], use_rep=use_rep, standardize=how)
         out[how] = scores(res, te)
     return {**out[None], "standardized": {how: out[how] for how in ("center", "zscore")}}
 
