@@ -76,10 +76,81 @@ def test_module_loss_stages_and_switches():
         MultimodalModule([0, 1], weights={"mlm": 1.0})
 
 
-def test_train_retrieve_save_load(tmp_path):
+def _joint_batch(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"rna": torch.randn(n, 5, generator=g),
+            "img": torch.randint(0, 255, (n, 3, 16, 16), dtype=torch.uint8, generator=g),
+            "has_rna": torch.ones(n, dtype=torch.bool), "has_img": torch.ones(n, dtype=torch.bool),
+            "rna_id": torch.arange(n), "rna_group": torch.arange(n) % 3, "img_group": torch.arange(n) % 3}  # fmt: skip
+
+
+def _module(**kw):
+    torch.manual_seed(0)
+    m = MultimodalModule([0, 0, 1, 1, 2], dim=8, heads=2, image_px=16, sub_patch=8, embed_dim=8, dropout=0.0,
+                         weights={"itm": 0.0, "rna_rec": 0.0}, **kw)  # fmt: skip
+    m.stage = "joint"
+    return m
+
+
+def test_momentum_queue_contrastive_known_values():
+    b = _joint_batch()
+    plain = _module().train().loss(b)["itc"].item()
+    m = _module(momentum=0.5, queue_size=8).train()
+    # first step: the momentum encoders are copies (no dropout) and the queue is empty → the in-batch loss
+    assert m.loss(b)["itc"].item() == pytest.approx(plain, rel=1e-5)
+    assert bool(m.momentum_ready) and int(m.queue_len) == 6 and int(m.queue_ptr) == 6
+    assert m.key_queue[:6].tolist() == list(range(6))
+    # same batch again, weights unchanged: every sample now also meets its own (identical) queue entry, a second
+    # positive with the same logit → the loss grows by exactly log 2
+    assert m.loss(b)["itc"].item() == pytest.approx(plain + np.log(2), rel=1e-5)
+    assert int(m.queue_len) == 8 and int(m.queue_ptr) == (12 % 8)  # ring buffer wrapped
+    assert m.key_queue.tolist() == [2, 3, 4, 5, 4, 5, 0, 1]  # slots 6, 7, 0–3 took keys 0–5
+    # a batch of 3 of those samples after a weight change: each meets its own (momentum) batch entry and its 2 older
+    # queue entries as positives, the rest of the queue as negatives (loss written out sample by sample)
+    b3 = {k: v[:3] for k, v in b.items()}
+    with torch.no_grad():
+        m.img_proj.weight.add_(0.5 * torch.randn(m.img_proj.weight.shape, generator=torch.Generator().manual_seed(1)))
+    q_i, q_r, q_k = m.img_queue.numpy().copy(), m.rna_queue.numpy().copy(), m.key_queue.numpy().copy()
+    got = m.loss(b3)["itc"].item()
+    enc, unit = m.momentum_encoders, torch.nn.functional.normalize
+    with torch.no_grad():
+        u_i = unit(m.img_proj(m.encode_image(b3["img"])[:, 0]), dim=-1).numpy()
+        u_r = unit(m.rna_proj(m.encode_rna(b3["rna"])[:, 0]), dim=-1).numpy()
+        m_i = unit(enc["img_proj"](enc["image_encoder"](m._img_in(b3["img"]))[:, 0]), dim=-1).numpy()
+        m_r = unit(enc["rna_proj"](enc["rna_encoder"](m._rna_in(b3["rna"]))[:, 0]), dim=-1).numpy()
+    expected = 0.0
+    for a, other, q in ((u_i, m_r, q_r), (u_r, m_i, q_i)):
+        for i in range(3):
+            logits = np.r_[other @ a[i], q @ a[i]] / m.tau_c
+            logp = logits - np.log(np.exp(logits).sum())
+            positive = np.r_[np.arange(3) == i, q_k == i]
+            expected += -logp[positive].mean() / 3 / 2
+    assert got == pytest.approx(expected, rel=1e-5)
+    # EMA: θ_m ← 0.5 θ_m + 0.5 θ
+    w_m = m.momentum_encoders["rna_proj"].weight.clone()
+    with torch.no_grad():
+        m.rna_proj.weight.add_(1.0)
+    m.loss(b)
+    torch.testing.assert_close(m.momentum_encoders["rna_proj"].weight, 0.5 * w_m + 0.5 * m.rna_proj.weight.detach())
+    # validation (eval mode): in-batch loss, the queue is left alone
+    ptr = int(m.queue_ptr)
+    same = _module()
+    same.load_state_dict(m.state_dict(), strict=False)  # the online weights only
+    with torch.no_grad():
+        assert m.eval().loss(b)["itc"].item() == pytest.approx(same.eval().loss(b)["itc"].item(), rel=1e-6)
+    assert int(m.queue_ptr) == ptr
+    assert not any(p.requires_grad for p in m.momentum_encoders.parameters())
+    with pytest.raises(ValueError, match="momentum"):
+        _module(momentum=1.0)
+    with pytest.raises(ValueError, match="queue_size"):
+        _module(queue_size=16)
+
+
+@pytest.mark.parametrize("albef", [{}, {"momentum": 0.9, "queue_size": 32}], ids=["in_batch", "momentum_queue"])
+def test_train_retrieve_save_load(tmp_path, albef):
     tr, te = synthetic_mudata(seed=0), synthetic_mudata(n=40, seed=1)
     MultimodalST.setup_mudata(tr, group_key="label")
-    model = MultimodalST(tr, **SMALL, pretrain_epochs=2, max_epochs=12, patience=20)
+    model = MultimodalST(tr, **SMALL, **albef, pretrain_epochs=2, max_epochs=12, patience=20)
     before = scst.tl.retrieve(te, model, k=5)
     model.train(enable_progress_bar=False, validation=0.0)
     assert model.history["stage"].tolist() == [0.0] * 2 + [1.0] * 12
@@ -97,6 +168,10 @@ def test_train_retrieve_save_load(tmp_path):
     model.save(tmp_path / "m")
     loaded = MultimodalST.load(tmp_path / "m", data=te)
     np.testing.assert_allclose(loaded.get_latent_representation(te, "image"), emb, atol=1e-5)
+    if albef:  # the queue and momentum encoders were used, and survive save/load (exact resume)
+        assert int(model.module.queue_len) == 32 and loaded.config["queue_size"] == 32
+        torch.testing.assert_close(loaded.module.rna_queue, model.module.rna_queue)
+        assert not torch.equal(model.module.momentum_encoders["img_proj"].weight, model.module.img_proj.weight)
     with pytest.raises(ValueError, match="lacks 1 panel genes"):
         loaded.get_latent_representation(te[:, 1:].copy(), "rna")
 
@@ -146,6 +221,74 @@ def test_retrieve_standardize_matches_a_shrunk_offset_image_side():
     )
     with pytest.raises(ValueError, match="standardize"):
         scst.tl.retrieve(mdata, None, use_rep="E", standardize="whiten")
+
+
+def test_retrieve_rerank_reorders_the_cosine_candidates_by_the_matching_head():
+    """Embeddings carry only the group (cosine ties within a group); a stub matching head that knows the true pairs
+    must recover every pair, in both directions, from the top-``rerank`` cosine candidates."""
+    rng = np.random.default_rng(0)
+    mdata = synthetic_mudata(n=40)
+    group = mdata["rna"].obs["label"].astype(int).to_numpy()
+    onehot = np.eye(4, dtype=np.float32)
+    mdata["rna"].obsm["E"] = onehot[group] + rng.normal(0, 0.01, (40, 4)).astype(np.float32)
+    perm = rng.permutation(40)  # patches in another order than their RNA samples
+    mdata.mod["image"] = mdata["image"][perm].copy()
+    mdata["image"].obsm["E"] = onehot[group[perm]] + rng.normal(0, 0.01, (40, 4)).astype(np.float32)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL)
+    link = mdata["rna"].obs_names.get_indexer(mdata["image"].obs["rna_sample"])
+    calls = []
+
+    def stub(md_, image_index, rna_index, batch_size=256):
+        calls.append((np.asarray(image_index), np.asarray(rna_index)))
+        return (link[np.asarray(image_index)] == np.asarray(rna_index)).astype(np.float32)
+
+    model.get_match_scores = stub
+    cos = scst.tl.retrieve(mdata, model, k=3, use_rep="E", group_keys=["label"])
+    assert cos["exact_top1"] < 0.3 and cos["accuracy"]["label"] == 1.0 and cos["rerank"] is None and not calls
+    res = scst.tl.retrieve(mdata, model, k=3, use_rep="E", group_keys=["label"], rerank=10)
+    assert res["exact_top1"] == 1.0 and res["rerank"] == 10
+    img_idx, rna_idx = calls[-1]
+    assert len(img_idx) == 40 * 10 and np.array_equal(img_idx, np.repeat(np.arange(40), 10))
+    assert np.array_equal(res["match_scores"][:, 0], np.ones(40, np.float32))
+    # the scores stay the cosines of the returned targets
+    e_i, e_r = (e / np.linalg.norm(e, axis=1, keepdims=True) for e in (mdata[m].obsm["E"] for m in ("image", "rna")))
+    np.testing.assert_allclose(res["scores"], np.take_along_axis(e_i @ e_r.T, res["indices"], 1), rtol=1e-5)
+    # too few candidates: only where the true sample is among the top 2 by cosine can it be found
+    few = scst.tl.retrieve(mdata, model, k=1, use_rep="E", group_keys=[], rerank=2)
+    in_top2 = (cos["indices"][:, :2] == link[:, None]).any(1).mean()
+    assert few["exact_top1"] == pytest.approx(in_top2) and in_top2 < 1.0
+    # RNA → image: the stub receives (candidate patches, the querying sample)
+    back = scst.tl.retrieve(mdata, model, query="rna", k=1, use_rep="E", group_keys=[], rerank=10)
+    assert back["exact_top1"] == 1.0
+    assert np.array_equal(calls[-1][1], np.repeat(np.arange(40), 10))
+    with pytest.raises(ValueError, match="rerank"):
+        scst.tl.retrieve(mdata, None, use_rep="E", rerank=5)
+    with pytest.raises(ValueError, match="rerank"):
+        scst.tl.retrieve(mdata, model, use_rep="E", rerank=0)
+    no_itm = MultimodalST(mdata, **SMALL, weights={"itm": 0.0})
+    with pytest.raises(ValueError, match="matching loss"):
+        scst.tl.retrieve(mdata, no_itm, use_rep="E", rerank=5)
+
+
+def test_get_match_scores_are_the_matching_head_logits():
+    mdata = synthetic_mudata(n=12)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL)
+    ii, jj = np.array([0, 3, 3, 11]), np.array([0, 0, 7, 2])
+    got = model.get_match_scores(mdata, ii, jj, batch_size=3)
+    m = model.module.eval()
+    with torch.no_grad():
+        x = torch.from_numpy(mdata["rna"].X[jj])
+        img = torch.from_numpy(mdata["image"].obsm["patch"][ii])
+        want = m.match_logit(m.encode_rna(x), m.encode_image(img)).numpy()
+    assert got.shape == (4,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert len(np.unique(np.round(got, 6))) > 1  # pairs differ
+    with pytest.raises(ValueError, match="equal lengths"):
+        model.get_match_scores(mdata, [0, 1], [0])
+    with pytest.raises(IndexError, match="rna_index"):
+        model.get_match_scores(mdata, [0], [12])
 
 
 def test_gene_importance_finds_the_planted_gene():

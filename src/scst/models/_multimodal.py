@@ -90,7 +90,8 @@ class MultimodalST(BaseModel):
         state_dict file for the image encoder, e.g. ImageNet or SSL weights; nothing is downloaded), ``sub_patch``,
         temperatures ``tau``/``tau_c``, triplet ``margin``, loss ``weights`` (:data:`scst.nn._multimodal.LOSS_TERMS`;
         0 switches a term off), ``unimodal_in_joint``, ``freeze_encoders``, ``match_on`` (``"sample"`` or
-        ``"group"``), ``pretrain_epochs``, ``augment``.
+        ``"group"``), ``momentum`` and ``queue_size`` (ALBEF's momentum encoders and queue of negatives for the
+        image–RNA contrastive loss; off by default), ``pretrain_epochs``, ``augment``.
 
     Examples
     --------
@@ -119,6 +120,8 @@ class MultimodalST(BaseModel):
         "unimodal_in_joint": False,
         "freeze_encoders": False,
         "match_on": "sample",
+        "momentum": None,
+        "queue_size": 0,
         "pretrain_epochs": 20,
         "augment": True,
         "max_epochs": 50,
@@ -251,6 +254,8 @@ class MultimodalST(BaseModel):
             **{k: c[k] for k in ("embed_dim", "tau", "tau_c", "margin", "unimodal_in_joint", "freeze_encoders")},
             "weights": weights,
             "match_on": c["match_on"],
+            "momentum": c["momentum"],
+            "queue_size": c["queue_size"],
         }
 
     def __init__(self, data: Any, **config: Any) -> None:
@@ -408,3 +413,41 @@ class MultimodalST(BaseModel):
         out = self._inference(loader, fn)
         dim = m.rna_proj.out_features if space == "shared" else m.rna_proj.in_features
         return torch.cat(out).numpy() if out else np.zeros((0, dim), np.float32)
+
+    def get_match_scores(self, mdata: Any, image_index: Any, rna_index: Any, batch_size: int = 256) -> np.ndarray:
+        """Matching-head logits (fusion encoder, "match" minus "no match") of (patch, RNA sample) pairs.
+
+        Parameters
+        ----------
+        mdata
+            MuData with the model's modalities.
+        image_index, rna_index
+            Row positions in the image and RNA modalities, one pair per entry (equal lengths).
+        batch_size
+            Pairs per forward pass.
+
+        Returns
+        -------
+        float32 ``(n_pairs,)``: higher = the model judges the patch and the RNA sample more likely to match.
+        """
+        self._validate_data(mdata)
+        reg = self.registry
+        ii, jj = np.asarray(image_index, dtype=np.int64).ravel(), np.asarray(rna_index, dtype=np.int64).ravel()
+        n_img, n_rna = mdata[reg["image"]].n_obs, mdata[reg["rna"]].n_obs
+        if len(ii) != len(jj):
+            raise ValueError(f"image_index, rna_index: expected equal lengths, got {len(ii)} and {len(jj)}.")
+        for name, idx, n in (("image_index", ii, n_img), ("rna_index", jj, n_rna)):
+            if len(idx) and (idx.min() < 0 or idx.max() >= n):
+                raise IndexError(f"{name}: positions must lie in [0, {n}), got [{idx.min()}, {idx.max()}].")
+        img, x = self._image_array(mdata), self._rna_matrix(mdata)
+        loader = (  # lazily: one batch of pairs at a time
+            (torch.from_numpy(np.ascontiguousarray(img[ii[s : s + batch_size]])),
+             torch.from_numpy(np.ascontiguousarray(x[jj[s : s + batch_size]])))
+            for s in range(0, len(ii), batch_size)
+        )  # fmt: skip
+
+        def fn(module: MultimodalModule, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            return module.match_logit(module.encode_rna(b[1]), module.encode_image(b[0]))
+
+        out = self._inference(loader, fn)
+        return torch.cat(out).numpy().astype(np.float32) if out else np.zeros(0, np.float32)

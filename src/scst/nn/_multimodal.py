@@ -8,9 +8,10 @@
 * Image encoder (§2.3): a ViT over ``sub_patch`` × ``sub_patch`` sub-patches of each patch (CLS output), or a
   torchvision/timm backbone, or an MLP on precomputed patch embeddings; pre-trained with a triplet loss (eq. 6).
 * Multimodal (§2.4, ALBEF-style): linear projections to a shared space and a symmetric image–RNA contrastive loss
-  (eqs. 7–8, temperature ``tau_c``); a cross-attention fusion encoder (RNA tokens attend to image tokens) with a
-  matching head trained on hard negatives (sampled from the contrastive similarities, as in ALBEF) and an RNA
-  decoder head that reconstructs the masked group from the fused tokens.
+  (eqs. 7–8, temperature ``tau_c``), optionally against a queue of earlier batches' embeddings from momentum
+  encoders (ALBEF/MoCo: ``momentum``, ``queue_size``); a cross-attention fusion encoder (RNA tokens attend to image
+  tokens) with a matching head trained on hard negatives (sampled from the contrastive similarities, as in ALBEF)
+  and an RNA decoder head that reconstructs the masked group from the fused tokens.
 
 ``MultimodalModule.loss(batch)`` dispatches on :attr:`MultimodalModule.stage` (``"pretrain"`` or ``"joint"``);
 loss weights of 0 switch terms off.
@@ -18,6 +19,7 @@ loss weights of 0 switch terms off.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -245,6 +247,15 @@ class MultimodalModule(nn.Module):
     match_on
         ``"sample"``: an image–RNA pair matches iff the RNA is the patch's own sample (contrastive positives and
         matching labels); ``"group"``: iff both come from the same group (lineage-level weak pairs).
+    momentum
+        ALBEF's momentum encoders: copies of both encoders and projections, updated as an exponential moving average
+        of the trained ones (``θ_m ← momentum·θ_m + (1 − momentum)·θ``; ALBEF: 0.995), copied from them at the first
+        joint training step. ``None``: off (the paper's in-batch contrastive loss).
+    queue_size
+        With ``momentum``: the image–RNA contrastive loss also contrasts each sample with the momentum embeddings of
+        the last ``queue_size`` paired samples of earlier batches (MoCo/ALBEF queue; more negatives than one batch).
+        Queue entries of the same sample (``match_on="sample"``) or group (``"group"``) count as positives.
+        Training only: validation losses stay in-batch, so epochs remain comparable.
     """
 
     def __init__(
@@ -268,8 +279,14 @@ class MultimodalModule(nn.Module):
         unimodal_in_joint: bool = False,
         freeze_encoders: bool = False,
         match_on: str = "sample",
+        momentum: float | None = None,
+        queue_size: int = 0,
     ):
         super().__init__()
+        if momentum is not None and not 0.0 <= float(momentum) < 1.0:
+            raise ValueError(f"momentum: expected None or a number in [0, 1), got {momentum!r}.")
+        if int(queue_size) < 0 or (queue_size and momentum is None):
+            raise ValueError(f"queue_size: expected 0, or a positive size with `momentum` set, got {queue_size!r}.")
         unknown = set(weights or {}) - set(LOSS_TERMS)
         if unknown:
             raise ValueError(f"weights: unknown loss terms {sorted(unknown)}; expected some of {list(LOSS_TERMS)}.")
@@ -302,6 +319,19 @@ class MultimodalModule(nn.Module):
         self.fusion = FusionEncoder(dim, fusion_depth, heads, dropout)
         self.itm_head = nn.Linear(dim, 2)
         self.rna_decoder = nn.ModuleList([nn.Linear(dim, s) for s in sizes])
+        self.momentum, self.queue_size = (None if momentum is None else float(momentum)), int(queue_size)
+        if self.momentum is not None:
+            self.momentum_encoders = nn.ModuleDict(
+                {k: copy.deepcopy(getattr(self, k)) for k in ("rna_encoder", "image_encoder", "rna_proj", "img_proj")}
+            )
+            self.momentum_encoders.requires_grad_(False)
+            self.register_buffer("momentum_ready", torch.zeros((), dtype=torch.bool))
+            q = self.queue_size
+            self.register_buffer("img_queue", torch.zeros(q, embed_dim))
+            self.register_buffer("rna_queue", torch.zeros(q, embed_dim))
+            self.register_buffer("key_queue", torch.zeros(q, dtype=torch.long))
+            self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+            self.register_buffer("queue_len", torch.zeros((), dtype=torch.long))
 
     # ------------------------------------------------------------------ encoders
     def _rna_in(self, x: Tensor) -> Tensor:
@@ -391,7 +421,9 @@ class MultimodalModule(nn.Module):
                 u_img = F.normalize(self.img_proj(it[:, 0]), dim=-1)
                 u_rna = F.normalize(self.rna_proj(rt[:, 0]), dim=-1)
                 sim = u_img @ u_rna.T / self.tau_c
-                if w["itc"]:
+                if w["itc"] and self.momentum is not None and self.training:
+                    out["itc"] = self._itc_momentum(u_img, u_rna, batch["img"][has_img][ii], rna_x[ri], key)
+                elif w["itc"]:
                     tgt = pos.float() / pos.float().sum(1, keepdim=True)
                     out["itc"] = 0.5 * (
                         -(F.log_softmax(sim, 1) * tgt).sum(1).mean() - (F.log_softmax(sim.T, 1) * tgt).sum(1).mean()
@@ -405,6 +437,50 @@ class MultimodalModule(nn.Module):
             total = total + w[k] * v
         out["loss"] = total if out else _zero_with_grad(self)
         return out
+
+    @torch.no_grad()
+    def _momentum_step(self) -> None:
+        """EMA update of the momentum encoders (a plain copy at the first call); buffers (BatchNorm statistics) copied.
+
+        Written here rather than lightly's ``update_momentum`` (used by :class:`scst.models.SSLEncoder`): ``scst.nn``
+        stays torch-only, and lightly's helper leaves buffers behind.
+        """
+        m = 0.0 if not bool(self.momentum_ready) else self.momentum
+        for k, target in self.momentum_encoders.items():
+            for p_m, p in zip(target.parameters(), getattr(self, k).parameters()):
+                p_m.mul_(m).add_(p.detach(), alpha=1.0 - m)
+            for b_m, b in zip(target.buffers(), getattr(self, k).buffers()):
+                b_m.copy_(b)
+        self.momentum_ready.fill_(True)
+
+    def _itc_momentum(self, u_img: Tensor, u_rna: Tensor, img: Tensor, rna_x: Tensor, key: Tensor) -> Tensor:
+        """Image–RNA contrastive loss against the momentum embeddings of this batch and of the queue (ALBEF eq. 2)."""
+        enc = self.momentum_encoders
+        with torch.no_grad():
+            self._momentum_step()
+            m_img = F.normalize(enc["img_proj"](enc["image_encoder"](self._img_in(img))[:, 0]), dim=-1)
+            m_rna = F.normalize(enc["rna_proj"](enc["rna_encoder"](self._rna_in(rna_x))[:, 0]), dim=-1)
+            n_q = int(self.queue_len)
+            img_all = torch.cat([m_img, self.img_queue[:n_q]])
+            rna_all = torch.cat([m_rna, self.rna_queue[:n_q]])
+            pos = key[:, None] == torch.cat([key, self.key_queue[:n_q]])[None, :]
+            tgt = pos.float() / pos.float().sum(1, keepdim=True)
+        loss = 0.5 * (
+            -(F.log_softmax(u_img @ rna_all.T / self.tau_c, 1) * tgt).sum(1).mean()
+            - (F.log_softmax(u_rna @ img_all.T / self.tau_c, 1) * tgt).sum(1).mean()
+        )
+        if self.queue_size:
+            self._enqueue(m_img, m_rna, key)
+        return loss
+
+    @torch.no_grad()
+    def _enqueue(self, m_img: Tensor, m_rna: Tensor, key: Tensor) -> None:
+        """Ring buffer of the latest ``queue_size`` momentum embeddings and their keys."""
+        q, n = self.queue_size, min(len(key), self.queue_size)
+        idx = (int(self.queue_ptr) + torch.arange(n, device=key.device)) % q
+        self.img_queue[idx], self.rna_queue[idx], self.key_queue[idx] = m_img[-n:], m_rna[-n:], key[-n:]
+        self.queue_ptr.fill_((int(self.queue_ptr) + n) % q)
+        self.queue_len.fill_(min(int(self.queue_len) + n, q))
 
     def _itm(self, rt: Tensor, it: Tensor, sim: Tensor, pos: Tensor) -> Tensor:
         """Matching loss on the positive pairs and one hard negative per image and per RNA (ALBEF)."""

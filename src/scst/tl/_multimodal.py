@@ -99,6 +99,7 @@ def retrieve(
     key_added: str = "scst_retrieval",
     batch_size: int = 256,
     standardize: Literal["zscore", "center"] | None = None,
+    rerank: int | None = None,
 ) -> dict[str, Any]:
     """For each query sample, the ``k`` closest samples of the other modality by cosine similarity (paper eq. 9).
 
@@ -128,12 +129,20 @@ def retrieve(
         or offset against its RNA side (a regression, a briefly trained encoder) then matches by each sample's
         deviation from its own modality, not by the common offset. It uses the embeddings only (no labels, no
         pairing); docs/benchmarks/multimodal.md measures it.
+    rerank
+        ALBEF's two-stage retrieval: the ``rerank`` closest targets by cosine are re-ordered by the model's matching
+        head (fusion encoder on the query and each candidate, :meth:`~scst.models.MultimodalST.get_match_scores`);
+        targets beyond them keep their cosine order. ``None`` (default): cosine only, as the paper. Needs ``model``
+        trained with the matching loss (``weights["itm"] > 0``); with ``match_on="group"`` the head scores group
+        matches, not samples.
 
     Returns
     -------
     The dict written to ``mdata.uns[key_added]``: ``indices``/``scores`` ``(n_query, k)``, ``names`` (top-1 target),
     ``accuracy``/``chance`` per group key, ``exact_top1``, ``exact_topk``, ``chance_exact_top1`` (1/n),
-    ``chance_exact_topk`` (k/n), ``n_query``, ``n_target``, ``n_paired``, ``k``, ``query``.
+    ``chance_exact_topk`` (k/n), ``n_query``, ``n_target``, ``n_paired``, ``k``, ``query``, ``rerank`` and, when
+    re-ranking, ``match_scores`` (the matching logits of the returned targets among the re-ranked ones). ``scores``
+    are always the cosines of the returned targets.
     """
     from ..pp._mudata import LINK_KEY, MUDATA_UNS
 
@@ -158,12 +167,31 @@ def retrieve(
         raise ValueError(f"standardize: expected None, 'center' or 'zscore', got {standardize!r}.")
     if standardize is not None:
         emb = {m: _standardize(e, standardize) for m, e in emb.items()}
+    if rerank is not None:
+        if model is None:
+            raise ValueError("rerank: needs `model` (its matching head re-scores the candidates).")
+        _check_model(model)
+        if not isinstance(rerank, int | np.integer) or rerank < 1:
+            raise ValueError(f"rerank: expected None or a positive integer, got {rerank!r}.")
+        if model.module.weights.get("itm", 0.0) <= 0:
+            raise ValueError("rerank: the model was trained without the matching loss (weights['itm'] = 0), so its "
+                             "matching head is untrained; use rerank=None (cosine).")  # fmt: skip
     q_mod, t_mod = (img_mod, rna_mod) if query == "image" else (rna_mod, img_mod)
     q = emb[q_mod] / np.maximum(np.linalg.norm(emb[q_mod], axis=1, keepdims=True), 1e-12)
     t = emb[t_mod] / np.maximum(np.linalg.norm(emb[t_mod], axis=1, keepdims=True), 1e-12)
     k = min(int(k), len(t))
     sim = q @ t.T
-    top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    order = np.argsort(-sim, axis=1, kind="stable")
+    match = None
+    if rerank is not None:
+        r = min(int(rerank), len(t))
+        cand, own = order[:, :r], np.repeat(np.arange(len(q)), r)
+        img_idx, rna_idx = (own, cand.ravel()) if query == "image" else (cand.ravel(), own)
+        logit = model.get_match_scores(mdata, img_idx, rna_idx, batch_size=batch_size).reshape(len(q), r)
+        by_match = np.argsort(-logit, axis=1, kind="stable")
+        order = np.concatenate([np.take_along_axis(cand, by_match, axis=1), order[:, r:]], axis=1)
+        match = np.take_along_axis(logit, by_match, axis=1)[:, :k]
+    top = order[:, :k]
     qo, to = mdata[q_mod].obs, mdata[t_mod].obs
     if group_keys is None:
         cand = ([reg["group_key"]] if "group_key" in reg else []) + list(
@@ -193,6 +221,7 @@ def retrieve(
     res = {
         "query": query,
         "standardize": standardize,
+        "rerank": rerank,
         "k": k,
         "n_query": len(q),
         "n_target": n_t,
@@ -208,6 +237,8 @@ def retrieve(
         "chance_exact_top1": 1.0 / n_t,
         "chance_exact_topk": k / n_t,
     }
+    if match is not None:
+        res["match_scores"] = match.astype(np.float32)
     mdata.uns[key_added] = res
     logg.info(
         f"retrieve ({query} → {t_mod}): top-1 group accuracy {acc} (chance {chance}); exact top-{k} "
