@@ -41,6 +41,18 @@ VARIANTS = {
     "handcrafted_ms_mlp": ({"image_encoder": "mlp", "features": "multiscale"}, "knn", True),
     # the patch features standardised within each section (scst.pp.scale_by_section) instead of by the training mean
     "handcrafted_mlp_scaled": ({"image_encoder": "mlp", "features": "scaled"}, "knn", True),
+    # selection-split candidates for the MLP encoder: multi-scale scaled input, longer joint stage, no pre-training
+    "handcrafted_ms_mlp_scaled": ({"image_encoder": "mlp", "features": "multiscale_scaled"}, "knn", True),
+    "handcrafted_mlp_scaled_long": (
+        {"image_encoder": "mlp", "features": "scaled", "max_epochs": 40, "patience": 10},
+        "knn",
+        True,
+    ),
+    "handcrafted_mlp_scaled_no_pretrain": (
+        {"image_encoder": "mlp", "features": "scaled", "pretrain_epochs": 0},
+        "knn",
+        True,
+    ),
     # ALBEF's momentum encoders + a queue of 256 earlier momentum embeddings as extra contrastive negatives
     "full_queue": ({"momentum": 0.99, "queue_size": 256}, "knn", True),
     "handcrafted_mlp_scaled_queue": (
@@ -122,17 +134,33 @@ def multiscale(tr, te) -> None:
     te["image"].obsm["handcrafted_ms"] = ((f["te"] - mu) / sd).astype(np.float32)
 
 
-def ridge_programs_baseline(tr, te) -> dict:
-    """No deep learning: reduced-rank ridge (``n_programs="auto"``) from the multi-scale features to the panel,
-    trained on the training spots; both modalities meet in the expression-programme space (image: predicted
-    programme scores, RNA: observed ones), cosine retrieval."""
+def multiscale_scaled(tr, te) -> None:
+    """The multi-scale hand-crafted features standardised within each section (``scst.pp.scale_by_section``, the
+    expression models' shipped input) in ``image.obsm["handcrafted_ms_scaled"]``."""
+    if "handcrafted_ms_scaled" in tr["image"].obsm:
+        return
+    multiscale(tr, te)
+    tab = CONTEXT["sdata"].tables["table"]
+    scst.pp.scale_by_section(tab, "X_hc_ms", key_added="X_hc_ms_scaled")
+    for m in (tr, te):
+        m["image"].obsm["handcrafted_ms_scaled"] = tab.obsm["X_hc_ms_scaled"][
+            tab.obs_names.get_indexer(m["image"].obs["rna_sample"])
+        ].astype(np.float32)
+
+
+def ridge_programs_baseline(tr, te, scaled_input: bool = False) -> dict:
+    """No deep learning: reduced-rank ridge (``n_programs="auto"``) from the multi-scale features (``scaled_input``:
+    standardised per section, the expression models' shipped input) to the panel, trained on the training spots; both
+    modalities meet in the expression-programme space (image: predicted programme scores, RNA: observed ones),
+    cosine retrieval."""
     from scst._normalize import log_normalized
 
-    multiscale(tr, te)
+    (multiscale_scaled if scaled_input else multiscale)(tr, te)
     sdata, train = CONTEXT["sdata"], CONTEXT["train_sections"]
     tab = sdata.tables["table"]
     genes = list(tr["rna"].var_names)
-    scst.models.RidgeExpression.setup_anndata(tab, embedding_key="X_hc_ms", genes=genes, sections=train)
+    key = "X_hc_ms_scaled" if scaled_input else "X_hc_ms"
+    scst.models.RidgeExpression.setup_anndata(tab, embedding_key=key, genes=genes, sections=train)
     t0 = time.perf_counter()
     ridge = scst.models.RidgeExpression(tab, n_programs="auto").train()
     train_s = time.perf_counter() - t0
@@ -145,8 +173,9 @@ def ridge_programs_baseline(tr, te) -> dict:
     obs = log_normalized(tab, genes)[tab.obs_names.get_indexer(te["rna"].obs_names)]
     te["image"].obsm["X_prog"] = ((pred - mu) / sd) @ axes
     te["rna"].obsm["X_prog"] = ((obs - mu) / sd) @ axes
-    config = {"features": f"hand-crafted at {list(SCALES_MS)} µm", "n_programs": k}
-    return {"variant": "ridge_programs", "config": config, **retrieval(te, None, "X_prog"), "train_seconds": train_s}
+    config = {"features": f"hand-crafted at {list(SCALES_MS)} µm", "scaled_per_section": scaled_input, "n_programs": k}
+    name = "ridge_programs_scaled" if scaled_input else "ridge_programs"
+    return {"variant": name, "config": config, **retrieval(te, None, "X_prog"), "train_seconds": train_s}
 
 
 #: Candidates re-ranked by the matching head (``scst.tl.retrieve(rerank=...)``), as fractions of a section's ~180 spots.
@@ -204,8 +233,8 @@ def cca_baseline(tr, te, n_components: int = 10) -> dict:
 def run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int) -> dict:
     if name == "cca_handcrafted":
         return cca_baseline(tr, te)
-    if name == "ridge_programs":
-        return ridge_programs_baseline(tr, te)
+    if name in ("ridge_programs", "ridge_programs_scaled"):
+        return ridge_programs_baseline(tr, te, scaled_input=name.endswith("scaled"))
     overrides, grouping, train = VARIANTS[name]
     overrides = dict(overrides)
     groups(tr, te, grouping, seed)
@@ -217,6 +246,9 @@ def run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int) -> dict:
     elif features == "scaled":
         scaled(tr, te)
         patch_key = "handcrafted_scaled"
+    elif features == "multiscale_scaled":
+        multiscale_scaled(tr, te)
+        patch_key = "handcrafted_ms_scaled"
     elif overrides.get("image_encoder") == "mlp":
         handcrafted(tr, te)
         patch_key = "handcrafted"
@@ -247,7 +279,9 @@ def run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--variants", default=",".join(["cca_handcrafted", "ridge_programs", *VARIANTS]))
+    p.add_argument(
+        "--variants", default=",".join(["cca_handcrafted", "ridge_programs", "ridge_programs_scaled", *VARIANTS])
+    )
     p.add_argument("--test", default="C6")
     p.add_argument("--sections", default="C2,C3,C4,C5,C6",
                    help="sections loaded (training = these minus --test); a selection run leaves C6 out")  # fmt: skip
