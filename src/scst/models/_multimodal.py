@@ -440,14 +440,16 @@ class MultimodalST(BaseModel):
             if len(idx) and (idx.min() < 0 or idx.max() >= n):
                 raise IndexError(f"{name}: positions must lie in [0, {n}), got [{idx.min()}, {idx.max()}].")
         img, x = self._image_array(mdata), self._rna_matrix(mdata)
-        loader = (  # lazily: one batch of pairs at a time
-            (torch.from_numpy(np.ascontiguousarray(img[ii[s : s + batch_size]])),
-             torch.from_numpy(np.ascontiguousarray(x[jj[s : s + batch_size]])))
-            for s in range(0, len(ii), batch_size)
-        )  # fmt: skip
 
-        def fn(module: MultimodalModule, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-            return module.match_logit(module.encode_rna(b[1]), module.encode_image(b[0]))
+        def batches() -> Any:  # lazily, one batch of pairs at a time; each distinct patch / sample encoded once
+            for s in range(0, len(ii), batch_size):
+                ui, inv_i = np.unique(ii[s : s + batch_size], return_inverse=True)
+                uj, inv_j = np.unique(jj[s : s + batch_size], return_inverse=True)
+                yield (torch.from_numpy(np.ascontiguousarray(img[ui])), torch.from_numpy(inv_i.ravel()),
+                       torch.from_numpy(np.ascontiguousarray(x[uj])), torch.from_numpy(inv_j.ravel()))  # fmt: skip
 
-        out = self._inference(loader, fn)
+        def fn(module: MultimodalModule, b: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            return module.match_logit(module.encode_rna(b[2])[b[3]], module.encode_image(b[0])[b[1]])
+
+        out = self._inference(batches(), fn)
         return torch.cat(out).numpy().astype(np.float32) if out else np.zeros(0, np.float32)

@@ -7,7 +7,8 @@ Keys written:
 * ``mdata.uns["scst_retrieval"]``: per query, the ``k`` closest targets by cosine (``"indices"``, ``"names"``,
   ``"scores"``), accuracy of the top-1 target's group per ``group_keys`` against the label-frequency chance
   ``Σ_g p_query(g) p_target(g)`` (``Σ p²`` when queries and targets share labels), exact-sample top-1/top-k rates
-  against ``1/n`` and ``k/n`` (paired queries only) (:func:`retrieve`).
+  against ``1/n`` and ``k/n`` (paired queries only); with ``rerank``, the matching-head logits ``"match_scores"``
+  (:func:`retrieve`).
 * ``mdata[rna].var["scst_importance_mean"]`` / ``["scst_importance_count"]`` and
   ``mdata.uns["scst_gene_importance"]`` (:func:`gene_importance`).
 """
