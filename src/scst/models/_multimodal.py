@@ -91,7 +91,9 @@ class MultimodalST(BaseModel):
         temperatures ``tau``/``tau_c``, triplet ``margin``, loss ``weights`` (:data:`scst.nn._multimodal.LOSS_TERMS`;
         0 switches a term off), ``unimodal_in_joint``, ``freeze_encoders``, ``match_on`` (``"sample"`` or
         ``"group"``), ``momentum`` and ``queue_size`` (ALBEF's momentum encoders and queue of negatives for the
-        image–RNA contrastive loss; off by default), ``pretrain_epochs``, ``augment``.
+        image–RNA contrastive loss; off by default), ``rna_pcs`` (RNA input denoised by projection on that many
+        principal axes of the training samples; recommended for spot data, e.g. 30 — docs/benchmarks/multimodal.md;
+        ``None``, the paper's, for bulk RNA), ``pretrain_epochs``, ``augment``.
 
     Examples
     --------
@@ -122,6 +124,7 @@ class MultimodalST(BaseModel):
         "match_on": "sample",
         "momentum": None,
         "queue_size": 0,
+        "rna_pcs": None,
         "pretrain_epochs": 20,
         "augment": True,
         "max_epochs": 50,
@@ -256,11 +259,22 @@ class MultimodalST(BaseModel):
             "match_on": c["match_on"],
             "momentum": c["momentum"],
             "queue_size": c["queue_size"],
+            "rna_pcs": None if c["rna_pcs"] is None else int(c["rna_pcs"]),
         }
 
     def __init__(self, data: Any, **config: Any) -> None:
         super().__init__(data, **config)
         x = self._rna_matrix(self.data)
+        k = self.config["rna_pcs"]
+        if k is not None:  # principal axes of the training RNA samples (denoised input, see MultimodalModule)
+            if k >= min(x.shape):
+                raise ValueError(f"rna_pcs: expected fewer than {min(x.shape)} axes (samples, genes), got {k}.")
+            center = x.mean(0, dtype=np.float64)
+            _, _, vt = np.linalg.svd(x - center, full_matrices=False)
+            basis = vt[: int(k)].T
+            self.module.rna_center.copy_(torch.from_numpy(center.astype(np.float32)))
+            self.module.rna_basis.copy_(torch.from_numpy(basis.astype(np.float32)))
+            x = (center + ((x - center) @ basis) @ basis.T).astype(np.float32)
         self.module.gene_mean.copy_(torch.from_numpy(x.mean(0)))
         self.module.gene_std.copy_(torch.from_numpy(np.maximum(x.std(0), 1e-3)))
         weights = self.config["image_weights"]

@@ -247,6 +247,11 @@ class MultimodalModule(nn.Module):
     match_on
         ``"sample"``: an image–RNA pair matches iff the RNA is the patch's own sample (contrastive positives and
         matching labels); ``"group"``: iff both come from the same group (lineage-level weak pairs).
+    rna_pcs
+        Denoise the RNA input: each sample's expression is replaced by its projection on this many principal axes of
+        the training samples (``rna_center``/``rna_basis`` buffers, set by :class:`scst.models.MultimodalST` from the
+        training data) before standardisation. Spot expression carries counting noise that no image can predict;
+        ``None`` (the paper's, on bulk RNA): the measured expression.
     momentum
         ALBEF's momentum encoders: copies of both encoders and projections, updated as an exponential moving average
         of the trained ones (``θ_m ← momentum·θ_m + (1 − momentum)·θ``; ALBEF: 0.995), copied from them at the first
@@ -281,8 +286,11 @@ class MultimodalModule(nn.Module):
         match_on: str = "sample",
         momentum: float | None = None,
         queue_size: int = 0,
+        rna_pcs: int | None = None,
     ):
         super().__init__()
+        if rna_pcs is not None and not (isinstance(rna_pcs, int) and 0 < rna_pcs < len(group_of_gene)):
+            raise ValueError(f"rna_pcs: expected None or an integer in [1, {len(group_of_gene)}), got {rna_pcs!r}.")
         if momentum is not None and not 0.0 <= float(momentum) < 1.0:
             raise ValueError(f"momentum: expected None or a number in [0, 1), got {momentum!r}.")
         if int(queue_size) < 0 or (queue_size and momentum is None):
@@ -299,6 +307,10 @@ class MultimodalModule(nn.Module):
         n_genes = len(group_of_gene)
         self.register_buffer("gene_mean", torch.zeros(n_genes))
         self.register_buffer("gene_std", torch.ones(n_genes))
+        self.rna_pcs = rna_pcs
+        if rna_pcs is not None:
+            self.register_buffer("rna_center", torch.zeros(n_genes))
+            self.register_buffer("rna_basis", torch.zeros(n_genes, rna_pcs))
         self.rna_encoder = RNAEncoder(group_of_gene, dim, rna_depth, heads, dropout)
         sizes = self.rna_encoder.tokenizer.sizes
         self.n_groups = len(sizes)
@@ -334,8 +346,14 @@ class MultimodalModule(nn.Module):
             self.register_buffer("queue_len", torch.zeros((), dtype=torch.long))
 
     # ------------------------------------------------------------------ encoders
+    def denoise_rna(self, x: Tensor) -> Tensor:
+        """Expression projected on the ``rna_pcs`` training axes (``x`` itself when ``rna_pcs`` is None)."""
+        if self.rna_pcs is None:
+            return x
+        return self.rna_center + ((x - self.rna_center) @ self.rna_basis) @ self.rna_basis.T
+
     def _rna_in(self, x: Tensor) -> Tensor:
-        return (x - self.gene_mean) / self.gene_std
+        return (self.denoise_rna(x) - self.gene_mean) / self.gene_std
 
     def _img_in(self, img: Tensor) -> Tensor:
         if self.image_kind == "mlp":
