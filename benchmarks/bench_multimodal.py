@@ -11,6 +11,7 @@ accuracy against the label-frequency chance Σp², and exact-spot top-5 against 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -53,6 +54,13 @@ VARIANTS = {
         "knn",
         True,
     ),
+    # the RNA side denoised: each spot's expression replaced by its projection on 30 PCs of the training spots
+    "handcrafted_mlp_scaled_pca_rna": ({"image_encoder": "mlp", "features": "scaled", "rna": "pca30"}, "knn", True),
+    "handcrafted_mlp_scaled_pca10_rna": ({"image_encoder": "mlp", "features": "scaled", "rna": "pca10"}, "knn", True),
+    "handcrafted_mlp_scaled_pca50_rna": ({"image_encoder": "mlp", "features": "scaled", "rna": "pca50"}, "knn", True),
+    # the same through the model's own option (rna_pcs=10: chosen among 10/30/50 above on the selection split)
+    "handcrafted_mlp_scaled_rna_pcs10": ({"image_encoder": "mlp", "features": "scaled", "rna_pcs": 10}, "knn", True),
+    "full_rna_pcs10": ({"rna_pcs": 10}, "knn", True),
     # ALBEF's momentum encoders + a queue of 256 earlier momentum embeddings as extra contrastive negatives
     "full_queue": ({"momentum": 0.99, "queue_size": 256}, "knn", True),
     "handcrafted_mlp_scaled_queue": (
@@ -148,6 +156,22 @@ def multiscale_scaled(tr, te) -> None:
         ].astype(np.float32)
 
 
+@contextlib.contextmanager
+def denoised_rna(tr, te, n_pcs: int):
+    """Within the block, both RNA modalities' ``X`` is its reconstruction from ``n_pcs`` principal components of the
+    training spots (PCA fit on the training sections only); restored afterwards."""
+    from sklearn.decomposition import PCA
+
+    saved = {k: m["rna"].X for k, m in (("tr", tr), ("te", te))}
+    pca = PCA(n_pcs, random_state=0).fit(np.asarray(saved["tr"]))
+    try:
+        for k, m in (("tr", tr), ("te", te)):
+            m["rna"].X = pca.inverse_transform(pca.transform(np.asarray(saved[k]))).astype(np.float32)
+        yield
+    finally:
+        tr["rna"].X, te["rna"].X = saved["tr"], saved["te"]
+
+
 def ridge_programs_baseline(tr, te, scaled_input: bool = False) -> dict:
     """No deep learning: reduced-rank ridge (``n_programs="auto"``) from the multi-scale features (``scaled_input``:
     standardised per section, the expression models' shipped input) to the panel, trained on the training spots; both
@@ -231,6 +255,14 @@ def cca_baseline(tr, te, n_components: int = 10) -> dict:
 
 
 def run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int) -> dict:
+    rna = VARIANTS.get(name, ({},))[0].get("rna")
+    if rna is not None:
+        with denoised_rna(tr, te, int(rna.removeprefix("pca"))):
+            return _run_variant(name, tr, te, epochs, seed)
+    return _run_variant(name, tr, te, epochs, seed)
+
+
+def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int) -> dict:
     if name == "cca_handcrafted":
         return cca_baseline(tr, te)
     if name in ("ridge_programs", "ridge_programs_scaled"):
@@ -240,6 +272,7 @@ def run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int) -> dict:
     groups(tr, te, grouping, seed)
     patch_key = "patch"
     features = overrides.pop("features", None)
+    overrides.pop("rna", None)
     if features == "multiscale":
         multiscale(tr, te)
         patch_key = "handcrafted_ms"

@@ -4,7 +4,7 @@
 spot's 256 px patch, resized to 64 px ↔ its expression; gene groups from the kNN co-expression fallback). The image
 encoder is an MLP on the 95 hand-crafted features of each patch (``scst.pp.handcrafted_features``, standardised
 within each section by ``scst.pp.scale_by_section``): on CPU it beats the from-scratch ViT
-(docs/benchmarks/multimodal.md) and trains in seconds. It then, for every C6 patch, retrieves the closest C6 RNA
+(docs/benchmarks/multimodal.md) and trains in seconds. The RNA side is denoised (``rna_pcs=10``). It then, for every C6 patch, retrieves the closest C6 RNA
 sample by cosine and prints the top-1 cluster-label accuracy against the label-frequency chance Σp², and the
 exact-spot top-5 rate against 5/n.
 
@@ -25,7 +25,10 @@ import torch
 import scst
 
 TRAIN, TEST = ["C2", "C3", "C4", "C5"], "C6"
-DEMO_CONFIG = {**scst.models.MultimodalST.bench_config, "image_encoder": "mlp", "pretrain_epochs": 2, "max_epochs": 8}
+#: ``rna_pcs=10``: each RNA sample projected on the training samples' 10 principal axes (spot counting noise removed;
+#: chosen among 10/30/50 on a selection split without C6, docs/benchmarks/multimodal.md).
+DEMO_CONFIG = {**scst.models.MultimodalST.bench_config, "image_encoder": "mlp", "pretrain_epochs": 2, "max_epochs": 8,
+               "rna_pcs": 10}  # fmt: skip
 
 
 def run(sdata: Any, out_dir: str | Path) -> dict:
