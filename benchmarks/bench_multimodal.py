@@ -61,6 +61,11 @@ VARIANTS = {
     # the same through the model's own option (rna_pcs=10: chosen among 10/30/50 above on the selection split)
     "handcrafted_mlp_scaled_rna_pcs10": ({"image_encoder": "mlp", "features": "scaled", "rna_pcs": 10}, "knn", True),
     "full_rna_pcs10": ({"rna_pcs": 10}, "knn", True),
+    "handcrafted_mlp_scaled_rna_pcs10_long": (
+        {"image_encoder": "mlp", "features": "scaled", "rna_pcs": 10, "max_epochs": 40, "patience": 10},
+        "knn",
+        True,
+    ),
     # ALBEF's momentum encoders + a queue of 256 earlier momentum embeddings as extra contrastive negatives
     "full_queue": ({"momentum": 0.99, "queue_size": 256}, "knn", True),
     "handcrafted_mlp_scaled_queue": (
