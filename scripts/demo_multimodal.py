@@ -1,10 +1,11 @@
 """Multimodal step of the demo: histology ↔ RNA retrieval with MultimodalST on held-out C6.
 
 ``run(sdata, out_dir)`` trains a small MultimodalST (``DEMO_CONFIG``, CPU) on the paired spots of C2–C5 (each
-spot's 256 px patch, resized to 64 px ↔ its expression; gene groups from the kNN co-expression fallback). The image
-encoder is an MLP on the 95 hand-crafted features of each patch (``scst.pp.handcrafted_features``, standardised
-within each section by ``scst.pp.scale_by_section``): on CPU it beats the from-scratch ViT
-(docs/benchmarks/multimodal.md) and trains in seconds. The RNA side is denoised (``rna_pcs=10``). It then, for every C6 patch, retrieves the closest C6 RNA
+spot ↔ its expression; gene groups from the kNN co-expression fallback). The image encoder is an MLP on the
+hand-crafted features of each spot at 80/160/320 µm (``scst.tl.embed_patches(..., "handcrafted")``, standardised
+within each section by ``scst.pp.scale_by_section``: the expression models' input, reused when the table already
+holds ``obsm["X_hc_ms_scaled"]``): on CPU it beats the from-scratch ViT (docs/benchmarks/multimodal.md) and trains
+in seconds. The RNA side is denoised (``rna_pcs=10``). It then, for every C6 patch, retrieves the closest C6 RNA
 sample by cosine and prints the top-1 cluster-label accuracy against the label-frequency chance Σp², and the
 exact-spot top-5 rate against 5/n.
 
@@ -25,6 +26,7 @@ import torch
 import scst
 
 TRAIN, TEST = ["C2", "C3", "C4", "C5"], "C6"
+SCALES_UM = (80.0, 160.0, 320.0)
 #: ``rna_pcs=10``: each RNA sample projected on the training samples' 10 principal axes (spot counting noise removed;
 #: chosen among 10/30/50 on a selection split without C6, docs/benchmarks/multimodal.md).
 DEMO_CONFIG = {**scst.models.MultimodalST.bench_config, "image_encoder": "mlp", "pretrain_epochs": 2, "max_epochs": 8,
@@ -42,9 +44,12 @@ def run(sdata: Any, out_dir: str | Path) -> dict:
     adata.var["multimodal_panel"] = train_table.var["highly_variable_scst"].to_numpy()
     tr = scst.pp.to_mudata(sdata, sections=TRAIN, genes="multimodal_panel", out_px=64)
     te = scst.pp.to_mudata(sdata, sections=[TEST], genes="multimodal_panel", out_px=64)
-    for m in (tr, te):  # hand-crafted patch features, standardised within each section (as for expression)
-        m["image"].obsm["hc_raw"] = scst.pp.handcrafted_features(m["image"].obsm["patch"]).astype("float32")
-        scst.pp.scale_by_section(m["image"], "hc_raw", key_added="handcrafted")
+    if "X_hc_ms_scaled" not in adata.obsm:  # multi-scale hand-crafted features, standardised within each section
+        scst.tl.embed_patches(sdata, "handcrafted", size_um=SCALES_UM, out_px=112, progress=False, key_added="X_hc_ms")
+        scst.pp.scale_by_section(adata, "X_hc_ms")
+    for m in (tr, te):  # each patch's spot row of the table
+        rows = adata.obs_names.get_indexer(m["image"].obs["rna_sample"])
+        m["image"].obsm["handcrafted"] = adata.obsm["X_hc_ms_scaled"][rows].astype("float32")
     scst.pp.gene_groups(tr["rna"], None, n_groups=7)
     te["rna"].var["gene_group"] = tr["rna"].var["gene_group"].to_numpy()
     scst.models.MultimodalST.setup_mudata(tr, group_key="label", patch_key="handcrafted")

@@ -92,7 +92,7 @@ class MultimodalST(BaseModel):
         0 switches a term off), ``unimodal_in_joint``, ``freeze_encoders``, ``match_on`` (``"sample"`` or
         ``"group"``), ``momentum`` and ``queue_size`` (ALBEF's momentum encoders and queue of negatives for the
         image–RNA contrastive loss; off by default), ``rna_pcs`` (RNA input denoised by projection on that many
-        principal axes of the training samples; recommended for spot data, e.g. 30 — docs/benchmarks/multimodal.md;
+        principal axes of the training samples; recommended for spot data, e.g. 10 — docs/benchmarks/multimodal.md;
         ``None``, the paper's, for bulk RNA), ``pretrain_epochs``, ``augment``.
 
     Examples

@@ -186,11 +186,11 @@ def retrieve(
     match = None
     if rerank is not None:
         r = min(int(rerank), len(t))
-        cand, own = order[:, :r], np.repeat(np.arange(len(q)), r)
-        img_idx, rna_idx = (own, cand.ravel()) if query == "image" else (cand.ravel(), own)
+        pool, own = order[:, :r], np.repeat(np.arange(len(q)), r)  # each query's r cosine candidates
+        img_idx, rna_idx = (own, pool.ravel()) if query == "image" else (pool.ravel(), own)
         logit = model.get_match_scores(mdata, img_idx, rna_idx, batch_size=batch_size).reshape(len(q), r)
         by_match = np.argsort(-logit, axis=1, kind="stable")
-        order = np.concatenate([np.take_along_axis(cand, by_match, axis=1), order[:, r:]], axis=1)
+        order = np.concatenate([np.take_along_axis(pool, by_match, axis=1), order[:, r:]], axis=1)
         match = np.take_along_axis(logit, by_match, axis=1)[:, :k]
     top = order[:, :k]
     qo, to = mdata[q_mod].obs, mdata[t_mod].obs
