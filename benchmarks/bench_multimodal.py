@@ -61,6 +61,16 @@ VARIANTS = {
     # the same through the model's own option (rna_pcs=10: chosen among 10/30/50 above on the selection split)
     "handcrafted_mlp_scaled_rna_pcs10": ({"image_encoder": "mlp", "features": "scaled", "rna_pcs": 10}, "knn", True),
     "full_rna_pcs10": ({"rna_pcs": 10}, "knn", True),
+    "handcrafted_ms_mlp_scaled_rna_pcs10_no_decoder": (
+        {"image_encoder": "mlp", "features": "multiscale_scaled", "rna_pcs": 10, "weights": {"rna_rec": 0.0}},
+        "knn",
+        True,
+    ),
+    "handcrafted_ms_mlp_scaled_rna_pcs10_no_itm": (
+        {"image_encoder": "mlp", "features": "multiscale_scaled", "rna_pcs": 10, "weights": {"itm": 0.0}},
+        "knn",
+        True,
+    ),
     "handcrafted_ms_mlp_scaled_rna_pcs10": (
         {"image_encoder": "mlp", "features": "multiscale_scaled", "rna_pcs": 10},
         "knn",
