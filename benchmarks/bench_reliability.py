@@ -7,7 +7,7 @@ has ``sd(prediction) / sd(observed) = sqrt(ρ)``. ρ is estimated by binomial th
 random into two halves (each molecule to one half with probability 1/2, which gives two independent draws of the
 same underlying levels when molecules are sampled independently), both halves normalised and log1p'd like the
 targets, their per-gene Pearson r across the section's spots, and the Spearman–Brown step to full depth,
-``ρ = 2r / (1 + r)``. A simulation with known levels checks the estimator.
+``ρ = 2r / (1 + r)`` (``scst.pp.gene_reliability``). A simulation with known levels checks the estimator.
 
 Per test section of the expression page (the fold's panel, chosen on its training sections; genes read from the
 page's raw per-gene results), next to the shipped model's per-gene PCC. Run from the repository root::
@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _page import machine_line, write_page  # noqa: E402
 
+from scst.pp._reliability import _log_norm, _pearson_cols, thinning_reliability  # noqa: E402  (scst.pp.gene_reliability)
+
 OUT = ROOT / "docs" / "benchmarks" / "reliability.md"
 RESULTS = ROOT / "benchmarks" / "results" / "expression"
 SECTIONS = ["C2", "C3", "C4", "C5", "C6"]
@@ -37,33 +39,6 @@ N_DRAWS = 5
 BAR = 0.25
 if "SCST_DATA_DIR" not in os.environ and (ROOT.parent / "shared" / "data").is_dir():
     os.environ["SCST_DATA_DIR"] = str(ROOT.parent / "shared" / "data")
-
-
-def _log_norm(counts: np.ndarray) -> np.ndarray:
-    """log1p(counts / library size × 1e4), as the expression targets (library over all genes)."""
-    lib = counts.sum(1, keepdims=True)
-    return np.log1p(counts / np.maximum(lib, 1) * 1e4)
-
-
-def _pearson_cols(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a - a.mean(0), b - b.mean(0)
-    den = np.sqrt((a**2).sum(0) * (b**2).sum(0))
-    return np.where(den > 0, (a * b).sum(0) / np.where(den > 0, den, 1), np.nan)
-
-
-def thinning_reliability(
-    counts: np.ndarray, cols: np.ndarray, n_draws: int = N_DRAWS, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Half-depth reliability ``r`` (between the two thinned halves) and its Spearman–Brown step to full depth, for
-    the genes ``cols`` of a spots × genes count matrix."""
-    rng = np.random.default_rng(seed)
-    counts = np.asarray(counts, dtype=np.int64)
-    r = np.zeros(len(cols))
-    for _ in range(n_draws):
-        half = rng.binomial(counts, 0.5)
-        y1, y2 = _log_norm(half), _log_norm(counts - half)
-        r += _pearson_cols(y1[:, cols], y2[:, cols]) / n_draws
-    return r, 2 * r / (1 + r)
 
 
 def simulation_check(seed: int = 0) -> dict:
@@ -88,7 +63,7 @@ def simulation_check(seed: int = 0) -> dict:
     counts = draw()
     expect = sum(_log_norm(draw())[:, :g] for _ in range(100)) / 100
     truth = _pearson_cols(_log_norm(counts)[:, :g], expect)
-    r_half, rho = thinning_reliability(counts, np.arange(g), seed=seed + 1)
+    r_half, rho = (v[:g] for v in thinning_reliability(counts, seed=seed + 1))
     low, est = np.sqrt(np.clip(r_half, 0, None)), np.sqrt(np.clip(rho, 0, None))
     ok = np.isfinite(est) & np.isfinite(truth)
     return {
@@ -119,7 +94,7 @@ def main() -> None:
         shipped = per_gene["head_ms_scaled_prog"]
         genes = shipped.loc[(shipped["section"] == s) & (shipped["seed"] == 0), "gene"].tolist()
         cols = sub.var_names.get_indexer(genes)
-        r_half, rho = thinning_reliability(X, cols)
+        r_half, rho = (v[cols] for v in thinning_reliability(X))
         for m, d in per_gene.items():
             pcc = d[d["section"] == s].groupby("gene")["value"].mean().reindex(genes).to_numpy()
             rows.append(pd.DataFrame({"section": s, "gene": genes, "model": m, "pcc": pcc, "r_half": r_half,

@@ -1,4 +1,4 @@
-"""Preprocessing: gene panels, hypergraphs, spot patches, tissue masks, patch features and their scaling, graphs."""
+"""Preprocessing: gene panels and their reliability, hypergraphs, spot patches, tissue masks, patch features, graphs."""
 
 from ._features import handcrafted_feature_names, handcrafted_features
 from ._gene_groups import gene_groups
@@ -7,6 +7,7 @@ from ._graph_matrix import cell_graph, graph_matrix, graph_matrix_from_adjacency
 from ._hypergraph import hypergraph
 from ._mudata import bulk_to_mudata, to_mudata
 from ._patches import IMAGENET_MEAN, IMAGENET_STD, SpotPatchDataset, extract_patches
+from ._reliability import gene_reliability
 from ._scale import scale_by_section
 from ._tissue import PRESETS as TISSUE_PRESETS
 from ._tissue import filter_tiles, tile_grid, tissue_mask
@@ -21,6 +22,7 @@ __all__ = [
     "extract_patches",
     "filter_tiles",
     "gene_groups",
+    "gene_reliability",
     "graph_matrix",
     "graph_matrix_from_adjacency",
     "handcrafted_feature_names",

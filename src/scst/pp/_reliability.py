@@ -1,0 +1,128 @@
+"""How much of each gene's spot-to-spot variation is signal: binomial thinning of the counts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from scst._utils import _get_table
+
+__all__ = ["gene_reliability"]
+
+
+def _log_norm(counts: np.ndarray) -> np.ndarray:
+    """log1p(counts / library size × 1e4) (library over all genes), as the expression targets."""
+    lib = counts.sum(1, keepdims=True)
+    return np.log1p(counts / np.maximum(lib, 1) * 1e4)
+
+
+def _pearson_cols(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a - a.mean(0), b - b.mean(0)
+    den = np.sqrt((a**2).sum(0) * (b**2).sum(0))
+    return np.where(den > 0, (a * b).sum(0) / np.where(den > 0, den, 1), np.nan)
+
+
+def thinning_reliability(counts: np.ndarray, n_draws: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Half-depth reliability ``r`` and its Spearman–Brown step ``2r / (1 + r)`` per gene of a spots × genes matrix.
+
+    Each draw splits every count at random into two halves (binomial, p = 1/2), log-normalises both like the
+    expression targets and correlates them gene by gene across spots; ``r`` is the mean over draws.
+    """
+    rng = np.random.default_rng(seed)
+    counts = np.asarray(counts, dtype=np.int64)
+    r = np.zeros(counts.shape[1])
+    for _ in range(n_draws):
+        half = rng.binomial(counts, 0.5)
+        r += _pearson_cols(_log_norm(half), _log_norm(counts - half)) / n_draws
+    return r, 2 * r / (1 + r)
+
+
+def gene_reliability(
+    adata: AnnData | Any,
+    *,
+    layer: str | None = None,
+    library_key: str | None = "section",
+    n_draws: int = 5,
+    seed: int = 0,
+    key_added: str = "reliability",
+    copy: bool = False,
+) -> AnnData | None:
+    """Signal share of each gene's spot-to-spot variation, estimated from the counts alone (binomial thinning).
+
+    A spot's log1p(normalize_total) expression is the gene's underlying level plus counting noise. Splitting each
+    spot's molecules at random into two halves gives two independent draws of the same levels; their per-gene
+    correlation across spots, ``r``, is the reliability at half depth, and ``ρ = 2r / (1 + r)`` (Spearman–Brown) at
+    full depth. ``sqrt(ρ)`` is the highest correlation any prediction of the underlying level — from an image or
+    anything else — can reach with the observed values, and the sd ratio of a calibrated one; ``sqrt(r)`` is a
+    lower bound of it (log1p of low counts follows Spearman–Brown only roughly: docs/benchmarks/reliability.md
+    checks both on planted counts). Use it to see which genes a histology model can be asked to predict at all.
+
+    Parameters
+    ----------
+    adata
+        AnnData (or SpatialData: its ``"table"``) with raw counts (non-negative integers) in ``X`` or ``layer``.
+    layer
+        Layer with the counts instead of ``X``.
+    library_key
+        ``obs`` column with the section: each section's spots are thinned and correlated on their own, and the
+        values are averaged over sections (weighted by spots); ``None``: all spots together.
+    n_draws
+        Random splits averaged per section.
+    seed
+        Seed of the splits.
+    key_added
+        ``var`` columns written: ``{key_added}`` (ρ), ``{key_added}_half`` (r) and ``{key_added}_ceiling``
+        (``sqrt(max(ρ, 0))``); ``uns[key_added]`` holds the parameters and the per-section ρ (genes × sections).
+    copy
+        Return a copy instead of writing to ``adata``.
+
+    Returns
+    -------
+    The AnnData with the new columns if ``copy``, else ``None``. Genes constant in a section are NaN there.
+    """
+    adata = _get_table(adata)
+    if int(n_draws) < 1:
+        raise ValueError(f"n_draws: expected a positive integer, got {n_draws!r}.")
+    if layer is not None and layer not in adata.layers:
+        raise KeyError(f"layer: {layer!r} not in adata.layers (available: {list(adata.layers)}).")
+    X = adata.layers[layer] if layer is not None else adata.X
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    if values.size and (values.min() < 0 or not np.all(np.mod(values, 1) == 0)):
+        where = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
+        raise ValueError(f"{where}: expected raw counts (non-negative integers); thinning needs molecule counts.")
+    if library_key is not None and library_key not in adata.obs:
+        raise KeyError(f"library_key: {library_key!r} not in adata.obs; pass None to use all spots together.")
+    labels = adata.obs[library_key].astype(str).to_numpy() if library_key is not None else np.full(adata.n_obs, "all")
+    sections = list(dict.fromkeys(labels))
+    half, rho, n_spots = [], [], []
+    for s in sections:  # one section dense at a time
+        rows = np.flatnonzero(labels == s)
+        if len(rows) < 3:
+            raise ValueError(f"library_key: section {s!r} has {len(rows)} spots; at least 3 are needed.")
+        block = X[rows]
+        r, p = thinning_reliability(block.toarray() if sp.issparse(block) else block, n_draws=int(n_draws), seed=seed)
+        half.append(r)
+        rho.append(p)
+        n_spots.append(len(rows))
+    w = np.asarray(n_spots, dtype=float)[:, None]
+
+    def spot_weighted_mean(per_section: list[np.ndarray]) -> np.ndarray:
+        m = np.stack(per_section)
+        ok = np.isfinite(m)
+        total = (ok * w).sum(0)
+        return np.where(total > 0, (np.where(ok, m, 0) * w).sum(0) / np.where(total > 0, total, 1), np.nan)
+
+    adata = adata.copy() if copy else adata
+    rho_mean = spot_weighted_mean(rho)
+    adata.var[key_added] = rho_mean
+    adata.var[f"{key_added}_half"] = spot_weighted_mean(half)
+    adata.var[f"{key_added}_ceiling"] = np.sqrt(np.clip(rho_mean, 0, None))
+    adata.uns[key_added] = {
+        "params": {"layer": layer, "library_key": library_key, "n_draws": int(n_draws), "seed": seed},
+        "per_section": pd.DataFrame(np.stack(rho, 1), index=adata.var_names, columns=sections),
+    }
+    return adata if copy else None

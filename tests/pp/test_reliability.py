@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import scst
+
+
+def planted(n=1000, seed=0, signal=(0.0, 0.0, 1.5, 1.5), depth=2000):
+    """Spots × genes counts: gene j's log level varies across spots with sd ``signal[j]`` (0 = pure counting noise);
+    a last column holds the rest of the library."""
+    rng = np.random.default_rng(seed)
+    sd = np.asarray(signal)
+    share = 0.01 * np.exp(sd * rng.normal(size=(n, len(sd))) - sd**2 / 2)
+    lam = np.c_[share, np.full((n, 1), 1 - share.sum(1, keepdims=True).mean())] * depth
+    return rng.poisson(lam)
+
+
+def test_noise_only_genes_get_zero_and_strong_signal_genes_high_reliability():
+    X = planted()
+    adata = ad.AnnData(X=X.astype(np.float32), obs=pd.DataFrame({"section": ["A"] * len(X)}))
+    scst.pp.gene_reliability(adata)
+    rho = adata.var["reliability"].to_numpy()
+    assert np.all(np.abs(rho[:2]) < 0.1)  # levels constant across spots: only counting noise (sd ≈ 2/√1000)
+    assert np.all(rho[2:4] > 0.7)  # levels spread 1.5 log units at ~20 counts per spot: mostly signal
+    np.testing.assert_allclose(adata.var["reliability_ceiling"][2:4], np.sqrt(rho[2:4]))
+    # Spearman–Brown from the half-depth value
+    r = adata.var["reliability_half"].to_numpy()
+    np.testing.assert_allclose(rho, 2 * r / (1 + r))
+    assert adata.uns["reliability"]["params"]["n_draws"] == 5
+
+
+def test_sections_are_thinned_on_their_own_and_averaged_by_spots():
+    noise, signal = planted(signal=(0.0, 0.0, 0.0, 0.0)), planted(n=250, seed=1, signal=(1.5, 1.5, 1.5, 1.5))
+    obs = pd.DataFrame({"section": ["noise"] * 1000 + ["signal"] * 250})
+    adata = ad.AnnData(X=sp.csr_matrix(np.vstack([noise, signal]).astype(np.float32)), obs=obs)
+    out = scst.pp.gene_reliability(adata, copy=True)
+    assert "reliability" not in adata.var  # copy=True leaves the input alone
+    per = out.uns["reliability"]["per_section"]
+    assert list(per.columns) == ["noise", "signal"]
+    assert (per["noise"].iloc[:4].abs() < 0.12).all() and (per["signal"].iloc[:4] > 0.7).all()
+    np.testing.assert_allclose(out.var["reliability"], 0.8 * per["noise"] + 0.2 * per["signal"])
+    # sparse and dense counts give the same numbers (same seed)
+    dense = ad.AnnData(X=adata.X.toarray(), obs=obs)
+    scst.pp.gene_reliability(dense)
+    np.testing.assert_allclose(dense.var["reliability"], out.var["reliability"])
+
+
+def test_bad_input_is_named():
+    X = planted(n=20).astype(np.float32)
+    adata = ad.AnnData(X=X, obs=pd.DataFrame({"section": ["A"] * 18 + ["B"] * 2}))
+    with pytest.raises(ValueError, match="section 'B' has 2 spots"):
+        scst.pp.gene_reliability(adata)
+    with pytest.raises(KeyError, match="library_key"):
+        scst.pp.gene_reliability(adata, library_key="slide")
+    with pytest.raises(KeyError, match="layer"):
+        scst.pp.gene_reliability(adata, layer="counts")
+    with pytest.raises(ValueError, match="n_draws"):
+        scst.pp.gene_reliability(adata, library_key=None, n_draws=0)
+    logged = ad.AnnData(X=np.log1p(X), obs=adata.obs)
+    with pytest.raises(ValueError, match=r"adata.X: expected raw counts"):
+        scst.pp.gene_reliability(logged, library_key=None)
