@@ -60,6 +60,8 @@ def gene_reliability(
     anything else — can reach with the observed values, and the sd ratio of a calibrated one; ``sqrt(r)`` is a
     lower bound of it (log1p of low counts follows Spearman–Brown only roughly: docs/benchmarks/reliability.md
     checks both on planted counts). Use it to see which genes a histology model can be asked to predict at all.
+    Each section is thinned as a dense int64 array (8 bytes × spots × genes of the largest section; subset the genes
+    first for bin-level data such as Visium HD).
 
     Parameters
     ----------
