@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _page import machine_line, write_page  # noqa: E402
 
-from scst.pp._reliability import _log_norm, _pearson_cols, thinning_reliability  # noqa: E402  (scst.pp.gene_reliability)
+from scst._normalize import log_normalize_counts  # noqa: E402
+from scst._utils import _colwise_pearson  # noqa: E402
+from scst.pp._reliability import thinning_reliability  # noqa: E402  (behind scst.pp.gene_reliability)
 
 OUT = ROOT / "docs" / "benchmarks" / "reliability.md"
 RESULTS = ROOT / "benchmarks" / "results" / "expression"
@@ -61,8 +63,12 @@ def simulation_check(seed: int = 0) -> dict:
         return np.c_[rng.poisson(lam), rng.poisson(lib * 0.9)]  # the last column: all other genes
 
     counts = draw()
-    expect = sum(_log_norm(draw())[:, :g] for _ in range(100)) / 100
-    truth = _pearson_cols(_log_norm(counts)[:, :g], expect)
+
+    def log_norm(c: np.ndarray) -> np.ndarray:  # the target unit; library over all columns
+        return log_normalize_counts(c, c.sum(1))[:, :g]
+
+    expect = sum(log_norm(draw()) for _ in range(100)) / 100
+    truth = _colwise_pearson(log_norm(counts), expect)
     r_half, rho = (v[:g] for v in thinning_reliability(counts, seed=seed + 1))
     low, est = np.sqrt(np.clip(r_half, 0, None)), np.sqrt(np.clip(rho, 0, None))
     ok = np.isfinite(est) & np.isfinite(truth)

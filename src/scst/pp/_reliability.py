@@ -9,35 +9,26 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from scst._utils import _get_table
+from scst._normalize import log_normalize_counts
+from scst._utils import _colwise_pearson, _get_table
 
 __all__ = ["gene_reliability"]
-
-
-def _log_norm(counts: np.ndarray) -> np.ndarray:
-    """log1p(counts / library size × 1e4) (library over all genes), as the expression targets."""
-    lib = counts.sum(1, keepdims=True)
-    return np.log1p(counts / np.maximum(lib, 1) * 1e4)
-
-
-def _pearson_cols(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a - a.mean(0), b - b.mean(0)
-    den = np.sqrt((a**2).sum(0) * (b**2).sum(0))
-    return np.where(den > 0, (a * b).sum(0) / np.where(den > 0, den, 1), np.nan)
 
 
 def thinning_reliability(counts: np.ndarray, n_draws: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Half-depth reliability ``r`` and its Spearman–Brown step ``2r / (1 + r)`` per gene of a spots × genes matrix.
 
     Each draw splits every count at random into two halves (binomial, p = 1/2), log-normalises both like the
-    expression targets and correlates them gene by gene across spots; ``r`` is the mean over draws.
+    expression targets (each half by its own library size) and correlates them gene by gene across spots; ``r`` is
+    the mean over draws (NaN for a gene constant in the second half, 0 when only the first is).
     """
     rng = np.random.default_rng(seed)
     counts = np.asarray(counts, dtype=np.int64)
     r = np.zeros(counts.shape[1])
     for _ in range(n_draws):
         half = rng.binomial(counts, 0.5)
-        r += _pearson_cols(_log_norm(half), _log_norm(counts - half)) / n_draws
+        y1, y2 = (log_normalize_counts(c, c.sum(1)) for c in (half, counts - half))
+        r += _colwise_pearson(y1, y2) / n_draws
     return r, 2 * r / (1 + r)
 
 
