@@ -122,7 +122,7 @@ def test_lbp_codes_equal_skimage_bit_for_bit():
         np.testing.assert_allclose(_lbp_histogram(imgs, chunk=2), hist, rtol=1e-6)
 
 
-def test_glcm_properties_equal_skimage_bit_for_bit():
+def test_glcm_properties_equal_skimage():
     from skimage.feature import graycomatrix, graycoprops
 
     from scst.pp._features import _GLCM_PROPS, _glcm_props
@@ -131,12 +131,17 @@ def test_glcm_properties_equal_skimage_bit_for_bit():
     q = (rng.random((6, 20, 15)) * 32).astype(np.uint8)
     q[0] = 3  # constant: correlation falls back to 1
     q[1, :, :7] = 0
-    m = np.concatenate(
-        [graycomatrix(im, (1, 2, 4), (0, np.pi / 4, np.pi / 2, 3 * np.pi / 4), levels=32, symmetric=True) for im in q],
-        axis=3,
-    )
-    for name, got in zip(_GLCM_PROPS, _glcm_props(m)):
-        np.testing.assert_array_equal(got, graycoprops(m, name), err_msg=name)
+    angles = (0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
+    m = np.concatenate([graycomatrix(im, (1, 2, 4), angles, levels=32, symmetric=True) for im in q], axis=3)
+    # a 3 × 3 image has no pixel pairs 4 px apart: all-zero matrices (skimage: 0, except correlation 1)
+    tiny = graycomatrix(q[2, :3, :3], (1, 2, 4), angles, levels=32, symmetric=True)
+    assert tiny[..., 2, :].sum() == 0
+    for mats in (m, tiny):
+        for name, got in zip(_GLCM_PROPS, _glcm_props(mats)):
+            ref = graycoprops(mats, name)
+            assert got.shape == ref.shape
+            np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12, err_msg=name)
+    assert (_glcm_props(m)[_GLCM_PROPS.index("correlation")][:, 0:4] == 1.0).all()  # image 0, every distance
 
 
 def test_bad_input():
