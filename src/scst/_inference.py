@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .nn._train_step import PRECISIONS  # one table of accepted precisions (torch-only; shared with training)
@@ -29,11 +30,18 @@ class InferenceOptions:
     pin_memory: bool = False
     dtype: torch.dtype | None = None
 
-    def loader_kwargs(self) -> dict[str, Any]:
-        """``DataLoader`` keyword arguments: workers (each reading ``PREFETCH`` batches ahead) and pinning."""
+    def loader_kwargs(self, n_items: int | None = None) -> dict[str, Any]:
+        """``DataLoader`` keyword arguments: workers (each reading ``PREFETCH`` batches ahead) and pinning.
+
+        ``n_items``: the number of batches of a dataset whose neighbouring items share image chunks (batches in
+        chunk order); with several workers a :func:`worker_blocks` sampler then hands each worker its own run of
+        neighbouring batches, so that no two workers decode the same chunks.
+        """
         kw: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
         if self.num_workers > 0:
             kw["prefetch_factor"] = PREFETCH
+        if self.num_workers > 1 and n_items is not None:
+            kw["sampler"] = worker_blocks(n_items, self.num_workers)
         return kw
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -45,6 +53,24 @@ class InferenceOptions:
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         """Move a (possibly pinned) batch to the device; asynchronous when pinned."""
         return x.to(self.device, non_blocking=self.pin_memory)
+
+
+def worker_blocks(n_items: int, num_workers: int) -> list[int]:
+    """Item order that gives each DataLoader worker one contiguous block of the items.
+
+    A ``DataLoader`` hands the sampler's indices to its workers in turn (index ``k`` to worker ``k % num_workers``
+    while all are active), so interleaving ``num_workers`` contiguous blocks — ``0, m, 2m, …, 1, m + 1, …`` —
+    gives worker ``j`` the items of block ``j`` in order. Items are still returned in this order and placed by their
+    index, so the result does not depend on it; only which worker reads what (and so which decoded image chunks each
+    worker's cache holds) does. Every item appears exactly once.
+    """
+    if n_items < 0 or num_workers < 1:
+        raise ValueError(f"worker_blocks: expected n_items >= 0 and num_workers >= 1, got {n_items}, {num_workers}.")
+    # Block sizes differ by at most one, the longer blocks first: the last round then ends on workers 0, 1, ….
+    size, extra = divmod(n_items, num_workers)
+    starts = np.cumsum([0] + [size + (j < extra) for j in range(num_workers)])
+    rounds = range(size + (extra > 0))
+    return [int(starts[j] + k) for k in rounds for j in range(num_workers) if starts[j] + k < starts[j + 1]]
 
 
 def inference_options(

@@ -154,7 +154,7 @@ class _SectionPatches:
         from ..pp._patches import PatchBatches
 
         dataset = PatchBatches(self.ds, items, self.in_memory())
-        return DataLoader(dataset, batch_size=None, shuffle=False, **opts.loader_kwargs())
+        return DataLoader(dataset, batch_size=None, shuffle=False, **opts.loader_kwargs(len(items)))
 
 
 def _input_on(patches: torch.Tensor, opts: Any) -> torch.Tensor:

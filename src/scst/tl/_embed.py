@@ -200,7 +200,7 @@ def embed_patches(
             as_uint8 = not handcrafted and all(src.dtype == np.uint8 for src in ds.sources.values())
             fn = handcrafted_features if handcrafted else None
             batches = PatchBatches(ds, items, float01=not as_uint8, fn=fn)
-            loader = DataLoader(batches, batch_size=None, **opts.loader_kwargs())
+            loader = DataLoader(batches, batch_size=None, **opts.loader_kwargs(len(items)))
             out: np.ndarray | None = None
             with torch.no_grad(), opts.autocast():
                 desc = f"embed_patches ({name}, {um:g} µm)"
