@@ -93,9 +93,14 @@ def _pss_kb(pid: int) -> int:
 
 
 class PeakMemory:
-    """Peak summed PSS of this process and its children (DataLoader workers), sampled in a thread."""
+    """Peak summed PSS of this process and its children (DataLoader workers), sampled in a thread.
 
-    def __init__(self, interval: float = 0.05):
+    A sample reads ``/proc/<pid>/smaps_rollup`` of every process, which walks its page tables: a few ms for
+    processes of 2 GB. Timed runs sample once a second (memory grows over seconds here): every 50 ms, the sampling
+    took ~25 % of the 2 cores in the 100k-spot ridge run (embedding 111 s against 86–88 s at 1 s or unsampled).
+    """
+
+    def __init__(self, interval: float = 1.0):
         self.interval, self.peak_kb, self._stop = interval, 0, threading.Event()
 
     def _sample(self) -> None:
@@ -260,13 +265,13 @@ def _train_sdata(path: Path, size: int):
 
 
 # ---------------------------------------------------------------------------------------------------- models
-def _train_model(kind: str, train_sd, device: str):
-    """Train one model briefly on the training sections (returns the model)."""
+def _train_model(kind: str, train_sd, device: str, px: int = 112):
+    """Train one model briefly on the training sections (returns the model); ``px``: hand-crafted patch size."""
     import scst
     from scst.models import HGGEP, TCGN, RidgeExpression, STNet
 
     if kind == "ridge":
-        scst.tl.embed_patches(train_sd, "handcrafted", size_um=SIZE_UM, out_px=112, progress=False)
+        scst.tl.embed_patches(train_sd, "handcrafted", size_um=SIZE_UM, out_px=px, progress=False)
         RidgeExpression.setup_sdata(train_sd, embedding_key="X_handcrafted", sections=["T1", "T2"])
         return RidgeExpression(train_sd).train()
     cls = {"hggep": HGGEP, "tcgn": TCGN, "stnet": STNet, "hggep_paper": HGGEP, "tcgn_paper": TCGN}[kind]
@@ -298,7 +303,7 @@ def child_predict(args: dict) -> dict:
     import scst
 
     path, size, n, kind = Path(args["image"]), args["size"], args["n"], args["kind"]
-    model = _train_model(kind, _train_sdata(path, size), args["device"])
+    model = _train_model(kind, _train_sdata(path, size), args["device"], int(args.get("px", 112)))
     xy, row, col = _grid(size, n)
     big = make_sdata(path, size, {"W": (xy, row, col)}, counts=False)
     kw: dict = {}
@@ -327,6 +332,7 @@ def child_predict(args: dict) -> dict:
     pred = pred.toarray() if hasattr(pred, "toarray") else np.asarray(pred)
     res = {
         **args, "seconds": dt, "spots_per_s": n / dt, "peak_rss_mb": mem.peak_mb, "rss_before_mb": rss0,
+        "memory_sample_s": mem.interval, "item_order": "worker_blocks" if args["workers"] > 1 else "-",
         "vmhwm_main_mb": _hwm_mb(), "load_before": load0, "load_after": os.getloadavg(),
         "pred_finite": bool(np.isfinite(pred).all()), "pred_sd_mean": float(np.nanstd(pred, 0).mean()),
     }  # fmt: skip
@@ -356,7 +362,7 @@ def child_hggep_memory(args: dict) -> dict:
     rss0, load0 = _rss_mb(), os.getloadavg()
     res: dict = {**args, "rss_before_mb": rss0, "load_before": load0}
     if args["what"] == "train_step":
-        with PeakMemory() as mem:
+        with PeakMemory(0.05) as mem:  # a few seconds: sampled often (memory is the point of these rows)
             t = time.perf_counter()
             train_dl, _ = model._dataloaders(bs, False, 0)
             batch = next(iter(train_dl))
@@ -375,7 +381,7 @@ def child_hggep_memory(args: dict) -> dict:
 
             tiling = mod._tiling_windows
             mod._tiling_windows = lambda pos, bs: tiling(pos, bs)[: args["max_windows"]]
-        with PeakMemory() as mem:
+        with PeakMemory(0.05) as mem:
             t = time.perf_counter()
             model.predict(sd, "S", progress=False, num_workers=args["workers"])
             dt = time.perf_counter() - t
@@ -385,34 +391,85 @@ def child_hggep_memory(args: dict) -> dict:
     return res
 
 
+def child_blocks_ab(args: dict) -> dict:
+    """Same-run A/B of the loader's item order: hand-crafted embedding with workers, round-robin vs worker blocks.
+
+    Each variant runs ``args["reps"]`` times alternately on the same spots; worker CPU time comes from the reaped
+    children's rusage (the workers end with each call).
+    """
+    import resource
+
+    import torch
+
+    torch.set_num_threads(1)
+    import scst
+    import scst._inference as inf
+
+    xy, row, col = _grid(args["size"], args["n"])
+    big = make_sdata(Path(args["image"]), args["size"], {"W": (xy, row, col)}, counts=False)
+    blocked = inf.InferenceOptions.loader_kwargs
+
+    def round_robin(self, n_items=None):  # the loader's own order: batch k to worker k % num_workers
+        return blocked(self, None)
+
+    runs = []
+    for rep in range(args["reps"]):
+        for mode, fn in (("round_robin", round_robin), ("worker_blocks", blocked)):
+            inf.InferenceOptions.loader_kwargs = fn
+            c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t = time.perf_counter()
+            scst.tl.embed_patches(big, "handcrafted", size_um=SIZE_UM, out_px=args["px"],
+                                  num_workers=args["workers"], progress=False)  # fmt: skip
+            dt = time.perf_counter() - t
+            c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)
+            runs.append({"mode": mode, "rep": rep, "seconds": dt, "worker_cpu_s": cpu})
+    inf.InferenceOptions.loader_kwargs = blocked
+    return {**args, "runs": runs, "load_after": os.getloadavg()}
+
+
 # ---------------------------------------------------------------------------------------------------- page
 #: Reading of the CPU results (written after the run; the GPU page gets none).
 NOTES: list[str] = """### Reading
 
-**Whole section, hand-crafted + ridge (goal < 2 min).** 100,000 spots in 614 s (163 spots/s) with two loader workers
-computing the features at a load average of 6–11 on the 2 cores, and in 418 s (239 spots/s, ~8 CPU-ms per spot)
-in a later rerun on the otherwise idle machine (load 0.5 before; the two workers and the main process kept it at
-~3). The cost is the features, not the reading: `pp.handcrafted_features` cost 2.2 CPU-s per 1,000 real H&E
-patches at 112 px in that session (cProfile: ~35 % skimage's `local_binary_pattern` and ~30 %
-`graycomatrix`/`graycoprops`, both called patch by patch), reading and resizing 0.7 CPU-s per 1,000. Since then
-the LBP runs batched (4–5× faster, the same codes bit for bit) and the six GLCM properties share one
-normalisation (3×, the same values): 1.7× cheaper features in a same-run comparison (docs/benchmarks/features.md).
-Third row, after that change: **311 s (322 spots/s), peak PSS 2.49 GB** (load 0.9 before) — on a day when this
-machine ran everything ~2.5× slower than in the earlier rows' session (plain torch ResNet-18: 79 ms per 224 px image
-on one thread, against ~35 ms then; same torch), so the rows are not comparable across sessions; the same-run
-feature ratio is the clean measure. The 2-minute goal is still not met on 2 cores: it needs ≈ 1.2 CPU-ms per spot
-for everything, the features alone cost ~4 CPU-ms per real patch on today's machine (≈ 1.3 by the earlier
-session's clock) and reading adds ~0.7 more. More cores scale it: the features run in the
-DataLoader workers (`embed_patches(num_workers=w)`).
+**Whole section, hand-crafted + ridge (goal < 2 min): met with 56 px patches.** 100,000 spots in **102 s (976
+spots/s), peak PSS 2.46 GB**, two loader workers computing the features; the same pipeline at 112 px took 231 s
+(433 spots/s, 3.45 GB) on the same day (the last two rows, 2026-12-01). Four things changed since the 311 s row:
+
+1. *The measurement.* The benchmark's memory sampler read every process's `/proc/<pid>/smaps_rollup` every 50 ms,
+   which walks its page tables: with a main process and two forked workers of ~2 GB each it took ~25 % of the two
+   cores (the 100k embedding at 56 px: 111 s sampled every 50 ms, 86–88 s unsampled or sampled every second). Every
+   earlier row carries that overhead; timed rows now sample once a second (column "PSS sampled every"; peaks
+   sampled that way were not lower: 2.90 GB against 2.77 GB in that comparison).
+2. *GLCM properties from the counts.* The six properties are computed from the co-occurrence counts at once (one
+   matrix product, the marginals, `c log c` looked up): 3.4× faster, the same values to 1e-14
+   ([features page](features.md)). Their cost does not shrink with the patch (a 32 × 32 × 12 matrix per channel),
+   so they had dominated small patches.
+3. *Each worker reads its own run of batches* (`worker_blocks`, table above): batches are in image-chunk order, and
+   the DataLoader's round robin made both workers decode nearly every chunk. ~5 % less worker CPU (mean of three
+   alternating runs each on 20,000 spots; the runs overlap).
+4. *56 px instead of 112 px.* The features cost ~3× less (1.2 against 3.4 CPU-ms per real her2st patch on the
+   features page) and the resize less. On her2st the hand-crafted ridge baseline loses nothing at 56 px: LOSO mean
+   PCC 0.155 against 0.152 at 112 px ([features page](features.md), per-fold panels) — reported, not used to change
+   a default (every section is a test section there): `embed_patches` and the expression benchmarks keep their
+   sizes. For whole slides, train the ridge on `embed_patches(..., "handcrafted", out_px=56)`: the model records
+   the patch size and `predict_expression` remakes the features at that size.
+
+Where the 102 s go: ~1.75 CPU-ms per spot in the workers (features ~1.4, reading and resizing ~0.4: cProfile of
+5,000 spots in one process), i.e. ~88 s of the two cores, plus setting up the 100k-spot reader and the ridge head
+(~1 s). Intermediate rows of that day: 117 s / 308 s at 56 / 112 px with round robin and the 50 ms sampler
+(the 308 s run shared the cores with a test run for ~30 s), 125 s / 287 s with worker blocks and the 50 ms sampler.
 
 **Whole section, fastest image model at bench_config (goal < 2 min).** HGGEP's cpu_small network was the fastest
 of the three on the 1,000-spot subset (first rows; the subset rows include the loader start-up). It predicted all
 100,000 spots of the section in 718 s (139 spots/s, load 6–9; 163 spots/s over the first 20,000 spots at load ~10),
-peak 2.2 GB: the goal is not met on CPU. The loop is model-bound: cProfile of 1,500 spots without workers:
+peak 2.2 GB, and in **621 s (161 spots/s), peak 2.69 GB** in the rerun of 2026-12-01 on the idle machine with the
+memory sampled once a second (last row): the goal is not met on CPU (it needs ~830 spots/s, 5× more). The loop is
+model-bound: cProfile of 1,500 spots without workers:
 45 % `conv2d` (ShuffleNet), ~5 % batch norm, 13 % turning uint8 batches into normalised floats (now in
 place), ~3 % the batched antialiased resize, and the zarr reads below that; no Python work per spot except
 slicing each spot's window out of the cached chunks. Overlap: with `num_workers=1` a worker reads and resizes
-the next 4 batches while the model computes.
+the next 4 batches while the model computes. The hand-crafted route above is the one that meets the goal on CPU.
 
 **Paper defaults.** HGGEP (1024-d, ViT depth 4, 4-layer 1024-d LSTM, windows of 1024 spots): 25 spots/s fp32,
 27 bf16 on the 300-spot subset; TCGN (CMT, 224 px): 2.2 spots/s fp32, 4.6 bf16. The 200–290 spots/s of the issue
@@ -425,8 +482,10 @@ decoded-chunk caches: 2.2 GB before prediction there, 1.4 GB in the later whole-
 training. The ridge run with two workers peaked at 4.08 GB under load and at 3.81 GB in the idle rerun (the main process
 1.6–1.8 GB VmHWM; the rest is the two forked workers, which gradually copy the parent's pages they touch — Python
 reference counts — and hold their own share of the chunk cache and feature temporaries): at the goal's edge; 2.49 GB
-in the third run (batched LBP in chunks of 8 patches, shorter run, fewer copied pages). Not
-measured at 100k: `num_workers=0` (one core, no worker copies) or a `forkserver` worker context (no copies).
+in the third run (batched LBP in chunks of 8 patches, shorter run, fewer copied pages). On 2026-12-01: 2.46 GB at
+56 px and 3.45 GB at 112 px (4.12 and 4.00 GB in the two 112 px runs with the 50 ms sampler): at 112 px the sum
+stays near the goal's edge. Not measured at 100k: `num_workers=0` (one core, no worker copies) or a `forkserver`
+worker context (no copies).
 
 **HGGEP memory past the batch size.** Prediction: 0.91 GB at 1k spots, 1.48 GB at 10k, 1.05 GB at 100k (first 40
 windows). It does not grow with the section: the network only ever sees one window of 96 spots (ViT attention and
@@ -449,9 +508,11 @@ CPU_COMMAND = """export SCST_CACHE_DIR=/tmp/scst_cache_scale OMP_NUM_THREADS=1
 B="nice -n 5 python benchmarks/bench_scale.py"
 $B --parts image memory && $B --parts choice --subset 1000 && $B --parts paper --paper-subset 300 \\
   && $B --parts ridge && $B --parts full --spots 20000 && $B --parts full && $B --parts page
-# the second and third ridge rows, later sessions on an idle machine (runs appended to the committed results.json):
+# the later ridge rows, later sessions on an idle machine (runs appended to the committed results.json):
 python -c "import json; d = json.load(open('benchmarks/results/scale/results.json')); d.pop('command'); \
-json.dump(d, open('benchmarks/results/scale/partial.json', 'w'))" && $B --parts image ridge && $B --parts page"""
+json.dump(d, open('benchmarks/results/scale/partial.json', 'w'))" && $B --parts image ridge && $B --parts page
+# the 2026-12-01 rows: patch sizes, the worker-order A/B, the image model rerun without the 50 ms sampler
+$B --parts ridge --ridge-px 56 112 && $B --parts blocks && $B --parts full && $B --parts page"""
 GPU_COMMAND = (
     "SCST_CACHE_DIR=/tmp/scst_cache_scale python benchmarks/bench_scale.py --device cuda --workers 4 "
     "--subset 20000 --paper-subset 20000 --raw benchmarks/results/scale_gpu/partial.json "
@@ -478,9 +539,14 @@ def _fmt(r: dict, cols: list[str]) -> str:
     for c in cols:
         v = r.get(c)
         if c == "kind":
-            vals.append(NAMES.get(v, v))
+            vals.append(NAMES.get(v, v).replace("(112 px)", f"({r.get('px', 112)} px)"))
         elif c == "load_before":
             vals.append(f"{v[0]:.1f}")
+        elif c == "memory_sample_s":  # rows run before it was recorded: the sampler's interval then
+            vals.append(f"{v if v is not None else 0.05:g}")
+        elif c == "item_order":  # rows run before it was recorded: the DataLoader's own order
+            v = v or ("round_robin" if r.get("workers", 0) > 1 else "-")
+            vals.append(v.replace("_", " "))
         elif isinstance(v, float):
             vals.append(f"{v:.0f}" if abs(v) >= 10 else f"{v:.2f}")
         else:
@@ -503,7 +569,8 @@ def write_report(raw: dict, out: Path) -> None:
             f"1-min load average over the runs: {min(x[0] for x in loads):.1f}–{max(x[0] for x in loads):.1f} "
             "on 2 cores (other engineers' benchmarks and tests ran at the same time for most rows): **the times of "
             "loaded rows are upper bounds** (the ridge pipeline: 614 s at load 5.7, 418 s on the idle machine, "
-            "311 s with the batched texture features on a slower day; "
+            "311 s with the batched texture features on a slower day, 231 s at 112 px and 102 s at 56 px with the "
+            "changes of the last rows; "
             "single-process rows suffer more, up to the load ÷ 2). Each row is a fresh process with "
             "`torch.set_num_threads(1)`; device: CPU.",
             "",
@@ -518,10 +585,11 @@ def write_report(raw: dict, out: Path) -> None:
             "counts planted on the stain mix (the training cost is not the point).",
             "",
         ]
-    pred_cols = ["kind", "n", "workers", "precision", "seconds", "spots_per_s", "peak_rss_mb", "load_before"]
+    pred_cols = ["kind", "n", "workers", "precision", "seconds", "spots_per_s", "peak_rss_mb", "load_before",
+                 "memory_sample_s", "item_order"]  # fmt: skip
     head = (
-        "| pipeline | spots | loader workers | precision | seconds | spots/s | peak PSS (MB) | load |\n"
-        "|---|---|---|---|---|---|---|---|"
+        "| pipeline | spots | loader workers | precision | seconds | spots/s | peak PSS (MB) | load "
+        "| PSS sampled every (s) | batches to workers |\n|---|---|---|---|---|---|---|---|---|---|"
     )
     for part, title, note in [
         (
@@ -553,6 +621,30 @@ def write_report(raw: dict, out: Path) -> None:
         if not rows:
             continue
         lines += [f"### {title}", "", note, "", head, *[_fmt(r, pred_cols) for r in rows], ""]
+    ab = [r for r in runs if r.get("part") == "blocks" and "runs" in r]
+    if ab:
+        r = ab[-1]
+        lines += [
+            "### Which worker reads which batch (same-run A/B)",
+            "",
+            f"`tl.embed_patches(..., 'handcrafted', out_px={r['px']}, num_workers={r['workers']})` on the first "
+            f"{r['n']:,} spots, "
+            "batches in image-chunk order; the two orders alternate, "
+            f"{r['reps']} runs each. *round robin*: the DataLoader's own order (batch k to worker k mod 2, so both "
+            "workers decode nearly every chunk); *worker blocks*: `scst._inference.worker_blocks`, each worker one run "
+            "of neighbouring batches (the default since this run). Worker CPU: the reaped workers' user + system time.",
+            "",
+            "| order | seconds (each run) | worker CPU s (each run) | mean worker CPU s |",
+            "|---|---|---|---:|",
+        ]
+        for mode in ("round_robin", "worker_blocks"):
+            secs = [x["seconds"] for x in r["runs"] if x["mode"] == mode]
+            cpus = [x["worker_cpu_s"] for x in r["runs"] if x["mode"] == mode]
+            lines.append(
+                f"| {mode.replace('_', ' ')} | {', '.join(f'{v:.1f}' for v in secs)} | "
+                f"{', '.join(f'{v:.1f}' for v in cpus)} | {sum(cpus) / len(cpus):.1f} |"
+            )
+        lines.append("")
     mem = [r for r in runs if r.get("part") == "memory"]
     if mem:
         lines += [
@@ -614,9 +706,11 @@ def main() -> None:
     ap.add_argument("--memory-sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     ap.add_argument("--max-windows", type=int, default=40, help="HGGEP memory runs above 10k spots: windows predicted")
     ap.add_argument("--ridge-workers", type=int, nargs="+", default=[2], help="embedding workers of the ridge runs")
+    ap.add_argument("--ridge-px", type=int, nargs="+", default=[112], help="hand-crafted patch sizes of the ridge runs")
     ap.add_argument("--paper-subset", type=int, default=300, help="spots of the paper-default timings")
     ap.add_argument("--image", default=None, help="zarr image path (default: $SCST_CACHE_DIR/scale_<size>.zarr)")
-    ap.add_argument("--parts", nargs="+", default=["image", "ridge", "choice", "full", "paper", "memory", "page"])
+    ap.add_argument("--parts", nargs="+",
+                    default=["image", "ridge", "blocks", "choice", "full", "paper", "memory", "page"])  # fmt: skip
     ap.add_argument("--raw", default=str(ROOT / "benchmarks" / "results" / "scale" / "partial.json"))
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--out", default=str(OUT))
@@ -624,7 +718,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.child:
         name, args = a.child[0], json.loads(a.child[1])
-        res = {"predict": child_predict, "hggep_memory": child_hggep_memory}[name](args)
+        res = {"predict": child_predict, "hggep_memory": child_hggep_memory, "blocks": child_blocks_ab}[name](args)
         print(json.dumps(res, default=float))
         return
     cache = Path(os.environ.get("SCST_CACHE_DIR", "/tmp/scst_cache_scale"))
@@ -645,9 +739,14 @@ def main() -> None:
         print(raw["image"], flush=True)
         _save(raw, raw_path)
     if "ridge" in a.parts:
-        for w in a.ridge_workers:
-            record(_run_child("predict", {**base, "part": "ridge", "kind": "ridge", "n": a.spots, "workers": w},
-                              a.timeout))  # fmt: skip
+        for px in a.ridge_px:
+            for w in a.ridge_workers:
+                args = {**base, "part": "ridge", "kind": "ridge", "n": a.spots, "workers": w, "px": px}
+                record(_run_child("predict", args, a.timeout))
+    if "blocks" in a.parts:
+        args = {**base, "part": "blocks", "n": 20_000, "px": 56, "reps": 3, "workers": 2}
+        args["load_before"] = os.getloadavg()
+        record(_run_child("blocks", args, a.timeout))
     if "choice" in a.parts:
         for kind in ("hggep", "tcgn", "stnet"):
             record(_run_child("predict", {**base, "part": "choice", "kind": kind, "n": a.subset}, a.timeout))
