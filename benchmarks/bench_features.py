@@ -58,7 +58,7 @@ def texture_ab(patches) -> list[tuple]:
         ("uniform LBP histograms: scst, batched (same codes)", lambda: _lbp_histogram(g8)),
         ("6 GLCM properties: skimage `graycoprops` (normalises per property)",
          lambda: [graycoprops(m, p) for p in _GLCM_PROPS]),
-        ("6 GLCM properties: scst, one normalisation (same values)", lambda: _glcm_props(m)),
+        ("6 GLCM properties: scst, all six from the counts (same values to 1e-14)", lambda: _glcm_props(m)),
     ):  # fmt: skip
         _, wall, cpu = timed(fn)
         rows.append((f"{name} (112 px, grey)", n, wall, cpu))
@@ -72,7 +72,7 @@ def texture_estimate(rows: list[tuple]) -> str:
     lbp = cpu["uniform LBP histograms: skimage `local_binary_pattern`, patch by patch"] - cpu[
         "uniform LBP histograms: scst, batched (same codes)"]  # fmt: skip
     props = cpu["6 GLCM properties: skimage `graycoprops` (normalises per property)"] - cpu[
-        "6 GLCM properties: scst, one normalisation (same values)"]  # fmt: skip
+        "6 GLCM properties: scst, all six from the counts (same values to 1e-14)"]  # fmt: skip
     before = feats + lbp + 2 * props  # GLCM properties run twice per patch: grey and haematoxylin
     return (
         f"With skimage's LBP and `graycoprops` (the implementation before this page's run), "
@@ -81,6 +81,54 @@ def texture_estimate(rows: list[tuple]) -> str:
         f"{feats:.2f} s. Compare runs of different days by such same-run ratios only: this machine's speed varies "
         "from day to day (the ResNet-18 rows of two runs differ by up to 2.5×, see the git history of this page)."
     )
+
+
+ACC_PX = (56, 80, 112)
+
+
+def patch_size_accuracy(sdata) -> tuple[list[str], dict]:
+    """Leave-one-section-out ridge on hand-crafted features (80 µm) at several patch sizes: what a smaller one costs.
+
+    Reported, not used to choose a default (it is scored on every test section): the cost side of
+    ``docs/benchmarks/scale.md``. Each fold picks its own panel on its training sections (``cross_validate``).
+    """
+    import pandas as pd
+
+    from scst.tl import cross_validate
+
+    table = sdata.tables["table"]
+    per_gene, means = [], {}
+    for px in ACC_PX:
+        embed_patches(sdata, "handcrafted", size_um=80.0, out_px=px, key_added=f"hc80_{px}", progress=False)
+        df = cross_validate(RidgeExpression, sdata, setup_kwargs={"embedding_key": f"hc80_{px}"},
+                            metrics=("pearson",))  # fmt: skip
+        per_gene.append(df.assign(out_px=px)[["out_px", "section", "gene", "value"]].rename(columns={"value": "pcc"}))
+        means[px] = df.groupby("section", observed=True)["value"].mean().to_dict()
+        del table.obsm[f"hc80_{px}"]
+    csv = OUT.parents[2] / "benchmarks" / "results" / "features" / "patch_size_per_gene.csv.gz"
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    tmp = csv.with_name(csv.name + ".tmp")
+    pd.concat(per_gene).to_csv(tmp, index=False, float_format="%.5f", compression="gzip")
+    tmp.replace(csv)
+    sections = list(means[ACC_PX[0]])
+    lines = [
+        "### What a smaller patch costs in accuracy",
+        "",
+        "Leave-one-section-out `RidgeExpression` on the hand-crafted features of 80 µm windows resized to each size "
+        "(`tl.embed_patches(..., 'handcrafted', out_px=px)`; each fold's panel chosen on its training sections): "
+        "mean PCC over the panel genes of each held-out section. Reported to size the cost/accuracy trade-off of "
+        "the whole-slide benchmark (docs/benchmarks/scale.md), not used to choose a default: every section is a "
+        "test section here, and `embed_patches` keeps its default. Per gene: "
+        "`benchmarks/results/features/patch_size_per_gene.csv.gz`.",
+        "",
+        "| patch size | " + " | ".join(sections) + " | mean |",
+        "|---|" + "---:|" * (len(sections) + 1),
+    ]
+    for px in ACC_PX:
+        vals = [means[px][s] for s in sections]
+        lines.append(f"| {px} px | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {sum(vals) / len(vals):.3f} |")
+    raw = {"mean_pcc": {str(k): v for k, v in means.items()}, "per_gene_csv": str(csv.relative_to(OUT.parents[2]))}
+    return lines, raw
 
 
 def main() -> None:
@@ -94,7 +142,7 @@ def main() -> None:
     n = table.n_obs
     rows = []
 
-    for px in (112, 224):
+    for px in (56, 112, 224):
         res, wall, cpu = timed(lambda p=px: extract_patches(sdata, size_um=80.0, out_px=p, return_counts=False))
         rows.append((f"`pp.extract_patches` (80 µm → {px} px, uint8)", n, wall, cpu))
         patches = res["patches"]
@@ -124,6 +172,7 @@ def main() -> None:
     _, wall, cpu = timed(lambda: MeanExpression(table).train())
     rows.append(("`MeanExpression.train`", 729, wall, cpu))
     load_after = os.getloadavg()
+    acc_lines, acc_raw = patch_size_accuracy(sdata)
 
     lines = [
         "## Histology features and closed-form baselines",
@@ -139,10 +188,10 @@ def main() -> None:
         "|---|---:|---:|---:|---:|",
     ]
     lines += [f"| {name} | {k:,} | {wall:.2f} | {cpu:.2f} | {cpu / k * 1000:.2f} |" for name, k, wall, cpu in rows]
-    lines += ["", texture_estimate(rows), "", machine_line(load_before, load_after)]
+    lines += ["", texture_estimate(rows), "", machine_line(load_before, load_after), "", *acc_lines]
     raw = {
         "rows": [dict(zip(("step", "spots", "wall_s", "cpu_s"), r)) for r in rows],
-        "load_before": load_before, "load_after": load_after,
+        "load_before": load_before, "load_after": load_after, "patch_size_accuracy": acc_raw,
     }  # fmt: skip
     write_page(OUT, lines, COMMAND, raw)
 
