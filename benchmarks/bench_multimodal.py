@@ -76,6 +76,17 @@ VARIANTS = {
         "knn",
         True,
     ),
+    # the grid 10/30/50 above chose its edge: fewer axes on the shipped input, on the selection split
+    "handcrafted_ms_mlp_scaled_rna_pcs5": (
+        {"image_encoder": "mlp", "features": "multiscale_scaled", "rna_pcs": 5},
+        "knn",
+        True,
+    ),
+    "handcrafted_ms_mlp_scaled_rna_pcs3": (
+        {"image_encoder": "mlp", "features": "multiscale_scaled", "rna_pcs": 3},
+        "knn",
+        True,
+    ),
     "handcrafted_mlp_scaled_rna_pcs10_long": (
         {"image_encoder": "mlp", "features": "scaled", "rna_pcs": 10, "max_epochs": 40, "patience": 10},
         "knn",
