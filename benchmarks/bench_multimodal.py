@@ -87,6 +87,17 @@ VARIANTS = {
         "knn",
         True,
     ),
+    # two more on the shipped input: a longer joint stage, the paper's shared-space size (bench_config: 64)
+    "handcrafted_ms_mlp_scaled_rna_pcs10_long": (
+        {"image_encoder": "mlp", "features": "multiscale_scaled", "rna_pcs": 10, "max_epochs": 40, "patience": 10},
+        "knn",
+        True,
+    ),
+    "handcrafted_ms_mlp_scaled_rna_pcs10_embed128": (
+        {"image_encoder": "mlp", "features": "multiscale_scaled", "rna_pcs": 10, "embed_dim": 128},
+        "knn",
+        True,
+    ),
     "handcrafted_mlp_scaled_rna_pcs10_long": (
         {"image_encoder": "mlp", "features": "scaled", "rna_pcs": 10, "max_epochs": 40, "patience": 10},
         "knn",
