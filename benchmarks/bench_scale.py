@@ -333,6 +333,7 @@ def child_predict(args: dict) -> dict:
     res = {
         **args, "seconds": dt, "spots_per_s": n / dt, "peak_rss_mb": mem.peak_mb, "rss_before_mb": rss0,
         "memory_sample_s": mem.interval, "item_order": "worker_blocks" if args["workers"] > 1 else "-",
+        "worker_gc_frozen": False,  # the product's loaders do not freeze (see the gc A/B); two 2026-12-02 rows did
         "vmhwm_main_mb": _hwm_mb(), "load_before": load0, "load_after": os.getloadavg(),
         "pred_finite": bool(np.isfinite(pred).all()), "pred_sd_mean": float(np.nanstd(pred, 0).mean()),
     }  # fmt: skip
@@ -428,23 +429,70 @@ def child_blocks_ab(args: dict) -> dict:
     return {**args, "runs": runs, "load_after": os.getloadavg()}
 
 
+def _freeze_inherited(worker_id: int) -> None:
+    """``worker_init_fn`` of the A/B below: the worker's collector skips the objects inherited at the fork."""
+    import gc
+
+    gc.freeze()
+
+
+def child_gc_ab(args: dict) -> dict:
+    """Same-run A/B of ``gc.freeze()`` in the loader workers (tried, not adopted): time and peak summed PSS.
+
+    A forked worker's cyclic collector writes to the header of every tracked object it scans, which could copy the
+    parent's heap pages into the worker over a long run; freezing the inherited objects stops that.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    import scst
+    import scst._inference as inf
+
+    xy, row, col = _grid(args["size"], args["n"])
+    big = make_sdata(Path(args["image"]), args["size"], {"W": (xy, row, col)}, counts=False)
+    collected = inf.InferenceOptions.loader_kwargs  # the product's: the workers' collector scans what they inherit
+
+    def frozen(self, n_items=None):
+        kw = collected(self, n_items)
+        kw["worker_init_fn"] = _freeze_inherited
+        return kw
+
+    runs = []
+    for rep in range(args["reps"]):
+        for mode, fn in (("gc_scans_inherited", collected), ("gc_frozen", frozen)):
+            inf.InferenceOptions.loader_kwargs = fn
+            with PeakMemory(1.0) as mem:
+                t = time.perf_counter()
+                scst.tl.embed_patches(big, "handcrafted", size_um=SIZE_UM, out_px=args["px"],
+                                      num_workers=args["workers"], progress=False)  # fmt: skip
+                dt = time.perf_counter() - t
+            runs.append({"mode": mode, "rep": rep, "seconds": dt, "peak_rss_mb": mem.peak_mb})
+    inf.InferenceOptions.loader_kwargs = collected
+    return {**args, "runs": runs, "load_after": os.getloadavg()}
+
+
 # ---------------------------------------------------------------------------------------------------- page
 #: Reading of the CPU results (written after the run; the GPU page gets none).
 NOTES: list[str] = """### Reading
 
 **Whole section, hand-crafted + ridge (goal < 2 min): met with 56 px patches.** 100,000 spots in **102 s (976
-spots/s), peak PSS 2.46 GB**, two loader workers computing the features; the same pipeline at 112 px took 231 s
-(433 spots/s, 3.45 GB) on the same day (the last two rows, 2026-12-01). Four things changed since the 311 s row:
+spots/s), peak PSS 2.46 GB** and, in a rerun, **80 s (1,251 spots/s), 2.71 GB**, two loader workers computing the
+features; the same pipeline at 112 px took 231 s (3.45 GB) and 211 s (4.31 GB) (the last four rows, 2026-12-01/02).
+The rerun's workers froze their garbage collector (`gc.freeze()`); the A/B table above shows no consistent effect of
+that on time or memory, so it was reverted and the 80–102 s spread is run-to-run variation on this shared machine.
+Four things changed since the 311 s row:
 
 1. *The measurement.* The benchmark's memory sampler read every process's `/proc/<pid>/smaps_rollup` every 50 ms,
    which walks its page tables: with a main process and two forked workers of ~2 GB each it took ~25 % of the two
-   cores (the 100k embedding at 56 px: 111 s sampled every 50 ms, 86–88 s unsampled or sampled every second). Every
-   earlier row carries that overhead; timed rows now sample once a second (column "PSS sampled every"; peaks
-   sampled that way were not lower: 2.90 GB against 2.77 GB in that comparison).
+   cores (rows above, same code: 126 s sampled every 50 ms, 102 s every second; in an ad-hoc check outside this
+   script, not in the raw results, the 100k embedding alone took 111 s sampled every 50 ms and 86–88 s unsampled or
+   every second, with peaks of 2.77 and 2.90 GB: sampling less often did not lower the peak). Every earlier row
+   carries that overhead; timed rows now sample once a second (column "PSS sampled every").
 2. *GLCM properties from the counts.* The six properties are computed from the co-occurrence counts at once (one
-   matrix product, the marginals, `c log c` looked up): 3.4× faster, the same values to 1e-14
-   ([features page](features.md)). Their cost does not shrink with the patch (a 32 × 32 × 12 matrix per channel),
-   so they had dominated small patches.
+   matrix product, the marginals, `c log c` looked up): 3.4× faster than scst's previous version (ad-hoc timing on
+   64 real patches) and 13× skimage's `graycoprops` ([features page](features.md) A/B), the same values to 1e-14.
+   Their cost does not shrink with the patch (a 32 × 32 × 12 matrix per channel), so they had dominated small
+   patches.
 3. *Each worker reads its own run of batches* (`worker_blocks`, table above): batches are in image-chunk order, and
    the DataLoader's round robin made both workers decode nearly every chunk. ~5 % less worker CPU (mean of three
    alternating runs each on 20,000 spots; the runs overlap).
@@ -455,10 +503,11 @@ spots/s), peak PSS 2.46 GB**, two loader workers computing the features; the sam
    sizes. For whole slides, train the ridge on `embed_patches(..., "handcrafted", out_px=56)`: the model records
    the patch size and `predict_expression` remakes the features at that size.
 
-Where the 102 s go: ~1.75 CPU-ms per spot in the workers (features ~1.4, reading and resizing ~0.4: cProfile of
-5,000 spots in one process), i.e. ~88 s of the two cores, plus setting up the 100k-spot reader and the ridge head
-(~1 s). Intermediate rows of that day: 117 s / 308 s at 56 / 112 px with round robin and the 50 ms sampler
-(the 308 s run shared the cores with a test run for ~30 s), 125 s / 287 s with worker blocks and the 50 ms sampler.
+Where the time goes: ~1.75 CPU-ms per spot in the workers (features ~1.4, reading and resizing ~0.4: an ad-hoc
+cProfile of 5,000 spots in one process; the worker CPU of the A/B table gives 1.6–1.7), i.e. ~80–88 s of the two
+cores, plus setting up the 100k-spot reader and the ridge head (~1 s). Intermediate rows: 117 s / 308 s at 56 / 112
+px with round robin and the 50 ms sampler (the 308 s run shared the cores with a test run for ~30 s), 125 s / 287 s
+with worker blocks and the 50 ms sampler.
 
 **Whole section, fastest image model at bench_config (goal < 2 min).** HGGEP's cpu_small network was the fastest
 of the three on the 1,000-spot subset (first rows; the subset rows include the loader start-up). It predicted all
@@ -482,10 +531,10 @@ decoded-chunk caches: 2.2 GB before prediction there, 1.4 GB in the later whole-
 training. The ridge run with two workers peaked at 4.08 GB under load and at 3.81 GB in the idle rerun (the main process
 1.6–1.8 GB VmHWM; the rest is the two forked workers, which gradually copy the parent's pages they touch — Python
 reference counts — and hold their own share of the chunk cache and feature temporaries): at the goal's edge; 2.49 GB
-in the third run (batched LBP in chunks of 8 patches, shorter run, fewer copied pages). On 2026-12-01: 2.46 GB at
-56 px and 3.45 GB at 112 px (4.12 and 4.00 GB in the two 112 px runs with the 50 ms sampler): at 112 px the sum
-stays near the goal's edge. Not measured at 100k: `num_workers=0` (one core, no worker copies) or a `forkserver`
-worker context (no copies).
+in the third run (batched LBP in chunks of 8 patches, shorter run, fewer copied pages). On 2026-12-01/02: 2.43–2.86
+GB at 56 px and 3.45–4.31 GB at 112 px over the four runs of each: at 112 px the sum stays at the goal's edge, and
+the same run varies by up to 1 GB (the gc A/B table: 2.1–3.3 GB for identical 40k-spot runs). Not measured at
+100k: `num_workers=0` (one core, no worker copies) or a `forkserver` worker context (no copies).
 
 **HGGEP memory past the batch size.** Prediction: 0.91 GB at 1k spots, 1.48 GB at 10k, 1.05 GB at 100k (first 40
 windows). It does not grow with the section: the network only ever sees one window of 96 spots (ViT attention and
@@ -511,8 +560,10 @@ $B --parts image memory && $B --parts choice --subset 1000 && $B --parts paper -
 # the later ridge rows, later sessions on an idle machine (runs appended to the committed results.json):
 python -c "import json; d = json.load(open('benchmarks/results/scale/results.json')); d.pop('command'); \
 json.dump(d, open('benchmarks/results/scale/partial.json', 'w'))" && $B --parts image ridge && $B --parts page
-# the 2026-12-01 rows: patch sizes, the worker-order A/B, the image model rerun without the 50 ms sampler
-$B --parts ridge --ridge-px 56 112 && $B --parts blocks && $B --parts full && $B --parts page"""
+# the 2026-12-01/02 rows: patch sizes, the worker-order A/B, the image model rerun without the 50 ms sampler,
+# the patch sizes again (workers' gc frozen, since reverted), the gc A/B
+$B --parts ridge --ridge-px 56 112 && $B --parts blocks && $B --parts full && $B --parts ridge --ridge-px 56 112 \
+  && $B --parts gc && $B --parts page"""
 GPU_COMMAND = (
     "SCST_CACHE_DIR=/tmp/scst_cache_scale python benchmarks/bench_scale.py --device cuda --workers 4 "
     "--subset 20000 --paper-subset 20000 --raw benchmarks/results/scale_gpu/partial.json "
@@ -547,6 +598,8 @@ def _fmt(r: dict, cols: list[str]) -> str:
         elif c == "item_order":  # rows run before it was recorded: the DataLoader's own order
             v = v or ("round_robin" if r.get("workers", 0) > 1 else "-")
             vals.append(v.replace("_", " "))
+        elif c == "worker_gc_frozen":  # rows run before it was recorded: not frozen
+            vals.append("-" if not r.get("workers") else ("yes" if v else "no"))
         elif isinstance(v, float):
             vals.append(f"{v:.0f}" if abs(v) >= 10 else f"{v:.2f}")
         else:
@@ -569,8 +622,8 @@ def write_report(raw: dict, out: Path) -> None:
             f"1-min load average over the runs: {min(x[0] for x in loads):.1f}–{max(x[0] for x in loads):.1f} "
             "on 2 cores (other engineers' benchmarks and tests ran at the same time for most rows): **the times of "
             "loaded rows are upper bounds** (the ridge pipeline: 614 s at load 5.7, 418 s on the idle machine, "
-            "311 s with the batched texture features on a slower day, 231 s at 112 px and 102 s at 56 px with the "
-            "changes of the last rows; "
+            "311 s with the batched texture features on a slower day, 211–231 s at 112 px and 80–102 s at 56 px with "
+            "the changes of the last rows; "
             "single-process rows suffer more, up to the load ÷ 2). Each row is a fresh process with "
             "`torch.set_num_threads(1)`; device: CPU.",
             "",
@@ -586,10 +639,11 @@ def write_report(raw: dict, out: Path) -> None:
             "",
         ]
     pred_cols = ["kind", "n", "workers", "precision", "seconds", "spots_per_s", "peak_rss_mb", "load_before",
-                 "memory_sample_s", "item_order"]  # fmt: skip
+                 "memory_sample_s", "item_order", "worker_gc_frozen"]  # fmt: skip
     head = (
         "| pipeline | spots | loader workers | precision | seconds | spots/s | peak PSS (MB) | load "
-        "| PSS sampled every (s) | batches to workers |\n|---|---|---|---|---|---|---|---|---|---|"
+        "| PSS sampled every (s) | batches to workers | workers' GC frozen |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|"
     )
     for part, title, note in [
         (
@@ -643,6 +697,32 @@ def write_report(raw: dict, out: Path) -> None:
             lines.append(
                 f"| {mode.replace('_', ' ')} | {', '.join(f'{v:.1f}' for v in secs)} | "
                 f"{', '.join(f'{v:.1f}' for v in cpus)} | {sum(cpus) / len(cpus):.1f} |"
+            )
+        lines.append("")
+    gcab = [r for r in runs if r.get("part") == "gc" and "runs" in r]
+    if gcab:
+        r = gcab[-1]
+        lines += [
+            "### Workers' garbage collector (same-run A/B)",
+            "",
+            f"`tl.embed_patches(..., 'handcrafted', out_px={r['px']}, num_workers={r['workers']})` on the first "
+            f"{r['n']:,} spots, {r['reps']} alternating runs each. *gc scans inherited*: the workers' cyclic garbage "
+            "collector also scans the objects inherited from the parent at the fork (writing to their headers, so "
+            "copying the parent's pages); *gc frozen*: `gc.freeze()` in each worker (`worker_init_fn`). Tried on "
+            "the strength of one earlier comparison (3.27 vs 2.33 GB), kept in the product for two 100k rows above, "
+            "then reverted after this A/B: no consistent effect on time or memory. Peak summed PSS sampled once a "
+            "second.",
+            "",
+            "| workers' collector | seconds (each run) | peak PSS MB (each run) | mean s | mean peak MB |",
+            "|---|---|---|---:|---:|",
+        ]
+        for mode in ("gc_scans_inherited", "gc_frozen"):
+            secs = [x["seconds"] for x in r["runs"] if x["mode"] == mode]
+            peaks = [x["peak_rss_mb"] for x in r["runs"] if x["mode"] == mode]
+            lines.append(
+                f"| {mode.replace('_', ' ')} | {', '.join(f'{v:.1f}' for v in secs)} | "
+                f"{', '.join(f'{v:.0f}' for v in peaks)} | {sum(secs) / len(secs):.1f} | "
+                f"{sum(peaks) / len(peaks):.0f} |"
             )
         lines.append("")
     mem = [r for r in runs if r.get("part") == "memory"]
@@ -709,8 +789,8 @@ def main() -> None:
     ap.add_argument("--ridge-px", type=int, nargs="+", default=[112], help="hand-crafted patch sizes of the ridge runs")
     ap.add_argument("--paper-subset", type=int, default=300, help="spots of the paper-default timings")
     ap.add_argument("--image", default=None, help="zarr image path (default: $SCST_CACHE_DIR/scale_<size>.zarr)")
-    ap.add_argument("--parts", nargs="+",
-                    default=["image", "ridge", "blocks", "choice", "full", "paper", "memory", "page"])  # fmt: skip
+    parts = ["image", "ridge", "blocks", "gc", "choice", "full", "paper", "memory", "page"]
+    ap.add_argument("--parts", nargs="+", default=parts)
     ap.add_argument("--raw", default=str(ROOT / "benchmarks" / "results" / "scale" / "partial.json"))
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--out", default=str(OUT))
@@ -718,7 +798,9 @@ def main() -> None:
     a = ap.parse_args()
     if a.child:
         name, args = a.child[0], json.loads(a.child[1])
-        res = {"predict": child_predict, "hggep_memory": child_hggep_memory, "blocks": child_blocks_ab}[name](args)
+        children = {"predict": child_predict, "hggep_memory": child_hggep_memory, "blocks": child_blocks_ab,
+                    "gc": child_gc_ab}  # fmt: skip
+        res = children[name](args)
         print(json.dumps(res, default=float))
         return
     cache = Path(os.environ.get("SCST_CACHE_DIR", "/tmp/scst_cache_scale"))
@@ -747,6 +829,10 @@ def main() -> None:
         args = {**base, "part": "blocks", "n": 20_000, "px": 56, "reps": 3, "workers": 2}
         args["load_before"] = os.getloadavg()
         record(_run_child("blocks", args, a.timeout))
+    if "gc" in a.parts:
+        args = {**base, "part": "gc", "n": 40_000, "px": 112, "reps": 3, "workers": 2}
+        args["load_before"] = os.getloadavg()
+        record(_run_child("gc", args, a.timeout))
     if "choice" in a.parts:
         for kind in ("hggep", "tcgn", "stnet"):
             record(_run_child("predict", {**base, "part": "choice", "kind": kind, "n": a.subset}, a.timeout))
