@@ -12,10 +12,23 @@ import torch
 from scst._utils import _atomic_file
 
 
+def cpu_name() -> str:
+    """The CPU model from ``/proc/cpuinfo`` (the machine behind these pages changes from day to day), and whether it
+    has native bf16 (``avx512_bf16``/``amx_bf16``; without, bf16 autocast is emulated and slower)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    bf16 = "native bf16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "no native bf16"
+    return f"{name or platform.machine()} ({bf16})"
+
+
 def machine_line(load_before: tuple[float, ...], load_after: tuple[float, ...]) -> str:
     """CPU, core count, the 1-min load average around the run (the cores are shared) and the torch version."""
     return (
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores **shared with other "
+        f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores **shared with other "
         f"jobs during the run** (1-min load average {load_before[0]:.1f} before, {load_after[0]:.1f} after), "
         f"torch {torch.__version__}."
     )

@@ -293,6 +293,7 @@ def _train_model(kind: str, train_sd, device: str, px: int = 112):
 
 def child_predict(args: dict) -> dict:
     """Train ``kind``, then time predict_expression on ``n`` spots of the whole-slide grid."""
+    import _page
     import torch
 
     if args["device"] == "cpu":
@@ -334,6 +335,7 @@ def child_predict(args: dict) -> dict:
         **args, "seconds": dt, "spots_per_s": n / dt, "peak_rss_mb": mem.peak_mb, "rss_before_mb": rss0,
         "memory_sample_s": mem.interval, "item_order": "worker_blocks" if args["workers"] > 1 else "-",
         "worker_gc_frozen": False,  # the product's loaders do not freeze (see the gc A/B); two 2026-12-02 rows did
+        "cpu": _page.cpu_name(),
         "vmhwm_main_mb": _hwm_mb(), "load_before": load0, "load_after": os.getloadavg(),
         "pred_finite": bool(np.isfinite(pred).all()), "pred_sd_mean": float(np.nanstd(pred, 0).mean()),
     }  # fmt: skip
@@ -392,11 +394,20 @@ def child_hggep_memory(args: dict) -> dict:
     return res
 
 
-def child_blocks_ab(args: dict) -> dict:
-    """Same-run A/B of the loader's item order: hand-crafted embedding with workers, round-robin vs worker blocks.
+def _freeze_inherited(worker_id: int) -> None:
+    """``worker_init_fn`` of the gc A/B: the worker's collector skips the objects inherited at the fork."""
+    import gc
 
-    Each variant runs ``args["reps"]`` times alternately on the same spots; worker CPU time comes from the reaped
-    children's rusage (the workers end with each call).
+    gc.freeze()
+
+
+def child_loader_ab(args: dict) -> dict:
+    """Same-run A/B of a DataLoader setting of the hand-crafted embedding, ``args["reps"]`` alternating runs each.
+
+    ``args["ab"]``: ``"blocks"`` — the loader's own round robin against the product's ``worker_blocks`` order;
+    ``"gc"`` — the product's loaders against ``gc.freeze()`` in each worker (tried, not adopted: a forked worker's
+    cyclic collector writes to the header of every tracked object it scans, which could copy the parent's heap pages
+    over a long run). Per run: wall time, the reaped workers' CPU time and the peak summed PSS (sampled every second).
     """
     import resource
 
@@ -408,66 +419,34 @@ def child_blocks_ab(args: dict) -> dict:
 
     xy, row, col = _grid(args["size"], args["n"])
     big = make_sdata(Path(args["image"]), args["size"], {"W": (xy, row, col)}, counts=False)
-    blocked = inf.InferenceOptions.loader_kwargs
+    product = inf.InferenceOptions.loader_kwargs
 
     def round_robin(self, n_items=None):  # the loader's own order: batch k to worker k % num_workers
-        return blocked(self, None)
-
-    runs = []
-    for rep in range(args["reps"]):
-        for mode, fn in (("round_robin", round_robin), ("worker_blocks", blocked)):
-            inf.InferenceOptions.loader_kwargs = fn
-            c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            t = time.perf_counter()
-            scst.tl.embed_patches(big, "handcrafted", size_um=SIZE_UM, out_px=args["px"],
-                                  num_workers=args["workers"], progress=False)  # fmt: skip
-            dt = time.perf_counter() - t
-            c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu = (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)
-            runs.append({"mode": mode, "rep": rep, "seconds": dt, "worker_cpu_s": cpu})
-    inf.InferenceOptions.loader_kwargs = blocked
-    return {**args, "runs": runs, "load_after": os.getloadavg()}
-
-
-def _freeze_inherited(worker_id: int) -> None:
-    """``worker_init_fn`` of the A/B below: the worker's collector skips the objects inherited at the fork."""
-    import gc
-
-    gc.freeze()
-
-
-def child_gc_ab(args: dict) -> dict:
-    """Same-run A/B of ``gc.freeze()`` in the loader workers (tried, not adopted): time and peak summed PSS.
-
-    A forked worker's cyclic collector writes to the header of every tracked object it scans, which could copy the
-    parent's heap pages into the worker over a long run; freezing the inherited objects stops that.
-    """
-    import torch
-
-    torch.set_num_threads(1)
-    import scst
-    import scst._inference as inf
-
-    xy, row, col = _grid(args["size"], args["n"])
-    big = make_sdata(Path(args["image"]), args["size"], {"W": (xy, row, col)}, counts=False)
-    collected = inf.InferenceOptions.loader_kwargs  # the product's: the workers' collector scans what they inherit
+        return product(self, None)
 
     def frozen(self, n_items=None):
-        kw = collected(self, n_items)
-        kw["worker_init_fn"] = _freeze_inherited
-        return kw
+        return {**product(self, n_items), "worker_init_fn": _freeze_inherited}
 
+    variants = {
+        "blocks": (("round_robin", round_robin), ("worker_blocks", product)),
+        "gc": (("gc_scans_inherited", product), ("gc_frozen", frozen)),
+    }[args["ab"]]
     runs = []
-    for rep in range(args["reps"]):
-        for mode, fn in (("gc_scans_inherited", collected), ("gc_frozen", frozen)):
-            inf.InferenceOptions.loader_kwargs = fn
-            with PeakMemory(1.0) as mem:
-                t = time.perf_counter()
-                scst.tl.embed_patches(big, "handcrafted", size_um=SIZE_UM, out_px=args["px"],
-                                      num_workers=args["workers"], progress=False)  # fmt: skip
-                dt = time.perf_counter() - t
-            runs.append({"mode": mode, "rep": rep, "seconds": dt, "peak_rss_mb": mem.peak_mb})
-    inf.InferenceOptions.loader_kwargs = collected
+    try:
+        for rep in range(args["reps"]):
+            for mode, fn in variants:
+                inf.InferenceOptions.loader_kwargs = fn
+                c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                with PeakMemory(1.0) as mem:
+                    t = time.perf_counter()
+                    scst.tl.embed_patches(big, "handcrafted", size_um=SIZE_UM, out_px=args["px"],
+                                          num_workers=args["workers"], progress=False)  # fmt: skip
+                    dt = time.perf_counter() - t
+                c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu = (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)
+                runs.append({"mode": mode, "rep": rep, "seconds": dt, "worker_cpu_s": cpu, "peak_rss_mb": mem.peak_mb})
+    finally:
+        inf.InferenceOptions.loader_kwargs = product
     return {**args, "runs": runs, "load_after": os.getloadavg()}
 
 
@@ -521,9 +500,14 @@ slicing each spot's window out of the cached chunks. Overlap: with `num_workers=
 the next 4 batches while the model computes. The hand-crafted route above is the one that meets the goal on CPU.
 
 **Paper defaults.** HGGEP (1024-d, ViT depth 4, 4-layer 1024-d LSTM, windows of 1024 spots): 25 spots/s fp32,
-27 bf16 on the 300-spot subset; TCGN (CMT, 224 px): 2.2 spots/s fp32, 4.6 bf16. The 200–290 spots/s of the issue
-for HGGEP's model compute alone were measured on an unloaded machine; here the load was ~10 on 2 cores. A GPU
-(command below) is where these networks belong.
+27 bf16 on the 300-spot subset; TCGN (CMT, 224 px): 2.2 spots/s fp32, 4.6 bf16 — at load ~10, on that day's CPU with
+native bf16 (AVX512-BF16). Rerun on 2026-12-02 on the idle machine, which that day was an AMD EPYC without native
+bf16 (later rows): HGGEP **69 spots/s fp32, 21 bf16**; TCGN **4.2 fp32, 0.6 bf16** — emulated bf16 is 3–7× slower,
+so `precision="bf16"` on a CPU pays only where the CPU has bf16 instructions (the raw results record the CPU from
+now on; the page's machine line names it). The 200–290 spots/s of the issue for HGGEP's model compute alone were
+measured on an unloaded machine of an earlier day. A GPU (command below) is where these networks belong. The subset
+rows of the bench-size networks, rerun the same day: HGGEP 178, TCGN 111, ST-Net 45 spots/s (HGGEP still the
+fastest).
 
 **Peak memory (goal < 4 GB).** Image models: ≤ 2.6 GB summed PSS (process + loader worker), most of it there
 before prediction starts (imports, the trained model). The *choice* rows ran before training freed its
@@ -561,9 +545,9 @@ $B --parts image memory && $B --parts choice --subset 1000 && $B --parts paper -
 python -c "import json; d = json.load(open('benchmarks/results/scale/results.json')); d.pop('command'); \
 json.dump(d, open('benchmarks/results/scale/partial.json', 'w'))" && $B --parts image ridge && $B --parts page
 # the 2026-12-01/02 rows: patch sizes, the worker-order A/B, the image model rerun without the 50 ms sampler,
-# the patch sizes again (workers' gc frozen, since reverted), the gc A/B
+# the patch sizes again (workers' gc frozen, since reverted), the gc A/B, the subset rows on the idle machine
 $B --parts ridge --ridge-px 56 112 && $B --parts blocks && $B --parts full && $B --parts ridge --ridge-px 56 112 \
-  && $B --parts gc && $B --parts page"""
+  && $B --parts gc && $B --parts paper --paper-subset 300 && $B --parts choice --subset 1000 && $B --parts page"""
 GPU_COMMAND = (
     "SCST_CACHE_DIR=/tmp/scst_cache_scale python benchmarks/bench_scale.py --device cuda --workers 4 "
     "--subset 20000 --paper-subset 20000 --raw benchmarks/results/scale_gpu/partial.json "
@@ -625,7 +609,9 @@ def write_report(raw: dict, out: Path) -> None:
             "311 s with the batched texture features on a slower day, 211–231 s at 112 px and 80–102 s at 56 px with "
             "the changes of the last rows; "
             "single-process rows suffer more, up to the load ÷ 2). Each row is a fresh process with "
-            "`torch.set_num_threads(1)`; device: CPU.",
+            "`torch.set_num_threads(1)`; device: CPU. The machine line names the CPU when the page was written; "
+            "the CPU changes between days (the first paper-default rows ran on one with native bf16, the rows of "
+            "2026-12-01/02 on an AMD EPYC without; newer rows record theirs in the raw results).",
             "",
         ]
     if img:
@@ -675,54 +661,47 @@ def write_report(raw: dict, out: Path) -> None:
         if not rows:
             continue
         lines += [f"### {title}", "", note, "", head, *[_fmt(r, pred_cols) for r in rows], ""]
-    ab = [r for r in runs if r.get("part") == "blocks" and "runs" in r]
-    if ab:
+    for part, title, intro, modes, key, label, fmt in [
+        (
+            "blocks",
+            "Which worker reads which batch (same-run A/B)",
+            "batches in image-chunk order. *round robin*: the DataLoader's own order (batch k to worker k mod 2, so "
+            "both workers decode nearly every chunk); *worker blocks*: `scst._inference.worker_blocks`, each worker "
+            "one run of neighbouring batches (the default since this run). Worker CPU: the reaped workers' user + "
+            "system time.",
+            ("round_robin", "worker_blocks"), "worker_cpu_s", "worker CPU s", "{:.1f}",
+        ),
+        (
+            "gc",
+            "Workers' garbage collector (same-run A/B)",
+            "*gc scans inherited*: the workers' cyclic garbage collector also scans the objects inherited from the "
+            "parent at the fork (writing to their headers, so copying the parent's pages); *gc frozen*: "
+            "`gc.freeze()` in each worker (`worker_init_fn`). Tried on the strength of one earlier comparison (3.27 vs "
+            "2.33 GB), kept in the product for two 100k rows above, then reverted after this A/B: no consistent "
+            "effect on time or memory. Peak summed PSS sampled once a second.",
+            ("gc_scans_inherited", "gc_frozen"), "peak_rss_mb", "peak PSS MB", "{:.0f}",
+        ),
+    ]:  # fmt: skip
+        ab = [r for r in runs if r.get("part") == part and "runs" in r]
+        if not ab:
+            continue
         r = ab[-1]
         lines += [
-            "### Which worker reads which batch (same-run A/B)",
+            f"### {title}",
             "",
             f"`tl.embed_patches(..., 'handcrafted', out_px={r['px']}, num_workers={r['workers']})` on the first "
-            f"{r['n']:,} spots, "
-            "batches in image-chunk order; the two orders alternate, "
-            f"{r['reps']} runs each. *round robin*: the DataLoader's own order (batch k to worker k mod 2, so both "
-            "workers decode nearly every chunk); *worker blocks*: `scst._inference.worker_blocks`, each worker one run "
-            "of neighbouring batches (the default since this run). Worker CPU: the reaped workers' user + system time.",
+            f"{r['n']:,} spots, {r['reps']} alternating runs each; " + intro,
             "",
-            "| order | seconds (each run) | worker CPU s (each run) | mean worker CPU s |",
-            "|---|---|---|---:|",
-        ]
-        for mode in ("round_robin", "worker_blocks"):
-            secs = [x["seconds"] for x in r["runs"] if x["mode"] == mode]
-            cpus = [x["worker_cpu_s"] for x in r["runs"] if x["mode"] == mode]
-            lines.append(
-                f"| {mode.replace('_', ' ')} | {', '.join(f'{v:.1f}' for v in secs)} | "
-                f"{', '.join(f'{v:.1f}' for v in cpus)} | {sum(cpus) / len(cpus):.1f} |"
-            )
-        lines.append("")
-    gcab = [r for r in runs if r.get("part") == "gc" and "runs" in r]
-    if gcab:
-        r = gcab[-1]
-        lines += [
-            "### Workers' garbage collector (same-run A/B)",
-            "",
-            f"`tl.embed_patches(..., 'handcrafted', out_px={r['px']}, num_workers={r['workers']})` on the first "
-            f"{r['n']:,} spots, {r['reps']} alternating runs each. *gc scans inherited*: the workers' cyclic garbage "
-            "collector also scans the objects inherited from the parent at the fork (writing to their headers, so "
-            "copying the parent's pages); *gc frozen*: `gc.freeze()` in each worker (`worker_init_fn`). Tried on "
-            "the strength of one earlier comparison (3.27 vs 2.33 GB), kept in the product for two 100k rows above, "
-            "then reverted after this A/B: no consistent effect on time or memory. Peak summed PSS sampled once a "
-            "second.",
-            "",
-            "| workers' collector | seconds (each run) | peak PSS MB (each run) | mean s | mean peak MB |",
+            f"| variant | seconds (each run) | {label} (each run) | mean s | mean {label} |",
             "|---|---|---|---:|---:|",
         ]
-        for mode in ("gc_scans_inherited", "gc_frozen"):
+        for mode in modes:
             secs = [x["seconds"] for x in r["runs"] if x["mode"] == mode]
-            peaks = [x["peak_rss_mb"] for x in r["runs"] if x["mode"] == mode]
+            vals = [x[key] for x in r["runs"] if x["mode"] == mode]
             lines.append(
                 f"| {mode.replace('_', ' ')} | {', '.join(f'{v:.1f}' for v in secs)} | "
-                f"{', '.join(f'{v:.0f}' for v in peaks)} | {sum(secs) / len(secs):.1f} | "
-                f"{sum(peaks) / len(peaks):.0f} |"
+                f"{', '.join(fmt.format(v) for v in vals)} | {sum(secs) / len(secs):.1f} | "
+                f"{fmt.format(sum(vals) / len(vals))} |"
             )
         lines.append("")
     mem = [r for r in runs if r.get("part") == "memory"]
@@ -798,9 +777,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.child:
         name, args = a.child[0], json.loads(a.child[1])
-        children = {"predict": child_predict, "hggep_memory": child_hggep_memory, "blocks": child_blocks_ab,
-                    "gc": child_gc_ab}  # fmt: skip
-        res = children[name](args)
+        res = {"predict": child_predict, "hggep_memory": child_hggep_memory, "loader_ab": child_loader_ab}[name](args)
         print(json.dumps(res, default=float))
         return
     cache = Path(os.environ.get("SCST_CACHE_DIR", "/tmp/scst_cache_scale"))
@@ -825,14 +802,11 @@ def main() -> None:
             for w in a.ridge_workers:
                 args = {**base, "part": "ridge", "kind": "ridge", "n": a.spots, "workers": w, "px": px}
                 record(_run_child("predict", args, a.timeout))
-    if "blocks" in a.parts:
-        args = {**base, "part": "blocks", "n": 20_000, "px": 56, "reps": 3, "workers": 2}
-        args["load_before"] = os.getloadavg()
-        record(_run_child("blocks", args, a.timeout))
-    if "gc" in a.parts:
-        args = {**base, "part": "gc", "n": 40_000, "px": 112, "reps": 3, "workers": 2}
-        args["load_before"] = os.getloadavg()
-        record(_run_child("gc", args, a.timeout))
+    for part, n, px in (("blocks", 20_000, 56), ("gc", 40_000, 112)):
+        if part in a.parts:
+            args = {**base, "part": part, "ab": part, "n": n, "px": px, "reps": 3, "workers": 2}
+            args["load_before"] = os.getloadavg()
+            record(_run_child("loader_ab", args, a.timeout))
     if "choice" in a.parts:
         for kind in ("hggep", "tcgn", "stnet"):
             record(_run_child("predict", {**base, "part": "choice", "kind": kind, "n": a.subset}, a.timeout))
