@@ -35,7 +35,7 @@ class InferenceOptions:
 
         ``n_items``: the number of batches of a dataset whose neighbouring items share image chunks (batches in
         chunk order); with several workers a :func:`worker_blocks` sampler then hands each worker its own run of
-        neighbouring batches, so that no two workers decode the same chunks.
+        neighbouring batches, so that the workers seldom decode the same chunks (only at the blocks' edges).
         """
         kw: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
         if self.num_workers > 0:
