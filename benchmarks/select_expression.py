@@ -8,6 +8,7 @@ hand-crafted features at several fields of view, with and without grid-neighbour
     python benchmarks/select_expression.py hc80_160,hc80_160_ctx
     python benchmarks/select_expression.py hc80_160_320,hc40_80_160_320
     python benchmarks/select_expression.py hc80,hc80_160_320 'noprog={"n_programs": null}' --tag programs
+    python benchmarks/select_expression.py hc80_160_320_scaled,hc80_160_320_56_scaled --tag px56
 
 Before the ``--tag programs`` round the heads had no ``n_programs`` option (one output per gene); from it on their
 default is ``n_programs="auto"``, and the round adds reduced-rank ridge (``n_programs="auto"``) and the heads
@@ -44,6 +45,12 @@ scst.tl.embed_patches(sdata, "handcrafted", size_um=320, out_px=112, progress=Fa
 scst.tl.embed_patches(sdata, "handcrafted", size_um=40, out_px=112, progress=False, key_added="hc40")
 tab.obsm["hc80_160_320"] = np.hstack([tab.obsm["hc80"], tab.obsm["hc160"], tab.obsm["hc320"]])
 tab.obsm["hc40_80_160_320"] = np.hstack([tab.obsm["hc40"], tab.obsm["hc80"], tab.obsm["hc160"], tab.obsm["hc320"]])
+# the shipped input (scaled per section), and the same fields of view at 56 px (a third of the feature cost)
+for um in (80, 160, 320):
+    scst.tl.embed_patches(sdata, "handcrafted", size_um=um, out_px=56, progress=False, key_added=f"hc{um}_56")
+tab.obsm["hc80_160_320_56"] = np.hstack([tab.obsm[f"hc{um}_56"] for um in (80, 160, 320)])
+scst.pp.scale_by_section(tab, "hc80_160_320", key_added="hc80_160_320_scaled")
+scst.pp.scale_by_section(tab, "hc80_160_320_56", key_added="hc80_160_320_56_scaled")
 tab.obsm["hc80_ctx"] = np.hstack([tab.obsm["hc80"], A @ tab.obsm["hc80"]])
 tab.obsm["hc80_160"] = np.hstack([tab.obsm["hc80"], tab.obsm["hc160"]])
 tab.obsm["hc80_160_ctx"] = np.hstack([tab.obsm["hc80_160"], A @ tab.obsm["hc80_160"]])
