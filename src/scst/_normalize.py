@@ -21,8 +21,11 @@ TARGET_SUM = 1e4
 UNITS = "log1p(normalize_total(counts, target_sum=1e4))"
 
 
-def raw_counts(adata: Any, layer: str | None, where: str) -> Any:
-    """``X`` (or ``layers[layer]``) after checking it holds raw counts; ``where`` names the caller in errors."""
+def raw_counts(adata: Any, layer: str | None, where: str, hint: str = "") -> Any:
+    """``X`` (or ``layers[layer]``) after checking it holds raw counts.
+
+    ``where`` names the caller in errors; ``hint`` (a sentence) tells its user what to do instead.
+    """
     X = adata.X if layer is None else adata.layers[layer]
     if X is None:
         raise ValueError(f"{where}: adata.X is empty; raw counts are needed.")
@@ -30,8 +33,8 @@ def raw_counts(adata: Any, layer: str | None, where: str) -> Any:
     if vals.size and (vals.min() < 0 or not np.array_equal(vals, np.round(vals))):
         src = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
         raise ValueError(
-            f"{where}: {src} must hold raw counts (non-negative integers) to compute log1p(normalize_total 1e4); "
-            "it holds negative or non-integer values. Pass the truth in the target unit via `truth_layer`."
+            f"{where}: {src}: expected raw counts (non-negative integers); it holds negative or non-integer values."
+            + (f" {hint}" if hint else "")
         )
     return X
 
@@ -55,7 +58,9 @@ def _gene_index(adata: Any, genes: Sequence[str] | np.ndarray | None) -> np.ndar
     return idx
 
 
-def log_normalized(adata: Any, genes: Sequence[str] | np.ndarray | None = None, layer: str | None = None) -> np.ndarray:
+def log_normalized(
+    adata: Any, genes: Sequence[str] | np.ndarray | None = None, layer: str | None = None, hint: str = ""
+) -> np.ndarray:
     """``log1p(normalize_total(counts, 1e4))`` of raw counts for ``genes``: scst's expression target unit.
 
     Parameters
@@ -66,6 +71,8 @@ def log_normalized(adata: Any, genes: Sequence[str] | np.ndarray | None = None, 
         Gene names or integer positions (default all genes).
     layer
         Layer with raw counts instead of ``X``.
+    hint
+        Added to the error when the matrix does not hold raw counts (what the caller's user can do instead).
 
     Returns
     -------
@@ -73,7 +80,7 @@ def log_normalized(adata: Any, genes: Sequence[str] | np.ndarray | None = None, 
     """
     if layer is not None and layer not in adata.layers:
         raise KeyError(f"layer: {layer!r} is not in adata.layers ({sorted(adata.layers)}).")
-    X = raw_counts(adata, layer, "log_normalized")
+    X = raw_counts(adata, layer, "log_normalized", hint)
     lib = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
     return log_normalize_counts(X[:, _gene_index(adata, genes)], lib)
 

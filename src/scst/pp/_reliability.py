@@ -9,7 +9,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from scst._normalize import log_normalize_counts
+from scst._normalize import log_normalize_counts, raw_counts
 from scst._utils import _colwise_pearson, _get_table
 
 __all__ = ["gene_reliability"]
@@ -82,11 +82,7 @@ def gene_reliability(
         raise ValueError(f"n_draws: expected a positive integer, got {n_draws!r}.")
     if layer is not None and layer not in adata.layers:
         raise KeyError(f"layer: {layer!r} not in adata.layers (available: {list(adata.layers)}).")
-    X = adata.layers[layer] if layer is not None else adata.X
-    values = X.data if sp.issparse(X) else np.asarray(X)
-    if values.size and (values.min() < 0 or not np.all(np.mod(values, 1) == 0)):
-        where = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
-        raise ValueError(f"{where}: expected raw counts (non-negative integers); thinning needs molecule counts.")
+    X = raw_counts(adata, layer, "gene_reliability", "Thinning splits molecules: pass the counts' layer.")
     if library_key is not None and library_key not in adata.obs:
         raise KeyError(f"library_key: {library_key!r} not in adata.obs; pass None to use all spots together.")
     labels = adata.obs[library_key].astype(str).to_numpy() if library_key is not None else np.full(adata.n_obs, "all")

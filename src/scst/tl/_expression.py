@@ -174,7 +174,8 @@ def evaluate_expression(
     if predicted.sum() == 0:
         raise ValueError(f"layer: no spot has a finite prediction in adata.layers[{layer!r}] for the evaluated genes.")
     if truth_layer is None:
-        truth = log_normalized(adata, gidx).astype(np.float64)
+        truth = log_normalized(adata, gidx, hint="Pass the truth in the target unit via `truth_layer`.")
+        truth = truth.astype(np.float64)
         truth_desc = "log1p(normalize_total(X, 1e4))"
     else:
         truth = _dense(adata.layers[truth_layer], cols=gidx)
