@@ -334,7 +334,6 @@ def child_predict(args: dict) -> dict:
     res = {
         **args, "seconds": dt, "spots_per_s": n / dt, "peak_rss_mb": mem.peak_mb, "rss_before_mb": rss0,
         "memory_sample_s": mem.interval, "item_order": "worker_blocks" if args["workers"] > 1 else "-",
-        "worker_gc_frozen": False,  # the product's loaders do not freeze (see the gc A/B); two 2026-12-02 rows did
         "cpu": _page.cpu_name(),
         "vmhwm_main_mb": _hwm_mb(), "load_before": load0, "load_after": os.getloadavg(),
         "pred_finite": bool(np.isfinite(pred).all()), "pred_sd_mean": float(np.nanstd(pred, 0).mean()),
@@ -582,7 +581,7 @@ def _fmt(r: dict, cols: list[str]) -> str:
         elif c == "item_order":  # rows run before it was recorded: the DataLoader's own order
             v = v or ("round_robin" if r.get("workers", 0) > 1 else "-")
             vals.append(v.replace("_", " "))
-        elif c == "worker_gc_frozen":  # rows run before it was recorded: not frozen
+        elif c == "worker_gc_frozen":  # recorded only by the two 2026-12-02 rows that froze it; the product does not
             vals.append("-" if not r.get("workers") else ("yes" if v else "no"))
         elif isinstance(v, float):
             vals.append(f"{v:.0f}" if abs(v) >= 10 else f"{v:.2f}")
