@@ -25,10 +25,18 @@ def cpu_name() -> str:
     return f"{name or platform.machine()} ({bf16})"
 
 
-def machine_line(load_before: tuple[float, ...], load_after: tuple[float, ...]) -> str:
-    """CPU, core count, the 1-min load average around the run (the cores are shared) and the torch version."""
+#: ``cpu`` of :func:`machine_line` for runs recorded before their CPU model was: the architecture only.
+CPU_NOT_RECORDED = f"{platform.machine()} (CPU model not recorded)"
+
+
+def machine_line(load_before: tuple[float, ...], load_after: tuple[float, ...], cpu: str | None = None) -> str:
+    """CPU, core count, the 1-min load average around the run (the cores are shared) and the torch version.
+
+    ``cpu``: the CPU the run recorded (a page rewritten later from saved results must not name today's); default:
+    this machine's.
+    """
     return (
-        f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores **shared with other "
+        f"Machine: {cpu or cpu_name()}, {os.cpu_count()} CPU cores **shared with other "
         f"jobs during the run** (1-min load average {load_before[0]:.1f} before, {load_after[0]:.1f} after), "
         f"torch {torch.__version__}."
     )

@@ -84,7 +84,8 @@ if "SCST_DATA_DIR" not in os.environ and (ROOT.parent / "shared" / "data").is_di
     os.environ["SCST_DATA_DIR"] = str(ROOT.parent / "shared" / "data")
 SECTIONS = ("C2", "C3", "C4", "C5", "C6")
 N_DRAWS = 20
-#: ``GCNG.bench_config`` before this benchmark (the 0.638 direction result and the gcng.md tables used it).
+#: ``GCNG.bench_config`` before this benchmark (the 0.638 direction result and the gcng.md tables used it); since the
+#: switch to the chosen candidate it is ``GCNG.fast_config``.
 FORMER_BENCH = {
     "hidden_channels": 16,
     "dense_units": 32,
@@ -657,14 +658,23 @@ def _fold_stats(p: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _former_label() -> str:
+    """How the tables name the main stage's GCNG config (``FORMER_BENCH``): ``bench_config`` while it was that."""
+    from scst.models._gcng import GCNG
+
+    if {k: GCNG.bench_config.get(k) for k in FORMER_BENCH} == FORMER_BENCH:
+        return "`bench_config`"
+    return "`fast_config`" if GCNG.fast_config == FORMER_BENCH else "former bench_config"
+
+
 def _cv_table(read, prefix: str, title: str, intro: str) -> list[str]:
-    """Rows per section: a 10-fold CV of ``<prefix>_*`` next to ``bench_config`` (main stage) on the same folds."""
+    """Rows per section: a 10-fold CV of ``<prefix>_*`` next to the main stage's GCNG on the same folds."""
     from scst.tl._ligrec_cv import ligrec_metrics
 
     cp, cf = read(f"{prefix}_predictions.csv.gz"), read(f"{prefix}_fit.csv")
     former = read("main_predictions.csv.gz") if (RESULTS / "main_predictions.csv.gz").exists() else None
     former_fit = read("main_fit.csv") if former is not None else None
-    names = ["GCNG autocrine+ (`bench_config`)", "GCNG autocrine+, former bench_config"]
+    names = [f"GCNG autocrine+ ({_former_label()})", "GCNG autocrine+, former bench_config"]
     lines = [title, "", intro, ""]
     lines += [
         "| section | configuration | folds | train AUROC (mean) | pooled AUROC [95 % CI] | fold AUROC mean ± sd | "
@@ -677,7 +687,7 @@ def _cv_table(read, prefix: str, title: str, intro: str) -> list[str]:
             fg = former[(former["section"] == sec) & former["method"].isin(names)]
             fg = fg[fg["fold"].isin(set(g["fold"]))]
             ff = former_fit[(former_fit["section"] == sec) & former_fit["method"].isin(names)]
-            rows.append(("`bench_config`", fg, ff[ff["fold"].isin(set(g["fold"]))]))
+            rows.append((_former_label(), fg, ff[ff["fold"].isin(set(g["fold"]))]))
         for label, pr, fi in rows:
             if pr.empty:
                 continue
@@ -692,6 +702,30 @@ def _cv_table(read, prefix: str, title: str, intro: str) -> list[str]:
     return lines + [""]
 
 
+def _chosen_is_bench() -> bool:
+    """Whether ``GCNG.bench_config`` is the candidate that ``select`` chose (``selected.json``)."""
+    from scst.models._gcng import GCNG
+
+    sel = json.loads((RESULTS / "selected.json").read_text())
+    keys = set(sel["config"]) | set(FORMER_BENCH)
+    return {k: GCNG.bench_config.get(k) for k in keys} == {**FORMER_BENCH, **sel["config"]} and (
+        GCNG.bench_config.get("validation") == 0.0
+    )
+
+
+def _stage_cpus(info: dict) -> str:
+    """The CPU each stage last ran on (runs before this was recorded: not named)."""
+    from _page import CPU_NOT_RECORDED
+
+    cpus = info.get("stage_cpu", {})
+    by_cpu: dict[str, list[str]] = {}
+    for stage in info.get("stage_s", {}):
+        by_cpu.setdefault(cpus.get(stage, CPU_NOT_RECORDED), []).append(stage)
+    if len(by_cpu) <= 1:
+        return next(iter(by_cpu), CPU_NOT_RECORDED)
+    return "; ".join(f"{cpu} ({', '.join(stages)})" for cpu, stages in by_cpu.items())
+
+
 def report(args) -> None:
     import sys
 
@@ -701,12 +735,12 @@ def report(args) -> None:
     from scst.models._gcng import GCNG
 
     info = json.loads((RESULTS / "info.json").read_text()) if (RESULTS / "info.json").exists() else {}
-    same = {k: GCNG.bench_config.get(k) for k in FORMER_BENCH} == FORMER_BENCH
+    former = _former_label()
 
-    def read(name: str) -> pd.DataFrame:  # method names: "former bench_config" is bench_config when unchanged
+    def read(name: str) -> pd.DataFrame:  # method names: "former bench_config" is named as today's config
         df = pd.read_csv(RESULTS / name)
-        if same and "method" in df:
-            df["method"] = df["method"].str.replace(", former bench_config", " (`bench_config`)", regex=False)
+        if "method" in df and former != "former bench_config":
+            df["method"] = df["method"].str.replace(", former bench_config", f" ({former})", regex=False)
         return df
 
     raw: dict = {"info": info}
@@ -742,7 +776,7 @@ def report(args) -> None:
             wall=("wall_s", "mean"),
         )
         cur = {k: GCNG.bench_config.get(k) for k in FORMER_BENCH}
-        match = cur == {**FORMER_BENCH, **_cfg(CANDIDATES[chosen])}
+        match = _chosen_is_bench()
         lines += [
             "## 1. Does GCNG fit its training pairs? (choice of `bench_config`)",
             "",
@@ -763,13 +797,14 @@ def report(args) -> None:
                 f"| {c}{mark} | {_f(r['train'])} ± {_f(r['train_sd'], 2)} | {_f(r['val'])} ± {_f(r['val_sd'], 2)} | "
                 f"{r['epochs']:.1f} | {_f(r['test'])} | {r['wall']:.0f} |"
             )
-        former = "former bench_config (4 epochs, patience 2)"
-        cost = m.loc[chosen, "wall"] / m.loc[former, "wall"] if former in m.index else float("nan")
+        first = "former bench_config (4 epochs, patience 2)"
+        cost = m.loc[chosen, "wall"] / m.loc[first, "wall"] if first in m.index else float("nan")
         lines += [
             "",
             f"`GCNG.bench_config` is now {cur} — "
             + (
-                "the chosen candidate."
+                f"the chosen candidate ({cost:.0f}× the former setting's wall time per fit on C2). The former "
+                "setting is `GCNG.fast_config` (for quick looks; the tables name it so); section 3 has both."
                 if match
                 else f"**not** the chosen candidate, which costs {cost:.0f}× its wall time per fit on C2 (more on "
                 "bigger graphs). It was kept because the fit does not carry over to held-out genes: see the test "
@@ -802,7 +837,7 @@ def report(args) -> None:
             "chosen",
             "### The chosen candidate over all 10 folds",
             "Autocrine+ GCNG at the chosen candidate, cross-fitted over the 10 folds of section 3 (each fold's model "
-            "scores only genes it never saw), next to `bench_config` on the same section and folds (section 3's row).",
+            f"scores only genes it never saw), next to {former} on the same section and folds (section 3's rows).",
         )
         raw["chosen_cv"] = read("chosen_fit.csv").to_dict("records")
     if (RESULTS / "pooled_fit.csv").exists():
@@ -813,7 +848,7 @@ def report(args) -> None:
             "The flatten layer replaced by the mean and max of each channel over the spots, each pair's input "
             "standardised over the spots, 32 channels, dense 128, lr 3e-3, batch 16, <= 200 epochs (patience 100 on "
             "the 20 % early-stopping split) — chosen on a simulated tissue (docs/benchmarks/ligrec.md), never on "
-            "HER2+. Cross-fitted over the 10 folds of each section, next to `bench_config` on the same folds.",
+            f"HER2+. Cross-fitted over the 10 folds of each section, next to {former} on the same folds.",
         )
         raw["pooled_cv"] = read("pooled_fit.csv").to_dict("records")
     # --- direction
@@ -858,15 +893,28 @@ def report(args) -> None:
         nl = read("main_nulls.csv")
         fit = read("main_fit.csv")
         tim = read("main_timing.csv")
+        bench_rows = (RESULTS / "chosen_fit.csv").exists() and _chosen_is_bench()
+        if bench_rows:  # the chosen candidate's 10-fold CVs are bench_config's: its row in the tables
+            label = "GCNG autocrine+ (`bench_config`)"
+            cp, cf = read("chosen_predictions.csv.gz"), read("chosen_fit.csv")
+            cp, cf = cp.assign(method=label).drop(columns="candidate"), cf.assign(method=label)
+            p = pd.concat([p, cp[p.columns]], ignore_index=True)
+            fit = pd.concat([fit, cf[[c for c in fit.columns if c in cf]]], ignore_index=True)
+            walls = cf.groupby("section", as_index=False)["wall_s"].sum().assign(method=label)
+            tim = pd.concat([tim, walls], ignore_index=True)
         st = _fold_stats(p)
         secs = [s for s in SECTIONS if s in set(st["section"])]
         order = list(dict.fromkeys(st["method"]))
+        if bench_rows:  # first among the GCNG rows
+            order.remove(label)
+            order.insert(next(i for i, m in enumerate(order) if m.startswith("GCNG")), label)
         lines += [
             "## 3. Interaction: known pairs vs expression-matched negatives, per section",
             "",
             "Pooled AUROC per section (each on its own graph), then the mean ± sd over sections and the per-fold "
             "AUROC (mean ± sd over the 10 folds × sections). GCNG is cross-fitted (each fold's model scores only "
-            "genes it never saw) at `bench_config`.",
+            "genes it never saw) at `bench_config` (dense 128, 300 epochs: the candidate of section 1, which fits "
+            f"its training pairs) and at {former} (4 epochs; the controls and the diagonal variant use it).",
             "",
             "| method | " + " | ".join(secs) + " | mean ± sd over sections | fold AUROC mean ± sd | AUPRC (mean) |",
             "|---|" + "---:|" * len(secs) + "---|---|---:|",
@@ -935,7 +983,9 @@ def report(args) -> None:
             "Unsupervised methods: scoring all "
             f"{int(tim['n_pairs'].max())} pairs of the true and permuted folds once (squidpy: "
             f"{args.squidpy_perms} permutations, both of its scores in one call); supervised methods: one 10-fold CV "
-            "(10 fits + predictions; GCNG includes its 20 inference-time shuffles).",
+            "(10 fits + predictions; GCNG includes its 20 inference-time shuffles"
+            + ("; at `bench_config` the fits and predictions only, from the chosen stage" if bench_rows else "")
+            + ").",
             "",
             "| method | " + " | ".join(secs) + " |",
             "|---|" + "---:|" * len(secs),
@@ -994,7 +1044,7 @@ def report(args) -> None:
         "Wall time of the last run of each stage: "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in info.get("stage_s", {}).items())
         + f" (stages may run as parallel processes; `torch.set_num_threads({args.threads})` each). "
-        + machine_line(tuple(load[0]), tuple(load[1])),
+        + machine_line(tuple(load[0]), tuple(load[1]), cpu=_stage_cpus(info)),
     ]
     raw["loadavg_at_report"] = list(os.getloadavg())
     write_page(OUT, lines, COMMANDS, raw=raw)
@@ -1073,10 +1123,17 @@ def main() -> None:
             else:
                 raise ValueError(f"--stages: unknown stage {stage!r}")
             stage_times[stage] = time.time() - w
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _page import cpu_name
+
         info.update(total_s=time.time() - t0, stage_s=stage_times, load_after=list(os.getloadavg()))
+        info["stage_cpu"] = dict.fromkeys(stage_times, cpu_name())
         old = json.loads((RESULTS / "info.json").read_text()) if (RESULTS / "info.json").exists() else {}
         if set(old.get("stages", [])) - set(args.stages):  # stages run by another process: keep their record
             info["stage_s"] = {**old.get("stage_s", {}), **stage_times}
+            info["stage_cpu"] = {**old.get("stage_cpu", {}), **info["stage_cpu"]}
             info["stages"] = sorted(set(old["stages"]) | set(args.stages))
             info["total_s"] = max(info["total_s"], old.get("total_s", 0.0))
             info["load_before"] = old.get("load_before", load0)

@@ -91,6 +91,9 @@ def test_ligrec_gcng_config_reaches_the_tool(tmp_path, monkeypatch):
     assert seen["gcng_config"] == scst.models.GCNG.pooled_config and seen["method"] == ["gcng"]
     assert main(["ligrec", "--sections", "C2", "--method", "gcng", "--out", out, "--overwrite"]) == 0
     assert seen["gcng_config"] == scst.models.GCNG.bench_config
+    assert main(["ligrec", "--sections", "C2", "--method", "gcng", "--gcng-config", "fast", "--out", out,
+                 "--overwrite"]) == 0  # fmt: skip
+    assert seen["gcng_config"] == scst.models.GCNG.fast_config != scst.models.GCNG.bench_config
 
 
 def test_train_head_then_predict_a_bare_he_image(tmp_path):

@@ -226,7 +226,7 @@ def _ligrec(args: argparse.Namespace) -> None:
         raise CLIError(f"--sections: no spot of {args.sections} in the data.")
     # ST arrays: the 4-neighbour grid on the integer array indices, per section (see the README).
     sq.gr.spatial_neighbors(adata, spatial_key="spatial_array", coord_type="grid", n_neighs=4, library_key="section")
-    configs = {"bench": "bench_config", "pooled": "pooled_config", "paper": "_default_config"}
+    configs = {"bench": "bench_config", "fast": "fast_config", "pooled": "pooled_config", "paper": "_default_config"}
     gcng_config = dict(getattr(scst.models.GCNG, configs[args.gcng_config]))
     scst.tl.ligand_receptor(
         adata, method=args.method, n_perms=args.n_perms, pairs=args.pairs, seed=args.seed, gcng_config=gcng_config
@@ -301,8 +301,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--gcng-config",
         default="bench",
-        choices=["bench", "pooled", "paper"],
-        help="GCNG settings of the cross-fitting: GCNG.bench_config, .pooled_config or the paper's (default: bench)",
+        choices=["bench", "fast", "pooled", "paper"],
+        help="GCNG settings of the cross-fitting: GCNG.bench_config, .fast_config (4 epochs, for a quick look), "
+        ".pooled_config or the paper's (default: bench)",
     )
     r.add_argument("--n-perms", type=int, default=100, help="permutations for p-values (0: none)")
     r.add_argument("--seed", type=int, default=0, help="random seed of the permutations")

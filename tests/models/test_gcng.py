@@ -14,7 +14,7 @@ from scst.models._gcng import GCNG, entity_expression, normalized_expression, sa
 from scst.nn._gcng import GCNGNet
 from scst.pp._graph_matrix import cell_graph, graph_matrix
 
-FAST = {**GCNG.bench_config, "max_epochs": 4, "patience": 4}
+FAST = {**GCNG.fast_config, "max_epochs": 4, "patience": 4}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -309,3 +309,21 @@ def test_pooled_gcng_learns_juxtacrine_pairs_on_unseen_genes_and_other_tissue(tm
     want = pred.set_index(["ligand", "receptor"])["score"]
     np.testing.assert_allclose(got.loc[want.index], want, rtol=1e-5)
     assert model.adata is adata
+
+
+def test_validation_split_follows_the_config_unless_train_overrides_it():
+    adata, triples = niche_data(n_pairs=20)
+    GCNG.setup_anndata(adata, graph_key="gcng_autocrine_plus")
+    pairs, cfg = labelled(triples), {**FAST, "max_epochs": 1, "patience": 1}
+    paper_split = GCNG(adata, **cfg).train(pairs, enable_progress_bar=False, accelerator="cpu")
+    assert 0 < len(paper_split._val_split) < len(pairs)  # the paper's 20 % of the ligands (default config)
+    val_lig = set(paper_split._val_split["ligand"])
+    assert val_lig.isdisjoint(paper_split._train_split["ligand"])
+    no_split = GCNG(adata, **{**cfg, "validation": 0.0}).train(pairs, enable_progress_bar=False, accelerator="cpu")
+    assert no_split._val_split is None and len(no_split._train_split) == len(pairs)  # bench_config's setting
+    assert GCNG.bench_config["validation"] == 0.0 and "validation" not in GCNG.fast_config
+    overridden = GCNG(adata, **{**cfg, "validation": 0.0}).train(pairs, validation=0.2, enable_progress_bar=False,
+                                                                  accelerator="cpu")  # fmt: skip
+    assert set(overridden._val_split["ligand"]) == val_lig  # same seed, same split as the default
+    with pytest.raises(ValueError, match="validation: expected a fraction"):
+        GCNG(adata, **cfg).train(pairs, validation="C2", enable_progress_bar=False)
