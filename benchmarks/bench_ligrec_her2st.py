@@ -74,6 +74,9 @@ COMMANDS = "\n".join(
         f"{COMMAND} --stages main --gcng-only --controls-only --gcng-control-start 3 --gcng-control-draws 20",
         f"{COMMAND} --stages paper --paper-folds 0,1   # the paper configuration, 100 epochs, two folds",
         f"{COMMAND} --stages paper --paper-folds 0,1,2,3,4,5,6,7,8,9   # the other eight folds (a later session)",
+        "# bench_config := the chosen candidate (a later session); its 10-fold CVs on the other sections, run as two",
+        "# parallel processes (C3,C4 and C5,C6, each on a --results copy, rows merged: one row per section and fold):",
+        f"{COMMAND} --stages chosen --chosen-sections C3,C4,C5,C6",
     ]
 )
 GPU_COMMAND = (
@@ -699,6 +702,12 @@ def _cv_table(read, prefix: str, title: str, intro: str) -> list[str]:
                 f"**{_f(ci['auroc'])}** [{_f(ci['auroc_lo'])}, {_f(ci['auroc_hi'])}] | "
                 f"{_f(fs['fold_mean'])} ± {_f(fs['fold_sd'])} | {wall} |"
             )
+    low = cf[cf["train_auroc"] < FIT_TARGET]
+    where = ", ".join(f"{r.section} fold {r.fold}: {r.train_auroc:.2f}" for r in low.itertuples())
+    if len(low) > 5:
+        where = f"{low['train_auroc'].min():.2f}–{low['train_auroc'].max():.2f}"
+    lines += ["", f"Fold models with a training AUROC below {FIT_TARGET}: {len(low)} of {len(cf)}"
+              + (f" ({where})." if len(low) else ".")]  # fmt: skip
     return lines + [""]
 
 
