@@ -25,7 +25,7 @@ from scst.tl._ligrec_cv import (
 )
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-FAST = {**GCNG.bench_config, "max_epochs": 4, "patience": 4}
+FAST = {**GCNG.fast_config, "max_epochs": 4, "patience": 4}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

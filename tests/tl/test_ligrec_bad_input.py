@@ -13,7 +13,7 @@ from scst.models._gcng import GCNG
 from scst.pp._graph_matrix import cell_graph
 from scst.tl._ligrec_cv import LRFold, gene_features, ligrec_cv, ligrec_metrics, lr_folds
 
-FAST = {**GCNG.bench_config, "max_epochs": 4, "patience": 4}
+FAST = {**GCNG.fast_config, "max_epochs": 4, "patience": 4}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
