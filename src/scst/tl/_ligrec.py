@@ -186,7 +186,7 @@ def ligand_receptor(
         (out-of-fold), other pairs by the model trained on all known pairs.
     n_folds, gcng_config, graph_key, train_kwargs
         GCNG cross-fitting folds, config (default ``GCNG.bench_config``: 300 epochs, the setting that fits its
-        training pairs on HER2+; ~3 min per fit on a 185-spot section and one CPU thread — ``GCNG.fast_config``
+        training pairs on HER2+; 2–4 min per fit on a ~185-spot section and one CPU thread — ``GCNG.fast_config``
         for a quick look), graph matrix (``obsp[graph_key]``, built as autocrine+ from ``connectivity_key`` when
         absent) and :meth:`GCNG.train` arguments.
     key_added
