@@ -784,7 +784,6 @@ def report(args) -> None:
             epochs=("epochs", "mean"),
             wall=("wall_s", "mean"),
         )
-        cur = {k: GCNG.bench_config.get(k) for k in FORMER_BENCH}
         match = _chosen_is_bench()
         lines += [
             "## 1. Does GCNG fit its training pairs? (choice of `bench_config`)",
@@ -810,7 +809,7 @@ def report(args) -> None:
         cost = m.loc[chosen, "wall"] / m.loc[first, "wall"] if first in m.index else float("nan")
         lines += [
             "",
-            f"`GCNG.bench_config` is now {cur} — "
+            f"`GCNG.bench_config` is now {dict(GCNG.bench_config)} — "
             + (
                 f"the chosen candidate ({cost:.0f}× the former setting's wall time per fit on C2). The former "
                 "setting is `GCNG.fast_config` (for quick looks; the tables name it so); section 3 has both."
@@ -844,7 +843,7 @@ def report(args) -> None:
         lines += _cv_table(
             read,
             "chosen",
-            "### The chosen candidate over all 10 folds",
+            "### The chosen candidate over all 10 folds" + (" (now `bench_config`)" if _chosen_is_bench() else ""),
             "Autocrine+ GCNG at the chosen candidate, cross-fitted over the 10 folds of section 3 (each fold's model "
             f"scores only genes it never saw), next to {former} on the same section and folds (section 3's rows).",
         )
