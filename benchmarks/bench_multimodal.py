@@ -80,10 +80,14 @@ VARIANTS = {
     # a finer field of view added (40/80/160/320 µm): the spot's own detail, for the exact-spot task
     "handcrafted_ms4_mlp_scaled_rna_pcs10": _shipped(features="multiscale4_scaled"),
     # for the exact-spot task: more in-batch negatives for the image–RNA contrast (bench_config: batch 64 of ~550
-    # training pairs), and a softer contrast (the paper's tau_c 0.07) for noisy spot-level pairs
+    # training pairs), and a softer and a sharper contrast than the paper's tau_c 0.07
     "handcrafted_ms_mlp_scaled_rna_pcs10_batch256": _shipped(batch_size=256),
     "handcrafted_ms_mlp_scaled_rna_pcs10_tauc02": _shipped(tau_c=0.2),
     "handcrafted_ms_mlp_scaled_rna_pcs10_tauc004": _shipped(tau_c=0.04),
+    # the group-level pre-training contrast on the RNA side off (it pulls a label's spots together), or the spot-level
+    # image–RNA contrast weighted up
+    "handcrafted_ms_mlp_scaled_rna_pcs10_no_rna_con": _shipped(weights={"rna_con": 0.0}),
+    "handcrafted_ms_mlp_scaled_rna_pcs10_itc2": _shipped(weights={"itc": 2.0}),
     "handcrafted_mlp_scaled_rna_pcs10_long": (
         {"image_encoder": "mlp", "features": "scaled", "rna_pcs": 10, "max_epochs": 40, "patience": 10},
         "knn",
