@@ -715,6 +715,8 @@ def _chosen_is_bench() -> bool:
     """Whether ``GCNG.bench_config`` is the candidate that ``select`` chose (``selected.json``)."""
     from scst.models._gcng import GCNG
 
+    if not (RESULTS / "selected.json").exists():
+        return False
     sel = json.loads((RESULTS / "selected.json").read_text())
     keys = set(sel["config"]) | set(FORMER_BENCH)
     return {k: GCNG.bench_config.get(k) for k in keys} == {**FORMER_BENCH, **sel["config"]} and (
@@ -744,7 +746,7 @@ def report(args) -> None:
     from scst.models._gcng import GCNG
 
     info = json.loads((RESULTS / "info.json").read_text()) if (RESULTS / "info.json").exists() else {}
-    former = _former_label()
+    former, bench_is_chosen = _former_label(), _chosen_is_bench()
 
     def read(name: str) -> pd.DataFrame:  # method names: "former bench_config" is named as today's config
         df = pd.read_csv(RESULTS / name)
@@ -784,7 +786,7 @@ def report(args) -> None:
             epochs=("epochs", "mean"),
             wall=("wall_s", "mean"),
         )
-        match = _chosen_is_bench()
+        match = bench_is_chosen
         lines += [
             "## 1. Does GCNG fit its training pairs? (choice of `bench_config`)",
             "",
@@ -843,7 +845,7 @@ def report(args) -> None:
         lines += _cv_table(
             read,
             "chosen",
-            "### The chosen candidate over all 10 folds" + (" (now `bench_config`)" if _chosen_is_bench() else ""),
+            "### The chosen candidate over all 10 folds" + (" (now `bench_config`)" if bench_is_chosen else ""),
             "Autocrine+ GCNG at the chosen candidate, cross-fitted over the 10 folds of section 3 (each fold's model "
             f"scores only genes it never saw), next to {former} on the same section and folds (section 3's rows).",
         )
@@ -901,7 +903,7 @@ def report(args) -> None:
         nl = read("main_nulls.csv")
         fit = read("main_fit.csv")
         tim = read("main_timing.csv")
-        bench_rows = (RESULTS / "chosen_fit.csv").exists() and _chosen_is_bench()
+        bench_rows = (RESULTS / "chosen_fit.csv").exists() and bench_is_chosen
         if bench_rows:  # the chosen candidate's 10-fold CVs are bench_config's: its row in the tables
             label = "GCNG autocrine+ (`bench_config`)"
             cp, cf = read("chosen_predictions.csv.gz"), read("chosen_fit.csv")
