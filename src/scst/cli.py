@@ -209,8 +209,6 @@ def _merge(args: argparse.Namespace) -> None:
 
 
 def _ligrec(args: argparse.Namespace) -> None:
-    import squidpy as sq
-
     import scst
 
     out = Path(args.out)
@@ -225,7 +223,7 @@ def _ligrec(args: argparse.Namespace) -> None:
     if adata.n_obs == 0:
         raise CLIError(f"--sections: no spot of {args.sections} in the data.")
     # ST arrays: the 4-neighbour grid on the integer array indices, per section (see the README).
-    sq.gr.spatial_neighbors(adata, spatial_key="spatial_array", coord_type="grid", n_neighs=4, library_key="section")
+    scst.pp.cell_graph(adata, grid=True, n_neighs=4, library_key="section")  # squidpy's grid builder
     configs = {"bench": "bench_config", "fast": "fast_config", "pooled": "pooled_config", "paper": "_default_config"}
     gcng_config = dict(getattr(scst.models.GCNG, configs[args.gcng_config]))
     scst.tl.ligand_receptor(
