@@ -106,8 +106,9 @@ def embed_patches(
         in that order (the surroundings of a spot carry information its own 80 µm patch lacks).
     out_px
         Patch edge in pixels after resizing. For ``"handcrafted"`` the cost grows with the pixels (CPU-ms per patch
-        on her2st: 1.2 at 56 px, 3.4 at 112, 16 at 224) while a ridge on them lost nothing at 56 px there
-        (docs/benchmarks/features.md); 56–112 px suit it, the default suits ImageNet networks.
+        on her2st: 1.2 at 56 px, 3.4 at 112, 16 at 224); at 56 px a ridge on the 80 µm features lost nothing there
+        and the multi-scale input of the expression heads lost ~0.003 mean PCC (docs/benchmarks/features.md,
+        expression.md); 56–112 px suit it, the default suits ImageNet networks.
     batch_size
         Patches per forward pass.
     key_added
