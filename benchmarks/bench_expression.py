@@ -190,7 +190,6 @@ class PeakRSS:
 
 def load(reps: set):
     import scipy.sparse as sp
-    import squidpy as sq
 
     import scst
 
@@ -212,8 +211,7 @@ def load(reps: set):
         scst.tl.embed_patches(sdata, "handcrafted", size_um=SCALES_MS, out_px=56, progress=False, key_added="ms56")
         info["handcrafted_seconds_all_scales_56px"] = time.perf_counter() - t0
         scst.pp.scale_by_section(tab, "ms56", key_added="ms56_scaled")
-    sq.gr.spatial_neighbors(tab, spatial_key="spatial_array", coord_type="grid", n_neighs=4, library_key="section",
-                            key_added="grid")  # fmt: skip
+    scst.pp.cell_graph(tab, grid=True, n_neighs=4, library_key="section", key_added="grid")
     A = tab.obsp["grid_connectivities"]
     A = sp.diags(1.0 / np.maximum(np.asarray(A.sum(1)).ravel(), 1)) @ A
     tab.obsm["hc_ctx"] = np.hstack([tab.obsm["hc"], A @ tab.obsm["hc"]])

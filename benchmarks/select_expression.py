@@ -21,7 +21,6 @@ import time
 
 import numpy as np
 import scipy.sparse as sp
-import squidpy as sq
 import torch
 
 import scst
@@ -36,9 +35,7 @@ scst.pp.select_genes(tab, n_top=1000, min_fraction=0.5, sections=["C2", "C3", "C
 panel = list(tab.var_names[tab.var.highly_variable_scst])
 scst.tl.embed_patches(sdata, "handcrafted", out_px=112, progress=False, key_added="hc80")
 scst.tl.embed_patches(sdata, "handcrafted", size_um=160, out_px=112, progress=False, key_added="hc160")
-sq.gr.spatial_neighbors(
-    tab, spatial_key="spatial_array", coord_type="grid", n_neighs=4, library_key="section", key_added="grid"
-)
+scst.pp.cell_graph(tab, grid=True, n_neighs=4, library_key="section", key_added="grid")
 A = tab.obsp["grid_connectivities"]
 A = sp.diags(1 / np.maximum(np.asarray(A.sum(1)).ravel(), 1)) @ A
 scst.tl.embed_patches(sdata, "handcrafted", size_um=320, out_px=112, progress=False, key_added="hc320")
