@@ -255,6 +255,37 @@ def test_retrieve_standardize_matches_a_shrunk_offset_image_side():
         scst.tl.retrieve(mdata, None, use_rep="E", standardize="whiten")
 
 
+def test_retrieve_csls_demotes_hub_targets():
+    """Three RNA samples lie mostly along a direction every patch shares (hubs): plain cosine returns them for most
+    patches; CSLS subtracts each target's mean cosine to its closest queries and recovers most true pairs."""
+    from scst.tl._multimodal import _csls
+
+    # hand-checked with one neighbour: r_T = (0.9, 0.8) per query, r_Q = (0.9, 0.75) per target
+    sim = np.array([[0.9, 0.1], [0.8, 0.75]])
+    np.testing.assert_allclose(_csls(sim, 1), [[0.0, -1.45], [-0.1, -0.05]])
+    rng = np.random.default_rng(0)
+    mdata = synthetic_mudata(n=40)
+    z = rng.normal(size=(40, 8))
+    c = rng.normal(size=8)
+    c /= np.linalg.norm(c)
+    hubs = [3, 17, 29]
+    rna = z.copy()
+    rna[hubs] = 4 * c + 0.3 * z[hubs]
+    mdata["rna"].obsm["E"] = rna.astype(np.float32)
+    link = mdata["rna"].obs_names.get_indexer(mdata["image"].obs["rna_sample"])
+    mdata["image"].obsm["E"] = (z[link] + 3 * c + rng.normal(0, 0.3, (40, 8))).astype(np.float32)
+    cos = scst.tl.retrieve(mdata, None, k=1, use_rep="E", group_keys=[])
+    res = scst.tl.retrieve(mdata, None, k=1, use_rep="E", group_keys=[], csls=10)
+    assert np.isin(cos["indices"][:, 0], hubs).mean() > 0.5 and cos["exact_top1"] < 0.3 and cos["csls"] is None
+    assert np.isin(res["indices"][:, 0], hubs).mean() < 0.25 and res["exact_top1"] > 0.7 and res["csls"] == 10
+    # the scores stay the cosines of the returned targets
+    e_i, e_r = (e / np.linalg.norm(e, axis=1, keepdims=True) for e in (mdata[m].obsm["E"] for m in ("image", "rna")))
+    np.testing.assert_allclose(res["scores"], np.take_along_axis(e_i @ e_r.T, res["indices"], 1), rtol=1e-5)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="csls"):
+            scst.tl.retrieve(mdata, None, use_rep="E", csls=bad)
+
+
 def test_retrieve_rerank_reorders_the_cosine_candidates_by_the_matching_head():
     """Embeddings carry only the group (cosine ties within a group); a stub matching head that knows the true pairs
     must recover every pair, in both directions, from the top-``rerank`` cosine candidates."""

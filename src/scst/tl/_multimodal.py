@@ -89,6 +89,14 @@ def _standardize(x: np.ndarray, how: str) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def _csls(sim: np.ndarray, n_neighbors: int) -> np.ndarray:
+    """CSLS of a (queries × targets) cosine matrix: ``2 sim − r_T(q) − r_Q(t)``, the r being mean top-k cosines."""
+    kt, kq = min(n_neighbors, sim.shape[1]), min(n_neighbors, sim.shape[0])
+    r_t = -np.partition(-sim, kt - 1, axis=1)[:, :kt].mean(1)  # each query's mean cosine to its closest targets
+    r_q = -np.partition(-sim, kq - 1, axis=0)[:kq].mean(0)  # each target's mean cosine to its closest queries
+    return 2 * sim - r_t[:, None] - r_q[None, :]
+
+
 def retrieve(
     mdata: Any,
     model: Any = None,
@@ -100,6 +108,7 @@ def retrieve(
     key_added: str = "scst_retrieval",
     batch_size: int = 256,
     standardize: Literal["zscore", "center"] | None = None,
+    csls: int | None = None,
     rerank: int | None = None,
 ) -> dict[str, Any]:
     """For each query sample, the ``k`` closest samples of the other modality by cosine similarity (paper eq. 9).
@@ -130,6 +139,13 @@ def retrieve(
         or offset against its RNA side (a regression, a briefly trained encoder) then matches by each sample's
         deviation from its own modality, not by the common offset. It uses the embeddings only (no labels, no
         pairing); docs/benchmarks/multimodal.md measures it.
+    csls
+        Rank targets by cross-domain similarity local scaling (CSLS, Conneau et al. 2018, "Word translation without
+        parallel data") with ``csls`` neighbours instead of the raw cosine: ``2 cos(q, t) − r_T(q) − r_Q(t)``, where
+        ``r_T(q)`` is the mean cosine of query ``q`` to its ``csls`` closest targets and ``r_Q(t)`` that of target
+        ``t`` to its ``csls`` closest queries. It penalises *hubs* — targets close to many queries, which plain cosine
+        returns for most of them — and, like ``standardize``, uses only the embeddings of the samples being matched
+        (no labels, no pairing). ``None`` (default): the paper's cosine. The paper of CSLS uses 10.
     rerank
         ALBEF's two-stage retrieval: the ``rerank`` closest targets by cosine are re-ordered by the model's matching
         head (fusion encoder on the query and each candidate, :meth:`~scst.models.MultimodalST.get_match_scores`);
@@ -141,9 +157,9 @@ def retrieve(
     -------
     The dict written to ``mdata.uns[key_added]``: ``indices``/``scores`` ``(n_query, k)``, ``names`` (top-1 target),
     ``accuracy``/``chance`` per group key, ``exact_top1``, ``exact_topk``, ``chance_exact_top1`` (1/n),
-    ``chance_exact_topk`` (k/n), ``n_query``, ``n_target``, ``n_paired``, ``k``, ``query``, ``rerank`` and, when
-    re-ranking, ``match_scores`` (the matching logits of the returned targets among the re-ranked ones). ``scores``
-    are always the cosines of the returned targets.
+    ``chance_exact_topk`` (k/n), ``n_query``, ``n_target``, ``n_paired``, ``k``, ``query``, ``standardize``,
+    ``csls``, ``rerank`` and, when re-ranking, ``match_scores`` (the matching logits of the returned targets among the
+    re-ranked ones). ``scores`` are always the cosines of the returned targets (also when ``csls`` ordered them).
     """
     from ..pp._mudata import LINK_KEY, MUDATA_UNS
 
@@ -168,6 +184,8 @@ def retrieve(
         raise ValueError(f"standardize: expected None, 'center' or 'zscore', got {standardize!r}.")
     if standardize is not None:
         emb = {m: _standardize(e, standardize) for m, e in emb.items()}
+    if csls is not None and (not isinstance(csls, int | np.integer) or isinstance(csls, bool) or csls < 1):
+        raise ValueError(f"csls: expected None or a positive number of neighbours, got {csls!r}.")
     if rerank is not None:
         if model is None:
             raise ValueError("rerank: needs `model` (its matching head re-scores the candidates).")
@@ -182,7 +200,7 @@ def retrieve(
     t = emb[t_mod] / np.maximum(np.linalg.norm(emb[t_mod], axis=1, keepdims=True), 1e-12)
     k = min(int(k), len(t))
     sim = q @ t.T
-    order = np.argsort(-sim, axis=1, kind="stable")
+    order = np.argsort(-(sim if csls is None else _csls(sim, int(csls))), axis=1, kind="stable")
     match = None
     if rerank is not None:
         r = min(int(rerank), len(t))
@@ -222,6 +240,7 @@ def retrieve(
     res = {
         "query": query,
         "standardize": standardize,
+        "csls": csls,
         "rerank": rerank,
         "k": k,
         "n_query": len(q),
