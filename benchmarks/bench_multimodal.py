@@ -257,12 +257,16 @@ CSLS = 10
 
 
 def retrieval(te, model, use_rep: str | None = None) -> dict:
-    """Scores of image → RNA retrieval on ``te``: the paper's cosine, and under ``standardized`` the same after each
-    modality's embeddings are centred / z-scored over the test section (``scst.tl.retrieve(standardize=...)``),
-    under ``csls`` ranked by CSLS with 10 neighbours (hub targets demoted, ``scst.tl.retrieve(csls=10)``); for a
-    model trained with the matching loss, under ``reranked`` the cosine's top ``r`` re-ordered by its matching head
-    (ALBEF's two-stage retrieval, ``scst.tl.retrieve(rerank=r)``)."""
-    with_itm = model is not None and model.module.weights["itm"] > 0
+    """Scores of image → RNA retrieval on ``te`` by ``model`` (or a list of models: an ensemble).
+
+    The paper's cosine, and under ``standardized`` the same after each modality's embeddings are centred / z-scored
+    over the test section (``scst.tl.retrieve(standardize=...)``), under ``csls`` ranked by CSLS with 10 neighbours
+    (hub targets demoted, ``scst.tl.retrieve(csls=10)``); for a model trained with the matching loss, under
+    ``reranked`` the cosine's top ``r`` re-ordered by its matching head (ALBEF's two-stage retrieval,
+    ``scst.tl.retrieve(rerank=r)``).
+    """
+    models = model if isinstance(model, list) else [] if model is None else [model]
+    with_itm = bool(models) and all(m.module.weights["itm"] > 0 for m in models)
     if use_rep is None:  # the model's embeddings, computed once for every retrieval
         scst.tl.embed(te, model)
         use_rep = "X_multimodal"
@@ -307,15 +311,17 @@ def cca_baseline(tr, te, n_components: int = 10) -> dict:
     return {"variant": "cca_handcrafted", "config": config, **retrieval(te, None, "X_cca"), "train_seconds": 0.0}
 
 
-def run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int) -> dict:
+def run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble: int = 1) -> dict:
     rna = VARIANTS.get(name, ({},))[0].get("rna")
     if rna is not None:
         with denoised_rna(tr, te, int(rna.removeprefix("pca"))):
-            return _run_variant(name, tr, te, epochs, seed)
-    return _run_variant(name, tr, te, epochs, seed)
+            return _run_variant(name, tr, te, epochs, seed, ensemble)
+    return _run_variant(name, tr, te, epochs, seed, ensemble)
 
 
-def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int) -> dict:
+def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble: int = 1) -> dict:
+    """One variant; with ``ensemble`` > 1 that many models (seeds ``seed * ensemble + i``) retrieve together
+    (``scst.tl.retrieve`` on the list: the mean of their cosines)."""
     if name == "cca_handcrafted":
         return cca_baseline(tr, te)
     if name in ("ridge_programs", "ridge_programs_scaled"):
@@ -342,27 +348,31 @@ def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int) -> dict:
         handcrafted(tr, te)
         patch_key = "handcrafted"
     scst.models.MultimodalST.setup_mudata(tr, group_key="label", patch_key=patch_key)
-    cfg = {**scst.models.MultimodalST.bench_config, "pretrain_epochs": epochs[0], "max_epochs": epochs[1], "seed": seed}
-    cfg.update(overrides)
-    model = scst.models.MultimodalST(tr, **cfg)
+    seeds = [seed] if ensemble == 1 else [seed * ensemble + i for i in range(ensemble)]
+    models, n_epochs = [], 0
     t0 = time.perf_counter()
-    n_epochs = 0
-    if train:
-        model.train(enable_progress_bar=False)
-        n_epochs = len(model.history) if model.history is not None else 0
+    for s in seeds:
+        cfg = {**scst.models.MultimodalST.bench_config, "pretrain_epochs": epochs[0], "max_epochs": epochs[1]}
+        model = scst.models.MultimodalST(tr, **{**cfg, "seed": s, **overrides})
+        if train:
+            model.train(enable_progress_bar=False)
+            n_epochs += len(model.history) if model.history is not None else 0
+        models.append(model)
     train_s = time.perf_counter() - t0
+    histories = [None if m.history is None else m.history.reset_index().to_dict("records") for m in models]
     return {
         "variant": name,
         "config": model.config,
         "grouping": grouping,
         "sizes": [int(v) for v in np.bincount(model.registry["group_of_gene"])],
         "n_train_spots": int(tr["rna"].n_obs),
-        **retrieval(te, model),
+        **retrieval(te, models[0] if ensemble == 1 else models),
         "train_seconds": train_s,
         "epochs_run": n_epochs,
         "seconds_per_epoch": train_s / n_epochs if n_epochs else None,
         "device": str(model.device),
-        "history": None if model.history is None else model.history.reset_index().to_dict("records"),
+        "history": histories[0] if ensemble == 1 else histories,
+        **({} if ensemble == 1 else {"ensemble_seeds": seeds}),
     }
 
 
@@ -379,18 +389,22 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--ensemble", type=int, default=1,
+                   help="models per variant retrieving together (seeds seed*N to seed*N+N-1)")  # fmt: skip
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     sections = a.sections.split(",")
     if a.test not in sections:
         raise SystemExit(f"--test: {a.test} not among --sections {sections}.")
+    if a.ensemble < 1:
+        raise SystemExit(f"--ensemble: expected a positive number of models, got {a.ensemble}.")
     tr, te = build(a.test, a.out_px, sections)
     OUT.mkdir(parents=True, exist_ok=True)
     for name in a.variants.split(","):
-        r = run_variant(name, tr, te, (a.pretrain_epochs, a.epochs), a.seed)
+        r = run_variant(name, tr, te, (a.pretrain_epochs, a.epochs), a.seed, a.ensemble)
         r["test_section"], r["out_px"], r["load"], r["seed"] = a.test, a.out_px, os.getloadavg(), a.seed
         r["epochs_asked"] = [a.pretrain_epochs, a.epochs]
-        suffix = "" if a.seed == 0 else f"_seed{a.seed}"
+        suffix = ("" if a.ensemble == 1 else f"_ens{a.ensemble}") + ("" if a.seed == 0 else f"_seed{a.seed}")
         if sections != ["C2", "C3", "C4", "C5", "C6"]:
             suffix += "_on_" + "".join(sections)
             r["sections"] = sections

@@ -34,6 +34,32 @@ def _check_model(model: Any) -> None:
         raise TypeError(f"model: expected a scst.models.MultimodalST, got {type(model).__name__}.")
 
 
+def _models(model: Any) -> list:
+    """``model`` as a list of MultimodalST: one model, or a non-empty sequence of them (an ensemble) set up alike."""
+    models = list(model) if isinstance(model, list | tuple) else [model]
+    if not models:
+        raise ValueError("model: expected a MultimodalST or a non-empty sequence of them, got an empty sequence.")
+    for m in models:
+        _check_model(m)
+    key = lambda m: (m.registry["rna"], m.registry["image"], list(m.registry["var_names"]))  # noqa: E731
+    if any(key(m) != key(models[0]) for m in models[1:]):
+        raise ValueError("model: the models of an ensemble must share modalities and panel genes (same setup_mudata).")
+    return models
+
+
+def _shared_embedding(mdata: Any, models: list, modality: str, batch_size: int) -> np.ndarray:
+    """Shared-space embedding of one modality from one model or an ensemble.
+
+    For an ensemble of M models: each model's unit vectors side by side, scaled by 1/sqrt(M) — again unit vectors,
+    whose cosine is the mean of the models' cosines.
+    """
+    embs = [m.get_latent_representation(mdata, modality=modality, batch_size=batch_size) for m in models]
+    if len(embs) == 1:
+        return embs[0]
+    embs = [e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12) for e in embs]
+    return (np.hstack(embs) / np.sqrt(len(embs))).astype(np.float32)
+
+
 def embed(
     mdata: Any, model: Any, key_added: str = "X_multimodal", batch_size: int = 256, umap: bool = False, seed: int = 0
 ) -> None:
@@ -44,7 +70,9 @@ def embed(
     mdata
         MuData with the model's modalities (panel genes, patches).
     model
-        A trained :class:`scst.models.MultimodalST`.
+        A trained :class:`scst.models.MultimodalST`, or a sequence of them (a deep ensemble: the same setting trained
+        with different seeds). An ensemble's embedding is its models' unit vectors side by side, scaled by
+        ``1/sqrt(len(model))``, so that the cosine of two embeddings is the mean of the models' cosines.
     key_added
         ``obsm`` key.
     batch_size
@@ -55,11 +83,11 @@ def embed(
     seed
         Random state of the UMAP.
     """
-    _check_model(model)
-    reg = model.registry
+    models = _models(model)
+    reg = models[0].registry
     mods = (reg["rna"], reg["image"])
     for mod in mods:
-        mdata[mod].obsm[key_added] = model.get_latent_representation(mdata, modality=mod, batch_size=batch_size)
+        mdata[mod].obsm[key_added] = _shared_embedding(mdata, models, mod, batch_size)
     logg.info(f"embed: wrote obsm[{key_added!r}] of modalities {reg['rna']!r} and {reg['image']!r}")
     if umap:
         import anndata as ad
@@ -118,7 +146,8 @@ def retrieve(
     mdata
         MuData with modalities ``rna`` and ``image`` (patches linked to RNA samples by ``obs["rna_sample"]``).
     model
-        Trained :class:`scst.models.MultimodalST`; may be None when ``use_rep`` holds embeddings.
+        Trained :class:`scst.models.MultimodalST`, or a sequence of them (a deep ensemble, cosine = the mean of the
+        models' cosines, see :func:`embed`); may be None when ``use_rep`` holds embeddings.
     query
         ``"image"`` (patch → RNA samples, the paper's retrieval) or ``"rna"``.
     k
@@ -148,30 +177,31 @@ def retrieve(
         (no labels, no pairing). ``None`` (default): the paper's cosine. The paper of CSLS uses 10.
     rerank
         ALBEF's two-stage retrieval: the ``rerank`` closest targets by cosine are re-ordered by the model's matching
-        head (fusion encoder on the query and each candidate, :meth:`~scst.models.MultimodalST.get_match_scores`);
-        targets beyond them keep their cosine order. ``None`` (default): cosine only, as the paper. Needs ``model``
-        trained with the matching loss (``weights["itm"] > 0``); with ``match_on="group"`` the head scores group
-        matches, not samples.
+        head (fusion encoder on the query and each candidate, :meth:`~scst.models.MultimodalST.get_match_scores`;
+        an ensemble's mean logit); targets beyond them keep their cosine order. ``None`` (default): cosine only, as
+        the paper. Needs ``model`` trained with the matching loss (``weights["itm"] > 0``); with
+        ``match_on="group"`` the head scores group matches, not samples.
 
     Returns
     -------
     The dict written to ``mdata.uns[key_added]``: ``indices``/``scores`` ``(n_query, k)``, ``names`` (top-1 target),
     ``accuracy``/``chance`` per group key, ``exact_top1``, ``exact_topk``, ``chance_exact_top1`` (1/n),
     ``chance_exact_topk`` (k/n), ``n_query``, ``n_target``, ``n_paired``, ``k``, ``query``, ``standardize``,
-    ``csls``, ``rerank`` and, when re-ranking, ``match_scores`` (the matching logits of the returned targets among the
-    re-ranked ones). ``scores`` are always the cosines of the returned targets (also when ``csls`` ordered them).
+    ``csls``, ``rerank``, ``n_models`` (0 with ``use_rep``) and, when re-ranking, ``match_scores`` (the matching
+    logits of the returned targets among the re-ranked ones). ``scores`` are always the cosines of the returned
+    targets (also when ``csls`` ordered them).
     """
     from ..pp._mudata import LINK_KEY, MUDATA_UNS
 
     if query not in ("image", "rna"):
         raise ValueError(f"query: expected 'image' or 'rna', got {query!r}.")
-    reg = model.registry if model is not None else {"rna": "rna", "image": "image", "link_key": LINK_KEY}
+    models = None if model is None else _models(model)
+    reg = models[0].registry if models else {"rna": "rna", "image": "image", "link_key": LINK_KEY}
     rna_mod, img_mod = reg["rna"], reg["image"]
     if use_rep is None:
-        if model is None:
+        if models is None:
             raise ValueError("model: needed unless `use_rep` names precomputed embeddings.")
-        _check_model(model)
-        emb = {m: model.get_latent_representation(mdata, modality=m, batch_size=batch_size) for m in (rna_mod, img_mod)}
+        emb = {m: _shared_embedding(mdata, models, m, batch_size) for m in (rna_mod, img_mod)}
     else:
         emb = {}
         for m in (rna_mod, img_mod):
@@ -187,12 +217,11 @@ def retrieve(
     if csls is not None and (not isinstance(csls, int | np.integer) or isinstance(csls, bool) or csls < 1):
         raise ValueError(f"csls: expected None or a positive number of neighbours, got {csls!r}.")
     if rerank is not None:
-        if model is None:
+        if models is None:
             raise ValueError("rerank: needs `model` (its matching head re-scores the candidates).")
-        _check_model(model)
         if not isinstance(rerank, int | np.integer) or rerank < 1:
             raise ValueError(f"rerank: expected None or a positive integer, got {rerank!r}.")
-        if model.module.weights.get("itm", 0.0) <= 0:
+        if any(m.module.weights.get("itm", 0.0) <= 0 for m in models):
             raise ValueError("rerank: the model was trained without the matching loss (weights['itm'] = 0), so its "
                              "matching head is untrained; use rerank=None (cosine).")  # fmt: skip
     q_mod, t_mod = (img_mod, rna_mod) if query == "image" else (rna_mod, img_mod)
@@ -206,7 +235,8 @@ def retrieve(
         r = min(int(rerank), len(t))
         pool, own = order[:, :r], np.repeat(np.arange(len(q)), r)  # each query's r cosine candidates
         img_idx, rna_idx = (own, pool.ravel()) if query == "image" else (pool.ravel(), own)
-        logit = model.get_match_scores(mdata, img_idx, rna_idx, batch_size=batch_size).reshape(len(q), r)
+        logit = np.mean([m.get_match_scores(mdata, img_idx, rna_idx, batch_size=batch_size) for m in models], axis=0)
+        logit = logit.reshape(len(q), r)
         by_match = np.argsort(-logit, axis=1, kind="stable")
         order = np.concatenate([np.take_along_axis(pool, by_match, axis=1), order[:, r:]], axis=1)
         match = np.take_along_axis(logit, by_match, axis=1)[:, :k]
@@ -242,6 +272,7 @@ def retrieve(
         "standardize": standardize,
         "csls": csls,
         "rerank": rerank,
+        "n_models": 0 if models is None else len(models),
         "k": k,
         "n_query": len(q),
         "n_target": n_t,
