@@ -41,8 +41,8 @@ def _models(model: Any) -> list:
         raise ValueError("model: expected a MultimodalST or a non-empty sequence of them, got an empty sequence.")
     for m in models:
         _check_model(m)
-    key = lambda m: (m.registry["rna"], m.registry["image"], list(m.registry["var_names"]))  # noqa: E731
-    if any(key(m) != key(models[0]) for m in models[1:]):
+    setups = [(m.registry["rna"], m.registry["image"], list(m.registry["var_names"])) for m in models]
+    if any(setup != setups[0] for setup in setups[1:]):
         raise ValueError("model: the models of an ensemble must share modalities and panel genes (same setup_mudata).")
     return models
 
@@ -176,9 +176,9 @@ def retrieve(
         returns for most of them — and, like ``standardize``, uses only the embeddings of the samples being matched
         (no labels, no pairing). ``None`` (default): the paper's cosine. The paper of CSLS uses 10.
     rerank
-        ALBEF's two-stage retrieval: the ``rerank`` closest targets by cosine are re-ordered by the model's matching
+        ALBEF's two-stage retrieval: the ``rerank`` closest targets (cosine, or CSLS) are re-ordered by the matching
         head (fusion encoder on the query and each candidate, :meth:`~scst.models.MultimodalST.get_match_scores`;
-        an ensemble's mean logit); targets beyond them keep their cosine order. ``None`` (default): cosine only, as
+        an ensemble's mean logit); targets beyond them keep their order. ``None`` (default): no re-ranking, as
         the paper. Needs ``model`` trained with the matching loss (``weights["itm"] > 0``); with
         ``match_on="group"`` the head scores group matches, not samples.
 
@@ -233,7 +233,7 @@ def retrieve(
     match = None
     if rerank is not None:
         r = min(int(rerank), len(t))
-        pool, own = order[:, :r], np.repeat(np.arange(len(q)), r)  # each query's r cosine candidates
+        pool, own = order[:, :r], np.repeat(np.arange(len(q)), r)  # each query's first r candidates
         img_idx, rna_idx = (own, pool.ravel()) if query == "image" else (pool.ravel(), own)
         logit = np.mean([m.get_match_scores(mdata, img_idx, rna_idx, batch_size=batch_size) for m in models], axis=0)
         logit = logit.reshape(len(q), r)
