@@ -408,6 +408,17 @@ def test_gene_importance_finds_the_planted_gene():
         assert table["occurrence"].iloc[0] >= 1.2 * table["occurrence"].iloc[1]
     with pytest.raises(ValueError, match="score"):
         scst.tl.gene_importance(mdata, model, score="cosine")
+    # an ensemble's attributions are the mean of its models' (its score is the mean of theirs)
+    from scst.tl._multimodal import _attributions
+
+    other = MultimodalST(mdata, **SMALL, seed=1)  # untrained: attributions of another size and pattern
+    data, rna_row = model._arrays(mdata)
+    paired = np.flatnonzero(rna_row >= 0)[:48]
+    each = [_attributions(m, data, rna_row, paired, "gradcam", "itc", 16, 64) for m in (model, other)]
+    assert not np.allclose(each[0], each[1])
+    scst.tl.gene_importance(mdata, [model, other], score="itc", n_top=3, max_pairs=48)
+    want = np.abs((each[0] + each[1]) / 2).mean(0)
+    np.testing.assert_allclose(mdata["rna"].var["scst_importance_mean"], want, rtol=1e-5, atol=1e-7)
 
 
 def test_backbone_image_encoder_takes_local_weights(tmp_path):

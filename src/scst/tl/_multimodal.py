@@ -298,71 +298,17 @@ def retrieve(
     return res
 
 
-def gene_importance(
-    mdata: Any,
+def _attributions(
     model: Any,
-    method: Literal["gradcam", "integrated_gradients"] = "gradcam",
-    n_top: int = 15,
-    *,
-    score: Literal["itm", "itc"] = "itm",
-    n_steps: int = 16,
-    max_pairs: int | None = None,
-    key_added: str = "scst_gene_importance",
-    batch_size: int = 64,
-) -> pd.DataFrame:
-    """Per-gene attribution of the image–RNA match score of each paired sample; top genes and their occurrence.
-
-    The score explained is, for each patch and its own RNA sample, the matching head's logit (fusion encoder; the
-    paper's Grad-CAM analysis) or their cosine in the shared space (``score="itc"``).
-    ``"gradcam"``: Grad-CAM at the RNA input, where each gene is one position with
-    a single channel, i.e. ``∂score/∂x_g · x_g`` on the standardised expression; genes are ranked by its magnitude
-    (Grad-CAM's ReLU is not applied: a gene whose level lowers the match is as informative, and with the ReLU the
-    planted gene of the test is missed whenever it sits below its mean).
-    ``"integrated_gradients"``: integrated gradients from the all-mean baseline (standardised 0) with ``n_steps``
-    Riemann steps (completeness: attributions sum to ``score(x) − score(baseline)`` up to the step error).
-
-    Parameters
-    ----------
-    mdata
-        MuData with paired samples.
-    model
-        Trained :class:`scst.models.MultimodalST`.
-    method
-        ``"gradcam"`` or ``"integrated_gradients"``.
-    score
-        ``"itm"``: the matching head's logit on the fused pair (the paper's); ``"itc"``: the cosine of the pair in the
-        shared space (no fusion encoder).
-    n_top
-        Top genes kept per paired sample (paper: occurrences of the 15 most important).
-    n_steps
-        Integration steps for integrated gradients.
-    max_pairs
-        Use at most this many paired patches (the first ones).
-    key_added
-        ``mdata.uns`` key; ``var`` columns ``scst_importance_mean`` / ``scst_importance_count`` of the RNA modality.
-    batch_size
-        Pairs per backward pass.
-
-    Genes are ranked per pair by ``|attribution|``.
-
-    Returns
-    -------
-    DataFrame of genes sorted by occurrence count (``occurrence``, ``mean_attribution``), also in
-    ``mdata.uns[key_added]["occurrence"]``; ``uns[key_added]["top_genes"]`` is ``(n_pairs, n_top)`` gene names and
-    ``uns[key_added]["pairs"]`` the patch obs names.
-    """
-    _check_model(model)
-    if score not in ("itm", "itc"):
-        raise ValueError(f"score: expected 'itm' or 'itc', got {score!r}.")
-    if method not in ("gradcam", "integrated_gradients"):
-        raise ValueError(f"method: expected 'gradcam' or 'integrated_gradients', got {method!r}.")
-    reg = model.registry
-    data, rna_row = model._arrays(mdata)
-    paired = np.flatnonzero(rna_row >= 0)[: max_pairs or None]
-    if len(paired) == 0:
-        raise ValueError("mdata: no patch is linked to an RNA sample; gene importance needs pairs.")
-    genes = np.asarray(reg["var_names"])
-    n_top = min(int(n_top), len(genes))
+    data: dict,
+    rna_row: np.ndarray,
+    paired: np.ndarray,
+    method: str,
+    score: str,
+    n_steps: int,
+    batch_size: int,
+) -> np.ndarray:
+    """Per-gene attributions ``(n_pairs, n_genes)`` of one model's match score of each paired patch and its sample."""
     m, device = model.module, model.device
     was = m.training
     m.eval()
@@ -397,7 +343,77 @@ def gene_importance(
             attrs.append(a.detach().cpu().numpy())
     finally:
         m.train(was)
-    A = np.concatenate(attrs)
+    return np.concatenate(attrs)
+
+
+def gene_importance(
+    mdata: Any,
+    model: Any,
+    method: Literal["gradcam", "integrated_gradients"] = "gradcam",
+    n_top: int = 15,
+    *,
+    score: Literal["itm", "itc"] = "itm",
+    n_steps: int = 16,
+    max_pairs: int | None = None,
+    key_added: str = "scst_gene_importance",
+    batch_size: int = 64,
+) -> pd.DataFrame:
+    """Per-gene attribution of the image–RNA match score of each paired sample; top genes and their occurrence.
+
+    The score explained is, for each patch and its own RNA sample, the matching head's logit (fusion encoder; the
+    paper's Grad-CAM analysis) or their cosine in the shared space (``score="itc"``).
+    ``"gradcam"``: Grad-CAM at the RNA input, where each gene is one position with
+    a single channel, i.e. ``∂score/∂x_g · x_g`` on the standardised expression; genes are ranked by its magnitude
+    (Grad-CAM's ReLU is not applied: a gene whose level lowers the match is as informative, and with the ReLU the
+    planted gene of the test is missed whenever it sits below its mean).
+    ``"integrated_gradients"``: integrated gradients from the all-mean baseline (standardised 0) with ``n_steps``
+    Riemann steps (completeness: attributions sum to ``score(x) − score(baseline)`` up to the step error).
+
+    Parameters
+    ----------
+    mdata
+        MuData with paired samples.
+    model
+        Trained :class:`scst.models.MultimodalST`, or a sequence of them (an ensemble, as in :func:`retrieve`: its
+        score is the mean of the models' scores, so the attributions are the mean of theirs).
+    method
+        ``"gradcam"`` or ``"integrated_gradients"``.
+    score
+        ``"itm"``: the matching head's logit on the fused pair (the paper's); ``"itc"``: the cosine of the pair in the
+        shared space (no fusion encoder).
+    n_top
+        Top genes kept per paired sample (paper: occurrences of the 15 most important).
+    n_steps
+        Integration steps for integrated gradients.
+    max_pairs
+        Use at most this many paired patches (the first ones).
+    key_added
+        ``mdata.uns`` key; ``var`` columns ``scst_importance_mean`` / ``scst_importance_count`` of the RNA modality.
+    batch_size
+        Pairs per backward pass.
+
+    Genes are ranked per pair by ``|attribution|``.
+
+    Returns
+    -------
+    DataFrame of genes sorted by occurrence count (``occurrence``, ``mean_attribution``), also in
+    ``mdata.uns[key_added]["occurrence"]``; ``uns[key_added]["top_genes"]`` is ``(n_pairs, n_top)`` gene names and
+    ``uns[key_added]["pairs"]`` the patch obs names.
+    """
+    models = _models(model)
+    if score not in ("itm", "itc"):
+        raise ValueError(f"score: expected 'itm' or 'itc', got {score!r}.")
+    if method not in ("gradcam", "integrated_gradients"):
+        raise ValueError(f"method: expected 'gradcam' or 'integrated_gradients', got {method!r}.")
+    reg = models[0].registry
+    data, rna_row = models[0]._arrays(mdata)
+    paired = np.flatnonzero(rna_row >= 0)[: max_pairs or None]
+    if len(paired) == 0:
+        raise ValueError("mdata: no patch is linked to an RNA sample; gene importance needs pairs.")
+    genes = np.asarray(reg["var_names"])
+    n_top = min(int(n_top), len(genes))
+    # an ensemble's score is the mean of its models' scores, so its attributions are the mean of theirs
+    A = np.mean([_attributions(m, data, rna_row, paired, method, score, n_steps, batch_size) for m in models], axis=0)
     mag = np.abs(A)
     top = np.argsort(-mag, axis=1, kind="stable")[:, :n_top]
     counts = np.bincount(top.ravel(), minlength=len(genes))
