@@ -256,8 +256,8 @@ RERANK = (10, 25, 50)
 CSLS = 10
 
 
-def retrieval(te, model, use_rep: str | None = None) -> dict:
-    """Scores of image → RNA retrieval on ``te`` by ``model`` (or a list of models: an ensemble).
+def retrieval(te, models: list | None, use_rep: str | None = None) -> dict:
+    """Scores of image → RNA retrieval on ``te`` by ``models`` (one, or an ensemble; None with ``use_rep``).
 
     The paper's cosine, and under ``standardized`` the same after each modality's embeddings are centred / z-scored
     over the test section (``scst.tl.retrieve(standardize=...)``), under ``csls`` ranked by CSLS with 10 neighbours
@@ -265,10 +265,9 @@ def retrieval(te, model, use_rep: str | None = None) -> dict:
     ``reranked`` the cosine's top ``r`` re-ordered by its matching head (ALBEF's two-stage retrieval,
     ``scst.tl.retrieve(rerank=r)``).
     """
-    models = model if isinstance(model, list) else [] if model is None else [model]
-    with_itm = bool(models) and all(m.module.weights["itm"] > 0 for m in models)
+    with_itm = models is not None and all(m.module.weights["itm"] > 0 for m in models)
     if use_rep is None:  # the model's embeddings, computed once for every retrieval
-        scst.tl.embed(te, model)
+        scst.tl.embed(te, models)
         use_rep = "X_multimodal"
     out = {}
     for how in (None, "center", "zscore"):
@@ -279,7 +278,7 @@ def retrieval(te, model, use_rep: str | None = None) -> dict:
     extra["csls"] = {CSLS: scores(res, te)}
     if with_itm:
         extra["reranked"] = {
-            r: scores(scst.tl.retrieve(te, model, k=5, group_keys=["label"], use_rep=use_rep, rerank=r), te)
+            r: scores(scst.tl.retrieve(te, models, k=5, group_keys=["label"], use_rep=use_rep, rerank=r), te)
             for r in RERANK
         }
     return {**out[None], **extra}
@@ -348,11 +347,11 @@ def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble
         handcrafted(tr, te)
         patch_key = "handcrafted"
     scst.models.MultimodalST.setup_mudata(tr, group_key="label", patch_key=patch_key)
-    seeds = [seed] if ensemble == 1 else [seed * ensemble + i for i in range(ensemble)]
+    seeds = [seed * ensemble + i for i in range(ensemble)]  # [seed] for one model
+    cfg = {**scst.models.MultimodalST.bench_config, "pretrain_epochs": epochs[0], "max_epochs": epochs[1]}
     models, n_epochs = [], 0
     t0 = time.perf_counter()
     for s in seeds:
-        cfg = {**scst.models.MultimodalST.bench_config, "pretrain_epochs": epochs[0], "max_epochs": epochs[1]}
         model = scst.models.MultimodalST(tr, **{**cfg, "seed": s, **overrides})
         if train:
             model.train(enable_progress_bar=False)
@@ -366,7 +365,7 @@ def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble
         "grouping": grouping,
         "sizes": [int(v) for v in np.bincount(model.registry["group_of_gene"])],
         "n_train_spots": int(tr["rna"].n_obs),
-        **retrieval(te, models[0] if ensemble == 1 else models),
+        **retrieval(te, models),
         "train_seconds": train_s,
         "epochs_run": n_epochs,
         "seconds_per_epoch": train_s / n_epochs if n_epochs else None,

@@ -54,10 +54,7 @@ def _shared_embedding(mdata: Any, models: list, modality: str, batch_size: int) 
     whose cosine is the mean of the models' cosines.
     """
     embs = [m.get_latent_representation(mdata, modality=modality, batch_size=batch_size) for m in models]
-    if len(embs) == 1:
-        return embs[0]
-    embs = [e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12) for e in embs]
-    return (np.hstack(embs) / np.sqrt(len(embs))).astype(np.float32)
+    return embs[0] if len(embs) == 1 else (np.hstack(embs) / np.sqrt(len(embs))).astype(np.float32)
 
 
 def embed(
