@@ -662,11 +662,9 @@ def _fold_stats(p: pd.DataFrame) -> pd.DataFrame:
 
 
 def _former_label() -> str:
-    """How the tables name the main stage's GCNG config (``FORMER_BENCH``): ``bench_config`` while it was that."""
+    """How the tables name the main stage's GCNG config (``FORMER_BENCH``): ``fast_config`` while it is that."""
     from scst.models._gcng import GCNG
 
-    if {k: GCNG.bench_config.get(k) for k in FORMER_BENCH} == FORMER_BENCH:
-        return "`bench_config`"
     return "`fast_config`" if GCNG.fast_config == FORMER_BENCH else "former bench_config"
 
 
