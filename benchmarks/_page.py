@@ -7,8 +7,6 @@ import os
 import platform
 from pathlib import Path
 
-import torch
-
 from scst._utils import _atomic_file
 
 
@@ -35,6 +33,8 @@ def machine_line(load_before: tuple[float, ...], load_after: tuple[float, ...], 
     ``cpu``: the CPU the run recorded (a page rewritten later from saved results must not name today's); default:
     this machine's.
     """
+    import torch  # here, not at the top: scripts import this module in children whose memory they measure
+
     return (
         f"Machine: {cpu or cpu_name()}, {os.cpu_count()} CPU cores **shared with other "
         f"jobs during the run** (1-min load average {load_before[0]:.1f} before, {load_after[0]:.1f} after), "

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _page import write_page
+
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = """
 import json, resource, sys, time
@@ -76,9 +78,6 @@ def main() -> None:
 
 def write_page_from_results(res: Path) -> None:
     """docs/benchmarks/image_cache.md from every ``convert_<size>.json`` in ``res``."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from _page import write_page
-
     rows = sorted((json.loads(f.read_text()) for f in res.glob("convert_*.json")), key=lambda r: r["size_px"])
     lines = [
         "# Image cache: JPEG → multiscale zarr in strips",

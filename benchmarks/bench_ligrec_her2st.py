@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from _page import CPU_NOT_RECORDED, cpu_name, machine_line, write_page
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks" / "ligrec_her2st.md"
@@ -724,8 +725,6 @@ def _chosen_is_bench() -> bool:
 
 def _stage_cpus(info: dict) -> str:
     """The CPU each stage last ran on (runs before this was recorded: not named)."""
-    from _page import CPU_NOT_RECORDED
-
     cpus = info.get("stage_cpu", {})
     by_cpu: dict[str, list[str]] = {}
     for stage in info.get("stage_s", {}):
@@ -736,11 +735,6 @@ def _stage_cpus(info: dict) -> str:
 
 
 def report(args) -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _page import machine_line, write_page
-
     from scst.models._gcng import GCNG
 
     info = json.loads((RESULTS / "info.json").read_text()) if (RESULTS / "info.json").exists() else {}
@@ -1131,11 +1125,6 @@ def main() -> None:
             else:
                 raise ValueError(f"--stages: unknown stage {stage!r}")
             stage_times[stage] = time.time() - w
-        import sys
-
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from _page import cpu_name
-
         info.update(total_s=time.time() - t0, stage_s=stage_times, load_after=list(os.getloadavg()))
         info["stage_cpu"] = dict.fromkeys(stage_times, cpu_name())
         old = json.loads((RESULTS / "info.json").read_text()) if (RESULTS / "info.json").exists() else {}

@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+from _page import CPU_NOT_RECORDED, cpu_name, machine_line, write_page
 from anndata import AnnData
 from scipy.spatial import cKDTree
 from sklearn.metrics import roc_auc_score
@@ -283,11 +284,6 @@ def run(args) -> None:
     pd.DataFrame(sizes).to_csv(RESULTS / "sim_resolutions.csv", index=False)
     if len(fit_rows):
         fit_rows.to_csv(RESULTS / "sim_gcng_fit.csv", index=False)
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _page import cpu_name
-
     info = {"load_before": load_before, "load_after": os.getloadavg(), "seconds": time.time() - t0, "cpu": cpu_name()}
     run_file = RESULTS / "sim_run.json"
     if args.only:  # the whole run's record stays; partial reruns are listed under it
@@ -475,11 +471,6 @@ def her2_lines() -> list[str]:
 
 
 def report() -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _page import CPU_NOT_RECORDED, machine_line, write_page
-
     m = pd.read_csv(RESULTS / "sim_metrics.csv")
     nulls = pd.read_csv(RESULTS / "sim_shuffled_auroc.csv")
     timing = pd.read_csv(RESULTS / "sim_timing.csv")

@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _page import cpu_name, machine_line, write_page
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks" / "scale.md"
@@ -293,7 +294,6 @@ def _train_model(kind: str, train_sd, device: str, px: int = 112):
 
 def child_predict(args: dict) -> dict:
     """Train ``kind``, then time predict_expression on ``n`` spots of the whole-slide grid."""
-    import _page
     import torch
 
     if args["device"] == "cpu":
@@ -334,7 +334,7 @@ def child_predict(args: dict) -> dict:
     res = {
         **args, "seconds": dt, "spots_per_s": n / dt, "peak_rss_mb": mem.peak_mb, "rss_before_mb": rss0,
         "memory_sample_s": mem.interval, "item_order": "worker_blocks" if args["workers"] > 1 else "-",
-        "cpu": _page.cpu_name(),
+        "cpu": cpu_name(),
         "vmhwm_main_mb": _hwm_mb(), "load_before": load0, "load_after": os.getloadavg(),
         "pred_finite": bool(np.isfinite(pred).all()), "pred_sd_mean": float(np.nanstd(pred, 0).mean()),
     }  # fmt: skip
@@ -592,8 +592,6 @@ def _fmt(r: dict, cols: list[str]) -> str:
 
 def write_report(raw: dict, out: Path) -> None:
     """The page from the raw results (whatever parts ran)."""
-    from _page import machine_line, write_page
-
     runs = raw["runs"]
     loads = [tuple(r["load_before"]) for r in runs if "load_before" in r]
     after = [tuple(r["load_after"]) for r in runs if "load_after" in r]
@@ -826,6 +824,11 @@ def main() -> None:
                     args["max_windows"] = a.max_windows
                 record(_run_child("hggep_memory", args, a.timeout))
     if "page" in a.parts:
+        if not raw["runs"]:  # writing the page would replace the committed results.json with an empty one
+            raise SystemExit(
+                f"--raw: {raw_path} holds no runs; to rewrite the page from the committed results, copy "
+                "results.json there without its 'command' (see the page's Reproduce block)."
+            )
         raw["notes"] = NOTES if a.device == "cpu" else []
         write_report(raw, Path(a.out))
 
