@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -50,6 +51,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     sc.settings.verbosity = 1
     torch.set_num_threads(2)
+    # deprecation notices of dependencies (PyG's import, Lightning's internals), not of scst: kept out of the first look
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     t0 = time.perf_counter()
 
     sdata = scst.datasets.her2st()
