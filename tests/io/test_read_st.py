@@ -63,8 +63,7 @@ def test_spots_fall_on_tissue(her2st_sdata):
 
 def test_grid_graph_has_no_false_edges(her2st_counts):
     a = her2st_counts.copy()
-    sq.gr.spatial_neighbors(a, spatial_key="spatial_array", coord_type="grid", n_neighs=4,
-                            library_key="section", key_added="grid")  # fmt: skip
+    sq.gr.spatial_neighbors_grid(a, spatial_key="spatial_array", n_neighs=4, library_key="section", key_added="grid")
     g = a.obsp["grid_connectivities"].tocoo()
     r, c, s = a.obs["array_row"].to_numpy(), a.obs["array_col"].to_numpy(), a.obs["section"].to_numpy()
     assert (np.abs(r[g.row] - r[g.col]) + np.abs(c[g.row] - c[g.col]) == 1).all()

@@ -15,7 +15,7 @@ def c2_ligrec(her2st_two):
 
     t = her2st_two.tables["table"]
     a = t[(t.obs["section"] == "C2").to_numpy()].copy()
-    sq.gr.spatial_neighbors(a, spatial_key="spatial_array", coord_type="grid", n_neighs=4, library_key="section")
+    sq.gr.spatial_neighbors_grid(a, spatial_key="spatial_array", n_neighs=4, library_key="section")
     scst.tl.ligand_receptor(a, method=["spatial_pearson", "expression"], n_perms=20, local_scores=5)
     return a
 
