@@ -253,6 +253,11 @@ def test_retrieve_standardize_matches_a_shrunk_offset_image_side():
     )
     with pytest.raises(ValueError, match="standardize"):
         scst.tl.retrieve(mdata, None, use_rep="E", standardize="whiten")
+    one = mdata.copy()
+    one.mod["image"] = one["image"][:1].copy()  # a single patch: centring it leaves the zero vector
+    assert scst.tl.retrieve(one, None, k=1, use_rep="E", group_keys=[])["n_query"] == 1
+    with pytest.raises(ValueError, match=r"standardize='center': needs at least 2 samples.*'image': 1"):
+        scst.tl.retrieve(one, None, k=1, use_rep="E", group_keys=[], standardize="center")
 
 
 def test_retrieve_csls_demotes_hub_targets():

@@ -212,6 +212,12 @@ def retrieve(
     if standardize not in (None, "center", "zscore"):
         raise ValueError(f"standardize: expected None, 'center' or 'zscore', got {standardize!r}.")
     if standardize is not None:
+        few = {m: len(e) for m, e in emb.items() if len(e) < 2}
+        if few:  # one sample minus its own mean is the zero vector: every cosine 0, an arbitrary order
+            raise ValueError(
+                f"standardize={standardize!r}: needs at least 2 samples of each modality to take their mean, got "
+                f"{few}; retrieve a set of samples together, or use standardize=None."
+            )
         emb = {m: _standardize(e, standardize) for m, e in emb.items()}
     if csls is not None and (not isinstance(csls, int | np.integer) or isinstance(csls, bool) or csls < 1):
         raise ValueError(f"csls: expected None or a positive number of neighbours, got {csls!r}.")
