@@ -24,6 +24,15 @@ def complex_subunits(entity: str) -> list[str]:
     """Subunits of a ligand/receptor entity: ``"ITGA1_ITGB1"`` → ``["ITGA1", "ITGB1"]``, ``"EGFR"`` → ``["EGFR"]``.
 
     Complexes follow liana's convention: one entity whose subunit symbols are joined by ``"_"``.
+
+    Parameters
+    ----------
+    entity
+        A ligand or receptor entity name (gene symbol or ``"_"``-joined complex).
+
+    Returns
+    -------
+    The subunit symbols, in order; empty parts are dropped.
     """
     return [s for s in str(entity).split(COMPLEX_SEP) if s]
 

@@ -192,6 +192,19 @@ def shuffle_graph(matrix: Any, groups: Sequence[Any] | None = None, seed: int = 
 
     ``P M Pᵀ`` for a random permutation ``P`` that keeps every cell in its group: the graph's shape is kept but
     who neighbours whom, relative to the expression, is random — GCNG's "permuted neighbourhood" control.
+
+    Parameters
+    ----------
+    matrix
+        Square ``(n_cells, n_cells)`` graph (dense or sparse), e.g. ``obsp["spatial_connectivities"]``.
+    groups
+        Group of each cell (length ``n_cells``); cells are only permuted within their group. None: one group.
+    seed
+        Seed of the permutation.
+
+    Returns
+    -------
+    The permuted graph as CSR, same shape and number of edges as ``matrix``.
     """
     m = sp.csr_matrix(matrix)
     n = m.shape[0]
@@ -547,7 +560,18 @@ def ligrec_cv(
 
 # ---------------------------------------------------------------------------------------------- function assignment
 def read_gmt(path: str | os.PathLike) -> dict[str, list[str]]:
-    """Gene sets from a GMT file (``name<TAB>description<TAB>gene1<TAB>gene2...``)."""
+    """Gene sets from a GMT file (``name<TAB>description<TAB>gene1<TAB>gene2...``), e.g. MSigDB's.
+
+    Parameters
+    ----------
+    path
+        The GMT file; blank lines are skipped, a line with fewer than three tab-separated fields is a ValueError.
+
+    Returns
+    -------
+    Gene set name → its genes (in file order): what :func:`gene_function_cv` and :func:`scst.pp.gene_groups`
+    (``method="pathway"``) take as ``gene_sets``.
+    """
     sets: dict[str, list[str]] = {}
     with open(path) as fh:
         for i, line in enumerate(fh, 1):
