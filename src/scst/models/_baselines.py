@@ -217,6 +217,13 @@ class MeanExpression(_ClosedFormModel):
     The floor every histology model must beat on MSE. Its predictions are constant within a section, so
     correlation metrics score it 0 (see :func:`scst.tl.evaluate_expression`).
 
+    Parameters
+    ----------
+    data
+        AnnData / SpatialData set up with :meth:`setup_anndata` / :meth:`setup_sdata`.
+    **config
+        None: the mean has no settings, and any key is a ValueError naming it.
+
     Examples
     --------
     >>> MeanExpression.setup_anndata(adata, sections=["C2", "C3", "C4", "C5"])
