@@ -91,6 +91,9 @@ VARIANTS = {
     # the RNA side smoothed on the spot grid: each spot's log-expression averaged with its 4 grid neighbours' (the RNA
     # analogue of the image side's 160/320 µm context; uses the RNA modality's own positions, no pairing)
     "handcrafted_ms_mlp_scaled_rna_pcs10_smooth": _shipped(rna="smooth"),
+    # every training minibatch from one section (MultimodalST(minibatch_by="section")): in-batch negatives from the same
+    # slide, as the candidates of a retrieval within a section
+    "handcrafted_ms_mlp_scaled_rna_pcs10_by_section": _shipped(minibatch_by="section"),
     "handcrafted_mlp_scaled_rna_pcs10_long": (
         {"image_encoder": "mlp", "features": "scaled", "rna_pcs": 10, "max_epochs": 40, "patience": 10},
         "knn",

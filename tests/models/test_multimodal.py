@@ -208,6 +208,37 @@ def test_train_retrieve_save_load(tmp_path, albef):
         loaded.get_latent_representation(te[:, 1:].copy(), "rna")
 
 
+def test_minibatch_by_keeps_each_batch_within_one_section():
+    """``minibatch_by="section"``: every training minibatch holds samples of one section only, every training item
+    comes once per epoch (a section's short last batch included), the validation samples never; the model trains."""
+    mdata = synthetic_mudata(n=90, unpaired=True)  # p0: a patch without RNA, p1: an unmatched link
+    sections = np.repeat(["A", "B", "C"], 30)  # ~24 training items per section: batches of 12 (+ a short one)
+    for m in ("rna", "image"):
+        mdata[m].obs["section"] = pd.Categorical(sections)
+    with pytest.warns(UserWarning, match="link to no sample"):
+        MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **{**SMALL, "batch_size": 12}, minibatch_by="section", pretrain_epochs=1, max_epochs=1)
+    train, val = model._dataloaders(12, 0.2, seed=0)
+    rna_names = mdata["rna"].obs_names
+    val_rna = {int(i) for b in val for i in b["rna_id"] if i >= 0}
+    seen, sizes = [], []
+    for epoch in range(2):
+        for b in train:
+            rows = b["rna_id"][b["rna_id"] >= 0].numpy()
+            assert len(set(sections[rows])) == 1, f"epoch {epoch}: a batch mixes sections {set(sections[rows])}"
+            assert not set(rows.tolist()) & val_rna
+            seen += rows.tolist() if epoch == 0 else []
+            sizes.append(len(b["rna_id"]))
+    n_train_rna = mdata["rna"].n_obs - len(val_rna)
+    assert sorted(seen) == sorted(set(range(len(rna_names))) - val_rna) and len(seen) == n_train_rna
+    assert len(train) == len(sizes) // 2 and max(sizes) <= 13 and min(sizes) >= 2  # a lone last item joins a batch
+    # the two lonely patches (no RNA) land in their own section's batches, not as a section of their own
+    model.train(enable_progress_bar=False, validation=0.2)
+    assert len(model.history) == 2 and model.config["minibatch_by"] == "section"
+    with pytest.raises(ValueError, match=r"minibatch_by: 'slide' is not an obs column of modality \['rna', 'image'\]"):
+        MultimodalST(mdata, **SMALL, minibatch_by="slide")
+
+
 def test_unpaired_samples_frozen_encoders_and_bad_input():
     mdata = synthetic_mudata(n=40, unpaired=True)
     with pytest.warns(UserWarning, match="1 of 40 patches link to no sample"):

@@ -71,6 +71,38 @@ class _Items(torch.utils.data.Dataset):
         }
 
 
+class _BatchesWithin(torch.utils.data.Sampler):
+    """Minibatches that each hold items of one group only (``MultimodalST(minibatch_by=...)``).
+
+    Every epoch, each group's items are shuffled and cut into batches of ``batch_size``; a group's last, smaller
+    batch is kept, and a single item left over joins the batch before it (the contrastive losses need two samples;
+    a group of one item has no negatives and is left out). The batches of all groups are then shuffled together.
+    """
+
+    def __init__(self, groups: np.ndarray, batch_size: int, generator: torch.Generator):
+        self.members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+        self.batch_size, self.generator = int(batch_size), generator
+
+    def _batches(self, shuffle: bool) -> list[list[int]]:
+        out = []
+        for m in self.members:
+            order = m[torch.randperm(len(m), generator=self.generator).numpy()] if shuffle else m
+            chunks = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+            if len(chunks) > 1 and len(chunks[-1]) == 1:
+                last = chunks.pop()
+                chunks[-1] += last
+            out += [c for c in chunks if len(c) >= 2]
+        return out
+
+    def __iter__(self):
+        batches = self._batches(shuffle=True)
+        for i in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[i]
+
+    def __len__(self) -> int:
+        return len(self._batches(shuffle=False))
+
+
 class MultimodalST(BaseModel):
     """Histology ↔ RNA model (Berjaoui, Sanchez et al. 2024) on a MuData with modalities ``rna`` and ``image``.
 
@@ -93,7 +125,10 @@ class MultimodalST(BaseModel):
         ``"group"``), ``momentum`` and ``queue_size`` (ALBEF's momentum encoders and queue of negatives for the
         image–RNA contrastive loss; off by default), ``rna_pcs`` (RNA input denoised by projection on that many
         principal axes of the training samples; recommended for spot data, e.g. 10 — docs/benchmarks/multimodal.md;
-        ``None``, the paper's, for bulk RNA), ``pretrain_epochs``, ``augment``.
+        ``None``, the paper's, for bulk RNA), ``minibatch_by`` (an ``obs`` column of both modalities, e.g.
+        ``"section"``: every training minibatch then holds samples of one value only, so the in-batch negatives of
+        the contrastive losses come from the same slide, as the candidates of a retrieval within a section do;
+        ``None``, the paper's: minibatches across all samples), ``pretrain_epochs``, ``augment``.
 
     Examples
     --------
@@ -125,6 +160,7 @@ class MultimodalST(BaseModel):
         "momentum": None,
         "queue_size": 0,
         "rna_pcs": None,
+        "minibatch_by": None,
         "pretrain_epochs": 20,
         "augment": True,
         "max_epochs": 50,
@@ -264,6 +300,7 @@ class MultimodalST(BaseModel):
 
     def __init__(self, data: Any, **config: Any) -> None:
         super().__init__(data, **config)
+        self._minibatch_values(self.data)  # checks `minibatch_by` now rather than when training starts
         x = self._rna_matrix(self.data)
         k = self.config["rna_pcs"]
         if k is not None:  # principal axes of the training RNA samples (denoised input, see MultimodalModule)
@@ -321,6 +358,19 @@ class MultimodalST(BaseModel):
                 "img_group": img_group}  # fmt: skip
         return data, rna_row
 
+    def _minibatch_values(self, mdata: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """``obs[minibatch_by]`` of the RNA samples and of the patches (None when the option is off)."""
+        by, reg = self.config["minibatch_by"], self.registry
+        if by is None:
+            return None
+        lacking = [name for name in (reg["rna"], reg["image"]) if by not in mdata[name].obs]
+        if lacking:
+            raise ValueError(
+                f"minibatch_by: {by!r} is not an obs column of modality {lacking}; it must be in both (e.g. "
+                "'section', as scst.pp.to_mudata writes it)."
+            )
+        return tuple(mdata[name].obs[by].astype(str).to_numpy() for name in (reg["rna"], reg["image"]))
+
     def _dataloaders(
         self, batch_size: int, validation: Any, seed: int, **kwargs: Any
     ) -> tuple[DataLoader, DataLoader | None]:
@@ -339,8 +389,16 @@ class MultimodalST(BaseModel):
         is_val = np.isin(pairs[:, 1], val_rna)
         train_ds = _Items(pairs[~is_val], data, bool(self.config["augment"]), seed)
         g = torch.Generator().manual_seed(seed)
-        train = DataLoader(train_ds, batch_size=batch_size, shuffle=True, collate_fn=train_ds.collate, generator=g,
-                           drop_last=len(train_ds) > batch_size)  # fmt: skip
+        values = self._minibatch_values(self.data)
+        if values is None:
+            train = DataLoader(train_ds, batch_size=batch_size, shuffle=True, collate_fn=train_ds.collate, generator=g,
+                               drop_last=len(train_ds) > batch_size)  # fmt: skip
+        else:  # each minibatch from one value of obs[minibatch_by]: an item's is its RNA sample's, else its patch's
+            rna_by, img_by = values
+            tr = pairs[~is_val]
+            value = np.where(tr[:, 1] >= 0, rna_by[np.maximum(tr[:, 1], 0)], img_by[np.maximum(tr[:, 0], 0)])
+            sampler = _BatchesWithin(pd.factorize(value)[0], batch_size, g)
+            train = DataLoader(train_ds, batch_sampler=sampler, collate_fn=train_ds.collate)
         if not is_val.any():
             return train, None
         val_ds = _Items(pairs[is_val], data, False, seed)
