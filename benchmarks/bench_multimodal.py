@@ -290,9 +290,9 @@ def retrieval(te, models: list | None, use_rep: str | None = None) -> dict:
 
     The paper's cosine, and under ``standardized`` the same after each modality's embeddings are centred / z-scored
     over the test section (``scst.tl.retrieve(standardize=...)``), under ``csls`` ranked by CSLS with 10 neighbours
-    (hub targets demoted, ``scst.tl.retrieve(csls=10)``); for a model trained with the matching loss, under
-    ``reranked`` the cosine's top ``r`` re-ordered by its matching head (ALBEF's two-stage retrieval,
-    ``scst.tl.retrieve(rerank=r)``).
+    (hub targets demoted, ``scst.tl.retrieve(csls=10)``), under ``center_csls`` both; for a model trained with the
+    matching loss, under ``reranked`` the cosine's top ``r`` re-ordered by its matching head (ALBEF's two-stage
+    retrieval, ``scst.tl.retrieve(rerank=r)``).
     """
     with_itm = models is not None and all(m.module.weights["itm"] > 0 for m in models)
     if use_rep is None:  # the model's embeddings, computed once for every retrieval
@@ -305,6 +305,8 @@ def retrieval(te, models: list | None, use_rep: str | None = None) -> dict:
     extra = {"standardized": {how: out[how] for how in ("center", "zscore")}}
     res = scst.tl.retrieve(te, None, k=5, group_keys=["label"], use_rep=use_rep, csls=CSLS)
     extra["csls"] = {CSLS: scores(res, te)}
+    res = scst.tl.retrieve(te, None, k=5, group_keys=["label"], use_rep=use_rep, standardize="center", csls=CSLS)
+    extra["center_csls"] = {CSLS: scores(res, te)}  # both test-time steps: centred embeddings ranked by CSLS
     if with_itm:
         extra["reranked"] = {
             r: scores(scst.tl.retrieve(te, models, k=5, group_keys=["label"], use_rep=use_rep, rerank=r), te)
