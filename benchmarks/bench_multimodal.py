@@ -210,40 +210,39 @@ def multiscale4_scaled(tr, te) -> None:
         ].astype(np.float32)
 
 
-@contextlib.contextmanager
-def denoised_rna(tr, te, n_pcs: int):
-    """Within the block, both RNA modalities' ``X`` is its reconstruction from ``n_pcs`` principal components of the
-    training spots (PCA fit on the training sections only); restored afterwards."""
+def _pca_denoised(tr, n_pcs: int):
+    """Each RNA sample's reconstruction from ``n_pcs`` principal components of the training spots (PCA fit on the
+    training sections only)."""
     from sklearn.decomposition import PCA
 
-    saved = {k: m["rna"].X for k, m in (("tr", tr), ("te", te))}
-    pca = PCA(n_pcs, random_state=0).fit(np.asarray(saved["tr"]))
-    try:
-        for k, m in (("tr", tr), ("te", te)):
-            m["rna"].X = pca.inverse_transform(pca.transform(np.asarray(saved[k]))).astype(np.float32)
-        yield
-    finally:
-        tr["rna"].X, te["rna"].X = saved["tr"], saved["te"]
+    pca = PCA(n_pcs, random_state=0).fit(np.asarray(tr["rna"].X))
+    return lambda rna: pca.inverse_transform(pca.transform(np.asarray(rna.X))).astype(np.float32)
 
 
-@contextlib.contextmanager
-def smoothed_rna(tr, te):
-    """Within the block, both RNA modalities' ``X`` is each spot's log-expression averaged with its grid neighbours'
-    (``scst.pp.cell_graph(grid=True, n_neighs=4)`` per section); restored afterwards."""
+def _grid_smoothed(rna) -> np.ndarray:
+    """Each spot's log-expression averaged with its grid neighbours' (``scst.pp.cell_graph(grid=True, n_neighs=4)``
+    per section)."""
     from scipy import sparse
 
     tab = CONTEXT["sdata"].tables["table"]
     if "grid_connectivities" not in tab.obsp:
         scst.pp.cell_graph(tab, grid=True, n_neighs=4, key_added="grid")
-    conn = sparse.csr_matrix(tab.obsp["grid_connectivities"])
+    rows = tab.obs_names.get_indexer(rna.obs_names)
+    a = (sparse.csr_matrix(tab.obsp["grid_connectivities"])[rows][:, rows] > 0).astype(np.float32)
+    a = a + sparse.identity(len(rows), dtype=np.float32, format="csr")  # the spot itself and its neighbours
+    x = np.asarray(rna.X.todense() if sparse.issparse(rna.X) else rna.X, dtype=np.float32)
+    return np.asarray(a @ x) / np.asarray(a.sum(1))
+
+
+@contextlib.contextmanager
+def rna_replaced(tr, te, how: str):
+    """Within the block, both RNA modalities' ``X`` is replaced (``how``: ``"pca<k>"``, :func:`_pca_denoised` with
+    k components; ``"smooth"``, :func:`_grid_smoothed`); restored afterwards."""
+    transform = _grid_smoothed if how == "smooth" else _pca_denoised(tr, int(how.removeprefix("pca")))
     saved = {k: m["rna"].X for k, m in (("tr", tr), ("te", te))}
     try:
-        for k, m in (("tr", tr), ("te", te)):
-            rows = tab.obs_names.get_indexer(m["rna"].obs_names)
-            a = (conn[rows][:, rows] > 0).astype(np.float32)
-            a = a + sparse.identity(len(rows), dtype=np.float32, format="csr")  # the spot itself and its neighbours
-            x = np.asarray(saved[k].todense() if sparse.issparse(saved[k]) else saved[k], dtype=np.float32)
-            m["rna"].X = np.asarray(a @ x) / np.asarray(a.sum(1))
+        new = {k: transform(m["rna"]) for k, m in (("tr", tr), ("te", te))}
+        tr["rna"].X, te["rna"].X = new["tr"], new["te"]
         yield
     finally:
         tr["rna"].X, te["rna"].X = saved["tr"], saved["te"]
@@ -343,13 +342,8 @@ def cca_baseline(tr, te, n_components: int = 10) -> dict:
 
 def run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble: int = 1) -> dict:
     rna = VARIANTS.get(name, ({},))[0].get("rna")
-    if rna == "smooth":
-        with smoothed_rna(tr, te):
-            return _run_variant(name, tr, te, epochs, seed, ensemble)
-    if rna is not None:
-        with denoised_rna(tr, te, int(rna.removeprefix("pca"))):
-            return _run_variant(name, tr, te, epochs, seed, ensemble)
-    return _run_variant(name, tr, te, epochs, seed, ensemble)
+    with rna_replaced(tr, te, rna) if rna is not None else contextlib.nullcontext():
+        return _run_variant(name, tr, te, epochs, seed, ensemble)
 
 
 def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble: int = 1) -> dict:
