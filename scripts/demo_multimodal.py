@@ -66,8 +66,8 @@ def run(sdata: Any, out_dir: str | Path) -> dict:
     level = lightning_log.level
     lightning_log.setLevel(logging.WARNING)  # Lightning's device and stop lines, twice per model: one summary below
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings():  # Lightning's own deprecation notice; scst's warnings still show
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
             for model in models:
                 model.train(enable_progress_bar=False)
     finally:
