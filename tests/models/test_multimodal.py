@@ -208,6 +208,26 @@ def test_train_retrieve_save_load(tmp_path, albef):
         loaded.get_latent_representation(te[:, 1:].copy(), "rna")
 
 
+@pytest.mark.parametrize(
+    ("sizes", "expected"),
+    [([1], []), ([2], [2]), ([5], [5]), ([6], [6]), ([7], [5, 2]), ([11], [5, 6]), ([1, 5, 6, 12], [5, 6, 5, 5, 2])],
+)
+def test_batches_within_groups_count_at_the_edges(sizes, expected):
+    """Batches of 5 within groups of the given sizes: a group of one item has none, a single item left over after a
+    full batch joins it, a larger remainder is a batch of its own; the sampler's length (computed without building
+    the batches) equals the number it yields."""
+    from scst.models._multimodal import _BatchesWithin
+
+    groups = np.repeat(np.arange(len(sizes)), sizes)
+    sampler = _BatchesWithin(groups, 5, torch.Generator().manual_seed(0))
+    batches = list(sampler)
+    assert sorted(len(b) for b in batches) == sorted(expected) and len(sampler) == len(expected)
+    assert all(len(set(groups[b])) == 1 for b in batches)
+    assert sorted(i for b in batches for i in b) == sorted(
+        np.flatnonzero(np.isin(groups, np.flatnonzero(np.array(sizes) > 1)))
+    )
+
+
 def test_minibatch_by_keeps_each_batch_within_one_section():
     """``minibatch_by="section"``: every training minibatch holds samples of one section only, every training item
     comes once per epoch (a section's short last batch included), the validation samples never; the model trains."""

@@ -82,6 +82,13 @@ class _BatchesWithin(torch.utils.data.Sampler):
     def __init__(self, groups: np.ndarray, batch_size: int, generator: torch.Generator):
         self.members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
         self.batch_size, self.generator = int(batch_size), generator
+        # batches per epoch, as _batches makes them: ceil(n / batch_size) per group, one fewer when a single item is
+        # left over after a full batch (it joins that batch), none for a group of one item
+        self.n_batches = sum(
+            -(-len(m) // self.batch_size) - (len(m) > self.batch_size and len(m) % self.batch_size == 1)
+            for m in self.members
+            if len(m) >= 2
+        )
 
     def _batches(self, shuffle: bool) -> list[list[int]]:
         out = []
@@ -100,7 +107,7 @@ class _BatchesWithin(torch.utils.data.Sampler):
             yield batches[i]
 
     def __len__(self) -> int:
-        return len(self._batches(shuffle=False))
+        return self.n_batches
 
 
 class MultimodalST(BaseModel):
