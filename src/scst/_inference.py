@@ -41,8 +41,12 @@ class InferenceOptions:
         if self.num_workers > 0:
             kw["prefetch_factor"] = PREFETCH
         if self.num_workers > 1 and n_items is not None:
-            kw["sampler"] = worker_blocks(n_items, self.num_workers)
+            kw["sampler"] = self.item_order(n_items)
         return kw
+
+    def item_order(self, n_items: int) -> list[int]:
+        """The order in which a loader made with ``loader_kwargs(n_items)`` yields its ``n_items`` items."""
+        return worker_blocks(n_items, self.num_workers) if self.num_workers > 1 else list(range(n_items))
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """``torch.autocast`` on the device in the requested dtype, or a no-op for fp32."""

@@ -71,7 +71,8 @@ def test_hggep_workers_give_identical_predictions_and_stream(hggep):
     ref = model.predict(sd, ["S2", "S3"], batch_size=16, progress=False)
     assert not _PATCH_CACHE, "prediction must stream patches, not cache whole sections"
     two = model.predict(sd, ["S2", "S3"], batch_size=16, progress=False, num_workers=2)
-    np.testing.assert_array_equal(two, ref)
+    # the workers yield the windows in another order, so the CNN encodes other batches of patches: equal to rounding
+    np.testing.assert_allclose(two, ref, rtol=1e-6, atol=1e-6)
     assert ref.std(0).max() > 0  # not a constant output: the comparison means something
     bf16 = model.predict(sd, ["S2", "S3"], batch_size=16, progress=False, precision="bf16")
     assert bf16.dtype == np.float32 and not np.array_equal(bf16, ref)  # autocast did run in bf16
@@ -92,6 +93,41 @@ def test_hggep_prediction_is_the_network_on_the_section(hggep):
             torch.from_numpy(sec.positions.astype(np.float32)),
         )["pred"].numpy()
     np.testing.assert_allclose(pred, np.clip(model._unstandardize(out), 0, None), rtol=1e-5, atol=1e-5)
+
+
+def test_hggep_windows_encode_each_patch_once_and_predict_as_the_network_on_each_window(hggep, monkeypatch):
+    """Several overlapping windows (batch_size 16 < 64 spots): every core's prediction is the whole network on its
+    window's patches (the ViT and hypergraph see the window), while each spot's patch is read and encoded once."""
+    from scst.models._image import _tiling_windows
+
+    sd, model = hggep
+    clear_patch_cache()
+    sec = model._section_data(sd, "table", "S3", with_targets=False)
+    windows = _tiling_windows(sec.positions, 16)
+    assert len(windows) >= 4 and sum(len(w) for w, _ in windows) >= 2 * len(sec.rows)  # spots shared
+    patches = np.stack([sec.patches.ds.patch_uint8(i) for i in range(len(sec.rows))])
+    ref = np.zeros((len(sec.rows), len(model.var_names)), dtype=np.float32)
+    model.module.eval()
+    with torch.no_grad():
+        for window, core in windows:
+            out = model.module(
+                patches_to_input(patches[window], False),
+                _coords_for(sec, window, int(model.registry["max_coord"])),
+                torch.from_numpy(sec.positions[window].astype(np.float32)),
+            )["pred"].numpy()
+            ref[core] = out[np.searchsorted(window, core)]
+    read, encoded = [], []
+    orig_read, orig_encode = SpotPatchDataset.patches_uint8, type(model.module).encode_patches
+    monkeypatch.setattr(
+        SpotPatchDataset, "patches_uint8", lambda ds, idx, **k: read.extend(idx) or orig_read(ds, idx, **k)
+    )
+    monkeypatch.setattr(type(model.module), "encode_patches", lambda m, x: encoded.append(len(x)) or orig_encode(m, x))
+    pred = model.predict(sd, "S3", batch_size=16, progress=False)
+    assert sorted(read) == list(range(len(sec.rows))) and sum(encoded) == len(sec.rows)
+    np.testing.assert_allclose(pred, np.clip(model._unstandardize(ref), 0, None), rtol=1e-5, atol=1e-5)
+    monkeypatch.undo()
+    # with two loader workers the windows come in another order (worker blocks): the same predictions
+    np.testing.assert_allclose(model.predict(sd, "S3", batch_size=16, progress=False, num_workers=2), pred, 1e-6, 1e-6)
 
 
 def test_prediction_reuses_patches_cached_by_training(hggep):

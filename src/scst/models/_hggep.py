@@ -73,6 +73,44 @@ _PAPER = HGGEP_BENCH["paper"]["config"]
 _SMALL = HGGEP_BENCH["cpu_small"]["config"]
 
 
+class _SpotTokens:
+    """Tokens of the spots between the first and the last prediction window that needs them, in a pool of slots.
+
+    Slots of released spots are reused; the pool doubles when full, so its size follows the most spots held at
+    once, not the section's.
+    """
+
+    def __init__(self, n_spots: int):
+        self.slot = np.full(n_spots, -1, dtype=np.int64)
+        self.pool: torch.Tensor | None = None
+        self.free = np.empty(0, dtype=np.int64)
+
+    def put(self, spots: np.ndarray, tokens: torch.Tensor) -> None:
+        """Keep ``tokens`` ``(3, len(spots), dim)`` of ``spots``."""
+        if self.pool is None or len(self.free) < len(spots):
+            size = 0 if self.pool is None else self.pool.shape[1]
+            grow = max(size, 2 * len(spots))
+            pool = tokens.new_empty((tokens.shape[0], size + grow, tokens.shape[2]))
+            if self.pool is not None:
+                pool[:, :size] = self.pool
+            self.pool, self.free = pool, np.concatenate([self.free, np.arange(size, size + grow)])
+        slots, self.free = self.free[: len(spots)], self.free[len(spots) :]
+        self.pool[:, torch.from_numpy(slots).to(self.pool.device)] = tokens.to(self.pool.dtype)
+        self.slot[spots] = slots
+
+    def get(self, spots: np.ndarray) -> torch.Tensor:
+        """Tokens ``(3, len(spots), dim)`` of ``spots`` (each put and not yet released)."""
+        slots = self.slot[spots]
+        if (slots < 0).any():
+            raise RuntimeError(f"_SpotTokens: {int((slots < 0).sum())} spots were not encoded (or already released).")
+        return self.pool[:, torch.from_numpy(slots).to(self.pool.device)]
+
+    def release(self, spots: np.ndarray) -> None:
+        """Free the slots of ``spots`` (no window after this one needs them)."""
+        self.free = np.concatenate([self.free, self.slot[spots]])
+        self.slot[spots] = -1
+
+
 class HGGEP(_ImageModel):
     """HGGEP: spot expression from H&E through GEM, ShuffleNetV2, CBAM, spot ViTs, a hypergraph and an LSTM.
 
@@ -193,16 +231,31 @@ class HGGEP(_ImageModel):
     def _predict_section(self, sec: Any, batch_size: int, bar: Any, opts: Any) -> np.ndarray:
         # Windows of at most batch_size spots (k-d cells + their surroundings): the network, its ViT and
         # hypergraph only ever see one window, so memory depends on batch_size, not on the section's size.
+        # A spot lies in ~3 windows (its core's and neighbouring cores' surroundings), but its tokens depend on
+        # its own patch only (encode_patches): each patch is read and encoded once, at the first window that
+        # needs it, and its tokens are kept until the last one (windows come in k-d order, so few are kept).
         out = np.zeros((len(sec.rows), len(self.var_names)), dtype=np.float32)
         mc = int(self.registry["max_coord"])
         windows = _tiling_windows(sec.positions, batch_size)
-        for i, patches in sec.patches.loader([w for w, _ in windows], opts):
+        rank = np.empty(len(windows), dtype=np.int64)
+        rank[opts.item_order(len(windows))] = np.arange(len(windows))  # when the loader yields each window
+        first = np.full(len(sec.rows), len(windows), dtype=np.int64)
+        last = np.full(len(sec.rows), -1, dtype=np.int64)
+        for i, (window, _) in enumerate(windows):
+            np.minimum.at(first, window, rank[i])
+            np.maximum.at(last, window, rank[i])
+        new = [window[first[window] == rank[i]] for i, (window, _) in enumerate(windows)]
+        tokens = _SpotTokens(len(sec.rows))
+        for i, patches in sec.patches.loader(new, opts):
             window, core = windows[i]
-            pred = self.module(
-                _input_on(patches, opts),
+            if len(new[i]):
+                tokens.put(new[i], self.module.encode_patches(_input_on(patches, opts)))
+            pred = self.module.forward_tokens(
+                tokens.get(window),
                 opts.to_device(_coords_for(sec, window, mc)),
                 opts.to_device(torch.from_numpy(sec.positions[window].astype(np.float32))),
             )["pred"]
+            tokens.release(window[last[window] == rank[i]])
             pos = torch.from_numpy(np.searchsorted(window, core)).to(pred.device)
             out[core] = pred[pos].float().cpu().numpy()
             bar.update(len(core))

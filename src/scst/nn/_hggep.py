@@ -315,11 +315,50 @@ class HGGEPModule(nn.Module):
         ``pred`` ``(n, n_genes)``, ``hidden`` ``(n, lstm_hidden)`` (shared representation) and, with
         ``use_zinb``, ``zinb_mean``, ``zinb_disp``, ``zinb_pi`` (each ``(n, n_genes)``).
         """
-        n = self._check_inputs(patches, coords, positions)
+        self._check_inputs(patches, coords, positions)
+        return self.forward_tokens(self.encode_patches(patches), coords, positions)
+
+    def encode_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """The per-spot part of :meth:`forward`: GEM, backbone and stage projections of each patch.
+
+        In eval mode a spot's tokens depend on its own patch only (BatchNorm uses its running statistics), so
+        prediction encodes each spot once even where overlapping windows share it.
+
+        Parameters
+        ----------
+        patches
+            ``(n, 3, H, W)`` float patches, as for :meth:`forward`.
+
+        Returns
+        -------
+        ``(3, n, dim)``: the tokens of stage3, stage4 and conv5.
+        """
         x = self.gem(patches) if self.gem is not None else patches
-        stages = self.backbone(x)
+        return torch.stack([proj(s) for proj, s in zip(self.stage_proj, self.backbone(x))])
+
+    def forward_tokens(
+        self, tokens: torch.Tensor, coords: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The spatial part of :meth:`forward` (ViTs, hypergraph, LSTM, heads) on :meth:`encode_patches` tokens.
+
+        Parameters
+        ----------
+        tokens
+            ``(3, n, dim)`` from :meth:`encode_patches`, for the spots of one window (or section).
+        coords, positions
+            As for :meth:`forward`, one row per spot.
+
+        Returns
+        -------
+        As :meth:`forward`.
+        """
+        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3 or tuple(tokens.shape[::2]) != (3, self.dim):
+            shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise ValueError(f"tokens must be a (3, n, {self.dim}) tensor from encode_patches, got {shape}.")
+        n = tokens.shape[1]
+        self._check_spots(n, coords, positions)
         pos_embed = self.coord_embed(coords)
-        steps = [vit(proj(s) + pos_embed) for proj, vit, s in zip(self.stage_proj, self.vits, stages)]
+        steps = [vit(t + pos_embed) for vit, t in zip(self.vits, tokens.unbind(0))]
         if self.ham is not None:
             fused = steps[0] + steps[1] + steps[2]
             # A section always has more than k spots; tiny inference batches use every spot.
@@ -328,7 +367,7 @@ class HGGEPModule(nn.Module):
         if self.step_norms is not None:
             steps = [norm(step) for norm, step in zip(self.step_norms, steps)]
         # The LSTM runs in float32 under autocast: oneDNN has no bf16 LSTM, and the recurrence loses precision.
-        with torch.autocast(patches.device.type, enabled=False):
+        with torch.autocast(tokens.device.type, enabled=False):
             seq, _ = self.lstm(torch.stack(steps, dim=0).float())  # (steps, n, lstm_hidden): spots are the batch
         h = seq.mean(dim=0)
         out = {"pred": self.gene_head(h), "hidden": h}
@@ -384,7 +423,7 @@ class HGGEPModule(nn.Module):
             zinb = mse.new_zeros(())
         return {"loss": mse + self.zinb_weight * zinb, "mse": mse, "zinb": zinb, "pred": out["pred"]}
 
-    def _check_inputs(self, patches: Any, coords: Any, positions: Any) -> int:
+    def _check_inputs(self, patches: Any, coords: Any, positions: Any) -> None:
         if not isinstance(patches, torch.Tensor) or patches.ndim != 4 or patches.shape[1] != 3:
             shape = tuple(patches.shape) if isinstance(patches, torch.Tensor) else type(patches).__name__
             raise ValueError(f"patches must be a (n, 3, H, W) tensor, got {shape}.")
@@ -393,6 +432,9 @@ class HGGEPModule(nn.Module):
         n = patches.shape[0]
         if n == 0:
             raise ValueError("patches is empty; pass at least one spot.")
+        self._check_spots(n, coords, positions)
+
+    def _check_spots(self, n: int, coords: Any, positions: Any) -> None:
         if not isinstance(coords, torch.Tensor) or tuple(coords.shape) != (n, 2):
             shape = tuple(coords.shape) if isinstance(coords, torch.Tensor) else type(coords).__name__
             raise ValueError(f"coords must be a ({n}, 2) integer tensor (one row per patch), got {shape}.")
@@ -402,4 +444,3 @@ class HGGEPModule(nn.Module):
             if not isinstance(positions, torch.Tensor) or tuple(positions.shape) != (n, 2):
                 shape = tuple(positions.shape) if isinstance(positions, torch.Tensor) else type(positions).__name__
                 raise ValueError(f"positions must be a ({n}, 2) tensor (one row per patch), got {shape}.")
-        return n
