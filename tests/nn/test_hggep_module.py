@@ -59,6 +59,24 @@ def test_forward_shapes_small_config():
     assert (s3.shape, s4.shape, s5.shape) == ((n, 96, 7, 7), (n, 192, 4, 4), (n, 1024, 4, 4))
 
 
+def test_encode_patches_is_per_spot_in_eval_mode_and_forward_tokens_checks_its_input():
+    """Eval mode: a spot's tokens do not depend on the other patches of the batch (what lets prediction encode each
+    patch once for overlapping windows), and forward = forward_tokens(encode_patches)."""
+    torch.manual_seed(0)
+    m = HGGEPModule(12, **SMALL).eval()
+    b = _planted_batch(8, 12)
+    with torch.no_grad():
+        tokens = m.encode_patches(b["patches"])
+        assert tokens.shape == (3, 8, SMALL["dim"])
+        torch.testing.assert_close(m.encode_patches(b["patches"][[5, 2]]), tokens[:, [5, 2]], rtol=1e-5, atol=1e-5)
+        full = m(b["patches"], b["coords"], b["positions"])["pred"]
+        torch.testing.assert_close(m.forward_tokens(tokens, b["coords"], b["positions"])["pred"], full)
+        with pytest.raises(ValueError, match=r"tokens must be a \(3, n, 64\) tensor from encode_patches"):
+            m.forward_tokens(tokens[:2], b["coords"], b["positions"])
+        with pytest.raises(ValueError, match=r"coords must be a \(8, 2\) integer tensor"):
+            m.forward_tokens(tokens, b["coords"][:7], b["positions"])
+
+
 def test_paper_config_structure_on_meta_device():
     with torch.device("meta"):
         m = HGGEPModule(785, **HGGEP_BENCH["paper"]["config"])
