@@ -340,7 +340,28 @@ def child_predict(args: dict) -> dict:
     }  # fmt: skip
     if args["device"] == "cuda":
         res["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if kind.startswith("hggep"):  # each patch encoded once, its tokens held from its first to its last window
+        res["hggep_encode"] = "once per spot"
+        res.update(_tokens_held(xy.astype(float), int(model._train_setting("batch_size", None)), args["workers"]))
     return res
+
+
+def _tokens_held(positions: np.ndarray, batch_size: int, workers: int) -> dict:
+    """HGGEP prediction windows of a section: patches encoded before (once per window holding the spot) and the most
+    spots whose tokens prediction holds at once now (from the first to the last window that needs them)."""
+    from scst._inference import inference_options
+    from scst.models._image import _tiling_windows
+
+    windows = _tiling_windows(positions, batch_size)
+    rank = np.empty(len(windows), dtype=np.int64)
+    rank[inference_options("cpu", workers).item_order(len(windows))] = np.arange(len(windows))
+    first, last = np.full(len(positions), len(windows)), np.full(len(positions), -1)
+    for i, (w, _) in enumerate(windows):
+        np.minimum.at(first, w, rank[i])
+        np.maximum.at(last, w, rank[i])
+    live = np.cumsum(np.bincount(first, minlength=len(windows) + 1) - np.bincount(last + 1, minlength=len(windows) + 1))
+    return {"windows": len(windows), "encodes_per_window_before": sum(len(w) for w, _ in windows),
+            "tokens_held_max": int(live.max())}  # fmt: skip
 
 
 def child_hggep_memory(args: dict) -> dict:
@@ -581,6 +602,8 @@ def _fmt(r: dict, cols: list[str]) -> str:
         elif c == "item_order":  # rows run before it was recorded: the DataLoader's own order
             v = v or ("round_robin" if r.get("workers", 0) > 1 else "-")
             vals.append(v.replace("_", " "))
+        elif c == "hggep_encode":  # HGGEP rows before it was recorded encoded every window's patches
+            vals.append((v or "per window") if str(r.get("kind", "")).startswith("hggep") else "-")
         elif c == "worker_gc_frozen":  # recorded only by the two 2026-12-02 rows that froze it; the product does not
             vals.append("-" if not r.get("workers") else ("yes" if v else "no"))
         elif isinstance(v, float):
@@ -622,11 +645,11 @@ def write_report(raw: dict, out: Path) -> None:
             "",
         ]
     pred_cols = ["kind", "n", "workers", "precision", "seconds", "spots_per_s", "peak_rss_mb", "load_before",
-                 "memory_sample_s", "item_order", "worker_gc_frozen"]  # fmt: skip
+                 "memory_sample_s", "item_order", "worker_gc_frozen", "hggep_encode"]  # fmt: skip
     head = (
         "| pipeline | spots | loader workers | precision | seconds | spots/s | peak PSS (MB) | load "
-        "| PSS sampled every (s) | batches to workers | workers' GC frozen |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|"
+        "| PSS sampled every (s) | batches to workers | workers' GC frozen | HGGEP patches encoded |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     for part, title, note in [
         (
