@@ -512,12 +512,27 @@ with worker blocks and the 50 ms sampler.
 of the three on the 1,000-spot subset (first rows; the subset rows include the loader start-up). It predicted all
 100,000 spots of the section in 718 s (139 spots/s, load 6–9; 163 spots/s over the first 20,000 spots at load ~10),
 peak 2.2 GB, and in **621 s (161 spots/s), peak 2.69 GB** in the rerun of 2026-12-01 on the idle machine with the
-memory sampled once a second (last row): the goal is not met on CPU (it needs ~830 spots/s, 5× more). The loop is
-model-bound: cProfile of 1,500 spots without workers:
+memory sampled once a second. The loop is model-bound: cProfile of 1,500 spots without workers:
 45 % `conv2d` (ShuffleNet), ~5 % batch norm, 13 % turning uint8 batches into normalised floats (now in
 place), ~3 % the batched antialiased resize, and the zarr reads below that; no Python work per spot except
 slicing each spot's window out of the cached chunks. Overlap: with `num_workers=1` a worker reads and resizes
-the next 4 batches while the model computes. The hand-crafted route above is the one that meets the goal on CPU.
+the next 4 batches while the model computes.
+
+That profile missed where the convolutions went: HGGEP predicts each k-d cell of ≤ 48 spots inside a window of 96
+(the cell and its nearest neighbours, so border spots see context on all sides), and the loop ran the whole network
+on every window — each spot's patch was read and pushed through the CNN in about 3.6 windows (359,424 encodes for
+100,000 spots; column "HGGEP patches encoded": *per window*). Only the ViTs, the hypergraph and the LSTM need the
+window; the CNN part of a spot depends on its own patch alone (eval-mode BatchNorm). Prediction now reads and
+encodes each patch once (`HGGEPModule.encode_patches`) and runs the spatial part (`forward_tokens`) on each window
+from kept tokens, held from a spot's first to its last window: at most 2,574 spots' tokens at once over the 100k
+section (4,148 in two workers' window order: 4.0 / 6.4 MB at dim 128, at most twice that in the pool, which doubles
+when full; it grows with the k-d frontier, not with the section). The predictions are those of the whole network on
+each window (test, to 1e-5). The same 100k section: **396 s (253 spots/s), peak 2.78 GB** on the idle machine (last
+row; 621 s before). The subset: 187 spots/s (178 before), while TCGN and ST-Net ran 30–33 % slower than in their
+rows of the earlier day (78 and 30 against 111 and 45 spots/s, same code): the machine varies between days, so
+subset rows of different days compare loosely. The goal is still not met on CPU: 2 minutes needs ~830 spots/s,
+3.3× more; what is left is the CNN once per spot and the spatial part once per window. The hand-crafted
+route above is the one that meets the goal on CPU.
 
 **Paper defaults.** HGGEP (1024-d, ViT depth 4, 4-layer 1024-d LSTM, windows of 1024 spots): 25 spots/s fp32,
 27 bf16 on the 300-spot subset; TCGN (CMT, 224 px): 2.2 spots/s fp32, 4.6 bf16 — at load ~10, on that day's CPU with
@@ -567,7 +582,9 @@ json.dump(d, open('benchmarks/results/scale/partial.json', 'w'))" && $B --parts 
 # the 2026-12-01/02 rows: patch sizes, the worker-order A/B, the image model rerun without the 50 ms sampler,
 # the patch sizes again (workers' gc frozen, since reverted), the gc A/B, the subset rows on the idle machine
 $B --parts ridge --ridge-px 56 112 && $B --parts blocks && $B --parts full && $B --parts ridge --ridge-px 56 112 \
-  && $B --parts gc && $B --parts paper --paper-subset 300 && $B --parts choice --subset 1000 && $B --parts page"""
+  && $B --parts gc && $B --parts paper --paper-subset 300 && $B --parts choice --subset 1000 && $B --parts page
+# HGGEP encoding each patch once (idle machine, the choice rows and the whole section again)
+$B --parts image choice --subset 1000 && $B --parts full && $B --parts page"""
 GPU_COMMAND = (
     "SCST_CACHE_DIR=/tmp/scst_cache_scale python benchmarks/bench_scale.py --device cuda --workers 4 "
     "--subset 20000 --paper-subset 20000 --raw benchmarks/results/scale_gpu/partial.json "
