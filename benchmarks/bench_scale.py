@@ -350,15 +350,12 @@ def _tokens_held(positions: np.ndarray, batch_size: int, workers: int) -> dict:
     """HGGEP prediction windows of a section: patches encoded before (once per window holding the spot) and the most
     spots whose tokens prediction holds at once now (from the first to the last window that needs them)."""
     from scst._inference import inference_options
+    from scst.models._hggep import _token_lifetimes
     from scst.models._image import _tiling_windows
 
     windows = _tiling_windows(positions, batch_size)
-    rank = np.empty(len(windows), dtype=np.int64)
-    rank[inference_options("cpu", workers).item_order(len(windows))] = np.arange(len(windows))
-    first, last = np.full(len(positions), len(windows)), np.full(len(positions), -1)
-    for i, (w, _) in enumerate(windows):
-        np.minimum.at(first, w, rank[i])
-        np.maximum.at(last, w, rank[i])
+    order = inference_options("cpu", workers).item_order(len(windows))
+    _, first, last = _token_lifetimes(windows, order, len(positions))
     live = np.cumsum(np.bincount(first, minlength=len(windows) + 1) - np.bincount(last + 1, minlength=len(windows) + 1))
     return {"windows": len(windows), "encodes_per_window_before": sum(len(w) for w, _ in windows),
             "tokens_held_max": int(live.max())}  # fmt: skip

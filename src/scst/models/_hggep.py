@@ -73,6 +73,23 @@ _PAPER = HGGEP_BENCH["paper"]["config"]
 _SMALL = HGGEP_BENCH["cpu_small"]["config"]
 
 
+def _token_lifetimes(
+    windows: list[tuple[np.ndarray, np.ndarray]], order: list[int], n_spots: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ranks of the prediction windows in ``order`` and, per spot, of the first and last window holding it.
+
+    A spot's tokens are made at window rank ``first`` and kept until ``last``.
+    """
+    rank = np.empty(len(windows), dtype=np.int64)
+    rank[np.asarray(order, dtype=np.int64)] = np.arange(len(windows))
+    first = np.full(n_spots, len(windows), dtype=np.int64)
+    last = np.full(n_spots, -1, dtype=np.int64)
+    for i, (window, _) in enumerate(windows):
+        np.minimum.at(first, window, rank[i])
+        np.maximum.at(last, window, rank[i])
+    return rank, first, last
+
+
 class _SpotTokens:
     """Tokens of the spots between the first and the last prediction window that needs them, in a pool of slots.
 
@@ -237,13 +254,7 @@ class HGGEP(_ImageModel):
         out = np.zeros((len(sec.rows), len(self.var_names)), dtype=np.float32)
         mc = int(self.registry["max_coord"])
         windows = _tiling_windows(sec.positions, batch_size)
-        rank = np.empty(len(windows), dtype=np.int64)
-        rank[opts.item_order(len(windows))] = np.arange(len(windows))  # when the loader yields each window
-        first = np.full(len(sec.rows), len(windows), dtype=np.int64)
-        last = np.full(len(sec.rows), -1, dtype=np.int64)
-        for i, (window, _) in enumerate(windows):
-            np.minimum.at(first, window, rank[i])
-            np.maximum.at(last, window, rank[i])
+        rank, first, last = _token_lifetimes(windows, opts.item_order(len(windows)), len(sec.rows))
         new = [window[first[window] == rank[i]] for i, (window, _) in enumerate(windows)]
         tokens = _SpotTokens(len(sec.rows))
         for i, patches in sec.patches.loader(new, opts):
