@@ -82,11 +82,12 @@ def _token_lifetimes(
     """
     rank = np.empty(len(windows), dtype=np.int64)
     rank[np.asarray(order, dtype=np.int64)] = np.arange(len(windows))
+    spots = np.concatenate([window for window, _ in windows])
+    ranks = np.repeat(rank, [len(window) for window, _ in windows])
     first = np.full(n_spots, len(windows), dtype=np.int64)
     last = np.full(n_spots, -1, dtype=np.int64)
-    for i, (window, _) in enumerate(windows):
-        np.minimum.at(first, window, rank[i])
-        np.maximum.at(last, window, rank[i])
+    np.minimum.at(first, spots, ranks)
+    np.maximum.at(last, spots, ranks)
     return rank, first, last
 
 

@@ -82,7 +82,7 @@ class _BatchesWithin(torch.utils.data.Sampler):
     def __init__(self, groups: np.ndarray, batch_size: int, generator: torch.Generator):
         self.members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
         self.batch_size, self.generator = int(batch_size), generator
-        # batches per epoch, as _batches makes them: ceil(n / batch_size) per group, one fewer when a single item is
+        # batches per epoch, as __iter__ makes them: ceil(n / batch_size) per group, one fewer when a single item is
         # left over after a full batch (it joins that batch), none for a group of one item
         self.n_batches = sum(
             -(-len(m) // self.batch_size) - (len(m) > self.batch_size and len(m) % self.batch_size == 1)
@@ -90,19 +90,15 @@ class _BatchesWithin(torch.utils.data.Sampler):
             if len(m) >= 2
         )
 
-    def _batches(self, shuffle: bool) -> list[list[int]]:
-        out = []
+    def __iter__(self):
+        batches = []
         for m in self.members:
-            order = m[torch.randperm(len(m), generator=self.generator).numpy()] if shuffle else m
+            order = m[torch.randperm(len(m), generator=self.generator).numpy()]
             chunks = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
             if len(chunks) > 1 and len(chunks[-1]) == 1:
                 last = chunks.pop()
                 chunks[-1] += last
-            out += [c for c in chunks if len(c) >= 2]
-        return out
-
-    def __iter__(self):
-        batches = self._batches(shuffle=True)
+            batches += [c for c in chunks if len(c) >= 2]
         for i in torch.randperm(len(batches), generator=self.generator).tolist():
             yield batches[i]
 
