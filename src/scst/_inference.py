@@ -2,13 +2,17 @@
 
 One place resolves and checks ``num_workers``, ``pin_memory`` and ``precision`` so that every prediction path reads
 them the same way. Defaults suit a small CPU machine (no workers, no pinning, fp32); on a GPU pass e.g.
-``num_workers=4, precision="bf16"`` (``pin_memory`` follows the device by default).
+``num_workers=4, precision="bf16"`` (``pin_memory`` follows the device by default). Convolutions run in the
+channels-last memory layout during inference (:meth:`InferenceOptions.conv_layout`): the same values, faster on CPU
+(oneDNN) and on GPU tensor cores.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +33,7 @@ class InferenceOptions:
     num_workers: int = 0
     pin_memory: bool = False
     dtype: torch.dtype | None = None
+    channels_last: bool = True
 
     def loader_kwargs(self, n_items: int | None = None) -> dict[str, Any]:
         """``DataLoader`` keyword arguments: workers (each reading ``PREFETCH`` batches ahead) and pinning.
@@ -57,6 +62,39 @@ class InferenceOptions:
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         """Move a (possibly pinned) batch to the device; asynchronous when pinned."""
         return x.to(self.device, non_blocking=self.pin_memory)
+
+    def conv_layout(self, module: torch.nn.Module) -> contextlib.AbstractContextManager:
+        """The module's convolution weights in channels-last layout while the context is open.
+
+        See :func:`channels_last_weights`; a no-op when ``channels_last`` is False. Batches go in with
+        :meth:`input_layout`.
+        """
+        return channels_last_weights(module) if self.channels_last else contextlib.nullcontext()
+
+    def input_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """A 4-D image batch in the layout of :meth:`conv_layout` (channels-last when ``channels_last``)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+
+
+@contextlib.contextmanager
+def channels_last_weights(module: torch.nn.Module) -> Iterator[None]:
+    """Hold ``module``'s 4-D parameters and buffers (convolution kernels) in ``torch.channels_last`` layout.
+
+    The values are the same; only the memory order changes, which lets oneDNN on CPU (11–22 % faster per batch for
+    the image models' CNNs at bench size, docs/benchmarks/scale.md) and cuDNN on GPU tensor cores pick faster
+    kernels. The default layout is restored on exit (also after an error), so checkpoints (safetensors needs
+    contiguous tensors) and training see the module as before. A module without 4-D tensors, or one whose 4-D
+    tensors are not all in the default layout (converted by the user), is left as it is.
+    """
+    four_d = [t for t in itertools.chain(module.parameters(), module.buffers()) if t.ndim == 4]
+    if not four_d or not all(t.is_contiguous() for t in four_d):
+        yield
+        return
+    module.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        module.to(memory_format=torch.contiguous_format)
 
 
 def worker_blocks(n_items: int, num_workers: int) -> list[int]:

@@ -10,7 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from scst._inference import inference_options, worker_blocks
+import dataclasses
+
+from scst._inference import channels_last_weights, inference_options, worker_blocks
 from scst.models._hggep import HGGEP, _coords_for
 from scst.models._image import _PATCH_CACHE, clear_patch_cache
 from scst.models._tcgn import TCGN
@@ -242,3 +244,72 @@ def test_predict_expression_passes_workers_and_autocast(hggep):
     got = bf16[rows][:, genes].layers["predicted"].toarray()
     assert not np.array_equal(got, ref)  # the autocast reached the network
     _close_to(got, ref)
+
+
+def test_channels_last_weights_during_the_call_and_restored_after():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1), nn.Flatten(), nn.Linear(2, 1))
+    w = net[0].weight
+    cl = torch.channels_last
+    with channels_last_weights(net):
+        assert net[0].weight.is_contiguous(memory_format=cl) and not net[0].weight.is_contiguous()
+        assert net[0].weight is w and torch.equal(net[0].weight, w)  # same parameter, same values, other layout
+    assert net[0].weight.is_contiguous() and net[0].weight is w  # restored: safetensors/training see it as before
+    with pytest.raises(KeyError), channels_last_weights(net):
+        raise KeyError("an error inside the call")
+    assert net[0].weight.is_contiguous()  # restored after the error too
+    net.to(memory_format=cl)  # a layout the user chose is left as it is
+    with channels_last_weights(net):
+        pass
+    assert not net[0].weight.is_contiguous() and net[0].weight.is_contiguous(memory_format=cl)
+    lin = nn.Linear(3, 2)
+    with channels_last_weights(lin):  # no convolutions: nothing to do
+        assert lin.weight.is_contiguous()
+
+
+def _conv_layouts(module: nn.Module) -> tuple[list, object]:
+    """Record (input channels-last?, weight channels-last?, weight default layout?) at each call of the first conv."""
+    conv = next(m for m in module.modules() if isinstance(m, nn.Conv2d))
+    seen: list = []
+
+    def hook(mod, args):
+        x, w = args[0], mod.weight
+        cl = torch.channels_last
+        seen.append((x.is_contiguous(memory_format=cl) and not x.is_contiguous(), w.is_contiguous(memory_format=cl)))
+
+    return seen, conv.register_forward_pre_hook(hook)
+
+
+def test_predict_and_embed_run_convolutions_channels_last_with_the_same_values(hggep, tmp_path, monkeypatch):
+    """Prediction runs the CNN in channels-last layout (input and weights), gives the predictions of the default
+    layout, and leaves the module's weights in the default layout (the model still saves)."""
+    import scst._inference as inf
+
+    sd, model = hggep
+    seen, handle = _conv_layouts(model.module)
+    try:
+        fast = model.predict(sd, "S3", batch_size=16, progress=False)
+        assert seen and all(x and w for x, w in seen), seen[:3]
+        seen.clear()
+        plain = inference_options  # the same call with channels_last off
+        monkeypatch.setattr(
+            inf, "inference_options", lambda *a, **k: dataclasses.replace(plain(*a, **k), channels_last=False)
+        )
+        ref = model.predict(sd, "S3", batch_size=16, progress=False)
+        assert seen and not any(x for x, _ in seen), seen[:3]
+    finally:
+        handle.remove()
+        monkeypatch.undo()
+    assert ref.std(0).max() > 0
+    np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-5)
+    assert all(p.is_contiguous() for p in model.module.parameters())
+    model.save(tmp_path / "m")  # safetensors refuses non-contiguous tensors
+
+    sd2 = syn.make_sdata(sections=("S1",), grid=5)
+    enc = _TinyEncoder()
+    seen, handle = _conv_layouts(enc)
+    try:
+        embed_patches(sd2, enc, size_um=syn.SIZE_UM, out_px=24, batch_size=7, progress=False)
+    finally:
+        handle.remove()
+    assert seen and all(x and w for x, w in seen), seen[:3]
+    assert enc.conv.weight.is_contiguous()

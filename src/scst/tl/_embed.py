@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -205,7 +206,8 @@ def embed_patches(
             batches = PatchBatches(ds, items, float01=not as_uint8, fn=fn)
             loader = DataLoader(batches, batch_size=None, **opts.loader_kwargs(len(items)))
             out: np.ndarray | None = None
-            with torch.no_grad(), opts.autocast():
+            layout = opts.conv_layout(module) if module is not None else contextlib.nullcontext()
+            with torch.no_grad(), opts.autocast(), layout:
                 desc = f"embed_patches ({name}, {um:g} µm)"
                 for i, x in tqdm(loader, desc=desc, unit="batch", disable=not progress):
                     idx = ds.index[items[i]]
@@ -216,7 +218,7 @@ def embed_patches(
                         x = x.float().div_(255.0) if as_uint8 else x
                         if normalize == "imagenet":
                             x = imagenet_normalize(x)
-                        feats = _pool(module(x), name).float().cpu().numpy()
+                        feats = _pool(module(opts.input_layout(x)), name).float().cpu().numpy()
                     if out is None:
                         out = np.full((adata.n_obs, feats.shape[1]), np.nan, dtype=np.float32)
                     out[idx] = feats
