@@ -11,7 +11,8 @@ On a GPU machine (the same measurements on the GPU, with 4 loader workers, bf16 
         --subset 20000 --paper-subset 20000 --raw benchmarks/results/scale_gpu/partial.json \
         --out docs/benchmarks/scale_gpu.md
 
-What is measured (every measurement in a fresh subprocess, torch.set_num_threads(1) per process on CPU):
+What is measured (every measurement in a fresh subprocess, torch.set_num_threads(1) per process on CPU unless
+--threads says otherwise for the prediction runs):
 
 1. The image: a synthetic 60,000 x 60,000 px RGB zarr (uint8, chunks 3 x 1024 x 1024, zstd level 1) with a
    compressible procedural H&E texture (128 px tiles of pink stroma and purple nuclei, four stain mixes varying
@@ -297,12 +298,20 @@ def child_predict(args: dict) -> dict:
     import torch
 
     if args["device"] == "cpu":
-        torch.set_num_threads(1)
+        torch.set_num_threads(int(args.get("threads", 1)))
     import warnings
 
     warnings.filterwarnings("ignore", message=".*random initialisation.*")
     import scst
 
+    layout = args.get("conv_layout", "channels-last")
+    if layout == "default":  # the A/B's other arm: convolutions in the default layout, as before channels-last
+        import dataclasses
+
+        import scst._inference as inf
+
+        plain = inf.inference_options
+        inf.inference_options = lambda *a, **k: dataclasses.replace(plain(*a, **k), channels_last=False)
     path, size, n, kind = Path(args["image"]), args["size"], args["n"], args["kind"]
     model = _train_model(kind, _train_sdata(path, size), args["device"], int(args.get("px", 112)))
     xy, row, col = _grid(size, n)
@@ -334,7 +343,7 @@ def child_predict(args: dict) -> dict:
     res = {
         **args, "seconds": dt, "spots_per_s": n / dt, "peak_rss_mb": mem.peak_mb, "rss_before_mb": rss0,
         "memory_sample_s": mem.interval, "item_order": "worker_blocks" if args["workers"] > 1 else "-",
-        "cpu": cpu_name(),
+        "cpu": cpu_name(), "threads": torch.get_num_threads(), "conv_layout": layout if kind != "ridge" else "-",
         "vmhwm_main_mb": _hwm_mb(), "load_before": load0, "load_after": os.getloadavg(),
         "pred_finite": bool(np.isfinite(pred).all()), "pred_sd_mean": float(np.nanstd(pred, 0).mean()),
     }  # fmt: skip
@@ -531,6 +540,19 @@ subset rows of different days compare loosely. The goal is still not met on CPU:
 3.3× more; what is left is the CNN once per spot and the spatial part once per window. The hand-crafted
 route above is the one that meets the goal on CPU.
 
+*Both cores for the model; convolutions channels-last* (2026-12-02, idle machine, the last two rows). Every earlier
+row ran the model on one torch thread with one loader worker reading ahead. For HGGEP the reading is light (zarr
+reads and the resize: ~0.35 ms of a core per spot in a cProfile of 4,000 spots), so that worker idles most of the
+time and the second core with it. With `num_workers=0` and two torch threads — torch's default on a 2-core machine,
+i.e. what `predict_expression(sdata, model)` does out of the box — the section took **280 s (357 spots/s), 2.08
+GB**, 1.41× faster than the 396 s row; the same code with one thread and one worker 365 s (274 spots/s). Prediction
+now also runs the convolutions in channels-last layout (`InferenceOptions.conv_layout`; same values, test to 1e-5;
+the module's layout restored afterwards). Its effect, in a same-run A/B on the 1,000-spot subset (one thread, one
+worker, two alternations, subset table above, column "conv layout"): ST-Net 32.4 / 33.6 → 39.3 / 39.2 spots/s
+(+19 %), TCGN 78 / 85 → 85 / 85, HGGEP 231 / 233 → 233 / 231 — only ST-Net's ResNet gains measurably end to end
+(an encoder-only timing of HGGEP's ShuffleNet gave ~11 % per batch, ~6 % of its end-to-end time, inside the spread),
+so most of the 396 → 365 s is the day, not the layout. **Still missed on CPU: 280 s against 120 s (2.3×).**
+
 **Paper defaults.** HGGEP (1024-d, ViT depth 4, 4-layer 1024-d LSTM, windows of 1024 spots): 25 spots/s fp32,
 27 bf16 on the 300-spot subset; TCGN (CMT, 224 px): 2.2 spots/s fp32, 4.6 bf16 — at load ~10, on that day's CPU with
 native bf16 (AVX512-BF16). Rerun on 2026-12-02 on the idle machine, which that day was an AMD EPYC without native
@@ -581,7 +603,11 @@ json.dump(d, open('benchmarks/results/scale/partial.json', 'w'))" && $B --parts 
 $B --parts ridge --ridge-px 56 112 && $B --parts blocks && $B --parts full && $B --parts ridge --ridge-px 56 112 \
   && $B --parts gc && $B --parts paper --paper-subset 300 && $B --parts choice --subset 1000 && $B --parts page
 # HGGEP encoding each patch once (idle machine, the choice rows and the whole section again)
-$B --parts image choice --subset 1000 && $B --parts full && $B --parts page"""
+$B --parts image choice --subset 1000 && $B --parts full && $B --parts page
+# convolutions channels-last: the subset A/B (two alternations), then the section with two threads and no worker
+# and with one thread and one worker (idle machine)
+for i in 1 2; do $B --parts choice --subset 1000 --conv-layout default && $B --parts choice --subset 1000; done
+$B --parts full --threads 2 --workers 0 && $B --parts full && $B --parts page"""
 GPU_COMMAND = (
     "SCST_CACHE_DIR=/tmp/scst_cache_scale python benchmarks/bench_scale.py --device cuda --workers 4 "
     "--subset 20000 --paper-subset 20000 --raw benchmarks/results/scale_gpu/partial.json "
@@ -618,6 +644,10 @@ def _fmt(r: dict, cols: list[str]) -> str:
             vals.append(v.replace("_", " "))
         elif c == "hggep_encode":  # HGGEP rows before it was recorded encoded every window's patches
             vals.append((v or "per window") if str(r.get("kind", "")).startswith("hggep") else "-")
+        elif c == "threads":  # rows before it was recorded: one torch thread
+            vals.append(str(v or 1))
+        elif c == "conv_layout":  # rows before it was recorded: the default layout (no convolutions in the ridge)
+            vals.append(v or ("-" if r.get("kind") == "ridge" else "default"))
         elif c == "worker_gc_frozen":  # recorded only by the two 2026-12-02 rows that froze it; the product does not
             vals.append("-" if not r.get("workers") else ("yes" if v else "no"))
         elif isinstance(v, float):
@@ -643,7 +673,8 @@ def write_report(raw: dict, out: Path) -> None:
             "311 s with the batched texture features on a slower day, 211–231 s at 112 px and 80–102 s at 56 px with "
             "the changes of the last rows; "
             "single-process rows suffer more, up to the load ÷ 2). Each row is a fresh process with "
-            "`torch.set_num_threads(1)`; device: CPU. The machine line names the CPU when the page was written; "
+            "`torch.set_num_threads(1)` unless its column 'torch threads' says otherwise; device: CPU. The machine "
+            "line names the CPU when the page was written; "
             "the CPU changes between days (the first paper-default rows ran on one with native bf16, the rows of "
             "2026-12-01/02 on an AMD EPYC without; newer rows record theirs in the raw results).",
             "",
@@ -659,11 +690,13 @@ def write_report(raw: dict, out: Path) -> None:
             "",
         ]
     pred_cols = ["kind", "n", "workers", "precision", "seconds", "spots_per_s", "peak_rss_mb", "load_before",
-                 "memory_sample_s", "item_order", "worker_gc_frozen", "hggep_encode"]  # fmt: skip
+                 "memory_sample_s", "item_order", "worker_gc_frozen", "hggep_encode", "threads",
+                 "conv_layout"]  # fmt: skip
     head = (
         "| pipeline | spots | loader workers | precision | seconds | spots/s | peak PSS (MB) | load "
-        "| PSS sampled every (s) | batches to workers | workers' GC frozen | HGGEP patches encoded |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| PSS sampled every (s) | batches to workers | workers' GC frozen | HGGEP patches encoded | torch threads "
+        "| conv layout |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     for part, title, note in [
         (
@@ -793,6 +826,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers of the prediction runs")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of each prediction run's main process")
+    ap.add_argument(
+        "--conv-layout",
+        choices=["channels-last", "default"],
+        default="channels-last",
+        help="layout of the image models' convolutions during prediction (the product: channels-last)",
+    )
     ap.add_argument("--size", type=int, default=SIZE)
     ap.add_argument("--spots", type=int, default=N_SPOTS)
     ap.add_argument("--subset", type=int, default=1000, help="spots of the subset timings (model choice)")
@@ -819,7 +859,8 @@ def main() -> None:
     raw_path = Path(a.raw)
     raw = json.loads(raw_path.read_text()) if raw_path.exists() else {}
     raw.setdefault("runs", [])
-    base = {"image": str(image), "size": a.size, "device": a.device, "workers": a.workers, "precision": "32"}
+    base = {"image": str(image), "size": a.size, "device": a.device, "workers": a.workers, "precision": "32",
+            "threads": a.threads, "conv_layout": a.conv_layout}  # fmt: skip
 
     def record(r: dict) -> None:
         print(json.dumps(r, default=float), flush=True)

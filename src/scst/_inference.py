@@ -80,9 +80,9 @@ class InferenceOptions:
 def channels_last_weights(module: torch.nn.Module) -> Iterator[None]:
     """Hold ``module``'s 4-D parameters and buffers (convolution kernels) in ``torch.channels_last`` layout.
 
-    The values are the same; only the memory order changes, which lets oneDNN on CPU (11–22 % faster per batch for
-    the image models' CNNs at bench size, docs/benchmarks/scale.md) and cuDNN on GPU tensor cores pick faster
-    kernels. The default layout is restored on exit (also after an error), so checkpoints (safetensors needs
+    The values are the same; only the memory order changes, which lets oneDNN on CPU and cuDNN on GPU tensor cores
+    pick faster kernels (on the benchmark CPU: ST-Net ~19 % more spots/s, TCGN and HGGEP within the run-to-run
+    spread, docs/benchmarks/scale.md). The default layout is restored on exit (also after an error), so checkpoints (safetensors needs
     contiguous tensors) and training see the module as before. A module without 4-D tensors, or one whose 4-D
     tensors are not all in the default layout (converted by the user), is left as it is.
     """
