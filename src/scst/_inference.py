@@ -82,9 +82,9 @@ def channels_last_weights(module: torch.nn.Module) -> Iterator[None]:
 
     The values are the same; only the memory order changes, which lets oneDNN on CPU and cuDNN on GPU tensor cores
     pick faster kernels (on the benchmark CPU: ST-Net ~19 % more spots/s, TCGN and HGGEP within the run-to-run
-    spread, docs/benchmarks/scale.md). The default layout is restored on exit (also after an error), so checkpoints (safetensors needs
-    contiguous tensors) and training see the module as before. A module without 4-D tensors, or one whose 4-D
-    tensors are not all in the default layout (converted by the user), is left as it is.
+    spread, docs/benchmarks/scale.md). The default layout is restored on exit (also after an error), so checkpoints
+    (safetensors needs contiguous tensors) and training see the module as before. A module without 4-D tensors, or
+    one whose 4-D tensors are not all in the default layout (converted by the user), is left as it is.
     """
     four_d = [t for t in itertools.chain(module.parameters(), module.buffers()) if t.ndim == 4]
     if not four_d or not all(t.is_contiguous() for t in four_d):

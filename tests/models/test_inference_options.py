@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -9,8 +10,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-
-import dataclasses
 
 from scst._inference import channels_last_weights, inference_options, worker_blocks
 from scst.models._hggep import HGGEP, _coords_for
