@@ -161,9 +161,9 @@ def _input_on(patches: torch.Tensor, opts: Any) -> torch.Tensor:
     """uint8 ``(n, 3, p, p)`` batch → ImageNet-normalised float on the device (:func:`scst.nn.patches_to_input`).
 
     The uint8 batch is moved first (a quarter of the bytes of float32; asynchronously when pinned), then converted
-    on the device, in the memory layout of ``opts.conv_layout`` (channels-last by default).
+    on the device, in the memory layout of ``opts.conv_layout`` (``opts.input_layout``, as ``embed_patches``).
     """
-    return patches_to_input(opts.to_device(patches), channels_last=opts.channels_last)
+    return opts.input_layout(patches_to_input(opts.to_device(patches)))
 
 
 # --------------------------------------------------------------------------------------------------------------
