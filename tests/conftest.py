@@ -28,6 +28,21 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
+def dask_client():
+    """One dask ``LocalCluster`` (two worker processes, one thread each) for every fan-out test of the session.
+
+    Starting worker processes and importing scst in them costs ~15 s on CI's 2 cores, so the tests share one
+    cluster; the default-cluster path (``client=None``) has its own test. The client is not made dask's default
+    scheduler: the other tests' dask arrays keep computing in this process.
+    """
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0") as lc:
+        with Client(lc, set_as_default=False) as client:
+            yield client
+
+
+@pytest.fixture(scope="session")
 def her2st_sdata():
     """All five HER2+ sections with images (zarr cache built once, then opened lazily)."""
     import scst

@@ -45,12 +45,14 @@ def test_help(capsys):
         assert e.value.code == 0 and "--out" in capsys.readouterr().out
 
 
-def test_fan_out_one_command_equals_per_shard_commands_and_serial(setup, tmp_path, capsys):
-    from distributed import LocalCluster
-
+def test_fan_out_one_command_equals_per_shard_commands_and_serial(setup, dask_client, tmp_path, capsys):
+    """On one running scheduler (the session's LocalCluster, as dask-jobqueue would give): the whole fan-out as one
+    command, and one command per shard (as an array job would run them) then `scst merge`, equal serial prediction."""
     m, s3, s4 = str(setup / "ridge"), str(setup / "S3.zarr"), str(setup / "S4.zarr")
+    address = dask_client.scheduler.address
     out = tmp_path / "all.zarr"
-    assert main(["predict-shards", "--model-dir", m, "--shards", s3, s4, "--workers", "2", "--out", str(out)]) == 0
+    assert main(["predict-shards", "--model-dir", m, "--shards", s3, s4, "--scheduler", address, "--out",
+                 str(out)]) == 0  # fmt: skip
     assert "2 shards, 128 spots on" in capsys.readouterr().out
     names, X = _X(out)
     # serial reference: predict_expression on each store in this process
@@ -60,11 +62,9 @@ def test_fan_out_one_command_equals_per_shard_commands_and_serial(setup, tmp_pat
     want = [predict_expression(sd.read_zarr(p), model, table_added="p", copy=True, progress=False) for p in (s3, s4)]
     np.testing.assert_array_equal(names, np.concatenate([w.obs_names for w in want]))
     np.testing.assert_array_equal(X, np.vstack([w.layers["predicted"] for w in want]))
-    # one command per shard (as an array job would run them, here on one running scheduler), then `scst merge`
-    with LocalCluster(n_workers=1, processes=True, threads_per_worker=1, dashboard_address=":0") as lc:
-        for s, p in (("S3", s3), ("S4", s4)):
-            cmd = ["predict-shards", "--model-dir", m, "--shards", p, "--scheduler", lc.scheduler_address]
-            assert main([*cmd, "--out", str(tmp_path / f"part_{s}.zarr")]) == 0
+    for s, p in (("S3", s3), ("S4", s4)):
+        cmd = ["predict-shards", "--model-dir", m, "--shards", p, "--scheduler", address]
+        assert main([*cmd, "--out", str(tmp_path / f"part_{s}.zarr")]) == 0
     parts = [str(tmp_path / "part_S3.zarr"), str(tmp_path / "part_S4.zarr")]
     assert main(["merge", *parts, "--out", str(tmp_path / "merged.zarr")]) == 0
     names2, X2 = _X(tmp_path / "merged.zarr")
@@ -72,6 +72,29 @@ def test_fan_out_one_command_equals_per_shard_commands_and_serial(setup, tmp_pat
     np.testing.assert_array_equal(X2, X)
     assert main(["merge", *parts, "--out", str(tmp_path / "merged.zarr")]) == 2
     assert "exists; pass `overwrite=True`" in capsys.readouterr().err
+    assert not dask_client.status == "closed"  # the command closed its own connection, not the cluster
+
+
+def test_options_reach_predict_shards(setup, tmp_path, monkeypatch):
+    """Without --scheduler the command asks predict_shards for a local cluster of --workers processes (that path
+    itself runs in tests/tl/test_shards.py)."""
+    import pandas as pd
+
+    import scst.tl._shards as shards
+
+    seen = {}
+
+    def recording(shard_list, model_dir, out, **kwargs):  # a stub: records what the CLI passes
+        seen.update(kwargs, shards=shard_list)
+        return pd.DataFrame({"shard": ["S3"], "n_spots": [64], "worker": ["w"]})
+
+    monkeypatch.setattr(shards, "predict_shards", recording)
+    s3 = str(setup / "S3.zarr")
+    argv = ["predict-shards", "--model-dir", str(setup / "ridge"), "--shards", s3, "--out", str(tmp_path / "o.zarr")]
+    assert main([*argv, "--workers", "3", "--precision", "bf16", "--um-per-px", "0.5"]) == 0
+    assert seen["client"] is None and seen["n_workers"] == 3 and seen["precision"] == "bf16"
+    assert seen["shards"] == [s3] and seen["um_per_px"] == 0.5
+    assert main(argv) == 0 and seen["n_workers"] == 2  # the default
 
 
 def test_errors(setup, tmp_path, capsys):

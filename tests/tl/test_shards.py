@@ -25,12 +25,8 @@ PANEL = ["UP", "DOWN", "NOISE0", "HOUSE"]
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0") as lc:
-        with Client(lc) as client:
-            yield client
+def cluster(dask_client):
+    return dask_client
 
 
 @pytest.fixture(scope="module")
@@ -151,14 +147,14 @@ def test_bad_input_names_the_argument(model_dir, shard_sources, tmp_path):
     assert not (tmp_path / "o.zarr").exists()
 
 
-def test_default_local_cluster_and_duplicate_sections(model_dir, shard_sources, tmp_path):
+def test_default_local_cluster_and_duplicate_sections(cluster, model_dir, shard_sources, tmp_path):
     """client=None starts (and closes) its own LocalCluster; two shards holding one section are refused."""
     out = tmp_path / "one.zarr"
     report = predict_shards({"a": shard_sources["S3"]}, model_dir, out, n_workers=1)
     assert report["n_spots"].tolist() == [64] and out.is_dir()
     with pytest.raises(ValueError, match=r"section 'S3' is in both shard 'a' and shard 'b'"):
         predict_shards({"a": shard_sources["S3"], "b": shard_sources["S3"]}, model_dir, tmp_path / "two.zarr",
-                       n_workers=1)  # fmt: skip
+                       client=cluster)  # fmt: skip
     assert not (tmp_path / "two.zarr").exists()
     with pytest.raises(ValueError, match=r"section 'S3' is in both"):
         merge_shards([out, out], tmp_path / "two.zarr")
@@ -166,16 +162,16 @@ def test_default_local_cluster_and_duplicate_sections(model_dir, shard_sources, 
 
 
 def test_her2st_sections_as_shards_equal_serial(cluster, tmp_path):
-    """Real data: ridge on hand-crafted features of C2–C4; C5 and C6 fanned out as two shards."""
+    """Real data: ridge on hand-crafted features of C2 (one penalty: no inner CV); C5 and C6 as two shards."""
     import spatialdata as sd
 
     import scst
 
-    train = scst.datasets.her2st(sections=["C2", "C3", "C4"])
+    train = scst.datasets.her2st(sections=["C2"])
     scst.pp.select_genes(train.tables["table"], n_top=50)
     embed_patches(train, "handcrafted", progress=False)
     RidgeExpression.setup_sdata(train, embedding_key="X_handcrafted")
-    model = RidgeExpression(train).train()
+    model = RidgeExpression(train, alphas=[100.0]).train()
     model.save(tmp_path / "ridge")
     out = tmp_path / "c5c6.zarr"
     report = predict_shards(["her2st:C5", "her2st:C6"], tmp_path / "ridge", out, client=cluster)
@@ -183,7 +179,7 @@ def test_her2st_sections_as_shards_equal_serial(cluster, tmp_path):
     tab = sd.read_zarr(out).tables[SHARD_TABLE]
     assert (
         list(tab.var_names) == list(model.var_names)
-        and 20 <= tab.n_vars <= 50
+        and 10 <= tab.n_vars <= 50
         and set(sd.read_zarr(out).shapes) == {"C5_spots", "C6_spots"}
     )
     serial = predict_expression(

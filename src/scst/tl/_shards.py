@@ -424,7 +424,8 @@ def predict_shards(
         }
         from distributed import wait
 
-        wait(list(futures.values()))
+        with client.as_current():  # `wait` uses the current client; the given one need not be dask's default
+            wait(list(futures.values()))
         failures = {n: f.exception() for n, f in futures.items() if f.status != "finished"}
         if failures:
             lines = [f"  shard {n!r} ({sources[n]}): {type(e).__name__}: {_first_line(e)}" for n, e in failures.items()]
