@@ -104,11 +104,13 @@ def test_read_st_synthetic(tmp_path):
     assert geo["um_per_px"] == pytest.approx(10.0) and geo["spot_diameter_px"] == pytest.approx(10.0)
     np.testing.assert_array_equal(sd.images["S1_image"]["scale0"]["image"].values[:, 20, 5], [80, 80, 80])
     # The cache is reused: a second read does not convert again.
-    stores = list((tmp_path / "cache").iterdir())
+    # Besides the store only its lock file (kept: removing it while another process waits on it would be a race).
+    stores = sorted((tmp_path / "cache").iterdir())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         read_st(c, s, i, sample="S1", cache_dir=tmp_path / "cache")
-    assert list((tmp_path / "cache").iterdir()) == stores and len(stores) == 1
+    assert sorted((tmp_path / "cache").iterdir()) == stores and len(stores) == 2
+    assert stores[0].name == f".{stores[1].name}.lock" and stores[0].is_file()
 
 
 def test_read_st_explicit_scale_and_no_image(tmp_path):

@@ -107,7 +107,7 @@ def test_damaged_image_cache_is_detected(tmp_path):
     sd = read_st(counts, spots, he, sample="S", cache_dir=tmp_path / "cache")
     good = _patches(sd)
     assert good.std() > 20  # the texture, not a constant
-    (store,) = (tmp_path / "cache").iterdir()
+    (store,) = (p for p in (tmp_path / "cache").iterdir() if p.suffix == ".zarr")
     assert (store / MANIFEST).is_file()
     check_image_cache(store)  # complete
     chunk = store / "images" / "image" / "s0" / "c" / "0" / "0" / "0"
@@ -132,7 +132,7 @@ def test_damaged_image_cache_is_detected(tmp_path):
 def test_cache_without_manifest_is_adopted_or_rebuilt(tmp_path):
     counts, spots, he, _ = _section(tmp_path)
     read_st(counts, spots, he, sample="S", cache_dir=tmp_path / "cache")
-    (store,) = (tmp_path / "cache").iterdir()
+    (store,) = (p for p in (tmp_path / "cache").iterdir() if p.suffix == ".zarr")
     (store / MANIFEST).unlink()  # as written before manifests existed: complete → adopted silently
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)

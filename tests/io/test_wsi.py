@@ -87,3 +87,43 @@ def test_whole_slide_full_level_goes_to_the_cache(tmp_path):
     _pyramidal_tiff(tmp_path / "slide.svs", img, levels=2)
     el = cached_image(tmp_path / "slide.svs", "S", cache=tmp_path / "cache")
     np.testing.assert_array_equal(el["scale0"]["image"].data.compute(), np.moveaxis(img, -1, 0))
+
+
+def test_concurrent_callers_convert_once(tmp_path, monkeypatch):
+    """Two threads ask for the cache of one new image at once: one converts, the other waits and opens its store
+    (without the lock both convert, and the second swaps the store the first already reads)."""
+    import threading
+    import time
+
+    import scst.io._image as image_mod
+
+    img = _texture(300, 400)
+    Image.fromarray(img).save(tmp_path / "he.png")
+    calls = []
+    convert = image_mod._convert
+
+    def slow_convert(path, store):
+        calls.append(threading.get_ident())
+        time.sleep(0.5)  # both threads are inside cached_image before the first conversion ends
+        convert(path, store)
+
+    monkeypatch.setattr(image_mod, "_convert", slow_convert)
+    got, errors = [], []
+
+    def ask():
+        try:
+            got.append(cached_image(tmp_path / "he.png", "S", cache=tmp_path / "cache")["scale0"]["image"].data)
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(calls) == 1 and len(got) == 2
+    for arr in got:
+        np.testing.assert_array_equal(arr.compute(), np.moveaxis(img, -1, 0))
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")] == [
+        image_mod.image_cache_path(tmp_path / "he.png", tmp_path / "cache").name
+    ]
