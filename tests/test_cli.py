@@ -116,21 +116,31 @@ def test_train_head_then_predict_a_bare_he_image(tmp_path):
     assert main(["predict", "--model-dir", m, "--image", image, "--out", str(tmp_path / "x.h5ad")]) == 2  # no µm/px
 
 
-def test_train_config_overrides_reach_the_model(tmp_path, capsys):
-    """`--config KEY=VALUE` (JSON values) reaches the model; a bad key or value is one named error."""
+def test_train_config_overrides_reach_the_model(tmp_path, capsys, monkeypatch):
+    """`--config KEY=VALUE` (JSON values) reaches the model; a bad key or value is one named error, and a bad key
+    fails before the data are read (a synthetic store: what is tested is the config's path, not her2st)."""
+    import _he_synthetic as syn  # tests/models is on pytest's pythonpath (pyproject.toml)
+
     import scst
 
+    data = tmp_path / "syn.zarr"
+    syn.make_sdata(sections=("S1", "S2")).write(data)
     m = tmp_path / "m"
-    assert main(["train", "--model", "ridge", "--sections", "C2", "C3", "--n-genes", "30", "--config", "n_programs=2",
+    assert main(["train", "--model", "ridge", "--data", str(data), "--n-genes", "8", "--config", "n_programs=2",
                  "--config", "alphas=[10.0, 1000.0]", "--out", str(m)]) == 0  # fmt: skip
     model = scst.models.RidgeExpression.load(m)
     assert model.n_programs_ == 2 and model.config["alphas"] == [10.0, 1000.0]
     capsys.readouterr()
-    assert main(["train", "--model", "ridge", "--sections", "C2", "C3", "--config", "n_programs=0", "--out",
+    assert main(["train", "--model", "ridge", "--data", str(data), "--config", "n_programs=0", "--out",
                  str(tmp_path / "x")]) == 2  # fmt: skip
     assert 'scst: error: --config: n_programs: expected None, "auto" or an int' in capsys.readouterr().err
     assert main(["train", "--model", "mean", "--config", "n_programs", "--out", str(tmp_path / "y")]) == 2
     assert "--config: expected KEY=VALUE (e.g. n_programs=6), got 'n_programs'" in capsys.readouterr().err
-    assert main(["train", "--model", "mean", "--sections", "C2", "--config", "hidden=3", "--out",
-                 str(tmp_path / "z")]) == 2  # fmt: skip
-    assert "--config: Unknown config key(s) ['hidden'] for MeanExpression" in capsys.readouterr().err
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the data were read before the config was checked")
+
+    monkeypatch.setattr("scst.cli._load_data", no_reading)
+    for model_name, cls in (("mean", "MeanExpression"), ("hggep", "HGGEP")):
+        assert main(["train", "--model", model_name, "--config", "hidden=3", "--out", str(tmp_path / "z")]) == 2
+        assert f"--config: Unknown config key(s) ['hidden'] for {cls}" in capsys.readouterr().err

@@ -87,6 +87,12 @@ def _train(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise CLIError(f"--out: {str(out)!r} exists; pass --overwrite to replace it.")
+    cls = getattr(scst.models, MODELS[args.model])
+    try:  # unknown keys fail here, before the data are read and features computed
+        config = {**cls.bench_config, **_config(args.config)}
+        cls._merge_config(config)
+    except ValueError as e:
+        raise CLIError(f"--config: {e}") from e
     sdata = _load_data(args.data, args.sections)
     adata = sdata.tables["table"]
     if args.sections:
@@ -96,8 +102,6 @@ def _train(args: argparse.Namespace) -> None:
             raise CLIError(f"--sections: {missing} not in the data (sections: {sorted(present)}).")
     # The panel comes from the training sections only (a held-out section never chooses the genes).
     scst.pp.select_genes(adata, n_top=args.n_genes, sections=args.sections)
-    cls = getattr(scst.models, MODELS[args.model])
-    config = {**cls.bench_config, **_config(args.config)}
 
     def build(data):
         try:

@@ -15,7 +15,7 @@ leave-one-section-out loop serves every model::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -85,18 +85,22 @@ class _ClosedFormModel(_SetupRegistry):
                 f"`data` is not set up for {type(self).__name__}; call "
                 f"`scst.models.{type(self).__name__}.{kind}` first."
             )
-        allowed = set(self._default_config)
-        unknown = sorted(set(config) - allowed)
-        if unknown:
-            raise ValueError(
-                f"Unknown config key(s) {unknown} for {type(self).__name__}; expected some of {sorted(allowed)}."
-            )
         self.data, self.adata, self.registry = data, adata, registry
-        self.config = _jsonable({**self._default_config, **config}, f"{type(self).__name__} config")
+        self.config = self._merge_config(config)
         self.params: dict[str, np.ndarray] = {}
         self.history: pd.DataFrame | None = None
         self._is_trained = False
         self._check_config()
+
+    @classmethod
+    def _merge_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The defaults updated with ``config``; unknown keys are an error (checkable before any data are read)."""
+        unknown = sorted(set(config) - set(cls._default_config))
+        if unknown:
+            raise ValueError(
+                f"Unknown config key(s) {unknown} for {cls.__name__}; expected some of {sorted(cls._default_config)}."
+            )
+        return _jsonable({**cls._default_config, **config}, f"{cls.__name__} config")
 
     def _check_config(self) -> None:
         """Validate ``self.config`` at construction (subclasses), so a bad setting fails before any work."""
