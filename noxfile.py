@@ -28,9 +28,14 @@ def _install(session: nox.Session, extras: str) -> None:
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Run the test suite (real data from ../shared/data when present)."""
+    """Run the test suite (real data from ../shared/data when present).
+
+    Test files run in parallel processes (pytest-xdist, one per core up to four; a file's tests stay in one process
+    so its fixtures are built once). ``nox -s tests -- <pytest args>`` replaces these defaults.
+    """
     _install(session, "test")
-    session.run("pytest", *(session.posargs or ["-q"]), env=_env())
+    default = ["-q", "-n", "auto", "--maxprocesses", "4", "--dist", "loadfile"]
+    session.run("pytest", *(session.posargs or default), env=_env())
 
 
 @nox.session(python=PYTHON)

@@ -11,6 +11,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 if "SCST_DATA_DIR" not in os.environ and SHARED.is_dir():
     os.environ["SCST_DATA_DIR"] = str(SHARED)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Test processes run side by side (`nox -s tests` runs pytest-xdist): one intra-op thread each, also in the
+    # processes the tests start, or the workers oversubscribe CI's 2 cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -21,16 +21,15 @@ def her2st_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def c2_sdata(her2st_dir, tmp_path_factory):
-    """Section C2 with its image, opened lazily from the zarr cache (user's $SCST_CACHE_DIR, else a tmp dir).
+def c2_sdata(her2st_dir):
+    """Section C2 with its image, opened lazily from scst's default zarr cache (the one ``her2st_sdata`` fills, so
+    the image is converted once per session).
 
     Tests must not modify it: wrap it with :func:`fresh` before adding elements.
     """
     import scst
 
-    env = os.environ.get("SCST_CACHE_DIR")
-    cache = Path(env) / "images" if env else tmp_path_factory.mktemp("scst_cache") / "images"
-    return scst.datasets.her2st(["C2"], path=her2st_dir, cache_dir=cache)
+    return scst.datasets.her2st(["C2"], path=her2st_dir)
 
 
 def fresh(sdata):
