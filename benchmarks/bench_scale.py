@@ -553,6 +553,14 @@ worker, two alternations, subset table above, column "conv layout"): ST-Net 32.4
 (an encoder-only timing of HGGEP's ShuffleNet gave ~11 % per batch, ~6 % of its end-to-end time, inside the spread),
 so most of the 396 → 365 s is the day, not the layout. **Still missed on CPU: 280 s against 120 s (2.3×).**
 
+*torch.compile, tried and not shipped* (`benchmarks/bench_compile_cpu.py`, raw rows in
+`benchmarks/results/scale/compile_cpu.json`): HGGEP's per-spot encoder (`HGGEPModule.encode_patches`: GEM,
+ShuffleNetV2 x0.5, stage projections; batches of 96 at 112 px) compiled with inductor runs at 724 spots/s on two
+threads against 566 eager channels-last and 418 eager (452 / 414 / 378 on one thread), the same values to 5e-8 —
+but the first call compiles for 62–74 s on this CPU (new batch shapes compile again). At 566 → 724 spots/s the
+encoder's share of the 100k section drops from ~177 s to ~138 s, less than the compile time: compiling pays only
+beyond ~200k spots per process, and does not reach the 2-minute goal either.
+
 **Paper defaults.** HGGEP (1024-d, ViT depth 4, 4-layer 1024-d LSTM, windows of 1024 spots): 25 spots/s fp32,
 27 bf16 on the 300-spot subset; TCGN (CMT, 224 px): 2.2 spots/s fp32, 4.6 bf16 — at load ~10, on that day's CPU with
 native bf16 (AVX512-BF16). Rerun on 2026-12-02 on the idle machine, which that day was an AMD EPYC without native
