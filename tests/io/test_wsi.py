@@ -127,3 +127,19 @@ def test_concurrent_callers_convert_once(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")] == [
         image_mod.image_cache_path(tmp_path / "he.png", tmp_path / "cache").name
     ]
+
+
+def test_intact_cache_opens_without_the_lock(tmp_path, monkeypatch):
+    """Only a conversion takes the lock: an intact cache (e.g. a lab's read-only shared one) opens without writing."""
+    import filelock
+
+    img = _texture(200, 300)
+    Image.fromarray(img).save(tmp_path / "he.png")
+    cached_image(tmp_path / "he.png", "S", cache=tmp_path / "cache")
+
+    def no_lock(*args, **kwargs):
+        raise AssertionError("an intact cache took the lock")
+
+    monkeypatch.setattr(filelock, "FileLock", no_lock)
+    el = cached_image(tmp_path / "he.png", "S", cache=tmp_path / "cache")
+    np.testing.assert_array_equal(el["scale0"]["image"].data.compute(), np.moveaxis(img, -1, 0))

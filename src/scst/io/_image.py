@@ -278,7 +278,8 @@ def cached_image(path: str | os.PathLike, coordinate_system: str, cache: str | o
     folder that is renamed into place, so a crash never leaves a half-written cache. A cache whose files were
     deleted or truncated since (checked against its manifest, ``scst_cache.json``) is rebuilt with a warning.
     Callers asking for the same image at once (parallel jobs, dask workers) convert it once: the others wait on a
-    file lock beside the store, then open it.
+    file lock beside the store, then open it. An intact cache is opened without the lock (a read-only shared cache
+    works).
 
     Parameters
     ----------
@@ -296,18 +297,19 @@ def cached_image(path: str | os.PathLike, coordinate_system: str, cache: str | o
     if not path.exists():
         raise FileNotFoundError(f"image: file {path} does not exist.")
     store = image_cache_path(path, cache)
-    store.parent.mkdir(parents=True, exist_ok=True)
-    # One process converts; others asking for the same image meanwhile (parallel jobs, dask workers, test
-    # workers) wait and then open its store, instead of converting again and swapping a store another reads.
-    with FileLock(store.parent / f".{store.name}.lock"):
-        if store.exists():
-            why = _damage(store) if (store / MANIFEST).is_file() else _adopt_or_damage(store)
-            if why is not None:
-                warnings.warn(f"Image cache {store} is damaged ({why}); rebuilding it from {path}.", UserWarning, 2)
-                shutil.rmtree(store, ignore_errors=True)
-        if not store.exists():
-            logg.info(f"Converting {path.name} to a multiscale zarr cache at {store} (once)")
-            _convert(path, store)
+    if not ((store / MANIFEST).is_file() and _damage(store) is None):  # an intact cache is opened without a lock
+        store.parent.mkdir(parents=True, exist_ok=True)
+        # One process converts; others asking for the same image meanwhile (parallel jobs, dask workers, test
+        # workers) wait and then open its store, instead of converting again and swapping a store another reads.
+        with FileLock(store.parent / f".{store.name}.lock"):
+            if store.exists():
+                why = _damage(store) if (store / MANIFEST).is_file() else _adopt_or_damage(store)
+                if why is not None:
+                    warnings.warn(f"Image cache {store} is damaged ({why}); rebuilding it from {path}.", UserWarning, 2)
+                    shutil.rmtree(store, ignore_errors=True)
+            if not store.exists():
+                logg.info(f"Converting {path.name} to a multiscale zarr cache at {store} (once)")
+                _convert(path, store)
     el = read_zarr(store, selection=("images",)).images["image"]
     # One cache serves every caller; the coordinate system is set on this in-memory element only.
     set_transformation(el, {coordinate_system: Identity()}, set_all=True)
