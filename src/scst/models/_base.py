@@ -187,7 +187,23 @@ def _all_subclasses(cls: type) -> list[type]:
 
 
 class _SetupRegistry:
-    """The setup registry shared by every scst model (deep ones and the closed-form baselines)."""
+    """The setup registry and config merge shared by every scst model (deep ones and the closed-form baselines)."""
+
+    #: Settings and their defaults (subclasses).
+    _default_config: ClassVar[dict[str, Any]] = {}
+    #: Settings every model of a family has besides ``_default_config``, with their defaults.
+    _common_config: ClassVar[dict[str, Any]] = {}
+    #: Keys accepted without a default (e.g. the training settings ``train`` reads when given).
+    _optional_config_keys: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def _merge_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The defaults updated with ``config``; unknown keys are an error (checkable before any data are read)."""
+        allowed = {*cls._common_config, *cls._optional_config_keys, *cls._default_config}
+        unknown = sorted(set(config) - allowed)
+        if unknown:
+            raise ValueError(f"Unknown config key(s) {unknown} for {cls.__name__}; expected some of {sorted(allowed)}.")
+        return _jsonable({**cls._common_config, **cls._default_config, **config}, f"{cls.__name__} config")
 
     @classmethod
     def _register(cls, adata: Any, registry: dict[str, Any]) -> None:
@@ -297,6 +313,8 @@ class BaseModel(_SetupRegistry, ABC):
 
     _module_cls: ClassVar[type[nn.Module]]
     _default_config: ClassVar[dict[str, Any]] = {}
+    _common_config: ClassVar[dict[str, Any]] = {"seed": 0}
+    _optional_config_keys: ClassVar[tuple[str, ...]] = _TRAIN_KEYS
     bench_config: ClassVar[dict[str, Any]] = {}
     _monitor: ClassVar[str] = "val_loss"
     _monitor_mode: ClassVar[str] = "min"
@@ -350,14 +368,6 @@ class BaseModel(_SetupRegistry, ABC):
         self.module = self._build_module(self._module_kwargs_, seed=self.config["seed"])
         self._is_trained = False
         self.history: pd.DataFrame | None = None
-
-    @classmethod
-    def _merge_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
-        allowed = {"seed", *_TRAIN_KEYS, *cls._default_config}
-        unknown = sorted(set(config) - allowed)
-        if unknown:
-            raise ValueError(f"Unknown config key(s) {unknown} for {cls.__name__}; expected some of {sorted(allowed)}.")
-        return _jsonable({"seed": 0, **cls._default_config, **config}, f"{cls.__name__} config")
 
     def _build_module(self, module_kwargs: dict[str, Any], seed: int | None) -> nn.Module:
         # Seeded initialisation in a forked RNG: same config → same initial weights, global RNG untouched.

@@ -15,7 +15,7 @@ leave-one-section-out loop serves every model::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -91,16 +91,6 @@ class _ClosedFormModel(_SetupRegistry):
         self.history: pd.DataFrame | None = None
         self._is_trained = False
         self._check_config()
-
-    @classmethod
-    def _merge_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
-        """The defaults updated with ``config``; unknown keys are an error (checkable before any data are read)."""
-        unknown = sorted(set(config) - set(cls._default_config))
-        if unknown:
-            raise ValueError(
-                f"Unknown config key(s) {unknown} for {cls.__name__}; expected some of {sorted(cls._default_config)}."
-            )
-        return _jsonable({**cls._default_config, **config}, f"{cls.__name__} config")
 
     def _check_config(self) -> None:
         """Validate ``self.config`` at construction (subclasses), so a bad setting fails before any work."""
