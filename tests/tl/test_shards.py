@@ -25,11 +25,6 @@ PANEL = ["UP", "DOWN", "NOISE0", "HOUSE"]
 
 
 @pytest.fixture(scope="module")
-def cluster(dask_client):
-    return dask_client
-
-
-@pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """Ridge on hand-crafted patch features of S1, S2: the workers recompute the features of each shard."""
     sd = syn.make_sdata(sections=("S1", "S2"))
@@ -71,11 +66,11 @@ def _serial(source, model_dir):
     return predict_expression(sd.read_zarr(source), model, table_added="p", copy=True, progress=False)
 
 
-def test_fan_out_equals_serial(cluster, model_dir, shard_sources, tmp_path):
+def test_fan_out_equals_serial(dask_client, model_dir, shard_sources, tmp_path):
     import spatialdata as sd
 
     out = tmp_path / "merged.zarr"
-    report = predict_shards(list(shard_sources.values()), model_dir, out, client=cluster, um_per_px=syn.UM_PER_PX)
+    report = predict_shards(list(shard_sources.values()), model_dir, out, client=dask_client, um_per_px=syn.UM_PER_PX)
     assert list(report["shard"]) == ["S3", "S4", "S5"] and report["worker"].nunique() >= 1
     merged = sd.read_zarr(out)
     tab = merged.tables[SHARD_TABLE]
@@ -103,7 +98,7 @@ def test_fan_out_equals_serial(cluster, model_dir, shard_sources, tmp_path):
     np.testing.assert_array_equal(sd.read_zarr(tmp_path / "again.zarr").tables[SHARD_TABLE].X, tab.X)
 
 
-def test_failed_shard_is_named_and_nothing_is_written(cluster, model_dir, shard_sources, tmp_path):
+def test_failed_shard_is_named_and_nothing_is_written(dask_client, model_dir, shard_sources, tmp_path):
     import spatialdata as sd
 
     # a store whose table lacks geometry for its section and has no image: predict_expression fails there
@@ -113,15 +108,15 @@ def test_failed_shard_is_named_and_nothing_is_written(cluster, model_dir, shard_
     out = tmp_path / "merged.zarr"
     srcs = {"good": shard_sources["S3"], "broken": tmp_path / "broken.zarr"}
     with pytest.raises(ShardError, match=r"1 of 2 shards failed.*\n  shard 'broken' \(.*broken\.zarr\): ") as e:
-        predict_shards(srcs, model_dir, out, client=cluster)
+        predict_shards(srcs, model_dir, out, client=dask_client)
     assert list(e.value.failures) == ["broken"]
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["broken.zarr"]  # no scratch shards left behind
     # an existing output is left as it was when a later run fails
-    predict_shards({"good": shard_sources["S3"]}, model_dir, out, client=cluster)
+    predict_shards({"good": shard_sources["S3"]}, model_dir, out, client=dask_client)
     before = np.asarray(sd.read_zarr(out).tables[SHARD_TABLE].X).copy()
     with pytest.raises(ShardError, match="'broken'"):
-        predict_shards(srcs, model_dir, out, client=cluster, overwrite=True)
+        predict_shards(srcs, model_dir, out, client=dask_client, overwrite=True)
     np.testing.assert_array_equal(np.asarray(sd.read_zarr(out).tables[SHARD_TABLE].X), before)
 
 
@@ -147,21 +142,21 @@ def test_bad_input_names_the_argument(model_dir, shard_sources, tmp_path):
     assert not (tmp_path / "o.zarr").exists()
 
 
-def test_default_local_cluster_and_duplicate_sections(cluster, model_dir, shard_sources, tmp_path):
+def test_default_local_cluster_and_duplicate_sections(dask_client, model_dir, shard_sources, tmp_path):
     """client=None starts (and closes) its own LocalCluster; two shards holding one section are refused."""
     out = tmp_path / "one.zarr"
     report = predict_shards({"a": shard_sources["S3"]}, model_dir, out, n_workers=1)
     assert report["n_spots"].tolist() == [64] and out.is_dir()
     with pytest.raises(ValueError, match=r"section 'S3' is in both shard 'a' and shard 'b'"):
         predict_shards({"a": shard_sources["S3"], "b": shard_sources["S3"]}, model_dir, tmp_path / "two.zarr",
-                       client=cluster)  # fmt: skip
+                       client=dask_client)  # fmt: skip
     assert not (tmp_path / "two.zarr").exists()
     with pytest.raises(ValueError, match=r"section 'S3' is in both"):
         merge_shards([out, out], tmp_path / "two.zarr")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.zarr"]
 
 
-def test_her2st_sections_as_shards_equal_serial(cluster, tmp_path):
+def test_her2st_sections_as_shards_equal_serial(dask_client, tmp_path):
     """Real data: ridge on hand-crafted features of C2 (one penalty: no inner CV); C5 and C6 as two shards."""
     import spatialdata as sd
 
@@ -174,7 +169,7 @@ def test_her2st_sections_as_shards_equal_serial(cluster, tmp_path):
     model = RidgeExpression(train, alphas=[100.0]).train()
     model.save(tmp_path / "ridge")
     out = tmp_path / "c5c6.zarr"
-    report = predict_shards(["her2st:C5", "her2st:C6"], tmp_path / "ridge", out, client=cluster)
+    report = predict_shards(["her2st:C5", "her2st:C6"], tmp_path / "ridge", out, client=dask_client)
     assert list(report["sections"]) == [["C5"], ["C6"]]
     tab = sd.read_zarr(out).tables[SHARD_TABLE]
     assert (
