@@ -172,3 +172,31 @@ def test_ridge_path_with_one_training_section_warns():
     with pytest.warns(UserWarning, match="ridge path's penalty at 100 and the number of programmes at 4 are fixed"):
         model = MLPExpression(tab, max_epochs=1).train(validation=False, enable_progress_bar=False)
     assert model.n_programs_ == 4 and model.program_cv_ is None  # min(5, the 4 genes); no CV was possible
+
+
+def test_head_predicts_from_the_table_it_was_set_up_on_and_save_data_keeps_the_callers_path(tmp_path):
+    """A SpatialData whose table is not called "table": predict reads the set-up table (it looked for "table");
+    ``save(save_data=True)`` writes a copy without re-pointing the caller's ``sdata.path`` at the (renamed) temp dir."""
+    sd = syn.make_sdata(image=False)
+    tab = sd.tables["table"]
+    del sd.tables["table"]
+    sd.tables["spots"] = tab
+    tab.obsm["X_emb"] = _table().obsm["X_emb"]
+    MLPExpression.setup_sdata(sd, table="spots", use_rep="X_emb", genes=PANEL, sections=["S1", "S2"])
+    model = MLPExpression(sd, **{**MLPExpression.bench_config, "max_epochs": 2}).train(enable_progress_bar=False)
+    pred = model.predict(sections="S3")
+    assert pred.shape == ((tab.obs["section"] == "S3").sum(), len(PANEL))
+    assert sd.path is None
+    model.save(tmp_path / "m", save_data=True)
+    assert sd.path is None and (tmp_path / "m" / "data.zarr").is_dir()
+    np.testing.assert_allclose(MLPExpression.load(tmp_path / "m").predict(sections="S3"), pred, rtol=1e-6)
+
+
+def test_validation_argument_is_checked_and_training_without_one_warns():
+    tab = _table()
+    MLPExpression.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1"])
+    config = {**MLPExpression.bench_config, "max_epochs": 1}
+    with pytest.raises(ValueError, match=r"validation: expected None or True .* got 0.2"):
+        MLPExpression(tab, **config).train(validation=0.2, enable_progress_bar=False)
+    with pytest.warns(UserWarning, match="one training section; training without validation, so no early stopping"):
+        MLPExpression(tab, **config).train(enable_progress_bar=False)

@@ -257,3 +257,58 @@ def test_predict_expression_clips_linear_models_at_zero():
     layer = tab[tab.obs["section"] == "S3", PANEL].layers["predicted"].toarray()
     np.testing.assert_array_equal(layer, np.clip(raw, 0, None))
     assert (layer >= 0).all()
+
+
+def test_cross_validate_scores_the_clipped_prediction_predict_expression_writes():
+    """cross_validate must score what predict_expression stores (clipped at 0), not the raw linear output."""
+    sd = syn.make_sdata()
+    tab = sd.tables["table"]
+    z = tab.obs["z"].to_numpy() * np.where(tab.obs["section"] == "S3", 50.0, 1.0)
+    tab.obsm["X_z"] = np.column_stack([z, np.random.default_rng(0).normal(size=tab.n_obs)])
+    RidgeExpression.setup_anndata(tab, embedding_key="X_z", genes=PANEL, sections=["S1", "S2"])
+    raw = RidgeExpression(tab).train().predict(tab, "S3")
+    assert raw.min() < 0  # the case this test is about
+    _, preds = cross_validate(
+        RidgeExpression, sd, genes=PANEL, setup_kwargs={"embedding_key": "X_z"}, test_sections=["S3"],
+        metrics=("pearson",), return_predictions=True,
+    )  # fmt: skip
+    np.testing.assert_allclose(preds["S3"], np.clip(raw, 0, None), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="validation: expected 'auto', None or a section name, got 0.2"):
+        cross_validate(RidgeExpression, sd, genes=PANEL, setup_kwargs={"embedding_key": "X_z"}, validation=0.2)
+
+
+def test_predict_expression_bad_tables_are_clear_errors(trained):
+    sd, model = trained
+    with pytest.raises(ValueError, match="table_added: 'table' is the table predicted from"):
+        predict_expression(sd, model, sections=["S3"], table_added="table", progress=False)
+    bad = syn.make_sdata(sections=("S1", "S3"))
+    sec = bad.tables["table"].obs["section"].astype(object)
+    sec.iloc[:2] = np.nan
+    bad.tables["table"].obs["section"] = sec.astype("category")
+    with pytest.raises(ValueError, match=r"obs\['section'\] is missing for 2 spots"):
+        predict_expression(bad, model, progress=False)
+
+
+def test_copy_leaves_the_input_table_untouched_and_random_embeddings_are_not_rebuilt():
+    """copy=True: the embedding a head's prediction recomputes goes into the copy, not the caller's table. An
+    embedding from a randomly initialised encoder cannot be recomputed (new random weights): an error, not a silent
+    prediction from unrelated features."""
+    from scst.tl import embed_patches
+
+    sd = syn.make_sdata()
+    tab = sd.tables["table"]
+    embed_patches(sd, "handcrafted", size_um=syn.SIZE_UM, out_px=32, key_added="X_hc", progress=False)
+    RidgeExpression.setup_anndata(tab, embedding_key="X_hc", genes=PANEL, sections=["S1", "S2"])
+    model = RidgeExpression(tab).train()
+    bare = syn.make_sdata()
+    bt = bare.tables["table"]
+    before = (set(bt.obsm), set(bt.layers), set(bt.uns))
+    out = predict_expression(bare, model, sections="S3", copy=True, progress=False)
+    assert "X_hc" in out.obsm and "predicted" in out.layers
+    assert (set(bt.obsm), set(bt.layers), set(bt.uns)) == before
+    with pytest.warns(UserWarning, match="random initialisation"):
+        embed_patches(sd, "resnet18", weights=None, size_um=syn.SIZE_UM, out_px=32, key_added="X_r", progress=False)
+    RidgeExpression.setup_anndata(tab, embedding_key="X_r", genes=PANEL, sections=["S1", "S2"])
+    rmodel = RidgeExpression(tab).train()
+    with pytest.raises(ValueError, match="randomly initialised encoder"):
+        predict_expression(syn.make_sdata(), rmodel, sections="S3", progress=False)

@@ -755,8 +755,8 @@ class BaseModel(_SetupRegistry, ABC):
         def payload(tmp: Path) -> None:
             save_model(self.module, str(tmp / WEIGHTS_FILE))
             if save_data:
-                if hasattr(self.data, "tables"):
-                    self.data.write(tmp / "data.zarr")
+                if hasattr(self.data, "tables"):  # the caller's SpatialData keeps its own path
+                    self.data.write(tmp / "data.zarr", update_sdata_path=False)
                 elif hasattr(self.data, "mod"):
                     self.data.write(tmp / "data.h5mu")
                 else:

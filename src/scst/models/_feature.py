@@ -17,7 +17,7 @@ import torch
 from scipy import sparse
 from torch.utils.data import DataLoader, Dataset
 
-from .._constants import SECTION_KEY, SPATIAL_KEY
+from .._constants import SECTION_KEY, SPATIAL_KEY, TABLE_KEY
 from .._normalize import panel_targets
 from .._utils import _check_key, _embedding_record, _get_table, _plain
 from ..nn._heads import MLPHeadModule, SpatialHeadModule
@@ -307,7 +307,7 @@ class _FeatureModel(BaseModel):
         sections
             Sections to predict; default all sections of the table.
         table
-            Table key of a SpatialData (default ``"table"``).
+            Table key of a SpatialData (default: the table the model was set up on).
         batch_size
             Spots per forward pass (default: the training batch size).
         progress
@@ -323,7 +323,7 @@ class _FeatureModel(BaseModel):
         data = self.data if data is None else data
         if data is None:
             raise ValueError("data: this model has no data attached; pass an AnnData or SpatialData.")
-        adata = _get_table(data, table or "table") if hasattr(data, "tables") else data
+        adata = _get_table(data, table or self.registry.get("table") or TABLE_KEY) if hasattr(data, "tables") else data
         sections = _check_sections(adata, sections)
         bs = int(batch_size or self._train_setting("batch_size", None))
         out = np.zeros((adata.n_obs, len(self.var_names)), dtype=np.float32)
@@ -346,7 +346,9 @@ class MLPExpression(_FeatureModel):
 
     Embeddings and targets (log1p(normalize_total 1e4)) are standardised with the mean and sd of the training
     spots; the loss is the MSE on the standardised targets, so every gene weighs the same. Checkpoints are chosen
-    on the validation MSE (one training section held out). Predictions are mapped back to log1p units.
+    on the validation MSE (one training section held out from the network's gradient steps; the closed-form parts,
+    ridge path and programme axes, are fitted on all training sections, the validation one included). Predictions
+    are mapped back to log1p units.
 
     Parameters
     ----------
@@ -399,7 +401,9 @@ class HGGEPHead(_FeatureModel):
     window of at most ``batch_size`` spots of one section (the ``batch_size`` spots nearest to a random spot in
     training; at prediction a tiling in which every spot is predicted inside the window around its k-d cell).
     Embeddings and MSE targets are standardised with the training spots' mean/sd (every gene weighs the same, and
-    the MSE is on the scale of the ZINB term); checkpoints are chosen on the validation MSE.
+    the MSE is on the scale of the ZINB term); checkpoints are chosen on the validation MSE (one training section
+    held out from the network's gradient steps; the ridge path and programme axes are fitted on all training
+    sections, the validation one included).
 
     Parameters
     ----------

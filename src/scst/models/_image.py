@@ -332,11 +332,24 @@ def _validation_sections(name: str, sections: list[str], validation: Any, seed: 
         return sections, []
     if validation is None or validation is True:
         if len(sections) < 2:
-            logg.warning(f"{name}: one training section; training without validation.")
+            warnings.warn(
+                f"{name}: one training section; training without validation, so no early stopping and no checkpoint "
+                "choice (every epoch runs and the last one is kept).",
+                UserWarning,
+                stacklevel=4,
+            )
             return sections, []
         val = [sections[int(np.random.default_rng(seed).integers(len(sections)))]]
     else:
-        val = [validation] if isinstance(validation, str) else [str(v) for v in validation]
+        ok = isinstance(validation, str) or (
+            isinstance(validation, list | tuple) and validation and all(isinstance(v, str) for v in validation)
+        )
+        if not ok:
+            raise ValueError(
+                "validation: expected None or True (one training section, drawn with the seed), False (none), a "
+                f"section name or a list of section names, got {validation!r}."
+            )
+        val = [validation] if isinstance(validation, str) else list(validation)
         bad = [v for v in val if v not in sections]
         if bad:
             raise ValueError(

@@ -207,7 +207,20 @@ def predict_expression(
         new.layers[layer] = pred.copy()
         out, sections = new, list(dict.fromkeys(new.obs[SECTION_KEY].astype(str)))
     else:
+        if table_added == table:
+            raise ValueError(
+                f"table_added: {table_added!r} is the table predicted from; leave it None to write "
+                f"layers[{layer!r}] of that table, or give a new key for a new table."
+            )
         adata = sdata.tables[table]
+        if SECTION_KEY in adata.obs and adata.obs[SECTION_KEY].isna().any():
+            raise ValueError(
+                f"table {table!r}: obs[{SECTION_KEY!r}] is missing for {int(adata.obs[SECTION_KEY].isna().sum())} "
+                "spots; every spot needs its section."
+            )
+        if copy:  # featurising (a head's embedding, hypergraph) must not write into the caller's table either
+            adata = adata.copy()
+            sdata = _with_table(sdata, table, adata)
         if table_added is None:  # check the panel before the (long) prediction, not after it
             missing = [g for g in genes if g not in adata.var_names]
             if missing:
@@ -236,7 +249,7 @@ def predict_expression(
             out = TableModel.parse(out, region=regions, region_key=REGION_KEY, instance_key=INSTANCE_KEY)
             key = table_added
         else:
-            out = adata.copy() if copy else adata
+            out = adata  # with copy=True already a copy
             _store_prediction(out, layer, rows, adata.var_names.get_indexer(genes), pred)
             key = table
     seconds = time.perf_counter() - t0
@@ -280,8 +293,12 @@ def _predict(
             stacklevel=3,
         )
     kw.update(taken)
-    # Expression is non-negative: linear models (ridge) can extrapolate below 0; every layer is clipped the same way.
-    return np.clip(np.asarray(model.predict(data, sections, table=table, **kw), dtype=np.float32), 0.0, None)
+    return _clip(model.predict(data, sections, table=table, **kw))
+
+
+def _clip(pred: Any) -> np.ndarray:
+    """Expression is non-negative: linear models (ridge) can extrapolate below 0; every prediction is clipped so."""
+    return np.clip(np.asarray(pred, dtype=np.float32), 0.0, None)
 
 
 def _prepare_features(
@@ -310,16 +327,23 @@ def _prepare_features(
         if by is not None:
             _warn_unscaled(adata, key, by, sections)
         return False
-    if not emb or emb.get("weights") in ("given module",) or str(emb.get("weights", "")).startswith("copied from"):
+    weights = str(emb.get("weights", ""))
+    if not emb or weights in ("given module", "random init") or weights.startswith("copied from"):
+        why = (
+            "the training embedding came from a randomly initialised encoder, which cannot be rebuilt with the same "
+            "weights"
+            if weights == "random init"
+            else "the embedding was not made by scst.tl.embed_patches from a named encoder"
+        )
         raise ValueError(
-            f"model: {type(model).__name__} reads obsm[{key!r}], which table {table!r} lacks, and its registry does "
-            "not say how to recompute it (the embedding was not made by scst.tl.embed_patches from a named encoder). "
-            f"Compute obsm[{key!r}] for this table the way the training embedding was made, then predict."
+            f"model: {type(model).__name__} reads obsm[{key!r}], which table {table!r} lacks, and it cannot be "
+            f"recomputed ({why}). Compute obsm[{key!r}] for this table with the encoder that made the training "
+            "embedding, then predict."
         )
     from ._embed import embed_patches
 
     handcrafted = emb["encoder"] == "handcrafted"
-    weights = None if handcrafted or emb.get("weights") == "random init" else emb.get("weights")
+    weights = None if handcrafted else emb.get("weights")
     embed_patches(
         sdata, emb["encoder"], weights=weights, encoder_kwargs=emb.get("encoder_kwargs"), size_um=emb["size_um"],
         out_px=int(emb["out_px"]), key_added=key, table=table,
@@ -480,6 +504,8 @@ def cross_validate(
         raise ValueError(f"sections: {bad} have no spots (sections: {present}).")
     if len(sections) < 2:
         raise ValueError(f"sections: leave-one-section-out needs at least 2 sections, got {sections}.")
+    if validation not in ("auto", None) and not isinstance(validation, str):
+        raise ValueError(f"validation: expected 'auto', None or a section name, got {validation!r}.")
     frames, preds, fold_info = [], {}, []
     train_kwargs = dict(train_kwargs or {})
     train_kwargs.setdefault("enable_progress_bar", progress)
@@ -516,7 +542,7 @@ def cross_validate(
             model.train()
         t1 = time.perf_counter()
         kw = {"progress": progress} if _accepts(model.predict, "progress") else {}
-        pred = model.predict(fsd, [test], table=table, **kw)
+        pred = _clip(model.predict(fsd, [test], table=table, **kw))  # as predict_expression stores it
         t2 = time.perf_counter()
         tab = fsd.tables[table]
         rows = np.flatnonzero(tab.obs[SECTION_KEY].astype(str).to_numpy() == test)
