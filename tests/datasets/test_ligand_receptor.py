@@ -81,3 +81,13 @@ def test_liana_files_absent_without_liana(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_liana)
     with pytest.raises(FileNotFoundError, match="liana is not installed"):
         ligand_receptor("liana", path=tmp_path)
+
+
+def test_orf_symbols_are_upper_case_and_matched_case_insensitively():
+    """GCNG's lower-case file re-cased for human gives ``C1ORF112`` (not HGNC ``C1orf112``), as documented;
+    the default case-insensitive presence check returns the data's spelling."""
+    human = ligand_receptor("gcng", "human")
+    assert {"C1ORF112", "C14ORF1"} <= set(human["ligand"]) | set(human["receptor"])
+    assert "C1orf112" in set(ligand_receptor("ramilowski_curated")["ligand"])  # approved symbols kept there
+    got = lr_pairs_in_genes(human, ["C1orf112", "PLSCR4", "CCL18", "C14orf1"])
+    assert sorted(map(tuple, got[["ligand", "receptor"]].to_numpy())) == [("C1orf112", "PLSCR4"), ("CCL18", "C14orf1")]

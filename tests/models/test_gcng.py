@@ -327,3 +327,37 @@ def test_validation_split_follows_the_config_unless_train_overrides_it():
     assert set(overridden._val_split["ligand"]) == val_lig  # same seed, same split as the default
     with pytest.raises(ValueError, match="validation: expected a fraction"):
         GCNG(adata, **cfg).train(pairs, validation="C2", enable_progress_bar=False)
+
+
+def test_given_model_implies_gcng_and_is_never_ignored(trained):
+    """A trained model scores with GCNG when ``method`` is left unset; an explicit method list without "gcng" that
+    would silently drop the model is an error naming both arguments."""
+    from scst.tl._ligrec import ligand_receptor
+
+    adata, triples, model = trained
+    pairs = labelled(triples)[["ligand", "receptor"]]
+    with pytest.warns(UserWarning, match="in-sample"):
+        out = ligand_receptor(adata, model, pairs=pairs, n_perms=0, expr_prop=0.0, copy=True)
+    res = out.uns["scst_ligrec"].set_index(["ligand_complex", "receptor_complex"])
+    assert out.uns["scst_ligrec_params"]["methods"] == ["gcng"] and "spatial_pearson_score" not in res
+    want = model.predict(pairs).set_index(["ligand", "receptor"])["score"]
+    np.testing.assert_allclose(res["gcng_score"], want.loc[res.index], rtol=1e-6)
+    for method in ("spatial_pearson", ["pearson", "expression"]):
+        with pytest.raises(ValueError, match=r"model: .*method=.*does not include 'gcng'"):
+            ligand_receptor(adata, model, pairs=pairs, method=method, n_perms=0, copy=True)
+    with pytest.raises(TypeError, match="scst.models.GCNG"):
+        ligand_receptor(adata, object(), pairs=pairs, n_perms=0, copy=True)
+    # without a model the default stays spatial Pearson
+    out = ligand_receptor(adata, pairs=pairs, n_perms=0, expr_prop=0.0, copy=True)
+    assert out.uns["scst_ligrec_params"]["methods"] == ["spatial_pearson"]
+
+
+def test_duplicate_var_names_are_a_clear_error():
+    adata, triples = niche_data(n_pairs=4)
+    names = list(adata.var_names)
+    names[-1] = names[0]  # a background gene renamed L0: "L0" is ambiguous
+    adata.var_names = names
+    with pytest.raises(ValueError, match=r"var_names: 1 gene name.*\['L0'\].*var_names_make_unique"):
+        GCNG.setup_anndata(adata, graph_key="gcng_autocrine_plus")
+    adata.var_names_make_unique()
+    GCNG.setup_anndata(adata, graph_key="gcng_autocrine_plus")  # the suggested fix works

@@ -80,3 +80,21 @@ def test_ligrec_roc_curves_per_method():
         scst.pl.ligrec_roc(pred.drop(columns="score"), show=False)
     with pytest.raises(ValueError, match="one class"):
         scst.pl.ligrec_roc(pred[pred["label"] == 1], show=False)
+
+
+def test_ligrec_roc_legend_auprc_is_average_precision_as_in_ligrec_metrics():
+    """The PR legend reports average precision, the AUPRC of scst.tl.ligrec_metrics, not the trapezoidal area."""
+    import pandas as pd
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve
+
+    rng = np.random.default_rng(1)
+    y = np.r_[np.ones(10), np.zeros(30)].astype(int)
+    s = rng.normal(size=40) + 0.5 * y
+    pred = pd.DataFrame({"method": "m", "fold": 0, "ligand": [f"L{i % 7}" for i in range(40)], "receptor": "R",
+                         "label": y, "score": s})  # fmt: skip
+    ap = average_precision_score(y, s)
+    prec, rec, _ = precision_recall_curve(y, s)
+    assert f"{ap:.2f}" == "0.49" and f"{auc(rec, prec):.2f}" == "0.45"  # the two summaries differ on these data
+    assert scst.tl.ligrec_metrics(pred, n_boot=0)["auprc"].iloc[0] == pytest.approx(ap)
+    _, pr = scst.pl.ligrec_roc(pred, show=False)
+    assert [t.get_text() for t in pr.get_legend().get_texts()] == ["m (AUPRC 0.49)"]

@@ -137,3 +137,18 @@ def test_bad_input():
     a.obsp["spatial_connectivities"] = sp.csr_matrix(-np.eye(3)[[1, 0, 2]])
     with pytest.raises(ValueError, match="negative"):
         graph_matrix(a, "autocrine+")
+
+
+def test_cell_graph_auto_library_keys_match_the_ligrec_sections():
+    """``library_key="auto"`` looks up the same obs columns as tl.ligand_receptor's ``groups_key="auto"``."""
+    from scst.tl._ligrec import _groups
+
+    a = _grid_adata()
+    for key in ("library_id", "sample"):
+        b = a.copy()
+        b.obs = b.obs.rename(columns={"section": key})
+        cell_graph(b, radius=350)
+        conn = b.obsp["spatial_connectivities"]
+        n = b.n_obs // 2
+        assert conn[:n, n:].nnz == 0 and conn.nnz == 2 * 2 * 2 * 5 * 4  # two 5 x 5 grids, 40 edges each, per slide
+        assert _groups(b, "auto")[1] == key

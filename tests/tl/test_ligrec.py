@@ -429,3 +429,23 @@ def test_bivariate_matches_liana_and_um_kernel():
     adata.obs["section"] = "s"
     with pytest.raises(ValueError, match="um_per_px"):
         lr_kernel(adata, 50)  # no scst geometry for µm
+
+
+def test_magnitude_rank_of_one_method_is_rank_over_largest_rank_with_ties():
+    """liana's normalisation: rank / max(rank), ties at their average rank (here not rank / n)."""
+    adata, pairs = quadrant_data(n_pairs=4)
+    x = adata.X.toarray()
+    x[:, [4, 5, 6, 7]] = 0.0  # L2, R2, L3, R3 never detected: within-cell Pearson 0 for pairs 2 and 3 (a tie)
+    adata.X = sp.csr_matrix(x)
+    ligand_receptor(adata, pairs=pairs, method="pearson", n_perms=0, expr_prop=0)
+    res = adata.uns["scst_ligrec"].set_index("ligand_complex")
+    assert res.loc[["L2", "L3"], "pearson_score"].tolist() == [0.0, 0.0] and (res["pearson_score"].iloc[:2] > 0).all()
+    np.testing.assert_allclose(res["magnitude_rank"], [1 / 3.5, 2 / 3.5, 1.0, 1.0])  # ranks 1, 2, 3.5, 3.5
+
+
+def test_lr_kernel_rejects_um_per_unit_none():
+    from scst.tl._ligrec_local import lr_kernel
+
+    adata, _ = quadrant_data(n_pairs=2)
+    with pytest.raises(ValueError, match="um_per_unit: expected a positive number or 'auto', got None"):
+        lr_kernel(adata, 2.0, um_per_unit=None)

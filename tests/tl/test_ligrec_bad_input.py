@@ -3,6 +3,8 @@ per-gene control and the fit reports of ``ligrec_cv``."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from anndata import AnnData
 
 from scst.models._gcng import GCNG
 from scst.pp._graph_matrix import cell_graph
+from scst.tl._ligrec import ligand_receptor
 from scst.tl._ligrec_cv import LRFold, gene_features, ligrec_cv, ligrec_metrics, lr_folds
 
 FAST = {**GCNG.fast_config, "max_epochs": 4, "patience": 4}
@@ -147,3 +150,78 @@ def test_gcng_fit_report_on_planted_niche():
     assert (fit["train_auroc"] > 0.9).all() and (fit["test_auroc"] > 0.9).all()
     assert fit["val_auroc"].notna().all() and (fit["epochs"] >= 1).all()
     assert (fit["n_test_pairs"] == 30).all()
+
+
+def test_duplicate_var_names_are_a_clear_error_in_the_tools():
+    adata, pairs = grid_data(n_pairs=4)
+    adata.var_names = ["L0", *adata.var_names[1:-1], "L0"]  # R3 renamed L0
+    with pytest.raises(ValueError, match=r"var_names: 1 gene name.*\['L0'\].*var_names_make_unique"):
+        ligand_receptor(adata, pairs=pairs, method="spatial_pearson", n_perms=2, expr_prop=0)
+    with pytest.raises(ValueError, match="var_names_make_unique"):
+        ligrec_cv(adata, pairs, n_folds=2, methods={"e": {"method": "expression"}})
+
+
+def test_positions_null_cannot_test_within_cell_pearson():
+    """Within-cell Pearson is unchanged when both genes' rows move together: that null would give p = 1."""
+    rng = np.random.default_rng(0)
+    xy = np.array([(i, j) for i in range(8) for j in range(8)], float)
+    z = rng.poisson(3, len(xy))
+    x = np.column_stack([z + rng.poisson(1, len(xy)), z + rng.poisson(1, len(xy)), rng.poisson(3, (len(xy), 8))])
+    adata = AnnData(x.astype(np.float32), obsm={"spatial": xy})
+    adata.var_names = ["L", "R", *(f"B{i}" for i in range(8))]
+    cell_graph(adata, radius=1.1, library_key=None)
+    with pytest.raises(ValueError, match="null='positions' cannot test method 'pearson'"):
+        ligand_receptor(adata, pairs=[("L", "R")], method=["pearson", "bivariate"], null="positions", n_perms=9,
+                        expr_prop=0)  # fmt: skip
+    # the ligand null tests it: L and R share a Poisson component, so no ligand shuffle reaches the observed r
+    ligand_receptor(adata, pairs=[("L", "R")], method="pearson", null="ligand", n_perms=99, expr_prop=0)
+    res = adata.uns["scst_ligrec"]
+    assert res["pearson_score"].iloc[0] > 0.3 and res["pearson_pvals"].iloc[0] == pytest.approx(1 / 100)
+    # positions stays allowed where it changes the score
+    ligand_receptor(adata, pairs=[("L", "R")], method="spatial_pearson", null="positions", n_perms=9, expr_prop=0)
+    assert adata.uns["scst_ligrec_params"]["nulls"] == {"spatial_pearson": "positions"}
+
+
+def test_graph_across_sections_is_warned_about():
+    """Two slides in their own pixel frames overlap: one graph over both joins cells of different slides."""
+    rng = np.random.default_rng(0)
+    xy = np.array([(i, j) for i in range(6) for j in range(6)], float)
+    adata = AnnData(rng.poisson(3, size=(72, 4)).astype(np.float32), obsm={"spatial": np.vstack([xy, xy])})
+    adata.var_names = ["A", "B", "C", "D"]
+    adata.obs["library_id"] = ["s1"] * 36 + ["s2"] * 36
+    cell_graph(adata, radius=1.1, library_key=None)  # deliberately one graph over both slides
+    with pytest.warns(UserWarning, match=r"312 of 552 edges .* different sections \(obs\['library_id'\]\)"):
+        ligand_receptor(adata, pairs=[("A", "B")], n_perms=5, expr_prop=0)
+    assert adata.uns["scst_ligrec_params"]["groups_key"] == "library_id"
+    pairs = pd.DataFrame({"ligand": ["A", "C"], "receptor": ["B", "D"]})
+    with pytest.warns(UserWarning, match="different sections"):
+        ligrec_cv(adata, folds=lr_folds(pairs, n_folds=2, seed=0), methods={"s": {"method": "spatial_pearson"}})
+    cell_graph(adata, radius=1.1)  # "auto" finds library_id too: per slide, 2 × 120 directed edges, none across
+    a = sp.coo_matrix(adata.obsp["spatial_connectivities"])
+    lib = adata.obs["library_id"].to_numpy()
+    assert a.nnz == 240 and (lib[a.row] == lib[a.col]).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ligand_receptor(adata, pairs=[("A", "B")], n_perms=5, expr_prop=0)
+
+
+def test_precomputed_folds_with_genes_absent_from_the_data():
+    adata, pairs = grid_data(n_pairs=20)
+    folds = lr_folds(pd.concat([pairs, pairs.assign(receptor=pairs["receptor"].shift(-1, fill_value="R0"))]),
+                     n_folds=2, seed=0)  # fmt: skip
+    gone = folds[0].test["receptor"].iloc[0]
+    sub = adata[:, [g for g in adata.var_names if g != gone]].copy()
+    for spec in ({"method": "gcng", "kind": "autocrine+"}, {"method": "pearson"}, {"method": "gene_features"}):
+        with pytest.raises(ValueError, match=rf"folds: 1 gene\(s\) .* not in adata.var_names: \['{gone}'\]"):
+            ligrec_cv(sub, folds=folds, methods={"m": spec}, config=FAST)
+    # a complex subunit counts too
+    train = pd.DataFrame({"ligand": ["L1", "L2"], "receptor": ["R1", "R2"], "label": [1, 0], "group": ["L1", "L2"]})
+    test = pd.DataFrame({"ligand": ["L3", "L3"], "receptor": ["R3_NOPE", "R4"], "label": [1, 0],
+                         "group": ["L3", "L3"]})  # fmt: skip
+    with pytest.raises(ValueError, match=r"\['NOPE'\]"):
+        ligrec_cv(adata, folds=[LRFold(0, train, test)], methods={"p": {"method": "pearson"}})
+    with pytest.raises(TypeError, match="sequence of LRFold"):
+        ligrec_cv(adata, folds=LRFold(0, train, test), methods={"p": {"method": "pearson"}})
+    # folds on genes the data have still run
+    pred = ligrec_cv(adata, folds=folds, methods={"p": {"method": "pearson"}})
+    assert set(pred["method"]) == {"p"} and len(pred) == sum(len(f.test) for f in folds)

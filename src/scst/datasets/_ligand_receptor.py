@@ -82,8 +82,11 @@ def ligand_receptor(
     Parameters
     ----------
     name
-        - ``"gcng"`` / ``"ramilowski"``: the list GCNG used, identical to the full Ramilowski et al. 2015
-          table (2,557 pairs, human symbols, including the 135 pairs Ramilowski marked EXCLUDED);
+        - ``"gcng"`` / ``"ramilowski"``: the list GCNG used, the full Ramilowski et al. 2015 table (2,557 pairs,
+          human symbols, including the 135 pairs Ramilowski marked EXCLUDED) up to case: GCNG's file is lower case
+          and is re-cased by ``organism``, so the six HGNC ``orf`` symbols read upper case (``C1ORF112``, not
+          ``C1orf112``). :func:`lr_pairs_in_genes` matches case-insensitively by default and returns the data's
+          spelling; compare exactly only after it;
         - ``"ramilowski_curated"``: Ramilowski 2015 without the EXCLUDED rows (2,422 pairs), with its
           ``evidence`` column (``literature supported`` / ``putative``);
         - ``"giotto"``: Giotto's mouse list (1,067 pairs, a subset of Ramilowski);
@@ -93,9 +96,10 @@ def ligand_receptor(
         - any other resource of ``liana.resource.show_resources()`` (``"cellphonedb"``, ``"cellchatdb"``,
           ``"consensus"``...), read with ``liana.resource.select_resource`` (liana's symbols, not re-cased).
     organism
-        Symbol case of the output: ``"human"`` upper case, ``"mouse"`` capitalised (``Col4a1``). Lists
-        published for that organism (Giotto and liana mouse lists for mouse) keep their own symbols;
-        the others are re-cased only, not orthology-mapped (as GCNG did), so human-only genes stay in.
+        Symbol case of the output: ``"human"`` upper case (``orf`` symbols included), ``"mouse"`` capitalised
+        (``Col4a1``). Lists published for that organism (Giotto and liana mouse lists for mouse; Ramilowski's
+        approved symbols for ``"ramilowski_curated"`` in human) keep their own symbols; the others are re-cased
+        only, not orthology-mapped (as GCNG did), so human-only genes stay in.
     path
         Folder laid out like ``shared/data/ligand_receptor``; else ``$SCST_DATA_DIR/ligand_receptor``, else a
         download with a known hash (the liana files are local only; without them ``liana`` is used when

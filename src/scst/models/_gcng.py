@@ -33,6 +33,17 @@ def _matrix(adata: AnnData, layer: str | None) -> Any:
     return adata.layers[layer]
 
 
+def _check_unique_var_names(adata: Any, where: str = "adata") -> None:
+    """Genes are looked up by symbol: duplicated ``var_names`` are ambiguous, so reject them with the fix."""
+    names = pd.Index(adata.var_names)
+    if not names.is_unique:
+        dup = names[names.duplicated()].unique()
+        raise ValueError(
+            f"{where}.var_names: {len(dup)} gene name(s) occur more than once (e.g. {list(map(str, dup[:5]))}); "
+            f"genes are looked up by name. Make them unique first, e.g. `{where}.var_names_make_unique()`."
+        )
+
+
 def _check_values(x: Any, where: str, normalize: bool) -> None:
     """Reject negative/non-finite values; warn when data to be used as-is look like raw counts."""
     data = x.data if sp.issparse(x) else np.asarray(x)
@@ -392,6 +403,7 @@ class GCNG(BaseModel):
         """
         if not isinstance(adata, AnnData):
             raise TypeError(f"`adata` must be an AnnData, got {type(adata).__name__}.")
+        _check_unique_var_names(adata)
         _check_key(adata.obsp, graph_key, "adata.obsp (compute it with scst.pp.graph_matrix)")
         g = adata.obsp[graph_key]
         if g.shape != (adata.n_obs, adata.n_obs):
@@ -427,6 +439,7 @@ class GCNG(BaseModel):
         }
 
     def _validate_data(self, adata: Any) -> None:
+        _check_unique_var_names(adata, "data")
         _check_key(adata.obsp, self.registry["graph_key"], "adata.obsp")
         if self.config.get("readout", "flatten") == "pool":  # not tied to the cells: any section with the graph
             return

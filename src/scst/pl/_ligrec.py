@@ -226,7 +226,7 @@ def ligrec_roc(
     -------
     The figure (``return_fig``), the two axes (``show=False``) or None.
     """
-    from sklearn.metrics import auc, precision_recall_curve, roc_auc_score, roc_curve
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
     missing = {"method", "label", "score"} - set(getattr(predictions, "columns", []))
     if missing:
@@ -245,7 +245,7 @@ def ligrec_roc(
         fpr, tpr, _ = roc_curve(y, s)
         prec, rec, _ = precision_recall_curve(y, s)
         roc_ax.plot(fpr, tpr, label=f"{m} (AUROC {roc_auc_score(y, s):.2f})")
-        pr_ax.plot(rec, prec, label=f"{m} (AUPRC {auc(rec, prec):.2f})")
+        pr_ax.plot(rec, prec, label=f"{m} (AUPRC {average_precision_score(y, s):.2f})")
     base = float(predictions["label"].mean())
     roc_ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
     pr_ax.axhline(base, color="0.6", linestyle=":", linewidth=1)

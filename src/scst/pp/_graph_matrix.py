@@ -18,7 +18,10 @@ __all__ = ["graph_matrix", "graph_matrix_from_adjacency", "cell_graph", "GRAPH_K
 
 #: Graph matrix kinds of :func:`graph_matrix` → ``obsp`` key suffix.
 GRAPH_KINDS = {"laplacian": "laplacian", "exocrine": "exocrine", "autocrine+": "autocrine_plus", "diagonal": "diagonal"}
-_LIBRARY_KEYS = ("section", "fov")
+#: ``obs`` columns looked up, in this order, when a library / section key is ``"auto"`` (:func:`cell_graph`,
+#: :func:`scst.tl.ligand_receptor`, :func:`scst.tl.lr_kernel`, :func:`scst.tl.ligrec_cv`): one shared tuple, so a
+#: graph is built per the same sections that the tools permute within and check.
+_LIBRARY_KEYS = ("section", "fov", "library_id", "sample")
 
 
 def _inv_sqrt(deg: np.ndarray) -> np.ndarray:
@@ -195,7 +198,7 @@ def cell_graph(
       because spot positions jitter around the grid.
 
     Graphs are built per library (``library_key``), so cells of different fields of view / sections are never
-    connected.
+    connected — with ``library_key=None``, or when ``"auto"`` finds none of its columns, all cells form one graph.
 
     Parameters
     ----------
@@ -212,7 +215,8 @@ def cell_graph(
         ``"spatial_array"`` if present, else ``obs[["array_col", "array_row"]]`` (written to
         ``obsm["spatial_array"]``).
     library_key
-        ``obs`` column of the field of view / section; ``"auto"``: ``"section"`` or ``"fov"`` when present,
+        ``obs`` column of the field of view / section; ``"auto"``: the first of ``"section"``, ``"fov"``,
+        ``"library_id"``, ``"sample"`` present (the columns :func:`scst.tl.ligand_receptor` takes as sections),
         else one graph over all cells; ``None``: one graph.
     key_added
         squidpy's key: writes ``obsp[f"{key_added}_connectivities"]`` and ``obsp[f"{key_added}_distances"]``.

@@ -14,8 +14,8 @@ from anndata import AnnData
 from .._logging import logg
 from .._utils import _check_key, _get_table
 from ..datasets._ligand_receptor import as_lr_table, lr_pairs_in_genes
-from ..models._gcng import GCNG, entity_expression, normalized_expression
-from ..pp._graph_matrix import graph_matrix_from_adjacency
+from ..models._gcng import GCNG, _check_unique_var_names, entity_expression, normalized_expression
+from ..pp._graph_matrix import _LIBRARY_KEYS, graph_matrix_from_adjacency
 from ._ligrec_gcng import GCNGScores, gcng_null_pvalues, gcng_scores
 from ._ligrec_scores import (
     BASELINES,
@@ -32,7 +32,7 @@ __all__ = ["ligand_receptor", "lr_scores", "BASELINES", "LIGREC_METHODS"]
 
 LIGREC_METHODS = ("gcng", "pearson", "spatial_pearson", "bivariate", "expression")
 _SPATIAL = ("spatial_pearson", "bivariate")
-_GROUP_KEYS = ("section", "fov", "library_id", "sample")
+_GROUP_KEYS = _LIBRARY_KEYS  # the same "auto" columns as scst.pp.cell_graph: graphs and nulls use one sectioning
 
 
 def _guess_organism(var_names: pd.Index) -> str:
@@ -50,14 +50,27 @@ def _groups(adata: AnnData, groups_key: str | None) -> tuple[np.ndarray | None, 
     return adata.obs[groups_key].astype(str).to_numpy(), groups_key
 
 
-def _check_graph(adj: Any, groups: np.ndarray | None, connectivity_key: str) -> None:
-    """Every section needs edges: a section without a graph has no spatial score and no spatial null."""
+def _check_graph(adj: Any, groups: np.ndarray | None, connectivity_key: str, groups_key: str | None = None) -> None:
+    """Every section needs edges; edges that join cells of different sections are warned about.
+
+    A section without a graph has no spatial score and no spatial null; edges across sections mix them (e.g. slides
+    in overlapping pixel frames).
+    """
     a = sp.coo_matrix(adj)
     off = (a.row != a.col) & (a.data != 0)
     if groups is None:
         if not off.any():
             raise ValueError(f"adata.obsp[{connectivity_key!r}] has no edges; build the cell graph first.")
         return
+    cross = off & (groups[a.row] != groups[a.col])
+    if cross.any():
+        where = f"obs[{groups_key!r}]" if groups_key else "the sections"
+        warnings.warn(
+            f"{int(cross.sum())} of {int(off.sum())} edges of adata.obsp[{connectivity_key!r}] join cells of different "
+            f"sections ({where}): their spatial scores mix sections. Build the graph per section "
+            f"(scst.pp.cell_graph(..., library_key={groups_key or '...'!r})) unless the sections share one frame.",
+            stacklevel=3,
+        )
     with_edges = set(groups[a.row[off & (groups[a.row] == groups[a.col])]])
     without = [g for g in pd.unique(groups) if g not in with_edges]
     if without:
@@ -110,7 +123,7 @@ def ligand_receptor(
     model: GCNG | None = None,
     *,
     pairs: pd.DataFrame | str | Sequence[tuple[str, str]] | None = None,
-    method: str | Sequence[str] = "spatial_pearson",
+    method: str | Sequence[str] | None = None,
     expr_prop: float = 0.1,
     n_perms: int | None = 100,
     null: str = "auto",
@@ -138,10 +151,11 @@ def ligand_receptor(
     adata
         AnnData, or SpatialData whose ``"table"`` is used; raw counts in ``layer`` (default ``X``).
     model
-        A trained :class:`scst.models.GCNG` to score with (``method="gcng"``); its scores of pairs it was fit on are
-        flagged ``in_training``. A paper GCNG (flatten readout) scores the cells it was trained on; one with
-        ``readout="pool"`` (:attr:`~scst.models.GCNG.pooled_config`) scores any section with the same graph key.
-        Without it, ``"gcng"`` is cross-fitted here (see ``known``).
+        A trained :class:`scst.models.GCNG` to score with: ``method`` left at ``None`` then means ``"gcng"``, and
+        an explicit ``method`` must include ``"gcng"`` (else a ValueError: the model would go unused). Its scores of
+        pairs it was fit on are flagged ``in_training``. A paper GCNG (flatten readout) scores the cells it was
+        trained on; one with ``readout="pool"`` (:attr:`~scst.models.GCNG.pooled_config`) scores any section with
+        the same graph key. Without it, ``"gcng"`` is cross-fitted here (see ``known``).
     pairs
         The resource: a DataFrame in liana's format (``ligand``, ``receptor``; complexes ``_``-joined, e.g.
         ``ITGA1_ITGB1``; extra columns kept), OmniPath columns (``source_genesymbol``, ``target_genesymbol``), a list
@@ -153,7 +167,7 @@ def ligand_receptor(
         One or several of ``"spatial_pearson"`` (ligand in a cell vs receptor in its neighbours), ``"bivariate"``
         (liana's local bivariate metric ``local_name`` on the spot-inclusive graph ``A + I``, averaged over
         spots), ``"pearson"`` (within cells), ``"expression"`` (``mean(L)·mean(R)``, the abundance control) and
-        ``"gcng"``.
+        ``"gcng"``. Default (``None``): ``"gcng"`` with a ``model``, else ``"spatial_pearson"``.
     expr_prop
         Minimum fraction of cells/spots expressing each entity (count > 0; a complex: all subunits), as LIANA's
         ``expr_prop`` / squidpy's ``threshold``; pairs under it are dropped and counted in the params.
@@ -166,7 +180,9 @@ def ligand_receptor(
         only: the ligand–receptor association broken, each gene's own pattern kept), or ``"auto"``:
         ``"positions"`` for ``spatial_pearson`` (its neighbour edges leave the spot out) and GCNG, ``"ligand"``
         for ``pearson`` (positions do not enter it) and ``bivariate`` (on the spot-inclusive graph it mostly
-        measures co-expression in and around a spot, which a joint shuffle keeps).
+        measures co-expression in and around a spot, which a joint shuffle keeps). ``"positions"`` with
+        ``"pearson"`` among the methods is a ValueError: permuting both genes' rows leaves the within-cell
+        correlation unchanged, so every p-value would be 1 (use ``"auto"`` or ``"ligand"``).
     seed
         Seed of the permutations and of GCNG.
     groups_key
@@ -207,33 +223,48 @@ def ligand_receptor(
     - ``uns[key_added]``: one row per pair, best first (liana's ``liana_res`` columns): ``ligand_complex``,
       ``receptor_complex``, ``ligand_means``, ``ligand_props``, ``receptor_means``, ``receptor_props``, then per
       method ``{method}_score``, ``{method}_pvals``, ``{method}_fdr`` (BH over the pairs), ``in_training`` with
-      ``"gcng"``, then ``magnitude_rank`` (RRA of the methods' score ranks; one method: rank / n) and, with
+      ``"gcng"``, then ``magnitude_rank`` (RRA of the methods' score ranks; one method: the rank divided by the
+      largest rank, ties sharing their average rank — rank / n when no score ties at the bottom) and, with
       p-values, ``specificity_rank`` (RRA of their p-value ranks), then the extra columns of ``pairs``;
     - ``uns[f"{key_added}_params"]``: methods, nulls, ``n_perms``, seed, keys, normalisation, pair counts (input,
       absent, complexes missing a subunit, entities/pairs under ``expr_prop``, scored), and for GCNG its graph,
       config, ``n_in_training`` and ``gcng_fit`` (train/validation/held-out AUROC per model);
     - with ``local_scores``: ``obsm[f"{key_added}_local"]``, a cells × pairs DataFrame (``"LIGAND^RECEPTOR"``).
     """
+    if method is None:
+        method = "gcng" if model is not None else "spatial_pearson"
     methods = [method] if isinstance(method, str) else list(method)
     bad = [m for m in methods if m not in LIGREC_METHODS]
     if bad or not methods:
         raise ValueError(f"method: expected one or more of {list(LIGREC_METHODS)}, got {method!r}.")
+    if model is not None and "gcng" not in methods:
+        raise ValueError(
+            f"model: a GCNG model is given but method={method!r} does not include 'gcng', so the model would be "
+            "ignored; add 'gcng' to `method` (or leave `method` unset) to score with it, or pass no `model`."
+        )
     if not 0 <= expr_prop <= 1:
         raise ValueError(f"expr_prop: expected a fraction in [0, 1], got {expr_prop!r}.")
     if null not in ("auto", "positions", "ligand"):
         raise ValueError(f"null: expected 'auto', 'positions' or 'ligand', got {null!r}.")
+    if null == "positions" and "pearson" in methods:
+        raise ValueError(
+            "null='positions' cannot test method 'pearson': permuting the ligand and receptor rows together leaves "
+            "the within-cell correlation unchanged (every p-value would be 1). Use null='auto' (the ligand null for "
+            "'pearson') or null='ligand'."
+        )
     n_perms = int(n_perms or 0)
     if n_perms < 0:
         raise ValueError(f"n_perms: expected >= 0, got {n_perms}.")
     if "bivariate" in methods or local_scores:
         _liana_local(local_name)  # unknown metric / missing liana: fail before any work
-    if "gcng" in methods and model is not None:
+    if model is not None:
         if not isinstance(model, GCNG):
             raise TypeError(f"`model` must be a scst.models.GCNG, got {type(model).__name__}.")
         if not model.is_trained:
             raise ValueError("`model` is not trained; call `model.train(pairs)` first (or pass no model to "
                              "cross-fit GCNG here).")  # fmt: skip
     adata = _get_table(adata)
+    _check_unique_var_names(adata)
     if copy:
         adata = adata.copy()
     groups, gkey = _groups(adata, groups_key)
@@ -252,13 +283,13 @@ def ligand_receptor(
     if kernel_key is not None:
         _check_key(adata.obsp, kernel_key, "adata.obsp (compute the kernel with scst.tl.lr_kernel)")
         weights = adata.obsp[kernel_key]
-        _check_graph(weights, groups, kernel_key)
+        _check_graph(weights, groups, kernel_key, gkey)
     gcng_needs_graph = "gcng" in methods and model is None and graph_key not in adata.obsp
     needs_graph = "spatial_pearson" in methods or (kernel_key is None and ("bivariate" in methods or local_scores))
     if needs_graph or gcng_needs_graph:
         _check_key(adata.obsp, connectivity_key, "adata.obsp (build the cell graph with scst.pp.cell_graph)")
         adj = adata.obsp[connectivity_key]
-        _check_graph(adj, groups, connectivity_key)
+        _check_graph(adj, groups, connectivity_key, gkey)
     params: dict[str, Any] = {
         "methods": methods,
         "n_perms": n_perms,

@@ -18,7 +18,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from .._logging import logg
 from .._utils import _check_key, _get_table
 from ..datasets._ligand_receptor import _check_lr_table, complex_subunits, lr_pairs_in_genes
-from ..models._gcng import GCNG, entity_expression, normalized_expression, sample_negatives
+from ..models._gcng import GCNG, _check_unique_var_names, entity_expression, normalized_expression, sample_negatives
 from ..pp._graph_matrix import GRAPH_KINDS, graph_matrix_from_adjacency
 from ._ligrec_scores import BASELINES, lr_scores
 
@@ -384,6 +384,25 @@ def _fit_gcng(
     return model
 
 
+def _check_fold_genes(folds: Sequence[LRFold], var_names: Iterable[str]) -> None:
+    """Every gene (complex subunit) of the folds' training and test pairs must be measured, spelled as in the data."""
+    if isinstance(folds, LRFold):
+        raise TypeError("folds: expected a sequence of LRFold (the output of scst.tl.lr_folds), got one; pass [fold].")
+    genes: set[str] = set()
+    for f in folds:
+        if not all(isinstance(getattr(f, k, None), pd.DataFrame) for k in ("train", "test")):
+            raise TypeError(f"folds: expected a sequence of LRFold (the output of scst.tl.lr_folds), got {f!r:.80}.")
+        for table in (f.train, f.test):
+            genes |= _genes_of(pd.concat([table["ligand"], table["receptor"]]).astype(str))
+    missing = sorted(genes - {str(g) for g in var_names})
+    if missing:
+        raise ValueError(
+            f"folds: {len(missing)} gene(s) of the folds' pairs (complex subunits included) are not in "
+            f"adata.var_names: {missing[:10]}{' ...' if len(missing) > 10 else ''}. Build the folds from pairs mapped "
+            "to this data (scst.datasets.lr_pairs_in_genes(pairs, adata.var_names)) or score data with those genes."
+        )
+
+
 def ligrec_cv(
     adata: AnnData | Any,
     pairs: pd.DataFrame | None = None,
@@ -413,7 +432,9 @@ def ligrec_cv(
         Known pairs (``ligand``, ``receptor``); mapped to the data's symbols, missing genes dropped. Ignored when
         ``folds`` is given.
     folds
-        Precomputed :func:`lr_folds` (to evaluate several settings on the same folds).
+        Precomputed :func:`lr_folds` (to evaluate several settings on the same folds). Every gene of their pairs
+        (each subunit of a complex) must be in ``adata.var_names``, spelled as there (build them from
+        :func:`scst.datasets.lr_pairs_in_genes` of this data); otherwise a ValueError names the missing genes.
     methods
         Name → spec. Specs: ``{"method": "gcng", "kind": "autocrine+" | "exocrine" | "diagonal" | "laplacian"}``
         (graph matrix built from ``connectivity_key``) or ``{"method": "gcng", "graph_key": ...}`` (an ``obsp``
@@ -450,6 +471,9 @@ def ligrec_cv(
     Summarise with :func:`ligrec_metrics`; results of several calls concatenate with ``pd.concat``.
     """
     adata = _get_table(adata)
+    _check_unique_var_names(adata)
+    if folds is not None:
+        _check_fold_genes(folds, adata.var_names)
     config = dict(GCNG.bench_config if config is None else config)
     log1p = bool(config.get("log1p", GCNG._default_config["log1p"])) if log1p is None else log1p
     methods = _default_methods() if methods is None else dict(methods)
@@ -489,7 +513,8 @@ def ligrec_cv(
         if kind == "spatial_pearson" or (kind == "gcng" and "graph_key" not in spec and spec.get("kind") != "diagonal"):
             _check_key(work.obsp, ckey, "adata.obsp (build the cell graph with scst.pp.cell_graph)")
             adj = work.obsp[ckey]
-            _check_graph(adj, _groups(work, "auto")[0], ckey)  # every section (obs section/fov...) needs edges
+            sections, skey = _groups(work, "auto")
+            _check_graph(adj, sections, ckey, skey)  # every section (obs section/fov...) needs edges, none crosses
         shuffle = spec.get("shuffle_positions")
         if shuffle:
             groups = None if shuffle is True else work.obs[shuffle].to_numpy()

@@ -14,7 +14,7 @@ from .._utils import _check_key, _get_table
 __all__ = ["lr_kernel"]
 
 
-def _um_per_unit(adata: AnnData, section: Any, um_per_unit: float | str | None) -> float:
+def _um_per_unit(adata: AnnData, section: Any, um_per_unit: float | str) -> float:
     if isinstance(um_per_unit, int | float):
         if um_per_unit <= 0:
             raise ValueError(f"um_per_unit: expected > 0, got {um_per_unit}.")
@@ -35,7 +35,7 @@ def lr_kernel(
     bandwidth: float,
     *,
     spatial_key: str = "spatial",
-    um_per_unit: float | str | None = "auto",
+    um_per_unit: float | str = "auto",
     groups_key: str | None = "auto",
     kernel: str = "gaussian",
     cutoff: float = 0.1,

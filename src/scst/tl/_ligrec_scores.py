@@ -201,8 +201,9 @@ def robust_rank_aggregate(scores: np.ndarray, ascending: Sequence[bool]) -> np.n
 
     Each column is ranked (``ascending[j]``: lower is better, e.g. p-values), ranks are divided by their maximum,
     and each row gets ``min_k BetaCDF(r_(k); k, m - k + 1) · m`` (capped at 1) over its ``m`` sorted normalised
-    ranks. With one method this is the normalised rank (``rank / n``). Columns all NaN are left out; a NaN inside a
-    column ranks last.
+    ranks. With one method this is the normalised rank ``rank / max(rank)`` (liana's rule; ties share their average
+    rank, so it equals ``rank / n`` only when no scores tie at the bottom). Columns all NaN are left out; a NaN inside
+    a column ranks last.
     """
     s = np.asarray(scores, dtype=np.float64)
     s = s.reshape(len(s), -1)
