@@ -144,3 +144,96 @@ def test_train_config_overrides_reach_the_model(tmp_path, capsys, monkeypatch):
     for model_name, cls in (("mean", "MeanExpression"), ("hggep", "HGGEP")):
         assert main(["train", "--model", model_name, "--config", "hidden=3", "--out", str(tmp_path / "z")]) == 2
         assert f"--config: Unknown config key(s) ['hidden'] for {cls}" in capsys.readouterr().err
+
+
+def _no_reading(*args, **kwargs):
+    raise AssertionError("the data were read before the arguments were checked")
+
+
+@pytest.mark.parametrize(("content", "expect"), [("not json", "is not valid JSON"),
+                                                 ("[1,2]", "holds a JSON list, expected an object")])  # fmt: skip
+def test_predict_bad_attr_json_is_a_model_dir_error(tmp_path, capsys, monkeypatch, content, expect):
+    """A corrupt attr.json names --model-dir and the file (no bare JSON message, no AttributeError traceback)."""
+    monkeypatch.setattr("scst.cli._load_data", _no_reading)
+    m = tmp_path / "m"
+    m.mkdir()
+    (m / "attr.json").write_text(content)
+    assert main(["predict", "--model-dir", str(m), "--out", str(tmp_path / "p.h5ad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"scst: error: --model-dir: {str(m / 'attr.json')!r} {expect}"), err
+
+
+def test_predict_checks_the_model_dir_before_reading_the_data(tmp_path, capsys, monkeypatch):
+    """attr.json of a known class but no weights: the model directory fails before any data set is read."""
+    monkeypatch.setattr("scst.cli._load_data", _no_reading)
+    m = tmp_path / "m"
+    m.mkdir()
+    (m / "attr.json").write_text('{"model": "HGGEP"}')
+    assert main(["predict", "--model-dir", str(m), "--sections", "C4", "--out", str(tmp_path / "p.h5ad")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scst: error: --model-dir: ") and "lacks attr.json / model.safetensors" in err
+
+
+def test_a_store_without_table_or_section_column(tmp_path, capsys, monkeypatch):
+    """No table 'table': a --data error listing the tables (train, ligrec). A table without obs['section']: ligrec
+    builds one grid graph over all spots (an 8 × 8 grid: 2·2·8·7 = 224 directed 4-neighbour links); --sections is
+    then an error naming obs['section'], and a section absent from the store is one too."""
+    import _he_synthetic as syn
+    import pandas as pd
+    from spatialdata import SpatialData
+
+    import scst
+
+    full = syn.make_sdata(sections=("S1",))
+    empty = tmp_path / "empty.zarr"
+    SpatialData(images=dict(full.images)).write(empty)
+    for cmd in (["train", "--model", "mean"], ["ligrec"]):
+        out = str(tmp_path / ("m" if cmd[0] == "train" else "lr.csv"))
+        assert main([*cmd, "--data", str(empty), "--out", out]) == 2
+        assert f"scst: error: --data: {str(empty)!r} has no table 'table' (tables: [])." in capsys.readouterr().err
+    seen = {}
+
+    def recording(adata, **kwargs):
+        seen["adata"] = adata
+        adata.uns["scst_ligrec"] = pd.DataFrame({"ligand_complex": [], "receptor_complex": []})
+
+    monkeypatch.setattr(scst.tl, "ligand_receptor", recording)
+    del full.tables["table"].obs["section"]
+    flat = tmp_path / "flat.zarr"
+    full.write(flat)
+    assert main(["ligrec", "--data", str(flat), "--out", str(tmp_path / "lr.csv")]) == 0
+    conn = seen["adata"].obsp["spatial_connectivities"]
+    assert seen["adata"].n_obs == 64 and conn.nnz == 224
+    assert main(["ligrec", "--data", str(flat), "--sections", "S1", "--out", str(tmp_path / "lr2.csv")]) == 2
+    assert "--sections: the table has no obs['section'] column" in capsys.readouterr().err
+    two = tmp_path / "two.zarr"
+    syn.make_sdata(sections=("S1", "S2")).write(two)
+    seen.clear()
+    assert main(["ligrec", "--data", str(two), "--sections", "S1", "BOGUS", "--out", str(tmp_path / "lr3.csv")]) == 2
+    assert "scst: error: --sections: ['BOGUS'] not in the data (sections: ['S1', 'S2'])." in capsys.readouterr().err
+    assert not seen
+
+
+def test_options_that_do_not_apply_are_errors(tmp_path, capsys, monkeypatch):
+    """--max-epochs 0 (or for a closed-form model) and predict options of the other mode are errors, raised
+    before any data are read."""
+    monkeypatch.setattr("scst.cli._load_data", _no_reading)
+    monkeypatch.setattr("scst.cli._image_only", _no_reading)
+    out = str(tmp_path / "m")
+    assert main(["train", "--model", "mlp", "--max-epochs", "0", "--out", out]) == 2
+    assert "scst: error: --max-epochs: expected a positive number of epochs, got 0." in capsys.readouterr().err
+    assert main(["train", "--model", "ridge", "--max-epochs", "5", "--out", out]) == 2
+    assert "--max-epochs: not used by --model ridge" in capsys.readouterr().err
+    m = tmp_path / "model"
+    m.mkdir()
+    (m / "attr.json").write_text('{"model": "MeanExpression"}')
+    pred = ["predict", "--model-dir", str(m), "--out", str(tmp_path / "p.h5ad")]
+    for extra, opt in ((["--spacing-um", "100"], "--spacing-um"), (["--data", "her2st", "--um-per-px", "1"],
+                                                                   "--um-per-px")):  # fmt: skip
+        assert main([*pred, *extra]) == 2
+        assert f"scst: error: {opt}: only used with --image" in capsys.readouterr().err
+    image = tmp_path / "he.png"
+    image.write_bytes(b"")
+    for extra, opt in ((["--sections", "C4"], "--sections"), (["--data", "her2st"], "--data")):
+        assert main([*pred, "--image", str(image), "--um-per-px", "1", *extra]) == 2
+        assert f"scst: error: {opt}: not used with --image" in capsys.readouterr().err

@@ -49,6 +49,61 @@ def _load_data(data: str, sections: Sequence[str] | None) -> Any:
         raise CLIError(f"--data: cannot read {data!r} as SpatialData zarr ({type(e).__name__}: {e}).") from e
 
 
+def _table(sdata: Any, data: str) -> Any:
+    """The table ``"table"`` of the data set ``--data``."""
+    tables = getattr(sdata, "tables", {})
+    if "table" not in tables:
+        raise CLIError(f"--data: {data!r} has no table 'table' (tables: {sorted(tables)}).")
+    return tables["table"]
+
+
+def _check_sections(adata: Any, sections: Sequence[str] | None) -> None:
+    """Every section of ``--sections`` is in ``obs["section"]`` of the table (which must then have that column)."""
+    if not sections:
+        return
+    if "section" not in adata.obs:
+        raise CLIError(
+            f"--sections: the table has no obs['section'] column, so sections {list(sections)} cannot be selected; "
+            "leave out --sections to use all spots."
+        )
+    present = set(adata.obs["section"].astype(str))
+    missing = [s for s in sections if s not in present]
+    if missing:
+        raise CLIError(f"--sections: {missing} not in the data (sections: {sorted(present)}).")
+
+
+def _model_class(model_dir: Path) -> Any:
+    """The model class named in ``attr.json`` of ``--model-dir``, checked before any data are read."""
+    import scst
+
+    attr = model_dir / "attr.json"
+    if not attr.is_file():
+        raise CLIError(f"--model-dir: {str(model_dir)!r} has no attr.json (not a model saved by `scst train`).")
+    try:
+        attrs = json.loads(attr.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CLIError(f"--model-dir: {str(attr)!r} is not valid JSON ({e}); not a model saved by `scst train`.") from e
+    if not isinstance(attrs, dict):
+        raise CLIError(
+            f"--model-dir: {str(attr)!r} holds a JSON {type(attrs).__name__}, expected an object with a 'model' key "
+            "(not a model saved by `scst train`)."
+        )
+    name = attrs.get("model")
+    cls = getattr(scst.models, str(name), None)
+    if not isinstance(cls, type) or not hasattr(cls, "load"):
+        raise CLIError(f"--model-dir: unknown model class {name!r} in {attr}.")
+    return cls
+
+
+def _load_model(cls: Any, model_dir: Path) -> Any:
+    """``cls.load(model_dir)`` without data; a broken model directory is a CLIError naming ``--model-dir``."""
+    try:
+        return cls.load(model_dir)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        msg = str(e).strip("'\"").splitlines()[0] if str(e) else type(e).__name__
+        raise CLIError(f"--model-dir: {msg}") from e
+
+
 def _image_only(path: str) -> Any:
     """SpatialData holding one H&E image (JPEG/PNG/TIFF through the zarr cache; SVS/NDPI/pyramidal TIFF lazily)."""
     from spatialdata import SpatialData
@@ -88,18 +143,19 @@ def _train(args: argparse.Namespace) -> None:
     if out.exists() and not args.overwrite:
         raise CLIError(f"--out: {str(out)!r} exists; pass --overwrite to replace it.")
     cls = getattr(scst.models, MODELS[args.model])
+    if args.max_epochs is not None:
+        if args.model in ("mean", "ridge"):
+            raise CLIError(f"--max-epochs: not used by --model {args.model} (closed form, no epochs).")
+        if args.max_epochs < 1:
+            raise CLIError(f"--max-epochs: expected a positive number of epochs, got {args.max_epochs}.")
     try:  # unknown keys fail here, before the data are read and features computed
         config = {**cls.bench_config, **_config(args.config)}
         cls._merge_config(config)
     except ValueError as e:
         raise CLIError(f"--config: {e}") from e
     sdata = _load_data(args.data, args.sections)
-    adata = sdata.tables["table"]
-    if args.sections:
-        present = set(adata.obs["section"].astype(str))
-        missing = [s for s in args.sections if s not in present]
-        if missing:
-            raise CLIError(f"--sections: {missing} not in the data (sections: {sorted(present)}).")
+    adata = _table(sdata, args.data)
+    _check_sections(adata, args.sections)
     # The panel comes from the training sections only (a held-out section never chooses the genes).
     scst.pp.select_genes(adata, n_top=args.n_genes, sections=args.sections)
 
@@ -123,11 +179,11 @@ def _train(args: argparse.Namespace) -> None:
             scst.pp.hypergraph(adata, use_rep="X_hc_ms_scaled", k=3)
         cls.setup_anndata(adata, use_rep="X_hc_ms_scaled", sections=args.sections)
         model = build(adata)
-        model.train(**({"max_epochs": args.max_epochs} if args.max_epochs else {}))
+        model.train(**({"max_epochs": args.max_epochs} if args.max_epochs is not None else {}))
     else:
         cls.setup_sdata(sdata, sections=args.sections)
         model = build(sdata)
-        model.train(**({"max_epochs": args.max_epochs} if args.max_epochs else {}))
+        model.train(**({"max_epochs": args.max_epochs} if args.max_epochs is not None else {}))
     model.save(out, overwrite=args.overwrite)
     print(f"scst train: {type(model).__name__} on {args.sections or 'all sections'} → {out}")
 
@@ -136,13 +192,19 @@ def _predict(args: argparse.Namespace) -> None:
     import scst
 
     model_dir = Path(args.model_dir)
-    attr = model_dir / "attr.json"
-    if not attr.is_file():
-        raise CLIError(f"--model-dir: {str(model_dir)!r} has no attr.json (not a model saved by `scst train`).")
-    name = json.loads(attr.read_text()).get("model")
-    cls = getattr(scst.models, str(name), None)
-    if cls is None:
-        raise CLIError(f"--model-dir: unknown model class {name!r} in {attr}.")
+    cls = _model_class(model_dir)
+    name = cls.__name__
+    # options of the other mode are errors, not silently ignored
+    if args.image is not None:
+        unused = [opt for opt, value in (("--data", args.data), ("--sections", args.sections)) if value is not None]
+        if unused:
+            raise CLIError(f"{unused[0]}: not used with --image (an H&E image without spots); leave it out.")
+    else:
+        unused = [opt for opt, value in (("--um-per-px", args.um_per_px), ("--spacing-um", args.spacing_um))
+                  if value is not None]  # fmt: skip
+        if unused:
+            raise CLIError(f"{unused[0]}: only used with --image (pseudo-spots on an H&E image); the spots of --data "
+                           "have their own positions and pixel size.")  # fmt: skip
     out = Path(args.out)
     if out.suffix not in (".h5ad", ".zarr"):
         raise CLIError(f"--out: expected a path ending in .h5ad or .zarr, got {args.out!r}.")
@@ -152,12 +214,15 @@ def _predict(args: argparse.Namespace) -> None:
     if args.image is not None:  # an H&E image without spots: pseudo-spots on a grid over the tissue
         if args.um_per_px is None or args.um_per_px <= 0:
             raise CLIError("--um-per-px: the pixel size of --image in µm is required (a positive number).")
+        model = _load_model(cls, model_dir)  # the model directory is checked before the image is read
         sdata = _image_only(args.image)
-        model = cls.load(model_dir)
         scst.tl.predict_expression(sdata, model, um_per_px=args.um_per_px, spacing_um=args.spacing_um, **opts)
         table = sdata.tables["table_predicted"]
     else:
-        sdata = _load_data(args.data, args.sections)
+        data = "her2st" if args.data is None else args.data
+        _load_model(cls, model_dir)  # the model directory is checked (loaded once) before the data set is read
+        sdata = _load_data(data, args.sections)
+        _check_sections(_table(sdata, data), args.sections)
         model = cls.load(model_dir, sdata)
         scst.tl.predict_expression(sdata, model, sections=args.sections, **opts)  # embeddings recomputed as recorded
         table = sdata.tables["table"]
@@ -221,13 +286,16 @@ def _ligrec(args: argparse.Namespace) -> None:
     if out.exists() and not args.overwrite:
         raise CLIError(f"--out: {str(out)!r} exists; pass --overwrite to replace it.")
     sdata = _load_data(args.data, args.sections)
-    adata = sdata.tables["table"]
+    adata = _table(sdata, args.data)
+    _check_sections(adata, args.sections)
     if args.sections:
         adata = adata[adata.obs["section"].astype(str).isin(args.sections).to_numpy()].copy()
     if adata.n_obs == 0:
-        raise CLIError(f"--sections: no spot of {args.sections} in the data.")
-    # ST arrays: the 4-neighbour grid on the integer array indices, per section (see the README).
-    scst.pp.cell_graph(adata, grid=True, n_neighs=4, library_key="section")  # squidpy's grid builder
+        raise CLIError(f"--data: the table of {args.data!r} has no spots.")
+    # ST arrays: the 4-neighbour grid on the integer array indices, per section (see the README); a table without
+    # obs["section"] is one section: one graph over all its spots
+    library_key = "section" if "section" in adata.obs else None
+    scst.pp.cell_graph(adata, grid=True, n_neighs=4, library_key=library_key)  # squidpy's grid builder
     configs = {"bench": "bench_config", "fast": "fast_config", "pooled": "pooled_config", "paper": "_default_config"}
     gcng_config = dict(getattr(scst.models.GCNG, configs[args.gcng_config]))
     scst.tl.ligand_receptor(
@@ -249,7 +317,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default="her2st", help="'her2st' or a SpatialData zarr store (default: her2st)")
     t.add_argument("--sections", nargs="+", help="training sections (default: all)")
     t.add_argument("--n-genes", type=int, default=250, help="gene panel size (scst.pp.select_genes n_top)")
-    t.add_argument("--max-epochs", type=int, help="epochs for the networks (default: the model's bench_config)")
+    t.add_argument("--max-epochs", type=int, help="epochs for the networks, at least 1 (default: the model's "
+                   "bench_config; not for the closed-form mean and ridge)")  # fmt: skip
     t.add_argument("--config", action="append", metavar="KEY=VALUE",
                    help="model setting over its bench_config, value as JSON (e.g. n_programs=6, ridge_skip=false, "
                    'n_programs=null, n_programs=auto); repeatable')  # fmt: skip
@@ -258,12 +327,13 @@ def _parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train)
     q = sub.add_parser("predict", help="predict expression with a saved model; write .h5ad or .zarr")
     q.add_argument("--model-dir", required=True, help="directory written by `scst train` / model.save")
-    q.add_argument("--data", default="her2st", help="'her2st' or a SpatialData zarr store (default: her2st)")
+    q.add_argument("--data", help="'her2st' or a SpatialData zarr store (default: her2st; not with --image)")
     q.add_argument("--image", help="an H&E image without spots (JPEG/PNG/TIFF/SVS/NDPI) instead of --data: "
                    "pseudo-spots on a grid over the tissue")  # fmt: skip
     q.add_argument("--um-per-px", type=float, help="pixel size of --image in µm (required with --image)")
-    q.add_argument("--spacing-um", type=float, help="pseudo-spot spacing with --image (default: the training grid)")
-    q.add_argument("--sections", nargs="+", help="sections to predict (default: all)")
+    q.add_argument("--spacing-um", type=float, help="pseudo-spot spacing, only with --image (default: the training "
+                   "grid)")  # fmt: skip
+    q.add_argument("--sections", nargs="+", help="sections of --data to predict (default: all; not with --image)")
     q.add_argument("--num-workers", type=int, default=0, help="DataLoader workers reading patches (default: 0)")
     q.add_argument("--precision", default="32", choices=["32", "bf16", "16"], help="autocast (default: 32)")
     q.add_argument("--out", required=True, help="output: table as .h5ad, or the SpatialData as .zarr")
@@ -291,7 +361,8 @@ def _parser() -> argparse.ArgumentParser:
     m.set_defaults(func=_merge)
     r = sub.add_parser("ligrec", help="score ligand-receptor pairs on the spot grid; write the LIANA-style table")
     r.add_argument("--data", default="her2st", help="'her2st' or a SpatialData zarr store (default: her2st)")
-    r.add_argument("--sections", nargs="+", help="sections (default: all)")
+    r.add_argument("--sections", nargs="+", help="sections, from obs['section'] of the table (default: all spots; "
+                   "a table without obs['section'] is one graph over all spots)")  # fmt: skip
     r.add_argument(
         "--method",
         nargs="+",

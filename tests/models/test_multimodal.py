@@ -490,3 +490,46 @@ def test_backbone_image_encoder_takes_local_weights(tmp_path):
     assert model.get_latent_representation(modality="image").shape == (8, 16)
     with pytest.raises(FileNotFoundError):
         MultimodalST(mdata, **SMALL, image_encoder="resnet18", image_weights=str(tmp_path / "missing.pt"))
+
+
+def test_unpaired_or_unlabelled_patches_are_no_positives_of_each_other():
+    """Group codes of the triplet / contrastive losses: a patch without a label of its own takes its RNA sample's;
+    one with neither has a code no other sample shares — with no label column on the image side at all (as
+    bulk_to_mudata writes by default), and when an unlabelled RNA sample's negative code is inherited by its patch.
+    Fully paired, labelled data keep the category codes."""
+    # (a) no label column on the image side, three unpaired patches
+    mdata = synthetic_mudata(n=12, n_genes=6)
+    im = mdata["image"]
+    im.obs["rna_sample"] = im.obs["rna_sample"].astype(object)
+    im.obs.loc[["p0", "p1", "p2"], "rna_sample"] = np.nan
+    del im.obs["label"]
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    data, rna_row = MultimodalST(mdata, **SMALL)._arrays(mdata)
+    label = np.arange(12) % 4
+    np.testing.assert_array_equal(data["rna_group"], label)
+    np.testing.assert_array_equal(data["img_group"][3:], label[3:])  # from their RNA samples
+    lone = data["img_group"][:3]
+    assert (lone < 0).all() and len(set(lone)) == 3 and not set(lone) & set(data["rna_group"])
+    same = data["img_group"][:, None] == data["img_group"][None, :]
+    assert not (same[:3] & ~np.eye(12, dtype=bool)[:3]).any()  # no positive for the unpaired patches
+    # (b) an unpaired unlabelled patch (p0) and the patch (p5) of an unlabelled RNA sample (s0): distinct codes
+    mdata = synthetic_mudata(n=12, n_genes=6)
+    r, im = mdata["rna"], mdata["image"]
+    r.obs["label"] = r.obs["label"].astype(object)
+    r.obs.loc["s0", "label"] = np.nan
+    im.obs["label"] = im.obs["label"].astype(object)
+    im.obs["rna_sample"] = im.obs["rna_sample"].astype(object)
+    im.obs.loc["p0", ["label", "rna_sample"]] = [np.nan, np.nan]
+    im.obs.loc["p5", ["label", "rna_sample"]] = [np.nan, "s0"]
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    data, _ = MultimodalST(mdata, **SMALL)._arrays(mdata)
+    assert data["rna_group"][0] < 0 and data["img_group"][5] == data["rna_group"][0]  # p5 takes s0's code
+    assert data["img_group"][0] < 0 and data["img_group"][0] != data["img_group"][5]
+    assert np.sum(data["img_group"] == data["img_group"][0]) == 1
+    # fully paired and labelled: the category codes, as before
+    mdata = synthetic_mudata(n=12, n_genes=6)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    data, rna_row = MultimodalST(mdata, **SMALL)._arrays(mdata)
+    np.testing.assert_array_equal(rna_row, np.arange(12))
+    np.testing.assert_array_equal(data["rna_group"], label)
+    np.testing.assert_array_equal(data["img_group"], label)

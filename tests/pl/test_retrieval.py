@@ -55,3 +55,37 @@ def test_embedding_panels_by_modality_and_group():
         scst.pl.retrieval(m, basis="X_umap", show=False)
     with pytest.raises(ValueError, match="color: only used with `basis`"):
         scst.pl.retrieval(m, color="label", show=False)
+
+
+def test_embedding_panel_uses_the_models_modality_names():
+    """Modalities named otherwise than "rna"/"image": taken from uns[key]["modalities"] (scst.tl.retrieve writes
+    it), else from the MultimodalST setup in mdata.uns; each cloud at its own coordinates."""
+    import json
+
+    import mudata as md
+
+    def mod(n, offset):
+        a = AnnData(np.zeros((n, 1), np.float32))
+        a.obs_names = [f"{offset}_{i}" for i in range(n)]
+        a.obsm["U"] = np.column_stack([np.arange(n, dtype=float) + offset, np.zeros(n)])
+        return a
+
+    res = {
+        "query": "image", "k": 1, "n_query": 3, "accuracy": {}, "chance": {}, "exact_top1": 0.5, "exact_topk": 0.5,
+        "chance_exact_top1": 0.25, "chance_exact_topk": 0.25,
+    }  # fmt: skip
+    m = md.MuData({"he": mod(3, 10.0), "expr": mod(4, 0.0)})
+    m.uns["scst_retrieval"] = {**res, "modalities": ["expr", "he"]}
+    _, by_mod = scst.pl.retrieval(m, basis="U", show=False)
+    assert [t.get_text() for t in by_mod.get_legend().get_texts()] == ["expr", "he"]
+    rna, image = by_mod.collections
+    np.testing.assert_array_equal(rna.get_offsets()[:, 0], [0, 1, 2, 3])
+    np.testing.assert_array_equal(image.get_offsets()[:, 0], [10, 11, 12])
+    # an older result without "modalities": the names of the MultimodalST setup
+    m.uns["scst_retrieval"] = res
+    m.uns["_scst_setup"] = {"MultimodalST": json.dumps({"rna": "expr", "image": "he"})}
+    _, by_mod = scst.pl.retrieval(m, basis="U", show=False)
+    assert [t.get_text() for t in by_mod.get_legend().get_texts()] == ["expr", "he"]
+    del m.uns["_scst_setup"]
+    with pytest.raises(ValueError, match=r"basis: needs a MuData with the RNA and image modalities \['rna', 'image'\]"):
+        scst.pl.retrieval(m, basis="U", show=False)

@@ -120,3 +120,16 @@ def test_gene_groups_bad_input():
         gene_groups(adata, method="pathway", n_groups=2)
     with pytest.raises(ValueError, match="columns"):
         gene_groups(adata, pd.DataFrame({"u": ["a"], "v": ["b"]}), n_groups=2)
+
+
+def test_group_numbering_puts_the_unlinked_genes_last_whatever_their_number():
+    """The documented numbering (benchmarks depend on it): kept clusters largest first, then the unlinked genes as
+    the last group even when it is the largest (8 unlinked genes after two linked pairs); with n_groups=1 the
+    unlinked genes join the one group."""
+    adata = _adata([f"g{i}" for i in range(12)])
+    net = [("g0", "g1"), ("g1", "g0"), ("g2", "g3"), ("g3", "g2")]
+    gene_groups(adata, net, n_groups=3)
+    assert adata.var["gene_group"].tolist() == [0, 0, 1, 1] + [2] * 8
+    assert adata.uns["gene_group"]["sizes"] == [2, 2, 8]
+    gene_groups(adata, net, n_groups=1)
+    assert adata.var["gene_group"].tolist() == [0] * 12 and adata.uns["gene_group"]["sizes"] == [12]

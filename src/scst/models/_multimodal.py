@@ -29,12 +29,16 @@ def _dense(X: Any) -> np.ndarray:
     return np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float32)
 
 
-def _codes(values: pd.Series, categories: list[str]) -> np.ndarray:
-    """Group codes into ``categories``; missing/unknown values get unique negative codes (no positive pair)."""
+def _codes(values: pd.Series, categories: list[str], start: int = 0) -> np.ndarray:
+    """Group codes into ``categories``; missing/unknown values get unique negative codes (no positive pair).
+
+    The negative code of row ``i`` is ``-(start + i + 1)``: calls with disjoint ``[start, start + len(values))``
+    ranges (the RNA samples from 0, the patches after them) never share a negative code.
+    """
     lookup = {c: i for i, c in enumerate(categories)}
     out = np.array([lookup.get(str(v), -1) if pd.notna(v) else -1 for v in values], dtype=np.int64)
     bad = np.flatnonzero(out < 0)
-    out[bad] = -(bad + 1)
+    out[bad] = -(int(start) + bad + 1)
     return out
 
 
@@ -132,6 +136,14 @@ class MultimodalST(BaseModel):
         ``"section"``: every training minibatch then holds samples of one value only, so the in-batch negatives of
         the contrastive losses come from the same slide, as the candidates of a retrieval within a section do;
         ``None``, the paper's: minibatches across all samples), ``pretrain_epochs``, ``augment``.
+
+        With ``rna_pcs``, the encoder's input and the masked-autoencoder target both lie in a ``rna_pcs``-dimensional
+        subspace, so whenever the visible genes span it (as many visible genes as axes or more) the masked group is a
+        linear function of the visible ones: the masked-token reconstruction becomes a linear task and the MAE
+        pre-training adds little; the contrastive stages are what use the denoising. The statistics fitted without
+        labels when the model is built — the principal axes (``rna_center``, ``rna_basis``) and the standardisation
+        (``gene_mean``, ``gene_std``) — use every RNA sample of ``data``, including those that :meth:`train` later
+        holds out for validation (``validation``).
 
     Examples
     --------
@@ -336,6 +348,24 @@ class MultimodalST(BaseModel):
         missing = pd.Index(reg["var_names"]).difference(adata[reg["rna"]].var_names)
         if len(missing):
             raise ValueError(f"data: mdata[{reg['rna']!r}] lacks {len(missing)} panel genes, e.g. {list(missing[:5])}.")
+        img, key = adata[reg["image"]], reg["patch_key"]
+        if key not in img.obsm:
+            raise KeyError(
+                f"data: mdata[{reg['image']!r}].obsm lacks {key!r} (the patches or patch embeddings the model was set "
+                f"up with); has {list(img.obsm.keys())}."
+            )
+        shape = tuple(np.shape(img.obsm[key]))
+        px, n_feat = reg.get("image_px"), reg.get("image_features")
+        if px is not None and (len(shape) != 4 or shape[1:] != (3, px, px)):
+            raise ValueError(
+                f"data: mdata[{reg['image']!r}].obsm[{key!r}] has shape {shape}; the model was set up with "
+                f"(n, 3, {px}, {px}) patches (image_px={px}). Cut or resize the patches to {px} px."
+            )
+        if n_feat is not None and (len(shape) != 2 or shape[1] != n_feat):
+            raise ValueError(
+                f"data: mdata[{reg['image']!r}].obsm[{key!r}] has shape {shape}; the model was set up with "
+                f"(n, {n_feat}) patch embeddings (image_features={n_feat})."
+            )
 
     # ------------------------------------------------------------------ data
     def _rna_matrix(self, mdata: Any) -> np.ndarray:
@@ -354,7 +384,14 @@ class MultimodalST(BaseModel):
         rna_group = _codes(r.obs[reg["group_key"]], cats)
         link = im.obs[reg["link_key"]]
         rna_row = r.obs_names.get_indexer(link.astype(str).where(link.notna(), "\x00"))
-        img_group = _codes(im.obs[reg["group_key"]], cats) if reg["group_key"] in im.obs else np.full(im.n_obs, -1)
+        # a patch without a group of its own takes its RNA sample's (which may be a unique negative code of that
+        # sample); the other patches get unique negative codes after the RNA samples' range, so that no two
+        # unpaired or unlabelled samples become positives of each other
+        n_rna = r.n_obs
+        if reg["group_key"] in im.obs:
+            img_group = _codes(im.obs[reg["group_key"]], cats, start=n_rna)
+        else:
+            img_group = -(n_rna + 1) - np.arange(im.n_obs, dtype=np.int64)
         from_rna = (img_group < 0) & (rna_row >= 0)
         img_group[from_rna] = rna_group[rna_row[from_rna]]
         data = {"rna": self._rna_matrix(mdata), "img": self._image_array(mdata), "rna_group": rna_group,
@@ -419,7 +456,10 @@ class MultimodalST(BaseModel):
             Pre-training epochs (default ``config["pretrain_epochs"]``); 0 skips pre-training.
         **kwargs
             Passed to :meth:`scst.models.BaseModel.train` for both stages (``batch_size``, ``lr``, ``accelerator``,
-            ``validation``...).
+            ``validation``...). ``validation`` (default 0.1) is the fraction of RNA samples held out, with their
+            patches, from the training losses; the unsupervised statistics fitted when the model was built (the
+            standardisation ``gene_mean``/``gene_std`` and, with ``rna_pcs``, the principal axes) use all samples of
+            the training data, the validation ones included.
 
         Returns
         -------

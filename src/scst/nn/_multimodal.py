@@ -251,7 +251,9 @@ class MultimodalModule(nn.Module):
         Denoise the RNA input: each sample's expression is replaced by its projection on this many principal axes of
         the training samples (``rna_center``/``rna_basis`` buffers, set by :class:`scst.models.MultimodalST` from the
         training data) before standardisation. Spot expression carries counting noise that no image can predict;
-        ``None`` (the paper's, on bulk RNA): the measured expression.
+        ``None`` (the paper's, on bulk RNA): the measured expression. The masked-autoencoder target is the same
+        projected input, so with at least ``rna_pcs`` visible genes the masked group is a linear function of the
+        visible ones (see :class:`scst.models.MultimodalST`).
     momentum
         ALBEF's momentum encoders: copies of both encoders and projections, updated as an exponential moving average
         of the trained ones (``θ_m ← momentum·θ_m + (1 − momentum)·θ``; ALBEF: 0.995), copied from them at the first

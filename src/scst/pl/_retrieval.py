@@ -16,6 +16,25 @@ from ._utils import _check_in, _doc_show_save, _finish, _panel_axes
 __all__ = ["retrieval"]
 
 
+def _modality_names(mdata: Any, res: Any) -> list[str]:
+    """RNA and image modality names of a retrieval result.
+
+    ``res["modalities"]`` (written by scst.tl.retrieve), else the MultimodalST setup of ``mdata``, else
+    ``["rna", "image"]``.
+    """
+    names = res.get("modalities") if hasattr(res, "get") else None
+    if names is not None and len(names) == 2:
+        return [str(n) for n in names]
+    raw = getattr(mdata, "uns", {}).get("_scst_setup", {}).get("MultimodalST")
+    if raw is not None:
+        import json
+
+        reg = json.loads(raw) if isinstance(raw, str) else dict(raw)
+        if "rna" in reg and "image" in reg:
+            return [str(reg["rna"]), str(reg["image"])]
+    return ["rna", "image"]
+
+
 @_doc_show_save
 def retrieval(
     mdata: Any,
@@ -43,7 +62,9 @@ def retrieval(
     basis
         ``obsm`` key of a joint 2-D embedding of both modalities, e.g. ``"X_multimodal_umap"`` from
         ``scst.tl.embed(mdata, model, umap=True)``: adds a panel of both modalities' points coloured by modality
-        (patches and RNA samples that mix are what alignment aims for).
+        (patches and RNA samples that mix are what alignment aims for). The modalities are the RNA and image ones
+        named in ``uns[key]["modalities"]`` (written by :func:`scst.tl.retrieve`), else in the
+        :class:`~scst.models.MultimodalST` setup of ``mdata``, else ``"rna"`` and ``"image"``.
     color
         With ``basis``: an ``obs`` column present in both modalities (e.g. ``"label"``) for one more panel.
     ax
@@ -72,9 +93,11 @@ def retrieval(
     ]
     mods = []
     if basis is not None:
-        mods = [m for m in ("rna", "image") if m in getattr(mdata, "mod", {})]
+        names = _modality_names(mdata, res)
+        mods = [m for m in names if m in getattr(mdata, "mod", {})]
         if len(mods) != 2:
-            raise ValueError("basis: needs a MuData with modalities 'rna' and 'image'.")
+            has = list(getattr(mdata, "mod", {}))
+            raise ValueError(f"basis: needs a MuData with the RNA and image modalities {names}; has {has}.")
         for m in mods:
             _check_in(basis, list(mdata[m].obsm.keys()), "basis", f"mdata[{m!r}].obsm")
             if color is not None:
@@ -112,7 +135,7 @@ def retrieval(
                     sel = lab == c
                     g.scatter(xy[sel, 0], xy[sel, 1], s=8, marker=marker, color=cmap(i), alpha=0.7,
                               label=c if m == mods[0] else None)  # fmt: skip
-            g.set(title=f"{basis}: {color} (o rna, ^ image)", xticks=[], yticks=[])
+            g.set(title=f"{basis}: {color} (o {mods[0]}, ^ {mods[1]})", xticks=[], yticks=[])
             g.legend(frameon=False, fontsize="x-small", markerscale=2)
     out = a if n_panels == 1 else axes
     return _finish(fig, out, show=show, save=save, return_fig=return_fig, ax_given=ax is not None, dpi=dpi)

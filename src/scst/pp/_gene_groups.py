@@ -166,9 +166,12 @@ def gene_groups(
 
     Returns
     -------
-    ``None`` or a copy, with ``var[key_added]`` (int group 0..n-1, largest first; -1 = not grouped) and
-    ``uns[key_added]``: ``method``, ``sizes``, ``n_clusters`` (before merging), ``modularity`` (directed, of the
-    clusters found), ``n_edges``, ``n_network_genes_absent``, ``n_unlinked`` and the parameters.
+    ``None`` or a copy, with ``var[key_added]`` (int group 0..n-1; -1 = not grouped) and ``uns[key_added]``:
+    ``method``, ``sizes`` (in group order), ``n_clusters`` (before merging), ``modularity`` (directed, of the
+    clusters found), ``n_edges``, ``n_network_genes_absent``, ``n_unlinked`` and the parameters. Groups are numbered
+    in this order: the kept clusters, largest first (ties by first gene name); then the merged smaller clusters,
+    whatever their total size; then, with ``unlinked="group"``, the unlinked genes (with ``n_groups=1`` they join
+    the one group). So the last group or two may be larger than those before them.
     """
     if method not in _METHODS:
         raise ValueError(f"method: expected one of {_METHODS}, got {method!r}.")

@@ -7,14 +7,15 @@ Keys written:
 * ``mdata.uns["scst_retrieval"]``: per query, the ``k`` closest targets by cosine (``"indices"``, ``"names"``,
   ``"scores"``), accuracy of the top-1 target's group per ``group_keys`` against the label-frequency chance
   ``Σ_g p_query(g) p_target(g)`` (``Σ p²`` when queries and targets share labels), exact-sample top-1/top-k rates
-  against ``1/n`` and ``k/n`` (paired queries only); with ``rerank``, the matching-head logits ``"match_scores"``
-  (:func:`retrieve`).
+  (paired queries only) against the rates of a random ranking (``1/n`` and ``k/n`` for image queries); with
+  ``rerank``, the matching-head logits ``"match_scores"`` (:func:`retrieve`).
 * ``mdata[rna].var["scst_importance_mean"]`` / ``["scst_importance_count"]`` and
   ``mdata.uns["scst_gene_importance"]`` (:func:`gene_importance`).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -141,7 +142,9 @@ def retrieve(
     Parameters
     ----------
     mdata
-        MuData with modalities ``rna`` and ``image`` (patches linked to RNA samples by ``obs["rna_sample"]``).
+        MuData with modalities ``rna`` and ``image`` (patches linked to RNA samples by ``obs["rna_sample"]``, the
+        model's ``link_key``). Without that column (new, unpaired images) the exact-sample metrics are NaN with
+        ``n_paired=0`` (a warning says so); the group accuracies are still computed where labels exist.
     model
         Trained :class:`scst.models.MultimodalST`, or a sequence of them (a deep ensemble, cosine = the mean of the
         models' cosines, see :func:`embed`); may be None when ``use_rep`` holds embeddings.
@@ -184,11 +187,16 @@ def retrieve(
     Returns
     -------
     The dict written to ``mdata.uns[key_added]``: ``indices``/``scores`` ``(n_query, k)``, ``names`` (top-1 target),
-    ``accuracy``/``chance`` per group key, ``exact_top1``, ``exact_topk``, ``chance_exact_top1`` (1/n),
-    ``chance_exact_topk`` (k/n), ``n_query``, ``n_target``, ``n_paired``, ``k``, ``query``, ``standardize``,
-    ``csls``, ``rerank``, ``n_models`` (0 with ``use_rep``) and, when re-ranking, ``match_scores`` (the matching
-    logits of the returned targets among the re-ranked ones). ``scores`` are always the cosines of the returned
-    targets (also when ``csls`` ordered them).
+    ``accuracy``/``chance`` per group key, ``exact_top1``, ``exact_topk`` (over the ``n_paired`` paired queries),
+    ``chance_exact_top1``, ``chance_exact_topk``, ``n_query``, ``n_target``, ``n_paired``, ``k``, ``query``,
+    ``standardize``, ``csls``, ``rerank``, ``n_models`` (0 with ``use_rep``), ``modalities`` (the RNA and image
+    modality names) and, when re-ranking, ``match_scores`` (the matching logits of the returned targets among the
+    re-ranked ones). ``scores`` are always the cosines of the returned targets (also when ``csls`` ordered them).
+
+    The exact-sample chances are the rates of a random ranking of the ``n`` targets. An image query has one linked
+    RNA sample: ``1/n`` (top-1) and ``k/n`` (top-k). An RNA query hits when any of the ``m_q`` patches linked to it
+    is retrieved: ``m_q/n`` and ``1 − C(n − m_q, k)/C(n, k)``, averaged over the paired queries (NaN when none is
+    paired).
     """
     from ..pp._mudata import LINK_KEY, MUDATA_UNS
 
@@ -207,7 +215,7 @@ def retrieve(
             if use_rep not in mdata[m].obsm:
                 raise KeyError(f"use_rep: {use_rep!r} not in mdata[{m!r}].obsm; run scst.tl.embed first.")
             emb[m] = np.asarray(mdata[m].obsm[use_rep], dtype=np.float32)
-    if not isinstance(k, int | np.integer) or k < 1:
+    if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k: expected a positive integer, got {k!r}.")
     if standardize not in (None, "center", "zscore"):
         raise ValueError(f"standardize: expected None, 'center' or 'zscore', got {standardize!r}.")
@@ -262,16 +270,35 @@ def retrieve(
         acc[g] = float(np.mean(qv[ok] == tv[ok])) if ok.any() else float("nan")
         chance[g] = _chance(qo[g][ok], to[g])
     # exact sample: for image queries the linked RNA sample; for RNA queries any patch linked to it
-    link = mdata[img_mod].obs[reg.get("link_key", LINK_KEY)].astype(str)
-    if query == "image":
+    n_t = len(t)
+    link_key = reg.get("link_key", LINK_KEY)
+    if link_key not in mdata[img_mod].obs:
+        warnings.warn(
+            f"retrieve: mdata[{img_mod!r}].obs has no link column {link_key!r} (no patch is paired with an RNA "
+            "sample); the exact-sample metrics are NaN (n_paired=0), only the group accuracies are computed.",
+            UserWarning,
+            stacklevel=2,
+        )
+        hit, paired = np.zeros(top.shape, dtype=bool), np.zeros(len(q), dtype=bool)
+        chance_top1, chance_topk = (1.0 / n_t, k / n_t) if query == "image" else (float("nan"), float("nan"))
+    elif query == "image":
+        link = mdata[img_mod].obs[link_key].astype(str)
         truth = to.index.get_indexer(link)
         hit = top == truth[:, None]
         paired = truth >= 0
+        chance_top1, chance_topk = 1.0 / n_t, k / n_t  # one linked target per query
     else:
+        link = mdata[img_mod].obs[link_key].astype(str)
         linked = np.asarray(link)[top]
         hit = linked == np.asarray(qo.index)[:, None]
         paired = np.isin(np.asarray(qo.index), link.to_numpy())
-    n_t = len(t)
+        # m_q patches linked to query q among the n_t targets: a random ranking puts one first with probability
+        # m_q / n_t, and one among its first k with 1 - C(n_t - m_q, k) / C(n_t, k); averaged over paired queries
+        m_q = link.value_counts().reindex(np.asarray(qo.index)[paired]).to_numpy(dtype=np.float64)
+        steps = np.arange(k, dtype=np.float64)
+        miss = np.prod(np.clip(n_t - m_q[:, None] - steps, 0, None) / (n_t - steps), axis=1)
+        chance_top1 = float(np.mean(m_q / n_t)) if paired.any() else float("nan")
+        chance_topk = float(np.mean(1.0 - miss)) if paired.any() else float("nan")
     res = {
         "query": query,
         "standardize": standardize,
@@ -290,15 +317,16 @@ def retrieve(
         "chance": chance,
         "exact_top1": float(hit[paired, 0].mean()) if paired.any() else float("nan"),
         "exact_topk": float(hit[paired].any(1).mean()) if paired.any() else float("nan"),
-        "chance_exact_top1": 1.0 / n_t,
-        "chance_exact_topk": k / n_t,
+        "chance_exact_top1": chance_top1,
+        "chance_exact_topk": chance_topk,
+        "modalities": [rna_mod, img_mod],
     }
     if match is not None:
         res["match_scores"] = match.astype(np.float32)
     mdata.uns[key_added] = res
     logg.info(
         f"retrieve ({query} → {t_mod}): top-1 group accuracy {acc} (chance {chance}); exact top-{k} "
-        f"{res['exact_topk']:.3f} (chance {k / n_t:.3f}) → uns[{key_added!r}]"
+        f"{res['exact_topk']:.3f} (chance {chance_topk:.3f}) → uns[{key_added!r}]"
     )
     return res
 
@@ -384,14 +412,15 @@ def gene_importance(
     method
         ``"gradcam"`` or ``"integrated_gradients"``.
     score
-        ``"itm"``: the matching head's logit on the fused pair (the paper's); ``"itc"``: the cosine of the pair in the
-        shared space (no fusion encoder).
+        ``"itm"``: the matching head's logit on the fused pair (the paper's; needs ``model`` trained with the matching
+        loss, ``weights["itm"] > 0``, else a ValueError); ``"itc"``: the cosine of the pair in the shared space (no
+        fusion encoder).
     n_top
         Top genes kept per paired sample (paper: occurrences of the 15 most important).
     n_steps
         Integration steps for integrated gradients.
     max_pairs
-        Use at most this many paired patches (the first ones).
+        Use at most this many paired patches (the first ones); ``None``: all of them.
     key_added
         ``mdata.uns`` key; ``var`` columns ``scst_importance_mean`` / ``scst_importance_count`` of the RNA modality.
     batch_size
@@ -410,9 +439,17 @@ def gene_importance(
         raise ValueError(f"score: expected 'itm' or 'itc', got {score!r}.")
     if method not in ("gradcam", "integrated_gradients"):
         raise ValueError(f"method: expected 'gradcam' or 'integrated_gradients', got {method!r}.")
+    if max_pairs is not None and (
+        not isinstance(max_pairs, int | np.integer) or isinstance(max_pairs, bool) or max_pairs < 1
+    ):
+        raise ValueError(f"max_pairs: expected None (all pairs) or a positive integer, got {max_pairs!r}.")
+    if score == "itm" and any(m.module.weights.get("itm", 0.0) <= 0 for m in models):
+        raise ValueError("score='itm': the model was trained without the matching loss (weights['itm'] = 0), so its "
+                         "matching head is untrained; use score='itc' (the cosine in the shared space).")  # fmt: skip
     reg = models[0].registry
+    models[0]._validate_data(mdata)
     data, rna_row = models[0]._arrays(mdata)
-    paired = np.flatnonzero(rna_row >= 0)[: max_pairs or None]
+    paired = np.flatnonzero(rna_row >= 0)[:max_pairs]
     if len(paired) == 0:
         raise ValueError("mdata: no patch is linked to an RNA sample; gene importance needs pairs.")
     genes = np.asarray(reg["var_names"])
