@@ -68,18 +68,34 @@ def _exchange(a: Path, b: Path) -> bool:
     return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the OS tells it (Linux ``/proc``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once (not thread-safe, hence the /proc read first)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def _atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory beside ``dest`` that is renamed to ``dest`` on success.
 
     An existing ``dest`` is replaced in one atomic swap where the OS has one (Linux), so a process killed at
     any moment leaves either the old or the new directory at ``dest``; elsewhere the old one is first renamed
-    aside (``.<name>.old-*``) and removed after the new one is in place.
+    aside (``.<name>.old-*``) and removed after the new one is in place. The directory gets the mode a plain
+    ``mkdir`` would give (``0o777`` less the umask), not ``mkdtemp``'s private ``0o700``, so a cache shared
+    between users stays readable.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
         if dest.exists() and _exchange(tmp, dest):
             shutil.rmtree(tmp, ignore_errors=True)  # now the old directory
@@ -98,13 +114,18 @@ def _atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
 
 @contextmanager
 def _atomic_file(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary file path beside ``dest`` that is renamed to ``dest`` on success."""
+    """Yield a temporary file path beside ``dest`` that is renamed to ``dest`` on success.
+
+    The file gets the mode a plain ``open(dest, "w")`` would give (``0o666`` less the umask), not ``mkstemp``'s
+    private ``0o600``, so files of a cache shared between users stay readable.
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
         os.replace(tmp, dest)
     except BaseException:

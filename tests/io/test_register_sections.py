@@ -1,3 +1,5 @@
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -5,13 +7,18 @@ import pytest
 from scipy import sparse
 from spatialdata import SpatialData
 from spatialdata.models import Image2DModel, ShapesModel, TableModel
-from spatialdata.transformations import Identity, Scale
+from spatialdata.transformations import Identity, Scale, get_transformation
 
 import scst
 
+HIRES_SCALEF = 0.25
 
-def _visium_like():
-    """The layout spatialdata-io's ``visium`` writes: region-named circles, full-res and hires images, one table."""
+
+def _visium_like(fullres=True):
+    """The layout spatialdata-io's ``visium`` writes: region-named circles in ``global`` (full-resolution px),
+    ``downscaled_hires`` and ``downscaled_lowres`` (scaled by the scale factors), the hires image only in
+    ``downscaled_hires``, and with ``fullres_image_file`` (``fullres=True``) the full image in ``global``.
+    ``fullres=False`` is its default (no full-resolution image)."""
     rng = np.random.default_rng(0)
     full = rng.integers(0, 255, size=(3, 400, 500), dtype=np.uint8)
     full[:, 100:300, 100:400] = 60
@@ -33,16 +40,21 @@ def _visium_like():
     table = ad.AnnData(sparse.csr_matrix(rng.poisson(3, (n, 5)).astype(np.int32)), obs=obs)
     table.obsm["spatial"] = xy
     table = TableModel.parse(table, region="V1", region_key="region", instance_key="spot_id")
+    images = {
+        "V1_hires_image": Image2DModel.parse(
+            hires, dims=("c", "y", "x"), transformations={"downscaled_hires": Identity()}
+        )
+    }
+    if fullres:
+        images["V1_full_image"] = Image2DModel.parse(full, dims=("c", "y", "x"), transformations={"global": Identity()})
+    shapes_ts = {
+        "global": Identity(),
+        "downscaled_hires": Scale([HIRES_SCALEF, HIRES_SCALEF], axes=("y", "x")),
+        "downscaled_lowres": Scale([0.05, 0.05], axes=("y", "x")),
+    }
     return SpatialData(
-        images={
-            "V1_full_image": Image2DModel.parse(full, dims=("c", "y", "x"), transformations={"global": Identity()}),
-            "V1_hires_image": Image2DModel.parse(
-                hires, dims=("c", "y", "x"), transformations={"global": Scale([4.0, 4.0], axes=("y", "x"))}
-            ),
-        },
-        shapes={
-            "V1": ShapesModel.parse(xy, geometry=0, radius=np.full(n, 20.0), transformations={"global": Identity()})
-        },
+        images=images,
+        shapes={"V1": ShapesModel.parse(xy, geometry=0, radius=np.full(n, 20.0), transformations=shapes_ts)},
         tables={"table": table},
     )
 
@@ -63,3 +75,48 @@ def test_register_sections_visium_layout():
     assert float(item["patch"].mean()) == pytest.approx(60 / 255, abs=1e-6)  # spot 0 sits on the planted block
     with pytest.raises(KeyError, match="nope"):
         scst.io.register_sections(sd, image_keys={"V1": "nope"})
+
+
+def test_register_sections_spatialdata_io_default_layout_without_fullres_image():
+    # Before: no image was found (the hires image lives only in 'downscaled_hires', the first coordinate system of
+    # the shapes is 'global'): image_key=None with only a log line, and SpotPatchDataset refused the section.
+    sd = _visium_like(fullres=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # an image is found: no warning
+        scst.io.register_sections(sd, spot_diameter_um=55.0)
+    geo = sd.tables["table"].uns["scst"]["sections"]["V1"]
+    assert geo["image_key"] == "V1_hires_image" and geo["coordinate_system"] == "global"
+    assert geo["um_per_px"] == pytest.approx(55.0 / 40.0) and geo["image_shape"] == [100, 125]
+    # The hires image is placed in 'global' through 'downscaled_hires': full-res px × 0.25 = hires px.
+    m = get_transformation(sd.images["V1_hires_image"], "global").to_affine_matrix(("x", "y"), ("x", "y"))
+    np.testing.assert_allclose(np.asarray(m), [[4, 0, 0], [0, 4, 0], [0, 0, 1]])
+    # Patches: 40 µm = 40 / (1.375 / 0.25) = 7.3 → 7 hires px, centred on the spot (120 full-res px → 30 hires px).
+    ds = scst.pp.SpotPatchDataset(sd, size_um=40.0, normalize=None)
+    assert ds.size_px == {"V1": 7}
+    np.testing.assert_allclose(ds.centers[0], [30.0, 30.0])
+    hires = np.asarray(sd.images["V1_hires_image"].values)
+    for i in range(len(ds)):
+        cx, cy = ds.centers[i]
+        x0, y0 = int(np.floor(cx - 3.5 + 0.5)), int(np.floor(cy - 3.5 + 0.5))
+        np.testing.assert_array_equal(ds.window(i), hires[:, y0 : y0 + 7, x0 : x0 + 7])
+        assert (ds.window(i) == 60).all()  # every spot sits on the planted block
+
+
+def test_register_sections_warns_without_an_image_and_checks_image_keys():
+    sd = _visium_like(fullres=False)
+    no_image = SpatialData(shapes=dict(sd.shapes), tables=dict(sd.tables))
+    with pytest.warns(UserWarning, match=r"no image of sdata.images .* section 'V1' gets image_key=None"):
+        scst.io.register_sections(no_image)
+    assert no_image.tables["table"].uns["scst"]["sections"]["V1"]["image_key"] is None
+    # An image in a coordinate system the shapes do not have cannot be matched to the spots.
+    img = Image2DModel.parse(
+        np.zeros((3, 40, 40), np.uint8), dims=("c", "y", "x"), transformations={"other": Identity()}
+    )
+    sd.images["elsewhere"] = img
+    with pytest.raises(
+        ValueError, match=r"image_keys\['V1'\]: image 'elsewhere' has no transformation to the coordinate"
+    ):
+        scst.io.register_sections(sd, image_keys={"V1": "elsewhere"})
+    # An explicit image reachable through a shared coordinate system is accepted.
+    scst.io.register_sections(sd, image_keys={"V1": "V1_hires_image"})
+    assert sd.tables["table"].uns["scst"]["sections"]["V1"]["image_key"] == "V1_hires_image"

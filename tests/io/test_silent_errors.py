@@ -76,11 +76,157 @@ def _grid_spots(angle_deg=0.0, jitter=0.0, seed=0):
 def test_rotated_grid_is_accepted_and_scattered_spots_are_not():
     counts, spots = _grid_spots(angle_deg=8.0, jitter=5.0)
     geo = read_st(counts, spots, None, sample="S").tables["table"].uns["scst"]["sections"]["S"]
-    assert geo["um_per_px"] == pytest.approx(2.0 / np.cos(np.deg2rad(8.0)), rel=0.02)
+    # 100 px per 200 µm step whatever the rotation (before: 2.0 / cos 8° = 2.0197 from x-on-column fits)
+    assert geo["um_per_px"] == pytest.approx(2.0, abs=0.005)
     counts, spots = _grid_spots()
     spots[["pixel_x", "pixel_y"]] = np.random.default_rng(1).permutation(spots[["pixel_x", "pixel_y"]].to_numpy())
     with pytest.raises(ValueError, match="grid steps \\(RMS\\) off the array grid"):
         read_st(counts, spots, None, sample="S")
+
+
+@pytest.mark.parametrize("angle", [0.0, 8.0, 20.0, 30.0, -45.0])
+def test_um_per_px_of_a_rotated_st_grid_is_exact(angle):
+    # Before: 2.0197 at 8°, 2.1284 at 20°, 2.3094 at 30° (1 / cos θ too large); the true pixel size is 2 µm/px.
+    counts, spots = _grid_spots(angle_deg=angle)
+    geo = read_st(counts, spots, None, sample="S").tables["table"].uns["scst"]["sections"]["S"]
+    assert geo["um_per_px"] == pytest.approx(2.0, rel=1e-9)
+    assert geo["spot_diameter_px"] == pytest.approx(50.0, rel=1e-9)  # 100 µm spot
+
+
+def _visium_grid(um_per_px=0.25, angle_deg=0.0, n_rows=10, n_cols=30):
+    """Visium's hexagonal array: array_col steps by 2 along a row (col + row even), 100 µm between neighbours, so
+    one column index is 50 µm in x and one row index 100 · √3 / 2 = 86.6 µm in y."""
+    rows, cols = zip(*[(r, c) for r in range(n_rows) for c in range(r % 2, n_cols, 2)])
+    rows, cols = np.array(rows), np.array(cols)
+    ux, uy = cols * 50.0 / um_per_px, rows * 100 * np.sqrt(3) / 2 / um_per_px
+    t = np.deg2rad(angle_deg)
+    spots = pd.DataFrame(
+        {"x": cols, "y": rows, "pixel_x": 500 + ux * np.cos(t) - uy * np.sin(t),
+         "pixel_y": 500 + ux * np.sin(t) + uy * np.cos(t)}
+    )  # fmt: skip
+    counts = pd.DataFrame(
+        np.ones((len(cols), 2), int), index=[f"{c}x{r}" for c, r in zip(cols, rows)], columns=["a", "b"]
+    )
+    return counts, spots
+
+
+@pytest.mark.parametrize("angle", [0.0, 15.0])
+def test_um_per_px_of_a_visium_hexagonal_grid(angle):
+    # Before: 0.366 µm/px for a true 0.25 (46 % off): one column index was taken for a whole 100 µm step.
+    counts, spots = _visium_grid(um_per_px=0.25, angle_deg=angle)
+    sd = read_st(counts, spots, None, sample="V", spot_diameter_um=55.0, grid_step_um=100.0)
+    geo = sd.tables["table"].uns["scst"]["sections"]["V"]
+    assert geo["um_per_px"] == pytest.approx(0.25, rel=1e-9)
+    assert geo["spot_diameter_px"] == pytest.approx(220.0, rel=1e-9)  # 55 µm / 0.25 µm/px
+    assert sd.shapes["V_spots"]["radius"].iloc[0] == pytest.approx(110.0, rel=1e-9)
+
+
+def test_um_per_px_of_her2st_sections_is_unchanged():
+    # µm/px of C2–C6 from the 1-D fits used before the affine fit (agree to < 3e-4).
+    before = {"C2": 0.688841, "C3": 0.685898, "C4": 0.68632, "C5": 0.685647, "C6": 0.687581}
+    for s, upp in before.items():
+        sd = read_st(_her2st(s, "counts.tsv.gz"), _her2st(s, "spots.tsv"), None, sample=s)
+        assert sd.tables["table"].uns["scst"]["sections"][s]["um_per_px"] == pytest.approx(upp, abs=1e-3)
+
+
+def test_float_array_indices_are_rounded_not_truncated():
+    # 25 - 1e-9 is grid column 25 (np.allclose accepts it); int() truncated it to 24: spot 24x13's counts.
+    counts, spots = _grid_spots()
+    spots["x"] = spots["x"].astype(float)
+    spots.loc[spots["x"] == 6, "x"] = 6 - 1e-9
+    spots.loc[spots["x"] == 3, "x"] = 3 - 2e-5
+    sd = read_st(counts, spots, None, sample="S")
+    t = sd.tables["table"]
+    # Each spot keeps its own counts: G = position in the 6 × 5 grid, (x - 1) + 6 (y - 1).
+    expect = (t.obs["array_col"] - 1) + 6 * (t.obs["array_row"] - 1)
+    np.testing.assert_array_equal(t.X.toarray()[:, 0], expect)
+    assert t.n_obs == 30 and t.obs["array_col"].max() == 6 and "S_6x1" in t.obs_names
+    np.testing.assert_array_equal(t.obsm["spatial_array"][:, 0], t.obs["array_col"])
+
+
+@pytest.mark.parametrize(
+    ("kw", "name"),
+    [
+        ({"um_per_px": float("nan")}, "um_per_px"),
+        ({"um_per_px": float("inf")}, "um_per_px"),
+        ({"um_per_px": 0.0}, "um_per_px"),
+        ({"grid_step_um": float("nan")}, "grid_step_um"),
+        ({"grid_step_um": -200.0}, "grid_step_um"),
+        ({"spot_diameter_um": -100.0}, "spot_diameter_um"),
+        ({"spot_diameter_um": float("nan")}, "spot_diameter_um"),
+    ],
+)
+def test_non_finite_or_non_positive_scales_are_refused(kw, name):
+    # Before: NaN µm/px and grid step were accepted (NaN spot sizes); a negative diameter failed inside spatialdata.
+    counts, spots = _grid_spots()
+    with pytest.raises(ValueError, match=rf"^{name}: expected a finite positive number"):
+        read_st(counts, spots, None, sample="S", **kw)
+
+
+def test_compressed_tables_are_read_by_their_format_suffix(tmp_path):
+    # Before: counts.csv.gz was read as TSV (one column) and spots.tsv.gz as CSV (one column).
+    counts, spots = _grid_spots()
+    counts.to_csv(tmp_path / "counts.csv.gz")
+    spots.to_csv(tmp_path / "spots.tsv.gz", sep="\t", index=False)
+    t = read_st(tmp_path / "counts.csv.gz", tmp_path / "spots.tsv.gz", None, sample="S").tables["table"]
+    assert list(t.var_names) == ["G"] and t.n_obs == 30
+    np.testing.assert_array_equal(t[["S_1x1", "S_6x5"]].X.toarray().ravel(), [0, 29])
+    geo = t.uns["scst"]["sections"]["S"]
+    assert geo["um_per_px"] == pytest.approx(2.0)
+
+
+def test_counts_dataframe_of_the_caller_is_not_changed():
+    # Before: read_st replaced the caller's integer index by strings.
+    counts, spots = _grid_spots()
+    spots["x"], spots["y"] = spots["x"] + 10, spots["y"] * 0 + 1  # one row of spots: ids 11x1 … 16x1
+    spots = spots.drop_duplicates(["x", "y"])
+    mine = pd.DataFrame({"G": [1, 2, 3]}, index=pd.Index([11, 12, 13]))  # ids that are not '<x>x<y>' strings
+    with pytest.raises(ValueError, match="No spot of counts matches"):
+        read_st(mine, spots, None, sample="S")
+    assert mine.index.dtype == np.int64 and mine.index.tolist() == [11, 12, 13]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# files written by scst (image cache manifest, patch caches): the mode a plain open()/mkdir would give
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def umask_027():
+    import os
+
+    old = os.umask(0o027)
+    try:
+        yield 0o027
+    finally:
+        os.umask(old)
+
+
+def test_atomic_writes_get_the_umask_mode_not_a_private_one(tmp_path, umask_027):
+    # Before: mkstemp's 0600 / mkdtemp's 0700 — other users of a shared cache saw "manifest is unreadable".
+    import stat
+
+    from scst._utils import _atomic_dir, _atomic_file
+
+    with _atomic_file(tmp_path / "a.json") as tmp:
+        tmp.write_text("{}")
+    with open(tmp_path / "plain.json", "w") as fh:
+        fh.write("{}")
+    mode = stat.S_IMODE((tmp_path / "a.json").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain.json").stat().st_mode) == 0o640
+    with _atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "x").write_text("1")
+    (tmp_path / "plain_dir").mkdir()
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == stat.S_IMODE((tmp_path / "plain_dir").stat().st_mode)
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o750
+
+
+def test_image_cache_is_readable_by_the_group(tmp_path, umask_027):
+    import stat
+
+    counts, spots, he, _ = _section(tmp_path, h=750, w=850)
+    read_st(counts, spots, he, sample="S", cache_dir=tmp_path / "cache")
+    (store,) = (p for p in (tmp_path / "cache").iterdir() if p.suffix == ".zarr")
+    assert stat.S_IMODE((store / MANIFEST).stat().st_mode) == 0o640
+    assert stat.S_IMODE(store.stat().st_mode) == 0o750
 
 
 # ---------------------------------------------------------------------------------------------------------------

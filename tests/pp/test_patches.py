@@ -292,3 +292,51 @@ def test_array_inputs_counts_and_errors():
         SpotPatchDataset.from_arrays({"s": img}, [[10, 10]], ["s"], None)
     with pytest.raises(ValueError, match="3 dims"):
         SpotPatchDataset.from_arrays({"s": img[0]}, [[10, 10]], ["s"], 1.0)
+
+
+@pytest.mark.parametrize(
+    ("img_dtype", "bad"),
+    [(np.uint8, 300), (np.uint8, -1), (np.uint8, 0.5), (np.uint8, float("nan")), (np.uint16, 70000),
+     (np.float32, 255), (np.float32, -0.1), (np.float32, float("nan"))],
+)  # fmt: skip
+def test_pad_value_must_fit_the_image_dtype(img_dtype, bad):
+    # Before: 300 wrapped to 44 on uint8, 0.5 and NaN became 0 — silently.
+    img = np.full((3, 50, 50), 100, img_dtype) if img_dtype != np.float32 else np.full((3, 50, 50), 0.4, img_dtype)
+    with pytest.raises(ValueError, match=r"^pad_value: expected (an integer in \[0, \d+\]|a number in \[0, 1\])"):
+        SpotPatchDataset.from_arrays({"a": img}, [[1.0, 25.0]], ["a"], None, size_px=10, pad_value=bad, normalize=None)
+
+
+def test_valid_pad_values_fill_the_border():
+    img8 = np.full((3, 50, 50), 100, np.uint8)
+    w = SpotPatchDataset.from_arrays({"a": img8}, [[1.0, 25.0]], ["a"], None, size_px=10, pad_value=np.uint8(7),
+                                     normalize=None).window(0)  # fmt: skip
+    assert (w[:, :, :4] == 7).all() and (w[:, :, 4:] == 100).all()  # x0 = floor(1 - 5 + 0.5) = -4
+    imgf = np.full((3, 50, 50), 0.4, np.float32)
+    ds = SpotPatchDataset.from_arrays({"a": imgf}, [[1.0, 25.0]], ["a"], None, size_px=10, pad_value=0.25,
+                                      normalize=None)  # fmt: skip
+    p = ds[0]["patch"].numpy()
+    np.testing.assert_allclose(p[:, :, :4], 0.25) and np.testing.assert_allclose(p[:, :, 4:], 0.4)
+    # reflect padding does not use pad_value: not checked there
+    SpotPatchDataset.from_arrays({"a": img8}, [[1.0, 25.0]], ["a"], None, size_px=10, padding="reflect",
+                                 pad_value=300, normalize=None)  # fmt: skip
+
+
+def test_float_image_outside_0_1_is_refused():
+    # Before: a float image in 0..255 (e.g. after a coarsening mean) gave all-white patches (clipped to 1), while
+    # tissue_mask divides such images by 255 — the two disagreed silently.
+    img = np.random.default_rng(0).uniform(0, 255, (3, 64, 64)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"images\['a'\]: float \(float32\) image with values in \[.*\]"):
+        SpotPatchDataset.from_arrays({"a": img}, [[32.0, 32.0]], ["a"], None, size_px=16, normalize=None)
+    ok = SpotPatchDataset.from_arrays({"a": img / 255}, [[32.0, 32.0]], ["a"], None, size_px=16, normalize=None)
+    np.testing.assert_allclose(ok[0]["patch"].numpy(), img[:, 24:40, 24:40] / 255, rtol=1e-6)
+
+
+def test_one_pixel_output_of_a_uint8_rgb_image():
+    """out_px=1 on a 3-channel uint8 image: torch's uint8 antialiased resize fails an internal assert there (found by
+    the property test); the float path gives the window's colour."""
+    img = np.empty((3, 20, 20), np.uint8)
+    img[:] = np.array([200, 100, 50], np.uint8)[:, None, None]
+    ds = SpotPatchDataset.from_arrays({"S": img}, np.array([[10.0, 10.0]]), np.zeros(1, int), None,
+                                      size_px=4, out_px=1, normalize=None)  # fmt: skip
+    np.testing.assert_allclose(ds[0]["patch"].numpy().ravel(), [200 / 255, 100 / 255, 50 / 255], atol=1e-6)
+    np.testing.assert_array_equal(ds.patch_uint8(0).ravel(), [200, 100, 50])

@@ -79,3 +79,28 @@ def test_her2st_panel_sizes(her2st_counts):
         sizes[f] = int(a.var["highly_variable_scst"].sum())
     # The reference sizes are ~530 / ~1,400 / ~2,500; measured 546 / 1,486 / 2,676.
     assert 500 < sizes[0.5] < 600 and 1300 < sizes[0.25] < 1600 and 2400 < sizes[0.1] < 2800
+
+
+def test_normalised_or_log_data_is_refused():
+    # Before: log-normalised X passed (only NaN/inf/negatives were refused) and was normalised and logged again.
+    import scanpy as sc
+
+    a = _planted()
+    b = a.copy()
+    sc.pp.normalize_total(b, target_sum=1e4)
+    sc.pp.log1p(b)
+    with pytest.raises(ValueError, match=r"raw counts \(integers\) in adata\.X; got \d+ non-integer value"):
+        select_genes(b, n_top=10)
+    assert "highly_variable_scst" not in b.var
+    b.layers["counts"] = a.X.copy()
+    b.layers["lognorm"] = b.X.copy()
+    with pytest.raises(ValueError, match=r"in adata\.layers\['lognorm'\]"):
+        select_genes(b, n_top=10, layer="lognorm")
+    # Integer-valued floats are counts: the same panel as from the int32 matrix.
+    select_genes(b, n_top=10, min_fraction=0.25, layer="counts")
+    c = a.copy()
+    c.X = c.X.astype(np.float32)
+    select_genes(a, n_top=10, min_fraction=0.25)
+    select_genes(c, n_top=10, min_fraction=0.25)
+    assert a.var["highly_variable_scst"].equals(c.var["highly_variable_scst"])
+    assert (b.var["highly_variable_scst"].to_numpy() == a.var["highly_variable_scst"].to_numpy()).all()

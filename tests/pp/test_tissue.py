@@ -13,7 +13,7 @@ from spatialdata.transformations import Identity, get_transformation
 from scst.pp._patches import SpotPatchDataset
 from scst.pp._tissue import filter_tiles, tile_grid, tissue_mask
 
-UM_PER_PX = 0.6888406987617568  # C2, uns['scst']['sections']['C2']['um_per_px']
+UM_PER_PX = 0.6889645580764518  # C2, uns["scst"]["sections"]["C2"]["um_per_px"] (affine grid fit; 0.68884 before)
 
 
 def _to_mask_px(labels, xy: np.ndarray, cs: str = "C2") -> np.ndarray:
@@ -170,3 +170,53 @@ def test_tile_grid_synthetic_without_table():
         tile_grid(sd, "S")
     with pytest.raises(ValueError, match="min_tissue"):
         tile_grid(sd, "S", um_per_px=1.0, min_tissue=2)
+
+
+def _synthetic_with_geometry():
+    """_synthetic_sdata plus a table whose geometry says 2 µm/px and image 'S_image', and a second image 'other'
+    (the same pixels, blue channel + 10, so windows read from it are recognisable)."""
+    import anndata as ad
+    import pandas as pd
+
+    sd = _synthetic_sdata()
+    img = np.asarray(sd.images["S_image"]["scale0"]["image"].values).copy()
+    img[2] += 10  # ≤ 252: no overflow
+    sd.images["other"] = Image2DModel.parse(img, dims=("c", "y", "x"), transformations={"S": Identity()})
+    t = ad.AnnData(np.zeros((1, 0), np.float32), obs=pd.DataFrame(index=["x"]))
+    t.uns["scst"] = {"sections": {"S": {"image_key": "S_image", "um_per_px": 2.0, "coordinate_system": "S",
+                                        "image_shape": [1, 1], "spot_diameter_um": 100.0}}}  # fmt: skip
+    sd.tables["table"] = t
+    return sd
+
+
+def test_tile_grid_uses_the_um_per_px_and_image_passed_not_the_tables():
+    # Before: the table's um_per_px (2.0) and image_key overwrote the ones passed in the grid's geometry, so
+    # SpotPatchDataset read windows of another size (and image) than the grid was measured with.
+    sd = _synthetic_with_geometry()
+    kw = {"spacing_um": 20.0, "size_um": 10.0, "inplace": False, "scale": 0, "smooth_um": 2, "min_object_um2": 100}
+    table, _ = tile_grid(sd, "S", um_per_px=1.0, image_key="other", **kw)
+    geo = table.uns["scst"]["sections"]["S"]
+    assert geo["um_per_px"] == 1.0 and geo["image_key"] == "other" and geo["image_shape"] == [400, 600]
+    assert geo["spot_diameter_px"] == 10.0 and geo["spot_diameter_um"] == 10.0
+    xs = np.unique(table.obsm["spatial"][:, 0])
+    np.testing.assert_allclose(np.diff(xs), 20.0)  # 20 µm at 1 µm/px
+    sd.tables["grid"] = table
+    ds = SpotPatchDataset(sd, "grid", return_counts=False, normalize=None, size_um=10.0)
+    assert ds.size_px == {"S": 10}  # 10 µm at 1 µm/px (the table's 2 µm/px gave 5 px)
+    cx, cy = ds.centers[0]
+    x0, y0 = int(np.floor(cx - 5 + 0.5)), int(np.floor(cy - 5 + 0.5))
+    other = np.asarray(sd.images["other"].values)
+    np.testing.assert_array_equal(ds.window(0), other[:, y0 : y0 + 10, x0 : x0 + 10])  # cut from 'other'
+
+    # Without arguments the table's geometry is used.
+    table2, _ = tile_grid(sd, "S", **kw)
+    geo2 = table2.uns["scst"]["sections"]["S"]
+    assert geo2["um_per_px"] == 2.0 and geo2["image_key"] == "S_image" and geo2["spot_diameter_px"] == 5.0
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -2.0, float("nan"), float("inf")])
+def test_tile_grid_refuses_a_non_positive_um_per_px(bad):
+    # Before: 0 fell back to the table's value silently; -2 failed with a misleading message.
+    sd = _synthetic_with_geometry()
+    with pytest.raises(ValueError, match=r"^um_per_px: expected a finite positive pixel size in µm, got"):
+        tile_grid(sd, "S", spacing_um=20.0, size_um=10.0, um_per_px=bad, inplace=False, scale=0)

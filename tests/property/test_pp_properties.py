@@ -74,7 +74,7 @@ def test_select_genes(case, n_top, min_fraction, by_section, all_sections, contr
             lambda: scst.pp.select_genes(a, n_top, min_fraction, library_key="section" if by_section else None,
                                          sections=chosen, copy=True),  # fmt: skip
             "counts", "adata", "n_top", "min_fraction", "sections",
-            expect_error=kind in ("nan", "inf", "negative") or a.n_obs == 0 or empty_chosen,
+            expect_error=kind in ("nan", "inf", "negative", "fraction") or a.n_obs == 0 or empty_chosen,
         )  # fmt: skip
     if res is None:
         return

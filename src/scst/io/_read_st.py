@@ -21,15 +21,37 @@ from ._image import cached_image
 
 __all__ = ["read_st", "concatenate_sections"]
 
+#: Compression suffixes pandas reads transparently; the table format is the suffix before them.
+_COMPRESSION_SUFFIXES = {".gz", ".bz2", ".zip", ".xz", ".zst"}
+
+
+def _format_suffix(p: Path) -> str:
+    """Lower-case suffix naming the table format, ignoring a compression suffix (``counts.csv.gz`` → ``.csv``)."""
+    suffixes = [x.lower() for x in p.suffixes]
+    while suffixes and suffixes[-1] in _COMPRESSION_SUFFIXES:
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
+
+
+def _positive(name: str, value) -> float:
+    """``value`` as a finite positive float, or a ValueError naming the argument."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = np.nan
+    if isinstance(value, bool) or not (np.isfinite(v) and v > 0):
+        raise ValueError(f"{name}: expected a finite positive number, got {value!r}.")
+    return v
+
 
 def _read_counts(counts: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     if isinstance(counts, pd.DataFrame):
-        df = counts
+        df = counts.copy(deep=False)  # the index is replaced below: never on the caller's frame
     else:
         p = Path(counts)
         if not p.exists():
             raise FileNotFoundError(f"counts: file {p} does not exist.")
-        df = pd.read_csv(p, sep="," if p.suffix == ".csv" else "\t", index_col=0)
+        df = pd.read_csv(p, sep="," if _format_suffix(p) == ".csv" else "\t", index_col=0)
     df.index = df.index.astype(str)
     if df.index.has_duplicates:
         dup = df.index[df.index.duplicated()].unique()[:5].tolist()
@@ -61,7 +83,7 @@ def _read_spots(spots: str | os.PathLike | pd.DataFrame, array_cols: Sequence[st
         p = Path(spots)
         if not p.exists():
             raise FileNotFoundError(f"spots: file {p} does not exist.")
-        df = pd.read_csv(p, sep="\t" if p.suffix in {".tsv", ".txt"} else ",")
+        df = pd.read_csv(p, sep="\t" if _format_suffix(p) in {".tsv", ".txt"} else ",")
     missing = [c for c in (*array_cols, *pixel_cols) if c not in df.columns]
     if missing:
         raise KeyError(f"spots: columns {missing} not found; available: {list(df.columns)}.")
@@ -76,8 +98,13 @@ def _read_spots(spots: str | os.PathLike | pd.DataFrame, array_cols: Sequence[st
         )
     col, row = (df[c].to_numpy() for c in array_cols)
     if not (np.issubdtype(col.dtype, np.integer) and np.issubdtype(row.dtype, np.integer)):
-        if not (np.allclose(col, np.round(col)) and np.allclose(row, np.round(row))):
+        if not all(pd.api.types.is_numeric_dtype(df[c]) for c in array_cols) or not (
+            np.allclose(col, np.round(col)) and np.allclose(row, np.round(row))
+        ):
             raise ValueError(f"spots: array columns {list(array_cols)} must hold integer grid indices.")
+        # Round, not truncate: 24.9999999 is grid index 25 (int() would give 24, another spot's id).
+        col, row = np.rint(col).astype(np.int64), np.rint(row).astype(np.int64)
+        df = df.assign(**{array_cols[0]: col, array_cols[1]: row})
     df.index = pd.Index([f"{int(x)}x{int(y)}" for x, y in zip(col, row)])
     if df.index.has_duplicates:
         dup = df.index[df.index.duplicated()].unique()[:5].tolist()
@@ -93,28 +120,46 @@ DROP_WARN_FRACTION, DROP_ERROR_FRACTION = 0.05, 0.5
 GRID_RESIDUAL_MAX_STEPS = 0.25
 
 
-def _grid_pitch_px(px: np.ndarray, idx: np.ndarray) -> float:
-    """Pixels per grid step from a least-squares line of pixel position on integer grid index."""
-    if np.unique(idx).size < 2:
-        return np.nan
-    slope, _ = np.polyfit(idx.astype(float), px.astype(float), 1)
-    return float(abs(slope))
+def _grid_steps_per_index(col: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """Grid steps spanned by one array column and one array row index: ``(1, 1)`` on ST's square grid.
 
-
-def _check_grid_fit(xy: np.ndarray, col: np.ndarray, row: np.ndarray, array_cols, pixel_cols) -> None:
-    """Refuse spot centres that do not follow the array grid, or whose x and y run along the wrong array axis.
-
-    An affine fit ``(x, y) = A @ (col, row) + t`` tolerates rotation, scale and shear; its RMS residual is measured
-    in grid steps (the shorter column of ``A``). The array column must run mostly along x and the row along y:
-    otherwise the pixel columns are swapped (the fit is then exact, but µm/px from it would be wrong).
+    Visium's hexagonal grid is detected by every spot having the same parity of ``col + row`` (rows are
+    interleaved: columns step by 2 along a row): one column index is half a grid step and one row index
+    ``√3 / 2`` of a step (Visium: 50 µm and 86.6 µm for a 100 µm step).
     """
-    design = np.column_stack([col, row, np.ones(len(col))]).astype(float)
-    if len(col) < 4 or np.linalg.matrix_rank(design) < 3:
-        return  # one grid row or column: nothing to check against
+    if len(col) > 1 and np.unique((col + row) % 2).size == 1:
+        return np.array([0.5, np.sqrt(3) / 2])
+    return np.ones(2)
+
+
+def _fit_grid(xy: np.ndarray, col: np.ndarray, row: np.ndarray, array_cols, pixel_cols) -> float:
+    """Pixels per grid step from the array grid; refuse centres off the grid or pixel columns along the wrong axis.
+
+    An affine fit ``(x, y) = A @ (col, row) + t`` tolerates rotation, scale and shear. The lengths of ``A``'s
+    columns (pixels per column and per row index), divided by the grid steps one index spans (see
+    :func:`_grid_steps_per_index`), each give pixels per grid step; the pitch is their mean. It does not depend on
+    the grid's rotation. The fit's RMS residual is measured in grid steps. The array column must run mostly along x
+    and the row along y: otherwise the pixel columns are swapped (the fit is then exact, but µm/px from it would be
+    wrong). Spots on one line of the array (one row, one column) give the pitch along that line only, taking
+    one index as one grid step (the interleaved rows of a hexagonal grid cannot be seen on one line), and are not
+    checked; a single spot gives NaN.
+    """
+    idx = np.column_stack([col, row]).astype(float)
+    design = np.column_stack([idx, np.ones(len(col))])
+    if np.linalg.matrix_rank(design) < 3:  # spots on one line of the array (or one spot): its direction only
+        centred = idx - idx.mean(axis=0)
+        if not np.any(centred):
+            return np.nan
+        u = np.linalg.svd(centred, full_matrices=False)[2][0]  # unit direction of the line in index space
+        v, *_ = np.linalg.lstsq(np.column_stack([centred @ u, np.ones(len(col))]), xy, rcond=None)
+        return float(np.hypot(*v[0]))
+    steps = _grid_steps_per_index(col, row)
     coef, *_ = np.linalg.lstsq(design, xy, rcond=None)
     (a, d), (b, e) = coef[0], coef[1]  # x = a col + b row + .., y = d col + e row + ..
-    step = min(np.hypot(a, d), np.hypot(b, e))
-    rms = float(np.sqrt(np.mean(np.sum((xy - design @ coef) ** 2, axis=1)))) / step if step > 0 else np.inf
+    pitch = float(np.mean([np.hypot(a, d) / steps[0], np.hypot(b, e) / steps[1]]))
+    if len(col) < 4:
+        return pitch  # as many parameters as spots: nothing to check against
+    rms = float(np.sqrt(np.mean(np.sum((xy - design @ coef) ** 2, axis=1)))) / pitch if pitch > 0 else np.inf
     if not rms <= GRID_RESIDUAL_MAX_STEPS:
         raise ValueError(
             f"spots: spot centres {list(pixel_cols)} lie {rms:.2f} grid steps (RMS) off the array grid of "
@@ -128,6 +173,7 @@ def _check_grid_fit(xy: np.ndarray, col: np.ndarray, row: np.ndarray, array_cols
             f"{array_cols[1]!r} along {pixel_cols[0]!r}: the pixel columns look swapped (µm/px would come out "
             f"wrong); pass pixel_cols={tuple(pixel_cols[::-1])!r}, or rotate an image that is turned by 90°."
         )
+    return pitch
 
 
 def _check_drops(sample: str, n_counts: int, n_spots: int, n_kept: int) -> None:
@@ -176,27 +222,33 @@ def read_st(
     Parameters
     ----------
     counts
-        Spots × genes table of raw counts (TSV/CSV path or DataFrame). Its index holds the spot ids
+        Spots × genes table of raw counts (TSV/CSV path, optionally compressed: the format is read from the
+        suffix before ``.gz``/``.bz2``/``.zip``/``.xz``/``.zst``, ``.csv`` is comma-separated and anything else
+        tab-separated; or a DataFrame, which is not modified). Its index holds the spot ids
         ``"<x>x<y>"`` (array column × array row), as in the ST pipeline's ``*_stdata`` files.
     spots
-        Spot file (path or DataFrame) with integer array positions (``array_cols``, column then row) and
-        spot centres in full-resolution image pixels (``pixel_cols``, x = column then y = row). Rows with
-        ``selected == 0`` are ignored.
+        Spot file (path: ``.tsv``/``.txt`` tab-, otherwise comma-separated, compression suffix ignored; or
+        DataFrame) with integer array positions (``array_cols``, column then row; floats within rounding of an
+        integer are rounded to it) and spot centres in full-resolution image pixels (``pixel_cols``, x = column
+        then y = row). Rows with ``selected == 0`` are ignored.
     image
         Full-resolution H&E image (JPEG, PNG or TIFF) that ``pixel_cols`` refer to, or ``None`` for a table
         and shapes only. It is converted once to a multiscale zarr store and opened lazily.
     sample
         Section name: prefixes element keys and obs names, names the coordinate system.
     um_per_px
-        Micrometres per full-resolution pixel. By default it is derived from the array geometry: a least
-        squares fit of pixel position on grid index gives pixels per grid step, and
-        ``um_per_px = grid_step_um / pitch`` (her2st: ≈ 290 px per 200 µm, 0.69 µm/px). Nearest-neighbour
-        distances are not used: detected spot positions jitter and the nearest of four neighbours runs
-        ~6 % short.
+        Micrometres per full-resolution pixel (finite, > 0). By default it is derived from the array geometry: an
+        affine least-squares fit of the spot centres on the array indices gives the pixel vector of one column
+        and of one row index; their lengths, divided by the grid steps one index spans, give the pitch in pixels
+        per grid step, and ``um_per_px = grid_step_um / pitch`` (her2st: ≈ 290 px per 200 µm, 0.69 µm/px). The fit
+        does not depend on the grid's rotation. On ST's square grid one index is one step; a hexagonal Visium grid
+        (every spot has ``col + row`` of the same parity) has a column index of half a step and a row index of
+        ``√3 / 2`` steps. Spots on a single array line are taken as a square grid. Nearest-neighbour distances are
+        not used: detected spot positions jitter and the nearest of four neighbours runs ~6 % short.
     spot_diameter_um
-        Physical spot diameter (ST: 100 µm; Visium: 55 µm).
+        Physical spot diameter (finite, > 0; ST: 100 µm; Visium: 55 µm).
     grid_step_um
-        Centre-to-centre distance of grid neighbours (ST: 200 µm; Visium: 100 µm).
+        Centre-to-centre distance of grid neighbours (finite, > 0; ST: 200 µm; Visium: 100 µm).
     array_cols, pixel_cols
         Column names in ``spots``.
     cache_dir
@@ -222,6 +274,10 @@ def read_st(
     """
     if not isinstance(sample, str) or not sample:
         raise ValueError(f"sample: expected a non-empty string, got {sample!r}.")
+    spot_diameter_um = _positive("spot_diameter_um", spot_diameter_um)
+    grid_step_um = _positive("grid_step_um", grid_step_um)
+    if um_per_px is not None:
+        um_per_px = _positive("um_per_px", um_per_px)
     cdf = _read_counts(counts)
     sdf = _read_spots(spots, array_cols, pixel_cols)
     common = cdf.index.intersection(sdf.index, sort=False)
@@ -233,18 +289,14 @@ def read_st(
     _check_drops(sample, len(cdf), len(sdf), len(common))
     cdf, sdf = cdf.loc[common], sdf.loc[common]
     xy = sdf[list(pixel_cols)].to_numpy(dtype=np.float64)
-    col = sdf[array_cols[0]].to_numpy().astype(np.int64)
-    row = sdf[array_cols[1]].to_numpy().astype(np.int64)
-    _check_grid_fit(xy, col, row, array_cols, pixel_cols)
+    col = np.rint(sdf[array_cols[0]].to_numpy()).astype(np.int64)
+    row = np.rint(sdf[array_cols[1]].to_numpy()).astype(np.int64)
+    pitch = _fit_grid(xy, col, row, array_cols, pixel_cols)
 
     if um_per_px is None:
-        pitches = [p for p in (_grid_pitch_px(xy[:, 0], col), _grid_pitch_px(xy[:, 1], row)) if np.isfinite(p)]
-        pitch = float(np.mean(pitches)) if pitches else np.nan
         if not np.isfinite(pitch) or pitch <= 0:
-            raise ValueError("um_per_px: cannot derive the pixel size from a single grid row/column; pass it.")
+            raise ValueError("um_per_px: cannot derive the pixel size from a single spot; pass it.")
         um_per_px = grid_step_um / pitch
-    elif um_per_px <= 0:
-        raise ValueError(f"um_per_px: expected a positive number, got {um_per_px}.")
     spot_diameter_px = spot_diameter_um / um_per_px
 
     cs = sample

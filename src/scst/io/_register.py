@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from spatialdata import SpatialData
 from spatialdata.models import get_table_keys
-from spatialdata.transformations import get_transformation
+from spatialdata.transformations import BaseTransformation, Sequence, get_transformation, set_transformation
 
 from .._constants import ARRAY_COL, ARRAY_ROW, SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
 from .._logging import logg
@@ -31,7 +33,14 @@ def register_sections(
     annotates circle shapes (one shapes element per section, as spatialdata-io's ``visium`` writes), this derives
     them: the section is the table's ``region``; µm/px is ``spot_diameter_um`` divided by the circles' diameter in
     px (spatialdata-io stores the full-resolution spot diameter as the radius × 2); the coordinate system is the
-    one the shapes live in; ``obsm["spatial_array"]`` is built from ``obs["array_col"/"array_row"]`` when present.
+    one in which the shapes sit untransformed (``"global"`` first), so that ``obsm["spatial"]`` and the radius are
+    its pixels; ``obsm["spatial_array"]`` is built from ``obs["array_col"/"array_row"]`` when present.
+
+    The image must be reachable from that coordinate system. spatialdata-io's ``visium`` without a full-resolution
+    image (its default) puts the hires image only in ``"downscaled_hires"``, where the shapes are scaled by the
+    hires scale factor: such an image is placed into the shapes' coordinate system through the coordinate system
+    they share (a transformation is added to the image element, in place), so patches are cut from it at the right
+    spots and size.
 
     Parameters
     ----------
@@ -40,8 +49,10 @@ def register_sections(
     table
         Table key.
     image_keys
-        Section (region) → image element for patches. Default: the image sharing the shapes' coordinate system
-        with the most pixels (full resolution when present).
+        Section (region) → image element for patches. Default: the image in the shapes' coordinate system with the
+        most pixels (full resolution when present); if there is none, the largest image that shares another
+        coordinate system with the shapes. Without any, the section gets ``image_key=None`` and a warning (tables
+        and shapes still work; patches need an image).
     spot_diameter_um
         Physical spot diameter: Visium 55 µm, ST 100 µm.
     grid_step_um
@@ -54,13 +65,15 @@ def register_sections(
     regions, region_key, _ = get_table_keys(adata)
     regions = [regions] if isinstance(regions, str) else list(regions)
     image_keys = dict(image_keys or {})
-    sections = {}
+    sections, placements = {}, []
     for r in regions:
         _check_key(sdata.shapes, r, "sdata.shapes")
         shapes = sdata.shapes[r]
         if "radius" not in shapes.columns:
             raise ValueError(f"Shapes {r!r}: expected circles with a 'radius' column (spot size in px).")
-        cs = next(iter(get_transformation(shapes, get_all=True)))
+        shape_ts = get_transformation(shapes, get_all=True)
+        untransformed = [c for c, t in shape_ts.items() if _is_identity(t)]
+        cs = "global" if "global" in untransformed else next(iter(untransformed or shape_ts))
         radius = shapes["radius"].to_numpy(dtype=np.float64)
         if radius.size == 0 or not (np.isfinite(radius).all() and (radius > 0).all()):
             raise ValueError(
@@ -70,10 +83,35 @@ def register_sections(
         diameter_px = float(np.median(radius)) * 2
         key = image_keys.get(r)
         if key is None:
-            cands = [k for k, el in sdata.images.items() if cs in get_transformation(_scale0(el), get_all=True)]
-            key = max(cands, key=lambda k: int(np.prod(_scale0(sdata.images[k]).shape[1:])), default=None)
+            paths = {k: _image_to_cs(el, shape_ts, cs) for k, el in sdata.images.items()}
+            for direct in (True, False):  # images in the shapes' coordinate system first, then through another one
+                cands = [k for k, (t, d) in paths.items() if t is not None and d is direct]
+                key = max(cands, key=lambda k: int(np.prod(_scale0(sdata.images[k]).shape[1:])), default=None)
+                if key is not None:
+                    break
+            if key is None:
+                warnings.warn(
+                    f"register_sections: no image of sdata.images ({list(sdata.images)}) shares a coordinate system "
+                    f"with shapes {r!r} ({list(shape_ts)}); section {r!r} gets image_key=None, so patches "
+                    "(SpotPatchDataset, embeddings, image models) cannot be read for it. Add the H&E image or pass "
+                    "image_keys.",
+                    UserWarning,
+                    stacklevel=2,
+                )
         elif key not in sdata.images:
             raise KeyError(f"image_keys[{r!r}]: {key!r} not in sdata.images ({list(sdata.images)}).")
+        if key is not None:
+            el = sdata.images[key]
+            to_cs, direct = _image_to_cs(el, shape_ts, cs)
+            if to_cs is None:
+                raise ValueError(
+                    f"image_keys[{r!r}]: image {key!r} has no transformation to the coordinate system {cs!r} of "
+                    f"shapes {r!r}, nor to another one they share (image: "
+                    f"{list(get_transformation(_scale0(el), get_all=True))}, shapes: {list(shape_ts)}); its pixels "
+                    "cannot be matched to the spot centres."
+                )
+            if not direct:  # added once every section is checked: nothing is changed when one fails
+                placements.append((key, el, to_cs, cs))
         shape = [int(s) for s in _scale0(sdata.images[key]).shape[1:]] if key is not None else None
         um_per_px = spot_diameter_um / diameter_px
         sections[str(r)] = {
@@ -82,11 +120,37 @@ def register_sections(
             "grid_step_um": float(grid_step_um), "image_shape": shape, "source": "register_sections",
         }  # fmt: skip
         logg.info(f"Section {r!r}: {um_per_px:.3f} µm/px from a {diameter_px:.1f} px spot; image {key!r}")
+    for key, el, to_cs, cs in placements:
+        set_transformation(el, to_cs, to_coordinate_system=cs)
+        logg.info(f"Image {key!r}: added its transformation to coordinate system {cs!r} (through the shapes').")
     if SECTION_KEY not in adata.obs:
         adata.obs[SECTION_KEY] = pd.Categorical(adata.obs[region_key].astype(str), categories=list(sections))
     if ARRAY_ROW in adata.obs and ARRAY_COL in adata.obs:
         adata.obsm[f"{SPATIAL_KEY}_array"] = adata.obs[[ARRAY_COL, ARRAY_ROW]].to_numpy(dtype=np.float64)
     adata.uns[UNS_KEY] = {**adata.uns.get(UNS_KEY, {}), "sections": sections}
+
+
+def _is_identity(t: BaseTransformation) -> bool:
+    m = np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=float)
+    return bool(np.allclose(m, np.eye(3)))
+
+
+def _image_to_cs(
+    el: Any, shape_ts: Mapping[str, BaseTransformation], cs: str
+) -> tuple[BaseTransformation | None, bool]:
+    """Transformation of an image into ``cs``, and whether it is the image's own.
+
+    The image's own transformation to ``cs`` when it has one, else one composed through a coordinate system it
+    shares with the shapes (image → shared, then shared → the shapes' ``cs`` with the shapes' transformation
+    inverted); ``(None, False)`` when they share none.
+    """
+    img_ts = get_transformation(_scale0(el), get_all=True) or {}
+    if cs in img_ts:
+        return img_ts[cs], True
+    for c, t in img_ts.items():
+        if c in shape_ts:
+            return Sequence([t, shape_ts[c].inverse()]), False
+    return None, False
 
 
 def _scale0(el):

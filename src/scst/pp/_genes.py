@@ -40,7 +40,8 @@ def select_genes(
     Parameters
     ----------
     adata
-        Raw counts in ``X`` (or ``layer``), sections in ``obs[library_key]``.
+        Raw counts in ``X`` (or ``layer``): non-negative integers (any dtype); NaN, infinite, negative and
+        non-integer values (normalised or log data) are refused. Sections in ``obs[library_key]``.
     n_top
         Highly variable genes per section.
     min_fraction
@@ -78,6 +79,15 @@ def select_genes(
         raise ValueError("select_genes expects raw counts in adata.X / `layer`; got NaN or infinite values.")
     if vals.size and vals.min() < 0:
         raise ValueError("select_genes expects raw counts (non-negative) in adata.X / `layer`; got negative values.")
+    if vals.dtype.kind == "f" and vals.size:
+        frac = vals[vals != np.floor(vals)]
+        if frac.size:
+            where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+            raise ValueError(
+                f"select_genes expects raw counts (integers) in {where}; got {frac.size} non-integer value(s), e.g. "
+                f"{float(frac[0]):.4g}. Normalised or log-transformed data would be normalised and logged again: pass "
+                "the raw counts (e.g. `layer=` holding them)."
+            )
     if library_key is not None:
         _check_key(adata.obs, library_key, "adata.obs")
         groups = adata.obs[library_key].astype(str).to_numpy()

@@ -193,6 +193,53 @@ def _white(dtype: np.dtype) -> float:
     return float(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
 
 
+#: Tolerance of the [0, 1] range check of float images (resampling may overshoot a little).
+_FLOAT_RANGE_TOL = 1e-3
+
+
+def _check_pad_value(pad_value: Any, dtype: np.dtype, section: str) -> None:
+    """Refuse a fill value that the image dtype cannot hold as given (uint8: 300 would wrap, 0.5 truncate)."""
+    try:
+        v = float(pad_value)
+    except (TypeError, ValueError):
+        v = np.nan
+    if dtype.kind in "ui":
+        lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
+        if isinstance(pad_value, bool) or not (np.isfinite(v) and v == np.floor(v) and lo <= v <= hi):
+            raise ValueError(
+                f"pad_value: expected an integer in [{lo}, {hi}] for the {dtype} image of section {section!r}, "
+                f"got {pad_value!r}."
+            )
+    elif isinstance(pad_value, bool) or not (np.isfinite(v) and 0.0 <= v <= 1.0):
+        raise ValueError(
+            f"pad_value: expected a number in [0, 1] for the float ({dtype}) image of section {section!r} (float "
+            f"images hold intensities in [0, 1]), got {pad_value!r}."
+        )
+
+
+def _check_float_range(src: _Source, center: np.ndarray, size: int) -> None:
+    """Refuse a float image whose values leave [0, 1] in the window around ``center`` (e.g. 0..255 as float).
+
+    Only one window is read (the section's first spot, on tissue): reading the whole image to check it would cost
+    as much as the conversion itself, and a 0..255 image shows in any window of H&E (background ≈ 240).
+    """
+    if src.dtype.kind != "f":
+        return
+    _, h, w = src.shape
+    x0, y0 = _window_origin(center[0], size), _window_origin(center[1], size)
+    block = src.read(max(y0, 0), min(y0 + size, h), max(x0, 0), min(x0 + size, w), None)
+    finite = block[np.isfinite(block)]
+    if not finite.size:
+        return
+    lo, hi = float(finite.min()), float(finite.max())
+    if lo < -_FLOAT_RANGE_TOL or hi > 1.0 + _FLOAT_RANGE_TOL:
+        raise ValueError(
+            f"images[{src.name!r}]: float ({src.dtype}) image with values in [{lo:.4g}, {hi:.4g}] around the "
+            "section's first spot; float images must hold intensities in [0, 1] (patches are clipped to it, so "
+            "0..255 values would read as white). Convert it first, e.g. `img / 255` or `img.astype(np.uint8)`."
+        )
+
+
 def _window_origin(center: float, size: int) -> int:
     # Pixel i covers [i, i+1): the window [x0, x0+size) whose centre x0 + size/2 is nearest to `center`
     # (halves round up, deterministically, unlike np.round).
@@ -252,7 +299,9 @@ class SpotPatchDataset(Dataset):
     padding
         ``"constant"`` (fill with ``pad_value``) or ``"reflect"`` (mirror the image at its border).
     pad_value
-        Fill value in image units; default white (255 for uint8).
+        Fill value of ``"constant"`` padding in image units; default white (255 for uint8, 1 for float). Must be
+        representable: an integer within the dtype's range for integer images, a number in ``[0, 1]`` for float
+        images.
     augment
         Apply a random element of the dihedral group (horizontal flip × rot90 by k·90°) to each patch.
     transform
@@ -270,6 +319,10 @@ class SpotPatchDataset(Dataset):
 
     Notes
     -----
+    Integer images are scaled to ``[0, 1]`` by their dtype's maximum (uint8: 255); float images must already hold
+    ``[0, 1]``: the window of each section's first spot is checked when the dataset is built, and a float image in
+    0..255 is refused (its patches would be clipped to white).
+
     Each item is a dict: ``patch`` (float32 ``(c, out, out)``), ``counts`` (float32 ``(n_genes,)``, raw counts;
     absent without genes), ``array_coords`` (long ``(row, col)``; absent when the table has no
     ``array_row``/``array_col``), ``pixel_coords`` (float32 ``(x, y)`` full-resolution px), ``index`` (int: row of
@@ -567,6 +620,9 @@ class SpotPatchDataset(Dataset):
                     f"centers: {int(bad.sum())} spot(s) of section {s!r} lie outside its {w} × {h} px image; "
                     "are the coordinates full-resolution (x, y) pixels?"
                 )
+            _check_float_range(src, xy[0], px)
+            if padding == "constant" and pad_value is not None:
+                _check_pad_value(pad_value, src.dtype, s)
             self.sources[s] = src
             self.size_px[s] = px
         sizes = {self.size_px[self.section_names[c]] for c in np.unique(self.codes)}
@@ -707,6 +763,8 @@ class SpotPatchDataset(Dataset):
         t = torch.from_numpy(np.ascontiguousarray(w))
         if t.shape[-1] == self.out_px:
             return t
+        if self.out_px == 1:  # torch's uint8 kernel fails an internal assert for 1 × 1 output with 3 channels
+            return self._resize(t.to(torch.float32).div_(255.0)).mul_(255.0).round_().to(torch.uint8)
         size = (self.out_px, self.out_px)
         return F.interpolate(t[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
 

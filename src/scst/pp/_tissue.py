@@ -522,13 +522,23 @@ def tile_grid(
     geo: dict[str, Any] = {}
     if table_key in getattr(sdata, "tables", {}):
         geo = dict(sdata.tables[table_key].uns.get(UNS_KEY, {}).get("sections", {}).get(section, {}))
-    image_key = image_key or geo.get("image_key") or f"{section}_image"
-    um_per_px = um_per_px or geo.get("um_per_px")
+    if image_key is None:
+        image_key = geo.get("image_key") or f"{section}_image"
+    passed = um_per_px is not None
+    um_per_px = um_per_px if passed else geo.get("um_per_px")
     if um_per_px is None:
         raise ValueError(
             f"um_per_px: pixel size of section {section!r} unknown (no uns[{UNS_KEY!r}]['sections'][{section!r}] in "
             f"table {table_key!r}); pass um_per_px."
         )
+    try:
+        ok = not isinstance(um_per_px, bool) and bool(np.isfinite(float(um_per_px)) and float(um_per_px) > 0)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        where = "" if passed else f" (from uns[{UNS_KEY!r}]['sections'][{section!r}] of table {table_key!r})"
+        raise ValueError(f"um_per_px: expected a finite positive pixel size in µm, got {um_per_px!r}{where}.")
+    um_per_px = float(um_per_px)
     if image_key not in sdata.images:
         raise KeyError(f"image_key: {image_key!r} not in sdata.images ({list(sdata.images)}).")
     from ._patches import _full_res_image
@@ -590,13 +600,14 @@ def tile_grid(
     )
     adata = ad.AnnData(X=sparse.csr_matrix((len(xy), 0), dtype=np.float32), obs=obs)
     adata.obsm[SPATIAL_KEY] = xy
+    # The table's other entries first: the image, pixel size and shape used here must win over the table's.
     new_geo = {
+        **{k: v for k, v in geo.items() if k not in {"shapes_key", "spot_diameter_um", "spot_diameter_px"}},
         "image_key": image_key,
         "coordinate_system": cs,
-        "um_per_px": float(um_per_px),
+        "um_per_px": um_per_px,
         "image_shape": [h, w],
         "source": geo.get("source"),
-        **{k: v for k, v in geo.items() if k not in {"shapes_key", "spot_diameter_um", "spot_diameter_px"}},
         "shapes_key": shapes_key,
         "spot_diameter_um": float(size_um),
         "spot_diameter_px": float(size_px),
