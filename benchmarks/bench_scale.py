@@ -561,6 +561,16 @@ but the first call compiles for 62–74 s on this CPU (new batch shapes compile 
 encoder's share of the 100k section drops from ~177 s to ~138 s, less than the compile time: compiling pays only
 beyond ~200k spots per process, and does not reach the 2-minute goal either.
 
+*int8 quantisation, tried and not shipped* (`benchmarks/bench_quantize_cpu.py`, raw rows in
+`benchmarks/results/scale/quantize_cpu.json`; same batches, random weights): of `encode_patches` (261 spots/s on one
+thread, 533 on two) the ShuffleNet trunk takes 55–64 % (trunk alone 408 / 977 spots/s; GEM and the stage
+projections the rest), so even a free trunk would not give the 2.3× needed. torch.ao eager-mode static int8 of the
+same trunk (torchvision's quantizable ShuffleNetV2 x0.5: conv-BN-ReLU fused, calibrated) runs at 709 (x86) / 808
+(oneDNN) spots/s on one thread and 1,168 / 1,103 on two, against 676 and 1,044 for fp32 channels-last: 1.1–1.2× on
+the trunk, ≤ 1.1× on the encoder, while the int8 output differed from fp32 by 28–40 % (relative norm; random
+weights, random calibration — an accuracy check would need trained weights, not done since the speed-up is too
+small). This CPU (AMD EPYC) has AVX2 but no VNNI instructions (/proc/cpuinfo), which int8 gains most from.
+
 **Paper defaults.** HGGEP (1024-d, ViT depth 4, 4-layer 1024-d LSTM, windows of 1024 spots): 25 spots/s fp32,
 27 bf16 on the 300-spot subset; TCGN (CMT, 224 px): 2.2 spots/s fp32, 4.6 bf16 — at load ~10, on that day's CPU with
 native bf16 (AVX512-BF16). Rerun on 2026-12-02 on the idle machine, which that day was an AMD EPYC without native
