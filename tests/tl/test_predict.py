@@ -144,7 +144,7 @@ def test_cross_validate_closed_form_and_deep():
     assert preds["S2"].shape == (64, 4) and np.isfinite(preds["S2"]).all()
     for fold in deep.attrs["folds"]:
         assert fold["train_sections"] == [s for s in ("S1", "S2") if s != fold["section"]]
-        assert fold["epochs"] == 1
+        assert fold["epochs"] == 1 and fold["validation"] == []  # one training section: nothing held out
     assert "_scst_setup" not in tab.uns  # folds set up copies, the user's table is untouched
 
 
@@ -312,3 +312,23 @@ def test_copy_leaves_the_input_table_untouched_and_random_embeddings_are_not_reb
     rmodel = RidgeExpression(tab).train()
     with pytest.raises(ValueError, match="randomly initialised encoder"):
         predict_expression(syn.make_sdata(), rmodel, sections="S3", progress=False)
+
+
+def test_cross_validate_records_the_validation_section_the_model_drew():
+    """validation="auto": the model draws one training section; the fold record names it (it said None)."""
+    from scst.models import MLPExpression
+
+    sd = syn.make_sdata()
+    tab = sd.tables["table"]
+    tab.obsm["X_z"] = np.column_stack([tab.obs["z"].to_numpy(), np.random.default_rng(0).normal(size=tab.n_obs)])
+    df = cross_validate(
+        MLPExpression, sd, genes=PANEL, setup_kwargs={"use_rep": "X_z"}, test_sections=["S3"], metrics=("pearson",),
+        config={**MLPExpression.bench_config, "max_epochs": 2},
+    )  # fmt: skip
+    (fold,) = df.attrs["folds"]
+    assert len(fold["validation"]) == 1 and fold["validation"][0] in fold["train_sections"] == ["S1", "S2"]
+    pinned = cross_validate(
+        MLPExpression, sd, genes=PANEL, setup_kwargs={"use_rep": "X_z"}, test_sections=["S3"], metrics=("pearson",),
+        config={**MLPExpression.bench_config, "max_epochs": 2}, validation="S2",
+    )  # fmt: skip
+    assert pinned.attrs["folds"][0]["validation"] == ["S2"]

@@ -220,6 +220,7 @@ class _FeatureModel(BaseModel):
         if missing:
             raise ValueError(f"The training table lacks {len(missing)} panel genes: {missing[:20]}")
         train, val = _validation_sections(type(self).__name__, list(self.registry["sections"]), validation, seed)
+        self.validation_sections_ = list(val)  # what train() held out (cross_validate records it per fold)
         secs = {s: self._section(adata, s, True) for s in train + val}
         if not self.is_trained or getattr(self, "_std", None) is None:
             self._standardise([secs[s] for s in train])

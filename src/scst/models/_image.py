@@ -523,7 +523,9 @@ class _ImageModel(BaseModel):
         return self.data, adata
 
     def _validation_sections(self, validation: Any, seed: int) -> tuple[list[str], list[str]]:
-        return _validation_sections(type(self).__name__, list(self.registry["sections"]), validation, seed)
+        train, val = _validation_sections(type(self).__name__, list(self.registry["sections"]), validation, seed)
+        self.validation_sections_ = list(val)  # what train() held out (cross_validate records it per fold)
+        return train, val
 
     def _section_data(self, sdata: Any, table: str, section: str, with_targets: bool, lib_median: float | None = None):
         """Patches, coordinates and (optionally) targets of one section's spots."""

@@ -483,7 +483,8 @@ def cross_validate(
     Returns
     -------
     Tidy :class:`pandas.DataFrame` with columns ``fold`` (int), ``section`` (test section), ``gene``, ``metric``,
-    ``value``; ``attrs`` holds per-fold ``train_sections``, ``validation``, ``train_seconds``,
+    ``value``; ``attrs`` holds per-fold ``train_sections``, ``validation`` (the list of sections the model held out
+    for early stopping; None for closed-form models), ``train_seconds``,
     ``predict_seconds``, ``n_spots``, ``n_genes``, ``epochs``, ``n_programs`` (expression programmes the model
     chose, None without) and ``genes``
     (the fold's panel: the columns of its predictions). With ``return_predictions``, ``(table, predictions)``.
@@ -561,7 +562,8 @@ def cross_validate(
                 "fold": fold,
                 "section": test,
                 "train_sections": train,
-                "validation": val,
+                # the section(s) the model held out (drawn by the model when "auto"); closed-form models: None
+                "validation": getattr(model, "validation_sections_", val),
                 "train_seconds": t1 - t0,
                 "predict_seconds": t2 - t1,
                 "n_spots": int(len(rows)),
