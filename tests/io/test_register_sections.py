@@ -120,3 +120,13 @@ def test_register_sections_warns_without_an_image_and_checks_image_keys():
     # An explicit image reachable through a shared coordinate system is accepted.
     scst.io.register_sections(sd, image_keys={"V1": "V1_hires_image"})
     assert sd.tables["table"].uns["scst"]["sections"]["V1"]["image_key"] == "V1_hires_image"
+
+
+def test_tile_grid_refuses_an_image_scaled_into_the_sections_coordinate_system():
+    """The hires image register_sections places into 'global' by a 4× scale: tile_grid would lay its grid out in
+    hires pixels and store it as full-resolution coordinates (every pseudo-spot 4× too close to the origin, windows
+    4× too small). A clear error instead (images untransformed in their coordinate system: tests/pp/test_tissue.py)."""
+    sd = _visium_like(fullres=False)
+    scst.io.register_sections(sd, spot_diameter_um=55.0)
+    with pytest.raises(ValueError, match=r"image_key: image 'V1_hires_image' is scaled by 4 into coordinate system"):
+        scst.pp.tile_grid(sd, "V1", spacing_um=100.0, size_um=55.0, min_tissue=0.0, inplace=False)

@@ -543,9 +543,18 @@ def tile_grid(
         raise KeyError(f"image_key: {image_key!r} not in sdata.images ({list(sdata.images)}).")
     from ._patches import _full_res_image
 
-    full, _ = _full_res_image(sdata.images[image_key], None, image_key)
-    h, w = (int(s) for s in full.shape[-2:])
     cs = geo.get("coordinate_system", section)
+    try:  # the grid is laid out in image pixels and stored in the coordinate system: the two must coincide
+        full, factor = _full_res_image(sdata.images[image_key], cs, image_key)
+    except KeyError:  # no transformation to that coordinate system recorded: the image's pixels are taken as its
+        full, factor = _full_res_image(sdata.images[image_key], None, image_key)
+    if not np.isclose(factor, 1.0):
+        raise ValueError(
+            f"image_key: image {image_key!r} is scaled by {1 / factor:.4g} into coordinate system {cs!r} (e.g. a "
+            "downscaled image placed there by scst.io.register_sections); tile_grid lays its grid out in the pixels "
+            "of an image untransformed in the section's coordinate system. Pass the full-resolution image."
+        )
+    h, w = (int(s) for s in full.shape[-2:])
 
     mask_key = mask_key or f"{section}_tissue"
     if mask_key in sdata.labels:
