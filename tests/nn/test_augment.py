@@ -47,6 +47,14 @@ def test_hed_round_trip_is_identity_and_zero_jitter_changes_nothing():
     assert torch.allclose(hed_jitter(x, sigma=0.0, bias=0.0, generator=g), x, atol=1e-5)
 
 
+def test_hed_jitter_bfloat16_zero_jitter_changes_at_most_one_rounding():
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    y = hed_jitter(x, sigma=0.0, bias=0.0)
+    assert y.dtype == torch.bfloat16
+    # the log/exp round trip runs in float32: only the final rounding to bfloat16 remains (< 1 ulp at 1 = 2**-8)
+    assert float((y.float() - x.float()).abs().max()) < 2**-8
+
+
 def test_hed_jitter_changes_only_stain_intensities_within_bounds():
     # Tissue-like pixels (no clipping): after jitter, each image's stain concentrations must be an affine function
     # hed' = a * hed + b of the original, per stain channel, with a in [1 - sigma, 1 + sigma], b in [-bias, bias].

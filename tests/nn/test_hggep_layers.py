@@ -154,6 +154,19 @@ def test_zinb_zero_inflation_and_size_factors_direct_formula():
     )
 
 
+def test_zinb_zero_counts_float32_large_dispersion():
+    # P(0) = pi + (1 - pi) (theta / (theta + mu))^theta; with theta up to the heads' clamp (1e4) and beyond, the
+    # exponent must not come from log(theta) - log(theta + mu), which cancels in float32.
+    theta = np.array([1e2, 1e3, 1e4, 1e4, 1e6])
+    mu = np.array([0.1, 0.5, 0.1, 2.0, 1.0])
+    pi = np.full_like(mu, 0.1)
+    nb0 = stats.nbinom.pmf(0, theta, theta / (theta + mu))
+    expected = -np.log(pi + (1 - pi) * nb0)
+    t = lambda a: torch.as_tensor(a, dtype=torch.float32)[None]  # noqa: E731
+    got = zinb_nll(t(np.zeros_like(mu)), t(mu), t(theta), t(pi), reduction="none")[0]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4)
+
+
 def test_zinb_lower_for_true_parameters():
     gen = torch.Generator().manual_seed(5)
     n, g = 3000, 4

@@ -90,7 +90,8 @@ def hed_jitter(
     if sigma < 0 or bias < 0:
         raise ValueError(f"sigma, bias: expected non-negative numbers, got {sigma}, {bias}.")
     b = x.shape[0]
-    hed = rgb_to_hed(x)
+    # log/exp round trip in float32 at least: in bfloat16 it alone moves pixels by ~5 ulps (0.02), more than the jitter.
+    hed = rgb_to_hed(x.float() if x.element_size() < 4 else x)
     alpha = _uniform(3 * b, 1 - sigma, 1 + sigma, hed, generator).view(b, 3, 1, 1)
     beta = _uniform(3 * b, -bias, bias, hed, generator).view(b, 3, 1, 1)
     return hed_to_rgb(hed * alpha + beta).to(x.dtype)

@@ -25,9 +25,12 @@ def sparse_matmul(graph: Tensor, x: Tensor) -> Tensor:
     """``graph @ x`` for a sparse (COO/CSR) or dense ``(n, n)`` graph and a dense ``(n, m)`` matrix."""
     if not graph.is_sparse and graph.layout != torch.sparse_csr:
         return graph @ x
-    if _pyg_spmm is not None:
-        return _pyg_spmm(graph, x)
-    return torch.sparse.mm(graph, x)
+    # Sparse kernels take one dtype and CPU has none for bfloat16, so under autocast (x bfloat16/float16, or autocast
+    # casting inside the sparse addmm) multiply in the graph's dtype with autocast off, and return x's dtype.
+    with torch.autocast(x.device.type, enabled=False):
+        y = x.to(graph.dtype)
+        y = _pyg_spmm(graph, y) if _pyg_spmm is not None else torch.sparse.mm(graph, y)
+    return y.to(x.dtype)
 
 
 class GCNGConv(nn.Module):

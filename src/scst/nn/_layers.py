@@ -299,8 +299,9 @@ def zinb_nll(
     t1 = torch.lgamma(disp + eps) + torch.lgamma(x + 1.0) - torch.lgamma(x + disp + eps)
     t2 = (disp + x) * torch.log1p(mean / (disp + eps)) + x * (torch.log(disp + eps) - torch.log(mean + eps))
     nb_case = t1 + t2 - torch.log(1.0 - pi + eps)
-    # (θ/(θ+μ))^θ in log space: exp of a non-positive number, never overflows.
-    zero_nb = torch.exp(disp * (torch.log(disp + eps) - torch.log(disp + mean + eps)))
+    # (θ/(θ+μ))^θ = exp(-θ log(1 + μ/θ)): exp of a non-positive number, never overflows, and log1p keeps
+    # the exponent exact for large θ (log(θ) - log(θ + μ) cancels to 0 in float32, e.g. θ = 1e4, μ = 0.1).
+    zero_nb = torch.exp(-disp * torch.log1p(mean / (disp + eps)))
     zero_case = -torch.log(pi + (1.0 - pi) * zero_nb + eps)
     nll = torch.where(x <= 1e-8, zero_case, nb_case)
     if reduction == "mean":
