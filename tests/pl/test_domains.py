@@ -68,3 +68,45 @@ def test_bad_input(with_domains):
         scst.pl.spatial_domains(with_domains, "dom_same", truth="labels", show=False)
     axes = scst.pl.spatial_domains(with_domains, "dom_same", truth=None, sections="C3", show=False)
     assert [a.get_title() for a in axes] == ["C3 · dom_same"]
+
+
+def _spots_only(n=24, **obs_cols):
+    """An AnnData of one section laid on a grid (spots only, no image), with the given obs columns."""
+    from anndata import AnnData
+
+    obs = pd.DataFrame({"section": pd.Categorical(["A"] * n), **obs_cols}, index=[f"s{i}" for i in range(n)])
+    a = AnnData(np.ones((n, 1), np.float32), obs=obs)
+    a.obsm["spatial"] = np.column_stack([np.arange(n) % 6 * 10.0, np.arange(n) // 6 * 10.0])
+    return a
+
+
+def test_colours_come_from_uns_in_the_columns_category_order():
+    """uns['<key>_colors'] follows the column's own category order (1, 2, 10), not the string order (1, 10, 2)."""
+    rng = np.random.default_rng(0)
+    a = _spots_only(
+        domain=pd.Categorical(rng.choice([1, 2, 10], 24), categories=[1, 2, 10]),
+        label=pd.Categorical(rng.choice(["x", "y"], 24)),
+    )
+    a.uns["domain_colors"] = ["#ff0000", "#00ff00", "#0000ff"]
+    a.uns["label_colors"] = ["#000000", "#ffff00"]
+    with pytest.warns(UserWarning, match="no image"):
+        axes = scst.pl.spatial_domains(a, "domain", truth="label", show=False)
+    for ax, want in zip(axes, ({"x": (0, 0, 0), "y": (1, 1, 0)}, {"1": (1, 0, 0), "2": (0, 1, 0), "10": (0, 0, 1)})):
+        leg = ax.get_legend()
+        got = {tx.get_text(): tuple(np.ravel(h.get_facecolor())[:3]) for tx, h in zip(leg.texts, leg.legend_handles)}
+        assert got == want
+    # each spot in its category's colour
+    fc = axes[1].collections[0].get_facecolors()[:, :3]
+    want = np.array([{1: (1, 0, 0), 2: (0, 1, 0), 10: (0, 0, 1)}[d] for d in a.obs["domain"]], float)
+    np.testing.assert_allclose(fc, want, atol=1e-6)
+
+
+def test_unused_section_category_is_not_a_section():
+    """A category of obs['section'] without spots is skipped by default and is a clear error when asked for."""
+    a = _spots_only(dom=pd.Categorical(["p", "q"] * 12))
+    a.obs["section"] = pd.Categorical(["A"] * a.n_obs, categories=["A", "B"])
+    with pytest.warns(UserWarning, match="no image"):
+        axes = scst.pl.spatial_domains(a, "dom", truth=None, show=False)
+    assert [ax.get_title() for ax in axes] == ["A · dom"]
+    with pytest.raises(KeyError, match=r"sections: 'B' not found in adata.obs\['section'\]; available: \['A'\]"):
+        scst.pl.spatial_domains(a, "dom", truth=None, sections="B", show=False)

@@ -101,3 +101,21 @@ def test_deprecated_alias_saves_to_the_given_path(her2st_two, tmp_path, monkeypa
             her2st_two, "ERBB2", sections=["C2"], layers=[None], save="o/e.png", return_fig=True
         )
     assert (tmp_path / "o" / "e.png").is_file() and fig.axes[0].get_title() == "C2 · ERBB2 · observed"
+
+
+def test_deprecated_alias_draws_into_ax_and_refuses_unknown_keywords(tmp_path):
+    """The alias passes ``ax`` on (it drew a new figure instead) and only ignores its old ``scale``/``shared_scale``."""
+    import pandas as pd
+    from anndata import AnnData
+
+    n = 20
+    obs = pd.DataFrame({"section": pd.Categorical(["A"] * n)}, index=[f"s{i}" for i in range(n)])
+    a = AnnData(np.random.default_rng(0).poisson(5, (n, 2)).astype(np.float32), obs=obs)
+    a.var_names = ["G1", "G2"]
+    a.obsm["spatial"] = np.column_stack([np.arange(n) % 5 * 10.0, np.arange(n) // 5 * 10.0])
+    fig, ax = plt.subplots()
+    with pytest.warns(FutureWarning), pytest.warns(UserWarning, match="no image"):
+        out = scst.pl.spatial_expression(a, "G1", layers=[None], ax=ax, scale=2, shared_scale=True, show=False)
+    assert out == [ax] and ax.get_title() == "A · G1 · observed" and plt.get_fignums() == [fig.number]
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['gnee'\]"):
+        scst.pl.spatial_expression(a, "G1", layers=[None], gnee="x", show=False)

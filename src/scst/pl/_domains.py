@@ -21,7 +21,11 @@ __all__ = ["spatial_domains"]
 
 
 def _palette(adata: AnnData, key: str) -> dict[str, str]:
-    """Colours of ``obs[key]``'s categories: ``uns[f"{key}_colors"]`` when it fits, else scanpy's default palettes."""
+    """Colours of ``obs[key]``'s categories: ``uns[f"{key}_colors"]`` when it fits, else scanpy's default palettes.
+
+    ``adata`` is the table itself: its ``uns`` holds the colours, listed in the order of the column's own categories
+    (as scanpy writes them), so the categories are read before any conversion to strings re-sorts them.
+    """
     from scanpy.plotting import palettes
 
     cats = [str(c) for c in adata.obs[key].astype("category").cat.categories]
@@ -97,7 +101,7 @@ def spatial_domains(
     obs = adata.obs[columns].copy()
     for c in columns:
         obs[c] = obs[c].astype(str).where(obs[c].notna()).astype("category")
-    palettes = {c: _palette(adata.__class__(obs=obs), c) for c in columns}
+    palettes = {c: _palette(adata, c) for c in columns}  # the table: its uns holds the colours
     parts = [_Section(sdata, adata, s) for s in secs]
     fig, axes = _panel_axes(
         len(parts) * len(columns), ax, len(columns), (5.5, 4.0), figsize, wspace=0.7 if legend else None

@@ -134,14 +134,20 @@ def spatial_expression(
     return_fig: bool = False,
     show: bool | None = None,
     save: str | os.PathLike | None = None,
-    **_ignored: Any,
+    ax: Axes | Sequence[Axes] | None = None,
+    dpi: int | None = None,
+    **old: Any,
 ) -> Figure | list[Axes] | None:
     """Deprecated: use :func:`predicted_expression`.
 
     ``layers`` is ``(None, layer)``, ``[None]`` or ``[layer]``; ``save`` is a path taken as given (relative to the
-    working directory, not to ``scanpy.settings.figdir``). Other old keywords (``scale``, ``shared_scale``) are
-    ignored: the colour scale is now always shared by the panels of a gene.
+    working directory, not to ``scanpy.settings.figdir``); ``ax`` and ``dpi`` are passed on. The old keywords
+    ``scale`` and ``shared_scale`` are ignored: the colour scale is now always shared by the panels of a gene. Any
+    other keyword is a TypeError.
     """
+    unknown = sorted(set(old) - {"scale", "shared_scale"})
+    if unknown:
+        raise TypeError(f"spatial_expression() got unexpected keyword argument(s) {unknown}.")
     warnings.warn(
         "scst.pl.spatial_expression is deprecated; use scst.pl.predicted_expression.", FutureWarning, stacklevel=2
     )
@@ -158,6 +164,8 @@ def spatial_expression(
         table=table,
         cmap=cmap,
         figsize=figsize,
+        ax=ax,
+        dpi=dpi,
         return_fig=return_fig,
         show=show,
         save=None if save is None else Path(save).resolve(),

@@ -21,7 +21,9 @@ IMAGE_LEVEL = 3
 def _sections(adata: AnnData, sections: Any) -> list[str]:
     if SECTION_KEY not in adata.obs:
         raise KeyError(f"adata.obs has no {SECTION_KEY!r} column; read the data with scst.io.read_st/scst.datasets.")
-    present = list(adata.obs[SECTION_KEY].astype("category").cat.categories.astype(str))
+    # Sections with spots: an unused category (e.g. left by filtering obs with pandas) has nothing to draw.
+    col = adata.obs[SECTION_KEY].astype("category").cat.remove_unused_categories()
+    present = list(col.cat.categories.astype(str))
     if sections is None:
         return present
     sections = [sections] if isinstance(sections, str) else [str(s) for s in sections]
