@@ -68,6 +68,9 @@ def test_bad_input(with_domains):
         scst.pl.spatial_domains(with_domains, "dom_same", truth="labels", show=False)
     axes = scst.pl.spatial_domains(with_domains, "dom_same", truth=None, sections="C3", show=False)
     assert [a.get_title() for a in axes] == ["C3 · dom_same"]
+    for keys in (["dom_same", "dom_same"], ["label_name"]):  # duplicated columns: pandas' unclear error before
+        with pytest.raises(ValueError, match="keys: each column once, and not the reference `truth` column"):
+            scst.pl.spatial_domains(with_domains, keys, truth="label_name", show=False)
 
 
 def _spots_only(n=24, **obs_cols):

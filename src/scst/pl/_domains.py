@@ -96,6 +96,8 @@ def spatial_domains(
         raise ValueError("keys: expected at least one obs column.")
     for k in keys + ([truth] if truth is not None else []):
         _check_in(k, list(adata.obs.columns), "keys" if k != truth else "truth", "adata.obs")
+    if len(set(keys)) != len(keys) or truth in keys:
+        raise ValueError(f"keys: each column once, and not the reference `truth` column {truth!r}; got {keys}.")
     secs = _sections(adata, sections)
     columns = ([truth] if truth is not None else []) + keys
     obs = adata.obs[columns].copy()
