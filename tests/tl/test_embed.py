@@ -124,3 +124,19 @@ def test_named_weights_arrive_and_missing_images_are_named(tiny, monkeypatch):
             embed_patches(sdata, "handcrafted", progress=False)
     finally:
         sdata.images[key] = image
+
+
+def test_relative_weights_path_is_recorded_absolute(tiny, tmp_path, monkeypatch):
+    """The recipe in uns["scst_embed"] must name the file that was read, from any working directory."""
+    import torchvision
+
+    sdata, _, _ = tiny
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "rel.pth")
+    monkeypatch.chdir(tmp_path)
+    embed_patches(sdata, "resnet18", weights="rel.pth", size_um=24.0, out_px=32, key_added="rel", progress=False)
+    recorded = sdata.tables["table"].uns["scst_embed"]["rel"]["weights"]
+    assert recorded == str(tmp_path / "rel.pth")
+    monkeypatch.chdir("/")  # predict_expression recomputes the embedding from the recipe, elsewhere
+    embed_patches(sdata, "resnet18", weights=recorded, size_um=24.0, out_px=32, key_added="again", progress=False)
+    t = sdata.tables["table"]
+    np.testing.assert_allclose(t.obsm["again"], t.obsm["rel"], rtol=1e-5, atol=1e-6)

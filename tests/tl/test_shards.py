@@ -187,3 +187,18 @@ def test_her2st_sections_as_shards_equal_serial(dask_client, tmp_path):
     pd.testing.assert_series_equal(
         tab.obs["label"].astype(str), serial.obs["label"].astype(str), check_names=False, check_categorical=False
     )
+
+
+def test_merge_names_a_store_without_section_column(tmp_path):
+    """A foreign 'predicted' table lacking obs['section'] is refused with a message naming `paths`, not a KeyError."""
+    sdata = syn.make_sdata(sections=("S7",), grid=3)
+    tab = sdata.tables["table"]
+    del sdata.tables["table"]
+    del tab.obs["section"]
+    sdata.tables[SHARD_TABLE] = tab
+    sdata.write(tmp_path / "foreign.zarr")
+    with pytest.raises(
+        ValueError, match=r"paths: table 'predicted' of .*foreign\.zarr' has no obs column\(s\) \['section'\]"
+    ):
+        merge_shards([tmp_path / "foreign.zarr"], tmp_path / "o.zarr")
+    assert not (tmp_path / "o.zarr").exists()

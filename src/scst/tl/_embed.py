@@ -139,10 +139,10 @@ def embed_patches(
     Returns
     -------
     None. Writes ``table.obsm[key_added]`` (float32 ``(n_obs, F)``) and
-    ``table.uns["scst_embed"][key_added]``: ``encoder``, ``weights`` (weights name, file path or ``"random init"``),
-    ``size_um`` (a number, or the list of fields of view), ``out_px``, ``normalize``, ``n_features``,
-    ``encoder_kwargs`` (if given) and, for hand-crafted features, ``feature_names``. Heads trained on the embedding
-    (:class:`scst.models.HGGEPHead`, :class:`scst.models.MLPExpression`) record this, so that
+    ``table.uns["scst_embed"][key_added]``: ``encoder``, ``weights`` (weights name, absolute file path or
+    ``"random init"``), ``size_um`` (a number, or the list of fields of view), ``out_px``, ``normalize``,
+    ``n_features``, ``encoder_kwargs`` (if given) and, for hand-crafted features, ``feature_names``. Heads trained
+    on the embedding (:class:`scst.models.HGGEPHead`, :class:`scst.models.MLPExpression`) record this, so that
     :func:`scst.tl.predict_expression` recomputes it on a new slide.
     """
     from torch.utils.data import DataLoader
@@ -179,6 +179,10 @@ def embed_patches(
                 weights_desc = "random init"
             elif isinstance(weights, nn.Module):
                 weights_desc = f"copied from a {type(weights).__name__}"
+            elif isinstance(weights, os.PathLike) or os.path.isfile(str(weights)):
+                # A weights file, as build_backbone read it: recorded absolute, so that the recipe in
+                # uns["scst_embed"] finds the same file from any working directory (predict_expression).
+                weights_desc = os.path.abspath(os.fspath(weights))
             else:
                 weights_desc = str(weights)
     else:

@@ -273,6 +273,12 @@ def merge_shards(
         if SHARD_TABLE not in part.tables:
             raise ValueError(f"paths: {str(p)!r} has no table {SHARD_TABLE!r} (not written by scst.tl.predict_shards).")
         tab = part.tables[SHARD_TABLE]
+        lacking = [c for c in (SECTION_KEY, REGION_KEY) if c not in tab.obs]
+        if lacking:
+            raise ValueError(
+                f"paths: table {SHARD_TABLE!r} of {str(p)!r} has no obs column(s) {lacking} "
+                "(not written by scst.tl.predict_shards)."
+            )
         if panel is None:
             panel = tab.var_names
         elif not tab.var_names.equals(panel):
