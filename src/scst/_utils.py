@@ -44,6 +44,17 @@ def _check_key(mapping: Any, key: str, where: str) -> None:
         raise KeyError(f"Key {key!r} not found in {where}; available: {avail[:20]}.")
 
 
+def _positive(name: str, value: Any, what: str = "number", where: str = "") -> float:
+    """``value`` as a finite positive float, or a ValueError naming the argument (``where``: where it came from)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = np.nan
+    if isinstance(value, bool) or not (np.isfinite(v) and v > 0):
+        raise ValueError(f"{name}: expected a finite positive {what}, got {value!r}{where}.")
+    return v
+
+
 def _section_geometry(adata: AnnData, section: str) -> dict:
     """Per-section geometry written by :func:`scst.io.read_st` (``uns['scst']['sections'][section]``)."""
     try:

@@ -17,6 +17,7 @@ from spatialdata.transformations import Identity
 
 from .._constants import ARRAY_COL, ARRAY_ROW, INSTANCE_KEY, REGION_KEY, SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
 from .._logging import logg
+from .._utils import _positive
 from ._image import cached_image
 
 __all__ = ["read_st", "concatenate_sections"]
@@ -31,17 +32,6 @@ def _format_suffix(p: Path) -> str:
     while suffixes and suffixes[-1] in _COMPRESSION_SUFFIXES:
         suffixes.pop()
     return suffixes[-1] if suffixes else ""
-
-
-def _positive(name: str, value) -> float:
-    """``value`` as a finite positive float, or a ValueError naming the argument."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = np.nan
-    if isinstance(value, bool) or not (np.isfinite(v) and v > 0):
-        raise ValueError(f"{name}: expected a finite positive number, got {value!r}.")
-    return v
 
 
 def _read_counts(counts: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:

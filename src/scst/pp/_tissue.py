@@ -25,6 +25,7 @@ from .._constants import (
     UNS_KEY,
 )
 from .._logging import logg
+from .._utils import _positive
 
 __all__ = ["tissue_mask", "filter_tiles", "tile_grid", "PRESETS"]
 
@@ -531,14 +532,8 @@ def tile_grid(
             f"um_per_px: pixel size of section {section!r} unknown (no uns[{UNS_KEY!r}]['sections'][{section!r}] in "
             f"table {table_key!r}); pass um_per_px."
         )
-    try:
-        ok = not isinstance(um_per_px, bool) and bool(np.isfinite(float(um_per_px)) and float(um_per_px) > 0)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        where = "" if passed else f" (from uns[{UNS_KEY!r}]['sections'][{section!r}] of table {table_key!r})"
-        raise ValueError(f"um_per_px: expected a finite positive pixel size in µm, got {um_per_px!r}{where}.")
-    um_per_px = float(um_per_px)
+    where = "" if passed else f" (from uns[{UNS_KEY!r}]['sections'][{section!r}] of table {table_key!r})"
+    um_per_px = _positive("um_per_px", um_per_px, "pixel size in µm", where)
     if image_key not in sdata.images:
         raise KeyError(f"image_key: {image_key!r} not in sdata.images ({list(sdata.images)}).")
     from ._patches import _full_res_image
