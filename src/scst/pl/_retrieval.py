@@ -25,13 +25,11 @@ def _modality_names(mdata: Any, res: Any) -> list[str]:
     names = res.get("modalities") if hasattr(res, "get") else None
     if names is not None and len(names) == 2:
         return [str(n) for n in names]
-    raw = getattr(mdata, "uns", {}).get("_scst_setup", {}).get("MultimodalST")
-    if raw is not None:
-        import json
+    from ..models import MultimodalST
 
-        reg = json.loads(raw) if isinstance(raw, str) else dict(raw)
-        if "rna" in reg and "image" in reg:
-            return [str(reg["rna"]), str(reg["image"])]
+    reg = MultimodalST._read_registry(mdata) or {}
+    if "rna" in reg and "image" in reg:
+        return [str(reg["rna"]), str(reg["image"])]
     return ["rna", "image"]
 
 
