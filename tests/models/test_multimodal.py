@@ -200,6 +200,7 @@ def test_train_retrieve_save_load(tmp_path, albef):
     model.save(tmp_path / "m")
     loaded = MultimodalST.load(tmp_path / "m", data=te)
     np.testing.assert_allclose(loaded.get_latent_representation(te, "image"), emb, atol=1e-5)
+    assert loaded.module.stage == model.module.stage == "joint"  # module.loss computes the joint losses after load
     if albef:  # the queue and momentum encoders were used, and survive save/load (exact resume)
         assert int(model.module.queue_len) == 32 and loaded.config["queue_size"] == 32
         torch.testing.assert_close(loaded.module.rna_queue, model.module.rna_queue)

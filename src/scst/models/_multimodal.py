@@ -289,6 +289,14 @@ class MultimodalST(BaseModel):
         )
 
     # ------------------------------------------------------------------ module
+    def _extra_state(self) -> dict[str, Any]:
+        return {"stage": self.module.stage}
+
+    def _set_extra_state(self, state: dict[str, Any]) -> None:
+        super()._set_extra_state(state)
+        # a model saved before the stage was recorded: trained models end in the joint stage
+        self.module.stage = state.get("stage", "joint" if self.is_trained else "pretrain")
+
     def _module_kwargs(self) -> dict[str, Any]:
         c, r = self.config, self.registry
         weights = dict(c["weights"])
