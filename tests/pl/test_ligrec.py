@@ -74,6 +74,11 @@ def test_ligrec_roc_curves_per_method():
     perfect = roc.get_lines()[0]
     assert (0.0, 1.0) in set(zip(perfect.get_xdata(), perfect.get_ydata()))  # all positives before any negative
     assert pr.get_lines()[-1].get_ydata()[0] == pytest.approx(0.5)  # chance line at the positive rate
+    # the chance line is the positive rate of the pairs drawn: not of a method left out, nor of unscored rows
+    other = pd.DataFrame({"method": "other", "label": np.r_[1, np.zeros(9, int)], "score": np.arange(10.0)})
+    unscored = pd.DataFrame({"method": "perfect", "label": [1] * 10, "score": np.nan})
+    _, pr = scst.pl.ligrec_roc(pd.concat([pred, other, unscored]), methods="perfect", show=False)
+    assert pr.get_lines()[-1].get_ydata()[0] == pytest.approx(0.5)
     with pytest.raises(KeyError, match="methods: 'perfekt'"):
         scst.pl.ligrec_roc(pred, methods="perfekt", show=False)
     with pytest.raises(KeyError, match="ligrec_cv"):

@@ -237,16 +237,18 @@ def ligrec_roc(
         _check_in(m, present, "methods", "predictions['method']")
     fig, axes = _panel_axes(2, ax, 2, (4.5, 4.0), figsize)
     roc_ax, pr_ax = axes
+    labels = []
     for m in methods:
         d = predictions[(predictions["method"].astype(str) == m) & predictions["score"].notna()]
         y, s = d["label"].to_numpy(int), d["score"].to_numpy(float)
+        labels.append(y)
         if len(np.unique(y)) < 2:
             raise ValueError(f"predictions: method {m!r} has test pairs of one class only; no curve can be drawn.")
         fpr, tpr, _ = roc_curve(y, s)
         prec, rec, _ = precision_recall_curve(y, s)
         roc_ax.plot(fpr, tpr, label=f"{m} (AUROC {roc_auc_score(y, s):.2f})")
         pr_ax.plot(rec, prec, label=f"{m} (AUPRC {average_precision_score(y, s):.2f})")
-    base = float(predictions["label"].mean())
+    base = float(np.concatenate(labels).mean())  # positive rate of the pairs drawn (scored, methods shown)
     roc_ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
     pr_ax.axhline(base, color="0.6", linestyle=":", linewidth=1)
     roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test pairs, pooled)")
