@@ -130,3 +130,21 @@ def test_tile_grid_refuses_an_image_scaled_into_the_sections_coordinate_system()
     scst.io.register_sections(sd, spot_diameter_um=55.0)
     with pytest.raises(ValueError, match=r"image_key: image 'V1_hires_image' is scaled by 4 into coordinate system"):
         scst.pp.tile_grid(sd, "V1", spacing_um=100.0, size_um=55.0, min_tissue=0.0, inplace=False)
+
+
+@pytest.mark.parametrize("fullres", [True, False])
+def test_tissue_mask_reads_the_pixel_size_of_the_image_it_masks(monkeypatch, fullres):
+    """The geometry's µm/px is that of full-resolution pixels; the hires image register_sections finds (placed in
+    'global' by a 4× scale) has 4× larger pixels, which tissue_mask's µm-based smoothing and cleanup must use."""
+    import scst.pp._tissue as tissue
+
+    sd = _visium_like(fullres=fullres)
+    scst.io.register_sections(sd, spot_diameter_um=55.0)
+    geo = sd.tables["table"].uns["scst"]["sections"]["V1"]
+    seen = []
+    real = tissue._mask_from_rgb
+    monkeypatch.setattr(tissue, "_mask_from_rgb", lambda rgb, **kw: seen.append(kw["level_um"]) or real(rgb, **kw))
+    tissue.tissue_mask(sd, section="V1", scale=0, inplace=False)
+    assert seen == [pytest.approx(geo["um_per_px"] * (1 if fullres else 4))]
+    tissue.tissue_mask(sd, section="V1", scale=0, um_per_px=2.0, inplace=False)  # what the user passes is used
+    assert seen[-1] == pytest.approx(2.0)

@@ -84,7 +84,12 @@ def _brown(hue, sat, light, p) -> np.ndarray:
 # tissue_mask
 # --------------------------------------------------------------------------------------------------------------
 def _resolve_image(sdata, image_key, section, table_key, um_per_px):
-    """(section or None, image key, µm/px or None) from arguments and the table's per-section geometry."""
+    """(section or None, image key, µm/px or None) from arguments and the table's per-section geometry.
+
+    A µm/px taken from the geometry is that of the section's coordinate system (full-resolution pixels); for an
+    image scaled into it (e.g. the hires image ``scst.io.register_sections`` places there) it becomes the image's.
+    """
+    passed = um_per_px is not None
     geos = {}
     if table_key in getattr(sdata, "tables", {}):
         geos = sdata.tables[table_key].uns.get(UNS_KEY, {}).get("sections", {})
@@ -121,6 +126,14 @@ def _resolve_image(sdata, image_key, section, table_key, um_per_px):
         um_per_px = geos[section].get("um_per_px")
     if image_key not in sdata.images:
         raise KeyError(f"image_key: {image_key!r} not in sdata.images ({list(sdata.images)}).")
+    if not passed and um_per_px is not None:
+        from ._patches import _full_res_image
+
+        try:
+            _, factor = _full_res_image(sdata.images[image_key], geos[section].get("coordinate_system", section), "")
+        except KeyError:  # no transformation to the section's coordinate system: the image's pixels are its pixels
+            factor = 1.0
+        um_per_px = um_per_px / factor
     return section, image_key, um_per_px
 
 
@@ -275,7 +288,8 @@ def tissue_mask(
     method, preset
         Pixel rule, see above.
     um_per_px
-        Full-resolution pixel size; default from the table's section geometry.
+        Pixel size of the image's full-resolution level; default from the table's section geometry (divided by the
+        image's scale into the section's coordinate system, e.g. 4× for a hires image placed there).
     target_um_per_px
         Resolution sought by ``scale="auto"``.
     smooth_um
