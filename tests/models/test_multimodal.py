@@ -534,3 +534,31 @@ def test_unpaired_or_unlabelled_patches_are_no_positives_of_each_other():
     np.testing.assert_array_equal(rna_row, np.arange(12))
     np.testing.assert_array_equal(data["rna_group"], label)
     np.testing.assert_array_equal(data["img_group"], label)
+
+
+def test_validation_holds_out_whole_rna_samples_with_all_their_patches():
+    """Several patches per RNA sample: ``validation`` draws a fraction of the RNA *samples*; every patch of a drawn
+    sample (and the sample itself) is validation, none reaches training — no sample straddles the split."""
+    mdata = synthetic_mudata(n=20, n_genes=6)
+    im = mdata["image"]
+    three = ad.concat([im] * 3, index_unique="-")  # three patches per RNA sample
+    three.obs_names = [f"p{i}" for i in range(three.n_obs)]
+    three.obsm["patch"] = np.concatenate([im.obsm["patch"]] * 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mdata = md.MuData({"rna": mdata["rna"], "image": three})
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL)
+    for seed in (0, 1, 2):
+        train, val = model._dataloaders(8, 0.25, seed=seed)
+        train_pairs, val_pairs = train.dataset.pairs, val.dataset.pairs
+        val_rna, train_rna = set(val_pairs[:, 1].tolist()), set(train_pairs[:, 1].tolist())
+        assert len(val_rna) == 5 and len(train_rna) == 15 and not val_rna & train_rna
+        # each sample's three patches all sit on its side
+        assert len(val_pairs) == 15 and len(train_pairs) == 45
+        link = mdata["rna"].obs_names.get_indexer(three.obs["rna_sample"])
+        assert sorted(val_pairs[:, 0].tolist()) == sorted(np.flatnonzero(np.isin(link, list(val_rna))).tolist())
+        assert all(link[i] == r for i, r in np.concatenate([train_pairs, val_pairs]))
+        # the training loader yields no validation sample
+        seen = {int(r) for b in train for r in b["rna_id"]}
+        assert seen == train_rna
