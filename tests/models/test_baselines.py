@@ -211,6 +211,39 @@ def test_choose_n_programs_errors_name_the_fix():
     assert set(scores) == {1, 2, 3, 4, 5, 6} and k in scores  # candidates capped at the 6 genes
 
 
+def test_choose_n_programs_scores_are_the_inner_cv_pcc_and_ignore_gene_scales():
+    """The score of ``k`` is the held-out per-gene Pearson of ridge projected on the fitting sections' ``k`` leading
+    programmes *in z-score units* (prediction / sd, projected, Pearson): written out by hand for two folds, and
+    unchanged when the genes are put on wildly different scales (projecting raw units would let the largest gene
+    dominate the axes' mixing)."""
+    from scst.models._baselines import choose_n_programs
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 4))
+    factors = x @ rng.normal(size=(4, 2))
+    y = factors @ rng.normal(size=(2, 5)) + rng.normal(0, 0.8, (60, 5))
+    groups = np.repeat([0, 1], 30)
+    alpha = np.full(5, 2.0)
+    k, scores = choose_n_programs(x, y, groups, alpha, candidates=[1, 2, 3])
+    expected = np.zeros(3)
+    for fit, held in ((groups == 0, groups == 1), (groups == 1, groups == 0)):
+        mx, sx = x[fit].mean(0), x[fit].std(0)
+        xs, yc = (x[fit] - mx) / sx, y[fit] - y[fit].mean(0)
+        coef = np.linalg.solve(xs.T @ xs + 2.0 * np.eye(4), xs.T @ yc)
+        pred = ((x[held] - mx) / sx) @ coef
+        sd = y[fit].std(0)
+        axes = np.linalg.svd(yc / sd, full_matrices=False)[2].T
+        for j, kk in enumerate((1, 2, 3)):
+            proj = (pred / sd) @ axes[:, :kk] @ axes[:, :kk].T
+            expected[j] += _mean_pcc(proj, y[held]) / 2
+    np.testing.assert_allclose([scores[c] for c in (1, 2, 3)], expected, rtol=1e-6)
+    assert k == (1, 2, 3)[int(np.argmax(expected))]
+    scaled = y * np.array([1e-3, 1.0, 50.0, 1e3, 0.2])
+    k2, scores2 = choose_n_programs(x, scaled, groups, alpha, candidates=[1, 2, 3])
+    assert k2 == k
+    np.testing.assert_allclose([scores2[c] for c in (1, 2, 3)], [scores[c] for c in (1, 2, 3)], rtol=1e-6)
+
+
 def test_mean_and_save_load_round_trip(tmp_path):
     a = _planted(seed=2)
     MeanExpression.setup_anndata(a, "panel", sections=["S1", "S2", "S3"])
