@@ -70,6 +70,39 @@ def test_training_reads_only_the_registered_sections():
     assert seen == [("S3", False)]  # prediction never reads targets
 
 
+def test_standardisation_size_factors_and_zinb_bias_come_from_the_training_sections_only():
+    """The validation section (S4: 10x the counts, embedding shifted by 1000) steers early stopping only: the feature
+    and target standardisation, the size factors' median library and the ZINB mean's initial bias are computed on
+    the training sections S1, S2 (by hand here); S4 keeps its own spots, scaled by the training median."""
+    from scipy import sparse
+
+    tab = _table4()
+    s4 = (tab.obs["section"] == "S4").to_numpy()
+    X = tab.X.toarray()
+    X[s4] *= 10
+    tab.X = sparse.csr_matrix(X)
+    tab.obsm["X_emb"][s4] += 1000.0
+    HGGEPHead.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1", "S2", "S4"])
+    small = {"dim": 8, "vit_depth": 1, "vit_heads": 2, "hg_hidden": 4, "lstm_hidden": 8, "ridge_skip": False,
+             "n_programs": None}  # fmt: skip
+    model = HGGEPHead(tab, **small)
+    train, val = model._dataloaders(16, "S4", seed=0)
+    assert [s.name for s in train.dataset.sections] == ["S1", "S2"] and [s.name for s in val.dataset.sections] == ["S4"]
+    fit = tab.obs["section"].isin(["S1", "S2"]).to_numpy() & (X.sum(1) > 0)
+    emb = np.asarray(tab.obsm["X_emb"], dtype=np.float32)[fit]
+    np.testing.assert_allclose(model._std["x_mean"], emb.mean(0), rtol=1e-4)
+    np.testing.assert_allclose(model._std["x_sd"], emb.std(0), rtol=1e-4)
+    np.testing.assert_allclose(model._std["y_mean"], log_normalized(tab[fit], PANEL).mean(0), rtol=1e-4)
+    lib = X.sum(1).astype(np.float64)
+    median = np.median(lib[fit])
+    for sec in (*train.dataset.sections, val.dataset.sections[0]):
+        np.testing.assert_allclose(sec.size_factors, lib[sec.rows] / median, rtol=1e-5)
+    assert np.median(val.dataset.sections[0].size_factors) == pytest.approx(10, rel=0.1)
+    counts = X[fit][:, tab.var_names.get_indexer(PANEL)]
+    rate = (counts / (lib[fit] / median)[:, None]).mean(0)
+    np.testing.assert_allclose(model.module.zinb_mean.bias.detach().numpy(), np.log(rate), rtol=1e-4)
+
+
 def test_save_load_keeps_standardisation(tmp_path):
     tab = _table()
     MLPExpression.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1", "S2"])
