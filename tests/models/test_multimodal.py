@@ -562,3 +562,24 @@ def test_validation_holds_out_whole_rna_samples_with_all_their_patches():
         # the training loader yields no validation sample
         seen = {int(r) for b in train for r in b["rna_id"]}
         assert seen == train_rna
+
+
+def test_retrieve_rerank_reorders_only_the_pool_and_keeps_the_cosine_order_beyond_it():
+    """k=6, rerank=3: a stub head scoring candidates by their cosine rank (the last best) reverses each query's first
+    three cosine candidates; the targets 4–6 stay in their cosine order."""
+    rng = np.random.default_rng(0)
+    mdata = synthetic_mudata(n=12)
+    mdata["rna"].obsm["E"] = rng.normal(size=(12, 5)).astype(np.float32)
+    mdata["image"].obsm["E"] = rng.normal(size=(12, 5)).astype(np.float32)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL)
+    cos = scst.tl.retrieve(mdata, None, k=12, use_rep="E", group_keys=[])["indices"]
+    rank = np.argsort(cos, axis=1)  # rank[q, t]: position of target t in query q's cosine order
+
+    def stub(md_, image_index, rna_index, batch_size=256):
+        return rank[np.asarray(image_index), np.asarray(rna_index)].astype(np.float32)
+
+    model.get_match_scores = stub
+    res = scst.tl.retrieve(mdata, model, k=6, use_rep="E", group_keys=[], rerank=3)
+    np.testing.assert_array_equal(res["indices"], np.c_[cos[:, 2::-1], cos[:, 3:6]])
+    np.testing.assert_array_equal(res["match_scores"], np.tile([2.0, 1.0, 0.0], (12, 1)))

@@ -127,3 +127,43 @@ def test_retrieve_rejects_a_boolean_k():
     mdata = _linked_mudata(["s0", "s1"], n_rna=2)
     with pytest.raises(ValueError, match="k: expected a positive integer"):
         scst.tl.retrieve(mdata, None, k=True, use_rep="E", group_keys=[])
+
+
+def test_group_accuracy_and_chance_count_labelled_queries_with_their_own_label_frequencies():
+    """Top-1 group accuracy over the labelled queries only (p4 has no label), against the chance of label frequencies
+    that differ between the sides: Σ_g p_query(g) p_target(g) = 3/4·1/6 + 1/4·5/6 = 1/3 (not Σ p_query²)."""
+    mdata = _linked_mudata([f"s{i}" for i in range(5)], n_rna=6)
+    mdata["rna"].obs["label"] = ["a", "b", "b", "b", "b", "b"]
+    mdata["image"].obs["label"] = pd.Series(["a", "a", "a", "b", None], dtype=object).to_numpy()
+    eye = np.eye(6, dtype=np.float32)
+    target = np.array([0, 1, 0, 2, 3])  # each patch's closest RNA sample, then the next two in turn
+    mdata["rna"].obsm["E"] = eye
+    mdata["image"].obsm["E"] = eye[target] + 0.5 * eye[(target + 1) % 6] + 0.25 * eye[(target + 2) % 6]
+    res = scst.tl.retrieve(mdata, None, k=3, use_rep="E", group_keys=["label"])
+    np.testing.assert_array_equal(res["indices"], np.c_[target, (target + 1) % 6, (target + 2) % 6])
+    assert list(res["names"]) == [f"s{t}" for t in target]
+    assert res["accuracy"]["label"] == pytest.approx(3 / 4)  # p0, p2 (a → s0: a) and p3 (b → s2: b); p1 misses
+    assert res["chance"]["label"] == pytest.approx(1 / 3)
+    assert res["exact_top1"] == pytest.approx(2 / 5) and res["exact_topk"] == 1.0  # p2, p3, p4: own sample 2nd/3rd
+    # without the link column, image queries keep the chances of a random ranking: 1/n and k/n
+    del mdata["image"].obs["rna_sample"]
+    with pytest.warns(UserWarning, match="no link column"):
+        res = scst.tl.retrieve(mdata, None, k=3, use_rep="E", group_keys=["label"])
+    assert res["chance_exact_top1"] == pytest.approx(1 / 6) and res["chance_exact_topk"] == pytest.approx(3 / 6)
+    with pytest.warns(UserWarning, match="no link column"):  # k beyond the 6 targets: all of them, chance 1
+        res = scst.tl.retrieve(mdata, None, k=10, use_rep="E", group_keys=["label"])
+    assert res["k"] == 6 and res["indices"].shape == (5, 6) and res["chance_exact_topk"] == 1.0
+
+
+def test_retrieve_zscore_divides_by_each_dimensions_sd():
+    """A dimension of pure noise with sd 100 on the RNA side (0.01 on the image side): centring leaves it in
+    charge of every target's norm, z-scoring shrinks it to the weight of one signal dimension."""
+    n = 40
+    mdata = _linked_mudata([f"s{i}" for i in range(n)], n_rna=n)
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(n, 6))
+    mdata["rna"].obsm["E"] = np.c_[z, rng.normal(0, 100, n)].astype(np.float32)
+    mdata["image"].obsm["E"] = np.c_[z + rng.normal(0, 0.3, (n, 6)), rng.normal(0, 0.01, n)].astype(np.float32)
+    cen = scst.tl.retrieve(mdata, None, k=1, use_rep="E", group_keys=[], standardize="center")
+    zs = scst.tl.retrieve(mdata, None, k=1, use_rep="E", group_keys=[], standardize="zscore")
+    assert cen["exact_top1"] < 0.3 and zs["exact_top1"] > 0.6
