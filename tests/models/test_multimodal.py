@@ -562,6 +562,10 @@ def test_validation_holds_out_whole_rna_samples_with_all_their_patches():
         # the training loader yields no validation sample
         seen = {int(r) for b in train for r in b["rna_id"]}
         assert seen == train_rna
+    assert train.dataset.augment and not val.dataset.augment  # validation patches are not flipped at random
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"validation: expected a fraction of RNA samples in \[0, 1\)"):
+            model._dataloaders(8, bad, seed=0)
 
 
 def test_retrieve_rerank_reorders_only_the_pool_and_keeps_the_cosine_order_beyond_it():
@@ -583,3 +587,47 @@ def test_retrieve_rerank_reorders_only_the_pool_and_keeps_the_cosine_order_beyon
     res = scst.tl.retrieve(mdata, model, k=6, use_rep="E", group_keys=[], rerank=3)
     np.testing.assert_array_equal(res["indices"], np.c_[cos[:, 2::-1], cos[:, 3:6]])
     np.testing.assert_array_equal(res["match_scores"], np.tile([2.0, 1.0, 0.0], (12, 1)))
+
+
+def test_supervised_contrastive_and_triplet_match_a_loop_over_anchors():
+    """Unequal, unnormalised vectors and tau 0.5: each anchor's loss is its own row's log-softmax (self excluded)
+    averaged over its positives; the triplet loss, with one positive and one negative per anchor, is
+    relu(d(a, p)² − d(a, n)² + margin) on unit vectors, the anchor without a positive left out."""
+    z = torch.tensor([[3.0, 0.5, 0.0], [1.0, 1.0, 1.0], [0.0, 2.0, -1.0], [0.5, -1.0, 2.0], [-1.0, 0.0, 0.5]])
+    labels = torch.tensor([0, 0, 1, 1, 1])  # anchors with one and with two positives
+    u = (z / z.norm(dim=1, keepdim=True)).numpy().astype(np.float64)
+    sim = u @ u.T / 0.5
+    expected = []
+    for i in range(5):
+        others = [j for j in range(5) if j != i]
+        lse = np.log(np.exp(sim[i, others]).sum())
+        expected.append(-np.mean([sim[i, j] - lse for j in others if labels[j] == labels[i]]))
+    assert supervised_contrastive(z, labels, 0.5).item() == pytest.approx(np.mean(expected), rel=1e-5)
+    three = torch.tensor([0, 0, 1])
+    d = ((u[:3, None] - u[None, :3]) ** 2).sum(-1)
+    want = np.mean([max(d[0, 1] - d[0, 2] + 1.5, 0), max(d[1, 0] - d[1, 2] + 1.5, 0)])
+    assert want > 0 and triplet_loss(z[:3], three, 1.5).item() == pytest.approx(want, rel=1e-5)
+    # one label only: no anchor has a negative, so there is no triplet (0, not a distance to an arbitrary sample)
+    assert triplet_loss(z[:2], torch.tensor([0, 0]), 1.5).item() == 0.0
+
+
+def test_rna_encoder_masking_standardisation_and_stage_switches():
+    """The masked group's values cannot reach the encoder's output (its token is replaced, not added to); the input is
+    standardised as (x − gene_mean) / gene_std; with ``unimodal_in_joint`` the pre-training stage still computes the
+    pre-training losses only."""
+    torch.manual_seed(0)
+    m = MultimodalModule([0, 0, 1, 1, 2], dim=8, heads=2, image_px=16, sub_patch=8, embed_dim=8, dropout=0.0,
+                         unimodal_in_joint=True).eval()  # fmt: skip
+    x = torch.randn(4, 5)
+    other = x.clone()
+    other[:, 2:4] += 5.0  # group 1 only
+    masked = torch.ones(4, dtype=torch.long)
+    with torch.no_grad():
+        torch.testing.assert_close(m.encode_rna(x, masked), m.encode_rna(other, masked))
+        assert not torch.allclose(m.encode_rna(x), m.encode_rna(other))
+        m.gene_mean.copy_(torch.arange(5.0))
+        m.gene_std.copy_(torch.tensor([1.0, 2.0, 4.0, 0.5, 1.0]))
+        torch.testing.assert_close(m._rna_in(x), (x - torch.arange(5.0)) / torch.tensor([1.0, 2.0, 4.0, 0.5, 1.0]))
+    b = _joint_batch(n=6)
+    b["rna"] = b["rna"][:, :5]
+    assert set(m.loss(b)) == {"rna_mae", "rna_con", "img_triplet", "loss"}  # stage "pretrain"
