@@ -237,3 +237,29 @@ def test_options_that_do_not_apply_are_errors(tmp_path, capsys, monkeypatch):
     for extra, opt in ((["--sections", "C4"], "--sections"), (["--data", "her2st"], "--data")):
         assert main([*pred, "--image", str(image), "--um-per-px", "1", *extra]) == 2
         assert f"scst: error: {opt}: not used with --image" in capsys.readouterr().err
+
+
+def test_train_chooses_the_panel_from_the_training_sections_only(tmp_path, monkeypatch):
+    """A store with three sections (read whole, as a zarr store is), trained on S1 and S2: the panel is the one
+    select_genes picks from S1 and S2. S3, where NOISE7 is the most variable gene (0 or 1000 counts), must not bring
+    NOISE7 into it."""
+    import _he_synthetic as syn  # tests/models is on pytest's pythonpath (pyproject.toml)
+    from scipy import sparse
+
+    import scst
+
+    sdata = syn.make_sdata(sections=("S1", "S2", "S3"), image=False)
+    tab = sdata.tables["table"]
+    X = tab.X.toarray()
+    s3 = np.flatnonzero(tab.obs["section"] == "S3")
+    X[s3, tab.var_names.get_loc("NOISE7")] = np.where(np.arange(len(s3)) % 2, 1000, 0)
+    tab.X = sparse.csr_matrix(X)
+    del tab.var["highly_variable_scst"]
+    monkeypatch.setattr("scst.cli._load_data", lambda data, sections: sdata)
+    m = tmp_path / "m"
+    assert main(["train", "--model", "mean", "--data", "store.zarr", "--sections", "S1", "S2", "--n-genes", "2",
+                 "--out", str(m)]) == 0  # fmt: skip
+    ref = tab[tab.obs["section"].isin(["S1", "S2"])].copy()
+    scst.pp.select_genes(ref, n_top=2)
+    want = list(ref.var_names[ref.var["highly_variable_scst"]])
+    assert list(scst.models.MeanExpression.load(m).var_names) == want and "NOISE7" not in want
