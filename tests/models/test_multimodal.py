@@ -76,6 +76,28 @@ def test_module_loss_stages_and_switches():
         MultimodalModule([0, 1], weights={"mlm": 1.0})
 
 
+def test_masked_autoencoder_error_is_that_of_each_samples_masked_group():
+    # groups of genes [0, 0, 1, 1, 2] (sizes 2, 2, 1); a decoder predicting 0 everywhere → the error of group g is the
+    # mean square of its standardised genes: (1, 4, 9) for row 0, (16, 25, 36) for row 1
+    m = MultimodalModule([0, 0, 1, 1, 2], dim=8, heads=2, image_px=16, sub_patch=8, embed_dim=8)
+    m.gene_mean.fill_(1.0)
+    m.gene_std.fill_(2.0)
+    x = 1.0 + 2.0 * torch.tensor([[1.0, -1.0, 2.0, 2.0, 3.0], [4.0, 4.0, -5.0, 5.0, 6.0]])
+
+    class Zero(torch.nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.n = n
+
+        def forward(self, t):
+            return torch.zeros(t.shape[0], self.n)
+
+    decoder = torch.nn.ModuleList([Zero(2), Zero(2), Zero(1)])
+    tokens = torch.randn(2, 4, 8)
+    assert m._mae(x, tokens, torch.tensor([2, 1]), decoder).item() == pytest.approx((9 + 25) / 2)
+    assert m._mae(x, tokens, torch.tensor([0, 2]), decoder).item() == pytest.approx((1 + 36) / 2)
+
+
 def _joint_batch(n=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     return {"rna": torch.randn(n, 5, generator=g),
