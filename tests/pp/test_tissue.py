@@ -216,7 +216,7 @@ def test_tile_grid_uses_the_um_per_px_and_image_passed_not_the_tables():
     assert geo2["um_per_px"] == 2.0 and geo2["image_key"] == "S_image" and geo2["spot_diameter_px"] == 5.0
 
 
-@pytest.mark.parametrize("bad", [0, 0.0, -2.0, float("nan"), float("inf")])
+@pytest.mark.parametrize("bad", [0, 0.0, -2.0, float("nan"), float("inf"), True])
 def test_tile_grid_refuses_a_non_positive_um_per_px(bad):
     # Before: 0 fell back to the table's value silently; -2 failed with a misleading message.
     sd = _synthetic_with_geometry()
