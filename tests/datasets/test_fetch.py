@@ -46,3 +46,14 @@ def test_fetch_verifies_local_files(tmp_path):
     with pytest.raises(KeyError, match="Unknown file"):
         _fetch.fetch("her2st", "C9/spots.tsv")
     assert hashlib.sha256(f.read_bytes()).hexdigest() != _fetch.REGISTRY["her2st"]["C2/spots.tsv"][0]
+
+
+def test_an_explicit_path_without_the_file_never_downloads(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCST_CACHE_DIR", str(tmp_path / "cache"))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("fetch downloaded although path= was given")
+
+    monkeypatch.setattr(_fetch.pooch, "retrieve", no_download)
+    with pytest.raises(FileNotFoundError, match="not found under path="):
+        _fetch.fetch("her2st", "C4/he.jpg", path=tmp_path)  # has a public URL, but path= is authoritative

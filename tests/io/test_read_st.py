@@ -181,3 +181,16 @@ def test_her2st_bad_section_and_hash(tmp_path):
         scst.datasets.her2st(["C2"], path=tmp_path, images=False)
     with pytest.raises(FileNotFoundError, match="spots.tsv"):
         scst.datasets.fetch("her2st", "C2/spots.tsv", path=tmp_path)
+
+
+def test_read_st_spot_centre_on_the_far_image_edge_is_outside(tmp_path):
+    # Pixel i covers [i, i + 1): on the 120 px wide image a centre at x = 120 lies outside, x = 119.9 inside.
+    c, s, i = _triple(tmp_path)
+    spots = pd.read_csv(s, sep="\t").iloc[:4]  # the spots with counts: x = 10, 30
+    inside = spots.assign(pixel_x=spots["pixel_x"] + 89.9, pixel_y=spots["pixel_y"] + 64.9)  # max (119.9, 99.9)
+    sd = read_st(c, inside, i, sample="S", cache_dir=tmp_path / "cache")
+    assert sd.tables["table"].obsm["spatial"].max(0).tolist() == pytest.approx([119.9, 99.9])
+    for dx, dy in ((90.0, 0.0), (0.0, 65.0)):
+        edge = spots.assign(pixel_x=spots["pixel_x"] + dx, pixel_y=spots["pixel_y"] + dy)
+        with pytest.raises(ValueError, match=r"2 spot centre\(s\) lie outside the 120 × 100 px image"):
+            read_st(c, edge, i, sample="S", cache_dir=tmp_path / "cache")

@@ -151,3 +151,28 @@ def test_bad_input():
         handcrafted_features(np.full((1, 3, 8, 8), -1.5, dtype=np.float32))
     with pytest.raises(ValueError, match="glcm_levels"):
         handcrafted_features(np.zeros((1, 3, 8, 8), dtype=np.uint8), glcm_levels=1)
+
+
+def test_quantiles_equal_numpy_linear_quantiles():
+    x = np.random.default_rng(3).integers(0, 256, (2, 3, 7, 9), dtype=np.uint8)  # 63 px: positions not integral
+    f = handcrafted_features(x)
+    ref = np.quantile(x.reshape(2, 3, -1) / 255.0, [0.1, 0.5, 0.9], axis=-1)  # (3 q, 2, 3 channels)
+    for ci, c in enumerate("rgb"):
+        for qi, q in enumerate(("q10", "q50", "q90")):
+            np.testing.assert_allclose(f[:, COL[f"rgb_{c}_{q}"]], ref[qi, :, ci], rtol=1e-5)
+
+
+def test_tissue_fraction_counts_pixels_darker_than_the_threshold():
+    x = np.full((3, 8, 8), 255, dtype=np.uint8)
+    x[:, :2] = 0  # a quarter black
+    x[:, 2:3] = 200  # grey 0.784 < 0.8: tissue
+    x[:, 3:4] = 210  # 0.824: background
+    assert handcrafted_features(x)[0, COL["tissue_fraction"]] == pytest.approx(3 / 8)
+
+
+def test_glcm_grey_levels_are_floor_of_grey_times_levels():
+    # Vertical 1-px stripes of grey 0 and 128: levels 0 and floor(128 / 255 * 32) = 16.
+    grey = np.where(np.arange(32) % 2 == 0, 0, 128).astype(np.uint8)
+    stripes = np.broadcast_to(grey[None, None, :], (3, 32, 32)).copy()
+    f = handcrafted_features(stripes)[0]
+    assert f[COL["glcm_grey_contrast_d1"]] == pytest.approx(0.75 * 16**2)

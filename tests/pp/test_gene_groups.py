@@ -133,3 +133,32 @@ def test_group_numbering_puts_the_unlinked_genes_last_whatever_their_number():
     assert adata.uns["gene_group"]["sizes"] == [2, 2, 8]
     gene_groups(adata, net, n_groups=1)
     assert adata.var["gene_group"].tolist() == [0] * 12 and adata.uns["gene_group"]["sizes"] == [12]
+
+
+def test_undirected_network_is_made_directed_both_ways_and_self_loops_are_ignored():
+    g, genes = _cliques([8, 6])
+    und = nx.Graph(g)  # symmetric version
+    und.add_edge("SELF", "SELF")  # a gene whose only edge is a self-loop is unlinked
+    adata = _adata([*genes, "SELF"])
+    gene_groups(adata, und, n_groups=3)
+    info = adata.uns["gene_group"]
+    assert info["n_edges"] == 2 * (und.number_of_edges() - 1)  # each undirected edge both ways, no self-loop
+    assert info["n_unlinked"] == 1 and info["sizes"] == [8, 6, 1]
+    assert adata.var.loc["SELF", "gene_group"] == 2
+    both = nx.DiGraph(und.to_directed())
+    both.remove_node("SELF")
+    b = _adata(genes)
+    gene_groups(b, both, n_groups=2)
+    assert b.uns["gene_group"]["modularity"] == pytest.approx(info["modularity"])
+
+
+def test_fallback_log_normalises_raw_counts_over_all_genes():
+    from scst.pp._gene_groups import _log_expression
+
+    a = ad.AnnData(X=np.array([[1.0, 3.0, 0.0], [2.0, 2.0, 4.0]], dtype=np.float32))
+    a.var_names = ["g0", "g1", "g2"]
+    # library sizes 4 and 8 over all three genes, not over the two selected
+    expected = np.log1p(np.array([[1e4 / 4, 3e4 / 4], [2e4 / 8, 2e4 / 8]]))
+    np.testing.assert_allclose(_log_expression(a, ["g0", "g1"], None), expected, rtol=1e-6)
+    a.layers["log"] = np.log1p(a.X)  # not counts: used as is
+    np.testing.assert_allclose(_log_expression(a, ["g1"], "log"), np.log1p([[3.0], [2.0]]), rtol=1e-6)

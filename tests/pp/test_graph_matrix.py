@@ -152,3 +152,24 @@ def test_cell_graph_auto_library_keys_match_the_ligrec_sections():
         n = b.n_obs // 2
         assert conn[:n, n:].nnz == 0 and conn.nnz == 2 * 2 * 2 * 5 * 4  # two 5 x 5 grids, 40 edges each, per slide
         assert _groups(b, "auto")[1] == key
+
+
+def test_asymmetric_adjacency_warns_and_radius_must_be_positive():
+    a = AnnData(np.ones((3, 2), dtype=np.float32))
+    a.obsp["spatial_connectivities"] = sp.csr_matrix(np.array([[0, 1, 1], [1, 0, 0], [0, 0, 0]], dtype=float))
+    with pytest.warns(UserWarning, match="not symmetric"):
+        graph_matrix(a, "autocrine+")
+    a.obsp["spatial_connectivities"] = sp.csr_matrix(np.array([[5, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=float))
+    with pytest.warns(UserWarning) as rec:  # a weighted self-loop is ignored, not an asymmetry
+        graph_matrix(a, "autocrine+")
+    assert not any("symmetric" in str(w.message) for w in rec)
+    b = _grid_adata()
+    with pytest.raises(ValueError, match="radius"):
+        cell_graph(b, radius=0)
+
+
+def test_cell_graph_grid_writes_array_col_then_row():
+    a = _grid_adata()
+    a.obs["array_col"] = a.obs["array_col"] * 3  # not a square of the rows
+    cell_graph(a, grid=True)
+    np.testing.assert_array_equal(a.obsm["spatial_array"], a.obs[["array_col", "array_row"]].to_numpy(float))

@@ -150,3 +150,37 @@ def test_bad_keys_and_k():
     with pytest.raises(ValueError, match="missing values"):
         hypergraph(adata, library_key="lib")
     assert "hypergraph_incidence" not in adata.obsp
+
+
+def test_interleaved_sections_use_their_own_coordinates():
+    # Two sections with different layouts, rows interleaved (B, A, B, A, ...): each section's block is the
+    # hypergraph of that section's own features and coordinates.
+    rng = np.random.default_rng(3)
+    n = 20
+    pos = [rng.uniform(0, 50, size=(n, 2)), rng.uniform(0, 5, size=(n, 2)) * [10, 1]]
+    feat = [rng.normal(size=(n, 4)), rng.normal(size=(n, 4))]
+    adata = ad.AnnData(np.zeros((2 * n, 1), dtype=np.float32))
+    order = np.arange(2 * n).reshape(n, 2).T  # section s holds rows order[s] = s, s + 2, ...
+    adata.obsm["spatial"] = np.zeros((2 * n, 2))
+    adata.obsm["X_pca"] = np.zeros((2 * n, 4))
+    for s in (0, 1):
+        adata.obsm["spatial"][order[s]] = pos[s]
+        adata.obsm["X_pca"][order[s]] = feat[s]
+    adata.obs["section"] = pd.Categorical(np.where(np.arange(2 * n) % 2 == 0, "B", "A"))
+    hypergraph(adata, k=3)
+    inc = adata.obsp["hypergraph_incidence"].toarray()
+    for s in (0, 1):
+        hei = knn_hyperedges(torch.tensor(feat[s], dtype=torch.float32), torch.tensor(pos[s]), 3)
+        block = np.zeros((n, n))
+        block[hei[0].numpy(), hei[1].numpy()] = 1
+        np.testing.assert_array_equal(inc[np.ix_(order[s], order[s])], block)
+    assert inc.sum() == 2 * n * 3
+
+
+def test_k_may_equal_the_section_size_but_not_be_a_bool():
+    adata = _two_sections(5)
+    hypergraph(adata, k=5)
+    inc = adata.obsp["hypergraph_incidence"].toarray()
+    assert inc[:5, :5].all() and inc[5:, 5:].all() and inc.sum() == 50
+    with pytest.raises(ValueError, match="`k`"):
+        hypergraph(adata, k=True)

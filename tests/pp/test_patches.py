@@ -340,3 +340,23 @@ def test_one_pixel_output_of_a_uint8_rgb_image():
                                       size_px=4, out_px=1, normalize=None)  # fmt: skip
     np.testing.assert_allclose(ds[0]["patch"].numpy().ravel(), [200 / 255, 100 / 255, 50 / 255], atol=1e-6)
     np.testing.assert_array_equal(ds.patch_uint8(0).ravel(), [200, 100, 50])
+
+
+def test_window_origin_rounds_halves_up_and_size_rounds_to_nearest():
+    img = _synthetic()
+    kw = {"size_px": 10, "normalize": None}
+    # Centre 7.5 and 8.5, 10 px: centre - 5 = 2.5 / 3.5 -> origin 3 / 4 (halves up, not to even).
+    for c, x0 in ((7.5, 3), (8.5, 4), (8.49, 3)):
+        ds = SpotPatchDataset.from_arrays({"s": img}, [[c, 20.0]], ["s"], None, **kw)
+        np.testing.assert_array_equal(ds.window(0), img[:, 15:25, x0 : x0 + 10])
+    # size_um / um_per_px = 10.6 -> 11 px (nearest), 10.4 -> 10 px.
+    assert SpotPatchDataset.from_arrays({"s": img}, [[20, 20]], ["s"], 1.0, size_um=10.6).size_px == {"s": 11}
+    assert SpotPatchDataset.from_arrays({"s": img}, [[20, 20]], ["s"], 1.0, size_um=10.4).size_px == {"s": 10}
+
+
+def test_a_window_as_large_as_the_image_is_allowed():
+    img = _synthetic(h=20, w=30)
+    ds = SpotPatchDataset.from_arrays({"s": img}, [[15.0, 10.0]], ["s"], None, size_px=20, normalize=None)
+    np.testing.assert_array_equal(ds.window(0), img[:, :, 5:25])
+    with pytest.raises(ValueError, match="larger than"):
+        SpotPatchDataset.from_arrays({"s": img}, [[15.0, 10.0]], ["s"], None, size_px=21)

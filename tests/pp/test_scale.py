@@ -87,3 +87,26 @@ def test_small_section_warns():
     with pytest.warns(UserWarning):
         scale_by_section(b, "f")
     np.testing.assert_array_equal(b.obsm["f_scaled"][-1], 0)
+
+
+def test_a_section_of_exactly_min_spots_does_not_warn():
+    import warnings
+
+    a = _adata(np.random.default_rng(0).normal(size=(25, 2)), ["A"] * 20 + ["B"] * 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scale_by_section(a, "f", min_spots=5)
+    with pytest.warns(UserWarning, match=r"\['B \(5\)'\]"):
+        scale_by_section(a, "f", min_spots=6)
+
+
+def test_embed_recipe_travels_with_the_scaling():
+    a = _adata(np.random.default_rng(0).normal(size=(25, 2)), ["A"] * 25)
+    a.uns["scst_embed"] = {"f": {"method": "handcrafted", "size_um": 80}, "g": {"stale": True}}
+    scale_by_section(a, "f", key_added="g")
+    assert a.uns["scst_embed"]["g"] == {"method": "handcrafted", "size_um": 80, "scale_by_section": "section"}
+    assert a.uns["scst_embed"]["f"] == {"method": "handcrafted", "size_um": 80}
+    # An embedding without a recipe: a stale recipe under key_added is dropped (it would be recomputed wrongly).
+    a.obsm["h"] = a.obsm["f"].copy()
+    scale_by_section(a, "h", key_added="g")
+    assert "g" not in a.uns["scst_embed"] and "f" in a.uns["scst_embed"]

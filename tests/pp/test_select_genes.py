@@ -104,3 +104,32 @@ def test_normalised_or_log_data_is_refused():
     select_genes(c, n_top=10, min_fraction=0.25)
     assert a.var["highly_variable_scst"].equals(c.var["highly_variable_scst"])
     assert (b.var["highly_variable_scst"].to_numpy() == a.var["highly_variable_scst"].to_numpy()).all()
+
+
+def test_panel_is_the_per_section_seurat_recipe():
+    # Reference computed here step by step: per section, normalise to 10,000 counts per spot, log1p, the n_top
+    # seurat HVGs; union over sections; detection pooled over all spots.
+    import scanpy as sc
+
+    a = _planted()
+    select_genes(a, n_top=40, min_fraction=0.3)
+    count = np.zeros(a.n_vars, int)
+    for s in ("a", "b"):
+        sub = AnnData(a[a.obs["section"] == s].X.astype(np.float32), var=pd.DataFrame(index=a.var_names))
+        sc.pp.normalize_total(sub, target_sum=1e4)
+        sc.pp.log1p(sub)
+        res = sc.pp.highly_variable_genes(sub, n_top_genes=40, flavor="seurat", inplace=False)
+        assert res["highly_variable"].sum() == 40
+        count += res["highly_variable"].to_numpy()
+    np.testing.assert_array_equal(a.var["scst_hvg_sections"], count)
+    assert a.var["scst_hvg_sections"].sum() == 80  # exactly n_top per section
+    detected = (a.X.toarray() > 0).mean(0)
+    np.testing.assert_array_equal(a.var["highly_variable_scst"], (count > 0) & (detected >= 0.3))
+
+
+def test_min_fraction_is_inclusive():
+    a = _planted()
+    select_genes(a, n_top=10, min_fraction=15 / 600)  # g5: detected in exactly 15 of 600 spots
+    assert a.var.loc["g5", "scst_detected_fraction"] == 15 / 600 and a.var.loc["g5", "highly_variable_scst"]
+    select_genes(a, n_top=10, min_fraction=16 / 600)
+    assert not a.var.loc["g5", "highly_variable_scst"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -214,9 +216,156 @@ def test_tile_grid_uses_the_um_per_px_and_image_passed_not_the_tables():
     assert geo2["um_per_px"] == 2.0 and geo2["image_key"] == "S_image" and geo2["spot_diameter_px"] == 5.0
 
 
-@pytest.mark.parametrize("bad", [0, 0.0, -2.0, float("nan"), float("inf")])
+@pytest.mark.parametrize("bad", [0, 0.0, -2.0, float("nan"), float("inf"), True])
 def test_tile_grid_refuses_a_non_positive_um_per_px(bad):
     # Before: 0 fell back to the table's value silently; -2 failed with a misleading message.
     sd = _synthetic_with_geometry()
     with pytest.raises(ValueError, match=r"^um_per_px: expected a finite positive pixel size in µm, got"):
         tile_grid(sd, "S", spacing_um=20.0, size_um=10.0, um_per_px=bad, inplace=False, scale=0)
+
+
+# ------------------------------------------------------------------------------------------------ exact pixel rules
+def _glass_sdata(img: np.ndarray, scale_factors=None) -> SpatialData:
+    el = Image2DModel.parse(img, dims=("c", "y", "x"), scale_factors=scale_factors, transformations={"S": Identity()})
+    return SpatialData(images={"S_image": el})
+
+
+def test_filter_tiles_thresholds_are_inclusive():
+    # Pure yellow (255, 255, 0): hue 60°, saturation 1, lightness 0.5, all exact in float32.
+    yellow = np.zeros((1, 3, 2, 2), np.uint8)
+    yellow[:, :2] = 255
+    kw = {"preset": "dab_brown", "sat_min": 1.0, "light_range": (0.5, 0.5)}
+    assert filter_tiles(yellow, hue_range=(60.0, 90.0), **kw)[0][0] == 1.0
+    assert filter_tiles(yellow, hue_range=(30.0, 60.0), **kw)[0][0] == 1.0
+    assert filter_tiles(yellow, hue_range=(60.5, 90.0), **kw)[0][0] == 0.0
+    assert filter_tiles(yellow, sat_min=1.0, light_max=0.5)[0][0] == 1.0  # he: sat >= sat_min, light <= light_max
+    assert filter_tiles(yellow, sat_min=1.0, light_max=0.49)[0][0] == 0.0
+    # Half the pixels yellow, half glass: fraction 0.5 is kept at threshold 0.5 (>=), not above it.
+    half = np.full((1, 3, 2, 2), 240, np.uint8)
+    half[:, :, 0] = yellow[:, :, 0]
+    frac, keep = filter_tiles(half, threshold=0.5)
+    assert frac[0] == 0.5 and keep[0]
+    assert not filter_tiles(half, threshold=0.51)[1][0]
+
+
+def test_tissue_mask_hsl_lightness_must_be_below_the_glass():
+    # Glass 242 (lightness 0.949 -> light_max 0.929); purple tissue (dark) and a pale pink patch, saturation 0.1,
+    # lightness 0.931: saturated enough, but lighter than glass - margin, so not tissue. No smoothing, no cleanup.
+    img = np.full((3, 40, 60), 242, np.uint8)
+    img[:, 5:15, 5:25] = np.array([150, 90, 170])[:, None, None]
+    img[:, 20:35, 30:55] = np.array([250, 225, 250])[:, None, None]
+    kw = {"um_per_px": 1.0, "scale": 0, "smooth_um": 0.1, "min_object_um2": 1, "min_hole_um2": 1, "inplace": False}
+    mask = tissue_mask(_glass_sdata(img), "S_image", sat_min=0.05, **kw).values > 0
+    truth = np.zeros((40, 60), bool)
+    truth[5:15, 5:25] = True
+    np.testing.assert_array_equal(mask, truth)
+    # A fixed light_max above the pink's lightness takes it in.
+    mask2 = tissue_mask(_glass_sdata(img), "S_image", sat_min=0.05, light_max=0.94, **kw).values > 0
+    truth[20:35, 30:55] = True
+    np.testing.assert_array_equal(mask2, truth)
+
+
+def test_tissue_mask_saturation_floor():
+    # Glass and a grey smudge (dust, a fold) darker than the glass but with saturation 6/126 = 0.048: Otsu alone
+    # splits the two; the floor (PRESETS["he"]["sat_floor"] = 0.05) keeps the smudge out of the tissue.
+    img = np.full((3, 40, 60), 240, np.uint8)
+    img[:, 10:30, 10:40] = np.array([120, 120, 126])[:, None, None]
+    kw = {"um_per_px": 1.0, "scale": 0, "smooth_um": 0.1, "min_object_um2": 1, "min_hole_um2": 1, "inplace": False}
+    assert not (tissue_mask(_glass_sdata(img), "S_image", **kw).values > 0).any()
+    img[:, 10:30, 10:40] = np.array([120, 110, 126])[:, None, None]  # saturation 0.127: tissue
+    assert (tissue_mask(_glass_sdata(img), "S_image", **kw).values > 0).sum() == 20 * 30
+
+
+def test_tissue_mask_cleanup_areas_are_in_square_um_of_the_level():
+    # scale1 of a 2x pyramid at 1 µm/px: level pixels are 2 µm, 4 µm² each. min_object_um2=397 -> ceil(99.25) = 100
+    # level px: the 10 x 10 px object stays, the 9 x 11 = 99 px one goes; likewise a 99 px hole is filled, 100 kept.
+    img = np.full((3, 120, 160), 242, np.uint8)
+    purple = np.array([150, 90, 170])[:, None, None]
+    img[:, 10:30, 10:30] = purple  # 10 x 10 at scale1
+    img[:, 10:28, 50:72] = purple  # 9 x 11
+    img[:, 60:110, 10:70] = purple  # 25 x 30 with a 10 x 10 hole
+    img[:, 70:90, 20:40] = 242
+    img[:, 60:110, 90:150] = purple  # 25 x 30 with a 9 x 11 hole
+    img[:, 70:88, 100:122] = 242
+    sd = _glass_sdata(img, scale_factors=[2])
+    kw = {"um_per_px": 1.0, "smooth_um": 0.1, "sat_min": 0.2, "light_max": 0.9, "inplace": False}
+    mask = tissue_mask(sd, "S_image", scale="scale1", min_object_um2=397, min_hole_um2=397, **kw).values > 0
+    assert mask.shape == (60, 80)
+    assert mask[5:15, 5:15].all()  # 100 px object kept
+    assert not mask[5:14, 25:36].any()  # 99 px object removed
+    assert not mask[35:45, 10:20].any()  # 100 px hole kept
+    assert mask[35:44, 50:61].all()  # 99 px hole filled
+    # At scale0 (1 µm px) 401 µm² is 401 px: both small objects (400 and 396 px) go.
+    full = tissue_mask(sd, "S_image", scale=0, min_object_um2=401, min_hole_um2=1, **kw).values > 0
+    assert not full[10:30, 10:72].any() and full[60:110, 10:20].all()
+
+
+def test_tissue_mask_auto_level_choice():
+    sd = _glass_sdata(np.full((3, 64, 96), 242, np.uint8), scale_factors=[2, 2])
+    kw = {"um_per_px": 1.0, "inplace": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # Levels of 1, 2 and 4 µm px: the coarsest at most target_um_per_px, 2 µm itself included.
+        assert tissue_mask(sd, "S_image", target_um_per_px=2.0, **kw).shape == (32, 48)
+        assert tissue_mask(sd, "S_image", target_um_per_px=3.9, **kw).shape == (32, 48)
+        assert tissue_mask(sd, "S_image", target_um_per_px=0.5, **kw).shape == (64, 96)
+        # A single-scale image is coarsened by floor(target / um_per_px).
+        single = _glass_sdata(np.full((3, 64, 96), 242, np.uint8))
+        assert tissue_mask(single, "S_image", target_um_per_px=8.0, **kw).shape == (8, 12)
+        assert tissue_mask(single, "S_image", target_um_per_px=2.0, **kw).shape == (32, 48)
+        assert tissue_mask(single, "S_image", target_um_per_px=1.9, **kw).shape == (64, 96)
+        lab = tissue_mask(single, "S_image", target_um_per_px=3.0, **kw)
+    assert lab.shape == (21, 32)  # k = 3: 64 // 3 rows
+    m = np.asarray(get_transformation(lab, "S").to_affine_matrix(("x", "y"), ("x", "y")))
+    np.testing.assert_allclose(np.diag(m)[:2], [96 / 32, 64 / 21])
+
+
+def test_window_fraction_snaps_windows_to_mask_pixels():
+    from scst.pp._tissue import _window_fraction
+
+    # 4 x 4 mask of 2 x 2 full-resolution px; only mask pixel (row 1, col 1) = full-res [2, 4) x [2, 4) is tissue.
+    mask = np.zeros((4, 4), bool)
+    mask[1, 1] = True
+    xy = np.array([[3.0, 3.0], [2.0, 2.0], [0.0, 0.0], [4.0, 4.0], [1.0, 3.0]])
+    size = np.array([3.0, 0.2, 4.0, 4.0, 3.0])
+    frac = np.array([_window_fraction(mask, p[None], s, 2.0, 2.0)[0] for p, s in zip(xy, size)])
+    # [1.5, 4.5] / 2 = [0.75, 2.25] rounds to mask col/row 1 only; a 0.2 px window still covers its mask pixel;
+    # [-2, 2] covers rows/cols -1..0 (outside counts as background); [2, 6] covers 1..2; [-0.5, 2.5] x [1.5, 4.5]
+    # covers col 0 and row 1.
+    np.testing.assert_allclose(frac, [1.0, 1.0, 0.0, 0.25, 0.0])
+    np.testing.assert_allclose(_window_fraction(mask, np.array([[2.0, 3.0]]), 3.0, 2.0, 2.0), [0.5])
+
+
+def _grid_sdata(mask: np.ndarray, h=50, w=70, image_scale=None):
+    from spatialdata.models import Labels2DModel
+    from spatialdata.transformations import Scale
+
+    t = Identity() if image_scale is None else Scale([image_scale, image_scale], axes=("y", "x"))
+    img = Image2DModel.parse(np.full((3, h, w), 242, np.uint8), dims=("c", "y", "x"), transformations={"S": t})
+    lab = Labels2DModel.parse(mask.astype(np.uint8), dims=("y", "x"), transformations={"S": Identity()})
+    return SpatialData(images={"S_image": img}, labels={"S_tissue": lab})
+
+
+def test_tile_grid_exact_layout_on_non_square_mask_pixels():
+    # 70 x 50 px image at 1 µm/px, 20 µm spacing: 3 columns x 2 rows, centred: x = 15, 35, 55 and y = 15, 35.
+    # The mask is 14 x 25: each mask pixel is 5 px wide and 2 px tall. A centre (x, y) lies on mask pixel
+    # (y // 2, x // 5); three centres are on tissue, each 10 px window holds one tissue pixel of 2 x 5 = 10.
+    mask = np.zeros((25, 14), bool)
+    mask[15 // 2, 15 // 5] = mask[35 // 2, 35 // 5] = mask[35 // 2, 55 // 5] = True
+    mask[0, 0] = True  # under no centre
+    table, shapes = tile_grid(
+        _grid_sdata(mask), "S", spacing_um=20.0, size_um=10.0, min_tissue=0.1, um_per_px=1.0, inplace=False
+    )
+    np.testing.assert_array_equal(table.obsm["spatial"], [[15, 15], [35, 35], [55, 35]])
+    assert table.obs["spot_id"].tolist() == ["0x0", "1x1", "2x1"]  # "{col}x{row}"
+    assert table.obs["array_col"].tolist() == [0, 1, 2] and table.obs["array_row"].tolist() == [0, 1, 1]
+    assert table.obs_names.tolist() == ["S_0x0", "S_1x1", "S_2x1"]
+    np.testing.assert_array_equal(table.obs["tissue_fraction"], [0.1, 0.1, 0.1])  # >= min_tissue keeps 0.1
+    np.testing.assert_array_equal(shapes.geometry.y.to_numpy(), [15, 35, 35])
+    with pytest.raises(ValueError, match="No grid point"):
+        tile_grid(_grid_sdata(mask), "S", spacing_um=20.0, size_um=10.0, min_tissue=0.11, um_per_px=1.0)
+
+
+def test_tile_grid_refuses_an_image_scaled_into_the_section():
+    with pytest.raises(ValueError, match="scaled by 4"):
+        tile_grid(_grid_sdata(np.ones((25, 35), bool), image_scale=4.0), "S", um_per_px=1.0, spacing_um=20.0)
