@@ -119,3 +119,24 @@ def test_deprecated_alias_draws_into_ax_and_refuses_unknown_keywords(tmp_path):
     assert out == [ax] and ax.get_title() == "A · G1 · observed" and plt.get_fignums() == [fig.number]
     with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['gnee'\]"):
         scst.pl.spatial_expression(a, "G1", layers=[None], gnee="x", show=False)
+
+
+def test_spots_without_shapes_are_circles_of_half_the_spot_diameter():
+    """A table without spot shapes: circles at obsm['spatial'], radius = spot_diameter_px / 2 from the section's
+    geometry, else half the median nearest-spot distance (grid 10 px apart → 5)."""
+    import anndata as ad
+    import pandas as pd
+
+    from scst.pl._spatial import _Section
+
+    xy = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    adata = ad.AnnData(np.zeros((4, 1)), obs=pd.DataFrame({"section": ["S"] * 4}, index=list("abcd")))
+    adata.obsm["spatial"] = xy
+    adata.uns["scst"] = {"sections": {"S": {"spot_diameter_px": 6.0}}}
+    with pytest.warns(UserWarning, match="no image"):
+        sec = _Section(adata, adata, "S")
+    np.testing.assert_array_equal(sec.shapes["radius"], 3.0)
+    np.testing.assert_array_equal(np.c_[sec.shapes.geometry.x, sec.shapes.geometry.y], xy)
+    del adata.uns["scst"]["sections"]["S"]["spot_diameter_px"]
+    with pytest.warns(UserWarning, match="no image"):
+        np.testing.assert_array_equal(_Section(adata, adata, "S").shapes["radius"], 5.0)
