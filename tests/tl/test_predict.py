@@ -332,3 +332,86 @@ def test_cross_validate_records_the_validation_section_the_model_drew():
         config={**MLPExpression.bench_config, "max_epochs": 2}, validation="S2",
     )  # fmt: skip
     assert pinned.attrs["folds"][0]["validation"] == ["S2"]
+
+
+class _RecordingModel:
+    """A closed-form-looking model class that records what each fold sets up, trains on and predicts.
+
+    ``predict`` returns the measured log-normalised expression of the predicted spots (a perfect model), so every
+    Pearson of a correctly aligned fold is exactly 1.
+    """
+
+    calls: list = []
+
+    @classmethod
+    def setup_sdata(cls, sdata, table="table", layer=None, genes=None, sections=None, **kwargs):
+        tab = sdata.tables[table]
+        panel = list(tab.var_names[tab.var[genes].to_numpy(bool)]) if isinstance(genes, str) else list(genes)
+        cls.calls.append(("setup", sorted(sections), panel))
+        tab.uns["_rec_panel"] = panel
+
+    def __init__(self, sdata, **config):
+        self.var_names = sdata.tables["table"].uns["_rec_panel"]
+
+    def train(self, validation=None, **kwargs):
+        type(self).calls.append(("train", validation))
+        return self
+
+    def predict(self, sdata, sections, table="table"):
+        type(self).calls.append(("predict", list(sections)))
+        tab = sdata.tables[table]
+        return log_normalized(tab[tab.obs["section"].isin(sections).to_numpy()], list(self.var_names))
+
+
+@pytest.fixture
+def recording():
+    _RecordingModel.calls = []
+    return _RecordingModel
+
+
+def test_cross_validate_folds_with_a_recording_model(recording):
+    """Each fold sets up on its training sections, predicts only its test section, scores its rows (a perfect
+    model scores Pearson 1) and keeps the fold number of its test section's position in ``sections``."""
+    sd = syn.make_sdata()
+    df = cross_validate(recording, sd, genes=PANEL, metrics=("pearson",), test_sections=["S3", "S2"])
+    assert recording.calls == [
+        ("setup", ["S1", "S3"], PANEL), ("train", None), ("predict", ["S2"]),
+        ("setup", ["S1", "S2"], PANEL), ("train", None), ("predict", ["S3"]),
+    ]  # fmt: skip
+    assert sorted(set(zip(df["fold"], df["section"]))) == [(1, "S2"), (2, "S3")]
+    np.testing.assert_allclose(df["value"], 1.0, atol=1e-6)
+    assert [f["fold"] for f in df.attrs["folds"]] == [1, 2] and [f["n_spots"] for f in df.attrs["folds"]] == [64, 64]
+
+
+def test_cross_validate_validation_never_holds_out_the_test_section(recording):
+    """``validation=<section>`` is used in the folds where it trains, never where it is the test section;
+    ``validation=None`` asks the model for no validation at all (``False``, not the model's default ``None``)."""
+    sd = syn.make_sdata()
+    cross_validate(recording, sd, genes=PANEL, metrics=("pearson",), validation="S2")
+    assert [c[1] for c in recording.calls if c[0] == "train"] == ["S2", None, "S2"]  # fold S2: the default
+    recording.calls = []
+    cross_validate(recording, sd, genes=PANEL, metrics=("pearson",), validation=None, test_sections=["S1"])
+    assert [c for c in recording.calls if c[0] == "train"] == [("train", False)]
+
+
+def test_cross_validate_panel_size_and_section_checks(recording):
+    """``select_genes_kwargs`` override the default panel size; bad ``sections`` are refused before any fold."""
+    from scst.pp import select_genes
+
+    sd = syn.make_sdata()
+    df = cross_validate(
+        recording, sd, metrics=("pearson",), select_genes_kwargs={"n_top": 1, "min_fraction": 0.0},
+        test_sections=["S1"],
+    )  # fmt: skip
+    ((_, train, panel),) = [c for c in recording.calls if c[0] == "setup"]
+    ref = sd.tables["table"].copy()
+    select_genes(ref, sections=["S2", "S3"], n_top=1, min_fraction=0.0, key_added="ref")
+    assert train == ["S2", "S3"] and panel == list(ref.var_names[ref.var["ref"]])
+    assert df.attrs["folds"][0]["genes"] == panel
+    assert 1 <= len(panel) <= 2  # one top gene per training section (the default n_top=1000 would take all 12)
+    recording.calls = []
+    with pytest.raises(ValueError, match="at least 2 sections"):
+        cross_validate(recording, sd, genes=PANEL, sections=["S1"])
+    with pytest.raises(ValueError, match=r"\['S9'\] have no spots"):
+        cross_validate(recording, sd, genes=PANEL, sections=["S1", "S9"])
+    assert recording.calls == []
