@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import scanpy as sc
 from scipy import sparse
@@ -303,7 +304,10 @@ def test_copy_leaves_the_input_table_untouched_and_random_embeddings_are_not_reb
     bare = syn.make_sdata()
     bt = bare.tables["table"]
     before = (set(bt.obsm), set(bt.layers), set(bt.uns))
-    out = predict_expression(bare, model, sections="S3", copy=True, progress=False)
+    with warnings.catch_warnings():
+        # the recomputed embedding uses the inference options: no "have no effect" warning
+        warnings.simplefilter("error")
+        out = predict_expression(bare, model, sections="S3", copy=True, progress=False, pin_memory=False)
     assert "X_hc" in out.obsm and "predicted" in out.layers
     assert (set(bt.obsm), set(bt.layers), set(bt.uns)) == before
     with pytest.warns(UserWarning, match="random initialisation"):
@@ -415,3 +419,51 @@ def test_cross_validate_panel_size_and_section_checks(recording):
     with pytest.raises(ValueError, match=r"\['S9'\] have no spots"):
         cross_validate(recording, sd, genes=PANEL, sections=["S1", "S9"])
     assert recording.calls == []
+
+
+class _RowModel:
+    """A trained-looking model whose prediction for a spot is its row in the predicted table (+ 0.5 for gene 2)."""
+
+    is_trained = True
+    var_names = pd.Index(["UP", "HOUSE"])
+    registry = {"size_um": syn.SIZE_UM}
+
+    def predict(self, data, sections=None, table="table"):
+        sec = data.tables[table].obs["section"].astype(str).to_numpy()
+        rows = np.flatnonzero(np.isin(sec, sections) if sections is not None else np.ones(len(sec), bool))
+        return rows[:, None] + np.array([0.0, 0.5])
+
+
+def test_table_added_holds_only_the_predicted_sections_spots():
+    sd = syn.make_sdata()
+    tab = sd.tables["table"]
+    predict_expression(sd, _RowModel(), sections=["S2"], table_added="pred", progress=False)
+    new = sd.tables["pred"]
+    s2 = np.flatnonzero((tab.obs["section"] == "S2").to_numpy())
+    assert list(new.obs_names) == list(tab.obs_names[s2]) and list(new.var_names) == ["UP", "HOUSE"]
+    np.testing.assert_array_equal(new.X, s2[:, None] + np.array([0.0, 0.5], np.float32))
+    np.testing.assert_array_equal(new.layers["predicted"], new.X)
+    np.testing.assert_array_equal(new.obsm["spatial"], tab.obsm["spatial"][s2])
+    assert "predicted" not in tab.layers and new.uns["scst_predict"]["sections"] == ["S2"]
+
+
+def test_spacing_um_predicts_on_a_grid_even_when_the_table_exists():
+    sd = syn.make_sdata(sections=("S1",))
+    predict_expression(sd, _RowModel(), spacing_um=80.0, progress=False)
+    new = sd.tables["table_predicted"]
+    assert "predicted" not in sd.tables["table"].layers and "S1_grid" in sd.shapes
+    assert 20 <= new.n_obs <= 100 and new.n_obs != sd.tables["table"].n_obs
+    np.testing.assert_array_equal(new.X[:, 0], np.arange(new.n_obs))
+
+
+def test_untrained_or_unfit_models_are_refused():
+    sd = syn.make_sdata(sections=("S1",))
+
+    class Untrained(_RowModel):
+        is_trained = False
+
+    with pytest.raises(ValueError, match="Untrained is not trained"):
+        predict_expression(sd, Untrained(), progress=False)
+    with pytest.raises(TypeError, match="expected a trained scst expression model"):
+        predict_expression(sd, object(), progress=False)
+    assert "predicted" not in sd.tables["table"].layers
