@@ -508,3 +508,16 @@ def test_rank_aggregate_by_hand():
     np.testing.assert_allclose(one, [1.0, 2 / 3, 1 / 3])
     with_nan_col = np.column_stack([[np.nan, 1.0, 2.0], [np.nan] * 3])
     np.testing.assert_allclose(robust_rank_aggregate(with_nan_col, [False, True]), one)
+
+
+def test_direction_folds_group_reversed_pairs_under_their_true_ligand():
+    """task='direction': the negative of (L, R) is (R, L), and a per-ligand AUROC must compare it with (L, R): both
+    belong to the group of the true ligand L; no fold's test positive is a training positive."""
+    pairs = pd.DataFrame({"ligand": [f"L{i}" for i in range(12)], "receptor": [f"R{i}" for i in range(12)]})
+    for f in lr_folds(pairs, n_folds=3, task="direction", seed=2):
+        for split in (f.train, f.test):
+            pos, neg = split[split.label == 1], split[split.label == 0]
+            assert list(pos.group) == list(pos.ligand) and list(neg.group) == list(neg.receptor)
+            assert set(split.group) <= set(pairs.ligand)
+        train_pos = set(zip(f.train.ligand[f.train.label == 1], f.train.receptor[f.train.label == 1]))
+        assert not train_pos & set(zip(f.test.ligand, f.test.receptor))
