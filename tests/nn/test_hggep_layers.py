@@ -242,3 +242,29 @@ def test_coord_embedding_is_row_plus_col():
     torch.testing.assert_close(emb(c), emb.row_embed.weight[2:3] + emb.col_embed.weight[5:6])
     with pytest.raises(ValueError, match="integer"):
         emb(c.float())
+
+
+def test_cbam_attentions_by_hand_and_gem_uses_its_cdc_branch():
+    """Identity MLP: channel weights sigmoid(avg + max) per channel; spatial conv reading only the mean channel:
+    sigmoid(mean over channels). GEM's output depends on its central-difference branch."""
+    from scst.nn._layers import GEM, ChannelAttention, SpatialAttention
+
+    ca = ChannelAttention(2, reduction=1)
+    with torch.no_grad():
+        for conv in (ca.mlp[0], ca.mlp[2]):
+            conv.weight.copy_(torch.eye(2).view(2, 2, 1, 1))
+    x = torch.tensor([[[[0.0, 0.0], [0.0, 4.0]], [[1.0, 1.0], [1.0, 1.0]]]])  # avg (1, 1), max (4, 1)
+    torch.testing.assert_close(ca(x).flatten(), torch.sigmoid(torch.tensor([5.0, 2.0])))
+    sa = SpatialAttention(kernel_size=1)
+    with torch.no_grad():
+        sa.conv.weight.copy_(torch.tensor([1.0, 0.0]).view(1, 2, 1, 1))
+        sa.conv.bias.zero_()
+    y = torch.tensor([[[[0.0]], [[4.0]]]])  # mean 2, max 4
+    torch.testing.assert_close(sa(y).flatten(), torch.sigmoid(torch.tensor([2.0])))
+    torch.manual_seed(0)
+    gem = GEM(3).eval()
+    img = torch.randn(1, 3, 8, 8)
+    before = gem(img)
+    with torch.no_grad():
+        gem.cdc[0].weight.mul_(-1.0)
+    assert (gem(img) - before).abs().max() > 1e-3

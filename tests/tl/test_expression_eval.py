@@ -190,3 +190,103 @@ def test_spatial_domains_resolution_and_errors():
         spatial_domains(a, method="kmeans")
     with pytest.raises(ValueError, match="method"):
         spatial_domains(a, method="louvain", n_domains=2)
+
+
+def test_metric_conventions_and_per_gene_means(adata):
+    """Hand-checkable conventions: round-off jitter on a constant prediction is constant (Spearman 0, not a rank
+    correlation of noise); a gene constant in both truth and prediction counts only as constant truth; repeated
+    metrics are scored once; ``var`` holds the mean over sections."""
+    truth = _truth(adata)
+    jitter = np.random.default_rng(2).normal(0, 1e-9, size=truth.shape)
+    adata.layers["flat"] = 2.0 + jitter
+    evaluate_expression(adata, "flat", metrics=("spearman", "pearson", "spearman"), key_added="flat")
+    df = adata.uns["flat"]
+    assert adata.uns["flat_params"]["metrics"] == ["spearman", "pearson"] and len(df) == N_GENES * 2 * 2
+    sp = df[(df.metric == "spearman") & ~((df.section == "A") & (df.gene == "g1"))]["value"].to_numpy()
+    np.testing.assert_array_equal(sp, 0.0)
+    # a perfect prediction: g1 is 0 in section A in truth and prediction; constant truth only
+    adata.layers["predicted"] = truth.copy()
+    evaluate_expression(adata)
+    p = adata.uns["scst_eval_params"]
+    assert p["n_constant_truth"] == {"A": 1, "B": 0} and p["n_constant_prediction"] == {"A": 0, "B": 0}
+    # per-gene value in var: the mean over the two sections, computed by hand for a shifted prediction
+    adata.layers["off"] = truth + np.where((adata.obs["section"] == "A").to_numpy()[:, None], 1.0, 3.0)
+    evaluate_expression(adata, "off", metrics=("mse", "mae"), key_added="off")
+    np.testing.assert_allclose(adata.var["off_mse"].to_numpy(), (1.0 + 9.0) / 2)
+    np.testing.assert_allclose(adata.var["off_mae"].to_numpy(), (1.0 + 3.0) / 2)
+
+
+def test_gene_selection_and_truth_errors(adata):
+    truth = _truth(adata)
+    adata.layers["predicted"] = truth.copy()
+    adata.var["score"] = np.arange(N_GENES, dtype=float)
+    adata.var["none"] = False
+    with pytest.raises(ValueError, match=r"var\['score'\] must be boolean"):
+        evaluate_expression(adata, genes="score")
+    with pytest.raises(ValueError, match=r"var\['none'\] selects no gene"):
+        evaluate_expression(adata, genes="none")
+    with pytest.raises(ValueError, match="duplicate genes"):
+        evaluate_expression(adata, genes=["g2", "g2"])
+    with pytest.raises(ValueError, match=r"boolean mask of shape \(3,\)"):
+        evaluate_expression(adata, genes=np.array([True, False, True]))
+    adata.layers["g2_missing"] = np.where(np.arange(N_GENES) == 2, np.nan, truth)
+    with pytest.raises(ValueError, match="no spot has a finite prediction"):
+        evaluate_expression(adata, "g2_missing", genes=["g2"])
+    bad = truth.copy()
+    bad[7, 3] = np.inf
+    adata.layers["bad_truth"] = bad
+    with pytest.raises(ValueError, match="truth_layer.*non-finite"):
+        evaluate_expression(adata, truth_layer="bad_truth")
+
+
+def test_leiden_bisects_the_resolution_both_ways():
+    """Fewer domains than resolution 1 gives: the resolution goes down; more: it goes up (then bisects)."""
+    a, _ = _planted_clusters(n_clusters=4)
+    spatial_domains(a, n_domains=2, n_neighbors=50)  # a connected graph: two domains exist below resolution 1
+    info = a.uns["domain"]["params"]["groups"]["all"]
+    assert a.obs["domain"].nunique() == info["n_domains"] == 2 and info["resolution"] < 1
+    a, _ = _planted_clusters(n_clusters=3)
+    spatial_domains(a, n_domains=6)
+    info = a.uns["domain"]["params"]["groups"]["all"]
+    assert a.obs["domain"].nunique() == info["n_domains"] == 6 and info["resolution"] > 1
+
+
+def test_spatial_domains_pcs_constant_genes_nan_spots_and_label_order():
+    """Every PC the data has is used (two clusters apart only along the second PC stay apart); a constant gene does
+    not make a varying group "constant"; a spot with a non-finite value gets no domain; labels sort numerically."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[-10.0, 0.0], [10.0, 0.0], [0.0, 3.0], [0.0, -3.0]])  # PC1 = x: the last two share it
+    lab = np.repeat(np.arange(4), 30)
+    x = centres[lab] + rng.normal(0, 0.2, (len(lab), 2))
+    obs = pd.DataFrame(index=[f"c{i}" for i in range(len(lab))])
+    a = ad.AnnData(X=sparse.csr_matrix((len(lab), 2), dtype=np.int32), obs=obs)
+    a.obs["label"] = pd.Categorical(lab.astype(str))
+    x[5, 1] = np.nan
+    a.layers["predicted"] = x
+    spatial_domains(a, n_domains=4, method="kmeans")
+    assert a.obs["domain"].isna().to_numpy().nonzero()[0].tolist() == [5]
+    res = domain_ari(a, by=None)
+    assert res.loc["all", "ari"] == pytest.approx(1.0) and res.loc["all", "n_unassigned"] == 1
+    b, _ = _planted_clusters(n_clusters=12, per=10)
+    b.layers["predicted"][:, 0] = 5.0  # one constant gene among 20
+    spatial_domains(b, n_domains=12, method="kmeans")
+    assert list(b.obs["domain"].cat.categories) == [str(k) for k in range(12)]
+
+
+def test_domain_ari_counts_and_argument_checks():
+    """Hand-made labels: a spot without truth is unlabelled (whatever its domain), one with truth but no domain is
+    unassigned; neither is scored."""
+    a = ad.AnnData(X=np.zeros((6, 1), np.float32), obs=pd.DataFrame(index=[f"s{i}" for i in range(6)]))
+    a.obs["label"] = pd.Categorical(["x", "x", "y", "y", None, None])
+    a.obs["domain"] = pd.Categorical(["0", "0", "1", None, "1", None])
+    res = domain_ari(a, by=None)
+    assert res.loc["all"].to_dict() == {"ari": 1.0, "n_spots": 3, "n_unlabelled": 2, "n_unassigned": 1}
+    a.obs["domain"] = pd.Categorical(["0", "1", "0", "1", "0", "1"])  # crosses the labels: ARI below 0
+    assert domain_ari(a, by=None).loc["all", "ari"] == pytest.approx(-0.5)
+    p, _ = _planted_clusters()
+    with pytest.raises(ValueError, match="n_domains: expected a positive integer"):
+        spatial_domains(p, n_domains=0)
+    with pytest.raises(ValueError, match="resolution: expected a positive number"):
+        spatial_domains(p, resolution=0.0)
+    with pytest.raises(ValueError, match=r"n_domains: 40 domains requested but only 30 spots \(section='S1'\)"):
+        spatial_domains(p[:60].copy(), n_domains=40, by="section", method="kmeans")

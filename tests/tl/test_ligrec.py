@@ -449,3 +449,75 @@ def test_lr_kernel_rejects_um_per_unit_none():
     adata, _ = quadrant_data(n_pairs=2)
     with pytest.raises(ValueError, match="um_per_unit: expected a positive number or 'auto', got None"):
         lr_kernel(adata, 2.0, um_per_unit=None)
+
+
+def test_spatial_pearson_is_directed_ligand_to_receptor_and_ignores_self_loops():
+    """Edges ``i → j`` pair the ligand of ``i`` with the receptor of ``j``: on the directed graph 0→1, 2→3 (plus
+    self-loops, which are ignored) a ligand in 0 and a receptor in 1 correlate perfectly; swapped, not at all."""
+    from scst.tl._ligrec_scores import score_function
+
+    a = np.eye(4)  # self-loops i→i
+    a[0, 1] = a[2, 3] = 1.0  # 0→1, 2→3
+    adj = sp.csr_matrix(a)
+    lig = np.array([[1.0], [0.0], [0.0], [0.0]])
+    rec = np.array([[0.0], [1.0], [0.0], [0.0]])
+    np.testing.assert_allclose(lr_scores(lig, rec, "spatial_pearson", adj), [1.0])
+    np.testing.assert_allclose(lr_scores(rec, lig, "spatial_pearson", adj), [0.0])
+    fn, null = score_function("spatial_pearson", adj)
+    assert null == "positions"
+    np.testing.assert_allclose(fn(lig, rec), [1.0])
+    np.testing.assert_allclose(fn(rec, lig), [0.0])
+
+
+def test_permutation_pvalues_ties_count_and_the_ligand_null_moves_only_the_ligand():
+    """p = (1 + #{null ≥ observed}) / (1 + n_perms): a null equal to the observed score (exactly, or up to float
+    noise) counts against it; the ligand null permutes the ligand's rows and hands the receptor over untouched."""
+    from scst.tl._ligrec_scores import permutation_pvalues
+
+    lig = np.arange(6.0)[:, None]
+    rec = 10 + np.arange(6.0)[:, None]
+    obs = np.array([0.1 + 0.2])  # 0.30000000000000004
+    groups = np.array(["a"] * 3 + ["b"] * 3)
+    p = permutation_pvalues(lambda lg, rc: np.array([0.3]), lig, rec, obs, null="ligand", groups=groups, n_perms=9)
+    np.testing.assert_array_equal(p, [1.0])
+    p = permutation_pvalues(lambda lg, rc: obs.copy(), lig, rec, obs, null="positions", groups=groups, n_perms=9)
+    np.testing.assert_array_equal(p, [1.0])
+    seen = []
+
+    def record(lg, rc):
+        seen.append((lg[:, 0].copy(), rc[:, 0].copy()))
+        return np.array([0.0])
+
+    permutation_pvalues(record, lig, rec, np.array([1.0]), null="ligand", groups=groups, n_perms=5)
+    assert len(seen) == 5
+    for lg, rc in seen:
+        np.testing.assert_array_equal(rc, rec[:, 0])  # receptor untouched
+        assert sorted(lg[:3]) == [0, 1, 2] and sorted(lg[3:]) == [3, 4, 5]  # ligand shuffled within sections
+    assert any((lg != lig[:, 0]).any() for lg, _ in seen)
+
+
+def test_rank_aggregate_by_hand():
+    """RRA of two methods: min_k BetaCDF(r_(k); k, m-k+1) · m capped at 1; a NaN score ranks last; an all-NaN
+    column is left out."""
+    from scst.tl._ligrec_scores import robust_rank_aggregate
+
+    s = np.array([[3.0, 1.0], [2.0, 3.0], [1.0, 2.0]])  # higher is better: ranks (1, 3), (2, 1), (3, 2) of 3
+    # row 0: sorted (1/3, 1): min(1 - (2/3)², 1) · 2 = 10/9 → 1; row 1: (1/3, 2/3): min(5/9, 4/9) · 2 = 8/9
+    np.testing.assert_allclose(robust_rank_aggregate(s, [False, False]), [1.0, 8 / 9, 1.0])
+    one = robust_rank_aggregate(np.array([np.nan, 1.0, 2.0]), [False])
+    np.testing.assert_allclose(one, [1.0, 2 / 3, 1 / 3])
+    with_nan_col = np.column_stack([[np.nan, 1.0, 2.0], [np.nan] * 3])
+    np.testing.assert_allclose(robust_rank_aggregate(with_nan_col, [False, True]), one)
+
+
+def test_direction_folds_group_reversed_pairs_under_their_true_ligand():
+    """task='direction': the negative of (L, R) is (R, L), and a per-ligand AUROC must compare it with (L, R): both
+    belong to the group of the true ligand L; no fold's test positive is a training positive."""
+    pairs = pd.DataFrame({"ligand": [f"L{i}" for i in range(12)], "receptor": [f"R{i}" for i in range(12)]})
+    for f in lr_folds(pairs, n_folds=3, task="direction", seed=2):
+        for split in (f.train, f.test):
+            pos, neg = split[split.label == 1], split[split.label == 0]
+            assert list(pos.group) == list(pos.ligand) and list(neg.group) == list(neg.receptor)
+            assert set(split.group) <= set(pairs.ligand)
+        train_pos = set(zip(f.train.ligand[f.train.label == 1], f.train.receptor[f.train.label == 1]))
+        assert not train_pos & set(zip(f.test.ligand, f.test.receptor))

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import scanpy as sc
 from scipy import sparse
@@ -303,7 +304,10 @@ def test_copy_leaves_the_input_table_untouched_and_random_embeddings_are_not_reb
     bare = syn.make_sdata()
     bt = bare.tables["table"]
     before = (set(bt.obsm), set(bt.layers), set(bt.uns))
-    out = predict_expression(bare, model, sections="S3", copy=True, progress=False)
+    with warnings.catch_warnings():
+        # the recomputed embedding uses the inference options: no "have no effect" warning
+        warnings.simplefilter("error")
+        out = predict_expression(bare, model, sections="S3", copy=True, progress=False, pin_memory=False)
     assert "X_hc" in out.obsm and "predicted" in out.layers
     assert (set(bt.obsm), set(bt.layers), set(bt.uns)) == before
     with pytest.warns(UserWarning, match="random initialisation"):
@@ -332,3 +336,134 @@ def test_cross_validate_records_the_validation_section_the_model_drew():
         config={**MLPExpression.bench_config, "max_epochs": 2}, validation="S2",
     )  # fmt: skip
     assert pinned.attrs["folds"][0]["validation"] == ["S2"]
+
+
+class _RecordingModel:
+    """A closed-form-looking model class that records what each fold sets up, trains on and predicts.
+
+    ``predict`` returns the measured log-normalised expression of the predicted spots (a perfect model), so every
+    Pearson of a correctly aligned fold is exactly 1.
+    """
+
+    calls: list = []
+
+    @classmethod
+    def setup_sdata(cls, sdata, table="table", layer=None, genes=None, sections=None, **kwargs):
+        tab = sdata.tables[table]
+        panel = list(tab.var_names[tab.var[genes].to_numpy(bool)]) if isinstance(genes, str) else list(genes)
+        cls.calls.append(("setup", sorted(sections), panel))
+        tab.uns["_rec_panel"] = panel
+
+    def __init__(self, sdata, **config):
+        self.var_names = sdata.tables["table"].uns["_rec_panel"]
+
+    def train(self, validation=None, **kwargs):
+        type(self).calls.append(("train", validation))
+        return self
+
+    def predict(self, sdata, sections, table="table"):
+        type(self).calls.append(("predict", list(sections)))
+        tab = sdata.tables[table]
+        return log_normalized(tab[tab.obs["section"].isin(sections).to_numpy()], list(self.var_names))
+
+
+@pytest.fixture
+def recording():
+    _RecordingModel.calls = []
+    return _RecordingModel
+
+
+def test_cross_validate_folds_with_a_recording_model(recording):
+    """Each fold sets up on its training sections, predicts only its test section, scores its rows (a perfect
+    model scores Pearson 1) and keeps the fold number of its test section's position in ``sections``."""
+    sd = syn.make_sdata()
+    df = cross_validate(recording, sd, genes=PANEL, metrics=("pearson",), test_sections=["S3", "S2"])
+    assert recording.calls == [
+        ("setup", ["S1", "S3"], PANEL), ("train", None), ("predict", ["S2"]),
+        ("setup", ["S1", "S2"], PANEL), ("train", None), ("predict", ["S3"]),
+    ]  # fmt: skip
+    assert sorted(set(zip(df["fold"], df["section"]))) == [(1, "S2"), (2, "S3")]
+    np.testing.assert_allclose(df["value"], 1.0, atol=1e-6)
+    assert [f["fold"] for f in df.attrs["folds"]] == [1, 2] and [f["n_spots"] for f in df.attrs["folds"]] == [64, 64]
+
+
+def test_cross_validate_validation_never_holds_out_the_test_section(recording):
+    """``validation=<section>`` is used in the folds where it trains, never where it is the test section;
+    ``validation=None`` asks the model for no validation at all (``False``, not the model's default ``None``)."""
+    sd = syn.make_sdata()
+    cross_validate(recording, sd, genes=PANEL, metrics=("pearson",), validation="S2")
+    assert [c[1] for c in recording.calls if c[0] == "train"] == ["S2", None, "S2"]  # fold S2: the default
+    recording.calls = []
+    cross_validate(recording, sd, genes=PANEL, metrics=("pearson",), validation=None, test_sections=["S1"])
+    assert [c for c in recording.calls if c[0] == "train"] == [("train", False)]
+
+
+def test_cross_validate_panel_size_and_section_checks(recording):
+    """``select_genes_kwargs`` override the default panel size; bad ``sections`` are refused before any fold."""
+    from scst.pp import select_genes
+
+    sd = syn.make_sdata()
+    df = cross_validate(
+        recording, sd, metrics=("pearson",), select_genes_kwargs={"n_top": 1, "min_fraction": 0.0},
+        test_sections=["S1"],
+    )  # fmt: skip
+    ((_, train, panel),) = [c for c in recording.calls if c[0] == "setup"]
+    ref = sd.tables["table"].copy()
+    select_genes(ref, sections=["S2", "S3"], n_top=1, min_fraction=0.0, key_added="ref")
+    assert train == ["S2", "S3"] and panel == list(ref.var_names[ref.var["ref"]])
+    assert df.attrs["folds"][0]["genes"] == panel
+    assert 1 <= len(panel) <= 2  # one top gene per training section (the default n_top=1000 would take all 12)
+    recording.calls = []
+    with pytest.raises(ValueError, match="at least 2 sections"):
+        cross_validate(recording, sd, genes=PANEL, sections=["S1"])
+    with pytest.raises(ValueError, match=r"\['S9'\] have no spots"):
+        cross_validate(recording, sd, genes=PANEL, sections=["S1", "S9"])
+    assert recording.calls == []
+
+
+class _RowModel:
+    """A trained-looking model whose prediction for a spot is its row in the predicted table (+ 0.5 for gene 2)."""
+
+    is_trained = True
+    var_names = pd.Index(["UP", "HOUSE"])
+    registry = {"size_um": syn.SIZE_UM}
+
+    def predict(self, data, sections=None, table="table"):
+        sec = data.tables[table].obs["section"].astype(str).to_numpy()
+        rows = np.flatnonzero(np.isin(sec, sections) if sections is not None else np.ones(len(sec), bool))
+        return rows[:, None] + np.array([0.0, 0.5])
+
+
+def test_table_added_holds_only_the_predicted_sections_spots():
+    sd = syn.make_sdata()
+    tab = sd.tables["table"]
+    predict_expression(sd, _RowModel(), sections=["S2"], table_added="pred", progress=False)
+    new = sd.tables["pred"]
+    s2 = np.flatnonzero((tab.obs["section"] == "S2").to_numpy())
+    assert list(new.obs_names) == list(tab.obs_names[s2]) and list(new.var_names) == ["UP", "HOUSE"]
+    np.testing.assert_array_equal(new.X, s2[:, None] + np.array([0.0, 0.5], np.float32))
+    np.testing.assert_array_equal(new.layers["predicted"], new.X)
+    np.testing.assert_array_equal(new.obsm["spatial"], tab.obsm["spatial"][s2])
+    assert "predicted" not in tab.layers and new.uns["scst_predict"]["sections"] == ["S2"]
+
+
+def test_spacing_um_predicts_on_a_grid_even_when_the_table_exists():
+    sd = syn.make_sdata(sections=("S1",))
+    predict_expression(sd, _RowModel(), spacing_um=80.0, progress=False)
+    new = sd.tables["table_predicted"]
+    assert "predicted" not in sd.tables["table"].layers and "S1_grid" in sd.shapes
+    assert 20 <= new.n_obs <= 100 and new.n_obs != sd.tables["table"].n_obs
+    np.testing.assert_array_equal(new.X[:, 0], np.arange(new.n_obs))
+
+
+def test_untrained_or_unfit_models_are_refused():
+    sd = syn.make_sdata(sections=("S1",))
+
+    class Untrained(_RowModel):
+        is_trained = False
+
+    with pytest.raises(ValueError, match="Untrained is not trained"):
+        predict_expression(sd, Untrained(), progress=False)
+    with pytest.raises(TypeError, match="expected a trained scst expression model"):
+        predict_expression(sd, object(), progress=False)
+    assert "predicted" not in sd.tables["table"].layers
