@@ -11,8 +11,11 @@ import torch
 from torch_geometric.nn import HypergraphConv
 
 from scst.nn._hypergraph import (
+    DENSE_MAX_N,
     _brute_pass,
+    _rank_keys,
     _spatial_candidates,
+    _use_dense,
     hyperedge_index_to_incidence,
     incidence_to_hyperedge_index,
     knn_hyperedges,
@@ -154,6 +157,49 @@ def test_spatial_candidates_match_brute_force(positions, c):
     torch.testing.assert_close(cand_d2, brute[1])
 
 
+@pytest.mark.parametrize("seed", [7, 25, 32])
+def test_spatial_candidates_grid_radius_is_tight_on_every_side(seed):
+    # Small random strips of varying aspect ratio: the grid search accepts a query only when its c-th
+    # distance is inside the (2 ring + 1)^2 block on all four sides; overestimating any one side's
+    # border distance (or dropping the rounding margin) accepts a list missing a closer spot.
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.rand(20 + 5 * seed, 2, generator=g) * torch.tensor([1.0, 1.0 + seed % 5])
+    pos = pos - pos.min(0).values
+    p = pos.numpy()
+    n = len(p)
+    d2 = ((p[None, :, 0] - p[:, None, 0]) ** 2 + (p[None, :, 1] - p[:, None, 1]) ** 2).astype(np.float64)
+    np.fill_diagonal(d2, -1.0)
+    for c in (2, 3, 5):
+        ref = np.stack([np.lexsort((np.arange(n), row))[:c] for row in d2])
+        np.testing.assert_array_equal(_spatial_candidates(pos, c)[0].numpy(), ref)
+
+
+def test_dense_or_fast_switch_boundaries():
+    # exact=None: dense up to and including DENSE_MAX_N spots; candidates covering every spot are dense
+    # even with exact=False (the fast path would only add rounding differences).
+    assert _use_dense(DENSE_MAX_N, 16, None) and not _use_dense(DENSE_MAX_N + 1, 16, None)
+    assert _use_dense(6, 6, False) and not _use_dense(6, 5, False)
+    assert _use_dense(6, None, None) and not _use_dense(6, 3, False) and _use_dense(10**6, 3, True)
+
+
+def test_rank_keys_treat_negative_zero_as_zero():
+    # -0.0's float32 bits are negative as an integer; it must tie with +0.0 (then order by column).
+    keys = _rank_keys(torch.tensor([[0.5, 0.0, -0.0, 0.25]]), torch.arange(4))
+    assert keys.argsort(1).tolist() == [[1, 2, 3, 0]]
+    # The centre comes first, padding last, whatever their values.
+    keys = _rank_keys(
+        torch.tensor([[0.5, 0.1, 0.0]]), torch.arange(3), torch.tensor([0]), torch.tensor([[1, 1, 0]]).bool()
+    )
+    assert keys.argsort(1).tolist() == [[0, 1, 2]]
+
+
+def test_large_coordinates_keep_pixel_precision():
+    # float64 positions around 1e8 (float32 spacing 8 there): shifted before the float32 cast, the unit
+    # grid survives and the hand-checked hyperedges are unchanged.
+    out = knn_hyperedges(HAND_FEAT, HAND_POS.double() + 1e8, k=3)
+    torch.testing.assert_close(out, _expected_index(HAND_MEMBERS))
+
+
 def test_structure_self_first_and_distinct():
     g = torch.Generator().manual_seed(3)
     pos = torch.rand(3000, 2, generator=g) * 100
@@ -263,8 +309,19 @@ def test_bad_inputs():
         hyperedge_index_to_incidence(torch.tensor([[0, 5]]))
     with pytest.raises(ValueError, match="outside"):
         hyperedge_index_to_incidence(torch.tensor([[0, 5], [0, 0]]), num_nodes=3)
+    with pytest.raises(ValueError, match="outside"):
+        hyperedge_index_to_incidence(torch.tensor([[-1, 0], [0, 0]]), num_nodes=3, num_edges=3)
     with pytest.raises(ValueError, match="`incidence`"):
         incidence_to_hyperedge_index([[1, 0]])
+
+
+def test_incidence_explicit_zeros_are_not_memberships():
+    # Stored zeros (torch sparse or scipy) are dropped, exactly as dense zeros are.
+    t = torch.sparse_coo_tensor(torch.tensor([[0, 1, 1], [0, 1, 2]]), torch.tensor([1.0, 0.0, 1.0]), (2, 3))
+    s = sp.coo_matrix(([1.0, 0.0, 1.0], ([0, 1, 1], [0, 1, 2])), shape=(2, 3))
+    for form in (t, t.to_sparse_csr(), s, s.tocsr()):
+        back, num_edges = incidence_to_hyperedge_index(form)
+        assert back.tolist() == [[0, 1], [0, 2]] and num_edges == 3
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
