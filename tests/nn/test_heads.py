@@ -64,3 +64,60 @@ def test_bad_programmes():
         prog.set_axes(np.zeros((4, 3)), np.zeros(4), np.ones(4))
     with pytest.raises(ValueError, match="scale positive"):
         prog.set_axes(_axes(4, 1), np.zeros(4), np.zeros(4))
+
+
+def _spatial(**kw) -> SpatialHeadModule:
+    return SpatialHeadModule(in_dim=5, n_genes=3, dim=8, vit_heads=2, hg_hidden=4, lstm_hidden=8, **kw)
+
+
+@pytest.mark.parametrize("make", [lambda: MLPHeadModule(in_dim=5, n_genes=3, hidden=16, ridge_skip=True),
+                                  lambda: _spatial(use_ham=False, ridge_skip=True)])  # fmt: skip
+def test_ridge_skip_starts_exactly_at_the_linear_path(make):
+    """With ridge_skip the output layer starts at zero, so before training pred == skip(x) = x W^T + b."""
+    torch.manual_seed(0)
+    m = make().eval()
+    w, b = torch.randn(3, 5), torch.tensor([1.0, -2.0, 0.5])
+    with torch.no_grad():
+        m.skip.weight.copy_(w)
+        m.skip.bias.copy_(b)
+    x = torch.randn(7, 5)
+    torch.testing.assert_close(m(x)["pred"], x @ w.T + b)
+
+
+def test_mlp_loss_is_the_mean_squared_error():
+    m = MLPHeadModule(in_dim=2, n_genes=2, hidden=4, ridge_skip=True).eval()
+    with torch.no_grad():
+        m.skip.bias.copy_(torch.tensor([1.0, 2.0]))  # pred = (1, 2) for every spot
+    out = m.loss({"x": torch.zeros(3, 2), "target": torch.zeros(3, 2)})
+    torch.testing.assert_close(out["loss"], torch.tensor(2.5))  # (1 + 4) / 2, not the L1 1.5
+    torch.testing.assert_close(out["mse"], torch.tensor(2.5))
+
+
+def test_spatial_loss_weights_zinb_and_hidden_is_the_step_mean():
+    torch.manual_seed(0)
+    m = _spatial(use_ham=False, zinb_weight=0.5).eval()
+    x = torch.randn(6, 5)
+    batch = {"x": x, "target": torch.zeros(6, 3), "counts": torch.ones(6, 3), "size_factors": torch.ones(6)}
+    out = m.loss(batch)
+    assert out["zinb"] > 0
+    torch.testing.assert_close(out["loss"], out["mse"] + 0.5 * out["zinb"])
+    # hidden = mean over the LSTM's steps [LN(z0), LN(z1)] (not its last step)
+    with torch.no_grad():
+        z0 = m.input(x)
+        z1 = m.vit(z0)
+        seq, _ = m.lstm(torch.stack([m.step_norms[0](z0), m.step_norms[1](z1)], 0))
+        torch.testing.assert_close(m(x)["hidden"], seq.mean(0))
+
+
+def test_bad_head_inputs():
+    for make in (MLPHeadModule, _spatial):
+        kw = {"in_dim": 5, "n_genes": 3} if make is MLPHeadModule else {}
+        with pytest.raises(ValueError, match="dropout"):
+            make(dropout=1.0, **kw)
+        with pytest.raises(ValueError, match="x is empty"):
+            make(**kw, **({} if make is MLPHeadModule else {"use_ham": False}))(torch.zeros(0, 5))
+    # hyperedges are numbered 0..n-1: index n (one past the last spot) is rejected
+    m = _spatial()
+    hei = torch.tensor([[0, 1, 2, 3], [0, 1, 2, 4]])
+    with pytest.raises(ValueError, match="hyperedge_index refers"):
+        m(torch.randn(4, 5), hei)
