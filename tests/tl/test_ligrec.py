@@ -521,3 +521,20 @@ def test_direction_folds_group_reversed_pairs_under_their_true_ligand():
             assert set(split.group) <= set(pairs.ligand)
         train_pos = set(zip(f.train.ligand[f.train.label == 1], f.train.receptor[f.train.label == 1]))
         assert not train_pos & set(zip(f.test.ligand, f.test.receptor))
+
+
+def test_lr_kernel_blocks_per_section_with_their_own_um_per_px():
+    """Interleaved sections: weights stay inside each section, at that section's µm scale, diagonal 1."""
+    from scst.tl._ligrec_local import lr_kernel
+
+    adata = AnnData(np.zeros((4, 1), dtype=np.float32), obsm={"spatial": np.array([[0, 0], [0, 0], [1, 0], [2, 0.0]])})
+    adata.obs["section"] = ["a", "b", "a", "b"]
+    # both within-section pairs are 50 µm apart: 1 px x 50 µm (a) and 2 px x 25 µm (b); across sections 0 px
+    adata.uns["scst"] = {"sections": {"a": {"um_per_px": 50.0}, "b": {"um_per_px": 25.0}}}
+    lr_kernel(adata, 50)
+    e = np.exp(-0.5)
+    expected = [[1, 0, e, 0], [0, 1, 0, e], [e, 0, 1, 0], [0, e, 0, 1]]
+    np.testing.assert_allclose(adata.obsp["scst_lr_kernel"].toarray(), expected, rtol=1e-5)
+    assert adata.uns["scst_lr_kernel_params"]["um_per_unit"] == {"a": 50.0, "b": 25.0}
+    with pytest.raises(ValueError, match="expected > 0"):
+        lr_kernel(adata, 50, um_per_unit=0)
