@@ -36,14 +36,19 @@ def _dab_tiles(n=6, size=32, seed=0) -> np.ndarray:
     return (rgb * 255).round().astype(np.uint8)
 
 
+def _glass_sdata(img: np.ndarray, scale_factors=None) -> SpatialData:
+    """Image 'S_image' in coordinate system 'S' (a pyramid with ``scale_factors``)."""
+    el = Image2DModel.parse(img, dims=("c", "y", "x"), scale_factors=scale_factors, transformations={"S": Identity()})
+    return SpatialData(images={"S_image": el})
+
+
 def _synthetic_sdata(h=400, w=600):
     """White glass with one purple (H&E-like) rectangle of tissue at rows 100:300, cols 140:460."""
     rng = np.random.default_rng(0)
     img = np.full((3, h, w), 242, dtype=np.uint8)
     tissue = np.array([150, 90, 170])[:, None, None] + rng.integers(-20, 20, size=(3, 200, 320))
     img[:, 100:300, 140:460] = tissue.clip(0, 255)
-    el = Image2DModel.parse(img, dims=("c", "y", "x"), scale_factors=[2, 2], transformations={"S": Identity()})
-    return SpatialData(images={"S_image": el})
+    return _glass_sdata(img, scale_factors=[2, 2])
 
 
 # ------------------------------------------------------------------------------------------------ tissue_mask
@@ -225,11 +230,6 @@ def test_tile_grid_refuses_a_non_positive_um_per_px(bad):
 
 
 # ------------------------------------------------------------------------------------------------ exact pixel rules
-def _glass_sdata(img: np.ndarray, scale_factors=None) -> SpatialData:
-    el = Image2DModel.parse(img, dims=("c", "y", "x"), scale_factors=scale_factors, transformations={"S": Identity()})
-    return SpatialData(images={"S_image": el})
-
-
 def test_filter_tiles_thresholds_are_inclusive():
     # Pure yellow (255, 255, 0): hue 60°, saturation 1, lightness 0.5, all exact in float32.
     yellow = np.zeros((1, 3, 2, 2), np.uint8)
