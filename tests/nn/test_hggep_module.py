@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 
 import scst.nn._hggep as hggep_mod
@@ -280,3 +281,142 @@ def test_bf16_autocast_forward_and_loss():
     assert out["pred"].dtype == torch.bfloat16 and torch.isfinite(out["loss"])
     out["loss"].backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def _distinct_step_norms(m, gen):
+    """Give each LSTM-step LayerNorm its own affine weights (at init they are all identical)."""
+    with torch.no_grad():
+        for norm in m.step_norms:
+            norm.weight.copy_(torch.rand(norm.weight.shape, generator=gen) * 2 + 0.5)
+            norm.bias.copy_(torch.randn(norm.bias.shape, generator=gen))
+
+
+def test_forward_matches_the_pipeline_written_out_by_hand():
+    """Eval mode: forward = the documented pipeline recomputed from the submodules (stage projections, one coordinate
+    embedding for the three ViTs, HAM on z3 + z4 + z5 with the spot positions, one LayerNorm per LSTM step in
+    order, LSTM over the steps with spots as the batch, mean over the steps, heads)."""
+    from scst.nn._hypergraph import knn_hyperedges
+
+    torch.manual_seed(8)
+    gen = torch.Generator().manual_seed(8)
+    m = HGGEPModule(6, **SMALL).eval()
+    _distinct_step_norms(m, gen)
+    b = _planted_batch(10, 6, px=64)
+    patches, coords, positions = b["patches"], b["coords"], b["positions"]
+    # positions that disagree with the grid coordinates: the hyperedges must follow ``positions``
+    positions = positions[torch.randperm(10, generator=gen)]
+    with torch.no_grad():
+        out = m(patches, coords, positions)
+        # stage projections: CBAM, BatchNorm, 1x1 conv, 4x4 average pool, flatten
+        maps = m.backbone(m.gem(patches))
+        tokens = []
+        for proj, s in zip(m.stage_proj, maps):
+            y = proj.reduce(proj.norm(proj.cbam(s)))
+            tokens.append(F.adaptive_avg_pool2d(y, 4).flatten(1))
+        torch.testing.assert_close(m.encode_patches(patches), torch.stack(tokens))
+        pos = m.coord_embed(coords)
+        z = [vit(t + pos) for vit, t in zip(m.vits, tokens)]
+        fused = z[0] + z[1] + z[2]
+        edges = knn_hyperedges(fused, positions, k=3)
+        hg = m.ham.conv2(m.ham.norm(torch.relu(m.ham.conv1(fused, edges, num_edges=10))), edges, num_edges=10)
+        steps = [norm(s) for norm, s in zip(m.step_norms, [*z, hg + fused])]
+        seq = torch.stack(
+            [m.lstm(torch.stack(steps)[:, i : i + 1])[0][:, 0] for i in range(10)], dim=1
+        )  # spot by spot: the LSTM never mixes spots
+        h = seq.mean(0)
+    torch.testing.assert_close(out["hidden"], h, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out["pred"], m.gene_head(h), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out["zinb_mean"], torch.exp(m.zinb_mean(h)), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out["zinb_disp"], F.softplus(m.zinb_disp(h)), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out["zinb_pi"], torch.sigmoid(m.zinb_pi(h)), rtol=1e-4, atol=1e-6)
+
+
+def test_zinb_heads_are_clamped_to_the_documented_ranges():
+    torch.manual_seed(9)
+    m = HGGEPModule(3, **SMALL).eval()
+    b = _planted_batch(5, 3, px=64)
+    # mean exp(clamped logit) in [1e-5, 1e6], dispersion softplus(.) in [1e-4, 1e4]
+    for (mean_logit, mean), (disp_logit, disp) in (((60.0, 1e6), (2e4, 1e4)), ((-60.0, 1e-5), (-60.0, 1e-4))):
+        with torch.no_grad():
+            for head, logit in ((m.zinb_mean, mean_logit), (m.zinb_disp, disp_logit)):
+                head.weight.zero_()
+                head.bias.fill_(logit)
+            out = m(b["patches"], b["coords"], b["positions"])
+        torch.testing.assert_close(out["zinb_mean"], torch.full((5, 3), mean), rtol=1e-4, atol=0.0)
+        torch.testing.assert_close(out["zinb_disp"], torch.full((5, 3), disp), rtol=1e-5, atol=0.0)
+
+
+def test_loss_terms_match_their_formulas():
+    """mse is the mean squared error of the returned predictions; zinb the mean ZINB NLL of the counts with the
+    mean scaled by the size factors; loss = mse + zinb_weight * zinb."""
+    from scst.nn._layers import zinb_nll
+
+    torch.manual_seed(10)
+    m = HGGEPModule(4, **SMALL, zinb_weight=0.7).eval()
+    b = _planted_batch(8, 4, px=64)
+    b["size_factors"] = torch.linspace(0.25, 4.0, 8)  # far from 1: dropping them changes the NLL
+    with torch.no_grad():
+        out = m(b["patches"], b["coords"], b["positions"])
+        got = m.loss(b)
+    torch.testing.assert_close(got["pred"], out["pred"])
+    torch.testing.assert_close(got["mse"], ((out["pred"] - b["target"]) ** 2).mean())
+    expected = zinb_nll(b["counts"], out["zinb_mean"], out["zinb_disp"], out["zinb_pi"], size_factors=b["size_factors"])
+    torch.testing.assert_close(got["zinb"], expected)
+    torch.testing.assert_close(got["loss"], got["mse"] + 0.7 * got["zinb"])
+
+
+def test_sections_with_fewer_spots_than_k():
+    """Tiny inference batches (fewer spots than a hyperedge holds) use every spot: no error, one row per spot."""
+    torch.manual_seed(11)
+    m = HGGEPModule(3, **SMALL).eval()
+    b = _planted_batch(4, 3, px=64)
+    with torch.no_grad():
+        for n in (1, 2):
+            out = m(b["patches"][:n], b["coords"][:n], b["positions"][:n])
+            assert out["pred"].shape == (n, 3) and torch.isfinite(out["pred"]).all()
+
+
+def test_lstm_runs_in_float32_under_bf16_autocast():
+    torch.manual_seed(12)
+    m = HGGEPModule(3, **SMALL)
+    b = _planted_batch(6, 3, px=64)
+    seen = []
+    m.lstm.register_forward_hook(lambda mod, inp, out: seen.append((inp[0].dtype, out[0].dtype)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(b["patches"], b["coords"], b["positions"])
+    assert seen == [(torch.float32, torch.float32)] and out["hidden"].dtype == torch.float32
+
+
+def test_constructor_and_loss_reject_bad_arguments():
+    b = _planted_batch(6, 4, px=64)
+    for key, value in (("k", 0), ("k", True), ("lstm_layers", 0), ("n_genes", 2.0)):
+        kw = {**SMALL, "n_genes": 4, key: value}
+        with pytest.raises(ValueError, match=f"{key} must be a positive int"):
+            HGGEPModule(**kw)
+    with pytest.raises(ValueError, match=r"vit_heads \(6\) must divide dim \(64\)"):
+        HGGEPModule(4, **{**SMALL, "vit_heads": 6})
+    with pytest.raises(ValueError, match="dropout"):
+        HGGEPModule(4, **{**SMALL, "dropout": 1.0})
+    with pytest.raises(ValueError, match="zinb_weight"):
+        HGGEPModule(4, **SMALL, zinb_weight=-0.1)
+    m = HGGEPModule(4, **SMALL)
+    with pytest.raises(ValueError, match="floating point"):
+        m((b["patches"] * 50).to(torch.uint8), b["coords"], b["positions"])
+    with pytest.raises(ValueError, match="empty"):
+        m(b["patches"][:0], b["coords"][:0], b["positions"][:0])
+    with pytest.raises(KeyError, match="positions"):
+        m.loss({k: v for k, v in b.items() if k != "positions"})
+    with pytest.raises(ValueError, match=r"batch\['counts'\] must have shape"):
+        m.loss({**b, "counts": b["counts"][:, :3]})
+
+
+def test_defaults_are_the_paper_network_and_theta_reaches_gem():
+    with torch.device("meta"):
+        m = HGGEPModule(9)
+        paper = HGGEPModule(9, **HGGEP_BENCH["paper"]["config"])
+        small = HGGEPModule(9, **HGGEP_BENCH["cpu_small"]["config"], theta=0.4)
+    assert str(m) == str(paper) and (m.k, m.zinb_weight) == (3, 0.25) and m.ham.dropout.p == 0.2
+    assert m.gem.cdc[0].theta == 0.7 and small.gem.cdc[0].theta == 0.4
+    assert m.use_gem and m.use_cbam and m.use_ham and m.use_zinb and m.step_norms is not None
+    # the CPU benchmark network: one ViT block per stage, one LSTM layer of 128
+    assert all(len(v.blocks) == 1 for v in small.vits) and (small.lstm.num_layers, small.lstm.hidden_size) == (1, 128)
