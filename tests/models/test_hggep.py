@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import types
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+import scst.models._hggep as hggep_models
 from scst._normalize import log_normalized
-from scst.models._hggep import HGGEP
+from scst.models._hggep import HGGEP, _coords_for, _SectionWindows, _SpotTokens, _token_lifetimes
 from scst.models._image import _random_windows, _tiling_windows
+from scst.nn import patches_to_input
+from scst.nn._hggep import HGGEP_BENCH
 
 _spec = importlib.util.spec_from_file_location("_he_synthetic", Path(__file__).with_name("_he_synthetic.py"))
 syn = importlib.util.module_from_spec(_spec)
@@ -51,14 +56,46 @@ def test_learns_planted_signal(trained):
     assert model.registry["sections"] == ["S1", "S2"]
 
 
-def test_validation_is_a_training_section():
+def test_validation_is_a_training_section(monkeypatch):
+    import lightning.pytorch.callbacks as callbacks
+
     sd = syn.make_sdata()
     HGGEP.setup_sdata(sd, sections=["S1", "S2"], **SETUP)
     model = HGGEP(sd, **HGGEP.bench_config)
     train, val = model._validation_sections(None, seed=0)
     assert len(val) == 1 and val[0] in ("S1", "S2") and sorted(train + val) == ["S1", "S2"]
+    monitors = []  # checkpoints follow the validation MSE, not the total loss
+    real = callbacks.ModelCheckpoint
+    monkeypatch.setattr(callbacks, "ModelCheckpoint", lambda **kw: monitors.append(kw["monitor"]) or real(**kw))
     model.train(max_epochs=1, enable_progress_bar=False)
     assert {"train_loss", "val_loss", "val_mse", "val_zinb"} <= set(model.history)
+    assert monitors == ["val_mse"]
+    # the validation windows are a fixed tiling, not augmented: the same batches at every pass
+    with pytest.raises(ValueError, match="must exceed k = 3"):
+        model._dataloaders(3, None, seed=0)
+    with pytest.raises(TypeError, match="Unexpected dataloader_kwargs"):
+        model._dataloaders(16, None, seed=0, num_workers=2)
+    _, val_dl = model._dataloaders(16, None, seed=0)
+    first, second = list(val_dl), list(val_dl)
+    assert len(first) > 1
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a["patches"], b["patches"])
+        torch.testing.assert_close(a["target"], b["target"])
+
+
+def test_config_reaches_the_network_and_defaults_are_the_paper():
+    sd = syn.make_sdata(sections=("S1", "S2"))
+    HGGEP.setup_sdata(sd, sections=["S1", "S2"], **SETUP)
+    model = HGGEP(sd, **{**HGGEP.bench_config, "step_norm": False, "theta": 0.4, "k": 4, "zinb_weight": 0.1})
+    m = model.module
+    assert m.step_norms is None and m.gem.cdc[0].theta == 0.4 and m.k == 4 and m.zinb_weight == 0.1
+    assert HGGEP(sd, **HGGEP.bench_config).module.zinb_weight == 0.25
+    # the documented defaults: the paper's network with ImageNet weights, trained as in the paper
+    defaults = HGGEP._default_config
+    assert {k: defaults[k] for k in HGGEP_BENCH["paper"]["config"]} == HGGEP_BENCH["paper"]["config"]
+    assert (defaults["zinb_weight"], defaults["backbone_weights"], defaults["theta"]) == (0.25, "IMAGENET1K_V1", 0.7)
+    assert (defaults["max_epochs"], defaults["lr"], defaults["batch_size"]) == (400, 1e-5, 1024)
+    assert all(defaults[k] for k in ("use_gem", "use_cbam", "use_ham", "use_zinb", "step_norm", "augment"))
 
 
 def test_zero_head_starts_at_the_training_means():
@@ -72,10 +109,13 @@ def test_zero_head_starts_at_the_training_means():
         pred = model.predict(sd, "S3", progress=False)
         train = tab.obs["section"].isin(["S1", "S2"]).to_numpy()
         means = log_normalized(tab[train], model.var_names).mean(0)
+        heads = [model.module.zinb_mean, model.module.zinb_disp, model.module.zinb_pi]
         if zero_head:  # every spot gets the training mean of each gene, before any step
             np.testing.assert_allclose(pred, np.broadcast_to(means, pred.shape), rtol=1e-5, atol=1e-5)
+            assert all((head.weight == 0).all() for head in heads)  # and the ZINB heads start at their biases
         else:  # random output weights: spots differ from the start
             assert pred.std(0).mean() > 1e-3
+            assert all((head.weight != 0).any() for head in heads)
 
 
 def test_predict_on_untrained_model_raises():
@@ -183,3 +223,94 @@ def test_her2st_smoke(her2st_sdata):
     assert pred.shape == (30, int(sub.var["highly_variable_scst"].sum()))
     assert np.isfinite(pred).all() and (pred >= 0).all()
     assert model.registry["um_per_px_train"] == pytest.approx(0.69, abs=0.02)
+
+
+def test_coords_for_rebases_to_the_window_and_clips_with_a_warning(monkeypatch):
+    warned = []
+    monkeypatch.setattr(hggep_models, "logg", types.SimpleNamespace(warning=warned.append))
+    sec = types.SimpleNamespace(name="X", coords=np.array([[5, 7], [6, 9], [8, 7], [5, 12]]))
+    got = _coords_for(sec, np.array([0, 1, 2]), max_coord=4)  # rows 5..8 and cols 7..9: spans 4 and 3 steps, fits
+    np.testing.assert_array_equal(got.numpy(), [[0, 0], [1, 2], [3, 0]])
+    assert warned == []
+    # cols 7..12 span 6 steps > max_coord 5: warned, and the last column is clipped to max_coord - 1
+    got = _coords_for(sec, np.array([0, 3]), max_coord=5)
+    np.testing.assert_array_equal(got.numpy(), [[0, 0], [0, 4]])
+    assert len(warned) == 1 and "'X'" in warned[0] and "spans 6 grid steps" in warned[0]
+    got = _coords_for(sec, np.array([0, 1, 2]), max_coord=3)  # a span of exactly max_coord + 1 is clipped too
+    np.testing.assert_array_equal(got.numpy(), [[0, 0], [1, 2], [2, 0]])
+    assert len(warned) == 2
+
+
+def test_token_lifetimes_known_answer():
+    windows = [(np.array([0, 1, 2]), None), (np.array([2, 3]), None), (np.array([1, 4]), None)]
+    rank, first, last = _token_lifetimes(windows, [2, 0, 1], n_spots=6)  # window 2 first, then 0, then 1
+    np.testing.assert_array_equal(rank, [1, 2, 0])
+    np.testing.assert_array_equal(first, [1, 0, 1, 2, 0, 3])  # spot 5 is in no window
+    np.testing.assert_array_equal(last, [1, 1, 2, 2, 0, -1])
+
+
+def test_spot_tokens_keep_grow_release_and_reuse():
+    def tok(spots):  # tokens that name their spot
+        return torch.tensor(spots, dtype=torch.float32)[None, :, None].expand(3, len(spots), 2) * torch.tensor(
+            [1.0, -1.0]
+        )
+
+    pool = _SpotTokens(10)
+    pool.put(np.array([0, 1]), tok([0, 1]))
+    pool.put(np.array([2, 3, 4, 5, 6]), tok([2, 3, 4, 5, 6]))  # the pool grows: earlier tokens are kept
+    torch.testing.assert_close(pool.get(np.array([6, 0, 3, 1])), tok([6, 0, 3, 1]))
+    pool.release(np.array([0, 3]))
+    with pytest.raises(RuntimeError, match="1 spots were not encoded"):
+        pool.get(np.array([1, 3]))
+    size = pool.pool.shape[1]
+    for s in range(7, 10):  # freed slots are reused before the pool grows again
+        pool.put(np.array([s]), tok([s]))
+    pool.release(np.array([7, 8, 9]))
+    pool.put(np.array([0, 3, 7, 8]), tok([0, 3, 7, 8]))
+    torch.testing.assert_close(pool.get(np.arange(9)), tok(list(range(9))))
+    assert pool.pool.shape[1] == size
+
+
+def _fake_section(n_side=4, seed=0):
+    rng = np.random.default_rng(seed)
+    n = n_side * n_side
+    grid = np.stack(np.meshgrid(np.arange(n_side), np.arange(n_side), indexing="ij"), -1).reshape(n, 2)
+    images = rng.integers(0, 256, (n, 3, 8, 8), dtype=np.uint8)
+    return types.SimpleNamespace(
+        name="F",
+        positions=grid[:, ::-1] * 100.0 + rng.uniform(-5, 5, (n, 2)),
+        coords=grid + 10,
+        keep=np.setdiff1d(np.arange(n), [5, 10]),  # spots 5 and 10 have no counts
+        patches=types.SimpleNamespace(get=lambda idx: images[idx]),
+        images=images,
+        target=np.repeat(np.arange(n, dtype=np.float32)[:, None], 2, 1),  # row i names spot i
+        counts=rng.poisson(3.0, (n, 2)).astype(np.float32),
+        size_factors=rng.uniform(0.5, 2.0, n).astype(np.float32),
+    )
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_section_windows_batches_hold_aligned_usable_spots_augmented_only_in_training(train):
+    sec = _fake_section()
+    ds = _SectionWindows([sec], max_spots=6, max_coord=8, augment=True, train=train)
+    # training: ceil(14 usable spots / 6) random windows per epoch; otherwise the tiling of the usable spots
+    assert len(ds) == 3 if train else len(ds) > 3
+    torch.manual_seed(0)
+    n_augmented, seen = 0, []
+    for i in range(len(ds)):
+        b = ds[i]
+        idx = b["target"][:, 0].numpy().astype(int)
+        assert len(idx) == 6 and np.isin(idx, sec.keep).all()  # spots without counts never enter a window
+        np.testing.assert_array_equal(b["positions"].numpy(), sec.positions[idx].astype(np.float32))
+        np.testing.assert_array_equal(b["coords"].numpy(), sec.coords[idx] - sec.coords[idx].min(0))
+        np.testing.assert_array_equal(b["counts"].numpy(), sec.counts[idx])
+        np.testing.assert_array_equal(b["size_factors"].numpy(), sec.size_factors[idx])
+        plain = patches_to_input(sec.images[idx], False)
+        n_augmented += int((b["patches"] != plain).flatten(1).any(1).sum())
+        seen.append(idx)
+    if not train:
+        np.testing.assert_array_equal(np.unique(np.concatenate(seen)), sec.keep)
+    if train:  # random flips / quarter turns: 18 patches all drawn as the identity has probability 8**-18
+        assert n_augmented > 0
+    else:
+        assert n_augmented == 0
