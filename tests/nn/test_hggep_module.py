@@ -404,6 +404,10 @@ def test_constructor_and_loss_reject_bad_arguments():
         m((b["patches"] * 50).to(torch.uint8), b["coords"], b["positions"])
     with pytest.raises(ValueError, match="empty"):
         m(b["patches"][:0], b["coords"][:0], b["positions"][:0])
+    with pytest.raises(ValueError, match=r"positions \(n, 2\) is required when use_ham=True"):
+        m(b["patches"], b["coords"])
+    with pytest.raises(ValueError, match=r"positions must be a \(6, 2\) tensor"):
+        m(b["patches"], b["coords"], b["positions"][:5])
     with pytest.raises(KeyError, match="positions"):
         m.loss({k: v for k, v in b.items() if k != "positions"})
     with pytest.raises(ValueError, match=r"batch\['counts'\] must have shape"):
@@ -420,3 +424,26 @@ def test_defaults_are_the_paper_network_and_theta_reaches_gem():
     assert m.use_gem and m.use_cbam and m.use_ham and m.use_zinb and m.step_norms is not None
     # the CPU benchmark network: one ViT block per stage, one LSTM layer of 128
     assert all(len(v.blocks) == 1 for v in small.vits) and (small.lstm.num_layers, small.lstm.hidden_size) == (1, 128)
+
+
+def test_ham_dropout_between_the_convolutions_only_in_training():
+    """HAM = conv2(dropout(LayerNorm(ReLU(conv1(x))))) + x, the dropout active in training only."""
+    from scst.nn._hggep import _HypergraphAssociation
+    from scst.nn._hypergraph import knn_hyperedges
+
+    torch.manual_seed(13)
+    ham = _HypergraphAssociation(8, 6, dropout=0.5)
+    x, pos = torch.randn(7, 8), torch.rand(7, 2) * 100
+    edges = knn_hyperedges(x, pos, k=3)
+
+    def by_hand(training):
+        h = F.dropout(ham.norm(torch.relu(ham.conv1(x, edges, num_edges=7))), 0.5, training=training)
+        return ham.conv2(h, edges, num_edges=7) + x
+
+    with torch.no_grad():
+        torch.manual_seed(0)
+        train_out = ham.train()(x, edges)
+        torch.manual_seed(0)
+        torch.testing.assert_close(train_out, by_hand(True))
+        torch.testing.assert_close(ham.eval()(x, edges), by_hand(False))
+    assert (train_out - by_hand(False)).abs().max() > 1e-3  # the dropout did act in training
