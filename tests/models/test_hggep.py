@@ -75,7 +75,12 @@ def test_validation_is_a_training_section(monkeypatch):
         model._dataloaders(3, None, seed=0)
     with pytest.raises(TypeError, match="Unexpected dataloader_kwargs"):
         model._dataloaders(16, None, seed=0, num_workers=2)
-    _, val_dl = model._dataloaders(16, None, seed=0)
+    train_dl, val_dl = model._dataloaders(16, None, seed=0)
+    # training windows come in a new random order at every epoch
+    torch.manual_seed(0)
+    orders = [list(train_dl.sampler) for _ in range(3)]
+    assert sorted(orders[0]) == list(range(len(train_dl.dataset))) and len(orders[0]) > 2
+    assert any(order != sorted(order) for order in orders)
     first, second = list(val_dl), list(val_dl)
     assert len(first) > 1
     for a, b in zip(first, second):
