@@ -301,7 +301,11 @@ def test_forward_matches_the_pipeline_written_out_by_hand():
     gen = torch.Generator().manual_seed(8)
     m = HGGEPModule(6, **SMALL).eval()
     _distinct_step_norms(m, gen)
-    b = _planted_batch(10, 6, px=64)
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        for proj in m.stage_proj:
+            proj.norm.running_mean.copy_(torch.randn(proj.norm.running_mean.shape, generator=gen))
+            proj.norm.running_var.copy_(torch.rand(proj.norm.running_var.shape, generator=gen) + 0.5)
+    b = _planted_batch(10, 6)  # 112 px: stage3 is 7x7, so the 4x4 average pool matters
     patches, coords, positions = b["patches"], b["coords"], b["positions"]
     # positions that disagree with the grid coordinates: the hyperedges must follow ``positions``
     positions = positions[torch.randperm(10, generator=gen)]
@@ -314,6 +318,10 @@ def test_forward_matches_the_pipeline_written_out_by_hand():
             y = proj.reduce(proj.norm(proj.cbam(s)))
             tokens.append(F.adaptive_avg_pool2d(y, 4).flatten(1))
         torch.testing.assert_close(m.encode_patches(patches), torch.stack(tokens))
+        # a 7x7 map that varies in space (the random-weight backbone's maps are nearly flat): average pool
+        proj, s3 = m.stage_proj[0], torch.randn(4, 96, 7, 7, generator=gen)
+        pooled = F.adaptive_avg_pool2d(proj.reduce(proj.norm(proj.cbam(s3))), 4).flatten(1)
+        torch.testing.assert_close(proj(s3), pooled)
         pos = m.coord_embed(coords)
         z = [vit(t + pos) for vit, t in zip(m.vits, tokens)]
         fused = z[0] + z[1] + z[2]
@@ -376,9 +384,10 @@ def test_sections_with_fewer_spots_than_k():
             assert out["pred"].shape == (n, 3) and torch.isfinite(out["pred"]).all()
 
 
-def test_lstm_runs_in_float32_under_bf16_autocast():
+@pytest.mark.parametrize("step_norm", [True, False])
+def test_lstm_runs_in_float32_under_bf16_autocast(step_norm):
     torch.manual_seed(12)
-    m = HGGEPModule(3, **SMALL)
+    m = HGGEPModule(3, **SMALL, step_norm=step_norm)
     b = _planted_batch(6, 3, px=64)
     seen = []
     m.lstm.register_forward_hook(lambda mod, inp, out: seen.append((inp[0].dtype, out[0].dtype)))
