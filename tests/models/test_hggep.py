@@ -86,6 +86,12 @@ def test_validation_is_a_training_section(monkeypatch):
     for a, b in zip(first, second):
         torch.testing.assert_close(a["patches"], b["patches"])
         torch.testing.assert_close(a["target"], b["target"])
+    augmented = []  # config augment (default True) reaches the training batches only
+    real_input = hggep_models.patches_to_input
+    monkeypatch.setattr(hggep_models, "patches_to_input", lambda p, aug: augmented.append(aug) or real_input(p, aug))
+    next(iter(train_dl))
+    next(iter(val_dl))
+    assert augmented == [True, False]
 
 
 def test_config_reaches_the_network_and_defaults_are_the_paper():
