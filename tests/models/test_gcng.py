@@ -361,3 +361,191 @@ def test_duplicate_var_names_are_a_clear_error():
         GCNG.setup_anndata(adata, graph_key="gcng_autocrine_plus")
     adata.var_names_make_unique()
     GCNG.setup_anndata(adata, graph_key="gcng_autocrine_plus")  # the suggested fix works
+
+
+def test_bad_values_missing_subunits_and_non_integer_counts():
+    adata = AnnData(sp.csr_matrix(np.array([[1, 3, 0], [2, 2, 4]], dtype=np.float32)))
+    adata.var_names = ["A", "B", "C"]
+    adata.X = adata.X.toarray()
+    adata.X[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        normalized_expression(adata)
+    adata.X[0, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        normalized_expression(adata)
+    adata.X[0, 0] = 0.5
+    with pytest.warns(UserWarning, match="not integer counts"):
+        normalized_expression(adata)
+    norm = normalized_expression(adata, normalize=False)
+    with pytest.raises(KeyError, match=r"not in var_names: \['D'\]"):
+        entity_expression(norm, adata.var_names, ["A", "B_D"])
+    e = entity_expression(norm, adata.var_names, ["B", "A", "B"])  # an entity asked twice gets two columns
+    np.testing.assert_allclose(e, norm.toarray()[:, [1, 0, 1]])
+
+
+def test_sample_negatives_edge_cases_by_hand():
+    pool = ["R1", "R2", "R3", "R4"]
+    # `known` adds to the positives: neither another positive of the ligand nor a known pair is a negative
+    pos = pd.DataFrame({"ligand": ["L1", "L1"], "receptor": ["R1", "R2"]})
+    neg = sample_negatives(pos, pool, known=pd.DataFrame({"ligand": ["L1"], "receptor": ["R3"]}), n_per_positive=3)
+    assert neg["receptor"].tolist() == ["R4"] * 6 and neg["partner"].tolist() == ["R1"] * 3 + ["R2"] * 3
+    # more negatives than valid receptors: each valid receptor once, then repeats
+    neg = sample_negatives(pos.iloc[:1], pool[:3], n_per_positive=4, seed=0)
+    assert len(neg) == 4 and set(neg["receptor"].iloc[:2]) == {"R2", "R3"} and set(neg["receptor"]) == {"R2", "R3"}
+
+
+def test_expression_matched_negatives_bins_outside_partners_and_fallback():
+    pool = [f"R{i}" for i in range(1, 41)]
+    expr = pd.Series(np.arange(40, dtype=float), index=pool)  # R1 lowest ... R40 highest; bins of 4
+    ligands = [f"L{i}" for i in range(30)]
+    # the lowest partner: its bin is R1-R4
+    low = sample_negatives(pd.DataFrame({"ligand": ligands, "receptor": "R1"}), pool, expression=expr, seed=0)
+    assert set(low["receptor"]) == {"R2", "R3", "R4"}
+    # a partner outside the pool is placed by its expression (35.5: above 36 receptors, so in the top bin)
+    out = sample_negatives(pd.DataFrame({"ligand": ligands, "receptor": "RX"}), pool,
+                           expression=pd.concat([expr, pd.Series({"RX": 35.5})]), seed=0)  # fmt: skip
+    assert set(out["receptor"]) == {"R37", "R38", "R39", "R40"}
+    # every receptor of the partner's bin is a known partner: the 4 nearest valid ranks instead
+    known = pd.DataFrame(
+        [(lg, r) for lg in ligands for r in ("R37", "R38", "R39", "R40")], columns=["ligand", "receptor"]
+    )
+    near = sample_negatives(pd.DataFrame({"ligand": ligands, "receptor": "R40"}), pool, known=known, expression=expr,
+                            seed=0)  # fmt: skip
+    assert set(near["receptor"]) == {"R33", "R34", "R35", "R36"}
+
+
+def test_network_sees_ligand_then_receptor_as_configured_and_cell_orders():
+    """Recording stub: channel 0 is the ligand, channel 1 the receptor, from the registered layer scaled as
+    configured; ``cell_order`` gives cell i both genes of cell ``order[i]``, ``ligand_only`` the ligand's only.
+    The model's graph is the registered matrix as given (a directed one here), not its transpose."""
+    adata, _ = niche_data(n_side=4, n_pairs=3)
+    counts = adata.X.toarray().astype(np.float64)
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = sp.csr_matrix(counts[:, ::-1])  # not the layer that is registered
+    n = adata.n_obs
+    directed = sp.random(n, n, density=0.3, random_state=0, format="csr", dtype=np.float32)
+    adata.obsp["directed"] = directed
+    GCNG.setup_anndata(adata, graph_key="directed", layer="counts")
+    model = GCNG(adata, **{**FAST, "log1p": True, "target_sum": 100.0})
+    np.testing.assert_allclose(model.module.graph.to_dense().numpy(), directed.toarray(), rtol=1e-6)
+    seen = []
+
+    def record(x):
+        seen.append(x.clone())
+        return torch.full(x.shape[:1], 0.5)
+
+    model.module.predict_proba = record
+    expr = np.log1p(counts / counts.sum(1, keepdims=True) * 100)
+    col = {g: i for i, g in enumerate(adata.var_names)}
+    pairs = pd.DataFrame({"ligand": ["L0", "L1", "R2"], "receptor": ["R0", "D2", "L2"]})
+    perm = np.random.default_rng(0).permutation(n)
+    for order, ligand_only in [(None, False), (perm, False), (perm, True)]:
+        seen.clear()
+        model.predict(pairs, cell_order=order, ligand_only=ligand_only)
+        x = torch.cat(seen).numpy()
+        lig_cells = np.arange(n) if order is None else order
+        rec_cells = np.arange(n) if order is None or ligand_only else order
+        for b, (lig, rec) in enumerate(zip(pairs["ligand"], pairs["receptor"])):
+            np.testing.assert_allclose(x[b, :, 0], expr[lig_cells, col[lig]], rtol=1e-5)
+            np.testing.assert_allclose(x[b, :, 1], expr[rec_cells, col[rec]], rtol=1e-5)
+    with pytest.raises(ValueError, match="permutation"):
+        model.predict(pairs, cell_order=np.zeros(n, dtype=int))
+    # normalize=False: the registered values as they are
+    adata.layers["norm"] = sp.csr_matrix(expr)
+    GCNG.setup_anndata(adata, graph_key="directed", layer="norm", normalize=False)
+    model = GCNG(adata, **{**FAST, "log1p": False})
+    model.module.predict_proba = record
+    seen.clear()
+    model.predict(pairs.iloc[:1])
+    np.testing.assert_allclose(seen[0][0].numpy(), expr[:, [col["L0"], col["R0"]]], rtol=1e-5)
+
+
+def test_train_passes_the_paper_patience_and_validation_mode(monkeypatch):
+    from scst.models._base import BaseModel
+
+    adata, triples = niche_data(n_side=4, n_pairs=6)
+    GCNG.setup_anndata(adata, graph_key="gcng_autocrine_plus")
+    calls = []
+    monkeypatch.setattr(BaseModel, "train", lambda self, **kw: calls.append(kw) or self)
+    model = GCNG(adata, **FAST)
+    model.train(labelled(triples), max_epochs=10)
+    assert (calls[-1]["max_epochs"], calls[-1]["patience"], calls[-1]["validation"]) == (10, 5, 0.2)
+    model.train(labelled(triples), max_epochs=10, patience=7, validation=None)
+    assert (calls[-1]["patience"], calls[-1]["validation"]) == (7, 0.0)
+    model.train(labelled(triples[:4]), validation=labelled(triples[4:]))  # given validation pairs
+    assert calls[-1]["validation"] == -1.0 and set(model._val_table["ligand"]) == {"L4", "L5"}
+    for bad in (1, 1.5, -0.1):
+        with pytest.raises(ValueError, match="validation: expected a fraction"):
+            model.train(labelled(triples), validation=bad)
+
+
+def test_validation_split_takes_whole_ligands_up_to_the_fraction():
+    adata, triples = niche_data(n_side=4, n_pairs=10)
+    GCNG.setup_anndata(adata, graph_key="gcng_autocrine_plus")
+    model = GCNG(adata, **FAST)
+    table = labelled(triples)  # 10 ligands with 2 pairs each
+    train, val = model._split(table, 0.2, seed=0)
+    assert len(val) == 4 and val["ligand"].nunique() == 2  # 20 % of the pairs, whole ligands
+    assert set(val["ligand"]).isdisjoint(train["ligand"]) and len(train) + len(val) == len(table)
+    train, val = model._split(labelled(triples[:2]), 0.9, seed=0)  # one ligand always stays to train on
+    assert train["ligand"].nunique() == val["ligand"].nunique() == 1
+    # a split that leaves one class to train on is an error, not a silent one-class fit
+    one_class = pd.DataFrame({"ligand": ["L0", "L1"], "receptor": ["R0", "D1"], "label": [1, 0]})
+    with pytest.raises(ValueError, match="training split has a single class"):
+        GCNG(adata, **FAST).train(one_class, validation=0.2, enable_progress_bar=False, accelerator="cpu")
+
+
+def test_training_table_seed_receptors_and_labels():
+    adata, triples = niche_data(n_side=4, n_pairs=12)
+    GCNG.setup_anndata(adata, graph_key="gcng_autocrine_plus")
+    model = GCNG(adata, **FAST)
+    pos = pd.DataFrame({"ligand": [t[0] for t in triples], "receptor": [t[1] for t in triples]})
+    for seed in (1, 2):
+        got = model.training_table(pos, seed=seed)
+        want = sample_negatives(pos, pos["receptor"], seed=seed)
+        assert (
+            got.loc[got["label"] == 0, ["ligand", "receptor"]].values.tolist()
+            == want[["ligand", "receptor"]].values.tolist()
+        )
+    decoys = [t[2] for t in triples]
+    got = model.training_table(pos, receptors=[*decoys, "NOPE"])
+    assert set(got.loc[got["label"] == 0, "receptor"]) <= set(decoys)
+    with pytest.raises(ValueError, match="must be 0 or 1"):
+        model.training_table(labelled(triples).assign(label=[2] + [1] * 11 + [0] * 12))
+    other = adata.copy()
+    other.obs_names = [f"cell{i}" for i in range(other.n_obs)]
+    with pytest.warns(UserWarning, match="other obs_names"):
+        model._validate_data(other)
+
+
+def test_config_reaches_the_network_and_training_order_is_shuffled_by_seed():
+    adata, triples = niche_data(n_side=4, n_pairs=8)
+    GCNG.setup_anndata(adata, graph_key="gcng_autocrine_plus")
+    cfg = {**FAST, "readout": "pool", "standardize": True, "dropout": 0.3, "n_layers": 3, "hidden_channels": 6}
+    net = GCNG(adata, **cfg).module
+    assert (net.readout, net.standardize, net.dropout.p, len(net.convs)) == ("pool", True, 0.3, 3)
+    assert net.convs[-1].out_channels == 6 and net.dense.out_features == FAST["dense_units"]
+    model = GCNG(adata, **FAST)
+    model._fit_table, model._val_table = labelled(triples), None
+    epochs = []
+    for seed in (0, 0, 1):
+        train_dl, val_dl = model._dataloaders(batch_size=4, validation=0.0, seed=seed)
+        assert val_dl is None
+        epochs.append([torch.cat([y for _, y in train_dl]) for _ in range(2)])
+    ordered = torch.as_tensor(labelled(triples)["label"].to_numpy(), dtype=torch.float32)
+    for first, second in epochs:
+        assert torch.equal(first.sort().values, ordered.sort().values)  # every pair once per epoch
+        assert not torch.equal(first, ordered) and not torch.equal(first, second)  # shuffled, anew each epoch
+    assert torch.equal(epochs[0][0], epochs[1][0]) and not torch.equal(epochs[0][0], epochs[2][0])  # by the seed
+
+
+def test_given_validation_pairs_are_saved_as_fit_pairs(tmp_path):
+    adata, triples = niche_data(n_side=4, n_pairs=6)
+    GCNG.setup_anndata(adata, graph_key="gcng_autocrine_plus")
+    model = GCNG(adata, **{**FAST, "max_epochs": 1, "patience": 1})
+    model.train(labelled(triples[:4]), validation=labelled(triples[4:]), enable_progress_bar=False,
+                accelerator="cpu")  # fmt: skip
+    assert len(model.training_pairs) == 12 and set(model.training_pairs["ligand"]) == {f"L{k}" for k in range(6)}
+    model.save(tmp_path / "m")
+    loaded = GCNG.load(tmp_path / "m", data=adata)
+    pd.testing.assert_frame_equal(loaded.training_pairs, model.training_pairs.astype({"label": int}))

@@ -538,3 +538,106 @@ def test_lr_kernel_blocks_per_section_with_their_own_um_per_px():
     assert adata.uns["scst_lr_kernel_params"]["um_per_unit"] == {"a": 50.0, "b": 25.0}
     with pytest.raises(ValueError, match="expected > 0"):
         lr_kernel(adata, 50, um_per_unit=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GCNG cross-fitting and its permutation null, with stub models (no training)
+# ---------------------------------------------------------------------------------------------------------------
+class _StubGCNG:
+    """Scores ``id + 0.5`` for the given known pairs, ``id`` otherwise; records what it was fit on and asked."""
+
+    def __init__(self, model_id, train, pool, known, seed):
+        from scst.models._gcng import sample_negatives
+
+        self.id, self.train, self.pool, self.seed = model_id, train, list(pool), seed
+        self.known = set(zip(known["ligand"], known["receptor"]))
+        neg = sample_negatives(train, pool, known=known, seed=seed)
+        self.training_pairs = pd.concat(
+            [train.assign(label=1), neg[["ligand", "receptor", "label"]]], ignore_index=True
+        )
+        self._train_split, self._val_split, self.history = self.training_pairs, None, None
+        self.calls = []
+
+    def predict(self, pairs, cell_order=None, ligand_only=False):
+        self.calls.append((list(zip(pairs["ligand"], pairs["receptor"])), cell_order, ligand_only))
+        score = [self.id + 0.5 * (p in self.known) for p in zip(pairs["ligand"], pairs["receptor"])]
+        return pairs.assign(score=score)
+
+
+def test_gcng_scores_cross_fit_by_hand(monkeypatch):
+    import scst.tl._ligrec_gcng as lg
+
+    fits = []
+
+    def fake_fit(adata, graph_key, train, pool, known, config, layer, normalize, seed, train_kwargs):
+        fits.append(_StubGCNG(len(fits), train, pool, known, seed))
+        return fits[-1]
+
+    monkeypatch.setattr(lg, "_fit", fake_fit)
+    known = pd.DataFrame(
+        [(f"L{k}", f"R{(k + j) % 6}") for k in range(6) for j in (0, 1)], columns=["ligand", "receptor"]
+    )
+    new = pd.DataFrame({"ligand": [f"L{k}" for k in range(6)], "receptor": [f"N{k}" for k in range(6)]})
+    cand = pd.concat([known, new], ignore_index=True)
+    res = lg.gcng_scores(None, cand, known, graph_key="g", config={}, n_folds=3, seed=5)
+    # fold models: the other folds' known pairs (whole ligands, two per fold); then one model on all known pairs
+    assert len(fits) == len(res.models) == len(res.fit) == 4 and [f.seed for f in fits] == [5, 6, 7, 8]
+    held = [set(known["ligand"]) - set(f.train["ligand"]) for f in fits[:3]]
+    assert [len(h) for h in held] == [2, 2, 2] and set().union(*held) == set(known["ligand"])
+    pd.testing.assert_frame_equal(fits[3].train.reset_index(drop=True), known)
+    assert all(f.pool == [f"R{k}" for k in range(6)] + [f"N{k}" for k in range(6)] for f in fits)  # negatives' pool
+    t = res.table
+    fold_of = {lig: k for k, h in enumerate(held) for lig in h}
+    is_known = t["receptor"].str.startswith("R").to_numpy()
+    # a known pair is scored by the model of its fold (out-of-fold), a new pair by the model on all known pairs
+    want_model = np.where(is_known, t["ligand"].map(fold_of), 3)
+    np.testing.assert_array_equal(t["model"], want_model)
+    np.testing.assert_allclose(t["score"], want_model + 0.5 * is_known)  # scored by that model
+    seen = [set(zip(f.training_pairs["ligand"], f.training_pairs["receptor"])) for f in fits]
+    want_in = [p in seen[m] for p, m in zip(zip(t["ligand"], t["receptor"]), want_model)]
+    assert t["in_training"].tolist() == want_in and not t.loc[is_known, "in_training"].any()
+    for k, row in enumerate(res.fit[:3]):  # held-out pairs against negatives of their ligands (stub: perfect score)
+        assert row["model"] == f"fold {k}" and row["n_heldout_pairs"] == 8 and row["heldout_auroc"] == 1.0
+        assert row["n_train_pairs"] == 16 and row["n_val_pairs"] == 0 and row["train_auroc"] == 1.0
+    assert res.fit[3]["model"] == "all known pairs" and "heldout_auroc" not in res.fit[3]
+    # as many folds as ligands works; fewer ligands, fewer than 2 folds, or one training receptor do not
+    fits.clear()
+    assert len(lg.gcng_scores(None, cand, known, graph_key="g", config={}, n_folds=6).models) == 7
+    with pytest.raises(ValueError, match="cannot fill"):
+        lg.gcng_scores(None, cand, known, graph_key="g", config={}, n_folds=7)
+    with pytest.raises(ValueError, match="n_folds: expected >= 2"):
+        lg.gcng_scores(None, cand, known, graph_key="g", config={}, n_folds=1)
+    one_rec = pd.DataFrame({"ligand": ["L0", "L1", "L2"], "receptor": ["R0", "R0", "R1"]})
+    with pytest.raises(ValueError, match="fewer than 2 training receptors"):
+        lg.gcng_scores(None, one_rec, one_rec, graph_key="g", config={}, n_folds=3)
+
+
+@pytest.mark.parametrize("null", ["ligand", "positions"])
+def test_gcng_null_pvalues_by_hand(null):
+    from scst.tl._ligrec_gcng import GCNGScores, gcng_null_pvalues
+    from scst.tl._ligrec_scores import section_permutations
+
+    class Stub:
+        def __init__(self):
+            self.calls = []
+
+        def predict(self, pairs, cell_order=None, ligand_only=False):
+            self.calls.append((list(pairs["ligand"]), np.asarray(cell_order).copy(), ligand_only))
+            return pairs.assign(score=cell_order[0] / 10.0)  # the null score: which cell moved to cell 0
+
+    groups = np.repeat(["a", "b"], 5)
+    table = pd.DataFrame({"ligand": ["L0", "L1", "L2"], "receptor": ["R0", "R1", "R2"], "score": [0.0, 0.25, 0.2],
+                          "model": [0, 1, 0]})  # fmt: skip
+    result = GCNGScores(table, [Stub(), Stub()])
+    p = gcng_null_pvalues(result, groups=groups, n_perms=20, seed=3, n_obs=10, null=null)
+    m0, m1 = (m.calls for m in result.models)
+    assert len(m0) == len(m1) == 20 and all(c[0] == ["L0", "L2"] for c in m0) and all(c[0] == ["L1"] for c in m1)
+    assert all(c[2] == (null == "ligand") for c in m0 + m1)
+    perms = np.array([c[1] for c in m0])
+    np.testing.assert_array_equal(perms, list(section_permutations(groups, 10, 20, 3)))
+    assert (np.sort(perms[:, :5], axis=1) == np.arange(5)).all()  # cells stay in their section
+    null_scores = perms[:, 0] / 10.0
+    want = [(1 + (null_scores >= s).sum()) / 21 for s in table["score"]]  # ties count as exceeding
+    np.testing.assert_allclose(p, want)
+    assert p[0] == 1.0
+    assert np.isnan(gcng_null_pvalues(result, groups=groups, n_perms=0, seed=3, n_obs=10, null=null)).all()
