@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import _toys as toys  # tests/models is on pytest's pythonpath (pyproject.toml)
+import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import pytest
@@ -299,3 +300,31 @@ def test_restores_best_epoch_of_max_monitor():
     with torch.no_grad():
         neg_mae = -(model.module(x) - y).abs().mean().item()
     assert neg_mae == pytest.approx(h.max(), rel=1e-5)
+
+
+class TrainingModes(pl.Callback):
+    """Records whether the network is in training mode at every training step."""
+
+    def __init__(self):
+        self.modes = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.modes.append(all(m.training for m in pl_module.module.modules()))
+
+
+def test_training_again_or_after_load_runs_in_train_mode(tmp_path):
+    """train() leaves the model in eval mode and load() returns it so; training further must switch back
+    (Lightning keeps the modes it finds: dropout would stay off and batch norm would use frozen statistics)."""
+    adata = make_adata()
+    ToyRegression.setup_anndata(adata)
+    model = ToyRegression(adata, max_epochs=2)
+    for _ in range(2):
+        modes = TrainingModes()
+        model.train(callbacks=[modes], enable_progress_bar=False)
+        assert len(modes.modes) == 12 and all(modes.modes)
+        assert not model.module.training
+    model.save(tmp_path / "m")
+    loaded = ToyRegression.load(tmp_path / "m", data=adata)
+    modes = TrainingModes()
+    loaded.train(callbacks=[modes], enable_progress_bar=False)
+    assert len(modes.modes) == 12 and all(modes.modes)
