@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import _toys as toys  # tests/models is on pytest's pythonpath (pyproject.toml)
+import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import pytest
@@ -133,7 +134,7 @@ def test_train_recovers_planted_weight(trained):
     np.testing.assert_allclose(w, W_TRUE, atol=0.05)
     assert abs(model.module.linear.bias.item() - B_TRUE) < 0.05
     h = model.history
-    assert {"train_loss", "val_loss", "train_mae", "val_mae"} <= set(h.columns)
+    assert list(h.columns) == ["train_loss", "val_loss", "train_mae", "val_mae"]  # losses first, then train, val
     assert "train_vector" not in h.columns  # non-scalar entries are not logged
     assert h.index.name == "epoch" and (np.diff(h.index) == 1).all()
     assert h["val_loss"].iloc[-1] < 0.05 * h["val_loss"].iloc[0]
@@ -299,3 +300,219 @@ def test_restores_best_epoch_of_max_monitor():
     with torch.no_grad():
         neg_mae = -(model.module(x) - y).abs().mean().item()
     assert neg_mae == pytest.approx(h.max(), rel=1e-5)
+
+
+class PrecisionModule(LinearModule):
+    """Records the dtype of the forward pass in training."""
+
+    def loss(self, batch):
+        x, y = batch
+        pred = self.linear(x).squeeze(-1)
+        if self.training:
+            self.seen_dtype = pred.dtype
+        loss = ((pred.float() - y) ** 2).mean()
+        return {"loss": loss}
+
+
+class PrecisionToy(ToyRegression):
+    _module_cls = PrecisionModule
+
+
+def test_explicit_zero_settings_win_over_the_config():
+    """``train(lr=0.0, patience=0)``: explicit falsy values are used, not replaced by the config (lr 0.1)."""
+    adata = make_adata()
+    ToyRegression.setup_anndata(adata)
+    model = ToyRegression(adata, max_epochs=5)
+    w0 = model.module.linear.weight.detach().clone()
+    model.train(lr=0.0, patience=0, enable_progress_bar=False)
+    torch.testing.assert_close(model.module.linear.weight.detach(), w0, rtol=0, atol=0)
+    assert len(model.history) == 2  # flat val loss, patience 0: stops at the first epoch without improvement
+    for bad in ({"max_epochs": 0}, {"batch_size": 0}, {"patience": -1}):
+        with pytest.raises(ValueError, match="Expected `max_epochs` >= 1, `batch_size` >= 1, `patience` >= 0"):
+            model.train(enable_progress_bar=False, **bad)
+
+
+def test_epoch_means_are_weighted_by_batch_size():
+    """lr=0 keeps the initial weights, so the epoch means are the losses of the whole training / validation sets."""
+    adata = make_adata()
+    ToyRegression.setup_anndata(adata)
+    model = ToyRegression(adata, lr=0.0, max_epochs=1)
+    # 192 training obs in batches of 40 (4 x 40 + 32), 64 validation obs (40 + 24): an unweighted mean differs
+    train_dl, val_dl = model._dataloaders(40, None, 0)
+    with torch.no_grad():
+        expected = {
+            f"{prefix}_{key}": value.item()
+            for prefix, dl in (("train", train_dl), ("val", val_dl))
+            for key, value in model.module.loss(dl.dataset.tensors).items()
+            if key != "vector"
+        }
+    model.train(batch_size=40, enable_progress_bar=False)
+    got = model.history.iloc[0].to_dict()
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-5), key
+
+
+def test_no_validation_never_stops_early():
+    adata = make_adata()
+    ToyRegression.setup_anndata(adata)
+    # a flat training loss would stop training after one epoch if early stopping watched it
+    model = ToyRegression(adata, lr=0.0, max_epochs=4, patience=0).train(validation=0.0, enable_progress_bar=False)
+    assert len(model.history) == 4 and model.is_trained
+
+
+def test_precision_reaches_the_trainer():
+    adata = make_adata()
+    PrecisionToy.setup_anndata(adata)
+    for precision, dtype in ((None, torch.float32), ("bf16-mixed", torch.bfloat16)):
+        model = PrecisionToy(adata, max_epochs=1).train(precision=precision, enable_progress_bar=False)
+        assert model.module.seen_dtype == dtype, precision
+
+
+class TrainingModes(pl.Callback):
+    """Records whether the network is in training mode at every training step."""
+
+    def __init__(self):
+        self.modes = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.modes.append(all(m.training for m in pl_module.module.modules()))
+
+
+def test_training_again_or_after_load_runs_in_train_mode(tmp_path):
+    """train() leaves the model in eval mode and load() returns it so; training further must switch back
+    (Lightning keeps the modes it finds: dropout would stay off and batch norm would use frozen statistics)."""
+    adata = make_adata()
+    ToyRegression.setup_anndata(adata)
+    model = ToyRegression(adata, max_epochs=2)
+    for _ in range(2):
+        modes = TrainingModes()
+        model.train(callbacks=[modes], enable_progress_bar=False)
+        assert len(modes.modes) == 12 and all(modes.modes)
+        assert not model.module.training
+    model.save(tmp_path / "m")
+    loaded = ToyRegression.load(tmp_path / "m", data=adata)
+    modes = TrainingModes()
+    loaded.train(callbacks=[modes], enable_progress_bar=False)
+    assert len(modes.modes) == 12 and all(modes.modes)
+
+
+def test_nan_at_the_first_step_leaves_an_untrained_model():
+    adata = make_adata()
+    NaNToy.setup_anndata(adata)
+    model = NaNToy(adata)
+    model.module.nan_after = 0
+    with pytest.raises(FloatingPointError, match=r"epoch 0, batch 0 .*no checkpoint was saved before it"):
+        model.train(enable_progress_bar=False)
+    assert not model.is_trained and model.history is None
+
+
+def test_modes_after_train_and_inference():
+    adata = make_adata()
+    ToyRegression.setup_anndata(adata)
+    model = ToyRegression(adata, max_epochs=1).train(enable_progress_bar=False)
+    assert not model.module.training  # trained models are left in eval mode
+    model.module.train()
+    seen = model._inference([torch.zeros(2, N_VARS)], lambda m, b: torch.tensor(m.training))
+    assert seen == [torch.tensor(False)] and model.module.training  # eval inside, the caller's mode restored after
+    out = model._inference([(torch.zeros(2, N_VARS), [torch.ones(1)], {"k": torch.ones(3)})], lambda m, b: b)
+    assert type(out[0]) is tuple and type(out[0][1]) is list and out[0][2]["k"].shape == (3,)
+
+
+def test_construction_is_seeded_and_leaves_the_global_rng_alone():
+    adata = make_adata()
+    ToyRegression.setup_anndata(adata)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a, b, c = ToyRegression(adata, seed=5), ToyRegression(adata, seed=5), ToyRegression(adata, seed=6)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.testing.assert_close(a.module.linear.weight, b.module.linear.weight, rtol=0, atol=0)
+    assert not torch.equal(a.module.linear.weight, c.module.linear.weight)
+
+
+def test_registry_is_plain_json_and_per_class():
+    adata = make_adata()
+    ToyRegression.setup_anndata(adata)
+    OtherToy._register(adata, {"n": np.int64(3), "f": np.float32(0.5), "t": (1, "a"), "idx": pd.Index(["x"])})
+    assert OtherToy._read_registry(adata) == {"n": 3, "f": 0.5, "t": [1, "a"], "idx": ["x"]}
+    assert ToyRegression._read_registry(adata)["target_key"] == "y"  # the other class's setup is kept
+    with pytest.raises(TypeError, match=r"registry\['d'\]: keys must be str, got 1"):
+        OtherToy._register(adata, {"d": {1: 2}})
+    with pytest.raises(ValueError, match=r"registry\['x'\]: non-finite float nan"):
+        OtherToy._register(adata, {"x": float("nan")})
+    with pytest.raises(ValueError, match="non-finite float inf"):
+        ToyRegression(adata, lr=float("inf"))
+    with pytest.raises(TypeError, match="object is not JSON-able"):
+        OtherToy._register(adata, {"o": object()})
+
+
+def test_find_adata_in_spatialdata():
+    import spatialdata as sd
+
+    a, b = make_adata(), make_adata(seed=1)
+    sdata = sd.SpatialData(tables={"a": a, "b": b})
+    with pytest.raises(ValueError, match="No table of the SpatialData is set up for ToyRegression"):
+        ToyRegression(sdata)
+    ToyRegression.setup_sdata(sdata, table="a")
+    ToyRegression.setup_sdata(sdata, table="b")
+    with pytest.raises(ValueError, match=r"Several tables .* \['a', 'b'\]"):
+        ToyRegression(sdata)
+
+
+def test_save_load_edge_cases(tmp_path):
+    import spatialdata as sd
+    from safetensors.torch import save_file
+
+    adata = make_adata()
+    ToyRegression.setup_anndata(adata)
+    # an untrained model stays untrained; a history with NaN (validation every 2nd epoch) round-trips as NaN
+    untrained = ToyRegression(adata)
+    untrained.save(tmp_path / "u")
+    assert not ToyRegression.load(tmp_path / "u").is_trained
+    model = ToyRegression(adata, max_epochs=2).train(check_val_every_n_epoch=2, enable_progress_bar=False)
+    assert np.isnan(model.history.loc[0, "val_loss"]) and np.isfinite(model.history.loc[1, "val_loss"])
+    model.save(tmp_path / "m")
+    loaded = ToyRegression.load(tmp_path / "m")
+    pd.testing.assert_frame_equal(loaded.history, model.history)
+    assert not loaded.module.training  # loaded models predict in eval mode
+    with pytest.raises(ValueError, match="`save_data=True` but the model has no data"):
+        loaded.save(tmp_path / "nodata", save_data=True)
+    assert not (tmp_path / "nodata").exists()
+    # data given as a SpatialData whose table was never set up: the default table gets the saved registry
+    sdata = sd.SpatialData(tables={"table": make_adata(seed=2)})
+    loaded = ToyRegression.load(tmp_path / "m", data=sdata)
+    assert loaded.adata is sdata.tables["table"] and ToyRegression._read_registry(loaded.adata) is not None
+    # weights missing a tensor (another architecture's file): refused, not silently half-initialised
+    w = loaded.module.state_dict()
+    save_file({"linear.weight": w["linear.weight"].contiguous()}, str(tmp_path / "m" / "model.safetensors"))
+    with pytest.raises(ValueError, match="does not fit the ToyRegression"):
+        ToyRegression.load(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="not a saved model"):
+        ToyRegression.load(tmp_path / "m")
+    # a checkpoint of a class that is not defined (its module not imported)
+    attrs = json.loads((tmp_path / "u" / "attr.json").read_text())
+    (tmp_path / "u" / "attr.json").write_text(json.dumps({**attrs, "model": "Gone", "model_class": "x.Gone"}))
+    with pytest.raises(ValueError, match=r"'Gone' \(saved from x.Gone\) is not defined"):
+        BaseModel.load(tmp_path / "u")
+
+
+def test_parse_device_and_lightning_tips():
+    import logging
+
+    from scst.models._base import _DropTips, _parse_device
+
+    assert _parse_device("cpu", 1) == torch.device("cpu")
+    assert _parse_device("gpu") == _parse_device("cuda", "auto") == torch.device("cuda", 0)
+    assert _parse_device("cuda", 1) == torch.device("cuda", 1)
+    assert _parse_device("gpu", "cuda:2") == torch.device("cuda", 2)
+    assert _parse_device("mps") == torch.device("mps", 0)
+    assert _parse_device("auto") == (torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
+    with pytest.raises(ValueError, match="`accelerator` must be"):
+        _parse_device("tpu")
+
+    def record(msg):
+        return logging.LogRecord("x", logging.INFO, "", 0, msg, None, None)
+
+    assert not _DropTips().filter(record("💡 Tip: try LitServe"))
+    assert _DropTips().filter(record("GPU available: False"))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import pickle
+import warnings
 from pathlib import Path
 
 import _toys as toys  # tests/models is on pytest's pythonpath (pyproject.toml): spawned DDP workers import it
@@ -48,6 +50,10 @@ class ResumeToy(toys.ToyRegressor):
         gen = torch.Generator().manual_seed(seed)  # a loader with its own generator (as several scst models have)
         train = DataLoader(TensorDataset(x[:96], y[:96]), batch_size=batch_size, shuffle=True, generator=gen)
         return train, DataLoader(TensorDataset(x[96:], y[96:]), batch_size=batch_size)
+
+
+class _NotTensors:
+    """An object that only full unpickling can restore."""
 
 
 class Crash(pl.Callback):
@@ -127,7 +133,11 @@ def test_finished_run_extended_equals_longer_run(tmp_path):
     kw = {**SETTINGS, "lr_scheduler": None}
     full = ResumeToy(a).train(checkpoint_dir=tmp_path / "full", **kw)
     ResumeToy(a).train(checkpoint_dir=tmp_path / "ext", **{**kw, "max_epochs": 3})
-    ext = ResumeToy(a).train(ckpt_path=tmp_path / "ext" / "last.ckpt", **kw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ext = ResumeToy(a).train(ckpt_path=tmp_path / "ext" / "last.ckpt", **kw)
+    # only max_epochs differs, and without a cosine schedule that is the exact continuation: no warning
+    assert not [w for w in caught if "training settings other than" in str(w.message)]
     w_full, w_ext = _last_weights(tmp_path / "full" / "last.ckpt"), _last_weights(tmp_path / "ext" / "last.ckpt")
     for k in w_full:
         torch.testing.assert_close(w_ext[k], w_full[k], rtol=0, atol=1e-6)
@@ -160,6 +170,11 @@ def test_resume_bad_input(tmp_path):
     ResumeToy(a).train(checkpoint_dir=tmp_path, **{**SETTINGS, "max_epochs": 2})
     with pytest.raises(KeyError, match="save_weights_only"):
         ResumeToy(a).train(ckpt_path=tmp_path / "best.ckpt", **SETTINGS)
+    # checkpoints are loaded with weights_only=True: a pickled object other than tensors and primitives is refused
+    ck = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    torch.save({**ck, "note": _NotTensors()}, tmp_path / "foreign.ckpt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        ResumeToy(a).train(ckpt_path=tmp_path / "foreign.ckpt", **SETTINGS)
 
 
 def test_mid_epoch_checkpoint_resumes_with_a_warning(tmp_path):

@@ -3,7 +3,17 @@ import pytest
 import torch
 from torch import nn
 
-from scst.nn import HGGEP_BENCH, TCGN_BENCH, HGGEPModule, TCGNModule, patches_to_input, train_step, training_loss
+from scst.nn import (
+    HGGEP_BENCH,
+    PRECISIONS,
+    TCGN_BENCH,
+    HGGEPModule,
+    TCGNModule,
+    patches_to_input,
+    train_step,
+    training_loss,
+)
+from scst.nn._train_step import imagenet_normalize
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -63,6 +73,72 @@ def test_fp16_with_scaler_matches_fp32_step():
         train_step(_Linear(), _batch(), torch.optim.SGD(m.parameters(), lr=0.1), precision="fp16")
 
 
+def test_every_precision_alias_runs_the_forward_in_its_dtype():
+    """Lightning's names and the short aliases: 32 → float32 (no autocast), bf16 → bfloat16, 16 → float16."""
+    expected = {
+        "32": torch.float32,
+        "32-true": torch.float32,
+        "fp32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bf16-mixed": torch.bfloat16,
+        "16": torch.float16,
+        "16-mixed": torch.float16,
+        "fp16": torch.float16,
+    }
+    assert set(PRECISIONS) == set(expected)
+    for precision, dtype in expected.items():
+        m = _Linear()
+        scaler = torch.amp.GradScaler("cpu") if dtype is torch.float16 else None
+        train_step(m, _batch(), torch.optim.SGD(m.parameters(), lr=0.1), precision=precision, scaler=scaler)
+        assert m.seen_dtype == dtype, precision
+
+
+def test_second_step_uses_fresh_gradients():
+    """Gradients are zeroed before each backward: step 2 follows the gradient at the new weights only."""
+    m = _Linear()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    train_step(m, _batch(), opt)
+    out = train_step(m, _batch(), opt)
+    # w = [0.6, -0.6]: pred = [-0.6, 1.8], r = [-1.6, 0.8], loss = (2.56 + 0.64) / 2 = 1.6
+    assert out["loss"].item() == pytest.approx(1.6)
+    # grad = [(-1.6*1 + 0.8*3), (-1.6*2 + 0.8*0)] = [0.8, -3.2] (accumulated it would be [4.8, -7.2])
+    torch.testing.assert_close(m.lin.weight.grad, torch.tensor([[0.8, -3.2]]))
+    torch.testing.assert_close(m.lin.weight, torch.tensor([[0.52, -0.28]]))
+
+
+def test_a_parameter_left_out_of_a_step_is_not_moved():
+    """Gradients are set to None, not zero: a parameter the loss does not use is skipped (no momentum step)."""
+
+    class Switch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Parameter(torch.tensor(1.0)), nn.Parameter(torch.tensor(1.0))
+            self.use_b = True
+
+        def loss(self, batch):
+            return {"loss": self.a**2 + (self.b**2 if self.use_b else 0.0)}
+
+    m = Switch()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    train_step(m, None, opt)  # grads 2, 2: a = b = 0.8
+    m.use_b = False
+    train_step(m, None, opt)  # a: grad 1.6, momentum 0.9 * 2 + 1.6 = 3.4 → 0.46; b: no gradient, not stepped
+    torch.testing.assert_close(m.a.detach(), torch.tensor(0.46))
+    torch.testing.assert_close(m.b.detach(), torch.tensor(0.8))
+
+
+def test_fp16_scaler_clips_the_unscaled_gradients_and_updates_the_scale():
+    m = _Linear()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    train_step(m, _batch(), opt, precision="16-mixed", scaler=scaler, clip_grad_norm=1.0)
+    # the unscaled grad [4, -4] is clipped to norm 1 (the scaled one, [4096, -4096], would give a ~1e-4 step)
+    step = 0.1 / 2**0.5
+    torch.testing.assert_close(m.lin.weight, torch.tensor([[1 - step, -1 + step]]), rtol=0, atol=0.01)
+    # one finite step with growth_interval=1: the scale doubles
+    assert scaler.get_scale() == 2048.0
+
+
 def test_clip_grad_norm():
     m = _Linear()
     train_step(m, _batch(), torch.optim.SGD(m.parameters(), lr=0.1), clip_grad_norm=1.0)
@@ -97,6 +173,22 @@ def test_bad_arguments():
     with pytest.raises(TypeError, match="key 'loss'.*keys \\['mse'\\]"):
         training_loss(NoLossKey(), _batch())
 
+    class TensorLoss(_Linear):
+        def loss(self, batch):
+            return super().loss(batch)["mse"]
+
+    with pytest.raises(TypeError, match="must return a dict with key 'loss', got Tensor\\.$"):
+        training_loss(TensorLoss(), _batch())
+
+    class VectorLoss(_Linear):
+        def loss(self, batch):
+            out = super().loss(batch)
+            return {**out, "loss": (out["pred"] - batch["y"]).pow(2).ravel()}
+
+    m = VectorLoss()
+    with pytest.raises(TypeError, match="must be a scalar tensor"):
+        train_step(m, _batch(), torch.optim.SGD(m.parameters(), lr=0.1))
+
 
 def test_patches_to_input_values_and_augmentation():
     p = np.zeros((2, 3, 4, 4), dtype=np.uint8)
@@ -107,13 +199,21 @@ def test_patches_to_input_values_and_augmentation():
     torch.testing.assert_close(x[1, :, 3, 3], (0 - mean) / std)
     assert x.is_contiguous(memory_format=torch.contiguous_format)
     assert patches_to_input(p, channels_last=True).is_contiguous(memory_format=torch.channels_last)
+    assert patches_to_input(p, device="meta").device.type == "meta"  # converted where it is asked to be
     # augmentation moves the white pixel to one of the four corners of each patch and never interpolates
     g = torch.Generator().manual_seed(3)
     xa = patches_to_input(np.repeat(p, 50, 0), augment=True, generator=g)
     white = (xa[:, 0] > 2).nonzero()[:, 1:].tolist()
     assert len(white) == 100 and {tuple(w) for w in white} == {(0, 0), (0, 3), (3, 0), (3, 3)}
-    with pytest.raises(ValueError, match="uint8"):
-        patches_to_input(p.astype(np.float32))
+    for bad in (p.astype(np.float32), np.zeros((2, 4, 4, 4), np.uint8), np.zeros((2, 3, 4), np.uint8)):
+        with pytest.raises(ValueError, match="uint8"):
+            patches_to_input(bad)
+    # the out-of-place normalisation leaves its input as it was
+    x01 = torch.rand(2, 3, 4, 4)
+    before = x01.clone()
+    y = imagenet_normalize(x01)
+    torch.testing.assert_close(x01, before, rtol=0, atol=0)
+    torch.testing.assert_close(y[:, :, 0, 0], (before[:, :, 0, 0] - mean) / std)
 
 
 def test_patches_to_input_draws_as_documented():

@@ -579,6 +579,8 @@ class BaseModel(_SetupRegistry, ABC):
             max_epochs=max_epochs,
             patience=patience,
         )
+        # Lightning keeps the modes it finds, and a trained or loaded model is in eval mode: train in training mode.
+        plan.train()
         history, guard = History(), NaNGuard()
         with tempfile.TemporaryDirectory(prefix="scst_train_") as tmp:
             dirpath = str(checkpoint_dir) if checkpoint_dir is not None else tmp

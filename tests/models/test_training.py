@@ -1,0 +1,143 @@
+"""The Lightning pieces behind BaseModel.train, one at a time (optimisers, schedulers, batch sizes, random streams)."""
+
+from __future__ import annotations
+
+import random
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from scst.models._training import RNGState, TrainingPlan, _as_scalar, _batch_size, _rerunnable_script
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+class _Params(nn.Module):
+    """Two parameters and a loss whose gradient is zero: only weight decay moves them."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([2.0, -4.0]))
+        self.frozen = nn.Parameter(torch.tensor([1.0]), requires_grad=False)
+
+    def loss(self, batch):
+        return {"loss": 0.0 * self.w.sum()}
+
+
+def _one_step(plan):
+    opt = plan.configure_optimizers()
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    opt.zero_grad()
+    plan.module.loss(None)["loss"].backward()
+    opt.step()
+    return opt
+
+
+def test_adamw_decays_decoupled_and_adam_through_the_gradient():
+    # AdamW: the zero gradient gives a zero Adam step, the decay multiplies by 1 - lr * wd = 0.95
+    m = _Params()
+    opt = _one_step(TrainingPlan(m, lr=0.1, weight_decay=0.5, optimizer="adamw"))
+    torch.testing.assert_close(m.w.detach(), torch.tensor([1.9, -3.8]))
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["params"] == [m.w]  # trainable ones only
+    # Adam: wd * w is added to the gradient, and Adam's first step is lr * sign(grad)
+    m = _Params()
+    _one_step(TrainingPlan(m, lr=0.1, weight_decay=0.5, optimizer="adam"))
+    torch.testing.assert_close(m.w.detach(), torch.tensor([1.9, -3.9]))
+
+
+def test_schedulers():
+    m = _Params()
+    out = TrainingPlan(m, lr=0.1, lr_scheduler="cosine", max_epochs=4).configure_optimizers()
+    opt, sched = out["optimizer"], out["lr_scheduler"]
+    lrs = []
+    for _ in range(4):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    # cosine annealing over max_epochs: 0.1 * (1 + cos(pi * t / 4)) / 2, zero at the last epoch
+    np.testing.assert_allclose(lrs, [0.1 * (1 + np.cos(np.pi * t / 4)) / 2 for t in range(1, 5)], atol=1e-9)
+
+    out = TrainingPlan(m, lr=0.1, lr_scheduler="plateau", monitor="val_acc", mode="max", patience=4)
+    out = out.configure_optimizers()
+    opt, sched = out["optimizer"], out["lr_scheduler"]["scheduler"]
+    assert out["lr_scheduler"]["monitor"] == "val_acc"
+    lrs = []
+    for metric in (0.5, 0.6, 0.6, 0.6, 0.6, 0.6):  # improves once (mode "max"), then flat
+        sched.step(metric)
+        lrs.append(opt.param_groups[0]["lr"])
+    # patience 4 // 2 = 2 checks without improvement are tolerated; the third halves the learning rate
+    assert lrs == [0.1, 0.1, 0.1, 0.1, 0.05, 0.05]
+
+
+def test_training_plan_checks_its_settings():
+    m = _Params()
+    with pytest.raises(ValueError, match="`optimizer` must be one of \\['adam', 'adamw'\\]"):
+        TrainingPlan(m, optimizer="sgd")
+    with pytest.raises(ValueError, match="`lr_scheduler`"):
+        TrainingPlan(m, lr_scheduler="step")
+    for lr, wd in ((-0.1, 0.0), (float("nan"), 0.0), (0.1, -1.0)):
+        with pytest.raises(ValueError, match="`lr` and `weight_decay` must be >= 0"):
+            TrainingPlan(m, lr=lr, weight_decay=wd)
+    with pytest.raises(TypeError, match="must define `loss"):
+        TrainingPlan(nn.Linear(2, 1))
+
+
+def test_batch_size_and_scalars():
+    assert _batch_size(types.SimpleNamespace(num_graphs=3, x=torch.zeros(10, 2))) == 3  # a PyG batch of 3 graphs
+    assert _batch_size(torch.zeros(5, 2)) == 5
+    assert _batch_size(torch.tensor(1.0)) == 1
+    assert _batch_size({"scale": torch.tensor(2.0), "x": torch.zeros(7, 3), "y": torch.zeros(9)}) == 7
+    assert _batch_size((torch.zeros(4, 2), torch.zeros(4))) == 4
+    assert _batch_size(["no tensors"]) == 1
+    assert _as_scalar(torch.tensor([[2.5]])).shape == () and float(_as_scalar(torch.tensor([[2.5]]))) == 2.5
+    assert _as_scalar(torch.ones(2)) is None and _as_scalar("text") is None and _as_scalar(True) is None
+    assert _as_scalar(3) == 3.0 and isinstance(_as_scalar(3), float)
+
+
+def test_rng_state_restores_every_stream():
+    gen = torch.Generator().manual_seed(1)
+    loader = DataLoader(TensorDataset(torch.arange(10)), batch_size=2, shuffle=True, generator=gen)
+
+    def draw():
+        return (torch.rand(3), np.random.rand(3), np.random.randn(), random.random(), [b[0] for b in loader])  # noqa: NPY002
+
+    cb = RNGState([loader, None])
+    state = cb.state_dict()
+    first = draw()
+    RNGState([loader]).load_state_dict(state)
+    second = draw()
+    torch.testing.assert_close(first[0], second[0], rtol=0, atol=0)
+    np.testing.assert_array_equal(first[1], second[1])
+    assert first[2] == second[2] and first[3] == second[3]
+    for a, b in zip(first[4], second[4], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # without the generator state (another number of loader generators) the shuffling cannot be restored: warn
+    with pytest.warns(UserWarning, match="holds 1 data-loader generator state.*have 0"):
+        RNGState([]).load_state_dict(state)
+
+
+def test_rerunnable_script(monkeypatch, tmp_path):
+    import __main__
+
+    script = tmp_path / "train.py"
+    script.write_text("")
+    monkeypatch.setattr(__main__, "__spec__", None, raising=False)
+    monkeypatch.delattr(sys, "ps1", raising=False)
+    monkeypatch.setattr(sys, "argv", [str(script)])
+    assert _rerunnable_script() == f"python {script}"
+    for argv in ([""], ["-c"], [str(tmp_path / "missing.py")], [str(tmp_path)]):
+        monkeypatch.setattr(sys, "argv", argv)
+        assert _rerunnable_script() is None, argv
+    monkeypatch.setattr(sys, "argv", [str(script)])
+    monkeypatch.setattr(sys, "ps1", ">>> ", raising=False)
+    assert _rerunnable_script() is None  # interactive interpreter
+    monkeypatch.setattr(__main__, "__spec__", types.SimpleNamespace(name="mypkg.train"))
+    assert _rerunnable_script() == "python -m mypkg.train"
+    for name in ("pytest", "_pytest.main", "ipykernel.kernelapp", "IPython.terminal"):
+        monkeypatch.setattr(__main__, "__spec__", types.SimpleNamespace(name=name))
+        assert _rerunnable_script() is None, name
