@@ -481,7 +481,6 @@ class MultimodalST(BaseModel):
             if epochs <= 0:
                 continue
             self.module.stage = stage
-            self.module.train()  # BaseModel.train leaves the module in eval mode; Lightning does not switch back
             logg.info(f"MultimodalST: {stage} stage, {epochs} epochs")
             super().train(max_epochs=epochs, **kwargs)
             if self.history is not None:
