@@ -312,3 +312,41 @@ def test_predict_and_embed_run_convolutions_channels_last_with_the_same_values(h
         handle.remove()
     assert seen and all(x and w for x, w in seen), seen[:3]
     assert enc.conv.weight.is_contiguous()
+
+
+def test_options_resolve_to_loader_kwargs_dtype_and_pinning(monkeypatch):
+    """Known answers of the resolved options: worker kwargs, autocast dtype, pinning by device and CUDA."""
+    import warnings
+
+    two = inference_options("cpu", num_workers=2)
+    assert two.loader_kwargs() == {"num_workers": 2, "pin_memory": False, "prefetch_factor": 4}
+    # 5 batches, 2 workers: blocks [0, 1, 2] and [3, 4] interleaved; the order predictions are placed in
+    assert two.loader_kwargs(n_items=5)["sampler"] == [0, 3, 1, 4, 2] == two.item_order(5)
+    assert inference_options("cpu", num_workers=1).item_order(3) == [0, 1, 2]
+    assert inference_options("cpu").dtype is None and inference_options("cpu", precision="32-true").dtype is None
+    assert inference_options("cpu", precision="bf16").dtype is torch.bfloat16
+    assert inference_options("cpu", precision="16-mixed").dtype is torch.float16
+    with pytest.raises(ValueError, match="num_workers"):  # a bool is not a worker count
+        inference_options("cpu", num_workers=True)
+    assert inference_options("cuda").pin_memory is True  # None: pinned on CUDA devices (no CUDA needed to resolve)
+    assert inference_options("cpu").pin_memory is False
+    assert inference_options("cuda", pin_memory=False).pin_memory is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with warnings.catch_warnings():  # with CUDA, an explicit True is kept without a warning
+        warnings.simplefilter("error")
+        assert inference_options("cpu", pin_memory=True).pin_memory is True
+
+
+def test_autocast_runs_in_the_requested_dtype_and_outputs_come_back_float32():
+    from scst._inference import _to_float32
+
+    a = torch.ones(2, 3)
+    for precision, dtype in (("32", torch.float32), ("bf16", torch.bfloat16)):
+        opts = inference_options("cpu", precision=precision)
+        with opts.autocast():
+            assert (a @ a.T).dtype == dtype
+    x = torch.ones(2, dtype=torch.bfloat16)
+    out = _to_float32({"pred": x, "parts": (x, torch.arange(3)), "more": [x], "name": "n"})
+    assert out["pred"].dtype == torch.float32 and out["more"][0].dtype == torch.float32
+    assert isinstance(out["parts"], tuple) and out["parts"][0].dtype == torch.float32
+    assert out["parts"][1].dtype == torch.int64 and out["name"] == "n"  # integer tensors and others as they were

@@ -140,3 +140,164 @@ def test_relative_weights_path_is_recorded_absolute(tiny, tmp_path, monkeypatch)
     embed_patches(sdata, "resnet18", weights=recorded, size_um=24.0, out_px=32, key_added="again", progress=False)
     t = sdata.tables["table"]
     np.testing.assert_allclose(t.obsm["again"], t.obsm["rel"], rtol=1e-5, atol=1e-6)
+
+
+class Tokens(torch.nn.Module):
+    """The patch as ``(B, H * W, 3)`` tokens: pooled over tokens it is the mean colour too."""
+
+    def forward(self, x):
+        return x.flatten(2).transpose(1, 2)
+
+
+class Wrapped(torch.nn.Module):
+    """A one-entry dict output (e.g. ``{"features": ...}``): its value is pooled."""
+
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+
+    def forward(self, x):
+        return self.out(x)
+
+
+def test_token_and_dict_outputs_are_pooled_like_maps_and_odd_outputs_refused(tiny):
+    sdata, _, _ = tiny
+    kw = {"size_um": 24.0, "out_px": 24, "normalize": None, "progress": False}
+    embed_patches(sdata, MeanColour(), key_added="maps", **kw)
+    embed_patches(sdata, Tokens(), key_added="tokens", **kw)
+    embed_patches(sdata, Wrapped(lambda x: {"features": x}), key_added="dict", **kw)
+    t = sdata.tables["table"]
+    assert t.obsm["tokens"].shape == t.obsm["dict"].shape == (18, 3)
+    np.testing.assert_allclose(t.obsm["tokens"], t.obsm["maps"], atol=1e-6)
+    np.testing.assert_array_equal(t.obsm["dict"], t.obsm["maps"])
+    with pytest.raises(ValueError, match="expected 2, 3 or 4 dims"):
+        embed_patches(sdata, Wrapped(lambda x: x.mean((1, 2, 3))), key_added="flat", **kw)
+    with pytest.raises(TypeError, match="returned tuple"):
+        embed_patches(sdata, Wrapped(lambda x: (x, x)), key_added="pair", **kw)
+    assert "flat" not in t.obsm and "pair" not in t.obsm
+
+
+class ModeRecorder(MeanColour):
+    """Records ``self.training`` at each forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = torch.nn.BatchNorm2d(3)  # a mode-dependent layer: its batch statistics would change the features
+        self.modes = []
+
+    def forward(self, x):
+        self.modes.append(self.training)
+        return self.bn(x)
+
+
+def test_encoder_runs_in_eval_mode_and_keeps_its_mode(tiny):
+    sdata, _, _ = tiny
+    kw = {"size_um": 24.0, "out_px": 24, "normalize": None, "batch_size": 5, "progress": False}
+    enc = ModeRecorder().train()
+    embed_patches(sdata, enc, key_added="bn", **kw)
+    assert enc.modes and not any(enc.modes) and enc.training  # eval inside, training mode given back
+    embed_patches(sdata, MeanColour(), key_added="plain", **kw)
+    t = sdata.tables["table"]
+    # fresh BatchNorm in eval mode: running mean 0, var 1, so x / sqrt(1 + eps), whatever the batch
+    np.testing.assert_allclose(t.obsm["bn"], t.obsm["plain"] / np.sqrt(1 + 1e-5), rtol=1e-5, atol=1e-6)
+    enc.eval()
+    embed_patches(sdata, enc, key_added="bn2", **kw)
+    assert not enc.training  # an encoder in eval mode stays in eval mode
+
+
+def test_several_fields_of_view_are_concatenated_in_order(tiny):
+    sdata, _, _ = tiny
+    kw = {"out_px": 16, "normalize": None, "progress": False}
+    embed_patches(sdata, MeanColour(), size_um=(24.0, 60.0), key_added="multi", **kw)
+    embed_patches(sdata, MeanColour(), size_um=24.0, key_added="small", **kw)
+    embed_patches(sdata, MeanColour(), size_um=60, key_added="large", **kw)
+    t = sdata.tables["table"]
+    assert not np.allclose(t.obsm["small"], t.obsm["large"])  # the wider view holds background: other colours
+    np.testing.assert_array_equal(t.obsm["multi"], np.hstack([t.obsm["small"], t.obsm["large"]]))
+    info = t.uns["scst_embed"]
+    assert info["multi"]["size_um"] == [24.0, 60.0] and info["multi"]["n_features"] == 6
+    assert info["large"]["size_um"] == 60.0 and isinstance(info["large"]["size_um"], float)
+    embed_patches(sdata, "handcrafted", size_um=(24.0, 60.0), out_px=16, key_added="hc", progress=False)
+    names = handcrafted_feature_names()
+    hc = t.uns["scst_embed"]["hc"]
+    assert hc["feature_names"] == [f"{n}_24um" for n in names] + [f"{n}_60um" for n in names]
+    assert t.obsm["hc"].shape == (18, 2 * len(names))
+
+
+class NanRed(torch.nn.Module):
+    """Mean colour with the red feature not finite."""
+
+    def forward(self, x):
+        out = x.mean((2, 3))
+        return torch.cat([torch.full_like(out[:, :1], float("nan")), out[:, 1:]], 1)
+
+
+def test_non_finite_features_are_refused(tiny):
+    sdata, _, _ = tiny
+    with pytest.raises(FloatingPointError, match=r"non-finite features for 18 spot\(s\)"):
+        embed_patches(sdata, NanRed(), size_um=24.0, out_px=16, key_added="nan", progress=False)
+    assert "nan" not in sdata.tables["table"].obsm and "nan" not in sdata.tables["table"].uns["scst_embed"]
+
+
+def test_argument_checks(tiny):
+    sdata, _, _ = tiny
+    kw = {"size_um": 24.0, "out_px": 16, "progress": False}
+    with pytest.raises(ValueError, match="normalize: expected 'imagenet' or None"):
+        embed_patches(sdata, MeanColour(), normalize="none", **kw)
+    with pytest.raises(ValueError, match="batch_size: expected a positive integer"):
+        embed_patches(sdata, MeanColour(), batch_size=0, **kw)
+    for bad in (0.0, -5.0, ()):
+        with pytest.raises(ValueError, match="size_um: expected positive patch size"):
+            embed_patches(sdata, MeanColour(), size_um=bad, out_px=16, progress=False)
+    with pytest.raises(ValueError, match="only used with a backbone name"):
+        embed_patches(sdata, MeanColour(), weights="DEFAULT", **kw)
+    with pytest.raises(ValueError, match="only used with a backbone name"):
+        embed_patches(sdata, MeanColour(), encoder_kwargs={"a": 1}, **kw)
+    for bad in ({"weights": "DEFAULT"}, {"encoder_kwargs": {"a": 1}}):
+        with pytest.raises(ValueError, match="not used with encoder='handcrafted'"):
+            embed_patches(sdata, "handcrafted", **bad, **kw)
+    with pytest.raises(TypeError, match="sdata: expected a SpatialData"):
+        embed_patches(sdata.tables["table"], "handcrafted", **kw)
+    # one spot per batch: the same features as bigger batches
+    t = sdata.tables["table"]
+    embed_patches(sdata, MeanColour(), batch_size=1, key_added="one", normalize=None, **kw)
+    embed_patches(sdata, MeanColour(), batch_size=7, key_added="seven", normalize=None, **kw)
+    np.testing.assert_array_equal(t.obsm["one"], t.obsm["seven"])
+    bare = sdata.tables["table"].copy()
+    del bare.obs["section"]
+    import spatialdata
+
+    with pytest.raises(ValueError, match="no 'section' column"):
+        bare_sdata = spatialdata.SpatialData(
+            images=dict(sdata.images), shapes=dict(sdata.shapes), tables={"table": bare}
+        )
+        embed_patches(bare_sdata, "handcrafted", **kw)
+
+
+def test_recipe_in_uns_keeps_earlier_embeddings_and_names_hub_encoders(tiny, monkeypatch):
+    import scst.nn._backbones as backbones
+
+    sdata, _, _ = tiny
+    seen = {}
+
+    def fake_build(name, weights, where, model_kwargs=None):  # a hub backbone, without the hub
+        seen.update(name=name, weights=weights, model_kwargs=model_kwargs)
+        return MeanColour(), 3
+
+    monkeypatch.setattr(backbones, "build_backbone", fake_build)
+    kw = {"size_um": 24.0, "out_px": 16, "progress": False}
+    embed_patches(sdata, "handcrafted", key_added="hc", **kw)
+    embed_patches(sdata, "hf-hub:org/net v2", weights="pretrained", encoder_kwargs={"init_values": 1e-5}, **kw)
+    assert seen == {"name": "hf-hub:org/net v2", "weights": "pretrained", "model_kwargs": {"init_values": 1e-5}}
+    t = sdata.tables["table"]
+    info = t.uns["scst_embed"]
+    assert {"hc", "X_hf-hub_org_net_v2"} <= set(info)  # the earlier recipe is kept; no "/", ":" or " " in the key
+    hub = info["X_hf-hub_org_net_v2"]
+    assert hub["encoder"] == "hf-hub:org/net v2" and hub["weights"] == "pretrained"
+    assert hub["encoder_kwargs"] == {"init_values": 1e-5} and hub["normalize"] == "imagenet"
+    assert hub["out_px"] == 16 and hub["n_features"] == 3 and "feature_names" not in hub
+    assert info["hc"]["normalize"] == "none" and "encoder_kwargs" not in info["hc"]  # [0, 1] RGB, whatever normalize
+    # imagenet normalisation reached the network: mean colour of the normalised patch
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    embed_patches(sdata, MeanColour(), normalize=None, key_added="raw", **kw)
+    np.testing.assert_allclose(t.obsm["X_hf-hub_org_net_v2"], (t.obsm["raw"] - mean) / std, rtol=1e-4, atol=1e-4)

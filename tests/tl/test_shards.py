@@ -118,6 +118,9 @@ def test_failed_shard_is_named_and_nothing_is_written(dask_client, model_dir, sh
     with pytest.raises(ShardError, match="'broken'"):
         predict_shards(srcs, model_dir, out, client=dask_client, overwrite=True)
     np.testing.assert_array_equal(np.asarray(sd.read_zarr(out).tables[SHARD_TABLE].X), before)
+    # with overwrite=True a run that succeeds replaces it
+    predict_shards({"other": shard_sources["S4"]}, model_dir, out, client=dask_client, overwrite=True)
+    assert set(sd.read_zarr(out).tables[SHARD_TABLE].obs["section"]) == {"S4"}
 
 
 def test_bad_input_names_the_argument(model_dir, shard_sources, tmp_path):
@@ -202,3 +205,164 @@ def test_merge_names_a_store_without_section_column(tmp_path):
     ):
         merge_shards([tmp_path / "foreign.zarr"], tmp_path / "o.zarr")
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_shard_names_and_sources(shard_sources, tmp_path):
+    from scst.tl._shards import _normalize_shards, _shard_name
+
+    s3 = shard_sources["S3"]
+    assert _shard_name("her2st:C5") == "C5" and _shard_name("/data/slide_7.ome.tif") == "slide_7"
+    assert _normalize_shards(s3) == {"S3": str(s3)}  # one path, not a sequence of characters
+    assert _normalize_shards(str(s3)) == {"S3": str(s3)}
+    assert _normalize_shards({"x": s3, "her2st": "her2st:C5"}) == {"x": str(s3), "her2st": "her2st:C5"}
+    (tmp_path / "UPPER.PNG").write_bytes(b"")  # suffixes in any case
+    assert _normalize_shards([tmp_path / "UPPER.PNG"]) == {"UPPER": str(tmp_path / "UPPER.PNG")}
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(ValueError, match="neither an existing SpatialData zarr store"):
+        _normalize_shards([tmp_path / "notes.txt"])
+    with pytest.raises(ValueError, match="expected at least one shard"):
+        _normalize_shards([])
+    with pytest.raises(TypeError, match="shards: expected a list"):
+        _normalize_shards(3)
+
+
+def test_model_dir_checks(tmp_path):
+    from scst.tl._shards import _model_class
+
+    (tmp_path / "attr.json").write_text('{"model": "NoSuchModel"}')
+    with pytest.raises(ValueError, match="unknown model class 'NoSuchModel'"):
+        _model_class(tmp_path)
+    (tmp_path / "attr.json").write_text("{not json")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        _model_class(tmp_path)
+
+
+def test_settings_reach_the_shard_job(model_dir, shard_sources, tmp_path, monkeypatch):
+    """A recording stub in place of ShardPredictor: what each worker would be given (no cluster started)."""
+    import scst.tl._shards as shards
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def recording(**kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(shards, "ShardPredictor", recording)
+    monkeypatch.chdir(model_dir.parent)
+    with pytest.raises(Stop):
+        predict_shards([shard_sources["S3"], shard_sources["S5"]], model_dir.name, tmp_path / "o.zarr",
+                       table="tab", batch_size=5, tile_grid=True, spacing_um=150.0, min_tissue=0.25,
+                       um_per_px={"S5": 0.5}, accelerator="gpu", precision="bf16")  # fmt: skip
+    assert seen["model_dir"] == str(model_dir.resolve())  # absolute: workers may start elsewhere
+    assert seen["predict_kwargs"] == {"table": "tab", "batch_size": 5, "tile_grid": True, "spacing_um": 150.0,
+                                      "min_tissue": 0.25, "precision": "bf16"}  # fmt: skip
+    assert seen["um_per_px"] == {"S5": 0.5} and type(seen["um_per_px"]) is dict and seen["accelerator"] == "gpu"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def shard_stores(model_dir, shard_sources, tmp_path_factory):
+    """Shard stores of S3 and S4 written in this process by the job the workers run, with its reports."""
+    from scst.tl._shards import ShardPredictor
+
+    root = tmp_path_factory.mktemp("stores")
+    job = ShardPredictor(model_dir=str(model_dir))
+    reports = {s: job(s, str(shard_sources[s]), str(root / f"{s}.zarr")) for s in ("S3", "S4")}
+    return {s: root / f"{s}.zarr" for s in reports}, reports
+
+
+def test_shard_job_writes_the_prediction_and_its_report(model_dir, shard_sources, shard_stores, monkeypatch):
+    import spatialdata as sd
+
+    from scst.tl._shards import ShardPredictor
+
+    stores, reports = shard_stores
+    part = sd.read_zarr(stores["S3"])
+    tab = part.tables[SHARD_TABLE]
+    want = _serial(shard_sources["S3"], model_dir)
+    np.testing.assert_array_equal(np.asarray(tab.X), np.asarray(want.layers["predicted"]))
+    assert list(tab.var_names) == PANEL and (tab.obs["shard"] == "S3").all() and set(part.shapes) == {"S3_spots"}
+    assert tab.X.dtype == np.float32
+    assert list(tab.uns["scst"]["sections"]) == ["S3"]  # the geometry travels with the shard
+    r = reports["S3"]
+    assert r["shard"] == "S3" and r["sections"] == ["S3"] and r["n_spots"] == 64 and r["model"] == "RidgeExpression"
+    assert json.loads(tab.uns["scst_shards"]["json"]) == [r]
+
+    # a model whose load takes an accelerator gets the job's; the pixel size of an image shard is looked up by name
+    want5 = _serial(shard_sources["S5"], model_dir).layers["predicted"]
+    loads = []
+    orig = RidgeExpression.load.__func__
+
+    def load(cls, dir_path, data=None, accelerator="cpu"):
+        loads.append(accelerator)
+        return orig(cls, dir_path, data)
+
+    monkeypatch.setattr(RidgeExpression, "load", classmethod(load))
+    job = ShardPredictor(model_dir=str(model_dir), um_per_px={"S5": syn.UM_PER_PX, "other": 99.0}, accelerator="mps")
+    root = shard_stores[0]["S3"].parent
+    r5 = job("S5", str(shard_sources["S5"]), str(root / "S5.zarr"))
+    got = sd.read_zarr(root / "S5.zarr").tables[SHARD_TABLE]
+    np.testing.assert_array_equal(np.asarray(got.X), np.asarray(want5))
+    assert r5["n_spots"] == got.n_obs >= 9 and loads == ["mps"]
+    with pytest.raises(ValueError, match="its pixel size in µm is needed"):
+        job("S6", str(shard_sources["S5"]), str(root / "S6.zarr"))
+
+
+def test_merge_keeps_the_given_order_reports_and_geometry(shard_stores, tmp_path):
+    import spatialdata as sd
+
+    stores, reports = shard_stores
+    out = tmp_path / "m.zarr"
+    report = merge_shards([stores["S4"], stores["S3"]], out)
+    assert list(report["shard"]) == ["S4", "S3"] and report.to_dict("records") == [reports["S4"], reports["S3"]]
+    merged = sd.read_zarr(out)
+    tab = merged.tables[SHARD_TABLE]
+    parts = [sd.read_zarr(stores[s]).tables[SHARD_TABLE] for s in ("S4", "S3")]
+    np.testing.assert_array_equal(np.asarray(tab.X), np.vstack([np.asarray(p.X) for p in parts]))
+    np.testing.assert_array_equal(tab.obs_names, np.concatenate([p.obs_names for p in parts]))
+    assert list(tab.obs["section"].cat.categories) == ["S4", "S3"] and set(merged.shapes) == {"S3_spots", "S4_spots"}
+    assert set(tab.uns["scst"]["sections"]) == {"S3", "S4"}
+    assert json.loads(tab.uns["scst_shards"]["json"]) == [reports["S4"], reports["S3"]]
+    # one path as such; an existing output only with overwrite
+    assert list(merge_shards(str(stores["S3"]), tmp_path / "one.zarr")["shard"]) == ["S3"]
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        merge_shards([stores["S3"]], out)
+    merge_shards([stores["S3"]], out, overwrite=True)
+    assert set(sd.read_zarr(out).tables[SHARD_TABLE].obs["section"]) == {"S3"}
+    with pytest.raises(ValueError, match="expected at least one shard store"):
+        merge_shards([], tmp_path / "none.zarr")
+
+
+def test_merge_refuses_other_panels_and_renames_repeated_spots(shard_stores, tmp_path):
+    import spatialdata as sd
+
+    stores, _ = shard_stores
+    part = sd.read_zarr(stores["S4"])
+    tab = part.tables[SHARD_TABLE]
+    del part.tables[SHARD_TABLE]
+    part.tables[SHARD_TABLE] = tab[:, ::-1].copy()  # the same genes in another order: another model's panel
+    part.write(tmp_path / "other_panel.zarr")
+    with pytest.raises(ValueError, match="predicts another gene panel"):
+        merge_shards([stores["S3"], tmp_path / "other_panel.zarr"], tmp_path / "o.zarr")
+    assert not (tmp_path / "o.zarr").exists()
+
+    part = sd.read_zarr(stores["S4"])
+    tab = part.tables[SHARD_TABLE]
+    del part.tables[SHARD_TABLE]
+    tab.obs_names = sd.read_zarr(stores["S3"]).tables[SHARD_TABLE].obs_names  # S4's spots under S3's names
+    part.tables[SHARD_TABLE] = tab
+    part.write(tmp_path / "same_names.zarr")
+    with pytest.warns(UserWarning, match="spot names repeat across shards"):
+        merge_shards([stores["S3"], tmp_path / "same_names.zarr"], tmp_path / "o.zarr")
+    names = sd.read_zarr(tmp_path / "o.zarr").tables[SHARD_TABLE].obs_names
+    assert names.is_unique and len(names) == 128
+
+    part = sd.read_zarr(stores["S4"])
+    part.tables["table"] = part.tables[SHARD_TABLE]
+    del part.tables[SHARD_TABLE]
+    part.write(tmp_path / "no_prediction.zarr")
+    with pytest.raises(ValueError, match="has no table 'predicted'"):
+        merge_shards([tmp_path / "no_prediction.zarr"], tmp_path / "o2.zarr")
