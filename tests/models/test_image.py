@@ -253,3 +253,18 @@ def test_predict_is_the_eval_network_clipped_at_zero_and_restores_the_mode():
             warnings.simplefilter("always")
             model._check_predict_sections(sd, tab, ["S2"])
         assert any("µm/px" in str(w.message) for w in rec) == warns, factor
+
+
+def test_output_bias_and_standardisation_are_set_once_before_the_first_training():
+    sd = syn.make_sdata(sections=("S1", "S2"), grid=3)
+    HGGEP.setup_sdata(sd, size_um=syn.SIZE_UM, patch_px=32)
+    model = HGGEP(sd, **HGGEP.bench_config)  # standardize_targets: True
+    model._training_sections(False, seed=0)
+    std = model._target_std
+    bias = model.module.gene_head[-1].bias
+    np.testing.assert_allclose(bias.detach().numpy(), 0.0, atol=1e-4)  # mean of the z-scored training targets
+    with torch.no_grad():
+        bias.fill_(3.0)
+    model._is_trained = True  # a trained model trains on (fine-tuning): its bias and statistics stay
+    model._training_sections("S2", seed=0)
+    assert torch.equal(bias, torch.full_like(bias, 3.0)) and model._target_std is std
