@@ -70,16 +70,20 @@ def test_kd_cells_split_the_longest_axis_in_halves():
 
 def test_tiling_windows_known_answer():
     rng = np.random.default_rng(2)
-    pos = rng.uniform(0, 100, (97, 2))
-    wins = _tiling_windows(pos, 20)
-    assert np.array_equal(np.sort(np.concatenate([c for _, c in wins])), np.arange(97))
-    for w, c in wins:
-        assert len(c) <= 10  # cores: k-d cells of at most max_spots // 2 spots
-        assert len(w) == 20 and len(np.unique(w)) == 20 and np.array_equal(w, np.sort(w))
-        # the window = the core + the spots nearest to the core's centre, up to 20
-        order = np.argsort(np.linalg.norm(pos - pos[c].mean(0), axis=1))
-        extra = [i for i in order if i not in set(c.tolist())][: 20 - len(c)]
-        assert set(w.tolist()) == set(c.tolist()) | set(extra)
+    uniform = rng.uniform(0, 100, (97, 2))
+    # sparse spots around a dense cluster: some cores reach beyond the 20 spots nearest to their centre
+    rng = np.random.default_rng(0)
+    clustered = np.concatenate([rng.uniform(0, 100, (30, 2)), rng.normal(50, 1, (30, 2))])
+    for pos in (uniform, clustered):
+        wins = _tiling_windows(pos, 20)
+        assert np.array_equal(np.sort(np.concatenate([c for _, c in wins])), np.arange(len(pos)))
+        for w, c in wins:
+            assert len(c) <= 10  # cores: k-d cells of at most max_spots // 2 spots
+            assert len(w) == 20 and len(np.unique(w)) == 20 and np.array_equal(w, np.sort(w))
+            # the window = the core + the spots nearest to the core's centre, up to 20
+            order = np.argsort(np.linalg.norm(pos - pos[c].mean(0), axis=1))
+            extra = [i for i in order if i not in set(c.tolist())][: 20 - len(c)]
+            assert set(w.tolist()) == set(c.tolist()) | set(extra)
 
 
 class _Windows(_WindowDataset):

@@ -237,3 +237,16 @@ def test_he_augment_steps_known_answers():
         HEAugment(blur_sigma=(2.0, 1.0))
     with pytest.raises(ValueError, match="p_blur"):
         HEAugment(p_blur=1.5)
+
+
+def test_random_resized_crop_positions_cover_the_image_and_stay_inside():
+    g = torch.Generator().manual_seed(0)
+    # crops of a constant image are constant: no sample reaches outside the image (border pixels are replicated)
+    ones = torch.ones(256, 3, 8, 8)
+    torch.testing.assert_close(random_resized_crop(ones, scale=(0.25, 0.81), generator=g), ones)
+    # half-edge crops of a 32 px ramp start anywhere in [0, 16] px: both halves of the range are drawn, along x and y
+    ramp = torch.arange(32, dtype=torch.float32).view(1, 1, 1, 32).expand(64, 3, 32, 32)
+    for img, first in ((ramp, lambda y: y[:, 0, 5, 0]), (ramp.transpose(2, 3), lambda y: y[:, 0, 0, 5])):
+        start = first(random_resized_crop(img.contiguous(), scale=(0.25, 0.25), generator=g))  # ~ left edge
+        assert start.min() >= 0 and start.max() <= 16
+        assert start.min() < 4 and start.max() > 12
