@@ -225,9 +225,13 @@ def test_targets_standardised_with_training_spots_only():
     np.testing.assert_allclose(val[0].size_factors, lib[s2] / np.median(lib[s1]), rtol=1e-5)
 
 
-def test_predict_is_the_eval_network_clipped_at_zero_and_restores_the_mode():
+def test_predict_is_the_eval_network_clipped_at_zero_and_restores_the_mode(monkeypatch):
+    from scst.models._image import clear_patch_cache
     from scst.nn import patches_to_input
     from scst.pp._patches import SpotPatchDataset
+
+    clear_patch_cache()  # streamed prediction, in the dataset's reading order (reversed here): rows still match
+    monkeypatch.setattr(SpotPatchDataset, "locality_order", lambda ds: np.arange(len(ds))[::-1].copy())
 
     sd = syn.make_sdata(sections=("S1", "S2"), grid=3)
     TCGN.setup_sdata(sd, size_um=syn.SIZE_UM, sections=["S1"])
