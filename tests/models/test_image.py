@@ -113,7 +113,7 @@ def test_sections_panels_and_geometries_are_checked():
     import anndata as ad
     import pandas as pd
 
-    obs = pd.DataFrame({"section": pd.Categorical(["B", "A", "B"], categories=["C", "B", "A"])})
+    obs = pd.DataFrame({"section": pd.Categorical(["A", "B", "A"], categories=["C", "B", "A"])})
     adata = ad.AnnData(np.zeros((3, 3)), obs=obs, var=pd.DataFrame(index=["g0", "g1", "g2"]))
     assert _sections_of(adata) == ["B", "A"]  # category order, categories without spots left out
     assert _check_sections(adata, None) == ["B", "A"] and _check_sections(adata, "A") == ["A"]
