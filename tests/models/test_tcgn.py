@@ -138,15 +138,15 @@ def test_attribution_rows_follow_spots_across_sections():
     TCGN.setup_sdata(sd, size_um=syn.SIZE_UM)
     model = TCGN(sd, **{**TCGN.bench_config, "img_size": 64})
     rows = np.array([20, 3, 17, 5])  # S2, S1, S2, S1 (16 spots per section)
-    maps, patches = model.attribution(sd, "UP", rows, return_patches=True)
+    maps, patches = model.attribution(sd, "DOWN", rows, return_patches=True)  # gene 1, not 0
     ds = SpotPatchDataset(sd, "table", return_counts=False, size_um=syn.SIZE_UM, out_px=64, normalize=None)
     ref_patches = np.stack([ds.patch_uint8(int(r)) for r in rows])
     np.testing.assert_array_equal(patches, ref_patches)
-    ref = model.module.attribution(patches_to_input(ref_patches, False), model.var_names.index("UP")).numpy()
+    ref = model.module.attribution(patches_to_input(ref_patches, False), model.var_names.index("DOWN")).numpy()
     np.testing.assert_allclose(maps, ref, atol=1e-5)
     mask = np.zeros(32, dtype=bool)
     mask[rows] = True
-    np.testing.assert_allclose(model.attribution(sd, "UP", mask), maps[np.argsort(rows)], atol=1e-5)
+    np.testing.assert_allclose(model.attribution(sd, "DOWN", mask), maps[np.argsort(rows)], atol=1e-5)
     with pytest.raises(ValueError, match="boolean mask"):
         model.attribution(sd, "UP", mask[:-1])
     with pytest.raises(IndexError, match="positions"):
