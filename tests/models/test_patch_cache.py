@@ -34,3 +34,34 @@ def test_cache_hits_on_same_content_and_misses_on_other_content():
     assert calls == ["a", "b", "b moved", "b bigger"]
     assert not first.flags.writeable
     clear_patch_cache()
+
+
+def test_cache_budget_is_inclusive():
+    """An entry of exactly the budget stays cached; a section of exactly the budget is cached, one byte more is not."""
+    import importlib.util
+    from pathlib import Path
+
+    from scst.models._image import _PATCH_CACHE, _SectionPatches
+
+    clear_patch_cache()
+    calls = []
+
+    def read():
+        calls.append(1)
+        return np.zeros((2, 3, 4, 4), dtype=np.uint8)  # 96 bytes
+
+    img, centers = _img(0), np.array([[5.0, 5.0], [10.0, 12.0]])
+    first = _cached_patches(img, centers, 80.0, 4, 96, read)
+    assert len(_PATCH_CACHE) == 1 and _cached_patches(img, centers, 80.0, 4, 96, read) is first and calls == [1]
+    _cached_patches(img, centers + 1, 80.0, 4, 96, read)  # a second entry: the budget holds one, the oldest goes
+    assert len(_PATCH_CACHE) == 1 and _cached_patches(img, centers + 1, 80.0, 4, 96, read) is not first
+    clear_patch_cache()
+
+    spec = importlib.util.spec_from_file_location("_he_synthetic", Path(__file__).with_name("_he_synthetic.py"))
+    syn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(syn)
+    sd = syn.make_sdata(sections=("S1",), grid=4)
+    rows = np.arange(16)
+    nbytes = 16 * 3 * 32 * 32
+    assert _SectionPatches(sd, "table", rows, syn.SIZE_UM, 32, nbytes / 2**20).cached
+    assert not _SectionPatches(sd, "table", rows, syn.SIZE_UM, 32, (nbytes - 1) / 2**20).cached

@@ -137,3 +137,116 @@ def test_he_augment_views():
     with pytest.raises(ValueError, match="RGB batch"):
         aug(torch.rand(3, 24, 24))
     assert math.isfinite(float(a.sum()))
+
+
+def test_optical_density_of_black_and_clipping_back_to_rgb():
+    # black: OD = -log((0 + 1/255) / (1 + 1/255)) = log(256) in every channel
+    black = torch.zeros(1, 3, 1, 1, dtype=torch.float64)
+    od = torch.full((1, 3), math.log(256.0), dtype=torch.float64)
+    torch.testing.assert_close(rgb_to_hed(black).view(1, 3), od @ torch.linalg.inv(RGB_FROM_HED))
+    # negative concentrations (brighter than glass) give RGB above 1: clipped to white; huge ones to black
+    conc = torch.tensor([[-1.0, -0.5, 0.0], [50.0, 50.0, 50.0]], dtype=torch.float64).view(2, 3, 1, 1)
+    rgb = hed_to_rgb(conc)
+    assert torch.equal(rgb[0], torch.ones(3, 1, 1, dtype=torch.float64))
+    assert torch.equal(rgb[1], torch.zeros(3, 1, 1, dtype=torch.float64))
+
+
+def test_hed_jitter_draws_centred_scales_and_shifts():
+    # two pixels per image with different stain amounts: scale a and shift b of each stain follow from the pair
+    conc = torch.tensor([[0.2, 0.1, 0.05], [0.9, 0.6, 0.05]], dtype=torch.float64)
+    x = _rgb_of_stains(conc).view(1, 2, 3).permute(0, 2, 1).reshape(1, 3, 1, 2).expand(64, 3, 1, 2).contiguous()
+    sigma, bias = 0.2, 0.05
+    h = rgb_to_hed(hed_jitter(x, sigma, bias, generator=torch.Generator().manual_seed(0)))[:, :2, 0]  # (64, 2, 2)
+    h0 = conc[:, :2].T  # (stain, pixel)
+    a = (h[..., 1] - h[..., 0]) / (h0[:, 1] - h0[:, 0])
+    b = h[..., 0] - a * h0[:, 0]
+    assert (a >= 1 - sigma - 1e-6).all() and (a <= 1 + sigma + 1e-6).all()
+    assert (b.abs() <= bias + 1e-6).all()
+    # U(1 - sigma, 1 + sigma) and U(-bias, bias): both sides of 1 and of 0 are drawn (128 draws each)
+    assert a.min() < 1 - sigma / 2 and a.max() > 1 + sigma / 2
+    assert b.min() < -bias / 2 and b.max() > bias / 2
+    with pytest.raises(ValueError, match="non-negative"):
+        hed_jitter(x, sigma=-0.1)
+    with pytest.raises(ValueError, match="non-negative"):
+        hed_jitter(x, bias=-0.1)
+
+
+def _blur_reference(x: torch.Tensor, sigma: float, k: int) -> torch.Tensor:
+    """Separable Gaussian blur by hand: numpy-style reflect padding (no edge repeat), rows then columns."""
+    p = (k - 1) // 2
+    t = torch.arange(k, dtype=torch.float64) - p
+    kern = torch.exp(-0.5 * (t / sigma) ** 2)
+    kern = kern / kern.sum()
+    img = x.double()[0, 0]
+    h, w = img.shape
+    refl = lambda i, n: -i if i < 0 else 2 * (n - 1) - i if i >= n else i  # noqa: E731
+    tmp = torch.zeros(h, w, dtype=torch.float64)
+    for i in range(h):
+        for j in range(w):
+            tmp[i, j] = sum(kern[u] * img[i, refl(j + u - p, w)] for u in range(k))
+    out = torch.zeros(h, w, dtype=torch.float64)
+    for i in range(h):
+        for j in range(w):
+            out[i, j] = sum(kern[u] * tmp[refl(i + u - p, h), j] for u in range(k))
+    return out
+
+
+def test_gaussian_blur_matches_reflect_reference_at_the_border():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 1, 6, 7, generator=g, dtype=torch.float64)
+    x[0, 0, 0, 0] = 5.0  # a bright corner: its mirror images decide the border values
+    torch.testing.assert_close(gaussian_blur(x, 1.0)[0, 0], _blur_reference(x, 1.0, 7))  # k = 2 * ceil(3) + 1
+    # a 3x3 image and sigma 2: the 13-wide kernel is cut to 5 (reflect padding needs pad < size)
+    small = torch.rand(1, 1, 3, 3, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(gaussian_blur(small, 2.0)[0, 0], _blur_reference(small, 2.0, 5))
+    with pytest.raises(ValueError, match="kernel_size"):
+        gaussian_blur(x, 1.0, kernel_size=4)
+
+
+def test_random_resized_crop_rejects_area_above_one():
+    with pytest.raises(ValueError, match="scale"):
+        random_resized_crop(torch.zeros(1, 3, 8, 8), scale=(0.5, 2.0))
+    with pytest.raises(ValueError, match="scale"):
+        random_resized_crop(torch.zeros(1, 3, 8, 8), scale=(0.8, 0.5))
+
+
+def test_he_augment_steps_known_answers():
+    quiet = {"hed_sigma": 0.0, "hed_bias": 0.0}
+    # a 9x9 grey image with a dark centre: the dihedral group leaves it as it is
+    x = torch.full((4, 3, 9, 9), 0.8)
+    x[:, :, 4, 4] = 0.2
+    gen = torch.Generator().manual_seed(0)
+    same = HEAugment(crop_scale=(1.0, 1.0), p_blur=0.0, **quiet)(x, generator=gen)
+    torch.testing.assert_close(same, x, atol=1e-4, rtol=0)
+    blurred = HEAugment(crop_scale=(1.0, 1.0), blur_sigma=(1.0, 1.0), p_blur=1.0, **quiet)(x, generator=gen)
+    torch.testing.assert_close(blurred, gaussian_blur(x, 1.0), atol=1e-4, rtol=0)  # p_blur = 1: every image
+    # stain jitter with hed_sigma only: a pure scale of each stain (same ratio at the centre and elsewhere)
+    y = HEAugment(crop_scale=(1.0, 1.0), hed_sigma=0.3, hed_bias=0.0, p_blur=0.0)(x, generator=gen)
+    h0, h1 = rgb_to_hed(x.double()), rgb_to_hed(y.double())
+    ratio_c, ratio_o = h1[:, :2, 4, 4] / h0[:, :2, 4, 4], h1[:, :2, 0, 0] / h0[:, :2, 0, 0]
+    torch.testing.assert_close(ratio_c, ratio_o, atol=2e-3, rtol=0)
+    assert (ratio_c - 1).abs().max() > 0.02  # the scale did change
+    # the crop comes first: a quarter-area crop of a horizontal ramp halves its slope (along x or, rotated, y)
+    ramp = (0.2 + 0.6 * torch.arange(32.0) / 31).view(1, 1, 1, 32).expand(8, 3, 32, 32).contiguous()
+    z = HEAugment(crop_scale=(0.25, 0.25), p_blur=0.0, **quiet)(ramp, generator=gen)
+    slope = torch.maximum(
+        (z[..., :, 1:] - z[..., :, :-1]).abs().mean((1, 2, 3)), (z[..., 1:, :] - z[..., :-1, :]).abs().mean((1, 2, 3))
+    )
+    torch.testing.assert_close(slope, torch.full((8,), 0.5 * 0.6 / 31), atol=2e-4, rtol=0)
+    with pytest.raises(ValueError, match="blur_sigma"):
+        HEAugment(blur_sigma=(2.0, 1.0))
+    with pytest.raises(ValueError, match="p_blur"):
+        HEAugment(p_blur=1.5)
+
+
+def test_random_resized_crop_positions_cover_the_image_and_stay_inside():
+    g = torch.Generator().manual_seed(0)
+    # crops of a constant image are constant: no sample reaches outside the image (border pixels are replicated)
+    ones = torch.ones(256, 3, 8, 8)
+    torch.testing.assert_close(random_resized_crop(ones, scale=(0.25, 0.81), generator=g), ones)
+    # half-edge crops of a 32 px ramp start anywhere in [0, 16] px: both halves of the range are drawn, along x and y
+    ramp = torch.arange(32, dtype=torch.float32).view(1, 1, 1, 32).expand(64, 3, 32, 32)
+    for img, first in ((ramp, lambda y: y[:, 0, 5, 0]), (ramp.transpose(2, 3), lambda y: y[:, 0, 0, 5])):
+        start = first(random_resized_crop(img.contiguous(), scale=(0.25, 0.25), generator=g))  # ~ left edge
+        assert start.min() >= 0 and start.max() <= 16
+        assert start.min() < 4 and start.max() > 12

@@ -228,3 +228,280 @@ def test_bad_inputs():
         TCGNModule(n_genes=4, **dict(TINY, sr_ratios=(8, 3, 2, 1)))
     with pytest.raises(ValueError, match="k"):
         topk_graph(torch.rand(1, 1, 4, 4), torch.randn(1, 4, 2), 5)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Known answers computed by hand (loops / plain tensor ops), layer by layer
+# --------------------------------------------------------------------------------------------------------------------
+def test_topk_graph_matches_brute_force_on_irregular_graph():
+    """Random map + a hub node every row points to: in-degrees differ, out-degrees are all k."""
+    g = torch.Generator().manual_seed(3)
+    b, heads, n, k, c = 2, 3, 9, 2, 4
+    attn = torch.rand(b, heads, n, n, generator=g, dtype=torch.float64)
+    attn[:, :, :, 4] += 5.0  # node 4 is every node's first target
+    attn = attn / attn.sum(-1, keepdim=True)
+    nodes = torch.randn(b, n, c, generator=g, dtype=torch.float64)
+    out = topk_graph(attn, nodes, k)
+    e = n * k
+    mean = attn.mean(1)
+    adj = torch.zeros(b, n, n, dtype=torch.float64)
+    T = torch.zeros(b, n, e, dtype=torch.float64)
+    feat = torch.zeros(b, e, heads + 4, dtype=torch.float64)
+    for bi in range(b):
+        for i in range(n):
+            order = sorted(range(n), key=lambda j: -mean[bi, i, j].item())[:k]  # noqa: B023
+            assert set(out["dst"][bi, i].tolist()) == set(order)
+            for slot, j in enumerate(out["dst"][bi, i].tolist()):
+                eid = i * k + slot
+                adj[bi, i, j] = 1.0
+                T[bi, i, eid] += 1.0
+                T[bi, j, eid] += 1.0
+                d = ((i // 3 - j // 3) ** 2 + (i % 3 - j % 3) ** 2) ** 0.5  # 3x3 grid
+                xi, xj = nodes[bi, i], nodes[bi, j]
+                feat[bi, eid, :heads] = attn[bi, :, i, j]  # one feature per head, in head order
+                feat[bi, eid, heads] = mean[bi, i, j]
+                feat[bi, eid, heads + 1] = 1 / (d / 3 + 1)
+                feat[bi, eid, heads + 2] = (1 + ((xi - xj) ** 2).sum() / (c // 2)) ** -0.5
+                feat[bi, eid, heads + 3] = (torch.dot(xi, xj) / xi.norm() / xj.norm() + 1) / 2
+    assert (adj.sum(1) != k).any()  # in-degrees differ (the hub has n in-edges)
+    torch.testing.assert_close(out["adj"], adj)
+    torch.testing.assert_close(out["adj_norm"], adj / k)  # normalised by the out-degree k on both sides
+    torch.testing.assert_close(out["T"], T)
+    ea = (T.transpose(1, 2) @ T > 0).double()
+    d_e = (ea.sum(-1) + 1) ** -0.5  # +1 in the degree only (the diagonal stays 1 before scaling)
+    torch.testing.assert_close(out["edge_adj_norm"], d_e[:, :, None] * ea * d_e[:, None, :])
+    torch.testing.assert_close(out["edge_feat"], feat)
+
+
+def _eval_bn(module):
+    """Eval mode with non-trivial BatchNorm running statistics (so a skipped BatchNorm is seen)."""
+    g = torch.Generator().manual_seed(7)
+    for mod in module.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.copy_(torch.randn(mod.num_features, generator=g))
+            mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
+    return module.eval()
+
+
+def test_lmhsa_matches_reference():
+    torch.manual_seed(0)
+    dim, heads, sr, h = 8, 2, 2, 4
+    attn = _eval_bn(_tcgn._LMHSA(dim, heads, sr, qkv_bias=True, drop=0.0))
+    x = torch.randn(3, h * h, dim)
+    rel = torch.randn(heads, h * h, (h // sr) ** 2)
+    conv = attn.sr_conv[0]
+    kv_map = torch.nn.functional.conv2d(x.transpose(1, 2).reshape(3, dim, h, h), conv.weight, conv.bias, sr, groups=dim)
+    kv = attn.sr_conv[1](kv_map).flatten(2).transpose(1, 2)  # (3, 4, dim): keys/values on the 2x downsampled map
+    q, k, v = attn.q(x), attn.k(kv), attn.v(kv)
+    d = dim // heads
+    outs = []
+    for hd in range(heads):
+        sl = slice(hd * d, (hd + 1) * d)
+        w = (q[..., sl] @ k[..., sl].transpose(1, 2) / d**0.5 + rel[hd]).softmax(-1)
+        outs.append(w @ v[..., sl])
+    ref = attn.proj(torch.cat(outs, -1))
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x, h, h, rel), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_cmt_block_residual_structure_and_irffn():
+    torch.manual_seed(0)
+    dim, h = 8, 4
+    blk = _eval_bn(_tcgn._CMTBlock(dim, 2, 2.0, 2))
+    x = torch.randn(2, h * h, dim)
+    rel = torch.randn(2, h * h, 4)
+    with torch.no_grad():
+        m = x.transpose(1, 2).reshape(2, dim, h, h)
+        x1 = (blk.lpu(m) + m).flatten(2).transpose(1, 2)  # local perception unit, residual
+        x2 = x1 + blk.attn(blk.norm1(x1), h, h, rel)
+        ref = x2 + blk.ffn(blk.norm2(x2), h, h)
+        torch.testing.assert_close(blk(x, h, h, rel), ref)
+        # IRFFN: 1x1 conv -> GELU -> BN, depthwise 3x3 + residual -> GELU -> BN, 1x1 conv -> BN
+        f = blk.ffn
+        t = f.conv1(x.transpose(1, 2).reshape(2, dim, h, h))
+        t = f.dw_act(f.dw(t) + t)
+        torch.testing.assert_close(f(x, h, h), f.conv2(t).flatten(2).transpose(1, 2))
+    # patch embedding: LayerNorm'd tokens (unit weight, zero bias at init), row-major over the grid
+    emb = _tcgn._PatchEmbed(3, 6, 2)
+    img = torch.randn(1, 3, 4, 4)
+    tok, hh, ww = emb(img)
+    assert (hh, ww) == (2, 2)
+    raw = emb.proj(img)[0, :, 0, 1]  # grid cell (row 0, col 1) = token 1
+    with torch.no_grad():
+        torch.testing.assert_close(tok[0, 1], (raw - raw.mean()) / (raw.var(unbiased=False) + 1e-5).sqrt())
+
+
+def test_cmt_block_stochastic_depth_drops_per_sample():
+    torch.manual_seed(0)
+    blk = _tcgn._CMTBlock(8, 2, 2.0, 1, drop_path=0.5).train()
+    x = torch.randn(1, 16, 8).expand(64, 16, 8).contiguous()  # 64 copies of one sample
+    with torch.no_grad():
+        y = blk(x, 4, 4, torch.zeros(2, 16, 16))
+    # "row" mode: each sample keeps or drops its residual branches on its own; the copies do not all agree
+    assert not torch.allclose(y, y[:1].expand_as(y))
+
+
+def test_censnet_layers_match_reference():
+    g = topk_graph(torch.rand(2, 1, 9, 9).softmax(-1), torch.randn(2, 9, 3), 3)
+    torch.manual_seed(0)
+    hv, he = torch.randn(2, 9, 5), torch.randn(2, 27, 6)
+    node = _tcgn._CensNetLayer(5, 4, 6, 6, node_layer=True)
+    edge = _tcgn._CensNetLayer(5, 5, 6, 7, node_layer=False)
+    T = g["T"]
+    eye_n, eye_e = torch.eye(9), torch.eye(27)
+    with torch.no_grad():
+        s = he @ node.p[0]  # (2, E) edge gates
+        m = torch.einsum("bie,be,bje->bij", T, s, T) * (1 - eye_n) + eye_n
+        ref_v = (m * g["adj_norm"]) @ hv @ node.weight + node.bias
+        out_v, out_e = node(hv, he, g)
+        torch.testing.assert_close(out_v, ref_v)
+        assert out_e is he
+        s = hv @ edge.p[0]  # (2, N) node gates
+        m = (torch.einsum("bie,bi,bif->bef", T, s, T) * (1 - eye_e) + eye_e) * g["edge_adj_norm"]
+        m = m / m.max(1, keepdim=True).values  # each column scaled by its maximum
+        out_v, out_e = edge(hv, he, g)
+        torch.testing.assert_close(out_e, m @ he @ edge.weight + edge.bias)
+        assert out_v is hv
+        # the GCN: node -> ReLU -> edge -> ReLU -> node (eval: no dropout)
+        gcn = _tcgn._CensNetGCN(5, 6, 4, 3, dropout=0.5).eval()
+        v, e = gcn.gc1(hv, he, g)
+        v, e = gcn.gc2(v.relu(), e.relu(), g)
+        v, e = gcn.gc3(v.relu(), e.relu(), g)
+        rv, re = gcn(hv, g | {"edge_feat": he})
+        torch.testing.assert_close(rv, v)
+        torch.testing.assert_close(re, e)
+
+
+def test_graph_block_matches_reference():
+    torch.manual_seed(0)
+    block = _GraphBlock(in_ch=8, in_grid=8, down=2, heads=2, topk=3, out=5, dropout=0.0, expansion=2).eval()
+    x = torch.randn(2, 8, 8, 8)
+    with torch.no_grad():
+        conv_tok = block.conv_norm(block.conv(x).flatten(2).transpose(1, 2))  # (2, 16, 16)
+        tr_tok, h, w = block.embed(x)
+        tr_tok = block.encoder(tr_tok, h, w, block.rel_pos)
+        q, k = block.q(tr_tok), block.k(conv_tok)  # queries: transformer tokens, keys: conv tokens
+        attn = torch.stack(
+            [
+                (q[..., s] @ k[..., s].transpose(1, 2) / 16**0.5 + torch.eye(16)).softmax(-1)
+                for s in (slice(0, 8), slice(8, 16))
+            ],
+            1,
+        )
+        torch.testing.assert_close(block.cross_attention(conv_tok, tr_tok), attn)
+        nodes = block.v(conv_tok)
+        g = topk_graph(attn, nodes, 3)
+        hv, he = block.gcn(nodes, g)
+        ref = block.fuse(torch.cat([hv, g["T"] @ he], -1))  # edge features summed onto their end nodes
+        torch.testing.assert_close(block(x), ref)
+
+
+def test_channel_attention_fusion_matches_reference():
+    torch.manual_seed(0)
+    fusion = _ChannelAttentionFusion(n_nodes=8, dropout=0.3).eval()
+    x, gr = torch.randn(2, 8, 5), torch.randn(2, 8, 3)
+    with torch.no_grad():
+        z = torch.cat([x, gr], -1).transpose(1, 2)  # (2, 8 channels, 8 positions)
+        q, k, v = fusion.qkv(fusion.norm1(z)).split(8, -1)
+        outs = []
+        for s in (slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8)):  # 4 heads of 2 positions each
+            w = ((q[..., s] @ k[..., s].transpose(1, 2) + torch.eye(8)) / 8**0.5).softmax(-1)
+            outs.append(w @ v[..., s])
+        z = z + torch.cat(outs, -1)
+        z = z + fusion.ffn(fusion.norm2(z))
+        torch.testing.assert_close(fusion(x, gr), z.transpose(1, 2)[..., :5])  # the first C1 channels are kept
+
+
+def test_module_wiring_pooling_and_loss():
+    torch.manual_seed(0)
+    m = _eval_bn(TCGNModule(n_genes=3, **TINY))
+    x = torch.randn(2, 3, 64, 64)
+    seen = {}
+    hooks = [m.graphs[i].register_forward_hook(lambda mod, a, out, i=i: seen.__setitem__(f"g{i}", out)) for i in (0, 1)]
+    hooks += [m.fusions[i].register_forward_pre_hook(lambda mod, a, i=i: seen.__setitem__(f"f{i}", a)) for i in (0, 1)]
+    with torch.no_grad():
+        out = m(x)
+        fmap, _ = m._features(x)
+    for hk in hooks:
+        hk.remove()
+    # graph 1 (after stage 1) is fused before the stage-3 blocks, graph 2 after them
+    assert seen["f0"][1] is seen["g0"] and seen["f1"][1] is seen["g1"]
+    emb = m.head_act(fmap).mean((-2, -1))  # global average pool
+    torch.testing.assert_close(out["emb"], emb)
+    torch.testing.assert_close(out["pred"], m.head(emb))
+    target = torch.randn(2, 3)
+    with torch.no_grad():
+        loss = m.loss({"patches": x, "target": target})
+    torch.testing.assert_close(loss["loss"], ((out["pred"] - target) ** 2).mean())
+    torch.testing.assert_close(loss["mse"], loss["loss"])
+
+
+def test_init_and_drop_path_schedule():
+    torch.manual_seed(0)
+    m = TCGNModule(n_genes=3, **dict(TINY, depths=(1, 2, 1, 1), drop_path=0.4))
+    w = m.head[0].weight
+    assert 0.015 < w.std().item() < 0.025  # trunc-normal, std 0.02
+    assert torch.equal(m.head[0].bias, torch.zeros_like(m.head[0].bias))
+    conv = m.head_conv.weight  # Kaiming normal, fan-out mode: std = sqrt(2 / (out channels * 1 * 1))
+    assert conv.std().item() == pytest.approx((2 / conv.shape[0]) ** 0.5, rel=0.1)
+    # stochastic depth grows linearly over the 5 blocks: 0, 0.1, 0.2, 0.3, 0.4
+    p = [blk.drop_path.p for s in m.stages for blk in s.blocks]
+    assert p == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+
+
+def test_attribution_known_answer_with_stub_features(monkeypatch):
+    """Stub network: pred[:, j] = sum of w_j * tokens (HiResCAM) or of W_j * fmap (Grad-CAM), gradients known."""
+    torch.manual_seed(0)
+    m = TCGNModule(n_genes=2, **TINY).train()
+    n, side = 2, 4  # 64 px: 4x4 graph grid
+    g = torch.Generator().manual_seed(0)
+    toks = [torch.randn(n, side * side, c, generator=g) for c in (3, 2, 2)]
+    wts = [torch.randn(2, c, generator=g) for c in (3, 2, 2)]
+    fmap0 = torch.randn(n, 3, 2, 2, generator=g)
+    wmap = torch.randn(2, 3, 2, 2, generator=g)
+    state = {}
+
+    def features(patches):
+        state["toks"] = [t.clone().requires_grad_(True) for t in toks]
+        state["fmap"] = fmap0.clone().requires_grad_(True)
+        state["training"] = m.training
+        return state["fmap"], tuple(state["toks"])
+
+    def predict(fmap):
+        pred = sum((t[:, :, None, :] * w[None, None]).sum((1, 3)) for t, w in zip(state["toks"], wts))
+        return pred + (fmap[:, None] * wmap[None]).sum((2, 3, 4)), None
+
+    monkeypatch.setattr(m, "_features", features)
+    monkeypatch.setattr(m, "_predict", predict)
+    gene = torch.tensor([1, 0])
+    up = torch.nn.functional.interpolate
+    cam = m.attribution(torch.zeros(n, 3, 64, 64), gene)
+    assert state["training"] is False and m.training  # computed in eval mode, mode restored
+    raw = torch.stack([sum((t[i] * w[gene[i]]).sum(-1) for t, w in zip(toks, wts)) for i in range(n)])
+    ref = up(raw.reshape(n, 1, side, side).relu(), size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+    ref = ref / ref.flatten(1).amax(1)[:, None, None]
+    assert (raw < 0).any() and (raw > 0).any()  # ReLU before upsampling matters here
+    torch.testing.assert_close(cam, ref)
+    cam_gc = m.attribution(torch.zeros(n, 3, 64, 64), gene, method="gradcam")
+    raw = torch.stack([(wmap[gene[i]].mean((1, 2))[:, None, None] * fmap0[i]).sum(0) for i in range(n)])
+    ref = up(raw[:, None].relu(), size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+    torch.testing.assert_close(cam_gc, ref / ref.flatten(1).amax(1).clamp_min(1e-30)[:, None, None])
+
+
+def test_more_bad_inputs():
+    m = TCGNModule(n_genes=4, **TINY)
+    with pytest.raises(ValueError, match="gene_idx"):
+        m.attribution(torch.randn(2, 3, 64, 64), -1)
+    with pytest.raises(ValueError, match="gene_idx"):
+        m.attribution(torch.randn(2, 3, 64, 64), [0, 1, 2])
+    with pytest.raises(ValueError, match="float"):
+        m(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="n_genes"):
+        TCGNModule(n_genes=0, **TINY)
+    with pytest.raises(ValueError, match="dropout"):
+        TCGNModule(n_genes=4, **dict(TINY, dropout=1.0))
+    # 80 px: every stage grid (20, 10, 5, 2) fits sr_ratios (4, 2, 1, 1), but 80 is not a multiple of 32
+    with pytest.raises(ValueError, match="divisible by 32"):
+        TCGNModule(n_genes=4, **dict(TINY, img_size=80, sr_ratios=(4, 2, 1, 1)))
+    with pytest.raises(ValueError, match="4 entries"):
+        TCGNModule(n_genes=4, **dict(TINY, depths=(1, 1, 1)))
