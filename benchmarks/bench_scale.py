@@ -533,10 +533,10 @@ table without an embedding does every step the model's registry records: the 56 
 workers, the per-section standardisation, the feature hypergraph (`pp.hypergraph`'s fast path above 2,048 spots) and
 the head, window by window on two torch threads: **112 s (895 spots/s), peak 2.26 GB**, non-constant predictions
 (mean per-gene sd over the spots 0.57). So a learned model meets the 2-minute goal on 2 CPU cores when it reads
-features rather than pixels; most of the time is the features (ad-hoc cProfile of 3,000 spots in one process on one
-thread at load ~10: 16.4 s features, 2.4 s head windows). The head was trained briefly (50 epochs, no validation: the training
-cost is not the point) at one patch scale; the demo's three scales (80/160/320 µm) compute three feature sets
-per spot instead of one. It reads no pixels itself, so the image-model goal below stands as measured.
+features rather than pixels; most of the time is the features (ad-hoc cProfile of 3,000 spots in one process on
+one thread at load ~10: 16.4 s features, 2.4 s head windows). The head was trained briefly (50 epochs, no
+validation: the training cost is not the point) at one patch scale; the demo's three scales (80/160/320 µm) compute
+three feature sets per spot instead of one. It reads no pixels itself, so the image-model goal below stands as measured.
 
 *Two torch threads on a busy machine* (ad-hoc, same cProfile run at load ~10, not in the raw results): the head's
 windows took 36 s on two threads and 2.4 s on one, training the head 25 s and 6 s — OpenMP threads wait for cores
