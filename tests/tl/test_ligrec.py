@@ -641,3 +641,15 @@ def test_gcng_null_pvalues_by_hand(null):
     np.testing.assert_allclose(p, want)
     assert p[0] == 1.0
     assert np.isnan(gcng_null_pvalues(result, groups=groups, n_perms=0, seed=3, n_obs=10, null=null)).all()
+
+
+@pytest.mark.parametrize("learned", [{"method": "gcng", "kind": "autocrine+"}, {"method": "gene_features"}])
+def test_cv_fold_with_one_training_class_warns_and_scores_the_other_methods(learned):
+    adata, folds = niche_folds(n_pairs=12)
+    only_pos = folds[0].train[folds[0].train.label == 1]
+    one_class = [LRFold(0, only_pos, folds[0].test)]
+    methods = {"learned": learned, "expression": {"method": "expression"}}
+    with pytest.warns(UserWarning, match=r"fold 0 has a single training class .*'learned' is not scored on its 8 test"):
+        pred = ligrec_cv(adata, folds=one_class, config=FAST, seed=0, methods=methods)
+    assert set(pred["method"]) == {"expression"}
+    assert len(pred) == len(folds[0].test)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -538,10 +539,16 @@ def ligrec_cv(
             test = fold.test
             if test.empty:
                 continue
+            if kind in ("gcng", "gene_features") and fold.train["label"].nunique() < 2:  # nothing to learn from
+                warnings.warn(
+                    f"ligrec_cv: fold {fold.fold} has a single training class (only positives or only negatives); "
+                    f"{name!r} is not scored on its {len(test)} test pairs, so its metrics cover fewer pairs than the "
+                    "other methods'.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                continue
             if kind == "gcng":
-                if fold.train["label"].nunique() < 2:
-                    logg.warning(f"ligrec_cv: fold {fold.fold} has a single training class; skipped for {name}.")
-                    continue
                 model_norm = (
                     norm if bool(cfg.get("log1p", False)) == log1p and cfg.get("target_sum", 1e4) == 1e4 else None
                 )
@@ -553,9 +560,6 @@ def ligrec_cv(
                 rep = _report(model, name, test)
                 fit.append({"method": name, "fold": fold.fold, **{k: v for k, v in rep.items() if k != "model"}})
             elif kind == "gene_features":
-                if fold.train["label"].nunique() < 2:
-                    logg.warning(f"ligrec_cv: fold {fold.fold} has a single training class; skipped for {name}.")
-                    continue
                 clf = _gene_feature_classifier(spec.get("classifier", "logistic"), seed + fold.fold)
                 x_train = _pair_features(norm, adata.var_names, fold.train)
                 clf.fit(x_train, fold.train["label"].to_numpy(int))
