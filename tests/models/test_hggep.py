@@ -236,20 +236,21 @@ def test_her2st_smoke(her2st_sdata):
     assert model.registry["um_per_px_train"] == pytest.approx(0.69, abs=0.02)
 
 
-def test_coords_for_rebases_to_the_window_and_clips_with_a_warning(monkeypatch):
-    warned = []
-    monkeypatch.setattr(hggep_models, "logg", types.SimpleNamespace(warning=warned.append))
+def test_coords_for_rebases_to_the_window_and_clips_with_a_warning():
     sec = types.SimpleNamespace(name="X", coords=np.array([[5, 7], [6, 9], [8, 7], [5, 12]]))
-    got = _coords_for(sec, np.array([0, 1, 2]), max_coord=4)  # rows 5..8 and cols 7..9: spans 4 and 3 steps, fits
-    np.testing.assert_array_equal(got.numpy(), [[0, 0], [1, 2], [3, 0]])
-    assert warned == []
-    # cols 7..12 span 6 steps > max_coord 5: warned, and the last column is clipped to max_coord - 1
-    got = _coords_for(sec, np.array([0, 3]), max_coord=5)
-    np.testing.assert_array_equal(got.numpy(), [[0, 0], [0, 4]])
-    assert len(warned) == 1 and "'X'" in warned[0] and "spans 6 grid steps" in warned[0]
-    got = _coords_for(sec, np.array([0, 1, 2]), max_coord=3)  # a span of exactly max_coord + 1 is clipped too
-    np.testing.assert_array_equal(got.numpy(), [[0, 0], [1, 2], [2, 0]])
-    assert len(warned) == 2
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        got = _coords_for(sec, np.array([0, 1, 2]), max_coord=4)  # rows 5..8 and cols 7..9: spans 4 and 3 steps, fits
+        np.testing.assert_array_equal(got.numpy(), [[0, 0], [1, 2], [3, 0]])
+        assert warned == []
+        # cols 7..12 span 6 steps > max_coord 5: warned, and the last column is clipped to max_coord - 1
+        got = _coords_for(sec, np.array([0, 3]), max_coord=5)
+        np.testing.assert_array_equal(got.numpy(), [[0, 0], [0, 4]])
+        msg = str(warned[0].message)
+        assert len(warned) == 1 and warned[0].category is UserWarning and "'X'" in msg and "spans 6 grid steps" in msg
+        got = _coords_for(sec, np.array([0, 1, 2]), max_coord=3)  # a span of exactly max_coord + 1 is clipped too
+        np.testing.assert_array_equal(got.numpy(), [[0, 0], [1, 2], [2, 0]])
+        assert len(warned) == 2
 
 
 def test_token_lifetimes_known_answer():

@@ -276,3 +276,19 @@ def test_output_bias_and_standardisation_are_set_once_before_the_first_training(
     model._is_trained = True  # a trained model trains on (fine-tuning): its bias and statistics stay
     model._training_sections("S2", seed=0)
     assert torch.equal(bias, torch.full_like(bias, 3.0)) and model._target_std is std
+
+
+def test_spots_without_counts_are_left_out_of_training_with_a_warning():
+    sd = syn.make_sdata(grid=4)
+    tab = sd.tables["table"]
+    X = tab.X.toarray()
+    s1 = np.flatnonzero((tab.obs["section"] == "S1").to_numpy())
+    X[s1[[2, 5]]] = 0  # two S1 spots without counts
+    from scipy import sparse
+
+    tab.X = sparse.csr_matrix(X)
+    HGGEP.setup_sdata(sd, sections=["S1", "S2"], size_um=syn.SIZE_UM, patch_px=32)
+    model = HGGEP(sd, **HGGEP.bench_config)
+    with pytest.warns(UserWarning, match=rf"Section 'S1': 2 of {len(s1)} spot\(s\) have no counts"):
+        train, _ = model._training_sections("S2", seed=0)
+    np.testing.assert_array_equal(train[0].keep, np.setdiff1d(np.arange(len(s1)), [2, 5]))

@@ -183,7 +183,8 @@ def test_spatial_domains_resolution_and_errors():
     assert a.obs["domain"].nunique() > 4
     # constant predictions (the mean baseline): one domain per section, ARI 0
     a.layers["const"] = np.ones_like(a.layers["predicted"])
-    spatial_domains(a, "const", n_domains=3, method="kmeans", by="section", key_added="c")
+    with pytest.warns(UserWarning, match=r"section='S1'\): every spot has the same values"):
+        spatial_domains(a, "const", n_domains=3, method="kmeans", by="section", key_added="c")
     assert set(a.obs["c"]) == {"S1_0", "S2_0"}
     np.testing.assert_array_equal(domain_ari(a, key="c")["ari"].to_numpy(), 0.0)
     with pytest.raises(ValueError, match="n_domains"):

@@ -653,3 +653,10 @@ def test_cv_fold_with_one_training_class_warns_and_scores_the_other_methods(lear
         pred = ligrec_cv(adata, folds=one_class, config=FAST, seed=0, methods=methods)
     assert set(pred["method"]) == {"expression"}
     assert len(pred) == len(folds[0].test)
+
+
+def test_cv_without_test_positives_warns():
+    adata, folds = niche_folds(n_pairs=12)
+    negatives_only = [LRFold(f.fold, f.train, f.test[f.test.label == 0]) for f in folds]
+    with pytest.warns(UserWarning, match="no fold has a test positive"):
+        ligrec_cv(adata, folds=negatives_only, seed=0, methods={"expression": {"method": "expression"}})

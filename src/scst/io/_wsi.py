@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,12 @@ def read_wsi(
     Image2DModel().validate(tree)
     upp = um_per_px if um_per_px is not None else mpp
     if upp is None:
-        logg.warning(f"read_wsi: {path.name} records no pixel size; pass um_per_px=")
+        warnings.warn(
+            f"read_wsi: {path.name} records no pixel size and um_per_px was not given; the slide has no µm geometry "
+            "(pass um_per_px=).",
+            UserWarning,
+            stacklevel=2,
+        )
     h, w = (int(s) for s in levels[0].shape[1:])
     logg.info(f"read_wsi: {path.name}, {w} × {h} px, {len(levels)} levels, µm/px {upp}")
     sd = SpatialData(images={f"{sample}_image": tree})

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .._logging import logg
 from ..nn._hggep import HGGEP_BENCH, HGGEPModule
 from ..nn._train_step import patches_to_input
 from ._image import _ImageModel, _input_on, _tiling_windows, _WindowDataset
@@ -24,7 +24,12 @@ def _coords_for(sec: Any, idx: np.ndarray, max_coord: int) -> torch.Tensor:
     c = sec.coords[idx]
     c = c - c.min(0, keepdims=True)
     if c.size and c.max() >= max_coord:
-        logg.warning(f"Section {sec.name!r}: window spans {int(c.max()) + 1} grid steps > max_coord; clipped.")
+        warnings.warn(
+            f"Section {sec.name!r}: a window spans {int(c.max()) + 1} grid steps > max_coord ({max_coord}); the "
+            "coordinate embedding of its farthest spots is clipped (raise max_coord).",
+            UserWarning,
+            stacklevel=2,
+        )
         c = np.minimum(c, max_coord - 1)
     return torch.from_numpy(c)
 

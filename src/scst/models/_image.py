@@ -546,7 +546,12 @@ class _ImageModel(BaseModel):
             target, counts, lib = panel_targets(adata, self.registry["layer"], self.var_names, rows)
             keep = lib > 0
             if not keep.all():
-                logg.warning(f"Section {section!r}: {int((~keep).sum())} spot(s) without counts left out of training.")
+                warnings.warn(
+                    f"Section {section!r}: {int((~keep).sum())} of {len(keep)} spot(s) have no counts in the panel and "
+                    "are left out of training.",
+                    UserWarning,
+                    stacklevel=2,
+                )
             sec.keep = np.flatnonzero(keep)
             sec.target, sec.counts, sec.lib = target, counts, lib
             sec.size_factors = (lib / (lib_median if lib_median else np.median(lib[keep]))).astype(np.float32)

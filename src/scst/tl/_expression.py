@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -267,9 +268,11 @@ def _leiden_n(conn: Any, n_domains: int, random_state: int, where: str) -> tuple
         lo, hi = (mid, hi) if k < n_domains else (lo, mid)
     diff, res, labels = min(tried, key=lambda t: (t[0], t[1]))
     if diff:
-        logg.warning(
+        warnings.warn(
             f"spatial_domains{where}: no Leiden resolution gives exactly {n_domains} domains; using resolution "
-            f"{res:.4g} with {len(np.unique(labels))}."
+            f"{res:.4g} with {len(np.unique(labels))}.",
+            UserWarning,
+            stacklevel=3,
         )
     return labels, res
 
@@ -366,7 +369,11 @@ def spatial_domains(
         info: dict[str, Any] = {}
         if _is_constant(Xg).all():
             # Identical spots (e.g. a constant prediction) form one domain: there is nothing to cluster.
-            logg.warning(f"spatial_domains{where}: every spot has the same values; one domain.")
+            warnings.warn(
+                f"spatial_domains{where}: every spot has the same values (e.g. a constant prediction); one domain.",
+                UserWarning,
+                stacklevel=2,
+            )
             info["n_domains"] = 1
             per_group[str(g)] = info
             labels[sel] = ["0" if by is None else f"{g}_0"] * len(sel)

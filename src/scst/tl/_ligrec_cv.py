@@ -495,7 +495,11 @@ def ligrec_cv(
     else:
         n_pairs = None
     if all(f.n_test_positives == 0 for f in folds):
-        logg.warning("ligrec_cv: no fold has a test positive; metrics will be undefined.")
+        warnings.warn(
+            "ligrec_cv: no fold has a test positive (known pair); AUROC/AUPRC will be undefined.",
+            UserWarning,
+            stacklevel=2,
+        )
     from ._ligrec import _check_graph, _groups  # (those modules import this one)
     from ._ligrec_gcng import _report  # fit reports shared with tl.ligand_receptor
 
