@@ -16,9 +16,9 @@ def _texture(h, w):
 
 
 def _pyramidal_tiff(path, img, mpp=0.5, levels=3, tile=256):
+    res = {} if mpp is None else {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
     with tifffile.TiffWriter(path) as tw:
-        tw.write(img, tile=(tile, tile), subifds=levels - 1, photometric="rgb",
-                 resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")  # fmt: skip
+        tw.write(img, tile=(tile, tile), subifds=levels - 1, photometric="rgb", **res)
         for k in range(1, levels):
             tw.write(img[:: 2**k, :: 2**k], tile=(tile, tile), subfiletype=1, photometric="rgb")
 
@@ -57,6 +57,10 @@ def test_read_wsi_options_and_errors(tmp_path):
         read_wsi(tmp_path / "missing.svs")
     with pytest.raises(ValueError, match="um_per_px"):
         read_wsi(tmp_path / "a.tif", um_per_px=0)
+    _pyramidal_tiff(tmp_path / "b.tif", img, mpp=None, levels=2)
+    with pytest.warns(UserWarning, match="b.tif records no pixel size and um_per_px was not given"):
+        sd = read_wsi(tmp_path / "b.tif")
+    assert sd.attrs["scst"]["um_per_px"] is None
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpg", "tif", "grey.png"])
