@@ -11,7 +11,7 @@ from scipy import sparse
 from scipy.stats import pearsonr, spearmanr
 
 from scst._normalize import log_normalized
-from scst.tl._expression import domain_ari, evaluate_expression, spatial_domains
+from scst.tl._expression import _leiden_n, domain_ari, evaluate_expression, spatial_domains
 
 N_PER, SECTIONS, N_GENES = 60, ("A", "B"), 12
 
@@ -291,3 +291,11 @@ def test_domain_ari_counts_and_argument_checks():
         spatial_domains(p, resolution=0.0)
     with pytest.raises(ValueError, match=r"n_domains: 40 domains requested but only 30 spots \(section='S1'\)"):
         spatial_domains(p[:60].copy(), n_domains=40, by="section", method="kmeans")
+
+
+def test_leiden_without_an_exact_resolution_warns_with_the_closest():
+    # two separate pairs of spots: by symmetry both split at the same resolution, so k jumps 2 -> 4, never 3
+    conn = sparse.csr_matrix(np.kron(np.eye(2), [[0.0, 1.0], [1.0, 0.0]]).astype(np.float32))
+    with pytest.warns(UserWarning, match=r"no Leiden resolution gives exactly 3 domains; using resolution 1 with 2"):
+        labels, res = _leiden_n(conn, 3, 0, "")
+    assert res == 1.0 and len(np.unique(labels)) == 2 and labels[0] == labels[1] != labels[2] == labels[3]
