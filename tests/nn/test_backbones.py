@@ -242,3 +242,72 @@ def test_tcgn_backbone_from_local_file_only(tmp_path):
             assert not same, key  # the graph blocks and the head keep their own initialisation
     with pytest.raises(ValueError, match="TCGN CMT backbone has no weights to download by name"):
         TCGNModule(4, **TCGN_TINY, backbone_weights="IMAGENET1K_V1")
+
+
+def test_the_last_linear_is_the_classifier_removed():
+    with pytest.warns(UserWarning, match="random initialisation") as rec:
+        net, dim = build_backbone("mobilenet_v3_small")  # classifier: Linear(576, 1024) → … → Linear(1024, 1000)
+    assert rec[0].filename == __file__  # the warning points at the caller's line, not into scst
+    assert dim == 1024 and isinstance(net.classifier[3], torch.nn.Identity)
+    assert isinstance(net.classifier[0], torch.nn.Linear)
+    assert net.eval()(torch.rand(2, 3, 64, 64)).shape == (2, 1024)
+
+
+def test_file_like_names_and_unsafe_pickles_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="'enc.safetensors' is not a file"):
+        build_backbone(NAME, weights="enc.safetensors")  # a relative file name, not a weights name
+
+    marker = tmp_path / "code_ran"
+
+    class Payload:  # a checkpoint that runs code when unpickled
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"state_dict": _reference(9).state_dict(), "extra": Payload()}, tmp_path / "unsafe.pt")
+    with pytest.raises(ValueError, match=r"not a state_dict readable with torch.load\(weights_only=True\)"):
+        build_backbone(NAME, weights=str(tmp_path / "unsafe.pt"))
+    assert not marker.exists()
+
+    ref = _reference(9)
+    torch.save({"model": ref.state_dict(), "epoch": 3}, tmp_path / "wrapped.pt")  # {"model": ...} wrapper
+    _assert_same_trunk(build_backbone(NAME, weights=str(tmp_path / "wrapped.pt"))[0], ref)
+    with pytest.raises(ValueError, match=r"a mapping must be a state_dict"):
+        build_backbone(NAME, weights={"conv1.0.weight": [0.0]})
+
+
+def test_pretrained_means_the_default_weights(monkeypatch, tmp_path):
+    import timm
+
+    urls = []
+
+    def record(url, *args, **kwargs):  # no download: the chosen file is all this test needs
+        urls.append(url)
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", record)
+    with pytest.raises(OSError, match="could not get"):
+        build_backbone("resnet50", weights="pretrained")  # resnet50: DEFAULT is IMAGENET1K_V2, not V1
+    assert urls == [torchvision.models.ResNet50_Weights.DEFAULT.url]
+    assert "IMAGENET1K_V2" in str(torchvision.models.ResNet50_Weights.DEFAULT)
+
+    torch.manual_seed(10)
+    ref = timm.create_model("resnet10t", pretrained=False)
+    _fake_hub(monkeypatch, tmp_path, ref, "resnet10t")
+    _assert_same_trunk(build_backbone("resnet10t", weights="DEFAULT")[0], ref)  # "DEFAULT" for timm as well
+
+
+def test_ddp_prefixed_checkpoint_and_ignored_keys():
+    ref = _reference(11)
+    trunk = {k: v for k, v in ref.state_dict().items() if not k.startswith("fc.")}
+    # a DistributedDataParallel-wrapped SSL model: module. then encoder., next to the projection head
+    ddp = {**{f"module.encoder.{k}": v for k, v in trunk.items()}, "module.projector.weight": torch.zeros(4, 1024)}
+    with pytest.warns(UserWarning, match="random initialisation"):
+        net, _ = build_backbone(NAME)
+    assert load_backbone_weights(net, ddp) == ["projector.weight"]
+    _assert_same_trunk(net, ref)
+    # ignore= names exact keys as well as prefixes
+    extra = {**trunk, "temperature": torch.ones(()), "queue.0": torch.zeros(3)}
+    assert sorted(load_backbone_weights(net, extra, ignore=["temperature", "queue."])) == ["queue.0", "temperature"]
+    with pytest.raises(ValueError, match=r"1 entries the model lacks \['temperature'\]"):
+        load_backbone_weights(net, extra, ignore=["queue."])
