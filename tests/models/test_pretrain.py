@@ -12,10 +12,11 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _he_synthetic import SIZE_UM, make_sdata  # noqa: E402
+from _he_synthetic import SIZE_UM, UM_PER_PX, make_sdata  # noqa: E402
 
 import scst  # noqa: E402
 from scst.models import SSLEncoder  # noqa: E402
+from scst.nn._train_step import imagenet_normalize  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -125,3 +126,163 @@ def test_no_tissue_tiles_error_names_the_sections():
         SSLEncoder.setup_sdata(sdata, sections=["S9"])
     with pytest.raises(ValueError, match="patch_px"):
         SSLEncoder.setup_sdata(sdata, sections="S1", patch_px=4)
+
+
+# ----------------------------------------------------------------------------------- BYOL step (recording stubs)
+class _Fn(torch.nn.Module):
+    """A function standing in for a submodule (augmentation, criterion)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args):
+        return self.fn(*args)
+
+
+def _byol(**kw):
+    from scst.models._pretrain import BYOLModule
+
+    torch.manual_seed(0)
+    return BYOLModule(**{**TINY, **kw})
+
+
+def test_views_are_two_augmentations_scaled_to_unit_range():
+    module = _byol()
+    seen = []
+    module.augment = _Fn(lambda x: seen.append(x) or x * (0.5 if len(seen) == 1 else 1.0))  # two distinct views
+    batch = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8).remainder(256).to(torch.uint8)
+    v0, v1 = module._views(batch)
+    assert len(seen) == 2  # one augmentation per view, not one shared
+    torch.testing.assert_close(seen[0], batch.float() / 255.0)  # uint8 → [0, 1] before the augmentation
+    torch.testing.assert_close(v0, imagenet_normalize(batch.float() / 255.0 * 0.5))
+    torch.testing.assert_close(v1, imagenet_normalize(batch.float() / 255.0))
+
+
+def test_loss_pairs_each_online_view_with_the_other_target_view():
+    module = _byol(momentum_start=1.0, momentum_end=1.0)  # m = 1: the target is not moved by the step
+    x = torch.rand(6, 3, 32, 32)
+    views = iter([x, x.flip(-1) * 0.7])
+    module.augment = _Fn(lambda _: next(views))
+    calls = []
+
+    def criterion(p, z):
+        calls.append((p.detach().clone(), z.detach().clone()))
+        return torch.tensor(float(len(calls)))
+
+    module.criterion = _Fn(criterion)
+    out = module.loss(torch.zeros(6, 3, 32, 32, dtype=torch.uint8))
+    v0, v1 = imagenet_normalize(x), imagenet_normalize(x.flip(-1) * 0.7)
+    with torch.no_grad():
+        (p0, z1), (p1, z0) = calls
+        torch.testing.assert_close(p0, module._online(v0))
+        torch.testing.assert_close(z1, module._target(v1))  # cross-view: online(view 0) vs target(view 1)
+        torch.testing.assert_close(p1, module._online(v1))
+        torch.testing.assert_close(z0, module._target(v0))
+    assert float(out["loss"]) == 0.5 * (1.0 + 2.0)  # symmetric mean of the two terms
+    ref = torch.nn.functional.normalize(p0, dim=1).std(0).mean()  # per-dimension spread across the batch
+    torch.testing.assert_close(out["pred_std"], ref)
+
+
+def test_momentum_update_moves_the_target_towards_the_online_network():
+    module = _byol(momentum_start=0.9, momentum_end=0.9)
+    with torch.no_grad():
+        for p in module.backbone_momentum.parameters():
+            p.zero_()  # target 0: after one update it holds (1 - m) · online
+    online = [p.detach().clone() for p in module.backbone.parameters()]
+    module.criterion = _Fn(lambda p, z: (p * 0).sum())
+    out = module.loss(torch.zeros(4, 3, 32, 32, dtype=torch.uint8))
+    assert float(out["momentum"]) == pytest.approx(0.9) and int(module.step) == 1
+    for before, p, t in zip(online, module.backbone.parameters(), module.backbone_momentum.parameters()):
+        torch.testing.assert_close(p.detach(), before)  # the online network is not pulled towards the target
+        torch.testing.assert_close(t, 0.1 * before)
+    module.eval()  # evaluation: no update, no step
+    target = [t.clone() for t in module.backbone_momentum.parameters()]
+    module.loss(torch.zeros(4, 3, 32, 32, dtype=torch.uint8))
+    assert int(module.step) == 1
+    assert all(torch.equal(a, b) for a, b in zip(target, module.backbone_momentum.parameters()))
+    with pytest.raises(ValueError, match="momentum"):
+        _byol(momentum_start=0.999, momentum_end=0.99)
+
+
+def test_dataloader_schedule_warnings_and_train_restart(trained, monkeypatch, tmp_path):
+    from scst.models._base import BaseModel
+
+    sdata, _, _ = trained
+    model = SSLEncoder(sdata, **TINY)
+    n = sum(len(t) for t in model.tiles().values())
+    model._max_epochs_pending = 3
+    loader, val = model._dataloaders(batch_size=8, validation=None, seed=0)
+    # the momentum cosine runs over the optimiser steps of all epochs, not of one
+    assert val is None and len(loader) == n // 8 and model.module.max_steps == 3 * (n // 8)
+    with pytest.warns(UserWarning, match=f"only {n} tiles; using batches of {n}"):
+        model._dataloaders(batch_size=n + 1, validation=None, seed=0)
+    with pytest.raises(ValueError, match="validation=None"):
+        model._dataloaders(batch_size=8, validation=0.2, seed=0)
+    with pytest.warns(UserWarning, match="not trained"):
+        model.save_encoder(tmp_path / "init.safetensors")
+
+    seen = {}
+
+    def fake_train(self, max_epochs=None, **kwargs):  # records what SSLEncoder.train hands over
+        seen.update(step=int(self.module.step), max_epochs=max_epochs, **kwargs)
+
+    monkeypatch.setattr(BaseModel, "train", fake_train)
+    model.module.step.fill_(5)
+    assert model.train(max_epochs=2) is model
+    # a new train() call restarts the momentum schedule; no validation metric, so no early stopping
+    assert seen == {"step": 0, "max_epochs": 2, "early_stopping": False} and model._max_epochs_pending == 2
+
+
+def test_spacing_and_tile_threshold_are_applied():
+    from scst.pp._tissue import filter_tiles
+
+    sdata = make_sdata(sections=("S1",), grid=4)
+    SSLEncoder.setup_sdata(
+        sdata, size_um=SIZE_UM, patch_px=32, spacing_um=SIZE_UM / 2, min_tissue=0.1, tile_threshold=0.9
+    )
+    model = SSLEncoder(sdata, **TINY)
+    xy = np.asarray(model.registry["centers"]["S1"])
+    step_px = SIZE_UM / 2 / UM_PER_PX  # 32 µm at 2 µm/px: half-overlapping tiles
+    for axis in (0, 1):
+        assert np.diff(np.unique(xy[:, axis])).min() == pytest.approx(step_px)
+    tiles = model.tiles()["S1"]
+    assert 0 < len(tiles) < len(xy)  # tiles with < 90 % tissue pixels are dropped ...
+    assert filter_tiles(tiles, threshold=0.9)[1].all()  # ... and only those
+
+
+def test_pretrain_encoder_passes_every_setting_on(monkeypatch, tmp_path):
+    calls = {}
+
+    class Recorder:
+        @staticmethod
+        def setup_sdata(sdata, **kw):
+            calls["setup"] = (sdata, kw)
+
+        def __init__(self, sdata, **kw):
+            calls["init"] = (sdata, kw)
+
+        def train(self, **kw):
+            calls["train"] = kw
+
+        def save_encoder(self, path):
+            calls["save"] = path
+            return Path(path)
+
+    monkeypatch.setattr("scst.models._pretrain.SSLEncoder", Recorder)
+    sdata = object()
+    out = scst.tl.pretrain_encoder(
+        sdata, "resnet18", out=tmp_path / "w.safetensors", sections=["S2"], size_um=40.0, patch_px=48,
+        spacing_um=20.0, max_epochs=3, batch_size=5, lr=0.02, seed=7, table="tab", accelerator="cpu",
+        enable_progress_bar=True, p_blur=0.0,
+    )  # fmt: skip
+    assert out == tmp_path / "w.safetensors" and calls["save"] == out
+    assert calls["setup"] == (
+        sdata, {"sections": ["S2"], "size_um": 40.0, "patch_px": 48, "spacing_um": 20.0, "table": "tab"}
+    )  # fmt: skip
+    assert calls["init"] == (sdata, {"backbone": "resnet18", "seed": 7, "p_blur": 0.0})
+    assert calls["train"] == {
+        "max_epochs": 3, "batch_size": 5, "lr": 0.02, "seed": 7, "accelerator": "cpu", "enable_progress_bar": True
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="out: expected the path"):
+        scst.tl.pretrain_encoder(sdata, out=None)
