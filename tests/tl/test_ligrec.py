@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from anndata import AnnData
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from scst.models._gcng import GCNG
 from scst.pp._graph_matrix import cell_graph, graph_matrix
@@ -660,3 +661,96 @@ def test_cv_without_test_positives_warns():
     negatives_only = [LRFold(f.fold, f.train, f.test[f.test.label == 0]) for f in folds]
     with pytest.warns(UserWarning, match="no fold has a test positive"):
         ligrec_cv(adata, folds=negatives_only, seed=0, methods={"expression": {"method": "expression"}})
+
+
+def test_metrics_groups_counts_and_bootstrap_by_hand():
+    # `group` (the true ligand of a reversed pair) is the per-ligand unit, within each fold; single-class ligands and
+    # folds are not scored. Per-(fold, group) AUROCs: (0, a) = 1, (0, b) = 1, (1, a) = 0; (1, c) and (2, d) one class.
+    pred = pd.DataFrame({"method": "m", "fold": [0, 0, 0, 0, 1, 1, 1, 2],
+                         "ligand": ["a", "x", "b", "b", "a", "a", "c", "d"],
+                         "group": ["a", "a", "b", "b", "a", "a", "c", "d"],
+                         "label": [1, 0, 1, 0, 1, 0, 1, 0],
+                         "score": [0.9, 0.1, 0.8, 0.3, 0.2, 0.6, 0.5, 0.4]})  # fmt: skip
+    m = ligrec_metrics(pred, n_boot=200, ci=0.8, seed=7).iloc[0]
+    assert (m["n_pos"], m["n_neg"]) == (4, 4)
+    assert m["auroc"] == pytest.approx(12 / 16)  # positives .9, .8 beat all four negatives, .2 one, .5 three
+    assert m["n_ligands_scored"] == 3 and m["ligand_auroc_mean"] == pytest.approx(2 / 3)
+    assert m["ligand_auroc_median"] == 1.0
+    assert m["n_folds_scored"] == 2 and m["fold_auroc_mean"] == pytest.approx(0.5)  # fold 0: 1, fold 1: 0
+    # bootstrap: positives and negatives resampled separately with the given seed, [10, 90] percentiles for ci=0.8
+    rng = np.random.default_rng(7)
+    y, s = pred["label"].to_numpy(), pred["score"].to_numpy()
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    lab = np.r_[np.ones(4), np.zeros(4)]
+    boots = []
+    for _ in range(200):
+        b = np.r_[s[rng.choice(pos, 4)], s[rng.choice(neg, 4)]]
+        boots.append((roc_auc_score(lab, b), average_precision_score(lab, b)))
+    lo_hi = np.percentile(np.array(boots), [10, 90], axis=0)
+    np.testing.assert_allclose([m["auroc_lo"], m["auroc_hi"]], lo_hi[:, 0])
+    np.testing.assert_allclose([m["auprc_lo"], m["auprc_hi"]], lo_hi[:, 1])
+    assert not np.isclose(lo_hi[0, 0], lo_hi[0, 1])  # the AUROC and AUPRC bounds differ here
+
+
+class _CVStub:
+    """A fitted-GCNG stand-in for ligrec_cv: scores pairs by their position in the request."""
+
+    def __init__(self, train):
+        self._train_split, self._val_split, self.history = train, None, None
+
+    def predict(self, pairs):
+        return pairs.assign(score=np.arange(len(pairs), dtype=float))
+
+
+def test_cv_seeds_each_fold_and_shares_its_normalisation_only_when_it_matches(monkeypatch):
+    import scst.tl._ligrec_cv as cv
+    from scst.models._gcng import normalized_expression
+
+    adata, folds = niche_folds(n_pairs=12)
+    calls = []
+
+    def fake_fit(work, gkey, train, cfg, layer, normalize, seed, train_kwargs, norm=None):
+        calls.append((seed, norm))
+        return _CVStub(train)
+
+    monkeypatch.setattr(cv, "_fit_gcng", fake_fit)
+    methods = {
+        "log": {"method": "gcng", "kind": "autocrine+"},  # config log1p = the CV's log1p: the CV's matrix is reused
+        "raw": {"method": "gcng", "kind": "autocrine+", "config": {"log1p": False}},  # differs: the model's own
+        "expr": {"method": "expression"},
+    }
+    pred = ligrec_cv(adata, folds=folds, config={**FAST, "log1p": True}, seed=5, methods=methods)
+    assert [c[0] for c in calls] == [5, 6, 7, 5, 6, 7]  # seed + fold, per method
+    want = normalized_expression(adata, log1p=True).toarray()
+    for _, norm in calls[:3]:
+        np.testing.assert_allclose(norm.toarray(), want)
+    assert all(norm is None for _, norm in calls[3:])
+    # an explicit log1p=False wins over the config's for the baselines: mean(L) * mean(R) of the scaled counts
+    pred = ligrec_cv(adata, folds=folds, config={**FAST, "log1p": True}, log1p=False, methods={"e": methods["expr"]})
+    x = pd.DataFrame(normalized_expression(adata, log1p=False).toarray(), columns=adata.var_names).mean()
+    np.testing.assert_allclose(pred["score"], x[pred["ligand"]].to_numpy() * x[pred["receptor"]].to_numpy(), rtol=1e-5)
+
+
+def test_cv_builds_its_folds_with_the_seed_matched_negatives_and_shuffle_groups(monkeypatch):
+    import scst.tl._ligrec_cv as cv
+    from scst.models._gcng import normalized_expression
+
+    qdata, pairs = quadrant_data(n_pairs=40)
+    pairs = pairs[["ligand", "receptor"]]
+    qdata.obs["half"] = np.where(qdata.obsm["spatial"][:, 1] < 4, "low", "high")
+    seen = []
+
+    def recording_shuffle(matrix, groups=None, seed=0):
+        seen.append(groups)
+        return shuffle_graph(matrix, groups, seed=seed)
+
+    monkeypatch.setattr(cv, "shuffle_graph", recording_shuffle)
+    methods = {"e": {"method": "expression"}, "s": {"method": "spatial_pearson", "shuffle_positions": "half"}}
+    pred = ligrec_cv(qdata, pairs, n_folds=3, negatives="expression_matched", log1p=True, seed=3, methods=methods)
+    # expression_matched negatives: bins of each receptor's mean expression (the CV's normalisation)
+    x = pd.DataFrame(normalized_expression(qdata, log1p=True).toarray(), columns=qdata.var_names).mean()
+    want = lr_folds(pairs, n_folds=3, negatives="expression_matched", expression=x[pairs["receptor"]], seed=3)
+    for got, exp in zip(pred.attrs["folds"], want, strict=True):
+        pd.testing.assert_frame_equal(got.train, exp.train)
+        pd.testing.assert_frame_equal(got.test, exp.test)
+    assert len(seen) == 1 and seen[0].tolist() == qdata.obs["half"].tolist()  # cells permuted within obs["half"]

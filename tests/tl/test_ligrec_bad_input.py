@@ -225,3 +225,27 @@ def test_precomputed_folds_with_genes_absent_from_the_data():
     # folds on genes the data have still run
     pred = ligrec_cv(adata, folds=folds, methods={"p": {"method": "pearson"}})
     assert set(pred["method"]) == {"p"} and len(pred) == sum(len(f.test) for f in folds)
+
+
+def test_gene_features_scores_come_from_a_classifier_fit_on_the_training_pairs_only():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from scst.models._gcng import normalized_expression
+
+    adata, pairs = grid_data(n_pairs=24)
+    folds = lr_folds(pairs, n_folds=3, seed=0)
+    pred = ligrec_cv(adata, folds=folds, methods={"lr": {"method": "gene_features"}}, log1p=True, seed=0)
+    norm = normalized_expression(adata, log1p=True)
+
+    def feats(t):  # the ligand's mean, detection, sd, then the receptor's
+        return np.hstack([gene_features(norm, adata.var_names, t[c]) for c in ("ligand", "receptor")])
+
+    scored = [f for f in folds if not f.test.empty]
+    assert scored and sorted(pred["fold"].unique()) == [f.fold for f in scored]
+    for f in scored:
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        clf.fit(feats(f.train), f.train["label"].to_numpy(int))
+        got = pred.loc[pred["fold"] == f.fold, "score"].to_numpy()
+        np.testing.assert_allclose(got, clf.predict_proba(feats(f.test))[:, 1], rtol=1e-6)
