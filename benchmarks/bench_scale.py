@@ -59,6 +59,7 @@ SIZE_UM = 80.0
 N_GENES = 50
 CHUNK = 1024
 TRAIN_SPOTS = 300  # per training section
+FEATURE_KINDS = ("ridge", "head")  # heads on hand-crafted features: no image-model options, no convolutions
 
 
 # ---------------------------------------------------------------------------------------------------- memory
@@ -327,7 +328,7 @@ def child_predict(args: dict) -> dict:
     xy, row, col = _grid(size, n)
     big = make_sdata(path, size, {"W": (xy, row, col)}, counts=False)
     kw: dict = {}
-    if kind not in ("ridge", "head"):
+    if kind not in FEATURE_KINDS:
         kw = {"num_workers": args["workers"], "precision": args["precision"]}
     rss0 = _rss_mb()
     load0 = os.getloadavg()
@@ -356,7 +357,7 @@ def child_predict(args: dict) -> dict:
         **args, "seconds": dt, "spots_per_s": n / dt, "peak_rss_mb": mem.peak_mb, "rss_before_mb": rss0,
         "memory_sample_s": mem.interval, "item_order": "worker_blocks" if args["workers"] > 1 else "-",
         "cpu": cpu_name(), "threads": torch.get_num_threads(),
-        "conv_layout": layout if kind not in ("ridge", "head") else "-",
+        "conv_layout": layout if kind not in FEATURE_KINDS else "-",
         "vmhwm_main_mb": _hwm_mb(), "load_before": load0, "load_after": os.getloadavg(),
         "pred_finite": bool(np.isfinite(pred).all()), "pred_sd_mean": float(np.nanstd(pred, 0).mean()),
     }  # fmt: skip
