@@ -10,6 +10,7 @@ import mudata as md
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from test_multimodal import SMALL, synthetic_mudata  # tests/models is on pytest's pythonpath (pyproject.toml)
 
 import scst
@@ -167,3 +168,191 @@ def test_retrieve_zscore_divides_by_each_dimensions_sd():
     cen = scst.tl.retrieve(mdata, None, k=1, use_rep="E", group_keys=[], standardize="center")
     zs = scst.tl.retrieve(mdata, None, k=1, use_rep="E", group_keys=[], standardize="zscore")
     assert cen["exact_top1"] < 0.3 and zs["exact_top1"] > 0.6
+
+
+def test_exact_sample_rates_count_only_the_paired_queries():
+    """Image queries p0, p1 find their own RNA sample first; p2 is linked to no sample (None) and finds s0: the
+    exact rates are over the 2 paired queries (1.0), not 2 of 3."""
+    mdata = _linked_mudata(["s0", "s1", None], n_rna=3)
+    eye = np.eye(3, dtype=np.float32)
+    mdata["rna"].obsm["E"] = eye
+    mdata["image"].obsm["E"] = eye[[0, 1, 0]] + 0.1 * eye[[1, 2, 2]]
+    res = scst.tl.retrieve(mdata, None, k=1, use_rep="E", group_keys=[])
+    np.testing.assert_array_equal(res["indices"][:, 0], [0, 1, 0])
+    assert res["n_paired"] == 2 and res["exact_top1"] == 1.0 and res["exact_topk"] == 1.0
+
+
+def test_default_group_keys_are_the_mudata_ones_present_in_both_modalities():
+    """Without group_keys: those of uns["scst_mudata"] (written by the MuData builders) that are obs columns of both
+    modalities; "section" here exists on the image side only and is skipped (no KeyError)."""
+    mdata = _linked_mudata(["s0", "s1", "s2", "s3"], n_rna=4)
+    mdata.uns["scst_mudata"] = {"group_keys": ["label", "section"]}
+    mdata["rna"].obs["label"] = ["a", "a", "b", "b"]
+    mdata["image"].obs["label"] = ["a", "b", "b", "b"]
+    mdata["image"].obs["section"] = ["A", "A", "B", "B"]
+    eye = np.eye(4, dtype=np.float32)
+    mdata["rna"].obsm["E"] = eye
+    mdata["image"].obsm["E"] = eye  # each patch finds its own sample: the label agrees for 3 of 4
+    res = scst.tl.retrieve(mdata, None, k=1, use_rep="E")
+    assert res["group_keys"] == ["label"] and list(res["accuracy"]) == ["label"]
+    assert res["accuracy"]["label"] == pytest.approx(3 / 4)
+    assert res["chance"]["label"] == pytest.approx(1 / 4 * 1 / 2 + 3 / 4 * 1 / 2)
+
+
+def test_retrieve_zscore_leaves_a_constant_dimension_out():
+    """A dimension constant within each modality has sd 0: z-scoring keeps it at 0 (divides by 1), so the ranking
+    and the cosines are those without that dimension (no NaN)."""
+    n = 12
+    mdata = _linked_mudata([f"s{i}" for i in range(n)], n_rna=n)
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(n, 4))
+    plain = {"rna": z, "image": z + rng.normal(0, 0.5, (n, 4))}
+    for m, const in (("rna", 3.0), ("image", -2.0)):
+        mdata[m].obsm["E"] = plain[m].astype(np.float32)
+        mdata[m].obsm["E_const"] = np.c_[plain[m], np.full(n, const)].astype(np.float32)
+    want = scst.tl.retrieve(mdata, None, k=3, use_rep="E", group_keys=[], standardize="zscore")
+    got = scst.tl.retrieve(mdata, None, k=3, use_rep="E_const", group_keys=[], standardize="zscore")
+    assert np.isfinite(got["scores"]).all()
+    np.testing.assert_array_equal(got["indices"], want["indices"])
+    np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-5)
+
+
+def test_csls_matches_a_loop_over_queries_and_targets_when_they_differ_in_number():
+    """3 queries × 5 targets with 4 neighbours: r_T(q) averages each query's 4 best targets, r_Q(t) each target's
+    best min(4, 3) = 3 queries (all of them)."""
+    from scst.tl._multimodal import _csls
+
+    sim = np.random.default_rng(0).uniform(-1, 1, (3, 5))
+    want = np.empty_like(sim)
+    for i in range(3):
+        for j in range(5):
+            r_t = np.sort(sim[i])[::-1][:4].mean()
+            r_q = np.sort(sim[:, j])[::-1][:3].mean()
+            want[i, j] = 2 * sim[i, j] - r_t - r_q
+    np.testing.assert_allclose(_csls(sim, 4), want, rtol=1e-12)
+    np.testing.assert_allclose(_csls(sim.T, 4), want.T, rtol=1e-12)  # the roles swap: 3 and 4 neighbours
+
+
+class _SquareEncoder(torch.nn.Module):
+    """Stub RNA encoder: one token holding each gene's squared input; records the mode it runs in."""
+
+    def __init__(self):
+        super().__init__()
+        self.modes = []
+
+    def forward(self, z, mask_idx=None):
+        self.modes.append(self.training)
+        return (z**2)[:, None, :]
+
+
+def _quadratic_score_model(w):
+    """A MultimodalST whose matching logit of a pair is Σ_g w_g x_g² of the sample's expression x (standardisation
+    and RNA encoder replaced by stubs): Grad-CAM (∂s/∂x · x) is 2 w x², integrated gradients from 0 is w x²."""
+    mdata = synthetic_mudata(n=4, n_genes=len(w))
+    x = np.array([[1.0, -2.0, 0.5, 1.0], [0.5, 1.0, -3.0, 1.0], [2.0, 0.0, 1.0, -1.0], [1.0, 1.5, 1.0, 1.0]])
+    x = np.c_[x, np.ones((4, len(w) - 4))]
+    mdata["rna"].X = x.astype(np.float32)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL)
+    m = model.module
+    m._rna_in = lambda v: v
+    m.rna_encoder = _SquareEncoder()
+    wt = torch.tensor(w, dtype=torch.float32)
+    m.match_logit = lambda tok, it: (tok[:, 0] * wt).sum(1)
+    return mdata, model, x
+
+
+def test_gene_importance_known_attributions_of_a_quadratic_score():
+    """Score Σ_g w_g x_g²: Grad-CAM 2 w x², integrated gradients (midpoint steps, exact here) w x²; genes ranked by
+    |attribution| per pair (negative ones too), counted over the pairs' top 2, mean |attribution| per gene; the
+    module runs in eval mode and gets its mode back; an ensemble of the same model twice gives the same means."""
+    w = np.array([1.0, -1.0, 0.5, 0.25, 0.0, 0.0])  # 6 genes (the synthetic patches need them); g4, g5 play no part
+    mdata, model, x = _quadratic_score_model(w)
+    genes = list(mdata["rna"].var_names)
+    for method, want in (("gradcam", 2 * w * x**2), ("integrated_gradients", w * x**2)):
+        model.module.train()
+        table = scst.tl.gene_importance(mdata, model, method=method, n_top=2, n_steps=4, batch_size=3)
+        enc = model.module.rna_encoder
+        assert enc.modes and not any(enc.modes) and model.module.training  # eval inside, train mode restored
+        enc.modes.clear()
+        top = np.argsort(-np.abs(want), axis=1, kind="stable")[:, :2]
+        # by hand (|w x²|): pair 0 → g1 (4), g0 (1); pair 1 → g2 (4.5), g1 (1); pair 2 → g0 (4), g2 (0.5); pair 3 → g1
+        # (2.25), g0 (1): counts 3, 3, 2, 0, g1 before g0 by its larger mean |attribution| (1.8125 vs 1.5625)
+        np.testing.assert_array_equal(top, [[1, 0], [2, 1], [0, 2], [1, 0]])
+        res = mdata.uns["scst_gene_importance"]
+        np.testing.assert_array_equal(res["top_genes"], np.asarray(genes)[top])
+        np.testing.assert_allclose(mdata["rna"].var["scst_importance_mean"], np.abs(want).mean(0), rtol=1e-5)
+        assert mdata["rna"].var["scst_importance_count"].tolist() == [3, 3, 2, 0, 0, 0]
+        assert list(table.index[:4]) == ["g1", "g0", "g2", "g3"] and table["occurrence"].tolist() == [3, 3, 2, 0, 0, 0]
+        np.testing.assert_allclose(table.loc[genes, "mean_attribution"], np.abs(want).mean(0), rtol=1e-5)
+    model.module.eval()
+    scst.tl.gene_importance(mdata, [model, model], method="gradcam", n_top=2)
+    assert not model.module.training
+    np.testing.assert_allclose(mdata["rna"].var["scst_importance_mean"], np.abs(2 * w * x**2).mean(0), rtol=1e-5)
+
+
+def test_gene_importance_writes_var_columns_by_gene_name_and_caps_n_top():
+    """The RNA modality's genes in another order than the model's panel: each var row gets its own gene's count and
+    mean; n_top beyond the 6 genes keeps all of them (and says 6)."""
+    w = np.array([1.0, -1.0, 0.5, 0.25, 0.0, 0.0])
+    mdata, model, x = _quadratic_score_model(w)
+    rev = mdata["rna"][:, ::-1].copy()
+    mdata.mod["rna"] = rev
+    scst.tl.gene_importance(mdata, model, method="gradcam", n_top=2)
+    var = mdata["rna"].var
+    assert list(var.index) == ["g5", "g4", "g3", "g2", "g1", "g0"]
+    assert var["scst_importance_count"].tolist() == [0, 0, 0, 2, 3, 3]
+    np.testing.assert_allclose(var["scst_importance_mean"], np.abs(2 * w * x**2).mean(0)[::-1], rtol=1e-5)
+    scst.tl.gene_importance(mdata, model, method="gradcam", n_top=10)
+    res = mdata.uns["scst_gene_importance"]
+    assert res["n_top"] == 6 and res["top_genes"].shape == (4, 6)
+    assert var["scst_importance_count"].tolist() == [4] * 6
+
+
+def test_integrated_gradients_of_the_cosine_sum_to_its_change_from_the_baseline():
+    """Completeness with score="itc" on an untrained model: each pair's attributions add up to the cosine of its two
+    shared-space embeddings (get_latent_representation) minus that of the all-mean RNA input (standardised 0)."""
+    mdata = synthetic_mudata(n=6, n_genes=6)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL)
+    from scst.tl._multimodal import _attributions
+
+    data, rna_row = model._arrays(mdata)
+    paired = np.flatnonzero(rna_row >= 0)
+    A = _attributions(model, data, rna_row, paired, "integrated_gradients", "itc", 64, 4)
+    u_rna = model.get_latent_representation(mdata, modality="rna")
+    u_img = model.get_latent_representation(mdata, modality="image")
+    cos = (u_img[paired] * u_rna[rna_row[paired]]).sum(1)
+    m = model.module.eval()
+    with torch.no_grad():
+        base = torch.nn.functional.normalize(m.rna_proj(m.rna_encoder(torch.zeros(len(paired), 6))[:, 0]), dim=-1)
+    cos0 = (u_img[paired] * base.numpy()).sum(1)
+    np.testing.assert_allclose(A.sum(1), cos - cos0, atol=2e-3)
+    assert np.abs(cos - cos0).max() > 0.05  # a change worth explaining
+
+
+def test_embed_umap_splits_the_joint_layout_back_by_modality(monkeypatch):
+    """One UMAP of both modalities stacked (RNA first): a stub UMAP that returns each point's first two embedding
+    coordinates shows every modality gets its own rows back (40 RNA samples, 30 patches), with the given seed."""
+    import scanpy as sc
+
+    mdata = synthetic_mudata(n=40)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL)
+    mdata.mod["image"] = mdata["image"][:30].copy()
+    rng = np.random.default_rng(0)
+    emb = {"rna": rng.normal(size=(40, 4)).astype(np.float32), "image": rng.normal(size=(30, 4)).astype(np.float32)}
+    model.get_latent_representation = lambda md_, modality="rna", batch_size=256: emb[modality]
+    seeds = []
+    monkeypatch.setattr(sc.pp, "neighbors", lambda a, use_rep, n_neighbors, random_state: seeds.append(random_state))
+
+    def umap(a, random_state):
+        seeds.append(random_state)
+        a.obsm["X_umap"] = a.obsm["X_multimodal"][:, :2] * 10
+
+    monkeypatch.setattr(sc.tl, "umap", umap)
+    scst.tl.embed(mdata, model, umap=True, seed=7)
+    assert seeds == [7, 7]
+    for m in ("rna", "image"):
+        np.testing.assert_array_equal(mdata[m].obsm["X_multimodal"], emb[m])
+        np.testing.assert_allclose(mdata[m].obsm["X_multimodal_umap"], emb[m][:, :2] * 10, rtol=1e-6)
