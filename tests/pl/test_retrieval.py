@@ -89,3 +89,48 @@ def test_embedding_panel_uses_the_models_modality_names():
     del m.uns["_scst_setup"]
     with pytest.raises(ValueError, match=r"basis: needs a MuData with the RNA and image modalities \['rna', 'image'\]"):
         scst.pl.retrieval(m, basis="U", show=False)
+
+
+def test_bars_follow_the_group_keys_and_skip_ratios_without_a_finite_observation_or_chance():
+    """Chances are matched to their group key by name (the dicts in different orders); no ratio is written over a
+    chance of 0 (a label absent on the target side) or a NaN observation (unpaired data); the title names the query
+    direction and the number of queries."""
+    a = AnnData(np.zeros((2, 1), np.float32))
+    a.uns["scst_retrieval"] = {
+        "query": "rna", "k": 3, "n_query": 7, "accuracy": {"label": 0.5, "patient": 0.3},
+        "chance": {"patient": 0.0, "label": 0.25}, "exact_top1": float("nan"), "exact_topk": 0.6,
+        "chance_exact_top1": 0.1, "chance_exact_topk": 0.2,
+    }  # fmt: skip
+    ax = scst.pl.retrieval(a, show=False)
+    heights = [p.get_height() for p in ax.patches]
+    np.testing.assert_allclose(heights, [0.5, 0.3, np.nan, 0.6, 0.25, 0.0, 0.1, 0.2])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["label (top-1)", "patient (top-1)", "exact top-1",
+                                                            "exact top-3"]  # fmt: skip
+    assert [t.get_text() for t in ax.texts] == ["2×", "3×"]  # label 0.5/0.25, exact top-3 0.6/0.2
+    assert ax.get_title() == "rna → retrieval (7 queries)"
+
+
+def test_group_panel_checks_the_column_and_leaves_missing_labels_out():
+    """color= must be an obs column of both modalities (a close-match KeyError otherwise); a missing label is no
+    category of its own; a "modalities" entry that is not a pair is not used (the default names)."""
+    import mudata as md
+    import pandas as pd
+
+    def mod(n, labels):
+        a = AnnData(
+            np.zeros((n, 1), np.float32), obs=pd.DataFrame({"label": labels}, index=[f"s{i}" for i in range(n)])
+        )
+        a.obsm["U"] = np.column_stack([np.arange(n, dtype=float), np.zeros(n)])
+        return a
+
+    m = md.MuData({"rna": mod(3, ["a", None, "b"]), "image": mod(2, ["b", None])})
+    m.uns["scst_retrieval"] = {
+        "query": "image", "k": 1, "n_query": 2, "accuracy": {}, "chance": {}, "exact_top1": 0.5, "exact_topk": 0.5,
+        "chance_exact_top1": 0.5, "chance_exact_topk": 0.5, "modalities": ["rna"],
+    }  # fmt: skip
+    _, by_mod, by_label = scst.pl.retrieval(m, basis="U", color="label", show=False)
+    assert [t.get_text() for t in by_mod.get_legend().get_texts()] == ["rna", "image"]
+    assert [t.get_text() for t in by_label.get_legend().get_texts()] == ["a", "b"]
+    assert sum(len(c.get_offsets()) for c in by_label.collections) == 3  # the two unlabelled points are not drawn
+    with pytest.raises(KeyError, match="color: 'lable'"):
+        scst.pl.retrieval(m, basis="U", color="lable", show=False)

@@ -106,6 +106,9 @@ def test_chromosome_and_pathway_groupings():
     gene_groups(adata, method="pathway", gene_sets=sets, n_groups=None, unlinked="drop")
     # g4, g5 are in A and B: they go to the larger set A
     assert adata.var["gene_group"].tolist() == [0] * 6 + [1] * 3 + [-1, -1, 2]
+    # a set without a gene of the panel is no cluster
+    gene_groups(adata, method="pathway", gene_sets={**sets, "D": ["absent"]}, n_groups=None, unlinked="drop")
+    assert adata.uns["gene_group"]["n_clusters"] == 3 and adata.uns["gene_group"]["sizes"] == [6, 3, 1]
 
 
 def test_gene_groups_bad_input():
@@ -162,3 +165,80 @@ def test_fallback_log_normalises_raw_counts_over_all_genes():
     np.testing.assert_allclose(_log_expression(a, ["g0", "g1"], None), expected, rtol=1e-6)
     a.layers["log"] = np.log1p(a.X)  # not counts: used as is
     np.testing.assert_allclose(_log_expression(a, ["g1"], "log"), np.log1p([[3.0], [2.0]]), rtol=1e-6)
+
+
+def test_knn_coexpression_graph_matches_a_brute_force_correlation_ranking():
+    """Each gene points to its k most Pearson-correlated other genes (on log1p-normalised counts), weighted by the
+    correlation clipped at 0 (+1e-6); no self-loops, and k beyond the other genes links every pair."""
+    from scst.pp._gene_groups import _knn_coexpression, _log_expression
+
+    genes = [f"g{i}" for i in range(7)]
+    adata = _adata(genes, n=40, seed=3, modules=np.array([0, 0, 0, 1, 1, 2, 2]))
+    adata.X[:, 6] *= 1 + np.arange(40) % 3  # different scales per gene: the z-scoring matters
+    corr = np.corrcoef(_log_expression(adata, genes, None).T)
+    g = _knn_coexpression(adata, genes, None, k=2)
+    for i, a in enumerate(genes):
+        others = [j for j in np.argsort(-corr[i], kind="stable") if j != i][:2]
+        assert set(g.successors(a)) == {genes[j] for j in others}
+        for j in others:
+            assert g[a][genes[j]]["weight"] == pytest.approx(max(corr[i, j], 0.0) + 1e-6, abs=1e-9)
+    full = _knn_coexpression(adata, genes, None, k=50)
+    assert full.number_of_edges() == 7 * 6 and nx.number_of_selfloops(full) == 0
+
+
+def test_louvain_uses_the_given_resolution_seed_and_edge_weights():
+    """The clusters are networkx's directed Louvain with the same resolution and seed (a random graph where both
+    matter); the weights of a DataFrame or an edge list are used: a ring whose heavy edges pair its nodes."""
+    rng = np.random.default_rng(0)
+    genes = [f"g{i}" for i in range(30)]
+    net = nx.DiGraph()
+    net.add_nodes_from(genes)
+    net.add_edges_from((a, b) for a in genes for b in genes if a != b and rng.random() < 0.15)
+    adata = _adata(genes)
+    for resolution, seed in ((1.0, 0), (2.5, 0), (1.0, 1), (1.0, 2)):
+        gene_groups(adata, net, n_groups=None, resolution=resolution, seed=seed)
+        want = nx.community.louvain_communities(net, resolution=resolution, seed=seed)
+        got = adata.var["gene_group"]
+        assert adjusted_rand_score([next(i for i, c in enumerate(want) if g in c) for g in genes], got) == 1.0
+        q = nx.community.modularity(net, want, resolution=resolution)
+        assert adata.uns["gene_group"]["modularity"] == pytest.approx(q)
+    ring = [f"r{i}" for i in range(6)]
+    edges = []
+    for i in range(6):
+        a, b = ring[i], ring[(i + 1) % 6]
+        w = 10.0 if i % 2 == 0 else 0.1
+        edges += [(a, b, w), (b, a, w)]
+    weighted = nx.DiGraph()
+    weighted.add_weighted_edges_from(edges)
+    q = nx.community.modularity(weighted, [{"r0", "r1"}, {"r2", "r3"}, {"r4", "r5"}], weight="weight")
+    small = _adata(ring)
+    for network in (edges, pd.DataFrame(edges, columns=["source", "target", "weight"])):
+        gene_groups(small, network, n_groups=None)
+        assert small.var["gene_group"].tolist() == [0, 0, 1, 1, 2, 2]
+        assert small.uns["gene_group"]["modularity"] == pytest.approx(q)
+
+
+def test_clusters_of_equal_size_are_numbered_by_their_first_gene_name():
+    """Two clusters of two genes: {a0, z9} (first name a0) before {b0, b1}, whatever their last names."""
+    adata = _adata(["b0", "b1", "a0", "z9"])
+    net = [("a0", "z9"), ("z9", "a0"), ("b0", "b1"), ("b1", "b0")]
+    gene_groups(adata, net, n_groups=2)
+    assert adata.var["gene_group"].tolist() == [1, 1, 0, 0]
+
+
+def test_panel_from_a_boolean_column_and_group_counts_at_the_edges():
+    """genes= a boolean var column: only its genes are grouped (others -1); as many groups as genes is allowed,
+    n_groups=0 is not; fewer clusters than asked is warned about and keeps what there is."""
+    adata = _adata(["a", "b", "c", "d", "x", "y"])
+    adata.var["hv"] = [True, True, True, True, False, False]
+    net = [("a", "b"), ("b", "a"), ("c", "d"), ("d", "c"), ("x", "y"), ("y", "x")]
+    with pytest.warns(UserWarning, match="2 of the network's 6 genes"):
+        gene_groups(adata, net, n_groups=2, genes="hv")
+    assert adata.var["gene_group"].tolist() == [0, 0, 1, 1, -1, -1]
+    with pytest.warns(UserWarning, match="only 2 clusters for n_groups=4; keeping 2"):
+        gene_groups(adata, net[:4], n_groups=4, genes=["a", "b", "c", "d"])
+    assert adata.uns["gene_group"]["sizes"] == [2, 2]
+    with pytest.warns(UserWarning, match="clusters for n_groups=6"):  # one group per gene at most: no error
+        gene_groups(adata, None, n_groups=6, n_neighbors=1)
+    with pytest.raises(ValueError, match="n_groups: expected a positive integer"):
+        gene_groups(adata, net, n_groups=0)
