@@ -77,3 +77,116 @@ def test_bulk_to_mudata_tiles_and_filters_by_stain():
         scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1", "B_image": "s9"}, um_per_px=1.0, **TILE)
     with pytest.raises(ValueError, match="smaller than one patch"):
         scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1"}, um_per_px=1.0, patch_px=512, **TILE)
+
+
+def _spot_sdata():
+    """Two sections of random pixels: S1 (60 × 40 px, 1 µm/px, spots a, b) and S2 (50 × 50 px, 0.5 µm/px, spots
+    c, d, e); counts in layers["raw"] (X holds other values), a boolean gene column and an obs column not copied."""
+    from scipy import sparse
+
+    rng = np.random.default_rng(0)
+    shapes = {"S1": (40, 60), "S2": (50, 50)}
+    ims = {f"{s}_image": Image2DModel.parse(rng.integers(0, 255, (3, *hw), dtype=np.uint8), dims=("c", "y", "x"),
+                                            transformations={s: Identity()}) for s, hw in shapes.items()}  # fmt: skip
+    raw = rng.poisson(4, (5, 4)).astype(np.float32)
+    t = ad.AnnData(
+        X=sparse.csr_matrix(raw[:, ::-1] + 1),
+        obs=pd.DataFrame({"section": pd.Categorical(["S1", "S1", "S2", "S2", "S2"]), "label": list("xyxyx"),
+                          "other": range(5)}, index=list("abcde")),
+        var=pd.DataFrame({"hv": [True, False, True, False]}, index=["G0", "G1", "G2", "G3"]),
+    )  # fmt: skip
+    t.layers["raw"] = raw
+    t.obsm["spatial"] = np.array([[10.0, 20.0], [30.0, 12.0], [20.0, 30.0], [35.0, 15.0], [12.0, 40.0]])
+    upp = {"S1": 1.0, "S2": 0.5}
+    geo = {s: {"image_key": f"{s}_image", "um_per_px": u, "coordinate_system": s} for s, u in upp.items()}
+    t.uns["scst"] = {"sections": geo}
+    return SpatialData(images=ims, tables={"table": t})
+
+
+def test_to_mudata_on_one_section_with_a_gene_list_and_a_layer():
+    """sections="S2" of two: its spots only, in both modalities; genes in the order given; counts from `layer`,
+    normalised by their library over all genes; obs: the group keys and the section; each patch the 8 px window
+    around its spot (x, y kept apart); the section's image key and µm/px."""
+    from scipy import sparse
+
+    sd = _spot_sdata()
+    t = sd.tables["table"]
+    mdata = scst.pp.to_mudata(sd, sections="S2", genes=["G2", "G0"], size_px=8, group_keys=("label",), layer="raw")
+    rna, image = mdata["rna"], mdata["image"]
+    assert list(rna.obs_names) == list(image.obs_names) == ["c", "d", "e"] == list(image.obs["rna_sample"])
+    assert list(rna.var_names) == ["G2", "G0"] and list(rna.obs.columns) == ["section", "label"]
+    raw = t.layers["raw"][2:]
+    counts, logx = (sparse.csr_matrix(m).toarray() for m in (rna.layers["counts"], rna.X))
+    np.testing.assert_array_equal(counts, raw[:, [2, 0]])
+    np.testing.assert_allclose(logx, np.log1p(raw[:, [2, 0]] * 1e4 / raw.sum(1, keepdims=True)), rtol=1e-5)
+    np.testing.assert_array_equal(rna.obsm["spatial"], t.obsm["spatial"][2:])
+    np.testing.assert_array_equal(image.obs[["x", "y"]].to_numpy(), t.obsm["spatial"][2:])
+    img = sd.images["S2_image"].values
+    for i, (cx, cy) in enumerate(t.obsm["spatial"][2:].astype(int)):
+        np.testing.assert_array_equal(image.obsm["patch"][i], img[:, cy - 4 : cy + 4, cx - 4 : cx + 4])
+    assert list(image.obs["image_key"]) == ["S2_image"] * 3 and list(image.obs["size_px"]) == [8] * 3
+    info = mdata.uns["scst_mudata"]
+    assert info["patch_px"] == 8 and info["um_per_px"] == {"S2": 0.5} and info["group_keys"] == ["label"]
+    # a boolean var column as the panel
+    assert list(scst.pp.to_mudata(sd, genes="hv", size_px=8, layer="raw")["rna"].var_names) == ["G0", "G2"]
+
+
+def test_to_mudata_windows_in_um_per_section_and_checks_counts_and_genes():
+    """size_um=8: 8 px windows on S1 (1 µm/px), 16 px on S2 (0.5 µm/px), both resized to out_px=8; negative values
+    and unknown genes are named errors."""
+    sd = _spot_sdata()
+    mdata = scst.pp.to_mudata(sd, sections=["S1", "S2"], size_um=8.0, out_px=8, layer="raw", group_keys=("section",))
+    image = mdata["image"]
+    assert image.n_obs == 5 and image.obsm["patch"].shape == (5, 3, 8, 8)
+    assert list(image.obs["size_px"]) == [8, 8, 16, 16, 16]
+    assert list(image.obs["image_key"]) == ["S1_image"] * 2 + ["S2_image"] * 3
+    assert mdata.uns["scst_mudata"]["um_per_px"] == {"S1": 1.0, "S2": 0.5}
+    sd.tables["table"].layers["neg"] = -sd.tables["table"].layers["raw"]
+    with pytest.raises(ValueError, match="expected raw counts"):
+        scst.pp.to_mudata(sd, size_px=8, layer="neg")
+    with pytest.raises(KeyError, match=r"genes: 1 genes are not in var_names, e.g. \['NOPE'\]"):
+        scst.pp.to_mudata(sd, size_px=8, genes=["G0", "NOPE"], layer="raw")
+
+
+def _rect_slide():
+    """A DAB-brown rectangle at rows 64:128, cols 64:184 of white glass: in 32 px tiles, 2 × 3 full tiles and two
+    (column 5) three-quarters brown."""
+    rng = np.random.default_rng(0)
+    a = np.full((3, 256, 256), 245, dtype=np.uint8)
+    hed = np.zeros((64, 120, 3))
+    hed[..., 2] = rng.uniform(0.15, 0.3, size=(64, 120))
+    a[:, 64:128, 64:184] = np.moveaxis((hed2rgb(hed) * 255).round().astype(np.uint8), -1, 0)
+    ims = {"R_image": Image2DModel.parse(a, dims=("c", "y", "x"), transformations={"R": Identity()}),
+           "W_image": Image2DModel.parse(np.full((3, 24, 300), 245, np.uint8), dims=("c", "y", "x"),
+                                         transformations={"W": Identity()})}  # fmt: skip
+    return SpatialData(images=ims)
+
+
+def test_bulk_to_mudata_keeps_the_best_patches_with_their_own_scores_and_sample_labels():
+    """Patches of a rectangle (not a square: x and y, columns and rows kept apart) linked to the second sample: its
+    lineage (categorical) on every patch, each patch's own stain score; max_patches keeps the best-scoring, a
+    threshold drops the three-quarter tiles; too narrow an image and unknown group keys are named errors."""
+    from scst.pp import filter_tiles
+
+    _, bulk = _slides()
+    sd = _rect_slide()
+    mdata = scst.pp.bulk_to_mudata(bulk, sd, {"R_image": "s2"}, um_per_px={"R_image": 1.0}, patch_px=32,
+                                   group_keys=["lineage"], **TILE)  # fmt: skip
+    image = mdata["image"]
+    assert set(image.obs_names) == {f"R_image_{c}x{r}" for c in (2, 3, 4, 5) for r in (2, 3)}
+    for name, x, y in zip(image.obs_names, image.obs["x"], image.obs["y"]):
+        c, r = (int(v) for v in name.split("_")[-1].split("x"))
+        assert (x, y) == (16 + 32 * c, 16 + 32 * r)
+    assert (image.obs["lineage"] == "L2").all() and image.obs["lineage"].dtype == "category"
+    assert image.obs["image_key"].dtype == "category" and list(mdata["rna"].obs["lineage"]) == ["L1", "L2"]
+    np.testing.assert_allclose(image.obs["dab_fraction"], filter_tiles(image.obsm["patch"], preset="dab_brown")[0])
+    np.testing.assert_allclose(image.obs["tissue_fraction"], filter_tiles(image.obsm["patch"], preset="he")[0])
+    assert sorted(image.obs["dab_fraction"].round(2)) == [0.75, 0.75] + [1.0] * 6
+    best = scst.pp.bulk_to_mudata(bulk, sd, {"R_image": "s2"}, um_per_px=1.0, patch_px=32, max_patches=6, **TILE)
+    assert set(best["image"].obs["x"]) == {80.0, 112.0, 144.0}
+    strict = scst.pp.bulk_to_mudata(bulk, sd, {"R_image": "s2"}, um_per_px=1.0, patch_px=32, threshold=0.8, **TILE)
+    assert strict["image"].n_obs == 6 and (strict["image"].obs["dab_fraction"] > 0.9).all()
+    with pytest.raises(ValueError, match=r"'W_image'\]: 24 × 300 px is smaller than one patch \(32 px\)"):
+        scst.pp.bulk_to_mudata(bulk, sd, {"W_image": "s1"}, um_per_px=1.0, patch_px=32, **TILE)
+    with pytest.raises(KeyError, match="group_keys"):
+        scst.pp.bulk_to_mudata(bulk, sd, {"R_image": "s2"}, um_per_px=1.0, group_keys=["patient"], **TILE)
