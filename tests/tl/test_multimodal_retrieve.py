@@ -356,3 +356,19 @@ def test_embed_umap_splits_the_joint_layout_back_by_modality(monkeypatch):
     for m in ("rna", "image"):
         np.testing.assert_array_equal(mdata[m].obsm["X_multimodal"], emb[m])
         np.testing.assert_allclose(mdata[m].obsm["X_multimodal_umap"], emb[m][:, :2] * 10, rtol=1e-6)
+
+
+def test_group_accuracy_and_chance_of_each_group_key_use_that_keys_labels():
+    """Two group keys on the same top-1 targets (each patch finds its own sample): "label" agrees for 3 of 4 patches,
+    "patient" for all 4; each chance from that key's own frequencies (5/8 and 1/2)."""
+    mdata = _linked_mudata(["s0", "s1", "s2", "s3"], n_rna=4)
+    mdata["rna"].obs["label"] = ["a", "a", "b", "b"]
+    mdata["image"].obs["label"] = ["a", "b", "b", "b"]
+    mdata["rna"].obs["patient"] = ["P1", "P1", "P1", "P2"]
+    mdata["image"].obs["patient"] = ["P1", "P1", "P1", "P2"]
+    eye = np.eye(4, dtype=np.float32)
+    mdata["rna"].obsm["E"] = mdata["image"].obsm["E"] = eye
+    res = scst.tl.retrieve(mdata, None, k=1, use_rep="E", group_keys=["patient", "label"])
+    assert res["accuracy"] == {"patient": 1.0, "label": pytest.approx(3 / 4)}
+    assert res["chance"]["patient"] == pytest.approx(3 / 4 * 3 / 4 + 1 / 4 * 1 / 4)
+    assert res["chance"]["label"] == pytest.approx(1 / 2)
