@@ -176,3 +176,68 @@ def test_glcm_grey_levels_are_floor_of_grey_times_levels():
     stripes = np.broadcast_to(grey[None, None, :], (3, 32, 32)).copy()
     f = handcrafted_features(stripes)[0]
     assert f[COL["glcm_grey_contrast_d1"]] == pytest.approx(0.75 * 16**2)
+
+
+def _reference_features(patch: np.ndarray, levels: int = 32, thresholds=(0.1, 0.01)) -> np.ndarray:
+    """All 95 features of one ``(3, H, W)`` uint8 patch from skimage/scipy, one patch at a time (mutation sweep)."""
+    from scipy import ndimage
+    from skimage.color import rgb2hsv
+    from skimage.feature import graycomatrix, graycoprops, local_binary_pattern
+
+    rgb = np.moveaxis(patch, 0, -1).astype(np.float64) / 255  # (H, W, 3)
+    grey = (patch.astype(np.float32) / np.float32(255)).transpose(1, 2, 0) @ np.array(
+        [0.2125, 0.7154, 0.0721], dtype=np.float32
+    )  # BT.709, as skimage.color.rgb2gray
+
+    def stats(v):
+        v = np.asarray(v, dtype=np.float64).ravel()
+        return [v.mean(), v.std(), *np.quantile(v, [0.1, 0.5, 0.9])]
+
+    hsv = rgb2hsv(rgb)
+    hed = rgb2hed(rgb)
+    f = [s for c in range(3) for s in stats(rgb[..., c])] + stats(grey)
+    f += [np.cos(2 * np.pi * hsv[..., 0]).mean(), np.sin(2 * np.pi * hsv[..., 0]).mean()]
+    f += stats(hsv[..., 1]) + stats(hsv[..., 2])
+    for c in range(2):
+        f += [*stats(hed[..., c]), (hed[..., c] > thresholds[c]).mean()]
+    f += [hed[..., 2].mean(), hed[..., 0].mean() / (hed[..., 0].mean() + hed[..., 1].mean())]
+    f += [(grey < 0.8).mean()]
+    sob = np.hypot(ndimage.sobel(grey.astype(np.float64), 0), ndimage.sobel(grey.astype(np.float64), 1))[1:-1, 1:-1] / 8
+    f += [sob.mean(), sob.std()]
+    q_grey = np.minimum(grey * levels, levels - 1).astype(np.uint8)
+    q_hema = np.minimum(np.minimum(hed[..., 0], 0.3) / 0.3 * levels, levels - 1).astype(np.uint8)
+    angles = (0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
+    for q in (q_grey, q_hema):
+        m = graycomatrix(q, (1, 2, 4), angles, levels=levels, symmetric=True)
+        props = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation", "entropy")
+        f += [graycoprops(m, p)[d].mean() for d in range(3) for p in props]
+    codes = local_binary_pattern(np.round(grey * 255).astype(np.uint8), 8, 1, "uniform")
+    f += list(np.bincount(codes.astype(int).ravel(), minlength=10) / codes.size)
+    return np.asarray(f)
+
+
+def test_every_feature_equals_a_patch_by_patch_skimage_reference():
+    # Random colours (every hue sextant, saturation and stain), a smooth H&E-like gradient and a half-white patch
+    # (tissue fraction, LBP plateaus); odd sizes so that no axis is confused with another.
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 256, (3, 3, 13, 11), dtype=np.uint8)
+    ramp = np.linspace(0, 1, 13 * 11).reshape(13, 11)
+    x[1] = np.stack([200 - 120 * ramp, 80 + 40 * ramp, 190 - 30 * ramp]).astype(np.uint8)
+    x[2, :, :, 6:] = 255
+    got = handcrafted_features(x)
+    for i in range(len(x)):
+        np.testing.assert_allclose(got[i], _reference_features(x[i]), rtol=2e-4, atol=2e-5, err_msg=f"patch {i}")
+    # Stain thresholds are per stain (H first) and strict: set each to a value the patch holds.
+    hed = rgb2hed(np.moveaxis(x[0], 0, -1) / 255.0)
+    th = (float(np.float32(np.sort(hed[..., 0].ravel())[70])), float(np.float32(np.sort(hed[..., 1].ravel())[40])))
+    strong = handcrafted_features(x[:1], stain_thresholds=th)[0]
+    hed32 = rgb2hed(np.moveaxis(x[0], 0, -1).astype(np.float32) / np.float32(255))
+    want_h, want_e = (hed32[..., 0] > np.float32(th[0])).mean(), (hed32[..., 1] > np.float32(th[1])).mean()
+    assert want_h != want_e
+    assert strong[COL["hed_h_strong"]] == pytest.approx(want_h) and strong[COL["hed_e_strong"]] == pytest.approx(want_e)
+
+
+def test_patches_smaller_than_three_pixels_are_refused():
+    with pytest.raises(ValueError, match="at least 3"):
+        handcrafted_features(np.zeros((1, 3, 2, 9), dtype=np.uint8))
+    assert np.isfinite(handcrafted_features(np.zeros((1, 3, 3, 3), dtype=np.uint8))).all()

@@ -173,3 +173,28 @@ def test_cell_graph_grid_writes_array_col_then_row():
     a.obs["array_col"] = a.obs["array_col"] * 3  # not a square of the rows
     cell_graph(a, grid=True)
     np.testing.assert_array_equal(a.obsm["spatial_array"], a.obs[["array_col", "array_row"]].to_numpy(float))
+
+
+def test_degrees_are_row_sums_on_a_directed_adjacency():
+    # Edges 0→1, 0→2, 1→2: row sums (out-degrees) 2, 1, 0; column sums 0, 1, 2. D^-1/2 A D^-1/2 by hand from
+    # the row sums: entry (0, 1) = 1/sqrt(2 · 1); (0, 2) and (1, 2) meet the isolated row 2 (D^-1/2 = 0).
+    a = np.array([[0, 1, 1], [0, 0, 1], [0, 0, 0]], dtype=float)
+    lap = graph_matrix_from_adjacency(a, "laplacian")
+    np.testing.assert_allclose(lap.toarray(), [[1, -1 / S2, 0], [0, 1, 0], [0, 0, 1]], rtol=1e-6)
+    assert (lap.data != 0).all()  # the edges into the isolated row are not kept as stored zeros
+
+
+def test_diagonal_kind_still_checks_a_given_cell_graph():
+    a = AnnData(np.ones((3, 2), dtype=np.float32))
+    a.obsp["spatial_connectivities"] = sp.csr_matrix(np.array([[0, np.nan, 0], [np.nan, 0, 0], [0, 0, 0]]))
+    with pytest.raises(ValueError, match="NaN"):
+        graph_matrix(a, "diagonal")
+
+
+def test_cell_graph_drops_unused_library_categories():
+    # A categorical section column with a category no spot has: squidpy would build an empty graph for it.
+    a = _grid_adata()
+    a.obs["section"] = pd.Categorical(a.obs["section"], categories=["A", "B", "unused"])
+    cell_graph(a, grid=True)
+    assert list(a.obs["section"].cat.categories) == ["A", "B"]
+    assert a.obsp["spatial_connectivities"].nnz == 2 * 2 * 2 * 5 * 4  # two 5 x 5 grids, 40 edges each
