@@ -720,12 +720,13 @@ def test_patch_vit_positions_fusion_image_input_and_shared_embeddings():
 
 
 def _mixed_batch(match_groups=(0, 1, 0, 2, 1, 2)):
-    """Six items: item 1 has no patch, item 2 no RNA; items 3 and 4 are two patches of one RNA sample (id 3)."""
+    """Six items: item 1 has no patch, item 5 no RNA (so the paired items sit at other rows of the RNA and of the
+    image tensors); items 3 and 4 are two patches of one RNA sample (id 3)."""
     b = _joint_batch(n=6)
-    b["has_rna"] = torch.tensor([True, True, False, True, True, True])
+    b["has_rna"] = torch.tensor([True, True, True, True, True, False])
     b["has_img"] = torch.tensor([True, False, True, True, True, True])
     b["rna"][4] = b["rna"][3]
-    b["rna_id"] = torch.tensor([0, 1, -1, 3, 3, 5])
+    b["rna_id"] = torch.tensor([0, 1, 2, 3, 3, -1])
     b["rna_group"] = torch.tensor(match_groups)
     b["img_group"] = torch.tensor([1, 0, 1, 0, 2, 2])
     return b
@@ -742,7 +743,7 @@ def test_image_rna_contrastive_pairs_each_patch_with_its_own_sample(match_on):
         got = m.loss(b)["itc"].item()
         u_i = m.embed_image(b["img"]).numpy().astype(np.float64)
         u_r = m.embed_rna(b["rna"]).numpy().astype(np.float64)
-    paired = [0, 3, 4, 5]
+    paired = [0, 2, 3, 4]
     key = (b["rna_id"] if match_on == "sample" else b["rna_group"]).numpy()[paired]
     sim = u_i[paired] @ u_r[paired].T / m.tau_c
     expected = 0.0
@@ -764,9 +765,9 @@ def test_unimodal_losses_use_each_modalitys_own_samples_and_groups():
     b["img_group"] = torch.tensor([0, 9, 0, 1, 9, 9])  # patches 0, 2: group 0, patch 3: group 1 (its sample's: 0)
     with torch.no_grad():
         out = m.loss(b)
-        tok = m.encode_rna(b["rna"][[0, 1, 3, 5]])[:, 0]  # item 4 repeats item 3's sample
+        tok = m.encode_rna(b["rna"][[0, 1, 2, 3]])[:, 0]  # item 4 repeats item 3's sample
         u = torch.nn.functional.normalize(m.encode_image(b["img"][[0, 2, 3]])[:, 0], dim=-1).numpy()
-    want_con = supervised_contrastive(tok, torch.tensor([0, 1, 0, 1]), m.tau).item()
+    want_con = supervised_contrastive(tok, torch.tensor([0, 1, 5, 0]), m.tau).item()
     assert out["rna_con"].item() == pytest.approx(want_con, rel=1e-5)
     # anchors 0 and 2 (group 0): each other's positive, patch 3 their negative; patch 3 has no positive
     d = ((u[:, None] - u[None]) ** 2).sum(-1)
