@@ -1014,3 +1014,17 @@ def test_setup_and_inference_checks_gene_order_and_constant_genes():
     four["image"].obsm["patch"] = np.concatenate([four["image"].obsm["patch"], four["image"].obsm["patch"][:, :1]], 1)
     with pytest.raises(ValueError, match=r"expected \(n, 3, px, px\)"):
         MultimodalST.setup_mudata(four, group_key="label")
+
+
+def test_staged_training_history_numbers_both_stages():
+    """Two pre-training epochs then one joint epoch: ``history`` rows 0–2 with stages 0, 0, 1; a pre-training-only run
+    also leaves the module in the joint stage (as a trained model is loaded)."""
+    mdata = synthetic_mudata(n=12, n_genes=6)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL, pretrain_epochs=2, max_epochs=1)
+    model.train(enable_progress_bar=False, validation=0.0)
+    assert model.history.index.tolist() == [0, 1, 2] and model.history["stage"].tolist() == [0.0, 0.0, 1.0]
+    assert model.module.stage == "joint"
+    model = MultimodalST(mdata, **SMALL)
+    model.train(pretrain_epochs=1, max_epochs=0, enable_progress_bar=False, validation=0.0)
+    assert model.history["stage"].tolist() == [0.0] and model.module.stage == "joint"
