@@ -813,6 +813,13 @@ def test_matching_hard_negatives_are_drawn_from_each_side_and_never_the_true_pai
     for rna in (0, 1, 3, 4):  # RNA r prefers image r − 1 where that is not a positive
         if key[(rna - 1) % n] != key[rna]:
             assert i[2 * n + rna] == (rna - 1) % n
+    # a batch whose items all show one sample has no negative pair: no matching loss (not one on positives only)
+    m = _module()
+    m.weights["itm"] = 1.0
+    b = _joint_batch()
+    b["rna_id"] = torch.zeros(6, dtype=torch.long)
+    out = m.loss(b)
+    assert "itm" not in out and "itc" in out
 
 
 def test_momentum_encoders_copy_then_follow_slowly_and_the_queue_keeps_the_latest():
@@ -1014,6 +1021,13 @@ def test_setup_and_inference_checks_gene_order_and_constant_genes():
     four["image"].obsm["patch"] = np.concatenate([four["image"].obsm["patch"], four["image"].obsm["patch"][:, :1]], 1)
     with pytest.raises(ValueError, match=r"expected \(n, 3, px, px\)"):
         MultimodalST.setup_mudata(four, group_key="label")
+    with pytest.raises(ValueError, match="lacks 1 panel genes"):
+        model.get_latent_representation(mdata[:, 1:].copy(), "rna")
+    # 4 samples of 8 genes: at most 3 principal axes (as many as the samples is refused too)
+    wide = synthetic_mudata(n=4, n_genes=8)
+    MultimodalST.setup_mudata(wide, group_key="label")
+    with pytest.raises(ValueError, match="rna_pcs: expected fewer than 4 axes"):
+        MultimodalST(wide, **SMALL, rna_pcs=4)
 
 
 def test_staged_training_history_numbers_both_stages():
