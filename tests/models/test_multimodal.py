@@ -1042,3 +1042,20 @@ def test_staged_training_history_numbers_both_stages():
     model = MultimodalST(mdata, **SMALL)
     model.train(pretrain_epochs=1, max_epochs=0, enable_progress_bar=False, validation=0.0)
     assert model.history["stage"].tolist() == [0.0] and model.module.stage == "joint"
+
+
+def test_unpaired_patch_and_unlabelled_sample_codes_differ_without_an_image_label_column():
+    """No label column on the image side, sample s0 unlabelled, patch p0 unpaired and patch p5 linked to s0: p5
+    takes s0's code, p0 one of its own (not s0's), so p0 and p5 are not triplet positives of each other."""
+    mdata = synthetic_mudata(n=12, n_genes=6)
+    r, im = mdata["rna"], mdata["image"]
+    r.obs["label"] = r.obs["label"].astype(object)
+    r.obs.loc["s0", "label"] = np.nan
+    del im.obs["label"]
+    im.obs["rna_sample"] = im.obs["rna_sample"].astype(object)
+    im.obs.loc["p0", "rna_sample"] = np.nan
+    im.obs.loc["p5", "rna_sample"] = "s0"
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    data, _ = MultimodalST(mdata, **SMALL)._arrays(mdata)
+    assert data["img_group"][5] == data["rna_group"][0] < 0
+    assert data["img_group"][0] < 0 and np.sum(data["img_group"] == data["img_group"][0]) == 1
