@@ -1059,3 +1059,19 @@ def test_unpaired_patch_and_unlabelled_sample_codes_differ_without_an_image_labe
     data, _ = MultimodalST(mdata, **SMALL)._arrays(mdata)
     assert data["img_group"][5] == data["rna_group"][0] < 0
     assert data["img_group"][0] < 0 and np.sum(data["img_group"] == data["img_group"][0]) == 1
+
+
+def test_mlp_image_encoder_on_embeddings_checks_their_width():
+    """Patch embeddings (2-D, float64 here) with ``image_encoder="mlp"``: float32 unit vectors come out; embeddings of
+    another width at inference are refused by name, not by a shape error deep in the network."""
+    mdata = synthetic_mudata(n=8, n_genes=6)
+    mdata["image"].obsm["patch"] = np.random.default_rng(0).normal(size=(8, 6))
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL, image_encoder="mlp")
+    emb = model.get_latent_representation(mdata, "image")
+    assert emb.shape == (8, 16) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    narrow = mdata.copy()
+    narrow["image"].obsm["patch"] = narrow["image"].obsm["patch"][:, :5].copy()
+    with pytest.raises(ValueError, match=r"\(n, 6\) patch embeddings \(image_features=6\)"):
+        model.get_latent_representation(narrow, "image")
