@@ -1075,3 +1075,20 @@ def test_mlp_image_encoder_on_embeddings_checks_their_width():
     narrow["image"].obsm["patch"] = narrow["image"].obsm["patch"][:, :5].copy()
     with pytest.raises(ValueError, match=r"\(n, 6\) patch embeddings \(image_features=6\)"):
         model.get_latent_representation(narrow, "image")
+
+
+def test_minibatch_by_takes_each_items_section_from_its_own_sample_when_patches_are_reordered():
+    """Patches stored in another order than their RNA samples: an item's ``minibatch_by`` value is that of its RNA
+    sample (not of the sample at the patch's row number), so every batch still holds one section."""
+    mdata = synthetic_mudata(n=24, n_genes=6)
+    perm = np.random.default_rng(0).permutation(24)
+    mdata.mod["image"] = mdata["image"][perm].copy()
+    sections = np.repeat(["A", "B"], 12)
+    mdata["rna"].obs["section"] = sections
+    mdata["image"].obs["section"] = sections[perm]
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **{**SMALL, "batch_size": 6}, minibatch_by="section")
+    train, _ = model._dataloaders(6, 0.0, seed=0)
+    batches = [b["rna_id"].numpy() for b in train]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(24))
+    assert all(len(set(sections[b])) == 1 for b in batches)
