@@ -846,6 +846,13 @@ def test_momentum_encoders_copy_then_follow_slowly_and_the_queue_keeps_the_lates
         m.rna_proj.weight.add_(1.0)
     m.loss(b)
     torch.testing.assert_close(m.momentum_encoders["rna_proj"].weight, 0.9 * w_m + 0.1 * m.rna_proj.weight.detach())
+    enc, unit = m.momentum_encoders, torch.nn.functional.normalize
+    with torch.no_grad():  # the queue holds the momentum embeddings (not the online ones, which now differ)
+        m_r = unit(enc["rna_proj"](enc["rna_encoder"](m._rna_in(b["rna"][2:]))[:, 0]), dim=-1)
+        m_i = unit(enc["img_proj"](enc["image_encoder"](m._img_in(b["img"][2:]))[:, 0]), dim=-1)
+    torch.testing.assert_close(m.rna_queue, m_r)
+    torch.testing.assert_close(m.img_queue, m_i)
+    assert not torch.allclose(m.rna_queue, m.embed_rna(b["rna"][2:]).detach(), atol=1e-3)
     # no queue: each sample against this batch's momentum embeddings only
     m = _module(momentum=0.9).train()
     with torch.no_grad():
@@ -1092,3 +1099,34 @@ def test_minibatch_by_takes_each_items_section_from_its_own_sample_when_patches_
     batches = [b["rna_id"].numpy() for b in train]
     assert sorted(np.concatenate(batches).tolist()) == list(range(24))
     assert all(len(set(sections[b])) == 1 for b in batches)
+
+
+def test_rna_decoder_alone_a_batch_without_terms_and_random_triplet_positives():
+    """The RNA-decoder loss alone still encodes the patches it fuses with; a joint batch without any pair gives a
+    zero loss that can be back-propagated; the triplet loss draws each anchor's positive at random among several."""
+    m = _module()
+    m.weights.update(itc=0.0, rna_rec=1.0)
+    b = _joint_batch()
+    assert set(m.loss(b)) == {"rna_rec", "loss"}
+    b["has_img"][:] = False
+    out = m.loss(b)
+    assert set(out) == {"loss"} and out["loss"].item() == 0.0 and out["loss"].requires_grad
+    out["loss"].backward()
+    z = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 0, 0, 1])  # anchors 0–2: two positives each, one negative
+    u = torch.nn.functional.normalize(z, dim=-1).numpy()
+    d = ((u[:, None] - u[None]) ** 2).sum(-1)
+    every = np.array(
+        [
+            np.mean([d[a, p] - d[a, 3] + 4.0 for a, p in zip(range(3), ps)])
+            for ps in [(p0, p1, p2) for p0 in (1, 2) for p1 in (0, 2) for p2 in (0, 1)]
+        ]
+    )
+    torch.manual_seed(0)
+    seen = np.array([triplet_loss(z, labels, 4.0).item() for _ in range(40)])
+    assert np.abs(seen[:, None] - every[None]).min(1).max() < 1e-5  # each draw is one of the 8 choices
+    assert len(np.unique(np.round(seen, 4))) >= 4
+    # no anchor with a positive: a zero that stays connected to the embeddings (a batch's only term can be it)
+    z.requires_grad_(True)
+    zero = supervised_contrastive(z, torch.arange(4), 0.1)
+    assert zero.item() == 0.0 and zero.requires_grad
