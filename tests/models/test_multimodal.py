@@ -710,6 +710,9 @@ def test_patch_vit_positions_fusion_image_input_and_shared_embeddings():
         x = torch.randn(2, 5)
         r_tok, i_tok = m.encode_rna(x), m.encode_image(img)
         assert not torch.allclose(m.fusion(r_tok, i_tok), m.fusion(r_tok, m.encode_image(swapped.flip(1))))
+        fused = m.fusion(r_tok, i_tok)  # ends in a (freshly initialised) LayerNorm: each token standardised
+        torch.testing.assert_close(fused.mean(-1), torch.zeros(2, 4), atol=1e-5, rtol=0)
+        torch.testing.assert_close(fused.var(-1, unbiased=False), torch.ones(2, 4), atol=1e-3, rtol=0)
         want_r = torch.nn.functional.normalize(m.rna_proj(r_tok[:, 0]), dim=-1)
         want_i = torch.nn.functional.normalize(m.img_proj(i_tok[:, 0]), dim=-1)
         torch.testing.assert_close(m.embed_rna(x), want_r)
@@ -994,6 +997,8 @@ def test_training_items_groups_and_loaders_by_hand():
     # validation: the nearest whole number of RNA samples (0.3 × 12 = 3.6 → 4), 10 % (→ 1) by default
     assert len({int(r) for b in model._dataloaders(64, 0.3, seed=0)[1] for r in b["rna_id"]}) == 4
     assert len({int(r) for b in model._dataloaders(64, None, seed=0)[1] for r in b["rna_id"]}) == 1
+    held = [{int(r) for b in model._dataloaders(64, 0.5, seed=s)[1] for r in b["rna_id"]} for s in (0, 0, 1)]
+    assert held[0] == held[1] and held[0] != held[2]  # the held-out samples follow the seed
 
 
 def test_setup_and_inference_checks_gene_order_and_constant_genes():
