@@ -653,3 +653,485 @@ def test_rna_encoder_masking_standardisation_and_stage_switches():
     b = _joint_batch(n=6)
     b["rna"] = b["rna"][:, :5]
     assert set(m.loss(b)) == {"rna_mae", "rna_con", "img_triplet", "loss"}  # stage "pretrain"
+
+
+def test_group_tokens_masked_token_and_decoder_heads_by_group():
+    """Genes of interleaved groups: token g = Linear_g(the genes of group g, in panel order) + group embedding g; the
+    masked group's token is the mask token + its group embedding (CLS first); decoder head g reads token g + 1; a
+    group id without any gene is an error."""
+    from scst.nn._multimodal import GroupDecoder, GroupTokenizer, RNAEncoder
+
+    torch.manual_seed(0)
+    groups = [1, 0, 2, 0, 1, 1]
+    tok = GroupTokenizer(groups, 4)
+    assert tok.sizes == [2, 3, 1]
+    x = torch.randn(3, 6)
+    got = tok(x)
+    for g, genes in enumerate(([1, 3], [0, 4, 5], [2])):
+        torch.testing.assert_close(got[:, g], tok.proj[g](x[:, genes]) + tok.group_embed[g])
+    with pytest.raises(ValueError, match=r"groups \[1\] have no gene"):
+        GroupTokenizer([0, 2, 2], 4)
+    enc = RNAEncoder(groups, 4, depth=1, heads=2, dropout=0.0)
+    enc.blocks, enc.norm = torch.nn.Identity(), torch.nn.Identity()  # the tokens as they enter the transformer
+    with torch.no_grad():
+        out = enc(x, torch.tensor([0, 2, 1]))
+        plain = tok.__class__.forward(enc.tokenizer, x)
+    for row, g in enumerate([0, 2, 1]):
+        torch.testing.assert_close(out[row, 0], enc.cls[0, 0])
+        torch.testing.assert_close(out[row, 1 + g], enc.mask_token[0, 0] + enc.tokenizer.group_embed[g])
+        kept = [h for h in range(3) if h != g]
+        torch.testing.assert_close(out[row, [1 + h for h in kept]], plain[row, kept])
+    dec = GroupDecoder([2, 3, 1], 4, heads=2)
+    dec.blocks = torch.nn.Identity()
+    tokens = torch.randn(3, 4, 4)
+    rec = dec(tokens)
+    for g in range(3):
+        torch.testing.assert_close(rec[g], dec.heads[g](tokens[:, g + 1]))
+
+
+def test_patch_vit_positions_fusion_image_input_and_shared_embeddings():
+    """The ViT's CLS output depends on where each sub-patch sits (learned positions; without them a transformer
+    cannot tell two swapped sub-patches apart); the sub-patch must divide the patch; uint8 patches are scaled to
+    [0, 1] before ImageNet normalisation; the fusion encoder's output depends on the image tokens; the shared
+    embeddings are the unit-norm projections of the CLS tokens."""
+    from scst.nn._multimodal import PatchViT
+
+    torch.manual_seed(0)
+    m = MultimodalModule([0, 0, 1, 1, 2], dim=8, heads=2, image_px=16, sub_patch=8, embed_dim=8, dropout=0.0).eval()
+    img = torch.randint(0, 255, (2, 3, 16, 16), dtype=torch.uint8)
+    swapped = img.clone()
+    swapped[..., :8, :8], swapped[..., 8:, 8:] = img[..., 8:, 8:], img[..., :8, :8]  # two sub-patches trade places
+    vit = m.image_encoder
+    with torch.no_grad():
+        assert not torch.allclose(vit(m._img_in(img))[:, 0], vit(m._img_in(swapped))[:, 0], atol=1e-4)
+        vit.pos.zero_()  # control: without positions the CLS output cannot tell the two apart
+        torch.testing.assert_close(vit(m._img_in(img))[:, 0], vit(m._img_in(swapped))[:, 0])
+        torch.testing.assert_close(m.encode_image(img), m.encode_image(img.float() / 255.0))
+        x = torch.randn(2, 5)
+        r_tok, i_tok = m.encode_rna(x), m.encode_image(img)
+        assert not torch.allclose(m.fusion(r_tok, i_tok), m.fusion(r_tok, m.encode_image(swapped.flip(1))))
+        fused = m.fusion(r_tok, i_tok)  # ends in a (freshly initialised) LayerNorm: each token standardised
+        torch.testing.assert_close(fused.mean(-1), torch.zeros(2, 4), atol=1e-5, rtol=0)
+        torch.testing.assert_close(fused.var(-1, unbiased=False), torch.ones(2, 4), atol=1e-3, rtol=0)
+        want_r = torch.nn.functional.normalize(m.rna_proj(r_tok[:, 0]), dim=-1)
+        want_i = torch.nn.functional.normalize(m.img_proj(i_tok[:, 0]), dim=-1)
+        torch.testing.assert_close(m.embed_rna(x), want_r)
+        torch.testing.assert_close(m.embed_image(img), want_i)
+        torch.testing.assert_close(want_i.norm(dim=1), torch.ones(2))
+    with pytest.raises(ValueError, match="must divide"):
+        PatchViT(20, 8, 8, 1, 2, 0.0)
+
+
+def _mixed_batch(match_groups=(0, 1, 0, 2, 1, 2)):
+    """Six items: item 1 has no patch, item 5 no RNA (so the paired items sit at other rows of the RNA and of the
+    image tensors); items 3 and 4 are two patches of one RNA sample (id 3)."""
+    b = _joint_batch(n=6)
+    b["has_rna"] = torch.tensor([True, True, True, True, True, False])
+    b["has_img"] = torch.tensor([True, False, True, True, True, True])
+    b["rna"][4] = b["rna"][3]
+    b["rna_id"] = torch.tensor([0, 1, 2, 3, 3, -1])
+    b["rna_group"] = torch.tensor(match_groups)
+    b["img_group"] = torch.tensor([1, 0, 1, 0, 2, 2])
+    return b
+
+
+@pytest.mark.parametrize("match_on", ["sample", "group"])
+def test_image_rna_contrastive_pairs_each_patch_with_its_own_sample(match_on):
+    """In-batch image–RNA loss written out pair by pair: only items with both modalities enter, each patch's
+    positives are the RNA of its own sample (``"sample"``: items 3 and 4 share one) or of its group, the target
+    spreads evenly over the positives, and the two directions use image→RNA and RNA→image softmaxes."""
+    m = _module(match_on=match_on).eval()
+    b = _mixed_batch()
+    with torch.no_grad():
+        got = m.loss(b)["itc"].item()
+        u_i = m.embed_image(b["img"]).numpy().astype(np.float64)
+        u_r = m.embed_rna(b["rna"]).numpy().astype(np.float64)
+    paired = [0, 2, 3, 4]
+    key = (b["rna_id"] if match_on == "sample" else b["rna_group"]).numpy()[paired]
+    sim = u_i[paired] @ u_r[paired].T / m.tau_c
+    expected = 0.0
+    for s in (sim, sim.T):
+        logp = s - np.log(np.exp(s).sum(1, keepdims=True))
+        expected += np.mean([-logp[i, key == key[i]].mean() for i in range(4)]) / 2
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_unimodal_losses_use_each_modalitys_own_samples_and_groups():
+    """Pre-training: the RNA contrastive loss counts an RNA sample shown with several patches once and uses the RNA
+    groups; the triplet loss uses the patches' own groups (here unlike their samples' groups); the total is the
+    weighted sum of the terms."""
+    torch.manual_seed(0)
+    m = MultimodalModule([0, 0, 1, 1, 2], dim=8, heads=2, image_px=16, sub_patch=8, embed_dim=8, dropout=0.0,
+                         margin=4.0, weights={"rna_mae": 0.0, "rna_con": 0.5, "img_triplet": 2.0}).eval()  # fmt: skip
+    b = _mixed_batch(match_groups=(0, 1, 5, 0, 0, 1))
+    b["has_img"] = torch.tensor([True, False, True, True, False, False])
+    b["img_group"] = torch.tensor([0, 9, 0, 1, 9, 9])  # patches 0, 2: group 0, patch 3: group 1 (its sample's: 0)
+    with torch.no_grad():
+        out = m.loss(b)
+        tok = m.encode_rna(b["rna"][[0, 1, 2, 3]])[:, 0]  # item 4 repeats item 3's sample
+        u = torch.nn.functional.normalize(m.encode_image(b["img"][[0, 2, 3]])[:, 0], dim=-1).numpy()
+    want_con = supervised_contrastive(tok, torch.tensor([0, 1, 5, 0]), m.tau).item()
+    assert out["rna_con"].item() == pytest.approx(want_con, rel=1e-5)
+    # anchors 0 and 2 (group 0): each other's positive, patch 3 their negative; patch 3 has no positive
+    d = ((u[:, None] - u[None]) ** 2).sum(-1)
+    want_tri = np.mean([d[0, 1] - d[0, 2] + 4.0, d[1, 0] - d[1, 2] + 4.0])
+    assert out["img_triplet"].item() == pytest.approx(want_tri, rel=1e-5)
+    assert out["loss"].item() == pytest.approx(0.5 * want_con + 2.0 * want_tri, rel=1e-5)
+
+
+def test_matching_hard_negatives_are_drawn_from_each_side_and_never_the_true_pair():
+    """``_itm`` with tokens that carry their row number and a recording matching head: the positive pairs come first
+    (label 1), then each image with an RNA drawn from its own image→RNA similarities, then each RNA with an image
+    drawn from its RNA→image similarities (label 0). The similarities make image i prefer RNA i + 1 among the
+    negatives (so RNA r prefers image r − 1); then the true pairs are rated so far ahead that every negative's
+    softmax weight underflows to 0. No true pair is ever drawn."""
+    m = _module()
+    n = 5
+    rt = torch.arange(n, dtype=torch.float32)[:, None, None].expand(n, 2, 8)
+    it = 10 + torch.arange(n, dtype=torch.float32)[:, None, None].expand(n, 3, 8)
+    key = torch.tensor([0, 1, 1, 2, 3])  # items 1 and 2 match each other (same group)
+    pos = key[:, None] == key[None, :]
+    sim = torch.zeros(n, n)
+    sim[torch.arange(n), (torch.arange(n) + 1) % n] = 30.0
+    sim[pos] = 0.0
+    calls = []
+
+    def head(rna_all, img_all):
+        r, i = rna_all[:, 0, 0].long(), img_all[:, 0, 0].long() - 10
+        calls.append((r, i))
+        return torch.where(key[r] == key[i], 50.0, -50.0)  # a head that knows the pairs: loss ~ 0 iff labels right
+
+    m.match_logit = head
+    torch.manual_seed(0)
+    for s in [sim] * 10 + [200.0 * pos] * 10:  # then true pairs so far ahead that no negative keeps a weight
+        assert m._itm(rt, it, s, pos).item() < 1e-6
+    for r, i in calls:
+        assert torch.equal(r[:n], torch.arange(n)) and torch.equal(i[:n], torch.arange(n))
+        assert (key[r[n:]] != key[i[n:]]).all()  # hard negatives only
+        img_side, rna_side = slice(n, 2 * n), slice(2 * n, 3 * n)
+        assert torch.equal(i[img_side], torch.arange(n)) and torch.equal(r[rna_side], torch.arange(n))
+    r, i = calls[0]  # image 1's preferred RNA (2) is its positive: it draws another
+    for img in (0, 2, 3, 4):  # the preferred negative RNA (img + 1) is not a positive for these images
+        assert r[n + img] == (img + 1) % n
+    for rna in (0, 1, 3, 4):  # RNA r prefers image r − 1 where that is not a positive
+        if key[(rna - 1) % n] != key[rna]:
+            assert i[2 * n + rna] == (rna - 1) % n
+    # a batch whose items all show one sample has no negative pair: no matching loss (not one on positives only)
+    m = _module()
+    m.weights["itm"] = 1.0
+    b = _joint_batch()
+    b["rna_id"] = torch.zeros(6, dtype=torch.long)
+    out = m.loss(b)
+    assert "itm" not in out and "itc" in out
+
+
+def test_momentum_encoders_copy_then_follow_slowly_and_the_queue_keeps_the_latest():
+    """momentum 0.9: the first joint step copies the trained encoders (weights changed since construction, as after
+    pre-training) and their buffers; later steps move θ_m by 10 % towards θ; a batch larger than the queue leaves
+    its last samples there; without a queue the loss is the in-batch one against the momentum embeddings."""
+    b = _joint_batch()
+    m = _module(momentum=0.9, queue_size=4).train()
+    m.image_encoder.register_buffer("stat", torch.zeros(3))  # as a BatchNorm's running statistics
+    m.momentum_encoders["image_encoder"].register_buffer("stat", torch.zeros(3))
+    with torch.no_grad():
+        for p in m.rna_encoder.parameters():
+            p.add_(0.1)
+        m.rna_proj.weight.add_(1.0)
+        m.image_encoder.stat.fill_(3.0)
+    m.loss(b)
+    for k in ("rna_encoder", "image_encoder", "rna_proj", "img_proj"):
+        for p_m, p in zip(m.momentum_encoders[k].parameters(), getattr(m, k).parameters()):
+            assert torch.equal(p_m, p.detach()), k
+    assert torch.equal(m.momentum_encoders["image_encoder"].stat, torch.full((3,), 3.0))
+    assert m.key_queue.tolist() == [2, 3, 4, 5] and int(m.queue_ptr) == 0 and int(m.queue_len) == 4
+    w_m = m.momentum_encoders["rna_proj"].weight.clone()
+    with torch.no_grad():
+        m.rna_proj.weight.add_(1.0)
+    m.loss(b)
+    torch.testing.assert_close(m.momentum_encoders["rna_proj"].weight, 0.9 * w_m + 0.1 * m.rna_proj.weight.detach())
+    enc, unit = m.momentum_encoders, torch.nn.functional.normalize
+    with torch.no_grad():  # the queue holds the momentum embeddings (not the online ones, which now differ)
+        m_r = unit(enc["rna_proj"](enc["rna_encoder"](m._rna_in(b["rna"][2:]))[:, 0]), dim=-1)
+        m_i = unit(enc["img_proj"](enc["image_encoder"](m._img_in(b["img"][2:]))[:, 0]), dim=-1)
+    torch.testing.assert_close(m.rna_queue, m_r)
+    torch.testing.assert_close(m.img_queue, m_i)
+    assert not torch.allclose(m.rna_queue, m.embed_rna(b["rna"][2:]).detach(), atol=1e-3)
+    # no queue: each sample against this batch's momentum embeddings only
+    m = _module(momentum=0.9).train()
+    with torch.no_grad():
+        m.momentum_encoders["rna_proj"].weight.add_(0.5)  # made to differ; the first step copies it back
+        m.loss(b)  # copies
+        m.rna_proj.weight.mul_(-1.0)  # the online side moves; the momentum side lags
+    got = m.loss(b)["itc"].item()
+    enc, unit = m.momentum_encoders, torch.nn.functional.normalize
+    with torch.no_grad():
+        u_i, u_r = m.embed_image(b["img"]).numpy(), m.embed_rna(b["rna"]).numpy()
+        m_i = unit(enc["img_proj"](enc["image_encoder"](m._img_in(b["img"]))[:, 0]), dim=-1).numpy()
+        m_r = unit(enc["rna_proj"](enc["rna_encoder"](m._rna_in(b["rna"]))[:, 0]), dim=-1).numpy()
+    expected = 0.0
+    for a, other in ((u_i, m_r), (u_r, m_i)):
+        logits = a @ other.T / m.tau_c
+        expected += -np.mean(np.diag(logits - np.log(np.exp(logits).sum(1, keepdims=True)))) / 2
+    assert got == pytest.approx(expected, rel=1e-5) and int(m.queue_len) == 0
+
+
+def test_masking_reaches_every_group_and_the_decoders_see_only_masked_tokens():
+    """One masked group per RNA sample, drawn over all groups (the last included); the masked-autoencoder decoder and
+    the fusion encoder of the RNA-decoder head get the tokens of that masked encoding (never the unmasked ones, which
+    would show the target), the fusion one for the paired items only; the RNA decoder head g reads token g + 1."""
+    torch.manual_seed(0)
+    m = MultimodalModule([0, 0, 1, 1, 2], dim=8, heads=2, image_px=16, sub_patch=8, embed_dim=8, dropout=0.0)
+    m.stage = "joint"
+    m.unimodal_in_joint = True
+    b = _mixed_batch()
+    b = {k: v.repeat(8, *([1] * (v.ndim - 1))) for k, v in b.items()}  # 48 items, 40 with RNA
+    encoded, fused_in, decoded = [], [], []
+    encode_rna, fusion, mae = m.encode_rna, m.fusion.forward, m._mae
+
+    def rec_encode(x, mask_idx=None):
+        out = encode_rna(x, mask_idx)
+        encoded.append((mask_idx, out))
+        return out
+
+    def rec_fusion(r, i):
+        fused_in.append(r)
+        return fusion(r, i)
+
+    def rec_mae(x, tokens, mask_idx, decoder):
+        decoded.append((tokens, mask_idx, decoder))
+        return mae(x, tokens, mask_idx, decoder)
+
+    m.encode_rna, m.fusion.forward, m._mae = rec_encode, rec_fusion, rec_mae
+    with torch.no_grad():
+        m.eval().loss(b)
+    ((mask_idx, masked_tok),) = [(i, t) for i, t in encoded if i is not None]
+    assert sorted(set(mask_idx.tolist())) == [0, 1, 2]
+    ri = torch.cumsum(b["has_rna"].long(), 0)[b["has_rna"] & b["has_img"]] - 1
+    mae_tok, mae_idx, mae_dec = decoded[0]
+    assert mae_dec is m.mae_decoder and mae_tok is masked_tok and torch.equal(mae_idx, mask_idx)
+    rec_tok, rec_idx, rec_dec = decoded[1]
+    assert rec_dec is m.rna_decoder and torch.equal(rec_idx, mask_idx[ri])
+    torch.testing.assert_close(fused_in[-1], masked_tok[ri])
+    # the RNA decoder head of group g reads fused token g + 1: heads that copy their token's first entries
+    tokens = torch.randn(2, 4, 8)
+    x = torch.randn(2, 5)
+    target = m.rna_encoder.tokenizer.split(m._rna_in(x))
+    for g, t in enumerate(target):
+        tokens[:, g + 1, : t.shape[1]] = t
+
+    class First(torch.nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.n = n
+
+        def forward(self, t):
+            return t[:, : self.n]
+
+    copy = torch.nn.ModuleList([First(2), First(2), First(1)])
+    for g in range(3):
+        assert mae(x, tokens, torch.full((2,), g), copy).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_frozen_encoders_only_in_the_joint_stage_and_matching_does_not_train_the_projections():
+    """``freeze_encoders``: the encoders still learn in pre-training and receive no gradient in the joint stage; the
+    matching loss uses the contrastive similarities only to draw negatives (detached): alone it leaves the shared
+    projections without gradient."""
+    torch.manual_seed(0)
+    m = MultimodalModule([0, 0, 1, 1, 2], dim=8, heads=2, image_px=16, sub_patch=8, embed_dim=8, dropout=0.0,
+                         freeze_encoders=True)  # fmt: skip
+    b = _joint_batch()
+    m.loss(b)["loss"].backward()
+    assert m.rna_encoder.cls.grad is not None and m.image_encoder.cls.grad is not None
+    m.zero_grad(set_to_none=True)
+    m.stage = "joint"
+    m.loss(b)["loss"].backward()
+    assert all(p.grad is None for p in [*m.rna_encoder.parameters(), *m.image_encoder.parameters()])
+    assert m.rna_proj.weight.grad is not None and m.itm_head.weight.grad is not None
+    m = _module(freeze_encoders=False)
+    m.weights.update(itc=0.0, itm=1.0)
+    out = m.loss(b)
+    assert set(out) == {"itm", "loss"}
+    out["loss"].backward()
+    assert m.itm_head.weight.grad is not None and m.rna_encoder.cls.grad is not None
+    assert m.rna_proj.weight.grad is None and m.img_proj.weight.grad is None
+
+
+def test_training_items_groups_and_loaders_by_hand():
+    """Twelve samples: patch p0 links to s0 (row 0 is a real link), patch p11 has no sample and sample s11 no patch
+    (both become unpaired items), patch p3 has a label of its own unlike its sample's. The items, their groups, the
+    held-out share (nearest whole number of samples), the seeded shuffling and flips, and the single batch of a
+    training set smaller than ``batch_size`` are checked one by one."""
+    from scst.models._multimodal import _Items
+
+    mdata = synthetic_mudata(n=12, n_genes=6)
+    im = mdata["image"]
+    im.obs["rna_sample"] = im.obs["rna_sample"].astype(object)
+    im.obs.loc["p11", "rna_sample"] = np.nan
+    im.obs["label"] = im.obs["label"].astype(str)
+    im.obs.loc["p3", "label"] = "0"  # s3 is in group 3
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL, augment=True)
+    data, rna_row = model._arrays(mdata)
+    np.testing.assert_array_equal(rna_row, [*range(11), -1])
+    assert data["img_group"][3] == 0 and data["rna_group"][3] == 3 and data["img_group"][7] == 3
+    train, val = model._dataloaders(64, 0.0, seed=0)
+    assert val is None
+    pairs = train.dataset.pairs
+    assert sorted(map(tuple, pairs.tolist())) == sorted([(i, i) for i in range(11)] + [(11, -1), (-1, 11)])
+    (batch,) = list(train)  # 13 items < batch_size: one batch, not none
+    assert len(batch["rna_id"]) == 13
+    order = pairs[[int(np.flatnonzero((pairs == p).all(1))[0]) for p in ([0, 0], [3, 3], [11, -1], [-1, 11])]]
+    items = _Items(order, data, False, 0).collate([0, 1, 2, 3])
+    assert items["has_img"].tolist() == [True, True, True, False]
+    assert items["has_rna"].tolist() == [True, True, False, True]
+    assert items["rna_id"].tolist() == [0, 3, -1, 11]
+    assert items["rna_group"][[0, 1, 3]].tolist() == [0, 3, 3] and items["img_group"][:3].tolist() == [0, 0, 3]
+    np.testing.assert_array_equal(items["img"][:3].numpy(), data["img"][[0, 3, 11]])  # no flips without augment
+    torch.testing.assert_close(items["rna"][[0, 1, 3]], torch.from_numpy(data["rna"][[0, 3, 11]]))
+    # flips and shuffling follow the seed
+    every = list(range(len(pairs)))
+    flips = [_Items(pairs, data, True, s).collate(every)["img"] for s in (0, 0, 1)]
+    assert torch.equal(flips[0], flips[1]) and not torch.equal(flips[0], flips[2])
+    ids = [[b["rna_id"].tolist() for b in model._dataloaders(4, 0.0, seed=s)[0]] for s in (0, 0, 1)]
+    assert ids[0] == ids[1] and ids[0] != ids[2]
+    # validation: the nearest whole number of RNA samples (0.3 × 12 = 3.6 → 4), 10 % (→ 1) by default
+    assert len({int(r) for b in model._dataloaders(64, 0.3, seed=0)[1] for r in b["rna_id"]}) == 4
+    assert len({int(r) for b in model._dataloaders(64, None, seed=0)[1] for r in b["rna_id"]}) == 1
+    held = [{int(r) for b in model._dataloaders(64, 0.5, seed=s)[1] for r in b["rna_id"]} for s in (0, 0, 1)]
+    assert held[0] == held[1] and held[0] != held[2]  # the held-out samples follow the seed
+
+
+def test_setup_and_inference_checks_gene_order_and_constant_genes():
+    """Group ids need not be contiguous (3, 7, 0 → 1, 2, 0; genes of group -1 left out); patches must be
+    (n, 3, px, px) when set up and at inference; genes are picked by name at inference (another order gives the
+    same embeddings); a constant gene is standardised with a floor on its spread; ``space="cls"`` gives the
+    encoder's CLS token; negative pair positions are refused."""
+    mdata = synthetic_mudata(n=12, n_genes=6)
+    mdata["rna"].var["gene_group"] = [3, 3, 7, -1, 7, 0]
+    mdata["rna"].X[:, 5] = 2.0
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL)
+    reg = model.registry
+    assert reg["var_names"] == ["g0", "g1", "g2", "g4", "g5"] and reg["group_of_gene"] == [1, 1, 2, 2, 0]
+    assert model.module.gene_std[-1].item() == pytest.approx(1e-3)
+    emb = model.get_latent_representation(mdata, "rna")
+    assert np.isfinite(emb).all()
+    shuffled = mdata.copy()
+    shuffled.mod["rna"] = mdata["rna"][:, ::-1].copy()
+    np.testing.assert_allclose(model.get_latent_representation(shuffled, "rna"), emb, atol=1e-6)
+    cls = model.get_latent_representation(mdata, "rna", space="cls")
+    with torch.no_grad():
+        want = model.module.eval().encode_rna(torch.from_numpy(mdata["rna"].X[:, [0, 1, 2, 4, 5]]))[:, 0].numpy()
+    np.testing.assert_allclose(cls, want, rtol=1e-5, atol=1e-6)
+    small = mdata.copy()
+    small["image"].obsm["patch"] = small["image"].obsm["patch"][:, :, :8, :8].copy()
+    with pytest.raises(ValueError, match="Cut or resize the patches to 16 px"):
+        model.get_latent_representation(small, "image")
+    with pytest.raises(IndexError, match="image_index"):
+        model.get_match_scores(mdata, [-1], [0])
+    four = mdata.copy()
+    four["image"].obsm["patch"] = np.concatenate([four["image"].obsm["patch"], four["image"].obsm["patch"][:, :1]], 1)
+    with pytest.raises(ValueError, match=r"expected \(n, 3, px, px\)"):
+        MultimodalST.setup_mudata(four, group_key="label")
+    with pytest.raises(ValueError, match="lacks 1 panel genes"):
+        model.get_latent_representation(mdata[:, 1:].copy(), "rna")
+    # 4 samples of 8 genes: at most 3 principal axes (as many as the samples is refused too)
+    wide = synthetic_mudata(n=4, n_genes=8)
+    MultimodalST.setup_mudata(wide, group_key="label")
+    with pytest.raises(ValueError, match="rna_pcs: expected fewer than 4 axes"):
+        MultimodalST(wide, **SMALL, rna_pcs=4)
+
+
+def test_staged_training_history_numbers_both_stages():
+    """Two pre-training epochs then one joint epoch: ``history`` rows 0–2 with stages 0, 0, 1; a pre-training-only run
+    also leaves the module in the joint stage (as a trained model is loaded)."""
+    mdata = synthetic_mudata(n=12, n_genes=6)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL, pretrain_epochs=2, max_epochs=1)
+    model.train(enable_progress_bar=False, validation=0.0)
+    assert model.history.index.tolist() == [0, 1, 2] and model.history["stage"].tolist() == [0.0, 0.0, 1.0]
+    assert model.module.stage == "joint"
+    model = MultimodalST(mdata, **SMALL)
+    model.train(pretrain_epochs=1, max_epochs=0, enable_progress_bar=False, validation=0.0)
+    assert model.history["stage"].tolist() == [0.0] and model.module.stage == "joint"
+
+
+def test_unpaired_patch_and_unlabelled_sample_codes_differ_without_an_image_label_column():
+    """No label column on the image side, sample s0 unlabelled, patch p0 unpaired and patch p5 linked to s0: p5
+    takes s0's code, p0 one of its own (not s0's), so p0 and p5 are not triplet positives of each other."""
+    mdata = synthetic_mudata(n=12, n_genes=6)
+    r, im = mdata["rna"], mdata["image"]
+    r.obs["label"] = r.obs["label"].astype(object)
+    r.obs.loc["s0", "label"] = np.nan
+    del im.obs["label"]
+    im.obs["rna_sample"] = im.obs["rna_sample"].astype(object)
+    im.obs.loc["p0", "rna_sample"] = np.nan
+    im.obs.loc["p5", "rna_sample"] = "s0"
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    data, _ = MultimodalST(mdata, **SMALL)._arrays(mdata)
+    assert data["img_group"][5] == data["rna_group"][0] < 0
+    assert data["img_group"][0] < 0 and np.sum(data["img_group"] == data["img_group"][0]) == 1
+
+
+def test_mlp_image_encoder_on_embeddings_checks_their_width():
+    """Patch embeddings (2-D, float64 here) with ``image_encoder="mlp"``: float32 unit vectors come out; embeddings of
+    another width at inference are refused by name, not by a shape error deep in the network."""
+    mdata = synthetic_mudata(n=8, n_genes=6)
+    mdata["image"].obsm["patch"] = np.random.default_rng(0).normal(size=(8, 6))
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL, image_encoder="mlp")
+    emb = model.get_latent_representation(mdata, "image")
+    assert emb.shape == (8, 16) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    narrow = mdata.copy()
+    narrow["image"].obsm["patch"] = narrow["image"].obsm["patch"][:, :5].copy()
+    with pytest.raises(ValueError, match=r"\(n, 6\) patch embeddings \(image_features=6\)"):
+        model.get_latent_representation(narrow, "image")
+
+
+def test_minibatch_by_takes_each_items_section_from_its_own_sample_when_patches_are_reordered():
+    """Patches stored in another order than their RNA samples: an item's ``minibatch_by`` value is that of its RNA
+    sample (not of the sample at the patch's row number), so every batch still holds one section."""
+    mdata = synthetic_mudata(n=24, n_genes=6)
+    perm = np.random.default_rng(0).permutation(24)
+    mdata.mod["image"] = mdata["image"][perm].copy()
+    sections = np.repeat(["A", "B"], 12)
+    mdata["rna"].obs["section"] = sections
+    mdata["image"].obs["section"] = sections[perm]
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **{**SMALL, "batch_size": 6}, minibatch_by="section")
+    train, _ = model._dataloaders(6, 0.0, seed=0)
+    batches = [b["rna_id"].numpy() for b in train]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(24))
+    assert all(len(set(sections[b])) == 1 for b in batches)
+
+
+def test_rna_decoder_alone_a_batch_without_terms_and_random_triplet_positives():
+    """The RNA-decoder loss alone still encodes the patches it fuses with; a joint batch without any pair gives a
+    zero loss that can be back-propagated; the triplet loss draws each anchor's positive at random among several."""
+    m = _module()
+    m.weights.update(itc=0.0, rna_rec=1.0)
+    b = _joint_batch()
+    assert set(m.loss(b)) == {"rna_rec", "loss"}
+    b["has_img"][:] = False
+    out = m.loss(b)
+    assert set(out) == {"loss"} and out["loss"].item() == 0.0 and out["loss"].requires_grad
+    out["loss"].backward()
+    z = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 0, 0, 1])  # anchors 0–2: two positives each, one negative
+    u = torch.nn.functional.normalize(z, dim=-1).numpy()
+    d = ((u[:, None] - u[None]) ** 2).sum(-1)
+    every = np.array(
+        [
+            np.mean([d[a, p] - d[a, 3] + 4.0 for a, p in zip(range(3), ps)])
+            for ps in [(p0, p1, p2) for p0 in (1, 2) for p1 in (0, 2) for p2 in (0, 1)]
+        ]
+    )
+    torch.manual_seed(0)
+    seen = np.array([triplet_loss(z, labels, 4.0).item() for _ in range(40)])
+    assert np.abs(seen[:, None] - every[None]).min(1).max() < 1e-5  # each draw is one of the 8 choices
+    assert len(np.unique(np.round(seen, 4))) >= 4
+    # no anchor with a positive: a zero that stays connected to the embeddings (a batch's only term can be it)
+    z.requires_grad_(True)
+    zero = supervised_contrastive(z, torch.arange(4), 0.1)
+    assert zero.item() == 0.0 and zero.requires_grad
