@@ -268,3 +268,21 @@ def test_standardisation_skips_empty_spots_keeps_constant_features_and_reads_the
     assert sec1.x.shape[0] == sec1.incidence.shape[0] == sec1.incidence.shape[1] == len(sec1.rows)
     assert np.isfinite(sec1.x).all() and np.abs(sec1.x[:, -1]).max() == 0.0
 
+
+def test_one_training_section_fixes_ridge_at_100_and_five_programmes():
+    """One training section: no grouped CV, so the ridge path is ridge with penalty 100 (checked against
+    RidgeExpression with ``alphas=[100]``) and "auto" takes min(5, genes) programmes (5 of the 11 genes here)."""
+    from scst.models import RidgeExpression
+
+    tab = _table()
+    genes = list(tab.var_names)
+    RidgeExpression.setup_anndata(tab, embedding_key="X_emb", genes=genes, sections=["S1"])
+    ridge = RidgeExpression(tab, alphas=[100.0]).train().predict(tab, "S3")
+    MLPExpression.setup_anndata(tab, use_rep="X_emb", genes=genes, sections=["S1"])
+    cfg = {"n_programs": None, "max_epochs": 1, "lr": 0.0, "weight_decay": 0.0}
+    with pytest.warns(UserWarning, match="ridge path's penalty at 100 are fixed"):
+        model = MLPExpression(tab, **cfg).train(validation=False, enable_progress_bar=False)
+    np.testing.assert_allclose(model.predict(tab, "S3"), np.clip(ridge, 0, None), rtol=1e-4, atol=1e-4)
+    with pytest.warns(UserWarning, match="number of programmes at 5 are fixed"):
+        auto = MLPExpression(tab, max_epochs=1).train(validation=False, enable_progress_bar=False)
+    assert auto.n_programs_ == 5
