@@ -304,6 +304,20 @@ def test_choose_n_programs_errors_name_the_fix():
     assert set(scores) == {1, 2, 3, 4, 5, 6} and k in scores  # candidates capped at the 6 genes
 
 
+def test_choose_n_programs_caps_candidates_at_the_fitting_spots():
+    """With fewer fitting spots per inner fold (12) than genes (20), a candidate above 12 programmes has no
+    principal axes to use: it is dropped, and a list with no candidate left names the cap."""
+    from scst.models._baselines import choose_n_programs
+
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(24, 3)), rng.normal(size=(24, 20))
+    groups = np.repeat([0, 1], 12)
+    k, scores = choose_n_programs(x, y, groups, np.ones(20), candidates=[2, 5, 15])
+    assert set(scores) == {2, 5} and k in (2, 5)
+    with pytest.raises(ValueError, match=r"none of \[15, 20\] lies in \[1, 12\]"):
+        choose_n_programs(x, y, groups, np.ones(20), candidates=[15, 20])
+
+
 def test_choose_n_programs_scores_are_the_inner_cv_pcc_and_ignore_gene_scales():
     """The score of ``k`` is the held-out per-gene Pearson of ridge projected on the fitting sections' ``k`` leading
     programmes *in z-score units* (prediction / sd, projected, Pearson): written out by hand for two folds, and
