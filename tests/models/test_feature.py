@@ -286,3 +286,20 @@ def test_one_training_section_fixes_ridge_at_100_and_five_programmes():
     with pytest.warns(UserWarning, match="number of programmes at 5 are fixed"):
         auto = MLPExpression(tab, max_epochs=1).train(validation=False, enable_progress_bar=False)
     assert auto.n_programs_ == 5
+
+
+def test_head_predictions_are_clipped_at_zero():
+    """The ridge path extrapolates below 0 on a section whose features lie far outside training: the head's
+    prediction is expression, clipped at 0 as documented (lr 0: exactly the clipped ridge)."""
+    from scst.models import RidgeExpression
+
+    tab = _table()
+    far = np.where((tab.obs["section"] == "S3").to_numpy()[:, None], 50.0, 1.0)
+    tab.obsm["X_far"] = tab.obsm["X_emb"] * far
+    RidgeExpression.setup_anndata(tab, embedding_key="X_far", genes=PANEL, sections=["S1", "S2"])
+    ridge = RidgeExpression(tab).train().predict(tab, "S3")
+    assert ridge.min() < 0  # the case this test is about
+    MLPExpression.setup_anndata(tab, use_rep="X_far", genes=PANEL, sections=["S1", "S2"])
+    cfg = {"n_programs": None, "max_epochs": 1, "lr": 0.0, "weight_decay": 0.0}
+    model = MLPExpression(tab, **cfg).train(validation=False, enable_progress_bar=False)
+    np.testing.assert_allclose(model.predict(tab, "S3"), np.clip(ridge, 0, None), rtol=1e-4, atol=1e-4)
