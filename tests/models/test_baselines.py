@@ -114,6 +114,99 @@ def test_ridge_shared_alpha_strong_penalty_and_errors():
         RidgeExpression(a).predict()
 
 
+def _ridge_by_hand(x, y, alpha):
+    """Ridge on features standardised with ``x``'s own mean/sd (ddof 0), centred ``y``: coefficients and means."""
+    m, sd = x.mean(0), x.std(0)
+    xs = (x - m) / sd
+    coef = np.linalg.solve(xs.T @ xs + alpha * np.eye(x.shape[1]), xs.T @ (y - y.mean(0)))
+    return lambda new: ((new - m) / sd) @ coef + y.mean(0)
+
+
+def test_ridge_inner_cv_mse_and_penalties_by_hand():
+    """The inner-CV MSE of every penalty, written out by hand: each left-out training section is predicted by ridge
+    fitted (standardisation and target mean included) on the other training sections only; squared errors summed
+    over folds and divided by the number of training spots. Per-gene penalties are the per-gene argmin (a signal
+    gene and a pure-noise gene choose differently), a shared penalty the argmin of the mean over genes; the final
+    model is ridge refitted on all training spots with the chosen penalty."""
+    rng = np.random.default_rng(7)
+    n_per = 40
+    feats = rng.normal(size=(n_per * 4, 3)) * [1.0, 5.0, 0.2] + [0.0, 10.0, -3.0]
+    z = (feats - feats.mean(0)) / feats.std(0)
+    log_expr = np.column_stack([3.0 + z @ [0.4, -0.3, 0.2], 3.0 + rng.normal(0, 0.3, n_per * 4)])
+    a = _from_log_expr(log_expr, feats, n_per)
+    train = ["S1", "S2", "S3"]
+    alphas = [1e-2, 1.0, 1e2, 1e5]
+    sec = a.obs["section"].astype(str).to_numpy()
+    fit = np.isin(sec, train)
+    x, y = feats[fit], log_normalized(a[fit], ["g0", "g1"]).astype(np.float64)
+    err = np.zeros((len(alphas), 2))
+    for held in train:
+        tr, va = sec[fit] != held, sec[fit] == held
+        for i, alpha in enumerate(alphas):
+            err[i] += ((_ridge_by_hand(x[tr], y[tr], alpha)(x[va]) - y[va]) ** 2).sum(0)
+    err /= len(x)
+    RidgeExpression.setup_anndata(a, "X_feat", "panel", sections=train)
+    per_gene = RidgeExpression(a, alphas=alphas).train()
+    np.testing.assert_allclose(per_gene.params["cv_mse"], err.mean(1), rtol=1e-8)
+    expected_alpha = np.asarray(alphas)[err.argmin(0)]
+    assert expected_alpha[0] < expected_alpha[1]  # the planted signal takes a small penalty, the noise a large one
+    np.testing.assert_array_equal(per_gene.params["alpha"], expected_alpha)
+    res = per_gene.cv_results
+    np.testing.assert_allclose(res["cv_mse"].to_numpy(), err.mean(1), rtol=1e-8)
+    assert res["n_genes"].tolist() == [int((expected_alpha == al).sum()) for al in alphas]
+    s4 = sec == "S4"
+    by_hand = np.column_stack([_ridge_by_hand(x, y[:, [g]], expected_alpha[g])(feats[s4])[:, 0] for g in (0, 1)])
+    np.testing.assert_allclose(per_gene.predict(sections="S4"), by_hand, rtol=1e-5, atol=1e-5)
+    shared = RidgeExpression(a, alphas=alphas, alpha_per_gene=False).train()
+    np.testing.assert_array_equal(shared.params["alpha"], np.full(2, alphas[int(err.mean(1).argmin())]))
+    assert shared.cv_results["n_genes"].tolist() == [2 * (al == shared.params["alpha"][0]) for al in alphas]
+
+
+def test_ridge_constant_feature_bad_penalties_and_features_outside_training():
+    """A constant feature is centred to 0 (no division by a zero sd); penalties must be positive; non-finite
+    features are refused on training and predicted spots only, and a bad ``n_programs`` fails at construction."""
+    a = _planted(seed=3)
+    RidgeExpression.setup_anndata(a, "X_feat", "panel", sections=["S1", "S2", "S3"])
+    ref = RidgeExpression(a).train().predict(sections="S4")
+    a.obsm["X_const"] = np.column_stack([a.obsm["X_feat"], np.full(a.n_obs, 7.5)])
+    RidgeExpression.setup_anndata(a, "X_const", "panel", sections=["S1", "S2", "S3"])
+    with_const = RidgeExpression(a).train()
+    assert np.isfinite(with_const.params["coef"]).all() and with_const.params["x_scale"][-1] == 1.0
+    np.testing.assert_allclose(with_const.predict(sections="S4"), ref, rtol=1e-5, atol=1e-5)
+    for bad in ([0.0, 1.0], [], [-1.0]):
+        with pytest.raises(ValueError, match="alphas: expected a non-empty list of positive penalties"):
+            RidgeExpression(a, alphas=bad).train()
+    with pytest.raises(ValueError, match="n_programs: expected"):
+        RidgeExpression(a, n_programs=0)  # at construction, before any training
+    a.obsm["X_nan"] = a.obsm["X_feat"].copy()
+    s4 = np.flatnonzero(a.obs["section"] == "S4")
+    a.obsm["X_nan"][s4[:3], 1] = np.nan  # only in the section left out of training
+    RidgeExpression.setup_anndata(a, "X_nan", "panel", sections=["S1", "S2", "S3"])
+    model = RidgeExpression(a).train()
+    np.testing.assert_allclose(model.predict(sections="S3"), RidgeExpression(a).train().predict(sections="S3"))
+    with pytest.raises(ValueError, match="non-finite values on predicted spots"):
+        model.predict(sections="S4")
+    with pytest.raises(ValueError, match="non-finite values on training spots"):
+        RidgeExpression.setup_anndata(a, "X_nan", "panel", sections=["S3", "S4"])
+
+
+def test_closed_form_models_read_the_counts_layer():
+    """With ``layer=`` the targets come from that layer, not from ``X`` (which here holds other counts)."""
+    a = _planted(seed=4)
+    a.layers["counts"] = a.X.copy()
+    b = a.copy()
+    a.X = sparse.csr_matrix(np.random.default_rng(0).poisson(30, size=a.shape).astype(np.int32))
+    train = ["S1", "S2", "S3"]
+    MeanExpression.setup_anndata(a, "panel", layer="counts", sections=train)
+    mean = MeanExpression(a).train()
+    fit = a.obs["section"].isin(train).to_numpy()
+    np.testing.assert_allclose(mean.params["mean"], log_normalized(a[fit], mean.var_names, "counts").mean(0), rtol=1e-6)
+    RidgeExpression.setup_anndata(a, "X_feat", "panel", layer="counts", sections=train)
+    RidgeExpression.setup_anndata(b, "X_feat", "panel", sections=train)
+    np.testing.assert_allclose(RidgeExpression(a).train().predict(sections="S4"),
+                               RidgeExpression(b).train().predict(sections="S4"), rtol=1e-6)  # fmt: skip
+
+
 def _planted_programme(n_per=60, n_genes=24, seed=4):
     """20 genes driven by one image-informed programme plus independent per-gene noise (4 pure-noise genes)."""
     rng = np.random.default_rng(seed)
@@ -209,6 +302,20 @@ def test_choose_n_programs_errors_name_the_fix():
         choose_n_programs(x, y, np.repeat([0, 1], 20), alpha, candidates=[10, 20])
     k, scores = choose_n_programs(x, y, np.repeat([0, 1], 20), alpha)
     assert set(scores) == {1, 2, 3, 4, 5, 6} and k in scores  # candidates capped at the 6 genes
+
+
+def test_choose_n_programs_caps_candidates_at_the_fitting_spots():
+    """With fewer fitting spots per inner fold (12) than genes (20), a candidate above 12 programmes has no
+    principal axes to use: it is dropped, and a list with no candidate left names the cap."""
+    from scst.models._baselines import choose_n_programs
+
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(24, 3)), rng.normal(size=(24, 20))
+    groups = np.repeat([0, 1], 12)
+    k, scores = choose_n_programs(x, y, groups, np.ones(20), candidates=[2, 5, 15])
+    assert set(scores) == {2, 5} and k in (2, 5)
+    with pytest.raises(ValueError, match=r"none of \[15, 20\] lies in \[1, 12\]"):
+        choose_n_programs(x, y, groups, np.ones(20), candidates=[15, 20])
 
 
 def test_choose_n_programs_scores_are_the_inner_cv_pcc_and_ignore_gene_scales():

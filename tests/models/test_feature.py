@@ -233,3 +233,73 @@ def test_validation_argument_is_checked_and_training_without_one_warns():
         MLPExpression(tab, **config).train(validation=0.2, enable_progress_bar=False)
     with pytest.warns(UserWarning, match="one training section; training without validation, so no early stopping"):
         MLPExpression(tab, **config).train(enable_progress_bar=False)
+
+
+def test_standardisation_skips_empty_spots_keeps_constant_features_and_reads_the_layer():
+    """Targets come from ``layer`` (``X`` holds other counts here); a spot with no counts is left out of fitting and
+    of every statistic (its outlying embedding included); a constant feature gets sd 1, not 0."""
+    from scipy import sparse
+
+    tab = _table4()
+    counts = tab.X.toarray()
+    s1 = np.flatnonzero((tab.obs["section"] == "S1").to_numpy())
+    empty = s1[5]
+    counts[empty] = 0
+    tab.layers["counts"] = sparse.csr_matrix(counts)
+    tab.X = sparse.csr_matrix(np.random.default_rng(2).poisson(20, size=counts.shape).astype(np.int32))
+    tab.obsm["X_emb"] = np.column_stack([tab.obsm["X_emb"], np.full(tab.n_obs, 4.0)])
+    tab.obsm["X_emb"][empty, :2] = 1000.0
+    HGGEPHead.setup_anndata(tab, use_rep="X_emb", genes=PANEL, layer="counts", sections=["S1", "S2", "S4"])
+    small = {"dim": 8, "vit_depth": 1, "vit_heads": 2, "hg_hidden": 4, "lstm_hidden": 8, "ridge_skip": False,
+             "n_programs": None}  # fmt: skip
+    model = HGGEPHead(tab, **small)
+    train, _ = model._dataloaders(16, "S4", seed=0)
+    fit = tab.obs["section"].isin(["S1", "S2"]).to_numpy()
+    fit[empty] = False
+    truth = log_normalized(tab[fit], PANEL, "counts")
+    np.testing.assert_allclose(model._std["y_mean"], truth.mean(0), rtol=1e-4)
+    np.testing.assert_allclose(model._std["y_sd"], truth.std(0), rtol=1e-4)
+    emb = np.asarray(tab.obsm["X_emb"], dtype=np.float32)[fit]
+    np.testing.assert_allclose(model._std["x_mean"], emb.mean(0), rtol=1e-4)
+    np.testing.assert_allclose(model._std["x_sd"][:-1], emb.std(0)[:-1], rtol=1e-4)
+    assert model._std["x_sd"][-1] == 1.0
+    sec1 = train.dataset.sections[0]
+    assert empty not in sec1.rows and len(sec1.rows) == len(s1) - 1
+    assert sec1.x.shape[0] == sec1.incidence.shape[0] == sec1.incidence.shape[1] == len(sec1.rows)
+    assert np.isfinite(sec1.x).all() and np.abs(sec1.x[:, -1]).max() == 0.0
+
+
+def test_one_training_section_fixes_ridge_at_100_and_five_programmes():
+    """One training section: no grouped CV, so the ridge path is ridge with penalty 100 (checked against
+    RidgeExpression with ``alphas=[100]``) and "auto" takes min(5, genes) programmes (5 of the 11 genes here)."""
+    from scst.models import RidgeExpression
+
+    tab = _table()
+    genes = list(tab.var_names)
+    RidgeExpression.setup_anndata(tab, embedding_key="X_emb", genes=genes, sections=["S1"])
+    ridge = RidgeExpression(tab, alphas=[100.0]).train().predict(tab, "S3")
+    MLPExpression.setup_anndata(tab, use_rep="X_emb", genes=genes, sections=["S1"])
+    cfg = {"n_programs": None, "max_epochs": 1, "lr": 0.0, "weight_decay": 0.0}
+    with pytest.warns(UserWarning, match="ridge path's penalty at 100 are fixed"):
+        model = MLPExpression(tab, **cfg).train(validation=False, enable_progress_bar=False)
+    np.testing.assert_allclose(model.predict(tab, "S3"), np.clip(ridge, 0, None), rtol=1e-4, atol=1e-4)
+    with pytest.warns(UserWarning, match="number of programmes at 5 are fixed"):
+        auto = MLPExpression(tab, max_epochs=1).train(validation=False, enable_progress_bar=False)
+    assert auto.n_programs_ == 5
+
+
+def test_head_predictions_are_clipped_at_zero():
+    """The ridge path extrapolates below 0 on a section whose features lie far outside training: the head's
+    prediction is expression, clipped at 0 as documented (lr 0: exactly the clipped ridge)."""
+    from scst.models import RidgeExpression
+
+    tab = _table()
+    far = np.where((tab.obs["section"] == "S3").to_numpy()[:, None], 50.0, 1.0)
+    tab.obsm["X_far"] = tab.obsm["X_emb"] * far
+    RidgeExpression.setup_anndata(tab, embedding_key="X_far", genes=PANEL, sections=["S1", "S2"])
+    ridge = RidgeExpression(tab).train().predict(tab, "S3")
+    assert ridge.min() < 0  # the case this test is about
+    MLPExpression.setup_anndata(tab, use_rep="X_far", genes=PANEL, sections=["S1", "S2"])
+    cfg = {"n_programs": None, "max_epochs": 1, "lr": 0.0, "weight_decay": 0.0}
+    model = MLPExpression(tab, **cfg).train(validation=False, enable_progress_bar=False)
+    np.testing.assert_allclose(model.predict(tab, "S3"), np.clip(ridge, 0, None), rtol=1e-4, atol=1e-4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from scst.nn import ExpressionPrograms, MLPHeadModule, SpatialHeadModule
 
@@ -121,3 +122,69 @@ def test_bad_head_inputs():
     hei = torch.tensor([[0, 1, 2, 3], [0, 1, 2, 4]])
     with pytest.raises(ValueError, match="hyperedge_index refers"):
         m(torch.randn(4, 5), hei)
+
+
+def test_mlp_prediction_is_the_gelu_mlp_plus_the_linear_path():
+    """pred = Linear(GELU(Linear(x))) + skip(x) in eval mode, computed by hand with a non-zero output layer."""
+    torch.manual_seed(0)
+    m = MLPHeadModule(in_dim=4, n_genes=3, hidden=6, dropout=0.5, ridge_skip=True).eval()
+    first, last = m.net[1], m.net[-1]
+    with torch.no_grad():
+        last.weight.normal_()
+        last.bias.normal_()
+        m.skip.weight.normal_()
+        m.skip.bias.normal_()
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        expected = (
+            F.gelu(x @ first.weight.T + first.bias) @ last.weight.T + last.bias + x @ m.skip.weight.T + m.skip.bias
+        )
+    torch.testing.assert_close(m(x)["pred"], expected)
+
+
+def test_spatial_head_with_ham_and_zinb_outputs_by_hand():
+    """use_ham: hidden is the LSTM's step mean over [LN(z0), LN(z1), LN(HAM(z1))]; the ZINB heads are exp, softplus
+    and sigmoid of linear maps of hidden, and the ZINB term is the NLL of the counts with the batch's size factors."""
+    from scst.nn._layers import zinb_nll
+
+    torch.manual_seed(0)
+    m = _spatial(use_ham=True, zinb_weight=0.3).eval()
+    x = torch.randn(6, 5)
+    hei = torch.tensor([[0, 1, 2, 1, 3, 4, 5, 4], [0, 0, 0, 1, 1, 2, 2, 3]])
+    out = m(x, hei)
+    with torch.no_grad():
+        z0 = m.input(x)
+        z1 = m.vit(z0)
+        steps = [m.step_norms[0](z0), m.step_norms[1](z1), m.step_norms[2](m.ham(z1, hei))]
+        h = m.lstm(torch.stack(steps, 0))[0].mean(0)
+        torch.testing.assert_close(out["hidden"], h)
+        torch.testing.assert_close(out["zinb_mean"], torch.exp(m.zinb_mean(h)))
+        torch.testing.assert_close(out["zinb_disp"], F.softplus(m.zinb_disp(h)))
+        torch.testing.assert_close(out["zinb_pi"], torch.sigmoid(m.zinb_pi(h)))
+        counts = torch.tensor(np.random.default_rng(0).poisson(3.0, (6, 3)), dtype=torch.float32)
+        sf = torch.tensor([0.5, 1.0, 2.0, 1.5, 0.8, 3.0])
+        batch = {"x": x, "hyperedge_index": hei, "target": torch.zeros(6, 3), "counts": counts, "size_factors": sf}
+        loss = m.loss(batch)
+        zinb = zinb_nll(counts, out["zinb_mean"], out["zinb_disp"], out["zinb_pi"], size_factors=sf)
+        torch.testing.assert_close(loss["zinb"], zinb)
+        assert not torch.allclose(zinb, zinb_nll(counts, out["zinb_mean"], out["zinb_disp"], out["zinb_pi"]))
+        torch.testing.assert_close(loss["mse"], (out["pred"] ** 2).mean())
+        torch.testing.assert_close(loss["loss"], loss["mse"] + 0.3 * zinb)
+
+
+def test_bad_head_settings_and_shapes_are_named():
+    with pytest.raises(ValueError, match="hidden must be a positive int, got 0"):
+        MLPHeadModule(in_dim=5, n_genes=3, hidden=0)
+    with pytest.raises(ValueError, match="n_genes must be a positive int, got True"):
+        MLPHeadModule(in_dim=5, n_genes=True)
+    with pytest.raises(ValueError, match=r"vit_heads \(3\) must divide dim \(8\)"):
+        SpatialHeadModule(in_dim=5, n_genes=3, dim=8, vit_heads=3)
+    with pytest.raises(ValueError, match="zinb_weight must be non-negative"):
+        _spatial(zinb_weight=-0.1)
+    m = MLPHeadModule(in_dim=5, n_genes=3, hidden=4)
+    with pytest.raises(ValueError, match=r"x must be a \(n, 5\) float tensor of spot embeddings, got \(4, 6\)"):
+        m(torch.zeros(4, 6))
+    with pytest.raises(ValueError, match=r"batch\['target'\] must have shape \(4, 3\), got \(4, 1\)"):
+        m.loss({"x": torch.zeros(4, 5), "target": torch.zeros(4, 1)})
+    with pytest.raises(ValueError, match="hyperedge_index: a"):
+        _spatial()(torch.zeros(4, 5))

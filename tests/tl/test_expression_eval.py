@@ -299,3 +299,67 @@ def test_leiden_without_an_exact_resolution_warns_with_the_closest():
     with pytest.warns(UserWarning, match=r"no Leiden resolution gives exactly 3 domains; using resolution 1 with 2"):
         labels, res = _leiden_n(conn, 3, 0, "")
     assert res == 1.0 and len(np.unique(labels)) == 2 and labels[0] == labels[1] != labels[2] == labels[3]
+
+
+def test_per_gene_values_are_means_over_groups_and_per_gene(adata):
+    """Three groups with shifts 1, 2, 6 times a per-gene factor: MSE/MAE per gene and group by hand; ``var`` holds
+    the mean over groups (not the median), one value per gene (not pooled over genes)."""
+    truth = _truth(adata)
+    grp = np.tile(["u", "v", "w"], adata.n_obs // 3)
+    adata.obs["grp"] = pd.Categorical(grp)
+    shift = np.select([grp == "u", grp == "v"], [1.0, 2.0], 6.0)[:, None] * (1.0 + np.arange(N_GENES))
+    adata.layers["shifted"] = truth + shift
+    evaluate_expression(adata, "shifted", by="grp", metrics=("mse", "mae", "pearson"), key_added="sh")
+    factor = 1.0 + np.arange(N_GENES)
+    np.testing.assert_allclose(adata.var["sh_mse"].to_numpy(), (1 + 4 + 36) / 3 * factor**2, rtol=1e-6)
+    np.testing.assert_allclose(adata.var["sh_mae"].to_numpy(), (1 + 2 + 6) / 3 * factor, rtol=1e-6)
+    d = adata.uns["sh"].set_index(["metric", "section", "gene"])["value"]
+    assert d[("mse", "w", "g2")] == pytest.approx(36 * 9) and d[("mae", "v", "g3")] == pytest.approx(8)
+    np.testing.assert_allclose(adata.var["sh_pearson"].to_numpy(), 1.0, atol=1e-9)  # a shift keeps the ranks
+
+
+def test_group_sizes_truth_nan_outside_predictions_and_argument_checks(adata):
+    """A group of one spot has no correlation (NaN) but an MSE, one of two spots a correlation of +-1; NaN in the
+    truth layer only matters on predicted spots; a single gene name; missing group labels are refused."""
+    truth = _truth(adata)
+    adata.layers["predicted"] = truth * 2.0
+    adata.obs["grp"] = pd.Categorical(["one"] + ["two"] * 2 + ["rest"] * (adata.n_obs - 3))
+    evaluate_expression(adata, by="grp", metrics=("pearson", "mse"), genes="g3")
+    d = adata.uns["scst_eval"].set_index(["metric", "section", "gene"])["value"]
+    assert list(adata.uns["scst_eval"]["gene"].unique()) == ["g3"]
+    assert np.isnan(d[("pearson", "one", "g3")]) and d[("mse", "one", "g3")] == pytest.approx(truth[0, 3] ** 2)
+    assert abs(d[("pearson", "two", "g3")]) == pytest.approx(1.0)
+    pred = truth.copy()
+    pred[:4] = np.nan  # four spots not predicted ...
+    adata.layers["part"] = pred
+    bad = truth.copy()
+    bad[:4, 5] = np.nan  # ... and no truth there: nothing to complain about
+    adata.layers["truth"] = bad
+    evaluate_expression(adata, "part", truth_layer="truth", key_added="p")
+    assert adata.uns["p_params"]["n_unpredicted_spots"] == 4
+    np.testing.assert_allclose(adata.var["p_mse"].to_numpy(), 0.0, atol=1e-12)
+    adata.obs["gap"] = adata.obs["section"].astype(object)
+    adata.obs.loc[adata.obs_names[7], "gap"] = np.nan
+    with pytest.raises(ValueError, match=r"by: obs\['gap'\] has missing values"):
+        evaluate_expression(adata, by="gap")
+
+
+def test_spatial_domains_on_measured_counts_and_copy():
+    """``layer=None`` clusters log1p(normalize_total(X)): two planted count profiles under library sizes 20x apart
+    (raw counts would split by library size); ``copy=True`` leaves the input alone; as many domains as spots is
+    allowed."""
+    rng = np.random.default_rng(0)
+    profiles = np.array([[0.6, 0.2, 0.2], [0.2, 0.2, 0.6]])
+    lab = np.repeat(np.arange(2), 30)
+    lib = rng.permutation(np.tile([100.0, 2000.0], 30))
+    counts = rng.poisson(profiles[lab] * lib[:, None])
+    a = ad.AnnData(X=sparse.csr_matrix(counts.astype(np.int32)), obs=pd.DataFrame(index=[f"c{i}" for i in range(60)]))
+    a.obs["label"] = pd.Categorical(lab.astype(str))
+    out = spatial_domains(a, None, n_domains=2, method="kmeans", copy=True)
+    assert "domain" not in a.obs and "domain" not in a.uns
+    assert out.uns["domain"]["params"]["layer"] == "log1p(normalize_total(X, 1e4))"
+    assert domain_ari(out, by=None).loc["all", "ari"] == pytest.approx(1.0)
+    small = a[:4].copy()
+    small.layers["predicted"] = np.arange(12.0).reshape(4, 3) ** 2
+    spatial_domains(small, n_domains=4, method="kmeans")
+    assert small.obs["domain"].nunique() == 4

@@ -421,6 +421,53 @@ def test_cross_validate_panel_size_and_section_checks(recording):
     assert recording.calls == []
 
 
+class _LayerRecordingModel(_RecordingModel):
+    """Records the ``layer`` it is set up with and predicts (perfectly) from that layer's counts."""
+
+    @classmethod
+    def setup_sdata(cls, sdata, table="table", layer=None, genes=None, sections=None, **kwargs):
+        super().setup_sdata(sdata, table=table, layer=layer, genes=genes, sections=sections, **kwargs)
+        cls.calls.append(("layer", layer))
+        sdata.tables[table].uns["_rec_layer"] = layer
+
+    def predict(self, sdata, sections, table="table"):
+        tab = sdata.tables[table]
+        rows = tab.obs["section"].isin(sections).to_numpy()
+        return log_normalized(tab[rows], list(self.var_names), tab.uns["_rec_layer"])
+
+
+def test_cross_validate_reads_counts_from_the_layer_for_panel_setup_and_scoring():
+    """``layer=``: the per-fold panel is chosen on that layer, the model is set up with it, and the truth it is
+    scored against comes from it (``X`` holds other counts here, so a perfect model scores Pearson 1 only then)."""
+    from scst.pp import select_genes
+
+    _LayerRecordingModel.calls = []
+    sd = syn.make_sdata()
+    tab = sd.tables["table"]
+    tab.layers["counts"] = tab.X.copy()
+    tab.X = sparse.csr_matrix(np.random.default_rng(1).poisson(20, size=tab.shape).astype(np.int32))
+    kw = {"n_top": 2, "min_fraction": 0.0}
+    df = cross_validate(
+        _LayerRecordingModel, sd, layer="counts", metrics=("pearson",), select_genes_kwargs=kw, test_sections=["S1"]
+    )
+    ref = tab.copy()
+    select_genes(ref, sections=["S2", "S3"], layer="counts", key_added="from_layer", **kw)
+    select_genes(ref, sections=["S2", "S3"], key_added="from_x", **kw)
+    assert ref.var["from_layer"].tolist() != ref.var["from_x"].tolist()  # the layer makes a difference here
+    ((_, train, panel),) = [c for c in _LayerRecordingModel.calls if c[0] == "setup"]
+    assert train == ["S2", "S3"] and panel == list(ref.var_names[ref.var["from_layer"]])
+    assert ("layer", "counts") in _LayerRecordingModel.calls
+    np.testing.assert_allclose(df["value"], 1.0, atol=1e-6)
+
+
+def test_cross_validate_argument_checks():
+    sd = syn.make_sdata(sections=("S1", "S2"))
+    with pytest.raises(ValueError, match="by: only 'section' is supported"):
+        cross_validate(RidgeExpression, sd, by="region")
+    with pytest.raises(TypeError, match="model_cls: expected an scst model class"):
+        cross_validate(object(), sd)
+
+
 class _RowModel:
     """A trained-looking model whose prediction for a spot is its row in the predicted table (+ 0.5 for gene 2)."""
 
@@ -454,6 +501,12 @@ def test_spacing_um_predicts_on_a_grid_even_when_the_table_exists():
     assert "predicted" not in sd.tables["table"].layers and "S1_grid" in sd.shapes
     assert 20 <= new.n_obs <= 100 and new.n_obs != sd.tables["table"].n_obs
     np.testing.assert_array_equal(new.X[:, 0], np.arange(new.n_obs))
+    # tile_grid=True alone does the same (the model's grid step, 80 µm here), into table_added
+    other = syn.make_sdata(sections=("S1",))
+    model = _RowModel()
+    model.registry = {"size_um": syn.SIZE_UM, "grid_step_um": 80.0}
+    predict_expression(other, model, tile_grid=True, table_added="grid", progress=False)
+    assert "predicted" not in other.tables["table"].layers and other.tables["grid"].n_obs == new.n_obs
 
 
 def test_untrained_or_unfit_models_are_refused():

@@ -78,3 +78,20 @@ def test_bad_inference_options_fail_before_prediction(kw, match):
     with pytest.raises((ValueError, TypeError), match=match):
         scst.tl.predict_expression(_toy_sdata(), model, **kw)
     assert model.calls == 0
+
+
+def test_bad_layer_and_sdata_fail_before_prediction_and_copy_semantics():
+    """A bad ``layer`` or a non-SpatialData is refused before any prediction; without ``copy`` the table is written
+    in place and None returned, with ``copy`` the caller's table is left alone and the written copy returned."""
+    model = _PanelModel()
+    sd = _toy_sdata()
+    with pytest.raises(ValueError, match="layer: expected a non-empty string, got ''"):
+        scst.tl.predict_expression(sd, model, layer="")
+    with pytest.raises(TypeError, match="sdata: expected a SpatialData object with images, got AnnData"):
+        scst.tl.predict_expression(sd.tables["table"], model)
+    assert model.calls == 0
+    out = scst.tl.predict_expression(sd, model, layer="p", copy=True)
+    assert "p" in out.layers and out is not sd.tables["table"] and "p" not in sd.tables["table"].layers
+    assert scst.tl.predict_expression(sd, model, layer="p") is None
+    tab = sd.tables["table"]
+    assert "p" in tab.layers and tab.var["p_mask"].tolist() == [True, True] and tab.obs["p_mask"].all()

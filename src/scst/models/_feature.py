@@ -190,7 +190,7 @@ class _FeatureModel(BaseModel):
 
     def _standardise(self, sections: list) -> None:
         """Feature and target mean/sd over the spots used for fitting (set once, before the first training)."""
-        x = np.concatenate([s.x for s in sections])
+        x = np.concatenate([s.x[s.lib > 0] for s in sections])
         y = np.concatenate([s.target[s.lib > 0] for s in sections])
         fsd, ysd = x.std(0), y.std(0)
         self._std = {
@@ -226,8 +226,8 @@ class _FeatureModel(BaseModel):
             self._standardise([secs[s] for s in train])
         lib = np.concatenate([secs[s].lib[secs[s].lib > 0] for s in train])
         for s in secs.values():
+            self._apply_std(s)  # drops the spots without counts: size factors of the spots kept
             s.size_factors = (s.lib / np.median(lib)).astype(np.float32)
-            self._apply_std(s)
         if not self.is_trained:
             self._init_zinb_bias([secs[s] for s in train])
             # The closed-form parts use every training section; the validation one only steers the network's
