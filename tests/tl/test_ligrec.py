@@ -765,8 +765,9 @@ def test_spot_inclusive_weights_binarise_the_graph_and_weigh_every_spot_one():
     is 1 (also where the graph had a self-loop of another weight)."""
     from scst.tl._ligrec_scores import score_function, spot_inclusive_weights
 
-    a = sp.csr_matrix(([3.0, 2.5, 0.5, 0.0], [0, 1, 0, 2], [0, 2, 4, 4]), shape=(3, 3))  # (1, 2): a stored 0
-    np.testing.assert_array_equal(spot_inclusive_weights(a).toarray(), [[1, 1, 0], [1, 1, 0], [0, 0, 1]])
+    a = sp.csr_matrix(([3.0, 2.5, 4.0, 0.5, 0.0], [0, 1, 2, 0, 2], [0, 3, 5, 5]), shape=(3, 3))  # (1, 2): a stored 0
+    # rows stay rows (row i: the neighbours of spot i, as liana weighs them): the directed edge 0 → 2 is not 2 → 0
+    np.testing.assert_array_equal(spot_inclusive_weights(a).toarray(), [[1, 1, 1], [1, 1, 0], [0, 0, 1]])
     # the bivariate score sees the binarised graph: a weighted graph scores as its 0/1 version
     rng = np.random.default_rng(0)
     lig, rec = rng.poisson(3, (3, 2)).astype(float) + 1, rng.poisson(3, (3, 2)).astype(float) + 1
@@ -831,14 +832,18 @@ def test_tool_means_props_by_hand_with_a_complex_at_its_scarcest_subunit():
 
 
 def test_expr_prop_keeps_an_entity_detected_in_exactly_that_fraction():
-    x = np.array([[3, 1], [0, 2], [0, 1], [0, 4]], dtype=np.float32)  # L detected in 1 of 4 spots
-    adata = AnnData(x)
-    adata.var_names = ["L", "R"]
-    kw = {"pairs": [("L", "R")], "method": "pearson", "n_perms": 0, "groups_key": None}
+    """An entity detected in exactly ``expr_prop`` of the spots is kept; under it, its pairs go, whether it is the
+    ligand or the receptor."""
+    x = np.array([[3, 1, 0, 1], [0, 2, 0, 1], [0, 1, 5, 1], [0, 4, 0, 1]], dtype=np.float32)
+    adata = AnnData(x)  # L and R2 detected in 1 of 4 spots, R and L2 in all
+    adata.var_names = ["L", "R", "R2", "L2"]
+    kw = {"pairs": [("L", "R"), ("L2", "R2"), ("L2", "R")], "method": "pearson", "n_perms": 0, "groups_key": None}
     ligand_receptor(adata, expr_prop=0.25, **kw)
-    assert adata.uns["scst_ligrec_params"]["n_pairs_scored"] == 1
-    with pytest.raises(ValueError, match="expr_prop=0.26"):
-        ligand_receptor(adata, expr_prop=0.26, **kw)
+    assert adata.uns["scst_ligrec_params"]["n_pairs_scored"] == 3
+    ligand_receptor(adata, expr_prop=0.26, **kw)
+    params, res = adata.uns["scst_ligrec_params"], adata.uns["scst_ligrec"]
+    assert params["entities_below_expr_prop"] == ["L", "R2"] and params["n_pairs_below_expr_prop"] == 2
+    assert res[["ligand_complex", "receptor_complex"]].values.tolist() == [["L2", "R"]]
 
 
 def test_tool_null_groups_seed_and_bad_values():
