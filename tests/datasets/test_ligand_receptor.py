@@ -91,3 +91,61 @@ def test_orf_symbols_are_upper_case_and_matched_case_insensitively():
     assert "C1orf112" in set(ligand_receptor("ramilowski_curated")["ligand"])  # approved symbols kept there
     got = lr_pairs_in_genes(human, ["C1orf112", "PLSCR4", "CCL18", "C14orf1"])
     assert sorted(map(tuple, got[["ligand", "receptor"]].to_numpy())) == [("C1orf112", "PLSCR4"), ("CCL18", "C14orf1")]
+
+
+def test_complex_subunits_drop_empty_parts():
+    assert complex_subunits("ITGA1__ITGB1") == ["ITGA1", "ITGB1"] and complex_subunits("EGFR_") == ["EGFR"]
+
+
+def test_mouse_case_of_lists_published_in_human_and_liana_mouse_symbols_kept():
+    """Human approved symbols re-cased per subunit for mouse (``A2M`` → ``A2m``); liana's mouse list keeps its own
+    symbols, which are not plain capitalisation (``H2-Aa``, not ``H2-aa``)."""
+    assert ligand_receptor("ramilowski_curated", "mouse").iloc[0][["ligand", "receptor"]].tolist() == ["A2m", "Lrp1"]
+    mou = ligand_receptor("liana", "mouse")
+    assert "H2-Aa" in set(mou["ligand"]) | set(mou["receptor"])
+
+
+def test_resource_rows_are_stripped_and_unique_after_re_casing(tmp_path, monkeypatch):
+    """A list whose rows differ only by case or surrounding blanks gives one pair (GCNG's file read through a stub
+    of ``fetch``; liana resources through a stub of ``select_resource``)."""
+    import liana.resource
+
+    import scst.datasets._ligand_receptor as lr
+
+    f = tmp_path / "pairs.txt"
+    f.write_text("a2m\tlrp1\n A2M \tLRP1\nvegfa\tkdr\n")
+    monkeypatch.setattr(lr, "fetch", lambda dataset, name, path=None: f)
+    assert ligand_receptor("gcng", "human").values.tolist() == [["A2M", "LRP1"], ["VEGFA", "KDR"]]
+    dup = pd.DataFrame({"ligand": ["A", "A", "C"], "receptor": ["B", "B", "D"], "other": [1, 2, 3]})
+    monkeypatch.setattr(liana.resource, "show_resources", lambda: ["toy"])
+    monkeypatch.setattr(liana.resource, "select_resource", lambda name: dup)
+    toy = ligand_receptor("toy")
+    assert toy.values.tolist() == [["A", "B"], ["C", "D"]] and toy.attrs == {"resource": "toy", "organism": "human"}
+
+
+def test_as_lr_table_rows_without_a_gene_and_bad_tuples():
+    from scst.datasets._ligand_receptor import as_lr_table
+
+    df = pd.DataFrame({"ligand": [" L0", None, "L2"], "receptor": ["R0 ", "R1", float("nan")], "w": [1, 2, 3]})
+    out = as_lr_table(df)
+    assert out.values.tolist() == [["L0", "R0", 1]]  # stripped; rows lacking a gene dropped, extra column kept
+    with pytest.raises(ValueError, match="every row lacks a ligand or a receptor"):
+        as_lr_table(df.iloc[1:])
+    with pytest.raises(ValueError, match="tuples"):
+        as_lr_table([("L0", "R0", "extra")])
+    assert as_lr_table([("L0", " R0")]).values.tolist() == [["L0", "R0"]]
+
+
+def test_presence_reports_partial_complexes_only_and_dedups_after_renaming():
+    """``missing_subunits`` names complexes with *some* subunits measured (not absent single genes, not complexes
+    with no subunit measured); pairs equal after renaming to the data's spelling are kept once; attrs travel."""
+    pairs = pd.DataFrame(
+        {
+            "ligand": ["col1a1", "COL1A1", "NOPE", "VEGFA", "VEGFA"],
+            "receptor": ["itga1_itgb1", "ITGA1_ITGB1", "KDR", "ITGA2_ITGB9", "X1_X2"],
+        }
+    )
+    pairs.attrs["resource"] = "toy"
+    out = lr_pairs_in_genes(pairs, ["COL1A1", "ITGA1", "ITGB1", "VEGFA", "KDR", "ITGA2"])
+    assert out[["ligand", "receptor"]].values.tolist() == [["COL1A1", "ITGA1_ITGB1"]]
+    assert out.attrs["missing_subunits"] == {"ITGA2_ITGB9": ["ITGB9"]} and out.attrs["resource"] == "toy"

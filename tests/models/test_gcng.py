@@ -352,6 +352,30 @@ def test_given_model_implies_gcng_and_is_never_ignored(trained):
     assert out.uns["scst_ligrec_params"]["methods"] == ["spatial_pearson"]
 
 
+def test_tool_null_of_a_given_model_shuffles_cells_within_sections(trained, monkeypatch):
+    """With a model, each permutation re-scores the pairs on cells shuffled within their section (``obs``
+    ``section``, found by ``groups_key="auto"``): a recording wrapper of ``predict`` sees every cell order."""
+    from scst.tl._ligrec import ligand_receptor
+
+    adata, triples, model = trained
+    data = adata.copy()
+    data.obs["section"] = np.where(np.arange(data.n_obs) < 32, "a", "b")
+    orders, real = [], model.predict
+
+    def recording(pairs, *args, cell_order=None, **kwargs):
+        if cell_order is not None:
+            orders.append(np.asarray(cell_order).copy())
+        return real(pairs, *args, cell_order=cell_order, **kwargs)
+
+    monkeypatch.setattr(model, "predict", recording)
+    pairs = labelled(triples[40:45])[["ligand", "receptor"]]  # ligands the model was not fit on
+    ligand_receptor(data, model, pairs=pairs, n_perms=5, expr_prop=0.0)
+    assert len(orders) == 5 and data.uns["scst_ligrec_params"]["groups_key"] == "section"
+    for order in orders:
+        assert sorted(order[:32]) == list(range(32)) and sorted(order[32:]) == list(range(32, 64))
+    assert any((order != np.arange(64)).any() for order in orders)
+
+
 def test_duplicate_var_names_are_a_clear_error():
     adata, triples = niche_data(n_pairs=4)
     names = list(adata.var_names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -754,3 +755,256 @@ def test_cv_builds_its_folds_with_the_seed_matched_negatives_and_shuffle_groups(
         pd.testing.assert_frame_equal(got.train, exp.train)
         pd.testing.assert_frame_equal(got.test, exp.test)
     assert len(seen) == 1 and seen[0].tolist() == qdata.obs["half"].tolist()  # cells permuted within obs["half"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pair scores, nulls and the tool's table: known answers (mutation sweep)
+# ---------------------------------------------------------------------------------------------------------------
+def test_spot_inclusive_weights_binarise_the_graph_and_weigh_every_spot_one():
+    """``A + I`` on a weighted graph: every edge weighs 1 whatever its weight, an explicit 0 is no edge, the diagonal
+    is 1 (also where the graph had a self-loop of another weight)."""
+    from scst.tl._ligrec_scores import score_function, spot_inclusive_weights
+
+    a = sp.csr_matrix(([3.0, 2.5, 4.0, 0.5, 0.0], [0, 1, 2, 0, 2], [0, 3, 5, 5]), shape=(3, 3))  # (1, 2): a stored 0
+    # rows stay rows (row i: the neighbours of spot i, as liana weighs them): the directed edge 0 → 2 is not 2 → 0
+    np.testing.assert_array_equal(spot_inclusive_weights(a).toarray(), [[1, 1, 1], [1, 1, 0], [0, 0, 1]])
+    # the bivariate score sees the binarised graph: a weighted graph scores as its 0/1 version
+    rng = np.random.default_rng(0)
+    lig, rec = rng.poisson(3, (3, 2)).astype(float) + 1, rng.poisson(3, (3, 2)).astype(float) + 1
+    fn_w, _ = score_function("bivariate", a)
+    fn_b, _ = score_function("bivariate", sp.csr_matrix((a != 0).astype(float)))
+    np.testing.assert_allclose(fn_w(lig, rec), fn_b(lig, rec), rtol=1e-6)
+
+
+def test_default_nulls_of_the_score_functions():
+    """Within-cell Pearson and liana's bivariate metrics: ligand null; spatial Pearson: positions; the expression
+    control: none."""
+    from scst.tl._ligrec_scores import score_function
+
+    adj = sp.csr_matrix(np.diag(np.ones(3), 1) + np.diag(np.ones(3), -1))
+    want = {"pearson": "ligand", "spatial_pearson": "positions", "bivariate": "ligand", "expression": "none"}
+    assert {m: score_function(m, adj)[1] for m in want} == want
+
+
+def test_spatial_pearson_without_edges_warns_or_raises():
+    """Self-loops are no edges: ``lr_scores`` warns and returns 0, ``score_function`` refuses the graph."""
+    from scst.tl._ligrec_scores import score_function
+
+    lig = np.arange(8.0).reshape(4, 2)
+    with pytest.warns(UserWarning, match="no edges"):
+        out = lr_scores(lig, lig[::-1], "spatial_pearson", sp.eye(4, format="csr"))
+    np.testing.assert_array_equal(out, [0.0, 0.0])
+    with pytest.raises(ValueError, match="no edges"):
+        score_function("spatial_pearson", sp.eye(4, format="csr"))
+
+
+def test_permutation_pvalues_are_one_sided_and_exact_for_one_permutation():
+    """Only nulls at least as *high* as the observed score count: a null far below a positive score (larger in
+    absolute value) does not; a strongly negative observed score gets p = 1. One permutation: p in {1/2, 1}."""
+    from scst.tl._ligrec_scores import permutation_pvalues
+
+    lig = np.arange(6.0)[:, None]
+    rec = np.arange(6.0)[:, None]
+    low = permutation_pvalues(lambda lg, rc: np.array([-6.0, 0.0]), lig, rec, np.array([5.0, -5.0]), null="ligand",
+                              groups=None, n_perms=9)  # fmt: skip
+    np.testing.assert_allclose(low, [1 / 10, 1.0])
+    one = permutation_pvalues(lambda lg, rc: np.array([0.0, 2.0]), lig, rec, np.array([1.0, 1.0]), null="positions",
+                              groups=None, n_perms=1)  # fmt: skip
+    np.testing.assert_allclose(one, [0.5, 1.0])
+
+
+def test_tool_means_props_by_hand_with_a_complex_at_its_scarcest_subunit():
+    """Raw values (no normalisation): the ligand columns describe the ligand, the receptor columns the receptor; a
+    complex is the minimum over its subunits (liana's rule), in its means and props."""
+    x = np.array([[2, 0, 0], [0, 1, 2], [4, 1, 0], [0, 1, 5]], dtype=np.float32)  # genes L, R, B
+    adata = AnnData(x)
+    adata.var_names = ["L", "R", "B"]
+    ligand_receptor(adata, pairs=[("L", "R"), ("L", "R_B")], method="expression", n_perms=0, expr_prop=0,
+                    normalize=False, log1p=False, groups_key=None)  # fmt: skip
+    res = adata.uns["scst_ligrec"].set_index("receptor_complex")
+    # L = (2, 0, 4, 0); R = (0, 1, 1, 1); R_B = min(R, B) = (0, 1, 0, 1)
+    np.testing.assert_allclose(res.loc[["R", "R_B"], "ligand_means"], [1.5, 1.5])
+    np.testing.assert_allclose(res.loc[["R", "R_B"], "ligand_props"], [0.5, 0.5])
+    np.testing.assert_allclose(res.loc[["R", "R_B"], "receptor_means"], [0.75, 0.5])
+    np.testing.assert_allclose(res.loc[["R", "R_B"], "receptor_props"], [0.75, 0.5])
+    np.testing.assert_allclose(res.loc[["R", "R_B"], "expression_score"], [1.5 * 0.75, 1.5 * 0.5])
+    assert (res["ligand_complex"] == "L").all()
+
+
+def test_expr_prop_keeps_an_entity_detected_in_exactly_that_fraction():
+    """An entity detected in exactly ``expr_prop`` of the spots is kept; under it, its pairs go, whether it is the
+    ligand or the receptor."""
+    x = np.array([[3, 1, 0, 1], [0, 2, 0, 1], [0, 1, 5, 1], [0, 4, 0, 1]], dtype=np.float32)
+    adata = AnnData(x)  # L and R2 detected in 1 of 4 spots, R and L2 in all
+    adata.var_names = ["L", "R", "R2", "L2"]
+    kw = {"pairs": [("L", "R"), ("L2", "R2"), ("L2", "R")], "method": "pearson", "n_perms": 0, "groups_key": None}
+    ligand_receptor(adata, expr_prop=0.25, **kw)
+    assert adata.uns["scst_ligrec_params"]["n_pairs_scored"] == 3
+    ligand_receptor(adata, expr_prop=0.26, **kw)
+    params, res = adata.uns["scst_ligrec_params"], adata.uns["scst_ligrec"]
+    assert params["entities_below_expr_prop"] == ["L", "R2"] and params["n_pairs_below_expr_prop"] == 2
+    assert res[["ligand_complex", "receptor_complex"]].values.tolist() == [["L2", "R"]]
+
+
+def test_tool_null_groups_seed_and_bad_values():
+    """The ligand null shuffles within sections (``groups_key="auto"`` finds ``section``): a ligand constant within
+    each section never changes, so p = 1; shuffled across sections it falls to 1 / (1 + n_perms). The expression
+    control gets no null whatever ``null`` says; the seed drives the permutations."""
+    rng = np.random.default_rng(0)
+    lig = np.repeat([5.0, 1.0], 8)  # constant within each section
+    rec = np.concatenate([rng.uniform(3, 6, 8), rng.uniform(0, 2, 8)])  # higher in the ligand-rich section
+    adata = AnnData(np.column_stack([lig, rec]).astype(np.float32))
+    adata.var_names = ["L", "R"]
+    adata.obs["section"] = np.repeat(["s0", "s1"], 8)
+    kw = {"pairs": [("L", "R")], "method": "pearson", "n_perms": 19, "expr_prop": 0, "normalize": False,
+          "log1p": False}  # fmt: skip
+    ligand_receptor(adata, **kw)
+    assert adata.uns["scst_ligrec_params"]["groups_key"] == "section"
+    res = adata.uns["scst_ligrec"]
+    assert res["pearson_score"].iloc[0] > 0.8 and res["pearson_pvals"].iloc[0] == 1.0
+    ligand_receptor(adata, **{**kw, "groups_key": None})
+    assert adata.uns["scst_ligrec"]["pearson_pvals"].iloc[0] == pytest.approx(1 / 20)
+    # explicit null: the control stays without p-values; the seed changes the permutations, the same seed repeats
+    data, pairs = null_data(n_side=6, n_sections=1, n_pairs=6)  # exchangeable spots: p-values spread over (0, 1]
+    run = {"pairs": pairs, "method": ["expression", "spatial_pearson"], "n_perms": 19, "expr_prop": 0}
+    ligand_receptor(data, null="positions", key_added="a", seed=0, **run)
+    ligand_receptor(data, null="positions", key_added="b", seed=0, **run)
+    ligand_receptor(data, null="positions", key_added="c", seed=1, **run)
+    assert data.uns["a_params"]["nulls"] == {"expression": "none", "spatial_pearson": "positions"}
+    assert data.uns["a"]["expression_pvals"].isna().all() and data.uns["a"]["expression_fdr"].isna().all()
+    pa, pb, pc = (data.uns[k].set_index("ligand_complex")["spatial_pearson_pvals"].sort_index() for k in "abc")
+    pd.testing.assert_series_equal(pa, pb)
+    assert not np.allclose(pa, pc)
+    with pytest.raises(ValueError, match="n_perms: expected >= 0"):
+        ligand_receptor(data, pairs=pairs, method="pearson", n_perms=-1)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"expr_prop: expected a fraction in \[0, 1\]"):
+            ligand_receptor(data, pairs=pairs, method="pearson", expr_prop=bad)
+
+
+def test_tool_needs_edges_besides_self_loops():
+    adata, pairs = quadrant_data(n_pairs=2)
+    adata.obsp["spatial_connectivities"] = sp.eye(adata.n_obs, format="csr")  # self-loops only
+    with pytest.raises(ValueError, match="has no edges; build the cell graph first"):
+        ligand_receptor(adata, pairs=pairs, method="bivariate", n_perms=0, groups_key=None)
+
+
+def test_local_scores_on_a_kernel_by_hand_and_all_pairs_up_to_fifty():
+    """``local_scores=True``: every pair (up to 50); on ``kernel_key`` the local cosine uses the kernel's weights
+    as they are (not binarised), and the bivariate score is its mean over spots."""
+    from scst.models._gcng import entity_expression, normalized_expression
+    from scst.tl._ligrec_local import lr_kernel
+
+    adata, pairs = quadrant_data(n_pairs=4)
+    lr_kernel(adata, 50, um_per_unit=50.0, groups_key=None)
+    ligand_receptor(adata, pairs=pairs, method="bivariate", kernel_key="scst_lr_kernel", n_perms=0, local_scores=True)
+    res, local = adata.uns["scst_ligrec"], adata.obsm["scst_ligrec_local"]
+    assert list(local.columns) == [f"{lg}^{rc}" for lg, rc in zip(res["ligand_complex"], res["receptor_complex"])]
+    assert local.shape == (adata.n_obs, 4)
+    norm = normalized_expression(adata, log1p=True)
+    w = adata.obsp["scst_lr_kernel"].toarray().astype(float)
+    for j, (lg, rc) in enumerate(zip(res["ligand_complex"], res["receptor_complex"])):
+        x = entity_expression(norm, adata.var_names, [lg])[:, 0].astype(float)
+        y = entity_expression(norm, adata.var_names, [rc])[:, 0].astype(float)
+        expect = (w @ (x * y)) / np.sqrt((w @ x**2) * (w @ y**2))
+        np.testing.assert_allclose(local.iloc[:, j], expect, rtol=1e-4)
+        assert res["bivariate_score"].iloc[j] == pytest.approx(expect.mean(), rel=1e-4)
+
+
+def test_kernel_across_sections_is_warned_about():
+    adata, pairs = quadrant_data(n_pairs=2)
+    adata.obs["section"] = np.where(np.arange(adata.n_obs) < 32, "a", "b")
+    adata.obsp["k"] = sp.csr_matrix(np.full((adata.n_obs, adata.n_obs), 0.5, dtype=np.float32))
+    with pytest.warns(UserWarning, match=r"adata.obsp\['k'\] join cells of different sections"):
+        ligand_receptor(adata, pairs=pairs, method="bivariate", kernel_key="k", n_perms=0, expr_prop=0)
+
+
+def test_organism_is_guessed_from_the_symbols_case():
+    from scst.tl._ligrec import _guess_organism
+
+    assert _guess_organism(pd.Index(["Actb", "Col1a1", "Lrp1", "ACTB"])) == "mouse"
+    assert _guess_organism(pd.Index(["ACTB", "COL1A1", "LRP1", "Actb"])) == "human"
+
+
+def test_gcng_fit_trains_on_its_pairs_against_unknown_negatives_with_its_seed(monkeypatch):
+    """``_fit`` (one cross-fitting model): the given seed overrides the config's, the training table is the fold's
+    known pairs (label 1) and one negative each that is not a known pair of *any* fold, and the caller's train
+    arguments reach :meth:`GCNG.train` on top of the quiet CPU defaults."""
+    import scst.tl._ligrec_gcng as lg
+
+    calls = {}
+
+    class Recorder:
+        @staticmethod
+        def setup_anndata(adata, **kw):
+            calls["setup"] = kw
+
+        def __init__(self, adata, **kw):
+            calls["init"] = kw
+
+        def train(self, table, **kw):
+            calls["table"], calls["train"] = table, kw
+
+    monkeypatch.setattr(lg, "GCNG", Recorder)
+    train = pd.DataFrame({"ligand": [f"L{k}" for k in range(5)], "receptor": ["R0"] * 5})
+    # every ligand is also known to bind R1 and R2 (pairs of other folds): R3 is its only possible negative
+    known = pd.concat([train, train.assign(receptor="R1"), train.assign(receptor="R2")], ignore_index=True)
+    lg._fit("adata", "g", train, ["R0", "R1", "R2", "R3"], known, {"seed": 99, "lr": 0.1}, "counts", False, 5,
+            {"max_epochs": 3})  # fmt: skip
+    assert calls["setup"] == {"graph_key": "g", "layer": "counts", "normalize": False}
+    assert calls["init"] == {"seed": 5, "lr": 0.1}
+    t = calls["table"]
+    pd.testing.assert_frame_equal(t.loc[t.label == 1, ["ligand", "receptor"]].reset_index(drop=True), train)
+    neg = t[t.label == 0]
+    assert sorted(neg["ligand"]) == list(train["ligand"]) and set(neg["receptor"]) == {"R3"}
+    assert calls["train"] == {"enable_progress_bar": False, "accelerator": "cpu", "max_epochs": 3}
+
+
+def test_tool_cross_fitted_gcng_null_shuffles_positions_within_sections(monkeypatch):
+    """Cross-fitted GCNG (``gcng_scores`` replaced by a stub): its null re-scores with cell orders that keep every
+    cell in its section, ligand and receptor together by default (``null="auto"`` → positions)."""
+    import scst.tl._ligrec as tool
+    from scst.tl._ligrec_gcng import GCNGScores
+
+    calls = []
+
+    class Stub:
+        def predict(self, pairs, cell_order=None, ligand_only=False):
+            calls.append((np.asarray(cell_order).copy(), ligand_only))
+            return pairs.assign(score=0.0)
+
+    def fake_scores(adata, cand, known, **kwargs):
+        return GCNGScores(cand.assign(score=0.5, in_training=False, model=0), [Stub()])
+
+    monkeypatch.setattr(tool, "gcng_scores", fake_scores)
+    adata, pairs = quadrant_data(n_pairs=6)
+    adata.obs["section"] = np.where(np.arange(adata.n_obs) < 32, "a", "b")
+    cell_graph(adata, radius=1.1, library_key="section")
+    ligand_receptor(adata, pairs=pairs, method="gcng", n_perms=4, expr_prop=0)
+    assert adata.uns["scst_ligrec_params"]["nulls"] == {"gcng": "positions"} and len(calls) == 4
+    for order, ligand_only in calls:
+        assert not ligand_only
+        assert sorted(order[:32]) == list(range(32)) and sorted(order[32:]) == list(range(32, 64))
+    np.testing.assert_allclose(adata.uns["scst_ligrec"]["gcng_pvals"], 1 / 5)  # null 0 < observed 0.5 every time
+
+
+def test_gcng_folds_follow_the_seed_and_one_class_tables_have_no_auroc(monkeypatch):
+    """Ligands are dealt to the cross-fitting folds in a seeded random order (another seed, another split); a fit
+    report on pairs of one class only is NaN, not an error (e.g. a held-out fold whose ligands have no negative)."""
+    import scst.tl._ligrec_gcng as lg
+
+    monkeypatch.setattr(lg, "_fit", lambda adata, g, train, pool, known, *a: _StubGCNG(0, train, pool, known, 0))
+    known = pd.DataFrame({"ligand": [f"L{k}" for k in range(6)], "receptor": [f"R{k}" for k in range(6)]})
+
+    def split(seed):
+        t = lg.gcng_scores(None, known, known, graph_key="g", config={}, n_folds=3, seed=seed).table
+        return sorted(sorted(t.loc[t["model"] == k, "ligand"]) for k in range(3))
+
+    splits = [split(seed) for seed in range(4)]
+    assert all(len(s) == 3 and sum(map(len, s)) == 6 for s in splits)
+    assert any(s != splits[0] for s in splits[1:])
+    stub = _StubGCNG(0, known, ["R0"], known, 0)
+    with warnings.catch_warnings():  # scikit-learn < 1.6 raises on one class, later versions warn: neither here
+        warnings.simplefilter("error")
+        assert np.isnan(lg._auroc(stub, known.assign(label=1))) and np.isnan(lg._auroc(stub, None))
+    assert lg._auroc(stub, pd.DataFrame({"ligand": ["L0", "L0"], "receptor": ["R0", "X"], "label": [1, 0]})) == 1.0
