@@ -91,3 +91,25 @@ def test_ceiling_of_a_negative_reliability_is_zero():
     rho, ceiling = adata.var["reliability"].to_numpy(), adata.var["reliability_ceiling"].to_numpy()
     assert rho[1] < 0 and ceiling[1] == 0  # gene 1: counting noise only, slightly negative at this seed
     np.testing.assert_allclose(ceiling[rho > 0], np.sqrt(rho[rho > 0]))
+
+
+def test_a_gene_constant_in_one_section_takes_the_other_sections_value_and_nan_when_constant_everywhere():
+    a, b = planted(n=200, seed=2), planted(n=100, seed=3)
+    a[:, 2] = 0  # gene 2 has no molecule in section A: undefined there
+    a[:, 0] = b[:, 0] = 0  # gene 0 has none anywhere
+    obs = pd.DataFrame({"section": ["A"] * 200 + ["B"] * 100})
+    adata = ad.AnnData(X=np.vstack([a, b]).astype(np.float32), obs=obs)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scst.pp.gene_reliability(adata)
+    per = adata.uns["reliability"]["per_section"]
+    assert np.isnan(per.loc["2", "A"]) and np.isfinite(per.loc["2", "B"])
+    assert adata.var["reliability"].iloc[2] == pytest.approx(per.loc["2", "B"])  # B's value, not diluted by A
+    assert np.isnan(adata.var["reliability"].iloc[0]) and np.isnan(adata.var["reliability_ceiling"].iloc[0])
+
+
+def test_seed_is_used_and_recorded():
+    adata = ad.AnnData(X=planted(n=60, seed=4).astype(np.float32), obs=pd.DataFrame({"section": ["A"] * 60}))
+    runs = [scst.pp.gene_reliability(adata, seed=s, copy=True) for s in (0, 0, 1)]
+    np.testing.assert_array_equal(runs[0].var["reliability"], runs[1].var["reliability"])
+    assert not np.allclose(runs[0].var["reliability"], runs[2].var["reliability"])
+    assert runs[2].uns["reliability"]["params"]["seed"] == 1
