@@ -315,7 +315,8 @@ def test_valid_pad_values_fill_the_border():
     ds = SpotPatchDataset.from_arrays({"a": imgf}, [[1.0, 25.0]], ["a"], None, size_px=10, pad_value=0.25,
                                       normalize=None)  # fmt: skip
     p = ds[0]["patch"].numpy()
-    np.testing.assert_allclose(p[:, :, :4], 0.25) and np.testing.assert_allclose(p[:, :, 4:], 0.4)
+    np.testing.assert_allclose(p[:, :, :4], 0.25)
+    np.testing.assert_allclose(p[:, :, 4:], 0.4)  # (before: after `and`, never run)
     # reflect padding does not use pad_value: not checked there
     SpotPatchDataset.from_arrays({"a": img8}, [[1.0, 25.0]], ["a"], None, size_px=10, padding="reflect",
                                  pad_value=300, normalize=None)  # fmt: skip
