@@ -57,3 +57,90 @@ def test_an_explicit_path_without_the_file_never_downloads(tmp_path, monkeypatch
     monkeypatch.setattr(_fetch.pooch, "retrieve", no_download)
     with pytest.raises(FileNotFoundError, match="not found under path="):
         _fetch.fetch("her2st", "C4/he.jpg", path=tmp_path)  # has a public URL, but path= is authoritative
+
+
+# ------------------------------------------------------------------------------------------------ mutation sweep
+HELLO_BLOB = "ce013625030ba8dba906f756967f9e9ca394464a"  # `printf 'hello\n' | git hash-object --stdin`
+
+
+def test_git_blob_sha1_is_gits_object_id(tmp_path):
+    (tmp_path / "f").write_bytes(b"hello\n")
+    assert _fetch.git_blob_sha1(tmp_path / "f") == HELLO_BLOB
+
+
+def test_upstream_sections_are_registered_by_git_blob_id():
+    reg = _fetch.REGISTRY["her2st"]
+    sections = {rel.split("/")[0] for rel in reg}
+    assert len(sections) == 36 and "A1" in sections and "H3" in sections
+    assert all(f"{s}/{f}" in reg for s in sections for f in ("counts.tsv.gz", "spots.tsv", "clusters.tsv.gz", "he.jpg"))
+    known, url = reg["A1/he.jpg"]
+    assert known.startswith(_fetch.GITBLOB) and "/data/ST-imgs/A/A1/" in url and url.endswith(".jpg")
+    known, url = reg["A1/spots.tsv"]
+    assert known.startswith(_fetch.GITBLOB) and url.endswith("/data/ST-spotfiles/A1_selection.tsv")
+    assert not reg["C2/he.jpg"][0].startswith(_fetch.GITBLOB)  # C2-C6 keep their SHA-256
+
+
+def _fake_pooch(monkeypatch, contents):
+    """pooch.retrieve without network and without a hash (as for git-blob entries): it downloads only a missing
+    file, writing the next of ``contents``."""
+    calls = []
+
+    def retrieve(url, known_hash, fname, path, progressbar):
+        calls.append(known_hash)
+        out = Path(path) / fname
+        if not out.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(contents[len(calls) - 1])
+        return str(out)
+
+    monkeypatch.setattr(_fetch.pooch, "retrieve", retrieve)
+    return calls
+
+
+@pytest.fixture
+def hello_entry(tmp_path, monkeypatch):
+    monkeypatch.delenv("SCST_DATA_DIR", raising=False)
+    monkeypatch.setenv("SCST_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setitem(_fetch.REGISTRY["her2st"], "A1/spots.tsv", (_fetch.GITBLOB + HELLO_BLOB, "https://x/A1.tsv"))
+    return tmp_path / "cache" / "data" / "her2st" / "A1" / "spots.tsv"
+
+
+def test_a_tampered_git_blob_download_is_deleted_and_fetched_once_more(hello_entry, monkeypatch):
+    calls = _fake_pooch(monkeypatch, [b"jello\n", b"hello\n"])
+    out = _fetch.fetch("her2st", "A1/spots.tsv")
+    assert out == hello_entry and out.read_bytes() == b"hello\n" and calls == [None, None]
+
+
+def test_a_git_blob_download_failing_twice_is_refused_and_deleted(hello_entry, monkeypatch):
+    calls = _fake_pooch(monkeypatch, [b"jello\n", b"jelly\n"])
+    with pytest.raises(ValueError, match=f"Hash mismatch for her2st/A1/spots.tsv .* git blob id {HELLO_BLOB}, twice"):
+        _fetch.fetch("her2st", "A1/spots.tsv")
+    assert len(calls) == 2 and not hello_entry.exists()
+
+
+def test_local_files_are_rechecked_after_they_change(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setitem(_fetch.REGISTRY["her2st"], "A1/spots.tsv", (_fetch.GITBLOB + HELLO_BLOB, None))
+    f = tmp_path / "A1" / "spots.tsv"
+    f.parent.mkdir()
+    f.write_bytes(b"hello\n")
+    os.utime(f, ns=(1_000_000_000, 1_000_000_000))
+    assert _fetch.fetch("her2st", "A1/spots.tsv", path=tmp_path) == f
+    f.write_bytes(b"jello\n")  # same size, new content and modification time: hashed again
+    os.utime(f, ns=(2_000_000_000, 2_000_000_000))
+    with pytest.raises(ValueError, match="Hash mismatch"):
+        _fetch.fetch("her2st", "A1/spots.tsv", path=tmp_path)
+
+
+def test_scst_data_dir_is_used_before_the_download_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCST_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("SCST_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setitem(_fetch.REGISTRY["her2st"], "A1/spots.tsv", (_fetch.GITBLOB + HELLO_BLOB, "https://x/A1.tsv"))
+    f = tmp_path / "data" / "her2st" / "A1" / "spots.tsv"
+    f.parent.mkdir(parents=True)
+    f.write_bytes(b"hello\n")
+    calls = _fake_pooch(monkeypatch, [])
+    assert _fetch.fetch("her2st", "A1/spots.tsv") == f and calls == []
+    assert _fetch.data_dir("her2st") == tmp_path / "data" / "her2st"
+    assert _fetch.data_dir("her2st", path=tmp_path / "p") == tmp_path / "p"

@@ -194,3 +194,54 @@ def test_read_st_spot_centre_on_the_far_image_edge_is_outside(tmp_path):
         edge = spots.assign(pixel_x=spots["pixel_x"] + dx, pixel_y=spots["pixel_y"] + dy)
         with pytest.raises(ValueError, match=r"2 spot centre\(s\) lie outside the 120 × 100 px image"):
             read_st(c, edge, i, sample="S", cache_dir=tmp_path / "cache")
+
+
+# ------------------------------------------------------------------------------------------------ mutation sweep
+def _grid(n_x=6, n_y=5):
+    """n_x × n_y ST grid, 100 px per step; counts G = position."""
+    x, y = (a.ravel() for a in np.meshgrid(np.arange(1, n_x + 1), np.arange(1, n_y + 1)))
+    spots = pd.DataFrame({"x": x, "y": y, "pixel_x": 300.0 + 100 * (x - 1), "pixel_y": 300.0 + 100 * (y - 1)})
+    counts = pd.DataFrame({"G": np.arange(x.size)}, index=[f"{a}x{b}" for a, b in zip(x, y)])
+    return counts, spots
+
+
+def test_drop_fractions_at_their_bounds():
+    counts, spots = _grid()
+    # Exactly half the count rows without a spot: a loud warning, not yet an error (more than half is).
+    with pytest.warns(UserWarning, match=r"15 count row\(s\) without a spot; 15 spots kept \(50% of count rows"):
+        assert read_st(counts, spots.iloc[:15], None, sample="S").tables["table"].n_obs == 15
+    with pytest.raises(ValueError, match="53% of the count rows have no spot"):
+        read_st(counts, spots.iloc[:14], None, sample="S")
+    # Exactly 5 % (1 of 20 count rows): logged only; 2 of 20 warn.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert read_st(counts.iloc[:20], spots.iloc[:19], None, sample="S").tables["table"].n_obs == 19
+    with pytest.warns(UserWarning, match=r"10% of count rows"):
+        read_st(counts.iloc[:20], spots.iloc[:18], None, sample="S")
+
+
+def test_read_st_geometry_entries_and_sample_name(tmp_path):
+    c, s, i = _triple(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        geo = read_st(c, s, i, sample="S", cache_dir=tmp_path / "cache").tables["table"].uns["scst"]["sections"]["S"]
+        assert geo["image_shape"] == [100, 120] and geo["image_key"] == "S_image"  # [h, w] of the 120 × 100 image
+        geo = read_st(c, s, None, sample="S").tables["table"].uns["scst"]["sections"]["S"]
+        assert geo["image_key"] is None and geo["image_shape"] is None and geo["source"] is None
+        with pytest.raises(ValueError, match="sample: expected a non-empty string"):
+            read_st(c, s, None, sample="")
+        # A .txt spot file is tab-separated like .tsv.
+        pd.read_csv(s, sep="\t").to_csv(tmp_path / "spots.txt", sep="\t", index=False)
+        assert read_st(c, tmp_path / "spots.txt", None, sample="S").tables["table"].n_obs == 4
+
+
+def test_concatenate_sections_keeps_the_given_section_order_and_int32_counts(tmp_path):
+    c, s, _ = _triple(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        b = read_st(c, s, None, sample="B", um_per_px=1.0)
+        a = read_st(c, s, None, sample="A", um_per_px=1.0)
+    t = concatenate_sections([b, a]).tables["table"]
+    assert t.obs["section"].cat.categories.tolist() == ["B", "A"] and t.obs["section"].tolist()[:1] == ["B"]
+    assert t.X.dtype == np.int32
+    assert concatenate_sections({"x": b, "y": a}, join="outer").tables["table"].X.dtype == np.int32

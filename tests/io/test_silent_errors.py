@@ -289,3 +289,88 @@ def test_cache_without_manifest_is_adopted_or_rebuilt(tmp_path):
     with pytest.warns(UserWarning, match=r"pyramid levels \['s1'\] lack chunks"):
         read_st(counts, spots, he, sample="S", cache_dir=tmp_path / "cache")
     check_image_cache(store)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mutation sweep: counts/spot checks, single-line grids, the residual bound, few spots
+# ---------------------------------------------------------------------------------------------------------------
+def test_bad_count_tables_are_refused_with_their_reason():
+    counts, spots = _grid_spots()
+    with pytest.raises(ValueError, match=r"counts: duplicate gene names, e.g. \['G'\]"):
+        read_st(pd.concat([counts, counts], axis=1), spots, None, sample="S")
+    nan = counts.astype(float)
+    nan.iloc[3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"counts: missing \(NaN\) values"):
+        read_st(nan, spots, None, sample="S")
+    # The largest int32 is a valid count (one more is refused).
+    big = counts.copy()
+    big.iloc[0, 0] = np.iinfo(np.int32).max
+    t = read_st(big, spots, None, sample="S").tables["table"]
+    assert t["S_1x1", "G"].X.toarray().item() == np.iinfo(np.int32).max
+
+
+def test_unselected_spots_and_non_integer_array_positions():
+    counts, spots = _grid_spots()
+    spots["selected"] = 1
+    spots.loc[spots.index[:2], "selected"] = 0  # spots 1x1 and 2x1: ignored, their count rows have no spot
+    with pytest.warns(UserWarning, match=r"dropped 0 spot\(s\) without counts and 2 count row\(s\) without a spot"):
+        t = read_st(counts, spots, None, sample="S").tables["table"]
+    assert t.n_obs == 28 and "S_1x1" not in t.obs_names and "S_2x1" not in t.obs_names
+    spots = _grid_spots()[1]
+    spots["x"] = spots["x"] + 0.4
+    with pytest.raises(ValueError, match=r"spots: array columns \['x', 'y'\] must hold integer grid indices"):
+        read_st(counts, spots, None, sample="S")
+
+
+@pytest.mark.parametrize(("axis", "angle"), [("row", 0.0), ("column", 0.0), ("row", 30.0)])
+def test_spots_on_one_line_of_the_array_give_the_pitch_along_it(axis, angle):
+    # One row (or one column) of the 6 x 5 grid, 100 px per 200 µm step, rotated: 2 µm/px along the line.
+    counts, spots = _grid_spots(angle_deg=angle)
+    keep = spots["y"] == 3 if axis == "row" else spots["x"] == 4
+    ids = [f"{a}x{b}" for a, b in zip(spots["x"][keep], spots["y"][keep])]
+    geo = read_st(counts.loc[ids], spots[keep], None, sample="S").tables["table"].uns["scst"]["sections"]["S"]
+    assert geo["um_per_px"] == pytest.approx(2.0, rel=1e-9)
+
+
+def test_four_spots_are_enough_to_catch_swapped_pixel_columns():
+    # 2 x 2 spots, columns 100 px apart along x, rows 50 px along y: swapped pixel columns are refused.
+    spots = pd.DataFrame({"x": [1, 2, 1, 2], "y": [1, 1, 2, 2]})
+    spots["pixel_x"] = 300.0 + 100 * (spots["x"] - 1)
+    spots["pixel_y"] = 300.0 + 50 * (spots["y"] - 1)
+    counts = pd.DataFrame({"G": [1, 2, 3, 4]}, index=["1x1", "2x1", "1x2", "2x2"])
+    with pytest.raises(ValueError, match="look swapped"):
+        read_st(counts, spots, None, sample="S", pixel_cols=("pixel_y", "pixel_x"))
+    geo = read_st(counts, spots, None, sample="S").tables["table"].uns["scst"]["sections"]["S"]
+    assert geo["um_per_px"] == pytest.approx(200 / 75)  # mean of 100 and 50 px per step
+
+
+def test_a_grid_at_exactly_45_degrees_is_not_taken_for_swapped_columns():
+    # Column vector (100, 100), row vector (-100, 100): |x| and |y| parts tie; 200 µm per 100·√2 px.
+    counts, spots = _grid_spots()
+    c, r = spots["x"] - 1, spots["y"] - 1
+    spots["pixel_x"], spots["pixel_y"] = 1000.0 + 100 * (c - r), 300.0 + 100 * (c + r)
+    geo = read_st(counts, spots, None, sample="S").tables["table"].uns["scst"]["sections"]["S"]
+    assert geo["um_per_px"] == pytest.approx(200 / (100 * np.sqrt(2)), rel=1e-9)
+
+
+def _affine_rms_steps(spots: pd.DataFrame) -> float:
+    """Reference: RMS residual (in grid steps) of a least-squares affine fit of pixels on array indices."""
+    design = np.column_stack([spots["x"], spots["y"], np.ones(len(spots))]).astype(float)
+    xy = spots[["pixel_x", "pixel_y"]].to_numpy()
+    coef, *_ = np.linalg.lstsq(design, xy, rcond=None)
+    pitch = np.mean([np.hypot(*coef[0]), np.hypot(*coef[1])])
+    return float(np.sqrt(np.mean(np.sum((xy - design @ coef) ** 2, axis=1))) / pitch)
+
+
+@pytest.mark.parametrize(("d", "ok"), [(20.0, True), (30.0, False)])
+def test_grid_residual_bound_is_a_quarter_step(d, ok):
+    # Checkerboard offsets of ±d px along x on a 100 px grid: RMS residual ≈ d / 100 steps; 0.25 is the bound.
+    counts, spots = _grid_spots()
+    spots["pixel_x"] += d * np.where((spots["x"] + spots["y"]) % 2 == 0, 1, -1)
+    rms = _affine_rms_steps(spots)
+    assert (rms < 0.25) == ok and abs(rms - d / 100) < 0.02
+    if ok:
+        read_st(counts, spots, None, sample="S")
+    else:
+        with pytest.raises(ValueError, match=r"lie 0\.\d\d grid steps \(RMS\) off the array grid"):
+            read_st(counts, spots, None, sample="S")

@@ -147,3 +147,50 @@ def test_intact_cache_opens_without_the_lock(tmp_path, monkeypatch):
     monkeypatch.setattr(filelock, "FileLock", no_lock)
     el = cached_image(tmp_path / "he.png", "S", cache=tmp_path / "cache")
     np.testing.assert_array_equal(el["scale0"]["image"].data.compute(), np.moveaxis(img, -1, 0))
+
+
+# ------------------------------------------------------------------------------------------------ mutation sweep
+def test_16_bit_and_grey_alpha_images_convert_to_uint8_rgb(tmp_path):
+    # 16-bit v -> v // 257 (65535 -> 255): 257 k + 128 -> k (// 256 would give k + 1 for k >= 128).
+    k = _texture(32, 48) + 128  # 128..206
+    tifffile.imwrite(tmp_path / "a.tif", k.astype(np.uint16) * 257 + 128, photometric="rgb")
+    el = cached_image(tmp_path / "a.tif", "S", cache=tmp_path / "cache")
+    np.testing.assert_array_equal(el["scale0"]["image"].data.compute(), np.moveaxis(k, -1, 0))
+    # Grey + alpha: the grey repeated in R, G and B, alpha dropped.
+    la = np.stack([k[..., 0], np.full((32, 48), 200, np.uint8)], -1)
+    Image.fromarray(la, mode="LA").save(tmp_path / "la.png")
+    got = cached_image(tmp_path / "la.png", "S", cache=tmp_path / "cache")["scale0"]["image"].data.compute()
+    np.testing.assert_array_equal(got, np.repeat(k[None, ..., 0], 3, axis=0))
+
+
+def test_smallest_image_for_the_pyramid_and_cache_key_and_grown_files(tmp_path):
+    import os
+
+    from scst.io._image import check_image_cache, image_cache_path
+
+    Image.fromarray(_texture(16, 20)).save(tmp_path / "he.png")  # 16 px: the coarsest level is 1 px tall
+    el = cached_image(tmp_path / "he.png", "S", cache=tmp_path / "cache")
+    assert tuple(el["scale4"]["image"].shape) == (3, 1, 1)
+    store = image_cache_path(tmp_path / "he.png", tmp_path / "cache")
+    os.utime(tmp_path / "he.png", ns=(10**18, 10**18))  # same size, another modification time: another cache
+    assert image_cache_path(tmp_path / "he.png", tmp_path / "cache") != store
+    chunk = store / "images" / "image" / "s0" / "c" / "0" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes() + b"x")  # a file that grew is as damaged as one cut short
+    with pytest.raises(FileNotFoundError, match="0 of .* missing and 1 truncated"):
+        check_image_cache(store)
+
+
+def test_read_wsi_min_level_px_is_inclusive_on_the_short_side_and_grey_slides(tmp_path):
+    img = _texture(600, 700)
+    _pyramidal_tiff(tmp_path / "a.tif", img, levels=2)  # level 1: 300 × 350
+    assert list(read_wsi(tmp_path / "a.tif", min_level_px=300).images["a_image"]) == ["scale0", "scale1"]
+    assert list(read_wsi(tmp_path / "a.tif", min_level_px=301).images["a_image"]) == ["scale0"]
+    # The slide's µm/px is its x resolution (tiffslide.mpp-x), here 0.5 µm/px along x, 0.25 along y.
+    with tifffile.TiffWriter(tmp_path / "r.tif") as tw:
+        tw.write(img, tile=(256, 256), photometric="rgb", resolution=(2e4, 4e4), resolutionunit="CENTIMETER")
+    assert read_wsi(tmp_path / "r.tif").attrs["scst"]["um_per_px"] == pytest.approx(0.5)
+    grey = img[..., 0]
+    with tifffile.TiffWriter(tmp_path / "g.tif") as tw:
+        tw.write(grey, tile=(256, 256), photometric="minisblack", resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    data = read_wsi(tmp_path / "g.tif").images["g_image"]["scale0"]["image"].data
+    np.testing.assert_array_equal(data.compute(), np.repeat(grey[None], 3, axis=0))

@@ -315,7 +315,8 @@ def test_valid_pad_values_fill_the_border():
     ds = SpotPatchDataset.from_arrays({"a": imgf}, [[1.0, 25.0]], ["a"], None, size_px=10, pad_value=0.25,
                                       normalize=None)  # fmt: skip
     p = ds[0]["patch"].numpy()
-    np.testing.assert_allclose(p[:, :, :4], 0.25) and np.testing.assert_allclose(p[:, :, 4:], 0.4)
+    np.testing.assert_allclose(p[:, :, :4], 0.25)
+    np.testing.assert_allclose(p[:, :, 4:], 0.4)  # (before: after `and`, never run)
     # reflect padding does not use pad_value: not checked there
     SpotPatchDataset.from_arrays({"a": img8}, [[1.0, 25.0]], ["a"], None, size_px=10, padding="reflect",
                                  pad_value=300, normalize=None)  # fmt: skip
@@ -360,3 +361,168 @@ def test_a_window_as_large_as_the_image_is_allowed():
     np.testing.assert_array_equal(ds.window(0), img[:, :, 5:25])
     with pytest.raises(ValueError, match="larger than"):
         SpotPatchDataset.from_arrays({"s": img}, [[15.0, 10.0]], ["s"], None, size_px=21)
+
+
+# ------------------------------------------------------------------------------------------------ mutation sweep
+def _tiny_sdata(sections=("a", "b"), h=40, w=50, section_of=("a", "a", "b"), xy=((10, 10), (30, 20), (20, 30))):
+    """Sections with a 3 x h x w image each at 1 µm/px and a table of spots on them."""
+    import anndata as ad
+    import pandas as pd
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Identity
+
+    images = {
+        f"{s}_image": Image2DModel.parse(
+            _synthetic(h, w, seed=k), dims=("c", "y", "x"), transformations={s: Identity()}
+        )
+        for k, s in enumerate(sections)
+    }
+    obs = pd.DataFrame({"section": pd.Categorical(section_of, categories=list(sections))})
+    obs.index = [f"spot{i}" for i in range(len(obs))]
+    t = ad.AnnData(np.arange(2 * len(obs), dtype=np.float32).reshape(-1, 2), obs=obs)
+    t.obsm["spatial"] = np.asarray(xy, dtype=float)
+    t.uns["scst"] = {
+        "sections": {s: {"image_key": f"{s}_image", "um_per_px": 1.0, "coordinate_system": s} for s in sections}
+    }
+    return SpatialData(images=images, tables={"table": t})
+
+
+def test_chunk_cache_reads_exactly_the_chunks_under_a_window(tmp_path):
+    # 16 px chunks; a 16 px window centred on 24 starts at floor(24 - 8 + 0.5) = 16 and ends at 32 (exclusive): it
+    # is chunk (1, 1) and nothing else (a window ending on a chunk boundary must not read the next chunk).
+    img = _synthetic(h=64, w=64, seed=2)
+    z = zarr.open_array(tmp_path / "img.zarr", mode="w", shape=img.shape, chunks=(3, 16, 16), dtype="uint8")
+    z[:] = img
+    ds = SpotPatchDataset.from_arrays({"s": z}, [[24.0, 24.0], [40.0, 8.0]], ["s", "s"], None, size_px=16,
+                                      normalize=None)  # fmt: skip
+    np.testing.assert_array_equal(ds.window(0), img[:, 16:32, 16:32])
+    assert list(ds._cache._d) == [("s", 1, 1)]
+    # Centre (40, 8): x 32:48, y 0:16 -> chunk row 0, column 2; the window below y = 0 is padding, not a chunk.
+    np.testing.assert_array_equal(ds.window(1), img[:, 0:16, 32:48])
+    assert list(ds._cache._d) == [("s", 1, 1), ("s", 0, 2)]
+
+
+def test_chunk_lru_keeps_the_budget_exactly_and_evicts_the_least_recently_used():
+    from scst.pp._patches import _ChunkLRU
+
+    blk = np.zeros(100, np.uint8)
+    lru = _ChunkLRU(200)
+    lru.put("a", blk)
+    lru.put("b", blk.copy())
+    assert list(lru._d) == ["a", "b"] and lru.nbytes == 200  # exactly the budget: both stay
+    assert lru.get("a") is blk  # "a" is now the most recently used ...
+    lru.put("c", blk.copy())
+    assert list(lru._d) == ["a", "c"] and lru.nbytes == 200  # ... so "b" goes, not "a" nor the new "c"
+    assert lru.get("b") is None
+    whole = _ChunkLRU(200)
+    whole.put("w", np.zeros(200, np.uint8))  # a block of exactly the budget is kept
+    assert list(whole._d) == ["w"]
+    whole.put("x", np.zeros(201, np.uint8))  # one larger than the budget is never cached (nor evicts anything)
+    assert list(whole._d) == ["w"] and whole.nbytes == 200
+
+
+def test_uint16_images_scale_by_65535_and_round_to_uint8():
+    # 1000 / 65535 * 255 = 3.89 -> 4 (rounded, not truncated to 3); 40000 -> 155.65 -> 156.
+    img = np.full((3, 20, 20), 1000, np.uint16)
+    img[:, :, 10:] = 40000
+    ds = SpotPatchDataset.from_arrays({"s": img}, [[10.0, 10.0]], ["s"], None, size_px=4, normalize=None)
+    p = ds[0]["patch"].numpy()
+    np.testing.assert_allclose(p[:, :, :2], 1000 / 65535, rtol=1e-6)
+    np.testing.assert_allclose(p[:, :, 2:], 40000 / 65535, rtol=1e-6)
+    expect = np.full((3, 4, 4), 4, np.uint8)
+    expect[:, :, 2:] = 156
+    np.testing.assert_array_equal(ds.patch_uint8(0), expect)
+    np.testing.assert_array_equal(ds.patches_uint8([0, 0]), np.stack([expect, expect]))
+    np.testing.assert_allclose(ds.patches_uint8([0], float01=True)[0], p, rtol=1e-6)
+    # A uint8 image: float01 patches are exactly patches_uint8 / 255.
+    img8 = _synthetic()
+    ds8 = SpotPatchDataset.from_arrays({"s": img8}, [[20.0, 20.0], [31.5, 12.5]], ["s", "s"], None, size_px=7,
+                                       normalize=None)  # fmt: skip
+    u8 = ds8.patches_uint8([0, 1])
+    np.testing.assert_array_equal(u8[1], img8[:, 9:16, 28:35])
+    np.testing.assert_array_equal(ds8.patches_uint8([0, 1], float01=True), u8.astype(np.float32) / 255)
+
+
+@pytest.mark.parametrize(("dtype", "value"), [(np.uint8, 0), (np.uint8, 255), (np.float32, 0.0), (np.float32, 1.0)])
+def test_pad_values_at_the_ends_of_the_dtype_range_are_valid(dtype, value):
+    img = np.full((3, 50, 50), 100 if dtype == np.uint8 else 0.4, dtype)
+    w = SpotPatchDataset.from_arrays({"a": img}, [[1.0, 25.0]], ["a"], None, size_px=10, pad_value=value,
+                                     normalize=None).window(0)  # fmt: skip
+    assert (w[:, :, :4] == value).all() and (w[:, :, 4:] == img[0, 0, 0]).all()
+
+
+def test_float_range_check_reads_the_first_spots_window_at_x_y():
+    # Values in 0..255 only in the top-right corner (x >= 40, y < 20), where the first spot (x 50, y 10) lies; the
+    # window at the swapped position (x 10, y 50) is fine. Negative values are refused as well.
+    img = np.full((3, 60, 60), 0.5, np.float32)
+    img[:, :20, 40:] = 200.0
+    with pytest.raises(ValueError, match=r"float \(float32\) image with values in \[200, 200\]"):
+        SpotPatchDataset.from_arrays({"a": img}, [[50.0, 10.0], [10.0, 50.0]], ["a", "a"], None, size_px=8)
+    ok = SpotPatchDataset.from_arrays({"a": img}, [[10.0, 50.0], [50.0, 10.0]], ["a", "a"], None, size_px=8)
+    assert len(ok) == 2  # only the first spot's window is checked
+    neg = np.full((3, 60, 60), 0.5, np.float32)
+    neg[:, 20:40, 20:40] = -0.5
+    with pytest.raises(ValueError, match=r"values in \[-0\.5, 0\.5\]"):
+        SpotPatchDataset.from_arrays({"a": neg}, [[30.0, 30.0]], ["a"], None, size_px=30)
+
+
+def test_indexing_past_the_end_raises_and_negative_indices_wrap():
+    img = _synthetic()
+    ds = SpotPatchDataset.from_arrays({"s": img}, [[10, 10], [40, 30]], ["s", "s"], 1.0, size_um=8, index=[7, 8],
+                                      normalize=None)  # fmt: skip
+    assert ds[-1]["index"] == 8 and ds[-2]["index"] == 7
+    for bad in (2, -3):
+        with pytest.raises(IndexError, match="out of range for 2 spots"):
+            ds[bad]
+    assert [item["index"] for item in ds] == [7, 8]  # iteration stops at the end
+
+
+def test_locality_order_visits_chunk_rows_then_columns(tmp_path):
+    # 16 px chunks. A (x 40, y 5) is in chunk row 0, column 2; B (x 5, y 40) in chunk row 2, column 0; C and D share
+    # chunk (0, 0) and go by x. Order: chunk row, then chunk column, then x.
+    img = _synthetic(h=64, w=64)
+    z = zarr.open_array(tmp_path / "img.zarr", mode="w", shape=img.shape, chunks=(3, 16, 16), dtype="uint8")
+    z[:] = img
+    xy = [[5.0, 40.0], [40.0, 5.0], [9.0, 3.0], [2.0, 12.0]]  # B, A, D, C
+    ds = SpotPatchDataset.from_arrays({"s": z}, xy, ["s"] * 4, None, size_px=4, normalize=None)
+    assert ds.locality_order().tolist() == [3, 2, 1, 0]
+
+
+def test_obs_subset_positions_wrap_like_numpy_and_are_bounded():
+    sd = _tiny_sdata()
+    ds = SpotPatchDataset(sd, obs_subset=[-1, 0], size_px=6, normalize=None)
+    assert [ds[0]["index"], ds[1]["index"]] == [2, 0]
+    assert ds.obs_names.tolist() == ["spot2", "spot0"] and ds[0]["counts"].tolist() == [4.0, 5.0]
+    for bad in ([3], [-4]):
+        with pytest.raises(IndexError, match=r"obs_subset: integer positions must lie in \[0, 3\)"):
+            SpotPatchDataset(sd, obs_subset=bad, size_px=6)
+
+
+def test_missing_section_of_a_selected_spot_is_an_error():
+    import pandas as pd
+
+    sd = _tiny_sdata()
+    sd.tables["table"].obs["section"] = pd.Categorical(["a", None, "b"], categories=["a", "b"])
+    with pytest.raises(ValueError, match=r"obs\['section'\] has missing values for selected spots"):
+        SpotPatchDataset(sd, size_px=6)
+    assert len(SpotPatchDataset(sd, obs_subset=[0, 2], size_px=6)) == 2  # spots with a section are fine
+
+
+def test_extract_patches_marks_sections_without_selected_spots():
+    sd = _tiny_sdata()
+    res = extract_patches(sd, size_px=6, obs_subset=[0, 1], return_counts=False)
+    assert res["section_names"].tolist() == ["a", "b"]
+    assert res["size_px"].tolist() == [6, -1]
+    assert res["um_per_px"][0] == 1.0 and np.isnan(res["um_per_px"][1])
+    np.testing.assert_array_equal(res["patches"][1], _synthetic(40, 50, seed=0)[:, 17:23, 27:33])  # (30, 20)
+
+
+def test_more_argument_checks_of_the_array_and_cache_builders():
+    img = _synthetic()
+    with pytest.raises(ValueError, match=r"sections: integer codes must lie in \[0, 1\)"):
+        SpotPatchDataset.from_arrays({"s": img}, [[10, 10]], [1], None, size_px=4)
+    with pytest.raises(ValueError, match="chunk_cache_mb: expected >= 0"):
+        SpotPatchDataset.from_arrays({"s": img}, [[10, 10]], [0], None, size_px=4, chunk_cache_mb=-0.5)
+    with pytest.raises(ValueError, match=r"cache\['patches'\]: expected \(n, c, p, p\)"):
+        SpotPatchDataset.from_patch_cache({"patches": np.zeros((2, 3, 4, 5), np.uint8)})

@@ -298,6 +298,7 @@ def test_tissue_mask_cleanup_areas_are_in_square_um_of_the_level():
     # At scale0 (1 µm px) 401 µm² is 401 px: both small objects (400 and 396 px) go.
     full = tissue_mask(sd, "S_image", scale=0, min_object_um2=401, min_hole_um2=1, **kw).values > 0
     assert not full[10:30, 10:72].any() and full[60:110, 10:20].all()
+    assert not full[70:90, 20:40].any() and not full[70:88, 100:122].any()  # min_hole_um2=1: both holes stay
 
 
 def test_tissue_mask_auto_level_choice():
@@ -369,3 +370,151 @@ def test_tile_grid_exact_layout_on_non_square_mask_pixels():
 def test_tile_grid_refuses_an_image_scaled_into_the_section():
     with pytest.raises(ValueError, match="scaled by 4"):
         tile_grid(_grid_sdata(np.ones((25, 35), bool), image_scale=4.0), "S", um_per_px=1.0, spacing_um=20.0)
+
+
+# ------------------------------------------------------------------------------------------------ mutation sweep
+def test_hue_of_each_branch_by_hand():
+    from scst.pp._tissue import _hsl_channels
+
+    # (r, g, b) -> hue: max r: 60 * ((g - b) / c mod 6); max g: 60 * ((b - r) / c + 2); max b: 60 * ((r - g) / c + 4).
+    rgb = np.array(
+        [[1.0, 0.5, 0.0], [1.0, 0.0, 0.5], [0.5, 1.0, 0.0], [0.0, 1.0, 0.5], [0.0, 0.5, 1.0], [0.5, 0.0, 1.0]]
+    )
+    hue, sat, light = _hsl_channels(rgb.T)
+    np.testing.assert_allclose(hue, [30, 330, 90, 150, 210, 270])
+    np.testing.assert_allclose(sat, 1.0)
+    np.testing.assert_allclose(light, 0.5)
+    grey = _hsl_channels(np.array([[0.4], [0.4], [0.4]]))
+    assert grey[0][0] == 0 and grey[1][0] == 0 and grey[2][0] == pytest.approx(0.4)
+
+
+def _pixels(n_on: int, on, off=(240, 240, 240), n=20) -> np.ndarray:
+    """One uint8 tile (1, 3, 4, 5) of n pixels, the first n_on of colour ``on``."""
+    px = np.array([on] * n_on + [off] * (n - n_on), np.uint8)
+    return np.moveaxis(px.reshape(1, 4, 5, 3), -1, 1)
+
+
+def test_filter_tiles_default_thresholds_of_the_presets():
+    purple, brown = (150, 90, 170), (200, 120, 40)  # he tissue; DAB brown: hue 30, saturation 0.8, lightness 0.47
+    assert filter_tiles(_pixels(10, purple))[1][0]  # 10 / 20 = 0.5 >= 0.5 (he)
+    frac, keep = filter_tiles(_pixels(9, purple))
+    assert frac[0] == 0.45 and not keep[0]
+    assert filter_tiles(_pixels(4, brown), preset="dab_brown")[1][0]  # 0.2 >= 0.2 (dab_brown)
+    frac, keep = filter_tiles(_pixels(3, brown), preset="dab_brown")
+    assert frac[0] == 0.15 and not keep[0]
+    # The bounds of threshold itself are valid: 1.0 keeps only all-tissue tiles.
+    assert (
+        filter_tiles(_pixels(20, purple), threshold=1.0)[1][0]
+        and not filter_tiles(_pixels(19, purple), threshold=1.0)[1][0]
+    )
+    with pytest.raises(ValueError, match=r"threshold: expected a fraction in \[0, 1\]"):
+        filter_tiles(_pixels(20, purple), threshold=1.01)
+
+
+def test_filter_tiles_channels_first_with_three_columns_and_uint16():
+    # A channels-first tile 3 px wide is not taken for channels-last: yellow everywhere (he fraction 1); moved, each
+    # "pixel" would be grey (one channel's value three times): fraction 0.
+    yellow = np.zeros((1, 3, 4, 3), np.uint8)
+    yellow[:, :2] = 255
+    assert filter_tiles(yellow)[0][0] == 1.0
+    # uint16 tiles scale by 65535: the same fractions as the uint8 tile.
+    tile8 = _pixels(9, (150, 90, 170))
+    np.testing.assert_array_equal(filter_tiles(tile8.astype(np.uint16) * 257)[0], filter_tiles(tile8)[0])
+
+
+def test_filter_tiles_of_a_patch_dataset_scores_every_spot():
+    img = np.full((3, 30, 40), 240, np.uint8)
+    img[:, :, :20] = np.array([150, 90, 170])[:, None, None]  # left half tissue
+    ds = SpotPatchDataset.from_arrays({"s": img}, [[5, 15], [30, 15], [10, 10]], ["s"] * 3, None, size_px=6,
+                                      normalize=None)  # fmt: skip
+    frac, keep = filter_tiles(ds)
+    np.testing.assert_array_equal(frac, [1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(keep, [True, False, True])
+
+
+def test_window_fraction_counts_the_outside_as_background():
+    from scst.pp._tissue import _window_fraction
+
+    # All-tissue 4 x 4 mask of 2 x 2 px; a 4 px window centred at (0, 4): x -2..2 -> cols -1..0 (col -1 outside),
+    # y 2..6 -> rows 1..2: 2 of its 4 mask pixels are tissue.
+    mask = np.ones((4, 4), bool)
+    np.testing.assert_allclose(_window_fraction(mask, np.array([[0.0, 4.0], [4.0, 8.0]]), 4.0, 2.0, 2.0), [0.5, 0.5])
+
+
+def test_tile_grid_keeps_only_centres_on_tissue_and_accepts_min_tissue_1():
+    # Mask pixels 5 px wide, 2 px tall (as above). Tissue at mask (7, 2) lies in the 10 px window of centre (15, 15)
+    # (fraction 0.1) but not under the centre (mask (7, 3)): no point is kept.
+    mask = np.zeros((25, 14), bool)
+    mask[7, 2] = True
+    with pytest.raises(ValueError, match="No grid point"):
+        tile_grid(_grid_sdata(mask), "S", spacing_um=20.0, size_um=10.0, min_tissue=0.1, um_per_px=1.0)
+    full = np.ones((25, 14), bool)
+    table, shapes = tile_grid(
+        _grid_sdata(full), "S", spacing_um=20.0, size_um=10.0, min_tissue=1.0, um_per_px=1.0, inplace=False
+    )
+    assert table.n_obs == 6 and (table.obs["tissue_fraction"] == 1.0).all()
+    np.testing.assert_array_equal(shapes["radius"].to_numpy(), 5.0)  # radius = size_um / 2 in px
+
+
+def test_tissue_mask_explicit_scale_out_of_range():
+    sd = _glass_sdata(np.full((3, 64, 96), 242, np.uint8), scale_factors=[2, 2])
+    with pytest.raises(ValueError, match=r"scale: level 3 out of range; the image has 3 level\(s\)"):
+        tissue_mask(sd, "S_image", um_per_px=1.0, scale=3)
+    assert tissue_mask(sd, "S_image", um_per_px=1.0, scale=2, inplace=False).shape == (16, 24)
+
+
+def test_tissue_mask_background_lightness_is_the_median_of_the_unsaturated_pixels():
+    # Glass 242 (lightness 0.949) on 3/4 of the frame, black dust (unsaturated) on a fifth, pale pink tissue
+    # (saturation 0.2, lightness 0.882). The median background is the glass: light_max 0.929 takes the pink in (the
+    # mean, 0.77, would not). Pixels of saturation exactly sat_min are tissue, not background.
+    img = np.full((3, 40, 60), 242, np.uint8)
+    img[:, :8, :] = 0
+    img[:, 20:30, 10:30] = np.array([250, 200, 250])[:, None, None]
+    kw = {"um_per_px": 1.0, "scale": 0, "smooth_um": 0.1, "min_object_um2": 1, "min_hole_um2": 1, "inplace": False}
+    mask = tissue_mask(_glass_sdata(img), "S_image", sat_min=0.05, **kw).values > 0
+    truth = np.zeros((40, 60), bool)
+    truth[20:30, 10:30] = True
+    np.testing.assert_array_equal(mask, truth)
+    # Yellow (saturation 1, lightness 0.5) on most of the frame with sat_min=1: background = the glass only.
+    img = np.full((3, 40, 60), 242, np.uint8)
+    img[:2, :30, :] = 255
+    img[2, :30, :] = 0
+    yellow = tissue_mask(_glass_sdata(img), "S_image", sat_min=1.0, **kw).values > 0
+    assert yellow[:30].all() and not yellow[30:].any()
+    # A fixed light_max equal to a pixel's lightness includes it (<=).
+    at = tissue_mask(_glass_sdata(img), "S_image", sat_min=1.0, light_max=0.5, **kw).values > 0
+    assert at[:30].all() and not at[30:].any()
+
+
+def test_tissue_mask_of_a_coarsened_single_scale_image():
+    # Coarsening a uint8 image by 2 gives floats in 0..255: they are scaled to [0, 1] like the uint8 levels.
+    img = np.full((3, 80, 120), 242, np.uint8)
+    img[:, 20:60, 40:100] = np.array([150, 90, 170])[:, None, None]
+    kw = {"um_per_px": 1.0, "smooth_um": 0.1, "min_object_um2": 1, "min_hole_um2": 1, "inplace": False}
+    lab = tissue_mask(_glass_sdata(img), "S_image", target_um_per_px=2.0, **kw)
+    truth = np.zeros((40, 60), bool)
+    truth[10:30, 20:50] = True
+    np.testing.assert_array_equal(lab.values > 0, truth)
+
+
+def test_tissue_mask_default_key_is_the_section():
+    sd = _synthetic_with_geometry()
+    kw = {"scale": 0, "smooth_um": 2, "min_object_um2": 100}
+    tissue_mask(sd, section="S", **kw)
+    assert "S_tissue" in sd.labels and "S_image_tissue" not in sd.labels
+    tissue_mask(sd, "other", um_per_px=1.0, **kw)  # an image of no section of the table: named by its key
+    assert "other_tissue" in sd.labels
+
+
+def test_tissue_mask_without_a_pixel_size_cleans_up_64_level_pixels():
+    # No µm/px: sigma 1.5 px and objects under 64 level pixels go. After smoothing the 8 x 8 square covers fewer than
+    # 64 px and goes; the 12 x 12 one stays.
+    img = np.full((3, 48, 64), 242, np.uint8)
+    purple = np.array([150, 90, 170])[:, None, None]
+    img[:, 5:13, 40:48] = purple
+    img[:, 20:32, 20:32] = purple
+    with pytest.warns(UserWarning, match="pixel size"):
+        lab = tissue_mask(_glass_sdata(img), "S_image", scale=0, sat_min=0.2, light_max=0.9, inplace=False)
+    mask = lab.values > 0
+    assert mask[21:31, 21:31].all() and not mask[:15, 35:].any()
+    assert 64 <= mask.sum() <= 12 * 12 + 4 * 16  # one object, about the square (sigma 1.5 widens it a little)
