@@ -110,3 +110,12 @@ def test_embed_recipe_travels_with_the_scaling():
     a.obsm["h"] = a.obsm["f"].copy()
     scale_by_section(a, "h", key_added="g")
     assert "g" not in a.uns["scst_embed"] and "f" in a.uns["scst_embed"]
+
+
+def test_recipe_records_the_library_key_used():
+    # The recipe names the column the scaling used (predict_expression scales a new slide by the same column).
+    a = _adata(np.random.default_rng(1).normal(size=(6, 2)), ["A"] * 6)
+    a.obs["slide"] = ["s1"] * 3 + ["s2"] * 3
+    a.uns["scst_embed"] = {"f": {"method": "handcrafted"}}
+    scale_by_section(a, "f", library_key="slide", min_spots=3)
+    assert a.uns["scst_embed"]["f_scaled"]["scale_by_section"] == "slide"
