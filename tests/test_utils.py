@@ -80,3 +80,19 @@ def test_get_table_picks_the_named_table():
         _utils._get_table(sdata, "missing")
     with pytest.raises(TypeError, match="AnnData or SpatialData"):
         _utils._get_table(np.zeros(3))
+
+
+def test_key_check_lists_the_available_keys_and_positive_refuses_bools():
+    with pytest.raises(KeyError, match=r"'b' not found in adata\.obsm \(argument `x`\); available: \['a', 'c'\]"):
+        _utils._check_key({"a": 1, "c": 2}, "b", "adata.obsm (argument `x`)")
+    _utils._check_key({"a": 1}, "a", "here")
+    assert _utils._positive("s", "2.5") == 2.5
+    for bad in (True, 0, -1.0, np.nan, np.inf, "x", None):
+        with pytest.raises(ValueError, match="s: expected a finite positive"):
+            _utils._positive("s", bad)
+
+
+def test_plain_turns_numpy_values_into_python_ones():
+    out = _utils._plain({"a": np.int64(3), 1: (np.float32(0.5), None), "c": np.array([True, False])})
+    assert out == {"a": 3, "1": [0.5, None], "c": [True, False]}
+    assert type(out["a"]) is int and type(out["1"][0]) is float and type(out["c"][0]) is bool
