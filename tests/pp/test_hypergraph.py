@@ -184,3 +184,64 @@ def test_k_may_equal_the_section_size_but_not_be_a_bool():
     assert inc[:5, :5].all() and inc[5:, 5:].all() and inc.sum() == 50
     with pytest.raises(ValueError, match="`k`"):
         hypergraph(adata, k=True)
+
+
+def test_exact_and_n_candidates_reach_the_ranking_and_the_record(monkeypatch):
+    # Recording stub around knn_hyperedges: the ranking options are passed on per section, not replaced by defaults.
+    import scst.pp._hypergraph as mod
+
+    calls = []
+    real = mod.knn_hyperedges
+
+    def recording(feats, pos, k, **kw):
+        calls.append({"n": feats.shape[0], "k": k, **kw})
+        return real(feats, pos, k, **kw)
+
+    monkeypatch.setattr(mod, "knn_hyperedges", recording)
+    adata = _two_sections(30)
+    hypergraph(adata, k=4, n_candidates=7, exact=False)
+    assert calls == [{"n": 30, "k": 4, "n_candidates": 7, "exact": False}] * 2
+    params = adata.uns["hypergraph"]["params"]
+    assert params["n_candidates"] == 7 and params["exact"] is False
+    calls.clear()
+    hypergraph(adata, k=2, n_candidates=None, exact=True, library_key=None)
+    assert calls == [{"n": 60, "k": 2, "n_candidates": None, "exact": True}]
+    params = adata.uns["hypergraph"]["params"]
+    assert params["n_candidates"] is None and params["exact"] is True
+
+
+def test_far_offset_coordinates_keep_their_precision():
+    # Slide coordinates far from the origin (1e8 + small integers): float32 would merge neighbouring spots (its
+    # spacing is 8 there) and change the ranking; the hand-checked hypergraph is translation invariant.
+    adata = _hand_adata()
+    adata.obsm["spatial"] = HAND_POS + 1e8
+    hypergraph(adata, library_key=None)
+    inc = adata.obsp["hypergraph_incidence"].toarray()
+    assert [sorted(np.flatnonzero(inc[:, e]).tolist()) for e in range(6)] == [sorted(m) for m in HAND_MEMBERS]
+
+
+def test_dataframe_features_are_used_like_an_array():
+    adata = _hand_adata()
+    adata.obsm["X_df"] = pd.DataFrame(HAND_FEAT, index=adata.obs_names, columns=["f0"])
+    hypergraph(adata, use_rep="X_df", library_key=None)
+    expected = np.zeros((6, 6))
+    for e, members in enumerate(HAND_MEMBERS):
+        expected[members, e] = 1
+    np.testing.assert_array_equal(adata.obsp["hypergraph_incidence"].toarray(), expected)
+
+
+def test_non_finite_inputs_and_no_spots_name_the_argument():
+    adata = _hand_adata()
+    adata.obsm["spatial"] = HAND_POS.copy()
+    adata.obsm["spatial"][2, 1] = np.nan
+    with pytest.raises(ValueError, match="spatial_key"):
+        hypergraph(adata, library_key=None)
+    adata = _hand_adata()
+    adata.obsm["X_pca"] = HAND_FEAT.copy()
+    adata.obsm["X_pca"][4, 0] = np.inf
+    with pytest.raises(ValueError, match="use_rep"):
+        hypergraph(adata, library_key=None)
+    empty = _two_sections(3)[:0].copy()
+    with pytest.raises(ValueError, match="no spots"):
+        hypergraph(empty, k=1)
+    assert "hypergraph_incidence" not in adata.obsp

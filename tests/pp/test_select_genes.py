@@ -133,3 +133,68 @@ def test_min_fraction_is_inclusive():
     assert a.var.loc["g5", "scst_detected_fraction"] == 15 / 600 and a.var.loc["g5", "highly_variable_scst"]
     select_genes(a, n_top=10, min_fraction=16 / 600)
     assert not a.var.loc["g5", "highly_variable_scst"]
+
+
+def test_bounds_and_bad_counts_are_refused():
+    a = _planted()
+    select_genes(a, n_top=10, min_fraction=1.0)  # the upper bound is allowed: genes detected in every spot
+    detected = (a.X.toarray() > 0).mean(0)
+    np.testing.assert_array_equal(a.var["highly_variable_scst"], (a.var["scst_hvg_sections"] > 0) & (detected == 1))
+    with pytest.raises(ValueError, match="n_top"):
+        select_genes(a, n_top=0)
+    with pytest.raises(ValueError, match="no spots"):
+        select_genes(a[:0].copy())
+    b = a.copy()
+    b.X = b.X.toarray().astype(np.float32)  # dense: set single entries
+    b.X[3, 7] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        select_genes(b)
+    b.X[3, 7] = -1  # a single count of -1 is not a raw count either
+    with pytest.raises(ValueError, match="non-negative"):
+        select_genes(b)
+
+
+def test_sections_given_as_a_name_or_as_non_string_labels():
+    a = _planted()
+    select_genes(a, n_top=10, min_fraction=0.25, sections=["a"])
+    ref = a.var["highly_variable_scst"].copy()
+    b = _planted()
+    b.obs["section"] = b.obs["section"].map({"a": "train", "b": "test"})
+    select_genes(b, n_top=10, min_fraction=0.25, sections="train")  # one name, not its letters
+    assert b.var["highly_variable_scst"].equals(ref)
+    assert b.uns["highly_variable_scst"]["params"]["sections"] == ["train"]
+    c = _planted()
+    c.obs["section"] = c.obs["section"].map({"a": 0, "b": 1})  # integer labels, e.g. a fold number
+    select_genes(c, n_top=10, min_fraction=0.25, sections=[0])
+    assert c.var["highly_variable_scst"].equals(ref)
+    with pytest.raises(ValueError, match="sections"):
+        select_genes(c, sections=[])
+
+
+def test_library_key_none_pools_all_spots():
+    import scanpy as sc
+
+    a = _planted()
+    select_genes(a, n_top=20, min_fraction=0.0, library_key=None)
+    sub = AnnData(a.X.astype(np.float32), var=pd.DataFrame(index=a.var_names))
+    sc.pp.normalize_total(sub, target_sum=1e4)
+    sc.pp.log1p(sub)
+    res = sc.pp.highly_variable_genes(sub, n_top_genes=20, flavor="seurat", inplace=False)
+    np.testing.assert_array_equal(a.var["scst_hvg_sections"], res["highly_variable"].to_numpy().astype(int))
+    assert a.var["highly_variable_scst"].sum() == 20
+
+
+def test_a_section_without_dispersion_warns_and_adds_nothing():
+    a = _planted()
+    a.obs["section"] = ["c"] + list(a.obs["section"][1:])  # spot 0 alone in section c
+    with pytest.warns(UserWarning, match=r"no gene has a defined normalised dispersion in section\(s\) \['c'\]"):
+        select_genes(a, n_top=10, min_fraction=0.0)
+    assert a.var["scst_hvg_sections"].sum() == 20  # 10 per real section, none from c
+
+
+def test_copy_leaves_the_input_untouched():
+    a = _planted()
+    b = select_genes(a, n_top=10, copy=True)
+    assert b is not a and "highly_variable_scst" in b.var
+    assert "highly_variable_scst" not in a.var and "highly_variable_scst" not in a.uns
+    assert select_genes(a, n_top=10) is None and "highly_variable_scst" in a.var
