@@ -540,7 +540,7 @@ def test_data_that_is_not_a_store(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("content", "name"), [("{}", "None"), ('{"model": "nope"}', "'nope'"),
-                                               ('{"model": "pp"}', "'pp'")])  # fmt: skip
+                                               ('{"model": "_base"}', "'_base'")])  # fmt: skip
 def test_predict_unknown_model_class(tmp_path, capsys, monkeypatch, content, name):
     monkeypatch.setattr("scst.cli._load_data", _no_reading)
     m = tmp_path / "m"
