@@ -192,3 +192,17 @@ def test_register_sections_refuses_bad_radii_and_tables_without_centres(radius):
     with pytest.raises(KeyError, match=r"obsm\['spatial'\] \(spot centres in px\) is required"):
         scst.io.register_sections(sd)
     assert "scst" not in sd.tables["table"].uns and "section" not in sd.tables["table"].obs
+
+
+def test_register_sections_picks_the_largest_image_and_names_a_wrong_image_key():
+    """Two images untransformed in the shapes' coordinate system: the one with the most pixels (full resolution),
+    whichever comes first; an image_keys entry that is no image is a KeyError naming the section and the images."""
+    sd = _visium_like()
+    thumb = Image2DModel.parse(
+        np.zeros((3, 40, 50), np.uint8), dims=("c", "y", "x"), transformations={"global": Identity()}
+    )
+    sd = SpatialData(images={"V1_thumb": thumb, **sd.images}, shapes=dict(sd.shapes), tables=dict(sd.tables))
+    scst.io.register_sections(sd)
+    assert sd.tables["table"].uns["scst"]["sections"]["V1"]["image_key"] == "V1_full_image"
+    with pytest.raises(KeyError, match=r"image_keys\['V1'\]: 'nope' not in sdata.images \(\['V1_thumb', "):
+        scst.io.register_sections(sd, image_keys={"V1": "nope"})
