@@ -206,3 +206,17 @@ def test_register_sections_picks_the_largest_image_and_names_a_wrong_image_key()
     assert sd.tables["table"].uns["scst"]["sections"]["V1"]["image_key"] == "V1_full_image"
     with pytest.raises(KeyError, match=r"image_keys\['V1'\]: 'nope' not in sdata.images \(\['V1_thumb', "):
         scst.io.register_sections(sd, image_keys={"V1": "nope"})
+
+
+def test_register_sections_uses_the_system_where_the_shapes_are_untransformed():
+    """Shapes scaled in "global" but untransformed in "px": the spot radius and centres are "px" pixels, so that is
+    the sections' coordinate system (not "global" for its name), and the full image there is used as it is."""
+    from spatialdata.transformations import set_transformation
+
+    sd = _visium_like()
+    set_transformation(sd.shapes["V1"], {"global": Scale([2.0, 2.0], axes=("y", "x")), "px": Identity()}, set_all=True)
+    set_transformation(sd.images["V1_full_image"], {"px": Identity()}, set_all=True)
+    scst.io.register_sections(sd)
+    geo = sd.tables["table"].uns["scst"]["sections"]["V1"]
+    assert geo["coordinate_system"] == "px" and geo["image_key"] == "V1_full_image"
+    assert list(get_transformation(sd.images["V1_full_image"], get_all=True)) == ["px"]  # nothing added
