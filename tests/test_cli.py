@@ -350,7 +350,7 @@ def test_train_passes_sections_epochs_config_and_overwrite_on(fake_train, syn_st
     net = model not in ("mean", "ridge")
     epochs = ["--max-epochs", "1"] if net else []  # 1 is the smallest allowed
     argv = ["train", "--model", model, "--data", "store.zarr", "--sections", "S1", "S3", "--n-genes", "7",
-            "--config", "b=[2, 3]", *epochs, "--out", str(out)]  # fmt: skip
+            "--config", "b=[2, 3]", "--config", "a=5", *epochs, "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     assert syn_store == [("store.zarr", ["S1", "S3"])]
     sections = ["S1", "S3"]
@@ -367,7 +367,7 @@ def test_train_passes_sections_epochs_config_and_overwrite_on(fake_train, syn_st
     else:
         want += [("setup_sdata", {"sections": sections})]
     data = "AnnData" if model in ("hggep_head", "mlp") else "SpatialData"
-    want += [("init", data, {"a": 1, "b": [2, 3]}), ("train", {"max_epochs": 1} if net else {}),
+    want += [("init", data, {"a": 5, "b": [2, 3]}), ("train", {"max_epochs": 1} if net else {}),
              ("save", str(out), False)]  # fmt: skip
     assert fake_train == want
     # --out exists: an error before any data are read; with --overwrite the model replaces it
