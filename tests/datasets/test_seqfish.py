@@ -131,3 +131,14 @@ def test_cells_outside_field_0_and_no_louvain_file(served):
     _edit(served, "cortex_annotation.txt", "cell_1\t0\t", "cell_1\t1\t")
     with pytest.raises(ValueError, match="holds cells outside field of view 0"):
         seqfish_cortex()
+
+
+def test_all_cells_metadata_holds_plain_values(adata):
+    """uns["seqfish_cells"] holds plain integers and strings (obs keeps the categoricals): arithmetic on the
+    Louvain ids works, and categories of field 0 do not leak into the other fields' columns."""
+    import pandas as pd
+
+    cells = adata.uns["seqfish_cells"]
+    assert pd.api.types.is_integer_dtype(cells["louvain"]) and cells["louvain"].iloc[0] + 1 == 14
+    assert not any(isinstance(cells[c].dtype, pd.CategoricalDtype) for c in ("region", "cell_type", "louvain"))
+    assert isinstance(adata.obs["louvain"].dtype, pd.CategoricalDtype)
