@@ -263,3 +263,288 @@ def test_train_chooses_the_panel_from_the_training_sections_only(tmp_path, monke
     scst.pp.select_genes(ref, n_top=2)
     want = list(ref.var_names[ref.var["highly_variable_scst"]])
     assert list(scst.models.MeanExpression.load(m).var_names) == want and "NOISE7" not in want
+
+
+# ------------------------------------------------------------------------------------------------ mutation sweep
+# Recording stand-ins for the models and tools: what the CLI passes on (sections, epochs, options, --overwrite) is
+# checked without training anything, on a small synthetic store that `_load_data` hands out.
+def _fake_model_class(calls):
+    class FakeModel:
+        """A model class as the CLI uses it: records every call into ``calls``."""
+
+        bench_config = {"a": 1}
+
+        @classmethod
+        def _merge_config(cls, config):
+            unknown = sorted(set(config) - {"a", "b"})
+            if unknown:
+                raise ValueError(f"Unknown config key(s) {unknown} for FakeModel")
+            return dict(config)
+
+        @classmethod
+        def setup_sdata(cls, sdata, **kwargs):
+            calls.append(("setup_sdata", kwargs))
+
+        @classmethod
+        def setup_anndata(cls, adata, **kwargs):
+            calls.append(("setup_anndata", kwargs))
+
+        @classmethod
+        def load(cls, model_dir, sdata=None):
+            calls.append(("load", sdata is not None))
+            return cls(None)
+
+        def __init__(self, data, **config):
+            if data is not None:
+                calls.append(("init", type(data).__name__, config))
+
+        def train(self, **kwargs):
+            calls.append(("train", kwargs))
+            return self
+
+        def save(self, out, overwrite=False):
+            calls.append(("save", str(out), overwrite))
+
+    return FakeModel
+
+
+@pytest.fixture
+def syn_store(monkeypatch):
+    """`_load_data` stubbed: a fresh three-section synthetic SpatialData (no images) per call; calls recorded."""
+    import _he_synthetic as syn
+
+    loads = []
+
+    def load(data, sections):
+        loads.append((data, sections))
+        return syn.make_sdata(sections=("S1", "S2", "S3"), image=False)
+
+    monkeypatch.setattr("scst.cli._load_data", load)
+    return loads
+
+
+@pytest.fixture
+def fake_train(monkeypatch, syn_store):
+    """Every model class of `scst train` and the feature tools replaced by recorders (one shared call list)."""
+    import scst
+    from scst.cli import MODELS
+
+    calls = []
+    fake = _fake_model_class(calls)
+    for cls_name in MODELS.values():
+        monkeypatch.setattr(scst.models, cls_name, fake)
+    monkeypatch.setattr(scst.pp, "select_genes", lambda adata, **kw: calls.append(("select_genes", kw)))
+    monkeypatch.setattr(scst.tl, "embed_patches", lambda sdata, method, **kw: calls.append(("embed", method, kw)))
+    monkeypatch.setattr(scst.pp, "scale_by_section", lambda adata, key: calls.append(("scale", key)))
+    monkeypatch.setattr(scst.pp, "hypergraph", lambda adata, **kw: calls.append(("hypergraph", kw)))
+    return calls
+
+
+@pytest.mark.parametrize("model", ["mean", "ridge", "hggep_head", "mlp", "tcgn", "hggep", "stnet"])
+def test_train_passes_sections_epochs_config_and_overwrite_on(fake_train, syn_store, tmp_path, model):
+    """Each model gets the training sections, --max-epochs (the networks), --config over its bench_config and the
+    --overwrite flag; the heads train on the multi-scale hand-crafted features, hggep_head on their hypergraph."""
+    from scst.cli import HEAD_SCALES_UM
+
+    out = tmp_path / "m"
+    net = model not in ("mean", "ridge")
+    epochs = ["--max-epochs", "1"] if net else []  # 1 is the smallest allowed
+    argv = ["train", "--model", model, "--data", "store.zarr", "--sections", "S1", "S3", "--n-genes", "7",
+            "--config", "b=[2, 3]", "--config", "a=5", *epochs, "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert syn_store == [("store.zarr", ["S1", "S3"])]
+    sections = ["S1", "S3"]
+    want = [("select_genes", {"n_top": 7, "sections": sections})]
+    if model == "ridge":
+        want += [("embed", "handcrafted", {"progress": False}),
+                 ("setup_sdata", {"embedding_key": "X_handcrafted", "sections": sections})]  # fmt: skip
+    elif model in ("hggep_head", "mlp"):
+        want += [("embed", "handcrafted", {"size_um": HEAD_SCALES_UM, "out_px": 112, "key_added": "X_hc_ms"}),
+                 ("scale", "X_hc_ms")]  # fmt: skip
+        if model == "hggep_head":
+            want += [("hypergraph", {"use_rep": "X_hc_ms_scaled", "k": 3})]
+        want += [("setup_anndata", {"use_rep": "X_hc_ms_scaled", "sections": sections})]
+    else:
+        want += [("setup_sdata", {"sections": sections})]
+    data = "AnnData" if model in ("hggep_head", "mlp") else "SpatialData"
+    want += [("init", data, {"a": 5, "b": [2, 3]}), ("train", {"max_epochs": 1} if net else {}),
+             ("save", str(out), False)]  # fmt: skip
+    assert fake_train == want
+    # --out exists: an error before any data are read; with --overwrite the model replaces it
+    out.mkdir()
+    fake_train.clear()
+    syn_store.clear()
+    assert main(argv) == 2 and fake_train == [] and syn_store == []
+    assert main([*argv, "--overwrite"]) == 0 and fake_train[-1] == ("save", str(out), True)
+
+
+def test_train_argument_checks_before_the_data(fake_train, syn_store, tmp_path, capsys):
+    """--max-epochs for the closed-form mean, --out that exists, a --config item without a key: errors that name
+    the option, raised before any data are read."""
+    out = tmp_path / "m"
+    assert main(["train", "--model", "mean", "--max-epochs", "5", "--out", str(out)]) == 2
+    assert "scst: error: --max-epochs: not used by --model mean (closed form, no epochs)." in capsys.readouterr().err
+    assert main(["train", "--model", "mlp", "--config", "=3", "--out", str(out)]) == 2
+    assert "scst: error: --config: expected KEY=VALUE (e.g. n_programs=6), got '=3'." in capsys.readouterr().err
+    out.mkdir()
+    assert main(["train", "--model", "mean", "--out", str(out)]) == 2
+    assert f"scst: error: --out: {str(out)!r} exists; pass --overwrite to replace it." in capsys.readouterr().err
+    assert syn_store == [] and fake_train == []
+
+
+def test_config_values(tmp_path):
+    """KEY=VALUE: JSON values, else the string; only the first '=' splits."""
+    from scst.cli import _config
+
+    assert _config(["n=6", "f=false", "z=null", "s=auto", "e=a=b", "l=[1, 2]"]) == {
+        "n": 6, "f": False, "z": None, "s": "auto", "e": "a=b", "l": [1, 2]
+    }  # fmt: skip
+    assert _config(None) == {}
+
+
+@pytest.fixture
+def fake_predict(monkeypatch, tmp_path):
+    """A model directory of a recording model class and a recording predict_expression that fills the layer."""
+    import scst
+
+    calls = []
+    monkeypatch.setattr(scst.models, "FakeModel", _fake_model_class(calls), raising=False)
+    m = tmp_path / "model"
+    m.mkdir()
+    (m / "attr.json").write_text('{"model": "FakeModel"}')
+
+    def predict(sdata, model, **kwargs):
+        calls.append(("predict", kwargs))
+        if "um_per_px" in kwargs:  # image mode: a pseudo-spot table
+            sdata.tables["table_predicted"] = ad.AnnData(np.ones((3, 2), np.float32))
+        else:
+            t = sdata.tables["table"]
+            t.layers["predicted"] = np.full(t.shape, 2.0, np.float32)
+
+    monkeypatch.setattr(scst.tl, "predict_expression", predict)
+    return m, calls
+
+
+def test_predict_passes_data_sections_and_options_on(fake_predict, syn_store, tmp_path, capsys):
+    m, calls = fake_predict
+    out = tmp_path / "p.h5ad"
+    argv = ["predict", "--model-dir", str(m), "--data", "store.zarr", "--sections", "S2", "--num-workers", "3",
+            "--precision", "16", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert syn_store == [("store.zarr", ["S2"])]
+    assert calls == [("load", False), ("load", True), ("predict", {"sections": ["S2"], "num_workers": 3,
+                                                                   "precision": "16"})]  # fmt: skip
+    pred = ad.read_h5ad(out)
+    assert pred.n_obs == 3 * 64 and (pred.layers["predicted"] == 2).all()
+    # defaults: her2st, all sections, no workers, 32-bit; --overwrite replaces the file
+    calls.clear()
+    syn_store.clear()
+    assert main(["predict", "--model-dir", str(m), "--out", str(out), "--overwrite"]) == 0
+    assert syn_store == [("her2st", None)]
+    assert calls[-1] == ("predict", {"sections": None, "num_workers": 0, "precision": "32"})
+    # a section not in the data: an error before predicting, nothing written
+    calls.clear()
+    capsys.readouterr()
+    assert main([*argv[:-2], "--sections", "S9", "--out", str(tmp_path / "q.h5ad")]) == 2
+    assert "scst: error: --sections: ['S9'] not in the data (sections: ['S1', 'S2', 'S3'])." in capsys.readouterr().err
+    assert ("predict" not in [c[0] for c in calls]) and not (tmp_path / "q.h5ad").exists()
+
+
+def test_predict_writes_zarr_and_never_half_an_output(fake_predict, syn_store, tmp_path, monkeypatch, capsys):
+    """--out .zarr: the whole SpatialData with the predicted layer. A write that fails half-way leaves no --out
+    (nor a temporary file); an --out of another suffix is an error before any data are read."""
+    import spatialdata as sd
+
+    m, calls = fake_predict
+    out = tmp_path / "p.zarr"
+    assert main(["predict", "--model-dir", str(m), "--data", "store.zarr", "--out", str(out)]) == 0
+    back = sd.read_zarr(out).tables["table"]
+    assert back.n_obs == 3 * 64 and (np.asarray(back.layers["predicted"]) == 2).all()
+
+    def half_written(self, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"\x89HDF")
+        raise ValueError("disk full")
+
+    monkeypatch.setattr(ad.AnnData, "write_h5ad", half_written)
+    bad = tmp_path / "bad" / "p.h5ad"
+    bad.parent.mkdir()
+    assert main(["predict", "--model-dir", str(m), "--data", "store.zarr", "--out", str(bad)]) == 2
+    assert "scst: error: disk full" in capsys.readouterr().err
+    assert list(bad.parent.iterdir()) == []
+    syn_store.clear()
+    assert main(["predict", "--model-dir", str(m), "--data", "store.zarr", "--out", str(tmp_path / "p.csv")]) == 2
+    assert "--out: expected a path ending in .h5ad or .zarr, got" in capsys.readouterr().err and syn_store == []
+
+
+def test_predict_image_options_reach_the_tool(fake_predict, tmp_path, monkeypatch, capsys):
+    """--image: µm/px and the spacing reach predict_expression; a zero µm/px is an error before the image is read."""
+    from spatialdata import SpatialData
+
+    m, calls = fake_predict
+    images = []
+    monkeypatch.setattr("scst.cli._image_only", lambda path: images.append(path) or SpatialData())
+    image = tmp_path / "he.png"
+    image.write_bytes(b"")
+    out = tmp_path / "p.h5ad"
+    base = ["predict", "--model-dir", str(m), "--image", str(image), "--out", str(out)]
+    assert main([*base, "--um-per-px", "0.5", "--spacing-um", "150", "--num-workers", "2"]) == 0
+    assert images == [str(image)]
+    assert calls[-1] == ("predict", {"um_per_px": 0.5, "spacing_um": 150.0, "num_workers": 2, "precision": "32"})
+    assert ad.read_h5ad(out).n_obs == 3
+    images.clear()
+    assert main([*base, "--um-per-px", "0", "--overwrite"]) == 2
+    assert "scst: error: --um-per-px: the pixel size of --image in µm is required" in capsys.readouterr().err
+    assert images == []
+
+
+def test_ligrec_passes_sections_and_options_on(syn_store, tmp_path, monkeypatch, capsys):
+    """--sections keeps only those spots; one 4-neighbour grid graph per section (8 × 8 grids: 224 links each,
+    none across sections, whose coordinates overlap); --n-perms, --seed, --pairs and the paper's GCNG settings
+    reach the tool; an existing --out is kept without --overwrite."""
+    import pandas as pd
+
+    import scst
+
+    seen = {}
+
+    def recording(adata, **kwargs):
+        seen.update(kwargs, adata=adata)
+        adata.uns["scst_ligrec"] = pd.DataFrame({"ligand_complex": ["A"], "receptor_complex": ["B"]})
+
+    monkeypatch.setattr(scst.tl, "ligand_receptor", recording)
+    out = tmp_path / "lr.csv"
+    assert main(["ligrec", "--data", "store.zarr", "--sections", "S1", "S3", "--n-perms", "7", "--seed", "3",
+                 "--pairs", "liana", "--gcng-config", "paper", "--out", str(out)]) == 0  # fmt: skip
+    a = seen["adata"]
+    assert a.n_obs == 128 and set(a.obs["section"]) == {"S1", "S3"}
+    assert a.obsp["spatial_connectivities"].nnz == 2 * 224
+    assert seen["n_perms"] == 7 and seen["seed"] == 3 and seen["pairs"] == "liana"
+    assert seen["gcng_config"] == scst.models.GCNG._default_config
+    assert list(pd.read_csv(out)["ligand_complex"]) == ["A"]
+    assert main(["ligrec", "--data", "store.zarr", "--out", str(out), "--overwrite"]) == 0
+    assert seen["adata"].n_obs == 192 and seen["adata"].obsp["spatial_connectivities"].nnz == 3 * 224
+    assert seen["n_perms"] == 100 and seen["seed"] == 0 and seen["pairs"] is None  # the defaults
+    out.write_text("mine")
+    seen.clear()
+    assert main(["ligrec", "--data", "store.zarr", "--out", str(out)]) == 2
+    assert f"--out: {str(out)!r} exists; pass --overwrite" in capsys.readouterr().err
+    assert out.read_text() == "mine" and not seen
+
+
+def test_data_that_is_not_a_store(tmp_path, capsys):
+    assert main(["train", "--model", "mean", "--data", str(tmp_path / "missing.zarr"), "--out",
+                 str(tmp_path / "m")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"scst: error: --data: {str(tmp_path / 'missing.zarr')!r} is neither 'her2st' nor an existing" in err
+
+
+@pytest.mark.parametrize(("content", "name"), [("{}", "None"), ('{"model": "nope"}', "'nope'"),
+                                               ('{"model": "_base"}', "'_base'")])  # fmt: skip
+def test_predict_unknown_model_class(tmp_path, capsys, monkeypatch, content, name):
+    monkeypatch.setattr("scst.cli._load_data", _no_reading)
+    m = tmp_path / "m"
+    m.mkdir()
+    (m / "attr.json").write_text(content)
+    assert main(["predict", "--model-dir", str(m), "--out", str(tmp_path / "p.h5ad")]) == 2
+    assert f"scst: error: --model-dir: unknown model class {name} in " in capsys.readouterr().err

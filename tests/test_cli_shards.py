@@ -114,3 +114,52 @@ def test_errors(setup, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "scst: error: 1 of 2 shards failed" in err and "shard 'broken'" in err and "shard 'S3'" not in err
     assert not (tmp_path / "o.zarr").exists()
+
+
+# ------------------------------------------------------------------------------------------------ mutation sweep
+def test_scheduler_connection_is_closed_and_overwrite_reaches_the_tools(setup, tmp_path, monkeypatch, capsys):
+    """--scheduler: one client for that address, closed after the run (also when a shard fails: exit status 1); a
+    scheduler that cannot be reached is a one-line error. --overwrite reaches predict_shards and merge_shards."""
+    import distributed
+    import pandas as pd
+
+    import scst.tl._shards as shards
+
+    clients, seen = [], {}
+
+    class FakeClient:
+        def __init__(self, address, timeout):
+            if address == "tcp://down:1":
+                raise OSError("connection refused")
+            self.address, self.timeout, self.closed = address, timeout, False
+            clients.append(self)
+
+        def close(self):
+            self.closed = True
+
+    def recording(shard_list, model_dir, out, **kwargs):
+        seen.update(kwargs)
+        if kwargs["um_per_px"] == 9.0:
+            raise shards.ShardError("1 of 1 shards failed: shard 'S3': boom", {"S3": RuntimeError("boom")})
+        return pd.DataFrame({"shard": ["S3"], "n_spots": [64], "worker": ["w"]})
+
+    monkeypatch.setattr(distributed, "Client", FakeClient)
+    monkeypatch.setattr(shards, "predict_shards", recording)
+    argv = ["predict-shards", "--model-dir", str(setup / "ridge"), "--shards", str(setup / "S3.zarr"), "--out",
+            str(tmp_path / "o.zarr")]  # fmt: skip
+    assert main([*argv, "--scheduler", "tcp://h:8786", "--overwrite"]) == 0
+    assert [(c.address, c.timeout, c.closed) for c in clients] == [("tcp://h:8786", "30s", True)]
+    assert seen["client"] is clients[0] and seen["overwrite"] is True
+    assert main(argv) == 0 and seen["overwrite"] is False and seen["client"] is None
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--scheduler", "tcp://h:8786", "--um-per-px", "9"])
+    assert e.value.code == 1 and len(clients) == 2 and clients[1].closed
+    assert "scst: error: 1 of 1 shards failed: shard 'S3': boom" in capsys.readouterr().err
+    assert main([*argv, "--scheduler", "tcp://down:1"]) == 2
+    assert "scst: error: --scheduler: cannot connect to 'tcp://down:1' (connection refused)." in capsys.readouterr().err
+    merged = []
+    monkeypatch.setattr(shards, "merge_shards", lambda stores, out, overwrite: merged.append(overwrite) or [1, 2])
+    stores = [str(setup / "S3.zarr"), str(setup / "S4.zarr")]
+    assert main(["merge", *stores, "--out", str(tmp_path / "m.zarr"), "--overwrite"]) == 0
+    assert main(["merge", *stores, "--out", str(tmp_path / "m.zarr")]) == 0 and merged == [True, False]
+    assert "scst merge: 2 stores (2 shards)" in capsys.readouterr().out

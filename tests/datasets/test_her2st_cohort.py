@@ -115,3 +115,92 @@ def test_download_failing_its_check_twice_is_refused(network, monkeypatch):
         _fetch.fetch("her2st", "H3/counts.tsv.gz")
     assert network["downloads"] == 2
     assert not (_fetch.cache_dir() / "data" / "her2st" / "H3" / "counts.tsv.gz").exists()  # nothing bad is left
+
+
+# ------------------------------------------------------------------------------------------------ mutation sweep
+@pytest.fixture
+def recorded(monkeypatch):
+    """her2st's readers replaced by recorders: which files each section reads (with path=), image or not, and how
+    the sections are combined."""
+    from scst.datasets import _her2st
+
+    calls = []
+    monkeypatch.setattr(_her2st, "fetch", lambda ds, rel, path=None: f"{ds}/{rel}@{path}")
+    monkeypatch.setattr(
+        _her2st, "read_st", lambda counts, spots, image, **kw: calls.append(("read", counts, spots, image, kw)) or kw
+    )
+    monkeypatch.setattr(_her2st, "_add_labels", lambda sd, s, f: calls.append(("labels", s, f)))
+
+    def concat(parts, join):
+        calls.append(("concat", [p["sample"] for p in parts], join))
+
+    monkeypatch.setattr(_her2st, "concatenate_sections", concat)
+    return calls
+
+
+def _sections(calls):
+    return [c[4]["sample"] for c in calls if c[0] == "read"]
+
+
+def test_sections_argument(recorded):
+    """Default C2–C6; "all" the 36 sections; a single name is one section (not its letters); names are checked
+    against all 36 sections; duplicates are refused."""
+    scst.datasets.her2st()
+    assert _sections(recorded) == ["C2", "C3", "C4", "C5", "C6"]
+    assert recorded[-1] == ("concat", ["C2", "C3", "C4", "C5", "C6"], "inner")
+    recorded.clear()
+    scst.datasets.her2st("all", join="outer")
+    assert _sections(recorded) == list(scst.datasets.HER2ST_ALL_SECTIONS) and len(_sections(recorded)) == 36
+    assert recorded[-1][0] == "concat" and recorded[-1][2] == "outer"
+    recorded.clear()
+    out = scst.datasets.her2st("H3")
+    assert _sections(recorded) == ["H3"] and out["sample"] == "H3"  # one section: returned as read, no concat
+    assert [c[0] for c in recorded] == ["read", "labels"]
+    recorded.clear()
+    scst.datasets.her2st(("A1", "G2"))
+    assert _sections(recorded) == ["A1", "G2"]
+    with pytest.raises(ValueError, match=r"unknown section\(s\) \['C1x'\]"):
+        scst.datasets.her2st(["A1", "C1x"])
+    with pytest.raises(ValueError, match=r"sections: duplicates in \['B2', 'B2'\]"):
+        scst.datasets.her2st(["B2", "B2"])
+
+
+def test_files_geometry_and_images_of_a_section(recorded, tmp_path):
+    """Each section reads its own four files from path=, the ST geometry (100 µm spots, 200 µm grid), the cache
+    folder, and the H&E image only with images=True."""
+    scst.datasets.her2st("D4", path=tmp_path, cache_dir=tmp_path / "c")
+    p = f"@{tmp_path}"
+    kw = {"sample": "D4", "spot_diameter_um": 100.0, "grid_step_um": 200.0, "cache_dir": tmp_path / "c"}
+    assert recorded == [
+        ("read", f"her2st/D4/counts.tsv.gz{p}", f"her2st/D4/spots.tsv{p}", f"her2st/D4/he.jpg{p}", kw),
+        ("labels", "D4", f"her2st/D4/clusters.tsv.gz{p}"),
+    ]
+    recorded.clear()
+    scst.datasets.her2st(["D4", "E1"], images=False)
+    assert [c[3] for c in recorded if c[0] == "read"] == [None, None]
+
+
+@pytest.mark.parametrize("section", ["D1", "C5"])
+def test_labels_are_matched_by_section_and_spot(tmp_path, section):
+    """clusters.tsv.gz rows of the section only, matched on "<x>x<y>" (x first); a spot without a row is NaN; patient
+    C gets the paper's cluster names, the other patients "cluster <k>"."""
+    from types import SimpleNamespace
+
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    from scst.datasets import _her2st
+
+    other = "D2" if section == "D1" else "C6"
+    rows = pd.DataFrame(
+        {"ids": [section, section, section, other], "x": [3, 5, 7, 7], "y": [5, 3, 7, 7], "label": [4, 2, 2, 0]}
+    )
+    f = tmp_path / "clusters.tsv"
+    rows.to_csv(f, sep="\t")
+    t = ad.AnnData(obs=pd.DataFrame({"spot_id": ["5x3", "3x5", "7x7", "9x9"]}, index=list("abcd")))
+    _her2st._add_labels(SimpleNamespace(tables={"table": t}), section, f)
+    assert t.obs["label"].tolist()[:3] == [2, 4, 2] and np.isnan(t.obs["label"].iloc[3])
+    assert list(t.obs["label"].cat.categories) == [2, 4]  # the other section's label 0 is not a category
+    names = ["cancer 1", "cancer 3", "cancer 1"] if section == "C5" else ["cluster 2", "cluster 4", "cluster 2"]
+    assert t.obs["label_name"].tolist()[:3] == names and pd.isna(t.obs["label_name"].iloc[3])

@@ -53,3 +53,92 @@ def test_all_cells_metadata(adata):
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found under path"):
         seqfish_cortex(path=tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ mutation sweep
+EDITS = {  # file → (published text, tampered text): one small edit each
+    "locs": ("seqfish_field_locs.txt", "1632.02 -1305.7", "1632.02 -1306.7"),
+    "negative": ("seqfish_field_expr.txt.gz", "Aanat 0 0", "Aanat -1 0"),
+    "fraction": ("seqfish_field_expr.txt.gz", "Aanat 0 0", "Aanat 0.5 0"),
+    "unknown_cell": ("seqfish_field_expr.txt.gz", "cell_1 ", "cell_999 "),
+    "ids": ("cortex_annotation.txt", "cell_1\t0\t", "cell_2\t0\t"),
+    "louvain_order": ("cortex_svz_cell_type_annotations.csv", "0,13\n1,3", "1,13\n0,3"),
+    "fov_differs": ("cortex_svz_cellcentroids.csv", "\n0,1,1305.7", "\n1,1,1305.7"),
+}
+
+
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    """The published files copied to ``tmp_path``, served by a stand-in of fetch (the copies are edited)."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from scst.datasets import _seqfish
+
+    src = Path(os.environ["SCST_DATA_DIR"]) / "seqfish_cortex" / "original"
+    for f in src.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+        (tmp_path / f.name).chmod(0o644)
+
+    def fetch(ds, rel, path=None):
+        f = tmp_path / rel.removeprefix("original/")
+        if not f.is_file():
+            raise FileNotFoundError(rel)
+        return f
+
+    monkeypatch.setattr(_seqfish, "fetch", fetch)
+    return tmp_path
+
+
+def _edit(folder, name, old, new):
+    import gzip
+
+    f = folder / name
+    opener = gzip.open if name.endswith(".gz") else open
+    with opener(f, "rt") as fh:
+        text = fh.read()
+    assert old in text
+    with opener(f, "wt") as fh:
+        fh.write(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        ("locs", "seqfish_field_locs.txt does not match the centroids"),
+        ("negative", "counts must be non-negative integers"),
+        ("fraction", "counts must be non-negative integers"),
+        ("unknown_cell", "cell ids not among the 913 cells"),
+        ("ids", "ids are not cell_1 ... cell_913 in file order"),
+        ("louvain_order", "`index` is not 0 ... 912 in order"),
+        ("fov_differs", "Fields of view differ"),
+    ],
+)
+def test_files_that_do_not_line_up_are_refused(served, edit, match):
+    assert seqfish_cortex().shape == (118, 1774)  # the published files, served from the copies
+    _edit(served, *EDITS[edit])
+    with pytest.raises(ValueError, match=match):
+        seqfish_cortex()
+
+
+def test_cells_outside_field_0_and_no_louvain_file(served):
+    (served / "cortex_svz_cell_type_annotations.csv").unlink()  # local only: optional
+    adata = seqfish_cortex()
+    assert "louvain" not in adata.obs and "louvain" not in adata.uns["seqfish_cells"]
+    assert list(adata.obs["cell_type"].cat.categories) == sorted(adata.obs["cell_type"].unique())  # unused dropped
+    _edit(served, *EDITS["fov_differs"])
+    _edit(served, "cortex_annotation.txt", "cell_1\t0\t", "cell_1\t1\t")
+    with pytest.raises(ValueError, match="holds cells outside field of view 0"):
+        seqfish_cortex()
+
+
+def test_all_cells_metadata_holds_plain_values(adata):
+    """uns["seqfish_cells"] holds plain integers and strings (obs keeps the categoricals): arithmetic on the
+    Louvain ids works, and categories of field 0 do not leak into the other fields' columns."""
+    import pandas as pd
+
+    cells = adata.uns["seqfish_cells"]
+    assert pd.api.types.is_integer_dtype(cells["louvain"]) and cells["louvain"].iloc[0] + 1 == 14
+    assert not any(isinstance(cells[c].dtype, pd.CategoricalDtype) for c in ("region", "cell_type", "louvain"))
+    assert isinstance(adata.obs["louvain"].dtype, pd.CategoricalDtype)

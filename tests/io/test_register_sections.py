@@ -148,3 +148,75 @@ def test_tissue_mask_reads_the_pixel_size_of_the_image_it_masks(monkeypatch, ful
     assert seen == [pytest.approx(geo["um_per_px"] * (1 if fullres else 4))]
     tissue.tissue_mask(sd, section="V1", scale=0, um_per_px=2.0, inplace=False)  # what the user passes is used
     assert seen[-1] == pytest.approx(2.0)
+
+
+# ------------------------------------------------------------------------------------------------ mutation sweep
+def test_register_sections_defaults_median_radius_and_what_it_keeps():
+    """Visium defaults (55 µm spots, 100 µm grid) are recorded; µm/px uses the median radius (a few odd circles do not
+    move it); "global" is chosen among untransformed coordinate systems wherever it is listed; other uns["scst"]
+    entries and an existing obs["section"] are kept; spatial_array is (array_col, array_row)."""
+    from spatialdata.transformations import set_transformation
+
+    sd = _visium_like()
+    shapes = sd.shapes["V1"]
+    radius = np.full(len(shapes), 20.0)
+    radius[:3] = 200.0  # 3 of 24 odd circles
+    shapes["radius"] = radius
+    set_transformation(shapes, {"aligned": Identity(), **get_transformation(shapes, get_all=True)}, set_all=True)
+    t = sd.tables["table"]
+    t.uns["scst"] = {"gene_alignment": "kept"}
+    t.obs["section"] = pd.Categorical(["mine"] * t.n_obs)
+    scst.io.register_sections(sd)
+    geo = t.uns["scst"]["sections"]["V1"]
+    assert geo == {
+        "image_key": "V1_full_image", "shapes_key": "V1", "coordinate_system": "global", "um_per_px": 55.0 / 40.0,
+        "spot_diameter_um": 55.0, "spot_diameter_px": 40.0, "grid_step_um": 100.0, "image_shape": [400, 500],
+        "source": "register_sections",
+    }  # fmt: skip
+    assert t.uns["scst"]["gene_alignment"] == "kept" and set(t.obs["section"]) == {"mine"}
+    np.testing.assert_array_equal(t.obsm["spatial_array"], t.obs[["array_col", "array_row"]].to_numpy())
+    scst.io.register_sections(sd, spot_diameter_um=100.0, grid_step_um=200.0)  # ST geometry
+    geo = t.uns["scst"]["sections"]["V1"]
+    assert geo["um_per_px"] == 100.0 / 40.0 and geo["spot_diameter_um"] == 100.0 and geo["grid_step_um"] == 200.0
+
+
+@pytest.mark.parametrize("radius", [0.0, -20.0, np.nan, np.inf])
+def test_register_sections_refuses_bad_radii_and_tables_without_centres(radius):
+    sd = _visium_like()
+    sd.shapes["V1"]["radius"] = np.r_[radius, np.full(len(sd.shapes["V1"]) - 1, 20.0)]
+    with pytest.raises(ValueError, match="'radius' column must hold positive finite spot radii"):
+        scst.io.register_sections(sd)
+    assert "scst" not in sd.tables["table"].uns and "section" not in sd.tables["table"].obs
+    sd = _visium_like()
+    del sd.tables["table"].obsm["spatial"]
+    with pytest.raises(KeyError, match=r"obsm\['spatial'\] \(spot centres in px\) is required"):
+        scst.io.register_sections(sd)
+    assert "scst" not in sd.tables["table"].uns and "section" not in sd.tables["table"].obs
+
+
+def test_register_sections_picks_the_largest_image_and_names_a_wrong_image_key():
+    """Two images untransformed in the shapes' coordinate system: the one with the most pixels (full resolution),
+    whichever comes first; an image_keys entry that is no image is a KeyError naming the section and the images."""
+    sd = _visium_like()
+    thumb = Image2DModel.parse(
+        np.zeros((3, 40, 50), np.uint8), dims=("c", "y", "x"), transformations={"global": Identity()}
+    )
+    sd = SpatialData(images={"V1_thumb": thumb, **sd.images}, shapes=dict(sd.shapes), tables=dict(sd.tables))
+    scst.io.register_sections(sd)
+    assert sd.tables["table"].uns["scst"]["sections"]["V1"]["image_key"] == "V1_full_image"
+    with pytest.raises(KeyError, match=r"image_keys\['V1'\]: 'nope' not in sdata.images \(\['V1_thumb', "):
+        scst.io.register_sections(sd, image_keys={"V1": "nope"})
+
+
+def test_register_sections_uses_the_system_where_the_shapes_are_untransformed():
+    """Shapes scaled in "global" but untransformed in "px": the spot radius and centres are "px" pixels, so that is
+    the sections' coordinate system (not "global" for its name), and the full image there is used as it is."""
+    from spatialdata.transformations import set_transformation
+
+    sd = _visium_like()
+    set_transformation(sd.shapes["V1"], {"global": Scale([2.0, 2.0], axes=("y", "x")), "px": Identity()}, set_all=True)
+    set_transformation(sd.images["V1_full_image"], {"px": Identity()}, set_all=True)
+    scst.io.register_sections(sd)
+    geo = sd.tables["table"].uns["scst"]["sections"]["V1"]
+    assert geo["coordinate_system"] == "px" and geo["image_key"] == "V1_full_image"
+    assert list(get_transformation(sd.images["V1_full_image"], get_all=True)) == ["px"]  # nothing added
