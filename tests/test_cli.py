@@ -493,8 +493,9 @@ def test_predict_image_options_reach_the_tool(fake_predict, tmp_path, monkeypatc
     assert calls[-1] == ("predict", {"um_per_px": 0.5, "spacing_um": 150.0, "num_workers": 2, "precision": "32"})
     assert ad.read_h5ad(out).n_obs == 3
     images.clear()
-    assert main([*base, "--um-per-px", "0", "--overwrite"]) == 2
-    assert "scst: error: --um-per-px: the pixel size of --image in µm is required" in capsys.readouterr().err
+    for bad in ("0", "nan", "inf", "-1"):
+        assert main([*base, "--um-per-px", bad, "--overwrite"]) == 2
+        assert "scst: error: --um-per-px: the pixel size of --image in µm is required" in capsys.readouterr().err
     assert images == []
 
 

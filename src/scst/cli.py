@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -212,8 +213,8 @@ def _predict(args: argparse.Namespace) -> None:
         raise CLIError(f"--out: {str(out)!r} exists; pass --overwrite to replace it.")
     opts = {"num_workers": args.num_workers, "precision": args.precision}
     if args.image is not None:  # an H&E image without spots: pseudo-spots on a grid over the tissue
-        if args.um_per_px is None or args.um_per_px <= 0:
-            raise CLIError("--um-per-px: the pixel size of --image in µm is required (a positive number).")
+        if args.um_per_px is None or not args.um_per_px > 0 or not math.isfinite(args.um_per_px):
+            raise CLIError("--um-per-px: the pixel size of --image in µm is required (a positive, finite number).")
         model = _load_model(cls, model_dir)  # the model directory is checked before the image is read
         sdata = _image_only(args.image)
         scst.tl.predict_expression(sdata, model, um_per_px=args.um_per_px, spacing_um=args.spacing_um, **opts)
