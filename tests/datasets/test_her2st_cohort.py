@@ -163,6 +163,8 @@ def test_sections_argument(recorded):
         scst.datasets.her2st(["A1", "C1x"])
     with pytest.raises(ValueError, match=r"sections: duplicates in \['B2', 'B2'\]"):
         scst.datasets.her2st(["B2", "B2"])
+    with pytest.raises(ValueError, match=r"sections: expected at least one section"):
+        scst.datasets.her2st([])
 
 
 def test_files_geometry_and_images_of_a_section(recorded, tmp_path):

@@ -77,6 +77,8 @@ def her2st(
     elif isinstance(sections, str):
         sections = list(HER2ST_ALL_SECTIONS) if sections == "all" else [sections]
     sections = list(sections)
+    if not sections:
+        raise ValueError(f"sections: expected at least one section of {list(HER2ST_ALL_SECTIONS)} or 'all', got [].")
     unknown = [s for s in sections if s not in HER2ST_ALL_SECTIONS]
     if unknown:
         raise ValueError(
