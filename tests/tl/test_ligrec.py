@@ -1050,3 +1050,10 @@ def test_lr_kernel_auto_without_a_section_geometry_is_a_clear_error():
     adata.uns["scst"] = {"sections": None}  # not a mapping
     with pytest.raises(ValueError, match=r"um_per_unit='auto' needs adata.uns\['scst'\]\['sections'\]\['s'\]"):
         lr_kernel(adata, 50)
+
+
+def test_unknown_local_name_fails_before_anything_is_written():
+    adata, pairs = quadrant_data(n_pairs=2)
+    with pytest.raises(ValueError, match="local_name"):
+        ligand_receptor(adata, pairs=pairs, method="pearson", n_perms=0, local_scores=2, local_name="nope")
+    assert "scst_ligrec" not in adata.uns and "scst_ligrec_params" not in adata.uns
