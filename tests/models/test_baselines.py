@@ -479,3 +479,92 @@ def test_stnet_trains_predicts_and_round_trips(tmp_path):
     again = STNet.load(tmp_path / "stnet", data=sdata)
     np.testing.assert_allclose(again.predict(sdata, sections="S3", progress=False), pred, rtol=1e-5, atol=1e-5)
     assert again.patch_px == 32 and again.config["backbone"] == "resnet18"
+
+
+def test_stnet_module_is_a_linear_head_on_the_trunk_trained_end_to_end_with_mse():
+    from scst.models._baselines import STNetModule
+
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="random"):
+        module = STNetModule(3, backbone="resnet18", weights=None).eval()
+    with torch.no_grad():
+        module.head.bias.fill_(-1.0)  # some predictions below 0: nothing clips them
+    x, target = torch.randn(4, 3, 32, 32), torch.randn(4, 3)
+    feats = module.encoder(x)
+    pred = module(x)["pred"]
+    torch.testing.assert_close(pred, feats @ module.head.weight.T + module.head.bias)
+    assert (pred < 0).any()
+    loss = module.loss({"patches": x, "target": target})["loss"]
+    torch.testing.assert_close(loss, ((pred - target) ** 2).mean())  # MSE: mean over spots and genes
+    loss.backward()
+    # the trunk is fine-tuned (end to end), not frozen behind the head
+    assert module.encoder.conv1.weight.grad is not None and module.encoder.conv1.weight.grad.abs().sum() > 0
+
+
+def test_stnet_builds_the_configured_backbone_with_its_weights_file(tmp_path):
+    """A trunk file as ``tl.pretrain_encoder`` writes it (safetensors, no classifier) is what STNet starts from."""
+    import torchvision
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    ref = torchvision.models.shufflenet_v2_x0_5()
+    state = {k: v.contiguous() for k, v in ref.state_dict().items() if not k.startswith("fc.")}
+    save_file(state, tmp_path / "trunk.safetensors")
+    sdata, _ = _tiny_sdata(tmp_path, sections=SECTIONS[:2], grid=2)
+    STNet.setup_sdata(sdata, genes=["g0", "g1"], size_um=32.0)
+    model = STNet(sdata, backbone="shufflenet_v2_x0_5", weights=str(tmp_path / "trunk.safetensors"), patch_px=32)
+    got = model.module.encoder.state_dict()
+    assert isinstance(model.module.encoder, torchvision.models.ShuffleNetV2)
+    assert set(got) == set(state) and all(torch.equal(got[k], state[k]) for k in state)
+    assert model.module.head.in_features == 1024 and model.module.head.out_features == 2
+
+
+def test_stnet_defaults_and_bench_config_reach_the_backbone(tmp_path, monkeypatch):
+    """Default: DenseNet-121 with ImageNet weights on 224 px, augmented; bench: random ResNet-18 on 112 px."""
+    import scst.models._baselines as baselines
+
+    calls = []
+
+    def fake_build(name, weights=None, **kw):
+        calls.append((name, weights))
+        return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()), 3
+
+    monkeypatch.setattr(baselines, "build_backbone", fake_build)
+    sdata, _ = _tiny_sdata(tmp_path, sections=SECTIONS[:2], grid=2)
+    STNet.setup_sdata(sdata, genes=["g0", "g1"], size_um=32.0)  # patch_px None: follows the config
+    model = STNet(sdata)
+    assert calls == [("densenet121", "IMAGENET1K_V1")] and model.patch_px == 224
+    train_dl, _ = model._dataloaders(4, False, 0)
+    assert train_dl.dataset.augment is True
+    bench = STNet(sdata, **STNet.bench_config)
+    assert calls[-1] == ("resnet18", None) and bench.patch_px == 112
+
+
+def test_stnet_patch_px_of_the_setup_wins_over_the_config(tmp_path):
+    sdata, _ = _tiny_sdata(tmp_path, sections=SECTIONS[:2], grid=2)
+    STNet.setup_sdata(sdata, genes=["g0", "g1"], size_um=32.0, patch_px=48)
+    with pytest.warns(UserWarning, match="random"):
+        model = STNet(sdata, backbone="resnet18", weights=None, patch_px=32)
+    assert model.patch_px == 48
+    train_dl, _ = model._dataloaders(4, False, 0)
+    assert train_dl.dataset[[0, 1]]["patches"].shape == (2, 3, 48, 48)
+
+
+def test_stnet_batches_follow_the_seed_and_hold_only_training_sections(tmp_path):
+    sdata, _ = _tiny_sdata(tmp_path, sections=SECTIONS[:3], grid=2)
+    STNet.setup_sdata(sdata, genes=["g0", "g1"], size_um=32.0, sections=["S1", "S2"])
+    with pytest.warns(UserWarning, match="random"):
+        model = STNet(sdata, backbone="resnet18", weights=None, patch_px=32)
+
+    def order(seed, validation=False):
+        train_dl, val_dl = model._dataloaders(3, validation, seed)
+        names = [s.name for s in train_dl.dataset.sections]
+        return [list(b) for b in train_dl.sampler], names, val_dl
+
+    first, names, val_dl = order(1)
+    torch.manual_seed(123)  # the global RNG plays no part
+    assert order(1)[0] == first and order(2)[0] != first
+    assert names == ["S1", "S2"] and val_dl is None  # S3 (not set up) never reaches training
+    assert sorted(i for b in first for i in b) == list(range(8))
+    _, names, val_dl = order(1, validation="S2")
+    assert names == ["S1"] and [s.name for s in val_dl.dataset.sections] == ["S2"]

@@ -286,3 +286,66 @@ def test_pretrain_encoder_passes_every_setting_on(monkeypatch, tmp_path):
     }  # fmt: skip
     with pytest.raises(ValueError, match="out: expected the path"):
         scst.tl.pretrain_encoder(sdata, out=None)
+
+
+def test_pretrain_encoder_defaults(monkeypatch, tmp_path):
+    """The documented defaults: HGGEP's trunk and geometry (80 µm, 112 px), 10 epochs of 64, lr 1e-3, seed 0."""
+    calls = {}
+
+    class Recorder:
+        @staticmethod
+        def setup_sdata(sdata, **kw):
+            calls["setup"] = kw
+
+        def __init__(self, sdata, **kw):
+            calls["init"] = kw
+
+        def train(self, **kw):
+            calls["train"] = kw
+
+        def save_encoder(self, path):
+            calls["save"] = path
+            return Path(path)
+
+    monkeypatch.setattr("scst.models._pretrain.SSLEncoder", Recorder)
+    out = scst.tl.pretrain_encoder(object(), out=str(tmp_path / "w.safetensors"))
+    assert out == tmp_path / "w.safetensors" and isinstance(out, Path)
+    assert calls["setup"] == {"sections": None, "size_um": 80.0, "patch_px": 112, "spacing_um": None, "table": "table"}
+    assert calls["init"] == {"backbone": "shufflenet_v2_x0_5", "seed": 0}
+    assert calls["train"] == {
+        "max_epochs": 10, "batch_size": 64, "lr": 1e-3, "seed": 0, "accelerator": "auto", "enable_progress_bar": False
+    }  # fmt: skip
+
+
+def test_saved_file_metadata_and_new_folders(trained, tmp_path):
+    from safetensors import safe_open
+
+    _, model, path = trained
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    n = sum(len(t) for t in model.tiles().values())  # tiles of both sections after the tissue filter
+    assert meta["size_um"] == str(SIZE_UM) and meta["patch_px"] == "32" and meta["sections"] == '["S1", "S2"]'
+    assert meta["n_tiles"] == str(n) and n > max(len(t) for t in model.tiles().values())
+    deep = tmp_path / "a" / "b" / "enc.safetensors"  # missing folders are made
+    assert model.save_encoder(deep) == deep and deep.is_file()
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(trained, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    _, model, _ = trained
+    path = model.save_encoder(tmp_path / "enc.safetensors")
+    before = path.read_bytes()
+    written = []
+
+    def failing_save(tensors, filename, metadata=None):
+        written.append(Path(filename))
+        Path(filename).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        model.save_encoder(path)
+    # the temporary file sits next to the target (same file system: the rename is atomic) and is removed
+    assert len(written) == 1 and written[0].parent == path.parent and written[0] != path
+    assert list(tmp_path.iterdir()) == [path] and path.read_bytes() == before

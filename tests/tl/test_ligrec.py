@@ -1008,3 +1008,52 @@ def test_gcng_folds_follow_the_seed_and_one_class_tables_have_no_auroc(monkeypat
         warnings.simplefilter("error")
         assert np.isnan(lg._auroc(stub, known.assign(label=1))) and np.isnan(lg._auroc(stub, None))
     assert lg._auroc(stub, pd.DataFrame({"ligand": ["L0", "L0"], "receptor": ["R0", "X"], "label": [1, 0]})) == 1.0
+
+
+def test_local_scores_of_another_method_on_the_directed_a_plus_i_by_hand():
+    """``local_scores`` with ``method="pearson"`` still needs the cell graph: the local cosine on ``A + I`` (rows as
+    rows on a directed graph), one row per spot in ``obs`` order; the params name the metric, graph and key."""
+    from scst.models._gcng import entity_expression, normalized_expression
+
+    adata, pairs = quadrant_data(n_pairs=3)
+    adata.obsp["spatial_connectivities"] = sp.triu(adata.obsp["spatial_connectivities"], k=1, format="csr")
+    ligand_receptor(adata, pairs=pairs, method="pearson", n_perms=0, local_scores=2)
+    res, local = adata.uns["scst_ligrec"], adata.obsm["scst_ligrec_local"]
+    assert local.shape == (adata.n_obs, 2) and local.index.equals(adata.obs_names)
+    params = adata.uns["scst_ligrec_params"]
+    assert params["local_name"] == "cosine" and params["kernel_key"] == "spatial_connectivities + I"
+    assert params["local_scores_key"] == "scst_ligrec_local"
+    w = (adata.obsp["spatial_connectivities"] != 0).toarray().astype(float) + np.eye(adata.n_obs)
+    assert not np.allclose(w, w.T)
+    norm = normalized_expression(adata, log1p=True)
+    for j in range(2):
+        x = entity_expression(norm, adata.var_names, [res["ligand_complex"][j]])[:, 0].astype(float)
+        y = entity_expression(norm, adata.var_names, [res["receptor_complex"][j]])[:, 0].astype(float)
+        with np.errstate(invalid="ignore"):
+            expect = np.nan_to_num((w @ (x * y)) / np.sqrt((w @ x**2) * (w @ y**2)))  # 0/0: liana's 0
+        np.testing.assert_allclose(local.iloc[:, j], expect, rtol=1e-4, atol=1e-6)
+
+
+def test_local_scores_true_stops_at_fifty_pairs():
+    adata, pairs = quadrant_data(n_pairs=52)
+    ligand_receptor(adata, pairs=pairs, method="pearson", n_perms=0, local_scores=True)
+    res, local = adata.uns["scst_ligrec"], adata.obsm["scst_ligrec_local"]
+    assert len(res) == 52 and local.shape == (adata.n_obs, 50)
+    assert list(local.columns) == [f"{lg}^{rc}" for lg, rc in zip(res.ligand_complex[:50], res.receptor_complex[:50])]
+
+
+def test_lr_kernel_auto_without_a_section_geometry_is_a_clear_error():
+    from scst.tl._ligrec_local import lr_kernel
+
+    adata, _ = quadrant_data(n_pairs=2)
+    adata.obs["section"] = "s"
+    adata.uns["scst"] = {"sections": None}  # not a mapping
+    with pytest.raises(ValueError, match=r"um_per_unit='auto' needs adata.uns\['scst'\]\['sections'\]\['s'\]"):
+        lr_kernel(adata, 50)
+
+
+def test_unknown_local_name_fails_before_anything_is_written():
+    adata, pairs = quadrant_data(n_pairs=2)
+    with pytest.raises(ValueError, match="local_name"):
+        ligand_receptor(adata, pairs=pairs, method="pearson", n_perms=0, local_scores=2, local_name="nope")
+    assert "scst_ligrec" not in adata.uns and "scst_ligrec_params" not in adata.uns
