@@ -113,3 +113,18 @@ def test_unused_section_category_is_not_a_section():
     assert [ax.get_title() for ax in axes] == ["A · dom"]
     with pytest.raises(KeyError, match=r"sections: 'B' not found in adata.obs\['section'\]; available: \['A'\]"):
         scst.pl.spatial_domains(a, "dom", truth=None, sections="B", show=False)
+
+
+def test_legend_lists_the_sections_own_categories_and_can_be_left_out():
+    """Each panel's legend lists the categories present in that section (a missing value is no category of its
+    own: spatialdata-plot's grey "NA" entry, not a "nan" category);
+    ``legend=False`` draws none."""
+    dom = ["p", "q"] * 5 + [None, "q"] + ["q", "r"] * 6
+    a = _spots_only(dom=pd.Categorical(dom))
+    a.obs["section"] = pd.Categorical(["A"] * 12 + ["B"] * 12)
+    with pytest.warns(UserWarning, match="no image"):
+        axes = scst.pl.spatial_domains(a, "dom", truth=None, show=False)
+    assert [[t.get_text() for t in ax.get_legend().texts] for ax in axes] == [["p", "q", "NA"], ["q", "r"]]
+    with pytest.warns(UserWarning, match="no image"):
+        axes = scst.pl.spatial_domains(a, "dom", truth=None, legend=False, show=False)
+    assert [ax.get_legend() for ax in axes] == [None, None]

@@ -140,3 +140,44 @@ def test_spots_without_shapes_are_circles_of_half_the_spot_diameter():
     del adata.uns["scst"]["sections"]["S"]["spot_diameter_px"]
     with pytest.warns(UserWarning, match="no image"):
         np.testing.assert_array_equal(_Section(adata, adata, "S").shapes["radius"], 5.0)
+
+
+def _two_sections(n=12):
+    """An AnnData of sections A and B (spots only, no image) with counts of G1, G2 and a ``predicted`` layer."""
+    import pandas as pd
+    from anndata import AnnData
+
+    obs = pd.DataFrame({"section": pd.Categorical(["A"] * n + ["B"] * n)}, index=[f"s{i}" for i in range(2 * n)])
+    rng = np.random.default_rng(0)
+    a = AnnData(np.c_[rng.poisson(2, 2 * n), rng.poisson(50, 2 * n)].astype(np.float32), obs=obs)
+    a.var_names = ["G1", "G2"]
+    a.obsm["spatial"] = np.column_stack([np.arange(2 * n) % 4 * 10.0, np.arange(2 * n) // 4 * 10.0])
+    a.layers["predicted"] = log_normalized(a).astype(np.float32)
+    return a
+
+
+def test_colour_bar_per_gene_layers_of_the_alias_and_warnings():
+    """Each gene's colour bar shows its own shared scale (observed and predicted, all sections drawn); the alias
+    draws only the layers it is given; a section without any finite prediction warns; empty requests are errors."""
+    a = _two_sections()
+    obs = log_normalized(a)
+    with pytest.warns(UserWarning, match="no image"):
+        fig = scst.pl.predicted_expression(a, ["G1", "G2"], layer=None, return_fig=True)
+    bars = [ax for ax in fig.axes if hasattr(ax, "_colorbar")]
+    assert len(bars) == 4  # section × gene
+    for cax, j in zip(bars, [0, 1, 0, 1]):
+        norm = cax._colorbar.mappable.norm
+        assert (norm.vmin, norm.vmax) == pytest.approx((obs[:, j].min(), obs[:, j].max()))
+        assert cax.get_ylabel() == "log1p(normalize_total 1e4)"
+    with pytest.warns(FutureWarning), pytest.warns(UserWarning, match="no image"):
+        out = scst.pl.spatial_expression(a, "G1", layers=["predicted"], sections=["A"], show=False)
+    assert [ax.get_title() for ax in out] == ["A · G1 · predicted"]
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match="layers: expected None and/or one layer"):
+        scst.pl.spatial_expression(a, "G1", layers=[None, "predicted", "other"], show=False)
+    a.layers["predicted"][a.obs["section"].to_numpy() == "B"] = np.nan
+    with pytest.warns(UserWarning, match="no finite 'predicted' value of 'G1' in section 'B'"):
+        scst.pl.predicted_expression(a, "G1", show=False)
+    with pytest.raises(ValueError, match="nothing to draw"):
+        scst.pl.predicted_expression(a, "G1", None, observed=False, show=False)
+    with pytest.raises(ValueError, match="genes: expected at least one gene"):
+        scst.pl.predicted_expression(a, [], show=False)

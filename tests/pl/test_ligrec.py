@@ -103,3 +103,67 @@ def test_ligrec_roc_legend_auprc_is_average_precision_as_in_ligrec_metrics():
     assert scst.tl.ligrec_metrics(pred, n_boot=0)["auprc"].iloc[0] == pytest.approx(ap)
     _, pr = scst.pl.ligrec_roc(pred, show=False)
     assert [t.get_text() for t in pr.get_legend().get_texts()] == ["m (AUPRC 0.49)"]
+    curve = pr.get_lines()[0]  # recall on x, precision on y
+    np.testing.assert_allclose(curve.get_xdata(), rec)
+    np.testing.assert_allclose(curve.get_ydata(), prec)
+
+
+def test_dotplot_columns_colours_and_rings_per_method():
+    """A hand-made table: each method in its own column (x = its position, tick label = its name), colours min–max
+    within the method (its best pair brightest), rings from the method's own p-values (strictly below alpha), the
+    first pair on top, and a legend of the dot sizes only; without ``*_props`` every dot is full size."""
+    import pandas as pd
+    from anndata import AnnData
+
+    df = pd.DataFrame(
+        {
+            "ligand_complex": ["L0", "L1", "L2", "L3"],
+            "receptor_complex": ["R0", "R1", "R2", "R3"],
+            "ligand_props": [0.2, 0.4, 1.0, 0.5],
+            "receptor_props": [0.6, 0.1, 0.8, 0.5],
+            "m1_score": [4.0, 3.0, 2.0, 1.0],
+            "m1_pvals": [0.05, 0.01, 0.5, 0.2],
+            "m2_score": [10.0, 30.0, 20.0, 0.0],
+            "m2_pvals": [0.5, 0.5, 0.01, 0.01],
+        }
+    )
+    a = AnnData(np.zeros((2, 1), np.float32))
+    a.uns["scst_ligrec"] = df
+    ax = scst.pl.ligand_receptor(a, n_top=3, show=False)
+    m1, m2 = ax.collections[:2]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["m1", "m2"]
+    np.testing.assert_array_equal(m1.get_offsets(), [[0, 2], [0, 1], [0, 0]])  # L0 (best by m1) on top
+    np.testing.assert_array_equal(m2.get_offsets()[:, 0], [1, 1, 1])
+    ticks = dict(zip(ax.get_yticks(), [t.get_text() for t in ax.get_yticklabels()]))
+    assert ticks == {2: "L0 → R0", 1: "L1 → R1", 0: "L2 → R2"}
+    np.testing.assert_allclose(m1.get_sizes(), 20 + 230 * np.array([0.2, 0.1, 0.8]))
+    cm = plt.get_cmap("viridis")
+    np.testing.assert_allclose(m1.get_facecolors(), cm([1.0, 0.5, 0.0]))  # scores 4, 3, 2
+    np.testing.assert_allclose(m2.get_facecolors(), cm([0.0, 1.0, 0.5]))  # scores 10, 30, 20
+    np.testing.assert_array_equal(m1.get_edgecolors()[:, 3] > 0, [False, True, False])  # p = 0.05 is no ring
+    np.testing.assert_array_equal(m2.get_edgecolors()[:, 3] > 0, [False, False, True])
+    sizes = ["10% expressing", "50% expressing", "100% expressing"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == sizes
+    a.uns["scst_ligrec"] = df.drop(columns=["ligand_props", "receptor_props"])
+    ax = scst.pl.ligand_receptor(a, methods="m2", n_top=2, show=False)
+    np.testing.assert_allclose(ax.collections[0].get_sizes(), [250.0, 250.0])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["L1 → R1", "L2 → R2"]  # ranked by m2 now
+
+
+def test_local_score_scale_spans_the_sections_drawn():
+    """The colour scale of ligand_receptor_spatial is the range over the sections drawn, not over all spots: the
+    highest and lowest spot of section A take the ends of the colour map even when B holds larger scores."""
+    import pandas as pd
+    from anndata import AnnData
+
+    n = 12
+    obs = pd.DataFrame({"section": pd.Categorical(["A"] * n + ["B"] * n)}, index=[f"s{i}" for i in range(2 * n)])
+    a = AnnData(np.zeros((2 * n, 1), np.float32), obs=obs)
+    a.obsm["spatial"] = np.column_stack([np.arange(2 * n) % 4 * 10.0, np.arange(2 * n) // 4 * 10.0])
+    score = np.r_[np.linspace(0.0, 1.0, n), np.linspace(5.0, 9.0, n)]
+    a.obsm["scst_ligrec_local"] = pd.DataFrame({"L^R": score}, index=a.obs_names)
+    with pytest.warns(UserWarning, match="no image"):
+        (ax,) = scst.pl.ligand_receptor_spatial(a, "L^R", sections="A", show=False)
+    fc = ax.collections[0].get_facecolors()
+    cm = plt.get_cmap("viridis")
+    np.testing.assert_allclose(fc[[0, -1], :3], cm([0.0, 1.0])[:, :3], atol=2 / 255)

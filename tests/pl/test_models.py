@@ -69,3 +69,53 @@ def test_attribution_draws_the_model_maps(her2st_two, tcgn):
         scst.pl.attribution(her2st_two, tcgn, spots, "MUC1", show=False)
     with pytest.raises(TypeError, match="no attribution method"):
         scst.pl.attribution(her2st_two, object(), spots, "ERBB2", show=False)
+
+
+def test_training_history_defaults_gaps_and_log_scale():
+    """Default keys are the loss columns; an epoch without a value is left out of its line; without ``_monitor`` the
+    best epoch is that of ``val_loss``; ``log=True`` sets a logarithmic y axis."""
+    import pandas as pd
+
+    class Plain:
+        history = pd.DataFrame(
+            {"train_loss": [3.0, 2.0, 1.0], "val_loss": [2.0, np.nan, 1.5], "val_mse": [0.1, 0.05, 0.3]},
+            index=pd.Index([0, 1, 2], name="epoch"),
+        )
+
+    ax = scst.pl.training_history(Plain(), log=True, show=False)
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert list(lines) == ["train_loss", "val_loss", "best val_loss (epoch 2)"]
+    np.testing.assert_array_equal(lines["val_loss"].get_xdata(), [0.0, 2.0])
+    np.testing.assert_array_equal(lines["val_loss"].get_ydata(), [2.0, 1.5])
+    assert ax.get_yscale() == "log"
+    assert scst.pl.training_history(Plain(), show=False).get_yscale() == "linear"
+
+
+def test_attribution_overlay_opacity_scale_and_spot_names():
+    """A recording stub model: the map is drawn on the fixed [0, 1] scale with the given opacity over the patch,
+    a boolean mask names the spots it selects, one panel per spot (no empty grid cells), and alpha is checked."""
+    import pandas as pd
+    from anndata import AnnData
+
+    a = AnnData(np.zeros((8, 1), np.float32), obs=pd.DataFrame(index=[f"spot{i}" for i in range(8)]))
+    rng = np.random.default_rng(0)
+
+    class Stub:
+        registry = {}
+
+        def attribution(self, sdata, gene, spots, table=None, return_patches=False):
+            self.called = (gene, spots, table)
+            n = int(np.asarray(spots).sum())
+            return rng.uniform(0, 0.5, (n, 8, 8)), rng.uniform(0, 1, (n, 3, 8, 8))
+
+    mask = np.array([True, False, True, True, False, True, True, False])
+    model = Stub()
+    axes = scst.pl.attribution(a, model, mask, "G", alpha=0.3, ncols=4, show=False)
+    assert model.called[0] == "G" and model.called[1] is mask
+    assert [ax.get_title() for ax in axes] == [f"spot{i} · G" for i in (0, 2, 3, 5, 6)]
+    assert len(axes[0].figure.axes) == 5
+    for ax in axes:
+        _, over = ax.images
+        assert over.get_alpha() == 0.3 and over.get_clim() == (0, 1)
+    with pytest.raises(ValueError, match=r"alpha: expected a value in \[0, 1\]"):
+        scst.pl.attribution(a, model, mask, "G", alpha=1.5, show=False)

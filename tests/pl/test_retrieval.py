@@ -134,3 +134,16 @@ def test_group_panel_checks_the_column_and_leaves_missing_labels_out():
     assert sum(len(c.get_offsets()) for c in by_label.collections) == 3  # the two unlabelled points are not drawn
     with pytest.raises(KeyError, match="color: 'lable'"):
         scst.pl.retrieval(m, basis="U", color="lable", show=False)
+
+
+def test_observed_bar_left_of_chance():
+    """Per measure the observed bar is on the left and the hatched chance bar on the right of the tick."""
+    a = AnnData(np.zeros((2, 1), np.float32))
+    a.uns["scst_retrieval"] = {
+        "query": "image", "k": 5, "n_query": 100, "accuracy": {"label": 0.4}, "chance": {"label": 0.2},
+        "exact_top1": 0.03, "exact_topk": 0.1, "chance_exact_top1": 0.01, "chance_exact_topk": 0.05,
+    }  # fmt: skip
+    ax = scst.pl.retrieval(a, show=False)
+    centres = [p.get_x() + p.get_width() / 2 for p in ax.patches]
+    np.testing.assert_allclose(centres, [-0.2, 0.8, 1.8, 0.2, 1.2, 2.2])
+    assert [p.get_hatch() for p in ax.patches] == [None] * 3 + ["//"] * 3

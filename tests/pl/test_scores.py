@@ -48,3 +48,40 @@ def test_cross_validation_bars():
     assert len(one.patches) == 3
     with pytest.raises(KeyError, match=r"table: missing column\(s\) \['metric'\]"):
         scst.pl.cross_validation(tabs["ridge"].drop(columns="metric"), show=False)
+
+
+def test_gene_scores_ranks_errors_lowest_first():
+    """For an error metric (mse, mae) the best genes are those with the lowest mean over sections, best on top."""
+    from anndata import AnnData
+
+    mse = {"G0": (0.4, 0.6), "G1": (0.1, 0.1), "G2": (0.9, 0.7), "G3": (0.2, 0.4)}  # means 0.5, 0.1, 0.8, 0.3
+    rows = [
+        {"section": s, "gene": g, "metric": "mse", "value": v[i]} for g, v in mse.items() for i, s in enumerate("AB")
+    ]
+    a = AnnData(np.zeros((2, 1), np.float32))
+    a.uns["scst_eval"] = pd.DataFrame(rows)
+    _, bar_ax = scst.pl.gene_scores(a, metric="mse", n_top=3, show=False)
+    labels = [tx.get_text() for tx in bar_ax.get_yticklabels()]
+    assert labels[::-1] == ["G1", "G3", "G0"]  # best (lowest) on top
+    np.testing.assert_allclose([p.get_width() for p in bar_ax.patches][::-1], [0.1, 0.3, 0.5])
+
+
+def test_cross_validation_summary_errors_and_positions():
+    """Known answers: ``mean`` is the mean of the per-section means (not of all genes pooled, which weighs a section
+    by its gene count); the error bar is the standard error over genes; a model without a section leaves a gap at
+    that section (its other bars stay at their sections); each model's bars are centred on the group."""
+    rows = [{"section": "C2", "gene": f"G{g}", "metric": "pearson", "value": v} for g, v in enumerate([0.1, 0.3])]
+    rows += [{"section": "C3", "gene": f"G{g}", "metric": "pearson", "value": v} for g, v in enumerate([0.6] * 4)]
+    a_tab = pd.DataFrame(rows)  # C2: mean 0.2, sem 0.1; C3: mean 0.6, sem 0; pooled mean 0.467 ≠ 0.4
+    b_tab = a_tab[a_tab["section"] == "C3"].assign(value=lambda d: d["value"] - 0.5)  # no C2
+    ax = scst.pl.cross_validation({"a": a_tab, "b": b_tab}, show=False)
+    heights = [p.get_height() for p in ax.patches]
+    np.testing.assert_allclose(heights, [0.2, 0.6, 0.4, np.nan, 0.1, 0.1], atol=1e-12)
+    xs = [p.get_x() + p.get_width() / 2 for p in ax.patches]
+    np.testing.assert_allclose(xs, [-0.2, 0.8, 1.8, 0.2, 1.2, 2.2], atol=1e-12)
+    from matplotlib.container import ErrorbarContainer
+
+    (err_a, _) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]  # model a, model b
+    err = err_a.lines[2][0].get_segments()
+    half = [np.ptp(np.asarray(seg)[:, 1]) / 2 for seg in err if len(seg)]  # none on `mean`
+    np.testing.assert_allclose(half, [0.1, 0.0], atol=1e-12)
