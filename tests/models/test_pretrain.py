@@ -251,7 +251,8 @@ def test_spacing_and_tile_threshold_are_applied():
     assert filter_tiles(tiles, threshold=0.9)[1].all()  # ... and only those
 
 
-def test_pretrain_encoder_passes_every_setting_on(monkeypatch, tmp_path):
+def _record_ssl_encoder(monkeypatch) -> dict:
+    """Replace SSLEncoder by a recorder: ``calls[step] = (sdata, kwargs)`` for setup/init, kwargs for train."""
     calls = {}
 
     class Recorder:
@@ -270,6 +271,11 @@ def test_pretrain_encoder_passes_every_setting_on(monkeypatch, tmp_path):
             return Path(path)
 
     monkeypatch.setattr("scst.models._pretrain.SSLEncoder", Recorder)
+    return calls
+
+
+def test_pretrain_encoder_passes_every_setting_on(monkeypatch, tmp_path):
+    calls = _record_ssl_encoder(monkeypatch)
     sdata = object()
     out = scst.tl.pretrain_encoder(
         sdata, "resnet18", out=tmp_path / "w.safetensors", sections=["S2"], size_um=40.0, patch_px=48,
@@ -290,28 +296,14 @@ def test_pretrain_encoder_passes_every_setting_on(monkeypatch, tmp_path):
 
 def test_pretrain_encoder_defaults(monkeypatch, tmp_path):
     """The documented defaults: HGGEP's trunk and geometry (80 µm, 112 px), 10 epochs of 64, lr 1e-3, seed 0."""
-    calls = {}
-
-    class Recorder:
-        @staticmethod
-        def setup_sdata(sdata, **kw):
-            calls["setup"] = kw
-
-        def __init__(self, sdata, **kw):
-            calls["init"] = kw
-
-        def train(self, **kw):
-            calls["train"] = kw
-
-        def save_encoder(self, path):
-            calls["save"] = path
-            return Path(path)
-
-    monkeypatch.setattr("scst.models._pretrain.SSLEncoder", Recorder)
-    out = scst.tl.pretrain_encoder(object(), out=str(tmp_path / "w.safetensors"))
+    calls = _record_ssl_encoder(monkeypatch)
+    sdata = object()
+    out = scst.tl.pretrain_encoder(sdata, out=str(tmp_path / "w.safetensors"))
     assert out == tmp_path / "w.safetensors" and isinstance(out, Path)
-    assert calls["setup"] == {"sections": None, "size_um": 80.0, "patch_px": 112, "spacing_um": None, "table": "table"}
-    assert calls["init"] == {"backbone": "shufflenet_v2_x0_5", "seed": 0}
+    assert calls["setup"] == (
+        sdata, {"sections": None, "size_um": 80.0, "patch_px": 112, "spacing_um": None, "table": "table"}
+    )  # fmt: skip
+    assert calls["init"] == (sdata, {"backbone": "shufflenet_v2_x0_5", "seed": 0})
     assert calls["train"] == {
         "max_epochs": 10, "batch_size": 64, "lr": 1e-3, "seed": 0, "accelerator": "auto", "enable_progress_bar": False
     }  # fmt: skip

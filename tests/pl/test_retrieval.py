@@ -9,12 +9,18 @@ from anndata import AnnData
 import scst
 
 
-def test_bars_observed_vs_chance():
+def _bars_adata() -> AnnData:
+    """Retrieval results of one group key: accuracy 0.4 vs chance 0.2, exact top-1/top-5 against their chances."""
     a = AnnData(np.zeros((2, 1), np.float32))
     a.uns["scst_retrieval"] = {
         "query": "image", "k": 5, "n_query": 100, "accuracy": {"label": 0.4}, "chance": {"label": 0.2},
         "exact_top1": 0.03, "exact_topk": 0.1, "chance_exact_top1": 0.01, "chance_exact_topk": 0.05,
     }  # fmt: skip
+    return a
+
+
+def test_bars_observed_vs_chance():
+    a = _bars_adata()
     ax = scst.pl.retrieval(a, show=False)
     heights = [p.get_height() for p in ax.patches]
     np.testing.assert_allclose(heights, [0.4, 0.03, 0.1, 0.2, 0.01, 0.05])
@@ -138,11 +144,7 @@ def test_group_panel_checks_the_column_and_leaves_missing_labels_out():
 
 def test_observed_bar_left_of_chance():
     """Per measure the observed bar is on the left and the hatched chance bar on the right of the tick."""
-    a = AnnData(np.zeros((2, 1), np.float32))
-    a.uns["scst_retrieval"] = {
-        "query": "image", "k": 5, "n_query": 100, "accuracy": {"label": 0.4}, "chance": {"label": 0.2},
-        "exact_top1": 0.03, "exact_topk": 0.1, "chance_exact_top1": 0.01, "chance_exact_topk": 0.05,
-    }  # fmt: skip
+    a = _bars_adata()
     ax = scst.pl.retrieval(a, show=False)
     centres = [p.get_x() + p.get_width() / 2 for p in ax.patches]
     np.testing.assert_allclose(centres, [-0.2, 0.8, 1.8, 0.2, 1.2, 2.2])
