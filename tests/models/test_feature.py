@@ -253,7 +253,8 @@ def test_standardisation_skips_empty_spots_keeps_constant_features_and_reads_the
     small = {"dim": 8, "vit_depth": 1, "vit_heads": 2, "hg_hidden": 4, "lstm_hidden": 8, "ridge_skip": False,
              "n_programs": None}  # fmt: skip
     model = HGGEPHead(tab, **small)
-    train, _ = model._dataloaders(16, "S4", seed=0)
+    with pytest.warns(UserWarning, match=rf"Section 'S1': 1 of {len(s1)} spot\(s\) have no counts"):
+        train, _ = model._dataloaders(16, "S4", seed=0)
     fit = tab.obs["section"].isin(["S1", "S2"]).to_numpy()
     fit[empty] = False
     truth = log_normalized(tab[fit], PANEL, "counts")

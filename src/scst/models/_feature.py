@@ -22,7 +22,14 @@ from .._normalize import panel_targets
 from .._utils import _check_key, _embedding_record, _get_table, _plain
 from ..nn._heads import MLPHeadModule, SpatialHeadModule
 from ._base import BaseModel
-from ._image import _check_sections, _resolve_panel, _tiling_windows, _validation_sections, _WindowDataset
+from ._image import (
+    _check_sections,
+    _resolve_panel,
+    _tiling_windows,
+    _validation_sections,
+    _warn_no_counts,
+    _WindowDataset,
+)
 
 __all__ = ["HGGEPHead", "MLPExpression"]
 
@@ -186,12 +193,19 @@ class _FeatureModel(BaseModel):
             sec.positions = np.asarray(adata.obsm[self.registry["spatial_key"]], dtype=np.float64)[rows, :2]
         if with_targets:
             sec.target, sec.counts, sec.lib = panel_targets(adata, self.registry["layer"], self.var_names, rows)
+            keep = sec.lib > 0  # spots without counts in the panel have no target: out of fitting and its statistics
+            if not keep.all():
+                _warn_no_counts(section, keep)
+                for name in ("rows", "x", "target", "counts", "lib") + (("positions",) if self._spatial else ()):
+                    setattr(sec, name, getattr(sec, name)[keep])
+                if self._spatial:
+                    sec.incidence = sec.incidence[keep][:, keep].tocsr()
         return sec
 
     def _standardise(self, sections: list) -> None:
         """Feature and target mean/sd over the spots used for fitting (set once, before the first training)."""
-        x = np.concatenate([s.x[s.lib > 0] for s in sections])
-        y = np.concatenate([s.target[s.lib > 0] for s in sections])
+        x = np.concatenate([s.x for s in sections])
+        y = np.concatenate([s.target for s in sections])
         fsd, ysd = x.std(0), y.std(0)
         self._std = {
             "x_mean": x.mean(0).tolist(), "x_sd": np.where(fsd > 1e-8, fsd, 1.0).tolist(),
@@ -202,14 +216,8 @@ class _FeatureModel(BaseModel):
         st = self._std
         sec.x = ((sec.x - np.asarray(st["x_mean"], np.float32)) / np.asarray(st["x_sd"], np.float32)).astype(np.float32)
         if hasattr(sec, "target"):
-            keep = sec.lib > 0
             sec.target = (sec.target - np.asarray(st["y_mean"], np.float32)) / np.asarray(st["y_sd"], np.float32)
             sec.target = sec.target.astype(np.float32)
-            for name in ("x", "target", "counts", "lib") + (("positions",) if self._spatial else ()):
-                setattr(sec, name, getattr(sec, name)[keep])
-            sec.rows = sec.rows[keep]
-            if self._spatial:
-                sec.incidence = sec.incidence[keep][:, keep].tocsr()
 
     def _dataloaders(self, batch_size: int, validation: Any, seed: int, **kwargs: Any):
         if kwargs:
@@ -224,9 +232,9 @@ class _FeatureModel(BaseModel):
         secs = {s: self._section(adata, s, True) for s in train + val}
         if not self.is_trained or getattr(self, "_std", None) is None:
             self._standardise([secs[s] for s in train])
-        lib = np.concatenate([secs[s].lib[secs[s].lib > 0] for s in train])
+        lib = np.concatenate([secs[s].lib for s in train])
         for s in secs.values():
-            self._apply_std(s)  # drops the spots without counts: size factors of the spots kept
+            self._apply_std(s)
             s.size_factors = (s.lib / np.median(lib)).astype(np.float32)
         if not self.is_trained:
             self._init_zinb_bias([secs[s] for s in train])

@@ -363,6 +363,17 @@ def _validation_sections(name: str, sections: list[str], validation: Any, seed: 
     return train, val
 
 
+def _warn_no_counts(section: str, keep: np.ndarray) -> None:
+    """Warn that the spots of ``section`` outside ``keep`` (no counts in the panel) are left out of training."""
+    if not keep.all():
+        warnings.warn(
+            f"Section {section!r}: {int((~keep).sum())} of {len(keep)} spot(s) have no counts in the panel and are "
+            "left out of training.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 class _ImageModel(BaseModel):
     """Registry, targets and patch plumbing shared by the H&E → expression models (HGGEP, TCGN)."""
 
@@ -545,13 +556,7 @@ class _ImageModel(BaseModel):
         if with_targets:
             target, counts, lib = panel_targets(adata, self.registry["layer"], self.var_names, rows)
             keep = lib > 0
-            if not keep.all():
-                warnings.warn(
-                    f"Section {section!r}: {int((~keep).sum())} of {len(keep)} spot(s) have no counts in the panel and "
-                    "are left out of training.",
-                    UserWarning,
-                    stacklevel=2,
-                )
+            _warn_no_counts(section, keep)
             sec.keep = np.flatnonzero(keep)
             sec.target, sec.counts, sec.lib = target, counts, lib
             sec.size_factors = (lib / (lib_median if lib_median else np.median(lib[keep]))).astype(np.float32)
