@@ -119,3 +119,20 @@ def test_attribution_overlay_opacity_scale_and_spot_names():
         assert over.get_alpha() == 0.3 and over.get_clim() == (0, 1)
     with pytest.raises(ValueError, match=r"alpha: expected a value in \[0, 1\]"):
         scst.pl.attribution(a, model, mask, "G", alpha=1.5, show=False)
+
+
+def test_training_history_best_epoch_of_a_metric_maximised():
+    """A model whose checkpoints keep the largest monitored value (GCNG's val_accuracy, ``_monitor_mode="max"``):
+    the 'best' line marks the epoch of the maximum, not of the minimum."""
+    import pandas as pd
+
+    class Classifier:
+        _monitor, _monitor_mode = "val_accuracy", "max"
+        history = pd.DataFrame(
+            {"train_loss": [3.0, 2.0, 1.0], "val_accuracy": [0.5, 0.9, 0.7]}, index=pd.Index([0, 1, 2], name="epoch")
+        )
+
+    ax = scst.pl.training_history(Classifier(), keys=["val_accuracy"], show=False)
+    best = [ln for ln in ax.get_lines() if ln.get_label().startswith("best")]
+    assert [ln.get_label() for ln in best] == ["best val_accuracy (epoch 1)"]
+    assert best[0].get_xdata()[0] == 1.0

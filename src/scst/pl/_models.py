@@ -68,7 +68,9 @@ def training_history(
         a.plot(epochs[ok], y[ok], marker="o", markersize=3, label=str(k))
     monitor = getattr(model, "_monitor", "val_loss")  # what checkpoints were chosen on (e.g. val_mse)
     if monitor in hist.columns and np.isfinite(hist[monitor].to_numpy(float)).any():
-        best = hist[monitor].astype(float).idxmin()
+        vals = hist[monitor].astype(float)
+        # the best epoch as the checkpoints chose it: the largest value for a "max" metric (GCNG's val_accuracy)
+        best = vals.idxmax() if getattr(model, "_monitor_mode", "min") == "max" else vals.idxmin()
         a.axvline(float(best), color="0.5", linestyle=":", linewidth=1, label=f"best {monitor} (epoch {best})")
     if log:
         a.set_yscale("log")
