@@ -136,3 +136,20 @@ def test_training_history_best_epoch_of_a_metric_maximised():
     best = [ln for ln in ax.get_lines() if ln.get_label().startswith("best")]
     assert [ln.get_label() for ln in best] == ["best val_accuracy (epoch 1)"]
     assert best[0].get_xdata()[0] == 1.0
+
+
+def test_training_history_best_epoch_of_staged_training_is_in_the_last_stage():
+    """MultimodalST trains in two stages, each restoring its own best checkpoint: the weights kept are the best of
+    the joint stage (``stage`` 1), so the 'best' line is there even when a pre-training epoch has a lower value."""
+    import pandas as pd
+
+    class Staged:
+        history = pd.DataFrame(
+            {"train_loss": [6.0, 5.0, 7.0, 6.5, 6.8], "val_loss": [5.0, 4.0, 6.0, 5.5, 5.8],
+             "stage": [0.0, 0.0, 1.0, 1.0, 1.0]},
+            index=pd.Index([0, 1, 2, 3, 4], name="epoch"),
+        )  # fmt: skip
+
+    ax = scst.pl.training_history(Staged(), show=False)
+    best = [ln for ln in ax.get_lines() if ln.get_label().startswith("best")]
+    assert [ln.get_label() for ln in best] == ["best val_loss (epoch 3)"]

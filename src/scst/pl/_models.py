@@ -67,8 +67,10 @@ def training_history(
         ok = np.isfinite(y)
         a.plot(epochs[ok], y[ok], marker="o", markersize=3, label=str(k))
     monitor = getattr(model, "_monitor", "val_loss")  # what checkpoints were chosen on (e.g. val_mse)
-    if monitor in hist.columns and np.isfinite(hist[monitor].to_numpy(float)).any():
-        vals = hist[monitor].astype(float)
+    vals = hist[monitor].astype(float) if monitor in hist.columns else None
+    if vals is not None and "stage" in hist.columns:  # staged training (MultimodalST): the last stage's best is kept
+        vals = vals[(hist["stage"] == hist["stage"].iloc[-1]).to_numpy()]
+    if vals is not None and np.isfinite(vals.to_numpy()).any():
         # the best epoch as the checkpoints chose it: the largest value for a "max" metric (GCNG's val_accuracy)
         best = vals.idxmax() if getattr(model, "_monitor_mode", "min") == "max" else vals.idxmin()
         a.axvline(float(best), color="0.5", linestyle=":", linewidth=1, label=f"best {monitor} (epoch {best})")
