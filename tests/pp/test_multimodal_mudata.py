@@ -190,3 +190,16 @@ def test_bulk_to_mudata_keeps_the_best_patches_with_their_own_scores_and_sample_
         scst.pp.bulk_to_mudata(bulk, sd, {"W_image": "s1"}, um_per_px=1.0, patch_px=32, **TILE)
     with pytest.raises(KeyError, match="group_keys"):
         scst.pp.bulk_to_mudata(bulk, sd, {"R_image": "s2"}, um_per_px=1.0, group_keys=["patient"], **TILE)
+
+
+def test_group_keys_may_be_one_column_name():
+    """group_keys="label" is the column "label" (not the columns "l", "a", "b", ...), in both builders."""
+    mdata = scst.pp.to_mudata(_spot_sdata(), size_px=8, layer="raw", group_keys="label")
+    assert list(mdata["rna"].obs.columns) == ["section", "label"] and mdata.uns["scst_mudata"]["group_keys"] == [
+        "label"
+    ]
+    assert list(mdata["image"].obs["label"]) == list("xyxyx")
+    sdata, bulk = _slides()
+    mdata = scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1"}, um_per_px=1.0, patch_px=32, group_keys="lineage",
+                                   **TILE)  # fmt: skip
+    assert (mdata["image"].obs["lineage"] == "L1").all() and mdata.uns["scst_mudata"]["group_keys"] == ["lineage"]

@@ -372,3 +372,12 @@ def test_group_accuracy_and_chance_of_each_group_key_use_that_keys_labels():
     assert res["accuracy"] == {"patient": 1.0, "label": pytest.approx(3 / 4)}
     assert res["chance"]["patient"] == pytest.approx(3 / 4 * 3 / 4 + 1 / 4 * 1 / 4)
     assert res["chance"]["label"] == pytest.approx(1 / 2)
+
+
+def test_retrieve_group_keys_may_be_one_column_name():
+    mdata = _linked_mudata([f"s{i}" for i in range(4)], n_rna=4)
+    for m in ("rna", "image"):
+        mdata[m].obs["label"] = list("abab")
+    one = scst.tl.retrieve(mdata, None, k=2, use_rep="E", group_keys="label")
+    assert one["group_keys"] == ["label"]
+    assert one["accuracy"] == scst.tl.retrieve(mdata, None, k=2, use_rep="E", group_keys=["label"])["accuracy"]

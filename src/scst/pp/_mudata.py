@@ -87,7 +87,7 @@ def to_mudata(
     *,
     sections: str | Sequence[str] | None = None,
     genes: str | Sequence[str] | None = None,
-    group_keys: Sequence[str] = (SECTION_KEY, "label"),
+    group_keys: str | Sequence[str] = (SECTION_KEY, "label"),
     size_px: int | None = 256,
     size_um: float | None = None,
     out_px: int | None = None,
@@ -107,8 +107,8 @@ def to_mudata(
     genes
         Gene panel: a boolean ``var`` column (e.g. ``"highly_variable_scst"``), a list, or None for all genes.
     group_keys
-        ``obs`` columns copied to both modalities; they define positives of the contrastive losses (paper:
-        lineage / patient; here section and cluster label).
+        ``obs`` column(s) copied to both modalities (one name or a sequence); they define positives of the
+        contrastive losses (paper: lineage / patient; here section and cluster label).
     size_px, size_um
         Patch window in full-resolution pixels (the paper's 256 px; ≈ 176 µm on her2st) or in µm (overrides).
     out_px
@@ -124,6 +124,7 @@ def to_mudata(
     from ._patches import SpotPatchDataset
 
     adata = _get_table(sdata, table)
+    group_keys = [group_keys] if isinstance(group_keys, str) else list(group_keys)  # one column, or several
     if not adata.obs_names.is_unique:
         dup = adata.obs_names[adata.obs_names.duplicated()].unique()[:3].tolist()
         raise ValueError(
@@ -181,7 +182,7 @@ def bulk_to_mudata(
     *,
     um_per_px: float | Mapping[str, float],
     genes: str | Sequence[str] | None = None,
-    group_keys: Sequence[str] = (),
+    group_keys: str | Sequence[str] = (),
     patch_px: int = 256,
     out_px: int | None = None,
     stain: str = "dab_brown",
@@ -212,7 +213,7 @@ def bulk_to_mudata(
     genes, layer
         As in :func:`to_mudata`.
     group_keys
-        ``adata.obs`` columns copied to the patches of each sample.
+        ``adata.obs`` column(s) copied to the patches of each sample (one name or a sequence).
     patch_px
         Window edge in full-resolution pixels (paper: 256).
     out_px
@@ -239,6 +240,7 @@ def bulk_to_mudata(
     from ._patches import SpotPatchDataset, _full_res_image
     from ._tissue import filter_tiles, tile_grid
 
+    group_keys = [group_keys] if isinstance(group_keys, str) else list(group_keys)  # one column, or several
     for k in group_keys:
         _check_key(adata.obs, k, "adata.obs (group_keys)")
     keys = list(image_to_sample)

@@ -129,7 +129,7 @@ def retrieve(
     query: Literal["image", "rna"] = "image",
     k: int = 5,
     *,
-    group_keys: Sequence[str] | None = None,
+    group_keys: str | Sequence[str] | None = None,
     use_rep: str | None = None,
     key_added: str = "scst_retrieval",
     batch_size: int = 256,
@@ -153,8 +153,9 @@ def retrieve(
     k
         Number of targets kept per query.
     group_keys
-        ``obs`` columns on which the top-1 target's group is compared with the query's (default: the model's
-        ``group_key`` and ``mdata.uns["scst_mudata"]["group_keys"]`` where present in both modalities).
+        ``obs`` column(s) (one name or a sequence) on which the top-1 target's group is compared with the query's
+        (default: the model's ``group_key`` and ``mdata.uns["scst_mudata"]["group_keys"]`` where present in both
+        modalities).
     use_rep
         Read embeddings from ``obsm[use_rep]`` of both modalities instead of computing them.
     key_added
@@ -260,6 +261,7 @@ def retrieve(
             mdata.uns.get(MUDATA_UNS, {}).get("group_keys", [])
         )
         group_keys = [g for g in dict.fromkeys(cand) if g in qo and g in to]
+    group_keys = [group_keys] if isinstance(group_keys, str) else list(group_keys)  # one column, or several
     acc, chance = {}, {}
     for g in group_keys:
         if g not in qo or g not in to:
