@@ -381,3 +381,13 @@ def test_retrieve_group_keys_may_be_one_column_name():
     one = scst.tl.retrieve(mdata, None, k=2, use_rep="E", group_keys="label")
     assert one["group_keys"] == ["label"]
     assert one["accuracy"] == scst.tl.retrieve(mdata, None, k=2, use_rep="E", group_keys=["label"])["accuracy"]
+
+
+def test_gene_importance_rejects_a_non_positive_n_top_or_n_steps():
+    """n_top=-1 used to slice off the last gene (all genes but one counted as top genes); n_steps=0 divided by 0."""
+    mdata = synthetic_mudata(n=8, n_genes=6)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL, weights={"itm": 0.0})
+    for name, bad in (("n_top", 0), ("n_top", -1), ("n_top", True), ("n_steps", 0)):
+        with pytest.raises(ValueError, match=f"{name}: expected a positive integer"):
+            scst.tl.gene_importance(mdata, model, "integrated_gradients", score="itc", **{name: bad})
