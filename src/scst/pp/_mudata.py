@@ -9,7 +9,9 @@ Both builders write the same layout (read by :class:`scst.models.MultimodalST` a
   px), ``size_px`` (window in full-resolution px), ``tissue_fraction`` and ``dab_fraction`` (per-patch scores of
   :func:`scst.pp.filter_tiles`, ``"he"`` and ``"dab_brown"`` presets, so patches can be sorted) and the group
   columns.
-* ``mdata.uns["scst_mudata"]``: ``link_key``, ``group_keys``, ``source``, ``patch_px``, ``size_px``, ``um_per_px``.
+* ``mdata.uns["scst_mudata"]``: ``link_key``, ``patch_key``, ``group_keys``, ``source`` (``"spots"`` or ``"bulk"``),
+  ``patch_px`` (edge of the stored patches); :func:`to_mudata` adds ``size_um`` (None when the window was given in
+  px) and ``um_per_px`` (per section), :func:`bulk_to_mudata` ``size_px`` and ``stain``.
 """
 
 from __future__ import annotations
