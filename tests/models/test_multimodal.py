@@ -585,7 +585,7 @@ def test_validation_holds_out_whole_rna_samples_with_all_their_patches():
         seen = {int(r) for b in train for r in b["rna_id"]}
         assert seen == train_rna
     assert train.dataset.augment and not val.dataset.augment  # validation patches are not flipped at random
-    for bad in (1.0, -0.1):
+    for bad in (1.0, -0.1, ["S1"], "C3"):  # a list of sections (the image models' validation) is no fraction
         with pytest.raises(ValueError, match=r"validation: expected a fraction of RNA samples in \[0, 1\)"):
             model._dataloaders(8, bad, seed=0)
 

@@ -429,7 +429,10 @@ class MultimodalST(BaseModel):
         if len(lonely):
             pairs.append(np.c_[np.full(len(lonely), -1), lonely])
         pairs = np.concatenate(pairs).astype(np.int64)
-        frac = 0.1 if validation is None else float(validation)
+        try:
+            frac = 0.1 if validation is None else float(validation)
+        except (TypeError, ValueError):  # e.g. a list of sections, as the image models take it
+            frac = float("nan")
         if not 0 <= frac < 1:
             raise ValueError(f"validation: expected a fraction of RNA samples in [0, 1), got {validation!r}.")
         rng = np.random.default_rng(seed)
