@@ -391,3 +391,15 @@ def test_gene_importance_rejects_a_non_positive_n_top_or_n_steps():
     for name, bad in (("n_top", 0), ("n_top", -1), ("n_top", True), ("n_steps", 0)):
         with pytest.raises(ValueError, match=f"{name}: expected a positive integer"):
             scst.tl.gene_importance(mdata, model, "integrated_gradients", score="itc", **{name: bad})
+
+
+def test_group_chance_counts_unlabelled_targets_as_misses():
+    """Two 'a' queries, targets 'a' and unlabelled: a random ranking puts the 'a' target first half the time (the
+    unlabelled one is a miss in the accuracy), so the chance is 1/2, not 1 (frequencies over labelled targets)."""
+    mdata = _linked_mudata(["s0", "s1"], n_rna=2)
+    mdata["rna"].obs["label"] = pd.Series(["a", None], dtype=object).to_numpy()
+    mdata["image"].obs["label"] = ["a", "a"]
+    mdata["rna"].obsm["E"] = np.eye(2, dtype=np.float32)
+    mdata["image"].obsm["E"] = np.eye(2, dtype=np.float32)  # each patch retrieves its own sample
+    res = scst.tl.retrieve(mdata, None, k=1, use_rep="E", group_keys=["label"])
+    assert res["accuracy"]["label"] == pytest.approx(1 / 2) and res["chance"]["label"] == pytest.approx(1 / 2)

@@ -6,7 +6,8 @@ Keys written:
   in the shared space (:func:`embed`).
 * ``mdata.uns["scst_retrieval"]``: per query, the ``k`` closest targets by cosine (``"indices"``, ``"names"``,
   ``"scores"``), accuracy of the top-1 target's group per ``group_keys`` against the label-frequency chance
-  ``Σ_g p_query(g) p_target(g)`` (``Σ p²`` when queries and targets share labels), exact-sample top-1/top-k rates
+  ``Σ_g p_query(g) p_target(g)`` (``Σ p²`` when queries and targets share labels; ``p_query`` over the labelled
+  queries, ``p_target`` over all targets, an unlabelled one never matching), exact-sample top-1/top-k rates
   (paired queries only) against the rates of a random ranking (``1/n`` and ``k/n`` for image queries); with
   ``rerank``, the matching-head logits ``"match_scores"`` (:func:`retrieve`).
 * ``mdata[rna].var["scst_importance_mean"]`` / ``["scst_importance_count"]`` and
@@ -100,8 +101,13 @@ def embed(
 
 
 def _chance(q: pd.Series, t: pd.Series) -> float:
+    """Top-1 group accuracy of a random ranking over the labelled queries.
+
+    Each target is equally likely to come first; an unlabelled target is a miss, as in the accuracy, so the target
+    label frequencies are over all targets.
+    """
     pq = q.dropna().astype(str).value_counts(normalize=True)
-    pt = t.dropna().astype(str).value_counts(normalize=True)
+    pt = t.dropna().astype(str).value_counts() / max(len(t), 1)
     return float((pq * pt.reindex(pq.index).fillna(0)).sum())
 
 
