@@ -149,3 +149,18 @@ def test_observed_bar_left_of_chance():
     centres = [p.get_x() + p.get_width() / 2 for p in ax.patches]
     np.testing.assert_allclose(centres, [-0.2, 0.8, 1.8, 0.2, 1.2, 2.2])
     assert [p.get_hatch() for p in ax.patches] == [None] * 3 + ["//"] * 3
+
+
+def test_save_false_writes_nothing_and_save_true_names_the_argument(tmp_path):
+    """scanpy habits: save=False is no file (was Path(False): a bare TypeError); save=True, scanpy's name made from
+    the plot's, is a TypeError naming `save` and asking for a path."""
+    import scanpy as sc
+
+    old, sc.settings.figdir = sc.settings.figdir, tmp_path
+    try:
+        assert scst.pl.retrieval(_bars_adata(), show=False, save=False) is not None
+        assert list(tmp_path.iterdir()) == []
+        with pytest.raises(TypeError, match="save: expected the path of the file to write"):
+            scst.pl.retrieval(_bars_adata(), show=False, save=True)
+    finally:
+        sc.settings.figdir = old

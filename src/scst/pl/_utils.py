@@ -89,6 +89,11 @@ def _save_fig(fig: Figure, save: str | os.PathLike, dpi: int | None = None) -> P
     """Write ``fig`` to ``save`` (relative paths under ``scanpy.settings.figdir``; ``.png`` when no suffix)."""
     import scanpy as sc
 
+    if not isinstance(save, str | os.PathLike):  # scanpy's save=True (a name made from the plot's) is not supported
+        raise TypeError(
+            f"save: expected the path of the file to write (str or os.PathLike; a relative one goes under "
+            f"scanpy.settings.figdir), got {save!r}."
+        )
     path = Path(save)
     if not path.suffix:
         path = path.with_suffix(".png")
@@ -112,7 +117,7 @@ def _finish(
     dpi: int | None = None,
 ) -> Figure | Any | None:
     """Save, show and return as scanpy does: the figure (``return_fig``), the axes (``show=False``) or None."""
-    if save is not None:
+    if save is not None and save is not False:  # save=False: no file, as in scanpy
         _save_fig(fig, save, dpi)
     if show is None:
         show = not (return_fig or ax_given)
@@ -128,7 +133,8 @@ def _finish(
 _SHOW_SAVE_DOC = """show
         Show the figure (default: unless ``return_fig`` or ``ax`` is given).
     save
-        File to write; a relative path goes under :attr:`scanpy.settings.figdir`, ``.png`` when it has no suffix.
+        File to write; a relative path goes under :attr:`scanpy.settings.figdir`, ``.png`` when it has no suffix
+        (``None`` or ``False``: no file).
     return_fig
         Return the figure."""
 
