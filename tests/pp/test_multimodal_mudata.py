@@ -203,3 +203,11 @@ def test_group_keys_may_be_one_column_name():
     mdata = scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1"}, um_per_px=1.0, patch_px=32, group_keys="lineage",
                                    **TILE)  # fmt: skip
     assert (mdata["image"].obs["lineage"] == "L1").all() and mdata.uns["scst_mudata"]["group_keys"] == ["lineage"]
+
+
+def test_bulk_to_mudata_rejects_max_patches_that_is_no_positive_count():
+    """max_patches=0 used to keep every patch (sliced as [:None]); 0, -1, 2.5 and True are errors."""
+    sdata, bulk = _slides()
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="max_patches: expected None"):
+            scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1"}, um_per_px=1.0, patch_px=32, max_patches=bad, **TILE)

@@ -243,6 +243,10 @@ def bulk_to_mudata(
     from ._tissue import filter_tiles, tile_grid
 
     group_keys = [group_keys] if isinstance(group_keys, str) else list(group_keys)  # one column, or several
+    if max_patches is not None and (
+        not isinstance(max_patches, int | np.integer) or isinstance(max_patches, bool) or max_patches < 1
+    ):  # 0 would slice [:None], i.e. keep every patch
+        raise ValueError(f"max_patches: expected None (all) or a positive integer, got {max_patches!r}.")
     for k in group_keys:
         _check_key(adata.obs, k, "adata.obs (group_keys)")
     keys = list(image_to_sample)
@@ -282,7 +286,7 @@ def bulk_to_mudata(
                 f"patches: min {q[0]:.3f}, median {q[1]:.3f}, 90% {q[2]:.3f}, max {q[3]:.3f}. On H&E use stain='he'."
             )
         idx = np.flatnonzero(keep)
-        idx = idx[np.argsort(-score[idx], kind="stable")][: max_patches or None]
+        idx = idx[np.argsort(-score[idx], kind="stable")][:max_patches]
         tissue, dab = _scores(patches[idx])
         sample = str(image_to_sample[key])
         obs = pd.DataFrame(
