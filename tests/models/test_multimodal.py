@@ -1135,3 +1135,14 @@ def test_rna_decoder_alone_a_batch_without_terms_and_random_triplet_positives():
     z.requires_grad_(True)
     zero = supervised_contrastive(z, torch.arange(4), 0.1)
     assert zero.item() == 0.0 and zero.requires_grad
+
+
+def test_float64_patches_in_unit_range_embed_as_their_uint8_originals():
+    """Float patches in [0, 1] are documented alongside uint8 ones; float64 ones (e.g. skimage's img_as_float) used to
+    reach the float32 network as doubles (RuntimeError: Input type (double) and bias type (float))."""
+    mdata = synthetic_mudata(n=8, n_genes=6)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL)
+    ref = model.get_latent_representation(mdata, "image")
+    mdata["image"].obsm["patch"] = mdata["image"].obsm["patch"] / 255.0  # float64
+    np.testing.assert_allclose(model.get_latent_representation(mdata, "image"), ref, atol=1e-5)

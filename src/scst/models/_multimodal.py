@@ -220,8 +220,8 @@ class MultimodalST(BaseModel):
         mdata
             MuData with modalities ``rna`` (log1p-normalised expression in ``X``; groups in
             ``var[gene_group_key]``, from :func:`scst.pp.gene_groups`) and ``image`` (``obsm[patch_key]``: uint8
-            ``(n, 3, px, px)`` patches, or a 2-D embedding for ``image_encoder="mlp"``; ``obs[link_key]``: the
-            patch's RNA sample, NaN when unpaired).
+            ``(n, 3, px, px)`` patches (or float ones in [0, 1]), or a 2-D embedding for ``image_encoder="mlp"``;
+            ``obs[link_key]``: the patch's RNA sample, NaN when unpaired).
         group_key
             ``obs`` column of both modalities defining positives (paper: lineage); a patch without it takes its
             RNA sample's group.
@@ -383,7 +383,9 @@ class MultimodalST(BaseModel):
     def _image_array(self, mdata: Any) -> np.ndarray:
         arr = mdata[self.registry["image"]].obsm[self.registry["patch_key"]]
         arr = np.asarray(arr)
-        return arr if arr.ndim == 4 else arr.astype(np.float32)
+        if arr.ndim == 4 and not np.issubdtype(arr.dtype, np.floating):
+            return arr  # uint8 patches, scaled to [0, 1] by the module
+        return arr.astype(np.float32, copy=False)  # embeddings, or float patches in [0, 1] (float64 → the weights')
 
     def _arrays(self, mdata: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
         reg = self.registry
