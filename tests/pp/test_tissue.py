@@ -518,3 +518,15 @@ def test_tissue_mask_without_a_pixel_size_cleans_up_64_level_pixels():
     mask = lab.values > 0
     assert mask[21:31, 21:31].all() and not mask[:15, 35:].any()
     assert 64 <= mask.sum() <= 12 * 12 + 4 * 16  # one object, about the square (sigma 1.5 widens it a little)
+
+
+def test_tile_grid_warns_that_mask_options_are_ignored_with_a_stored_mask():
+    """The stored S_tissue mask is used as is: tissue_mask options (smooth_um=...) would be silently dropped."""
+    mask = np.ones((25, 14), bool)
+    kw = {"spacing_um": 20.0, "size_um": 10.0, "um_per_px": 1.0, "inplace": False}
+    with pytest.warns(UserWarning, match=r"stored tissue mask sdata.labels\['S_tissue'\].*\['smooth_um'\] are ignored"):
+        with_opt, _ = tile_grid(_grid_sdata(mask), "S", smooth_um=5.0, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain, _ = tile_grid(_grid_sdata(mask), "S", **kw)
+    np.testing.assert_array_equal(with_opt.obsm["spatial"], plain.obsm["spatial"])

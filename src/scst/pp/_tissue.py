@@ -509,7 +509,8 @@ def tile_grid(
         Image element and its full-resolution pixel size, if not taken from the table.
     mask_key
         Existing tissue labels (from :func:`tissue_mask`); default ``f"{section}_tissue"`` when present, else the
-        mask is computed with ``tissue_mask(..., **mask_kwargs)`` (not stored).
+        mask is computed with ``tissue_mask(..., **mask_kwargs)`` (not stored). With a stored mask, ``mask_kwargs``
+        are ignored, with a warning.
     shapes_key, table_key_added
         Keys of the new circle shapes and table; default ``f"{section}_grid"`` and ``f"{section}_grid_table"``.
     inplace
@@ -568,6 +569,13 @@ def tile_grid(
     mask_key = mask_key or f"{section}_tissue"
     if mask_key in sdata.labels:
         labels = sdata.labels[mask_key]
+        if mask_kwargs:
+            warnings.warn(
+                f"tile_grid: the stored tissue mask sdata.labels[{mask_key!r}] is used, so the tissue_mask options "
+                f"{sorted(mask_kwargs)} are ignored; delete that element (or pass another mask_key) to recompute it.",
+                UserWarning,
+                stacklevel=2,
+            )
     elif mask_key != f"{section}_tissue":
         raise KeyError(f"mask_key: {mask_key!r} not in sdata.labels ({list(sdata.labels)}).")
     else:
