@@ -203,8 +203,10 @@ def ligand_receptor(
     n_folds, gcng_config, graph_key, train_kwargs
         GCNG cross-fitting folds, config (default ``GCNG.bench_config``: 300 epochs, the setting that fits its
         training pairs on HER2+; 2–4 min per fit on a ~185-spot section and one CPU thread — ``GCNG.fast_config``
-        for a quick look), graph matrix (``obsp[graph_key]``, built as autocrine+ from ``connectivity_key`` when
-        absent) and :meth:`GCNG.train` arguments.
+        for a quick look; a given config replaces ``bench_config``, keys it lacks take the paper's defaults, so
+        shorten the benchmark setting with ``{**GCNG.bench_config, "max_epochs": 10}``), graph matrix
+        (``obsp[graph_key]``, built as autocrine+ from ``connectivity_key`` when absent) and :meth:`GCNG.train`
+        arguments.
     key_added
         ``uns`` key of the results.
     layer, normalize, log1p
