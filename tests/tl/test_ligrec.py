@@ -453,6 +453,22 @@ def test_lr_kernel_rejects_um_per_unit_none():
         lr_kernel(adata, 2.0, um_per_unit=None)
 
 
+def test_lr_kernel_takes_numpy_scalars_as_um_per_unit():
+    """A µm-per-unit computed with numpy (np.float32, np.int64) is a number, not an error."""
+    from scst.tl._ligrec_local import lr_kernel
+
+    adata, _ = quadrant_data(n_pairs=2)
+    ref = lr_kernel(adata, 2.0, um_per_unit=0.5, copy=True).obsp["scst_lr_kernel"]
+    for value in (np.float32(0.5), np.float64(0.5)):
+        out = lr_kernel(adata, 2.0, um_per_unit=value, copy=True)
+        assert (out.obsp["scst_lr_kernel"] != ref).nnz == 0
+    lr_kernel(adata, 2.0, um_per_unit=np.int64(1))
+    assert adata.uns["scst_lr_kernel_params"]["um_per_unit"] == {"0": 1.0}
+    for bad in (np.float32(0.0), np.float64("nan"), np.inf, True):
+        with pytest.raises(ValueError, match="um_per_unit: expected"):
+            lr_kernel(adata, 2.0, um_per_unit=bad, copy=True)
+
+
 def test_spatial_pearson_is_directed_ligand_to_receptor_and_ignores_self_loops():
     """Edges ``i → j`` pair the ligand of ``i`` with the receptor of ``j``: on the directed graph 0→1, 2→3 (plus
     self-loops, which are ignored) a ligand in 0 and a receptor in 1 correlate perfectly; swapped, not at all."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -15,9 +16,9 @@ __all__ = ["lr_kernel"]
 
 
 def _um_per_unit(adata: AnnData, section: Any, um_per_unit: float | str) -> float:
-    if isinstance(um_per_unit, int | float):
-        if um_per_unit <= 0:
-            raise ValueError(f"um_per_unit: expected > 0, got {um_per_unit}.")
+    if isinstance(um_per_unit, numbers.Real) and not isinstance(um_per_unit, bool):  # numpy scalars too
+        if not (np.isfinite(um_per_unit) and um_per_unit > 0):
+            raise ValueError(f"um_per_unit: expected > 0 and finite, got {um_per_unit}.")
         return float(um_per_unit)
     if um_per_unit != "auto":
         raise ValueError(f"um_per_unit: expected a positive number or 'auto', got {um_per_unit!r}.")
