@@ -469,6 +469,17 @@ def test_lr_kernel_takes_numpy_scalars_as_um_per_unit():
             lr_kernel(adata, 2.0, um_per_unit=bad, copy=True)
 
 
+@pytest.mark.parametrize("bandwidth", [float("nan"), np.inf, 0, -5.0, None])
+def test_lr_kernel_rejects_a_bandwidth_that_is_not_a_finite_positive_distance(bandwidth):
+    """A NaN bandwidth gave NaN weights and an infinite one weight 1 to every neighbour, without an error."""
+    from scst.tl._ligrec_local import lr_kernel
+
+    adata, _ = quadrant_data(n_pairs=2)
+    with pytest.raises(ValueError, match="bandwidth: expected a finite positive distance in µm"):
+        lr_kernel(adata, bandwidth, um_per_unit=1.0)
+    assert "scst_lr_kernel" not in adata.obsp
+
+
 def test_spatial_pearson_is_directed_ligand_to_receptor_and_ignores_self_loops():
     """Edges ``i → j`` pair the ligand of ``i`` with the receptor of ``j``: on the directed graph 0→1, 2→3 (plus
     self-loops, which are ignored) a ligand in 0 and a receptor in 1 correlate perfectly; swapped, not at all."""

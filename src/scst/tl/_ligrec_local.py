@@ -10,7 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._utils import _check_key, _get_table
+from .._utils import _check_key, _get_table, _positive
 
 __all__ = ["lr_kernel"]
 
@@ -86,8 +86,7 @@ def lr_kernel(
     adata = _get_table(adata)
     if copy:
         adata = adata.copy()
-    if not bandwidth or bandwidth <= 0:
-        raise ValueError(f"bandwidth: expected a positive distance in µm, got {bandwidth!r}.")
+    bandwidth = _positive("bandwidth", bandwidth, "distance in µm")  # NaN gave NaN weights, inf all ones
     _check_key(adata.obsm, spatial_key, "adata.obsm")
     groups, gkey = _groups(adata, groups_key)
     xy = np.asarray(adata.obsm[spatial_key], dtype=np.float64)[:, :2]
