@@ -1079,6 +1079,17 @@ def test_lr_kernel_auto_without_a_section_geometry_is_a_clear_error():
         lr_kernel(adata, 50)
 
 
+@pytest.mark.parametrize("bad", [-1, 2.5, "5"])
+def test_local_scores_must_be_a_count_of_pairs(bad):
+    """``local_scores=-1`` wrote all pairs but the last (``head(-1)``); 2.5 was cut to 2 pairs without a word."""
+    adata, pairs = quadrant_data(n_pairs=4)
+    with pytest.raises(ValueError, match="local_scores: expected True/False or a number of pairs >= 0"):
+        ligand_receptor(adata, pairs=pairs, method="pearson", n_perms=0, expr_prop=0, local_scores=bad)
+    assert "scst_ligrec" not in adata.uns and "scst_ligrec_local" not in adata.obsm
+    ligand_receptor(adata, pairs=pairs, method="pearson", n_perms=0, expr_prop=0, local_scores=np.int64(2))
+    assert adata.obsm["scst_ligrec_local"].shape == (adata.n_obs, 2)
+
+
 def test_unknown_local_name_fails_before_anything_is_written():
     adata, pairs = quadrant_data(n_pairs=2)
     with pytest.raises(ValueError, match="local_name"):

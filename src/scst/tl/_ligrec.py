@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -254,6 +255,8 @@ def ligand_receptor(
             "the within-cell correlation unchanged (every p-value would be 1). Use null='auto' (the ligand null for "
             "'pearson') or null='ligand'."
         )
+    if not isinstance(local_scores, bool | numbers.Integral) or local_scores < 0:  # -k: head(-k), all but k pairs
+        raise ValueError(f"local_scores: expected True/False or a number of pairs >= 0, got {local_scores!r}.")
     n_perms = int(n_perms or 0)
     if n_perms < 0:
         raise ValueError(f"n_perms: expected >= 0, got {n_perms}.")
