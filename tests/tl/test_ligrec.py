@@ -185,6 +185,15 @@ def test_planted_pair_gets_a_small_pvalue():
     assert res["spatial_pearson_score"].idxmax() == ("L0", "R0") == res["specificity_rank"].idxmin()
 
 
+def test_pairs_spelled_in_two_cases_are_one_pair_not_an_absent_one():
+    """Matching is case-insensitive, so ("L0", "R0") and ("l0", "r0") are one pair: none is absent."""
+    adata, _ = quadrant_data(n_pairs=2)
+    pairs = [("L0", "R0"), ("l0", "r0"), ("L1", "R1"), ("L1", "NOPE")]
+    ligand_receptor(adata, pairs=pairs, method="pearson", n_perms=0, expr_prop=0)
+    params = adata.uns["scst_ligrec_params"]
+    assert (params["n_pairs_input"], params["n_pairs_absent"], params["n_pairs_scored"]) == (3, 1, 2)
+
+
 def test_expr_prop_filter_is_counted():
     adata, pairs = quadrant_data(n_pairs=6)
     x = adata.X.toarray()

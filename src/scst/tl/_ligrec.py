@@ -83,7 +83,8 @@ def _check_graph(adj: Any, groups: np.ndarray | None, connectivity_key: str, gro
 
 def _prepare_pairs(pairs: Any, adata: AnnData, expr_prop: float, props: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
     table = as_lr_table(pairs, organism=_guess_organism(adata.var_names))
-    n_in = len(table.drop_duplicates(["ligand", "receptor"]))
+    # Genes are matched case-insensitively: pairs spelled in two cases are one pair, not one present and one absent.
+    n_in = len(pd.DataFrame({c: table[c].str.lower() for c in ("ligand", "receptor")}).drop_duplicates())
     present = lr_pairs_in_genes(table, adata.var_names)
     missing_sub = present.attrs.get("missing_subunits", {})
     info: dict[str, Any] = {"n_pairs_input": int(n_in), "n_pairs_absent": int(n_in - len(present))}
