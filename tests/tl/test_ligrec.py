@@ -395,6 +395,13 @@ def test_function_assignment_beats_chance(tmp_path):
 
 
 @pytest.mark.slow
+def test_function_assignment_names_a_missing_layer():
+    adata, _ = quadrant_data(n_side=4, n_pairs=12)
+    graph_matrix(adata)
+    with pytest.raises(KeyError, match=r"Key 'counts' not found in adata.layers \(argument `layer`\)"):
+        gene_function_cv(adata, [f"L{i}" for i in range(12)], layer="counts", n_folds=2)
+
+
 def test_seqfish_field0_folds_mostly_without_positives():
     from scst.datasets import _ligand_receptor as lr
     from scst.datasets._seqfish import seqfish_cortex

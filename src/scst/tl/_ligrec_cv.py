@@ -695,6 +695,8 @@ def gene_function_cv(
     config = dict(GCNG.bench_config if config is None else config)
     _check_key(adata.obsp, graph_key, "adata.obsp (compute it with scst.pp.graph_matrix)")
     sets = _as_sets(gene_sets)
+    if layer is not None:
+        _check_key(adata.layers, layer, "adata.layers (argument `layer`)")
     x = adata.X if layer is None else adata.layers[layer]
     detected = np.asarray((x > 0).sum(axis=0)).ravel() >= min_cells
     genes = pd.Index(map(str, adata.var_names))
