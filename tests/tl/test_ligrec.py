@@ -402,6 +402,14 @@ def test_function_assignment_names_a_missing_layer():
         gene_function_cv(adata, [f"L{i}" for i in range(12)], layer="counts", n_folds=2)
 
 
+@pytest.mark.parametrize("as_path", [str, Path])
+def test_function_assignment_names_a_missing_gmt_file(tmp_path, as_path):
+    adata, _ = quadrant_data(n_side=4, n_pairs=12)
+    graph_matrix(adata)
+    with pytest.raises(FileNotFoundError, match="gene_sets: no GMT file at .*nope.gmt"):
+        gene_function_cv(adata, as_path(tmp_path / "nope.gmt"), n_folds=2)
+
+
 def test_seqfish_field0_folds_mostly_without_positives():
     from scst.datasets import _ligand_receptor as lr
     from scst.datasets._seqfish import seqfish_cortex

@@ -618,7 +618,9 @@ def read_gmt(path: str | os.PathLike) -> dict[str, list[str]]:
 
 
 def _as_sets(gene_sets: Any) -> dict[str, list[str]]:
-    if isinstance(gene_sets, str | os.PathLike) and os.path.exists(gene_sets):
+    if isinstance(gene_sets, str | os.PathLike):  # a path; a missing file was "expected ... a GMT file path"
+        if not os.path.exists(gene_sets):
+            raise FileNotFoundError(f"gene_sets: no GMT file at {os.fspath(gene_sets)!r}.")
         return read_gmt(gene_sets)
     if isinstance(gene_sets, Mapping):
         return {str(k): [str(g) for g in v] for k, v in gene_sets.items()}
