@@ -504,6 +504,15 @@ def test_lr_kernel_rejects_a_bandwidth_that_is_not_a_finite_positive_distance(ba
     assert "scst_lr_kernel" not in adata.obsp
 
 
+def test_lr_kernel_names_cells_with_nan_coordinates():
+    from scst.tl._ligrec_local import lr_kernel
+
+    adata, _ = quadrant_data(n_pairs=2)
+    adata.obsm["spatial"][3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"adata.obsm\['spatial'\] \(argument `spatial_key`\): 1 cell\(s\) have NaN"):
+        lr_kernel(adata, 2.0, um_per_unit=1.0)
+
+
 def test_spatial_pearson_is_directed_ligand_to_receptor_and_ignores_self_loops():
     """Edges ``i → j`` pair the ligand of ``i`` with the receptor of ``j``: on the directed graph 0→1, 2→3 (plus
     self-loops, which are ignored) a ligand in 0 and a receptor in 1 correlate perfectly; swapped, not at all."""

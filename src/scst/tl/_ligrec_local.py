@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._utils import _check_key, _get_table, _positive
+from ..pp._graph_matrix import _check_finite
 
 __all__ = ["lr_kernel"]
 
@@ -88,6 +89,7 @@ def lr_kernel(
         adata = adata.copy()
     bandwidth = _positive("bandwidth", bandwidth, "distance in µm")  # NaN gave NaN weights, inf all ones
     _check_key(adata.obsm, spatial_key, "adata.obsm")
+    _check_finite(adata, spatial_key)  # NaN coordinates failed inside scikit-learn's NearestNeighbors
     groups, gkey = _groups(adata, groups_key)
     xy = np.asarray(adata.obsm[spatial_key], dtype=np.float64)[:, :2]
     labels = np.zeros(adata.n_obs, dtype=object) if groups is None else groups
