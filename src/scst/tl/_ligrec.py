@@ -154,7 +154,8 @@ def ligand_receptor(
         AnnData, or SpatialData whose ``"table"`` is used; raw counts in ``layer`` (default ``X``).
     model
         A trained :class:`scst.models.GCNG` to score with: ``method`` left at ``None`` then means ``"gcng"``, and
-        an explicit ``method`` must include ``"gcng"`` (else a ValueError: the model would go unused). Its scores of
+        an explicit ``method`` must include ``"gcng"`` (else a ValueError: the model would go unused), and the
+        cross-fitting settings ``known``, ``gcng_config`` and ``train_kwargs`` must be left unset. Its scores of
         pairs it was fit on are flagged ``in_training``. A paper GCNG (flatten readout) scores the cells it was
         trained on; one with ``readout="pool"`` (:attr:`~scst.models.GCNG.pooled_config`) scores any section with
         the same graph key. Without it, ``"gcng"`` is cross-fitted here (see ``known``).
@@ -269,6 +270,16 @@ def ligand_receptor(
         if not model.is_trained:
             raise ValueError("`model` is not trained; call `model.train(pairs)` first (or pass no model to "
                              "cross-fit GCNG here).")  # fmt: skip
+        unused = [
+            k
+            for k, v in (("known", known), ("gcng_config", gcng_config), ("train_kwargs", train_kwargs))
+            if v is not None
+        ]
+        if unused:  # they configure the cross-fitting, which a given model replaces: they were silently ignored
+            raise ValueError(
+                f"{', '.join(unused)}: set how GCNG is cross-fitted here, but the trained `model` is used as it is; "
+                "drop them, or pass no `model` to cross-fit GCNG with them."
+            )
     adata = _get_table(adata)
     _check_unique_var_names(adata)
     if copy:
