@@ -194,6 +194,21 @@ def test_pairs_spelled_in_two_cases_are_one_pair_not_an_absent_one():
     assert (params["n_pairs_input"], params["n_pairs_absent"], params["n_pairs_scored"]) == (3, 1, 2)
 
 
+def test_a_previous_result_rescored_as_pairs_gets_fresh_scores():
+    """Re-scoring a previous table's pairs on other data: its score, rank and p-value columns overwrote the new
+    ones (and another method's columns showed up as a method of this run)."""
+    adata, pairs = quadrant_data(n_side=6, n_pairs=6)
+    other, _ = quadrant_data(n_side=6, n_pairs=6, seed=5)
+    ligand_receptor(adata, pairs=pairs, method=["spatial_pearson", "expression"], n_perms=5, expr_prop=0)
+    old = adata.uns["scst_ligrec"].rename(columns={"ligand_complex": "ligand", "receptor_complex": "receptor"})
+    with pytest.warns(UserWarning, match=r"pairs: column\(s\) \['ligand_means'.*'magnitude_rank'.* are dropped"):
+        ligand_receptor(other, pairs=old, method="spatial_pearson", n_perms=5, expr_prop=0)
+    fresh = ligand_receptor(other, pairs=pairs, method="spatial_pearson", n_perms=5, expr_prop=0, copy=True)
+    got, want = other.uns["scst_ligrec"], fresh.uns["scst_ligrec"]
+    pd.testing.assert_frame_equal(got[want.columns], want)
+    assert "expression_score" not in got and "quadrant" in got  # the resource's own extra column is kept
+
+
 def test_expr_prop_filter_is_counted():
     adata, pairs = quadrant_data(n_pairs=6)
     x = adata.X.toarray()

@@ -34,6 +34,12 @@ __all__ = ["ligand_receptor", "lr_scores", "BASELINES", "LIGREC_METHODS"]
 LIGREC_METHODS = ("gcng", "pearson", "spatial_pearson", "bivariate", "expression")
 _SPATIAL = ("spatial_pearson", "bivariate")
 _GROUP_KEYS = _LIBRARY_KEYS  # the same "auto" columns as scst.pp.cell_graph: graphs and nulls use one sectioning
+#: Columns the tool writes; a resource's own columns of these names (e.g. a previous result re-scored) are dropped.
+_RESULT_COLUMNS = frozenset(
+    ["ligand_complex", "receptor_complex", "ligand_means", "ligand_props", "receptor_means", "receptor_props",
+     "in_training", "magnitude_rank", "specificity_rank"]
+    + [f"{m}_{c}" for m in LIGREC_METHODS for c in ("score", "pvals", "fdr")]
+)  # fmt: skip
 
 
 def _guess_organism(var_names: pd.Index) -> str:
@@ -83,6 +89,14 @@ def _check_graph(adj: Any, groups: np.ndarray | None, connectivity_key: str, gro
 
 def _prepare_pairs(pairs: Any, adata: AnnData, expr_prop: float, props: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
     table = as_lr_table(pairs, organism=_guess_organism(adata.var_names))
+    stale = [c for c in table.columns if c in _RESULT_COLUMNS]
+    if stale:  # they were carried into the result over the fresh scores (a previous table re-scored kept its values)
+        warnings.warn(
+            f"pairs: column(s) {stale} have the names of result columns (a previous result?); they are dropped, "
+            "not carried over the new scores.",
+            stacklevel=3,
+        )
+        table = table.drop(columns=stale)
     # Genes are matched case-insensitively: pairs spelled in two cases are one pair, not one present and one absent.
     n_in = len(pd.DataFrame({c: table[c].str.lower() for c in ("ligand", "receptor")}).drop_duplicates())
     present = lr_pairs_in_genes(table, adata.var_names)
