@@ -244,7 +244,8 @@ def ligand_receptor(
       method ``{method}_score``, ``{method}_pvals``, ``{method}_fdr`` (BH over the pairs), ``in_training`` with
       ``"gcng"``, then ``magnitude_rank`` (RRA of the methods' score ranks; one method: the rank divided by the
       largest rank, ties sharing their average rank — rank / n when no score ties at the bottom) and, with
-      p-values, ``specificity_rank`` (RRA of their p-value ranks), then the extra columns of ``pairs``;
+      p-values, ``specificity_rank`` (RRA of their p-value ranks), then the extra columns of ``pairs`` (not those
+      named like these columns, e.g. of a previous result: dropped with a warning);
     - ``uns[f"{key_added}_params"]``: methods, nulls, ``n_perms``, seed, keys, normalisation, pair counts (input,
       absent, complexes missing a subunit, entities/pairs under ``expr_prop``, scored), and for GCNG its graph,
       config, ``n_in_training`` and ``gcng_fit`` (train/validation/held-out AUROC per model);
