@@ -209,6 +209,14 @@ def test_a_previous_result_rescored_as_pairs_gets_fresh_scores():
     assert "expression_score" not in got and "quadrant" in got  # the resource's own extra column is kept
 
 
+def test_a_method_given_twice_is_an_error():
+    """A repeated method entered the rank aggregates twice: magnitude_rank (and the order) changed silently."""
+    adata, pairs = quadrant_data(n_pairs=4)
+    with pytest.raises(ValueError, match="method: each method at most once"):
+        ligand_receptor(adata, pairs=pairs, method=["spatial_pearson", "expression", "spatial_pearson"], n_perms=0)
+    assert "scst_ligrec" not in adata.uns
+
+
 def test_expr_prop_filter_is_counted():
     adata, pairs = quadrant_data(n_pairs=6)
     x = adata.X.toarray()

@@ -257,6 +257,8 @@ def ligand_receptor(
     bad = [m for m in methods if m not in LIGREC_METHODS]
     if bad or not methods:
         raise ValueError(f"method: expected one or more of {list(LIGREC_METHODS)}, got {method!r}.")
+    if len(set(methods)) < len(methods):  # a repeated method counted twice in the rank aggregates
+        raise ValueError(f"method: each method at most once, got {method!r}.")
     if model is not None and "gcng" not in methods:
         raise ValueError(
             f"model: a GCNG model is given but method={method!r} does not include 'gcng', so the model would be "
