@@ -217,6 +217,19 @@ def test_a_method_given_twice_is_an_error():
     assert "scst_ligrec" not in adata.uns
 
 
+def test_a_kernel_no_method_uses_is_an_error():
+    """``kernel_key`` weighs only the bivariate metric and the local scores; with other methods it was ignored."""
+    from scst.tl._ligrec_local import lr_kernel
+
+    adata, pairs = quadrant_data(n_pairs=4)
+    lr_kernel(adata, 2.0, um_per_unit=1.0)
+    with pytest.raises(ValueError, match="kernel_key: the weights are used by method 'bivariate' and the local"):
+        ligand_receptor(adata, pairs=pairs, method="spatial_pearson", kernel_key="scst_lr_kernel", n_perms=0)
+    assert "scst_ligrec" not in adata.uns
+    ligand_receptor(adata, pairs=pairs, method="pearson", kernel_key="scst_lr_kernel", n_perms=0, local_scores=2)
+    assert adata.uns["scst_ligrec_params"]["kernel_key"] == "scst_lr_kernel"
+
+
 def test_expr_prop_filter_is_counted():
     adata, pairs = quadrant_data(n_pairs=6)
     x = adata.X.toarray()

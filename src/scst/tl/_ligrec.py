@@ -212,7 +212,7 @@ def ligand_receptor(
         ``norm_product``, ``morans``).
     kernel_key
         ``obsp`` proximity weights of ``"bivariate"`` and the local scores instead of ``A + I``, e.g. a distance
-        kernel in µm from :func:`scst.tl.lr_kernel` (spot-inclusive, per section).
+        kernel in µm from :func:`scst.tl.lr_kernel` (spot-inclusive, per section); with neither, a ValueError.
     known
         GCNG's training positives when it is cross-fitted (default: the resource's pairs). They are split into
         ``n_folds`` folds by ligand; each known pair is scored by the model not trained on its fold
@@ -281,6 +281,11 @@ def ligand_receptor(
         raise ValueError(f"n_perms: expected >= 0, got {n_perms}.")
     if "bivariate" in methods or local_scores:
         _liana_local(local_name)  # unknown metric / missing liana: fail before any work
+    elif kernel_key is not None:  # it was checked, then silently unused: the other methods use the cell graph
+        raise ValueError(
+            f"kernel_key: the weights are used by method 'bivariate' and the local scores only, but method={method!r} "
+            "and local_scores are neither; the other methods use the cell graph `connectivity_key`."
+        )
     if model is not None:
         if not isinstance(model, GCNG):
             raise TypeError(f"`model` must be a scst.models.GCNG, got {type(model).__name__}.")
