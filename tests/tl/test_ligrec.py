@@ -392,6 +392,13 @@ def test_cv_finds_planted_signal_and_controls():
     assert abs(pm.loc["GCNG", "auroc"] - 0.5) < 0.2 and abs(pm.loc["sp", "auroc"] - 0.5) < 0.2
 
 
+def test_cv_names_a_missing_shuffle_column():
+    adata, pairs = quadrant_data(n_side=4, n_pairs=12)
+    methods = {"sp": {"method": "spatial_pearson", "shuffle_positions": "fov"}}
+    with pytest.raises(KeyError, match=r"'fov' not found in adata.obs \(methods\['sp'\]\['shuffle_positions'\]\)"):
+        ligrec_cv(adata, pairs, methods=methods, n_folds=2)
+
+
 def test_metrics_by_hand():
     pred = pd.DataFrame({"method": "m", "fold": [0, 0, 0, 0, 1, 1], "ligand": ["a", "a", "b", "b", "c", "c"],
                          "label": [1, 0, 1, 0, 1, 0], "score": [0.9, 0.1, 0.2, 0.8, 0.7, 0.7]})  # fmt: skip

@@ -522,6 +522,8 @@ def ligrec_cv(
             _check_graph(adj, sections, ckey, skey)  # every section (obs section/fov...) needs edges, none crosses
         shuffle = spec.get("shuffle_positions")
         if shuffle:
+            if shuffle is not True:
+                _check_key(work.obs, shuffle, f"adata.obs (methods[{name!r}]['shuffle_positions'])")
             groups = None if shuffle is True else work.obs[shuffle].to_numpy()
             adj = shuffle_graph(adj, groups, seed=seed + 1) if adj is not None else None
         if kind == "gcng":
