@@ -352,6 +352,19 @@ def test_given_model_implies_gcng_and_is_never_ignored(trained):
     assert out.uns["scst_ligrec_params"]["methods"] == ["spatial_pearson"]
 
 
+def test_given_model_with_cross_fitting_settings_is_an_error(trained):
+    """``known``, ``gcng_config`` and ``train_kwargs`` only set up the cross-fitting that a given model replaces:
+    they were silently ignored."""
+    from scst.tl._ligrec import ligand_receptor
+
+    adata, triples, model = trained
+    pairs = labelled(triples)[["ligand", "receptor"]]
+    for kw in ({"known": pairs}, {"gcng_config": GCNG.fast_config}, {"train_kwargs": {"max_epochs": 1}}):
+        with pytest.raises(ValueError, match=f"{next(iter(kw))}: set how GCNG is cross-fitted here"):
+            ligand_receptor(adata, model, pairs=pairs, n_perms=0, expr_prop=0.0, **kw)
+    assert "scst_ligrec" not in adata.uns
+
+
 def test_tool_null_of_a_given_model_shuffles_cells_within_sections(trained, monkeypatch):
     """With a model, each permutation re-scores the pairs on cells shuffled within their section (``obs``
     ``section``, found by ``groups_key="auto"``): a recording wrapper of ``predict`` sees every cell order."""

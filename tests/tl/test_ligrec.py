@@ -185,6 +185,51 @@ def test_planted_pair_gets_a_small_pvalue():
     assert res["spatial_pearson_score"].idxmax() == ("L0", "R0") == res["specificity_rank"].idxmin()
 
 
+def test_pairs_spelled_in_two_cases_are_one_pair_not_an_absent_one():
+    """Matching is case-insensitive, so ("L0", "R0") and ("l0", "r0") are one pair: none is absent."""
+    adata, _ = quadrant_data(n_pairs=2)
+    pairs = [("L0", "R0"), ("l0", "r0"), ("L1", "R1"), ("L1", "NOPE")]
+    ligand_receptor(adata, pairs=pairs, method="pearson", n_perms=0, expr_prop=0)
+    params = adata.uns["scst_ligrec_params"]
+    assert (params["n_pairs_input"], params["n_pairs_absent"], params["n_pairs_scored"]) == (3, 1, 2)
+
+
+def test_a_previous_result_rescored_as_pairs_gets_fresh_scores():
+    """Re-scoring a previous table's pairs on other data: its score, rank and p-value columns overwrote the new
+    ones (and another method's columns showed up as a method of this run)."""
+    adata, pairs = quadrant_data(n_side=6, n_pairs=6)
+    other, _ = quadrant_data(n_side=6, n_pairs=6, seed=5)
+    ligand_receptor(adata, pairs=pairs, method=["spatial_pearson", "expression"], n_perms=5, expr_prop=0)
+    old = adata.uns["scst_ligrec"].rename(columns={"ligand_complex": "ligand", "receptor_complex": "receptor"})
+    with pytest.warns(UserWarning, match=r"pairs: column\(s\) \['ligand_means'.*'magnitude_rank'.* are dropped"):
+        ligand_receptor(other, pairs=old, method="spatial_pearson", n_perms=5, expr_prop=0)
+    fresh = ligand_receptor(other, pairs=pairs, method="spatial_pearson", n_perms=5, expr_prop=0, copy=True)
+    got, want = other.uns["scst_ligrec"], fresh.uns["scst_ligrec"]
+    pd.testing.assert_frame_equal(got[want.columns], want)
+    assert "expression_score" not in got and "quadrant" in got  # the resource's own extra column is kept
+
+
+def test_a_method_given_twice_is_an_error():
+    """A repeated method entered the rank aggregates twice: magnitude_rank (and the order) changed silently."""
+    adata, pairs = quadrant_data(n_pairs=4)
+    with pytest.raises(ValueError, match="method: each method at most once"):
+        ligand_receptor(adata, pairs=pairs, method=["spatial_pearson", "expression", "spatial_pearson"], n_perms=0)
+    assert "scst_ligrec" not in adata.uns
+
+
+def test_a_kernel_no_method_uses_is_an_error():
+    """``kernel_key`` weighs only the bivariate metric and the local scores; with other methods it was ignored."""
+    from scst.tl._ligrec_local import lr_kernel
+
+    adata, pairs = quadrant_data(n_pairs=4)
+    lr_kernel(adata, 2.0, um_per_unit=1.0)
+    with pytest.raises(ValueError, match="kernel_key: the weights are used by method 'bivariate' and the local"):
+        ligand_receptor(adata, pairs=pairs, method="spatial_pearson", kernel_key="scst_lr_kernel", n_perms=0)
+    assert "scst_ligrec" not in adata.uns
+    ligand_receptor(adata, pairs=pairs, method="pearson", kernel_key="scst_lr_kernel", n_perms=0, local_scores=2)
+    assert adata.uns["scst_ligrec_params"]["kernel_key"] == "scst_lr_kernel"
+
+
 def test_expr_prop_filter_is_counted():
     adata, pairs = quadrant_data(n_pairs=6)
     x = adata.X.toarray()
@@ -347,6 +392,13 @@ def test_cv_finds_planted_signal_and_controls():
     assert abs(pm.loc["GCNG", "auroc"] - 0.5) < 0.2 and abs(pm.loc["sp", "auroc"] - 0.5) < 0.2
 
 
+def test_cv_names_a_missing_shuffle_column():
+    adata, pairs = quadrant_data(n_side=4, n_pairs=12)
+    methods = {"sp": {"method": "spatial_pearson", "shuffle_positions": "fov"}}
+    with pytest.raises(KeyError, match=r"'fov' not found in adata.obs \(methods\['sp'\]\['shuffle_positions'\]\)"):
+        ligrec_cv(adata, pairs, methods=methods, n_folds=2)
+
+
 def test_metrics_by_hand():
     pred = pd.DataFrame({"method": "m", "fold": [0, 0, 0, 0, 1, 1], "ligand": ["a", "a", "b", "b", "c", "c"],
                          "label": [1, 0, 1, 0, 1, 0], "score": [0.9, 0.1, 0.2, 0.8, 0.7, 0.7]})  # fmt: skip
@@ -386,6 +438,21 @@ def test_function_assignment_beats_chance(tmp_path):
 
 
 @pytest.mark.slow
+def test_function_assignment_names_a_missing_layer():
+    adata, _ = quadrant_data(n_side=4, n_pairs=12)
+    graph_matrix(adata)
+    with pytest.raises(KeyError, match=r"Key 'counts' not found in adata.layers \(argument `layer`\)"):
+        gene_function_cv(adata, [f"L{i}" for i in range(12)], layer="counts", n_folds=2)
+
+
+@pytest.mark.parametrize("as_path", [str, Path])
+def test_function_assignment_names_a_missing_gmt_file(tmp_path, as_path):
+    adata, _ = quadrant_data(n_side=4, n_pairs=12)
+    graph_matrix(adata)
+    with pytest.raises(FileNotFoundError, match="gene_sets: no GMT file at .*nope.gmt"):
+        gene_function_cv(adata, as_path(tmp_path / "nope.gmt"), n_folds=2)
+
+
 def test_seqfish_field0_folds_mostly_without_positives():
     from scst.datasets import _ligand_receptor as lr
     from scst.datasets._seqfish import seqfish_cortex
@@ -451,6 +518,42 @@ def test_lr_kernel_rejects_um_per_unit_none():
     adata, _ = quadrant_data(n_pairs=2)
     with pytest.raises(ValueError, match="um_per_unit: expected a positive number or 'auto', got None"):
         lr_kernel(adata, 2.0, um_per_unit=None)
+
+
+def test_lr_kernel_takes_numpy_scalars_as_um_per_unit():
+    """A µm-per-unit computed with numpy (np.float32, np.int64) is a number, not an error."""
+    from scst.tl._ligrec_local import lr_kernel
+
+    adata, _ = quadrant_data(n_pairs=2)
+    ref = lr_kernel(adata, 2.0, um_per_unit=0.5, copy=True).obsp["scst_lr_kernel"]
+    for value in (np.float32(0.5), np.float64(0.5)):
+        out = lr_kernel(adata, 2.0, um_per_unit=value, copy=True)
+        assert (out.obsp["scst_lr_kernel"] != ref).nnz == 0
+    lr_kernel(adata, 2.0, um_per_unit=np.int64(1))
+    assert adata.uns["scst_lr_kernel_params"]["um_per_unit"] == {"0": 1.0}
+    for bad in (np.float32(0.0), np.float64("nan"), np.inf, True):
+        with pytest.raises(ValueError, match="um_per_unit: expected"):
+            lr_kernel(adata, 2.0, um_per_unit=bad, copy=True)
+
+
+@pytest.mark.parametrize("bandwidth", [float("nan"), np.inf, 0, -5.0, None])
+def test_lr_kernel_rejects_a_bandwidth_that_is_not_a_finite_positive_distance(bandwidth):
+    """A NaN bandwidth gave NaN weights and an infinite one weight 1 to every neighbour, without an error."""
+    from scst.tl._ligrec_local import lr_kernel
+
+    adata, _ = quadrant_data(n_pairs=2)
+    with pytest.raises(ValueError, match="bandwidth: expected a finite positive distance in µm"):
+        lr_kernel(adata, bandwidth, um_per_unit=1.0)
+    assert "scst_lr_kernel" not in adata.obsp
+
+
+def test_lr_kernel_names_cells_with_nan_coordinates():
+    from scst.tl._ligrec_local import lr_kernel
+
+    adata, _ = quadrant_data(n_pairs=2)
+    adata.obsm["spatial"][3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"adata.obsm\['spatial'\] \(argument `spatial_key`\): 1 cell\(s\) have NaN"):
+        lr_kernel(adata, 2.0, um_per_unit=1.0)
 
 
 def test_spatial_pearson_is_directed_ligand_to_receptor_and_ignores_self_loops():
@@ -1050,6 +1153,17 @@ def test_lr_kernel_auto_without_a_section_geometry_is_a_clear_error():
     adata.uns["scst"] = {"sections": None}  # not a mapping
     with pytest.raises(ValueError, match=r"um_per_unit='auto' needs adata.uns\['scst'\]\['sections'\]\['s'\]"):
         lr_kernel(adata, 50)
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "5"])
+def test_local_scores_must_be_a_count_of_pairs(bad):
+    """``local_scores=-1`` wrote all pairs but the last (``head(-1)``); 2.5 was cut to 2 pairs without a word."""
+    adata, pairs = quadrant_data(n_pairs=4)
+    with pytest.raises(ValueError, match="local_scores: expected True/False or a number of pairs >= 0"):
+        ligand_receptor(adata, pairs=pairs, method="pearson", n_perms=0, expr_prop=0, local_scores=bad)
+    assert "scst_ligrec" not in adata.uns and "scst_ligrec_local" not in adata.obsm
+    ligand_receptor(adata, pairs=pairs, method="pearson", n_perms=0, expr_prop=0, local_scores=np.int64(2))
+    assert adata.obsm["scst_ligrec_local"].shape == (adata.n_obs, 2)
 
 
 def test_unknown_local_name_fails_before_anything_is_written():

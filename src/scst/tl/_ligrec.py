@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,6 +34,12 @@ __all__ = ["ligand_receptor", "lr_scores", "BASELINES", "LIGREC_METHODS"]
 LIGREC_METHODS = ("gcng", "pearson", "spatial_pearson", "bivariate", "expression")
 _SPATIAL = ("spatial_pearson", "bivariate")
 _GROUP_KEYS = _LIBRARY_KEYS  # the same "auto" columns as scst.pp.cell_graph: graphs and nulls use one sectioning
+#: Columns the tool writes; a resource's own columns of these names (e.g. a previous result re-scored) are dropped.
+_RESULT_COLUMNS = frozenset(
+    ["ligand_complex", "receptor_complex", "ligand_means", "ligand_props", "receptor_means", "receptor_props",
+     "in_training", "magnitude_rank", "specificity_rank"]
+    + [f"{m}_{c}" for m in LIGREC_METHODS for c in ("score", "pvals", "fdr")]
+)  # fmt: skip
 
 
 def _guess_organism(var_names: pd.Index) -> str:
@@ -82,7 +89,16 @@ def _check_graph(adj: Any, groups: np.ndarray | None, connectivity_key: str, gro
 
 def _prepare_pairs(pairs: Any, adata: AnnData, expr_prop: float, props: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
     table = as_lr_table(pairs, organism=_guess_organism(adata.var_names))
-    n_in = len(table.drop_duplicates(["ligand", "receptor"]))
+    stale = [c for c in table.columns if c in _RESULT_COLUMNS]
+    if stale:  # they were carried into the result over the fresh scores (a previous table re-scored kept its values)
+        warnings.warn(
+            f"pairs: column(s) {stale} have the names of result columns (a previous result?); they are dropped, "
+            "not carried over the new scores.",
+            stacklevel=3,
+        )
+        table = table.drop(columns=stale)
+    # Genes are matched case-insensitively: pairs spelled in two cases are one pair, not one present and one absent.
+    n_in = len(pd.DataFrame({c: table[c].str.lower() for c in ("ligand", "receptor")}).drop_duplicates())
     present = lr_pairs_in_genes(table, adata.var_names)
     missing_sub = present.attrs.get("missing_subunits", {})
     info: dict[str, Any] = {"n_pairs_input": int(n_in), "n_pairs_absent": int(n_in - len(present))}
@@ -152,7 +168,8 @@ def ligand_receptor(
         AnnData, or SpatialData whose ``"table"`` is used; raw counts in ``layer`` (default ``X``).
     model
         A trained :class:`scst.models.GCNG` to score with: ``method`` left at ``None`` then means ``"gcng"``, and
-        an explicit ``method`` must include ``"gcng"`` (else a ValueError: the model would go unused). Its scores of
+        an explicit ``method`` must include ``"gcng"`` (else a ValueError: the model would go unused), and the
+        cross-fitting settings ``known``, ``gcng_config`` and ``train_kwargs`` must be left unset. Its scores of
         pairs it was fit on are flagged ``in_training``. A paper GCNG (flatten readout) scores the cells it was
         trained on; one with ``readout="pool"`` (:attr:`~scst.models.GCNG.pooled_config`) scores any section with
         the same graph key. Without it, ``"gcng"`` is cross-fitted here (see ``known``).
@@ -195,7 +212,7 @@ def ligand_receptor(
         ``norm_product``, ``morans``).
     kernel_key
         ``obsp`` proximity weights of ``"bivariate"`` and the local scores instead of ``A + I``, e.g. a distance
-        kernel in µm from :func:`scst.tl.lr_kernel` (spot-inclusive, per section).
+        kernel in µm from :func:`scst.tl.lr_kernel` (spot-inclusive, per section); with neither, a ValueError.
     known
         GCNG's training positives when it is cross-fitted (default: the resource's pairs). They are split into
         ``n_folds`` folds by ligand; each known pair is scored by the model not trained on its fold
@@ -203,8 +220,10 @@ def ligand_receptor(
     n_folds, gcng_config, graph_key, train_kwargs
         GCNG cross-fitting folds, config (default ``GCNG.bench_config``: 300 epochs, the setting that fits its
         training pairs on HER2+; 2–4 min per fit on a ~185-spot section and one CPU thread — ``GCNG.fast_config``
-        for a quick look), graph matrix (``obsp[graph_key]``, built as autocrine+ from ``connectivity_key`` when
-        absent) and :meth:`GCNG.train` arguments.
+        for a quick look; a given config replaces ``bench_config``, keys it lacks take the paper's defaults, so
+        shorten the benchmark setting with ``{**GCNG.bench_config, "max_epochs": 10}``), graph matrix
+        (``obsp[graph_key]``, built as autocrine+ from ``connectivity_key`` when absent) and :meth:`GCNG.train`
+        arguments.
     key_added
         ``uns`` key of the results.
     layer, normalize, log1p
@@ -225,7 +244,8 @@ def ligand_receptor(
       method ``{method}_score``, ``{method}_pvals``, ``{method}_fdr`` (BH over the pairs), ``in_training`` with
       ``"gcng"``, then ``magnitude_rank`` (RRA of the methods' score ranks; one method: the rank divided by the
       largest rank, ties sharing their average rank — rank / n when no score ties at the bottom) and, with
-      p-values, ``specificity_rank`` (RRA of their p-value ranks), then the extra columns of ``pairs``;
+      p-values, ``specificity_rank`` (RRA of their p-value ranks), then the extra columns of ``pairs`` (not those
+      named like these columns, e.g. of a previous result: dropped with a warning);
     - ``uns[f"{key_added}_params"]``: methods, nulls, ``n_perms``, seed, keys, normalisation, pair counts (input,
       absent, complexes missing a subunit, entities/pairs under ``expr_prop``, scored), and for GCNG its graph,
       config, ``n_in_training`` and ``gcng_fit`` (train/validation/held-out AUROC per model);
@@ -237,6 +257,8 @@ def ligand_receptor(
     bad = [m for m in methods if m not in LIGREC_METHODS]
     if bad or not methods:
         raise ValueError(f"method: expected one or more of {list(LIGREC_METHODS)}, got {method!r}.")
+    if len(set(methods)) < len(methods):  # a repeated method counted twice in the rank aggregates
+        raise ValueError(f"method: each method at most once, got {method!r}.")
     if model is not None and "gcng" not in methods:
         raise ValueError(
             f"model: a GCNG model is given but method={method!r} does not include 'gcng', so the model would be "
@@ -252,17 +274,34 @@ def ligand_receptor(
             "the within-cell correlation unchanged (every p-value would be 1). Use null='auto' (the ligand null for "
             "'pearson') or null='ligand'."
         )
+    if not isinstance(local_scores, bool | numbers.Integral) or local_scores < 0:  # -k: head(-k), all but k pairs
+        raise ValueError(f"local_scores: expected True/False or a number of pairs >= 0, got {local_scores!r}.")
     n_perms = int(n_perms or 0)
     if n_perms < 0:
         raise ValueError(f"n_perms: expected >= 0, got {n_perms}.")
     if "bivariate" in methods or local_scores:
         _liana_local(local_name)  # unknown metric / missing liana: fail before any work
+    elif kernel_key is not None:  # it was checked, then silently unused: the other methods use the cell graph
+        raise ValueError(
+            f"kernel_key: the weights are used by method 'bivariate' and the local scores only, but method={method!r} "
+            "and local_scores are neither; the other methods use the cell graph `connectivity_key`."
+        )
     if model is not None:
         if not isinstance(model, GCNG):
             raise TypeError(f"`model` must be a scst.models.GCNG, got {type(model).__name__}.")
         if not model.is_trained:
             raise ValueError("`model` is not trained; call `model.train(pairs)` first (or pass no model to "
                              "cross-fit GCNG here).")  # fmt: skip
+        unused = [
+            k
+            for k, v in (("known", known), ("gcng_config", gcng_config), ("train_kwargs", train_kwargs))
+            if v is not None
+        ]
+        if unused:  # they configure the cross-fitting, which a given model replaces: they were silently ignored
+            raise ValueError(
+                f"{', '.join(unused)}: set how GCNG is cross-fitted here, but the trained `model` is used as it is; "
+                "drop them, or pass no `model` to cross-fit GCNG with them."
+            )
     adata = _get_table(adata)
     _check_unique_var_names(adata)
     if copy:

@@ -522,6 +522,8 @@ def ligrec_cv(
             _check_graph(adj, sections, ckey, skey)  # every section (obs section/fov...) needs edges, none crosses
         shuffle = spec.get("shuffle_positions")
         if shuffle:
+            if shuffle is not True:
+                _check_key(work.obs, shuffle, f"adata.obs (methods[{name!r}]['shuffle_positions'])")
             groups = None if shuffle is True else work.obs[shuffle].to_numpy()
             adj = shuffle_graph(adj, groups, seed=seed + 1) if adj is not None else None
         if kind == "gcng":
@@ -618,7 +620,9 @@ def read_gmt(path: str | os.PathLike) -> dict[str, list[str]]:
 
 
 def _as_sets(gene_sets: Any) -> dict[str, list[str]]:
-    if isinstance(gene_sets, str | os.PathLike) and os.path.exists(gene_sets):
+    if isinstance(gene_sets, str | os.PathLike):  # a path; a missing file was "expected ... a GMT file path"
+        if not os.path.exists(gene_sets):
+            raise FileNotFoundError(f"gene_sets: no GMT file at {os.fspath(gene_sets)!r}.")
         return read_gmt(gene_sets)
     if isinstance(gene_sets, Mapping):
         return {str(k): [str(g) for g in v] for k, v in gene_sets.items()}
@@ -695,6 +699,8 @@ def gene_function_cv(
     config = dict(GCNG.bench_config if config is None else config)
     _check_key(adata.obsp, graph_key, "adata.obsp (compute it with scst.pp.graph_matrix)")
     sets = _as_sets(gene_sets)
+    if layer is not None:
+        _check_key(adata.layers, layer, "adata.layers (argument `layer`)")
     x = adata.X if layer is None else adata.layers[layer]
     detected = np.asarray((x > 0).sum(axis=0)).ravel() >= min_cells
     genes = pd.Index(map(str, adata.var_names))

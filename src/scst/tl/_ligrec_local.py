@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -9,15 +10,16 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._utils import _check_key, _get_table
+from .._utils import _check_key, _get_table, _positive
+from ..pp._graph_matrix import _check_finite
 
 __all__ = ["lr_kernel"]
 
 
 def _um_per_unit(adata: AnnData, section: Any, um_per_unit: float | str) -> float:
-    if isinstance(um_per_unit, int | float):
-        if um_per_unit <= 0:
-            raise ValueError(f"um_per_unit: expected > 0, got {um_per_unit}.")
+    if isinstance(um_per_unit, numbers.Real) and not isinstance(um_per_unit, bool):  # numpy scalars too
+        if not (np.isfinite(um_per_unit) and um_per_unit > 0):
+            raise ValueError(f"um_per_unit: expected > 0 and finite, got {um_per_unit}.")
         return float(um_per_unit)
     if um_per_unit != "auto":
         raise ValueError(f"um_per_unit: expected a positive number or 'auto', got {um_per_unit!r}.")
@@ -85,9 +87,9 @@ def lr_kernel(
     adata = _get_table(adata)
     if copy:
         adata = adata.copy()
-    if not bandwidth or bandwidth <= 0:
-        raise ValueError(f"bandwidth: expected a positive distance in µm, got {bandwidth!r}.")
+    bandwidth = _positive("bandwidth", bandwidth, "distance in µm")  # NaN gave NaN weights, inf all ones
     _check_key(adata.obsm, spatial_key, "adata.obsm")
+    _check_finite(adata, spatial_key)  # NaN coordinates failed inside scikit-learn's NearestNeighbors
     groups, gkey = _groups(adata, groups_key)
     xy = np.asarray(adata.obsm[spatial_key], dtype=np.float64)[:, :2]
     labels = np.zeros(adata.n_obs, dtype=object) if groups is None else groups
