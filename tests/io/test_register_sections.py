@@ -220,3 +220,30 @@ def test_register_sections_uses_the_system_where_the_shapes_are_untransformed():
     geo = sd.tables["table"].uns["scst"]["sections"]["V1"]
     assert geo["coordinate_system"] == "px" and geo["image_key"] == "V1_full_image"
     assert list(get_transformation(sd.images["V1_full_image"], get_all=True)) == ["px"]  # nothing added
+
+
+def test_register_sections_gives_concatenated_samples_their_own_images():
+    """Two Visium samples concatenated into one "global" system (spatialdata-io names: shapes "V1"/"V2", images
+    "V1_full_image"/"V2_full_image"): each section gets its own image, not the largest of both (V2's) for both;
+    images not named after the sections that end up shared by default are a warning."""
+    import spatialdata
+
+    a, b = _visium_like(), _visium_like()
+    tb = b.tables["table"].copy()
+    tb.obs["region"] = pd.Categorical(["V2"] * tb.n_obs)
+    tb.obs_names = [f"b{x}" for x in tb.obs_names]
+    tb.uns["spatialdata_attrs"]["region"] = "V2"
+    big = np.zeros((3, 600, 700), np.uint8)
+    big = Image2DModel.parse(big, dims=("c", "y", "x"), transformations={"global": Identity()})
+    b = SpatialData(images={"V2_full_image": big}, shapes={"V2": b.shapes["V1"]}, tables={"table": tb})
+    sd = spatialdata.concatenate([a, b], concatenate_tables=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scst.io.register_sections(sd)
+    geo = sd.tables["table"].uns["scst"]["sections"]
+    assert (geo["V1"]["image_key"], geo["V2"]["image_key"]) == ("V1_full_image", "V2_full_image")
+    assert geo["V1"]["image_shape"] == [400, 500]
+    sd = SpatialData(images={"he_a": sd.images["V1_full_image"], "he_b": big}, shapes=dict(sd.shapes),
+                     tables={"table": sd.tables["table"]})  # fmt: skip
+    with pytest.warns(UserWarning, match=r"sections \['V1', 'V2'\] all use image 'he_b'.*pass image_keys"):
+        scst.io.register_sections(sd)

@@ -51,8 +51,10 @@ def register_sections(
     image_keys
         Section (region) → image element for patches. Default: the image in the shapes' coordinate system with the
         most pixels (full resolution when present); if there is none, the largest image that shares another
-        coordinate system with the shapes. Without any, the section gets ``image_key=None`` and a warning (tables
-        and shapes still work; patches need an image).
+        coordinate system with the shapes. Images named after the section (``f"{region}_..."``, as spatialdata-io
+        names them) come first, so that sections concatenated into one coordinate system each get their own image;
+        sections left sharing a default image while there are others get a warning. Without any, the section gets
+        ``image_key=None`` and a warning (tables and shapes still work; patches need an image).
     spot_diameter_um
         Physical spot diameter: Visium 55 µm, ST 100 µm.
     grid_step_um
@@ -65,7 +67,7 @@ def register_sections(
     regions, region_key, _ = get_table_keys(adata)
     regions = [regions] if isinstance(regions, str) else list(regions)
     image_keys = dict(image_keys or {})
-    sections, placements = {}, []
+    sections, placements, defaults = {}, [], {}
     for r in regions:
         _check_key(sdata.shapes, r, "sdata.shapes")
         shapes = sdata.shapes[r]
@@ -84,8 +86,12 @@ def register_sections(
         key = image_keys.get(r)
         if key is None:
             paths = {k: _image_to_cs(el, shape_ts, cs) for k, el in sdata.images.items()}
-            for direct in (True, False):  # images in the shapes' coordinate system first, then through another one
+            # images named after the section first (concatenated samples share coordinate systems), then images in
+            # the shapes' coordinate system before those reached through another one
+            for named, direct in ((True, True), (True, False), (False, True), (False, False)):
                 cands = [k for k, (t, d) in paths.items() if t is not None and d is direct]
+                if named:
+                    cands = [k for k in cands if str(k).startswith(f"{r}_")]
                 key = max(cands, key=lambda k: int(np.prod(_scale0(sdata.images[k]).shape[1:])), default=None)
                 if key is not None:
                     break
@@ -98,6 +104,8 @@ def register_sections(
                     UserWarning,
                     stacklevel=2,
                 )
+            else:
+                defaults.setdefault(key, []).append(str(r))
         elif key not in sdata.images:
             raise KeyError(f"image_keys[{r!r}]: {key!r} not in sdata.images ({list(sdata.images)}).")
         if key is not None:
@@ -120,6 +128,16 @@ def register_sections(
             "grid_step_um": float(grid_step_um), "image_shape": shape, "source": "register_sections",
         }  # fmt: skip
         logg.info(f"Section {r!r}: {um_per_px:.3f} µm/px from a {diameter_px:.1f} px spot; image {key!r}")
+    shared = {k: rs for k, rs in defaults.items() if len(rs) > 1}
+    if shared and len(sdata.images) > 1:
+        warnings.warn(
+            "register_sections: sections "
+            + "; ".join(f"{rs} all use image {k!r}" for k, rs in shared.items())
+            + f" (chosen by default among {list(sdata.images)}); if each section has its own image, pass "
+            "image_keys={section: image}, else patches are cut from another section's image.",
+            UserWarning,
+            stacklevel=2,
+        )
     for key, el, to_cs, cs in placements:
         set_transformation(el, to_cs, to_coordinate_system=cs)
         logg.info(f"Image {key!r}: added its transformation to coordinate system {cs!r} (through the shapes').")
