@@ -194,3 +194,22 @@ def test_read_wsi_min_level_px_is_inclusive_on_the_short_side_and_grey_slides(tm
         tw.write(grey, tile=(256, 256), photometric="minisblack", resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
     data = read_wsi(tmp_path / "g.tif").images["g_image"]["scale0"]["image"].data
     np.testing.assert_array_equal(data.compute(), np.repeat(grey[None], 3, axis=0))
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "png"])
+def test_truncated_or_unreadable_images_are_refused_not_cached(tmp_path, fmt):
+    """A JPEG/PNG cut short (an interrupted copy) is an error naming the file, not a cache whose missing rows libvips
+    filled with grey or black; files that are no image (JPEG/PNG or TIFF) are ValueErrors, not libvips' or tifffile's
+    own exception types."""
+    img = _texture(CHUNK_PX + 500, 300)
+    Image.fromarray(img).save(tmp_path / f"he.{fmt}")
+    data = (tmp_path / f"he.{fmt}").read_bytes()
+    (tmp_path / f"cut.{fmt}").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"cut.{fmt} is truncated or corrupt"):
+        cached_image(tmp_path / f"cut.{fmt}", "S", cache=tmp_path / "cache")
+    (tmp_path / f"no.{fmt}").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=f"image: cannot decode .*no.{fmt}"):
+        cached_image(tmp_path / f"no.{fmt}", "S", cache=tmp_path / "cache")
+    (tmp_path / "no.tif").write_bytes(b"II*\x00not a tiff")
+    with pytest.raises(ValueError, match="image: cannot decode .*no.tif as TIFF"):
+        cached_image(tmp_path / "no.tif", "S", cache=tmp_path / "cache")
