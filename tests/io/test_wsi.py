@@ -1,5 +1,7 @@
 """Whole-slide images read lazily tile by tile; JPEG/PNG/TIFF converted to the zarr cache in strips."""
 
+import warnings
+
 import numpy as np
 import pytest
 import tifffile
@@ -213,3 +215,19 @@ def test_truncated_or_unreadable_images_are_refused_not_cached(tmp_path, fmt):
     (tmp_path / "no.tif").write_bytes(b"II*\x00not a tiff")
     with pytest.raises(ValueError, match="image: cannot decode .*no.tif as TIFF"):
         cached_image(tmp_path / "no.tif", "S", cache=tmp_path / "cache")
+
+
+def test_read_wsi_reads_the_pixel_size_of_an_ome_tiff(tmp_path):
+    """An OME-TIFF records its pixel size in the OME-XML (PhysicalSizeX and its unit), without TIFF resolution tags:
+    read_wsi takes it from there instead of warning that the slide records none."""
+    img = _texture(600, 700)
+    for unit, size, um in (("µm", 0.25, 0.25), ("nm", 500.0, 0.5), (None, 0.125, 0.125)):
+        md = {"axes": "YXS", "PhysicalSizeX": size, "PhysicalSizeY": size}
+        if unit is not None:
+            md["PhysicalSizeXUnit"] = md["PhysicalSizeYUnit"] = unit
+        tifffile.imwrite(tmp_path / "s.ome.tif", img, tile=(256, 256), photometric="rgb", ome=True, metadata=md)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            sd = read_wsi(tmp_path / "s.ome.tif", sample="S")
+        assert sd.attrs["scst"]["um_per_px"] == pytest.approx(um), unit
+    assert read_wsi(tmp_path / "s.ome.tif", sample="S", um_per_px=0.3).attrs["scst"]["um_per_px"] == 0.3  # given wins

@@ -46,7 +46,34 @@ def _levels(path: Path):
     props = slide.properties
     mpp = props.get("tiffslide.mpp-x")
     slide.close()
-    return levels, float(mpp) if mpp else None
+    return levels, float(mpp) if mpp else _ome_mpp(path)
+
+
+#: OME ``PhysicalSizeXUnit`` → µm.
+_OME_UNITS_UM = {"µm": 1.0, "μm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+def _ome_mpp(path: Path) -> float | None:
+    """µm/px of an OME-TIFF's first image (OME-XML ``PhysicalSizeX`` and its unit, default µm), else ``None``.
+
+    OME-TIFF writers (Bio-Formats, tifffile) record the pixel size there, often without TIFF resolution tags, and
+    tiffslide reads only the tags.
+    """
+    from xml.etree import ElementTree
+
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            xml = tf.ome_metadata
+        if not xml:
+            return None
+        pixels = next(e for e in ElementTree.fromstring(xml).iter() if e.tag.rsplit("}", 1)[-1] == "Pixels")
+        size = float(pixels.get("PhysicalSizeX"))
+    except Exception:  # noqa: BLE001 - no (readable) OME pixel size: unknown, as without OME-XML
+        return None
+    factor = _OME_UNITS_UM.get(pixels.get("PhysicalSizeXUnit", "µm"))
+    return size * factor if factor is not None and np.isfinite(size) and size > 0 else None
 
 
 def read_wsi(
@@ -72,7 +99,8 @@ def read_wsi(
         Section name: the image key is ``f"{sample}_image"`` and its coordinate system ``sample``; default the
         file's stem.
     um_per_px
-        Micrometres per full-resolution pixel; default the slide's own (``tiffslide.mpp-x``), else unknown.
+        Micrometres per full-resolution pixel; default the slide's own (``tiffslide.mpp-x``, else an OME-TIFF's
+        ``PhysicalSizeX``), else unknown.
     min_level_px
         Smallest short side of a pyramid level to keep.
 
