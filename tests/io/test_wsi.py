@@ -231,3 +231,19 @@ def test_read_wsi_reads_the_pixel_size_of_an_ome_tiff(tmp_path):
             sd = read_wsi(tmp_path / "s.ome.tif", sample="S")
         assert sd.attrs["scst"]["um_per_px"] == pytest.approx(um), unit
     assert read_wsi(tmp_path / "s.ome.tif", sample="S", um_per_px=0.3).attrs["scst"]["um_per_px"] == 0.3  # given wins
+
+
+def test_read_wsi_refuses_infinite_pixel_sizes_and_names_unsupported_layouts(tmp_path):
+    """um_per_px is finite (as in read_st): inf would give a slide of infinite size in µm; a TIFF whose layout
+    tiffslide cannot read (planar RGB) is the documented ValueError naming the file, not tiffslide's
+    NotImplementedError (which the CLI would show as a traceback)."""
+    img = _texture(300, 400)
+    _pyramidal_tiff(tmp_path / "a.tif", img, levels=1)
+    for bad in (np.inf, np.nan, "0.5x"):
+        with pytest.raises(ValueError, match="um_per_px: expected a finite positive number"):
+            read_wsi(tmp_path / "a.tif", um_per_px=bad)
+    assert read_wsi(tmp_path / "a.tif", um_per_px=np.float32(0.5)).attrs["scst"]["um_per_px"] == 0.5
+    planar = np.moveaxis(img, -1, 0).copy()
+    tifffile.imwrite(tmp_path / "planar.tif", planar, photometric="rgb", planarconfig="separate")
+    with pytest.raises(ValueError, match="cannot open .*planar.tif as a whole-slide image"):
+        read_wsi(tmp_path / "planar.tif", um_per_px=0.5)

@@ -13,6 +13,7 @@ from spatialdata.models import Image2DModel
 from spatialdata.transformations import Identity, set_transformation
 
 from .._logging import logg
+from .._utils import _positive
 
 __all__ = ["read_wsi"]
 
@@ -28,9 +29,9 @@ def _levels(path: Path):
 
     try:
         slide = tiffslide.TiffSlide(str(path))
+        group = slide.zarr_group  # parses the layout: NotImplementedError for one tiffslide does not read
     except Exception as e:  # noqa: BLE001 - tiffslide raises many types for unreadable files
         raise ValueError(f"path: cannot open {path} as a whole-slide image ({type(e).__name__}: {e}).") from e
-    group = slide.zarr_group
     levels = []
     for k in range(slide.level_count):
         arr = group[str(k)] if isinstance(group, zarr.Group) else group
@@ -99,8 +100,8 @@ def read_wsi(
         Section name: the image key is ``f"{sample}_image"`` and its coordinate system ``sample``; default the
         file's stem.
     um_per_px
-        Micrometres per full-resolution pixel; default the slide's own (``tiffslide.mpp-x``, else an OME-TIFF's
-        ``PhysicalSizeX``), else unknown.
+        Micrometres per full-resolution pixel (finite, > 0); default the slide's own (``tiffslide.mpp-x``, else an
+        OME-TIFF's ``PhysicalSizeX``), else unknown.
     min_level_px
         Smallest short side of a pyramid level to keep.
 
@@ -119,8 +120,8 @@ def read_wsi(
             f"path: {path.name} is not a whole-slide image ({', '.join(WSI_SUFFIXES)}); read JPEG/PNG with "
             "scst.io.read_st (converted once to a zarr cache)."
         )
-    if um_per_px is not None and not um_per_px > 0:
-        raise ValueError(f"um_per_px: expected a positive number, got {um_per_px}.")
+    if um_per_px is not None:
+        um_per_px = _positive("um_per_px", um_per_px)
     sample = sample or path.stem
     levels, mpp = _levels(path)
     levels = [levels[0]] + [d for d in levels[1:] if min(d.shape[1:]) >= min_level_px]
