@@ -225,7 +225,8 @@ def read_st(
         Full-resolution H&E image (JPEG, PNG or TIFF) that ``pixel_cols`` refer to, or ``None`` for a table
         and shapes only. It is converted once to a multiscale zarr store and opened lazily.
     sample
-        Section name: prefixes element keys and obs names, names the coordinate system.
+        Section name: prefixes element keys and obs names, names the coordinate system (letters, digits, ``_``,
+        ``-`` and ``.``, as SpatialData element names).
     um_per_px
         Micrometres per full-resolution pixel (finite, > 0). By default it is derived from the array geometry: an
         affine least-squares fit of the spot centres on the array indices gives the pixel vector of one column
@@ -264,6 +265,12 @@ def read_st(
     """
     if not isinstance(sample, str) or not sample:
         raise ValueError(f"sample: expected a non-empty string, got {sample!r}.")
+    if sample.startswith("__") or not all(c.isalnum() or c in "_-." for c in sample):
+        # checked before the image is converted: spatialdata refuses such element names only at the end
+        raise ValueError(
+            f"sample: {sample!r} names the SpatialData elements and coordinate system; use only letters, digits, "
+            "'_', '-' and '.' (not starting with '__')."
+        )
     spot_diameter_um = _positive("spot_diameter_um", spot_diameter_um)
     grid_step_um = _positive("grid_step_um", grid_step_um)
     if um_per_px is not None:
