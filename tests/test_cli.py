@@ -549,3 +549,24 @@ def test_predict_unknown_model_class(tmp_path, capsys, monkeypatch, content, nam
     (m / "attr.json").write_text(content)
     assert main(["predict", "--model-dir", str(m), "--out", str(tmp_path / "p.h5ad")]) == 2
     assert f"scst: error: --model-dir: unknown model class {name} in " in capsys.readouterr().err
+
+
+def test_predict_an_image_whose_file_name_has_spaces(fake_predict, tmp_path, capsys):
+    """`--image "patient 1.png"` (and a slide "2024-01 slide#3.svs"): the section is named after the file with other
+    characters replaced by '_', not refused by spatialdata's element-name rule ('patient 1_image')."""
+    import tifffile
+    from PIL import Image
+
+    import scst
+
+    m, calls = fake_predict
+    img = np.full((64, 80, 3), 200, np.uint8)
+    Image.fromarray(img).save(tmp_path / "patient 1.png")
+    out = tmp_path / "p.h5ad"
+    argv = ["predict", "--model-dir", str(m), "--image", str(tmp_path / "patient 1.png"), "--um-per-px", "0.5"]
+    assert main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err
+    tifffile.imwrite(tmp_path / "2024-01 slide#3.svs", img, tile=(16, 16), photometric="rgb")
+    assert list(scst.cli._image_only(str(tmp_path / "2024-01 slide#3.svs")).images) == ["2024-01_slide_3_image"]
+    assert list(scst.io.read_wsi(tmp_path / "2024-01 slide#3.svs", um_per_px=0.5).images) == ["2024-01_slide_3_image"]
+    with pytest.raises(ValueError, match="sample: 'a b' names the SpatialData elements"):
+        scst.io.read_wsi(tmp_path / "2024-01 slide#3.svs", sample="a b", um_per_px=0.5)

@@ -114,7 +114,9 @@ def _image_only(path: str) -> Any:
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"--image: {path!r} is not a file.")
-    name = p.name.split(".")[0] or "slide"
+    from .io._read_st import _sample_from_file_name
+
+    name = _sample_from_file_name(p.name.split(".")[0])  # 'patient 1.jpg' → 'patient_1' (a valid element name)
     if p.suffix.lower() in (".svs", ".ndpi", ".scn", ".bif"):  # pyramidal formats only read_wsi opens
         return scst.io.read_wsi(p, sample=name)
     try:

@@ -34,6 +34,20 @@ def _format_suffix(p: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
+def _check_sample(sample: str) -> None:
+    """Refuse a section name that SpatialData refuses in element names (``f"{sample}_image"``)."""
+    if sample.startswith("__") or not all(c.isalnum() or c in "_-." for c in sample):
+        raise ValueError(
+            f"sample: {sample!r} names the SpatialData elements and coordinate system; use only letters, digits, "
+            "'_', '-' and '.' (not starting with '__')."
+        )
+
+
+def _sample_from_file_name(name: str) -> str:
+    """A valid section name from a file name without suffix: other characters (spaces, '#', ...) become ``_``."""
+    return "".join(c if c.isalnum() or c in "_-." else "_" for c in name).lstrip("_") or "slide"
+
+
 def _read_counts(counts: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     if isinstance(counts, pd.DataFrame):
         df = counts.copy(deep=False)  # the index is replaced below: never on the caller's frame
@@ -265,12 +279,7 @@ def read_st(
     """
     if not isinstance(sample, str) or not sample:
         raise ValueError(f"sample: expected a non-empty string, got {sample!r}.")
-    if sample.startswith("__") or not all(c.isalnum() or c in "_-." for c in sample):
-        # checked before the image is converted: spatialdata refuses such element names only at the end
-        raise ValueError(
-            f"sample: {sample!r} names the SpatialData elements and coordinate system; use only letters, digits, "
-            "'_', '-' and '.' (not starting with '__')."
-        )
+    _check_sample(sample)  # before the image is converted: spatialdata refuses such element names only at the end
     spot_diameter_um = _positive("spot_diameter_um", spot_diameter_um)
     grid_step_um = _positive("grid_step_um", grid_step_um)
     if um_per_px is not None:

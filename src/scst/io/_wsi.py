@@ -14,6 +14,7 @@ from spatialdata.transformations import Identity, set_transformation
 
 from .._logging import logg
 from .._utils import _positive
+from ._read_st import _check_sample, _sample_from_file_name
 
 __all__ = ["read_wsi"]
 
@@ -97,8 +98,8 @@ def read_wsi(
         Whole-slide image: Aperio ``.svs``, Hamamatsu ``.ndpi``, pyramidal (OME-)TIFF, or any tiled TIFF tiffslide
         reads. A plain JPEG/PNG goes through :func:`scst.io.read_st`'s zarr cache instead.
     sample
-        Section name: the image key is ``f"{sample}_image"`` and its coordinate system ``sample``; default the
-        file's stem.
+        Section name: the image key is ``f"{sample}_image"`` and its coordinate system ``sample`` (letters, digits,
+        ``_``, ``-`` and ``.``); default the file's stem with other characters (spaces, ...) replaced by ``_``.
     um_per_px
         Micrometres per full-resolution pixel (finite, > 0); default the slide's own (``tiffslide.mpp-x``, else an
         OME-TIFF's ``PhysicalSizeX``), else unknown.
@@ -122,7 +123,9 @@ def read_wsi(
         )
     if um_per_px is not None:
         um_per_px = _positive("um_per_px", um_per_px)
-    sample = sample or path.stem
+    if not sample:
+        sample = _sample_from_file_name(path.stem)
+    _check_sample(sample)
     levels, mpp = _levels(path)
     levels = [levels[0]] + [d for d in levels[1:] if min(d.shape[1:]) >= min_level_px]
     tree = xr.DataTree.from_dict(
