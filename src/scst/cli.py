@@ -151,6 +151,8 @@ def _train(args: argparse.Namespace) -> None:
             raise CLIError(f"--max-epochs: not used by --model {args.model} (closed form, no epochs).")
         if args.max_epochs < 1:
             raise CLIError(f"--max-epochs: expected a positive number of epochs, got {args.max_epochs}.")
+    if args.n_genes < 1:
+        raise CLIError(f"--n-genes: expected a positive number of genes, got {args.n_genes}.")
     try:  # unknown keys fail here, before the data are read and features computed
         config = {**cls.bench_config, **_config(args.config)}
         cls._merge_config(config)
@@ -161,6 +163,12 @@ def _train(args: argparse.Namespace) -> None:
     _check_sections(adata, args.sections)
     # The panel comes from the training sections only (a held-out section never chooses the genes).
     scst.pp.select_genes(adata, n_top=args.n_genes, sections=args.sections)
+    if "highly_variable_scst" in adata.var and not adata.var["highly_variable_scst"].any():
+        # said here, before the features are computed, and naming the option (the model would blame `genes`)
+        raise CLIError(
+            f"--n-genes: the gene panel is empty: none of the {args.n_genes} most variable genes of a training "
+            "section is detected in at least half of the spots; pass a larger --n-genes (default 250)."
+        )
 
     def build(data):
         try:
