@@ -252,3 +252,9 @@ def test_concatenate_sections_keeps_the_given_section_order_and_int32_counts(tmp
     assert t.obs["section"].cat.categories.tolist() == ["B", "A"] and t.obs["section"].tolist()[:1] == ["B"]
     assert t.X.dtype == np.int32
     assert concatenate_sections({"x": b, "y": a}, join="outer").tables["table"].X.dtype == np.int32
+    # Sections normalised before they are combined keep their values (the int32 cast truncated 8.35 to 8)
+    for sd in (a, b):
+        sd.tables["table"].X = (sd.tables["table"].X / 3).astype(np.float32)
+    t = concatenate_sections([b, a], join="outer").tables["table"]
+    assert t.X.dtype == np.float32
+    np.testing.assert_allclose(t.X.toarray(), np.vstack([x.tables["table"].X.toarray() for x in (b, a)]))

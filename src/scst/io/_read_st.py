@@ -375,7 +375,8 @@ def concatenate_sections(sdatas: Sequence[SpatialData] | Mapping[str, SpatialDat
     Returns
     -------
     SpatialData with all images and shapes, and one table whose ``obs["section"]`` tells sections apart and
-    whose ``uns["scst"]["gene_alignment"]`` records ``join``.
+    whose ``uns["scst"]["gene_alignment"]`` records ``join``. ``X`` is CSR: int32 for raw counts; other values
+    (sections normalised before) keep their float type.
     """
     if join not in {"inner", "outer"}:
         raise ValueError(f"join: expected 'inner' or 'outer', got {join!r}.")
@@ -401,7 +402,12 @@ def concatenate_sections(sdatas: Sequence[SpatialData] | Mapping[str, SpatialDat
             UserWarning,
             stacklevel=2,
         )
-    adata.X = sparse.csr_matrix(adata.X, dtype=np.int32)
+    X = sparse.csr_matrix(adata.X)
+    # raw counts (read_st's int32, or floats holding them after ad.concat) as int32; anything else (normalised
+    # sections) is kept as it is: the cast would truncate it to integers without a word
+    if X.dtype.kind in "iub" or (np.isfinite(X.data).all() and np.array_equal(X.data, np.round(X.data))):
+        X = X.astype(np.int32)
+    adata.X = X
     adata.obs[SECTION_KEY] = pd.Categorical(adata.obs[SECTION_KEY].astype(str), categories=list(sections))
     adata.obs[REGION_KEY] = pd.Categorical(adata.obs[REGION_KEY].astype(str))
     adata.uns[UNS_KEY] = {"sections": sections, "gene_alignment": "intersection" if join == "inner" else "union"}
