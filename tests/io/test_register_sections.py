@@ -166,7 +166,9 @@ def test_register_sections_defaults_median_radius_and_what_it_keeps():
     t = sd.tables["table"]
     t.uns["scst"] = {"gene_alignment": "kept"}
     t.obs["section"] = pd.Categorical(["mine"] * t.n_obs)
-    scst.io.register_sections(sd)
+    # kept, with a warning: the geometry is keyed by region, so section 'mine' would find none downstream
+    with pytest.warns(UserWarning, match=r"obs\['section'\] is kept but does not name .*'mine' for region 'V1'"):
+        scst.io.register_sections(sd)
     geo = t.uns["scst"]["sections"]["V1"]
     assert geo == {
         "image_key": "V1_full_image", "shapes_key": "V1", "coordinate_system": "global", "um_per_px": 55.0 / 40.0,
@@ -240,6 +242,7 @@ def test_register_sections_gives_concatenated_samples_their_own_images():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         scst.io.register_sections(sd)
+        scst.io.register_sections(sd)  # again: obs["section"] is now the regions, which is no cause for a warning
     geo = sd.tables["table"].uns["scst"]["sections"]
     assert (geo["V1"]["image_key"], geo["V2"]["image_key"]) == ("V1_full_image", "V2_full_image")
     assert geo["V1"]["image_shape"] == [400, 500]

@@ -36,6 +36,8 @@ def register_sections(
     one in which the shapes sit untransformed (``"global"`` first), so that ``obsm["spatial"]`` and the radius are
     its pixels; ``obsm["spatial_array"]`` is built from ``obs["array_col"/"array_row"]`` when present.
 
+    An existing ``obs["section"]`` is kept; it must name each spot's region (a warning says when it does not).
+
     The image must be reachable from that coordinate system. spatialdata-io's ``visium`` without a full-resolution
     image (its default) puts the hires image only in ``"downscaled_hires"``, where the shapes are scaled by the
     hires scale factor: such an image is placed into the shapes' coordinate system through the coordinate system
@@ -143,6 +145,21 @@ def register_sections(
         logg.info(f"Image {key!r}: added its transformation to coordinate system {cs!r} (through the shapes').")
     if SECTION_KEY not in adata.obs:
         adata.obs[SECTION_KEY] = pd.Categorical(adata.obs[region_key].astype(str), categories=list(sections))
+    else:
+        # kept, but the geometry is recorded under the regions: sections named otherwise find none
+        odd = adata.obs[SECTION_KEY].astype(str).to_numpy() != adata.obs[region_key].astype(str).to_numpy()
+        if odd.any():
+            eg = adata.obs.loc[odd, [SECTION_KEY, region_key]].astype(str).drop_duplicates().head(3)
+            warnings.warn(
+                f"register_sections: the table's existing obs[{SECTION_KEY!r}] is kept but does not name the spots' "
+                f"regions for {int(odd.sum())} spot(s) (e.g. "
+                + ", ".join(f"{a!r} for region {b!r}" for a, b in eg.itertuples(index=False))
+                + f"); the geometry is recorded under the region names "
+                f"({list(sections)}), and scst looks it up by obs[{SECTION_KEY!r}], so those sections would have "
+                f"no geometry or image. Delete obs[{SECTION_KEY!r}] (or set it to obs[{region_key!r}]) first.",
+                UserWarning,
+                stacklevel=2,
+            )
     if ARRAY_ROW in adata.obs and ARRAY_COL in adata.obs:
         adata.obsm[f"{SPATIAL_KEY}_array"] = adata.obs[[ARRAY_COL, ARRAY_ROW]].to_numpy(dtype=np.float64)
     adata.uns[UNS_KEY] = {**adata.uns.get(UNS_KEY, {}), "sections": sections}
