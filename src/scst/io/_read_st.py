@@ -67,6 +67,8 @@ def _read_counts(counts: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     if bad:
         raise ValueError(f"counts: non-numeric values in gene columns {bad[:5]}; expected raw counts.")
     vals = df.to_numpy()
+    if vals.dtype == object:  # pandas' nullable columns (Int64, Float64, from convert_dtypes()): pd.NA as NaN
+        vals = df.to_numpy(dtype=np.float64, na_value=np.nan)
     if np.isnan(vals).any() if vals.dtype.kind == "f" else False:
         raise ValueError("counts: missing (NaN) values; expected raw counts.")
     if vals.dtype.kind == "f" and np.isinf(vals).any():
