@@ -177,7 +177,8 @@ def test_register_sections_defaults_median_radius_and_what_it_keeps():
     }  # fmt: skip
     assert t.uns["scst"]["gene_alignment"] == "kept" and set(t.obs["section"]) == {"mine"}
     np.testing.assert_array_equal(t.obsm["spatial_array"], t.obs[["array_col", "array_row"]].to_numpy())
-    scst.io.register_sections(sd, spot_diameter_um=100.0, grid_step_um=200.0)  # ST geometry
+    with pytest.warns(UserWarning, match="is kept but does not name"):
+        scst.io.register_sections(sd, spot_diameter_um=100.0, grid_step_um=200.0)  # ST geometry
     geo = t.uns["scst"]["sections"]["V1"]
     assert geo["um_per_px"] == 100.0 / 40.0 and geo["spot_diameter_um"] == 100.0 and geo["grid_step_um"] == 200.0
 
