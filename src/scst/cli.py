@@ -106,7 +106,7 @@ def _load_model(cls: Any, model_dir: Path) -> Any:
 
 
 def _image_only(path: str) -> Any:
-    """SpatialData holding one H&E image (JPEG/PNG/TIFF through the zarr cache; SVS/NDPI/pyramidal TIFF lazily)."""
+    """SpatialData holding one H&E image (JPEG/PNG/TIFF, pyramidal or not, through the zarr cache; SVS/NDPI lazily)."""
     from spatialdata import SpatialData
 
     import scst
