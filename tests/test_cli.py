@@ -549,3 +549,48 @@ def test_predict_unknown_model_class(tmp_path, capsys, monkeypatch, content, nam
     (m / "attr.json").write_text(content)
     assert main(["predict", "--model-dir", str(m), "--out", str(tmp_path / "p.h5ad")]) == 2
     assert f"scst: error: --model-dir: unknown model class {name} in " in capsys.readouterr().err
+
+
+def test_predict_an_image_whose_file_name_has_spaces(fake_predict, tmp_path, capsys):
+    """`--image "patient 1.png"` (and a slide "2024-01 slide#3.svs"): the section is named after the file with other
+    characters replaced by '_', not refused by spatialdata's element-name rule ('patient 1_image')."""
+    import tifffile
+    from PIL import Image
+
+    import scst
+
+    m, calls = fake_predict
+    img = np.full((64, 80, 3), 200, np.uint8)
+    Image.fromarray(img).save(tmp_path / "patient 1.png")
+    out = tmp_path / "p.h5ad"
+    argv = ["predict", "--model-dir", str(m), "--image", str(tmp_path / "patient 1.png"), "--um-per-px", "0.5"]
+    assert main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err
+    tifffile.imwrite(tmp_path / "2024-01 slide#3.svs", img, tile=(16, 16), photometric="rgb")
+    assert list(scst.cli._image_only(str(tmp_path / "2024-01 slide#3.svs")).images) == ["2024-01_slide_3_image"]
+    assert list(scst.io.read_wsi(tmp_path / "2024-01 slide#3.svs", um_per_px=0.5).images) == ["2024-01_slide_3_image"]
+    with pytest.raises(ValueError, match="sample: 'a b' names the SpatialData elements"):
+        scst.io.read_wsi(tmp_path / "2024-01 slide#3.svs", sample="a b", um_per_px=0.5)
+
+
+def test_train_an_empty_gene_panel_names_n_genes(tmp_path, monkeypatch, capsys):
+    """--n-genes so small that no highly variable gene is detected in half the spots (her2st C2 with 20): an error
+    naming --n-genes, raised before any feature or model (which said "genes: var['highly_variable_scst'] selects no
+    gene", or blamed --config); --n-genes 0 is refused before the data are read."""
+    import _he_synthetic as syn
+
+    sdata = syn.make_sdata(sections=("S1", "S2"), image=False)
+    tab = sdata.tables["table"]
+    X = tab.X.toarray()
+    X[:, :-1] = np.where(np.arange(tab.n_obs)[:, None] % 4 == 0, X[:, :-1] * 50 + 1, 0)  # variable, but in 1/4 spots
+    tab.X = __import__("scipy").sparse.csr_matrix(X)
+    loads = []
+    monkeypatch.setattr("scst.cli._load_data", lambda data, sections: loads.append(data) or sdata)
+    out = tmp_path / "m"
+    for model in ("mean", "mlp"):
+        assert main(["train", "--model", model, "--data", "s.zarr", "--n-genes", "1", "--out", str(out)]) == 2
+        assert "scst: error: --n-genes: the gene panel is empty" in capsys.readouterr().err
+    assert not out.exists() and "X_hc_ms" not in tab.obsm
+    loads.clear()
+    assert main(["train", "--model", "mean", "--data", "s.zarr", "--n-genes", "0", "--out", str(out)]) == 2
+    assert "scst: error: --n-genes: expected a positive number of genes, got 0." in capsys.readouterr().err
+    assert loads == []

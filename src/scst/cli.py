@@ -106,7 +106,7 @@ def _load_model(cls: Any, model_dir: Path) -> Any:
 
 
 def _image_only(path: str) -> Any:
-    """SpatialData holding one H&E image (JPEG/PNG/TIFF through the zarr cache; SVS/NDPI/pyramidal TIFF lazily)."""
+    """SpatialData holding one H&E image (JPEG/PNG/TIFF, pyramidal or not, through the zarr cache; SVS/NDPI lazily)."""
     from spatialdata import SpatialData
 
     import scst
@@ -114,7 +114,9 @@ def _image_only(path: str) -> Any:
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"--image: {path!r} is not a file.")
-    name = p.name.split(".")[0] or "slide"
+    from .io._read_st import _sample_from_file_name
+
+    name = _sample_from_file_name(p.name.split(".")[0])  # 'patient 1.jpg' → 'patient_1' (a valid element name)
     if p.suffix.lower() in (".svs", ".ndpi", ".scn", ".bif"):  # pyramidal formats only read_wsi opens
         return scst.io.read_wsi(p, sample=name)
     try:
@@ -149,6 +151,8 @@ def _train(args: argparse.Namespace) -> None:
             raise CLIError(f"--max-epochs: not used by --model {args.model} (closed form, no epochs).")
         if args.max_epochs < 1:
             raise CLIError(f"--max-epochs: expected a positive number of epochs, got {args.max_epochs}.")
+    if args.n_genes < 1:
+        raise CLIError(f"--n-genes: expected a positive number of genes, got {args.n_genes}.")
     try:  # unknown keys fail here, before the data are read and features computed
         config = {**cls.bench_config, **_config(args.config)}
         cls._merge_config(config)
@@ -159,6 +163,12 @@ def _train(args: argparse.Namespace) -> None:
     _check_sections(adata, args.sections)
     # The panel comes from the training sections only (a held-out section never chooses the genes).
     scst.pp.select_genes(adata, n_top=args.n_genes, sections=args.sections)
+    if "highly_variable_scst" in adata.var and not adata.var["highly_variable_scst"].any():
+        # said here, before the features are computed, and naming the option (the model would blame `genes`)
+        raise CLIError(
+            f"--n-genes: the gene panel is empty: none of the {args.n_genes} most variable genes of a training "
+            "section is detected in at least half of the spots; pass a larger --n-genes (default 250)."
+        )
 
     def build(data):
         try:

@@ -165,6 +165,13 @@ def test_sections_argument(recorded):
         scst.datasets.her2st(["B2", "B2"])
     with pytest.raises(ValueError, match=r"sections: expected at least one section"):
         scst.datasets.her2st([])
+    # A bad join is refused before any section is read: it was found only when combining them (after every image
+    # was converted), and never for a single section
+    recorded.clear()
+    for sections in ("C2", ["C2", "C3"]):
+        with pytest.raises(ValueError, match=r"join: expected 'inner' or 'outer', got 'union'"):
+            scst.datasets.her2st(sections, join="union")
+    assert recorded == []
 
 
 def test_files_geometry_and_images_of_a_section(recorded, tmp_path):

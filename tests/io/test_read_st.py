@@ -230,6 +230,13 @@ def test_read_st_geometry_entries_and_sample_name(tmp_path):
         assert geo["image_key"] is None and geo["image_shape"] is None and geo["source"] is None
         with pytest.raises(ValueError, match="sample: expected a non-empty string"):
             read_st(c, s, None, sample="")
+        # A name SpatialData refuses for its elements is refused up front, naming `sample`, before the image is
+        # converted (spatialdata's ValidationError came at the end, naming shapes/'patient 1_spots').
+        for bad in ("patient 1", "C2/left", "__x"):
+            with pytest.raises(ValueError, match=r"sample: .* use only letters, digits"):
+                read_st(c, s, i, sample=bad, cache_dir=tmp_path / "cache_bad")
+            assert not (tmp_path / "cache_bad").exists()
+        assert "C2.left-1_image" in read_st(c, s, i, sample="C2.left-1", cache_dir=tmp_path / "cache").images
         # A .txt spot file is tab-separated like .tsv.
         pd.read_csv(s, sep="\t").to_csv(tmp_path / "spots.txt", sep="\t", index=False)
         assert read_st(c, tmp_path / "spots.txt", None, sample="S").tables["table"].n_obs == 4
@@ -245,3 +252,9 @@ def test_concatenate_sections_keeps_the_given_section_order_and_int32_counts(tmp
     assert t.obs["section"].cat.categories.tolist() == ["B", "A"] and t.obs["section"].tolist()[:1] == ["B"]
     assert t.X.dtype == np.int32
     assert concatenate_sections({"x": b, "y": a}, join="outer").tables["table"].X.dtype == np.int32
+    # Sections normalised before they are combined keep their values (the int32 cast truncated 8.35 to 8)
+    for sd in (a, b):
+        sd.tables["table"].X = (sd.tables["table"].X / 3).astype(np.float32)
+    t = concatenate_sections([b, a], join="outer").tables["table"]
+    assert t.X.dtype == np.float32
+    np.testing.assert_allclose(t.X.toarray(), np.vstack([x.tables["table"].X.toarray() for x in (b, a)]))

@@ -166,7 +166,9 @@ def test_register_sections_defaults_median_radius_and_what_it_keeps():
     t = sd.tables["table"]
     t.uns["scst"] = {"gene_alignment": "kept"}
     t.obs["section"] = pd.Categorical(["mine"] * t.n_obs)
-    scst.io.register_sections(sd)
+    # kept, with a warning: the geometry is keyed by region, so section 'mine' would find none downstream
+    with pytest.warns(UserWarning, match=r"obs\['section'\] is kept but does not name .*'mine' for region 'V1'"):
+        scst.io.register_sections(sd)
     geo = t.uns["scst"]["sections"]["V1"]
     assert geo == {
         "image_key": "V1_full_image", "shapes_key": "V1", "coordinate_system": "global", "um_per_px": 55.0 / 40.0,
@@ -175,7 +177,8 @@ def test_register_sections_defaults_median_radius_and_what_it_keeps():
     }  # fmt: skip
     assert t.uns["scst"]["gene_alignment"] == "kept" and set(t.obs["section"]) == {"mine"}
     np.testing.assert_array_equal(t.obsm["spatial_array"], t.obs[["array_col", "array_row"]].to_numpy())
-    scst.io.register_sections(sd, spot_diameter_um=100.0, grid_step_um=200.0)  # ST geometry
+    with pytest.warns(UserWarning, match="is kept but does not name"):
+        scst.io.register_sections(sd, spot_diameter_um=100.0, grid_step_um=200.0)  # ST geometry
     geo = t.uns["scst"]["sections"]["V1"]
     assert geo["um_per_px"] == 100.0 / 40.0 and geo["spot_diameter_um"] == 100.0 and geo["grid_step_um"] == 200.0
 
@@ -220,3 +223,31 @@ def test_register_sections_uses_the_system_where_the_shapes_are_untransformed():
     geo = sd.tables["table"].uns["scst"]["sections"]["V1"]
     assert geo["coordinate_system"] == "px" and geo["image_key"] == "V1_full_image"
     assert list(get_transformation(sd.images["V1_full_image"], get_all=True)) == ["px"]  # nothing added
+
+
+def test_register_sections_gives_concatenated_samples_their_own_images():
+    """Two Visium samples concatenated into one "global" system (spatialdata-io names: shapes "V1"/"V2", images
+    "V1_full_image"/"V2_full_image"): each section gets its own image, not the largest of both (V2's) for both;
+    images not named after the sections that end up shared by default are a warning."""
+    import spatialdata
+
+    a, b = _visium_like(), _visium_like()
+    tb = b.tables["table"].copy()
+    tb.obs["region"] = pd.Categorical(["V2"] * tb.n_obs)
+    tb.obs_names = [f"b{x}" for x in tb.obs_names]
+    tb.uns["spatialdata_attrs"]["region"] = "V2"
+    big = np.zeros((3, 600, 700), np.uint8)
+    big = Image2DModel.parse(big, dims=("c", "y", "x"), transformations={"global": Identity()})
+    b = SpatialData(images={"V2_full_image": big}, shapes={"V2": b.shapes["V1"]}, tables={"table": tb})
+    sd = spatialdata.concatenate([a, b], concatenate_tables=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scst.io.register_sections(sd)
+        scst.io.register_sections(sd)  # again: obs["section"] is now the regions, which is no cause for a warning
+    geo = sd.tables["table"].uns["scst"]["sections"]
+    assert (geo["V1"]["image_key"], geo["V2"]["image_key"]) == ("V1_full_image", "V2_full_image")
+    assert geo["V1"]["image_shape"] == [400, 500]
+    sd = SpatialData(images={"he_a": sd.images["V1_full_image"], "he_b": big}, shapes=dict(sd.shapes),
+                     tables={"table": sd.tables["table"]})  # fmt: skip
+    with pytest.warns(UserWarning, match=r"sections \['V1', 'V2'\] all use image 'he_b'.*pass image_keys"):
+        scst.io.register_sections(sd)

@@ -302,6 +302,15 @@ def test_bad_count_tables_are_refused_with_their_reason():
     nan.iloc[3, 0] = np.nan
     with pytest.raises(ValueError, match=r"counts: missing \(NaN\) values"):
         read_st(nan, spots, None, sample="S")
+    # pandas' nullable integers (convert_dtypes()): pd.NA is a missing value too (was "boolean value of NA is
+    # ambiguous"); without NA they are counts
+    two = counts.assign(H=counts["G"] + 1).astype("Int64")
+    na = two.copy()
+    na.iloc[3, 0] = pd.NA
+    with pytest.raises(ValueError, match=r"counts: missing \(NaN\) values"):
+        read_st(na, spots, None, sample="S")
+    t = read_st(two, spots, None, sample="S").tables["table"]
+    np.testing.assert_array_equal(t.X.toarray(), two.loc[[i.removeprefix("S_") for i in t.obs_names]].to_numpy(int))
     # The largest int32 is a valid count (one more is refused).
     big = counts.copy()
     big.iloc[0, 0] = np.iinfo(np.int32).max

@@ -1,5 +1,7 @@
 """Whole-slide images read lazily tile by tile; JPEG/PNG/TIFF converted to the zarr cache in strips."""
 
+import warnings
+
 import numpy as np
 import pytest
 import tifffile
@@ -194,3 +196,54 @@ def test_read_wsi_min_level_px_is_inclusive_on_the_short_side_and_grey_slides(tm
         tw.write(grey, tile=(256, 256), photometric="minisblack", resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
     data = read_wsi(tmp_path / "g.tif").images["g_image"]["scale0"]["image"].data
     np.testing.assert_array_equal(data.compute(), np.repeat(grey[None], 3, axis=0))
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "png"])
+def test_truncated_or_unreadable_images_are_refused_not_cached(tmp_path, fmt):
+    """A JPEG/PNG cut short (an interrupted copy) is an error naming the file, not a cache whose missing rows libvips
+    filled with grey or black; files that are no image (JPEG/PNG or TIFF) are ValueErrors, not libvips' or tifffile's
+    own exception types."""
+    img = _texture(CHUNK_PX + 500, 300)
+    Image.fromarray(img).save(tmp_path / f"he.{fmt}")
+    data = (tmp_path / f"he.{fmt}").read_bytes()
+    (tmp_path / f"cut.{fmt}").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"cut.{fmt} is truncated or corrupt"):
+        cached_image(tmp_path / f"cut.{fmt}", "S", cache=tmp_path / "cache")
+    (tmp_path / f"no.{fmt}").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=f"image: cannot decode .*no.{fmt}"):
+        cached_image(tmp_path / f"no.{fmt}", "S", cache=tmp_path / "cache")
+    (tmp_path / "no.tif").write_bytes(b"II*\x00not a tiff")
+    with pytest.raises(ValueError, match="image: cannot decode .*no.tif as TIFF"):
+        cached_image(tmp_path / "no.tif", "S", cache=tmp_path / "cache")
+
+
+def test_read_wsi_reads_the_pixel_size_of_an_ome_tiff(tmp_path):
+    """An OME-TIFF records its pixel size in the OME-XML (PhysicalSizeX and its unit), without TIFF resolution tags:
+    read_wsi takes it from there instead of warning that the slide records none."""
+    img = _texture(600, 700)
+    for unit, size, um in (("µm", 0.25, 0.25), ("nm", 500.0, 0.5), (None, 0.125, 0.125)):
+        md = {"axes": "YXS", "PhysicalSizeX": size, "PhysicalSizeY": size}
+        if unit is not None:
+            md["PhysicalSizeXUnit"] = md["PhysicalSizeYUnit"] = unit
+        tifffile.imwrite(tmp_path / "s.ome.tif", img, tile=(256, 256), photometric="rgb", ome=True, metadata=md)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            sd = read_wsi(tmp_path / "s.ome.tif", sample="S")
+        assert sd.attrs["scst"]["um_per_px"] == pytest.approx(um), unit
+    assert read_wsi(tmp_path / "s.ome.tif", sample="S", um_per_px=0.3).attrs["scst"]["um_per_px"] == 0.3  # given wins
+
+
+def test_read_wsi_refuses_infinite_pixel_sizes_and_names_unsupported_layouts(tmp_path):
+    """um_per_px is finite (as in read_st): inf would give a slide of infinite size in µm; a TIFF whose layout
+    tiffslide cannot read (planar RGB) is the documented ValueError naming the file, not tiffslide's
+    NotImplementedError (which the CLI would show as a traceback)."""
+    img = _texture(300, 400)
+    _pyramidal_tiff(tmp_path / "a.tif", img, levels=1)
+    for bad in (np.inf, np.nan, "0.5x"):
+        with pytest.raises(ValueError, match="um_per_px: expected a finite positive number"):
+            read_wsi(tmp_path / "a.tif", um_per_px=bad)
+    assert read_wsi(tmp_path / "a.tif", um_per_px=np.float32(0.5)).attrs["scst"]["um_per_px"] == 0.5
+    planar = np.moveaxis(img, -1, 0).copy()
+    tifffile.imwrite(tmp_path / "planar.tif", planar, photometric="rgb", planarconfig="separate")
+    with pytest.raises(ValueError, match="cannot open .*planar.tif as a whole-slide image"):
+        read_wsi(tmp_path / "planar.tif", um_per_px=0.5)

@@ -217,6 +217,9 @@ def test_shard_names_and_sources(shard_sources, tmp_path):
     assert _normalize_shards({"x": s3, "her2st": "her2st:C5"}) == {"x": str(s3), "her2st": "her2st:C5"}
     (tmp_path / "UPPER.PNG").write_bytes(b"")  # suffixes in any case
     assert _normalize_shards([tmp_path / "UPPER.PNG"]) == {"UPPER": str(tmp_path / "UPPER.PNG")}
+    # Image shards are sections named after the file: a name SpatialData accepts for the image element (read_wsi
+    # and the image cache refused 'patient 1_image' inside the worker)
+    assert _shard_name("/data/patient 1.png") == "patient_1" and _shard_name("/d/2024 slide#3.svs") == "2024_slide_3"
     (tmp_path / "notes.txt").write_text("")
     with pytest.raises(ValueError, match="neither an existing SpatialData zarr store"):
         _normalize_shards([tmp_path / "notes.txt"])

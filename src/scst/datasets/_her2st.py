@@ -86,6 +86,8 @@ def her2st(
         )
     if len(set(sections)) != len(sections):
         raise ValueError(f"sections: duplicates in {list(sections)}.")
+    if join not in ("inner", "outer"):  # before any section is read (and its image converted)
+        raise ValueError(f"join: expected 'inner' or 'outer', got {join!r}.")
     parts = []
     for s in sections:
         sd = read_st(

@@ -62,21 +62,35 @@ def _tiff_level0(path: Path):
     import tifffile
     import zarr
 
-    with tifffile.TiffFile(path) as tf:
-        series = tf.series[0]
-        axes = series.levels[0].axes
-    store = tifffile.imread(path, aszarr=True, series=0, level=0)
+    try:
+        with tifffile.TiffFile(path) as tf:
+            series = tf.series[0]
+            axes = series.levels[0].axes
+        store = tifffile.imread(path, aszarr=True, series=0, level=0)
+    except Exception as e:  # noqa: BLE001 - tifffile raises many types (IndexError, ValueError, ...) for bad files
+        raise ValueError(f"image: cannot decode {path} as TIFF ({type(e).__name__}: {e}).") from e
     z = zarr.open_array(store, mode="r")
     return z, axes
+
+
+def _open_vips(path: Path):
+    """JPEG/PNG/... opened for sequential reading; a truncated file fails when its missing rows are read.
+
+    Without ``fail_on="truncated"`` libvips fills the missing rows with grey or black and only prints a warning.
+    """
+    import pyvips
+
+    try:
+        return pyvips.Image.new_from_file(str(path), access="sequential", fail_on="truncated")
+    except pyvips.Error as e:
+        raise ValueError(f"image: cannot decode {path} ({str(e).strip().splitlines()[0]}).") from e
 
 
 def _image_shape(path: Path) -> tuple[int, int]:
     if path.suffix.lower() in _TIFF_SUFFIXES:
         z, axes = _tiff_level0(path)
         return int(z.shape[axes.index("Y")]), int(z.shape[axes.index("X")])
-    import pyvips
-
-    im = pyvips.Image.new_from_file(str(path), access="sequential")
+    im = _open_vips(path)
     return int(im.height), int(im.width)
 
 
@@ -96,10 +110,7 @@ def _iter_strips(path: Path, rows: int = CHUNK_PX) -> Iterator[tuple[int, np.nda
         return
     import pyvips
 
-    try:
-        im = pyvips.Image.new_from_file(str(path), access="sequential")
-    except pyvips.Error as e:
-        raise ValueError(f"image: cannot decode {path} ({str(e).strip().splitlines()[0]}).") from e
+    im = _open_vips(path)
     if im.interpretation == "cmyk":
         im = im.colourspace("srgb")
     for y0 in range(0, im.height, rows):
@@ -290,6 +301,12 @@ def cached_image(path: str | os.PathLike, coordinate_system: str, cache: str | o
         Name of the coordinate system the image is placed in (identity transform: full-resolution pixels).
     cache
         Folder for the zarr stores.
+
+    Raises
+    ------
+    ValueError
+        The file cannot be decoded, or is truncated (an image cut short is refused, not cached with its missing
+        rows filled in).
     """
     from filelock import FileLock
 

@@ -34,6 +34,20 @@ def _format_suffix(p: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
+def _check_sample(sample: str) -> None:
+    """Refuse a section name that SpatialData refuses in element names (``f"{sample}_image"``)."""
+    if sample.startswith("__") or not all(c.isalnum() or c in "_-." for c in sample):
+        raise ValueError(
+            f"sample: {sample!r} names the SpatialData elements and coordinate system; use only letters, digits, "
+            "'_', '-' and '.' (not starting with '__')."
+        )
+
+
+def _sample_from_file_name(name: str) -> str:
+    """A valid section name from a file name without suffix: other characters (spaces, '#', ...) become ``_``."""
+    return "".join(c if c.isalnum() or c in "_-." else "_" for c in name).lstrip("_") or "slide"
+
+
 def _read_counts(counts: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     if isinstance(counts, pd.DataFrame):
         df = counts.copy(deep=False)  # the index is replaced below: never on the caller's frame
@@ -53,6 +67,8 @@ def _read_counts(counts: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     if bad:
         raise ValueError(f"counts: non-numeric values in gene columns {bad[:5]}; expected raw counts.")
     vals = df.to_numpy()
+    if vals.dtype == object:  # pandas' nullable columns (Int64, Float64, from convert_dtypes()): pd.NA as NaN
+        vals = df.to_numpy(dtype=np.float64, na_value=np.nan)
     if np.isnan(vals).any() if vals.dtype.kind == "f" else False:
         raise ValueError("counts: missing (NaN) values; expected raw counts.")
     if vals.dtype.kind == "f" and np.isinf(vals).any():
@@ -225,7 +241,8 @@ def read_st(
         Full-resolution H&E image (JPEG, PNG or TIFF) that ``pixel_cols`` refer to, or ``None`` for a table
         and shapes only. It is converted once to a multiscale zarr store and opened lazily.
     sample
-        Section name: prefixes element keys and obs names, names the coordinate system.
+        Section name: prefixes element keys and obs names, names the coordinate system (letters, digits, ``_``,
+        ``-`` and ``.``, as SpatialData element names).
     um_per_px
         Micrometres per full-resolution pixel (finite, > 0). By default it is derived from the array geometry: an
         affine least-squares fit of the spot centres on the array indices gives the pixel vector of one column
@@ -264,6 +281,7 @@ def read_st(
     """
     if not isinstance(sample, str) or not sample:
         raise ValueError(f"sample: expected a non-empty string, got {sample!r}.")
+    _check_sample(sample)  # before the image is converted: spatialdata refuses such element names only at the end
     spot_diameter_um = _positive("spot_diameter_um", spot_diameter_um)
     grid_step_um = _positive("grid_step_um", grid_step_um)
     if um_per_px is not None:
@@ -359,7 +377,8 @@ def concatenate_sections(sdatas: Sequence[SpatialData] | Mapping[str, SpatialDat
     Returns
     -------
     SpatialData with all images and shapes, and one table whose ``obs["section"]`` tells sections apart and
-    whose ``uns["scst"]["gene_alignment"]`` records ``join``.
+    whose ``uns["scst"]["gene_alignment"]`` records ``join``. ``X`` is CSR: int32 for raw counts; other values
+    (sections normalised before) keep their float type.
     """
     if join not in {"inner", "outer"}:
         raise ValueError(f"join: expected 'inner' or 'outer', got {join!r}.")
@@ -385,7 +404,12 @@ def concatenate_sections(sdatas: Sequence[SpatialData] | Mapping[str, SpatialDat
             UserWarning,
             stacklevel=2,
         )
-    adata.X = sparse.csr_matrix(adata.X, dtype=np.int32)
+    X = sparse.csr_matrix(adata.X)
+    # raw counts (read_st's int32, or floats holding them after ad.concat) as int32; anything else (normalised
+    # sections) is kept as it is: the cast would truncate it to integers without a word
+    if X.dtype.kind in "iub" or (np.isfinite(X.data).all() and np.array_equal(X.data, np.round(X.data))):
+        X = X.astype(np.int32)
+    adata.X = X
     adata.obs[SECTION_KEY] = pd.Categorical(adata.obs[SECTION_KEY].astype(str), categories=list(sections))
     adata.obs[REGION_KEY] = pd.Categorical(adata.obs[REGION_KEY].astype(str))
     adata.uns[UNS_KEY] = {"sections": sections, "gene_alignment": "intersection" if join == "inner" else "union"}

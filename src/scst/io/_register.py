@@ -36,6 +36,8 @@ def register_sections(
     one in which the shapes sit untransformed (``"global"`` first), so that ``obsm["spatial"]`` and the radius are
     its pixels; ``obsm["spatial_array"]`` is built from ``obs["array_col"/"array_row"]`` when present.
 
+    An existing ``obs["section"]`` is kept; it must name each spot's region (a warning says when it does not).
+
     The image must be reachable from that coordinate system. spatialdata-io's ``visium`` without a full-resolution
     image (its default) puts the hires image only in ``"downscaled_hires"``, where the shapes are scaled by the
     hires scale factor: such an image is placed into the shapes' coordinate system through the coordinate system
@@ -51,8 +53,10 @@ def register_sections(
     image_keys
         Section (region) → image element for patches. Default: the image in the shapes' coordinate system with the
         most pixels (full resolution when present); if there is none, the largest image that shares another
-        coordinate system with the shapes. Without any, the section gets ``image_key=None`` and a warning (tables
-        and shapes still work; patches need an image).
+        coordinate system with the shapes. Images named after the section (``f"{region}_..."``, as spatialdata-io
+        names them) come first, so that sections concatenated into one coordinate system each get their own image;
+        sections left sharing a default image while there are others get a warning. Without any, the section gets
+        ``image_key=None`` and a warning (tables and shapes still work; patches need an image).
     spot_diameter_um
         Physical spot diameter: Visium 55 µm, ST 100 µm.
     grid_step_um
@@ -65,7 +69,7 @@ def register_sections(
     regions, region_key, _ = get_table_keys(adata)
     regions = [regions] if isinstance(regions, str) else list(regions)
     image_keys = dict(image_keys or {})
-    sections, placements = {}, []
+    sections, placements, defaults = {}, [], {}
     for r in regions:
         _check_key(sdata.shapes, r, "sdata.shapes")
         shapes = sdata.shapes[r]
@@ -84,8 +88,12 @@ def register_sections(
         key = image_keys.get(r)
         if key is None:
             paths = {k: _image_to_cs(el, shape_ts, cs) for k, el in sdata.images.items()}
-            for direct in (True, False):  # images in the shapes' coordinate system first, then through another one
+            # images named after the section first (concatenated samples share coordinate systems), then images in
+            # the shapes' coordinate system before those reached through another one
+            for named, direct in ((True, True), (True, False), (False, True), (False, False)):
                 cands = [k for k, (t, d) in paths.items() if t is not None and d is direct]
+                if named:
+                    cands = [k for k in cands if str(k).startswith(f"{r}_")]
                 key = max(cands, key=lambda k: int(np.prod(_scale0(sdata.images[k]).shape[1:])), default=None)
                 if key is not None:
                     break
@@ -98,6 +106,8 @@ def register_sections(
                     UserWarning,
                     stacklevel=2,
                 )
+            else:
+                defaults.setdefault(key, []).append(str(r))
         elif key not in sdata.images:
             raise KeyError(f"image_keys[{r!r}]: {key!r} not in sdata.images ({list(sdata.images)}).")
         if key is not None:
@@ -120,11 +130,36 @@ def register_sections(
             "grid_step_um": float(grid_step_um), "image_shape": shape, "source": "register_sections",
         }  # fmt: skip
         logg.info(f"Section {r!r}: {um_per_px:.3f} µm/px from a {diameter_px:.1f} px spot; image {key!r}")
+    shared = {k: rs for k, rs in defaults.items() if len(rs) > 1}
+    if shared and len(sdata.images) > 1:
+        warnings.warn(
+            "register_sections: sections "
+            + "; ".join(f"{rs} all use image {k!r}" for k, rs in shared.items())
+            + f" (chosen by default among {list(sdata.images)}); if each section has its own image, pass "
+            "image_keys={section: image}, else patches are cut from another section's image.",
+            UserWarning,
+            stacklevel=2,
+        )
     for key, el, to_cs, cs in placements:
         set_transformation(el, to_cs, to_coordinate_system=cs)
         logg.info(f"Image {key!r}: added its transformation to coordinate system {cs!r} (through the shapes').")
     if SECTION_KEY not in adata.obs:
         adata.obs[SECTION_KEY] = pd.Categorical(adata.obs[region_key].astype(str), categories=list(sections))
+    else:
+        # kept, but the geometry is recorded under the regions: sections named otherwise find none
+        odd = adata.obs[SECTION_KEY].astype(str).to_numpy() != adata.obs[region_key].astype(str).to_numpy()
+        if odd.any():
+            eg = adata.obs.loc[odd, [SECTION_KEY, region_key]].astype(str).drop_duplicates().head(3)
+            warnings.warn(
+                f"register_sections: the table's existing obs[{SECTION_KEY!r}] is kept but does not name the spots' "
+                f"regions for {int(odd.sum())} spot(s) (e.g. "
+                + ", ".join(f"{a!r} for region {b!r}" for a, b in eg.itertuples(index=False))
+                + f"); the geometry is recorded under the region names "
+                f"({list(sections)}), and scst looks it up by obs[{SECTION_KEY!r}], so those sections would have "
+                f"no geometry or image. Delete obs[{SECTION_KEY!r}] (or set it to obs[{region_key!r}]) first.",
+                UserWarning,
+                stacklevel=2,
+            )
     if ARRAY_ROW in adata.obs and ARRAY_COL in adata.obs:
         adata.obsm[f"{SPATIAL_KEY}_array"] = adata.obs[[ARRAY_COL, ARRAY_ROW]].to_numpy(dtype=np.float64)
     adata.uns[UNS_KEY] = {**adata.uns.get(UNS_KEY, {}), "sections": sections}

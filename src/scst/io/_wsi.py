@@ -13,6 +13,8 @@ from spatialdata.models import Image2DModel
 from spatialdata.transformations import Identity, set_transformation
 
 from .._logging import logg
+from .._utils import _positive
+from ._read_st import _check_sample, _sample_from_file_name
 
 __all__ = ["read_wsi"]
 
@@ -28,9 +30,9 @@ def _levels(path: Path):
 
     try:
         slide = tiffslide.TiffSlide(str(path))
+        group = slide.zarr_group  # parses the layout: NotImplementedError for one tiffslide does not read
     except Exception as e:  # noqa: BLE001 - tiffslide raises many types for unreadable files
         raise ValueError(f"path: cannot open {path} as a whole-slide image ({type(e).__name__}: {e}).") from e
-    group = slide.zarr_group
     levels = []
     for k in range(slide.level_count):
         arr = group[str(k)] if isinstance(group, zarr.Group) else group
@@ -46,7 +48,34 @@ def _levels(path: Path):
     props = slide.properties
     mpp = props.get("tiffslide.mpp-x")
     slide.close()
-    return levels, float(mpp) if mpp else None
+    return levels, float(mpp) if mpp else _ome_mpp(path)
+
+
+#: OME ``PhysicalSizeXUnit`` → µm.
+_OME_UNITS_UM = {"µm": 1.0, "μm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+def _ome_mpp(path: Path) -> float | None:
+    """µm/px of an OME-TIFF's first image (OME-XML ``PhysicalSizeX`` and its unit, default µm), else ``None``.
+
+    OME-TIFF writers (Bio-Formats, tifffile) record the pixel size there, often without TIFF resolution tags, and
+    tiffslide reads only the tags.
+    """
+    from xml.etree import ElementTree
+
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            xml = tf.ome_metadata
+        if not xml:
+            return None
+        pixels = next(e for e in ElementTree.fromstring(xml).iter() if e.tag.rsplit("}", 1)[-1] == "Pixels")
+        size = float(pixels.get("PhysicalSizeX"))
+    except Exception:  # noqa: BLE001 - no (readable) OME pixel size: unknown, as without OME-XML
+        return None
+    factor = _OME_UNITS_UM.get(pixels.get("PhysicalSizeXUnit", "µm"))
+    return size * factor if factor is not None and np.isfinite(size) and size > 0 else None
 
 
 def read_wsi(
@@ -69,10 +98,11 @@ def read_wsi(
         Whole-slide image: Aperio ``.svs``, Hamamatsu ``.ndpi``, pyramidal (OME-)TIFF, or any tiled TIFF tiffslide
         reads. A plain JPEG/PNG goes through :func:`scst.io.read_st`'s zarr cache instead.
     sample
-        Section name: the image key is ``f"{sample}_image"`` and its coordinate system ``sample``; default the
-        file's stem.
+        Section name: the image key is ``f"{sample}_image"`` and its coordinate system ``sample`` (letters, digits,
+        ``_``, ``-`` and ``.``); default the file's stem with other characters (spaces, ...) replaced by ``_``.
     um_per_px
-        Micrometres per full-resolution pixel; default the slide's own (``tiffslide.mpp-x``), else unknown.
+        Micrometres per full-resolution pixel (finite, > 0); default the slide's own (``tiffslide.mpp-x``, else an
+        OME-TIFF's ``PhysicalSizeX``), else unknown.
     min_level_px
         Smallest short side of a pyramid level to keep.
 
@@ -91,9 +121,11 @@ def read_wsi(
             f"path: {path.name} is not a whole-slide image ({', '.join(WSI_SUFFIXES)}); read JPEG/PNG with "
             "scst.io.read_st (converted once to a zarr cache)."
         )
-    if um_per_px is not None and not um_per_px > 0:
-        raise ValueError(f"um_per_px: expected a positive number, got {um_per_px}.")
-    sample = sample or path.stem
+    if um_per_px is not None:
+        um_per_px = _positive("um_per_px", um_per_px)
+    if not sample:
+        sample = _sample_from_file_name(path.stem)
+    _check_sample(sample)
     levels, mpp = _levels(path)
     levels = [levels[0]] + [d for d in levels[1:] if min(d.shape[1:]) >= min_level_px]
     tree = xr.DataTree.from_dict(

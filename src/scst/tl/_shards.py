@@ -52,7 +52,10 @@ class ShardError(RuntimeError):
 def _shard_name(source: str) -> str:
     if source.startswith(HER2ST_PREFIX):
         return source[len(HER2ST_PREFIX) :]
-    return Path(source).name.split(".")[0] or "shard"
+    from ..io._read_st import _sample_from_file_name
+
+    stem = Path(source).name.split(".")[0]  # an image shard's section name: 'patient 1.png' → 'patient_1'
+    return _sample_from_file_name(stem) if stem else "shard"
 
 
 def _check_source(name: str, source: str) -> None:
@@ -354,7 +357,8 @@ def predict_shards(
         sections; the spots of its table ``table``, or pseudo-spots over the tissue when it has no table),
         ``"her2st:<section>"`` (a section of :func:`scst.datasets.her2st`), or an H&E image file (JPEG, PNG,
         TIFF, SVS, NDPI, ...: pseudo-spots on a grid over the tissue, see ``um_per_px``). The shard name defaults
-        to the file name without suffix (the section name for her2st); image shards use it as section name.
+        to the file name without suffix (the section name for her2st; characters other than letters, digits,
+        ``_``, ``-`` and ``.`` replaced by ``_``); image shards use it as section name.
         Sections must not repeat across shards.
     model_dir
         Folder written by ``model.save`` (or ``scst train``) of a trained expression model.
