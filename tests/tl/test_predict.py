@@ -509,6 +509,20 @@ def test_spacing_um_predicts_on_a_grid_even_when_the_table_exists():
     assert "predicted" not in other.tables["table"].layers and other.tables["grid"].n_obs == new.n_obs
 
 
+def test_grid_prediction_never_replaces_the_spot_table():
+    # tile_grid/spacing_um with table_added=table used to overwrite the measured spots with the pseudo-spots
+    sd = syn.make_sdata(sections=("S1",))
+    spots = sd.tables["table"]
+    for kw in ({"tile_grid": True}, {"spacing_um": 80.0}):
+        with pytest.raises(ValueError, match="table_added: 'table' is the table predicted from"):
+            predict_expression(sd, _RowModel(), table_added="table", progress=False, **kw)
+        assert sd.tables["table"] is spots and "S1_grid" not in sd.shapes
+    # an H&E-only slide (no table of that key) may still get its grid table under that key
+    del sd.tables["table"]
+    predict_expression(sd, _RowModel(), table="table", table_added="table", um_per_px=syn.UM_PER_PX, progress=False)
+    assert sd.tables["table"].n_obs > 0 and "S1_grid" in sd.shapes
+
+
 def test_untrained_or_unfit_models_are_refused():
     sd = syn.make_sdata(sections=("S1",))
 

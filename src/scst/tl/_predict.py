@@ -192,6 +192,12 @@ def predict_expression(
     if isinstance(sections, str):
         sections = [sections]
     grid = tile_grid or spacing_um is not None or table not in sdata.tables
+    if table_added == table and table in sdata.tables:  # grids too: the spot table would be replaced
+        raise ValueError(
+            f"table_added: {table_added!r} is the table predicted from; leave it None to write "
+            f"layers[{layer!r}] of that table (pseudo-spots: a new table {table + '_predicted'!r}), or give a new key "
+            "for a new table."
+        )
     genes = list(model.var_names)
     check_inference_options(num_workers, pin_memory, precision)  # before any work
     opts = {"num_workers": num_workers, "pin_memory": pin_memory, "precision": precision}
@@ -207,11 +213,6 @@ def predict_expression(
         new.layers[layer] = pred.copy()
         out, sections = new, list(dict.fromkeys(new.obs[SECTION_KEY].astype(str)))
     else:
-        if table_added == table:
-            raise ValueError(
-                f"table_added: {table_added!r} is the table predicted from; leave it None to write "
-                f"layers[{layer!r}] of that table, or give a new key for a new table."
-            )
         adata = sdata.tables[table]
         if SECTION_KEY in adata.obs and adata.obs[SECTION_KEY].isna().any():
             raise ValueError(
