@@ -22,10 +22,13 @@ from torch.utils.data import Dataset
 
 from .._constants import ARRAY_COL, ARRAY_ROW, SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
 from .._logging import logg
-from .._normalize import TARGET_SUM, panel_targets
+from .._normalize import TARGET_SUM, panel_targets, raw_counts
 from .._utils import _get_table
 from ..nn._train_step import patches_to_input
 from ._base import BaseModel
+
+#: What a user whose table holds log-normalised values (not counts) can do instead.
+_RAW_HINT = "Pass `layer=` with the raw counts (e.g. 'counts', kept before scanpy's normalize_total/log1p)."
 
 __all__ = ["clear_patch_cache"]
 
@@ -433,9 +436,8 @@ class _ImageModel(BaseModel):
             raise ValueError(f"size_um: expected a positive number, got {size_um!r}.")
         if patch_px is not None and (isinstance(patch_px, bool) or int(patch_px) != patch_px or patch_px < 8):
             raise ValueError(f"patch_px: expected an integer >= 8, got {patch_px!r}.")
-        X = adata.X if layer is None else adata.layers[layer]
-        if X.shape[1] and X.min() < 0:
-            raise ValueError(f"{'X' if layer is None else f'layers[{layer!r}]'} must hold raw counts (>= 0).")
+        # log-normalised data is >= 0 too: targets need integer counts (as the closed-form baselines check)
+        raw_counts(adata, layer, f"{cls.__name__}.setup_sdata", hint=_RAW_HINT)
         panel, genes_key = _resolve_panel(adata, genes)
         sections = _check_sections(adata, sections)
         if not sections:
