@@ -523,6 +523,19 @@ def test_grid_prediction_never_replaces_the_spot_table():
     assert sd.tables["table"].n_obs > 0 and "S1_grid" in sd.shapes
 
 
+def test_cross_validate_on_an_anndata_is_a_clear_error_and_its_spatialdata_wrap_works():
+    # an AnnData (the closed-form baselines set up on one) failed with "'AnnData' object has no attribute 'images'"
+    from spatialdata import SpatialData
+
+    tab = syn.make_sdata(image=False).tables["table"]
+    tab.obsm["X_z"] = tab.obs[["z"]].to_numpy()
+    kw = {"genes": ["UP"], "setup_kwargs": {"embedding_key": "X_z"}, "config": {"alphas": [1.0]}}
+    with pytest.raises(TypeError, match=r"sdata: expected a SpatialData, got AnnData; .*SpatialData\(tables="):
+        cross_validate(RidgeExpression, tab, **kw)
+    df = cross_validate(RidgeExpression, SpatialData(tables={"table": tab}), **kw)
+    assert sorted(df["section"].unique()) == ["S1", "S2", "S3"] and "_scst_setup" not in tab.uns
+
+
 def test_untrained_or_unfit_models_are_refused():
     sd = syn.make_sdata(sections=("S1",))
 

@@ -498,6 +498,11 @@ def cross_validate(
         raise ValueError(f"by: only {SECTION_KEY!r} is supported (image models work per section), got {by!r}.")
     if not isinstance(model_cls, type) or not hasattr(model_cls, "setup_sdata"):
         raise TypeError(f"model_cls: expected an scst model class with `setup_sdata`, got {model_cls!r}.")
+    if not hasattr(sdata, "tables") or not hasattr(sdata, "images"):  # each fold is a SpatialData sharing its images
+        raise TypeError(
+            f"sdata: expected a SpatialData, got {type(sdata).__name__}; for models on obsm features alone (e.g. "
+            "RidgeExpression) wrap an AnnData as `spatialdata.SpatialData(tables={'table': adata})`."
+        )
     adata = _get_table(sdata, table)
     present = list(dict.fromkeys(adata.obs[SECTION_KEY].astype(str)))
     sections = present if sections is None else [str(s) for s in sections]
