@@ -536,6 +536,20 @@ def test_cross_validate_on_an_anndata_is_a_clear_error_and_its_spatialdata_wrap_
     assert sorted(df["section"].unique()) == ["S1", "S2", "S3"] and "_scst_setup" not in tab.uns
 
 
+def test_sections_given_as_numbers_or_numpy_values_are_section_names():
+    # sections=[3] (integer section ids, as the models accept them) failed with "all index and data arrays must
+    # have the same length": the spots were looked up by the int 3 among the str sections
+    sd = syn.make_sdata(sections=("1", "2", "3"), grid=3)
+    MeanExpression.setup_sdata(sd, genes=["UP"], sections=[1, 2])
+    model = MeanExpression(sd).train()
+    ref = predict_expression(sd, model, sections="3", copy=True, progress=False)
+    for sections in ([3], np.array([3]), 3, np.array(["3"])):
+        out = predict_expression(sd, model, sections=sections, copy=True, progress=False)
+        assert out.uns["scst_predict"]["sections"] == ["3"] and type(out.uns["scst_predict"]["sections"][0]) is str
+        np.testing.assert_array_equal(out.obs["predicted_mask"], ref.obs["predicted_mask"])
+        assert (out.layers["predicted"] != ref.layers["predicted"]).nnz == 0
+
+
 def test_untrained_or_unfit_models_are_refused():
     sd = syn.make_sdata(sections=("S1",))
 

@@ -189,8 +189,8 @@ def predict_expression(
         raise TypeError(f"sdata: expected a SpatialData object with images, got {type(sdata).__name__}.")
     if not isinstance(layer, str) or not layer:
         raise ValueError(f"layer: expected a non-empty string, got {layer!r}.")
-    if isinstance(sections, str):
-        sections = [sections]
+    if sections is not None:  # names as the table's str(section) values (ints, numpy strings, one name)
+        sections = [str(s) for s in ([sections] if np.isscalar(sections) else sections)]
     grid = tile_grid or spacing_um is not None or table not in sdata.tables
     if table_added == table and table in sdata.tables:  # grids too: the spot table would be replaced
         raise ValueError(
