@@ -72,9 +72,10 @@ def _element_token(element: Any) -> str:
     return dask.base.tokenize(data)
 
 
-def _cache_key(element: Any, centers: np.ndarray, size_um: float, patch_px: int) -> tuple:
+def _cache_key(element: Any, centers: np.ndarray, size_um: float, patch_px: int, window_px: int | None = None) -> tuple:
+    # window_px: the window cut from the image (size_um / um_per_px), which a corrected pixel size changes
     digest = hashlib.sha1(np.ascontiguousarray(centers, dtype=np.float64).tobytes()).hexdigest()
-    return (_element_token(element), digest, float(size_um), int(patch_px))
+    return (_element_token(element), digest, float(size_um), int(patch_px), window_px)
 
 
 def _cache_lookup(key: tuple) -> np.ndarray | None:
@@ -84,9 +85,17 @@ def _cache_lookup(key: tuple) -> np.ndarray | None:
     return hit
 
 
-def _cached_patches(element: Any, centers: np.ndarray, size_um: float, patch_px: int, budget: int, read: Any):
+def _cached_patches(
+    element: Any,
+    centers: np.ndarray,
+    size_um: float,
+    patch_px: int,
+    budget: int,
+    read: Any,
+    window_px: int | None = None,
+):
     """Patches of ``centers`` on ``element`` from the process-wide cache, else ``read()`` (uint8, stored read-only)."""
-    key = _cache_key(element, centers, size_um, patch_px)
+    key = _cache_key(element, centers, size_um, patch_px, window_px)
     hit = _PATCH_CACHE.get(key)
     if hit is not None:
         _PATCH_CACHE.move_to_end(key)
@@ -117,6 +126,7 @@ class _SectionPatches:
         section = str(adata.obs[SECTION_KEY].iloc[int(rows[0])])
         self._element = sdata.images[adata.uns[UNS_KEY]["sections"][section]["image_key"]]
         self.size_um, self.patch_px = float(size_um), int(patch_px)
+        self.window_px = int(self.ds.size_px[section])  # pixels cut from the image: part of the cache key
         self.nbytes = self.n * self.ds.n_channels * patch_px * patch_px
         self.budget = int(cache_mb * 2**20)
         self.cached = self.nbytes <= self.budget
@@ -130,7 +140,9 @@ class _SectionPatches:
         return arr
 
     def _load(self) -> np.ndarray:
-        return _cached_patches(self._element, self.ds.centers, self.size_um, self.patch_px, self.budget, self._read_all)
+        return _cached_patches(
+            self._element, self.ds.centers, self.size_um, self.patch_px, self.budget, self._read_all, self.window_px
+        )
 
     def get(self, idx: np.ndarray) -> np.ndarray:
         """uint8 patches of the spots at positions ``idx`` (into ``rows``); caches the section when it fits."""
@@ -147,7 +159,8 @@ class _SectionPatches:
         its memory does not grow with the section; patches cached by training on the section are reused.
         """
         if self._arr is None and self.cached:
-            self._arr = _cache_lookup(_cache_key(self._element, self.ds.centers, self.size_um, self.patch_px))
+            key = _cache_key(self._element, self.ds.centers, self.size_um, self.patch_px, self.window_px)
+            self._arr = _cache_lookup(key)
         return self._arr
 
     def loader(self, items: Sequence[np.ndarray], opts: Any) -> Any:
