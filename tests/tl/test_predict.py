@@ -550,6 +550,17 @@ def test_sections_given_as_numbers_or_numpy_values_are_section_names():
         assert (out.layers["predicted"] != ref.layers["predicted"]).nnz == 0
 
 
+def test_cross_validate_takes_one_test_section_as_a_name():
+    # test_sections="S3" was read as its characters: "test_sections: ['S', '3'] are not among the sections"
+    sd = syn.make_sdata(grid=3, image=False)
+    sd.tables["table"].obsm["X_z"] = sd.tables["table"].obs[["z"]].to_numpy()
+    kw = {"genes": ["UP"], "setup_kwargs": {"embedding_key": "X_z"}, "config": {"alphas": [1.0]}}
+    one = cross_validate(RidgeExpression, sd, test_sections="S3", **kw)
+    listed = cross_validate(RidgeExpression, sd, test_sections=["S3"], **kw)
+    pd.testing.assert_frame_equal(one, listed)
+    assert list(one["section"].unique()) == ["S3"] and one.attrs["folds"][0]["train_sections"] == ["S1", "S2"]
+
+
 def test_untrained_or_unfit_models_are_refused():
     sd = syn.make_sdata(sections=("S1",))
 

@@ -428,7 +428,7 @@ def cross_validate(
     table: str = TABLE_KEY,
     layer: str | None = None,
     sections: Sequence[str] | None = None,
-    test_sections: Sequence[str] | None = None,
+    test_sections: str | Sequence[str] | None = None,
     metrics: Sequence[str] = ("pearson", "spearman", "mse"),
     return_predictions: bool = False,
     progress: bool = False,
@@ -472,8 +472,8 @@ def cross_validate(
     sections
         Sections to use as folds (default all sections of the table); other sections are ignored entirely.
     test_sections
-        Run only the folds whose test section is in this list (default: every section of ``sections``); e.g. to
-        give each fold its own encoder (an embedding pretrained without the test section).
+        Run only the folds whose test section is in this list, or this one section (default: every section of
+        ``sections``); e.g. to give each fold its own encoder (an embedding pretrained without the test section).
     metrics
         Passed to :func:`scst.tl.evaluate_expression`.
     return_predictions
@@ -505,7 +505,8 @@ def cross_validate(
         )
     adata = _get_table(sdata, table)
     present = list(dict.fromkeys(adata.obs[SECTION_KEY].astype(str)))
-    sections = present if sections is None else [str(s) for s in sections]
+    # one name as a str (not its characters), numbers as the str(section) values
+    sections = present if sections is None else [str(s) for s in ([sections] if np.isscalar(sections) else sections)]
     bad = [s for s in sections if s not in present]
     if bad:
         raise ValueError(f"sections: {bad} have no spots (sections: {present}).")
@@ -516,6 +517,8 @@ def cross_validate(
     frames, preds, fold_info = [], {}, []
     train_kwargs = dict(train_kwargs or {})
     train_kwargs.setdefault("enable_progress_bar", progress)
+    if test_sections is not None and np.isscalar(test_sections):
+        test_sections = [test_sections]
     tests = sections if test_sections is None else [str(s) for s in test_sections]
     bad = [s for s in tests if s not in sections]
     if bad or not tests:
