@@ -125,7 +125,7 @@ def evaluate_expression(
         ``obs`` column whose groups are scored separately (default ``"section"``); None scores all spots as one
         group named ``"all"``.
     metrics
-        Any of ``"pearson"``, ``"spearman"`` (rank correlation), ``"mse"``, ``"mae"``.
+        Any of ``"pearson"``, ``"spearman"`` (rank correlation), ``"mse"``, ``"mae"`` (a list, or one name).
     key_added
         Keys to write (see Returns).
     copy
@@ -152,6 +152,8 @@ def evaluate_expression(
     ranks no spot above another, e.g. the training-mean baseline; counted in ``n_constant_prediction``).
     """
     _check_key(adata.layers, layer, "adata.layers")
+    if isinstance(metrics, str):  # one metric by name, not its characters
+        metrics = [metrics]
     unknown = [m for m in metrics if m not in _METRICS]
     if unknown or not len(metrics):
         raise ValueError(f"metrics: expected a non-empty subset of {_METRICS}, got {list(metrics)}.")
