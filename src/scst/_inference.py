@@ -144,14 +144,17 @@ def inference_options(
     elif pin_memory and not torch.cuda.is_available():
         warnings.warn("pin_memory=True needs CUDA, which is not available: batches are not pinned.", stacklevel=3)
         pin_memory = False
-    return InferenceOptions(device=device, num_workers=num_workers, pin_memory=pin_memory, dtype=PRECISIONS[key])
+    # numpy values (np.int64 workers, np.bool_) as the Python ones the DataLoader and the `is` checks expect
+    return InferenceOptions(
+        device=device, num_workers=int(num_workers), pin_memory=bool(pin_memory), dtype=PRECISIONS[key]
+    )
 
 
 def check_inference_options(num_workers: Any, pin_memory: Any, precision: Any) -> str:
     """Check the inference options without a device (before any work); returns the precision key."""
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int | np.integer) or num_workers < 0:
         raise ValueError(f"num_workers: expected an integer >= 0, got {num_workers!r}.")
-    if pin_memory is not None and not isinstance(pin_memory, bool):
+    if pin_memory is not None and not isinstance(pin_memory, bool | np.bool_):
         raise TypeError(f"pin_memory: expected True, False or None, got {type(pin_memory).__name__}.")
     if str(precision) not in PRECISIONS:
         raise ValueError(f"precision: expected one of {sorted(PRECISIONS)}, got {precision!r}.")

@@ -134,6 +134,21 @@ def test_bad_embeddings_are_named():
         model.predict(other, "S3")
 
 
+@pytest.mark.parametrize("cls", [MLPExpression, HGGEPHead])
+def test_log_normalised_x_is_refused_and_the_counts_layer_accepted(cls):
+    # log1p(normalize_total) values are >= 0 as well: they used to become targets (normalised and logged again)
+    import scanpy as sc
+
+    tab = _table()
+    tab.layers["counts"] = tab.X.copy()
+    sc.pp.normalize_total(tab, target_sum=1e4)
+    sc.pp.log1p(tab)
+    with pytest.raises(ValueError, match=r"setup_anndata: adata.X: expected raw counts .* Pass `layer=`"):
+        cls.setup_anndata(tab, use_rep="X_emb", genes=PANEL)
+    cls.setup_anndata(tab, use_rep="X_emb", genes=PANEL, layer="counts")
+    assert cls._read_registry(tab)["layer"] == "counts"
+
+
 @pytest.mark.slow
 def test_head_on_real_her2st_is_not_constant(her2st_sdata):
     """Hand-crafted features of real H&E → the trained head's held-out predictions must vary across spots."""

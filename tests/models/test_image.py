@@ -147,6 +147,24 @@ def test_sections_panels_and_geometries_are_checked():
         _section_geometries(sd, tab, ["S9"], 10.0)
 
 
+def test_setup_refuses_log_normalised_x():
+    # log1p(normalize_total) values are >= 0: the old check (X.min() < 0) let them through as training targets
+    import scanpy as sc
+
+    sd = syn.make_sdata(sections=("S1", "S2"), grid=3)
+    tab = sd.tables["table"]
+    tab.layers["counts"] = tab.X.copy()
+    sc.pp.normalize_total(tab, target_sum=1e4)
+    sc.pp.log1p(tab)
+    for cls in (HGGEP, TCGN):
+        with pytest.raises(ValueError, match=rf"{cls.__name__}.setup_sdata: adata.X: expected raw counts"):
+            cls.setup_sdata(sd, size_um=syn.SIZE_UM)
+        cls.setup_sdata(sd, layer="counts", size_um=syn.SIZE_UM)
+    tab.layers["neg"] = -tab.layers["counts"]
+    with pytest.raises(ValueError, match=r"layers\['neg'\]: expected raw counts"):
+        HGGEP.setup_sdata(sd, layer="neg", size_um=syn.SIZE_UM)
+
+
 def test_validation_sections_draw_with_the_seed():
     secs = ["S1", "S2", "S3"]
     drawn = set()

@@ -204,6 +204,18 @@ def test_bad_options():
         embed_patches(sd, "handcrafted", size_um=syn.SIZE_UM, out_px=24, precision="8", progress=False)
 
 
+def test_numpy_integer_workers_and_numpy_bool_pinning_are_accepted():
+    # np.int64(2) was refused as "expected an integer >= 0, got np.int64(2)" (e.g. a value from a numpy grid)
+    opts = inference_options("cpu", num_workers=np.int64(2), pin_memory=np.bool_(False))
+    assert opts.num_workers == 2 and type(opts.num_workers) is int and opts.pin_memory is False
+    assert opts.loader_kwargs() == {"num_workers": 2, "pin_memory": False, "prefetch_factor": 4}
+    with pytest.raises(ValueError, match="num_workers"):
+        inference_options("cpu", num_workers=np.int64(-1))
+    sd = syn.make_sdata(sections=("S1",), grid=3)
+    embed_patches(sd, "handcrafted", size_um=syn.SIZE_UM, out_px=24, num_workers=np.int64(0), progress=False)
+    assert sd.tables["table"].obsm["X_handcrafted"].shape[0] == 9
+
+
 class _WhoReads(torch.utils.data.Dataset):
     """Item i → (i, id of the worker that read it)."""
 

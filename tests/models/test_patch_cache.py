@@ -65,3 +65,27 @@ def test_cache_budget_is_inclusive():
     nbytes = 16 * 3 * 32 * 32
     assert _SectionPatches(sd, "table", rows, syn.SIZE_UM, 32, nbytes / 2**20).cached
     assert not _SectionPatches(sd, "table", rows, syn.SIZE_UM, 32, (nbytes - 1) / 2**20).cached
+
+
+def test_a_corrected_pixel_size_is_not_served_the_patches_cut_at_the_old_one():
+    """The window in pixels is size_um / um_per_px: correcting uns["scst"]["sections"][s]["um_per_px"] in the same
+    process must re-read the patches (the cache key held the image, spots, size_um and patch_px only)."""
+    import importlib.util
+    from pathlib import Path
+
+    from scst.models._image import _SectionPatches
+
+    spec = importlib.util.spec_from_file_location("_he_synthetic", Path(__file__).with_name("_he_synthetic.py"))
+    syn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(syn)
+    clear_patch_cache()
+    sd = syn.make_sdata(sections=("S1",), grid=3)
+    tab = sd.tables["table"]
+    rows = np.arange(tab.n_obs)
+    first = _SectionPatches(sd, "table", rows, syn.SIZE_UM, 16, 64.0).get(rows)  # 32 px windows at 2 µm/px
+    tab.uns["scst"]["sections"]["S1"]["um_per_px"] = 1.0  # corrected: 64 px windows
+    fresh = _SectionPatches(sd, "table", rows, syn.SIZE_UM, 16, 64.0)
+    assert fresh.ds.size_px["S1"] == 64
+    np.testing.assert_array_equal(fresh.get(rows), fresh.ds.patches_uint8(rows))  # what the new geometry reads
+    assert not np.array_equal(fresh.get(rows), first)
+    clear_patch_cache()

@@ -186,6 +186,15 @@ def test_k_may_equal_the_section_size_but_not_be_a_bool():
         hypergraph(adata, k=True)
 
 
+def test_numpy_integer_k_is_an_int():
+    # np.int64(3) was refused ("`k` must be an int >= 1, got np.int64(3)"); the record must stay a Python int (JSON)
+    a, b = _two_sections(6), _two_sections(6)
+    hypergraph(a, k=np.int64(3))
+    hypergraph(b, k=3)
+    assert (a.obsp["hypergraph_incidence"] != b.obsp["hypergraph_incidence"]).nnz == 0
+    assert type(a.uns["hypergraph"]["params"]["k"]) is int
+
+
 def test_exact_and_n_candidates_reach_the_ranking_and_the_record(monkeypatch):
     # Recording stub around knn_hyperedges: the ranking options are passed on per section, not replaced by defaults.
     import scst.pp._hypergraph as mod

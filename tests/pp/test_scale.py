@@ -100,6 +100,12 @@ def test_a_section_of_exactly_min_spots_does_not_warn():
         scale_by_section(a, "f", min_spots=6)
 
 
+def test_numpy_integer_min_spots_is_accepted():
+    a = _adata(np.random.default_rng(0).normal(size=(25, 2)), ["A"] * 20 + ["B"] * 5)
+    with pytest.warns(UserWarning, match=r"\['B \(5\)'\]"):
+        scale_by_section(a, "f", min_spots=np.int64(6))  # was "min_spots: expected an int >= 2, got np.int64(6)"
+
+
 def test_embed_recipe_travels_with_the_scaling():
     a = _adata(np.random.default_rng(0).normal(size=(25, 2)), ["A"] * 25)
     a.uns["scst_embed"] = {"f": {"method": "handcrafted", "size_um": 80}, "g": {"stale": True}}

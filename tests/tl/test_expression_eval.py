@@ -148,6 +148,28 @@ def _planted_clusters(n_clusters=3, per=40, genes=20, seed=0):
     return a, lab
 
 
+def test_second_call_leaves_no_metric_column_of_the_first(adata):
+    # var["scst_eval_mae"] of an earlier call stayed beside the new uns["scst_eval"] (a stale per-gene score)
+    adata.layers["predicted"] = _truth(adata)
+    evaluate_expression(adata, metrics=("pearson", "mae"))
+    assert np.allclose(adata.var["scst_eval_mae"], 0.0, atol=1e-6)
+    adata.layers["predicted"] = _truth(adata) + 5.0
+    evaluate_expression(adata, metrics=("pearson",))
+    assert "scst_eval_mae" not in adata.var and "scst_eval_pearson" in adata.var
+    evaluate_expression(adata, metrics=("mae",), key_added="other")  # other keys are left alone
+    assert "scst_eval_pearson" in adata.var and np.allclose(adata.var["other_mae"], 5.0, atol=1e-5)
+
+
+def test_one_metric_by_name(adata):
+    # metrics="mae" was read as its characters: "expected a non-empty subset of (...), got ['m', 'a', 'e']"
+    adata.layers["predicted"] = _truth(adata) + 1.0
+    evaluate_expression(adata, metrics="mae")
+    assert list(adata.uns["scst_eval"]["metric"].unique()) == ["mae"] and adata.uns["scst_eval_params"]["metrics"] == [
+        "mae"
+    ]
+    assert np.allclose(adata.var["scst_eval_mae"], 1.0, atol=1e-5)
+
+
 @pytest.mark.parametrize("method", ["kmeans", "leiden"])
 def test_spatial_domains_recovers_planted_clusters(method):
     a, lab = _planted_clusters()

@@ -509,6 +509,58 @@ def test_spacing_um_predicts_on_a_grid_even_when_the_table_exists():
     assert "predicted" not in other.tables["table"].layers and other.tables["grid"].n_obs == new.n_obs
 
 
+def test_grid_prediction_never_replaces_the_spot_table():
+    # tile_grid/spacing_um with table_added=table used to overwrite the measured spots with the pseudo-spots
+    sd = syn.make_sdata(sections=("S1",))
+    spots = sd.tables["table"]
+    for kw in ({"tile_grid": True}, {"spacing_um": 80.0}):
+        with pytest.raises(ValueError, match="table_added: 'table' is the table predicted from"):
+            predict_expression(sd, _RowModel(), table_added="table", progress=False, **kw)
+        assert sd.tables["table"] is spots and "S1_grid" not in sd.shapes
+    # an H&E-only slide (no table of that key) may still get its grid table under that key
+    del sd.tables["table"]
+    predict_expression(sd, _RowModel(), table="table", table_added="table", um_per_px=syn.UM_PER_PX, progress=False)
+    assert sd.tables["table"].n_obs > 0 and "S1_grid" in sd.shapes
+
+
+def test_cross_validate_on_an_anndata_is_a_clear_error_and_its_spatialdata_wrap_works():
+    # an AnnData (the closed-form baselines set up on one) failed with "'AnnData' object has no attribute 'images'"
+    from spatialdata import SpatialData
+
+    tab = syn.make_sdata(image=False).tables["table"]
+    tab.obsm["X_z"] = tab.obs[["z"]].to_numpy()
+    kw = {"genes": ["UP"], "setup_kwargs": {"embedding_key": "X_z"}, "config": {"alphas": [1.0]}}
+    with pytest.raises(TypeError, match=r"sdata: expected a SpatialData, got AnnData; .*SpatialData\(tables="):
+        cross_validate(RidgeExpression, tab, **kw)
+    df = cross_validate(RidgeExpression, SpatialData(tables={"table": tab}), **kw)
+    assert sorted(df["section"].unique()) == ["S1", "S2", "S3"] and "_scst_setup" not in tab.uns
+
+
+def test_sections_given_as_numbers_or_numpy_values_are_section_names():
+    # sections=[3] (integer section ids, as the models accept them) failed with "all index and data arrays must
+    # have the same length": the spots were looked up by the int 3 among the str sections
+    sd = syn.make_sdata(sections=("1", "2", "3"), grid=3)
+    MeanExpression.setup_sdata(sd, genes=["UP"], sections=[1, 2])
+    model = MeanExpression(sd).train()
+    ref = predict_expression(sd, model, sections="3", copy=True, progress=False)
+    for sections in ([3], np.array([3]), 3, np.array(["3"])):
+        out = predict_expression(sd, model, sections=sections, copy=True, progress=False)
+        assert out.uns["scst_predict"]["sections"] == ["3"] and type(out.uns["scst_predict"]["sections"][0]) is str
+        np.testing.assert_array_equal(out.obs["predicted_mask"], ref.obs["predicted_mask"])
+        assert (out.layers["predicted"] != ref.layers["predicted"]).nnz == 0
+
+
+def test_cross_validate_takes_one_test_section_as_a_name():
+    # test_sections="S3" was read as its characters: "test_sections: ['S', '3'] are not among the sections"
+    sd = syn.make_sdata(grid=3, image=False)
+    sd.tables["table"].obsm["X_z"] = sd.tables["table"].obs[["z"]].to_numpy()
+    kw = {"genes": ["UP"], "setup_kwargs": {"embedding_key": "X_z"}, "config": {"alphas": [1.0]}}
+    one = cross_validate(RidgeExpression, sd, test_sections="S3", **kw)
+    listed = cross_validate(RidgeExpression, sd, test_sections=["S3"], **kw)
+    pd.testing.assert_frame_equal(one, listed)
+    assert list(one["section"].unique()) == ["S3"] and one.attrs["folds"][0]["train_sections"] == ["S1", "S2"]
+
+
 def test_untrained_or_unfit_models_are_refused():
     sd = syn.make_sdata(sections=("S1",))
 

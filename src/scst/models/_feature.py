@@ -18,11 +18,12 @@ from scipy import sparse
 from torch.utils.data import DataLoader, Dataset
 
 from .._constants import SECTION_KEY, SPATIAL_KEY, TABLE_KEY
-from .._normalize import panel_targets
+from .._normalize import panel_targets, raw_counts
 from .._utils import _check_key, _embedding_record, _get_table, _plain
 from ..nn._heads import MLPHeadModule, SpatialHeadModule
 from ._base import BaseModel
 from ._image import (
+    _RAW_HINT,
     _check_sections,
     _resolve_panel,
     _tiling_windows,
@@ -131,6 +132,7 @@ class _FeatureModel(BaseModel):
         _check_key(adata.obs, SECTION_KEY, "adata.obs")
         if layer is not None:
             _check_key(adata.layers, layer, "adata.layers")
+        raw_counts(adata, layer, f"{cls.__name__}.setup_anndata", hint=_RAW_HINT)
         sections = _check_sections(adata, sections)
         rows = np.flatnonzero(adata.obs[SECTION_KEY].astype(str).isin(sections).to_numpy())
         x = _embedding(adata, use_rep, rows=rows)

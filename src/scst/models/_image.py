@@ -22,10 +22,13 @@ from torch.utils.data import Dataset
 
 from .._constants import ARRAY_COL, ARRAY_ROW, SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
 from .._logging import logg
-from .._normalize import TARGET_SUM, panel_targets
+from .._normalize import TARGET_SUM, panel_targets, raw_counts
 from .._utils import _get_table
 from ..nn._train_step import patches_to_input
 from ._base import BaseModel
+
+#: What a user whose table holds log-normalised values (not counts) can do instead.
+_RAW_HINT = "Pass `layer=` with the raw counts (e.g. 'counts', kept before scanpy's normalize_total/log1p)."
 
 __all__ = ["clear_patch_cache"]
 
@@ -69,9 +72,10 @@ def _element_token(element: Any) -> str:
     return dask.base.tokenize(data)
 
 
-def _cache_key(element: Any, centers: np.ndarray, size_um: float, patch_px: int) -> tuple:
+def _cache_key(element: Any, centers: np.ndarray, size_um: float, patch_px: int, window_px: int | None = None) -> tuple:
+    # window_px: the window cut from the image (size_um / um_per_px), which a corrected pixel size changes
     digest = hashlib.sha1(np.ascontiguousarray(centers, dtype=np.float64).tobytes()).hexdigest()
-    return (_element_token(element), digest, float(size_um), int(patch_px))
+    return (_element_token(element), digest, float(size_um), int(patch_px), window_px)
 
 
 def _cache_lookup(key: tuple) -> np.ndarray | None:
@@ -81,9 +85,17 @@ def _cache_lookup(key: tuple) -> np.ndarray | None:
     return hit
 
 
-def _cached_patches(element: Any, centers: np.ndarray, size_um: float, patch_px: int, budget: int, read: Any):
+def _cached_patches(
+    element: Any,
+    centers: np.ndarray,
+    size_um: float,
+    patch_px: int,
+    budget: int,
+    read: Any,
+    window_px: int | None = None,
+):
     """Patches of ``centers`` on ``element`` from the process-wide cache, else ``read()`` (uint8, stored read-only)."""
-    key = _cache_key(element, centers, size_um, patch_px)
+    key = _cache_key(element, centers, size_um, patch_px, window_px)
     hit = _PATCH_CACHE.get(key)
     if hit is not None:
         _PATCH_CACHE.move_to_end(key)
@@ -114,6 +126,7 @@ class _SectionPatches:
         section = str(adata.obs[SECTION_KEY].iloc[int(rows[0])])
         self._element = sdata.images[adata.uns[UNS_KEY]["sections"][section]["image_key"]]
         self.size_um, self.patch_px = float(size_um), int(patch_px)
+        self.window_px = int(self.ds.size_px[section])  # pixels cut from the image: part of the cache key
         self.nbytes = self.n * self.ds.n_channels * patch_px * patch_px
         self.budget = int(cache_mb * 2**20)
         self.cached = self.nbytes <= self.budget
@@ -127,7 +140,9 @@ class _SectionPatches:
         return arr
 
     def _load(self) -> np.ndarray:
-        return _cached_patches(self._element, self.ds.centers, self.size_um, self.patch_px, self.budget, self._read_all)
+        return _cached_patches(
+            self._element, self.ds.centers, self.size_um, self.patch_px, self.budget, self._read_all, self.window_px
+        )
 
     def get(self, idx: np.ndarray) -> np.ndarray:
         """uint8 patches of the spots at positions ``idx`` (into ``rows``); caches the section when it fits."""
@@ -144,7 +159,8 @@ class _SectionPatches:
         its memory does not grow with the section; patches cached by training on the section are reused.
         """
         if self._arr is None and self.cached:
-            self._arr = _cache_lookup(_cache_key(self._element, self.ds.centers, self.size_um, self.patch_px))
+            key = _cache_key(self._element, self.ds.centers, self.size_um, self.patch_px, self.window_px)
+            self._arr = _cache_lookup(key)
         return self._arr
 
     def loader(self, items: Sequence[np.ndarray], opts: Any) -> Any:
@@ -433,9 +449,8 @@ class _ImageModel(BaseModel):
             raise ValueError(f"size_um: expected a positive number, got {size_um!r}.")
         if patch_px is not None and (isinstance(patch_px, bool) or int(patch_px) != patch_px or patch_px < 8):
             raise ValueError(f"patch_px: expected an integer >= 8, got {patch_px!r}.")
-        X = adata.X if layer is None else adata.layers[layer]
-        if X.shape[1] and X.min() < 0:
-            raise ValueError(f"{'X' if layer is None else f'layers[{layer!r}]'} must hold raw counts (>= 0).")
+        # log-normalised data is >= 0 too: targets need integer counts (as the closed-form baselines check)
+        raw_counts(adata, layer, f"{cls.__name__}.setup_sdata", hint=_RAW_HINT)
         panel, genes_key = _resolve_panel(adata, genes)
         sections = _check_sections(adata, sections)
         if not sections:

@@ -96,8 +96,9 @@ def hypergraph(
         raise ValueError(f"adata.obsm[{spatial_key!r}] must have shape (n_obs, 2), got {coords.shape}.")
     if feats_all.ndim != 2 or feats_all.shape[0] != data.n_obs:
         raise ValueError(f"Features {use_rep!r} must have shape (n_obs, d), got {feats_all.shape}.")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise ValueError(f"`k` must be an int >= 1, got {k!r}.")
+    k = int(k)  # a numpy integer as a Python int (uns params, model registries are JSON)
     if data.n_obs == 0:
         raise ValueError("adata: no spots (n_obs = 0); a hypergraph needs at least `k` spots.")
     if not np.isfinite(coords).all():

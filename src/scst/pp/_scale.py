@@ -75,7 +75,7 @@ def scale_by_section(
         raise ValueError(f"adata.obsm[{use_rep!r}] (argument `use_rep`): expected shape (n_obs, d), got {x.shape}.")
     if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
         raise ValueError(f"adata.obsm[{use_rep!r}] (argument `use_rep`): expected finite numbers (no NaN/inf).")
-    if isinstance(min_spots, bool) or not isinstance(min_spots, int) or min_spots < 2:
+    if isinstance(min_spots, bool) or not isinstance(min_spots, int | np.integer) or min_spots < 2:
         raise ValueError(f"min_spots: expected an int >= 2, got {min_spots!r}.")
     sections = data.obs[library_key]
     if sections.isna().any():

@@ -125,7 +125,7 @@ def evaluate_expression(
         ``obs`` column whose groups are scored separately (default ``"section"``); None scores all spots as one
         group named ``"all"``.
     metrics
-        Any of ``"pearson"``, ``"spearman"`` (rank correlation), ``"mse"``, ``"mae"``.
+        Any of ``"pearson"``, ``"spearman"`` (rank correlation), ``"mse"``, ``"mae"`` (a list, or one name).
     key_added
         Keys to write (see Returns).
     copy
@@ -139,7 +139,8 @@ def evaluate_expression(
         Long :class:`pandas.DataFrame` with columns ``gene``, ``section`` (the ``by`` group), ``metric``,
         ``value``: one row per gene × group × metric.
     ``var[f"{key_added}_{metric}"]``
-        Per-gene mean over groups (NaN where never defined; NaN for genes not evaluated).
+        Per-gene mean over groups (NaN where never defined; NaN for genes not evaluated). The columns of metrics
+        not computed by this call (left by an earlier one) are removed.
     ``uns[f"{key_added}_params"]``
         ``layer``, ``truth``, ``by``, ``metrics``, ``n_genes``, and per group ``n_spots``,
         ``n_constant_truth`` and ``n_constant_prediction``; ``n_unpredicted_spots``.
@@ -151,6 +152,8 @@ def evaluate_expression(
     ranks no spot above another, e.g. the training-mean baseline; counted in ``n_constant_prediction``).
     """
     _check_key(adata.layers, layer, "adata.layers")
+    if isinstance(metrics, str):  # one metric by name, not its characters
+        metrics = [metrics]
     unknown = [m for m in metrics if m not in _METRICS]
     if unknown or not len(metrics):
         raise ValueError(f"metrics: expected a non-empty subset of {_METRICS}, got {list(metrics)}.")
@@ -212,6 +215,9 @@ def evaluate_expression(
         "n_unpredicted_spots": n_unpredicted,
     }
     means = df.groupby(["metric", "gene"], sort=False)["value"].mean()
+    for m in _METRICS:  # an earlier call's metric that this call does not compute would read as this call's
+        if m not in metrics and f"{key_added}_{m}" in adata.var:
+            del adata.var[f"{key_added}_{m}"]
     for m in metrics:
         col = np.full(adata.n_vars, np.nan)
         col[gidx] = means.loc[m].reindex(names).to_numpy()

@@ -189,9 +189,15 @@ def predict_expression(
         raise TypeError(f"sdata: expected a SpatialData object with images, got {type(sdata).__name__}.")
     if not isinstance(layer, str) or not layer:
         raise ValueError(f"layer: expected a non-empty string, got {layer!r}.")
-    if isinstance(sections, str):
-        sections = [sections]
+    if sections is not None:  # names as the table's str(section) values (ints, numpy strings, one name)
+        sections = [str(s) for s in ([sections] if np.isscalar(sections) else sections)]
     grid = tile_grid or spacing_um is not None or table not in sdata.tables
+    if table_added == table and table in sdata.tables:  # grids too: the spot table would be replaced
+        raise ValueError(
+            f"table_added: {table_added!r} is the table predicted from; leave it None to write "
+            f"layers[{layer!r}] of that table (pseudo-spots: a new table {table + '_predicted'!r}), or give a new key "
+            "for a new table."
+        )
     genes = list(model.var_names)
     check_inference_options(num_workers, pin_memory, precision)  # before any work
     opts = {"num_workers": num_workers, "pin_memory": pin_memory, "precision": precision}
@@ -207,11 +213,6 @@ def predict_expression(
         new.layers[layer] = pred.copy()
         out, sections = new, list(dict.fromkeys(new.obs[SECTION_KEY].astype(str)))
     else:
-        if table_added == table:
-            raise ValueError(
-                f"table_added: {table_added!r} is the table predicted from; leave it None to write "
-                f"layers[{layer!r}] of that table, or give a new key for a new table."
-            )
         adata = sdata.tables[table]
         if SECTION_KEY in adata.obs and adata.obs[SECTION_KEY].isna().any():
             raise ValueError(
@@ -427,7 +428,7 @@ def cross_validate(
     table: str = TABLE_KEY,
     layer: str | None = None,
     sections: Sequence[str] | None = None,
-    test_sections: Sequence[str] | None = None,
+    test_sections: str | Sequence[str] | None = None,
     metrics: Sequence[str] = ("pearson", "spearman", "mse"),
     return_predictions: bool = False,
     progress: bool = False,
@@ -471,8 +472,8 @@ def cross_validate(
     sections
         Sections to use as folds (default all sections of the table); other sections are ignored entirely.
     test_sections
-        Run only the folds whose test section is in this list (default: every section of ``sections``); e.g. to
-        give each fold its own encoder (an embedding pretrained without the test section).
+        Run only the folds whose test section is in this list, or this one section (default: every section of
+        ``sections``); e.g. to give each fold its own encoder (an embedding pretrained without the test section).
     metrics
         Passed to :func:`scst.tl.evaluate_expression`.
     return_predictions
@@ -497,9 +498,15 @@ def cross_validate(
         raise ValueError(f"by: only {SECTION_KEY!r} is supported (image models work per section), got {by!r}.")
     if not isinstance(model_cls, type) or not hasattr(model_cls, "setup_sdata"):
         raise TypeError(f"model_cls: expected an scst model class with `setup_sdata`, got {model_cls!r}.")
+    if not hasattr(sdata, "tables") or not hasattr(sdata, "images"):  # each fold is a SpatialData sharing its images
+        raise TypeError(
+            f"sdata: expected a SpatialData, got {type(sdata).__name__}; for models on obsm features alone (e.g. "
+            "RidgeExpression) wrap an AnnData as `spatialdata.SpatialData(tables={'table': adata})`."
+        )
     adata = _get_table(sdata, table)
     present = list(dict.fromkeys(adata.obs[SECTION_KEY].astype(str)))
-    sections = present if sections is None else [str(s) for s in sections]
+    # one name as a str (not its characters), numbers as the str(section) values
+    sections = present if sections is None else [str(s) for s in ([sections] if np.isscalar(sections) else sections)]
     bad = [s for s in sections if s not in present]
     if bad:
         raise ValueError(f"sections: {bad} have no spots (sections: {present}).")
@@ -510,6 +517,8 @@ def cross_validate(
     frames, preds, fold_info = [], {}, []
     train_kwargs = dict(train_kwargs or {})
     train_kwargs.setdefault("enable_progress_bar", progress)
+    if test_sections is not None and np.isscalar(test_sections):
+        test_sections = [test_sections]
     tests = sections if test_sections is None else [str(s) for s in test_sections]
     bad = [s for s in tests if s not in sections]
     if bad or not tests:
