@@ -1166,6 +1166,17 @@ def test_local_scores_must_be_a_count_of_pairs(bad):
     assert adata.obsm["scst_ligrec_local"].shape == (adata.n_obs, 2)
 
 
+def test_second_call_without_local_scores_leaves_no_local_scores_of_the_first():
+    """obsm["scst_ligrec_local"] of a first call stayed beside the second call's table, and was drawn with it."""
+    adata, pairs = quadrant_data(n_pairs=4)
+    ligand_receptor(adata, pairs=pairs, method="pearson", n_perms=0, expr_prop=0, local_scores=2)
+    ligand_receptor(adata, pairs=pairs, method="pearson", n_perms=0, expr_prop=0, local_scores=2, key_added="other")
+    assert "scst_ligrec_local" in adata.obsm
+    ligand_receptor(adata, pairs=pairs[:2], method="expression", n_perms=0, expr_prop=0)
+    assert "scst_ligrec_local" not in adata.obsm and "local_scores_key" not in adata.uns["scst_ligrec_params"]
+    assert adata.obsm["other_local"].shape == (adata.n_obs, 2)  # other keys are left alone
+
+
 def test_unknown_local_name_fails_before_anything_is_written():
     adata, pairs = quadrant_data(n_pairs=2)
     with pytest.raises(ValueError, match="local_name"):

@@ -249,7 +249,8 @@ def ligand_receptor(
     - ``uns[f"{key_added}_params"]``: methods, nulls, ``n_perms``, seed, keys, normalisation, pair counts (input,
       absent, complexes missing a subunit, entities/pairs under ``expr_prop``, scored), and for GCNG its graph,
       config, ``n_in_training`` and ``gcng_fit`` (train/validation/held-out AUROC per model);
-    - with ``local_scores``: ``obsm[f"{key_added}_local"]``, a cells × pairs DataFrame (``"LIGAND^RECEPTOR"``).
+    - with ``local_scores``: ``obsm[f"{key_added}_local"]``, a cells × pairs DataFrame (``"LIGAND^RECEPTOR"``);
+      without, an ``obsm[f"{key_added}_local"]`` of an earlier call is removed (it scored that call's pairs).
     """
     if method is None:
         method = "gcng" if model is not None else "spatial_pearson"
@@ -384,6 +385,8 @@ def ligand_receptor(
     order = ["magnitude_rank", *(["specificity_rank"] if pcols else []), "ligand_complex", "receptor_complex"]
     res = res.sort_values(order, kind="stable").reset_index(drop=True)
     adata.uns[key_added] = res
+    # An earlier call's local scores under this key would be drawn beside this call's table (pl.ligand_receptor_spatial)
+    adata.obsm.pop(f"{key_added}_local", None)
     if local_scores:
         n_top = 50 if local_scores is True else int(local_scores)
         top = res.head(n_top)
