@@ -77,7 +77,8 @@ def test_ligrec_roc_curves_per_method():
     # the chance line is the positive rate of the pairs drawn: not of a method left out, nor of unscored rows
     other = pd.DataFrame({"method": "other", "label": np.r_[1, np.zeros(9, int)], "score": np.arange(10.0)})
     unscored = pd.DataFrame({"method": "perfect", "label": [1] * 10, "score": np.nan})
-    _, pr = scst.pl.ligrec_roc(pd.concat([pred, other, unscored]), methods="perfect", show=False)
+    with pytest.warns(UserWarning, match="10 pairs of the methods drawn have a NaN score"):
+        _, pr = scst.pl.ligrec_roc(pd.concat([pred, other, unscored]), methods="perfect", show=False)
     assert pr.get_lines()[-1].get_ydata()[0] == pytest.approx(0.5)
     with pytest.raises(KeyError, match="methods: 'perfekt'"):
         scst.pl.ligrec_roc(pred, methods="perfekt", show=False)

@@ -411,6 +411,20 @@ def test_metrics_by_hand():
         ligrec_metrics(pred.drop(columns="score"))
 
 
+def test_metrics_leave_out_nan_scores_as_the_roc_plot_does():
+    """A NaN score crashed ligrec_metrics ("Input contains NaN") while pl.ligrec_roc drops it: both leave it out."""
+    pred = pd.DataFrame({"method": "m", "fold": [0, 0, 0, 0, 1, 1], "ligand": ["a", "a", "b", "b", "c", "c"],
+                         "label": [1, 0, 1, 0, 1, 0], "score": [0.9, 0.1, 0.2, 0.8, 0.7, 0.7]})  # fmt: skip
+    unscored = pd.DataFrame({"method": ["m", "m", "u"], "fold": [0, 1, 0], "ligand": ["a", "c", "a"],
+                             "label": [0, 1, 1], "score": np.nan})  # fmt: skip
+    with pytest.warns(UserWarning, match="3 of 9 pairs have a NaN score"):
+        m = ligrec_metrics(pd.concat([pred, unscored]), n_boot=20)
+    want = ligrec_metrics(pred, n_boot=20)
+    pd.testing.assert_frame_equal(m.iloc[:1], want)
+    assert m.iloc[1]["method"] == "u" and (m.iloc[1]["n_pos"], m.iloc[1]["n_neg"]) == (0, 0)
+    assert np.isnan(m.iloc[1]["auroc"]) and m.iloc[1]["n_folds_scored"] == 0
+
+
 def test_shuffle_graph_stays_within_groups():
     a = sp.csr_matrix(np.diag(np.ones(5), 1) + np.diag(np.ones(5), -1))
     groups = np.array([0, 0, 0, 1, 1, 1])

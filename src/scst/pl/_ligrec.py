@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -206,7 +207,8 @@ def ligrec_roc(
     """ROC and precision–recall curves of a ligand–receptor cross-validation, one curve per method.
 
     Test pairs of all folds are pooled per method (as :func:`scst.tl.ligrec_metrics` computes its pooled AUROC and
-    AUPRC, shown in the legend); the diagonal (ROC) and the positive rate (PR) mark chance.
+    AUPRC, shown in the legend); the diagonal (ROC) and the positive rate (PR) mark chance. Pairs with a NaN
+    ``score`` (unscored) are left out, with a warning, as in :func:`scst.tl.ligrec_metrics`.
 
     Parameters
     ----------
@@ -235,6 +237,13 @@ def ligrec_roc(
     methods = present if methods is None else ([methods] if isinstance(methods, str) else list(methods))
     for m in methods:
         _check_in(m, present, "methods", "predictions['method']")
+    unscored = predictions["method"].astype(str).isin(methods) & predictions["score"].isna()
+    if unscored.any():
+        warnings.warn(
+            f"predictions: {int(unscored.sum())} pairs of the methods drawn have a NaN score; they are left out of "
+            "the curves (as in scst.tl.ligrec_metrics).",
+            stacklevel=2,
+        )
     fig, axes = _panel_axes(2, ax, 2, (4.5, 4.0), figsize)
     roc_ax, pr_ax = axes
     labels = []

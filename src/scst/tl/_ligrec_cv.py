@@ -263,16 +263,27 @@ def ligrec_metrics(
     ``n_folds_scored``) and over ligands with both classes (``ligand_auroc_mean``/``_median``,
     ``ligand_auprc_mean``/``_median``, ``n_ligands_scored``) — the paper's per-ligand summary. With one negative
     per positive most ligands score 0, 0.5 or 1, so per-ligand medians are coarse.
+
+    Pairs with a NaN ``score`` (unscored) are left out of every value and count, with a warning, as
+    :func:`scst.pl.ligrec_roc` leaves them out of its curves; a group without scored pairs gets NaN metrics.
     """
     by = [by] if isinstance(by, str) else list(by)
     need = {"fold", "ligand", "label", "score", *by}
     missing = need - set(predictions.columns)
     if missing:
         raise ValueError(f"predictions: missing column(s) {sorted(missing)}.")
+    unscored = predictions["score"].isna()
+    if unscored.any():  # sklearn's metrics failed on them ("Input contains NaN") while pl.ligrec_roc drops them
+        warnings.warn(
+            f"predictions: {int(unscored.sum())} of {len(predictions)} pairs have a NaN score; they are left out "
+            "of the metrics and counts (as in scst.pl.ligrec_roc).",
+            stacklevel=2,
+        )
     rng = np.random.default_rng(seed)
     rows = []
     for key, g in predictions.groupby(by, sort=False, observed=True):
         key = key if isinstance(key, tuple) else (key,)
+        g = g[g["score"].notna()]
         y, s = g["label"].to_numpy(int), g["score"].to_numpy(float)
         row: dict[str, Any] = dict(zip(by, key))
         row.update(n_pos=int(y.sum()), n_neg=int((1 - y).sum()))
