@@ -168,3 +168,33 @@ def test_local_score_scale_spans_the_sections_drawn():
     fc = ax.collections[0].get_facecolors()
     cm = plt.get_cmap("viridis")
     np.testing.assert_allclose(fc[[0, -1], :3], cm([0.0, 1.0])[:, :3], atol=2 / 255)
+
+
+def test_local_score_on_data_without_a_section_column():
+    """seqFISH+-like data (obs["fov"], no "section") could not be drawn ("adata.obs has no 'section' column"): the
+    fields of view are the panels; without any such column (or library_key=None) all cells are one panel."""
+    import pandas as pd
+    from anndata import AnnData
+
+    n = 12
+    obs = pd.DataFrame({"fov": [0] * n + [1] * n}, index=[f"c{i}" for i in range(2 * n)])
+    a = AnnData(np.zeros((2 * n, 1), np.float32), obs=obs)
+    a.obsm["spatial"] = np.column_stack([np.arange(2 * n) % 4 * 10.0, np.arange(2 * n) // 4 * 10.0])
+    a.obsm["scst_ligrec_local"] = pd.DataFrame({"L^R": np.linspace(0.0, 1.0, 2 * n)}, index=a.obs_names)
+    with pytest.warns(UserWarning, match="no image"):
+        axes = scst.pl.ligand_receptor_spatial(a, "L^R", show=False)
+    assert [ax.get_title() for ax in axes] == ["0 · L^R", "1 · L^R"]
+    assert [len(ax.collections[0].get_facecolors()) for ax in axes] == [n, n]
+    with pytest.warns(UserWarning, match="no image"):
+        (ax,) = scst.pl.ligand_receptor_spatial(a, "L^R", sections="1", library_key="fov", show=False)
+    assert ax.get_title() == "1 · L^R"
+    no_column = a.copy()
+    no_column.obs = no_column.obs.drop(columns="fov")
+    for b, library_key in ((a, None), (no_column, "auto")):
+        with pytest.warns(UserWarning, match="The data have no image"):
+            (ax,) = scst.pl.ligand_receptor_spatial(b, "L^R", library_key=library_key, show=False)
+        assert ax.get_title() == "L^R" and len(ax.collections[0].get_facecolors()) == 2 * n
+    with pytest.raises(KeyError, match="library_key: adata.obs has no 'slide' column"):
+        scst.pl.ligand_receptor_spatial(a, "L^R", library_key="slide", show=False)
+    with pytest.raises(ValueError, match="sections: picking sections needs their obs column"):
+        scst.pl.ligand_receptor_spatial(a, "L^R", sections="0", library_key=None, show=False)

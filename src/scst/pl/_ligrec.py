@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from .._constants import TABLE_KEY
 from .._utils import _get_table
+from ..pp._graph_matrix import _LIBRARY_KEYS
 from ._spatial import _Section, _sections
 from ._utils import _check_in, _doc_show_save, _finish, _panel_axes
 
@@ -131,6 +132,7 @@ def ligand_receptor_spatial(
     key: str = "scst_ligrec_local",
     *,
     sections: str | Sequence[str] | None = None,
+    library_key: str | None = "auto",
     table: str = TABLE_KEY,
     cmap: str = "viridis",
     ax: Axes | Sequence[Axes] | None = None,
@@ -152,7 +154,11 @@ def ligand_receptor_spatial(
     key
         ``obsm`` key.
     sections
-        Sections to draw (default all of ``obs["section"]``).
+        Sections to draw (default all of ``obs[library_key]``).
+    library_key
+        ``obs`` column of the sections, one panel each (``"auto"``: ``section``, ``fov``, ``library_id`` or
+        ``sample`` when present, as :func:`scst.tl.ligand_receptor`'s ``groups_key``; e.g. seqFISH+'s ``fov``).
+        ``None``, or ``"auto"`` without such a column: all spots in one panel at ``obsm["spatial"]``.
     table
         Table key.
     cmap
@@ -175,8 +181,10 @@ def ligand_receptor_spatial(
     if not isinstance(local, pd.DataFrame):
         raise TypeError(f"key: obsm[{key!r}] must be a spots × pairs DataFrame, got {type(local).__name__}.")
     _check_in(pair, list(local.columns), "pair", f"obsm[{key!r}].columns")
-    secs = _sections(adata, sections)
-    parts = [_Section(sdata, adata, s) for s in secs]
+    if library_key == "auto":
+        library_key = next((k for k in _LIBRARY_KEYS if k in adata.obs), None)
+    secs = _sections(adata, sections, library_key)
+    parts = [_Section(sdata, adata, s, library_key) for s in secs]
     v = local[pair].to_numpy(float)
     sel = v[np.concatenate([p.rows for p in parts])]
     sel = sel[np.isfinite(sel)]
@@ -185,7 +193,7 @@ def ligand_receptor_spatial(
     fig, axes = _panel_axes(len(parts), ax, 4, (4.0, 4.0), figsize)
     for p, a in zip(parts, axes):
         vals = pd.DataFrame({pair: v[p.rows]}, index=adata.obs_names[p.rows])
-        p.render(a, vals, pair, title=f"{p.name} · {pair}", norm=norm, cmap=cmap)
+        p.render(a, vals, pair, title=pair if p.name is None else f"{p.name} · {pair}", norm=norm, cmap=cmap)
     fig.colorbar(
         ScalarMappable(norm, cmap), ax=axes, fraction=0.046 / max(1, min(4, len(axes))), pad=0.02, label="local score"
     )

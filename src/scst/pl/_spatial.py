@@ -18,11 +18,18 @@ from .._constants import INSTANCE_KEY, SECTION_KEY, SPATIAL_KEY, UNS_KEY
 IMAGE_LEVEL = 3
 
 
-def _sections(adata: AnnData, sections: Any) -> list[str]:
-    if SECTION_KEY not in adata.obs:
+def _sections(adata: AnnData, sections: Any, key: str | None = SECTION_KEY) -> list[str | None]:
+    """The sections to draw: values of ``obs[key]``; ``key=None``: ``[None]``, all spots in one panel."""
+    if key is None:
+        if sections is not None:
+            raise ValueError("sections: picking sections needs their obs column (library_key); none is given or found.")
+        return [None]
+    if key not in adata.obs:
+        if key != SECTION_KEY:
+            raise KeyError(f"library_key: adata.obs has no {key!r} column.")
         raise KeyError(f"adata.obs has no {SECTION_KEY!r} column; read the data with scst.io.read_st/scst.datasets.")
     # Sections with spots: an unused category (e.g. left by filtering obs with pandas) has nothing to draw.
-    col = adata.obs[SECTION_KEY].astype("category").cat.remove_unused_categories()
+    col = adata.obs[key].astype("category").cat.remove_unused_categories()
     present = list(col.cat.categories.astype(str))
     if sections is None:
         return present
@@ -32,20 +39,23 @@ def _sections(adata: AnnData, sections: Any) -> list[str]:
     from ._utils import _check_in
 
     for s in sections:
-        _check_in(s, present, "sections", f"adata.obs[{SECTION_KEY!r}]")
+        _check_in(s, present, "sections", f"adata.obs[{key!r}]")
     return sections
 
 
 class _Section:
     """The elements of one section: spots (shapes), the image if any, the table rows, and the coordinate system."""
 
-    def __init__(self, data: Any, adata: AnnData, section: str):
+    def __init__(self, data: Any, adata: AnnData, section: str | None, key: str = SECTION_KEY):
         from geopandas import GeoDataFrame
 
-        self.name = section
-        self.rows = np.flatnonzero((adata.obs[SECTION_KEY].astype(str) == section).to_numpy())
-        geo = adata.uns.get(UNS_KEY, {}).get("sections", {}).get(section, {})
-        self.cs = geo.get("coordinate_system", section)
+        self.name = section  # None: all spots (no section column), drawn as circles at obsm["spatial"]
+        if section is None:
+            self.rows, geo = np.arange(adata.n_obs), {}
+        else:
+            self.rows = np.flatnonzero((adata.obs[key].astype(str) == section).to_numpy())
+            geo = adata.uns.get(UNS_KEY, {}).get("sections", {}).get(section, {})
+        self.cs = geo.get("coordinate_system", "global" if section is None else section)
         inst = adata.uns.get("spatialdata_attrs", {}).get("instance_key", INSTANCE_KEY)
         shapes = getattr(data, "shapes", {})
         images = getattr(data, "images", {})
@@ -58,7 +68,8 @@ class _Section:
         self.image = images[image_key] if image_key in images else None
         if self.image is None:
             warnings.warn(
-                f"Section {section!r} has no image in the SpatialData; plotting the spots only.",
+                f"{'The data have' if section is None else f'Section {section!r} has'} no image in the SpatialData; "
+                "plotting the spots only.",
                 UserWarning,
                 stacklevel=4,
             )
