@@ -21,6 +21,7 @@ from ._ligrec_gcng import GCNGScores, gcng_null_pvalues, gcng_scores
 from ._ligrec_scores import (
     BASELINES,
     _liana_local,
+    _local_weights,
     bh_fdr,
     lr_scores,
     permutation_pvalues,
@@ -231,7 +232,8 @@ def ligand_receptor(
         ``log1p``. GCNG uses its own config.
     local_scores
         Also write per-spot scores of the top ``local_scores`` pairs (``True``: 50): liana's ``local_name`` metric
-        on the spot-inclusive graph.
+        on the spot-inclusive graph (the weights kept sparse from 10,000 cells up, as for ``"bivariate"``, whose
+        score is their mean over spots; the same values up to float32 rounding).
     copy
         Return a copy instead of writing in place.
 
@@ -394,7 +396,7 @@ def ligand_receptor(
         idx = [col[p] for p in zip(top["ligand_complex"], top["receptor_complex"])]
         fun = _liana_local(local_name)
         w = spot_inclusive_weights(adj) if weights is None else sp.csr_matrix(weights, dtype=np.float32)
-        local = np.asarray(fun(lig[:, idx], rec[:, idx], w.toarray()))
+        local = np.asarray(fun(lig[:, idx], rec[:, idx], _local_weights(w)))  # sparse from 10,000 cells up
         adata.obsm[f"{key_added}_local"] = pd.DataFrame(
             local.astype(np.float32),
             index=adata.obs_names,

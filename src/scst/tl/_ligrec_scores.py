@@ -26,6 +26,13 @@ __all__ = [
 BASELINES = ("pearson", "spatial_pearson", "expression")
 #: liana's local bivariate metrics offered as ``method="bivariate"`` (``local_name``).
 LIANA_LOCAL = ("cosine", "pearson", "spearman", "jaccard", "product", "norm_product", "morans")
+#: Weight matrices of fewer cells are densified for liana's local metrics (as liana does); larger ones stay sparse.
+DENSE_WEIGHTS_BELOW = 10_000
+
+
+def _local_weights(w: sp.csr_matrix) -> np.ndarray | sp.csr_matrix:
+    """Weights for liana's local metrics: an ``n × n`` array only when small, else sparse (the same values)."""
+    return w.toarray() if w.shape[0] < DENSE_WEIGHTS_BELOW else w
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:
@@ -137,7 +144,7 @@ def score_function(
     if method == "bivariate":
         fun = _liana_local(local_name)
         w = spot_inclusive_weights(adjacency) if weights is None else sp.csr_matrix(weights, dtype=np.float32)
-        w = w.toarray() if w.shape[0] < 10_000 else w  # liana densifies small graphs too
+        w = _local_weights(w)
 
         def bivariate(lig: np.ndarray, rec: np.ndarray) -> np.ndarray:
             local = fun(np.asarray(lig, np.float32), np.asarray(rec, np.float32), w)
