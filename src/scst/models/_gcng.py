@@ -504,7 +504,9 @@ class GCNG(BaseModel):
         """Pairs measured in the data (renamed to its symbols); report skipped pairs, error when none remain."""
         _check_lr_table(pairs)
         present = lr_pairs_in_genes(pairs, self.adata.var_names)
-        n_skip = len(pairs.drop_duplicates(["ligand", "receptor"])) - len(present)
+        # Genes match case-insensitively: pairs spelled in two cases are one pair, not one present and one skipped.
+        lower = pd.DataFrame({c: pairs[c].astype(str).str.lower() for c in ("ligand", "receptor")})
+        n_skip = len(lower.drop_duplicates()) - len(present)
         if len(present) == 0:
             raise ValueError(f"None of the {len(pairs)} {what} pairs has both genes (all subunits) in adata.var_names.")
         if n_skip:
