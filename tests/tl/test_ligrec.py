@@ -615,6 +615,20 @@ def test_permutation_pvalues_ties_count_and_the_ligand_null_moves_only_the_ligan
     assert any((lg != lig[:, 0]).any() for lg, _ in seen)
 
 
+def test_section_permutations_take_groups_as_a_list():
+    """groups as a list (the annotation says Sequence) gave no block, so every permutation was the identity and every
+    permutation p-value 1; a label per cell is now required."""
+    from scst.tl._ligrec_scores import section_permutations
+
+    groups = ["a", "a", "a", "b", "b", "b"]
+    from_list = list(section_permutations(groups, 6, 20, seed=1))
+    np.testing.assert_array_equal(from_list, list(section_permutations(np.array(groups), 6, 20, seed=1)))
+    assert any((p != np.arange(6)).any() for p in from_list)
+    assert all(sorted(p[:3]) == [0, 1, 2] for p in from_list)
+    with pytest.raises(ValueError, match=r"groups: expected one label per cell \(6\), got shape \(5,\)"):
+        next(section_permutations(groups[:5], 6, 1))
+
+
 def test_rank_aggregate_by_hand():
     """RRA of two methods: min_k BetaCDF(r_(k); k, m-k+1) · m capped at 1; a NaN score ranks last; an all-NaN
     column is left out."""

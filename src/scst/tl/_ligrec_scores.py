@@ -155,9 +155,16 @@ def score_function(
 
 
 def section_permutations(groups: Sequence[Any] | None, n: int, n_perms: int, seed: int = 0) -> Iterator[np.ndarray]:
-    """``n_perms`` permutations of ``n`` cells, each keeping every cell within its group (section / field of view)."""
+    """``n_perms`` permutations of ``n`` cells, each keeping every cell within its group (section / field of view).
+
+    ``groups``: one label per cell (array or list), or None (one group).
+    """
     rng = np.random.default_rng(seed)
-    blocks = [np.arange(n)] if groups is None else [np.flatnonzero(groups == g) for g in pd.unique(np.asarray(groups))]
+    if groups is not None:  # a list compared with == to a label gave no block: every "permutation" was the identity
+        groups = np.asarray(groups)
+        if groups.shape != (n,):
+            raise ValueError(f"groups: expected one label per cell ({n}), got shape {groups.shape}.")
+    blocks = [np.arange(n)] if groups is None else [np.flatnonzero(groups == g) for g in pd.unique(groups)]
     for _ in range(n_perms):
         perm = np.arange(n)
         for idx in blocks:
