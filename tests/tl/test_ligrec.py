@@ -1119,6 +1119,35 @@ def test_tool_cross_fitted_gcng_null_shuffles_positions_within_sections(monkeypa
     np.testing.assert_allclose(adata.uns["scst_ligrec"]["gcng_pvals"], 1 / 5)  # null 0 < observed 0.5 every time
 
 
+def test_cross_fitted_gcng_warns_about_a_graph_matrix_of_another_cell_graph(monkeypatch):
+    """obsp["gcng_autocrine_plus"] is built only when absent: after the cell graph is rebuilt, a second call used
+    the first call's matrix without a word."""
+    import scst.tl._ligrec as tool
+    from scst.tl._ligrec_gcng import GCNGScores
+
+    graphs = []
+
+    def fake_scores(adata, cand, known, *, graph_key, **kwargs):
+        graphs.append(adata.obsp[graph_key].copy())
+        return GCNGScores(cand.assign(score=0.5, in_training=False, model=0), [])
+
+    monkeypatch.setattr(tool, "gcng_scores", fake_scores)
+    adata, pairs = quadrant_data(n_pairs=6)
+    kw = dict(pairs=pairs, method="gcng", n_perms=0, expr_prop=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ligand_receptor(adata, **kw)  # builds it
+        ligand_receptor(adata, **kw)  # the same cell graph: reused without a warning
+    cell_graph(adata, radius=2.5, library_key=None)  # the cell graph rebuilt
+    with pytest.warns(UserWarning, match=r"obsp\['gcng_autocrine_plus'\] is not the autocrine\+ matrix"):
+        ligand_receptor(adata, **kw)
+    assert (abs(graphs[2] - graphs[0]) > 0).nnz == 0  # used as it is
+    adata.obsp["mine"] = graphs[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ligand_receptor(adata, graph_key="mine", **kw)  # a key of its own is the user's choice
+
+
 def test_gcng_folds_follow_the_seed_and_one_class_tables_have_no_auroc(monkeypatch):
     """Ligands are dealt to the cross-fitting folds in a seeded random order (another seed, another split); a fit
     report on pairs of one class only is NaN, not an error (e.g. a held-out fold whose ligands have no negative)."""

@@ -223,8 +223,9 @@ def ligand_receptor(
         training pairs on HER2+; 2–4 min per fit on a ~185-spot section and one CPU thread — ``GCNG.fast_config``
         for a quick look; a given config replaces ``bench_config``, keys it lacks take the paper's defaults, so
         shorten the benchmark setting with ``{**GCNG.bench_config, "max_epochs": 10}``), graph matrix
-        (``obsp[graph_key]``, built as autocrine+ from ``connectivity_key`` when absent) and :meth:`GCNG.train`
-        arguments.
+        (``obsp[graph_key]``, built as autocrine+ from ``connectivity_key`` when absent; the default key holding
+        another matrix than that, e.g. of an earlier call on another cell graph, is used with a warning) and
+        :meth:`GCNG.train` arguments.
     key_added
         ``uns`` key of the results.
     layer, normalize, log1p
@@ -332,6 +333,8 @@ def ligand_receptor(
         _check_key(adata.obsp, connectivity_key, "adata.obsp (build the cell graph with scst.pp.cell_graph)")
         adj = adata.obsp[connectivity_key]
         _check_graph(adj, groups, connectivity_key, gkey)
+    if "gcng" in methods and model is None and not gcng_needs_graph:
+        _warn_stale_graph(adata, graph_key, connectivity_key)
     params: dict[str, Any] = {
         "methods": methods,
         "n_perms": n_perms,
@@ -406,6 +409,25 @@ def ligand_receptor(
     adata.uns[f"{key_added}_params"] = params
     logg.info(f"ligand_receptor: scored {len(res)} pairs with {methods} → adata.uns[{key_added!r}]")
     return adata if copy else None
+
+
+def _warn_stale_graph(adata: AnnData, graph_key: str, connectivity_key: str) -> None:
+    """Warn when the default GCNG graph matrix is not the autocrine+ matrix of the cell graph.
+
+    It is built from the cell graph only when absent: one left by an earlier call on another cell graph (e.g.
+    rebuilt with another radius) was used as it is, without a word.
+    """
+    if graph_key != "gcng_autocrine_plus" or connectivity_key not in adata.obsp:
+        return  # another key is the user's choice of graph matrix; without the cell graph there is nothing to compare
+    have = sp.csr_matrix(adata.obsp[graph_key])
+    want = graph_matrix_from_adjacency(adata.obsp[connectivity_key], "autocrine+")
+    if have.shape != want.shape or (abs(have - want) > 1e-6).nnz:
+        warnings.warn(
+            f"adata.obsp[{graph_key!r}] is not the autocrine+ matrix of adata.obsp[{connectivity_key!r}] (left by an "
+            "earlier call on another cell graph?); GCNG uses it as it is. Delete it to rebuild it from "
+            f"{connectivity_key!r}, or pass a `graph_key` of its own.",
+            stacklevel=3,
+        )
 
 
 def _default_pairs(adata: AnnData) -> pd.DataFrame:
