@@ -453,7 +453,8 @@ def cross_validate(
     config
         Model configuration (e.g. ``HGGEP.bench_config``).
     train_kwargs
-        Passed to ``model.train`` (e.g. ``max_epochs``, ``enable_progress_bar``).
+        Passed to ``model.train`` (e.g. ``max_epochs``, ``enable_progress_bar``). Closed-form models
+        (``RidgeExpression``, ``MeanExpression``) take none: given for them, they are ignored with a warning.
     setup_kwargs
         Passed to ``setup_sdata`` (e.g. ``size_um``, ``patch_px``, ``encoder``).
     genes
@@ -466,7 +467,8 @@ def cross_validate(
         ``min_fraction=0.5``).
     validation
         ``"auto"``: the model's default, one training section held out (drawn with the seed); a section name
-        (used in folds where it is a training section, else the default); ``None``: no validation.
+        (used in folds where it is a training section, else the default); ``None``: no validation. Closed-form
+        models use none: a section name given for them is ignored with a warning.
     table, layer
         Table key; layer with raw counts (default ``X``).
     sections
@@ -514,6 +516,17 @@ def cross_validate(
         raise ValueError(f"sections: leave-one-section-out needs at least 2 sections, got {sections}.")
     if validation not in ("auto", None) and not isinstance(validation, str):
         raise ValueError(f"validation: expected 'auto', None or a section name, got {validation!r}.")
+    if not _accepts(model_cls.train, "validation"):  # closed-form baselines: train() takes no arguments
+        unused = ([f"train_kwargs {sorted(train_kwargs)}"] if train_kwargs else []) + (
+            [f"validation={validation!r}"] if validation not in ("auto", None) else []
+        )
+        if unused:
+            warnings.warn(
+                f"cross_validate: {model_cls.__name__} is fit in closed form (no epochs, no validation); "
+                f"{' and '.join(unused)} are ignored.",
+                UserWarning,
+                stacklevel=2,
+            )
     frames, preds, fold_info = [], {}, []
     train_kwargs = dict(train_kwargs or {})
     train_kwargs.setdefault("enable_progress_bar", progress)
