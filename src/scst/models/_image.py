@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from .._constants import ARRAY_COL, ARRAY_ROW, SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
 from .._logging import logg
 from .._normalize import TARGET_SUM, panel_targets, raw_counts
-from .._utils import _get_table
+from .._utils import _get_table, _positive_int
 from ..nn._train_step import patches_to_input
 from ._base import BaseModel
 
@@ -665,7 +665,7 @@ class _ImageModel(BaseModel):
         table
             Table key (default: the registry's table, else ``"table"``).
         batch_size
-            Spots per forward pass (default: the training batch size).
+            Spots per forward pass, a positive integer (default None: the training batch size).
         progress
             Show a tqdm progress bar (spots).
         num_workers
@@ -699,9 +699,9 @@ class _ImageModel(BaseModel):
             raise ValueError("data: this model has no data attached; pass a SpatialData.")
         sdata, key, adata = self._predict_table(data, table)
         sections = self._check_predict_sections(sdata, adata, sections)
-        bs = int(batch_size or self._train_setting("batch_size", None))
-        if bs < 1:
-            raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}.")
+        # None: the training batch size; 0 or a negative is an error (it fell back to that default)
+        bs = _positive_int("batch_size", batch_size) if batch_size is not None else None
+        bs = bs or int(self._train_setting("batch_size", None))
         opts = inference_options(self.device, num_workers, pin_memory, precision)
         sec_col = adata.obs[SECTION_KEY].astype(str).to_numpy()
         order = np.flatnonzero(np.isin(sec_col, sections))
