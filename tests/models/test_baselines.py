@@ -112,6 +112,9 @@ def test_ridge_shared_alpha_strong_penalty_and_errors():
         RidgeExpression(a, alpha=1.0)
     with pytest.raises(ValueError, match="not trained"):
         RidgeExpression(a).predict()
+    # a boolean mask of length n_vars is that panel (it became the gene names "True"/"False": a KeyError)
+    MeanExpression.setup_anndata(a, a.var["panel"].to_numpy(), sections=["S1", "S2"])
+    assert list(MeanExpression(a).var_names) == list(a.var_names[a.var["panel"].to_numpy()])
 
 
 def _ridge_by_hand(x, y, alpha):

@@ -135,6 +135,13 @@ def test_sections_panels_and_geometries_are_checked():
         _resolve_panel(adata, ["g0", "g0"])
     with pytest.raises(ValueError, match="empty gene list"):
         _resolve_panel(adata, [])
+    # a boolean mask selects like evaluate_expression's (it became the names "True"/"False": a KeyError)
+    assert _resolve_panel(adata, np.array([True, False, True])) == (["g0", "g2"], None)
+    assert _resolve_panel(adata, adata.var["hv"]) == (["g0", "g2"], None)
+    with pytest.raises(ValueError, match=r"genes: boolean mask of shape \(2,\), expected \(3,\)"):
+        _resolve_panel(adata, [True, False])
+    with pytest.raises(ValueError, match="genes: the boolean mask selects no gene"):
+        _resolve_panel(adata, np.zeros(3, bool))
     sd = syn.make_sdata(sections=("S1",), grid=2)  # 120 x 120 px image at 2 µm/px
     tab = sd.tables["table"]
     assert _section_geometries(sd, tab, ["S1"], 240.0) == {"S1": 2.0}  # exactly the image: fits

@@ -240,7 +240,8 @@ class MeanExpression(_ClosedFormModel):
         adata
             Raw counts in ``X`` (or ``layer``), ``obs["section"]``.
         genes
-            Panel: boolean ``var`` column (default ``"highly_variable_scst"``), list of genes, or None (all).
+            Panel: boolean ``var`` column (default ``"highly_variable_scst"``), list of genes, boolean mask of
+            length ``n_vars``, or None (all).
         layer
             Layer with raw counts.
         sections
@@ -495,7 +496,8 @@ class RidgeExpression(_ClosedFormModel):
             ``obsm`` key of the patch features, e.g. from :func:`scst.tl.embed_patches` (``"X_resnet18"``,
             ``"X_handcrafted"``).
         genes
-            Panel: boolean ``var`` column (default ``"highly_variable_scst"``), list of genes, or None (all).
+            Panel: boolean ``var`` column (default ``"highly_variable_scst"``), list of genes, boolean mask of
+            length ``n_vars``, or None (all).
         layer
             Layer with raw counts.
         sections

@@ -117,7 +117,8 @@ class _FeatureModel(BaseModel):
             ``obsm`` key of the per-spot embedding (e.g. ``"X_handcrafted"`` or ``"X_resnet18"`` from
             :func:`scst.tl.embed_patches`).
         genes
-            Panel: boolean ``var`` column (default ``"highly_variable_scst"``), list of genes, or None (all).
+            Panel: boolean ``var`` column (default ``"highly_variable_scst"``), list of genes, boolean mask of
+            length ``n_vars``, or None (all).
         layer
             Layer with raw counts; None: ``X``.
         sections

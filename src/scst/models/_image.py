@@ -301,6 +301,13 @@ def _resolve_panel(adata: Any, genes: Any) -> tuple[list[str], str | None]:
         if not panel:
             raise ValueError(f"genes: var[{genes!r}] selects no gene.")
         return panel, genes
+    mask = np.asarray(genes)
+    if mask.dtype == bool:  # as evaluate_expression: one entry per var (not names "True")
+        if mask.shape != (adata.n_vars,):
+            raise ValueError(f"genes: boolean mask of shape {mask.shape}, expected ({adata.n_vars},) (one per var).")
+        if not mask.any():
+            raise ValueError("genes: the boolean mask selects no gene.")
+        return [str(g) for g in adata.var_names[mask]], None
     panel = [str(g) for g in genes]
     if not panel:
         raise ValueError("genes: empty gene list.")
@@ -419,7 +426,8 @@ class _ImageModel(BaseModel):
             Layer with raw counts; ``None``: ``X``.
         genes
             Gene panel: a boolean ``var`` column (default ``"highly_variable_scst"`` from
-            :func:`scst.pp.select_genes`), a list of genes, or ``None`` for all genes.
+            :func:`scst.pp.select_genes`), a list of genes, a boolean mask of length ``n_vars``, or ``None`` for all
+            genes.
         size_um
             Patch edge in µm (80 µm: HGGEP/TCGN); cut at each section's own µm/px, then resized to ``patch_px``.
         patch_px
