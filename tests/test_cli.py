@@ -389,6 +389,10 @@ def test_train_argument_checks_before_the_data(fake_train, syn_store, tmp_path, 
     out.mkdir()
     assert main(["train", "--model", "mean", "--out", str(out)]) == 2
     assert f"scst: error: --out: {str(out)!r} exists; pass --overwrite to replace it." in capsys.readouterr().err
+    (out / "notes.txt").write_text("kept")  # --overwrite never deletes a folder of other files
+    assert main(["train", "--model", "mean", "--out", str(out), "--overwrite"]) == 2
+    assert f"--out: {str(out)!r} exists and is not a saved model folder" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "kept"
     assert syn_store == [] and fake_train == []
 
 

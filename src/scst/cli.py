@@ -142,9 +142,18 @@ def _config(items: list[str]) -> dict:
 def _train(args: argparse.Namespace) -> None:
     import scst
 
+    from .models._base import _check_model_dest
+
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise CLIError(f"--out: {str(out)!r} exists; pass --overwrite to replace it.")
+    try:  # before the data are read and the model trained: --overwrite never deletes a folder of other files
+        _check_model_dest(out, True)
+    except FileExistsError as e:
+        raise CLIError(
+            f"--out: {str(out)!r} exists and is not a saved model folder (no attr.json); --overwrite replaces only a "
+            "model saved before or an empty folder, never other files. Choose another --out."
+        ) from e
     cls = getattr(scst.models, MODELS[args.model])
     if args.max_epochs is not None:
         if args.model in ("mean", "ridge"):

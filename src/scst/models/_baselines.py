@@ -155,7 +155,8 @@ class _ClosedFormModel(_SetupRegistry):
         dir_path
             Output directory (written to a temporary directory, then renamed).
         overwrite
-            Replace an existing ``dir_path``.
+            Replace an existing ``dir_path``, if it is a saved model folder or empty (a folder of other files is
+            never deleted: an error).
         """
         self._require_trained()
         attrs = {
