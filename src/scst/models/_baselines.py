@@ -191,8 +191,13 @@ class _ClosedFormModel(_SetupRegistry):
             raise ValueError(f"{str(dir_path)!r} holds a {attrs.get('model')!r} model, not {cls.__name__!r}.")
         model = cls.__new__(cls)
         model.config, model.registry = attrs["config"], attrs["registry"]
-        with np.load(dir_path / PARAMS_FILE, allow_pickle=False) as f:
-            model.params = {k: f[k] for k in f.files}
+        try:
+            with np.load(dir_path / PARAMS_FILE, allow_pickle=False) as f:
+                model.params = {k: f[k] for k in f.files}
+        except Exception as e:  # noqa: BLE001 - zipfile.BadZipFile, zlib.error, EOFError, ValueError, ...
+            raise ValueError(
+                f"{dir_path / PARAMS_FILE} is truncated or corrupt ({type(e).__name__}: {e}); save the model again."
+            ) from e
         model.history, model._is_trained = None, True
         model._set_extra_state(attrs.get("extra", {}))
         model.data = model.adata = None
