@@ -13,7 +13,7 @@ import pandas as pd
 from .._constants import INSTANCE_KEY, REGION_KEY, SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
 from .._inference import check_inference_options
 from .._logging import logg
-from .._utils import _get_table, _store_prediction
+from .._utils import _get_table, _positive_int, _store_prediction
 
 __all__ = ["predict_expression", "cross_validate"]
 
@@ -153,7 +153,7 @@ def predict_expression(
     sections
         Sections to predict; default all sections of the table (H&E-only: all ``*_image`` elements).
     batch_size
-        Spots per forward pass; default the model's.
+        Spots per forward pass, a positive integer; default the model's (closed-form models have no batches).
     tile_grid
         Predict on pseudo-spots over the tissue instead of the table's spots.
     spacing_um
@@ -200,6 +200,8 @@ def predict_expression(
         )
     genes = list(model.var_names)
     check_inference_options(num_workers, pin_memory, precision)  # before any work
+    if batch_size is not None:  # also for models without batches, which drop it
+        _positive_int("batch_size", batch_size)
     opts = {"num_workers": num_workers, "pin_memory": pin_memory, "precision": precision}
     t0 = time.perf_counter()
     if grid:
