@@ -389,6 +389,10 @@ def test_train_argument_checks_before_the_data(fake_train, syn_store, tmp_path, 
     out.mkdir()
     assert main(["train", "--model", "mean", "--out", str(out)]) == 2
     assert f"scst: error: --out: {str(out)!r} exists; pass --overwrite to replace it." in capsys.readouterr().err
+    (out / "notes.txt").write_text("kept")  # --overwrite never deletes a folder of other files
+    assert main(["train", "--model", "mean", "--out", str(out), "--overwrite"]) == 2
+    assert f"--out: {str(out)!r} exists and is not a saved model folder" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "kept"
     assert syn_store == [] and fake_train == []
 
 
@@ -448,6 +452,12 @@ def test_predict_passes_data_sections_and_options_on(fake_predict, syn_store, tm
     assert main([*argv[:-2], "--sections", "S9", "--out", str(tmp_path / "q.h5ad")]) == 2
     assert "scst: error: --sections: ['S9'] not in the data (sections: ['S1', 'S2', 'S3'])." in capsys.readouterr().err
     assert ("predict" not in [c[0] for c in calls]) and not (tmp_path / "q.h5ad").exists()
+    # a negative number of workers: an error naming the option before the model and the data are read
+    calls.clear()
+    syn_store.clear()
+    assert main([*argv[:-2], "--num-workers", "-1", "--out", str(tmp_path / "q.h5ad")]) == 2
+    assert "scst: error: --num-workers: expected an integer >= 0" in capsys.readouterr().err
+    assert calls == [] and syn_store == []
 
 
 def test_predict_writes_zarr_and_never_half_an_output(fake_predict, syn_store, tmp_path, monkeypatch, capsys):
@@ -531,6 +541,10 @@ def test_ligrec_passes_sections_and_options_on(syn_store, tmp_path, monkeypatch,
     assert main(["ligrec", "--data", "store.zarr", "--out", str(out)]) == 2
     assert f"--out: {str(out)!r} exists; pass --overwrite" in capsys.readouterr().err
     assert out.read_text() == "mine" and not seen
+    syn_store.clear()  # a negative --n-perms: an error naming the option before the data are read
+    assert main(["ligrec", "--data", "store.zarr", "--n-perms", "-5", "--out", str(tmp_path / "x.csv")]) == 2
+    assert "scst: error: --n-perms: expected an integer >= 0" in capsys.readouterr().err
+    assert syn_store == [] and not seen
 
 
 def test_data_that_is_not_a_store(tmp_path, capsys):

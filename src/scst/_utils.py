@@ -55,6 +55,16 @@ def _positive(name: str, value: Any, what: str = "number", where: str = "") -> f
     return v
 
 
+def _positive_int(name: str, value: Any) -> int:
+    """``value`` as a Python int >= 1 (numpy integers too), or a ValueError naming the argument.
+
+    For counts such as ``batch_size``: 0, negatives, floats and booleans are refused, not replaced by a default.
+    """
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}.")
+    return int(value)
+
+
 def _section_geometry(adata: AnnData, section: str) -> dict:
     """Per-section geometry written by :func:`scst.io.read_st` (``uns['scst']['sections'][section]``)."""
     try:

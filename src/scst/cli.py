@@ -142,9 +142,18 @@ def _config(items: list[str]) -> dict:
 def _train(args: argparse.Namespace) -> None:
     import scst
 
+    from .models._base import _check_model_dest
+
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise CLIError(f"--out: {str(out)!r} exists; pass --overwrite to replace it.")
+    try:  # before the data are read and the model trained: --overwrite never deletes a folder of other files
+        _check_model_dest(out, True)
+    except FileExistsError as e:
+        raise CLIError(
+            f"--out: {str(out)!r} exists and is not a saved model folder (no attr.json); --overwrite replaces only a "
+            "model saved before or an empty folder, never other files. Choose another --out."
+        ) from e
     cls = getattr(scst.models, MODELS[args.model])
     if args.max_epochs is not None:
         if args.model in ("mean", "ridge"):
@@ -221,6 +230,9 @@ def _predict(args: argparse.Namespace) -> None:
         raise CLIError(f"--out: expected a path ending in .h5ad or .zarr, got {args.out!r}.")
     if out.exists() and not args.overwrite:
         raise CLIError(f"--out: {str(out)!r} exists; pass --overwrite to replace it.")
+    if args.num_workers < 0:  # said before the model and the data are read
+        raise CLIError(f"--num-workers: expected an integer >= 0 (0: read patches in the main process), got "
+                       f"{args.num_workers}.")  # fmt: skip
     opts = {"num_workers": args.num_workers, "precision": args.precision}
     if args.image is not None:  # an H&E image without spots: pseudo-spots on a grid over the tissue
         if args.um_per_px is None or not args.um_per_px > 0 or not math.isfinite(args.um_per_px):
@@ -296,6 +308,8 @@ def _ligrec(args: argparse.Namespace) -> None:
         raise CLIError(f"--out: expected a path ending in .csv or .csv.gz, got {args.out!r}.")
     if out.exists() and not args.overwrite:
         raise CLIError(f"--out: {str(out)!r} exists; pass --overwrite to replace it.")
+    if args.n_perms < 0:  # said before the data are read
+        raise CLIError(f"--n-perms: expected an integer >= 0 (0: no p-values), got {args.n_perms}.")
     sdata = _load_data(args.data, args.sections)
     adata = _table(sdata, args.data)
     _check_sections(adata, args.sections)

@@ -154,6 +154,25 @@ def test_read_st_bad_spots_and_files(tmp_path):
         read_st(c, s, tmp_path / "nope.png", sample="S")
 
 
+@pytest.mark.parametrize("value", [np.nan, "yes", 2])
+def test_read_st_selected_column_must_hold_0_or_1(tmp_path, value):
+    # a missing 'selected' value raised pandas' bare IntCastingNaNError; other values were silently dropped
+    c, s, i = _triple(tmp_path)
+    spots = pd.read_csv(s, sep="\t")
+    spots["selected"] = spots["selected"].astype(object)
+    spots.loc[2, "selected"] = value
+    spots.to_csv(s, sep="\t", index=False)
+    with pytest.raises(ValueError, match=r"spots \(.*spots.tsv\): column 'selected' must hold 0 or 1.*1 row"):
+        read_st(c, s, None, sample="S")
+    with pytest.raises(ValueError, match=r"^spots: column 'selected' must hold 0 or 1"):
+        read_st(c, spots, None, sample="S")
+    # 0/1 as floats or booleans select as before
+    spots["selected"] = [True, True, False, True, True]
+    with pytest.warns(UserWarning, match="1 count row"):
+        t = read_st(c, spots, None, sample="S").tables["table"]
+    assert "S_1x2" not in t.obs_names and t.n_obs == 3
+
+
 def test_concatenate_sections_aligns_genes(tmp_path):
     c, s, _ = _triple(tmp_path)
     counts = pd.read_csv(c, sep="\t", index_col=0)

@@ -247,3 +247,26 @@ def test_read_wsi_refuses_infinite_pixel_sizes_and_names_unsupported_layouts(tmp
     tifffile.imwrite(tmp_path / "planar.tif", planar, photometric="rgb", planarconfig="separate")
     with pytest.raises(ValueError, match="cannot open .*planar.tif as a whole-slide image"):
         read_wsi(tmp_path / "planar.tif", um_per_px=0.5)
+
+
+def test_read_wsi_closes_the_slide_it_refuses(tmp_path, monkeypatch):
+    """A refused slide (16-bit pixels, a layout tiffslide cannot read) is closed, not left open until collected."""
+    import tiffslide
+
+    opened = []
+
+    class Recording(tiffslide.TiffSlide):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            opened.append(self)
+
+    monkeypatch.setattr(tiffslide, "TiffSlide", Recording)
+    img = _texture(300, 400).astype(np.uint16) * 257
+    tifffile.imwrite(tmp_path / "deep.tif", img, tile=(256, 256), photometric="rgb")
+    with pytest.raises(ValueError, match="deep.tif has pixel type uint16; expected 8-bit RGB"):
+        read_wsi(tmp_path / "deep.tif", um_per_px=0.5)
+    planar = np.moveaxis(_texture(300, 400), -1, 0).copy()
+    tifffile.imwrite(tmp_path / "planar.tif", planar, photometric="rgb", planarconfig="separate")
+    with pytest.raises(ValueError, match="cannot open .*planar.tif"):
+        read_wsi(tmp_path / "planar.tif", um_per_px=0.5)
+    assert len(opened) == 2 and all(s.ts_tifffile.filehandle.closed for s in opened)

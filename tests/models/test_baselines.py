@@ -112,6 +112,9 @@ def test_ridge_shared_alpha_strong_penalty_and_errors():
         RidgeExpression(a, alpha=1.0)
     with pytest.raises(ValueError, match="not trained"):
         RidgeExpression(a).predict()
+    # a boolean mask of length n_vars is that panel (it became the gene names "True"/"False": a KeyError)
+    MeanExpression.setup_anndata(a, a.var["panel"].to_numpy(), sections=["S1", "S2"])
+    assert list(MeanExpression(a).var_names) == list(a.var_names[a.var["panel"].to_numpy()])
 
 
 def _ridge_by_hand(x, y, alpha):
@@ -382,6 +385,11 @@ def test_mean_and_save_load_round_trip(tmp_path):
     attr.write_text(attr.read_text()[:40])
     with pytest.raises(ValueError, match="truncated or corrupt"):
         RidgeExpression.load(tmp_path / "ridge")
+    # a truncated params.npz too (it was zipfile's BadZipFile, which `scst predict` showed as a traceback)
+    params = tmp_path / "mean" / "params.npz"
+    params.write_bytes(params.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"params.npz is truncated or corrupt \(BadZipFile"):
+        MeanExpression.load(tmp_path / "mean")
     (tmp_path / "mean" / "params.npz").unlink()
     with pytest.raises(FileNotFoundError, match="params.npz"):
         MeanExpression.load(tmp_path / "mean")

@@ -144,6 +144,25 @@ def test_failed_save_keeps_the_previous_checkpoint(saved, tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no half-written folder left behind
 
 
+def test_overwrite_replaces_only_a_saved_model_or_an_empty_folder(saved, tmp_path):
+    """overwrite=True deleted whatever folder it was given (a results folder, a data store) to put the model there."""
+    d, a, pred = saved
+    m = Toy.load(d, data=a)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "table.csv").write_text("precious")
+    with pytest.raises(FileExistsError, match="is not a saved model folder"):
+        m.save(results, overwrite=True)
+    assert (results / "table.csv").read_text() == "precious"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="is not a saved model folder"):
+        m.save(tmp_path / "file", overwrite=True)
+    (tmp_path / "empty").mkdir()
+    m.save(tmp_path / "empty", overwrite=True)  # an empty folder and a saved model are replaced
+    m.save(tmp_path / "empty", overwrite=True)
+    np.testing.assert_array_equal(Toy.load(tmp_path / "empty", data=a).predict(), pred)
+
+
 def test_killed_save_keeps_the_previous_checkpoint(saved, tmp_path):
     """SIGKILL in the middle of ``save(overwrite=True)`` (a forked process): the previous checkpoint still loads."""
     d, a, pred = saved

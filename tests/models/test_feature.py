@@ -319,3 +319,14 @@ def test_head_predictions_are_clipped_at_zero():
     cfg = {"n_programs": None, "max_epochs": 1, "lr": 0.0, "weight_decay": 0.0}
     model = MLPExpression(tab, **cfg).train(validation=False, enable_progress_bar=False)
     np.testing.assert_allclose(model.predict(tab, "S3"), np.clip(ridge, 0, None), rtol=1e-4, atol=1e-4)
+
+
+def test_head_predict_refuses_a_batch_size_that_is_not_a_positive_integer():
+    """batch_size=0 (or a negative) fell back to the training batch size without a word."""
+    tab = _table()
+    MLPExpression.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1", "S2"])
+    model = MLPExpression(tab, n_programs=None, max_epochs=1).train(validation=False, enable_progress_bar=False)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match=r"batch_size: expected a positive integer, got"):
+            model.predict(tab, "S3", batch_size=bad)
+    np.testing.assert_array_equal(model.predict(tab, "S3", batch_size=np.int64(7)), model.predict(tab, "S3"))

@@ -163,6 +163,8 @@ def test_bad_input(trained):
         model.predict(pd.DataFrame({"ligand": ["NOPE"], "receptor": ["R1"]}))
     with pytest.raises(ValueError, match="lacks required column"):
         model.predict(pd.DataFrame({"source": ["L0"], "target": ["R0"]}))
+    with pytest.raises(ValueError, match="batch_size: expected a positive integer, got 0"):
+        model.predict(pd.DataFrame({"ligand": ["L0"], "receptor": ["R0"]}), batch_size=0)
     with pytest.raises(ValueError, match="single class"):
         model.training_table(labelled(triples[:3]).assign(label=1))
     with pytest.raises(KeyError, match="gcng_exocrine"):

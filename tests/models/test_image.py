@@ -135,6 +135,13 @@ def test_sections_panels_and_geometries_are_checked():
         _resolve_panel(adata, ["g0", "g0"])
     with pytest.raises(ValueError, match="empty gene list"):
         _resolve_panel(adata, [])
+    # a boolean mask selects like evaluate_expression's (it became the names "True"/"False": a KeyError)
+    assert _resolve_panel(adata, np.array([True, False, True])) == (["g0", "g2"], None)
+    assert _resolve_panel(adata, adata.var["hv"]) == (["g0", "g2"], None)
+    with pytest.raises(ValueError, match=r"genes: boolean mask of shape \(2,\), expected \(3,\)"):
+        _resolve_panel(adata, [True, False])
+    with pytest.raises(ValueError, match="genes: the boolean mask selects no gene"):
+        _resolve_panel(adata, np.zeros(3, bool))
     sd = syn.make_sdata(sections=("S1",), grid=2)  # 120 x 120 px image at 2 µm/px
     tab = sd.tables["table"]
     assert _section_geometries(sd, tab, ["S1"], 240.0) == {"S1": 2.0}  # exactly the image: fits
@@ -310,3 +317,14 @@ def test_spots_without_counts_are_left_out_of_training_with_a_warning():
     with pytest.warns(UserWarning, match=rf"Section 'S1': 2 of {len(s1)} spot\(s\) have no counts"):
         train, _ = model._training_sections("S2", seed=0)
     np.testing.assert_array_equal(train[0].keep, np.setdiff1d(np.arange(len(s1)), [2, 5]))
+
+
+@pytest.mark.parametrize("batch_size", [0, -4, 2.5, True])
+def test_predict_refuses_a_batch_size_that_is_not_a_positive_integer(batch_size):
+    """batch_size=0 (or a negative) fell back to the training batch size without a word."""
+    sd = syn.make_sdata(sections=("S1", "S2"), grid=3)
+    TCGN.setup_sdata(sd, size_um=syn.SIZE_UM, sections=["S1"])
+    model = TCGN(sd, **{**TCGN.bench_config, "img_size": 64})
+    model._is_trained = True  # predict refuses untrained models; only the argument check is tested here
+    with pytest.raises(ValueError, match=r"batch_size: expected a positive integer, got"):
+        model.predict(sd, "S2", batch_size=batch_size, progress=False)

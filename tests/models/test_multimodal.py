@@ -471,6 +471,11 @@ def test_get_match_scores_are_the_matching_head_logits():
         model.get_match_scores(mdata, [0, 1], [0])
     with pytest.raises(IndexError, match="rna_index"):
         model.get_match_scores(mdata, [0], [12])
+    for bad in (0, -3):  # 0: range()'s error; negative: no batch, an empty or failed result
+        with pytest.raises(ValueError, match="batch_size: expected a positive integer"):
+            model.get_match_scores(mdata, ii, jj, batch_size=bad)
+        with pytest.raises(ValueError, match="batch_size: expected a positive integer"):
+            model.get_latent_representation(mdata, "rna", batch_size=bad)
 
 
 def test_gene_importance_finds_the_planted_gene():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -87,10 +89,15 @@ def test_sections_are_separated():
 def test_missing_library_key_builds_one_hypergraph():
     adata = _two_sections(30)
     del adata.obs["section"]
-    hypergraph(adata, k=2)
+    with pytest.warns(UserWarning, match="library_key='section' is not a column of adata.obs; building one"):
+        hypergraph(adata, k=2)
     inc = adata.obsp["hypergraph_incidence"].toarray()
     assert inc[30:, :30].sum() == 30  # each hyperedge of section 1 takes its twin in section 2
     assert adata.uns["hypergraph"]["params"]["library_key"] is None
+    with warnings.catch_warnings():  # pooling asked for: no warning
+        warnings.simplefilter("error")
+        hypergraph(adata, k=2, library_key=None, key_added="pooled")
+    assert (adata.obsp["pooled_incidence"] != adata.obsp["hypergraph_incidence"]).nnz == 0
 
 
 def test_fast_and_exact_agree_through_anndata():

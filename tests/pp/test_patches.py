@@ -516,6 +516,10 @@ def test_extract_patches_marks_sections_without_selected_spots():
     assert res["size_px"].tolist() == [6, -1]
     assert res["um_per_px"][0] == 1.0 and np.isnan(res["um_per_px"][1])
     np.testing.assert_array_equal(res["patches"][1], _synthetic(40, 50, seed=0)[:, 17:23, 27:33])  # (30, 20)
+    # a negative number of workers read in the main process without a word
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="num_workers: expected an integer >= 0"):
+            extract_patches(sd, size_px=6, obs_subset=[0, 1], return_counts=False, num_workers=bad)
 
 
 def test_more_argument_checks_of_the_array_and_cache_builders():

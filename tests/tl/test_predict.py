@@ -149,6 +149,19 @@ def test_cross_validate_closed_form_and_deep():
     assert "_scst_setup" not in tab.uns  # folds set up copies, the user's table is untouched
 
 
+def test_cross_validate_warns_that_closed_form_models_ignore_train_kwargs_and_validation():
+    """Closed-form models cannot use train_kwargs or a validation section: ignored, no longer without a word."""
+    sd = syn.make_sdata()
+    with pytest.warns(UserWarning, match=r"MeanExpression is fit in closed form.*\['max_epochs'\] and validation='S2'"):
+        cross_validate(
+            MeanExpression, sd, genes=PANEL, metrics=("pearson",), train_kwargs={"max_epochs": 3}, validation="S2",
+            test_sections=["S1"],
+        )  # fmt: skip
+    with warnings.catch_warnings():  # the defaults (and validation=None) ask for nothing the model lacks
+        warnings.simplefilter("error")
+        cross_validate(MeanExpression, sd, genes=PANEL, metrics=("pearson",), validation=None, test_sections=["S1"])
+
+
 def test_cross_validate_chooses_each_folds_panel_without_its_test_section(monkeypatch):
     """Default ``genes=None``: the panel of each fold comes from ``select_genes`` on its training sections only."""
     import scst.pp._genes as genes_mod

@@ -71,7 +71,8 @@ def test_inference_options_a_model_cannot_use_warn():
 @pytest.mark.parametrize(
     ("kw", "match"),
     [({"precision": "fp8"}, "precision: expected one of"), ({"num_workers": -1}, "num_workers: expected an integer"),
-     ({"pin_memory": "yes"}, "pin_memory: expected True, False or None")],
+     ({"pin_memory": "yes"}, "pin_memory: expected True, False or None"),
+     ({"batch_size": 0}, "batch_size: expected a positive integer, got 0")],
 )  # fmt: skip
 def test_bad_inference_options_fail_before_prediction(kw, match):
     model = _OptionsModel()

@@ -142,6 +142,9 @@ def test_bad_input_names_the_argument(model_dir, shard_sources, tmp_path):
         predict_shards([shard_sources["S3"]], model_dir, tmp_path / "o.zarr", um_per_px={"S7": 1.0})
     with pytest.raises(ValueError, match=r"precision: expected one of"):
         predict_shards([shard_sources["S3"]], model_dir, tmp_path / "o.zarr", precision="fp8")
+    # checked before the cluster (and the client) is used, not in every worker (or not at all: ridge has no batches)
+    with pytest.raises(ValueError, match="batch_size: expected a positive integer, got 0"):
+        predict_shards([shard_sources["S3"]], model_dir, tmp_path / "o.zarr", batch_size=0, client=object())
     assert not (tmp_path / "o.zarr").exists()
 
 

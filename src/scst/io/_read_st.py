@@ -85,16 +85,26 @@ def _read_counts(counts: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
 def _read_spots(spots: str | os.PathLike | pd.DataFrame, array_cols: Sequence[str], pixel_cols: Sequence[str]):
     if isinstance(spots, pd.DataFrame):
         df = spots.copy()
+        where = "spots"
     else:
         p = Path(spots)
         if not p.exists():
             raise FileNotFoundError(f"spots: file {p} does not exist.")
         df = pd.read_csv(p, sep="\t" if _format_suffix(p) in {".tsv", ".txt"} else ",")
+        where = f"spots ({p})"
     missing = [c for c in (*array_cols, *pixel_cols) if c not in df.columns]
     if missing:
         raise KeyError(f"spots: columns {missing} not found; available: {list(df.columns)}.")
     if "selected" in df.columns:
-        df = df[df["selected"].astype(int) == 1]
+        sel = pd.to_numeric(df["selected"], errors="coerce").astype("float64")
+        bad = ~sel.isin([0, 1])  # NaN, text and other numbers: the ST pipeline writes 0 or 1
+        if bad.any():
+            raise ValueError(
+                f"{where}: column 'selected' must hold 0 or 1 in every row (1 = spot under tissue, kept); "
+                f"{int(bad.sum())} row(s) do not, e.g. values {df['selected'][bad].head(3).tolist()} in rows "
+                f"{df.index[bad][:3].tolist()}."
+            )
+        df = df[sel.to_numpy() == 1]
     pix = df[list(pixel_cols)]
     if not all(pd.api.types.is_numeric_dtype(t) for t in pix.dtypes) or not np.isfinite(pix.to_numpy(float)).all():
         bad = pix.index[~np.isfinite(pix.apply(pd.to_numeric, errors="coerce").to_numpy(float)).all(1)]
@@ -236,7 +246,8 @@ def read_st(
         Spot file (path: ``.tsv``/``.txt`` tab-, otherwise comma-separated, compression suffix ignored; or
         DataFrame) with integer array positions (``array_cols``, column then row; floats within rounding of an
         integer are rounded to it) and spot centres in full-resolution image pixels (``pixel_cols``, x = column
-        then y = row). Rows with ``selected == 0`` are ignored.
+        then y = row). Rows with ``selected == 0`` are ignored (an optional ``selected`` column must hold 0 or 1 in
+        every row).
     image
         Full-resolution H&E image (JPEG, PNG or TIFF) that ``pixel_cols`` refer to, or ``None`` for a table
         and shapes only. It is converted once to a multiscale zarr store and opened lazily.

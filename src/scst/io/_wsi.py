@@ -30,24 +30,28 @@ def _levels(path: Path):
 
     try:
         slide = tiffslide.TiffSlide(str(path))
-        group = slide.zarr_group  # parses the layout: NotImplementedError for one tiffslide does not read
     except Exception as e:  # noqa: BLE001 - tiffslide raises many types for unreadable files
         raise ValueError(f"path: cannot open {path} as a whole-slide image ({type(e).__name__}: {e}).") from e
-    levels = []
-    for k in range(slide.level_count):
-        arr = group[str(k)] if isinstance(group, zarr.Group) else group
-        if arr.ndim == 2:  # greyscale
-            d = da.from_zarr(arr)[None].repeat(3, axis=0)
-        elif arr.ndim == 3 and arr.shape[-1] in (3, 4):  # (y, x, s): tiffslide's layout for RGB(A)
-            d = da.from_zarr(arr)[..., :3].transpose(2, 0, 1)
-        else:
-            raise ValueError(f"path: level {k} of {path} has shape {arr.shape}; expected (y, x) or (y, x, 3|4).")
-        if d.dtype != np.uint8:
-            raise ValueError(f"path: {path} has pixel type {d.dtype}; expected 8-bit RGB (brightfield H&E).")
-        levels.append(d)
-    props = slide.properties
-    mpp = props.get("tiffslide.mpp-x")
-    slide.close()
+    try:  # closed also when the slide is refused (layout, pixel type): no file handle left open
+        try:
+            group = slide.zarr_group  # parses the layout: NotImplementedError for one tiffslide does not read
+        except Exception as e:  # noqa: BLE001 - tiffslide raises many types for unreadable files
+            raise ValueError(f"path: cannot open {path} as a whole-slide image ({type(e).__name__}: {e}).") from e
+        levels = []
+        for k in range(slide.level_count):
+            arr = group[str(k)] if isinstance(group, zarr.Group) else group
+            if arr.ndim == 2:  # greyscale
+                d = da.from_zarr(arr)[None].repeat(3, axis=0)
+            elif arr.ndim == 3 and arr.shape[-1] in (3, 4):  # (y, x, s): tiffslide's layout for RGB(A)
+                d = da.from_zarr(arr)[..., :3].transpose(2, 0, 1)
+            else:
+                raise ValueError(f"path: level {k} of {path} has shape {arr.shape}; expected (y, x) or (y, x, 3|4).")
+            if d.dtype != np.uint8:
+                raise ValueError(f"path: {path} has pixel type {d.dtype}; expected 8-bit RGB (brightfield H&E).")
+            levels.append(d)
+        mpp = slide.properties.get("tiffslide.mpp-x")
+    finally:
+        slide.close()
     return levels, float(mpp) if mpp else _ome_mpp(path)
 
 

@@ -47,14 +47,32 @@ def _scst_version() -> str:
         return "0.0.0"
 
 
+def _check_model_dest(dir_path: str | Path, overwrite: bool) -> Path:
+    """``dir_path`` as a Path after checking that a save may write there.
+
+    An existing path is replaced (as a whole) only with ``overwrite`` and only when it is a saved model folder
+    (holding ``attr.json``) or an empty folder: ``overwrite=True`` on a folder of other files (a results folder,
+    the data's zarr store) would delete them all.
+    """
+    dir_path = Path(dir_path)
+    if not dir_path.exists():
+        return dir_path
+    if not overwrite:
+        raise FileExistsError(f"`dir_path` {str(dir_path)!r} exists; pass `overwrite=True` to replace it.")
+    if not dir_path.is_dir() or (not (dir_path / ATTR_FILE).is_file() and any(dir_path.iterdir())):
+        raise FileExistsError(
+            f"`dir_path` {str(dir_path)!r} exists and is not a saved model folder (no {ATTR_FILE}); overwrite=True "
+            "replaces only a saved model or an empty folder, never other files. Choose another path."
+        )
+    return dir_path
+
+
 def _write_model_dir(dir_path: str | Path, overwrite: bool, attrs: dict[str, Any], write_payload: Any) -> Path:
     """The one save path of every scst model: ``attr.json`` + a payload, written to a temporary folder and renamed.
 
     ``write_payload(tmp)`` writes the model's arrays (``model.safetensors`` or ``params.npz``) into ``tmp``.
     """
-    dir_path = Path(dir_path)
-    if dir_path.exists() and not overwrite:
-        raise FileExistsError(f"`dir_path` {str(dir_path)!r} exists; pass `overwrite=True` to replace it.")
+    dir_path = _check_model_dest(dir_path, overwrite)
     with _atomic_dir(dir_path) as tmp:
         write_payload(tmp)
         (tmp / ATTR_FILE).write_text(json.dumps(attrs, indent=1, allow_nan=False))
@@ -727,7 +745,8 @@ class BaseModel(_SetupRegistry, ABC):
         dir_path
             Output directory, written atomically (temporary directory, then rename).
         overwrite
-            Replace an existing ``dir_path``; otherwise an existing one is an error.
+            Replace an existing ``dir_path``, if it is a saved model folder or empty (a folder of other files is
+            never deleted: an error); otherwise an existing one is an error.
         save_data
             Also write the data: ``data.h5ad`` (AnnData), ``data.h5mu`` (MuData) or ``data.zarr`` (SpatialData).
             :meth:`load` reads it back when called without ``data``.

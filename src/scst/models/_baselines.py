@@ -155,7 +155,8 @@ class _ClosedFormModel(_SetupRegistry):
         dir_path
             Output directory (written to a temporary directory, then renamed).
         overwrite
-            Replace an existing ``dir_path``.
+            Replace an existing ``dir_path``, if it is a saved model folder or empty (a folder of other files is
+            never deleted: an error).
         """
         self._require_trained()
         attrs = {
@@ -190,8 +191,13 @@ class _ClosedFormModel(_SetupRegistry):
             raise ValueError(f"{str(dir_path)!r} holds a {attrs.get('model')!r} model, not {cls.__name__!r}.")
         model = cls.__new__(cls)
         model.config, model.registry = attrs["config"], attrs["registry"]
-        with np.load(dir_path / PARAMS_FILE, allow_pickle=False) as f:
-            model.params = {k: f[k] for k in f.files}
+        try:
+            with np.load(dir_path / PARAMS_FILE, allow_pickle=False) as f:
+                model.params = {k: f[k] for k in f.files}
+        except Exception as e:  # noqa: BLE001 - zipfile.BadZipFile, zlib.error, EOFError, ValueError, ...
+            raise ValueError(
+                f"{dir_path / PARAMS_FILE} is truncated or corrupt ({type(e).__name__}: {e}); save the model again."
+            ) from e
         model.history, model._is_trained = None, True
         model._set_extra_state(attrs.get("extra", {}))
         model.data = model.adata = None
@@ -240,7 +246,8 @@ class MeanExpression(_ClosedFormModel):
         adata
             Raw counts in ``X`` (or ``layer``), ``obs["section"]``.
         genes
-            Panel: boolean ``var`` column (default ``"highly_variable_scst"``), list of genes, or None (all).
+            Panel: boolean ``var`` column (default ``"highly_variable_scst"``), list of genes, boolean mask of
+            length ``n_vars``, or None (all).
         layer
             Layer with raw counts.
         sections
@@ -495,7 +502,8 @@ class RidgeExpression(_ClosedFormModel):
             ``obsm`` key of the patch features, e.g. from :func:`scst.tl.embed_patches` (``"X_resnet18"``,
             ``"X_handcrafted"``).
         genes
-            Panel: boolean ``var`` column (default ``"highly_variable_scst"``), list of genes, or None (all).
+            Panel: boolean ``var`` column (default ``"highly_variable_scst"``), list of genes, boolean mask of
+            length ``n_vars``, or None (all).
         layer
             Layer with raw counts.
         sections

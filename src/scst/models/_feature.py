@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._constants import SECTION_KEY, SPATIAL_KEY, TABLE_KEY
 from .._normalize import panel_targets, raw_counts
-from .._utils import _check_key, _embedding_record, _get_table, _plain
+from .._utils import _check_key, _embedding_record, _get_table, _plain, _positive_int
 from ..nn._heads import MLPHeadModule, SpatialHeadModule
 from ._base import BaseModel
 from ._image import (
@@ -117,7 +117,8 @@ class _FeatureModel(BaseModel):
             ``obsm`` key of the per-spot embedding (e.g. ``"X_handcrafted"`` or ``"X_resnet18"`` from
             :func:`scst.tl.embed_patches`).
         genes
-            Panel: boolean ``var`` column (default ``"highly_variable_scst"``), list of genes, or None (all).
+            Panel: boolean ``var`` column (default ``"highly_variable_scst"``), list of genes, boolean mask of
+            length ``n_vars``, or None (all).
         layer
             Layer with raw counts; None: ``X``.
         sections
@@ -320,7 +321,7 @@ class _FeatureModel(BaseModel):
         table
             Table key of a SpatialData (default: the table the model was set up on).
         batch_size
-            Spots per forward pass (default: the training batch size).
+            Spots per forward pass, a positive integer (default None: the training batch size).
         progress
             Unused (kept for the common ``predict`` signature).
 
@@ -336,7 +337,9 @@ class _FeatureModel(BaseModel):
             raise ValueError("data: this model has no data attached; pass an AnnData or SpatialData.")
         adata = _get_table(data, table or self.registry.get("table") or TABLE_KEY) if hasattr(data, "tables") else data
         sections = _check_sections(adata, sections)
-        bs = int(batch_size or self._train_setting("batch_size", None))
+        # None: the training batch size; 0 or a negative is an error (it fell back to that default)
+        bs = _positive_int("batch_size", batch_size) if batch_size is not None else None
+        bs = bs or int(self._train_setting("batch_size", None))
         out = np.zeros((adata.n_obs, len(self.var_names)), dtype=np.float32)
         mean, sd = np.asarray(self._std["y_mean"], np.float32), np.asarray(self._std["y_sd"], np.float32)
         self.module.eval()

@@ -14,7 +14,7 @@ from anndata import AnnData
 from torch.utils.data import DataLoader
 
 from .._logging import logg
-from .._utils import _check_key
+from .._utils import _check_key, _positive_int
 from ..datasets._ligand_receptor import _check_lr_table, complex_subunits, lr_pairs_in_genes
 from ..nn._gcng import GCNGNet
 from ._base import BaseModel
@@ -682,6 +682,7 @@ class GCNG(BaseModel):
         """
         if self.adata is None:
             raise ValueError("This GCNG has no data; load it with `GCNG.load(dir, data=adata)`.")
+        batch_size = _positive_int("batch_size", batch_size)
         present = self._present(pairs, "candidate")
         if cell_order is not None and sorted(np.asarray(cell_order).tolist()) != list(range(self.adata.n_obs)):
             raise ValueError(f"cell_order: expected a permutation of the {self.adata.n_obs} cells.")

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from .._constants import ARRAY_COL, ARRAY_ROW, SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
 from .._logging import logg
 from .._normalize import TARGET_SUM, panel_targets, raw_counts
-from .._utils import _get_table
+from .._utils import _get_table, _positive_int
 from ..nn._train_step import patches_to_input
 from ._base import BaseModel
 
@@ -301,6 +301,13 @@ def _resolve_panel(adata: Any, genes: Any) -> tuple[list[str], str | None]:
         if not panel:
             raise ValueError(f"genes: var[{genes!r}] selects no gene.")
         return panel, genes
+    mask = np.asarray(genes)
+    if mask.dtype == bool:  # as evaluate_expression: one entry per var (not names "True")
+        if mask.shape != (adata.n_vars,):
+            raise ValueError(f"genes: boolean mask of shape {mask.shape}, expected ({adata.n_vars},) (one per var).")
+        if not mask.any():
+            raise ValueError("genes: the boolean mask selects no gene.")
+        return [str(g) for g in adata.var_names[mask]], None
     panel = [str(g) for g in genes]
     if not panel:
         raise ValueError("genes: empty gene list.")
@@ -419,7 +426,8 @@ class _ImageModel(BaseModel):
             Layer with raw counts; ``None``: ``X``.
         genes
             Gene panel: a boolean ``var`` column (default ``"highly_variable_scst"`` from
-            :func:`scst.pp.select_genes`), a list of genes, or ``None`` for all genes.
+            :func:`scst.pp.select_genes`), a list of genes, a boolean mask of length ``n_vars``, or ``None`` for all
+            genes.
         size_um
             Patch edge in µm (80 µm: HGGEP/TCGN); cut at each section's own µm/px, then resized to ``patch_px``.
         patch_px
@@ -665,7 +673,7 @@ class _ImageModel(BaseModel):
         table
             Table key (default: the registry's table, else ``"table"``).
         batch_size
-            Spots per forward pass (default: the training batch size).
+            Spots per forward pass, a positive integer (default None: the training batch size).
         progress
             Show a tqdm progress bar (spots).
         num_workers
@@ -699,9 +707,9 @@ class _ImageModel(BaseModel):
             raise ValueError("data: this model has no data attached; pass a SpatialData.")
         sdata, key, adata = self._predict_table(data, table)
         sections = self._check_predict_sections(sdata, adata, sections)
-        bs = int(batch_size or self._train_setting("batch_size", None))
-        if bs < 1:
-            raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}.")
+        # None: the training batch size; 0 or a negative is an error (it fell back to that default)
+        bs = _positive_int("batch_size", batch_size) if batch_size is not None else None
+        bs = bs or int(self._train_setting("batch_size", None))
         opts = inference_options(self.device, num_workers, pin_memory, precision)
         sec_col = adata.obs[SECTION_KEY].astype(str).to_numpy()
         order = np.flatnonzero(np.isin(sec_col, sections))

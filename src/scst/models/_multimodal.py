@@ -17,6 +17,7 @@ from scipy import sparse
 from torch.utils.data import DataLoader
 
 from .._logging import logg
+from .._utils import _positive_int
 from ..nn._augment import random_dihedral
 from ..nn._multimodal import LOSS_TERMS, MultimodalModule
 from ..pp._mudata import LINK_KEY, PATCH_KEY
@@ -528,6 +529,7 @@ class MultimodalST(BaseModel):
             raise ValueError(f"modality: expected 'rna' or 'image', got {modality!r}.")
         if space not in ("shared", "cls"):
             raise ValueError(f"space: expected 'shared' or 'cls', got {space!r}.")
+        batch_size = _positive_int("batch_size", batch_size)  # 0: range() error; negative: no batch at all
         x = self._rna_matrix(mdata) if kind == "rna" else self._image_array(mdata)
         m = self.module
 
@@ -558,6 +560,7 @@ class MultimodalST(BaseModel):
         float32 ``(n_pairs,)``: higher = the model judges the patch and the RNA sample more likely to match.
         """
         self._validate_data(mdata)
+        batch_size = _positive_int("batch_size", batch_size)
         reg = self.registry
         ii, jj = np.asarray(image_index, dtype=np.int64).ravel(), np.asarray(rna_index, dtype=np.int64).ravel()
         n_img, n_rna = mdata[reg["image"]].n_obs, mdata[reg["rna"]].n_obs

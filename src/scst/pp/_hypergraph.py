@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -52,8 +53,8 @@ def hypergraph(
         ``True``: dense ranking over the whole section; ``False``: fast path; ``None``: dense for
         sections of at most 2048 spots.
     library_key
-        Column of ``adata.obs`` with the section of each spot. ``None``, or a column that is absent,
-        builds one hypergraph over all spots.
+        Column of ``adata.obs`` with the section of each spot. ``None`` builds one hypergraph over all spots; so
+        does a column that is absent, with a ``UserWarning`` (sections may then share hyperedges).
     key_added
         Prefix of the keys written.
     copy
@@ -167,8 +168,14 @@ def hypergraph(
 def _sections(data: AnnData, library_key: str | None) -> list[tuple[Any, np.ndarray]]:
     """``(section name, integer row indices)``; one ``(None, all rows)`` without sections."""
     if library_key is None or library_key not in data.obs:
-        if library_key is not None:
-            logg.info(f"`library_key` {library_key!r} not in adata.obs; building one hypergraph over all spots.")
+        if library_key is not None:  # None asks for one hypergraph; an absent column pools sections unasked
+            warnings.warn(
+                f"hypergraph: library_key={library_key!r} is not a column of adata.obs; building one hypergraph "
+                "over all spots (spots of different sections may share hyperedges). Pass library_key=None for "
+                "one hypergraph on purpose, or the obs column holding the sections.",
+                UserWarning,
+                stacklevel=3,
+            )
         return [(None, np.arange(data.n_obs))]
     labels = data.obs[library_key]
     if labels.isna().any():

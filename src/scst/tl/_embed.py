@@ -14,7 +14,7 @@ from torch import nn
 
 from .._constants import SECTION_KEY, TABLE_KEY, UNS_EMBED_KEY, UNS_KEY
 from .._logging import logg
-from .._utils import _get_table
+from .._utils import _get_table, _positive_int
 from ..nn._train_step import imagenet_normalize
 
 __all__ = ["embed_patches"]
@@ -157,8 +157,7 @@ def embed_patches(
         raise TypeError(f"sdata: expected a SpatialData object with images, got {type(sdata).__name__}.")
     adata = _get_table(sdata, table)
     _check_images(sdata, adata, table)
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive integer, got {batch_size}.")
+    batch_size = _positive_int("batch_size", batch_size)
     if normalize not in ("imagenet", None):
         raise ValueError(f"normalize: expected 'imagenet' or None, got {normalize!r}.")
     opts = inference_options(device, num_workers, pin_memory, precision)

@@ -13,7 +13,7 @@ import pandas as pd
 from .._constants import INSTANCE_KEY, REGION_KEY, SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
 from .._inference import check_inference_options
 from .._logging import logg
-from .._utils import _get_table, _store_prediction
+from .._utils import _get_table, _positive_int, _store_prediction
 
 __all__ = ["predict_expression", "cross_validate"]
 
@@ -153,7 +153,7 @@ def predict_expression(
     sections
         Sections to predict; default all sections of the table (H&E-only: all ``*_image`` elements).
     batch_size
-        Spots per forward pass; default the model's.
+        Spots per forward pass, a positive integer; default the model's (closed-form models have no batches).
     tile_grid
         Predict on pseudo-spots over the tissue instead of the table's spots.
     spacing_um
@@ -200,6 +200,8 @@ def predict_expression(
         )
     genes = list(model.var_names)
     check_inference_options(num_workers, pin_memory, precision)  # before any work
+    if batch_size is not None:  # also for models without batches, which drop it
+        _positive_int("batch_size", batch_size)
     opts = {"num_workers": num_workers, "pin_memory": pin_memory, "precision": precision}
     t0 = time.perf_counter()
     if grid:
@@ -453,7 +455,8 @@ def cross_validate(
     config
         Model configuration (e.g. ``HGGEP.bench_config``).
     train_kwargs
-        Passed to ``model.train`` (e.g. ``max_epochs``, ``enable_progress_bar``).
+        Passed to ``model.train`` (e.g. ``max_epochs``, ``enable_progress_bar``). Closed-form models
+        (``RidgeExpression``, ``MeanExpression``) take none: given for them, they are ignored with a warning.
     setup_kwargs
         Passed to ``setup_sdata`` (e.g. ``size_um``, ``patch_px``, ``encoder``).
     genes
@@ -466,7 +469,8 @@ def cross_validate(
         ``min_fraction=0.5``).
     validation
         ``"auto"``: the model's default, one training section held out (drawn with the seed); a section name
-        (used in folds where it is a training section, else the default); ``None``: no validation.
+        (used in folds where it is a training section, else the default); ``None``: no validation. Closed-form
+        models use none: a section name given for them is ignored with a warning.
     table, layer
         Table key; layer with raw counts (default ``X``).
     sections
@@ -514,6 +518,17 @@ def cross_validate(
         raise ValueError(f"sections: leave-one-section-out needs at least 2 sections, got {sections}.")
     if validation not in ("auto", None) and not isinstance(validation, str):
         raise ValueError(f"validation: expected 'auto', None or a section name, got {validation!r}.")
+    if not _accepts(model_cls.train, "validation"):  # closed-form baselines: train() takes no arguments
+        unused = ([f"train_kwargs {sorted(train_kwargs)}"] if train_kwargs else []) + (
+            [f"validation={validation!r}"] if validation not in ("auto", None) else []
+        )
+        if unused:
+            warnings.warn(
+                f"cross_validate: {model_cls.__name__} is fit in closed form (no epochs, no validation); "
+                f"{' and '.join(unused)} are ignored.",
+                UserWarning,
+                stacklevel=2,
+            )
     frames, preds, fold_info = [], {}, []
     train_kwargs = dict(train_kwargs or {})
     train_kwargs.setdefault("enable_progress_bar", progress)

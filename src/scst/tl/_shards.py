@@ -26,6 +26,7 @@ import pandas as pd
 
 from .._constants import INSTANCE_KEY, REGION_KEY, SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
 from .._logging import logg
+from .._utils import _positive_int
 
 __all__ = ["predict_shards", "merge_shards", "ShardError"]
 
@@ -396,6 +397,8 @@ def predict_shards(
     from .._inference import check_inference_options
 
     check_inference_options(0, None, precision)  # checked here, not in every worker after the cluster started
+    if batch_size is not None:
+        _positive_int("batch_size", batch_size)
     out = _check_out(out, overwrite)
     sources = _normalize_shards(shards)
     _model_class(model_dir)  # checked here; loaded in each worker
