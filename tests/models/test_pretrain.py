@@ -341,3 +341,26 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(trained, tmp_pa
     # the temporary file sits next to the target (same file system: the rename is atomic) and is removed
     assert len(written) == 1 and written[0].parent == path.parent and written[0] != path
     assert list(tmp_path.iterdir()) == [path] and path.read_bytes() == before
+
+
+def test_tiles_after_a_corrected_pixel_size_are_not_the_patches_cut_at_the_old_one():
+    """The tile window in pixels is size_um / um_per_px: after correcting um_per_px and setting up again (a spacing
+    giving the same grid in pixels), tiles() must re-read the tiles, not serve the process cache's old windows."""
+    from scst.models._image import clear_patch_cache
+
+    clear_patch_cache()
+    sdata = make_sdata(sections=("S1",), grid=3)
+    kw = {"size_um": SIZE_UM, "patch_px": 16, "min_tissue": 0.0, "tile_threshold": 0.0}
+    SSLEncoder.setup_sdata(sdata, spacing_um=64.0, **kw)  # 32 px grid, 32 px windows at 2 µm/px
+    old = SSLEncoder(sdata, **TINY)
+    first = old.tiles()["S1"]
+    sdata.tables["table"].uns["scst"]["sections"]["S1"]["um_per_px"] = 2.5
+    SSLEncoder.setup_sdata(sdata, spacing_um=80.0, **kw)  # the same 32 px grid, 25.6 px windows
+    new = SSLEncoder(sdata, **TINY)
+    assert new.registry["centers"] == old.registry["centers"] and new.registry["um_per_px"] == {"S1": 2.5}
+    served = new.tiles()["S1"]
+    clear_patch_cache()
+    fresh = new.tiles()["S1"]  # what the new geometry reads
+    assert not np.array_equal(fresh, first)
+    np.testing.assert_array_equal(served, fresh)
+    clear_patch_cache()

@@ -376,7 +376,8 @@ class SSLEncoder(BaseModel):
                 return arr
 
             budget = int(float(self.config["tile_cache_mb"]) * 2**20)
-            arr = _cached_patches(element, xy, size_um, px, budget, read)
+            # the window in pixels (size_um / um_per_px) is part of the cache key: a corrected pixel size re-reads
+            arr = _cached_patches(element, xy, size_um, px, budget, read, int(ds.size_px[s]))
             _, keep = filter_tiles(arr[:, :3], threshold=float(r["tile_threshold"]))
             if not keep.all():
                 logg.info(
