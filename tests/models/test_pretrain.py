@@ -364,3 +364,19 @@ def test_tiles_after_a_corrected_pixel_size_are_not_the_patches_cut_at_the_old_o
     assert not np.array_equal(fresh, first)
     np.testing.assert_array_equal(served, fresh)
     clear_patch_cache()
+
+
+def test_setup_takes_numpy_scalars_for_the_tile_geometry():
+    """A size/spacing computed with numpy (np.float32, np.int64) is a number, not 'expected a positive number';
+    NaN, inf, zero and booleans are still rejected."""
+    sdata = make_sdata(sections=("S1",), grid=3)
+    SSLEncoder.setup_sdata(sdata, size_um=64.0, spacing_um=64.0, patch_px=16)
+    ref = SSLEncoder._read_registry(sdata.tables["table"])
+    for size, spacing in ((np.float32(64), np.int64(64)), (np.int64(64), None)):
+        SSLEncoder.setup_sdata(sdata, size_um=size, spacing_um=spacing, patch_px=np.int64(16))
+        assert SSLEncoder._read_registry(sdata.tables["table"]) == ref
+    for bad in (np.float32("nan"), np.inf, 0.0, True):
+        with pytest.raises(ValueError, match="size_um: expected"):
+            SSLEncoder.setup_sdata(sdata, size_um=bad, patch_px=16)
+        with pytest.raises(ValueError, match="spacing_um: expected"):
+            SSLEncoder.setup_sdata(sdata, size_um=64.0, spacing_um=bad, patch_px=16)

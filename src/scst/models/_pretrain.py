@@ -25,7 +25,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from .._constants import TABLE_KEY, UNS_KEY
 from .._logging import logg
-from .._utils import _get_table
+from .._utils import _get_table, _positive
 from ..nn._augment import HEAugment
 from ..nn._train_step import imagenet_normalize
 from ._base import BaseModel, _scst_version
@@ -268,14 +268,12 @@ class SSLEncoder(BaseModel):
         if not hasattr(sdata, "tables") or not hasattr(sdata, "images"):
             raise TypeError(f"sdata: expected a SpatialData object with images, got {type(sdata).__name__}.")
         adata = _get_table(sdata, table)
-        for name, v in (("size_um", size_um), ("spacing_um", size_um if spacing_um is None else spacing_um)):
-            if isinstance(v, bool) or not (isinstance(v, int | float) and np.isfinite(v) and v > 0):
-                raise ValueError(f"{name}: expected a positive number, got {v!r}.")
+        size_um = _positive("size_um", size_um)  # numpy scalars too; not NaN/inf/bool
+        spacing_um = size_um if spacing_um is None else _positive("spacing_um", spacing_um)
         if isinstance(patch_px, bool) or int(patch_px) != patch_px or patch_px < 8:
             raise ValueError(f"patch_px: expected an integer >= 8, got {patch_px!r}.")
         if not 0.0 <= tile_threshold <= 1.0:
             raise ValueError(f"tile_threshold: expected a fraction in [0, 1], got {tile_threshold!r}.")
-        spacing_um = float(size_um if spacing_um is None else spacing_um)
         geos = adata.uns.get(UNS_KEY, {}).get("sections", {})
         with_image = [s for s, g in geos.items() if g.get("image_key") is not None and g["image_key"] in sdata.images]
         if sections is None:
