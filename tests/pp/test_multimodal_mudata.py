@@ -148,6 +148,18 @@ def test_to_mudata_windows_in_um_per_section_and_checks_counts_and_genes():
         scst.pp.to_mudata(sd, size_px=8, genes=["G0", "NOPE"], layer="raw")
 
 
+def test_to_mudata_without_a_window_cuts_and_records_80_um():
+    """size_px=None and size_um=None: 80 µm windows (80 px on S1 at 1 µm/px, 160 px on S2 at 0.5 µm/px), and
+    uns records size_um=80 (it said None, i.e. "given in px")."""
+    sd = _spot_sdata()
+    for s in ("S1", "S2"):  # images large enough for the windows
+        big = np.random.default_rng(1).integers(0, 255, (3, 200, 200), dtype=np.uint8)
+        sd.images[f"{s}_image"] = Image2DModel.parse(big, dims=("c", "y", "x"), transformations={s: Identity()})
+    mdata = scst.pp.to_mudata(sd, size_px=None, size_um=None, out_px=8, layer="raw")
+    assert list(mdata["image"].obs["size_px"]) == [80, 80, 160, 160, 160]
+    assert mdata.uns["scst_mudata"]["size_um"] == 80.0
+
+
 def _rect_slide():
     """A DAB-brown rectangle at rows 64:128, cols 64:184 of white glass: in 32 px tiles, 2 × 3 full tiles and two
     (column 5) three-quarters brown."""

@@ -11,7 +11,7 @@ Both builders write the same layout (read by :class:`scst.models.MultimodalST` a
   columns.
 * ``mdata.uns["scst_mudata"]``: ``link_key``, ``patch_key``, ``group_keys``, ``source`` (``"spots"`` or ``"bulk"``),
   ``patch_px`` (edge of the stored patches); :func:`to_mudata` adds ``size_um`` (None when the window was given in
-  px) and ``um_per_px`` (per section), :func:`bulk_to_mudata` ``size_px`` and ``stain``.
+  px; 80 when neither was given) and ``um_per_px`` (per section), :func:`bulk_to_mudata` ``size_px`` and ``stain``.
 """
 
 from __future__ import annotations
@@ -113,6 +113,7 @@ def to_mudata(
         contrastive losses (paper: lineage / patient; here section and cluster label).
     size_px, size_um
         Patch window in full-resolution pixels (the paper's 256 px; ≈ 176 µm on her2st) or in µm (overrides).
+        With both None the window is 80 µm (cut at each section's µm/px; not the recorded spot diameter).
     out_px
         Resize patches to ``out_px`` (e.g. 64 for a CPU ViT); default: no resize.
     layer
@@ -146,12 +147,14 @@ def to_mudata(
     else:
         rows = np.arange(adata.n_obs)
     rna = _rna_modality(adata, rows, genes, layer, group_keys)
+    if size_um is None and size_px is None:
+        size_um = 80.0  # recorded in uns like a window given in µm
     ds = SpotPatchDataset(
         sdata,
         table,
         obs_subset=rows,
         return_counts=False,
-        size_um=size_um if size_um is not None else 80.0,
+        size_um=size_um if size_um is not None else 80.0,  # unused when size_px is given
         size_px=None if size_um is not None else size_px,
         out_px=out_px,
         normalize=None,
