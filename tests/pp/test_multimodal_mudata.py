@@ -223,3 +223,26 @@ def test_bulk_to_mudata_rejects_max_patches_that_is_no_positive_count():
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="max_patches: expected None"):
             scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1"}, um_per_px=1.0, patch_px=32, max_patches=bad, **TILE)
+
+
+def test_bulk_to_mudata_images_sharing_a_coordinate_system_use_their_own_tissue_masks():
+    """Two slides in the one coordinate system "global" (tissue in opposite corners) and a stored mask
+    labels["global_tissue"] of slide A: slide B is tiled over its own tissue, not over A's mask (B's windows were
+    A's tissue positions, all glass on B)."""
+    rng = np.random.default_rng(0)
+
+    def slide(r0):
+        a = np.full((3, 256, 256), 245, dtype=np.uint8)
+        a[:, r0 : r0 + 128, r0 : r0 + 128] = (
+            np.array([150, 90, 170])[:, None, None] + rng.integers(-20, 20, (3, 128, 128))
+        ).clip(0, 255)
+        return Image2DModel.parse(a, dims=("c", "y", "x"))  # coordinate system "global"
+
+    sd = SpatialData(images={"A_image": slide(0), "B_image": slide(128)})
+    _, bulk = _slides()
+    kw = {"um_per_px": 1.0, "patch_px": 32, "stain": "he", **TILE}
+    scst.pp.tissue_mask(sd, "A_image", um_per_px=1.0, key_added="global_tissue", **TILE)
+    obs = scst.pp.bulk_to_mudata(bulk, sd, {"A_image": "s1", "B_image": "s2"}, **kw)["image"].obs
+    for key, lo in (("A_image", 16.0), ("B_image", 144.0)):  # tile centres over each slide's own 128 px square
+        xy = obs.loc[obs["image_key"] == key, ["x", "y"]].to_numpy()
+        assert len(xy) == 16 and xy.min() == lo and xy.max() == lo + 96

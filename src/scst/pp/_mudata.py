@@ -228,7 +228,10 @@ def bulk_to_mudata(
     threshold
         Keep patches whose score is ≥ this (default: the preset's, 0.2 for DAB).
     min_tissue
-        Tissue fraction of a window on the low-resolution mask for it to be read at all.
+        Tissue fraction of a window on the low-resolution mask for it to be read at all. The mask is a stored
+        ``sdata.labels[f"{coordinate_system}_tissue"]`` when the image is the only one in its coordinate system,
+        ``sdata.labels[f"{image_key}_tissue"]`` when several images share it, else computed
+        (:func:`scst.pp.tissue_mask`).
     max_patches
         Keep at most this many best-scoring patches per image.
     **tile_kwargs
@@ -270,9 +273,13 @@ def bulk_to_mudata(
         if h < patch_px or w < patch_px:
             raise ValueError(f"sdata.images[{key!r}]: {h} × {w} px is smaller than one patch ({patch_px} px).")
         cs = next(iter(get_transformation(sdata.images[key], get_all=True)))
+        # tile_grid reuses a stored f"{section}_tissue" mask: with several images in one coordinate system (e.g. all
+        # in "global"), the coordinate system's mask is no image's own; the image key names the image's own mask
+        # (tissue_mask's default for an image without a section) or a fresh one is computed
+        shared = sum(cs in get_transformation(el, get_all=True) for el in sdata.images.values()) > 1
         table, _ = tile_grid(
-            sdata, cs, spacing_um=patch_px * upp, size_um=patch_px * upp, min_tissue=min_tissue, image_key=key,
-            um_per_px=upp, inplace=False, table_key=f"__none_{key}", **tile_kwargs,
+            sdata, key if shared else cs, spacing_um=patch_px * upp, size_um=patch_px * upp, min_tissue=min_tissue,
+            image_key=key, um_per_px=upp, inplace=False, table_key=f"__none_{key}", **tile_kwargs,
         )  # fmt: skip
         xy = np.asarray(table.obsm[SPATIAL_KEY])
         ds = SpotPatchDataset.from_arrays(
