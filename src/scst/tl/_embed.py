@@ -14,7 +14,7 @@ from torch import nn
 
 from .._constants import SECTION_KEY, TABLE_KEY, UNS_EMBED_KEY, UNS_KEY
 from .._logging import logg
-from .._utils import _get_table
+from .._utils import _get_table, _positive
 from ..nn._train_step import imagenet_normalize
 
 __all__ = ["embed_patches"]
@@ -157,8 +157,13 @@ def embed_patches(
         raise TypeError(f"sdata: expected a SpatialData object with images, got {type(sdata).__name__}.")
     adata = _get_table(sdata, table)
     _check_images(sdata, adata, table)
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive integer, got {batch_size}.")
+    try:  # numpy integers too; not True (a batch of one) or 4.5
+        ok = not isinstance(batch_size, bool | np.bool_) and int(batch_size) == batch_size and batch_size >= 1
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}.")
+    batch_size = int(batch_size)
     if normalize not in ("imagenet", None):
         raise ValueError(f"normalize: expected 'imagenet' or None, got {normalize!r}.")
     opts = inference_options(device, num_workers, pin_memory, precision)
@@ -190,8 +195,12 @@ def embed_patches(
     key = key_added or "X_" + re.sub(r"[^0-9A-Za-z_.-]+", "_", name)  # hub names: no "/" or ":" in the key
     logg.info(f"embed_patches: encoder {name!r}, weights: {weights_desc}, {size_um} µm → {out_px} px patches")
 
-    sizes = [float(size_um)] if np.isscalar(size_um) else [float(u) for u in size_um]
-    if not sizes or min(sizes) <= 0:
+    # numpy scalars and 0-d arrays are one size; True (1 µm), NaN and inf are errors
+    try:
+        sizes = [_positive("size_um", u) for u in ([size_um] if np.ndim(size_um) == 0 else size_um)]
+    except ValueError:
+        raise ValueError(f"size_um: expected positive patch size(s) in µm, got {size_um!r}.") from None
+    if not sizes:
         raise ValueError(f"size_um: expected positive patch size(s) in µm, got {size_um!r}.")
     parts = []
     if module is not None:
