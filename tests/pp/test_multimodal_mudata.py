@@ -246,3 +246,16 @@ def test_bulk_to_mudata_images_sharing_a_coordinate_system_use_their_own_tissue_
     for key, lo in (("A_image", 16.0), ("B_image", 144.0)):  # tile centres over each slide's own 128 px square
         xy = obs.loc[obs["image_key"] == key, ["x", "y"]].to_numpy()
         assert len(xy) == 16 and xy.min() == lo and xy.max() == lo + 96
+
+
+def test_bulk_to_mudata_names_a_bad_patch_px_and_a_missing_pixel_size():
+    """patch_px=32.5 / True were reported as "size_px" (True after tiling the slide into 1 px windows); a per-image
+    um_per_px without the image was a bare KeyError of the image key."""
+    sdata, bulk = _slides()
+    for bad in (32.5, True, np.nan, 0):
+        with pytest.raises(ValueError, match="patch_px: expected a positive integer"):
+            scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1"}, um_per_px=1.0, patch_px=bad, **TILE)
+    with pytest.raises(KeyError, match=r"um_per_px: no pixel size for image\(s\) \['A_image'\]"):
+        scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1"}, um_per_px={"B_image": 1.0}, patch_px=32, **TILE)
+    ok = scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1"}, um_per_px=1.0, patch_px=np.int64(32), **TILE)
+    assert ok["image"].obsm["patch"].shape == (16, 3, 32, 32) and type(ok.uns["scst_mudata"]["size_px"]) is int

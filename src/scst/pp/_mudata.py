@@ -253,9 +253,16 @@ def bulk_to_mudata(
         not isinstance(max_patches, int | np.integer) or isinstance(max_patches, bool) or max_patches < 1
     ):  # 0 would slice [:None], i.e. keep every patch
         raise ValueError(f"max_patches: expected None (all) or a positive integer, got {max_patches!r}.")
+    number = isinstance(patch_px, int | float | np.number) and not isinstance(patch_px, bool | np.bool_)
+    if not (number and np.isfinite(patch_px) and patch_px >= 1 and int(patch_px) == patch_px):
+        # named here: SpotPatchDataset would call it size_px (and True tiled the image into 1 px windows first)
+        raise ValueError(f"patch_px: expected a positive integer (window edge in pixels), got {patch_px!r}.")
+    patch_px = int(patch_px)
     for k in group_keys:
         _check_key(adata.obs, k, "adata.obs (group_keys)")
     keys = list(image_to_sample)
+    if isinstance(um_per_px, Mapping) and (no_upp := [k for k in keys if k not in um_per_px]):
+        raise KeyError(f"um_per_px: no pixel size for image(s) {no_upp[:5]} (given for {list(um_per_px)[:5]}).")
     missing_img = [k for k in keys if k not in sdata.images]
     if missing_img:
         raise KeyError(f"image_to_sample: {len(missing_img)} image keys not in sdata.images, e.g. {missing_img[:5]}.")
