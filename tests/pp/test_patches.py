@@ -544,3 +544,13 @@ def test_booleans_are_no_window_sizes_numpy_scalars_are():
     ):
         with pytest.raises(ValueError, match=f"{name}: expected"):
             SpotPatchDataset.from_arrays({"s": img}, [[10, 10]], ["s"], 1.0, **kw)
+
+
+def test_a_patch_cache_keeps_the_window_size_and_pixel_size_of_the_images():
+    """10 µm windows (10 px at 1 µm/px) stored resized to 4 px: the dataset over the cache said size_px 4 and
+    um_per_px NaN; it reports the windows that were cut, like the image-backed dataset."""
+    sd = _tiny_sdata()
+    res = extract_patches(sd, size_um=10.0, out_px=4, obs_subset=[0, 1], return_counts=False)
+    ds = SpotPatchDataset.from_patch_cache(res, normalize=None)
+    assert ds.size_px == {"a": 10} and ds.um_per_px["a"] == 1.0 and ds.out_px == 4
+    np.testing.assert_array_equal(ds.patch_uint8(1), res["patches"][1])

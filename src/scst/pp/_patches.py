@@ -538,6 +538,7 @@ class SpotPatchDataset(Dataset):
         """Dataset over pre-extracted patches (a ``.npz`` written by :func:`extract_patches`, or its dict).
 
         Items have the same keys as for image-backed datasets; the patches are held in memory as uint8.
+        ``size_px`` and ``um_per_px`` are the cache's (the windows cut from the images, per section), when it has them.
         """
         if isinstance(cache, str | os.PathLike):
             with np.load(cache, allow_pickle=False) as f:
@@ -561,6 +562,12 @@ class SpotPatchDataset(Dataset):
             normalize=normalize, chunk_cache_mb=0, patches=patches,
         )  # fmt: skip
         obj.size_um = float(cache.get("size_um", np.nan))
+        # the windows read from the images, not the stored patch edge (a 116 px window stored at 64 px said 64)
+        geo = {k: np.asarray(cache[k]).ravel() for k in ("size_px", "um_per_px") if k in cache}
+        if "size_px" in geo and len(geo["size_px"]) == len(names):
+            obj.size_px = {s: int(v) for s, v in zip(names, geo["size_px"]) if v > 0}
+        if "um_per_px" in geo and len(geo["um_per_px"]) == len(names):
+            obj.um_per_px = {s: float(v) for s, v in zip(names, geo["um_per_px"])}
         return obj
 
     # ----------------------------------------------------------------------------------------------------------
