@@ -380,3 +380,19 @@ def test_setup_takes_numpy_scalars_for_the_tile_geometry():
             SSLEncoder.setup_sdata(sdata, size_um=bad, patch_px=16)
         with pytest.raises(ValueError, match="spacing_um: expected"):
             SSLEncoder.setup_sdata(sdata, size_um=64.0, spacing_um=bad, patch_px=16)
+
+
+def test_setup_names_a_missing_or_boolean_patch_size_and_fraction():
+    """patch_px=None / NaN and min_tissue/tile_threshold=None were bare TypeErrors from int() or a comparison, and
+    tile_threshold=True was taken as 1.0."""
+    sdata = make_sdata(sections=("S1",), grid=3)
+    for kw, name in (
+        ({"patch_px": None}, "patch_px"),
+        ({"patch_px": np.nan}, "patch_px"),
+        ({"min_tissue": None}, "min_tissue"),
+        ({"tile_threshold": None}, "tile_threshold"),
+        ({"tile_threshold": True}, "tile_threshold"),
+    ):
+        with pytest.raises(ValueError, match=f"{name}: expected"):
+            SSLEncoder.setup_sdata(sdata, **{"size_um": SIZE_UM, "patch_px": 16, **kw})
+    SSLEncoder.setup_sdata(sdata, size_um=SIZE_UM, patch_px=np.int64(16), min_tissue=np.float32(0.5), tile_threshold=1)

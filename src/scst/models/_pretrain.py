@@ -270,10 +270,12 @@ class SSLEncoder(BaseModel):
         adata = _get_table(sdata, table)
         size_um = _positive("size_um", size_um)  # numpy scalars too; not NaN/inf/bool
         spacing_um = size_um if spacing_um is None else _positive("spacing_um", spacing_um)
-        if isinstance(patch_px, bool) or int(patch_px) != patch_px or patch_px < 8:
+        number = isinstance(patch_px, int | float | np.number) and not isinstance(patch_px, bool | np.bool_)
+        if not (number and np.isfinite(patch_px) and patch_px >= 8 and int(patch_px) == patch_px):  # None, NaN too
             raise ValueError(f"patch_px: expected an integer >= 8, got {patch_px!r}.")
-        if not 0.0 <= tile_threshold <= 1.0:
-            raise ValueError(f"tile_threshold: expected a fraction in [0, 1], got {tile_threshold!r}.")
+        for name, v in (("min_tissue", min_tissue), ("tile_threshold", tile_threshold)):
+            if isinstance(v, bool | np.bool_) or not (isinstance(v, int | float | np.number) and 0.0 <= v <= 1.0):
+                raise ValueError(f"{name}: expected a fraction in [0, 1], got {v!r}.")
         geos = adata.uns.get(UNS_KEY, {}).get("sections", {})
         with_image = [s for s, g in geos.items() if g.get("image_key") is not None and g["image_key"] in sdata.images]
         if sections is None:
