@@ -263,3 +263,11 @@ def test_random_resized_crop_keeps_a_non_square_shape_and_he_augment_refuses_it(
         random_resized_crop(ramp, out_px=0)
     with pytest.raises(ValueError, match="square"):
         HEAugment()(ramp / 12)
+
+
+def test_gaussian_blur_refuses_integer_batches():
+    """A uint8 batch cast sigma 0.5 to 0 and came back unblurred, silently (larger sigmas failed inside conv2d)."""
+    x = torch.randint(0, 255, (2, 3, 8, 8), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="x: expected a float batch"):
+        gaussian_blur(x, 0.5)
+    assert not torch.equal(gaussian_blur(x.float(), 0.5), x.float())

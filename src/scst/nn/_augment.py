@@ -127,14 +127,14 @@ def gaussian_blur(
     Parameters
     ----------
     x
-        Batch ``(B, C, H, W)``.
+        Float batch ``(B, C, H, W)``.
     sigma
         Standard deviation(s) in pixels: a number or a ``(B,)`` tensor.
     kernel_size
         Odd kernel width; default ``2 * ceil(3 * max(sigma)) + 1``.
     """
-    if x.ndim != 4:
-        raise ValueError(f"x: expected a batch (B, C, H, W), got shape {tuple(x.shape)}.")
+    if x.ndim != 4 or not x.is_floating_point():  # uint8: sigma was cast to uint8 (0.5 → 0: silently no blur)
+        raise ValueError(f"x: expected a float batch (B, C, H, W), got {x.dtype} of shape {tuple(x.shape)}.")
     b, c, h, w = x.shape
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(b).clamp_min(0)
     smax = float(sigma.max()) if b else 0.0
