@@ -145,6 +145,8 @@ def test_sections_panels_and_geometries_are_checked():
     sd = syn.make_sdata(sections=("S1",), grid=2)  # 120 x 120 px image at 2 µm/px
     tab = sd.tables["table"]
     assert _section_geometries(sd, tab, ["S1"], 240.0) == {"S1": 2.0}  # exactly the image: fits
+    # 120.4 px: the patch reader cuts round(120.4) = 120 px, which fits (it was refused as larger than the image)
+    assert _section_geometries(sd, tab, ["S1"], 240.8) == {"S1": 2.0}
     with pytest.raises(ValueError, match="larger than"):
         _section_geometries(sd, tab, ["S1"], 242.0)
     tab.uns["scst"]["sections"]["S1"]["um_per_px"] = 0.0

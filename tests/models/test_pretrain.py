@@ -341,3 +341,58 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(trained, tmp_pa
     # the temporary file sits next to the target (same file system: the rename is atomic) and is removed
     assert len(written) == 1 and written[0].parent == path.parent and written[0] != path
     assert list(tmp_path.iterdir()) == [path] and path.read_bytes() == before
+
+
+def test_tiles_after_a_corrected_pixel_size_are_not_the_patches_cut_at_the_old_one():
+    """The tile window in pixels is size_um / um_per_px: after correcting um_per_px and setting up again (a spacing
+    giving the same grid in pixels), tiles() must re-read the tiles, not serve the process cache's old windows."""
+    from scst.models._image import clear_patch_cache
+
+    clear_patch_cache()
+    sdata = make_sdata(sections=("S1",), grid=3)
+    kw = {"size_um": SIZE_UM, "patch_px": 16, "min_tissue": 0.0, "tile_threshold": 0.0}
+    SSLEncoder.setup_sdata(sdata, spacing_um=64.0, **kw)  # 32 px grid, 32 px windows at 2 µm/px
+    old = SSLEncoder(sdata, **TINY)
+    first = old.tiles()["S1"]
+    sdata.tables["table"].uns["scst"]["sections"]["S1"]["um_per_px"] = 2.5
+    SSLEncoder.setup_sdata(sdata, spacing_um=80.0, **kw)  # the same 32 px grid, 25.6 px windows
+    new = SSLEncoder(sdata, **TINY)
+    assert new.registry["centers"] == old.registry["centers"] and new.registry["um_per_px"] == {"S1": 2.5}
+    served = new.tiles()["S1"]
+    clear_patch_cache()
+    fresh = new.tiles()["S1"]  # what the new geometry reads
+    assert not np.array_equal(fresh, first)
+    np.testing.assert_array_equal(served, fresh)
+    clear_patch_cache()
+
+
+def test_setup_takes_numpy_scalars_for_the_tile_geometry():
+    """A size/spacing computed with numpy (np.float32, np.int64) is a number, not 'expected a positive number';
+    NaN, inf, zero and booleans are still rejected."""
+    sdata = make_sdata(sections=("S1",), grid=3)
+    SSLEncoder.setup_sdata(sdata, size_um=64.0, spacing_um=64.0, patch_px=16)
+    ref = SSLEncoder._read_registry(sdata.tables["table"])
+    for size, spacing in ((np.float32(64), np.int64(64)), (np.int64(64), None)):
+        SSLEncoder.setup_sdata(sdata, size_um=size, spacing_um=spacing, patch_px=np.int64(16))
+        assert SSLEncoder._read_registry(sdata.tables["table"]) == ref
+    for bad in (np.float32("nan"), np.inf, 0.0, True):
+        with pytest.raises(ValueError, match="size_um: expected"):
+            SSLEncoder.setup_sdata(sdata, size_um=bad, patch_px=16)
+        with pytest.raises(ValueError, match="spacing_um: expected"):
+            SSLEncoder.setup_sdata(sdata, size_um=64.0, spacing_um=bad, patch_px=16)
+
+
+def test_setup_names_a_missing_or_boolean_patch_size_and_fraction():
+    """patch_px=None / NaN and min_tissue/tile_threshold=None were bare TypeErrors from int() or a comparison, and
+    tile_threshold=True was taken as 1.0."""
+    sdata = make_sdata(sections=("S1",), grid=3)
+    for kw, name in (
+        ({"patch_px": None}, "patch_px"),
+        ({"patch_px": np.nan}, "patch_px"),
+        ({"min_tissue": None}, "min_tissue"),
+        ({"tile_threshold": None}, "tile_threshold"),
+        ({"tile_threshold": True}, "tile_threshold"),
+    ):
+        with pytest.raises(ValueError, match=f"{name}: expected"):
+            SSLEncoder.setup_sdata(sdata, **{"size_um": SIZE_UM, "patch_px": 16, **kw})
+    SSLEncoder.setup_sdata(sdata, size_um=SIZE_UM, patch_px=np.int64(16), min_tissue=np.float32(0.5), tile_threshold=1)

@@ -250,3 +250,24 @@ def test_random_resized_crop_positions_cover_the_image_and_stay_inside():
         start = first(random_resized_crop(img.contiguous(), scale=(0.25, 0.25), generator=g))  # ~ left edge
         assert start.min() >= 0 and start.max() <= 16
         assert start.min() < 4 and start.max() > 12
+
+
+def test_random_resized_crop_keeps_a_non_square_shape_and_he_augment_refuses_it():
+    """A 8 × 12 batch came back 8 × 8 (squeezed) from random_resized_crop and from HEAugment, which promises the
+    input's shape; now the crop keeps (H, W) and HEAugment (90° rotations) names the non-square input."""
+    ramp = torch.arange(12, dtype=torch.float32).view(1, 1, 1, 12).expand(2, 3, 8, 12).contiguous()
+    same = random_resized_crop(ramp, scale=(1.0, 1.0))
+    assert same.shape == (2, 3, 8, 12) and torch.allclose(same, ramp, atol=1e-4)
+    assert random_resized_crop(ramp, out_px=6).shape == (2, 3, 6, 6)
+    with pytest.raises(ValueError, match="out_px"):
+        random_resized_crop(ramp, out_px=0)
+    with pytest.raises(ValueError, match="square"):
+        HEAugment()(ramp / 12)
+
+
+def test_gaussian_blur_refuses_integer_batches():
+    """A uint8 batch cast sigma 0.5 to 0 and came back unblurred, silently (larger sigmas failed inside conv2d)."""
+    x = torch.randint(0, 255, (2, 3, 8, 8), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="x: expected a float batch"):
+        gaussian_blur(x, 0.5)
+    assert not torch.equal(gaussian_blur(x.float(), 0.5), x.float())

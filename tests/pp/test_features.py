@@ -241,3 +241,21 @@ def test_patches_smaller_than_three_pixels_are_refused():
     with pytest.raises(ValueError, match="at least 3"):
         handcrafted_features(np.zeros((1, 3, 2, 9), dtype=np.uint8))
     assert np.isfinite(handcrafted_features(np.zeros((1, 3, 3, 3), dtype=np.uint8))).all()
+
+
+def test_settings_that_are_no_valid_number_are_named_errors_numpy_integers_are_not():
+    """glcm_levels=16.7 was truncated to 16, a NaN stain threshold counted no pixel as stained and batch_size=True
+    was a batch of one, all silently; a float batch size failed inside range(). numpy integers are fine."""
+    p = np.random.default_rng(0).integers(0, 255, (3, 3, 16, 16), dtype=np.uint8)
+    ref = handcrafted_features(p, glcm_levels=16, batch_size=2)
+    np.testing.assert_array_equal(handcrafted_features(p, glcm_levels=np.int64(16), batch_size=np.int64(2)), ref)
+    for kw, name in (
+        ({"glcm_levels": 16.7}, "glcm_levels"),
+        ({"glcm_levels": "16"}, "glcm_levels"),
+        ({"stain_thresholds": (np.nan, 0.01)}, "stain_thresholds"),
+        ({"stain_thresholds": 0.1}, "stain_thresholds"),
+        ({"batch_size": True}, "batch_size"),
+        ({"batch_size": 2.5}, "batch_size"),
+    ):
+        with pytest.raises(ValueError, match=f"{name}: expected"):
+            handcrafted_features(p, **kw)

@@ -148,6 +148,18 @@ def test_to_mudata_windows_in_um_per_section_and_checks_counts_and_genes():
         scst.pp.to_mudata(sd, size_px=8, genes=["G0", "NOPE"], layer="raw")
 
 
+def test_to_mudata_without_a_window_cuts_and_records_80_um():
+    """size_px=None and size_um=None: 80 µm windows (80 px on S1 at 1 µm/px, 160 px on S2 at 0.5 µm/px), and
+    uns records size_um=80 (it said None, i.e. "given in px")."""
+    sd = _spot_sdata()
+    for s in ("S1", "S2"):  # images large enough for the windows
+        big = np.random.default_rng(1).integers(0, 255, (3, 200, 200), dtype=np.uint8)
+        sd.images[f"{s}_image"] = Image2DModel.parse(big, dims=("c", "y", "x"), transformations={s: Identity()})
+    mdata = scst.pp.to_mudata(sd, size_px=None, size_um=None, out_px=8, layer="raw")
+    assert list(mdata["image"].obs["size_px"]) == [80, 80, 160, 160, 160]
+    assert mdata.uns["scst_mudata"]["size_um"] == 80.0
+
+
 def _rect_slide():
     """A DAB-brown rectangle at rows 64:128, cols 64:184 of white glass: in 32 px tiles, 2 × 3 full tiles and two
     (column 5) three-quarters brown."""
@@ -211,3 +223,39 @@ def test_bulk_to_mudata_rejects_max_patches_that_is_no_positive_count():
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="max_patches: expected None"):
             scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1"}, um_per_px=1.0, patch_px=32, max_patches=bad, **TILE)
+
+
+def test_bulk_to_mudata_images_sharing_a_coordinate_system_use_their_own_tissue_masks():
+    """Two slides in the one coordinate system "global" (tissue in opposite corners) and a stored mask
+    labels["global_tissue"] of slide A: slide B is tiled over its own tissue, not over A's mask (B's windows were
+    A's tissue positions, all glass on B)."""
+    rng = np.random.default_rng(0)
+
+    def slide(r0):
+        a = np.full((3, 256, 256), 245, dtype=np.uint8)
+        a[:, r0 : r0 + 128, r0 : r0 + 128] = (
+            np.array([150, 90, 170])[:, None, None] + rng.integers(-20, 20, (3, 128, 128))
+        ).clip(0, 255)
+        return Image2DModel.parse(a, dims=("c", "y", "x"))  # coordinate system "global"
+
+    sd = SpatialData(images={"A_image": slide(0), "B_image": slide(128)})
+    _, bulk = _slides()
+    kw = {"um_per_px": 1.0, "patch_px": 32, "stain": "he", **TILE}
+    scst.pp.tissue_mask(sd, "A_image", um_per_px=1.0, key_added="global_tissue", **TILE)
+    obs = scst.pp.bulk_to_mudata(bulk, sd, {"A_image": "s1", "B_image": "s2"}, **kw)["image"].obs
+    for key, lo in (("A_image", 16.0), ("B_image", 144.0)):  # tile centres over each slide's own 128 px square
+        xy = obs.loc[obs["image_key"] == key, ["x", "y"]].to_numpy()
+        assert len(xy) == 16 and xy.min() == lo and xy.max() == lo + 96
+
+
+def test_bulk_to_mudata_names_a_bad_patch_px_and_a_missing_pixel_size():
+    """patch_px=32.5 / True were reported as "size_px" (True after tiling the slide into 1 px windows); a per-image
+    um_per_px without the image was a bare KeyError of the image key."""
+    sdata, bulk = _slides()
+    for bad in (32.5, True, np.nan, 0):
+        with pytest.raises(ValueError, match="patch_px: expected a positive integer"):
+            scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1"}, um_per_px=1.0, patch_px=bad, **TILE)
+    with pytest.raises(KeyError, match=r"um_per_px: no pixel size for image\(s\) \['A_image'\]"):
+        scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1"}, um_per_px={"B_image": 1.0}, patch_px=32, **TILE)
+    ok = scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1"}, um_per_px=1.0, patch_px=np.int64(32), **TILE)
+    assert ok["image"].obsm["patch"].shape == (16, 3, 32, 32) and type(ok.uns["scst_mudata"]["size_px"]) is int

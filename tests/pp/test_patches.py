@@ -530,3 +530,31 @@ def test_more_argument_checks_of_the_array_and_cache_builders():
         SpotPatchDataset.from_arrays({"s": img}, [[10, 10]], [0], None, size_px=4, chunk_cache_mb=-0.5)
     with pytest.raises(ValueError, match=r"cache\['patches'\]: expected \(n, c, p, p\)"):
         SpotPatchDataset.from_patch_cache({"patches": np.zeros((2, 3, 4, 5), np.uint8)})
+
+
+def test_booleans_are_no_window_sizes_numpy_scalars_are():
+    """size_px=True / size_um=True were 1 px windows and out_px=True a 1 px output; a NaN chunk budget failed
+    inside int(). numpy scalars stay valid."""
+    img = _synthetic()
+    ds = SpotPatchDataset.from_arrays({"s": img}, [[10, 10]], ["s"], np.float32(1.0), size_um=np.float32(4.0))
+    assert ds.size_px == {"s": 4} and ds.out_px == 4
+    assert SpotPatchDataset.from_arrays({"s": img}, [[10, 10]], ["s"], None, size_px=np.int64(4)).size_px == {"s": 4}
+    for kw, name in (
+        ({"size_px": True}, "size_px"),
+        ({"size_px": 4, "out_px": True}, "out_px"),
+        ({"size_um": True}, "size_um"),
+        ({"size_um": "4"}, "size_um"),
+        ({"size_px": 4, "chunk_cache_mb": np.nan}, "chunk_cache_mb"),
+    ):
+        with pytest.raises(ValueError, match=f"{name}: expected"):
+            SpotPatchDataset.from_arrays({"s": img}, [[10, 10]], ["s"], 1.0, **kw)
+
+
+def test_a_patch_cache_keeps_the_window_size_and_pixel_size_of_the_images():
+    """10 µm windows (10 px at 1 µm/px) stored resized to 4 px: the dataset over the cache said size_px 4 and
+    um_per_px NaN; it reports the windows that were cut, like the image-backed dataset."""
+    sd = _tiny_sdata()
+    res = extract_patches(sd, size_um=10.0, out_px=4, obs_subset=[0, 1], return_counts=False)
+    ds = SpotPatchDataset.from_patch_cache(res, normalize=None)
+    assert ds.size_px == {"a": 10} and ds.um_per_px["a"] == 1.0 and ds.out_px == 4
+    np.testing.assert_array_equal(ds.patch_uint8(1), res["patches"][1])

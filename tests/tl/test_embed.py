@@ -246,7 +246,13 @@ def test_argument_checks(tiny):
         embed_patches(sdata, MeanColour(), normalize="none", **kw)
     with pytest.raises(ValueError, match="batch_size: expected a positive integer"):
         embed_patches(sdata, MeanColour(), batch_size=0, **kw)
-    for bad in (0.0, -5.0, ()):
+    for bad in (True, 2.5, "4"):
+        with pytest.raises(ValueError, match="batch_size: expected a positive integer"):
+            embed_patches(sdata, MeanColour(), batch_size=bad, **kw)
+    embed_patches(sdata, MeanColour(), batch_size=np.int64(4), key_added="X_np", **{**kw, "size_um": np.array(24.0)})
+    assert sdata.tables["table"].uns["scst_embed"]["X_np"]["size_um"] == 24.0
+    # True was a 1 µm window, NaN passed the check (failing later), a 0-d array and 4.0 were TypeErrors
+    for bad in (0.0, -5.0, (), True, np.nan, np.inf, (24.0, np.nan)):
         with pytest.raises(ValueError, match="size_um: expected positive patch size"):
             embed_patches(sdata, MeanColour(), size_um=bad, out_px=16, progress=False)
     with pytest.raises(ValueError, match="only used with a backbone name"):

@@ -340,9 +340,10 @@ def _section_geometries(sdata: Any, adata: Any, sections: Sequence[str], size_um
         if upp is None or not upp > 0:
             raise ValueError(f"Section {s!r}: uns[{UNS_KEY!r}]['sections'][{s!r}]['um_per_px'] must be positive.")
         shape = geo.get("image_shape")
-        if shape is not None and size_um / upp > min(shape):
+        px = max(1, int(round(size_um / upp)))  # the window SpotPatchDataset cuts (120.4 px fits 120 px)
+        if shape is not None and px > min(shape):
             raise ValueError(
-                f"Patch geometry: {size_um} µm = {size_um / upp:.0f} px is larger than the {shape[1]} × {shape[0]} px "
+                f"Patch geometry: {size_um} µm = {px} px is larger than the {shape[1]} × {shape[0]} px "
                 f"image of section {s!r}; use a smaller size_um."
             )
         out[s] = float(upp)

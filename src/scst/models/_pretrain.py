@@ -25,7 +25,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from .._constants import TABLE_KEY, UNS_KEY
 from .._logging import logg
-from .._utils import _get_table
+from .._utils import _get_table, _positive
 from ..nn._augment import HEAugment
 from ..nn._train_step import imagenet_normalize
 from ._base import BaseModel, _scst_version
@@ -268,14 +268,14 @@ class SSLEncoder(BaseModel):
         if not hasattr(sdata, "tables") or not hasattr(sdata, "images"):
             raise TypeError(f"sdata: expected a SpatialData object with images, got {type(sdata).__name__}.")
         adata = _get_table(sdata, table)
-        for name, v in (("size_um", size_um), ("spacing_um", size_um if spacing_um is None else spacing_um)):
-            if isinstance(v, bool) or not (isinstance(v, int | float) and np.isfinite(v) and v > 0):
-                raise ValueError(f"{name}: expected a positive number, got {v!r}.")
-        if isinstance(patch_px, bool) or int(patch_px) != patch_px or patch_px < 8:
+        size_um = _positive("size_um", size_um)  # numpy scalars too; not NaN/inf/bool
+        spacing_um = size_um if spacing_um is None else _positive("spacing_um", spacing_um)
+        number = isinstance(patch_px, int | float | np.number) and not isinstance(patch_px, bool | np.bool_)
+        if not (number and np.isfinite(patch_px) and patch_px >= 8 and int(patch_px) == patch_px):  # None, NaN too
             raise ValueError(f"patch_px: expected an integer >= 8, got {patch_px!r}.")
-        if not 0.0 <= tile_threshold <= 1.0:
-            raise ValueError(f"tile_threshold: expected a fraction in [0, 1], got {tile_threshold!r}.")
-        spacing_um = float(size_um if spacing_um is None else spacing_um)
+        for name, v in (("min_tissue", min_tissue), ("tile_threshold", tile_threshold)):
+            if isinstance(v, bool | np.bool_) or not (isinstance(v, int | float | np.number) and 0.0 <= v <= 1.0):
+                raise ValueError(f"{name}: expected a fraction in [0, 1], got {v!r}.")
         geos = adata.uns.get(UNS_KEY, {}).get("sections", {})
         with_image = [s for s, g in geos.items() if g.get("image_key") is not None and g["image_key"] in sdata.images]
         if sections is None:
@@ -376,7 +376,8 @@ class SSLEncoder(BaseModel):
                 return arr
 
             budget = int(float(self.config["tile_cache_mb"]) * 2**20)
-            arr = _cached_patches(element, xy, size_um, px, budget, read)
+            # the window in pixels (size_um / um_per_px) is part of the cache key: a corrected pixel size re-reads
+            arr = _cached_patches(element, xy, size_um, px, budget, read, int(ds.size_px[s]))
             _, keep = filter_tiles(arr[:, :3], threshold=float(r["tile_threshold"]))
             if not keep.all():
                 logg.info(

@@ -127,14 +127,14 @@ def gaussian_blur(
     Parameters
     ----------
     x
-        Batch ``(B, C, H, W)``.
+        Float batch ``(B, C, H, W)``.
     sigma
         Standard deviation(s) in pixels: a number or a ``(B,)`` tensor.
     kernel_size
         Odd kernel width; default ``2 * ceil(3 * max(sigma)) + 1``.
     """
-    if x.ndim != 4:
-        raise ValueError(f"x: expected a batch (B, C, H, W), got shape {tuple(x.shape)}.")
+    if x.ndim != 4 or not x.is_floating_point():  # uint8: sigma was cast to uint8 (0.5 → 0: silently no blur)
+        raise ValueError(f"x: expected a float batch (B, C, H, W), got {x.dtype} of shape {tuple(x.shape)}.")
     b, c, h, w = x.shape
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(b).clamp_min(0)
     smax = float(sigma.max()) if b else 0.0
@@ -162,24 +162,27 @@ def random_resized_crop(
     out_px: int | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """A random square crop per image covering a fraction ``U(scale)`` of its area, resized to ``out_px``.
+    """A random crop per image covering a fraction ``U(scale)`` of its area, resized to ``out_px``.
 
-    The crop lies inside the image; bilinear resampling (``grid_sample``) of all crops in one call. ``scale =
-    (1, 1)`` returns the image itself (resized to ``out_px``).
+    The crop has the image's shape (a square for square images) and lies inside the image; bilinear resampling
+    (``grid_sample``) of all crops in one call. ``scale = (1, 1)`` returns the image itself (resized to
+    ``out_px``). ``out_px``: edge of the square output; default None: the input's ``(H, W)``.
     """
     if x.ndim != 4:
         raise ValueError(f"x: expected a batch (B, C, H, W), got shape {tuple(x.shape)}.")
     lo, hi = float(scale[0]), float(scale[1])
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"scale: expected 0 < min <= max <= 1 (area fractions), got {scale}.")
+    if out_px is not None and (isinstance(out_px, bool) or int(out_px) != out_px or out_px < 1):
+        raise ValueError(f"out_px: expected None or a positive integer, got {out_px!r}.")
     b, _, h, w = x.shape
-    out = int(out_px or h)
+    oh, ow = (int(out_px), int(out_px)) if out_px is not None else (h, w)  # (h, h) squeezed a non-square image
     side = _uniform(b, lo, hi, x, generator).sqrt()  # crop edge / image edge
     cx = (1 - side) * (2 * _uniform(b, 0, 1, x, generator) - 1)  # centre in [-(1 - side), 1 - side]
     cy = (1 - side) * (2 * _uniform(b, 0, 1, x, generator) - 1)
     theta = torch.zeros(b, 2, 3, dtype=x.dtype, device=x.device)
     theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = side, side, cx, cy
-    grid = F.affine_grid(theta, [b, x.shape[1], out, out], align_corners=False)
+    grid = F.affine_grid(theta, [b, x.shape[1], oh, ow], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -215,8 +218,10 @@ class HEAugment(nn.Module):
         self.blur_sigma, self.p_blur = tuple(blur_sigma), float(p_blur)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Augmented float RGB batch in ``[0, 1]``, same shape as ``x``."""
+        """Augmented float RGB batch in ``[0, 1]``, same shape as ``x`` (square images: 90° rotations)."""
         _check(x)
+        if x.shape[-1] != x.shape[-2]:
+            raise ValueError(f"x: HEAugment needs square images (90° rotations), got {tuple(x.shape[-2:])}.")
         x = random_resized_crop(x, self.crop_scale, generator=generator)
         x = random_dihedral(x, generator=generator)
         x = hed_jitter(x, self.hed_sigma, self.hed_bias, generator=generator)

@@ -48,6 +48,16 @@ def handcrafted_feature_names() -> list[str]:
     return names
 
 
+def _is_int(v: Any) -> bool:
+    """An integer (Python or numpy, not bool) or an integral float such as 32.0."""
+    if isinstance(v, bool | np.bool_ | str | bytes):
+        return False
+    try:
+        return bool(np.isfinite(float(v)) and float(v) == int(v))
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
 def _as_unit_float(patches: np.ndarray) -> np.ndarray:
     """``(N, 3, H, W)`` uint8 / float in [0, 1] → float32 ``(N, 3, H, W)`` in [0, 1] (channels first, contiguous)."""
     x = patches
@@ -260,13 +270,17 @@ def handcrafted_features(
     -------
     ``(N, 95)`` float32 array (and the list of names when ``return_names``).
     """
-    if not 2 <= int(glcm_levels) <= 256:
-        raise ValueError(f"glcm_levels: expected an integer in [2, 256], got {glcm_levels}.")
-    if len(stain_thresholds) != 2 or min(stain_thresholds) < 0:
-        raise ValueError(f"stain_thresholds: expected two non-negative numbers (H, E), got {stain_thresholds}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive integer, got {batch_size}.")
-    levels = int(glcm_levels)
+    if not (_is_int(glcm_levels) and 2 <= glcm_levels <= 256):  # 16.7 was truncated to 16
+        raise ValueError(f"glcm_levels: expected an integer in [2, 256], got {glcm_levels!r}.")
+    try:
+        thr = np.asarray(stain_thresholds, dtype=np.float64)
+    except (TypeError, ValueError):
+        thr = np.full(0, np.nan)
+    if thr.shape != (2,) or not (np.isfinite(thr).all() and (thr >= 0).all()):  # NaN counted no pixel
+        raise ValueError(f"stain_thresholds: expected two non-negative numbers (H, E), got {stain_thresholds!r}.")
+    if not (_is_int(batch_size) and batch_size >= 1):
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}.")
+    levels, batch_size = int(glcm_levels), int(batch_size)
     names = handcrafted_feature_names()
     if hasattr(patches, "detach"):  # torch tensor
         patches = patches.detach().cpu().numpy()
@@ -290,7 +304,7 @@ def handcrafted_features(
         h, s, v = _hsv(flat)
         hed = _hed(flat)  # (B, 3, P)
         hed_stats = _stats(hed[:, :2])  # (B, 2, 5)
-        strong = (hed[:, :2] > np.asarray(stain_thresholds, dtype=np.float32)[:, None]).mean(-1)  # (B, 2)
+        strong = (hed[:, :2] > thr.astype(np.float32)[:, None]).mean(-1)  # (B, 2)
         hm, em = hed_stats[:, 0, 0], hed_stats[:, 1, 0]
         grey_img = grey.reshape(b, hh, ww)
         sob = _sobel_magnitude(grey_img).reshape(b, -1)

@@ -11,7 +11,7 @@ Both builders write the same layout (read by :class:`scst.models.MultimodalST` a
   columns.
 * ``mdata.uns["scst_mudata"]``: ``link_key``, ``patch_key``, ``group_keys``, ``source`` (``"spots"`` or ``"bulk"``),
   ``patch_px`` (edge of the stored patches); :func:`to_mudata` adds ``size_um`` (None when the window was given in
-  px) and ``um_per_px`` (per section), :func:`bulk_to_mudata` ``size_px`` and ``stain``.
+  px; 80 when neither was given) and ``um_per_px`` (per section), :func:`bulk_to_mudata` ``size_px`` and ``stain``.
 """
 
 from __future__ import annotations
@@ -113,6 +113,7 @@ def to_mudata(
         contrastive losses (paper: lineage / patient; here section and cluster label).
     size_px, size_um
         Patch window in full-resolution pixels (the paper's 256 px; ≈ 176 µm on her2st) or in µm (overrides).
+        With both None the window is 80 µm (cut at each section's µm/px; not the recorded spot diameter).
     out_px
         Resize patches to ``out_px`` (e.g. 64 for a CPU ViT); default: no resize.
     layer
@@ -146,12 +147,14 @@ def to_mudata(
     else:
         rows = np.arange(adata.n_obs)
     rna = _rna_modality(adata, rows, genes, layer, group_keys)
+    if size_um is None and size_px is None:
+        size_um = 80.0  # recorded in uns like a window given in µm
     ds = SpotPatchDataset(
         sdata,
         table,
         obs_subset=rows,
         return_counts=False,
-        size_um=size_um if size_um is not None else 80.0,
+        size_um=size_um if size_um is not None else 80.0,  # unused when size_px is given
         size_px=None if size_um is not None else size_px,
         out_px=out_px,
         normalize=None,
@@ -225,7 +228,10 @@ def bulk_to_mudata(
     threshold
         Keep patches whose score is ≥ this (default: the preset's, 0.2 for DAB).
     min_tissue
-        Tissue fraction of a window on the low-resolution mask for it to be read at all.
+        Tissue fraction of a window on the low-resolution mask for it to be read at all. The mask is a stored
+        ``sdata.labels[f"{coordinate_system}_tissue"]`` when the image is the only one in its coordinate system,
+        ``sdata.labels[f"{image_key}_tissue"]`` when several images share it, else computed
+        (:func:`scst.pp.tissue_mask`).
     max_patches
         Keep at most this many best-scoring patches per image.
     **tile_kwargs
@@ -247,9 +253,16 @@ def bulk_to_mudata(
         not isinstance(max_patches, int | np.integer) or isinstance(max_patches, bool) or max_patches < 1
     ):  # 0 would slice [:None], i.e. keep every patch
         raise ValueError(f"max_patches: expected None (all) or a positive integer, got {max_patches!r}.")
+    number = isinstance(patch_px, int | float | np.number) and not isinstance(patch_px, bool | np.bool_)
+    if not (number and np.isfinite(patch_px) and patch_px >= 1 and int(patch_px) == patch_px):
+        # named here: SpotPatchDataset would call it size_px (and True tiled the image into 1 px windows first)
+        raise ValueError(f"patch_px: expected a positive integer (window edge in pixels), got {patch_px!r}.")
+    patch_px = int(patch_px)
     for k in group_keys:
         _check_key(adata.obs, k, "adata.obs (group_keys)")
     keys = list(image_to_sample)
+    if isinstance(um_per_px, Mapping) and (no_upp := [k for k in keys if k not in um_per_px]):
+        raise KeyError(f"um_per_px: no pixel size for image(s) {no_upp[:5]} (given for {list(um_per_px)[:5]}).")
     missing_img = [k for k in keys if k not in sdata.images]
     if missing_img:
         raise KeyError(f"image_to_sample: {len(missing_img)} image keys not in sdata.images, e.g. {missing_img[:5]}.")
@@ -267,9 +280,13 @@ def bulk_to_mudata(
         if h < patch_px or w < patch_px:
             raise ValueError(f"sdata.images[{key!r}]: {h} × {w} px is smaller than one patch ({patch_px} px).")
         cs = next(iter(get_transformation(sdata.images[key], get_all=True)))
+        # tile_grid reuses a stored f"{section}_tissue" mask: with several images in one coordinate system (e.g. all
+        # in "global"), the coordinate system's mask is no image's own; the image key names the image's own mask
+        # (tissue_mask's default for an image without a section) or a fresh one is computed
+        shared = sum(cs in get_transformation(el, get_all=True) for el in sdata.images.values()) > 1
         table, _ = tile_grid(
-            sdata, cs, spacing_um=patch_px * upp, size_um=patch_px * upp, min_tissue=min_tissue, image_key=key,
-            um_per_px=upp, inplace=False, table_key=f"__none_{key}", **tile_kwargs,
+            sdata, key if shared else cs, spacing_um=patch_px * upp, size_um=patch_px * upp, min_tissue=min_tissue,
+            image_key=key, um_per_px=upp, inplace=False, table_key=f"__none_{key}", **tile_kwargs,
         )  # fmt: skip
         xy = np.asarray(table.obsm[SPATIAL_KEY])
         ds = SpotPatchDataset.from_arrays(

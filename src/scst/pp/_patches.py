@@ -538,6 +538,7 @@ class SpotPatchDataset(Dataset):
         """Dataset over pre-extracted patches (a ``.npz`` written by :func:`extract_patches`, or its dict).
 
         Items have the same keys as for image-backed datasets; the patches are held in memory as uint8.
+        ``size_px`` and ``um_per_px`` are the cache's (the windows cut from the images, per section), when it has them.
         """
         if isinstance(cache, str | os.PathLike):
             with np.load(cache, allow_pickle=False) as f:
@@ -561,6 +562,12 @@ class SpotPatchDataset(Dataset):
             normalize=normalize, chunk_cache_mb=0, patches=patches,
         )  # fmt: skip
         obj.size_um = float(cache.get("size_um", np.nan))
+        # the windows read from the images, not the stored patch edge (a 116 px window stored at 64 px said 64)
+        geo = {k: np.asarray(cache[k]).ravel() for k in ("size_px", "um_per_px") if k in cache}
+        if "size_px" in geo and len(geo["size_px"]) == len(names):
+            obj.size_px = {s: int(v) for s, v in zip(names, geo["size_px"]) if v > 0}
+        if "um_per_px" in geo and len(geo["um_per_px"]) == len(names):
+            obj.um_per_px = {s: float(v) for s, v in zip(names, geo["um_per_px"])}
         return obj
 
     # ----------------------------------------------------------------------------------------------------------
@@ -571,13 +578,18 @@ class SpotPatchDataset(Dataset):
             raise ValueError(f"padding: expected one of {_PADDINGS}, got {padding!r}.")
         if transform is not None and not callable(transform):
             raise TypeError(f"transform: expected a callable, got {type(transform).__name__}.")
-        if out_px is not None and (int(out_px) != out_px or out_px < 1):
-            raise ValueError(f"out_px: expected a positive integer, got {out_px!r}.")
-        if size_px is not None and (int(size_px) != size_px or size_px < 1):
-            raise ValueError(f"size_px: expected a positive integer, got {size_px!r}.")
-        if size_px is None and not (np.isfinite(size_um) and size_um > 0):
-            raise ValueError(f"size_um: expected a positive number, got {size_um!r}.")
-        if chunk_cache_mb < 0:
+        # bools are no sizes (True was a 1 px window / output); numpy scalars are
+        for name, v in (("out_px", out_px), ("size_px", size_px)):
+            if v is not None and (isinstance(v, bool | np.bool_) or int(v) != v or v < 1):
+                raise ValueError(f"{name}: expected a positive integer, got {v!r}.")
+        if size_px is None:
+            try:
+                ok = not isinstance(size_um, bool | np.bool_) and np.isfinite(float(size_um)) and size_um > 0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"size_um: expected a positive number, got {size_um!r}.")
+        if not chunk_cache_mb >= 0:  # NaN too
             raise ValueError(f"chunk_cache_mb: expected >= 0, got {chunk_cache_mb}.")
         self.section_names = list(section_names)
         self.codes = np.asarray(codes, dtype=np.int64)

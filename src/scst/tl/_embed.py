@@ -14,7 +14,7 @@ from torch import nn
 
 from .._constants import SECTION_KEY, TABLE_KEY, UNS_EMBED_KEY, UNS_KEY
 from .._logging import logg
-from .._utils import _get_table, _positive_int
+from .._utils import _get_table, _positive, _positive_int
 from ..nn._train_step import imagenet_normalize
 
 __all__ = ["embed_patches"]
@@ -189,8 +189,12 @@ def embed_patches(
     key = key_added or "X_" + re.sub(r"[^0-9A-Za-z_.-]+", "_", name)  # hub names: no "/" or ":" in the key
     logg.info(f"embed_patches: encoder {name!r}, weights: {weights_desc}, {size_um} µm → {out_px} px patches")
 
-    sizes = [float(size_um)] if np.isscalar(size_um) else [float(u) for u in size_um]
-    if not sizes or min(sizes) <= 0:
+    # numpy scalars and 0-d arrays are one size; True (1 µm), NaN and inf are errors
+    try:
+        sizes = [_positive("size_um", u) for u in ([size_um] if np.ndim(size_um) == 0 else size_um)]
+    except ValueError:
+        raise ValueError(f"size_um: expected positive patch size(s) in µm, got {size_um!r}.") from None
+    if not sizes:
         raise ValueError(f"size_um: expected positive patch size(s) in µm, got {size_um!r}.")
     parts = []
     if module is not None:
