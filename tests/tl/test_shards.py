@@ -145,6 +145,18 @@ def test_bad_input_names_the_argument(model_dir, shard_sources, tmp_path):
     # checked before the cluster (and the client) is used, not in every worker (or not at all: ridge has no batches)
     with pytest.raises(ValueError, match="batch_size: expected a positive integer, got 0"):
         predict_shards([shard_sources["S3"]], model_dir, tmp_path / "o.zarr", batch_size=0, client=object())
+    # the pixel size and the grid settings too (a shard with spots would ignore them, an image shard fail in a worker)
+    src = [shard_sources["S3"], shard_sources["S5"]]
+    for kw, msg in [
+        ({"um_per_px": -1.0}, r"um_per_px: expected a finite positive pixel size in µm, got -1.0"),
+        ({"um_per_px": float("nan")}, r"um_per_px: expected a finite positive pixel size in µm, got nan"),
+        ({"um_per_px": {"S5": 0}}, r"um_per_px: expected a finite positive pixel size in µm, got 0 for shard 'S5'"),
+        ({"spacing_um": 0.0}, r"spacing_um: expected a finite positive pseudo-spot spacing in µm, got 0.0"),
+        ({"min_tissue": 1.5}, r"min_tissue: expected a fraction in \[0, 1\], got 1.5"),
+        ({"min_tissue": float("nan")}, r"min_tissue: expected a fraction in \[0, 1\], got nan"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            predict_shards(src, model_dir, tmp_path / "o.zarr", client=object(), **kw)
     assert not (tmp_path / "o.zarr").exists()
 
 

@@ -26,7 +26,7 @@ import pandas as pd
 
 from .._constants import INSTANCE_KEY, REGION_KEY, SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
 from .._logging import logg
-from .._utils import _positive_int
+from .._utils import _positive, _positive_int
 
 __all__ = ["predict_shards", "merge_shards", "ShardError"]
 
@@ -376,7 +376,7 @@ def predict_shards(
         Passed to :func:`scst.tl.predict_expression`.
     um_per_px
         Pixel size in µm of image shards (one value, or a mapping shard name → value); whole-slide images that
-        record it may omit it.
+        record it may omit it. Values, ``spacing_um`` and ``min_tissue`` are checked before any shard is sent out.
     accelerator
         Where each worker puts a network's weights: ``"cpu"`` (default), ``"gpu"``/``"auto"`` (the worker's GPU,
         e.g. one per worker with ``dask_cuda.LocalCUDACluster``; not tested here) or ``"mps"``.
@@ -399,6 +399,18 @@ def predict_shards(
     check_inference_options(0, None, precision)  # checked here, not in every worker after the cluster started
     if batch_size is not None:
         _positive_int("batch_size", batch_size)
+    # also checked here, not in every worker after the cluster started (nor ignored by the shards with spots)
+    for name, upp in um_per_px.items() if isinstance(um_per_px, Mapping) else [(None, um_per_px)]:
+        if upp is not None:
+            _positive("um_per_px", upp, "pixel size in µm", "" if name is None else f" for shard {name!r}")
+    if spacing_um is not None:
+        _positive("spacing_um", spacing_um, "pseudo-spot spacing in µm")
+    if (
+        isinstance(min_tissue, bool)
+        or not isinstance(min_tissue, int | float | np.integer | np.floating)
+        or not 0.0 <= min_tissue <= 1.0
+    ):
+        raise ValueError(f"min_tissue: expected a fraction in [0, 1], got {min_tissue!r}.")
     out = _check_out(out, overwrite)
     sources = _normalize_shards(shards)
     _model_class(model_dir)  # checked here; loaded in each worker
