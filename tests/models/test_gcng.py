@@ -563,6 +563,12 @@ def test_training_table_seed_receptors_and_labels():
     assert set(got.loc[got["label"] == 0, "receptor"]) <= set(decoys)
     with pytest.raises(ValueError, match="must be 0 or 1"):
         model.training_table(labelled(triples).assign(label=[2] + [1] * 11 + [0] * 12))
+    # a pair given twice with both labels (here in two cases) is an error, not one label kept silently
+    clash = pd.concat([labelled(triples), pd.DataFrame({"ligand": ["l0"], "receptor": ["r0"], "label": [0]})])
+    with pytest.raises(ValueError, match=r"pairs\['label'\]: 1 pair\(s\) are labelled both 1 and 0 .*'l0', 'r0'"):
+        model.training_table(clash)
+    repeated = pd.concat([labelled(triples), labelled(triples[:1])])  # the same label twice: one row kept
+    assert len(model.training_table(repeated)) == len(labelled(triples))
     other = adata.copy()
     other.obs_names = [f"cell{i}" for i in range(other.n_obs)]
     with pytest.warns(UserWarning, match="other obs_names"):

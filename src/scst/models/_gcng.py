@@ -534,10 +534,19 @@ class GCNG(BaseModel):
 
         Without ``label``, every pair is a positive and :func:`sample_negatives` draws
         ``negatives_per_positive`` random receptors (from ``receptors``, default the pairs' receptors) not known to
-        bind the ligand.
+        bind the ligand. A pair given more than once keeps its first row; one labelled both 1 and 0 is an error.
         """
         present = self._present(pairs, "training")
         if "label" in present:
+            # a pair given twice (genes match case-insensitively) with both labels: not one of them kept silently
+            key = [pairs[c].astype(str).str.lower() for c in ("ligand", "receptor")]
+            n_labels = pd.to_numeric(pairs["label"], errors="coerce").groupby(key).nunique()
+            clash = n_labels[n_labels > 1]
+            if len(clash):
+                raise ValueError(
+                    f"pairs['label']: {len(clash)} pair(s) are labelled both 1 and 0 (e.g. {list(clash.index[:5])}); "
+                    "give each pair one label."
+                )
             lab = pd.to_numeric(present["label"], errors="coerce")
             if lab.isna().any() or not lab.isin([0, 1]).all():
                 raise ValueError("pairs['label'] must be 0 or 1.")
