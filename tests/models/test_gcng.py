@@ -528,6 +528,13 @@ def test_train_passes_the_paper_patience_and_validation_mode(monkeypatch):
     for bad in (1, 1.5, -0.1):
         with pytest.raises(ValueError, match="validation: expected a fraction"):
             model.train(labelled(triples), validation=bad)
+    # errors in given validation pairs name `validation`, not `pairs`
+    with pytest.raises(ValueError, match=r"^validation\['label'\] has a single class"):
+        model.train(labelled(triples[:4]), validation=labelled(triples[4:]).assign(label=1))
+    with pytest.raises(ValueError, match=r"None of the 1 validation pairs \(`validation`\)"):
+        model.train(labelled(triples[:4]), validation=pd.DataFrame({"ligand": ["NOPE"], "receptor": ["R0"]}))
+    with pytest.raises(ValueError, match="`validation` lacks required column"):
+        model.train(labelled(triples[:4]), validation=pd.DataFrame({"source": ["L4"], "target": ["R4"]}))
 
 
 def test_validation_split_takes_whole_ligands_up_to_the_fraction():

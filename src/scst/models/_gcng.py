@@ -500,15 +500,17 @@ class GCNG(BaseModel):
             self._expr_cache = (norm, pd.Index(map(str, self.adata.var_names)))
         return self._expr_cache
 
-    def _present(self, pairs: pd.DataFrame, what: str) -> pd.DataFrame:
+    def _present(self, pairs: pd.DataFrame, what: str, arg: str = "pairs") -> pd.DataFrame:
         """Pairs measured in the data (renamed to its symbols); report skipped pairs, error when none remain."""
-        _check_lr_table(pairs)
+        _check_lr_table(pairs, arg)
         present = lr_pairs_in_genes(pairs, self.adata.var_names)
         # Genes match case-insensitively: pairs spelled in two cases are one pair, not one present and one skipped.
         lower = pd.DataFrame({c: pairs[c].astype(str).str.lower() for c in ("ligand", "receptor")})
         n_skip = len(lower.drop_duplicates()) - len(present)
         if len(present) == 0:
-            raise ValueError(f"None of the {len(pairs)} {what} pairs has both genes (all subunits) in adata.var_names.")
+            raise ValueError(
+                f"None of the {len(pairs)} {what} pairs (`{arg}`) has both genes (all subunits) in adata.var_names."
+            )
         if n_skip:
             logg.warning(f"GCNG: skipped {n_skip} {what} pair(s) with genes absent from the data.")
         return present
@@ -536,7 +538,14 @@ class GCNG(BaseModel):
         ``negatives_per_positive`` random receptors (from ``receptors``, default the pairs' receptors) not known to
         bind the ligand. A pair given more than once keeps its first row; one labelled both 1 and 0 is an error.
         """
-        present = self._present(pairs, "training")
+        return self._labelled(pairs, "pairs", negatives_per_positive, receptors, seed)
+
+    def _labelled(
+        self, pairs: pd.DataFrame, arg: str, negatives_per_positive: int, receptors: Iterable[str] | None,
+        seed: int | None,
+    ) -> pd.DataFrame:  # fmt: skip
+        """:meth:`training_table` of ``arg`` of :meth:`train` (``pairs`` or ``validation``), named in its errors."""
+        present = self._present(pairs, "training" if arg == "pairs" else arg, arg)
         if "label" in present:
             # a pair given twice (genes match case-insensitively) with both labels: not one of them kept silently
             key = [pairs[c].astype(str).str.lower() for c in ("ligand", "receptor")]
@@ -544,14 +553,14 @@ class GCNG(BaseModel):
             clash = n_labels[n_labels > 1]
             if len(clash):
                 raise ValueError(
-                    f"pairs['label']: {len(clash)} pair(s) are labelled both 1 and 0 (e.g. {list(clash.index[:5])}); "
+                    f"{arg}['label']: {len(clash)} pair(s) are labelled both 1 and 0 (e.g. {list(clash.index[:5])}); "
                     "give each pair one label."
                 )
             lab = pd.to_numeric(present["label"], errors="coerce")
             if lab.isna().any() or not lab.isin([0, 1]).all():
-                raise ValueError("pairs['label'] must be 0 or 1.")
+                raise ValueError(f"{arg}['label'] must be 0 or 1.")
             if lab.nunique() < 2:
-                raise ValueError("pairs['label'] has a single class; GCNG needs positives and negatives.")
+                raise ValueError(f"{arg}['label'] has a single class; GCNG needs positives and negatives.")
             return present.assign(label=lab.astype(int))[["ligand", "receptor", "label"]]
         pool = present["receptor"] if receptors is None else lr_pairs_in_genes(
             pd.DataFrame({"ligand": list(receptors), "receptor": list(receptors)}), self.adata.var_names
@@ -559,7 +568,7 @@ class GCNG(BaseModel):
         seed = int(self.config["seed"] if seed is None else seed)
         neg = sample_negatives(present, pool, n_per_positive=negatives_per_positive, seed=seed)
         if neg.empty:
-            raise ValueError("No negative pair could be drawn: every candidate receptor is a known partner.")
+            raise ValueError(f"{arg}: no negative pair could be drawn: every candidate receptor is a known partner.")
         pos = present[["ligand", "receptor"]].assign(label=1)
         return pd.concat([pos, neg[["ligand", "receptor", "label"]]], ignore_index=True)
 
@@ -603,7 +612,7 @@ class GCNG(BaseModel):
         if isinstance(validation, str) and validation == "config":
             validation = self.config.get("validation", 0.2)
         if isinstance(validation, pd.DataFrame):
-            self._val_table = self.training_table(validation, negatives_per_positive=negatives_per_positive, seed=seed)
+            self._val_table = self._labelled(validation, "validation", negatives_per_positive, None, seed)
             validation = -1.0
         elif validation is None:
             validation = 0.0
