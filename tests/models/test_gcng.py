@@ -176,6 +176,9 @@ def test_bad_input(trained):
     other = adata[:10].copy()
     with pytest.raises(ValueError, match="tied to the cell set"):
         model._validate_data(other)
+    # an untrained model's scores would come from its random initial weights: an error, not scores
+    with pytest.raises(RuntimeError, match="This GCNG is not trained"):
+        GCNG(adata, **FAST).predict(pd.DataFrame({"ligand": ["L0"], "receptor": ["R0"]}))
 
 
 def test_tool_writes_gcng_scores(trained):
@@ -478,6 +481,7 @@ def test_network_sees_ligand_then_receptor_as_configured_and_cell_orders():
     adata.obsp["directed"] = directed
     GCNG.setup_anndata(adata, graph_key="directed", layer="counts")
     model = GCNG(adata, **{**FAST, "log1p": True, "target_sum": 100.0})
+    model._is_trained = True  # predict refuses untrained models; the inputs of the network are checked here
     np.testing.assert_allclose(model.module.graph.to_dense().numpy(), directed.toarray(), rtol=1e-6)
     seen = []
 
@@ -505,6 +509,7 @@ def test_network_sees_ligand_then_receptor_as_configured_and_cell_orders():
     adata.layers["norm"] = sp.csr_matrix(expr)
     GCNG.setup_anndata(adata, graph_key="directed", layer="norm", normalize=False)
     model = GCNG(adata, **{**FAST, "log1p": False})
+    model._is_trained = True
     model.module.predict_proba = record
     seen.clear()
     model.predict(pairs.iloc[:1])

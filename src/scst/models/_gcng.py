@@ -696,10 +696,16 @@ class GCNG(BaseModel):
 
         Returns
         -------
-        The present pairs (symbols as in ``adata.var_names``) with a ``score`` column in [0, 1].
+        The present pairs (symbols as in ``adata.var_names``) with a ``score`` column in [0, 1]. An untrained
+        model is an error (its scores would come from random weights).
         """
         if self.adata is None:
             raise ValueError("This GCNG has no data; load it with `GCNG.load(dir, data=adata)`.")
+        if not self.is_trained:
+            raise RuntimeError(
+                "This GCNG is not trained: its scores would come from random weights. Call `model.train(pairs)` "
+                "first (or load a trained model)."
+            )
         batch_size = _positive_int("batch_size", batch_size)
         present = self._present(pairs, "candidate")
         if cell_order is not None and sorted(np.asarray(cell_order).tolist()) != list(range(self.adata.n_obs)):
