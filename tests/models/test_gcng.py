@@ -328,6 +328,20 @@ def test_pooled_gcng_learns_juxtacrine_pairs_on_unseen_genes_and_other_tissue(tm
     assert model.adata is adata
 
 
+def test_pooled_model_loaded_on_another_section_registers_that_sections_cells(tmp_path):
+    """load(data=other) writes the saved setup to an unset other section with *its* cells, so that a model built on
+    it afterwards (here the paper's flatten network) fits its graph, not the training section's cell count."""
+    a, _ = niche_data(n_side=3, n_pairs=2, seed=0)
+    b, _ = niche_data(n_side=4, n_pairs=2, seed=1)
+    GCNG.setup_anndata(a, graph_key="gcng_autocrine_plus")
+    GCNG(a, **{**FAST, "readout": "pool", "hidden_channels": 4, "dense_units": 4}).save(tmp_path / "m")
+    loaded = GCNG.load(tmp_path / "m", data=b)
+    assert loaded.adata is b and GCNG._read_registry(b)["n_obs"] == b.n_obs == 16
+    assert GCNG._read_registry(b)["obs_names"] == list(b.obs_names)
+    assert GCNG._read_registry(a)["n_obs"] == 9 and loaded.registry["n_obs"] == 9  # the model's own: as saved
+    assert GCNG(b, **FAST).module.n_nodes == 16
+
+
 def test_validation_split_follows_the_config_unless_train_overrides_it():
     adata, triples = niche_data(n_pairs=20)
     GCNG.setup_anndata(adata, graph_key="gcng_autocrine_plus")

@@ -453,6 +453,11 @@ class GCNG(BaseModel):
 
     def _attach(self, data: Any) -> None:
         super()._attach(data)
+        reg = self._read_registry(self.adata)
+        if reg.get("n_obs") != self.adata.n_obs:  # a pooled model's registry written to another cell set: its size
+            self._register(
+                self.adata, {**reg, "n_obs": int(self.adata.n_obs), "obs_names": [str(o) for o in self.adata.obs_names]}
+            )
         self._set_graph()
 
     def _extra_state(self) -> dict[str, Any]:
