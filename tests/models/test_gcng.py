@@ -143,16 +143,18 @@ def test_unlabelled_pairs_get_random_negatives(trained):
     assert not set(zip(negs["ligand"], negs["receptor"])) & {(t[0], t[1]) for t in triples}
 
 
-def test_pairs_spelled_in_two_cases_are_one_pair_not_a_skipped_one(trained, monkeypatch):
-    """("L0", "R0") and ("l0", "r0") are one pair (genes match case-insensitively): one pair is skipped, not two."""
-    import scst.models._gcng as gm
+def test_pairs_spelled_in_two_cases_are_one_pair_not_a_skipped_one(trained):
+    """("L0", "R0") and ("l0", "r0") are one pair (genes match case-insensitively): one pair is skipped, not two.
+    The skipped pairs are a warning (``warnings.warn``, which callers can catch), not only a log line."""
+    import warnings
 
     _, _, model = trained
-    logged = []
-    monkeypatch.setattr(gm.logg, "warning", lambda msg, *a, **k: logged.append(msg))
-    out = model.predict(pd.DataFrame({"ligand": ["L0", "l0", "NOPE"], "receptor": ["R0", "r0", "R1"]}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = model.predict(pd.DataFrame({"ligand": ["L0", "l0", "NOPE"], "receptor": ["R0", "r0", "R1"]}))
     assert out[["ligand", "receptor"]].values.tolist() == [["L0", "R0"]]
-    assert logged == ["GCNG: skipped 1 candidate pair(s) with genes absent from the data."]
+    msgs = [str(w.message) for w in caught if issubclass(w.category, UserWarning) and "GCNG" in str(w.message)]
+    assert msgs == ["GCNG: skipped 1 candidate pair(s) with genes absent from the data."]
 
 
 def test_bad_input(trained):

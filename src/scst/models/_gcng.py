@@ -13,7 +13,6 @@ import torch
 from anndata import AnnData
 from torch.utils.data import DataLoader
 
-from .._logging import logg
 from .._utils import _check_key, _positive_int
 from ..datasets._ligand_receptor import _check_lr_table, complex_subunits, lr_pairs_in_genes
 from ..nn._gcng import GCNGNet
@@ -517,7 +516,7 @@ class GCNG(BaseModel):
                 f"None of the {len(pairs)} {what} pairs (`{arg}`) has both genes (all subunits) in adata.var_names."
             )
         if n_skip:
-            logg.warning(f"GCNG: skipped {n_skip} {what} pair(s) with genes absent from the data.")
+            warnings.warn(f"GCNG: skipped {n_skip} {what} pair(s) with genes absent from the data.", stacklevel=3)
         return present
 
     def _pair_tensors(self, table: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
