@@ -235,6 +235,11 @@ def test_shard_names_and_sources(shard_sources, tmp_path):
     # Image shards are sections named after the file: a name SpatialData accepts for the image element (read_wsi
     # and the image cache refused 'patient 1_image' inside the worker)
     assert _shard_name("/data/patient 1.png") == "patient_1" and _shard_name("/d/2024 slide#3.svs") == "2024_slide_3"
+    # a name given in a mapping is refused here, not by SpatialData in every worker (other sources take any name)
+    with pytest.raises(ValueError, match=r"shards: shard 'patient 1' is an H&E image .* e\.g\. 'patient_1'"):
+        _normalize_shards({"patient 1": tmp_path / "UPPER.PNG"})
+    assert _normalize_shards({"p-1.a": tmp_path / "UPPER.PNG", "a b": s3}) == {
+        "p-1.a": str(tmp_path / "UPPER.PNG"), "a b": str(s3)}  # fmt: skip
     (tmp_path / "notes.txt").write_text("")
     with pytest.raises(ValueError, match="neither an existing SpatialData zarr store"):
         _normalize_shards([tmp_path / "notes.txt"])

@@ -74,6 +74,13 @@ def _check_source(name: str, source: str) -> None:
     if p.is_dir():
         return
     if p.is_file() and p.suffix.lower() in WSI_SUFFIXES + IMAGE_SUFFIXES:
+        from ..io._read_st import _sample_from_file_name
+
+        if _sample_from_file_name(name) != name:  # a name of a mapping: SpatialData refuses it in the worker
+            raise ValueError(
+                f"shards: shard {name!r} is an H&E image ({p.name}), whose shard name is its section and element "
+                f"name: use letters, digits, '_', '-' and '.' only, e.g. {_sample_from_file_name(name)!r}."
+            )
         return
     raise ValueError(
         f"shards: shard {name!r} ({source!r}) is neither an existing SpatialData zarr store, nor an H&E image file "
@@ -359,7 +366,8 @@ def predict_shards(
         ``"her2st:<section>"`` (a section of :func:`scst.datasets.her2st`), or an H&E image file (JPEG, PNG,
         TIFF, SVS, NDPI, ...: pseudo-spots on a grid over the tissue, see ``um_per_px``). The shard name defaults
         to the file name without suffix (the section name for her2st; characters other than letters, digits,
-        ``_``, ``-`` and ``.`` replaced by ``_``); image shards use it as section name.
+        ``_``, ``-`` and ``.`` replaced by ``_``); image shards use it as section name (a name given for an image
+        must consist of those characters).
         Sections must not repeat across shards.
     model_dir
         Folder written by ``model.save`` (or ``scst train``) of a trained expression model.
