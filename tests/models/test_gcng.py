@@ -521,6 +521,8 @@ def test_network_sees_ligand_then_receptor_as_configured_and_cell_orders():
             np.testing.assert_allclose(x[b, :, 1], expr[rec_cells, col[rec]], rtol=1e-5)
     with pytest.raises(ValueError, match="permutation"):
         model.predict(pairs, cell_order=np.zeros(n, dtype=int))
+    with pytest.raises(ValueError, match="ligand_only: .* pass `cell_order` too"):  # not the unshuffled scores
+        model.predict(pairs, ligand_only=True)
     # normalize=False: the registered values as they are
     adata.layers["norm"] = sp.csr_matrix(expr)
     GCNG.setup_anndata(adata, graph_key="directed", layer="norm", normalize=False)

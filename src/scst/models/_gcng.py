@@ -696,7 +696,7 @@ class GCNG(BaseModel):
             i.e. positions shuffled — the permutation null of :func:`scst.tl.ligand_receptor`.
         ligand_only
             Apply ``cell_order`` to the ligand's expression only (the receptor stays): ligand–receptor association
-            broken, each gene's own arrangement kept.
+            broken, each gene's own arrangement kept. Requires ``cell_order``.
 
         Returns
         -------
@@ -712,6 +712,8 @@ class GCNG(BaseModel):
             )
         batch_size = _positive_int("batch_size", batch_size)
         present = self._present(pairs, "candidate")
+        if ligand_only and cell_order is None:  # nothing would be shuffled: the plain scores, not a null
+            raise ValueError("ligand_only: applies `cell_order` to the ligand; pass `cell_order` too.")
         if cell_order is not None and sorted(np.asarray(cell_order).tolist()) != list(range(self.adata.n_obs)):
             raise ValueError(f"cell_order: expected a permutation of the {self.adata.n_obs} cells.")
         loader = self._loader(present, batch_size, False, 0, False, cell_order, ligand_only)
