@@ -134,8 +134,9 @@ def test_bad_input_names_the_argument(model_dir, shard_sources, tmp_path):
         predict_shards([shard_sources["S3"]], tmp_path, tmp_path / "o.zarr")
     with pytest.raises(ValueError, match="out: expected a path ending in .zarr"):
         predict_shards([shard_sources["S3"]], model_dir, tmp_path / "o.h5ad")
-    with pytest.raises(ValueError, match="n_workers: expected a positive integer"):
-        predict_shards([shard_sources["S3"]], model_dir, tmp_path / "o.zarr", n_workers=0)
+    for bad in (0, True, 1.0):
+        with pytest.raises(ValueError, match=f"n_workers: expected a positive integer, got {bad}"):
+            predict_shards([shard_sources["S3"]], model_dir, tmp_path / "o.zarr", n_workers=bad)
     with pytest.raises(TypeError, match="client: expected a dask.distributed.Client"):
         predict_shards([shard_sources["S3"]], model_dir, tmp_path / "o.zarr", client="localhost:8786")
     with pytest.raises(ValueError, match=r"um_per_px: \['S7'\] are not shard names"):

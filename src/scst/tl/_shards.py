@@ -422,8 +422,8 @@ def predict_shards(
     out = _check_out(out, overwrite)
     sources = _normalize_shards(shards)
     _model_class(model_dir)  # checked here; loaded in each worker
-    if client is None and (not isinstance(n_workers, int | np.integer) or n_workers < 1):
-        raise ValueError(f"n_workers: expected a positive integer, got {n_workers!r}.")
+    if client is None:  # True is no worker count (it started one worker)
+        _positive_int("n_workers", n_workers)
     if client is not None and not all(callable(getattr(client, m, None)) for m in ("submit", "gather")):
         raise TypeError(f"client: expected a dask.distributed.Client, got {type(client).__name__}.")
     if isinstance(um_per_px, Mapping):
