@@ -551,6 +551,9 @@ def test_train_passes_the_paper_patience_and_validation_mode(monkeypatch):
     for bad in (1, 1.5, -0.1):
         with pytest.raises(ValueError, match="validation: expected a fraction"):
             model.train(labelled(triples), validation=bad)
+    # validation pairs that are also training pairs: early stopping on fit, said
+    with pytest.warns(UserWarning, match="validation: 2 of its 4 pairs are also training pairs"):
+        model.train(labelled(triples[:4]), validation=labelled(triples[3:5]))
     # errors in given validation pairs name `validation`, not `pairs`
     with pytest.raises(ValueError, match=r"^validation\['label'\] has a single class"):
         model.train(labelled(triples[:4]), validation=labelled(triples[4:]).assign(label=1))

@@ -597,8 +597,9 @@ class GCNG(BaseModel):
         validation
             Fraction of the *ligands* whose pairs form the validation set (early stopping on validation accuracy;
             grouping by ligand mimics GCNG's split, which took the first 20 % of its ligand-ordered pairs), a
-            labelled DataFrame of validation pairs, or ``None``/0 for none. ``"config"`` (default): the model's
-            ``validation`` setting (0.2, the paper's; 0 in ``bench_config``).
+            labelled DataFrame of validation pairs (a warning when some are also training pairs), or ``None``/0
+            for none. ``"config"`` (default): the model's ``validation`` setting (0.2, the paper's; 0 in
+            ``bench_config``).
         negatives_per_positive
             Negatives per positive when ``pairs`` has no ``label``.
         max_epochs, patience
@@ -617,6 +618,14 @@ class GCNG(BaseModel):
             validation = self.config.get("validation", 0.2)
         if isinstance(validation, pd.DataFrame):
             self._val_table = self._labelled(validation, "validation", negatives_per_positive, None, seed)
+            fit = set(zip(self._fit_table["ligand"], self._fit_table["receptor"]))
+            n_both = sum(p in fit for p in zip(self._val_table["ligand"], self._val_table["receptor"]))
+            if n_both:  # early stopping on pairs the weights are fit on: it selects fit, not prediction
+                warnings.warn(
+                    f"validation: {n_both} of its {len(self._val_table)} pairs are also training pairs; early stopping "
+                    "on them measures fit, not prediction. Give validation pairs that are not in `pairs`.",
+                    stacklevel=2,
+                )
             validation = -1.0
         elif validation is None:
             validation = 0.0
