@@ -432,3 +432,26 @@ def test_multimodal_setup_groups_int_and_float_labels_as_one_category():
     MultimodalST.setup_mudata(mdata, group_key="num")
     model = MultimodalST(mdata, **SMALL, weights={"itm": 0.0})
     assert model.registry["group_categories"] == ["0", "1"]
+
+
+def test_links_that_are_numbers_find_their_rna_samples():
+    """RNA samples named "0", "1", ..., patches linked by a number column with a missing link (floats to pandas:
+    1.0, NaN): 1.0 links to sample "1" (it was "1.0", no patch paired: setup refused, retrieval had n_paired=0)."""
+    base = synthetic_mudata(n=8, n_genes=6)
+    rna, image = base["rna"].copy(), base["image"].copy()
+    rna.obs_names = [str(i) for i in range(8)]
+    image.obs["rna_sample"] = np.r_[np.nan, np.arange(1, 8)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mdata = md.MuData({"rna": rna, "image": image})
+    eye = np.eye(8, dtype=np.float32)
+    mdata["rna"].obsm["E"] = eye
+    mdata["image"].obsm["E"] = eye  # patch i finds sample i
+    res = scst.tl.retrieve(mdata, None, k=1, use_rep="E", group_keys=[])
+    assert res["n_paired"] == 7 and res["exact_top1"] == 1.0
+    res = scst.tl.retrieve(mdata, None, query="rna", k=1, use_rep="E", group_keys=[])
+    assert res["n_paired"] == 7 and res["exact_top1"] == 1.0
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL, weights={"itm": 0.0})
+    _, rna_row = model._arrays(mdata)
+    np.testing.assert_array_equal(rna_row, [-1, 1, 2, 3, 4, 5, 6, 7])

@@ -264,7 +264,7 @@ class MultimodalST(BaseModel):
         if link_key not in im.obs:
             raise KeyError(f"mdata[{image!r}].obs lacks the link column {link_key!r}.")
         link = im.obs[link_key]
-        linked = link.notna() & link.astype(str).isin(r.obs_names)
+        linked = link.notna() & _labels(link).isin(r.obs_names)  # a number column links 1.0 to "1"
         n_bad = int((link.notna() & ~linked).sum())
         if n_bad:
             warnings.warn(
@@ -401,7 +401,7 @@ class MultimodalST(BaseModel):
         cats = reg["group_categories"]
         rna_group = _codes(r.obs[reg["group_key"]], cats)
         link = im.obs[reg["link_key"]]
-        rna_row = r.obs_names.get_indexer(link.astype(str).where(link.notna(), "\x00"))
+        rna_row = r.obs_names.get_indexer(_labels(link).fillna("\x00"))
         # a patch without a group of its own takes its RNA sample's (which may be a unique negative code of that
         # sample); the other patches get unique negative codes after the RNA samples' range, so that no two
         # unpaired or unlabelled samples become positives of each other

@@ -291,13 +291,13 @@ def retrieve(
         hit, paired = np.zeros(top.shape, dtype=bool), np.zeros(len(q), dtype=bool)
         chance_top1, chance_topk = (1.0 / n_t, k / n_t) if query == "image" else (float("nan"), float("nan"))
     elif query == "image":
-        link = mdata[img_mod].obs[link_key].astype(str)
+        link = _labels(mdata[img_mod].obs[link_key]).astype(str)  # a number column links 1.0 to "1"
         truth = to.index.get_indexer(link)
         hit = top == truth[:, None]
         paired = truth >= 0
         chance_top1, chance_topk = 1.0 / n_t, k / n_t  # one linked target per query
     else:
-        link = mdata[img_mod].obs[link_key].astype(str)
+        link = _labels(mdata[img_mod].obs[link_key]).astype(str)  # a number column links 1.0 to "1"
         linked = np.asarray(link)[top]
         hit = linked == np.asarray(qo.index)[:, None]
         paired = np.isin(np.asarray(qo.index), link.to_numpy())
