@@ -487,6 +487,26 @@ def test_predict_writes_zarr_and_never_half_an_output(fake_predict, syn_store, t
     assert "--out: expected a path ending in .h5ad or .zarr, got" in capsys.readouterr().err and syn_store == []
 
 
+def test_an_out_of_the_wrong_kind_is_an_error_before_the_data_are_read(fake_predict, syn_store, tmp_path, capsys):
+    """predict --out x.h5ad --overwrite on a folder x.h5ad ended in an IsADirectoryError traceback after predicting
+    (a file x.zarr was left aside as a hidden file); ligrec --out x.csv on a folder too: one-line errors now."""
+    m, calls = fake_predict
+    (tmp_path / "x.h5ad").mkdir()
+    (tmp_path / "x.zarr").write_text("mine")
+    (tmp_path / "x.csv").mkdir()
+    for name, kind in (("x.h5ad", "a folder"), ("x.zarr", "a file")):
+        out = str(tmp_path / name)
+        assert main(["predict", "--model-dir", str(m), "--data", "store.zarr", "--out", out, "--overwrite"]) == 2
+        assert f"scst: error: --out: {out!r} is {kind}; --overwrite replaces only" in capsys.readouterr().err
+    out = str(tmp_path / "x.csv")
+    assert main(["ligrec", "--data", "store.zarr", "--out", out, "--overwrite"]) == 2
+    assert f"scst: error: --out: {out!r} is a folder" in capsys.readouterr().err
+    assert calls == [] and syn_store == []
+    assert (tmp_path / "x.zarr").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "model", "x.csv", "x.h5ad", "x.zarr"
+    ]  # fmt: skip
+
+
 def test_predict_image_options_reach_the_tool(fake_predict, tmp_path, monkeypatch, capsys):
     """--image: µm/px and the spacing reach predict_expression; a zero µm/px is an error before the image is read."""
     from spatialdata import SpatialData

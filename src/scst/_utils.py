@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 
 from ._constants import TABLE_KEY, UNS_EMBED_KEY, UNS_KEY
@@ -252,6 +253,23 @@ def _prediction_block(adata: AnnData, layer: str, cols: np.ndarray | None = None
     if smask is not None:
         X[~smask] = np.nan
     return X, cols
+
+
+def _labels(values: Any) -> pd.Series:
+    """Group labels as strings (missing values stay missing), equal numbers written alike.
+
+    An integral float is written as an int: pandas holds an integer column with missing values as floats, and its
+    ``1.0`` must be the same label as ``1`` of an integer column elsewhere (``"1.0"`` vs ``"1"`` otherwise).
+    """
+
+    def one(v: Any) -> Any:
+        if pd.isna(v):
+            return np.nan
+        if isinstance(v, float | np.floating) and np.isfinite(v) and float(v).is_integer():
+            return str(int(v))
+        return str(v)
+
+    return pd.Series([one(v) for v in values], index=getattr(values, "index", None), dtype=object)
 
 
 # A vector is constant when its standard deviation is below this fraction of its scale (float round-off).

@@ -230,6 +230,9 @@ def _predict(args: argparse.Namespace) -> None:
         raise CLIError(f"--out: expected a path ending in .h5ad or .zarr, got {args.out!r}.")
     if out.exists() and not args.overwrite:
         raise CLIError(f"--out: {str(out)!r} exists; pass --overwrite to replace it.")
+    if out.exists() and out.is_dir() != (out.suffix == ".zarr"):  # said before predicting, not when writing
+        kind, ok = ("a folder", "a .h5ad file") if out.is_dir() else ("a file", "a .zarr folder")
+        raise CLIError(f"--out: {str(out)!r} is {kind}; --overwrite replaces only {ok}. Choose another --out.")
     if args.num_workers < 0:  # said before the model and the data are read
         raise CLIError(f"--num-workers: expected an integer >= 0 (0: read patches in the main process), got "
                        f"{args.num_workers}.")  # fmt: skip
@@ -308,6 +311,8 @@ def _ligrec(args: argparse.Namespace) -> None:
         raise CLIError(f"--out: expected a path ending in .csv or .csv.gz, got {args.out!r}.")
     if out.exists() and not args.overwrite:
         raise CLIError(f"--out: {str(out)!r} exists; pass --overwrite to replace it.")
+    if out.is_dir():  # said before the data are read, not when writing
+        raise CLIError(f"--out: {str(out)!r} is a folder; --overwrite replaces only a file. Choose another --out.")
     if args.n_perms < 0:  # said before the data are read
         raise CLIError(f"--n-perms: expected an integer >= 0 (0: no p-values), got {args.n_perms}.")
     sdata = _load_data(args.data, args.sections)

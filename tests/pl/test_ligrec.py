@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -198,3 +200,30 @@ def test_local_score_on_data_without_a_section_column():
         scst.pl.ligand_receptor_spatial(a, "L^R", library_key="slide", show=False)
     with pytest.raises(ValueError, match="sections: picking sections needs their obs column"):
         scst.pl.ligand_receptor_spatial(a, "L^R", sections="0", library_key=None, show=False)
+
+
+def test_dotplot_nan_scores_are_drawn_in_the_bad_colour():
+    """A method whose shown pairs all have NaN scores was drawn in the mid colour, as if every score were equal (and
+    warned "All-NaN slice"); NaN scores take the colour map's bad colour (blank by default), the others min–max."""
+    import pandas as pd
+    from anndata import AnnData
+
+    df = pd.DataFrame(
+        {
+            "ligand_complex": ["L0", "L1", "L2"],
+            "receptor_complex": ["R0", "R1", "R2"],
+            "m1_score": [3.0, 2.0, 1.0],
+            "m2_score": [np.nan, np.nan, np.nan],
+            "m3_score": [5.0, np.nan, 5.0],
+        }
+    )
+    a = AnnData(np.zeros((2, 1), np.float32))
+    a.uns["scst_ligrec"] = df
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        ax = scst.pl.ligand_receptor(a, show=False)
+    m1, m2, m3 = ax.collections[:3]
+    cm = plt.get_cmap("viridis")
+    np.testing.assert_allclose(m1.get_facecolors(), cm([1.0, 0.5, 0.0]))
+    np.testing.assert_allclose(m2.get_facecolors(), cm([np.nan] * 3))
+    np.testing.assert_allclose(m3.get_facecolors(), cm([0.5, np.nan, 0.5]))  # one value: the mid colour

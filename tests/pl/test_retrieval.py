@@ -164,3 +164,29 @@ def test_save_false_writes_nothing_and_save_true_names_the_argument(tmp_path):
             scst.pl.retrieval(_bars_adata(), show=False, save=True)
     finally:
         sc.settings.figdir = old
+
+
+def test_group_panel_colours_equal_numbers_alike():
+    """Int labels on one side, ints with a missing value (floats: 2.0, NaN) on the other: 2 and 2.0 are one group,
+    one colour and one legend entry (the legend read 1, 2, 2.0)."""
+    import mudata as md
+    import pandas as pd
+
+    def mod(n, labels):
+        a = AnnData(
+            np.zeros((n, 1), np.float32), obs=pd.DataFrame({"label": labels}, index=[f"s{i}" for i in range(n)])
+        )
+        a.obsm["U"] = np.column_stack([np.arange(n, dtype=float), np.zeros(n)])
+        return a
+
+    m = md.MuData({"rna": mod(3, [1, 2, 1]), "image": mod(2, [2, np.nan])})
+    m.uns["scst_retrieval"] = {
+        "query": "image", "k": 1, "n_query": 2, "accuracy": {}, "chance": {}, "exact_top1": 0.5, "exact_topk": 0.5,
+        "chance_exact_top1": 0.5, "chance_exact_topk": 0.5,
+    }  # fmt: skip
+    _, _, by_label = scst.pl.retrieval(m, basis="U", color="label", show=False)
+    assert [t.get_text() for t in by_label.get_legend().get_texts()] == ["1", "2"]
+    two = [c for c in by_label.collections if len(c.get_offsets())]
+    assert sum(len(c.get_offsets()) for c in two) == 4
+    colours = {tuple(c.get_offsets()[:, 0]): tuple(c.get_facecolors()[0]) for c in two}
+    assert colours[(1.0,)] == colours[(0.0,)] != colours[(0.0, 2.0)]  # rna s1 (2) and image s0 (2.0) alike

@@ -103,6 +103,19 @@ def _spot_sdata():
     return SpatialData(images=ims, tables={"table": t})
 
 
+def test_bulk_to_mudata_suggests_stain_he_only_when_the_stain_is_dab_brown(monkeypatch):
+    """The "passes no filter" error ended "On H&E use stain='he'" even when stain was already 'he'."""
+    import scst.pp._tissue as tissue
+
+    sdata, bulk = _slides()
+    keep_none = lambda patches, preset, threshold=None: (np.zeros(len(patches)), np.zeros(len(patches), bool))  # noqa: E731
+    monkeypatch.setattr(tissue, "filter_tiles", keep_none)
+    for stain, hint in (("he", False), ("dab_brown", True)):
+        with pytest.raises(ValueError, match=f"passes the {stain!r} filter") as err:
+            scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1"}, um_per_px=1.0, patch_px=32, stain=stain, **TILE)
+        assert ("use stain='he'" in str(err.value)) is hint
+
+
 def test_to_mudata_on_one_section_with_a_gene_list_and_a_layer():
     """sections="S2" of two: its spots only, in both modalities; genes in the order given; counts from `layer`,
     normalised by their library over all genes; obs: the group keys and the section; each patch the 8 px window

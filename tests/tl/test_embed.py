@@ -307,3 +307,26 @@ def test_recipe_in_uns_keeps_earlier_embeddings_and_names_hub_encoders(tiny, mon
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     embed_patches(sdata, MeanColour(), normalize=None, key_added="raw", **kw)
     np.testing.assert_allclose(t.obsm["X_hf-hub_org_net_v2"], (t.obsm["raw"] - mean) / std, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_size_um_or_out_px_is_refused_before_the_backbone_is_built(tiny, monkeypatch):
+    """A named backbone may mean a weights download: the cheap checks come first (they came after the build)."""
+    import scst.nn._backbones as backbones
+
+    sdata, _, _ = tiny
+    built = []
+    monkeypatch.setattr(backbones, "build_backbone", lambda *a, **k: built.append(a) or (MeanColour(), 3))
+    for bad in (
+        {"size_um": -5.0},
+        {"size_um": ()},
+        {"out_px": 0},
+        {"out_px": 2.5},
+        {"out_px": True},
+        {"out_px": np.nan},
+    ):
+        kw = {"size_um": 24.0, "out_px": 16, "progress": False, **bad}
+        with pytest.raises(ValueError, match=f"{next(iter(bad))}: expected"):
+            embed_patches(sdata, "resnet18", weights="DEFAULT", **kw)
+    assert built == []
+    embed_patches(sdata, "resnet18", weights="DEFAULT", size_um=24.0, out_px=16, progress=False)
+    assert len(built) == 1

@@ -1272,3 +1272,23 @@ def test_unknown_local_name_fails_before_anything_is_written():
     with pytest.raises(ValueError, match="local_name"):
         ligand_receptor(adata, pairs=pairs, method="pearson", n_perms=0, local_scores=2, local_name="nope")
     assert "scst_ligrec" not in adata.uns and "scst_ligrec_params" not in adata.uns
+
+
+def test_lr_kernel_max_neighbours_is_a_count_and_a_one_cell_section_weighs_the_cell_itself():
+    """max_neighbours=-1 or 2.5 failed in scikit-learn naming its n_neighbors (liana asks for max_neighbours + 1);
+    a section of one cell (0 neighbours asked) and max_neighbours=0 leave each cell with itself, weight 1."""
+    from scst.tl._ligrec_local import lr_kernel
+
+    xy = np.array([[0.0, 0.0], [30.0, 0.0], [0.0, 10.0]])
+    adata = AnnData(np.zeros((3, 1), np.float32), obs=pd.DataFrame({"section": ["A", "A", "B"]}, index=list("abc")))
+    adata.obsm["spatial"] = xy
+    for bad in (-1, 2.5, True, None):
+        with pytest.raises(ValueError, match="max_neighbours: expected a non-negative integer"):
+            lr_kernel(adata, 50, um_per_unit=1.0, max_neighbours=bad)
+    lr_kernel(adata, 50, um_per_unit=1.0)
+    w = adata.obsp["scst_lr_kernel"].toarray()
+    np.testing.assert_array_equal(w[2], [0, 0, 1])
+    np.testing.assert_array_equal(w[:, 2], [0, 0, 1])
+    assert w[0, 1] == w[1, 0] == pytest.approx(np.exp(-0.5 * (30 / 50) ** 2), rel=1e-5)
+    lr_kernel(adata, 50, um_per_unit=1.0, max_neighbours=np.int64(0))
+    np.testing.assert_array_equal(adata.obsp["scst_lr_kernel"].toarray(), np.eye(3))

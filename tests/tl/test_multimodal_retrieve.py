@@ -403,3 +403,55 @@ def test_group_chance_counts_unlabelled_targets_as_misses():
     mdata["image"].obsm["E"] = np.eye(2, dtype=np.float32)  # each patch retrieves its own sample
     res = scst.tl.retrieve(mdata, None, k=1, use_rep="E", group_keys=["label"])
     assert res["accuracy"]["label"] == pytest.approx(1 / 2) and res["chance"]["label"] == pytest.approx(1 / 2)
+
+
+def test_group_labels_that_are_equal_numbers_match_across_int_and_float_columns():
+    """The RNA side's label column holds ints, the image side's ints with a missing value (floats to pandas: 1.0,
+    NaN): 1 and 1.0 are the same label (they compared as "1" ≠ "1.0", every query a miss, accuracy 0)."""
+    mdata = _linked_mudata(["s0", "s1", "s2", "s3"], n_rna=4)
+    mdata["rna"].obs["label"] = [1, 1, 2, 2]
+    mdata["image"].obs["label"] = [1, 2, 2, np.nan]
+    assert mdata["image"].obs["label"].dtype == np.float64
+    eye = np.eye(4, dtype=np.float32)
+    mdata["rna"].obsm["E"] = mdata["image"].obsm["E"] = eye  # each patch finds its own sample
+    res = scst.tl.retrieve(mdata, None, k=1, use_rep="E", group_keys=["label"])
+    assert res["accuracy"]["label"] == pytest.approx(2 / 3)  # p0, p2 agree, p1 misses, p3 is unlabelled
+    assert res["chance"]["label"] == pytest.approx(1 / 3 * 1 / 2 + 2 / 3 * 1 / 2)
+    # the model's group codes: the same code for the same number on both sides
+    from scst.models._multimodal import _codes
+
+    np.testing.assert_array_equal(_codes(mdata["image"].obs["label"], ["1", "2"], start=4), [0, 1, 1, -8])
+    np.testing.assert_array_equal(_codes(mdata["rna"].obs["label"], ["1", "2"]), [0, 0, 1, 1])
+
+
+def test_multimodal_setup_groups_int_and_float_labels_as_one_category():
+    mdata = synthetic_mudata(n=8, n_genes=6)
+    n_img = mdata["image"].n_obs
+    mdata["rna"].obs["num"] = np.arange(mdata["rna"].n_obs) % 2
+    mdata["image"].obs["num"] = np.where(np.arange(n_img) == 0, np.nan, np.arange(n_img) % 2)
+    MultimodalST.setup_mudata(mdata, group_key="num")
+    model = MultimodalST(mdata, **SMALL, weights={"itm": 0.0})
+    assert model.registry["group_categories"] == ["0", "1"]
+
+
+def test_links_that_are_numbers_find_their_rna_samples():
+    """RNA samples named "0", "1", ..., patches linked by a number column with a missing link (floats to pandas:
+    1.0, NaN): 1.0 links to sample "1" (it was "1.0", no patch paired: setup refused, retrieval had n_paired=0)."""
+    base = synthetic_mudata(n=8, n_genes=6)
+    rna, image = base["rna"].copy(), base["image"].copy()
+    rna.obs_names = [str(i) for i in range(8)]
+    image.obs["rna_sample"] = np.r_[np.nan, np.arange(1, 8)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mdata = md.MuData({"rna": rna, "image": image})
+    eye = np.eye(8, dtype=np.float32)
+    mdata["rna"].obsm["E"] = eye
+    mdata["image"].obsm["E"] = eye  # patch i finds sample i
+    res = scst.tl.retrieve(mdata, None, k=1, use_rep="E", group_keys=[])
+    assert res["n_paired"] == 7 and res["exact_top1"] == 1.0
+    res = scst.tl.retrieve(mdata, None, query="rna", k=1, use_rep="E", group_keys=[])
+    assert res["n_paired"] == 7 and res["exact_top1"] == 1.0
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL, weights={"itm": 0.0})
+    _, rna_row = model._arrays(mdata)
+    np.testing.assert_array_equal(rna_row, [-1, 1, 2, 3, 4, 5, 6, 7])

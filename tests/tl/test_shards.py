@@ -358,6 +358,11 @@ def test_merge_keeps_the_given_order_reports_and_geometry(shard_stores, tmp_path
     assert set(sd.read_zarr(out).tables[SHARD_TABLE].obs["section"]) == {"S3"}
     with pytest.raises(ValueError, match="expected at least one shard store"):
         merge_shards([], tmp_path / "none.zarr")
+    # a file named like the store: an error (it was swapped aside and left beside out as a hidden file)
+    (tmp_path / "file.zarr").write_text("mine")
+    with pytest.raises(ValueError, match="out: .* is a file; `overwrite=True` replaces only a .zarr folder"):
+        merge_shards([stores["S3"]], tmp_path / "file.zarr", overwrite=True)
+    assert (tmp_path / "file.zarr").read_text() == "mine" and not list(tmp_path.glob(".file.zarr*"))
 
 
 def test_merge_refuses_other_panels_and_renames_repeated_spots(shard_stores, tmp_path):

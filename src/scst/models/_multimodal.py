@@ -17,7 +17,7 @@ from scipy import sparse
 from torch.utils.data import DataLoader
 
 from .._logging import logg
-from .._utils import _positive_int
+from .._utils import _labels, _positive_int
 from ..nn._augment import random_dihedral
 from ..nn._multimodal import LOSS_TERMS, MultimodalModule
 from ..pp._mudata import LINK_KEY, PATCH_KEY
@@ -34,10 +34,15 @@ def _codes(values: pd.Series, categories: list[str], start: int = 0) -> np.ndarr
     """Group codes into ``categories``; missing/unknown values get unique negative codes (no positive pair).
 
     The negative code of row ``i`` is ``-(start + i + 1)``: calls with disjoint ``[start, start + len(values))``
-    ranges (the RNA samples from 0, the patches after them) never share a negative code.
+    ranges (the RNA samples from 0, the patches after them) never share a negative code. Equal numbers are the same
+    group (``1`` and ``1.0``, see :func:`scst._utils._labels`).
     """
     lookup = {c: i for i, c in enumerate(categories)}
-    out = np.array([lookup.get(str(v), -1) if pd.notna(v) else -1 for v in values], dtype=np.int64)
+    # str(v): categories of a model registered before integral floats were written as ints ("1.0")
+    out = np.array(
+        [lookup.get(lab, lookup.get(str(v), -1)) if pd.notna(v) else -1 for v, lab in zip(values, _labels(values))],
+        dtype=np.int64,
+    )
     bad = np.flatnonzero(out < 0)
     out[bad] = -(int(start) + bad + 1)
     return out
@@ -225,7 +230,7 @@ class MultimodalST(BaseModel):
             ``obs[link_key]``: the patch's RNA sample, NaN when unpaired).
         group_key
             ``obs`` column of both modalities defining positives (paper: lineage); a patch without it takes its
-            RNA sample's group.
+            RNA sample's group. Labels that are equal numbers are one group (``1`` and ``1.0``).
         rna, image
             Modality names.
         link_key, gene_group_key, patch_key
@@ -259,7 +264,7 @@ class MultimodalST(BaseModel):
         if link_key not in im.obs:
             raise KeyError(f"mdata[{image!r}].obs lacks the link column {link_key!r}.")
         link = im.obs[link_key]
-        linked = link.notna() & link.astype(str).isin(r.obs_names)
+        linked = link.notna() & _labels(link).isin(r.obs_names)  # a number column links 1.0 to "1"
         n_bad = int((link.notna() & ~linked).sum())
         if n_bad:
             warnings.warn(
@@ -272,7 +277,9 @@ class MultimodalST(BaseModel):
             raise ValueError(f"setup_mudata: no patch of mdata[{image!r}] links to a sample of mdata[{rna!r}].")
         if group_key not in r.obs:
             raise KeyError(f"mdata[{rna!r}].obs lacks group_key {group_key!r}.")
-        cats = pd.unique(pd.concat([r.obs[group_key], im.obs.get(group_key, pd.Series(dtype=object))]).dropna())
+        cats = pd.unique(
+            pd.concat([_labels(r.obs[group_key]), _labels(im.obs.get(group_key, pd.Series(dtype=object)))]).dropna()
+        )
         cls._register(
             mdata,
             {
@@ -394,7 +401,7 @@ class MultimodalST(BaseModel):
         cats = reg["group_categories"]
         rna_group = _codes(r.obs[reg["group_key"]], cats)
         link = im.obs[reg["link_key"]]
-        rna_row = r.obs_names.get_indexer(link.astype(str).where(link.notna(), "\x00"))
+        rna_row = r.obs_names.get_indexer(_labels(link).fillna("\x00"))
         # a patch without a group of its own takes its RNA sample's (which may be a unique negative code of that
         # sample); the other patches get unique negative codes after the RNA samples' range, so that no two
         # unpaired or unlabelled samples become positives of each other
@@ -420,7 +427,7 @@ class MultimodalST(BaseModel):
                 f"minibatch_by: {by!r} is not an obs column of modality {lacking}; it must be in both (e.g. "
                 "'section', as scst.pp.to_mudata writes it)."
             )
-        return tuple(mdata[name].obs[by].astype(str).to_numpy() for name in (reg["rna"], reg["image"]))
+        return tuple(_labels(mdata[name].obs[by]).astype(str).to_numpy() for name in (reg["rna"], reg["image"]))
 
     def _dataloaders(
         self, batch_size: int, validation: Any, seed: int, **kwargs: Any

@@ -44,7 +44,8 @@ def ligand_receptor(
 
     Rows are the ``n_top`` pairs ranked by the first method's score; dot size is the expression fraction of the pair
     (the smaller of ``ligand_props`` and ``receptor_props``), colour the method's score (min–max per method, so the
-    methods' scales do not hide each other), and a black ring marks ``{method}_pvals < alpha``.
+    methods' scales do not hide each other; a NaN score takes the colour map's bad colour, blank by default), and a
+    black ring marks ``{method}_pvals < alpha``.
 
     Parameters
     ----------
@@ -100,8 +101,9 @@ def ligand_receptor(
     cm = plt.get_cmap(cmap)
     for j, m in enumerate(methods):
         s = top[f"{m}_score"].to_numpy(float)
-        lo, hi = np.nanmin(s), np.nanmax(s)
-        col = cm((s - lo) / (hi - lo) if hi > lo else np.full_like(s, 0.5))
+        ok = ~np.isnan(s)  # NaN scores: the colour map's bad colour (blank by default), not the mid colour
+        lo, hi = (s[ok].min(), s[ok].max()) if ok.any() else (0.0, 0.0)
+        col = cm(np.where(ok, (s - lo) / (hi - lo) if hi > lo else 0.5, np.nan))
         sig = top[f"{m}_pvals"].to_numpy(float) < alpha if f"{m}_pvals" in top.columns else np.zeros(len(s), bool)
         a.scatter(
             np.full(len(s), j),

@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .._utils import _labels
 from ._utils import _check_in, _doc_show_save, _finish, _panel_axes
 
 __all__ = ["retrieval"]
@@ -64,7 +65,8 @@ def retrieval(
         named in ``uns[key]["modalities"]`` (written by :func:`scst.tl.retrieve`), else in the
         :class:`~scst.models.MultimodalST` setup of ``mdata``, else ``"rna"`` and ``"image"``.
     color
-        With ``basis``: an ``obs`` column present in both modalities (e.g. ``"label"``) for one more panel.
+        With ``basis``: an ``obs`` column present in both modalities (e.g. ``"label"``) for one more panel; labels
+        that are equal numbers are one group (``2`` and ``2.0``).
     ax
         Axes to draw into, one per panel.
     figsize
@@ -124,11 +126,12 @@ def retrieval(
         e.legend(frameon=False, fontsize="small", markerscale=2)
         if color is not None:
             g = axes[2]
-            cats = sorted({str(v) for m in mods for v in mdata[m].obs[color].dropna()})
+            # equal numbers alike: 2 of an int column and 2.0 of a float one (ints with a missing value) are one group
+            cats = sorted({v for m in mods for v in _labels(mdata[m].obs[color]).dropna()})
             cmap = plt.get_cmap("tab20", max(len(cats), 1))
             for m, marker in zip(mods, ("o", "^")):
                 xy = np.asarray(mdata[m].obsm[basis])[:, :2]
-                lab = mdata[m].obs[color].astype(str).to_numpy()
+                lab = _labels(mdata[m].obs[color]).to_numpy()
                 for i, c in enumerate(cats):
                     sel = lab == c
                     g.scatter(xy[sel, 0], xy[sel, 1], s=8, marker=marker, color=cmap(i), alpha=0.7,

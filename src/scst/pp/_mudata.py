@@ -297,10 +297,11 @@ def bulk_to_mudata(
         score, keep = filter_tiles(patches, preset=stain, threshold=threshold)
         if not keep.any():
             q = np.quantile(score, [0, 0.5, 0.9, 1.0])
+            hint = " On H&E use stain='he'." if stain == "dab_brown" else ""
             raise ValueError(
                 f"No patch of image {key!r} passes the {stain!r} filter (threshold "
                 f"{threshold if threshold is not None else 'preset default'}); scores of its {len(score)} tissue "
-                f"patches: min {q[0]:.3f}, median {q[1]:.3f}, 90% {q[2]:.3f}, max {q[3]:.3f}. On H&E use stain='he'."
+                f"patches: min {q[0]:.3f}, median {q[1]:.3f}, 90% {q[2]:.3f}, max {q[3]:.3f}.{hint}"
             )
         idx = np.flatnonzero(keep)
         idx = idx[np.argsort(-score[idx], kind="stable")][:max_patches]

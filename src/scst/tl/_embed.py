@@ -161,6 +161,17 @@ def embed_patches(
     if normalize not in ("imagenet", None):
         raise ValueError(f"normalize: expected 'imagenet' or None, got {normalize!r}.")
     opts = inference_options(device, num_workers, pin_memory, precision)
+    # the cheap checks before a backbone is built (which may download weights)
+    # size_um: numpy scalars and 0-d arrays are one size; True (1 µm), NaN and inf are errors
+    try:
+        sizes = [_positive("size_um", u) for u in ([size_um] if np.ndim(size_um) == 0 else size_um)]
+    except ValueError:
+        raise ValueError(f"size_um: expected positive patch size(s) in µm, got {size_um!r}.") from None
+    if not sizes:
+        raise ValueError(f"size_um: expected positive patch size(s) in µm, got {size_um!r}.")
+    px_ok = isinstance(out_px, int | float | np.integer | np.floating) and not isinstance(out_px, bool | np.bool_)
+    if not (px_ok and np.isfinite(out_px) and out_px >= 1 and int(out_px) == out_px):  # as SpotPatchDataset's
+        raise ValueError(f"out_px: expected a positive integer, got {out_px!r}.")
     handcrafted = isinstance(encoder, str) and encoder == "handcrafted"
     if isinstance(encoder, nn.Module):
         name, module, weights_desc = type(encoder).__name__.lower(), encoder, "given module"
@@ -189,13 +200,6 @@ def embed_patches(
     key = key_added or "X_" + re.sub(r"[^0-9A-Za-z_.-]+", "_", name)  # hub names: no "/" or ":" in the key
     logg.info(f"embed_patches: encoder {name!r}, weights: {weights_desc}, {size_um} µm → {out_px} px patches")
 
-    # numpy scalars and 0-d arrays are one size; True (1 µm), NaN and inf are errors
-    try:
-        sizes = [_positive("size_um", u) for u in ([size_um] if np.ndim(size_um) == 0 else size_um)]
-    except ValueError:
-        raise ValueError(f"size_um: expected positive patch size(s) in µm, got {size_um!r}.") from None
-    if not sizes:
-        raise ValueError(f"size_um: expected positive patch size(s) in µm, got {size_um!r}.")
     parts = []
     if module is not None:
         was_training = module.training

@@ -67,7 +67,7 @@ def lr_kernel(
         ``obs`` column of the sections (``"auto"``: ``section``/``fov``/``library_id``/``sample`` when present).
     kernel, cutoff, max_neighbours
         liana's kernel family (``gaussian``, ``exponential``, ``linear``, ``misty_rbf``), weight cutoff and
-        neighbour cap.
+        neighbour cap (besides the spot itself; 0: each spot weighs only itself, as the one spot of a section does).
     key_added
         ``obsp`` key of the weights.
     copy
@@ -88,6 +88,12 @@ def lr_kernel(
     if copy:
         adata = adata.copy()
     bandwidth = _positive("bandwidth", bandwidth, "distance in µm")  # NaN gave NaN weights, inf all ones
+    if (
+        isinstance(max_neighbours, bool | np.bool_)
+        or not isinstance(max_neighbours, int | np.integer)
+        or max_neighbours < 0
+    ):
+        raise ValueError(f"max_neighbours: expected a non-negative integer, got {max_neighbours!r}.")
     _check_key(adata.obsm, spatial_key, "adata.obsm")
     _check_finite(adata, spatial_key)  # NaN coordinates failed inside scikit-learn's NearestNeighbors
     groups, gkey = _groups(adata, groups_key)

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from .._logging import logg
+from .._utils import _labels
 
 __all__ = ["embed", "retrieve", "gene_importance"]
 
@@ -106,8 +107,8 @@ def _chance(q: pd.Series, t: pd.Series) -> float:
     Each target is equally likely to come first; an unlabelled target is a miss, as in the accuracy, so the target
     label frequencies are over all targets.
     """
-    pq = q.dropna().astype(str).value_counts(normalize=True)
-    pt = t.dropna().astype(str).value_counts() / max(len(t), 1)
+    pq = _labels(q).dropna().value_counts(normalize=True)
+    pt = _labels(t).dropna().value_counts() / max(len(t), 1)
     return float((pq * pt.reindex(pq.index).fillna(0)).sum())
 
 
@@ -161,7 +162,7 @@ def retrieve(
     group_keys
         ``obs`` column(s) (one name or a sequence) on which the top-1 target's group is compared with the query's
         (default: the model's ``group_key`` and ``mdata.uns["scst_mudata"]["group_keys"]`` where present in both
-        modalities).
+        modalities). Labels that are equal numbers match (``1`` of an integer column and ``1.0`` of a float one).
     use_rep
         Read embeddings from ``obsm[use_rep]`` of both modalities instead of computing them.
     key_added
@@ -272,8 +273,8 @@ def retrieve(
     for g in group_keys:
         if g not in qo or g not in to:
             raise KeyError(f"group_keys: {g!r} must be an obs column of both {q_mod!r} and {t_mod!r}.")
-        qv = qo[g].astype(str).where(qo[g].notna()).to_numpy()
-        tv = to[g].astype(str).where(to[g].notna()).to_numpy()[top[:, 0]]
+        qv = _labels(qo[g]).to_numpy()  # equal numbers alike: 1 of an int column is 1.0 of a float one
+        tv = _labels(to[g]).to_numpy()[top[:, 0]]
         ok = pd.notna(qv)
         acc[g] = float(np.mean(qv[ok] == tv[ok])) if ok.any() else float("nan")
         chance[g] = _chance(qo[g][ok], to[g])
@@ -290,13 +291,13 @@ def retrieve(
         hit, paired = np.zeros(top.shape, dtype=bool), np.zeros(len(q), dtype=bool)
         chance_top1, chance_topk = (1.0 / n_t, k / n_t) if query == "image" else (float("nan"), float("nan"))
     elif query == "image":
-        link = mdata[img_mod].obs[link_key].astype(str)
+        link = _labels(mdata[img_mod].obs[link_key]).astype(str)  # a number column links 1.0 to "1"
         truth = to.index.get_indexer(link)
         hit = top == truth[:, None]
         paired = truth >= 0
         chance_top1, chance_topk = 1.0 / n_t, k / n_t  # one linked target per query
     else:
-        link = mdata[img_mod].obs[link_key].astype(str)
+        link = _labels(mdata[img_mod].obs[link_key]).astype(str)  # a number column links 1.0 to "1"
         linked = np.asarray(link)[top]
         hit = linked == np.asarray(qo.index)[:, None]
         paired = np.isin(np.asarray(qo.index), link.to_numpy())

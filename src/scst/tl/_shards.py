@@ -254,7 +254,7 @@ def merge_shards(
     out
         Output ``.zarr`` store, written to a temporary folder beside it and renamed (never half-written).
     overwrite
-        Replace an existing ``out``.
+        Replace an existing ``out`` store (a folder; a file of that name is an error).
 
     Returns
     -------
@@ -327,6 +327,8 @@ def _check_out(out: str | os.PathLike, overwrite: bool) -> Path:
         raise ValueError(f"out: expected a path ending in .zarr, got {str(out)!r}.")
     if out.exists() and not overwrite:
         raise FileExistsError(f"out: {str(out)!r} exists; pass `overwrite=True` to replace it.")
+    if out.exists() and not out.is_dir():  # the file was swapped aside and left as a hidden file beside out
+        raise ValueError(f"out: {str(out)!r} is a file; `overwrite=True` replaces only a .zarr folder.")
     return out
 
 
@@ -393,7 +395,7 @@ def predict_shards(
         :func:`scst.tl.predict_expression`). DataLoader workers are not used inside dask workers (daemonic
         processes cannot start children): scale out with more dask workers instead.
     overwrite
-        Replace an existing ``out``.
+        Replace an existing ``out`` store (a folder; a file of that name is an error).
 
     Returns
     -------
