@@ -749,7 +749,9 @@ class BaseModel(_SetupRegistry, ABC):
             never deleted: an error); otherwise an existing one is an error.
         save_data
             Also write the data: ``data.h5ad`` (AnnData), ``data.h5mu`` (MuData) or ``data.zarr`` (SpatialData).
-            :meth:`load` reads it back when called without ``data``.
+            :meth:`load` reads it back when called without ``data``. A model loaded that way reads a SpatialData's
+            images from that folder: replacing it with ``overwrite=True`` needs ``save_data=True`` (an error
+            otherwise).
         """
         from safetensors.torch import save_model
 
@@ -772,6 +774,15 @@ class BaseModel(_SetupRegistry, ABC):
         }
         if save_data and self.data is None:
             raise ValueError("`save_data=True` but the model has no data.")
+        data_path = getattr(self.data, "path", None)  # a SpatialData read from disk reads its images lazily from there
+        if overwrite and not save_data and data_path is not None and Path(dir_path).exists():
+            dest, src = Path(dir_path).resolve(), Path(data_path).resolve()
+            if src == dest or dest in src.parents:
+                raise ValueError(
+                    f"The model's data is read (lazily) from {str(data_path)!r}, inside `dir_path` "
+                    f"{str(dir_path)!r}: `overwrite=True` would delete it and the data would read as zeros. Pass "
+                    "`save_data=True` to write the data there again, or save to another folder."
+                )
 
         def payload(tmp: Path) -> None:
             save_model(self.module, str(tmp / WEIGHTS_FILE))
