@@ -407,6 +407,24 @@ def test_nan_at_the_first_step_leaves_an_untrained_model():
     assert not model.is_trained and model.history is None
 
 
+def test_nan_at_the_first_step_does_not_restore_an_earlier_runs_best_checkpoint(tmp_path):
+    """A NaN before this run saved anything, in a `checkpoint_dir` holding another run's best.ckpt: those weights
+    (here of another model class) were loaded and the model was marked trained."""
+    adata = make_adata()
+    ToyRegression.setup_anndata(adata)
+    ToyRegression(adata, max_epochs=1).train(checkpoint_dir=tmp_path, enable_progress_bar=False)
+    adata = make_adata()
+    NaNToy.setup_anndata(adata)
+    model = NaNToy(adata)
+    model.module.nan_after = 0
+    initial = {k: v.clone() for k, v in model.module.state_dict().items()}
+    with pytest.raises(FloatingPointError, match=r"epoch 0, batch 0 .*no checkpoint was saved before it"):
+        model.train(checkpoint_dir=tmp_path, enable_progress_bar=False)
+    assert not model.is_trained
+    for name, value in model.module.state_dict().items():
+        torch.testing.assert_close(value, initial[name], rtol=0, atol=0)
+
+
 def test_modes_after_train_and_inference():
     adata = make_adata()
     ToyRegression.setup_anndata(adata)

@@ -96,6 +96,15 @@ def _read_model_attrs(dir_path: str | Path, payload: str, required: Sequence[str
     return attrs
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """Inode and modification time of ``path`` (None if absent): tells a file rewritten since from an old one."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 def _jsonable(obj: Any, where: str) -> Any:
     """Convert numpy/pandas/tuple values to plain JSON types; raise naming ``where`` if impossible."""
     if isinstance(obj, Mapping):
@@ -602,6 +611,8 @@ class BaseModel(_SetupRegistry, ABC):
         history, guard = History(), NaNGuard()
         with tempfile.TemporaryDirectory(prefix="scst_train_") as tmp:
             dirpath = str(checkpoint_dir) if checkpoint_dir is not None else tmp
+            # A best.ckpt left in `checkpoint_dir` by an earlier run is not this run's (unless resuming that run).
+            earlier_best = _file_id(Path(dirpath) / "best.ckpt") if ckpt_path is None else None
             ckpt = ModelCheckpoint(
                 dirpath=dirpath,
                 filename="best",
@@ -676,7 +687,7 @@ class BaseModel(_SetupRegistry, ABC):
                     error = FloatingPointError(str(e).rsplit("FloatingPointError: ", 1)[1].strip())
             device = trainer.strategy.root_device
             best = ckpt.best_model_path
-            if not best and error is not None and (Path(dirpath) / "best.ckpt").is_file():
+            if not best and error is not None and _file_id(Path(dirpath) / "best.ckpt") not in (None, earlier_best):
                 best = str(Path(dirpath) / "best.ckpt")  # written by rank 0 of the workers before the error
             if best and not Path(best).is_file():
                 warnings.warn(
