@@ -209,6 +209,19 @@ def test_local_safetensors_and_torch_files(tmp_path):
         build_backbone(NAME, weights=str(tmp_path / "not_a_state_dict.pt"))
 
 
+def test_files_are_read_by_content_and_truncated_safetensors_are_clear_errors(tmp_path):
+    """A torch file named .safetensors (and the reverse) failed with a raw SafetensorError / an unpickling error; a
+    truncated .safetensors with safetensors' bare "header too large"-style error naming no file."""
+    ref = _reference(12)
+    torch.save(ref.state_dict(), tmp_path / "torch.safetensors")
+    _assert_same_trunk(build_backbone(NAME, weights=str(tmp_path / "torch.safetensors"))[0], ref)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "st.pth"))
+    _assert_same_trunk(build_backbone(NAME, weights=str(tmp_path / "st.pth"))[0], ref)
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "st.pth").read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"weights: .*cut\.safetensors' is not a readable safetensors file"):
+        build_backbone(NAME, weights=str(tmp_path / "cut.safetensors"))
+
+
 def test_mismatched_keys_are_listed(tmp_path):
     small, _ = build_backbone(NAME, weights=_reference(6))
     other = _reference(6, "shufflenet_v2_x1_0").state_dict()
