@@ -90,6 +90,11 @@ def test_torchvision_name_offline_names_the_local_file(monkeypatch):
         HGGEPModule(3, **HGGEP_SMALL, backbone_weights="IMAGENET1K_V1")
     with pytest.raises(ValueError, match=r"torchvision weights name of shufflenet_v2_x0_5 .*IMAGENET1K_V1"):
         build_backbone(NAME, weights="IMAGENET21K")
+    # another model's weights enum: resnet50's IMAGENET1K_V1 was downloaded for "ResNet18_Weights.IMAGENET1K_V1"
+    with pytest.raises(ValueError, match=r"ShuffleNet_V2_X0_5_Weights.<name>\), got 'ResNet18_Weights.IMAGENET1K_V1'"):
+        build_backbone(NAME, weights="ResNet18_Weights.IMAGENET1K_V1")
+    with pytest.raises(OSError, match="could not get"):  # the full spelling still reaches the download
+        build_backbone(NAME, weights="torchvision.models.ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1")
 
 
 # ------------------------------------------------------------------------------------------------------ timm names

@@ -151,10 +151,11 @@ def _pretrained(name: str, weights: str, where: str, kwargs: Mapping[str, Any]) 
 
         enum = torchvision.models.get_model_weights(name)
         member = "DEFAULT" if weights == "pretrained" else weights.rsplit(".", 1)[-1]
-        if member not in enum.__members__:
+        enum_name = weights.rpartition(".")[0].rpartition(".")[2]  # "ResNet18_Weights" of "ResNet18_Weights.X"
+        if member not in enum.__members__ or enum_name not in ("", enum.__name__):  # not another model's weights
             raise ValueError(
                 f"{where}: expected a local state_dict file or a torchvision weights name of {name} "
-                f"({['pretrained', *enum.__members__]}), got {weights!r}."
+                f"({['pretrained', *enum.__members__]}, or as {enum.__name__}.<name>), got {weights!r}."
             )
         chosen = enum[member]
         cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(chosen.url))
