@@ -95,6 +95,11 @@ def test_torchvision_name_offline_names_the_local_file(monkeypatch):
         build_backbone(NAME, weights="ResNet18_Weights.IMAGENET1K_V1")
     with pytest.raises(OSError, match="could not get"):  # the full spelling still reaches the download
         build_backbone(NAME, weights="torchvision.models.ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1")
+    # model_kwargs the weights or the model do not take were reported as a failed download ("without network...")
+    with pytest.raises(ValueError, match="'num_classes' expected value 1000 but got 10"):
+        build_backbone(NAME, weights="IMAGENET1K_V1", model_kwargs={"num_classes": 10})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'depth'"):
+        build_backbone(NAME, weights="IMAGENET1K_V1", model_kwargs={"depth": 10})
 
 
 # ------------------------------------------------------------------------------------------------------ timm names

@@ -161,6 +161,8 @@ def _pretrained(name: str, weights: str, where: str, kwargs: Mapping[str, Any]) 
         cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(chosen.url))
         try:
             return _torchvision_trunk(name, chosen, kwargs)
+        except (TypeError, ValueError):  # model_kwargs the model or its weights do not take: not a download problem
+            raise
         except Exception as err:  # network, proxy, hash check: all mean "no usable download here"
             raise _offline_error(where, name, weights, err, cached) from err
     timm = _timm(name)
