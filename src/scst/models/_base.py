@@ -527,7 +527,8 @@ class BaseModel(_SetupRegistry, ABC):
             Resume from this full checkpoint (a ``last.ckpt`` written with ``checkpoint_dir``): weights, optimiser
             and scheduler state, epoch counters, early-stopping and best-checkpoint state, ``history`` rows and the
             random streams are restored, and training continues up to ``max_epochs`` (the total, not the epochs
-            still to run). With the same data, settings and seed, the result equals an uninterrupted run. Loaded
+            still to run; one that the checkpoint's epochs already reach is a :class:`ValueError`). With the same
+            data, settings and seed, the result equals an uninterrupted run. Loaded
             with ``weights_only=True``. Checkpoints written in the middle of an epoch resume only approximately
             (Lightning warns). See the guide ``docs/training.md``.
         save_last
@@ -585,6 +586,14 @@ class BaseModel(_SetupRegistry, ABC):
                 f"Expected `max_epochs` >= 1, `batch_size` >= 1, `patience` >= 0; got {max_epochs}, {batch_size}, "
                 f"{patience}."
             )
+        if ckpt_path is not None:
+            # Lightning refuses a checkpoint of more epochs than max_epochs + 1, but one more is silently a no-op
+            done = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("epoch")
+            if isinstance(done, int) and max_epochs <= done:
+                raise ValueError(
+                    f"`max_epochs` is the total number of epochs, and `ckpt_path` {str(ckpt_path)!r} is at epoch "
+                    f"{done} (0-based): expected `max_epochs` > {done}, got {max_epochs}."
+                )
         pl.seed_everything(seed, workers=True, verbose=False)
         train_dl, val_dl = self._dataloaders(batch_size, validation, seed, **(dataloader_kwargs or {}))
 
