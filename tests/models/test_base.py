@@ -395,6 +395,11 @@ def test_training_again_or_after_load_runs_in_train_mode(tmp_path):
     modes = TrainingModes()
     loaded.train(callbacks=[modes], enable_progress_bar=False)
     assert len(modes.modes) == 12 and all(modes.modes)
+    # one callback (not in a list) and None, as Lightning's Trainer takes them: "Value after * must be an iterable"
+    modes = TrainingModes()
+    loaded.train(callbacks=modes, enable_progress_bar=False)
+    assert len(modes.modes) == 12 and all(modes.modes)
+    loaded.train(callbacks=None, enable_progress_bar=False)
 
 
 def test_nan_at_the_first_step_leaves_an_untrained_model():

@@ -631,7 +631,10 @@ class BaseModel(_SetupRegistry, ABC):
                 save_weights_only=True,
                 enable_version_counter=False,
             )
-            callbacks = [guard, ckpt, *trainer_kwargs.pop("callbacks", [])]
+            user_callbacks = trainer_kwargs.pop("callbacks", None) or []
+            if isinstance(user_callbacks, pl.Callback):  # Lightning takes one callback, a list or None
+                user_callbacks = [user_callbacks]
+            callbacks = [guard, ckpt, *user_callbacks]
             if checkpoint_dir is not None and save_last:
                 # Full state (optimiser, loops, callbacks, random streams) at the end of every epoch, for resuming.
                 callbacks.append(
