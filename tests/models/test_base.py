@@ -286,6 +286,9 @@ def test_no_stray_logs_in_cwd(tmp_path, monkeypatch):
     ToyRegression.setup_anndata(adata)
     ToyRegression(adata, max_epochs=1).train(enable_progress_bar=False)
     assert list(tmp_path.iterdir()) == []
+    # Lightning's default_root_dir is set by train: passing it was Python's "got multiple values for keyword argument"
+    with pytest.raises(ValueError, match="`default_root_dir` is not taken.*pass `checkpoint_dir`"):
+        ToyRegression(adata, max_epochs=1).train(enable_progress_bar=False, default_root_dir=tmp_path)
 
 
 def test_restores_best_epoch_of_max_monitor():

@@ -550,7 +550,8 @@ class BaseModel(_SetupRegistry, ABC):
         dataloader_kwargs
             Extra keyword arguments for ``_dataloaders``.
         **trainer_kwargs
-            Passed to :class:`lightning.pytorch.Trainer` (e.g. ``gradient_clip_val``, ``callbacks``).
+            Passed to :class:`lightning.pytorch.Trainer` (e.g. ``gradient_clip_val``, ``callbacks``; not
+            ``default_root_dir``: see ``checkpoint_dir``).
 
         Returns
         -------
@@ -572,6 +573,11 @@ class BaseModel(_SetupRegistry, ABC):
                 raise FileNotFoundError(f"`ckpt_path` {str(ckpt_path)!r} is not a file (expected a `last.ckpt`).")
             if checkpoint_dir is None:
                 checkpoint_dir = ckpt_path.parent
+        if "default_root_dir" in trainer_kwargs:  # set below (a temporary folder); Python's error names neither
+            raise ValueError(
+                "`default_root_dir` is not taken: Lightning's logs go to a temporary folder; pass `checkpoint_dir` "
+                "to keep the checkpoints."
+            )
         if self.data is None:
             raise ValueError(
                 f"This {type(self).__name__} has no data (loaded without `data`); use "
