@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, ClassVar
 
 import numpy as np
@@ -106,7 +106,7 @@ def _file_id(path: Path) -> tuple[int, int] | None:
 
 
 def _jsonable(obj: Any, where: str) -> Any:
-    """Convert numpy/pandas/tuple values to plain JSON types; raise naming ``where`` if impossible."""
+    """Convert numpy/pandas/tuple/path values to plain JSON types; raise naming ``where`` if impossible."""
     if isinstance(obj, Mapping):
         out = {}
         for k, v in obj.items():
@@ -118,6 +118,8 @@ def _jsonable(obj: Any, where: str) -> Any:
         return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(list(obj))]
     if isinstance(obj, np.generic):
         obj = obj.item()
+    if isinstance(obj, PurePath):  # a weights file given as a Path is stored as its str
+        return str(obj)
     if obj is None or isinstance(obj, bool | int | str):
         return obj
     if isinstance(obj, float):
