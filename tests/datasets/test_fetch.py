@@ -144,3 +144,33 @@ def test_scst_data_dir_is_used_before_the_download_cache(tmp_path, monkeypatch):
     assert _fetch.fetch("her2st", "A1/spots.tsv") == f and calls == []
     assert _fetch.data_dir("her2st") == tmp_path / "data" / "her2st"
     assert _fetch.data_dir("her2st", path=tmp_path / "p") == tmp_path / "p"
+
+
+def test_a_sha256_download_failing_its_check_is_fetched_once_more_then_refused(tmp_path, monkeypatch):
+    """The real pooch.retrieve with a stub downloader: a SHA-256 mismatch raised pooch's error at the first corrupt
+    download (no second try, unlike git blob ids) and left a corrupt cached copy in place."""
+    import pooch.core
+
+    monkeypatch.delenv("SCST_DATA_DIR", raising=False)
+    monkeypatch.setenv("SCST_CACHE_DIR", str(tmp_path / "cache"))
+    sha = hashlib.sha256(b"hello\n").hexdigest()
+    monkeypatch.setitem(_fetch.REGISTRY["her2st"], "A1/spots.tsv", (sha, "https://x/A1.tsv"))
+    served = []
+
+    def choose_downloader(url, progressbar=False):
+        def download(url, output_file, pooch_obj, check_only=False):
+            Path(output_file).write_bytes(served.pop(0))
+
+        return download
+
+    monkeypatch.setattr(pooch.core, "choose_downloader", choose_downloader)
+    target = tmp_path / "cache" / "data" / "her2st" / "A1" / "spots.tsv"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"tampered\n")  # a corrupt cached copy, then a corrupt download, then the right file
+    served[:] = [b"jello\n", b"hello\n"]
+    assert _fetch.fetch("her2st", "A1/spots.tsv") == target and target.read_bytes() == b"hello\n"
+    target.write_bytes(b"tampered\n")
+    served[:] = [b"jello\n", b"jelly\n"]
+    with pytest.raises(ValueError, match=f"Hash mismatch for her2st/A1/spots.tsv .* sha256 {sha}, twice"):
+        _fetch.fetch("her2st", "A1/spots.tsv")
+    assert not served and not target.exists()

@@ -286,6 +286,9 @@ def test_no_stray_logs_in_cwd(tmp_path, monkeypatch):
     ToyRegression.setup_anndata(adata)
     ToyRegression(adata, max_epochs=1).train(enable_progress_bar=False)
     assert list(tmp_path.iterdir()) == []
+    # Lightning's default_root_dir is set by train: passing it was Python's "got multiple values for keyword argument"
+    with pytest.raises(ValueError, match="`default_root_dir` is not taken.*pass `checkpoint_dir`"):
+        ToyRegression(adata, max_epochs=1).train(enable_progress_bar=False, default_root_dir=tmp_path)
 
 
 def test_restores_best_epoch_of_max_monitor():
@@ -395,6 +398,11 @@ def test_training_again_or_after_load_runs_in_train_mode(tmp_path):
     modes = TrainingModes()
     loaded.train(callbacks=[modes], enable_progress_bar=False)
     assert len(modes.modes) == 12 and all(modes.modes)
+    # one callback (not in a list) and None, as Lightning's Trainer takes them: "Value after * must be an iterable"
+    modes = TrainingModes()
+    loaded.train(callbacks=modes, enable_progress_bar=False)
+    assert len(modes.modes) == 12 and all(modes.modes)
+    loaded.train(callbacks=None, enable_progress_bar=False)
 
 
 def test_nan_at_the_first_step_leaves_an_untrained_model():
@@ -405,6 +413,24 @@ def test_nan_at_the_first_step_leaves_an_untrained_model():
     with pytest.raises(FloatingPointError, match=r"epoch 0, batch 0 .*no checkpoint was saved before it"):
         model.train(enable_progress_bar=False)
     assert not model.is_trained and model.history is None
+
+
+def test_nan_at_the_first_step_does_not_restore_an_earlier_runs_best_checkpoint(tmp_path):
+    """A NaN before this run saved anything, in a `checkpoint_dir` holding another run's best.ckpt: those weights
+    (here of another model class) were loaded and the model was marked trained."""
+    adata = make_adata()
+    ToyRegression.setup_anndata(adata)
+    ToyRegression(adata, max_epochs=1).train(checkpoint_dir=tmp_path, enable_progress_bar=False)
+    adata = make_adata()
+    NaNToy.setup_anndata(adata)
+    model = NaNToy(adata)
+    model.module.nan_after = 0
+    initial = {k: v.clone() for k, v in model.module.state_dict().items()}
+    with pytest.raises(FloatingPointError, match=r"epoch 0, batch 0 .*no checkpoint was saved before it"):
+        model.train(checkpoint_dir=tmp_path, enable_progress_bar=False)
+    assert not model.is_trained
+    for name, value in model.module.state_dict().items():
+        torch.testing.assert_close(value, initial[name], rtol=0, atol=0)
 
 
 def test_modes_after_train_and_inference():

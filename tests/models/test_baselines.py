@@ -525,6 +525,10 @@ def test_stnet_builds_the_configured_backbone_with_its_weights_file(tmp_path):
     assert isinstance(model.module.encoder, torchvision.models.ShuffleNetV2)
     assert set(got) == set(state) and all(torch.equal(got[k], state[k]) for k in state)
     assert model.module.head.in_features == 1024 and model.module.head.out_features == 2
+    # the file as a Path: refused at construction ("PosixPath is not JSON-able") → stored as its str
+    model = STNet(sdata, backbone="shufflenet_v2_x0_5", weights=tmp_path / "trunk.safetensors", patch_px=32)
+    assert model.config["weights"] == str(tmp_path / "trunk.safetensors")
+    assert all(torch.equal(model.module.encoder.state_dict()[k], state[k]) for k in state)
 
 
 def test_stnet_defaults_and_bench_config_reach_the_backbone(tmp_path, monkeypatch):

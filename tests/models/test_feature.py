@@ -240,6 +240,22 @@ def test_head_predicts_from_the_table_it_was_set_up_on_and_save_data_keeps_the_c
     np.testing.assert_allclose(MLPExpression.load(tmp_path / "m").predict(sections="S3"), pred, rtol=1e-6)
 
 
+def test_overwriting_the_folder_the_loaded_data_is_read_from_needs_save_data(tmp_path):
+    """``save(save_data=True)`` → ``load`` → ``save(overwrite=True)`` into the same folder deleted ``data.zarr``, which
+    the loaded SpatialData reads its images from lazily: they then read as zeros, silently."""
+    sd = syn.make_sdata()
+    sd.tables["table"].obsm["X_emb"] = _table().obsm["X_emb"]
+    MLPExpression.setup_sdata(sd, use_rep="X_emb", genes=PANEL, sections=["S1", "S2"])
+    MLPExpression(sd, **MLPExpression.bench_config).save(tmp_path / "m", save_data=True)
+    loaded = MLPExpression.load(tmp_path / "m")
+    image = np.asarray(loaded.data.images["S1_image"].data.compute())
+    assert image.mean() > 100
+    with pytest.raises(ValueError, match=r"data is read \(lazily\) from .*data.zarr.* Pass `save_data=True`"):
+        loaded.save(tmp_path / "m", overwrite=True)
+    loaded.save(tmp_path / "m", overwrite=True, save_data=True)
+    np.testing.assert_array_equal(np.asarray(loaded.data.images["S1_image"].data.compute()), image)
+
+
 def test_validation_argument_is_checked_and_training_without_one_warns():
     tab = _table()
     MLPExpression.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1"])

@@ -90,6 +90,16 @@ def test_torchvision_name_offline_names_the_local_file(monkeypatch):
         HGGEPModule(3, **HGGEP_SMALL, backbone_weights="IMAGENET1K_V1")
     with pytest.raises(ValueError, match=r"torchvision weights name of shufflenet_v2_x0_5 .*IMAGENET1K_V1"):
         build_backbone(NAME, weights="IMAGENET21K")
+    # another model's weights enum: resnet50's IMAGENET1K_V1 was downloaded for "ResNet18_Weights.IMAGENET1K_V1"
+    with pytest.raises(ValueError, match=r"ShuffleNet_V2_X0_5_Weights.<name>\), got 'ResNet18_Weights.IMAGENET1K_V1'"):
+        build_backbone(NAME, weights="ResNet18_Weights.IMAGENET1K_V1")
+    with pytest.raises(OSError, match="could not get"):  # the full spelling still reaches the download
+        build_backbone(NAME, weights="torchvision.models.ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1")
+    # model_kwargs the weights or the model do not take were reported as a failed download ("without network...")
+    with pytest.raises(ValueError, match="'num_classes' expected value 1000 but got 10"):
+        build_backbone(NAME, weights="IMAGENET1K_V1", model_kwargs={"num_classes": 10})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'depth'"):
+        build_backbone(NAME, weights="IMAGENET1K_V1", model_kwargs={"depth": 10})
 
 
 # ------------------------------------------------------------------------------------------------------ timm names
@@ -207,6 +217,19 @@ def test_local_safetensors_and_torch_files(tmp_path):
     torch.save({"weights": [1, 2]}, tmp_path / "not_a_state_dict.pt")
     with pytest.raises(ValueError, match="does not hold a state_dict"):
         build_backbone(NAME, weights=str(tmp_path / "not_a_state_dict.pt"))
+
+
+def test_files_are_read_by_content_and_truncated_safetensors_are_clear_errors(tmp_path):
+    """A torch file named .safetensors (and the reverse) failed with a raw SafetensorError / an unpickling error; a
+    truncated .safetensors with safetensors' bare "header too large"-style error naming no file."""
+    ref = _reference(12)
+    torch.save(ref.state_dict(), tmp_path / "torch.safetensors")
+    _assert_same_trunk(build_backbone(NAME, weights=str(tmp_path / "torch.safetensors"))[0], ref)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "st.pth"))
+    _assert_same_trunk(build_backbone(NAME, weights=str(tmp_path / "st.pth"))[0], ref)
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "st.pth").read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"weights: .*cut\.safetensors' is not a readable safetensors file"):
+        build_backbone(NAME, weights=str(tmp_path / "cut.safetensors"))
 
 
 def test_mismatched_keys_are_listed(tmp_path):

@@ -231,9 +231,17 @@ def fetch(dataset: str, relpath: str, path: str | os.PathLike | None = None) -> 
     for attempt in (1, 2):
         if not target.exists():
             logg.info(f"Downloading {dataset}/{relpath} from {url}")
-        out = Path(pooch.retrieve(url, known_hash=pooch_hash, fname=target.name, path=target.parent, progressbar=True))
-        if pooch_hash is not None or _check(out, known):  # pooch verified (or re-fetched) SHA-256 itself
-            return out
+        try:
+            out = Path(
+                pooch.retrieve(url, known_hash=pooch_hash, fname=target.name, path=target.parent, progressbar=True)
+            )
+        except ValueError as e:  # pooch's SHA-256 mismatch: it deleted the download but keeps a bad cached copy
+            if "does not match the known hash" not in str(e):
+                raise
+            out = target
+        else:
+            if pooch_hash is not None or _check(out, known):  # pooch verified (or re-fetched) SHA-256 itself
+                return out
         out.unlink(missing_ok=True)
         if attempt == 1:
             logg.warning(f"{out} failed its {_describe(known)} check; deleted, fetching it again")

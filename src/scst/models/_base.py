@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, ClassVar
 
 import numpy as np
@@ -96,8 +96,17 @@ def _read_model_attrs(dir_path: str | Path, payload: str, required: Sequence[str
     return attrs
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """Inode and modification time of ``path`` (None if absent): tells a file rewritten since from an old one."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 def _jsonable(obj: Any, where: str) -> Any:
-    """Convert numpy/pandas/tuple values to plain JSON types; raise naming ``where`` if impossible."""
+    """Convert numpy/pandas/tuple/path values to plain JSON types; raise naming ``where`` if impossible."""
     if isinstance(obj, Mapping):
         out = {}
         for k, v in obj.items():
@@ -109,6 +118,8 @@ def _jsonable(obj: Any, where: str) -> Any:
         return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(list(obj))]
     if isinstance(obj, np.generic):
         obj = obj.item()
+    if isinstance(obj, PurePath):  # a weights file given as a Path is stored as its str
+        return str(obj)
     if obj is None or isinstance(obj, bool | int | str):
         return obj
     if isinstance(obj, float):
@@ -518,7 +529,8 @@ class BaseModel(_SetupRegistry, ABC):
             Resume from this full checkpoint (a ``last.ckpt`` written with ``checkpoint_dir``): weights, optimiser
             and scheduler state, epoch counters, early-stopping and best-checkpoint state, ``history`` rows and the
             random streams are restored, and training continues up to ``max_epochs`` (the total, not the epochs
-            still to run). With the same data, settings and seed, the result equals an uninterrupted run. Loaded
+            still to run; one that the checkpoint's epochs already reach is a :class:`ValueError`). With the same
+            data, settings and seed, the result equals an uninterrupted run. Loaded
             with ``weights_only=True``. Checkpoints written in the middle of an epoch resume only approximately
             (Lightning warns). See the guide ``docs/training.md``.
         save_last
@@ -540,7 +552,8 @@ class BaseModel(_SetupRegistry, ABC):
         dataloader_kwargs
             Extra keyword arguments for ``_dataloaders``.
         **trainer_kwargs
-            Passed to :class:`lightning.pytorch.Trainer` (e.g. ``gradient_clip_val``, ``callbacks``).
+            Passed to :class:`lightning.pytorch.Trainer` (e.g. ``gradient_clip_val``, ``callbacks``; not
+            ``default_root_dir``: see ``checkpoint_dir``).
 
         Returns
         -------
@@ -562,6 +575,11 @@ class BaseModel(_SetupRegistry, ABC):
                 raise FileNotFoundError(f"`ckpt_path` {str(ckpt_path)!r} is not a file (expected a `last.ckpt`).")
             if checkpoint_dir is None:
                 checkpoint_dir = ckpt_path.parent
+        if "default_root_dir" in trainer_kwargs:  # set below (a temporary folder); Python's error names neither
+            raise ValueError(
+                "`default_root_dir` is not taken: Lightning's logs go to a temporary folder; pass `checkpoint_dir` "
+                "to keep the checkpoints."
+            )
         if self.data is None:
             raise ValueError(
                 f"This {type(self).__name__} has no data (loaded without `data`); use "
@@ -576,6 +594,14 @@ class BaseModel(_SetupRegistry, ABC):
                 f"Expected `max_epochs` >= 1, `batch_size` >= 1, `patience` >= 0; got {max_epochs}, {batch_size}, "
                 f"{patience}."
             )
+        if ckpt_path is not None:
+            # Lightning refuses a checkpoint of more epochs than max_epochs + 1, but one more is silently a no-op
+            done = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("epoch")
+            if isinstance(done, int) and max_epochs <= done:
+                raise ValueError(
+                    f"`max_epochs` is the total number of epochs, and `ckpt_path` {str(ckpt_path)!r} is at epoch "
+                    f"{done} (0-based): expected `max_epochs` > {done}, got {max_epochs}."
+                )
         pl.seed_everything(seed, workers=True, verbose=False)
         train_dl, val_dl = self._dataloaders(batch_size, validation, seed, **(dataloader_kwargs or {}))
 
@@ -602,6 +628,8 @@ class BaseModel(_SetupRegistry, ABC):
         history, guard = History(), NaNGuard()
         with tempfile.TemporaryDirectory(prefix="scst_train_") as tmp:
             dirpath = str(checkpoint_dir) if checkpoint_dir is not None else tmp
+            # A best.ckpt left in `checkpoint_dir` by an earlier run is not this run's (unless resuming that run).
+            earlier_best = _file_id(Path(dirpath) / "best.ckpt") if ckpt_path is None else None
             ckpt = ModelCheckpoint(
                 dirpath=dirpath,
                 filename="best",
@@ -611,7 +639,10 @@ class BaseModel(_SetupRegistry, ABC):
                 save_weights_only=True,
                 enable_version_counter=False,
             )
-            callbacks = [guard, ckpt, *trainer_kwargs.pop("callbacks", [])]
+            user_callbacks = trainer_kwargs.pop("callbacks", None) or []
+            if isinstance(user_callbacks, pl.Callback):  # Lightning takes one callback, a list or None
+                user_callbacks = [user_callbacks]
+            callbacks = [guard, ckpt, *user_callbacks]
             if checkpoint_dir is not None and save_last:
                 # Full state (optimiser, loops, callbacks, random streams) at the end of every epoch, for resuming.
                 callbacks.append(
@@ -676,7 +707,7 @@ class BaseModel(_SetupRegistry, ABC):
                     error = FloatingPointError(str(e).rsplit("FloatingPointError: ", 1)[1].strip())
             device = trainer.strategy.root_device
             best = ckpt.best_model_path
-            if not best and error is not None and (Path(dirpath) / "best.ckpt").is_file():
+            if not best and error is not None and _file_id(Path(dirpath) / "best.ckpt") not in (None, earlier_best):
                 best = str(Path(dirpath) / "best.ckpt")  # written by rank 0 of the workers before the error
             if best and not Path(best).is_file():
                 warnings.warn(
@@ -749,7 +780,9 @@ class BaseModel(_SetupRegistry, ABC):
             never deleted: an error); otherwise an existing one is an error.
         save_data
             Also write the data: ``data.h5ad`` (AnnData), ``data.h5mu`` (MuData) or ``data.zarr`` (SpatialData).
-            :meth:`load` reads it back when called without ``data``.
+            :meth:`load` reads it back when called without ``data``. A model loaded that way reads a SpatialData's
+            images from that folder: replacing it with ``overwrite=True`` needs ``save_data=True`` (an error
+            otherwise).
         """
         from safetensors.torch import save_model
 
@@ -772,6 +805,15 @@ class BaseModel(_SetupRegistry, ABC):
         }
         if save_data and self.data is None:
             raise ValueError("`save_data=True` but the model has no data.")
+        data_path = getattr(self.data, "path", None)  # a SpatialData read from disk reads its images lazily from there
+        if overwrite and not save_data and data_path is not None and Path(dir_path).exists():
+            dest, src = Path(dir_path).resolve(), Path(data_path).resolve()
+            if src == dest or dest in src.parents:
+                raise ValueError(
+                    f"The model's data is read (lazily) from {str(data_path)!r}, inside `dir_path` "
+                    f"{str(dir_path)!r}: `overwrite=True` would delete it and the data would read as zeros. Pass "
+                    "`save_data=True` to write the data there again, or save to another folder."
+                )
 
         def payload(tmp: Path) -> None:
             save_model(self.module, str(tmp / WEIGHTS_FILE))

@@ -151,15 +151,18 @@ def _pretrained(name: str, weights: str, where: str, kwargs: Mapping[str, Any]) 
 
         enum = torchvision.models.get_model_weights(name)
         member = "DEFAULT" if weights == "pretrained" else weights.rsplit(".", 1)[-1]
-        if member not in enum.__members__:
+        enum_name = weights.rpartition(".")[0].rpartition(".")[2]  # "ResNet18_Weights" of "ResNet18_Weights.X"
+        if member not in enum.__members__ or enum_name not in ("", enum.__name__):  # not another model's weights
             raise ValueError(
                 f"{where}: expected a local state_dict file or a torchvision weights name of {name} "
-                f"({['pretrained', *enum.__members__]}), got {weights!r}."
+                f"({['pretrained', *enum.__members__]}, or as {enum.__name__}.<name>), got {weights!r}."
             )
         chosen = enum[member]
         cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(chosen.url))
         try:
             return _torchvision_trunk(name, chosen, kwargs)
+        except (TypeError, ValueError):  # model_kwargs the model or its weights do not take: not a download problem
+            raise
         except Exception as err:  # network, proxy, hash check: all mean "no usable download here"
             raise _offline_error(where, name, weights, err, cached) from err
     timm = _timm(name)
@@ -298,14 +301,29 @@ def build_backbone(
 # --------------------------------------------------------------------------------------------------------------
 # State dicts
 # --------------------------------------------------------------------------------------------------------------
+def _is_safetensors(path: Path) -> bool:
+    """Whether ``path`` holds safetensors (an 8-byte header length, then the JSON header), whatever its suffix."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
 def _read_state(path: Path, where: str) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
+    # by content, not suffix: a torch file named .safetensors (or the reverse) is common after a rename
+    if _is_safetensors(path):
         from safetensors.torch import load_file
 
-        state: Any = load_file(str(path))
+        try:
+            state: Any = load_file(str(path))
+        except Exception as err:  # truncated file, corrupt header
+            raise ValueError(
+                f"{where}: {str(path)!r} is not a readable safetensors file (truncated or corrupt? "
+                f"{type(err).__name__}: {err})."
+            ) from err
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with open(path, "rb") as f:  # a file object: torch.load reads a path ending in .safetensors as one
+                state = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as err:  # pickles with code, truncated files
             raise ValueError(
                 f"{where}: {str(path)!r} is not a state_dict readable with torch.load(weights_only=True) "
@@ -371,7 +389,8 @@ def load_backbone_weights(
     module
         Network, e.g. from :func:`build_backbone`.
     weights
-        Path to a ``.safetensors`` file or a torch file holding a state_dict (read with ``weights_only=True``;
+        Path to a ``.safetensors`` file or a torch file holding a state_dict (told apart by their content, not
+        the suffix; torch files are read with ``weights_only=True``;
         a ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper, ``module.`` and one common prefix such as
         ``encoder.`` are accepted), a state_dict mapping, or an :class:`torch.nn.Module` whose state_dict is copied.
     where
