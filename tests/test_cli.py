@@ -505,6 +505,13 @@ def test_an_out_of_the_wrong_kind_is_an_error_before_the_data_are_read(fake_pred
     assert (tmp_path / "x.zarr").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == [
         "model", "x.csv", "x.h5ad", "x.zarr"
     ]  # fmt: skip
+    # a folder named *.zarr that holds other files (no zarr store) is never deleted by --overwrite
+    (tmp_path / "y.zarr").mkdir()
+    (tmp_path / "y.zarr" / "results.csv").write_text("mine")
+    out = str(tmp_path / "y.zarr")
+    assert main(["predict", "--model-dir", str(m), "--data", "store.zarr", "--out", out, "--overwrite"]) == 2
+    assert f"scst: error: --out: {out!r} is a folder but no zarr store" in capsys.readouterr().err
+    assert (tmp_path / "y.zarr" / "results.csv").read_text() == "mine" and calls == [] and syn_store == []
 
 
 def test_predict_image_options_reach_the_tool(fake_predict, tmp_path, monkeypatch, capsys):

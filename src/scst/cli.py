@@ -233,6 +233,10 @@ def _predict(args: argparse.Namespace) -> None:
     if out.exists() and out.is_dir() != (out.suffix == ".zarr"):  # said before predicting, not when writing
         kind, ok = ("a folder", "a .h5ad file") if out.is_dir() else ("a file", "a .zarr folder")
         raise CLIError(f"--out: {str(out)!r} is {kind}; --overwrite replaces only {ok}. Choose another --out.")
+    if out.is_dir() and not any((out / f).is_file() for f in (".zgroup", "zarr.json")) and any(out.iterdir()):
+        # a folder of other files named *.zarr would be deleted whole (as train refuses for non-model folders)
+        raise CLIError(f"--out: {str(out)!r} is a folder but no zarr store; --overwrite replaces only a zarr store or "
+                       "an empty folder, never other files. Choose another --out.")  # fmt: skip
     if args.num_workers < 0:  # said before the model and the data are read
         raise CLIError(f"--num-workers: expected an integer >= 0 (0: read patches in the main process), got "
                        f"{args.num_workers}.")  # fmt: skip
