@@ -561,6 +561,19 @@ def test_lr_kernel_rejects_a_bandwidth_that_is_not_a_finite_positive_distance(ba
     assert "scst_lr_kernel" not in adata.obsp
 
 
+@pytest.mark.parametrize("cutoff", [np.nan, -0.1, 1.0, True])
+def test_lr_kernel_rejects_a_cutoff_that_is_not_a_weight(cutoff):
+    """A NaN cutoff left every spot with only itself (no weight compared below NaN), without an error."""
+    from scst.tl._ligrec_local import lr_kernel
+
+    adata, _ = quadrant_data(n_pairs=2)
+    with pytest.raises(ValueError, match=r"cutoff: expected a weight in \[0, 1\)"):
+        lr_kernel(adata, 2.0, um_per_unit=1.0, cutoff=cutoff)
+    assert "scst_lr_kernel" not in adata.obsp
+    lr_kernel(adata, 2.0, um_per_unit=1.0, cutoff=np.float32(0.1))  # numpy floats are weights too
+    assert "scst_lr_kernel" in adata.obsp
+
+
 def test_lr_kernel_names_cells_with_nan_coordinates():
     from scst.tl._ligrec_local import lr_kernel
 

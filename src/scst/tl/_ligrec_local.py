@@ -94,6 +94,9 @@ def lr_kernel(
         or max_neighbours < 0
     ):
         raise ValueError(f"max_neighbours: expected a non-negative integer, got {max_neighbours!r}.")
+    if isinstance(cutoff, bool | np.bool_) or not isinstance(cutoff, numbers.Real) or not 0 <= cutoff < 1:
+        # NaN compared false everywhere: every spot was left with only itself, without a word
+        raise ValueError(f"cutoff: expected a weight in [0, 1), got {cutoff!r}.")
     _check_key(adata.obsm, spatial_key, "adata.obsm")
     _check_finite(adata, spatial_key)  # NaN coordinates failed inside scikit-learn's NearestNeighbors
     groups, gkey = _groups(adata, groups_key)
