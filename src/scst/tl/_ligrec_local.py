@@ -66,7 +66,7 @@ def lr_kernel(
     groups_key
         ``obs`` column of the sections (``"auto"``: ``section``/``fov``/``library_id``/``sample`` when present).
     kernel, cutoff, max_neighbours
-        liana's kernel family (``gaussian``, ``exponential``, ``linear``, ``misty_rbf``), weight cutoff and
+        liana's kernel family (``gaussian``, ``exponential``, ``linear``, ``misty_rbf``), weight cutoff (in [0, 1)) and
         neighbour cap (besides the spot itself; 0: each spot weighs only itself, as the one spot of a section does).
     key_added
         ``obsp`` key of the weights.
