@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._utils import _positive_int
 from .nn._train_step import PRECISIONS  # one table of accepted precisions (torch-only; shared with training)
 
 #: Batches each DataLoader worker reads ahead of the model (``prefetch_factor``).
@@ -152,8 +153,7 @@ def inference_options(
 
 def check_inference_options(num_workers: Any, pin_memory: Any, precision: Any) -> str:
     """Check the inference options without a device (before any work); returns the precision key."""
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int | np.integer) or num_workers < 0:
-        raise ValueError(f"num_workers: expected an integer >= 0, got {num_workers!r}.")
+    _positive_int("num_workers", num_workers, minimum=0)
     if pin_memory is not None and not isinstance(pin_memory, bool | np.bool_):
         raise TypeError(f"pin_memory: expected True, False or None, got {type(pin_memory).__name__}.")
     if str(precision) not in PRECISIONS:

@@ -56,13 +56,14 @@ def _positive(name: str, value: Any, what: str = "number", where: str = "") -> f
     return v
 
 
-def _positive_int(name: str, value: Any) -> int:
-    """``value`` as a Python int >= 1 (numpy integers too), or a ValueError naming the argument.
+def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as a Python int >= ``minimum`` (numpy integers too), or a ValueError naming the argument.
 
     For counts such as ``batch_size``: 0, negatives, floats and booleans are refused, not replaced by a default.
     """
-    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}.")
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name}: expected {what}, got {value!r}.")
     return int(value)
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from scipy import sparse
 from torch.utils.data import Dataset
 
+from .._utils import _positive_int
 from ..nn._train_step import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["SpotPatchDataset", "extract_patches", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -946,8 +947,7 @@ def extract_patches(
     ``counts`` (float32 ``(n, n_genes)``) and ``var_names``. String arrays are unicode, so
     ``np.load(path)`` needs no pickle.
     """
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int | np.integer) or num_workers < 0:
-        raise ValueError(f"num_workers: expected an integer >= 0, got {num_workers!r}.")  # < 0 ran in-process
+    _positive_int("num_workers", num_workers, minimum=0)  # < 0 ran in-process
     ds = SpotPatchDataset(
         sdata, table_key, obs_subset=obs_subset, genes=genes, layer=layer, return_counts=return_counts,
         size_um=size_um, size_px=size_px, out_px=out_px, padding=padding, pad_value=pad_value, normalize=None,

@@ -11,7 +11,7 @@ import scanpy as sc
 from anndata import AnnData
 
 from scst._constants import UNS_EMBED_KEY
-from scst._utils import _check_key, _get_table
+from scst._utils import _check_key, _get_table, _positive_int
 
 __all__ = ["scale_by_section"]
 
@@ -75,8 +75,7 @@ def scale_by_section(
         raise ValueError(f"adata.obsm[{use_rep!r}] (argument `use_rep`): expected shape (n_obs, d), got {x.shape}.")
     if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
         raise ValueError(f"adata.obsm[{use_rep!r}] (argument `use_rep`): expected finite numbers (no NaN/inf).")
-    if isinstance(min_spots, bool) or not isinstance(min_spots, int | np.integer) or min_spots < 2:
-        raise ValueError(f"min_spots: expected an int >= 2, got {min_spots!r}.")
+    _positive_int("min_spots", min_spots, minimum=2)
     sections = data.obs[library_key]
     if sections.isna().any():
         raise ValueError(f"adata.obs[{library_key!r}] (argument `library_key`): {int(sections.isna().sum())} NaN(s).")

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from .._logging import logg
-from .._utils import _labels
+from .._utils import _labels, _positive_int
 
 __all__ = ["embed", "retrieve", "gene_importance"]
 
@@ -453,8 +453,7 @@ def gene_importance(
     ):
         raise ValueError(f"max_pairs: expected None (all pairs) or a positive integer, got {max_pairs!r}.")
     for name, v in (("n_top", n_top), ("n_steps", n_steps)):  # n_top=-1 would keep all genes but one
-        if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {v!r}.")
+        _positive_int(name, v)
     if score == "itm" and any(m.module.weights.get("itm", 0.0) <= 0 for m in models):
         raise ValueError("score='itm': the model was trained without the matching loss (weights['itm'] = 0), so its "
                          "matching head is untrained; use score='itc' (the cosine in the shared space).")  # fmt: skip
