@@ -150,16 +150,22 @@ def _no_reading(*args, **kwargs):
     raise AssertionError("the data were read before the arguments were checked")
 
 
-@pytest.mark.parametrize(("content", "expect"), [("not json", "is not valid JSON"),
-                                                 ("[1,2]", "holds a JSON list, expected an object")])  # fmt: skip
-def test_predict_bad_attr_json_is_a_model_dir_error(tmp_path, capsys, monkeypatch, content, expect):
-    """A corrupt attr.json names --model-dir and the file (no bare JSON message, no AttributeError traceback)."""
+def _predict_with_attr_json(tmp_path, capsys, monkeypatch, content: str) -> tuple:
+    """``scst predict`` on a model dir holding only ``attr.json`` = ``content`` (data never read): (dir, stderr)."""
     monkeypatch.setattr("scst.cli._load_data", _no_reading)
     m = tmp_path / "m"
     m.mkdir()
     (m / "attr.json").write_text(content)
     assert main(["predict", "--model-dir", str(m), "--out", str(tmp_path / "p.h5ad")]) == 2
-    err = capsys.readouterr().err.strip()
+    return m, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("content", "expect"), [("not json", "is not valid JSON"),
+                                                 ("[1,2]", "holds a JSON list, expected an object")])  # fmt: skip
+def test_predict_bad_attr_json_is_a_model_dir_error(tmp_path, capsys, monkeypatch, content, expect):
+    """A corrupt attr.json names --model-dir and the file (no bare JSON message, no AttributeError traceback)."""
+    m, err = _predict_with_attr_json(tmp_path, capsys, monkeypatch, content)
+    err = err.strip()
     assert err.startswith(f"scst: error: --model-dir: {str(m / 'attr.json')!r} {expect}"), err
 
 
@@ -584,12 +590,8 @@ def test_data_that_is_not_a_store(tmp_path, capsys):
 @pytest.mark.parametrize(("content", "name"), [("{}", "None"), ('{"model": "nope"}', "'nope'"),
                                                ('{"model": "_base"}', "'_base'")])  # fmt: skip
 def test_predict_unknown_model_class(tmp_path, capsys, monkeypatch, content, name):
-    monkeypatch.setattr("scst.cli._load_data", _no_reading)
-    m = tmp_path / "m"
-    m.mkdir()
-    (m / "attr.json").write_text(content)
-    assert main(["predict", "--model-dir", str(m), "--out", str(tmp_path / "p.h5ad")]) == 2
-    assert f"scst: error: --model-dir: unknown model class {name} in " in capsys.readouterr().err
+    _, err = _predict_with_attr_json(tmp_path, capsys, monkeypatch, content)
+    assert f"scst: error: --model-dir: unknown model class {name} in " in err
 
 
 def test_predict_an_image_whose_file_name_has_spaces(fake_predict, tmp_path, capsys):
