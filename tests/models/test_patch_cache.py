@@ -24,13 +24,13 @@ def test_cache_hits_on_same_content_and_misses_on_other_content():
     centers = np.array([[5.0, 5.0], [10.0, 12.0]])
     a, a_again, b = _img(0), _img(0), _img(1)  # a_again: another object with the same pixels
     assert _element_token(a) == _element_token(a_again) != _element_token(b)
-    first = _cached_patches(a, centers, 80.0, 4, 2**20, read("a"))
-    assert _cached_patches(a_again, centers, 80.0, 4, 2**20, read("a_again")) is first
+    first = _cached_patches(a, centers, 80.0, 4, 2**20, read("a"), 40)
+    assert _cached_patches(a_again, centers, 80.0, 4, 2**20, read("a_again"), 40) is first
     del a, a_again  # a freed object's id may be reused by the next image: content keys cannot collide
-    other = _cached_patches(b, centers, 80.0, 4, 2**20, read("b"))
+    other = _cached_patches(b, centers, 80.0, 4, 2**20, read("b"), 40)
     assert calls == ["a", "b"] and other[0, 0, 0, 0] == 2
-    _cached_patches(b, centers + 1, 80.0, 4, 2**20, read("b moved"))  # other spots: a new entry
-    _cached_patches(b, centers, 160.0, 4, 2**20, read("b bigger"))  # other geometry: a new entry
+    _cached_patches(b, centers + 1, 80.0, 4, 2**20, read("b moved"), 40)  # other spots: a new entry
+    _cached_patches(b, centers, 160.0, 4, 2**20, read("b bigger"), 40)  # other geometry: a new entry
     assert calls == ["a", "b", "b moved", "b bigger"]
     assert not first.flags.writeable
     clear_patch_cache()
@@ -51,10 +51,10 @@ def test_cache_budget_is_inclusive():
         return np.zeros((2, 3, 4, 4), dtype=np.uint8)  # 96 bytes
 
     img, centers = _img(0), np.array([[5.0, 5.0], [10.0, 12.0]])
-    first = _cached_patches(img, centers, 80.0, 4, 96, read)
-    assert len(_PATCH_CACHE) == 1 and _cached_patches(img, centers, 80.0, 4, 96, read) is first and calls == [1]
-    _cached_patches(img, centers + 1, 80.0, 4, 96, read)  # a second entry: the budget holds one, the oldest goes
-    assert len(_PATCH_CACHE) == 1 and _cached_patches(img, centers + 1, 80.0, 4, 96, read) is not first
+    first = _cached_patches(img, centers, 80.0, 4, 96, read, 40)
+    assert len(_PATCH_CACHE) == 1 and _cached_patches(img, centers, 80.0, 4, 96, read, 40) is first and calls == [1]
+    _cached_patches(img, centers + 1, 80.0, 4, 96, read, 40)  # a second entry: the budget holds one, the oldest goes
+    assert len(_PATCH_CACHE) == 1 and _cached_patches(img, centers + 1, 80.0, 4, 96, read, 40) is not first
     clear_patch_cache()
 
     spec = importlib.util.spec_from_file_location("_he_synthetic", Path(__file__).with_name("_he_synthetic.py"))

@@ -72,7 +72,7 @@ def _element_token(element: Any) -> str:
     return dask.base.tokenize(data)
 
 
-def _cache_key(element: Any, centers: np.ndarray, size_um: float, patch_px: int, window_px: int | None = None) -> tuple:
+def _cache_key(element: Any, centers: np.ndarray, size_um: float, patch_px: int, window_px: int) -> tuple:
     # window_px: the window cut from the image (size_um / um_per_px), which a corrected pixel size changes
     digest = hashlib.sha1(np.ascontiguousarray(centers, dtype=np.float64).tobytes()).hexdigest()
     return (_element_token(element), digest, float(size_um), int(patch_px), window_px)
@@ -92,7 +92,7 @@ def _cached_patches(
     patch_px: int,
     budget: int,
     read: Any,
-    window_px: int | None = None,
+    window_px: int,
 ):
     """Patches of ``centers`` on ``element`` from the process-wide cache, else ``read()`` (uint8, stored read-only)."""
     key = _cache_key(element, centers, size_um, patch_px, window_px)
