@@ -202,7 +202,8 @@ def ligand_receptor(
         ``"pearson"`` among the methods is a ValueError: permuting both genes' rows leaves the within-cell
         correlation unchanged, so every p-value would be 1 (use ``"auto"`` or ``"ligand"``).
     seed
-        Seed of the permutations and of GCNG.
+        Seed of the permutations and of GCNG. Each method uses it as it is, so its p-values are the same whichever
+        other methods are listed with it, in any order.
     groups_key
         ``obs`` column of the sections within which positions are shuffled (``"auto"``: ``section``, ``fov``,
         ``library_id`` or ``sample`` when present; ``None``: all cells).
@@ -358,7 +359,7 @@ def ligand_receptor(
         }
     )
     nulls = {}
-    for i, m in enumerate(methods):
+    for m in methods:
         if m == "gcng":
             nulls[m] = "positions" if null == "auto" else null
             score, pval, extra = _gcng(adata, model, present, known, n_folds, gcng_config, graph_key, adj,
@@ -370,8 +371,9 @@ def ligand_receptor(
             fn, default = score_function(m, adj, local_name=local_name, weights=weights)
             nulls[m] = default if null == "auto" or default == "none" else null
             score = fn(lig, rec)
-            pval = permutation_pvalues(fn, lig, rec, score, null=nulls[m], groups=groups, n_perms=n_perms,
-                                       seed=seed + 7919 * i)  # fmt: skip
+            # Every method draws from ``seed`` itself (as liana's aggregate does): a method's p-values do not depend
+            # on which other methods are listed, or in which order.
+            pval = permutation_pvalues(fn, lig, rec, score, null=nulls[m], groups=groups, n_perms=n_perms, seed=seed)
             res[f"{m}_score"], res[f"{m}_pvals"] = score, pval
         res[f"{m}_fdr"] = bh_fdr(res[f"{m}_pvals"].to_numpy())
         if m == "gcng":
