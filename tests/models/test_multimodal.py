@@ -3,6 +3,7 @@ from __future__ import annotations
 import warnings
 
 import anndata as ad
+import lightning.pytorch as pl
 import mudata as md
 import numpy as np
 import pandas as pd
@@ -1059,6 +1060,55 @@ def test_staged_training_history_numbers_both_stages():
     model = MultimodalST(mdata, **SMALL)
     model.train(pretrain_epochs=1, max_epochs=0, enable_progress_bar=False, validation=0.0)
     assert model.history["stage"].tolist() == [0.0] and model.module.stage == "joint"
+
+
+class _CrashInStage(pl.Callback):
+    """Raise at the start of epoch ``at`` of one training stage (after that stage's previous ``last.ckpt``)."""
+
+    def __init__(self, stage, at):
+        self.stage, self.at = stage, at
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if pl_module.module.stage == self.stage and trainer.current_epoch == self.at:
+            raise RuntimeError("power cut")
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "joint"])
+def test_staged_training_resumes_from_either_stages_checkpoint(tmp_path, stage):
+    """``ckpt_path`` went to both stages: a joint-stage ``last.ckpt`` was loaded into pre-training (and one folder
+    held both stages' checkpoints). Each stage now has its folder, and resuming equals the uninterrupted run."""
+    mdata = synthetic_mudata(n=24, n_genes=6)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    cfg = {**SMALL, "pretrain_epochs": 3, "max_epochs": 3, "dropout": 0.1}
+    run = {"enable_progress_bar": False, "validation": 0.25, "early_stopping": False}
+    full = MultimodalST(mdata, **cfg).train(checkpoint_dir=tmp_path / "full", **run)
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["joint", "pretrain"]
+    assert (tmp_path / "full" / "pretrain" / "last.ckpt").is_file() and (
+        tmp_path / "full" / "joint" / "best.ckpt"
+    ).is_file()
+    with pytest.raises(RuntimeError, match="power cut"):
+        MultimodalST(mdata, **cfg).train(checkpoint_dir=tmp_path / "cut", callbacks=[_CrashInStage(stage, 2)], **run)
+    assert (tmp_path / "cut" / "joint").exists() == (stage == "joint")
+    resumed = MultimodalST(mdata, **cfg).train(ckpt_path=tmp_path / "cut" / stage / "last.ckpt", **run)
+    pd.testing.assert_frame_equal(resumed.history, full.history, rtol=1e-6)
+    assert resumed.history["stage"].tolist() == [0.0] * 3 + [1.0] * 3
+    for modality in ("rna", "image"):
+        np.testing.assert_allclose(resumed.get_latent_representation(modality=modality),
+                                   full.get_latent_representation(modality=modality), rtol=0, atol=1e-5)  # fmt: skip
+    assert resumed.module.stage == "joint" and resumed.is_trained
+    with pytest.raises(ValueError, match="ckpt_path: a joint-stage checkpoint, but `max_epochs` is 0"):
+        MultimodalST(mdata, **cfg).train(ckpt_path=tmp_path / "full" / "joint" / "last.ckpt", max_epochs=0, **run)
+
+
+def test_staged_training_refuses_a_checkpoint_of_another_model(tmp_path):
+    mdata = synthetic_mudata(n=12, n_genes=6)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    other = tmp_path / "last.ckpt"
+    torch.save({"epoch": 0, "state_dict": {}, "callbacks": {"History": {"rows": {}}}}, other)
+    with pytest.raises(ValueError, match="ckpt_path: .* records no MultimodalST training stage"):
+        MultimodalST(mdata, **SMALL).train(ckpt_path=other, enable_progress_bar=False)
+    with pytest.raises(FileNotFoundError, match="`ckpt_path` .* is not a file"):
+        MultimodalST(mdata, **SMALL).train(ckpt_path=tmp_path / "nothing.ckpt", enable_progress_bar=False)
 
 
 def test_unpaired_patch_and_unlabelled_sample_codes_differ_without_an_image_label_column():

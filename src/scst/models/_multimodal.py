@@ -8,8 +8,10 @@ with a triplet loss, ALBEF-style alignment, fusion encoder with matching and RNA
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any, ClassVar
 
+import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
@@ -24,6 +26,36 @@ from ..pp._mudata import LINK_KEY, PATCH_KEY
 from ._base import BaseModel
 
 __all__ = ["MultimodalST"]
+
+
+class _StageInfo(pl.Callback):
+    """Puts MultimodalST's training stage and the earlier stages' ``history`` rows into the stage's checkpoints."""
+
+    key = "scst_multimodal_stage"
+
+    def __init__(self, stage: str, earlier: list[dict[str, Any]]) -> None:
+        self.stage, self.earlier = stage, earlier
+
+    @property
+    def state_key(self) -> str:  # noqa: D102
+        return self.key
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        return {"stage": self.stage, "earlier": self.earlier}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
+        pass  # read by MultimodalST.train before training: it decides which stages run
+
+
+def _frame_rows(frame: pd.DataFrame) -> dict[int, dict[str, float]]:
+    """A history frame as ints, strs and floats (a checkpoint that loads with ``weights_only=True``)."""
+    return {int(e): {str(k): float(v) for k, v in row.items()} for e, row in frame.iterrows()}
+
+
+def _rows_frame(rows: dict[int, dict[str, float]]) -> pd.DataFrame:
+    frame = pd.DataFrame.from_dict(rows, orient="index").astype(float)
+    frame.index.name = "epoch"
+    return frame
 
 
 def _dense(X: Any) -> np.ndarray:
@@ -466,7 +498,14 @@ class MultimodalST(BaseModel):
         return train, DataLoader(val_ds, batch_size=batch_size, shuffle=False, collate_fn=val_ds.collate)
 
     # ------------------------------------------------------------------ training
-    def train(self, max_epochs: int | None = None, pretrain_epochs: int | None = None, **kwargs: Any) -> MultimodalST:
+    def train(
+        self,
+        max_epochs: int | None = None,
+        pretrain_epochs: int | None = None,
+        checkpoint_dir: str | Path | None = None,
+        ckpt_path: str | Path | None = None,
+        **kwargs: Any,
+    ) -> MultimodalST:
         """Staged training: ``pretrain_epochs`` of unimodal pre-training, then ``max_epochs`` of joint training.
 
         Parameters
@@ -475,6 +514,17 @@ class MultimodalST(BaseModel):
             Joint-stage epochs (default ``config["max_epochs"]``); 0 skips the joint stage.
         pretrain_epochs
             Pre-training epochs (default ``config["pretrain_epochs"]``); 0 skips pre-training.
+        checkpoint_dir
+            Keep each stage's checkpoints in its own subfolder, ``checkpoint_dir/pretrain`` and
+            ``checkpoint_dir/joint`` (``best.ckpt``, ``last.ckpt``: see :meth:`scst.models.BaseModel.train`).
+        ckpt_path
+            Resume from a stage's ``last.ckpt`` written with ``checkpoint_dir``. A pre-training checkpoint continues
+            pre-training up to ``pretrain_epochs`` (the stage's total), then runs the joint stage; a joint-stage one
+            skips pre-training (its weights are in the checkpoint) and continues up to ``max_epochs``, and
+            ``history`` gets the pre-training rows back from the checkpoint. With the same data, settings and seed
+            the result equals an uninterrupted run. Without ``checkpoint_dir`` the stages write next to the
+            checkpoint's stage folder (``ckpt_path``'s grandparent), or, when it is not in one, the resumed stage
+            into its own folder and a later stage into a temporary one.
         **kwargs
             Passed to :meth:`scst.models.BaseModel.train` for both stages (``batch_size``, ``lr``, ``accelerator``,
             ``validation``...). ``validation`` (default 0.1) is the fraction of RNA samples held out, with their
@@ -489,18 +539,50 @@ class MultimodalST(BaseModel):
         """
         pre = int(self.config["pretrain_epochs"] if pretrain_epochs is None else pretrain_epochs)
         joint = int(self._train_setting("max_epochs", max_epochs))
-        frames = []
+        resume_stage, done = None, []
+        if ckpt_path is not None:
+            ckpt_path = Path(ckpt_path)
+            if not ckpt_path.is_file():
+                raise FileNotFoundError(f"`ckpt_path` {str(ckpt_path)!r} is not a file (expected a `last.ckpt`).")
+            ck = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+            info = ck.get("callbacks", {}).get(_StageInfo.key) if isinstance(ck, dict) else None
+            if info is None:
+                raise ValueError(
+                    f"ckpt_path: {str(ckpt_path)!r} records no MultimodalST training stage; expected a `last.ckpt` "
+                    "written by `MultimodalST.train(checkpoint_dir=...)` (in its `pretrain` or `joint` subfolder)."
+                )
+            resume_stage = info["stage"]
+            done = [(d["stage"], _rows_frame(d["rows"])) for d in info["earlier"]]
+            skipped = "pretrain_epochs" if resume_stage == "pretrain" else "max_epochs"
+            if (pre if resume_stage == "pretrain" else joint) <= 0:
+                raise ValueError(f"ckpt_path: a {resume_stage}-stage checkpoint, but `{skipped}` is 0 (stage skipped).")
+            if checkpoint_dir is None and ckpt_path.parent.name == resume_stage:
+                checkpoint_dir = ckpt_path.parent.parent
+        callbacks = kwargs.pop("callbacks", None) or []
+        callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
         for stage, epochs in (("pretrain", pre), ("joint", joint)):
-            if epochs <= 0:
+            if epochs <= 0 or (resume_stage == "joint" and stage == "pretrain"):
                 continue
             self.module.stage = stage
             logg.info(f"MultimodalST: {stage} stage, {epochs} epochs")
-            super().train(max_epochs=epochs, **kwargs)
+            # the stage and the earlier stages' history rows travel in the stage's last.ckpt, for resuming
+            tag = _StageInfo(stage, [{"stage": st, "rows": _frame_rows(f)} for st, f in done])
+            super().train(
+                max_epochs=epochs,
+                checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir) / stage,
+                ckpt_path=ckpt_path if stage == resume_stage else None,
+                callbacks=[tag, *callbacks],
+                **kwargs,
+            )
             if self.history is not None:
-                h = self.history.assign(stage=float(stage == "joint"))
-                h.index = h.index + sum(len(f) for f in frames)
-                frames.append(h)
+                done.append((stage, self.history))
         self.module.stage = "joint"
+        frames, start = [], 0
+        for stage, frame in done:
+            frame = frame.assign(stage=float(stage == "joint"))
+            frame.index = pd.Index(frame.index.to_numpy() + start, name="epoch")
+            start += len(frame)
+            frames.append(frame)
         self.history = pd.concat(frames) if frames else None
         return self
 
