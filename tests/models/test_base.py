@@ -433,6 +433,39 @@ def test_nan_at_the_first_step_does_not_restore_an_earlier_runs_best_checkpoint(
         torch.testing.assert_close(value, initial[name], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("stop", [{"max_steps": 0}, {"max_time": {"seconds": 0}}, {"limit_train_batches": 0}])
+def test_a_trainer_limit_that_stops_before_any_step_leaves_an_untrained_model(stop):
+    """``max_steps=0`` / ``max_time=0`` / ``limit_train_batches=0`` ran no step, and the model was marked trained
+    (predictions from random weights without a word)."""
+    adata = make_adata()
+    ToyRegression.setup_anndata(adata)
+    model = ToyRegression(adata)
+    initial = {k: v.clone() for k, v in model.module.state_dict().items()}
+    with pytest.warns(UserWarning, match="no training step ran .* unchanged and the model is not trained"):
+        model.train(enable_progress_bar=False, **stop)
+    assert not model.is_trained and model.history is None
+    for name, value in model.module.state_dict().items():
+        torch.testing.assert_close(value, initial[name], rtol=0, atol=0)
+    # a trained model stays trained (its weights are the trained ones)
+    model.train(enable_progress_bar=False, max_epochs=2)
+    with pytest.warns(UserWarning, match=r"no training step ran .* the weights are unchanged\.$"):
+        model.train(enable_progress_bar=False, **stop)
+    assert model.is_trained
+
+
+def test_max_steps_inside_the_first_epoch_keeps_the_last_steps_weights_with_a_warning():
+    """Ending inside the first epoch (before any validation) was Lightning's early-stopping error about a missing
+    ``val_loss``; now the steps run, a warning says there was no checkpoint, and the model is trained."""
+    adata = make_adata()
+    ToyRegression.setup_anndata(adata)
+    model = ToyRegression(adata, batch_size=16)
+    initial = model.module.linear.weight.detach().clone()
+    with pytest.warns(UserWarning, match=r"training stopped after 3 step\(s\) without a `val_loss`"):
+        model.train(enable_progress_bar=False, max_steps=3)
+    assert model.is_trained and list(model.history.index) == [0] and "val_loss" not in model.history
+    assert not torch.equal(model.module.linear.weight, initial)
+
+
 def test_modes_after_train_and_inference():
     adata = make_adata()
     ToyRegression.setup_anndata(adata)

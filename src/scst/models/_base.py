@@ -658,7 +658,11 @@ class BaseModel(_SetupRegistry, ABC):
                 )
             callbacks.append(RNGState([train_dl, val_dl]))
             if early_stopping:
-                callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=True))
+                # strict=False: a run that max_steps/max_time end before the first validation has no metric yet
+                # (Lightning's error named a metric, not the cause); the monitor names are scst's own
+                callbacks.append(
+                    EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=True, strict=False)
+                )
             callbacks.append(history)  # last: sees the metrics of the finished epoch
             kwargs = {
                 "enable_model_summary": False,
@@ -676,6 +680,7 @@ class BaseModel(_SetupRegistry, ABC):
                 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
                 warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
                 warnings.filterwarnings("ignore", message=".*have no `val_dataloader`.*")
+                warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")  # said below
                 if ckpt_path is not None:  # resuming into the folder of the checkpoint: not empty, as expected
                     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
                 trainer = pl.Trainer(
@@ -732,10 +737,28 @@ class BaseModel(_SetupRegistry, ABC):
             ):
                 # strategy="ddp": every rank reads rank 0's best.ckpt; rank 0 must not remove its folder before
                 torch.distributed.barrier()
+        steps = int(trainer.global_step)
+        if error is None and not best:
+            # max_steps / max_time / limit_train_batches (trainer_kwargs) ended training before any checkpoint
+            name = type(self).__name__
+            if steps == 0:
+                state = "unchanged" if self._is_trained else "unchanged and the model is not trained"
+                warnings.warn(
+                    f"{name}: no training step ran (`max_steps`, `max_time` or `limit_train_batches` stopped it "
+                    f"first); the weights are {state}.",
+                    stacklevel=2,
+                )
+            else:
+                warnings.warn(
+                    f"{name}: training stopped after {steps} step(s) without a `{monitor}` to checkpoint on "
+                    "(`max_steps`/`max_time` before the first epoch ended or validation ran, or "
+                    "`check_val_every_n_epoch` above the epochs run); keeping the weights of the last step.",
+                    stacklevel=2,
+                )
         self.history = history.frame if history.rows else None
         self.module.eval()
         self.module.to(device)
-        self._is_trained = bool(best) or error is None
+        self._is_trained = bool(best) or (error is None and (steps > 0 or self._is_trained))
         if error is not None:
             msg = "restored the best checkpoint" if best else "no checkpoint was saved before it"
             raise FloatingPointError(f"{error} ({type(self).__name__}: {msg}.)") from error
