@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -360,6 +362,21 @@ def test_validation_split_follows_the_config_unless_train_overrides_it():
     assert set(overridden._val_split["ligand"]) == val_lig  # same seed, same split as the default
     with pytest.raises(ValueError, match="validation: expected a fraction"):
         GCNG(adata, **cfg).train(pairs, validation="C2", enable_progress_bar=False)
+
+
+def test_a_single_ligand_cannot_be_split_for_validation_and_says_so():
+    """Validation holds out whole ligands: with one ligand the run trained without early stopping, said only in an
+    info log."""
+    adata, triples = niche_data(n_pairs=4)
+    GCNG.setup_anndata(adata, graph_key="gcng_autocrine_plus")
+    one = labelled([(triples[0][0], r, d) for _, r, d in triples])  # L0 with every receptor and decoy
+    cfg = {**FAST, "max_epochs": 1, "patience": 1}
+    with pytest.warns(UserWarning, match="validation: the training pairs have a single ligand \\('L0'\\)"):
+        model = GCNG(adata, **cfg).train(one, enable_progress_bar=False, accelerator="cpu")
+    assert model._val_split is None and len(model._train_split) == len(one)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="validation:")
+        GCNG(adata, **cfg).train(one, validation=0, enable_progress_bar=False, accelerator="cpu")
 
 
 def test_given_model_implies_gcng_and_is_never_ignored(trained):

@@ -599,7 +599,8 @@ class GCNG(BaseModel):
             grouping by ligand mimics GCNG's split, which took the first 20 % of its ligand-ordered pairs), a
             labelled DataFrame of validation pairs (a warning when some are also training pairs), or ``None``/0
             for none. ``"config"`` (default): the model's ``validation`` setting (0.2, the paper's; 0 in
-            ``bench_config``).
+            ``bench_config``). Pairs of a single ligand cannot be split: they train without validation, with a
+            warning.
         negatives_per_positive
             Negatives per positive when ``pairs`` has no ``label``.
         max_epochs, patience
@@ -679,6 +680,13 @@ class GCNG(BaseModel):
         elif frac > 0 and table["ligand"].nunique() > 1:
             train_t, val_t = self._split(table, frac, seed)
         else:
+            if frac > 0:  # asked for early stopping, which holds out whole ligands
+                warnings.warn(
+                    f"validation: the training pairs have a single ligand ({table['ligand'].iloc[0]!r}) and the "
+                    f"validation split holds out whole ligands; training on all pairs without validation (no early "
+                    f"stopping, the last epoch's weights are kept). Pass `validation=0` to silence this.",
+                    stacklevel=3,
+                )
             train_t, val_t = table, None
         if train_t["label"].nunique() < 2:
             raise ValueError("The training split has a single class; use more pairs or a smaller `validation`.")
