@@ -96,3 +96,21 @@ def test_plain_turns_numpy_values_into_python_ones():
     out = _utils._plain({"a": np.int64(3), 1: (np.float32(0.5), None), "c": np.array([True, False])})
     assert out == {"a": 3, "1": [0.5, None], "c": [True, False]}
     assert type(out["a"]) is int and type(out["1"][0]) is float and type(out["c"][0]) is bool
+
+
+def test_positive_int_takes_integral_floats_only_when_asked_and_names_the_argument():
+    """One rule for counts and sizes: numpy integers yes, booleans/NaN/inf/strings/fractions no; ``floats=True`` adds
+    integral floats (32.0); ``maximum`` and ``what`` shape the message."""
+    f = _utils._positive_int
+    assert f("n", 3) == 3 and type(f("n", np.int64(3))) is int
+    assert f("n", 0, 0) == 0 and f("px", 32.0, 8, floats=True) == 32 and f("px", np.float32(8), 8, floats=True) == 8
+    for bad in (True, np.bool_(True), 3.0, "3", None, 0):
+        with pytest.raises(ValueError, match=r"^n: expected a positive integer, got "):
+            f("n", bad)
+    for bad in (np.nan, np.inf, -np.inf, 7.0, 8.5, True, "8"):
+        with pytest.raises(ValueError, match=r"^px: expected an integer >= 8, got "):
+            f("px", bad, 8, floats=True)
+    with pytest.raises(ValueError, match=r"^levels: expected an integer in \[2, 256\], got 257"):
+        f("levels", 257, 2, maximum=256)
+    with pytest.raises(ValueError, match=r"^k: expected None \(all\) or a positive integer, got -1"):
+        f("k", -1, what="None (all) or a positive integer")

@@ -56,13 +56,31 @@ def _positive(name: str, value: Any, what: str = "number", where: str = "") -> f
     return v
 
 
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    """``value`` as a Python int >= ``minimum`` (numpy integers too), or a ValueError naming the argument.
+def _positive_int(
+    name: str,
+    value: Any,
+    minimum: int = 1,
+    *,
+    floats: bool = False,
+    maximum: int | None = None,
+    what: str | None = None,
+) -> int:
+    """``value`` as a Python int in ``[minimum, maximum]`` (numpy integers too), or a ValueError naming the argument.
 
     For counts such as ``batch_size``: 0, negatives, floats and booleans are refused, not replaced by a default.
+    ``floats=True`` also takes an integral float such as ``32.0`` (sizes in pixels that come out of arithmetic);
+    NaN, inf and fractional values are refused. ``what`` replaces the expectation in the message.
     """
-    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer) or value < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    ok = not isinstance(value, bool | np.bool_) and (
+        isinstance(value, int | np.integer)
+        or (
+            floats and isinstance(value, float | np.floating) and bool(np.isfinite(value)) and float(value).is_integer()
+        )
+    )
+    if not ok or value < minimum or (maximum is not None and value > maximum):
+        if what is None:
+            what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            what = what if maximum is None else f"an integer in [{minimum}, {maximum}]"
         raise ValueError(f"{name}: expected {what}, got {value!r}.")
     return int(value)
 

@@ -545,9 +545,18 @@ def test_booleans_are_no_window_sizes_numpy_scalars_are():
         ({"size_um": True}, "size_um"),
         ({"size_um": "4"}, "size_um"),
         ({"size_px": 4, "chunk_cache_mb": np.nan}, "chunk_cache_mb"),
+        ({"size_px": np.nan}, "size_px"),  # NaN and inf failed inside int() without the argument's name
+        ({"size_px": np.inf}, "size_px"),
+        ({"size_px": 4, "out_px": np.nan}, "out_px"),
+        ({"size_px": 4.5}, "size_px"),
+        ({"size_px": "4"}, "size_px"),
     ):
         with pytest.raises(ValueError, match=f"{name}: expected"):
             SpotPatchDataset.from_arrays({"s": img}, [[10, 10]], ["s"], 1.0, **kw)
+    # an integral float is a size (pixel sizes often come out of arithmetic)
+    assert (
+        SpotPatchDataset.from_arrays({"s": img}, [[10, 10]], ["s"], None, size_px=4.0, out_px=np.float32(2)).out_px == 2
+    )
 
 
 def test_a_patch_cache_keeps_the_window_size_and_pixel_size_of_the_images():

@@ -456,8 +456,8 @@ class _ImageModel(BaseModel):
             raise KeyError(f"table.obsm lacks {SPATIAL_KEY!r} (spot centres in pixels).")
         if not (np.isfinite(size_um) and size_um > 0):
             raise ValueError(f"size_um: expected a positive number, got {size_um!r}.")
-        if patch_px is not None and (isinstance(patch_px, bool) or int(patch_px) != patch_px or patch_px < 8):
-            raise ValueError(f"patch_px: expected an integer >= 8, got {patch_px!r}.")
+        if patch_px is not None:
+            _positive_int("patch_px", patch_px, 8, floats=True)
         # log-normalised data is >= 0 too: targets need integer counts (as the closed-form baselines check)
         raw_counts(adata, layer, f"{cls.__name__}.setup_sdata", hint=_RAW_HINT)
         panel, genes_key = _resolve_panel(adata, genes)

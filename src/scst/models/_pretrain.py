@@ -25,7 +25,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from .._constants import TABLE_KEY, UNS_KEY
 from .._logging import logg
-from .._utils import _get_table, _positive
+from .._utils import _get_table, _positive, _positive_int
 from ..nn._augment import HEAugment
 from ..nn._train_step import imagenet_normalize
 from ._base import BaseModel, _scst_version
@@ -270,9 +270,7 @@ class SSLEncoder(BaseModel):
         adata = _get_table(sdata, table)
         size_um = _positive("size_um", size_um)  # numpy scalars too; not NaN/inf/bool
         spacing_um = size_um if spacing_um is None else _positive("spacing_um", spacing_um)
-        number = isinstance(patch_px, int | float | np.number) and not isinstance(patch_px, bool | np.bool_)
-        if not (number and np.isfinite(patch_px) and patch_px >= 8 and int(patch_px) == patch_px):  # None, NaN too
-            raise ValueError(f"patch_px: expected an integer >= 8, got {patch_px!r}.")
+        _positive_int("patch_px", patch_px, 8, floats=True)  # None, NaN too
         for name, v in (("min_tissue", min_tissue), ("tile_threshold", tile_threshold)):
             if isinstance(v, bool | np.bool_) or not (isinstance(v, int | float | np.number) and 0.0 <= v <= 1.0):
                 raise ValueError(f"{name}: expected a fraction in [0, 1], got {v!r}.")

@@ -13,6 +13,7 @@ haematoxylin/eosin/DAB concentrations with the Ruifrok–Johnston colour-deconvo
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -173,7 +174,10 @@ def random_resized_crop(
     lo, hi = float(scale[0]), float(scale[1])
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"scale: expected 0 < min <= max <= 1 (area fractions), got {scale}.")
-    if out_px is not None and (isinstance(out_px, bool) or int(out_px) != out_px or out_px < 1):
+    if out_px is not None and not (  # torch-only module: scst._utils._positive_int's rule, written out
+        isinstance(out_px, numbers.Real) and not isinstance(out_px, bool) and math.isfinite(out_px)
+        and float(out_px).is_integer() and out_px >= 1
+    ):  # fmt: skip
         raise ValueError(f"out_px: expected None or a positive integer, got {out_px!r}.")
     b, _, h, w = x.shape
     oh, ow = (int(out_px), int(out_px)) if out_px is not None else (h, w)  # (h, h) squeezed a non-square image

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from .._utils import _positive_int
+
 __all__ = ["handcrafted_features", "handcrafted_feature_names"]
 
 # Fixed settings: the feature names (and so a fitted baseline's columns) must not depend on call arguments.
@@ -46,16 +48,6 @@ def handcrafted_feature_names() -> list[str]:
         names += [f"glcm_{ch}_{p}_d{d}" for d in _GLCM_DISTANCES for p in _GLCM_PROPS]
     names += [f"lbp_{i}" for i in range(_LBP_POINTS + 2)]
     return names
-
-
-def _is_int(v: Any) -> bool:
-    """An integer (Python or numpy, not bool) or an integral float such as 32.0."""
-    if isinstance(v, bool | np.bool_ | str | bytes):
-        return False
-    try:
-        return bool(np.isfinite(float(v)) and float(v) == int(v))
-    except (TypeError, ValueError, OverflowError):
-        return False
 
 
 def _as_unit_float(patches: np.ndarray) -> np.ndarray:
@@ -270,17 +262,14 @@ def handcrafted_features(
     -------
     ``(N, 95)`` float32 array (and the list of names when ``return_names``).
     """
-    if not (_is_int(glcm_levels) and 2 <= glcm_levels <= 256):  # 16.7 was truncated to 16
-        raise ValueError(f"glcm_levels: expected an integer in [2, 256], got {glcm_levels!r}.")
+    levels = _positive_int("glcm_levels", glcm_levels, 2, floats=True, maximum=256)  # 16.7 was truncated to 16
     try:
         thr = np.asarray(stain_thresholds, dtype=np.float64)
     except (TypeError, ValueError):
         thr = np.full(0, np.nan)
     if thr.shape != (2,) or not (np.isfinite(thr).all() and (thr >= 0).all()):  # NaN counted no pixel
         raise ValueError(f"stain_thresholds: expected two non-negative numbers (H, E), got {stain_thresholds!r}.")
-    if not (_is_int(batch_size) and batch_size >= 1):
-        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}.")
-    levels, batch_size = int(glcm_levels), int(batch_size)
+    batch_size = _positive_int("batch_size", batch_size, floats=True)
     names = handcrafted_feature_names()
     if hasattr(patches, "detach"):  # torch tensor
         patches = patches.detach().cpu().numpy()

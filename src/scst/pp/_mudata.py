@@ -28,7 +28,7 @@ from scipy import sparse
 from .._constants import SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
 from .._logging import logg
 from .._normalize import log_normalize_counts
-from .._utils import _check_key, _get_table
+from .._utils import _check_key, _get_table, _positive_int
 
 __all__ = ["to_mudata", "bulk_to_mudata", "LINK_KEY", "PATCH_KEY", "MUDATA_UNS"]
 
@@ -249,15 +249,10 @@ def bulk_to_mudata(
     from ._tissue import filter_tiles, tile_grid
 
     group_keys = [group_keys] if isinstance(group_keys, str) else list(group_keys)  # one column, or several
-    if max_patches is not None and (
-        not isinstance(max_patches, int | np.integer) or isinstance(max_patches, bool) or max_patches < 1
-    ):  # 0 would slice [:None], i.e. keep every patch
-        raise ValueError(f"max_patches: expected None (all) or a positive integer, got {max_patches!r}.")
-    number = isinstance(patch_px, int | float | np.number) and not isinstance(patch_px, bool | np.bool_)
-    if not (number and np.isfinite(patch_px) and patch_px >= 1 and int(patch_px) == patch_px):
-        # named here: SpotPatchDataset would call it size_px (and True tiled the image into 1 px windows first)
-        raise ValueError(f"patch_px: expected a positive integer (window edge in pixels), got {patch_px!r}.")
-    patch_px = int(patch_px)
+    if max_patches is not None:  # 0 would slice [:None], i.e. keep every patch
+        _positive_int("max_patches", max_patches, what="None (all) or a positive integer")
+    # named here: SpotPatchDataset would call it size_px (and True tiled the image into 1 px windows first)
+    patch_px = _positive_int("patch_px", patch_px, floats=True, what="a positive integer (window edge in pixels)")
     for k in group_keys:
         _check_key(adata.obs, k, "adata.obs (group_keys)")
     keys = list(image_to_sample)

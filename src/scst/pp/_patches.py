@@ -581,8 +581,8 @@ class SpotPatchDataset(Dataset):
             raise TypeError(f"transform: expected a callable, got {type(transform).__name__}.")
         # bools are no sizes (True was a 1 px window / output); numpy scalars are
         for name, v in (("out_px", out_px), ("size_px", size_px)):
-            if v is not None and (isinstance(v, bool | np.bool_) or int(v) != v or v < 1):
-                raise ValueError(f"{name}: expected a positive integer, got {v!r}.")
+            if v is not None:
+                _positive_int(name, v, floats=True)
         if size_px is None:
             try:
                 ok = not isinstance(size_um, bool | np.bool_) and np.isfinite(float(size_um)) and size_um > 0

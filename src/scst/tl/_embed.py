@@ -169,9 +169,7 @@ def embed_patches(
         raise ValueError(f"size_um: expected positive patch size(s) in µm, got {size_um!r}.") from None
     if not sizes:
         raise ValueError(f"size_um: expected positive patch size(s) in µm, got {size_um!r}.")
-    px_ok = isinstance(out_px, int | float | np.integer | np.floating) and not isinstance(out_px, bool | np.bool_)
-    if not (px_ok and np.isfinite(out_px) and out_px >= 1 and int(out_px) == out_px):  # as SpotPatchDataset's
-        raise ValueError(f"out_px: expected a positive integer, got {out_px!r}.")
+    _positive_int("out_px", out_px, floats=True)  # as SpotPatchDataset's
     handcrafted = isinstance(encoder, str) and encoder == "handcrafted"
     if isinstance(encoder, nn.Module):
         name, module, weights_desc = type(encoder).__name__.lower(), encoder, "given module"

@@ -10,7 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._utils import _check_key, _get_table, _positive
+from .._utils import _check_key, _get_table, _positive, _positive_int
 from ..pp._graph_matrix import _check_finite
 
 __all__ = ["lr_kernel"]
@@ -88,12 +88,7 @@ def lr_kernel(
     if copy:
         adata = adata.copy()
     bandwidth = _positive("bandwidth", bandwidth, "distance in µm")  # NaN gave NaN weights, inf all ones
-    if (
-        isinstance(max_neighbours, bool | np.bool_)
-        or not isinstance(max_neighbours, int | np.integer)
-        or max_neighbours < 0
-    ):
-        raise ValueError(f"max_neighbours: expected a non-negative integer, got {max_neighbours!r}.")
+    _positive_int("max_neighbours", max_neighbours, 0, what="a non-negative integer")
     if isinstance(cutoff, bool | np.bool_) or not isinstance(cutoff, numbers.Real) or not 0 <= cutoff < 1:
         # NaN compared false everywhere: every spot was left with only itself, without a word
         raise ValueError(f"cutoff: expected a weight in [0, 1), got {cutoff!r}.")

@@ -448,10 +448,8 @@ def gene_importance(
         raise ValueError(f"score: expected 'itm' or 'itc', got {score!r}.")
     if method not in ("gradcam", "integrated_gradients"):
         raise ValueError(f"method: expected 'gradcam' or 'integrated_gradients', got {method!r}.")
-    if max_pairs is not None and (
-        not isinstance(max_pairs, int | np.integer) or isinstance(max_pairs, bool) or max_pairs < 1
-    ):
-        raise ValueError(f"max_pairs: expected None (all pairs) or a positive integer, got {max_pairs!r}.")
+    if max_pairs is not None:
+        _positive_int("max_pairs", max_pairs, what="None (all pairs) or a positive integer")
     for name, v in (("n_top", n_top), ("n_steps", n_steps)):  # n_top=-1 would keep all genes but one
         _positive_int(name, v)
     if score == "itm" and any(m.module.weights.get("itm", 0.0) <= 0 for m in models):
