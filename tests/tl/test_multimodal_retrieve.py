@@ -405,6 +405,18 @@ def test_group_chance_counts_unlabelled_targets_as_misses():
     assert res["accuracy"]["label"] == pytest.approx(1 / 2) and res["chance"]["label"] == pytest.approx(1 / 2)
 
 
+def test_group_chance_is_nan_like_the_accuracy_when_no_query_is_labelled():
+    """Image queries all unlabelled, RNA targets labelled: no top-1 group to compare, accuracy NaN, and so the
+    chance (it was 0.0, next to which any accuracy looks good); the other direction keeps both numbers."""
+    mdata = _linked_mudata(["s0", "s1", "s2"], n_rna=3)
+    mdata["rna"].obs["label"] = ["a", "b", "a"]
+    mdata["image"].obs["label"] = pd.Categorical([None] * 3, categories=["a", "b"])
+    res = scst.tl.retrieve(mdata, None, k=1, use_rep="E", group_keys="label")
+    assert np.isnan(res["accuracy"]["label"]) and np.isnan(res["chance"]["label"])
+    res = scst.tl.retrieve(mdata, None, query="rna", k=1, use_rep="E", group_keys="label")
+    assert res["accuracy"]["label"] == 0.0 and res["chance"]["label"] == 0.0  # labelled queries, unlabelled targets
+
+
 def test_group_labels_that_are_equal_numbers_match_across_int_and_float_columns():
     """The RNA side's label column holds ints, the image side's ints with a missing value (floats to pandas: 1.0,
     NaN): 1 and 1.0 are the same label (they compared as "1" ≠ "1.0", every query a miss, accuracy 0)."""

@@ -7,9 +7,9 @@ Keys written:
 * ``mdata.uns["scst_retrieval"]``: per query, the ``k`` closest targets by cosine (``"indices"``, ``"names"``,
   ``"scores"``), accuracy of the top-1 target's group per ``group_keys`` against the label-frequency chance
   ``Σ_g p_query(g) p_target(g)`` (``Σ p²`` when queries and targets share labels; ``p_query`` over the labelled
-  queries, ``p_target`` over all targets, an unlabelled one never matching), exact-sample top-1/top-k rates
-  (paired queries only) against the rates of a random ranking (``1/n`` and ``k/n`` for image queries); with
-  ``rerank``, the matching-head logits ``"match_scores"`` (:func:`retrieve`).
+  queries, ``p_target`` over all targets, an unlabelled one never matching; both NaN when no query is labelled),
+  exact-sample top-1/top-k rates (paired queries only) against the rates of a random ranking (``1/n`` and ``k/n``
+  for image queries); with ``rerank``, the matching-head logits ``"match_scores"`` (:func:`retrieve`).
 * ``mdata[rna].var["scst_importance_mean"]`` / ``["scst_importance_count"]`` and
   ``mdata.uns["scst_gene_importance"]`` (:func:`gene_importance`).
 """
@@ -105,9 +105,11 @@ def _chance(q: pd.Series, t: pd.Series) -> float:
     """Top-1 group accuracy of a random ranking over the labelled queries.
 
     Each target is equally likely to come first; an unlabelled target is a miss, as in the accuracy, so the target
-    label frequencies are over all targets.
+    label frequencies are over all targets. NaN, like the accuracy, when no query is labelled.
     """
     pq = _labels(q).dropna().value_counts(normalize=True)
+    if pq.empty:  # no labelled query: no accuracy to compare with (a chance of 0 would make any accuracy look good)
+        return float("nan")
     pt = _labels(t).dropna().value_counts() / max(len(t), 1)
     return float((pq * pt.reindex(pq.index).fillna(0)).sum())
 
