@@ -417,6 +417,22 @@ def test_group_chance_is_nan_like_the_accuracy_when_no_query_is_labelled():
     assert res["accuracy"]["label"] == 0.0 and res["chance"]["label"] == 0.0  # labelled queries, unlabelled targets
 
 
+def test_retrieve_warns_when_the_models_group_key_is_missing_from_the_patches():
+    """Patches without the model's label column (training gives each its RNA sample's group): the same model, but
+    the default group accuracy silently vanished (accuracy {}); now a warning names the key and the modality."""
+    mdata = synthetic_mudata(n=12, n_genes=6)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL)
+    assert list(scst.tl.retrieve(mdata, model, k=1)["accuracy"]) == ["label"]
+    del mdata["image"].obs["label"]
+    with pytest.warns(UserWarning, match=r"group_key 'label' is not an obs column of modality 'image'"):
+        res = scst.tl.retrieve(mdata, model, k=1)
+    assert res["accuracy"] == {} and res["group_keys"] == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # group keys given: no warning
+        assert scst.tl.retrieve(mdata, model, k=1, group_keys=[])["accuracy"] == {}
+
+
 def test_group_labels_that_are_equal_numbers_match_across_int_and_float_columns():
     """The RNA side's label column holds ints, the image side's ints with a missing value (floats to pandas: 1.0,
     NaN): 1 and 1.0 are the same label (they compared as "1" ≠ "1.0", every query a miss, accuracy 0)."""

@@ -164,7 +164,8 @@ def retrieve(
     group_keys
         ``obs`` column(s) (one name or a sequence) on which the top-1 target's group is compared with the query's
         (default: the model's ``group_key`` and ``mdata.uns["scst_mudata"]["group_keys"]`` where present in both
-        modalities). Labels that are equal numbers match (``1`` of an integer column and ``1.0`` of a float one).
+        modalities; a warning when the model's ``group_key`` is left out because one modality lacks it). Labels
+        that are equal numbers match (``1`` of an integer column and ``1.0`` of a float one).
     use_rep
         Read embeddings from ``obsm[use_rep]`` of both modalities instead of computing them.
     key_added
@@ -266,10 +267,19 @@ def retrieve(
     top = order[:, :k]
     qo, to = mdata[q_mod].obs, mdata[t_mod].obs
     if group_keys is None:
-        cand = ([reg["group_key"]] if "group_key" in reg else []) + list(
-            mdata.uns.get(MUDATA_UNS, {}).get("group_keys", [])
-        )
+        own = [reg["group_key"]] if "group_key" in reg else []
+        cand = own + list(mdata.uns.get(MUDATA_UNS, {}).get("group_keys", []))
         group_keys = [g for g in dict.fromkeys(cand) if g in qo and g in to]
+        for g in own:  # training lets a patch take its RNA sample's group; the accuracy needs the column on both sides
+            lacking = [m for m, o in ((q_mod, qo), (t_mod, to)) if g not in o]
+            if lacking:
+                warnings.warn(
+                    f"retrieve: the model's group_key {g!r} is not an obs column of modality "
+                    f"{' and '.join(map(repr, lacking))}, so no group accuracy is computed for it; copy the column "
+                    "there (e.g. each patch its RNA sample's label) or pass group_keys.",
+                    UserWarning,
+                    stacklevel=2,
+                )
     group_keys = [group_keys] if isinstance(group_keys, str) else list(group_keys)  # one column, or several
     acc, chance = {}, {}
     for g in group_keys:
