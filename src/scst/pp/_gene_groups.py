@@ -156,7 +156,10 @@ def gene_groups(
     n_neighbors
         Out-degree of the kNN co-expression fallback.
     resolution, seed
-        Louvain resolution and random seed.
+        Louvain resolution and random seed. networkx's seeded Louvain visits the genes in the order they enter the
+        graph (the order of ``var``, or of the network's rows), so the same seed with the genes in another order
+        can give other groups of similar modularity; keep ``var`` (and the network) in one order to reproduce a
+        grouping, or store ``var[key_added]`` with the data.
     layer
         Layer for the fallback's expression (raw counts are log1p-normalised; anything else is used as is).
     key_added
