@@ -99,6 +99,13 @@ def test_tiling_windows_on_a_lattice_do_not_depend_on_the_row_order():
     rng = np.random.default_rng(0)
     for perm in (rng.permutation(64) for _ in range(5)):
         assert windows(pos[perm]) == windows(pos)
+    # the same spots translated or scaled (ties then differ by round-off): the same windows of spot indices
+
+    def members(p):
+        return sorted((tuple(w.tolist()), tuple(sorted(k.tolist()))) for w, k in _tiling_windows(p, 20))
+
+    for moved in (pos + 1000.3, pos * 1.1, pos * 0.37 - 12345.678):
+        assert members(moved) == members(pos)
 
 
 class _Windows(_WindowDataset):

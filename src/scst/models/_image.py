@@ -201,7 +201,8 @@ def _kd_cells(idx: np.ndarray, positions: np.ndarray, max_size: int) -> list[np.
     if len(idx) <= max_size:
         return [idx]
     p = positions[idx]
-    axis = int(np.argmax(p.max(0) - p.min(0)))
+    extent = p.max(0) - p.min(0)
+    axis = int(np.flatnonzero(extent >= extent.max() * (1 - 1e-9))[0])  # equal extents but for round-off: the first
     # ties on the split axis (spots of a lattice row) are broken by the other coordinates, not by row order
     order = idx[np.lexsort((*p.T[::-1], p[:, axis]))]
     half = len(order) // 2
@@ -214,7 +215,10 @@ def _nearest(tree: Any, positions: np.ndarray, centre: np.ndarray, k: int) -> np
     if k < len(positions):  # spots as far as the k-th one (a lattice around a symmetric centre) are candidates too
         near = np.union1d(near, tree.query_ball_point(centre, dist[-1] * (1 + 1e-9))).astype(np.int64)
     p = positions[near]
-    return near[np.lexsort((*p.T[::-1], np.sqrt(((p - centre) ** 2).sum(1))))][:k]
+    dist = np.sqrt(((p - centre) ** 2).sum(1))
+    # distances equal but for round-off (a translated or scaled lattice) tie as well
+    dist = np.round(dist / max(float(dist.max()) * 1e-9, np.finfo(float).tiny))
+    return near[np.lexsort((*p.T[::-1], dist))][:k]
 
 
 def _tiling_windows(positions: np.ndarray, max_spots: int) -> list[tuple[np.ndarray, np.ndarray]]:
