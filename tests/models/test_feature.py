@@ -346,3 +346,21 @@ def test_head_predict_refuses_a_batch_size_that_is_not_a_positive_integer():
         with pytest.raises(ValueError, match=r"batch_size: expected a positive integer, got"):
             model.predict(tab, "S3", batch_size=bad)
     np.testing.assert_array_equal(model.predict(tab, "S3", batch_size=np.int64(7)), model.predict(tab, "S3"))
+
+
+def test_spatial_head_predictions_on_a_lattice_follow_a_permutation_of_the_rows():
+    """Spots on an exact grid tie in the prediction windows: permuting the table permutes the predictions only."""
+    tab = _table()
+    r, c = divmod(np.arange(tab.n_obs) % 64, 8)
+    tab.obsm["spatial"] = np.column_stack([c * 80.0, r * 80.0])  # no jitter: a lattice per section
+    scst.pp.hypergraph(tab, use_rep="X_emb", k=3)
+    HGGEPHead.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1", "S2"])
+    config = {"max_epochs": 3, "dim": 16, "vit_heads": 2, "hg_hidden": 8, "lstm_hidden": 8, "batch_size": 20}
+    model = HGGEPHead(tab, **config, ridge_skip=False, n_programs=None).train(enable_progress_bar=False)
+    s3 = (tab.obs["section"] == "S3").to_numpy()
+    expected = model.predict(tab, "S3")
+    perm = np.random.default_rng(0).permutation(tab.n_obs)
+    shuffled = tab[perm].copy()  # the hypergraph (obsp) is permuted with the rows
+    got = model.predict(shuffled, "S3")
+    order = shuffled.obs_names[(shuffled.obs["section"] == "S3").to_numpy()].get_indexer(tab.obs_names[s3])
+    np.testing.assert_allclose(got[order], expected, rtol=1e-5, atol=1e-6)

@@ -86,6 +86,28 @@ def test_tiling_windows_known_answer():
             assert set(w.tolist()) == set(c.tolist()) | set(extra)
 
 
+def test_tiling_windows_on_a_lattice_do_not_depend_on_the_row_order():
+    # spots of a regular grid tie on the k-d split axis and in distance to a core's centre: broken by position
+    r, c = np.divmod(np.arange(64), 8)
+    pos = np.column_stack([c * 100.0, r * 100.0])
+
+    def windows(p):
+        return sorted(
+            (tuple(sorted(map(tuple, p[w]))), tuple(sorted(map(tuple, p[k])))) for w, k in _tiling_windows(p, 20)
+        )
+
+    rng = np.random.default_rng(0)
+    for perm in (rng.permutation(64) for _ in range(5)):
+        assert windows(pos[perm]) == windows(pos)
+    # the same spots translated or scaled (ties then differ by round-off): the same windows of spot indices
+
+    def members(p):
+        return sorted((tuple(w.tolist()), tuple(sorted(k.tolist()))) for w, k in _tiling_windows(p, 20))
+
+    for moved in (pos + 1000.3, pos * 1.1, pos * 0.37 - 12345.678):
+        assert members(moved) == members(pos)
+
+
 class _Windows(_WindowDataset):
     pass
 

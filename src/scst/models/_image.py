@@ -201,17 +201,33 @@ def _kd_cells(idx: np.ndarray, positions: np.ndarray, max_size: int) -> list[np.
     if len(idx) <= max_size:
         return [idx]
     p = positions[idx]
-    axis = int(np.argmax(p.max(0) - p.min(0)))
-    order = idx[np.argsort(p[:, axis], kind="stable")]
+    extent = p.max(0) - p.min(0)
+    axis = int(np.flatnonzero(extent >= extent.max() * (1 - 1e-9))[0])  # equal extents but for round-off: the first
+    # ties on the split axis (spots of a lattice row) are broken by the other coordinates, not by row order
+    order = idx[np.lexsort((*p.T[::-1], p[:, axis]))]
     half = len(order) // 2
     return _kd_cells(order[:half], positions, max_size) + _kd_cells(order[half:], positions, max_size)
+
+
+def _nearest(tree: Any, positions: np.ndarray, centre: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` spots nearest to ``centre``, by distance, then position: ties never depend on the row order."""
+    dist, near = tree.query(centre, k=k)
+    if k < len(positions):  # spots as far as the k-th one (a lattice around a symmetric centre) are candidates too
+        near = np.union1d(near, tree.query_ball_point(centre, dist[-1] * (1 + 1e-9))).astype(np.int64)
+    p = positions[near]
+    dist = np.sqrt(((p - centre) ** 2).sum(1))
+    # distances equal but for round-off (a translated or scaled lattice) tie as well
+    dist = np.round(dist / max(float(dist.max()) * 1e-9, np.finfo(float).tiny))
+    return near[np.lexsort((*p.T[::-1], dist))][:k]
 
 
 def _tiling_windows(positions: np.ndarray, max_spots: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Prediction windows ``(window, core)``: every spot is in exactly one core and predicted from its window.
 
     Cores are k-d cells of at most ``max_spots // 2`` spots; each window is its core plus the spots nearest to the
-    core's centre, up to ``max_spots``, so spots at a core's border still see neighbours on all sides.
+    core's centre, up to ``max_spots``, so spots at a core's border still see neighbours on all sides. Ties
+    (spots of a lattice) are broken by position, so the windows, and the predictions made in them, do not depend on
+    the order of the table's rows.
     """
     n = len(positions)
     if n <= max_spots:
@@ -221,7 +237,7 @@ def _tiling_windows(positions: np.ndarray, max_spots: int) -> list[tuple[np.ndar
     tree = cKDTree(positions)
     out = []
     for core in _kd_cells(np.arange(n), positions, max(1, max_spots // 2)):
-        near = tree.query(positions[core].mean(0), k=max_spots)[1]
+        near = _nearest(tree, positions, positions[core].mean(0), max_spots)
         extra = near[~np.isin(near, core)][: max_spots - len(core)]
         out.append((np.sort(np.concatenate([core, extra])), core))
     return out
