@@ -321,7 +321,8 @@ class _FeatureModel(BaseModel):
         table
             Table key of a SpatialData (default: the table the model was set up on).
         batch_size
-            Spots per forward pass, a positive integer (default None: the training batch size).
+            Spots per forward pass, a positive integer (default None: the training batch size); for
+            :class:`HGGEPHead` also the size of the spatial window each spot is predicted in.
         progress
             Unused (kept for the common ``predict`` signature).
 
@@ -404,7 +405,8 @@ class MLPExpression(_FeatureModel):
     @torch.no_grad()
     def _predict_section(self, sec: Any, batch_size: int) -> np.ndarray:
         x = torch.from_numpy(sec.x).to(self.device)
-        return torch.cat([self.module(x[i : i + 4096])["pred"] for i in range(0, len(x), 4096)]).float().cpu().numpy()
+        step = batch_size  # per spot in eval mode: the batch size changes the memory, not the values
+        return torch.cat([self.module(x[i : i + step])["pred"] for i in range(0, len(x), step)]).float().cpu().numpy()
 
 
 class HGGEPHead(_FeatureModel):
