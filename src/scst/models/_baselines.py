@@ -438,8 +438,10 @@ class RidgeExpression(_ClosedFormModel):
     Features are standardised with the training spots' mean and standard deviation; the ridge penalty is chosen
     per gene (or shared, ``alpha_per_gene=False``) by an inner cross-validation **grouped by section over the
     training sections only** (:class:`sklearn.model_selection.GroupKFold`; leave-one-section-out when there are
-    at most ``n_inner_splits`` training sections), minimising the held-out MSE; the model is then refit on all
-    training spots. The held-out test section never enters standardisation, penalty choice or fit.
+    at most ``n_inner_splits`` training sections; with more, GroupKFold balances the folds by spot count and
+    places sections of equal size by their sorted names, so renaming such sections can change the folds and the
+    penalties), minimising the held-out MSE; the model is then refit on all training spots. The held-out test
+    section never enters standardisation, penalty choice or fit.
 
     With ``n_programs`` the prediction is *reduced-rank*: projected onto the leading expression programmes of the
     training spots (principal axes of the per-gene z-scores), so every gene is predicted through the few programmes
