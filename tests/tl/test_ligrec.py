@@ -1347,3 +1347,24 @@ def test_bivariate_and_local_scores_of_a_section_do_not_change_with_another_sect
     res = one.uns["scst_ligrec"].set_index(["ligand_complex", "receptor_complex"])
     cols = [tuple(c.split("^")) for c in alone.columns]
     np.testing.assert_allclose(res.loc[cols, "bivariate_score"], local.mean(axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_cell_order_permutes_graph_and_local_scores_and_keeps_pair_scores():
+    """Metamorphic: cells in another order give the permuted cell graph (P A Pᵀ), the same pair scores and the
+    permuted local scores (p-values may differ: the permutations are drawn in cell order)."""
+    adata, pairs = quadrant_data(n_pairs=6)
+    adata.obs["section"] = np.where(adata.obsm["spatial"][:, 0] < 4, "a", "b")
+    cell_graph(adata, radius=1.1)
+    perm = np.random.default_rng(3).permutation(adata.n_obs)
+    other = adata[perm].copy()
+    del other.obsp["spatial_connectivities"]
+    cell_graph(other, radius=1.1)
+    conn = adata.obsp["spatial_connectivities"]
+    assert (other.obsp["spatial_connectivities"] != conn[perm][:, perm]).nnz == 0
+    kw = dict(pairs=pairs, method=["expression", "pearson", "spatial_pearson", "bivariate"], local_name="morans",
+              n_perms=0, expr_prop=0, local_scores=True)  # fmt: skip
+    ligand_receptor(adata, **kw)
+    ligand_receptor(other, **kw)
+    pd.testing.assert_frame_equal(other.uns["scst_ligrec"], adata.uns["scst_ligrec"], rtol=1e-6)
+    local = adata.obsm["scst_ligrec_local"].iloc[perm]
+    pd.testing.assert_frame_equal(other.obsm["scst_ligrec_local"], local, rtol=1e-5, atol=1e-5)  # float32 sums
