@@ -149,3 +149,14 @@ def test_presence_reports_partial_complexes_only_and_dedups_after_renaming():
     out = lr_pairs_in_genes(pairs, ["COL1A1", "ITGA1", "ITGB1", "VEGFA", "KDR", "ITGA2"])
     assert out[["ligand", "receptor"]].values.tolist() == [["COL1A1", "ITGA1_ITGB1"]]
     assert out.attrs["missing_subunits"] == {"ITGA2_ITGB9": ["ITGB9"]} and out.attrs["resource"] == "toy"
+
+
+def test_case_variants_exact_spelling_wins_whatever_the_gene_order():
+    # var_names with both cases of a symbol (human + mouse genes): the first in var_names was matched, so reordering
+    # the genes silently scored another gene
+    pairs = pd.DataFrame({"ligand": ["Cd74", "il6", "TGFB1_Itgb6"], "receptor": ["APP", "IL6R", "App"]})
+    genes = ["CD74", "Cd74", "APP", "App", "IL6", "Il6", "IL6R", "TGFB1", "ITGB6"]
+    expected = [("Cd74", "APP"), ("IL6", "IL6R"), ("TGFB1_ITGB6", "App")]
+    for order in (genes, genes[::-1]):
+        out = lr_pairs_in_genes(pairs, order)
+        assert list(zip(out["ligand"], out["receptor"])) == expected

@@ -198,3 +198,28 @@ def test_cell_graph_drops_unused_library_categories():
     cell_graph(a, grid=True)
     assert list(a.obs["section"].cat.categories) == ["A", "B"]
     assert a.obsp["spatial_connectivities"].nnz == 2 * 2 * 2 * 5 * 4  # two 5 x 5 grids, 40 edges each
+
+
+def test_cell_graph_visium_grid_has_the_six_hexagonal_neighbours():
+    # Visium array indices: col + row even, same-row neighbours 2 columns apart, the others 1 row and 1 column.
+    # On the raw indices squidpy kept only the 4 diagonal neighbours (√2) and cut the same-row ones (2 > 1.3 √2).
+    rc = np.array([(r, 2 * j + r % 2) for r in range(6) for j in range(6)], float)
+    n = len(rc)
+    a = AnnData(
+        np.ones((2 * n, 1), np.float32),
+        obs=pd.DataFrame(
+            {"section": ["A"] * n + ["B"] * n, "array_row": np.r_[rc[:, 0], rc[:, 0] + 1],
+             "array_col": np.r_[rc[:, 1], rc[:, 1]]},  # B's rows shifted by one: the other parity
+            index=[f"s{i}" for i in range(2 * n)],
+        ),
+    )  # fmt: skip
+    cell_graph(a, grid=True, n_neighs=6)
+    conn = a.obsp["spatial_connectivities"].toarray() != 0
+    r, c = rc[:, 0], rc[:, 1]
+    dr, dc = np.abs(r[:, None] - r[None]), np.abs(c[:, None] - c[None])
+    hexagonal = ((dr == 1) & (dc == 1)) | ((dr == 0) & (dc == 2))
+    np.testing.assert_array_equal(conn[:n, :n], hexagonal)
+    np.testing.assert_array_equal(conn[n:, n:], hexagonal)
+    assert not conn[:n, n:].any() and conn.sum(1).max() == 6
+    assert list(a.obsm) == ["spatial_array"]  # the scaled copy for squidpy is not left behind
+    np.testing.assert_array_equal(a.obsm["spatial_array"][:n], rc[:, ::-1])

@@ -1323,3 +1323,48 @@ def test_lr_kernel_max_neighbours_is_a_count_and_a_one_cell_section_weighs_the_c
     assert w[0, 1] == w[1, 0] == pytest.approx(np.exp(-0.5 * (30 / 50) ** 2), rel=1e-5)
     lr_kernel(adata, 50, um_per_unit=1.0, max_neighbours=np.int64(0))
     np.testing.assert_array_equal(adata.obsp["scst_lr_kernel"].toarray(), np.eye(3))
+
+
+@pytest.mark.parametrize("local_name", ["spearman", "norm_product", "morans", "cosine"])
+def test_bivariate_and_local_scores_of_a_section_do_not_change_with_another_section(local_name):
+    """spearman / norm_product / morans rank, scale or standardise over the spots: with two sections in one object a
+    section's local scores (and bivariate means) changed with the other section's data; they run per section now."""
+    import anndata as ad
+
+    one, pairs = quadrant_data(n_pairs=4, seed=0)
+    other, _ = quadrant_data(n_pairs=4, seed=1)
+    other.X = other.X * 3  # another depth / pattern in the second section
+    both = ad.concat({"a": one, "b": other}, label="section", index_unique="-")
+    cell_graph(both, radius=1.1)  # per section
+    one.obs["section"] = "a"
+    kw = dict(pairs=pairs, method="bivariate", local_name=local_name, n_perms=5, expr_prop=0, local_scores=True)
+    ligand_receptor(one, **kw)
+    ligand_receptor(both, **kw)
+    alone = one.obsm["scst_ligrec_local"]
+    local = both.obsm["scst_ligrec_local"].iloc[: one.n_obs][alone.columns]
+    np.testing.assert_allclose(local, alone, atol=1e-6)
+    # the section's mean of the two-section local scores is the bivariate score of the section alone
+    res = one.uns["scst_ligrec"].set_index(["ligand_complex", "receptor_complex"])
+    cols = [tuple(c.split("^")) for c in alone.columns]
+    np.testing.assert_allclose(res.loc[cols, "bivariate_score"], local.mean(axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_cell_order_permutes_graph_and_local_scores_and_keeps_pair_scores():
+    """Metamorphic: cells in another order give the permuted cell graph (P A Pᵀ), the same pair scores and the
+    permuted local scores (p-values may differ: the permutations are drawn in cell order)."""
+    adata, pairs = quadrant_data(n_pairs=6)
+    adata.obs["section"] = np.where(adata.obsm["spatial"][:, 0] < 4, "a", "b")
+    cell_graph(adata, radius=1.1)
+    perm = np.random.default_rng(3).permutation(adata.n_obs)
+    other = adata[perm].copy()
+    del other.obsp["spatial_connectivities"]
+    cell_graph(other, radius=1.1)
+    conn = adata.obsp["spatial_connectivities"]
+    assert (other.obsp["spatial_connectivities"] != conn[perm][:, perm]).nnz == 0
+    kw = dict(pairs=pairs, method=["expression", "pearson", "spatial_pearson", "bivariate"], local_name="morans",
+              n_perms=0, expr_prop=0, local_scores=True)  # fmt: skip
+    ligand_receptor(adata, **kw)
+    ligand_receptor(other, **kw)
+    pd.testing.assert_frame_equal(other.uns["scst_ligrec"], adata.uns["scst_ligrec"], rtol=1e-6)
+    local = adata.obsm["scst_ligrec_local"].iloc[perm]
+    pd.testing.assert_frame_equal(other.obsm["scst_ligrec_local"], local, rtol=1e-5, atol=1e-5)  # float32 sums

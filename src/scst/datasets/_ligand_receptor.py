@@ -227,7 +227,9 @@ def lr_pairs_in_genes(
 
     A complex (``A_B``) counts as present only when every subunit is present (``complexes="all"``, liana's
     rule) or is dropped (``"drop"``). Matching is case-insensitive by default, as GCNG matched its human list
-    to mouse genes.
+    to mouse genes; a symbol spelled exactly as a gene is that gene, and one matching several case variants but
+    none exactly (``Cd74`` with ``CD74`` and ``cd74`` measured) takes the first of them in sorted order, so the
+    order of ``genes`` does not change the result.
 
     Parameters
     ----------
@@ -250,8 +252,9 @@ def lr_pairs_in_genes(
     if complexes not in ("all", "drop"):
         raise ValueError(f"complexes: expected 'all' or 'drop', got {complexes!r}.")
     genes = [str(g) for g in genes]
+    exact = set(genes)
     lookup: dict[str, str] = {}
-    for g in genes:
+    for g in sorted(exact):  # case variants (``CD74``, ``Cd74``): not the one that comes first in var_names
         lookup.setdefault(g if case_sensitive else g.lower(), g)
 
     partial: dict[str, list[str]] = {}
@@ -260,7 +263,7 @@ def lr_pairs_in_genes(
         subs = complex_subunits(entity)
         if not subs or (len(subs) > 1 and complexes == "drop"):
             return None
-        hit = [lookup.get(s if case_sensitive else s.lower()) for s in subs]
+        hit = [s if s in exact else lookup.get(s if case_sensitive else s.lower()) for s in subs]
         if len(subs) > 1 and any(h is None for h in hit) and any(h is not None for h in hit):
             partial[entity] = [s for s, h in zip(subs, hit) if h is None]
         return None if any(h is None for h in hit) else COMPLEX_SEP.join(hit)

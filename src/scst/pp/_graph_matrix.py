@@ -195,7 +195,10 @@ def cell_graph(
     - ``grid=True``: array spots (ST/Visium) are neighbours on the array grid
       (:func:`squidpy.gr.spatial_neighbors_grid` on the integer array indices; ``n_neighs=4`` for ST's square
       grid, 6 for Visium). A pixel radius of one grid pitch misses about a quarter of the true neighbours
-      because spot positions jitter around the grid.
+      because spot positions jitter around the grid. With ``n_neighs=6`` on Visium's hexagonal indices (one
+      parity of ``array_col + array_row`` in each library; a row step is √3 column steps) the rows are scaled by
+      √3 for squidpy, so all six neighbours are found (on the raw indices the two in the same row, 2 columns
+      away, were dropped).
 
     Graphs are built per library (``library_key``), so cells of different fields of view / sections are never
     connected — with ``library_key=None``, or when ``"auto"`` finds none of its columns, all cells form one graph.
@@ -254,9 +257,20 @@ def cell_graph(
                 adata.obsm[spatial_key] = adata.obs[[ARRAY_COL, ARRAY_ROW]].to_numpy(dtype=np.float64)
         _check_key(adata.obsm, spatial_key, "adata.obsm")
         _check_finite(adata, spatial_key)
-        sq.gr.spatial_neighbors_grid(
-            adata, spatial_key=spatial_key, library_key=library_key, n_neighs=n_neighs, key_added=key_added
-        )
+        xy = np.asarray(adata.obsm[spatial_key], dtype=np.float64)
+        grid_key = spatial_key
+        if n_neighs == 6 and _hexagonal(xy, None if library_key is None else adata.obs[library_key].to_numpy()):
+            # Visium's array indices: a row step is √3 × a column step (86.6 vs 50 µm), so on the raw indices the two
+            # same-row neighbours (2 columns away) lay beyond squidpy's 1.3 × median cut of the 4 diagonal ones (√2)
+            grid_key = "_scst_hex_grid"
+            adata.obsm[grid_key] = np.column_stack([xy[:, 0], xy[:, 1] * np.sqrt(3.0)])
+        try:
+            sq.gr.spatial_neighbors_grid(
+                adata, spatial_key=grid_key, library_key=library_key, n_neighs=n_neighs, key_added=key_added
+            )
+        finally:
+            if grid_key != spatial_key:
+                del adata.obsm[grid_key]
     else:
         if radius is None or not radius > 0:
             raise ValueError(f"radius: expected a positive distance threshold (or grid=True), got {radius!r}.")
@@ -269,6 +283,19 @@ def cell_graph(
     deg = np.asarray((conn != 0).sum(axis=1)).ravel()
     logg.info(f"cell graph: {conn.nnz // 2} edges, mean degree {deg.mean():.2f}, {int((deg == 0).sum())} isolated")
     return adata if copy else None
+
+
+def _hexagonal(xy: np.ndarray, libraries: Any = None) -> bool:
+    """Whether ``(array_col, array_row)`` indices lie on hexagonal (Visium) grids.
+
+    Integers with one parity of ``col + row`` in each library.
+    """
+    if xy.ndim != 2 or xy.shape[1] != 2 or len(xy) < 2 or not np.array_equal(xy, np.round(xy)):
+        return False
+    parity = pd.Series(xy.sum(axis=1).astype(np.int64) % 2)
+    if libraries is None:
+        return parity.nunique() == 1
+    return bool((parity.groupby(np.asarray(libraries)).nunique() == 1).all())
 
 
 def _check_finite(adata: AnnData, spatial_key: str) -> None:

@@ -21,7 +21,7 @@ from ._ligrec_gcng import GCNGScores, gcng_null_pvalues, gcng_scores
 from ._ligrec_scores import (
     BASELINES,
     _liana_local,
-    _local_weights,
+    _section_local,
     bh_fdr,
     lr_scores,
     permutation_pvalues,
@@ -211,7 +211,9 @@ def ligand_receptor(
         ``obsp`` cell graph for the spatial methods (every section must have edges) and GCNG's graph matrix.
     local_name
         liana local metric of ``"bivariate"`` (``cosine``, ``pearson``, ``spearman``, ``jaccard``, ``product``,
-        ``norm_product``, ``morans``).
+        ``norm_product``, ``morans``). ``spearman``, ``norm_product`` and ``morans`` rank, scale or standardise
+        over the spots they are given: they run on each section (``groups_key``) alone, as liana on one slide, so
+        a section's values do not change with the other sections (unless the weights join sections).
     kernel_key
         ``obsp`` proximity weights of ``"bivariate"`` and the local scores instead of ``A + I``, e.g. a distance
         kernel in µm from :func:`scst.tl.lr_kernel` (spot-inclusive, per section); with neither, a ValueError.
@@ -368,7 +370,7 @@ def ligand_receptor(
             in_training = extra.pop("in_training")
             params.update(extra)
         else:
-            fn, default = score_function(m, adj, local_name=local_name, weights=weights)
+            fn, default = score_function(m, adj, local_name=local_name, weights=weights, groups=groups)
             nulls[m] = default if null == "auto" or default == "none" else null
             score = fn(lig, rec)
             # Every method draws from ``seed`` itself (as liana's aggregate does): a method's p-values do not depend
@@ -401,7 +403,7 @@ def ligand_receptor(
         idx = [col[p] for p in zip(top["ligand_complex"], top["receptor_complex"])]
         fun = _liana_local(local_name)
         w = spot_inclusive_weights(adj) if weights is None else sp.csr_matrix(weights, dtype=np.float32)
-        local = np.asarray(fun(lig[:, idx], rec[:, idx], _local_weights(w)))  # sparse from 10,000 cells up
+        local = _section_local(fun, w, groups, local_name)(lig[:, idx], rec[:, idx])  # sparse from 10,000 cells up
         adata.obsm[f"{key_added}_local"] = pd.DataFrame(
             local.astype(np.float32),
             index=adata.obs_names,

@@ -30,9 +30,50 @@ LIANA_LOCAL = ("cosine", "pearson", "spearman", "jaccard", "product", "norm_prod
 DENSE_WEIGHTS_BELOW = 10_000
 
 
+#: liana local metrics that normalise over all spots (ranks, maxima, z-scores, the weights' total): per section.
+POOLED_LOCAL = ("spearman", "norm_product", "morans")
+
+
 def _local_weights(w: sp.csr_matrix) -> np.ndarray | sp.csr_matrix:
     """Weights for liana's local metrics: an ``n × n`` array only when small, else sparse (the same values)."""
     return w.toarray() if w.shape[0] < DENSE_WEIGHTS_BELOW else w
+
+
+def _section_local(
+    fun: Callable[[np.ndarray, np.ndarray, Any], np.ndarray],
+    w: sp.csr_matrix,
+    groups: Sequence[Any] | None = None,
+    local_name: str = "cosine",
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``f(x, y) -> (n_spots, n_pairs)``: liana's local metric ``fun`` on the weights ``w``.
+
+    The metrics of :data:`POOLED_LOCAL` rank, scale or standardise over all spots they are given: with ``groups``
+    (one section label per spot) and no weight across sections they run on each section alone, so a section's
+    values do not change with the other sections of the object. The other metrics only see a spot's weighted
+    neighbourhood: one call.
+    """
+    blocks = None
+    if groups is not None and local_name in POOLED_LOCAL:
+        groups = np.asarray(groups)
+        a = sp.coo_matrix(w)
+        if not (groups[a.row] != groups[a.col])[a.data != 0].any():  # weights across sections: one shared frame
+            blocks = [np.flatnonzero(groups == g) for g in pd.unique(groups)]
+    if blocks is None or len(blocks) < 2:
+        wl = _local_weights(w)
+        return lambda x, y: np.asarray(fun(x, y, wl))
+    w = sp.csr_matrix(w)
+    parts = [(idx, _local_weights(w[idx][:, idx])) for idx in blocks]
+
+    def local(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        out = None
+        for idx, wl in parts:
+            v = np.asarray(fun(x[idx], y[idx], wl))
+            if out is None:
+                out = np.empty((x.shape[0], *v.shape[1:]), dtype=v.dtype)
+            out[idx] = v
+        return out
+
+    return local
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:
@@ -114,7 +155,7 @@ def _liana_local(local_name: str) -> Callable[[np.ndarray, np.ndarray, Any], np.
 
 
 def score_function(
-    method: str, adjacency: Any = None, *, local_name: str = "cosine", weights: Any = None
+    method: str, adjacency: Any = None, *, local_name: str = "cosine", weights: Any = None, groups: Any = None
 ) -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], str]:
     """A pair-score function ``f(lig, rec) -> (n_pairs,)`` and the default null of its permutation test.
 
@@ -124,7 +165,10 @@ def score_function(
     pattern kept — single-cell Pearson, and liana's bivariate metrics, which on the spot-inclusive graph mostly
     measure co-expression in and around a spot) or ``"none"`` (the expression control changes under no
     permutation). GCNG is handled by the tool (its models score the pairs). ``weights``: the bivariate metric's
-    proximity weights (default the spot-inclusive graph ``A + I`` of ``adjacency``).
+    proximity weights (default the spot-inclusive graph ``A + I`` of ``adjacency``). ``groups``: the section of
+    each spot; the bivariate metrics that normalise over the spots (:data:`POOLED_LOCAL`: ``spearman``,
+    ``norm_product``, ``morans``) then run per section (unless weights join sections), so one section's local
+    values do not depend on the other sections.
     """
     if method == "expression":
         return (lambda lig, rec: lr_scores(lig, rec, "expression")), "none"
@@ -144,10 +188,10 @@ def score_function(
     if method == "bivariate":
         fun = _liana_local(local_name)
         w = spot_inclusive_weights(adjacency) if weights is None else sp.csr_matrix(weights, dtype=np.float32)
-        w = _local_weights(w)
+        local_fn = _section_local(fun, w, groups, local_name)
 
         def bivariate(lig: np.ndarray, rec: np.ndarray) -> np.ndarray:
-            local = fun(np.asarray(lig, np.float32), np.asarray(rec, np.float32), w)
+            local = local_fn(np.asarray(lig, np.float32), np.asarray(rec, np.float32))
             return np.asarray(local, dtype=np.float64).mean(axis=0)
 
         return bivariate, "ligand"
