@@ -343,6 +343,19 @@ def test_one_pixel_output_of_a_uint8_rgb_image():
     np.testing.assert_array_equal(ds.patch_uint8(0).ravel(), [200, 100, 50])
 
 
+def test_batched_one_pixel_patches_of_a_uint8_rgb_image_equal_the_single_ones():
+    """patches_uint8 (batches of embed_patches, image models, PatchBatches) with out_px=1 failed torch's internal
+    assert, where patch_uint8 / __getitem__ of the same spots worked: the batch must equal the single patches."""
+    img = _synthetic(h=30, w=30, seed=3)
+    xy = np.array([[10.0, 10.0], [20.5, 7.25], [3.0, 25.0]])
+    ds = SpotPatchDataset.from_arrays({"S": img}, xy, np.zeros(3, int), None, size_px=6, out_px=1, normalize=None)
+    single = np.stack([ds.patch_uint8(i) for i in range(3)])
+    np.testing.assert_array_equal(ds.patches_uint8([0, 1, 2]), single)
+    np.testing.assert_array_equal(ds.patches_uint8([2, 0]), single[[2, 0]])  # any order, any subset
+    items = np.stack([ds[i]["patch"].numpy() for i in range(3)])
+    np.testing.assert_array_equal(ds.patches_uint8([0, 1, 2], float01=True), items)
+
+
 def test_window_origin_rounds_halves_up_and_size_rounds_to_nearest():
     img = _synthetic()
     kw = {"size_px": 10, "normalize": None}

@@ -759,7 +759,11 @@ class SpotPatchDataset(Dataset):
             stack = np.stack([wins[j] for j in sel])
             if stack.dtype == np.uint8:
                 t = torch.from_numpy(stack)
-                if size != p:
+                if size != p and p == 1:  # as _resize_uint8: torch's uint8 kernel fails an assert for 1 × 1 output
+                    t = F.interpolate(t.to(torch.float32).div_(255.0), size=(1, 1), mode="bilinear",
+                                      align_corners=False, antialias=True)  # fmt: skip
+                    t = t.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+                elif size != p:
                     t = F.interpolate(t, size=(p, p), mode="bilinear", align_corners=False, antialias=True)
                 out[sel] = t.to(torch.float32).div_(255.0).numpy() if float01 else t.numpy()
                 continue
