@@ -367,6 +367,22 @@ def test_tile_grid_exact_layout_on_non_square_mask_pixels():
         tile_grid(_grid_sdata(mask), "S", spacing_um=20.0, size_um=10.0, min_tissue=0.11, um_per_px=1.0)
 
 
+def test_tile_grid_in_um_matches_the_grid_in_pixels_when_it_fits_exactly():
+    # 224 px tiles on a 448 x 672 px image: 2 x 3 abutting tiles whatever the pixel size. At 0.2005 µm/px,
+    # 224 * 0.2005 µm / 0.2005 µm/px is 224.00000000000003 px by round-off and 672 // that dropped a row and a column
+    # (2 tiles, straddling the others' borders) - bulk_to_mudata tiles with exactly these spacing_um and um_per_px.
+    mask = np.ones((56, 84), bool)
+    kw = {"min_tissue": 0.0, "inplace": False}
+    ref, _ = tile_grid(_grid_sdata(mask, h=448, w=672), "S", spacing_um=224.0, size_um=224.0, um_per_px=1.0, **kw)
+    upp = 0.2005
+    assert 224 * upp / upp > 224  # the round-off this guards against
+    table, _ = tile_grid(_grid_sdata(mask, h=448, w=672), "S", spacing_um=224 * upp, size_um=224 * upp, um_per_px=upp,
+                         **kw)  # fmt: skip
+    assert table.n_obs == ref.n_obs == 6
+    np.testing.assert_allclose(table.obsm["spatial"], ref.obsm["spatial"], atol=1e-9)
+    assert table.obs_names.tolist() == ref.obs_names.tolist()
+
+
 def test_tile_grid_refuses_an_image_scaled_into_the_section():
     with pytest.raises(ValueError, match="scaled by 4"):
         tile_grid(_grid_sdata(np.ones((25, 35), bool), image_scale=4.0), "S", um_per_px=1.0, spacing_um=20.0)

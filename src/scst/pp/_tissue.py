@@ -590,7 +590,9 @@ def tile_grid(
 
     step = spacing_um / um_per_px
     size_px = size_um / um_per_px
-    ny, nx = max(int(h // step), 1), max(int(w // step), 1)
+    # A grid that fits exactly keeps its last row/column: spacing_um / um_per_px can exceed a whole number of pixels
+    # by round-off (224 * 0.2005 µm / 0.2005 µm/px = 224.00000000000003 px), and 672 // that dropped a column.
+    ny, nx = (max(int(np.floor(n / step * (1 + 1e-9))), 1) for n in (h, w))
     ys = (np.arange(ny) + 0.5) * step + (h - ny * step) / 2
     xs = (np.arange(nx) + 0.5) * step + (w - nx * step) / 2
     rows, cols = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
