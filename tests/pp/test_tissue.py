@@ -383,6 +383,22 @@ def test_tile_grid_in_um_matches_the_grid_in_pixels_when_it_fits_exactly():
     assert table.obs_names.tolist() == ref.obs_names.tolist()
 
 
+@pytest.mark.parametrize(("spacing", "size", "upp"), [(6, 14, 0.2042), (10, 26, 1.5165), (27, 13, 1.6433)])
+def test_tile_grid_is_the_same_grid_in_um_at_any_pixel_size(spacing, size, upp):
+    # spacing / size in px at 1 µm/px, or the same in µm at upp µm/px: the same grid. Lattice centres and window edges
+    # often lie on mask pixel borders (mask pixels of 4 x 4 px here); round-off in spacing_um / um_per_px moved them
+    # to the other side, so centres fell off the tissue and fractions changed.
+    rng = np.random.default_rng(0)
+    mask = rng.random((60, 80)) > 0.4
+    kw = {"min_tissue": 0.3, "inplace": False}
+    ref, _ = tile_grid(_grid_sdata(mask, h=240, w=320), "S", spacing_um=spacing, size_um=size, um_per_px=1.0, **kw)
+    table, _ = tile_grid(_grid_sdata(mask, h=240, w=320), "S", spacing_um=spacing * upp, size_um=size * upp,
+                         um_per_px=upp, **kw)  # fmt: skip
+    assert table.obs_names.tolist() == ref.obs_names.tolist()
+    np.testing.assert_allclose(table.obsm["spatial"], ref.obsm["spatial"], atol=1e-9)
+    np.testing.assert_array_equal(table.obs["tissue_fraction"], ref.obs["tissue_fraction"])
+
+
 def test_tile_grid_refuses_an_image_scaled_into_the_section():
     with pytest.raises(ValueError, match="scaled by 4"):
         tile_grid(_grid_sdata(np.ones((25, 35), bool), image_scale=4.0), "S", um_per_px=1.0, spacing_um=20.0)

@@ -588,8 +588,11 @@ def tile_grid(
     mask = np.asarray(labels.values) > 0
     fy, fx = h / mask.shape[0], w / mask.shape[1]
 
-    step = spacing_um / um_per_px
-    size_px = size_um / um_per_px
+    # In pixels, to 12 significant digits: the same grid given in µm at another pixel size (224 µm at 1 µm/px, 224 *
+    # 0.2005 µm at 0.2005 µm/px) must not differ by round-off, which moved centres and window edges that lie on pixel
+    # borders (common on a lattice) to the other side, changing tissue fractions and the points kept.
+    step = float(f"{spacing_um / um_per_px:.12g}")
+    size_px = float(f"{size_um / um_per_px:.12g}")
     # A grid that fits exactly keeps its last row/column: spacing_um / um_per_px can exceed a whole number of pixels
     # by round-off (224 * 0.2005 µm / 0.2005 µm/px = 224.00000000000003 px), and 672 // that dropped a column.
     ny, nx = (max(int(np.floor(n / step * (1 + 1e-9))), 1) for n in (h, w))
