@@ -322,7 +322,8 @@ class SpotPatchDataset(Dataset):
     -----
     Integer images are scaled to ``[0, 1]`` by their dtype's maximum (uint8: 255); float images must already hold
     ``[0, 1]``: the window of each section's first spot is checked when the dataset is built, and a float image in
-    0..255 is refused (its patches would be clipped to white).
+    0..255 is refused (its patches would be clipped to white). Patches are clipped to ``[0, 1]``, resized or not
+    (float images may overshoot it by up to 1e-3, e.g. after resampling).
 
     Each item is a dict: ``patch`` (float32 ``(c, out, out)``), ``counts`` (float32 ``(n_genes,)``, raw counts;
     absent without genes), ``array_coords`` (long ``(row, col)``; absent when the table has no
@@ -769,7 +770,7 @@ class SpotPatchDataset(Dataset):
                 continue
             x = torch.from_numpy(stack).to(torch.float32)
             scale = _white(stack.dtype)
-            x = x / scale if scale != 1.0 else x
+            x = (x / scale if scale != 1.0 else x).clamp(0.0, 1.0)  # as _to_float
             if size != p:
                 x = F.interpolate(x, size=(p, p), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
             out[sel] = x.numpy() if float01 else (x * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).numpy()
@@ -788,7 +789,8 @@ class SpotPatchDataset(Dataset):
     def _to_float(self, w: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(w)).to(torch.float32)
         scale = _white(w.dtype)
-        return x / scale if scale != 1.0 else x
+        # clipped to [0, 1] as resized patches are: float images may overshoot it a little (_FLOAT_RANGE_TOL)
+        return (x / scale if scale != 1.0 else x).clamp(0.0, 1.0)
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] == self.out_px:
