@@ -529,6 +529,25 @@ def test_tissue_mask_of_a_coarsened_single_scale_image():
     np.testing.assert_array_equal(lab.values > 0, truth)
 
 
+def test_tissue_mask_is_the_same_for_uint8_uint16_and_float_copies_of_an_image():
+    # The same image as uint16 (x 257) or float in [0, 1], coarsened on the fly or read at full resolution, gives
+    # the same mask. Before: a coarsened uint16 level (float means in 0..65535) was divided by 255, and one float pixel
+    # at 1.0008 (an overshoot SpotPatchDataset accepts) made a full-resolution float image count as 0..255: both
+    # gave an empty mask without an error.
+    img = np.full((3, 80, 120), 242, np.uint8)
+    img[:, 20:60, 40:100] = np.array([150, 90, 170])[:, None, None]
+    flt = img.astype(np.float32) / 255
+    flt[0, 0, 0] = 1.0008
+    kw = {"um_per_px": 1.0, "smooth_um": 0.1, "min_object_um2": 1, "min_hole_um2": 1, "inplace": False}
+    for target in (2.0, 1.0):  # coarsened by 2 / full resolution
+        ref = tissue_mask(_glass_sdata(img), "S_image", target_um_per_px=target, **kw).values
+        assert ref.mean() == pytest.approx(0.25)
+        for other in (img.astype(np.uint16) * 257, flt):
+            np.testing.assert_array_equal(
+                tissue_mask(_glass_sdata(other), "S_image", target_um_per_px=target, **kw).values, ref
+            )
+
+
 def test_tissue_mask_default_key_is_the_section():
     sd = _synthetic_with_geometry()
     kw = {"scale": 0, "smooth_um": 2, "min_object_um2": 100}

@@ -269,7 +269,9 @@ def tissue_mask(
     (median lightness of the unsaturated pixels minus a margin). ``preset="dab_brown"`` marks DAB-positive
     (brown) pixels of an IHC image instead. ``method="otsu"``: Otsu on lightness alone (darker = tissue). Then
     objects smaller than ``min_object_um2`` are removed and holes smaller than ``min_hole_um2`` are filled
-    (scikit-image).
+    (scikit-image). Integer images are scaled by their dtype's maximum (also a level coarsened on the fly); float
+    images are taken as ``[0, 1]`` (clipped: an overshoot up to 1e-3 is allowed, as for patches), or as 0..255
+    when they exceed that.
 
     Parameters
     ----------
@@ -326,10 +328,15 @@ def tissue_mask(
     if arr.sizes.get("c", 0) < 3:
         raise ValueError(f"image_key: {image_key!r} needs 3 (RGB) channels, has {arr.sizes.get('c', 0)}.")
     rgb = np.asarray(arr.isel(c=slice(0, 3)).values, dtype=np.float32)
-    if np.issubdtype(arr.dtype, np.integer):
-        rgb /= float(np.iinfo(arr.dtype).max)
-    elif rgb.max() > 1.0 + 1e-6:  # coarsened uint8 (floats in 0..255)
+    from ._patches import _FLOAT_RANGE_TOL, _full_res_image
+
+    # the image's own dtype: a coarsened level holds float means of it (uint16: 0..65535, not 0..255)
+    src_dtype = np.dtype(_full_res_image(sdata.images[image_key], None, image_key)[0].dtype)
+    if np.issubdtype(src_dtype, np.integer):
+        rgb /= float(np.iinfo(src_dtype).max)
+    elif rgb.max() > 1.0 + _FLOAT_RANGE_TOL:  # a float image in 0..255; [0, 1] may overshoot a little, as for patches
         rgb /= 255.0
+    np.clip(rgb, 0.0, 1.0, out=rgb)
     level_um = um_per_px * (fy + fx) / 2 if um_per_px else None
     mask, info = _mask_from_rgb(
         rgb, method=method, preset=preset, level_um=level_um, smooth_um=smooth_um, min_object_um2=min_object_um2,
