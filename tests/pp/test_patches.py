@@ -332,6 +332,27 @@ def test_float_image_outside_0_1_is_refused():
     np.testing.assert_allclose(ok[0]["patch"].numpy(), img[:, 24:40, 24:40] / 255, rtol=1e-6)
 
 
+@pytest.mark.parametrize("out_px", [None, 9, 8])
+def test_float_image_slightly_outside_0_1_gives_patches_in_0_1_resized_or_not(out_px):
+    # A float image overshooting [0, 1] within the accepted tolerance (resampling) gave patches outside [0, 1] when
+    # the window was not resized (only resizing clipped), so handcrafted_features / embed_patches("handcrafted")
+    # refused them at out_px == window and accepted them at any other out_px.
+    from scst.pp import handcrafted_features
+
+    img = np.random.default_rng(0).uniform(0, 1, (3, 40, 40)).astype(np.float32)
+    img[:, :, :20] *= 1.0008
+    img[0, 5, 5] = -0.0008
+    ds = SpotPatchDataset.from_arrays({"a": img}, [[10.0, 10.0], [5.0, 5.0]], ["a", "a"], None, size_px=9,
+                                      out_px=out_px, normalize=None)  # fmt: skip
+    items = np.stack([ds[i]["patch"].numpy() for i in range(2)])
+    batch = ds.patches_uint8([0, 1], float01=True)
+    assert items.min() >= 0 and items.max() <= 1
+    np.testing.assert_array_equal(batch, items)
+    if out_px != 8:  # not resized: the window itself, clipped
+        np.testing.assert_array_equal(items[0], np.clip(img[:, 6:15, 6:15], 0, 1))
+    assert handcrafted_features(batch).shape == (2, 95)
+
+
 def test_one_pixel_output_of_a_uint8_rgb_image():
     """out_px=1 on a 3-channel uint8 image: torch's uint8 antialiased resize fails an internal assert there (found by
     the property test); the float path gives the window's colour."""
@@ -341,6 +362,19 @@ def test_one_pixel_output_of_a_uint8_rgb_image():
                                       size_px=4, out_px=1, normalize=None)  # fmt: skip
     np.testing.assert_allclose(ds[0]["patch"].numpy().ravel(), [200 / 255, 100 / 255, 50 / 255], atol=1e-6)
     np.testing.assert_array_equal(ds.patch_uint8(0).ravel(), [200, 100, 50])
+
+
+def test_batched_one_pixel_patches_of_a_uint8_rgb_image_equal_the_single_ones():
+    """patches_uint8 (batches of embed_patches, image models, PatchBatches) with out_px=1 failed torch's internal
+    assert, where patch_uint8 / __getitem__ of the same spots worked: the batch must equal the single patches."""
+    img = _synthetic(h=30, w=30, seed=3)
+    xy = np.array([[10.0, 10.0], [20.5, 7.25], [3.0, 25.0]])
+    ds = SpotPatchDataset.from_arrays({"S": img}, xy, np.zeros(3, int), None, size_px=6, out_px=1, normalize=None)
+    single = np.stack([ds.patch_uint8(i) for i in range(3)])
+    np.testing.assert_array_equal(ds.patches_uint8([0, 1, 2]), single)
+    np.testing.assert_array_equal(ds.patches_uint8([2, 0]), single[[2, 0]])  # any order, any subset
+    items = np.stack([ds[i]["patch"].numpy() for i in range(3)])
+    np.testing.assert_array_equal(ds.patches_uint8([0, 1, 2], float01=True), items)
 
 
 def test_window_origin_rounds_halves_up_and_size_rounds_to_nearest():

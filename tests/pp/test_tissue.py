@@ -367,6 +367,38 @@ def test_tile_grid_exact_layout_on_non_square_mask_pixels():
         tile_grid(_grid_sdata(mask), "S", spacing_um=20.0, size_um=10.0, min_tissue=0.11, um_per_px=1.0)
 
 
+def test_tile_grid_in_um_matches_the_grid_in_pixels_when_it_fits_exactly():
+    # 224 px tiles on a 448 x 672 px image: 2 x 3 abutting tiles whatever the pixel size. At 0.2005 µm/px,
+    # 224 * 0.2005 µm / 0.2005 µm/px is 224.00000000000003 px by round-off and 672 // that dropped a row and a column
+    # (2 tiles, straddling the others' borders) - bulk_to_mudata tiles with exactly these spacing_um and um_per_px.
+    mask = np.ones((56, 84), bool)
+    kw = {"min_tissue": 0.0, "inplace": False}
+    ref, _ = tile_grid(_grid_sdata(mask, h=448, w=672), "S", spacing_um=224.0, size_um=224.0, um_per_px=1.0, **kw)
+    upp = 0.2005
+    assert 224 * upp / upp > 224  # the round-off this guards against
+    table, _ = tile_grid(_grid_sdata(mask, h=448, w=672), "S", spacing_um=224 * upp, size_um=224 * upp, um_per_px=upp,
+                         **kw)  # fmt: skip
+    assert table.n_obs == ref.n_obs == 6
+    np.testing.assert_allclose(table.obsm["spatial"], ref.obsm["spatial"], atol=1e-9)
+    assert table.obs_names.tolist() == ref.obs_names.tolist()
+
+
+@pytest.mark.parametrize(("spacing", "size", "upp"), [(6, 14, 0.2042), (10, 26, 1.5165), (27, 13, 1.6433)])
+def test_tile_grid_is_the_same_grid_in_um_at_any_pixel_size(spacing, size, upp):
+    # spacing / size in px at 1 µm/px, or the same in µm at upp µm/px: the same grid. Lattice centres and window edges
+    # often lie on mask pixel borders (mask pixels of 4 x 4 px here); round-off in spacing_um / um_per_px moved them
+    # to the other side, so centres fell off the tissue and fractions changed.
+    rng = np.random.default_rng(0)
+    mask = rng.random((60, 80)) > 0.4
+    kw = {"min_tissue": 0.3, "inplace": False}
+    ref, _ = tile_grid(_grid_sdata(mask, h=240, w=320), "S", spacing_um=spacing, size_um=size, um_per_px=1.0, **kw)
+    table, _ = tile_grid(_grid_sdata(mask, h=240, w=320), "S", spacing_um=spacing * upp, size_um=size * upp,
+                         um_per_px=upp, **kw)  # fmt: skip
+    assert table.obs_names.tolist() == ref.obs_names.tolist()
+    np.testing.assert_allclose(table.obsm["spatial"], ref.obsm["spatial"], atol=1e-9)
+    np.testing.assert_array_equal(table.obs["tissue_fraction"], ref.obs["tissue_fraction"])
+
+
 def test_tile_grid_refuses_an_image_scaled_into_the_section():
     with pytest.raises(ValueError, match="scaled by 4"):
         tile_grid(_grid_sdata(np.ones((25, 35), bool), image_scale=4.0), "S", um_per_px=1.0, spacing_um=20.0)
@@ -495,6 +527,25 @@ def test_tissue_mask_of_a_coarsened_single_scale_image():
     truth = np.zeros((40, 60), bool)
     truth[10:30, 20:50] = True
     np.testing.assert_array_equal(lab.values > 0, truth)
+
+
+def test_tissue_mask_is_the_same_for_uint8_uint16_and_float_copies_of_an_image():
+    # The same image as uint16 (x 257) or float in [0, 1], coarsened on the fly or read at full resolution, gives
+    # the same mask. Before: a coarsened uint16 level (float means in 0..65535) was divided by 255, and one float pixel
+    # at 1.0008 (an overshoot SpotPatchDataset accepts) made a full-resolution float image count as 0..255: both
+    # gave an empty mask without an error.
+    img = np.full((3, 80, 120), 242, np.uint8)
+    img[:, 20:60, 40:100] = np.array([150, 90, 170])[:, None, None]
+    flt = img.astype(np.float32) / 255
+    flt[0, 0, 0] = 1.0008
+    kw = {"um_per_px": 1.0, "smooth_um": 0.1, "min_object_um2": 1, "min_hole_um2": 1, "inplace": False}
+    for target in (2.0, 1.0):  # coarsened by 2 / full resolution
+        ref = tissue_mask(_glass_sdata(img), "S_image", target_um_per_px=target, **kw).values
+        assert ref.mean() == pytest.approx(0.25)
+        for other in (img.astype(np.uint16) * 257, flt):
+            np.testing.assert_array_equal(
+                tissue_mask(_glass_sdata(other), "S_image", target_um_per_px=target, **kw).values, ref
+            )
 
 
 def test_tissue_mask_default_key_is_the_section():

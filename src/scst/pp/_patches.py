@@ -322,7 +322,8 @@ class SpotPatchDataset(Dataset):
     -----
     Integer images are scaled to ``[0, 1]`` by their dtype's maximum (uint8: 255); float images must already hold
     ``[0, 1]``: the window of each section's first spot is checked when the dataset is built, and a float image in
-    0..255 is refused (its patches would be clipped to white).
+    0..255 is refused (its patches would be clipped to white). Patches are clipped to ``[0, 1]``, resized or not
+    (float images may overshoot it by up to 1e-3, e.g. after resampling).
 
     Each item is a dict: ``patch`` (float32 ``(c, out, out)``), ``counts`` (float32 ``(n_genes,)``, raw counts;
     absent without genes), ``array_coords`` (long ``(row, col)``; absent when the table has no
@@ -759,13 +760,17 @@ class SpotPatchDataset(Dataset):
             stack = np.stack([wins[j] for j in sel])
             if stack.dtype == np.uint8:
                 t = torch.from_numpy(stack)
-                if size != p:
+                if size != p and p == 1:  # as _resize_uint8: torch's uint8 kernel fails an assert for 1 × 1 output
+                    t = F.interpolate(t.to(torch.float32).div_(255.0), size=(1, 1), mode="bilinear",
+                                      align_corners=False, antialias=True)  # fmt: skip
+                    t = t.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+                elif size != p:
                     t = F.interpolate(t, size=(p, p), mode="bilinear", align_corners=False, antialias=True)
                 out[sel] = t.to(torch.float32).div_(255.0).numpy() if float01 else t.numpy()
                 continue
             x = torch.from_numpy(stack).to(torch.float32)
             scale = _white(stack.dtype)
-            x = x / scale if scale != 1.0 else x
+            x = (x / scale if scale != 1.0 else x).clamp(0.0, 1.0)  # as _to_float
             if size != p:
                 x = F.interpolate(x, size=(p, p), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
             out[sel] = x.numpy() if float01 else (x * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).numpy()
@@ -784,7 +789,8 @@ class SpotPatchDataset(Dataset):
     def _to_float(self, w: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(w)).to(torch.float32)
         scale = _white(w.dtype)
-        return x / scale if scale != 1.0 else x
+        # clipped to [0, 1] as resized patches are: float images may overshoot it a little (_FLOAT_RANGE_TOL)
+        return (x / scale if scale != 1.0 else x).clamp(0.0, 1.0)
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] == self.out_px:

@@ -269,7 +269,9 @@ def tissue_mask(
     (median lightness of the unsaturated pixels minus a margin). ``preset="dab_brown"`` marks DAB-positive
     (brown) pixels of an IHC image instead. ``method="otsu"``: Otsu on lightness alone (darker = tissue). Then
     objects smaller than ``min_object_um2`` are removed and holes smaller than ``min_hole_um2`` are filled
-    (scikit-image).
+    (scikit-image). Integer images are scaled by their dtype's maximum (also a level coarsened on the fly); float
+    images are taken as ``[0, 1]`` (clipped: an overshoot up to 1e-3 is allowed, as for patches), or as 0..255
+    when they exceed that.
 
     Parameters
     ----------
@@ -326,10 +328,15 @@ def tissue_mask(
     if arr.sizes.get("c", 0) < 3:
         raise ValueError(f"image_key: {image_key!r} needs 3 (RGB) channels, has {arr.sizes.get('c', 0)}.")
     rgb = np.asarray(arr.isel(c=slice(0, 3)).values, dtype=np.float32)
-    if np.issubdtype(arr.dtype, np.integer):
-        rgb /= float(np.iinfo(arr.dtype).max)
-    elif rgb.max() > 1.0 + 1e-6:  # coarsened uint8 (floats in 0..255)
+    from ._patches import _FLOAT_RANGE_TOL, _full_res_image
+
+    # the image's own dtype: a coarsened level holds float means of it (uint16: 0..65535, not 0..255)
+    src_dtype = np.dtype(_full_res_image(sdata.images[image_key], None, image_key)[0].dtype)
+    if np.issubdtype(src_dtype, np.integer):
+        rgb /= float(np.iinfo(src_dtype).max)
+    elif rgb.max() > 1.0 + _FLOAT_RANGE_TOL:  # a float image in 0..255; [0, 1] may overshoot a little, as for patches
         rgb /= 255.0
+    np.clip(rgb, 0.0, 1.0, out=rgb)
     level_um = um_per_px * (fy + fx) / 2 if um_per_px else None
     mask, info = _mask_from_rgb(
         rgb, method=method, preset=preset, level_um=level_um, smooth_um=smooth_um, min_object_um2=min_object_um2,
@@ -588,9 +595,14 @@ def tile_grid(
     mask = np.asarray(labels.values) > 0
     fy, fx = h / mask.shape[0], w / mask.shape[1]
 
-    step = spacing_um / um_per_px
-    size_px = size_um / um_per_px
-    ny, nx = max(int(h // step), 1), max(int(w // step), 1)
+    # In pixels, to 12 significant digits: the same grid given in µm at another pixel size (224 µm at 1 µm/px, 224 *
+    # 0.2005 µm at 0.2005 µm/px) must not differ by round-off, which moved centres and window edges that lie on pixel
+    # borders (common on a lattice) to the other side, changing tissue fractions and the points kept.
+    step = float(f"{spacing_um / um_per_px:.12g}")
+    size_px = float(f"{size_um / um_per_px:.12g}")
+    # A grid that fits exactly keeps its last row/column: spacing_um / um_per_px can exceed a whole number of pixels
+    # by round-off (224 * 0.2005 µm / 0.2005 µm/px = 224.00000000000003 px), and 672 // that dropped a column.
+    ny, nx = (max(int(np.floor(n / step * (1 + 1e-9))), 1) for n in (h, w))
     ys = (np.arange(ny) + 0.5) * step + (h - ny * step) / 2
     xs = (np.arange(nx) + 0.5) * step + (w - nx * step) / 2
     rows, cols = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
