@@ -86,7 +86,9 @@ def gcng_scores(
     pairs of fold ``k`` (out-of-fold); it is also scored on them against negatives drawn the same way
     (``heldout_auroc``). Candidate pairs that are not known are scored by a
     model trained on all known pairs. ``in_training`` is True only where the scoring model saw the pair (a
-    candidate drawn as one of its random negatives).
+    candidate drawn as one of its random negatives). The folds and the negatives follow ``seed`` *and* the order of
+    the pairs (ligands are dealt to folds in the order they first appear): the same pairs in another order are
+    another draw, like another seed.
 
     Parameters
     ----------
