@@ -203,7 +203,9 @@ def ligand_receptor(
         correlation unchanged, so every p-value would be 1 (use ``"auto"`` or ``"ligand"``).
     seed
         Seed of the permutations and of GCNG. Each method uses it as it is, so its p-values are the same whichever
-        other methods are listed with it, in any order.
+        other methods are listed with it, in any order. The permutations are drawn over the cells in their order:
+        the same cells in another order are another draw (scores are unchanged; p-values vary as with another
+        seed).
     groups_key
         ``obs`` column of the sections within which positions are shuffled (``"auto"``: ``section``, ``fov``,
         ``library_id`` or ``sample`` when present; ``None``: all cells).
