@@ -25,11 +25,12 @@ from scst.nn._hypergraph import (
 #                                  0 1 2   (y = 0)
 HAND_POS = torch.tensor([[0, 0], [1, 0], [2, 0], [0, 1], [1, 1], [2, 1]], dtype=torch.float32)
 HAND_FEAT = torch.tensor([[0.0], [0.0], [0.0], [2.0], [0.0], [2.0]])
-# Reference pairs (k - 1 = 2 nearest others, ties by index): 0:{1,3} 1:{0,2} 2:{1,5} 3:{0,4} 4:{1,3} 5:{2,4},
+# Reference pairs (k - 1 = 2 nearest others, ties by position (y, x) = index here):
+# 0:{1,3} 1:{0,2} 2:{1,5} 3:{0,4} 4:{1,3} 5:{2,4},
 # all at distance 1 -> s_p = 1. Their feature gaps 0,2 | 0,0 | 0,2 | 2,2 | 0,2 | 2,2 (five 0s, seven 2s)
 # -> lower median s_f = 2. Score S(e, j) = |f_e - f_j| / 2 + dist(e, j):
 #   spot 0: j1 = 1, j4 = sqrt 2, j2 = j3 = 2         -> [0, 1, 4]  (feature-similar diagonal beats adjacent 3)
-#   spot 1: j0 = j2 = j4 = 1                         -> [1, 0, 2]  (three-way tie, by index)
+#   spot 1: j0 = j2 = j4 = 1                         -> [1, 0, 2]  (three-way tie, by position order)
 #   spot 2: j1 = 1, j4 = sqrt 2, j0 = j5 = 2         -> [2, 1, 4]
 #   spot 3: j0 = j4 = j5 = 2, j1 = 1 + sqrt 2        -> [3, 0, 4]  (with s_f = 1, j5 = 2 < j0 = j4 = 3)
 #   spot 4: j1 = 1, j0 = j2 = sqrt 2                 -> [4, 1, 0]
@@ -155,6 +156,24 @@ def test_spatial_candidates_match_brute_force(positions, c):
     brute = torch.empty_like(cand), torch.empty_like(cand_d2)
     _brute_pass(pos[:, 0].contiguous(), pos[:, 1].contiguous(), torch.arange(n), c, *brute)
     torch.testing.assert_close(cand_d2, brute[1])
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_permuted_rows_give_permuted_hyperedges_on_a_lattice(exact):
+    """Metamorphic: rows in another order → the same hyperedges, relabelled (HGGEP's windows are in table order).
+
+    On a lattice, a spot's k - 1 nearest others tie with further equidistant neighbours; picking the reference
+    pairs by row index made the feature scale s_f, and so some hyperedges, depend on the order of the rows.
+    """
+    g = torch.Generator().manual_seed(0)
+    pos = torch.stack(torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij"), -1).reshape(-1, 2) * 80
+    n, k = len(pos), 3
+    for _ in range(20):
+        feat = torch.randn(n, 16, generator=g)
+        perm = torch.randperm(n, generator=g)
+        ref = knn_hyperedges(feat, pos, k=k, n_candidates=8, exact=exact)[0].reshape(n, k)
+        got = knn_hyperedges(feat[perm], pos[perm], k=k, n_candidates=8, exact=exact)[0].reshape(n, k)
+        torch.testing.assert_close(perm[got], ref[perm], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("seed", [7, 25, 32])

@@ -44,8 +44,12 @@ def knn_hyperedges(
     thus 1 on a typical purely spatial hyperedge, which balances them as the paper asks. A scale of 0
     (all reference distances zero) is replaced by 1.
 
-    Ties are broken deterministically: spatial ranks by (distance, index), hyperedge members by
-    (score, index). The result is integer, so no gradient flows through it.
+    Ties are broken deterministically and never by the order of the rows: spots are ranked in
+    position order (``y``, then ``x``; spots at the same position by index), spatial ranks by
+    (distance, position order), hyperedge members by (score, position order). Permuting the rows of
+    ``features`` and ``positions`` together therefore permutes the hyperedges the same way, also on a
+    lattice, where equidistant neighbours would otherwise pick the reference pairs (and so the scale
+    :math:`s_f`) by row order. The result is integer, so no gradient flows through it.
 
     Parameters
     ----------
@@ -99,10 +103,15 @@ def knn_hyperedges(
         return torch.stack([centres, centres])
 
     with torch.no_grad():
+        # Computed in position order (ties by position, not by row order), then mapped back to the rows.
+        order = torch.argsort(pos[:, 0], stable=True)
+        order = order[torch.argsort(pos[order, 1], stable=True)]
         if _use_dense(n, n_candidates, exact):
-            members = _dense_members(feats, pos, k)
+            ranked = _dense_members(feats[order], pos[order], k)
         else:
-            members = _fast_members(feats, pos, k, n_candidates)
+            ranked = _fast_members(feats[order], pos[order], k, n_candidates)
+        members = torch.empty_like(ranked)
+        members[order] = order[ranked]
     return torch.stack([members.reshape(-1), centres.repeat_interleave(k)])
 
 
