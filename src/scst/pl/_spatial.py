@@ -73,9 +73,24 @@ class _Section:
                 UserWarning,
                 stacklevel=4,
             )
+        # The extent in the coordinate system drawn: shapes stored in other units (a Scale or Affine to ``cs``, e.g.
+        # spots in µm over a pixel image) are placed there by spatialdata-plot, so their bounds are mapped alike.
         xy = np.stack([self.shapes.geometry.x.to_numpy(), self.shapes.geometry.y.to_numpy()], 1)
+        lin, shift = self._to_cs()
+        xy = xy @ lin.T + shift
         pad = 2 * float(np.nanmax(self.shapes["radius"])) if "radius" in self.shapes else 0.0
+        pad *= float(np.sqrt(abs(np.linalg.det(lin))))
         self.extent = (xy[:, 0].min() - pad, xy[:, 0].max() + pad, xy[:, 1].min() - pad, xy[:, 1].max() + pad)
+
+    def _to_cs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Linear part and shift of the shapes' (x, y) → ``self.cs`` transformation (identity when they have none)."""
+        from spatialdata.transformations import get_transformation
+
+        ts = get_transformation(self.shapes, get_all=True)
+        if self.cs not in ts:
+            return np.eye(2), np.zeros(2)
+        m = np.asarray(ts[self.cs].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=np.float64)
+        return m[:2, :2], m[:2, 2]
 
     def _circles(self, adata: AnnData, geo: Mapping) -> tuple[Any, np.ndarray]:
         """Circles at ``obsm["spatial"]`` (radius: half the spot diameter, else half the nearest-spot distance)."""
