@@ -153,6 +153,34 @@ def test_dotplot_columns_colours_and_rings_per_method():
     assert [t.get_text() for t in ax.get_yticklabels()] == ["L1 → R1", "L2 → R2"]  # ranked by m2 now
 
 
+def test_dotplot_pairs_tied_on_the_score_do_not_hang_on_the_row_order():
+    """Pairs with equal scores are ranked by ``magnitude_rank`` (when the table has it), then by name: the same table
+    in another row order shows the same pairs in the same order (the pairs shown among ties changed with it)."""
+    import pandas as pd
+    from anndata import AnnData
+
+    n = 40
+    df = pd.DataFrame(
+        {
+            "ligand_complex": [f"L{i:02d}" for i in range(n)],
+            "receptor_complex": [f"R{i:02d}" for i in range(n)],
+            "m1_score": np.repeat([2.0, 1.0], n // 2),
+        }
+    )
+    a = AnnData(np.zeros((2, 1), np.float32))
+    shown = []
+    for seed in range(3):
+        a.uns["scst_ligrec"] = df.sample(frac=1, random_state=seed)
+        ax = scst.pl.ligand_receptor(a, n_top=25, show=False)
+        shown.append([t.get_text() for t in ax.get_yticklabels()])
+        plt.close("all")
+    want = [f"L{i:02d} → R{i:02d}" for i in range(25)]
+    assert shown == [want] * 3
+    a.uns["scst_ligrec"] = df.assign(magnitude_rank=np.arange(n)[::-1] / n).sample(frac=1, random_state=0)
+    ax = scst.pl.ligand_receptor(a, n_top=3, show=False)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["L19 → R19", "L18 → R18", "L17 → R17"]
+
+
 def test_local_score_scale_spans_the_sections_drawn():
     """The colour scale of ligand_receptor_spatial is the range over the sections drawn, not over all spots: the
     highest and lowest spot of section A take the ends of the colour map even when B holds larger scores."""
