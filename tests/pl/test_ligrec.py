@@ -230,6 +230,28 @@ def test_local_score_on_data_without_a_section_column():
         scst.pl.ligand_receptor_spatial(a, "L^R", sections="0", library_key=None, show=False)
 
 
+def test_local_score_in_one_panel_of_fields_over_the_same_coordinates():
+    """Two fields of view over the same coordinates drawn in one panel (library_key=None): their circles take half
+    the grid step between distinct positions, as one field alone (the stacked spots gave a zero radius, which
+    spatialdata refused: "Radii of circles must be positive")."""
+    import pandas as pd
+    from anndata import AnnData
+
+    from scst.pl._spatial import _Section
+
+    n = 12
+    obs = pd.DataFrame({"fov": [0] * n + [1] * n}, index=[f"c{i}" for i in range(2 * n)])
+    a = AnnData(np.zeros((2 * n, 1), np.float32), obs=obs)
+    a.obsm["spatial"] = np.tile(np.column_stack([np.arange(n) % 4 * 10.0, np.arange(n) // 4 * 10.0]), (2, 1))
+    a.obsm["scst_ligrec_local"] = pd.DataFrame({"L^R": np.linspace(0.0, 1.0, 2 * n)}, index=a.obs_names)
+    with pytest.warns(UserWarning, match="The data have no image"):
+        (ax,) = scst.pl.ligand_receptor_spatial(a, "L^R", library_key=None, show=False)
+    assert len(ax.collections[0].get_facecolors()) == 2 * n
+    with pytest.warns(UserWarning, match="no image"):
+        radii = [_Section(a, a, s, key).shapes["radius"].iloc[0] for s, key in ((None, None), ("0", "fov"))]
+    assert radii == [5.0, 5.0]
+
+
 def test_dotplot_nan_scores_are_drawn_in_the_bad_colour():
     """A method whose shown pairs all have NaN scores was drawn in the mid colour, as if every score were equal (and
     warned "All-NaN slice"); NaN scores take the colour map's bad colour (blank by default), the others min–max."""

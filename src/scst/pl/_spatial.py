@@ -93,7 +93,10 @@ class _Section:
         return m[:2, :2], m[:2, 2]
 
     def _circles(self, adata: AnnData, geo: Mapping) -> tuple[Any, np.ndarray]:
-        """Circles at ``obsm["spatial"]`` (radius: half the spot diameter, else half the nearest-spot distance)."""
+        """Circles at ``obsm["spatial"]``.
+
+        Radius: half the spot diameter, else half the median distance from a position to the nearest other one.
+        """
         from scipy.spatial import cKDTree
         from spatialdata.models import ShapesModel
         from spatialdata.transformations import Identity
@@ -103,8 +106,9 @@ class _Section:
         xy = np.asarray(adata.obsm[SPATIAL_KEY][self.rows], dtype=np.float64)
         if "spot_diameter_px" in geo:
             radius = float(geo["spot_diameter_px"]) / 2
-        elif len(xy) > 1:
-            radius = float(np.median(cKDTree(xy).query(xy, k=2)[0][:, 1])) / 2
+        elif len(uniq := np.unique(xy, axis=0)) > 1:  # distinct positions: spots stacked at one place (sections
+            # drawn in one panel over the same coordinates) would give a zero radius, which spatialdata refuses
+            radius = float(np.median(cKDTree(uniq).query(uniq, k=2)[0][:, 1])) / 2
         else:
             radius = 1.0
         ids = np.arange(len(xy))
