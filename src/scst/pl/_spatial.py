@@ -73,12 +73,16 @@ class _Section:
                 UserWarning,
                 stacklevel=4,
             )
-        # The extent in the coordinate system drawn: shapes stored in other units (a Scale or Affine to ``cs``, e.g.
-        # spots in µm over a pixel image) are placed there by spatialdata-plot, so their bounds are mapped alike.
-        xy = np.stack([self.shapes.geometry.x.to_numpy(), self.shapes.geometry.y.to_numpy()], 1)
+        # The extent of the spots drawn (those of the table: a table subset to some spots, e.g. a region, is framed
+        # as the same spots without shapes), in the coordinate system drawn: shapes stored in other units (a Scale
+        # or Affine to ``cs``, e.g. spots in µm over a pixel image) are placed there by spatialdata-plot, so their
+        # bounds are mapped alike.
+        drawn = self.shapes[self.shapes.index.isin(self.ids)]
+        drawn = drawn if len(drawn) else self.shapes
+        xy = np.stack([drawn.geometry.x.to_numpy(), drawn.geometry.y.to_numpy()], 1)
         lin, shift = self._to_cs()
         xy = xy @ lin.T + shift
-        pad = 2 * float(np.nanmax(self.shapes["radius"])) if "radius" in self.shapes else 0.0
+        pad = 2 * float(np.nanmax(drawn["radius"])) if "radius" in drawn else 0.0
         pad *= float(np.sqrt(abs(np.linalg.det(lin))))
         self.extent = (xy[:, 0].min() - pad, xy[:, 0].max() + pad, xy[:, 1].min() - pad, xy[:, 1].max() + pad)
 
