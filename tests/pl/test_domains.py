@@ -128,3 +128,46 @@ def test_legend_lists_the_sections_own_categories_and_can_be_left_out():
     with pytest.warns(UserWarning, match="no image"):
         axes = scst.pl.spatial_domains(a, "dom", truth=None, legend=False, show=False)
     assert [ax.get_legend() for ax in axes] == [None, None]
+
+
+def test_spots_keep_their_colours_whatever_the_table_row_order_or_category_names():
+    """Metamorphic guard: spots drawn from the section's shapes (joined to the table by spot id) keep their colour
+    when the table's rows come in another order, and renaming the categories changes only the legend's labels."""
+    from anndata import AnnData
+    from spatialdata import SpatialData
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import Identity
+
+    n = 16
+    xy = np.column_stack([np.arange(n) % 4 * 10.0 + 10, np.arange(n) // 4 * 10.0 + 10])
+    rng = np.random.default_rng(0)
+    obs = pd.DataFrame(
+        {
+            "section": pd.Categorical(["A"] * n),
+            "spot_id": np.arange(n),
+            "region": pd.Categorical(["A_spots"] * n),
+            "dom": pd.Categorical(rng.choice(["x", "y", "z"], n)),
+        },
+        index=[f"s{i}" for i in range(n)],
+    )
+    t = AnnData(np.zeros((n, 1), np.float32), obs=obs)
+    t.uns["scst"] = {"sections": {"A": {"shapes_key": "A_spots", "coordinate_system": "A"}}}
+    shapes = ShapesModel.parse(
+        xy, geometry=0, radius=np.full(n, 4.0), index=np.arange(n), transformations={"A": Identity()}
+    )
+    renamed = t.copy()
+    renamed.obs["dom"] = renamed.obs["dom"].cat.rename_categories({"x": "c", "y": "a", "z": "b"})
+    drawn = []
+    for tab in (t, t[rng.permutation(n)].copy(), renamed):
+        table = TableModel.parse(tab, region="A_spots", region_key="region", instance_key="spot_id")
+        sd = SpatialData(shapes={"A_spots": shapes}, tables={"table": table})
+        with pytest.warns(UserWarning, match="no image"):
+            (ax,) = scst.pl.spatial_domains(sd, "dom", truth=None, show=False)
+        (coll,) = [c for c in ax.collections if len(c.get_facecolors()) == n]
+        centres = [tuple(p.vertices.mean(0).round(6)) for p in coll.get_paths()]
+        drawn.append(
+            (dict(zip(centres, map(tuple, coll.get_facecolors()))), [tx.get_text() for tx in ax.get_legend().texts])
+        )
+    assert len(drawn[0][0]) == n and len(set(drawn[0][0].values())) == 3
+    assert drawn[1] == drawn[0]
+    assert drawn[2][0] == drawn[0][0] and drawn[0][1] == ["x", "y", "z"] and drawn[2][1] == ["a", "b", "c"]

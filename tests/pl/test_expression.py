@@ -181,3 +181,69 @@ def test_colour_bar_per_gene_layers_of_the_alias_and_warnings():
         scst.pl.predicted_expression(a, "G1", None, observed=False, show=False)
     with pytest.raises(ValueError, match="genes: expected at least one gene"):
         scst.pl.predicted_expression(a, [], show=False)
+
+
+def test_spots_stored_in_other_units_are_framed_in_the_coordinate_system_drawn():
+    """Shapes stored at half scale with a Scale(2) to the section's coordinate system (e.g. spots in µm over a pixel
+    image) are drawn by spatialdata-plot in that system: the panel frames them there, as the same spots stored in it
+    (the frame was taken from the stored coordinates, showing a quarter of the tissue)."""
+    import pandas as pd
+    from anndata import AnnData
+    from spatialdata import SpatialData
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import Identity, Scale
+
+    n = 9
+    xy = np.column_stack([np.arange(n) % 3 * 10.0 + 10, np.arange(n) // 3 * 10.0 + 10])
+    obs = pd.DataFrame(
+        {"section": pd.Categorical(["A"] * n), "spot_id": np.arange(n), "region": pd.Categorical(["A_spots"] * n)},
+        index=[f"s{i}" for i in range(n)],
+    )
+    t = AnnData(np.random.default_rng(0).poisson(5, (n, 1)).astype(np.float32), obs=obs)
+    t.var_names = ["G1"]
+    t.uns["scst"] = {"sections": {"A": {"shapes_key": "A_spots", "coordinate_system": "A"}}}
+    limits = []
+    for f, ts in ((1.0, Identity()), (0.5, Scale([2.0, 2.0], axes=("x", "y")))):
+        shapes = ShapesModel.parse(
+            xy * f, geometry=0, radius=np.full(n, 4.0 * f), index=np.arange(n), transformations={"A": ts}
+        )
+        table = TableModel.parse(t.copy(), region="A_spots", region_key="region", instance_key="spot_id")
+        sd = SpatialData(shapes={"A_spots": shapes}, tables={"table": table})
+        with pytest.warns(UserWarning, match="no image"):
+            (ax,) = scst.pl.predicted_expression(sd, "G1", None, show=False)
+        limits.append((ax.get_xlim(), ax.get_ylim()))
+        plt.close("all")
+    assert limits[0] == ((2.0, 38.0), (38.0, 2.0))
+    np.testing.assert_allclose(limits[1], limits[0])
+
+
+def test_a_table_subset_to_some_spots_is_framed_on_those_spots():
+    """A table subset to part of a section (e.g. a region of interest) draws only its spots; the panel frames them,
+    as the same spots without shapes are framed (it kept the frame of every spot of the section's shapes)."""
+    import pandas as pd
+    from anndata import AnnData
+    from spatialdata import SpatialData
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import Identity
+
+    n = 9
+    xy = np.column_stack([np.arange(n) % 3 * 10.0 + 10, np.arange(n) // 3 * 10.0 + 10])
+    obs = pd.DataFrame(
+        {"section": pd.Categorical(["A"] * n), "spot_id": np.arange(n), "region": pd.Categorical(["A_spots"] * n)},
+        index=[f"s{i}" for i in range(n)],
+    )
+    t = AnnData(np.random.default_rng(0).poisson(5, (n, 1)).astype(np.float32), obs=obs)
+    t.var_names = ["G1"]
+    t.uns["scst"] = {"sections": {"A": {"shapes_key": "A_spots", "coordinate_system": "A"}}}
+    shapes = ShapesModel.parse(
+        xy, geometry=0, radius=np.full(n, 4.0), index=np.arange(n), transformations={"A": Identity()}
+    )
+    left = t[xy[:, 0] <= 20].copy()
+    sd = SpatialData(
+        shapes={"A_spots": shapes},
+        tables={"table": TableModel.parse(left, region="A_spots", region_key="region", instance_key="spot_id")},
+    )
+    with pytest.warns(UserWarning, match="no image"):
+        (ax,) = scst.pl.predicted_expression(sd, "G1", None, show=False)
+    assert len(ax.collections[0].get_facecolors()) == 6
+    assert (ax.get_xlim(), ax.get_ylim()) == ((2.0, 28.0), (38.0, 2.0))

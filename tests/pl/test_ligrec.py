@@ -153,6 +153,34 @@ def test_dotplot_columns_colours_and_rings_per_method():
     assert [t.get_text() for t in ax.get_yticklabels()] == ["L1 → R1", "L2 → R2"]  # ranked by m2 now
 
 
+def test_dotplot_pairs_tied_on_the_score_do_not_hang_on_the_row_order():
+    """Pairs with equal scores are ranked by ``magnitude_rank`` (when the table has it), then by name: the same table
+    in another row order shows the same pairs in the same order (the pairs shown among ties changed with it)."""
+    import pandas as pd
+    from anndata import AnnData
+
+    n = 40
+    df = pd.DataFrame(
+        {
+            "ligand_complex": [f"L{i:02d}" for i in range(n)],
+            "receptor_complex": [f"R{i:02d}" for i in range(n)],
+            "m1_score": np.repeat([2.0, 1.0], n // 2),
+        }
+    )
+    a = AnnData(np.zeros((2, 1), np.float32))
+    shown = []
+    for seed in range(3):
+        a.uns["scst_ligrec"] = df.sample(frac=1, random_state=seed)
+        ax = scst.pl.ligand_receptor(a, n_top=25, show=False)
+        shown.append([t.get_text() for t in ax.get_yticklabels()])
+        plt.close("all")
+    want = [f"L{i:02d} → R{i:02d}" for i in range(25)]
+    assert shown == [want] * 3
+    a.uns["scst_ligrec"] = df.assign(magnitude_rank=np.arange(n)[::-1] / n).sample(frac=1, random_state=0)
+    ax = scst.pl.ligand_receptor(a, n_top=3, show=False)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["L19 → R19", "L18 → R18", "L17 → R17"]
+
+
 def test_local_score_scale_spans_the_sections_drawn():
     """The colour scale of ligand_receptor_spatial is the range over the sections drawn, not over all spots: the
     highest and lowest spot of section A take the ends of the colour map even when B holds larger scores."""
@@ -200,6 +228,28 @@ def test_local_score_on_data_without_a_section_column():
         scst.pl.ligand_receptor_spatial(a, "L^R", library_key="slide", show=False)
     with pytest.raises(ValueError, match="sections: picking sections needs their obs column"):
         scst.pl.ligand_receptor_spatial(a, "L^R", sections="0", library_key=None, show=False)
+
+
+def test_local_score_in_one_panel_of_fields_over_the_same_coordinates():
+    """Two fields of view over the same coordinates drawn in one panel (library_key=None): their circles take half
+    the grid step between distinct positions, as one field alone (the stacked spots gave a zero radius, which
+    spatialdata refused: "Radii of circles must be positive")."""
+    import pandas as pd
+    from anndata import AnnData
+
+    from scst.pl._spatial import _Section
+
+    n = 12
+    obs = pd.DataFrame({"fov": [0] * n + [1] * n}, index=[f"c{i}" for i in range(2 * n)])
+    a = AnnData(np.zeros((2 * n, 1), np.float32), obs=obs)
+    a.obsm["spatial"] = np.tile(np.column_stack([np.arange(n) % 4 * 10.0, np.arange(n) // 4 * 10.0]), (2, 1))
+    a.obsm["scst_ligrec_local"] = pd.DataFrame({"L^R": np.linspace(0.0, 1.0, 2 * n)}, index=a.obs_names)
+    with pytest.warns(UserWarning, match="The data have no image"):
+        (ax,) = scst.pl.ligand_receptor_spatial(a, "L^R", library_key=None, show=False)
+    assert len(ax.collections[0].get_facecolors()) == 2 * n
+    with pytest.warns(UserWarning, match="no image"):
+        radii = [_Section(a, a, s, key).shapes["radius"].iloc[0] for s, key in ((None, None), ("0", "fov"))]
+    assert radii == [5.0, 5.0]
 
 
 def test_dotplot_nan_scores_are_drawn_in_the_bad_colour():

@@ -42,8 +42,9 @@ def ligand_receptor(
 ) -> Figure | Axes | None:
     """Dot plot of the top ligand–receptor pairs × scoring methods, as liana's ``dotplot`` draws them.
 
-    Rows are the ``n_top`` pairs ranked by the first method's score; dot size is the expression fraction of the pair
-    (the smaller of ``ligand_props`` and ``receptor_props``), colour the method's score (min–max per method, so the
+    Rows are the ``n_top`` pairs ranked by the first method's score (ties by ``magnitude_rank`` when the table has
+    it, then by ligand and receptor name, whatever the table's row order); dot size is the expression fraction of the
+    pair (the smaller of ``ligand_props`` and ``receptor_props``), colour the method's score (min–max per method, so the
     methods' scales do not hide each other; a NaN score takes the colour map's bad colour, blank by default), and a
     black ring marks ``{method}_pvals < alpha``.
 
@@ -90,7 +91,11 @@ def ligand_receptor(
         _check_in(m, available, "methods", f"uns[{key!r}] (its *_score columns)")
     if n_top < 1:
         raise ValueError(f"n_top: expected a positive integer, got {n_top}.")
-    top = df.sort_values(f"{methods[0]}_score", ascending=False).head(n_top).reset_index(drop=True)
+    # ties broken by the table's own ranking, then by the pair's names: the pairs shown do not hang on the row order
+    by = [f"{methods[0]}_score", *(["magnitude_rank"] if "magnitude_rank" in df.columns else [])]
+    by += ["ligand_complex", "receptor_complex"]
+    asc = [False] + [True] * (len(by) - 1)
+    top = df.sort_values(by, ascending=asc, kind="stable").head(n_top).reset_index(drop=True)
     names = (top["ligand_complex"].astype(str) + " → " + top["receptor_complex"].astype(str)).to_numpy()
     if {"ligand_props", "receptor_props"} <= set(top.columns):
         frac = np.minimum(top["ligand_props"].to_numpy(float), top["receptor_props"].to_numpy(float))

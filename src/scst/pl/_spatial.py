@@ -73,12 +73,34 @@ class _Section:
                 UserWarning,
                 stacklevel=4,
             )
-        xy = np.stack([self.shapes.geometry.x.to_numpy(), self.shapes.geometry.y.to_numpy()], 1)
-        pad = 2 * float(np.nanmax(self.shapes["radius"])) if "radius" in self.shapes else 0.0
+        # The extent of the spots drawn (those of the table: a table subset to some spots, e.g. a region, is framed
+        # as the same spots without shapes), in the coordinate system drawn: shapes stored in other units (a Scale
+        # or Affine to ``cs``, e.g. spots in µm over a pixel image) are placed there by spatialdata-plot, so their
+        # bounds are mapped alike.
+        drawn = self.shapes[self.shapes.index.isin(self.ids)]
+        drawn = drawn if len(drawn) else self.shapes
+        xy = np.stack([drawn.geometry.x.to_numpy(), drawn.geometry.y.to_numpy()], 1)
+        lin, shift = self._to_cs()
+        xy = xy @ lin.T + shift
+        pad = 2 * float(np.nanmax(drawn["radius"])) if "radius" in drawn else 0.0
+        pad *= float(np.sqrt(abs(np.linalg.det(lin))))
         self.extent = (xy[:, 0].min() - pad, xy[:, 0].max() + pad, xy[:, 1].min() - pad, xy[:, 1].max() + pad)
 
+    def _to_cs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Linear part and shift of the shapes' (x, y) → ``self.cs`` transformation (identity when they have none)."""
+        from spatialdata.transformations import get_transformation
+
+        ts = get_transformation(self.shapes, get_all=True)
+        if self.cs not in ts:
+            return np.eye(2), np.zeros(2)
+        m = np.asarray(ts[self.cs].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=np.float64)
+        return m[:2, :2], m[:2, 2]
+
     def _circles(self, adata: AnnData, geo: Mapping) -> tuple[Any, np.ndarray]:
-        """Circles at ``obsm["spatial"]`` (radius: half the spot diameter, else half the nearest-spot distance)."""
+        """Circles at ``obsm["spatial"]``.
+
+        Radius: half the spot diameter, else half the median distance from a position to the nearest other one.
+        """
         from scipy.spatial import cKDTree
         from spatialdata.models import ShapesModel
         from spatialdata.transformations import Identity
@@ -88,8 +110,9 @@ class _Section:
         xy = np.asarray(adata.obsm[SPATIAL_KEY][self.rows], dtype=np.float64)
         if "spot_diameter_px" in geo:
             radius = float(geo["spot_diameter_px"]) / 2
-        elif len(xy) > 1:
-            radius = float(np.median(cKDTree(xy).query(xy, k=2)[0][:, 1])) / 2
+        elif len(uniq := np.unique(xy, axis=0)) > 1:  # distinct positions: spots stacked at one place (sections
+            # drawn in one panel over the same coordinates) would give a zero radius, which spatialdata refuses
+            radius = float(np.median(cKDTree(uniq).query(uniq, k=2)[0][:, 1])) / 2
         else:
             radius = 1.0
         ids = np.arange(len(xy))
