@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import matplotlib
 import numpy as np
 import pytest
 from anndata import AnnData
@@ -116,9 +117,10 @@ def test_bars_follow_the_group_keys_and_skip_ratios_without_a_finite_observation
     assert ax.get_title() == "rna → retrieval (7 queries)"
 
 
-def test_group_panel_checks_the_column_and_leaves_missing_labels_out():
+def test_group_panel_checks_the_column_and_draws_missing_labels_grey():
     """color= must be an obs column of both modalities (a close-match KeyError otherwise); a missing label is no
-    category of its own; a "modalities" entry that is not a pair is not used (the default names)."""
+    category of its own but is drawn in grey, "NA" last in the legend (as scanpy; it was left out); a "modalities"
+    entry that is not a pair is not used (the default names)."""
     import mudata as md
     import pandas as pd
 
@@ -136,8 +138,12 @@ def test_group_panel_checks_the_column_and_leaves_missing_labels_out():
     }  # fmt: skip
     _, by_mod, by_label = scst.pl.retrieval(m, basis="U", color="label", show=False)
     assert [t.get_text() for t in by_mod.get_legend().get_texts()] == ["rna", "image"]
-    assert [t.get_text() for t in by_label.get_legend().get_texts()] == ["a", "b"]
-    assert sum(len(c.get_offsets()) for c in by_label.collections) == 3  # the two unlabelled points are not drawn
+    assert [t.get_text() for t in by_label.get_legend().get_texts()] == ["a", "b", "NA"]
+    assert sum(len(c.get_offsets()) for c in by_label.collections) == 5  # every point, the two unlabelled ones too
+    grey = [
+        c for c in by_label.collections if np.allclose(c.get_facecolor()[0][:3], matplotlib.colors.to_rgb("lightgray"))
+    ]
+    assert sorted(tuple(p) for c in grey for p in c.get_offsets()) == [(1.0, 0.0), (1.0, 0.0)]  # rna s1, image s1
     with pytest.raises(KeyError, match="color: 'lable'"):
         scst.pl.retrieval(m, basis="U", color="lable", show=False)
 
@@ -185,8 +191,8 @@ def test_group_panel_colours_equal_numbers_alike():
         "chance_exact_top1": 0.5, "chance_exact_topk": 0.5,
     }  # fmt: skip
     _, _, by_label = scst.pl.retrieval(m, basis="U", color="label", show=False)
-    assert [t.get_text() for t in by_label.get_legend().get_texts()] == ["1", "2"]
-    two = [c for c in by_label.collections if len(c.get_offsets())]
+    assert [t.get_text() for t in by_label.get_legend().get_texts()] == ["1", "2", "NA"]
+    two = [c for c in by_label.collections if len(c.get_offsets()) and c.get_label() != "NA"]
     assert sum(len(c.get_offsets()) for c in two) == 4
     colours = {tuple(c.get_offsets()[:, 0]): tuple(c.get_facecolors()[0]) for c in two}
     assert colours[(1.0,)] == colours[(0.0,)] != colours[(0.0, 2.0)]  # rna s1 (2) and image s0 (2.0) alike

@@ -66,7 +66,8 @@ def retrieval(
         :class:`~scst.models.MultimodalST` setup of ``mdata``, else ``"rna"`` and ``"image"``.
     color
         With ``basis``: an ``obs`` column present in both modalities (e.g. ``"label"``) for one more panel; labels
-        that are equal numbers are one group (``2`` and ``2.0``).
+        that are equal numbers are one group (``2`` and ``2.0``); points without a label are drawn in light grey
+        ("NA" in the legend), as scanpy does.
     ax
         Axes to draw into, one per panel.
     figsize
@@ -136,6 +137,15 @@ def retrieval(
                     sel = lab == c
                     g.scatter(xy[sel, 0], xy[sel, 1], s=8, marker=marker, color=cmap(i), alpha=0.7,
                               label=c if m == mods[0] else None)  # fmt: skip
+            # unlabelled points in grey under the others, "NA" last in the legend (scanpy's na_color / na_in_legend)
+            na_label = "NA"
+            for m, marker in zip(mods, ("o", "^")):
+                xy = np.asarray(mdata[m].obsm[basis])[:, :2]
+                sel = _labels(mdata[m].obs[color]).isna().to_numpy()
+                if sel.any():
+                    g.scatter(xy[sel, 0], xy[sel, 1], s=8, marker=marker, color="lightgray", alpha=0.7, zorder=0,
+                              label=na_label)  # fmt: skip
+                    na_label = None
             g.set(title=f"{basis}: {color} (o {mods[0]}, ^ {mods[1]})", xticks=[], yticks=[])
             g.legend(frameon=False, fontsize="x-small", markerscale=2)
     out = a if n_panels == 1 else axes
