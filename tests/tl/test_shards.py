@@ -123,6 +123,24 @@ def test_failed_shard_is_named_and_nothing_is_written(dask_client, model_dir, sh
     assert set(sd.read_zarr(out).tables[SHARD_TABLE].obs["section"]) == {"S4"}
 
 
+def test_relative_paths_are_those_of_the_caller(dask_client, model_dir, shard_sources, tmp_path, monkeypatch):
+    """Relative shard sources and out name the caller's files, also for workers started in another folder (the
+    session's cluster runs in the test root, as a dask-jobqueue scheduler would elsewhere): the same result as
+    absolute paths, not a FileNotFoundError (or another file of that name) in every worker."""
+    import spatialdata as sd
+
+    ref = tmp_path / "abs.zarr"
+    predict_shards([shard_sources["S3"], shard_sources["S4"]], model_dir, ref, client=dask_client)
+    monkeypatch.chdir(shard_sources["S3"].parent)
+    rel = Path("sub") / "rel.zarr"
+    report = predict_shards(["S3.zarr", "S4.zarr"], model_dir, rel, client=dask_client)
+    assert list(report["source"]) == [str(shard_sources[s].resolve()) for s in ("S3", "S4")]
+    a, b = sd.read_zarr(ref).tables[SHARD_TABLE], sd.read_zarr(rel.resolve()).tables[SHARD_TABLE]
+    np.testing.assert_array_equal(np.asarray(b.X), np.asarray(a.X))
+    np.testing.assert_array_equal(b.obs_names, a.obs_names)
+    assert sorted(p.name for p in Path("sub").iterdir()) == ["rel.zarr"]  # no scratch shards left behind
+
+
 def test_bad_input_names_the_argument(model_dir, shard_sources, tmp_path):
     with pytest.raises(ValueError, match=r"shards: shard 'nope' .* neither an existing SpatialData zarr"):
         predict_shards([tmp_path / "nope.zarr"], model_dir, tmp_path / "o.zarr")
