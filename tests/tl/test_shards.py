@@ -383,6 +383,29 @@ def test_merge_keeps_the_given_order_reports_and_geometry(shard_stores, tmp_path
     assert (tmp_path / "file.zarr").read_text() == "mine" and not list(tmp_path.glob(".file.zarr*"))
 
 
+def test_merge_refuses_a_region_name_in_two_stores(shard_stores, tmp_path):
+    """Two stores whose spots of different sections share one region name (as readers with a fixed element name
+    give): refused naming both stores, not one shapes element silently kept for the spots of both sections."""
+    import spatialdata as sd
+    from spatialdata.models import TableModel
+
+    stores, _ = shard_stores
+    for s in ("S3", "S4"):
+        part = sd.read_zarr(stores[s])
+        tab = part.tables[SHARD_TABLE]
+        del part.tables[SHARD_TABLE]
+        part.shapes["spots"] = part.shapes[f"{s}_spots"]
+        del part.shapes[f"{s}_spots"]
+        tab.obs["region"] = pd.Categorical(["spots"] * tab.n_obs)
+        tab.obs["spot_id"] = [f"{s}_{i}" for i in tab.obs["spot_id"]]  # unique across stores
+        del tab.uns["spatialdata_attrs"]
+        part.tables[SHARD_TABLE] = TableModel.parse(tab, region="spots", region_key="region", instance_key="spot_id")
+        part.write(tmp_path / f"{s}.zarr")
+    with pytest.raises(ValueError, match=r"paths: region \(shapes element\) 'spots' is in both .*S3\.zarr' and .*S4"):
+        merge_shards([tmp_path / "S3.zarr", tmp_path / "S4.zarr"], tmp_path / "o.zarr")
+    assert not (tmp_path / "o.zarr").exists()
+
+
 def test_merge_refuses_other_panels_and_renames_repeated_spots(shard_stores, tmp_path):
     import spatialdata as sd
 

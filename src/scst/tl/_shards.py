@@ -250,7 +250,8 @@ def merge_shards(
     ----------
     paths
         SpatialData zarr stores written by :func:`predict_shards` (one shard each, or merged ones): a table
-        ``"predicted"`` over the same gene panel and the shapes its ``region`` column names.
+        ``"predicted"`` over the same gene panel and the shapes its ``region`` column names. Sections and
+        regions (shapes element names) must not repeat across stores.
     out
         Output ``.zarr`` store, written to a temporary folder beside it and renamed (never half-written).
     overwrite
@@ -272,7 +273,7 @@ def merge_shards(
     paths = [Path(p) for p in ([paths] if isinstance(paths, str | os.PathLike) else paths)]
     if not paths:
         raise ValueError("paths: expected at least one shard store, got none.")
-    tables, shapes, reports, geos, owner = [], {}, [], {}, {}
+    tables, shapes, reports, geos, owner, region_owner = [], {}, [], {}, {}, {}
     panel = None
     for p in paths:
         try:
@@ -299,6 +300,12 @@ def merge_shards(
                 raise ValueError(f"paths: section {s!r} is in both {str(owner[s])!r} and {str(p)!r}.")
             owner[s] = p
         for r in dict.fromkeys(tab.obs[REGION_KEY].astype(str)):
+            if r in region_owner:  # two shapes elements of one name: one would silently take the other's place
+                raise ValueError(
+                    f"paths: region (shapes element) {r!r} is in both {str(region_owner[r])!r} and {str(p)!r}; "
+                    "the spots of different sections need region names of their own (e.g. '<section>_spots')."
+                )
+            region_owner[r] = p
             if r in part.shapes:
                 shapes[r] = part.shapes[r]
         geos.update(tab.uns.get(UNS_KEY, {}).get("sections", {}))
