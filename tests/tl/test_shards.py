@@ -123,6 +123,24 @@ def test_failed_shard_is_named_and_nothing_is_written(dask_client, model_dir, sh
     assert set(sd.read_zarr(out).tables[SHARD_TABLE].obs["section"]) == {"S4"}
 
 
+def test_relative_paths_are_those_of_the_caller(dask_client, model_dir, shard_sources, tmp_path, monkeypatch):
+    """Relative shard sources and out name the caller's files, also for workers started in another folder (the
+    session's cluster runs in the test root, as a dask-jobqueue scheduler would elsewhere): the same result as
+    absolute paths, not a FileNotFoundError (or another file of that name) in every worker."""
+    import spatialdata as sd
+
+    ref = tmp_path / "abs.zarr"
+    predict_shards([shard_sources["S3"], shard_sources["S4"]], model_dir, ref, client=dask_client)
+    monkeypatch.chdir(shard_sources["S3"].parent)
+    rel = Path("sub") / "rel.zarr"
+    report = predict_shards(["S3.zarr", "S4.zarr"], model_dir, rel, client=dask_client)
+    assert list(report["source"]) == [str(shard_sources[s].resolve()) for s in ("S3", "S4")]
+    a, b = sd.read_zarr(ref).tables[SHARD_TABLE], sd.read_zarr(rel.resolve()).tables[SHARD_TABLE]
+    np.testing.assert_array_equal(np.asarray(b.X), np.asarray(a.X))
+    np.testing.assert_array_equal(b.obs_names, a.obs_names)
+    assert sorted(p.name for p in Path("sub").iterdir()) == ["rel.zarr"]  # no scratch shards left behind
+
+
 def test_bad_input_names_the_argument(model_dir, shard_sources, tmp_path):
     with pytest.raises(ValueError, match=r"shards: shard 'nope' .* neither an existing SpatialData zarr"):
         predict_shards([tmp_path / "nope.zarr"], model_dir, tmp_path / "o.zarr")
@@ -363,6 +381,29 @@ def test_merge_keeps_the_given_order_reports_and_geometry(shard_stores, tmp_path
     with pytest.raises(ValueError, match="out: .* is a file; `overwrite=True` replaces only a .zarr folder"):
         merge_shards([stores["S3"]], tmp_path / "file.zarr", overwrite=True)
     assert (tmp_path / "file.zarr").read_text() == "mine" and not list(tmp_path.glob(".file.zarr*"))
+
+
+def test_merge_refuses_a_region_name_in_two_stores(shard_stores, tmp_path):
+    """Two stores whose spots of different sections share one region name (as readers with a fixed element name
+    give): refused naming both stores, not one shapes element silently kept for the spots of both sections."""
+    import spatialdata as sd
+    from spatialdata.models import TableModel
+
+    stores, _ = shard_stores
+    for s in ("S3", "S4"):
+        part = sd.read_zarr(stores[s])
+        tab = part.tables[SHARD_TABLE]
+        del part.tables[SHARD_TABLE]
+        part.shapes["spots"] = part.shapes[f"{s}_spots"]
+        del part.shapes[f"{s}_spots"]
+        tab.obs["region"] = pd.Categorical(["spots"] * tab.n_obs)
+        tab.obs["spot_id"] = [f"{s}_{i}" for i in tab.obs["spot_id"]]  # unique across stores
+        del tab.uns["spatialdata_attrs"]
+        part.tables[SHARD_TABLE] = TableModel.parse(tab, region="spots", region_key="region", instance_key="spot_id")
+        part.write(tmp_path / f"{s}.zarr")
+    with pytest.raises(ValueError, match=r"paths: region \(shapes element\) 'spots' is in both .*S3\.zarr' and .*S4"):
+        merge_shards([tmp_path / "S3.zarr", tmp_path / "S4.zarr"], tmp_path / "o.zarr")
+    assert not (tmp_path / "o.zarr").exists()
 
 
 def test_merge_refuses_other_panels_and_renames_repeated_spots(shard_stores, tmp_path):

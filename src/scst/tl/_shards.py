@@ -250,7 +250,8 @@ def merge_shards(
     ----------
     paths
         SpatialData zarr stores written by :func:`predict_shards` (one shard each, or merged ones): a table
-        ``"predicted"`` over the same gene panel and the shapes its ``region`` column names.
+        ``"predicted"`` over the same gene panel and the shapes its ``region`` column names. Sections and
+        regions (shapes element names) must not repeat across stores.
     out
         Output ``.zarr`` store, written to a temporary folder beside it and renamed (never half-written).
     overwrite
@@ -272,7 +273,7 @@ def merge_shards(
     paths = [Path(p) for p in ([paths] if isinstance(paths, str | os.PathLike) else paths)]
     if not paths:
         raise ValueError("paths: expected at least one shard store, got none.")
-    tables, shapes, reports, geos, owner = [], {}, [], {}, {}
+    tables, shapes, reports, geos, owner, region_owner = [], {}, [], {}, {}, {}
     panel = None
     for p in paths:
         try:
@@ -299,6 +300,12 @@ def merge_shards(
                 raise ValueError(f"paths: section {s!r} is in both {str(owner[s])!r} and {str(p)!r}.")
             owner[s] = p
         for r in dict.fromkeys(tab.obs[REGION_KEY].astype(str)):
+            if r in region_owner:  # two shapes elements of one name: one would silently take the other's place
+                raise ValueError(
+                    f"paths: region (shapes element) {r!r} is in both {str(region_owner[r])!r} and {str(p)!r}; "
+                    "the spots of different sections need region names of their own (e.g. '<section>_spots')."
+                )
+            region_owner[r] = p
             if r in part.shapes:
                 shapes[r] = part.shapes[r]
         geos.update(tab.uns.get(UNS_KEY, {}).get("sections", {}))
@@ -370,7 +377,9 @@ def predict_shards(
         to the file name without suffix (the section name for her2st; characters other than letters, digits,
         ``_``, ``-`` and ``.`` replaced by ``_``); image shards use it as section name (a name given for an image
         must consist of those characters).
-        Sections must not repeat across shards.
+        Sections must not repeat across shards. Relative paths (of sources, ``model_dir`` and ``out``) are taken
+        from the working folder of this process and handed to the workers as absolute paths (the report's
+        ``source``), so workers started in another folder read and write the same files.
     model_dir
         Folder written by ``model.save`` (or ``scst train``) of a trained expression model.
     out
@@ -439,8 +448,11 @@ def predict_shards(
         um_per_px=dict(um_per_px) if isinstance(um_per_px, Mapping) else um_per_px,
         accelerator=accelerator,
     )  # fmt: skip
+    # Absolute paths for the workers, as model_dir: they may run in another folder than this process (a scheduler
+    # started elsewhere, dask-jobqueue), where a relative path names another file or none.
+    paths = {n: s if s.startswith(HER2ST_PREFIX) else str(Path(s).resolve()) for n, s in sources.items()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.shards-", dir=out.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.shards-", dir=out.parent.resolve()))
     own = client is None
     cluster = None
     try:
@@ -454,8 +466,7 @@ def predict_shards(
         dests = {n: str(scratch / f"{i:05d}_{n}.zarr") for i, n in enumerate(sources)}
         run = uuid.uuid4().hex[:12]  # keys unique per call: dask would hand back an earlier call's result
         futures = {
-            n: client.submit(job, n, src, dests[n], key=f"scst-shard-{n}-{run}", pure=False)
-            for n, src in sources.items()
+            n: client.submit(job, n, src, dests[n], key=f"scst-shard-{n}-{run}", pure=False) for n, src in paths.items()
         }
         from distributed import wait
 
