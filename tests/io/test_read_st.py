@@ -277,3 +277,22 @@ def test_concatenate_sections_keeps_the_given_section_order_and_int32_counts(tmp
     t = concatenate_sections([b, a], join="outer").tables["table"]
     assert t.X.dtype == np.float32
     np.testing.assert_allclose(t.X.toarray(), np.vstack([x.tables["table"].X.toarray() for x in (b, a)]))
+
+
+def test_concatenate_sections_inner_join_keeps_obs_columns_of_some_sections(tmp_path):
+    """join= aligns genes: with the default "inner", an obs column present in one section only (labels added to the
+    annotated sections) was dropped from the combined table silently; now it is kept with NaN elsewhere, as with
+    join="outer", and the genes are still the common ones."""
+    c, s, _ = _triple(tmp_path)
+    counts = pd.read_csv(c, sep="\t", index_col=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = read_st(counts, s, None, sample="A", um_per_px=1.0)
+        b = read_st(counts.rename(columns={"B": "C"}), s, None, sample="B", um_per_px=1.0)
+    a.tables["table"].obs["label"] = pd.Categorical(["t", "n", "t", "n"])
+    for join in ("inner", "outer"):
+        t = concatenate_sections([a, b], join=join).tables["table"]
+        label = t.obs["label"].astype(object)
+        assert label[:4].tolist() == ["t", "n", "t", "n"] and label[4:].isna().all(), join
+        assert t.obs_names.tolist()[:4] == a.tables["table"].obs_names.tolist()
+    assert list(concatenate_sections([a, b]).tables["table"].var_names) == ["A"]

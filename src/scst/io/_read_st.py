@@ -383,7 +383,9 @@ def concatenate_sections(sdatas: Sequence[SpatialData] | Mapping[str, SpatialDat
         Objects to combine; their section names (``uns['scst']['sections']``) must be distinct.
     join
         ``"inner"`` keeps the genes measured in every section (the default: models need one gene space);
-        ``"outer"`` keeps all genes and fills absent ones with zeros (counts were not measured there).
+        ``"outer"`` keeps all genes and fills absent ones with zeros (counts were not measured there). ``obs``
+        columns are kept either way (missing values where a section lacks the column); ``obsm`` and ``layers``
+        follow ``join``.
 
     Returns
     -------
@@ -408,6 +410,8 @@ def concatenate_sections(sdatas: Sequence[SpatialData] | Mapping[str, SpatialDat
         images.update(s.images)
         shapes.update(s.shapes)
     adata = ad.concat(tables, join=join, merge="same", fill_value=0)
+    if join == "inner":  # join is about genes: obs columns of some sections only (labels) are kept, NaN elsewhere
+        adata.obs = ad.concat([ad.AnnData(obs=t.obs) for t in tables], join="outer").obs
     if adata.n_vars == 0 and any(t.n_vars for t in tables):
         warnings.warn(
             "concatenate_sections: no gene is measured in every section, so join='inner' keeps no gene; check the "
