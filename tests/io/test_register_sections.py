@@ -251,3 +251,31 @@ def test_register_sections_gives_concatenated_samples_their_own_images():
                      tables={"table": sd.tables["table"]})  # fmt: skip
     with pytest.warns(UserWarning, match=r"sections \['V1', 'V2'\] all use image 'he_b'.*pass image_keys"):
         scst.io.register_sections(sd)
+
+
+def test_register_sections_image_of_a_section_whose_name_begins_another_ones():
+    """Renaming the sections V1, V2 to S1, S1_rep2 gave S1 the image "S1_rep2_full_image" (it begins with "S1_"
+    and is larger), so patches of S1 came from the other slide; each section now gets its own image, as with V1/V2."""
+    import spatialdata
+
+    a, b = _visium_like(), _visium_like()
+    ta = a.tables["table"]
+    ta.obs["region"] = pd.Categorical(["S1"] * ta.n_obs)
+    ta.uns["spatialdata_attrs"]["region"] = "S1"
+    a = SpatialData(images={"S1_full_image": a.images["V1_full_image"]}, shapes={"S1": a.shapes["V1"]},
+                    tables={"table": ta})  # fmt: skip
+    tb = b.tables["table"].copy()
+    tb.obs["region"] = pd.Categorical(["S1_rep2"] * tb.n_obs)
+    tb.obs_names = [f"b{x}" for x in tb.obs_names]
+    tb.uns["spatialdata_attrs"]["region"] = "S1_rep2"
+    big = Image2DModel.parse(
+        np.zeros((3, 600, 700), np.uint8), dims=("c", "y", "x"), transformations={"global": Identity()}
+    )
+    b = SpatialData(images={"S1_rep2_full_image": big}, shapes={"S1_rep2": b.shapes["V1"]}, tables={"table": tb})
+    sd = spatialdata.concatenate([a, b], concatenate_tables=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        scst.io.register_sections(sd)
+    geo = sd.tables["table"].uns["scst"]["sections"]
+    assert (geo["S1"]["image_key"], geo["S1_rep2"]["image_key"]) == ("S1_full_image", "S1_rep2_full_image")
+    assert geo["S1"]["image_shape"] == [400, 500]
