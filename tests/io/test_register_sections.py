@@ -279,3 +279,24 @@ def test_register_sections_image_of_a_section_whose_name_begins_another_ones():
     geo = sd.tables["table"].uns["scst"]["sections"]
     assert (geo["S1"]["image_key"], geo["S1_rep2"]["image_key"]) == ("S1_full_image", "S1_rep2_full_image")
     assert geo["S1"]["image_shape"] == [400, 500]
+
+
+def test_concatenate_sections_of_registered_samples_makes_shared_obs_names_unique():
+    """Two Visium samples registered one by one share their barcodes: concatenate_sections gave a table with
+    duplicate obs names (anndata's generic warning only; obs-name lookups then hit both samples). Now every obs name
+    is prefixed with its section, as read_st names spots, with a warning; values and sections are unchanged."""
+    a, b = _visium_like(), _visium_like()
+    tb = b.tables["table"]
+    tb.obs["region"] = pd.Categorical(["V2"] * tb.n_obs)
+    tb.uns["spatialdata_attrs"]["region"] = "V2"
+    b = SpatialData(images={"V2_full_image": b.images["V1_full_image"]}, shapes={"V2": b.shapes["V1"]},
+                    tables={"table": tb})  # fmt: skip
+    for sd in (a, b):
+        scst.io.register_sections(sd)
+    with pytest.warns(UserWarning, match=r"sections share obs names \(e.g. \['spot0'"):
+        t = scst.io.concatenate_sections([b, a]).tables["table"]
+    assert t.obs_names.is_unique and t.obs_names[:2].tolist() == ["V2_spot0", "V2_spot1"]
+    assert t.obs_names[-1] == f"V1_spot{a.tables['table'].n_obs - 1}"
+    np.testing.assert_array_equal(
+        t.X.toarray(), np.vstack([b.tables["table"].X.toarray(), a.tables["table"].X.toarray()])
+    )

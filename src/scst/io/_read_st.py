@@ -390,8 +390,10 @@ def concatenate_sections(sdatas: Sequence[SpatialData] | Mapping[str, SpatialDat
     Returns
     -------
     SpatialData with all images and shapes, and one table whose ``obs["section"]`` tells sections apart and
-    whose ``uns["scst"]["gene_alignment"]`` records ``join``. ``X`` is CSR: int32 for raw counts; other values
-    (sections normalised before) keep their float type.
+    whose ``uns["scst"]["gene_alignment"]`` records ``join``. Obs names are kept when they are unique across
+    sections (:func:`read_st` prefixes them with the section); sections that share obs names (Visium barcodes
+    registered with :func:`register_sections`) get every name prefixed with its section, with a warning. ``X`` is
+    CSR: int32 for raw counts; other values (sections normalised before) keep their float type.
     """
     if join not in {"inner", "outer"}:
         raise ValueError(f"join: expected 'inner' or 'outer', got {join!r}.")
@@ -427,6 +429,15 @@ def concatenate_sections(sdatas: Sequence[SpatialData] | Mapping[str, SpatialDat
     adata.X = X
     adata.obs[SECTION_KEY] = pd.Categorical(adata.obs[SECTION_KEY].astype(str), categories=list(sections))
     adata.obs[REGION_KEY] = pd.Categorical(adata.obs[REGION_KEY].astype(str))
+    if not adata.obs_names.is_unique:  # e.g. Visium barcodes, the same in every sample (read_st's are prefixed)
+        dup = adata.obs_names[adata.obs_names.duplicated()].unique()[:3].tolist()
+        adata.obs_names = [f"{s}_{n}" for s, n in zip(adata.obs[SECTION_KEY].astype(str), adata.obs_names)]
+        warnings.warn(
+            f"concatenate_sections: sections share obs names (e.g. {dup}); every obs name is now prefixed with its "
+            "section, '<section>_<name>', as read_st names spots.",
+            UserWarning,
+            stacklevel=2,
+        )
     adata.uns[UNS_KEY] = {"sections": sections, "gene_alignment": "intersection" if join == "inner" else "union"}
     adata.uns.pop("spatialdata_attrs", None)
     regions = [geo["shapes_key"] for geo in sections.values()]
