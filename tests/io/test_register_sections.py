@@ -300,3 +300,29 @@ def test_concatenate_sections_of_registered_samples_makes_shared_obs_names_uniqu
     np.testing.assert_array_equal(
         t.X.toarray(), np.vstack([b.tables["table"].X.toarray(), a.tables["table"].X.toarray()])
     )
+
+
+def test_concatenate_sections_refuses_two_objects_with_an_image_of_the_same_name():
+    """Two samples whose images are both named "he": the combined object kept the second one only, and both
+    sections' image_key "he" pointed at it (patches of the first section cut from the second slide, silently)."""
+    a, b = _visium_like(), _visium_like()
+    a = SpatialData(images={"he": a.images["V1_full_image"]}, shapes={"V1": a.shapes["V1"]},
+                    tables={"table": a.tables["table"]})  # fmt: skip
+    tb = b.tables["table"]
+    tb.obs["region"] = pd.Categorical(["V2"] * tb.n_obs)
+    tb.uns["spatialdata_attrs"]["region"] = "V2"
+    tb.obs_names = [f"b{x}" for x in tb.obs_names]
+    other = Image2DModel.parse(np.full((3, 400, 500), 7, np.uint8), dims=("c", "y", "x"),
+                               transformations={"global": Identity()})  # fmt: skip
+    b = SpatialData(images={"he": other}, shapes={"V2": b.shapes["V1"]}, tables={"table": tb})
+    for sd in (a, b):
+        scst.io.register_sections(sd)
+    with pytest.raises(ValueError, match=r"sdatas: image element 'he' is in more than one object \(sections \['V2'\]"):
+        scst.io.concatenate_sections([a, b])
+    b.images["V2_he"] = b.images.pop("he")
+    scst.io.register_sections(b, image_keys={"V2": "V2_he"})
+    sd = scst.io.concatenate_sections([a, b])
+    assert {k: g["image_key"] for k, g in sd.tables["table"].uns["scst"]["sections"].items()} == {
+        "V1": "he",
+        "V2": "V2_he",
+    }

@@ -380,7 +380,8 @@ def concatenate_sections(sdatas: Sequence[SpatialData] | Mapping[str, SpatialDat
     Parameters
     ----------
     sdatas
-        Objects to combine; their section names (``uns['scst']['sections']``) must be distinct.
+        Objects to combine; their section names (``uns['scst']['sections']``) and their image and shapes element
+        names must be distinct (an element name in two objects is an error: one element would replace the other).
     join
         ``"inner"`` keeps the genes measured in every section (the default: models need one gene space);
         ``"outer"`` keeps all genes and fills absent ones with zeros (counts were not measured there). ``obs``
@@ -409,8 +410,16 @@ def concatenate_sections(sdatas: Sequence[SpatialData] | Mapping[str, SpatialDat
                 raise ValueError(f"sdatas: section {name!r} appears twice.")
             sections[name] = geo
         tables.append(t)
-        images.update(s.images)
-        shapes.update(s.shapes)
+        for kind, into, elements in (("image", images, s.images), ("shapes", shapes, s.shapes)):
+            for key, el in elements.items():
+                if key in into and into[key] is not el:  # update() would keep the last one for every section
+                    raise ValueError(
+                        f"sdatas: {kind} element {key!r} is in more than one object (sections "
+                        f"{list(t.uns[UNS_KEY]['sections'])} and an earlier one); one would replace the other and "
+                        "its sections would read the wrong one. Give each object's elements distinct names (e.g. "
+                        f"prefixed with the section; for images then register_sections(sdata, image_keys=...))."
+                    )
+                into[key] = el
     adata = ad.concat(tables, join=join, merge="same", fill_value=0)
     if join == "inner":  # join is about genes: obs columns of some sections only (labels) are kept, NaN elsewhere
         adata.obs = ad.concat([ad.AnnData(obs=t.obs) for t in tables], join="outer").obs
