@@ -55,7 +55,12 @@ def _read_counts(counts: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
         p = Path(counts)
         if not p.exists():
             raise FileNotFoundError(f"counts: file {p} does not exist.")
-        df = pd.read_csv(p, sep="," if _format_suffix(p) == ".csv" else "\t", index_col=0)
+        sep = "," if _format_suffix(p) == ".csv" else "\t"
+        df = pd.read_csv(p, sep=sep, index_col=0)
+        # pandas renames a repeated header name ("A", "A" → "A", "A.1"): the names as written, so it is caught below
+        header = pd.read_csv(p, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0, 1:]
+        if len(header) == df.shape[1]:
+            df.columns = pd.Index(header.to_numpy())
     df.index = df.index.astype(str)
     if df.index.has_duplicates:
         dup = df.index[df.index.duplicated()].unique()[:5].tolist()
