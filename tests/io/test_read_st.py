@@ -277,3 +277,37 @@ def test_concatenate_sections_keeps_the_given_section_order_and_int32_counts(tmp
     t = concatenate_sections([b, a], join="outer").tables["table"]
     assert t.X.dtype == np.float32
     np.testing.assert_allclose(t.X.toarray(), np.vstack([x.tables["table"].X.toarray() for x in (b, a)]))
+
+
+def test_concatenate_sections_inner_join_keeps_obs_columns_of_some_sections(tmp_path):
+    """join= aligns genes: with the default "inner", an obs column present in one section only (labels added to the
+    annotated sections) was dropped from the combined table silently; now it is kept with NaN elsewhere, as with
+    join="outer", and the genes are still the common ones."""
+    c, s, _ = _triple(tmp_path)
+    counts = pd.read_csv(c, sep="\t", index_col=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = read_st(counts, s, None, sample="A", um_per_px=1.0)
+        b = read_st(counts.rename(columns={"B": "C"}), s, None, sample="B", um_per_px=1.0)
+    a.tables["table"].obs["label"] = pd.Categorical(["t", "n", "t", "n"])
+    for join in ("inner", "outer"):
+        t = concatenate_sections([a, b], join=join).tables["table"]
+        label = t.obs["label"].astype(object)
+        assert label[:4].tolist() == ["t", "n", "t", "n"] and label[4:].isna().all(), join
+        assert t.obs_names.tolist()[:4] == a.tables["table"].obs_names.tolist()
+    assert list(concatenate_sections([a, b]).tables["table"].var_names) == ["A"]
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".csv.gz"])
+def test_read_st_refuses_a_count_file_with_a_repeated_gene_name_as_it_refuses_the_data_frame(tmp_path, suffix):
+    """A count file whose header names a gene twice was read with pandas' renamed copy "A.1" (a gene that does not
+    exist), while the same table as a DataFrame is refused: both are now the same duplicate-gene error."""
+    c, s, _ = _triple(tmp_path)
+    counts = pd.read_csv(c, sep="\t", index_col=0)
+    dup = pd.concat([counts, counts[["A"]]], axis=1)
+    dup.to_csv(tmp_path / f"dup{suffix}", sep="," if ".csv" in suffix else "\t")
+    for table in (dup, tmp_path / f"dup{suffix}"):
+        with pytest.raises(ValueError, match=r"counts: duplicate gene names, e.g. \['A'\]"):
+            read_st(table, s, None, sample="S")
+    counts.to_csv(tmp_path / f"ok{suffix}", sep="," if ".csv" in suffix else "\t")  # names as written, unchanged
+    assert list(read_st(tmp_path / f"ok{suffix}", s, None, sample="S").tables["table"].var_names) == ["A", "B"]

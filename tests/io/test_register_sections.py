@@ -251,3 +251,78 @@ def test_register_sections_gives_concatenated_samples_their_own_images():
                      tables={"table": sd.tables["table"]})  # fmt: skip
     with pytest.warns(UserWarning, match=r"sections \['V1', 'V2'\] all use image 'he_b'.*pass image_keys"):
         scst.io.register_sections(sd)
+
+
+def test_register_sections_image_of_a_section_whose_name_begins_another_ones():
+    """Renaming the sections V1, V2 to S1, S1_rep2 gave S1 the image "S1_rep2_full_image" (it begins with "S1_"
+    and is larger), so patches of S1 came from the other slide; each section now gets its own image, as with V1/V2."""
+    import spatialdata
+
+    a, b = _visium_like(), _visium_like()
+    ta = a.tables["table"]
+    ta.obs["region"] = pd.Categorical(["S1"] * ta.n_obs)
+    ta.uns["spatialdata_attrs"]["region"] = "S1"
+    a = SpatialData(images={"S1_full_image": a.images["V1_full_image"]}, shapes={"S1": a.shapes["V1"]},
+                    tables={"table": ta})  # fmt: skip
+    tb = b.tables["table"].copy()
+    tb.obs["region"] = pd.Categorical(["S1_rep2"] * tb.n_obs)
+    tb.obs_names = [f"b{x}" for x in tb.obs_names]
+    tb.uns["spatialdata_attrs"]["region"] = "S1_rep2"
+    big = Image2DModel.parse(
+        np.zeros((3, 600, 700), np.uint8), dims=("c", "y", "x"), transformations={"global": Identity()}
+    )
+    b = SpatialData(images={"S1_rep2_full_image": big}, shapes={"S1_rep2": b.shapes["V1"]}, tables={"table": tb})
+    sd = spatialdata.concatenate([a, b], concatenate_tables=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        scst.io.register_sections(sd)
+    geo = sd.tables["table"].uns["scst"]["sections"]
+    assert (geo["S1"]["image_key"], geo["S1_rep2"]["image_key"]) == ("S1_full_image", "S1_rep2_full_image")
+    assert geo["S1"]["image_shape"] == [400, 500]
+
+
+def test_concatenate_sections_of_registered_samples_makes_shared_obs_names_unique():
+    """Two Visium samples registered one by one share their barcodes: concatenate_sections gave a table with
+    duplicate obs names (anndata's generic warning only; obs-name lookups then hit both samples). Now every obs name
+    is prefixed with its section, as read_st names spots, with a warning; values and sections are unchanged."""
+    a, b = _visium_like(), _visium_like()
+    tb = b.tables["table"]
+    tb.obs["region"] = pd.Categorical(["V2"] * tb.n_obs)
+    tb.uns["spatialdata_attrs"]["region"] = "V2"
+    b = SpatialData(images={"V2_full_image": b.images["V1_full_image"]}, shapes={"V2": b.shapes["V1"]},
+                    tables={"table": tb})  # fmt: skip
+    for sd in (a, b):
+        scst.io.register_sections(sd)
+    with pytest.warns(UserWarning, match=r"sections share obs names \(e.g. \['spot0'"):
+        t = scst.io.concatenate_sections([b, a]).tables["table"]
+    assert t.obs_names.is_unique and t.obs_names[:2].tolist() == ["V2_spot0", "V2_spot1"]
+    assert t.obs_names[-1] == f"V1_spot{a.tables['table'].n_obs - 1}"
+    np.testing.assert_array_equal(
+        t.X.toarray(), np.vstack([b.tables["table"].X.toarray(), a.tables["table"].X.toarray()])
+    )
+
+
+def test_concatenate_sections_refuses_two_objects_with_an_image_of_the_same_name():
+    """Two samples whose images are both named "he": the combined object kept the second one only, and both
+    sections' image_key "he" pointed at it (patches of the first section cut from the second slide, silently)."""
+    a, b = _visium_like(), _visium_like()
+    a = SpatialData(images={"he": a.images["V1_full_image"]}, shapes={"V1": a.shapes["V1"]},
+                    tables={"table": a.tables["table"]})  # fmt: skip
+    tb = b.tables["table"]
+    tb.obs["region"] = pd.Categorical(["V2"] * tb.n_obs)
+    tb.uns["spatialdata_attrs"]["region"] = "V2"
+    tb.obs_names = [f"b{x}" for x in tb.obs_names]
+    other = Image2DModel.parse(np.full((3, 400, 500), 7, np.uint8), dims=("c", "y", "x"),
+                               transformations={"global": Identity()})  # fmt: skip
+    b = SpatialData(images={"he": other}, shapes={"V2": b.shapes["V1"]}, tables={"table": tb})
+    for sd in (a, b):
+        scst.io.register_sections(sd)
+    with pytest.raises(ValueError, match=r"sdatas: image element 'he' is in more than one object \(sections \['V2'\]"):
+        scst.io.concatenate_sections([a, b])
+    b.images["V2_he"] = b.images.pop("he")
+    scst.io.register_sections(b, image_keys={"V2": "V2_he"})
+    sd = scst.io.concatenate_sections([a, b])
+    assert {k: g["image_key"] for k, g in sd.tables["table"].uns["scst"]["sections"].items()} == {
+        "V1": "he",
+        "V2": "V2_he",
+    }

@@ -270,3 +270,26 @@ def test_read_wsi_closes_the_slide_it_refuses(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="cannot open .*planar.tif"):
         read_wsi(tmp_path / "planar.tif", um_per_px=0.5)
     assert len(opened) == 2 and all(s.ts_tifffile.filehandle.closed for s in opened)
+
+
+def test_palette_and_min_is_white_tiffs_read_as_their_colours_cmyk_refused(tmp_path):
+    """tifffile returns stored samples: a palette TIFF's colour-map indices were cached (and read by read_wsi) as
+    grey, a min-is-white TIFF inverted, a CMYK TIFF's C, M, Y inks as R, G, B. Now palette indices go through the
+    colour map, min-is-white is inverted back, and CMYK is refused with an error naming the file and its type."""
+    idx = _texture(40, 48)[..., 2]  # every index 0..86 used
+    cmap = np.zeros((3, 256), np.uint16)
+    cmap[0], cmap[1], cmap[2] = np.arange(256) * 257, (255 - np.arange(256)) * 256, 65535  # * 256: Pillow's maps
+    rgb = np.stack([np.arange(256), 255 - np.arange(256), np.full(256, 255)], -1).astype(np.uint8)[idx]
+    grey = _texture(40, 48)[..., 0]
+    tifffile.imwrite(tmp_path / "pal.tif", idx, photometric="palette", colormap=cmap, tile=(16, 16))
+    tifffile.imwrite(tmp_path / "mw.tif", 255 - grey, photometric="miniswhite", tile=(16, 16))
+    for name, want in (("pal", rgb), ("mw", np.repeat(grey[..., None], 3, -1))):
+        got = cached_image(tmp_path / f"{name}.tif", "S", cache=tmp_path / "cache")["scale0"]["image"].data.compute()
+        np.testing.assert_array_equal(got, np.moveaxis(want, -1, 0), err_msg=name)
+        got = read_wsi(tmp_path / f"{name}.tif", um_per_px=0.5).images[f"{name}_image"]["scale0"]["image"].data
+        np.testing.assert_array_equal(got.compute(), np.moveaxis(want, -1, 0), err_msg=name)
+    tifffile.imwrite(tmp_path / "cmyk.tif", np.dstack([_texture(40, 48), grey]), photometric="separated")
+    with pytest.raises(ValueError, match="image: TIFF .*cmyk.tif stores colours as photometric SEPARATED"):
+        cached_image(tmp_path / "cmyk.tif", "S", cache=tmp_path / "cache")
+    with pytest.raises(ValueError, match="path: TIFF .*cmyk.tif stores colours as photometric SEPARATED"):
+        read_wsi(tmp_path / "cmyk.tif", um_per_px=0.5)

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,51 @@ def _to_rgb(arr: np.ndarray, path: Path) -> np.ndarray:
     if arr.shape[-1] <= 2:  # grey (+ alpha)
         arr = np.repeat(arr[..., :1], 3, axis=-1)
     return np.ascontiguousarray(arr[..., :3])
+
+
+#: TIFF photometric interpretations whose stored samples are grey or RGB values as read (YCbCr: decoded to RGB by
+#: the JPEG codec); palette and min-is-white images are converted, others refused (see :func:`_tiff_recolour`).
+_TIFF_AS_STORED = {"MINISBLACK", "RGB", "YCBCR"}
+
+
+def _tiff_recolour(path: Path, arg: str = "image") -> Callable[[np.ndarray], np.ndarray] | None:
+    """Function turning stored samples of ``path``'s full-resolution level into grey or RGB values; ``None``: as stored.
+
+    tifffile returns the stored samples, not colours: a palette image gives its colour-map indices (read as grey
+    they would be the wrong image), a min-is-white image inverted grey, a CMYK one four ink channels (three of which
+    would be read as RGB). Palette indices are looked up in the colour map (16-bit entries, their high byte; a map
+    with no entry above 255 is taken as 8-bit, as libtiff does), min-is-white grey is inverted; CMYK
+    (``SEPARATED``, no faithful conversion without the ink's colour profile), CIE L*a*b* and other colour models are
+    refused.
+    """
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            page = tf.series[0].levels[0].keyframe
+            photometric, colormap, bits = page.photometric, page.colormap, page.bitspersample
+    except Exception as e:  # noqa: BLE001 - tifffile raises many types (IndexError, ValueError, ...) for bad files
+        raise ValueError(f"{arg}: cannot decode {path} as TIFF ({type(e).__name__}: {e}).") from e
+    name = getattr(photometric, "name", str(photometric))
+    if name in _TIFF_AS_STORED:
+        return None
+    if name == "MINISWHITE":
+        return lambda a: np.iinfo(a.dtype).max - a if a.dtype.kind == "u" else a
+    if name == "PALETTE" and colormap is not None:
+        lut = np.moveaxis(np.asarray(colormap), 0, -1)  # (2**bits, 3)
+        lut = lut.astype(np.uint8) if lut.max() < 256 else (lut >> 8).astype(np.uint8)  # v * 257 and v * 256 → v
+
+        def _palette(a: np.ndarray) -> np.ndarray:
+            if a.ndim != 2 or a.dtype.kind != "u":
+                raise ValueError(f"{arg}: palette TIFF {path} has samples of shape {a.shape[1:]}; expected one index.")
+            return lut[a]
+
+        return _palette
+    raise ValueError(
+        f"{arg}: TIFF {path} stores colours as photometric {name} ({bits}-bit); only grey (MINISBLACK, MINISWHITE), "
+        "RGB, YCbCr and palette images are read (CMYK and other colour models cannot be converted to RGB faithfully "
+        "here). Convert it to RGB first (e.g. `vips colourspace in.tif out.tif srgb`)."
+    )
 
 
 def _tiff_level0(path: Path):
@@ -100,13 +145,14 @@ def _iter_strips(path: Path, rows: int = CHUNK_PX) -> Iterator[tuple[int, np.nda
         z, axes = _tiff_level0(path)
         if set(axes) - set("YXCS") or "Y" not in axes or "X" not in axes:
             raise ValueError(f"image: TIFF {path} has axes {axes!r}; expected a 2-D image (YX, YXS or CYX).")
+        recolour = _tiff_recolour(path)
         h = int(z.shape[axes.index("Y")])
         for y0 in range(0, h, rows):
             sl = tuple(slice(y0, y0 + rows) if a == "Y" else slice(None) for a in axes)
             strip = np.asarray(z[sl])
             if axes.startswith(("C", "S")):  # planar (c, y, x)
                 strip = np.moveaxis(strip, 0, -1)
-            yield y0, _to_rgb(strip, path)
+            yield y0, _to_rgb(strip if recolour is None else recolour(strip), path)
         return
     import pyvips
 
@@ -296,7 +342,8 @@ def cached_image(path: str | os.PathLike, coordinate_system: str, cache: str | o
     ----------
     path
         JPEG, PNG or TIFF file; for a pyramidal whole-slide image (SVS, NDPI, OME-TIFF) its full-resolution level
-        is cached (fast patch reading), or open it without a copy with :func:`scst.io.read_wsi`.
+        is cached (fast patch reading), or open it without a copy with :func:`scst.io.read_wsi`. A palette TIFF is
+        read through its colour map and a min-is-white one inverted; CMYK and other colour models are refused.
     coordinate_system
         Name of the coordinate system the image is placed in (identity transform: full-resolution pixels).
     cache
@@ -306,7 +353,7 @@ def cached_image(path: str | os.PathLike, coordinate_system: str, cache: str | o
     ------
     ValueError
         The file cannot be decoded, or is truncated (an image cut short is refused, not cached with its missing
-        rows filled in).
+        rows filled in), or is a TIFF in a colour model other than grey, RGB, YCbCr or palette (e.g. CMYK).
     """
     from filelock import FileLock
 

@@ -55,7 +55,12 @@ def _read_counts(counts: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
         p = Path(counts)
         if not p.exists():
             raise FileNotFoundError(f"counts: file {p} does not exist.")
-        df = pd.read_csv(p, sep="," if _format_suffix(p) == ".csv" else "\t", index_col=0)
+        sep = "," if _format_suffix(p) == ".csv" else "\t"
+        df = pd.read_csv(p, sep=sep, index_col=0)
+        # pandas renames a repeated header name ("A", "A" → "A", "A.1"): the names as written, so it is caught below
+        header = pd.read_csv(p, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0, 1:]
+        if len(header) == df.shape[1]:
+            df.columns = pd.Index(header.to_numpy())
     df.index = df.index.astype(str)
     if df.index.has_duplicates:
         dup = df.index[df.index.duplicated()].unique()[:5].tolist()
@@ -380,16 +385,21 @@ def concatenate_sections(sdatas: Sequence[SpatialData] | Mapping[str, SpatialDat
     Parameters
     ----------
     sdatas
-        Objects to combine; their section names (``uns['scst']['sections']``) must be distinct.
+        Objects to combine; their section names (``uns['scst']['sections']``) and their image and shapes element
+        names must be distinct (an element name in two objects is an error: one element would replace the other).
     join
         ``"inner"`` keeps the genes measured in every section (the default: models need one gene space);
-        ``"outer"`` keeps all genes and fills absent ones with zeros (counts were not measured there).
+        ``"outer"`` keeps all genes and fills absent ones with zeros (counts were not measured there). ``obs``
+        columns are kept either way (missing values where a section lacks the column); ``obsm`` and ``layers``
+        follow ``join``.
 
     Returns
     -------
     SpatialData with all images and shapes, and one table whose ``obs["section"]`` tells sections apart and
-    whose ``uns["scst"]["gene_alignment"]`` records ``join``. ``X`` is CSR: int32 for raw counts; other values
-    (sections normalised before) keep their float type.
+    whose ``uns["scst"]["gene_alignment"]`` records ``join``. Obs names are kept when they are unique across
+    sections (:func:`read_st` prefixes them with the section); sections that share obs names (Visium barcodes
+    registered with :func:`register_sections`) get every name prefixed with its section, with a warning. ``X`` is
+    CSR: int32 for raw counts; other values (sections normalised before) keep their float type.
     """
     if join not in {"inner", "outer"}:
         raise ValueError(f"join: expected 'inner' or 'outer', got {join!r}.")
@@ -405,9 +415,19 @@ def concatenate_sections(sdatas: Sequence[SpatialData] | Mapping[str, SpatialDat
                 raise ValueError(f"sdatas: section {name!r} appears twice.")
             sections[name] = geo
         tables.append(t)
-        images.update(s.images)
-        shapes.update(s.shapes)
+        for kind, into, elements in (("image", images, s.images), ("shapes", shapes, s.shapes)):
+            for key, el in elements.items():
+                if key in into and into[key] is not el:  # update() would keep the last one for every section
+                    raise ValueError(
+                        f"sdatas: {kind} element {key!r} is in more than one object (sections "
+                        f"{list(t.uns[UNS_KEY]['sections'])} and an earlier one); one would replace the other and "
+                        "its sections would read the wrong one. Give each object's elements distinct names (e.g. "
+                        f"prefixed with the section; for images then register_sections(sdata, image_keys=...))."
+                    )
+                into[key] = el
     adata = ad.concat(tables, join=join, merge="same", fill_value=0)
+    if join == "inner":  # join is about genes: obs columns of some sections only (labels) are kept, NaN elsewhere
+        adata.obs = ad.concat([ad.AnnData(obs=t.obs) for t in tables], join="outer").obs
     if adata.n_vars == 0 and any(t.n_vars for t in tables):
         warnings.warn(
             "concatenate_sections: no gene is measured in every section, so join='inner' keeps no gene; check the "
@@ -423,6 +443,15 @@ def concatenate_sections(sdatas: Sequence[SpatialData] | Mapping[str, SpatialDat
     adata.X = X
     adata.obs[SECTION_KEY] = pd.Categorical(adata.obs[SECTION_KEY].astype(str), categories=list(sections))
     adata.obs[REGION_KEY] = pd.Categorical(adata.obs[REGION_KEY].astype(str))
+    if not adata.obs_names.is_unique:  # e.g. Visium barcodes, the same in every sample (read_st's are prefixed)
+        dup = adata.obs_names[adata.obs_names.duplicated()].unique()[:3].tolist()
+        adata.obs_names = [f"{s}_{n}" for s, n in zip(adata.obs[SECTION_KEY].astype(str), adata.obs_names)]
+        warnings.warn(
+            f"concatenate_sections: sections share obs names (e.g. {dup}); every obs name is now prefixed with its "
+            "section, '<section>_<name>', as read_st names spots.",
+            UserWarning,
+            stacklevel=2,
+        )
     adata.uns[UNS_KEY] = {"sections": sections, "gene_alignment": "intersection" if join == "inner" else "union"}
     adata.uns.pop("spatialdata_attrs", None)
     regions = [geo["shapes_key"] for geo in sections.values()]

@@ -54,8 +54,9 @@ def register_sections(
         Section (region) → image element for patches. Default: the image in the shapes' coordinate system with the
         most pixels (full resolution when present); if there is none, the largest image that shares another
         coordinate system with the shapes. Images named after the section (``f"{region}_..."``, as spatialdata-io
-        names them) come first, so that sections concatenated into one coordinate system each get their own image;
-        sections left sharing a default image while there are others get a warning. Without any, the section gets
+        names them, but not ``f"{region}_rep2_..."`` when ``f"{region}_rep2"`` is another section) come first, so
+        that sections concatenated into one coordinate system each get their own image; sections left sharing a
+        default image while there are others get a warning. Without any, the section gets
         ``image_key=None`` and a warning (tables and shapes still work; patches need an image).
     spot_diameter_um
         Physical spot diameter: Visium 55 µm, ST 100 µm.
@@ -93,7 +94,7 @@ def register_sections(
             for named, direct in ((True, True), (True, False), (False, True), (False, False)):
                 cands = [k for k, (t, d) in paths.items() if t is not None and d is direct]
                 if named:
-                    cands = [k for k in cands if str(k).startswith(f"{r}_")]
+                    cands = [k for k in cands if _named_after(str(k), str(r), regions)]
                 key = max(cands, key=lambda k: int(np.prod(_scale0(sdata.images[k]).shape[1:])), default=None)
                 if key is not None:
                     break
@@ -163,6 +164,15 @@ def register_sections(
     if ARRAY_ROW in adata.obs and ARRAY_COL in adata.obs:
         adata.obsm[f"{SPATIAL_KEY}_array"] = adata.obs[[ARRAY_COL, ARRAY_ROW]].to_numpy(dtype=np.float64)
     adata.uns[UNS_KEY] = {**adata.uns.get(UNS_KEY, {}), "sections": sections}
+
+
+def _named_after(key: str, region: str, regions) -> bool:
+    """Whether image ``key`` is named after ``region`` (``f"{region}_..."``), not after a longer one beginning with it.
+
+    ``"S1_rep2_full_image"`` is section ``"S1_rep2"``'s image, not ``"S1"``'s.
+    """
+    longer = [str(o) for o in regions if len(str(o)) > len(region) and str(o).startswith(f"{region}_")]
+    return key.startswith(f"{region}_") and not any(key.startswith(f"{o}_") for o in longer)
 
 
 def _is_identity(t: BaseTransformation) -> bool:

@@ -14,6 +14,7 @@ from spatialdata.transformations import Identity, set_transformation
 
 from .._logging import logg
 from .._utils import _positive
+from ._image import _tiff_recolour
 from ._read_st import _check_sample, _sample_from_file_name
 
 __all__ = ["read_wsi"]
@@ -38,12 +39,22 @@ def _levels(path: Path):
         except Exception as e:  # noqa: BLE001 - tiffslide raises many types for unreadable files
             raise ValueError(f"path: cannot open {path} as a whole-slide image ({type(e).__name__}: {e}).") from e
         levels = []
+        # stored samples → colours (palette indices through the colour map, min-is-white inverted; CMYK refused)
+        recolour = _tiff_recolour(path, "path")
         for k in range(slide.level_count):
-            arr = group[str(k)] if isinstance(group, zarr.Group) else group
+            arr = da.from_zarr(group[str(k)] if isinstance(group, zarr.Group) else group)
+            if recolour is not None:
+                probe = recolour(np.zeros((1, 1, *arr.shape[2:]), arr.dtype))
+                arr = arr.map_blocks(
+                    recolour,
+                    dtype=probe.dtype,
+                    chunks=arr.chunks[:2] + tuple((n,) for n in probe.shape[2:]),
+                    new_axis=list(range(arr.ndim, probe.ndim)) or None,
+                )
             if arr.ndim == 2:  # greyscale
-                d = da.from_zarr(arr)[None].repeat(3, axis=0)
+                d = arr[None].repeat(3, axis=0)
             elif arr.ndim == 3 and arr.shape[-1] in (3, 4):  # (y, x, s): tiffslide's layout for RGB(A)
-                d = da.from_zarr(arr)[..., :3].transpose(2, 0, 1)
+                d = arr[..., :3].transpose(2, 0, 1)
             else:
                 raise ValueError(f"path: level {k} of {path} has shape {arr.shape}; expected (y, x) or (y, x, 3|4).")
             if d.dtype != np.uint8:
@@ -100,7 +111,9 @@ def read_wsi(
     ----------
     path
         Whole-slide image: Aperio ``.svs``, Hamamatsu ``.ndpi``, pyramidal (OME-)TIFF, or any tiled TIFF tiffslide
-        reads. A plain JPEG/PNG goes through :func:`scst.io.read_st`'s zarr cache instead.
+        reads. A plain JPEG/PNG goes through :func:`scst.io.read_st`'s zarr cache instead. Palette TIFFs are read
+        through their colour map, min-is-white ones inverted; CMYK and other colour models are refused
+        (``ValueError``).
     sample
         Section name: the image key is ``f"{sample}_image"`` and its coordinate system ``sample`` (letters, digits,
         ``_``, ``-`` and ``.``); default the file's stem with other characters (spaces, ...) replaced by ``_``.
