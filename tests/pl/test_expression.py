@@ -183,15 +183,10 @@ def test_colour_bar_per_gene_layers_of_the_alias_and_warnings():
         scst.pl.predicted_expression(a, [], show=False)
 
 
-def test_spots_stored_in_other_units_are_framed_in_the_coordinate_system_drawn():
-    """Shapes stored at half scale with a Scale(2) to the section's coordinate system (e.g. spots in µm over a pixel
-    image) are drawn by spatialdata-plot in that system: the panel frames them there, as the same spots stored in it
-    (the frame was taken from the stored coordinates, showing a quarter of the tissue)."""
+def _nine_spots():
+    """A 3 × 3 grid of spots (10 px apart, from 10) of section "A" with one gene, registered on shapes "A_spots"."""
     import pandas as pd
     from anndata import AnnData
-    from spatialdata import SpatialData
-    from spatialdata.models import ShapesModel, TableModel
-    from spatialdata.transformations import Identity, Scale
 
     n = 9
     xy = np.column_stack([np.arange(n) % 3 * 10.0 + 10, np.arange(n) // 3 * 10.0 + 10])
@@ -202,6 +197,18 @@ def test_spots_stored_in_other_units_are_framed_in_the_coordinate_system_drawn()
     t = AnnData(np.random.default_rng(0).poisson(5, (n, 1)).astype(np.float32), obs=obs)
     t.var_names = ["G1"]
     t.uns["scst"] = {"sections": {"A": {"shapes_key": "A_spots", "coordinate_system": "A"}}}
+    return n, xy, t
+
+
+def test_spots_stored_in_other_units_are_framed_in_the_coordinate_system_drawn():
+    """Shapes stored at half scale with a Scale(2) to the section's coordinate system (e.g. spots in µm over a pixel
+    image) are drawn by spatialdata-plot in that system: the panel frames them there, as the same spots stored in it
+    (the frame was taken from the stored coordinates, showing a quarter of the tissue)."""
+    from spatialdata import SpatialData
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import Identity, Scale
+
+    n, xy, t = _nine_spots()
     limits = []
     for f, ts in ((1.0, Identity()), (0.5, Scale([2.0, 2.0], axes=("x", "y")))):
         shapes = ShapesModel.parse(
@@ -220,21 +227,11 @@ def test_spots_stored_in_other_units_are_framed_in_the_coordinate_system_drawn()
 def test_a_table_subset_to_some_spots_is_framed_on_those_spots():
     """A table subset to part of a section (e.g. a region of interest) draws only its spots; the panel frames them,
     as the same spots without shapes are framed (it kept the frame of every spot of the section's shapes)."""
-    import pandas as pd
-    from anndata import AnnData
     from spatialdata import SpatialData
     from spatialdata.models import ShapesModel, TableModel
     from spatialdata.transformations import Identity
 
-    n = 9
-    xy = np.column_stack([np.arange(n) % 3 * 10.0 + 10, np.arange(n) // 3 * 10.0 + 10])
-    obs = pd.DataFrame(
-        {"section": pd.Categorical(["A"] * n), "spot_id": np.arange(n), "region": pd.Categorical(["A_spots"] * n)},
-        index=[f"s{i}" for i in range(n)],
-    )
-    t = AnnData(np.random.default_rng(0).poisson(5, (n, 1)).astype(np.float32), obs=obs)
-    t.var_names = ["G1"]
-    t.uns["scst"] = {"sections": {"A": {"shapes_key": "A_spots", "coordinate_system": "A"}}}
+    n, xy, t = _nine_spots()
     shapes = ShapesModel.parse(
         xy, geometry=0, radius=np.full(n, 4.0), index=np.arange(n), transformations={"A": Identity()}
     )
