@@ -435,6 +435,24 @@ def test_shuffle_graph_stays_within_groups():
     assert sorted(np.asarray(s.sum(1)).ravel()) == sorted(np.asarray(a.sum(1)).ravel())
 
 
+def test_shuffle_graph_names_cells_without_a_group():
+    """NaN == NaN is False: cells with a NaN group formed no group and silently stayed in place (the control only
+    partly shuffled); now an error. A permutation keeps each group's degrees."""
+    a = sp.csr_matrix(np.ones((6, 6)) - np.eye(6))
+    a[0, 1:] = a[1:, 0] = 0
+    a.eliminate_zeros()
+    groups = np.array(["s1", "s1", "s1", np.nan, np.nan, "s2"], dtype=object)
+    with pytest.raises(ValueError, match=r"groups: 2 of 6 cells have no group \(NaN\)"):
+        shuffle_graph(a, groups, seed=0)
+    with pytest.raises(ValueError, match="no group"):
+        shuffle_graph(a, pd.Series(["a", "a", "a", "b", "b", None], dtype="category").to_numpy(), seed=0)
+    ok = np.array(["s1", "s1", "s1", "s2", "s2", "s2"])
+    s = shuffle_graph(a, ok, seed=0)
+    for g in ("s1", "s2"):
+        idx = ok == g
+        assert sorted(np.asarray(s[idx].sum(1)).ravel()) == sorted(np.asarray(a[idx].sum(1)).ravel())
+
+
 def test_function_assignment_beats_chance(tmp_path):
     adata, pairs = quadrant_data(n_pairs=40, seed=1)
     graph_matrix(adata, "autocrine+")

@@ -199,7 +199,8 @@ def shuffle_graph(matrix: Any, groups: Sequence[Any] | None = None, seed: int = 
     matrix
         Square ``(n_cells, n_cells)`` graph (dense or sparse), e.g. ``obsp["spatial_connectivities"]``.
     groups
-        Group of each cell (length ``n_cells``); cells are only permuted within their group. None: one group.
+        Group of each cell (length ``n_cells``); cells are only permuted within their group. None: one group. A
+        missing (NaN) group is an error.
     seed
         Seed of the permutation.
 
@@ -217,6 +218,12 @@ def shuffle_graph(matrix: Any, groups: Sequence[Any] | None = None, seed: int = 
         groups = np.asarray(groups)
         if len(groups) != n:
             raise ValueError(f"groups: expected {n} labels, got {len(groups)}.")
+        missing = pd.isna(groups)
+        if missing.any():  # NaN == NaN is False: these cells formed no group and silently stayed in place
+            raise ValueError(
+                f"groups: {int(missing.sum())} of {n} cells have no group (NaN); give every cell a group (e.g. its "
+                "section), or pass `groups=None` to permute all cells together."
+            )
         for g in pd.unique(groups):
             idx = np.flatnonzero(groups == g)
             perm[idx] = idx[rng.permutation(len(idx))]
