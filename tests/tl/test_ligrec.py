@@ -319,6 +319,21 @@ def test_folds_are_gene_disjoint_with_complexes():
     assert 0.05 * len(pairs) < n_test < 0.15 * len(pairs)  # ≈ 1 % of pairs per fold
 
 
+def test_fold_genes_ignore_pair_order_and_never_reach_training():
+    """The gene split is drawn over sorted names: the same pairs in another order give the same test genes, and no
+    test gene (or subunit) is in a fold's training pairs, positives or drawn negatives."""
+    from scst.datasets._ligand_receptor import complex_subunits
+
+    pairs = pd.DataFrame({"ligand": [f"L{i % 12}" for i in range(30)] + ["L0", "R3"],
+                          "receptor": [f"R{(i * 7) % 15}" for i in range(30)] + ["R1_R2", "R4_R5"]})  # fmt: skip
+    folds = lr_folds(pairs, n_folds=3, seed=2)
+    shuffled = lr_folds(pairs.sample(frac=1, random_state=0), n_folds=3, seed=2)
+    assert [f.test_genes for f in folds] == [f.test_genes for f in shuffled]
+    for f in folds + shuffled:
+        seen = {g for e in pd.concat([f.train.ligand, f.train.receptor]) for g in complex_subunits(e)}
+        assert f.test_genes and not seen & f.test_genes
+
+
 def test_direction_and_permuted_folds():
     pairs = pd.DataFrame({"ligand": [f"L{i}" for i in range(40)] + ["A"], "receptor": [f"R{i}" for i in range(40)] +
                           ["L0"]})  # fmt: skip

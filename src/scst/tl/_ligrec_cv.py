@@ -78,7 +78,9 @@ def lr_folds(
     positives, pairs between test genes test positives; pairs that mix the two are dropped, and so is any training
     pair that touches a gene (or complex subunit) of the test set, so no test gene is ever seen in training.
     With 10 folds about 1 % of the pairs are test pairs in each fold (≈ 10 % over all folds); folds without test
-    positives are normal on small gene panels.
+    positives are normal on small gene panels. The gene split follows ``seed`` and the gene *names* (ligands and
+    receptors are sorted, then shuffled): the order of the pairs does not change it, but consistently renamed
+    genes are another draw, like another seed (on small panels the AUROC varies markedly between draws).
 
     Negatives (label 0), drawn within each split:
 
