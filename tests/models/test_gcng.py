@@ -346,6 +346,33 @@ def test_pooled_model_loaded_on_another_section_registers_that_sections_cells(tm
     assert GCNG(b, **FAST).module.n_nodes == 16
 
 
+def test_a_permuted_or_subset_copy_of_set_up_data_registers_its_own_cells(tmp_path):
+    """``adata[perm].copy()`` keeps the parent's setup (``uns``): a flatten model built on it recorded the parent's
+    cell order, so loading it on the parent passed silently (its per-cell weights meeting other cells) and on its own
+    data warned; a subset failed on the graph shape. Now the registry names the data's own cells."""
+    a, _ = niche_data(n_side=3, n_pairs=2, seed=0)
+    GCNG.setup_anndata(a, graph_key="gcng_autocrine_plus")
+    perm = np.random.default_rng(0).permutation(a.n_obs)
+    b = a[perm].copy()
+    small = {**FAST, "hidden_channels": 4, "dense_units": 4}
+    model = GCNG(b, **small)
+    assert model.registry["obs_names"] == list(b.obs_names) == GCNG._read_registry(b)["obs_names"]
+    model.save(tmp_path / "m")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GCNG.load(tmp_path / "m", data=b)  # its own cells: no warning
+    with pytest.warns(UserWarning, match="other obs_names"):
+        GCNG.load(tmp_path / "m", data=a)  # the same cells in another order: the flatten layer would mix them
+    # a pooled model loaded on a permuted copy without setup writes that copy's cells, not the saved order
+    pooled = GCNG(a, **{**small, "readout": "pool"})
+    pooled.save(tmp_path / "p")
+    c = a[perm].copy()
+    del c.uns["_scst_setup"]
+    GCNG.load(tmp_path / "p", data=c)
+    assert GCNG._read_registry(c)["obs_names"] == list(c.obs_names)
+    assert GCNG(a[:5].copy(), **small).module.n_nodes == 5
+
+
 def test_validation_split_follows_the_config_unless_train_overrides_it():
     adata, triples = niche_data(n_pairs=20)
     GCNG.setup_anndata(adata, graph_key="gcng_autocrine_plus")

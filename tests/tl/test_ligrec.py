@@ -319,6 +319,21 @@ def test_folds_are_gene_disjoint_with_complexes():
     assert 0.05 * len(pairs) < n_test < 0.15 * len(pairs)  # ≈ 1 % of pairs per fold
 
 
+def test_fold_genes_ignore_pair_order_and_never_reach_training():
+    """The gene split is drawn over sorted names: the same pairs in another order give the same test genes, and no
+    test gene (or subunit) is in a fold's training pairs, positives or drawn negatives."""
+    from scst.datasets._ligand_receptor import complex_subunits
+
+    pairs = pd.DataFrame({"ligand": [f"L{i % 12}" for i in range(30)] + ["L0", "R3"],
+                          "receptor": [f"R{(i * 7) % 15}" for i in range(30)] + ["R1_R2", "R4_R5"]})  # fmt: skip
+    folds = lr_folds(pairs, n_folds=3, seed=2)
+    shuffled = lr_folds(pairs.sample(frac=1, random_state=0), n_folds=3, seed=2)
+    assert [f.test_genes for f in folds] == [f.test_genes for f in shuffled]
+    for f in folds + shuffled:
+        seen = {g for e in pd.concat([f.train.ligand, f.train.receptor]) for g in complex_subunits(e)}
+        assert f.test_genes and not seen & f.test_genes
+
+
 def test_direction_and_permuted_folds():
     pairs = pd.DataFrame({"ligand": [f"L{i}" for i in range(40)] + ["A"], "receptor": [f"R{i}" for i in range(40)] +
                           ["L0"]})  # fmt: skip
@@ -433,6 +448,24 @@ def test_shuffle_graph_stays_within_groups():
     s = shuffle_graph(a, groups, seed=0)
     assert s[:3, 3:].nnz == 0 and s.nnz == a.nnz
     assert sorted(np.asarray(s.sum(1)).ravel()) == sorted(np.asarray(a.sum(1)).ravel())
+
+
+def test_shuffle_graph_names_cells_without_a_group():
+    """NaN == NaN is False: cells with a NaN group formed no group and silently stayed in place (the control only
+    partly shuffled); now an error. A permutation keeps each group's degrees."""
+    a = sp.csr_matrix(np.ones((6, 6)) - np.eye(6))
+    a[0, 1:] = a[1:, 0] = 0
+    a.eliminate_zeros()
+    groups = np.array(["s1", "s1", "s1", np.nan, np.nan, "s2"], dtype=object)
+    with pytest.raises(ValueError, match=r"groups: 2 of 6 cells have no group \(NaN\)"):
+        shuffle_graph(a, groups, seed=0)
+    with pytest.raises(ValueError, match="no group"):
+        shuffle_graph(a, pd.Series(["a", "a", "a", "b", "b", None], dtype="category").to_numpy(), seed=0)
+    ok = np.array(["s1", "s1", "s1", "s2", "s2", "s2"])
+    s = shuffle_graph(a, ok, seed=0)
+    for g in ("s1", "s2"):
+        idx = ok == g
+        assert sorted(np.asarray(s[idx].sum(1)).ravel()) == sorted(np.asarray(a[idx].sum(1)).ravel())
 
 
 def test_function_assignment_beats_chance(tmp_path):

@@ -420,8 +420,24 @@ class GCNG(BaseModel):
         )
 
     def __init__(self, adata: AnnData, **config: Any) -> None:
+        found = self._find_adata(adata)
+        if self._read_registry(found) is not None:  # a copy or subset of set-up data carries its parent's cells
+            self._register_cells(found)
         super().__init__(adata, **config)
         self._set_graph()
+
+    @classmethod
+    def _register_cells(cls, adata: AnnData) -> None:
+        """Make the registry on ``adata`` name *its* cells (count and order), as ``setup_anndata`` would.
+
+        ``adata[perm].copy()`` or a subset keeps the parent's ``uns`` and so a registry naming the parent's cells:
+        a flatten model built on it recorded the wrong cell order (loading it on the parent passed silently, on its
+        own data warned), a subset failed on the graph shape.
+        """
+        reg = cls._read_registry(adata)
+        names = [str(o) for o in adata.obs_names]
+        if reg.get("n_obs") != adata.n_obs or reg.get("obs_names") != names:
+            cls._register(adata, {**reg, "n_obs": int(adata.n_obs), "obs_names": names})
 
     # -------------------------------------------------------------------------------- hooks
     def _module_kwargs(self) -> dict[str, Any]:
@@ -452,11 +468,8 @@ class GCNG(BaseModel):
 
     def _attach(self, data: Any) -> None:
         super()._attach(data)
-        reg = self._read_registry(self.adata)
-        if reg.get("n_obs") != self.adata.n_obs:  # a pooled model's registry written to another cell set: its size
-            self._register(
-                self.adata, {**reg, "n_obs": int(self.adata.n_obs), "obs_names": [str(o) for o in self.adata.obs_names]}
-            )
+        # the saved registry written to another cell set (or to these cells in another order): its own cells
+        self._register_cells(self.adata)
         self._set_graph()
 
     def _extra_state(self) -> dict[str, Any]:

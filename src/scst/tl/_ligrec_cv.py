@@ -78,7 +78,9 @@ def lr_folds(
     positives, pairs between test genes test positives; pairs that mix the two are dropped, and so is any training
     pair that touches a gene (or complex subunit) of the test set, so no test gene is ever seen in training.
     With 10 folds about 1 % of the pairs are test pairs in each fold (≈ 10 % over all folds); folds without test
-    positives are normal on small gene panels.
+    positives are normal on small gene panels. The gene split follows ``seed`` and the gene *names* (ligands and
+    receptors are sorted, then shuffled): the order of the pairs does not change it, but consistently renamed
+    genes are another draw, like another seed (on small panels the AUROC varies markedly between draws).
 
     Negatives (label 0), drawn within each split:
 
@@ -199,7 +201,8 @@ def shuffle_graph(matrix: Any, groups: Sequence[Any] | None = None, seed: int = 
     matrix
         Square ``(n_cells, n_cells)`` graph (dense or sparse), e.g. ``obsp["spatial_connectivities"]``.
     groups
-        Group of each cell (length ``n_cells``); cells are only permuted within their group. None: one group.
+        Group of each cell (length ``n_cells``); cells are only permuted within their group. None: one group. A
+        missing (NaN) group is an error.
     seed
         Seed of the permutation.
 
@@ -217,6 +220,12 @@ def shuffle_graph(matrix: Any, groups: Sequence[Any] | None = None, seed: int = 
         groups = np.asarray(groups)
         if len(groups) != n:
             raise ValueError(f"groups: expected {n} labels, got {len(groups)}.")
+        missing = pd.isna(groups)
+        if missing.any():  # NaN == NaN is False: these cells formed no group and silently stayed in place
+            raise ValueError(
+                f"groups: {int(missing.sum())} of {n} cells have no group (NaN); give every cell a group (e.g. its "
+                "section), or pass `groups=None` to permute all cells together."
+            )
         for g in pd.unique(groups):
             idx = np.flatnonzero(groups == g)
             perm[idx] = idx[rng.permutation(len(idx))]
