@@ -606,7 +606,8 @@ class GCNG(BaseModel):
         pairs
             ``ligand``, ``receptor`` and optionally ``label`` (1 interacting, 0 not). Without ``label`` all pairs
             are positives and random negatives are added (see :meth:`training_table`). Pairs whose genes are not
-            in the data are skipped with a warning.
+            in the data are skipped with a warning. The minibatches and the validation draw follow ``seed`` and the
+            order of the rows: the same pairs in another order train like another seed.
         validation
             Fraction of the *ligands* whose pairs form the validation set (early stopping on validation accuracy;
             grouping by ligand mimics GCNG's split, which took the first 20 % of its ligand-ordered pairs), a
