@@ -9,6 +9,7 @@ import pytest
 import scanpy as sc
 from scipy import sparse
 from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import adjusted_rand_score
 
 from scst._normalize import log_normalized
 from scst.tl._expression import _leiden_n, domain_ari, evaluate_expression, spatial_domains
@@ -195,6 +196,31 @@ def test_spatial_domains_by_section_and_unlabelled():
     # random labels give ARI near 0
     a.obs["rand"] = pd.Categorical(np.random.default_rng(0).integers(0, 3, len(lab)).astype(str))
     assert abs(domain_ari(a, key="rand", by=None).loc["all", "ari"]) < 0.1
+
+
+@pytest.mark.parametrize("method", ["kmeans", "leiden"])
+def test_spatial_domains_invariances(method):
+    # Per section (by=): a section's domains do not depend on another section's spots; rows reordered, genes
+    # reordered, truth labels renamed: the same partitions and ARI (domain numbers themselves are arbitrary).
+    a, _ = _planted_clusters()
+    s2 = (a.obs["section"] == "S2").to_numpy()
+    x = a.layers["predicted"]
+    x[s2] = 5.0 * x[s2][:, ::-1]  # another section: its domains along other genes, on another scale
+    x[~s2] += np.random.default_rng(2).normal(0, 2.0, size=x[~s2].shape)  # S1's domains in its own 2 PCs only
+    kw = {"n_domains": 3, "method": method, "by": "section", "n_pcs": 2}
+    ref = spatial_domains(a, **kw, copy=True).obs["domain"].astype(str)
+    s1 = a[~s2].copy()
+    alone = spatial_domains(s1, **kw, copy=True).obs["domain"].astype(str)
+    pd.testing.assert_series_equal(alone, ref[s1.obs_names])
+    rng = np.random.default_rng(1)
+    b = a[rng.permutation(a.n_obs), rng.permutation(a.n_vars)].copy()
+    b.obs["label"] = b.obs["label"].cat.rename_categories(lambda c: c.upper())
+    spatial_domains(b, **kw)
+    for s in ("S1", "S2"):
+        names = a.obs_names[a.obs["section"] == s]
+        assert adjusted_rand_score(ref[names], b.obs.loc[names, "domain"].astype(str)) == 1.0
+    a.obs["domain"] = ref
+    pd.testing.assert_frame_equal(domain_ari(b), domain_ari(a))
 
 
 def test_spatial_domains_resolution_and_errors():

@@ -320,7 +320,10 @@ def spatial_domains(
     key_added
         ``obs`` column to write.
     random_state
-        Seed of PCA, k-means and Leiden.
+        Seed of PCA, k-means and Leiden. Domain numbers are arbitrary (compare partitions, e.g. with
+        :func:`domain_ari`). k-means++ draws its starting spots, and Leiden visits the spots, in row order: well
+        separated domains are the same partition whatever the order of the spots, but where domains blend the
+        result changes with the order as it does with the seed.
     use_genes
         Genes to use: names or a boolean ``var`` column; default every gene with finite values in the layer.
     by
