@@ -223,6 +223,24 @@ def test_spatial_domains_invariances(method):
     pd.testing.assert_frame_equal(domain_ari(b), domain_ari(a))
 
 
+def test_evaluate_by_domains_of_a_partly_predicted_table(adata):
+    # spatial_domains leaves the unpredicted section's spots without a domain; scoring by domain on the whole table
+    # was a ValueError (missing values in obs["domain"]), unlike on the predicted spots alone.
+    pred = _truth(adata) + np.random.default_rng(0).normal(0, 0.3, (adata.n_obs, N_GENES))
+    pred[:N_PER] = np.nan  # section A not predicted
+    adata.layers["predicted"] = pred
+    spatial_domains(adata, n_domains=2, method="kmeans")
+    assert adata.obs["domain"].isna().sum() == N_PER
+    evaluate_expression(adata, by="domain")
+    sub = adata[N_PER:].copy()
+    evaluate_expression(sub, by="domain")
+    pd.testing.assert_frame_equal(adata.uns["scst_eval"], sub.uns["scst_eval"])
+    assert adata.uns["scst_eval_params"]["n_unpredicted_spots"] == N_PER
+    adata.obs.loc[adata.obs_names[N_PER], "domain"] = np.nan  # a predicted spot without a group: still an error
+    with pytest.raises(ValueError, match="missing values"):
+        evaluate_expression(adata, by="domain")
+
+
 def test_spatial_domains_resolution_and_errors():
     a, _ = _planted_clusters(n_clusters=4)
     spatial_domains(a)  # leiden at resolution 1: the four separated clusters
