@@ -32,6 +32,21 @@ def test_hand_values_interleaved_sections_and_constant_feature():
     assert a.uns["f_scaled"]["params"] == {"use_rep": "f", "library_key": "section", "n_sections": 2}
 
 
+def test_feature_constant_at_any_value_becomes_exactly_zero():
+    # scanpy's E[x²] - E[x]² variance of a constant column is rounding noise, here negative: the "scaled" feature
+    # came out NaN (0.1 over 25 spots, 0.3 over 60) instead of 0, whatever a shift of the constant.
+    rng = np.random.default_rng(0)
+    x = np.column_stack([rng.normal(size=85), np.full(85, 0.1), np.r_[np.full(25, 1.7), np.full(60, 0.3)]])
+    a = _adata(x, ["A"] * 25 + ["B"] * 60)
+    scale_by_section(a, "f", min_spots=2)
+    out = a.obsm["f_scaled"]
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out[:, 1:], 0.0)
+    b = _adata(x[:, :1], ["A"] * 25 + ["B"] * 60)  # the varying feature is scaled as without the constant ones
+    scale_by_section(b, "f", min_spots=2)
+    np.testing.assert_array_equal(out[:, :1], b.obsm["f_scaled"])
+
+
 def test_slide_wide_shift_is_removed():
     # A stain/scanner-like shift: every feature of section B scaled and offset as a whole. After scaling, B's
     # features equal those of an unshifted copy of B, while without scaling a model would see other values.

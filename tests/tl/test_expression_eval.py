@@ -9,6 +9,7 @@ import pytest
 import scanpy as sc
 from scipy import sparse
 from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import adjusted_rand_score
 
 from scst._normalize import log_normalized
 from scst.tl._expression import _leiden_n, domain_ari, evaluate_expression, spatial_domains
@@ -195,6 +196,49 @@ def test_spatial_domains_by_section_and_unlabelled():
     # random labels give ARI near 0
     a.obs["rand"] = pd.Categorical(np.random.default_rng(0).integers(0, 3, len(lab)).astype(str))
     assert abs(domain_ari(a, key="rand", by=None).loc["all", "ari"]) < 0.1
+
+
+@pytest.mark.parametrize("method", ["kmeans", "leiden"])
+def test_spatial_domains_invariances(method):
+    # Per section (by=): a section's domains do not depend on another section's spots; rows reordered, genes
+    # reordered, truth labels renamed: the same partitions and ARI (domain numbers themselves are arbitrary).
+    a, _ = _planted_clusters()
+    s2 = (a.obs["section"] == "S2").to_numpy()
+    x = a.layers["predicted"]
+    x[s2] = 5.0 * x[s2][:, ::-1]  # another section: its domains along other genes, on another scale
+    x[~s2] += np.random.default_rng(2).normal(0, 2.0, size=x[~s2].shape)  # S1's domains in its own 2 PCs only
+    kw = {"n_domains": 3, "method": method, "by": "section", "n_pcs": 2}
+    ref = spatial_domains(a, **kw, copy=True).obs["domain"].astype(str)
+    s1 = a[~s2].copy()
+    alone = spatial_domains(s1, **kw, copy=True).obs["domain"].astype(str)
+    pd.testing.assert_series_equal(alone, ref[s1.obs_names])
+    rng = np.random.default_rng(1)
+    b = a[rng.permutation(a.n_obs), rng.permutation(a.n_vars)].copy()
+    b.obs["label"] = b.obs["label"].cat.rename_categories(lambda c: c.upper())
+    spatial_domains(b, **kw)
+    for s in ("S1", "S2"):
+        names = a.obs_names[a.obs["section"] == s]
+        assert adjusted_rand_score(ref[names], b.obs.loc[names, "domain"].astype(str)) == 1.0
+    a.obs["domain"] = ref
+    pd.testing.assert_frame_equal(domain_ari(b), domain_ari(a))
+
+
+def test_evaluate_by_domains_of_a_partly_predicted_table(adata):
+    # spatial_domains leaves the unpredicted section's spots without a domain; scoring by domain on the whole table
+    # was a ValueError (missing values in obs["domain"]), unlike on the predicted spots alone.
+    pred = _truth(adata) + np.random.default_rng(0).normal(0, 0.3, (adata.n_obs, N_GENES))
+    pred[:N_PER] = np.nan  # section A not predicted
+    adata.layers["predicted"] = pred
+    spatial_domains(adata, n_domains=2, method="kmeans")
+    assert adata.obs["domain"].isna().sum() == N_PER
+    evaluate_expression(adata, by="domain")
+    sub = adata[N_PER:].copy()
+    evaluate_expression(sub, by="domain")
+    pd.testing.assert_frame_equal(adata.uns["scst_eval"], sub.uns["scst_eval"])
+    assert adata.uns["scst_eval_params"]["n_unpredicted_spots"] == N_PER
+    adata.obs.loc[adata.obs_names[N_PER], "domain"] = np.nan  # a predicted spot without a group: still an error
+    with pytest.raises(ValueError, match="missing values"):
+        evaluate_expression(adata, by="domain")
 
 
 def test_spatial_domains_resolution_and_errors():

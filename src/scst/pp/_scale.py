@@ -34,7 +34,8 @@ def scale_by_section(
     sections in the features' mean or spread are gone — within-section patterns (what per-gene PCC scores) stay.
     Measured in docs/benchmarks/shift.md (stain and resolution shifts of held-out sections).
 
-    Each section is scaled by :func:`scanpy.pp.scale` (sd with ``ddof=1``; constant features become 0).
+    Each section is scaled by :func:`scanpy.pp.scale` (sd with ``ddof=1``); a feature constant within a section
+    becomes exactly 0 there, whatever its value.
 
     Parameters
     ----------
@@ -92,7 +93,12 @@ def scale_by_section(
     out = np.empty(x.shape, dtype=np.float32)
     for c in range(len(names)):
         idx = np.flatnonzero(codes == c)
-        out[idx] = sc.pp.scale(x[idx].astype(np.float64), copy=True) if idx.size > 1 else 0.0
+        xs = x[idx].astype(np.float64)
+        scaled = sc.pp.scale(xs, copy=True) if idx.size > 1 else np.zeros_like(xs)
+        # scanpy's variance (mean of squares minus squared mean) is rounding noise, even negative, for a feature
+        # constant within the section: its "scaled" values came out NaN or noise. Constant features are 0.
+        scaled[:, (xs == xs[:1]).all(0)] = 0.0
+        out[idx] = scaled
     key = key_added or f"{use_rep}_scaled"
     data.obsm[key] = out
     data.uns[key] = {"params": {"use_rep": use_rep, "library_key": library_key, "n_sections": int(len(names))}}

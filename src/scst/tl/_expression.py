@@ -57,12 +57,14 @@ def _dense(X: Any, rows: np.ndarray | None = None, cols: np.ndarray | None = Non
     return (X.toarray() if sparse.issparse(X) else np.asarray(X)).astype(np.float64)
 
 
-def _groups(adata: AnnData, by: str | None) -> np.ndarray:
+def _groups(adata: AnnData, by: str | None, rows: np.ndarray | None = None) -> np.ndarray:
+    """Group of each spot as a string; missing values are an error on ``rows`` (default all spots)."""
     if by is None:
         return np.full(adata.n_obs, "all", dtype=object)
     _check_key(adata.obs, by, "adata.obs")
     g = adata.obs[by]
-    if g.isna().any():
+    missing = g.isna().to_numpy()
+    if (missing if rows is None else missing & rows).any():
         raise ValueError(f"by: obs[{by!r}] has missing values.")
     return g.astype(str).to_numpy()
 
@@ -122,8 +124,9 @@ def evaluate_expression(
     genes
         Genes to evaluate: names, or the name of a boolean ``var`` column (e.g. ``"highly_variable_scst"``).
     by
-        ``obs`` column whose groups are scored separately (default ``"section"``); None scores all spots as one
-        group named ``"all"``.
+        ``obs`` column whose groups are scored separately (default ``"section"``, or e.g. the domains of
+        :func:`spatial_domains`); None scores all spots as one group named ``"all"``. It may be missing only on
+        spots that are left out (not predicted).
     metrics
         Any of ``"pearson"``, ``"spearman"`` (rank correlation), ``"mse"``, ``"mae"`` (a list, or one name).
     key_added
@@ -160,7 +163,8 @@ def evaluate_expression(
     metrics = list(dict.fromkeys(metrics))
     if truth_layer is not None:
         _check_key(adata.layers, truth_layer, "adata.layers")
-    groups = _groups(adata, by)
+    if by is not None:
+        _check_key(adata.obs, by, "adata.obs")  # missing values are checked on the predicted spots below
     gidx = _resolve_genes(adata, genes, "genes")
     # NaN where the layer holds no prediction (var/obs masks of scst.tl.predict_expression, or NaN as stored).
     pred, gidx = _prediction_block(adata, layer, gidx)
@@ -177,6 +181,8 @@ def evaluate_expression(
     n_unpredicted = int((~predicted).sum())
     if predicted.sum() == 0:
         raise ValueError(f"layer: no spot has a finite prediction in adata.layers[{layer!r}] for the evaluated genes.")
+    # A spot left out (not predicted) needs no group, e.g. the NaN domain spatial_domains gives it.
+    groups = _groups(adata, by, rows=predicted)
     if truth_layer is None:
         truth = log_normalized(adata, gidx, hint="Pass the truth in the target unit via `truth_layer`.")
         truth = truth.astype(np.float64)
@@ -320,7 +326,10 @@ def spatial_domains(
     key_added
         ``obs`` column to write.
     random_state
-        Seed of PCA, k-means and Leiden.
+        Seed of PCA, k-means and Leiden. Domain numbers are arbitrary (compare partitions, e.g. with
+        :func:`domain_ari`). k-means++ draws its starting spots, and Leiden visits the spots, in row order: well
+        separated domains are the same partition whatever the order of the spots, but where domains blend the
+        result changes with the order as it does with the seed.
     use_genes
         Genes to use: names or a boolean ``var`` column; default every gene with finite values in the layer.
     by
