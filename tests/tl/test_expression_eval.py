@@ -429,3 +429,28 @@ def test_spatial_domains_on_measured_counts_and_copy():
     small.layers["predicted"] = np.arange(12.0).reshape(4, 3) ** 2
     spatial_domains(small, n_domains=4, method="kmeans")
     assert small.obs["domain"].nunique() == 4
+
+
+def test_expression_tools_take_a_spatialdata_as_its_table(adata):
+    """select_genes, evaluate_expression, spatial_domains and domain_ari failed on a SpatialData (AttributeError on
+    ``.layers``/``.X``), while the other tools take one: they now work on its ``"table"``, in place or as a copy."""
+    from spatialdata import SpatialData
+
+    from scst.pp import select_genes
+
+    adata.layers["predicted"] = _truth(adata) + 0.1
+    sd = SpatialData(tables={"table": adata.copy()})
+    table = sd.tables["table"]
+    select_genes(sd, n_top=5, min_fraction=0.0)
+    select_genes(adata, n_top=5, min_fraction=0.0)
+    pd.testing.assert_frame_equal(table.var, adata.var)
+    evaluate_expression(sd, genes=list(adata.var_names[2:6]))
+    evaluate_expression(adata, genes=list(adata.var_names[2:6]))
+    pd.testing.assert_frame_equal(table.uns["scst_eval"], adata.uns["scst_eval"])
+    spatial_domains(sd, n_domains=2)
+    spatial_domains(adata, n_domains=2)
+    assert table.obs["domain"].equals(adata.obs["domain"])
+    adata.obs["label"] = table.obs["label"] = pd.Categorical(np.tile(["x", "y"], N_PER))
+    pd.testing.assert_frame_equal(domain_ari(sd), domain_ari(adata))
+    copied = spatial_domains(sd, n_domains=3, key_added="d3", copy=True)
+    assert "d3" in copied.obs and "d3" not in table.obs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,13 +14,13 @@ from scipy import sparse
 
 from .._constants import SECTION_KEY
 from .._logging import logg
-from .._utils import _check_key
+from .._utils import _check_key, _get_table
 
 __all__ = ["select_genes"]
 
 
 def select_genes(
-    adata: AnnData,
+    adata: AnnData | Any,
     n_top: int = 1000,
     min_fraction: float = 0.5,
     *,
@@ -40,8 +41,9 @@ def select_genes(
     Parameters
     ----------
     adata
-        Raw counts in ``X`` (or ``layer``): non-negative integers (any dtype); NaN, infinite, negative and
-        non-integer values (normalised or log data) are refused. Sections in ``obs[library_key]``.
+        AnnData, or SpatialData whose ``"table"`` is used (``copy=True`` then returns a copy of that table). Raw
+        counts in ``X`` (or ``layer``): non-negative integers (any dtype); NaN, infinite, negative and non-integer
+        values (normalised or log data) are refused. Sections in ``obs[library_key]``.
     n_top
         Highly variable genes per section.
     min_fraction
@@ -65,6 +67,7 @@ def select_genes(
     and ``var["scst_hvg_sections"]`` (in how many sections the gene was among the top ``n_top``); the rule's
     parameters in ``uns[key_added]``.
     """
+    adata = _get_table(adata)  # a SpatialData's table (AttributeError on .layers before)
     if not 0 <= min_fraction <= 1:
         raise ValueError(f"min_fraction: expected a value in [0, 1], got {min_fraction}.")
     if n_top < 1:

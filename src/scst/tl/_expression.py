@@ -14,7 +14,7 @@ from scipy import sparse
 from .._constants import SECTION_KEY
 from .._logging import logg
 from .._normalize import log_normalized
-from .._utils import _check_key, _colwise_pearson, _is_constant, _prediction_block
+from .._utils import _check_key, _colwise_pearson, _get_table, _is_constant, _prediction_block
 
 __all__ = ["evaluate_expression", "spatial_domains", "domain_ari"]
 
@@ -95,7 +95,7 @@ def _metric(name: str, pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def evaluate_expression(
-    adata: AnnData,
+    adata: AnnData | Any,
     layer: str = "predicted",
     *,
     truth_layer: str | None = None,
@@ -113,8 +113,9 @@ def evaluate_expression(
     Parameters
     ----------
     adata
-        AnnData with predictions in ``layers[layer]`` (target unit: ``log1p(normalize_total 1e4)``) and raw
-        counts in ``X`` (or the truth in ``layers[truth_layer]``).
+        AnnData, or SpatialData whose ``"table"`` is used (``copy=True`` then returns a copy of that table), with
+        predictions in ``layers[layer]`` (target unit: ``log1p(normalize_total 1e4)``) and raw counts in ``X`` (or
+        the truth in ``layers[truth_layer]``).
     layer
         Layer with the predictions. Genes without any finite prediction are skipped when ``genes`` is None;
         spots whose prediction is NaN for every evaluated gene (not predicted) are left out and counted.
@@ -154,6 +155,7 @@ def evaluate_expression(
     genes are counted in ``n_constant_truth``) and 0 where only the prediction is constant (a constant prediction
     ranks no spot above another, e.g. the training-mean baseline; counted in ``n_constant_prediction``).
     """
+    adata = _get_table(adata)  # a SpatialData's table (AttributeError on .layers before)
     _check_key(adata.layers, layer, "adata.layers")
     if isinstance(metrics, str):  # one metric by name, not its characters
         metrics = [metrics]
@@ -290,7 +292,7 @@ def _leiden_n(conn: Any, n_domains: int, random_state: int, where: str) -> tuple
 
 
 def spatial_domains(
-    adata: AnnData,
+    adata: AnnData | Any,
     layer: str | None = "predicted",
     *,
     n_domains: int | None = None,
@@ -312,7 +314,8 @@ def spatial_domains(
     Parameters
     ----------
     adata
-        AnnData with the expression in ``layers[layer]``.
+        AnnData, or SpatialData whose ``"table"`` is used (``copy=True`` then returns a copy of that table), with
+        the expression in ``layers[layer]``.
     layer
         Layer to cluster (target unit, e.g. predictions). None: the measured ``log1p(normalize_total(X, 1e4))``.
     n_domains
@@ -349,6 +352,7 @@ def spatial_domains(
     ``uns[key_added]["params"]`` (method, layer, by, n_pcs, n_neighbors, random_state, and per group the number
     of domains and, for Leiden, the resolution used).
     """
+    adata = _get_table(adata)  # a SpatialData's table (AttributeError on .layers before)
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
     from sklearn.neighbors import kneighbors_graph
@@ -432,13 +436,16 @@ def spatial_domains(
     return adata if copy else None
 
 
-def domain_ari(adata: AnnData, key: str = "domain", truth: str = "label", by: str | None = SECTION_KEY) -> pd.DataFrame:
+def domain_ari(
+    adata: AnnData | Any, key: str = "domain", truth: str = "label", by: str | None = SECTION_KEY
+) -> pd.DataFrame:
     """Adjusted Rand index between domains and reference labels, per group.
 
     Parameters
     ----------
     adata
-        AnnData with ``obs[key]`` (e.g. from :func:`spatial_domains`) and ``obs[truth]``.
+        AnnData, or SpatialData whose ``"table"`` is used, with ``obs[key]`` (e.g. from :func:`spatial_domains`)
+        and ``obs[truth]``.
     key
         Column with the domains.
     truth
@@ -451,6 +458,7 @@ def domain_ari(adata: AnnData, key: str = "domain", truth: str = "label", by: st
     DataFrame indexed by group with ``ari``, ``n_spots`` (spots scored), ``n_unlabelled`` (truth missing) and
     ``n_unassigned`` (domain missing, truth present). ``ari`` is NaN for a group with no scored spot.
     """
+    adata = _get_table(adata)  # a SpatialData's table (AttributeError on .layers before)
     from sklearn.metrics import adjusted_rand_score
 
     _check_key(adata.obs, key, "adata.obs")
