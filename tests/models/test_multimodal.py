@@ -1201,3 +1201,14 @@ def test_float64_patches_in_unit_range_embed_as_their_uint8_originals():
     ref = model.get_latent_representation(mdata, "image")
     mdata["image"].obsm["patch"] = mdata["image"].obsm["patch"] / 255.0  # float64
     np.testing.assert_allclose(model.get_latent_representation(mdata, "image"), ref, atol=1e-5)
+
+
+def test_dataloader_kwargs_are_refused_not_dropped():
+    """``dataloader_kwargs={"num_workers": 2}`` was silently ignored (the run looked as asked); now a TypeError, as in
+    the other models."""
+    mdata = synthetic_mudata(n=8, n_genes=6)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL)
+    with pytest.raises(TypeError, match=r"Unexpected dataloader_kwargs \['num_workers'\] for MultimodalST"):
+        model.train(pretrain_epochs=1, max_epochs=1, dataloader_kwargs={"num_workers": 2}, enable_progress_bar=False)
+    assert not model.is_trained

@@ -464,6 +464,8 @@ class MultimodalST(BaseModel):
     def _dataloaders(
         self, batch_size: int, validation: Any, seed: int, **kwargs: Any
     ) -> tuple[DataLoader, DataLoader | None]:
+        if kwargs:  # the loaders are built here, in one process; nothing is passed on (not silently dropped)
+            raise TypeError(f"Unexpected dataloader_kwargs {sorted(kwargs)} for MultimodalST.")
         data, rna_row = self._arrays(self.data)
         n_rna = len(data["rna"])
         pairs = [np.c_[np.arange(len(rna_row)), rna_row]]
@@ -530,7 +532,8 @@ class MultimodalST(BaseModel):
             ``validation``...). ``validation`` (default 0.1) is the fraction of RNA samples held out, with their
             patches, from the training losses; the unsupervised statistics fitted when the model was built (the
             standardisation ``gene_mean``/``gene_std`` and, with ``rna_pcs``, the principal axes) use all samples of
-            the training data, the validation ones included.
+            the training data, the validation ones included. ``dataloader_kwargs`` are not taken (a
+            :class:`TypeError`): the loaders batch in-memory arrays in this process.
 
         Returns
         -------
