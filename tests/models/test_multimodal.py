@@ -1212,3 +1212,12 @@ def test_dataloader_kwargs_are_refused_not_dropped():
     with pytest.raises(TypeError, match=r"Unexpected dataloader_kwargs \['num_workers'\] for MultimodalST"):
         model.train(pretrain_epochs=1, max_epochs=1, dataloader_kwargs={"num_workers": 2}, enable_progress_bar=False)
     assert not model.is_trained
+
+
+def test_a_validation_fraction_that_rounds_to_every_sample_is_a_clear_error():
+    """``validation=0.99`` of 24 samples rounds to all 24: torch's sampler failed with "num_samples should be a positive
+    integer value"; now the error names `validation`."""
+    mdata = synthetic_mudata(n=24, n_genes=6)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    with pytest.raises(ValueError, match=r"validation: 0.99 of 24 RNA samples holds out 24 .* smaller fraction"):
+        MultimodalST(mdata, **SMALL).train(pretrain_epochs=1, max_epochs=1, validation=0.99, enable_progress_bar=False)

@@ -482,6 +482,11 @@ class MultimodalST(BaseModel):
         rng = np.random.default_rng(seed)
         val_rna = rng.choice(n_rna, size=int(round(frac * n_rna)), replace=False) if frac > 0 else np.array([], int)
         is_val = np.isin(pairs[:, 1], val_rna)
+        if is_val.all():  # torch's sampler would fail on the empty training set, naming neither
+            raise ValueError(
+                f"validation: {validation!r} of {n_rna} RNA samples holds out {len(val_rna)} (rounded), every training "
+                "item; pass a smaller fraction."
+            )
         train_ds = _Items(pairs[~is_val], data, bool(self.config["augment"]), seed)
         g = torch.Generator().manual_seed(seed)
         values = self._minibatch_values(self.data)
@@ -530,7 +535,8 @@ class MultimodalST(BaseModel):
         **kwargs
             Passed to :meth:`scst.models.BaseModel.train` for both stages (``batch_size``, ``lr``, ``accelerator``,
             ``validation``...). ``validation`` (default 0.1) is the fraction of RNA samples held out, with their
-            patches, from the training losses; the unsupervised statistics fitted when the model was built (the
+            patches, from the training losses (rounded to whole samples; one that holds out every training item is
+            a :class:`ValueError`); the unsupervised statistics fitted when the model was built (the
             standardisation ``gene_mean``/``gene_std`` and, with ``rna_pcs``, the principal axes) use all samples of
             the training data, the validation ones included. ``dataloader_kwargs`` are not taken (a
             :class:`TypeError`): the loaders batch in-memory arrays in this process.
