@@ -1221,3 +1221,17 @@ def test_a_validation_fraction_that_rounds_to_every_sample_is_a_clear_error():
     MultimodalST.setup_mudata(mdata, group_key="label")
     with pytest.raises(ValueError, match=r"validation: 0.99 of 24 RNA samples holds out 24 .* smaller fraction"):
         MultimodalST(mdata, **SMALL).train(pretrain_epochs=1, max_epochs=1, validation=0.99, enable_progress_bar=False)
+
+
+def test_a_validation_fraction_that_rounds_to_no_sample_warns():
+    """``validation=0.05`` of 8 samples rounds to none: training silently ran without validation or early stopping
+    (a log line only); now a warning says so, and ``validation=0`` stays silent."""
+    mdata = synthetic_mudata(n=8, n_genes=6)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    run = {"pretrain_epochs": 1, "max_epochs": 0, "enable_progress_bar": False}
+    with pytest.warns(UserWarning, match=r"validation: 0.05 of 8 RNA samples rounds to none; training without"):
+        model = MultimodalST(mdata, **SMALL).train(validation=0.05, **run)
+    assert "val_loss" not in model.history
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="validation:")
+        MultimodalST(mdata, **SMALL).train(validation=0, **run)
