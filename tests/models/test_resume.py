@@ -162,6 +162,32 @@ def test_early_stopping_state_survives_resume(tmp_path):
     np.testing.assert_allclose(resumed.predict(), full.predict(), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("where", ["moved", "other_checkpoint_dir"])
+def test_resume_from_another_folder_keeps_the_best_epoch_before_the_resume(tmp_path, where):
+    """Lightning forgets the best score of a checkpoint written to another folder (a moved run folder, or
+    ``checkpoint_dir`` elsewhere): the best weights restored were those of the epochs after the resume only."""
+    import shutil
+
+    a = _adata()
+    kw = {"max_epochs": 12, "patience": 20, "lr": 0.2, "enable_progress_bar": False}
+    full = ResumeToy(a).train(checkpoint_dir=tmp_path / "full", **kw)
+    best = int(full.history["val_loss"].idxmin())
+    assert best < 8 and full.history["val_loss"].iloc[8:].min() > full.history["val_loss"].min()  # the scenario
+    with pytest.raises(RuntimeError, match="power cut"):
+        ResumeToy(a).train(checkpoint_dir=tmp_path / "cut", callbacks=[Crash(at=8)], **kw)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="The dirpath has changed")  # Lightning's: nothing is forgotten now
+        if where == "moved":
+            shutil.move(tmp_path / "cut", tmp_path / "moved")
+            resumed = ResumeToy(a).train(ckpt_path=tmp_path / "moved" / "last.ckpt", **kw)
+        else:
+            last = tmp_path / "cut" / "last.ckpt"
+            resumed = ResumeToy(a).train(ckpt_path=last, checkpoint_dir=tmp_path / "new", **kw)
+            assert (tmp_path / "cut" / "best.ckpt").is_file()  # the old folder is left as it was
+    pd.testing.assert_frame_equal(resumed.history, full.history, rtol=1e-6)
+    np.testing.assert_allclose(resumed.predict(), full.predict(), rtol=0, atol=1e-6)  # the weights of epoch `best`
+
+
 def test_resume_bad_input(tmp_path):
     a = _adata()
     with pytest.raises(FileNotFoundError, match="`ckpt_path` .* is not a file"):
