@@ -273,3 +273,22 @@ def test_same_seed_same_predictions_on_cpu(table):
     # another seed (initialisation and training), or only another training seed: another model
     for other in (_trained_mlp(table, 1), _trained_mlp(table, 0, train_seed=1)):
         assert np.abs(other.predict(table, "S3") - pa).max() > 1e-4
+
+
+def test_a_second_train_call_continues_from_the_weights_in_memory_or_loaded(tmp_path):
+    """Invariance: ``train`` twice on one object = ``train``, ``save``, ``load``, ``train`` (same weights and history;
+    the second call starts from the trained weights, counts epochs from 0 and replaces ``history``)."""
+    kw = {"max_epochs": 2, "enable_progress_bar": False}
+    first = ResumeToy(_adata()).train(**kw)
+    first.save(tmp_path / "m")
+    trained = {k: v.clone() for k, v in first.module.state_dict().items()}
+    loaded = ResumeToy.load(tmp_path / "m", data=_adata())
+    first.train(**kw)
+    loaded.train(**kw)
+    for k, v in first.module.state_dict().items():
+        torch.testing.assert_close(loaded.module.state_dict()[k], v, rtol=0, atol=0)
+    pd.testing.assert_frame_equal(loaded.history, first.history)
+    assert list(first.history.index) == [0, 1]
+    assert any(not torch.equal(trained[k], v) for k, v in first.module.state_dict().items())
+    fresh = ResumeToy(_adata()).train(**kw)  # not a restart from the initial weights
+    assert not np.allclose(fresh.predict(), first.predict(), atol=1e-6)

@@ -567,7 +567,9 @@ class BaseModel(_SetupRegistry, ABC):
 
         Returns
         -------
-        ``self`` (trained in place); ``self.history`` holds the per-epoch metrics.
+        ``self`` (trained in place); ``self.history`` holds the per-epoch metrics. A second ``train`` call (without
+        ``ckpt_path``) continues from the current weights with a new optimiser, counts its epochs from 0 and
+        replaces ``history``; the best epoch of that call is restored.
 
         Raises
         ------
