@@ -1201,3 +1201,37 @@ def test_float64_patches_in_unit_range_embed_as_their_uint8_originals():
     ref = model.get_latent_representation(mdata, "image")
     mdata["image"].obsm["patch"] = mdata["image"].obsm["patch"] / 255.0  # float64
     np.testing.assert_allclose(model.get_latent_representation(mdata, "image"), ref, atol=1e-5)
+
+
+def test_dataloader_kwargs_are_refused_not_dropped():
+    """``dataloader_kwargs={"num_workers": 2}`` was silently ignored (the run looked as asked); now a TypeError, as in
+    the other models."""
+    mdata = synthetic_mudata(n=8, n_genes=6)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL)
+    with pytest.raises(TypeError, match=r"Unexpected dataloader_kwargs \['num_workers'\] for MultimodalST"):
+        model.train(pretrain_epochs=1, max_epochs=1, dataloader_kwargs={"num_workers": 2}, enable_progress_bar=False)
+    assert not model.is_trained
+
+
+def test_a_validation_fraction_that_rounds_to_every_sample_is_a_clear_error():
+    """``validation=0.99`` of 24 samples rounds to all 24: torch's sampler failed with "num_samples should be a positive
+    integer value"; now the error names `validation`."""
+    mdata = synthetic_mudata(n=24, n_genes=6)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    with pytest.raises(ValueError, match=r"validation: 0.99 of 24 RNA samples holds out 24 .* smaller fraction"):
+        MultimodalST(mdata, **SMALL).train(pretrain_epochs=1, max_epochs=1, validation=0.99, enable_progress_bar=False)
+
+
+def test_a_validation_fraction_that_rounds_to_no_sample_warns():
+    """``validation=0.05`` of 8 samples rounds to none: training silently ran without validation or early stopping
+    (a log line only); now a warning says so, and ``validation=0`` stays silent."""
+    mdata = synthetic_mudata(n=8, n_genes=6)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    run = {"pretrain_epochs": 1, "max_epochs": 0, "enable_progress_bar": False}
+    with pytest.warns(UserWarning, match=r"validation: 0.05 of 8 RNA samples rounds to none; training without"):
+        model = MultimodalST(mdata, **SMALL).train(validation=0.05, **run)
+    assert "val_loss" not in model.history
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="validation:")
+        MultimodalST(mdata, **SMALL).train(validation=0, **run)

@@ -162,6 +162,32 @@ def test_early_stopping_state_survives_resume(tmp_path):
     np.testing.assert_allclose(resumed.predict(), full.predict(), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("where", ["moved", "other_checkpoint_dir"])
+def test_resume_from_another_folder_keeps_the_best_epoch_before_the_resume(tmp_path, where):
+    """Lightning forgets the best score of a checkpoint written to another folder (a moved run folder, or
+    ``checkpoint_dir`` elsewhere): the best weights restored were those of the epochs after the resume only."""
+    import shutil
+
+    a = _adata()
+    kw = {"max_epochs": 12, "patience": 20, "lr": 0.2, "enable_progress_bar": False}
+    full = ResumeToy(a).train(checkpoint_dir=tmp_path / "full", **kw)
+    best = int(full.history["val_loss"].idxmin())
+    assert best < 8 and full.history["val_loss"].iloc[8:].min() > full.history["val_loss"].min()  # the scenario
+    with pytest.raises(RuntimeError, match="power cut"):
+        ResumeToy(a).train(checkpoint_dir=tmp_path / "cut", callbacks=[Crash(at=8)], **kw)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="The dirpath has changed")  # Lightning's: nothing is forgotten now
+        if where == "moved":
+            shutil.move(tmp_path / "cut", tmp_path / "moved")
+            resumed = ResumeToy(a).train(ckpt_path=tmp_path / "moved" / "last.ckpt", **kw)
+        else:
+            last = tmp_path / "cut" / "last.ckpt"
+            resumed = ResumeToy(a).train(ckpt_path=last, checkpoint_dir=tmp_path / "new", **kw)
+            assert (tmp_path / "cut" / "best.ckpt").is_file()  # the old folder is left as it was
+    pd.testing.assert_frame_equal(resumed.history, full.history, rtol=1e-6)
+    np.testing.assert_allclose(resumed.predict(), full.predict(), rtol=0, atol=1e-6)  # the weights of epoch `best`
+
+
 def test_resume_bad_input(tmp_path):
     a = _adata()
     with pytest.raises(FileNotFoundError, match="`ckpt_path` .* is not a file"):
@@ -247,3 +273,22 @@ def test_same_seed_same_predictions_on_cpu(table):
     # another seed (initialisation and training), or only another training seed: another model
     for other in (_trained_mlp(table, 1), _trained_mlp(table, 0, train_seed=1)):
         assert np.abs(other.predict(table, "S3") - pa).max() > 1e-4
+
+
+def test_a_second_train_call_continues_from_the_weights_in_memory_or_loaded(tmp_path):
+    """Invariance: ``train`` twice on one object = ``train``, ``save``, ``load``, ``train`` (same weights and history;
+    the second call starts from the trained weights, counts epochs from 0 and replaces ``history``)."""
+    kw = {"max_epochs": 2, "enable_progress_bar": False}
+    first = ResumeToy(_adata()).train(**kw)
+    first.save(tmp_path / "m")
+    trained = {k: v.clone() for k, v in first.module.state_dict().items()}
+    loaded = ResumeToy.load(tmp_path / "m", data=_adata())
+    first.train(**kw)
+    loaded.train(**kw)
+    for k, v in first.module.state_dict().items():
+        torch.testing.assert_close(loaded.module.state_dict()[k], v, rtol=0, atol=0)
+    pd.testing.assert_frame_equal(loaded.history, first.history)
+    assert list(first.history.index) == [0, 1]
+    assert any(not torch.equal(trained[k], v) for k, v in first.module.state_dict().items())
+    fresh = ResumeToy(_adata()).train(**kw)  # not a restart from the initial weights
+    assert not np.allclose(fresh.predict(), first.predict(), atol=1e-6)

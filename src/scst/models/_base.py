@@ -29,7 +29,15 @@ from .._constants import TABLE_KEY
 from .._logging import logg
 from .._utils import _atomic_dir, _get_table
 from ..nn._backbones import weights_overwritten
-from ._training import AtomicCheckpointIO, History, NaNGuard, RNGState, TrainingPlan, prepare_strategy
+from ._training import (
+    AtomicCheckpointIO,
+    BestFromAnotherFolder,
+    History,
+    NaNGuard,
+    RNGState,
+    TrainingPlan,
+    prepare_strategy,
+)
 
 SETUP_KEY = "_scst_setup"
 WEIGHTS_FILE = "model.safetensors"
@@ -531,7 +539,9 @@ class BaseModel(_SetupRegistry, ABC):
             random streams are restored, and training continues up to ``max_epochs`` (the total, not the epochs
             still to run; one that the checkpoint's epochs already reach is a :class:`ValueError`). With the same
             data, settings and seed, the result equals an uninterrupted run. Loaded
-            with ``weights_only=True``. Checkpoints written in the middle of an epoch resume only approximately
+            with ``weights_only=True``. The run folder may have moved, or ``checkpoint_dir`` be another folder:
+            the interrupted run's ``best.ckpt`` is copied there, so its best epoch still counts. Checkpoints
+            written in the middle of an epoch resume only approximately
             (Lightning warns). See the guide ``docs/training.md``.
         save_last
             With ``checkpoint_dir``: also write ``last.ckpt`` (full state, overwritten atomically after every
@@ -557,7 +567,9 @@ class BaseModel(_SetupRegistry, ABC):
 
         Returns
         -------
-        ``self`` (trained in place); ``self.history`` holds the per-epoch metrics.
+        ``self`` (trained in place); ``self.history`` holds the per-epoch metrics. A second ``train`` call (without
+        ``ckpt_path``) continues from the current weights with a new optimiser, counts its epochs from 0 and
+        replaces ``history``; the best epoch of that call is restored.
 
         Raises
         ------
@@ -642,10 +654,10 @@ class BaseModel(_SetupRegistry, ABC):
             user_callbacks = trainer_kwargs.pop("callbacks", None) or []
             if isinstance(user_callbacks, pl.Callback):  # Lightning takes one callback, a list or None
                 user_callbacks = [user_callbacks]
-            callbacks = [guard, ckpt, *user_callbacks]
+            callbacks, ours = [guard, ckpt, *user_callbacks], [ckpt]
             if checkpoint_dir is not None and save_last:
                 # Full state (optimiser, loops, callbacks, random streams) at the end of every epoch, for resuming.
-                callbacks.append(
+                ours.append(
                     ModelCheckpoint(
                         dirpath=dirpath,
                         filename="last",
@@ -656,7 +668,10 @@ class BaseModel(_SetupRegistry, ABC):
                         enable_version_counter=False,
                     )
                 )
+                callbacks.append(ours[-1])
             callbacks.append(RNGState([train_dl, val_dl]))
+            if ckpt_path is not None:  # a run folder moved since, or checkpoint_dir elsewhere: keep its best epoch
+                callbacks.append(BestFromAnotherFolder(ours, ckpt_path.parent))
             if early_stopping:
                 # strict=False: a run that max_steps/max_time end before the first validation has no metric yet
                 # (Lightning's error named a metric, not the cause); the monitor names are scst's own

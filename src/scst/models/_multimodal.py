@@ -464,6 +464,8 @@ class MultimodalST(BaseModel):
     def _dataloaders(
         self, batch_size: int, validation: Any, seed: int, **kwargs: Any
     ) -> tuple[DataLoader, DataLoader | None]:
+        if kwargs:  # the loaders are built here, in one process; nothing is passed on (not silently dropped)
+            raise TypeError(f"Unexpected dataloader_kwargs {sorted(kwargs)} for MultimodalST.")
         data, rna_row = self._arrays(self.data)
         n_rna = len(data["rna"])
         pairs = [np.c_[np.arange(len(rna_row)), rna_row]]
@@ -479,7 +481,19 @@ class MultimodalST(BaseModel):
             raise ValueError(f"validation: expected a fraction of RNA samples in [0, 1), got {validation!r}.")
         rng = np.random.default_rng(seed)
         val_rna = rng.choice(n_rna, size=int(round(frac * n_rna)), replace=False) if frac > 0 else np.array([], int)
+        if frac > 0 and not len(val_rna):
+            warnings.warn(
+                f"validation: {frac:g} of {n_rna} RNA samples rounds to none; training without validation (no early "
+                "stopping, checkpoints chosen on the training loss). Pass `validation=0` to silence this.",
+                UserWarning,
+                stacklevel=4,
+            )
         is_val = np.isin(pairs[:, 1], val_rna)
+        if is_val.all():  # torch's sampler would fail on the empty training set, naming neither
+            raise ValueError(
+                f"validation: {validation!r} of {n_rna} RNA samples holds out {len(val_rna)} (rounded), every training "
+                "item; pass a smaller fraction."
+            )
         train_ds = _Items(pairs[~is_val], data, bool(self.config["augment"]), seed)
         g = torch.Generator().manual_seed(seed)
         values = self._minibatch_values(self.data)
@@ -528,9 +542,12 @@ class MultimodalST(BaseModel):
         **kwargs
             Passed to :meth:`scst.models.BaseModel.train` for both stages (``batch_size``, ``lr``, ``accelerator``,
             ``validation``...). ``validation`` (default 0.1) is the fraction of RNA samples held out, with their
-            patches, from the training losses; the unsupervised statistics fitted when the model was built (the
-            standardisation ``gene_mean``/``gene_std`` and, with ``rna_pcs``, the principal axes) use all samples of
-            the training data, the validation ones included.
+            patches, from the training losses (rounded to whole samples; one that holds out every training item is
+            a :class:`ValueError`, one that rounds to none trains without validation, with a warning); the
+            unsupervised statistics fitted when the model was built (the standardisation ``gene_mean``/``gene_std``
+            and, with ``rna_pcs``, the principal axes) use all samples of the training data, the validation ones
+            included. ``dataloader_kwargs`` are not taken (a
+            :class:`TypeError`): the loaders batch in-memory arrays in this process.
 
         Returns
         -------

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import shutil
 import sys
 import warnings
 from collections.abc import Iterable, Mapping
@@ -349,6 +350,59 @@ class RNGState(pl.Callback):
                     f"{torch.cuda.device_count()}; GPU randomness after the resume differs.",
                     stacklevel=2,
                 )
+
+
+class BestFromAnotherFolder(pl.Callback):
+    """On resume, carry the best checkpoint of a run whose folder is not the checkpoints' ``dirpath`` into it.
+
+    Lightning's :class:`~lightning.pytorch.callbacks.ModelCheckpoint` forgets the best score when the checkpoint was
+    written to another folder (a moved or copied run folder, or ``checkpoint_dir`` other than the folder of
+    ``ckpt_path``): the epochs after the resume then compete only among themselves, and the restored weights are
+    not those of the uninterrupted run. Before the callback states are loaded, this copies the best file (from its
+    recorded path, else from ``resume_dir``) into the new folder and points the saved states of ``checkpoints``
+    there, so the best epoch before the resume still counts.
+
+    Parameters
+    ----------
+    checkpoints
+        scst's own checkpoint callbacks of the resumed run (one ``dirpath``); a user's are left alone.
+    resume_dir
+        Folder of the ``last.ckpt`` resumed from (where a moved run keeps its best file).
+    """
+
+    def __init__(self, checkpoints: Iterable[Any], resume_dir: str | os.PathLike) -> None:
+        self.checkpoints, self.resume_dir = list(checkpoints), os.fspath(resume_dir)
+
+    def on_load_checkpoint(  # noqa: D102
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        for cb in self.checkpoints:
+            state = checkpoint.get("callbacks", {}).get(cb.state_key)
+            new_dir = cb.dirpath
+            if not state or state.get("dirpath") in (None, new_dir):
+                continue
+            old_dir = state["dirpath"]
+            best = state.get("best_model_path") or ""
+            if best and cb.monitor is not None:
+                src = best if os.path.isfile(best) else os.path.join(self.resume_dir, os.path.basename(best))
+                if not os.path.isfile(src):
+                    continue  # nothing to carry over: Lightning warns that the best score is not reloaded
+                dst = os.path.join(new_dir, os.path.basename(best))
+                if trainer.is_global_zero and os.path.realpath(src) != os.path.realpath(dst):
+                    os.makedirs(new_dir, exist_ok=True)
+                    shutil.copyfile(src, dst)
+
+            def moved(path: Any, old_dir: str = old_dir, new_dir: str = new_dir) -> Any:
+                if isinstance(path, str) and path and os.path.dirname(path) == old_dir:
+                    return os.path.join(new_dir, os.path.basename(path))
+                return path
+
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                if key in state:
+                    state[key] = moved(state[key])
+            if isinstance(state.get("best_k_models"), dict):
+                state["best_k_models"] = {moved(k): v for k, v in state["best_k_models"].items()}
+            state["dirpath"] = new_dir
 
 
 class _ResultsLauncher(_MultiProcessingLauncher):
