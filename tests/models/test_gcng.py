@@ -406,6 +406,13 @@ def test_a_single_ligand_cannot_be_split_for_validation_and_says_so():
         GCNG(adata, **cfg).train(one, validation=0, enable_progress_bar=False, accelerator="cpu")
 
 
+def test_dataloader_kwargs_are_refused_not_dropped():
+    adata, triples = niche_data(n_pairs=4)
+    GCNG.setup_anndata(adata, graph_key="gcng_autocrine_plus")
+    with pytest.raises(TypeError, match=r"Unexpected dataloader_kwargs \['num_workers'\] for GCNG"):
+        GCNG(adata, **FAST).train(labelled(triples), dataloader_kwargs={"num_workers": 2}, enable_progress_bar=False)
+
+
 def test_given_model_implies_gcng_and_is_never_ignored(trained):
     """A trained model scores with GCNG when ``method`` is left unset; an explicit method list without "gcng" that
     would silently drop the model is an error naming both arguments."""

@@ -685,6 +685,8 @@ class GCNG(BaseModel):
     def _dataloaders(
         self, batch_size: int, validation: Any, seed: int, **kwargs: Any
     ) -> tuple[DataLoader, DataLoader | None]:
+        if kwargs:  # the loaders batch in-memory pair tensors here; nothing is passed on (not silently dropped)
+            raise TypeError(f"Unexpected dataloader_kwargs {sorted(kwargs)} for GCNG.")
         table = getattr(self, "_fit_table", None)
         if table is None:
             raise RuntimeError("Call `GCNG.train(pairs)`: the training pairs are given to `train`.")

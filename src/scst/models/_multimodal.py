@@ -547,7 +547,10 @@ class MultimodalST(BaseModel):
             unsupervised statistics fitted when the model was built (the standardisation ``gene_mean``/``gene_std``
             and, with ``rna_pcs``, the principal axes) use all samples of the training data, the validation ones
             included. ``dataloader_kwargs`` are not taken (a
-            :class:`TypeError`): the loaders batch in-memory arrays in this process.
+            :class:`TypeError`): the loaders batch in-memory arrays in this process. ``callbacks`` are the same
+            objects in both stages: a stateful one (e.g. an ``EarlyStopping`` of your own) carries its state from
+            pre-training into the joint stage; pass a fresh one per stage by calling ``train`` once per stage
+            (``max_epochs=0`` / ``pretrain_epochs=0``) if that matters.
 
         Returns
         -------
