@@ -390,7 +390,13 @@ class BestFromAnotherFolder(pl.Callback):
                 dst = os.path.join(new_dir, os.path.basename(best))
                 if trainer.is_global_zero and os.path.realpath(src) != os.path.realpath(dst):
                     os.makedirs(new_dir, exist_ok=True)
-                    shutil.copyfile(src, dst)
+                    tmp = os.path.join(new_dir, f".{os.path.basename(dst)}.tmp-{os.getpid()}")
+                    try:  # next to the target, then renamed: never a half-copied best.ckpt
+                        shutil.copyfile(src, tmp)
+                        os.replace(tmp, dst)
+                    finally:
+                        if os.path.exists(tmp):
+                            os.remove(tmp)
 
             def moved(path: Any, old_dir: str = old_dir, new_dir: str = new_dir) -> Any:
                 if isinstance(path, str) and path and os.path.dirname(path) == old_dir:
