@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -188,3 +190,26 @@ def test_bad_head_settings_and_shapes_are_named():
         m.loss({"x": torch.zeros(4, 5), "target": torch.zeros(4, 1)})
     with pytest.raises(ValueError, match="hyperedge_index: a"):
         _spatial()(torch.zeros(4, 5))
+
+
+@pytest.mark.parametrize("kw", [{}, {"ridge_skip": True, "n_programs": 2}])
+def test_spatial_head_float64_and_permuted_spots(kw):
+    """SpatialHeadModule.double() runs (its LSTM input was cast by a fixed .float() → dtype error) and matches
+    float32; permuting the spots (hyperedge index relabelled) permutes every output."""
+    torch.manual_seed(0)
+    m = SpatialHeadModule(in_dim=5, n_genes=3, dim=8, vit_heads=2, hg_hidden=4, lstm_hidden=8, **kw).eval()
+    n = 7
+    x = torch.randn(n, 5)
+    hei = torch.stack(
+        [torch.arange(n).repeat_interleave(2), torch.stack([torch.arange(n), (torch.arange(n) + 1) % n], 1).reshape(-1)]
+    )
+    perm = torch.randperm(n)
+    inv = torch.argsort(perm)
+    with torch.no_grad():
+        out = m(x, hei)
+        out_p = m(x[perm], inv[hei])
+        out64 = copy.deepcopy(m).double()(x.double(), hei)
+    for key, value in out.items():
+        torch.testing.assert_close(out_p[key], value[perm], atol=1e-5, rtol=1e-5)
+        assert out64[key].dtype == torch.float64
+        torch.testing.assert_close(out64[key].float(), value, atol=1e-4, rtol=1e-4)

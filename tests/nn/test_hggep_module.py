@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -456,3 +458,22 @@ def test_ham_dropout_between_the_convolutions_only_in_training():
         torch.testing.assert_close(train_out, by_hand(True))
         torch.testing.assert_close(ham.eval()(x, edges), by_hand(False))
     assert (train_out - by_hand(False)).abs().max() > 1e-3  # the dropout did act in training
+
+
+def test_float64_module_matches_float32_and_spots_are_permutation_equivariant():
+    """model.double() runs (the LSTM input followed a fixed .float() → dtype error) and agrees with float32;
+    permuting the spots permutes every output (the LSTM runs over the steps, the spots are its batch)."""
+    torch.manual_seed(0)
+    m = HGGEPModule(5, **{**SMALL, "vit_depth": 1, "lstm_layers": 1}).eval()
+    n = 6
+    patches, coords, pos = torch.randn(n, 3, PX, PX), torch.randint(0, 20, (n, 2)), torch.rand(n, 2) * 100
+    with torch.no_grad():
+        out = m(patches, coords, pos)
+        perm = torch.randperm(n)
+        out_p = m(patches[perm], coords[perm], pos[perm])
+        m64 = copy.deepcopy(m).double()
+        out64 = m64(patches.double(), coords, pos.double())
+    for key, value in out.items():
+        torch.testing.assert_close(out_p[key], value[perm], atol=1e-4, rtol=1e-4)
+        assert out64[key].dtype == torch.float64
+        torch.testing.assert_close(out64[key].float(), value, atol=1e-3, rtol=1e-3)

@@ -300,7 +300,7 @@ class SpatialHeadModule(nn.Module):
             steps.append(self.ham(z1, hyperedge_index))
         steps = [norm(s) for norm, s in zip(self.step_norms, steps)]
         with torch.autocast(x.device.type, enabled=False):
-            seq, _ = self.lstm(torch.stack(steps, 0).float())
+            seq, _ = self.lstm(torch.stack(steps, 0).to(self.lstm.weight_ih_l0.dtype))  # float32 under autocast
         h = seq.mean(0)
         out = {"pred": _combine(self.gene_head(h), x, self.skip, self.programs), "hidden": h}
         if self.use_zinb:

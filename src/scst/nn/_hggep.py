@@ -366,9 +366,11 @@ class HGGEPModule(nn.Module):
             steps.append(self.ham(fused, hyperedge_index))
         if self.step_norms is not None:
             steps = [norm(step) for norm, step in zip(self.step_norms, steps)]
-        # The LSTM runs in float32 under autocast: oneDNN has no bf16 LSTM, and the recurrence loses precision.
+        # The LSTM runs in its weights' dtype (float32) under autocast: oneDNN has no bf16 LSTM, and the recurrence
+        # loses precision. Not a fixed .float(): that broke a float64 module (model.double()).
         with torch.autocast(tokens.device.type, enabled=False):
-            seq, _ = self.lstm(torch.stack(steps, dim=0).float())  # (steps, n, lstm_hidden): spots are the batch
+            lstm_in = torch.stack(steps, dim=0).to(self.lstm.weight_ih_l0.dtype)
+            seq, _ = self.lstm(lstm_in)  # (steps, n, lstm_hidden): spots are the batch
         h = seq.mean(dim=0)
         out = {"pred": self.gene_head(h), "hidden": h}
         if self.use_zinb:
