@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import warnings
 
 import anndata as ad
@@ -75,6 +76,23 @@ def test_module_loss_stages_and_switches():
     assert out["loss"].item() == pytest.approx(out["itc"].item() + out["rna_rec"].item(), rel=1e-5)
     with pytest.raises(ValueError, match="unknown loss terms"):
         MultimodalModule([0, 1], weights={"mlm": 1.0})
+
+
+@pytest.mark.parametrize("kind", ["vit", "mlp"])
+def test_float64_module_embeds_images_as_float32(kind):
+    """module.double() gave dtype errors on images (uint8 patches / mlp embeddings were cast by a fixed .float());
+    float64 ≡ float32, and a batch embeds as its items one by one (eval mode)."""
+    torch.manual_seed(0)
+    kw = {"image_px": 16, "sub_patch": 8} if kind == "vit" else {"image_features": 6}
+    m = MultimodalModule([0, 0, 1, 1, 2], dim=8, heads=2, embed_dim=8, image_encoder=kind, **kw).eval()
+    img = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8) if kind == "vit" else torch.randn(3, 6)
+    with torch.no_grad():
+        emb = m.embed_image(img)
+        emb64 = copy.deepcopy(m).double().embed_image(img)
+        one_by_one = torch.cat([m.embed_image(img[i : i + 1]) for i in range(3)])
+    assert emb64.dtype == torch.float64
+    torch.testing.assert_close(emb64.float(), emb, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one_by_one, emb, atol=1e-5, rtol=1e-5)
 
 
 def test_masked_autoencoder_error_is_that_of_each_samples_masked_group():

@@ -358,10 +358,12 @@ class MultimodalModule(nn.Module):
         return (self.denoise_rna(x) - self.gene_mean) / self.gene_std
 
     def _img_in(self, img: Tensor) -> Tensor:
+        # The encoder's dtype (float32 unless the module was cast, e.g. .double()), not a fixed .float().
+        dtype = next(self.image_encoder.parameters()).dtype
         if self.image_kind == "mlp":
-            return img.float()
+            return img.to(dtype)
         if img.dtype == torch.uint8:
-            img = img.float().div(255.0)
+            img = img.to(dtype).div(255.0)
         return imagenet_normalize(img)
 
     def encode_rna(self, x: Tensor, mask_idx: Tensor | None = None) -> Tensor:
