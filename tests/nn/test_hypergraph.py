@@ -352,3 +352,22 @@ def test_cuda_matches_cpu():
     gpu = knn_hyperedges(feat.cuda(), pos.cuda(), k=3, exact=False)
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_hyperedges_are_invariant_to_similarity_transforms_and_dtypes(exact):
+    """Both distances are divided by their median scale (Norm of eq. 16), so translating, rotating by 90° or
+    uniformly scaling the positions, scaling the features, and float64 / integer inputs give the same hyperedges."""
+    g = torch.Generator().manual_seed(0)
+    f, p = torch.randn(40, 6, generator=g), torch.randint(0, 500, (40, 2), generator=g)
+    kw = {"k": 3, "exact": exact, "n_candidates": 8}
+    ref = knn_hyperedges(f, p.float(), **kw)
+    for feats, pos in [
+        (f, p),  # int64 positions
+        (f.double(), p.double()),
+        (f, p.float() + 1e4),
+        (f, p.float() * 7.5),
+        (f * 3.0, p.float()),
+        (f, torch.stack([-p[:, 1], p[:, 0]], 1).float()),
+    ]:
+        assert torch.equal(knn_hyperedges(feats, pos, **kw), ref)
