@@ -142,3 +142,42 @@ def test_all_cells_metadata_holds_plain_values(adata):
     assert pd.api.types.is_integer_dtype(cells["louvain"]) and cells["louvain"].iloc[0] + 1 == 14
     assert not any(isinstance(cells[c].dtype, pd.CategoricalDtype) for c in ("region", "cell_type", "louvain"))
     assert isinstance(adata.obs["louvain"].dtype, pd.CategoricalDtype)
+
+
+def test_loader_equals_the_readme_tables_and_a_copied_folder_and_fields_stay_apart(adata, tmp_path):
+    """Invariances: the loader (built from ``original/``) equals the README's derived ``cells.csv`` and
+    ``counts_fov0.csv.gz`` read by hand; ``path=`` to a copy gives the same object; a radius graph over all 913
+    cells (``fov`` as library) never joins two fields and equals the graphs built per field."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    import pandas as pd
+    from anndata import AnnData
+
+    from scst.pp import cell_graph
+
+    folder = Path(os.environ["SCST_DATA_DIR"]) / "seqfish_cortex"
+    cells = pd.read_csv(folder / "cells.csv", index_col="cell_id")
+    counts = pd.read_csv(folder / "counts_fov0.csv.gz", index_col="cell_id")
+    np.testing.assert_array_equal(adata.X.toarray(), counts.to_numpy())
+    assert list(adata.var_names) == list(counts.columns) and list(adata.obs_names) == list(counts.index)
+    mine = adata.uns["seqfish_cells"].rename(columns={"louvain": "louvain_cluster"})
+    pd.testing.assert_frame_equal(mine[cells.columns], cells, check_names=False)
+    np.testing.assert_array_equal(adata.obsm["spatial"], cells.loc[adata.obs_names, ["x", "y"]].to_numpy())
+    shutil.copytree(folder / "original", tmp_path / "original")
+    other = seqfish_cortex(path=tmp_path)
+    assert (other.X != adata.X).nnz == 0 and other.obs.equals(adata.obs)
+    assert other.uns["seqfish_cells"].equals(adata.uns["seqfish_cells"])
+
+    every = AnnData(obs=cells[["fov"]].astype(str), obsm={"spatial": cells[["x", "y"]].to_numpy(float)})
+    every.obs_names = every.obs_names.astype(str)
+    cell_graph(every, radius=140)
+    conn = every.obsp["spatial_connectivities"].tocoo()
+    fov = every.obs["fov"].to_numpy()
+    assert conn.nnz > 0 and (fov[conn.row] == fov[conn.col]).all()
+    for f in ("0", "5"):
+        part = cell_graph(every[fov == f].copy(), radius=140, library_key=None, copy=True)
+        idx = np.flatnonzero(fov == f)
+        diff = every.obsp["spatial_connectivities"][idx][:, idx] - part.obsp["spatial_connectivities"]
+        assert abs(diff).sum() == 0

@@ -473,6 +473,28 @@ def test_tool_null_of_a_given_model_shuffles_cells_within_sections(trained, monk
     assert any((order != np.arange(64)).any() for order in orders)
 
 
+def test_tool_scores_of_a_given_model_do_not_depend_on_the_cell_order(trained):
+    """The model's cells in another order (``adata[perm].copy()``, e.g. sorted by section): the flatten layer
+    weighted each cell by its row, so the GCNG scores and p-values changed (with a warning about other obs_names).
+    Now the cells are scored in the model's order: the same values."""
+    from scst.tl._ligrec import ligand_receptor
+
+    adata, triples, model = trained
+    data = adata.copy()
+    data.obs["section"] = np.where(np.arange(data.n_obs) < 32, "a", "b")
+    pairs = labelled(triples[40:48])[["ligand", "receptor"]]
+    ref = ligand_receptor(data, model, pairs=pairs, n_perms=9, expr_prop=0.0, copy=True).uns["scst_ligrec"]
+    perm = np.random.default_rng(3).permutation(data.n_obs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        got = ligand_receptor(data[perm].copy(), model, pairs=pairs, n_perms=9, expr_prop=0.0, copy=True)
+    got = got.uns["scst_ligrec"].set_index(["ligand_complex", "receptor_complex"])
+    ref = ref.set_index(["ligand_complex", "receptor_complex"])
+    for col in ("gcng_score", "gcng_pvals"):
+        np.testing.assert_allclose(got.loc[ref.index, col], ref[col], rtol=1e-6, err_msg=col)
+    assert model.adata is adata
+
+
 def test_duplicate_var_names_are_a_clear_error():
     adata, triples = niche_data(n_pairs=4)
     names = list(adata.var_names)

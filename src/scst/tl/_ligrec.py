@@ -172,8 +172,9 @@ def ligand_receptor(
         an explicit ``method`` must include ``"gcng"`` (else a ValueError: the model would go unused), and the
         cross-fitting settings ``known``, ``gcng_config`` and ``train_kwargs`` must be left unset. Its scores of
         pairs it was fit on are flagged ``in_training``. A paper GCNG (flatten readout) scores the cells it was
-        trained on; one with ``readout="pool"`` (:attr:`~scst.models.GCNG.pooled_config`) scores any section with
-        the same graph key. Without it, ``"gcng"`` is cross-fitted here (see ``known``).
+        trained on (the same ``obs_names`` in another order are scored in the model's order, so the scores do not
+        depend on the row order); one with ``readout="pool"`` (:attr:`~scst.models.GCNG.pooled_config`) scores
+        any section with the same graph key. Without it, ``"gcng"`` is cross-fitted here (see ``known``).
     pairs
         The resource: a DataFrame in liana's format (``ligand``, ``receptor``; complexes ``_``-joined, e.g.
         ``ITGA1_ITGB1``; extra columns kept), OmniPath columns (``source_genesymbol``, ``target_genesymbol``), a list
@@ -450,6 +451,20 @@ def _gcng(
     """GCNG scores (given model, or cross-fitted), their permutation p-values, ``in_training`` and params."""
     cand = present[["ligand", "receptor"]]
     if model is not None:
+        names = model.registry.get("obs_names")
+        own = [str(o) for o in adata.obs_names]
+        if (
+            model.config.get("readout", "flatten") != "pool"
+            and names is not None
+            and own != list(names)
+            and len(own) == len(names) == len(set(own))
+            and set(own) == set(names)
+        ):
+            # the model's cells in another order: its flatten layer weights cells by position, so score them in the
+            # model's order (scores are per pair; the null shuffles within the same sections)
+            idx = pd.Index(own).get_indexer(list(names))
+            adata = adata[idx].copy()
+            groups = None if groups is None else np.asarray(groups)[idx]
         saved = (model.data, model.adata, getattr(model, "_expr_cache", None))
         try:
             if model.adata is not adata:  # score this AnnData without re-pointing the model for good
