@@ -21,7 +21,7 @@ from .._utils import _check_key, _get_table
 from ..datasets._ligand_receptor import _check_lr_table, complex_subunits, lr_pairs_in_genes
 from ..models._gcng import GCNG, _check_unique_var_names, entity_expression, normalized_expression, sample_negatives
 from ..pp._graph_matrix import GRAPH_KINDS, graph_matrix_from_adjacency
-from ._ligrec_scores import BASELINES, lr_scores
+from ._ligrec_scores import BASELINES, lr_scores, section_permutations
 
 __all__ = [
     "LRFold",
@@ -212,11 +212,7 @@ def shuffle_graph(matrix: Any, groups: Sequence[Any] | None = None, seed: int = 
     """
     m = sp.csr_matrix(matrix)
     n = m.shape[0]
-    rng = np.random.default_rng(seed)
-    perm = np.arange(n)
-    if groups is None:
-        perm = rng.permutation(n)
-    else:
+    if groups is not None:
         groups = np.asarray(groups)
         if len(groups) != n:
             raise ValueError(f"groups: expected {n} labels, got {len(groups)}.")
@@ -226,9 +222,7 @@ def shuffle_graph(matrix: Any, groups: Sequence[Any] | None = None, seed: int = 
                 f"groups: {int(missing.sum())} of {n} cells have no group (NaN); give every cell a group (e.g. its "
                 "section), or pass `groups=None` to permute all cells together."
             )
-        for g in pd.unique(groups):
-            idx = np.flatnonzero(groups == g)
-            perm[idx] = idx[rng.permutation(len(idx))]
+    perm = next(section_permutations(groups, n, 1, seed))  # the permutation nulls' within-group shuffle
     return sp.csr_matrix(m[perm][:, perm])
 
 
