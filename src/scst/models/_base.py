@@ -104,6 +104,18 @@ def _read_model_attrs(dir_path: str | Path, payload: str, required: Sequence[str
     return attrs
 
 
+def _resume_checkpoint(ckpt_path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """``ckpt_path`` as a Path and its checkpoint, memory-mapped (tensors are not read) with ``weights_only=True``.
+
+    For what :meth:`BaseModel.train` (the epoch) and staged trainings (their stage) check before Lightning loads it.
+    """
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"`ckpt_path` {str(ckpt_path)!r} is not a file (expected a `last.ckpt`).")
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    return ckpt_path, ck if isinstance(ck, dict) else {}
+
+
 def _file_id(path: Path) -> tuple[int, int] | None:
     """Inode and modification time of ``path`` (None if absent): tells a file rewritten since from an old one."""
     try:
@@ -582,9 +594,7 @@ class BaseModel(_SetupRegistry, ABC):
         from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
         if ckpt_path is not None:
-            ckpt_path = Path(ckpt_path)
-            if not ckpt_path.is_file():
-                raise FileNotFoundError(f"`ckpt_path` {str(ckpt_path)!r} is not a file (expected a `last.ckpt`).")
+            ckpt_path, resumed = _resume_checkpoint(ckpt_path)
             if checkpoint_dir is None:
                 checkpoint_dir = ckpt_path.parent
         if "default_root_dir" in trainer_kwargs:  # set below (a temporary folder); Python's error names neither
@@ -608,7 +618,7 @@ class BaseModel(_SetupRegistry, ABC):
             )
         if ckpt_path is not None:
             # Lightning refuses a checkpoint of more epochs than max_epochs + 1, but one more is silently a no-op
-            done = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("epoch")
+            done = resumed.get("epoch")
             if isinstance(done, int) and max_epochs <= done:
                 raise ValueError(
                     f"`max_epochs` is the total number of epochs, and `ckpt_path` {str(ckpt_path)!r} is at epoch "

@@ -23,7 +23,8 @@ from .._utils import _labels, _positive_int
 from ..nn._augment import random_dihedral
 from ..nn._multimodal import LOSS_TERMS, MultimodalModule
 from ..pp._mudata import LINK_KEY, PATCH_KEY
-from ._base import BaseModel
+from ._base import BaseModel, _resume_checkpoint
+from ._training import History
 
 __all__ = ["MultimodalST"]
 
@@ -53,9 +54,10 @@ def _frame_rows(frame: pd.DataFrame) -> dict[int, dict[str, float]]:
 
 
 def _rows_frame(rows: dict[int, dict[str, float]]) -> pd.DataFrame:
-    frame = pd.DataFrame.from_dict(rows, orient="index").astype(float)
-    frame.index.name = "epoch"
-    return frame
+    """The frame :func:`_frame_rows` was made from, as :class:`~scst.models._training.History` builds it."""
+    history = History()
+    history.load_state_dict({"rows": rows})
+    return history.frame
 
 
 def _dense(X: Any) -> np.ndarray:
@@ -561,11 +563,8 @@ class MultimodalST(BaseModel):
         joint = int(self._train_setting("max_epochs", max_epochs))
         resume_stage, done = None, []
         if ckpt_path is not None:
-            ckpt_path = Path(ckpt_path)
-            if not ckpt_path.is_file():
-                raise FileNotFoundError(f"`ckpt_path` {str(ckpt_path)!r} is not a file (expected a `last.ckpt`).")
-            ck = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-            info = ck.get("callbacks", {}).get(_StageInfo.key) if isinstance(ck, dict) else None
+            ckpt_path, ck = _resume_checkpoint(ckpt_path)
+            info = ck.get("callbacks", {}).get(_StageInfo.key)
             if info is None:
                 raise ValueError(
                     f"ckpt_path: {str(ckpt_path)!r} records no MultimodalST training stage; expected a `last.ckpt` "
