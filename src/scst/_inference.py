@@ -2,9 +2,10 @@
 
 One place resolves and checks ``num_workers``, ``pin_memory`` and ``precision`` so that every prediction path reads
 them the same way. Defaults suit a small CPU machine (no workers, no pinning, fp32); on a GPU pass e.g.
-``num_workers=4, precision="bf16"`` (``pin_memory`` follows the device by default). Convolutions run in the
-channels-last memory layout during inference (:meth:`InferenceOptions.conv_layout`): the same values, faster on CPU
-(oneDNN) and on GPU tensor cores.
+``num_workers=4, precision="bf16"`` (``pin_memory`` follows the device by default). During inference each batch norm
+that follows a convolution is folded into it and convolutions run in the channels-last memory layout
+(:meth:`InferenceOptions.convolutions`): the same values to float rounding, faster on CPU (oneDNN) and on GPU tensor
+cores.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from ._utils import _positive_int
+from .nn._fold import folded_batchnorm
 from .nn._train_step import PRECISIONS  # one table of accepted precisions (torch-only; shared with training)
 
 #: Batches each DataLoader worker reads ahead of the model (``prefetch_factor``).
@@ -35,6 +37,7 @@ class InferenceOptions:
     pin_memory: bool = False
     dtype: torch.dtype | None = None
     channels_last: bool = True
+    fold_batchnorm: bool = True
 
     def loader_kwargs(self, n_items: int | None = None) -> dict[str, Any]:
         """``DataLoader`` keyword arguments: workers (each reading ``PREFETCH`` batches ahead) and pinning.
@@ -63,6 +66,20 @@ class InferenceOptions:
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         """Move a (possibly pinned) batch to the device; asynchronous when pinned."""
         return x.to(self.device, non_blocking=self.pin_memory)
+
+    @contextlib.contextmanager
+    def convolutions(self, module: torch.nn.Module) -> Iterator[None]:
+        """The module's convolutions prepared for inference while the context is open (restored on exit).
+
+        Batch norms after a convolution folded into it (:func:`scst.nn.folded_batchnorm`, when ``fold_batchnorm``),
+        then the convolution weights in channels-last layout (:meth:`conv_layout`). Batches go in with
+        :meth:`input_layout`.
+        """
+        with contextlib.ExitStack() as stack:
+            if self.fold_batchnorm:
+                stack.enter_context(folded_batchnorm(module))
+            stack.enter_context(self.conv_layout(module))
+            yield
 
     def conv_layout(self, module: torch.nn.Module) -> contextlib.AbstractContextManager:
         """The module's convolution weights in channels-last layout while the context is open.

@@ -13,8 +13,17 @@ import pytest
 import torch
 
 import scst.models._hggep as hggep_models
+from scst._inference import inference_options
 from scst._normalize import log_normalized
-from scst.models._hggep import HGGEP, _coords_for, _SectionWindows, _SpotTokens, _token_lifetimes
+from scst.models._hggep import (
+    HGGEP,
+    _coords_for,
+    _PredictionPlan,
+    _SectionWindows,
+    _SpotTokens,
+    _token_lifetimes,
+    _window_groups,
+)
 from scst.models._image import _random_windows, _tiling_windows
 from scst.nn import patches_to_input
 from scst.nn._hggep import HGGEP_BENCH
@@ -259,6 +268,22 @@ def test_token_lifetimes_known_answer():
     np.testing.assert_array_equal(rank, [1, 2, 0])
     np.testing.assert_array_equal(first, [1, 0, 1, 2, 0, 3])  # spot 5 is in no window
     np.testing.assert_array_equal(last, [1, 1, 2, 2, 0, -1])
+
+
+def test_window_groups_and_prediction_plan_known_answer():
+    """Neighbouring windows are grouped while their new spots fit max_new; each spot is encoded by exactly one group,
+    the first one (in the loader's order) that holds it."""
+    windows = [(np.array(w), None) for w in ([0, 1, 2], [2, 3], [1, 4], [5, 6, 7, 8])]
+    groups = _window_groups(windows, n_spots=9, max_new=3)
+    assert [g.tolist() for g in groups] == [[0], [1, 2], [3]]  # 3 new | 1 + 1 new | 4 new (alone, over max_new)
+    plan = _PredictionPlan(windows, 9, 3, inference_options("cpu"))
+    assert [n.tolist() for n in plan.new] == [[0, 1, 2], [3, 4], [5, 6, 7, 8]]
+    np.testing.assert_array_equal(plan.rank, [0, 1, 2, 3])
+    # two workers: groups in worker blocks [0, 1] and [2] interleaved -> group 2 (window 3) runs second
+    plan = _PredictionPlan(windows, 9, 3, inference_options("cpu", num_workers=2))
+    np.testing.assert_array_equal(plan.rank, [0, 2, 3, 1])
+    assert [n.tolist() for n in plan.new] == [[0, 1, 2], [3, 4], [5, 6, 7, 8]]
+    np.testing.assert_array_equal(plan.last, [0, 3, 2, 2, 3, 1, 1, 1, 1])
 
 
 def test_spot_tokens_keep_grow_release_and_reuse():

@@ -96,6 +96,47 @@ def _token_lifetimes(
     return rank, first, last
 
 
+def _window_groups(windows: list[tuple[np.ndarray, np.ndarray]], n_spots: int, max_new: int) -> list[np.ndarray]:
+    """Consecutive windows grouped so that each group first needs at most ``max_new`` spots (at least one window).
+
+    A spot is new in the first window (in list order) that holds it; a group collects windows while the count of
+    their new spots stays within ``max_new``.
+    """
+    seen = np.zeros(n_spots, dtype=bool)
+    groups: list[list[int]] = []
+    count = 0
+    for w, (window, _) in enumerate(windows):
+        fresh = int((~seen[window]).sum())
+        seen[window] = True
+        if groups and count + fresh <= max_new:
+            groups[-1].append(w)
+            count += fresh
+        else:
+            groups.append([w])
+            count = fresh
+    return [np.asarray(g, dtype=np.int64) for g in groups]
+
+
+class _PredictionPlan:
+    """Order of HGGEP's prediction windows, the spots each group of windows encodes, and the tokens' lifetimes.
+
+    ``groups``: consecutive windows read and encoded together (:func:`_window_groups`), loader items in the order
+    of ``opts.item_order``; windows run in that order, group by group. ``rank``, ``first``, ``last``: as
+    :func:`_token_lifetimes` for that window order. ``new[g]``: the spots group ``g`` encodes (those whose first
+    window is one of its windows), in the order of its windows.
+    """
+
+    def __init__(self, windows: list[tuple[np.ndarray, np.ndarray]], n_spots: int, batch_size: int, opts: Any):
+        self.windows = windows
+        self.groups = _window_groups(windows, n_spots, batch_size)
+        order = [int(w) for g in opts.item_order(len(self.groups)) for w in self.groups[g]]
+        self.rank, self.first, self.last = _token_lifetimes(windows, order, n_spots)
+        self.new = [
+            np.concatenate([windows[w][0][self.first[windows[w][0]] == self.rank[w]] for w in group])
+            for group in self.groups
+        ]
+
+
 class _SpotTokens:
     """Tokens of the spots between the first and the last prediction window that needs them, in a pool of slots.
 
@@ -255,25 +296,27 @@ class HGGEP(_ImageModel):
         # Windows of at most batch_size spots (k-d cells + their surroundings): the network, its ViT and
         # hypergraph only ever see one window, so memory depends on batch_size, not on the section's size.
         # A spot lies in ~3 windows (its core's and neighbouring cores' surroundings), but its tokens depend on
-        # its own patch only (encode_patches): each patch is read and encoded once, at the first window that
-        # needs it, and its tokens are kept until the last one (windows come in k-d order, so few are kept).
+        # its own patch only (encode_patches): each patch is read and encoded once, when the group of windows that
+        # first needs it is read, and its tokens are kept until the last window that needs them (windows come in
+        # k-d order, so few are kept). Groups of neighbouring windows are read and encoded together, in batches of
+        # up to batch_size patches (a window alone holds ~27 new spots of 96 on a large section: small batches).
         out = np.zeros((len(sec.rows), len(self.var_names)), dtype=np.float32)
         mc = int(self.registry["max_coord"])
-        windows = _tiling_windows(sec.positions, batch_size)
-        rank, first, last = _token_lifetimes(windows, opts.item_order(len(windows)), len(sec.rows))
-        new = [window[first[window] == rank[i]] for i, (window, _) in enumerate(windows)]
+        plan = _PredictionPlan(_tiling_windows(sec.positions, batch_size), len(sec.rows), batch_size, opts)
         tokens = _SpotTokens(len(sec.rows))
-        for i, patches in sec.patches.loader(new, opts):
-            window, core = windows[i]
-            if len(new[i]):
-                tokens.put(new[i], self.module.encode_patches(_input_on(patches, opts)))
-            pred = self.module.forward_tokens(
-                tokens.get(window),
-                opts.to_device(_coords_for(sec, window, mc)),
-                opts.to_device(torch.from_numpy(sec.positions[window].astype(np.float32))),
-            )["pred"]
-            tokens.release(window[last[window] == rank[i]])
-            pos = torch.from_numpy(np.searchsorted(window, core)).to(pred.device)
-            out[core] = pred[pos].float().cpu().numpy()
-            bar.update(len(core))
+        for g, patches in sec.patches.loader(plan.new, opts):
+            for j in range(0, len(plan.new[g]), batch_size):
+                x = _input_on(patches[j : j + batch_size], opts)
+                tokens.put(plan.new[g][j : j + batch_size], self.module.encode_patches(x))
+            for w in plan.groups[g]:
+                window, core = plan.windows[w]
+                pred = self.module.forward_tokens(
+                    tokens.get(window),
+                    opts.to_device(_coords_for(sec, window, mc)),
+                    opts.to_device(torch.from_numpy(sec.positions[window].astype(np.float32))),
+                )["pred"]
+                tokens.release(window[plan.last[window] == plan.rank[w]])
+                pos = torch.from_numpy(np.searchsorted(window, core)).to(pred.device)
+                out[core] = pred[pos].float().cpu().numpy()
+                bar.update(len(core))
         return out

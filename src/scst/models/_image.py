@@ -177,7 +177,7 @@ def _input_on(patches: torch.Tensor, opts: Any) -> torch.Tensor:
     """uint8 ``(n, 3, p, p)`` batch → ImageNet-normalised float on the device (:func:`scst.nn.patches_to_input`).
 
     The uint8 batch is moved first (a quarter of the bytes of float32; asynchronously when pinned), then converted
-    on the device, in the memory layout of ``opts.conv_layout`` (``opts.input_layout``, as ``embed_patches``).
+    on the device, in the memory layout of ``opts.convolutions`` (``opts.input_layout``, as ``embed_patches``).
     """
     return opts.input_layout(patches_to_input(opts.to_device(patches)))
 
@@ -737,7 +737,7 @@ class _ImageModel(BaseModel):
                 was_training = self.module.training
                 self.module.eval()
                 try:
-                    with torch.no_grad(), opts.autocast(), opts.conv_layout(self.module):
+                    with torch.no_grad(), opts.autocast(), opts.convolutions(self.module):
                         pred = self._predict_section(sec, bs, bar, opts)
                 finally:
                     self.module.train(was_training)
@@ -748,6 +748,6 @@ class _ImageModel(BaseModel):
     def _predict_section(self, sec: Any, batch_size: int, bar: Any, opts: Any) -> np.ndarray:
         """Predictions ``(n_spots, n_genes)`` for one section's spots (``sec`` from ``_section_data``).
 
-        Runs in eval mode under ``torch.no_grad()``, ``opts.autocast()`` and ``opts.conv_layout(self.module)``; read
+        Runs in eval mode under ``torch.no_grad()``, ``opts.autocast()`` and ``opts.convolutions(self.module)``; read
         the patches with ``sec.patches.loader(items, opts)`` and move them with ``_input_on(patches, opts)``.
         """

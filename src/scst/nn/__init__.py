@@ -2,6 +2,7 @@
 
 from ._augment import HEAugment
 from ._backbones import build_backbone, load_backbone_weights, load_weights
+from ._fold import folded_batchnorm
 from ._gcng import GCNGConv, GCNGNet
 from ._heads import ExpressionPrograms, MLPHeadModule, SpatialHeadModule
 from ._hggep import HGGEP_BENCH, HGGEPModule
@@ -30,6 +31,7 @@ __all__ = [
     "ViTBlock",
     "ZINBLoss",
     "build_backbone",
+    "folded_batchnorm",
     "hyperedge_index_to_incidence",
     "incidence_to_hyperedge_index",
     "knn_hyperedges",

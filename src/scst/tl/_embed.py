@@ -215,7 +215,7 @@ def embed_patches(
             batches = PatchBatches(ds, items, float01=not as_uint8, fn=fn)
             loader = DataLoader(batches, batch_size=None, **opts.loader_kwargs(len(items)))
             out: np.ndarray | None = None
-            layout = opts.conv_layout(module) if module is not None else contextlib.nullcontext()
+            layout = opts.convolutions(module) if module is not None else contextlib.nullcontext()
             with torch.no_grad(), opts.autocast(), layout:
                 desc = f"embed_patches ({name}, {um:g} µm)"
                 for i, x in tqdm(loader, desc=desc, unit="batch", disable=not progress):
