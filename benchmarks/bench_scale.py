@@ -618,7 +618,7 @@ the trunk, ≤ 1.1× on the encoder, while the int8 output differed from fp32 by
 weights, random calibration — an accuracy check would need trained weights, not done since the speed-up is too
 small). This CPU (AMD EPYC) has AVX2 but no VNNI instructions (/proc/cpuinfo), which int8 gains most from.
 
-*Window groups and folded batch norms* (2026-12-03, last four rows of the whole-section table; raw rows record
+*Window groups and folded batch norms* (2026-12-03, last seven rows of the whole-section table; raw rows record
 `inference`, `encode_groups`, `mean_encode_batch`). A profile of 20,000 spots (two threads, no worker) put ~60 % of
 the time in `encode_patches`, ~20 % in reading (zarr chunk decoding and the resize) and ~15 % in the spatial part.
 Two changes to the encoding:
@@ -635,15 +635,17 @@ Two changes to the encoding:
 
 The predictions are the same to float rounding (tests to 1e-5; with two loader workers the windows come in another
 order and other patches share an encode batch: differences of 5e-7 on the test data). Same-run A/B on the whole
-section, two threads, no worker, alternated (`--inference "per window"` is the code before): **before 167 / 163 s,
-now 130 / 132 / 138 s (1.24× on the means), peak 2.1–2.2 GB** either way. One "before" run was discarded and rerun:
-an encoder timing ran beside it (191 s). An ad-hoc A/B earlier the same day (the same child command outside the
-script, not niced): 153 / 163 s before, 108 / 118 s now. This day's CPU (AMD EPYC with native bf16) ran the old
-code at 163–167 s where the CPU of 2026-12-02 took 280 s: the machine alone is ~1.7×. **The 2-minute goal: still
-missed in the recorded runs (130–138 s, 1.1× over), met in the two ad-hoc runs (108 / 118 s): at the edge on this
-CPU**, and by the same-run ratio ~220 s on the slower CPU of 2026-12-02. What is left per 100k spots: the encoder
-(~50 %), reading (~20 %, decoding 1024² zstd chunks; a loader worker beside two torch threads is slower on two
-cores: 23–24 s against 20–22 s per 20k in an ad-hoc A/B) and the spatial part once per window (~20 %).
+section, two threads, no worker, alternated (`--inference "per window"` is the code before): **before 167 / 163 /
+140 s, now 130 / 132 / 138 / 110 s (1.23× on the means; 1.18–1.29× within a pair), peak 2.1–2.2 GB** either way.
+One "before" run was discarded and not replaced: an encoder timing ran beside it (191 s). An ad-hoc A/B earlier the
+same day (the same child command outside the script, not niced): 153 / 163 s before, 108 / 118 s now. This day's
+CPU (AMD EPYC with native bf16) ran the old code at 140–167 s where the CPU of 2026-12-02 took 280 s: the machine
+alone is ~1.7–2×, and it varies within the day (the last pair ran ~20 % faster than the first). **The 2-minute
+goal: met in one of the four recorded runs (110 s; the others 130–138 s) and in the two ad-hoc runs (108 / 118 s)
+— at the edge on this CPU, not met reliably**, and by the same-run ratio ~230 s on the slower CPU of 2026-12-02.
+What is left per 100k spots: the encoder (~50 %), reading (~20 %, decoding 1024² zstd chunks; a loader worker
+beside two torch threads is slower on two cores: 23–24 s against 20–22 s per 20k in an ad-hoc A/B) and the spatial
+part once per window (~20 %).
 
 **Paper defaults.** HGGEP (1024-d, ViT depth 4, 4-layer 1024-d LSTM, windows of 1024 spots): 25 spots/s fp32,
 27 bf16 on the 300-spot subset; TCGN (CMT, 224 px): 2.2 spots/s fp32, 4.6 bf16 — at load ~10, on that day's CPU with
@@ -702,9 +704,9 @@ for i in 1 2; do $B --parts choice --subset 1000 --conv-layout default && $B --p
 $B --parts full --threads 2 --workers 0 && $B --parts full && $B --parts page
 # HGGEP's spatial head on 56 px hand-crafted features, the whole section (idle machine)
 $B --parts head && $B --parts page
-# HGGEP: window groups and folded batch norms, same-run A/B on the section (two alternations, then a third pair
-# because an ad-hoc timing ran beside the second 'per window' run, which was removed from partial.json)
-for i in 1 2 3; do $B --parts full --threads 2 --workers 0 --inference "per window" \
+# HGGEP: window groups and folded batch norms, same-run A/B on the section, four pairs (an ad-hoc timing ran beside
+# the second 'per window' run, which was removed from partial.json)
+for i in 1 2 3 4; do $B --parts full --threads 2 --workers 0 --inference "per window" \
   && $B --parts full --threads 2 --workers 0; done && $B --parts page"""
 GPU_COMMAND = (
     "SCST_CACHE_DIR=/tmp/scst_cache_scale python benchmarks/bench_scale.py --device cuda --workers 4 "

@@ -103,7 +103,12 @@ def test_what_is_not_folded():
         def forward(self, x):
             return self.bn(self.conv(x))
 
-    for net in (training, no_stats, custom, _planted_stats(Attrs())):
+    class Residual(nn.Sequential):  # a Sequential subclass with its own forward: its children are not a chain
+        def forward(self, x):
+            return self[1](x) + self[0](x)
+
+    residual = _planted_stats(Residual(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)))
+    for net in (training, no_stats, custom, _planted_stats(Attrs()), residual):
         before = list(net.children())
         with folded_batchnorm(net) as n:
             assert n == 0 and list(net.children()) == before
