@@ -298,6 +298,36 @@ def _conv_layouts(module: nn.Module) -> tuple[list, object]:
     return seen, parent.register_forward_pre_hook(hook)
 
 
+def test_predict_folds_batch_norms_with_the_same_values(hggep, monkeypatch):
+    """During predict only the three stage projections' batch norms run (they come before their convolution); every
+    other one is folded into its convolution, with the predictions of the unfolded network (trained running
+    statistics); afterwards the module holds its own batch norms again."""
+    import scst._inference as inf
+
+    sd, model = hggep
+    norms = [m for m in model.module.modules() if isinstance(m, nn.BatchNorm2d)]
+    calls: list = []
+    handles = [m.register_forward_hook(lambda mod, *a: calls.append(mod)) for m in norms]
+    try:
+        folded = model.predict(sd, "S3", batch_size=16, progress=False)
+        ran = {id(m) for m in calls}
+        assert ran == {id(p.norm) for p in model.module.stage_proj}, len(ran)
+        calls.clear()
+        plain = inference_options
+        monkeypatch.setattr(
+            inf, "inference_options", lambda *a, **k: dataclasses.replace(plain(*a, **k), fold_batchnorm=False)
+        )
+        ref = model.predict(sd, "S3", batch_size=16, progress=False)
+        assert {id(m) for m in calls} == {id(m) for m in norms}
+    finally:
+        for h in handles:
+            h.remove()
+        monkeypatch.undo()
+    assert any(float((m.running_var - 1).abs().max()) > 1e-3 for m in norms)  # trained statistics, not the identity
+    np.testing.assert_allclose(folded, ref, rtol=1e-5, atol=1e-5)
+    assert [m for m in model.module.modules() if isinstance(m, nn.BatchNorm2d)] == norms
+
+
 def test_predict_and_embed_run_convolutions_channels_last_with_the_same_values(hggep, tmp_path, monkeypatch):
     """Prediction runs the CNN in channels-last layout (input and weights), gives the predictions of the default
     layout, and leaves the module's weights in the default layout (the model still saves)."""
