@@ -190,6 +190,29 @@ def test_embed_patches_workers_and_bf16():
     _close_to(obsm["bf16"], obsm["ref"])
 
 
+def test_embed_patches_folds_conv_bn_with_the_same_features():
+    """An encoder with a conv→BN pair (planted running statistics): embed_patches runs it folded (the batch norm never
+    runs) and gives the unfolded encoder's features of each spot's own patch; the encoder is unchanged afterwards."""
+    sd = syn.make_sdata(sections=("S1",), grid=5)
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(6)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.3, 2.0)
+        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.3, 0.3)
+    enc = nn.Sequential(nn.Conv2d(3, 6, 3, bias=False), bn, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    calls: list = []
+    handle = bn.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        embed_patches(sd, enc, key_added="folded", size_um=syn.SIZE_UM, out_px=24, batch_size=7, progress=False)
+    finally:
+        handle.remove()
+    assert not calls and enc[1] is bn
+    ds = SpotPatchDataset(sd, "table", return_counts=False, size_um=syn.SIZE_UM, out_px=24, normalize="imagenet")
+    with torch.no_grad():
+        direct = enc.eval()(torch.stack([ds[i]["patch"] for i in range(len(ds))])).numpy()
+    np.testing.assert_allclose(sd.tables["table"].obsm["folded"], direct, rtol=1e-4, atol=1e-5)
+
+
 def test_bad_options():
     with pytest.raises(ValueError, match="num_workers"):
         inference_options("cpu", num_workers=-1)
