@@ -80,6 +80,34 @@ def test_encode_patches_is_per_spot_in_eval_mode_and_forward_tokens_checks_its_i
             m.forward_tokens(tokens, b["coords"][:7], b["positions"])
 
 
+def test_forward_windows_equals_forward_tokens_on_each_window():
+    """b windows in one call = forward_tokens on each window (attention, the hypergraph and its convolution stay
+    inside a window), on lattice positions with tied neighbours and windows sharing spots; shapes are checked."""
+    torch.manual_seed(1)
+    m = HGGEPModule(12, **SMALL).eval()
+    b = _planted_batch(25, 12, seed=3)
+    with torch.no_grad():
+        tokens = m.encode_patches(b["patches"])
+        windows = [torch.arange(0, 9), torch.arange(5, 14), torch.tensor([20, 3, 11, 7, 24, 0, 16, 9, 1])]
+        one = [m.forward_tokens(tokens[:, w], b["coords"][w], b["positions"][w]) for w in windows]
+        many = m.forward_windows(
+            torch.stack([tokens[:, w] for w in windows], 1),
+            torch.stack([b["coords"][w] for w in windows]),
+            torch.stack([b["positions"][w] for w in windows]),
+        )
+    assert set(many) == set(one[0]) and many["pred"].shape == (3, 9, 12)
+    for key in many:
+        torch.testing.assert_close(many[key], torch.stack([o[key] for o in one]), rtol=1e-5, atol=1e-5)
+    w = torch.stack([tokens[:, v] for v in windows], 1)
+    c, p = torch.stack([b["coords"][v] for v in windows]), torch.stack([b["positions"][v] for v in windows])
+    with pytest.raises(ValueError, match=r"tokens must be a \(3, b, n, 64\) tensor"):
+        m.forward_windows(w[0], c, p)
+    with pytest.raises(ValueError, match=r"coords must be a \(3, 9, 2\) tensor"):
+        m.forward_windows(w, c[:, :8], p)
+    with pytest.raises(ValueError, match=r"positions must be a \(3, 9, 2\) tensor"):
+        m.forward_windows(w, c, None)
+
+
 def test_paper_config_structure_on_meta_device():
     with torch.device("meta"):
         m = HGGEPModule(785, **HGGEP_BENCH["paper"]["config"])

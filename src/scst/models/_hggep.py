@@ -308,15 +308,22 @@ class HGGEP(_ImageModel):
             for j in range(0, len(plan.new[g]), batch_size):
                 x = _input_on(patches[j : j + batch_size], opts)
                 tokens.put(plan.new[g][j : j + batch_size], self.module.encode_patches(x))
-            for w in plan.groups[g]:
-                window, core = plan.windows[w]
-                pred = self.module.forward_tokens(
-                    tokens.get(window),
-                    opts.to_device(_coords_for(sec, window, mc)),
-                    opts.to_device(torch.from_numpy(sec.positions[window].astype(np.float32))),
+            # The group's windows through the spatial part in one call (windows of one size: all but a section's
+            # only window hold batch_size spots); each window stays its own set of spots inside the call.
+            group = plan.groups[g]
+            sizes = [len(plan.windows[w][0]) for w in group]
+            for run in np.split(group, np.flatnonzero(np.diff(sizes)) + 1):
+                wins = [plan.windows[w][0] for w in run]
+                coords = torch.stack([_coords_for(sec, window, mc) for window in wins])
+                positions = torch.from_numpy(np.stack([sec.positions[window] for window in wins]).astype(np.float32))
+                pred = self.module.forward_windows(
+                    torch.stack([tokens.get(window) for window in wins], dim=1),
+                    opts.to_device(coords),
+                    opts.to_device(positions),
                 )["pred"]
-                tokens.release(window[plan.last[window] == plan.rank[w]])
-                pos = torch.from_numpy(np.searchsorted(window, core)).to(pred.device)
-                out[core] = pred[pos].float().cpu().numpy()
-                bar.update(len(core))
+                for w, window, p in zip(run, wins, pred):
+                    core = plan.windows[w][1]
+                    tokens.release(window[plan.last[window] == plan.rank[w]])
+                    out[core] = p[torch.from_numpy(np.searchsorted(window, core)).to(p.device)].float().cpu().numpy()
+                    bar.update(len(core))
         return out

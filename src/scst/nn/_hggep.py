@@ -355,14 +355,58 @@ class HGGEPModule(nn.Module):
         if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3 or tuple(tokens.shape[::2]) != (3, self.dim):
             shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise ValueError(f"tokens must be a (3, n, {self.dim}) tensor from encode_patches, got {shape}.")
-        n = tokens.shape[1]
-        self._check_spots(n, coords, positions)
+        self._check_spots(tokens.shape[1], coords, positions)
+        out = self._spatial(tokens[:, None], coords[None], None if positions is None else positions[None])
+        return {key: value[0] for key, value in out.items()}
+
+    def forward_windows(
+        self, tokens: torch.Tensor, coords: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`forward_tokens` on ``b`` windows of ``n`` spots at once (one call, the same per-window results).
+
+        Each window is its own set of spots: attention, the hypergraph (built per window) and its convolution never
+        cross windows. One batched call replaces ``b`` small ones (prediction over a whole slide runs thousands of
+        windows).
+
+        Parameters
+        ----------
+        tokens
+            ``(3, b, n, dim)``: :meth:`encode_patches` tokens of each window's spots.
+        coords, positions
+            ``(b, n, 2)``, as for :meth:`forward` per window.
+
+        Returns
+        -------
+        As :meth:`forward`, each output with leading dimensions ``(b, n)``.
+        """
+        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 4 or tuple(tokens.shape[::3]) != (3, self.dim):
+            shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise ValueError(f"tokens must be a (3, b, n, {self.dim}) tensor of encode_patches tokens, got {shape}.")
+        b, n = tokens.shape[1:3]
+        for name, value in (("coords", coords), ("positions", positions)):
+            if value is None and name == "positions" and not self.use_ham:
+                continue
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != (b, n, 2):
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(
+                    f"{name} must be a ({b}, {n}, 2) tensor (one row per spot of each window), got {shape}."
+                )
+        return self._spatial(tokens, coords, positions)
+
+    def _spatial(self, tokens: torch.Tensor, coords: torch.Tensor, positions: torch.Tensor | None) -> dict:
+        """ViTs, hypergraph, LSTM and heads on tokens ``(3, b, n, dim)`` of ``b`` windows; outputs ``(b, n, …)``."""
+        b, n = tokens.shape[1:3]
         pos_embed = self.coord_embed(coords)
-        steps = [vit(t + pos_embed) for vit, t in zip(self.vits, tokens.unbind(0))]
+        steps = [vit(t + pos_embed) for vit, t in zip(self.vits, tokens.unbind(0))]  # each (b, n, dim)
+        steps = [step.reshape(b * n, -1) for step in steps]  # the spots of all windows; each window's rows together
         if self.ham is not None:
             fused = steps[0] + steps[1] + steps[2]
-            # A section always has more than k spots; tiny inference batches use every spot.
-            hyperedge_index = knn_hyperedges(fused.detach(), positions, k=min(self.k, n))
+            # A section always has more than k spots; tiny inference batches use every spot. Hyperedges are built
+            # per window and numbered within the union of the windows (hyperedge e is centred on spot e).
+            index = [
+                knn_hyperedges(fused[i * n : (i + 1) * n].detach(), positions[i], k=min(self.k, n)) for i in range(b)
+            ]
+            hyperedge_index = index[0] if b == 1 else torch.cat([e + i * n for i, e in enumerate(index)], dim=1)
             steps.append(self.ham(fused, hyperedge_index))
         if self.step_norms is not None:
             steps = [norm(step) for norm, step in zip(self.step_norms, steps)]
@@ -370,7 +414,7 @@ class HGGEPModule(nn.Module):
         # loses precision. Not a fixed .float(): that broke a float64 module (model.double()).
         with torch.autocast(tokens.device.type, enabled=False):
             lstm_in = torch.stack(steps, dim=0).to(self.lstm.weight_ih_l0.dtype)
-            seq, _ = self.lstm(lstm_in)  # (steps, n, lstm_hidden): spots are the batch
+            seq, _ = self.lstm(lstm_in)  # (steps, b * n, lstm_hidden): spots are the batch
         h = seq.mean(dim=0)
         out = {"pred": self.gene_head(h), "hidden": h}
         if self.use_zinb:
@@ -378,7 +422,7 @@ class HGGEPModule(nn.Module):
             out["zinb_mean"] = torch.exp(self.zinb_mean(h).clamp(-11.5129, 13.8155))
             out["zinb_disp"] = F.softplus(self.zinb_disp(h)).clamp(1e-4, 1e4)
             out["zinb_pi"] = torch.sigmoid(self.zinb_pi(h))
-        return out
+        return {key: value.reshape(b, n, *value.shape[1:]) for key, value in out.items()}
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Forward pass and HGGEP loss on one section.
