@@ -276,6 +276,9 @@ def test_window_groups_and_prediction_plan_known_answer():
     windows = [(np.array(w), None) for w in ([0, 1, 2], [2, 3], [1, 4], [5, 6, 7, 8])]
     groups = _window_groups(windows, n_spots=9, max_new=3)
     assert [g.tolist() for g in groups] == [[0], [1, 2], [3]]  # 3 new | 1 + 1 new | 4 new (alone, over max_new)
+    # windows bringing no new spot do not pile up: at most max_windows per group
+    repeats = [(np.array([0, 1]), None)] * 7
+    assert [len(g) for g in _window_groups(repeats, n_spots=2, max_new=5, max_windows=3)] == [3, 3, 1]
     plan = _PredictionPlan(windows, 9, 3, inference_options("cpu"))
     assert [n.tolist() for n in plan.new] == [[0, 1, 2], [3, 4], [5, 6, 7, 8]]
     np.testing.assert_array_equal(plan.rank, [0, 1, 2, 3])

@@ -96,11 +96,18 @@ def _token_lifetimes(
     return rank, first, last
 
 
-def _window_groups(windows: list[tuple[np.ndarray, np.ndarray]], n_spots: int, max_new: int) -> list[np.ndarray]:
+#: Most windows read, encoded and run through the spatial part together (bounds the memory of one group).
+_MAX_GROUP_WINDOWS = 8
+
+
+def _window_groups(
+    windows: list[tuple[np.ndarray, np.ndarray]], n_spots: int, max_new: int, max_windows: int = _MAX_GROUP_WINDOWS
+) -> list[np.ndarray]:
     """Consecutive windows grouped so that each group first needs at most ``max_new`` spots (at least one window).
 
     A spot is new in the first window (in list order) that holds it; a group collects windows while the count of
-    their new spots stays within ``max_new``.
+    their new spots stays within ``max_new`` and it has fewer than ``max_windows`` windows (windows that bring few
+    new spots would otherwise pile up in one group, and the spatial part runs a group's windows in one call).
     """
     seen = np.zeros(n_spots, dtype=bool)
     groups: list[list[int]] = []
@@ -108,7 +115,7 @@ def _window_groups(windows: list[tuple[np.ndarray, np.ndarray]], n_spots: int, m
     for w, (window, _) in enumerate(windows):
         fresh = int((~seen[window]).sum())
         seen[window] = True
-        if groups and count + fresh <= max_new:
+        if groups and count + fresh <= max_new and len(groups[-1]) < max_windows:
             groups[-1].append(w)
             count += fresh
         else:
