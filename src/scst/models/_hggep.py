@@ -301,7 +301,8 @@ class HGGEP(_ImageModel):
 
     def _predict_section(self, sec: Any, batch_size: int, bar: Any, opts: Any) -> np.ndarray:
         # Windows of at most batch_size spots (k-d cells + their surroundings): the network, its ViT and
-        # hypergraph only ever see one window, so memory depends on batch_size, not on the section's size.
+        # hypergraph only ever see one window (a call runs at most _MAX_GROUP_WINDOWS of them side by side), so
+        # memory depends on batch_size, not on the section's size.
         # A spot lies in ~3 windows (its core's and neighbouring cores' surroundings), but its tokens depend on
         # its own patch only (encode_patches): each patch is read and encoded once, when the group of windows that
         # first needs it is read, and its tokens are kept until the last window that needs them (windows come in
