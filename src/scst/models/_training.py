@@ -36,6 +36,7 @@ from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcess
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from torch import nn
 
+from .._utils import _atomic_file
 from ..nn._train_step import training_loss
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -389,14 +390,8 @@ class BestFromAnotherFolder(pl.Callback):
                     continue  # nothing to carry over: Lightning warns that the best score is not reloaded
                 dst = os.path.join(new_dir, os.path.basename(best))
                 if trainer.is_global_zero and os.path.realpath(src) != os.path.realpath(dst):
-                    os.makedirs(new_dir, exist_ok=True)
-                    tmp = os.path.join(new_dir, f".{os.path.basename(dst)}.tmp-{os.getpid()}")
-                    try:  # next to the target, then renamed: never a half-copied best.ckpt
+                    with _atomic_file(dst) as tmp:  # next to the target, then renamed: never a half-copied best.ckpt
                         shutil.copyfile(src, tmp)
-                        os.replace(tmp, dst)
-                    finally:
-                        if os.path.exists(tmp):
-                            os.remove(tmp)
 
             def moved(path: Any, old_dir: str = old_dir, new_dir: str = new_dir) -> Any:
                 if isinstance(path, str) and path and os.path.dirname(path) == old_dir:
