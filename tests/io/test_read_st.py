@@ -173,13 +173,19 @@ def test_read_st_selected_column_must_hold_0_or_1(tmp_path, value):
     assert "S_1x2" not in t.obs_names and t.n_obs == 3
 
 
-def test_concatenate_sections_aligns_genes(tmp_path):
+def _two_sections(tmp_path, um_per_px_b):
+    """Sections A and B of the same spots; B's gene "B" is named "C" (so one gene is common)."""
     c, s, _ = _triple(tmp_path)
     counts = pd.read_csv(c, sep="\t", index_col=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         a = read_st(counts, s, None, sample="A", um_per_px=1.0)
-        b = read_st(counts.rename(columns={"B": "C"}), s, None, sample="B", um_per_px=2.0)
+        b = read_st(counts.rename(columns={"B": "C"}), s, None, sample="B", um_per_px=um_per_px_b)
+    return a, b
+
+
+def test_concatenate_sections_aligns_genes(tmp_path):
+    a, b = _two_sections(tmp_path, um_per_px_b=2.0)
     inner = concatenate_sections([a, b]).tables["table"]
     assert list(inner.var_names) == ["A"] and inner.n_obs == 8
     assert inner.uns["scst"]["gene_alignment"] == "intersection"
@@ -283,12 +289,7 @@ def test_concatenate_sections_inner_join_keeps_obs_columns_of_some_sections(tmp_
     """join= aligns genes: with the default "inner", an obs column present in one section only (labels added to the
     annotated sections) was dropped from the combined table silently; now it is kept with NaN elsewhere, as with
     join="outer", and the genes are still the common ones."""
-    c, s, _ = _triple(tmp_path)
-    counts = pd.read_csv(c, sep="\t", index_col=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        a = read_st(counts, s, None, sample="A", um_per_px=1.0)
-        b = read_st(counts.rename(columns={"B": "C"}), s, None, sample="B", um_per_px=1.0)
+    a, b = _two_sections(tmp_path, um_per_px_b=1.0)
     a.tables["table"].obs["label"] = pd.Categorical(["t", "n", "t", "n"])
     for join in ("inner", "outer"):
         t = concatenate_sections([a, b], join=join).tables["table"]

@@ -59,6 +59,18 @@ def _visium_like(fullres=True):
     )
 
 
+def _as_region(sd, region, image_key, image=None, prefix=None):
+    """A :func:`_visium_like` sample as section ``region``: its table and circles renamed, its full image (or
+    ``image``) as ``image_key``, and with ``prefix`` its obs names prefixed (so two samples' barcodes differ)."""
+    t = sd.tables["table"].copy()
+    t.obs["region"] = pd.Categorical([region] * t.n_obs)
+    t.uns["spatialdata_attrs"]["region"] = region
+    if prefix is not None:
+        t.obs_names = [f"{prefix}{x}" for x in t.obs_names]
+    img = sd.images["V1_full_image"] if image is None else image
+    return SpatialData(images={image_key: img}, shapes={region: sd.shapes["V1"]}, tables={"table": t})
+
+
 def test_register_sections_visium_layout():
     sd = _visium_like()
     scst.io.register_sections(sd, spot_diameter_um=55.0)
@@ -231,14 +243,10 @@ def test_register_sections_gives_concatenated_samples_their_own_images():
     images not named after the sections that end up shared by default are a warning."""
     import spatialdata
 
-    a, b = _visium_like(), _visium_like()
-    tb = b.tables["table"].copy()
-    tb.obs["region"] = pd.Categorical(["V2"] * tb.n_obs)
-    tb.obs_names = [f"b{x}" for x in tb.obs_names]
-    tb.uns["spatialdata_attrs"]["region"] = "V2"
+    a = _visium_like()
     big = np.zeros((3, 600, 700), np.uint8)
     big = Image2DModel.parse(big, dims=("c", "y", "x"), transformations={"global": Identity()})
-    b = SpatialData(images={"V2_full_image": big}, shapes={"V2": b.shapes["V1"]}, tables={"table": tb})
+    b = _as_region(_visium_like(), "V2", "V2_full_image", image=big, prefix="b")
     sd = spatialdata.concatenate([a, b], concatenate_tables=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -258,20 +266,11 @@ def test_register_sections_image_of_a_section_whose_name_begins_another_ones():
     and is larger), so patches of S1 came from the other slide; each section now gets its own image, as with V1/V2."""
     import spatialdata
 
-    a, b = _visium_like(), _visium_like()
-    ta = a.tables["table"]
-    ta.obs["region"] = pd.Categorical(["S1"] * ta.n_obs)
-    ta.uns["spatialdata_attrs"]["region"] = "S1"
-    a = SpatialData(images={"S1_full_image": a.images["V1_full_image"]}, shapes={"S1": a.shapes["V1"]},
-                    tables={"table": ta})  # fmt: skip
-    tb = b.tables["table"].copy()
-    tb.obs["region"] = pd.Categorical(["S1_rep2"] * tb.n_obs)
-    tb.obs_names = [f"b{x}" for x in tb.obs_names]
-    tb.uns["spatialdata_attrs"]["region"] = "S1_rep2"
+    a = _as_region(_visium_like(), "S1", "S1_full_image")
     big = Image2DModel.parse(
         np.zeros((3, 600, 700), np.uint8), dims=("c", "y", "x"), transformations={"global": Identity()}
     )
-    b = SpatialData(images={"S1_rep2_full_image": big}, shapes={"S1_rep2": b.shapes["V1"]}, tables={"table": tb})
+    b = _as_region(_visium_like(), "S1_rep2", "S1_rep2_full_image", image=big, prefix="b")
     sd = spatialdata.concatenate([a, b], concatenate_tables=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
@@ -285,12 +284,7 @@ def test_concatenate_sections_of_registered_samples_makes_shared_obs_names_uniqu
     """Two Visium samples registered one by one share their barcodes: concatenate_sections gave a table with
     duplicate obs names (anndata's generic warning only; obs-name lookups then hit both samples). Now every obs name
     is prefixed with its section, as read_st names spots, with a warning; values and sections are unchanged."""
-    a, b = _visium_like(), _visium_like()
-    tb = b.tables["table"]
-    tb.obs["region"] = pd.Categorical(["V2"] * tb.n_obs)
-    tb.uns["spatialdata_attrs"]["region"] = "V2"
-    b = SpatialData(images={"V2_full_image": b.images["V1_full_image"]}, shapes={"V2": b.shapes["V1"]},
-                    tables={"table": tb})  # fmt: skip
+    a, b = _visium_like(), _as_region(_visium_like(), "V2", "V2_full_image")
     for sd in (a, b):
         scst.io.register_sections(sd)
     with pytest.warns(UserWarning, match=r"sections share obs names \(e.g. \['spot0'"):
@@ -305,16 +299,10 @@ def test_concatenate_sections_of_registered_samples_makes_shared_obs_names_uniqu
 def test_concatenate_sections_refuses_two_objects_with_an_image_of_the_same_name():
     """Two samples whose images are both named "he": the combined object kept the second one only, and both
     sections' image_key "he" pointed at it (patches of the first section cut from the second slide, silently)."""
-    a, b = _visium_like(), _visium_like()
-    a = SpatialData(images={"he": a.images["V1_full_image"]}, shapes={"V1": a.shapes["V1"]},
-                    tables={"table": a.tables["table"]})  # fmt: skip
-    tb = b.tables["table"]
-    tb.obs["region"] = pd.Categorical(["V2"] * tb.n_obs)
-    tb.uns["spatialdata_attrs"]["region"] = "V2"
-    tb.obs_names = [f"b{x}" for x in tb.obs_names]
+    a = _as_region(_visium_like(), "V1", "he")
     other = Image2DModel.parse(np.full((3, 400, 500), 7, np.uint8), dims=("c", "y", "x"),
                                transformations={"global": Identity()})  # fmt: skip
-    b = SpatialData(images={"he": other}, shapes={"V2": b.shapes["V1"]}, tables={"table": tb})
+    b = _as_region(_visium_like(), "V2", "he", image=other, prefix="b")
     for sd in (a, b):
         scst.io.register_sections(sd)
     with pytest.raises(ValueError, match=r"sdatas: image element 'he' is in more than one object \(sections \['V2'\]"):
