@@ -158,7 +158,8 @@ def _atomic_file(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path beside ``dest`` that is renamed to ``dest`` on success.
 
     The file gets the mode a plain ``open(dest, "w")`` would give (``0o666`` less the umask), not ``mkstemp``'s
-    private ``0o600``, so files of a cache shared between users stay readable.
+    private ``0o600``, so files of a cache shared between users stay readable; the mode is set after the writer
+    is done, as some writers (safetensors) replace the file with a private one of their own.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -166,8 +167,8 @@ def _atomic_file(dest: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)

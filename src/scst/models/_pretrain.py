@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from .._constants import TABLE_KEY, UNS_KEY
 from .._logging import logg
-from .._utils import _get_table, _positive, _positive_int
+from .._utils import _atomic_file, _get_table, _positive, _positive_int
 from ..nn._augment import HEAugment
 from ..nn._train_step import imagenet_normalize
 from ._base import BaseModel, _scst_version
@@ -465,16 +464,7 @@ class SSLEncoder(BaseModel):
             "n_tiles": str(getattr(self, "n_tiles_", sum(len(c) for c in r["centers"].values()))),
             "scst_version": _scst_version(),
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        try:
+        with _atomic_file(path) as tmp:  # readable like any file the user writes (not mkstemp's 0600)
             save_file(self.encoder_state_dict(), tmp, metadata=meta)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp and save_file leave 0600: make the weights readable as usual
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         logg.info(f"SSLEncoder: encoder weights ({meta['backbone']}) written to {str(path)!r}")
         return path
