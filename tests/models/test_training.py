@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from scst.models._training import RNGState, TrainingPlan, _as_scalar, _batch_size, _rerunnable_script
+from scst.models._training import (
+    AtomicCheckpointIO,
+    RNGState,
+    TrainingPlan,
+    _as_scalar,
+    _batch_size,
+    _rerunnable_script,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -141,3 +149,25 @@ def test_rerunnable_script(monkeypatch, tmp_path):
     for name in ("pytest", "_pytest.main", "ipykernel.kernelapp", "IPython.terminal"):
         monkeypatch.setattr(__main__, "__spec__", types.SimpleNamespace(name=name))
         assert _rerunnable_script() is None, name
+
+
+def test_checkpoint_writer_renames_a_complete_file_and_keeps_the_old_one_on_failure(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    target = tmp_path / "ckpts" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.tensor([1.0, 2.0])}, "epoch": 3}, target)
+    saved = torch.load(target, weights_only=True)
+    assert saved["epoch"] == 3 and torch.equal(saved["state_dict"]["w"], torch.tensor([1.0, 2.0]))
+    before = target.read_bytes()
+    written = []
+
+    def failing_save(obj, f, *args, **kwargs):  # a run killed (here: a full disk) halfway through the write
+        written.append(Path(f))
+        Path(f).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"epoch": 4}, target)
+    # the partial file was a temporary beside the target (same file system: the rename is atomic), and is gone
+    assert len(written) == 1 and written[0].parent == target.parent and written[0] != target
+    assert list(target.parent.iterdir()) == [target] and target.read_bytes() == before
