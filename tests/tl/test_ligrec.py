@@ -674,7 +674,7 @@ def test_section_permutations_take_groups_as_a_list():
     with pytest.raises(ValueError, match=r"groups: expected one label per cell \(6\), got shape \(5,\)"):
         next(section_permutations(groups[:5], 6, 1))
     # a cell without a group (NaN != NaN) formed no block and was never permuted
-    with pytest.raises(ValueError, match=r"groups: 2 cell\(s\) have no group \(NaN\)"):
+    with pytest.raises(ValueError, match=r"groups: 2 of 6 cells have no group \(NaN\)"):
         next(section_permutations([1.0, 1.0, np.nan, 2.0, 2.0, np.nan], 6, 1))
 
 

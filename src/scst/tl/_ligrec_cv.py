@@ -211,18 +211,8 @@ def shuffle_graph(matrix: Any, groups: Sequence[Any] | None = None, seed: int = 
     The permuted graph as CSR, same shape and number of edges as ``matrix``.
     """
     m = sp.csr_matrix(matrix)
-    n = m.shape[0]
-    if groups is not None:
-        groups = np.asarray(groups)
-        if len(groups) != n:
-            raise ValueError(f"groups: expected {n} labels, got {len(groups)}.")
-        missing = pd.isna(groups)
-        if missing.any():  # NaN == NaN is False: these cells formed no group and silently stayed in place
-            raise ValueError(
-                f"groups: {int(missing.sum())} of {n} cells have no group (NaN); give every cell a group (e.g. its "
-                "section), or pass `groups=None` to permute all cells together."
-            )
-    perm = next(section_permutations(groups, n, 1, seed))  # the permutation nulls' within-group shuffle
+    # the permutation nulls' within-group shuffle (which checks ``groups``: one label per cell, none missing)
+    perm = next(section_permutations(groups, m.shape[0], 1, seed))
     return sp.csr_matrix(m[perm][:, perm])
 
 

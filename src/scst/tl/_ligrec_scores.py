@@ -208,8 +208,12 @@ def section_permutations(groups: Sequence[Any] | None, n: int, n_perms: int, see
         groups = np.asarray(groups)
         if groups.shape != (n,):
             raise ValueError(f"groups: expected one label per cell ({n}), got shape {groups.shape}.")
-        if pd.isna(groups).any():  # NaN != NaN: those cells formed no block and were never permuted
-            raise ValueError(f"groups: {int(pd.isna(groups).sum())} cell(s) have no group (NaN); give every cell one.")
+        missing = int(pd.isna(groups).sum())
+        if missing:  # NaN != NaN: those cells formed no block and were never permuted
+            raise ValueError(
+                f"groups: {missing} of {n} cells have no group (NaN); give every cell a group (e.g. its section), or "
+                "pass `groups=None` to permute all cells together."
+            )
     blocks = [np.arange(n)] if groups is None else [np.flatnonzero(groups == g) for g in pd.unique(groups)]
     for _ in range(n_perms):
         perm = np.arange(n)
