@@ -48,6 +48,12 @@ _FORMAT_VERSION = 1
 _TRAIN_KEYS = ("max_epochs", "batch_size", "lr", "weight_decay", "patience", "optimizer", "lr_scheduler")
 
 
+def _refuse_dataloader_kwargs(model: Any, kwargs: dict[str, Any]) -> None:
+    """For a ``_dataloaders`` that takes no extra arguments: any is a :class:`TypeError` (never silently dropped)."""
+    if kwargs:
+        raise TypeError(f"Unexpected dataloader_kwargs {sorted(kwargs)} for {type(model).__name__}.")
+
+
 def _scst_version() -> str:
     try:
         return version("scst")

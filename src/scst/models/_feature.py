@@ -21,7 +21,7 @@ from .._constants import SECTION_KEY, SPATIAL_KEY, TABLE_KEY
 from .._normalize import panel_targets, raw_counts
 from .._utils import _check_key, _embedding_record, _get_table, _plain, _positive_int
 from ..nn._heads import MLPHeadModule, SpatialHeadModule
-from ._base import BaseModel
+from ._base import BaseModel, _refuse_dataloader_kwargs
 from ._image import (
     _RAW_HINT,
     _check_sections,
@@ -223,8 +223,7 @@ class _FeatureModel(BaseModel):
             sec.target = sec.target.astype(np.float32)
 
     def _dataloaders(self, batch_size: int, validation: Any, seed: int, **kwargs: Any):
-        if kwargs:
-            raise TypeError(f"Unexpected dataloader_kwargs {sorted(kwargs)} for {type(self).__name__}.")
+        _refuse_dataloader_kwargs(self, kwargs)
 
         adata = self.adata
         missing = [g for g in self.var_names if g not in adata.var_names]

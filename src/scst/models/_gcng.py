@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from .._utils import _check_key, _positive_int
 from ..datasets._ligand_receptor import _check_lr_table, complex_subunits, lr_pairs_in_genes
 from ..nn._gcng import GCNGNet
-from ._base import BaseModel
+from ._base import BaseModel, _refuse_dataloader_kwargs
 
 __all__ = ["GCNG", "normalized_expression", "entity_expression", "sample_negatives"]
 
@@ -685,8 +685,7 @@ class GCNG(BaseModel):
     def _dataloaders(
         self, batch_size: int, validation: Any, seed: int, **kwargs: Any
     ) -> tuple[DataLoader, DataLoader | None]:
-        if kwargs:  # the loaders batch in-memory pair tensors here; nothing is passed on (not silently dropped)
-            raise TypeError(f"Unexpected dataloader_kwargs {sorted(kwargs)} for GCNG.")
+        _refuse_dataloader_kwargs(self, kwargs)  # the loaders batch in-memory pair tensors here
         table = getattr(self, "_fit_table", None)
         if table is None:
             raise RuntimeError("Call `GCNG.train(pairs)`: the training pairs are given to `train`.")

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from ..nn._hggep import HGGEP_BENCH, HGGEPModule
 from ..nn._train_step import patches_to_input
+from ._base import _refuse_dataloader_kwargs
 from ._image import _ImageModel, _input_on, _tiling_windows, _WindowDataset
 
 __all__ = ["HGGEP"]
@@ -275,8 +276,7 @@ class HGGEP(_ImageModel):
                 **{k: self.config[k] for k in keys}}  # fmt: skip
 
     def _dataloaders(self, batch_size: int, validation: Any, seed: int, **kwargs: Any):
-        if kwargs:
-            raise TypeError(f"Unexpected dataloader_kwargs {sorted(kwargs)} for HGGEP.")
+        _refuse_dataloader_kwargs(self, kwargs)
         if batch_size <= self.module.k:
             raise ValueError(f"batch_size (spots per step) must exceed k = {self.module.k}, got {batch_size}.")
         train, val = self._training_sections(validation, seed)

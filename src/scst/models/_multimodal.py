@@ -23,7 +23,7 @@ from .._utils import _labels, _positive_int
 from ..nn._augment import random_dihedral
 from ..nn._multimodal import LOSS_TERMS, MultimodalModule
 from ..pp._mudata import LINK_KEY, PATCH_KEY
-from ._base import BaseModel, _resume_checkpoint
+from ._base import BaseModel, _refuse_dataloader_kwargs, _resume_checkpoint
 from ._training import History
 
 __all__ = ["MultimodalST"]
@@ -466,8 +466,7 @@ class MultimodalST(BaseModel):
     def _dataloaders(
         self, batch_size: int, validation: Any, seed: int, **kwargs: Any
     ) -> tuple[DataLoader, DataLoader | None]:
-        if kwargs:  # the loaders are built here, in one process; nothing is passed on (not silently dropped)
-            raise TypeError(f"Unexpected dataloader_kwargs {sorted(kwargs)} for MultimodalST.")
+        _refuse_dataloader_kwargs(self, kwargs)  # the loaders batch in-memory arrays in this process
         data, rna_row = self._arrays(self.data)
         n_rna = len(data["rna"])
         pairs = [np.c_[np.arange(len(rna_row)), rna_row]]

@@ -27,7 +27,7 @@ from .._logging import logg
 from .._utils import _atomic_file, _get_table, _positive, _positive_int
 from ..nn._augment import HEAugment
 from ..nn._train_step import imagenet_normalize
-from ._base import BaseModel, _scst_version
+from ._base import BaseModel, _refuse_dataloader_kwargs, _scst_version
 
 __all__ = ["SSLEncoder", "BYOLModule"]
 
@@ -393,8 +393,7 @@ class SSLEncoder(BaseModel):
     def _dataloaders(self, batch_size: int, validation: Any, seed: int, **kwargs: Any):
         if validation not in (None, False):
             raise ValueError("validation: SSLEncoder trains without a validation split; pass validation=None.")
-        if kwargs:
-            raise TypeError(f"dataloader_kwargs: unexpected {sorted(kwargs)}.")
+        _refuse_dataloader_kwargs(self, kwargs)
         tiles = np.concatenate(list(self.tiles().values()))
         if len(tiles) < 2:
             raise ValueError(f"SSLEncoder needs at least 2 tiles (batch statistics), got {len(tiles)}.")

@@ -12,6 +12,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from .._constants import SECTION_KEY
 from ..nn._tcgn import TCGN_BENCH, TCGNModule
 from ..nn._train_step import patches_to_input
+from ._base import _refuse_dataloader_kwargs
 from ._image import _ImageModel, _input_on
 
 __all__ = ["TCGN"]
@@ -57,8 +58,7 @@ class _NoSingletonBatches(BatchSampler):
 
 def _spot_dataloaders(model: Any, batch_size: int, validation: Any, seed: int, kwargs: dict, generator=None):
     """(train, validation) loaders of single-spot models: shuffled spot batches, sequential validation spots."""
-    if kwargs:
-        raise TypeError(f"Unexpected dataloader_kwargs {sorted(kwargs)} for {type(model).__name__}.")
+    _refuse_dataloader_kwargs(model, kwargs)
     train, val = model._training_sections(validation, seed)
     tr = _SpotBatches(train, bool(model.config["augment"]))
     sampler = _NoSingletonBatches(RandomSampler(tr, generator=generator), batch_size, drop_last=False)
