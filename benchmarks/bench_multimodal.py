@@ -94,6 +94,10 @@ VARIANTS = {
     # every training minibatch from one section (MultimodalST(minibatch_by="section")): in-batch negatives from the same
     # slide, as the candidates of a retrieval within a section
     "handcrafted_ms_mlp_scaled_rna_pcs10_by_section": _shipped(minibatch_by="section"),
+    # more training data for the exact-spot task: each training spot also as 4 extra patches (linked to the same RNA
+    # sample, as several tiles of one bulk sample are) whose features are computed at centres drawn uniformly inside
+    # the spot's own 100 µm disc; the held-out section keeps one patch per spot at its centre
+    "handcrafted_ms_mlp_scaled_rna_pcs10_views4": _shipped(views=4),
     "handcrafted_mlp_scaled_rna_pcs10_long": (
         {"image_encoder": "mlp", "features": "scaled", "rna_pcs": 10, "max_epochs": 40, "patience": 10},
         "knn",
@@ -208,6 +212,45 @@ def multiscale4_scaled(tr, te) -> None:
         m["image"].obsm["handcrafted_ms4_scaled"] = tab.obsm["X_hc_ms4_scaled"][
             tab.obs_names.get_indexer(m["image"].obs["rna_sample"])
         ].astype(np.float32)
+
+
+#: Radius (µm) of the disc in which the centres of extra training views are drawn: an ST spot's own (100 µm diameter).
+VIEW_RADIUS_UM = 50.0
+
+
+def training_views(tr, te, n_views: int):
+    """``tr`` with ``n_views`` extra patches per training spot (the ``views`` variants): the multi-scale features scaled
+    per section (as :func:`multiscale_scaled`) at centres drawn uniformly in the spot's disc (:data:`VIEW_RADIUS_UM`,
+    fixed draws, seed 0), each linked to the spot's RNA sample. Only training spots get views; ``te`` is unchanged."""
+    import anndata as ad
+    import mudata as md
+
+    multiscale_scaled(tr, te)
+    tab = CONTEXT["sdata"].tables["table"]
+    geometry = tab.uns["scst"]["sections"]
+    um_per_px = tab.obs["section"].astype(str).map(lambda s: geometry[s]["um_per_px"]).to_numpy(float)
+    train = tab.obs["section"].isin(CONTEXT["train_sections"]).to_numpy()
+    im = tr["image"]
+    rows = tab.obs_names.get_indexer(im.obs["rna_sample"])
+    rng = np.random.default_rng(0)
+    centre = tab.obsm["spatial"].copy()
+    parts = [im]
+    try:
+        for v in range(n_views):
+            r = VIEW_RADIUS_UM * np.sqrt(rng.random(tab.n_obs))  # uniform in the disc
+            angle = 2 * np.pi * rng.random(tab.n_obs)
+            shift = np.c_[r * np.cos(angle), r * np.sin(angle)] / um_per_px[:, None]
+            tab.obsm["spatial"] = centre + np.where(train[:, None], shift, 0.0)
+            scst.tl.embed_patches(CONTEXT["sdata"], "handcrafted", size_um=list(SCALES_MS), out_px=112, progress=False,
+                                  key_added=f"X_hc_ms_view{v}")  # fmt: skip
+            scst.pp.scale_by_section(tab, f"X_hc_ms_view{v}", key_added=f"X_hc_ms_view{v}_scaled")
+            view = im.copy()
+            view.obs_names = [f"{name}_view{v}" for name in im.obs_names]
+            view.obsm["handcrafted_ms_scaled"] = tab.obsm[f"X_hc_ms_view{v}_scaled"][rows].astype(np.float32)
+            parts.append(view)
+    finally:
+        tab.obsm["spatial"] = centre
+    return md.MuData({"rna": tr["rna"], "image": ad.concat(parts, merge="same")})
 
 
 def _pca_denoised(tr, n_pcs: int):
@@ -358,6 +401,7 @@ def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble
     groups(tr, te, grouping, seed)
     patch_key = "patch"
     features = overrides.pop("features", None)
+    n_views = overrides.pop("views", 0)
     overrides.pop("rna", None)
     if features == "multiscale":
         multiscale(tr, te)
@@ -374,6 +418,8 @@ def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble
     elif overrides.get("image_encoder") == "mlp":
         handcrafted(tr, te)
         patch_key = "handcrafted"
+    if n_views:
+        tr = training_views(tr, te, n_views)
     scst.models.MultimodalST.setup_mudata(tr, group_key="label", patch_key=patch_key)
     seeds = [seed * ensemble + i for i in range(ensemble)]  # [seed] for one model
     cfg = {**scst.models.MultimodalST.bench_config, "pretrain_epochs": epochs[0], "max_epochs": epochs[1]}
@@ -393,6 +439,7 @@ def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble
         "grouping": grouping,
         "sizes": [int(v) for v in np.bincount(model.registry["group_of_gene"])],
         "n_train_spots": int(tr["rna"].n_obs),
+        "n_train_patches": int(tr["image"].n_obs),
         **retrieval(te, models),
         "train_seconds": train_s,
         "epochs_run": n_epochs,
