@@ -102,6 +102,10 @@ VARIANTS = {
     # from the same features; out-of-section predictions for the training spots, the fit on all training sections for
     # the held-out one), which the contrastive objective on ~550 pairs does not find as well as least squares does
     "handcrafted_ms_mlp_scaled_rna_pcs10_stacked": _shipped(features="multiscale_scaled_stacked"),
+    # spatial hard negatives: every training minibatch is one spatially compact block of ~64 spots of one section
+    # (k-means on the array coordinates), so a spot's grid neighbours — what the exact-spot task must tell apart — are
+    # among its in-batch negatives (with minibatch_by="section" only about a third of them are)
+    "handcrafted_ms_mlp_scaled_rna_pcs10_blocks": _shipped(minibatch_by="block"),
     "handcrafted_mlp_scaled_rna_pcs10_long": (
         {"image_encoder": "mlp", "features": "scaled", "rna_pcs": 10, "max_epochs": 40, "patience": 10},
         "knn",
@@ -216,6 +220,25 @@ def multiscale4_scaled(tr, te) -> None:
         m["image"].obsm["handcrafted_ms4_scaled"] = tab.obsm["X_hc_ms4_scaled"][
             tab.obs_names.get_indexer(m["image"].obs["rna_sample"])
         ].astype(np.float32)
+
+
+def spatial_blocks(tr, size: int = 64) -> None:
+    """``obs["block"]`` of both modalities of ``tr``: each section's spots cut into ``round(n / size)`` spatially
+    compact blocks (k-means on the array coordinates, seed 0); a patch takes its RNA sample's block."""
+    from sklearn.cluster import KMeans
+
+    tab = CONTEXT["sdata"].tables["table"]
+    rna = tr["rna"]
+    coords = tab.obsm["spatial_array"][tab.obs_names.get_indexer(rna.obs_names)].astype(float)
+    section = tab.obs["section"].astype(str).to_numpy()[tab.obs_names.get_indexer(rna.obs_names)]
+    block = np.empty(rna.n_obs, dtype=object)
+    for sec in np.unique(section):
+        idx = np.flatnonzero(section == sec)
+        k = max(1, round(len(idx) / size))
+        labels = KMeans(k, n_init=4, random_state=0).fit_predict(coords[idx])
+        block[idx] = [f"{sec}_{b}" for b in labels]
+    rna.obs["block"] = block.astype(str)
+    tr["image"].obs["block"] = rna.obs["block"].reindex(tr["image"].obs["rna_sample"]).to_numpy()
 
 
 #: Penalties of the ridge in :func:`multiscale_scaled_stacked` (chosen by its efficient leave-one-out CV).
@@ -457,6 +480,8 @@ def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble
         patch_key = "handcrafted"
     if n_views:
         tr = training_views(tr, te, n_views)
+    if overrides.get("minibatch_by") == "block":
+        spatial_blocks(tr)
     scst.models.MultimodalST.setup_mudata(tr, group_key="label", patch_key=patch_key)
     seeds = [seed * ensemble + i for i in range(ensemble)]  # [seed] for one model
     cfg = {**scst.models.MultimodalST.bench_config, "pretrain_epochs": epochs[0], "max_epochs": epochs[1]}
