@@ -106,6 +106,9 @@ VARIANTS = {
     # (k-means on the array coordinates), so a spot's grid neighbours — what the exact-spot task must tell apart — are
     # among its in-batch negatives (with minibatch_by="section" only about a third of them are)
     "handcrafted_ms_mlp_scaled_rna_pcs10_blocks": _shipped(minibatch_by="block"),
+    # the image side denoised as rna_pcs denoises the RNA side: the multi-scale features projected on the principal
+    # axes of the training spots that explain 95 % of their variance
+    "handcrafted_ms_mlp_scaled_rna_pcs10_img_pcs95": _shipped(features="multiscale_scaled_pcs95"),
     "handcrafted_mlp_scaled_rna_pcs10_long": (
         {"image_encoder": "mlp", "features": "scaled", "rna_pcs": 10, "max_epochs": 40, "patience": 10},
         "knn",
@@ -220,6 +223,20 @@ def multiscale4_scaled(tr, te) -> None:
         m["image"].obsm["handcrafted_ms4_scaled"] = tab.obsm["X_hc_ms4_scaled"][
             tab.obs_names.get_indexer(m["image"].obs["rna_sample"])
         ].astype(np.float32)
+
+
+def multiscale_scaled_pcs(tr, te, explained: float = 0.95) -> str:
+    """:func:`multiscale_scaled` projected on the principal axes of the training spots' features that explain
+    ``explained`` of their variance (PCA fitted on the training patches only); returns the ``obsm`` key."""
+    from sklearn.decomposition import PCA
+
+    key = f"handcrafted_ms_scaled_pcs{round(100 * explained)}"
+    if key not in tr["image"].obsm:
+        multiscale_scaled(tr, te)
+        pca = PCA(explained, svd_solver="full", random_state=0).fit(tr["image"].obsm["handcrafted_ms_scaled"])
+        for m in (tr, te):
+            m["image"].obsm[key] = pca.transform(m["image"].obsm["handcrafted_ms_scaled"]).astype(np.float32)
+    return key
 
 
 def spatial_blocks(tr, size: int = 64) -> None:
@@ -472,6 +489,8 @@ def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble
     elif features == "multiscale_scaled_stacked":
         multiscale_scaled_stacked(tr, te)
         patch_key = "handcrafted_ms_scaled_stacked"
+    elif features == "multiscale_scaled_pcs95":
+        patch_key = multiscale_scaled_pcs(tr, te, 0.95)
     elif features == "multiscale4_scaled":
         multiscale4_scaled(tr, te)
         patch_key = "handcrafted_ms4_scaled"
