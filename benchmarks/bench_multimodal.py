@@ -109,6 +109,9 @@ VARIANTS = {
     # the image side denoised as rna_pcs denoises the RNA side: the multi-scale features projected on the principal
     # axes of the training spots that explain 95 % of their variance
     "handcrafted_ms_mlp_scaled_rna_pcs10_img_pcs95": _shipped(features="multiscale_scaled_pcs95"),
+    # test-time augmentation: the shipped models, each held-out patch's image embedding averaged over its centre and 4
+    # centres shifted inside the spot's disc
+    "handcrafted_ms_mlp_scaled_rna_pcs10_tta4": _shipped(tta=4),
     "handcrafted_mlp_scaled_rna_pcs10_long": (
         {"image_encoder": "mlp", "features": "scaled", "rna_pcs": 10, "max_epochs": 40, "patience": 10},
         "knn",
@@ -292,39 +295,71 @@ def multiscale_scaled_stacked(tr, te, n_pcs: int = 10) -> None:
 VIEW_RADIUS_UM = 50.0
 
 
+def shifted_features(n_views: int, shifted: np.ndarray) -> list[np.ndarray]:
+    """``n_views`` versions of the multi-scale features scaled per section (as :func:`multiscale_scaled`), one row per
+    spot of the table: the spots where ``shifted`` is True at centres drawn uniformly in their disc
+    (:data:`VIEW_RADIUS_UM`; fixed draws, seed 0), the others at their centre."""
+    tab = CONTEXT["sdata"].tables["table"]
+    geometry = tab.uns["scst"]["sections"]
+    um_per_px = tab.obs["section"].astype(str).map(lambda s: geometry[s]["um_per_px"]).to_numpy(float)
+    rng = np.random.default_rng(0)
+    centre = tab.obsm["spatial"].copy()
+    views = []
+    try:
+        for _ in range(n_views):
+            r = VIEW_RADIUS_UM * np.sqrt(rng.random(tab.n_obs))  # uniform in the disc
+            angle = 2 * np.pi * rng.random(tab.n_obs)
+            shift = np.c_[r * np.cos(angle), r * np.sin(angle)] / um_per_px[:, None]
+            tab.obsm["spatial"] = centre + np.where(shifted[:, None], shift, 0.0)
+            scst.tl.embed_patches(CONTEXT["sdata"], "handcrafted", size_um=list(SCALES_MS), out_px=112, progress=False,
+                                  key_added="X_hc_ms_view")  # fmt: skip
+            scst.pp.scale_by_section(tab, "X_hc_ms_view", key_added="X_hc_ms_view_scaled")
+            views.append(tab.obsm["X_hc_ms_view_scaled"].astype(np.float32))
+    finally:
+        tab.obsm["spatial"] = centre
+    return views
+
+
 def training_views(tr, te, n_views: int):
-    """``tr`` with ``n_views`` extra patches per training spot (the ``views`` variants): the multi-scale features scaled
-    per section (as :func:`multiscale_scaled`) at centres drawn uniformly in the spot's disc (:data:`VIEW_RADIUS_UM`,
-    fixed draws, seed 0), each linked to the spot's RNA sample. Only training spots get views; ``te`` is unchanged."""
+    """``tr`` with ``n_views`` extra patches per training spot (the ``views`` variants, :func:`shifted_features`),
+    each linked to the spot's RNA sample. Only training spots get views; ``te`` is unchanged."""
     import anndata as ad
     import mudata as md
 
     multiscale_scaled(tr, te)
     tab = CONTEXT["sdata"].tables["table"]
-    geometry = tab.uns["scst"]["sections"]
-    um_per_px = tab.obs["section"].astype(str).map(lambda s: geometry[s]["um_per_px"]).to_numpy(float)
-    train = tab.obs["section"].isin(CONTEXT["train_sections"]).to_numpy()
     im = tr["image"]
     rows = tab.obs_names.get_indexer(im.obs["rna_sample"])
-    rng = np.random.default_rng(0)
-    centre = tab.obsm["spatial"].copy()
     parts = [im]
-    try:
-        for v in range(n_views):
-            r = VIEW_RADIUS_UM * np.sqrt(rng.random(tab.n_obs))  # uniform in the disc
-            angle = 2 * np.pi * rng.random(tab.n_obs)
-            shift = np.c_[r * np.cos(angle), r * np.sin(angle)] / um_per_px[:, None]
-            tab.obsm["spatial"] = centre + np.where(train[:, None], shift, 0.0)
-            scst.tl.embed_patches(CONTEXT["sdata"], "handcrafted", size_um=list(SCALES_MS), out_px=112, progress=False,
-                                  key_added=f"X_hc_ms_view{v}")  # fmt: skip
-            scst.pp.scale_by_section(tab, f"X_hc_ms_view{v}", key_added=f"X_hc_ms_view{v}_scaled")
-            view = im.copy()
-            view.obs_names = [f"{name}_view{v}" for name in im.obs_names]
-            view.obsm["handcrafted_ms_scaled"] = tab.obsm[f"X_hc_ms_view{v}_scaled"][rows].astype(np.float32)
-            parts.append(view)
-    finally:
-        tab.obsm["spatial"] = centre
+    for v, features in enumerate(
+        shifted_features(n_views, tab.obs["section"].isin(CONTEXT["train_sections"]).to_numpy())
+    ):
+        view = im.copy()
+        view.obs_names = [f"{name}_view{v}" for name in im.obs_names]
+        view.obsm["handcrafted_ms_scaled"] = features[rows]
+        parts.append(view)
     return md.MuData({"rna": tr["rna"], "image": ad.concat(parts, merge="same")})
+
+
+def test_time_views(te, models: list, patch_key: str, n_views: int) -> str:
+    """Test-time augmentation: each held-out patch's image embedding averaged over its centre and ``n_views`` shifted
+    centres (:func:`shifted_features`) in ``obsm["X_multimodal_tta"]`` of both modalities (the RNA side's unchanged);
+    returns that key."""
+    tab = CONTEXT["sdata"].tables["table"]
+    rows = tab.obs_names.get_indexer(te["image"].obs["rna_sample"])
+    scst.tl.embed(te, models)
+    image = [te["image"].obsm["X_multimodal"]]
+    saved = te["image"].obsm[patch_key]
+    try:
+        for features in shifted_features(n_views, ~tab.obs["section"].isin(CONTEXT["train_sections"]).to_numpy()):
+            te["image"].obsm[patch_key] = features[rows]
+            scst.tl.embed(te, models, key_added="X_multimodal_view")
+            image.append(te["image"].obsm["X_multimodal_view"])
+    finally:
+        te["image"].obsm[patch_key] = saved
+    te["image"].obsm["X_multimodal_tta"] = np.mean(image, axis=0)
+    te["rna"].obsm["X_multimodal_tta"] = te["rna"].obsm["X_multimodal"]
+    return "X_multimodal_tta"
 
 
 def _pca_denoised(tr, n_pcs: int):
@@ -476,6 +511,7 @@ def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble
     patch_key = "patch"
     features = overrides.pop("features", None)
     n_views = overrides.pop("views", 0)
+    n_tta = overrides.pop("tta", 0)
     overrides.pop("rna", None)
     if features == "multiscale":
         multiscale(tr, te)
@@ -521,7 +557,7 @@ def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble
         "sizes": [int(v) for v in np.bincount(model.registry["group_of_gene"])],
         "n_train_spots": int(tr["rna"].n_obs),
         "n_train_patches": int(tr["image"].n_obs),
-        **retrieval(te, models),
+        **retrieval(te, models, test_time_views(te, models, patch_key, n_tta) if n_tta else None),
         "train_seconds": train_s,
         "epochs_run": n_epochs,
         "seconds_per_epoch": train_s / n_epochs if n_epochs else None,
