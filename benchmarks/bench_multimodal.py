@@ -341,7 +341,7 @@ def training_views(tr, te, n_views: int):
     return md.MuData({"rna": tr["rna"], "image": ad.concat(parts, merge="same")})
 
 
-def test_time_views(te, models: list, patch_key: str, n_views: int) -> str:
+def tta_embedding(te, models: list, patch_key: str, n_views: int) -> str:
     """Test-time augmentation: each held-out patch's image embedding averaged over its centre and ``n_views`` shifted
     centres (:func:`shifted_features`) in ``obsm["X_multimodal_tta"]`` of both modalities (the RNA side's unchanged);
     returns that key."""
@@ -557,7 +557,8 @@ def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble
         "sizes": [int(v) for v in np.bincount(model.registry["group_of_gene"])],
         "n_train_spots": int(tr["rna"].n_obs),
         "n_train_patches": int(tr["image"].n_obs),
-        **retrieval(te, models, test_time_views(te, models, patch_key, n_tta) if n_tta else None),
+        "test_time_views": n_tta,
+        **retrieval(te, models, tta_embedding(te, models, patch_key, n_tta) if n_tta else None),
         "train_seconds": train_s,
         "epochs_run": n_epochs,
         "seconds_per_epoch": train_s / n_epochs if n_epochs else None,
