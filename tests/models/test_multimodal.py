@@ -465,8 +465,9 @@ def test_retrieve_rerank_reorders_the_cosine_candidates_by_the_matching_head():
     assert np.array_equal(calls[-1][1], np.repeat(np.arange(40), 10))
     with pytest.raises(ValueError, match="rerank"):
         scst.tl.retrieve(mdata, None, use_rep="E", rerank=5)
-    with pytest.raises(ValueError, match="rerank"):
-        scst.tl.retrieve(mdata, model, use_rep="E", rerank=0)
+    for bad in (0, True):  # True would have re-ranked one candidate, i.e. nothing
+        with pytest.raises(ValueError, match="rerank: expected None or a positive integer"):
+            scst.tl.retrieve(mdata, model, use_rep="E", rerank=bad)
     no_itm = MultimodalST(mdata, **SMALL, weights={"itm": 0.0})
     with pytest.raises(ValueError, match="matching loss"):
         scst.tl.retrieve(mdata, no_itm, use_rep="E", rerank=5)

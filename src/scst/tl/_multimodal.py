@@ -243,7 +243,7 @@ def retrieve(
     if rerank is not None:
         if models is None:
             raise ValueError("rerank: needs `model` (its matching head re-scores the candidates).")
-        if not isinstance(rerank, int | np.integer) or rerank < 1:
+        if not isinstance(rerank, int | np.integer) or isinstance(rerank, bool) or rerank < 1:  # True is not 1
             raise ValueError(f"rerank: expected None or a positive integer, got {rerank!r}.")
         if any(m.module.weights.get("itm", 0.0) <= 0 for m in models):
             raise ValueError("rerank: the model was trained without the matching loss (weights['itm'] = 0), so its "
