@@ -217,6 +217,11 @@ def test_rna_pcs_denoises_the_rna_input_with_the_training_axes(tmp_path):
         MultimodalST(mdata, **SMALL, rna_pcs=24)  # as many as the genes
     with pytest.raises(ValueError, match="rna_pcs"):
         MultimodalModule([0, 1, 2], rna_pcs=0)
+    with pytest.raises(ValueError, match="rna_pcs"):
+        MultimodalModule([0, 1, 2], rna_pcs=True)  # not one axis
+    for bad in (2.5, True, 0):  # 2.5 was truncated to 2 axes and True taken as 1, silently
+        with pytest.raises(ValueError, match="rna_pcs: expected None or a positive integer"):
+            MultimodalST(mdata, **SMALL, rna_pcs=bad)
 
 
 @pytest.mark.parametrize("albef", [{}, {"momentum": 0.9, "queue_size": 32}], ids=["in_batch", "momentum_queue"])

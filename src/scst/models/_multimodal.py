@@ -345,6 +345,8 @@ class MultimodalST(BaseModel):
         unknown = set(weights) - set(LOSS_TERMS)
         if unknown:
             raise ValueError(f"weights: unknown loss terms {sorted(unknown)}; expected some of {list(LOSS_TERMS)}.")
+        rna_pcs = c["rna_pcs"]  # a float or a boolean is refused, not truncated
+        rna_pcs = None if rna_pcs is None else _positive_int("rna_pcs", rna_pcs, what="None or a positive integer")
         enc = c["image_encoder"]
         if r["image_px"] is None and enc != "mlp":
             raise ValueError("image_encoder: the image modality holds embeddings; use image_encoder='mlp'.")
@@ -360,7 +362,7 @@ class MultimodalST(BaseModel):
             "match_on": c["match_on"],
             "momentum": c["momentum"],
             "queue_size": c["queue_size"],
-            "rna_pcs": None if c["rna_pcs"] is None else int(c["rna_pcs"]),
+            "rna_pcs": rna_pcs,
         }
 
     def __init__(self, data: Any, **config: Any) -> None:

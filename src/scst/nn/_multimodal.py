@@ -291,7 +291,9 @@ class MultimodalModule(nn.Module):
         rna_pcs: int | None = None,
     ):
         super().__init__()
-        if rna_pcs is not None and not (isinstance(rna_pcs, int) and 0 < rna_pcs < len(group_of_gene)):
+        if rna_pcs is not None and (
+            isinstance(rna_pcs, bool) or not (isinstance(rna_pcs, int) and 0 < rna_pcs < len(group_of_gene))
+        ):
             raise ValueError(f"rna_pcs: expected None or an integer in [1, {len(group_of_gene)}), got {rna_pcs!r}.")
         if momentum is not None and not 0.0 <= float(momentum) < 1.0:
             raise ValueError(f"momentum: expected None or a number in [0, 1), got {momentum!r}.")
