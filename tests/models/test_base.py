@@ -330,9 +330,14 @@ def test_explicit_zero_settings_win_over_the_config():
     model.train(lr=0.0, patience=0, enable_progress_bar=False)
     torch.testing.assert_close(model.module.linear.weight.detach(), w0, rtol=0, atol=0)
     assert len(model.history) == 2  # flat val loss, patience 0: stops at the first epoch without improvement
-    for bad in ({"max_epochs": 0}, {"batch_size": 0}, {"patience": -1}):
-        with pytest.raises(ValueError, match="Expected `max_epochs` >= 1, `batch_size` >= 1, `patience` >= 0"):
-            model.train(enable_progress_bar=False, **bad)
+    bad_settings = [("max_epochs", 0, "a positive integer"), ("batch_size", 0, "a positive integer"),
+                    ("patience", -1, "an integer >= 0"), ("max_epochs", 2.5, "a positive integer"),
+                    ("batch_size", True, "a positive integer")]  # fmt: skip
+    for name, bad, expected in bad_settings:  # 2.5 epochs were truncated to 2, a batch of True was 1
+        with pytest.raises(ValueError, match=f"{name}: expected {expected}, got {bad!r}"):
+            model.train(enable_progress_bar=False, **{name: bad})
+    model.train(max_epochs=2.0, enable_progress_bar=False)  # an integral float is a count (e.g. from arithmetic)
+    assert len(model.history) == 2
 
 
 def test_epoch_means_are_weighted_by_batch_size():

@@ -1259,3 +1259,15 @@ def test_a_validation_fraction_that_rounds_to_no_sample_warns():
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="validation:")
         MultimodalST(mdata, **SMALL).train(validation=0, **run)
+
+
+def test_stage_epochs_are_whole_numbers():
+    """``pretrain_epochs=1.5`` was truncated to 1 by ``int()``; a stage's epochs are now a count ≥ 0 (0 skips the
+    stage), refused otherwise with the argument's name, before anything is trained."""
+    mdata = synthetic_mudata(n=8, n_genes=6)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL)
+    for name, bad in (("pretrain_epochs", 1.5), ("pretrain_epochs", -1), ("max_epochs", True), ("max_epochs", 0.5)):
+        with pytest.raises(ValueError, match=f"{name}: expected an integer >= 0, got {bad!r}"):
+            model.train(**{"pretrain_epochs": 1, "max_epochs": 1, name: bad}, enable_progress_bar=False)
+    assert not model.is_trained

@@ -27,7 +27,7 @@ from torch import nn
 
 from .._constants import TABLE_KEY
 from .._logging import logg
-from .._utils import _atomic_dir, _get_table
+from .._utils import _atomic_dir, _get_table, _positive_int
 from ..nn._backbones import weights_overwritten
 from ._training import (
     AtomicCheckpointIO,
@@ -613,15 +613,11 @@ class BaseModel(_SetupRegistry, ABC):
                 f"This {type(self).__name__} has no data (loaded without `data`); use "
                 f"`{type(self).__name__}.load(dir_path, data=...)` to train further."
             )
-        max_epochs = int(self._train_setting("max_epochs", max_epochs))
-        batch_size = int(self._train_setting("batch_size", batch_size))
-        patience = int(self._train_setting("patience", patience))
+        # counts: 0, negatives, booleans and fractions are refused naming the argument (int() truncated 2.5 to 2)
+        max_epochs = _positive_int("max_epochs", self._train_setting("max_epochs", max_epochs), floats=True)
+        batch_size = _positive_int("batch_size", self._train_setting("batch_size", batch_size), floats=True)
+        patience = _positive_int("patience", self._train_setting("patience", patience), 0, floats=True)
         seed = int(self._train_setting("seed", seed))
-        if max_epochs < 1 or batch_size < 1 or patience < 0:
-            raise ValueError(
-                f"Expected `max_epochs` >= 1, `batch_size` >= 1, `patience` >= 0; got {max_epochs}, {batch_size}, "
-                f"{patience}."
-            )
         if ckpt_path is not None:
             # Lightning refuses a checkpoint of more epochs than max_epochs + 1, but one more is silently a no-op
             done = resumed.get("epoch")

@@ -560,8 +560,9 @@ class MultimodalST(BaseModel):
         ``self``; ``history`` numbers epochs across both stages and has a ``stage`` column (0 = pre-training,
         1 = joint; numeric so that it survives :meth:`save`/:meth:`load`).
         """
-        pre = int(self.config["pretrain_epochs"] if pretrain_epochs is None else pretrain_epochs)
-        joint = int(self._train_setting("max_epochs", max_epochs))
+        pre = self.config["pretrain_epochs"] if pretrain_epochs is None else pretrain_epochs
+        pre = _positive_int("pretrain_epochs", pre, 0, floats=True)  # 0 skips a stage
+        joint = _positive_int("max_epochs", self._train_setting("max_epochs", max_epochs), 0, floats=True)
         resume_stage, done = None, []
         if ckpt_path is not None:
             ckpt_path, ck = _resume_checkpoint(ckpt_path)
