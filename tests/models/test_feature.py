@@ -214,6 +214,22 @@ def test_bad_n_programs_is_named():
             MLPExpression(tab, n_programs=bad)
 
 
+@pytest.mark.parametrize("cls", [MLPExpression, HGGEPHead])
+def test_bad_head_settings_are_named(cls):
+    """``ridge_skip="False"`` switched the ridge path on (a non-empty string is true) and ``hidden=100.5`` was
+    truncated to 100; both are refused, naming the setting."""
+    tab = _table()
+    cls.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1", "S2"])
+    for bad in ("False", 1, None):
+        with pytest.raises(ValueError, match=f"ridge_skip: expected True or False, got {bad!r}"):
+            cls(tab, ridge_skip=bad)
+    cls(tab, ridge_skip=np.bool_(False))  # a numpy boolean is a boolean
+    if cls is MLPExpression:
+        for bad in (100.5, 0, True):
+            with pytest.raises(ValueError, match=f"hidden: expected a positive integer, got {bad!r}"):
+                cls(tab, hidden=bad)
+
+
 def test_ridge_path_with_one_training_section_warns():
     tab = _table()
     MLPExpression.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1"])
