@@ -195,6 +195,19 @@ def test_save_data_round_trip(trained, tmp_path):
     np.testing.assert_array_equal(loaded.predict(), model.predict())
 
 
+def test_switches_in_the_config_must_be_booleans():
+    """A setting whose default is True/False takes only a boolean: ``"False"`` (a command line's text) is a true
+    string and ``1`` passed through ``bool()``; a numpy boolean is stored as a plain one. Checked before any data."""
+    from scst.models import GCNG, HGGEP, MultimodalST, RidgeExpression
+
+    for cls, key, bad in ((HGGEP, "use_ham", "False"), (GCNG, "log1p", 1), (MultimodalST, "freeze_encoders", None),
+                          (RidgeExpression, "alpha_per_gene", "yes")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"{key}: expected True or False, got {bad!r}"):
+            cls._merge_config({key: bad})
+    config = HGGEP._merge_config({"augment": np.bool_(False)})
+    assert config["augment"] is False and config["use_zinb"] is True
+
+
 def test_setup_required_and_config_checked():
     adata = make_adata()
     with pytest.raises(ValueError, match=r"ToyRegression.setup_anndata\(adata\)` first"):

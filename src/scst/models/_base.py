@@ -258,7 +258,12 @@ class _SetupRegistry:
         unknown = sorted(set(config) - allowed)
         if unknown:
             raise ValueError(f"Unknown config key(s) {unknown} for {cls.__name__}; expected some of {sorted(allowed)}.")
-        return _jsonable({**cls._common_config, **cls._default_config, **config}, f"{cls.__name__} config")
+        merged = _jsonable({**cls._common_config, **cls._default_config, **config}, f"{cls.__name__} config")
+        defaults = {**cls._common_config, **cls._default_config}
+        for key, value in merged.items():  # a switch: "False" (e.g. from a command line) is a true string
+            if isinstance(defaults.get(key), bool) and not isinstance(value, bool):
+                raise ValueError(f"{key}: expected True or False, got {value!r}.")
+        return merged
 
     @classmethod
     def _register(cls, adata: Any, registry: dict[str, Any]) -> None:

@@ -181,13 +181,6 @@ class _FeatureModel(BaseModel):
         k = _check_n_programs(self.config["n_programs"], n_genes)
         return min(max(PROGRAM_CANDIDATES), n_genes) if k == "auto" else k
 
-    def _ridge_skip(self) -> bool:
-        """``config["ridge_skip"]``, a boolean (a string such as ``"False"`` would have switched the path on)."""
-        value = self.config["ridge_skip"]
-        if not isinstance(value, bool | np.bool_):
-            raise ValueError(f"ridge_skip: expected True or False, got {value!r}.")
-        return bool(value)
-
     # ------------------------------------------------------------------ data
     def _section(self, adata: Any, section: str, with_targets: bool) -> Any:
         import types
@@ -400,7 +393,7 @@ class MLPExpression(_FeatureModel):
     def _module_kwargs(self) -> dict[str, Any]:
         return {"in_dim": int(self.registry["n_features"]), "n_genes": len(self.registry["var_names"]),
                 "hidden": _positive_int("hidden", self.config["hidden"]), "dropout": float(self.config["dropout"]),
-                "ridge_skip": self._ridge_skip(), "n_programs": self._programs_kwarg()}  # fmt: skip
+                "ridge_skip": self.config["ridge_skip"], "n_programs": self._programs_kwarg()}  # fmt: skip
 
     def _loaders(self, train: list, val: list, batch_size: int):
         cat = lambda secs, k: np.concatenate([getattr(s, k) for s in secs])  # noqa: E731
@@ -461,10 +454,9 @@ class HGGEPHead(_FeatureModel):
 
     def _module_kwargs(self) -> dict[str, Any]:
         keys = ("dim", "vit_depth", "vit_heads", "hg_hidden", "lstm_layers", "lstm_hidden", "dropout", "zinb_weight",
-                "use_ham", "use_zinb")  # fmt: skip
+                "use_ham", "use_zinb", "ridge_skip")  # fmt: skip
         return {"in_dim": int(self.registry["n_features"]), "n_genes": len(self.registry["var_names"]),
-                **{k: self.config[k] for k in keys}, "ridge_skip": self._ridge_skip(),
-                "n_programs": self._programs_kwarg()}  # fmt: skip
+                **{k: self.config[k] for k in keys}, "n_programs": self._programs_kwarg()}  # fmt: skip
 
     def _loaders(self, train: list, val: list, batch_size: int):
         if batch_size < 2:
