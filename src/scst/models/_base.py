@@ -258,8 +258,8 @@ class _SetupRegistry:
         unknown = sorted(set(config) - allowed)
         if unknown:
             raise ValueError(f"Unknown config key(s) {unknown} for {cls.__name__}; expected some of {sorted(allowed)}.")
-        merged = _jsonable({**cls._common_config, **cls._default_config, **config}, f"{cls.__name__} config")
         defaults = {**cls._common_config, **cls._default_config}
+        merged = _jsonable({**defaults, **config}, f"{cls.__name__} config")
         for key, value in merged.items():  # a switch: "False" (e.g. from a command line) is a true string
             if isinstance(defaults.get(key), bool) and not isinstance(value, bool):
                 raise ValueError(f"{key}: expected True or False, got {value!r}.")

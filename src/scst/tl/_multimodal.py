@@ -226,8 +226,7 @@ def retrieve(
             if use_rep not in mdata[m].obsm:
                 raise KeyError(f"use_rep: {use_rep!r} not in mdata[{m!r}].obsm; run scst.tl.embed first.")
             emb[m] = np.asarray(mdata[m].obsm[use_rep], dtype=np.float32)
-    if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k: expected a positive integer, got {k!r}.")
+    k = _positive_int("k", k)
     if standardize not in (None, "center", "zscore"):
         raise ValueError(f"standardize: expected None, 'center' or 'zscore', got {standardize!r}.")
     if standardize is not None:
@@ -238,25 +237,24 @@ def retrieve(
                 f"{few}; retrieve a set of samples together, or use standardize=None."
             )
         emb = {m: _standardize(e, standardize) for m, e in emb.items()}
-    if csls is not None and (not isinstance(csls, int | np.integer) or isinstance(csls, bool) or csls < 1):
-        raise ValueError(f"csls: expected None or a positive number of neighbours, got {csls!r}.")
+    if csls is not None:
+        csls = _positive_int("csls", csls, what="None or a positive number of neighbours")
     if rerank is not None:
         if models is None:
             raise ValueError("rerank: needs `model` (its matching head re-scores the candidates).")
-        if not isinstance(rerank, int | np.integer) or isinstance(rerank, bool) or rerank < 1:  # True is not 1
-            raise ValueError(f"rerank: expected None or a positive integer, got {rerank!r}.")
+        rerank = _positive_int("rerank", rerank, what="None or a positive integer")  # True is not 1
         if any(m.module.weights.get("itm", 0.0) <= 0 for m in models):
             raise ValueError("rerank: the model was trained without the matching loss (weights['itm'] = 0), so its "
                              "matching head is untrained; use rerank=None (cosine).")  # fmt: skip
     q_mod, t_mod = (img_mod, rna_mod) if query == "image" else (rna_mod, img_mod)
     q = emb[q_mod] / np.maximum(np.linalg.norm(emb[q_mod], axis=1, keepdims=True), 1e-12)
     t = emb[t_mod] / np.maximum(np.linalg.norm(emb[t_mod], axis=1, keepdims=True), 1e-12)
-    k = min(int(k), len(t))
+    k = min(k, len(t))
     sim = q @ t.T
-    order = np.argsort(-(sim if csls is None else _csls(sim, int(csls))), axis=1, kind="stable")
+    order = np.argsort(-(sim if csls is None else _csls(sim, csls)), axis=1, kind="stable")
     match = None
     if rerank is not None:
-        r = min(int(rerank), len(t))
+        r = min(rerank, len(t))
         pool, own = order[:, :r], np.repeat(np.arange(len(q)), r)  # each query's first r candidates
         img_idx, rna_idx = (own, pool.ravel()) if query == "image" else (pool.ravel(), own)
         logit = np.mean([m.get_match_scores(mdata, img_idx, rna_idx, batch_size=batch_size) for m in models], axis=0)
