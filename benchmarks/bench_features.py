@@ -79,7 +79,7 @@ def texture_estimate(rows: list[tuple]) -> str:
         f"`pp.handcrafted_features` at 112 px would cost ≈ {before:.2f} CPU s here (the row above plus the A/B "
         f"differences, the GLCM properties twice: grey and haematoxylin): {before / feats:.1f}× the current "
         f"{feats:.2f} s. Compare runs of different days by such same-run ratios only: this machine's speed varies "
-        "from day to day (the ResNet-18 rows of two runs differ by up to 2.5×, see the git history of this page)."
+        "from day to day (the ResNet-18 rows of two runs differ by up to 3×, see the git history of this page)."
     )
 
 
