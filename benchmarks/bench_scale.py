@@ -544,7 +544,7 @@ Four things changed since the 311 s row:
 Where the time goes: ~1.75 CPU-ms per spot in the workers (features ~1.4, reading and resizing ~0.4: an ad-hoc
 cProfile of 5,000 spots in one process; the worker CPU of the A/B table gives 1.6–1.7), i.e. ~80–88 s of the two
 cores, plus setting up the 100k-spot reader and the ridge head (~1 s). Intermediate rows: 117 s / 308 s at 56 / 112
-px with round robin and the 50 ms sampler (the 308 s run shared the cores with a test run for ~30 s), 125 s / 287 s
+px with round robin and the 50 ms sampler (the 308 s run shared the cores with a test run for ~30 s), 126 s / 287 s
 with worker blocks and the 50 ms sampler.
 
 **Whole section, HGGEP's spatial head on hand-crafted features (the demo's model at one scale; 2026-12-03, idle
