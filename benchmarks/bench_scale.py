@@ -668,7 +668,7 @@ measured on an unloaded machine of an earlier day. A GPU (command below) is wher
 rows of the bench-size networks, rerun the same day: HGGEP 178, TCGN 111, ST-Net 45 spots/s (HGGEP still the
 fastest).
 
-**Peak memory (goal < 4 GB).** Image models: ≤ 2.6 GB summed PSS (process + loader worker), most of it there
+**Peak memory (goal < 4 GB).** Image models: ≤ 2.9 GB summed PSS (process + loader worker), most of it there
 before prediction starts (imports, the trained model). The *choice* rows ran before training freed its
 decoded-chunk caches: 2.2 GB before prediction there, 1.4 GB in the later whole-section run after the same
 training. The ridge run with two workers peaked at 4.08 GB under load and at 3.81 GB in the idle rerun (the main process
