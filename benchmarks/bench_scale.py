@@ -649,7 +649,7 @@ section, two threads, no worker, alternated (`--inference "per window"` is the c
 encoded" tells the arms apart). With 1. and 2. (four pairs): before 167 / 163 / 140 s, now 130 / 132 / 138 / 110 s
 (1.23× on the means, 1.18–1.29× within a pair; one "before" run was discarded and not replaced: an encoder timing
 ran beside it, 191 s). **With 1.–3. (last four rows, two pairs): before 159 / 160 s, now 97 / 97 s (1.64×), peak
-2.2 GB either way.** An ad-hoc A/B of 1. and 2. earlier the same day (the same child command outside the script,
+2.0–2.1 → 2.2 GB.** An ad-hoc A/B of 1. and 2. earlier the same day (the same child command outside the script,
 not niced): 153 / 163 s before, 108 / 118 s now. This day's CPU (AMD EPYC with native bf16) ran the old code at
 140–167 s where the CPU of 2026-12-02 took 280 s: the machine alone is ~1.7–2×, and it varies within the day (the
 fourth pair ran ~20 % faster than the first). **The 2-minute goal is met on this CPU: 97 s in both runs of the
