@@ -821,7 +821,7 @@ def report(args) -> None:
             "tried in exploratory runs before this script (same C2 training pairs; mean train / validation AUROC): "
             + "; ".join(f"{k}: {_f(a)} / {_f(b)}" for k, (a, b) in EXPLORED.items())
             + ". On the *direction* task (C2 alone, folds 0–2) the same network fits at 20 epochs (train "
-            "AUROC 0.87–0.89, dense 128: 0.88–0.93; `explore_probes.txt`). "
+            "AUROC 0.87–0.90, dense 128: 0.88–0.93; `explore_probes.txt`). "
             + (
                 "On the interaction task it needs many more epochs without an early-stopping split (whose "
                 "chance-level validation accuracy restored an early epoch): the training AUROC climbs with the "
