@@ -113,3 +113,18 @@ def test_seed_is_used_and_recorded():
     np.testing.assert_array_equal(runs[0].var["reliability"], runs[1].var["reliability"])
     assert not np.allclose(runs[0].var["reliability"], runs[2].var["reliability"])
     assert runs[2].uns["reliability"]["params"]["seed"] == 1
+
+
+def test_half_depth_reliability_is_the_signal_share_of_a_planted_lognormal_level():
+    """Known answer: a gene whose level is ``λ0 · exp(σ z)`` across spots, Poisson-counted, splits into halves of mean
+    ``λ/2``; at high depth ``log`` of a half is its level plus noise of variance ``2/λ``, so the half-depth correlation
+    is ``σ² / (σ² + 2 e^{σ²/2} / λ0)``. The library is a constant filler, so normalising changes nothing."""
+    rng = np.random.default_rng(0)
+    n, lam0, sigma = 2000, 400.0, np.array([0.0, 0.05, 0.1, 0.2, 0.4])
+    lam = lam0 * np.exp(sigma * rng.normal(size=(n, len(sigma))))
+    X = rng.poisson(np.c_[lam, np.full((n, 200), 500.0)])
+    adata = ad.AnnData(X=X.astype(np.float32), obs=pd.DataFrame({"section": ["A"] * n}))
+    scst.pp.gene_reliability(adata, n_draws=3)
+    expected = sigma**2 / (sigma**2 + 2 / lam0 * np.exp(sigma**2 / 2))  # 0, 0.333, 0.666, 0.887, 0.967
+    np.testing.assert_allclose(adata.var["reliability_half"].to_numpy()[:5], expected, atol=0.03)
+    np.testing.assert_allclose(adata.var["reliability"].to_numpy()[:5], 2 * expected / (1 + expected), atol=0.03)
