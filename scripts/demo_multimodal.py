@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 import scst
+from scst._utils import _atomic_file
 
 TRAIN, TEST = ["C2", "C3", "C4", "C5"], "C6"
 SCALES_UM = (80.0, 160.0, 320.0)
@@ -95,7 +96,8 @@ def run(sdata: Any, out_dir: str | Path) -> dict:
         f"  exact spot in the top 5: {summary['exact_top5']:.3f} (untrained {summary['exact_top5_untrained']:.3f}, "
         f"chance 5/n {summary['exact_top5_chance']:.3f})"
     )
-    (out_dir / "multimodal.json").write_text(json.dumps(summary, indent=1))
+    with _atomic_file(out_dir / "multimodal.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1))
     return summary
 
 
