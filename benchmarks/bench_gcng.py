@@ -127,6 +127,7 @@ def run(args: argparse.Namespace) -> None:
         "train_pairs_per_fold": [len(f.train) for f in folds[(args.schemes[0], False)]],
         "config": config,
         "load_s": time.time() - t0,
+        "load_before": os.getloadavg()[0],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     pd.Series(info, dtype=object).to_json(RESULTS / "info.json")
@@ -159,6 +160,7 @@ def run(args: argparse.Namespace) -> None:
     if not args.skip_extra:
         _extra(adata, present, config, train_kwargs)
     info["total_s"] = time.time() - t0
+    info["load_after"] = os.getloadavg()[0]
     pd.Series(info, dtype=object).to_json(RESULTS / "info.json")
 
 
@@ -430,13 +432,18 @@ def report(args: argparse.Namespace) -> None:
         )
         cb = f"{b['wall_s']:.0f} / {b['cpu_s']:.0f}" if b is not None else "–"
         lines.append(f"| {name} | {ca} | {cb} |")
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    # the load average of the run (recorded by it), never the one of the moment a page is rewritten from results
+    before, after = info.get("load_before"), info.get("load_after")
+    load = (
+        f"1-min load average {before:.1f} before, {after:.1f} after the run"
+        if before is not None and after is not None
+        else "load average not recorded for this run"
+    )
     lines += [
         "",
         f"Whole benchmark: {info.get('total_s', float('nan')) / 60:.1f} min wall ({len(tim)} CV runs). Machine: "
-        f"{platform.machine()}, 2 CPU cores **shared with other jobs** (1-min load average {load:.1f} when the "
-        f"report was written), torch {torch.__version__}, CPU only. Goal: < 10 min per variant on one section's "
-        "graph.",
+        f"{platform.machine()}, 2 CPU cores **shared with other jobs** ({load}), torch {torch.__version__}, CPU "
+        "only. Goal: < 10 min per variant on one section's graph.",
         "",
         "Raw results (every test prediction, timings, run info): `benchmarks/results/gcng/`. Reproduce:",
         "",

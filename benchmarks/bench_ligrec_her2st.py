@@ -1048,7 +1048,6 @@ def report(args) -> None:
         + f" (stages may run as parallel processes; `torch.set_num_threads({args.threads})` each). "
         + machine_line(tuple(load[0]), tuple(load[1]), cpu=_stage_cpus(info)),
     ]
-    raw["loadavg_at_report"] = list(os.getloadavg())
     write_page(OUT, lines, COMMANDS, raw=raw)
 
 

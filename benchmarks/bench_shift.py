@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _page import machine_line, write_page  # noqa: E402
+from _page import CPU_NOT_RECORDED, cpu_name, machine_line, write_page  # noqa: E402
 
 OUT = ROOT / "docs" / "benchmarks" / "shift.md"
 SECTIONS = ["C2", "C3", "C4", "C5", "C6"]
@@ -119,7 +119,8 @@ def fold(sdata, tab, test: str, rows: list, per_gene: list) -> None:
                 print(f"{test} {norm:<6} {mname:<26} {name:<18} PCC {rows[-1]['mean_pcc']:.3f}", flush=True)
 
 
-def report(df: pd.DataFrame, load: tuple, load_after: tuple, command: str) -> None:
+def report(df: pd.DataFrame, load: tuple, load_after: tuple, command: str, cpu: str) -> None:
+    """Write the page; ``cpu`` is the CPU the run recorded (a rewrite from saved results must not name today's)."""
     import scst
 
     lines = [
@@ -183,8 +184,8 @@ def report(df: pd.DataFrame, load: tuple, load_after: tuple, command: str) -> No
         "within a slide, other tissue types), and a patient's biology — those need the other patients' sections "
         "(`scst.datasets.her2st(sections=...)` on a machine with the data; only patient C is here).",
     ]
-    lines += ["", f"scst {scst.__version__}. " + machine_line(load, load_after)]
-    raw = {"rows": df.to_dict(orient="records"), "load": list(load), "load_after": list(load_after),
+    lines += ["", f"scst {scst.__version__}. " + machine_line(load, load_after, cpu=cpu)]
+    raw = {"rows": df.to_dict(orient="records"), "load": list(load), "load_after": list(load_after), "cpu": cpu,
            "per_gene_csv": "benchmarks/results/shift/per_gene.csv.gz"}  # fmt: skip
     write_page(OUT, lines, command, raw=raw)
 
@@ -201,7 +202,8 @@ def main() -> None:
     raw = ROOT / "benchmarks" / "results" / "shift" / "results.json"
     if args.report_only:
         saved = json.loads(raw.read_text())
-        report(pd.DataFrame(saved["rows"]), tuple(saved["load"]), tuple(saved["load_after"]), saved["command"])
+        report(pd.DataFrame(saved["rows"]), tuple(saved["load"]), tuple(saved["load_after"]), saved["command"],
+               saved.get("cpu", CPU_NOT_RECORDED))  # fmt: skip
         return
 
     torch.set_num_threads(1)
@@ -216,7 +218,8 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results" / "shift"
     out.mkdir(parents=True, exist_ok=True)
     pd.concat(per_gene).to_csv(out / "per_gene.csv.gz", index=False, float_format="%.5f")
-    report(pd.DataFrame(rows), load, os.getloadavg(), " ".join(["python benchmarks/bench_shift.py", *sys.argv[1:]]))
+    command = " ".join(["python benchmarks/bench_shift.py", *sys.argv[1:]])
+    report(pd.DataFrame(rows), load, os.getloadavg(), command, cpu_name())
 
 
 if __name__ == "__main__":
