@@ -160,7 +160,8 @@ def retrieve(
     query
         ``"image"`` (patch → RNA samples, the paper's retrieval) or ``"rna"``.
     k
-        Number of targets kept per query.
+        Number of targets kept per query, best first (equal scores keep the targets' order in their modality: a
+        stable sort).
     group_keys
         ``obs`` column(s) (one name or a sequence) on which the top-1 target's group is compared with the query's
         (default: the model's ``group_key`` and ``mdata.uns["scst_mudata"]["group_keys"]`` where present in both
