@@ -24,6 +24,7 @@ import gzip
 import hashlib
 import json
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -32,6 +33,9 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _page import cpu_name  # noqa: E402
+
 SECTIONS = ["C2", "C3", "C4", "C5", "C6"]
 
 
@@ -96,7 +100,7 @@ def main() -> None:
         + " ".join(
             f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
             for k, v in vars(args).items()
-            if k not in ("out", "results")
+            if k not in ("out", "results", "probe", "page")  # the two mode switches are off in this mode
         ),  # fmt: skip
         "settings": {
             "method": "BYOL (lightly)",
@@ -107,8 +111,8 @@ def main() -> None:
             "epochs": args.epochs,
             "batch_size": args.batch_size,
             "lr": args.lr,
-            "optimizer": "adamw",
-            "lr_scheduler": "cosine",
+            # the training settings the command does not set: SSLEncoder's defaults
+            **{k: SSLEncoder._train_defaults[k] for k in ("weight_decay", "optimizer", "lr_scheduler", "patience")},
             "seed": args.seed,
             "torch_threads": args.threads,
             "accelerator": args.accelerator,
@@ -116,6 +120,7 @@ def main() -> None:
         },  # fmt: skip
         "machine": {
             "cpu_count": os.cpu_count(),
+            "cpu": cpu_name(),
             "loadavg_start": list(os.getloadavg()),
             "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -239,6 +244,8 @@ def write_page(args) -> None:
     """docs/benchmarks/pretrain.md from folds.json (+ probe.json, pilot_2epochs.json when present)."""
     folds = json.loads((args.results / "folds.json").read_text())
     st, fl = folds["settings"], folds["folds"]
+    # Records written before the weight decay was stored ran with SSLEncoder's default of the time.
+    wd = f"{st['weight_decay']:g}" if "weight_decay" in st else "1e-4 (SSLEncoder's default; not in this record)"
     L = [
         "# Self-supervised pretraining on the user's own slides (BYOL)",
         "",
@@ -257,7 +264,7 @@ def write_page(args) -> None:
         "",
         f"`{st['backbone']}` from random initialisation, {st['size_um']:g} µm tiles on a {st['spacing_um']:g} µm "
         f"grid resized to {st['patch_px']} px, batch {st['batch_size']}, {st['epochs']} epochs, AdamW lr "
-        f"{st['lr']:g} (cosine), weight decay 1e-4, seed {st['seed']}; heads "
+        f"{st['lr']:g} (cosine), weight decay {wd}, seed {st['seed']}; heads "
         f"{st['config']['proj_hidden_dim']}/{st['config']['proj_dim']}/{st['config']['pred_hidden_dim']}; "
         f"momentum {st['config']['momentum_start']} → {st['config']['momentum_end']} (cosine); HED jitter "
         f"sigma {st['config']['hed_sigma']}, bias {st['config']['hed_bias']}; crop scale "
@@ -306,6 +313,25 @@ def write_page(args) -> None:
             f"{p['machine']['loadavg_start'][0]:.1f} at its start) trained at {min(tps)}–{max(tps)} tiles/s; "
             "the epoch count above was chosen from it for about 5 minutes per fold.",
         ]
+    for rerun in sorted(args.results.glob("rerun_*.json")):  # the same command again, on another machine
+        r = json.loads(rerun.read_text())
+        first = {f["heldout"]: f for f in fl}
+        for f in r["folds"]:
+            o = first[f["heldout"]]
+            same = f["sha256"] == o["sha256"]
+            L += [
+                "",
+                f"Rerun of the {f['heldout']} fold (`{rerun.name}`: the same command, torch {r['machine']['torch']}, "
+                f"on a later session's machine): loss {f['loss_first_epoch']:.3f} → {f['loss_last_epoch']:.3f} against "
+                f"{o['loss_first_epoch']:.3f} → {o['loss_last_epoch']:.3f}, pred std {f['pred_std_last_epoch']:.3f} "
+                f"against {o['pred_std_last_epoch']:.3f}; "
+                + (
+                    "the file is bit-identical (same sha256)."
+                    if same
+                    else f"the file differs (sha256 `{f['sha256'][:16]}…`): CPU training with the same seed is not "
+                    "bit-reproducible across machines, only to within the loss differences shown."
+                ),
+            ]
     probe_path = args.results / "probe.json"
     if probe_path.is_file():
         pr = json.loads(probe_path.read_text())
