@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+
+from scst._utils import _atomic_file
 
 
 def _spread(x: torch.Tensor) -> float:
@@ -128,8 +129,8 @@ def main():
         "seconds": time.time() - t0,
         "history": model.history.to_dict("list") if model.history is not None else None,
     }
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=1, default=float))
+    with _atomic_file(a.out) as tmp:  # a run of an hour is not left half-written
+        tmp.write_text(json.dumps(res, indent=1, default=float))
     print("FINAL", json.dumps(final))
 
 
