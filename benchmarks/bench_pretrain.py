@@ -313,9 +313,9 @@ def write_page(args) -> None:
             f"{p['machine']['loadavg_start'][0]:.1f} at its start) trained at {min(tps)}–{max(tps)} tiles/s; "
             "the epoch count above was chosen from it for about 5 minutes per fold.",
         ]
+    first = {f["heldout"]: f for f in fl}
     for rerun in sorted(args.results.glob("rerun_*.json")):  # the same command again, on another machine
         r = json.loads(rerun.read_text())
-        first = {f["heldout"]: f for f in fl}
         for f in r["folds"]:
             o = first[f["heldout"]]
             same = f["sha256"] == o["sha256"]
