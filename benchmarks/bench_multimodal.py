@@ -14,6 +14,8 @@ import argparse
 import contextlib
 import json
 import os
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -22,6 +24,10 @@ import numpy as np
 import torch
 
 import scst
+from scst._utils import _atomic_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _page import cpu_name  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "multimodal"
 
@@ -112,6 +118,9 @@ VARIANTS = {
     # test-time augmentation: the shipped models, each held-out patch's image embedding averaged over its centre and 4
     # centres shifted inside the spot's disc
     "handcrafted_ms_mlp_scaled_rna_pcs10_tta4": _shipped(tta=4),
+    # a heterogeneous ensemble: the shipped models and the linear ridge_programs_scaled map retrieving together, each
+    # member one equal share of the cosine (the ridge map as one more member: weight 1 / (models + 1), fixed before)
+    "handcrafted_ms_mlp_scaled_rna_pcs10_plus_ridge": _shipped(fuse="ridge_programs_scaled"),
     "handcrafted_mlp_scaled_rna_pcs10_long": (
         {"image_encoder": "mlp", "features": "scaled", "rna_pcs": 10, "max_epochs": 40, "patience": 10},
         "knn",
@@ -362,6 +371,19 @@ def tta_embedding(te, models: list, patch_key: str, n_views: int) -> str:
     return "X_multimodal_tta"
 
 
+def fused_embedding(te, models: list, other: str) -> str:
+    """The models' shared embedding (``scst.tl.embed``: unit vectors side by side, norm 1) and the unit vectors of
+    ``obsm[other]`` side by side in each modality of ``te``, weighted so that the cosine is the mean of the
+    ``len(models) + 1`` members' cosines; written to ``obsm["X_fused"]``."""
+    scst.tl.embed(te, models)
+    m = len(models)
+    for mod in ("image", "rna"):
+        a = te[mod].obsm["X_multimodal"] * np.sqrt(m / (m + 1))
+        b = te[mod].obsm[other] / np.linalg.norm(te[mod].obsm[other], axis=1, keepdims=True) / np.sqrt(m + 1)
+        te[mod].obsm["X_fused"] = np.hstack([a, b]).astype(np.float32)
+    return "X_fused"
+
+
 def _pca_denoised(tr, n_pcs: int):
     """Each RNA sample's reconstruction from ``n_pcs`` principal components of the training spots (PCA fit on the
     training sections only)."""
@@ -512,6 +534,7 @@ def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble
     features = overrides.pop("features", None)
     n_views = overrides.pop("views", 0)
     n_tta = overrides.pop("tta", 0)
+    fuse = overrides.pop("fuse", None)
     overrides.pop("rna", None)
     if features == "multiscale":
         multiscale(tr, te)
@@ -550,6 +573,13 @@ def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble
         models.append(model)
     train_s = time.perf_counter() - t0
     histories = [None if m.history is None else m.history.reset_index().to_dict("records") for m in models]
+    fused = {}
+    if fuse is not None:
+        fused = {"fused_with": ridge_programs_baseline(tr, te, scaled_input=True)}
+        fused["models_alone"] = retrieval(te, models)  # the same trained models without the ridge member
+        scores_ = retrieval(te, None, fused_embedding(te, models, "X_prog"))
+    else:
+        scores_ = retrieval(te, models, tta_embedding(te, models, patch_key, n_tta) if n_tta else None)
     return {
         "variant": name,
         "config": model.config,
@@ -558,7 +588,8 @@ def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble
         "n_train_spots": int(tr["rna"].n_obs),
         "n_train_patches": int(tr["image"].n_obs),
         "test_time_views": n_tta,
-        **retrieval(te, models, tta_embedding(te, models, patch_key, n_tta) if n_tta else None),
+        **scores_,
+        **fused,
         "train_seconds": train_s,
         "epochs_run": n_epochs,
         "seconds_per_epoch": train_s / n_epochs if n_epochs else None,
@@ -566,6 +597,15 @@ def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble
         "history": histories[0] if ensemble == 1 else histories,
         **({} if ensemble == 1 else {"ensemble_seeds": seeds}),
     }
+
+
+def _commit() -> str:
+    """The checkout's commit, with "+changes" when tracked files differ from it (results say what code made them)."""
+    root = Path(__file__).resolve().parent.parent
+    git = ["git", "-C", str(root)]
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "src", "benchmarks"]).returncode != 0
+    return head + ("+changes" if dirty else "")
 
 
 def main() -> None:
@@ -581,6 +621,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=OUT, help=f"folder of the result files (default {OUT})")
     p.add_argument("--ensemble", type=int, default=1,
                    help="models per variant retrieving together (seeds seed*N to seed*N+N-1)")  # fmt: skip
     a = p.parse_args()
@@ -591,7 +632,7 @@ def main() -> None:
     if a.ensemble < 1:
         raise SystemExit(f"--ensemble: expected a positive number of models, got {a.ensemble}.")
     tr, te = build(a.test, a.out_px, sections)
-    OUT.mkdir(parents=True, exist_ok=True)
+    a.out.mkdir(parents=True, exist_ok=True)
     for name in a.variants.split(","):
         r = run_variant(name, tr, te, (a.pretrain_epochs, a.epochs), a.seed, a.ensemble)
         r["test_section"], r["out_px"], r["load"], r["seed"] = a.test, a.out_px, os.getloadavg(), a.seed
@@ -600,7 +641,9 @@ def main() -> None:
         if sections != ["C2", "C3", "C4", "C5", "C6"]:
             suffix += "_on_" + "".join(sections)
             r["sections"] = sections
-        (OUT / f"{a.test}_{name}{suffix}.json").write_text(json.dumps(r, indent=1, default=float))
+        r["command"], r["commit"], r["cpu"] = " ".join(["python", *sys.argv]), _commit(), cpu_name()
+        with _atomic_file(a.out / f"{a.test}_{name}{suffix}.json") as tmp:
+            tmp.write_text(json.dumps(r, indent=1, default=float))
         z = r["standardized"]["zscore"]
         print(
             f"{name:20s} label top-1 {r['label_top1']:.3f} (Σp² {r['label_chance_sum_p2']:.3f})  exact top-5 "
