@@ -631,6 +631,7 @@ def main() -> None:
         raise SystemExit(f"--test: {a.test} not among --sections {sections}.")
     if a.ensemble < 1:
         raise SystemExit(f"--ensemble: expected a positive number of models, got {a.ensemble}.")
+    commit = _commit()  # at the start: the code that runs, not the checkout as it is when a result is written
     tr, te = build(a.test, a.out_px, sections)
     a.out.mkdir(parents=True, exist_ok=True)
     for name in a.variants.split(","):
@@ -641,7 +642,7 @@ def main() -> None:
         if sections != ["C2", "C3", "C4", "C5", "C6"]:
             suffix += "_on_" + "".join(sections)
             r["sections"] = sections
-        r["command"], r["commit"], r["cpu"] = " ".join(["python", *sys.argv]), _commit(), cpu_name()
+        r["command"], r["commit"], r["cpu"] = " ".join(["python", *sys.argv]), commit, cpu_name()
         with _atomic_file(a.out / f"{a.test}_{name}{suffix}.json") as tmp:
             tmp.write_text(json.dumps(r, indent=1, default=float))
         z = r["standardized"]["zscore"]
