@@ -70,7 +70,9 @@ def main() -> None:
         diff = None
         print(f"histories differ in length: {len(x)} against {len(y)} entries")
     else:
-        diff = max((abs(u - v) for u, v in zip(x, y) if not (math.isnan(u) and math.isnan(v))), default=0.0)
+        # a loss present in one run and NaN (not in that stage) in the other is a difference, not round-off
+        diff = max((0.0 if math.isnan(u) and math.isnan(v) else abs(u - v) for u, v in zip(x, y)), default=0.0)
+        diff = math.inf if math.isnan(diff) or any(math.isnan(u) != math.isnan(v) for u, v in zip(x, y)) else diff
         print(f"{len(x)} history entries; largest difference from {a.compare.name}: {diff:.3g}")
     new["history_max_abs_difference"] = {"compared_with": str(a.compare), "value": diff}
     with _atomic_file(result) as tmp:
