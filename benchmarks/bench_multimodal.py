@@ -483,6 +483,7 @@ def retrieval(te, models: list | None, use_rep: str | None = None) -> dict:
     extra["center_csls"] = {CSLS: scores(res, te)}  # both test-time steps: centred embeddings ranked by CSLS
     if models is not None:
         extra["one_to_one"] = one_to_one(te, use_rep, models[0].config["tau_c"])
+        extra["misses"] = misses(te, use_rep)
     if with_itm:
         extra["reranked"] = {
             r: scores(scst.tl.retrieve(te, models, k=5, group_keys=["label"], use_rep=use_rep, rerank=r), te)
@@ -522,6 +523,40 @@ def one_to_one(te, use_rep: str, tau: float, n_iter: int = 200) -> dict:
             "tau": tau,
         }
     return out
+
+
+def misses(te, use_rep: str) -> dict:
+    """Where the centred retrieval goes when the exact spot is not among a patch's top 5 (descriptive, no choice).
+
+    Distances are in spot pitches (the median distance of a spot to its nearest other spot on the section, from
+    ``rna.obsm["spatial"]``): ``top1_distance_median`` from the top-1 spot to the true one over those patches, with
+    the fractions of them ``within_1_5`` (the 8 spots around it) and ``within_3`` pitches, against the same
+    fractions for two spots drawn at random (``random_*``). Hubs: ``top5_count_max``, the most top-5 lists one
+    spot is in (5 on average), and ``never_in_top5``, the spots in none.
+    """
+    res = scst.tl.retrieve(te, None, k=5, group_keys=["label"], use_rep=use_rep, standardize="center")
+    top = np.asarray(res["indices"])
+    truth = te["rna"].obs_names.get_indexer(te["image"].obs["rna_sample"].astype(str))
+    xy = np.asarray(te["rna"].obsm["spatial"], dtype=np.float64)
+    dist = np.linalg.norm(xy[:, None] - xy[None], axis=2)
+    pitch = float(np.median(np.where(np.eye(len(xy), dtype=bool), np.inf, dist).min(1)))
+    dist /= pitch
+    missed = ~(top == truth[:, None]).any(1)
+    d_miss = dist[top[missed, 0], truth[missed]]
+    pairs = dist[np.triu_indices(len(xy), 1)]
+    count = np.bincount(top.ravel(), minlength=len(xy))
+    return {
+        "n_missed": int(missed.sum()),
+        "pitch": pitch,
+        "top1_distance_median": float(np.median(d_miss)),
+        "within_1_5": float(np.mean(d_miss <= 1.5)),
+        "within_3": float(np.mean(d_miss <= 3)),
+        "random_distance_median": float(np.median(pairs)),
+        "random_within_1_5": float(np.mean(pairs <= 1.5)),
+        "random_within_3": float(np.mean(pairs <= 3)),
+        "top5_count_max": int(count.max()),
+        "never_in_top5": int((count == 0).sum()),
+    }
 
 
 def scores(res: dict, te) -> dict:
