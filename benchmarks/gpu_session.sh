@@ -4,8 +4,9 @@
 # stopped after $LIMIT s of training (the best epoch so far is scored, "time_limited" in its JSON); then a short
 # throughput run. Needs the patch cache (`python benchmarks/gpu_expression.py export` here, then carry
 # benchmarks/_out/gpu_cache). Run from the repository root on the device machine:
-#   OUT=$OUT bash benchmarks/gpu_session.sh
-# Results: $OUT/loso/*.json (report: python benchmarks/gpu_expression.py report), $OUT/speed/*.json.
+#   TAR=$OUT/gpu_session.tgz OUT=/tmp/gpu_session bash benchmarks/gpu_session.sh   (TAR first: the device's $OUT)
+# Results: $OUT/loso/*.json (report: python benchmarks/gpu_expression.py report), $OUT/speed/*.json; with TAR, all of
+# $OUT packed into that one file (the device tool brings back only a few files per call).
 set -u
 OUT=${OUT:-benchmarks/_out/gpu_session}
 LIMIT=${LIMIT:-300}
@@ -22,4 +23,5 @@ done
 wait
 PYTHONPATH=src python benchmarks/gpu_expression.py speed --models hggep,tcgn --modes reference,fp32,bf16 \
     --budget "${SPEED_BUDGET:-90}" --results "$OUT/speed" > "$OUT/speed.log" 2>&1
+if [ -n "${TAR:-}" ]; then tar czf "$TAR" --exclude="./$(basename "$TAR")" -C "$OUT" .; fi
 echo done
