@@ -7,7 +7,8 @@ Lightning ``TrainingPlan`` calls the same ``module.loss``), on batches built wit
 (the image models' uint8 → ImageNet-normalised input with random flips/90° rotations).
 
 1. ``export`` (here, full scst install): her2st C2–C6 → ``benchmarks/_out/gpu_cache/her2st_112px.npz`` with the
-   546-gene panel of ``bench_expression.py``, 112 px patches of 80 µm (uint8), panel counts, library sizes (all
+   per-fold gene panels of ``bench_expression.py`` (each chosen on the fold's training sections; the cache holds
+   their union, 572 genes, and each fold's mask), 112 px patches of 80 µm (uint8), counts, library sizes (all
    genes), array and µm coordinates (28 MiB; carry it to the GPU machine).
 2. ``speed`` (GPU machine or CPU): training throughput (spots/s) and peak memory of HGGEP and TCGN per mode, each
    (model, mode) in a fresh process: ``reference`` (a straightforward per-spot implementation written here: Python
@@ -42,6 +43,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -277,8 +279,8 @@ def run(args) -> None:
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     if not panels:
-        print("warning: this cache has one panel for all folds, chosen with the test sections; re-export it for "
-              "per-fold panels", flush=True)  # fmt: skip
+        warnings.warn("this cache has one gene panel for all folds, chosen with the test sections; re-export it "
+                      "(`gpu_expression.py export`) for per-fold panels", UserWarning, stacklevel=2)  # fmt: skip
     for test in args.folds.split(","):
         t0 = time.perf_counter()
         keep = panels.get(test, np.ones(len(genes), dtype=bool))
