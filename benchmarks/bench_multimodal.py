@@ -472,10 +472,12 @@ def retrieval(te, models: list | None, use_rep: str | None = None) -> dict:
     if use_rep is None:  # the model's embeddings, computed once for every retrieval
         scst.tl.embed(te, models)
         use_rep = "X_multimodal"
-    out = {}
+    out, centred_top = {}, None
     for how in (None, "center", "zscore"):
         res = scst.tl.retrieve(te, None, k=5, group_keys=["label"], use_rep=use_rep, standardize=how)
         out[how] = scores(res, te)
+        if how == "center":
+            centred_top = np.asarray(res["indices"])  # the shipped retrieval's top 5, for `misses`
     extra = {"standardized": {how: out[how] for how in ("center", "zscore")}}
     res = scst.tl.retrieve(te, None, k=5, group_keys=["label"], use_rep=use_rep, csls=CSLS)
     extra["csls"] = {CSLS: scores(res, te)}
@@ -483,7 +485,7 @@ def retrieval(te, models: list | None, use_rep: str | None = None) -> dict:
     extra["center_csls"] = {CSLS: scores(res, te)}  # both test-time steps: centred embeddings ranked by CSLS
     if models is not None:
         extra["one_to_one"] = one_to_one(te, use_rep, models[0].config["tau_c"])
-        extra["misses"] = misses(te, use_rep)
+        extra["misses"] = misses(te, centred_top)
     if with_itm:
         extra["reranked"] = {
             r: scores(scst.tl.retrieve(te, models, k=5, group_keys=["label"], use_rep=use_rep, rerank=r), te)
@@ -525,8 +527,9 @@ def one_to_one(te, use_rep: str, tau: float, n_iter: int = 200) -> dict:
     return out
 
 
-def misses(te, use_rep: str) -> dict:
-    """Where the centred retrieval goes when the exact spot is not among a patch's top 5 (descriptive, no choice).
+def misses(te, top: np.ndarray) -> dict:
+    """Where the centred retrieval (``top``: each patch's top-5 RNA rows) goes when the exact spot is not among a
+    patch's top 5 (descriptive, no choice).
 
     Distances are in spot pitches (the median distance of a spot to its nearest other spot on the section, from
     ``rna.obsm["spatial"]``): ``top1_distance_median`` from the top-1 spot to the true one over those patches, with
@@ -534,8 +537,6 @@ def misses(te, use_rep: str) -> dict:
     fractions for two spots drawn at random (``random_*``). Hubs: ``top5_count_max``, the most top-5 lists one
     spot is in (5 on average), and ``never_in_top5``, the spots in none.
     """
-    res = scst.tl.retrieve(te, None, k=5, group_keys=["label"], use_rep=use_rep, standardize="center")
-    top = np.asarray(res["indices"])
     truth = te["rna"].obs_names.get_indexer(te["image"].obs["rna_sample"].astype(str))
     xy = np.asarray(te["rna"].obsm["spatial"], dtype=np.float64)
     dist = np.linalg.norm(xy[:, None] - xy[None], axis=2)
