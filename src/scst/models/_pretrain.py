@@ -10,7 +10,6 @@ pass per view (~25 % of a step).
 
 from __future__ import annotations
 
-import copy
 import os
 import warnings
 from collections.abc import Sequence
@@ -25,127 +24,10 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from .._constants import TABLE_KEY, UNS_KEY
 from .._logging import logg
 from .._utils import _atomic_file, _get_table, _positive, _positive_int
-from ..nn._augment import HEAugment
-from ..nn._train_step import imagenet_normalize
+from ..nn._ssl import BYOLModule
 from ._base import BaseModel, _refuse_dataloader_kwargs, _scst_version
 
 __all__ = ["SSLEncoder", "BYOLModule"]
-
-
-def _build_backbone(name: str, weights: str | None = None) -> tuple[nn.Module, int]:
-    """Trunk ``name`` (classifier removed), randomly initialised unless ``weights`` is given (no warning)."""
-    try:  # the shared home of backbone construction
-        from ..nn._backbones import build_backbone
-    except ImportError:  # pragma: no cover - older tree
-        from ._baselines import build_backbone, load_backbone_weights
-
-        module, n = build_backbone(name)
-        if weights is not None:
-            load_backbone_weights(module, weights, "backbone_weights")
-        return module, n
-    with warnings.catch_warnings():
-        # Random initialisation is the point of pretraining from scratch, not a weak-prediction hazard here.
-        warnings.filterwarnings("ignore", message=".*starts from random initialisation.*")
-        return build_backbone(name, weights, where="backbone_weights")
-
-
-def _features(trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = trunk(x)
-    return out.mean(dim=(2, 3)) if out.ndim == 4 else out.flatten(1)
-
-
-class BYOLModule(nn.Module):
-    """BYOL on uint8 tile batches: online trunk + projection + prediction heads, momentum target (lightly).
-
-    Parameters
-    ----------
-    backbone
-        torchvision or timm model name; its classifier is removed (``build_backbone``).
-    backbone_weights
-        Initial trunk weights (a local state_dict file or a weights name, see :func:`scst.nn.build_backbone`) to
-        continue from, e.g. ImageNet weights; None: random initialisation (pretraining from scratch).
-    proj_hidden_dim, proj_dim, pred_hidden_dim
-        Widths of lightly's ``BYOLProjectionHead`` (trunk features → hidden → proj_dim) and
-        ``BYOLPredictionHead`` (proj_dim → hidden → proj_dim). The paper's 4096/256/4096 is for ResNet-50 on
-        GPUs; 1024/256/1024 keeps the heads cheaper than the trunk on CPU.
-    crop_scale, hed_sigma, hed_bias, blur_sigma, p_blur
-        :class:`scst.nn.HEAugment` settings of both views.
-    momentum_start, momentum_end
-        Target momentum, raised along a cosine from start to end over training (lightly's ``cosine_schedule``).
-    """
-
-    def __init__(
-        self,
-        backbone: str = "shufflenet_v2_x0_5",
-        backbone_weights: str | None = None,
-        proj_hidden_dim: int = 1024,
-        proj_dim: int = 256,
-        pred_hidden_dim: int = 1024,
-        crop_scale: Sequence[float] = (0.5, 1.0),
-        hed_sigma: float = 0.05,
-        hed_bias: float = 0.01,
-        blur_sigma: Sequence[float] = (0.1, 1.5),
-        p_blur: float = 0.5,
-        momentum_start: float = 0.99,
-        momentum_end: float = 1.0,
-    ) -> None:
-        super().__init__()
-        from lightly.loss import NegativeCosineSimilarity
-        from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
-        from lightly.models.utils import deactivate_requires_grad
-
-        if not 0.0 <= momentum_start <= momentum_end <= 1.0:
-            raise ValueError(f"momentum: expected 0 <= start <= end <= 1, got {momentum_start}, {momentum_end}.")
-        self.backbone, n_features = _build_backbone(backbone, backbone_weights)
-        self.projection_head = BYOLProjectionHead(n_features, proj_hidden_dim, proj_dim)
-        self.prediction_head = BYOLPredictionHead(proj_dim, pred_hidden_dim, proj_dim)
-        self.backbone_momentum = copy.deepcopy(self.backbone)
-        self.projection_head_momentum = copy.deepcopy(self.projection_head)
-        deactivate_requires_grad(self.backbone_momentum)
-        deactivate_requires_grad(self.projection_head_momentum)
-        self.augment = HEAugment(tuple(crop_scale), hed_sigma, hed_bias, tuple(blur_sigma), p_blur)
-        self.criterion = NegativeCosineSimilarity()
-        self.momentum_start, self.momentum_end = float(momentum_start), float(momentum_end)
-        self.n_features = int(n_features)
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self.max_steps = 1  # set by SSLEncoder.train to the number of optimiser steps
-
-    def _views(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
-        return imagenet_normalize(self.augment(x)), imagenet_normalize(self.augment(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Trunk features ``(B, n_features)`` of ImageNet-normalised images."""
-        return _features(self.backbone, x)
-
-    def _online(self, x: torch.Tensor) -> torch.Tensor:
-        return self.prediction_head(self.projection_head(_features(self.backbone, x)))
-
-    @torch.no_grad()
-    def _target(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projection_head_momentum(_features(self.backbone_momentum, x)).detach()
-
-    def loss(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Symmetric BYOL loss (negative cosine similarity, in [-1, 1]) of two augmented views of the batch.
-
-        In training mode the target network is first moved towards the online one (momentum update). Also
-        returns ``momentum`` and ``pred_std``: the mean per-dimension std of the L2-normalised predictions
-        (≈ 1/sqrt(proj_dim) for a healthy representation, → 0 when it collapses to a constant).
-        """
-        from lightly.models.utils import update_momentum
-        from lightly.utils.scheduler import cosine_schedule
-
-        v0, v1 = self._views(batch)
-        m = cosine_schedule(int(self.step), max(self.max_steps, 1), self.momentum_start, self.momentum_end)
-        if self.training:
-            update_momentum(self.backbone, self.backbone_momentum, m=m)
-            update_momentum(self.projection_head, self.projection_head_momentum, m=m)
-            self.step += 1
-        p0, p1 = self._online(v0), self._online(v1)
-        z0, z1 = self._target(v0), self._target(v1)
-        loss = 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))
-        pred_std = nn.functional.normalize(p0.detach(), dim=1).std(0).mean()
-        return {"loss": loss, "momentum": torch.tensor(m), "pred_std": pred_std}
 
 
 class _TileBatches(Dataset):
@@ -345,7 +227,8 @@ class SSLEncoder(BaseModel):
     def tiles(self) -> dict[str, np.ndarray]:
         """uint8 ``(n, 3, patch_px, patch_px)`` tissue tiles per section (read once, kept in a process cache).
 
-        Tiles whose own pixels are less than ``tile_threshold`` tissue (:func:`scst.pp.filter_tiles`) are dropped.
+        Tiles whose own pixels are less than ``tile_threshold`` tissue (:func:`scst.pp.filter_tiles`) are dropped;
+        ``tile_centers_`` then holds, per section, the full-resolution ``[x, y]`` centres of the tiles returned.
         """
         from ..pp._patches import SpotPatchDataset
         from ..pp._tissue import filter_tiles
@@ -353,7 +236,7 @@ class SSLEncoder(BaseModel):
 
         if self.data is None or not hasattr(self.data, "images"):
             raise ValueError("SSLEncoder: tiles are read from the SpatialData; load the model with data=sdata.")
-        r, out, empty = self.registry, {}, []
+        r, out, empty, kept = self.registry, {}, [], {}
         size_um, px = float(r["size_um"]), int(r["patch_px"])
         for s in r["sections"]:
             key_img = r["image_key"][s]
@@ -382,12 +265,13 @@ class SSLEncoder(BaseModel):
                 )
             if not keep.any():
                 empty.append(s)
-            out[s] = arr[keep, :3]
+            out[s], kept[s] = arr[keep, :3], xy[keep]
         if empty:
             raise ValueError(
                 f"sections: {empty} have no tile with >= {r['tile_threshold']:.0%} tissue pixels "
                 "(scst.pp.filter_tiles); leave them out or lower tile_threshold."
             )
+        self.tile_centers_ = kept
         return out
 
     def _dataloaders(self, batch_size: int, validation: Any, seed: int, **kwargs: Any):

@@ -8,10 +8,12 @@ from ._heads import ExpressionPrograms, MLPHeadModule, SpatialHeadModule
 from ._hggep import HGGEP_BENCH, HGGEPModule
 from ._hypergraph import hyperedge_index_to_incidence, incidence_to_hyperedge_index, knn_hyperedges
 from ._layers import CBAM, GEM, CDCConv2d, CoordEmbedding, SpotTransformer, ViTBlock, ZINBLoss, zinb_nll
+from ._ssl import BYOLModule
 from ._tcgn import TCGN_BENCH, TCGNModule, topk_graph
 from ._train_step import PRECISIONS, patches_to_input, train_step, training_loss
 
 __all__ = [
+    "BYOLModule",
     "CBAM",
     "CDCConv2d",
     "CoordEmbedding",
