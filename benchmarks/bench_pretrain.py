@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--accelerator", default="cpu")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "_out" / "ssl")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "pretrain")
-    ap.add_argument("--tag", default="folds", help="name of the raw results file (<tag>.json)")
+    ap.add_argument("--tag", default="folds", help="raw results file <tag>.json (--probe: probe_<tag>.json)")
     ap.add_argument("--probe", action="store_true", help="linear-probe the saved fold encoders vs their init")
     ap.add_argument("--page", action="store_true", help="write docs/benchmarks/pretrain.md from the raw results")
     args = ap.parse_args()
@@ -230,14 +230,15 @@ def probe(args) -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     out = {
-        "command": "OMP_NUM_THREADS=1 python benchmarks/bench_pretrain.py --probe",
+        "command": "OMP_NUM_THREADS=1 python benchmarks/bench_pretrain.py --probe"
+        + (f" --out {args.out} --heldout {' '.join(args.heldout)} --tag {args.tag}" if args.tag != "folds" else ""),
         "probe": "StandardScaler + RidgeCV(alphas=10**arange(-1, 6.5, 0.5), GCV, one alpha for all genes) on "
         "embed_patches features (ImageNet normalisation, global average pool), 1000-gene panel of "
         "select_genes(n_top=1000, min_fraction=0.5), target log1p(normalize_total 1e4)",
         "elapsed_s": round(time.perf_counter() - t0, 1),
         "folds": rows,
     }
-    write_json(args.results / "probe.json", out)
+    write_json(args.results / ("probe.json" if args.tag == "folds" else f"probe_{args.tag}.json"), out)
 
 
 def write_page(args) -> None:
