@@ -241,6 +241,89 @@ def probe(args) -> None:
     write_json(args.results / ("probe.json" if args.tag == "folds" else f"probe_{args.tag}.json"), out)
 
 
+GPU_SECTION = [
+    "",
+    "## GPU",
+    "",
+    "Not measured. The script is ready and was tested on the CPU: `benchmarks/gpu_pretrain.py` trains the same BYOL "
+    "network (`scst.nn.BYOLModule`) through the product's step (`scst.nn.train_step`) on a GPU machine without the "
+    "scverse stack. `tests/test_gpu_pretrain.py` checks that its loop reproduces `SSLEncoder.train` (Lightning) "
+    "exactly (the same losses epoch by epoch and the same kept trunk) and that its tiles, rebuilt from the JPEGs "
+    "(the tiles themselves are too large to carry to the device), are the product's bit for bit. `export` checks the "
+    "same on her2st: all 5,645 tiles are identical. One device session (about 6 minutes on one GPU): "
+    "training tiles/s and peak memory per batch size (64, 256) and precision (fp32, bf16), then the five "
+    "per-fold encoders with at most 100 epochs instead of 6, as many as fit in 300 s (same settings otherwise). "
+    "The 2026-12-04 session was refused a device when it asked (no machine lent at the time).",
+    "",
+    "```bash",
+    "SCST_DATA_DIR=/work/shared/data python benchmarks/gpu_pretrain.py export   # here: 18.6 MiB to carry",
+    "mkdir -p benchmarks/_out/pylib && cp -r "
+    "$(python -c 'import lightly, os; print(os.path.dirname(lightly.__file__))') benchmarks/_out/pylib/",
+    "# on the device, carrying benchmarks/_out/gpu_cache/ssl and benchmarks/_out/pylib:",
+    "TAR=$OUT/gpu_pretrain.tgz OUT=/tmp/gpu_pretrain BUDGET=300 bash benchmarks/gpu_pretrain.sh",
+    "# here, with the tarball unpacked into benchmarks/_out/gpu_pretrain:",
+    "python benchmarks/gpu_pretrain.py convert --results benchmarks/_out/gpu_pretrain/loso "
+    "--out benchmarks/_out/ssl_gpu",
+    "OMP_NUM_THREADS=1 SCST_DATA_DIR=/work/shared/data python benchmarks/bench_pretrain.py --probe "
+    "--out benchmarks/_out/ssl_gpu --tag gpu",
+    "```",
+]
+
+
+def _long_section(args, main_epochs: int) -> list[str]:
+    """The longer CPU runs (``long<E>_*.json``, merged per epoch count) and their probe, next to the main run's."""
+    runs: dict[int, list] = {}
+    for path in sorted(args.results.glob("long*_*.json")):
+        r = json.loads(path.read_text())
+        runs.setdefault(int(r["settings"]["epochs"]), []).append((path.name, r))
+    base_path = args.results / "probe.json"
+    base = {f["heldout"]: f for f in json.loads(base_path.read_text())["folds"]} if base_path.is_file() else {}
+    L = []
+    for epochs, recs in sorted(runs.items()):
+        pr_path = args.results / f"probe_long{epochs}.json"
+        pr = {f["heldout"]: f for f in json.loads(pr_path.read_text())["folds"]} if pr_path.is_file() else {}
+        folds = sorted((f for _, r in recs for f in r["folds"]), key=lambda f: f["heldout"])
+        L += [
+            "",
+            f"## Longer pretraining on the CPU: {epochs} epochs",
+            "",
+            f"The same command with `--epochs {epochs}` instead of {main_epochs} (raw: "
+            + ", ".join(f"`{n}`" for n, _ in recs)
+            + f"; two folds at a time on the 2 cores), probed as above (`probe_long{epochs}.json`; the random-init "
+            "arm is the same trunk as in the main run's probe).",
+            "",
+            "| held out | train (s) | tiles/s | loss epoch 1 → last | pred std | probe: random init | SSL, "
+            f"{main_epochs} epochs | SSL, {epochs} epochs | Δ vs random init |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for f in folds:
+            h = f["heldout"]
+            q, b = pr.get(h), base.get(h)
+            L.append(
+                f"| {h} | {f['train_s']} | {f['tiles_per_s']} | {f['loss_first_epoch']:.3f} → "
+                f"{f['loss_last_epoch']:.3f} | {f['pred_std_last_epoch']:.3f} | "
+                + (f"{q['random_init_mean_pcc']:.3f} | " if q else "– | ")
+                + (f"{b['ssl_mean_pcc']:.3f} | " if b else "– | ")
+                + (
+                    f"{q['ssl_mean_pcc']:.3f} | {q['ssl_mean_pcc'] - q['random_init_mean_pcc']:+.3f} |"
+                    if q
+                    else "– | – |"
+                )
+            )
+        both = [h for h in pr if h in base]
+        if len(both) > 1:
+            a = np.mean([pr[h]["random_init_mean_pcc"] for h in both])
+            m6 = np.mean([base[h]["ssl_mean_pcc"] for h in both])
+            mL = np.mean([pr[h]["ssl_mean_pcc"] for h in both])
+            L.append(f"| mean ({len(both)}) | | | | | {a:.3f} | {m6:.3f} | {mL:.3f} | {mL - a:+.3f} |")
+        L += ["", "Commands:", "", "```bash"]
+        L += [f"SCST_DATA_DIR=/work/shared/data {r['command']} --out benchmarks/_out/ssl_long" for _, r in recs]
+        if pr_path.is_file():
+            L.append(f"SCST_DATA_DIR=/work/shared/data {json.loads(pr_path.read_text())['command']}")
+        L += ["```"]
+    return L
+
+
 def write_page(args) -> None:
     """docs/benchmarks/pretrain.md from folds.json (+ probe.json, pilot_2epochs.json when present)."""
     folds = json.loads((args.results / "folds.json").read_text())
@@ -259,7 +342,7 @@ def write_page(args) -> None:
         f"{folds['machine']['loadavg_start'][0]:.1f} at the start, "
         f"{min(f['loadavg_end'][0] for f in fl):.1f}–{max(f['loadavg_end'][0] for f in fl):.1f} at the ends of the "
         f"folds: timings vary with the other jobs), torch {folds['machine']['torch']}, "
-        f"**{st['torch_threads']} torch thread**, no GPU lent to this task (no GPU numbers).",
+        f"**{st['torch_threads']} torch thread**. GPU: not measured yet (last section).",
         "",
         "## Settings",
         "",
@@ -371,6 +454,7 @@ def write_page(args) -> None:
                 "helps as an *initialisation* of end-to-end training is the main ablation's question (same model "
                 "and settings, `backbone_weights` = these files vs None).",
             ]
+    L += _long_section(args, st["epochs"]) + GPU_SECTION
     L += [
         "",
         "Reproduce:",
