@@ -63,3 +63,17 @@ def her2st_counts():
     import scst
 
     return scst.datasets.her2st(images=False).tables["table"]
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark("gpu_pretrain")``: a script of ``benchmarks/`` imported as a module (not run)."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -6,7 +6,6 @@ must never reach training or early stopping: a recorder around the batch builder
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,12 +17,8 @@ SECTIONS = ["C2", "C3", "C4", "C5", "C6"]
 
 
 @pytest.fixture(scope="module")
-def gpu_expression():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_expression.py"
-    spec = importlib.util.spec_from_file_location("gpu_expression", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def gpu_expression(load_benchmark):
+    return load_benchmark("gpu_expression")
 
 
 def _cache(path: Path, rng) -> tuple[Path, np.ndarray]:

@@ -6,7 +6,6 @@ over the product's step and rebuilds the tissue tiles from the JPEGs. Both are c
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -23,12 +22,8 @@ TINY = {"proj_hidden_dim": 64, "proj_dim": 32, "pred_hidden_dim": 64}
 
 
 @pytest.fixture(scope="module")
-def gpu_pretrain():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_pretrain.py"
-    spec = importlib.util.spec_from_file_location("gpu_pretrain", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def gpu_pretrain(load_benchmark):
+    return load_benchmark("gpu_pretrain")
 
 
 @pytest.fixture(scope="module")
