@@ -316,6 +316,24 @@ def _long_section(args, main_epochs: int) -> list[str]:
             m6 = np.mean([base[h]["ssl_mean_pcc"] for h in both])
             mL = np.mean([pr[h]["ssl_mean_pcc"] for h in both])
             L.append(f"| mean ({len(both)}) | | | | | {a:.3f} | {m6:.3f} | {mL:.3f} | {mL - a:+.3f} |")
+            d = [pr[h]["ssl_mean_pcc"] - base[h]["ssl_mean_pcc"] for h in both]
+            losses = [f["loss_last_epoch"] for f in folds]
+            stds = [f["pred_std_last_epoch"] for f in folds]
+            flat = abs(np.mean(d)) < 0.01
+            L += [
+                "",
+                f"{epochs / main_epochs:.0f} × the training lowers the BYOL loss further (last epoch "
+                f"{min(losses):.3f} to {max(losses):.3f}; pred std {min(stds):.3f}–{max(stds):.3f}, no collapse), "
+                + ("but the probe does not follow" if flat else "and the probe changes")
+                + f": SSL features after {epochs} epochs against {main_epochs}, per fold {min(d):+.3f} to "
+                f"{max(d):+.3f} (mean {np.mean(d):+.3f}); against their random starting point {mL - a:+.3f} on "
+                f"average ({main_epochs} epochs: {m6 - a:+.3f})."
+                + (
+                    " The weak effect of the main run is not a matter of its short CPU budget, up to this length."
+                    if flat
+                    else ""
+                ),
+            ]
         L += ["", "Commands:", "", "```bash"]
         L += [f"SCST_DATA_DIR=/work/shared/data {r['command']} --out benchmarks/_out/ssl_long" for _, r in recs]
         if pr_path.is_file():
