@@ -249,6 +249,12 @@ def test_spacing_and_tile_threshold_are_applied():
     tiles = model.tiles()["S1"]
     assert 0 < len(tiles) < len(xy)  # tiles with < 90 % tissue pixels are dropped ...
     assert filter_tiles(tiles, threshold=0.9)[1].all()  # ... and only those
+    # tile_centers_: the kept tiles' centres, in order (a dropped centre's window is the tile that is missing)
+    kept = model.tile_centers_["S1"]
+    assert kept.shape == (len(tiles), 2) and {tuple(c) for c in kept} < {tuple(c) for c in xy}
+    model.registry["centers"]["S1"] = kept.tolist()  # re-reading only the kept centres keeps every tile
+    model.registry["tile_threshold"] = 0.0  # nothing dropped on the second read
+    np.testing.assert_array_equal(model.tiles()["S1"], tiles)
 
 
 def _record_ssl_encoder(monkeypatch) -> dict:
