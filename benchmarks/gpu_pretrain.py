@@ -188,7 +188,7 @@ def pretrain(
 
     Returns ``history`` (per epoch: mean loss and pred_std, learning rate, seconds), ``best_state`` (the trunk of
     the epoch with the lowest mean loss, on the CPU), ``best_epoch``, ``epochs``, ``steps_per_epoch``, ``train_s``.
-    """  # fmt: skip
+    """
     from scst.nn import train_step
 
     device = x_all.device
