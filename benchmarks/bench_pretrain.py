@@ -270,14 +270,13 @@ GPU_SECTION = [
 ]
 
 
-def _long_section(args, main_epochs: int) -> list[str]:
-    """The longer CPU runs (``long<E>_*.json``, merged per epoch count) and their probe, next to the main run's."""
+def _long_section(args, main_epochs: int, base: dict) -> list[str]:
+    """The longer CPU runs (``long<E>_*.json``, merged per epoch count) and their probe, next to the main run's
+    probe ``base`` (held-out section → its row of ``probe.json``)."""
     runs: dict[int, list] = {}
     for path in sorted(args.results.glob("long*_*.json")):
         r = json.loads(path.read_text())
         runs.setdefault(int(r["settings"]["epochs"]), []).append((path.name, r))
-    base_path = args.results / "probe.json"
-    base = {f["heldout"]: f for f in json.loads(base_path.read_text())["folds"]} if base_path.is_file() else {}
     L = []
     for epochs, recs in sorted(runs.items()):
         pr_path = args.results / f"probe_long{epochs}.json"
@@ -434,10 +433,10 @@ def write_page(args) -> None:
                     "bit-reproducible across machines, only to within the loss differences shown."
                 ),
             ]
-    probe_path = args.results / "probe.json"
+    probe_path, probe_rows = args.results / "probe.json", []
     if probe_path.is_file():
         pr = json.loads(probe_path.read_text())
-        rows = pr["folds"]
+        rows = probe_rows = pr["folds"]
         L += [
             "",
             "## Effect: linear probe, random init vs SSL init (same trunk, same seed)",
@@ -472,7 +471,7 @@ def write_page(args) -> None:
                 "helps as an *initialisation* of end-to-end training is the main ablation's question (same model "
                 "and settings, `backbone_weights` = these files vs None).",
             ]
-    L += _long_section(args, st["epochs"]) + GPU_SECTION
+    L += _long_section(args, st["epochs"], {r["heldout"]: r for r in probe_rows}) + GPU_SECTION
     L += [
         "",
         "Reproduce:",

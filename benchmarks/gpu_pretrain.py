@@ -246,25 +246,27 @@ def speed(args) -> None:
 
     z = np.load(args.tiles)
     x_all = torch.from_numpy(np.concatenate([z[s] for s in SECTIONS if s != "C6"])).to(args.device)
-    rows = []
+    cuda, rows = args.device.startswith("cuda"), []
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     for bs in (int(b) for b in args.batch_sizes.split(",")):
         for prec in args.precisions.split(","):
             m = _module(0, args.device)
             m.max_steps = args.steps + args.warmup
             opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=1e-4)
             gen = torch.Generator().manual_seed(0)
-            torch.cuda.reset_peak_memory_stats() if args.device.startswith("cuda") else None
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
             for i in range(args.warmup + args.steps):
                 if i == args.warmup:
-                    torch.cuda.synchronize() if args.device.startswith("cuda") else None
+                    sync()
                     t0 = time.perf_counter()
                 idx = torch.randperm(len(x_all), generator=gen)[:bs].to(args.device)
                 train_step(m, x_all[idx], opt, precision=prec)
-            torch.cuda.synchronize() if args.device.startswith("cuda") else None
+            sync()
             dt = time.perf_counter() - t0
-            peak = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else None
+            peak = round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None
             row = {"batch_size": bs, "precision": prec, "steps": args.steps, "s_per_step": dt / args.steps,
-                   "tiles_per_s": bs * args.steps / dt, "peak_mib": peak and round(peak, 1)}  # fmt: skip
+                   "tiles_per_s": bs * args.steps / dt, "peak_mib": peak}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
     _write_json(Path(args.out), {"env": _env(args.device), "rows": rows, "warmup": args.warmup,
