@@ -543,6 +543,14 @@ def test_backbone_image_encoder_takes_local_weights(tmp_path):
     assert model.get_latent_representation(modality="image").shape == (8, 16)
     with pytest.raises(FileNotFoundError):
         MultimodalST(mdata, **SMALL, image_encoder="resnet18", image_weights=str(tmp_path / "missing.pt"))
+    # a named trunk without weights starts from random initialisation: it says so; the paper's ViT does not warn
+    with pytest.warns(UserWarning, match=r"image_weights=None: the resnet18 image encoder starts from random"):
+        random = MultimodalST(mdata, **SMALL, image_encoder="resnet18")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        MultimodalST(mdata, **SMALL)
+        random.save(tmp_path / "random", overwrite=True)
+        MultimodalST.load(tmp_path / "random", mdata)  # the saved weights replace the trunk's: no warning
 
 
 def test_unpaired_or_unlabelled_patches_are_no_positives_of_each_other():

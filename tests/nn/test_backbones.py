@@ -179,6 +179,10 @@ def test_none_warns_random_init_and_saved_models_do_not():
     with _no_warnings(), weights_overwritten():  # BaseModel.load: the saved state_dict replaces the weights
         build_backbone(NAME, weights="IMAGENET1K_V1")  # no download either (it would fail here)
         TCGNModule(4, **TCGN_TINY)
+    with _no_warnings():  # random on purpose (pretraining from scratch, a caller that warns itself)
+        build_backbone(NAME, warn_random=False)
+    with pytest.raises(FileNotFoundError):  # warn_random concerns None only: weights still load and are checked
+        build_backbone(NAME, weights="missing.safetensors", warn_random=False)
 
 
 def test_module_and_state_dict_pass_through():

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from .._logging import logg
 from .._utils import _labels, _positive_int
 from ..nn._augment import random_dihedral
+from ..nn._backbones import build_backbone, load_weights
 from ..nn._multimodal import LOSS_TERMS, MultimodalModule
 from ..pp._mudata import LINK_KEY, PATCH_KEY
 from ._base import BaseModel, _refuse_dataloader_kwargs, _resume_checkpoint
@@ -165,8 +166,11 @@ class MultimodalST(BaseModel):
     **config
         Overrides of the defaults (see ``MultimodalST._default_config``): network sizes (``dim``, ``rna_depth``,
         ``image_depth``, ``fusion_depth``, ``heads``, ``dropout``, ``embed_dim``), ``image_encoder`` (``"vit"``, a
-        torchvision/timm backbone name, or ``"mlp"`` on embeddings in ``image.obsm``), ``image_weights`` (local
-        state_dict file for the image encoder, e.g. ImageNet or SSL weights; nothing is downloaded), ``sub_patch``,
+        torchvision/timm backbone name, or ``"mlp"`` on embeddings in ``image.obsm``), ``image_weights`` (the
+        image encoder's weights, as the expression models take them: a torchvision/timm weights name for a named
+        backbone, downloaded into the libraries' caches, or a local state_dict file such as SSL weights; ``None``
+        with a named backbone warns that it starts from random initialisation; the ``"vit"`` is trained from scratch,
+        as in the paper), ``sub_patch``,
         temperatures ``tau``/``tau_c``, triplet ``margin``, loss ``weights`` (:data:`scst.nn._multimodal.LOSS_TERMS`;
         0 switches a term off), ``unimodal_in_joint``, ``freeze_encoders``, ``match_on`` (``"sample"`` or
         ``"group"``), ``momentum`` and ``queue_size`` (ALBEF's momentum encoders and queue of negatives for the
@@ -381,16 +385,16 @@ class MultimodalST(BaseModel):
             x = (center + ((x - center) @ basis) @ basis.T).astype(np.float32)
         self.module.gene_mean.copy_(torch.from_numpy(x.mean(0)))
         self.module.gene_std.copy_(torch.from_numpy(np.maximum(x.std(0), 1e-3)))
-        weights = self.config["image_weights"]
+        weights, name = self.config["image_weights"], self.config["image_encoder"]
+        enc = self.module.image_encoder
         if weights:  # ImageNet / timm / hub names, local files, SSL weights (as the expression models take them)
-            from ..nn._backbones import build_backbone, load_weights
-
-            enc = self.module.image_encoder
-            if self.config["image_encoder"] in ("vit", "mlp"):
+            if name in ("vit", "mlp"):
                 load_weights(enc, weights, where="image_weights")
             else:
-                net, _ = build_backbone(self.config["image_encoder"], weights, where="image_weights")
+                net, _ = build_backbone(name, weights, where="image_weights")
                 enc.net.load_state_dict(net.state_dict())
+        elif name not in ("vit", "mlp"):  # a named trunk built randomly: warns, as the expression models do
+            load_weights(enc.net, None, where="image_weights", what=f"{name} image encoder")
 
     def _validate_data(self, adata: Any) -> None:
         reg = self.registry

@@ -235,7 +235,12 @@ def _user_stacklevel() -> int:
 
 
 def build_backbone(
-    name: str, weights: Any = None, *, where: str = "weights", model_kwargs: Mapping[str, Any] | None = None
+    name: str,
+    weights: Any = None,
+    *,
+    where: str = "weights",
+    model_kwargs: Mapping[str, Any] | None = None,
+    warn_random: bool = True,
 ) -> tuple[nn.Module, int]:
     """A torchvision or timm classification network with its classifier removed, and its weights.
 
@@ -257,6 +262,9 @@ def build_backbone(
         Extra keyword arguments of ``torchvision.models.get_model`` / ``timm.create_model``; several hub models need
         them to build the architecture their weights fit (UNI, H-optimus: ``{"init_values": 1e-5}``; see
         ``docs/encoders.md``). ``num_classes`` is always 0 for timm models.
+    warn_random
+        Whether ``weights=None`` warns that predictions will be weak. False where random initialisation is the
+        intent (self-supervised pretraining from scratch) or the caller warns itself.
 
     Returns
     -------
@@ -294,6 +302,8 @@ def build_backbone(
     if isinstance(weights, str) and not os.path.isfile(weights) and not _looks_like_path(weights):
         return _pretrained(name, weights, where, kwargs)
     module, n_features = random_init()
+    if weights is None and not warn_random:
+        return module, n_features
     load_weights(module, weights, where=where, what=f"{name} backbone")
     return module, n_features
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._backbones import build_backbone
 from ._layers import ViTBlock
 from ._train_step import imagenet_normalize
 
@@ -181,17 +182,6 @@ class _VectorEncoder(nn.Module):
         return self.out(self.net(x))[:, None]
 
 
-def _build_backbone(name: str) -> tuple[nn.Module, int]:
-    """Randomly initialised backbone (weights, if any, are loaded by the model class or come from a checkpoint)."""
-    import warnings
-
-    from ._backbones import build_backbone
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return build_backbone(name, None)
-
-
 class FusionEncoder(nn.Module):
     """ALBEF's fusion encoder: RNA tokens self-attend, then cross-attend to image tokens (pre-norm blocks)."""
 
@@ -328,7 +318,8 @@ class MultimodalModule(nn.Module):
             mlp = nn.Sequential(nn.Linear(image_features, 2 * dim), nn.GELU(), nn.Dropout(dropout))
             self.image_encoder = _VectorEncoder(mlp, 2 * dim, dim)
         else:
-            net, n_feat = _build_backbone(image_encoder)
+            # Random here: the model class loads its weights (and warns without any), or a checkpoint does.
+            net, n_feat = build_backbone(image_encoder, None, warn_random=False)
             self.image_encoder = _VectorEncoder(net, n_feat, dim)
         self.rna_proj = nn.Linear(dim, embed_dim)
         self.img_proj = nn.Linear(dim, embed_dim)

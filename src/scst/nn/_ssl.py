@@ -8,7 +8,6 @@ built, so ``import scst.nn`` needs only torch). Kept in ``scst.nn`` so the produ
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -19,14 +18,6 @@ from ._backbones import build_backbone
 from ._train_step import imagenet_normalize
 
 __all__ = ["BYOLModule"]
-
-
-def _build_backbone(name: str, weights: str | None = None) -> tuple[nn.Module, int]:
-    """Trunk ``name`` (classifier removed), randomly initialised unless ``weights`` is given (no warning)."""
-    with warnings.catch_warnings():
-        # Random initialisation is the point of pretraining from scratch, not a weak-prediction hazard here.
-        warnings.filterwarnings("ignore", message=".*starts from random initialisation.*")
-        return build_backbone(name, weights, where="backbone_weights")
 
 
 def _features(trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -76,7 +67,10 @@ class BYOLModule(nn.Module):
 
         if not 0.0 <= momentum_start <= momentum_end <= 1.0:
             raise ValueError(f"momentum: expected 0 <= start <= end <= 1, got {momentum_start}, {momentum_end}.")
-        self.backbone, n_features = _build_backbone(backbone, backbone_weights)
+        # Random initialisation is the point of pretraining from scratch, not a weak-prediction hazard: no warning.
+        self.backbone, n_features = build_backbone(
+            backbone, backbone_weights, where="backbone_weights", warn_random=False
+        )
         self.projection_head = BYOLProjectionHead(n_features, proj_hidden_dim, proj_dim)
         self.prediction_head = BYOLPredictionHead(proj_dim, pred_hidden_dim, proj_dim)
         self.backbone_momentum = copy.deepcopy(self.backbone)
