@@ -59,6 +59,25 @@ def test_an_explicit_path_without_the_file_never_downloads(tmp_path, monkeypatch
         _fetch.fetch("her2st", "C4/he.jpg", path=tmp_path)  # has a public URL, but path= is authoritative
 
 
+def test_a_failed_download_names_the_local_alternatives(tmp_path, monkeypatch):
+    import requests
+
+    monkeypatch.delenv("SCST_DATA_DIR", raising=False)
+    monkeypatch.setenv("SCST_CACHE_DIR", str(tmp_path))
+
+    def offline(url, **kwargs):
+        raise requests.exceptions.ConnectionError(f"Failed to resolve 'raw.githubusercontent.com' ({url})")
+
+    monkeypatch.setattr(_fetch.pooch, "retrieve", offline)
+    with pytest.raises(OSError, match=r"Could not download her2st/D1/counts.tsv.gz from https://raw") as err:
+        _fetch.fetch("her2st", "D1/counts.tsv.gz")
+    msg = str(err.value)
+    assert "ConnectionError: Failed to resolve" in msg and "$SCST_DATA_DIR/her2st/D1/counts.tsv.gz" in msg
+    assert "path=<folder>" in msg and "git blob" in msg
+    assert isinstance(err.value.__cause__, requests.exceptions.ConnectionError)
+    assert not (tmp_path / "data" / "her2st" / "D1" / "counts.tsv.gz").exists()
+
+
 # ------------------------------------------------------------------------------------------------ mutation sweep
 HELLO_BLOB = "ce013625030ba8dba906f756967f9e9ca394464a"  # `printf 'hello\n' | git hash-object --stdin`
 

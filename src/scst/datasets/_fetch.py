@@ -203,6 +203,8 @@ def fetch(dataset: str, relpath: str, path: str | os.PathLike | None = None) -> 
         A local file whose hash differs from the registry, or a download that fails its check twice.
     FileNotFoundError
         The file is not local and has no upstream URL with a known hash.
+    OSError
+        The download failed (offline, proxy, HTTP error); the message names the local alternatives.
     """
     if dataset not in REGISTRY:
         raise KeyError(f"Unknown dataset {dataset!r}; known: {sorted(REGISTRY)}.")
@@ -239,6 +241,12 @@ def fetch(dataset: str, relpath: str, path: str | os.PathLike | None = None) -> 
             if "does not match the known hash" not in str(e):
                 raise
             out = target
+        except OSError as e:  # offline, proxy, HTTP errors (requests' exceptions are OSErrors)
+            raise OSError(
+                f"Could not download {dataset}/{relpath} from {url} ({type(e).__name__}: {e}). Without network "
+                f"access, put the file at $SCST_DATA_DIR/{dataset}/{relpath} (the layout of ../shared/data/{dataset}) "
+                f"or pass path=<folder>; its {_describe(known)} is checked either way."
+            ) from e
         else:
             if pooch_hash is not None or _check(out, known):  # pooch verified (or re-fetched) SHA-256 itself
                 return out
