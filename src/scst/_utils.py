@@ -45,6 +45,41 @@ def _check_key(mapping: Any, key: str, where: str) -> None:
         raise KeyError(f"Key {key!r} not found in {where}; available: {avail[:20]}.")
 
 
+def _obsm_features(
+    adata: Any,
+    key: str,
+    n_features: int | None = None,
+    rows: np.ndarray | None = None,
+    *,
+    arg: str = "use_rep",
+    hint: str = "run scst.tl.embed_patches first",
+    dtype: Any = np.float32,
+) -> np.ndarray:
+    """``obsm[key]`` (dense, DataFrame or sparse) as ``dtype`` for ``rows``, checked.
+
+    2-D, one row per spot, ``n_features`` columns, finite; errors name ``arg`` and the first bad spots by name.
+    """
+    from scipy import sparse
+
+    _check_key(adata.obsm, key, f"adata.obsm (argument `{arg}`; {hint})")
+    x = adata.obsm[key]
+    x = x.to_numpy() if hasattr(x, "to_numpy") else x
+    x = x.toarray() if sparse.issparse(x) else np.asarray(x)
+    if x.ndim != 2 or x.shape[0] != adata.n_obs or x.shape[1] == 0:
+        raise ValueError(f"{arg}: obsm[{key!r}] must have shape (n_obs={adata.n_obs}, n_features), got {x.shape}.")
+    if n_features is not None and x.shape[1] != n_features:
+        raise ValueError(f"{arg}: obsm[{key!r}] has {x.shape[1]} features; the model was trained on {n_features}.")
+    rows = np.arange(adata.n_obs) if rows is None else np.asarray(rows)
+    x = x[rows]
+    bad = ~np.isfinite(x).all(1)
+    if bad.any():
+        raise ValueError(
+            f"{arg}: obsm[{key!r}] has NaN/inf in {int(bad.sum())} of {len(x)} spots (e.g. "
+            f"{list(adata.obs_names[rows[bad][:5]])}); re-run the embedding or drop those spots."
+        )
+    return x.astype(dtype)
+
+
 def _positive(name: str, value: Any, what: str = "number", where: str = "") -> float:
     """``value`` as a finite positive float, or a ValueError naming the argument (``where``: where it came from)."""
     try:

@@ -187,10 +187,17 @@ def test_ridge_constant_feature_bad_penalties_and_features_outside_training():
     RidgeExpression.setup_anndata(a, "X_nan", "panel", sections=["S1", "S2", "S3"])
     model = RidgeExpression(a).train()
     np.testing.assert_allclose(model.predict(sections="S3"), RidgeExpression(a).train().predict(sections="S3"))
-    with pytest.raises(ValueError, match="non-finite values on predicted spots"):
+    names = list(a.obs_names[s4[:3]])  # the spots are named (not positions within the predicted rows)
+    with pytest.raises(ValueError, match=r"embedding_key: obsm\['X_nan'\] has NaN/inf in 3 of \d+ spots") as err:
         model.predict(sections="S4")
-    with pytest.raises(ValueError, match="non-finite values on training spots"):
+    assert str(names) in str(err.value)
+    with pytest.raises(ValueError, match=r"NaN/inf in 3 of \d+ spots") as err:
         RidgeExpression.setup_anndata(a, "X_nan", "panel", sections=["S3", "S4"])
+    assert str(names) in str(err.value)
+    # a sparse embedding is used as its dense matrix, as the heads use it
+    a.obsm["X_sparse"] = sparse.csr_matrix(a.obsm["X_feat"])
+    RidgeExpression.setup_anndata(a, "X_sparse", "panel", sections=["S1", "S2", "S3"])
+    np.testing.assert_allclose(RidgeExpression(a).train().predict(sections="S4"), ref, rtol=1e-4, atol=1e-5)
 
 
 def test_closed_form_models_read_the_counts_layer():

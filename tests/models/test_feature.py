@@ -119,8 +119,9 @@ def test_bad_embeddings_are_named():
     tab = _table()
     tab.obsm["X_nan"] = tab.obsm["X_emb"].copy()
     tab.obsm["X_nan"][[3, 70], 1] = np.nan
-    with pytest.raises(ValueError, match=r"NaN/inf in 2 of 128 spots"):
+    with pytest.raises(ValueError, match=r"NaN/inf in 2 of 128 spots") as err:
         MLPExpression.setup_anndata(tab, use_rep="X_nan", genes=PANEL, sections=["S1", "S2"])
+    assert str(list(tab.obs_names[[3, 70]])) in str(err.value)  # by name
     with pytest.raises(KeyError, match="embed_patches"):
         MLPExpression.setup_anndata(tab, use_rep="X_absent", genes=PANEL)
     del tab.obsp["hypergraph_incidence"]
@@ -181,8 +182,9 @@ def _table4():
 @pytest.mark.parametrize("n_programs", [None, 2, "auto"])
 def test_ridge_path_starts_at_ridge_on_the_training_sections(cls, n_programs):
     """With lr 0 nothing is learned: the head's prediction is exactly ridge fitted on its training sections
-    (S4, the validation section, included) — reduced-rank ridge with the same programmes when ``n_programs`` is
-    set (``"auto"`` chooses the same number) — so the network can only add to it; without the path it is not."""
+    (S4, the validation section, included; left out with ``linear_on_validation=False``) — reduced-rank ridge with
+    the same programmes when ``n_programs`` is set (``"auto"`` chooses the same number) — so the network can only
+    add to it; without the path it is not."""
     from scst.models import RidgeExpression
 
     tab = _table4()
@@ -204,6 +206,15 @@ def test_ridge_path_starts_at_ridge_on_the_training_sections(cls, n_programs):
         if n_programs is not None:
             assert model.n_programs_ == ridge_model.n_programs_
             assert np.linalg.matrix_rank(pred - pred.mean(0), tol=1e-3) <= model.n_programs_
+    # linear_on_validation=False: the closed-form parts leave the validation section S4 out (ridge on S1, S2)
+    RidgeExpression.setup_anndata(tab, embedding_key="X_emb", genes=PANEL, sections=["S1", "S2"])
+    ridge12 = RidgeExpression(tab, n_programs=n_programs).train().predict(tab, "S3")
+    assert np.abs(ridge12 - ridge).max() > 1e-3  # S4 matters, so the check below can fail
+    cls.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1", "S2", "S4"])
+    cfg = {"n_programs": n_programs, "linear_on_validation": False, "max_epochs": 1, "lr": 0.0, "weight_decay": 0.0}
+    model = cls(tab, **{**cls.bench_config, **cfg})
+    model.train(validation="S4", enable_progress_bar=False)
+    np.testing.assert_allclose(model.predict(tab, "S3"), ridge12, rtol=1e-4, atol=1e-4)
 
 
 def test_bad_n_programs_is_named():

@@ -409,6 +409,24 @@ def test_cross_validate_validation_never_holds_out_the_test_section(recording):
     recording.calls = []
     cross_validate(recording, sd, genes=PANEL, metrics=("pearson",), validation=None, test_sections=["S1"])
     assert [c for c in recording.calls if c[0] == "train"] == [("train", False)]
+    # checked before any fold trains: a section name that is not among the sections, a metric name
+    recording.calls = []
+    with pytest.raises(ValueError, match=r"validation: 'S22' is not among the sections \['S1', 'S2', 'S3'\]"):
+        cross_validate(recording, sd, genes=PANEL, metrics=("pearson",), validation="S22")
+    with pytest.raises(ValueError, match=r"metrics: expected a non-empty subset of .*got \['pearsonr'\]"):
+        cross_validate(recording, sd, genes=PANEL, metrics="pearsonr")
+    with pytest.warns(UserWarning, match="select_genes_kwargs are ignored when genes= is given"):
+        cross_validate(
+            recording, sd, genes=PANEL, metrics="pearson", select_genes_kwargs={"n_top": 5}, test_sections=["S1"]
+        )
+    assert [c[0] for c in recording.calls] == ["setup", "train", "predict"]  # the refused calls never trained
+    # closed-form models hold nothing out: None (not the False asked of trainable models)
+    tab = sd.tables["table"]
+    tab.obsm["X_z"] = np.column_stack([tab.obs["z"].to_numpy(), np.zeros(tab.n_obs)])
+    df = cross_validate(
+        RidgeExpression, sd, genes=PANEL, setup_kwargs={"embedding_key": "X_z"}, validation=None, test_sections=["S1"]
+    )
+    assert df.attrs["folds"][0]["validation"] is None
 
 
 def test_cross_validate_panel_size_and_section_checks(recording):

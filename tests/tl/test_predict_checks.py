@@ -96,3 +96,26 @@ def test_bad_layer_and_sdata_fail_before_prediction_and_copy_semantics():
     assert scst.tl.predict_expression(sd, model, layer="p") is None
     tab = sd.tables["table"]
     assert "p" in tab.layers and tab.var["p_mask"].tolist() == [True, True] and tab.obs["p_mask"].all()
+
+
+def test_unknown_sections_wrong_shapes_and_tables_without_regions_fail_clearly():
+    """An unknown section is refused before any featurising or prediction; a model returning another shape than
+    (spots of sections, panel genes) is an error, not a misplaced layer; a new table needs region/instance columns."""
+    sd = _toy_sdata()
+    model = _PanelModel()
+    with pytest.raises(ValueError, match=r"sections: \['S9'\] have no spots in table 'table' \(sections with spots"):
+        scst.tl.predict_expression(sd, model, sections="S9")
+    assert model.calls == 0
+
+    class _Short(_PanelModel):
+        def predict(self, data, sections=None, table="table"):
+            return super().predict(data, sections, table)[:-1]
+
+    with pytest.raises(ValueError, match=r"returned shape \(3, 2\); expected .* = \(4, 2\)"):
+        scst.tl.predict_expression(sd, _Short())
+    assert "predicted" not in sd.tables["table"].layers
+    tab = sd.tables["table"]
+    del tab.obs["region"]
+    with pytest.raises(ValueError, match=r"table_added: a new table needs obs\['region'\]"):
+        scst.tl.predict_expression(sd, model, table_added="pred")
+    assert model.calls == 0

@@ -28,7 +28,7 @@ from torch import nn
 from .._constants import SECTION_KEY, TABLE_KEY
 from .._logging import logg
 from .._normalize import log_normalized, raw_counts
-from .._utils import _check_key, _colwise_pearson, _embedding_record, _get_table
+from .._utils import _check_key, _colwise_pearson, _embedding_record, _get_table, _obsm_features
 from ..nn._backbones import build_backbone, load_backbone_weights
 from ._base import _jsonable, _read_model_attrs, _scst_version, _SetupRegistry, _write_model_dir
 from ._image import _check_sections, _ImageModel
@@ -511,33 +511,22 @@ class RidgeExpression(_ClosedFormModel):
         sections
             Training sections; default all. Leave the test section out.
         """
-        _check_key(adata.obsm, embedding_key, "adata.obsm")
-        feats = np.asarray(adata.obsm[embedding_key])
-        if feats.ndim != 2 or feats.shape[1] == 0:
-            raise ValueError(f"embedding_key: obsm[{embedding_key!r}] must be (n_obs, n_features), got {feats.shape}.")
+        _check_key(adata.obsm, embedding_key, "adata.obsm (argument `embedding_key`; run scst.tl.embed_patches first)")
         reg = cls._base_registry(adata, genes, layer, sections)
         sec = adata.obs[SECTION_KEY].astype(str).to_numpy()
-        if not np.isfinite(feats[np.isin(sec, reg["sections"])]).all():
-            raise ValueError(f"embedding_key: obsm[{embedding_key!r}] has non-finite values on training spots.")
+        train_rows = np.flatnonzero(np.isin(sec, reg["sections"]))  # checked there: finite
+        feats = _obsm_features(adata, embedding_key, rows=train_rows, arg="embedding_key")
         cls._register(adata, {**reg, "embedding_key": embedding_key, "n_features": int(feats.shape[1]),
                               "embedding": _embedding_record(adata, embedding_key)})  # fmt: skip
 
     def _features(self, adata: Any, rows: np.ndarray) -> np.ndarray:
-        key = self.registry["embedding_key"]
-        _check_key(adata.obsm, key, "adata.obsm")
-        x = np.asarray(adata.obsm[key], dtype=np.float64)[rows]
-        if x.ndim != 2 or x.shape[1] != self.registry["n_features"]:
-            raise ValueError(
-                f"obsm[{key!r}] has shape {x.shape}; the model was trained on {self.registry['n_features']} features."
-            )
-        return x
+        key, n = self.registry["embedding_key"], self.registry["n_features"]
+        return _obsm_features(adata, key, n, rows, arg="embedding_key", dtype=np.float64)
 
     def train(self) -> RidgeExpression:
         """Choose the penalties by grouped inner CV on the training sections, then fit them all; returns ``self``."""
         rows = self._train_rows()
         x, y = self._features(self.adata, rows), self._targets(rows)
-        if not np.isfinite(x).all():
-            raise ValueError(f"obsm[{self.registry['embedding_key']!r}] has non-finite values on training spots.")
         groups = self.adata.obs[SECTION_KEY].astype(str).to_numpy()[rows]
         fit = ridge_fit(
             x, y, groups, self.config["alphas"], self.config["alpha_per_gene"], int(self.config["n_inner_splits"])
@@ -610,8 +599,6 @@ class RidgeExpression(_ClosedFormModel):
         self._require_trained()
         adata, rows = self._predict_rows(data, sections, table)
         x = self._features(adata, rows)
-        if not np.isfinite(x).all():
-            raise ValueError(f"obsm[{self.registry['embedding_key']!r}] has non-finite values on predicted spots.")
         p = self.params
         return (((x - p["x_mean"]) / p["x_scale"]) @ p["coef"] + p["intercept"]).astype(np.float32)
 

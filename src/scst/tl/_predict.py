@@ -224,6 +224,17 @@ def predict_expression(
         if copy:  # featurising (a head's embedding, hypergraph) must not write into the caller's table either
             adata = adata.copy()
             sdata = _with_table(sdata, table, adata)
+        if sections is not None:  # before any featurising writes into the table
+            have = list(dict.fromkeys(adata.obs[SECTION_KEY].astype(str))) if SECTION_KEY in adata.obs else []
+            unknown = [s for s in sections if s not in have]
+            if unknown:
+                raise ValueError(f"sections: {unknown} have no spots in table {table!r} (sections with spots: {have}).")
+        if table_added is not None and (REGION_KEY not in adata.obs or INSTANCE_KEY not in adata.obs):
+            raise ValueError(
+                f"table_added: a new table needs obs[{REGION_KEY!r}] and obs[{INSTANCE_KEY!r}] in table {table!r} "
+                "(as scst.io.read_st writes them) to link its spots to their shapes; leave table_added None to "
+                "write a layer of the table instead."
+            )
         if table_added is None:  # check the panel before the (long) prediction, not after it
             missing = [g for g in genes if g not in adata.var_names]
             if missing:
@@ -237,6 +248,11 @@ def predict_expression(
         sec_col = adata.obs[SECTION_KEY].astype(str).to_numpy()
         sections = list(dict.fromkeys(sec_col)) if sections is None else list(sections)
         rows = np.flatnonzero(np.isin(sec_col, sections))
+        if np.shape(pred) != (len(rows), len(genes)):
+            raise ValueError(
+                f"model: {type(model).__name__}.predict returned shape {np.shape(pred)}; expected (spots of sections, "
+                f"panel genes) = {(len(rows), len(genes))}."
+            )
         if table_added is not None:
             import anndata as ad
             from spatialdata.models import TableModel
@@ -349,7 +365,7 @@ def _prepare_features(
     weights = None if handcrafted else emb.get("weights")
     embed_patches(
         sdata, emb["encoder"], weights=weights, encoder_kwargs=emb.get("encoder_kwargs"), size_um=emb["size_um"],
-        out_px=int(emb["out_px"]), key_added=key, table=table,
+        out_px=int(emb["out_px"]), key_added=key, table=table, device=getattr(model, "device", "cpu"),
         normalize=None if emb.get("normalize") in (None, "none") else emb["normalize"], progress=progress, **opts,
     )  # fmt: skip
     if by is not None:  # trained on features standardised per section: the same here
@@ -496,7 +512,7 @@ def cross_validate(
     """
     import anndata as ad
 
-    from ._expression import evaluate_expression
+    from ._expression import _METRICS, evaluate_expression
 
     if by != SECTION_KEY:
         raise ValueError(f"by: only {SECTION_KEY!r} is supported (image models work per section), got {by!r}.")
@@ -518,6 +534,17 @@ def cross_validate(
         raise ValueError(f"sections: leave-one-section-out needs at least 2 sections, got {sections}.")
     if validation not in ("auto", None) and not isinstance(validation, str):
         raise ValueError(f"validation: expected 'auto', None or a section name, got {validation!r}.")
+    if validation not in ("auto", None) and validation not in sections:
+        raise ValueError(f"validation: {validation!r} is not among the sections {sections}.")
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)  # checked now, not after the first fold
+    if not metrics or any(m not in _METRICS for m in metrics):
+        raise ValueError(f"metrics: expected a non-empty subset of {_METRICS}, got {metrics}.")
+    if genes is not None and select_genes_kwargs:
+        warnings.warn(
+            "cross_validate: select_genes_kwargs are ignored when genes= is given (the panel is not chosen per fold).",
+            UserWarning,
+            stacklevel=2,
+        )
     if not _accepts(model_cls.train, "validation"):  # closed-form baselines: train() takes no arguments
         unused = ([f"train_kwargs {sorted(train_kwargs)}"] if train_kwargs else []) + (
             [f"validation={validation!r}"] if validation not in ("auto", None) else []
@@ -587,7 +614,7 @@ def cross_validate(
                 "section": test,
                 "train_sections": train,
                 # the section(s) the model held out (drawn by the model when "auto"); closed-form models: None
-                "validation": getattr(model, "validation_sections_", val),
+                "validation": getattr(model, "validation_sections_", None),
                 "train_seconds": t1 - t0,
                 "predict_seconds": t2 - t1,
                 "n_spots": int(len(rows)),
