@@ -9,6 +9,8 @@ hand-crafted features at several fields of view, with and without grid-neighbour
     python benchmarks/select_expression.py hc80_160_320,hc40_80_160_320
     python benchmarks/select_expression.py hc80,hc80_160_320 'noprog={"n_programs": null}' --tag programs
     python benchmarks/select_expression.py hc80_160_320_scaled,hc80_160_320_56_scaled --tag px56
+    python benchmarks/select_expression.py hc80_160_320_scaled 'linval={"linear_on_validation": false}' \
+        --mlp-variants --tag linval
 
 Before the ``--tag programs`` round the heads had no ``n_programs`` option (one output per gene); from it on their
 default is ``n_programs="auto"``, and the round adds reduced-rank ridge (``n_programs="auto"``) and the heads
@@ -69,6 +71,8 @@ tag = ""
 if "--tag" in args:  # results of a later selection round go to their own file
     i = args.index("--tag")
     tag, args = "_" + args[i + 1], args[:i] + args[i + 2 :]
+mlp_variants = "--mlp-variants" in args  # the extra configurations also for the MLP head (not only HGGEP's)
+args = [a for a in args if a != "--mlp-variants"]
 res = {}
 for rep in sys.argv[1].split(","):
     RidgeExpression.setup_anndata(tab, embedding_key=rep, sections=["C2", "C3", "C4"])
@@ -78,9 +82,12 @@ for rep in sys.argv[1].split(","):
         rrr = RidgeExpression(tab, n_programs="auto").train()
         res[f"ridge_programs_{rep}"] = score(rrr.predict(tab, ["C5"])) + (int(rrr.params["n_programs"]),)
         print(f"ridge_programs_{rep}", res[f"ridge_programs_{rep}"], flush=True)
-    for name, cls, cfg in [("mlp", MLPExpression, {}), ("head", HGGEPHead, {"max_epochs": 150})] + [
-        (f"head_{k}", HGGEPHead, dict(max_epochs=150, **json.loads(v))) for k, v in (kv.split("=", 1) for kv in args)
-    ]:
+    variants = [(k, json.loads(v)) for k, v in (kv.split("=", 1) for kv in args)]
+    for name, cls, cfg in (
+        [("mlp", MLPExpression, {}), ("head", HGGEPHead, {"max_epochs": 150})]
+        + [(f"mlp_{k}", MLPExpression, v) for k, v in variants if mlp_variants]
+        + [(f"head_{k}", HGGEPHead, dict(max_epochs=150, **v)) for k, v in variants]
+    ):
         if cls is HGGEPHead:
             scst.pp.hypergraph(tab, use_rep=rep, k=3)
         cls.setup_anndata(tab, use_rep=rep, sections=["C2", "C3", "C4"])

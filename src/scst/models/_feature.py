@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._constants import SECTION_KEY, SPATIAL_KEY, TABLE_KEY
 from .._normalize import panel_targets, raw_counts
-from .._utils import _check_key, _embedding_record, _get_table, _plain, _positive_int
+from .._utils import _check_key, _embedding_record, _get_table, _obsm_features, _plain, _positive_int
 from ..nn._heads import MLPHeadModule, SpatialHeadModule
 from ._base import BaseModel, _refuse_dataloader_kwargs
 from ._image import (
@@ -33,26 +33,6 @@ from ._image import (
 )
 
 __all__ = ["HGGEPHead", "MLPExpression"]
-
-
-def _embedding(adata: Any, key: str, n_features: int | None = None, rows: np.ndarray | None = None) -> np.ndarray:
-    """``obsm[key]`` as float32, checked: 2-D, one row per spot, finite, ``n_features`` columns."""
-    _check_key(adata.obsm, key, "adata.obsm (argument `use_rep`; run scst.tl.embed_patches first)")
-    x = adata.obsm[key]
-    x = x.to_numpy() if hasattr(x, "to_numpy") else x
-    x = x.toarray() if sparse.issparse(x) else np.asarray(x)
-    if x.ndim != 2 or x.shape[0] != adata.n_obs:
-        raise ValueError(f"use_rep: obsm[{key!r}] must have shape (n_obs={adata.n_obs}, n_features), got {x.shape}.")
-    if n_features is not None and x.shape[1] != n_features:
-        raise ValueError(f"use_rep: obsm[{key!r}] has {x.shape[1]} features; the model was trained on {n_features}.")
-    x = x if rows is None else x[rows]
-    bad = ~np.isfinite(x).all(1)
-    if bad.any():
-        raise ValueError(
-            f"use_rep: obsm[{key!r}] has NaN/inf in {int(bad.sum())} of {len(x)} spots (e.g. rows "
-            f"{np.flatnonzero(bad)[:5].tolist()}); re-run the embedding or drop those spots."
-        )
-    return x.astype(np.float32)
 
 
 class _Spots(Dataset):
@@ -136,7 +116,7 @@ class _FeatureModel(BaseModel):
         raw_counts(adata, layer, f"{cls.__name__}.setup_anndata", hint=_RAW_HINT)
         sections = _check_sections(adata, sections)
         rows = np.flatnonzero(adata.obs[SECTION_KEY].astype(str).isin(sections).to_numpy())
-        x = _embedding(adata, use_rep, rows=rows)
+        x = _obsm_features(adata, use_rep, rows=rows)
         panel, genes_key = _resolve_panel(adata, genes)
         # How the embedding was made (scst.tl.embed_patches) lets predict_expression recompute it on an H&E-only
         # slide; embeddings from elsewhere leave it None (such slides then need the embedding in obsm).
@@ -187,7 +167,7 @@ class _FeatureModel(BaseModel):
 
         rows = np.flatnonzero(adata.obs[SECTION_KEY].astype(str).to_numpy() == section)
         sec = types.SimpleNamespace(name=section, rows=rows)
-        sec.x = _embedding(adata, self.registry["use_rep"], self.registry["n_features"], rows)
+        sec.x = _obsm_features(adata, self.registry["use_rep"], self.registry["n_features"], rows)
         if self._spatial:
             key = self.registry["hypergraph_key"]
             if key not in adata.obsp:
@@ -240,9 +220,11 @@ class _FeatureModel(BaseModel):
             s.size_factors = (s.lib / np.median(lib)).astype(np.float32)
         if not self.is_trained:
             self._init_zinb_bias([secs[s] for s in train])
-            # The closed-form parts use every training section; the validation one only steers the network's
-            # early stopping (the test section is never among them).
-            self._init_linear_parts([secs[s] for s in train + val])
+            # By default the closed-form parts use every training section, the validation one included (it then
+            # also steers the network's early stopping); linear_on_validation=False keeps it out of them, so the
+            # validation MSE the checkpoint is chosen on is out of sample. The test section is never among them.
+            fit_on = train + val if self.config["linear_on_validation"] else train
+            self._init_linear_parts([secs[s] for s in fit_on])
         return self._loaders([secs[s] for s in train], [secs[s] for s in val], batch_size)
 
     def _init_zinb_bias(self, sections: list) -> None:
@@ -372,8 +354,11 @@ class MLPExpression(_FeatureModel):
         ``hidden`` (256), ``dropout`` (0.25), ``ridge_skip`` (True: a frozen linear path set to ridge on the
         training sections, the MLP learns its residual; False: the MLP alone), ``n_programs`` (``"auto"``: the
         output goes through the leading expression programmes of the training spots, their number chosen by a
-        grouped inner CV on the training sections; an int; None: one output per gene) and the training keys
-        ``max_epochs`` (200), ``batch_size`` (64), ``lr`` (1e-3), ``weight_decay`` (1e-3, AdamW), ``patience`` (20),
+        grouped inner CV on the training sections; an int; None: one output per gene), ``linear_on_validation``
+        (True: the ridge path and the programmes are fit on the training sections including the validation one;
+        False: without it, so early stopping watches an out-of-sample MSE — docs/benchmarks/expression.md compares
+        both) and the training keys ``max_epochs`` (200), ``batch_size`` (64), ``lr`` (1e-3), ``weight_decay``
+        (1e-3, AdamW), ``patience`` (20),
         ``seed``.
 
     Examples
@@ -385,8 +370,8 @@ class MLPExpression(_FeatureModel):
 
     _module_cls = MLPHeadModule
     _default_config: ClassVar[dict[str, Any]] = {
-        "hidden": 256, "dropout": 0.25, "ridge_skip": True, "n_programs": "auto", "max_epochs": 200, "batch_size": 64,
-        "lr": 1e-3, "weight_decay": 1e-3, "optimizer": "adamw", "patience": 20,
+        "hidden": 256, "dropout": 0.25, "ridge_skip": True, "n_programs": "auto", "linear_on_validation": True,
+        "max_epochs": 200, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-3, "optimizer": "adamw", "patience": 20,
     }  # fmt: skip
     bench_config: ClassVar[dict[str, Any]] = dict(_default_config)
 
@@ -430,9 +415,9 @@ class HGGEPHead(_FeatureModel):
         ``ridge_skip`` (True: a frozen linear path set to ridge on the training sections, so the head learns the
         residual of ridge; not in the paper, False gives the paper's head), ``n_programs`` (``"auto"``: the output
         goes through the leading expression programmes of the training spots, their number chosen by a grouped inner
-        CV on the training sections; an int; None: one output per gene, the paper's head), and
-        the training keys ``max_epochs`` (400, the paper's), ``batch_size`` (96 spots per window), ``lr`` (3e-4),
-        ``weight_decay`` (1e-3, AdamW), ``patience`` (40), ``seed``.
+        CV on the training sections; an int; None: one output per gene, the paper's head), ``linear_on_validation``
+        (as in :class:`MLPExpression`), and the training keys ``max_epochs`` (400, the paper's), ``batch_size`` (96
+        spots per window), ``lr`` (3e-4), ``weight_decay`` (1e-3, AdamW), ``patience`` (40), ``seed``.
 
     Examples
     --------
@@ -447,8 +432,8 @@ class HGGEPHead(_FeatureModel):
     _default_config: ClassVar[dict[str, Any]] = {
         "dim": 128, "vit_depth": 2, "vit_heads": 8, "hg_hidden": 64, "lstm_layers": 1, "lstm_hidden": 128,
         "dropout": 0.2, "zinb_weight": 0.25, "use_ham": True, "use_zinb": True, "ridge_skip": True,
-        "n_programs": "auto", "max_epochs": 400, "batch_size": 96, "lr": 3e-4, "weight_decay": 1e-3,
-        "optimizer": "adamw", "patience": 40,
+        "n_programs": "auto", "linear_on_validation": True, "max_epochs": 400, "batch_size": 96, "lr": 3e-4,
+        "weight_decay": 1e-3, "optimizer": "adamw", "patience": 40,
     }  # fmt: skip
     bench_config: ClassVar[dict[str, Any]] = dict(_default_config)
 
