@@ -57,7 +57,7 @@ def main() -> None:
         help="comma-separated her2st sections to load (those outside ../shared are downloaded: A1–H3)",
     )  # fmt: skip
     parser.add_argument("--test-section", default="C6", help="held-out section predicted from its image")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the head and of the first multimodal model")
     parser.add_argument("--skip-multimodal", action="store_true", help="stop after the expression model")
     args = parser.parse_args()
     out = Path(args.out).resolve()
@@ -178,7 +178,7 @@ def main() -> None:
         import demo_multimodal
 
         print("\nMultimodal histology ↔ RNA retrieval (MultimodalST):")
-        demo_multimodal.run(sdata, out, test=test)
+        demo_multimodal.run(sdata, out, test=test, seed=args.seed)
     summary["total_seconds"] = time.perf_counter() - t0
     summary["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
     with _atomic_file(out / "expression.json") as tmp:

@@ -36,6 +36,22 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path):
     assert main(["train", "--model", "mean", "--sections", "C9", "--out", str(tmp_path / "m")]) == 2
 
 
+@pytest.mark.parametrize(
+    ("err", "want"),
+    [(ValueError("x: expected 'a', got 'b'"), "x: expected 'a', got 'b'"), (KeyError("no key 'k'"), "no key 'k'"),
+     (FileExistsError("out: 'p.zarr' exists"), "out: 'p.zarr' exists")],
+)  # fmt: skip
+def test_error_messages_keep_their_closing_quotes(err, want, monkeypatch, capsys):
+    import scst.cli
+
+    def fail(args):
+        raise err
+
+    monkeypatch.setattr(scst.cli, "_merge", fail)
+    assert main(["merge", "a.zarr", "--out", "b.zarr"]) == 2
+    assert capsys.readouterr().err == f"scst: error: {want}\n"
+
+
 def test_train_then_predict_mean_on_her2st(tmp_path, capsys):
     from scst._normalize import log_normalized
 
@@ -218,6 +234,16 @@ def test_a_store_without_table_or_section_column(tmp_path, capsys, monkeypatch):
     assert main(["ligrec", "--data", str(two), "--sections", "S1", "BOGUS", "--out", str(tmp_path / "lr3.csv")]) == 2
     assert "scst: error: --sections: ['BOGUS'] not in the data (sections: ['S1', 'S2'])." in capsys.readouterr().err
     assert not seen
+    # sections marked by obs['library_id'] (the squidpy convention): one grid per section, none across them
+    lib = syn.make_sdata(sections=("S1", "S2"))
+    tab = lib.tables["table"]
+    tab.obs["library_id"] = tab.obs.pop("section")
+    lib.write(tmp_path / "lib.zarr")
+    assert main(["ligrec", "--data", str(tmp_path / "lib.zarr"), "--out", str(tmp_path / "lr4.csv")]) == 0
+    a = seen["adata"]
+    rows, cols = a.obsp["spatial_connectivities"].nonzero()
+    lab = a.obs["library_id"].astype(str).to_numpy()
+    assert len(rows) == 2 * 224 and (lab[rows] == lab[cols]).all()
 
 
 def test_options_that_do_not_apply_are_errors(tmp_path, capsys, monkeypatch):
@@ -279,6 +305,7 @@ def _fake_model_class(calls):
         """A model class as the CLI uses it: records every call into ``calls``."""
 
         bench_config = {"a": 1}
+        var_names = ["G1", "G2"]  # the panel (train prints its size)
 
         @classmethod
         def _merge_config(cls, config):

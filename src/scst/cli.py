@@ -101,7 +101,9 @@ def _load_model(cls: Any, model_dir: Path) -> Any:
     try:
         return cls.load(model_dir)
     except (ValueError, FileNotFoundError, KeyError) as e:
-        msg = str(e).strip("'\"").splitlines()[0] if str(e) else type(e).__name__
+        # a KeyError's str() is its message in quotes: take the message itself (other messages keep their quotes)
+        text = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else str(e)
+        msg = text.splitlines()[0] if text else type(e).__name__
         raise CLIError(f"--model-dir: {msg}") from e
 
 
@@ -176,7 +178,7 @@ def _train(args: argparse.Namespace) -> None:
         # said here, before the features are computed, and naming the option (the model would blame `genes`)
         raise CLIError(
             f"--n-genes: the gene panel is empty: none of the {args.n_genes} most variable genes of a training "
-            "section is detected in at least half of the spots; pass a larger --n-genes (default 250)."
+            "section is detected in at least half of the spots; pass a larger --n-genes (default 1000)."
         )
 
     def build(data):
@@ -205,7 +207,8 @@ def _train(args: argparse.Namespace) -> None:
         model = build(sdata)
         model.train(**({"max_epochs": args.max_epochs} if args.max_epochs is not None else {}))
     model.save(out, overwrite=args.overwrite)
-    print(f"scst train: {type(model).__name__} on {args.sections or 'all sections'} → {out}")
+    print(f"scst train: {type(model).__name__} on {args.sections or 'all sections'}, {len(model.var_names)} panel "
+          f"genes → {out}")  # fmt: skip
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -326,10 +329,10 @@ def _ligrec(args: argparse.Namespace) -> None:
         adata = adata[adata.obs["section"].astype(str).isin(args.sections).to_numpy()].copy()
     if adata.n_obs == 0:
         raise CLIError(f"--data: the table of {args.data!r} has no spots.")
-    # ST arrays: the 4-neighbour grid on the integer array indices, per section (see the README); a table without
-    # obs["section"] is one section: one graph over all its spots
-    library_key = "section" if "section" in adata.obs else None
-    scst.pp.cell_graph(adata, grid=True, n_neighs=4, library_key=library_key)  # squidpy's grid builder
+    # ST arrays: the 4-neighbour grid on the integer array indices, per section (see the README); the sections are
+    # the first of obs["section"/"fov"/"library_id"/"sample"] (the column ligand_receptor permutes within too); a
+    # table with none of them is one section: one graph over all its spots
+    scst.pp.cell_graph(adata, grid=True, n_neighs=4, library_key="auto")  # squidpy's grid builder
     configs = {"bench": "bench_config", "fast": "fast_config", "pooled": "pooled_config", "paper": "_default_config"}
     gcng_config = dict(getattr(scst.models.GCNG, configs[args.gcng_config]))
     scst.tl.ligand_receptor(
@@ -350,7 +353,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--model", choices=sorted(MODELS), required=True, help="model to train")
     t.add_argument("--data", default="her2st", help="'her2st' or a SpatialData zarr store (default: her2st)")
     t.add_argument("--sections", nargs="+", help="training sections (default: all)")
-    t.add_argument("--n-genes", type=int, default=250, help="gene panel size (scst.pp.select_genes n_top)")
+    t.add_argument("--n-genes", type=int, default=1000,
+                   help="highly variable genes per training section (scst.pp.select_genes n_top); the panel is their "
+                   "union detected in >= 50%% of spots, as in the benchmarks and the demo (default 1000)")  # fmt: skip
     t.add_argument("--max-epochs", type=int, help="epochs for the networks, at least 1 (default: the model's "
                    "bench_config; not for the closed-form mean and ridge)")  # fmt: skip
     t.add_argument("--config", action="append", metavar="KEY=VALUE",
@@ -396,7 +401,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("ligrec", help="score ligand-receptor pairs on the spot grid; write the LIANA-style table")
     r.add_argument("--data", default="her2st", help="'her2st' or a SpatialData zarr store (default: her2st)")
     r.add_argument("--sections", nargs="+", help="sections, from obs['section'] of the table (default: all spots; "
-                   "a table without obs['section'] is one graph over all spots)")  # fmt: skip
+                   "graphs are built per obs['section'], else per 'fov'/'library_id'/'sample'; a table with none of "
+                   "them is one graph over all spots)")  # fmt: skip
     r.add_argument(
         "--method",
         nargs="+",
@@ -430,7 +436,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"scst: error: {e}", file=sys.stderr)
         return 2
     except (KeyError, ValueError, FileNotFoundError, FileExistsError, TypeError) as e:
-        msg = str(e).strip("'\"").splitlines()[0] if str(e) else type(e).__name__
+        # a KeyError's str() is its message in quotes: take the message itself (other messages keep their quotes)
+        text = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else str(e)
+        msg = text.splitlines()[0] if text else type(e).__name__
         print(f"scst: error: {msg}", file=sys.stderr)
         return 2
     return 0

@@ -121,6 +121,9 @@ def test_failed_shard_is_named_and_nothing_is_written(dask_client, model_dir, sh
     # with overwrite=True a run that succeeds replaces it
     predict_shards({"other": shard_sources["S4"]}, model_dir, out, client=dask_client, overwrite=True)
     assert set(sd.read_zarr(out).tables[SHARD_TABLE].obs["section"]) == {"S4"}
+    # the output may not be one of the sources (replacing it would delete the images being read)
+    with pytest.raises(ValueError, match="out: .* is also an input"):
+        predict_shards({"self": out}, model_dir, out, client=dask_client, overwrite=True)
 
 
 def test_relative_paths_are_those_of_the_caller(dask_client, model_dir, shard_sources, tmp_path, monkeypatch):
@@ -381,6 +384,15 @@ def test_merge_keeps_the_given_order_reports_and_geometry(shard_stores, tmp_path
     with pytest.raises(ValueError, match="out: .* is a file; `overwrite=True` replaces only a .zarr folder"):
         merge_shards([stores["S3"]], tmp_path / "file.zarr", overwrite=True)
     assert (tmp_path / "file.zarr").read_text() == "mine" and not list(tmp_path.glob(".file.zarr*"))
+    # a folder of other files named *.zarr, and an input store as the output: refused, nothing deleted
+    (tmp_path / "notes.zarr").mkdir()
+    (tmp_path / "notes.zarr" / "notes.txt").write_text("precious")
+    with pytest.raises(ValueError, match="is a folder but no zarr store; `overwrite=True` replaces only a zarr store"):
+        merge_shards([stores["S3"]], tmp_path / "notes.zarr", overwrite=True)
+    assert (tmp_path / "notes.zarr" / "notes.txt").read_text() == "precious"
+    with pytest.raises(ValueError, match="out: .* is also an input"):
+        merge_shards([stores["S3"], out], out, overwrite=True)
+    assert set(sd.read_zarr(out).tables[SHARD_TABLE].obs["section"]) == {"S3"}
 
 
 def test_merge_refuses_a_region_name_in_two_stores(shard_stores, tmp_path):

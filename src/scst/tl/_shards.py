@@ -269,8 +269,8 @@ def merge_shards(
 
     from .._utils import _atomic_dir
 
-    out = _check_out(out, overwrite)
     paths = [Path(p) for p in ([paths] if isinstance(paths, str | os.PathLike) else paths)]
+    out = _check_out(out, overwrite, paths)
     if not paths:
         raise ValueError("paths: expected at least one shard store, got none.")
     tables, shapes, reports, geos, owner, region_owner = [], {}, [], {}, {}, {}
@@ -328,14 +328,24 @@ def merge_shards(
     return pd.DataFrame.from_records(reports)
 
 
-def _check_out(out: str | os.PathLike, overwrite: bool) -> Path:
+def _check_out(out: str | os.PathLike, overwrite: bool, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """``out`` as a Path: a ``.zarr`` path that is none of ``inputs`` and, when it exists, a zarr store (or an empty
+    folder) that ``overwrite`` allows to replace — never a folder of other files."""
     out = Path(out)
     if out.suffix != ".zarr":
         raise ValueError(f"out: expected a path ending in .zarr, got {str(out)!r}.")
+    same = [str(p) for p in inputs if Path(p).exists() and out.exists() and Path(p).resolve() == out.resolve()]
+    if same:  # replacing it would delete the images and tables being read
+        raise ValueError(f"out: {str(out)!r} is also an input ({same[0]!r}); write the result to another path.")
     if out.exists() and not overwrite:
         raise FileExistsError(f"out: {str(out)!r} exists; pass `overwrite=True` to replace it.")
     if out.exists() and not out.is_dir():  # the file was swapped aside and left as a hidden file beside out
         raise ValueError(f"out: {str(out)!r} is a file; `overwrite=True` replaces only a .zarr folder.")
+    if out.is_dir() and not any((out / f).is_file() for f in (".zgroup", "zarr.json")) and any(out.iterdir()):
+        raise ValueError(
+            f"out: {str(out)!r} is a folder but no zarr store; `overwrite=True` replaces only a zarr store or an empty "
+            "folder, never other files."
+        )
     return out
 
 
@@ -430,8 +440,8 @@ def predict_shards(
         or not 0.0 <= min_tissue <= 1.0
     ):
         raise ValueError(f"min_tissue: expected a fraction in [0, 1], got {min_tissue!r}.")
-    out = _check_out(out, overwrite)
     sources = _normalize_shards(shards)
+    out = _check_out(out, overwrite, list(sources.values()))
     _model_class(model_dir)  # checked here; loaded in each worker
     if client is None:  # True is no worker count (it started one worker)
         _positive_int("n_workers", n_workers)
