@@ -121,6 +121,8 @@ if __name__ == "__main__":
     p.add_argument("--test-section", default="C6")
     p.add_argument("--seed", type=int, default=0, help="seed of the first of the models (the others: +1, +2)")
     a = p.parse_args()
+    sections = [s.strip() for s in a.sections.split(",") if s.strip()]
+    if a.test_section not in sections:  # said before the data are read
+        p.error(f"--test-section: expected one of --sections {sections}, got {a.test_section!r}.")
     torch.set_num_threads(1)
-    sections = [s.strip() for s in a.sections.split(",")]
     run(scst.datasets.her2st(sections=sections), a.out, test=a.test_section, seed=a.seed)

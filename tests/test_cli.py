@@ -228,6 +228,9 @@ def test_a_store_without_table_or_section_column(tmp_path, capsys, monkeypatch):
     assert seen["adata"].n_obs == 64 and conn.nnz == 224
     assert main(["ligrec", "--data", str(flat), "--sections", "S1", "--out", str(tmp_path / "lr2.csv")]) == 2
     assert "--sections: the table has no obs['section'] column" in capsys.readouterr().err
+    # train and predict need the column whatever --sections is: said naming --data, before any work
+    assert main(["train", "--model", "mean", "--data", str(flat), "--out", str(tmp_path / "m2")]) == 2
+    assert "scst: error: --data: scst train needs obs['section'] in the table" in capsys.readouterr().err
     two = tmp_path / "two.zarr"
     syn.make_sdata(sections=("S1", "S2")).write(two)
     seen.clear()
@@ -548,18 +551,19 @@ def test_an_out_of_the_wrong_kind_is_an_error_before_the_data_are_read(fake_pred
 
 
 def test_predict_image_options_reach_the_tool(fake_predict, tmp_path, monkeypatch, capsys):
-    """--image: µm/px and the spacing reach predict_expression; a zero µm/px is an error before the image is read."""
+    """--image: µm/px (to the reader and predict_expression) and the spacing reach the tools; a zero µm/px is an error
+    before the image is read."""
     from spatialdata import SpatialData
 
     m, calls = fake_predict
     images = []
-    monkeypatch.setattr("scst.cli._image_only", lambda path: images.append(path) or SpatialData())
+    monkeypatch.setattr("scst.cli._image_only", lambda path, upp: images.append((path, upp)) or SpatialData())
     image = tmp_path / "he.png"
     image.write_bytes(b"")
     out = tmp_path / "p.h5ad"
     base = ["predict", "--model-dir", str(m), "--image", str(image), "--out", str(out)]
     assert main([*base, "--um-per-px", "0.5", "--spacing-um", "150", "--num-workers", "2"]) == 0
-    assert images == [str(image)]
+    assert images == [(str(image), 0.5)]  # a whole-slide reader gets the pixel size too (for slides without one)
     assert calls[-1] == ("predict", {"um_per_px": 0.5, "spacing_um": 150.0, "num_workers": 2, "precision": "32"})
     assert ad.read_h5ad(out).n_obs == 3
     images.clear()

@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,16 @@ def _table(sdata: Any, data: str) -> Any:
     return tables["table"]
 
 
-def _check_sections(adata: Any, sections: Sequence[str] | None) -> None:
-    """Every section of ``--sections`` is in ``obs["section"]`` of the table (which must then have that column)."""
+def _check_sections(adata: Any, sections: Sequence[str] | None, command: str | None = None) -> None:
+    """Every section of ``--sections`` is in ``obs["section"]`` of the table (which must then have that column).
+
+    ``command`` (train, predict) needs the column whatever ``--sections`` is.
+    """
+    if command is not None and "section" not in adata.obs:
+        raise CLIError(
+            f"--data: scst {command} needs obs['section'] in the table (the section of every spot; "
+            f"columns: {list(adata.obs.columns)[:20]})."
+        )
     if not sections:
         return
     if "section" not in adata.obs:
@@ -107,7 +116,7 @@ def _load_model(cls: Any, model_dir: Path) -> Any:
         raise CLIError(f"--model-dir: {msg}") from e
 
 
-def _image_only(path: str) -> Any:
+def _image_only(path: str, um_per_px: float | None = None) -> Any:
     """SpatialData holding one H&E image (JPEG/PNG/TIFF, pyramidal or not, through the zarr cache; SVS/NDPI lazily)."""
     from spatialdata import SpatialData
 
@@ -120,7 +129,7 @@ def _image_only(path: str) -> Any:
 
     name = _sample_from_file_name(p.name.split(".")[0])  # 'patient 1.jpg' → 'patient_1' (a valid element name)
     if p.suffix.lower() in (".svs", ".ndpi", ".scn", ".bif"):  # pyramidal formats only read_wsi opens
-        return scst.io.read_wsi(p, sample=name)
+        return scst.io.read_wsi(p, sample=name, um_per_px=um_per_px)
     try:
         return SpatialData(images={f"{name}_image": scst.io.cached_image(p, name)})
     except ValueError as e:
@@ -171,7 +180,7 @@ def _train(args: argparse.Namespace) -> None:
         raise CLIError(f"--config: {e}") from e
     sdata = _load_data(args.data, args.sections)
     adata = _table(sdata, args.data)
-    _check_sections(adata, args.sections)
+    _check_sections(adata, args.sections, "train")
     # The panel comes from the training sections only (a held-out section never chooses the genes).
     scst.pp.select_genes(adata, n_top=args.n_genes, sections=args.sections)
     if "highly_variable_scst" in adata.var and not adata.var["highly_variable_scst"].any():
@@ -248,14 +257,14 @@ def _predict(args: argparse.Namespace) -> None:
         if args.um_per_px is None or not args.um_per_px > 0 or not math.isfinite(args.um_per_px):
             raise CLIError("--um-per-px: the pixel size of --image in µm is required (a positive, finite number).")
         model = _load_model(cls, model_dir)  # the model directory is checked before the image is read
-        sdata = _image_only(args.image)
+        sdata = _image_only(args.image, args.um_per_px)
         scst.tl.predict_expression(sdata, model, um_per_px=args.um_per_px, spacing_um=args.spacing_um, **opts)
         table = sdata.tables["table_predicted"]
     else:
         data = "her2st" if args.data is None else args.data
         _load_model(cls, model_dir)  # the model directory is checked (loaded once) before the data set is read
         sdata = _load_data(data, args.sections)
-        _check_sections(_table(sdata, data), args.sections)
+        _check_sections(_table(sdata, data), args.sections, "predict")
         model = cls.load(model_dir, sdata)
         scst.tl.predict_expression(sdata, model, sections=args.sections, **opts)  # embeddings recomputed as recorded
         table = sdata.tables["table"]
@@ -431,7 +440,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        with warnings.catch_warnings():
+            # deprecation notices of dependencies (PyG's import, Lightning's internals), not of scst: kept off
+            # stderr, where an error is one line (scst's own warnings still show)
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+            args.func(args)
     except CLIError as e:
         print(f"scst: error: {e}", file=sys.stderr)
         return 2

@@ -329,8 +329,11 @@ def merge_shards(
 
 
 def _check_out(out: str | os.PathLike, overwrite: bool, inputs: Sequence[str | os.PathLike] = ()) -> Path:
-    """``out`` as a Path: a ``.zarr`` path that is none of ``inputs`` and, when it exists, a zarr store (or an empty
-    folder) that ``overwrite`` allows to replace — never a folder of other files."""
+    """``out`` as a Path, checked before any work.
+
+    A ``.zarr`` path that is none of ``inputs`` and, when it exists, a zarr store (or an empty folder) that
+    ``overwrite`` allows to replace — never a folder of other files.
+    """
     out = Path(out)
     if out.suffix != ".zarr":
         raise ValueError(f"out: expected a path ending in .zarr, got {str(out)!r}.")
