@@ -273,6 +273,8 @@ def test_batches_within_groups_count_at_the_edges(sizes, expected):
     assert sorted(i for b in batches for i in b) == sorted(
         np.flatnonzero(np.isin(groups, np.flatnonzero(np.array(sizes) > 1)))
     )
+    with pytest.raises(ValueError, match="batch_size: minibatch_by needs batches of at least 2 samples, got 1"):
+        _BatchesWithin(groups, 1, torch.Generator())  # its length would count batches it never yields
 
 
 def test_minibatch_by_keeps_each_batch_within_one_section():
@@ -425,7 +427,7 @@ def test_ensemble_of_models_averages_their_cosines():
         scst.tl.retrieve(mdata, [], k=1)
     other = synthetic_mudata(n=40, n_genes=20)
     MultimodalST.setup_mudata(other, group_key="label")
-    with pytest.raises(ValueError, match="share modalities and panel genes"):
+    with pytest.raises(ValueError, match="share modalities, panel genes and image input"):
         scst.tl.embed(mdata, [a, MultimodalST(other, **SMALL)])
 
 
@@ -1279,3 +1281,51 @@ def test_stage_epochs_are_whole_numbers():
         with pytest.raises(ValueError, match=f"{name}: expected an integer >= 0, got {bad!r}"):
             model.train(**{"pretrain_epochs": 1, "max_epochs": 1, name: bad}, enable_progress_bar=False)
     assert not model.is_trained
+
+
+def test_patch_types_duplicate_samples_unmatched_links_and_mixed_ensembles_are_named():
+    """Patches must be uint8 or floats in [0, 1] (int64 gave NaN embeddings, floats in 0–255 were accepted);
+    duplicate RNA sample names are refused at setup (training failed with a pandas error); retrieve and
+    gene_importance count the patches whose link names no sample; an ensemble must share its image input."""
+    mdata = synthetic_mudata(n=12)
+    for bad, match in ((np.int64, r"got dtype int64"), (np.float32, r"in \[0, 1\], got values in \[0, \d+\]")):
+        m = mdata.copy()
+        m["image"].obsm["patch"] = mdata["image"].obsm["patch"].astype(bad)
+        with pytest.raises(ValueError, match=r"obsm\['patch'\]: .*" + match):
+            MultimodalST.setup_mudata(m, group_key="label")
+    m = mdata.copy()
+    m["image"].obsm["patch"] = mdata["image"].obsm["patch"].astype(np.float32) / 255  # as documented: accepted
+    MultimodalST.setup_mudata(m, group_key="label")
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL)
+    test = mdata.copy()
+    test["image"].obsm["patch"] = mdata["image"].obsm["patch"].astype(np.int64)
+    with pytest.raises(ValueError, match="got dtype int64"):  # new data are checked too, not embedded as NaN
+        model.get_latent_representation(test, "image")
+    dup = mdata.copy()
+    dup.mod["rna"] = ad.concat([mdata["rna"][:6], mdata["rna"][:6]])
+    dup.mod["rna"].var["gene_group"] = mdata["rna"].var["gene_group"].to_numpy()
+    with pytest.raises(ValueError, match=r"mdata\['rna'\]: duplicate sample names, e.g. \['s0', 's1', 's2'\]"):
+        MultimodalST.setup_mudata(dup, group_key="label")
+    # links that name no sample: counted in a warning (all unmatched: the exact metrics are NaN)
+    upper = mdata.copy()
+    upper["image"].obs["rna_sample"] = [s.upper() for s in mdata["image"].obs["rna_sample"]]
+    with pytest.warns(UserWarning, match=r"retrieve: 12 of 12 patches of mdata\['image'\] link to no sample"):
+        res = scst.tl.retrieve(upper, model, k=5)
+    assert res["n_paired"] == 0 and np.isnan(res["exact_top1"])
+    half = mdata.copy()
+    half["image"].obs["rna_sample"] = [s.upper() if i % 2 else s for i, s in enumerate(half["image"].obs["rna_sample"])]
+    with pytest.warns(UserWarning, match="gene_importance: 6 of 12 patches"):
+        scst.tl.gene_importance(half, model, score="itc", n_top=2, max_pairs=4)
+    with (
+        pytest.warns(UserWarning, match="12 of 12"),
+        pytest.raises(ValueError, match=r"no patch is linked .* \(12 links name no sample of mdata\['rna'\]\)"),
+    ):
+        scst.tl.gene_importance(upper, model, score="itc")
+    # an ensemble whose models read different image inputs: refused (gene_importance fed one model's to all)
+    mdata["image"].obsm["emb"] = np.random.default_rng(0).normal(size=(12, 5)).astype(np.float32)
+    MultimodalST.setup_mudata(mdata, group_key="label", patch_key="emb")
+    mlp = MultimodalST(mdata, **SMALL, image_encoder="mlp")
+    for fn in (scst.tl.retrieve, scst.tl.gene_importance):
+        with pytest.raises(ValueError, match="must share modalities, panel genes and image input"):
+            fn(mdata, [model, mlp])

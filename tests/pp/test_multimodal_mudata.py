@@ -217,6 +217,30 @@ def test_bulk_to_mudata_keeps_the_best_patches_with_their_own_scores_and_sample_
         scst.pp.bulk_to_mudata(bulk, sd, {"R_image": "s2"}, um_per_px=1.0, group_keys=["patient"], **TILE)
 
 
+@pytest.mark.parametrize("max_patches", [None, 6, 2])
+def test_bulk_to_mudata_scores_in_chunks_with_the_result_of_one_pass(monkeypatch, max_patches):
+    """The tissue windows are read and scored a chunk at a time (only the best passing ones kept): any chunk size
+    gives the same patches, in the same order (best first, ties by position), as all windows at once."""
+    import scst.pp._mudata as mm
+
+    _, bulk = _slides()
+    sd = _rect_slide()
+
+    def build(chunk):
+        monkeypatch.setattr(mm, "_SCORE_CHUNK", chunk)
+        return scst.pp.bulk_to_mudata(
+            bulk, sd, {"R_image": "s2"}, um_per_px=1.0, patch_px=32, max_patches=max_patches, **TILE
+        )["image"]
+
+    whole, small = build(10_000), build(1)
+    assert list(small.obs_names) == list(whole.obs_names) and len(whole) == (max_patches or 8)
+    np.testing.assert_array_equal(small.obsm["patch"], whole.obsm["patch"])
+    pd.testing.assert_frame_equal(small.obs, whole.obs)
+    assert list(build(3).obs_names) == list(whole.obs_names)
+    scores = whole.obs["dab_fraction"].to_numpy()
+    assert (np.diff(scores) <= 0).all()  # best first
+
+
 def test_group_keys_may_be_one_column_name():
     """group_keys="label" is the column "label" (not the columns "l", "a", "b", ...), in both builders."""
     mdata = scst.pp.to_mudata(_spot_sdata(), size_px=8, layer="raw", group_keys="label")

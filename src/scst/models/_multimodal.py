@@ -125,6 +125,8 @@ class _BatchesWithin(torch.utils.data.Sampler):
     """
 
     def __init__(self, groups: np.ndarray, batch_size: int, generator: torch.Generator):
+        if int(batch_size) < 2:  # batches of one item have no negatives (and the count below assumes >= 2)
+            raise ValueError(f"batch_size: minibatch_by needs batches of at least 2 samples, got {batch_size}.")
         self.members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
         self.batch_size, self.generator = int(batch_size), generator
         # batches per epoch, as __iter__ makes them: ceil(n / batch_size) per group, one fewer when a single item is
@@ -149,6 +151,27 @@ class _BatchesWithin(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.n_batches
+
+
+def _check_patch_values(arr: np.ndarray, where: str) -> None:
+    """Patches must be uint8 (0–255) or floats in [0, 1] (checked on up to 64 of them).
+
+    Other integer types would be divided by nothing (NaN embeddings), floats in 0–255 normalised 255 × too large.
+    """
+    if arr.dtype == np.uint8:
+        return
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(
+            f"{where}: patches must be uint8 (0–255) or floats in [0, 1], got dtype {arr.dtype}; convert with "
+            ".astype(np.uint8) (values 0–255) or divide by 255."
+        )
+    sample = arr[np.linspace(0, len(arr) - 1, min(len(arr), 64)).astype(int)] if len(arr) else arr
+    lo, hi = (float(np.nanmin(sample)), float(np.nanmax(sample))) if sample.size else (0.0, 0.0)
+    if not (np.isfinite(sample).all() and lo >= 0.0 and hi <= 1.0):
+        raise ValueError(
+            f"{where}: float patches must be finite and in [0, 1], got values in [{lo:g}, {hi:g}]"
+            + (" (0–255? divide by 255, or pass uint8)." if hi > 1.0 else ".")
+        )
 
 
 class MultimodalST(BaseModel):
@@ -278,6 +301,9 @@ class MultimodalST(BaseModel):
             if name not in getattr(mdata, "mod", {}):
                 raise KeyError(f"mdata: modality {name!r} missing; has {list(getattr(mdata, 'mod', {}))}.")
         r, im = mdata[rna], mdata[image]
+        if not r.obs_names.is_unique:  # patches link to their sample by name
+            dup = r.obs_names[r.obs_names.duplicated()].unique()[:3].tolist()
+            raise ValueError(f"mdata[{rna!r}]: duplicate sample names, e.g. {dup} (call obs_names_make_unique()).")
         if gene_group_key not in r.var:
             raise KeyError(
                 f"mdata[{rna!r}].var lacks {gene_group_key!r}; run scst.pp.gene_groups(mdata[{rna!r}], ...) first."
@@ -294,6 +320,7 @@ class MultimodalST(BaseModel):
         if arr.ndim == 4:
             if arr.shape[1] != 3 or arr.shape[2] != arr.shape[3]:
                 raise ValueError(f"mdata[{image!r}].obsm[{patch_key!r}]: expected (n, 3, px, px), got {arr.shape}.")
+            _check_patch_values(np.asarray(arr), f"mdata[{image!r}].obsm[{patch_key!r}]")
             shape = {"image_px": int(arr.shape[-1]), "image_features": None}
         elif arr.ndim == 2:
             shape = {"image_px": None, "image_features": int(arr.shape[1])}
@@ -431,6 +458,8 @@ class MultimodalST(BaseModel):
     def _image_array(self, mdata: Any) -> np.ndarray:
         arr = mdata[self.registry["image"]].obsm[self.registry["patch_key"]]
         arr = np.asarray(arr)
+        if arr.ndim == 4:
+            _check_patch_values(arr, f"mdata[{self.registry['image']!r}].obsm[{self.registry['patch_key']!r}]")
         if arr.ndim == 4 and not np.issubdtype(arr.dtype, np.floating):
             return arr  # uint8 patches, scaled to [0, 1] by the module
         return arr.astype(np.float32, copy=False)  # embeddings, or float patches in [0, 1] (float64 → the weights')

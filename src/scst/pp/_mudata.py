@@ -35,6 +35,8 @@ __all__ = ["to_mudata", "bulk_to_mudata", "LINK_KEY", "PATCH_KEY", "MUDATA_UNS"]
 LINK_KEY = "rna_sample"
 PATCH_KEY = "patch"
 MUDATA_UNS = "scst_mudata"
+#: Tissue windows of a whole-slide image read and scored at a time by :func:`bulk_to_mudata`.
+_SCORE_CHUNK = 512
 
 
 def _rna_modality(adata: AnnData, rows: np.ndarray, genes: Any, layer: str | None, group_keys: Sequence[str]):
@@ -249,6 +251,12 @@ def bulk_to_mudata(
     from ._tissue import filter_tiles, tile_grid
 
     group_keys = [group_keys] if isinstance(group_keys, str) else list(group_keys)  # one column, or several
+    if not adata.obs_names.is_unique:
+        dup = adata.obs_names[adata.obs_names.duplicated()].unique()[:3].tolist()
+        raise ValueError(
+            f"adata: duplicate sample names, e.g. {dup}; each image links its patches to its RNA sample by name "
+            "(call obs_names_make_unique())."
+        )
     if max_patches is not None:  # 0 would slice [:None], i.e. keep every patch
         _positive_int("max_patches", max_patches, what="None (all) or a positive integer")
     # named here: SpotPatchDataset would call it size_px (and True tiled the image into 1 px windows first)
@@ -288,9 +296,19 @@ def bulk_to_mudata(
             {key: sdata.images[key]}, xy, np.zeros(len(xy), dtype=int), upp, size_px=patch_px, out_px=out_px,
             normalize=None,
         )  # fmt: skip
-        patches = np.stack([ds.patch_uint8(i) for i in range(len(ds))])
-        score, keep = filter_tiles(patches, preset=stain, threshold=threshold)
-        if not keep.any():
+        # scored a chunk at a time, keeping only the passing patches (the best max_patches of them): a whole slide's
+        # tissue windows are never all in memory (tens of GB at 40×)
+        score = np.empty(len(ds))
+        kept_idx, kept = np.zeros(0, dtype=int), None
+        for start in range(0, len(ds), _SCORE_CHUNK):
+            chunk = np.arange(start, min(start + _SCORE_CHUNK, len(ds)))
+            block = np.stack([ds.patch_uint8(i) for i in chunk])
+            score[chunk], keep = filter_tiles(block, preset=stain, threshold=threshold)
+            kept = block[keep] if kept is None else np.concatenate([kept, block[keep]])
+            kept_idx = np.concatenate([kept_idx, chunk[keep]])
+            order = np.lexsort((kept_idx, -score[kept_idx]))[:max_patches]  # best first, ties by position
+            kept_idx, kept = kept_idx[order], kept[order]
+        if not len(kept_idx):
             q = np.quantile(score, [0, 0.5, 0.9, 1.0])
             hint = " On H&E use stain='he'." if stain == "dab_brown" else ""
             raise ValueError(
@@ -298,9 +316,8 @@ def bulk_to_mudata(
                 f"{threshold if threshold is not None else 'preset default'}); scores of its {len(score)} tissue "
                 f"patches: min {q[0]:.3f}, median {q[1]:.3f}, 90% {q[2]:.3f}, max {q[3]:.3f}.{hint}"
             )
-        idx = np.flatnonzero(keep)
-        idx = idx[np.argsort(-score[idx], kind="stable")][:max_patches]
-        tissue, dab = _scores(patches[idx])
+        idx = kept_idx
+        tissue, dab = _scores(kept)
         sample = str(image_to_sample[key])
         obs = pd.DataFrame(
             {
@@ -316,7 +333,7 @@ def bulk_to_mudata(
             index=[f"{key}_{int(table.obs['array_col'].iloc[i])}x{int(table.obs['array_row'].iloc[i])}" for i in idx],
         )
         frames.append(obs)
-        patch_list.append(patches[idx])
+        patch_list.append(kept)
     obs = pd.concat(frames)
     for c in ("image_key", *group_keys):
         obs[c] = obs[c].astype("category")

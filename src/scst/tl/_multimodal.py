@@ -44,10 +44,27 @@ def _models(model: Any) -> list:
         raise ValueError("model: expected a MultimodalST or a non-empty sequence of them, got an empty sequence.")
     for m in models:
         _check_model(m)
-    setups = [(m.registry["rna"], m.registry["image"], list(m.registry["var_names"])) for m in models]
+    keys = ("rna", "image", "var_names", "patch_key", "link_key", "image_px", "image_features")
+    setups = [[list(v) if k == "var_names" else v for k, v in ((k, m.registry.get(k)) for k in keys)] for m in models]
     if any(setup != setups[0] for setup in setups[1:]):
-        raise ValueError("model: the models of an ensemble must share modalities and panel genes (same setup_mudata).")
+        raise ValueError(
+            "model: the models of an ensemble must share modalities, panel genes and image input (patch_key, link "
+            "key, patch size or embedding width: the same setup_mudata)."
+        )
     return models
+
+
+def _warn_unmatched(link: pd.Series, row: np.ndarray, img_mod: str, rna_mod: str, who: str) -> int:
+    """Warn (with the count) when patches name an RNA sample that is not in the data; returns the count."""
+    n = int((pd.notna(link).to_numpy() & (np.asarray(row) < 0)).sum())
+    if n:
+        warnings.warn(
+            f"{who}: {n} of {len(link)} patches of mdata[{img_mod!r}] link to no sample of mdata[{rna_mod!r}] "
+            "(unmatched; they have no exact-sample answer).",
+            UserWarning,
+            stacklevel=3,
+        )
+    return n
 
 
 def _shared_embedding(mdata: Any, models: list, modality: str, batch_size: int) -> np.ndarray:
@@ -304,6 +321,7 @@ def retrieve(
     elif query == "image":
         link = _labels(mdata[img_mod].obs[link_key]).astype(str)  # a number column links 1.0 to "1"
         truth = to.index.get_indexer(link)
+        _warn_unmatched(mdata[img_mod].obs[link_key], truth, img_mod, rna_mod, "retrieve")
         hit = top == truth[:, None]
         paired = truth >= 0
         chance_top1, chance_topk = 1.0 / n_t, k / n_t  # one linked target per query
@@ -469,9 +487,14 @@ def gene_importance(
     reg = models[0].registry
     models[0]._validate_data(mdata)
     data, rna_row = models[0]._arrays(mdata)
+    link = mdata[reg["image"]].obs[reg["link_key"]]
+    n_unmatched = _warn_unmatched(link, rna_row, reg["image"], reg["rna"], "gene_importance")
     paired = np.flatnonzero(rna_row >= 0)[:max_pairs]
     if len(paired) == 0:
-        raise ValueError("mdata: no patch is linked to an RNA sample; gene importance needs pairs.")
+        raise ValueError(
+            "mdata: no patch is linked to an RNA sample; gene importance needs pairs"
+            + (f" ({n_unmatched} links name no sample of mdata[{reg['rna']!r}])." if n_unmatched else ".")
+        )
     genes = np.asarray(reg["var_names"])
     n_top = min(int(n_top), len(genes))
     # an ensemble's score is the mean of its models' scores, so its attributions are the mean of theirs
