@@ -57,9 +57,14 @@ def test_network_genes_absent_are_ignored_with_a_count_and_unlinked_genes():
     g.add_edge("NOT_IN_DATA1", "G0_1")
     g.add_edge("NOT_IN_DATA2", "NOT_IN_DATA3")
     adata = _adata([*genes, "LONELY1", "LONELY2"])
-    with pytest.warns(UserWarning, match="3 of the network's 23 genes"):
+    with pytest.warns(UserWarning, match="of the network's 23 genes, 3 are not in the data and 0 are not in"):
         gene_groups(adata, g, n_groups=3)
     assert adata.uns["gene_group"]["n_network_genes_absent"] == 3
+    # genes in the data but outside `genes` are counted apart from those absent from the data
+    with pytest.warns(UserWarning, match="23 genes, 3 are not in the data and 10 are not in `genes`"):
+        sub = gene_groups(adata, g, genes=[f"G0_{i}" for i in range(10)], n_groups=2, copy=True)
+    info = sub.uns["gene_group"]
+    assert info["n_network_genes_absent"] == 3 and info["n_network_genes_outside_genes"] == 10
     # the two genes outside the network form the extra group
     assert adata.var.loc[["LONELY1", "LONELY2"], "gene_group"].tolist() == [2, 2]
     with pytest.warns(UserWarning):
@@ -117,12 +122,32 @@ def test_gene_groups_bad_input():
         gene_groups(adata, None, n_groups=7)
     with pytest.raises(ValueError, match="method"):
         gene_groups(adata, method="position")
-    with pytest.raises(ValueError, match="no edge"), pytest.warns(UserWarning, match="2 of the network's 2 genes"):
+    with pytest.raises(ValueError, match="no edge"), pytest.warns(UserWarning, match="network's 2 genes, 2 are not"):
         gene_groups(adata, [("x", "y")], n_groups=2)
+    # named errors (were a slice TypeError, a gene-symbol hint); a gene named twice is one gene
+    with pytest.raises(ValueError, match="n_groups: expected a positive integer or None, got 2.5"):
+        gene_groups(adata, None, n_groups=2.5)
+    with pytest.raises(ValueError, match="n_neighbors: expected a positive integer, got 0"):
+        gene_groups(adata, None, n_groups=2, n_neighbors=0)
+    with pytest.raises(ValueError, match="only 2 genes"):
+        gene_groups(adata, None, genes=["a", "a", "b"], n_groups=3)
     with pytest.raises(ValueError, match="gene_sets"):
         gene_groups(adata, method="pathway", n_groups=2)
     with pytest.raises(ValueError, match="columns"):
         gene_groups(adata, pd.DataFrame({"u": ["a"], "v": ["b"]}), n_groups=2)
+
+
+def test_integer_graph_nodes_match_gene_names_and_the_kept_count_includes_the_unlinked_group():
+    """A networkx graph with integer nodes matches genes named "0", "1", ... as edge lists and DataFrames do (it
+    matched nothing); with fewer clusters than asked, the warning counts the unlinked genes' own group."""
+    import networkx as nx
+
+    g = nx.DiGraph([(0, 1), (1, 2), (2, 0), (3, 4), (4, 5), (5, 3)])
+    adata = _adata([str(i) for i in range(6)] + ["LONELY"])
+    with pytest.warns(UserWarning, match=r"only 2 clusters for n_groups=7; keeping 3 groups \(the clusters and"):
+        gene_groups(adata, g, n_groups=7)
+    assert adata.var["gene_group"].tolist() == [0, 0, 0, 1, 1, 1, 2]  # (ties by first gene name)
+    assert adata.uns["gene_group"]["n_network_genes_absent"] == 0
 
 
 def test_group_numbering_puts_the_unlinked_genes_last_whatever_their_number():
@@ -232,7 +257,7 @@ def test_panel_from_a_boolean_column_and_group_counts_at_the_edges():
     adata = _adata(["a", "b", "c", "d", "x", "y"])
     adata.var["hv"] = [True, True, True, True, False, False]
     net = [("a", "b"), ("b", "a"), ("c", "d"), ("d", "c"), ("x", "y"), ("y", "x")]
-    with pytest.warns(UserWarning, match="2 of the network's 6 genes"):
+    with pytest.warns(UserWarning, match="network's 6 genes, 0 are not in the data and 2 are not in `genes`"):
         gene_groups(adata, net, n_groups=2, genes="hv")
     assert adata.var["gene_group"].tolist() == [0, 0, 1, 1, -1, -1]
     with pytest.warns(UserWarning, match="only 2 clusters for n_groups=4; keeping 2"):

@@ -278,8 +278,10 @@ def test_array_inputs_counts_and_errors():
     )  # fmt: skip
     assert ds[1]["counts"].tolist() == [0, 2, 0] and ds[1]["array_coords"].tolist() == [3, 4]
     assert ds[1]["index"] == 11 and len(ds) == 2
-    with pytest.raises(ValueError, match="larger than"):
+    with pytest.raises(ValueError, match=r"Patch of 51 px \(51 µm\) is larger than"):
         SpotPatchDataset.from_arrays({"s": img}, [[10, 10]], ["s"], 1.0, size_um=51)
+    with pytest.raises(ValueError, match=r"Patch of 64 px \(size_px\) is larger than"):  # no µm made up for px
+        SpotPatchDataset.from_arrays({"s": img}, [[10, 10]], ["s"], 1.0, size_um=80.0, size_px=64)
     with pytest.raises(ValueError, match="outside"):
         SpotPatchDataset.from_arrays({"s": img}, [[70, 10]], ["s"], 1.0, size_um=8)
     with pytest.raises(KeyError, match="sections"):

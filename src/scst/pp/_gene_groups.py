@@ -19,7 +19,7 @@ from scipy import sparse
 
 from .._logging import logg
 from .._normalize import log_normalize_counts
-from .._utils import _check_key
+from .._utils import _check_key, _positive_int
 
 __all__ = ["gene_groups"]
 
@@ -39,8 +39,9 @@ def _as_digraph(network: Any) -> Any:
     """A :class:`networkx.DiGraph` from a DiGraph/Graph, a DataFrame (source, target[, weight]) or an edge list."""
     import networkx as nx
 
-    if isinstance(network, nx.Graph):
-        return network if network.is_directed() else network.to_directed()
+    if isinstance(network, nx.Graph):  # node names as strings, as the other forms give them (gene symbols)
+        g = network if network.is_directed() else network.to_directed()
+        return nx.relabel_nodes(g, {n: str(n) for n in g.nodes if not isinstance(n, str)}, copy=True)
     g = nx.DiGraph()
     if isinstance(network, pd.DataFrame):
         cols = [c for c in ("source", "target") if c in network.columns]
@@ -138,8 +139,9 @@ def gene_groups(
     network
         Directed gene network: a :class:`networkx.DiGraph` (an undirected graph is made directed both ways), a
         DataFrame with ``source``/``target`` (or ``ligand``/``receptor``) and optional ``weight`` columns, or a
-        list of ``(source, target[, weight])``. Nodes are gene symbols; those absent from ``adata`` are ignored
-        (the count is logged and warned). None: the kNN co-expression fallback.
+        list of ``(source, target[, weight])``. Nodes are gene symbols (non-string nodes are taken as their
+        ``str``); those absent from ``adata`` or outside ``genes`` are ignored (both counts logged and warned).
+        None: the kNN co-expression fallback.
     method
         ``"louvain_directed"``, ``"chromosome"`` or ``"pathway"``.
     n_groups
@@ -171,15 +173,17 @@ def gene_groups(
     -------
     ``None`` or a copy, with ``var[key_added]`` (int group 0..n-1; -1 = not grouped) and ``uns[key_added]``:
     ``method``, ``sizes`` (in group order), ``n_clusters`` (before merging), ``modularity`` (directed, of the
-    clusters found), ``n_edges``, ``n_network_genes_absent``, ``n_unlinked`` and the parameters. Groups are numbered
-    in this order: the kept clusters, largest first (ties by first gene name); then the merged smaller clusters,
-    whatever their total size; then, with ``unlinked="group"``, the unlinked genes (with ``n_groups=1`` they join
-    the one group). So the last group or two may be larger than those before them.
+    clusters found), ``n_edges``, ``n_network_genes_absent`` (network genes not in ``adata``),
+    ``n_network_genes_outside_genes`` (in ``adata`` but not in ``genes``), ``n_unlinked`` and the parameters.
+    Groups are numbered in this order: the kept clusters, largest first (ties by first gene name); then the merged
+    smaller clusters, whatever their total size; then, with ``unlinked="group"``, the unlinked genes (with
+    ``n_groups=1`` they join the one group). So the last group or two may be larger than those before them.
     """
     if method not in _METHODS:
         raise ValueError(f"method: expected one of {_METHODS}, got {method!r}.")
-    if n_groups is not None and int(n_groups) < 1:
-        raise ValueError(f"n_groups: expected a positive integer or None, got {n_groups!r}.")
+    if n_groups is not None:
+        n_groups = _positive_int("n_groups", n_groups, what="a positive integer or None")
+    n_neighbors = _positive_int("n_neighbors", n_neighbors)
     if unlinked not in ("drop", "group"):
         raise ValueError(f"unlinked: expected 'drop' or 'group', got {unlinked!r}.")
     if genes is None:
@@ -188,7 +192,7 @@ def gene_groups(
         _check_key(adata.var, genes, "adata.var")
         panel = list(adata.var_names[adata.var[genes].to_numpy(dtype=bool)])
     else:
-        panel = [str(g) for g in genes]
+        panel = list(dict.fromkeys(str(g) for g in genes))  # a gene named twice is one gene to group
         missing = pd.Index(panel).difference(adata.var_names)
         if len(missing):
             raise KeyError(f"genes: {len(missing)} genes are not in adata.var_names, e.g. {list(missing[:5])}.")
@@ -203,13 +207,21 @@ def gene_groups(
         if network is None:
             g = _knn_coexpression(adata, panel, layer, n_neighbors)
             info["network"] = f"kNN co-expression fallback (n_neighbors={n_neighbors})"
+            info["n_network_genes_absent"] = info["n_network_genes_outside_genes"] = 0  # built from `genes` itself
         else:
             g = _as_digraph(network)
-            absent = [n for n in g.nodes if n not in in_panel]
+            in_data = set(map(str, adata.var_names))
+            absent = [n for n in g.nodes if n not in in_data]
+            outside = [n for n in g.nodes if n in in_data and n not in in_panel]
             info["network"] = "user"
-            info["n_network_genes_absent"] = len(absent)
-            if absent:
-                msg = f"{len(absent)} of the network's {g.number_of_nodes()} genes are not in `genes`; ignored."
+            info["n_network_genes_absent"] = len(absent)  # not in the data at all
+            info["n_network_genes_outside_genes"] = len(outside)  # in the data, not in `genes`
+            if absent or outside:
+                msg = (
+                    f"of the network's {g.number_of_nodes()} genes, {len(absent)} are not in the data and "
+                    f"{len(outside)} are not in `genes`; ignored."
+                )
+                logg.info(f"gene_groups: {msg}")
                 warnings.warn(f"gene_groups: {msg}", UserWarning, stacklevel=2)
             g = g.subgraph([n for n in g.nodes if n in in_panel]).copy()
             g.remove_edges_from(list(nx.selfloop_edges(g)))
@@ -249,8 +261,10 @@ def gene_groups(
     if n_groups is not None and rest and unlinked == "group":
         n_target = max(n_groups - 1, 1)
     if n_target is not None and len(clusters) < n_target:
+        kept = len(clusters) + bool(rest and unlinked == "group")  # the unlinked genes add a group of their own
         warnings.warn(
-            f"gene_groups: only {len(clusters)} clusters for n_groups={n_groups}; keeping {len(clusters)}.",
+            f"gene_groups: only {len(clusters)} clusters for n_groups={n_groups}; keeping {kept} groups"
+            + (" (the clusters and the unlinked genes)." if kept > len(clusters) else "."),
             UserWarning,
             stacklevel=2,
         )

@@ -621,8 +621,9 @@ class SpotPatchDataset(Dataset):
                 px = max(1, int(round(size_um / self.um_per_px[s])))
             c, h, w = src.shape
             if px > h or px > w:
+                given = f"{px} px (size_px)" if size_px is not None else f"{px} px ({size_um} µm)"
                 raise ValueError(
-                    f"Patch of {px} px ({size_um} µm) is larger than the {w} × {h} px image of section {s!r}; "
+                    f"Patch of {given} is larger than the {w} × {h} px image of section {s!r}; "
                     "use a smaller size_um/size_px."
                 )
             sel = self.codes == self.section_names.index(s)
