@@ -218,6 +218,16 @@ def test_feature_head_on_he_only_slide_recomputes_its_embedding():
     new = he.tables["table_predicted"]
     assert new.obsm["X_hc"].shape[1] == tab.obsm["X_hc"].shape[1] and np.isfinite(new.X).all()
     assert new.X.std(0).max() > 0  # spots differ
+    # a hypergraph key without the "_incidence" suffix: the remade graph goes where the model reads it
+    tab.obsp["hg"] = tab.obsp["hypergraph_incidence"]
+    tab.uns["hg"] = tab.uns["hypergraph"]
+    HGGEPHead.setup_anndata(tab, use_rep="X_hc", genes=PANEL, sections=["S1", "S2"], hypergraph_key="hg")
+    custom = HGGEPHead(tab, **{**HGGEPHead.bench_config, "max_epochs": 1}).train(enable_progress_bar=False)
+    bare = syn.make_sdata()
+    predict_expression(bare, custom, sections="S3", progress=False)
+    assert "hg" in bare.tables["table"].obsp and "hg_incidence" not in bare.tables["table"].obsp
+    got = bare.tables["table"][bare.tables["table"].obs["section"] == "S3", PANEL].layers["predicted"].toarray()
+    np.testing.assert_allclose(got, custom.predict(tab, "S3"), rtol=1e-5, atol=1e-5)
     # an embedding made elsewhere cannot be recomputed: a clear error
     model.registry["embedding"] = None
     with pytest.raises(ValueError, match="obsm\\['X_hc'\\]"):

@@ -182,7 +182,8 @@ def predict_expression(
     ``None``, or with ``copy=True`` the AnnData. Writes ``layers[layer]`` (float32, log1p units; sparse with the
     two masks on a table's spots, dense over the panel in a new table) and
     ``uns["scst_predict"]`` (``model``, ``layer``, ``units``, ``n_genes``, ``sections``, ``seconds``,
-    ``spots_per_second``) into the table written.
+    ``spots_per_second``) into the table written. That record describes this call; after calls on other sections
+    of the same layer, ``obs[f"{layer}_mask"]`` marks every spot the layer holds.
     """
     _check_model(model)
     if not hasattr(sdata, "tables") or not hasattr(sdata, "images"):
@@ -377,10 +378,22 @@ def _prepare_features(
         from ..pp._hypergraph import hypergraph
 
         params = dict(reg.get("hypergraph_params") or {})
-        params.pop("use_rep", None)
+        rep = params.pop("use_rep", None) or key
         params.pop("library_key", None)
         params["spatial_key"] = reg.get("spatial_key", params.get("spatial_key", SPATIAL_KEY))
-        hypergraph(adata, use_rep=key, library_key=SECTION_KEY, key_added=hk.removesuffix("_incidence"), **params)
+        if rep != key and rep not in adata.obsm:  # the training graph came from another representation
+            warnings.warn(
+                f"predict_expression: the model's hypergraph was built from obsm[{rep!r}], which table {table!r} "
+                f"lacks; building it from the recomputed obsm[{key!r}] instead (compute obsm[{rep!r}] and "
+                f"scst.pp.hypergraph for the exact graph).",
+                UserWarning,
+                stacklevel=3,
+            )
+            rep = key
+        base = hk.removesuffix("_incidence")
+        hypergraph(adata, use_rep=rep, library_key=SECTION_KEY, key_added=base, **params)
+        if f"{base}_incidence" != hk:  # a key without the suffix: the graph goes where the model reads it
+            adata.obsp[hk] = adata.obsp.pop(f"{base}_incidence")
     return True
 
 
