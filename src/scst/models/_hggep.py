@@ -221,7 +221,7 @@ class HGGEP(_ImageModel):
 
     Examples
     --------
-    >>> scst.pp.select_genes(sdata.tables["table"])
+    >>> scst.pp.select_genes(sdata.tables["table"], sections=["C2", "C3", "C4", "C5"])  # the panel without C6
     >>> HGGEP.setup_sdata(sdata, sections=["C2", "C3", "C4", "C5"])
     >>> model = HGGEP(sdata, **HGGEP.bench_config).train()
     >>> pred = model.predict(sdata, sections="C6")
