@@ -208,9 +208,11 @@ def test_feature_head_on_he_only_slide_recomputes_its_embedding():
     # the same spots, without the embedding and hypergraph: both are recomputed and give the same prediction
     expected = model.predict(tab, "S3")
     bare = syn.make_sdata()
+    del bare.images["S1_image"]  # one section is predicted: only its spots are featurised (S1's image is not read)
     predict_expression(bare, model, sections="S3", progress=False)
     got = bare.tables["table"][bare.tables["table"].obs["section"] == "S3", PANEL].layers["predicted"].toarray()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert "X_hc" not in bare.tables["table"].obsm  # remade on a copy of those spots, not kept half-filled
     # an H&E-only slide: pseudo-spots on a grid, featurised the same way
     he = syn.make_sdata(sections=("S5",), seed=7)
     del he.tables["table"]
@@ -224,7 +226,7 @@ def test_feature_head_on_he_only_slide_recomputes_its_embedding():
     HGGEPHead.setup_anndata(tab, use_rep="X_hc", genes=PANEL, sections=["S1", "S2"], hypergraph_key="hg")
     custom = HGGEPHead(tab, **{**HGGEPHead.bench_config, "max_epochs": 1}).train(enable_progress_bar=False)
     bare = syn.make_sdata()
-    predict_expression(bare, custom, sections="S3", progress=False)
+    predict_expression(bare, custom, progress=False)  # every section: the remade features are kept in the table
     assert "hg" in bare.tables["table"].obsp and "hg_incidence" not in bare.tables["table"].obsp
     got = bare.tables["table"][bare.tables["table"].obs["section"] == "S3", PANEL].layers["predicted"].toarray()
     np.testing.assert_allclose(got, custom.predict(tab, "S3"), rtol=1e-5, atol=1e-5)
@@ -250,7 +252,7 @@ def test_model_on_section_scaled_features_gets_them_recomputed_scaled():
     model = RidgeExpression(tab).train()
     expected = model.predict(tab, "S3")
     bare = syn.make_sdata()
-    predict_expression(bare, model, sections="S3", progress=False)
+    predict_expression(bare, model, progress=False)  # every section: the remade features stay in the table
     bt = bare.tables["table"]
     np.testing.assert_allclose(bt.obsm["X_hc_scaled"], tab.obsm["X_hc_scaled"], atol=1e-5)
     got = bt[bt.obs["section"] == "S3", PANEL].layers["predicted"].toarray()
@@ -330,7 +332,7 @@ def test_copy_leaves_the_input_table_untouched_and_random_embeddings_are_not_reb
     with warnings.catch_warnings():
         # the recomputed embedding uses the inference options: no "have no effect" warning
         warnings.simplefilter("error")
-        out = predict_expression(bare, model, sections="S3", copy=True, progress=False, pin_memory=False)
+        out = predict_expression(bare, model, copy=True, progress=False, pin_memory=False)
     assert "X_hc" in out.obsm and "predicted" in out.layers
     assert (set(bt.obsm), set(bt.layers), set(bt.uns)) == before
     with pytest.warns(UserWarning, match="random initialisation"):

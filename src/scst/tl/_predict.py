@@ -145,7 +145,9 @@ def predict_expression(
         A trained scst expression model (:class:`scst.models.HGGEP`, :class:`scst.models.TCGN`, baselines), or a
         head on embeddings (:class:`scst.models.HGGEPHead`, :class:`scst.models.MLPExpression`): a table that lacks
         its ``obsm[use_rep]`` (e.g. the pseudo-spots of an H&E-only slide) gets the embedding recomputed as
-        recorded at setup (:func:`scst.tl.embed_patches` arguments), and the hypergraph for HGGEPHead.
+        recorded at setup (:func:`scst.tl.embed_patches` arguments), and the hypergraph for HGGEPHead — written
+        into the table when every section is predicted; for a subset (``sections``) only those sections' spots are
+        featurised, on a copy that is not kept.
     layer
         Layer to write.
     table
@@ -244,11 +246,16 @@ def predict_expression(
                     + (" ..." if len(missing) > 50 else "")
                     + "; pass `table_added=...` to write the prediction as a new table over the model's panel."
                 )
-        embedded = _prepare_features(model, sdata, table, progress, opts, sections)
-        pred = _predict(model, sdata, sections, table, batch_size, progress, opts, embedded)
         sec_col = adata.obs[SECTION_KEY].astype(str).to_numpy()
+        rows = np.flatnonzero(np.isin(sec_col, sections)) if sections is not None else np.arange(adata.n_obs)
+        src = sdata
+        if len(rows) < adata.n_obs and _lacks_features(model, adata):
+            # a head's embedding (and hypergraph) is remade for the predicted sections only, on a copy of their spots
+            # (not kept in the table): other sections are neither featurised nor need their images
+            src = _with_table(sdata, table, adata[rows].copy())
+        embedded = _prepare_features(model, src, table, progress, opts, sections)
+        pred = _predict(model, src, sections, table, batch_size, progress, opts, embedded)
         sections = list(dict.fromkeys(sec_col)) if sections is None else list(sections)
-        rows = np.flatnonzero(np.isin(sec_col, sections))
         if np.shape(pred) != (len(rows), len(genes)):
             raise ValueError(
                 f"model: {type(model).__name__}.predict returned shape {np.shape(pred)}; expected (spots of sections, "
@@ -395,6 +402,13 @@ def _prepare_features(
         if f"{base}_incidence" != hk:  # a key without the suffix: the graph goes where the model reads it
             adata.obsp[hk] = adata.obsp.pop(f"{base}_incidence")
     return True
+
+
+def _lacks_features(model: Any, adata: Any) -> bool:
+    """Whether ``model`` reads an ``obsm`` embedding (or a hypergraph) that ``adata`` lacks."""
+    reg = getattr(model, "registry", None) or {}
+    key, hk = reg.get("use_rep", reg.get("embedding_key")), reg.get("hypergraph_key")
+    return key is not None and (key not in adata.obsm or (hk is not None and hk not in adata.obsp))
 
 
 def _warn_unscaled(adata: Any, key: str, by: str, sections: Sequence[str] | None) -> None:
