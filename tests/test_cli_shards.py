@@ -103,6 +103,17 @@ def test_errors(setup, tmp_path, capsys):
     assert "are not zarr stores written by `scst predict-shards`" in capsys.readouterr().err
     assert main(["predict-shards", "--model-dir", m, "--shards", "her2st:Z1", "--out", str(tmp_path / "o.zarr")]) == 2
     assert "scst: error: shards: shard 'Z1' ('her2st:Z1') names no her2st section" in capsys.readouterr().err
+    # options named as options, before any scheduler is contacted (the address would fail otherwise)
+    base = ["predict-shards", "--shards", "her2st:C6", "--scheduler", "no-port-here"]
+    for extra, want in (
+        (["--model-dir", str(tmp_path / "none"), "--out", "o.zarr"], "--model-dir: "),
+        (["--model-dir", m, "--workers", "0", "--out", "o.zarr"], "--workers: expected a positive number"),
+        (["--model-dir", m, "--um-per-px", "-1", "--out", "o.zarr"], "--um-per-px: expected a finite positive"),
+        (["--model-dir", m, "--out", "o.h5ad"], "--out: expected a path ending in .zarr"),
+        (["--model-dir", m, "--out", str(tmp_path / "o.zarr")], "--scheduler: cannot connect to 'no-port-here'"),
+    ):
+        assert main([*base, *extra]) == 2
+        assert f"scst: error: {want}" in capsys.readouterr().err
     # a shard that fails at run time: exit status 1, the shard and its error named, no output
     bad = syn.make_sdata(sections=("S9",), seed=9)
     del bad.images["S9_image"]

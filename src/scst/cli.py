@@ -284,13 +284,21 @@ def _predict(args: argparse.Namespace) -> None:
 def _predict_shards(args: argparse.Namespace) -> None:
     from .tl._shards import ShardError, predict_shards
 
+    # the options checked here, named as options, before any scheduler is contacted (the tool names its arguments)
+    _model_class(Path(args.model_dir))
+    if args.workers < 1:
+        raise CLIError(f"--workers: expected a positive number of processes, got {args.workers}.")
+    if args.um_per_px is not None and not (args.um_per_px > 0 and math.isfinite(args.um_per_px)):
+        raise CLIError(f"--um-per-px: expected a finite positive pixel size in µm, got {args.um_per_px}.")
+    if Path(args.out).suffix != ".zarr":
+        raise CLIError(f"--out: expected a path ending in .zarr, got {args.out!r}.")
     client = None
     if args.scheduler:
         from distributed import Client
 
         try:
             client = Client(args.scheduler, timeout="30s")
-        except OSError as e:
+        except (OSError, ValueError) as e:  # unreachable, or no valid address ("missing port number")
             raise CLIError(f"--scheduler: cannot connect to {args.scheduler!r} ({e}).") from e
     try:
         report = predict_shards(
