@@ -433,13 +433,15 @@ def test_train_argument_checks_before_the_data(fake_train, syn_store, tmp_path, 
 
 
 def test_config_values(tmp_path):
-    """KEY=VALUE: JSON values, else the string; only the first '=' splits."""
+    """KEY=VALUE: JSON values or Python's True/False/None, else the string; only the first '=' splits."""
     from scst.cli import _config
 
     assert _config(["n=6", "f=false", "z=null", "s=auto", "e=a=b", "l=[1, 2]"]) == {
         "n": 6, "f": False, "z": None, "s": "auto", "e": "a=b", "l": [1, 2]
     }  # fmt: skip
     assert _config(None) == {}
+    # Python's spellings, as users type them (ridge_skip=False was refused: "expected True or False, got 'False'")
+    assert _config(["a=False", "b=True", "c=None", "d=false"]) == {"a": False, "b": True, "c": None, "d": False}
 
 
 @pytest.fixture

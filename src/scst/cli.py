@@ -137,7 +137,10 @@ def _image_only(path: str, um_per_px: float | None = None) -> Any:
 
 
 def _config(items: list[str]) -> dict:
-    """``--config KEY=VALUE`` items → dict; values are JSON (``6``, ``false``, ``null``, ``[1, 2]``), else strings."""
+    """``--config KEY=VALUE`` items → dict.
+
+    Values are JSON (``6``, ``false``, ``null``, ``[1, 2]``) or Python's ``True``/``False``/``None``, else strings.
+    """
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -146,7 +149,7 @@ def _config(items: list[str]) -> dict:
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
-            out[key] = value
+            out[key] = {"True": True, "False": False, "None": None}.get(value, value)
     return out
 
 
