@@ -572,6 +572,8 @@ def test_predict_image_options_reach_the_tool(fake_predict, tmp_path, monkeypatc
     for bad in ("0", "nan", "inf", "-1"):
         assert main([*base, "--um-per-px", bad, "--overwrite"]) == 2
         assert "scst: error: --um-per-px: the pixel size of --image in µm is required" in capsys.readouterr().err
+        assert main([*base, "--um-per-px", "0.5", "--spacing-um", bad, "--overwrite"]) == 2
+        assert "scst: error: --spacing-um: expected a finite positive spacing in µm" in capsys.readouterr().err
     assert images == []
 
 

@@ -259,6 +259,8 @@ def _predict(args: argparse.Namespace) -> None:
     if args.image is not None:  # an H&E image without spots: pseudo-spots on a grid over the tissue
         if args.um_per_px is None or not args.um_per_px > 0 or not math.isfinite(args.um_per_px):
             raise CLIError("--um-per-px: the pixel size of --image in µm is required (a positive, finite number).")
+        if args.spacing_um is not None and not (args.spacing_um > 0 and math.isfinite(args.spacing_um)):
+            raise CLIError(f"--spacing-um: expected a finite positive spacing in µm, got {args.spacing_um}.")
         model = _load_model(cls, model_dir)  # the model directory is checked before the image is read
         sdata = _image_only(args.image, args.um_per_px)
         scst.tl.predict_expression(sdata, model, um_per_px=args.um_per_px, spacing_um=args.spacing_um, **opts)
