@@ -52,6 +52,32 @@ def test_error_messages_keep_their_closing_quotes(err, want, monkeypatch, capsys
     assert capsys.readouterr().err == f"scst: error: {want}\n"
 
 
+def test_sections_all_loads_every_her2st_section_and_selects_nothing(tmp_path, monkeypatch):
+    """``--sections all``: her2st is asked for its 36 sections ("all", which it accepts; the CLI passed ['all'] and
+    her2st refused it while listing 'all' as valid) and no section is selected afterwards."""
+    import _he_synthetic as syn
+    import pandas as pd
+
+    import scst
+
+    asked = []
+
+    def her2st(sections=None, **kwargs):
+        asked.append(sections)
+        return syn.make_sdata(sections=("S1", "S2"))
+
+    def recording(adata, **kwargs):
+        asked.append(sorted(set(adata.obs["section"].astype(str))))
+        adata.uns["scst_ligrec"] = pd.DataFrame({"ligand_complex": [], "receptor_complex": []})
+
+    monkeypatch.setattr(scst.datasets, "her2st", her2st)
+    monkeypatch.setattr(scst.tl, "ligand_receptor", recording)
+    assert main(["ligrec", "--sections", "all", "--out", str(tmp_path / "lr.csv")]) == 0
+    assert asked == ["all", ["S1", "S2"]]
+    assert main(["ligrec", "--sections", "S1", "--out", str(tmp_path / "lr2.csv")]) == 0
+    assert asked[2:] == [["S1"], ["S1"]]
+
+
 def test_train_then_predict_mean_on_her2st(tmp_path, capsys):
     from scst._normalize import log_normalized
 

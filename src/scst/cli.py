@@ -34,12 +34,15 @@ class CLIError(Exception):
     """Bad input: printed as one line, exit status 2."""
 
 
-def _load_data(data: str, sections: Sequence[str] | None) -> Any:
-    """``her2st`` (the public data set, optionally a subset of sections) or a SpatialData zarr store."""
+def _load_data(data: str, sections: Sequence[str] | None, everything: bool = False) -> Any:
+    """``her2st`` or a SpatialData zarr store.
+
+    her2st: a subset of its sections, its default five (C2–C6), or with ``everything`` all 36.
+    """
     import scst
 
     if data == "her2st":
-        return scst.datasets.her2st(sections=list(sections) if sections else None)
+        return scst.datasets.her2st(sections="all" if everything else (list(sections) if sections else None))
     path = Path(data)
     if not path.exists():
         raise CLIError(f"--data: {data!r} is neither 'her2st' nor an existing SpatialData zarr store.")
@@ -181,7 +184,7 @@ def _train(args: argparse.Namespace) -> None:
         cls._merge_config(config)
     except ValueError as e:
         raise CLIError(f"--config: {e}") from e
-    sdata = _load_data(args.data, args.sections)
+    sdata = _load_data(args.data, args.sections, args.all_sections)
     adata = _table(sdata, args.data)
     _check_sections(adata, args.sections, "train")
     # The panel comes from the training sections only (a held-out section never chooses the genes).
@@ -231,7 +234,8 @@ def _predict(args: argparse.Namespace) -> None:
     name = cls.__name__
     # options of the other mode are errors, not silently ignored
     if args.image is not None:
-        unused = [opt for opt, value in (("--data", args.data), ("--sections", args.sections)) if value is not None]
+        given = {"--data": args.data is not None, "--sections": bool(args.sections) or args.all_sections}
+        unused = [opt for opt, present in given.items() if present]
         if unused:
             raise CLIError(f"{unused[0]}: not used with --image (an H&E image without spots); leave it out.")
     else:
@@ -268,7 +272,7 @@ def _predict(args: argparse.Namespace) -> None:
     else:
         data = "her2st" if args.data is None else args.data
         _load_model(cls, model_dir)  # the model directory is checked (loaded once) before the data set is read
-        sdata = _load_data(data, args.sections)
+        sdata = _load_data(data, args.sections, args.all_sections)
         _check_sections(_table(sdata, data), args.sections, "predict")
         model = cls.load(model_dir, sdata)
         scst.tl.predict_expression(sdata, model, sections=args.sections, **opts)  # embeddings recomputed as recorded
@@ -344,7 +348,7 @@ def _ligrec(args: argparse.Namespace) -> None:
         raise CLIError(f"--out: {str(out)!r} is a folder; --overwrite replaces only a file. Choose another --out.")
     if args.n_perms < 0:  # said before the data are read
         raise CLIError(f"--n-perms: expected an integer >= 0 (0: no p-values), got {args.n_perms}.")
-    sdata = _load_data(args.data, args.sections)
+    sdata = _load_data(args.data, args.sections, args.all_sections)
     adata = _table(sdata, args.data)
     _check_sections(adata, args.sections)
     if args.sections:
@@ -374,7 +378,8 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train an expression-from-histology model and save it")
     t.add_argument("--model", choices=sorted(MODELS), required=True, help="model to train")
     t.add_argument("--data", default="her2st", help="'her2st' or a SpatialData zarr store (default: her2st)")
-    t.add_argument("--sections", nargs="+", help="training sections (default: all)")
+    t.add_argument("--sections", nargs="+", help="training sections (default: every section of --data; for her2st "
+                   "C2–C6, 'all' for its 36 sections, downloaded when not local)")  # fmt: skip
     t.add_argument("--n-genes", type=int, default=1000,
                    help="highly variable genes per training section (scst.pp.select_genes n_top); the panel is their "
                    "union detected in >= 50%% of spots, as in the benchmarks and the demo (default 1000)")  # fmt: skip
@@ -394,7 +399,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--um-per-px", type=float, help="pixel size of --image in µm (required with --image)")
     q.add_argument("--spacing-um", type=float, help="pseudo-spot spacing, only with --image (default: the training "
                    "grid)")  # fmt: skip
-    q.add_argument("--sections", nargs="+", help="sections of --data to predict (default: all; not with --image)")
+    q.add_argument("--sections", nargs="+", help="sections of --data to predict (default: every section of --data; "
+                   "for her2st C2–C6, 'all' for its 36; not with --image)")  # fmt: skip
     q.add_argument("--num-workers", type=int, default=0, help="DataLoader workers reading patches (default: 0)")
     q.add_argument("--precision", default="32", choices=["32", "bf16", "16"], help="autocast (default: 32)")
     q.add_argument("--out", required=True, help="output: table as .h5ad, or the SpatialData as .zarr")
@@ -452,6 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``scst`` console script; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    args.all_sections = [str(s).lower() for s in getattr(args, "sections", None) or []] == ["all"]
+    if args.all_sections:  # every section of --data (her2st: all 36 of the cohort), i.e. no selection
+        args.sections = None
     try:
         with warnings.catch_warnings():
             # deprecation notices of dependencies (PyG's import, Lightning's internals), not of scst: kept off
