@@ -34,15 +34,15 @@ class CLIError(Exception):
     """Bad input: printed as one line, exit status 2."""
 
 
-def _load_data(data: str, sections: Sequence[str] | None, everything: bool = False) -> Any:
+def _load_data(data: str, sections: Sequence[str] | str | None) -> Any:
     """``her2st`` or a SpatialData zarr store.
 
-    her2st: a subset of its sections, its default five (C2–C6), or with ``everything`` all 36.
+    her2st: a subset of its sections, its default five (C2–C6) for None, or all 36 for ``"all"``.
     """
     import scst
 
     if data == "her2st":
-        return scst.datasets.her2st(sections="all" if everything else (list(sections) if sections else None))
+        return scst.datasets.her2st(sections="all" if sections == "all" else (list(sections) if sections else None))
     path = Path(data)
     if not path.exists():
         raise CLIError(f"--data: {data!r} is neither 'her2st' nor an existing SpatialData zarr store.")
@@ -184,7 +184,7 @@ def _train(args: argparse.Namespace) -> None:
         cls._merge_config(config)
     except ValueError as e:
         raise CLIError(f"--config: {e}") from e
-    sdata = _load_data(args.data, args.sections, args.all_sections)
+    sdata = _load_data(args.data, "all" if args.all_sections else args.sections)
     adata = _table(sdata, args.data)
     _check_sections(adata, args.sections, "train")
     # The panel comes from the training sections only (a held-out section never chooses the genes).
@@ -272,7 +272,7 @@ def _predict(args: argparse.Namespace) -> None:
     else:
         data = "her2st" if args.data is None else args.data
         _load_model(cls, model_dir)  # the model directory is checked (loaded once) before the data set is read
-        sdata = _load_data(data, args.sections, args.all_sections)
+        sdata = _load_data(data, "all" if args.all_sections else args.sections)
         _check_sections(_table(sdata, data), args.sections, "predict")
         model = cls.load(model_dir, sdata)
         scst.tl.predict_expression(sdata, model, sections=args.sections, **opts)  # embeddings recomputed as recorded
@@ -348,7 +348,7 @@ def _ligrec(args: argparse.Namespace) -> None:
         raise CLIError(f"--out: {str(out)!r} is a folder; --overwrite replaces only a file. Choose another --out.")
     if args.n_perms < 0:  # said before the data are read
         raise CLIError(f"--n-perms: expected an integer >= 0 (0: no p-values), got {args.n_perms}.")
-    sdata = _load_data(args.data, args.sections, args.all_sections)
+    sdata = _load_data(args.data, "all" if args.all_sections else args.sections)
     adata = _table(sdata, args.data)
     _check_sections(adata, args.sections)
     if args.sections:
