@@ -249,3 +249,26 @@ def test_gene_features_scores_come_from_a_classifier_fit_on_the_training_pairs_o
         clf.fit(feats(f.train), f.train["label"].to_numpy(int))
         got = pred.loc[pred["fold"] == f.fold, "score"].to_numpy()
         np.testing.assert_allclose(got, clf.predict_proba(feats(f.test))[:, 1], rtol=1e-6)
+
+
+def test_gcng_known_pairs_absent_a_failed_call_and_cells_without_a_section():
+    """Known pairs with an absent gene are counted in a warning (GCNG learned from fewer positives without a word); a
+    GCNG call that fails leaves neither its graph matrix nor a model setup behind; cells without a section are an
+    error (as str they were one section "nan", shuffled together)."""
+    adata, pairs = grid_data(n_side=6, n_pairs=12)
+    adata.obs["section"] = "s0"
+    cfg = {**FAST, "max_epochs": 1, "patience": 1, "validation": 0.0}
+    known = pd.DataFrame({"ligand": ["L0", "L1", "L2", "L3", "Lzz"], "receptor": ["R0", "R1", "R2", "R3", "Rzz"]})
+    with pytest.warns(UserWarning, match=r"known: 1 of 5 known pairs have a gene .* GCNG learns from the other 4"):
+        ligand_receptor(adata, pairs=pairs, method="gcng", n_perms=0, expr_prop=0.0, gcng_config=cfg, n_folds=3,
+                        known=known)  # fmt: skip
+    assert adata.uns["scst_ligrec_params"]["n_known_used"] == 4
+    fresh, pairs = grid_data(n_side=6, n_pairs=4)
+    fresh.obs["section"] = "s0"
+    before = (set(fresh.obsp), set(fresh.uns))
+    with pytest.raises(ValueError, match="cannot fill 10 cross-fitting folds"):
+        ligand_receptor(fresh, pairs=pairs, method="gcng", n_perms=0, expr_prop=0.0, gcng_config=cfg, n_folds=10)
+    assert (set(fresh.obsp), set(fresh.uns)) == before
+    fresh.obs["section"] = pd.Series(["s0"] * 30 + [None] * 6, index=fresh.obs_names, dtype=object)
+    with pytest.raises(ValueError, match=r"adata.obs\['section'\]: 6 cells have no section"):
+        ligand_receptor(fresh, pairs=pairs, method="spatial_pearson", n_perms=5, expr_prop=0.0)

@@ -55,7 +55,13 @@ def _groups(adata: AnnData, groups_key: str | None) -> tuple[np.ndarray | None, 
     if groups_key is None:
         return None, None
     _check_key(adata.obs, groups_key, "adata.obs (the sections within which positions are shuffled)")
-    return adata.obs[groups_key].astype(str).to_numpy(), groups_key
+    col = adata.obs[groups_key]
+    if col.isna().any():  # as str they would be one section "nan", shuffled together
+        raise ValueError(
+            f"adata.obs[{groups_key!r}]: {int(col.isna().sum())} cells have no section; every cell needs one (the "
+            "null shuffles positions within sections)."
+        )
+    return col.astype(str).to_numpy(), groups_key
 
 
 def _check_graph(adj: Any, groups: np.ndarray | None, connectivity_key: str, groups_key: str | None = None) -> None:
@@ -491,17 +497,37 @@ def _gcng(
         extra = {"graph_key": model.registry["graph_key"], "model_config": dict(model.config), "gcng_mode": "model"}
     else:
         config = dict(GCNG.bench_config if config is None else config)
-        if graph_key not in adata.obsp:
-            adata.obsp[graph_key] = graph_matrix_from_adjacency(adj, "autocrine+")
-        known_t = present if known is None else lr_pairs_in_genes(as_lr_table(known), adata.var_names)
+        if known is None:
+            known_t = present
+        else:  # a resource name in the data's organism, as `pairs`; absent pairs are counted, not dropped silently
+            known_in = as_lr_table(known, organism=_guess_organism(adata.var_names))
+            known_t = lr_pairs_in_genes(known_in, adata.var_names)
+            n_known = len(known_in[["ligand", "receptor"]].drop_duplicates())
+            if 0 < len(known_t) < n_known:
+                warnings.warn(
+                    f"known: {n_known - len(known_t)} of {n_known} known pairs have a gene (or complex subunit) absent "
+                    "from adata.var_names; GCNG learns from the other "
+                    f"{len(known_t)}.",
+                    stacklevel=3,
+                )
         if known_t.empty:
             raise ValueError("known: no known pair has both genes in adata.var_names; GCNG has nothing to learn.")
-        result = gcng_scores(adata, cand, known_t, graph_key=graph_key, config=config, n_folds=n_folds, layer=layer,
-                             normalize=normalize, seed=seed, train_kwargs=train_kwargs)  # fmt: skip
+        added, uns_before = graph_key not in adata.obsp, set(adata.uns)
+        if added:
+            adata.obsp[graph_key] = graph_matrix_from_adjacency(adj, "autocrine+")
+        try:
+            result = gcng_scores(adata, cand, known_t, graph_key=graph_key, config=config, n_folds=n_folds,
+                                 layer=layer, normalize=normalize, seed=seed, train_kwargs=train_kwargs)  # fmt: skip
+        except BaseException:  # nothing half-written: a failed call leaves no graph matrix or model setup behind
+            if added:
+                del adata.obsp[graph_key]
+            for k in set(adata.uns) - uns_before:
+                del adata.uns[k]
+            raise
         table = result.table
         pval = gcng_null_pvalues(result, groups=groups, n_perms=n_perms, seed=seed, n_obs=adata.n_obs, null=null)
         extra = {"graph_key": graph_key, "model_config": config, "gcng_mode": "cross-fitted", "n_folds": n_folds,
-                 "gcng_fit": pd.DataFrame(result.fit)}  # fmt: skip
+                 "n_known_used": int(len(known_t)), "gcng_fit": pd.DataFrame(result.fit)}  # fmt: skip
     extra["n_in_training"] = int(table["in_training"].sum())
     extra["in_training"] = table["in_training"].to_numpy(bool)
     return table["score"].to_numpy(np.float64), pval, extra
