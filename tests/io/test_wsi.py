@@ -231,6 +231,20 @@ def test_read_wsi_reads_the_pixel_size_of_an_ome_tiff(tmp_path):
             sd = read_wsi(tmp_path / "s.ome.tif", sample="S")
         assert sd.attrs["scst"]["um_per_px"] == pytest.approx(um), unit
     assert read_wsi(tmp_path / "s.ome.tif", sample="S", um_per_px=0.3).attrs["scst"]["um_per_px"] == 0.3  # given wins
+    # a writer's default resolution tag (72 dpi = 352.8 µm/px) beside the OME pixel size: the OME value wins
+    md = {"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}
+    tifffile.imwrite(tmp_path / "d.ome.tif", img, tile=(256, 256), photometric="rgb", ome=True, metadata=md,
+                     resolution=(72, 72), resolutionunit="INCH")  # fmt: skip
+    assert read_wsi(tmp_path / "d.ome.tif", sample="S").attrs["scst"]["um_per_px"] == pytest.approx(0.5)
+    # the default tag alone: not a scan's pixel size — warned about and unknown, not 352.8 µm/px
+    tifffile.imwrite(tmp_path / "d.tif", img, tile=(256, 256), photometric="rgb", resolution=(72, 72),
+                     resolutionunit="INCH")  # fmt: skip
+    with pytest.warns(UserWarning, match=r"records 352.8 µm/px in its TIFF resolution tags, outside"):
+        assert read_wsi(tmp_path / "d.tif", sample="S").attrs["scst"]["um_per_px"] is None
+    # 0.25 µm/px (40000 px/cm), a 40x scan's tags: used
+    tifffile.imwrite(tmp_path / "ok.tif", img, tile=(256, 256), photometric="rgb", resolution=(40000, 40000),
+                     resolutionunit="CENTIMETER")  # fmt: skip
+    assert read_wsi(tmp_path / "ok.tif", sample="S").attrs["scst"]["um_per_px"] == pytest.approx(0.25)
 
 
 def test_read_wsi_refuses_infinite_pixel_sizes_and_names_unsupported_layouts(tmp_path):

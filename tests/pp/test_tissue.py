@@ -449,6 +449,12 @@ def test_filter_tiles_channels_first_with_three_columns_and_uint16():
     yellow = np.zeros((1, 3, 4, 3), np.uint8)
     yellow[:, :2] = 255
     assert filter_tiles(yellow)[0][0] == 1.0
+    # RGBA channels last, as openslide/PIL read_region give tiles: the alpha channel is dropped, not an image row
+    rgb = np.zeros((2, 8, 8, 3), np.uint8)
+    rgb[0], rgb[1] = (150, 90, 170), (240, 240, 240)  # a tile of tissue colour, a tile of glass
+    rgba = np.concatenate([rgb, np.full((2, 8, 8, 1), 255, np.uint8)], -1)
+    np.testing.assert_array_equal(filter_tiles(rgba)[0], filter_tiles(rgb)[0])
+    assert filter_tiles(rgba)[0].tolist() == [1.0, 0.0]
     # uint16 tiles scale by 65535: the same fractions as the uint8 tile.
     tile8 = _pixels(9, (150, 90, 170))
     np.testing.assert_array_equal(filter_tiles(tile8.astype(np.uint16) * 257)[0], filter_tiles(tile8)[0])

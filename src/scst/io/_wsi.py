@@ -63,7 +63,24 @@ def _levels(path: Path):
         mpp = slide.properties.get("tiffslide.mpp-x")
     finally:
         slide.close()
-    return levels, float(mpp) if mpp else _ome_mpp(path)
+    ome = _ome_mpp(path)  # written for the image; TIFF resolution tags are often writers' defaults (72 dpi, 1 px/mm)
+    if ome is not None:
+        return levels, ome
+    if mpp and not _MPP_RANGE[0] <= float(mpp) <= _MPP_RANGE[1]:
+        warnings.warn(
+            f"read_wsi: {path.name} records {float(mpp):.4g} µm/px in its TIFF resolution tags, outside the "
+            f"{_MPP_RANGE[0]}–{_MPP_RANGE[1]} µm/px of brightfield scans (a writer's default such as 72 dpi?); it is "
+            "ignored (pass um_per_px=).",
+            UserWarning,
+            stacklevel=3,
+        )
+        return levels, None
+    return levels, float(mpp) if mpp else None
+
+
+#: Pixel sizes (µm/px) taken from TIFF resolution tags: brightfield scans lie well inside (0.1–0.5 at 80×–20×, a
+#: few µm for low-resolution exports); outside, the tag is a writer's default, not the scan's.
+_MPP_RANGE = (0.05, 20.0)
 
 
 #: OME ``PhysicalSizeXUnit`` → µm.

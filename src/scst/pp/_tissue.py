@@ -390,7 +390,7 @@ def _tile_batches(tiles: Any, batch: int = 256) -> Iterable[np.ndarray]:
 
 
 def _to_float_cf(a: np.ndarray) -> np.ndarray:
-    if a.shape[1] != 3 and a.shape[-1] == 3:
+    if a.shape[1] not in (3, 4) and a.shape[-1] in (3, 4):  # channels last: RGB, or RGBA as read_region gives it
         a = np.moveaxis(a, -1, 1)
     if a.shape[1] < 3:
         raise ValueError(f"tiles: need 3 (RGB) channels first or last, got shape {a.shape}.")
