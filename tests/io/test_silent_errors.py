@@ -353,6 +353,24 @@ def test_four_spots_are_enough_to_catch_swapped_pixel_columns():
     assert geo["um_per_px"] == pytest.approx(200 / 75)  # mean of 100 and 50 px per step
 
 
+def test_pixel_sizes_from_one_line_or_three_spots_are_warned_about():
+    """µm/px from spots on one array line (a hexagonal row counts 2 indices per neighbour: 2× too large) or from
+    fewer than 4 spots (nothing checks the fit) is a degraded mode: warned about, not only logged; a checked grid
+    (the 2 × 2 spots above) is not."""
+    row = pd.DataFrame({"x": [0, 2, 4, 6], "y": [0, 0, 0, 0]})  # a Visium-like row: neighbours 2 indices apart
+    row["pixel_x"], row["pixel_y"] = 100.0 + 50 * row["x"], 100.0
+    counts = pd.DataFrame({"G": [1, 2, 3, 4]}, index=[f"{x}x{y}" for x, y in zip(row["x"], row["y"])])
+    with pytest.warns(UserWarning, match=r"section 'S': µm/px .* derived from 4 spots on one line of the array"):
+        read_st(counts, row, None, sample="S")
+    three = row.iloc[:3].assign(y=[0, 1, 0])
+    three["pixel_y"] = 100.0 + 100 * three["y"]
+    with pytest.warns(UserWarning, match="derived from 3 spots"):
+        read_st(counts.iloc[:3].set_axis([f"{x}x{y}" for x, y in zip(three["x"], three["y"])]), three, None, sample="S")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # given, nothing is derived: no warning
+        read_st(counts, row, None, sample="S", um_per_px=0.5)
+
+
 def test_a_grid_at_exactly_45_degrees_is_not_taken_for_swapped_columns():
     # Column vector (100, 100), row vector (-100, 100): |x| and |y| parts tie; 200 µm per 100·√2 px.
     counts, spots = _grid_spots()

@@ -153,8 +153,10 @@ def _grid_steps_per_index(col: np.ndarray, row: np.ndarray) -> np.ndarray:
     return np.ones(2)
 
 
-def _fit_grid(xy: np.ndarray, col: np.ndarray, row: np.ndarray, array_cols, pixel_cols) -> float:
-    """Pixels per grid step from the array grid; refuse centres off the grid or pixel columns along the wrong axis.
+def _fit_grid(xy: np.ndarray, col: np.ndarray, row: np.ndarray, array_cols, pixel_cols) -> tuple[float, str | None]:
+    """Pixels per grid step from the array grid, and what leaves it unchecked (None: a checked fit).
+
+    Centres off the grid and pixel columns along the wrong axis are refused.
 
     An affine fit ``(x, y) = A @ (col, row) + t`` tolerates rotation, scale and shear. The lengths of ``A``'s
     columns (pixels per column and per row index), divided by the grid steps one index spans (see
@@ -170,16 +172,19 @@ def _fit_grid(xy: np.ndarray, col: np.ndarray, row: np.ndarray, array_cols, pixe
     if np.linalg.matrix_rank(design) < 3:  # spots on one line of the array (or one spot): its direction only
         centred = idx - idx.mean(axis=0)
         if not np.any(centred):
-            return np.nan
+            return np.nan, "a single spot"
         u = np.linalg.svd(centred, full_matrices=False)[2][0]  # unit direction of the line in index space
         v, *_ = np.linalg.lstsq(np.column_stack([centred @ u, np.ones(len(col))]), xy, rcond=None)
-        return float(np.hypot(*v[0]))
+        return float(np.hypot(*v[0])), (
+            f"{len(col)} spots on one line of the array, taking one index as one grid step (on a hexagonal row, "
+            "e.g. Visium, neighbours are 2 indices apart and µm/px comes out 2× too large)"
+        )
     steps = _grid_steps_per_index(col, row)
     coef, *_ = np.linalg.lstsq(design, xy, rcond=None)
     (a, d), (b, e) = coef[0], coef[1]  # x = a col + b row + .., y = d col + e row + ..
     pitch = float(np.mean([np.hypot(a, d) / steps[0], np.hypot(b, e) / steps[1]]))
-    if len(col) < 4:
-        return pitch  # as many parameters as spots: nothing to check against
+    if len(col) < 4:  # as many parameters as spots: nothing to check against
+        return pitch, f"{len(col)} spots (the grid fit has as many parameters: nothing checks it)"
     rms = float(np.sqrt(np.mean(np.sum((xy - design @ coef) ** 2, axis=1)))) / pitch if pitch > 0 else np.inf
     if not rms <= GRID_RESIDUAL_MAX_STEPS:
         raise ValueError(
@@ -194,7 +199,7 @@ def _fit_grid(xy: np.ndarray, col: np.ndarray, row: np.ndarray, array_cols, pixe
             f"{array_cols[1]!r} along {pixel_cols[0]!r}: the pixel columns look swapped (µm/px would come out "
             f"wrong); pass pixel_cols={tuple(pixel_cols[::-1])!r}, or rotate an image that is turned by 90°."
         )
-    return pitch
+    return pitch, None
 
 
 def _check_drops(sample: str, n_counts: int, n_spots: int, n_kept: int) -> None:
@@ -315,12 +320,19 @@ def read_st(
     xy = sdf[list(pixel_cols)].to_numpy(dtype=np.float64)
     col = np.rint(sdf[array_cols[0]].to_numpy()).astype(np.int64)
     row = np.rint(sdf[array_cols[1]].to_numpy()).astype(np.int64)
-    pitch = _fit_grid(xy, col, row, array_cols, pixel_cols)
+    pitch, weak = _fit_grid(xy, col, row, array_cols, pixel_cols)
 
     if um_per_px is None:
         if not np.isfinite(pitch) or pitch <= 0:
             raise ValueError("um_per_px: cannot derive the pixel size from a single spot; pass it.")
         um_per_px = grid_step_um / pitch
+        if weak is not None:
+            warnings.warn(
+                f"read_st: section {sample!r}: µm/px ({um_per_px:.4g}) derived from {weak}; pass um_per_px= if "
+                "it is known.",
+                UserWarning,
+                stacklevel=2,
+            )
     spot_diameter_px = spot_diameter_um / um_per_px
 
     cs = sample
