@@ -217,6 +217,18 @@ def test_truncated_or_unreadable_images_are_refused_not_cached(tmp_path, fmt):
         cached_image(tmp_path / "no.tif", "S", cache=tmp_path / "cache")
 
 
+@pytest.mark.parametrize("compression", [None, "zlib", "jpeg"])
+def test_truncated_tiffs_are_named_errors(tmp_path, compression):
+    """A tiled TIFF cut short: the codec's own error (RuntimeError 'Empty input file', DeflateError, ...) named
+    neither the file nor the row; now a ValueError does, as for JPEG/PNG."""
+    img = _texture(CHUNK_PX + 1024, 512)
+    tifffile.imwrite(tmp_path / "he.tif", img, tile=(256, 256), photometric="rgb", compression=compression)
+    data = (tmp_path / "he.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: int(len(data) * 0.6)])
+    with pytest.raises(ValueError, match=r"image: .*cut.tif is truncated or corrupt near row \d+"):
+        cached_image(tmp_path / "cut.tif", "S", cache=tmp_path / "cache")
+
+
 def test_read_wsi_reads_the_pixel_size_of_an_ome_tiff(tmp_path):
     """An OME-TIFF records its pixel size in the OME-XML (PhysicalSizeX and its unit), without TIFF resolution tags:
     read_wsi takes it from there instead of warning that the slide records none."""

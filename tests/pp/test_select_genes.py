@@ -66,6 +66,11 @@ def test_select_genes_errors():
         select_genes(a, min_fraction=2)
     with pytest.raises(KeyError, match="nope"):
         select_genes(a, library_key="nope")
+    b = a.copy()  # spots without a section: an error (as str they were one more section, "nan", in the union)
+    b.obs["section"] = b.obs["section"].astype(object)
+    b.obs.iloc[:3, b.obs.columns.get_loc("section")] = None
+    with pytest.raises(ValueError, match=r"library_key: adata.obs\['section'\] is missing for 3 spots"):
+        select_genes(b)
     a.X = -a.X
     with pytest.raises(ValueError, match="raw counts"):
         select_genes(a)

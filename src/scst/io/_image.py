@@ -149,7 +149,12 @@ def _iter_strips(path: Path, rows: int = CHUNK_PX) -> Iterator[tuple[int, np.nda
         h = int(z.shape[axes.index("Y")])
         for y0 in range(0, h, rows):
             sl = tuple(slice(y0, y0 + rows) if a == "Y" else slice(None) for a in axes)
-            strip = np.asarray(z[sl])
+            try:
+                strip = np.asarray(z[sl])
+            except Exception as e:  # noqa: BLE001 - codec errors (RuntimeError, TiffFileError, ...) name no file
+                raise ValueError(
+                    f"image: {path} is truncated or corrupt near row {y0} ({type(e).__name__}: {str(e).strip()[:200]})."
+                ) from e
             if axes.startswith(("C", "S")):  # planar (c, y, x)
                 strip = np.moveaxis(strip, 0, -1)
             yield y0, _to_rgb(strip if recolour is None else recolour(strip), path)

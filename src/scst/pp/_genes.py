@@ -93,6 +93,11 @@ def select_genes(
             )
     if library_key is not None:
         _check_key(adata.obs, library_key, "adata.obs")
+        if adata.obs[library_key].isna().any():  # as str they would be one more section, "nan"
+            raise ValueError(
+                f"library_key: adata.obs[{library_key!r}] is missing for {int(adata.obs[library_key].isna().sum())} "
+                "spots; every spot needs its section."
+            )
         groups = adata.obs[library_key].astype(str).to_numpy()
     else:
         groups = np.zeros(adata.n_obs, dtype=str)
