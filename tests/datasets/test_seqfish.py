@@ -123,8 +123,9 @@ def test_files_that_do_not_line_up_are_refused(served, edit, match):
 
 
 def test_cells_outside_field_0_and_no_louvain_file(served):
-    (served / "cortex_svz_cell_type_annotations.csv").unlink()  # local only: optional
-    adata = seqfish_cortex()
+    (served / "cortex_svz_cell_type_annotations.csv").unlink()  # local only: optional, but said (a warning)
+    with pytest.warns(UserWarning, match="cortex_svz_cell_type_annotations.csv is not available.*no 'louvain'"):
+        adata = seqfish_cortex()
     assert "louvain" not in adata.obs and "louvain" not in adata.uns["seqfish_cells"]
     assert list(adata.obs["cell_type"].cat.categories) == sorted(adata.obs["cell_type"].unique())  # unused dropped
     _edit(served, *EDITS["fov_differs"])

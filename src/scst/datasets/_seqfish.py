@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,6 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._constants import SPATIAL_KEY
-from .._logging import logg
 from ._fetch import fetch
 
 __all__ = ["seqfish_cortex"]
@@ -45,8 +45,13 @@ def _cells(path: str | os.PathLike | None) -> pd.DataFrame:
         raise ValueError("cortex_annotation.txt ids are not cell_1 ... cell_913 in file order.")
     try:
         lou = pd.read_csv(fetch(_DS, "original/cortex_svz_cell_type_annotations.csv", path))
-    except FileNotFoundError:
-        logg.info("cortex_svz_cell_type_annotations.csv not available; no Louvain clusters.")
+    except FileNotFoundError:  # a member of a zip without a known hash: local only (see the module registry)
+        warnings.warn(
+            "seqfish_cortex: cortex_svz_cell_type_annotations.csv is not available locally (it cannot be downloaded "
+            "with a verified hash); obs has no 'louvain' column.",
+            UserWarning,
+            stacklevel=3,
+        )
     else:
         if not np.array_equal(lou["index"].to_numpy(), np.arange(len(cells))):
             raise ValueError("cortex_svz_cell_type_annotations.csv: `index` is not 0 ... 912 in order.")
