@@ -52,7 +52,7 @@ def test_error_messages_keep_their_closing_quotes(err, want, monkeypatch, capsys
     assert capsys.readouterr().err == f"scst: error: {want}\n"
 
 
-def test_sections_all_loads_every_her2st_section_and_selects_nothing(tmp_path, monkeypatch):
+def test_sections_all_loads_every_her2st_section_and_selects_nothing(tmp_path, monkeypatch, capsys):
     """``--sections all``: her2st is asked for its 36 sections ("all", which it accepts; the CLI passed ['all'] and
     her2st refused it while listing 'all' as valid) and no section is selected afterwards."""
     import _he_synthetic as syn
@@ -76,6 +76,10 @@ def test_sections_all_loads_every_her2st_section_and_selects_nothing(tmp_path, m
     assert asked == ["all", ["S1", "S2"]]
     assert main(["ligrec", "--sections", "S1", "--out", str(tmp_path / "lr2.csv")]) == 0
     assert asked[2:] == [["S1"], ["S1"]]
+    # an unknown --pairs name is said before any data are read
+    assert main(["ligrec", "--pairs", "nosuch", "--out", str(tmp_path / "lr3.csv")]) == 2
+    assert "scst: error: --pairs: unknown ligand–receptor list 'nosuch'" in capsys.readouterr().err
+    assert len(asked) == 4  # her2st never asked
 
 
 def test_train_then_predict_mean_on_her2st(tmp_path, capsys):

@@ -348,6 +348,16 @@ def _ligrec(args: argparse.Namespace) -> None:
         raise CLIError(f"--out: {str(out)!r} is a folder; --overwrite replaces only a file. Choose another --out.")
     if args.n_perms < 0:  # said before the data are read
         raise CLIError(f"--n-perms: expected an integer >= 0 (0: no p-values), got {args.n_perms}.")
+    from .datasets._ligand_receptor import LR_RESOURCES, _liana_resource_names
+
+    known = list(LR_RESOURCES)
+    if args.pairs is not None and args.pairs not in known:  # also before the data are read
+        liana = _liana_resource_names()
+        if args.pairs not in liana:
+            raise CLIError(
+                f"--pairs: unknown ligand–receptor list {args.pairs!r}; expected one of {known}"
+                + (f" or a liana resource {liana}." if liana else ".")
+            )
     sdata = _load_data(args.data, "all" if args.all_sections else args.sections)
     adata = _table(sdata, args.data)
     _check_sections(adata, args.sections)
