@@ -502,12 +502,12 @@ def _gcng(
         else:  # a resource name in the data's organism, as `pairs`; absent pairs are counted, not dropped silently
             known_in = as_lr_table(known, organism=_guess_organism(adata.var_names))
             known_t = lr_pairs_in_genes(known_in, adata.var_names)
-            n_known = len(known_in[["ligand", "receptor"]].drop_duplicates())
+            # counted as `pairs` are: genes match case-insensitively, so two spellings of a pair are one pair
+            n_known = len(pd.DataFrame({c: known_in[c].str.lower() for c in ("ligand", "receptor")}).drop_duplicates())
             if 0 < len(known_t) < n_known:
                 warnings.warn(
                     f"known: {n_known - len(known_t)} of {n_known} known pairs have a gene (or complex subunit) absent "
-                    "from adata.var_names; GCNG learns from the other "
-                    f"{len(known_t)}.",
+                    f"from adata.var_names; GCNG learns from the other {len(known_t)}.",
                     stacklevel=3,
                 )
         if known_t.empty:
