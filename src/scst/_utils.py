@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,19 @@ def _check_key(mapping: Any, key: str, where: str) -> None:
     if key not in mapping:
         avail = list(mapping.keys()) if hasattr(mapping, "keys") else list(mapping)
         raise KeyError(f"Key {key!r} not found in {where}; available: {avail[:20]}.")
+
+
+#: Files that mark a folder as a zarr store (v2 / v3).
+ZARR_MARKERS = (".zgroup", "zarr.json")
+
+
+def _holds_other_files(path: Path, markers: Sequence[str]) -> bool:
+    """Whether ``path`` is a non-empty folder holding none of ``markers``.
+
+    Such a folder of other files is never deleted by an ``overwrite`` (a saved model holds ``attr.json``, a zarr
+    store one of :data:`ZARR_MARKERS`).
+    """
+    return path.is_dir() and not any((path / m).is_file() for m in markers) and any(path.iterdir())
 
 
 def _obsm_features(

@@ -34,6 +34,12 @@ class CLIError(Exception):
     """Bad input: printed as one line, exit status 2."""
 
 
+def _one_line(e: Exception) -> str:
+    """The first line of an exception's message (a KeyError's own, not its quoted ``str``), else its type."""
+    text = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else str(e)
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _load_data(data: str, sections: Sequence[str] | str | None) -> Any:
     """``her2st`` or a SpatialData zarr store.
 
@@ -113,10 +119,7 @@ def _load_model(cls: Any, model_dir: Path) -> Any:
     try:
         return cls.load(model_dir)
     except (ValueError, FileNotFoundError, KeyError) as e:
-        # a KeyError's str() is its message in quotes: take the message itself (other messages keep their quotes)
-        text = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else str(e)
-        msg = text.splitlines()[0] if text else type(e).__name__
-        raise CLIError(f"--model-dir: {msg}") from e
+        raise CLIError(f"--model-dir: {_one_line(e)}") from e
 
 
 def _image_only(path: str, um_per_px: float | None = None) -> Any:
@@ -252,7 +255,9 @@ def _predict(args: argparse.Namespace) -> None:
     if out.exists() and out.is_dir() != (out.suffix == ".zarr"):  # said before predicting, not when writing
         kind, ok = ("a folder", "a .h5ad file") if out.is_dir() else ("a file", "a .zarr folder")
         raise CLIError(f"--out: {str(out)!r} is {kind}; --overwrite replaces only {ok}. Choose another --out.")
-    if out.is_dir() and not any((out / f).is_file() for f in (".zgroup", "zarr.json")) and any(out.iterdir()):
+    from ._utils import ZARR_MARKERS, _holds_other_files
+
+    if _holds_other_files(out, ZARR_MARKERS):
         # a folder of other files named *.zarr would be deleted whole (as train refuses for non-model folders)
         raise CLIError(f"--out: {str(out)!r} is a folder but no zarr store; --overwrite replaces only a zarr store or "
                        "an empty folder, never other files. Choose another --out.")  # fmt: skip
@@ -482,10 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"scst: error: {e}", file=sys.stderr)
         return 2
     except (KeyError, ValueError, FileNotFoundError, FileExistsError, TypeError) as e:
-        # a KeyError's str() is its message in quotes: take the message itself (other messages keep their quotes)
-        text = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else str(e)
-        msg = text.splitlines()[0] if text else type(e).__name__
-        print(f"scst: error: {msg}", file=sys.stderr)
+        print(f"scst: error: {_one_line(e)}", file=sys.stderr)
         return 2
     return 0
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from .._constants import TABLE_KEY
 from .._logging import logg
-from .._utils import _atomic_dir, _get_table, _positive_int
+from .._utils import _atomic_dir, _get_table, _holds_other_files, _positive_int
 from ..nn._backbones import weights_overwritten
 from ._training import (
     AtomicCheckpointIO,
@@ -73,7 +73,7 @@ def _check_model_dest(dir_path: str | Path, overwrite: bool) -> Path:
         return dir_path
     if not overwrite:
         raise FileExistsError(f"`dir_path` {str(dir_path)!r} exists; pass `overwrite=True` to replace it.")
-    if not dir_path.is_dir() or (not (dir_path / ATTR_FILE).is_file() and any(dir_path.iterdir())):
+    if not dir_path.is_dir() or _holds_other_files(dir_path, (ATTR_FILE,)):
         raise FileExistsError(
             f"`dir_path` {str(dir_path)!r} exists and is not a saved model folder (no {ATTR_FILE}); overwrite=True "
             "replaces only a saved model or an empty folder, never other files. Choose another path."

@@ -26,7 +26,7 @@ import pandas as pd
 
 from .._constants import INSTANCE_KEY, REGION_KEY, SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
 from .._logging import logg
-from .._utils import _positive, _positive_int
+from .._utils import ZARR_MARKERS, _holds_other_files, _positive, _positive_int
 
 __all__ = ["predict_shards", "merge_shards", "ShardError"]
 
@@ -344,7 +344,7 @@ def _check_out(out: str | os.PathLike, overwrite: bool, inputs: Sequence[str | o
         raise FileExistsError(f"out: {str(out)!r} exists; pass `overwrite=True` to replace it.")
     if out.exists() and not out.is_dir():  # the file was swapped aside and left as a hidden file beside out
         raise ValueError(f"out: {str(out)!r} is a file; `overwrite=True` replaces only a .zarr folder.")
-    if out.is_dir() and not any((out / f).is_file() for f in (".zgroup", "zarr.json")) and any(out.iterdir()):
+    if _holds_other_files(out, ZARR_MARKERS):
         raise ValueError(
             f"out: {str(out)!r} is a folder but no zarr store; `overwrite=True` replaces only a zarr store or an empty "
             "folder, never other files."
