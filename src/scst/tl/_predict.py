@@ -343,7 +343,7 @@ def _prepare_features(
     features and those of a predicted section (``sections``; None: all) are not centred.
     """
     reg = getattr(model, "registry", None) or {}
-    key = reg.get("use_rep", reg.get("embedding_key"))  # heads / RidgeExpression
+    key, hk = _feature_keys(reg)
     if key is None:
         return False
     adata = sdata.tables[table]
@@ -380,7 +380,6 @@ def _prepare_features(
         from ..pp._scale import scale_by_section
 
         scale_by_section(adata, key, library_key=by, key_added=key)
-    hk = reg.get("hypergraph_key")
     if hk is not None and hk not in adata.obsp:
         from ..pp._hypergraph import hypergraph
 
@@ -404,10 +403,17 @@ def _prepare_features(
     return True
 
 
+def _feature_keys(reg: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """``(obsm key, obsp hypergraph key)`` that a model on stored features reads, None for what it does not read.
+
+    Heads read ``use_rep``, RidgeExpression ``embedding_key``; HGGEPHead also its hypergraph.
+    """
+    return reg.get("use_rep", reg.get("embedding_key")), reg.get("hypergraph_key")
+
+
 def _lacks_features(model: Any, adata: Any) -> bool:
     """Whether ``model`` reads an ``obsm`` embedding (or a hypergraph) that ``adata`` lacks."""
-    reg = getattr(model, "registry", None) or {}
-    key, hk = reg.get("use_rep", reg.get("embedding_key")), reg.get("hypergraph_key")
+    key, hk = _feature_keys(getattr(model, "registry", None) or {})
     return key is not None and (key not in adata.obsm or (hk is not None and hk not in adata.obsp))
 
 
