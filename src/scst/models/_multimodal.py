@@ -23,7 +23,7 @@ from .._utils import _labels, _positive_int
 from ..nn._augment import random_dihedral
 from ..nn._backbones import build_backbone, load_weights
 from ..nn._multimodal import LOSS_TERMS, MultimodalModule
-from ..pp._mudata import LINK_KEY, PATCH_KEY
+from ..pp._mudata import LINK_KEY, PATCH_KEY, _refuse_duplicate_names
 from ._base import BaseModel, _refuse_dataloader_kwargs, _resume_checkpoint
 from ._training import History
 
@@ -301,9 +301,7 @@ class MultimodalST(BaseModel):
             if name not in getattr(mdata, "mod", {}):
                 raise KeyError(f"mdata: modality {name!r} missing; has {list(getattr(mdata, 'mod', {}))}.")
         r, im = mdata[rna], mdata[image]
-        if not r.obs_names.is_unique:  # patches link to their sample by name
-            dup = r.obs_names[r.obs_names.duplicated()].unique()[:3].tolist()
-            raise ValueError(f"mdata[{rna!r}]: duplicate sample names, e.g. {dup} (call obs_names_make_unique()).")
+        _refuse_duplicate_names(r.obs_names, f"mdata[{rna!r}]")
         if gene_group_key not in r.var:
             raise KeyError(
                 f"mdata[{rna!r}].var lacks {gene_group_key!r}; run scst.pp.gene_groups(mdata[{rna!r}], ...) first."

@@ -39,6 +39,16 @@ MUDATA_UNS = "scst_mudata"
 _SCORE_CHUNK = 512
 
 
+def _refuse_duplicate_names(names: pd.Index, where: str, what: str = "sample names") -> None:
+    """A ValueError naming ``where`` when ``names`` repeat: patches link to their RNA sample by name."""
+    if not names.is_unique:
+        dup = names[names.duplicated()].unique()[:3].tolist()
+        raise ValueError(
+            f"{where}: duplicate {what}, e.g. {dup}; patches link to their RNA sample by name (call "
+            "obs_names_make_unique())."
+        )
+
+
 def _rna_modality(adata: AnnData, rows: np.ndarray, genes: Any, layer: str | None, group_keys: Sequence[str]):
     X = adata.X if layer is None else adata.layers[layer]
     X = sparse.csr_matrix(X[rows]) if sparse.issparse(X) else sparse.csr_matrix(np.asarray(X[rows]))
@@ -130,12 +140,7 @@ def to_mudata(
 
     adata = _get_table(sdata, table)
     group_keys = [group_keys] if isinstance(group_keys, str) else list(group_keys)  # one column, or several
-    if not adata.obs_names.is_unique:
-        dup = adata.obs_names[adata.obs_names.duplicated()].unique()[:3].tolist()
-        raise ValueError(
-            f"sdata.tables[{table!r}]: duplicate obs names, e.g. {dup}; each spot links its patch to its RNA sample "
-            "by name (call obs_names_make_unique())."
-        )
+    _refuse_duplicate_names(adata.obs_names, f"sdata.tables[{table!r}]", "obs names")
     _check_key(adata.obs, SECTION_KEY, f"sdata.tables[{table!r}].obs")
     for k in group_keys:
         _check_key(adata.obs, k, f"sdata.tables[{table!r}].obs (group_keys)")
@@ -251,12 +256,7 @@ def bulk_to_mudata(
     from ._tissue import filter_tiles, tile_grid
 
     group_keys = [group_keys] if isinstance(group_keys, str) else list(group_keys)  # one column, or several
-    if not adata.obs_names.is_unique:
-        dup = adata.obs_names[adata.obs_names.duplicated()].unique()[:3].tolist()
-        raise ValueError(
-            f"adata: duplicate sample names, e.g. {dup}; each image links its patches to its RNA sample by name "
-            "(call obs_names_make_unique())."
-        )
+    _refuse_duplicate_names(adata.obs_names, "adata")
     if max_patches is not None:  # 0 would slice [:None], i.e. keep every patch
         _positive_int("max_patches", max_patches, what="None (all) or a positive integer")
     # named here: SpotPatchDataset would call it size_px (and True tiled the image into 1 px windows first)
