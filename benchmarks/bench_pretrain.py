@@ -243,27 +243,161 @@ def probe(args) -> None:
     write_json(args.results / ("probe.json" if args.tag == "folds" else f"probe_{args.tag}.json"), out)
 
 
-GPU_SECTION = [
-    "",
-    "## GPU",
-    "",
-    "Not measured. The script is ready and was tested on the CPU: `benchmarks/gpu_pretrain.py` trains the same BYOL "
-    "network (`scst.nn.BYOLModule`) through the product's step (`scst.nn.train_step`) on a GPU machine without the "
-    "scverse stack. `tests/test_gpu_pretrain.py` checks that its loop reproduces `SSLEncoder.train` (Lightning) "
-    "exactly (the same losses epoch by epoch and the same kept trunk) and that its tiles, rebuilt from the JPEGs "
-    "(the tiles themselves are too large to carry to the device), are the product's bit for bit. `export` checks the "
-    "same on her2st: all 5,645 tiles are identical. One device session (about 6 minutes on one GPU): "
-    "training tiles/s and peak memory per batch size (64, 256) and precision (fp32, bf16), then the five "
-    "per-fold encoders with at most 100 epochs instead of 6, as many as fit in 300 s (same settings otherwise). "
-    "The 2026-12-04 session was refused a device when it asked (no machine lent at the time).",
+def _gpu_section(args, cpu_folds: list, base: dict) -> list[str]:
+    """The device sessions (``gpu.json``: speed + per-fold encoders, probed in ``probe_gpu.json``; ``gpu_long*.json``:
+    longer runs) next to the CPU runs' probes (``base``: main run; ``probe_long<E>.json``)."""
+    path = args.results / "gpu.json"
+    if not path.is_file():
+        return ["", "## GPU", "", "Not measured yet: `benchmarks/gpu_pretrain.sh` (commands below)."] + GPU_COMMANDS
+    g = json.loads(path.read_text())
+    folds = g["folds"]
+    env, t = folds[0]["env"], g["tiles"]
+    n_tiles = sum(v["n_tiles"] for v in t["sections"].values())
+    cpu_tps = np.mean([f["tiles_per_s"] for f in cpu_folds])
+    probe_path = args.results / "probe_gpu.json"
+    pr = {f["heldout"]: f for f in json.loads(probe_path.read_text())["folds"]} if probe_path.is_file() else {}
+    long_pr = {}
+    for lp in sorted(args.results.glob("probe_long*.json")):
+        epochs = int(lp.stem.removeprefix("probe_long"))
+        long_pr[epochs] = {f["heldout"]: f for f in json.loads(lp.read_text())["folds"]}
+    L = [
+        "",
+        "## GPU",
+        "",
+        f"One device session on an {env['device']} (torch {env['torch']}, torchvision {env['torchvision']}, Python "
+        f"{env['python']}; fp32 with TF32 convolutions allowed, torch's default). `benchmarks/gpu_pretrain.py` "
+        "trains the same BYOL network (`scst.nn.BYOLModule`) through the product's step (`scst.nn.train_step`) "
+        "without the scverse stack; `tests/test_gpu_pretrain.py` checks that its loop reproduces "
+        "`SSLEncoder.train` (Lightning) exactly and that its tiles, rebuilt from the section JPEGs (the tiles "
+        "themselves are too large to carry), are the product's bit for bit. On the device all "
+        f"{n_tiles:,} tiles were rebuilt in {t['rebuild_s']} s and "
+        + ("every section's tiles matched the exported sha256." if t["all_equal"] else "**not all matched**.")
+        + f" (The export was made with the tile filter of its day: {n_tiles:,} tiles against the CPU runs' "
+        f"{sum(json.loads((args.results / 'folds.json').read_text())['tiles_per_section'].values()):,}.)",
+        "",
+        "### Cost of one training step",
+        "",
+        f"`speed`: {g['speed']['rows'][0]['steps']} steps after {g['speed']['warmup']} warm-up steps on the C2–C5 "
+        "tiles, one process alone on the GPU.",
+        "",
+        "| batch | precision | s/step | tiles/s | peak GPU memory (MiB) |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {r['batch_size']} | {r['precision']} | {r['s_per_step']:.3f} | {r['tiles_per_s']:.0f} | "
+            f"{r['peak_mib']:.0f} |"
+            for r in g["speed"]["rows"]
+        ],
+        "",
+    ]
+    rows = g["speed"]["rows"]
+    best = max(rows, key=lambda r: r["tiles_per_s"])
+    s64 = [r for r in rows if r["batch_size"] == 64 and r["precision"] == "fp32"]
+    L += [
+        f"The step time hardly grows with the batch (a small network launched as many small kernels), so the "
+        f"throughput grows with it: {best['tiles_per_s']:.0f} tiles/s at batch {best['batch_size']} "
+        f"{best['precision']} against "
+        + (f"{s64[0]['tiles_per_s']:.0f} at the shipped batch 64 fp32 and " if s64 else "")
+        + f"{cpu_tps:.0f} on one CPU thread (the main run's mean). bf16 against fp32: "
+        + "; ".join(
+            f"batch {bs} {r16['tiles_per_s'] / r32['tiles_per_s']:.2f}× the tiles/s, "
+            f"{r16['peak_mib'] / r32['peak_mib']:.2f}× the memory"
+            for bs in sorted({r["batch_size"] for r in rows})
+            for r32 in [r for r in rows if r["batch_size"] == bs and r["precision"] == "fp32"]
+            for r16 in [r for r in rows if r["batch_size"] == bs and r["precision"] == "bf16"]
+        )
+        + ".",
+        "",
+        f"### Longer per-fold encoders ({g['command'].split('BUDGET=')[1].split()[0]} s budget each)",
+        "",
+        "The five folds ran at once on the one GPU, with the shipped settings (batch 64, fp32, same seed, "
+        "schedules and augmentations as the CPU runs); the number of epochs was set after the first epoch to what "
+        "fits the budget (at most 100); tiles/s is per process, five sharing the GPU. The kept trunk is the epoch "
+        "with the lowest mean training loss (counted from 1), as `SSLEncoder` keeps. Converted to the "
+        "safetensors files `SSLEncoder.save_encoder` writes and probed as above (`probe_gpu.json`).",
+        "",
+        "| held out | epochs | kept epoch | train (s) | tiles/s | loss epoch 1 → last | pred std | probe: random "
+        "init | SSL, CPU 6 epochs | "
+        + "".join(f"SSL, CPU {e} epochs | " for e in sorted(long_pr))
+        + "SSL, GPU | Δ GPU vs random init |",
+        "|---|---|---|---|---|---|---|---|---|" + "---|" * len(long_pr) + "---|---|",
+    ]
+    for f in folds:
+        h = f["heldout"]
+        q, b = pr.get(h), base.get(h)
+        L.append(
+            f"| {h} | {f['epochs']} | {f['best_epoch'] + 1} | {f['train_s']} | {f['tiles_per_s']} | "
+            f"{f['loss_first_epoch']:.3f} → {f['loss_last_epoch']:.3f} | {f['pred_std_last_epoch']:.3f} | "
+            + (f"{q['random_init_mean_pcc']:.3f} | " if q else "– | ")
+            + (f"{b['ssl_mean_pcc']:.3f} | " if b else "– | ")
+            + "".join(f"{long_pr[e][h]['ssl_mean_pcc']:.3f} | " if h in long_pr[e] else "– | " for e in sorted(long_pr))
+            + (f"{q['ssl_mean_pcc']:.3f} | {q['ssl_mean_pcc'] - q['random_init_mean_pcc']:+.3f} |" if q else "– | – |")
+        )
+    both = [f["heldout"] for f in folds if f["heldout"] in pr and f["heldout"] in base]
+    if len(both) > 1:
+        a = np.mean([pr[h]["random_init_mean_pcc"] for h in both])
+        mg = np.mean([pr[h]["ssl_mean_pcc"] for h in both])
+        m6 = np.mean([base[h]["ssl_mean_pcc"] for h in both])
+        ml = "".join(
+            f"{np.mean([long_pr[e][h]['ssl_mean_pcc'] for h in both]):.3f} | " if all(h in long_pr[e] for h in both)
+            else "– | "
+            for e in sorted(long_pr)
+        )  # fmt: skip
+        L.append(f"| mean ({len(both)}) | | | | | | | {a:.3f} | {m6:.3f} | {ml}{mg:.3f} | {mg - a:+.3f} |")
+        d = [pr[h]["ssl_mean_pcc"] - pr[h]["random_init_mean_pcc"] for h in both]
+        eps = [f["epochs"] for f in folds]
+        below = [h for h in both if pr[h]["ssl_mean_pcc"] < pr[h]["random_init_mean_pcc"]]
+        L += [
+            "",
+            f"{min(eps)}–{max(eps)} epochs instead of 6 lower the BYOL loss further without collapse (pred std "
+            f"{min(f['pred_std_last_epoch'] for f in folds):.3f}–{max(f['pred_std_last_epoch'] for f in folds):.3f}), "
+            f"and the probe on the GPU encoders gives {mg:.3f} against {a:.3f} for their random starting point "
+            f"({mg - a:+.3f}; per fold {min(d):+.3f} to {max(d):+.3f}; below the random start: "
+            f"{', '.join(below) or 'none'}), against {m6:.3f} after 6 CPU epochs"
+            + "".join(
+                f" and {np.mean([long_pr[e][h]['ssl_mean_pcc'] for h in both]):.3f} after {e}"
+                for e in sorted(long_pr)
+                if all(h in long_pr[e] for h in both)
+            )
+            + ". Longer BYOL on these five sections' ~4,500 training tiles per fold does not turn "
+            "into features a linear probe reads better than the untrained trunk's standardised features; "
+            "`SSLEncoder` stays an option, not a default (expression page).",
+        ]
+    lp = sorted(args.results.glob("gpu_long*.json"))
+    for path in lp:
+        r = json.loads(path.read_text())
+        lf = r["folds"]
+        n_w = sum(f.get("sha256_pt") is not None for f in lf)
+        budget = r["command"].split("--budget ")[1].split()[0]
+        L += [
+            "",
+            f"A second device run (`{path.name}`, {budget} s per fold) trained {min(f['epochs'] for f in lf)}–"
+            f"{max(f['epochs'] for f in lf)} epochs per fold: last-epoch loss "
+            f"{min(f['loss_last_epoch'] for f in lf):.3f} to {max(f['loss_last_epoch'] for f in lf):.3f}, pred std "
+            f"{min(f['pred_std_last_epoch'] for f in lf):.3f}–{max(f['pred_std_last_epoch'] for f in lf):.3f}. "
+            + (
+                "Its trunks did not come back from the device (the run wrote them as separate files, and the "
+                "device returns only a limited number of files per command; `gpu_pretrain.sh` tars its output for "
+                "that reason, this hand-typed command did not), so it is not probed; its record shows how far the "
+                f"loss goes on falling (first run: {min(f['loss_last_epoch'] for f in folds):.3f} to "
+                f"{max(f['loss_last_epoch'] for f in folds):.3f})."
+                if n_w == 0
+                else f"{n_w} trunks came back."
+            ),
+        ]
+    L += ["", "Commands:"] + GPU_COMMANDS
+    return L
+
+
+GPU_COMMANDS = [
     "",
     "```bash",
     "SCST_DATA_DIR=/work/shared/data python benchmarks/gpu_pretrain.py export   # here: 18.6 MiB to carry",
     "mkdir -p benchmarks/_out/pylib && cp -r "
     "$(python -c 'import lightly, os; print(os.path.dirname(lightly.__file__))') benchmarks/_out/pylib/",
     "# on the device, carrying benchmarks/_out/gpu_cache/ssl and benchmarks/_out/pylib:",
-    "TAR=$OUT/gpu_pretrain.tgz OUT=/tmp/gpu_pretrain BUDGET=300 bash benchmarks/gpu_pretrain.sh",
+    "TAR=$OUT/gpu_pretrain.tgz OUT=/tmp/gpu_pretrain BUDGET=270 bash benchmarks/gpu_pretrain.sh",
     "# here, with the tarball unpacked into benchmarks/_out/gpu_pretrain:",
+    "python benchmarks/gpu_pretrain.py record --device-out benchmarks/_out/gpu_pretrain --tag gpu --command '…'",
     "python benchmarks/gpu_pretrain.py convert --results benchmarks/_out/gpu_pretrain/loso "
     "--out benchmarks/_out/ssl_gpu",
     "OMP_NUM_THREADS=1 SCST_DATA_DIR=/work/shared/data python benchmarks/bench_pretrain.py --probe "
@@ -367,7 +501,7 @@ def write_page(args) -> None:
         f"{folds['machine']['loadavg_start'][0]:.1f} at the start, "
         f"{min(f['loadavg_end'][0] for f in fl):.1f}–{max(f['loadavg_end'][0] for f in fl):.1f} at the ends of the "
         f"folds: timings vary with the other jobs), torch {folds['machine']['torch']}, "
-        f"**{st['torch_threads']} torch thread**. GPU: not measured yet (last section).",
+        f"**{st['torch_threads']} torch thread**. GPU: last section.",
         "",
         "## Settings",
         "",
@@ -493,7 +627,8 @@ def write_page(args) -> None:
                 "helps as an *initialisation* of end-to-end training is the main ablation's question (same model "
                 "and settings, `backbone_weights` = these files vs None).",
             ]
-    L += _long_section(args, st["epochs"], {r["heldout"]: r for r in probe_rows}) + GPU_SECTION
+    base = {r["heldout"]: r for r in probe_rows}
+    L += _long_section(args, st["epochs"], base) + _gpu_section(args, fl, base)
     L += [
         "",
         "Reproduce:",

@@ -329,6 +329,44 @@ def convert(results: Path, out: Path) -> None:
         print(f"{path}", flush=True)
 
 
+def record(device_out: Path, results: Path, tag: str, command: str) -> None:
+    """One device session's output folder → ``<results>/<tag>.json`` (machine, tile check, speed, per-fold records
+    without their history, sha256 of each returned ``.pt``) and ``<tag>_history.csv.gz`` (per fold and epoch)."""
+    import csv
+    import gzip
+    import io
+
+    def _read(name: str):
+        path = device_out / name
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text()) if name.endswith(".json") else path.read_text().strip()
+
+    folds, hist_rows = [], []
+    for rec_path in sorted((device_out / "loso").glob("fold_*.json")):
+        rec = json.loads(rec_path.read_text())
+        pt = device_out / "loso" / rec["file"]
+        rec["sha256_pt"] = hashlib.sha256(pt.read_bytes()).hexdigest() if pt.is_file() else None
+        hist_rows += [{"heldout": rec["heldout"], **h} for h in rec.pop("history")]
+        folds.append(rec)
+    if not folds:
+        raise FileNotFoundError(f"no fold_*.json under {device_out / 'loso'}")
+    out = {"command": command, "gpu_csv": _read("gpu.csv"), "versions": _read("versions.txt"),
+           "tiles": _read("tiles.json"), "speed": _read("speed.json"), "folds": folds}  # fmt: skip
+    _write_json(results / f"{tag}.json", out)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(hist_rows[0]))
+    w.writeheader()
+    w.writerows(hist_rows)
+    path = results / f"{tag}_history.csv.gz"
+    tmp = path.with_suffix(".gz.tmp")
+    with gzip.open(tmp, "wt") as f:
+        f.write(buf.getvalue())
+    os.replace(tmp, path)
+    n_weights = sum(f["sha256_pt"] is not None for f in folds)
+    print(f"{results / f'{tag}.json'}: {len(folds)} folds, {n_weights} with weights")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -361,6 +399,11 @@ def main() -> None:
     c = sub.add_parser("convert", help="device .pt trunks → safetensors for bench_pretrain.py --probe")
     c.add_argument("--results", type=Path, required=True)
     c.add_argument("--out", type=Path, required=True)
+    g = sub.add_parser("record", help="a device session's output folder → benchmarks/results/pretrain/<tag>.json")
+    g.add_argument("--device-out", type=Path, required=True, help="the unpacked device output ($OUT of the .sh)")
+    g.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "pretrain")
+    g.add_argument("--tag", required=True)
+    g.add_argument("--command", required=True, help="the device command that made the folder (recorded)")
     args = p.parse_args()
     if str(ROOT / "src") not in sys.path:
         sys.path.insert(0, str(ROOT / "src"))
@@ -372,6 +415,8 @@ def main() -> None:
         speed(args)
     elif args.cmd == "run":
         run(args)
+    elif args.cmd == "record":
+        record(args.device_out, args.results, args.tag, args.command)
     else:
         convert(args.results, args.out)
 

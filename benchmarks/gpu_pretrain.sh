@@ -5,7 +5,9 @@
 # Python; the GPU image may lack it); carry benchmarks/_out/gpu_cache/ssl and benchmarks/_out/pylib. Run from the
 # repository root on the device machine:
 #   TAR=$OUT/gpu_pretrain.tgz OUT=/tmp/gpu_pretrain bash benchmarks/gpu_pretrain.sh   (TAR first: the device's $OUT)
-# Then here: tar xzf the tarball into benchmarks/_out/gpu_pretrain, and
+# One tarball comes back: the device returns a limited number of files per command (a 2026-12-04 run that wrote its
+# trunks straight into $OUT got only the JSONs back). Then here: tar xzf it into benchmarks/_out/gpu_pretrain, and
+#   python benchmarks/gpu_pretrain.py record --device-out benchmarks/_out/gpu_pretrain --tag gpu --command '<the line>'
 #   python benchmarks/gpu_pretrain.py convert --results benchmarks/_out/gpu_pretrain/loso --out benchmarks/_out/ssl_gpu
 set -u
 OUT=${OUT:-benchmarks/_out/gpu_pretrain}

@@ -80,3 +80,33 @@ def test_tiles_rebuilt_from_the_image_file_are_the_products(gpu_pretrain, sdata,
     expected = np.stack([ds.patch_uint8(i) for i in range(len(centers))])
     np.testing.assert_array_equal(rebuilt, expected)
     assert (rebuilt[3, :, 0, 0] == 255).all()  # the corner tile's top-left lies outside the image: white
+
+
+def test_record_keeps_each_folds_history_apart_and_the_weights_it_got(gpu_pretrain, tmp_path):
+    import gzip
+    import json
+
+    import pandas as pd
+
+    loso = tmp_path / "dev" / "loso"
+    loso.mkdir(parents=True)
+    for held, n_ep in (("C2", 2), ("C6", 3)):
+        hist = [{"epoch": e, "train_loss": -0.5 - e / 10, "train_pred_std": 0.02, "lr": 1e-3, "epoch_s": 1.0}
+                for e in range(n_ep)]  # fmt: skip
+        rec = {"heldout": held, "epochs": n_ep, "file": f"trunk_{held}.pt", "history": hist}
+        (loso / f"fold_{held}.json").write_text(json.dumps(rec))
+    (loso / "trunk_C2.pt").write_bytes(b"weights")  # sha256 9a1290…; C6's trunk did not come back
+    (tmp_path / "dev" / "tiles.json").write_text(json.dumps({"all_equal": True}))
+    gpu_pretrain.record(tmp_path / "dev", tmp_path / "res", "gpu", "the command")
+    out = json.loads((tmp_path / "res" / "gpu.json").read_text())
+    assert out["command"] == "the command" and out["tiles"] == {"all_equal": True} and out["speed"] is None
+    folds = {f["heldout"]: f for f in out["folds"]}
+    assert "history" not in folds["C2"]
+    assert folds["C2"]["sha256_pt"] == "9a129038d9a00aed0cf6a7ea059ca50a813449061ab87848cf1a13eafdf33b2c"
+    assert folds["C6"]["sha256_pt"] is None
+    with gzip.open(tmp_path / "res" / "gpu_history.csv.gz", "rt") as f:
+        h = pd.read_csv(f)
+    assert h.groupby("heldout").size().to_dict() == {"C2": 2, "C6": 3}
+    assert h.loc[h["heldout"] == "C6", "train_loss"].tolist() == pytest.approx([-0.5, -0.6, -0.7])
+    with pytest.raises(FileNotFoundError, match="fold_"):
+        gpu_pretrain.record(tmp_path / "res", tmp_path / "res2", "x", "c")
