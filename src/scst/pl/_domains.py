@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from .._constants import SECTION_KEY, TABLE_KEY
 from .._utils import _get_table
 from ._spatial import _Section, _sections
-from ._utils import _check_in, _doc_show_save, _finish, _panel_axes
+from ._utils import _category_colors, _check_in, _doc_show_save, _finish, _panel_axes
 
 __all__ = ["spatial_domains"]
 
@@ -26,15 +26,10 @@ def _palette(adata: AnnData, key: str) -> dict[str, str]:
     ``adata`` is the table itself: its ``uns`` holds the colours, listed in the order of the column's own categories
     (as scanpy writes them), so the categories are read before any conversion to strings re-sorts them.
     """
-    from scanpy.plotting import palettes
-
     cats = [str(c) for c in adata.obs[key].astype("category").cat.categories]
     colors = adata.uns.get(f"{key}_colors")
     if colors is None or len(colors) < len(cats):
-        pal = (
-            palettes.default_20 if len(cats) <= 20 else palettes.default_28 if len(cats) <= 28 else palettes.default_102
-        )
-        colors = [pal[i % len(pal)] for i in range(len(cats))]
+        colors = _category_colors(len(cats))
     return dict(zip(cats, colors))
 
 

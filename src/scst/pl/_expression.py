@@ -168,5 +168,5 @@ def spatial_expression(
         dpi=dpi,
         return_fig=return_fig,
         show=show,
-        save=None if save is None else Path(save).resolve(),
+        save=None if save is None or save is False else Path(save).expanduser().resolve(),
     )

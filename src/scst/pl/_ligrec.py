@@ -84,9 +84,11 @@ def ligand_receptor(
     for c in ("ligand_complex", "receptor_complex"):
         _check_in(c, list(df.columns), "key", f"uns[{key!r}].columns")
     available = [c[: -len("_score")] for c in df.columns if str(c).endswith("_score")]
+    if methods is None and not available:
+        raise KeyError(f"key: uns[{key!r}] has no '<method>_score' column; columns: {list(df.columns)}.")
     methods = available if methods is None else ([methods] if isinstance(methods, str) else list(methods))
     if not methods:
-        raise KeyError(f"key: uns[{key!r}] has no '<method>_score' column; columns: {list(df.columns)}.")
+        raise ValueError(f"methods: expected at least one method; uns[{key!r}] has {available}.")
     for m in methods:
         _check_in(m, available, "methods", f"uns[{key!r}] (its *_score columns)")
     if n_top < 1:
@@ -124,11 +126,9 @@ def ligand_receptor(
     a.set_xlim(-0.6, len(methods) - 0.4)
     a.set_title(f"top {len(top)} pairs by {methods[0]} (ring: p < {alpha:g})")
     fig.colorbar(ScalarMappable(Normalize(0, 1), cm), ax=a, fraction=0.05, pad=0.02, label="score (min–max per method)")
-    for f in (0.1, 0.5, 1.0):
-        a.scatter([], [], s=20 + 230 * f, c="0.6", label=f"{f:.0%} expressing")
-    handles, labels = a.get_legend_handles_labels()
-    k = len(methods)
-    a.legend(handles[k:], labels[k:], frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.3, 1))
+    sizes = [a.scatter([], [], s=20 + 230 * f, c="0.6", label=f"{f:.0%} expressing") for f in (0.1, 0.5, 1.0)]
+    labels = [h.get_label() for h in sizes]
+    a.legend(sizes, labels, frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.3, 1))
     return _finish(fig, a, show=show, save=save, return_fig=return_fig, ax_given=ax is not None, dpi=dpi)
 
 
@@ -250,8 +250,13 @@ def ligrec_roc(
         raise KeyError(f"predictions: lacks columns {sorted(missing)}; pass the output of scst.tl.ligrec_cv.")
     present = list(dict.fromkeys(predictions["method"].astype(str)))
     methods = present if methods is None else ([methods] if isinstance(methods, str) else list(methods))
+    if not methods:
+        raise ValueError(f"methods: expected at least one method; predictions has {present}.")
     for m in methods:
         _check_in(m, present, "methods", "predictions['method']")
+        d = predictions[(predictions["method"].astype(str) == m) & predictions["score"].notna()]
+        if d["label"].nunique() < 2:  # before any figure is made: no half-drawn figure is left open
+            raise ValueError(f"predictions: method {m!r} has test pairs of one class only; no curve can be drawn.")
     unscored = predictions["method"].astype(str).isin(methods) & predictions["score"].isna()
     if unscored.any():
         warnings.warn(
@@ -266,8 +271,6 @@ def ligrec_roc(
         d = predictions[(predictions["method"].astype(str) == m) & predictions["score"].notna()]
         y, s = d["label"].to_numpy(int), d["score"].to_numpy(float)
         labels.append(y)
-        if len(np.unique(y)) < 2:
-            raise ValueError(f"predictions: method {m!r} has test pairs of one class only; no curve can be drawn.")
         fpr, tpr, _ = roc_curve(y, s)
         prec, rec, _ = precision_recall_curve(y, s)
         roc_ax.plot(fpr, tpr, label=f"{m} (AUROC {roc_auc_score(y, s):.2f})")

@@ -6,13 +6,12 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .._utils import _labels
-from ._utils import _check_in, _doc_show_save, _finish, _panel_axes
+from ._utils import _category_colors, _check_in, _doc_show_save, _finish, _panel_axes
 
 __all__ = ["retrieval"]
 
@@ -129,13 +128,13 @@ def retrieval(
             g = axes[2]
             # equal numbers alike: 2 of an int column and 2.0 of a float one (ints with a missing value) are one group
             cats = sorted({v for m in mods for v in _labels(mdata[m].obs[color]).dropna()})
-            cmap = plt.get_cmap("tab20", max(len(cats), 1))
+            colors = _category_colors(len(cats))
             for m, marker in zip(mods, ("o", "^")):
                 xy = np.asarray(mdata[m].obsm[basis])[:, :2]
                 lab = _labels(mdata[m].obs[color]).to_numpy()
                 for i, c in enumerate(cats):
                     sel = lab == c
-                    g.scatter(xy[sel, 0], xy[sel, 1], s=8, marker=marker, color=cmap(i), alpha=0.7,
+                    g.scatter(xy[sel, 0], xy[sel, 1], s=8, marker=marker, color=colors[i], alpha=0.7,
                               label=c if m == mods[0] else None)  # fmt: skip
             # unlabelled points in grey under the others, "NA" last in the legend (scanpy's na_color / na_in_legend)
             na_label = "NA"

@@ -12,6 +12,8 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .._constants import TABLE_KEY
+from .._utils import _get_table
 from ._utils import _check_in, _doc_show_save, _finish, _panel_axes
 
 __all__ = ["gene_scores", "cross_validation"]
@@ -33,12 +35,13 @@ def _check_tidy(df: Any, arg: str, extra: Sequence[str] = ()) -> pd.DataFrame:
 
 def _metric_rows(df: pd.DataFrame, metric: str, arg: str) -> pd.DataFrame:
     _check_in(metric, list(pd.unique(df["metric"])), "metric", f"{arg}['metric']")
-    return df[df["metric"] == metric]
+    # sections as strings: a categorical column's unused categories would be empty groups
+    return df[df["metric"] == metric].assign(section=lambda d: d["section"].astype(str))
 
 
 @_doc_show_save
 def gene_scores(
-    adata: AnnData,
+    adata: AnnData | Any,
     key: str = "scst_eval",
     *,
     metric: str = "pearson",
@@ -58,7 +61,8 @@ def gene_scores(
     Parameters
     ----------
     adata
-        AnnData with ``uns[key]`` (long table: ``gene``, ``section``, ``metric``, ``value``).
+        AnnData with ``uns[key]`` (long table: ``gene``, ``section``, ``metric``, ``value``), or a SpatialData whose
+        table holds it (as :func:`scst.tl.evaluate_expression` writes into a SpatialData).
     key
         The ``uns`` key written by :func:`scst.tl.evaluate_expression` (``key_added``).
     metric
@@ -77,6 +81,7 @@ def gene_scores(
     -------
     The figure with ``return_fig=True``; else the two axes unless the figure is shown.
     """
+    adata = _get_table(adata, TABLE_KEY) if not hasattr(adata, "uns") else adata  # a SpatialData: its table
     _check_in(key, list(adata.uns.keys()), "key", "adata.uns")
     df = _metric_rows(_check_tidy(adata.uns[key], f"uns[{key!r}]"), metric, f"uns[{key!r}]")
     if n_top < 1:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,8 @@ def _sections(adata: AnnData, sections: Any, key: str | None = SECTION_KEY) -> l
     present = list(col.cat.categories.astype(str))
     if sections is None:
         return present
+    if not isinstance(sections, str | Sequence | np.ndarray | pd.Index):
+        raise TypeError(f"sections: expected a section name or a list of them, got {sections!r}.")
     sections = [sections] if isinstance(sections, str) else [str(s) for s in sections]
     if not sections:
         raise ValueError("sections: expected at least one section.")

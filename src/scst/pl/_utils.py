@@ -51,9 +51,18 @@ def _layer_values(adata: AnnData, genes: Sequence[str], layer: str | None) -> np
         _check_in(g, adata.var_names, "genes", "adata.var_names")
     idx = adata.var_names.get_indexer(list(genes))
     if layer is None:
-        return log_normalized(adata, idx).astype(np.float64)
+        hint = "The observed panel is computed from raw counts; pass observed=False to draw the predictions only."
+        return log_normalized(adata, idx, hint=hint).astype(np.float64)
     _check_in(layer, list(adata.layers.keys()), "layer", "adata.layers")
     return _prediction_block(adata, layer, idx)[0]  # NaN where the layer holds no prediction
+
+
+def _category_colors(n: int) -> list[str]:
+    """``n`` distinct colours from scanpy's default palettes (20, 28, then 102 colours), as scanpy picks them."""
+    from scanpy.plotting import palettes
+
+    pal = palettes.default_20 if n <= 20 else palettes.default_28 if n <= 28 else palettes.default_102
+    return [pal[i % len(pal)] for i in range(n)]
 
 
 def _panel_axes(
@@ -94,7 +103,9 @@ def _save_fig(fig: Figure, save: str | os.PathLike, dpi: int | None = None) -> P
             f"save: expected the path of the file to write (str or os.PathLike; a relative one goes under "
             f"scanpy.settings.figdir), got {save!r}."
         )
-    path = Path(save)
+    path = Path(save).expanduser()
+    if not path.name:  # "" and "." have no file name
+        raise ValueError(f"save: expected the path of a file to write, got {str(save)!r}.")
     if not path.suffix:
         path = path.with_suffix(".png")
     if not path.is_absolute():
@@ -125,6 +136,8 @@ def _finish(
         return fig
     if show:
         plt.show()
+        if not ax_given:  # as scanpy's savefig_or_show: a shown figure of ours is closed (none pile up in scripts)
+            plt.close(fig)
         return None
     return axes
 
