@@ -66,6 +66,7 @@ def _obsm_features(
     *,
     arg: str = "use_rep",
     hint: str = "run scst.tl.embed_patches first",
+    fix: str = "re-run the embedding",
     dtype: Any = np.float32,
 ) -> np.ndarray:
     """``obsm[key]`` (dense, DataFrame or sparse) as ``dtype`` for ``rows``, checked.
@@ -88,7 +89,7 @@ def _obsm_features(
     if bad.any():
         raise ValueError(
             f"{arg}: obsm[{key!r}] has NaN/inf in {int(bad.sum())} of {len(x)} spots (e.g. "
-            f"{list(adata.obs_names[rows[bad][:5]])}); re-run the embedding or drop those spots."
+            f"{list(adata.obs_names[rows[bad][:5]])}); {fix} or drop those spots."
         )
     return x.astype(dtype)
 
@@ -178,9 +179,11 @@ def _atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
     any moment leaves either the old or the new directory at ``dest``; elsewhere the old one is first renamed
     aside (``.<name>.old-*``) and removed after the new one is in place. The directory gets the mode a plain
     ``mkdir`` would give (``0o777`` less the umask), not ``mkdtemp``'s private ``0o700``, so a cache shared
-    between users stays readable.
+    between users stays readable. A ``dest`` that is a symbolic link is written where it points (the link stays).
     """
     dest = Path(dest)
+    if dest.is_symlink():  # swapping the link itself left it a stray entry and the linked folder unchanged
+        dest = Path(os.path.realpath(dest))
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:

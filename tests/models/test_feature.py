@@ -391,3 +391,35 @@ def test_spatial_head_predictions_on_a_lattice_follow_a_permutation_of_the_rows(
     got = model.predict(shuffled, "S3")
     order = shuffled.obs_names[(shuffled.obs["section"] == "S3").to_numpy()].get_indexer(tab.obs_names[s3])
     np.testing.assert_allclose(got[order], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_loaded_head_trains_only_on_its_own_sections_and_checks_spot_centres(tmp_path):
+    """Review 2026-12-04: a head loaded onto a table of other sections trained on empty sections (numpy's 'Mean of
+    empty slice', then a sampler error); NaN or missing spot centres failed inside scipy; predict(batch_size=1)
+    failed in the window tiling."""
+    tab = _table()
+    HGGEPHead.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1", "S2"])
+    model = HGGEPHead(tab, **{**HGGEPHead.bench_config, "max_epochs": 1})
+    model.train(validation="S2", enable_progress_bar=False)
+    model.save(tmp_path / "m")
+    other = syn.make_sdata(sections=("A", "B"), image=False).tables["table"]
+    other.obsm["X_emb"] = tab.obsm["X_emb"][: other.n_obs]
+    scst.pp.hypergraph(other, use_rep="X_emb", k=3)
+    loaded = HGGEPHead.load(tmp_path / "m", other)
+    with pytest.raises(ValueError, match=r"data: the training sections \['S1', 'S2'\] of this HGGEPHead"):
+        loaded.train(max_epochs=1, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="batch_size \\(spots per window\\) must be at least 2, got 1"):
+        model.predict(tab, "S3", batch_size=1)
+    bad = tab.copy()
+    bad.obsm["spatial"] = np.asarray(bad.obsm["spatial"], float).copy()
+    bad.obsm["spatial"][np.flatnonzero(bad.obs["section"] == "S3")[:3]] = np.nan
+    with pytest.raises(ValueError, match=r"spatial_key: obsm\['spatial'\] has NaN/inf in 3 of 64 spots.*fix their"):
+        model.predict(bad, "S3")
+    del bad.obsm["spatial"]
+    with pytest.raises(KeyError, match="argument `spatial_key`; the spot centres"):
+        model.predict(bad, "S3")
+    bad = tab.copy()
+    bad.obsm["spatial"] = np.asarray(bad.obsm["spatial"], float).copy()
+    bad.obsm["spatial"][0] = np.inf
+    with pytest.raises(ValueError, match="spatial_key: obsm"):
+        HGGEPHead.setup_anndata(bad, use_rep="X_emb", genes=PANEL, sections=["S1", "S2"])

@@ -624,12 +624,15 @@ class BaseModel(_SetupRegistry, ABC):
         patience = _positive_int("patience", self._train_setting("patience", patience), 0, floats=True)
         seed = int(self._train_setting("seed", seed))
         if ckpt_path is not None:
-            # Lightning refuses a checkpoint of more epochs than max_epochs + 1, but one more is silently a no-op
-            done = resumed.get("epoch")
+            # Lightning refuses a checkpoint of more epochs than max_epochs + 1, but one more is silently a no-op.
+            # Epochs whose training is done: the fit loop's processed count (a last.ckpt, written at an epoch's end,
+            # holds epoch + 1 of them), else the 0-based epoch of a checkpoint written within an epoch.
+            progress = resumed.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+            done = progress.get("processed", resumed.get("epoch"))
             if isinstance(done, int) and max_epochs <= done:
                 raise ValueError(
-                    f"`max_epochs` is the total number of epochs, and `ckpt_path` {str(ckpt_path)!r} is at epoch "
-                    f"{done} (0-based): expected `max_epochs` > {done}, got {max_epochs}."
+                    f"`max_epochs` is the total number of epochs, and `ckpt_path` {str(ckpt_path)!r} holds {done} "
+                    f"trained epoch(s): expected `max_epochs` > {done}, got {max_epochs}."
                 )
         pl.seed_everything(seed, workers=True, verbose=False)
         train_dl, val_dl = self._dataloaders(batch_size, validation, seed, **(dataloader_kwargs or {}))
@@ -651,6 +654,7 @@ class BaseModel(_SetupRegistry, ABC):
             mode=mode,
             max_epochs=max_epochs,
             patience=patience,
+            val_every=int(check_val_every_n_epoch) if val_dl is not None else 1,
         )
         # Lightning keeps the modes it finds, and a trained or loaded model is in eval mode: train in training mode.
         plan.train()
@@ -667,6 +671,9 @@ class BaseModel(_SetupRegistry, ABC):
                 save_top_k=1,
                 save_weights_only=True,
                 enable_version_counter=False,
+                # no validation: the training metric is there at every epoch's end (Lightning would otherwise
+                # wait for a validation pass that never comes when check_val_every_n_epoch > 1)
+                save_on_train_epoch_end=True if val_dl is None else None,
             )
             user_callbacks = trainer_kwargs.pop("callbacks", None) or []
             if isinstance(user_callbacks, pl.Callback):  # Lightning takes one callback, a list or None

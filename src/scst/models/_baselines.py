@@ -31,7 +31,7 @@ from .._normalize import log_normalized, raw_counts
 from .._utils import _check_key, _colwise_pearson, _embedding_record, _get_table, _obsm_features
 from ..nn._backbones import build_backbone, load_backbone_weights
 from ._base import _jsonable, _read_model_attrs, _scst_version, _SetupRegistry, _write_model_dir
-from ._image import _check_sections, _ImageModel
+from ._image import _check_sections, _ImageModel, _training_sections
 from ._image import _resolve_panel as _resolve_panel_and_key
 from ._tcgn import TCGN, _spot_dataloaders
 
@@ -120,11 +120,9 @@ class _ClosedFormModel(_SetupRegistry):
     def _train_rows(self) -> np.ndarray:
         if self.adata is None:
             raise ValueError(f"This {type(self).__name__} has no data; load it with `data=` to train again.")
+        sections = _training_sections(self, self.adata)
         sec = self.adata.obs[SECTION_KEY].astype(str).to_numpy()
-        rows = np.flatnonzero(np.isin(sec, self.registry["sections"]))
-        if rows.size == 0:
-            raise ValueError(f"No spot of the training sections {self.registry['sections']} is in the table.")
-        return rows
+        return np.flatnonzero(np.isin(sec, sections))
 
     def _predict_rows(self, data: Any, sections: Any, table: str | None) -> tuple[Any, np.ndarray]:
         data = self.data if data is None else data

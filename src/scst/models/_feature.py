@@ -27,12 +27,20 @@ from ._image import (
     _check_sections,
     _resolve_panel,
     _tiling_windows,
+    _training_sections,
     _validation_sections,
     _warn_no_counts,
     _WindowDataset,
 )
 
 __all__ = ["HGGEPHead", "MLPExpression"]
+
+
+def _positions(adata: Any, spatial_key: str, rows: np.ndarray) -> np.ndarray:
+    """The spot centres of ``rows`` that cut HGGEPHead's windows: present, one row per spot, finite."""
+    x = _obsm_features(adata, spatial_key, None, rows, arg="spatial_key", hint="the spot centres",
+                       fix="fix their centres", dtype=np.float64)  # fmt: skip
+    return x[:, :2]
 
 
 class _Spots(Dataset):
@@ -128,7 +136,7 @@ class _FeatureModel(BaseModel):
                     f"hypergraph_key: {hypergraph_key!r} not in adata.obsp ({list(adata.obsp)}); run "
                     f"`scst.pp.hypergraph(adata, use_rep={use_rep!r})` first."
                 )
-            _check_key(adata.obsm, spatial_key, "adata.obsm (argument `spatial_key`)")
+            _positions(adata, spatial_key, rows)
             hg = adata.uns.get(hypergraph_key.removesuffix("_incidence"), {}).get("params")
             reg.update(hypergraph_key=hypergraph_key, spatial_key=spatial_key, hypergraph_params=_plain(hg))
         cls._register(adata, reg)
@@ -173,7 +181,7 @@ class _FeatureModel(BaseModel):
             if key not in adata.obsp:
                 raise KeyError(f"data: obsp lacks {key!r}; run `scst.pp.hypergraph(adata, use_rep=...)` first.")
             sec.incidence = sparse.csr_matrix(adata.obsp[key])[rows][:, rows].tocsr()
-            sec.positions = np.asarray(adata.obsm[self.registry["spatial_key"]], dtype=np.float64)[rows, :2]
+            sec.positions = _positions(adata, self.registry["spatial_key"], rows)
         if with_targets:
             sec.target, sec.counts, sec.lib = panel_targets(adata, self.registry["layer"], self.var_names, rows)
             keep = sec.lib > 0  # spots without counts in the panel have no target: out of fitting and its statistics
@@ -209,7 +217,8 @@ class _FeatureModel(BaseModel):
         missing = [g for g in self.var_names if g not in adata.var_names]
         if missing:
             raise ValueError(f"The training table lacks {len(missing)} panel genes: {missing[:20]}")
-        train, val = _validation_sections(type(self).__name__, list(self.registry["sections"]), validation, seed)
+        sections = _training_sections(self, adata)
+        train, val = _validation_sections(type(self).__name__, sections, validation, seed)
         self.validation_sections_ = list(val)  # what train() held out (cross_validate records it per fold)
         secs = {s: self._section(adata, s, True) for s in train + val}
         if not self.is_trained or getattr(self, "_std", None) is None:
@@ -322,6 +331,8 @@ class _FeatureModel(BaseModel):
         # None: the training batch size; 0 or a negative is an error (it fell back to that default)
         bs = _positive_int("batch_size", batch_size) if batch_size is not None else None
         bs = bs or int(self._train_setting("batch_size", None))
+        if self._spatial and bs < 2:  # as in training: a window of one spot has no neighbourhood
+            raise ValueError(f"batch_size (spots per window) must be at least 2, got {bs}.")
         out = np.zeros((adata.n_obs, len(self.var_names)), dtype=np.float32)
         mean, sd = np.asarray(self._std["y_mean"], np.float32), np.asarray(self._std["y_sd"], np.float32)
         self.module.eval()

@@ -301,6 +301,23 @@ def _check_sections(adata: Any, sections: Any, arg: str = "sections") -> list[st
     return sections
 
 
+def _training_sections(model: Any, adata: Any) -> list[str]:
+    """The sections ``model`` was set up to train on; each must have spots in ``adata``, the attached table.
+
+    A model loaded onto other data keeps its own setup, not that data's.
+    """
+    sections = [str(s) for s in model.registry["sections"]]
+    present = _sections_of(adata)
+    absent = [s for s in sections if s not in present]
+    if absent:
+        raise ValueError(
+            f"data: the training sections {absent} of this {type(model).__name__} (its setup, kept by `load`) have "
+            f"no spots in the attached table (sections with spots: {present}). A model trains further only on the "
+            "sections it was set up with; for other sections, set up their table and build a new model."
+        )
+    return sections
+
+
 def _resolve_panel(adata: Any, genes: Any) -> tuple[list[str], str | None]:
     if genes is None:
         return [str(g) for g in adata.var_names], None
@@ -574,7 +591,8 @@ class _ImageModel(BaseModel):
         return self.data, adata
 
     def _validation_sections(self, validation: Any, seed: int) -> tuple[list[str], list[str]]:
-        train, val = _validation_sections(type(self).__name__, list(self.registry["sections"]), validation, seed)
+        sections = _training_sections(self, self.adata)
+        train, val = _validation_sections(type(self).__name__, sections, validation, seed)
         self.validation_sections_ = list(val)  # what train() held out (cross_validate records it per fold)
         return train, val
 

@@ -87,6 +87,9 @@ class TrainingPlan(pl.LightningModule):
         Metric that the plateau scheduler follows.
     max_epochs, patience
         Used by the schedulers.
+    val_every
+        Epochs between validation passes (the trainer's ``check_val_every_n_epoch``): the plateau scheduler steps
+        on those epochs only, the others have no validation metric.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class TrainingPlan(pl.LightningModule):
         mode: str = "min",
         max_epochs: int = 100,
         patience: int = 10,
+        val_every: int = 1,
     ) -> None:
         super().__init__()
         if not callable(getattr(module, "loss", None)):
@@ -115,7 +119,7 @@ class TrainingPlan(pl.LightningModule):
         self.module = module
         self.lr, self.weight_decay, self.optimizer_name = lr, weight_decay, optimizer
         self.lr_scheduler, self.monitor, self.mode = lr_scheduler, monitor, mode
-        self.max_epochs, self.patience = max_epochs, patience
+        self.max_epochs, self.patience, self.val_every = max_epochs, patience, val_every
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """On resume: warn when the training settings differ from the checkpoint's (they would not all apply)."""
@@ -171,7 +175,9 @@ class TrainingPlan(pl.LightningModule):
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 opt, mode=self.mode, factor=0.5, patience=max(1, self.patience // 2)
             )
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.monitor}}
+            # stepped on the epochs that validate (check_val_every_n_epoch): the others have no val_loss
+            config = {"scheduler": sched, "monitor": self.monitor, "frequency": self.val_every}
+            return {"optimizer": opt, "lr_scheduler": config}
         return opt
 
 
