@@ -352,3 +352,22 @@ def test_predict_refuses_a_batch_size_that_is_not_a_positive_integer(batch_size)
     model._is_trained = True  # predict refuses untrained models; only the argument check is tested here
     with pytest.raises(ValueError, match=r"batch_size: expected a positive integer, got"):
         model.predict(sd, "S2", batch_size=batch_size, progress=False)
+
+
+def test_section_um_per_px_is_that_of_the_image_the_patches_come_from():
+    """Review 2026-12-04: an image stored 4× coarser than its section's coordinates (a Scale transformation, as for
+    a hires-only Visium image) is cut at 4× the µm/px; setup and the predict-time resolution warning read the
+    coordinates' µm/px."""
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale
+
+    sd = syn.make_sdata(sections=("S1", "S2"), grid=4)
+    small = np.asarray(sd.images["S2_image"].data)[:, ::4, ::4].copy()
+    sd.images["S2_image"] = Image2DModel.parse(
+        small, dims=("c", "y", "x"), transformations={"S2": Scale([4.0, 4.0], axes=("y", "x"))}
+    )
+    TCGN.setup_sdata(sd, size_um=16.0, sections=["S1", "S2"])
+    reg = json.loads(sd.tables["table"].uns["_scst_setup"]["TCGN"])
+    assert reg["um_per_px"] == {"S1": syn.UM_PER_PX, "S2": 4 * syn.UM_PER_PX}
+    with pytest.raises(ValueError, match="51 px is larger than the 50 × 50 px image of section 'S2'"):
+        TCGN.setup_sdata(sd, size_um=4 * syn.UM_PER_PX * 51, sections=["S2"])  # 51 px of S1's image would fit

@@ -89,3 +89,22 @@ def test_a_corrected_pixel_size_is_not_served_the_patches_cut_at_the_old_one():
     np.testing.assert_array_equal(fresh.get(rows), fresh.ds.patches_uint8(rows))  # what the new geometry reads
     assert not np.array_equal(fresh.get(rows), first)
     clear_patch_cache()
+
+
+def test_an_image_rewritten_at_the_same_zarr_path_is_not_served_its_old_patches(tmp_path):
+    """Review 2026-12-04: dask names a lazily read image by its store path and array only; an image rewritten at the
+    same path (same process) kept the old image's patches."""
+    import shutil
+
+    import dask.array as da
+    import zarr
+
+    path = str(tmp_path / "img.zarr")
+    zarr.save_array(path, _img(0).data)
+    name_before = da.from_zarr(path).name
+    first = _element_token(xr.DataArray(da.from_zarr(path), dims=("c", "y", "x")))
+    assert _element_token(xr.DataArray(da.from_zarr(path), dims=("c", "y", "x"))) == first  # same files: a hit
+    shutil.rmtree(path)
+    zarr.save_array(path, _img(1).data)
+    assert da.from_zarr(path).name == name_before  # dask's own name does not see the new pixels
+    assert _element_token(xr.DataArray(da.from_zarr(path), dims=("c", "y", "x"))) != first

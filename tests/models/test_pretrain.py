@@ -144,7 +144,21 @@ def _byol(**kw):
     from scst.models._pretrain import BYOLModule
 
     torch.manual_seed(0)
-    return BYOLModule(**{**TINY, **kw})
+    module = BYOLModule(**{**TINY, **kw})
+    module.max_steps = 10
+    return module
+
+
+def test_training_without_max_steps_is_refused():
+    """Review 2026-12-04: max_steps defaulted to 1, so the momentum was 1.0 from the first step and the target never
+    moved from its random start, silently, for anyone training BYOLModule through train_step themselves."""
+    from scst.models._pretrain import BYOLModule
+
+    module = BYOLModule(**TINY)
+    with pytest.raises(RuntimeError, match="BYOLModule.max_steps: expected the number of optimiser steps"):
+        module.loss(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    module.eval()  # evaluation needs no schedule
+    assert torch.isfinite(module.loss(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))["loss"])
 
 
 def test_views_are_two_augmentations_scaled_to_unit_range():

@@ -338,3 +338,41 @@ def test_ddp_prefixed_checkpoint_and_ignored_keys():
     assert sorted(load_backbone_weights(net, extra, ignore=["temperature", "queue."])) == ["queue.0", "temperature"]
     with pytest.raises(ValueError, match=r"1 entries the model lacks \['temperature'\]"):
         load_backbone_weights(net, extra, ignore=["queue."])
+
+
+def test_review_checkpoints_with_auxiliary_or_several_heads_and_without_batch_counts(tmp_path):
+    """Review 2026-12-04: the official Inception checkpoint (with its auxiliary heads), a distilled DeiT's own
+    checkpoint (two classifier heads) and BatchNorm checkpoints without num_batches_tracked were refused."""
+    import timm
+    import torchvision
+
+    torch.manual_seed(0)
+    inc = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
+    torch.save(inc.state_dict(), tmp_path / "inception.pth")
+    net, dim = build_backbone("inception_v3", str(tmp_path / "inception.pth"))
+    assert dim == 2048 and torch.equal(net.Conv2d_1a_3x3.conv.weight, inc.Conv2d_1a_3x3.conv.weight)
+    deit = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False)
+    torch.save(deit.state_dict(), tmp_path / "deit.pth")
+    net, dim = build_backbone("deit_tiny_distilled_patch16_224", str(tmp_path / "deit.pth"))
+    assert dim == 192 and torch.equal(net.pos_embed, deit.pos_embed)
+    ref = _reference(7)
+    state = {k: v for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}
+    net, _ = build_backbone(NAME, state)
+    _assert_same_trunk(net, ref)
+    # a wrong file is still refused
+    state.pop("conv1.0.weight")
+    with pytest.raises(ValueError, match=r"1 missing entries \['conv1.0.weight'\]"):
+        build_backbone(NAME, state)
+
+
+def test_review_timm_weights_that_arrived_but_do_not_fit_are_not_called_a_download_problem(monkeypatch, tmp_path):
+    import timm
+
+    torch.manual_seed(3)
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, mlp_ratio=2.0)  # served weights of other width
+    _fake_hub(monkeypatch, tmp_path, ref, "vit_tiny_patch16_224")
+    shape = r"do not match the model built: \d+ with another shape \(size mismatch for blocks.0.mlp.fc1.weight.*kwargs"
+    with pytest.raises(ValueError, match=shape):
+        build_backbone("hf-hub:my-org/my-model", "pretrained")
+    with pytest.raises(TypeError, match="bogus_arg"):  # a keyword the model does not take: the user's own error
+        build_backbone("hf-hub:my-org/my-model", "pretrained", model_kwargs={"bogus_arg": 1})

@@ -189,6 +189,17 @@ def test_border_padding_constant_and_reflect():
     np.testing.assert_array_equal(refl[:, 2:, 3:], img[:, 0:8, 0:7])
     np.testing.assert_array_equal(refl[:, 2:, 0], img[:, 0:8, 3])  # x = -3 mirrors x = 3
     np.testing.assert_array_equal(refl[:, 0, 3:], img[:, 2, 0:7])  # y = -2 mirrors y = 2
+    # The exact answer everywhere: np.pad of the whole image, windows at the outermost pixels (np.pad of the
+    # in-bounds block mirrored inside it: a ramp read [6 7 6 5 …] instead of [8 7 6 5 …])
+    h, w = img.shape[1:]
+    big = np.pad(img, ((0, 0), (2 * w, 2 * w), (2 * w, 2 * w)), mode="reflect")
+    for (cx, cy), size in [((0.0, 10.0), 16), ((0.0, 0.0), 2), ((0.2, 3.0), 4), ((w - 0.5, h - 0.5), 16),
+                           ((0.4, h - 0.6), 33)]:  # fmt: skip
+        x0, y0 = int(np.floor(cx - size / 2 + 0.5)), int(np.floor(cy - size / 2 + 0.5))
+        got = SpotPatchDataset.from_arrays({"s": img}, [[cx, cy]], ["s"], None, size_px=size, normalize=None,
+                                           padding="reflect").window(0)  # fmt: skip
+        want = big[:, y0 + 2 * w : y0 + 2 * w + size, x0 + 2 * w : x0 + 2 * w + size]
+        np.testing.assert_array_equal(got, want, err_msg=f"centre {(cx, cy)}, {size} px")
     # Bottom-right corner, custom pad value.
     br = SpotPatchDataset.from_arrays({"s": img}, [[59.0, 49.0]], ["s"], None, pad_value=7, **kw).window(0)
     np.testing.assert_array_equal(br[:, :6, :6], img[:, 44:50, 54:60])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import types
 import warnings
 from abc import abstractmethod
@@ -69,7 +70,33 @@ def _element_token(element: Any) -> str:
         data = next(iter(node.ds.data_vars.values())).data
     else:
         data = element.data
-    return dask.base.tokenize(data)
+    return dask.base.tokenize(data, _zarr_files_stamp(data))
+
+
+def _zarr_files_stamp(data: Any) -> tuple:
+    """(folder, files, bytes, latest mtime) of each local zarr array a dask array reads.
+
+    dask names a lazily read image by its store path and array, so an image rewritten at the same path would
+    otherwise keep its cached patches.
+    """
+    stamp = []
+    graph = getattr(data, "dask", None)
+    for layer in getattr(graph, "layers", {}).values() if graph is not None else ():
+        for value in layer.values():
+            store = getattr(value, "store", None)
+            if store is None or not type(value).__module__.startswith("zarr"):
+                continue
+            root = getattr(store, "root", None) or getattr(store, "path", None)
+            folder = os.path.join(str(root), str(getattr(value, "path", "") or "")) if root is not None else None
+            if folder is None or not os.path.isdir(folder):
+                continue
+            n = size = latest = 0
+            for dirpath, _, files in os.walk(folder):
+                for f in files:
+                    st = os.stat(os.path.join(dirpath, f))
+                    n, size, latest = n + 1, size + st.st_size, max(latest, st.st_mtime_ns)
+            stamp.append((folder, n, size, latest))
+    return tuple(stamp)
 
 
 def _cache_key(element: Any, centers: np.ndarray, size_um: float, patch_px: int, window_px: int) -> tuple:
@@ -372,9 +399,15 @@ def _section_geometries(sdata: Any, adata: Any, sections: Sequence[str], size_um
         upp = geo.get("um_per_px")
         if upp is None or not upp > 0:
             raise ValueError(f"Section {s!r}: uns[{UNS_KEY!r}]['sections'][{s!r}]['um_per_px'] must be positive.")
-        shape = geo.get("image_shape")
+        # µm/px of the full-resolution image the patches are cut from (SpotPatchDataset's): the coordinate system's
+        # µm/px over its scale to the image (an image stored coarser than the coordinates is coarser)
+        from ..pp._patches import _full_res_image
+
+        arr, to_img = _full_res_image(sdata.images[key], geo.get("coordinate_system", s), key)
+        upp = float(upp) / to_img
+        shape = tuple(arr.shape[-2:])
         px = max(1, int(round(size_um / upp)))  # the window SpotPatchDataset cuts (120.4 px fits 120 px)
-        if shape is not None and px > min(shape):
+        if px > min(shape):
             raise ValueError(
                 f"Patch geometry: {size_um} µm = {px} px is larger than the {shape[1]} × {shape[0]} px "
                 f"image of section {s!r}; use a smaller size_um."

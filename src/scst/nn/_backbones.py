@@ -76,7 +76,7 @@ def _replace_last_linear(model: nn.Module) -> int:
     name, lin = last
     parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
     setattr(parent, name.rpartition(".")[2], nn.Identity())
-    model._scst_classifier = name  # checkpoint entries under this name are the removed classifier
+    model._scst_classifier = (name,)  # checkpoint entries under these names are the removed classifier
     return int(lin.in_features)
 
 
@@ -108,17 +108,22 @@ def _torchvision_trunk(name: str, weights: Any, kwargs: Mapping[str, Any]) -> tu
     import torchvision
 
     model = torchvision.models.get_model(name, weights=weights, **kwargs)
+    removed = []
     if hasattr(model, "aux_logits"):  # Inception/GoogLeNet: no auxiliary heads in feature extraction
         model.aux_logits = False
         for aux in ("AuxLogits", "aux1", "aux2"):
-            if hasattr(model, aux):
+            if getattr(model, aux, None) is not None:
                 setattr(model, aux, None)
-    return model, _replace_last_linear(model)
+                removed.append(aux)
+    n_features = _replace_last_linear(model)
+    model._scst_classifier += tuple(removed)  # an official checkpoint holds the auxiliary heads too
+    return model, n_features
 
 
 def _timm_trunk(timm: Any, name: str, pretrained: bool, kwargs: Mapping[str, Any]) -> tuple[nn.Module, int]:
     model = timm.create_model(name, pretrained=pretrained, **{**kwargs, "num_classes": 0})
-    model._scst_classifier = str(model.pretrained_cfg.get("classifier") or "") or None
+    heads = model.pretrained_cfg.get("classifier") or ()  # a name, or several (distilled DeiT: head, head_dist)
+    model._scst_classifier = (heads,) if isinstance(heads, str) else tuple(heads)
     return model, int(model.num_features)
 
 
@@ -174,6 +179,14 @@ def _pretrained(name: str, weights: str, where: str, kwargs: Mapping[str, Any]) 
     with _timm_load_log() as mismatches:
         try:
             trunk = _timm_trunk(timm, name, pretrained=True, kwargs=kwargs)
+        except (TypeError, ValueError):  # model_kwargs the model does not take: not a download problem
+            raise
+        except RuntimeError as err:
+            if "state_dict" not in str(err):  # not torch's load_state_dict: treated as a download problem
+                raise _offline_error(where, name, weights, err) from err
+            # the weights arrived but do not fit: torch lists one line per entry of another shape
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip().startswith("size mismatch")]
+            mismatches.append(f"{len(lines)} with another shape ({lines[0]})" if lines else str(err)[:300])
         except Exception as err:  # hub offline, gated repository, no pretrained weights for this tag
             raise _offline_error(where, name, weights, err) from err
     if mismatches:  # timm loads without its classifier non-strictly and only logs what did not fit
@@ -365,10 +378,11 @@ def _fit(
     """Check ``state`` against ``module`` (listing the first mismatches), load it, return the ignored keys."""
     own = module.state_dict()
     state, outside = _strip_prefix(state, own)
-    missing = [k for k in own if k not in state]
+    # BatchNorm's num_batches_tracked: absent from old/converted checkpoints; torch's strict load fills it in
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    head = getattr(module, "_scst_classifier", None)
-    skip = tuple(ignore) + ((head, head + ".") if head else ())
+    heads = getattr(module, "_scst_classifier", None) or ()
+    skip = tuple(ignore) + tuple(p for h in ((heads,) if isinstance(heads, str) else heads) for p in (h, h + "."))
     extra = [k for k in state if k not in own]
     alien = [k for k in extra if not (k in skip or k.startswith(tuple(p for p in skip if p.endswith("."))))]
     if missing or wrong or alien:
@@ -383,7 +397,7 @@ def _fit(
         raise ValueError(
             f"{where}: {source} does not match {type(module).__name__} ({len(own)} entries): {', '.join(parts)}."
         )
-    module.load_state_dict({k: state[k] for k in own}, strict=True)
+    module.load_state_dict({k: state[k] for k in own if k in state}, strict=True)
     ignored = outside + extra
     _logger.info(f"{where}: loaded {len(own)} tensors from {source}; {len(ignored)} ignored (e.g. {ignored[:3]})")
     return ignored

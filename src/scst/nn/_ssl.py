@@ -42,7 +42,9 @@ class BYOLModule(nn.Module):
     crop_scale, hed_sigma, hed_bias, blur_sigma, p_blur
         :class:`scst.nn.HEAugment` settings of both views.
     momentum_start, momentum_end
-        Target momentum, raised along a cosine from start to end over training (lightly's ``cosine_schedule``).
+        Target momentum, raised along a cosine from start to end over training (lightly's ``cosine_schedule``)
+        of ``max_steps`` optimiser steps: set ``module.max_steps`` before training (``SSLEncoder.train`` does;
+        :meth:`loss` in training mode refuses to run without it).
     """
 
     def __init__(
@@ -82,7 +84,9 @@ class BYOLModule(nn.Module):
         self.momentum_start, self.momentum_end = float(momentum_start), float(momentum_end)
         self.n_features = int(n_features)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self.max_steps = 1  # set by SSLEncoder.train to the number of optimiser steps
+        # the number of optimiser steps the momentum cosine runs over: set by whoever trains (SSLEncoder.train); unset,
+        # training refuses to start (with 1 the momentum was 1.0 from the first step: the target never moved)
+        self.max_steps: int | None = None
 
     def _views(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
@@ -109,8 +113,14 @@ class BYOLModule(nn.Module):
         from lightly.models.utils import update_momentum
         from lightly.utils.scheduler import cosine_schedule
 
+        if self.training and not (isinstance(self.max_steps, int) and self.max_steps >= 1):
+            raise RuntimeError(
+                f"BYOLModule.max_steps: expected the number of optimiser steps of the training (the target momentum "
+                f"rises along a cosine over them), got {self.max_steps!r}; set it before training (SSLEncoder.train "
+                "does)."
+            )
         v0, v1 = self._views(batch)
-        m = cosine_schedule(int(self.step), max(self.max_steps, 1), self.momentum_start, self.momentum_end)
+        m = cosine_schedule(int(self.step), max(self.max_steps or 1, 1), self.momentum_start, self.momentum_end)
         if self.training:
             update_momentum(self.backbone, self.backbone_momentum, m=m)
             update_momentum(self.projection_head, self.projection_head_momentum, m=m)

@@ -729,8 +729,10 @@ class SpotPatchDataset(Dataset):
         pad = ((0, 0), (ya - y0, y1 - yb), (xa - x0, x1 - xb))
         if pad[1] == (0, 0) and pad[2] == (0, 0):
             return block
-        if self.padding == "reflect":
-            return np.pad(block, pad, mode="reflect")
+        if self.padding == "reflect":  # mirrored at the image's border (np.pad on the block mirrors inside it)
+            ys, xs = _reflect_index(y0, y1, h), _reflect_index(x0, x1, w)
+            block = src.read(int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1, self._cache)
+            return block[:, ys - ys.min()][:, :, xs - xs.min()]
         fill = _white(src.dtype) if self.pad_value is None else self.pad_value
         return np.pad(block, pad, mode="constant", constant_values=fill)
 
@@ -875,6 +877,19 @@ def _resolve_obs_subset(adata, obs_subset) -> np.ndarray:
     if (idx < 0).any():
         raise KeyError(f"obs_subset: obs names {sub[idx < 0][:5].tolist()} not in the table.")
     return idx.astype(np.int64)
+
+
+def _reflect_index(start: int, stop: int, n: int) -> np.ndarray:
+    """Indices ``start … stop - 1`` mirrored into ``0 … n - 1`` at the borders (numpy's ``"reflect"``).
+
+    The edge pixel is not repeated; windows wider than twice the image fold back and forth.
+    """
+    i = np.arange(start, stop)
+    if n == 1:
+        return np.zeros_like(i)
+    period = 2 * (n - 1)
+    i = np.mod(i, period)
+    return np.where(i > n - 1, period - i, i)
 
 
 def _full_res_image(el: Any, coordinate_system: str | None, key: str) -> tuple[Any, float]:
