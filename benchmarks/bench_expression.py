@@ -160,6 +160,9 @@ METHODS = {
 }
 BASELINE = "ridge_hc"
 LEARNED = ("MLPExpression", "HGGEPHead", "HGGEP")
+# The shipped setting (demo, tutorial, `scst train --model hggep_head`), fixed before the leave-one-section-out runs
+# were read: the Target check rates it, not the best of the learned rows (a maximum over test scores is biased up).
+SHIPPED = "head_ms_scaled_prog"
 
 
 class PeakRSS:
@@ -392,21 +395,27 @@ def report(results: Path, out: Path) -> None:
     for n, s in summ.items():
         L.append(f"| {METHODS[n][3]} | " + " | ".join(f"{s['per_section'].get(x, float('nan')):.3f}"
                                                      for x in SECTIONS) + " |")  # fmt: skip
-    # Target check: best learned model vs ridge on hand-crafted features.
+    # Target check: the shipped learned model vs ridge on hand-crafted features (the best row is listed apart: a
+    # maximum over the test scores of many variants is not a number any setting chosen in advance would get).
     learned = {n: s for n, s in summ.items() if METHODS[n][0] in LEARNED}
     if BASELINE in summ and learned:
-        best = max(learned, key=lambda n: learned[n]["mean"])
+        top = max(learned, key=lambda n: learned[n]["mean"])
+        best = SHIPPED if SHIPPED in learned else top
         ratio = learned[best]["mean"] / summ[BASELINE]["mean"]
         ridges = [r for r in summ if METHODS[r][0] == "RidgeExpression"]
         ridge_on = {METHODS[r][1]: r for r in ridges if "n_programs" not in METHODS[r][2]}
         rrr_on = {METHODS[r][1]: r for r in ridges if "n_programs" in METHODS[r][2]}
         same = [r for r in (ridge_on.get(METHODS[best][1]), rrr_on.get(METHODS[best][1])) if r]
+        which = "the shipped learned model" if best == SHIPPED else "best learned model (the shipped one not run)"
         L += ["", f"**Target check** (best learned scst model ≥ 1.25 × ridge on hand-crafted features, same per-fold "
-              f"panels): best learned model {METHODS[best][3]} {learned[best]['mean']:.3f}, "
-              f"{METHODS[BASELINE][3]} {summ[BASELINE]['mean']:.3f}: ratio {ratio:.2f} → "
-              f"**{'met' if ratio >= 1.25 else 'missed'}**"
+              f"panels): {which} {METHODS[best][3]} {learned[best]['mean']:.3f} "
+              f"({learned[best]['n_seeds']} seed(s)), {METHODS[BASELINE][3]} {summ[BASELINE]['mean']:.3f}: ratio "
+              f"{ratio:.2f} → **{'met' if ratio >= 1.25 else 'missed'}**"
               + (" (closed-form on the same input: " + ", ".join(f"{METHODS[r][3]} {summ[r]['mean']:.3f}" for r in same)
-                 + ")." if same else ".")]  # fmt: skip
+                 + ")" if same else "")
+              + (f". The highest learned row, {METHODS[top][3]} {learned[top]['mean']:.3f} (ratio "
+                 f"{learned[top]['mean'] / summ[BASELINE]['mean']:.2f}), is a maximum over the test scores of many "
+                 "variants and not what the check rates." if top != best else ".")]  # fmt: skip
         pairs = [(n, ridge_on[METHODS[n][1]]) for n in learned if METHODS[n][1] in ridge_on]
         if pairs:
             L += [
