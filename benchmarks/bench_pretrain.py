@@ -327,10 +327,9 @@ def _gpu_section(args, cpu_folds: list, base: dict) -> list[str]:
         L.append(
             f"| {h} | {f['epochs']} | {f['best_epoch'] + 1} | {f['train_s']} | {f['tiles_per_s']} | "
             f"{f['loss_first_epoch']:.3f} → {f['loss_last_epoch']:.3f} | {f['pred_std_last_epoch']:.3f} | "
-            + (f"{q['random_init_mean_pcc']:.3f} | " if q else "– | ")
-            + (f"{b['ssl_mean_pcc']:.3f} | " if b else "– | ")
-            + "".join(f"{long_pr[e][h]['ssl_mean_pcc']:.3f} | " if h in long_pr[e] else "– | " for e in sorted(long_pr))
-            + (f"{q['ssl_mean_pcc']:.3f} | {q['ssl_mean_pcc'] - q['random_init_mean_pcc']:+.3f} |" if q else "– | – |")
+            + _probe_cells(
+                q, b, [f"{long_pr[e][h]['ssl_mean_pcc']:.3f}" if h in long_pr[e] else "–" for e in sorted(long_pr)]
+            )  # fmt: skip
         )
     both = [f["heldout"] for f in folds if f["heldout"] in pr and f["heldout"] in base]
     if len(both) > 1:
@@ -412,6 +411,14 @@ def _genes_per_fold(rows: list) -> str:
     return f"{n[0]} genes" if len(n) == 1 else f"{n[0]}–{n[-1]} genes per fold"
 
 
+def _probe_cells(q: dict | None, b: dict | None, between: list[str] = ()) -> str:
+    """A fold row's probe cells: random init (``q``, this run's probe), SSL of the main run (``b``), ``between``,
+    this run's SSL and its Δ vs random init; "–" where a probe is missing."""
+    cells = [f"{q['random_init_mean_pcc']:.3f}" if q else "–", f"{b['ssl_mean_pcc']:.3f}" if b else "–", *between]
+    cells += [f"{q['ssl_mean_pcc']:.3f}", f"{q['ssl_mean_pcc'] - q['random_init_mean_pcc']:+.3f}"] if q else ["–", "–"]
+    return " | ".join(cells) + " |"
+
+
 def _long_section(args, main_epochs: int, base: dict) -> list[str]:
     """The longer CPU runs (``long<E>_*.json``, merged per epoch count) and their probe, next to the main run's
     probe ``base`` (held-out section → its row of ``probe.json``)."""
@@ -442,14 +449,7 @@ def _long_section(args, main_epochs: int, base: dict) -> list[str]:
             q, b = pr.get(h), base.get(h)
             L.append(
                 f"| {h} | {f['train_s']} | {f['tiles_per_s']} | {f['loss_first_epoch']:.3f} → "
-                f"{f['loss_last_epoch']:.3f} | {f['pred_std_last_epoch']:.3f} | "
-                + (f"{q['random_init_mean_pcc']:.3f} | " if q else "– | ")
-                + (f"{b['ssl_mean_pcc']:.3f} | " if b else "– | ")
-                + (
-                    f"{q['ssl_mean_pcc']:.3f} | {q['ssl_mean_pcc'] - q['random_init_mean_pcc']:+.3f} |"
-                    if q
-                    else "– | – |"
-                )
+                f"{f['loss_last_epoch']:.3f} | {f['pred_std_last_epoch']:.3f} | " + _probe_cells(q, b)
             )
         both = [h for h in pr if h in base]
         if len(both) > 1:
