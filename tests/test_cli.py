@@ -190,6 +190,9 @@ def test_train_config_overrides_reach_the_model(tmp_path, capsys, monkeypatch):
     for model_name, cls in (("mean", "MeanExpression"), ("hggep", "HGGEP")):
         assert main(["train", "--model", model_name, "--config", "hidden=3", "--out", str(tmp_path / "z")]) == 2
         assert f"--config: Unknown config key(s) ['hidden'] for {cls}" in capsys.readouterr().err
+    # a number's value that is not one is refused before the data are read too (it failed after the features)
+    assert main(["train", "--model", "hggep_head", "--config", "lr=1e-3x", "--out", str(tmp_path / "z")]) == 2
+    assert "--config: lr: expected a number, got '1e-3x'" in capsys.readouterr().err
 
 
 def _no_reading(*args, **kwargs):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import _toys as toys  # tests/models is on pytest's pythonpath (pyproject.toml)
 import lightning.pytorch as pl
@@ -206,6 +207,12 @@ def test_switches_in_the_config_must_be_booleans():
             cls._merge_config({key: bad})
     config = HGGEP._merge_config({"augment": np.bool_(False)})
     assert config["augment"] is False and config["use_zinb"] is True
+    # a number's place takes a number or None (numpy numbers are stored as plain ones)
+    for cls, key, bad in ((HGGEP, "lr", "1e-3x"), (GCNG, "batch_size", True), (MultimodalST, "tau", [0.1])):
+        with pytest.raises(ValueError, match=re.escape(f"{key}: expected a number, got {bad!r}")):
+            cls._merge_config({key: bad})
+    config = HGGEP._merge_config({"batch_size": np.int64(64), "lr": 3e-4, "seed": None})
+    assert config["batch_size"] == 64 and type(config["batch_size"]) is int and config["seed"] is None
 
 
 def test_setup_required_and_config_checked():

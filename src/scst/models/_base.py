@@ -261,8 +261,14 @@ class _SetupRegistry:
         defaults = {**cls._common_config, **cls._default_config}
         merged = _jsonable({**defaults, **config}, f"{cls.__name__} config")
         for key, value in merged.items():  # a switch: "False" (e.g. from a command line) is a true string
-            if isinstance(defaults.get(key), bool) and not isinstance(value, bool):
+            default = defaults.get(key)
+            if isinstance(default, bool) and not isinstance(value, bool):
                 raise ValueError(f"{key}: expected True or False, got {value!r}.")
+            # a number's place takes a number (or None): a string failed only when the model was built, after the
+            # data were read and the features computed (``scst train --config lr=1e-3x``)
+            numeric = isinstance(default, int | float) and not isinstance(default, bool)
+            if numeric and value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise ValueError(f"{key}: expected a number, got {value!r}.")
         return merged
 
     @classmethod
