@@ -30,11 +30,12 @@ def raw_counts(adata: Any, layer: str | None, where: str, hint: str = "") -> Any
     if X is None:
         raise ValueError(f"{where}: adata.X is empty; raw counts are needed.")
     vals = X.data if sparse.issparse(X) else np.asarray(X)
-    if vals.size and (vals.min() < 0 or not np.array_equal(vals, np.round(vals))):
+    # inf passes the integer test (round(inf) == inf) and would make a spot's library size infinite
+    if vals.size and (vals.min() < 0 or not np.array_equal(vals, np.round(vals)) or not np.isfinite(vals).all()):
         src = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
         raise ValueError(
-            f"{where}: {src}: expected raw counts (non-negative integers); it holds negative or non-integer values."
-            + (f" {hint}" if hint else "")
+            f"{where}: {src}: expected raw counts (non-negative integers); it holds negative, non-integer or "
+            "infinite values." + (f" {hint}" if hint else "")
         )
     return X
 

@@ -391,13 +391,20 @@ def test_retrieve_csls_demotes_hub_targets():
             scst.tl.retrieve(mdata, None, use_rep="E", csls=bad)
 
 
+def _joint_trained(model):
+    """Marks ``model`` as through its joint stage: the tests below stub its matching head (known answers), and
+    retrieve/gene_importance refuse a head no joint stage trained."""
+    model._is_trained, model.module.stage = True, "joint"
+    return model
+
+
 def test_ensemble_of_models_averages_their_cosines():
     """Two models whose embeddings each carry the pairing under independent noise: the ensemble's cosine is the mean
     of theirs (exactly), it finds more true pairs than either, and its re-ranking uses the mean matching logit."""
     rng = np.random.default_rng(0)
     mdata = synthetic_mudata(n=40)
     MultimodalST.setup_mudata(mdata, group_key="label")
-    a, b = MultimodalST(mdata, **SMALL), MultimodalST(mdata, **SMALL)
+    a, b = _joint_trained(MultimodalST(mdata, **SMALL)), _joint_trained(MultimodalST(mdata, **SMALL))
     link = mdata["rna"].obs_names.get_indexer(mdata["image"].obs["rna_sample"])
     z = rng.normal(size=(40, 6))
 
@@ -443,7 +450,7 @@ def test_retrieve_rerank_reorders_the_cosine_candidates_by_the_matching_head():
     mdata.mod["image"] = mdata["image"][perm].copy()
     mdata["image"].obsm["E"] = onehot[group[perm]] + rng.normal(0, 0.01, (40, 4)).astype(np.float32)
     MultimodalST.setup_mudata(mdata, group_key="label")
-    model = MultimodalST(mdata, **SMALL)
+    model = _joint_trained(MultimodalST(mdata, **SMALL))
     link = mdata["rna"].obs_names.get_indexer(mdata["image"].obs["rna_sample"])
     calls = []
 
@@ -638,7 +645,7 @@ def test_retrieve_rerank_reorders_only_the_pool_and_keeps_the_cosine_order_beyon
     mdata["rna"].obsm["E"] = rng.normal(size=(12, 5)).astype(np.float32)
     mdata["image"].obsm["E"] = rng.normal(size=(12, 5)).astype(np.float32)
     MultimodalST.setup_mudata(mdata, group_key="label")
-    model = MultimodalST(mdata, **SMALL)
+    model = _joint_trained(MultimodalST(mdata, **SMALL))
     cos = scst.tl.retrieve(mdata, None, k=12, use_rep="E", group_keys=[])["indices"]
     rank = np.argsort(cos, axis=1)  # rank[q, t]: position of target t in query q's cosine order
 
@@ -1329,3 +1336,35 @@ def test_patch_types_duplicate_samples_unmatched_links_and_mixed_ensembles_are_n
     for fn in (scst.tl.retrieve, scst.tl.gene_importance):
         with pytest.raises(ValueError, match="must share modalities, panel genes and image input"):
             fn(mdata, [model, mlp])
+
+
+def test_frozen_encoders_stay_fixed_and_a_cast_module_takes_float_patches():
+    """Review 2026-12-04: freeze_encoders turned off gradients only — a BatchNorm backbone's running statistics and
+    the encoders' dropout still moved with every joint-stage batch; a module cast to float64 refused float patches."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random-init backbone
+        m = MultimodalModule([0, 0, 1, 1, 2], dim=8, heads=2, image_px=32, embed_dim=8, image_encoder="resnet18",
+                             freeze_encoders=True, dropout=0.5)  # fmt: skip
+    m.stage = "joint"
+    n, g = 6, torch.Generator().manual_seed(0)
+    batch = {"rna": torch.randn(n, 5, generator=g), "has_rna": torch.ones(n, dtype=torch.bool),
+             "img": torch.randint(0, 255, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+             "has_img": torch.ones(n, dtype=torch.bool), "rna_id": torch.arange(n), "rna_group": torch.arange(n) % 3,
+             "img_group": torch.arange(n) % 3}  # fmt: skip
+    before = copy.deepcopy(m.image_encoder.state_dict())
+    m.eval()
+    with torch.no_grad():
+        e0, r0 = m.embed_image(batch["img"]), m.encode_rna(batch["rna"])
+    m.train()
+    m.loss(batch)["loss"].backward()
+    assert all(p.grad is None for p in m.image_encoder.parameters())
+    assert all(torch.equal(before[k], v) for k, v in m.image_encoder.state_dict().items())  # BatchNorm statistics too
+    assert m.image_encoder.training and m.rna_encoder.training  # their own mode back after the step
+    m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m.embed_image(batch["img"]), e0, rtol=0, atol=0)
+        torch.testing.assert_close(m.encode_rna(batch["rna"]), r0, rtol=0, atol=0)
+    cast = MultimodalModule([0, 0, 1, 1, 2], dim=8, heads=2, image_px=16, sub_patch=8, embed_dim=8).eval().double()
+    out = cast.embed_image(torch.rand(2, 3, 16, 16))
+    assert out.dtype == torch.float64 and torch.allclose(out.norm(dim=1), torch.ones(2, dtype=torch.float64))

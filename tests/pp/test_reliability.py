@@ -128,3 +128,20 @@ def test_half_depth_reliability_is_the_signal_share_of_a_planted_lognormal_level
     expected = sigma**2 / (sigma**2 + 2 / lam0 * np.exp(sigma**2 / 2))  # 0, 0.333, 0.666, 0.887, 0.967
     np.testing.assert_allclose(adata.var["reliability_half"].to_numpy()[:5], expected, atol=0.03)
     np.testing.assert_allclose(adata.var["reliability"].to_numpy()[:5], 2 * expected / (1 + expected), atol=0.03)
+
+
+def test_a_sparse_gene_is_scored_whatever_the_seed_and_spots_without_a_section_are_refused():
+    """Review 2026-12-04: a draw whose halves left a sparse gene constant on the second side made the gene NaN (on
+    the first side 0), so whether a gene with a handful of molecules got a value hung on the seed."""
+    from scst.pp._reliability import thinning_reliability
+
+    counts = planted(n=60, seed=4)
+    counts[:, 1] = 0
+    counts[[3, 17, 40], 1] = 1  # three molecules in 60 spots: some draws put all of them on one side
+    values = [thinning_reliability(counts, seed=s)[0][1] for s in range(8)]
+    assert np.isfinite(values).all()
+    counts[:, 1] = 0  # no molecule at all: nothing to explain, NaN
+    assert np.isnan(thinning_reliability(counts)[0][1])
+    adata = ad.AnnData(X=planted(n=30).astype(np.float32), obs=pd.DataFrame({"section": ["A"] * 25 + [None] * 5}))
+    with pytest.raises(ValueError, match=r"library_key: 5 spot\(s\) have no value in obs\['section'\]"):
+        scst.pp.gene_reliability(adata)

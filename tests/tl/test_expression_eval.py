@@ -454,3 +454,21 @@ def test_expression_tools_take_a_spatialdata_as_its_table(adata):
     pd.testing.assert_frame_equal(domain_ari(sd), domain_ari(adata))
     copied = spatial_domains(sd, n_domains=3, key_added="d3", copy=True)
     assert "d3" in copied.obs and "d3" not in table.obs
+
+
+def test_duplicate_gene_names_are_refused_and_infinite_counts_are_not_counts(adata):
+    """Review 2026-12-04: two genes of one name both got the mean of their two scores (the table is keyed by name);
+    an infinite count passed the raw-count check (round(inf) == inf) and zeroed its spot's other genes."""
+    import warnings
+
+    adata.layers["pred"] = _truth(adata)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # anndata's own warning about non-unique names
+        adata.var_names = ["g0", "dup", "dup"] + list(adata.var_names[3:])
+    with pytest.raises(ValueError, match=r"genes: 1 evaluated gene name\(s\) occur more than once .*\['dup'\]"):
+        evaluate_expression(adata, "pred")
+    x = adata.X.toarray().astype(np.float64)
+    x[0, 4] = np.inf
+    adata.X = x
+    with pytest.raises(ValueError, match="negative, non-integer or infinite values"):
+        log_normalized(adata)

@@ -259,6 +259,7 @@ def _quadratic_score_model(w):
     m.rna_encoder = _SquareEncoder()
     wt = torch.tensor(w, dtype=torch.float32)
     m.match_logit = lambda tok, it: (tok[:, 0] * wt).sum(1)
+    model._is_trained, model.module.stage = True, "joint"  # the stubbed head stands for a joint-stage-trained one
     return mdata, model, x
 
 
@@ -483,3 +484,19 @@ def test_links_that_are_numbers_find_their_rna_samples():
     model = MultimodalST(mdata, **SMALL, weights={"itm": 0.0})
     _, rna_row = model._arrays(mdata)
     np.testing.assert_array_equal(rna_row, [-1, 1, 2, 3, 4, 5, 6, 7])
+
+
+def test_the_matching_head_must_have_been_trained_in_a_joint_stage():
+    """Review 2026-12-04: the guard read only weights['itm'] (1.0 by default), so an untrained model, or one trained
+    with max_epochs=0 (pre-training only), re-ranked and attributed with a randomly initialised head."""
+    w = np.linspace(0.5, 2.0, 6)
+    mdata, model, _ = _quadratic_score_model(w)
+    model._is_trained, model.module.stage = False, "pretrain"
+    with pytest.raises(ValueError, match=r"score='itm': the model's matching head is untrained \(no joint training "):
+        scst.tl.gene_importance(mdata, model, score="itm")
+    model._is_trained = True  # pre-trained only
+    rng = np.random.default_rng(0)
+    for mod in ("rna", "image"):
+        mdata[mod].obsm["E"] = rng.normal(size=(mdata[mod].n_obs, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"rerank: .*untrained \(no joint training stage ran: pre-trained only\)"):
+        scst.tl.retrieve(mdata, model, k=3, use_rep="E", group_keys=[], rerank=2)

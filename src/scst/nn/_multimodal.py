@@ -19,8 +19,9 @@ loss weights of 0 switch terms off.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -204,6 +205,19 @@ class FusionEncoder(nn.Module):
         return self.norm(h)
 
 
+@contextlib.contextmanager
+def _eval_mode(modules: list[nn.Module]) -> Iterator[None]:
+    """``modules`` in eval mode inside the block, each back in its own mode after."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
 class MultimodalModule(nn.Module):
     """RNA encoder, image encoder, shared projections, fusion encoder and heads, with all losses.
 
@@ -357,7 +371,7 @@ class MultimodalModule(nn.Module):
             return img.to(dtype)
         if img.dtype == torch.uint8:
             img = img.to(dtype).div(255.0)
-        return imagenet_normalize(img)
+        return imagenet_normalize(img.to(dtype))  # float patches too (a cast module met float32 input)
 
     def encode_rna(self, x: Tensor, mask_idx: Tensor | None = None) -> Tensor:
         """RNA tokens ``(B, 1 + T, dim)`` from expression ``(B, n_genes)`` (log1p-normalised)."""
@@ -411,7 +425,10 @@ class MultimodalModule(nn.Module):
         need_img = has_img.any() and any(w[k] for k in ("img_triplet", "itc", "itm", "rna_rec"))
         frozen = self.stage == "joint" and self.freeze_encoders
         rna_x = batch["rna"][has_rna]
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+        with (
+            torch.set_grad_enabled(torch.is_grad_enabled() and not frozen),
+            _eval_mode([self.rna_encoder, self.image_encoder] if frozen else []),
+        ):  # frozen: no gradients, and no dropout or BatchNorm statistics updates either (the encoders stay fixed)
             rna_tok = self.encode_rna(rna_x) if need_rna and (w["rna_con"] or w["itc"] or w["itm"]) else None
             mask_idx = torch.randint(0, self.n_groups, (len(rna_x),), device=device)
             rna_masked = self.encode_rna(rna_x, mask_idx) if need_rna and (w["rna_mae"] or w["rna_rec"]) else None

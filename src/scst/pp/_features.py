@@ -103,7 +103,8 @@ def _sobel_magnitude(g: np.ndarray) -> np.ndarray:
     """Sobel gradient magnitude of ``(B, H, W)`` images (interior pixels), vectorised over the batch."""
     gx = (g[:, :-2, 2:] + 2 * g[:, 1:-1, 2:] + g[:, 2:, 2:]) - (g[:, :-2, :-2] + 2 * g[:, 1:-1, :-2] + g[:, 2:, :-2])
     gy = (g[:, 2:, :-2] + 2 * g[:, 2:, 1:-1] + g[:, 2:, 2:]) - (g[:, :-2, :-2] + 2 * g[:, :-2, 1:-1] + g[:, :-2, 2:])
-    return np.sqrt(gx**2 + gy**2) / 8.0  # / 8: a unit step gives magnitude 1/2 … 1, as skimage.filters.sobel
+    # / 8: a unit step gives 1/2 … 1; skimage.filters.sobel gives sqrt(2) × this (its sqrt((gx² + gy²) / 2) / 4)
+    return np.sqrt(gx**2 + gy**2) / 8.0
 
 
 # skimage's sampling points of local_binary_pattern(P=8, R=1): (row, col) offsets rounded to 5 decimals.

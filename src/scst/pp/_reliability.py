@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from scst._normalize import log_normalize_counts, raw_counts
-from scst._utils import _colwise_pearson, _get_table
+from scst._utils import _colwise_pearson, _get_table, _is_constant
 
 __all__ = ["gene_reliability"]
 
@@ -20,7 +20,8 @@ def thinning_reliability(counts: np.ndarray, n_draws: int = 5, seed: int = 0) ->
 
     Each draw splits every count at random into two halves (binomial, p = 1/2), log-normalises both like the
     expression targets (each half by its own library size) and correlates them gene by gene across spots; ``r`` is
-    the mean over draws (NaN for a gene constant in the second half, 0 when only the first is).
+    the mean over draws. A draw in which either half of a gene is constant (a sparse gene whose few molecules all
+    fell on one side) counts 0 for it; a gene constant at full depth is NaN (it has no variation to explain).
     """
     rng = np.random.default_rng(seed)
     counts = np.asarray(counts, dtype=np.int64)
@@ -28,7 +29,8 @@ def thinning_reliability(counts: np.ndarray, n_draws: int = 5, seed: int = 0) ->
     for _ in range(n_draws):
         half = rng.binomial(counts, 0.5)
         y1, y2 = (log_normalize_counts(c, c.sum(1)) for c in (half, counts - half))
-        r += _colwise_pearson(y1, y2) / n_draws
+        r += np.nan_to_num(_colwise_pearson(y1, y2), nan=0.0) / n_draws  # symmetric: either half constant → 0
+    r[_is_constant(log_normalize_counts(counts, counts.sum(1)))] = np.nan
     return r, 2 * r / (1 + r)
 
 
@@ -85,6 +87,9 @@ def gene_reliability(
     X = raw_counts(adata, layer, "gene_reliability", "Thinning splits molecules: pass the counts' layer.")
     if library_key is not None and library_key not in adata.obs:
         raise KeyError(f"library_key: {library_key!r} not in adata.obs; pass None to use all spots together.")
+    if library_key is not None and adata.obs[library_key].isna().any():  # as str they would be a section "nan"
+        n = int(adata.obs[library_key].isna().sum())
+        raise ValueError(f"library_key: {n} spot(s) have no value in obs[{library_key!r}]; drop or label them.")
     labels = adata.obs[library_key].astype(str).to_numpy() if library_key is not None else np.full(adata.n_obs, "all")
     sections = list(dict.fromkeys(labels))
     half, rho, n_spots = [], [], []

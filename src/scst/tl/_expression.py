@@ -196,6 +196,12 @@ def evaluate_expression(
             raise ValueError(f"truth_layer: adata.layers[{truth_layer!r}] has non-finite values on predicted spots.")
 
     names = adata.var_names[gidx].astype(str)
+    if names.has_duplicates:  # the long table and the per-gene columns are keyed by name: two genes would blend
+        dup = sorted(set(names[names.duplicated()]))
+        raise ValueError(
+            f"genes: {len(dup)} evaluated gene name(s) occur more than once in var_names, e.g. {dup[:5]}; make them "
+            "unique first (adata.var_names_make_unique())."
+        )
     rows, n_spots, n_const_t, n_const_p = [], {}, {}, {}
     for g in pd.unique(groups[predicted]):
         sel = predicted & (groups == g)

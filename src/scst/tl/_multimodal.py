@@ -149,6 +149,21 @@ def _csls(sim: np.ndarray, n_neighbors: int) -> np.ndarray:
     return 2 * sim - r_t[:, None] - r_q[None, :]
 
 
+def _check_matching_head(models: list, arg: str, instead: str) -> None:
+    """A ValueError naming ``arg`` unless every model's matching head was trained.
+
+    Trained means the matching loss on and a joint stage run: untrained, or pre-trained only (``max_epochs=0``), the
+    head is at its random start.
+    """
+    for m in models:
+        if m.module.weights.get("itm", 0.0) <= 0:
+            raise ValueError(f"{arg}: the model was trained without the matching loss (weights['itm'] = 0), so its "
+                             f"matching head is untrained; {instead}.")  # fmt: skip
+        if not (m.is_trained and m.module.stage == "joint"):
+            raise ValueError(f"{arg}: the model's matching head is untrained (no joint training stage ran: "
+                             f"{'pre-trained only' if m.is_trained else 'not trained'}); {instead}.")  # fmt: skip
+
+
 def retrieve(
     mdata: Any,
     model: Any = None,
@@ -261,9 +276,7 @@ def retrieve(
         if models is None:
             raise ValueError("rerank: needs `model` (its matching head re-scores the candidates).")
         rerank = _positive_int("rerank", rerank, what="None or a positive integer")  # True is not 1
-        if any(m.module.weights.get("itm", 0.0) <= 0 for m in models):
-            raise ValueError("rerank: the model was trained without the matching loss (weights['itm'] = 0), so its "
-                             "matching head is untrained; use rerank=None (cosine).")  # fmt: skip
+        _check_matching_head(models, "rerank", "use rerank=None (cosine)")
     q_mod, t_mod = (img_mod, rna_mod) if query == "image" else (rna_mod, img_mod)
     q = emb[q_mod] / np.maximum(np.linalg.norm(emb[q_mod], axis=1, keepdims=True), 1e-12)
     t = emb[t_mod] / np.maximum(np.linalg.norm(emb[t_mod], axis=1, keepdims=True), 1e-12)
@@ -481,9 +494,8 @@ def gene_importance(
         _positive_int("max_pairs", max_pairs, what="None (all pairs) or a positive integer")
     for name, v in (("n_top", n_top), ("n_steps", n_steps)):  # n_top=-1 would keep all genes but one
         _positive_int(name, v)
-    if score == "itm" and any(m.module.weights.get("itm", 0.0) <= 0 for m in models):
-        raise ValueError("score='itm': the model was trained without the matching loss (weights['itm'] = 0), so its "
-                         "matching head is untrained; use score='itc' (the cosine in the shared space).")  # fmt: skip
+    if score == "itm":
+        _check_matching_head(models, "score='itm'", "use score='itc' (the cosine in the shared space)")
     reg = models[0].registry
     models[0]._validate_data(mdata)
     data, rna_row = models[0]._arrays(mdata)
