@@ -1421,3 +1421,90 @@ def test_cell_order_permutes_graph_and_local_scores_and_keeps_pair_scores():
     pd.testing.assert_frame_equal(other.uns["scst_ligrec"], adata.uns["scst_ligrec"], rtol=1e-6)
     local = adata.obsm["scst_ligrec_local"].iloc[perm]
     pd.testing.assert_frame_equal(other.obsm["scst_ligrec_local"], local, rtol=1e-5, atol=1e-5)  # float32 sums
+
+
+def test_review_ties_of_float32_scores_do_not_count_as_wins():
+    """Review 2026-12-04: a permuted arrangement with the same score in exact arithmetic differs by ~1e-7 in
+    float32; with a 1e-12 tolerance about half of such ties counted below the observed score (p too small). On a
+    4-spot ring with a constant receptor every placement of the ligand gives the same mean: p must be 1."""
+    from scst.tl._ligrec_scores import permutation_pvalues, score_function
+
+    a = np.zeros((4, 4))
+    for i in range(4):
+        a[i, (i + 1) % 4] = a[(i + 1) % 4, i] = 1
+    rng = np.random.default_rng(1)
+    lig = rng.uniform(1, 3, size=(4, 6)).astype(np.float32)
+    rec = np.full((4, 6), 2.0, np.float32)
+    for local in ("cosine", "product"):
+        fn, null = score_function("bivariate", sp.csr_matrix(a), local_name=local)
+        p = permutation_pvalues(fn, lig, rec, fn(lig, rec), null=null, groups=None, n_perms=99, seed=0)
+        np.testing.assert_array_equal(p, np.ones(6), err_msg=local)
+
+
+def test_review_pearson_scores_standardise_within_sections():
+    """Review 2026-12-04: two sections, L and R independent noise within each, both 4× higher in one section:
+    pooled z-scores read the level difference as a correlation of 0.67 (the pair ranked first)."""
+    rng = np.random.default_rng(0)
+    xy = np.vstack([np.array([(i, j) for i in range(8) for j in range(8)], float)] * 2)
+    sec = np.repeat(["s0", "s1"], 64)
+    lvl = np.where(sec == "s1", 20, 5)
+    x = np.column_stack([rng.poisson(lvl), rng.poisson(lvl), rng.poisson(200, 128)]).astype(np.float32)
+    adata = AnnData(x, obs=pd.DataFrame({"section": pd.Categorical(sec)}, index=[f"c{i}" for i in range(128)]))
+    adata.var_names = ["L", "R", "bg"]
+    adata.obsm["spatial"] = xy
+    cell_graph(adata, radius=1.1, library_key="section")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ligand_receptor(adata, pairs=[("L", "R")], method=["spatial_pearson", "pearson"], n_perms=0, expr_prop=0)
+    res = adata.uns["scst_ligrec"].iloc[0]
+    assert abs(res["spatial_pearson_score"]) < 0.15 and abs(res["pearson_score"]) < 0.15  # pooled: 0.67 and ~0.7
+    one = adata[adata.obs["section"] == "s0"].copy()  # one section: the same as before
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ligand_receptor(one, pairs=[("L", "R")], method=["pearson"], n_perms=0, expr_prop=0)
+    from scst.models._gcng import entity_expression, normalized_expression
+
+    norm = normalized_expression(one, log1p=True)
+    ref = lr_scores(entity_expression(norm, one.var_names, ["L"]), entity_expression(norm, one.var_names, ["R"]),
+                    "pearson")  # fmt: skip
+    assert one.uns["scst_ligrec"]["pearson_score"].iloc[0] == pytest.approx(float(ref[0]), abs=1e-6)
+
+
+def test_review_a_pair_listed_both_ways_is_held_out_with_its_reverse():
+    """Review 2026-12-04: folds held out ligands, so (A, B) and (B, A) fell in different folds and each was scored
+    by a model trained on the other (the same two signals, channels swapped)."""
+    from scst.tl._ligrec_gcng import gcng_scores
+
+    adata, pairs = quadrant_data(n_side=6, n_pairs=12)
+    pairs = pairs[["ligand", "receptor"]]
+    known = pd.concat([pairs, pd.DataFrame({"ligand": pairs.receptor[:4], "receptor": pairs.ligand[:4]})],
+                      ignore_index=True)  # fmt: skip
+    graph_matrix(adata, "autocrine+")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = gcng_scores(adata, known, known, graph_key="gcng_autocrine_plus", config={**FAST, "max_epochs": 1},
+                          n_folds=3, seed=0)  # fmt: skip
+    t = res.table
+    assert (t["model"] < 3).all()  # every known pair scored out of fold
+    for lig, rec, m in zip(t["ligand"], t["receptor"], t["model"]):
+        tp = res.models[m].training_pairs
+        positives = set(zip(tp["ligand"][tp["label"] == 1], tp["receptor"][tp["label"] == 1]))
+        assert (rec, lig) not in positives and (lig, rec) not in positives, (lig, rec, m)
+
+
+def test_review_a_kernel_of_each_spot_with_itself_scores_within_spots():
+    """Review 2026-12-04: lr_kernel(max_neighbours=0) is documented (each spot weighs only itself), but
+    ligand_receptor(kernel_key=...) refused it as a graph without edges."""
+    from scst.tl._ligrec_local import lr_kernel
+
+    rng = np.random.default_rng(0)
+    x = rng.poisson(5, size=(25, 3)).astype(np.float32)
+    adata = AnnData(x, obs=pd.DataFrame({"section": ["A"] * 25}, index=[f"c{i}" for i in range(25)]))
+    adata.var_names = ["L", "R", "bg"]
+    adata.obsm["spatial"] = np.array([(i, j) for i in range(5) for j in range(5)], float) * 50
+    lr_kernel(adata, 50, um_per_unit=1.0, max_neighbours=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ligand_receptor(adata, pairs=[("L", "R")], method="bivariate", kernel_key="scst_lr_kernel", n_perms=9,
+                        expr_prop=0)  # fmt: skip
+    assert np.isfinite(adata.uns["scst_ligrec"]["bivariate_score"]).all()

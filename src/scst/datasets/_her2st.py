@@ -70,7 +70,10 @@ def her2st(
     :func:`scst.io.concatenate_sections`. The table also has ``obs["label"]`` (the data paper's
     per-patient expression cluster, categorical; NaN for the 1–2 unlabelled spots per section) and
     ``obs["label_name"]`` (patient C's cluster names; ``"cluster <k>"`` for the other patients, whose names
-    were not transcribed). Geometry: 0.69 µm/px (≈ 290 px per 200 µm grid step), spot diameter ≈ 145 px.
+    were not transcribed). Geometry: 0.69 µm/px (≈ 290 px per 200 µm grid step), spot diameter ≈ 145 px: the nominal
+    100 µm at that pixel size (the shapes' circles). The printed spots measure 138–144 px in the images (the data
+    README's direct measurement, which recommends ≈ 140 px); patches and features are cut by µm, not by this
+    diameter.
     """
     if sections is None:
         sections = list(HER2ST_SECTIONS)

@@ -64,14 +64,18 @@ def _groups(adata: AnnData, groups_key: str | None) -> tuple[np.ndarray | None, 
     return col.astype(str).to_numpy(), groups_key
 
 
-def _check_graph(adj: Any, groups: np.ndarray | None, connectivity_key: str, groups_key: str | None = None) -> None:
+def _check_graph(
+    adj: Any, groups: np.ndarray | None, connectivity_key: str, groups_key: str | None = None, self_only: bool = False
+) -> None:
     """Every section needs edges; edges that join cells of different sections are warned about.
 
     A section without a graph has no spatial score and no spatial null; edges across sections mix them (e.g. slides
-    in overlapping pixel frames).
+    in overlapping pixel frames). ``self_only``: weights of each spot with itself alone are accepted (a proximity
+    kernel of ``lr_kernel(max_neighbours=0)`` or a one-spot section: the within-spot score).
     """
     a = sp.coo_matrix(adj)
-    off = (a.row != a.col) & (a.data != 0)
+    # the entries that count as edges (a spot's weight with itself too, for a kernel; never across sections)
+    off = (a.data != 0) if self_only else (a.row != a.col) & (a.data != 0)
     if groups is None:
         if not off.any():
             raise ValueError(f"adata.obsp[{connectivity_key!r}] has no edges; build the cell graph first.")
@@ -338,7 +342,7 @@ def ligand_receptor(
     if kernel_key is not None:
         _check_key(adata.obsp, kernel_key, "adata.obsp (compute the kernel with scst.tl.lr_kernel)")
         weights = adata.obsp[kernel_key]
-        _check_graph(weights, groups, kernel_key, gkey)
+        _check_graph(weights, groups, kernel_key, gkey, self_only=True)
     gcng_needs_graph = "gcng" in methods and model is None and graph_key not in adata.obsp
     needs_graph = "spatial_pearson" in methods or (kernel_key is None and ("bivariate" in methods or local_scores))
     if needs_graph or gcng_needs_graph:

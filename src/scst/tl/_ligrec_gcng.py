@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 from .._logging import logg
 from ..models._gcng import GCNG, sample_negatives
 from ._ligrec_cv import _quiet
-from ._ligrec_scores import section_permutations
+from ._ligrec_scores import section_permutations, tie_tolerance
 
 __all__ = ["GCNGScores", "gcng_scores"]
 
@@ -110,15 +110,30 @@ def gcng_scores(
     if n_folds < 2:
         raise ValueError(f"n_folds: expected >= 2 for cross-fitting, got {n_folds}.")
     known = known[["ligand", "receptor"]].drop_duplicates().reset_index(drop=True)
-    ligands = known["ligand"].unique()
-    if len(ligands) < n_folds:
+    # Folds hold out ligands with all their pairs; a pair listed both ways, (A, B) and (B, A), is one gene pair whose
+    # two GCNG inputs are the same signals with the channels swapped, so A's and B's pairs share a fold (otherwise a
+    # held-out pair's reverse trained the model that scores it).
+    group = {lig: lig for lig in known["ligand"].unique()}
+
+    def root(g: str) -> str:
+        while group[g] != g:
+            g = group[g]
+        return g
+
+    pairs = set(zip(known["ligand"], known["receptor"]))
+    for lig, rec in sorted(pairs):
+        if (rec, lig) in pairs:
+            group[root(lig)] = root(rec)
+    lig_group = known["ligand"].map(root)
+    groups_ = lig_group.unique()
+    if len(groups_) < n_folds:
         raise ValueError(
-            f"known pairs: {len(ligands)} ligands cannot fill {n_folds} cross-fitting folds; lower `n_folds` or "
-            "pass more known pairs."
+            f"known pairs: {len(groups_)} ligands (ligands listed as each other's receptors counted once) cannot fill "
+            f"{n_folds} cross-fitting folds; lower `n_folds` or pass more known pairs."
         )
     rng = np.random.default_rng(seed)
-    fold_of_lig = dict(zip(ligands[rng.permutation(len(ligands))], np.arange(len(ligands)) % n_folds))
-    fold = known["ligand"].map(fold_of_lig).to_numpy()
+    fold_of_group = dict(zip(groups_[rng.permutation(len(groups_))], np.arange(len(groups_)) % n_folds))
+    fold = lig_group.map(fold_of_group).to_numpy()
     kw = dict(train_kwargs or {})
     pool = list(dict.fromkeys([*known["receptor"], *candidates["receptor"]]))
     models, fit = [], []
@@ -179,5 +194,5 @@ def gcng_null_pvalues(
             pred = result.models[m].predict(
                 table.iloc[idx][["ligand", "receptor"]], cell_order=perm, ligand_only=null == "ligand"
             )
-            exceed[idx] += pred["score"].to_numpy() >= observed[idx] - 1e-12
+            exceed[idx] += pred["score"].to_numpy() >= observed[idx] - tie_tolerance(observed[idx])
     return (1.0 + exceed) / (1.0 + n_perms)

@@ -82,6 +82,17 @@ def _zscore(x: np.ndarray) -> np.ndarray:
     return np.divide(x - mu, sd, out=np.zeros_like(x, dtype=np.float64), where=sd > 0)
 
 
+def _zscore_within(x: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """:func:`_zscore` of the rows of each group on their own (``groups`` None: all rows together)."""
+    if groups is None:
+        return _zscore(x)
+    out = np.empty_like(x, dtype=np.float64)
+    for g in np.unique(groups):
+        rows = groups == g
+        out[rows] = _zscore(x[rows])
+    return out
+
+
 def _edges(adjacency: Any) -> tuple[np.ndarray, np.ndarray]:
     a = sp.coo_matrix(adjacency)
     keep = (a.data != 0) & (a.row != a.col)
@@ -168,20 +179,30 @@ def score_function(
     proximity weights (default the spot-inclusive graph ``A + I`` of ``adjacency``). ``groups``: the section of
     each spot; the bivariate metrics that normalise over the spots (:data:`POOLED_LOCAL`: ``spearman``,
     ``norm_product``, ``morans``) then run per section (unless weights join sections), so one section's local
-    values do not depend on the other sections.
+    values do not depend on the other sections, and single-cell / spatial Pearson standardise each gene within each
+    section (pooled, sections differing in both genes' levels scored as correlated).
     """
     if method == "expression":
         return (lambda lig, rec: lr_scores(lig, rec, "expression")), "none"
+    # Pearson-type scores standardise within each section: pooled, a section's higher level of both genes read as
+    # a strong correlation (the permutation test, within sections, stayed calibrated, but not the score's rank)
+    codes = None if groups is None else pd.factorize(np.asarray(groups))[0]
     if method == "pearson":
-        return (lambda lig, rec: lr_scores(lig, rec, "pearson")), "ligand"
+
+        def pearson(lig: np.ndarray, rec: np.ndarray) -> np.ndarray:
+            lig, rec = np.asarray(lig, np.float64), np.asarray(rec, np.float64)
+            return (_zscore_within(lig, codes) * _zscore_within(rec, codes)).mean(axis=0)
+
+        return pearson, "ligand"
     if method == "spatial_pearson":
         src, dst = _edges(adjacency)
         if len(src) == 0:
             raise ValueError("method='spatial_pearson': the cell graph has no edges.")
+        edge_groups = None if codes is None else codes[src]  # the section of an edge's sender
 
         def spatial(lig: np.ndarray, rec: np.ndarray) -> np.ndarray:
-            zl = _zscore(np.asarray(lig, np.float64)[src])
-            zr = _zscore(np.asarray(rec, np.float64)[dst])
+            zl = _zscore_within(np.asarray(lig, np.float64)[src], edge_groups)
+            zr = _zscore_within(np.asarray(rec, np.float64)[dst], edge_groups)
             return (zl * zr).mean(axis=0)
 
         return spatial, "positions"
@@ -222,6 +243,15 @@ def section_permutations(groups: Sequence[Any] | None, n: int, n_perms: int, see
         yield perm
 
 
+def tie_tolerance(observed: np.ndarray) -> np.ndarray:
+    """How far below ``observed`` a permuted score still ties with it.
+
+    The scores are float32: a permutation that gives the same score in exact arithmetic differs by ~1e-7 relative,
+    and a tie must never count as a win.
+    """
+    return 1e-6 * np.maximum(1.0, np.abs(np.asarray(observed, dtype=np.float64)))
+
+
 def permutation_pvalues(
     score_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
     lig: np.ndarray,
@@ -243,7 +273,7 @@ def permutation_pvalues(
     if null == "none" or n_perms <= 0:
         return np.full(observed.shape, np.nan)
     exceed = np.zeros(observed.shape, dtype=np.int64)
-    tol = 1e-12 * np.maximum(1.0, np.abs(observed))  # float noise must not turn a tie into a win
+    tol = tie_tolerance(observed)
     for perm in section_permutations(groups, lig.shape[0], n_perms, seed):
         s = score_fn(lig[perm], rec[perm]) if null == "positions" else score_fn(lig[perm], rec)
         exceed += np.asarray(s) >= observed - tol
