@@ -615,3 +615,70 @@ def test_untrained_or_unfit_models_are_refused():
     with pytest.raises(TypeError, match="expected a trained scst expression model"):
         predict_expression(sd, object(), progress=False)
     assert "predicted" not in sd.tables["table"].layers
+
+
+def _layer_block(tab, layer="predicted", section=None):
+    t = tab if section is None else tab[(tab.obs["section"].astype(str) == section).to_numpy()]
+    m = t[:, PANEL].layers[layer]
+    return pd.DataFrame(m.toarray() if sparse.issparse(m) else np.asarray(m), index=t.obs_names, columns=PANEL)
+
+
+def test_review_a_head_on_a_table_with_its_embedding_but_no_hypergraph():
+    """Review 2026-12-04: the user ran embed_patches on a new slide; predict_expression returned early because the
+    embedding was there, and the head failed on the missing hypergraph (documented as rebuilt)."""
+    import torch
+
+    from scst.models import HGGEPHead
+    from scst.pp import hypergraph
+    from scst.tl import embed_patches
+
+    torch.set_num_threads(1)
+    sd = syn.make_sdata()
+    tab = sd.tables["table"]
+    embed_patches(sd, "handcrafted", size_um=syn.SIZE_UM, out_px=32, key_added="X_hc", progress=False)
+    hypergraph(tab, use_rep="X_hc", k=3)
+    HGGEPHead.setup_anndata(tab, use_rep="X_hc", genes=PANEL, sections=["S1", "S2"])
+    model = HGGEPHead(tab, **{**HGGEPHead.bench_config, "max_epochs": 1}).train(enable_progress_bar=False)
+    expected = model.predict(tab, "S3")
+    new = syn.make_sdata()
+    embed_patches(new, "handcrafted", size_um=syn.SIZE_UM, out_px=32, key_added="X_hc", progress=False)
+    for sections in (None, "S3"):
+        out = predict_expression(new, model, sections=sections, progress=False, copy=True)
+        np.testing.assert_allclose(_layer_block(out, section="S3").to_numpy(), expected, atol=1e-6)
+
+
+def test_review_features_scaled_per_patient_are_remade_on_the_whole_group_for_a_subset():
+    """Review 2026-12-04: features scaled by obs['patient'] (S1 + S2 one patient) were remade on a subset's spots
+    only, so predicting S2 alone standardised the patient on S2 alone (predictions off by up to 0.04)."""
+    from scst.pp import scale_by_section
+    from scst.tl import embed_patches
+
+    sd = syn.make_sdata()
+    tab = sd.tables["table"]
+    tab.obs["patient"] = np.where(tab.obs["section"].astype(str) == "S3", "B", "A")
+    embed_patches(sd, "handcrafted", size_um=syn.SIZE_UM, out_px=32, key_added="X_hc", progress=False)
+    scale_by_section(tab, "X_hc", library_key="patient", min_spots=2)
+    RidgeExpression.setup_anndata(tab, embedding_key="X_hc_scaled", genes=PANEL, sections=["S1", "S3"])
+    model = RidgeExpression(tab).train()
+    ref = _layer_block(predict_expression(sd, model, progress=False, copy=True))
+    bare = syn.make_sdata()
+    bare.tables["table"].obs["patient"] = tab.obs["patient"].to_numpy()
+    out = predict_expression(bare, model, sections="S2", progress=False, copy=True)
+    got = _layer_block(out, section="S2")
+    np.testing.assert_allclose(got.to_numpy(), ref.loc[got.index].to_numpy(), atol=1e-5)
+
+
+def test_review_a_new_table_replacing_other_sections_predictions_warns():
+    """Review 2026-12-04: predicting S5 then S6 as pseudo-spot tables left only S6's, silently (a layer keeps the
+    earlier sections' values; a new table is replaced whole)."""
+    sd = syn.make_sdata()
+    tab = sd.tables["table"]
+    MeanExpression.setup_anndata(tab, genes=PANEL, sections=["S1", "S2"])
+    model = MeanExpression(tab).train()
+    predict_expression(sd, model, sections="S1", table_added="pred_table", progress=False)
+    with pytest.warns(UserWarning, match=r"table 'pred_table' held the predictions of section\(s\) \['S1'\]"):
+        predict_expression(sd, model, sections="S2", table_added="pred_table", progress=False)
+    assert set(sd.tables["pred_table"].obs["section"].astype(str)) == {"S2"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same sections again: nothing lost, no warning
+        predict_expression(sd, model, sections="S2", table_added="pred_table", progress=False)

@@ -249,9 +249,12 @@ def predict_expression(
         sec_col = adata.obs[SECTION_KEY].astype(str).to_numpy()
         rows = np.flatnonzero(np.isin(sec_col, sections)) if sections is not None else np.arange(adata.n_obs)
         src = sdata
-        if len(rows) < adata.n_obs and _lacks_features(model, adata):
+        by = ((getattr(model, "registry", None) or {}).get("embedding") or {}).get("scale_by_section")
+        if len(rows) < adata.n_obs and _lacks_features(model, adata) and by in (None, SECTION_KEY):
             # a head's embedding (and hypergraph) is remade for the predicted sections only, on a copy of their spots
-            # (not kept in the table): other sections are neither featurised nor need their images
+            # (not kept in the table): other sections are neither featurised nor need their images. Features scaled
+            # by another column (e.g. a patient's sections together) are remade on the whole table instead: a subset
+            # would standardise a group on some of its sections only.
             src = _with_table(sdata, table, adata[rows].copy())
         embedded = _prepare_features(model, src, table, progress, opts, sections)
         pred = _predict(model, src, sections, table, batch_size, progress, opts, embedded)
@@ -296,6 +299,16 @@ def predict_expression(
     if copy:
         return out
     if key != table or grid:
+        old = sdata.tables[key] if key in sdata.tables else None
+        if old is not None and SECTION_KEY in old.obs and SECTION_KEY in out.obs:
+            lost = sorted(set(old.obs[SECTION_KEY].astype(str)) - set(out.obs[SECTION_KEY].astype(str)))
+            if lost:  # a layer keeps earlier sections' predictions; a new table replaces the old one whole
+                warnings.warn(
+                    f"table_added: table {key!r} held the predictions of section(s) {lost}, which this call did not "
+                    "predict; it is replaced. Predict those sections together, or pass another `table_added`.",
+                    UserWarning,
+                    stacklevel=2,
+                )
         sdata.tables[key] = out
     return None
 
@@ -353,7 +366,9 @@ def _prepare_features(
     if key in adata.obsm:
         if by is not None:
             _warn_unscaled(adata, key, by, sections)
-        return False
+        if hk is not None and hk not in adata.obsp:  # the user's embedding is there, the head's hypergraph is not
+            _build_hypergraph(adata, reg, key, hk, table)
+        return False  # nothing embedded here: the inference options were not used
     weights = str(emb.get("weights", ""))
     if not emb or weights in ("given module", "random init") or weights.startswith("copied from"):
         why = (
@@ -381,26 +396,31 @@ def _prepare_features(
 
         scale_by_section(adata, key, library_key=by, key_added=key)
     if hk is not None and hk not in adata.obsp:
-        from ..pp._hypergraph import hypergraph
-
-        params = dict(reg.get("hypergraph_params") or {})
-        rep = params.pop("use_rep", None) or key
-        params.pop("library_key", None)
-        params["spatial_key"] = reg.get("spatial_key", params.get("spatial_key", SPATIAL_KEY))
-        if rep != key and rep not in adata.obsm:  # the training graph came from another representation
-            warnings.warn(
-                f"predict_expression: the model's hypergraph was built from obsm[{rep!r}], which table {table!r} "
-                f"lacks; building it from the recomputed obsm[{key!r}] instead (compute obsm[{rep!r}] and "
-                f"scst.pp.hypergraph for the exact graph).",
-                UserWarning,
-                stacklevel=3,
-            )
-            rep = key
-        base = hk.removesuffix("_incidence")
-        hypergraph(adata, use_rep=rep, library_key=SECTION_KEY, key_added=base, **params)
-        if f"{base}_incidence" != hk:  # a key without the suffix: the graph goes where the model reads it
-            adata.obsp[hk] = adata.obsp.pop(f"{base}_incidence")
+        _build_hypergraph(adata, reg, key, hk, table)
     return True
+
+
+def _build_hypergraph(adata: Any, reg: Mapping[str, Any], key: str, hk: str, table: str) -> None:
+    """HGGEPHead's hypergraph for ``adata`` with the training's recorded parameters, written under ``hk``."""
+    from ..pp._hypergraph import hypergraph
+
+    params = dict(reg.get("hypergraph_params") or {})
+    rep = params.pop("use_rep", None) or key
+    params.pop("library_key", None)
+    params["spatial_key"] = reg.get("spatial_key", params.get("spatial_key", SPATIAL_KEY))
+    if rep != key and rep not in adata.obsm:  # the training graph came from another representation
+        warnings.warn(
+            f"predict_expression: the model's hypergraph was built from obsm[{rep!r}], which table {table!r} "
+            f"lacks; building it from obsm[{key!r}] instead (compute obsm[{rep!r}] and scst.pp.hypergraph for the "
+            "exact graph).",
+            UserWarning,
+            stacklevel=4,
+        )
+        rep = key
+    base = hk.removesuffix("_incidence")
+    hypergraph(adata, use_rep=rep, library_key=SECTION_KEY, key_added=base, **params)
+    if f"{base}_incidence" != hk:  # a key without the suffix: the graph goes where the model reads it
+        adata.obsp[hk] = adata.obsp.pop(f"{base}_incidence")
 
 
 def _feature_keys(reg: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -424,6 +444,9 @@ def _warn_unscaled(adata: Any, key: str, by: str, sections: Sequence[str] | None
     would otherwise get predictions from features on another scale, without any message.
     """
     sec_col = adata.obs[by].astype(str).to_numpy()
+    if sections is not None:  # the scaling groups (``by``) the predicted sections' spots belong to
+        predicted = np.isin(adata.obs[SECTION_KEY].astype(str).to_numpy(), list(sections))
+        sections = list(dict.fromkeys(sec_col[predicted]))
     x = np.asarray(adata.obsm[key])
     off = []
     for s in dict.fromkeys(sec_col) if sections is None else sections:
