@@ -416,3 +416,41 @@ def test_setup_names_a_missing_or_boolean_patch_size_and_fraction():
         with pytest.raises(ValueError, match=f"{name}: expected"):
             SSLEncoder.setup_sdata(sdata, **{"size_um": SIZE_UM, "patch_px": 16, **kw})
     SSLEncoder.setup_sdata(sdata, size_um=SIZE_UM, patch_px=np.int64(16), min_tissue=np.float32(0.5), tile_threshold=1)
+
+
+def test_review_out_checked_before_training_tilde_tile_filters_tile_count_and_geometry_warning(
+    trained, tmp_path, monkeypatch
+):
+    """Review 2026-12-04: ``out`` a folder failed only after training (the run lost); ``~`` was written literally
+    while the loaders expand it; pretrain_encoder could not set the tile filters its errors name; a loaded model's
+    file counted the tiles before filtering; embed_patches took a file pretrained at another geometry silently."""
+    sdata, model, path = trained
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started before `out` was checked")
+
+    monkeypatch.setattr(SSLEncoder, "train", no_training)
+    (tmp_path / "d.safetensors").mkdir()
+    with pytest.raises(IsADirectoryError, match="out: .* is a folder"):
+        scst.tl.pretrain_encoder(sdata, out=tmp_path / "d.safetensors", size_um=SIZE_UM, patch_px=32)
+    monkeypatch.undo()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    written = model.save_encoder("~/enc.safetensors")
+    assert written == tmp_path / "enc.safetensors" and written.is_file()
+    # the filters reach setup: no tile passes a threshold of 1.0 on these sections' pink-and-white tiles
+    with pytest.raises(ValueError, match="tile_threshold"):
+        scst.tl.pretrain_encoder(sdata, out=tmp_path / "x.safetensors", sections=["S1"], size_um=SIZE_UM,
+                                 patch_px=32, tile_threshold=1.0, max_epochs=1)  # fmt: skip
+    model.save(tmp_path / "model")
+    loaded = SSLEncoder.load(tmp_path / "model")
+    from safetensors import safe_open
+
+    with safe_open(str(loaded.save_encoder(tmp_path / "again.safetensors")), framework="pt") as f:
+        assert int(f.metadata()["n_tiles"]) == model.n_tiles_
+    with pytest.warns(UserWarning, match=rf"pretrained on {SIZE_UM:g} µm tiles at 32 px"):
+        scst.tl.embed_patches(sdata, "shufflenet_v2_x0_5", weights=str(path), size_um=2 * SIZE_UM, out_px=32,
+                              key_added="X_other", progress=False)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # its own geometry: no warning
+        scst.tl.embed_patches(sdata, "shufflenet_v2_x0_5", weights=str(path), size_um=SIZE_UM, out_px=32,
+                              key_added="X_same", progress=False)  # fmt: skip

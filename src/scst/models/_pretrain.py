@@ -43,6 +43,16 @@ class _TileBatches(Dataset):
         return torch.from_numpy(np.ascontiguousarray(self.tiles[np.sort(np.asarray(idx))]))
 
 
+def _check_encoder_path(path: str | os.PathLike, overwrite: bool, arg: str = "path") -> Path:
+    """``path``, ``~`` expanded as the weights loaders expand it, if a file may be written there; else a clear error."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"{arg}: {str(path)!r} is a folder; expected the path of a .safetensors file to write.")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{arg}: {str(path)!r} exists; pass overwrite=True to replace it.")
+    return path
+
+
 class SSLEncoder(BaseModel):
     """Self-supervised (BYOL) pretraining of a patch encoder on every tissue tile of some H&E sections.
 
@@ -216,7 +226,13 @@ class SSLEncoder(BaseModel):
             "method": "BYOL (lightly)",
             "geometry": {"size_um": r["size_um"], "patch_px": r["patch_px"], "spacing_um": r["spacing_um"]},
             "sections": r["sections"],
+            "n_tiles": getattr(self, "n_tiles_", None),  # the tiles trained on (after filter_tiles)
         }
+
+    def _set_extra_state(self, state: dict[str, Any]) -> None:
+        super()._set_extra_state(state)
+        if state.get("n_tiles") is not None:  # a loaded model's file metadata counts the tiles it trained on
+            self.n_tiles_ = int(state["n_tiles"])
 
     @property
     def encoder(self) -> nn.Module:
@@ -331,9 +347,7 @@ class SSLEncoder(BaseModel):
 
         from safetensors.torch import save_file
 
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"path: {str(path)!r} exists; pass overwrite=True to replace it.")
+        path = _check_encoder_path(path, overwrite)
         if not self.is_trained:
             warnings.warn("save_encoder: the model is not trained; writing its initial weights.", stacklevel=2)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -56,6 +57,31 @@ def _check_images(sdata: Any, adata: Any, table: str) -> None:
             f"sdata: embed_patches needs the H&E image of every section, {len(lacking)} of {len(sections)} lack one "
             f"({detail}; images present: {list(sdata.images)}). Read the sections with their image "
             "(scst.io.read_st(..., image=...)) or embed only the table of sections that have one."
+        )
+
+
+def _warn_other_geometry(path: str, size_um: Any, out_px: int) -> None:
+    """Warn when a weights file of :func:`scst.tl.pretrain_encoder` was trained on tiles of another geometry.
+
+    Its safetensors metadata records ``size_um`` and ``patch_px``; the features of windows of another size or
+    resolution are not those the encoder learned on (nothing failed before).
+    """
+    if not path.endswith(".safetensors"):
+        return
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+    if "size_um" not in meta or "patch_px" not in meta or not np.isscalar(size_um):
+        return
+    trained = (float(meta["size_um"]), int(float(meta["patch_px"])))
+    if trained != (float(size_um), int(out_px)):
+        warnings.warn(
+            f"weights: {path!r} was pretrained on {trained[0]:g} µm tiles at {trained[1]} px "
+            f"({meta.get('method', 'self-supervised')}); embedding {float(size_um):g} µm at {int(out_px)} px. Pass "
+            f"size_um={trained[0]:g}, out_px={trained[1]} for the geometry it learned on.",
+            UserWarning,
+            stacklevel=3,
         )
 
 
@@ -191,6 +217,7 @@ def embed_patches(
                 # A weights file, as build_backbone read it: recorded absolute, so that the recipe in
                 # uns["scst_embed"] finds the same file from any working directory (predict_expression).
                 weights_desc = os.path.abspath(os.fspath(weights))
+                _warn_other_geometry(weights_desc, size_um, out_px)
             else:
                 weights_desc = str(weights)
     else:

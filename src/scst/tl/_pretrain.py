@@ -21,6 +21,8 @@ def pretrain_encoder(
     size_um: float = 80.0,
     patch_px: int = 112,
     spacing_um: float | None = None,
+    min_tissue: float = 0.5,
+    tile_threshold: float = 0.5,
     max_epochs: int = 10,
     batch_size: int = 64,
     lr: float = 1e-3,
@@ -51,6 +53,9 @@ def pretrain_encoder(
     size_um, patch_px, spacing_um
         Tile geometry: ``size_um`` windows on a ``spacing_um`` grid (default ``size_um``), resized to ``patch_px``.
         Use the geometry of the model that will load the weights (HGGEP: 80 µm, 112 px).
+    min_tissue, tile_threshold
+        Tissue screening of the tiles (:meth:`~scst.models.SSLEncoder.setup_sdata`): the tissue-mask fraction a grid
+        window needs, then the H&E pixel fraction of :func:`scst.pp.filter_tiles` a tile needs.
     max_epochs, batch_size, lr, seed
         Training settings (AdamW, cosine learning-rate schedule).
     table
@@ -72,13 +77,15 @@ def pretrain_encoder(
     ValueError
         If a section has no tissue tile (the message names them).
     """
-    from ..models._pretrain import SSLEncoder
+    from ..models._pretrain import SSLEncoder, _check_encoder_path
 
     if out is None:
         raise ValueError("out: expected the path of the .safetensors file to write, got None.")
+    out = _check_encoder_path(out, overwrite=True, arg="out")  # before training: a folder is refused now, not after
     SSLEncoder.setup_sdata(
-        sdata, sections=sections, size_um=size_um, patch_px=patch_px, spacing_um=spacing_um, table=table
-    )
+        sdata, sections=sections, size_um=size_um, patch_px=patch_px, spacing_um=spacing_um, table=table,
+        min_tissue=min_tissue, tile_threshold=tile_threshold,
+    )  # fmt: skip
     model = SSLEncoder(sdata, backbone=backbone, seed=seed, **config)
     model.train(
         max_epochs=max_epochs, batch_size=batch_size, lr=lr, seed=seed, accelerator=accelerator,
