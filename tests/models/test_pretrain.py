@@ -300,11 +300,12 @@ def test_pretrain_encoder_passes_every_setting_on(monkeypatch, tmp_path):
     out = scst.tl.pretrain_encoder(
         sdata, "resnet18", out=tmp_path / "w.safetensors", sections=["S2"], size_um=40.0, patch_px=48,
         spacing_um=20.0, max_epochs=3, batch_size=5, lr=0.02, seed=7, table="tab", accelerator="cpu",
-        enable_progress_bar=True, p_blur=0.0,
+        enable_progress_bar=True, p_blur=0.0, min_tissue=0.3, tile_threshold=0.6,
     )  # fmt: skip
     assert out == tmp_path / "w.safetensors" and calls["save"] == out
     assert calls["setup"] == (
-        sdata, {"sections": ["S2"], "size_um": 40.0, "patch_px": 48, "spacing_um": 20.0, "table": "tab"}
+        sdata, {"sections": ["S2"], "size_um": 40.0, "patch_px": 48, "spacing_um": 20.0, "table": "tab",
+                "min_tissue": 0.3, "tile_threshold": 0.6}
     )  # fmt: skip
     assert calls["init"] == (sdata, {"backbone": "resnet18", "seed": 7, "p_blur": 0.0})
     assert calls["train"] == {
@@ -321,7 +322,8 @@ def test_pretrain_encoder_defaults(monkeypatch, tmp_path):
     out = scst.tl.pretrain_encoder(sdata, out=str(tmp_path / "w.safetensors"))
     assert out == tmp_path / "w.safetensors" and isinstance(out, Path)
     assert calls["setup"] == (
-        sdata, {"sections": None, "size_um": 80.0, "patch_px": 112, "spacing_um": None, "table": "table"}
+        sdata, {"sections": None, "size_um": 80.0, "patch_px": 112, "spacing_um": None, "table": "table",
+                "min_tissue": 0.5, "tile_threshold": 0.5}
     )  # fmt: skip
     assert calls["init"] == (sdata, {"backbone": "shufflenet_v2_x0_5", "seed": 0})
     assert calls["train"] == {
