@@ -456,3 +456,25 @@ def test_review_out_checked_before_training_tilde_tile_filters_tile_count_and_ge
         warnings.simplefilter("error", UserWarning)  # its own geometry: no warning
         scst.tl.embed_patches(sdata, "shufflenet_v2_x0_5", weights=str(path), size_um=SIZE_UM, out_px=32,
                               key_added="X_same", progress=False)  # fmt: skip
+
+
+def test_review_a_fixed_size_vit_is_pretrained_with_backbone_kwargs_and_loads_with_the_same(tmp_path):
+    """Review 2026-12-04: a timm ViT of fixed input size (224) failed at the first step on 32 px tiles and the
+    constructor's arguments could not be passed (unknown config key); hub models needing model_kwargs likewise."""
+    import json
+
+    from safetensors import safe_open
+
+    sdata = make_sdata(sections=("S1",), grid=4)
+    SSLEncoder.setup_sdata(sdata, sections=["S1"], size_um=SIZE_UM, patch_px=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = SSLEncoder(sdata, backbone="vit_tiny_patch16_224", backbone_kwargs={"img_size": 32}, **TINY)
+        model.train(max_epochs=1, batch_size=8, accelerator="cpu", enable_progress_bar=False)
+    path = model.save_encoder(tmp_path / "vit.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        assert json.loads(f.metadata()["backbone_kwargs"]) == {"img_size": 32}
+    scst.tl.embed_patches(sdata, "vit_tiny_patch16_224", weights=str(path), encoder_kwargs={"img_size": 32},
+                          size_um=SIZE_UM, out_px=32, key_added="X_vit", progress=False)  # fmt: skip
+    x = sdata.tables["table"].obsm["X_vit"]
+    assert x.shape[1] == 192 and np.isfinite(x).all()

@@ -90,6 +90,7 @@ class SSLEncoder(BaseModel):
         "p_blur": 0.5,
         "momentum_start": 0.99,
         "momentum_end": 1.0,
+        "backbone_kwargs": None,
         "tile_cache_mb": 4096.0,
     }
     _train_defaults: ClassVar[dict[str, Any]] = {
@@ -103,7 +104,7 @@ class SSLEncoder(BaseModel):
     }
     _MODULE_KEYS = (
         "backbone", "backbone_weights", "proj_hidden_dim", "proj_dim", "pred_hidden_dim", "crop_scale", "hed_sigma",
-        "hed_bias", "blur_sigma", "p_blur", "momentum_start", "momentum_end",
+        "hed_bias", "blur_sigma", "p_blur", "momentum_start", "momentum_end", "backbone_kwargs",
     )  # fmt: skip
 
     # ------------------------------------------------------------------ setup
@@ -359,6 +360,8 @@ class SSLEncoder(BaseModel):
             "patch_px": str(r["patch_px"]),
             "sections": json.dumps(r["sections"]),
             "n_tiles": str(getattr(self, "n_tiles_", sum(len(c) for c in r["centers"].values()))),
+            # what embed_patches needs as encoder_kwargs to build the same trunk (e.g. a ViT's img_size)
+            "backbone_kwargs": json.dumps(self.config.get("backbone_kwargs")),
             "scst_version": _scst_version(),
         }
         with _atomic_file(path) as tmp:  # readable like any file the user writes (not mkstemp's 0600)

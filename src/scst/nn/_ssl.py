@@ -8,7 +8,8 @@ built, so ``import scst.nn`` needs only torch). Kept in ``scst.nn`` so the produ
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,6 +42,10 @@ class BYOLModule(nn.Module):
         GPUs; 1024/256/1024 keeps the heads cheaper than the trunk on CPU.
     crop_scale, hed_sigma, hed_bias, blur_sigma, p_blur
         :class:`scst.nn.HEAugment` settings of both views.
+    backbone_kwargs
+        Keyword arguments of the backbone's constructor (``build_backbone``'s ``model_kwargs``), e.g.
+        ``{"img_size": 112}`` for a timm ViT of fixed input size, or what a hub model's weights need; pass the same
+        as ``encoder_kwargs`` to :func:`scst.tl.embed_patches` when loading the weights.
     momentum_start, momentum_end
         Target momentum, raised along a cosine from start to end over training (lightly's ``cosine_schedule``)
         of ``max_steps`` optimiser steps: set ``module.max_steps`` before training (``SSLEncoder.train`` does;
@@ -61,6 +66,7 @@ class BYOLModule(nn.Module):
         p_blur: float = 0.5,
         momentum_start: float = 0.99,
         momentum_end: float = 1.0,
+        backbone_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         from lightly.loss import NegativeCosineSimilarity
@@ -71,7 +77,7 @@ class BYOLModule(nn.Module):
             raise ValueError(f"momentum: expected 0 <= start <= end <= 1, got {momentum_start}, {momentum_end}.")
         # Random initialisation is the point of pretraining from scratch, not a weak-prediction hazard: no warning.
         self.backbone, n_features = build_backbone(
-            backbone, backbone_weights, where="backbone_weights", warn_random=False
+            backbone, backbone_weights, where="backbone_weights", model_kwargs=backbone_kwargs, warn_random=False
         )
         self.projection_head = BYOLProjectionHead(n_features, proj_hidden_dim, proj_dim)
         self.prediction_head = BYOLPredictionHead(proj_dim, pred_hidden_dim, proj_dim)

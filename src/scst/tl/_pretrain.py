@@ -65,7 +65,9 @@ def pretrain_encoder(
     enable_progress_bar
         Show Lightning's progress bar.
     **config
-        Other :class:`~scst.models.SSLEncoder` settings (head widths, augmentation strengths, ``weight_decay``).
+        Other :class:`~scst.models.SSLEncoder` settings (head widths, augmentation strengths, ``weight_decay``,
+        ``backbone_kwargs``: the backbone constructor's arguments, e.g. ``{"img_size": 112}`` for a timm ViT of
+        fixed input size; pass the same as ``encoder_kwargs`` to ``embed_patches``).
 
     Returns
     -------
