@@ -478,3 +478,11 @@ def test_review_a_fixed_size_vit_is_pretrained_with_backbone_kwargs_and_loads_wi
                           size_um=SIZE_UM, out_px=32, key_added="X_vit", progress=False)  # fmt: skip
     x = sdata.tables["table"].obsm["X_vit"]
     assert x.shape[1] == 192 and np.isfinite(x).all()
+
+
+def test_review_a_pretrained_file_loaded_into_another_backbone_names_its_own(trained):
+    from scst.nn import build_backbone
+
+    _, _, path = trained
+    with pytest.raises(ValueError, match=r"\(pretrained as 'shufflenet_v2_x0_5'\) does not match ResNet"):
+        build_backbone("resnet18", str(path))

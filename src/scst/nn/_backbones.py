@@ -455,7 +455,21 @@ def load_backbone_weights(
             f"{where}: {str(path)!r} is not a file; pass an existing local state_dict file (.safetensors or a torch "
             "file) or a weights name."
         )
-    return _fit(module, _read_state(path, where), where, repr(str(path)), ignore)
+    return _fit(module, _read_state(path, where), where, repr(str(path)) + _recorded_backbone(path), ignore)
+
+
+def _recorded_backbone(path: Path) -> str:
+    """`` (pretrained as 'name')`` when a safetensors file records its backbone (scst.tl.pretrain_encoder), else ""."""
+    if not _is_safetensors(path):
+        return ""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            name = (f.metadata() or {}).get("backbone")
+    except Exception:  # an unreadable header is reported by _read_state
+        return ""
+    return f" (pretrained as {name!r})" if name else ""
 
 
 def load_weights(
