@@ -668,17 +668,29 @@ def test_review_features_scaled_per_patient_are_remade_on_the_whole_group_for_a_
     np.testing.assert_allclose(got.to_numpy(), ref.loc[got.index].to_numpy(), atol=1e-5)
 
 
-def test_review_a_new_table_replacing_other_sections_predictions_warns():
-    """Review 2026-12-04: predicting S5 then S6 as pseudo-spot tables left only S6's, silently (a layer keeps the
-    earlier sections' values; a new table is replaced whole)."""
+def test_review_predicting_section_by_section_into_one_new_table_keeps_every_section():
+    """Review 2026-12-04: predicting S1 then S2 into one ``table_added`` left only S2's rows (a layer keeps the
+    earlier sections' values; the table was replaced whole). Now the earlier sections' rows stay, unchanged; another
+    panel replaces the table with a warning."""
+    import spatialdata
+
     sd = syn.make_sdata()
     tab = sd.tables["table"]
     MeanExpression.setup_anndata(tab, genes=PANEL, sections=["S1", "S2"])
     model = MeanExpression(tab).train()
     predict_expression(sd, model, sections="S1", table_added="pred_table", progress=False)
-    with pytest.warns(UserWarning, match=r"table 'pred_table' held the predictions of section\(s\) \['S1'\]"):
-        predict_expression(sd, model, sections="S2", table_added="pred_table", progress=False)
+    first = _layer_block(sd.tables["pred_table"])
+    predict_expression(sd, model, sections="S2", table_added="pred_table", progress=False)
+    both = sd.tables["pred_table"]
+    assert both.obs["section"].astype(str).value_counts().to_dict() == {"S1": 64, "S2": 64}
+    pd.testing.assert_frame_equal(_layer_block(both).loc[first.index], first)
+    assert sorted(both.uns["spatialdata_attrs"]["region"]) == ["S1_spots", "S2_spots"]
+    spatialdata.models.TableModel.validate(both)
+    predict_expression(sd, model, sections="S2", table_added="pred_table", progress=False)  # S2 again: replaced
+    assert sd.tables["pred_table"].obs["section"].astype(str).value_counts().to_dict() == {"S1": 64, "S2": 64}
+    MeanExpression.setup_anndata(tab, genes=PANEL[:2], sections=["S1", "S2"])  # another panel
+    with pytest.warns(
+        UserWarning, match=r"table 'pred_table' held the predictions of section\(s\) \['S1'\] for another"
+    ):
+        predict_expression(sd, MeanExpression(tab).train(), sections="S2", table_added="pred_table", progress=False)
     assert set(sd.tables["pred_table"].obs["section"].astype(str)) == {"S2"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the same sections again: nothing lost, no warning
-        predict_expression(sd, model, sections="S2", table_added="pred_table", progress=False)

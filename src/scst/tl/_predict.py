@@ -301,16 +301,40 @@ def predict_expression(
     if key != table or grid:
         old = sdata.tables[key] if key in sdata.tables else None
         if old is not None and SECTION_KEY in old.obs and SECTION_KEY in out.obs:
-            lost = sorted(set(old.obs[SECTION_KEY].astype(str)) - set(out.obs[SECTION_KEY].astype(str)))
-            if lost:  # a layer keeps earlier sections' predictions; a new table replaces the old one whole
-                warnings.warn(
-                    f"table_added: table {key!r} held the predictions of section(s) {lost}, which this call did not "
-                    "predict; it is replaced. Predict those sections together, or pass another `table_added`.",
-                    UserWarning,
-                    stacklevel=2,
-                )
+            out = _keep_other_sections(old, out, key, layer)
         sdata.tables[key] = out
     return None
+
+
+def _keep_other_sections(old: Any, out: Any, key: str, layer: str) -> Any:
+    """``out`` with the rows of the sections that ``old`` (the table ``key`` it replaces) holds and ``out`` does not.
+
+    Predicting section by section into one new table keeps each section's predictions, as a layer does.
+    """
+    now = set(out.obs[SECTION_KEY].astype(str))
+    keep = ~old.obs[SECTION_KEY].astype(str).isin(now).to_numpy()
+    if not keep.any():
+        return out
+    lost = sorted(set(old.obs[SECTION_KEY][keep].astype(str)))
+    if list(old.var_names) != list(out.var_names) or layer not in old.layers:
+        warnings.warn(
+            f"table_added: table {key!r} held the predictions of section(s) {lost} for another panel or layer; it is "
+            "replaced. Pass another `table_added` to keep both.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return out
+    import anndata as ad
+    from spatialdata.models import TableModel
+
+    merged = ad.concat([old[keep], out], join="outer", merge="first", uns_merge="first")
+    merged.uns = dict(out.uns)
+    for k in ("spatialdata_attrs",):  # parsed again below for the union of the regions
+        merged.uns.pop(k, None)
+    regions = list(dict.fromkeys(merged.obs[REGION_KEY].astype(str)))
+    merged.obs[REGION_KEY] = pd.Categorical(merged.obs[REGION_KEY].astype(str), categories=regions)
+    logg.info(f"predict_expression: table {key!r} keeps the earlier predictions of section(s) {lost}")
+    return TableModel.parse(merged, region=regions, region_key=REGION_KEY, instance_key=INSTANCE_KEY)
 
 
 def _predict(
