@@ -296,3 +296,31 @@ def test_bulk_to_mudata_names_a_bad_patch_px_and_a_missing_pixel_size():
         scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1"}, um_per_px={"B_image": 1.0}, patch_px=32, **TILE)
     ok = scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1"}, um_per_px=1.0, patch_px=np.int64(32), **TILE)
     assert ok["image"].obsm["patch"].shape == (16, 3, 32, 32) and type(ok.uns["scst_mudata"]["size_px"]) is int
+
+
+def test_review_rgba_slides_give_rgb_patches_and_bad_bulk_arguments_are_named():
+    """Review 2026-12-04: an RGBA slide (openslide's read_region) gave 4-channel patches that MultimodalST refuses;
+    an empty image map, a zero or NaN pixel size and a blank slide gave errors about other things."""
+    sdata, bulk = _slides()
+    a = np.asarray(sdata.images["A_image"].data)
+    rgba = np.concatenate([a, np.full((1, *a.shape[1:]), 255, np.uint8)])
+    sdata.images["A_image"] = Image2DModel.parse(rgba, dims=("c", "y", "x"), transformations={"A": Identity()})
+    mdata = scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1"}, um_per_px=1.0, patch_px=32, **TILE)
+    assert mdata["image"].obsm["patch"].shape == (16, 3, 32, 32)
+    np.testing.assert_array_equal(mdata["image"].obsm["patch"][0], a[:, 64:96, 64:96])
+    with pytest.raises(ValueError, match="image_to_sample: expected at least one image"):
+        scst.pp.bulk_to_mudata(bulk, sdata, {}, um_per_px=1.0, **TILE)
+    for bad in (0, float("nan"), -1.0):
+        with pytest.raises(ValueError, match="um_per_px: expected a positive pixel size"):
+            scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1"}, um_per_px=bad, **TILE)
+    blank = np.full((3, 256, 256), 245, np.uint8)
+    sdata.images["W"] = Image2DModel.parse(blank, dims=("c", "y", "x"), transformations={"W_cs": Identity()})
+    with pytest.raises(ValueError, match="bulk_to_mudata: image 'W': No grid point"):
+        scst.pp.bulk_to_mudata(bulk, sdata, {"W": "s1"}, um_per_px=1.0, patch_px=32, **TILE)
+
+
+def test_review_gene_groups_fallback_needs_two_genes():
+    x = np.random.default_rng(0).poisson(3, (10, 1)).astype(np.float32)
+    adata = ad.AnnData(X=x, var=pd.DataFrame(index=["G0"]))
+    with pytest.raises(ValueError, match="genes: the kNN co-expression fallback .* needs at least 2; got 1"):
+        scst.pp.gene_groups(adata, n_groups=1)

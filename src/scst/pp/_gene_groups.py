@@ -205,6 +205,11 @@ def gene_groups(
         import networkx as nx
 
         if network is None:
+            if len(panel) < 2:  # the kNN graph would have no edge, and the error would blame a network never passed
+                raise ValueError(
+                    f"genes: the kNN co-expression fallback (network=None) links genes to each other and needs at "
+                    f"least 2; got {len(panel)}."
+                )
             g = _knn_coexpression(adata, panel, layer, n_neighbors)
             info["network"] = f"kNN co-expression fallback (n_neighbors={n_neighbors})"
             info["n_network_genes_absent"] = info["n_network_genes_outside_genes"] = 0  # built from `genes` itself

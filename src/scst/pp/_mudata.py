@@ -166,10 +166,10 @@ def to_mudata(
         out_px=out_px,
         normalize=None,
     )
-    first = ds.patch_uint8(0)
+    first = _rgb(ds.patch_uint8(0), "sdata")
     patches = np.empty((len(ds), *first.shape), dtype=np.uint8)
     for i in ds.locality_order():
-        patches[i] = ds.patch_uint8(int(i))
+        patches[i] = _rgb(ds.patch_uint8(int(i)), "sdata")
     ds.clear_cache()
     tissue, dab = _scores(patches)
     geo = adata.uns.get(UNS_KEY, {}).get("sections", {})
@@ -185,6 +185,18 @@ def to_mudata(
     info = {"source": "spots", "patch_px": int(patches.shape[-1]), "size_um": size_um, "um_per_px": um}
     logg.info(f"to_mudata: {len(rows)} paired spots, {rna.n_vars} genes, patches {patches.shape[1:]} uint8")
     return _make_mudata(rna, image, group_keys, info)
+
+
+def _rgb(patches: np.ndarray, where: str, axis: int = 0) -> np.ndarray:
+    """The colour channels (the first three) of ``patches``, channels on ``axis``.
+
+    RGBA images (openslide's ``read_region``) gave 4-channel patches that MultimodalST refuses; a grey image is an
+    error naming ``where``.
+    """
+    n = patches.shape[axis]
+    if n < 3:
+        raise ValueError(f"{where}: expected an RGB image (3 channels, or RGBA), got {n} channel(s).")
+    return np.take(patches, [0, 1, 2], axis=axis) if n > 3 else patches
 
 
 def bulk_to_mudata(
@@ -264,6 +276,11 @@ def bulk_to_mudata(
     for k in group_keys:
         _check_key(adata.obs, k, "adata.obs (group_keys)")
     keys = list(image_to_sample)
+    if not keys:
+        raise ValueError("image_to_sample: expected at least one image key → sample name.")
+    for k, u in um_per_px.items() if isinstance(um_per_px, Mapping) else [("", um_per_px)]:
+        if not isinstance(u, int | float) or isinstance(u, bool) or not np.isfinite(u) or u <= 0:
+            raise ValueError(f"um_per_px{f'[{k!r}]' if k else ''}: expected a positive pixel size in µm, got {u!r}.")
     if isinstance(um_per_px, Mapping) and (no_upp := [k for k in keys if k not in um_per_px]):
         raise KeyError(f"um_per_px: no pixel size for image(s) {no_upp[:5]} (given for {list(um_per_px)[:5]}).")
     missing_img = [k for k in keys if k not in sdata.images]
@@ -287,10 +304,13 @@ def bulk_to_mudata(
         # in "global"), the coordinate system's mask is no image's own; the image key names the image's own mask
         # (tissue_mask's default for an image without a section) or a fresh one is computed
         shared = sum(cs in get_transformation(el, get_all=True) for el in sdata.images.values()) > 1
-        table, _ = tile_grid(
-            sdata, key if shared else cs, spacing_um=patch_px * upp, size_um=patch_px * upp, min_tissue=min_tissue,
-            image_key=key, um_per_px=upp, inplace=False, table_key=f"__none_{key}", **tile_kwargs,
-        )  # fmt: skip
+        try:
+            table, _ = tile_grid(
+                sdata, key if shared else cs, spacing_um=patch_px * upp, size_um=patch_px * upp, min_tissue=min_tissue,
+                image_key=key, um_per_px=upp, inplace=False, table_key=f"__none_{key}", **tile_kwargs,
+            )  # fmt: skip
+        except ValueError as err:  # tile_grid names the coordinate system it tiled; the user knows the image key
+            raise ValueError(f"bulk_to_mudata: image {key!r}: {err}") from err
         xy = np.asarray(table.obsm[SPATIAL_KEY])
         ds = SpotPatchDataset.from_arrays(
             {key: sdata.images[key]}, xy, np.zeros(len(xy), dtype=int), upp, size_px=patch_px, out_px=out_px,
@@ -317,6 +337,7 @@ def bulk_to_mudata(
                 f"patches: min {q[0]:.3f}, median {q[1]:.3f}, 90% {q[2]:.3f}, max {q[3]:.3f}.{hint}"
             )
         idx = kept_idx
+        kept = _rgb(kept, f"sdata.images[{key!r}]", axis=1)
         tissue, dab = _scores(kept)
         sample = str(image_to_sample[key])
         obs = pd.DataFrame(
