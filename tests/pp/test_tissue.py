@@ -587,3 +587,16 @@ def test_tile_grid_warns_that_mask_options_are_ignored_with_a_stored_mask():
         warnings.simplefilter("error")
         plain, _ = tile_grid(_grid_sdata(mask), "S", **kw)
     np.testing.assert_array_equal(with_opt.obsm["spatial"], plain.obsm["spatial"])
+
+
+def test_tile_grid_min_tissue_zero_keeps_every_grid_point_even_with_an_empty_mask():
+    """Review 2026-12-04: an image that is all tissue (a crop, a TMA core) has an empty mask (no glass to tell it
+    from), and with min_tissue=0 the centre still had to lie on the mask: no point at all."""
+    mask = np.zeros((25, 14), bool)
+    table, _ = tile_grid(
+        _grid_sdata(mask), "S", spacing_um=20.0, size_um=10.0, min_tissue=0.0, um_per_px=1.0, inplace=False
+    )
+    assert table.n_obs == 6  # 3 columns × 2 rows
+    np.testing.assert_array_equal(table.obs["tissue_fraction"], np.zeros(6))
+    with pytest.raises(ValueError, match="No grid point"):
+        tile_grid(_grid_sdata(mask), "S", spacing_um=20.0, size_um=10.0, min_tissue=0.01, um_per_px=1.0)

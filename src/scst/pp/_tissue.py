@@ -498,7 +498,8 @@ def tile_grid(
     """Pseudo-spots on a regular grid over the tissue, for predicting expression on H&E-only slides.
 
     Grid centres lie ``spacing_um`` apart (square lattice, centred on the image). A centre is kept when it lies
-    on the tissue mask and at least ``min_tissue`` of its ``size_um`` window is tissue.
+    on the tissue mask and at least ``min_tissue`` of its ``size_um`` window is tissue; ``min_tissue=0`` keeps every
+    grid point (no tissue screen: an image that is all tissue, e.g. a crop or a TMA core, has an empty mask).
 
     Parameters
     ----------
@@ -512,7 +513,7 @@ def tile_grid(
         Window edge (µm) for the tissue fraction, and the pseudo-spot diameter of the circle shapes; use the
         patch size of the model that will predict on the grid.
     min_tissue
-        Minimum tissue fraction of a window.
+        Minimum tissue fraction of a window; 0: every grid point, mask or not.
     table_key
         Table whose ``uns['scst']['sections'][section]`` gives the image key and pixel size (optional when
         ``image_key`` and ``um_per_px`` are passed).
@@ -615,7 +616,7 @@ def tile_grid(
     frac = _window_fraction(mask, xy, size_px, fy, fx)
     my = np.clip((xy[:, 1] / fy).astype(np.int64), 0, mask.shape[0] - 1)
     mx = np.clip((xy[:, 0] / fx).astype(np.int64), 0, mask.shape[1] - 1)
-    keep = (frac >= min_tissue) & mask[my, mx]
+    keep = (frac >= min_tissue) & (mask[my, mx] | (min_tissue <= 0))
     if not keep.any():
         raise ValueError(
             f"No grid point of section {section!r} has ≥ {min_tissue:.0%} tissue in its {size_um} µm window; "
