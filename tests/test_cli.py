@@ -705,3 +705,34 @@ def test_train_an_empty_gene_panel_names_n_genes(tmp_path, monkeypatch, capsys):
     assert main(["train", "--model", "mean", "--data", "s.zarr", "--n-genes", "0", "--out", str(out)]) == 2
     assert "scst: error: --n-genes: expected a positive number of genes, got 0." in capsys.readouterr().err
     assert loads == []
+
+
+def test_review_cli_errors_name_the_options(tmp_path, monkeypatch, capsys):
+    """Review 2026-12-04: an offline her2st section was a traceback (status 1); predict-shards/merge told CLI users
+    to pass `overwrite=True`; a one-section ridge failed after the features with Python-keyword advice."""
+    import _he_synthetic as syn  # tests/models is on pytest's pythonpath (pyproject.toml)
+
+    import scst
+
+    def offline(*args, **kwargs):
+        raise OSError("Could not download her2st/A1/counts.tsv.gz; put the file at $SCST_DATA_DIR/her2st/A1/...")
+
+    with monkeypatch.context() as m:
+        m.setattr(scst.datasets, "her2st", offline)
+        assert main(["train", "--model", "mean", "--data", "her2st", "--sections", "A1", "--out",
+                     str(tmp_path / "m")]) == 2  # fmt: skip
+    assert "scst: error: --data her2st: Could not download her2st/A1" in capsys.readouterr().err
+    (tmp_path / "exists.zarr").mkdir()
+    (tmp_path / "store.zarr").mkdir()
+    assert main(["merge", str(tmp_path / "store.zarr"), "--out", str(tmp_path / "exists.zarr")]) == 2
+    assert "--out: " in (err := capsys.readouterr().err) and "pass --overwrite" in err and "overwrite=True" not in err
+    data = tmp_path / "syn.zarr"
+    syn.make_sdata(sections=("S1", "S2")).write(data)
+
+    def no_features(*args, **kwargs):
+        raise AssertionError("features computed before the one-section ridge was refused")
+
+    monkeypatch.setattr(scst.tl, "embed_patches", no_features)
+    assert main(["train", "--model", "ridge", "--data", str(data), "--sections", "S1", "--n-genes", "5",
+                 "--out", str(tmp_path / "r")]) == 2  # fmt: skip
+    assert "--config 'alphas=[100.0]'" in capsys.readouterr().err

@@ -48,7 +48,10 @@ def _load_data(data: str, sections: Sequence[str] | str | None) -> Any:
     import scst
 
     if data == "her2st":
-        return scst.datasets.her2st(sections="all" if sections == "all" else (list(sections) if sections else None))
+        try:
+            return scst.datasets.her2st(sections="all" if sections == "all" else (list(sections) if sections else None))
+        except OSError as e:  # a section neither local nor downloadable (offline); the message says where to put it
+            raise CLIError(f"--data her2st: {_one_line(e)}") from e
     path = Path(data)
     if not path.exists():
         raise CLIError(f"--data: {data!r} is neither 'her2st' nor an existing SpatialData zarr store.")
@@ -206,6 +209,12 @@ def _train(args: argparse.Namespace) -> None:
             raise CLIError(f"--config: {e}") from e
 
     if args.model == "ridge":
+        n_train = len(args.sections) if args.sections else adata.obs["section"].nunique()
+        if n_train < 2 and len(cls._merge_config(config)["alphas"]) > 1:  # said before the features are computed
+            raise CLIError(
+                "--sections: ridge chooses its penalty by a grouped CV over the training sections and needs >= 2; "
+                "with one section pass a single penalty: --config 'alphas=[100.0]'."
+            )
         scst.tl.embed_patches(sdata, "handcrafted", progress=False)
         cls.setup_sdata(sdata, embedding_key="X_handcrafted", sections=args.sections)
         model = build(sdata).train()
@@ -306,6 +315,7 @@ def _predict_shards(args: argparse.Namespace) -> None:
         raise CLIError(f"--um-per-px: expected a finite positive pixel size in µm, got {args.um_per_px}.")
     if Path(args.out).suffix != ".zarr":
         raise CLIError(f"--out: expected a path ending in .zarr, got {args.out!r}.")
+    _refuse_existing_out(args)
     client = None
     if args.scheduler:
         from distributed import Client
@@ -331,12 +341,19 @@ def _predict_shards(args: argparse.Namespace) -> None:
     )
 
 
+def _refuse_existing_out(args: argparse.Namespace) -> None:
+    """``--out`` exists without ``--overwrite``: said as the options (the tools name their keywords)."""
+    if Path(args.out).exists() and not args.overwrite:
+        raise CLIError(f"--out: {str(args.out)!r} exists; pass --overwrite to replace it.")
+
+
 def _merge(args: argparse.Namespace) -> None:
     from .tl._shards import merge_shards
 
     missing = [p for p in args.stores if not Path(p).is_dir()]
     if missing:
         raise CLIError(f"stores: {missing} are not zarr stores written by `scst predict-shards`.")
+    _refuse_existing_out(args)
     report = merge_shards(args.stores, args.out, overwrite=args.overwrite)
     print(f"scst merge: {len(args.stores)} stores ({len(report)} shards) → {args.out}")
 
@@ -413,7 +430,7 @@ def _parser() -> argparse.ArgumentParser:
                    "pseudo-spots on a grid over the tissue")  # fmt: skip
     q.add_argument("--um-per-px", type=float, help="pixel size of --image in µm (required with --image)")
     q.add_argument("--spacing-um", type=float, help="pseudo-spot spacing, only with --image (default: the training "
-                   "grid)")  # fmt: skip
+                   "grid of an image model; 200 µm for ridge, mean and the heads, which record no grid)")  # fmt: skip
     q.add_argument("--sections", nargs="+", help="sections of --data to predict (default: every section of --data; "
                    "for her2st C2–C6, 'all' for its 36; not with --image)")  # fmt: skip
     q.add_argument("--num-workers", type=int, default=0, help="DataLoader workers reading patches (default: 0)")
@@ -487,6 +504,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"scst: error: {e}", file=sys.stderr)
         return 2
     except (KeyError, ValueError, FileNotFoundError, FileExistsError, TypeError) as e:
+        print(f"scst: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. an unwritable --out: one line, as any other error of the arguments
         print(f"scst: error: {_one_line(e)}", file=sys.stderr)
         return 2
     return 0

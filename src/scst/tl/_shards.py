@@ -10,6 +10,7 @@ stores into one SpatialData zarr. Scheduling, retries and placement are dask's: 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -472,9 +473,12 @@ def predict_shards(
         if own:
             from distributed import Client, LocalCluster
 
+            # worker logs off: a failed shard is reported once, by the ShardError naming it (the workers' own
+            # "Compute Failed" tracebacks repeated it on stderr)
             cluster = LocalCluster(
-                n_workers=int(n_workers), threads_per_worker=1, processes=True, dashboard_address=":0"
-            )
+                n_workers=int(n_workers), threads_per_worker=1, processes=True, dashboard_address=":0",
+                silence_logs=logging.CRITICAL,
+            )  # fmt: skip
             client = Client(cluster)
         dests = {n: str(scratch / f"{i:05d}_{n}.zarr") for i, n in enumerate(sources)}
         run = uuid.uuid4().hex[:12]  # keys unique per call: dask would hand back an earlier call's result
