@@ -685,6 +685,7 @@ def test_review_predicting_section_by_section_into_one_new_table_keeps_every_sec
     assert both.obs["section"].astype(str).value_counts().to_dict() == {"S1": 64, "S2": 64}
     pd.testing.assert_frame_equal(_layer_block(both).loc[first.index], first)
     assert sorted(both.uns["spatialdata_attrs"]["region"]) == ["S1_spots", "S2_spots"]
+    assert both.uns["scst_predict"]["sections"] == ["S1", "S2"]  # the record names every section the table holds
     spatialdata.models.TableModel.validate(both)
     predict_expression(sd, model, sections="S2", table_added="pred_table", progress=False)  # S2 again: replaced
     assert sd.tables["pred_table"].obs["section"].astype(str).value_counts().to_dict() == {"S1": 64, "S2": 64}

@@ -329,8 +329,12 @@ def _keep_other_sections(old: Any, out: Any, key: str, layer: str) -> Any:
 
     merged = ad.concat([old[keep], out], join="outer", merge="first", uns_merge="first")
     merged.uns = dict(out.uns)
-    for k in ("spatialdata_attrs",):  # parsed again below for the union of the regions
-        merged.uns.pop(k, None)
+    merged.uns.pop("spatialdata_attrs", None)  # parsed again below for the union of the regions
+    if PREDICT_KEY in merged.uns:  # the record names every section the table holds
+        merged.uns[PREDICT_KEY] = {**merged.uns[PREDICT_KEY], "sections": [*lost, *merged.uns[PREDICT_KEY]["sections"]]}
+    geo_old, geo_new = (t.uns.get(UNS_KEY, {}).get("sections", {}) for t in (old, out))
+    if geo_old:  # the earlier sections' geometry (pseudo-spot grids) stays with their rows
+        merged.uns[UNS_KEY] = {**merged.uns.get(UNS_KEY, {}), "sections": {**geo_old, **geo_new}}
     regions = list(dict.fromkeys(merged.obs[REGION_KEY].astype(str)))
     merged.obs[REGION_KEY] = pd.Categorical(merged.obs[REGION_KEY].astype(str), categories=regions)
     logg.info(f"predict_expression: table {key!r} keeps the earlier predictions of section(s) {lost}")
