@@ -113,18 +113,13 @@ def gcng_scores(
     # Folds hold out ligands with all their pairs; a pair listed both ways, (A, B) and (B, A), is one gene pair whose
     # two GCNG inputs are the same signals with the channels swapped, so A's and B's pairs share a fold (otherwise a
     # held-out pair's reverse trained the model that scores it).
-    group = {lig: lig for lig in known["ligand"].unique()}
-
-    def root(g: str) -> str:
-        while group[g] != g:
-            g = group[g]
-        return g
+    import networkx as nx
 
     pairs = set(zip(known["ligand"], known["receptor"]))
-    for lig, rec in sorted(pairs):
-        if (rec, lig) in pairs:
-            group[root(lig)] = root(rec)
-    lig_group = known["ligand"].map(root)
+    linked = nx.Graph([(lig, rec) for lig, rec in pairs if (rec, lig) in pairs])
+    linked.add_nodes_from(known["ligand"])
+    component = {g: i for i, genes in enumerate(nx.connected_components(linked)) for g in genes}
+    lig_group = known["ligand"].map(component)
     groups_ = lig_group.unique()
     if len(groups_) < n_folds:
         raise ValueError(
