@@ -503,10 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as e:
         print(f"scst: error: {e}", file=sys.stderr)
         return 2
-    except (KeyError, ValueError, FileNotFoundError, FileExistsError, TypeError) as e:
-        print(f"scst: error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except OSError as e:  # e.g. an unwritable --out: one line, as any other error of the arguments
+    except (KeyError, ValueError, TypeError, OSError) as e:  # OSError: a missing file, an unwritable --out, ...
         print(f"scst: error: {_one_line(e)}", file=sys.stderr)
         return 2
     return 0

@@ -381,6 +381,8 @@ def _resolve_panel(adata: Any, genes: Any) -> tuple[list[str], str | None]:
 
 def _section_geometries(sdata: Any, adata: Any, sections: Sequence[str], size_um: float) -> dict[str, float]:
     """µm/px per section, after checking that each section has an image big enough for a ``size_um`` patch."""
+    from ..pp._patches import _full_res_image
+
     geos = adata.uns.get(UNS_KEY, {}).get("sections", {})
     out = {}
     for s in sections:
@@ -401,8 +403,6 @@ def _section_geometries(sdata: Any, adata: Any, sections: Sequence[str], size_um
             raise ValueError(f"Section {s!r}: uns[{UNS_KEY!r}]['sections'][{s!r}]['um_per_px'] must be positive.")
         # µm/px of the full-resolution image the patches are cut from (SpotPatchDataset's): the coordinate system's
         # µm/px over its scale to the image (an image stored coarser than the coordinates is coarser)
-        from ..pp._patches import _full_res_image
-
         arr, to_img = _full_res_image(sdata.images[key], geo.get("coordinate_system", s), key)
         upp = float(upp) / to_img
         shape = tuple(arr.shape[-2:])

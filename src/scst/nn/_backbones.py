@@ -381,8 +381,8 @@ def _fit(
     # BatchNorm's num_batches_tracked: absent from old/converted checkpoints; torch's strict load fills it in
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    heads = getattr(module, "_scst_classifier", None) or ()
-    skip = tuple(ignore) + tuple(p for h in ((heads,) if isinstance(heads, str) else heads) for p in (h, h + "."))
+    heads = getattr(module, "_scst_classifier", ())  # names of the removed classifier (and auxiliary heads)
+    skip = tuple(ignore) + tuple(p for h in heads for p in (h, h + "."))
     extra = [k for k in state if k not in own]
     alien = [k for k in extra if not (k in skip or k.startswith(tuple(p for p in skip if p.endswith("."))))]
     if missing or wrong or alien:
@@ -458,17 +458,26 @@ def load_backbone_weights(
     return _fit(module, _read_state(path, where), where, repr(str(path)) + _recorded_backbone(path), ignore)
 
 
+def weights_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of a safetensors weights file; ``{}`` for a torch file, no metadata or an unreadable header.
+
+    :func:`scst.tl.pretrain_encoder` records the backbone and the tile geometry there.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file() or not _is_safetensors(path):
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # noqa: BLE001 - an unreadable header is reported where the weights are read
+        return {}
+
+
 def _recorded_backbone(path: Path) -> str:
     """`` (pretrained as 'name')`` when a safetensors file records its backbone (scst.tl.pretrain_encoder), else ""."""
-    if not _is_safetensors(path):
-        return ""
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            name = (f.metadata() or {}).get("backbone")
-    except Exception:  # an unreadable header is reported by _read_state
-        return ""
+    name = weights_metadata(path).get("backbone")
     return f" (pretrained as {name!r})" if name else ""
 
 

@@ -66,12 +66,9 @@ def _warn_other_geometry(path: str, size_um: Any, out_px: int) -> None:
     Its safetensors metadata records ``size_um`` and ``patch_px``; the features of windows of another size or
     resolution are not those the encoder learned on (nothing failed before).
     """
-    if not path.endswith(".safetensors"):
-        return
-    from safetensors import safe_open
+    from ..nn._backbones import weights_metadata
 
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = weights_metadata(path)
     if "size_um" not in meta or "patch_px" not in meta or not np.isscalar(size_um):
         return
     trained = (float(meta["size_um"]), int(float(meta["patch_px"])))

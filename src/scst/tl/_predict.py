@@ -327,7 +327,7 @@ def _keep_other_sections(old: Any, out: Any, key: str, layer: str) -> Any:
     import anndata as ad
     from spatialdata.models import TableModel
 
-    merged = ad.concat([old[keep], out], join="outer", merge="first", uns_merge="first")
+    merged = ad.concat([old[keep], out], join="outer", merge="first")
     merged.uns = dict(out.uns)
     merged.uns.pop("spatialdata_attrs", None)  # parsed again below for the union of the regions
     if PREDICT_KEY in merged.uns:  # the record names every section the table holds
