@@ -332,9 +332,9 @@ def convert(results: Path, out: Path) -> None:
 def record(device_out: Path, results: Path, tag: str, command: str) -> None:
     """One device session's output folder → ``<results>/<tag>.json`` (machine, tile check, speed, per-fold records
     without their history, sha256 of each returned ``.pt``) and ``<tag>_history.csv.gz`` (per fold and epoch)."""
-    import csv
     import gzip
-    import io
+
+    import pandas as pd  # here, not on the device
 
     def _read(name: str):
         path = device_out / name
@@ -354,14 +354,10 @@ def record(device_out: Path, results: Path, tag: str, command: str) -> None:
     out = {"command": command, "gpu_csv": _read("gpu.csv"), "versions": _read("versions.txt"),
            "tiles": _read("tiles.json"), "speed": _read("speed.json"), "folds": folds}  # fmt: skip
     _write_json(results / f"{tag}.json", out)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(hist_rows[0]))
-    w.writeheader()
-    w.writerows(hist_rows)
     path = results / f"{tag}_history.csv.gz"
     tmp = path.with_suffix(".gz.tmp")
-    with gzip.open(tmp, "wt") as f:
-        f.write(buf.getvalue())
+    with gzip.open(tmp, "wt") as f:  # as bench_pretrain.py writes its histories
+        pd.DataFrame(hist_rows).to_csv(f, index=False)
     os.replace(tmp, path)
     n_weights = sum(f["sha256_pt"] is not None for f in folds)
     print(f"{results / f'{tag}.json'}: {len(folds)} folds, {n_weights} with weights")
