@@ -307,7 +307,7 @@ def _gpu_section(args, cpu_folds: list, base: dict) -> list[str]:
         )
         + ".",
         "",
-        f"### Longer per-fold encoders ({g['command'].split('BUDGET=')[1].split()[0]} s budget each)",
+        f"### Longer per-fold encoders ({folds[0]['budget_s']:g} s budget each)",
         "",
         "The five folds ran at once on the one GPU, with the shipped settings (batch 64, fp32, same seed, "
         "schedules and augmentations as the CPU runs); the number of epochs was set after the first epoch to what "
@@ -366,7 +366,7 @@ def _gpu_section(args, cpu_folds: list, base: dict) -> list[str]:
         r = json.loads(path.read_text())
         lf = r["folds"]
         n_w = sum(f.get("sha256_pt") is not None for f in lf)
-        budget = r["command"].split("--budget ")[1].split()[0]
+        budget = f"{lf[0]['budget_s']:g}"  # each fold records the budget it ran under
         L += [
             "",
             f"A second device run (`{path.name}`, {budget} s per fold) trained {min(f['epochs'] for f in lf)}–"
