@@ -53,6 +53,7 @@ if "SCST_DATA_DIR" not in os.environ and (ROOT.parent / "shared" / "data").is_di
     os.environ["SCST_DATA_DIR"] = str(ROOT.parent / "shared" / "data")
 SECTIONS = ("C2", "C3", "C4", "C5", "C6")
 SCHEMES = ("random", "expression_matched")
+SHIPPED = "GCNG autocrine+"  # GCNG's default graph matrix (scst.pp.graph_matrix_from_adjacency kind)
 GCNG_METHODS = {
     "GCNG autocrine+": {"method": "gcng", "kind": "autocrine+"},
     "GCNG exocrine": {"method": "gcng", "kind": "exocrine"},
@@ -321,14 +322,19 @@ def report(args: argparse.Namespace) -> None:
     em = met[met["scheme"] == "expression_matched"].set_index("method")
     if not em.empty:
         best_base = max(em.loc["spatial Pearson", "auroc"], em.loc["expression mean(L)·mean(R)", "auroc"])
-        best_gcng = em.loc[[k for k in GCNG_METHODS if "shuffled" not in k], "auroc"].max()
+        # The verdict rates the shipped setting (GCNG's default graph matrix, autocrine+), not the best of the
+        # variants picked by their test score; the best variant is listed apart.
+        shipped = em.loc[SHIPPED, "auroc"]
+        variants = em.loc[[k for k in GCNG_METHODS if "shuffled" not in k], "auroc"]
         perm = em.loc["GCNG autocrine+, permuted labels"]
         lines += [
             "### Target",
             "",
             f"Target: GCNG ≥ best of (spatial Pearson, expression control) + 0.10 pooled AUROC under "
-            f"expression-matched negatives: best GCNG {_fmt(best_gcng)} vs {_fmt(best_base)} + 0.10 = "
-            f"{_fmt(best_base + 0.10)} → **{'met' if best_gcng >= best_base + 0.10 else 'not met'}**. Permuted labels "
+            f"expression-matched negatives: shipped GCNG ({SHIPPED}, the default graph matrix) {_fmt(shipped)} vs "
+            f"{_fmt(best_base)} + 0.10 = {_fmt(best_base + 0.10)} → "
+            f"**{'met' if shipped >= best_base + 0.10 else 'not met'}** (best variant by its test score, not a "
+            f"selection: {variants.idxmax()} {_fmt(variants.max())}). Permuted labels "
             f"(GCNG autocrine+): {_fmt(perm['auroc'])} [{_fmt(perm['auroc_lo'])}, {_fmt(perm['auroc_hi'])}] → "
             f"**{'at chance' if perm['auroc_lo'] <= 0.5 <= perm['auroc_hi'] else 'not at chance'}**.",
             "",

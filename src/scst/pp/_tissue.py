@@ -168,6 +168,8 @@ def _pick_level(el, scale, um_per_px, target_um_per_px):
             k = min(int(target_um_per_px // um_per_px), h0, w0)  # never coarsen a small image to nothing
             if k >= 2:
                 arr = full.coarsen(y=k, x=k, boundary="trim").mean()
+                # Scale = shape ratio (not k), spatialdata's convention for its own pyramid levels (also trimmed
+                # coarsenings; spatialdata.transformations._utils): the mask lines up as a pyramid level would.
                 fy, fx = h0 / arr.shape[-2], w0 / arr.shape[-1]
                 ts = {
                     cs: Sequence([Scale([fy, fx], axes=("y", "x")), t])
