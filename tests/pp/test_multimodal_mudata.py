@@ -324,3 +324,72 @@ def test_review_gene_groups_fallback_needs_two_genes():
     adata = ad.AnnData(X=x, var=pd.DataFrame(index=["G0"]))
     with pytest.raises(ValueError, match="genes: the kNN co-expression fallback .* needs at least 2; got 1"):
         scst.pp.gene_groups(adata, n_groups=1)
+
+
+def _xy_slide(transformation, cs="global"):
+    """A 96 × 160 px slide whose pixels encode their position (R = row, G = column, B = 7), the only image of
+    coordinate system ``cs``; in 32 px tiles: 3 rows × 5 columns."""
+    from spatialdata.transformations import Identity
+
+    y, x = np.mgrid[0:96, 0:160]
+    img = np.stack([y, x, np.full_like(y, 7)]).astype(np.uint8)
+    el = Image2DModel.parse(img, dims=("c", "y", "x"), transformations={cs: transformation or Identity()})
+    return img, SpatialData(images={"A": el})
+
+
+def _transforms():
+    from spatialdata.transformations import Scale, Sequence, Translation
+
+    shift = Translation([100.0, 50.0], axes=("x", "y"))
+    return {
+        "translation": (shift, "global"),
+        "um_scale": (Scale([0.5, 0.5], axes=("y", "x")), "global"),
+        "scale_then_shift": (Sequence([Scale([2.0, 2.0], axes=("y", "x")), shift]), "global"),
+        "cs_named_like_the_image": (shift, "A"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_transforms()))
+def test_bulk_to_mudata_tiles_an_image_in_its_own_pixels_wherever_it_is_placed(case):
+    """An image alone in its coordinate system with a translation or a µm scale there was refused (tile_grid laid its
+    grid out in the coordinate system; it worked only when another image shared it): now every image is tiled in its
+    own pixels, so the patches hold the same pixels, with the same scores and centres, as the untransformed image."""
+    _, bulk = _slides()
+    kw = {"um_per_px": 0.5, "patch_px": 32, "stain": "he", "threshold": 0.0, "min_tissue": 0.0, **TILE}
+    img, sd = _xy_slide(None)
+    ref = scst.pp.bulk_to_mudata(bulk, sd, {"A": "s1"}, **kw)["image"]
+    _, sd = _xy_slide(*_transforms()[case])
+    image = scst.pp.bulk_to_mudata(bulk, sd, {"A": "s1"}, **kw)["image"]
+    assert set(image.obs_names) == {f"A_{c}x{r}" for c in range(5) for r in range(3)}
+    for name, x, y, patch in zip(image.obs_names, image.obs["x"], image.obs["y"], image.obsm["patch"]):
+        c, r = (int(v) for v in name.split("_")[-1].split("x"))
+        assert (x, y) == (16 + 32 * c, 16 + 32 * r)  # the image's pixels, not the coordinate system's
+        np.testing.assert_array_equal(patch, img[:, 32 * r : 32 * r + 32, 32 * c : 32 * c + 32])
+    ref = ref[image.obs_names].copy()
+    np.testing.assert_array_equal(image.obsm["patch"], ref.obsm["patch"])
+    pd.testing.assert_frame_equal(image.obs, ref.obs)
+
+
+def test_bulk_to_mudata_reads_the_stored_mask_of_a_translated_image():
+    """A translated image alone in "global" is screened by labels["global_tissue"] (here: tissue on columns 64:160
+    and rows 0:64 only, so 3 × 2 tiles); without it, by its own labels["A_tissue"] (columns 0:32: one column)."""
+    from spatialdata.models import Labels2DModel
+    from spatialdata.transformations import get_transformation
+
+    _, bulk = _slides()
+    t, cs = _transforms()["translation"]
+    _, sd = _xy_slide(t, cs)
+    kw = {"um_per_px": 1.0, "patch_px": 32, "stain": "he", "threshold": 0.0, "min_tissue": 0.5}
+
+    def mask(rows, cols):  # at a quarter of the image's resolution, placed as the image is
+        m = np.zeros((24, 40), np.uint8)
+        m[rows, cols] = 1
+        return Labels2DModel.parse(m, dims=("y", "x"), transformations={cs: get_transformation(sd.images["A"], cs)})
+
+    sd.labels["global_tissue"] = mask(slice(0, 16), slice(16, 40))
+    sd.labels["A_tissue"] = mask(slice(0, 24), slice(0, 8))
+    obs = scst.pp.bulk_to_mudata(bulk, sd, {"A": "s1"}, **kw)["image"].obs
+    assert set(obs.index) == {f"A_{c}x{r}" for c in (2, 3, 4) for r in (0, 1)}
+    del sd.labels["global_tissue"]
+    obs = scst.pp.bulk_to_mudata(bulk, sd, {"A": "s1"}, **kw)["image"].obs
+    assert set(obs.index) == {f"A_0x{r}" for r in range(3)}

@@ -6,9 +6,9 @@ Both builders write the same layout (read by :class:`scst.models.MultimodalST` a
   ``layers["counts"]`` raw counts, ``obs`` with the group columns.
 * ``mdata["image"]``: one row per patch, no genes; ``obsm["patch"]`` uint8 ``(n, 3, px, px)``; ``obs``:
   ``rna_sample`` (obs name of the patch's RNA sample, the link), ``image_key``, ``x``/``y`` (centre, full-resolution
-  px), ``size_px`` (window in full-resolution px), ``tissue_fraction`` and ``dab_fraction`` (per-patch scores of
-  :func:`scst.pp.filter_tiles`, ``"he"`` and ``"dab_brown"`` presets, so patches can be sorted) and the group
-  columns.
+  px; for :func:`bulk_to_mudata` the image's own pixels, whatever its transformations), ``size_px`` (window in
+  full-resolution px), ``tissue_fraction`` and ``dab_fraction`` (per-patch scores of :func:`scst.pp.filter_tiles`,
+  ``"he"`` and ``"dab_brown"`` presets, so patches can be sorted) and the group columns.
 * ``mdata.uns["scst_mudata"]``: ``link_key``, ``patch_key``, ``group_keys``, ``source`` (``"spots"`` or ``"bulk"``),
   ``patch_px`` (edge of the stored patches); :func:`to_mudata` adds ``size_um`` (None when the window was given in
   px; 80 when neither was given) and ``um_per_px`` (per section), :func:`bulk_to_mudata` ``size_px`` and ``stain``.
@@ -222,7 +222,8 @@ def bulk_to_mudata(
     :func:`scst.pp.tile_grid` (lazy: only the tissue mask and the kept windows are read), each window is scored with
     :func:`scst.pp.filter_tiles` (``stain="dab_brown"``: the paper's brown-pixel fraction for IHC slides, kept when
     ≥ 20 %; ``stain="he"``: the tissue fraction, for H&E, where no tile passes the DAB rule) and the passing patches
-    are linked to the image's RNA sample.
+    are linked to the image's RNA sample. An image is tiled in its own pixels: its transformations to coordinate
+    systems (a translation, a scale) change neither the patches nor their recorded centres.
 
     Parameters
     ----------
@@ -233,7 +234,8 @@ def bulk_to_mudata(
     image_to_sample
         Image element key → ``adata.obs_names`` of its sample (several images may share a sample).
     um_per_px
-        Full-resolution pixel size, one value or per image.
+        Size (µm) of the image's own full-resolution pixel, one value or per image (not read from the image's
+        transformations, whose coordinate-system units are unknown).
     genes, layer
         As in :func:`to_mudata`.
     group_keys
@@ -248,9 +250,8 @@ def bulk_to_mudata(
         Keep patches whose score is ≥ this (default: the preset's, 0.2 for DAB).
     min_tissue
         Tissue fraction of a window on the low-resolution mask for it to be read at all. The mask is a stored
-        ``sdata.labels[f"{coordinate_system}_tissue"]`` when the image is the only one in its coordinate system,
-        ``sdata.labels[f"{image_key}_tissue"]`` when several images share it, else computed
-        (:func:`scst.pp.tissue_mask`).
+        ``sdata.labels[f"{coordinate_system}_tissue"]`` when the image is the only one in its (first) coordinate
+        system, else a stored ``sdata.labels[f"{image_key}_tissue"]``, else computed (:func:`scst.pp.tissue_mask`).
     max_patches
         Keep at most this many best-scoring patches per image.
     **tile_kwargs
@@ -299,15 +300,22 @@ def bulk_to_mudata(
         h, w = (int(s) for s in full.shape[-2:])
         if h < patch_px or w < patch_px:
             raise ValueError(f"sdata.images[{key!r}]: {h} × {w} px is smaller than one patch ({patch_px} px).")
-        cs = next(iter(get_transformation(sdata.images[key], get_all=True)))
-        # tile_grid reuses a stored f"{section}_tissue" mask: with several images in one coordinate system (e.g. all
-        # in "global"), the coordinate system's mask is no image's own; the image key names the image's own mask
-        # (tissue_mask's default for an image without a section) or a fresh one is computed
+        own_cs = get_transformation(sdata.images[key], get_all=True)
+        cs = next(iter(own_cs))
+        # A stored mask: the coordinate system's (tissue_mask(section=cs)) only when no other image shares it (in a
+        # shared one, e.g. all in "global", it is no image's own), else the image's own (tissue_mask's default key
+        # for an image without a section); without one, a fresh mask is computed.
         shared = sum(cs in get_transformation(el, get_all=True) for el in sdata.images.values()) > 1
+        stored = [m for m in [*([f"{cs}_tissue"] * (not shared)), f"{key}_tissue"] if m in sdata.labels]
+        # Tiled in the image's own pixels, wherever it is placed: tile_grid lays its grid out in the section's
+        # coordinate system and refuses an image translated or scaled there, so the section is named after no
+        # coordinate system of the image (tile_grid then takes the image's pixels as its coordinates).
+        section = key if key not in own_cs else f"{key}__pixels"
         try:
             table, _ = tile_grid(
-                sdata, key if shared else cs, spacing_um=patch_px * upp, size_um=patch_px * upp, min_tissue=min_tissue,
-                image_key=key, um_per_px=upp, inplace=False, table_key=f"__none_{key}", **tile_kwargs,
+                sdata, section, spacing_um=patch_px * upp, size_um=patch_px * upp, min_tissue=min_tissue,
+                image_key=key, um_per_px=upp, mask_key=stored[0] if stored else None, inplace=False,
+                table_key=f"__none_{key}", **tile_kwargs,
             )  # fmt: skip
         except ValueError as err:  # tile_grid names the coordinate system it tiled; the user knows the image key
             raise ValueError(f"bulk_to_mudata: image {key!r}: {err}") from err
