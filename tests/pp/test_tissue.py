@@ -404,6 +404,22 @@ def test_tile_grid_refuses_an_image_scaled_into_the_section():
         tile_grid(_grid_sdata(np.ones((25, 35), bool), image_scale=4.0), "S", um_per_px=1.0, spacing_um=20.0)
 
 
+def test_tile_grid_refuses_an_image_translated_in_the_section_naming_it():
+    """The grid is stored in the section's coordinate system as the image's pixels: an image translated there (its
+    grid would sit off the image, and SpotPatchDataset reads no translated image) is refused naming image_key, the
+    coordinate system and what is supported; the same image in another coordinate system is tiled in its pixels."""
+    from spatialdata.transformations import Translation, set_transformation
+
+    sd = _grid_sdata(np.ones((25, 35), bool))
+    set_transformation(sd.images["S_image"], Translation([100.0, 50.0], axes=("x", "y")), to_coordinate_system="S")
+    with pytest.raises(ValueError, match=r"image_key: image 'S_image' is not untransformed in coordinate system 'S'.*"
+                                         r"only an image whose transformation there is the identity"):  # fmt: skip
+        tile_grid(sd, "S", um_per_px=1.0, spacing_um=20.0, size_um=10.0)
+    sd.labels["T_tissue"] = sd.labels["S_tissue"]
+    table, _ = tile_grid(sd, "T", image_key="S_image", um_per_px=1.0, spacing_um=20.0, size_um=10.0, inplace=False)
+    np.testing.assert_array_equal(np.unique(table.obsm["spatial"][:, 0]), [15, 35, 55])  # 70 px wide, not 170
+
+
 # ------------------------------------------------------------------------------------------------ mutation sweep
 def test_hue_of_each_branch_by_hand():
     from scst.pp._tissue import _hsl_channels

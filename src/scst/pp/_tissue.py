@@ -537,6 +537,15 @@ def tile_grid(
     indices) and ``tissue_fraction``, and ``uns['scst']['sections'][section]`` = the section's geometry with
     ``shapes_key`` of the grid, ``grid_spacing_um``, ``spot_diameter_um = size_um`` (so
     :class:`~scst.pp.SpotPatchDataset` reads patches on it directly).
+
+    Raises
+    ------
+    ValueError
+        When the image is not untransformed in the section's coordinate system (``uns``'s ``coordinate_system``, else
+        ``section``): the grid is laid out in the image's pixels and stored there, so a translation, a scale (e.g. a
+        downscaled image placed by ``scst.io.register_sections``) or any other affine is refused, naming the image.
+        An image with no transformation to that coordinate system is tiled in its own pixels.
+        :func:`scst.pp.bulk_to_mudata` tiles a slide in its own pixels wherever it is placed.
     """
     import anndata as ad
     import pandas as pd
@@ -572,6 +581,14 @@ def tile_grid(
         full, factor = _full_res_image(sdata.images[image_key], cs, image_key)
     except KeyError:  # no transformation to that coordinate system recorded: the image's pixels are taken as its
         full, factor = _full_res_image(sdata.images[image_key], None, image_key)
+    except ValueError as err:  # a translation (or rotation, shear): the grid would not line up with the image
+        raise ValueError(
+            f"image_key: image {image_key!r} is not untransformed in coordinate system {cs!r} ({err}); tile_grid lays "
+            "its grid out in the image's pixels and stores it in that coordinate system, so it supports only an image "
+            "whose transformation there is the identity (spot coordinates are the image's pixels, as "
+            "scst.pp.SpotPatchDataset reads them). For patches of a slide placed anywhere, use "
+            "scst.pp.bulk_to_mudata, which tiles an image in its own pixels."
+        ) from err
     if not np.isclose(factor, 1.0):
         raise ValueError(
             f"image_key: image {image_key!r} is scaled by {1 / factor:.4g} into coordinate system {cs!r} (e.g. a "
