@@ -306,7 +306,8 @@ def bulk_to_mudata(
         # shared one, e.g. all in "global", it is no image's own), else the image's own (tissue_mask's default key
         # for an image without a section); without one, a fresh mask is computed.
         shared = sum(cs in get_transformation(el, get_all=True) for el in sdata.images.values()) > 1
-        stored = [m for m in [*([f"{cs}_tissue"] * (not shared)), f"{key}_tissue"] if m in sdata.labels]
+        candidates = [f"{key}_tissue"] if shared else [f"{cs}_tissue", f"{key}_tissue"]
+        stored = [m for m in candidates if m in sdata.labels]
         # Tiled in the image's own pixels, wherever it is placed: tile_grid lays its grid out in the section's
         # coordinate system and refuses an image translated or scaled there, so the section is named after no
         # coordinate system of the image (tile_grid then takes the image's pixels as its coordinates).

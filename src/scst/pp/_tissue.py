@@ -541,9 +541,10 @@ def tile_grid(
     Raises
     ------
     ValueError
-        When the image is not untransformed in the section's coordinate system (``uns``'s ``coordinate_system``, else
-        ``section``): the grid is laid out in the image's pixels and stored there, so a translation, a scale (e.g. a
-        downscaled image placed by ``scst.io.register_sections``) or any other affine is refused, naming the image.
+        When the image's transformation to the section's coordinate system (``uns``'s ``coordinate_system``, else
+        ``section``) is not the identity: the grid is laid out in the image's pixels and stored there, so a
+        translation, a scale (e.g. a downscaled image placed by ``scst.io.register_sections``) or any other affine is
+        refused, naming the image.
         An image with no transformation to that coordinate system is tiled in its own pixels.
         :func:`scst.pp.bulk_to_mudata` tiles a slide in its own pixels wherever it is placed.
     """
@@ -583,10 +584,10 @@ def tile_grid(
         full, factor = _full_res_image(sdata.images[image_key], None, image_key)
     except ValueError as err:  # a translation (or rotation, shear): the grid would not line up with the image
         raise ValueError(
-            f"image_key: image {image_key!r} is not untransformed in coordinate system {cs!r} ({err}); tile_grid lays "
-            "its grid out in the image's pixels and stores it in that coordinate system, so it supports only an image "
-            "whose transformation there is the identity (spot coordinates are the image's pixels, as "
-            "scst.pp.SpotPatchDataset reads them). For patches of a slide placed anywhere, use "
+            f"image_key: image {image_key!r} is translated or otherwise moved in coordinate system {cs!r} ({err}); "
+            "tile_grid lays its grid out in the image's pixels and stores it in that coordinate system, so it "
+            "supports only an image whose transformation there is the identity (spot coordinates are the image's "
+            "pixels, as scst.pp.SpotPatchDataset reads them). For patches of a slide placed anywhere, use "
             "scst.pp.bulk_to_mudata, which tiles an image in its own pixels."
         ) from err
     if not np.isclose(factor, 1.0):
