@@ -429,8 +429,10 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--image", help="an H&E image without spots (JPEG/PNG/TIFF/SVS/NDPI) instead of --data: "
                    "pseudo-spots on a grid over the tissue")  # fmt: skip
     q.add_argument("--um-per-px", type=float, help="pixel size of --image in µm (required with --image)")
-    q.add_argument("--spacing-um", type=float, help="pseudo-spot spacing, only with --image (default: the training "
-                   "grid of an image model; 200 µm for ridge, mean and the heads, which record no grid)")  # fmt: skip
+    q.add_argument("--spacing-um", type=float, help="pseudo-spot spacing in µm, only with --image (default: the spot "
+                   "grid step of the model's training sections, e.g. 200 µm for her2st; 200 µm, with a warning, only "
+                   "for a model that records none: saved by an older scst, or trained on sections whose steps "
+                   "differ)")  # fmt: skip
     q.add_argument("--sections", nargs="+", help="sections of --data to predict (default: every section of --data; "
                    "for her2st C2–C6, 'all' for its 36; not with --image)")  # fmt: skip
     q.add_argument("--num-workers", type=int, default=0, help="DataLoader workers reading patches (default: 0)")

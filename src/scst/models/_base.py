@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .._constants import TABLE_KEY
+from .._constants import TABLE_KEY, UNS_KEY
 from .._logging import logg
 from .._utils import _atomic_dir, _get_table, _holds_other_files, _positive_int
 from ..nn._backbones import weights_overwritten
@@ -239,6 +239,20 @@ def _all_subclasses(cls: type) -> list[type]:
     for sub in cls.__subclasses__():
         out += [sub, *_all_subclasses(sub)]
     return out
+
+
+def _training_grid_step(adata: Any, sections: Sequence[str]) -> float | None:
+    """The spot grid step (µm) shared by the training ``sections``, as their geometry records it; else None.
+
+    Read from ``uns["scst"]["sections"][s]["grid_step_um"]`` (written by :func:`scst.io.read_st`, the dataset
+    loaders, :func:`scst.io.register_sections` and :func:`scst.pp.tile_grid`). It is the default pseudo-spot spacing
+    of :func:`scst.tl.predict_expression` for every model that predicts on a tile grid, recorded in its registry as
+    ``grid_step_um``. None when a section records no step or the sections' steps differ (the caller falls back).
+    """
+    geos = (getattr(adata, "uns", {}).get(UNS_KEY) or {}).get("sections") or {}
+    steps = {(geos.get(str(s)) or {}).get("grid_step_um") for s in sections}
+    step = steps.pop() if len(steps) == 1 else None
+    return None if step is None else float(step)
 
 
 class _SetupRegistry:

@@ -30,7 +30,7 @@ from .._logging import logg
 from .._normalize import log_normalized, raw_counts
 from .._utils import _check_key, _colwise_pearson, _embedding_record, _get_table, _obsm_features
 from ..nn._backbones import build_backbone, load_backbone_weights
-from ._base import _jsonable, _read_model_attrs, _scst_version, _SetupRegistry, _write_model_dir
+from ._base import _jsonable, _read_model_attrs, _scst_version, _SetupRegistry, _training_grid_step, _write_model_dir
 from ._image import _check_sections, _ImageModel, _training_sections
 from ._image import _resolve_panel as _resolve_panel_and_key
 from ._tcgn import TCGN, _spot_dataloaders
@@ -62,10 +62,13 @@ class _ClosedFormModel(_SetupRegistry):
             _check_key(adata.layers, layer, "adata.layers")
 
         raw_counts(adata, layer, f"{cls.__name__}.setup_anndata")
+        sections = _check_sections(adata, sections)
         return {
             "var_names": _resolve_panel(adata, genes),
             "layer": layer,
-            "sections": _check_sections(adata, sections),
+            "sections": sections,
+            # the default pseudo-spot spacing of scst.tl.predict_expression (as the image models record it)
+            "grid_step_um": _training_grid_step(adata, sections),
         }
 
     @classmethod
@@ -250,6 +253,12 @@ class MeanExpression(_ClosedFormModel):
             Layer with raw counts.
         sections
             Training sections; default all. Leave the test section out.
+
+        Notes
+        -----
+        The registry also records ``grid_step_um``, the spot grid step of the training sections (from
+        ``uns["scst"]["sections"]``; None when one records none or their steps differ): the default pseudo-spot
+        spacing of :func:`scst.tl.predict_expression` on an H&E-only slide, as for the image models.
         """
         cls._register(adata, cls._base_registry(adata, genes, layer, sections))
 
@@ -508,6 +517,12 @@ class RidgeExpression(_ClosedFormModel):
             Layer with raw counts.
         sections
             Training sections; default all. Leave the test section out.
+
+        Notes
+        -----
+        The registry also records ``grid_step_um``, the spot grid step of the training sections (from
+        ``uns["scst"]["sections"]``; None when one records none or their steps differ): the default pseudo-spot
+        spacing of :func:`scst.tl.predict_expression` on an H&E-only slide, as for the image models.
         """
         _check_key(adata.obsm, embedding_key, "adata.obsm (argument `embedding_key`; run scst.tl.embed_patches first)")
         reg = cls._base_registry(adata, genes, layer, sections)

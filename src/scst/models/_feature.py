@@ -21,7 +21,7 @@ from .._constants import SECTION_KEY, SPATIAL_KEY, TABLE_KEY
 from .._normalize import panel_targets, raw_counts
 from .._utils import _check_key, _embedding_record, _get_table, _obsm_features, _plain, _positive_int
 from ..nn._heads import MLPHeadModule, SpatialHeadModule
-from ._base import BaseModel, _refuse_dataloader_kwargs
+from ._base import BaseModel, _refuse_dataloader_kwargs, _training_grid_step
 from ._image import (
     _RAW_HINT,
     _check_sections,
@@ -115,6 +115,12 @@ class _FeatureModel(BaseModel):
             (:class:`HGGEPHead` only) ``obsp`` key of the hypergraph incidence from :func:`scst.pp.hypergraph`.
         spatial_key
             (:class:`HGGEPHead` only) ``obsm`` key of the spot centres (windows are cut with them).
+
+        Notes
+        -----
+        The registry also records ``grid_step_um``, the spot grid step of the training sections (from
+        ``uns["scst"]["sections"]``; None when one records none or their steps differ): the default pseudo-spot
+        spacing of :func:`scst.tl.predict_expression` on an H&E-only slide, as for the image models.
         """
         if not hasattr(adata, "obsm"):
             raise TypeError(f"adata: expected an AnnData, got {type(adata).__name__}.")
@@ -127,9 +133,11 @@ class _FeatureModel(BaseModel):
         x = _obsm_features(adata, use_rep, rows=rows)
         panel, genes_key = _resolve_panel(adata, genes)
         # How the embedding was made (scst.tl.embed_patches) lets predict_expression recompute it on an H&E-only
-        # slide; embeddings from elsewhere leave it None (such slides then need the embedding in obsm).
+        # slide; embeddings from elsewhere leave it None (such slides then need the embedding in obsm). The training
+        # grid step is that slide's default pseudo-spot spacing.
         reg = {"use_rep": use_rep, "n_features": int(x.shape[1]), "var_names": panel, "genes_key": genes_key,
-               "layer": layer, "sections": sections, "embedding": _embedding_record(adata, use_rep)}  # fmt: skip
+               "layer": layer, "sections": sections, "embedding": _embedding_record(adata, use_rep),
+               "grid_step_um": _training_grid_step(adata, sections)}  # fmt: skip
         if cls._spatial:
             if hypergraph_key not in adata.obsp:
                 raise KeyError(

@@ -26,7 +26,7 @@ from .._logging import logg
 from .._normalize import TARGET_SUM, panel_targets, raw_counts
 from .._utils import _get_table, _positive_int
 from ..nn._train_step import patches_to_input
-from ._base import BaseModel
+from ._base import BaseModel, _training_grid_step
 
 #: What a user whose table holds log-normalised values (not counts) can do instead.
 _RAW_HINT = "Pass `layer=` with the raw counts (e.g. 'counts', kept before scanpy's normalize_total/log1p)."
@@ -509,7 +509,7 @@ class _ImageModel(BaseModel):
         Writes ``table.uns["_scst_setup"][ClassName]`` (JSON): ``table``, ``layer``, ``var_names`` (panel),
         ``genes_key``, ``size_um``, ``patch_px``, ``sections``, ``um_per_px`` (per section), ``um_per_px_train``
         (median), ``max_coord`` and ``grid_step_um`` (spot grid step, the default pseudo-spot spacing of
-        :func:`scst.tl.predict_expression`; None when sections differ).
+        :func:`scst.tl.predict_expression`; None when a section records none or the sections' steps differ).
         """
         if not hasattr(sdata, "tables") or not hasattr(sdata, "images"):
             raise TypeError(f"sdata: expected a SpatialData object, got {type(sdata).__name__}.")
@@ -538,8 +538,6 @@ class _ImageModel(BaseModel):
         rows_ = adata.obs[ARRAY_ROW].to_numpy()[in_train]
         cols_ = adata.obs[ARRAY_COL].to_numpy()[in_train]
         extent = int(max(np.ptp(rows_), np.ptp(cols_))) + 1
-        geos = adata.uns[UNS_KEY]["sections"]
-        steps = [geos[s].get("grid_step_um") for s in sections]
         cls._register(
             adata,
             {
@@ -553,7 +551,7 @@ class _ImageModel(BaseModel):
                 "um_per_px": upp,
                 "um_per_px_train": float(np.median(list(upp.values()))),
                 "max_coord": max(128, extent),
-                "grid_step_um": steps[0] if len(set(steps)) == 1 else None,
+                "grid_step_um": _training_grid_step(adata, sections),
             },
         )
 

@@ -21,6 +21,8 @@ UNITS = "log1p(normalize_total(counts, target_sum=1e4))"
 PREDICT_KEY = "scst_predict"
 #: var column of the per-fold panel written on each fold's copy of the table by :func:`cross_validate`.
 FOLD_PANEL_KEY = "highly_variable_scst_fold"
+#: Pseudo-spot spacing (µm, the ST grid) for a model that records no training grid step (``registry["grid_step_um"]``).
+DEFAULT_SPACING_UM = 200.0
 _DEFAULT_OPTS = {"num_workers": 0, "pin_memory": None, "precision": "32"}
 
 
@@ -62,9 +64,20 @@ def _grid_table(
                 )
     elif isinstance(sections, str):
         sections = [sections]
-    size_um = float(getattr(model, "registry", {}).get("size_um", 80.0))
+    reg = getattr(model, "registry", None) or {}
+    size_um = float(reg.get("size_um", 80.0))
     if spacing_um is None:
-        spacing_um = float(getattr(model, "registry", {}).get("grid_step_um") or 200.0)
+        spacing_um = reg.get("grid_step_um")
+        if spacing_um is None:
+            spacing_um = DEFAULT_SPACING_UM
+            warnings.warn(
+                f"spacing_um: {type(model).__name__} records no training grid step (saved before scst recorded it, or "
+                f"its training sections' steps differ or are unrecorded); pseudo-spots are {DEFAULT_SPACING_UM:g} µm "
+                "apart. Pass spacing_um to choose the spacing.",
+                UserWarning,
+                stacklevel=3,
+            )
+        spacing_um = float(spacing_um)
     tables, shapes = [], {}
     for s in sections:
         upp = um_per_px.get(s) if isinstance(um_per_px, Mapping) else um_per_px
@@ -159,7 +172,10 @@ def predict_expression(
     tile_grid
         Predict on pseudo-spots over the tissue instead of the table's spots.
     spacing_um
-        Grid spacing of the pseudo-spots (implies ``tile_grid``); default the model's training grid step, else 200.
+        Grid spacing of the pseudo-spots in µm (implies ``tile_grid``); default the spot grid step of the model's
+        training sections (``model.registry["grid_step_um"]``, recorded at setup by every model that predicts on a
+        grid). Only when the model records none (saved before it was recorded, or training sections whose steps
+        differ or are unrecorded) 200 µm, with a warning.
     min_tissue
         Minimum tissue fraction of a pseudo-spot's window (:func:`scst.pp.tile_grid`).
     um_per_px
