@@ -117,3 +117,19 @@ def test_a_model_saved_before_the_grid_step_was_recorded_loads_and_falls_back(cl
         predict_expression(he, old, um_per_px=syn.UM_PER_PX, progress=False)
     new, geo = _grid_geometry(he)
     assert geo["grid_step_um"] == 200.0 and new.n_obs >= 4 and np.isfinite(new.X).all()
+
+
+@pytest.mark.parametrize(
+    ("sizes", "window"), [((2 * syn.SIZE_UM,), 2 * syn.SIZE_UM), ((syn.SIZE_UM, 160.0), syn.SIZE_UM)]
+)
+def test_a_head_grid_window_is_its_embedding_patch(sizes, window):
+    """A model on obsm features has no ``size_um`` of its own: its pseudo-spots are the embedding's patches (the
+    smallest field of a multi-scale one), not an 80 µm default, while the embedding is remade at every size."""
+    model = _train(RidgeExpression, sizes=sizes)
+    assert "size_um" not in model.registry
+    he = _he_only()
+    predict_expression(he, model, um_per_px=syn.UM_PER_PX, progress=False)
+    new, geo = _grid_geometry(he)
+    assert geo["spot_diameter_um"] == window and geo["spot_diameter_px"] == window / syn.UM_PER_PX
+    assert he.shapes["S5_grid"]["radius"].to_numpy()[0] == window / syn.UM_PER_PX / 2
+    assert new.uns["scst_embed"]["X_hc"]["size_um"] == (list(sizes) if len(sizes) > 1 else sizes[0])

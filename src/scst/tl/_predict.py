@@ -36,6 +36,20 @@ def _check_model(model: Any) -> None:
         raise ValueError(f"model: this {type(model).__name__} is not trained; call `model.train()` first.")
 
 
+def _window_um(reg: Mapping[str, Any]) -> float:
+    """Window edge (µm) of a pseudo-spot: the model's patch, that of its recorded embedding, else 80 µm.
+
+    Image models record ``size_um``; a head on ``obsm`` features records how :func:`scst.tl.embed_patches` made them
+    (``embedding["size_um"]``: one size, or the fields of view of a multi-scale embedding, whose smallest is the
+    spot's own). The window screens the tissue and is the pseudo-spots' diameter; the embedding itself is recomputed
+    at its recorded sizes whatever the window.
+    """
+    if reg.get("size_um") is not None:
+        return float(reg["size_um"])
+    emb = (reg.get("embedding") or {}).get("size_um")
+    return float(np.min(emb)) if emb is not None else 80.0
+
+
 def _grid_table(
     sdata: Any,
     model: Any,
@@ -65,7 +79,7 @@ def _grid_table(
     elif isinstance(sections, str):
         sections = [sections]
     reg = getattr(model, "registry", None) or {}
-    size_um = float(reg.get("size_um", 80.0))
+    size_um = _window_um(reg)
     if spacing_um is None:
         spacing_um = reg.get("grid_step_um")
         if spacing_um is None:
@@ -141,7 +155,8 @@ def predict_expression(
       sections. A table lacking panel genes is an error that lists them; pass ``table_added`` to write a new
       table over the panel instead.
     * **H&E-only slide** (no table ``table``, or ``tile_grid=True``, or ``spacing_um`` given): pseudo-spots on a
-      grid over the tissue (:func:`scst.pp.tile_grid`, ``spacing_um`` apart, windows of the model's ``size_um``),
+      grid over the tissue (:func:`scst.pp.tile_grid`, ``spacing_um`` apart, windows of the model's patch size: an
+      image model's ``size_um``, a head's embedding size — the smallest of a multi-scale one — else 80 µm),
       written as a new table ``table_added`` (default ``f"{table}_predicted"``) whose ``var`` is the model's panel,
       with the prediction in ``X`` and ``layers[layer]``; grid shapes ``f"{section}_grid"`` are added to ``sdata``.
 
