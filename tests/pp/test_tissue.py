@@ -616,3 +616,149 @@ def test_tile_grid_min_tissue_zero_keeps_every_grid_point_even_with_an_empty_mas
     np.testing.assert_array_equal(table.obs["tissue_fraction"], np.zeros(6))
     with pytest.raises(ValueError, match="No grid point"):
         tile_grid(_grid_sdata(mask), "S", spacing_um=20.0, size_um=10.0, min_tissue=0.01, um_per_px=1.0)
+
+
+# ------------------------------------------------------------------------------------------------ coverage: paths
+def _with_geos(sd, geos):
+    import anndata as ad
+    import pandas as pd
+
+    t = ad.AnnData(np.zeros((1, 0), np.float32), obs=pd.DataFrame(index=["x"]))
+    t.uns["scst"] = {"sections": geos}
+    sd.tables["table"] = t
+    return sd
+
+
+def test_resolve_image_fallbacks():
+    """Which image and pixel size tissue_mask takes when section / image_key are left out."""
+    from spatialdata.transformations import Scale, set_transformation
+
+    from scst.pp._tissue import _resolve_image
+
+    # no table: section "S" means image "S_image"; a single image is the image
+    sd = _synthetic_sdata()
+    assert _resolve_image(sd, None, "S", "table", None) == ("S", "S_image", None)
+    assert _resolve_image(sd, None, None, "table", 1.5) == (None, "S_image", 1.5)
+    # one section of the table has an image: that one, with the table's µm/px (image untransformed in "S")
+    geos = {"S": {"image_key": "S_image", "um_per_px": 2.0, "coordinate_system": "S"}, "T": {"image_key": None}}
+    _with_geos(sd, geos)
+    assert _resolve_image(sd, None, None, "table", None) == ("S", "S_image", 2.0)
+    assert _resolve_image(sd, "S_image", None, "table", None) == ("S", "S_image", 2.0)  # image_key -> its section
+    # an image downscaled 4x into the section: its pixels are 4x the section's (2 µm -> 8 µm)
+    set_transformation(sd.images["S_image"], Scale([4.0, 4.0], axes=("y", "x")), to_coordinate_system="S")
+    assert _resolve_image(sd, None, None, "table", None) == ("S", "S_image", 8.0)
+    # the section's coordinate system unknown to the image: its pixels are the section's
+    geos["S"]["coordinate_system"] = "elsewhere"
+    assert _resolve_image(sd, None, None, "table", None) == ("S", "S_image", 2.0)
+    with pytest.raises(ValueError, match=r"section: 'T' has no image"):
+        _resolve_image(sd, None, "T", "table", None)
+
+
+def test_tissue_mask_default_image_without_section_or_key():
+    """No table, one image: tissue_mask(sdata) masks it under '<image>_tissue'; section='S' finds 'S_image'."""
+    kw = {"um_per_px": 1.0, "scale": 0, "smooth_um": 2, "min_object_um2": 100}
+    sd = _synthetic_sdata()
+    tissue_mask(sd, **kw)
+    tissue_mask(sd, section="S", **kw)
+    for key in ("S_image_tissue", "S_tissue"):
+        assert abs((sd.labels[key].values > 0).mean() - 64 / 240) < 0.02  # the 200 x 320 rectangle of 400 x 600
+    sd.images["other"] = sd.images["S_image"]
+    match = r"Pass section= \(one of \[\]\) or image_key= \(one of \['S_image', 'other'\]"
+    with pytest.raises(ValueError, match=match):
+        tissue_mask(sd, **kw)
+
+
+def test_tissue_mask_dab_brown_marks_the_brown_rectangle():
+    # glass with a DAB-brown block at rows 10:30, cols 20:50 and a hematoxylin-blue block at rows 35:45, cols 5:25
+    img = np.full((3, 50, 60), 242, np.uint8)
+    img[:, 10:30, 20:50] = np.moveaxis(_dab_tiles(n=1, size=30, seed=1)[0, :20], -1, 0)
+    hema = np.zeros((1, 3))
+    hema[0, 0] = 0.3
+    img[:, 35:45, 5:25] = (hed2rgb(hema)[0] * 255).astype(np.uint8)[:, None, None]
+    kw = {"um_per_px": 1.0, "scale": 0, "smooth_um": 0.1, "min_object_um2": 1, "min_hole_um2": 1, "inplace": False}
+    lab = tissue_mask(_glass_sdata(img), "S_image", preset="dab_brown", **kw)
+    truth = np.zeros((50, 60), bool)
+    truth[10:30, 20:50] = True
+    np.testing.assert_array_equal(lab.values > 0, truth)
+
+
+def test_tissue_mask_float_image_in_0_255_is_scaled():
+    img = np.full((3, 80, 120), 242, np.uint8)
+    img[:, 20:60, 40:100] = np.array([150, 90, 170])[:, None, None]
+    kw = {"um_per_px": 1.0, "scale": 0, "smooth_um": 0.1, "min_object_um2": 1, "min_hole_um2": 1, "inplace": False}
+    ref = tissue_mask(_glass_sdata(img), "S_image", **kw).values
+    assert ref.mean() == pytest.approx(0.25)
+    np.testing.assert_array_equal(tissue_mask(_glass_sdata(img.astype(np.float32)), "S_image", **kw).values, ref)
+
+
+def test_tissue_mask_refuses_a_grey_image():
+    sd = _glass_sdata(np.full((1, 40, 40), 200, np.uint8))
+    with pytest.raises(ValueError, match=r"image_key: 'S_image' needs 3 \(RGB\) channels, has 1"):
+        tissue_mask(sd, "S_image", um_per_px=1.0, scale=0)
+
+
+def _purple_tiles(n: int) -> np.ndarray:
+    """n uint8 (3, 8, 8) tiles: tile i has i % 9 of its 8 columns purple tissue (fraction (i % 9) / 8 ≤ 1)."""
+    t = np.full((n, 3, 8, 8), 242, np.uint8)
+    for i in range(n):
+        t[i, :, :, : min(i % 9, 8)] = np.array([150, 90, 170])[:, None, None]
+    return t
+
+
+def test_filter_tiles_on_tensors_single_tiles_and_iterables():
+    import torch
+
+    tiles = _purple_tiles(300)  # more than one batch of 256
+    truth = np.minimum(np.arange(300) % 9, 8) / 8
+    frac, keep = filter_tiles(tiles)
+    np.testing.assert_allclose(frac, truth)
+    np.testing.assert_array_equal(keep, truth >= 0.5)
+    np.testing.assert_allclose(filter_tiles(torch.from_numpy(tiles))[0], truth)
+    np.testing.assert_allclose(filter_tiles(tiles[5])[0], [5 / 8])  # one (3, h, w) tile
+    np.testing.assert_allclose(filter_tiles(list(tiles))[0], truth)  # a list: batches of 256, then the rest
+    np.testing.assert_allclose(filter_tiles(torch.from_numpy(t) for t in tiles[:10])[0], truth[:10])  # a generator
+    np.testing.assert_allclose(filter_tiles(np.moveaxis(t, 0, -1) for t in tiles[:3])[0], truth[:3])  # channels last
+    assert filter_tiles([])[0].shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("tiles", "kw", "err", "match"),
+    [
+        (np.zeros((2, 2, 3, 8, 8), np.uint8), {}, ValueError, r"tiles: expected \(n, 3, h, w\) or \(n, h, w, 3\)"),
+        (5, {}, TypeError, r"tiles: expected an array, tensor, SpotPatchDataset or iterable.*<class 'int'>"),
+        (np.zeros((1, 3, 8, 8), np.uint8), {"method": "otsu"}, ValueError, r"method: expected 'hsl'.*got 'otsu'"),
+        (np.zeros((1, 3, 8, 8), np.uint8), {"preset": "ihc"}, ValueError, r"preset: expected one of \['he'"),
+    ],
+)
+def test_filter_tiles_bad_input(tiles, kw, err, match):
+    with pytest.raises(err, match=match):
+        filter_tiles(tiles, **kw)
+
+
+def test_tile_grid_on_a_multiscale_stored_mask_uses_its_finest_level():
+    from spatialdata.models import Labels2DModel
+
+    mask = np.zeros((50, 70), bool)
+    mask[10:20, 10:20] = mask[30:40, 50:60] = True  # under centres (15, 15) and (55, 35) of the 20 px lattice
+    kw = {"spacing_um": 20.0, "size_um": 10.0, "min_tissue": 1.0, "um_per_px": 1.0, "inplace": False}
+    sd = _grid_sdata(mask)
+    sd.labels["S_tissue"] = Labels2DModel.parse(
+        mask.astype(np.uint8), dims=("y", "x"), scale_factors=[2], transformations={"S": Identity()}
+    )
+    table, _ = tile_grid(sd, "S", **kw)
+    np.testing.assert_array_equal(table.obsm["spatial"], [[15, 15], [55, 35]])
+    np.testing.assert_array_equal(table.obs["tissue_fraction"], [1.0, 1.0])
+
+
+@pytest.mark.parametrize(
+    ("kw", "err", "match"),
+    [
+        ({"spacing_um": -20.0}, ValueError, r"spacing_um: expected a positive number, got -20.0"),
+        ({"size_um": float("nan")}, ValueError, r"size_um: expected a positive number, got nan"),
+        ({"image_key": "nope"}, KeyError, r"image_key: 'nope' not in sdata.images \(\['S_image'\]\)"),
+        ({"mask_key": "nope"}, KeyError, r"mask_key: 'nope' not in sdata.labels \(\['S_tissue'\]\)"),
+    ],
+)
+def test_tile_grid_bad_input(kw, err, match):
+    with pytest.raises(err, match=match):
+        tile_grid(_grid_sdata(np.ones((25, 35), bool)), "S", um_per_px=1.0, **kw)
