@@ -223,3 +223,32 @@ def test_cell_graph_visium_grid_has_the_six_hexagonal_neighbours():
     assert not conn[:n, n:].any() and conn.sum(1).max() == 6
     assert list(a.obsm) == ["spatial_array"]  # the scaled copy for squidpy is not left behind
     np.testing.assert_array_equal(a.obsm["spatial_array"][:n], rc[:, ::-1])
+
+
+def test_cell_graph_visium_grid_without_library_and_the_hexagonal_test():
+    from scst.pp._graph_matrix import _hexagonal
+
+    # one Visium grid, no library column: the six hexagonal neighbours as with sections
+    rc = np.array([(r, 2 * j + r % 2) for r in range(4) for j in range(4)], float)
+    obs = pd.DataFrame({"array_row": rc[:, 0], "array_col": rc[:, 1]}, index=[f"s{i}" for i in range(len(rc))])
+    a = AnnData(np.ones((len(rc), 1), np.float32), obs=obs)
+    cell_graph(a, grid=True, n_neighs=6, library_key=None)
+    conn = a.obsp["spatial_connectivities"].toarray() != 0
+    dr, dc = np.abs(rc[:, 0][:, None] - rc[:, 0][None]), np.abs(rc[:, 1][:, None] - rc[:, 1][None])
+    np.testing.assert_array_equal(conn, ((dr == 1) & (dc == 1)) | ((dr == 0) & (dc == 2)))
+    # not Visium indices: mixed parity, non-integers, a single spot, not (n, 2)
+    assert _hexagonal(rc[:, ::-1]) and _hexagonal(rc[:, ::-1], np.zeros(len(rc)))
+    assert not _hexagonal(np.array([[0.0, 0.0], [1.0, 0.0]]))
+    assert not _hexagonal(np.array([[0.0, 0.0], [1.5, 0.5]]))
+    assert not _hexagonal(np.array([[0.0, 0.0]]))
+    assert not _hexagonal(np.zeros((3, 3)))
+
+
+def test_bad_input_kind_and_library_values():
+    with pytest.raises(ValueError, match=r"kind: expected one of \['laplacian'.*got 'gcn'"):
+        graph_matrix_from_adjacency(np.eye(2), "gcn")
+    a = _grid_adata()
+    a.obs["section"] = a.obs["section"].astype(object)
+    a.obs.iloc[0, a.obs.columns.get_loc("section")] = np.nan
+    with pytest.raises(ValueError, match=r"adata.obs\['section'\] \(argument `library_key`\) has missing values"):
+        cell_graph(a, grid=True)
