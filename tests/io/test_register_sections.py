@@ -314,3 +314,31 @@ def test_concatenate_sections_refuses_two_objects_with_an_image_of_the_same_name
         "V1": "he",
         "V2": "V2_he",
     }
+
+
+def test_register_sections_with_a_multiscale_image():
+    """spatialdata-io's default layout with the hires image as a pyramid: its full-resolution level gives the image
+    shape, the image is placed in 'global' through the shapes', and patches read from it hit the planted block."""
+    sd = _visium_like(fullres=False)
+    hires = np.asarray(sd.images["V1_hires_image"].values)
+    sd.images["V1_hires_image"] = Image2DModel.parse(
+        hires, dims=("c", "y", "x"), scale_factors=[2], transformations={"downscaled_hires": Identity()}
+    )
+    scst.io.register_sections(sd, spot_diameter_um=55.0)
+    geo = sd.tables["table"].uns["scst"]["sections"]["V1"]
+    assert geo["image_key"] == "V1_hires_image" and geo["image_shape"] == [100, 125]
+    item = scst.pp.SpotPatchDataset(sd, size_um=40.0, normalize=None)[0]
+    assert float(item["patch"].mean()) == pytest.approx(60 / 255, abs=1e-6)  # spot 0 on the planted block
+
+
+def test_register_sections_refuses_shapes_without_radius():
+    """Polygons (e.g. cell outlines) instead of spot circles: no spot size to derive µm/px from."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    sd = _visium_like()
+    xy = sd.tables["table"].obsm["spatial"]
+    polys = gpd.GeoDataFrame(geometry=[box(x - 20, y - 20, x + 20, y + 20) for x, y in xy])
+    sd.shapes["V1"] = ShapesModel.parse(polys, transformations={"global": Identity()})
+    with pytest.raises(ValueError, match=r"Shapes 'V1': expected circles with a 'radius' column"):
+        scst.io.register_sections(sd)
