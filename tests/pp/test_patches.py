@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import dask.array as da
@@ -614,3 +615,176 @@ def test_a_patch_cache_keeps_the_window_size_and_pixel_size_of_the_images():
     ds = SpotPatchDataset.from_patch_cache(res, normalize=None)
     assert ds.size_px == {"a": 10} and ds.um_per_px["a"] == 1.0 and ds.out_px == 4
     np.testing.assert_array_equal(ds.patch_uint8(1), res["patches"][1])
+
+
+# ------------------------------------------------------------------------------------------------ coverage: paths
+def test_repr_names_windows_output_and_genes():
+    sd = _tiny_sdata()
+    ds = SpotPatchDataset(sd, size_px=6, out_px=4, normalize=None)
+    assert repr(ds) == "SpotPatchDataset(n=3, sections=2, window {a: 6 px, b: 6 px} -> 4 px, counts=2 genes)"
+    ds = SpotPatchDataset(sd, size_px=6, obs_subset=[0], return_counts=False, normalize=None)
+    assert repr(ds) == "SpotPatchDataset(n=1, sections=1, window {a: 6 px} -> 6 px, counts=None genes)"
+
+
+def test_layer_string_sections_and_boolean_subset():
+    sd = _tiny_sdata()
+    t = sd.tables["table"]
+    t.layers["counts"] = t.X * 10
+    t.obs["section"] = t.obs["section"].astype(str)  # plain strings, not categorical
+    ds = SpotPatchDataset(sd, layer="counts", obs_subset=np.array([False, True, True]), size_px=6, normalize=None)
+    assert ds.index.tolist() == [1, 2] and ds.section_names == ["a", "b"] and ds.codes.tolist() == [0, 1]
+    assert ds[1]["counts"].tolist() == [40.0, 50.0]  # row 2 of X = [4, 5], times 10
+    np.testing.assert_array_equal(ds.window(1), _synthetic(40, 50, seed=1)[:, 27:33, 17:23])  # spot (20, 30) of b
+    with pytest.raises(ValueError, match=r"obs_subset: boolean mask of length \(2,\) does not match n_obs = 3"):
+        SpotPatchDataset(sd, obs_subset=np.array([True, False]), size_px=6)
+
+
+def test_a_dask_image_that_is_no_zarr_view_is_computed():
+    img = _synthetic(h=30, w=40, seed=2)
+    xy, secs = [[5.0, 5.0], [20.0, 15.0], [39.0, 29.0]], [0, 0, 0]
+    dask_img = da.from_array(img.astype(np.int16), chunks=(3, 10, 10)) + np.int16(1)  # two layers, no zarr
+    ds = SpotPatchDataset.from_arrays({"s": dask_img}, xy, secs, None, size_px=8, normalize=None)
+    assert ds.sources["s"].kind == "dask"
+    ref = SpotPatchDataset.from_arrays({"s": img.astype(np.int16) + 1}, xy, secs, None, size_px=8, normalize=None)
+    for i in range(3):
+        np.testing.assert_array_equal(ds.window(i), ref.window(i))
+
+
+def test_a_new_process_reopens_the_zarr_store_with_its_cache_budget(tmp_path):
+    """window() in a process other than the one that built the dataset (a DataLoader worker) drops the zarr handle
+    and starts a cache of the full budget when there are no worker infos; the window is unchanged."""
+    img = _synthetic(h=40, w=40, seed=4)
+    z = zarr.open_array(tmp_path / "img.zarr", mode="w", shape=img.shape, chunks=(3, 16, 16), dtype="uint8")
+    z[:] = img
+    ds = SpotPatchDataset.from_arrays({"s": z}, [[20.0, 20.0]], [0], None, size_px=8, chunk_cache_mb=1.0)
+    ref = ds.window(0)
+    assert ds._cache.nbytes > 0
+    ds._pid = -1  # as after a fork
+    np.testing.assert_array_equal(ds.window(0), ref)
+    assert ds._pid == os.getpid() and ds._cache.max_bytes == 2**20
+    assert ds.sources["s"]._z is not None  # reopened from its folder
+
+
+def test_float_image_without_finite_values_in_the_first_window():
+    img = np.full((3, 30, 30), 0.5, np.float32)
+    img[:, :10, :10] = np.nan  # the first spot's window: nothing to check the range on
+    ds = SpotPatchDataset.from_arrays({"s": img}, [[4.0, 4.0], [20.0, 20.0]], [0, 0], None, size_px=6, normalize=None)
+    np.testing.assert_array_equal(ds.window(1), img[:, 17:23, 17:23])
+
+
+def test_uint8_view_and_collate_of_the_extract_patches_loader():
+    from scst.pp._patches import _stack_uint8, _Uint8View
+
+    sd = _tiny_sdata()
+    ds = SpotPatchDataset(sd, size_px=6, normalize=None)
+    view = _Uint8View(ds)
+    assert len(view) == 3
+    idx, batch = _stack_uint8([view[2], view[0]])
+    assert idx.dtype == np.int64 and idx.tolist() == [2, 0]
+    np.testing.assert_array_equal(batch, np.stack([ds.patch_uint8(2), ds.patch_uint8(0)]))
+
+
+def test_extract_patches_into_an_array_and_bad_out():
+    sd = _tiny_sdata()
+    out = np.zeros((3, 3, 6, 6), np.uint8)
+    res = extract_patches(sd, size_px=6, out=out, return_counts=False)
+    assert res["patches"] is out
+    np.testing.assert_array_equal(out[0], _synthetic(40, 50, seed=0)[:, 7:13, 7:13])  # spot (10, 10) of a
+    with pytest.raises(ValueError, match=r"out: expected a uint8 array of shape \(3, 3, 6, 6\), got float32"):
+        extract_patches(sd, size_px=6, out=out.astype(np.float32), return_counts=False)
+    with pytest.raises(TypeError, match="out: expected None, a path or a numpy array, got list"):
+        extract_patches(sd, size_px=6, out=[], return_counts=False)
+
+
+@pytest.mark.parametrize(
+    ("args", "kw", "err", "match"),
+    [
+        (({}, [[10, 10]], ["s"], 1.0), {}, TypeError, "images: expected a non-empty mapping"),
+        (([_synthetic()], [[10, 10]], ["s"], 1.0), {}, TypeError, "images: expected a non-empty mapping"),
+        (({"s": [[[0]]]}, [[10, 10]], ["s"], 1.0), {}, TypeError, r"images\['s'\]: expected an array-like.*got list"),
+        (({"s": _synthetic()}, [10, 10], ["s"], 1.0), {}, ValueError, r"centers: expected shape \(n, 2\).*got \(2,\)"),
+        (({"s": _synthetic()}, [[10, 10]], ["s", "s"], 1.0), {}, ValueError, r"sections: expected shape \(1,\)"),
+        (({"s": _synthetic()}, [[10, 10]], ["s"], {"t": 1.0}), {}, KeyError, r"um_per_px: no value for.*\['s'\]"),
+        (({"s": _synthetic()}, [[10, 10]], ["s"], {"s": 0.0}), {}, ValueError, "um_per_px: section 's' needs a pos"),
+        (
+            ({"s": _synthetic()}, [[10, 10]], ["s"], 1.0),
+            {"counts": np.ones((2, 3))},
+            ValueError,
+            "counts: expected 1 rows like centers, got 2",
+        ),
+        (
+            ({"s": _synthetic()}, [[10, 10]], ["s"], 1.0),
+            {"array_coords": [1, 2]},
+            ValueError,
+            r"array_coords: expected shape \(1, 2\), got \(2,\)",
+        ),
+        (
+            ({"s": _synthetic()}, [[10, 10]], ["s"], 1.0),
+            {"index": [1, 2]},
+            ValueError,
+            r"index: expected shape \(1,\), got \(2,\)",
+        ),
+        (
+            ({"s": _synthetic()}, [[10, 10]], ["s"], 1.0),
+            {"transform": "flip"},
+            TypeError,
+            "transform: expected a callable, got str",
+        ),
+        (
+            ({"s": _synthetic(), "t": _synthetic()[:2]}, [[10, 10], [10, 10]], ["s", "t"], 1.0),
+            {"normalize": None},
+            ValueError,
+            r"images: sections have different channel counts \[2, 3\]",
+        ),
+        (
+            ({"s": _synthetic()}, [[10, 10]], ["s"], 1.0),
+            {"normalize": "imagnet"},
+            ValueError,
+            "normalize: expected 'imagenet', \\(mean, std\\) or None, got 'imagnet'",
+        ),
+        (
+            ({"s": _synthetic()}, [[10, 10]], ["s"], 1.0),
+            {"normalize": 0.5},
+            ValueError,
+            r"normalize: expected 'imagenet', a \(mean, std\) pair or None",
+        ),
+        (
+            ({"s": _synthetic()}, [[10, 10]], ["s"], 1.0),
+            {"pad_value": "white"},
+            ValueError,
+            r"pad_value: expected an integer in \[0, 255\].*got 'white'",
+        ),
+    ],
+)
+def test_from_arrays_bad_input(args, kw, err, match):
+    with pytest.raises(err, match=match):
+        SpotPatchDataset.from_arrays(*args, **{"size_um": 8.0, **kw})
+
+
+def test_from_arrays_bad_paths_and_dims(tmp_path):
+    import xarray as xr
+
+    with pytest.raises(ValueError, match=r"images\['s'\]: '.*nothing.zarr' is not a readable zarr array"):
+        SpotPatchDataset.from_arrays({"s": str(tmp_path / "nothing.zarr")}, [[1, 1]], ["s"], 1.0, size_um=2.0)
+    yxc = xr.DataArray(np.zeros((20, 20, 3), np.uint8), dims=("y", "x", "c"))
+    with pytest.raises(ValueError, match=r"Image 's': expected dims \('c', 'y', 'x'\), got \('y', 'x', 'c'\)"):
+        SpotPatchDataset.from_arrays({"s": yxc}, [[1, 1]], ["s"], 1.0, size_um=2.0)
+    with pytest.raises(KeyError, match=r"cache: no 'patches' array \(keys: \['counts'\]\)"):
+        SpotPatchDataset.from_patch_cache({"counts": np.zeros((2, 3))})
+
+
+def test_spatialdata_constructor_bad_input():
+    sd = _tiny_sdata()
+    with pytest.raises(TypeError, match="sdata: expected a SpatialData object, got AnnData"):
+        SpotPatchDataset(sd.tables["table"])
+    geos = sd.tables["table"].uns["scst"]["sections"]
+    del geos["b"]
+    with pytest.raises(KeyError, match=r"Section 'b': no geometry in uns\['scst'\]\['sections'\] \(have \['a'\]\)"):
+        SpotPatchDataset(sd, size_px=6)
+    geos["a"]["um_per_px"] = None
+    with pytest.raises(ValueError, match="Section 'a': um_per_px unknown; pass size_px instead of size_um"):
+        SpotPatchDataset(sd, obs_subset=[0])
+    assert SpotPatchDataset(sd, obs_subset=[0], size_px=6).size_px == {"a": 6}
+    del sd.tables["table"].uns["scst"]
+    with pytest.raises(KeyError, match=r"uns\['scst'\]\['sections'\] not found"):
+        SpotPatchDataset(sd, size_px=6)
