@@ -68,7 +68,7 @@ def test_bad_input():
         lr_pairs_in_genes(pd.DataFrame({"source": ["A"], "target": ["B"]}), ["A", "B"])
 
 
-def test_liana_files_absent_without_liana(tmp_path, monkeypatch):
+def _no_liana(monkeypatch):
     import builtins
 
     real_import = builtins.__import__
@@ -79,8 +79,33 @@ def test_liana_files_absent_without_liana(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_liana)
+
+
+def test_liana_files_absent_without_liana(tmp_path, monkeypatch):
+    _no_liana(monkeypatch)
     with pytest.raises(FileNotFoundError, match="liana is not installed"):
         ligand_receptor("liana", path=tmp_path)
+    # other liana resources: the error says to install liana, and lists no resource
+    with pytest.raises(ValueError, match=r"unknown ligand–receptor list 'cellphonedb'.*\(install liana for its res"):
+        ligand_receptor("cellphonedb")
+
+
+@pytest.mark.parametrize(("organism", "n"), [("human", 4620), ("mouse", 3989)])
+def test_liana_files_absent_uses_the_installed_liana_offline(tmp_path, organism, n):
+    """Without liana_*.csv in the data folder, liana's bundled consensus resource gives the same pairs."""
+    from_files = ligand_receptor("liana", organism)
+    from_liana = ligand_receptor("liana", organism, path=tmp_path)
+    assert len(from_liana) == n
+    pd.testing.assert_frame_equal(from_liana, from_files)
+    assert from_liana.attrs == {"resource": "liana", "organism": organism}
+
+
+def test_bad_pairs_and_complexes_arguments():
+    pairs = pd.DataFrame({"ligand": ["A"], "receptor": ["B"]})
+    with pytest.raises(TypeError, match=r"`pairs` must be a DataFrame with columns 'ligand' and 'receptor', got list"):
+        lr_pairs_in_genes([("A", "B")], ["A", "B"])
+    with pytest.raises(ValueError, match="complexes: expected 'all' or 'drop', got 'keep'"):
+        lr_pairs_in_genes(pairs, ["A", "B"], complexes="keep")
 
 
 def test_orf_symbols_are_upper_case_and_matched_case_insensitively():
