@@ -319,3 +319,87 @@ def test_palette_and_min_is_white_tiffs_read_as_their_colours_cmyk_refused(tmp_p
         cached_image(tmp_path / "cmyk.tif", "S", cache=tmp_path / "cache")
     with pytest.raises(ValueError, match="path: TIFF .*cmyk.tif stores colours as photometric SEPARATED"):
         read_wsi(tmp_path / "cmyk.tif", um_per_px=0.5)
+
+
+# ------------------------------------------------------------------------------------------------ coverage: paths
+def test_planar_tiff_and_cmyk_jpeg_convert_to_rgb(tmp_path):
+    """A planar (c, y, x) RGB TIFF is cached as its pixels; a CMYK JPEG through libvips' sRGB conversion: no ink is
+    white, full black ink dark, cyan ink cyan (its C, M, Y read as R, G, B would make white paper black)."""
+    import pyvips
+
+    from scst.io._image import _read_image_array
+
+    img = _texture(40, 48)
+    tifffile.imwrite(
+        tmp_path / "planar.tif", np.moveaxis(img, -1, 0).copy(), photometric="rgb", planarconfig="separate"
+    )
+    np.testing.assert_array_equal(_read_image_array(tmp_path / "planar.tif"), img)
+    got = cached_image(tmp_path / "planar.tif", "S", cache=tmp_path / "cache")["scale0"]["image"].data.compute()
+    np.testing.assert_array_equal(got, np.moveaxis(img, -1, 0))
+    cmyk = np.zeros((16, 24, 4), np.uint8)
+    cmyk[:, 8:16, 3] = 255  # black ink
+    cmyk[:, 16:, 0] = 255  # cyan ink
+    pyvips.Image.new_from_array(cmyk).copy(interpretation="cmyk").jpegsave(str(tmp_path / "cmyk.jpg"), Q=100)
+    rgb = _read_image_array(tmp_path / "cmyk.jpg")
+    assert rgb.shape == (16, 24, 3)
+    assert (rgb[:, :8] >= 250).all()  # paper
+    assert (rgb[:, 8:16] <= 60).all()  # black
+    assert (rgb[:, 16:, 0] <= 30).all() and (rgb[:, 16:, 2] >= 200).all()  # cyan: no red, much blue
+
+
+def test_tiffs_that_are_no_2d_uint8_or_uint16_image_are_refused(tmp_path):
+    from scst.io._image import _to_rgb
+
+    tifffile.imwrite(tmp_path / "f.tif", _texture(20, 24).astype(np.float32) / 255, photometric="rgb")
+    with pytest.raises(ValueError, match=r"image: .*f.tif has pixel type float32; expected 8- or 16-bit RGB or grey"):
+        cached_image(tmp_path / "f.tif", "S", cache=tmp_path / "cache")
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((2, 5, 20, 24), np.uint8), photometric="minisblack")
+    with pytest.raises(ValueError, match=r"image: TIFF .*stack.tif has axes '\w+'; expected a 2-D image"):
+        cached_image(tmp_path / "stack.tif", "S", cache=tmp_path / "cache")
+    with pytest.raises(ValueError, match=r"image: x.png has shape \(4, 4, 5\); expected \(y, x\) grey or \(y, x, 3\)"):
+        _to_rgb(np.zeros((4, 4, 5), np.uint8), "x.png")
+
+
+def test_unreadable_manifests_and_stores_without_one_are_rebuilt(tmp_path):
+    import shutil
+
+    from scst.io._image import MANIFEST, check_image_cache, image_cache_path
+
+    img = _texture(32, 40)
+    Image.fromarray(img).save(tmp_path / "he.png")
+    cached_image(tmp_path / "he.png", "S", cache=tmp_path / "cache")
+    store = image_cache_path(tmp_path / "he.png", tmp_path / "cache")
+    (store / MANIFEST).write_text("{not json")
+    with pytest.raises(FileNotFoundError, match=r"damaged: its manifest .*scst_cache.json is unreadable"):
+        check_image_cache(store)
+    with pytest.warns(UserWarning, match="manifest .* is unreadable\\); rebuilding"):
+        cached_image(tmp_path / "he.png", "S", cache=tmp_path / "cache")
+    check_image_cache(store)
+    # a store without a manifest (written before manifests) that lost a pyramid level, or is no zarr group
+    (store / MANIFEST).unlink()
+    shutil.rmtree(store / "images" / "image" / "s4")
+    with pytest.warns(UserWarning, match="it has 4 pyramid levels, expected 5"):
+        el = cached_image(tmp_path / "he.png", "S", cache=tmp_path / "cache")
+    np.testing.assert_array_equal(el["scale0"]["image"].data.compute(), np.moveaxis(img, -1, 0))
+    (store / MANIFEST).unlink()
+    shutil.rmtree(store / "images")
+    with pytest.warns(UserWarning, match=r"it is unreadable \("):
+        cached_image(tmp_path / "he.png", "S", cache=tmp_path / "cache")
+    check_image_cache(store)
+
+
+def test_read_wsi_grey_alpha_refused_and_ome_without_pixel_size(tmp_path):
+    """A (y, x, 2) slide is refused naming the level and shape; an OME-TIFF whose OME-XML has no PhysicalSizeX (nor
+    TIFF resolution tags) has no pixel size, with the warning, not an error from parsing the XML."""
+    tifffile.imwrite(tmp_path / "la.tif", np.zeros((300, 400, 2), np.uint8), tile=(256, 256),
+                     photometric="minisblack", extrasamples=[2])  # fmt: skip
+    with pytest.raises(ValueError, match=r"path: level 0 of .*la.tif has shape \(300, 400, 2\); expected \(y, x\)"):
+        read_wsi(tmp_path / "la.tif", um_per_px=0.5)
+    img = _texture(300, 400)
+    tifffile.imwrite(
+        tmp_path / "o.ome.tif", img, tile=(256, 256), photometric="rgb", ome=True, metadata={"axes": "YXS"}
+    )
+    with pytest.warns(UserWarning, match="o.ome.tif records no pixel size and um_per_px was not given"):
+        sd = read_wsi(tmp_path / "o.ome.tif")
+    assert sd.attrs["scst"]["um_per_px"] is None
+    np.testing.assert_array_equal(sd.images["o.ome_image"]["scale0"]["image"].data.compute(), np.moveaxis(img, -1, 0))
