@@ -171,3 +171,8 @@ def test_spots_keep_their_colours_whatever_the_table_row_order_or_category_names
     assert len(drawn[0][0]) == n and len(set(drawn[0][0].values())) == 3
     assert drawn[1] == drawn[0]
     assert drawn[2][0] == drawn[0][0] and drawn[0][1] == ["x", "y", "z"] and drawn[2][1] == ["a", "b", "c"]
+
+
+def test_keys_must_name_at_least_one_column():
+    with pytest.raises(ValueError, match="keys: expected at least one obs column"):
+        scst.pl.spatial_domains(_spots_only(domain=pd.Categorical(["x"] * 24)), [], truth=None, show=False)

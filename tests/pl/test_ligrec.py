@@ -277,3 +277,21 @@ def test_dotplot_nan_scores_are_drawn_in_the_bad_colour():
     np.testing.assert_allclose(m1.get_facecolors(), cm([1.0, 0.5, 0.0]))
     np.testing.assert_allclose(m2.get_facecolors(), cm([np.nan] * 3))
     np.testing.assert_allclose(m3.get_facecolors(), cm([0.5, np.nan, 0.5]))  # one value: the mid colour
+
+
+def test_tables_of_the_wrong_type_and_n_top():
+    import pandas as pd
+    from anndata import AnnData
+
+    a = AnnData(np.zeros((2, 1), np.float32), obs=pd.DataFrame({"section": ["A", "A"]}, index=["c0", "c1"]))
+    a.uns["scst_ligrec"] = {"ligand_complex": ["L"], "receptor_complex": ["R"], "m_score": [1.0]}
+    with pytest.raises(
+        TypeError, match=r"key: uns\['scst_ligrec'\] must be a DataFrame \(LIANA-style.*got dict"
+    ):
+        scst.pl.ligand_receptor(a, show=False)
+    a.uns["scst_ligrec"] = pd.DataFrame(a.uns["scst_ligrec"])
+    with pytest.raises(ValueError, match="n_top: expected a positive integer, got 0"):
+        scst.pl.ligand_receptor(a, n_top=0, show=False)
+    a.obsm["scst_ligrec_local"] = np.zeros((2, 1))
+    with pytest.raises(TypeError, match=r"key: obsm\['scst_ligrec_local'\] must be a spots × pairs DataFrame, got nd"):
+        scst.pl.ligand_receptor_spatial(a, "L^R", show=False)

@@ -85,3 +85,20 @@ def test_cross_validation_summary_errors_and_positions():
     err = err_a.lines[2][0].get_segments()
     half = [np.ptp(np.asarray(seg)[:, 1]) / 2 for seg in err if len(seg)]  # none on `mean`
     np.testing.assert_allclose(half, [0.1, 0.0], atol=1e-12)
+
+
+def test_bad_tables_n_top_and_metrics_without_finite_values():
+    from anndata import AnnData
+
+    rows = pd.DataFrame({"section": ["A", "A"], "gene": ["G0", "G1"], "metric": "pearson", "value": [np.nan, np.nan]})
+    a = AnnData(np.zeros((2, 1), np.float32))
+    a.uns["scst_eval"] = rows
+    with pytest.raises(ValueError, match=r"metric: no finite 'pearson' value in uns\['scst_eval'\]"):
+        scst.pl.gene_scores(a, show=False)
+    with pytest.raises(ValueError, match="metric: no finite 'pearson' value in table"):
+        scst.pl.cross_validation(rows, show=False)
+    a.uns["scst_eval"] = rows.assign(value=[0.1, 0.2])
+    with pytest.raises(ValueError, match="n_top: expected a positive integer, got 0"):
+        scst.pl.gene_scores(a, n_top=0, show=False)
+    with pytest.raises(TypeError, match="table: expected a pandas DataFrame, got list"):
+        scst.pl.cross_validation([rows], show=False)
