@@ -47,3 +47,12 @@ def test_panel_targets_by_hand_and_non_finite_library():
     a.X = bad
     with pytest.raises(ValueError, match="NaN/inf"):
         panel_targets(a, None, ["d"], np.array([0, 2]))
+
+
+def test_raw_counts_refuses_an_empty_x():
+    from scst._normalize import raw_counts
+
+    a = AnnData(obs={"n": [1, 2]})
+    assert a.X is None
+    with pytest.raises(ValueError, match="Model.setup: adata.X is empty; raw counts are needed"):
+        raw_counts(a, None, "Model.setup")

@@ -114,3 +114,40 @@ def test_positive_int_takes_integral_floats_only_when_asked_and_names_the_argume
         f("levels", 257, 2, maximum=256)
     with pytest.raises(ValueError, match=r"^k: expected None \(all\) or a positive integer, got -1"):
         f("k", -1, what="None (all) or a positive integer")
+
+
+def test_obsm_features_shape_errors_name_the_argument():
+    from anndata import AnnData
+
+    from scst._utils import _obsm_features
+
+    a = AnnData(np.zeros((3, 1), np.float32))
+    a.obsm["emb"] = np.arange(6, dtype=np.float64).reshape(3, 2)
+    np.testing.assert_array_equal(_obsm_features(a, "emb", 2, rows=[2, 0]), [[4, 5], [0, 1]])
+    a.obsm["flat"] = np.zeros((3, 0))
+    with pytest.raises(ValueError, match=r"embedding_key: obsm\['flat'\] must have shape \(n_obs=3, n_features\)"):
+        _obsm_features(a, "flat", arg="embedding_key")
+
+
+def test_umask_without_proc_sets_and_restores_it(monkeypatch):
+    import os
+    from pathlib import Path
+
+    old = os.umask(0o027)
+    try:
+        assert _utils._umask() == 0o027  # from /proc/self/status
+
+        def no_proc(self, *args, **kwargs):
+            raise OSError("no /proc here")
+
+        monkeypatch.setattr(Path, "read_text", no_proc)
+        assert _utils._umask() == 0o027  # set and restored
+        assert os.umask(0o027) == 0o027
+    finally:
+        os.umask(old)
+
+
+def test_dir_of_the_package_lists_its_public_names():
+    import scst
+
+    assert dir(scst) == sorted(scst.__all__) and "pp" in dir(scst)
