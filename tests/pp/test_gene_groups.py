@@ -267,3 +267,20 @@ def test_panel_from_a_boolean_column_and_group_counts_at_the_edges():
         gene_groups(adata, None, n_groups=6, n_neighbors=1)
     with pytest.raises(ValueError, match="n_groups: expected a positive integer"):
         gene_groups(adata, net, n_groups=0)
+
+
+@pytest.mark.parametrize(
+    ("kw", "err", "match"),
+    [
+        ({"network": [("a", "b", 1.0, "x")]}, ValueError,
+         r"network: edge 0 is \('a', 'b', 1.0, 'x'\); expected \(source, target\) or \(source, target, weight\)"),
+        ({"network": 5}, TypeError, "network: expected a networkx graph, a DataFrame of edges.*got int"),
+        ({"network": None, "unlinked": "keep"}, ValueError, "unlinked: expected 'drop' or 'group', got 'keep'"),
+        ({"network": None, "genes": ["a", "zz"]}, KeyError,
+         r"genes: 1 genes are not in adata.var_names, e.g. \['zz'\]"),
+        ({"method": "pathway", "gene_sets": {"P": ["zz"]}}, ValueError, "gene_sets: no set contains a gene of `genes`"),
+    ],
+)  # fmt: skip
+def test_gene_groups_more_bad_input(kw, err, match):
+    with pytest.raises(err, match=match):
+        gene_groups(_adata(["a", "b", "c"]), n_groups=2, **kw)
