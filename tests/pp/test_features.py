@@ -259,3 +259,23 @@ def test_settings_that_are_no_valid_number_are_named_errors_numpy_integers_are_n
     ):
         with pytest.raises(ValueError, match=f"{name}: expected"):
             handcrafted_features(p, **kw)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        (
+            {"patches": np.zeros((1, 3, 8, 8), np.int16)},
+            "patches: expected uint8 or float values in \\[0, 1\\], got dtype int16",
+        ),
+        (
+            {"stain_thresholds": ("a", "b")},
+            r"stain_thresholds: expected two non-negative numbers \(H, E\), got \('a', 'b'\)",
+        ),
+        ({"stain_thresholds": 0.1}, r"stain_thresholds: expected two non-negative numbers \(H, E\), got 0.1"),
+    ],
+)
+def test_bad_dtype_and_stain_thresholds(kw, match):
+    kw = {"patches": np.zeros((1, 3, 8, 8), np.uint8), **kw}
+    with pytest.raises(ValueError, match=match):
+        handcrafted_features(kw.pop("patches"), **kw)

@@ -261,3 +261,10 @@ def test_non_finite_inputs_and_no_spots_name_the_argument():
     with pytest.raises(ValueError, match="no spots"):
         hypergraph(empty, k=1)
     assert "hypergraph_incidence" not in adata.obsp
+
+
+def test_features_of_more_than_two_dims_are_refused_naming_them():
+    adata = _two_sections(5)
+    adata.obsm["cube"] = np.zeros((adata.n_obs, 2, 2))
+    with pytest.raises(ValueError, match=r"Features 'cube' must have shape \(n_obs, d\), got \(10, 2, 2\)"):
+        hypergraph(adata, use_rep="cube")

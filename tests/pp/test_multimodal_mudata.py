@@ -393,3 +393,14 @@ def test_bulk_to_mudata_reads_the_stored_mask_of_a_translated_image():
     del sd.labels["global_tissue"]
     obs = scst.pp.bulk_to_mudata(bulk, sd, {"A": "s1"}, **kw)["image"].obs
     assert set(obs.index) == {f"A_0x{r}" for r in range(3)}
+
+
+def test_to_mudata_refuses_grey_sections_and_bulk_an_unknown_image():
+    sd = _spot_sdata()
+    grey = np.zeros((1, 40, 60), np.uint8)
+    sd.images["S1_image"] = Image2DModel.parse(grey, dims=("c", "y", "x"), transformations={"S1": Identity()})
+    with pytest.raises(ValueError, match=r"sdata: expected an RGB image \(3 channels, or RGBA\), got 1 channel\(s\)"):
+        scst.pp.to_mudata(sd, sections="S1", size_px=8)
+    sdata, bulk = _slides()
+    with pytest.raises(KeyError, match=r"image_to_sample: 1 image keys not in sdata.images, e.g. \['C_image'\]"):
+        scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1", "C_image": "s2"}, um_per_px=1.0, **TILE)

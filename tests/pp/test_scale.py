@@ -140,3 +140,10 @@ def test_recipe_records_the_library_key_used():
     a.uns["scst_embed"] = {"f": {"method": "handcrafted"}}
     scale_by_section(a, "f", library_key="slide", min_spots=3)
     assert a.uns["scst_embed"]["f_scaled"]["scale_by_section"] == "slide"
+
+
+def test_features_of_more_than_two_dims_are_refused_naming_use_rep():
+    a = _adata(np.zeros((4, 2)), ["A", "A", "B", "B"])
+    a.obsm["cube"] = np.zeros((4, 2, 2))
+    with pytest.raises(ValueError, match=r"adata.obsm\['cube'\] \(argument `use_rep`\): expected shape \(n_obs, d\)"):
+        scale_by_section(a, "cube")
