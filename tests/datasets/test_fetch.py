@@ -193,3 +193,17 @@ def test_a_sha256_download_failing_its_check_is_fetched_once_more_then_refused(t
     with pytest.raises(ValueError, match=f"Hash mismatch for her2st/A1/spots.tsv .* sha256 {sha}, twice"):
         _fetch.fetch("her2st", "A1/spots.tsv")
     assert not served and not target.exists()
+
+
+def test_unknown_datasets_and_pooch_errors_other_than_a_hash_mismatch(tmp_path, monkeypatch):
+    monkeypatch.delenv("SCST_DATA_DIR", raising=False)
+    monkeypatch.setenv("SCST_CACHE_DIR", str(tmp_path))
+    with pytest.raises(KeyError, match=r"Unknown dataset 'her3st'; known: \['her2st'"):
+        _fetch.fetch("her3st", "D1/counts.tsv.gz")
+
+    def bad_url(url, **kwargs):
+        raise ValueError("Invalid URL scheme")
+
+    monkeypatch.setattr(_fetch.pooch, "retrieve", bad_url)
+    with pytest.raises(ValueError, match="^Invalid URL scheme$"):  # pooch's own error, not taken for a bad hash
+        _fetch.fetch("her2st", "D1/counts.tsv.gz")

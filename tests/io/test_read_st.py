@@ -150,6 +150,8 @@ def test_read_st_bad_spots_and_files(tmp_path):
         read_st(c, spots.drop(columns="pixel_x"), i, sample="S")
     with pytest.raises(FileNotFoundError, match="counts"):
         read_st(tmp_path / "nope.tsv", s, i, sample="S")
+    with pytest.raises(FileNotFoundError, match=r"spots: file .*nope_spots.tsv does not exist"):
+        read_st(c, tmp_path / "nope_spots.tsv", i, sample="S")
     with pytest.raises(FileNotFoundError, match="image"), pytest.warns(UserWarning):
         read_st(c, s, tmp_path / "nope.png", sample="S")
 
