@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import _toys as toys  # tests/models is on pytest's pythonpath (pyproject.toml)
 import lightning.pytorch as pl
@@ -600,3 +601,138 @@ def test_parse_device_and_lightning_tips():
 
     assert not _DropTips().filter(record("💡 Tip: try LitServe"))
     assert _DropTips().filter(record("GPU available: False"))
+
+
+class _KeepsLastAndRemovesBest(pl.Callback):
+    """At the end of training: note the weights of the last epoch, then delete the best checkpoint."""
+
+    def on_train_end(self, trainer, pl_module):
+        self.last = {k: v.detach().clone() for k, v in pl_module.module.state_dict().items()}
+        self.best = trainer.checkpoint_callback.best_model_path
+        Path(self.best).unlink()
+
+
+def test_a_best_checkpoint_removed_before_restoring_keeps_the_last_epochs_weights_with_one_warning():
+    """The one warning says the checkpoint is gone; it was followed by a second one blaming `max_steps`/`max_time`
+    for a run that had checkpointed every epoch."""
+    adata = make_adata()
+    ToyRegression.setup_anndata(adata)
+    model = ToyRegression(adata, max_epochs=3)
+    spy = _KeepsLastAndRemovesBest()
+    with pytest.warns(UserWarning) as record:
+        model.train(callbacks=[spy], enable_progress_bar=False)
+    ours = [str(w.message) for w in record if w.filename == __file__]  # not Lightning's / torch's own
+    assert len(ours) == 1, ours
+    assert re.match(r"The best checkpoint '.*best\.ckpt' is gone .* weights of the last epoch", ours[0])
+    assert spy.best.endswith("best.ckpt") and model.is_trained and len(model.history) == 3
+    for name, value in model.module.state_dict().items():
+        torch.testing.assert_close(value, spy.last[name], rtol=0, atol=0)
+
+
+def test_inference_in_bf16_returns_float32_outputs():
+    """``_inference(precision="bf16")``: the network runs under CPU autocast, its bf16 output comes back as float32
+    (the same values to bf16 rounding); non-tensor parts of a batch pass through unchanged."""
+    adata = make_adata()
+    ToyRegression.setup_anndata(adata)
+    model = ToyRegression(adata)
+    x = torch.as_tensor(adata.X[:8])
+    (plain,) = model._inference([x], lambda m, b: m(b))
+    (half,) = model._inference([x], lambda m, b: (m(b), m(b).dtype), precision="bf16")
+    assert half[1] == torch.bfloat16 and half[0].dtype == torch.float32
+    torch.testing.assert_close(half[0], plain, rtol=2e-2, atol=2e-2)
+    (passed,) = model._inference([(x, "tag", 3)], lambda m, b: b)
+    assert passed[1:] == ("tag", 3)
+
+
+class NoLossModule(torch.nn.Module):
+    def forward(self, x):
+        return x
+
+
+class NoLossToy(ToyRegression):
+    _module_cls = NoLossModule
+
+    def _module_kwargs(self):
+        return {}
+
+
+class NoSetup(BaseModel):
+    _module_cls = LinearModule
+
+    def _module_kwargs(self):
+        return {}
+
+    def _dataloaders(self, batch_size, validation, seed, **kw):
+        return None, None
+
+
+class SetupWithoutRegister(NoSetup):
+    @classmethod
+    def setup_anndata(cls, adata):
+        pass
+
+
+def test_base_model_contract_checks_name_the_culprit():
+    import spatialdata as sd
+
+    adata = make_adata()
+    with pytest.raises(TypeError, match="`registry` must be a dict, got list"):
+        ToyRegression._register(adata, [("n_features", 4)])
+    with pytest.raises(TypeError, match="`data` must be AnnData, MuData or SpatialData, got ndarray"):
+        ToyRegression(adata.X)
+    sdata = sd.SpatialData(tables={"table": adata})
+    with pytest.raises(TypeError, match="NoSetup defines neither `setup_sdata` nor `setup_anndata`"):
+        NoSetup.setup_sdata(sdata)
+    with pytest.raises(RuntimeError, match=r"SetupWithoutRegister.setup_anndata did not call `_register`"):
+        SetupWithoutRegister.setup_sdata(sdata)
+    NoLossToy.setup_anndata(adata)
+    with pytest.raises(TypeError, match="NoLossModule \\(the `_module_cls` of NoLossToy\\) must define `loss`"):
+        NoLossToy(adata)
+
+
+class ParameterFree(LinearModule):
+    def __init__(self):
+        torch.nn.Module.__init__(self)
+
+    def forward(self, x):
+        return x.sum(-1)
+
+
+class ParameterFreeToy(ToyRegression):
+    """No parameters and no gene panel in its registry: it runs on the CPU and takes any genes."""
+
+    _module_cls = ParameterFree
+
+    @classmethod
+    def setup_anndata(cls, adata):
+        cls._register(adata, {"n_features": adata.n_vars})
+
+    def _module_kwargs(self):
+        return {}
+
+    def _tensors(self, adata):
+        return torch.as_tensor(np.asarray(adata.X), dtype=torch.float32), None
+
+
+def test_a_model_without_parameters_or_gene_panel(tmp_path):
+    adata = make_adata()
+    ParameterFreeToy.setup_anndata(adata)
+    model = ParameterFreeToy(adata)
+    assert model.device == torch.device("cpu")
+    model.save(tmp_path / "m")
+    other = AnnData(np.array([[1.0, 2.0], [3.0, -4.0]], np.float32))  # other genes, other count
+    loaded = ParameterFreeToy.load(tmp_path / "m", data=other)
+    np.testing.assert_array_equal(loaded.predict(), [3.0, -1.0])
+
+
+def test_a_checkpoint_of_a_class_defined_elsewhere_now_loads_by_its_unique_name(tmp_path):
+    """``model_class`` names another module (the class moved since): the one class of that name is used."""
+    adata = make_adata()
+    ToyRegression.setup_anndata(adata)
+    model = ToyRegression(adata)
+    model.save(tmp_path / "m")
+    attrs = json.loads((tmp_path / "m" / "attr.json").read_text())
+    (tmp_path / "m" / "attr.json").write_text(json.dumps({**attrs, "model_class": "old.place.ToyRegression"}))
+    loaded = BaseModel.load(tmp_path / "m")
+    assert type(loaded) is ToyRegression
+    torch.testing.assert_close(loaded.module.linear.weight, model.module.linear.weight, rtol=0, atol=0)

@@ -770,7 +770,7 @@ class BaseModel(_SetupRegistry, ABC):
                         raise
                     error = FloatingPointError(str(e).rsplit("FloatingPointError: ", 1)[1].strip())
             device = trainer.strategy.root_device
-            best = ckpt.best_model_path
+            best, gone = ckpt.best_model_path, False
             if not best and error is not None and _file_id(Path(dirpath) / "best.ckpt") not in (None, earlier_best):
                 best = str(Path(dirpath) / "best.ckpt")  # written by rank 0 of the workers before the error
             if best and not Path(best).is_file():
@@ -779,7 +779,7 @@ class BaseModel(_SetupRegistry, ABC):
                     "keeping the weights of the last epoch.",
                     stacklevel=2,
                 )
-                best = ""
+                best, gone = "", True
             if best:
                 state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
                 plan.load_state_dict(state)
@@ -797,7 +797,7 @@ class BaseModel(_SetupRegistry, ABC):
                 # strategy="ddp": every rank reads rank 0's best.ckpt; rank 0 must not remove its folder before
                 torch.distributed.barrier()
         steps = int(trainer.global_step)
-        if error is None and not best:
+        if error is None and not best and not gone:
             # max_steps / max_time / limit_train_batches (trainer_kwargs) ended training before any checkpoint
             name = type(self).__name__
             if steps == 0:
