@@ -1368,3 +1368,98 @@ def test_frozen_encoders_stay_fixed_and_a_cast_module_takes_float_patches():
     cast = MultimodalModule([0, 0, 1, 1, 2], dim=8, heads=2, image_px=16, sub_patch=8, embed_dim=8).eval().double()
     out = cast.embed_image(torch.rand(2, 3, 16, 16))
     assert out.dtype == torch.float64 and torch.allclose(out.norm(dim=1), torch.ones(2, dtype=torch.float64))
+
+
+def test_save_data_writes_the_mudata_and_load_reads_it_back(tmp_path):
+    """``save(save_data=True)`` of a model on a MuData writes ``data.h5mu``; ``load`` without ``data`` reads it back
+    (both modalities, the patches, the registry) and embeds it as the saved model did."""
+    mdata = synthetic_mudata(n=8)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL)
+    model.save(tmp_path / "m", save_data=True)
+    assert (tmp_path / "m" / "data.h5mu").is_file() and not (tmp_path / "m" / "data.h5ad").exists()
+    loaded = MultimodalST.load(tmp_path / "m")
+    assert isinstance(loaded.data, md.MuData) and loaded.adata is loaded.data
+    assert list(loaded.data.mod) == ["rna", "image"]
+    np.testing.assert_array_equal(loaded.data["rna"].X, mdata["rna"].X)
+    np.testing.assert_array_equal(loaded.data["image"].obsm["patch"], mdata["image"].obsm["patch"])
+    for modality in ("rna", "image"):
+        np.testing.assert_allclose(
+            loaded.get_latent_representation(modality=modality),
+            model.get_latent_representation(mdata, modality),
+            atol=1e-6,
+        )
+
+
+def test_vit_and_mlp_image_encoders_take_local_weights(tmp_path):
+    """``image_weights`` (a local state_dict file) for the paper's ViT and for the MLP on embeddings: the encoder of
+    a model of another seed ends equal to the saved one."""
+    mdata = synthetic_mudata(n=8)
+    emb = synthetic_mudata(n=8)
+    emb["image"].obsm["patch"] = np.random.default_rng(0).normal(size=(8, 6))
+    for data, kw in ((mdata, {}), (emb, {"image_encoder": "mlp"})):
+        MultimodalST.setup_mudata(data, group_key="label")
+        source = MultimodalST(data, **SMALL, **kw, seed=1).module.image_encoder
+        torch.save(source.state_dict(), tmp_path / "enc.pt")
+        other = MultimodalST(data, **SMALL, **kw, seed=2).module.image_encoder
+        assert not all(torch.equal(a, b) for a, b in zip(source.parameters(), other.parameters()))
+        loaded = MultimodalST(data, **SMALL, **kw, seed=2, image_weights=str(tmp_path / "enc.pt")).module
+        assert all(torch.equal(a, b) for a, b in zip(source.parameters(), loaded.image_encoder.parameters()))
+
+
+def _no_group(m):
+    m["rna"].var["gene_group"] = -1
+
+
+def _drop_patch(m):
+    del m["image"].obsm["patch"]
+
+
+def _patches_3d(m):
+    m["image"].obsm["patch"] = np.zeros((m["image"].n_obs, 3, 16), np.uint8)
+
+
+def _drop_link(m):
+    del m["image"].obs["rna_sample"]
+
+
+@pytest.mark.parametrize(
+    ("spoil", "kwargs", "err", "match"),
+    [
+        (None, {"image": "he"}, KeyError, r"mdata: modality 'he' missing; has \['rna', 'image'\]"),
+        (_no_group, {}, ValueError, r"mdata\['rna'\]\.var\['gene_group'\]: no gene is in a group \(all -1\)"),
+        (_drop_patch, {}, KeyError, r"mdata\['image'\]\.obsm lacks 'patch' \(patches or patch embeddings\)"),
+        (_patches_3d, {}, ValueError, r"obsm\['patch'\]: expected 4-D patches or 2-D embeddings"),
+        (_drop_link, {}, KeyError, r"mdata\['image'\]\.obs lacks the link column 'rna_sample'"),
+        (None, {"group_key": "lineage"}, KeyError, r"mdata\['rna'\]\.obs lacks group_key 'lineage'"),
+    ],
+    ids=["modality", "gene_groups", "patch_key", "patch_ndim", "link_key", "group_key"],
+)
+def test_setup_mudata_names_the_missing_or_bad_input(spoil, kwargs, err, match):
+    mdata = synthetic_mudata(n=8)
+    if spoil is not None:
+        spoil(mdata)
+    with pytest.raises(err, match=match):
+        MultimodalST.setup_mudata(mdata, **{"group_key": "label", **kwargs})
+
+
+def test_model_and_embedding_arguments_are_checked(tmp_path):
+    mdata = synthetic_mudata(n=8)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    with pytest.raises(ValueError, match=r"weights: unknown loss terms \['mlm'\]; expected some of"):
+        MultimodalST(mdata, **SMALL, weights={"mlm": 1.0})
+    emb = synthetic_mudata(n=8)
+    emb["image"].obsm["patch"] = np.zeros((8, 6), np.float32)
+    MultimodalST.setup_mudata(emb, group_key="label")
+    with pytest.raises(ValueError, match="image_encoder: the image modality holds embeddings; use image_encoder='mlp'"):
+        MultimodalST(emb, **SMALL)
+    model = MultimodalST(mdata, **SMALL)
+    with pytest.raises(ValueError, match="data: expected a MuData with modality 'image'"):
+        model.get_latent_representation(md.MuData({"rna": mdata["rna"].copy()}), "rna")
+    with pytest.raises(ValueError, match="modality: expected 'rna' or 'image', got 'he'"):
+        model.get_latent_representation(mdata, "he")
+    with pytest.raises(ValueError, match="space: expected 'shared' or 'cls', got 'joint'"):
+        model.get_latent_representation(mdata, "rna", space="joint")
+    model.save(tmp_path / "m")
+    with pytest.raises(ValueError, match="mdata: the model has no data; pass a MuData"):
+        MultimodalST.load(tmp_path / "m").get_latent_representation(modality="rna")
