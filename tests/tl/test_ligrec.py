@@ -1511,3 +1511,88 @@ def test_review_a_kernel_of_each_spot_with_itself_scores_within_spots():
         ligand_receptor(adata, pairs=[("L", "R")], method="bivariate", kernel_key="scst_lr_kernel", n_perms=9,
                         expr_prop=0)  # fmt: skip
     assert np.isfinite(adata.uns["scst_ligrec"]["bivariate_score"]).all()
+
+
+def test_cv_gcng_on_a_given_graph_key_with_and_without_shuffled_positions(monkeypatch):
+    """``{"method": "gcng", "graph_key": ...}``: the model is fit on that obsp matrix as it is, or, with
+    ``shuffle_positions``, on a private copy permuted within the groups (as :func:`shuffle_graph` with seed + 1)."""
+    import scst.tl._ligrec_cv as cv
+
+    adata, folds = niche_folds(n_pairs=12)
+    adata.obs["half"] = np.where(adata.obsm["spatial"][:, 1] < 4, "low", "high")
+    graph_matrix(adata, "autocrine+", key_added="G")
+    seen = []
+
+    def fake_fit(work, gkey, train, cfg, layer, normalize, seed, train_kwargs, norm=None):
+        seen.append((gkey, work.obsp[gkey].toarray()))
+        return _CVStub(train)
+
+    monkeypatch.setattr(cv, "_fit_gcng", fake_fit)
+    methods = {"given": {"method": "gcng", "graph_key": "G"},
+               "shuffled": {"method": "gcng", "graph_key": "G", "shuffle_positions": "half"}}  # fmt: skip
+    pred = ligrec_cv(adata, folds=folds, config=FAST, seed=4, methods=methods)
+    assert [k for k, _ in seen] == ["G"] * 3 + ["_cv_shuffled"] * 3
+    g = adata.obsp["G"].toarray()
+    want = shuffle_graph(adata.obsp["G"], adata.obs["half"].to_numpy(), seed=5).toarray()
+    assert not np.array_equal(want, g)
+    for key, matrix in seen:
+        np.testing.assert_array_equal(matrix, g if key == "G" else want)
+    assert "_cv_shuffled" not in adata.obsp  # the caller's data untouched
+    assert pred.groupby("method").size().to_dict() == {"given": 24, "shuffled": 24}
+    with pytest.raises(KeyError, match=r"'H' not found in adata.obsp"):
+        ligrec_cv(adata, folds=folds, methods={"g": {"method": "gcng", "graph_key": "H"}})
+    with pytest.raises(ValueError, match=r"methods\['g'\]\['kind'\]: expected one of \[.*\], got 'paracrine'"):
+        ligrec_cv(adata, folds=folds, methods={"g": {"method": "gcng", "kind": "paracrine"}})
+
+
+def test_cv_default_methods_and_progress_log(monkeypatch):
+    """``methods=None``: the three GCNG graph variants and the three baselines, each scored on every test pair; with
+    ``progress=True`` one log line per method and fold."""
+    import types
+
+    import scst.tl._ligrec_cv as cv
+
+    adata, folds = niche_folds(n_pairs=12)
+    kinds, lines = [], []
+    monkeypatch.setattr(cv, "_fit_gcng", lambda work, gkey, train, *a, **k: kinds.append(gkey) or _CVStub(train))
+    monkeypatch.setattr(cv, "logg", types.SimpleNamespace(info=lines.append))
+    pred = ligrec_cv(adata, folds=folds, config=FAST, progress=True)
+    names = ["GCNG autocrine+", "GCNG exocrine", "GCNG diagonal", "single-cell Pearson", "spatial Pearson",
+             "expression mean(L)·mean(R)"]  # fmt: skip
+    assert pred.groupby("method", sort=False).size().to_dict() == dict.fromkeys(names, 24)  # 12 pairs + 12 decoys
+    assert kinds == [f"_cv_{n}" for n in names[:3] for _ in range(3)]
+    assert lines[:2] == ["ligrec_cv: GCNG autocrine+, fold 0: 8 test pairs", "ligrec_cv: GCNG autocrine+, fold 1: 8 "
+                         "test pairs"]  # fmt: skip
+    assert len(lines) == 18
+    x = pd.DataFrame(cv.normalized_expression(adata, log1p=FAST["log1p"]).toarray(), columns=adata.var_names).mean()
+    e = pred[pred.method == names[-1]]
+    np.testing.assert_allclose(e["score"], x[e["ligand"]].to_numpy() * x[e["receptor"]].to_numpy(), rtol=1e-5)
+
+
+def test_function_assignment_caps_the_training_pairs_and_takes_sets_as_list_dict_or_gmt(monkeypatch, tmp_path):
+    """``max_train_pairs``: each fold trains on that many of its ordered set-gene pairs (a subset, no repeats) and
+    as many negatives; a list, a dict and a GMT file (blank lines skipped) name the same set."""
+    import scst.tl._ligrec_cv as cv
+
+    adata, _ = quadrant_data(n_side=4, n_pairs=12)
+    graph_matrix(adata)
+    trains = []
+    monkeypatch.setattr(cv, "_fit_gcng", lambda work, gkey, train, *a, **k: trains.append(train) or _CVStub(train))
+    genes = [f"L{i}" for i in range(10)]
+    gene_function_cv(adata, genes, n_folds=2, max_train_pairs=7, seed=0)
+    assert len(trains) == 2
+    for train in trains:
+        pos, neg = train[train.label == 1], train[train.label == 0]
+        assert len(pos) == len(neg) == 7  # 5 training genes: 20 ordered pairs, capped at 7
+        pairs = list(zip(pos.ligand, pos.receptor))
+        assert len(set(pairs)) == 7 and all(a != b and a in genes and b in genes for a, b in pairs)
+        assert len({g for p in pairs for g in p}) <= 5
+    gmt = tmp_path / "sets.gmt"
+    gmt.write_text("\n" + "S\tdesc\t" + "\t".join(genes) + "\n\n")
+    assert read_gmt(gmt) == {"S": genes}
+    by_list = gene_function_cv(adata, genes, n_folds=2, seed=0)
+    for sets in ({"S": genes}, str(gmt)):
+        other = gene_function_cv(adata, sets, n_folds=2, seed=0)
+        assert other["gene_set"].unique().tolist() == ["S"]
+        pd.testing.assert_frame_equal(other.drop(columns="gene_set"), by_list.drop(columns="gene_set"))
+    assert by_list["gene_set"].unique().tolist() == ["gene_set"]

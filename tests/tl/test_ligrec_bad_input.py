@@ -272,3 +272,34 @@ def test_gcng_known_pairs_absent_a_failed_call_and_cells_without_a_section():
     fresh.obs["section"] = pd.Series(["s0"] * 30 + [None] * 6, index=fresh.obs_names, dtype=object)
     with pytest.raises(ValueError, match=r"adata.obs\['section'\]: 6 cells have no section"):
         ligand_receptor(fresh, pairs=pairs, method="spatial_pearson", n_perms=5, expr_prop=0.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_folds": 1}, "n_folds: expected >= 2, got 1"),
+        ({"task": "binding"}, "task: expected 'interaction' or 'direction', got 'binding'"),
+        ({"negatives": "shuffled"}, "negatives: expected 'random' or 'expression_matched', got 'shuffled'"),
+    ],
+)
+def test_lr_folds_names_a_bad_setting(kwargs, match):
+    _, pairs = grid_data(n_pairs=6)
+    with pytest.raises(ValueError, match=match):
+        lr_folds(pairs, **kwargs)
+
+
+def test_cv_names_a_bad_method_or_fold_and_gene_sets_a_bad_type(tmp_path):
+    from scst.tl._ligrec_cv import gene_function_cv, read_gmt
+
+    adata, pairs = grid_data(n_pairs=6)
+    with pytest.raises(ValueError, match=r"methods\['m'\]: unknown method 'moran'; expected 'gcng', 'gene_features'"):
+        ligrec_cv(adata, pairs, n_folds=2, methods={"m": {"method": "moran"}})
+    with pytest.raises(TypeError, match=r"folds: expected a sequence of LRFold .*got \('train', 'test'\)"):
+        ligrec_cv(adata, folds=[("train", "test")], methods={"e": {"method": "expression"}})
+    gmt = tmp_path / "bad.gmt"
+    gmt.write_text("S1\tdesc\tL0\tL1\nS2\tL2\n")
+    with pytest.raises(ValueError, match=r"bad.gmt: line 2 has fewer than 3 tab-separated fields"):
+        read_gmt(gmt)
+    adata.obsp["G"] = sp.identity(adata.n_obs, format="csr")
+    with pytest.raises(TypeError, match="gene_sets: expected a list of genes, a dict name → genes, or a GMT file"):
+        gene_function_cv(adata, 3, graph_key="G")
