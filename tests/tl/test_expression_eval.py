@@ -472,3 +472,25 @@ def test_duplicate_gene_names_are_refused_and_infinite_counts_are_not_counts(ada
     adata.X = x
     with pytest.raises(ValueError, match="negative, non-integer or infinite values"):
         log_normalized(adata)
+
+
+def test_genes_as_a_boolean_var_column_or_mask_select_the_same_genes_as_their_names(adata):
+    truth = _truth(adata)
+    adata.layers["predicted"] = truth * 2 + 1  # linear: Pearson 1, MSE known
+    adata.var["panel"] = np.isin(adata.var_names, ["g2", "g7"])
+    by_name = evaluate_expression(adata, genes=["g2", "g7"], copy=True).uns["scst_eval"]
+    for genes in ("panel", adata.var["panel"].to_numpy()):
+        df = evaluate_expression(adata, genes=genes, copy=True).uns["scst_eval"]
+        assert set(df["gene"]) == {"g2", "g7"}
+        pd.testing.assert_frame_equal(df, by_name)
+    mse = by_name[(by_name.metric == "mse") & (by_name.section == "A")].set_index("gene")["value"]
+    rows = np.flatnonzero(adata.obs["section"] == "A")
+    np.testing.assert_allclose(mse["g7"], np.mean((truth[rows, 7] + 1) ** 2), rtol=1e-6)
+
+
+def test_a_layer_without_any_finite_value_is_named(adata):
+    adata.layers["empty"] = np.full((adata.n_obs, adata.n_vars), np.nan)
+    with pytest.raises(ValueError, match=r"layer: adata.layers\['empty'\] has no finite prediction"):
+        evaluate_expression(adata, "empty")
+    with pytest.raises(ValueError, match=r"layer: no spot has finite values in 'empty'"):
+        spatial_domains(adata, layer="empty", use_genes=["g0", "g1"])

@@ -695,3 +695,44 @@ def test_review_predicting_section_by_section_into_one_new_table_keeps_every_sec
     ):
         predict_expression(sd, MeanExpression(tab).train(), sections="S2", table_added="pred_table", progress=False)
     assert set(sd.tables["pred_table"].obs["section"].astype(str)) == {"S2"}
+
+
+def test_a_head_whose_hypergraph_came_from_another_representation_warns_and_uses_its_embedding():
+    """The training hypergraph was built from obsm['X_copy'] (here the embedding itself, copied): a new table lacks
+    it, so the graph is built from the embedding with a warning naming both keys, and the prediction is the same."""
+    from scst.models import HGGEPHead
+    from scst.pp import hypergraph
+    from scst.tl import embed_patches
+
+    sd = syn.make_sdata()
+    tab = sd.tables["table"]
+    embed_patches(sd, "handcrafted", size_um=syn.SIZE_UM, out_px=32, key_added="X_hc", progress=False)
+    tab.obsm["X_copy"] = tab.obsm["X_hc"].copy()
+    hypergraph(tab, use_rep="X_copy", k=3)
+    HGGEPHead.setup_anndata(tab, use_rep="X_hc", genes=PANEL, sections=["S1", "S2"])
+    model = HGGEPHead(tab, **{**HGGEPHead.bench_config, "max_epochs": 1}).train(enable_progress_bar=False)
+    assert model.registry["hypergraph_params"]["use_rep"] == "X_copy"
+    expected = model.predict(tab, "S3")
+    bare = syn.make_sdata()
+    with pytest.warns(UserWarning, match=r"hypergraph was built from obsm\['X_copy'\], .*from obsm\['X_hc'\] instead"):
+        predict_expression(bare, model, progress=False)
+    np.testing.assert_allclose(_layer_block(bare.tables["table"], section="S3").to_numpy(), expected, atol=1e-5)
+
+
+def test_a_section_named_as_a_string_and_predicted_twice_into_a_new_table():
+    """``sections="S5"`` on an H&E-only slide: pseudo-spots of S5 only (as ``["S5"]``); predicting the same section
+    again into the same table replaces its rows (no duplicates, no other section to keep)."""
+    sd = syn.make_sdata()
+    tab = sd.tables["table"]
+    MeanExpression.setup_anndata(tab, genes=PANEL, sections=["S1", "S2"])
+    model = MeanExpression(tab).train()
+    he = syn.make_sdata(sections=("S5", "S6"), seed=7)
+    del he.tables["table"]
+    predict_expression(he, model, sections="S5", um_per_px=syn.UM_PER_PX, spacing_um=80.0, progress=False)
+    one = he.tables["table_predicted"]
+    assert set(one.obs["section"].astype(str)) == {"S5"} and one.n_obs >= 9
+    np.testing.assert_allclose(one.X, np.broadcast_to(one.X[0], one.X.shape))  # the mean model: one profile
+    predict_expression(he, model, sections=["S5"], um_per_px=syn.UM_PER_PX, spacing_um=80.0, progress=False)
+    again = he.tables["table_predicted"]
+    assert again.n_obs == one.n_obs and list(again.obs_names) == list(one.obs_names)
+    np.testing.assert_array_equal(again.X, one.X)

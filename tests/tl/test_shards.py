@@ -448,3 +448,25 @@ def test_merge_refuses_other_panels_and_renames_repeated_spots(shard_stores, tmp
     part.write(tmp_path / "no_prediction.zarr")
     with pytest.raises(ValueError, match="has no table 'predicted'"):
         merge_shards([tmp_path / "no_prediction.zarr"], tmp_path / "o2.zarr")
+
+
+def test_read_shard_of_a_her2st_section_and_of_a_whole_slide_image(tmp_path):
+    """A ``her2st:`` source is that dataset section (the pixel size passed through: its table has one); a WSI source
+    is read lazily with the pixel size of its TIFF resolution tags when none is given, or the given one."""
+    import tifffile
+
+    from scst.tl._shards import _read_shard
+
+    sdata, upp = _read_shard("C5", "her2st:C5", None)
+    assert upp is None and set(sdata.tables["table"].obs["section"].astype(str)) == {"C5"}
+    assert list(sdata.images) == ["C5_image"]
+    img = np.zeros((64, 80, 3), np.uint8)
+    img[:, 40:] = 200
+    res = {"resolution": (1e4 / 0.25, 1e4 / 0.25), "resolutionunit": "CENTIMETER"}
+    tifffile.imwrite(tmp_path / "slide 1.svs", img, tile=(16, 16), photometric="rgb", **res)
+    sdata, upp = _read_shard("slide_1", str(tmp_path / "slide 1.svs"), None)
+    assert upp == pytest.approx(0.25) and list(sdata.images) == ["slide_1_image"]
+    np.testing.assert_array_equal(
+        np.asarray(sdata.images["slide_1_image"]["scale0"]["image"].values), img.transpose(2, 0, 1)
+    )
+    assert _read_shard("slide_1", str(tmp_path / "slide 1.svs"), 0.5)[1] == 0.5
