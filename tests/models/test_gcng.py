@@ -712,3 +712,23 @@ def test_given_validation_pairs_are_saved_as_fit_pairs(tmp_path):
     model.save(tmp_path / "m")
     loaded = GCNG.load(tmp_path / "m", data=adata)
     pd.testing.assert_frame_equal(loaded.training_pairs, model.training_pairs.astype({"label": int}))
+
+
+def test_untrained_model_input_checks_name_the_argument():
+    """Before training: no training pairs (an empty table with the columns) and ``_dataloaders`` asks for them; setup
+    takes an AnnData; negatives need an expression value per receptor and a
+    receptor that is no known partner."""
+    adata, triples = niche_data(n_side=4, n_pairs=4)
+    GCNG.setup_anndata(adata, graph_key="gcng_autocrine_plus")
+    model = GCNG(adata, **FAST)
+    empty = model.training_pairs
+    assert empty.empty and list(empty.columns) == ["ligand", "receptor", "label"]
+    with pytest.raises(RuntimeError, match=r"Call `GCNG.train\(pairs\)`: the training pairs are given to `train`"):
+        model._dataloaders(8, None, 0)
+    with pytest.raises(TypeError, match="`adata` must be an AnnData, got ndarray"):
+        GCNG.setup_anndata(adata.X.toarray())
+    pos = pd.DataFrame({"ligand": ["L0"], "receptor": ["R0"]})
+    with pytest.raises(KeyError, match=r"expression: no value for receptor\(s\) \['R1'\]"):
+        sample_negatives(pos, ["R0", "R1"], expression=pd.Series({"R0": 1.0}))
+    with pytest.raises(ValueError, match="pairs: no negative pair could be drawn: every candidate receptor is a known"):
+        model.training_table(pos, receptors=["R0"])

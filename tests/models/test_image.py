@@ -371,3 +371,69 @@ def test_section_um_per_px_is_that_of_the_image_the_patches_come_from():
     assert reg["um_per_px"] == {"S1": syn.UM_PER_PX, "S2": 4 * syn.UM_PER_PX}
     with pytest.raises(ValueError, match="51 px is larger than the 50 × 50 px image of section 'S2'"):
         TCGN.setup_sdata(sd, size_um=4 * syn.UM_PER_PX * 51, sections=["S2"])  # 51 px of S1's image would fit
+
+
+def test_predict_on_the_table_alone_reads_the_images_of_the_attached_spatialdata(tmp_path):
+    """``predict(adata)``: the table's spots with the images of the model's SpatialData, the same prediction as
+    ``predict(sdata)``; without attached images, or for another type, a clear error."""
+    sd = syn.make_sdata(sections=("S1", "S2"), grid=3)
+    TCGN.setup_sdata(sd, size_um=syn.SIZE_UM, sections=["S1"])
+    model = TCGN(sd, **{**TCGN.bench_config, "img_size": 64})
+    model._is_trained = True  # the initial weights are enough to compare the two paths
+    tab = sd.tables["table"]
+    want = model.predict(sd, "S2", progress=False)
+    np.testing.assert_array_equal(model.predict(tab, "S2", progress=False), want)
+    with pytest.raises(TypeError, match="data: expected SpatialData or AnnData, got ndarray"):
+        model.predict(np.zeros((3, 3)), progress=False)
+    model.save(tmp_path / "m")
+    loaded = TCGN.load(tmp_path / "m")
+    with pytest.raises(ValueError, match="data: this model has no data attached; pass a SpatialData"):
+        loaded.predict(progress=False)
+    with pytest.raises(ValueError, match=r"data: an AnnData has no images; pass the SpatialData holding them"):
+        loaded.predict(tab, "S2", progress=False)
+    empty = sd.tables["table"][:0].copy()
+    with pytest.raises(ValueError, match="data: the table has no spots to predict"):
+        model.predict(empty, progress=False)
+
+
+def _spoil_setup(sd, what):
+    tab = sd.tables["table"]
+    if what == "obs":
+        del tab.obs["array_row"]
+    elif what == "obsm":
+        del tab.obsm["spatial"]
+    return sd
+
+
+@pytest.mark.parametrize(
+    ("what", "kwargs", "err", "match"),
+    [
+        ("table", {}, TypeError, "sdata: expected a SpatialData object, got AnnData"),
+        (None, {"layer": "counts"}, KeyError, r"layer: 'counts' not in table.layers \(\[\]\)"),
+        ("obs", {}, KeyError, "table.obs lacks 'array_row'; read the data with scst.io.read_st"),
+        ("obsm", {}, KeyError, r"table.obsm lacks 'spatial' \(spot centres in pixels\)"),
+    ],
+)
+def test_image_model_setup_names_what_the_data_lacks(what, kwargs, err, match):
+    sd = _spoil_setup(syn.make_sdata(sections=("S1",), grid=2), what)
+    data = sd.tables["table"] if what == "table" else sd
+    with pytest.raises(err, match=match):
+        TCGN.setup_sdata(data, size_um=syn.SIZE_UM, **kwargs)
+
+
+def test_training_and_attached_data_checks_name_the_table():
+    sd = syn.make_sdata(sections=("S1", "S2"), grid=2)
+    TCGN.setup_sdata(sd, size_um=syn.SIZE_UM)
+    model = TCGN(sd, **{**TCGN.bench_config, "img_size": 64})
+    no_section = sd.tables["table"].copy()
+    del no_section.obs["section"]
+    with pytest.raises(KeyError, match="data: table.obs lacks 'section'"):
+        model._validate_data(no_section)
+    with pytest.raises(ValueError, match=r"Section 'S9' has no spots in table 'table'"):
+        model._section_data(sd, "table", "S9", with_targets=False)
+    model.adata = sd.tables["table"][:, 1:].copy()
+    with pytest.raises(ValueError, match=rf"The training table lacks 1 panel genes: \['{model.var_names[0]}'\]"):
+        model._train_table()
+    model.data = model.adata
+    with pytest.raises(TypeError, match="TCGN trains on a SpatialData \\(with images\\), got"):
+        model._train_table()

@@ -486,3 +486,42 @@ def test_review_a_pretrained_file_loaded_into_another_backbone_names_its_own(tra
     _, _, path = trained
     with pytest.raises(ValueError, match=r"\(pretrained as 'shufflenet_v2_x0_5'\) does not match ResNet"):
         build_backbone("resnet18", str(path))
+
+
+def test_byol_forward_is_the_trunks_pooled_features_and_tile_batches_count_tiles():
+    from scst.models._pretrain import _TileBatches
+    from scst.nn._ssl import _features
+
+    module = _byol().eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        feats = module(x)
+        maps = module.backbone(x)
+    assert feats.shape == (2, module.n_features)
+    want = maps.mean(dim=(2, 3)) if maps.ndim == 4 else maps.flatten(1)
+    torch.testing.assert_close(feats, want)
+    torch.testing.assert_close(feats, _features(module.backbone, x))
+    tiles = np.zeros((5, 3, 8, 8), np.uint8)
+    assert len(_TileBatches(tiles)) == 5
+
+
+def test_tiles_need_the_spatialdata_and_setup_needs_images(tmp_path):
+    """A loaded SSLEncoder reads its tiles from the data it is given (the same tiles), names a missing image, and
+    has none without data; setup refuses a table or a SpatialData without images by argument."""
+    from spatialdata import SpatialData
+
+    sdata = make_sdata(sections=("S1",), grid=4)
+    SSLEncoder.setup_sdata(sdata, size_um=SIZE_UM, patch_px=32)
+    model = SSLEncoder(sdata, **TINY)
+    model.save(tmp_path / "m")
+    with pytest.raises(ValueError, match="SSLEncoder: tiles are read from the SpatialData; load the model with data="):
+        SSLEncoder.load(tmp_path / "m").tiles()
+    loaded = SSLEncoder.load(tmp_path / "m", data=sdata)
+    np.testing.assert_array_equal(loaded.tiles()["S1"], model.tiles()["S1"])
+    del sdata.images["S1_image"]
+    with pytest.raises(KeyError, match=r"Image 'S1_image' of section 'S1' is not in the data \(\[\]\)"):
+        SSLEncoder.load(tmp_path / "m", data=sdata).tiles()
+    with pytest.raises(TypeError, match="sdata: expected a SpatialData object with images, got AnnData"):
+        SSLEncoder.setup_sdata(sdata.tables["table"])
+    with pytest.raises(ValueError, match=r"sections: no section to pretrain on \(sections with an image: \[\]\)"):
+        SSLEncoder.setup_sdata(SpatialData(tables={"table": sdata.tables["table"]}), size_um=SIZE_UM, patch_px=32)

@@ -139,3 +139,24 @@ def test_hggep_encoder_folds_every_pair_and_encodes_the_same_tokens():
             h.remove()
     assert n == n_bn - 3 and len(calls) == 3  # the three stage projections' norms still run
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_a_cdc_with_a_bias_folds_with_its_bias():
+    """The plain copy of a convolution with an ``effective_weight`` keeps its bias: folded == unfolded output."""
+    from scst.nn._fold import _plain_conv
+
+    torch.manual_seed(2)
+    cdc = CDCConv2d(3, 4, 3, theta=0.7, bias=True)
+    with torch.no_grad():
+        cdc.bias.copy_(torch.tensor([1.0, -2.0, 0.5, 3.0]))
+    plain = _plain_conv(cdc)
+    assert type(plain) is nn.Conv2d and torch.equal(plain.bias, cdc.bias)
+    x = torch.randn(2, 3, 7, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), cdc(x), rtol=1e-5, atol=1e-5)
+        net = _planted_stats(nn.Sequential(cdc, nn.BatchNorm2d(4))).eval()
+        ref = net(x)
+        with folded_batchnorm(net) as n:
+            got = net(x)
+    assert n == 1
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)

@@ -213,3 +213,18 @@ def test_spatial_head_float64_and_permuted_spots(kw):
         torch.testing.assert_close(out_p[key], value[perm], atol=1e-5, rtol=1e-5)
         assert out64[key].dtype == torch.float64
         torch.testing.assert_close(out64[key].float(), value, atol=1e-4, rtol=1e-4)
+
+
+def test_spatial_head_without_zinb_has_no_count_outputs_and_its_loss_is_the_mse():
+    """``use_zinb=False``: no ZINB layers or outputs, the batch needs no counts, and ``loss == mse`` (zinb 0)."""
+    m = _spatial(use_ham=False, use_zinb=False, ridge_skip=True).eval()
+    assert m.zinb_mean is None and m.zinb_disp is None and m.zinb_pi is None
+    with torch.no_grad():
+        m.skip.weight.zero_()
+        m.skip.bias.copy_(torch.tensor([1.0, 2.0, 0.0]))  # pred = (1, 2, 0) for every spot
+    x = torch.randn(4, 5)
+    assert not any(k.startswith("zinb") for k in m(x))
+    out = m.loss({"x": x, "target": torch.zeros(4, 3)})
+    torch.testing.assert_close(out["mse"], torch.tensor(5.0 / 3))
+    torch.testing.assert_close(out["loss"], out["mse"])
+    assert out["zinb"].item() == 0.0

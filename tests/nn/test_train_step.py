@@ -263,3 +263,15 @@ def test_train_step_on_the_scst_networks_lowers_the_loss():
     opt = torch.optim.AdamW(tc.parameters(), lr=3e-3)
     losses = [train_step(tc, small, opt)["loss"].item() for _ in range(12)]
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_the_device_of_a_parameter_free_module_is_that_of_the_batchs_first_tensor():
+    from scst.nn._train_step import _device_type
+
+    meta = torch.empty(2, device="meta")
+    free = nn.ReLU()
+    assert _device_type(free, {"name": "s1", "x": meta}) == "meta"
+    assert _device_type(free, ("s1", meta)) == "meta"
+    assert _device_type(free, meta) == "meta"
+    assert _device_type(free, {"name": "s1"}) == "cpu"  # no tensor at all
+    assert _device_type(_Linear(), {"x": meta}) == "cpu"  # the parameters decide first
