@@ -171,3 +171,87 @@ def test_checkpoint_writer_renames_a_complete_file_and_keeps_the_old_one_on_fail
     # the partial file was a temporary beside the target (same file system: the rename is atomic), and is gone
     assert len(written) == 1 and written[0].parent == target.parent and written[0] != target
     assert list(target.parent.iterdir()) == [target] and target.read_bytes() == before
+
+
+def test_training_plan_forward_is_the_modules():
+    module = nn.Linear(2, 1)
+    x = torch.tensor([[1.0, 2.0]])
+    module.loss = lambda batch: {"loss": torch.zeros(())}
+    with torch.no_grad():
+        torch.testing.assert_close(TrainingPlan(module)(x), module(x))
+
+
+def test_checkpoint_writer_hands_urls_to_lightnings_writer(tmp_path):
+    target = tmp_path / "remote" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"epoch": 5}, f"file://{target}")
+    assert torch.load(target, weights_only=True)["epoch"] == 5
+
+
+def test_generators_are_found_once_and_missing_loaders_skipped():
+    from scst.models._training import _generators
+
+    g = torch.Generator().manual_seed(0)
+    loader = DataLoader(TensorDataset(torch.zeros(4)), batch_size=2, shuffle=True, generator=g)
+    assert _generators([loader, None, loader]) == [g]  # the validation loader of a run without one is None
+
+
+def test_rerunnable_script_is_none_for_a_pytest_executable(monkeypatch, tmp_path):
+    import __main__
+
+    exe = tmp_path / "pytest"
+    exe.write_text("")
+    monkeypatch.setattr(__main__, "__spec__", None, raising=False)
+    monkeypatch.delattr(sys, "ps1", raising=False)
+    monkeypatch.setattr(sys, "argv", [str(exe)])
+    assert _rerunnable_script() is None
+
+
+def test_best_checkpoint_found_in_neither_folder_is_left_to_lightning(tmp_path):
+    """A resumed checkpoint whose best file is in neither its recorded folder nor the resume folder: nothing is
+    copied and its paths are not rewritten (Lightning then says the best score is not reloaded)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from scst.models._training import BestFromAnotherFolder
+
+    new, old = tmp_path / "new", tmp_path / "old"
+    new.mkdir()
+    cb = ModelCheckpoint(dirpath=new, filename="best", monitor="val_loss")
+    state = {"dirpath": str(old), "best_model_path": str(old / "best.ckpt"), "last_model_path": str(old / "last.ckpt")}
+    checkpoint = {"callbacks": {cb.state_key: dict(state)}}
+    trainer = types.SimpleNamespace(is_global_zero=True)
+    BestFromAnotherFolder([cb], tmp_path / "resumed_from").on_load_checkpoint(trainer, None, checkpoint)
+    assert checkpoint["callbacks"][cb.state_key] == state and list(new.iterdir()) == []
+
+
+class _Counter:
+    """A callback state of primitives (``state_key`` and ``state_dict`` as Lightning's callbacks have them)."""
+
+    def __init__(self, n=0, key="Counter", fails=False):
+        self.n, self.state_key, self.fails = n, key, fails
+
+    def state_dict(self):
+        return {"n": self.n}
+
+    def load_state_dict(self, state):
+        if self.fails:
+            raise ValueError("not tensors")
+        self.n = state["n"]
+
+
+def test_spawn_launcher_brings_the_callback_states_of_rank_0_back():
+    """What the DDP workers send (run here in one process): every callback's state but the random streams, and the
+    metrics; the calling process loads them into its callbacks, or warns naming one whose state does not load."""
+    from scst.models._training import _ResultsLauncher
+
+    launcher = object.__new__(_ResultsLauncher)  # the spawning machinery is not needed for the two hooks
+    rng = RNGState([])
+    worker = types.SimpleNamespace(callbacks=[_Counter(7), _Counter(3, "Other"), rng],
+                                   callback_metrics={"val_loss": torch.tensor(0.25)})  # fmt: skip
+    extra = launcher.get_extra_results(worker)
+    assert sorted(extra["scst_callback_states"]) == ["Counter", "Other"]  # RNGState stays in the calling process
+    main = types.SimpleNamespace(callbacks=[_Counter(), _Counter(key="Other", fails=True), RNGState([])],
+                                 callback_metrics={})  # fmt: skip
+    with pytest.warns(UserWarning, match=r"The state of callback Other could not be brought back .*\(ValueError: not"):
+        launcher.update_main_process_results(main, extra)
+    assert main.callbacks[0].n == 7 and main.callbacks[1].n == 0
+    torch.testing.assert_close(main.callback_metrics["val_loss"], torch.tensor(0.25))
