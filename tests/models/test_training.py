@@ -193,6 +193,8 @@ def test_generators_are_found_once_and_missing_loaders_skipped():
     g = torch.Generator().manual_seed(0)
     loader = DataLoader(TensorDataset(torch.zeros(4)), batch_size=2, shuffle=True, generator=g)
     assert _generators([loader, None, loader]) == [g]  # the validation loader of a run without one is None
+    loader.dataset.sampler = "by_section"  # an attribute that is a name, not a sampler: not searched
+    assert _generators([loader]) == [g]
 
 
 def test_rerunnable_script_is_none_for_a_pytest_executable(monkeypatch, tmp_path):
