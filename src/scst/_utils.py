@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ._constants import TABLE_KEY, UNS_EMBED_KEY, UNS_KEY
+from ._constants import TABLE_KEY, UNS_EMBED_KEY
 
 
 def cache_dir() -> Path:
@@ -132,17 +132,6 @@ def _positive_int(
             what = what if maximum is None else f"an integer in [{minimum}, {maximum}]"
         raise ValueError(f"{name}: expected {what}, got {value!r}.")
     return int(value)
-
-
-def _section_geometry(adata: AnnData, section: str) -> dict:
-    """Per-section geometry written by :func:`scst.io.read_st` (``uns['scst']['sections'][section]``)."""
-    try:
-        return adata.uns[UNS_KEY]["sections"][section]
-    except KeyError as e:
-        raise KeyError(
-            f"No geometry for section {section!r} in adata.uns[{UNS_KEY!r}]['sections']; "
-            "read the data with scst.io.read_st or scst.datasets.* first."
-        ) from e
 
 
 def _exchange(a: Path, b: Path) -> bool:

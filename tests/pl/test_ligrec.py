@@ -285,13 +285,12 @@ def test_tables_of_the_wrong_type_and_n_top():
 
     a = AnnData(np.zeros((2, 1), np.float32), obs=pd.DataFrame({"section": ["A", "A"]}, index=["c0", "c1"]))
     a.uns["scst_ligrec"] = {"ligand_complex": ["L"], "receptor_complex": ["R"], "m_score": [1.0]}
-    with pytest.raises(
-        TypeError, match=r"key: uns\['scst_ligrec'\] must be a DataFrame \(LIANA-style.*got dict"
-    ):
+    with pytest.raises(TypeError, match=r"key: uns\['scst_ligrec'\] must be a DataFrame \(LIANA-style.*got dict"):
         scst.pl.ligand_receptor(a, show=False)
     a.uns["scst_ligrec"] = pd.DataFrame(a.uns["scst_ligrec"])
-    with pytest.raises(ValueError, match="n_top: expected a positive integer, got 0"):
-        scst.pl.ligand_receptor(a, n_top=0, show=False)
+    for bad in (0, "5"):  # a string was a bare TypeError from the comparison
+        with pytest.raises(ValueError, match=f"n_top: expected a positive integer, got {bad!r}"):
+            scst.pl.ligand_receptor(a, n_top=bad, show=False)
     a.obsm["scst_ligrec_local"] = np.zeros((2, 1))
     with pytest.raises(TypeError, match=r"key: obsm\['scst_ligrec_local'\] must be a spots × pairs DataFrame, got nd"):
         scst.pl.ligand_receptor_spatial(a, "L^R", show=False)

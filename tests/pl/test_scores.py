@@ -98,7 +98,8 @@ def test_bad_tables_n_top_and_metrics_without_finite_values():
     with pytest.raises(ValueError, match="metric: no finite 'pearson' value in table"):
         scst.pl.cross_validation(rows, show=False)
     a.uns["scst_eval"] = rows.assign(value=[0.1, 0.2])
-    with pytest.raises(ValueError, match="n_top: expected a positive integer, got 0"):
-        scst.pl.gene_scores(a, n_top=0, show=False)
+    for bad in (0, "5", 2.5):  # a string was a bare TypeError from the comparison
+        with pytest.raises(ValueError, match=f"n_top: expected a positive integer, got {bad!r}"):
+            scst.pl.gene_scores(a, n_top=bad, show=False)
     with pytest.raises(TypeError, match="table: expected a pandas DataFrame, got list"):
         scst.pl.cross_validation([rows], show=False)

@@ -16,7 +16,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from .._constants import TABLE_KEY
-from .._utils import _get_table
+from .._utils import _get_table, _positive_int
 from ..pp._graph_matrix import _LIBRARY_KEYS
 from ._spatial import _Section, _sections
 from ._utils import _check_in, _doc_show_save, _finish, _panel_axes
@@ -91,8 +91,7 @@ def ligand_receptor(
         raise ValueError(f"methods: expected at least one method; uns[{key!r}] has {available}.")
     for m in methods:
         _check_in(m, available, "methods", f"uns[{key!r}] (its *_score columns)")
-    if n_top < 1:
-        raise ValueError(f"n_top: expected a positive integer, got {n_top}.")
+    n_top = _positive_int("n_top", n_top)
     # ties broken by the table's own ranking, then by the pair's names: the pairs shown do not hang on the row order
     by = [f"{methods[0]}_score", *(["magnitude_rank"] if "magnitude_rank" in df.columns else [])]
     by += ["ligand_complex", "receptor_complex"]

@@ -13,7 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .._constants import TABLE_KEY
-from .._utils import _get_table
+from .._utils import _get_table, _positive_int
 from ._utils import _check_in, _doc_show_save, _finish, _panel_axes
 
 __all__ = ["gene_scores", "cross_validation"]
@@ -84,8 +84,7 @@ def gene_scores(
     adata = _get_table(adata, TABLE_KEY) if not hasattr(adata, "uns") else adata  # a SpatialData: its table
     _check_in(key, list(adata.uns.keys()), "key", "adata.uns")
     df = _metric_rows(_check_tidy(adata.uns[key], f"uns[{key!r}]"), metric, f"uns[{key!r}]")
-    if n_top < 1:
-        raise ValueError(f"n_top: expected a positive integer, got {n_top}.")
+    n_top = _positive_int("n_top", n_top)
     df = df[np.isfinite(df["value"].to_numpy(float))]
     if df.empty:
         raise ValueError(f"metric: no finite {metric!r} value in uns[{key!r}].")

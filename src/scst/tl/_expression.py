@@ -49,9 +49,7 @@ def _resolve_genes(adata: AnnData, genes: Any, arg: str) -> np.ndarray | None:
     return idx
 
 
-def _dense(X: Any, rows: np.ndarray | None = None, cols: np.ndarray | None = None) -> np.ndarray:
-    if rows is not None:
-        X = X[rows]
+def _dense(X: Any, cols: np.ndarray | None = None) -> np.ndarray:
     if cols is not None:
         X = X[:, cols]
     return (X.toarray() if sparse.issparse(X) else np.asarray(X)).astype(np.float64)

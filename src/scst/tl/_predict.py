@@ -76,8 +76,6 @@ def _grid_table(
                 raise ValueError(
                     "sections: no table and no image named '<section>_image'; pass `sections` (and `um_per_px`)."
                 )
-    elif isinstance(sections, str):
-        sections = [sections]
     reg = getattr(model, "registry", None) or {}
     size_um = _window_um(reg)
     if spacing_um is None:
