@@ -388,13 +388,21 @@ def test_unreadable_manifests_and_stores_without_one_are_rebuilt(tmp_path):
     check_image_cache(store)
 
 
-def test_read_wsi_grey_alpha_refused_and_ome_without_pixel_size(tmp_path):
-    """A (y, x, 2) slide is refused naming the level and shape; an OME-TIFF whose OME-XML has no PhysicalSizeX (nor
-    TIFF resolution tags) has no pixel size, with the warning, not an error from parsing the XML."""
-    tifffile.imwrite(tmp_path / "la.tif", np.zeros((300, 400, 2), np.uint8), tile=(256, 256),
+def test_read_wsi_grey_alpha_and_ome_without_pixel_size(tmp_path):
+    """A (y, x, 2) grey + alpha slide reads as its grey repeated in R, G and B, alpha dropped (as the image cache
+    reads the same file; it was refused); a (y, x, 5) one is refused naming the level and shape. An OME-TIFF whose
+    OME-XML has no PhysicalSizeX (nor TIFF resolution tags) has no pixel size, with the warning, not an error from
+    parsing the XML."""
+    grey = _texture(300, 400)[..., 0]
+    alpha = np.full_like(grey, 200)
+    tifffile.imwrite(tmp_path / "la.tif", np.stack([grey, alpha], -1), tile=(256, 256),
                      photometric="minisblack", extrasamples=[2])  # fmt: skip
-    with pytest.raises(ValueError, match=r"path: level 0 of .*la.tif has shape \(300, 400, 2\); expected \(y, x\)"):
-        read_wsi(tmp_path / "la.tif", um_per_px=0.5)
+    sd = read_wsi(tmp_path / "la.tif", um_per_px=0.5)
+    np.testing.assert_array_equal(sd.images["la_image"]["scale0"]["image"].data.compute(), np.stack([grey] * 3))
+    tifffile.imwrite(tmp_path / "five.tif", np.zeros((300, 400, 5), np.uint8), tile=(256, 256),
+                     photometric="minisblack", planarconfig="contig")  # fmt: skip
+    with pytest.raises(ValueError, match=r"path: level 0 of .*five.tif has shape \(300, 400, 5\); expected \(y, x\)"):
+        read_wsi(tmp_path / "five.tif", um_per_px=0.5)
     img = _texture(300, 400)
     tifffile.imwrite(
         tmp_path / "o.ome.tif", img, tile=(256, 256), photometric="rgb", ome=True, metadata={"axes": "YXS"}

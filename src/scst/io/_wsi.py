@@ -53,10 +53,14 @@ def _levels(path: Path):
                 )
             if arr.ndim == 2:  # greyscale
                 d = arr[None].repeat(3, axis=0)
+            elif arr.ndim == 3 and arr.shape[-1] in (1, 2):  # grey (+ alpha), as the image cache reads it
+                d = arr[..., 0][None].repeat(3, axis=0)
             elif arr.ndim == 3 and arr.shape[-1] in (3, 4):  # (y, x, s): tiffslide's layout for RGB(A)
                 d = arr[..., :3].transpose(2, 0, 1)
             else:
-                raise ValueError(f"path: level {k} of {path} has shape {arr.shape}; expected (y, x) or (y, x, 3|4).")
+                raise ValueError(
+                    f"path: level {k} of {path} has shape {arr.shape}; expected (y, x) or (y, x, 1|2|3|4)."
+                )
             if d.dtype != np.uint8:
                 raise ValueError(f"path: {path} has pixel type {d.dtype}; expected 8-bit RGB (brightfield H&E).")
             levels.append(d)
@@ -129,8 +133,8 @@ def read_wsi(
     path
         Whole-slide image: Aperio ``.svs``, Hamamatsu ``.ndpi``, pyramidal (OME-)TIFF, or any tiled TIFF tiffslide
         reads. A plain JPEG/PNG goes through :func:`scst.io.read_st`'s zarr cache instead. Palette TIFFs are read
-        through their colour map, min-is-white ones inverted; CMYK and other colour models are refused
-        (``ValueError``).
+        through their colour map, min-is-white ones inverted; grey (+ alpha) slides as their grey repeated in R, G
+        and B (alpha dropped, as for RGBA); CMYK and other colour models are refused (``ValueError``).
     sample
         Section name: the image key is ``f"{sample}_image"`` and its coordinate system ``sample`` (letters, digits,
         ``_``, ``-`` and ``.``); default the file's stem with other characters (spaces, ...) replaced by ``_``.
