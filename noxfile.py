@@ -1,4 +1,5 @@
-"""Sessions: ``nox -s tests`` (test suite), ``nox -s demo`` (main job on real data), ``nox -s lint``."""
+"""Sessions: ``nox -s tests`` (test suite), ``nox -s demo`` (main job on real data), ``nox -s lint``, ``nox -s docs``,
+``nox -s coverage`` and ``nox -s benchmarks -- <script>``."""
 
 from __future__ import annotations
 
@@ -36,6 +37,18 @@ def tests(session: nox.Session) -> None:
     _install(session, "test")
     default = ["-q", "-n", "auto", "--maxprocesses", "4", "--dist", "loadfile"]
     session.run("pytest", *(session.posargs or default), env=_env())
+
+
+@nox.session(python=PYTHON, default=False)
+def coverage(session: nox.Session) -> None:
+    """The test suite with line and branch coverage of scst: a terminal report of the lines no test runs.
+
+    Not part of ``nox -s tests`` (CI); ``nox -s coverage -- <pytest args>`` adds arguments (e.g. a test folder).
+    """
+    _install(session, "test")
+    cov = ["--cov=scst", "--cov-branch", "--cov-report=term-missing:skip-covered"]
+    session.run("pytest", "-q", "-n", "auto", "--maxprocesses", "4", "--dist", "loadfile", *cov, *session.posargs,
+                env=_env())  # fmt: skip
 
 
 @nox.session(python=PYTHON)
