@@ -629,6 +629,33 @@ def test_a_best_checkpoint_removed_before_restoring_keeps_the_last_epochs_weight
         torch.testing.assert_close(value, spy.last[name], rtol=0, atol=0)
 
 
+class _RemovesBestOnError(pl.Callback):
+    """When training fails: delete the best checkpoint before ``train`` can restore it."""
+
+    def on_exception(self, trainer, pl_module, exception):
+        self.best = trainer.checkpoint_callback.best_model_path
+        Path(self.best).unlink()
+
+
+def test_a_nan_with_the_best_checkpoint_gone_says_so_not_that_none_was_saved():
+    """Epochs 0-2 were checkpointed, then the file vanished: the error said 'no checkpoint was saved before it'."""
+    adata = make_adata()
+    NaNToy.setup_anndata(adata)
+    model = NaNToy(adata)
+    spy = _RemovesBestOnError()
+    with (
+        pytest.warns(UserWarning, match=r"The best checkpoint '.*best\.ckpt' is gone"),
+        pytest.raises(
+            FloatingPointError,
+            match=r"nan at epoch 3, batch 2 .*best checkpoint was gone, so the weights "
+            r"are those of the last finite step\.\)$",
+        ),
+    ):
+        model.train(callbacks=[spy], enable_progress_bar=False)
+    assert spy.best.endswith("best.ckpt") and list(model.history.index) == [0, 1, 2] and not model.is_trained
+    assert all(torch.isfinite(v).all() for v in model.module.state_dict().values())
+
+
 def test_inference_in_bf16_returns_float32_outputs():
     """``_inference(precision="bf16")``: the network runs under CPU autocast, its bf16 output comes back as float32
     (the same values to bf16 rounding); non-tensor parts of a batch pass through unchanged."""

@@ -618,8 +618,10 @@ class BaseModel(_SetupRegistry, ABC):
         ------
         FloatingPointError
             On a non-finite training or validation loss, naming epoch and batch. The offending batch never
-            updates the weights; the best checkpoint's weights (if any epoch was checkpointed) are restored
-            first, ``history`` is kept and ``is_trained`` is True iff a checkpoint was restored.
+            updates the weights; the best checkpoint's weights (if any epoch was checkpointed and its file is
+            still there) are restored first, ``history`` is kept and ``is_trained`` is True iff a checkpoint was
+            restored. The message ends saying which: best checkpoint restored, gone (weights of the last finite
+            step kept) or none saved.
         """
         import lightning.pytorch as pl
         from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -819,7 +821,12 @@ class BaseModel(_SetupRegistry, ABC):
         self.module.to(device)
         self._is_trained = bool(best) or (error is None and (steps > 0 or self._is_trained))
         if error is not None:
-            msg = "restored the best checkpoint" if best else "no checkpoint was saved before it"
+            if best:
+                msg = "restored the best checkpoint"
+            elif gone:
+                msg = "the best checkpoint was gone, so the weights are those of the last finite step"
+            else:
+                msg = "no checkpoint was saved before it"
             raise FloatingPointError(f"{error} ({type(self).__name__}: {msg}.)") from error
         return self
 
