@@ -736,3 +736,38 @@ def test_review_cli_errors_name_the_options(tmp_path, monkeypatch, capsys):
     assert main(["train", "--model", "ridge", "--data", str(data), "--sections", "S1", "--n-genes", "5",
                  "--out", str(tmp_path / "r")]) == 2  # fmt: skip
     assert "--config 'alphas=[100.0]'" in capsys.readouterr().err
+
+
+def test_unreadable_data_image_and_an_empty_table_are_option_errors(fake_predict, tmp_path, monkeypatch, capsys):
+    """--data a directory that is no zarr store, --image a missing path or a file no image decoder reads, and a
+    ligrec table without spots: each a one-line error naming the option, exit code 2."""
+    import types
+
+    import _he_synthetic as syn
+
+    import scst
+
+    m, calls = fake_predict
+    monkeypatch.setenv("SCST_CACHE_DIR", str(tmp_path / "cache"))
+    not_zarr = tmp_path / "plain_dir"
+    not_zarr.mkdir()
+    (not_zarr / "notes.txt").write_text("no zarr here")
+    pred = ["predict", "--model-dir", str(m), "--out", str(tmp_path / "p.h5ad")]
+    assert main([*pred, "--data", str(not_zarr)]) == 2
+    assert f"scst: error: --data: cannot read {str(not_zarr)!r} as SpatialData zarr (" in capsys.readouterr().err
+    missing = tmp_path / "nope.png"
+    assert main([*pred, "--image", str(missing), "--um-per-px", "1"]) == 2
+    assert capsys.readouterr().err == f"scst: error: --image: {str(missing)!r} is not a file.\n"
+    garbage = tmp_path / "he.png"
+    garbage.write_bytes(b"this is not a PNG")
+    assert main([*pred, "--image", str(garbage), "--um-per-px", "1"]) == 2
+    assert "scst: error: --image: image: cannot decode " in capsys.readouterr().err
+    assert "predict" not in [c[0] for c in calls]
+
+    def no_spots(data, sections):  # SpatialData refuses a table with none of its regions: a stand-in with .tables
+        return types.SimpleNamespace(tables={"table": syn.make_sdata(sections=("S1",), image=False)["table"][:0]})
+
+    monkeypatch.setattr("scst.cli._load_data", no_spots)
+    monkeypatch.setattr(scst.tl, "ligand_receptor", _no_reading)
+    assert main(["ligrec", "--data", "empty.zarr", "--out", str(tmp_path / "lr.csv")]) == 2
+    assert capsys.readouterr().err == "scst: error: --data: the table of 'empty.zarr' has no spots.\n"
