@@ -100,3 +100,11 @@ def test_gcngnet_input_checks_dropout_and_constant_signals():
     assert not torch.allclose(drop(x), drop(x))
     drop.eval()
     torch.testing.assert_close(drop(x), drop(x))
+
+
+def test_bad_readout_and_a_missing_graph_are_named():
+    with pytest.raises(ValueError, match="readout: expected 'flatten' or 'pool', got 'mean'"):
+        GCNGNet(5, readout="mean")
+    net = GCNGNet(5, hidden_channels=3, dense_units=4)
+    with pytest.raises(RuntimeError, match=r"GCNGNet has no graph matrix; call `set_graph\(L\)` or pass `graph`"):
+        net(torch.zeros(2, 5, 2))

@@ -228,3 +228,11 @@ def test_spatial_head_without_zinb_has_no_count_outputs_and_its_loss_is_the_mse(
     torch.testing.assert_close(out["mse"], torch.tensor(5.0 / 3))
     torch.testing.assert_close(out["loss"], out["mse"])
     assert out["zinb"].item() == 0.0
+
+
+@pytest.mark.parametrize("name", ["in_dim", "dim", "vit_depth", "vit_heads", "hg_hidden", "lstm_layers", "lstm_hidden"])
+@pytest.mark.parametrize("value", [0, 2.0, True])
+def test_spatial_head_sizes_must_be_positive_ints(name, value):
+    kw = {"in_dim": 5, "n_genes": 3, "dim": 8, "vit_heads": 2, "hg_hidden": 4, "lstm_hidden": 8, name: value}
+    with pytest.raises(ValueError, match=rf"{name} must be a positive int, got {value!r}"):
+        SpatialHeadModule(**kw)

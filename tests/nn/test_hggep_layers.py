@@ -268,3 +268,24 @@ def test_cbam_attentions_by_hand_and_gem_uses_its_cdc_branch():
     with torch.no_grad():
         gem.cdc[0].weight.mul_(-1.0)
     assert (gem(img) - before).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [(lambda: CDCConv2d(2, 2, kernel_size=5, cross=True), r"cross=True needs kernel_size=3, got 5"),
+     (lambda: CBAM(8, reduction=2, kernel_size=4), r"kernel_size must be odd, got 4"),
+     (lambda: CoordEmbedding(0, 4), r"max_coord must be positive, got 0"),
+     (lambda: ViTBlock(30, heads=8), r"heads \(8\) must divide dim \(30\)"),
+     (lambda: SpotTransformer(8, depth=0, heads=2), r"depth must be at least 1, got 0")],
+)  # fmt: skip
+def test_bad_layer_settings_are_named(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_spot_transformer_bad_shapes_are_named():
+    tr = SpotTransformer(8, depth=1, heads=2, max_coord=10)
+    with pytest.raises(ValueError, match=r"x must have shape \(n, dim\) or \(b, n, dim\), got \(1, 2, 3, 8\)"):
+        tr(torch.zeros(1, 2, 3, 8), torch.zeros(2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"coords must have one row per token \(3\), got \(2, 2\)"):
+        tr(torch.zeros(3, 8), torch.zeros(2, 2, dtype=torch.long))

@@ -371,3 +371,15 @@ def test_hyperedges_are_invariant_to_similarity_transforms_and_dtypes(exact):
         (f, torch.stack([-p[:, 1], p[:, 0]], 1).float()),
     ]:
         assert torch.equal(knn_hyperedges(feats, pos, **kw), ref)
+
+
+def test_empty_features_non_finite_positions_and_non_2d_incidence_are_named():
+    with pytest.raises(ValueError, match="`features` has no rows; need at least one spot"):
+        knn_hyperedges(torch.zeros(0, 3), torch.zeros(0, 2), k=1)
+    pos = torch.tensor([[0.0, 0.0], [1.0, float("nan")], [2.0, 0.0]])
+    with pytest.raises(ValueError, match="`positions` contains NaN or infinite values"):
+        knn_hyperedges(torch.rand(3, 2), pos, k=2)
+    with pytest.raises(ValueError, match=r"`incidence` must be 2-D, got shape \(2, 2, 2\)"):
+        incidence_to_hyperedge_index(torch.ones(2, 2, 2))
+    with pytest.raises(ValueError, match=r"`incidence` must be 2-D, got shape \(4,\)"):
+        incidence_to_hyperedge_index(np.ones(4))

@@ -505,3 +505,26 @@ def test_more_bad_inputs():
         TCGNModule(n_genes=4, **dict(TINY, img_size=80, sr_ratios=(4, 2, 1, 1)))
     with pytest.raises(ValueError, match="4 entries"):
         TCGNModule(n_genes=4, **dict(TINY, depths=(1, 1, 1)))
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [({"heads": (3, 1, 2, 2)}, r"channel width 8 must be divisible by its number of heads 3"),
+     ({"graph_heads": 3}, r"graph width 16 must be divisible by `graph_heads`=3"),
+     ({"graph_topk": 17}, r"`graph_topk` must be in \[1, 16\] \(nodes of the 4x4 graph\), got 17")],
+)  # fmt: skip
+def test_bad_widths_and_graph_settings_are_named(kw, match):
+    """TINY's first stage is 8 channels wide and its first graph block a 4x4 grid (16 px / 4) of 2 * 8 channels."""
+    with pytest.raises(ValueError, match=match):
+        TCGNModule(n_genes=4, **dict(TINY, **kw))
+
+
+def test_graph_block_and_topk_graph_shape_checks():
+    with pytest.raises(ValueError, match="graph block downsampling must be 2 or 4, got 3"):
+        _GraphBlock(in_ch=8, in_grid=9, down=3, heads=2, topk=3, out=5, dropout=0.0, expansion=2)
+    with pytest.raises(ValueError, match=r"`attn` must have shape \(B, heads, N, N\), got \(1, 4, 4\)"):
+        topk_graph(torch.rand(1, 4, 4), torch.randn(1, 4, 2), 2)
+    with pytest.raises(ValueError, match=r"`nodes` must have shape \(1, 4, C\), got \(1, 3, 2\)"):
+        topk_graph(torch.rand(1, 1, 4, 4), torch.randn(1, 3, 2), 2)
+    with pytest.raises(ValueError, match=r"`proximity` is required when N=3 is not a square grid"):
+        topk_graph(torch.rand(1, 1, 3, 3), torch.randn(1, 3, 2), 2)
