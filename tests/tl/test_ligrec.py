@@ -1596,3 +1596,56 @@ def test_function_assignment_caps_the_training_pairs_and_takes_sets_as_list_dict
         assert other["gene_set"].unique().tolist() == ["S"]
         pd.testing.assert_frame_equal(other.drop(columns="gene_set"), by_list.drop(columns="gene_set"))
     assert by_list["gene_set"].unique().tolist() == ["gene_set"]
+
+
+def test_pair_score_inputs_are_named():
+    """lr_scores / score_function name a bad method, a missing graph and unequal ligand/receptor matrices; a rank
+    aggregate of only all-NaN columns is NaN for every pair (nothing to rank)."""
+    from scst.tl._ligrec_scores import robust_rank_aggregate, score_function
+
+    lig = np.ones((4, 2))
+    with pytest.raises(ValueError, match=r"lig and rec must have the same shape, got \(4, 2\) and \(4, 3\)"):
+        lr_scores(lig, np.ones((4, 3)), "pearson")
+    with pytest.raises(ValueError, match=r"method='spatial_pearson' needs the cell graph \(`adjacency`\)"):
+        lr_scores(lig, lig, "spatial_pearson")
+    with pytest.raises(ValueError, match=r"method: expected one of \['pearson', 'spatial_pearson', 'expression'\]"):
+        lr_scores(lig, lig, "cosine")
+    with pytest.raises(ValueError, match=r"method: expected one of \[.*'expression', 'bivariate'\], got 'gcng'"):
+        score_function("gcng")
+    out = robust_rank_aggregate(np.array([[np.nan, np.nan], [np.nan, np.nan], [np.nan, np.nan]]), [True, False])
+    assert out.shape == (3,) and np.isnan(out).all()
+
+
+def test_ligand_receptor_gcng_and_expr_prop_errors_leave_nothing_behind(monkeypatch):
+    """Every pair under expr_prop, known pairs none of which is in the data, and a cross-fitting that fails: clear
+    errors; the failure removes the graph matrix the call built and the uns entries it added."""
+    import scst.tl._ligrec as tool
+
+    adata, pairs = quadrant_data(n_pairs=4)
+    with pytest.raises(ValueError, match=r"pairs: no usable pair: all 4 pairs present in the data have a ligand or "
+                       r"receptor expressed in fewer than expr_prop=1\.0 of the cells/spots"):  # fmt: skip
+        ligand_receptor(adata, pairs=pairs, method="pearson", n_perms=0, expr_prop=1.0)
+    nowhere = pd.DataFrame({"ligand": ["X1"], "receptor": ["Y1"]})
+    with pytest.raises(ValueError, match="known: no known pair has both genes in adata.var_names; GCNG has nothing"):
+        ligand_receptor(adata, pairs=pairs, method="gcng", known=nowhere, n_perms=0, expr_prop=0)
+
+    def failing(adata, cand, known, *, graph_key, **kwargs):
+        assert graph_key in adata.obsp
+        adata.uns["_scst_gcng_setup"] = {"half": "written"}
+        raise RuntimeError("fit failed")
+
+    monkeypatch.setattr(tool, "gcng_scores", failing)
+    uns_before, obsp_before = set(adata.uns), set(adata.obsp)
+    with pytest.raises(RuntimeError, match="fit failed"):
+        ligand_receptor(adata, pairs=pairs, method="gcng", n_perms=0, expr_prop=0)
+    assert set(adata.uns) == uns_before and set(adata.obsp) == obsp_before
+    assert "gcng_autocrine_plus" not in adata.obsp
+
+
+def test_lr_kernel_auto_scale_needs_sections():
+    from scst.tl._ligrec_local import lr_kernel
+
+    adata, _ = quadrant_data(n_pairs=1)
+    with pytest.raises(ValueError, match=r"um_per_unit='auto' needs sections \(groups_key\) with scst geometry"):
+        lr_kernel(adata, 100.0, groups_key=None)
+    assert "scst_lr_kernel" not in adata.obsp
