@@ -500,3 +500,25 @@ def test_the_matching_head_must_have_been_trained_in_a_joint_stage():
         mdata[mod].obsm["E"] = rng.normal(size=(mdata[mod].n_obs, 3)).astype(np.float32)
     with pytest.raises(ValueError, match=r"rerank: .*untrained \(no joint training stage ran: pre-trained only\)"):
         scst.tl.retrieve(mdata, model, k=3, use_rep="E", group_keys=[], rerank=2)
+
+
+def test_retrieve_and_gene_importance_name_their_bad_arguments():
+    mdata = _linked_mudata(["s0", "s1", "s2"], n_rna=3)
+    mdata["rna"].obs["label"] = list("aba")
+    cases = [
+        (TypeError, r"model: expected a scst.models.MultimodalST, got str", dict(model="my_model")),
+        (ValueError, r"query: expected 'image' or 'rna', got 'spot'", dict(query="spot", use_rep="E")),
+        (ValueError, r"model: needed unless `use_rep` names precomputed embeddings", {}),
+        (KeyError, r"use_rep: 'X_emb' not in mdata\['rna'\].obsm; run scst.tl.embed first", dict(use_rep="X_emb")),
+        (KeyError, r"group_keys: 'label' must be an obs column of both 'image' and 'rna'",
+         dict(use_rep="E", group_keys=["label"])),
+    ]  # fmt: skip
+    for exc, match, kw in cases:
+        with pytest.raises(exc, match=match):
+            scst.tl.retrieve(mdata, kw.pop("model", None), k=2, **kw)
+    mdata = synthetic_mudata(n=8, n_genes=6)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **SMALL, weights={"itm": 0.0})
+    with pytest.raises(ValueError, match=r"method: expected 'gradcam' or 'integrated_gradients', got 'shap'"):
+        scst.tl.gene_importance(mdata, model, "shap", score="itc")
+    assert "scst_gene_importance" not in mdata.uns
