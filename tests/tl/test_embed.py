@@ -330,3 +330,18 @@ def test_bad_size_um_or_out_px_is_refused_before_the_backbone_is_built(tiny, mon
     assert built == []
     embed_patches(sdata, "resnet18", weights="DEFAULT", size_um=24.0, out_px=16, progress=False)
     assert len(built) == 1
+
+
+def test_a_section_without_an_image_key_is_named(tiny):
+    """A section whose geometry in uns records no image_key: named with the uns path, before any tile is read."""
+    sdata, _, _ = tiny
+    geo = sdata.tables["table"].uns["scst"]["sections"]["S2"]
+    key = geo.pop("image_key")
+    try:
+        with pytest.raises(
+            ValueError,
+            match=r"1 of 2 lack one \(S2: no image_key in uns\['scst'\]\['sections'\]\['S2'\]; images present",
+        ):
+            embed_patches(sdata, "handcrafted", progress=False)
+    finally:
+        geo["image_key"] = key

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -470,3 +471,15 @@ def test_read_shard_of_a_her2st_section_and_of_a_whole_slide_image(tmp_path):
         np.asarray(sdata.images["slide_1_image"]["scale0"]["image"].values), img.transpose(2, 0, 1)
     )
     assert _read_shard("slide_1", str(tmp_path / "slide 1.svs"), 0.5)[1] == 0.5
+
+
+def test_merge_names_a_path_that_is_no_zarr_store(tmp_path):
+    """A folder that is no SpatialData store (here: one text file): a ValueError naming `paths` and the folder."""
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("not a store")
+    with pytest.raises(
+        ValueError, match=re.escape(f"paths: cannot read {str(folder)!r} as a SpatialData zarr store (")
+    ):
+        merge_shards([folder], tmp_path / "o.zarr")
+    assert not (tmp_path / "o.zarr").exists()
