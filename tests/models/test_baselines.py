@@ -587,3 +587,30 @@ def test_stnet_batches_follow_the_seed_and_hold_only_training_sections(tmp_path)
     assert sorted(i for b in first for i in b) == list(range(8))
     _, names, val_dl = order(1, validation="S2")
     assert names == ["S1"] and [s.name for s in val_dl.dataset.sections] == ["S2"]
+
+
+def test_closed_form_models_without_setup_or_data_say_what_to_do(tmp_path):
+    """Not set up: the setup call to make. Loaded without data: train and predict ask for data; loaded onto a table
+    lacking a panel gene, train names the missing gene. The repr says the panel size, config and status."""
+    a = _planted(seed=3)
+    with pytest.raises(ValueError, match=r"`data` is not set up for MeanExpression; call "
+                       r"`scst.models.MeanExpression.setup_anndata\(adata\)` first"):  # fmt: skip
+        MeanExpression(a)
+    MeanExpression.setup_anndata(a, "panel", sections=["S1", "S2"])
+    mean = MeanExpression(a)
+    assert repr(mean) == "MeanExpression (5 genes; no config); Not trained"
+    mean.train().save(tmp_path / "mean")
+    assert repr(mean) == "MeanExpression (5 genes; no config); Trained"
+    RidgeExpression.setup_anndata(a, "X_feat", "panel", sections=["S1", "S2"])
+    assert repr(RidgeExpression(a, alphas=[2.0], n_inner_splits=3)) == (
+        "RidgeExpression (5 genes; alphas: [2.0], alpha_per_gene: True, n_inner_splits: 3, n_programs: None); "
+        "Not trained"
+    )
+    bare = MeanExpression.load(tmp_path / "mean")
+    with pytest.raises(ValueError, match="This MeanExpression has no data; load it with `data=` to train again"):
+        bare.train()
+    with pytest.raises(ValueError, match="data: this MeanExpression has no data attached; pass an AnnData or Spatial"):
+        bare.predict()
+    lacking = a[:, [g for g in a.var_names if g != "g2"]].copy()
+    with pytest.raises(ValueError, match=r"The training table lacks 1 panel genes: \['g2'\]"):
+        MeanExpression.load(tmp_path / "mean", data=lacking).train()
