@@ -423,3 +423,24 @@ def test_a_loaded_head_trains_only_on_its_own_sections_and_checks_spot_centres(t
     bad.obsm["spatial"][0] = np.inf
     with pytest.raises(ValueError, match="spatial_key: obsm"):
         HGGEPHead.setup_anndata(bad, use_rep="X_emb", genes=PANEL, sections=["S1", "S2"])
+
+
+def test_head_setup_training_and_prediction_inputs_are_named(tmp_path):
+    """A SpatialData where setup needs its table; a window of one spot; prediction on a table without the
+    hypergraph, or with no data at all."""
+    sdata = syn.make_sdata(image=False)
+    with pytest.raises(TypeError, match="adata: expected an AnnData, got SpatialData"):
+        HGGEPHead.setup_anndata(sdata, use_rep="X_emb", genes=PANEL)
+    tab = _table()
+    HGGEPHead.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1", "S2"])
+    model = HGGEPHead(tab, **{**HGGEPHead.bench_config, "max_epochs": 1})
+    with pytest.raises(ValueError, match=r"batch_size \(spots per window\) must be at least 2, got 1"):
+        model.train(batch_size=1, validation="S2", enable_progress_bar=False)
+    assert not model.is_trained
+    model.train(validation="S2", enable_progress_bar=False).save(tmp_path / "m")
+    no_graph = tab.copy()
+    del no_graph.obsp["hypergraph_incidence"]
+    with pytest.raises(KeyError, match=r"data: obsp lacks 'hypergraph_incidence'; run `scst.pp.hypergraph\(adata"):
+        model.predict(no_graph, "S3")
+    with pytest.raises(ValueError, match="data: this model has no data attached; pass an AnnData or SpatialData"):
+        HGGEPHead.load(tmp_path / "m").predict(sections="S3")
