@@ -354,3 +354,18 @@ def test_section_windows_batches_hold_aligned_usable_spots_augmented_only_in_tra
         assert n_augmented > 0
     else:
         assert n_augmented == 0
+
+
+def test_network_loss_turns_only_non_finite_features_into_a_nan_loss():
+    """NaN spot positions (diverged features reach the hypergraph) give a NaN loss for the guard; any other
+    ValueError of the loss, here a target of the wrong width, propagates unchanged."""
+    with pytest.warns(UserWarning, match="random initialisation"):
+        net = hggep_models._HGGEPNet(3, **HGGEP_BENCH["cpu_small"]["config"])
+    n = 5
+    batch = {"patches": torch.rand(n, 3, 32, 32), "coords": torch.zeros(n, 2, dtype=torch.long),
+             "positions": torch.rand(n, 2), "target": torch.rand(n, 3), "counts": torch.rand(n, 3),
+             "size_factors": torch.ones(n)}  # fmt: skip
+    out = net.loss({**batch, "positions": torch.full((n, 2), float("nan"))})
+    assert torch.isnan(out["loss"]) and out["loss"].requires_grad and torch.isnan(out["mse"])
+    with pytest.raises(ValueError, match=r"batch\['target'\] must have shape \(5, 3\), got \(5, 4\)"):
+        net.loss({**batch, "target": torch.rand(n, 4)})
