@@ -437,3 +437,42 @@ def test_training_and_attached_data_checks_name_the_table():
     model.data = model.adata
     with pytest.raises(TypeError, match="TCGN trains on a SpatialData \\(with images\\), got"):
         model._train_table()
+
+
+def test_a_section_over_the_cache_budget_reads_its_patches_per_call():
+    """cache_mb=0: nothing is cached, every get reads its spots from the image, the same pixels as the cached path."""
+    from scst.models._image import _SectionPatches, clear_patch_cache
+
+    clear_patch_cache()
+    sd = syn.make_sdata(sections=("S1",), grid=3)
+    rows = np.arange(sd.tables["table"].n_obs)
+    lazy = _SectionPatches(sd, "table", rows, syn.SIZE_UM, 16, 0.0)
+    cached = _SectionPatches(sd, "table", rows, syn.SIZE_UM, 16, 64.0)
+    assert not lazy.cached and cached.cached
+    idx = np.array([4, 0, 7])
+    got = lazy.get(idx)
+    assert got.shape == (3, 3, 16, 16) and got.dtype == np.uint8 and lazy._arr is None
+    np.testing.assert_array_equal(got, cached.get(idx))
+    np.testing.assert_array_equal(got[1], lazy.ds.patch_uint8(0))
+    clear_patch_cache()
+
+
+def test_setup_of_a_table_without_spots_and_a_network_without_a_linear_head():
+    """A table of 0 spots (in a SpatialData-like object: spatialdata refuses an empty annotating table) is named at
+    setup; a network whose ``_output_layer`` is None keeps its initial output bias (the documented skip)."""
+    import types
+
+    sd = syn.make_sdata(sections=("S1", "S2"), grid=3)
+    empty = types.SimpleNamespace(tables={"table": sd.tables["table"][:0].copy()}, images=sd.images)
+    with pytest.raises(ValueError, match="The table has no spots"):
+        TCGN.setup_sdata(empty, size_um=syn.SIZE_UM)
+    TCGN.setup_sdata(sd, size_um=syn.SIZE_UM)
+    model = TCGN(sd, **{**TCGN.bench_config, "img_size": 64})
+    before = model.module.head[-1].bias.detach().clone()
+    model._output_layer = lambda: None
+    model._training_sections(False, seed=0)
+    assert torch.equal(model.module.head[-1].bias, before)
+    del model._output_layer
+    model._training_sections(False, seed=0)  # the default sets it: each gene's mean over the training spots
+    truth = log_normalized(sd.tables["table"], model.var_names).mean(0)
+    np.testing.assert_allclose(model.module.head[-1].bias.detach().numpy(), truth, rtol=1e-5)
