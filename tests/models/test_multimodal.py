@@ -1463,3 +1463,16 @@ def test_model_and_embedding_arguments_are_checked(tmp_path):
     model.save(tmp_path / "m")
     with pytest.raises(ValueError, match="mdata: the model has no data; pass a MuData"):
         MultimodalST.load(tmp_path / "m").get_latent_representation(modality="rna")
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [(lambda: MultimodalModule([]), r"group_of_gene: expected a non-empty list of group ids >= 0, one per gene"),
+     (lambda: MultimodalModule([0, -1, 1]), r"group_of_gene: expected a non-empty list of group ids >= 0"),
+     (lambda: MultimodalModule([0, 1, 1], match_on="label"), r"match_on: expected 'sample' or 'group', got 'label'"),
+     (lambda: MultimodalModule([0, 1, 1], image_encoder="mlp"),
+      r"image_features: needed \(input width\) for image_encoder='mlp'")],
+)  # fmt: skip
+def test_multimodal_network_settings_are_named(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
