@@ -525,3 +525,14 @@ def test_tiles_need_the_spatialdata_and_setup_needs_images(tmp_path):
         SSLEncoder.setup_sdata(sdata.tables["table"])
     with pytest.raises(ValueError, match=r"sections: no section to pretrain on \(sections with an image: \[\]\)"):
         SSLEncoder.setup_sdata(SpatialData(tables={"table": sdata.tables["table"]}), size_um=SIZE_UM, patch_px=32)
+
+
+def test_one_tissue_tile_is_too_few_to_train_on():
+    """A small section at a tile spacing larger than its tissue: one tile, no batch statistics for BYOL."""
+    sdata = make_sdata(sections=("S1",), grid=2)
+    SSLEncoder.setup_sdata(sdata, size_um=SIZE_UM, patch_px=32, spacing_um=3 * SIZE_UM)
+    model = SSLEncoder(sdata, **TINY)
+    assert len(model.registry["centers"]["S1"]) == 1
+    with pytest.raises(ValueError, match=r"SSLEncoder needs at least 2 tiles \(batch statistics\), got 1"):
+        model.train(max_epochs=1, batch_size=16, accelerator="cpu", enable_progress_bar=False)
+    assert not model.is_trained
