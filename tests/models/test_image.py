@@ -476,3 +476,20 @@ def test_setup_of_a_table_without_spots_and_a_network_without_a_linear_head():
     model._training_sections(False, seed=0)  # the default sets it: each gene's mean over the training spots
     truth = log_normalized(sd.tables["table"], model.var_names).mean(0)
     np.testing.assert_allclose(model.module.head[-1].bias.detach().numpy(), truth, rtol=1e-5)
+
+
+def test_zarr_files_stamp_counts_local_chunk_files_and_skips_an_in_memory_store(tmp_path):
+    """An image read from a local zarr folder is stamped with its files (count, bytes); one in a memory store has
+    no folder to stat and adds nothing (dask's token names it)."""
+    import dask.array as da
+    import zarr
+
+    from scst.models._image import _zarr_files_stamp
+
+    in_memory = da.from_zarr(zarr.array(np.arange(12).reshape(3, 4), chunks=(2, 2)))
+    assert _zarr_files_stamp(in_memory) == ()
+    path = tmp_path / "a.zarr"
+    zarr.save_array(str(path), np.arange(12).reshape(3, 4))
+    ((folder, n, size, _),) = _zarr_files_stamp(da.from_zarr(str(path)))
+    files = [p for p in path.rglob("*") if p.is_file()]
+    assert folder.rstrip("/") == str(path) and n == len(files) and size == sum(p.stat().st_size for p in files)
