@@ -273,9 +273,11 @@ def test_gaussian_blur_refuses_integer_batches():
     assert not torch.equal(gaussian_blur(x.float(), 0.5), x.float())
 
 
-def test_even_kernel_and_unbatched_crop_are_named():
+def test_even_or_zero_kernel_and_unbatched_crop_are_named():
     x = torch.rand(2, 3, 8, 8)
-    with pytest.raises(ValueError, match="kernel_size: expected an odd positive integer, got 4"):
-        gaussian_blur(x, 1.0, kernel_size=4)
+    for bad in (4, 0, -3):  # 0 was taken as "the default width" and blurred silently
+        with pytest.raises(ValueError, match=f"kernel_size: expected an odd positive integer, got {bad}"):
+            gaussian_blur(x, 1.0, kernel_size=bad)
+    assert gaussian_blur(x, 0.0) is x  # sigma 0 for every image: the batch itself
     with pytest.raises(ValueError, match=r"x: expected a batch \(B, C, H, W\), got shape \(3, 8, 8\)"):
         random_resized_crop(x[0])

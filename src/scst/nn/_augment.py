@@ -141,7 +141,7 @@ def gaussian_blur(
     smax = float(sigma.max()) if b else 0.0
     if smax == 0.0:
         return x
-    k = kernel_size or 2 * math.ceil(3 * smax) + 1
+    k = 2 * math.ceil(3 * smax) + 1 if kernel_size is None else kernel_size  # 0 is no default: refused
     if k % 2 == 0 or k < 1:
         raise ValueError(f"kernel_size: expected an odd positive integer, got {kernel_size}.")
     k = min(k, 2 * (min(h, w) - 1) + 1 if min(h, w) > 1 else 1)  # reflect padding needs pad < size
