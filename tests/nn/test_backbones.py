@@ -376,3 +376,22 @@ def test_review_timm_weights_that_arrived_but_do_not_fit_are_not_called_a_downlo
         build_backbone("hf-hub:my-org/my-model", "pretrained")
     with pytest.raises(TypeError, match="bogus_arg"):  # a keyword the model does not take: the user's own error
         build_backbone("hf-hub:my-org/my-model", "pretrained", model_kwargs={"bogus_arg": 1})
+
+
+def test_backbone_name_type_trunk_without_classifier_and_unreadable_metadata(tmp_path):
+    """A non-string backbone is a TypeError naming ``backbone``; a trunk without a Linear layer has no classifier
+    to remove (named); a safetensors file whose header cannot be parsed has no metadata ({}), its error is left to
+    the weights loader; scst names unknown attributes like a module does."""
+    import scst
+    from scst.nn._backbones import _replace_last_linear, weights_metadata
+
+    for bad in (None, "", 3):
+        with pytest.raises(TypeError, match=r"backbone: expected a model name \(str\)"):
+            build_backbone(bad)
+    with pytest.raises(ValueError, match="Sequential has no Linear classifier to remove"):
+        _replace_last_linear(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()))
+    bad_file = tmp_path / "w.safetensors"
+    bad_file.write_bytes((40).to_bytes(8, "little") + b"{not json" + b" " * 31)  # looks like safetensors; bad header
+    assert weights_metadata(bad_file) == {}
+    with pytest.raises(AttributeError, match="module 'scst' has no attribute 'nope'"):
+        scst.nope  # noqa: B018

@@ -119,3 +119,16 @@ def test_unknown_sections_wrong_shapes_and_tables_without_regions_fail_clearly()
     with pytest.raises(ValueError, match=r"table_added: a new table needs obs\['region'\]"):
         scst.tl.predict_expression(sd, model, table_added="pred")
     assert model.calls == 0
+
+
+def test_an_image_only_sdata_without_section_images_names_sections():
+    """No table and no image named ``<section>_image``: the sections to tile cannot be guessed; the error names
+    ``sections`` before any tiling or prediction."""
+    import spatialdata as sdd
+    from spatialdata.models import Image2DModel
+
+    sd = sdd.SpatialData(images={"slide": Image2DModel.parse(np.zeros((3, 8, 8), np.uint8), dims=("c", "y", "x"))})
+    model = _PanelModel()
+    with pytest.raises(ValueError, match=r"sections: no table and no image named '<section>_image'; pass `sections`"):
+        scst.tl.predict_expression(sd, model, um_per_px=1.0)
+    assert model.calls == 0
