@@ -103,7 +103,10 @@ def _tiff_recolour(path: Path, arg: str = "image") -> Callable[[np.ndarray], np.
 
 
 def _tiff_level0(path: Path):
-    """Full-resolution level of a (pyramidal) TIFF as a lazily read zarr array ``(y, x[, c])``, or ``(c, y, x)``."""
+    """Full-resolution level of a (pyramidal) TIFF as a lazily read zarr array ``(y, x[, c])``, or ``(c, y, x)``.
+
+    Returns ``(array, axes, store)``; the caller closes ``store`` (it holds the file open).
+    """
     import tifffile
     import zarr
 
@@ -114,8 +117,12 @@ def _tiff_level0(path: Path):
         store = tifffile.imread(path, aszarr=True, series=0, level=0)
     except Exception as e:  # noqa: BLE001 - tifffile raises many types (IndexError, ValueError, ...) for bad files
         raise ValueError(f"image: cannot decode {path} as TIFF ({type(e).__name__}: {e}).") from e
-    z = zarr.open_array(store, mode="r")
-    return z, axes
+    try:
+        z = zarr.open_array(store, mode="r")
+    except BaseException:
+        store.close()
+        raise
+    return z, axes, store
 
 
 def _open_vips(path: Path):
@@ -133,7 +140,8 @@ def _open_vips(path: Path):
 
 def _image_shape(path: Path) -> tuple[int, int]:
     if path.suffix.lower() in _TIFF_SUFFIXES:
-        z, axes = _tiff_level0(path)
+        z, axes, store = _tiff_level0(path)
+        store.close()
         return int(z.shape[axes.index("Y")]), int(z.shape[axes.index("X")])
     im = _open_vips(path)
     return int(im.height), int(im.width)
@@ -142,22 +150,26 @@ def _image_shape(path: Path) -> tuple[int, int]:
 def _iter_strips(path: Path, rows: int = CHUNK_PX) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(y0, strip)`` with ``strip`` the rows ``y0:y0 + rows`` as ``(rows, x, 3)`` uint8, top to bottom."""
     if path.suffix.lower() in _TIFF_SUFFIXES:
-        z, axes = _tiff_level0(path)
-        if set(axes) - set("YXCS") or "Y" not in axes or "X" not in axes:
-            raise ValueError(f"image: TIFF {path} has axes {axes!r}; expected a 2-D image (YX, YXS or CYX).")
-        recolour = _tiff_recolour(path)
-        h = int(z.shape[axes.index("Y")])
-        for y0 in range(0, h, rows):
-            sl = tuple(slice(y0, y0 + rows) if a == "Y" else slice(None) for a in axes)
-            try:
-                strip = np.asarray(z[sl])
-            except Exception as e:  # noqa: BLE001 - codec errors (RuntimeError, TiffFileError, ...) name no file
-                raise ValueError(
-                    f"image: {path} is truncated or corrupt near row {y0} ({type(e).__name__}: {str(e).strip()[:200]})."
-                ) from e
-            if axes.startswith(("C", "S")):  # planar (c, y, x)
-                strip = np.moveaxis(strip, 0, -1)
-            yield y0, _to_rgb(strip if recolour is None else recolour(strip), path)
+        z, axes, store = _tiff_level0(path)
+        try:  # the file is closed when the strips are done, fail, or the generator is dropped
+            if set(axes) - set("YXCS") or "Y" not in axes or "X" not in axes:
+                raise ValueError(f"image: TIFF {path} has axes {axes!r}; expected a 2-D image (YX, YXS or CYX).")
+            recolour = _tiff_recolour(path)
+            h = int(z.shape[axes.index("Y")])
+            for y0 in range(0, h, rows):
+                sl = tuple(slice(y0, y0 + rows) if a == "Y" else slice(None) for a in axes)
+                try:
+                    strip = np.asarray(z[sl])
+                except Exception as e:  # noqa: BLE001 - codec errors (RuntimeError, TiffFileError, ...) name no file
+                    raise ValueError(
+                        f"image: {path} is truncated or corrupt near row {y0} "
+                        f"({type(e).__name__}: {str(e).strip()[:200]})."
+                    ) from e
+                if axes.startswith(("C", "S")):  # planar (c, y, x)
+                    strip = np.moveaxis(strip, 0, -1)
+                yield y0, _to_rgb(strip if recolour is None else recolour(strip), path)
+        finally:
+            store.close()
         return
     import pyvips
 

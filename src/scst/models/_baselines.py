@@ -193,7 +193,8 @@ class _ClosedFormModel(_SetupRegistry):
         model = cls.__new__(cls)
         model.config, model.registry = attrs["config"], attrs["registry"]
         try:
-            with np.load(dir_path / PARAMS_FILE, allow_pickle=False) as f:
+            # the file opened here: np.load leaves its own handle open when the archive is unreadable
+            with open(dir_path / PARAMS_FILE, "rb") as fh, np.load(fh, allow_pickle=False) as f:
                 model.params = {k: f[k] for k in f.files}
         except Exception as e:  # noqa: BLE001 - zipfile.BadZipFile, zlib.error, EOFError, ValueError, ...
             raise ValueError(
