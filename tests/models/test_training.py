@@ -129,15 +129,17 @@ def test_rng_state_restores_every_stream():
         RNGState([]).load_state_dict(state)
 
 
-def test_rerunnable_script(monkeypatch, tmp_path):
+@pytest.mark.parametrize("name", ["train.py", "pytest"])
+def test_rerunnable_script(monkeypatch, tmp_path, name):
+    """A script file is re-run with python; a pytest executable is not a script to re-run."""
     import __main__
 
-    script = tmp_path / "train.py"
+    script = tmp_path / name
     script.write_text("")
     monkeypatch.setattr(__main__, "__spec__", None, raising=False)
     monkeypatch.delattr(sys, "ps1", raising=False)
     monkeypatch.setattr(sys, "argv", [str(script)])
-    assert _rerunnable_script() == f"python {script}"
+    assert _rerunnable_script() == (f"python {script}" if name == "train.py" else None)
     for argv in ([""], ["-c"], [str(tmp_path / "missing.py")], [str(tmp_path)]):
         monkeypatch.setattr(sys, "argv", argv)
         assert _rerunnable_script() is None, argv
@@ -195,17 +197,6 @@ def test_generators_are_found_once_and_missing_loaders_skipped():
     assert _generators([loader, None, loader]) == [g]  # the validation loader of a run without one is None
     loader.dataset.sampler = "by_section"  # an attribute that is a name, not a sampler: not searched
     assert _generators([loader]) == [g]
-
-
-def test_rerunnable_script_is_none_for_a_pytest_executable(monkeypatch, tmp_path):
-    import __main__
-
-    exe = tmp_path / "pytest"
-    exe.write_text("")
-    monkeypatch.setattr(__main__, "__spec__", None, raising=False)
-    monkeypatch.delattr(sys, "ps1", raising=False)
-    monkeypatch.setattr(sys, "argv", [str(exe)])
-    assert _rerunnable_script() is None
 
 
 def test_best_checkpoint_found_in_neither_folder_is_left_to_lightning(tmp_path):
