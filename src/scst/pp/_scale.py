@@ -94,9 +94,11 @@ def scale_by_section(
     for c in range(len(names)):
         idx = np.flatnonzero(codes == c)
         xs = x[idx].astype(np.float64)
-        scaled = sc.pp.scale(xs, copy=True) if idx.size > 1 else np.zeros_like(xs)
         # scanpy's variance (mean of squares minus squared mean) is rounding noise, even negative, for a feature
-        # constant within the section: its "scaled" values came out NaN or noise. Constant features are 0.
+        # constant within the section: its "scaled" values came out NaN or noise (and numpy warned about the square
+        # root of a negative number, a warning that concerns nothing the user passed). Constant features are 0.
+        with np.errstate(invalid="ignore"):
+            scaled = sc.pp.scale(xs, copy=True) if idx.size > 1 else np.zeros_like(xs)
         scaled[:, (xs == xs[:1]).all(0)] = 0.0
         out[idx] = scaled
     key = key_added or f"{use_rep}_scaled"
