@@ -738,16 +738,19 @@ def test_filter_tiles_bad_input(tiles, kw, err, match):
 def test_tile_grid_on_a_multiscale_stored_mask_uses_its_finest_level():
     from spatialdata.models import Labels2DModel
 
+    """The finest level's one-pixel gap counts (the 2x level samples odd pixels only and would not see it)."""
     mask = np.zeros((50, 70), bool)
     mask[10:20, 10:20] = mask[30:40, 50:60] = True  # under centres (15, 15) and (55, 35) of the 20 px lattice
-    kw = {"spacing_um": 20.0, "size_um": 10.0, "min_tissue": 1.0, "um_per_px": 1.0, "inplace": False}
+    mask[30:40, 54] = False  # an even column: absent from the 2x level, 10 % of the second window
+    kw = {"spacing_um": 20.0, "size_um": 10.0, "min_tissue": 0.85, "um_per_px": 1.0, "inplace": False}
     sd = _grid_sdata(mask)
     sd.labels["S_tissue"] = Labels2DModel.parse(
         mask.astype(np.uint8), dims=("y", "x"), scale_factors=[2], transformations={"S": Identity()}
     )
+    assert sd.labels["S_tissue"]["scale1"]["image"].values[15:20, 25:30].all()  # the gap is not in level 1
     table, _ = tile_grid(sd, "S", **kw)
     np.testing.assert_array_equal(table.obsm["spatial"], [[15, 15], [55, 35]])
-    np.testing.assert_array_equal(table.obs["tissue_fraction"], [1.0, 1.0])
+    np.testing.assert_allclose(table.obs["tissue_fraction"], [1.0, 0.9], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize(
