@@ -1579,18 +1579,23 @@ def test_function_assignment_caps_the_training_pairs_and_takes_sets_as_list_dict
     trains = []
     monkeypatch.setattr(cv, "_fit_gcng", lambda work, gkey, train, *a, **k: trains.append(train) or _CVStub(train))
     genes = [f"L{i}" for i in range(10)]
+
+    def positives(train):
+        pos = train[train.label == 1]
+        return list(zip(pos.ligand, pos.receptor))
+
+    by_list = gene_function_cv(adata, genes, n_folds=2, seed=0)  # uncapped: the folds' full pairs (same split)
     gene_function_cv(adata, genes, n_folds=2, max_train_pairs=7, seed=0)
-    assert len(trains) == 2
-    for train in trains:
-        pos, neg = train[train.label == 1], train[train.label == 0]
-        assert len(pos) == len(neg) == 7  # 5 training genes: 20 ordered pairs, capped at 7
-        pairs = list(zip(pos.ligand, pos.receptor))
-        assert len(set(pairs)) == 7 and all(a != b and a in genes and b in genes for a, b in pairs)
-        assert len({g for p in pairs for g in p}) <= 5
+    assert len(trains) == 4
+    for full, capped in zip(trains[:2], trains[2:]):
+        every, pairs = positives(full), positives(capped)
+        assert len(every) == 20  # 5 training genes: 20 ordered pairs
+        assert len(pairs) == len(set(pairs)) == (capped.label == 0).sum() == 7
+        assert pairs == [p for p in every if p in pairs]  # a subset of the fold's pairs, in their order
+        assert pairs != every[:7]  # a random subset, not the head of the list
     gmt = tmp_path / "sets.gmt"
     gmt.write_text("\n" + "S\tdesc\t" + "\t".join(genes) + "\n\n")
     assert read_gmt(gmt) == {"S": genes}
-    by_list = gene_function_cv(adata, genes, n_folds=2, seed=0)
     for sets in ({"S": genes}, str(gmt)):
         other = gene_function_cv(adata, sets, n_folds=2, seed=0)
         assert other["gene_set"].unique().tolist() == ["S"]
