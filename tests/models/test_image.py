@@ -383,6 +383,9 @@ def test_predict_on_the_table_alone_reads_the_images_of_the_attached_spatialdata
     tab = sd.tables["table"]
     want = model.predict(sd, "S2", progress=False)
     np.testing.assert_array_equal(model.predict(tab, "S2", progress=False), want)
+    s2 = np.flatnonzero(tab.obs["section"] == "S2")
+    rev = tab[s2[::-1][:5]].copy()  # the given table's spots, in its order: not the attached data's table
+    np.testing.assert_array_equal(model.predict(rev, "S2", progress=False), want[::-1][:5])
     with pytest.raises(TypeError, match="data: expected SpatialData or AnnData, got ndarray"):
         model.predict(np.zeros((3, 3)), progress=False)
     model.save(tmp_path / "m")
