@@ -238,13 +238,14 @@ def test_spawn_launcher_brings_the_callback_states_of_rank_0_back():
 
     launcher = object.__new__(_ResultsLauncher)  # the spawning machinery is not needed for the two hooks
     rng = RNGState([])
-    worker = types.SimpleNamespace(callbacks=[_Counter(7), _Counter(3, "Other"), rng],
+    worker = types.SimpleNamespace(callbacks=[_Counter(7), _Counter(3, "Other"), _Counter(5, "Third"), rng],
                                    callback_metrics={"val_loss": torch.tensor(0.25)})  # fmt: skip
     extra = launcher.get_extra_results(worker)
-    assert sorted(extra["scst_callback_states"]) == ["Counter", "Other"]  # RNGState stays in the calling process
-    main = types.SimpleNamespace(callbacks=[_Counter(), _Counter(key="Other", fails=True), RNGState([])],
-                                 callback_metrics={})  # fmt: skip
+    assert sorted(extra["scst_callback_states"]) == ["Counter", "Other", "Third"]  # RNGState stays in this process
+    # the calling process's RNGState (no state sent) and a failing callback come before others that still load
+    main = types.SimpleNamespace(callbacks=[RNGState([]), _Counter(), _Counter(key="Other", fails=True),
+                                            _Counter(key="Third")], callback_metrics={})  # fmt: skip
     with pytest.warns(UserWarning, match=r"The state of callback Other could not be brought back .*\(ValueError: not"):
         launcher.update_main_process_results(main, extra)
-    assert main.callbacks[0].n == 7 and main.callbacks[1].n == 0
+    assert [cb.n for cb in main.callbacks[1:]] == [7, 0, 5]
     torch.testing.assert_close(main.callback_metrics["val_loss"], torch.tensor(0.25))
