@@ -658,11 +658,13 @@ def test_a_new_process_reopens_the_zarr_store_with_its_cache_budget(tmp_path):
     z[:] = img
     ds = SpotPatchDataset.from_arrays({"s": z}, [[20.0, 20.0]], [0], None, size_px=8, chunk_cache_mb=1.0)
     ref = ds.window(0)
-    assert ds._cache.nbytes > 0
+    old_cache = ds._cache
+    assert old_cache.nbytes > 0 and ds.sources["s"]._z is z
     ds._pid = -1  # as after a fork
     np.testing.assert_array_equal(ds.window(0), ref)
-    assert ds._pid == os.getpid() and ds._cache.max_bytes == 2**20
-    assert ds.sources["s"]._z is not None  # reopened from its folder
+    assert ds._pid == os.getpid()
+    assert ds._cache is not old_cache and ds._cache.max_bytes == 2**20 and ds._cache.nbytes == old_cache.nbytes
+    assert ds.sources["s"]._z is not None and ds.sources["s"]._z is not z  # reopened from its folder
 
 
 def test_float_image_without_finite_values_in_the_first_window():
