@@ -37,7 +37,6 @@ always_document_param_types = False
 
 myst_enable_extensions = ["colon_fence", "dollarmath"]
 myst_heading_anchors = 3
-# No executed tutorials yet: markdown pages are rendered as written.
 # Tutorials run at every build, on the real data (SCST_DATA_DIR, set by `nox -s docs`); one that fails fails the build.
 nb_execution_mode = "force"
 nb_execution_timeout = 900
@@ -51,3 +50,23 @@ suppress_warnings = ["myst.header"]
 html_theme = "sphinx_book_theme"  # the scverse theme family
 html_title = "scst"
 html_theme_options = {"repository_url": "https://github.com/scst-dev/scst", "use_repository_button": True}
+
+
+def _skip_torch_module_members(app, what, name, obj, skip, options):  # noqa: ARG001 - Sphinx's signature
+    """Leave torch.nn.Module's own members out of the pages of scst's networks.
+
+    Each ``scst.nn`` class page listed ~50 inherited torch methods (``add_module``, ``register_forward_hook``, ...)
+    whose Google-style docstrings also made docutils report errors; a member the scst class overrides (``forward``,
+    ``__init__``, ``extra_repr``, ...) stays.
+    """
+    import torch
+
+    if name in vars(torch.nn.Module) and getattr(torch.nn.Module, name) is obj:
+        return True
+    if name == "training" or (callable(obj) and (getattr(obj, "__module__", None) or "").startswith("torch.")):
+        return True  # the train/eval flag, and methods of a torch base class such as nn.TransformerEncoderLayer
+    return None
+
+
+def setup(app):  # noqa: D103
+    app.connect("autodoc-skip-member", _skip_torch_module_members)
