@@ -13,6 +13,8 @@ nox.options.reuse_existing_virtualenvs = True
 PYTHON = "3.11"
 ROOT = Path(__file__).parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
+#: pytest-xdist: one process per core up to four, a file's tests in one process (its fixtures built once).
+PARALLEL = ["-q", "-n", "auto", "--maxprocesses", "4", "--dist", "loadfile"]
 
 
 def _env() -> dict[str, str]:
@@ -35,8 +37,7 @@ def tests(session: nox.Session) -> None:
     so its fixtures are built once). ``nox -s tests -- <pytest args>`` replaces these defaults.
     """
     _install(session, "test")
-    default = ["-q", "-n", "auto", "--maxprocesses", "4", "--dist", "loadfile"]
-    session.run("pytest", *(session.posargs or default), env=_env())
+    session.run("pytest", *(session.posargs or PARALLEL), env=_env())
 
 
 @nox.session(python=PYTHON, default=False)
@@ -47,8 +48,7 @@ def coverage(session: nox.Session) -> None:
     """
     _install(session, "test")
     cov = ["--cov=scst", "--cov-branch", "--cov-report=term-missing:skip-covered"]
-    session.run("pytest", "-q", "-n", "auto", "--maxprocesses", "4", "--dist", "loadfile", *cov, *session.posargs,
-                env=_env())  # fmt: skip
+    session.run("pytest", *PARALLEL, *cov, *session.posargs, env=_env())
 
 
 @nox.session(python=PYTHON)
