@@ -890,6 +890,28 @@ def test_metrics_groups_counts_and_bootstrap_by_hand():
     assert not np.isclose(lo_hi[0, 0], lo_hi[0, 1])  # the AUROC and AUPRC bounds differ here
 
 
+def test_metrics_warn_on_few_pairs_and_give_no_interval_for_a_single_pair():
+    """GCNG's folds on seqFISH+ field 0 (docs/gcng.md) scored one positive and one negative: AUROC 1 with a bootstrap
+    interval [1, 1], which resampling a single pair of each class cannot widen."""
+    one = pd.DataFrame({"method": "m", "fold": 0, "ligand": "a", "label": [1, 0], "score": [0.9, 0.1]})
+    with pytest.warns(UserWarning, match=r"1 group\(s\) scored on fewer than 10 pairs of a class.*m: 1 positive"):
+        m = ligrec_metrics(one, n_boot=50).iloc[0]
+    assert m["auroc"] == 1.0 and np.isnan(m[["auroc_lo", "auroc_hi", "auprc_lo", "auprc_hi"]].to_numpy(float)).all()
+    # 2 positives, 9 negatives: warned (naming the counts and the group), still bootstrapped
+    few = pd.DataFrame({"method": ["m"] * 11, "fold": 0, "ligand": "a", "label": [1, 1] + [0] * 9,
+                        "score": [0.9, 0.3] + list(np.linspace(0, 1, 9))})  # fmt: skip
+    with pytest.warns(UserWarning, match=r"m: 2 positive\(s\), 9 negative\(s\)"):
+        m = ligrec_metrics(few, n_boot=50).iloc[0]
+    assert m["auroc_lo"] < m["auroc_hi"]
+    # 10 of each class: no warning
+    many = pd.DataFrame({"method": "m", "fold": np.arange(20) % 2, "ligand": "a", "label": [1] * 10 + [0] * 10,
+                         "score": np.r_[np.linspace(0.3, 1, 10), np.linspace(0, 0.7, 10)]})  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = ligrec_metrics(many, n_boot=50).iloc[0]
+    assert m["auroc_lo"] < m["auroc_hi"] and (m["n_pos"], m["n_neg"]) == (10, 10)
+
+
 class _CVStub:
     """A fitted-GCNG stand-in for ligrec_cv: scores pairs by their position in the request."""
 

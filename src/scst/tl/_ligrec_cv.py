@@ -223,6 +223,10 @@ def _auc(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
     return float(roc_auc_score(y, s)), float(average_precision_score(y, s))
 
 
+#: Fewer scored positives or negatives than this in a group of :func:`ligrec_metrics`: warned as unstable.
+MIN_PAIRS_PER_CLASS = 10
+
+
 def ligrec_metrics(
     predictions: pd.DataFrame,
     *,
@@ -259,6 +263,10 @@ def ligrec_metrics(
 
     Pairs with a NaN ``score`` (unscored) are left out of every value and count, with a warning, as
     :func:`scst.pl.ligrec_roc` leaves them out of its curves; a group without scored pairs gets NaN metrics.
+    A group with fewer than :data:`MIN_PAIRS_PER_CLASS` (10) scored positives or negatives is named in a warning:
+    its AUROC/AUPRC move by large steps from one pair to the next (GCNG's gene-disjoint folds on a small panel
+    hold a handful of test pairs). Where a class has a single pair, resampling cannot vary it, so the bootstrap
+    bounds would show none of its uncertainty: they are NaN.
     """
     by = [by] if isinstance(by, str) else list(by)
     need = {"fold", "ligand", "label", "score", *by}
@@ -273,7 +281,7 @@ def ligrec_metrics(
             stacklevel=2,
         )
     rng = np.random.default_rng(seed)
-    rows = []
+    rows, few = [], []
     for key, g in predictions.groupby(by, sort=False, observed=True):
         key = key if isinstance(key, tuple) else (key,)
         g = g[g["score"].notna()]
@@ -282,7 +290,9 @@ def ligrec_metrics(
         row.update(n_pos=int(y.sum()), n_neg=int((1 - y).sum()))
         row["auroc"], row["auprc"] = _auc(y, s)
         pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-        if len(pos) and len(neg) and n_boot:
+        if 0 < min(len(pos), len(neg)) < MIN_PAIRS_PER_CLASS:
+            few.append(f"{'/'.join(map(str, key))}: {len(pos)} positive(s), {len(neg)} negative(s)")
+        if len(pos) > 1 and len(neg) > 1 and n_boot:
             boots = np.array(
                 [
                     _auc(
@@ -306,6 +316,13 @@ def ligrec_metrics(
                 row[f"{level}_{m}_median"] = float(np.median(vals[:, j])) if len(vals) else np.nan
             row[f"n_{level}s_scored"] = len(vals)
         rows.append(row)
+    if few:
+        warnings.warn(
+            f"ligrec_metrics: {len(few)} group(s) scored on fewer than {MIN_PAIRS_PER_CLASS} pairs of a class, so "
+            f"their AUROC/AUPRC are unstable ({'; '.join(few[:5])}{' ...' if len(few) > 5 else ''}); no bootstrap "
+            "interval where a class has one pair.",
+            stacklevel=2,
+        )
     return pd.DataFrame(rows)
 
 
