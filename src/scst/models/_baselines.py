@@ -228,6 +228,7 @@ class MeanExpression(_ClosedFormModel):
 
     Examples
     --------
+    >>> scst.pp.select_genes(adata, sections=["C2", "C3", "C4", "C5"])  # the panel without C6
     >>> MeanExpression.setup_anndata(adata, sections=["C2", "C3", "C4", "C5"])
     >>> pred = MeanExpression(adata).train().predict(sections="C6")
     """
@@ -477,6 +478,7 @@ class RidgeExpression(_ClosedFormModel):
 
     Examples
     --------
+    >>> scst.pp.select_genes(sdata.tables["table"], sections=["C2", "C3", "C4", "C5"])  # the panel without C6
     >>> scst.tl.embed_patches(sdata, "handcrafted")
     >>> RidgeExpression.setup_sdata(sdata, embedding_key="X_handcrafted", sections=["C2", "C3", "C4", "C5"])
     >>> pred = RidgeExpression(sdata).train().predict(sections="C6")
@@ -671,6 +673,7 @@ class STNet(_ImageModel):
 
     Examples
     --------
+    >>> scst.pp.select_genes(sdata.tables["table"], sections=["C2", "C3", "C4", "C5"])  # the panel without C6
     >>> STNet.setup_sdata(sdata, sections=["C2", "C3", "C4", "C5"])
     >>> model = STNet(sdata, **STNet.bench_config).train()
     >>> pred = model.predict(sdata, sections="C6")

@@ -382,6 +382,7 @@ class MLPExpression(_FeatureModel):
 
     Examples
     --------
+    >>> scst.pp.select_genes(sdata.tables["table"], sections=["C2", "C3", "C4", "C5"])  # the panel without C6
     >>> scst.tl.embed_patches(sdata, "handcrafted")
     >>> MLPExpression.setup_sdata(sdata, use_rep="X_handcrafted", sections=["C2", "C3", "C4", "C5"])
     >>> pred = MLPExpression(sdata).train().predict(sections="C6")
@@ -440,6 +441,7 @@ class HGGEPHead(_FeatureModel):
 
     Examples
     --------
+    >>> scst.pp.select_genes(sdata.tables["table"], sections=["C2", "C3", "C4", "C5"])  # the panel without C6
     >>> scst.tl.embed_patches(sdata, "handcrafted")
     >>> scst.pp.hypergraph(sdata.tables["table"], use_rep="X_handcrafted")
     >>> HGGEPHead.setup_sdata(sdata, use_rep="X_handcrafted", sections=["C2", "C3", "C4", "C5"])
