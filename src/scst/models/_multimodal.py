@@ -214,6 +214,10 @@ class MultimodalST(BaseModel):
 
     Examples
     --------
+    >>> train = ["C2", "C3", "C4", "C5"]
+    >>> scst.pp.select_genes(sdata.tables["table"], n_top=1000, min_fraction=0.25, sections=train)
+    >>> mdata = scst.pp.to_mudata(sdata, sections=train, out_px=64)  # spots → RNA samples + patches
+    >>> mdata_test = scst.pp.to_mudata(sdata, sections=["C6"], out_px=64)
     >>> scst.pp.gene_groups(mdata["rna"], network=None, n_groups=7)
     >>> scst.models.MultimodalST.setup_mudata(mdata, group_key="label")
     >>> model = scst.models.MultimodalST(mdata, **scst.models.MultimodalST.bench_config).train()
