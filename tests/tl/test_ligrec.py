@@ -92,7 +92,8 @@ def test_spatial_pearson_sees_exocrine_signal():
 def test_tool_writes_long_table_params_and_local_scores():
     adata, pairs = quadrant_data(n_pairs=20)
     extra = pd.concat([pairs, pd.DataFrame({"ligand": ["NOPE"], "receptor": ["R0"], "quadrant": [0]})])
-    out = ligand_receptor(adata, pairs=extra, method="spatial_pearson", local_scores=5, n_perms=19, copy=True)
+    with pytest.warns(UserWarning, match=r"skipped 1 of 21 pairs with genes absent from the data"):
+        out = ligand_receptor(adata, pairs=extra, method="spatial_pearson", local_scores=5, n_perms=19, copy=True)
     assert "scst_ligrec" not in adata.uns
     res = out.uns["scst_ligrec"]
     assert list(res.columns) == [
@@ -189,9 +190,13 @@ def test_pairs_spelled_in_two_cases_are_one_pair_not_an_absent_one():
     """Matching is case-insensitive, so ("L0", "R0") and ("l0", "r0") are one pair: none is absent."""
     adata, _ = quadrant_data(n_pairs=2)
     pairs = [("L0", "R0"), ("l0", "r0"), ("L1", "R1"), ("L1", "NOPE")]
-    ligand_receptor(adata, pairs=pairs, method="pearson", n_perms=0, expr_prop=0)
+    with pytest.warns(UserWarning, match=r"skipped 1 of 3 pairs with genes absent"):
+        ligand_receptor(adata, pairs=pairs, method="pearson", n_perms=0, expr_prop=0)
     params = adata.uns["scst_ligrec_params"]
     assert (params["n_pairs_input"], params["n_pairs_absent"], params["n_pairs_scored"]) == (3, 1, 2)
+    with warnings.catch_warnings():  # every pair present: nothing skipped, no warning
+        warnings.simplefilter("error")
+        ligand_receptor(adata, pairs=pairs[:3], method="pearson", n_perms=0, expr_prop=0)
 
 
 def test_a_previous_result_rescored_as_pairs_gets_fresh_scores():

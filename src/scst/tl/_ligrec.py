@@ -125,7 +125,11 @@ def _prepare_pairs(pairs: Any, adata: AnnData, expr_prop: float, props: Any) -> 
     if present.empty:
         raise ValueError(f"pairs: none of the {n_in} pairs has both genes (all complex subunits) in adata.var_names.")
     if len(present) < n_in:
-        logg.warning(f"ligand_receptor: skipped {n_in - len(present)} of {n_in} pairs with genes absent from the data.")
+        warnings.warn(  # as GCNG's training does: visible to warning filters and captures, not only in the log
+            f"ligand_receptor: skipped {n_in - len(present)} of {n_in} pairs with genes absent from the data "
+            "(counted in uns[key_added + '_params']['n_pairs_absent']).",
+            stacklevel=3,
+        )
     entities = pd.unique(pd.concat([present["ligand"], present["receptor"]]))
     prop = pd.Series(props(entities), index=entities)
     low = prop.index[prop < expr_prop]
