@@ -66,8 +66,7 @@ def run(sdata: Any, out_dir: str | Path, test: str = "C6", seed: int = 0) -> dic
     for m in (tr, te):  # each patch's spot row of the table
         rows = adata.obs_names.get_indexer(m["image"].obs["rna_sample"])
         m["image"].obsm["handcrafted"] = adata.obsm["X_hc_ms_scaled"][rows].astype("float32")
-    scst.pp.gene_groups(tr["rna"], None, n_groups=7)
-    te["rna"].var["gene_group"] = tr["rna"].var["gene_group"].to_numpy()
+    scst.pp.gene_groups(tr["rna"], None, n_groups=7)  # the models keep them: te needs no copy
     scst.models.MultimodalST.setup_mudata(tr, group_key="label", patch_key="handcrafted")
     seeds = list(range(seed, seed + N_MODELS))
     models = [scst.models.MultimodalST(tr, **{**DEMO_CONFIG, "seed": s}) for s in seeds]
