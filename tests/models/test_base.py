@@ -763,3 +763,13 @@ def test_a_checkpoint_of_a_class_defined_elsewhere_now_loads_by_its_unique_name(
     loaded = BaseModel.load(tmp_path / "m")
     assert type(loaded) is ToyRegression
     torch.testing.assert_close(loaded.module.linear.weight, model.module.linear.weight, rtol=0, atol=0)
+
+
+def test_sanity_validation_is_not_recorded_as_an_epochs_validation():
+    """``num_sanity_val_steps`` (a trainer argument, 0 by default) validates before epoch 0; with validation every
+    2nd epoch, epoch 0 has no validation, so its ``val_loss`` must stay NaN, not the sanity pass's loss."""
+    adata = make_adata()
+    ToyRegression.setup_anndata(adata)
+    model = ToyRegression(adata, max_epochs=2)
+    model.train(check_val_every_n_epoch=2, num_sanity_val_steps=1, enable_progress_bar=False)
+    assert np.isnan(model.history.loc[0, "val_loss"]) and np.isfinite(model.history.loc[1, "val_loss"])

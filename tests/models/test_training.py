@@ -249,3 +249,49 @@ def test_spawn_launcher_brings_the_callback_states_of_rank_0_back():
         launcher.update_main_process_results(main, extra)
     assert [cb.n for cb in main.callbacks[1:]] == [7, 0, 5]
     torch.testing.assert_close(main.callback_metrics["val_loss"], torch.tensor(0.25))
+
+
+def test_ddp_is_accepted_in_a_rerun_child_and_from_a_script(monkeypatch):
+    """Lightning's 'ddp' is refused only where the re-run cannot work (here: under pytest). Its re-run processes
+    (``LOCAL_RANK`` set by Lightning) and a ``python script.py`` run keep Lightning's launcher."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    from scst.models import _training
+    from scst.models._training import prepare_strategy
+
+    def trainer():
+        return pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False)
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(ValueError, match="`strategy='ddp'` with 2 processes"):
+        prepare_strategy(trainer(), "ddp", 2)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    t = trainer()
+    prepare_strategy(t, "ddp", 2)
+    assert type(t.strategy.launcher) is _SubprocessScriptLauncher
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setattr(_training, "_rerunnable_script", lambda: "python train.py")
+    t = trainer()
+    prepare_strategy(t, "ddp", 2)
+    assert type(t.strategy.launcher) is _SubprocessScriptLauncher
+
+
+def test_cuda_random_streams_are_saved_and_restored_on_as_many_devices(monkeypatch):
+    """On a GPU machine the CUDA generators travel with the checkpoint; resumed on another number of GPUs they
+    cannot be restored, which is said (simulated here: the CUDA calls are replaced)."""
+    cuda_state = [torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([3, 4], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: cuda_state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    state = RNGState([]).state_dict()
+    assert state["cuda"] is cuda_state
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    RNGState([]).load_state_dict(state)
+    assert restored == [cuda_state]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.warns(UserWarning, match=r"CUDA RNG of 2 device\(s\), this machine has 1"):
+        RNGState([]).load_state_dict(state)
+    assert len(restored) == 1
