@@ -790,3 +790,37 @@ def test_spatialdata_constructor_bad_input():
     del sd.tables["table"].uns["scst"]
     with pytest.raises(KeyError, match=r"uns\['scst'\]\['sections'\] not found"):
         SpotPatchDataset(sd, size_px=6)
+
+
+def test_an_in_memory_zarr_image_travels_with_the_pickle_and_a_worker_reads_the_same_windows():
+    """A zarr array in a store that is not a local folder (memory; remote stores likewise) cannot be reopened by
+    path: pickling (spawned DataLoader workers) keeps the array, and a worker process reads the same windows.
+    Numpy sources have nothing to reopen."""
+    img = _synthetic(h=40, w=40, seed=5)
+    z = zarr.create_array(store=zarr.storage.MemoryStore(), shape=img.shape, chunks=(3, 16, 16), dtype="uint8")
+    z[:] = img
+    for image, kind in ((z, "zarr"), (img, "array")):
+        ds = SpotPatchDataset.from_arrays({"s": image}, [[20.2, 20.7], [5, 5]], [0, 0], None, size_px=10,
+                                          normalize=None)  # fmt: skip
+        clone = pickle.loads(pickle.dumps(ds))
+        assert clone.sources["s"].kind == kind
+        np.testing.assert_array_equal(clone.window(0), img[:, 16:26, 15:25])
+        clone._pid = -1  # as in a DataLoader worker: the sources are reopened
+        np.testing.assert_array_equal(clone.window(0), img[:, 16:26, 15:25])
+        np.testing.assert_array_equal(clone.window(1), ds.window(1))
+
+
+def test_a_patch_cache_of_patches_only_has_the_stored_edge_and_unknown_pixel_size():
+    """A cache without the image geometry (a hand-made dict, or one written before ``size_px``/``um_per_px`` were
+    stored): one section "0", windows of the stored edge, pixel size NaN; the patches are served as stored."""
+    patches = np.arange(2 * 3 * 4 * 4, dtype=np.uint8).reshape(2, 3, 4, 4)
+    ds = SpotPatchDataset.from_patch_cache({"patches": patches}, normalize=None, return_counts=False)
+    assert ds.section_names == ["0"] and ds.size_px == {"0": 4} and np.isnan(ds.um_per_px["0"]) and len(ds) == 2
+    item = ds[1]
+    assert item["index"] == 1
+    torch.testing.assert_close(item["patch"], torch.from_numpy(patches[1].astype(np.float32) / 255))
+    # geometry for another number of sections than the cache names is not applied to the wrong sections
+    ds = SpotPatchDataset.from_patch_cache(
+        {"patches": patches, "size_px": np.array([10, 12]), "um_per_px": np.array([1.0, 2.0])}, normalize=None
+    )
+    assert ds.size_px == {"0": 4} and np.isnan(ds.um_per_px["0"])
