@@ -444,3 +444,52 @@ def test_head_setup_training_and_prediction_inputs_are_named(tmp_path):
         model.predict(no_graph, "S3")
     with pytest.raises(ValueError, match="data: this model has no data attached; pass an AnnData or SpatialData"):
         HGGEPHead.load(tmp_path / "m").predict(sections="S3")
+
+
+def test_training_a_trained_head_again_keeps_its_standardisation_and_linear_parts():
+    """A second ``train()`` continues the trained head: the standardisation and the closed-form parts (ridge path,
+    programmes) stay those of the first training, whatever the table holds now. With lr 0 the predictions are
+    therefore unchanged after the training embeddings moved by 100 (re-standardising would shift them)."""
+    tab = _table()
+    MLPExpression.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1", "S2"])
+    model = MLPExpression(tab, max_epochs=1, lr=0.0, weight_decay=0.0).train(validation="S2", enable_progress_bar=False)
+    std, pred = {k: list(v) for k, v in model._std.items()}, model.predict(tab, "S3")
+    skip = model.module.skip.weight.detach().clone()
+    tab.obsm["X_emb"][tab.obs["section"].isin(["S1", "S2"]).to_numpy()] += 100.0
+    model.train(validation="S2", enable_progress_bar=False)
+    assert model._std == std
+    torch.testing.assert_close(model.module.skip.weight, skip, rtol=0, atol=0)
+    np.testing.assert_array_equal(model.predict(tab, "S3"), pred)
+
+
+def test_the_spot_head_leaves_spots_without_counts_out_and_needs_every_panel_gene():
+    from scipy import sparse
+
+    tab = _table()
+    s1 = np.flatnonzero((tab.obs["section"] == "S1").to_numpy())
+    n2 = int((tab.obs["section"] == "S2").sum())
+    counts = tab.X.toarray()
+    counts[s1[[3, 7]]] = 0
+    tab.X = sparse.csr_matrix(counts)
+    MLPExpression.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1", "S2"])
+    model = MLPExpression(tab, n_programs=None)
+    with pytest.warns(UserWarning, match=rf"Section 'S1': 2 of {len(s1)} spot\(s\) have no counts"):
+        train, val = model._dataloaders(16, "S2", seed=0)
+    assert len(train.dataset) == len(s1) - 2 and len(val.dataset) == n2
+    # a table without one of the panel genes (the registry copied along) cannot be trained on
+    lacking = tab[:, tab.var_names != "DOWN"].copy()
+    with pytest.raises(ValueError, match=r"The training table lacks 1 panel genes: \['DOWN'\]"):
+        MLPExpression(lacking, max_epochs=1).train(validation="S2", enable_progress_bar=False)
+
+
+def test_one_training_section_with_nothing_to_choose_does_not_warn():
+    """No ridge path and a given number of programmes: the missing grouped CV fixes nothing, so nothing is said."""
+    import warnings
+
+    tab = _table()
+    MLPExpression.setup_anndata(tab, use_rep="X_emb", genes=PANEL, sections=["S1"])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*grouped CV")
+        model = MLPExpression(tab, ridge_skip=False, n_programs=2, max_epochs=1)
+        model.train(validation=False, enable_progress_bar=False)
+    assert model.n_programs_ == 2 and model.program_cv_ is None and model.module.skip is None
