@@ -773,3 +773,21 @@ def test_sanity_validation_is_not_recorded_as_an_epochs_validation():
     model = ToyRegression(adata, max_epochs=2)
     model.train(check_val_every_n_epoch=2, num_sanity_val_steps=1, enable_progress_bar=False)
     assert np.isnan(model.history.loc[0, "val_loss"]) and np.isfinite(model.history.loc[1, "val_loss"])
+
+
+def test_repr_of_a_model_without_data_and_overwrite_beside_data_read_from_disk(tmp_path):
+    """A model loaded without data has no data line; ``overwrite=True`` is refused only when the folder holds the
+    data read lazily from disk, not when the data lives elsewhere."""
+    import spatialdata as sd
+
+    sd.SpatialData(tables={"table": make_adata()}).write(tmp_path / "data.zarr")
+    sdata = sd.read_zarr(tmp_path / "data.zarr")
+    ToyRegression.setup_sdata(sdata)
+    model = ToyRegression(sdata, max_epochs=1).train(enable_progress_bar=False)
+    assert f"Data: {N_OBS} obs × {N_VARS} vars" in repr(model)
+    model.save(tmp_path / "m")
+    model.save(tmp_path / "m", overwrite=True)
+    loaded = ToyRegression.load(tmp_path / "m")
+    assert loaded.adata is None
+    assert repr(loaded).splitlines()[-1] == "Training status: Trained" and "Data:" not in repr(loaded)
+    np.testing.assert_array_equal(loaded.predict(make_adata()), model.predict(make_adata()))

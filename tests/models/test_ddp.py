@@ -114,6 +114,22 @@ def test_nan_in_ddp_workers_is_a_floating_point_error(tmp_path):
     torch.testing.assert_close(m.module.linear.weight, best["state_dict"]["module.linear.weight"])
 
 
+class Crash(pl.Callback):
+    """Raise an error other than a NaN (in every process) at epoch 1."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("worker crashed")
+
+
+def test_another_error_in_ddp_workers_is_raised_as_it_is():
+    """Only a worker's FloatingPointError becomes one in this process; other errors come as the workers' error."""
+    m = DDPToy(_adata())
+    with pytest.raises(torch.multiprocessing.ProcessRaisedException, match="RuntimeError: worker crashed"):
+        m.train(accelerator="cpu", devices=2, strategy="ddp_notebook", callbacks=[Crash()], enable_progress_bar=False)
+    assert not m.is_trained
+
+
 def test_ddp_that_would_rerun_pytest_is_a_clear_error():
     """Lightning's "ddp" (also its choice for "auto") re-runs sys.argv: under pytest that would re-run the session."""
     a = _adata()
