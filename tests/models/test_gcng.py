@@ -732,3 +732,13 @@ def test_untrained_model_input_checks_name_the_argument():
         sample_negatives(pos, ["R0", "R1"], expression=pd.Series({"R0": 1.0}))
     with pytest.raises(ValueError, match="pairs: no negative pair could be drawn: every candidate receptor is a known"):
         model.training_table(pos, receptors=["R0"])
+
+
+def test_a_table_of_zeros_normalises_to_zeros_and_data_not_set_up_is_named():
+    """A sparse table with no stored values has nothing to check (no NaN, negatives or non-integers) and
+    normalises to zeros; a GCNG on a table never set up says which call sets it up."""
+    adata = AnnData(sp.csr_matrix((3, 2), dtype=np.float32))
+    norm = normalized_expression(adata)
+    assert norm.shape == (3, 2) and norm.nnz == 0
+    with pytest.raises(ValueError, match=r"`data` is not set up for GCNG; call `scst.models.GCNG.setup_anndata\("):
+        GCNG(adata)
