@@ -395,3 +395,30 @@ def test_backbone_name_type_trunk_without_classifier_and_unreadable_metadata(tmp
     assert weights_metadata(bad_file) == {}
     with pytest.raises(AttributeError, match="module 'scst' has no attribute 'nope'"):
         scst.nope  # noqa: B018
+
+
+def test_timm_downloads_that_fail_and_random_init_without_the_hub_config(monkeypatch):
+    """A timm name whose weights cannot be fetched names the local file (no torchvision cache to copy to); a
+    RuntimeError that is not torch's load_state_dict is a download problem too. Without weights, a hub model
+    still fetches its config.json: offline, that is said with the local alternatives; another model's own
+    error (a keyword it does not take) is raised as it is."""
+    import timm.models._hub as hub
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Max retries exceeded")
+
+    monkeypatch.setattr(hub, "hf_hub_download", offline)
+    with pytest.raises(OSError, match=r"weights: could not get .*'pretrained' of 'resnet10t' \(ConnectionError") as err:
+        build_backbone("resnet10t", weights="pretrained")
+    assert "weights='/path/to/resnet10t.safetensors'" in str(err.value) and "torchvision" not in str(err.value)
+    with pytest.raises(OSError, match=r"could not get the pretrained weights 'config.json' of 'hf-hub:org/m'"):
+        build_backbone("hf-hub:org/m", weights=None)
+    with pytest.raises(TypeError, match="bogus_arg"):
+        build_backbone("resnet10t", weights=None, model_kwargs={"bogus_arg": 1})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unexpected end of data")
+
+    monkeypatch.setattr(hub, "hf_hub_download", broken)
+    with pytest.raises(OSError, match=r"could not get .*\(RuntimeError: unexpected end of data\); without network"):
+        build_backbone("resnet10t", weights="pretrained")
