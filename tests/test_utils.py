@@ -143,6 +143,9 @@ def test_umask_without_proc_sets_and_restores_it(monkeypatch):
         monkeypatch.setattr(Path, "read_text", no_proc)
         assert _utils._umask() == 0o027  # set and restored
         assert os.umask(0o027) == 0o027
+        monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: "Name:\tpython\nState:\tR (running)\n")
+        assert _utils._umask() == 0o027  # a status without the Umask line (Linux before 4.7): set and restored too
+        assert os.umask(0o027) == 0o027
     finally:
         os.umask(old)
 
@@ -151,3 +154,20 @@ def test_dir_of_the_package_lists_its_public_names():
     import scst
 
     assert dir(scst) == sorted(scst.__all__) and "pp" in dir(scst)
+
+
+def test_a_prediction_of_the_same_spots_replaces_the_layer_without_a_warning():
+    """Predicting the same spots again (here with another, smaller panel) leaves no other spots to keep or lose:
+    the layer and its masks hold the new prediction only, and nothing is said."""
+    import warnings
+
+    from anndata import AnnData
+
+    adata = AnnData(np.zeros((4, 3), dtype=np.float32))
+    _utils._store_prediction(adata, "p", np.array([0, 1]), np.array([0, 1, 2]), np.ones((2, 3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _utils._store_prediction(adata, "p", np.array([1, 0]), np.array([1]), np.array([[6.0], [5.0]]))
+    np.testing.assert_array_equal(adata.layers["p"].toarray(), [[0, 5, 0], [0, 6, 0], [0, 0, 0], [0, 0, 0]])
+    assert adata.var["p_mask"].tolist() == [False, True, False]
+    assert adata.obs["p_mask"].tolist() == [True, True, False, False]
