@@ -648,6 +648,24 @@ def test_ligrec_passes_sections_and_options_on(syn_store, tmp_path, monkeypatch,
     assert syn_store == [] and not seen
 
 
+def test_ligrec_passes_a_liana_resource_name_on(syn_store, tmp_path, monkeypatch):
+    """--pairs takes a liana resource (not one of scst's own lists) and hands it to the tool."""
+    import pandas as pd
+
+    import scst
+
+    seen = {}
+
+    def recording(adata, **kwargs):
+        seen.update(kwargs)
+        adata.uns["scst_ligrec"] = pd.DataFrame({"ligand_complex": ["A"], "receptor_complex": ["B"]})
+
+    monkeypatch.setattr(scst.tl, "ligand_receptor", recording)
+    monkeypatch.setattr("scst.datasets._ligand_receptor._liana_resource_names", lambda: ["cellphonedb"])
+    assert main(["ligrec", "--data", "store.zarr", "--pairs", "cellphonedb", "--out", str(tmp_path / "lr.csv")]) == 0
+    assert seen["pairs"] == "cellphonedb" and len(syn_store) == 1
+
+
 def test_data_that_is_not_a_store(tmp_path, capsys):
     assert main(["train", "--model", "mean", "--data", str(tmp_path / "missing.zarr"), "--out",
                  str(tmp_path / "m")]) == 2  # fmt: skip
