@@ -64,6 +64,7 @@ EDITS = {  # file → (published text, tampered text): one small edit each
     "ids": ("cortex_annotation.txt", "cell_1\t0\t", "cell_2\t0\t"),
     "louvain_order": ("cortex_svz_cell_type_annotations.csv", "0,13\n1,3", "1,13\n0,3"),
     "fov_differs": ("cortex_svz_cellcentroids.csv", "\n0,1,1305.7", "\n1,1,1305.7"),
+    "row_missing": ("cortex_annotation.txt", "cell_913\t6\tMicroglia\n", ""),
 }
 
 
@@ -113,6 +114,7 @@ def _edit(folder, name, old, new):
         ("ids", "ids are not cell_1 ... cell_913 in file order"),
         ("louvain_order", "`index` is not 0 ... 912 in order"),
         ("fov_differs", "Fields of view differ"),
+        ("row_missing", "cortex_annotation.txt has 912 rows, centroids 913; the files do not match"),
     ],
 )
 def test_files_that_do_not_line_up_are_refused(served, edit, match):
