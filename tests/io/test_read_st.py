@@ -314,3 +314,17 @@ def test_read_st_refuses_a_count_file_with_a_repeated_gene_name_as_it_refuses_th
             read_st(table, s, None, sample="S")
     counts.to_csv(tmp_path / f"ok{suffix}", sep="," if ".csv" in suffix else "\t")  # names as written, unchanged
     assert list(read_st(tmp_path / f"ok{suffix}", s, None, sample="S").tables["table"].var_names) == ["A", "B"]
+
+
+def test_read_st_reads_a_count_file_whose_header_has_no_corner_cell(tmp_path):
+    """R's ``write.table`` (default ``col.names=TRUE``) writes the gene names without a cell above the spot ids: the
+    genes are read as written, and a repeated gene name is refused as with a corner cell (it was read as "A.1")."""
+    _, s, _ = _triple(tmp_path)
+    rows = "1x1\t0\t3\n2x1\t1\t0\n1x2\t5\t2\n2x2\t0\t0\n"
+    (tmp_path / "r.tsv").write_text("A\tB\n" + rows)
+    t = read_st(tmp_path / "r.tsv", s, None, sample="S").tables["table"]
+    assert list(t.var_names) == ["A", "B"] and list(t.obs_names) == ["S_1x1", "S_2x1", "S_1x2", "S_2x2"]
+    np.testing.assert_array_equal(t.X.toarray(), [[0, 3], [1, 0], [5, 2], [0, 0]])
+    (tmp_path / "r_dup.tsv").write_text("A\tA\n" + rows)
+    with pytest.raises(ValueError, match=r"counts: duplicate gene names, e.g. \['A'\]"):
+        read_st(tmp_path / "r_dup.tsv", s, None, sample="S")

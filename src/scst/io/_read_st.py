@@ -57,10 +57,11 @@ def _read_counts(counts: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
             raise FileNotFoundError(f"counts: file {p} does not exist.")
         sep = "," if _format_suffix(p) == ".csv" else "\t"
         df = pd.read_csv(p, sep=sep, index_col=0)
-        # pandas renames a repeated header name ("A", "A" → "A", "A.1"): the names as written, so it is caught below
-        header = pd.read_csv(p, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0, 1:]
-        if len(header) == df.shape[1]:
-            df.columns = pd.Index(header.to_numpy())
+        # pandas renames a repeated header name ("A", "A" → "A", "A.1"): the names as written, so it is caught below;
+        # the header has a cell above the spot ids, or not (R's write.table)
+        header = pd.read_csv(p, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0]
+        if len(header) in (df.shape[1], df.shape[1] + 1):
+            df.columns = pd.Index(header.to_numpy()[len(header) - df.shape[1] :])
     df.index = df.index.astype(str)
     if df.index.has_duplicates:
         dup = df.index[df.index.duplicated()].unique()[:5].tolist()
@@ -251,7 +252,8 @@ def read_st(
         Spots × genes table of raw counts (TSV/CSV path, optionally compressed: the format is read from the
         suffix before ``.gz``/``.bz2``/``.zip``/``.xz``/``.zst``, ``.csv`` is comma-separated and anything else
         tab-separated; or a DataFrame, which is not modified). Its index holds the spot ids
-        ``"<x>x<y>"`` (array column × array row), as in the ST pipeline's ``*_stdata`` files.
+        ``"<x>x<y>"`` (array column × array row), as in the ST pipeline's ``*_stdata`` files; a file's header may
+        leave out the cell above the ids (as R's ``write.table`` does).
     spots
         Spot file (path: ``.tsv``/``.txt`` tab-, otherwise comma-separated, compression suffix ignored; or
         DataFrame) with integer array positions (``array_cols``, column then row; floats within rounding of an
