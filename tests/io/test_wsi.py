@@ -441,3 +441,19 @@ def test_tiff_conversion_closes_the_file_done_or_failed(tmp_path):
     assert _resource_warnings(lambda: cached_image(tmp_path / "he.tif", "S", cache=tmp_path / "c1")) == []
     assert _resource_warnings(convert_cut) == []
     assert (tmp_path / "c1").exists() and not list((tmp_path / "c2").glob("*.zarr"))  # no store of the cut file
+
+
+def test_a_palette_tiff_with_more_than_one_sample_per_pixel_is_refused_naming_them(tmp_path):
+    """A palette TIFF must hold one colour-map index per pixel; one with an extra (alpha) sample is refused, and the
+    message counts the samples per pixel (it said "shape (48, 2)": the image width and the samples)."""
+    import tifffile
+
+    cmap = np.zeros((3, 256), np.uint16)
+    cmap[0] = np.arange(256) * 257
+    path = tmp_path / "pal_alpha.tif"  # tifffile does not write such files: a grey+alpha file relabelled as palette
+    tifffile.imwrite(path, np.zeros((40, 48, 2), np.uint8), photometric="minisblack", extrasamples=["unassalpha"],
+                     extratags=[(320, "H", cmap.size, cmap.ravel(), True)])  # fmt: skip
+    with tifffile.TiffFile(path, mode="r+b") as tf:
+        tf.pages[0].tags["PhotometricInterpretation"].overwrite(3)  # palette
+    with pytest.raises(ValueError, match=r"image: palette TIFF .*pal_alpha.tif has 2 uint8 sample\(s\) per pixel"):
+        cached_image(path, "S", cache=tmp_path / "cache")

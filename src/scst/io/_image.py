@@ -91,7 +91,11 @@ def _tiff_recolour(path: Path, arg: str = "image") -> Callable[[np.ndarray], np.
 
         def _palette(a: np.ndarray) -> np.ndarray:
             if a.ndim != 2 or a.dtype.kind != "u":
-                raise ValueError(f"{arg}: palette TIFF {path} has samples of shape {a.shape[1:]}; expected one index.")
+                per_px = a.shape[2] if a.ndim > 2 else 1
+                raise ValueError(
+                    f"{arg}: palette TIFF {path} has {per_px} {a.dtype} sample(s) per pixel; expected one unsigned "
+                    "index."
+                )
             return lut[a]
 
         return _palette
