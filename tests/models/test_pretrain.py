@@ -126,6 +126,12 @@ def test_no_tissue_tiles_error_names_the_sections():
         SSLEncoder.setup_sdata(sdata, sections=["S9"])
     with pytest.raises(ValueError, match="patch_px"):
         SSLEncoder.setup_sdata(sdata, sections="S1", patch_px=4)
+    # tile_grid's other errors are not "no tissue": a translated image is refused as tile_grid refuses it
+    from spatialdata.transformations import Translation, set_transformation
+
+    set_transformation(sdata.images["S1_image"], Translation([10.0, 0.0], axes=("x", "y")), to_coordinate_system="S1")
+    with pytest.raises(ValueError, match=r"image_key: image 'S1_image' is translated or otherwise moved"):
+        SSLEncoder.setup_sdata(sdata, sections="S1", size_um=SIZE_UM, patch_px=32)
 
 
 # ----------------------------------------------------------------------------------- BYOL step (recording stubs)
