@@ -1141,6 +1141,27 @@ def test_staged_training_resumes_from_either_stages_checkpoint(tmp_path, stage):
         MultimodalST(mdata, **cfg).train(ckpt_path=tmp_path / "full" / "joint" / "last.ckpt", max_epochs=0, **run)
 
 
+def test_staged_training_resumes_from_a_checkpoint_moved_out_of_its_stage_folder(tmp_path):
+    """A pre-training ``last.ckpt`` copied to a folder not named after its stage, without ``checkpoint_dir``: the
+    resumed stage writes next to the checkpoint, the joint stage into a temporary folder (no ``joint`` subfolder
+    appears there), and the result equals the uninterrupted run."""
+    import shutil
+
+    mdata = synthetic_mudata(n=24, n_genes=6)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    cfg = {**SMALL, "pretrain_epochs": 3, "max_epochs": 3, "dropout": 0.1}
+    run = {"enable_progress_bar": False, "validation": 0.25, "early_stopping": False}
+    full = MultimodalST(mdata, **cfg).train(**run)
+    with pytest.raises(RuntimeError, match="power cut"):
+        crash = [_CrashInStage("pretrain", 2)]
+        MultimodalST(mdata, **cfg).train(checkpoint_dir=tmp_path / "cut", callbacks=crash, **run)
+    (tmp_path / "moved").mkdir()
+    shutil.copy(tmp_path / "cut" / "pretrain" / "last.ckpt", tmp_path / "moved" / "last.ckpt")
+    resumed = MultimodalST(mdata, **cfg).train(ckpt_path=tmp_path / "moved" / "last.ckpt", **run)
+    pd.testing.assert_frame_equal(resumed.history, full.history, rtol=1e-6)
+    assert sorted(p.name for p in (tmp_path / "moved").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
 def test_staged_training_refuses_a_checkpoint_of_another_model(tmp_path):
     mdata = synthetic_mudata(n=12, n_genes=6)
     MultimodalST.setup_mudata(mdata, group_key="label")
