@@ -1162,6 +1162,18 @@ def test_staged_training_resumes_from_a_checkpoint_moved_out_of_its_stage_folder
     assert sorted(p.name for p in (tmp_path / "moved").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
+def test_stages_that_run_no_step_leave_no_history_and_an_untrained_model():
+    """``limit_train_batches=0`` (a trainer limit) stops both stages before any step: each says so, no history
+    rows are made up for them, and the model stays untrained."""
+    mdata = synthetic_mudata(n=24, n_genes=6)
+    MultimodalST.setup_mudata(mdata, group_key="label")
+    model = MultimodalST(mdata, **{**SMALL, "pretrain_epochs": 2, "max_epochs": 2})
+    with pytest.warns(UserWarning, match="MultimodalST: no training step ran") as record:
+        model.train(enable_progress_bar=False, limit_train_batches=0)
+    assert sum("no training step ran" in str(w.message) for w in record) == 2
+    assert model.history is None and not model.is_trained and model.module.stage == "joint"
+
+
 def test_staged_training_refuses_a_checkpoint_of_another_model(tmp_path):
     mdata = synthetic_mudata(n=12, n_genes=6)
     MultimodalST.setup_mudata(mdata, group_key="label")
