@@ -122,14 +122,16 @@ def test_zero_head_starts_at_the_training_means():
     sd = syn.make_sdata()
     HGGEP.setup_sdata(sd, sections=["S1", "S2"], **SETUP)
     tab = sd.tables["table"]
-    for zero_head in (True, False):
-        model = HGGEP(sd, **{**HGGEP.bench_config, "zero_head": zero_head})
+    for zero_head, use_zinb in ((True, True), (False, True), (True, False)):  # without ZINB: no ZINB heads to zero
+        model = HGGEP(sd, **{**HGGEP.bench_config, "zero_head": zero_head, "use_zinb": use_zinb})
         model._training_sections(False, seed=0)  # sets the output bias (and, with zero_head, zero weights)
         model._is_trained = True  # predict refuses untrained models; here we want the initial state on purpose
         pred = model.predict(sd, "S3", progress=False)
         train = tab.obs["section"].isin(["S1", "S2"]).to_numpy()
         means = log_normalized(tab[train], model.var_names).mean(0)
         heads = [model.module.zinb_mean, model.module.zinb_disp, model.module.zinb_pi]
+        assert all(head is None for head in heads) != use_zinb
+        heads = [head for head in heads if head is not None]
         if zero_head:  # every spot gets the training mean of each gene, before any step
             np.testing.assert_allclose(pred, np.broadcast_to(means, pred.shape), rtol=1e-5, atol=1e-5)
             assert all((head.weight == 0).all() for head in heads)  # and the ZINB heads start at their biases
