@@ -505,3 +505,24 @@ def test_float64_module_matches_float32_and_spots_are_permutation_equivariant():
         torch.testing.assert_close(out_p[key], value[perm], atol=1e-4, rtol=1e-4)
         assert out64[key].dtype == torch.float64
         torch.testing.assert_close(out64[key].float(), value, atol=1e-3, rtol=1e-3)
+
+
+def test_ablated_networks_run_without_cbam_or_spot_positions():
+    """use_cbam=False: a stage projection is BatchNorm, 1×1 conv and the 4×4 pool, nothing else; use_ham=False:
+    ``loss`` and ``forward_windows`` need no ``positions`` and give what they give with positions (unused)."""
+    torch.manual_seed(5)
+    proj = HGGEPModule(7, **SMALL, use_cbam=False).eval().stage_proj[0]
+    x = torch.randn(2, proj.norm.num_features, 7, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(proj(x), F.adaptive_avg_pool2d(proj.reduce(proj.norm(x)), 4).flatten(1))
+    no_ham = HGGEPModule(7, **SMALL, use_ham=False).eval()
+    b = _planted_batch(8, 7)
+    without = {k: v for k, v in b.items() if k != "positions"}
+    with torch.no_grad():
+        torch.testing.assert_close(no_ham.loss(without)["loss"], no_ham.loss(b)["loss"], rtol=0, atol=0)
+        tokens = no_ham.encode_patches(b["patches"])
+        windows = torch.stack([tokens[:, :4], tokens[:, 4:]], 1)
+        coords = torch.stack([b["coords"][:4], b["coords"][4:]])
+        many = no_ham.forward_windows(windows, coords, None)
+        one = no_ham.forward_tokens(tokens[:, 4:], b["coords"][4:])
+    torch.testing.assert_close(many["pred"][1], one["pred"], rtol=1e-5, atol=1e-5)
