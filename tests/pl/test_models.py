@@ -153,3 +153,24 @@ def test_training_history_best_epoch_of_staged_training_is_in_the_last_stage():
     ax = scst.pl.training_history(Staged(), show=False)
     best = [ln for ln in ax.get_lines() if ln.get_label().startswith("best")]
     assert [ln.get_label() for ln in best] == ["best val_loss (epoch 3)"]
+
+
+def test_training_history_best_epoch_of_a_model_trained_without_validation():
+    """Without validation, training checkpoints on the training counterpart of the monitored metric (``train_loss``
+    for ``val_loss``) and restores its best epoch: the 'best' line marks it (it was missing). A history with
+    neither column gets no 'best' line."""
+    import pandas as pd
+
+    class NoValidation:
+        history = pd.DataFrame({"train_loss": [3.0, 1.0, 2.0]}, index=pd.Index([0, 1, 2], name="epoch"))
+
+    ax = scst.pl.training_history(NoValidation(), show=False)
+    best = [ln for ln in ax.get_lines() if ln.get_label().startswith("best")]
+    assert [ln.get_label() for ln in best] == ["best train_loss (epoch 1)"]
+    assert best[0].get_xdata()[0] == 1.0
+
+    class OtherMetrics:
+        history = pd.DataFrame({"train_mse": [3.0, 1.0, 2.0]}, index=pd.Index([0, 1, 2], name="epoch"))
+
+    ax = scst.pl.training_history(OtherMetrics(), show=False)
+    assert [ln.get_label() for ln in ax.get_lines()] == ["train_mse"]

@@ -32,6 +32,9 @@ def training_history(
 ) -> Figure | Axes | None:
     """Per-epoch metrics of a trained model (``model.history``: ``train_loss``, ``val_loss``, …) against the epoch.
 
+    A dotted line marks the best epoch, whose weights training kept: that of the monitored validation metric, or of
+    its training counterpart for a model trained without validation.
+
     Parameters
     ----------
     model
@@ -67,6 +70,8 @@ def training_history(
         ok = np.isfinite(y)
         a.plot(epochs[ok], y[ok], marker="o", markersize=3, label=str(k))
     monitor = getattr(model, "_monitor", "val_loss")  # what checkpoints were chosen on (e.g. val_mse)
+    if monitor not in hist.columns:  # trained without validation: on the training counterpart (BaseModel.train)
+        monitor = "train_" + monitor.removeprefix("val_")
     vals = hist[monitor].astype(float) if monitor in hist.columns else None
     if vals is not None and "stage" in hist.columns:  # staged training (MultimodalST): the last stage's best is kept
         vals = vals[(hist["stage"] == hist["stage"].iloc[-1]).to_numpy()]
