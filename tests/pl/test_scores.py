@@ -64,6 +64,16 @@ def test_gene_scores_ranks_errors_lowest_first():
     labels = [tx.get_text() for tx in bar_ax.get_yticklabels()]
     assert labels[::-1] == ["G1", "G3", "G0"]  # best (lowest) on top
     np.testing.assert_allclose([p.get_width() for p in bar_ax.patches][::-1], [0.1, 0.3, 0.5])
+    # drawn into the caller's two axes, whose layout is left alone (tight_layout only on a figure made here)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    where = [a.get_position().bounds for a in axes]
+    out = scst.pl.gene_scores(a, metric="mse", n_top=3, ax=axes, show=False)
+    assert out[0] is axes[0] and out[1] is axes[1]
+    np.testing.assert_allclose([p.get_width() for p in axes[1].patches][::-1], [0.1, 0.3, 0.5])
+    assert [ax.get_position().bounds for ax in axes] == where
+    plt.close(fig)
 
 
 def test_cross_validation_summary_errors_and_positions():
