@@ -175,6 +175,20 @@ def test_cell_graph_grid_writes_array_col_then_row():
     np.testing.assert_array_equal(a.obsm["spatial_array"], a.obs[["array_col", "array_row"]].to_numpy(float))
 
 
+def test_cell_graph_grid_on_given_array_coordinates():
+    """``grid=True`` with ``spatial_key``: the grid is built on that ``obsm`` entry (no array columns needed, no
+    ``spatial_array`` written), the same graph as from the array columns; a missing key is named."""
+    a = _grid_adata(holes={(2, 2)})
+    ref = cell_graph(a, grid=True, copy=True).obsp["spatial_connectivities"]
+    b = a.copy()
+    b.obsm["array_idx"] = b.obs[["array_col", "array_row"]].to_numpy(float)
+    b.obs = b.obs.drop(columns=["array_col", "array_row"])
+    cell_graph(b, grid=True, spatial_key="array_idx")
+    assert (b.obsp["spatial_connectivities"] != ref).nnz == 0 and "spatial_array" not in b.obsm
+    with pytest.raises(KeyError, match="'array_ix'"):
+        cell_graph(b, grid=True, spatial_key="array_ix")
+
+
 def test_degrees_are_row_sums_on_a_directed_adjacency():
     # Edges 0→1, 0→2, 1→2: row sums (out-degrees) 2, 1, 0; column sums 0, 1, 2. D^-1/2 A D^-1/2 by hand from
     # the row sums: entry (0, 1) = 1/sqrt(2 · 1); (0, 2) and (1, 2) meet the isolated row 2 (D^-1/2 = 0).
