@@ -742,3 +742,31 @@ def test_a_table_of_zeros_normalises_to_zeros_and_data_not_set_up_is_named():
     assert norm.shape == (3, 2) and norm.nnz == 0
     with pytest.raises(ValueError, match=r"`data` is not set up for GCNG; call `scst.models.GCNG.setup_anndata\("):
         GCNG(adata)
+
+
+def test_tool_scores_in_place_on_the_models_own_table_and_with_a_model_loaded_without_data(trained, tmp_path):
+    """``ligand_receptor`` on the very table the model was set up on (in place, no copy) scores without re-attaching
+    it; a model loaded without data is attached to the table for the call and left without data afterwards. Both
+    give the scores of the trained model."""
+    from scst.tl._ligrec import ligand_receptor
+
+    adata, triples, model = trained
+    pairs = labelled(triples[40:46])[["ligand", "receptor"]]
+    want = model.predict(pairs).set_index(["ligand", "receptor"])["score"]
+    uns, obsp = set(adata.uns), set(adata.obsp)
+    try:
+        ligand_receptor(adata, model, pairs=pairs, n_perms=0, expr_prop=0.0)
+        got = adata.uns["scst_ligrec"].set_index(["ligand_complex", "receptor_complex"])["gcng_score"]
+    finally:
+        for key in set(adata.uns) - uns:
+            del adata.uns[key]
+        for key in set(adata.obsp) - obsp:
+            del adata.obsp[key]
+    np.testing.assert_allclose(got, want.loc[got.index], rtol=1e-6)
+    assert model.adata is adata
+    model.save(tmp_path / "gcng")
+    bare = GCNG.load(tmp_path / "gcng")
+    out = ligand_receptor(adata.copy(), bare, pairs=pairs, n_perms=0, expr_prop=0.0, copy=True)
+    got = out.uns["scst_ligrec"].set_index(["ligand_complex", "receptor_complex"])["gcng_score"]
+    np.testing.assert_allclose(got, want.loc[got.index], rtol=1e-6)
+    assert bare.adata is None and bare.data is None
