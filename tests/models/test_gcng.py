@@ -770,3 +770,18 @@ def test_tool_scores_in_place_on_the_models_own_table_and_with_a_model_loaded_wi
     got = out.uns["scst_ligrec"].set_index(["ligand_complex", "receptor_complex"])["gcng_score"]
     np.testing.assert_allclose(got, want.loc[got.index], rtol=1e-6)
     assert bare.adata is None and bare.data is None
+
+
+def test_cross_fitting_candidates_without_known_pairs_are_all_scored_by_the_model_on_all_known_pairs():
+    """Candidates that hold no known pair (only decoys here): no fold model scores anything, every candidate gets
+    the score of the model fit on all known pairs (``model`` = n_folds)."""
+    from scst.tl._ligrec_gcng import gcng_scores
+
+    adata, triples = niche_data(n_side=6, n_pairs=9, seed=2)
+    known = pd.DataFrame([(lg, r) for lg, r, _ in triples], columns=["ligand", "receptor"])
+    decoys = pd.DataFrame([(lg, d) for lg, _, d in triples], columns=["ligand", "receptor"])
+    res = gcng_scores(adata, decoys, known, graph_key="gcng_autocrine_plus", n_folds=3,
+                      config={**FAST, "max_epochs": 2}, seed=0)  # fmt: skip
+    assert (res.table["model"] == 3).all() and len(res.models) == 4
+    want = res.models[-1].predict(decoys)["score"].to_numpy()
+    np.testing.assert_allclose(res.table["score"].to_numpy(), want, rtol=1e-6)
