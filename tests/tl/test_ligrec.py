@@ -1681,3 +1681,26 @@ def test_lr_kernel_auto_scale_needs_sections():
     with pytest.raises(ValueError, match=r"um_per_unit='auto' needs sections \(groups_key\) with scst geometry"):
         lr_kernel(adata, 100.0, groups_key=None)
     assert "scst_lr_kernel" not in adata.obsp
+
+
+def test_pooled_local_metrics_run_per_section_unless_the_weights_join_sections():
+    """A pooled local metric (here a stand-in centring over the spots it is given) runs on each section alone when
+    no weight links two sections, and once over all spots when one does (the sections then share one frame)."""
+    from scst.tl._ligrec_scores import _section_local
+
+    x = np.array([[1.0], [3.0], [10.0], [20.0]])
+    groups = ["a", "a", "b", "b"]
+    calls = []
+
+    def centre(x, y, w):
+        calls.append(len(x))
+        return x - x.mean(0)
+
+    within = sp.csr_matrix(np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]], dtype=np.float32))
+    np.testing.assert_allclose(_section_local(centre, within, groups, "spearman")(x, x), [[-1], [1], [-5], [5]])
+    assert calls == [2, 2]
+    across = within.tolil()
+    across[1, 2] = across[2, 1] = 1.0
+    calls.clear()
+    np.testing.assert_allclose(_section_local(centre, across.tocsr(), groups, "morans")(x, x), x - 8.5)
+    assert calls == [4]
