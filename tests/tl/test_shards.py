@@ -197,6 +197,21 @@ def test_default_local_cluster_and_duplicate_sections(dask_client, model_dir, sh
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.zarr"]
 
 
+def test_a_local_cluster_that_fails_to_start_leaves_nothing_behind(model_dir, shard_sources, tmp_path, monkeypatch):
+    """client=None and the LocalCluster cannot start (here: no free port): its error comes through, and neither
+    ``out`` nor the scratch folder of the shards is left."""
+    import distributed
+
+    def no_cluster(*args, **kwargs):
+        raise OSError("no free port for the scheduler")
+
+    monkeypatch.setattr(distributed, "LocalCluster", no_cluster)
+    (tmp_path / "dest").mkdir()
+    with pytest.raises(OSError, match="no free port for the scheduler"):
+        predict_shards({"a": shard_sources["S3"]}, model_dir, tmp_path / "dest" / "o.zarr", n_workers=1)
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
 def test_her2st_sections_as_shards_equal_serial(dask_client, tmp_path):
     """Real data: ridge on hand-crafted features of C2 (one penalty: no inner CV); C5 and C6 as two shards."""
     import spatialdata as sd
