@@ -537,6 +537,21 @@ def test_table_added_holds_only_the_predicted_sections_spots():
     assert "predicted" not in tab.layers and new.uns["scst_predict"]["sections"] == ["S2"]
 
 
+def test_table_added_section_by_section_on_a_table_without_scst_geometry():
+    """A table that records no section geometry (``uns["scst"]``, e.g. not read by scst): predicting one section,
+    then another, into one new table keeps both sections' rows and values, and no geometry is made up."""
+    sd = syn.make_sdata()
+    tab = sd.tables["table"]
+    del tab.uns["scst"]
+    for s in ("S2", "S3"):
+        predict_expression(sd, _RowModel(), sections=[s], table_added="pred", progress=False)
+    new = sd.tables["pred"]
+    rows = np.concatenate([np.flatnonzero((tab.obs["section"] == s).to_numpy()) for s in ("S2", "S3")])
+    assert list(new.obs_names) == list(tab.obs_names[rows])
+    np.testing.assert_array_equal(new.X, rows[:, None] + np.array([0.0, 0.5], np.float32))
+    assert new.uns["scst_predict"]["sections"] == ["S2", "S3"] and not new.uns.get("scst", {}).get("sections")
+
+
 def test_spacing_um_predicts_on_a_grid_even_when_the_table_exists():
     sd = syn.make_sdata(sections=("S1",))
     predict_expression(sd, _RowModel(), spacing_um=80.0, progress=False)
