@@ -154,6 +154,10 @@ def test_dir_of_the_package_lists_its_public_names():
     import scst
 
     assert dir(scst) == sorted(scst.__all__) and "pp" in dir(scst)
+    # a subpackage not imported yet is imported on first attribute access (the module's __getattr__)
+    import sys
+
+    assert all(scst.__getattr__(name) is sys.modules[f"scst.{name}"] for name in ("pl", "tl", "nn"))
 
 
 def test_a_prediction_of_the_same_spots_replaces_the_layer_without_a_warning():
