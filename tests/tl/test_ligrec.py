@@ -92,7 +92,8 @@ def test_spatial_pearson_sees_exocrine_signal():
 def test_tool_writes_long_table_params_and_local_scores():
     adata, pairs = quadrant_data(n_pairs=20)
     extra = pd.concat([pairs, pd.DataFrame({"ligand": ["NOPE"], "receptor": ["R0"], "quadrant": [0]})])
-    with pytest.warns(UserWarning, match=r"skipped 1 of 21 pairs with genes absent from the data"):
+    kept = r"\(the count is kept in uns\['scst_ligrec_params'\]\['n_pairs_absent'\]\)"
+    with pytest.warns(UserWarning, match=r"skipped 1 of 21 pairs with genes absent from the data " + kept):
         out = ligand_receptor(adata, pairs=extra, method="spatial_pearson", local_scores=5, n_perms=19, copy=True)
     assert "scst_ligrec" not in adata.uns
     res = out.uns["scst_ligrec"]

@@ -98,7 +98,9 @@ def _check_graph(
         )
 
 
-def _prepare_pairs(pairs: Any, adata: AnnData, expr_prop: float, props: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
+def _prepare_pairs(
+    pairs: Any, adata: AnnData, expr_prop: float, props: Any, key_added: str
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     table = as_lr_table(pairs, organism=_guess_organism(adata.var_names))
     stale = [c for c in table.columns if c in _RESULT_COLUMNS]
     if stale:  # they were carried into the result over the fresh scores (a previous table re-scored kept its values)
@@ -127,7 +129,7 @@ def _prepare_pairs(pairs: Any, adata: AnnData, expr_prop: float, props: Any) -> 
     if len(present) < n_in:
         warnings.warn(  # as GCNG's training does: visible to warning filters and captures, not only in the log
             f"ligand_receptor: skipped {n_in - len(present)} of {n_in} pairs with genes absent from the data "
-            "(counted in uns[key_added + '_params']['n_pairs_absent']).",
+            f"(the count is kept in uns[{key_added + '_params'!r}]['n_pairs_absent']).",
             stacklevel=3,
         )
     entities = pd.unique(pd.concat([present["ligand"], present["receptor"]]))
@@ -338,7 +340,7 @@ def ligand_receptor(
         return (entity_expression(detect, adata.var_names, entities) > 0).mean(axis=0)
 
     present, info = _prepare_pairs(
-        _default_pairs(adata) if pairs is None else pairs, adata, expr_prop, props
+        _default_pairs(adata) if pairs is None else pairs, adata, expr_prop, props, key_added
     )  # fmt: skip
     lig = entity_expression(norm, adata.var_names, present["ligand"])
     rec = entity_expression(norm, adata.var_names, present["receptor"])
