@@ -785,3 +785,22 @@ def test_cross_fitting_candidates_without_known_pairs_are_all_scored_by_the_mode
     assert (res.table["model"] == 3).all() and len(res.models) == 4
     want = res.models[-1].predict(decoys)["score"].to_numpy()
     np.testing.assert_allclose(res.table["score"].to_numpy(), want, rtol=1e-6)
+
+
+def test_graph_tensor_does_not_show_torchs_beta_notice():
+    """Every GCNG call printed torch's "Sparse CSR tensor support is in beta" UserWarning (nothing a user can act on).
+
+    torch warns once per process, so the check runs in a fresh one (an earlier test may have used up the warning).
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, scipy.sparse as sp\n"
+        "from scst.models._gcng import _to_torch_sparse\n"
+        "warnings.simplefilter('error', UserWarning)\n"
+        "t = _to_torch_sparse(sp.csr_matrix([[0, 2.0], [1.0, 0]]))\n"
+        "assert t.to_dense().tolist() == [[0, 2.0], [1.0, 0]], t\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -250,13 +250,15 @@ def sample_negatives(
 def _to_torch_sparse(m: sp.spmatrix) -> torch.Tensor:
     m = sp.csr_matrix(m, dtype=np.float32)
     m.sort_indices()
-    return torch.sparse_csr_tensor(
-        torch.from_numpy(m.indptr.astype(np.int64)),
-        torch.from_numpy(m.indices.astype(np.int64)),
-        torch.from_numpy(m.data),
-        size=m.shape,
-        check_invariants=True,
-    )
+    with warnings.catch_warnings():  # torch's notice that its CSR support is "in beta": nothing a user can act on
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(m.indptr.astype(np.int64)),
+            torch.from_numpy(m.indices.astype(np.int64)),
+            torch.from_numpy(m.data),
+            size=m.shape,
+            check_invariants=True,
+        )
 
 
 class _PairCollate:
