@@ -122,6 +122,9 @@ VARIANTS = {
     # a heterogeneous ensemble: the shipped models and the linear ridge_programs_scaled map retrieving together, each
     # member one equal share of the cosine (the ridge map as one more member: weight 1 / (models + 1), fixed before)
     "handcrafted_ms_mlp_scaled_rna_pcs10_plus_ridge": _shipped(fuse="ridge_programs_scaled"),
+    # nucleus morphology (bench_nuclei.py, threshold 0.08: its first setting, fixed before any result) appended to the
+    # shipped input before the per-section scaling: spot-level detail for the exact-spot task
+    "handcrafted_ms_mlp_scaled_rna_pcs10_nuclei": _shipped(features="multiscale_nuclei_scaled"),
     "handcrafted_mlp_scaled_rna_pcs10_long": (
         {"image_encoder": "mlp", "features": "scaled", "rna_pcs": 10, "max_epochs": 40, "patience": 10},
         "knn",
@@ -234,6 +237,23 @@ def multiscale4_scaled(tr, te) -> None:
     scst.pp.scale_by_section(tab, "X_hc_ms4", key_added="X_hc_ms4_scaled")
     for m in (tr, te):
         m["image"].obsm["handcrafted_ms4_scaled"] = tab.obsm["X_hc_ms4_scaled"][
+            tab.obs_names.get_indexer(m["image"].obs["rna_sample"])
+        ].astype(np.float32)
+
+
+def multiscale_nuclei_scaled(tr, te, threshold: float = 0.08) -> None:
+    """The multi-scale hand-crafted features with the 22 nucleus statistics of ``benchmarks/bench_nuclei.py`` (80 and
+    160 µm windows) appended, standardised within each section, in ``image.obsm["handcrafted_ms_nuc_scaled"]``."""
+    from bench_nuclei import nuclei_block
+
+    if "handcrafted_ms_nuc_scaled" in tr["image"].obsm:
+        return
+    multiscale(tr, te)
+    tab = CONTEXT["sdata"].tables["table"]
+    tab.obsm["X_hc_ms_nuc"] = np.hstack([tab.obsm["X_hc_ms"], nuclei_block(CONTEXT["sdata"], tab, threshold)])
+    scst.pp.scale_by_section(tab, "X_hc_ms_nuc", key_added="X_hc_ms_nuc_scaled")
+    for m in (tr, te):
+        m["image"].obsm["handcrafted_ms_nuc_scaled"] = tab.obsm["X_hc_ms_nuc_scaled"][
             tab.obs_names.get_indexer(m["image"].obs["rna_sample"])
         ].astype(np.float32)
 
@@ -625,6 +645,9 @@ def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble
     elif features == "multiscale4_scaled":
         multiscale4_scaled(tr, te)
         patch_key = "handcrafted_ms4_scaled"
+    elif features == "multiscale_nuclei_scaled":
+        multiscale_nuclei_scaled(tr, te)
+        patch_key = "handcrafted_ms_nuc_scaled"
     elif overrides.get("image_encoder") == "mlp":
         handcrafted(tr, te)
         patch_key = "handcrafted"
