@@ -175,3 +175,34 @@ def test_a_prediction_of_the_same_spots_replaces_the_layer_without_a_warning():
     np.testing.assert_array_equal(adata.layers["p"].toarray(), [[0, 5, 0], [0, 6, 0], [0, 0, 0], [0, 0, 0]])
     assert adata.var["p_mask"].tolist() == [False, True, False]
     assert adata.obs["p_mask"].tolist() == [True, True, False, False]
+
+
+def test_zarr_writes_state_unsharded_tables_and_keep_a_users_setting(tmp_path):
+    """anndata 0.12 warned on every table scst wrote to zarr (5 times per predict_shards call) that sharded arrays
+    become its default next release; scst states today's layout, and a user's own choice wins."""
+    import warnings
+
+    import anndata as ad
+    from spatialdata import SpatialData
+    from spatialdata.models import TableModel
+
+    seen = []
+
+    class Recorder:
+        def write(self, path, **kwargs):
+            seen.append((ad.settings.auto_shard_zarr_v3, path, kwargs))
+
+    with ad.settings.override(auto_shard_zarr_v3=None):
+        _utils._write_zarr(Recorder(), "x.zarr", overwrite=True)
+        assert ad.settings.auto_shard_zarr_v3 is None  # restored
+        table = TableModel.parse(ad.AnnData(np.arange(6, dtype=np.float32).reshape(3, 2)))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="zarr v3 autosharding")
+            _utils._write_zarr(SpatialData(tables={"t": table}), tmp_path / "s.zarr")
+        with pytest.warns(UserWarning, match="zarr v3 autosharding"):  # what the plain write says
+            SpatialData(tables={"t": table}).write(tmp_path / "plain.zarr")
+    with ad.settings.override(auto_shard_zarr_v3=True):
+        _utils._write_zarr(Recorder(), "y.zarr")
+    assert seen == [(False, "x.zarr", {"overwrite": True}), (True, "y.zarr", {})]
+    back = ad.read_zarr(tmp_path / "s.zarr" / "tables" / "t")
+    np.testing.assert_array_equal(back.X, np.arange(6).reshape(3, 2))

@@ -193,6 +193,23 @@ def _atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def _write_zarr(obj: Any, path: str | os.PathLike, **kwargs: Any) -> None:
+    """``obj.write(path, **kwargs)`` for a SpatialData (zarr) with anndata's table arrays unsharded, stated.
+
+    anndata ≥ 0.12 warns on every zarr v3 table write that sharded arrays ("autosharding") become its default in
+    its next release, unless ``anndata.settings.auto_shard_zarr_v3`` is set. scst's stores keep today's layout
+    (one chunked array per field) whatever that release does; a user's own setting is kept.
+    """
+    import anndata as ad
+
+    settings = ad.settings
+    if getattr(settings, "auto_shard_zarr_v3", False) is None and hasattr(settings, "override"):
+        with settings.override(auto_shard_zarr_v3=False):
+            obj.write(path, **kwargs)
+    else:
+        obj.write(path, **kwargs)
+
+
 @contextmanager
 def _atomic_file(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path beside ``dest`` that is renamed to ``dest`` on success.

@@ -27,7 +27,7 @@ from torch import nn
 
 from .._constants import TABLE_KEY, UNS_KEY
 from .._logging import logg
-from .._utils import _atomic_dir, _get_table, _holds_other_files, _positive_int
+from .._utils import _atomic_dir, _get_table, _holds_other_files, _positive_int, _write_zarr
 from ..nn._backbones import weights_overwritten
 from ._training import (
     AtomicCheckpointIO,
@@ -908,7 +908,7 @@ class BaseModel(_SetupRegistry, ABC):
             save_model(self.module, str(tmp / WEIGHTS_FILE))
             if save_data:
                 if hasattr(self.data, "tables"):  # the caller's SpatialData keeps its own path
-                    self.data.write(tmp / "data.zarr", update_sdata_path=False)
+                    _write_zarr(self.data, tmp / "data.zarr", update_sdata_path=False)
                 elif hasattr(self.data, "mod"):
                     self.data.write(tmp / "data.h5mu")
                 else:

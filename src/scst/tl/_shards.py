@@ -27,7 +27,7 @@ import pandas as pd
 
 from .._constants import INSTANCE_KEY, REGION_KEY, SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
 from .._logging import logg
-from .._utils import ZARR_MARKERS, _holds_other_files, _positive, _positive_int
+from .._utils import ZARR_MARKERS, _holds_other_files, _positive, _positive_int, _write_zarr
 
 __all__ = ["predict_shards", "merge_shards", "ShardError"]
 
@@ -230,7 +230,7 @@ class ShardPredictor:
         tab.uns[SHARDS_UNS] = {"json": json.dumps([report])}
         with _atomic_dir(dest) as tmp:
             tmp.rmdir()
-            SpatialData(shapes=shapes, tables={SHARD_TABLE: tab}).write(tmp)
+            _write_zarr(SpatialData(shapes=shapes, tables={SHARD_TABLE: tab}), tmp)
         return report
 
 
@@ -324,7 +324,7 @@ def merge_shards(
     merged = TableModel.parse(merged, region=regions, region_key=REGION_KEY, instance_key=INSTANCE_KEY)
     with _atomic_dir(out) as tmp:
         tmp.rmdir()
-        SpatialData(shapes=shapes, tables={SHARD_TABLE: merged}).write(tmp)
+        _write_zarr(SpatialData(shapes=shapes, tables={SHARD_TABLE: merged}), tmp)
     logg.info(f"merge_shards: {len(paths)} stores, {merged.n_obs} spots of {len(sections)} sections → {str(out)!r}")
     return pd.DataFrame.from_records(reports)
 
