@@ -900,13 +900,14 @@ def test_metrics_warn_on_few_pairs_and_give_no_interval_for_a_single_pair():
     """GCNG's folds on seqFISH+ field 0 (docs/gcng.md) scored one positive and one negative: AUROC 1 with a bootstrap
     interval [1, 1], which resampling a single pair of each class cannot widen."""
     one = pd.DataFrame({"method": "m", "fold": 0, "ligand": "a", "label": [1, 0], "score": [0.9, 0.1]})
-    with pytest.warns(UserWarning, match=r"1 group\(s\) scored on fewer than 10 pairs of a class.*m: 1 positive"):
+    msg = r"1 group\(s\) scored on fewer than 10 pairs of a class.*m: 1 positive.*no bootstrap interval where a class"
+    with pytest.warns(UserWarning, match=msg):
         m = ligrec_metrics(one, n_boot=50).iloc[0]
     assert m["auroc"] == 1.0 and np.isnan(m[["auroc_lo", "auroc_hi", "auprc_lo", "auprc_hi"]].to_numpy(float)).all()
     # 2 positives, 9 negatives: warned (naming the counts and the group), still bootstrapped
     few = pd.DataFrame({"method": ["m"] * 11, "fold": 0, "ligand": "a", "label": [1, 1] + [0] * 9,
                         "score": [0.9, 0.3] + list(np.linspace(0, 1, 9))})  # fmt: skip
-    with pytest.warns(UserWarning, match=r"m: 2 positive\(s\), 9 negative\(s\)"):
+    with pytest.warns(UserWarning, match=r"m: 2 positive\(s\), 9 negative\(s\)\)\.$"):  # no single-pair clause
         m = ligrec_metrics(few, n_boot=50).iloc[0]
     assert m["auroc_lo"] < m["auroc_hi"]
     # 10 of each class: no warning

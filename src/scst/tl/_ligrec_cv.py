@@ -281,7 +281,7 @@ def ligrec_metrics(
             stacklevel=2,
         )
     rng = np.random.default_rng(seed)
-    rows, few = [], []
+    rows, few, single = [], [], False
     for key, g in predictions.groupby(by, sort=False, observed=True):
         key = key if isinstance(key, tuple) else (key,)
         g = g[g["score"].notna()]
@@ -292,6 +292,7 @@ def ligrec_metrics(
         pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
         if 0 < min(len(pos), len(neg)) < MIN_PAIRS_PER_CLASS:
             few.append(f"{'/'.join(map(str, key))}: {len(pos)} positive(s), {len(neg)} negative(s)")
+            single = single or min(len(pos), len(neg)) == 1
         if len(pos) > 1 and len(neg) > 1 and n_boot:
             boots = np.array(
                 [
@@ -319,8 +320,8 @@ def ligrec_metrics(
     if few:
         warnings.warn(
             f"ligrec_metrics: {len(few)} group(s) scored on fewer than {MIN_PAIRS_PER_CLASS} pairs of a class, so "
-            f"their AUROC/AUPRC are unstable ({'; '.join(few[:5])}{' ...' if len(few) > 5 else ''}); no bootstrap "
-            "interval where a class has one pair.",
+            f"their AUROC/AUPRC are unstable ({'; '.join(few[:5])}{' ...' if len(few) > 5 else ''})"
+            + ("; no bootstrap interval where a class has a single pair." if single else "."),
             stacklevel=2,
         )
     return pd.DataFrame(rows)
