@@ -310,9 +310,14 @@ def test_review_rgba_slides_give_rgb_patches_and_bad_bulk_arguments_are_named():
     np.testing.assert_array_equal(mdata["image"].obsm["patch"][0], a[:, 64:96, 64:96])
     with pytest.raises(ValueError, match="image_to_sample: expected at least one image"):
         scst.pp.bulk_to_mudata(bulk, sdata, {}, um_per_px=1.0, **TILE)
-    for bad in (0, float("nan"), -1.0):
-        with pytest.raises(ValueError, match="um_per_px: expected a positive pixel size"):
+    for bad in (0, float("nan"), -1.0, True, "a"):
+        with pytest.raises(ValueError, match="um_per_px: expected a finite positive pixel size in µm"):
             scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1"}, um_per_px=bad, **TILE)
+    with pytest.raises(ValueError, match=r"um_per_px\['A_image'\]: expected a finite positive pixel size"):
+        scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1"}, um_per_px={"A_image": 0.0}, **TILE)
+    # a numpy float (e.g. read from an array) is a pixel size like a Python float: float32 was refused as "not positive"
+    m32 = scst.pp.bulk_to_mudata(bulk, sdata, {"A_image": "s1"}, um_per_px=np.float32(1.0), patch_px=32, **TILE)
+    np.testing.assert_array_equal(m32["image"].obsm["patch"], mdata["image"].obsm["patch"])
     blank = np.full((3, 256, 256), 245, np.uint8)
     sdata.images["W"] = Image2DModel.parse(blank, dims=("c", "y", "x"), transformations={"W_cs": Identity()})
     with pytest.raises(ValueError, match="bulk_to_mudata: image 'W': No grid point"):

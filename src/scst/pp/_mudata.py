@@ -28,7 +28,7 @@ from scipy import sparse
 from .._constants import SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
 from .._logging import logg
 from .._normalize import log_normalize_counts
-from .._utils import _check_key, _get_table, _positive_int
+from .._utils import _check_key, _get_table, _positive, _positive_int
 
 __all__ = ["to_mudata", "bulk_to_mudata", "LINK_KEY", "PATCH_KEY", "MUDATA_UNS"]
 
@@ -280,8 +280,8 @@ def bulk_to_mudata(
     if not keys:
         raise ValueError("image_to_sample: expected at least one image key → sample name.")
     for k, u in um_per_px.items() if isinstance(um_per_px, Mapping) else [("", um_per_px)]:
-        if not isinstance(u, int | float) or isinstance(u, bool) or not np.isfinite(u) or u <= 0:
-            raise ValueError(f"um_per_px{f'[{k!r}]' if k else ''}: expected a positive pixel size in µm, got {u!r}.")
+        # numpy floats too: a float32 pixel size was refused by an isinstance check
+        _positive(f"um_per_px{f'[{k!r}]' if k else ''}", u, "pixel size in µm")
     if isinstance(um_per_px, Mapping) and (no_upp := [k for k in keys if k not in um_per_px]):
         raise KeyError(f"um_per_px: no pixel size for image(s) {no_upp[:5]} (given for {list(um_per_px)[:5]}).")
     missing_img = [k for k in keys if k not in sdata.images]
