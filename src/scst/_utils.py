@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -202,11 +202,9 @@ def _write_zarr(obj: Any, path: str | os.PathLike, **kwargs: Any) -> None:
     """
     import anndata as ad
 
-    settings = ad.settings
-    if getattr(settings, "auto_shard_zarr_v3", False) is None and hasattr(settings, "override"):
-        with settings.override(auto_shard_zarr_v3=False):
-            obj.write(path, **kwargs)
-    else:
+    s = ad.settings
+    unset = getattr(s, "auto_shard_zarr_v3", False) is None and hasattr(s, "override")
+    with s.override(auto_shard_zarr_v3=False) if unset else nullcontext():
         obj.write(path, **kwargs)
 
 
