@@ -98,9 +98,7 @@ def _check_graph(
         )
 
 
-def _prepare_pairs(
-    pairs: Any, adata: AnnData, expr_prop: float, props: Any, key_added: str
-) -> tuple[pd.DataFrame, dict[str, Any]]:
+def _prepare_pairs(pairs: Any, adata: AnnData, expr_prop: float, props: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
     table = as_lr_table(pairs, organism=_guess_organism(adata.var_names))
     stale = [c for c in table.columns if c in _RESULT_COLUMNS]
     if stale:  # they were carried into the result over the fresh scores (a previous table re-scored kept its values)
@@ -126,12 +124,6 @@ def _prepare_pairs(
         )
     if present.empty:
         raise ValueError(f"pairs: none of the {n_in} pairs has both genes (all complex subunits) in adata.var_names.")
-    if len(present) < n_in:
-        warnings.warn(  # as GCNG's training does: visible to warning filters and captures, not only in the log
-            f"ligand_receptor: skipped {n_in - len(present)} of {n_in} pairs with genes absent from the data "
-            f"(the count is kept in uns[{key_added + '_params'!r}]['n_pairs_absent']).",
-            stacklevel=3,
-        )
     entities = pd.unique(pd.concat([present["ligand"], present["receptor"]]))
     prop = pd.Series(props(entities), index=entities)
     low = prop.index[prop < expr_prop]
@@ -340,8 +332,14 @@ def ligand_receptor(
         return (entity_expression(detect, adata.var_names, entities) > 0).mean(axis=0)
 
     present, info = _prepare_pairs(
-        _default_pairs(adata) if pairs is None else pairs, adata, expr_prop, props, key_added
+        _default_pairs(adata) if pairs is None else pairs, adata, expr_prop, props
     )  # fmt: skip
+    if info["n_pairs_absent"]:  # a warning as GCNG's training gives, not only a log line filters and captures miss
+        warnings.warn(
+            f"ligand_receptor: skipped {info['n_pairs_absent']} of {info['n_pairs_input']} pairs with genes absent "
+            f"from the data (the count is kept in uns[{key_added + '_params'!r}]['n_pairs_absent']).",
+            stacklevel=2,
+        )
     lig = entity_expression(norm, adata.var_names, present["ligand"])
     rec = entity_expression(norm, adata.var_names, present["receptor"])
     adj = weights = None
