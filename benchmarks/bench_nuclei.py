@@ -88,10 +88,10 @@ def nuclei_block(sdata, tab, threshold: float) -> np.ndarray:
     return np.hstack(blocks)
 
 
-def exact_top5(tab, key: str, test: str, n_pcs: int = 10) -> float:
-    """Linear image → RNA-PC map trained on the other sections; exact spot in the top 5 among ``test``'s spots."""
+def rna_pcs(tab, test: str, n_pcs: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """``(z, is_test)``: every spot's expression on ``n_pcs`` PCs of the other sections' spots (the retrieval targets
+    of :func:`exact_top5`; per-fold panel ``select_genes(n_top=1000, min_fraction=0.25)`` on those sections)."""
     from sklearn.decomposition import PCA
-    from sklearn.linear_model import RidgeCV
 
     import scst
     from scst._normalize import log_normalized
@@ -103,10 +103,15 @@ def exact_top5(tab, key: str, test: str, n_pcs: int = 10) -> float:
     genes = list(sub.var_names[sub.var["highly_variable_scst"]])
     y = log_normalized(tab, genes)
     mu, sd = y[tr].mean(0), y[tr].std(0) + 1e-6
-    pca = PCA(n_pcs, random_state=0).fit((y[tr] - mu) / sd)
-    z = pca.transform((y - mu) / sd)
-    x = tab.obsm[key]
-    pred = RidgeCV(alphas=np.logspace(-1, 4, 20)).fit(x[tr], z[tr]).predict(x[te])
+    return PCA(n_pcs, random_state=0).fit((y[tr] - mu) / sd).transform((y - mu) / sd), te
+
+
+def exact_top5(x: np.ndarray, z: np.ndarray, te: np.ndarray) -> float:
+    """Linear map from image features ``x`` to the RNA PCs ``z`` fitted on the spots outside ``te``; the fraction of
+    ``te``'s spots whose own RNA sample is among the 5 closest (centred cosine) of their prediction."""
+    from sklearn.linear_model import RidgeCV
+
+    pred = RidgeCV(alphas=np.logspace(-1, 4, 20)).fit(x[~te], z[~te]).predict(x[te])
     p, t = pred - pred.mean(0), z[te] - z[te].mean(0)  # centred, as tl.retrieve's shipped setting
     p /= np.linalg.norm(p, axis=1, keepdims=True)
     t /= np.linalg.norm(t, axis=1, keepdims=True)
@@ -152,6 +157,7 @@ def main() -> None:
         keys[f"nuc{thr}_scaled"] = f"nucleus features alone (threshold {thr:g}, 22 features)"
 
     per_section, per_gene, retrieval = {}, [], {}
+    targets = {t: rna_pcs(tab, t) for t in SECTIONS}  # per test section, shared by every feature set
     for key in keys:
         for prog in (False, True):
             name = f"{key}{'_prog' if prog else ''}"
@@ -160,7 +166,7 @@ def main() -> None:
             per_gene.append(df.assign(features=key, programmes=prog))
             per_section[name] = df.groupby("section")["value"].mean().to_dict()
             print(name, {k: round(v, 4) for k, v in per_section[name].items()}, flush=True)
-        retrieval[key] = {t: exact_top5(tab, key, t) for t in SECTIONS}
+        retrieval[key] = {t: exact_top5(tab.obsm[key], *targets[t]) for t in SECTIONS}
         print("exact top-5", key, retrieval[key], flush=True)
     RAW.mkdir(parents=True, exist_ok=True)
     pd.concat(per_gene).to_csv(RAW / "per_gene_pcc.csv.gz", index=False)
