@@ -195,6 +195,15 @@ def scaled(tr, te) -> None:
         scst.pp.scale_by_section(m["image"], "hc_raw", key_added="handcrafted_scaled")
 
 
+def to_patches(tr, te, table_key: str, patch_key: str) -> None:
+    """Each patch of ``tr`` and ``te`` gets its spot's row of the table's ``obsm[table_key]`` (the link is
+    ``image.obs["rna_sample"]``), as float32 in ``image.obsm[patch_key]``."""
+    tab = CONTEXT["sdata"].tables["table"]
+    for m in (tr, te):
+        rows = tab.obs_names.get_indexer(m["image"].obs["rna_sample"])
+        m["image"].obsm[patch_key] = tab.obsm[table_key][rows].astype(np.float32)
+
+
 def multiscale(tr, te) -> None:
     """Hand-crafted features at 80/160/320 µm around each spot (``scst.tl.embed_patches``), standardised with the
     training spots' mean and sd, in ``image.obsm["handcrafted_ms"]``; the patch → spot link is ``obs["rna_sample"]``."""
@@ -219,10 +228,7 @@ def multiscale_scaled(tr, te) -> None:
     multiscale(tr, te)
     tab = CONTEXT["sdata"].tables["table"]
     scst.pp.scale_by_section(tab, "X_hc_ms", key_added="X_hc_ms_scaled")
-    for m in (tr, te):
-        m["image"].obsm["handcrafted_ms_scaled"] = tab.obsm["X_hc_ms_scaled"][
-            tab.obs_names.get_indexer(m["image"].obs["rna_sample"])
-        ].astype(np.float32)
+    to_patches(tr, te, "X_hc_ms_scaled", "handcrafted_ms_scaled")
 
 
 def multiscale4_scaled(tr, te) -> None:
@@ -235,10 +241,7 @@ def multiscale4_scaled(tr, te) -> None:
     scst.tl.embed_patches(sdata, "handcrafted", size_um=[40.0, *SCALES_MS], out_px=112, progress=False,
                           key_added="X_hc_ms4")  # fmt: skip
     scst.pp.scale_by_section(tab, "X_hc_ms4", key_added="X_hc_ms4_scaled")
-    for m in (tr, te):
-        m["image"].obsm["handcrafted_ms4_scaled"] = tab.obsm["X_hc_ms4_scaled"][
-            tab.obs_names.get_indexer(m["image"].obs["rna_sample"])
-        ].astype(np.float32)
+    to_patches(tr, te, "X_hc_ms4_scaled", "handcrafted_ms4_scaled")
 
 
 def multiscale_nuclei_scaled(tr, te, threshold: float = 0.08) -> None:
@@ -252,10 +255,7 @@ def multiscale_nuclei_scaled(tr, te, threshold: float = 0.08) -> None:
     tab = CONTEXT["sdata"].tables["table"]
     tab.obsm["X_hc_ms_nuc"] = np.hstack([tab.obsm["X_hc_ms"], nuclei_block(CONTEXT["sdata"], tab, threshold)])
     scst.pp.scale_by_section(tab, "X_hc_ms_nuc", key_added="X_hc_ms_nuc_scaled")
-    for m in (tr, te):
-        m["image"].obsm["handcrafted_ms_nuc_scaled"] = tab.obsm["X_hc_ms_nuc_scaled"][
-            tab.obs_names.get_indexer(m["image"].obs["rna_sample"])
-        ].astype(np.float32)
+    to_patches(tr, te, "X_hc_ms_nuc_scaled", "handcrafted_ms_nuc_scaled")
 
 
 def multiscale_scaled_pcs(tr, te, explained: float = 0.95) -> str:
