@@ -208,6 +208,17 @@ def _write_zarr(obj: Any, path: str | os.PathLike, **kwargs: Any) -> None:
         obj.write(path, **kwargs)
 
 
+def _write_zarr_atomic(obj: Any, dest: str | os.PathLike) -> None:
+    """:func:`_write_zarr` of a SpatialData to ``dest`` via :func:`_atomic_dir`: the store appears whole or not at all.
+
+    An existing store is replaced. SpatialData writes only into a path that does not exist yet, so the temporary
+    directory is removed again and the store written at its name.
+    """
+    with _atomic_dir(dest) as tmp:
+        tmp.rmdir()
+        _write_zarr(obj, tmp)
+
+
 @contextmanager
 def _atomic_file(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path beside ``dest`` that is renamed to ``dest`` on success.

@@ -291,15 +291,13 @@ def _predict(args: argparse.Namespace) -> None:
         model = cls.load(model_dir, sdata)
         scst.tl.predict_expression(sdata, model, sections=args.sections, **opts)  # embeddings recomputed as recorded
         table = sdata.tables["table"]
-    from ._utils import _atomic_dir, _atomic_file, _write_zarr
+    from ._utils import _atomic_file, _write_zarr_atomic
 
     if out.suffix == ".h5ad":
         with _atomic_file(out) as tmp:
             table.write_h5ad(tmp)
     else:
-        with _atomic_dir(out) as tmp:
-            tmp.rmdir()
-            _write_zarr(sdata, tmp)
+        _write_zarr_atomic(sdata, out)
     where = f"{table.n_obs} pseudo-spots of {args.image}" if args.image else (args.sections or "all sections")
     print(f"scst predict: {name} → layers['predicted'] of {where} → {out}")
 

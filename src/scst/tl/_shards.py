@@ -27,7 +27,7 @@ import pandas as pd
 
 from .._constants import INSTANCE_KEY, REGION_KEY, SECTION_KEY, SPATIAL_KEY, TABLE_KEY, UNS_KEY
 from .._logging import logg
-from .._utils import ZARR_MARKERS, _holds_other_files, _positive, _positive_int, _write_zarr
+from .._utils import ZARR_MARKERS, _holds_other_files, _positive, _positive_int, _write_zarr_atomic
 
 __all__ = ["predict_shards", "merge_shards", "ShardError"]
 
@@ -186,7 +186,6 @@ class ShardPredictor:
         from spatialdata import SpatialData
         from spatialdata.models import TableModel
 
-        from .._utils import _atomic_dir
         from ._predict import _accepts, predict_expression
 
         t0 = time.perf_counter()
@@ -228,9 +227,7 @@ class ShardPredictor:
             "worker": f"{socket.gethostname()}:{os.getpid()}",
         }
         tab.uns[SHARDS_UNS] = {"json": json.dumps([report])}
-        with _atomic_dir(dest) as tmp:
-            tmp.rmdir()
-            _write_zarr(SpatialData(shapes=shapes, tables={SHARD_TABLE: tab}), tmp)
+        _write_zarr_atomic(SpatialData(shapes=shapes, tables={SHARD_TABLE: tab}), dest)
         return report
 
 
@@ -267,8 +264,6 @@ def merge_shards(
     import spatialdata as sd
     from spatialdata import SpatialData
     from spatialdata.models import TableModel
-
-    from .._utils import _atomic_dir
 
     paths = [Path(p) for p in ([paths] if isinstance(paths, str | os.PathLike) else paths)]
     out = _check_out(out, overwrite, paths)
@@ -322,9 +317,7 @@ def merge_shards(
     merged.obs[SHARD_KEY] = pd.Categorical(merged.obs[SHARD_KEY].astype(str))
     merged.uns = {UNS_KEY: {"sections": geos}, SHARDS_UNS: {"json": json.dumps(reports)}}
     merged = TableModel.parse(merged, region=regions, region_key=REGION_KEY, instance_key=INSTANCE_KEY)
-    with _atomic_dir(out) as tmp:
-        tmp.rmdir()
-        _write_zarr(SpatialData(shapes=shapes, tables={SHARD_TABLE: merged}), tmp)
+    _write_zarr_atomic(SpatialData(shapes=shapes, tables={SHARD_TABLE: merged}), out)
     logg.info(f"merge_shards: {len(paths)} stores, {merged.n_obs} spots of {len(sections)} sections → {str(out)!r}")
     return pd.DataFrame.from_records(reports)
 
