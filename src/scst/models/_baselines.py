@@ -255,12 +255,6 @@ class MeanExpression(_ClosedFormModel):
             Layer with raw counts.
         sections
             Training sections; default all. Leave the test section out.
-
-        Notes
-        -----
-        The registry also records ``grid_step_um``, the spot grid step of the training sections (from
-        ``uns["scst"]["sections"]``; None when one records none or their steps differ): the default pseudo-spot
-        spacing of :func:`scst.tl.predict_expression` on an H&E-only slide, as for the image models.
         """
         cls._register(adata, cls._base_registry(adata, genes, layer, sections))
 
@@ -520,12 +514,6 @@ class RidgeExpression(_ClosedFormModel):
             Layer with raw counts.
         sections
             Training sections; default all. Leave the test section out.
-
-        Notes
-        -----
-        The registry also records ``grid_step_um``, the spot grid step of the training sections (from
-        ``uns["scst"]["sections"]``; None when one records none or their steps differ): the default pseudo-spot
-        spacing of :func:`scst.tl.predict_expression` on an H&E-only slide, as for the image models.
         """
         _check_key(adata.obsm, embedding_key, "adata.obsm (argument `embedding_key`; run scst.tl.embed_patches first)")
         reg = cls._base_registry(adata, genes, layer, sections)

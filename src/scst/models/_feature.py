@@ -115,12 +115,6 @@ class _FeatureModel(BaseModel):
             (:class:`HGGEPHead` only) ``obsp`` key of the hypergraph incidence from :func:`scst.pp.hypergraph`.
         spatial_key
             (:class:`HGGEPHead` only) ``obsm`` key of the spot centres (windows are cut with them).
-
-        Notes
-        -----
-        The registry also records ``grid_step_um``, the spot grid step of the training sections (from
-        ``uns["scst"]["sections"]``; None when one records none or their steps differ): the default pseudo-spot
-        spacing of :func:`scst.tl.predict_expression` on an H&E-only slide, as for the image models.
         """
         if not hasattr(adata, "obsm"):
             raise TypeError(f"adata: expected an AnnData, got {type(adata).__name__}.")
