@@ -125,6 +125,11 @@ VARIANTS = {
     # nucleus morphology (bench_nuclei.py, threshold 0.08: its first setting, fixed before any result) appended to the
     # shipped input before the per-section scaling: spot-level detail for the exact-spot task
     "handcrafted_ms_mlp_scaled_rna_pcs10_nuclei": _shipped(features="multiscale_nuclei_scaled"),
+    # the RNA side's counting noise as a training augmentation: every training batch draws each RNA sample anew by
+    # binomial thinning of its counts (keep fraction p ~ U(0.5, 1) per sample and batch, library size thinned alike),
+    # so the encoders see the same spot at several depths (the reliability page: counting noise is 75–85 % of the
+    # median gene's spot-to-spot variance); validation and retrieval use the measured expression
+    "handcrafted_ms_mlp_scaled_rna_pcs10_thin": _shipped(thin=(0.5, 1.0)),
     "handcrafted_mlp_scaled_rna_pcs10_long": (
         {"image_encoder": "mlp", "features": "scaled", "rna_pcs": 10, "max_epochs": 40, "patience": 10},
         "knn",
@@ -144,14 +149,14 @@ SCALES_MS = (80.0, 160.0, 320.0)
 CONTEXT: dict = {}
 
 
-def build(test: str, out_px: int, sections: list[str] | None = None):
+def build(test: str, out_px: int, sections: list[str] | None = None, min_fraction: float = 0.25):
     sdata = scst.datasets.her2st(sections=sections)
     adata = sdata.tables["table"]
     sections = list(adata.obs["section"].cat.categories)
     train_sections = [s for s in sections if s != test]
     # gene panel from the training sections only
     tr_tab = adata[adata.obs["section"].isin(train_sections)].copy()
-    scst.pp.select_genes(tr_tab, n_top=1000, min_fraction=0.25)
+    scst.pp.select_genes(tr_tab, n_top=1000, min_fraction=min_fraction)
     adata.var["panel"] = tr_tab.var["highly_variable_scst"].to_numpy()
     tr = scst.pp.to_mudata(sdata, sections=train_sections, genes="panel", out_px=out_px)
     te = scst.pp.to_mudata(sdata, sections=[test], genes="panel", out_px=out_px)
@@ -430,6 +435,46 @@ def _grid_smoothed(rna) -> np.ndarray:
 
 
 @contextlib.contextmanager
+def thinned_training_rna(keep: tuple[float, float]):
+    """Within the block, MultimodalST's training batches (not validation, not embedding) carry each RNA sample's
+    expression recomputed from binomially thinned counts: keep fraction ``p ~ U(*keep)`` per sample and batch, the
+    panel counts drawn as Binomial(counts, p), the library size (all genes) scaled by p, then log1p(normalize_total
+    1e4) as ``scst.pp.to_mudata`` computes it. A benchmark probe (patches the model's item collation)."""
+    from scst._normalize import log_normalize_counts
+    from scst.models import _multimodal as mm
+
+    tab = CONTEXT["sdata"].tables["table"]
+    lib_all = np.asarray(tab.X.sum(1)).ravel().astype(np.float64)
+    arrays, collate = mm.MultimodalST._arrays, mm._Items.collate
+
+    def arrays_with_counts(self, mdata):
+        data, rna_row = arrays(self, mdata)
+        r = mdata[self.registry["rna"]]
+        c = r.layers["counts"][:, r.var_names.get_indexer(self.registry["var_names"])]
+        data["counts"] = np.asarray(c.toarray() if hasattr(c, "toarray") else c, dtype=np.int64)
+        data["lib"] = lib_all[tab.obs_names.get_indexer(r.obs_names)]
+        return data, rna_row
+
+    def thinned_collate(self, idx):
+        out = collate(self, idx)
+        if self.augment and "counts" in self.data:
+            rows = self.pairs[np.asarray(idx)][:, 1]
+            rows = np.where(rows >= 0, rows, 0)
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
+            rng = np.random.default_rng(seed)
+            p = rng.uniform(*keep, size=len(rows))
+            counts = rng.binomial(self.data["counts"][rows], p[:, None])
+            out["rna"] = torch.from_numpy(log_normalize_counts(counts, self.data["lib"][rows] * p))
+        return out
+
+    mm.MultimodalST._arrays, mm._Items.collate = arrays_with_counts, thinned_collate
+    try:
+        yield
+    finally:
+        mm.MultimodalST._arrays, mm._Items.collate = arrays, collate
+
+
+@contextlib.contextmanager
 def rna_replaced(tr, te, how: str):
     """Within the block, both RNA modalities' ``X`` is replaced (``how``: ``"pca<k>"``, :func:`_pca_denoised` with
     k components; ``"smooth"``, :func:`_grid_smoothed`); restored afterwards."""
@@ -627,6 +672,7 @@ def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble
     n_views = overrides.pop("views", 0)
     n_tta = overrides.pop("tta", 0)
     fuse = overrides.pop("fuse", None)
+    thin = overrides.pop("thin", None)
     overrides.pop("rna", None)
     if features == "multiscale":
         multiscale(tr, te)
@@ -663,7 +709,8 @@ def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble
     for s in seeds:
         model = scst.models.MultimodalST(tr, **{**cfg, "seed": s, **overrides})
         if train:
-            model.train(enable_progress_bar=False)
+            with thinned_training_rna(thin) if thin else contextlib.nullcontext():
+                model.train(enable_progress_bar=False)
             n_epochs += len(model.history) if model.history is not None else 0
         models.append(model)
     train_s = time.perf_counter() - t0
@@ -717,6 +764,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=OUT, help=f"folder of the result files (default {OUT})")
+    p.add_argument("--min-fraction", type=float, default=0.25,
+                   help="gene panel: select_genes(n_top=1000, min_fraction=...) on the training sections")  # fmt: skip
     p.add_argument("--ensemble", type=int, default=1,
                    help="models per variant retrieving together (seeds seed*N to seed*N+N-1)")  # fmt: skip
     a = p.parse_args()
@@ -727,13 +776,16 @@ def main() -> None:
     if a.ensemble < 1:
         raise SystemExit(f"--ensemble: expected a positive number of models, got {a.ensemble}.")
     commit = _commit()  # at the start: the code that runs, not the checkout as it is when a result is written
-    tr, te = build(a.test, a.out_px, sections)
+    tr, te = build(a.test, a.out_px, sections, a.min_fraction)
     a.out.mkdir(parents=True, exist_ok=True)
     for name in a.variants.split(","):
         r = run_variant(name, tr, te, (a.pretrain_epochs, a.epochs), a.seed, a.ensemble)
         r["test_section"], r["out_px"], r["load"], r["seed"] = a.test, a.out_px, os.getloadavg(), a.seed
         r["epochs_asked"] = [a.pretrain_epochs, a.epochs]
+        r["panel"] = {"min_fraction": a.min_fraction, "n_genes": int(tr["rna"].n_vars)}
         suffix = ("" if a.ensemble == 1 else f"_ens{a.ensemble}") + ("" if a.seed == 0 else f"_seed{a.seed}")
+        if a.min_fraction != 0.25:
+            suffix += f"_panel{a.min_fraction:g}"
         if sections != ["C2", "C3", "C4", "C5", "C6"]:
             suffix += "_on_" + "".join(sections)
             r["sections"] = sections
