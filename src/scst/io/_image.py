@@ -115,10 +115,9 @@ def _tiff_level0(path: Path):
     import zarr
 
     try:
-        with tifffile.TiffFile(path) as tf:
-            series = tf.series[0]
-            axes = series.levels[0].axes
-        store = tifffile.imread(path, aszarr=True, series=0, level=0)
+        with tifffile.TiffFile(path) as tf:  # the file is parsed once; the store reopens it when read
+            axes = tf.series[0].levels[0].axes
+            store = tf.aszarr(series=0, level=0)
     except Exception as e:  # noqa: BLE001 - tifffile raises many types (IndexError, ValueError, ...) for bad files
         raise ValueError(f"image: cannot decode {path} as TIFF ({type(e).__name__}: {e}).") from e
     try:
