@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -34,6 +36,24 @@ def test_sparse_graph_under_cpu_bf16_autocast(layout):
     torch.testing.assert_close(got.float(), ref, rtol=0.1, atol=0.1)
     out = train_step(net, batch, torch.optim.SGD(net.parameters(), lr=0.01), precision="bf16")
     assert torch.isfinite(out["loss"])
+
+
+@pytest.mark.parametrize("layout", ["coo", "csc"])
+def test_set_graph_stores_a_coo_or_csc_graph_as_csr_once(layout):
+    """PyG's spmm converts a COO/CSC graph to CSR on every product and warns each time; set_graph converts it once."""
+    torch.manual_seed(0)
+    dense = _graph()
+    graph = dense.to_sparse() if layout == "coo" else dense.to_sparse_csc()
+    net = GCNGNet(12, hidden_channels=4, dense_units=8)
+    net.set_graph(graph)
+    assert net.graph.layout == torch.sparse_csr
+    torch.testing.assert_close(net.graph.to_dense(), dense)
+    x = torch.randn(3, 12, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = net(x)
+    net.set_graph(dense)
+    torch.testing.assert_close(got, net(x))  # the same network on the dense graph
 
 
 @pytest.mark.parametrize(("c_in", "c_out"), [(2, 4), (5, 3)])

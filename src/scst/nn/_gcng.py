@@ -7,6 +7,7 @@ the graph per pair. Torch only (``torch_geometric.utils.spmm`` is used when inst
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -132,7 +133,7 @@ class GCNGNet(nn.Module):
         self.register_buffer("graph", None, persistent=False)
 
     def set_graph(self, graph: Tensor) -> None:
-        """Set the ``(n, n)`` graph matrix (sparse or dense); it follows the module's device.
+        """Set the ``(n, n)`` graph matrix (dense or sparse; COO/CSC stored as CSR); it follows the module's device.
 
         With ``readout="flatten"``, ``n`` must be ``n_nodes``; a pooled network takes any cell set.
         """
@@ -140,6 +141,10 @@ class GCNGNet(nn.Module):
         if graph.ndim != 2 or graph.shape[1] != n or (self.readout == "flatten" and n != self.n_nodes):
             want = f"({self.n_nodes}, {self.n_nodes})" if self.readout == "flatten" else "square (n, n)"
             raise ValueError(f"graph: expected shape {want}, got {tuple(graph.shape)}.")
+        if graph.layout in (torch.sparse_coo, torch.sparse_csc):  # PyG's spmm would convert it at every product
+            with warnings.catch_warnings():  # torch's notice that its CSR support is "in beta": nothing to act on
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+                graph = (graph.coalesce() if graph.layout == torch.sparse_coo else graph).to_sparse_csr()
         ref = self.out.weight
         self.graph = graph.to(device=ref.device, dtype=ref.dtype)
 
