@@ -6,6 +6,8 @@ Run from the repository root::
     python benchmarks/bench_expression.py --methods ridge_hc,head_ms --seeds 0,1,2
     python benchmarks/bench_expression.py --report-only        # rewrite docs/benchmarks/expression.md
     python benchmarks/bench_expression.py --sections all --methods ridge_hc,head_ms   # the whole cohort
+    python benchmarks/bench_expression.py --encoder hf-hub:MahmoodLab/UNI --weights pretrained \
+        --encoder-kwargs '{"init_values": 1e-5, "dynamic_img_size": true}'   # a pretrained encoder's rows
 
 ``--sections all`` runs the published leave-one-section-out protocol over the 36 her2st sections of the 8 patients
 (HGGEP reports A1–G3, "32 slides", without saying which one it left out; pass them as a comma-separated list). It
@@ -13,6 +15,14 @@ needs the whole cohort: ``scst.datasets.her2st(sections=...)`` downloads it (git
 network, or reads it from ``$SCST_DATA_DIR``. Only C2–C6 exist on the machines this package was developed on, so
 the cohort run has not been made here. Runs on other sections write to ``benchmarks/results/expression_cohort/``
 and ``docs/benchmarks/expression_cohort.md`` unless ``--results``/``--out`` say otherwise.
+
+``--encoder NAME`` (any name ``scst.tl.embed_patches`` takes: a torchvision/timm model, ``hf-hub:<org>/<model>``;
+``--weights`` as its ``weights=``: ``pretrained``, a torchvision weights name or a local file) adds the rows that
+isolate that encoder — ridge on its embedding, reduced-rank ridge and the shipped HGGEP head (programmes) on it scaled
+per section, and both on [shipped multi-scale input, embedding] — and runs them with the baseline and the shipped
+model under the same per-fold panels, into ``benchmarks/results/expression_encoder_<name>/`` and
+``docs/benchmarks/expression_encoder_<name>.md``. Nothing pretrained can be downloaded where this package was
+developed, so these rows have not been run with pretrained weights here: it is the command for a machine that can.
 
 Protocol: one fold per section; the gene panel of each fold is chosen by ``scst.pp.select_genes(n_top=1000,
 min_fraction=0.5)`` on that fold's **training sections only** (``scst.tl.cross_validate(genes=None)``); deep models
@@ -29,6 +39,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import threading
 import time
@@ -163,6 +174,38 @@ LEARNED = ("MLPExpression", "HGGEPHead", "HGGEP")
 # The shipped setting (demo, tutorial, `scst train --model hggep_head`), fixed before the leave-one-section-out runs
 # were read: the Target check rates it, not the best of the learned rows (a maximum over test scores is biased up).
 SHIPPED = "head_ms_scaled_prog"
+#: The image encoder of ``--encoder`` (name, weights, encoder_kwargs, window µm, px; and the device of the embedding).
+ENCODER: dict = {}
+
+
+def register_encoder(spec: dict) -> list[str]:
+    """Add the rows of ``--encoder`` to METHODS (embeddings ``enc``, ``enc_scaled``, ``ms_enc_scaled``, built by
+    :func:`load`); returns the methods such a run makes: these, the baseline and the shipped setting on its input."""
+    ENCODER.update(spec)
+    e = f"`{spec['name']}` ({spec['weights'] or 'random init'}, {spec['um']:g} µm → {spec['px']} px)"
+    rows = {
+        "ridge_enc": ("RidgeExpression", "enc", {}, f"{e} embedding + ridge"),
+        "ridge_enc_scaled": ("RidgeExpression", "enc_scaled", {}, f"{e}, scaled per section + ridge"),
+        "ridge_enc_scaled_prog": (
+            "RidgeExpression", "enc_scaled", PROG, f"{e}, scaled per section + reduced-rank ridge (programmes)"
+        ),
+        "head_enc_scaled_prog": (
+            "HGGEPHead", "enc_scaled", PROG, f"HGGEP spatial head + ridge path on {e} scaled per section, programmes"
+        ),
+        "ridge_ms_enc_scaled": (
+            "RidgeExpression", "ms_enc_scaled", {}, f"[multi-scale hand-crafted, {e}], scaled per section + ridge"
+        ),
+        "ridge_ms_enc_scaled_prog": (
+            "RidgeExpression", "ms_enc_scaled", PROG,
+            f"[multi-scale hand-crafted, {e}], scaled per section + reduced-rank ridge (programmes)",
+        ),
+        "head_ms_enc_scaled_prog": (
+            "HGGEPHead", "ms_enc_scaled", PROG,
+            f"HGGEP spatial head + ridge path on [multi-scale hand-crafted, {e}] scaled per section, programmes",
+        ),
+    }  # fmt: skip
+    METHODS.update(rows)
+    return [BASELINE, "ridge_ms_scaled", "ridge_ms_scaled_prog", SHIPPED, *rows]
 
 
 class PeakRSS:
@@ -209,6 +252,14 @@ def load(reps: set):
     tab.obsm["ms"] = np.hstack([tab.obsm[f"hc{um:g}"] for um in SCALES_MS])
     scst.pp.scale_by_section(tab, "ms", key_added="ms_scaled")  # each section by its own spots (no expression)
     info = {"handcrafted_seconds_all_scales": embed_s, "n_spots": int(tab.n_obs)}
+    if reps & {"enc", "enc_scaled", "ms_enc_scaled"}:  # --encoder: one embedding of every spot, reused by every fold
+        e = ENCODER
+        t0 = time.perf_counter()
+        scst.tl.embed_patches(sdata, e["name"], weights=e["weights"], encoder_kwargs=e["kwargs"], size_um=e["um"],
+                              out_px=e["px"], device=e.get("device", "cpu"), key_added="enc")  # fmt: skip
+        info["encoder_seconds"], info["encoder_dim"] = time.perf_counter() - t0, int(tab.obsm["enc"].shape[1])
+        scst.pp.scale_by_section(tab, "enc", key_added="enc_scaled")
+        tab.obsm["ms_enc_scaled"] = np.hstack([tab.obsm["ms_scaled"], tab.obsm["enc_scaled"]])
     if "ms56_scaled" in reps:  # the 56 px rows only
         t0 = time.perf_counter()
         scst.tl.embed_patches(sdata, "handcrafted", size_um=SCALES_MS, out_px=56, progress=False, key_added="ms56")
@@ -353,6 +404,22 @@ def summarise(df, folds):
     }  # fmt: skip
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository root where it lies inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _encoder_sentence(info: dict) -> str:
+    e = info["encoder"]
+    kw = f", `encoder_kwargs={e['kwargs']}`" if e.get("kwargs") else ""
+    call = f"scst.tl.embed_patches(sdata, {e['name']!r}, weights={e['weights']!r}"
+    return (f"**Image encoder of the added rows:** `{call}"
+            f"{kw}, size_um={e['um']:g}, out_px={e['px']})`, one embedding per spot ({info.get('encoder_dim', '?')} "
+            "features), computed once and standardised per section for the scaled rows; the heads and ridge "
+            "models are trained per fold as on the main page.")  # fmt: skip
+
+
 def report(results: Path, out: Path) -> None:
     from scst._utils import _atomic_file
 
@@ -371,9 +438,10 @@ def report(results: Path, out: Path) -> None:
          "checkpoint choice (validation MSE); the test section is only predicted and scored. PCC per gene across the "
          "test section's spots (log1p(normalize_total 1e4)), averaged over genes per fold, then over folds and seeds; "
          "top-50 = the fold's 50 panel genes with the highest mean expression in its training sections.", "",
-         "**No pretrained weights anywhere** (nothing can be downloaded here): the SSL rows use encoders pretrained "
-         "on this data's own tissue tiles, per fold without the test section (`benchmarks/bench_pretrain.py`); "
-         f"all other networks start from random initialisation. Machine: {info['machine']}.", "",
+         (_encoder_sentence(info) if info.get("encoder") else
+          "**No pretrained weights anywhere** (nothing can be downloaded here): the SSL rows use encoders pretrained "
+          "on this data's own tissue tiles, per fold without the test section (`benchmarks/bench_pretrain.py`); "
+          "all other networks start from random initialisation.") + f" Machine: {info['machine']}.", "",
          "| method | seeds | mean PCC | median PCC | genes PCC > 0.2 | top-50 mean PCC | sd over folds "
          "| sd over seeds | median sd(pred)/sd(obs) | ARI predicted (observed) |",
          "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -486,7 +554,7 @@ def report(results: Path, out: Path) -> None:
         L += ["", info["notes"]]
     L += [
         "",
-        "Reproduce (raw results in `benchmarks/results/expression/`):",
+        f"Reproduce (raw results in `{_shown(results)}/`):",
         "",
         "```bash",
         *info.get("commands", [COMMAND + " --methods all"]),
@@ -510,6 +578,12 @@ def main() -> None:
     p.add_argument("--notes-file", default=None, help="markdown appended to the page (what was tried)")
     p.add_argument("--sections", default=None,
                    help="her2st sections (comma-separated) or 'all' (36); default C2–C6")  # fmt: skip
+    p.add_argument("--encoder", default=None, help="add the rows of this image encoder (scst.tl.embed_patches name)")
+    p.add_argument("--weights", default=None, help="its weights= (e.g. pretrained, IMAGENET1K_V1, a local file)")
+    p.add_argument("--encoder-kwargs", default=None, help="its encoder_kwargs= as JSON")
+    p.add_argument("--encoder-um", type=float, default=112.0, help="field of view (µm) of its patches")
+    p.add_argument("--encoder-px", type=int, default=224, help="patch size (px) its input is resized to")
+    p.add_argument("--device", default="cpu", help="device of the embedding step (e.g. cuda)")
     args = p.parse_args()
     global SECTIONS
     from scst.datasets import HER2ST_ALL_SECTIONS
@@ -523,6 +597,14 @@ def main() -> None:
     if not default:
         args.results = args.results if args.results != str(RESULTS) else str(RESULTS.with_name("expression_cohort"))
         args.out = args.out if args.out != str(OUT) else str(OUT.with_name("expression_cohort.md"))
+    spec = None
+    if args.encoder:
+        kwargs = json.loads(args.encoder_kwargs) if args.encoder_kwargs else None
+        spec = {"name": args.encoder, "weights": args.weights, "um": args.encoder_um, "px": args.encoder_px,
+                "kwargs": kwargs}  # fmt: skip
+        tag = "expression_encoder_" + re.sub(r"[^0-9A-Za-z]+", "_", args.encoder).strip("_").lower()
+        args.results = args.results if args.results != str(RESULTS) else str(RESULTS.with_name(tag))
+        args.out = args.out if args.out != str(OUT) else str(OUT.with_name(f"{tag}.md"))
     torch.set_num_threads(args.threads)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
@@ -533,10 +615,17 @@ def main() -> None:
     elif info.get("sections", SECTIONS) != SECTIONS:
         raise SystemExit(f"--sections: {args.results} holds results for {info['sections']}; use another --results.")
     info["sections"] = SECTIONS
+    if spec is not None and info.get("encoder", spec) != spec:
+        raise SystemExit(f"--encoder: {args.results} holds results for {info['encoder']}; use another --results.")
+    spec = spec or info.get("encoder")
+    encoder_methods = register_encoder(spec) if spec else None
+    ENCODER["device"] = args.device  # where the embedding runs: not part of the results' identity
+    if spec:
+        info["encoder"] = spec
     if args.notes_file:
         info["notes"] = Path(args.notes_file).read_text()
     if not args.report_only:
-        methods = list(METHODS) if args.methods == "all" else args.methods.split(",")
+        methods = (encoder_methods or list(METHODS)) if args.methods == "all" else args.methods.split(",")
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise SystemExit(f"--methods: unknown {unknown}; choose from {list(METHODS)}.")
