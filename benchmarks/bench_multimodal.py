@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -130,6 +131,10 @@ VARIANTS = {
     # so the encoders see the same spot at several depths (the reliability page: counting noise is 75–85 % of the
     # median gene's spot-to-spot variance); validation and retrieval use the measured expression
     "handcrafted_ms_mlp_scaled_rna_pcs10_thin": _shipped(thin=(0.5, 1.0)),
+    # a named image encoder (--encoder; e.g. a pathology foundation model where it can be downloaded): its embedding of
+    # each spot's patch, scaled per section, as the MLP's input; and appended to the shipped multi-scale features
+    "encoder_mlp_scaled_rna_pcs10": _shipped(features="encoder_scaled"),
+    "handcrafted_ms_encoder_mlp_scaled_rna_pcs10": _shipped(features="multiscale_encoder_scaled"),
     "handcrafted_mlp_scaled_rna_pcs10_long": (
         {"image_encoder": "mlp", "features": "scaled", "rna_pcs": 10, "max_epochs": 40, "patience": 10},
         "knn",
@@ -147,6 +152,9 @@ VARIANTS = {
 SCALES_MS = (80.0, 160.0, 320.0)
 #: The SpatialData and training sections of this run (set by ``build``).
 CONTEXT: dict = {}
+#: The image encoder of ``--encoder`` (name, weights, encoder_kwargs, window µm, px; the device of the embedding).
+ENCODER: dict = {}
+ENCODER_VARIANTS = ("encoder_mlp_scaled_rna_pcs10", "handcrafted_ms_encoder_mlp_scaled_rna_pcs10")
 
 
 def build(test: str, out_px: int, sections: list[str] | None = None, min_fraction: float = 0.25):
@@ -261,6 +269,32 @@ def multiscale_nuclei_scaled(tr, te, threshold: float = 0.08) -> None:
     tab.obsm["X_hc_ms_nuc"] = np.hstack([tab.obsm["X_hc_ms"], nuclei_block(CONTEXT["sdata"], tab, threshold)])
     scst.pp.scale_by_section(tab, "X_hc_ms_nuc", key_added="X_hc_ms_nuc_scaled")
     to_patches(tr, te, "X_hc_ms_nuc_scaled", "handcrafted_ms_nuc_scaled")
+
+
+def encoder_scaled(tr, te, with_multiscale: bool = False) -> str:
+    """The ``--encoder`` embedding of each spot's patch (``scst.tl.embed_patches``, once per run), appended to the
+    multi-scale hand-crafted features with ``with_multiscale``, standardised within each section; returns the
+    ``image.obsm`` key."""
+    if not ENCODER:
+        raise SystemExit("--variants: the encoder variants need --encoder NAME (and --weights).")
+    key = "encoder_ms_scaled" if with_multiscale else "encoder_scaled"
+    if key in tr["image"].obsm:
+        return key
+    sdata = CONTEXT["sdata"]
+    tab = sdata.tables["table"]
+    if "X_enc" not in tab.obsm:
+        e = ENCODER
+        scst.tl.embed_patches(sdata, e["name"], weights=e["weights"], encoder_kwargs=e["kwargs"], size_um=e["um"],
+                              out_px=e["px"], device=e.get("device", "cpu"), progress=False,
+                              key_added="X_enc")  # fmt: skip
+    raw = "X_enc"
+    if with_multiscale:
+        multiscale(tr, te)
+        raw = "X_hc_ms_enc"
+        tab.obsm[raw] = np.hstack([tab.obsm["X_hc_ms"], tab.obsm["X_enc"]])
+    scst.pp.scale_by_section(tab, raw, key_added=f"{raw}_scaled")
+    to_patches(tr, te, f"{raw}_scaled", key)
+    return key
 
 
 def multiscale_scaled_pcs(tr, te, explained: float = 0.95) -> str:
@@ -691,6 +725,8 @@ def _run_variant(name: str, tr, te, epochs: tuple[int, int], seed: int, ensemble
     elif features == "multiscale4_scaled":
         multiscale4_scaled(tr, te)
         patch_key = "handcrafted_ms4_scaled"
+    elif features in ("encoder_scaled", "multiscale_encoder_scaled"):
+        patch_key = encoder_scaled(tr, te, with_multiscale=features.startswith("multiscale"))
     elif features == "multiscale_nuclei_scaled":
         multiscale_nuclei_scaled(tr, te)
         patch_key = "handcrafted_ms_nuc_scaled"
@@ -752,9 +788,8 @@ def _commit() -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument(
-        "--variants", default=",".join(["cca_handcrafted", "ridge_programs", "ridge_programs_scaled", *VARIANTS])
-    )
+    p.add_argument("--variants", default=None,
+                   help="comma-separated; default every variant (the encoder ones only with --encoder)")  # fmt: skip
     p.add_argument("--test", default="C6")
     p.add_argument("--sections", default="C2,C3,C4,C5,C6",
                    help="sections loaded (training = these minus --test); a selection run leaves C6 out")  # fmt: skip
@@ -766,6 +801,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=OUT, help=f"folder of the result files (default {OUT})")
     p.add_argument("--min-fraction", type=float, default=0.25,
                    help="gene panel: select_genes(n_top=1000, min_fraction=...) on the training sections")  # fmt: skip
+    p.add_argument("--encoder", default=None, help="image encoder of the encoder variants (embed_patches name)")
+    p.add_argument("--weights", default=None, help="its weights= (e.g. pretrained, IMAGENET1K_V1, a local file)")
+    p.add_argument("--encoder-kwargs", default=None, help="its encoder_kwargs= as JSON")
+    p.add_argument("--encoder-um", type=float, default=112.0, help="field of view (µm) of its patches")
+    p.add_argument("--encoder-px", type=int, default=224, help="patch size (px) its input is resized to")
+    p.add_argument("--device", default="cpu", help="device of the embedding step (e.g. cuda)")
     p.add_argument("--ensemble", type=int, default=1,
                    help="models per variant retrieving together (seeds seed*N to seed*N+N-1)")  # fmt: skip
     a = p.parse_args()
@@ -775,10 +816,18 @@ def main() -> None:
         raise SystemExit(f"--test: {a.test} not among --sections {sections}.")
     if a.ensemble < 1:
         raise SystemExit(f"--ensemble: expected a positive number of models, got {a.ensemble}.")
+    if a.encoder:
+        kwargs = json.loads(a.encoder_kwargs) if a.encoder_kwargs else None
+        ENCODER.update(name=a.encoder, weights=a.weights, kwargs=kwargs, um=a.encoder_um, px=a.encoder_px)
+    names = a.variants.split(",") if a.variants else [
+        "cca_handcrafted", "ridge_programs", "ridge_programs_scaled",
+        *(v for v in VARIANTS if a.encoder or v not in ENCODER_VARIANTS),
+    ]  # fmt: skip
     commit = _commit()  # at the start: the code that runs, not the checkout as it is when a result is written
     tr, te = build(a.test, a.out_px, sections, a.min_fraction)
     a.out.mkdir(parents=True, exist_ok=True)
-    for name in a.variants.split(","):
+    ENCODER["device"] = a.device  # where the embedding runs: not part of the results' identity
+    for name in names:
         r = run_variant(name, tr, te, (a.pretrain_epochs, a.epochs), a.seed, a.ensemble)
         r["test_section"], r["out_px"], r["load"], r["seed"] = a.test, a.out_px, os.getloadavg(), a.seed
         r["epochs_asked"] = [a.pretrain_epochs, a.epochs]
@@ -786,6 +835,9 @@ def main() -> None:
         suffix = ("" if a.ensemble == 1 else f"_ens{a.ensemble}") + ("" if a.seed == 0 else f"_seed{a.seed}")
         if a.min_fraction != 0.25:
             suffix += f"_panel{a.min_fraction:g}"
+        if name in ENCODER_VARIANTS:
+            r["encoder"] = {k: v for k, v in ENCODER.items() if k != "device"}
+            suffix += "_" + re.sub(r"[^0-9A-Za-z]+", "_", a.encoder).strip("_").lower()
         if sections != ["C2", "C3", "C4", "C5", "C6"]:
             suffix += "_on_" + "".join(sections)
             r["sections"] = sections
