@@ -1,10 +1,13 @@
-"""What the benchmark pages share: the machine line and the 'Reproduce' footer, written atomically."""
+"""What the benchmark pages share: the machine line, the 'Reproduce' footer (written atomically), the ``--encoder``
+options."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import re
 from pathlib import Path
 
 from scst._utils import _atomic_file
@@ -58,3 +61,28 @@ def write_page(out: Path, lines: list[str], command: str, raw: dict | None = Non
     with _atomic_file(out) as tmp:
         tmp.write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def add_encoder_args(p: argparse.ArgumentParser, what: str) -> None:
+    """``--encoder`` and its options (``what``: the rows or variants it adds), shared by the benchmarks that measure a
+    named image encoder (``scst.tl.embed_patches``)."""
+    p.add_argument("--encoder", default=None, help=f"image encoder of {what} (scst.tl.embed_patches name)")
+    p.add_argument("--weights", default=None, help="its weights= (e.g. pretrained, IMAGENET1K_V1, a local file)")
+    p.add_argument("--encoder-kwargs", default=None, help="its encoder_kwargs= as JSON")
+    p.add_argument("--encoder-um", type=float, default=112.0, help="field of view (µm) of its patches")
+    p.add_argument("--encoder-px", type=int, default=224, help="patch size (px) its input is resized to")
+    p.add_argument("--device", default="cpu", help="device of the embedding step (e.g. cuda)")
+
+
+def encoder_spec(args: argparse.Namespace) -> dict | None:
+    """The encoder of :func:`add_encoder_args`' options (None without ``--encoder``); the device is not part of it."""
+    if not args.encoder:
+        return None
+    kwargs = json.loads(args.encoder_kwargs) if args.encoder_kwargs else None
+    return {"name": args.encoder, "weights": args.weights, "kwargs": kwargs, "um": args.encoder_um,
+            "px": args.encoder_px}  # fmt: skip
+
+
+def encoder_tag(name: str) -> str:
+    """A file-name form of an encoder name (``hf-hub:MahmoodLab/UNI`` → ``hf_hub_mahmoodlab_uni``)."""
+    return re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_").lower()

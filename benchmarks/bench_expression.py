@@ -39,7 +39,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import sys
 import threading
 import time
@@ -48,6 +47,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _page import add_encoder_args, encoder_spec, encoder_tag  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks" / "expression.md"
@@ -578,12 +580,7 @@ def main() -> None:
     p.add_argument("--notes-file", default=None, help="markdown appended to the page (what was tried)")
     p.add_argument("--sections", default=None,
                    help="her2st sections (comma-separated) or 'all' (36); default C2–C6")  # fmt: skip
-    p.add_argument("--encoder", default=None, help="add the rows of this image encoder (scst.tl.embed_patches name)")
-    p.add_argument("--weights", default=None, help="its weights= (e.g. pretrained, IMAGENET1K_V1, a local file)")
-    p.add_argument("--encoder-kwargs", default=None, help="its encoder_kwargs= as JSON")
-    p.add_argument("--encoder-um", type=float, default=112.0, help="field of view (µm) of its patches")
-    p.add_argument("--encoder-px", type=int, default=224, help="patch size (px) its input is resized to")
-    p.add_argument("--device", default="cpu", help="device of the embedding step (e.g. cuda)")
+    add_encoder_args(p, "the added rows")
     args = p.parse_args()
     global SECTIONS
     from scst.datasets import HER2ST_ALL_SECTIONS
@@ -597,12 +594,9 @@ def main() -> None:
     if not default:
         args.results = args.results if args.results != str(RESULTS) else str(RESULTS.with_name("expression_cohort"))
         args.out = args.out if args.out != str(OUT) else str(OUT.with_name("expression_cohort.md"))
-    spec = None
-    if args.encoder:
-        kwargs = json.loads(args.encoder_kwargs) if args.encoder_kwargs else None
-        spec = {"name": args.encoder, "weights": args.weights, "um": args.encoder_um, "px": args.encoder_px,
-                "kwargs": kwargs}  # fmt: skip
-        tag = "expression_encoder_" + re.sub(r"[^0-9A-Za-z]+", "_", args.encoder).strip("_").lower()
+    spec = encoder_spec(args)
+    if spec:
+        tag = f"expression_encoder_{encoder_tag(args.encoder)}"
         args.results = args.results if args.results != str(RESULTS) else str(RESULTS.with_name(tag))
         args.out = args.out if args.out != str(OUT) else str(OUT.with_name(f"{tag}.md"))
     torch.set_num_threads(args.threads)

@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ import scst
 from scst._utils import _atomic_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _page import cpu_name  # noqa: E402
+from _page import add_encoder_args, cpu_name, encoder_spec, encoder_tag  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "multimodal"
 
@@ -801,12 +800,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=OUT, help=f"folder of the result files (default {OUT})")
     p.add_argument("--min-fraction", type=float, default=0.25,
                    help="gene panel: select_genes(n_top=1000, min_fraction=...) on the training sections")  # fmt: skip
-    p.add_argument("--encoder", default=None, help="image encoder of the encoder variants (embed_patches name)")
-    p.add_argument("--weights", default=None, help="its weights= (e.g. pretrained, IMAGENET1K_V1, a local file)")
-    p.add_argument("--encoder-kwargs", default=None, help="its encoder_kwargs= as JSON")
-    p.add_argument("--encoder-um", type=float, default=112.0, help="field of view (µm) of its patches")
-    p.add_argument("--encoder-px", type=int, default=224, help="patch size (px) its input is resized to")
-    p.add_argument("--device", default="cpu", help="device of the embedding step (e.g. cuda)")
+    add_encoder_args(p, "the encoder variants")
     p.add_argument("--ensemble", type=int, default=1,
                    help="models per variant retrieving together (seeds seed*N to seed*N+N-1)")  # fmt: skip
     a = p.parse_args()
@@ -816,9 +810,7 @@ def main() -> None:
         raise SystemExit(f"--test: {a.test} not among --sections {sections}.")
     if a.ensemble < 1:
         raise SystemExit(f"--ensemble: expected a positive number of models, got {a.ensemble}.")
-    if a.encoder:
-        kwargs = json.loads(a.encoder_kwargs) if a.encoder_kwargs else None
-        ENCODER.update(name=a.encoder, weights=a.weights, kwargs=kwargs, um=a.encoder_um, px=a.encoder_px)
+    ENCODER.update(encoder_spec(a) or {})
     names = a.variants.split(",") if a.variants else [
         "cca_handcrafted", "ridge_programs", "ridge_programs_scaled",
         *(v for v in VARIANTS if a.encoder or v not in ENCODER_VARIANTS),
@@ -837,7 +829,7 @@ def main() -> None:
             suffix += f"_panel{a.min_fraction:g}"
         if name in ENCODER_VARIANTS:
             r["encoder"] = {k: v for k, v in ENCODER.items() if k != "device"}
-            suffix += "_" + re.sub(r"[^0-9A-Za-z]+", "_", a.encoder).strip("_").lower()
+            suffix += f"_{encoder_tag(a.encoder)}"
         if sections != ["C2", "C3", "C4", "C5", "C6"]:
             suffix += "_on_" + "".join(sections)
             r["sections"] = sections
