@@ -274,7 +274,7 @@ def encoder_scaled(tr, te, with_multiscale: bool = False) -> str:
     """The ``--encoder`` embedding of each spot's patch (``scst.tl.embed_patches``, once per run), appended to the
     multi-scale hand-crafted features with ``with_multiscale``, standardised within each section; returns the
     ``image.obsm`` key."""
-    if not ENCODER:
+    if "name" not in ENCODER:
         raise SystemExit("--variants: the encoder variants need --encoder NAME (and --weights).")
     key = "encoder_ms_scaled" if with_multiscale else "encoder_scaled"
     if key in tr["image"].obsm:
@@ -815,6 +815,9 @@ def main() -> None:
         "cca_handcrafted", "ridge_programs", "ridge_programs_scaled",
         *(v for v in VARIANTS if a.encoder or v not in ENCODER_VARIANTS),
     ]  # fmt: skip
+    needs_encoder = sorted(set(names) & set(ENCODER_VARIANTS))
+    if needs_encoder and not a.encoder:
+        raise SystemExit(f"--variants: {needs_encoder} need --encoder NAME (and --weights).")
     commit = _commit()  # at the start: the code that runs, not the checkout as it is when a result is written
     tr, te = build(a.test, a.out_px, sections, a.min_fraction)
     a.out.mkdir(parents=True, exist_ok=True)
