@@ -260,6 +260,7 @@ def load(reps: set):
         scst.tl.embed_patches(sdata, e["name"], weights=e["weights"], encoder_kwargs=e["kwargs"], size_um=e["um"],
                               out_px=e["px"], device=e.get("device", "cpu"), key_added="enc")  # fmt: skip
         info["encoder_seconds"], info["encoder_dim"] = time.perf_counter() - t0, int(tab.obsm["enc"].shape[1])
+        info["encoder_device"] = e.get("device", "cpu")
         scst.pp.scale_by_section(tab, "enc", key_added="enc_scaled")
         tab.obsm["ms_enc_scaled"] = np.hstack([tab.obsm["ms_scaled"], tab.obsm["enc_scaled"]])
     if "ms56_scaled" in reps:  # the 56 px rows only
@@ -414,11 +415,12 @@ def _shown(path: Path) -> str:
 
 def _encoder_sentence(info: dict) -> str:
     e = info["encoder"]
-    kw = f", `encoder_kwargs={e['kwargs']}`" if e.get("kwargs") else ""
-    call = f"scst.tl.embed_patches(sdata, {e['name']!r}, weights={e['weights']!r}"
-    return (f"**Image encoder of the added rows:** `{call}"
-            f"{kw}, size_um={e['um']:g}, out_px={e['px']})`, one embedding per spot ({info.get('encoder_dim', '?')} "
-            "features), computed once and standardised per section for the scaled rows; the heads and ridge "
+    kw = f", encoder_kwargs={e['kwargs']}" if e.get("kwargs") else ""
+    args = f"{e['name']!r}, weights={e['weights']!r}{kw}, size_um={e['um']:g}, out_px={e['px']}"
+    call = f"scst.tl.embed_patches(sdata, {args})"
+    cost = f"{info.get('encoder_seconds', float('nan')):.0f} s on {info.get('encoder_device', 'cpu')}"
+    return (f"**Image encoder of the added rows:** `{call}`, one embedding per spot ({info.get('encoder_dim', '?')} "
+            f"features, {cost}), computed once and standardised per section for the scaled rows; the heads and ridge "
             "models are trained per fold as on the main page.")  # fmt: skip
 
 
