@@ -274,8 +274,6 @@ def encoder_scaled(tr, te, with_multiscale: bool = False) -> str:
     """The ``--encoder`` embedding of each spot's patch (``scst.tl.embed_patches``, once per run), appended to the
     multi-scale hand-crafted features with ``with_multiscale``, standardised within each section; returns the
     ``image.obsm`` key."""
-    if "name" not in ENCODER:
-        raise SystemExit("--variants: the encoder variants need --encoder NAME (and --weights).")
     key = "encoder_ms_scaled" if with_multiscale else "encoder_scaled"
     if key in tr["image"].obsm:
         return key
@@ -284,7 +282,7 @@ def encoder_scaled(tr, te, with_multiscale: bool = False) -> str:
     if "X_enc" not in tab.obsm:
         e = ENCODER
         scst.tl.embed_patches(sdata, e["name"], weights=e["weights"], encoder_kwargs=e["kwargs"], size_um=e["um"],
-                              out_px=e["px"], device=e.get("device", "cpu"), progress=False,
+                              out_px=e["px"], device=e["device"], progress=False,
                               key_added="X_enc")  # fmt: skip
     raw = "X_enc"
     if with_multiscale:
@@ -810,7 +808,7 @@ def main() -> None:
         raise SystemExit(f"--test: {a.test} not among --sections {sections}.")
     if a.ensemble < 1:
         raise SystemExit(f"--ensemble: expected a positive number of models, got {a.ensemble}.")
-    ENCODER.update(encoder_spec(a) or {})
+    ENCODER.update(encoder_spec(a) or {}, device=a.device)
     names = a.variants.split(",") if a.variants else [
         "cca_handcrafted", "ridge_programs", "ridge_programs_scaled",
         *(v for v in VARIANTS if a.encoder or v not in ENCODER_VARIANTS),
@@ -821,7 +819,6 @@ def main() -> None:
     commit = _commit()  # at the start: the code that runs, not the checkout as it is when a result is written
     tr, te = build(a.test, a.out_px, sections, a.min_fraction)
     a.out.mkdir(parents=True, exist_ok=True)
-    ENCODER["device"] = a.device  # where the embedding runs: not part of the results' identity
     for name in names:
         r = run_variant(name, tr, te, (a.pretrain_epochs, a.epochs), a.seed, a.ensemble)
         r["test_section"], r["out_px"], r["load"], r["seed"] = a.test, a.out_px, os.getloadavg(), a.seed
@@ -831,7 +828,7 @@ def main() -> None:
         if a.min_fraction != 0.25:
             suffix += f"_panel{a.min_fraction:g}"
         if name in ENCODER_VARIANTS:
-            r["encoder"] = {k: v for k, v in ENCODER.items() if k != "device"}
+            r["encoder"] = encoder_spec(a)  # the device is where it ran, not part of what was measured
             suffix += f"_{encoder_tag(a.encoder)}"
         if sections != ["C2", "C3", "C4", "C5", "C6"]:
             suffix += "_on_" + "".join(sections)
