@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from .._utils import _check_key, _positive_int
 from ..datasets._ligand_receptor import _check_lr_table, complex_subunits, lr_pairs_in_genes
-from ..nn._gcng import GCNGNet
+from ..nn._gcng import GCNGNet, _quiet_csr_notice
 from ._base import BaseModel, _refuse_dataloader_kwargs
 
 __all__ = ["GCNG", "normalized_expression", "entity_expression", "sample_negatives"]
@@ -250,8 +250,7 @@ def sample_negatives(
 def _to_torch_sparse(m: sp.spmatrix) -> torch.Tensor:
     m = sp.csr_matrix(m, dtype=np.float32)
     m.sort_indices()
-    with warnings.catch_warnings():  # torch's notice that its CSR support is "in beta": nothing a user can act on
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+    with _quiet_csr_notice():
         return torch.sparse_csr_tensor(
             torch.from_numpy(m.indptr.astype(np.int64)),
             torch.from_numpy(m.indices.astype(np.int64)),

@@ -8,6 +8,8 @@ the graph per pair. Torch only (``torch_geometric.utils.spmm`` is used when inst
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -20,6 +22,17 @@ try:  # PyG's spmm dispatches CSR/COO/SparseTensor; plain torch is the fallback
     from torch_geometric.utils import spmm as _pyg_spmm
 except ImportError:  # pragma: no cover - exercised only without torch_geometric
     _pyg_spmm = None
+
+
+@contextmanager
+def _quiet_csr_notice() -> Iterator[None]:
+    """Hide torch's "Sparse CSR tensor support is in beta" UserWarning within the block.
+
+    torch prints it for the first CSR tensor of a process; there is nothing a user can act on.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        yield
 
 
 def sparse_matmul(graph: Tensor, x: Tensor) -> Tensor:
@@ -142,8 +155,7 @@ class GCNGNet(nn.Module):
             want = f"({self.n_nodes}, {self.n_nodes})" if self.readout == "flatten" else "square (n, n)"
             raise ValueError(f"graph: expected shape {want}, got {tuple(graph.shape)}.")
         if graph.layout in (torch.sparse_coo, torch.sparse_csc):  # PyG's spmm would convert it at every product
-            with warnings.catch_warnings():  # torch's notice that its CSR support is "in beta": nothing to act on
-                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+            with _quiet_csr_notice():
                 graph = (graph.coalesce() if graph.layout == torch.sparse_coo else graph).to_sparse_csr()
         ref = self.out.weight
         self.graph = graph.to(device=ref.device, dtype=ref.dtype)
